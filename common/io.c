@@ -1,0 +1,920 @@
+/*
+ * io.c - the I/O layer: one object per TCP connection, wrapping a uv_tcp_t
+ * and, once TLS starts, an OpenSSL SSL over a pair of memory BIOs.  It owns
+ * the socket, the timers, the SSL object and both byte buffers:
+ *
+ *   network -> on_read -> [rbio -> SSL_read] -> in  -> io_getline() -> owner
+ *   owner -> io_write() -> out -> [SSL_write -> wbio] -> wire -> uv_write
+ *
+ * At most one uv_write is in flight; output written meanwhile accumulates in
+ * `wire` and goes out with the next write, so pipelined replies coalesce.
+ * Every TLS result goes through io_tls_status(), the one SSL_get_error switch.
+ *
+ * Never: call the owner's callback after io_free(), free memory before every
+ * libuv handle's close callback has run, or keep plaintext input across the
+ * start of TLS.
+ */
+#include "common/io.h"
+#include "common/buf.h"
+#include "common/util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#define IO_MAGIC        0x10c0ffeeU
+#define IO_READ_CHUNK   (64 * 1024)
+#define IO_INPUT_CAP    (256 * 1024)   /* stop reading while this much input waits */
+#define IO_OUTPUT_CAP   (1024 * 1024)  /* stop reading while this much output waits */
+
+enum io_tls_state { TLS_OFF, TLS_HANDSHAKE, TLS_ON };
+
+struct io {
+	uint32_t magic;
+	uv_loop_t *loop;
+	uv_tcp_t tcp;
+	uv_timer_t timer;           /* connect timeout, then idle timeout */
+	uv_timer_t kick;            /* re-delivers buffered input after io_resume() */
+	uv_connect_t creq;
+	uv_write_t wreq;
+	int open_handles;
+
+	io_cb *cb;
+	void *arg;
+
+	struct buf in;              /* plaintext input; consumed from in_off */
+	size_t in_off;
+	struct buf out;             /* plaintext output not yet encrypted/queued */
+	struct buf wire;            /* bytes ready for the socket */
+	struct buf sending;         /* bytes of the write in flight */
+
+	SSL *ssl;
+	BIO *rbio, *wbio;
+	enum io_tls_state tls;
+
+	uint64_t timeout_ms;
+	size_t max_line;
+	unsigned in_cb;             /* nesting depth of owner callbacks */
+	bool paused;
+	bool reading;
+	bool writing;
+	bool discarding;            /* dropping the rest of an overlong line */
+	bool failed;                /* EOF/ERROR reported: no more events */
+	bool closing;
+	bool close_after_drain;
+	bool connecting;
+
+	enum io_error err;
+	char errtext[256];
+	char peer_ip[INET6_ADDRSTRLEN];
+	char local_ip[INET6_ADDRSTRLEN];
+	int peer_port;
+	struct sockaddr_storage peer;
+};
+
+/* One read buffer for every connection: the loop runs one callback at a time. */
+static char io_scratch[IO_READ_CHUNK];
+
+static void io_start_reading(struct io *io);
+static void io_fail(struct io *io, enum io_error err, const char *text);
+static void io_send(struct io *io);
+static void io_tls_pump(struct io *io);
+
+static void
+io_check(const struct io *io, const char *fn)
+{
+	if (io == NULL || io->magic != IO_MAGIC)
+		fatalx("%s: bad io object", fn);
+}
+
+static void
+io_emit(struct io *io, enum io_event ev)
+{
+	if (io->closing)
+		return;
+	io->in_cb++;
+	io->cb(io, ev, io->arg);
+	io->in_cb--;
+	if (!io->closing && io->in_cb == 0)
+		io_flush(io);
+}
+
+struct io *
+io_new(uv_loop_t *loop, io_cb *cb, void *arg)
+{
+	struct io *io = xcalloc(1, sizeof(*io));
+
+	io->magic = IO_MAGIC;
+	io->loop = loop;
+	io->cb = cb;
+	io->arg = arg;
+	io->max_line = 1000;
+	uv_tcp_init(loop, &io->tcp);
+	uv_timer_init(loop, &io->timer);
+	uv_timer_init(loop, &io->kick);
+	io->tcp.data = io->timer.data = io->kick.data = io;
+	io->open_handles = 3;
+	return io;
+}
+
+void
+io_set_callback(struct io *io, io_cb *cb, void *arg)
+{
+	io_check(io, __func__);
+	io->cb = cb;
+	io->arg = arg;
+}
+
+static void
+io_fill_addresses(struct io *io)
+{
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+
+	if (uv_tcp_getpeername(&io->tcp, (struct sockaddr *)&io->peer, &len) == 0) {
+		if (io->peer.ss_family == AF_INET6) {
+			struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&io->peer;
+			uv_ip6_name(s6, io->peer_ip, sizeof(io->peer_ip));
+			io->peer_port = ntohs(s6->sin6_port);
+		} else {
+			struct sockaddr_in *s4 = (struct sockaddr_in *)&io->peer;
+			uv_ip4_name(s4, io->peer_ip, sizeof(io->peer_ip));
+			io->peer_port = ntohs(s4->sin_port);
+		}
+	}
+	len = sizeof(ss);
+	if (uv_tcp_getsockname(&io->tcp, (struct sockaddr *)&ss, &len) == 0) {
+		if (ss.ss_family == AF_INET6)
+			uv_ip6_name((struct sockaddr_in6 *)&ss, io->local_ip, sizeof(io->local_ip));
+		else
+			uv_ip4_name((struct sockaddr_in *)&ss, io->local_ip, sizeof(io->local_ip));
+	}
+}
+
+int
+io_accept(struct io *io, uv_stream_t *server)
+{
+	io_check(io, __func__);
+	if (uv_accept(server, (uv_stream_t *)&io->tcp) != 0)
+		return -1;
+	uv_tcp_nodelay(&io->tcp, 1);
+	io_fill_addresses(io);
+	io_start_reading(io);
+	return 0;
+}
+
+static enum io_error
+io_map_uv_error(int status)
+{
+	switch (status) {
+	case UV_ECONNREFUSED: return IO_ERR_REFUSED;
+	case UV_ETIMEDOUT: return IO_ERR_CONNECT_TIMEOUT;
+	case UV_ENETUNREACH:
+	case UV_EHOSTUNREACH:
+	case UV_EADDRNOTAVAIL: return IO_ERR_UNREACH;
+	case UV_ECONNRESET:
+	case UV_EPIPE:
+	case UV_ECONNABORTED: return IO_ERR_RESET;
+	default: return IO_ERR_OTHER;
+	}
+}
+
+static void
+on_connect(uv_connect_t *req, int status)
+{
+	struct io *io = req->data;
+
+	if (io->closing)
+		return;
+	io->connecting = false;
+	uv_timer_stop(&io->timer);
+	if (status != 0) {
+		io_fail(io, io_map_uv_error(status), uv_strerror(status));
+		return;
+	}
+	uv_tcp_nodelay(&io->tcp, 1);
+	io_fill_addresses(io);
+	io_start_reading(io);
+	io_emit(io, IO_EV_CONNECTED);
+}
+
+static void
+on_connect_timeout(uv_timer_t *t)
+{
+	struct io *io = t->data;
+
+	if (io->connecting)
+		io_fail(io, IO_ERR_CONNECT_TIMEOUT, "connection timed out");
+}
+
+int
+io_connect(struct io *io, const struct sockaddr *sa, uint64_t timeout_ms)
+{
+	int rc;
+
+	io_check(io, __func__);
+	memcpy(&io->peer, sa, sa->sa_family == AF_INET6 ?
+	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+	if (sa->sa_family == AF_INET6) {
+		uv_ip6_name((const struct sockaddr_in6 *)sa, io->peer_ip, sizeof(io->peer_ip));
+		io->peer_port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+	} else {
+		uv_ip4_name((const struct sockaddr_in *)sa, io->peer_ip, sizeof(io->peer_ip));
+		io->peer_port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	}
+	io->creq.data = io;
+	rc = uv_tcp_connect(&io->creq, &io->tcp, sa, on_connect);
+	if (rc != 0) {
+		io->err = io_map_uv_error(rc);
+		snprintf(io->errtext, sizeof(io->errtext), "%s", uv_strerror(rc));
+		return -1;
+	}
+	io->connecting = true;
+	if (timeout_ms > 0) {
+		io->timer.data = io;
+		uv_timer_start(&io->timer, on_connect_timeout, timeout_ms, 0);
+	}
+	return 0;
+}
+
+/* ---- input ---- */
+
+static void
+on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+	(void)h;
+	(void)suggested;
+	b->base = io_scratch;
+	b->len = sizeof(io_scratch);
+}
+
+static void
+on_idle_timeout(uv_timer_t *t)
+{
+	struct io *io = t->data;
+
+	if (io->closing || io->failed)
+		return;
+	io_emit(io, IO_EV_TIMEOUT);
+}
+
+static void
+io_restart_timer(struct io *io)
+{
+	if (io->timeout_ms > 0 && !io->connecting && !io->closing)
+		uv_timer_start(&io->timer, on_idle_timeout, io->timeout_ms, 0);
+}
+
+static size_t
+io_in_avail(const struct io *io)
+{
+	return io->in.len - io->in_off;
+}
+
+static void
+io_update_reading(struct io *io)
+{
+	bool want = !io->closing && !io->failed && !io->connecting &&
+	    io_in_avail(io) < IO_INPUT_CAP &&
+	    io->wire.len + io->sending.len < IO_OUTPUT_CAP;
+
+	if (want && !io->reading)
+		io_start_reading(io);
+	else if (!want && io->reading) {
+		uv_read_stop((uv_stream_t *)&io->tcp);
+		io->reading = false;
+	}
+}
+
+static void
+io_dispatch_input(struct io *io)
+{
+	if (!io->paused && !io->closing && !io->failed && io_in_avail(io) > 0)
+		io_emit(io, IO_EV_IN);
+	if (!io->closing)
+		io_update_reading(io);
+}
+
+static void
+on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+	struct io *io = s->data;
+
+	if (io->closing || io->failed)
+		return;
+	if (nread == 0)
+		return;
+	if (nread < 0) {
+		if (nread == UV_EOF) {
+			/* Let the owner take what was buffered before the EOF. */
+			io_dispatch_input(io);
+			if (io->closing || io->failed)
+				return;
+			io->failed = true;
+			uv_read_stop(s);
+			io->reading = false;
+			uv_timer_stop(&io->timer);
+			io_emit(io, IO_EV_EOF);
+		} else
+			io_fail(io, io_map_uv_error((int)nread), uv_strerror((int)nread));
+		return;
+	}
+	io_restart_timer(io);
+	if (io->tls == TLS_OFF)
+		buf_append(&io->in, b->base, (size_t)nread);
+	else {
+		if (BIO_write(io->rbio, b->base, (int)nread) != (int)nread)
+			fatalx("%s: BIO_write failed", __func__);
+		io_tls_pump(io);
+		if (io->closing || io->failed)
+			return;
+	}
+	io_dispatch_input(io);
+}
+
+static void
+io_start_reading(struct io *io)
+{
+	if (io->reading || io->closing)
+		return;
+	if (uv_read_start((uv_stream_t *)&io->tcp, on_alloc, on_read) == 0)
+		io->reading = true;
+	io_restart_timer(io);
+}
+
+enum io_line
+io_getline(struct io *io, const char **line, size_t *len)
+{
+	char *start, *lf;
+	size_t avail;
+
+	io_check(io, __func__);
+	/* Compact once the consumed prefix dominates, keeping io_getline O(n). */
+	if (io->in_off > 0 && io->in_off >= io->in.len / 2) {
+		buf_consume(&io->in, io->in_off);
+		io->in_off = 0;
+	}
+	for (;;) {
+		avail = io_in_avail(io);
+		if (avail == 0)
+			return IO_LINE_NONE;
+		start = io->in.data + io->in_off;
+		lf = memchr(start, '\n', avail);
+		if (io->discarding) {
+			if (lf == NULL) {
+				io->in_off = io->in.len;
+				return IO_LINE_NONE;
+			}
+			io->in_off += (size_t)(lf - start) + 1;
+			io->discarding = false;
+			continue;
+		}
+		if (lf == NULL) {
+			if (avail >= io->max_line) {
+				io->in_off = io->in.len;
+				io->discarding = true;
+				*line = NULL;
+				*len = 0;
+				return IO_LINE_LONG;
+			}
+			return IO_LINE_NONE;
+		}
+		if ((size_t)(lf - start) + 1 > io->max_line) {
+			io->in_off += (size_t)(lf - start) + 1;
+			*line = NULL;
+			*len = 0;
+			return IO_LINE_LONG;
+		}
+		*line = start;
+		*len = (size_t)(lf - start) + 1;
+		io->in_off += *len;
+		return IO_LINE_OK;
+	}
+}
+
+size_t
+io_input_pending(const struct io *io)
+{
+	return io_in_avail(io);
+}
+
+void
+io_set_timeout(struct io *io, uint64_t ms)
+{
+	io_check(io, __func__);
+	io->timeout_ms = ms;
+	if (ms == 0) {
+		if (!io->connecting)
+			uv_timer_stop(&io->timer);
+	} else
+		io_restart_timer(io);
+}
+
+void
+io_set_max_line(struct io *io, size_t max)
+{
+	io_check(io, __func__);
+	io->max_line = max;
+}
+
+static void
+on_kick(uv_timer_t *t)
+{
+	struct io *io = t->data;
+
+	io_dispatch_input(io);
+}
+
+void
+io_pause(struct io *io)
+{
+	io_check(io, __func__);
+	io->paused = true;
+}
+
+void
+io_resume(struct io *io)
+{
+	io_check(io, __func__);
+	if (!io->paused)
+		return;
+	io->paused = false;
+	if (io->closing || io->failed)
+		return;
+	if (io_in_avail(io) > 0)
+		uv_timer_start(&io->kick, on_kick, 0, 0);
+	io_update_reading(io);
+}
+
+/* ---- TLS ---- */
+
+/*
+ * The one SSL_get_error switch.  Returns 1 when the operation completed, 0
+ * when it wants more input (or output space, which memory BIOs always have),
+ * -1 on a fatal error (io failed, owner told).
+ */
+static int
+io_tls_status(struct io *io, int ret, const char *what)
+{
+	unsigned long e;
+	char text[200];
+
+	if (ret > 0)
+		return 1;
+	switch (SSL_get_error(io->ssl, ret)) {
+	case SSL_ERROR_WANT_READ:
+	case SSL_ERROR_WANT_WRITE:
+		return 0;
+	case SSL_ERROR_ZERO_RETURN:
+		/* close_notify: the peer ended TLS; treat as EOF. */
+		if (!io->failed) {
+			io->failed = true;
+			uv_timer_stop(&io->timer);
+			io_emit(io, IO_EV_EOF);
+		}
+		return -1;
+	case SSL_ERROR_SYSCALL:
+	case SSL_ERROR_SSL:
+	default:
+		e = ERR_get_error();
+		if (e != 0)
+			ERR_error_string_n(e, text, sizeof(text));
+		else
+			snprintf(text, sizeof(text), "unexpected end of stream");
+		if (SSL_get_verify_result(io->ssl) != X509_V_OK &&
+		    io->tls == TLS_HANDSHAKE)
+			snprintf(text, sizeof(text), "certificate verify failed: %s",
+			    X509_verify_cert_error_string(SSL_get_verify_result(io->ssl)));
+		ERR_clear_error();
+		{
+			char msg[256];
+			snprintf(msg, sizeof(msg), "TLS %s: %s", what, text);
+			io_fail(io, IO_ERR_TLS, msg);
+		}
+		return -1;
+	}
+}
+
+/* Move whatever OpenSSL wrote into the wbio onto the wire. */
+static void
+io_tls_drain_wbio(struct io *io)
+{
+	char tmp[16384];
+	int n;
+
+	while ((n = BIO_read(io->wbio, tmp, sizeof(tmp))) > 0)
+		buf_append(&io->wire, tmp, (size_t)n);
+	io_send(io);
+}
+
+/* Feed ciphertext through the handshake, then decrypt application data into in. */
+static void
+io_tls_pump(struct io *io)
+{
+	int r;
+
+	if (io->tls == TLS_HANDSHAKE) {
+		r = SSL_do_handshake(io->ssl);
+		io_tls_drain_wbio(io);
+		r = io_tls_status(io, r, "handshake");
+		if (r <= 0)
+			return;
+		io->tls = TLS_ON;
+		io_emit(io, IO_EV_TLS_READY);
+		if (io->closing || io->failed)
+			return;
+		/* Plaintext written while the handshake ran goes out now. */
+		io_flush(io);
+	}
+	for (;;) {
+		buf_reserve(&io->in, 16384);
+		r = SSL_read(io->ssl, io->in.data + io->in.len, (int)(io->in.cap - io->in.len - 1));
+		if (r > 0) {
+			io->in.len += (size_t)r;
+			io->in.data[io->in.len] = '\0';
+			continue;
+		}
+		io_tls_drain_wbio(io);          /* alerts, session tickets, key updates */
+		if (io_tls_status(io, r, "read") <= 0)
+			return;
+	}
+}
+
+static int
+io_tls_setup(struct io *io, SSL_CTX *ctx)
+{
+	if (io->tls != TLS_OFF || io->closing || io->failed)
+		return -1;
+	/* Pending plaintext (the "220 Ready to start TLS" reply) goes out first. */
+	io_flush(io);
+	/* Anything pipelined behind STARTTLS is discarded (CVE-2011-0411). */
+	buf_reset(&io->in);
+	io->in_off = 0;
+	io->discarding = false;
+	io->ssl = SSL_new(ctx);
+	if (io->ssl == NULL)
+		return -1;
+	io->rbio = BIO_new(BIO_s_mem());
+	io->wbio = BIO_new(BIO_s_mem());
+	BIO_set_mem_eof_return(io->rbio, -1);
+	SSL_set_bio(io->ssl, io->rbio, io->wbio);
+	io->tls = TLS_HANDSHAKE;
+	return 0;
+}
+
+int
+io_start_tls_server(struct io *io, SSL_CTX *ctx)
+{
+	io_check(io, __func__);
+	if (io_tls_setup(io, ctx) != 0)
+		return -1;
+	SSL_set_accept_state(io->ssl);
+	return 0;
+}
+
+int
+io_start_tls_client(struct io *io, SSL_CTX *ctx, const char *servername, bool verify)
+{
+	io_check(io, __func__);
+	if (io_tls_setup(io, ctx) != 0)
+		return -1;
+	SSL_set_connect_state(io->ssl);
+	if (servername != NULL && *servername != '\0') {
+		SSL_set_tlsext_host_name(io->ssl, servername);
+		if (verify) {
+			SSL_set_hostflags(io->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+			if (SSL_set1_host(io->ssl, servername) != 1)
+				return -1;
+		}
+	}
+	SSL_set_verify(io->ssl, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+	/* Send the ClientHello now. */
+	io_tls_pump(io);
+	return 0;
+}
+
+bool
+io_is_tls(const struct io *io)
+{
+	return io->tls == TLS_ON;
+}
+
+const char *
+io_tls_version(const struct io *io)
+{
+	return io->tls == TLS_ON ? SSL_get_version(io->ssl) : NULL;
+}
+
+const char *
+io_tls_cipher(const struct io *io)
+{
+	return io->tls == TLS_ON ? SSL_get_cipher_name(io->ssl) : NULL;
+}
+
+int
+io_tls_cipher_bits(const struct io *io)
+{
+	int alg = 0;
+
+	if (io->tls != TLS_ON)
+		return 0;
+	return SSL_get_cipher_bits(io->ssl, &alg);
+}
+
+const char *
+io_tls_error(const struct io *io)
+{
+	return io->err == IO_ERR_TLS ? io->errtext : NULL;
+}
+
+/* ---- output ---- */
+
+static void
+on_write(uv_write_t *req, int status)
+{
+	struct io *io = req->data;
+
+	io->writing = false;
+	buf_reset(&io->sending);
+	if (io->closing)
+		return;
+	if (status != 0) {
+		io_fail(io, io_map_uv_error(status), uv_strerror(status));
+		return;
+	}
+	if (io->wire.len > 0) {
+		io_send(io);
+		return;
+	}
+	if (io->close_after_drain && io->out.len == 0) {
+		io_free(io);
+		return;
+	}
+	io_update_reading(io);
+	if (!io->failed)
+		io_emit(io, IO_EV_DRAINED);
+}
+
+static void
+io_send(struct io *io)
+{
+	struct buf tmp;
+	uv_buf_t b;
+
+	if (io->writing || io->wire.len == 0 || io->closing || io->connecting)
+		return;
+	/* Swap: wire becomes the in-flight buffer, which stays put until on_write. */
+	tmp = io->sending;
+	io->sending = io->wire;
+	io->wire = tmp;
+	buf_reset(&io->wire);
+	b = uv_buf_init(io->sending.data, (unsigned)io->sending.len);
+	io->wreq.data = io;
+	if (uv_write(&io->wreq, (uv_stream_t *)&io->tcp, &b, 1, on_write) != 0) {
+		io_fail(io, IO_ERR_RESET, "write failed");
+		return;
+	}
+	io->writing = true;
+}
+
+void
+io_write(struct io *io, const void *p, size_t len)
+{
+	io_check(io, __func__);
+	if (io->closing || io->failed)
+		return;
+	buf_append(&io->out, p, len);
+	if (io->in_cb == 0)
+		io_flush(io);
+}
+
+void
+io_printf(struct io *io, const char *fmt, ...)
+{
+	va_list ap;
+
+	io_check(io, __func__);
+	if (io->closing || io->failed)
+		return;
+	va_start(ap, fmt);
+	buf_vprintf(&io->out, fmt, ap);
+	va_end(ap);
+	if (io->in_cb == 0)
+		io_flush(io);
+}
+
+size_t
+io_output_pending(const struct io *io)
+{
+	return io->out.len + io->wire.len + io->sending.len;
+}
+
+void
+io_flush(struct io *io)
+{
+	io_check(io, __func__);
+	if (io->closing || io->out.len == 0)
+		return;
+	if (io->tls == TLS_OFF) {
+		buf_append(&io->wire, io->out.data, io->out.len);
+		buf_reset(&io->out);
+	} else if (io->tls == TLS_ON) {
+		int r = SSL_write(io->ssl, io->out.data, (int)io->out.len);
+		if (r > 0)
+			buf_consume(&io->out, (size_t)r);
+		io_tls_drain_wbio(io);
+		if (r <= 0 && io_tls_status(io, r, "write") < 0)
+			return;
+	} else
+		return;     /* handshake in progress: sent when it completes */
+	io_send(io);
+}
+
+/* ---- errors and closing ---- */
+
+static void
+io_fail(struct io *io, enum io_error err, const char *text)
+{
+	if (io->failed || io->closing)
+		return;
+	io->failed = true;
+	io->err = err;
+	snprintf(io->errtext, sizeof(io->errtext), "%s", text);
+	if (io->reading) {
+		uv_read_stop((uv_stream_t *)&io->tcp);
+		io->reading = false;
+	}
+	uv_timer_stop(&io->timer);
+	io_emit(io, IO_EV_ERROR);
+}
+
+enum io_error
+io_error(const struct io *io)
+{
+	return io->err;
+}
+
+const char *
+io_error_text(const struct io *io)
+{
+	if (io->errtext[0] != '\0')
+		return io->errtext;
+	switch (io->err) {
+	case IO_ERR_NONE: return "no error";
+	case IO_ERR_REFUSED: return "connection refused";
+	case IO_ERR_UNREACH: return "network unreachable";
+	case IO_ERR_CONNECT_TIMEOUT: return "connection timed out";
+	case IO_ERR_RESET: return "connection reset";
+	case IO_ERR_TLS: return "TLS failure";
+	default: return "I/O error";
+	}
+}
+
+const char *
+io_peer_ip(const struct io *io)
+{
+	return io->peer_ip;
+}
+
+int
+io_peer_port(const struct io *io)
+{
+	return io->peer_port;
+}
+
+const char *
+io_local_ip(const struct io *io)
+{
+	return io->local_ip;
+}
+
+const struct sockaddr *
+io_peer_addr(const struct io *io)
+{
+	return (const struct sockaddr *)&io->peer;
+}
+
+static void
+on_handle_closed(uv_handle_t *h)
+{
+	struct io *io = h->data;
+
+	if (--io->open_handles > 0)
+		return;
+	if (io->ssl != NULL)
+		SSL_free(io->ssl);      /* frees both BIOs */
+	buf_free(&io->in);
+	buf_free(&io->out);
+	buf_free(&io->wire);
+	buf_free(&io->sending);
+	io->magic = 0;
+	free(io);
+}
+
+void
+io_close_after_drain(struct io *io)
+{
+	io_check(io, __func__);
+	if (io->closing)
+		return;
+	io_flush(io);
+	if (io->tls == TLS_ON && !io->failed) {
+		SSL_shutdown(io->ssl);          /* queue our close_notify */
+		io_tls_drain_wbio(io);
+	}
+	if (io->failed || (!io->writing && io->wire.len == 0)) {
+		io_free(io);
+		return;
+	}
+	io->close_after_drain = true;       /* on_write frees when the last byte is out */
+	io->paused = true;
+}
+
+void
+io_free(struct io *io)
+{
+	io_check(io, __func__);
+	if (io->closing)
+		return;
+	io->closing = true;
+	uv_close((uv_handle_t *)&io->tcp, on_handle_closed);
+	uv_close((uv_handle_t *)&io->timer, on_handle_closed);
+	uv_close((uv_handle_t *)&io->kick, on_handle_closed);
+}
+
+/* ---- contexts ---- */
+
+static void
+io_ssl_errstr(char *err, size_t errlen, const char *what)
+{
+	unsigned long e = ERR_get_error();
+	char text[200] = "unknown error";
+
+	if (e != 0)
+		ERR_error_string_n(e, text, sizeof(text));
+	ERR_clear_error();
+	snprintf(err, errlen, "%s: %s", what, text);
+}
+
+SSL_CTX *
+io_tls_server_ctx(const char *cert_file, const char *key_file, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+
+	if (ctx == NULL) {
+		io_ssl_errstr(err, errlen, "SSL_CTX_new");
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+	    SSL_OP_NO_COMPRESSION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
+		io_ssl_errstr(err, errlen, cert_file);
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+		io_ssl_errstr(err, errlen, key_file);
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	if (SSL_CTX_check_private_key(ctx) != 1) {
+		io_ssl_errstr(err, errlen, "key does not match certificate");
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+SSL_CTX *
+io_tls_client_ctx(const char *ca_file, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+	if (ctx == NULL) {
+		io_ssl_errstr(err, errlen, "SSL_CTX_new");
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	if (ca_file != NULL && *ca_file != '\0') {
+		if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+			io_ssl_errstr(err, errlen, ca_file);
+			SSL_CTX_free(ctx);
+			return NULL;
+		}
+	} else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+		io_ssl_errstr(err, errlen, "default verify paths");
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}

@@ -1,0 +1,126 @@
+/*
+ * io.h - one I/O object for both directions: a TCP stream (libuv) with
+ * optional TLS (OpenSSL over memory BIOs), line-oriented input and buffered
+ * output.  submit/ and deliver/ never touch SSL* or uv_buf_t themselves.
+ *
+ * Events go to one callback:
+ *   IO_EV_CONNECTED  io_connect() succeeded
+ *   IO_EV_IN         input is buffered: call io_getline() until it returns IO_LINE_NONE
+ *   IO_EV_TLS_READY  the TLS handshake finished (io_tls_version() etc. valid)
+ *   IO_EV_DRAINED    all queued output has been written to the kernel
+ *   IO_EV_TIMEOUT    no input within the timeout set by io_set_timeout()
+ *   IO_EV_EOF        the peer closed the connection
+ *   IO_EV_ERROR      connection or TLS error; io_error() says which
+ * After EOF, ERROR or TIMEOUT the owner must io_free() (it may write a last
+ * reply first on TIMEOUT).  Output written from inside the callback is flushed
+ * when the callback returns; output written elsewhere is flushed at once.
+ *
+ * Ownership: the owner calls io_free(); the io then closes its handles, frees
+ * itself in the libuv close callbacks and never calls the callback again.
+ */
+#ifndef RELAY_IO_H
+#define RELAY_IO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+#include <openssl/ssl.h>
+
+struct io;
+
+enum io_event {
+	IO_EV_CONNECTED,
+	IO_EV_IN,
+	IO_EV_TLS_READY,
+	IO_EV_DRAINED,
+	IO_EV_TIMEOUT,
+	IO_EV_EOF,
+	IO_EV_ERROR,
+};
+
+enum io_line {
+	IO_LINE_NONE = 0,   /* no complete line buffered */
+	IO_LINE_OK,         /* (line, len): one line including its terminating "\n" */
+	IO_LINE_LONG,       /* a line exceeded the maximum; it is discarded up to its "\n" */
+};
+
+/* What kind of failure an IO_EV_ERROR was (for the router's host health). */
+enum io_error {
+	IO_ERR_NONE = 0,
+	IO_ERR_REFUSED,     /* connection refused */
+	IO_ERR_UNREACH,     /* no route, network unreachable */
+	IO_ERR_CONNECT_TIMEOUT,
+	IO_ERR_RESET,       /* reset or broken pipe */
+	IO_ERR_TLS,         /* handshake or record layer failure */
+	IO_ERR_OTHER,
+};
+
+typedef void io_cb(struct io *io, enum io_event ev, void *arg);
+
+struct io *io_new(uv_loop_t *loop, io_cb *cb, void *arg);
+/* Change the callback argument (e.g. when a pooled connection changes owner). */
+void io_set_callback(struct io *io, io_cb *cb, void *arg);
+
+/* Accept a connection from a listening stream; reading starts at once. 0 or -1. */
+int io_accept(struct io *io, uv_stream_t *server);
+/* Connect to sa (optionally from a source address); IO_EV_CONNECTED or IO_EV_ERROR follows. */
+int io_connect(struct io *io, const struct sockaddr *sa, uint64_t timeout_ms);
+
+/*
+ * Start TLS.  Any input already buffered (plaintext pipelined behind STARTTLS)
+ * is discarded, as RFC 3207 and CVE-2011-0411 demand; pending plaintext output
+ * is flushed first.  IO_EV_TLS_READY or IO_EV_ERROR follows.  For a client,
+ * servername is sent as SNI and, when verify is true, the peer certificate
+ * must chain to the context's trust store and match servername.
+ */
+int io_start_tls_server(struct io *io, SSL_CTX *ctx);
+int io_start_tls_client(struct io *io, SSL_CTX *ctx, const char *servername, bool verify);
+
+bool io_is_tls(const struct io *io);
+const char *io_tls_version(const struct io *io);   /* "TLSv1.3" or NULL */
+const char *io_tls_cipher(const struct io *io);    /* "TLS_AES_256_GCM_SHA384" or NULL */
+int io_tls_cipher_bits(const struct io *io);
+/* Why the last TLS failure happened, for logs ("certificate verify failed: ..."). */
+const char *io_tls_error(const struct io *io);
+
+/* Idle timeout: IO_EV_TIMEOUT if nothing is read for ms (0 = none). Restarts on every read. */
+void io_set_timeout(struct io *io, uint64_t ms);
+/* Longest accepted line including CRLF (default 1000). */
+void io_set_max_line(struct io *io, size_t max);
+
+/* Take the next line from the input buffer (see enum io_line). The pointer is
+ * valid until the next io_* call on this io. */
+enum io_line io_getline(struct io *io, const char **line, size_t *len);
+/* Bytes of input buffered but not yet taken. */
+size_t io_input_pending(const struct io *io);
+
+/* Stop and resume delivering IO_EV_IN (e.g. while a queue commit is pending).
+ * Resuming re-delivers IO_EV_IN soon if input is buffered. */
+void io_pause(struct io *io);
+void io_resume(struct io *io);
+
+void io_write(struct io *io, const void *p, size_t len);
+void io_printf(struct io *io, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+size_t io_output_pending(const struct io *io);
+void io_flush(struct io *io);
+
+/* Free when all output has been written (e.g. after "221 Bye"). */
+void io_close_after_drain(struct io *io);
+/* Close now and free; the callback is never called again. */
+void io_free(struct io *io);
+
+enum io_error io_error(const struct io *io);
+const char *io_error_text(const struct io *io);    /* "connection refused", ... */
+/* Peer and local address as text ("127.0.0.1", "::1") and port. */
+const char *io_peer_ip(const struct io *io);
+int io_peer_port(const struct io *io);
+const char *io_local_ip(const struct io *io);
+const struct sockaddr *io_peer_addr(const struct io *io);
+
+/* TLS contexts (TLS 1.2 and up). NULL on error with err filled. */
+SSL_CTX *io_tls_server_ctx(const char *cert_file, const char *key_file, char *err, size_t errlen);
+SSL_CTX *io_tls_client_ctx(const char *ca_file, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,237 @@
+/*
+ * util.c - checked allocation, fatal errors, clocks, and the small parsers
+ * (durations, sizes) that the configuration and relayctl share.
+ * Owns no state.
+ */
+#include "common/util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void *
+xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (p == NULL)
+		fatalx("%s: out of memory (%zu bytes)", __func__, n);
+	return p;
+}
+
+void *
+xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size ? size : 1);
+	if (p == NULL)
+		fatalx("%s: out of memory", __func__);
+	return p;
+}
+
+void *
+xrealloc(void *p, size_t n)
+{
+	void *q = realloc(p, n ? n : 1);
+	if (q == NULL)
+		fatalx("%s: out of memory (%zu bytes)", __func__, n);
+	return q;
+}
+
+char *
+xstrdup(const char *s)
+{
+	return xstrndup(s, strlen(s));
+}
+
+char *
+xstrndup(const char *s, size_t n)
+{
+	char *p = xmalloc(n + 1);
+	memcpy(p, s, n);
+	p[n] = '\0';
+	return p;
+}
+
+void
+fatalx(const char *fmt, ...)
+{
+	va_list ap;
+	char ts[40];
+
+	util_rfc3339(util_now_ms(), ts, sizeof(ts));
+	fprintf(stderr, "ts=%s level=crit event=fatal msg=\"", ts);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\"\n");
+	fflush(stderr);
+	abort();
+}
+
+uint64_t
+util_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+uint64_t
+util_mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void
+util_rfc3339(uint64_t ms, char *out, size_t outlen)
+{
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+	char base[32];
+
+	gmtime_r(&t, &tm);
+	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(out, outlen, "%s.%03uZ", base, (unsigned)(ms % 1000));
+}
+
+void
+util_rfc5322_date(uint64_t ms, char *out, size_t outlen)
+{
+	static const char *days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+	static const char *months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+	    "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	snprintf(out, outlen, "%s, %d %s %d %02d:%02d:%02d +0000",
+	    days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900,
+	    tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+int
+util_strcasecmp(const char *a, const char *b)
+{
+	for (;; a++, b++) {
+		int ca = tolower((unsigned char)*a), cb = tolower((unsigned char)*b);
+		if (ca != cb || ca == '\0')
+			return ca - cb;
+	}
+}
+
+int
+util_strncasecmp(const char *a, const char *b, size_t n)
+{
+	for (; n > 0; a++, b++, n--) {
+		int ca = tolower((unsigned char)*a), cb = tolower((unsigned char)*b);
+		if (ca != cb || ca == '\0')
+			return ca - cb;
+	}
+	return 0;
+}
+
+int
+util_parse_duration(const char *s, uint64_t *ms)
+{
+	static const struct { const char *unit; uint64_t mult; } units[] = {
+		{ "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "h", 3600000 },
+		{ "d", 86400000 }, { "w", 7 * 86400000ULL },
+	};
+	uint64_t total = 0;
+	const char *p = s;
+
+	if (s == NULL || *s == '\0')
+		return -1;
+	if (strcmp(s, "0") == 0) {
+		*ms = 0;
+		return 0;
+	}
+	/* One or more <number><unit> groups: "1h30m". */
+	while (*p != '\0') {
+		char *end;
+		uint64_t n, mult = 0;
+		size_t i;
+
+		if (!isdigit((unsigned char)*p))
+			return -1;
+		errno = 0;
+		n = strtoull(p, &end, 10);
+		if (errno != 0 || end == p)
+			return -1;
+		p = end;
+		for (i = 0; i < RELAY_ARRAY_LEN(units); i++) {
+			size_t ul = strlen(units[i].unit);
+			if (strncmp(p, units[i].unit, ul) == 0 &&
+			    !(ul == 1 && units[i].unit[0] == 'm' && p[1] == 's')) {
+				mult = units[i].mult;
+				p += ul;
+				break;
+			}
+		}
+		if (mult == 0)
+			return -1;
+		if (n > UINT64_MAX / mult || total + n * mult < total)
+			return -1;
+		total += n * mult;
+	}
+	*ms = total;
+	return 0;
+}
+
+int
+util_parse_size(const char *s, uint64_t *bytes)
+{
+	char *end;
+	uint64_t n, mult = 1;
+
+	if (s == NULL || !isdigit((unsigned char)*s))
+		return -1;
+	errno = 0;
+	n = strtoull(s, &end, 10);
+	if (errno != 0)
+		return -1;
+	switch (*end) {
+	case '\0': break;
+	case 'k': case 'K': mult = 1024; end++; break;
+	case 'm': case 'M': mult = 1024 * 1024; end++; break;
+	case 'g': case 'G': mult = 1024 * 1024 * 1024; end++; break;
+	default: return -1;
+	}
+	if ((*end == 'b' || *end == 'B') && mult != 1)
+		end++;
+	if (*end != '\0' || (mult > 1 && n > UINT64_MAX / mult))
+		return -1;
+	*bytes = n * mult;
+	return 0;
+}
+
+void
+util_format_duration(uint64_t ms, char *out, size_t outlen)
+{
+	static const struct { char unit; uint64_t mult; } units[] = {
+		{ 'd', 86400000 }, { 'h', 3600000 }, { 'm', 60000 }, { 's', 1000 },
+	};
+	size_t used = 0, i;
+
+	if (ms == 0) {
+		snprintf(out, outlen, "0s");
+		return;
+	}
+	out[0] = '\0';
+	for (i = 0; i < RELAY_ARRAY_LEN(units) && used < outlen; i++) {
+		if (ms >= units[i].mult) {
+			int w = snprintf(out + used, outlen - used, "%llu%c",
+			    (unsigned long long)(ms / units[i].mult), units[i].unit);
+			if (w < 0)
+				return;
+			used += (size_t)w;
+			ms %= units[i].mult;
+		}
+	}
+	if (ms > 0 && used < outlen)
+		snprintf(out + used, outlen - used, "%llums", (unsigned long long)ms);
+}

@@ -1,0 +1,58 @@
+/*
+ * util.h - what every module of relayd uses: error codes, checked allocation,
+ * fatal errors, and the clock.  Kept deliberately small; anything that is a
+ * concept of its own (buffers, logging, I/O) has its own file.
+ */
+#ifndef RELAY_UTIL_H
+#define RELAY_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdarg.h>
+
+/* Functions return 0 or one of these (negative); the caller decides. */
+enum {
+	RELAY_OK = 0,
+	RELAY_EIO = -1,        /* system call failed; errno-derived text logged */
+	RELAY_ENOENT = -2,     /* no such queue id, route, host ... */
+	RELAY_EINVAL = -3,     /* malformed input */
+	RELAY_EEXIST = -4,
+	RELAY_ELIMIT = -5,     /* a configured limit was hit */
+	RELAY_ETEMP = -6,      /* temporary failure, try again later */
+	RELAY_EPERM = -7,
+	RELAY_ECLOSED = -8,    /* peer or object went away */
+};
+
+/* Allocation that fails aborts the process: there is no sane recovery. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* Broken invariant: log loudly and abort.  Use as fatalx("%s: ...", __func__). */
+void fatalx(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+
+/* Milliseconds since the Unix epoch (wall clock), and a monotonic ms clock. */
+uint64_t util_now_ms(void);
+uint64_t util_mono_ms(void);
+
+/* RFC 3339 UTC time with milliseconds into out (at least 32 bytes). */
+void util_rfc3339(uint64_t ms, char *out, size_t outlen);
+/* RFC 5322 date ("Sun, 22 Nov 2026 11:21:31 +0000") into out (at least 40 bytes). */
+void util_rfc5322_date(uint64_t ms, char *out, size_t outlen);
+
+/* Case-insensitive ASCII compare helpers (locale-independent). */
+int util_strcasecmp(const char *a, const char *b);
+int util_strncasecmp(const char *a, const char *b, size_t n);
+
+/* Parse "30s", "5m", "4h", "5d", "250ms", "0" into milliseconds. 0 or -1. */
+int util_parse_duration(const char *s, uint64_t *ms);
+/* Parse "512K", "10M", "1G", "1000" into bytes. 0 or -1. */
+int util_parse_size(const char *s, uint64_t *bytes);
+/* Format a duration compactly ("5d", "1h30m", "250ms") into out. */
+void util_format_duration(uint64_t ms, char *out, size_t outlen);
+
+#define RELAY_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif

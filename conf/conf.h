@@ -1,0 +1,143 @@
+/*
+ * conf.h - relayd's configuration: a libconfig file parsed into one typed,
+ * validated, immutable snapshot.  SIGHUP builds a new snapshot and swaps it in;
+ * whoever still holds the old one (a session in progress) keeps it alive with
+ * conf_ref()/conf_unref().  Every error names its place as "FILE:LINE: message".
+ *
+ * All durations are in milliseconds, all sizes in bytes.
+ */
+#ifndef RELAY_CONF_H
+#define RELAY_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "common/buf.h"
+
+struct conf_listen {
+	char *text;                     /* as written: "127.0.0.1:587", "[::1]:465" */
+	struct sockaddr_storage addr;   /* parsed */
+	socklen_t addrlen;
+};
+
+enum conf_mx_policy {
+	CONF_MX_ANY = 0,                /* "any": every exchanger, in preference order */
+	CONF_MX_PRIMARY_ONLY,           /* "primary-only": lowest preference value only */
+};
+
+enum conf_tls {
+	CONF_TLS_NONE = 0,              /* "none" */
+	CONF_TLS_OPPORTUNISTIC,         /* "opportunistic" */
+	CONF_TLS_REQUIRE,               /* "require" */
+	CONF_TLS_VERIFY,                /* "verify" */
+};
+
+struct conf_hostport {
+	char *host;                     /* name or address literal, no brackets */
+	uint16_t port;
+};
+
+struct conf_route {
+	char *domain;                   /* lower-cased; "*" = every other domain (smarthost) */
+	struct conf_hostport *hosts;    /* tried in order */
+	size_t nhosts;
+	enum conf_mx_policy mx_policy;  /* for DNS-routed domains (nhosts == 0) */
+	char *auth_user;                /* optional client AUTH (smarthost); NULL = none */
+	char *auth_password;
+	bool has_tls;                   /* route overrides deliver.tls */
+	enum conf_tls tls;
+};
+
+struct conf {
+	int refs;
+	char *path;                     /* the file this was read from */
+
+	char *hostname;                 /* default: gethostname() */
+	char *queue_dir;                /* default: "/var/spool/relayd" */
+	char *control_socket;           /* default: "<queue_dir>/control.sock" */
+	char *log_file;                 /* NULL = stderr */
+	char *log_level;                /* "debug" | "info" (default) | "notice" | "warning" */
+
+	struct {
+		struct conf_listen *listen;     /* STARTTLS listeners (587) */
+		size_t nlisten;
+		struct conf_listen *listen_tls; /* implicit TLS listeners (465) */
+		size_t nlisten_tls;
+		char *tls_cert;                 /* PEM file; required if any listener */
+		char *tls_key;
+		char *sasl_db;                  /* sasldb2 file */
+		char *sasl_realm;               /* default: hostname */
+		char *sasl_mechanisms;          /* default: "PLAIN LOGIN" */
+		char *senders;                  /* senders map file; NULL = nobody may send */
+		bool check_header_from;         /* default false: hold header From: to the map too */
+		uint64_t max_message_size;      /* default 25M */
+		unsigned max_recipients;        /* default 100 */
+		unsigned max_connections;       /* default 1000 */
+		unsigned max_connections_per_ip;/* default 50 */
+		uint64_t idle_timeout;          /* default 5m (RFC 5321 4.5.3.2.7) */
+		uint64_t data_timeout;          /* default 10m: no progress within DATA */
+		unsigned max_command_errors;    /* default 20: then 421 */
+		unsigned auth_fail_delay_after; /* default 3 failures per IP, then each reply delayed */
+		unsigned auth_fail_limit;       /* default 10 failures per IP: then refused */
+		uint64_t auth_fail_window;      /* default 15m */
+		unsigned login_max_messages;    /* per login per window; default 500, 0 = unlimited */
+		unsigned login_max_recipients;  /* per login per window; default 2000, 0 = unlimited */
+		uint64_t login_rate_window;     /* default 1h */
+	} submit;
+
+	struct {
+		struct conf_hostport *dns_servers;  /* NULL/0 = system resolver */
+		size_t ndns_servers;
+		uint16_t smtp_port;                 /* default 25 */
+		uint64_t *retry_intervals;          /* default 5m,10m,20m,40m,1h; last repeats */
+		size_t nretry_intervals;
+		uint64_t max_queue_age;             /* default 5d */
+		uint64_t delay_warning;             /* default 4h; 0 disables */
+		uint64_t host_backoff_min;          /* default 1m */
+		uint64_t host_backoff_max;          /* default 1h */
+		struct conf_route *routes;
+		size_t nroutes;
+		unsigned max_connections;           /* default 100, outbound total */
+		unsigned max_connections_per_host;  /* default 10 */
+		unsigned max_rcpts_per_txn;         /* default 100 */
+	} router;
+
+	struct {
+		enum conf_tls tls;                  /* default opportunistic */
+		uint64_t connect_timeout;           /* default 30s */
+		uint64_t greeting_timeout;          /* default 5m (RFC 5321 4.5.3.2.1) */
+		uint64_t command_timeout;           /* default 5m (MAIL, RCPT) */
+		uint64_t data_init_timeout;         /* default 2m */
+		uint64_t data_block_timeout;        /* default 3m */
+		uint64_t data_done_timeout;         /* default 10m */
+		uint64_t idle_timeout;              /* default 10s: keep a connection for reuse */
+		char *ca_file;                      /* default: system store */
+	} deliver;
+};
+
+/*
+ * Parse and validate path.  On success returns 0 and *out holds a snapshot
+ * with one reference.  On failure returns -1 and err holds one or more lines
+ * "FILE:LINE: message" (LINE is that of the offending setting, or of the
+ * group that lacks a required one).  Files the config references (tls_cert,
+ * tls_key, sasl_db, senders) must be readable.
+ */
+int conf_load(const char *path, struct conf **out, struct buf *err);
+
+/* The built-in defaults, unvalidated (for tests and the quick-start). */
+struct conf *conf_new_defaults(void);
+
+struct conf *conf_ref(struct conf *c);
+void conf_unref(struct conf *c);
+
+/* Route for a domain (exact, lower-case compare), else the "*" route, else NULL. */
+const struct conf_route *conf_route_find(const struct conf *c, const char *domain);
+
+/* Parse "host:port", "[v6]:port" into a sockaddr (numeric only). 0 or -1. */
+int conf_parse_listen(const char *text, struct sockaddr_storage *ss, socklen_t *len);
+
+const char *conf_tls_name(enum conf_tls t);
+
+#endif

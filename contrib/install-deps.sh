@@ -1,0 +1,32 @@
+#!/bin/sh
+# install-deps.sh - install what building and testing relayd needs, from
+# Debian packages.  Idempotent and non-interactive: packages already present
+# are left alone, and apt-get runs only when something is missing.
+set -eu
+
+PKGS="gcc make cmake pkg-config openssl ca-certificates
+      libuv1-dev libssl-dev libsasl2-dev libconfig-dev libc-ares-dev
+      sasl2-bin libsasl2-modules swaks procps"
+
+missing=""
+for p in $PKGS; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+		missing="$missing $p"
+	fi
+done
+# The tests need a python3 (>= 3.9) with its standard library; any one on PATH will do.
+if ! command -v python3 >/dev/null 2>&1; then
+	missing="$missing python3"
+fi
+
+if [ -n "$missing" ]; then
+	echo "install-deps: installing:$missing"
+	SUDO=""
+	[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+	export DEBIAN_FRONTEND=noninteractive
+	$SUDO apt-get update -qq
+	# shellcheck disable=SC2086
+	$SUDO apt-get install -y -qq --no-install-recommends $missing
+else
+	echo "install-deps: everything is installed"
+fi

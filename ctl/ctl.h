@@ -1,0 +1,19 @@
+/*
+ * ctl.h - relayctl's internal interface: the command grammar table lives in
+ * relayctl.c; commands that run locally (audit) live in files of their own.
+ */
+#ifndef RELAY_CTL_H
+#define RELAY_CTL_H
+
+#include "conf/conf.h"
+
+/* Exit codes: the contract with scripts. */
+#define CTL_EXIT_OK     0
+#define CTL_EXIT_ERROR  1
+#define CTL_EXIT_USAGE  2
+
+/* `relayctl audit ...`: argv starts after "audit"; conf may be NULL (-s was used).
+ * Returns an exit code. */
+int ctl_audit(const struct conf *conf, int argc, char **argv);
+
+#endif

@@ -1,0 +1,295 @@
+/*
+ * relayctl.c - the admin's command: parses the command line against one
+ * grammar table (OpenSMTPD smtpctl style), then either runs the command
+ * locally (audit) or sends it over the control socket to relayd and prints
+ * the answer.  Exit: 0 ok, 1 error (clear message on stderr), 2 usage.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/control_proto.h"
+#include "conf/conf.h"
+#include "ctl/ctl.h"
+
+#define CTL_DEFAULT_CONF   "/etc/relayd/relayd.conf"
+#define CTL_DEFAULT_SOCKET "/var/spool/relayd/control.sock"
+
+/* An option a command accepts: name and whether it takes a value. */
+struct ctl_opt {
+	const char *name;
+	int takes_value;
+};
+
+/*
+ * One row per command pattern.  `words` are matched literally; then between
+ * min_pos and max_pos positional arguments (-1 = unlimited) mixed with the
+ * options listed.  need_target: at least one positional or one of the
+ * target options (--domain, --all) must be given.
+ */
+struct ctl_cmd {
+	const char *words[2];
+	int min_pos, max_pos;
+	struct ctl_opt opts[6];
+	bool need_target;
+	bool local;
+	const char *help;
+};
+
+static const struct ctl_cmd ctl_cmds[] = {
+	{ { "stats", NULL }, 0, 0, { { "--json", 0 } }, false, false,
+	  "stats [--json]" },
+	{ { "reload", NULL }, 0, 0, { { "--json", 0 } }, false, false,
+	  "reload" },
+	{ { "queue", "list" }, 0, 0, { { "--domain", 1 }, { "--held", 0 }, { "--json", 0 } }, false, false,
+	  "queue list [--domain D] [--held] [--json]" },
+	{ { "queue", "show" }, 1, 1, { { "--json", 0 } }, false, false,
+	  "queue show QID [--json]" },
+	{ { "queue", "flush" }, 0, -1, { { "--domain", 1 }, { "--all", 0 }, { "--json", 0 } }, true, false,
+	  "queue flush QID... | --domain D | --all" },
+	{ { "queue", "hold" }, 0, -1, { { "--domain", 1 }, { "--json", 0 } }, true, false,
+	  "queue hold QID... | --domain D" },
+	{ { "queue", "release" }, 0, -1, { { "--domain", 1 }, { "--json", 0 } }, true, false,
+	  "queue release QID... | --domain D" },
+	{ { "queue", "delete" }, 0, -1, { { "--domain", 1 }, { "--json", 0 } }, true, false,
+	  "queue delete QID... | --domain D" },
+	{ { "queue", "bounce" }, 1, -1, { { "--json", 0 } }, false, false,
+	  "queue bounce QID..." },
+	{ { "hosts", NULL }, 0, 0, { { "--json", 0 } }, false, false,
+	  "hosts [--json]" },
+	{ { "hosts", "reset" }, 1, 1, { { "--json", 0 } }, false, false,
+	  "hosts reset HOST" },
+	{ { "route", "set" }, 2, 2, { { "--json", 0 } }, false, false,
+	  "route set DOMAIN HOST:PORT[,HOST:PORT...]" },
+	{ { "route", "clear" }, 1, 1, { { "--json", 0 } }, false, false,
+	  "route clear DOMAIN" },
+	{ { "route", "list" }, 0, 0, { { "--json", 0 } }, false, false,
+	  "route list [--json]" },
+	{ { "audit", NULL }, 0, 0, { { "--log", 1 }, { "--since", 1 }, { "--domain", 1 }, { "--rcpt", 1 }, { "--json", 0 } },
+	  false, true,
+	  "audit [--log FILE...] [--since DUR] [--domain D] [--rcpt ADDR] [--json]" },
+};
+
+static void
+usage(FILE *f)
+{
+	size_t i;
+
+	fprintf(f, "usage: relayctl [-c FILE | -s SOCKET] COMMAND ...\n");
+	for (i = 0; i < sizeof(ctl_cmds) / sizeof(ctl_cmds[0]); i++)
+		fprintf(f, "  relayctl %s\n", ctl_cmds[i].help);
+}
+
+static const struct ctl_opt *
+ctl_find_opt(const struct ctl_cmd *c, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(c->opts) / sizeof(c->opts[0]) && c->opts[i].name != NULL; i++)
+		if (strcmp(c->opts[i].name, name) == 0)
+			return &c->opts[i];
+	return NULL;
+}
+
+/*
+ * Match argv against the table.  The longest matching pattern wins ("hosts
+ * reset" over "hosts").  Returns the row or NULL with a message printed.
+ */
+static const struct ctl_cmd *
+ctl_match(int argc, char **argv, int *consumed)
+{
+	const struct ctl_cmd *best = NULL;
+	int best_words = 0;
+	size_t i;
+
+	for (i = 0; i < sizeof(ctl_cmds) / sizeof(ctl_cmds[0]); i++) {
+		const struct ctl_cmd *c = &ctl_cmds[i];
+		int n = c->words[1] ? 2 : 1;
+
+		if (argc < n || strcmp(argv[0], c->words[0]) != 0)
+			continue;
+		if (n == 2 && strcmp(argv[1], c->words[1]) != 0)
+			continue;
+		if (n > best_words) {
+			best = c;
+			best_words = n;
+		}
+	}
+	*consumed = best_words;
+	return best;
+}
+
+/* Check positional/option counts; 0 ok, -1 usage error (message printed). */
+static int
+ctl_check_args(const struct ctl_cmd *c, int argc, char **argv)
+{
+	int i, npos = 0;
+	bool target = false;
+
+	for (i = 0; i < argc; i++) {
+		if (strncmp(argv[i], "--", 2) == 0) {
+			const struct ctl_opt *o = ctl_find_opt(c, argv[i]);
+			if (o == NULL) {
+				fprintf(stderr, "relayctl: %s: unknown option %s\n", c->help, argv[i]);
+				return -1;
+			}
+			if (strcmp(o->name, "--domain") == 0 || strcmp(o->name, "--all") == 0)
+				target = true;
+			if (o->takes_value) {
+				if (i + 1 >= argc) {
+					fprintf(stderr, "relayctl: option %s needs a value\n", argv[i]);
+					return -1;
+				}
+				i++;
+			}
+			continue;
+		}
+		npos++;
+	}
+	if (npos < c->min_pos || (c->max_pos >= 0 && npos > c->max_pos)) {
+		fprintf(stderr, "relayctl: usage: relayctl %s\n", c->help);
+		return -1;
+	}
+	if (c->need_target && npos == 0 && !target) {
+		fprintf(stderr, "relayctl: usage: relayctl %s\n", c->help);
+		return -1;
+	}
+	return 0;
+}
+
+/* Send argv to relayd, print the answer.  Returns an exit code. */
+static int
+ctl_send(const char *sockpath, int argc, char **argv)
+{
+	struct sockaddr_un sun;
+	struct buf req = BUF_INIT, resp = BUF_INIT;
+	char chunk[8192];
+	const char *body;
+	ssize_t n;
+	size_t off = 0;
+	int fd, i;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(sockpath) >= sizeof(sun.sun_path)) {
+		fprintf(stderr, "relayctl: socket path too long: %s\n", sockpath);
+		return CTL_EXIT_ERROR;
+	}
+	strcpy(sun.sun_path, sockpath);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+		int e = errno;
+		if (e == ENOENT || e == ECONNREFUSED)
+			fprintf(stderr, "relayctl: relayd is not running (nothing answers on %s)\n", sockpath);
+		else if (e == EACCES || e == EPERM)
+			fprintf(stderr, "relayctl: permission denied on %s (run as root or relayd's user)\n",
+			    sockpath);
+		else
+			fprintf(stderr, "relayctl: cannot connect to %s: %s\n", sockpath, strerror(e));
+		if (fd >= 0)
+			close(fd);
+		return CTL_EXIT_ERROR;
+	}
+	for (i = 0; i < argc; i++)
+		buf_append(&req, argv[i], strlen(argv[i]) + 1);
+	buf_putc(&req, '\0');
+	while (off < req.len) {
+		n = write(fd, req.data + off, req.len - off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		off += (size_t)n;
+	}
+	buf_free(&req);
+	while ((n = read(fd, chunk, sizeof(chunk))) != 0) {
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		buf_append(&resp, chunk, (size_t)n);
+	}
+	close(fd);
+
+	if (strncmp(buf_cstr(&resp), "OK\n", 3) == 0) {
+		body = resp.data + 3;
+		fwrite(body, 1, resp.len - 3, stdout);
+		buf_free(&resp);
+		return CTL_EXIT_OK;
+	}
+	if (strncmp(buf_cstr(&resp), "ERR ", 4) == 0) {
+		const char *msg = strchr(resp.data + 4, ' ');
+		const char *nl = strchr(resp.data, '\n');
+		int len = nl ? (int)(nl - (msg ? msg + 1 : resp.data + 4)) : (int)resp.len;
+		fprintf(stderr, "relayctl: %.*s\n", len, msg ? msg + 1 : resp.data + 4);
+		buf_free(&resp);
+		return CTL_EXIT_ERROR;
+	}
+	fprintf(stderr, "relayctl: no answer from relayd on %s (did it stop?)\n", sockpath);
+	buf_free(&resp);
+	return CTL_EXIT_ERROR;
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *conf_path = NULL, *sockpath = NULL;
+	const struct ctl_cmd *cmd;
+	struct conf *conf = NULL;
+	int ch, consumed, rc;
+
+	while ((ch = getopt(argc, argv, "+c:s:h")) != -1) {
+		switch (ch) {
+		case 'c': conf_path = optarg; break;
+		case 's': sockpath = optarg; break;
+		case 'h': usage(stdout); return CTL_EXIT_OK;
+		default: usage(stderr); return CTL_EXIT_USAGE;
+		}
+	}
+	argc -= optind;
+	argv += optind;
+	if (argc == 0) {
+		usage(stderr);
+		return CTL_EXIT_USAGE;
+	}
+	cmd = ctl_match(argc, argv, &consumed);
+	if (cmd == NULL) {
+		fprintf(stderr, "relayctl: unknown command '%s'\n", argv[0]);
+		usage(stderr);
+		return CTL_EXIT_USAGE;
+	}
+	if (ctl_check_args(cmd, argc - consumed, argv + consumed) != 0)
+		return CTL_EXIT_USAGE;
+
+	if (conf_path != NULL || (sockpath == NULL && access(CTL_DEFAULT_CONF, R_OK) == 0)) {
+		struct buf err = BUF_INIT;
+		const char *p = conf_path ? conf_path : CTL_DEFAULT_CONF;
+
+		if (conf_load(p, &conf, &err) != 0) {
+			fprintf(stderr, "relayctl: %s", buf_cstr(&err));
+			buf_free(&err);
+			return CTL_EXIT_ERROR;
+		}
+		buf_free(&err);
+		if (sockpath == NULL)
+			sockpath = conf->control_socket;
+	}
+	if (sockpath == NULL)
+		sockpath = CTL_DEFAULT_SOCKET;
+
+	if (cmd->local)
+		rc = ctl_audit(conf, argc - consumed, argv + consumed);
+	else
+		rc = ctl_send(sockpath, argc, argv);
+	if (conf != NULL)
+		conf_unref(conf);
+	return rc;
+}

@@ -1,0 +1,375 @@
+/*
+ * control.c - the control socket: a Unix stream socket on control_socket
+ * (mode 0600) that relayctl talks to (protocol: common/control_proto.h).
+ * Accepts only root and relayd's own uid, checked with SO_PEERCRED.  Owns the
+ * listening pipe and each client connection; every request is answered from
+ * in-memory state, so no request blocks the loop.
+ */
+#include "daemon/relay.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/control_proto.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "router/router.h"
+
+#define CONTROL_MAGIC 0xc0de0001U
+
+struct control {
+	uint32_t magic;
+	struct relay *relay;
+	uv_pipe_t pipe;
+	char *path;
+};
+
+struct control_conn {
+	uint32_t magic;
+	struct control *ctl;
+	uv_pipe_t pipe;
+	uv_write_t wreq;
+	struct buf req;
+	struct buf resp;
+	bool answered;
+};
+
+static void
+conn_closed(uv_handle_t *h)
+{
+	struct control_conn *cc = h->data;
+
+	buf_free(&cc->req);
+	buf_free(&cc->resp);
+	cc->magic = 0;
+	free(cc);
+}
+
+static void
+conn_close(struct control_conn *cc)
+{
+	if (!uv_is_closing((uv_handle_t *)&cc->pipe))
+		uv_close((uv_handle_t *)&cc->pipe, conn_closed);
+}
+
+static void
+on_conn_written(uv_write_t *w, int status)
+{
+	struct control_conn *cc = w->data;
+
+	(void)status;
+	conn_close(cc);
+}
+
+static void
+conn_answer(struct control_conn *cc, int rc, const char *code, struct buf *body)
+{
+	uv_buf_t b;
+
+	buf_reset(&cc->resp);
+	if (rc == 0)
+		buf_puts(&cc->resp, "OK\n");
+	else {
+		/* The body is the one-line message. */
+		while (body->len > 0 && body->data[body->len - 1] == '\n')
+			buf_truncate(body, body->len - 1);
+		buf_printf(&cc->resp, "ERR %s %s\n", code, buf_cstr(body));
+		buf_reset(body);
+	}
+	buf_append(&cc->resp, body->data ? body->data : "", body->len);
+	cc->answered = true;
+	uv_read_stop((uv_stream_t *)&cc->pipe);
+	b = uv_buf_init(cc->resp.data, (unsigned)cc->resp.len);
+	cc->wreq.data = cc;
+	if (uv_write(&cc->wreq, (uv_stream_t *)&cc->pipe, &b, 1, on_conn_written) != 0)
+		conn_close(cc);
+}
+
+static void
+control_stats(struct relay *r, bool json, struct buf *out)
+{
+	static const struct { const char *name; size_t off; } counters[] = {
+		{ "connections", offsetof(struct relay_stats, connections) },
+		{ "accepted", offsetof(struct relay_stats, accepted) },
+		{ "rejected", offsetof(struct relay_stats, rejected) },
+		{ "delivered", offsetof(struct relay_stats, delivered) },
+		{ "deferred", offsetof(struct relay_stats, deferred) },
+		{ "bounced", offsetof(struct relay_stats, bounced) },
+		{ "expired", offsetof(struct relay_stats, expired) },
+		{ "ndr_sent", offsetof(struct relay_stats, ndr_sent) },
+		{ "auth_failed", offsetof(struct relay_stats, auth_failed) },
+		{ "deleted", offsetof(struct relay_stats, deleted) },
+	};
+	uint64_t uptime = (util_now_ms() - r->stats.start_ms) / 1000;
+	struct buf queue = BUF_INIT;
+	char *argv[] = { "stats", NULL };
+	size_t i;
+	int qrc;
+
+	qrc = router_control(r->router, 1, argv, json, &queue);
+	if (json) {
+		buf_printf(out, "{\"uptime_s\":%llu,\"counters\":{", (unsigned long long)uptime);
+		for (i = 0; i < RELAY_ARRAY_LEN(counters); i++)
+			buf_printf(out, "%s\"%s\":%llu", i ? "," : "", counters[i].name,
+			    (unsigned long long)*(const uint64_t *)((const char *)&r->stats + counters[i].off));
+		buf_puts(out, "}");
+		if (qrc == 0 && queue.len > 0)
+			buf_printf(out, ",\"queue\":%s", buf_cstr(&queue));
+		buf_puts(out, "}\n");
+	} else {
+		char up[32];
+
+		util_format_duration(uptime * 1000, up, sizeof(up));
+		buf_printf(out, "%-14s %s\n", "uptime", up);
+		for (i = 0; i < RELAY_ARRAY_LEN(counters); i++)
+			buf_printf(out, "%-14s %llu\n", counters[i].name,
+			    (unsigned long long)*(const uint64_t *)((const char *)&r->stats + counters[i].off));
+		if (qrc == 0 && queue.len > 0) {
+			buf_putc(out, '\n');
+			buf_append(out, queue.data, queue.len);
+		}
+	}
+	buf_free(&queue);
+}
+
+/* argv ends with NULL; flags like --json are stripped into json. */
+static void
+control_dispatch(struct control_conn *cc, int argc, char **argv)
+{
+	struct relay *r = cc->ctl->relay;
+	struct buf out = BUF_INIT;
+	bool json = false;
+	int i, j, rc = 0;
+	const char *code = CONTROL_ERR_FAILED;
+
+	for (i = j = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0)
+			json = true;
+		else
+			argv[j++] = argv[i];
+	}
+	argc = j;
+	argv[argc] = NULL;
+
+	if (argc == 0) {
+		rc = RELAY_EINVAL;
+		code = CONTROL_ERR_USAGE;
+		buf_puts(&out, "empty request");
+	} else if (strcmp(argv[0], "stats") == 0 && argc == 1) {
+		control_stats(r, json, &out);
+	} else if (strcmp(argv[0], "reload") == 0 && argc == 1) {
+		struct buf err = BUF_INIT;
+		if (relay_reload(r, &err) == 0) {
+			if (json)
+				buf_puts(&out, "{\"reloaded\":true}\n");
+			else
+				buf_puts(&out, "configuration reloaded\n");
+		} else {
+			rc = RELAY_EINVAL;
+			buf_printf(&out, "configuration rejected, old one kept: %s", buf_cstr(&err));
+			/* Keep it one line. */
+			for (size_t k = 0; k < out.len; k++)
+				if (out.data[k] == '\n')
+					out.data[k] = ';';
+		}
+		buf_free(&err);
+	} else {
+		rc = router_control(r->router, argc, argv, json, &out);
+		if (rc == RELAY_ENOENT)
+			code = CONTROL_ERR_NOTFOUND;
+		else if (rc == RELAY_EINVAL)
+			code = CONTROL_ERR_USAGE;
+	}
+	conn_answer(cc, rc, code, &out);
+	buf_free(&out);
+}
+
+static void
+conn_try_request(struct control_conn *cc)
+{
+	char *argv[CONTROL_MAX_ARGS + 1];
+	int argc = 0;
+	size_t i = 0;
+
+	/* Complete when it ends in "\0\0" (or is the lone "\0" of an empty request). */
+	if (cc->req.len == 0 || cc->req.data[cc->req.len - 1] != '\0')
+		return;
+	if (!(cc->req.len == 1 || cc->req.data[cc->req.len - 2] == '\0'))
+		return;
+	while (i < cc->req.len && cc->req.data[i] != '\0') {
+		if (argc == CONTROL_MAX_ARGS) {
+			struct buf m = BUF_INIT;
+			buf_puts(&m, "too many arguments");
+			conn_answer(cc, RELAY_EINVAL, CONTROL_ERR_USAGE, &m);
+			buf_free(&m);
+			return;
+		}
+		argv[argc++] = cc->req.data + i;
+		i += strlen(cc->req.data + i) + 1;
+	}
+	argv[argc] = NULL;
+	control_dispatch(cc, argc, argv);
+}
+
+static void
+conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+	struct control_conn *cc = h->data;
+
+	(void)suggested;
+	buf_reserve(&cc->req, 4096);
+	b->base = cc->req.data + cc->req.len;
+	b->len = cc->req.cap - cc->req.len - 1;
+}
+
+static void
+conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+	struct control_conn *cc = s->data;
+
+	(void)b;
+	if (cc->answered)
+		return;
+	if (nread < 0) {
+		conn_close(cc);
+		return;
+	}
+	cc->req.len += (size_t)nread;
+	cc->req.data[cc->req.len] = '\0';
+	if (cc->req.len > CONTROL_MAX_REQUEST) {
+		struct buf m = BUF_INIT;
+		buf_puts(&m, "request too large");
+		conn_answer(cc, RELAY_EINVAL, CONTROL_ERR_USAGE, &m);
+		buf_free(&m);
+		return;
+	}
+	conn_try_request(cc);
+}
+
+static bool
+control_peer_allowed(uv_pipe_t *p, uid_t *uid_out)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	uv_os_fd_t fd;
+
+	if (uv_fileno((uv_handle_t *)p, &fd) != 0)
+		return false;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+		return false;
+	*uid_out = cred.uid;
+	return cred.uid == 0 || cred.uid == geteuid();
+}
+
+static void
+on_control_connection(uv_stream_t *server, int status)
+{
+	struct control *c = server->data;
+	struct control_conn *cc;
+	uid_t uid = (uid_t)-1;
+
+	if (status != 0)
+		return;
+	cc = xcalloc(1, sizeof(*cc));
+	cc->magic = CONTROL_MAGIC;
+	cc->ctl = c;
+	uv_pipe_init(server->loop, &cc->pipe, 0);
+	cc->pipe.data = cc;
+	if (uv_accept(server, (uv_stream_t *)&cc->pipe) != 0) {
+		conn_close(cc);
+		return;
+	}
+	if (!control_peer_allowed(&cc->pipe, &uid)) {
+		struct buf m = BUF_INIT;
+		struct log_line l;
+
+		log_begin(&l, LOG_WARNING, "control_denied");
+		log_kvu(&l, "uid", (uint64_t)uid);
+		log_end(&l);
+		buf_puts(&m, "permission denied: only root and relayd's own user may use the control socket");
+		conn_answer(cc, RELAY_EPERM, CONTROL_ERR_PERM, &m);
+		buf_free(&m);
+		return;
+	}
+	uv_read_start((uv_stream_t *)&cc->pipe, conn_alloc, conn_read);
+}
+
+/* Is something already answering on path? */
+static bool
+control_path_live(const char *path)
+{
+	struct sockaddr_un sun;
+	int fd, rc;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return false;
+	rc = connect(fd, (struct sockaddr *)&sun, sizeof(sun));
+	close(fd);
+	return rc == 0;
+}
+
+int
+control_new(struct relay *r, const char *path, struct control **out, struct buf *err)
+{
+	struct control *c;
+	mode_t old;
+	int rc;
+
+	if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+		buf_printf(err, "control_socket: path too long: %s\n", path);
+		return -1;
+	}
+	if (control_path_live(path)) {
+		buf_printf(err, "control_socket %s: another relayd is running\n", path);
+		return -1;
+	}
+	unlink(path);
+	c = xcalloc(1, sizeof(*c));
+	c->magic = CONTROL_MAGIC;
+	c->relay = r;
+	c->path = xstrdup(path);
+	uv_pipe_init(r->loop, &c->pipe, 0);
+	c->pipe.data = c;
+	old = umask(0077);              /* the socket is born 0600 */
+	rc = uv_pipe_bind(&c->pipe, path);
+	umask(old);
+	if (rc == 0)
+		rc = uv_listen((uv_stream_t *)&c->pipe, 64, on_control_connection);
+	if (rc != 0) {
+		buf_printf(err, "control_socket %s: %s\n", path, uv_strerror(rc));
+		uv_close((uv_handle_t *)&c->pipe, NULL);
+		free(c->path);
+		c->magic = 0;
+		/* c is freed with the process: the loop still references the handle. */
+		return -1;
+	}
+	chmod(path, 0600);
+	*out = c;
+	return 0;
+}
+
+static void
+control_closed(uv_handle_t *h)
+{
+	struct control *c = h->data;
+
+	free(c->path);
+	c->magic = 0;
+	free(c);
+}
+
+void
+control_close(struct control *c)
+{
+	unlink(c->path);
+	uv_close((uv_handle_t *)&c->pipe, control_closed);
+}

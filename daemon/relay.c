@@ -1,0 +1,174 @@
+/*
+ * relay.c - daemon lifecycle: start every module in order, reload on SIGHUP
+ * (a new immutable config snapshot is swapped in only once it validated and
+ * every module accepted it), stop gracefully on SIGTERM/SIGINT.  Owns the
+ * signal handles and the current conf reference; never blocks the loop.
+ */
+#include "daemon/relay.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "router/router.h"
+#include "submit/submit.h"
+
+static enum log_level
+relay_log_level(const struct conf *c)
+{
+	static const struct { const char *name; enum log_level level; } levels[] = {
+		{ "debug", LOG_DEBUG }, { "info", LOG_INFO },
+		{ "notice", LOG_NOTICE }, { "warning", LOG_WARNING },
+	};
+	size_t i;
+
+	for (i = 0; c->log_level != NULL && i < RELAY_ARRAY_LEN(levels); i++)
+		if (strcmp(c->log_level, levels[i].name) == 0)
+			return levels[i].level;
+	return LOG_INFO;
+}
+
+static void
+on_signal(uv_signal_t *h, int signum)
+{
+	struct relay *r = h->data;
+	struct buf err = BUF_INIT;
+
+	if (r->magic != RELAY_MAGIC)
+		fatalx("%s: bad relay", __func__);
+	if (signum == SIGHUP) {
+		relay_reload(r, &err);
+		buf_free(&err);
+		return;
+	}
+	relay_stop(r, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+int
+relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf *err)
+{
+	memset(r, 0, sizeof(*r));
+	r->magic = RELAY_MAGIC;
+	r->loop = loop;
+	r->conf_path = xstrdup(conf_path);
+	r->stats.start_ms = util_now_ms();
+
+	if (conf_load(conf_path, &r->conf, err) != 0)
+		return -1;
+	if (log_open(r->conf->log_file) != 0) {
+		buf_printf(err, "%s: cannot open log_file '%s'\n", conf_path, r->conf->log_file);
+		return -1;
+	}
+	log_set_level(relay_log_level(r->conf));
+	signal(SIGPIPE, SIG_IGN);
+
+	if (router_new(loop, r->conf, &r->stats, &r->router, err) != 0)
+		return -1;
+	if (control_new(r, r->conf->control_socket, &r->control, err) != 0)
+		return -1;
+	if (submit_new(loop, r->conf, r->router, &r->stats, &r->submit, err) != 0)
+		return -1;
+
+	uv_signal_init(loop, &r->sig_term);
+	uv_signal_init(loop, &r->sig_int);
+	uv_signal_init(loop, &r->sig_hup);
+	r->sig_term.data = r->sig_int.data = r->sig_hup.data = r;
+	uv_signal_start(&r->sig_term, on_signal, SIGTERM);
+	uv_signal_start(&r->sig_int, on_signal, SIGINT);
+	uv_signal_start(&r->sig_hup, on_signal, SIGHUP);
+
+	log_event(LOG_NOTICE, "started", "config", conf_path, "hostname", r->conf->hostname,
+	    "queue_dir", r->conf->queue_dir, NULL);
+	return 0;
+}
+
+int
+relay_reload(struct relay *r, struct buf *err)
+{
+	struct conf *c = NULL;
+	struct log_line l;
+
+	if (r->stopping) {
+		buf_puts(err, "relayd is stopping");
+		return -1;
+	}
+	if (conf_load(r->conf_path, &c, err) != 0 ||
+	    submit_reload(r->submit, c, err) != 0) {
+		/* Strip the trailing newline for the log line. */
+		while (err->len > 0 && err->data[err->len - 1] == '\n')
+			buf_truncate(err, err->len - 1);
+		log_begin(&l, LOG_ERR, "reload_failed");
+		log_kv(&l, "config", r->conf_path);
+		log_kv(&l, "error", buf_cstr(err));
+		log_end(&l);
+		if (c != NULL)
+			conf_unref(c);
+		return -1;
+	}
+	router_reload(r->router, c);
+	if (log_open(c->log_file) != 0)
+		log_event(LOG_ERR, "log_reopen_failed", "log_file", c->log_file, NULL);
+	log_set_level(relay_log_level(c));
+	conf_unref(r->conf);
+	r->conf = c;
+	log_event(LOG_NOTICE, "reloaded", "config", r->conf_path, NULL);
+	return 0;
+}
+
+static void
+on_signal_closed(uv_handle_t *h)
+{
+	(void)h;
+}
+
+static void
+on_router_down(void *arg)
+{
+	(void)arg;      /* the loop ends by itself once the last handle is closed */
+}
+
+static void
+on_module_down(void *arg)
+{
+	struct relay *r = arg;
+
+	if (--r->pending_shutdown > 0)
+		return;
+	if (r->router != NULL)
+		router_shutdown(r->router, on_router_down, r);
+}
+
+void
+relay_stop(struct relay *r, const char *why)
+{
+	if (r->stopping)
+		return;
+	r->stopping = true;
+	log_event(LOG_NOTICE, "stopping", "reason", why, NULL);
+	uv_close((uv_handle_t *)&r->sig_term, on_signal_closed);
+	uv_close((uv_handle_t *)&r->sig_int, on_signal_closed);
+	uv_close((uv_handle_t *)&r->sig_hup, on_signal_closed);
+	if (r->control != NULL)
+		control_close(r->control);
+	/* Stop taking mail first, then let the router finish its commits. */
+	r->pending_shutdown = 1;
+	if (r->submit != NULL)
+		submit_shutdown(r->submit, on_module_down, r);
+	else
+		on_module_down(r);
+}
+
+void
+relay_free(struct relay *r)
+{
+	if (r->submit != NULL)
+		submit_free(r->submit);
+	if (r->router != NULL)
+		router_free(r->router);
+	if (r->conf != NULL)
+		conf_unref(r->conf);
+	free(r->conf_path);
+	r->magic = 0;
+}

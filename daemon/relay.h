@@ -1,0 +1,50 @@
+/*
+ * relay.h - the daemon: one struct relay owns the loop, the current
+ * configuration snapshot, the statistics and every module (submit, router,
+ * control).  No global state: everything hangs off this struct.
+ */
+#ifndef RELAY_RELAY_H
+#define RELAY_RELAY_H
+
+#include <stdbool.h>
+#include <uv.h>
+
+#include "common/buf.h"
+#include "common/stats.h"
+#include "conf/conf.h"
+
+struct submit;
+struct router;
+struct control;
+
+#define RELAY_MAGIC 0x7e1a7d00U
+
+struct relay {
+	uint32_t magic;
+	uv_loop_t *loop;
+	char *conf_path;
+	struct conf *conf;           /* current snapshot (one reference held) */
+	struct relay_stats stats;
+	struct router *router;
+	struct submit *submit;
+	struct control *control;
+	uv_signal_t sig_term, sig_int, sig_hup;
+	bool stopping;
+	int pending_shutdown;        /* modules still shutting down */
+};
+
+/* Load the config, open the log, start every module.  0, or -1 with err filled. */
+int relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf *err);
+/* Re-read the configuration and apply what can change at run time.  On a
+ * config that fails to validate the old one stays; 0 or -1 with err filled. */
+int relay_reload(struct relay *r, struct buf *err);
+/* Begin a graceful stop; the loop ends once every handle is closed. */
+void relay_stop(struct relay *r, const char *why);
+/* After the loop has ended. */
+void relay_free(struct relay *r);
+
+/* control.c */
+int control_new(struct relay *r, const char *path, struct control **out, struct buf *err);
+void control_close(struct control *c);
+
+#endif

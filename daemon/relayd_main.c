@@ -1,0 +1,85 @@
+/*
+ * relayd_main.c - the relayd command: parse arguments, check a configuration
+ * (-n) or run the relay in the foreground on one libuv loop until SIGTERM.
+ * Exit codes: 0 clean stop or config OK, 1 configuration or start-up error,
+ * 2 usage error.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "conf/conf.h"
+#include "daemon/relay.h"
+
+#define RELAYD_DEFAULT_CONF "/etc/relayd/relayd.conf"
+#define RELAYD_VERSION "0.1.0"
+
+static void
+usage(FILE *f)
+{
+	fprintf(f, "usage: relayd [-n] [-c FILE]\n"
+	    "  -c FILE  configuration file (default " RELAYD_DEFAULT_CONF ")\n"
+	    "  -n       check the configuration and exit (0 = valid)\n"
+	    "  -V       print the version\n");
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *path = RELAYD_DEFAULT_CONF;
+	bool check = false;
+	struct relay relay;
+	struct buf err = BUF_INIT;
+	uv_loop_t loop;
+	int ch, rc;
+
+	while ((ch = getopt(argc, argv, "c:nVh")) != -1) {
+		switch (ch) {
+		case 'c': path = optarg; break;
+		case 'n': check = true; break;
+		case 'V': printf("relayd %s\n", RELAYD_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+
+	if (check) {
+		struct conf *c;
+
+		if (conf_load(path, &c, &err) != 0) {
+			fputs(buf_cstr(&err), stderr);
+			if (err.len > 0 && err.data[err.len - 1] != '\n')
+				fputc('\n', stderr);
+			buf_free(&err);
+			return 1;
+		}
+		printf("%s: configuration OK\n", path);
+		conf_unref(c);
+		return 0;
+	}
+
+	uv_loop_init(&loop);
+	if (relay_start(&relay, &loop, path, &err) != 0) {
+		fputs(buf_cstr(&err), stderr);
+		if (err.len > 0 && err.data[err.len - 1] != '\n')
+			fputc('\n', stderr);
+		log_event(LOG_CRIT, "start_failed", "config", path, "error", buf_cstr(&err), NULL);
+		buf_free(&err);
+		return 1;
+	}
+	uv_run(&loop, UV_RUN_DEFAULT);
+	relay_free(&relay);
+	rc = uv_loop_close(&loop);
+	log_event(LOG_NOTICE, "stopped", "clean", rc == 0 ? "yes" : "no", NULL);
+	log_close();
+	return 0;
+}

@@ -1,0 +1,90 @@
+/*
+ * deliver.h - the deliver module's one public face: the outbound SMTP client.
+ * The router decides WHERE (one exchanger address at a time, in preference
+ * order, skipping hosts known to be down); deliver decides HOW: EHLO/HELO,
+ * STARTTLS per policy, AUTH for smarthosts, SIZE/PIPELINING/DSN/8BITMIME/
+ * SMTPUTF8, RFC 5321 4.5.3.2 timeouts, connection reuse, concurrency limits.
+ */
+#ifndef RELAY_DELIVER_H
+#define RELAY_DELIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "common/io.h"
+#include "conf/conf.h"
+
+struct deliver;
+
+struct deliver_rcpt {
+	const char *addr;
+	const char *orcpt;          /* "rfc822;x@y" or NULL; xtext-encoded by deliver when sent */
+	unsigned notify;            /* ENV_NOTIFY_* (router.h) */
+	/* filled by deliver when the result status is DELIVER_DONE: */
+	int code;                   /* 250, 451, 550, ... */
+	char status[16];            /* enhanced status: "2.1.5", or derived from the code */
+	char *reply;                /* the server's reply text (malloc'd; freed by deliver_req_clear) */
+};
+
+struct deliver_req {
+	const char *qid;
+	const char *msg_path;       /* queue file; body at body_offset, body_len bytes, CRLF, not dot-stuffed */
+	uint64_t body_offset;
+	uint64_t body_len;
+	const char *sender;         /* "" for <> */
+	const char *envid;          /* or NULL */
+	int ret;                    /* enum env_ret */
+	bool body_8bit;
+	bool smtputf8;
+	struct deliver_rcpt *rcpts;
+	size_t nrcpts;
+
+	const char *host;           /* exchanger name (for SNI, verify, logs) */
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	enum conf_tls tls;
+	const char *auth_user;      /* smarthost AUTH, or NULL */
+	const char *auth_password;
+	const char *helo_name;      /* our hostname */
+};
+
+enum deliver_status {
+	DELIVER_DONE,       /* the transaction ran: each rcpt has its own code */
+	DELIVER_HOST_FAIL,  /* nothing was delivered because of the host: refused, timeout,
+	                       reset, 421, TLS failure under require/verify, greeting/EHLO
+	                       failure. The router tries the next exchanger. */
+	DELIVER_TEMP,       /* the host answered 4xx for the whole message (MAIL, DATA, end of data) */
+	DELIVER_PERM,       /* the host answered 5xx for the whole message, or the message
+	                       cannot go there (too big for SIZE, 8-bit or SMTPUTF8 not offered) */
+};
+
+struct deliver_result {
+	enum deliver_status status;
+	enum io_error io_err;       /* for DELIVER_HOST_FAIL: what kind of failure */
+	int code;                   /* the reply code behind a HOST_FAIL/TEMP/PERM, or 0 */
+	char status_code[16];       /* enhanced status for HOST_FAIL/TEMP/PERM ("4.4.1") */
+	char reply[512];            /* the server's reply or our diagnosis ("connection refused") */
+	char ip[64];                /* the address that was tried */
+};
+
+typedef void deliver_cb(void *arg, struct deliver_req *req, const struct deliver_result *res);
+
+struct deliver *deliver_new(uv_loop_t *loop, struct conf *conf);
+void deliver_reload(struct deliver *d, struct conf *conf);
+/*
+ * Run one delivery attempt of req to req->addr.  req (and what it points to)
+ * must stay valid until cb fires; cb fires exactly once, on the loop, unless
+ * deliver_start returns non-zero.  Attempts beyond the concurrency limits wait
+ * in deliver's own queue.
+ */
+int deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *arg);
+/* Free what deliver filled into req->rcpts[].reply. */
+void deliver_req_clear(struct deliver_req *req);
+/* Close idle connections, fail waiting requests, done(arg) when all closed. */
+void deliver_shutdown(struct deliver *d, void (*done)(void *arg), void *arg);
+void deliver_free(struct deliver *d);
+
+#endif

@@ -1,0 +1,151 @@
+/*
+ * router_queue.h - (internal to router/) queue STORAGE: what is on disk and
+ * how it survives a crash.  Scheduling (what to try when) lives in
+ * router_sched.c and is rebuilt from this at start-up.
+ *
+ * A message is one file queue_dir/msg/<qid>: envelope, body, then appended
+ * state records.  The in-memory struct queue_msg mirrors it; every state
+ * change goes through queue_record(), which appends the record durably AND
+ * applies it to the struct, so start-up replay and run time share one code
+ * path (queue_msg_apply()).  See router/QUEUE.md for the format.
+ */
+#ifndef RELAY_ROUTER_QUEUE_H
+#define RELAY_ROUTER_QUEUE_H
+
+#include "router/router.h"
+
+enum rcpt_state {
+	RCPT_PENDING = 0,       /* not yet delivered or failed (maybe deferred) */
+	RCPT_DELIVERED,
+	RCPT_FAILED,            /* failed permanently or expired; awaiting/after NDR */
+};
+
+struct queue_rcpt {
+	enum rcpt_state state;
+	unsigned attempts;           /* attempts that ended for this recipient */
+	uint64_t last_attempt_ms;
+	char *last_host;             /* exchanger name of the last attempt, or NULL */
+	char *last_ip;
+	char *last_status;           /* enhanced status "4.4.1", "5.1.1" ... */
+	char *last_reply;            /* the remote server's reply text, or our own diagnosis */
+	bool reported;               /* a failure/success report was queued for it */
+};
+
+struct queue_msg {
+	char qid[QID_MAX];
+	struct envelope env;         /* env.nrcpts == number of rcpt entries */
+	struct queue_rcpt *rcpt;     /* env.nrcpts entries */
+	bool held;
+	bool delay_warned;           /* the one "delayed" report was queued */
+	uint64_t body_offset;        /* where the body starts in the file */
+	uint64_t body_len;
+	char *path;                  /* queue_dir/msg/<qid> */
+	void *sched;                 /* the scheduler's per-message state; the queue never touches it */
+};
+
+/* Record types appended after the body (one text line each). */
+enum queue_rec_type {
+	QREC_ATTEMPT = 'A',          /* an attempt for rcpt ended deferred: host ip status reply */
+	QREC_DELIVERED = 'D',        /* rcpt delivered: host ip status reply */
+	QREC_FAILED = 'F',           /* rcpt failed permanently (or expired): host ip status reply */
+	QREC_REPORTED = 'R',         /* a report (NDR/DSN) for rcpt was queued */
+	QREC_HOLD = 'H',             /* value 1 = held, 0 = released (rcpt unused) */
+	QREC_WARNED = 'W',           /* the delay warning was queued (rcpt unused) */
+};
+
+struct queue_record {
+	enum queue_rec_type type;
+	int rcpt;                    /* index into env.rcpts, or -1 */
+	uint64_t time_ms;
+	const char *host;            /* may be NULL */
+	const char *ip;
+	const char *status;          /* enhanced status code */
+	const char *reply;
+	int value;
+};
+
+struct queue;
+
+/* Called on the loop thread for every message that was just committed; the
+ * callee takes ownership of m (the scheduler). */
+typedef void queue_new_cb(void *arg, struct queue_msg *m);
+typedef void queue_sync_cb(void *arg, int err);
+
+/*
+ * Open (create) dir with its subdirectories, remove the leftovers of
+ * transactions that never committed, start the commit thread.
+ */
+int queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err);
+/* Where committed messages go (the scheduler); set before the first commit. */
+void queue_set_new_cb(struct queue *q, queue_new_cb *cb, void *arg);
+/* Load every queued message (start-up); cb(arg, m) takes ownership of each.
+ * A file that cannot be parsed is moved to queue_dir/corrupt/ and logged. */
+int queue_scan(struct queue *q, queue_new_cb *cb, void *arg);
+
+/* The transaction half of router.h's router_txn_* API lives in router_queue.c:
+ * router.c forwards to these. */
+int queue_txn_begin(struct queue *q, const struct envelope *env, struct router_txn **out);
+
+/*
+ * Append rec to m's file and apply it to m.  The record is made durable by the
+ * next group sync; cb (may be NULL) fires on the loop thread after that.
+ */
+int queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *rec,
+    queue_sync_cb *cb, void *arg);
+/* Apply a record to the in-memory message only (used by replay and by queue_record). */
+void queue_msg_apply(struct queue_msg *m, const struct queue_record *rec);
+
+/* Remove a message whose every recipient is done (or deleted by the admin). */
+int queue_remove(struct queue *q, struct queue_msg *m);
+void queue_msg_free(struct queue_msg *m);
+
+/* Every record of a message (for `relayctl queue show`), as parsed from disk. */
+int queue_history(struct queue *q, const char *qid, void (*cb)(void *arg, const struct queue_record *rec), void *arg);
+
+/* Stop accepting commits, finish those in flight, join the thread; done(arg) on the loop. */
+void queue_close(struct queue *q, void (*done)(void *arg), void *arg);
+
+/*
+ * Added by the queue engineer (additive).
+ */
+
+/* For QREC_ATTEMPT/DELIVERED/FAILED: value QREC_NO_ATTEMPT means no attempt
+ * ended (e.g. the recipient expired in the queue): attempts is not counted. */
+#define QREC_NO_ATTEMPT 1
+
+/* How the commit thread makes a batch durable (see QUEUE.md; the default is
+ * the fastest correct one, the others exist for bench_queue). */
+enum queue_sync_mode {
+	QUEUE_SYNC_DEFAULT = 0,
+	QUEUE_SYNC_FDATASYNC,        /* (a) fdatasync each file */
+	QUEUE_SYNC_RANGE,            /* (b) sync_file_range(WRITE) all, then fdatasync each */
+	QUEUE_SYNC_SYNCFS,           /* (c) one syncfs() for the batch */
+};
+void queue_set_sync_mode(struct queue *q, enum queue_sync_mode mode);
+
+/* Counters of the commit thread (tests, bench, relayctl stats). */
+struct queue_counters {
+	uint64_t batches;            /* group syncs done */
+	uint64_t commits;            /* messages made durable */
+	uint64_t records;            /* record syncs done */
+	uint64_t failures;           /* jobs that failed */
+};
+void queue_get_counters(struct queue *q, struct queue_counters *c);
+
+/* A queue id from its parts: 10 chars of ms, 4 of seq (20 bits), 6 of rnd (30 bits). */
+void queue_qid_make(char out[QID_MAX], uint64_t ms, uint32_t seq, uint32_t rnd);
+/* 1 if s is a well-formed queue id (1..31 chars of [0-9A-Z]). */
+int queue_qid_valid(const char *s);
+
+/*
+ * router_envelope.c: the text form of queue files (QUEUE.md).  A field is
+ * written as " " + escaped text ("-" for NULL, "\e" for ""); a line is split
+ * into fields in place and each field unescaped in place.
+ */
+void envelope_escape(struct buf *b, const char *s);
+int envelope_split(char *line, char **argv, int max);         /* argc, or -1 */
+int envelope_unescape(char *field, char **out);               /* 0 or -1; *out NULL for "-" */
+void envelope_encode(const struct envelope *env, struct buf *b);
+int envelope_decode(char *text, size_t len, struct envelope *env, struct buf *why);
+
+#endif
