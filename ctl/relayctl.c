@@ -5,6 +5,7 @@
  * the answer.  Exit: 0 ok, 1 error (clear message on stderr), 2 usage.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,14 +137,16 @@ ctl_check_args(const struct ctl_cmd *c, int argc, char **argv)
 		if (strncmp(argv[i], "--", 2) == 0) {
 			const struct ctl_opt *o = ctl_find_opt(c, argv[i]);
 			if (o == NULL) {
-				fprintf(stderr, "relayctl: %s: unknown option %s\n", c->help, argv[i]);
+				fprintf(stderr, "relayctl: unknown option %s\nusage: relayctl %s\n",
+				    argv[i], c->help);
 				return -1;
 			}
 			if (strcmp(o->name, "--domain") == 0 || strcmp(o->name, "--all") == 0)
 				target = true;
 			if (o->takes_value) {
 				if (i + 1 >= argc) {
-					fprintf(stderr, "relayctl: option %s needs a value\n", argv[i]);
+					fprintf(stderr, "relayctl: option %s needs a value\nusage: relayctl %s\n",
+					    argv[i], c->help);
 					return -1;
 				}
 				i++;
@@ -199,6 +202,8 @@ ctl_send(const char *sockpath, int argc, char **argv)
 	for (i = 0; i < argc; i++)
 		buf_append(&req, argv[i], strlen(argv[i]) + 1);
 	buf_putc(&req, '\0');
+	/* A daemon that refuses us may close before reading: still read its answer. */
+	signal(SIGPIPE, SIG_IGN);
 	while (off < req.len) {
 		n = write(fd, req.data + off, req.len - off);
 		if (n < 0) {

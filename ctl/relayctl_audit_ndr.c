@@ -1,0 +1,376 @@
+/*
+ * relayctl_audit_ndr.c - turns relayd's event stream into NDR records for
+ * `relayctl audit`.  The record comes from the `ndr` line (one per reported
+ * recipient); what it lacks is filled in from earlier lines:
+ *   accepted  qid= from= nrcpt=          -> the sender (if the ndr has no to=)
+ *   deferred / bounced  qid= rcpt= host= ip= status= reply=
+ *                                        -> the last attempt (replaces the one before)
+ *   expired   qid= rcpt= status= ...     -> updates what it carries
+ *   delivered qid= rcpt=                 -> that recipient is done: forgotten
+ * Owns two hash tables: per message (sender, recipients still open) and per
+ * (message, recipient) last attempt.  Entries go when the recipient is
+ * finished (delivered, or an ndr with reason failed/expired), and anything
+ * not touched for CTL_AUDIT_HORIZON_MS of log time is swept: the state stays
+ * bounded by what relayd can still have queued.  Must never hold a whole log,
+ * nor the records it emits (the caller keeps what it wants).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "ctl/relayctl_audit.h"
+
+#define CORR_SWEEP_LINES 65536
+
+/* A message (key "qid") or a (message, recipient) attempt (key "qid\nrcpt"). */
+struct corr_ent {
+	struct corr_ent *next;
+	char *key;
+	uint64_t touched;           /* log time of the last line about it */
+	/* message */
+	char *from;
+	long pending;               /* recipients not finished; -1 unknown */
+	/* attempt */
+	char *host, *ip, *reply, *status;
+	long attempts;
+};
+
+struct corr_table {
+	struct corr_ent **b;
+	size_t nb, n;
+};
+
+struct ctl_audit_corr {
+	struct corr_table msgs, atts;
+	ctl_audit_emit_fn emit;
+	void *arg;
+	uint64_t newest;            /* the latest ts seen */
+	size_t lines;               /* since the last sweep */
+};
+
+static uint64_t
+corr_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (; *s != '\0'; s++) {
+		h ^= (unsigned char)*s;
+		h *= 1099511628211ULL;
+	}
+	return h;
+}
+
+static void
+corr_ent_free(struct corr_ent *e)
+{
+	free(e->key);
+	free(e->from);
+	free(e->host);
+	free(e->ip);
+	free(e->reply);
+	free(e->status);
+	free(e);
+}
+
+static struct corr_ent *
+corr_find(const struct corr_table *t, const char *key)
+{
+	struct corr_ent *e;
+
+	if (t->nb == 0)
+		return NULL;
+	for (e = t->b[corr_hash(key) % t->nb]; e != NULL; e = e->next)
+		if (strcmp(e->key, key) == 0)
+			return e;
+	return NULL;
+}
+
+static void
+corr_grow(struct corr_table *t)
+{
+	struct corr_ent **nb, *e, *next;
+	size_t n = t->nb ? t->nb * 2 : 64, i;
+
+	nb = xcalloc(n, sizeof(*nb));
+	for (i = 0; i < t->nb; i++) {
+		for (e = t->b[i]; e != NULL; e = next) {
+			size_t h = corr_hash(e->key) % n;
+			next = e->next;
+			e->next = nb[h];
+			nb[h] = e;
+		}
+	}
+	free(t->b);
+	t->b = nb;
+	t->nb = n;
+}
+
+static struct corr_ent *
+corr_get(struct corr_table *t, const char *key)
+{
+	struct corr_ent *e = corr_find(t, key);
+	size_t h;
+
+	if (e != NULL)
+		return e;
+	if (t->n >= t->nb)
+		corr_grow(t);
+	e = xcalloc(1, sizeof(*e));
+	e->key = xstrdup(key);
+	e->pending = -1;
+	h = corr_hash(key) % t->nb;
+	e->next = t->b[h];
+	t->b[h] = e;
+	t->n++;
+	return e;
+}
+
+static void
+corr_del(struct corr_table *t, const char *key)
+{
+	struct corr_ent **pp, *e;
+
+	if (t->nb == 0)
+		return;
+	for (pp = &t->b[corr_hash(key) % t->nb]; (e = *pp) != NULL; pp = &e->next) {
+		if (strcmp(e->key, key) == 0) {
+			*pp = e->next;
+			corr_ent_free(e);
+			t->n--;
+			return;
+		}
+	}
+}
+
+static void
+corr_table_expire(struct corr_table *t, uint64_t before)
+{
+	struct corr_ent **pp, *e;
+	size_t i;
+
+	for (i = 0; i < t->nb; i++) {
+		pp = &t->b[i];
+		while ((e = *pp) != NULL) {
+			if (e->touched < before) {
+				*pp = e->next;
+				corr_ent_free(e);
+				t->n--;
+			} else
+				pp = &e->next;
+		}
+	}
+}
+
+static void
+corr_table_free(struct corr_table *t)
+{
+	corr_table_expire(t, UINT64_MAX);
+	free(t->b);
+	memset(t, 0, sizeof(*t));
+}
+
+/* "qid\nrcpt" with the recipient lowercased (the key of an attempt). */
+static void
+corr_att_key(struct buf *k, const char *qid, const char *rcpt)
+{
+	size_t i;
+
+	buf_reset(k);
+	buf_puts(k, qid);
+	buf_putc(k, '\n');
+	for (i = 0; rcpt[i] != '\0'; i++) {
+		char c = rcpt[i];
+		buf_putc(k, c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c);
+	}
+}
+
+/* Replace *dst with src (NULL clears) or, with keep, only when src is set. */
+static void
+corr_set(char **dst, const char *src, int keep)
+{
+	if (src == NULL && keep)
+		return;
+	free(*dst);
+	*dst = src ? xstrdup(src) : NULL;
+}
+
+static long
+corr_number(const char *s)
+{
+	char *end;
+	long v;
+
+	if (s == NULL || *s < '0' || *s > '9')
+		return -1;
+	v = strtol(s, &end, 10);
+	return *end == '\0' ? v : -1;
+}
+
+/* A recipient of qid is finished: the message is forgotten with its last one. */
+static void
+corr_rcpt_done(struct ctl_audit_corr *c, const char *qid, const char *attkey)
+{
+	struct corr_ent *m = corr_find(&c->msgs, qid);
+
+	corr_del(&c->atts, attkey);
+	if (m != NULL && m->pending > 0 && --m->pending == 0)
+		corr_del(&c->msgs, qid);
+}
+
+static void
+corr_on_accepted(struct ctl_audit_corr *c, const struct ctl_audit_line *l, const char *qid,
+    const char *rcpt, struct buf *key)
+{
+	struct corr_ent *m = corr_get(&c->msgs, qid);
+
+	corr_set(&m->from, ctl_audit_line_get(l, "from"), 0);
+	m->pending = corr_number(ctl_audit_line_get(l, "nrcpt"));
+	m->touched = l->ts_ms;
+}
+
+static void
+corr_on_attempt(struct ctl_audit_corr *c, const struct ctl_audit_line *l, const char *qid,
+    const char *rcpt, struct buf *key)
+{
+	struct corr_ent *a, *m;
+	int expired = strcmp(l->event, "expired") == 0;
+
+	if (rcpt == NULL)
+		return;
+	corr_att_key(key, qid, rcpt);
+	a = corr_get(&c->atts, buf_cstr(key));
+	a->touched = l->ts_ms;
+	/* An attempt replaces the one before; expiry only adds what it knows. */
+	corr_set(&a->host, ctl_audit_line_get(l, "host"), expired);
+	corr_set(&a->ip, ctl_audit_line_get(l, "ip"), expired);
+	corr_set(&a->reply, ctl_audit_line_get(l, "reply"), expired);
+	corr_set(&a->status, ctl_audit_line_get(l, "status"), expired);
+	if (!expired)
+		a->attempts++;
+	if ((m = corr_find(&c->msgs, qid)) != NULL)
+		m->touched = l->ts_ms;
+}
+
+static void
+corr_on_delivered(struct ctl_audit_corr *c, const struct ctl_audit_line *l, const char *qid,
+    const char *rcpt, struct buf *key)
+{
+	if (rcpt == NULL)
+		return;
+	corr_att_key(key, qid, rcpt);
+	corr_rcpt_done(c, qid, buf_cstr(key));
+}
+
+static const char *
+corr_pick(const char *first, const char *second)
+{
+	return first != NULL ? first : second;
+}
+
+static void
+corr_on_ndr(struct ctl_audit_corr *c, const struct ctl_audit_line *l, const char *qid,
+    const char *rcpt, struct buf *key)
+{
+	struct ctl_audit_ndr r;
+	struct corr_ent *a = NULL, *m = corr_find(&c->msgs, qid);
+
+	if (rcpt != NULL) {
+		corr_att_key(key, qid, rcpt);
+		a = corr_find(&c->atts, buf_cstr(key));
+	}
+	memset(&r, 0, sizeof(r));
+	r.ts_ms = l->ts_ms;
+	r.time = l->ts;
+	r.qid = qid;
+	r.ndr_qid = ctl_audit_line_get(l, "ndr_qid");
+	r.sender = corr_pick(ctl_audit_line_get(l, "to"), m ? m->from : NULL);
+	r.recipient = rcpt;
+	r.reason = ctl_audit_line_get(l, "reason");
+	r.status = corr_pick(ctl_audit_line_get(l, "status"), a ? a->status : NULL);
+	r.host = corr_pick(ctl_audit_line_get(l, "host"), a ? a->host : NULL);
+	r.ip = corr_pick(ctl_audit_line_get(l, "ip"), a ? a->ip : NULL);
+	r.reply = corr_pick(ctl_audit_line_get(l, "reply"), a ? a->reply : NULL);
+	r.down_since = ctl_audit_line_get(l, "down_since");
+	r.attempts = corr_number(ctl_audit_line_get(l, "attempts"));
+	if (r.attempts < 0 && a != NULL && a->attempts > 0)
+		r.attempts = a->attempts;
+	c->emit(&r, c->arg);
+
+	/* A failure or expiry report is the recipient's end; a delay warning is not. */
+	if (rcpt != NULL && r.reason != NULL &&
+	    (strcmp(r.reason, "failed") == 0 || strcmp(r.reason, "expired") == 0))
+		corr_rcpt_done(c, qid, buf_cstr(key));
+}
+
+typedef void (*corr_handler)(struct ctl_audit_corr *, const struct ctl_audit_line *, const char *,
+    const char *, struct buf *);
+
+static const struct {
+	const char *event;
+	corr_handler fn;
+} corr_events[] = {
+	{ "accepted",  corr_on_accepted },
+	{ "deferred",  corr_on_attempt },
+	{ "bounced",   corr_on_attempt },
+	{ "expired",   corr_on_attempt },
+	{ "delivered", corr_on_delivered },
+	{ "ndr",       corr_on_ndr },
+};
+
+struct ctl_audit_corr *
+ctl_audit_corr_new(ctl_audit_emit_fn emit, void *arg)
+{
+	struct ctl_audit_corr *c = xcalloc(1, sizeof(*c));
+
+	c->emit = emit;
+	c->arg = arg;
+	return c;
+}
+
+void
+ctl_audit_corr_feed(struct ctl_audit_corr *c, const struct ctl_audit_line *l)
+{
+	struct buf key = BUF_INIT;
+	const char *qid;
+	size_t i;
+
+	if (l->ts_ms > c->newest)
+		c->newest = l->ts_ms;
+	if (++c->lines >= CORR_SWEEP_LINES) {
+		c->lines = 0;
+		if (c->newest > CTL_AUDIT_HORIZON_MS)
+			ctl_audit_corr_expire(c, c->newest - CTL_AUDIT_HORIZON_MS);
+	}
+	if ((qid = ctl_audit_line_get(l, "qid")) == NULL)
+		return;
+	for (i = 0; i < RELAY_ARRAY_LEN(corr_events); i++) {
+		if (strcmp(l->event, corr_events[i].event) == 0) {
+			corr_events[i].fn(c, l, qid, ctl_audit_line_get(l, "rcpt"), &key);
+			break;
+		}
+	}
+	buf_free(&key);
+}
+
+void
+ctl_audit_corr_expire(struct ctl_audit_corr *c, uint64_t before)
+{
+	corr_table_expire(&c->msgs, before);
+	corr_table_expire(&c->atts, before);
+}
+
+size_t
+ctl_audit_corr_tracked(const struct ctl_audit_corr *c)
+{
+	return c->msgs.n + c->atts.n;
+}
+
+void
+ctl_audit_corr_free(struct ctl_audit_corr *c)
+{
+	if (c == NULL)
+		return;
+	corr_table_free(&c->msgs);
+	corr_table_free(&c->atts);
+	free(c);
+}
