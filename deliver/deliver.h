@@ -61,6 +61,18 @@ enum deliver_status {
 	                       cannot go there (too big for SIZE, 8-bit or SMTPUTF8 not offered) */
 };
 
+/*
+ * Results in detail (deliver/DELIVER.md has the whole story):
+ *  - reply texts are "CODE line1 / line2 ...", the server's words verbatim
+ *    (control characters shown as '?'); res.reply is truncated to fit.
+ *  - rcpts[] are filled for every recipient whose RCPT was answered, whatever
+ *    the status; accepted ones then carry the end-of-data reply.  With no
+ *    recipient accepted the status is DONE and each keeps its RCPT reply.
+ *  - HOST_FAIL status codes: 4.4.1 connect failed, 4.4.2 timeout or lost
+ *    connection, 4.7.4 TLS required but not offered / AUTH without TLS,
+ *    4.7.5 TLS handshake or certificate failure, 4.3.2 shutting down; a
+ *    421 or bad greeting keeps the server's code and enhanced status.
+ */
 struct deliver_result {
 	enum deliver_status status;
 	enum io_error io_err;       /* for DELIVER_HOST_FAIL: what kind of failure */

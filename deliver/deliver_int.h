@@ -1,0 +1,205 @@
+/*
+ * deliver_int.h - (internal to deliver/) what the files of the deliver module
+ * share, and what its unit tests reach: the SMTP protocol helpers
+ * (deliver_proto.c: reply parser, EHLO capabilities, xtext, dot-stuffing,
+ * MAIL/RCPT formatting, base64), one connection's state machine
+ * (deliver_session.c) and the pool that owns connections and waiting requests
+ * (deliver.c).  Nothing outside deliver/ and tests/unit/test_deliver*.c may
+ * include this header.
+ *
+ * Ownership: struct deliver owns every struct deliver_conn and every waiting
+ * struct deliver_txn.  A connection owns its io and, while busy, the one
+ * transaction it runs; a transaction borrows the caller's deliver_req.
+ */
+#ifndef RELAY_DELIVER_INT_H
+#define RELAY_DELIVER_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "common/buf.h"
+#include "deliver/deliver.h"
+
+/* ------------------------------------------------------------------ */
+/* Replies (RFC 5321 4.2): one parser for every reply the client reads. */
+
+#define DELIVER_REPLY_MAX_TEXT  (64 * 1024)    /* text kept per reply; the rest is dropped */
+#define DELIVER_MAX_LINE        2048           /* longest reply line we accept */
+
+enum deliver_reply_rc {
+	DELIVER_REPLY_BAD = -1,     /* malformed: not "DDD[ -]text", code outside 200-599, mixed codes */
+	DELIVER_REPLY_MORE = 0,     /* a continuation line ("250-..."): feed the next line */
+	DELIVER_REPLY_DONE = 1,     /* the last line ("250 ..." or "250") arrived */
+};
+
+struct deliver_reply {
+	int code;                   /* 0 until the first line */
+	int nlines;
+	bool done;
+	struct buf lines;           /* each line's text after "DDD-"/"DDD ", '\n'-terminated */
+};
+
+void deliver_reply_init(struct deliver_reply *r);
+void deliver_reply_reset(struct deliver_reply *r);
+void deliver_reply_free(struct deliver_reply *r);
+/* Feed one line (with or without its CRLF). After DONE or BAD, reset before reuse. */
+enum deliver_reply_rc deliver_reply_feed(struct deliver_reply *r, const char *line, size_t len);
+/*
+ * The reply as one line of text: "CODE first-line-text / second-line-text ...",
+ * the server's words verbatim except that control characters become '?'.
+ */
+void deliver_reply_format(const struct deliver_reply *r, struct buf *out);
+/* The enhanced status (RFC 3463) that opens the first line when its class
+ * matches the code ("5.1.1"), else derived from the code ("4.0.0"). */
+void deliver_reply_status(const struct deliver_reply *r, char *out, size_t outlen);
+/* Same from a code and a text: the parser behind deliver_reply_status(). */
+void deliver_status_from_text(int code, const char *text, char *out, size_t outlen);
+
+/* ------------------------------------------------------------------ */
+/* EHLO capabilities (RFC 5321 4.1.1.1 and the extensions we use). */
+
+struct deliver_caps {
+	bool esmtp;                 /* the session was opened with EHLO (else HELO) */
+	bool starttls;
+	bool pipelining;
+	bool eightbitmime;
+	bool smtputf8;
+	bool dsn;
+	bool enhancedstatuscodes;
+	bool size;                  /* SIZE announced */
+	uint64_t size_max;          /* its limit; 0 = no fixed limit */
+	bool auth_plain;
+	bool auth_login;
+};
+
+/* Fill caps from a 250 reply to EHLO (lines after the first are keywords). */
+void deliver_caps_parse(struct deliver_caps *c, const struct deliver_reply *r);
+
+/* ------------------------------------------------------------------ */
+/* Encodings. */
+
+/* Append s xtext-encoded (RFC 3461 4): '+', '=', controls, space, 8-bit -> "+HH". */
+void deliver_xtext(struct buf *out, const char *s);
+/* Append base64 of n bytes of p (no line breaks). */
+void deliver_base64(struct buf *out, const void *p, size_t n);
+
+/*
+ * Dot-stuffing (RFC 5321 4.5.2) as a stream: feed the body in chunks of any
+ * size; a '.' that opens a line is doubled, a bare LF becomes CRLF.
+ * deliver_dot_end() closes the body: CRLF if the last line lacks one, then ".\r\n".
+ */
+struct deliver_dot {
+	bool bol;                   /* the next byte opens a line */
+	bool cr;                    /* the last byte was '\r' */
+};
+
+void deliver_dot_init(struct deliver_dot *s);
+void deliver_dot_feed(struct deliver_dot *s, const char *p, size_t n, struct buf *out);
+void deliver_dot_end(struct deliver_dot *s, struct buf *out);
+
+/*
+ * The MAIL and RCPT command lines (with CRLF) for req under caps: SIZE= when
+ * SIZE is announced, BODY=8BITMIME and SMTPUTF8 when asked for and announced,
+ * RET/ENVID/NOTIFY/ORCPT only when DSN is announced.
+ */
+void deliver_fmt_mail(struct buf *out, const struct deliver_req *req, const struct deliver_caps *caps);
+void deliver_fmt_rcpt(struct buf *out, const struct deliver_rcpt *rcpt, const struct deliver_caps *caps);
+
+/*
+ * Why the message cannot go to a server with caps, before any MAIL: fills
+ * status/text and returns true (SIZE exceeded 5.3.4, 8-bit without 8BITMIME
+ * 5.6.3, SMTPUTF8 not offered 5.6.7); false when it may be sent.
+ */
+bool deliver_check_caps(const struct deliver_req *req, const struct deliver_caps *caps,
+    char *status, size_t statuslen, char *text, size_t textlen);
+
+/* ------------------------------------------------------------------ */
+/* The pool (deliver.c) and connections (deliver_session.c). */
+
+#define DELIVER_MAGIC_CONN      0x444c7643u     /* "DLvC" */
+#define DELIVER_KEY_MAX         512
+#define DELIVER_CHUNK           (64 * 1024)     /* body bytes read and written at a time */
+#define DELIVER_TLS_FALLBACK_MS (60 * 60 * 1000)/* plaintext after a failed opportunistic STARTTLS */
+
+/* One request: waiting in the pool's FIFO, or running on a connection. */
+struct deliver_txn {
+	TAILQ_ENTRY(deliver_txn) entry;
+	struct deliver *d;
+	struct deliver_req *req;
+	deliver_cb *cb;
+	void *arg;
+	char key[DELIVER_KEY_MAX];  /* reuse key: address, port, TLS policy, auth user */
+	char host_ip[64];           /* per-host limit key: the address as text */
+	bool no_reuse;              /* a reused connection died under it: open a new one */
+};
+TAILQ_HEAD(deliver_txnq, deliver_txn);
+
+struct deliver_session;         /* the per-connection protocol state (deliver_session.c) */
+
+struct deliver_conn {
+	uint32_t magic;
+	TAILQ_ENTRY(deliver_conn) entry;    /* in d->conns */
+	TAILQ_ENTRY(deliver_conn) idle_entry; /* in d->idle while idle */
+	struct deliver *d;
+	char key[DELIVER_KEY_MAX];
+	char host_ip[64];
+	bool idle;
+	bool finishing;             /* RSET after a transaction: idle soon */
+	bool reserved;              /* a waiting request counts on it (one dispatch pass) */
+	uint64_t idle_since;        /* monotonic ms */
+	unsigned ntxn;              /* transactions run on this connection */
+	struct deliver_session *s;
+};
+TAILQ_HEAD(deliver_connq, deliver_conn);
+
+/* Addresses for which opportunistic STARTTLS recently failed. */
+struct deliver_tlsfail {
+	TAILQ_ENTRY(deliver_tlsfail) entry;
+	char ip_port[80];
+	uint64_t until;             /* monotonic ms */
+};
+TAILQ_HEAD(deliver_tlsfailq, deliver_tlsfail);
+
+struct deliver {
+	uv_loop_t *loop;
+	struct conf *conf;
+	SSL_CTX *tls_ctx;           /* client context, or NULL if it could not be made */
+	char *tls_ctx_ca;           /* ca_file the context was made with (NULL: system) */
+	struct deliver_txnq waiting;
+	struct deliver_connq conns;
+	struct deliver_connq idle;  /* oldest first */
+	struct deliver_tlsfailq tlsfail;
+	unsigned nconns;
+	uv_timer_t kick;            /* runs the dispatcher outside of callbacks */
+	bool kick_closed;
+	bool shutting_down;
+	void (*shutdown_done)(void *);
+	void *shutdown_arg;
+	uint64_t (*now)(void);      /* monotonic ms clock; injectable */
+	uint64_t nconnects;         /* connections opened since start (tests, stats) */
+};
+
+/* deliver.c: called by sessions. */
+void deliver_pool_finish(struct deliver *d, struct deliver_txn *t, const struct deliver_result *res);
+void deliver_pool_retry(struct deliver *d, struct deliver_txn *t);
+void deliver_pool_idle(struct deliver *d, struct deliver_conn *c);
+void deliver_pool_gone(struct deliver *d, struct deliver_conn *c);
+bool deliver_pool_tls_failed_recently(struct deliver *d, const char *ip_port);
+void deliver_pool_tls_failed(struct deliver *d, const char *ip_port);
+
+/* deliver_session.c: called by the pool. */
+/* Open a connection for t: fills c->s; t's result comes via deliver_pool_finish(). */
+void deliver_session_open(struct deliver_conn *c, struct deliver_txn *t);
+/* Run t on the idle connection c. */
+void deliver_session_reuse(struct deliver_conn *c, struct deliver_txn *t);
+/* Close c now: QUIT if it is idle; a transaction in progress is not reported. */
+void deliver_session_close(struct deliver_conn *c);
+/* Shutting down: abort the transaction on c unless its final reply is awaited. 
+ * Returns true if c was aborted (and is gone). */
+bool deliver_session_abort(struct deliver_conn *c);
+/* The state's name, for logs and tests. */
+const char *deliver_session_state(const struct deliver_conn *c);
+
+#endif

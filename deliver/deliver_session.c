@@ -1,0 +1,1125 @@
+/*
+ * deliver_session.c - one outbound SMTP connection: the client state machine
+ * (RFC 5321, 3207 STARTTLS, 4954 AUTH, 2920 PIPELINING, 1870 SIZE, 6152
+ * 8BITMIME, 6531 SMTPUTF8, 3461 DSN) that runs transactions for the pool.
+ *
+ * Shape: a table of states {name, timeout, enter, reply}; deliver_enter_state()
+ * is the only place the state changes (and traces old -> new); each complete
+ * reply goes to the current state's reply handler.
+ *
+ *   CONNECT -> GREETING -> EHLO (-> HELO on 5xx) -> [STARTTLS -> TLS -> EHLO2]
+ *           -> [AUTH] -> MAIL -> RCPT... -> DATA -> BODY -> DOT -> RSET -> IDLE
+ *   IDLE -> MAIL (connection reuse)      IDLE -> QUIT (idle timeout)
+ *
+ * Owns: the io, the reply parser, the body file descriptor while in BODY and,
+ * while busy, one struct deliver_txn (borrowed caller's deliver_req).  The
+ * pool owns struct deliver_conn; a session frees itself, after the pool has
+ * forgotten its conn, once no call on its stack still uses it (s->depth).
+ *
+ * Decisions worth knowing (see also deliver.h):
+ *  - Reply text is "CODE line1 / line2 ...", the server's words verbatim
+ *    (control characters become '?').
+ *  - STARTTLS under "opportunistic": offered and the handshake fails -> this
+ *    attempt is DELIVER_HOST_FAIL (io_err TLS, 4.7.5), and for one hour
+ *    attempts to that address:port skip STARTTLS and go in plaintext.  A
+ *    STARTTLS command answered with an error goes on in plaintext at once.
+ *  - Under require/verify: not offered or refused -> HOST_FAIL 4.7.4;
+ *    handshake or certificate failure -> HOST_FAIL 4.7.5.
+ *  - AUTH is sent only over TLS; without TLS -> HOST_FAIL 4.7.4 (credentials
+ *    are never sent in clear).  A refused AUTH -> DELIVER_TEMP, server reply.
+ *  - Per-recipient results (rcpts[].code/status/reply) are filled for every
+ *    RCPT answered, whatever the overall status; accepted recipients get the
+ *    end-of-data reply.
+ *  - A reused connection that dies (EOF, reset, 421) before answering the
+ *    transaction's first command is not the host's fault: the request goes
+ *    back to the pool and runs on a fresh connection.
+ *  - The body is read with pread() in 64 KiB chunks, one chunk per "drained"
+ *    event: memory stays bounded; queue files are local and freshly written.
+ *
+ * Never: touch SSL* or uv_buf_t; send AUTH without TLS; call a request's
+ * callback twice; send the final "." after a short read of the queue file.
+ */
+#include "deliver/deliver_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+enum deliver_state {
+	DS_CONNECT,
+	DS_GREETING,
+	DS_EHLO,
+	DS_HELO,
+	DS_STARTTLS,
+	DS_TLS,
+	DS_EHLO2,
+	DS_AUTH,
+	DS_MAIL,
+	DS_RCPT,
+	DS_DATA,
+	DS_BODY,
+	DS_DOT,
+	DS_RSET,
+	DS_IDLE,
+	DS_QUIT,
+	DS_NSTATES
+};
+
+/* Which configured timeout guards a state (RFC 5321 4.5.3.2). */
+enum deliver_tmo {
+	TMO_NONE,
+	TMO_GREETING,
+	TMO_COMMAND,
+	TMO_DATA_INIT,
+	TMO_DATA_BLOCK,
+	TMO_DATA_DONE,
+	TMO_IDLE,
+};
+
+#define DELIVER_QUIT_TIMEOUT_MS 5000     /* a QUIT that cannot be written is given up */
+
+/* Handler results: go on reading replies, stop reading (TLS started), or the session is gone. */
+enum { DS_OK = 0, DS_STOP = 1, DS_GONE = -1 };
+
+struct deliver_session {
+	struct deliver_conn *c;     /* NULL once the pool has forgotten it */
+	struct deliver *d;
+	struct io *io;
+	enum deliver_state state;
+	struct deliver_caps caps;
+	struct deliver_reply reply;
+	char ip[64];
+	char ip_port[80];
+	char host[256];             /* exchanger name of the first request (SNI, verify) */
+	enum conf_tls tls_policy;
+	bool tls_verify;
+	char helo[256];
+	unsigned auth_step;
+	bool auth_login;
+
+	struct deliver_txn *t;      /* the transaction in progress, or NULL */
+	bool reused;                /* t runs on a connection that served before */
+	bool replied;               /* t has had at least one reply */
+	bool pipelined;
+	bool mail_sent;
+	bool mail_failed;
+	size_t rcpt_next;           /* index of the next RCPT reply expected */
+	size_t naccepted;
+	bool decided;               /* res holds t's outcome; later failures keep it */
+	struct deliver_result res;
+
+	int fd;                     /* queue file while in BODY, else -1 */
+	uint64_t body_sent;
+	char *chunk;
+	struct buf out;
+	struct deliver_dot dot;
+
+	unsigned depth;             /* calls on the stack that use this session */
+	bool zombie;                /* closed: free when depth drops to 0 */
+};
+
+struct deliver_row {
+	enum deliver_state state;
+	const char *name;
+	enum deliver_tmo tmo;
+	int (*enter)(struct deliver_session *);
+	int (*reply)(struct deliver_session *, const struct deliver_reply *);
+};
+
+static int ds_ehlo_enter(struct deliver_session *);
+static int ds_helo_enter(struct deliver_session *);
+static int ds_starttls_enter(struct deliver_session *);
+static int ds_tls_enter(struct deliver_session *);
+static int ds_auth_enter(struct deliver_session *);
+static int ds_mail_enter(struct deliver_session *);
+static int ds_rcpt_enter(struct deliver_session *);
+static int ds_data_enter(struct deliver_session *);
+static int ds_body_enter(struct deliver_session *);
+static int ds_rset_enter(struct deliver_session *);
+static int ds_idle_enter(struct deliver_session *);
+static int ds_quit_enter(struct deliver_session *);
+
+static int ds_greeting_reply(struct deliver_session *, const struct deliver_reply *);
+static int ds_ehlo_reply(struct deliver_session *, const struct deliver_reply *);
+static int ds_helo_reply(struct deliver_session *, const struct deliver_reply *);
+static int ds_starttls_reply(struct deliver_session *, const struct deliver_reply *);
+static int ds_auth_reply(struct deliver_session *, const struct deliver_reply *);
+static int ds_mail_reply(struct deliver_session *, const struct deliver_reply *);
+static int ds_rcpt_reply(struct deliver_session *, const struct deliver_reply *);
+static int ds_data_reply(struct deliver_session *, const struct deliver_reply *);
+static int ds_body_reply(struct deliver_session *, const struct deliver_reply *);
+static int ds_dot_reply(struct deliver_session *, const struct deliver_reply *);
+static int ds_rset_reply(struct deliver_session *, const struct deliver_reply *);
+static int ds_idle_reply(struct deliver_session *, const struct deliver_reply *);
+
+static const struct deliver_row deliver_rows[DS_NSTATES] = {
+	{ DS_CONNECT,  "CONNECT",  TMO_NONE,       NULL,              NULL },
+	{ DS_GREETING, "GREETING", TMO_GREETING,   NULL,              ds_greeting_reply },
+	{ DS_EHLO,     "EHLO",     TMO_COMMAND,    ds_ehlo_enter,     ds_ehlo_reply },
+	{ DS_HELO,     "HELO",     TMO_COMMAND,    ds_helo_enter,     ds_helo_reply },
+	{ DS_STARTTLS, "STARTTLS", TMO_COMMAND,    ds_starttls_enter, ds_starttls_reply },
+	{ DS_TLS,      "TLS",      TMO_COMMAND,    ds_tls_enter,      NULL },
+	{ DS_EHLO2,    "EHLO2",    TMO_COMMAND,    ds_ehlo_enter,     ds_ehlo_reply },
+	{ DS_AUTH,     "AUTH",     TMO_COMMAND,    ds_auth_enter,     ds_auth_reply },
+	{ DS_MAIL,     "MAIL",     TMO_COMMAND,    ds_mail_enter,     ds_mail_reply },
+	{ DS_RCPT,     "RCPT",     TMO_COMMAND,    ds_rcpt_enter,     ds_rcpt_reply },
+	{ DS_DATA,     "DATA",     TMO_DATA_INIT,  ds_data_enter,     ds_data_reply },
+	{ DS_BODY,     "BODY",     TMO_DATA_BLOCK, ds_body_enter,     ds_body_reply },
+	{ DS_DOT,      "DOT",      TMO_DATA_DONE,  NULL,              ds_dot_reply },
+	{ DS_RSET,     "RSET",     TMO_COMMAND,    ds_rset_enter,     ds_rset_reply },
+	{ DS_IDLE,     "IDLE",     TMO_IDLE,       ds_idle_enter,     ds_idle_reply },
+	{ DS_QUIT,     "QUIT",     TMO_NONE,       ds_quit_enter,     NULL },
+};
+
+static void deliver_session_cb(struct io *io, enum io_event ev, void *arg);
+
+/* ------------------------------------------------------------------ */
+/* Life cycle */
+
+static uint64_t
+ds_timeout(const struct deliver_session *s, enum deliver_tmo tmo)
+{
+	const struct conf *conf = s->d->conf;
+
+	switch (tmo) {
+	case TMO_NONE:          return 0;
+	case TMO_GREETING:      return conf->deliver.greeting_timeout;
+	case TMO_COMMAND:       return conf->deliver.command_timeout;
+	case TMO_DATA_INIT:     return conf->deliver.data_init_timeout;
+	case TMO_DATA_BLOCK:    return conf->deliver.data_block_timeout;
+	case TMO_DATA_DONE:     return conf->deliver.data_done_timeout;
+	case TMO_IDLE:          return conf->deliver.idle_timeout;
+	}
+	fatalx("%s: bad timeout kind %d", __func__, (int)tmo);
+}
+
+static const char *
+ds_qid(const struct deliver_session *s)
+{
+	return s->t != NULL && s->t->req->qid != NULL ? s->t->req->qid : NULL;
+}
+
+/* The only place the state changes. */
+static int
+deliver_enter_state(struct deliver_session *s, enum deliver_state next)
+{
+	const struct deliver_row *row = &deliver_rows[next];
+	struct log_line l;
+	uint64_t tmo;
+
+	if (row->state != next)
+		fatalx("%s: state table out of order at %d", __func__, (int)next);
+	log_begin(&l, LOG_DEBUG, "deliver_state");
+	log_kv(&l, "qid", ds_qid(s));
+	log_kv(&l, "ip", s->ip);
+	log_kv(&l, "from", deliver_rows[s->state].name);
+	log_kv(&l, "to", row->name);
+	log_end(&l);
+	s->state = next;
+	tmo = ds_timeout(s, row->tmo);
+	if (s->io != NULL && row->tmo != TMO_NONE)
+		io_set_timeout(s->io, tmo);
+	if (row->enter == NULL)
+		return DS_OK;
+	if (row->enter(s) == DS_GONE || s->zombie)
+		return DS_GONE;
+	return DS_OK;
+}
+
+static void
+ds_free(struct deliver_session *s)
+{
+	if (s->fd >= 0)
+		close(s->fd);
+	free(s->chunk);
+	buf_free(&s->out);
+	deliver_reply_free(&s->reply);
+	free(s);
+}
+
+static void
+ds_unwind(struct deliver_session *s)
+{
+	if (s->depth == 0)
+		fatalx("%s: unbalanced depth", __func__);
+	if (--s->depth == 0 && s->zombie)
+		ds_free(s);
+}
+
+/* Events of an io that is only flushing its QUIT: a failure frees it at once. */
+static void
+ds_closing_cb(struct io *io, enum io_event ev, void *arg)
+{
+	if (ev == IO_EV_EOF || ev == IO_EV_ERROR || ev == IO_EV_TIMEOUT)
+		io_free(io);
+}
+
+/* Close the connection (QUIT first when polite) and leave the pool. */
+static int
+ds_close(struct deliver_session *s, bool quit)
+{
+	struct deliver_conn *c = s->c;
+
+	if (s->zombie)
+		return DS_GONE;
+	s->zombie = true;
+	if (s->fd >= 0) {
+		close(s->fd);
+		s->fd = -1;
+	}
+	if (s->io != NULL) {
+		if (quit) {
+			/* The io lives on until QUIT is out; it must not call us meanwhile. */
+			io_set_callback(s->io, ds_closing_cb, NULL);
+			io_set_timeout(s->io, DELIVER_QUIT_TIMEOUT_MS);
+			io_write(s->io, "QUIT\r\n", 6);
+			io_close_after_drain(s->io);
+		} else
+			io_free(s->io);
+		s->io = NULL;
+	}
+	if (c != NULL) {
+		c->s = NULL;
+		s->c = NULL;
+		deliver_pool_gone(s->d, c);
+	}
+	if (s->depth == 0)
+		ds_free(s);
+	return DS_GONE;
+}
+
+/* ------------------------------------------------------------------ */
+/* Results */
+
+static void
+ds_result_text(struct deliver_result *res, const char *text)
+{
+	snprintf(res->reply, sizeof(res->reply), "%s", text != NULL ? text : "");
+}
+
+/* Record t's outcome (the first decision stands). */
+static void
+ds_decide(struct deliver_session *s, enum deliver_status st, enum io_error ioe,
+    int code, const char *status, const char *text)
+{
+	if (s->decided)
+		return;
+	s->decided = true;
+	s->res.status = st;
+	s->res.io_err = ioe;
+	s->res.code = code;
+	snprintf(s->res.status_code, sizeof(s->res.status_code), "%s", status);
+	ds_result_text(&s->res, text);
+}
+
+static void
+ds_decide_reply(struct deliver_session *s, enum deliver_status st, const struct deliver_reply *r)
+{
+	struct buf text = BUF_INIT;
+	char status[16];
+
+	deliver_reply_format(r, &text);
+	deliver_reply_status(r, status, sizeof(status));
+	ds_decide(s, st, IO_ERR_NONE, r->code, status, buf_cstr(&text));
+	buf_free(&text);
+}
+
+/* Hand t's outcome to the pool (which calls the request's callback). */
+static void
+ds_report(struct deliver_session *s)
+{
+	struct deliver_txn *t = s->t;
+	struct log_line l;
+
+	if (t == NULL)
+		return;
+	if (!s->decided)
+		fatalx("%s: no outcome decided", __func__);
+	snprintf(s->res.ip, sizeof(s->res.ip), "%s", s->ip);
+	log_begin(&l, LOG_DEBUG, "deliver_attempt");
+	log_kv(&l, "qid", ds_qid(s));
+	log_kv(&l, "host", t->req->host);
+	log_kv(&l, "ip", s->ip);
+	log_kvi(&l, "status", (int64_t)s->res.status);
+	log_kvi(&l, "code", s->res.code);
+	log_kv(&l, "reply", s->res.reply);
+	log_end(&l);
+	s->t = NULL;
+	deliver_pool_finish(s->d, t, &s->res);
+}
+
+/*
+ * The connection is lost or unusable: report t (its decided outcome, else
+ * HOST_FAIL with what happened) and close.  retryable: a reused connection
+ * that failed before t's first reply sends t back to the pool instead.
+ */
+static int
+ds_fail(struct deliver_session *s, bool retryable, enum io_error ioe, int code,
+    const char *status, const char *text)
+{
+	if (s->t != NULL) {
+		if (retryable && s->reused && !s->replied && !s->decided) {
+			struct deliver_txn *t = s->t;
+
+			s->t = NULL;
+			t->no_reuse = true;
+			deliver_pool_retry(s->d, t);
+		} else {
+			ds_decide(s, DELIVER_HOST_FAIL, ioe, code, status, text);
+			ds_report(s);
+		}
+	}
+	return ds_close(s, false);
+}
+
+static int
+ds_fail_reply(struct deliver_session *s, const struct deliver_reply *r, const char *status)
+{
+	struct buf text = BUF_INIT;
+	char st[16];
+	int rc;
+
+	deliver_reply_format(r, &text);
+	deliver_reply_status(r, st, sizeof(st));
+	rc = ds_fail(s, r->code == 421, IO_ERR_NONE, r->code, status != NULL ? status : st,
+	    buf_cstr(&text));
+	buf_free(&text);
+	return rc;
+}
+
+/* After t's outcome is reported: RSET if a MAIL was sent, then idle. */
+static int
+ds_next_txn(struct deliver_session *s)
+{
+	if (s->mail_sent && s->c != NULL)
+		s->c->finishing = true;     /* before the callback: a new request waits for us */
+	ds_report(s);
+	if (s->d->shutting_down)
+		return ds_close(s, true);
+	return deliver_enter_state(s, s->mail_sent ? DS_RSET : DS_IDLE);
+}
+
+/* Fill rcpt i from a reply. */
+static void
+ds_rcpt_set(struct deliver_rcpt *rc, const struct deliver_reply *r)
+{
+	struct buf text = BUF_INIT;
+
+	deliver_reply_format(r, &text);
+	rc->code = r->code;
+	deliver_reply_status(r, rc->status, sizeof(rc->status));
+	free(rc->reply);
+	rc->reply = buf_steal(&text);
+}
+
+/* ------------------------------------------------------------------ */
+/* Connection set-up */
+
+static int
+ds_greeting_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	if (r->code / 100 != 2)
+		return ds_fail_reply(s, r, NULL);
+	return deliver_enter_state(s, DS_EHLO);
+}
+
+static int
+ds_ehlo_enter(struct deliver_session *s)
+{
+	io_printf(s->io, "EHLO %s\r\n", s->helo);
+	return DS_OK;
+}
+
+static int
+ds_helo_enter(struct deliver_session *s)
+{
+	io_printf(s->io, "HELO %s\r\n", s->helo);
+	return DS_OK;
+}
+
+/* EHLO done (first or after TLS): TLS, then AUTH, then the transaction. */
+static int
+ds_after_hello(struct deliver_session *s)
+{
+	enum conf_tls pol = s->tls_policy;
+	bool mandatory = pol == CONF_TLS_REQUIRE || pol == CONF_TLS_VERIFY;
+
+	if (!io_is_tls(s->io) && pol != CONF_TLS_NONE) {
+		if (pol == CONF_TLS_OPPORTUNISTIC &&
+		    deliver_pool_tls_failed_recently(s->d, s->ip_port)) {
+			log_event(LOG_INFO, "deliver_tls_skipped", "ip", s->ip, "reason",
+			    "STARTTLS failed recently; plaintext", NULL);
+		} else if (s->caps.starttls && s->d->tls_ctx != NULL)
+			return deliver_enter_state(s, DS_STARTTLS);
+		else if (mandatory)
+			return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.4",
+			    s->d->tls_ctx == NULL ? "TLS required but no TLS client context" :
+			    "TLS required but not offered");
+	}
+	if (s->t != NULL && s->t->req->auth_user != NULL) {
+		if (!io_is_tls(s->io))
+			return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.4",
+			    "AUTH configured but TLS not available: credentials not sent");
+		return deliver_enter_state(s, DS_AUTH);
+	}
+	return deliver_enter_state(s, DS_MAIL);
+}
+
+static int
+ds_ehlo_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	if (r->code == 250) {
+		deliver_caps_parse(&s->caps, r);
+		return ds_after_hello(s);
+	}
+	if (r->code / 100 == 5 && s->state == DS_EHLO)
+		return deliver_enter_state(s, DS_HELO);
+	return ds_fail_reply(s, r, NULL);
+}
+
+static int
+ds_helo_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	if (r->code != 250)
+		return ds_fail_reply(s, r, NULL);
+	memset(&s->caps, 0, sizeof(s->caps));
+	return ds_after_hello(s);
+}
+
+static int
+ds_starttls_enter(struct deliver_session *s)
+{
+	io_write(s->io, "STARTTLS\r\n", 10);
+	return DS_OK;
+}
+
+static int
+ds_starttls_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	if (r->code == 220) {
+		if (deliver_enter_state(s, DS_TLS) == DS_GONE)
+			return DS_GONE;
+		return DS_STOP;     /* the io dropped any input behind the 220 */
+	}
+	if (r->code == 421 || s->tls_policy != CONF_TLS_OPPORTUNISTIC)
+		return ds_fail_reply(s, r, r->code == 421 ? NULL : "4.7.4");
+	/* Opportunistic: the server refused TLS; this session goes on in plaintext. */
+	s->caps.starttls = false;
+	return ds_after_hello(s);
+}
+
+static int
+ds_tls_enter(struct deliver_session *s)
+{
+	const char *name = s->host[0] != '\0' ? s->host : NULL;
+
+	if (io_start_tls_client(s->io, s->d->tls_ctx, name, s->tls_verify) != 0)
+		return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5", "cannot start TLS");
+	return DS_OK;
+}
+
+static int
+ds_tls_ready(struct deliver_session *s)
+{
+	struct log_line l;
+
+	log_begin(&l, LOG_INFO, "deliver_tls");
+	log_kv(&l, "qid", ds_qid(s));
+	log_kv(&l, "host", s->host);
+	log_kv(&l, "ip", s->ip);
+	log_kv(&l, "version", io_tls_version(s->io));
+	log_kv(&l, "cipher", io_tls_cipher(s->io));
+	log_kv(&l, "verified", s->tls_verify ? "yes" : "no");
+	log_end(&l);
+	return deliver_enter_state(s, DS_EHLO2);
+}
+
+/* The handshake failed (error or the peer closed during it). */
+static int
+ds_tls_failed(struct deliver_session *s)
+{
+	char text[320];
+	const char *why = io_tls_error(s->io);
+
+	snprintf(text, sizeof(text), "TLS handshake failed: %s",
+	    why != NULL ? why : io_error_text(s->io));
+	log_event(LOG_NOTICE, "deliver_tls_failed", "ip", s->ip, "host", s->host,
+	    "policy", conf_tls_name(s->tls_policy), "error", text, NULL);
+	if (s->tls_policy == CONF_TLS_OPPORTUNISTIC)
+		deliver_pool_tls_failed(s->d, s->ip_port);
+	return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5", text);
+}
+
+static int
+ds_auth_enter(struct deliver_session *s)
+{
+	const struct deliver_req *req = s->t->req;
+	struct buf b = BUF_INIT, cred = BUF_INIT;
+
+	s->auth_step = 0;
+	if (s->caps.auth_plain) {
+		s->auth_login = false;
+		buf_putc(&cred, '\0');
+		buf_puts(&cred, req->auth_user);
+		buf_putc(&cred, '\0');
+		buf_puts(&cred, req->auth_password != NULL ? req->auth_password : "");
+		buf_puts(&b, "AUTH PLAIN ");
+		deliver_base64(&b, cred.data, cred.len);
+		buf_puts(&b, "\r\n");
+	} else if (s->caps.auth_login) {
+		s->auth_login = true;
+		buf_puts(&b, "AUTH LOGIN\r\n");
+	} else {
+		ds_decide(s, DELIVER_TEMP, IO_ERR_NONE, 0, "4.7.0",
+		    "AUTH configured but the exchanger offers neither AUTH PLAIN nor LOGIN");
+		ds_report(s);
+		return ds_close(s, true);
+	}
+	io_write(s->io, b.data, b.len);
+	if (cred.len > 0)
+		explicit_bzero(cred.data, cred.len);
+	explicit_bzero(b.data, b.len);
+	buf_free(&cred);
+	buf_free(&b);
+	return DS_OK;
+}
+
+static int
+ds_auth_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	const struct deliver_req *req = s->t->req;
+	struct buf b = BUF_INIT;
+
+	if (r->code == 235)
+		return deliver_enter_state(s, DS_MAIL);
+	if (r->code == 421)
+		return ds_fail_reply(s, r, NULL);
+	if (r->code == 334 && s->auth_login && s->auth_step < 2) {
+		const char *v = s->auth_step == 0 ? req->auth_user :
+		    (req->auth_password != NULL ? req->auth_password : "");
+
+		deliver_base64(&b, v, strlen(v));
+		buf_puts(&b, "\r\n");
+		io_write(s->io, b.data, b.len);
+		explicit_bzero(b.data, b.len);
+		buf_free(&b);
+		s->auth_step++;
+		io_set_timeout(s->io, ds_timeout(s, TMO_COMMAND));
+		return DS_OK;
+	}
+	/* Refused (or a challenge we did not expect): the mail waits for the admin. */
+	ds_decide_reply(s, DELIVER_TEMP, r);
+	ds_report(s);
+	if (r->code == 334)
+		return ds_close(s, false);      /* mid-exchange: just drop the line */
+	return ds_close(s, true);
+}
+
+/* ------------------------------------------------------------------ */
+/* The transaction */
+
+static void
+ds_txn_reset(struct deliver_session *s)
+{
+	struct deliver_req *req = s->t->req;
+
+	deliver_req_clear(req);
+	for (size_t i = 0; i < req->nrcpts; i++) {
+		req->rcpts[i].code = 0;
+		req->rcpts[i].status[0] = '\0';
+	}
+	s->pipelined = false;
+	s->mail_sent = false;
+	s->mail_failed = false;
+	s->rcpt_next = 0;
+	s->naccepted = 0;
+	s->decided = false;
+	memset(&s->res, 0, sizeof(s->res));
+	s->body_sent = 0;
+}
+
+static int
+ds_mail_enter(struct deliver_session *s)
+{
+	const struct deliver_req *req = s->t->req;
+	char status[16], text[256];
+
+	ds_txn_reset(s);
+	if (deliver_check_caps(req, &s->caps, status, sizeof(status), text, sizeof(text))) {
+		ds_decide(s, DELIVER_PERM, IO_ERR_NONE, 0, status, text);
+		return ds_next_txn(s);
+	}
+	buf_reset(&s->out);
+	deliver_fmt_mail(&s->out, req, &s->caps);
+	if (s->caps.pipelining) {
+		/* RFC 2920: MAIL, every RCPT and DATA in one write; replies in order. */
+		for (size_t i = 0; i < req->nrcpts; i++)
+			deliver_fmt_rcpt(&s->out, &req->rcpts[i], &s->caps);
+		buf_puts(&s->out, "DATA\r\n");
+		s->pipelined = true;
+	}
+	s->mail_sent = true;
+	io_write(s->io, s->out.data, s->out.len);
+	buf_reset(&s->out);
+	return DS_OK;
+}
+
+static int
+ds_mail_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	if (r->code == 421)
+		return ds_fail_reply(s, r, NULL);
+	if (r->code / 100 != 2) {
+		s->mail_failed = true;
+		ds_decide_reply(s, r->code / 100 == 4 ? DELIVER_TEMP : DELIVER_PERM, r);
+		if (!s->pipelined)
+			return ds_next_txn(s);
+	}
+	/* Pipelined: the RCPT and DATA replies follow whatever happened. */
+	return deliver_enter_state(s, DS_RCPT);
+}
+
+static int
+ds_rcpt_enter(struct deliver_session *s)
+{
+	if (!s->pipelined) {
+		buf_reset(&s->out);
+		deliver_fmt_rcpt(&s->out, &s->t->req->rcpts[s->rcpt_next], &s->caps);
+		io_write(s->io, s->out.data, s->out.len);
+		buf_reset(&s->out);
+	}
+	return DS_OK;
+}
+
+static int
+ds_rcpt_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	struct deliver_req *req = s->t->req;
+
+	if (r->code == 421)
+		return ds_fail_reply(s, r, NULL);
+	if (!s->mail_failed) {
+		ds_rcpt_set(&req->rcpts[s->rcpt_next], r);
+		if (r->code / 100 == 2)
+			s->naccepted++;
+	}
+	s->rcpt_next++;
+	if (s->rcpt_next < req->nrcpts)
+		return deliver_enter_state(s, DS_RCPT);
+	if (s->pipelined || (s->naccepted > 0 && !s->mail_failed))
+		return deliver_enter_state(s, DS_DATA);
+	/* Nobody accepted: each recipient keeps its own reply; no DATA. */
+	ds_decide(s, DELIVER_DONE, IO_ERR_NONE, 0, "", "no recipient accepted");
+	return ds_next_txn(s);
+}
+
+static int
+ds_data_enter(struct deliver_session *s)
+{
+	if (!s->pipelined)
+		io_write(s->io, "DATA\r\n", 6);
+	return DS_OK;
+}
+
+static int
+ds_data_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	bool nothing = s->mail_failed || s->naccepted == 0;
+
+	if (r->code == 421)
+		return ds_fail_reply(s, r, NULL);
+	if (nothing) {
+		/* Pipelined DATA after a refused MAIL or all RCPTs refused. */
+		if (!s->decided)
+			ds_decide(s, DELIVER_DONE, IO_ERR_NONE, 0, "", "no recipient accepted");
+		if (r->code == 354) {
+			/* A broken server opened DATA anyway: send an empty body, ignore the reply. */
+			io_write(s->io, ".\r\n", 3);
+			return deliver_enter_state(s, DS_DOT);
+		}
+		return ds_next_txn(s);
+	}
+	if (r->code != 354) {
+		ds_decide_reply(s, r->code / 100 == 5 ? DELIVER_PERM : DELIVER_TEMP, r);
+		return ds_next_txn(s);
+	}
+	return deliver_enter_state(s, DS_BODY);
+}
+
+/* Read and send the next chunk of the body, or its end. */
+static int
+ds_body_pump(struct deliver_session *s)
+{
+	const struct deliver_req *req = s->t->req;
+	uint64_t left = req->body_len - s->body_sent;
+	ssize_t n;
+
+	if (s->fd < 0)
+		return DS_OK;
+	io_set_timeout(s->io, ds_timeout(s, TMO_DATA_BLOCK));
+	if (left == 0) {
+		buf_reset(&s->out);
+		deliver_dot_end(&s->dot, &s->out);
+		io_write(s->io, s->out.data, s->out.len);
+		buf_reset(&s->out);
+		close(s->fd);
+		s->fd = -1;
+		free(s->chunk);
+		s->chunk = NULL;
+		return deliver_enter_state(s, DS_DOT);
+	}
+	if (s->chunk == NULL)
+		s->chunk = xmalloc(DELIVER_CHUNK);
+	do {
+		n = pread(s->fd, s->chunk, left < DELIVER_CHUNK ? (size_t)left : DELIVER_CHUNK,
+		    (off_t)(req->body_offset + s->body_sent));
+	} while (n < 0 && errno == EINTR);
+	if (n <= 0) {
+		char text[320];
+
+		snprintf(text, sizeof(text), "queue file %s: %s", req->msg_path,
+		    n < 0 ? strerror(errno) : "shorter than its body length");
+		log_event(LOG_ERR, "deliver_body_error", "qid", ds_qid(s), "error", text, NULL);
+		/* Never send the final dot: dropping the connection aborts DATA. */
+		ds_decide(s, DELIVER_TEMP, IO_ERR_NONE, 0, "4.3.0", text);
+		ds_report(s);
+		return ds_close(s, false);
+	}
+	s->body_sent += (uint64_t)n;
+	buf_reset(&s->out);
+	deliver_dot_feed(&s->dot, s->chunk, (size_t)n, &s->out);
+	io_write(s->io, s->out.data, s->out.len);
+	buf_reset(&s->out);
+	return DS_OK;
+}
+
+static int
+ds_body_enter(struct deliver_session *s)
+{
+	const struct deliver_req *req = s->t->req;
+
+	s->fd = open(req->msg_path, O_RDONLY | O_CLOEXEC);
+	if (s->fd < 0) {
+		char text[320];
+
+		snprintf(text, sizeof(text), "queue file %s: %s", req->msg_path, strerror(errno));
+		log_event(LOG_ERR, "deliver_body_error", "qid", ds_qid(s), "error", text, NULL);
+		ds_decide(s, DELIVER_TEMP, IO_ERR_NONE, 0, "4.3.0", text);
+		ds_report(s);
+		return ds_close(s, false);
+	}
+	deliver_dot_init(&s->dot);
+	s->body_sent = 0;
+	return ds_body_pump(s);
+}
+
+/* A reply while we are still sending the body: the server gave up on it. */
+static int
+ds_body_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	if (r->code / 100 == 4 && r->code != 421)
+		ds_decide_reply(s, DELIVER_TEMP, r);
+	else if (r->code / 100 == 5)
+		ds_decide_reply(s, DELIVER_PERM, r);
+	return ds_fail_reply(s, r, NULL);
+}
+
+static int
+ds_dot_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	struct deliver_req *req = s->t->req;
+	enum deliver_status st;
+
+	if (r->code == 421)
+		return ds_fail_reply(s, r, NULL);
+	if (s->decided)         /* the empty body after a broken 354 */
+		return ds_next_txn(s);
+	st = r->code / 100 == 2 ? DELIVER_DONE : r->code / 100 == 4 ? DELIVER_TEMP : DELIVER_PERM;
+	for (size_t i = 0; i < req->nrcpts; i++)
+		if (req->rcpts[i].code / 100 == 2)
+			ds_rcpt_set(&req->rcpts[i], r);
+	ds_decide_reply(s, st, r);
+	return ds_next_txn(s);
+}
+
+static int
+ds_rset_enter(struct deliver_session *s)
+{
+	io_write(s->io, "RSET\r\n", 6);
+	return DS_OK;
+}
+
+static int
+ds_rset_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	if (r->code / 100 != 2)
+		return ds_close(s, r->code != 421);
+	return deliver_enter_state(s, DS_IDLE);
+}
+
+static int
+ds_idle_enter(struct deliver_session *s)
+{
+	s->reused = false;
+	s->mail_sent = false;
+	if (s->c == NULL)
+		fatalx("%s: idle session without a connection", __func__);
+	deliver_pool_idle(s->d, s->c);
+	return s->zombie ? DS_GONE : DS_OK;
+}
+
+/* Something arrived on an idle connection ("421 idle timeout"): drop it. */
+static int
+ds_idle_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	return ds_close(s, false);
+}
+
+static int
+ds_quit_enter(struct deliver_session *s)
+{
+	return ds_close(s, true);
+}
+
+/* ------------------------------------------------------------------ */
+/* Input and events */
+
+static int
+ds_got_reply(struct deliver_session *s)
+{
+	const struct deliver_row *row = &deliver_rows[s->state];
+
+	int rc;
+
+	if (row->reply == NULL)
+		return ds_fail(s, false, IO_ERR_OTHER, 0, "4.5.0", "unexpected reply from the exchanger");
+	rc = row->reply(s, &s->reply);
+	/* After the handler: a reused connection's first reply may still send t back. */
+	if (rc != DS_GONE && !s->zombie && s->t != NULL)
+		s->replied = true;
+	return rc;
+}
+
+static void
+ds_input(struct deliver_session *s)
+{
+	const char *line;
+	size_t len;
+	enum io_line lr;
+	int rc;
+
+	while (!s->zombie && (lr = io_getline(s->io, &line, &len)) != IO_LINE_NONE) {
+		if (lr == IO_LINE_LONG) {
+			ds_fail(s, false, IO_ERR_OTHER, 0, "4.5.0", "reply line too long");
+			return;
+		}
+		switch (deliver_reply_feed(&s->reply, line, len)) {
+		case DELIVER_REPLY_MORE:
+			continue;
+		case DELIVER_REPLY_BAD: {
+			char text[200];
+
+			snprintf(text, sizeof(text), "malformed reply: %.*s",
+			    (int)(len > 100 ? 100 : len), line);
+			for (char *p = text; *p != '\0'; p++)
+				if ((unsigned char)*p < 0x20)
+					*p = '?';
+			ds_fail(s, false, IO_ERR_OTHER, 0, "4.5.0", text);
+			return;
+		}
+		case DELIVER_REPLY_DONE:
+			break;
+		}
+		rc = ds_got_reply(s);
+		if (rc == DS_GONE || s->zombie)
+			return;
+		deliver_reply_reset(&s->reply);
+		if (rc == DS_STOP)
+			return;
+	}
+}
+
+static int
+ds_timed_out(struct deliver_session *s)
+{
+	char text[160], dur[32];
+
+	if (s->state == DS_IDLE)
+		return ds_close(s, true);
+	util_format_duration(ds_timeout(s, deliver_rows[s->state].tmo), dur, sizeof(dur));
+	snprintf(text, sizeof(text), "timeout after %s in state %s", dur,
+	    deliver_rows[s->state].name);
+	if (s->state == DS_TLS) {
+		if (s->tls_policy == CONF_TLS_OPPORTUNISTIC)
+			deliver_pool_tls_failed(s->d, s->ip_port);
+		return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5", text);
+	}
+	return ds_fail(s, false, IO_ERR_OTHER, 0, "4.4.2", text);
+}
+
+static int
+ds_lost(struct deliver_session *s, enum io_event ev)
+{
+	enum io_error e = ev == IO_EV_EOF ? IO_ERR_RESET : io_error(s->io);
+	char text[320];
+
+	if (s->state == DS_TLS)
+		return ds_tls_failed(s);
+	if (s->state == DS_IDLE || s->state == DS_QUIT)
+		return ds_close(s, false);
+	if (s->state == DS_CONNECT) {
+		snprintf(text, sizeof(text), "%s", io_error_text(s->io));
+		return ds_fail(s, false, e, 0, "4.4.1", text);
+	}
+	snprintf(text, sizeof(text), "%s in state %s",
+	    ev == IO_EV_EOF ? "connection closed by the exchanger" : io_error_text(s->io),
+	    deliver_rows[s->state].name);
+	return ds_fail(s, true, e == IO_ERR_NONE ? IO_ERR_OTHER : e, 0, "4.4.2", text);
+}
+
+static void
+deliver_session_cb(struct io *io, enum io_event ev, void *arg)
+{
+	struct deliver_session *s = arg;
+
+	if (s->zombie || s->io != io)
+		return;
+	s->depth++;
+	switch (ev) {
+	case IO_EV_CONNECTED:
+		deliver_enter_state(s, DS_GREETING);
+		break;
+	case IO_EV_IN:
+		ds_input(s);
+		break;
+	case IO_EV_TLS_READY:
+		ds_tls_ready(s);
+		break;
+	case IO_EV_DRAINED:
+		if (s->state == DS_BODY)
+			ds_body_pump(s);
+		break;
+	case IO_EV_TIMEOUT:
+		ds_timed_out(s);
+		break;
+	case IO_EV_EOF:
+	case IO_EV_ERROR:
+		ds_lost(s, ev);
+		break;
+	}
+	ds_unwind(s);
+}
+
+/* ------------------------------------------------------------------ */
+/* The pool's entry points */
+
+static void
+ds_addr_text(const struct deliver_req *req, char *ip, size_t iplen, char *ip_port, size_t iplen2)
+{
+	int port = 0;
+
+	ip[0] = '\0';
+	if (req->addr.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&req->addr;
+
+		uv_ip6_name(a, ip, iplen);
+		port = ntohs(a->sin6_port);
+		snprintf(ip_port, iplen2, "[%s]:%d", ip, port);
+	} else {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)&req->addr;
+
+		uv_ip4_name(a, ip, iplen);
+		port = ntohs(a->sin_port);
+		snprintf(ip_port, iplen2, "%s:%d", ip, port);
+	}
+}
+
+void
+deliver_session_open(struct deliver_conn *c, struct deliver_txn *t)
+{
+	struct deliver_session *s = xcalloc(1, sizeof(*s));
+	const struct deliver_req *req = t->req;
+
+	s->c = c;
+	s->d = c->d;
+	s->fd = -1;
+	s->t = t;
+	s->state = DS_CONNECT;
+	deliver_reply_init(&s->reply);
+	buf_init(&s->out);
+	ds_addr_text(req, s->ip, sizeof(s->ip), s->ip_port, sizeof(s->ip_port));
+	snprintf(s->host, sizeof(s->host), "%s", req->host != NULL ? req->host : "");
+	snprintf(s->helo, sizeof(s->helo), "%s", req->helo_name != NULL ? req->helo_name :
+	    s->d->conf->hostname != NULL ? s->d->conf->hostname : "localhost");
+	s->tls_policy = req->tls;
+	s->tls_verify = req->tls == CONF_TLS_VERIFY;
+	c->s = s;
+
+	s->depth++;
+	s->io = io_new(s->d->loop, deliver_session_cb, s);
+	io_set_max_line(s->io, DELIVER_MAX_LINE);
+	if (io_connect(s->io, (const struct sockaddr *)&req->addr,
+	    s->d->conf->deliver.connect_timeout) != 0)
+		ds_fail(s, false, io_error(s->io), 0, "4.4.1", io_error_text(s->io));
+	ds_unwind(s);
+}
+
+void
+deliver_session_reuse(struct deliver_conn *c, struct deliver_txn *t)
+{
+	struct deliver_session *s = c->s;
+
+	if (s == NULL || s->state != DS_IDLE || s->t != NULL)
+		fatalx("%s: connection is not idle", __func__);
+	s->depth++;
+	s->t = t;
+	s->reused = true;
+	s->replied = false;
+	deliver_enter_state(s, DS_MAIL);
+	ds_unwind(s);
+}
+
+void
+deliver_session_close(struct deliver_conn *c)
+{
+	struct deliver_session *s = c->s;
+
+	if (s == NULL)
+		fatalx("%s: connection without a session", __func__);
+	s->depth++;
+	ds_close(s, s->state == DS_IDLE);
+	ds_unwind(s);
+}
+
+bool
+deliver_session_abort(struct deliver_conn *c)
+{
+	struct deliver_session *s = c->s;
+
+	if (s == NULL)
+		fatalx("%s: connection without a session", __func__);
+	if (s->state == DS_DOT)
+		return false;       /* the final reply is awaited: let it come */
+	s->depth++;
+	if (s->t != NULL) {
+		ds_decide(s, DELIVER_HOST_FAIL, IO_ERR_OTHER, 0, "4.3.2", "shutting down");
+		ds_report(s);
+	}
+	/* QUIT only where it cannot be taken for data or a SASL response */
+	ds_close(s, s->state == DS_IDLE || s->state == DS_RSET);
+	ds_unwind(s);
+	return true;
+}
+
+const char *
+deliver_session_state(const struct deliver_conn *c)
+{
+	return c->s != NULL ? deliver_rows[c->s->state].name : "CLOSED";
+}
