@@ -1,0 +1,130 @@
+/*
+ * router_mx.h - where mail for a domain goes: the asynchronous DNS resolver
+ * of the router (c-ares on the one libuv loop).  It turns a recipient domain
+ * into an ordered list of exchangers with their addresses (RFC 5321 5.1,
+ * RFC 7505), and a route's configured hosts into addresses.
+ *
+ * What a lookup of domain D answers (mx_lookup):
+ *   - MX records sorted by preference; equal preferences shuffled (the
+ *     randomness is injectable: mx_set_random());
+ *   - each exchanger resolved to AAAA and A, in parallel; per exchanger the
+ *     IPv6 addresses come first, then the IPv4 ones (the deliverer tries
+ *     them in that order and falls through on connect failure);
+ *   - CNAMEs are followed, inside one answer and across queries (8 links);
+ *   - an exchanger without addresses is skipped; if none is left: 4.4.3
+ *     (temporary) when any of its lookups failed temporarily (SERVFAIL,
+ *     timeout, refused), else 5.1.2 "no usable exchanger";
+ *   - no MX records (NODATA): D itself is the implicit exchanger (pref 0,
+ *     result->implicit);
+ *   - NXDOMAIN: 5.1.2 (permanent);  SERVFAIL/timeout: 4.4.3 (temporary);
+ *   - a null MX ("MX 0 ."): 5.1.10 at once, no address lookups;
+ *   - an exchanger that is relayd itself (its name equals conf hostname,
+ *     case-insensitively, trailing dot ignored; or one of its addresses is a
+ *     configured submit.listen/listen_tls address) drops every exchanger of
+ *     that preference or worse; if nothing is left: 5.4.6 "mail for D loops
+ *     back to myself";
+ *   - an address literal "[192.0.2.1]" / "[IPv6:2001:db8::1]" is used as is
+ *     (implicit, pref 0; the loop check applies).
+ * mx_lookup_hosts (routes) resolves names or literals in the given order
+ * (target i has pref i, each with its own port) and does no loop check (a
+ * smarthost on our own address but another port is legitimate); when no
+ * host resolves the result is always temporary (4.4.3): a configuration
+ * mistake must not bounce mail.
+ *
+ * Ownership: the resolver owns its queries; a query lives until its callback
+ * has returned or it is cancelled.  The callback owns the result and frees
+ * it with mx_result_free().  Callbacks never fire from inside mx_lookup*()
+ * (always from the loop), and never after mx_cancel() or mx_close().
+ */
+#ifndef RELAY_ROUTER_MX_H
+#define RELAY_ROUTER_MX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "common/buf.h"
+#include "conf/conf.h"
+
+#define MX_MAX_TARGETS   16     /* exchangers kept per result, best first */
+#define MX_MAX_ADDRS     16     /* addresses kept per exchanger */
+
+struct mx_addr {
+	struct sockaddr_storage ss; /* port already set (mx_lookup's port, or the route's) */
+	socklen_t len;
+};
+
+struct mx_target {
+	char *host;                 /* exchanger name as in DNS (no trailing dot), or the literal */
+	unsigned pref;              /* MX preference; index for routes; 0 for implicit */
+	struct mx_addr *addrs;      /* naddrs > 0: IPv6 first, then IPv4 */
+	size_t naddrs;
+};
+
+struct mx_result {
+	int err;                    /* 0, RELAY_ETEMP (temporary), or RELAY_EINVAL (permanent) */
+	char status[16];            /* on failure: "5.1.2", "5.1.10", "4.4.3", "5.4.6" */
+	char reason[256];           /* on failure: "domain example.invalid does not exist (NXDOMAIN)" */
+	struct mx_target *targets;  /* err == 0: ntargets > 0, in the order to try */
+	size_t ntargets;
+	bool implicit;              /* no MX records: the domain (or literal) itself */
+};
+
+/* The callback owns res and frees it with mx_result_free(). */
+typedef void mx_cb(void *arg, struct mx_result *res);
+
+/* Randomness for shuffling equal preferences: a uniform value in [0, n). */
+typedef uint32_t mx_random_fn(void *arg, uint32_t n);
+
+struct mx_resolver;
+struct mx_query;
+
+/*
+ * Create a resolver on loop with conf's router.dns_servers ("addr:port",
+ * numeric) or, when there are none, the system resolver (/etc/resolv.conf).
+ * Takes what it needs from conf (copies: hostname, listen addresses).
+ * NULL with a message in err on failure.
+ */
+struct mx_resolver *mx_new(uv_loop_t *loop, const struct conf *conf, struct buf *err);
+/*
+ * A new configuration (SIGHUP): servers, hostname and listen addresses.
+ * Queries in flight finish on the old servers.  0, or RELAY_EINVAL with a
+ * message in err (the resolver is then unchanged).
+ */
+int mx_reload(struct mx_resolver *r, const struct conf *conf, struct buf *err);
+/* Replace the shuffle's randomness (tests); NULL restores the default. */
+void mx_set_random(struct mx_resolver *r, mx_random_fn *fn, void *arg);
+/*
+ * DNS timing: per-try timeout in ms (default 2000, doubling per retry as
+ * c-ares does) and tries (default 2).  Applies to lookups started afterwards.
+ */
+int mx_set_timeout(struct mx_resolver *r, unsigned timeout_ms, unsigned tries);
+
+/*
+ * Start resolving domain (no trailing dot needed); the targets' addresses
+ * carry port.  cb(arg, res) fires exactly once, from the loop, unless the
+ * query is cancelled.  Never NULL.
+ */
+struct mx_query *mx_lookup(struct mx_resolver *r, const char *domain, uint16_t port,
+    mx_cb *cb, void *arg);
+/* Resolve a route's hosts (names or numeric literals, no brackets) in order. */
+struct mx_query *mx_lookup_hosts(struct mx_resolver *r, const struct conf_hostport *hosts,
+    size_t n, mx_cb *cb, void *arg);
+/* Forget a query that has not called back yet: its callback never fires. */
+void mx_cancel(struct mx_query *q);
+
+/*
+ * Cancel every pending query (their callbacks never fire), close the
+ * resolver's handles and free it; done(arg) fires once all handles are
+ * closed (may be NULL).
+ */
+void mx_close(struct mx_resolver *r, void (*done)(void *arg), void *arg);
+
+void mx_result_free(struct mx_result *res);
+
+/* Number of queries whose callback is still due (for relayctl and tests). */
+size_t mx_pending(const struct mx_resolver *r);
+
+#endif
