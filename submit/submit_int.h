@@ -1,0 +1,388 @@
+/*
+ * submit_int.h - (internal to submit/) what the files of the submission
+ * server share.  Nothing outside submit/ includes this, except the unit tests
+ * of the pure parts (tokenizer, senders map, DATA line machine, limits).
+ *
+ *   submit_server.c   listeners, accept, connection limits, TLS context, reload
+ *   submit_session.c  the command table and the session state machine
+ *   submit_auth.c     AUTH through Cyrus SASL
+ *   submit_parse.c    the one tokenizer: commands, paths, ESMTP params, xtext
+ *   submit_senders.c  the senders map: which login owns which address
+ *   submit_data.c     DATA: dot-unstuffing, smuggling checks, header insertion
+ *   submit_limits.c   per-IP connection counts and AUTH failures, per-login rates
+ *
+ * Ownership: struct submit owns the listeners, the sessions, the TLS context,
+ * the senders map and the limits.  A session owns its io, its SASL connection
+ * and its transaction (envelope + router txn); it lives until its io is gone
+ * AND no queue commit is pending AND its timer handle is closed.
+ */
+#ifndef RELAY_SUBMIT_INT_H
+#define RELAY_SUBMIT_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <uv.h>
+
+#include <sasl/sasl.h>
+
+#include "common/buf.h"
+#include "common/io.h"
+#include "router/router.h"
+#include "submit/submit.h"
+
+/* RFC 5321 4.5.3.1: command line 512, text line 1000, both with CRLF. */
+#define SUBMIT_CMD_LINE_MAX   512
+#define SUBMIT_TEXT_LINE_MAX  1000
+/* RFC 4954 4: an AUTH line or response may be up to 12288 octets. */
+#define SUBMIT_AUTH_LINE_MAX  12288
+#define SUBMIT_PARAMS_MAX     16
+
+/* ------------------------------------------------------------------------
+ * submit_parse.c - the tokenizer.  Works in place on a NUL-terminated line
+ * that the caller owns; results point into it.
+ */
+
+struct submit_param {
+	const char *key;            /* "SIZE" (as sent) */
+	const char *value;          /* "1234", or NULL for a keyword without '=' */
+};
+
+enum submit_parse_err {
+	SUBMIT_PARSE_OK = 0,
+	SUBMIT_PARSE_ESYNTAX,       /* "FROM:"/"TO:" missing, or junk */
+	SUBMIT_PARSE_EADDR,         /* the path or address is malformed */
+	SUBMIT_PARSE_EPARAM,        /* a malformed ESMTP parameter */
+	SUBMIT_PARSE_ETOOMANY,      /* more than SUBMIT_PARAMS_MAX parameters */
+};
+
+struct submit_path {
+	struct buf addr;            /* canonical address ("" for <>); caller frees */
+	bool utf8;                  /* the address holds non-ASCII octets */
+	struct submit_param params[SUBMIT_PARAMS_MAX];
+	size_t nparams;
+	enum submit_parse_err err;
+};
+
+/*
+ * Split a command line (CRLF already removed) into verb and arguments, in
+ * place: *verb is NUL-terminated, *args points at the rest ("" if none) with
+ * trailing blanks removed.  0, or RELAY_EINVAL for an empty line.
+ */
+int submit_parse_command(char *line, char **verb, char **args);
+/*
+ * Parse "FROM:<path> params" (prefix "FROM:") or "TO:<path> params" into p.
+ * Source routes are dropped, quoted local parts canonicalised.  allow_bare
+ * lets RCPT name <postmaster> without a domain.  0, or RELAY_EINVAL with
+ * p->err saying why.
+ */
+int submit_parse_path(char *args, const char *prefix, bool allow_postmaster, struct submit_path *p);
+/* Canonical form of a mailbox (local@domain, quotes only where needed). 0 or RELAY_EINVAL. */
+int submit_parse_mailbox(const char *s, size_t len, struct buf *out, bool *utf8);
+/* RFC 3461 xtext ("+2B" escapes) into out. 0 or RELAY_EINVAL. */
+int submit_parse_xtext(const char *in, struct buf *out);
+/* NOTIFY=NEVER | SUCCESS,FAILURE,DELAY into ENV_NOTIFY_* bits. 0 or RELAY_EINVAL. */
+int submit_parse_notify(const char *v, unsigned *out);
+/* ORCPT=addr-type;xtext into "addr-type;decoded". 0 or RELAY_EINVAL. */
+int submit_parse_orcpt(const char *v, struct buf *out);
+/*
+ * The mailboxes of a header field value (RFC 5322 address-list, unfolded):
+ * display names, comments and groups skipped, each address canonicalised and
+ * handed to cb.  Returns the number of addresses, or RELAY_EINVAL.
+ */
+int submit_parse_header_addrs(const char *v, size_t len,
+    void (*cb)(void *arg, const char *addr), void *arg);
+/* Base64 (RFC 4648) decode into out. 0 or RELAY_EINVAL. */
+int submit_parse_base64(const char *in, size_t len, struct buf *out);
+void submit_parse_base64_encode(const void *in, size_t len, struct buf *out);
+
+/* ------------------------------------------------------------------------
+ * submit_senders.c - the senders map "login: address, address, @domain".
+ */
+struct submit_senders;
+
+/* Parse text (name is used in errors as "NAME:LINE: message"). 0 or -1 with err. */
+int submit_senders_parse(const char *name, const char *text, size_t len,
+    struct submit_senders **out, struct buf *err);
+/* Read and parse a file.  path NULL gives an empty map (nobody may send). */
+int submit_senders_load(const char *path, struct submit_senders **out, struct buf *err);
+void submit_senders_free(struct submit_senders *m);
+/* Does login own addr (canonical form)?  Domains compare case-insensitively. */
+bool submit_senders_owns(const struct submit_senders *m, const char *login, const char *addr);
+size_t submit_senders_count(const struct submit_senders *m);
+
+/* ------------------------------------------------------------------------
+ * submit_limits.c - counters that are pure functions of `now`.
+ */
+struct submit_limits_params {
+	unsigned max_connections;
+	unsigned max_connections_per_ip;
+	unsigned auth_fail_delay_after;
+	unsigned auth_fail_limit;
+	uint64_t auth_fail_window;
+	unsigned login_max_messages;    /* 0 = unlimited */
+	unsigned login_max_recipients;  /* 0 = unlimited */
+	uint64_t login_rate_window;
+};
+
+enum submit_conn_verdict {
+	SUBMIT_CONN_OK = 0,
+	SUBMIT_CONN_TOTAL,          /* max_connections reached */
+	SUBMIT_CONN_PER_IP,         /* max_connections_per_ip reached */
+};
+
+enum submit_rate_verdict {
+	SUBMIT_RATE_OK = 0,
+	SUBMIT_RATE_MESSAGES,       /* login_max_messages reached in the window */
+	SUBMIT_RATE_RECIPIENTS,     /* login_max_recipients reached in the window */
+};
+
+/* The longest a failed AUTH reply is held back. */
+#define SUBMIT_AUTH_DELAY_STEP_MS  1000
+#define SUBMIT_AUTH_DELAY_MAX_MS   5000
+
+struct submit_limits;
+
+struct submit_limits *submit_limits_new(void);
+void submit_limits_free(struct submit_limits *l);
+void submit_limits_set_params(struct submit_limits *l, const struct submit_limits_params *p);
+void submit_limits_params_from_conf(struct submit_limits_params *p, const struct conf *c);
+
+/* A connection from ip: counted if OK; every OK needs one conn_close(). */
+enum submit_conn_verdict submit_limits_conn_open(struct submit_limits *l, const char *ip);
+void submit_limits_conn_close(struct submit_limits *l, const char *ip);
+unsigned submit_limits_conn_count(const struct submit_limits *l, const char *ip);
+
+/* May ip try AUTH now?  false once auth_fail_limit failures fell in the window. */
+bool submit_limits_auth_allowed(struct submit_limits *l, const char *ip, uint64_t now);
+/*
+ * Count one failed AUTH from ip.  Returns how long to hold back the reply
+ * (0 until auth_fail_delay_after failures); *refused is set when this failure
+ * reached auth_fail_limit.
+ */
+uint64_t submit_limits_auth_failed(struct submit_limits *l, const char *ip, uint64_t now, bool *refused);
+
+/* May login start a message (nrcpt == 0) or add recipient number nrcpt (1-based in its txn)? */
+enum submit_rate_verdict submit_limits_login_check(struct submit_limits *l, const char *login,
+    uint64_t now, unsigned nrcpt);
+/* A message from login with nrcpt recipients was accepted. */
+void submit_limits_login_add(struct submit_limits *l, const char *login, uint64_t now, unsigned nrcpt);
+
+/* Forget entries whose windows ended and that hold no connection. */
+void submit_limits_expire(struct submit_limits *l, uint64_t now);
+size_t submit_limits_entries(const struct submit_limits *l);
+
+/* ------------------------------------------------------------------------
+ * submit_data.c - the DATA line machine.  Lines go in as io_getline() gave
+ * them (terminator included); the message goes out, dot-unstuffed, with CRLF
+ * endings and the relay's headers, through write() in chunks.
+ */
+enum submit_data_err {
+	SUBMIT_DATA_OK = 0,
+	SUBMIT_DATA_BARE,           /* bare LF or bare CR (SMTP smuggling) */
+	SUBMIT_DATA_TOO_BIG,        /* over max_size */
+	SUBMIT_DATA_LONG_LINE,      /* a text line over SUBMIT_TEXT_LINE_MAX */
+	SUBMIT_DATA_WRITE,          /* write() failed */
+	SUBMIT_DATA_HEADER_FROM,    /* more than one From: or one too long to check */
+};
+
+typedef int submit_data_write_fn(void *arg, const void *p, size_t len);
+
+#define SUBMIT_DATA_CHUNK     (32 * 1024)
+#define SUBMIT_DATA_FROM_MAX  4096
+
+struct submit_data {
+	/* set by submit_data_begin() */
+	uint64_t max_size;
+	bool collect_from;
+	submit_data_write_fn *write;
+	void *write_arg;
+	struct buf hdr_date;        /* "Date: ...\r\n", added if the message has none */
+	struct buf hdr_msgid;       /* "Message-ID: <...>\r\n", likewise */
+
+	/* state */
+	bool in_header;             /* still in the header section */
+	bool prev_crlf;             /* the previous line ended with CRLF */
+	bool in_from;               /* the field being read is From: */
+	bool saw_date, saw_msgid;
+	unsigned nfrom;
+	enum submit_data_err err;   /* the first error; the rest is then discarded */
+	uint64_t size;              /* message octets received (unstuffed) */
+	struct buf out;             /* staged output, flushed at SUBMIT_DATA_CHUNK */
+	struct buf from;            /* unfolded From: value */
+};
+
+void submit_data_init(struct submit_data *d);
+void submit_data_free(struct submit_data *d);
+/*
+ * Start a message: received is the Received: field (CRLF-terminated) that
+ * goes first; date and msgid the lines to add when the client left them out.
+ */
+void submit_data_begin(struct submit_data *d, uint64_t max_size, bool collect_from,
+    const char *received, const char *date, const char *msgid,
+    submit_data_write_fn *write, void *arg);
+/* One input line with its terminator.  Returns 1 at the end of data, else 0. */
+int submit_data_line(struct submit_data *d, const char *line, size_t len);
+/* The io discarded an over-long line (up to its LF). */
+void submit_data_long_line(struct submit_data *d);
+/* After the end of data: add missing headers if the header never ended, flush. */
+void submit_data_finish(struct submit_data *d);
+
+struct submit_received {
+	const char *helo;           /* as the client gave it */
+	const char *client_ip;
+	const char *client_host;    /* reverse DNS name, or NULL */
+	const char *hostname;       /* ours */
+	const char *protocol;       /* "ESMTPSA" ... */
+	const char *qid;
+	const char *tls_version;    /* NULL without TLS */
+	const char *tls_cipher;
+	int tls_bits;
+	const char *rcpt;           /* the one recipient, or NULL */
+	uint64_t now_ms;
+};
+/* The Received: field (RFC 5321 4.4), folded, CRLF-terminated, into out. */
+void submit_data_received(struct buf *out, const struct submit_received *r);
+/* RFC 3848 protocol name for with: ESMTP, ESMTPS, ESMTPA, ESMTPSA (UTF8 variants). */
+const char *submit_data_protocol(bool esmtp, bool tls, bool auth, bool utf8);
+
+/* ------------------------------------------------------------------------
+ * The server and its sessions (submit_server.c, submit_session.c, submit_auth.c).
+ */
+#define SUBMIT_MAGIC          0x5355424du   /* "SUBM" */
+#define SUBMIT_SESSION_MAGIC  0x53455353u   /* "SESS" */
+#define SUBMIT_LISTENER_MAGIC 0x4c495354u   /* "LIST" */
+
+struct submit_session;
+TAILQ_HEAD(submit_session_list, submit_session);
+
+struct submit_listener {
+	uint32_t magic;
+	uv_tcp_t tcp;
+	bool implicit_tls;
+	char *text;
+	struct submit *srv;
+};
+
+struct submit {
+	uint32_t magic;
+	uv_loop_t *loop;
+	struct conf *conf;              /* current snapshot (one reference) */
+	struct router *router;
+	struct relay_stats *stats;
+	SSL_CTX *tls_ctx;
+	struct submit_senders *senders;
+	struct submit_limits *limits;
+	struct buf mechs;               /* "PLAIN LOGIN": configured AND available */
+	struct submit_listener *listeners;
+	size_t nlisteners;
+	size_t nlisteners_open;         /* not yet closed (shutdown) */
+	struct submit_session_list sessions;
+	size_t nsessions;
+	uint64_t next_session_id;
+	uv_timer_t sweep;               /* expires old limit entries */
+	bool sweep_open;
+	bool shutting_down;
+	void (*shutdown_done)(void *arg);
+	void *shutdown_arg;
+};
+
+/*
+ * The session's states.  submit_enter_state() is the only place that changes
+ * s->state; it also sets what each state implies for the io (line limit,
+ * timeout, paused or not) from one table.
+ */
+enum submit_state {
+	SUBMIT_S_TLS_WAIT = 0,      /* TLS handshake (implicit TLS, or after STARTTLS) */
+	SUBMIT_S_CONNECTED,         /* greeted; no EHLO/HELO yet */
+	SUBMIT_S_HELO,              /* EHLO/HELO given; no transaction */
+	SUBMIT_S_AUTH,              /* SASL exchange: lines are AUTH responses */
+	SUBMIT_S_MAIL,              /* MAIL accepted */
+	SUBMIT_S_RCPT,              /* at least one RCPT accepted */
+	SUBMIT_S_DATA,              /* reading the message text */
+	SUBMIT_S_COMMIT,            /* waiting for the queue to make it durable */
+	SUBMIT_S_DELAY,             /* a failed-AUTH reply is held back */
+	SUBMIT_S_CLOSED,            /* io gone or closing */
+};
+
+struct submit_session {
+	uint32_t magic;
+	TAILQ_ENTRY(submit_session) entry;
+	struct submit *srv;
+	struct conf *conf;              /* the snapshot at connect time (a reference) */
+	struct io *io;                  /* NULL once closed */
+	uv_timer_t timer;               /* holds back a failed-AUTH reply */
+	char id[20];                    /* for logs */
+	enum submit_state state;
+	bool implicit_tls;
+	bool greeted;                   /* the 220 greeting was sent */
+	bool counted;                   /* holds a slot in the connection limits */
+	bool esmtp;                     /* EHLO (not HELO) */
+	bool commit_pending;            /* router_txn_commit's callback has not run */
+	bool released;
+	bool barrier;                   /* a non-pipelinable command ended the batch */
+	bool resumed;                   /* the next IO_EV_IN continues an old batch */
+	const char *refuse;             /* instead of the greeting (limits): 421 text */
+	char ip[64];
+	int port;
+	char local_ip[64];
+	struct buf helo;
+	char *login;                    /* authenticated login, or NULL */
+	unsigned nerrors;
+
+	/* AUTH (submit_auth.c) */
+	sasl_conn_t *sasl;
+	sasl_callback_t sasl_cbs[4];
+	char mech[32];
+	unsigned auth_step;             /* client responses so far in this exchange */
+	bool auth_final;                /* SASL said OK with data: waiting for the empty response */
+	struct buf auth_user;           /* the name tried, for logs; never a password */
+	struct buf delayed;             /* a held-back reply */
+	bool delayed_close;
+
+	/* the transaction */
+	struct envelope env;
+	size_t rcpt_cap;
+	struct router_txn *txn;
+	struct submit_data data;
+
+	/* scratch, reused for every command */
+	struct buf line;                /* the command being handled (args point into it) */
+	struct buf out;                 /* the reply being formatted */
+	struct buf tmp;
+	struct submit_path path;
+};
+
+/* submit_session.c */
+void submit_session_accept(struct submit *srv, struct submit_listener *l);
+/* 421 to the session and close it (shutdown). */
+void submit_session_shutdown(struct submit_session *s);
+void submit_enter_state(struct submit_session *s, enum submit_state state);
+/* One reply line (CRLF added); 4xx/5xx count toward max_command_errors. */
+void submit_session_reply(struct submit_session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Hold a reply back for delay_ms (io paused), then send it (and close if close). */
+void submit_session_reply_later(struct submit_session *s, uint64_t delay_ms, bool close,
+    const char *text);
+/* Send reply (NULL: none) and close; the session is freed once nothing is pending. */
+void submit_session_close(struct submit_session *s, const char *reply);
+
+/* submit_server.c */
+/* A session was freed: a shutdown may be complete. */
+void submit_server_session_gone(struct submit *srv);
+
+/* submit_auth.c: the SASL half of a session */
+int submit_auth_init(struct submit *srv, struct buf *err);
+void submit_auth_reload(struct submit *srv);
+void submit_auth_done(void);
+/* Set srv->mechs to the configured mechanisms the installed plugins offer. */
+void submit_auth_mechs(struct submit *srv, const struct conf *c);
+/* The AUTH command (args: "MECH [initial-response]"). */
+void submit_auth_command(struct submit_session *s, char *args);
+/* A line in SUBMIT_S_AUTH (terminator included). */
+void submit_auth_response(struct submit_session *s, const char *line, size_t len);
+/* Forget any SASL exchange (STARTTLS, close). */
+void submit_auth_reset(struct submit_session *s);
+
+#endif

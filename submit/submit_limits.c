@@ -1,0 +1,307 @@
+/*
+ * submit_limits.c - the submission server's counters: connections per client
+ * IP and in total, failed AUTH attempts per client IP (slow down, then
+ * refuse), messages and recipients per login per time window.
+ *
+ * Every decision is a pure function of the counters and the `now` passed in,
+ * so the unit tests drive it from tables without a clock.  Windows are fixed:
+ * one starts at the first event and ends `window` later.  Owns two small
+ * string-keyed hash tables; it must never sleep, read a clock or log.
+ */
+#include "submit/submit_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "conf/conf.h"
+
+struct submit_limits_entry {
+	struct submit_limits_entry *next;
+	unsigned conns;             /* (ip) open connections */
+	unsigned auth_fails;        /* (ip) failures in the window */
+	uint64_t auth_start;
+	unsigned msgs, rcpts;       /* (login) accepted in the window */
+	uint64_t rate_start;
+	char key[];
+};
+
+struct submit_limits_table {
+	struct submit_limits_entry **slot;
+	size_t nslots, n;
+};
+
+struct submit_limits {
+	struct submit_limits_params p;
+	struct submit_limits_table ips, logins;
+	unsigned total_conns;
+};
+
+static uint32_t
+submit_limits_hash(const char *s)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *s != '\0'; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return h;
+}
+
+static void
+submit_limits_grow(struct submit_limits_table *t)
+{
+	struct submit_limits_entry **slot, *e, *next;
+	size_t n = t->nslots ? t->nslots * 2 : 64, i, h;
+
+	slot = xcalloc(n, sizeof(*slot));
+	for (i = 0; i < t->nslots; i++)
+		for (e = t->slot[i]; e != NULL; e = next) {
+			next = e->next;
+			h = submit_limits_hash(e->key) & (n - 1);
+			e->next = slot[h];
+			slot[h] = e;
+		}
+	free(t->slot);
+	t->slot = slot;
+	t->nslots = n;
+}
+
+static struct submit_limits_entry *
+submit_limits_find(const struct submit_limits_table *t, const char *key)
+{
+	struct submit_limits_entry *e;
+
+	if (t->nslots == 0)
+		return NULL;
+	for (e = t->slot[submit_limits_hash(key) & (t->nslots - 1)]; e != NULL; e = e->next)
+		if (strcmp(e->key, key) == 0)
+			return e;
+	return NULL;
+}
+
+static struct submit_limits_entry *
+submit_limits_get(struct submit_limits_table *t, const char *key)
+{
+	struct submit_limits_entry *e = submit_limits_find(t, key);
+	size_t len, h;
+
+	if (e != NULL)
+		return e;
+	if (t->n >= t->nslots)
+		submit_limits_grow(t);
+	len = strlen(key);
+	e = xcalloc(1, sizeof(*e) + len + 1);
+	memcpy(e->key, key, len + 1);
+	h = submit_limits_hash(key) & (t->nslots - 1);
+	e->next = t->slot[h];
+	t->slot[h] = e;
+	t->n++;
+	return e;
+}
+
+static void
+submit_limits_table_free(struct submit_limits_table *t)
+{
+	struct submit_limits_entry *e, *next;
+	size_t i;
+
+	for (i = 0; i < t->nslots; i++)
+		for (e = t->slot[i]; e != NULL; e = next) {
+			next = e->next;
+			free(e);
+		}
+	free(t->slot);
+	memset(t, 0, sizeof(*t));
+}
+
+struct submit_limits *
+submit_limits_new(void)
+{
+	return xcalloc(1, sizeof(struct submit_limits));
+}
+
+void
+submit_limits_free(struct submit_limits *l)
+{
+	if (l == NULL)
+		return;
+	submit_limits_table_free(&l->ips);
+	submit_limits_table_free(&l->logins);
+	free(l);
+}
+
+void
+submit_limits_set_params(struct submit_limits *l, const struct submit_limits_params *p)
+{
+	l->p = *p;
+}
+
+void
+submit_limits_params_from_conf(struct submit_limits_params *p, const struct conf *c)
+{
+	p->max_connections = c->submit.max_connections;
+	p->max_connections_per_ip = c->submit.max_connections_per_ip;
+	p->auth_fail_delay_after = c->submit.auth_fail_delay_after;
+	p->auth_fail_limit = c->submit.auth_fail_limit;
+	p->auth_fail_window = c->submit.auth_fail_window;
+	p->login_max_messages = c->submit.login_max_messages;
+	p->login_max_recipients = c->submit.login_max_recipients;
+	p->login_rate_window = c->submit.login_rate_window;
+}
+
+enum submit_conn_verdict
+submit_limits_conn_open(struct submit_limits *l, const char *ip)
+{
+	struct submit_limits_entry *e;
+
+	if (l->p.max_connections > 0 && l->total_conns >= l->p.max_connections)
+		return SUBMIT_CONN_TOTAL;
+	e = submit_limits_find(&l->ips, ip);
+	if (e != NULL && l->p.max_connections_per_ip > 0 && e->conns >= l->p.max_connections_per_ip)
+		return SUBMIT_CONN_PER_IP;
+	if (e == NULL)
+		e = submit_limits_get(&l->ips, ip);
+	e->conns++;
+	l->total_conns++;
+	return SUBMIT_CONN_OK;
+}
+
+void
+submit_limits_conn_close(struct submit_limits *l, const char *ip)
+{
+	struct submit_limits_entry *e = submit_limits_find(&l->ips, ip);
+
+	if (e == NULL || e->conns == 0 || l->total_conns == 0)
+		fatalx("%s: no open connection from %s", __func__, ip);
+	e->conns--;
+	l->total_conns--;
+}
+
+unsigned
+submit_limits_conn_count(const struct submit_limits *l, const char *ip)
+{
+	const struct submit_limits_entry *e;
+
+	if (ip == NULL)
+		return l->total_conns;
+	e = submit_limits_find(&l->ips, ip);
+	return e ? e->conns : 0;
+}
+
+/* Restart the AUTH failure window of e if it ended. */
+static void
+submit_limits_auth_window(const struct submit_limits *l, struct submit_limits_entry *e, uint64_t now)
+{
+	if (e->auth_fails > 0 && now - e->auth_start >= l->p.auth_fail_window)
+		e->auth_fails = 0;
+}
+
+bool
+submit_limits_auth_allowed(struct submit_limits *l, const char *ip, uint64_t now)
+{
+	struct submit_limits_entry *e = submit_limits_find(&l->ips, ip);
+
+	if (e == NULL)
+		return true;
+	submit_limits_auth_window(l, e, now);
+	return l->p.auth_fail_limit == 0 || e->auth_fails < l->p.auth_fail_limit;
+}
+
+uint64_t
+submit_limits_auth_failed(struct submit_limits *l, const char *ip, uint64_t now, bool *refused)
+{
+	struct submit_limits_entry *e = submit_limits_get(&l->ips, ip);
+	uint64_t delay;
+
+	submit_limits_auth_window(l, e, now);
+	if (e->auth_fails == 0)
+		e->auth_start = now;
+	e->auth_fails++;
+	*refused = l->p.auth_fail_limit > 0 && e->auth_fails >= l->p.auth_fail_limit;
+	if (e->auth_fails <= l->p.auth_fail_delay_after)
+		return 0;
+	delay = (uint64_t)(e->auth_fails - l->p.auth_fail_delay_after) * SUBMIT_AUTH_DELAY_STEP_MS;
+	return delay < SUBMIT_AUTH_DELAY_MAX_MS ? delay : SUBMIT_AUTH_DELAY_MAX_MS;
+}
+
+static void
+submit_limits_rate_window(const struct submit_limits *l, struct submit_limits_entry *e, uint64_t now)
+{
+	if ((e->msgs > 0 || e->rcpts > 0) && now - e->rate_start >= l->p.login_rate_window)
+		e->msgs = e->rcpts = 0;
+}
+
+enum submit_rate_verdict
+submit_limits_login_check(struct submit_limits *l, const char *login, uint64_t now, unsigned nrcpt)
+{
+	struct submit_limits_entry *e = submit_limits_find(&l->logins, login);
+	unsigned msgs = 0, rcpts = 0;
+
+	if (e != NULL) {
+		submit_limits_rate_window(l, e, now);
+		msgs = e->msgs;
+		rcpts = e->rcpts;
+	}
+	if (nrcpt == 0)
+		return l->p.login_max_messages > 0 && msgs >= l->p.login_max_messages ?
+		    SUBMIT_RATE_MESSAGES : SUBMIT_RATE_OK;
+	return l->p.login_max_recipients > 0 && rcpts + nrcpt > l->p.login_max_recipients ?
+	    SUBMIT_RATE_RECIPIENTS : SUBMIT_RATE_OK;
+}
+
+void
+submit_limits_login_add(struct submit_limits *l, const char *login, uint64_t now, unsigned nrcpt)
+{
+	struct submit_limits_entry *e = submit_limits_get(&l->logins, login);
+
+	submit_limits_rate_window(l, e, now);
+	if (e->msgs == 0 && e->rcpts == 0)
+		e->rate_start = now;
+	e->msgs++;
+	e->rcpts += nrcpt;
+}
+
+static void
+submit_limits_table_expire(struct submit_limits_table *t, bool (*stale)(const struct submit_limits *,
+    const struct submit_limits_entry *, uint64_t), const struct submit_limits *l, uint64_t now)
+{
+	struct submit_limits_entry **pp, *e;
+	size_t i;
+
+	for (i = 0; i < t->nslots; i++)
+		for (pp = &t->slot[i]; (e = *pp) != NULL; ) {
+			if (stale(l, e, now)) {
+				*pp = e->next;
+				free(e);
+				t->n--;
+			} else {
+				pp = &e->next;
+			}
+		}
+}
+
+static bool
+submit_limits_ip_stale(const struct submit_limits *l, const struct submit_limits_entry *e, uint64_t now)
+{
+	return e->conns == 0 && (e->auth_fails == 0 || now - e->auth_start >= l->p.auth_fail_window);
+}
+
+static bool
+submit_limits_login_stale(const struct submit_limits *l, const struct submit_limits_entry *e,
+    uint64_t now)
+{
+	return now - e->rate_start >= l->p.login_rate_window;
+}
+
+void
+submit_limits_expire(struct submit_limits *l, uint64_t now)
+{
+	submit_limits_table_expire(&l->ips, submit_limits_ip_stale, l, now);
+	submit_limits_table_expire(&l->logins, submit_limits_login_stale, l, now);
+}
+
+size_t
+submit_limits_entries(const struct submit_limits *l)
+{
+	return l->ips.n + l->logins.n;
+}

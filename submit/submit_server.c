@@ -1,0 +1,318 @@
+/*
+ * submit_server.c - the submission server as a whole: the listeners
+ * (submit.listen: plaintext + STARTTLS, RFC 6409; submit.listen_tls: implicit
+ * TLS, RFC 8314; IPv4 and IPv6), accepting connections into sessions, the
+ * server TLS context, the senders map and the limits, SIGHUP reloads and
+ * the graceful shutdown.
+ *
+ * Owns struct submit and everything hanging off it (see submit_int.h).  It
+ * must never change a listener address at run time, never half-apply a
+ * reload (a bad certificate or senders map keeps the old ones), and never
+ * free itself while a libuv handle of its own is open.
+ */
+#include "submit/submit_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+#define SUBMIT_BACKLOG    511
+#define SUBMIT_SWEEP_MS   60000
+
+static void
+submit_server_check_done(struct submit *srv)
+{
+	void (*done)(void *);
+
+	if (!srv->shutting_down || srv->shutdown_done == NULL || srv->nlisteners_open > 0 ||
+	    srv->sweep_open || srv->nsessions > 0)
+		return;
+	done = srv->shutdown_done;
+	srv->shutdown_done = NULL;
+	done(srv->shutdown_arg);
+}
+
+void
+submit_server_session_gone(struct submit *srv)
+{
+	submit_server_check_done(srv);
+}
+
+static void
+submit_server_on_conn(uv_stream_t *server, int status)
+{
+	struct submit_listener *l = server->data;
+
+	if (l == NULL || l->magic != SUBMIT_LISTENER_MAGIC)
+		fatalx("%s: bad listener", __func__);
+	if (status < 0) {
+		log_event(LOG_WARNING, "accept_error", "listener", l->text,
+		    "error", uv_strerror(status), NULL);
+		return;
+	}
+	if (l->srv->shutting_down)
+		return;
+	submit_session_accept(l->srv, l);
+}
+
+static void
+submit_server_listener_closed(uv_handle_t *h)
+{
+	struct submit_listener *l = h->data;
+	struct submit *srv = l->srv;
+
+	srv->nlisteners_open--;
+	submit_server_check_done(srv);
+}
+
+static void
+submit_server_sweep_closed(uv_handle_t *h)
+{
+	struct submit *srv = h->data;
+
+	srv->sweep_open = false;
+	submit_server_check_done(srv);
+}
+
+static void
+submit_server_sweep(uv_timer_t *t)
+{
+	struct submit *srv = t->data;
+
+	submit_limits_expire(srv->limits, util_mono_ms());
+}
+
+static void
+submit_server_close_handles(struct submit *srv)
+{
+	size_t i;
+
+	for (i = 0; i < srv->nlisteners; i++) {
+		uv_handle_t *h = (uv_handle_t *)&srv->listeners[i].tcp;
+
+		if (srv->listeners[i].magic == SUBMIT_LISTENER_MAGIC && !uv_is_closing(h))
+			uv_close(h, submit_server_listener_closed);
+	}
+	if (srv->sweep_open && !uv_is_closing((uv_handle_t *)&srv->sweep)) {
+		uv_timer_stop(&srv->sweep);
+		uv_close((uv_handle_t *)&srv->sweep, submit_server_sweep_closed);
+	}
+}
+
+static int
+submit_server_listen(struct submit *srv, const struct conf_listen *cl, bool implicit_tls,
+    struct buf *err)
+{
+	struct submit_listener *l = &srv->listeners[srv->nlisteners];
+	int rc;
+
+	l->magic = SUBMIT_LISTENER_MAGIC;
+	l->srv = srv;
+	l->implicit_tls = implicit_tls;
+	l->text = xstrdup(cl->text);
+	uv_tcp_init(srv->loop, &l->tcp);
+	l->tcp.data = l;
+	srv->nlisteners++;
+	srv->nlisteners_open++;
+	rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&cl->addr,
+	    cl->addr.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
+	if (rc == 0)
+		rc = uv_listen((uv_stream_t *)&l->tcp, SUBMIT_BACKLOG, submit_server_on_conn);
+	if (rc != 0) {
+		buf_printf(err, "%s %s: cannot listen: %s\n",
+		    implicit_tls ? "submit.listen_tls" : "submit.listen", cl->text, uv_strerror(rc));
+		return -1;
+	}
+	log_event(LOG_INFO, "listening", "address", cl->text, "tls",
+	    implicit_tls ? "implicit" : "starttls", NULL);
+	return 0;
+}
+
+/* The certificate and key of c, or NULL (err filled) if they do not load. */
+static int
+submit_server_tls(const struct conf *c, SSL_CTX **out, struct buf *err)
+{
+	char e[256];
+
+	*out = NULL;
+	if (c->submit.tls_cert == NULL || c->submit.tls_key == NULL)
+		return 0;
+	if ((*out = io_tls_server_ctx(c->submit.tls_cert, c->submit.tls_key, e, sizeof(e))) == NULL) {
+		buf_printf(err, "submit.tls_cert/tls_key: %s\n", e);
+		return -1;
+	}
+	return 0;
+}
+
+static void
+submit_server_free_mem(struct submit *srv)
+{
+	size_t i;
+
+	for (i = 0; i < srv->nlisteners; i++)
+		free(srv->listeners[i].text);
+	free(srv->listeners);
+	submit_limits_free(srv->limits);
+	submit_senders_free(srv->senders);
+	if (srv->tls_ctx != NULL)
+		SSL_CTX_free(srv->tls_ctx);
+	buf_free(&srv->mechs);
+	conf_unref(srv->conf);
+	srv->magic = 0;
+	free(srv);
+}
+
+/* A failed submit_new(): free once the handles it opened are closed. */
+static void
+submit_server_abandoned(void *arg)
+{
+	struct submit *srv = arg;
+
+	submit_server_free_mem(srv);
+}
+
+int
+submit_new(uv_loop_t *loop, struct conf *conf, struct router *router,
+    struct relay_stats *stats, struct submit **out, struct buf *err)
+{
+	struct submit *srv = xcalloc(1, sizeof(*srv));
+	struct submit_limits_params p;
+	size_t i;
+	bool sasl = false;
+
+	srv->magic = SUBMIT_MAGIC;
+	srv->loop = loop;
+	srv->conf = conf_ref(conf);
+	srv->router = router;
+	srv->stats = stats;
+	TAILQ_INIT(&srv->sessions);
+	srv->limits = submit_limits_new();
+	submit_limits_params_from_conf(&p, conf);
+	submit_limits_set_params(srv->limits, &p);
+	srv->listeners = xcalloc(conf->submit.nlisten + conf->submit.nlisten_tls + 1,
+	    sizeof(*srv->listeners));
+
+	if (submit_senders_load(conf->submit.senders, &srv->senders, err) != 0 ||
+	    submit_server_tls(conf, &srv->tls_ctx, err) != 0)
+		goto fail;
+	if (srv->tls_ctx == NULL && conf->submit.nlisten + conf->submit.nlisten_tls > 0) {
+		buf_printf(err, "submit: listeners need submit.tls_cert and submit.tls_key\n");
+		goto fail;
+	}
+	if (submit_auth_init(srv, err) != 0)
+		goto fail;
+	sasl = true;
+	for (i = 0; i < conf->submit.nlisten; i++)
+		if (submit_server_listen(srv, &conf->submit.listen[i], false, err) != 0)
+			goto fail;
+	for (i = 0; i < conf->submit.nlisten_tls; i++)
+		if (submit_server_listen(srv, &conf->submit.listen_tls[i], true, err) != 0)
+			goto fail;
+	uv_timer_init(loop, &srv->sweep);
+	srv->sweep.data = srv;
+	srv->sweep_open = true;
+	uv_timer_start(&srv->sweep, submit_server_sweep, SUBMIT_SWEEP_MS, SUBMIT_SWEEP_MS);
+	uv_unref((uv_handle_t *)&srv->sweep);
+	log_event(LOG_INFO, "submit_ready", "mechanisms", buf_cstr(&srv->mechs), NULL);
+	*out = srv;
+	return 0;
+fail:
+	if (sasl)
+		submit_auth_done();
+	srv->shutting_down = true;
+	if (srv->nlisteners_open == 0) {
+		submit_server_free_mem(srv);
+	} else {
+		srv->shutdown_done = submit_server_abandoned;
+		srv->shutdown_arg = srv;
+		submit_server_close_handles(srv);   /* closes the fds now, frees later */
+	}
+	return -1;
+}
+
+static bool
+submit_server_same_listeners(const struct conf_listen *a, size_t na,
+    const struct conf_listen *b, size_t nb)
+{
+	size_t i;
+
+	if (na != nb)
+		return false;
+	for (i = 0; i < na; i++)
+		if (a[i].addrlen != b[i].addrlen || memcmp(&a[i].addr, &b[i].addr, a[i].addrlen) != 0)
+			return false;
+	return true;
+}
+
+int
+submit_reload(struct submit *s, struct conf *conf, struct buf *err)
+{
+	struct submit_senders *senders = NULL;
+	struct submit_limits_params p;
+	SSL_CTX *ctx = NULL;
+
+	if (s->magic != SUBMIT_MAGIC)
+		fatalx("%s: bad submit", __func__);
+	if (submit_senders_load(conf->submit.senders, &senders, err) != 0)
+		return -1;
+	if (submit_server_tls(conf, &ctx, err) != 0 ||
+	    (ctx == NULL && s->nlisteners > 0)) {
+		if (ctx == NULL && s->nlisteners > 0 && err->len == 0)
+			buf_printf(err, "submit: listeners need submit.tls_cert and submit.tls_key\n");
+		submit_senders_free(senders);
+		return -1;
+	}
+	if (!submit_server_same_listeners(s->conf->submit.listen, s->conf->submit.nlisten,
+	    conf->submit.listen, conf->submit.nlisten) ||
+	    !submit_server_same_listeners(s->conf->submit.listen_tls, s->conf->submit.nlisten_tls,
+	    conf->submit.listen_tls, conf->submit.nlisten_tls))
+		log_event(LOG_WARNING, "reload_listen_ignored", "reason",
+		    "listener addresses change only on restart", NULL);
+
+	submit_senders_free(s->senders);
+	s->senders = senders;
+	if (s->tls_ctx != NULL)
+		SSL_CTX_free(s->tls_ctx);       /* live sessions hold their own reference */
+	s->tls_ctx = ctx;
+	conf_unref(s->conf);
+	s->conf = conf_ref(conf);
+	submit_limits_params_from_conf(&p, conf);
+	submit_limits_set_params(s->limits, &p);
+	submit_auth_reload(s);
+	log_event(LOG_INFO, "submit_reloaded", "mechanisms", buf_cstr(&s->mechs), NULL);
+	return 0;
+}
+
+void
+submit_shutdown(struct submit *s, void (*done)(void *arg), void *arg)
+{
+	struct submit_session *sess, *next;
+
+	if (s->magic != SUBMIT_MAGIC)
+		fatalx("%s: bad submit", __func__);
+	s->shutting_down = true;
+	s->shutdown_done = done;
+	s->shutdown_arg = arg;
+	submit_server_close_handles(s);
+	for (sess = TAILQ_FIRST(&s->sessions); sess != NULL; sess = next) {
+		next = TAILQ_NEXT(sess, entry);
+		submit_session_shutdown(sess);
+	}
+	submit_server_check_done(s);
+}
+
+void
+submit_free(struct submit *s)
+{
+	if (s == NULL)
+		return;
+	if (s->magic != SUBMIT_MAGIC)
+		fatalx("%s: bad submit", __func__);
+	if (s->nlisteners_open > 0 || s->sweep_open || s->nsessions > 0)
+		fatalx("%s: handles still open (call submit_shutdown first)", __func__);
+	submit_auth_done();
+	submit_server_free_mem(s);
+}

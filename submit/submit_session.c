@@ -1,0 +1,1107 @@
+/*
+ * submit_session.c - one SMTP submission session (RFC 5321, RFC 6409): the
+ * command table, the state machine, the transaction (MAIL, RCPT, DATA) and
+ * the hand-over of the message to the queue.
+ *
+ * Commands are rows of {verb, flags, proceed}; the flags (needs EHLO, needs
+ * TLS, needs AUTH, needs MAIL/RCPT, may be pipelined ...) are checked from
+ * one table before a row's proceed() runs.  submit_enter_state() is the only
+ * place that changes the state.  AUTH lives in submit_auth.c, the DATA line
+ * machine in submit_data.c, the tokenizer in submit_parse.c.
+ *
+ * Owns the session: its io, its timer, its envelope and router txn.  The
+ * session is freed only when its io is gone, no commit is pending and the
+ * timer handle is closed.  It must never answer 250 to DATA before the
+ * queue's commit callback said 0, never hold a whole message in memory,
+ * and never act on input pipelined behind STARTTLS.
+ */
+#include "submit/submit_int.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+/* Command flags. */
+#define SUBMIT_F_HELO     0x0001     /* needs EHLO/HELO first */
+#define SUBMIT_F_TLS      0x0002     /* needs TLS */
+#define SUBMIT_F_NOTLS    0x0004     /* not once TLS is on (STARTTLS) */
+#define SUBMIT_F_AUTH     0x0008     /* needs a successful AUTH */
+#define SUBMIT_F_NOAUTH   0x0010     /* not once authenticated (AUTH) */
+#define SUBMIT_F_NOTXN    0x0020     /* not inside a mail transaction */
+#define SUBMIT_F_MAIL     0x0040     /* needs MAIL */
+#define SUBMIT_F_RCPT     0x0080     /* needs at least one RCPT */
+#define SUBMIT_F_NOARGS   0x0100     /* takes no argument */
+#define SUBMIT_F_ARGS     0x0200     /* needs an argument */
+#define SUBMIT_F_PIPE     0x0400     /* may be followed by pipelined input (RFC 2920) */
+#define SUBMIT_F_LONG     0x0800     /* may exceed the 512-octet command line (AUTH) */
+
+struct submit_cmd {
+	const char *verb;
+	unsigned flags;
+	const char *syntax;
+	void (*proceed)(struct submit_session *s, char *args);
+};
+
+static void submit_cmd_ehlo(struct submit_session *, char *);
+static void submit_cmd_helo(struct submit_session *, char *);
+static void submit_cmd_starttls(struct submit_session *, char *);
+static void submit_cmd_mail(struct submit_session *, char *);
+static void submit_cmd_rcpt(struct submit_session *, char *);
+static void submit_cmd_data(struct submit_session *, char *);
+static void submit_cmd_rset(struct submit_session *, char *);
+static void submit_cmd_noop(struct submit_session *, char *);
+static void submit_cmd_quit(struct submit_session *, char *);
+static void submit_cmd_vrfy(struct submit_session *, char *);
+static void submit_cmd_help(struct submit_session *, char *);
+
+/* What every mail transaction command needs. */
+#define SUBMIT_F_USER     (SUBMIT_F_HELO | SUBMIT_F_TLS | SUBMIT_F_AUTH)
+
+static const struct submit_cmd submit_cmds[] = {
+	{ "EHLO", SUBMIT_F_ARGS, "EHLO hostname", submit_cmd_ehlo },
+	{ "HELO", SUBMIT_F_ARGS, "HELO hostname", submit_cmd_helo },
+	{ "STARTTLS", SUBMIT_F_HELO | SUBMIT_F_NOTLS | SUBMIT_F_NOARGS,
+	  "STARTTLS", submit_cmd_starttls },
+	{ "AUTH", SUBMIT_F_HELO | SUBMIT_F_TLS | SUBMIT_F_NOAUTH | SUBMIT_F_NOTXN | SUBMIT_F_ARGS |
+	  SUBMIT_F_LONG, "AUTH mechanism [initial-response]", submit_auth_command },
+	{ "MAIL", SUBMIT_F_USER | SUBMIT_F_NOTXN | SUBMIT_F_ARGS | SUBMIT_F_PIPE,
+	  "MAIL FROM:<address>", submit_cmd_mail },
+	{ "RCPT", SUBMIT_F_USER | SUBMIT_F_MAIL | SUBMIT_F_ARGS | SUBMIT_F_PIPE,
+	  "RCPT TO:<address>", submit_cmd_rcpt },
+	{ "DATA", SUBMIT_F_USER | SUBMIT_F_MAIL | SUBMIT_F_RCPT | SUBMIT_F_NOARGS | SUBMIT_F_PIPE,
+	  "DATA", submit_cmd_data },
+	{ "RSET", SUBMIT_F_NOARGS | SUBMIT_F_PIPE, "RSET", submit_cmd_rset },
+	{ "NOOP", SUBMIT_F_PIPE, "NOOP", submit_cmd_noop },
+	{ "QUIT", SUBMIT_F_NOARGS, "QUIT", submit_cmd_quit },
+	{ "VRFY", SUBMIT_F_ARGS | SUBMIT_F_PIPE, "VRFY address", submit_cmd_vrfy },
+	{ "HELP", SUBMIT_F_PIPE, "HELP", submit_cmd_help },
+};
+
+/* The checks behind the flags, in the order they apply, each with its reply. */
+static bool
+submit_fails_helo(const struct submit_session *s, const char *args)
+{
+	return s->state == SUBMIT_S_CONNECTED;
+}
+
+static bool
+submit_fails_tls(const struct submit_session *s, const char *args)
+{
+	return !io_is_tls(s->io);
+}
+
+static bool
+submit_fails_notls(const struct submit_session *s, const char *args)
+{
+	return io_is_tls(s->io);
+}
+
+static bool
+submit_fails_auth(const struct submit_session *s, const char *args)
+{
+	return s->login == NULL;
+}
+
+static bool
+submit_fails_noauth(const struct submit_session *s, const char *args)
+{
+	return s->login != NULL;
+}
+
+static bool
+submit_fails_notxn(const struct submit_session *s, const char *args)
+{
+	return s->state == SUBMIT_S_MAIL || s->state == SUBMIT_S_RCPT;
+}
+
+static bool
+submit_fails_mail(const struct submit_session *s, const char *args)
+{
+	return s->state != SUBMIT_S_MAIL && s->state != SUBMIT_S_RCPT;
+}
+
+static bool
+submit_fails_rcpt(const struct submit_session *s, const char *args)
+{
+	return s->state != SUBMIT_S_RCPT;
+}
+
+static bool
+submit_fails_noargs(const struct submit_session *s, const char *args)
+{
+	return *args != '\0';
+}
+
+static bool
+submit_fails_args(const struct submit_session *s, const char *args)
+{
+	return *args == '\0';
+}
+
+static const struct {
+	unsigned flag;
+	bool (*fails)(const struct submit_session *s, const char *args);
+	const char *reply;          /* NULL: "501 5.5.4 Syntax: <syntax>" */
+} submit_checks[] = {
+	{ SUBMIT_F_NOARGS, submit_fails_noargs, NULL },
+	{ SUBMIT_F_ARGS, submit_fails_args, NULL },
+	{ SUBMIT_F_HELO, submit_fails_helo, "503 5.5.1 Error: send HELO/EHLO first" },
+	{ SUBMIT_F_NOTLS, submit_fails_notls, "503 5.5.1 Error: TLS already active" },
+	{ SUBMIT_F_TLS, submit_fails_tls, "530 5.7.0 Must issue a STARTTLS command first" },
+	{ SUBMIT_F_NOAUTH, submit_fails_noauth, "503 5.5.1 Error: already authenticated" },
+	{ SUBMIT_F_NOTXN, submit_fails_notxn, "503 5.5.1 Error: MAIL transaction in progress" },
+	{ SUBMIT_F_AUTH, submit_fails_auth, "530 5.7.0 Authentication required" },
+	{ SUBMIT_F_MAIL, submit_fails_mail, "503 5.5.1 Error: need MAIL command" },
+	{ SUBMIT_F_RCPT, submit_fails_rcpt, "503 5.5.1 Error: need RCPT command" },
+};
+
+/* What each state means for the io. */
+enum { SUBMIT_LIM_CMD, SUBMIT_LIM_TEXT };
+static const struct {
+	const char *name;
+	bool input;                 /* lines are taken in this state */
+	bool paused;                /* IO_EV_IN is held back */
+	int limit;                  /* line limit and timeout: command or text */
+} submit_states[] = {
+	[SUBMIT_S_TLS_WAIT] = { "tls-wait", false, false, SUBMIT_LIM_CMD },
+	[SUBMIT_S_CONNECTED] = { "connected", true, false, SUBMIT_LIM_CMD },
+	[SUBMIT_S_HELO] = { "helo", true, false, SUBMIT_LIM_CMD },
+	[SUBMIT_S_AUTH] = { "auth", true, false, SUBMIT_LIM_CMD },
+	[SUBMIT_S_MAIL] = { "mail", true, false, SUBMIT_LIM_CMD },
+	[SUBMIT_S_RCPT] = { "rcpt", true, false, SUBMIT_LIM_CMD },
+	[SUBMIT_S_DATA] = { "data", true, false, SUBMIT_LIM_TEXT },
+	[SUBMIT_S_COMMIT] = { "commit", false, true, SUBMIT_LIM_CMD },
+	[SUBMIT_S_DELAY] = { "delay", false, true, SUBMIT_LIM_CMD },
+	[SUBMIT_S_CLOSED] = { "closed", false, true, SUBMIT_LIM_CMD },
+};
+
+static void submit_session_release(struct submit_session *s);
+
+void
+submit_enter_state(struct submit_session *s, enum submit_state state)
+{
+	enum submit_state old = s->state;
+	struct log_line l;
+
+	if (old != state) {
+		log_begin(&l, LOG_DEBUG, "submit_state");
+		log_kv(&l, "session", s->id);
+		log_kv(&l, "from", submit_states[old].name);
+		log_kv(&l, "to", submit_states[state].name);
+		log_end(&l);
+	}
+	s->state = state;
+	if (s->io == NULL)
+		return;
+	if (submit_states[state].limit == SUBMIT_LIM_TEXT) {
+		/* 1000 with CRLF, plus a stuffed dot (RFC 5321 4.5.3.1.6) */
+		io_set_max_line(s->io, SUBMIT_TEXT_LINE_MAX + 1);
+		io_set_timeout(s->io, s->conf->submit.data_timeout);
+	} else {
+		io_set_max_line(s->io, SUBMIT_AUTH_LINE_MAX + 2);
+		io_set_timeout(s->io, s->conf->submit.idle_timeout);
+	}
+	if (submit_states[state].paused && !submit_states[old].paused) {
+		io_pause(s->io);
+	} else if (!submit_states[state].paused && submit_states[old].paused) {
+		/* what waits in the buffer was sent before our reply */
+		s->resumed = io_input_pending(s->io) > 0;
+		io_resume(s->io);
+	}
+}
+
+void
+submit_session_reply(struct submit_session *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (s->io == NULL)
+		return;
+	buf_reset(&s->out);
+	va_start(ap, fmt);
+	buf_vprintf(&s->out, fmt, ap);
+	va_end(ap);
+	if (s->out.data[0] == '4' || s->out.data[0] == '5')
+		s->nerrors++;
+	buf_append(&s->out, "\r\n", 2);
+	io_write(s->io, s->out.data, s->out.len);
+}
+
+/* A refused MAIL, RCPT or DATA: the reply, a log line, the counter. */
+static void submit_session_reject(struct submit_session *s, const char *stage, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+submit_session_reject(struct submit_session *s, const char *stage, const char *fmt, ...)
+{
+	struct log_line l;
+	va_list ap;
+
+	buf_reset(&s->tmp);
+	va_start(ap, fmt);
+	buf_vprintf(&s->tmp, fmt, ap);
+	va_end(ap);
+	log_begin(&l, LOG_INFO, "rejected");
+	log_kv(&l, "session", s->id);
+	log_kv(&l, "stage", stage);
+	log_kv(&l, "user", s->login);
+	log_kv(&l, "client", s->ip);
+	log_kv(&l, "reply", buf_cstr(&s->tmp));
+	log_end(&l);
+	s->srv->stats->rejected++;
+	submit_session_reply(s, "%s", buf_cstr(&s->tmp));
+}
+
+static void
+submit_session_rate_limited(struct submit_session *s, const char *what)
+{
+	struct log_line l;
+
+	log_begin(&l, LOG_NOTICE, "rate_limited");
+	log_kv(&l, "session", s->id);
+	log_kv(&l, "user", s->login);
+	log_kv(&l, "client", s->ip);
+	log_kv(&l, "limit", what);
+	log_end(&l);
+}
+
+static void
+submit_session_timer_cb(uv_timer_t *t)
+{
+	struct submit_session *s = t->data;
+
+	if (s->magic != SUBMIT_SESSION_MAGIC)
+		fatalx("%s: bad session", __func__);
+	if (s->state != SUBMIT_S_DELAY || s->io == NULL)
+		return;
+	if (s->delayed_close) {
+		submit_session_close(s, buf_cstr(&s->delayed));
+		return;
+	}
+	submit_session_reply(s, "%s", buf_cstr(&s->delayed));
+	if (s->io != NULL)
+		submit_enter_state(s, SUBMIT_S_HELO);
+}
+
+void
+submit_session_reply_later(struct submit_session *s, uint64_t delay_ms, bool close,
+    const char *text)
+{
+	if (delay_ms == 0) {
+		if (close)
+			submit_session_close(s, text);
+		else
+			submit_session_reply(s, "%s", text);
+		return;
+	}
+	buf_reset(&s->delayed);
+	buf_puts(&s->delayed, text);
+	s->delayed_close = close;
+	if (text[0] == '4' || text[0] == '5')
+		s->nerrors++;
+	submit_enter_state(s, SUBMIT_S_DELAY);
+	uv_timer_start(&s->timer, submit_session_timer_cb, delay_ms, 0);
+}
+
+/* Forget the mail transaction (RSET, EHLO, after DATA). */
+static void
+submit_session_reset_txn(struct submit_session *s)
+{
+	if (s->txn != NULL) {
+		router_txn_abort(s->txn);
+		s->txn = NULL;
+	}
+	envelope_free(&s->env);
+	s->rcpt_cap = 0;
+}
+
+static void
+submit_session_freed(uv_handle_t *h)
+{
+	struct submit_session *s = h->data;
+	struct submit *srv = s->srv;
+
+	envelope_free(&s->env);
+	submit_data_free(&s->data);
+	buf_free(&s->helo);
+	buf_free(&s->auth_user);
+	buf_free(&s->delayed);
+	buf_free(&s->line);
+	buf_free(&s->out);
+	buf_free(&s->tmp);
+	buf_free(&s->path.addr);
+	free(s->login);
+	conf_unref(s->conf);
+	s->magic = 0;
+	free(s);
+	srv->nsessions--;
+	submit_server_session_gone(srv);
+}
+
+/* Free the session once nothing refers to it any more. */
+static void
+submit_session_release(struct submit_session *s)
+{
+	if (s->released || s->commit_pending || s->io != NULL)
+		return;
+	s->released = true;
+	submit_session_reset_txn(s);
+	submit_auth_reset(s);
+	if (s->counted) {
+		submit_limits_conn_close(s->srv->limits, s->ip);
+		s->counted = false;
+	}
+	TAILQ_REMOVE(&s->srv->sessions, s, entry);
+	uv_timer_stop(&s->timer);
+	uv_close((uv_handle_t *)&s->timer, submit_session_freed);
+}
+
+void
+submit_session_close(struct submit_session *s, const char *reply)
+{
+	struct io *io = s->io;
+	struct log_line l;
+
+	if (io != NULL) {
+		s->io = NULL;           /* events from here on are not ours */
+		if (reply != NULL) {
+			io_printf(io, "%s\r\n", reply);
+			io_close_after_drain(io);
+		} else {
+			io_free(io);
+		}
+		log_begin(&l, LOG_DEBUG, "disconnect");
+		log_kv(&l, "session", s->id);
+		log_kv(&l, "client", s->ip);
+		log_end(&l);
+	}
+	if (s->state != SUBMIT_S_CLOSED)
+		submit_enter_state(s, SUBMIT_S_CLOSED);
+	submit_session_release(s);
+}
+
+void
+submit_session_shutdown(struct submit_session *s)
+{
+	char text[512];
+
+	if (s->commit_pending)
+		return;                 /* the commit callback answers, then closes */
+	snprintf(text, sizeof(text), "421 4.3.2 %s Service shutting down, closing connection",
+	    s->conf->hostname);
+	submit_session_close(s, s->io != NULL ? text : NULL);
+}
+
+/* ---- commands ---- */
+
+/* An EHLO/HELO argument: a domain or address literal, printable ASCII. */
+static bool
+submit_helo_ok(const char *args)
+{
+	const unsigned char *p;
+
+	if (strlen(args) > 255)
+		return false;
+	for (p = (const unsigned char *)args; *p != '\0'; p++)
+		if (*p <= ' ' || *p >= 127)
+			return false;
+	return true;
+}
+
+static void
+submit_session_helo_common(struct submit_session *s, char *args, bool esmtp)
+{
+	if (!submit_helo_ok(args)) {
+		submit_session_reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+		return;
+	}
+	submit_session_reset_txn(s);            /* EHLO implies RSET (RFC 5321 4.1.4) */
+	buf_reset(&s->helo);
+	buf_puts(&s->helo, args);
+	s->esmtp = esmtp;
+	submit_enter_state(s, SUBMIT_S_HELO);
+}
+
+static void
+submit_cmd_ehlo(struct submit_session *s, char *args)
+{
+	const struct submit *srv = s->srv;
+	bool tls = io_is_tls(s->io);
+
+	submit_session_helo_common(s, args, true);
+	if (s->state != SUBMIT_S_HELO)
+		return;
+	submit_session_reply(s, "250-%s", s->conf->hostname);
+	submit_session_reply(s, "250-PIPELINING");
+	submit_session_reply(s, "250-SIZE %" PRIu64, s->conf->submit.max_message_size);
+	submit_session_reply(s, "250-8BITMIME");
+	submit_session_reply(s, "250-ENHANCEDSTATUSCODES");
+	if (!tls)
+		submit_session_reply(s, "250-STARTTLS");
+	if (tls && s->login == NULL && srv->mechs.len > 0)
+		submit_session_reply(s, "250-AUTH %s", buf_cstr(&srv->mechs));
+	submit_session_reply(s, "250-DSN");
+	submit_session_reply(s, "250 SMTPUTF8");
+}
+
+static void
+submit_cmd_helo(struct submit_session *s, char *args)
+{
+	submit_session_helo_common(s, args, false);
+	if (s->state == SUBMIT_S_HELO)
+		submit_session_reply(s, "250 %s", s->conf->hostname);
+}
+
+static void
+submit_cmd_starttls(struct submit_session *s, char *args)
+{
+	if (s->srv->tls_ctx == NULL) {
+		submit_session_reply(s, "454 4.7.0 TLS not available");
+		return;
+	}
+	submit_session_reply(s, "220 2.0.0 Ready to start TLS");
+	/* RFC 3207 4.2: forget everything learnt before TLS */
+	submit_session_reset_txn(s);
+	submit_auth_reset(s);
+	buf_reset(&s->helo);
+	s->esmtp = false;
+	submit_enter_state(s, SUBMIT_S_TLS_WAIT);
+	if (io_start_tls_server(s->io, s->srv->tls_ctx) != 0)
+		submit_session_close(s, NULL);
+}
+
+/* MAIL parameters into the envelope; on error the reply is given and -1 returned. */
+static int
+submit_mail_params(struct submit_session *s)
+{
+	static const char *known[] = { "SIZE", "BODY", "RET", "ENVID", "SMTPUTF8", "AUTH" };
+	struct envelope *env = &s->env;
+	unsigned seen = 0;
+	size_t i, k;
+
+	for (i = 0; i < s->path.nparams; i++) {
+		const char *key = s->path.params[i].key, *v = s->path.params[i].value;
+
+		for (k = 0; k < RELAY_ARRAY_LEN(known); k++)
+			if (util_strcasecmp(key, known[k]) == 0)
+				break;
+		if (k == RELAY_ARRAY_LEN(known)) {
+			submit_session_reject(s, "mail", "555 5.5.4 Unsupported option: %s", key);
+			return -1;
+		}
+		if (seen & (1u << k)) {
+			submit_session_reject(s, "mail", "501 5.5.4 Duplicate parameter: %s", known[k]);
+			return -1;
+		}
+		seen |= 1u << k;
+		if ((v == NULL) != (k == 4)) {  /* only SMTPUTF8 has no value */
+			submit_session_reject(s, "mail", "501 5.5.4 Bad parameter syntax: %s", known[k]);
+			return -1;
+		}
+		switch (k) {
+		case 0: {                       /* SIZE (RFC 1870) */
+			uint64_t n = 0;
+			const char *p;
+
+			for (p = v; *p >= '0' && *p <= '9' && p - v < 20; p++)
+				n = n * 10 + (uint64_t)(*p - '0');
+			if (*p != '\0') {
+				submit_session_reject(s, "mail", "501 5.5.4 Bad SIZE parameter");
+				return -1;
+			}
+			if (n > s->conf->submit.max_message_size) {
+				submit_session_reject(s, "mail",
+				    "552 5.3.4 Message size exceeds fixed maximum message size");
+				return -1;
+			}
+			break;
+		}
+		case 1:                         /* BODY (RFC 6152) */
+			if (util_strcasecmp(v, "8BITMIME") == 0)
+				env->body_8bit = true;
+			else if (util_strcasecmp(v, "7BIT") != 0) {
+				submit_session_reject(s, "mail", "501 5.5.4 Unsupported BODY type: %s", v);
+				return -1;
+			}
+			break;
+		case 2:                         /* RET (RFC 3461) */
+			if (util_strcasecmp(v, "FULL") == 0)
+				env->ret = ENV_RET_FULL;
+			else if (util_strcasecmp(v, "HDRS") == 0)
+				env->ret = ENV_RET_HDRS;
+			else {
+				submit_session_reject(s, "mail", "501 5.5.4 Bad RET parameter");
+				return -1;
+			}
+			break;
+		case 3:                         /* ENVID (RFC 3461) */
+			if (strlen(v) > 100 || submit_parse_xtext(v, &s->tmp) != 0) {
+				submit_session_reject(s, "mail", "501 5.5.4 Bad ENVID parameter");
+				return -1;
+			}
+			env->envid = xstrdup(buf_cstr(&s->tmp));
+			break;
+		case 4:                         /* SMTPUTF8 (RFC 6531) */
+			env->smtputf8 = true;
+			break;
+		default:                        /* AUTH=<mailbox> (RFC 4954 5): ignored */
+			break;
+		}
+	}
+	return 0;
+}
+
+static void
+submit_cmd_mail(struct submit_session *s, char *args)
+{
+	struct submit *srv = s->srv;
+	const char *addr;
+
+	if (submit_parse_path(args, "FROM:", false, &s->path) != 0) {
+		if (s->path.err == SUBMIT_PARSE_EADDR)
+			submit_session_reject(s, "mail", "501 5.1.7 Bad sender address syntax");
+		else if (s->path.err == SUBMIT_PARSE_ESYNTAX)
+			submit_session_reject(s, "mail", "501 5.5.4 Syntax: MAIL FROM:<address>");
+		else
+			submit_session_reject(s, "mail", "501 5.5.4 Bad parameter syntax");
+		return;
+	}
+	submit_session_reset_txn(s);
+	if (submit_mail_params(s) != 0) {
+		submit_session_reset_txn(s);
+		return;
+	}
+	addr = buf_cstr(&s->path.addr);
+	if (*addr == '\0') {
+		submit_session_reject(s, "mail", "553 5.7.1 <>: Sender address rejected: "
+		    "the null sender is for bounces, not for users");
+	} else if (s->path.utf8 && !s->env.smtputf8) {
+		submit_session_reject(s, "mail", "553 5.6.7 <%s>: SMTPUTF8 is required for "
+		    "a non-ASCII address", addr);
+	} else if (!submit_senders_owns(srv->senders, s->login, addr)) {
+		submit_session_reject(s, "mail", "553 5.7.1 <%s>: Sender address rejected: "
+		    "not owned by user %s", addr, s->login);
+	} else if (submit_limits_login_check(srv->limits, s->login, util_mono_ms(), 0) != SUBMIT_RATE_OK) {
+		submit_session_rate_limited(s, "messages");
+		submit_session_reject(s, "mail", "450 4.7.1 Error: message rate limit exceeded "
+		    "for user %s, try again later", s->login);
+	} else {
+		s->env.sender = xstrdup(addr);
+		s->env.auth_user = xstrdup(s->login);
+		s->env.client_ip = xstrdup(s->ip);
+		s->env.client_helo = xstrdup(buf_cstr(&s->helo));
+		s->env.arrival_ms = util_now_ms();
+		submit_enter_state(s, SUBMIT_S_MAIL);
+		submit_session_reply(s, "250 2.1.0 Ok");
+		return;
+	}
+	submit_session_reset_txn(s);
+}
+
+/* RCPT parameters into rcpt; on error the reply is given and -1 returned. */
+static int
+submit_rcpt_params(struct submit_session *s, struct env_rcpt *rcpt)
+{
+	bool seen_notify = false;
+	size_t i;
+
+	for (i = 0; i < s->path.nparams; i++) {
+		const char *key = s->path.params[i].key, *v = s->path.params[i].value;
+
+		if (util_strcasecmp(key, "NOTIFY") == 0 && !seen_notify) {
+			seen_notify = true;
+			if (v == NULL || submit_parse_notify(v, &rcpt->notify) != 0) {
+				submit_session_reject(s, "rcpt", "501 5.5.4 Bad NOTIFY parameter");
+				return -1;
+			}
+		} else if (util_strcasecmp(key, "ORCPT") == 0 && rcpt->orcpt == NULL) {
+			if (v == NULL || strlen(v) > 500 || submit_parse_orcpt(v, &s->tmp) != 0) {
+				submit_session_reject(s, "rcpt", "501 5.5.4 Bad ORCPT parameter");
+				return -1;
+			}
+			rcpt->orcpt = xstrdup(buf_cstr(&s->tmp));
+		} else {
+			submit_session_reject(s, "rcpt", "555 5.5.4 Unsupported option: %s", key);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void
+submit_cmd_rcpt(struct submit_session *s, char *args)
+{
+	struct submit *srv = s->srv;
+	struct env_rcpt rcpt;
+	const char *addr;
+
+	if (submit_parse_path(args, "TO:", true, &s->path) != 0 || s->path.addr.len == 0) {
+		if (s->path.err == SUBMIT_PARSE_ESYNTAX)
+			submit_session_reject(s, "rcpt", "501 5.5.4 Syntax: RCPT TO:<address>");
+		else if (s->path.err == SUBMIT_PARSE_EPARAM || s->path.err == SUBMIT_PARSE_ETOOMANY)
+			submit_session_reject(s, "rcpt", "501 5.5.4 Bad parameter syntax");
+		else
+			submit_session_reject(s, "rcpt", "501 5.1.3 Bad recipient address syntax");
+		return;
+	}
+	addr = buf_cstr(&s->path.addr);
+	if (s->path.utf8 && !s->env.smtputf8) {
+		submit_session_reject(s, "rcpt", "553 5.6.7 <%s>: SMTPUTF8 is required for "
+		    "a non-ASCII address", addr);
+		return;
+	}
+	if (s->env.nrcpts >= s->conf->submit.max_recipients) {
+		submit_session_reject(s, "rcpt", "452 4.5.3 Error: too many recipients");
+		return;
+	}
+	if (submit_limits_login_check(srv->limits, s->login, util_mono_ms(),
+	    (unsigned)s->env.nrcpts + 1) != SUBMIT_RATE_OK) {
+		submit_session_rate_limited(s, "recipients");
+		if (s->env.nrcpts > 0)
+			submit_session_reject(s, "rcpt", "452 4.5.3 Error: recipient rate limit "
+			    "exceeded for user %s, send the rest later", s->login);
+		else
+			submit_session_reject(s, "rcpt", "450 4.7.1 Error: recipient rate limit "
+			    "exceeded for user %s, try again later", s->login);
+		return;
+	}
+	memset(&rcpt, 0, sizeof(rcpt));
+	if (submit_rcpt_params(s, &rcpt) != 0) {
+		free(rcpt.orcpt);
+		return;
+	}
+	if (s->env.nrcpts == s->rcpt_cap) {
+		s->rcpt_cap = s->rcpt_cap ? s->rcpt_cap * 2 : 4;
+		s->env.rcpts = xrealloc(s->env.rcpts, s->rcpt_cap * sizeof(*s->env.rcpts));
+	}
+	rcpt.addr = xstrdup(addr);
+	s->env.rcpts[s->env.nrcpts++] = rcpt;
+	submit_enter_state(s, SUBMIT_S_RCPT);
+	submit_session_reply(s, "250 2.1.5 Ok");
+}
+
+static int
+submit_session_write(void *arg, const void *p, size_t len)
+{
+	struct submit_session *s = arg;
+
+	return router_txn_write(s->txn, p, len);
+}
+
+static void
+submit_cmd_data(struct submit_session *s, char *args)
+{
+	struct submit_received r;
+	char date[64], date_hdr[96], msgid[640];
+	uint64_t now = util_now_ms();
+	int rc;
+
+	if ((rc = router_txn_begin(s->srv->router, &s->env, &s->txn)) != 0) {
+		log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "begin", NULL);
+		s->txn = NULL;
+		submit_session_reject(s, "data", "451 4.3.0 Error: queue file write error");
+		submit_session_reset_txn(s);
+		submit_enter_state(s, SUBMIT_S_HELO);
+		return;
+	}
+	memset(&r, 0, sizeof(r));
+	r.helo = buf_cstr(&s->helo);
+	r.client_ip = s->ip;
+	r.hostname = s->conf->hostname;
+	r.protocol = submit_data_protocol(s->esmtp, io_is_tls(s->io), s->login != NULL, s->env.smtputf8);
+	r.qid = router_txn_qid(s->txn);
+	r.tls_version = io_tls_version(s->io);
+	r.tls_cipher = io_tls_cipher(s->io);
+	r.tls_bits = io_tls_cipher_bits(s->io);
+	r.rcpt = s->env.nrcpts == 1 ? s->env.rcpts[0].addr : NULL;
+	r.now_ms = now;
+	buf_reset(&s->tmp);
+	submit_data_received(&s->tmp, &r);
+	util_rfc5322_date(now, date, sizeof(date));
+	snprintf(date_hdr, sizeof(date_hdr), "Date: %s\r\n", date);
+	snprintf(msgid, sizeof(msgid), "Message-ID: <%s@%s>\r\n", r.qid, s->conf->hostname);
+	submit_data_begin(&s->data, s->conf->submit.max_message_size,
+	    s->conf->submit.check_header_from, buf_cstr(&s->tmp), date_hdr, msgid,
+	    submit_session_write, s);
+	submit_enter_state(s, SUBMIT_S_DATA);
+	submit_session_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+struct submit_from_check {
+	struct submit_session *s;
+	struct buf *bad;            /* the first address not owned */
+};
+
+static void
+submit_from_cb(void *arg, const char *addr)
+{
+	struct submit_from_check *c = arg;
+
+	if (c->bad->len == 0 && !submit_senders_owns(c->s->srv->senders, c->s->login, addr))
+		buf_puts(c->bad, addr);
+}
+
+/* check_header_from: 0, or -1 with the refusal given. */
+static int
+submit_session_check_from(struct submit_session *s)
+{
+	struct submit_data *d = &s->data;
+	struct submit_from_check c = { s, &s->tmp };
+	int n;
+
+	if (d->nfrom != 1) {
+		submit_session_reject(s, "data", "550 5.7.1 Header From: rejected: "
+		    "the message must have exactly one From: field");
+		return -1;
+	}
+	buf_reset(&s->tmp);
+	n = submit_parse_header_addrs(d->from.data, d->from.len, submit_from_cb, &c);
+	if (n <= 0) {
+		submit_session_reject(s, "data", "550 5.7.1 Header From: rejected: no valid address");
+		return -1;
+	}
+	if (s->tmp.len > 0) {
+		buf_putc(&s->tmp, '\0');    /* reject() reuses tmp: copy the address out */
+		buf_reset(&s->line);
+		buf_puts(&s->line, s->tmp.data);
+		submit_session_reject(s, "data", "553 5.7.1 <%s>: Header From address rejected: "
+		    "not owned by user %s", buf_cstr(&s->line), s->login);
+		return -1;
+	}
+	return 0;
+}
+
+static void
+submit_session_committed(void *arg, int err, const char *qid)
+{
+	struct submit_session *s = arg;
+	struct submit *srv = s->srv;
+	struct log_line l;
+
+	if (s->magic != SUBMIT_SESSION_MAGIC || !s->commit_pending)
+		fatalx("%s: bad session", __func__);
+	s->commit_pending = false;
+	if (err == 0) {
+		log_begin(&l, LOG_INFO, "accepted");
+		log_kv(&l, "qid", qid);
+		log_kv(&l, "from", s->env.sender);
+		log_kvu(&l, "nrcpt", s->env.nrcpts);
+		log_kvu(&l, "size", s->data.size);
+		log_kv(&l, "user", s->login);
+		log_kv(&l, "client", s->ip);
+		log_kv(&l, "session", s->id);
+		log_end(&l);
+		srv->stats->accepted++;
+		submit_limits_login_add(srv->limits, s->login, util_mono_ms(), (unsigned)s->env.nrcpts);
+		submit_session_reply(s, "250 2.0.0 Ok: queued as %s", qid);
+	} else {
+		log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "commit", NULL);
+		srv->stats->rejected++;
+		submit_session_reply(s, "451 4.3.0 Error: queue file write error");
+	}
+	submit_session_reset_txn(s);
+	if (s->io == NULL) {
+		submit_session_release(s);  /* the client left while we waited */
+		return;
+	}
+	if (srv->shutting_down) {
+		submit_session_shutdown(s);
+		return;
+	}
+	submit_enter_state(s, SUBMIT_S_HELO);
+}
+
+/* <CRLF>.<CRLF> was read. */
+static void
+submit_session_data_end(struct submit_session *s)
+{
+	struct submit_data *d = &s->data;
+	struct router_txn *txn;
+	int rc = 0;
+
+	submit_data_finish(d);
+	switch (d->err) {
+	case SUBMIT_DATA_OK:
+		break;
+	case SUBMIT_DATA_BARE:
+		submit_session_reject(s, "data", "550 5.6.11 Error: bare <LF> or <CR> received: "
+		    "bare LF/CR not allowed (SMTP smuggling)");
+		rc = -1;
+		break;
+	case SUBMIT_DATA_TOO_BIG:
+		submit_session_reject(s, "data", "552 5.3.4 Error: message file too big");
+		rc = -1;
+		break;
+	case SUBMIT_DATA_LONG_LINE:
+		submit_session_reject(s, "data", "554 5.6.0 Error: message text line too long "
+		    "(limit %d octets with CRLF)", SUBMIT_TEXT_LINE_MAX);
+		rc = -1;
+		break;
+	case SUBMIT_DATA_HEADER_FROM:
+		submit_session_reject(s, "data", "550 5.7.1 Header From: rejected: too long to check");
+		rc = -1;
+		break;
+	case SUBMIT_DATA_WRITE:
+	default:
+		log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "write", NULL);
+		submit_session_reject(s, "data", "451 4.3.0 Error: queue file write error");
+		rc = -1;
+		break;
+	}
+	if (rc == 0 && s->conf->submit.check_header_from)
+		rc = submit_session_check_from(s);
+	if (rc != 0) {
+		submit_session_reset_txn(s);    /* aborts: nothing is queued */
+		submit_enter_state(s, SUBMIT_S_HELO);
+		return;
+	}
+	txn = s->txn;
+	s->txn = NULL;                      /* consumed by the commit */
+	s->commit_pending = true;
+	submit_enter_state(s, SUBMIT_S_COMMIT);
+	router_txn_commit(txn, submit_session_committed, s);
+}
+
+static void
+submit_cmd_rset(struct submit_session *s, char *args)
+{
+	submit_session_reset_txn(s);
+	if (s->state == SUBMIT_S_MAIL || s->state == SUBMIT_S_RCPT)
+		submit_enter_state(s, SUBMIT_S_HELO);
+	submit_session_reply(s, "250 2.0.0 Ok");
+}
+
+static void
+submit_cmd_noop(struct submit_session *s, char *args)
+{
+	submit_session_reply(s, "250 2.0.0 Ok");
+}
+
+static void
+submit_cmd_quit(struct submit_session *s, char *args)
+{
+	submit_session_close(s, "221 2.0.0 Bye");
+}
+
+static void
+submit_cmd_vrfy(struct submit_session *s, char *args)
+{
+	submit_session_reply(s, "252 2.0.0 Cannot VRFY user, but will accept message "
+	    "and attempt delivery");
+}
+
+static void
+submit_cmd_help(struct submit_session *s, char *args)
+{
+	submit_session_reply(s, "214 2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA "
+	    "RSET NOOP QUIT VRFY HELP; see RFC 5321 and RFC 6409");
+}
+
+/* One command line (terminator included). */
+static void
+submit_session_command(struct submit_session *s, const char *line, size_t len)
+{
+	const struct submit_cmd *cmd = NULL;
+	char *verb, *args;
+	size_t n = len, i;
+
+	if (n > 0 && line[n - 1] == '\n')
+		n--;
+	if (n > 0 && line[n - 1] == '\r')
+		n--;
+	if (memchr(line, '\0', n) != NULL) {
+		submit_session_reply(s, "500 5.5.2 Error: NUL character in command");
+		return;
+	}
+	buf_reset(&s->line);
+	buf_append(&s->line, line, n);
+	if (submit_parse_command(s->line.data, &verb, &args) != 0) {
+		submit_session_reply(s, "500 5.5.2 Error: bad syntax");
+		return;
+	}
+	for (i = 0; i < RELAY_ARRAY_LEN(submit_cmds); i++)
+		if (util_strcasecmp(verb, submit_cmds[i].verb) == 0) {
+			cmd = &submit_cmds[i];
+			break;
+		}
+	if (cmd == NULL) {
+		submit_session_reply(s, "500 5.5.2 Error: command not recognized");
+		return;
+	}
+	if (n + 2 > SUBMIT_CMD_LINE_MAX && !(cmd->flags & SUBMIT_F_LONG)) {
+		submit_session_reply(s, "500 5.5.2 Error: line too long");
+		return;
+	}
+	/* Before AUTH, nothing may be pipelined behind EHLO, AUTH ... (Postfix) */
+	if (s->barrier && s->login == NULL) {
+		submit_session_reply(s, "503 5.5.0 Error: improper use of SMTP command pipelining");
+		return;
+	}
+	if (!(cmd->flags & SUBMIT_F_PIPE))
+		s->barrier = true;
+	for (i = 0; i < RELAY_ARRAY_LEN(submit_checks); i++) {
+		if (!(cmd->flags & submit_checks[i].flag) || !submit_checks[i].fails(s, args))
+			continue;
+		if (submit_checks[i].reply != NULL)
+			submit_session_reply(s, "%s", submit_checks[i].reply);
+		else
+			submit_session_reply(s, "501 5.5.4 Syntax: %s", cmd->syntax);
+		return;
+	}
+	cmd->proceed(s, args);
+}
+
+static void
+submit_session_input(struct submit_session *s)
+{
+	const char *line;
+	size_t len;
+	enum io_line r;
+	char text[512];
+
+	if (!s->resumed)
+		s->barrier = false;     /* a new batch from the client */
+	s->resumed = false;
+	while (s->io != NULL && submit_states[s->state].input) {
+		r = io_getline(s->io, &line, &len);
+		if (r == IO_LINE_NONE)
+			break;
+		if (s->state == SUBMIT_S_DATA) {
+			if (r == IO_LINE_LONG)
+				submit_data_long_line(&s->data);
+			else if (submit_data_line(&s->data, line, len) == 1)
+				submit_session_data_end(s);
+			continue;
+		}
+		if (r == IO_LINE_LONG) {
+			if (s->state == SUBMIT_S_AUTH) {
+				submit_auth_reset(s);
+				submit_enter_state(s, SUBMIT_S_HELO);
+			}
+			submit_session_reply(s, "500 5.5.2 Error: line too long");
+		} else if (s->state == SUBMIT_S_AUTH) {
+			submit_auth_response(s, line, len);
+		} else {
+			submit_session_command(s, line, len);
+		}
+		if (s->io != NULL && s->nerrors > s->conf->submit.max_command_errors) {
+			snprintf(text, sizeof(text), "421 4.7.0 %s Error: too many errors",
+			    s->conf->hostname);
+			submit_session_close(s, text);
+		}
+	}
+}
+
+static void
+submit_session_greet(struct submit_session *s)
+{
+	if (s->refuse != NULL) {
+		submit_session_close(s, s->refuse);
+		return;
+	}
+	s->greeted = true;
+	submit_enter_state(s, SUBMIT_S_CONNECTED);
+	submit_session_reply(s, "220 %s ESMTP relayd", s->conf->hostname);
+}
+
+static void
+submit_session_io(struct io *io, enum io_event ev, void *arg)
+{
+	struct submit_session *s = arg;
+	char text[512];
+
+	if (s->magic != SUBMIT_SESSION_MAGIC)
+		fatalx("%s: bad session", __func__);
+	if (s->io != io)
+		return;
+	switch (ev) {
+	case IO_EV_IN:
+		submit_session_input(s);
+		break;
+	case IO_EV_TLS_READY:
+		if (!s->greeted)
+			submit_session_greet(s);        /* implicit TLS: greet now */
+		else
+			submit_enter_state(s, SUBMIT_S_CONNECTED);  /* after STARTTLS */
+		break;
+	case IO_EV_TIMEOUT:
+		log_event(LOG_INFO, "timeout", "session", s->id, "client", s->ip,
+		    "state", submit_states[s->state].name, NULL);
+		snprintf(text, sizeof(text), "421 4.4.2 %s Error: timeout exceeded", s->conf->hostname);
+		submit_session_close(s, s->state == SUBMIT_S_TLS_WAIT ? NULL : text);
+		break;
+	case IO_EV_ERROR:
+		log_event(LOG_DEBUG, "io_error", "session", s->id, "client", s->ip,
+		    "error", io_error_text(io), NULL);
+		submit_session_close(s, NULL);
+		break;
+	case IO_EV_EOF:
+		submit_session_close(s, NULL);
+		break;
+	case IO_EV_CONNECTED:
+	case IO_EV_DRAINED:
+		break;
+	}
+}
+
+void
+submit_session_accept(struct submit *srv, struct submit_listener *lst)
+{
+	struct submit_session *s = xcalloc(1, sizeof(*s));
+	enum submit_conn_verdict v;
+	struct log_line l;
+
+	s->magic = SUBMIT_SESSION_MAGIC;
+	s->srv = srv;
+	s->io = io_new(srv->loop, submit_session_io, s);
+	if (io_accept(s->io, (uv_stream_t *)&lst->tcp) != 0) {
+		io_free(s->io);
+		s->magic = 0;
+		free(s);
+		return;
+	}
+	s->conf = conf_ref(srv->conf);
+	s->implicit_tls = lst->implicit_tls;
+	snprintf(s->id, sizeof(s->id), "S%" PRIx64, ++srv->next_session_id);
+	snprintf(s->ip, sizeof(s->ip), "%s", io_peer_ip(s->io));
+	snprintf(s->local_ip, sizeof(s->local_ip), "%s", io_local_ip(s->io));
+	s->port = io_peer_port(s->io);
+	submit_data_init(&s->data);
+	uv_timer_init(srv->loop, &s->timer);
+	s->timer.data = s;
+	TAILQ_INSERT_TAIL(&srv->sessions, s, entry);
+	srv->nsessions++;
+	srv->stats->connections++;
+
+	v = submit_limits_conn_open(srv->limits, s->ip);
+	if (v == SUBMIT_CONN_OK) {
+		s->counted = true;
+	} else {
+		s->refuse = v == SUBMIT_CONN_TOTAL ?
+		    "421 4.7.0 Error: too many connections, try again later" :
+		    "421 4.7.0 Error: too many connections from your address, try again later";
+		log_begin(&l, LOG_NOTICE, "connection_refused");
+		log_kv(&l, "session", s->id);
+		log_kv(&l, "client", s->ip);
+		log_kv(&l, "reason", v == SUBMIT_CONN_TOTAL ? "max_connections" : "max_connections_per_ip");
+		log_end(&l);
+	}
+	log_begin(&l, LOG_DEBUG, "connect");
+	log_kv(&l, "session", s->id);
+	log_kv(&l, "client", s->ip);
+	log_kvi(&l, "port", s->port);
+	log_kv(&l, "listener", lst->text);
+	log_end(&l);
+
+	submit_enter_state(s, SUBMIT_S_TLS_WAIT);
+	if (!s->implicit_tls) {
+		submit_session_greet(s);
+	} else if (srv->tls_ctx == NULL || io_start_tls_server(s->io, srv->tls_ctx) != 0) {
+		submit_session_close(s, NULL);
+	}
+}

@@ -1,0 +1,208 @@
+/*
+ * test_submit_limits.c - the submission server's limits as pure functions of
+ * `now`, driven from tables of timed events: connection counts (total, per
+ * IP), AUTH failures per IP (delay after N, refuse at the limit, window
+ * end), messages and recipients per login per window, and expiry.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "common/util.h"
+#include "submit/submit_int.h"
+
+static const struct submit_limits_params params = {
+	.max_connections = 4,
+	.max_connections_per_ip = 2,
+	.auth_fail_delay_after = 2,
+	.auth_fail_limit = 5,
+	.auth_fail_window = 60000,
+	.login_max_messages = 3,
+	.login_max_recipients = 5,
+	.login_rate_window = 3600000,
+};
+
+static void
+test_connections(void)
+{
+	enum { OPEN, CLOSE };
+	static const struct {
+		int op;
+		const char *ip;
+		int want;               /* verdict for OPEN */
+		unsigned count_ip, total;
+	} t[] = {
+		{ OPEN, "192.0.2.1", SUBMIT_CONN_OK, 1, 1 },
+		{ OPEN, "192.0.2.1", SUBMIT_CONN_OK, 2, 2 },
+		{ OPEN, "192.0.2.1", SUBMIT_CONN_PER_IP, 2, 2 },
+		{ OPEN, "2001:db8::1", SUBMIT_CONN_OK, 1, 3 },
+		{ CLOSE, "192.0.2.1", 0, 1, 2 },
+		{ OPEN, "192.0.2.1", SUBMIT_CONN_OK, 2, 3 },
+		{ OPEN, "192.0.2.9", SUBMIT_CONN_OK, 1, 4 },
+		{ OPEN, "192.0.2.10", SUBMIT_CONN_TOTAL, 0, 4 },
+		{ CLOSE, "2001:db8::1", 0, 0, 3 },
+		{ OPEN, "192.0.2.10", SUBMIT_CONN_OK, 1, 4 },
+	};
+	struct submit_limits *l = submit_limits_new();
+	size_t i;
+
+	submit_limits_set_params(l, &params);
+	for (i = 0; i < RELAY_ARRAY_LEN(t); i++) {
+		if (t[i].op == OPEN)
+			CHECK_MSG((int)submit_limits_conn_open(l, t[i].ip) == t[i].want, "row %zu", i);
+		else
+			submit_limits_conn_close(l, t[i].ip);
+		CHECK_INT(submit_limits_conn_count(l, t[i].ip), t[i].count_ip);
+		CHECK_INT(submit_limits_conn_count(l, NULL), t[i].total);
+	}
+	submit_limits_free(l);
+}
+
+static void
+test_auth(void)
+{
+	enum { FAIL, ASK };
+	static const struct {
+		int op;
+		const char *ip;
+		uint64_t now;
+		uint64_t delay;         /* FAIL: expected delay */
+		bool refused;           /* FAIL: limit reached; ASK: !allowed */
+	} t[] = {
+		{ ASK, "192.0.2.1", 0, 0, false },
+		{ FAIL, "192.0.2.1", 1000, 0, false },
+		{ FAIL, "192.0.2.1", 2000, 0, false },
+		{ FAIL, "192.0.2.1", 3000, 1000, false },      /* 3rd: delayed */
+		{ FAIL, "192.0.2.1", 4000, 2000, false },
+		{ ASK, "192.0.2.2", 4000, 0, false },          /* other IPs unaffected */
+		{ FAIL, "192.0.2.1", 5000, 3000, true },       /* 5th: the limit */
+		{ ASK, "192.0.2.1", 5000, 0, true },
+		{ ASK, "192.0.2.1", 60999, 0, true },          /* window from the 1st failure */
+		{ ASK, "192.0.2.1", 61000, 0, false },         /* window over */
+		{ FAIL, "192.0.2.1", 61000, 0, false },        /* counting starts anew */
+		{ FAIL, "192.0.2.3", 0, 0, false },
+		{ FAIL, "192.0.2.3", 0, 0, false },
+		{ FAIL, "192.0.2.3", 0, 1000, false },
+		{ FAIL, "192.0.2.3", 0, 2000, false },
+	};
+	struct submit_limits *l = submit_limits_new();
+	struct submit_limits_params p = params;
+	bool refused;
+	size_t i;
+	uint64_t d;
+
+	submit_limits_set_params(l, &params);
+	for (i = 0; i < RELAY_ARRAY_LEN(t); i++) {
+		if (t[i].op == ASK) {
+			CHECK_MSG(submit_limits_auth_allowed(l, t[i].ip, t[i].now) == !t[i].refused, "row %zu", i);
+			continue;
+		}
+		refused = false;
+		d = submit_limits_auth_failed(l, t[i].ip, t[i].now, &refused);
+		CHECK_MSG(d == t[i].delay, "row %zu: delay %llu want %llu", i,
+		    (unsigned long long)d, (unsigned long long)t[i].delay);
+		CHECK_MSG(refused == t[i].refused, "row %zu", i);
+	}
+	submit_limits_free(l);
+
+	/* the delay is capped */
+	l = submit_limits_new();
+	p.auth_fail_limit = 100;
+	p.auth_fail_delay_after = 0;
+	submit_limits_set_params(l, &p);
+	for (i = 0; i < 20; i++)
+		d = submit_limits_auth_failed(l, "192.0.2.1", 0, &refused);
+	CHECK_INT(d, SUBMIT_AUTH_DELAY_MAX_MS);
+	CHECK(!refused);
+	submit_limits_free(l);
+}
+
+static void
+test_rates(void)
+{
+	enum { CHECKR, ADD };
+	static const struct {
+		int op;
+		const char *login;
+		uint64_t now;
+		unsigned nrcpt;
+		int want;
+	} t[] = {
+		{ CHECKR, "alice", 0, 0, SUBMIT_RATE_OK },
+		{ CHECKR, "alice", 0, 5, SUBMIT_RATE_OK },
+		{ CHECKR, "alice", 0, 6, SUBMIT_RATE_RECIPIENTS },  /* 6 in one message */
+		{ ADD, "alice", 1000, 2, 0 },
+		{ CHECKR, "alice", 1000, 3, SUBMIT_RATE_OK },
+		{ CHECKR, "alice", 1000, 4, SUBMIT_RATE_RECIPIENTS },
+		{ ADD, "alice", 2000, 1, 0 },
+		{ ADD, "alice", 3000, 1, 0 },
+		{ CHECKR, "alice", 3000, 0, SUBMIT_RATE_MESSAGES }, /* 3 messages */
+		{ CHECKR, "bob", 3000, 0, SUBMIT_RATE_OK },         /* per login */
+		{ CHECKR, "alice", 3600999, 0, SUBMIT_RATE_MESSAGES },
+		{ CHECKR, "alice", 3601000, 0, SUBMIT_RATE_OK },    /* window over */
+		{ CHECKR, "alice", 3601000, 5, SUBMIT_RATE_OK },
+	};
+	struct submit_limits *l = submit_limits_new();
+	struct submit_limits_params p = params;
+	size_t i;
+
+	submit_limits_set_params(l, &params);
+	for (i = 0; i < RELAY_ARRAY_LEN(t); i++) {
+		if (t[i].op == ADD)
+			submit_limits_login_add(l, t[i].login, t[i].now, t[i].nrcpt);
+		else
+			CHECK_MSG((int)submit_limits_login_check(l, t[i].login, t[i].now, t[i].nrcpt) ==
+			    t[i].want, "row %zu", i);
+	}
+	submit_limits_free(l);
+
+	/* 0 = unlimited */
+	l = submit_limits_new();
+	p.login_max_messages = 0;
+	p.login_max_recipients = 0;
+	submit_limits_set_params(l, &p);
+	for (i = 0; i < 100; i++)
+		submit_limits_login_add(l, "alice", 0, 100);
+	CHECK_INT(submit_limits_login_check(l, "alice", 0, 0), SUBMIT_RATE_OK);
+	CHECK_INT(submit_limits_login_check(l, "alice", 0, 1000), SUBMIT_RATE_OK);
+	submit_limits_free(l);
+}
+
+static void
+test_expire(void)
+{
+	struct submit_limits *l = submit_limits_new();
+	char ip[32];
+	bool refused;
+	int i;
+
+	submit_limits_set_params(l, &params);
+	for (i = 0; i < 1000; i++) {            /* many IPs: the table grows */
+		snprintf(ip, sizeof(ip), "10.0.%d.%d", i / 256, i % 256);
+		submit_limits_auth_failed(l, ip, 0, &refused);
+	}
+	submit_limits_conn_open(l, "10.0.0.1");
+	submit_limits_login_add(l, "alice", 0, 1);
+	CHECK_INT(submit_limits_entries(l), 1001);
+	submit_limits_expire(l, 59999);
+	CHECK_INT(submit_limits_entries(l), 1001);
+	submit_limits_expire(l, 60000);
+	CHECK_INT(submit_limits_entries(l), 2);  /* the open connection, alice */
+	CHECK_INT(submit_limits_conn_count(l, "10.0.0.1"), 1);
+	submit_limits_expire(l, 3600000);
+	CHECK_INT(submit_limits_entries(l), 1);
+	submit_limits_conn_close(l, "10.0.0.1");
+	submit_limits_expire(l, 3600000);
+	CHECK_INT(submit_limits_entries(l), 0);
+	submit_limits_free(l);
+}
+
+int
+main(void)
+{
+	test_connections();
+	test_auth();
+	test_rates();
+	test_expire();
+	return check_done();
+}
