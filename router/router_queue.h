@@ -120,6 +120,7 @@ enum queue_sync_mode {
 	QUEUE_SYNC_FDATASYNC,        /* (a) fdatasync each file */
 	QUEUE_SYNC_RANGE,            /* (b) sync_file_range(WRITE) all, then fdatasync each */
 	QUEUE_SYNC_SYNCFS,           /* (c) one syncfs() for the batch */
+	QUEUE_SYNC_AUTO,             /* (b) for small batches, (c) for larger ones */
 };
 void queue_set_sync_mode(struct queue *q, enum queue_sync_mode mode);
 
@@ -129,6 +130,11 @@ struct queue_counters {
 	uint64_t commits;            /* messages made durable */
 	uint64_t records;            /* record syncs done */
 	uint64_t failures;           /* jobs that failed */
+	uint64_t create_ns;          /* time spent creating files that had no spare */
+	uint64_t sync_ns;            /* time spent making data durable */
+	uint64_t publish_ns;         /* time spent renaming into msg/ and syncing msg/ */
+	uint64_t created_late;       /* files the commit thread had to create (no spare) */
+	uint64_t spares_used;        /* transactions that began on a spare file */
 };
 void queue_get_counters(struct queue *q, struct queue_counters *c);
 
@@ -147,5 +153,8 @@ int envelope_split(char *line, char **argv, int max);         /* argc, or -1 */
 int envelope_unescape(char *field, char **out);               /* 0 or -1; *out NULL for "-" */
 void envelope_encode(const struct envelope *env, struct buf *b);
 int envelope_decode(char *text, size_t len, struct envelope *env, struct buf *why);
+int envelope_record_check(const struct queue_record *rec, size_t nrcpts);   /* 0 or -1 */
+void envelope_record_encode(const struct queue_record *rec, struct buf *b); /* one line */
+int envelope_record_parse(char *line, size_t nrcpts, struct queue_record *rec);
 
 #endif

@@ -2,7 +2,10 @@
  * bench_queue.c - how fast the durable queue accepts mail: commits N
  * messages of S bytes with C transactions in flight (each commit callback
  * starts the next one), for each group-sync strategy, and prints msgs/s,
- * batches (group syncs), messages per batch and p50/p99 commit latency.
+ * batches (group syncs), messages per batch, the commit thread's time per
+ * batch (creating files that found no spare, syncing data, renaming into
+ * msg/ + fsync of msg/), p50/p99 commit latency, the loop's time per
+ * message, and how many messages began on a spare file.
  *
  *   bench_queue [-n N] [-c C] [-s SIZE] [-m fdatasync|range|syncfs|auto|all] [-d DIR] [-r ROUNDS]
  *
@@ -152,14 +155,17 @@ bench_run(const char *base, const char *name, enum queue_sync_mode mode, size_t 
 
 	qsort(b.lat_ns, b.done, sizeof(*b.lat_ns), bench_cmp);
 	secs = (double)elapsed / 1e9;
-	printf("%-9s n=%zu c=%zu size=%zu: %6.0f msgs/s  batches=%llu (%.1f/batch, sync %.2fms "
-	    "publish %.2fms)  p50=%.2fms p99=%.2fms  loop %.3fms/msg  failed=%zu\n", name, n, c, size,
+	printf("%-9s n=%zu c=%zu size=%zu: %6.0f msgs/s  batches=%llu (%.1f/batch, create %.2fms "
+	    "sync %.2fms publish %.2fms)  p50=%.2fms p99=%.2fms  loop %.3fms/msg  spare %llu late %llu  "
+	    "failed=%zu\n", name, n, c, size,
 	    (double)b.done / secs, (unsigned long long)cnt.batches,
 	    cnt.batches ? (double)cnt.commits / (double)cnt.batches : 0.0,
+	    cnt.batches ? (double)cnt.create_ns / (double)cnt.batches / 1e6 : 0.0,
 	    cnt.batches ? (double)cnt.sync_ns / (double)cnt.batches / 1e6 : 0.0,
 	    cnt.batches ? (double)cnt.publish_ns / (double)cnt.batches / 1e6 : 0.0,
 	    (double)b.lat_ns[b.done / 2] / 1e6, (double)b.lat_ns[b.done * 99 / 100] / 1e6,
-	    (double)b.loop_ns / (double)b.started / 1e6, b.failed);
+	    (double)b.loop_ns / (double)b.started / 1e6, (unsigned long long)cnt.spares_used,
+	    (unsigned long long)cnt.created_late, b.failed);
 	fflush(stdout);
 	(void)nftw(dir, bench_rm, 16, FTW_DEPTH | FTW_PHYS);
 	free(b.body);

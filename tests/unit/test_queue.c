@@ -1,0 +1,1075 @@
+/*
+ * test_queue.c - unit tests of the durable queue (router/router_queue.c,
+ * router/router_envelope.c) on a real libuv loop and a real directory:
+ * envelopes and bodies survive a commit and a re-scan field by field, state
+ * records replay to the same state, a torn last record is cut off, leftovers
+ * of uncommitted transactions are removed, unparseable files go to corrupt/,
+ * concurrent commits share a few group syncs (in every sync mode), and a
+ * message whose commit callback fired survives the SIGKILL of its process.
+ * Every test ends by checking that the loop closes cleanly.
+ * Owns its temporary directories and removes them at the end.
+ */
+#include "router/router_queue.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "check.h"
+
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char tdir[64];
+static char logpath[128];
+static int ndirs;
+
+/*
+ * Fixtures.
+ */
+
+static int
+rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static void
+rm_rf(const char *path)
+{
+	(void)nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* A fresh queue directory below the test's temporary directory. */
+static const char *
+new_qdir(char *out, size_t len)
+{
+	snprintf(out, len, "%s/q%d", tdir, ndirs++);
+	return out;
+}
+
+static size_t
+count_files(const char *qdir, const char *sub)
+{
+	char path[256];
+	struct dirent *de;
+	size_t n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/%s", qdir, sub);
+	if ((d = opendir(path)) == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL)
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+			n++;
+	closedir(d);
+	return n;
+}
+
+static int
+file_exists(const char *qdir, const char *sub, const char *name)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/%s/%s", qdir, sub, name);
+	return access(path, F_OK) == 0;
+}
+
+static void
+write_raw(const char *path, const void *p, size_t len, int flags)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | flags, 0600);
+
+	if (fd == -1 || write(fd, p, len) != (ssize_t)len) {
+		perror(path);
+		exit(2);
+	}
+	close(fd);
+}
+
+static off_t
+file_size(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+/* The log file has a line containing needle. */
+static int
+log_has(const char *needle)
+{
+	char line[1024];
+	FILE *fp;
+	int found = 0;
+
+	if ((fp = fopen(logpath, "r")) == NULL)
+		return 0;
+	while (!found && fgets(line, sizeof(line), fp) != NULL)
+		found = strstr(line, needle) != NULL;
+	fclose(fp);
+	return found;
+}
+
+/* Collects the messages the queue hands out (scan or new commits). */
+struct sink {
+	struct queue_msg *m[64];
+	size_t n;
+};
+
+static void
+sink_add(void *arg, struct queue_msg *m)
+{
+	struct sink *s = arg;
+
+	if (s->n == RELAY_ARRAY_LEN(s->m)) {
+		queue_msg_free(m);
+		return;
+	}
+	s->m[s->n++] = m;
+}
+
+static void
+sink_free(struct sink *s)
+{
+	size_t i;
+
+	for (i = 0; i < s->n; i++)
+		queue_msg_free(s->m[i]);
+	s->n = 0;
+}
+
+static struct queue_msg *
+sink_find(struct sink *s, const char *qid)
+{
+	size_t i;
+
+	for (i = 0; i < s->n; i++)
+		if (strcmp(s->m[i]->qid, qid) == 0)
+			return s->m[i];
+	return NULL;
+}
+
+/* One commit's outcome. */
+struct commit_res {
+	int called;
+	int err;
+	char qid[QID_MAX];
+};
+
+static void
+commit_cb(void *arg, int err, const char *qid)
+{
+	struct commit_res *c = arg;
+
+	c->called++;
+	c->err = err;
+	snprintf(c->qid, sizeof(c->qid), "%s", qid != NULL ? qid : "");
+}
+
+static void
+closed_cb(void *arg)
+{
+	(*(int *)arg)++;
+}
+
+static struct queue *
+open_queue(uv_loop_t *loop, const char *dir)
+{
+	struct buf err = BUF_INIT;
+	struct queue *q = NULL;
+
+	if (queue_open(loop, dir, &q, &err) != 0) {
+		fprintf(stderr, "queue_open: %s\n", buf_cstr(&err));
+		exit(2);
+	}
+	buf_free(&err);
+	return q;
+}
+
+static void
+close_queue(uv_loop_t *loop, struct queue *q)
+{
+	int closed = 0;
+
+	queue_close(q, closed_cb, &closed);
+	uv_run(loop, UV_RUN_DEFAULT);
+	CHECK_INT(closed, 1);
+}
+
+static void
+close_loop(uv_loop_t *loop)
+{
+	uv_run(loop, UV_RUN_DEFAULT);
+	CHECK_INT(uv_loop_close(loop), 0);
+}
+
+/* Begin, write body in pieces of chunk bytes, commit; loop not run. */
+static void
+submit(struct queue *q, const struct envelope *env, const char *body, size_t len, size_t chunk,
+    struct commit_res *res)
+{
+	struct router_txn *t = NULL;
+	size_t off, n;
+
+	CHECK_INT(queue_txn_begin(q, env, &t), 0);
+	if (t == NULL)
+		exit(2);
+	for (off = 0; off < len; off += n) {
+		n = len - off < chunk ? len - off : chunk;
+		CHECK_INT(router_txn_write(t, body + off, n), 0);
+	}
+	router_txn_commit(t, commit_cb, res);
+}
+
+static int
+streq(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
+static void
+check_env_equal(const struct envelope *got, const struct envelope *want, uint64_t size)
+{
+	size_t i;
+
+	CHECK(streq(got->sender, want->sender));
+	CHECK_INT(got->nrcpts, want->nrcpts);
+	for (i = 0; i < got->nrcpts && i < want->nrcpts; i++) {
+		CHECK_MSG(streq(got->rcpts[i].addr, want->rcpts[i].addr), "rcpt %zu addr", i);
+		CHECK_MSG(streq(got->rcpts[i].orcpt, want->rcpts[i].orcpt), "rcpt %zu orcpt", i);
+		CHECK_MSG(got->rcpts[i].notify == want->rcpts[i].notify, "rcpt %zu notify", i);
+	}
+	CHECK(streq(got->envid, want->envid));
+	CHECK_INT(got->ret, want->ret);
+	CHECK_INT(got->body_8bit, want->body_8bit);
+	CHECK_INT(got->smtputf8, want->smtputf8);
+	CHECK(streq(got->auth_user, want->auth_user));
+	CHECK(streq(got->client_ip, want->client_ip));
+	CHECK(streq(got->client_helo, want->client_helo));
+	CHECK_INT(got->arrival_ms, want->arrival_ms);
+	CHECK_INT(got->size, size);
+}
+
+static void
+check_body(const struct queue_msg *m, const char *body, size_t len)
+{
+	char *got = xmalloc(len + 1);
+	int fd = open(m->path, O_RDONLY);
+
+	CHECK(fd >= 0);
+	CHECK_INT(m->body_len, len);
+	CHECK(pread(fd, got, len, (off_t)m->body_offset) == (ssize_t)len);
+	CHECK(memcmp(got, body, len) == 0);
+	close(fd);
+	free(got);
+}
+
+/* Envelopes that exercise every field and every escape. */
+static struct env_rcpt rich_rcpts[] = {
+	{ "bob@example.com", "rfc822;bob@example.com", ENV_NOTIFY_SUCCESS | ENV_NOTIFY_FAILURE },
+	{ "jörg@bücher.example", "utf-8;jörg@bücher.example", ENV_NOTIFY_NEVER },
+	{ "\"john doe\"@example.org", NULL, 0 },
+	{ "-dash\\back@example.net", "rfc822;a b\tc", ENV_NOTIFY_DELAY | ENV_NOTIFY_FAILURE },
+};
+
+static const struct envelope rich_env = {
+	.sender = "alice@relay.test",
+	.rcpts = rich_rcpts,
+	.nrcpts = 4,
+	.envid = "ENV ID\\1-",
+	.ret = ENV_RET_FULL,
+	.body_8bit = true,
+	.smtputf8 = true,
+	.auth_user = "alice@relay.test",
+	.client_ip = "127.0.0.1",
+	.client_helo = "client.example",
+	.arrival_ms = 1767225600123ULL,
+};
+
+static struct env_rcpt ndr_rcpts[] = {
+	{ "alice@relay.test", NULL, 0 },
+};
+
+static const struct envelope ndr_env = {
+	.sender = "",
+	.rcpts = ndr_rcpts,
+	.nrcpts = 1,
+	.ret = ENV_RET_NONE,
+	.arrival_ms = 1,
+};
+
+static struct env_rcpt hdrs_rcpts[] = {
+	{ "-", "-", ENV_NOTIFY_SUCCESS | ENV_NOTIFY_FAILURE | ENV_NOTIFY_DELAY },
+	{ "x@y", "", 0 },
+};
+
+static const struct envelope hdrs_env = {
+	.sender = "-",
+	.rcpts = hdrs_rcpts,
+	.nrcpts = 2,
+	.envid = "",
+	.ret = ENV_RET_HDRS,
+	.auth_user = "",
+	.client_ip = "::1",
+	.client_helo = "[IPv6:::1]",
+	.arrival_ms = 18446744073709551615ULL,
+};
+
+/*
+ * Pure parts: queue ids and the field escaping.
+ */
+
+static void
+test_qid(void)
+{
+	static const struct {
+		uint64_t ms;
+		uint32_t seq, rnd;
+		const char *want;
+	} rows[] = {
+		{ 0, 0, 0, "00000000000000000000" },
+		{ 1, 1, 1, "00000000010001000001" },
+		{ 1767225600123ULL, 31, 32, "01KDVDNA3V000Z000010" },
+		{ (1ULL << 50) - 1, (1u << 20) - 1, (1u << 30) - 1, "ZZZZZZZZZZZZZZZZZZZZ" },
+	};
+	static const struct {
+		const char *s;
+		int want;
+	} valid[] = {
+		{ "00000000010001000001", 1 }, { "A", 1 }, { "", 0 }, { "abc", 0 },
+		{ "../etc/passwd", 0 }, { "0123456789012345678901234567890", 1 },
+		{ "01234567890123456789012345678901", 0 }, { "AB-C", 0 },
+	};
+	char qid[QID_MAX], prev[QID_MAX];
+	size_t i;
+
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		queue_qid_make(qid, rows[i].ms, rows[i].seq, rows[i].rnd);
+		CHECK_STR(qid, rows[i].want);
+		CHECK(queue_qid_valid(qid));
+	}
+	for (i = 0; i < RELAY_ARRAY_LEN(valid); i++)
+		CHECK_MSG(queue_qid_valid(valid[i].s) == valid[i].want, "%s", valid[i].s);
+	/* time order is string order, whatever the random part */
+	queue_qid_make(prev, 1767225600123ULL, 7, (1u << 30) - 1);
+	queue_qid_make(qid, 1767225600124ULL, 0, 0);
+	CHECK(strcmp(prev, qid) < 0);
+	queue_qid_make(qid, 1767225600123ULL, 8, 0);
+	CHECK(strcmp(prev, qid) < 0);
+}
+
+static void
+test_escape(void)
+{
+	static const struct {
+		const char *in;
+		const char *want;
+	} rows[] = {
+		{ NULL, " -" },
+		{ "", " \\e" },
+		{ "plain", " plain" },
+		{ "a b", " a\\sb" },
+		{ "-", " \\x2d" },
+		{ "-x-", " \\x2dx-" },
+		{ "back\\slash", " back\\\\slash" },
+		{ "250 2.0.0 Ok\r\n250 more", " 250\\s2.0.0\\sOk\\x0d\\x0a250\\smore" },
+		{ "tab\there\x7f", " tab\\x09here\\x7f" },
+		{ "grüße 日本", " grüße\\s日本" },
+	};
+	static const char *bad[] = { "\\q", "\\x0", "\\x00", "\\xzz", "a\\" };
+	struct buf b = BUF_INIT;
+	char *out, tmp[64];
+	size_t i;
+
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		buf_reset(&b);
+		envelope_escape(&b, rows[i].in);
+		CHECK_STR(buf_cstr(&b), rows[i].want);
+		CHECK(strchr(buf_cstr(&b) + 1, ' ') == NULL);
+		CHECK(strchr(buf_cstr(&b), '\n') == NULL);
+		CHECK_INT(envelope_unescape(b.data + 1, &out), 0);
+		CHECK(streq(out, rows[i].in));
+	}
+	for (i = 0; i < RELAY_ARRAY_LEN(bad); i++) {
+		snprintf(tmp, sizeof(tmp), "%s", bad[i]);
+		CHECK_MSG(envelope_unescape(tmp, &out) == -1, "%s", bad[i]);
+	}
+	buf_free(&b);
+}
+
+static void
+test_envelope_decode_rejects(void)
+{
+	static const struct {
+		const char *text;
+		const char *why;
+	} rows[] = {
+		{ "arrival 1\nsender a\nenvid -\nret -\nbody 7BIT\nsmtputf8 0\nuser -\nclient - -\n",
+		  "envelope: no \"rcpt\"" },
+		{ "arrival 1\nsender a\nsender b\n", "envelope line 3: bad \"sender\"" },
+		{ "arrival x\n", "envelope line 1: bad \"arrival\"" },
+		{ "colour blue\n", "envelope line 1: unknown key" },
+		{ "arrival 1\nsender  a\n", "envelope line 2: bad fields" },
+		{ "arrival 1\nsender a", "envelope line 2: no newline" },
+		{ "arrival 1\nsender -\n", "envelope line 2: bad \"sender\"" },
+		{ "rcpt BOGUS a -\n", "envelope line 1: bad \"rcpt\"" },
+		{ "ret PARTIAL\n", "envelope line 1: bad \"ret\"" },
+	};
+	struct buf why = BUF_INIT, text = BUF_INIT;
+	struct envelope env;
+	size_t i;
+
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		buf_reset(&why);
+		buf_reset(&text);
+		buf_puts(&text, rows[i].text);
+		CHECK_INT(envelope_decode(text.data, text.len, &env, &why), -1);
+		CHECK_STR(buf_cstr(&why), rows[i].why);
+		CHECK(env.sender == NULL && env.rcpts == NULL);
+	}
+	/* and what encode writes, decode reads back */
+	buf_reset(&text);
+	envelope_encode(&rich_env, &text);
+	CHECK_INT(envelope_decode(text.data, text.len, &env, &why), 0);
+	check_env_equal(&env, &rich_env, 0);
+	envelope_free(&env);
+	buf_free(&why);
+	buf_free(&text);
+}
+
+/*
+ * Commit and scan.
+ */
+
+static void
+test_roundtrip(void)
+{
+	/*
+	 * Small bodies go to disk in one write at commit: by the loop into a
+	 * spare file, or, with no spare ready, by the commit thread into a file
+	 * it creates.  Above 64 KiB the loop writes (creating the file if need
+	 * be) and patches the header with pwrite.
+	 */
+	static const struct {
+		const struct envelope *env;
+		size_t len;
+		size_t chunk;
+		int spares;             /* let the spare files be made first */
+	} rows[] = {
+		{ &rich_env, 4096, 100, 0 },
+		{ &ndr_env, 0, 1, 0 },
+		{ &hdrs_env, 300 * 1024 + 7, 8192, 0 },
+		{ &rich_env, 65536, 65536, 0 },
+		{ &rich_env, 4096, 4096, 1 },
+		{ &hdrs_env, 1, 1, 1 },
+		{ &ndr_env, 100 * 1024, 1000, 1 },
+	};
+	struct queue_counters c;
+	struct commit_res res[RELAY_ARRAY_LEN(rows)];
+	char *bodies[RELAY_ARRAY_LEN(rows)];
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct queue_msg *m;
+	uv_loop_t loop;
+	struct queue *q;
+	char dir[128];
+	size_t i, k;
+
+	new_qdir(dir, sizeof(dir));
+	memset(res, 0, sizeof(res));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		bodies[i] = xmalloc(rows[i].len + 1);
+		for (k = 0; k < rows[i].len; k++)        /* CRLF lines and every byte value */
+			bodies[i][k] = (char)(k % 80 == 78 ? '\r' : k % 80 == 79 ? '\n' : (k * 7 + i) & 0xff);
+		if (rows[i].spares)
+			uv_run(&loop, UV_RUN_DEFAULT);
+		submit(q, rows[i].env, bodies[i], rows[i].len, rows[i].chunk, &res[i]);
+	}
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.created_late, 2);                   /* rows 0 and 1 */
+	CHECK_INT(c.spares_used, 3);                    /* rows 4 to 6 */
+	CHECK_INT(fresh.n, RELAY_ARRAY_LEN(rows));
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		CHECK_INT(res[i].called, 1);
+		CHECK_INT(res[i].err, 0);
+		CHECK(queue_qid_valid(res[i].qid));
+		CHECK(file_exists(dir, "msg", res[i].qid));
+		m = sink_find(&fresh, res[i].qid);
+		CHECK(m != NULL);
+		if (m == NULL)
+			continue;
+		check_env_equal(&m->env, rows[i].env, rows[i].len);
+		check_body(m, bodies[i], rows[i].len);
+	}
+	close_queue(&loop, q);
+	CHECK_INT(count_files(dir, "incoming"), 0);      /* spare files removed too */
+
+	/* a new process would see exactly the same */
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, RELAY_ARRAY_LEN(rows));
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		m = sink_find(&scanned, res[i].qid);
+		CHECK(m != NULL);
+		if (m == NULL)
+			continue;
+		check_env_equal(&m->env, rows[i].env, rows[i].len);
+		check_body(m, bodies[i], rows[i].len);
+		CHECK_STR(m->path, sink_find(&fresh, res[i].qid)->path);
+		for (k = 0; k < m->env.nrcpts; k++)
+			CHECK(m->rcpt[k].state == RCPT_PENDING && m->rcpt[k].attempts == 0);
+		CHECK(!m->held && !m->delay_warned);
+	}
+	/* scan hands them out oldest first */
+	for (i = 1; i < scanned.n; i++)
+		CHECK(strcmp(scanned.m[i - 1]->qid, scanned.m[i]->qid) < 0);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+	sink_free(&scanned);
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++)
+		free(bodies[i]);
+}
+
+/*
+ * State records.
+ */
+
+struct sync_res {
+	int called;
+	int err;
+};
+
+static void
+sync_cb(void *arg, int err)
+{
+	struct sync_res *s = arg;
+
+	s->called++;
+	s->err = err;
+}
+
+struct hist {
+	struct buf b;
+	size_t n;
+};
+
+static void
+hist_cb(void *arg, const struct queue_record *rec)
+{
+	struct hist *h = arg;
+
+	h->n++;
+	buf_printf(&h->b, "%c %d %llu %s|%s|%s|%s %d\n", (char)rec->type, rec->rcpt,
+	    (unsigned long long)rec->time_ms, rec->host ? rec->host : "(null)",
+	    rec->ip ? rec->ip : "(null)", rec->status ? rec->status : "(null)",
+	    rec->reply ? rec->reply : "(null)", rec->value);
+}
+
+static const struct queue_record replay_recs[] = {
+	{ QREC_ATTEMPT, 0, 1000, "mx1.example.com", "192.0.2.1", "4.2.1", "451 4.2.1 try later\r\nmore", 0 },
+	{ QREC_ATTEMPT, 1, 1001, NULL, NULL, "4.4.1", "connection refused", 0 },
+	{ QREC_HOLD, -1, 1002, NULL, NULL, NULL, NULL, 1 },
+	{ QREC_ATTEMPT, 0, 2000, "mx2.example.com", "192.0.2.2", "4.3.0", "", 0 },
+	{ QREC_DELIVERED, 0, 3000, "mx1.example.com", "192.0.2.1", "2.0.0", "250 2.0.0 Ok: queued as X", 0 },
+	{ QREC_FAILED, 1, 4000, "mx3.example.com", "192.0.2.3", "5.1.1", "550 5.1.1 <-x> no such user", 0 },
+	{ QREC_REPORTED, 1, 4001, NULL, NULL, NULL, NULL, 0 },
+	{ QREC_HOLD, -1, 4002, NULL, NULL, NULL, NULL, 0 },
+	{ QREC_WARNED, -1, 4003, NULL, NULL, NULL, NULL, 0 },
+	{ QREC_FAILED, 2, 5000, NULL, NULL, "4.4.7", NULL, QREC_NO_ATTEMPT },
+};
+
+static const struct {
+	enum rcpt_state state;
+	unsigned attempts;
+	uint64_t last_ms;
+	const char *host, *ip, *status, *reply;
+	bool reported;
+} replay_want[] = {
+	{ RCPT_DELIVERED, 3, 3000, "mx1.example.com", "192.0.2.1", "2.0.0", "250 2.0.0 Ok: queued as X", false },
+	{ RCPT_FAILED, 2, 4000, "mx3.example.com", "192.0.2.3", "5.1.1", "550 5.1.1 <-x> no such user", true },
+	{ RCPT_FAILED, 0, 0, NULL, NULL, "4.4.7", NULL, false },
+};
+
+static void
+check_replayed(const struct queue_msg *m)
+{
+	size_t i;
+
+	CHECK_INT(m->env.nrcpts, RELAY_ARRAY_LEN(replay_want));
+	for (i = 0; i < m->env.nrcpts && i < RELAY_ARRAY_LEN(replay_want); i++) {
+		CHECK_MSG(m->rcpt[i].state == replay_want[i].state, "rcpt %zu state", i);
+		CHECK_MSG(m->rcpt[i].attempts == replay_want[i].attempts, "rcpt %zu attempts", i);
+		CHECK_MSG(m->rcpt[i].last_attempt_ms == replay_want[i].last_ms, "rcpt %zu last", i);
+		CHECK_MSG(streq(m->rcpt[i].last_host, replay_want[i].host), "rcpt %zu host", i);
+		CHECK_MSG(streq(m->rcpt[i].last_ip, replay_want[i].ip), "rcpt %zu ip", i);
+		CHECK_MSG(streq(m->rcpt[i].last_status, replay_want[i].status), "rcpt %zu status", i);
+		CHECK_MSG(streq(m->rcpt[i].last_reply, replay_want[i].reply), "rcpt %zu reply", i);
+		CHECK_MSG(m->rcpt[i].reported == replay_want[i].reported, "rcpt %zu reported", i);
+	}
+	CHECK(!m->held);
+	CHECK(m->delay_warned);
+}
+
+static void
+test_records(void)
+{
+	static struct env_rcpt rcpts[] = {
+		{ "a@example.com", NULL, 0 }, { "b@example.com", NULL, 0 }, { "c@example.com", NULL, 0 },
+	};
+	struct envelope env = rich_env;
+	struct sync_res sres[RELAY_ARRAY_LEN(replay_recs)];
+	struct queue_record bad;
+	struct commit_res res = { 0 };
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct hist h = { BUF_INIT, 0 }, h2 = { BUF_INIT, 0 };
+	struct queue_counters c;
+	uv_loop_t loop;
+	struct queue *q;
+	struct queue_msg *m;
+	char dir[128], path[256];
+	off_t size;
+	size_t i;
+
+	env.rcpts = rcpts;
+	env.nrcpts = RELAY_ARRAY_LEN(rcpts);
+	new_qdir(dir, sizeof(dir));
+	memset(sres, 0, sizeof(sres));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	submit(q, &env, "body\r\n", 6, 6, &res);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh.n, 1);
+	if (fresh.n != 1)
+		exit(1);
+	m = fresh.m[0];
+
+	/* a held message, mid-way: state applied at once, callback after the sync */
+	for (i = 0; i < RELAY_ARRAY_LEN(replay_recs); i++) {
+		CHECK_INT(queue_record(q, m, &replay_recs[i], sync_cb, &sres[i]), 0);
+		if (i == 2)
+			CHECK(m->held);
+	}
+	CHECK_INT(sres[0].called, 0);
+	/* records that do not fit the message are refused and not written */
+	bad = replay_recs[0];
+	bad.rcpt = 3;
+	CHECK_INT(queue_record(q, m, &bad, NULL, NULL), RELAY_EINVAL);
+	bad.type = (enum queue_rec_type)'Z';
+	bad.rcpt = 0;
+	CHECK_INT(queue_record(q, m, &bad, NULL, NULL), RELAY_EINVAL);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	for (i = 0; i < RELAY_ARRAY_LEN(replay_recs); i++) {
+		CHECK_INT(sres[i].called, 1);
+		CHECK_INT(sres[i].err, 0);
+	}
+	queue_get_counters(q, &c);
+	CHECK_INT(c.records, RELAY_ARRAY_LEN(replay_recs));
+	check_replayed(m);
+	CHECK_INT(queue_history(q, m->qid, hist_cb, &h), 0);
+	CHECK_INT(h.n, RELAY_ARRAY_LEN(replay_recs));
+	CHECK_INT(queue_history(q, "NOSUCHQID", hist_cb, &h2), RELAY_ENOENT);
+	CHECK_INT(queue_history(q, "../msg", hist_cb, &h2), RELAY_ENOENT);
+	close_queue(&loop, q);
+
+	/* replay from disk gives the same state and the same history */
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 1);
+	if (scanned.n == 1)
+		check_replayed(scanned.m[0]);
+	CHECK_INT(queue_history(q, m->qid, hist_cb, &h2), 0);
+	CHECK_STR(buf_cstr(&h2.b), buf_cstr(&h.b));
+	sink_free(&scanned);
+	close_queue(&loop, q);
+
+	/* a torn last record (crash in the middle of an append) is ignored and cut off */
+	snprintf(path, sizeof(path), "%s/msg/%s", dir, m->qid);
+	size = file_size(path);
+	write_raw(path, "D 2 9000 mx9 192.0.2.9 2.0.0 250\\sok", 36, O_APPEND);
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 1);
+	if (scanned.n == 1) {
+		check_replayed(scanned.m[0]);
+		CHECK_INT(file_size(path), size);
+		/* the next append starts on a clean line and replays */
+		CHECK_INT(queue_record(q, scanned.m[0], &replay_recs[9], sync_cb, &sres[0]), 0);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		CHECK_INT(sres[0].called, 2);
+	}
+	sink_free(&scanned);
+	close_queue(&loop, q);
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 1);
+	CHECK_INT(count_files(dir, "corrupt"), 0);
+	h2.n = 0;
+	CHECK_INT(queue_history(q, m->qid, hist_cb, &h2), 0);
+	CHECK_INT(h2.n, RELAY_ARRAY_LEN(replay_recs) + 1);
+
+	/* removal */
+	if (scanned.n == 1) {
+		CHECK_INT(queue_remove(q, scanned.m[0]), 0);
+		CHECK(!file_exists(dir, "msg", m->qid));
+		CHECK_INT(queue_remove(q, scanned.m[0]), RELAY_ENOENT);
+	}
+	sink_free(&scanned);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+	buf_free(&h.b);
+	buf_free(&h2.b);
+}
+
+/*
+ * Crash leftovers.
+ */
+
+static void
+test_incoming_leftovers(void)
+{
+	struct sink scanned = { .n = 0 };
+	struct commit_res res = { 0 };
+	struct router_txn *t = NULL;
+	uv_loop_t loop;
+	struct queue *q;
+	char dir[128], path[256], mpath[256], qid[QID_MAX], *big;
+
+	new_qdir(dir, sizeof(dir));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	/* a transaction that never committed (process died during DATA) */
+	CHECK_INT(queue_txn_begin(q, &rich_env, &t), 0);
+	snprintf(qid, sizeof(qid), "%s", router_txn_qid(t));
+	big = xcalloc(1, 70000);                        /* past the write buffer: on disk */
+	CHECK_INT(router_txn_write(t, big, 70000), 0);
+	free(big);
+	CHECK(file_exists(dir, "incoming", qid));
+	/* and one a crashed writer left complete but unpublished */
+	snprintf(path, sizeof(path), "%s/incoming/00000000000000000000", dir);
+	write_raw(path, "RELAYQ 1 ", 9, 0);
+	router_txn_abort(t);
+	CHECK(!file_exists(dir, "incoming", qid));
+	CHECK(file_exists(dir, "incoming", "00000000000000000000"));
+	close_queue(&loop, q);
+	/* and a spare file a killed process did not get to remove */
+	snprintf(mpath, sizeof(mpath), "%s/incoming/spare-left", dir);
+	write_raw(mpath, "", 0, 0);
+
+	q = open_queue(&loop, dir);
+	CHECK(!file_exists(dir, "incoming", "00000000000000000000"));
+	CHECK(!file_exists(dir, "incoming", "spare-left"));   /* a killed run's spare */
+	CHECK(log_has("event=queue_incomplete qid=00000000000000000000 action=removed"));
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 0);
+	CHECK_INT(count_files(dir, "msg"), 0);
+
+	/* a publish cut in half (one inode in both directories): it stays queued */
+	submit(q, &rich_env, "x\r\n", 3, 3, &res);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(res.err, 0);
+	close_queue(&loop, q);
+	snprintf(path, sizeof(path), "%s/incoming/spare-77", dir);
+	snprintf(mpath, sizeof(mpath), "%s/msg/%s", dir, res.qid);
+	CHECK_INT(link(mpath, path), 0);
+	q = open_queue(&loop, dir);
+	CHECK(!file_exists(dir, "incoming", "spare-77"));
+	CHECK(log_has("event=queue_incomplete qid=spare-77 action=\"removed (published)\""));
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 1);
+	if (scanned.n == 1)
+		check_body(scanned.m[0], "x\r\n", 3);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&scanned);
+}
+
+static void
+test_corrupt(void)
+{
+	static const struct {
+		const char *name;
+		const char *text;       /* NULL: a good message cut short */
+		const char *reason;     /* as logged */
+	} rows[] = {
+		{ "0000000000000000000A", "garbage\n", "\"short header\"" },
+		{ "0000000000000000000B", "RELAYQ 2 000000000000002e 0000000000000000\n.\n",
+		  "\"bad header\"" },
+		{ "0000000000000000000C", "RELAYQ 1 000000000000002d 0000000000000000\n.\n",
+		  "\"envelope not terminated\"" },
+		{ "0000000000000000000D", "RELAYQ 1 0000000000000044 0000000000000000\narrival 1\nsender a\nfoo\n.\n",
+		  "\"envelope line 3: unknown key\"" },
+		{ "0000000000000000000E", NULL, "\"header offsets beyond the file\"" },
+		{ "not-a-qid", "whatever\n", "\"not a queue id\"" },
+	};
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct commit_res res = { 0 }, res2 = { 0 };
+	char dir[128], path[256], body[1000], line[256];
+	char *good;
+	uv_loop_t loop;
+	struct queue *q;
+	size_t i, len;
+	int fd;
+
+	new_qdir(dir, sizeof(dir));
+	memset(body, 'x', sizeof(body));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	submit(q, &rich_env, body, sizeof(body), sizeof(body), &res);
+	submit(q, &ndr_env, body, 10, 10, &res2);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(res.err, 0);
+	CHECK_INT(res2.err, 0);
+	close_queue(&loop, q);
+
+	/* a good file with a record whose rcpt is out of range, and one cut in its body */
+	snprintf(path, sizeof(path), "%s/msg/%s", dir, res.qid);
+	len = (size_t)file_size(path);
+	good = xmalloc(len);
+	fd = open(path, O_RDONLY);
+	CHECK(read(fd, good, len) == (ssize_t)len);
+	close(fd);
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		snprintf(path, sizeof(path), "%s/msg/%s", dir, rows[i].name);
+		if (rows[i].text != NULL)
+			write_raw(path, rows[i].text, strlen(rows[i].text), 0);
+		else
+			write_raw(path, good, len - 500, 0);
+	}
+	snprintf(path, sizeof(path), "%s/msg/%s", dir, res2.qid);
+	write_raw(path, "A 7 1 - - - - 0\n", 16, O_APPEND);
+	free(good);
+
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 1);
+	CHECK(sink_find(&scanned, res.qid) != NULL);
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		CHECK_MSG(file_exists(dir, "corrupt", rows[i].name), "%s", rows[i].name);
+		CHECK_MSG(!file_exists(dir, "msg", rows[i].name), "%s", rows[i].name);
+	}
+	CHECK(file_exists(dir, "corrupt", res2.qid));
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		snprintf(line, sizeof(line), "event=queue_corrupt qid=%s reason=%s ", rows[i].name, rows[i].reason);
+		CHECK_MSG(log_has(line), "%s", line);
+	}
+	snprintf(line, sizeof(line), "event=queue_corrupt qid=%s reason=\"record 1 unparseable\"", res2.qid);
+	CHECK(log_has(line));
+	CHECK_INT(count_files(dir, "msg"), 1);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+	sink_free(&scanned);
+}
+
+/*
+ * Group commit: 32 transactions in flight share a few syncs, in every mode.
+ */
+
+static void
+test_group_commit(void)
+{
+	static const enum queue_sync_mode modes[] = {
+		QUEUE_SYNC_DEFAULT, QUEUE_SYNC_FDATASYNC, QUEUE_SYNC_RANGE, QUEUE_SYNC_SYNCFS,
+		QUEUE_SYNC_AUTO,
+	};
+	struct commit_res res[32];
+	struct sink fresh = { .n = 0 };
+	struct queue_counters c;
+	char dir[128], body[4096];
+	uv_loop_t loop;
+	struct queue *q;
+	size_t i, k;
+
+	memset(body, 'b', sizeof(body));
+	for (k = 0; k < RELAY_ARRAY_LEN(modes); k++) {
+		new_qdir(dir, sizeof(dir));
+		memset(res, 0, sizeof(res));
+		uv_loop_init(&loop);
+		q = open_queue(&loop, dir);
+		queue_set_sync_mode(q, modes[k]);
+		queue_set_new_cb(q, sink_add, &fresh);
+		for (i = 0; i < 32; i++)
+			submit(q, &rich_env, body, sizeof(body), 1024, &res[i]);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		queue_get_counters(q, &c);
+		CHECK_INT(fresh.n, 32);
+		CHECK_INT(c.commits, 32);
+		CHECK_INT(c.failures, 0);
+		CHECK_MSG(c.batches >= 1 && c.batches <= 2, "mode %d: %llu batches", (int)modes[k],
+		    (unsigned long long)c.batches);
+		for (i = 0; i < 32; i++) {
+			CHECK_INT(res[i].called, 1);
+			CHECK_INT(res[i].err, 0);
+			CHECK(file_exists(dir, "msg", res[i].qid));
+			if (i > 0)       /* ids of one process are strictly increasing */
+				CHECK(strcmp(res[i - 1].qid, res[i].qid) < 0);
+		}
+		close_queue(&loop, q);
+		CHECK_INT(count_files(dir, "incoming"), 0);
+		close_loop(&loop);
+		sink_free(&fresh);
+	}
+}
+
+/* Commits during close complete (those in flight) or are refused (later ones). */
+static void
+test_close(void)
+{
+	struct commit_res before = { 0 }, after = { 0 };
+	struct router_txn *late = NULL, *refused = NULL;
+	struct sink fresh = { .n = 0 };
+	struct buf err = BUF_INIT;
+	struct queue *q, *q2 = NULL;
+	uv_loop_t loop;
+	char dir[128];
+	int closed = 0;
+
+	new_qdir(dir, sizeof(dir));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	/* the queue directory is one process's */
+	CHECK_INT(queue_open(&loop, dir, &q2, &err), RELAY_EIO);
+	CHECK(strstr(buf_cstr(&err), "another relayd") != NULL);
+
+	CHECK_INT(queue_txn_begin(q, &rich_env, &late), 0);
+	submit(q, &rich_env, "x\r\n", 3, 3, &before);
+	queue_close(q, closed_cb, &closed);
+	CHECK_INT(queue_txn_begin(q, &rich_env, &refused), RELAY_ECLOSED);
+	router_txn_commit(late, commit_cb, &after);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(before.called, 1);
+	CHECK_INT(before.err, 0);
+	CHECK_INT(after.called, 1);
+	CHECK_INT(after.err, RELAY_ECLOSED);
+	CHECK_INT(closed, 1);
+	CHECK_INT(fresh.n, 1);
+	CHECK_INT(count_files(dir, "msg"), 1);
+	CHECK_INT(count_files(dir, "incoming"), 0);
+	close_loop(&loop);
+	sink_free(&fresh);
+	buf_free(&err);
+}
+
+/*
+ * Durability through process death: a child commits and is SIGKILLed right
+ * after its callback fired; the parent finds the message.
+ */
+
+static int child_pipe = -1;
+
+static void
+child_commit_cb(void *arg, int err, const char *qid)
+{
+	char line[64];
+	int n;
+
+	n = snprintf(line, sizeof(line), "%d %s\n", err, qid != NULL ? qid : "-");
+	if (write(child_pipe, line, (size_t)n) != n)
+		_exit(3);
+	kill(getpid(), SIGKILL);
+}
+
+static void
+test_sigkill(void)
+{
+	static const char body[] = "Subject: survive\r\n\r\nkill -9 me\r\n";
+	struct sink scanned = { .n = 0 };
+	struct queue_msg *m;
+	char dir[128], line[64] = { 0 }, qid[QID_MAX] = { 0 };
+	uv_loop_t loop;
+	struct queue *q;
+	int fds[2], status = 0, err = -1;
+	ssize_t n, off = 0;
+	pid_t pid;
+
+	new_qdir(dir, sizeof(dir));
+	if (pipe(fds) == -1)
+		exit(2);
+	fflush(NULL);
+	if ((pid = fork()) == -1)
+		exit(2);
+	if (pid == 0) {
+		struct router_txn *t;
+
+		close(fds[0]);
+		child_pipe = fds[1];
+		uv_loop_init(&loop);
+		q = open_queue(&loop, dir);
+		if (queue_txn_begin(q, &rich_env, &t) != 0 || router_txn_write(t, body, sizeof(body) - 1) != 0)
+			_exit(4);
+		router_txn_commit(t, child_commit_cb, NULL);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		_exit(5);               /* not reached: the callback kills us */
+	}
+	close(fds[1]);
+	while ((n = read(fds[0], line + off, sizeof(line) - 1 - (size_t)off)) > 0)
+		off += n;
+	close(fds[0]);
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	CHECK_INT(sscanf(line, "%d %31s", &err, qid), 2);
+	CHECK_INT(err, 0);
+
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 1);
+	m = sink_find(&scanned, qid);
+	CHECK(m != NULL);
+	if (m != NULL) {
+		check_env_equal(&m->env, &rich_env, sizeof(body) - 1);
+		check_body(m, body, sizeof(body) - 1);
+	}
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&scanned);
+}
+
+int
+main(void)
+{
+	const char *base = getenv("TMPDIR");
+
+	snprintf(tdir, sizeof(tdir), "%s/relayd-test-queue-XXXXXX", base != NULL && *base ? base : "/tmp");
+	if (mkdtemp(tdir) == NULL) {
+		perror("mkdtemp");
+		return 2;
+	}
+	snprintf(logpath, sizeof(logpath), "%s/log", tdir);
+	if (log_open(logpath) != 0)
+		return 2;
+	test_qid();
+	test_escape();
+	test_envelope_decode_rejects();
+	test_sigkill();
+	test_roundtrip();
+	test_records();
+	test_incoming_leftovers();
+	test_corrupt();
+	test_group_commit();
+	test_close();
+	log_close();
+	rm_rf(tdir);
+	return check_done();
+}
