@@ -10,9 +10,12 @@
  * `wire` and goes out with the next write, so pipelined replies coalesce.
  * Every TLS result goes through io_tls_status(), the one SSL_get_error switch.
  *
- * Never: call the owner's callback after io_free(), free memory before every
- * libuv handle's close callback has run, or keep plaintext input across the
- * start of TLS.
+ * After io_close_after_drain() the owner has let go: no event reaches it any
+ * more, and a failure or the drain timer frees the io by itself.
+ *
+ * Never: call the owner's callback after io_free() or io_close_after_drain(),
+ * or after EOF/ERROR; free memory before every libuv handle's close callback
+ * has run; or keep plaintext input across the start of TLS.
  */
 #include "common/io.h"
 #include "common/buf.h"
@@ -33,6 +36,8 @@
 #define IO_READ_CHUNK   (64 * 1024)
 #define IO_INPUT_CAP    (256 * 1024)   /* stop reading while this much input waits */
 #define IO_OUTPUT_CAP   (1024 * 1024)  /* stop reading while this much output waits */
+#define IO_DRAIN_TIMEOUT_MS 60000      /* close_after_drain bound when no timeout is set */
+#define IO_SSL_CHUNK    (1 << 30)      /* SSL_read/SSL_write take an int */
 
 enum io_tls_state { TLS_OFF, TLS_HANDSHAKE, TLS_ON };
 
@@ -66,9 +71,10 @@ struct io {
 	bool reading;
 	bool writing;
 	bool discarding;            /* dropping the rest of an overlong line */
+	bool eof;                   /* the peer closed; EOF reported once input is taken */
 	bool failed;                /* EOF/ERROR reported: no more events */
 	bool closing;
-	bool close_after_drain;
+	bool close_after_drain;     /* the owner let go: no events, free when drained */
 	bool connecting;
 
 	enum io_error err;
@@ -84,6 +90,7 @@ static char io_scratch[IO_READ_CHUNK];
 
 static void io_start_reading(struct io *io);
 static void io_fail(struct io *io, enum io_error err, const char *text);
+static void io_eof(struct io *io);
 static void io_send(struct io *io);
 static void io_tls_pump(struct io *io);
 
@@ -94,10 +101,22 @@ io_check(const struct io *io, const char *fn)
 		fatalx("%s: bad io object", fn);
 }
 
+/*
+ * The one place the owner's callback is called.  Nothing after io_free(); after
+ * io_close_after_drain() a failure or timeout frees the io instead; after
+ * EOF/ERROR nothing more.
+ */
 static void
 io_emit(struct io *io, enum io_event ev)
 {
 	if (io->closing)
+		return;
+	if (io->close_after_drain) {
+		if (ev == IO_EV_ERROR || ev == IO_EV_TIMEOUT)
+			io_free(io);
+		return;
+	}
+	if (io->failed && ev != IO_EV_EOF && ev != IO_EV_ERROR)
 		return;
 	io->in_cb++;
 	io->cb(io, ev, io->arg);
@@ -191,9 +210,10 @@ on_connect(uv_connect_t *req, int status)
 {
 	struct io *io = req->data;
 
-	if (io->closing)
-		return;
 	io->connecting = false;
+	/* Closed (cancelled), or the connect timeout already reported an error. */
+	if (io->closing || io->failed)
+		return;
 	uv_timer_stop(&io->timer);
 	if (status != 0) {
 		io_fail(io, io_map_uv_error(status), uv_strerror(status));
@@ -202,6 +222,15 @@ on_connect(uv_connect_t *req, int status)
 	uv_tcp_nodelay(&io->tcp, 1);
 	io_fill_addresses(io);
 	io_start_reading(io);
+	/* Output written while connecting goes first. */
+	io_send(io);
+	if (io->closing)
+		return;
+	if (io->close_after_drain) {
+		if (!io->writing)
+			io_free(io);
+		return;
+	}
 	io_emit(io, IO_EV_CONNECTED);
 }
 
@@ -260,16 +289,22 @@ on_idle_timeout(uv_timer_t *t)
 {
 	struct io *io = t->data;
 
-	if (io->closing || io->failed)
-		return;
+	/* io_emit() drops it after EOF/ERROR and frees a draining io. */
 	io_emit(io, IO_EV_TIMEOUT);
 }
 
+/* (Re)arm the idle timer; while draining it bounds the drain (default 60 s). */
 static void
 io_restart_timer(struct io *io)
 {
-	if (io->timeout_ms > 0 && !io->connecting && !io->closing)
-		uv_timer_start(&io->timer, on_idle_timeout, io->timeout_ms, 0);
+	uint64_t ms = io->timeout_ms;
+
+	if (io->closing || io->connecting)
+		return;
+	if (io->close_after_drain && ms == 0)
+		ms = IO_DRAIN_TIMEOUT_MS;
+	if (ms > 0)
+		uv_timer_start(&io->timer, on_idle_timeout, ms, 0);
 }
 
 static size_t
@@ -279,27 +314,64 @@ io_in_avail(const struct io *io)
 }
 
 static void
-io_update_reading(struct io *io)
+io_stop_reading(struct io *io)
 {
-	bool want = !io->closing && !io->failed && !io->connecting &&
-	    io_in_avail(io) < IO_INPUT_CAP &&
-	    io->wire.len + io->sending.len < IO_OUTPUT_CAP;
-
-	if (want && !io->reading)
-		io_start_reading(io);
-	else if (!want && io->reading) {
+	if (io->reading) {
 		uv_read_stop((uv_stream_t *)&io->tcp);
 		io->reading = false;
 	}
 }
 
+/* Backpressure: read only while neither buffered input nor output is too big. */
+static void
+io_update_reading(struct io *io)
+{
+	bool want = !io->closing && !io->failed && !io->eof && !io->connecting &&
+	    io_in_avail(io) < IO_INPUT_CAP &&
+	    io->wire.len + io->sending.len < IO_OUTPUT_CAP;
+
+	if (want && !io->reading)
+		io_start_reading(io);
+	else if (!want)
+		io_stop_reading(io);
+}
+
+/*
+ * Tell the owner about buffered input, then about a pending EOF: EOF waits
+ * while the owner is paused with input still buffered (io_resume() brings
+ * both), so nothing sent before the peer closed is lost.
+ */
 static void
 io_dispatch_input(struct io *io)
 {
-	if (!io->paused && !io->closing && !io->failed && io_in_avail(io) > 0)
+	if (io->closing || io->failed || io->close_after_drain)
+		return;
+	if (!io->paused && io_in_avail(io) > 0) {
 		io_emit(io, IO_EV_IN);
-	if (!io->closing)
-		io_update_reading(io);
+		if (io->closing || io->failed || io->close_after_drain)
+			return;
+	}
+	if (io->eof) {
+		if (io->paused && io_in_avail(io) > 0)
+			return;
+		io->failed = true;
+		uv_timer_stop(&io->timer);
+		io_emit(io, IO_EV_EOF);
+		return;
+	}
+	io_update_reading(io);
+}
+
+/* The peer closed its side (FIN, or TLS close_notify). */
+static void
+io_eof(struct io *io)
+{
+	if (io->closing || io->failed || io->eof)
+		return;
+	io->eof = true;
+	io_stop_reading(io);
+	/* While draining, keep writing: the drain timer bounds it. */
+	io_dispatch_input(io);
 }
 
 static void
@@ -307,25 +379,21 @@ on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
 	struct io *io = s->data;
 
-	if (io->closing || io->failed)
+	if (io->closing || io->failed || io->eof)
 		return;
 	if (nread == 0)
 		return;
 	if (nread < 0) {
-		if (nread == UV_EOF) {
-			/* Let the owner take what was buffered before the EOF. */
-			io_dispatch_input(io);
-			if (io->closing || io->failed)
-				return;
-			io->failed = true;
-			uv_read_stop(s);
-			io->reading = false;
-			uv_timer_stop(&io->timer);
-			io_emit(io, IO_EV_EOF);
-		} else
+		if (nread == UV_EOF)
+			io_eof(io);
+		else
 			io_fail(io, io_map_uv_error((int)nread), uv_strerror((int)nread));
 		return;
 	}
+	/* Draining: the owner is gone; input is read (so closing does not
+	 * reset the connection) and dropped, and does not extend the drain. */
+	if (io->close_after_drain)
+		return;
 	io_restart_timer(io);
 	if (io->tls == TLS_OFF)
 		buf_append(&io->in, b->base, (size_t)nread);
@@ -333,7 +401,7 @@ on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 		if (BIO_write(io->rbio, b->base, (int)nread) != (int)nread)
 			fatalx("%s: BIO_write failed", __func__);
 		io_tls_pump(io);
-		if (io->closing || io->failed)
+		if (io->closing || io->failed || io->eof)
 			return;
 	}
 	io_dispatch_input(io);
@@ -446,9 +514,9 @@ io_resume(struct io *io)
 	if (!io->paused)
 		return;
 	io->paused = false;
-	if (io->closing || io->failed)
+	if (io->closing || io->failed || io->close_after_drain)
 		return;
-	if (io_in_avail(io) > 0)
+	if (io_in_avail(io) > 0 || io->eof)
 		uv_timer_start(&io->kick, on_kick, 0, 0);
 	io_update_reading(io);
 }
@@ -458,7 +526,11 @@ io_resume(struct io *io)
 /*
  * The one SSL_get_error switch.  Returns 1 when the operation completed, 0
  * when it wants more input (or output space, which memory BIOs always have),
- * -1 on a fatal error (io failed, owner told).
+ * -1 when TLS is over: a fatal error (io failed, owner told) or the peer's
+ * close_notify (EOF, reported once the input before it has been taken).
+ * Every SSL_* I/O call is preceded by ERR_clear_error(): SSL_get_error()
+ * reads the thread's error queue, and a stale entry would turn WANT_READ
+ * into a failure.
  */
 static int
 io_tls_status(struct io *io, int ret, const char *what)
@@ -474,11 +546,7 @@ io_tls_status(struct io *io, int ret, const char *what)
 		return 0;
 	case SSL_ERROR_ZERO_RETURN:
 		/* close_notify: the peer ended TLS; treat as EOF. */
-		if (!io->failed) {
-			io->failed = true;
-			uv_timer_stop(&io->timer);
-			io_emit(io, IO_EV_EOF);
-		}
+		io_eof(io);
 		return -1;
 	case SSL_ERROR_SYSCALL:
 	case SSL_ERROR_SSL:
@@ -488,8 +556,8 @@ io_tls_status(struct io *io, int ret, const char *what)
 			ERR_error_string_n(e, text, sizeof(text));
 		else
 			snprintf(text, sizeof(text), "unexpected end of stream");
-		if (SSL_get_verify_result(io->ssl) != X509_V_OK &&
-		    io->tls == TLS_HANDSHAKE)
+		if (io->tls == TLS_HANDSHAKE && (SSL_get_verify_mode(io->ssl) & SSL_VERIFY_PEER) &&
+		    SSL_get_verify_result(io->ssl) != X509_V_OK)
 			snprintf(text, sizeof(text), "certificate verify failed: %s",
 			    X509_verify_cert_error_string(SSL_get_verify_result(io->ssl)));
 		ERR_clear_error();
@@ -521,6 +589,7 @@ io_tls_pump(struct io *io)
 	int r;
 
 	if (io->tls == TLS_HANDSHAKE) {
+		ERR_clear_error();
 		r = SSL_do_handshake(io->ssl);
 		io_tls_drain_wbio(io);
 		r = io_tls_status(io, r, "handshake");
@@ -534,8 +603,13 @@ io_tls_pump(struct io *io)
 		io_flush(io);
 	}
 	for (;;) {
+		size_t room;
+
 		buf_reserve(&io->in, 16384);
-		r = SSL_read(io->ssl, io->in.data + io->in.len, (int)(io->in.cap - io->in.len - 1));
+		room = io->in.cap - io->in.len - 1;
+		ERR_clear_error();
+		r = SSL_read(io->ssl, io->in.data + io->in.len,
+		    (int)(room > IO_SSL_CHUNK ? IO_SSL_CHUNK : room));
 		if (r > 0) {
 			io->in.len += (size_t)r;
 			io->in.data[io->in.len] = '\0';
@@ -550,7 +624,7 @@ io_tls_pump(struct io *io)
 static int
 io_tls_setup(struct io *io, SSL_CTX *ctx)
 {
-	if (io->tls != TLS_OFF || io->closing || io->failed)
+	if (io->tls != TLS_OFF || io->closing || io->failed || io->eof)
 		return -1;
 	/* Pending plaintext (the "220 Ready to start TLS" reply) goes out first. */
 	io_flush(io);
@@ -565,6 +639,8 @@ io_tls_setup(struct io *io, SSL_CTX *ctx)
 	io->wbio = BIO_new(BIO_s_mem());
 	BIO_set_mem_eof_return(io->rbio, -1);
 	SSL_set_bio(io->ssl, io->rbio, io->wbio);
+	/* A write retried after WANT_* may come from a moved (reallocated) out. */
+	SSL_set_mode(io->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	io->tls = TLS_HANDSHAKE;
 	return 0;
 }
@@ -646,19 +722,21 @@ on_write(uv_write_t *req, int status)
 	if (io->closing)
 		return;
 	if (status != 0) {
-		io_fail(io, io_map_uv_error(status), uv_strerror(status));
+		io_fail(io, io_map_uv_error(status), uv_strerror(status));   /* frees a draining io */
 		return;
 	}
 	if (io->wire.len > 0) {
 		io_send(io);
+		if (!io->closing)
+			io_update_reading(io);
 		return;
 	}
-	if (io->close_after_drain && io->out.len == 0) {
+	if (io->close_after_drain) {
 		io_free(io);
 		return;
 	}
 	io_update_reading(io);
-	if (!io->failed)
+	if (io->out.len == 0)
 		io_emit(io, IO_EV_DRAINED);
 }
 
@@ -667,6 +745,7 @@ io_send(struct io *io)
 {
 	struct buf tmp;
 	uv_buf_t b;
+	int rc;
 
 	if (io->writing || io->wire.len == 0 || io->closing || io->connecting)
 		return;
@@ -677,8 +756,10 @@ io_send(struct io *io)
 	buf_reset(&io->wire);
 	b = uv_buf_init(io->sending.data, (unsigned)io->sending.len);
 	io->wreq.data = io;
-	if (uv_write(&io->wreq, (uv_stream_t *)&io->tcp, &b, 1, on_write) != 0) {
-		io_fail(io, IO_ERR_RESET, "write failed");
+	rc = uv_write(&io->wreq, (uv_stream_t *)&io->tcp, &b, 1, on_write);
+	if (rc != 0) {
+		buf_reset(&io->sending);
+		io_fail(io, io_map_uv_error(rc), uv_strerror(rc));
 		return;
 	}
 	io->writing = true;
@@ -719,26 +800,38 @@ io_output_pending(const struct io *io)
 void
 io_flush(struct io *io)
 {
+	size_t off = 0, n;
+	int r = 1;
+
 	io_check(io, __func__);
-	if (io->closing || io->out.len == 0)
+	if (io->closing)
 		return;
-	if (io->tls == TLS_OFF) {
+	if (io->out.len > 0 && io->tls == TLS_OFF) {
 		buf_append(&io->wire, io->out.data, io->out.len);
 		buf_reset(&io->out);
-	} else if (io->tls == TLS_ON) {
-		int r = SSL_write(io->ssl, io->out.data, (int)io->out.len);
-		if (r > 0)
-			buf_consume(&io->out, (size_t)r);
+	} else if (io->out.len > 0 && io->tls == TLS_ON) {
+		/* Memory BIOs take everything: SSL_write completes unless TLS failed. */
+		while (off < io->out.len) {
+			n = io->out.len - off;
+			ERR_clear_error();
+			r = SSL_write(io->ssl, io->out.data + off, (int)(n > IO_SSL_CHUNK ? IO_SSL_CHUNK : n));
+			if (r <= 0)
+				break;
+			off += (size_t)r;
+		}
+		buf_consume(&io->out, off);
 		io_tls_drain_wbio(io);
 		if (r <= 0 && io_tls_status(io, r, "write") < 0)
 			return;
-	} else
-		return;     /* handshake in progress: sent when it completes */
+	}
+	/* Also what waited in wire (written while connecting). During the
+	 * handshake out waits: it is encrypted once the handshake completes. */
 	io_send(io);
 }
 
 /* ---- errors and closing ---- */
 
+/* Report a failure once; a draining io is freed instead (io_emit). */
 static void
 io_fail(struct io *io, enum io_error err, const char *text)
 {
@@ -747,10 +840,7 @@ io_fail(struct io *io, enum io_error err, const char *text)
 	io->failed = true;
 	io->err = err;
 	snprintf(io->errtext, sizeof(io->errtext), "%s", text);
-	if (io->reading) {
-		uv_read_stop((uv_stream_t *)&io->tcp);
-		io->reading = false;
-	}
+	io_stop_reading(io);
 	uv_timer_stop(&io->timer);
 	io_emit(io, IO_EV_ERROR);
 }
@@ -824,17 +914,34 @@ io_close_after_drain(struct io *io)
 	io_check(io, __func__);
 	if (io->closing)
 		return;
-	io_flush(io);
-	if (io->tls == TLS_ON && !io->failed) {
-		SSL_shutdown(io->ssl);          /* queue our close_notify */
-		io_tls_drain_wbio(io);
-	}
-	if (io->failed || (!io->writing && io->wire.len == 0)) {
+	/* Nothing can go out after a failure, nor plaintext mid-handshake. */
+	if (io->failed || io->tls == TLS_HANDSHAKE) {
 		io_free(io);
 		return;
 	}
-	io->close_after_drain = true;       /* on_write frees when the last byte is out */
+	/* From here the owner is gone: failures free the io (io_emit). */
+	io->close_after_drain = true;
 	io->paused = true;
+	uv_timer_stop(&io->kick);
+	buf_reset(&io->in);
+	io->in_off = 0;
+	io_flush(io);
+	if (io->closing)
+		return;
+	if (io->tls == TLS_ON) {
+		ERR_clear_error();
+		SSL_shutdown(io->ssl);          /* queue our close_notify */
+		ERR_clear_error();
+		io_tls_drain_wbio(io);
+		if (io->closing)
+			return;
+	}
+	if (!io->connecting && !io->writing && io->wire.len == 0) {
+		io_free(io);
+		return;
+	}
+	/* on_write (or on_connect) frees when the last byte is out. */
+	io_restart_timer(io);
 }
 
 void

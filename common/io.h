@@ -97,7 +97,8 @@ enum io_line io_getline(struct io *io, const char **line, size_t *len);
 size_t io_input_pending(const struct io *io);
 
 /* Stop and resume delivering IO_EV_IN (e.g. while a queue commit is pending).
- * Resuming re-delivers IO_EV_IN soon if input is buffered. */
+ * Resuming re-delivers IO_EV_IN soon if input is buffered.  An EOF that
+ * arrives while paused with input buffered is reported after that input. */
 void io_pause(struct io *io);
 void io_resume(struct io *io);
 
@@ -106,7 +107,9 @@ void io_printf(struct io *io, const char *fmt, ...) __attribute__((format(printf
 size_t io_output_pending(const struct io *io);
 void io_flush(struct io *io);
 
-/* Free when all output has been written (e.g. after "221 Bye"). */
+/* Free when all output has been written (e.g. after "221 Bye").  The owner
+ * lets go here: the callback is never called again, and a write error or
+ * the idle timeout (60 s if none is set) frees the io before it drains. */
 void io_close_after_drain(struct io *io);
 /* Close now and free; the callback is never called again. */
 void io_free(struct io *io);

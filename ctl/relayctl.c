@@ -234,9 +234,13 @@ ctl_send(const char *sockpath, int argc, char **argv)
 		const char *msg = strchr(resp.data + 4, ' ');
 		const char *nl = strchr(resp.data, '\n');
 		int len = nl ? (int)(nl - (msg ? msg + 1 : resp.data + 4)) : (int)resp.len;
+		/* The daemon found a usage error (arguments the grammar cannot check). */
+		bool usage_err = strncmp(resp.data + 4, CONTROL_ERR_USAGE " ",
+		    strlen(CONTROL_ERR_USAGE) + 1) == 0;
+
 		fprintf(stderr, "relayctl: %.*s\n", len, msg ? msg + 1 : resp.data + 4);
 		buf_free(&resp);
-		return CTL_EXIT_ERROR;
+		return usage_err ? CTL_EXIT_USAGE : CTL_EXIT_ERROR;
 	}
 	fprintf(stderr, "relayctl: no answer from relayd on %s (did it stop?)\n", sockpath);
 	buf_free(&resp);

@@ -2,14 +2,17 @@
  * control.c - the control socket: a Unix stream socket on control_socket
  * (mode 0600) that relayctl talks to (protocol: common/control_proto.h).
  * Accepts only root and relayd's own uid, checked with SO_PEERCRED.  Owns the
- * listening pipe and each client connection; every request is answered from
- * in-memory state, so no request blocks the loop.
+ * listening pipe and each client connection (closed with it, so an idle
+ * client cannot hold the daemon's stop); every request is answered from
+ * in-memory state, so no request blocks the loop.  Never unlinks anything at
+ * control_socket but a socket.
  */
 #include "daemon/relay.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -21,17 +24,22 @@
 #include "router/router.h"
 
 #define CONTROL_MAGIC 0xc0de0001U
+#define CONTROL_CONN_MAGIC 0xc0de0002U
+
+struct control_conn;
 
 struct control {
 	uint32_t magic;
 	struct relay *relay;
 	uv_pipe_t pipe;
 	char *path;
+	TAILQ_HEAD(, control_conn) conns;   /* open client connections */
 };
 
 struct control_conn {
 	uint32_t magic;
-	struct control *ctl;
+	struct control *ctl;        /* NULL once closing: it may be gone */
+	TAILQ_ENTRY(control_conn) entry;
 	uv_pipe_t pipe;
 	uv_write_t wreq;
 	struct buf req;
@@ -40,19 +48,33 @@ struct control_conn {
 };
 
 static void
+conn_check(const struct control_conn *cc, const char *fn)
+{
+	if (cc == NULL || cc->magic != CONTROL_CONN_MAGIC)
+		fatalx("%s: bad control connection", fn);
+}
+
+static void
 conn_closed(uv_handle_t *h)
 {
 	struct control_conn *cc = h->data;
 
+	conn_check(cc, __func__);
 	buf_free(&cc->req);
 	buf_free(&cc->resp);
 	cc->magic = 0;
 	free(cc);
 }
 
+/* Leave the control's list at once (the control may be freed before our
+ * close callback runs), then close; a write in flight is cancelled first. */
 static void
 conn_close(struct control_conn *cc)
 {
+	if (cc->ctl != NULL) {
+		TAILQ_REMOVE(&cc->ctl->conns, cc, entry);
+		cc->ctl = NULL;
+	}
 	if (!uv_is_closing((uv_handle_t *)&cc->pipe))
 		uv_close((uv_handle_t *)&cc->pipe, conn_closed);
 }
@@ -63,6 +85,7 @@ on_conn_written(uv_write_t *w, int status)
 	struct control_conn *cc = w->data;
 
 	(void)status;
+	conn_check(cc, __func__);
 	conn_close(cc);
 }
 
@@ -233,7 +256,8 @@ conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 	struct control_conn *cc = s->data;
 
 	(void)b;
-	if (cc->answered)
+	conn_check(cc, __func__);
+	if (cc->answered || cc->ctl == NULL)
 		return;
 	if (nread < 0) {
 		conn_close(cc);
@@ -275,9 +299,12 @@ on_control_connection(uv_stream_t *server, int status)
 
 	if (status != 0)
 		return;
+	if (c->magic != CONTROL_MAGIC)
+		fatalx("%s: bad control", __func__);
 	cc = xcalloc(1, sizeof(*cc));
-	cc->magic = CONTROL_MAGIC;
+	cc->magic = CONTROL_CONN_MAGIC;
 	cc->ctl = c;
+	TAILQ_INSERT_TAIL(&c->conns, cc, entry);
 	uv_pipe_init(server->loop, &cc->pipe, 0);
 	cc->pipe.data = cc;
 	if (uv_accept(server, (uv_stream_t *)&cc->pipe) != 0) {
@@ -296,7 +323,18 @@ on_control_connection(uv_stream_t *server, int status)
 		buf_free(&m);
 		return;
 	}
-	uv_read_start((uv_stream_t *)&cc->pipe, conn_alloc, conn_read);
+	if (uv_read_start((uv_stream_t *)&cc->pipe, conn_alloc, conn_read) != 0)
+		conn_close(cc);
+}
+
+static void
+control_closed(uv_handle_t *h)
+{
+	struct control *c = h->data;
+
+	free(c->path);
+	c->magic = 0;
+	free(c);
 }
 
 /* Is something already answering on path? */
@@ -321,6 +359,7 @@ int
 control_new(struct relay *r, const char *path, struct control **out, struct buf *err)
 {
 	struct control *c;
+	struct stat st;
 	mode_t old;
 	int rc;
 
@@ -332,11 +371,19 @@ control_new(struct relay *r, const char *path, struct control **out, struct buf 
 		buf_printf(err, "control_socket %s: another relayd is running\n", path);
 		return -1;
 	}
-	unlink(path);
+	/* A stale socket from a crash is replaced; anything else is not ours. */
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			buf_printf(err, "control_socket %s: exists and is not a socket\n", path);
+			return -1;
+		}
+		unlink(path);
+	}
 	c = xcalloc(1, sizeof(*c));
 	c->magic = CONTROL_MAGIC;
 	c->relay = r;
 	c->path = xstrdup(path);
+	TAILQ_INIT(&c->conns);
 	uv_pipe_init(r->loop, &c->pipe, 0);
 	c->pipe.data = c;
 	old = umask(0077);              /* the socket is born 0600 */
@@ -346,10 +393,8 @@ control_new(struct relay *r, const char *path, struct control **out, struct buf 
 		rc = uv_listen((uv_stream_t *)&c->pipe, 64, on_control_connection);
 	if (rc != 0) {
 		buf_printf(err, "control_socket %s: %s\n", path, uv_strerror(rc));
-		uv_close((uv_handle_t *)&c->pipe, NULL);
-		free(c->path);
-		c->magic = 0;
-		/* c is freed with the process: the loop still references the handle. */
+		/* c is freed in the close callback if the loop runs again. */
+		uv_close((uv_handle_t *)&c->pipe, control_closed);
 		return -1;
 	}
 	chmod(path, 0600);
@@ -357,19 +402,13 @@ control_new(struct relay *r, const char *path, struct control **out, struct buf 
 	return 0;
 }
 
-static void
-control_closed(uv_handle_t *h)
-{
-	struct control *c = h->data;
-
-	free(c->path);
-	c->magic = 0;
-	free(c);
-}
-
 void
 control_close(struct control *c)
 {
+	if (c->magic != CONTROL_MAGIC)
+		fatalx("%s: bad control", __func__);
+	while (!TAILQ_EMPTY(&c->conns))
+		conn_close(TAILQ_FIRST(&c->conns));
 	unlink(c->path);
 	uv_close((uv_handle_t *)&c->pipe, control_closed);
 }

@@ -39,7 +39,10 @@ on_signal(uv_signal_t *h, int signum)
 	if (r->magic != RELAY_MAGIC)
 		fatalx("%s: bad relay", __func__);
 	if (signum == SIGHUP) {
-		relay_reload(r, &err);
+		if (r->stopping)
+			log_event(LOG_NOTICE, "reload_ignored", "reason", "stopping", NULL);
+		else
+			relay_reload(r, &err);
 		buf_free(&err);
 		return;
 	}
@@ -123,10 +126,20 @@ on_signal_closed(uv_handle_t *h)
 	(void)h;
 }
 
+/*
+ * Everything is down: close the signal handles last, so that a SIGHUP or a
+ * second SIGTERM during a graceful stop finds our handler (logged, ignored)
+ * rather than the default action, which would kill the process mid-commit.
+ * The loop then ends by itself.
+ */
 static void
 on_router_down(void *arg)
 {
-	(void)arg;      /* the loop ends by itself once the last handle is closed */
+	struct relay *r = arg;
+
+	uv_close((uv_handle_t *)&r->sig_term, on_signal_closed);
+	uv_close((uv_handle_t *)&r->sig_int, on_signal_closed);
+	uv_close((uv_handle_t *)&r->sig_hup, on_signal_closed);
 }
 
 static void
@@ -138,20 +151,23 @@ on_module_down(void *arg)
 		return;
 	if (r->router != NULL)
 		router_shutdown(r->router, on_router_down, r);
+	else
+		on_router_down(r);
 }
 
 void
 relay_stop(struct relay *r, const char *why)
 {
-	if (r->stopping)
+	if (r->stopping) {
+		log_event(LOG_NOTICE, "stop_in_progress", "reason", why, NULL);
 		return;
+	}
 	r->stopping = true;
 	log_event(LOG_NOTICE, "stopping", "reason", why, NULL);
-	uv_close((uv_handle_t *)&r->sig_term, on_signal_closed);
-	uv_close((uv_handle_t *)&r->sig_int, on_signal_closed);
-	uv_close((uv_handle_t *)&r->sig_hup, on_signal_closed);
-	if (r->control != NULL)
-		control_close(r->control);
+	if (r->control != NULL) {
+		control_close(r->control);      /* freed in its close callback */
+		r->control = NULL;
+	}
 	/* Stop taking mail first, then let the router finish its commits. */
 	r->pending_shutdown = 1;
 	if (r->submit != NULL)

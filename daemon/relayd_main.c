@@ -67,7 +67,10 @@ main(int argc, char **argv)
 		return 0;
 	}
 
-	uv_loop_init(&loop);
+	if ((rc = uv_loop_init(&loop)) != 0) {
+		fprintf(stderr, "relayd: cannot create the event loop: %s\n", uv_strerror(rc));
+		return 1;
+	}
 	if (relay_start(&relay, &loop, path, &err) != 0) {
 		fputs(buf_cstr(&err), stderr);
 		if (err.len > 0 && err.data[err.len - 1] != '\n')
