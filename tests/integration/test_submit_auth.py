@@ -15,7 +15,7 @@ import time
 import unittest
 
 from client import client_context, connect, make_message, raw_session, submit
-from relay import Relay
+from test_submit_smtp import QueueOnlyRelay as Relay
 from test_submit_smtp import auth_session, read_queued, stop_cleanly
 
 MECHS = "PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256"

@@ -9,7 +9,7 @@ the end of DATA (nothing queued), and SIGHUP re-reads the map.
 import unittest
 
 from client import make_message, submit
-from relay import Relay
+from test_submit_smtp import QueueOnlyRelay as Relay
 from test_submit_smtp import auth_session, qid_of, queued_files, read_queued, stop_cleanly
 
 SENDERS = ("# test map\n"

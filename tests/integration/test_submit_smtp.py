@@ -4,7 +4,8 @@ enhanced status code, sequence errors, MAIL/RCPT syntax, PIPELINING (and
 its refusal before AUTH), DSN/SMTPUTF8/8BITMIME parameters kept in the
 queued envelope, IPv6 listeners, and one session driven by swaks.
 
-The router only queues here (no routes, nothing to deliver to), so results
+The router only queues here: QueueOnlyRelay routes every domain to a
+loopback port where nothing listens and backs off for an hour, so results
 are read straight from queue_dir/msg/<qid>.  The helpers at the top are
 shared by the other test_submit_*.py files.
 """
@@ -18,7 +19,21 @@ import time
 import unittest
 
 from client import connect, make_message, raw_session, submit
-from relay import Relay
+from relay import Relay as _Relay, merge
+
+
+class QueueOnlyRelay(_Relay):
+    """A Relay whose mail stays queued: every domain goes to 127.0.0.1:9
+    (nothing listens there), and a failed host is left alone for an hour."""
+
+    def __init__(self, *args, **overrides):
+        held = {"router": {"routes": [{"domain": "*", "hosts": ["127.0.0.1:9"]}],
+                           "host_backoff": ["1h", "1h"], "retry_intervals": ["1h"]}}
+        merge(held, overrides)
+        super().__init__(*args, **held)
+
+
+Relay = QueueOnlyRelay
 
 USERS_PLAIN = base64.b64encode(b"\0alice\0alicepw").decode()
 
