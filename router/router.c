@@ -1,0 +1,212 @@
+/*
+ * router.c - the router module's front: creates the queue, the resolver, the
+ * outbound client (deliver) and the scheduler, and wires them together:
+ * submit -> queue -> scheduler -> resolver/deliver -> scheduler.  Forwards
+ * submission transactions to the queue.
+ *
+ * Owns: the struct router, its conf reference, the struct queue, the mx
+ * resolver, the deliver module and the scheduler (which owns every queued
+ * message once the queue hands it over).
+ * Must never: block the loop; touch queue files itself (that is
+ * router_queue.c); decide what to try when (router_sched.c); reach into
+ * submit/ or deliver/ structs.
+ */
+#include "router/router.h"
+#include "router/router_mx.h"
+#include "router/router_queue.h"
+#include "router/router_sched.h"
+#include "deliver/deliver.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define ROUTER_MAGIC 0x524f5554u
+
+struct router {
+	uint32_t magic;
+	uv_loop_t *loop;
+	struct conf *conf;
+	struct relay_stats *stats;
+	struct queue *queue;             /* NULL once closed */
+	struct mx_resolver *mx;          /* NULL once closed */
+	struct deliver *deliver;
+	struct sched *sched;
+	bool shutting_down;
+	int pending;                     /* shutdown steps still running */
+	void (*shutdown_done)(void *arg);
+	void *shutdown_arg;
+};
+
+/*
+ * Life cycle.
+ */
+
+int
+router_new(uv_loop_t *loop, struct conf *conf, struct relay_stats *stats,
+    struct router **out, struct buf *err)
+{
+	struct sched_deps deps;
+	struct router *r;
+
+	r = xcalloc(1, sizeof(*r));
+	r->magic = ROUTER_MAGIC;
+	r->loop = loop;
+	r->stats = stats;
+	if (queue_open(loop, conf->queue_dir, &r->queue, err) != 0) {
+		free(r);
+		return -1;
+	}
+	r->conf = conf_ref(conf);
+	if ((r->mx = mx_new(loop, conf, err)) == NULL)
+		goto fail;
+	r->deliver = deliver_new(loop, conf);
+	memset(&deps, 0, sizeof(deps));
+	deps.loop = loop;
+	deps.conf = conf;
+	deps.stats = stats;
+	deps.router = r;
+	deps.queue = r->queue;
+	deps.mx = r->mx;
+	deps.deliver = r->deliver;
+	if (sched_new(&deps, &r->sched, err) != 0)
+		goto fail;
+	queue_set_new_cb(r->queue, sched_queue_new, r->sched);
+	if (sched_load(r->sched) != 0)
+		log_event(LOG_ERR, "queue_error", "op", "scan", "dir", conf->queue_dir, NULL);
+	*out = r;
+	return 0;
+
+fail:
+	/* Start-up failed: the daemon exits; handles close if the loop runs again. */
+	if (r->mx != NULL)
+		mx_close(r->mx, NULL, NULL);
+	if (r->deliver != NULL)
+		deliver_shutdown(r->deliver, NULL, NULL);
+	queue_close(r->queue, NULL, NULL);
+	conf_unref(r->conf);
+	r->magic = 0;
+	free(r);
+	return -1;
+}
+
+void
+router_reload(struct router *r, struct conf *conf)
+{
+	struct buf err = BUF_INIT;
+
+	if (strcmp(conf->queue_dir, r->conf->queue_dir) != 0)
+		log_event(LOG_WARNING, "reload_ignored", "setting", "queue_dir",
+		    "kept", r->conf->queue_dir, NULL);
+	conf_ref(conf);
+	conf_unref(r->conf);
+	r->conf = conf;
+	if (mx_reload(r->mx, conf, &err) != 0)
+		log_event(LOG_ERR, "reload_failed", "module", "resolver", "error", buf_cstr(&err), NULL);
+	buf_free(&err);
+	deliver_reload(r->deliver, conf);
+	sched_reload(r->sched, conf);
+}
+
+static void
+router_queue_closed(void *arg)
+{
+	struct router *r = arg;
+
+	r->queue = NULL;
+	if (r->shutdown_done != NULL)
+		r->shutdown_done(r->shutdown_arg);
+}
+
+static void
+router_mx_closed(void *arg)
+{
+	struct router *r = arg;
+
+	r->mx = NULL;
+	/* Last: the queue, once nothing can record into it any more. */
+	queue_close(r->queue, router_queue_closed, r);
+}
+
+/* The scheduler (attempts in flight finished) and deliver (connections closed). */
+static void
+router_step_done(void *arg)
+{
+	struct router *r = arg;
+
+	if (--r->pending > 0)
+		return;
+	mx_close(r->mx, router_mx_closed, r);
+}
+
+void
+router_shutdown(struct router *r, void (*done)(void *arg), void *arg)
+{
+	if (r->magic != ROUTER_MAGIC || r->shutting_down)
+		fatalx("%s: bad router or shutdown twice", __func__);
+	r->shutting_down = true;
+	r->shutdown_done = done;
+	r->shutdown_arg = arg;
+	r->pending = 2;
+	sched_shutdown(r->sched, router_step_done, r);
+	deliver_shutdown(r->deliver, router_step_done, r);
+}
+
+/*
+ * After router_shutdown() has called back.  Without a shutdown (start-up
+ * failed elsewhere), the modules are told to close and free themselves if
+ * the loop runs again.
+ */
+void
+router_free(struct router *r)
+{
+	if (r == NULL)
+		return;
+	if (r->magic != ROUTER_MAGIC)
+		fatalx("%s: bad router", __func__);
+	if (r->queue != NULL) {
+		if (r->shutting_down)
+			fatalx("%s: router freed before its shutdown completed", __func__);
+		/* Never started to shut down: nothing ran, nothing is in flight. */
+		mx_close(r->mx, NULL, NULL);
+		deliver_shutdown(r->deliver, NULL, NULL);
+		queue_close(r->queue, NULL, NULL);
+		r->queue = NULL;
+		r->deliver = NULL;      /* freed with the loop's last handles: leaked at exit */
+	}
+	sched_free(r->sched);
+	if (r->deliver != NULL)
+		deliver_free(r->deliver);
+	conf_unref(r->conf);
+	r->magic = 0;
+	free(r);
+}
+
+/*
+ * Submission: the transaction API lives in router_queue.c.
+ */
+
+int
+router_txn_begin(struct router *r, const struct envelope *env, struct router_txn **out)
+{
+	if (r->shutting_down)
+		return RELAY_ECLOSED;
+	return queue_txn_begin(r->queue, env, out);
+}
+
+/*
+ * For the router's own files (router_control, the scheduler's administration).
+ */
+
+struct sched *
+router_sched(struct router *r)
+{
+	return r->sched;
+}
+
+struct queue *
+router_queue(struct router *r)
+{
+	return r->queue;
+}

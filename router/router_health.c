@@ -1,0 +1,302 @@
+/*
+ * router_health.c - host health (issue #5): what the router knows about each
+ * exchanger address, shared by every message.  See router_health.h.
+ *
+ * Owns: the table of struct health_host (a chained hash keyed by address)
+ * and every entry in it.
+ * Never: connects, logs, reads the clock or keeps a timer — the scheduler
+ * passes `now` in and decides what to do with the verdicts.
+ */
+#include "router/router_health.h"
+#include "common/util.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HEALTH_MIN_BUCKETS 64
+
+struct health {
+	struct health_host **buckets;
+	size_t nbuckets;
+	size_t count;
+};
+
+/* ------------------------------------------------------------------ */
+/* Pure functions. */
+
+uint64_t
+health_backoff(unsigned failures, uint64_t min_ms, uint64_t max_ms)
+{
+	uint64_t b;
+	unsigned i;
+
+	if (min_ms == 0)
+		min_ms = 1;
+	if (max_ms < min_ms)
+		max_ms = min_ms;
+	b = min_ms;
+	for (i = 1; i < failures && b < max_ms; i++) {
+		if (b > max_ms / 2) {
+			b = max_ms;
+			break;
+		}
+		b *= 2;
+	}
+	return b > max_ms ? max_ms : b;
+}
+
+bool
+health_marks_down(enum io_error err, int code)
+{
+	if (err == IO_ERR_TLS)
+		return false;
+	if (code == 421)
+		return true;
+	if (code != 0)
+		return false;       /* the host answered, e.g. 554 at the greeting */
+	return true;                /* refused, unreachable, timeout, reset, EOF */
+}
+
+void
+health_host_fail(struct health_host *h, uint64_t now, uint64_t min_ms, uint64_t max_ms,
+    const char *why)
+{
+	if (h->state != HEALTH_DOWN)
+		h->since_ms = now;
+	h->state = HEALTH_DOWN;
+	h->failures++;
+	h->backoff_ms = health_backoff(h->failures, min_ms, max_ms);
+	h->down_until_ms = now + h->backoff_ms;
+	h->last_attempt_ms = now;
+	h->probing = false;
+	snprintf(h->last_error, sizeof(h->last_error), "%s", why ? why : "");
+}
+
+void
+health_host_ok(struct health_host *h, uint64_t now)
+{
+	if (h->state != HEALTH_UP)
+		h->since_ms = now;
+	h->state = HEALTH_UP;
+	h->failures = 0;
+	h->backoff_ms = 0;
+	h->down_until_ms = 0;
+	h->last_attempt_ms = now;
+	h->probing = false;
+}
+
+enum health_verdict
+health_host_check(const struct health_host *h, uint64_t now)
+{
+	if (h == NULL || h->state != HEALTH_DOWN)
+		return HEALTH_TRY;
+	if (now < h->down_until_ms || h->probing)
+		return HEALTH_SKIP;
+	return HEALTH_PROBE;
+}
+
+void
+health_addr_key(const struct sockaddr *sa, char *out, size_t outlen)
+{
+	char ip[INET6_ADDRSTRLEN];
+
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+
+		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+		snprintf(out, outlen, "[%s]:%u", ip, (unsigned)ntohs(s6->sin6_port));
+	} else if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+
+		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+		snprintf(out, outlen, "%s:%u", ip, (unsigned)ntohs(s4->sin_port));
+	} else
+		snprintf(out, outlen, "?");
+}
+
+const char *
+health_state_name(enum health_state s)
+{
+	switch (s) {
+	case HEALTH_UNKNOWN:
+		return "unknown";
+	case HEALTH_UP:
+		return "up";
+	case HEALTH_DOWN:
+		return "down";
+	}
+	return "?";
+}
+
+/* ------------------------------------------------------------------ */
+/* The table. */
+
+static size_t
+health_hash(const char *s)
+{
+	size_t h = 2166136261u;
+
+	for (; *s != '\0'; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return h;
+}
+
+struct health *
+health_new(void)
+{
+	struct health *t = xcalloc(1, sizeof(*t));
+
+	t->nbuckets = HEALTH_MIN_BUCKETS;
+	t->buckets = xcalloc(t->nbuckets, sizeof(*t->buckets));
+	return t;
+}
+
+void
+health_free(struct health *t)
+{
+	struct health_host *h, *next;
+	size_t i;
+
+	if (t == NULL)
+		return;
+	for (i = 0; i < t->nbuckets; i++) {
+		for (h = t->buckets[i]; h != NULL; h = next) {
+			next = h->next;
+			free(h);
+		}
+	}
+	free(t->buckets);
+	free(t);
+}
+
+static void
+health_grow(struct health *t)
+{
+	struct health_host **nb, *h, *next;
+	size_t n = t->nbuckets * 2, i, k;
+
+	nb = xcalloc(n, sizeof(*nb));
+	for (i = 0; i < t->nbuckets; i++) {
+		for (h = t->buckets[i]; h != NULL; h = next) {
+			next = h->next;
+			k = health_hash(h->addr) % n;
+			h->next = nb[k];
+			nb[k] = h;
+		}
+	}
+	free(t->buckets);
+	t->buckets = nb;
+	t->nbuckets = n;
+}
+
+struct health_host *
+health_find(struct health *t, const char *addr)
+{
+	struct health_host *h;
+
+	for (h = t->buckets[health_hash(addr) % t->nbuckets]; h != NULL; h = h->next)
+		if (strcmp(h->addr, addr) == 0)
+			return h;
+	return NULL;
+}
+
+struct health_host *
+health_get(struct health *t, const char *addr, const char *name)
+{
+	struct health_host *h;
+	size_t k;
+
+	if ((h = health_find(t, addr)) == NULL) {
+		if (t->count >= t->nbuckets)
+			health_grow(t);
+		h = xcalloc(1, sizeof(*h));
+		snprintf(h->addr, sizeof(h->addr), "%s", addr);
+		k = health_hash(h->addr) % t->nbuckets;
+		h->next = t->buckets[k];
+		t->buckets[k] = h;
+		t->count++;
+	}
+	if (name != NULL && *name != '\0')
+		snprintf(h->name, sizeof(h->name), "%s", name);
+	return h;
+}
+
+void
+health_foreach(struct health *t, void (*cb)(void *arg, const struct health_host *h), void *arg)
+{
+	struct health_host *h;
+	size_t i;
+
+	for (i = 0; i < t->nbuckets; i++)
+		for (h = t->buckets[i]; h != NULL; h = h->next)
+			cb(arg, h);
+}
+
+size_t
+health_count(const struct health *t)
+{
+	return t->count;
+}
+
+/* Whether host (as relayctl gives it) names entry h. */
+static bool
+health_matches(const struct health_host *h, const char *host)
+{
+	size_t n;
+
+	if (strcmp(h->addr, host) == 0 || util_strcasecmp(h->name, host) == 0)
+		return true;
+	/* An address without port: "192.0.2.1" matches "192.0.2.1:25";
+	 * "::1" and "[::1]" match "[::1]:25". */
+	n = strlen(host);
+	if (n > 0 && host[0] == '[' && host[n - 1] == ']')
+		return strncmp(h->addr, host, n) == 0 && h->addr[n] == ':';
+	if (h->addr[0] == '[')
+		return strncmp(h->addr + 1, host, n) == 0 && h->addr[n + 1] == ']';
+	return strncmp(h->addr, host, n) == 0 && h->addr[n] == ':';
+}
+
+int
+health_reset(struct health *t, const char *host)
+{
+	struct health_host *h;
+	size_t i;
+	int found = 0;
+
+	for (i = 0; i < t->nbuckets; i++) {
+		for (h = t->buckets[i]; h != NULL; h = h->next) {
+			if (!health_matches(h, host))
+				continue;
+			h->state = HEALTH_UNKNOWN;
+			h->failures = 0;
+			h->backoff_ms = 0;
+			h->down_until_ms = 0;
+			h->probing = false;
+			h->last_error[0] = '\0';
+			found = 1;
+		}
+	}
+	return found ? 0 : RELAY_ENOENT;
+}
+
+void
+health_expire(struct health *t, uint64_t cutoff_ms)
+{
+	struct health_host **pp, *h;
+	size_t i;
+
+	for (i = 0; i < t->nbuckets; i++) {
+		pp = &t->buckets[i];
+		while ((h = *pp) != NULL) {
+			if (h->state != HEALTH_DOWN && !h->probing && h->last_attempt_ms < cutoff_ms) {
+				*pp = h->next;
+				free(h);
+				t->count--;
+			} else
+				pp = &h->next;
+		}
+	}
+}

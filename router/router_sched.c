@@ -1,0 +1,1387 @@
+/*
+ * router_sched.c - the scheduler: decides what to try when over the durable
+ * queue.  This file keeps the messages (rebuilt from queue_scan() at
+ * start-up), their recipients' retry times, expiry and delay warnings, the
+ * reports they are owed, the wake-up heap and its ONE uv_timer, the life
+ * cycle and the administration API (router_sched.h).  Where mail goes and
+ * what the answers mean is router_sched_dest.c.  See router/SCHEDULING.md.
+ *
+ * Owns: every struct sched_msg (hung on queue_msg->sched) and the queue_msg
+ * itself once the queue handed it over; the heap and timer; the host health
+ * table and the run-time route table.
+ * Never: changes a message's state except through queue_record(), speaks
+ * SMTP, blocks the loop, or keeps one timer per message.
+ */
+#include "router/router_sched_int.h"
+#include "router/router_ndr.h"
+#include "common/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void sched_msg_rewake(struct sched *, struct sched_msg *, uint64_t);
+
+/* ------------------------------------------------------------------ */
+/* Pure functions. */
+
+uint64_t
+sched_retry_delay(const uint64_t *intervals, size_t n, unsigned attempts, uint32_t rnd)
+{
+	uint64_t base;
+	size_t i;
+
+	if (n == 0 || intervals == NULL)
+		base = SCHED_DEFAULT_RETRY;
+	else {
+		i = attempts == 0 ? 0 : attempts - 1;
+		base = intervals[i < n ? i : n - 1];
+	}
+	return base + (uint64_t)rnd % (base / 10 + 1);
+}
+
+uint64_t
+sched_rcpt_due(const struct queue_rcpt *qr, const uint64_t *intervals, size_t n, uint32_t rnd)
+{
+	if (qr->state != RCPT_PENDING)
+		return SCHED_NOWAKE;
+	if (qr->last_status == NULL || qr->last_attempt_ms == 0)
+		return 0;
+	if (strcmp(qr->last_status, "4.4.1") == 0)
+		return 0;               /* it waited for its destination: probe again */
+	return qr->last_attempt_ms + sched_retry_delay(intervals, n, qr->attempts, rnd);
+}
+
+unsigned
+sched_ramp_grow(unsigned window)
+{
+	if (window == 0 || window >= SCHED_RAMP_MAX / 2)
+		return 0;
+	return window * 2;
+}
+
+enum sched_outcome
+sched_code_outcome(int code)
+{
+	if (code >= 200 && code < 300)
+		return SCHED_DELIVERED;
+	if (code >= 500 && code < 600)
+		return SCHED_FAILED;
+	return SCHED_DEFERRED;
+}
+
+uint64_t
+sched_expire_at(uint64_t arrival_ms, const struct conf *c)
+{
+	return arrival_ms + c->router.max_queue_age;
+}
+
+uint64_t
+sched_warn_at(uint64_t arrival_ms, const struct conf *c)
+{
+	if (c->router.delay_warning == 0 || c->router.delay_warning >= c->router.max_queue_age)
+		return SCHED_NOWAKE;
+	return arrival_ms + c->router.delay_warning;
+}
+
+/* ------------------------------------------------------------------ */
+/* Clock and randomness. */
+
+uint64_t
+sched_now(struct sched *s)
+{
+	return s->now_fn != NULL ? s->now_fn(s->now_arg) : util_now_ms();
+}
+
+uint32_t
+sched_rnd(struct sched *s)
+{
+	uint64_t x;
+
+	if (s->rnd_fn != NULL)
+		return s->rnd_fn(s->rnd_arg);
+	x = s->rnd_state;                /* xorshift64* */
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	s->rnd_state = x;
+	return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
+}
+
+void
+sched_set_clock(struct sched *s, uint64_t (*now)(void *arg), void *arg)
+{
+	s->now_fn = now;
+	s->now_arg = arg;
+}
+
+void
+sched_set_random(struct sched *s, uint32_t (*rnd)(void *arg), void *arg)
+{
+	s->rnd_fn = rnd;
+	s->rnd_arg = arg;
+}
+
+/* ------------------------------------------------------------------ */
+/* The wake-up heap (min-heap on at) and its one timer. */
+
+static void
+sched_heap_swap(struct sched *s, size_t a, size_t b)
+{
+	struct sched_wake *t = s->heap[a];
+
+	s->heap[a] = s->heap[b];
+	s->heap[b] = t;
+	s->heap[a]->pos = a;
+	s->heap[b]->pos = b;
+}
+
+static void
+sched_heap_up(struct sched *s, size_t i)
+{
+	while (i > 0 && s->heap[(i - 1) / 2]->at > s->heap[i]->at) {
+		sched_heap_swap(s, i, (i - 1) / 2);
+		i = (i - 1) / 2;
+	}
+}
+
+static void
+sched_heap_down(struct sched *s, size_t i)
+{
+	size_t l, r, m;
+
+	for (;;) {
+		l = 2 * i + 1;
+		r = l + 1;
+		m = i;
+		if (l < s->nheap && s->heap[l]->at < s->heap[m]->at)
+			m = l;
+		if (r < s->nheap && s->heap[r]->at < s->heap[m]->at)
+			m = r;
+		if (m == i)
+			return;
+		sched_heap_swap(s, i, m);
+		i = m;
+	}
+}
+
+void
+sched_heap_remove(struct sched *s, struct sched_wake *w)
+{
+	size_t i = w->pos;
+
+	if (w->at == SCHED_NOWAKE)
+		return;
+	if (i >= s->nheap || s->heap[i] != w)
+		fatalx("%s: wake-up not where it says", __func__);
+	w->at = SCHED_NOWAKE;
+	s->nheap--;
+	if (i != s->nheap) {
+		s->heap[i] = s->heap[s->nheap];
+		s->heap[i]->pos = i;
+		sched_heap_down(s, i);
+		sched_heap_up(s, i);
+	}
+}
+
+/* Put w in the heap at `at`, move it, or take it out (SCHED_NOWAKE). */
+void
+sched_heap_set(struct sched *s, struct sched_wake *w, uint64_t at)
+{
+	if (at == SCHED_NOWAKE) {
+		sched_heap_remove(s, w);
+		return;
+	}
+	if (w->at == SCHED_NOWAKE) {
+		if (s->nheap == s->cheap) {
+			s->cheap = s->cheap ? s->cheap * 2 : 64;
+			s->heap = xrealloc(s->heap, s->cheap * sizeof(*s->heap));
+		}
+		w->at = at;
+		w->pos = s->nheap;
+		s->heap[s->nheap++] = w;
+		sched_heap_up(s, w->pos);
+		return;
+	}
+	w->at = at;
+	sched_heap_down(s, w->pos);
+	sched_heap_up(s, w->pos);
+}
+
+static void
+sched_on_timer(uv_timer_t *t)
+{
+	struct sched *s = t->data;
+	struct sched_wake *w;
+	uint64_t now = sched_now(s);
+	unsigned n = 0;
+
+	if (s->magic != SCHED_MAGIC)
+		fatalx("%s: bad scheduler", __func__);
+	while (!s->stopping && s->nheap > 0 && s->heap[0]->at <= now && n++ < SCHED_MAX_PER_TICK) {
+		w = s->heap[0];
+		sched_heap_remove(s, w);
+		if (w->kind == SCHED_WAKE_MSG)
+			sched_msg_run(s, w->owner, now);
+		else
+			sched_dest_rewake(s, w->owner);
+	}
+	if (!s->stopping && now - s->last_sweep >= SCHED_SWEEP_EVERY) {
+		s->last_sweep = now;
+		health_expire(s->health, now > SCHED_HEALTH_KEEP ? now - SCHED_HEALTH_KEEP : 0);
+	}
+	sched_arm(s);
+}
+
+void
+sched_arm(struct sched *s)
+{
+	uint64_t now, at;
+
+	if (s->stopping || !s->loaded)
+		return;
+	if (s->nheap == 0) {
+		uv_timer_stop(&s->timer);
+		return;
+	}
+	now = sched_now(s);
+	at = s->heap[0]->at;
+	uv_timer_start(&s->timer, sched_on_timer, at > now ? at - now : 0, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Messages by queue id. */
+
+size_t
+sched_hash(const char *k)
+{
+	size_t h = 2166136261u;
+
+	for (; *k != '\0'; k++)
+		h = (h ^ (unsigned char)*k) * 16777619u;
+	return h;
+}
+
+static struct sched_msg *
+sched_msg_lookup(struct sched *s, const char *qid)
+{
+	struct sched_msg *sm;
+
+	for (sm = s->mhash[sched_hash(qid) % s->nmhash]; sm != NULL; sm = sm->hnext)
+		if (strcmp(sm->m->qid, qid) == 0)
+			return sm;
+	return NULL;
+}
+
+static void
+sched_msg_hash_add(struct sched *s, struct sched_msg *sm)
+{
+	size_t k;
+
+	if (s->nmsgs >= s->nmhash) {
+		struct sched_msg **nh, *e, *next;
+		size_t n = s->nmhash * 2, i;
+
+		nh = xcalloc(n, sizeof(*nh));
+		for (i = 0; i < s->nmhash; i++) {
+			for (e = s->mhash[i]; e != NULL; e = next) {
+				next = e->hnext;
+				k = sched_hash(e->m->qid) % n;
+				e->hnext = nh[k];
+				nh[k] = e;
+			}
+		}
+		free(s->mhash);
+		s->mhash = nh;
+		s->nmhash = n;
+	}
+	k = sched_hash(sm->m->qid) % s->nmhash;
+	sm->hnext = s->mhash[k];
+	s->mhash[k] = sm;
+}
+
+static void
+sched_msg_hash_del(struct sched *s, struct sched_msg *sm)
+{
+	struct sched_msg **pp;
+
+	for (pp = &s->mhash[sched_hash(sm->m->qid) % s->nmhash]; *pp != NULL; pp = &(*pp)->hnext) {
+		if (*pp == sm) {
+			*pp = sm->hnext;
+			return;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Recipients: durable outcomes, one log line each. */
+
+static const char *
+sched_rcpt_domain(const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+
+	return at != NULL ? at + 1 : "";
+}
+
+static bool
+sched_rcpt_done(const struct queue_msg *m, size_t i)
+{
+	const struct queue_rcpt *qr = &m->rcpt[i];
+
+	if (qr->state == RCPT_DELIVERED)
+		return true;
+	return qr->state == RCPT_FAILED && (qr->reported || m->env.sender[0] == '\0');
+}
+
+bool
+sched_job_active(const struct sched_job *job)
+{
+	return job != NULL &&
+	    (job->state == SCHED_JOB_RESOLVING || job->state == SCHED_JOB_DELIVERING);
+}
+
+void
+sched_record(struct sched *s, struct sched_msg *sm, const struct queue_record *rec)
+{
+	int rc;
+
+	if ((rc = queue_record(s->q, sm->m, rec, NULL, NULL)) != 0) {
+		struct log_line l;
+
+		/* Memory follows anyway: what we did must not be done twice now;
+		 * only a crash before the next successful write can repeat it. */
+		queue_msg_apply(sm->m, rec);
+		log_begin(&l, LOG_ERR, "queue_record_failed");
+		log_kv(&l, "qid", sm->m->qid);
+		log_kvf(&l, "type", "%c", (char)rec->type);
+		log_kvi(&l, "error", rc);
+		log_end(&l);
+	}
+}
+
+/*
+ * Record and log one recipient's outcome.  wait_dest: it now waits for its
+ * destination (no retry timer of its own).
+ */
+void
+sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outcome o,
+    const char *host, const char *ip, const char *status, const char *reply, bool counted,
+    const char *wait_dest, uint64_t now)
+{
+	struct queue_msg *m = sm->m;
+	struct queue_record rec;
+	struct log_line l;
+	const char *ev;
+	uint64_t delay = 0;
+
+	memset(&rec, 0, sizeof(rec));
+	rec.type = o == SCHED_DELIVERED ? QREC_DELIVERED : o == SCHED_FAILED ? QREC_FAILED :
+	    QREC_ATTEMPT;
+	rec.rcpt = i;
+	rec.time_ms = now;
+	rec.host = host != NULL && *host != '\0' ? host : NULL;
+	rec.ip = ip != NULL && *ip != '\0' ? ip : NULL;
+	rec.status = status;
+	rec.reply = reply;
+	rec.value = counted ? 0 : QREC_NO_ATTEMPT;
+	sched_record(s, sm, &rec);
+
+	if (o == SCHED_DEFERRED && wait_dest == NULL) {
+		delay = sched_retry_delay(s->conf->router.retry_intervals,
+		    s->conf->router.nretry_intervals, m->rcpt[i].attempts, sched_rnd(s));
+		sm->rc[i].retry_at = now + delay;
+	}
+
+	switch (o) {
+	case SCHED_DELIVERED:
+		ev = "delivered";
+		s->stats->delivered++;
+		break;
+	case SCHED_FAILED:
+		ev = "bounced";
+		s->stats->bounced++;
+		break;
+	default:
+		ev = "deferred";
+		s->stats->deferred++;
+		break;
+	}
+	log_begin(&l, o == SCHED_FAILED ? LOG_NOTICE : LOG_INFO, ev);
+	log_kv(&l, "qid", m->qid);
+	log_kv(&l, "rcpt", m->env.rcpts[i].addr);
+	log_kv(&l, "host", rec.host != NULL ? rec.host : "-");
+	log_kv(&l, "ip", rec.ip != NULL ? rec.ip : "-");
+	log_kv(&l, "status", status);
+	log_kv(&l, "reply", reply != NULL ? reply : "");
+	log_kvu(&l, "attempts", m->rcpt[i].attempts);
+	if (o == SCHED_DEFERRED) {
+		if (wait_dest != NULL)
+			log_kv(&l, "waiting", wait_dest);
+		else {
+			char d[32];
+
+			util_format_duration(delay, d, sizeof(d));
+			log_kv(&l, "retry_in", d);
+		}
+	}
+	if (o == SCHED_FAILED && m->env.sender[0] == '\0')
+		log_kv(&l, "report", "none");
+	log_end(&l);
+}
+
+/* Cancel every queued or waiting job of sm (in-flight ones finish). */
+static void
+sched_msg_cancel_jobs(struct sched *s, struct sched_msg *sm, uint64_t due)
+{
+	struct sched_job *job;
+	size_t i;
+
+	for (i = 0; i < sm->m->env.nrcpts; i++) {
+		job = sm->rc[i].job;
+		if (job != NULL && !sched_job_active(job))
+			sched_job_cancel(s, job, due);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Messages. */
+
+/* Group the message's due recipients by destination into jobs. */
+static void
+sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool force,
+    const char *only_domain)
+{
+	struct queue_msg *m = sm->m;
+	size_t n = m->env.nrcpts, i, j, nc = 0;
+	unsigned max = s->conf->router.max_rcpts_per_txn ? s->conf->router.max_rcpts_per_txn : 1;
+	struct route *routes;
+	int *cand;
+	bool *taken;
+
+	cand = xcalloc(n ? n : 1, sizeof(*cand));
+	for (i = 0; i < n; i++) {
+		if (m->rcpt[i].state != RCPT_PENDING || sm->rc[i].job != NULL)
+			continue;
+		if (only_domain != NULL &&
+		    util_strcasecmp(sched_rcpt_domain(m->env.rcpts[i].addr), only_domain) != 0)
+			continue;
+		if (!force && sm->rc[i].retry_at > now)
+			continue;
+		cand[nc++] = (int)i;
+	}
+	if (nc == 0) {
+		free(cand);
+		return;
+	}
+	routes = xcalloc(nc, sizeof(*routes));
+	taken = xcalloc(nc, sizeof(*taken));
+	for (i = 0; i < nc; i++)
+		route_resolve(s->routes, s->conf, sched_rcpt_domain(m->env.rcpts[cand[i]].addr),
+		    &routes[i]);
+	for (i = 0; i < nc; i++) {
+		struct sched_job *job;
+
+		if (taken[i])
+			continue;
+		taken[i] = true;
+		job = sched_job_new(s, sm, &routes[i]);
+		job->force = force;
+		sched_job_add_rcpt(job, cand[i]);
+		for (j = i + 1; j < nc && job->nrcpts < max; j++) {
+			if (!taken[j] && strcmp(routes[j].dest, job->route.dest) == 0) {
+				taken[j] = true;
+				sched_job_add_rcpt(job, cand[j]);
+			}
+		}
+		sched_dest_admit(s, sched_dest_get(s, job->route.dest), job, now);
+	}
+	for (i = 0; i < nc; i++)
+		route_release(&routes[i]);
+	free(routes);
+	free(taken);
+	free(cand);
+}
+
+static void
+sched_ndr_fill(struct sched_msg *sm, int i, struct ndr_rcpt *nr)
+{
+	const struct queue_rcpt *qr = &sm->m->rcpt[i];
+	const struct sched_job *job = sm->rc[i].job;
+
+	memset(nr, 0, sizeof(*nr));
+	nr->index = i;
+	nr->status = qr->last_status != NULL ? qr->last_status : "4.4.1";
+	nr->remote_host = qr->last_host;
+	nr->diagnostic = qr->last_reply;
+	nr->last_attempt_ms = qr->last_attempt_ms;
+	nr->attempts = qr->attempts;
+	nr->down_since_ms = sm->rc[i].down_since;
+	if (nr->down_since_ms == 0 && job != NULL && job->state == SCHED_JOB_WAITING)
+		nr->down_since_ms = job->dest->down_since;
+}
+
+/* Queue one report of kind for recipients idx[0..n); record REPORTED (or WARNED). */
+static int
+sched_report(struct sched *s, struct sched_msg *sm, enum ndr_kind kind, const int *idx, size_t n,
+    const char *reason, uint64_t now)
+{
+	struct queue_msg *m = sm->m;
+	struct ndr_rcpt *nr = xcalloc(n, sizeof(*nr));
+	struct ndr_params p;
+	struct queue_record rec;
+	char ndr_qid[QID_MAX] = "";
+	size_t k;
+	int rc;
+
+	for (k = 0; k < n; k++) {
+		sched_ndr_fill(sm, idx[k], &nr[k]);
+		if (kind == NDR_DELAYED && nr[k].status[0] != '4')
+			nr[k].status = "4.4.1";
+	}
+	memset(&p, 0, sizeof(p));
+	p.reporting_mta = s->conf->hostname;
+	p.now_ms = now;
+	p.will_retry_until_ms = sched_expire_at(m->env.arrival_ms, s->conf);
+	p.reason_text = reason;
+	rc = ndr_send(s->router, s->q, m, kind, nr, n, &p, s->stats, ndr_qid);
+	free(nr);
+	if (rc != 0) {
+		struct log_line l;
+
+		log_begin(&l, LOG_ERR, "ndr_failed");
+		log_kv(&l, "qid", m->qid);
+		log_kvi(&l, "error", rc);
+		log_end(&l);
+		sm->report_retry_at = now + SCHED_REPORT_RETRY;
+		return rc;
+	}
+	memset(&rec, 0, sizeof(rec));
+	rec.time_ms = now;
+	if (kind == NDR_DELAYED) {
+		rec.type = QREC_WARNED;
+		rec.rcpt = -1;
+		sched_record(s, sm, &rec);
+	} else {
+		rec.type = QREC_REPORTED;
+		for (k = 0; k < n; k++) {
+			rec.rcpt = idx[k];
+			sched_record(s, sm, &rec);
+		}
+	}
+	sm->report_retry_at = 0;
+	return 0;
+}
+
+/*
+ * Report what is due and not yet reported: failures (expired ones apart)
+ * and deliveries whose NOTIFY asks for SUCCESS.  For the null sender the
+ * NDR module logs that it reports nothing; we record that it was decided.
+ */
+static void
+sched_msg_report(struct sched *s, struct sched_msg *sm, const char *reason, uint64_t now)
+{
+	struct queue_msg *m = sm->m;
+	size_t n = m->env.nrcpts, i, nexp = 0, nfail = 0, nok = 0;
+	int *exp, *fail, *ok;
+
+	if (now < sm->report_retry_at)
+		return;
+	exp = xcalloc(n ? n : 1, sizeof(*exp));
+	fail = xcalloc(n ? n : 1, sizeof(*fail));
+	ok = xcalloc(n ? n : 1, sizeof(*ok));
+	for (i = 0; i < n; i++) {
+		const struct queue_rcpt *qr = &m->rcpt[i];
+
+		if (qr->reported)
+			continue;
+		if (qr->state == RCPT_DELIVERED) {
+			if ((m->env.rcpts[i].notify & ENV_NOTIFY_SUCCESS) && m->env.sender[0] != '\0')
+				ok[nok++] = (int)i;
+		} else if (qr->state == RCPT_FAILED) {
+			if (qr->last_status != NULL && strcmp(qr->last_status, "4.4.7") == 0)
+				exp[nexp++] = (int)i;
+			else
+				fail[nfail++] = (int)i;
+		}
+	}
+	if (nexp > 0)
+		sched_report(s, sm, NDR_EXPIRED, exp, nexp, NULL, now);
+	if (nfail > 0)
+		sched_report(s, sm, NDR_FAILED, fail, nfail, reason, now);
+	if (nok > 0)
+		sched_report(s, sm, NDR_SUCCESS, ok, nok, NULL, now);
+	free(exp);
+	free(fail);
+	free(ok);
+}
+
+/* Recipients still pending max_queue_age after arrival fail with 4.4.7. */
+static void
+sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
+{
+	struct queue_msg *m = sm->m;
+	struct queue_record rec;
+	struct log_line l;
+	char age[32];
+	size_t i;
+
+	if (now < sched_expire_at(m->env.arrival_ms, s->conf))
+		return;
+	util_format_duration(s->conf->router.max_queue_age, age, sizeof(age));
+	for (i = 0; i < m->env.nrcpts; i++) {
+		struct sched_job *job = sm->rc[i].job;
+		struct queue_rcpt *qr = &m->rcpt[i];
+		char reply[600], *host, *ip;
+		size_t k;
+
+		if (qr->state != RCPT_PENDING || sched_job_active(job))
+			continue;
+		if (job != NULL) {
+			/* Out of its queued or waiting job. */
+			for (k = 0; k < job->nrcpts && job->rcpts[k] != (int)i; k++)
+				;
+			memmove(&job->rcpts[k], &job->rcpts[k + 1],
+			    (job->nrcpts - k - 1) * sizeof(*job->rcpts));
+			job->nrcpts--;
+			sm->rc[i].job = NULL;
+			if (job->nrcpts == 0)
+				sched_job_cancel(s, job, 0);
+		}
+		if (qr->last_reply != NULL)
+			snprintf(reply, sizeof(reply), "%s", qr->last_reply);
+		else
+			snprintf(reply, sizeof(reply), "no delivery attempt succeeded within %s", age);
+		/* The record replaces qr's strings: pass copies. */
+		host = qr->last_host != NULL ? xstrdup(qr->last_host) : NULL;
+		ip = qr->last_ip != NULL ? xstrdup(qr->last_ip) : NULL;
+		memset(&rec, 0, sizeof(rec));
+		rec.type = QREC_FAILED;
+		rec.rcpt = (int)i;
+		rec.time_ms = now;
+		rec.host = host;
+		rec.ip = ip;
+		rec.status = "4.4.7";
+		rec.reply = reply;
+		rec.value = QREC_NO_ATTEMPT;
+		sched_record(s, sm, &rec);
+		free(host);
+		free(ip);
+		s->stats->expired++;
+		log_begin(&l, LOG_NOTICE, "expired");
+		log_kv(&l, "qid", m->qid);
+		log_kv(&l, "rcpt", m->env.rcpts[i].addr);
+		log_kv(&l, "status", "4.4.7");
+		log_kv(&l, "age", age);
+		log_kvu(&l, "attempts", qr->attempts);
+		log_kv(&l, "reply", reply);
+		if (m->env.sender[0] == '\0')
+			log_kv(&l, "report", "none");
+		log_end(&l);
+	}
+}
+
+/* The one delay warning, once delay_warning has passed. */
+static void
+sched_msg_warn(struct sched *s, struct sched_msg *sm, uint64_t now)
+{
+	struct queue_msg *m = sm->m;
+	size_t i, n = 0;
+	int *idx;
+
+	if (m->delay_warned || m->env.sender[0] == '\0' ||
+	    now < sched_warn_at(m->env.arrival_ms, s->conf) || now < sm->report_retry_at)
+		return;
+	idx = xcalloc(m->env.nrcpts ? m->env.nrcpts : 1, sizeof(*idx));
+	for (i = 0; i < m->env.nrcpts; i++)
+		if (m->rcpt[i].state == RCPT_PENDING)
+			idx[n++] = (int)i;
+	if (n > 0)
+		sched_report(s, sm, NDR_DELAYED, idx, n, NULL, now);
+	free(idx);
+}
+
+void
+sched_msg_free(struct sched *s, struct sched_msg *sm)
+{
+	sched_heap_remove(s, &sm->wake);
+	if (!sm->deleted) {
+		sched_msg_hash_del(s, sm);
+		TAILQ_REMOVE(&s->msgs, sm, entry);
+		s->nmsgs--;
+	}
+	sm->m->sched = NULL;
+	queue_msg_free(sm->m);
+	free(sm->rc);
+	sm->magic = 0;
+	free(sm);
+}
+
+/* Every recipient done: the message leaves the queue.  True if sm is gone. */
+static bool
+sched_msg_maybe_done(struct sched *s, struct sched_msg *sm)
+{
+	struct queue_msg *m = sm->m;
+	struct log_line l;
+	size_t i;
+	int rc;
+
+	if (sm->njobs > 0)
+		return false;
+	for (i = 0; i < m->env.nrcpts; i++)
+		if (!sched_rcpt_done(m, i))
+			return false;
+	if ((rc = queue_remove(s->q, m)) != 0) {
+		log_begin(&l, LOG_ERR, "queue_remove_failed");
+		log_kv(&l, "qid", m->qid);
+		log_kvi(&l, "error", rc);
+		log_end(&l);
+	} else {
+		log_begin(&l, LOG_DEBUG, "removed");
+		log_kv(&l, "qid", m->qid);
+		log_end(&l);
+	}
+	sched_msg_free(s, sm);
+	return true;
+}
+
+/* When the message next needs the scheduler's attention. */
+static void
+sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now)
+{
+	struct queue_msg *m = sm->m;
+	uint64_t at = SCHED_NOWAKE, t;
+	bool idle_pending = false;
+	size_t i;
+
+	(void)now;
+	if (!m->held) {
+		for (i = 0; i < m->env.nrcpts; i++) {
+			if (m->rcpt[i].state != RCPT_PENDING || sched_job_active(sm->rc[i].job))
+				continue;
+			idle_pending = true;
+			if (sm->rc[i].job == NULL && sm->rc[i].retry_at < at)
+				at = sm->rc[i].retry_at;
+		}
+		if (idle_pending) {
+			t = sched_expire_at(m->env.arrival_ms, s->conf);
+			if (t < at)
+				at = t;
+			if (!m->delay_warned && m->env.sender[0] != '\0') {
+				t = sched_warn_at(m->env.arrival_ms, s->conf);
+				if (t != SCHED_NOWAKE && t < sm->report_retry_at)
+					t = sm->report_retry_at;
+				if (t < at)
+					at = t;
+			}
+		}
+	}
+	if (sm->report_retry_at != 0) {
+		for (i = 0; i < m->env.nrcpts; i++) {
+			if (m->rcpt[i].state == RCPT_FAILED && !m->rcpt[i].reported) {
+				if (sm->report_retry_at < at)
+					at = sm->report_retry_at;
+				break;
+			}
+		}
+	}
+	sched_heap_set(s, &sm->wake, at);
+}
+
+void
+sched_msg_run(struct sched *s, struct sched_msg *sm, uint64_t now)
+{
+	if (sm->magic != SCHED_MAGIC_MSG)
+		fatalx("%s: bad message", __func__);
+	if (sm->deleted || s->stopping)
+		return;
+	if (!sm->m->held) {
+		sched_msg_expire(s, sm, now);
+		sched_msg_warn(s, sm, now);
+		sched_msg_dispatch(s, sm, now, false, NULL);
+	}
+	sched_msg_report(s, sm, NULL, now);
+	if (sched_msg_maybe_done(s, sm))
+		return;
+	sched_msg_rewake(s, sm, now);
+}
+
+/* Take over m (new, or read back at start-up) with its recipients due as on disk. */
+static void
+sched_msg_add(struct sched *s, struct queue_msg *m, bool fresh)
+{
+	struct sched_msg *sm;
+	size_t i;
+
+	if (sched_msg_lookup(s, m->qid) != NULL) {
+		log_event(LOG_ERR, "duplicate_qid", "qid", m->qid, NULL);
+		queue_msg_free(m);
+		return;
+	}
+	sm = xcalloc(1, sizeof(*sm));
+	sm->magic = SCHED_MAGIC_MSG;
+	sm->m = m;
+	sm->rc = xcalloc(m->env.nrcpts ? m->env.nrcpts : 1, sizeof(*sm->rc));
+	sm->wake.at = SCHED_NOWAKE;
+	sm->wake.kind = SCHED_WAKE_MSG;
+	sm->wake.owner = sm;
+	m->sched = sm;
+	for (i = 0; i < m->env.nrcpts; i++) {
+		uint64_t due = fresh ? 0 : sched_rcpt_due(&m->rcpt[i], s->conf->router.retry_intervals,
+		    s->conf->router.nretry_intervals, sched_rnd(s));
+
+		sm->rc[i].retry_at = due == SCHED_NOWAKE ? 0 : due;
+	}
+	sched_msg_hash_add(s, sm);
+	TAILQ_INSERT_TAIL(&s->msgs, sm, entry);
+	s->nmsgs++;
+	/* Due things run from the timer, never inside the queue's callback. */
+	sched_heap_set(s, &sm->wake, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Life cycle. */
+
+static void
+sched_scan_cb(void *arg, struct queue_msg *m)
+{
+	sched_msg_add(arg, m, false);
+}
+
+void
+sched_queue_new(void *arg, struct queue_msg *m)
+{
+	struct sched *s = arg;
+
+	if (s->stopping) {
+		queue_msg_free(m);      /* on disk; picked up at the next start */
+		return;
+	}
+	sched_msg_add(s, m, true);
+	sched_arm(s);
+}
+
+int
+sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err)
+{
+	struct sched *s = xcalloc(1, sizeof(*s));
+
+	s->magic = SCHED_MAGIC;
+	s->loop = deps->loop;
+	s->conf = conf_ref(deps->conf);
+	s->stats = deps->stats;
+	s->router = deps->router;
+	s->q = deps->queue;
+	s->mx = deps->mx;
+	s->d = deps->deliver;
+	s->health = health_new();
+	if ((s->routes = route_table_new(s->loop, s->conf->queue_dir, err)) == NULL) {
+		health_free(s->health);
+		conf_unref(s->conf);
+		free(s);
+		return -1;
+	}
+	s->nmhash = 256;
+	s->mhash = xcalloc(s->nmhash, sizeof(*s->mhash));
+	s->ndhash = 64;
+	s->dhash = xcalloc(s->ndhash, sizeof(*s->dhash));
+	TAILQ_INIT(&s->msgs);
+	TAILQ_INIT(&s->dests);
+	TAILQ_INIT(&s->active);
+	s->rnd_state = (util_mono_ms() << 20) ^ util_now_ms() ^ ((uint64_t)getpid() << 40) ^
+	    0x9E3779B97F4A7C15ULL;
+	if (s->rnd_state == 0)
+		s->rnd_state = 1;
+	uv_timer_init(s->loop, &s->timer);
+	s->timer.data = s;
+	*out = s;
+	return 0;
+}
+
+int
+sched_load(struct sched *s)
+{
+	struct log_line l;
+	int rc;
+
+	s->last_sweep = sched_now(s);
+	rc = queue_scan(s->q, sched_scan_cb, s);
+	s->loaded = true;
+	log_begin(&l, LOG_INFO, "queue_loaded");
+	log_kvu(&l, "messages", s->nmsgs);
+	log_end(&l);
+	sched_arm(s);
+	return rc;
+}
+
+/*
+ * Routes or the configuration changed: every job that has not started and
+ * whose route is not the same any more is dropped, and its message
+ * dispatched again (jobs whose route did not change keep their place).
+ */
+static void
+sched_reroute(struct sched *s)
+{
+	struct sched_dest *d, *dn;
+	struct sched_job *job, **stale = NULL;
+	struct route r;
+	uint64_t now = sched_now(s);
+	size_t n, cap = 0, i;
+
+	for (d = TAILQ_FIRST(&s->dests); d != NULL; d = dn) {
+		dn = TAILQ_NEXT(d, entry);
+		n = 0;
+		for (i = 0; i < 2; i++) {
+			TAILQ_FOREACH(job, i == 0 ? &d->backlog : &d->waiting, entry) {
+				route_resolve(s->routes, s->conf, sched_rcpt_domain(
+				    job->sm->m->env.rcpts[job->rcpts[0]].addr), &r);
+				if (!route_equal(&r, &job->route)) {
+					if (n == cap) {
+						cap = cap ? cap * 2 : 16;
+						stale = xrealloc(stale, cap * sizeof(*stale));
+					}
+					stale[n++] = job;
+				}
+				route_release(&r);
+			}
+		}
+		/* Cancelling may free d (the last job) or start a probe: d is
+		 * not looked at again, and only jobs still queued are cancelled. */
+		for (i = 0; i < n; i++) {
+			struct sched_msg *sm = stale[i]->sm;
+
+			if (sched_job_active(stale[i]))
+				continue;
+			sched_job_cancel(s, stale[i], now);
+			sched_heap_set(s, &sm->wake, now);
+		}
+	}
+	free(stale);
+}
+
+void
+sched_reload(struct sched *s, struct conf *conf)
+{
+	struct sched_msg *sm;
+	uint64_t now = sched_now(s);
+
+	conf_unref(s->conf);
+	s->conf = conf_ref(conf);
+	sched_reroute(s);
+	TAILQ_FOREACH(sm, &s->msgs, entry)
+		sched_msg_rewake(s, sm, now);
+	sched_arm(s);
+}
+
+void
+sched_shutdown_check(struct sched *s)
+{
+	if (s->nactive == 0 && s->timer_closed && s->routes_closed && s->shutdown_done != NULL) {
+		void (*done)(void *) = s->shutdown_done;
+
+		s->shutdown_done = NULL;
+		done(s->shutdown_arg);
+	}
+}
+
+static void
+sched_on_timer_closed(uv_handle_t *h)
+{
+	struct sched *s = h->data;
+
+	s->timer_closed = true;
+	sched_shutdown_check(s);
+}
+
+static void
+sched_on_routes_closed(void *arg)
+{
+	struct sched *s = arg;
+
+	s->routes_closed = true;
+	sched_shutdown_check(s);
+}
+
+void
+sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
+{
+	struct sched_dest *d, *dn;
+	struct sched_job *job, *jn;
+
+	s->stopping = true;
+	s->shutdown_done = done;
+	s->shutdown_arg = arg;
+	/* Jobs that have not started, or only wait for DNS, are simply forgotten:
+	 * nothing about them was recorded, the next start picks them up. */
+	for (d = TAILQ_FIRST(&s->dests); d != NULL; d = dn) {
+		dn = TAILQ_NEXT(d, entry);
+		while ((job = TAILQ_FIRST(&d->backlog)) != NULL) {
+			sched_job_unlink(job);
+			sched_job_free(job);
+		}
+		while ((job = TAILQ_FIRST(&d->waiting)) != NULL) {
+			sched_job_unlink(job);
+			sched_job_free(job);
+		}
+		sched_heap_remove(s, &d->wake);
+	}
+	for (job = TAILQ_FIRST(&s->active); job != NULL; job = jn) {
+		jn = TAILQ_NEXT(job, entry);
+		if (job->state == SCHED_JOB_RESOLVING && job->mxq != NULL) {
+			mx_cancel(job->mxq);
+			job->mxq = NULL;
+			TAILQ_REMOVE(&s->active, job, entry);
+			s->nactive--;
+			job->dest->inflight--;
+			sched_job_free(job);
+		}
+	}
+	for (d = TAILQ_FIRST(&s->dests); d != NULL; d = dn) {
+		dn = TAILQ_NEXT(d, entry);
+		sched_dest_maybe_free(s, d);
+	}
+	uv_timer_stop(&s->timer);
+	uv_close((uv_handle_t *)&s->timer, sched_on_timer_closed);
+	route_table_close(s->routes, sched_on_routes_closed, s);
+}
+
+void
+sched_free(struct sched *s)
+{
+	struct sched_msg *sm;
+	struct sched_dest *d;
+
+	if (s == NULL)
+		return;
+	if (s->nactive > 0)
+		fatalx("%s: %u attempts still in flight", __func__, s->nactive);
+	while ((sm = TAILQ_FIRST(&s->msgs)) != NULL)
+		sched_msg_free(s, sm);
+	while ((d = TAILQ_FIRST(&s->dests)) != NULL) {
+		TAILQ_REMOVE(&s->dests, d, entry);
+		free(d->name);
+		free(d);
+	}
+	health_free(s->health);
+	route_table_free(s->routes);
+	conf_unref(s->conf);
+	free(s->heap);
+	free(s->mhash);
+	free(s->dhash);
+	s->magic = 0;
+	free(s);
+}
+
+/* ------------------------------------------------------------------ */
+/* Administration. */
+
+const char *
+sched_rcpt_state_name(enum sched_rcpt_state st)
+{
+	static const char *const names[] = {
+		"pending", "active", "queued", "waiting", "held", "delivered", "failed",
+	};
+
+	return (size_t)st < RELAY_ARRAY_LEN(names) ? names[st] : "?";
+}
+
+struct queue_msg *
+sched_find(struct sched *s, const char *qid)
+{
+	struct sched_msg *sm = sched_msg_lookup(s, qid);
+
+	return sm != NULL ? sm->m : NULL;
+}
+
+void
+sched_foreach(struct sched *s, void (*cb)(void *arg, const struct queue_msg *m), void *arg)
+{
+	struct sched_msg *sm;
+
+	TAILQ_FOREACH(sm, &s->msgs, entry)
+		cb(arg, sm->m);
+}
+
+size_t
+sched_count(const struct sched *s)
+{
+	return s->nmsgs;
+}
+
+void
+sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i, struct sched_rcpt_view *out)
+{
+	const struct sched_msg *sm = m->sched;
+	const struct sched_job *job;
+
+	(void)s;
+	memset(out, 0, sizeof(*out));
+	if (m->rcpt[i].state == RCPT_DELIVERED) {
+		out->state = SCHED_RCPT_DELIVERED;
+		return;
+	}
+	if (m->rcpt[i].state == RCPT_FAILED) {
+		out->state = SCHED_RCPT_FAILED;
+		return;
+	}
+	if (sm == NULL)
+		return;
+	job = sm->rc[i].job;
+	if (job != NULL) {
+		out->dest = job->dest->name;
+		if (sched_job_active(job))
+			out->state = SCHED_RCPT_ACTIVE;
+		else if (job->state == SCHED_JOB_QUEUED)
+			out->state = SCHED_RCPT_QUEUED;
+		else {
+			out->state = SCHED_RCPT_WAITING;
+			out->next_ms = job->dest->probe_at;
+		}
+		return;
+	}
+	if (m->held) {
+		out->state = SCHED_RCPT_HELD;
+		return;
+	}
+	out->state = SCHED_RCPT_DUE;
+	out->next_ms = sm->rc[i].retry_at;
+}
+
+/* Flush one message (recipients of only_domain, or all). */
+static void
+sched_msg_flush(struct sched *s, struct sched_msg *sm, const char *only_domain, uint64_t now)
+{
+	struct queue_msg *m = sm->m;
+	struct sched_job *job;
+	size_t i;
+
+	if (m->held)
+		return;
+	for (i = 0; i < m->env.nrcpts; i++) {
+		job = sm->rc[i].job;
+		if (job == NULL || sched_job_active(job))
+			continue;
+		if (only_domain != NULL &&
+		    util_strcasecmp(sched_rcpt_domain(m->env.rcpts[i].addr), only_domain) != 0)
+			continue;
+		sched_job_cancel(s, job, 0);
+	}
+	sched_msg_dispatch(s, sm, now, true, only_domain);
+	sched_msg_rewake(s, sm, now);
+}
+
+int
+sched_flush(struct sched *s, const char *what)
+{
+	struct sched_msg *sm, *next;
+	uint64_t now = sched_now(s);
+	int n = 0;
+	size_t i;
+
+	if (s->stopping)
+		return 0;
+	if (what != NULL && *what != '\0' && (sm = sched_msg_lookup(s, what)) != NULL) {
+		sched_msg_flush(s, sm, NULL, now);
+		sched_arm(s);
+		return 1;
+	}
+	for (sm = TAILQ_FIRST(&s->msgs); sm != NULL; sm = next) {
+		next = TAILQ_NEXT(sm, entry);
+		if (what == NULL || *what == '\0') {
+			sched_msg_flush(s, sm, NULL, now);
+			n++;
+			continue;
+		}
+		for (i = 0; i < sm->m->env.nrcpts; i++) {
+			if (sm->m->rcpt[i].state == RCPT_PENDING &&
+			    util_strcasecmp(sched_rcpt_domain(sm->m->env.rcpts[i].addr), what) == 0) {
+				sched_msg_flush(s, sm, what, now);
+				n++;
+				break;
+			}
+		}
+	}
+	sched_arm(s);
+	return n;
+}
+
+static void
+sched_admin_log(const char *ev, const struct queue_msg *m)
+{
+	log_event(LOG_NOTICE, ev, "qid", m->qid, "by", "admin", NULL);
+}
+
+int
+sched_hold(struct sched *s, const char *qid)
+{
+	struct sched_msg *sm = sched_msg_lookup(s, qid);
+	struct queue_record rec;
+	uint64_t now = sched_now(s);
+
+	if (sm == NULL)
+		return RELAY_ENOENT;
+	if (!sm->m->held) {
+		memset(&rec, 0, sizeof(rec));
+		rec.type = QREC_HOLD;
+		rec.rcpt = -1;
+		rec.time_ms = now;
+		rec.value = 1;
+		sched_record(s, sm, &rec);
+		sched_msg_cancel_jobs(s, sm, now);
+		sched_admin_log("held", sm->m);
+	}
+	sched_msg_rewake(s, sm, now);
+	sched_arm(s);
+	return 0;
+}
+
+int
+sched_release(struct sched *s, const char *qid)
+{
+	struct sched_msg *sm = sched_msg_lookup(s, qid);
+	struct queue_record rec;
+	uint64_t now = sched_now(s);
+	size_t i;
+
+	if (sm == NULL)
+		return RELAY_ENOENT;
+	if (sm->m->held) {
+		memset(&rec, 0, sizeof(rec));
+		rec.type = QREC_HOLD;
+		rec.rcpt = -1;
+		rec.time_ms = now;
+		rec.value = 0;
+		sched_record(s, sm, &rec);
+		for (i = 0; i < sm->m->env.nrcpts; i++)
+			if (sm->rc[i].job == NULL)
+				sm->rc[i].retry_at = 0;
+		sched_admin_log("released", sm->m);
+	}
+	sched_heap_set(s, &sm->wake, now);
+	sched_arm(s);
+	return 0;
+}
+
+int
+sched_delete(struct sched *s, const char *qid)
+{
+	struct sched_msg *sm = sched_msg_lookup(s, qid);
+	int rc;
+
+	if (sm == NULL)
+		return RELAY_ENOENT;
+	sched_msg_cancel_jobs(s, sm, 0);
+	if ((rc = queue_remove(s->q, sm->m)) != 0)
+		return rc;
+	s->stats->deleted++;
+	sched_admin_log("deleted", sm->m);
+	sched_heap_remove(s, &sm->wake);
+	sched_msg_hash_del(s, sm);
+	TAILQ_REMOVE(&s->msgs, sm, entry);
+	s->nmsgs--;
+	sm->deleted = true;
+	if (sm->njobs == 0) {
+		sm->m->sched = NULL;
+		queue_msg_free(sm->m);
+		free(sm->rc);
+		sm->magic = 0;
+		free(sm);
+	}
+	sched_arm(s);
+	return 0;
+}
+
+int
+sched_bounce(struct sched *s, const char *qid)
+{
+	static const char reason[] = "returned by the administrator";
+	struct sched_msg *sm = sched_msg_lookup(s, qid);
+	struct queue_msg *m;
+	uint64_t now = sched_now(s);
+	size_t i;
+
+	if (sm == NULL)
+		return RELAY_ENOENT;
+	m = sm->m;
+	sched_msg_cancel_jobs(s, sm, 0);
+	for (i = 0; i < m->env.nrcpts; i++) {
+		if (m->rcpt[i].state != RCPT_PENDING || sm->rc[i].job != NULL)
+			continue;
+		sched_rcpt_outcome(s, sm, (int)i, SCHED_FAILED, NULL, NULL, "5.0.0", reason, false,
+		    NULL, now);
+	}
+	sched_admin_log("bounced_by_admin", m);
+	sm->report_retry_at = 0;
+	sched_msg_report(s, sm, reason, now);
+	if (!sched_msg_maybe_done(s, sm))
+		sched_msg_rewake(s, sm, now);
+	sched_arm(s);
+	return 0;
+}
+
+struct health *
+sched_health(struct sched *s)
+{
+	return s->health;
+}
+
+int
+sched_host_reset(struct sched *s, const char *host)
+{
+	struct sched_dest *d, *dn;
+	uint64_t now = sched_now(s);
+	int rc;
+
+	if ((rc = health_reset(s->health, host)) != 0)
+		return rc;
+	log_event(LOG_NOTICE, "host_reset", "host", host, "by", "admin", NULL);
+	for (d = TAILQ_FIRST(&s->dests); d != NULL; d = dn) {
+		dn = TAILQ_NEXT(d, entry);
+		if (d->state == SCHED_DEST_DOWN) {
+			d->probe_at = now;
+			sched_dest_rewake(s, d);
+		}
+	}
+	sched_arm(s);
+	return 0;
+}
+
+struct route_table *
+sched_routes(struct sched *s)
+{
+	return s->routes;
+}
+
+int
+sched_route_set(struct sched *s, const char *domain, const char *hosts, struct buf *err)
+{
+	int rc;
+
+	if ((rc = route_set(s->routes, domain, hosts, s->conf->router.smtp_port, err)) != 0)
+		return rc;
+	log_event(LOG_NOTICE, "route_set", "domain", domain, "hosts", hosts, "by", "admin", NULL);
+	sched_reroute(s);
+	sched_arm(s);
+	return 0;
+}
+
+int
+sched_route_clear(struct sched *s, const char *domain)
+{
+	int rc;
+
+	if ((rc = route_clear(s->routes, domain)) != 0)
+		return rc;
+	log_event(LOG_NOTICE, "route_cleared", "domain", domain, "by", "admin", NULL);
+	sched_reroute(s);
+	sched_arm(s);
+	return 0;
+}
+
+void
+sched_route_list(struct sched *s, bool json, struct buf *out)
+{
+	route_list(s->routes, s->conf, json, out);
+}
+

@@ -1,0 +1,751 @@
+/*
+ * router_sched_dest.c - the scheduler's destinations and jobs: where a job
+ * (one transaction of one message to one destination) goes and what the
+ * answers mean.  A job is admitted by its destination (started, queued
+ * behind the ramp's window, or left waiting while the destination is down),
+ * resolves its exchangers (routes, MX), walks their addresses in order
+ * skipping hosts known to be down, hands ONE attempt at a time to deliver/,
+ * and turns the result into recipient outcomes, host health and the
+ * destination's state (down: every job waits for ONE probe; up again: the
+ * backlog is released, paced).  See router/SCHEDULING.md.
+ *
+ * Owns: every struct sched_dest and struct sched_job.
+ * Never: keeps a timer of its own (probes are wake-ups in router_sched.c's
+ * heap), speaks SMTP, or records a state change except through
+ * sched_rcpt_outcome() (queue_record()).
+ */
+#include "router/router_sched_int.h"
+#include "common/util.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void sched_job_start(struct sched *, struct sched_job *);
+static void sched_job_next(struct sched_job *);
+
+/* ------------------------------------------------------------------ */
+/* Destinations by name. */
+
+struct sched_dest *
+sched_dest_get(struct sched *s, const char *name)
+{
+	struct sched_dest *d;
+	size_t k = sched_hash(name) % s->ndhash;
+
+	for (d = s->dhash[k]; d != NULL; d = d->hnext)
+		if (strcmp(d->name, name) == 0)
+			return d;
+	if (s->ndests >= s->ndhash) {
+		struct sched_dest **nh, *e, *next;
+		size_t n = s->ndhash * 2, i, j;
+
+		nh = xcalloc(n, sizeof(*nh));
+		for (i = 0; i < s->ndhash; i++) {
+			for (e = s->dhash[i]; e != NULL; e = next) {
+				next = e->hnext;
+				j = sched_hash(e->name) % n;
+				e->hnext = nh[j];
+				nh[j] = e;
+			}
+		}
+		free(s->dhash);
+		s->dhash = nh;
+		s->ndhash = n;
+		k = sched_hash(name) % s->ndhash;
+	}
+	d = xcalloc(1, sizeof(*d));
+	d->name = xstrdup(name);
+	d->state = SCHED_DEST_NEW;
+	d->window = 1;                  /* unknown: one job finds out first */
+	TAILQ_INIT(&d->backlog);
+	TAILQ_INIT(&d->waiting);
+	d->wake.at = SCHED_NOWAKE;
+	d->wake.kind = SCHED_WAKE_DEST;
+	d->wake.owner = d;
+	d->hnext = s->dhash[k];
+	s->dhash[k] = d;
+	TAILQ_INSERT_TAIL(&s->dests, d, entry);
+	s->ndests++;
+	return d;
+}
+
+/* Free d when nothing refers to it any more (its hosts' health stays). */
+void
+sched_dest_maybe_free(struct sched *s, struct sched_dest *d)
+{
+	struct sched_dest **pp;
+
+	if (d->inflight > 0 || d->nbacklog > 0 || d->nwaiting > 0)
+		return;
+	sched_heap_remove(s, &d->wake);
+	for (pp = &s->dhash[sched_hash(d->name) % s->ndhash]; *pp != NULL; pp = &(*pp)->hnext) {
+		if (*pp == d) {
+			*pp = d->hnext;
+			break;
+		}
+	}
+	TAILQ_REMOVE(&s->dests, d, entry);
+	s->ndests--;
+	free(d->name);
+	free(d);
+}
+
+/* ------------------------------------------------------------------ */
+/* Jobs. */
+
+struct sched_job *
+sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route)
+{
+	struct sched_job *job = xcalloc(1, sizeof(*job));
+
+	job->magic = SCHED_MAGIC_JOB;
+	job->s = s;
+	job->sm = sm;
+	job->route = *route;
+	memset(route, 0, sizeof(*route));
+	job->conf = conf_ref(s->conf);
+	job->rcpts = xcalloc(s->conf->router.max_rcpts_per_txn ? s->conf->router.max_rcpts_per_txn : 1,
+	    sizeof(*job->rcpts));
+	sm->njobs++;
+	return job;
+}
+
+void
+sched_job_add_rcpt(struct sched_job *job, int i)
+{
+	job->rcpts[job->nrcpts++] = i;
+	job->sm->rc[i].job = job;
+}
+
+/* Free a job that is in no list; its recipients become free (retry_at kept). */
+void
+sched_job_free(struct sched_job *job)
+{
+	size_t k;
+
+	for (k = 0; k < job->nrcpts; k++)
+		if (job->sm->rc[job->rcpts[k]].job == job)
+			job->sm->rc[job->rcpts[k]].job = NULL;
+	job->sm->njobs--;
+	if (job->mx != NULL)
+		mx_result_free(job->mx);
+	free(job->dr);
+	route_release(&job->route);
+	conf_unref(job->conf);
+	free(job->rcpts);
+	job->magic = 0;
+	free(job);
+}
+
+/* Take a queued or waiting job out of its destination's list. */
+void
+sched_job_unlink(struct sched_job *job)
+{
+	struct sched_dest *d = job->dest;
+
+	if (job->state == SCHED_JOB_QUEUED) {
+		TAILQ_REMOVE(&d->backlog, job, entry);
+		d->nbacklog--;
+	} else if (job->state == SCHED_JOB_WAITING) {
+		TAILQ_REMOVE(&d->waiting, job, entry);
+		d->nwaiting--;
+	} else
+		fatalx("%s: job is in flight", __func__);
+}
+
+/* Drop a queued or waiting job: its recipients are due again at `due`. */
+void
+sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due)
+{
+	struct sched_dest *d = job->dest;
+	size_t k;
+
+	sched_job_unlink(job);
+	for (k = 0; k < job->nrcpts; k++)
+		job->sm->rc[job->rcpts[k]].retry_at = due;
+	sched_job_free(job);
+	sched_dest_rewake(s, d);
+	sched_dest_maybe_free(s, d);
+}
+
+/* The job's recipients wait for the destination to come back (logged and recorded). */
+static void
+sched_job_wait(struct sched *s, struct sched_job *job, const char *why, uint64_t now)
+{
+	struct sched_dest *d = job->dest;
+	struct queue_msg *m = job->sm->m;
+	size_t k;
+
+	job->state = SCHED_JOB_WAITING;
+	TAILQ_INSERT_TAIL(&d->waiting, job, entry);
+	d->nwaiting++;
+	for (k = 0; k < job->nrcpts; k++) {
+		int i = job->rcpts[k];
+
+		if (m->rcpt[i].state != RCPT_PENDING)
+			continue;
+		if (job->sm->rc[i].down_since == 0)
+			job->sm->rc[i].down_since = d->down_since != 0 ? d->down_since : now;
+		sched_rcpt_outcome(s, job->sm, i, SCHED_DEFERRED, job->last_host, job->last_ip,
+		    "4.4.1", why, job->ntried > 0, d->name, now);
+	}
+}
+
+/* The message's view on one attempt of a job: every recipient of it gets o. */
+static void
+sched_job_outcome_all(struct sched *s, struct sched_job *job, enum sched_outcome o,
+    const char *status, const char *reply, bool counted, uint64_t now)
+{
+	struct queue_msg *m = job->sm->m;
+	size_t k;
+
+	for (k = 0; k < job->nrcpts; k++) {
+		int i = job->rcpts[k];
+
+		if (m->rcpt[i].state != RCPT_PENDING)
+			continue;
+		sched_rcpt_outcome(s, job->sm, i, o, job->last_host, job->last_ip, status, reply,
+		    counted, NULL, now);
+	}
+}
+
+static void
+sched_log_dest(const char *ev, struct sched_dest *d, uint64_t now, enum log_level lvl)
+{
+	struct log_line l;
+	char buf[32];
+
+	log_begin(&l, lvl, ev);
+	log_kv(&l, "dest", d->name);
+	if (d->state == SCHED_DEST_DOWN) {
+		util_rfc3339(d->probe_at, buf, sizeof(buf));
+		log_kv(&l, "probe_at", buf);
+		log_kvu(&l, "waiting", d->nwaiting);
+	} else {
+		util_format_duration(now - d->down_since, buf, sizeof(buf));
+		log_kv(&l, "down_for", buf);
+		log_kvu(&l, "backlog", d->nbacklog);
+	}
+	log_end(&l);
+}
+
+/* Start queued jobs while the destination's window allows. */
+static void
+sched_dest_pump(struct sched *s, struct sched_dest *d)
+{
+	struct sched_job *job;
+
+	if (s->stopping || d->state == SCHED_DEST_DOWN)
+		return;
+	while ((job = TAILQ_FIRST(&d->backlog)) != NULL &&
+	    (d->window == 0 || d->inflight < d->window)) {
+		sched_job_unlink(job);
+		sched_job_start(s, job);
+	}
+}
+
+/* The earliest end of backoff among the exchangers the job saw. */
+static uint64_t
+sched_job_probe_at(struct sched *s, struct sched_job *job, uint64_t now)
+{
+	uint64_t at = SCHED_NOWAKE, t;
+	char key[HEALTH_ADDR_MAX];
+	struct health_host *h;
+	size_t ti, ai;
+
+	for (ti = 0; job->mx != NULL && ti < job->ntargets; ti++) {
+		const struct mx_target *tg = &job->mx->targets[ti];
+
+		for (ai = 0; ai < tg->naddrs; ai++) {
+			health_addr_key((const struct sockaddr *)&tg->addrs[ai].ss, key, sizeof(key));
+			h = health_find(s->health, key);
+			if (h != NULL && h->state == HEALTH_DOWN)
+				t = h->down_until_ms;
+			else            /* its probe is out elsewhere: look again after the least backoff */
+				t = now + job->conf->router.host_backoff_min;
+			if (t < at)
+				at = t;
+		}
+	}
+	if (at == SCHED_NOWAKE)
+		at = now + job->conf->router.host_backoff_min;
+	if (at < now + SCHED_PROBE_FLOOR)
+		at = now + SCHED_PROBE_FLOOR;
+	return at;
+}
+
+/* Every exchanger of the job's destination is down: it and the backlog wait. */
+static void
+sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now)
+{
+	struct sched_job *b;
+	struct buf why = BUF_INIT;
+	bool was_down = d->state == SCHED_DEST_DOWN;
+
+	if (!was_down)
+		d->down_since = now;
+	d->state = SCHED_DEST_DOWN;
+	d->window = 1;
+	d->probe_at = sched_job_probe_at(s, job, now);
+	buf_printf(&why, "all exchangers of %s are down (last: %s%s%s)", d->name,
+	    job->last_host, job->last_host[0] ? ": " : "",
+	    job->last_reply[0] ? job->last_reply : "no answer");
+	sched_job_wait(s, job, buf_cstr(&why), now);
+	while ((b = TAILQ_FIRST(&d->backlog)) != NULL) {
+		sched_job_unlink(b);
+		snprintf(b->last_host, sizeof(b->last_host), "%s", job->last_host);
+		snprintf(b->last_ip, sizeof(b->last_ip), "%s", job->last_ip);
+		sched_job_wait(s, b, buf_cstr(&why), now);
+	}
+	buf_free(&why);
+	if (!was_down)
+		sched_log_dest("destination_down", d, now, LOG_NOTICE);
+}
+
+/* The destination answered: ramp up, and release its backlog after an outage. */
+static void
+sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
+{
+	struct sched_job *job;
+
+	if (d->state == SCHED_DEST_DOWN) {
+		d->state = SCHED_DEST_UP;
+		d->window = SCHED_RAMP_START;
+		while ((job = TAILQ_FIRST(&d->waiting)) != NULL) {
+			sched_job_unlink(job);
+			job->state = SCHED_JOB_QUEUED;
+			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
+			d->nbacklog++;
+		}
+		sched_log_dest("destination_up", d, now, LOG_NOTICE);
+		d->down_since = 0;
+		return;
+	}
+	d->state = SCHED_DEST_UP;
+	d->window = sched_ramp_grow(d->window);
+}
+
+/*
+ * A job's attempt is over (outcomes recorded).  news says what it taught us
+ * about the destination.  DOWN keeps the job (it waits); otherwise it is
+ * freed.  Then the destination and the message move on.
+ */
+static void
+sched_job_end(struct sched_job *job, enum sched_news news)
+{
+	struct sched *s = job->s;
+	struct sched_msg *sm = job->sm;
+	struct sched_dest *d = job->dest;
+	uint64_t now = sched_now(s);
+
+	TAILQ_REMOVE(&s->active, job, entry);
+	s->nactive--;
+	d->inflight--;
+	if (job->probe) {
+		d->probe_out = false;
+		job->probe = false;
+	}
+	if (news == SCHED_NEWS_DOWN && !s->stopping && !sm->deleted)
+		sched_dest_down(s, d, job, now);
+	else
+		sched_job_free(job);
+	if (news == SCHED_NEWS_REACHED)
+		sched_dest_reached(s, d, now);
+	sched_dest_pump(s, d);
+	sched_dest_rewake(s, d);
+	sched_dest_maybe_free(s, d);
+
+	if (sm->deleted) {
+		if (sm->njobs == 0)
+			sched_msg_free(s, sm);
+	} else if (!s->stopping)
+		sched_msg_run(s, sm, now);
+
+	if (s->stopping) {
+		sched_shutdown_check(s);
+		return;
+	}
+	sched_arm(s);
+}
+
+static void
+sched_log_host(const struct health_host *h, const char *ip)
+{
+	struct log_line l;
+	char buf[32];
+
+	log_begin(&l, h->state == HEALTH_DOWN ? LOG_NOTICE : LOG_INFO,
+	    h->state == HEALTH_DOWN ? "host_down" : "host_up");
+	log_kv(&l, "host", h->name[0] ? h->name : "-");
+	log_kv(&l, "ip", ip);
+	log_kv(&l, "addr", h->addr);
+	if (h->state == HEALTH_DOWN) {
+		log_kvu(&l, "failures", h->failures);
+		util_format_duration(h->backoff_ms, buf, sizeof(buf));
+		log_kv(&l, "backoff", buf);
+		util_rfc3339(h->down_until_ms, buf, sizeof(buf));
+		log_kv(&l, "until", buf);
+		log_kv(&l, "error", h->last_error);
+	}
+	log_end(&l);
+}
+
+static void
+sched_addr_ip(const struct mx_addr *a, char *out, size_t outlen)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&a->ss;
+
+	if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)outlen);
+	else if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)outlen);
+	else
+		snprintf(out, outlen, "?");
+}
+
+/* deliver's answer for one attempt. */
+static void
+sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result *res)
+{
+	struct sched_job *job = arg;
+	struct sched *s = job->s;
+	struct queue_msg *m = job->sm->m;
+	const struct mx_target *tg;
+	struct health_host *h;
+	enum health_state was;
+	uint64_t now = sched_now(s);
+	struct log_line l;
+	size_t k;
+
+	if (job->magic != SCHED_MAGIC_JOB || job->state != SCHED_JOB_DELIVERING)
+		fatalx("%s: result for a job not delivering", __func__);
+	job->state = SCHED_JOB_RESOLVING;       /* between attempts */
+	tg = &job->mx->targets[job->ti];
+	snprintf(job->last_host, sizeof(job->last_host), "%s", tg->host);
+	if (res->ip[0] != '\0')
+		snprintf(job->last_ip, sizeof(job->last_ip), "%s", res->ip);
+	else
+		sched_addr_ip(&tg->addrs[job->ai], job->last_ip, sizeof(job->last_ip));
+	snprintf(job->last_status, sizeof(job->last_status), "%s",
+	    res->status_code[0] ? res->status_code : "4.4.1");
+	snprintf(job->last_reply, sizeof(job->last_reply), "%s", res->reply);
+
+	h = health_get(s->health, job->addr_key, tg->host);
+	if (job->probing_host) {
+		h->probing = false;
+		job->probing_host = false;
+	}
+
+	if (job->sm->deleted || (s->stopping && res->status != DELIVER_DONE)) {
+		/* Nobody wants this result any more: record nothing. */
+		deliver_req_clear(req);
+		sched_job_end(job, SCHED_NEWS_NONE);
+		return;
+	}
+
+	was = h->state;
+	if (res->status == DELIVER_HOST_FAIL) {
+		bool down = health_marks_down(res->io_err, res->code);
+
+		job->ntried++;
+		if (down) {
+			health_host_fail(h, now, job->conf->router.host_backoff_min,
+			    job->conf->router.host_backoff_max, res->reply);
+			sched_log_host(h, job->last_ip);
+		} else
+			job->soft_fail = true;
+		log_begin(&l, LOG_INFO, "host_failed");
+		log_kv(&l, "qid", m->qid);
+		log_kv(&l, "host", job->last_host);
+		log_kv(&l, "ip", job->last_ip);
+		log_kv(&l, "status", job->last_status);
+		log_kv(&l, "reply", job->last_reply);
+		log_kv(&l, "down", down ? "yes" : "no");
+		log_end(&l);
+		deliver_req_clear(req);
+		job->ai++;
+		if (s->stopping) {
+			sched_job_end(job, SCHED_NEWS_NONE);
+			return;
+		}
+		sched_job_next(job);
+		return;
+	}
+
+	job->ntried++;
+	health_host_ok(h, now);
+	for (k = 0; k < job->nrcpts; k++)
+		job->sm->rc[job->rcpts[k]].down_since = 0;
+	if (was == HEALTH_DOWN)
+		sched_log_host(h, job->last_ip);
+
+	switch (res->status) {
+	case DELIVER_DONE:
+		for (k = 0; k < job->nrcpts; k++) {
+			const struct deliver_rcpt *dr = &job->dr[k];
+			int i = job->rcpts[k];
+
+			if (m->rcpt[i].state != RCPT_PENDING)
+				continue;
+			sched_rcpt_outcome(s, job->sm, i, sched_code_outcome(dr->code), job->last_host,
+			    job->last_ip, dr->status[0] ? dr->status : (dr->code / 100 == 2 ? "2.0.0" :
+			    dr->code / 100 == 5 ? "5.0.0" : "4.0.0"),
+			    dr->reply != NULL ? dr->reply : "", true, NULL, now);
+		}
+		break;
+	case DELIVER_TEMP:
+		sched_job_outcome_all(s, job, SCHED_DEFERRED, job->last_status, job->last_reply, true, now);
+		break;
+	case DELIVER_PERM:
+		sched_job_outcome_all(s, job, SCHED_FAILED, job->last_status, job->last_reply, true, now);
+		break;
+	default:
+		fatalx("%s: unknown deliver status %d", __func__, (int)res->status);
+	}
+	deliver_req_clear(req);
+	sched_job_end(job, SCHED_NEWS_REACHED);
+}
+
+/* Every address was tried or skipped. */
+static void
+sched_job_exhausted(struct sched_job *job)
+{
+	struct sched *s = job->s;
+	uint64_t now = sched_now(s);
+
+	if (job->soft_fail) {
+		/* Some host answered but would not do (TLS policy, greeting):
+		 * the destination is up; these recipients retry on their own. */
+		sched_job_outcome_all(s, job, SCHED_DEFERRED,
+		    job->last_status[0] ? job->last_status : "4.4.1", job->last_reply,
+		    job->ntried > 0, now);
+		sched_job_end(job, SCHED_NEWS_REACHED);
+		return;
+	}
+	sched_job_end(job, SCHED_NEWS_DOWN);
+}
+
+/* Try the next usable address of the job's exchangers, or give up. */
+static void
+sched_job_next(struct sched_job *job)
+{
+	struct sched *s = job->s;
+	struct queue_msg *m = job->sm->m;
+	struct health_host *h;
+	enum health_verdict v;
+	uint64_t now = sched_now(s);
+	size_t k;
+
+	for (; job->ti < job->ntargets; job->ti++, job->ai = 0) {
+		const struct mx_target *tg = &job->mx->targets[job->ti];
+
+		for (; job->ai < tg->naddrs; job->ai++) {
+			const struct mx_addr *a = &tg->addrs[job->ai];
+
+			health_addr_key((const struct sockaddr *)&a->ss, job->addr_key,
+			    sizeof(job->addr_key));
+			h = health_get(s->health, job->addr_key, tg->host);
+			v = health_host_check(h, now);
+			if (v == HEALTH_SKIP && !job->force) {
+				char until[32];
+
+				snprintf(job->last_host, sizeof(job->last_host), "%s", tg->host);
+				sched_addr_ip(a, job->last_ip, sizeof(job->last_ip));
+				snprintf(job->last_status, sizeof(job->last_status), "4.4.1");
+				util_rfc3339(h->down_until_ms, until, sizeof(until));
+				snprintf(job->last_reply, sizeof(job->last_reply),
+				    "host down until %s: %s", until,
+				    h->last_error[0] ? h->last_error : "probe in progress");
+				continue;
+			}
+			if (v == HEALTH_PROBE) {
+				h->probing = true;
+				job->probing_host = true;
+			}
+
+			memset(&job->req, 0, sizeof(job->req));
+			job->req.qid = m->qid;
+			job->req.msg_path = m->path;
+			job->req.body_offset = m->body_offset;
+			job->req.body_len = m->body_len;
+			job->req.sender = m->env.sender;
+			job->req.envid = m->env.envid;
+			job->req.ret = (int)m->env.ret;
+			job->req.body_8bit = m->env.body_8bit;
+			job->req.smtputf8 = m->env.smtputf8;
+			free(job->dr);
+			job->dr = xcalloc(job->nrcpts, sizeof(*job->dr));
+			for (k = 0; k < job->nrcpts; k++) {
+				const struct env_rcpt *er = &m->env.rcpts[job->rcpts[k]];
+
+				job->dr[k].addr = er->addr;
+				job->dr[k].orcpt = er->orcpt;
+				job->dr[k].notify = er->notify;
+			}
+			job->req.rcpts = job->dr;
+			job->req.nrcpts = job->nrcpts;
+			job->req.host = tg->host;
+			memcpy(&job->req.addr, &a->ss, sizeof(a->ss));
+			job->req.addrlen = a->len;
+			job->req.tls = job->route.tls;
+			job->req.auth_user = job->route.auth_user;
+			job->req.auth_password = job->route.auth_password;
+			job->req.helo_name = job->conf->hostname;
+			job->state = SCHED_JOB_DELIVERING;
+			if (deliver_start(s->d, &job->req, sched_on_deliver, job) == 0)
+				return;
+			job->state = SCHED_JOB_RESOLVING;
+			if (job->probing_host) {
+				h->probing = false;
+				job->probing_host = false;
+			}
+			job->soft_fail = true;
+			snprintf(job->last_host, sizeof(job->last_host), "%s", tg->host);
+			sched_addr_ip(a, job->last_ip, sizeof(job->last_ip));
+			snprintf(job->last_status, sizeof(job->last_status), "4.3.0");
+			snprintf(job->last_reply, sizeof(job->last_reply),
+			    "could not start a delivery attempt");
+		}
+	}
+	sched_job_exhausted(job);
+}
+
+/* The resolver's answer for a job. */
+static void
+sched_on_mx(void *arg, struct mx_result *res)
+{
+	struct sched_job *job = arg;
+	struct sched *s = job->s;
+	uint64_t now = sched_now(s);
+	size_t n;
+
+	if (job->magic != SCHED_MAGIC_JOB || job->state != SCHED_JOB_RESOLVING)
+		fatalx("%s: answer for a job not resolving", __func__);
+	job->mxq = NULL;
+	if (job->sm->deleted) {
+		mx_result_free(res);
+		sched_job_end(job, SCHED_NEWS_NONE);
+		return;
+	}
+	if (res->err != 0) {
+		job->last_host[0] = job->last_ip[0] = '\0';
+		snprintf(job->last_status, sizeof(job->last_status), "%s",
+		    res->status[0] ? res->status : "4.4.3");
+		snprintf(job->last_reply, sizeof(job->last_reply), "%s", res->reason);
+		sched_job_outcome_all(s, job,
+		    res->err == RELAY_ETEMP ? SCHED_DEFERRED : SCHED_FAILED,
+		    job->last_status, job->last_reply, true, now);
+		mx_result_free(res);
+		sched_job_end(job, SCHED_NEWS_NONE);
+		return;
+	}
+	job->mx = res;
+	n = res->ntargets;
+	if (job->route.nhosts == 0 && job->route.mx_policy == CONF_MX_PRIMARY_ONLY) {
+		for (n = 1; n < res->ntargets && res->targets[n].pref == res->targets[0].pref; n++)
+			;
+	}
+	job->ntargets = n;
+	job->ti = job->ai = 0;
+	sched_job_next(job);
+}
+
+static void
+sched_job_start(struct sched *s, struct sched_job *job)
+{
+	struct sched_dest *d = job->dest;
+
+	job->state = SCHED_JOB_RESOLVING;
+	TAILQ_INSERT_TAIL(&s->active, job, entry);
+	s->nactive++;
+	d->inflight++;
+	job->ntried = 0;
+	job->soft_fail = false;
+	job->ti = job->ai = 0;
+	if (job->mx != NULL) {
+		mx_result_free(job->mx);
+		job->mx = NULL;
+	}
+	if (job->route.nhosts > 0)
+		job->mxq = mx_lookup_hosts(s->mx, job->route.hosts, job->route.nhosts, sched_on_mx, job);
+	else
+		job->mxq = mx_lookup(s->mx, job->route.dest, job->conf->router.smtp_port,
+		    sched_on_mx, job);
+}
+
+/* A new job for its destination: start it, queue it, or let it wait. */
+void
+sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now)
+{
+	job->dest = d;
+	if (!job->force) {
+		if (d->state == SCHED_DEST_DOWN) {
+			if (!d->probe_out && now >= d->probe_at) {
+				job->probe = true;
+				d->probe_out = true;
+				sched_job_start(s, job);
+				return;
+			}
+			snprintf(job->last_reply, sizeof(job->last_reply),
+			    "all exchangers of %s are down", d->name);
+			sched_job_wait(s, job, job->last_reply, now);
+			sched_dest_rewake(s, d);
+			return;
+		}
+		if (d->window != 0 && d->inflight >= d->window) {
+			job->state = SCHED_JOB_QUEUED;
+			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
+			d->nbacklog++;
+			return;
+		}
+	}
+	sched_job_start(s, job);
+}
+
+/* The probe of a down destination is due (or its state changed). */
+void
+sched_dest_rewake(struct sched *s, struct sched_dest *d)
+{
+	struct sched_job *job;
+	uint64_t now;
+
+	if (d->state != SCHED_DEST_DOWN || d->probe_out || d->nwaiting == 0 || s->stopping) {
+		sched_heap_set(s, &d->wake, SCHED_NOWAKE);
+		return;
+	}
+	now = sched_now(s);
+	if (now < d->probe_at) {
+		sched_heap_set(s, &d->wake, d->probe_at);
+		return;
+	}
+	sched_heap_set(s, &d->wake, SCHED_NOWAKE);
+	job = TAILQ_FIRST(&d->waiting);
+	sched_job_unlink(job);
+	job->probe = true;
+	d->probe_out = true;
+	sched_job_start(s, job);
+}
+
+void
+sched_foreach_dest(struct sched *s, void (*cb)(void *arg, const struct sched_dest_view *d),
+    void *arg)
+{
+	static const char *const names[] = { "new", "up", "down" };
+	struct sched_dest_view v;
+	struct sched_dest *d;
+
+	TAILQ_FOREACH(d, &s->dests, entry) {
+		v.name = d->name;
+		v.state = names[d->state];
+		v.window = d->window;
+		v.inflight = d->inflight;
+		v.queued = d->nbacklog;
+		v.waiting = d->nwaiting;
+		v.down_since_ms = d->down_since;
+		v.probe_at_ms = d->probe_at;
+		cb(arg, &v);
+	}
+}

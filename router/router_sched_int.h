@@ -1,0 +1,195 @@
+/*
+ * router_sched_int.h - (internal to router_sched*.c) the scheduler's own
+ * types, shared by its two files: router_sched.c (messages, the wake-up heap
+ * and its timer, life cycle, administration) and router_sched_dest.c
+ * (destinations, jobs and their attempts: resolve, walk the exchangers with
+ * host health, turn deliver's results into outcomes).  Nothing else
+ * includes this header; the rest of the router uses router_sched.h.
+ */
+#ifndef RELAY_ROUTER_SCHED_INT_H
+#define RELAY_ROUTER_SCHED_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "router/router_sched.h"
+#include "router/router_mx.h"
+#include "deliver/deliver.h"
+#include "common/log.h"
+
+#define SCHED_MAGIC_MSG      0x5c4d5347u     /* "\\MSG" */
+#define SCHED_MAGIC_JOB      0x5c4a4f42u     /* "\\JOB" */
+#define SCHED_MAGIC          0x5c534348u     /* "\\SCH" */
+#define SCHED_NOWAKE         UINT64_MAX
+#define SCHED_MAX_PER_TICK   4096            /* wake-ups handled per timer run */
+#define SCHED_DEFAULT_RETRY  (5 * 60 * 1000ULL)
+#define SCHED_REPORT_RETRY   (60 * 1000ULL)  /* a report that could not be queued */
+#define SCHED_PROBE_FLOOR    100             /* ms: a probe is never due "in the past" */
+#define SCHED_HEALTH_KEEP    (24 * 3600 * 1000ULL)
+#define SCHED_SWEEP_EVERY    (3600 * 1000ULL)
+
+/* ------------------------------------------------------------------ */
+/* Types. */
+
+enum sched_wake_kind { SCHED_WAKE_MSG, SCHED_WAKE_DEST };
+
+struct sched_wake {
+	uint64_t at;                    /* SCHED_NOWAKE when not in the heap */
+	size_t pos;                     /* index in the heap */
+	enum sched_wake_kind kind;
+	void *owner;
+};
+
+struct sched_job;
+
+struct sched_rcpt {
+	uint64_t retry_at;              /* pending, not in a job: next attempt */
+	struct sched_job *job;          /* the job it is in, or NULL */
+	uint64_t down_since;            /* its destination is down since (reports), 0 = not */
+};
+
+struct sched_msg {
+	uint32_t magic;
+	struct queue_msg *m;
+	struct sched_rcpt *rc;          /* m->env.nrcpts entries */
+	struct sched_wake wake;
+	unsigned njobs;
+	bool deleted;                   /* gone for the admin; freed when njobs == 0 */
+	uint64_t report_retry_at;       /* a report failed: not before this */
+	struct sched_msg *hnext;        /* qid hash */
+	TAILQ_ENTRY(sched_msg) entry;   /* s->msgs, oldest first */
+};
+TAILQ_HEAD(sched_msgq, sched_msg);
+
+enum sched_job_state {
+	SCHED_JOB_QUEUED,               /* in dest->backlog */
+	SCHED_JOB_WAITING,              /* in dest->waiting */
+	SCHED_JOB_RESOLVING,            /* in s->active: DNS query out */
+	SCHED_JOB_DELIVERING,           /* in s->active: deliver attempt out */
+};
+
+struct sched_job {
+	uint32_t magic;
+	TAILQ_ENTRY(sched_job) entry;   /* dest->backlog, dest->waiting or s->active */
+	struct sched *s;
+	struct sched_msg *sm;
+	struct sched_dest *dest;
+	struct route route;
+	struct conf *conf;              /* the snapshot the job runs under */
+	int *rcpts;                     /* indices into the message's recipients */
+	size_t nrcpts;
+	enum sched_job_state state;
+	bool force;                     /* flush: ignore backoff and destination state */
+	bool probe;                     /* the destination's probe */
+
+	struct mx_query *mxq;
+	struct mx_result *mx;
+	size_t ntargets;                /* targets allowed (primary-only cuts) */
+	size_t ti, ai;                  /* the address being tried */
+	unsigned ntried;                /* connections attempted */
+	bool soft_fail;                 /* an address failed without being down (TLS...) */
+	bool probing_host;              /* this attempt is the host's probe */
+	char addr_key[HEALTH_ADDR_MAX];
+	struct deliver_req req;
+	struct deliver_rcpt *dr;
+
+	char last_host[256];
+	char last_ip[64];
+	char last_status[16];
+	char last_reply[512];
+};
+TAILQ_HEAD(sched_jobq, sched_job);
+
+enum sched_dest_state { SCHED_DEST_NEW, SCHED_DEST_UP, SCHED_DEST_DOWN };
+
+struct sched_dest {
+	char *name;
+	enum sched_dest_state state;
+	unsigned window;                /* jobs allowed in flight; 0 = no limit of ours */
+	unsigned inflight;
+	struct sched_jobq backlog;      /* ready, waiting for the window */
+	struct sched_jobq waiting;      /* the destination is down */
+	size_t nbacklog, nwaiting;
+	uint64_t down_since;
+	uint64_t probe_at;
+	bool probe_out;
+	struct sched_wake wake;
+	struct sched_dest *hnext;
+	TAILQ_ENTRY(sched_dest) entry;
+};
+TAILQ_HEAD(sched_destq, sched_dest);
+
+struct sched {
+	uint32_t magic;
+	uv_loop_t *loop;
+	struct conf *conf;
+	struct relay_stats *stats;
+	struct router *router;
+	struct queue *q;
+	struct mx_resolver *mx;
+	struct deliver *d;
+	struct health *health;
+	struct route_table *routes;
+
+	uv_timer_t timer;
+	struct sched_wake **heap;
+	size_t nheap, cheap;
+
+	struct sched_msg **mhash;       /* by qid */
+	size_t nmhash;
+	struct sched_msgq msgs;
+	size_t nmsgs;
+	struct sched_dest **dhash;      /* by name */
+	size_t ndhash;
+	struct sched_destq dests;
+	size_t ndests;
+	struct sched_jobq active;
+	unsigned nactive;
+
+	bool loaded;
+	bool stopping;
+	bool timer_closed;
+	bool routes_closed;
+	void (*shutdown_done)(void *);
+	void *shutdown_arg;
+
+	uint64_t (*now_fn)(void *);
+	void *now_arg;
+	uint32_t (*rnd_fn)(void *);
+	void *rnd_arg;
+	uint64_t rnd_state;
+	uint64_t last_sweep;
+};
+
+enum sched_news { SCHED_NEWS_NONE, SCHED_NEWS_REACHED, SCHED_NEWS_DOWN };
+
+/* router_sched.c: the clock, the heap, recording outcomes, running messages. */
+uint64_t sched_now(struct sched *s);
+uint32_t sched_rnd(struct sched *s);
+void sched_heap_set(struct sched *s, struct sched_wake *w, uint64_t at);
+void sched_heap_remove(struct sched *s, struct sched_wake *w);
+void sched_arm(struct sched *s);
+void sched_record(struct sched *s, struct sched_msg *sm, const struct queue_record *rec);
+void sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outcome o,
+    const char *host, const char *ip, const char *status, const char *reply, bool counted,
+    const char *wait_dest, uint64_t now);
+void sched_msg_run(struct sched *s, struct sched_msg *sm, uint64_t now);
+void sched_msg_free(struct sched *s, struct sched_msg *sm);
+void sched_shutdown_check(struct sched *s);
+size_t sched_hash(const char *k);
+bool sched_job_active(const struct sched_job *job);
+
+/* router_sched_dest.c: destinations (by name, created on demand, freed when
+ * idle) and jobs (made by router_sched.c's dispatch, admitted here). */
+struct sched_dest *sched_dest_get(struct sched *s, const char *name);
+void sched_dest_maybe_free(struct sched *s, struct sched_dest *d);
+struct sched_job *sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route);
+void sched_job_add_rcpt(struct sched_job *job, int i);
+void sched_job_free(struct sched_job *job);
+void sched_job_unlink(struct sched_job *job);
+void sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due);
+void sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now);
+void sched_dest_rewake(struct sched *s, struct sched_dest *d);
+
+#endif
