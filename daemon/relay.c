@@ -58,6 +58,15 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	r->conf_path = xstrdup(conf_path);
 	r->stats.start_ms = util_now_ms();
 
+	/* Signals first: a failed start is unwound by relay_stop(), which closes them last. */
+	uv_signal_init(loop, &r->sig_term);
+	uv_signal_init(loop, &r->sig_int);
+	uv_signal_init(loop, &r->sig_hup);
+	r->sig_term.data = r->sig_int.data = r->sig_hup.data = r;
+	uv_signal_start(&r->sig_term, on_signal, SIGTERM);
+	uv_signal_start(&r->sig_int, on_signal, SIGINT);
+	uv_signal_start(&r->sig_hup, on_signal, SIGHUP);
+
 	if (conf_load(conf_path, &r->conf, err) != 0)
 		return -1;
 	if (log_open(r->conf->log_file) != 0) {
@@ -73,14 +82,6 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 		return -1;
 	if (submit_new(loop, r->conf, r->router, &r->stats, &r->submit, err) != 0)
 		return -1;
-
-	uv_signal_init(loop, &r->sig_term);
-	uv_signal_init(loop, &r->sig_int);
-	uv_signal_init(loop, &r->sig_hup);
-	r->sig_term.data = r->sig_int.data = r->sig_hup.data = r;
-	uv_signal_start(&r->sig_term, on_signal, SIGTERM);
-	uv_signal_start(&r->sig_int, on_signal, SIGINT);
-	uv_signal_start(&r->sig_hup, on_signal, SIGHUP);
 
 	log_event(LOG_NOTICE, "started", "config", conf_path, "hostname", r->conf->hostname,
 	    "queue_dir", r->conf->queue_dir, NULL);

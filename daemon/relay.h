@@ -33,7 +33,8 @@ struct relay {
 	int pending_shutdown;        /* modules still shutting down */
 };
 
-/* Load the config, open the log, start every module.  0, or -1 with err filled. */
+/* Load the config, open the log, start every module.  0, or -1 with err filled;
+ * after a failure, relay_stop() and running the loop unwind what was started. */
 int relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf *err);
 /* Re-read the configuration and apply what can change at run time.  On a
  * config that fails to validate the old one stays; 0 or -1 with err filled. */

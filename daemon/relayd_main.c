@@ -77,6 +77,12 @@ main(int argc, char **argv)
 			fputc('\n', stderr);
 		log_event(LOG_CRIT, "start_failed", "config", path, "error", buf_cstr(&err), NULL);
 		buf_free(&err);
+		/* Unwind whatever started, so every handle closes and nothing leaks. */
+		relay_stop(&relay, "start_failed");
+		uv_run(&loop, UV_RUN_DEFAULT);
+		relay_free(&relay);
+		uv_loop_close(&loop);
+		log_close();
 		return 1;
 	}
 	uv_run(&loop, UV_RUN_DEFAULT);
