@@ -7,7 +7,8 @@
  *             (flags such as "--json" travel as ordinary arguments)
  *   response: "OK\n" or "ERR <code> <message>\n", then the body, then EOF
  *
- * <code> is one of the words below; relayctl exits 0 on OK, 1 on ERR.
+ * <code> is one of the words below; relayctl exits 0 on OK, 2 on "usage",
+ * 1 on any other ERR.
  */
 #ifndef RELAY_CONTROL_PROTO_H
 #define RELAY_CONTROL_PROTO_H

@@ -4,15 +4,23 @@
 # on loopback with an embedded default setup in ./quickstart/: a self-signed
 # certificate, a local sasldb with a demo user (printed below), a senders map,
 # a local queue directory.  Ctrl-C stops it.
+#
+# For tests: QUICKSTART_DIR (default ./quickstart), QUICKSTART_PORT and
+# QUICKSTART_TLS_PORT (10587, 10465), QUICKSTART_SKIP_BUILD=1 with RELAYD_BIN.
 set -eu
 cd "$(dirname "$0")/.."
 top=$(pwd)
+relayd="${RELAYD_BIN:-$top/build/relayd}"
+port="${QUICKSTART_PORT:-10587}"
+tls_port="${QUICKSTART_TLS_PORT:-10465}"
 
-sh contrib/install-deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc 2>/dev/null || echo 2)"
+if [ "${QUICKSTART_SKIP_BUILD:-0}" != 1 ]; then
+	sh contrib/install-deps.sh
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build build -j"$(nproc 2>/dev/null || echo 2)"
+fi
 
-dir="$top/quickstart"
+dir="${QUICKSTART_DIR:-$top/quickstart}"
 mkdir -p "$dir/queue"
 chmod 700 "$dir"
 if [ ! -f "$dir/cert.pem" ]; then
@@ -35,8 +43,8 @@ hostname = "relay.localhost";
 queue_dir = "$dir/queue";
 control_socket = "$dir/control.sock";
 submit = {
-  listen = [ "127.0.0.1:10587" ];
-  listen_tls = [ "127.0.0.1:10465" ];
+  listen = [ "127.0.0.1:$port" ];
+  listen_tls = [ "127.0.0.1:$tls_port" ];
   tls_cert = "$dir/cert.pem";
   tls_key = "$dir/key.pem";
   sasl_db = "$dir/sasldb2";
@@ -49,13 +57,13 @@ pw=$(cat "$dir/password")
 cat <<EOS
 
 relayd quick start
-  submission (STARTTLS): 127.0.0.1:10587     implicit TLS: 127.0.0.1:10465
+  submission (STARTTLS): 127.0.0.1:$port     implicit TLS: 127.0.0.1:$tls_port
   demo user:             demo  password: $pw   may send as demo@example.test
   queue:                 $dir/queue     log: stderr
-  try it:   swaks --server 127.0.0.1:10587 --tls --auth PLAIN --auth-user demo \\
+  try it:   swaks --server 127.0.0.1:$port --tls --auth PLAIN --auth-user demo \\
               --auth-password $pw --from demo@example.test --to someone@example.net
-  admin:    build/relayctl -s $dir/control.sock stats
+  admin:    $top/build/relayctl -s $dir/control.sock stats
   stop:     Ctrl-C
 
 EOS
-exec "$top/build/relayd" -c "$dir/relayd.conf"
+exec "$relayd" -c "$dir/relayd.conf"

@@ -72,7 +72,7 @@ static const struct ctl_cmd ctl_cmds[] = {
 	  "route clear DOMAIN" },
 	{ { "route", "list" }, 0, 0, { { "--json", 0 } }, false, false,
 	  "route list [--json]" },
-	{ { "audit", NULL }, 0, 0, { { "--log", 1 }, { "--since", 1 }, { "--domain", 1 }, { "--rcpt", 1 }, { "--json", 0 } },
+	{ { "audit", NULL }, 0, -1, { { "--log", 1 }, { "--since", 1 }, { "--domain", 1 }, { "--rcpt", 1 }, { "--json", 0 } },
 	  false, true,
 	  "audit [--log FILE...] [--since DUR] [--domain D] [--rcpt ADDR] [--json]" },
 };

@@ -607,11 +607,18 @@ audit_options(struct audit_run *run, const struct conf *conf, int argc, char **a
 		else if (strcmp(o, "--rcpt") == 0)
 			run->rcpt = v;
 		else if (strcmp(o, "--log") == 0) {
-			nlog++;
-			if (ctl_audit_files_add(&run->files, v, &err) != 0) {
-				fprintf(stderr, "relayctl: audit: %s", buf_cstr(&err));
-				buf_free(&err);
-				return CTL_EXIT_ERROR;
+			/* --log FILE... : every following argument up to the next option
+			 * is a file too, so a shell glob (--log /var/log/relayd.log*) works. */
+			for (;;) {
+				nlog++;
+				if (ctl_audit_files_add(&run->files, v, &err) != 0) {
+					fprintf(stderr, "relayctl: audit: %s", buf_cstr(&err));
+					buf_free(&err);
+					return CTL_EXIT_ERROR;
+				}
+				if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)
+					break;
+				v = argv[++i];
 			}
 		} else {
 			fprintf(stderr, "relayctl: audit: unknown option %s\n", o);

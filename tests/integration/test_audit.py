@@ -186,6 +186,15 @@ class AuditTest(unittest.TestCase):
         self.assertEqual(out["files"], self.paths)
         self.assertEqual(out["ndrs"], WANT)
 
+    def test_log_takes_several_files_as_a_shell_glob_gives_them(self):
+        """--log FILE FILE... (what `--log /var/log/relayd.log*` expands to)."""
+        out = audit_json(self, "--log", *self.paths)
+        self.assertEqual(out["files"], self.paths)
+        self.assertEqual(out["ndrs"], WANT)
+        r = audit("--log", self.paths[0], "stray")
+        self.assertEqual(r.returncode, 1, r.stderr)   # 'stray' is read as a file that does not exist
+        self.assertIn("stray", r.stderr)
+
     def test_table_then_totals(self):
         r = audit(*self.logs())
         self.assertEqual(r.returncode, 0, r.stderr)

@@ -15,11 +15,13 @@ test_ndr_age.py.
 import email
 import email.policy
 import email.utils
+import json
 import re
+import subprocess
 import unittest
 
 from client import make_message, submit
-from relay import Relay
+from relay import Relay, relayctl_bin
 
 SENDER = "alice@example.org"
 RFC5322_DATE = re.compile(r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{1,2} "
@@ -177,6 +179,26 @@ class Bounces(NDRChecks, unittest.TestCase):
         self.assertIn("X-Test-Marker: original-header-line", hdrs)
         self.assertIn("Subject: quarterly numbers", hdrs)
         self.assertNotIn("The numbers are in.", hdrs)
+
+    def test_audit_reads_the_bounce_from_relayds_own_log(self):
+        """relayctl audit over the real log answers "why did mail to X bounce?"."""
+        qid = self.send(["bad@example.net"])
+        line = self.relay.wait_for_log("ndr", qid=qid, timeout=30)
+        r = subprocess.run([relayctl_bin(), "audit", "--log", self.relay.log_path,
+                            "--rcpt", "bad@example.net", "--json"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        [rec] = json.loads(r.stdout)["ndrs"]
+        self.assertEqual(rec["qid"], qid)
+        self.assertEqual(rec["ndr_qid"], line["ndr_qid"])
+        self.assertEqual(rec["sender"], SENDER)
+        self.assertEqual(rec["recipient"], "bad@example.net")
+        self.assertEqual(rec["status"], "5.1.1")
+        self.assertEqual(rec["reason"], "failed")
+        self.assertEqual(rec["remote_host"], "mx1.example.net")
+        self.assertEqual(rec["remote_ip"], "127.0.0.2")
+        self.assertIn("Recipient address rejected: no such user", rec["reply"])
+        self.assertEqual(rec["attempts"], 1)
 
     def test_ret_full_returns_the_whole_message(self):
         qid = self.send(["bad@example.net"], mail_options=["RET=FULL"])
