@@ -2,7 +2,8 @@
  * deliver.c - the deliver module's pool: the public API of deliver.h, the
  * FIFO of requests waiting for a connection slot, the open connections
  * (busy and idle, for reuse), the global and per-host connection limits,
- * the memory of recent opportunistic-STARTTLS failures, and shutdown.
+ * and shutdown.  It keeps no memory of TLS failures: under every policy a
+ * server that offers STARTTLS gets TLS or no mail (deliver_session.c).
  *
  * Scheduling: deliver_start() only queues; a zero-delay timer ("kick") runs
  * the dispatcher on the loop, so a request's callback never fires inside
@@ -81,7 +82,6 @@ deliver_new(uv_loop_t *loop, struct conf *conf)
 	TAILQ_INIT(&d->waiting);
 	TAILQ_INIT(&d->conns);
 	TAILQ_INIT(&d->idle);
-	TAILQ_INIT(&d->tlsfail);
 	uv_timer_init(loop, &d->kick);
 	d->kick.data = d;
 	deliver_tls_setup(d);
@@ -122,16 +122,11 @@ deliver_kick_closed(uv_handle_t *h)
 void
 deliver_free(struct deliver *d)
 {
-	struct deliver_tlsfail *f;
-
 	if (d == NULL)
 		return;
 	if (!d->kick_closed || d->nconns > 0 || !TAILQ_EMPTY(&d->waiting))
 		fatalx("%s: deliver_shutdown() has not finished", __func__);
-	while ((f = TAILQ_FIRST(&d->tlsfail)) != NULL) {
-		TAILQ_REMOVE(&d->tlsfail, f, entry);
-		free(f);
-	}
+	deliver_auth_release(d);
 	if (d->tls_ctx != NULL)
 		SSL_CTX_free(d->tls_ctx);
 	free(d->tls_ctx_ca);
@@ -439,40 +434,4 @@ deliver_shutdown(struct deliver *d, void (*done)(void *arg), void *arg)
 	if (uv_is_active((uv_handle_t *)&d->kick))
 		uv_timer_stop(&d->kick);
 	uv_timer_start(&d->kick, deliver_kick_cb, 0, 0);
-}
-
-/* ------------------------------------------------------------------ */
-/* Opportunistic STARTTLS failures */
-
-bool
-deliver_pool_tls_failed_recently(struct deliver *d, const char *ip_port)
-{
-	struct deliver_tlsfail *f, *fnext;
-	uint64_t now = d->now();
-
-	for (f = TAILQ_FIRST(&d->tlsfail); f != NULL; f = fnext) {
-		fnext = TAILQ_NEXT(f, entry);
-		if (f->until <= now) {
-			TAILQ_REMOVE(&d->tlsfail, f, entry);
-			free(f);
-		} else if (strcmp(f->ip_port, ip_port) == 0)
-			return true;
-	}
-	return false;
-}
-
-void
-deliver_pool_tls_failed(struct deliver *d, const char *ip_port)
-{
-	struct deliver_tlsfail *f;
-
-	TAILQ_FOREACH(f, &d->tlsfail, entry)
-		if (strcmp(f->ip_port, ip_port) == 0)
-			break;
-	if (f == NULL) {
-		f = xcalloc(1, sizeof(*f));
-		snprintf(f->ip_port, sizeof(f->ip_port), "%s", ip_port);
-		TAILQ_INSERT_TAIL(&d->tlsfail, f, entry);
-	}
-	f->until = d->now() + DELIVER_TLS_FALLBACK_MS;
 }

@@ -72,6 +72,10 @@ enum deliver_status {
  *    connection, 4.7.4 TLS required but not offered / AUTH without TLS,
  *    4.7.5 TLS handshake or certificate failure, 4.3.2 shutting down; a
  *    421 or bad greeting keeps the server's code and enhanced status.
+ *  - STARTTLS offered but refused or failing is a HOST_FAIL (io_err TLS)
+ *    under "opportunistic" too: plaintext only when it is not offered.
+ *    A refusal keeps the server's code and text, with 4.7.5 (4.7.4 under
+ *    require/verify).  AUTH goes through the Cyrus SASL client.
  */
 struct deliver_result {
 	enum deliver_status status;

@@ -4,8 +4,9 @@
  * (deliver_proto.c: reply parser, EHLO capabilities, xtext, dot-stuffing,
  * MAIL/RCPT formatting, base64), one connection's state machine
  * (deliver_session.c) and the pool that owns connections and waiting requests
- * (deliver.c).  Nothing outside deliver/ and tests/unit/test_deliver*.c may
- * include this header.
+ * (deliver.c), and the SASL client for smarthost AUTH (deliver_auth.c).
+ * Nothing outside deliver/ and tests/unit/test_deliver*.c may include this
+ * header.
  *
  * Ownership: struct deliver owns every struct deliver_conn and every waiting
  * struct deliver_txn.  A connection owns its io and, while busy, the one
@@ -60,6 +61,8 @@ void deliver_status_from_text(int code, const char *text, char *out, size_t outl
 /* ------------------------------------------------------------------ */
 /* EHLO capabilities (RFC 5321 4.1.1.1 and the extensions we use). */
 
+#define DELIVER_AUTH_MECHS_MAX  256            /* the AUTH keyword's mechanism list, kept */
+
 struct deliver_caps {
 	bool esmtp;                 /* the session was opened with EHLO (else HELO) */
 	bool starttls;
@@ -70,8 +73,9 @@ struct deliver_caps {
 	bool enhancedstatuscodes;
 	bool size;                  /* SIZE announced */
 	uint64_t size_max;          /* its limit; 0 = no fixed limit */
-	bool auth_plain;
-	bool auth_login;
+	char auth_mechs[DELIVER_AUTH_MECHS_MAX]; /* AUTH mechanisms offered, upper-cased,
+	                            space-separated ("" = no AUTH); a word that does
+	                            not fit is left out */
 };
 
 /* Fill caps from a 250 reply to EHLO (lines after the first are keywords). */
@@ -121,7 +125,6 @@ bool deliver_check_caps(const struct deliver_req *req, const struct deliver_caps
 #define DELIVER_MAGIC_CONN      0x444c7643u     /* "DLvC" */
 #define DELIVER_KEY_MAX         512
 #define DELIVER_CHUNK           (64 * 1024)     /* body bytes read and written at a time */
-#define DELIVER_TLS_FALLBACK_MS (60 * 60 * 1000)/* plaintext after a failed opportunistic STARTTLS */
 
 /* One request: waiting in the pool's FIFO, or running on a connection. */
 struct deliver_txn {
@@ -154,14 +157,6 @@ struct deliver_conn {
 };
 TAILQ_HEAD(deliver_connq, deliver_conn);
 
-/* Addresses for which opportunistic STARTTLS recently failed. */
-struct deliver_tlsfail {
-	TAILQ_ENTRY(deliver_tlsfail) entry;
-	char ip_port[80];
-	uint64_t until;             /* monotonic ms */
-};
-TAILQ_HEAD(deliver_tlsfailq, deliver_tlsfail);
-
 struct deliver {
 	uv_loop_t *loop;
 	struct conf *conf;
@@ -170,7 +165,7 @@ struct deliver {
 	struct deliver_txnq waiting;
 	struct deliver_connq conns;
 	struct deliver_connq idle;  /* oldest first */
-	struct deliver_tlsfailq tlsfail;
+	bool sasl_client;           /* holds a reference on libsasl's client side (deliver_auth.c) */
 	unsigned nconns;
 	uv_timer_t kick;            /* runs the dispatcher outside of callbacks */
 	bool kick_closed;
@@ -186,8 +181,6 @@ void deliver_pool_finish(struct deliver *d, struct deliver_txn *t, const struct 
 void deliver_pool_retry(struct deliver *d, struct deliver_txn *t);
 void deliver_pool_idle(struct deliver *d, struct deliver_conn *c);
 void deliver_pool_gone(struct deliver *d, struct deliver_conn *c);
-bool deliver_pool_tls_failed_recently(struct deliver *d, const char *ip_port);
-void deliver_pool_tls_failed(struct deliver *d, const char *ip_port);
 
 /* deliver_session.c: called by the pool. */
 /* Open a connection for t: fills c->s; t's result comes via deliver_pool_finish(). */
@@ -201,5 +194,39 @@ void deliver_session_close(struct deliver_conn *c);
 bool deliver_session_abort(struct deliver_conn *c);
 /* The state's name, for logs and tests. */
 const char *deliver_session_state(const struct deliver_conn *c);
+
+/* ------------------------------------------------------------------ */
+/* Client AUTH (RFC 4954) through the Cyrus SASL client (deliver_auth.c). */
+
+struct deliver_auth;            /* one AUTH exchange: a sasl_conn_t and the credentials */
+
+/*
+ * A SASL client for one AUTH exchange with server (the exchanger's name),
+ * as user with password, over a TLS layer of ssf bits.  The first call of a
+ * pool takes its reference on libsasl's process-wide client side
+ * (sasl_client_init); deliver_auth_release() gives it back.  NULL, with err
+ * filled, if libsasl cannot be initialised or the connection not made.
+ * The credentials are copied; deliver_auth_free() wipes them.
+ */
+struct deliver_auth *deliver_auth_new(struct deliver *d, const char *server, const char *user,
+    const char *password, unsigned ssf, char *err, size_t errlen);
+/*
+ * Negotiate a mechanism among the server's (space-separated, from EHLO) and
+ * append the AUTH command, with its initial response if the mechanism has
+ * one, CRLF-terminated, to out.  0, or -1 with err filled (no usable
+ * mechanism, SASL failure).  out then holds credentials: wipe it after use.
+ */
+int deliver_auth_start(struct deliver_auth *a, const char *server_mechs, struct buf *out,
+    char *err, size_t errlen);
+/* Answer a 334 challenge (its base64 text, len bytes): append the base64
+ * response line with CRLF to out.  0, or -1 with err filled. */
+int deliver_auth_step(struct deliver_auth *a, const char *challenge, size_t len, struct buf *out,
+    char *err, size_t errlen);
+/* The mechanism chosen by deliver_auth_start() ("" before). */
+const char *deliver_auth_mech(const struct deliver_auth *a);
+/* Dispose of the sasl_conn_t and wipe the credentials; NULL is a no-op. */
+void deliver_auth_free(struct deliver_auth *a);
+/* deliver_free(): give back d's reference on libsasl's client side. */
+void deliver_auth_release(struct deliver *d);
 
 #endif

@@ -170,19 +170,57 @@ deliver_caps_is(const char *p, size_t n, const char *kw)
 	return strlen(kw) == n && util_strncasecmp(p, kw, n) == 0;
 }
 
+/* A SASL mechanism name (RFC 4422 3.1): 1-20 of A-Z 0-9 - _ (any case here). */
+static bool
+deliver_caps_mech_ok(const char *p, size_t n)
+{
+	if (n == 0 || n > 20)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)p[i]) && p[i] != '-' && p[i] != '_')
+			return false;
+	return true;
+}
+
+/* Is the n-byte upper-cased word w already in the space-separated list? */
+static bool
+deliver_caps_has_mech(const char *list, const char *w, size_t n)
+{
+	const char *p = list;
+
+	while (*p != '\0') {
+		size_t len = strcspn(p, " ");
+
+		if (len == n && memcmp(p, w, n) == 0)
+			return true;
+		p += len;
+		while (*p == ' ')
+			p++;
+	}
+	return false;
+}
+
+/* "AUTH PLAIN LOGIN" or the old "AUTH=LOGIN": add each valid name once. */
 static void
 deliver_caps_auth(struct deliver_caps *c, const char *p, const char *end)
 {
 	while (p < end) {
-		size_t n;
+		char w[24];
+		size_t n, have;
 
 		while (p < end && (*p == ' ' || *p == '='))
 			p++;
 		n = deliver_caps_word(p, end);
-		if (deliver_caps_is(p, n, "PLAIN"))
-			c->auth_plain = true;
-		else if (deliver_caps_is(p, n, "LOGIN"))
-			c->auth_login = true;
+		if (deliver_caps_mech_ok(p, n)) {
+			for (size_t i = 0; i < n; i++)
+				w[i] = (char)toupper((unsigned char)p[i]);
+			w[n] = '\0';
+			have = strlen(c->auth_mechs);
+			if (!deliver_caps_has_mech(c->auth_mechs, w, n) &&
+			    have + (have > 0) + n < sizeof(c->auth_mechs))
+				snprintf(c->auth_mechs + have, sizeof(c->auth_mechs) - have, "%s%s",
+				    have > 0 ? " " : "", w);
+		}
 		p += n;
 	}
 }

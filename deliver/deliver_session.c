@@ -11,22 +11,27 @@
  *           -> [AUTH] -> MAIL -> RCPT... -> DATA -> BODY -> DOT -> RSET -> IDLE
  *   IDLE -> MAIL (connection reuse)      IDLE -> QUIT (idle timeout)
  *
- * Owns: the io, the reply parser, the body file descriptor while in BODY and,
- * while busy, one struct deliver_txn (borrowed caller's deliver_req).  The
+ * Owns: the io, the reply parser, the body file descriptor while in BODY, the
+ * SASL client (struct deliver_auth) while in AUTH and, while busy, one
+ * struct deliver_txn (borrowed caller's deliver_req).  The
  * pool owns struct deliver_conn; a session frees itself, after the pool has
  * forgotten its conn, once no call on its stack still uses it (s->depth).
  *
  * Decisions worth knowing (see also deliver.h):
  *  - Reply text is "CODE line1 / line2 ...", the server's words verbatim
  *    (control characters become '?').
- *  - STARTTLS under "opportunistic": offered and the handshake fails -> this
- *    attempt is DELIVER_HOST_FAIL (io_err TLS, 4.7.5), and for one hour
- *    attempts to that address:port skip STARTTLS and go in plaintext.  A
- *    STARTTLS command answered with an error goes on in plaintext at once.
+ *  - STARTTLS under "opportunistic": used whenever offered; plaintext only
+ *    when the server does not offer it.  Offered but answered with an error
+ *    -> HOST_FAIL (io_err TLS, 4.7.5, the server's code and words); the
+ *    handshake fails -> HOST_FAIL (io_err TLS, 4.7.5).  Either way the
+ *    router tries the next exchanger: mail never goes in clear to a server
+ *    that offered TLS.
  *  - Under require/verify: not offered or refused -> HOST_FAIL 4.7.4;
  *    handshake or certificate failure -> HOST_FAIL 4.7.5.
- *  - AUTH is sent only over TLS; without TLS -> HOST_FAIL 4.7.4 (credentials
- *    are never sent in clear).  A refused AUTH -> DELIVER_TEMP, server reply.
+ *  - AUTH goes through the Cyrus SASL client (deliver_auth.c), which picks
+ *    the mechanism from the server's list; it is sent only over TLS; without
+ *    TLS -> HOST_FAIL 4.7.4 (credentials are never sent in clear).  A refused
+ *    AUTH -> DELIVER_TEMP, server reply; no usable mechanism -> TEMP 4.7.0.
  *  - Per-recipient results (rcpts[].code/status/reply) are filled for every
  *    RCPT answered, whatever the overall status; accepted recipients get the
  *    end-of-data reply.
@@ -96,13 +101,11 @@ struct deliver_session {
 	struct deliver_caps caps;
 	struct deliver_reply reply;
 	char ip[64];
-	char ip_port[80];
 	char host[256];             /* exchanger name of the first request (SNI, verify) */
 	enum conf_tls tls_policy;
 	bool tls_verify;
 	char helo[256];
-	unsigned auth_step;
-	bool auth_login;
+	struct deliver_auth *auth;  /* the SASL client while in AUTH, else NULL */
 
 	struct deliver_txn *t;      /* the transaction in progress, or NULL */
 	bool reused;                /* t runs on a connection that served before */
@@ -238,6 +241,7 @@ ds_free(struct deliver_session *s)
 {
 	if (s->fd >= 0)
 		close(s->fd);
+	deliver_auth_free(s->auth);
 	free(s->chunk);
 	buf_free(&s->out);
 	deliver_reply_free(&s->reply);
@@ -274,6 +278,8 @@ ds_close(struct deliver_session *s, bool quit)
 		close(s->fd);
 		s->fd = -1;
 	}
+	deliver_auth_free(s->auth);     /* credentials wiped now, not later */
+	s->auth = NULL;
 	if (s->io != NULL) {
 		if (quit) {
 			/* The io lives on until QUIT is out; it must not call us meanwhile. */
@@ -394,6 +400,20 @@ ds_fail_reply(struct deliver_session *s, const struct deliver_reply *r, const ch
 	return rc;
 }
 
+/* A refused STARTTLS: HOST_FAIL with the server's code and words, io_err TLS
+ * (the host answered; it is not down), and our enhanced status. */
+static int
+ds_fail_tls_reply(struct deliver_session *s, const struct deliver_reply *r, const char *status)
+{
+	struct buf text = BUF_INIT;
+	int rc;
+
+	deliver_reply_format(r, &text);
+	rc = ds_fail(s, false, IO_ERR_TLS, r->code, status, buf_cstr(&text));
+	buf_free(&text);
+	return rc;
+}
+
 /* After t's outcome is reported: RSET if a MAIL was sent, then idle. */
 static int
 ds_next_txn(struct deliver_session *s)
@@ -452,16 +472,16 @@ ds_after_hello(struct deliver_session *s)
 	bool mandatory = pol == CONF_TLS_REQUIRE || pol == CONF_TLS_VERIFY;
 
 	if (!io_is_tls(s->io) && pol != CONF_TLS_NONE) {
-		if (pol == CONF_TLS_OPPORTUNISTIC &&
-		    deliver_pool_tls_failed_recently(s->d, s->ip_port)) {
-			log_event(LOG_INFO, "deliver_tls_skipped", "ip", s->ip, "reason",
-			    "STARTTLS failed recently; plaintext", NULL);
-		} else if (s->caps.starttls && s->d->tls_ctx != NULL)
+		if (s->caps.starttls && s->d->tls_ctx != NULL)
 			return deliver_enter_state(s, DS_STARTTLS);
-		else if (mandatory)
+		if (mandatory)
 			return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.4",
 			    s->d->tls_ctx == NULL ? "TLS required but no TLS client context" :
 			    "TLS required but not offered");
+		if (s->caps.starttls)       /* opportunistic: offered, so TLS or nothing */
+			return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5",
+			    "STARTTLS offered but no TLS client context");
+		/* opportunistic and not offered: plaintext */
 	}
 	if (s->t != NULL && s->t->req->auth_user != NULL) {
 		if (!io_is_tls(s->io))
@@ -508,11 +528,13 @@ ds_starttls_reply(struct deliver_session *s, const struct deliver_reply *r)
 			return DS_GONE;
 		return DS_STOP;     /* the io dropped any input behind the 220 */
 	}
-	if (r->code == 421 || s->tls_policy != CONF_TLS_OPPORTUNISTIC)
-		return ds_fail_reply(s, r, r->code == 421 ? NULL : "4.7.4");
-	/* Opportunistic: the server refused TLS; this session goes on in plaintext. */
-	s->caps.starttls = false;
-	return ds_after_hello(s);
+	if (r->code == 421)
+		return ds_fail_reply(s, r, NULL);
+	/* Refused after offering it: never plaintext (opportunistic included). */
+	log_event(LOG_NOTICE, "deliver_tls_failed", "qid", ds_qid(s), "ip", s->ip, "host", s->host,
+	    "policy", conf_tls_name(s->tls_policy), "error", "STARTTLS refused", NULL);
+	return ds_fail_tls_reply(s, r,
+	    s->tls_policy == CONF_TLS_OPPORTUNISTIC ? "4.7.5" : "4.7.4");
 }
 
 static int
@@ -550,75 +572,105 @@ ds_tls_failed(struct deliver_session *s)
 
 	snprintf(text, sizeof(text), "TLS handshake failed: %s",
 	    why != NULL ? why : io_error_text(s->io));
-	log_event(LOG_NOTICE, "deliver_tls_failed", "ip", s->ip, "host", s->host,
+	log_event(LOG_NOTICE, "deliver_tls_failed", "qid", ds_qid(s), "ip", s->ip, "host", s->host,
 	    "policy", conf_tls_name(s->tls_policy), "error", text, NULL);
-	if (s->tls_policy == CONF_TLS_OPPORTUNISTIC)
-		deliver_pool_tls_failed(s->d, s->ip_port);
 	return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5", text);
+}
+
+/* s->out held AUTH data: wipe it (the io has its own copy until written). */
+static void
+ds_wipe_out(struct deliver_session *s)
+{
+	if (s->out.len > 0)
+		explicit_bzero(s->out.data, s->out.len);
+	buf_reset(&s->out);
+}
+
+/* AUTH cannot be done (no mechanism, SASL failure): the mail waits for the admin. */
+static int
+ds_auth_impossible(struct deliver_session *s, const char *text, bool quit)
+{
+	ds_decide(s, DELIVER_TEMP, IO_ERR_NONE, 0, "4.7.0", text);
+	ds_report(s);
+	return ds_close(s, quit);
 }
 
 static int
 ds_auth_enter(struct deliver_session *s)
 {
 	const struct deliver_req *req = s->t->req;
-	struct buf b = BUF_INIT, cred = BUF_INIT;
+	char err[400];
+	int rc;
 
-	s->auth_step = 0;
-	if (s->caps.auth_plain) {
-		s->auth_login = false;
-		buf_putc(&cred, '\0');
-		buf_puts(&cred, req->auth_user);
-		buf_putc(&cred, '\0');
-		buf_puts(&cred, req->auth_password != NULL ? req->auth_password : "");
-		buf_puts(&b, "AUTH PLAIN ");
-		deliver_base64(&b, cred.data, cred.len);
-		buf_puts(&b, "\r\n");
-	} else if (s->caps.auth_login) {
-		s->auth_login = true;
-		buf_puts(&b, "AUTH LOGIN\r\n");
-	} else {
-		ds_decide(s, DELIVER_TEMP, IO_ERR_NONE, 0, "4.7.0",
-		    "AUTH configured but the exchanger offers neither AUTH PLAIN nor LOGIN");
-		ds_report(s);
-		return ds_close(s, true);
-	}
-	io_write(s->io, b.data, b.len);
-	if (cred.len > 0)
-		explicit_bzero(cred.data, cred.len);
-	explicit_bzero(b.data, b.len);
-	buf_free(&cred);
-	buf_free(&b);
+	if (s->caps.auth_mechs[0] == '\0')
+		return ds_auth_impossible(s, "AUTH configured but the exchanger offers no AUTH", true);
+	deliver_auth_free(s->auth);
+	s->auth = deliver_auth_new(s->d, s->host[0] != '\0' ? s->host : s->ip, req->auth_user,
+	    req->auth_password, (unsigned)io_tls_cipher_bits(s->io), err, sizeof(err));
+	if (s->auth == NULL)
+		return ds_auth_impossible(s, err, true);
+	buf_reset(&s->out);
+	rc = deliver_auth_start(s->auth, s->caps.auth_mechs, &s->out, err, sizeof(err));
+	if (rc == 0)
+		io_write(s->io, s->out.data, s->out.len);
+	ds_wipe_out(s);
+	if (rc != 0)
+		return ds_auth_impossible(s, err, true);
+	log_event(LOG_DEBUG, "deliver_auth_start", "qid", ds_qid(s), "ip", s->ip,
+	    "mech", deliver_auth_mech(s->auth), NULL);
 	return DS_OK;
+}
+
+/* The text of a 334 reply's (first) line: the base64 challenge. */
+static void
+ds_auth_challenge(const struct deliver_reply *r, const char **p, size_t *len)
+{
+	const char *text = buf_cstr(&r->lines);
+
+	*p = text;
+	*len = strcspn(text, "\n");
+	while (*len > 0 && (*p)[*len - 1] == ' ')
+		(*len)--;
 }
 
 static int
 ds_auth_reply(struct deliver_session *s, const struct deliver_reply *r)
 {
-	const struct deliver_req *req = s->t->req;
-	struct buf b = BUF_INIT;
+	struct log_line l;
+	const char *ch;
+	size_t chlen;
+	char err[400];
+	int rc;
 
-	if (r->code == 235)
+	if (r->code == 235) {
+		log_begin(&l, LOG_INFO, "deliver_auth");
+		log_kv(&l, "qid", ds_qid(s));
+		log_kv(&l, "host", s->host);
+		log_kv(&l, "ip", s->ip);
+		log_kv(&l, "mech", deliver_auth_mech(s->auth));
+		log_kv(&l, "user", s->t->req->auth_user);
+		log_end(&l);
+		deliver_auth_free(s->auth);
+		s->auth = NULL;
 		return deliver_enter_state(s, DS_MAIL);
+	}
 	if (r->code == 421)
 		return ds_fail_reply(s, r, NULL);
-	if (r->code == 334 && s->auth_login && s->auth_step < 2) {
-		const char *v = s->auth_step == 0 ? req->auth_user :
-		    (req->auth_password != NULL ? req->auth_password : "");
-
-		deliver_base64(&b, v, strlen(v));
-		buf_puts(&b, "\r\n");
-		io_write(s->io, b.data, b.len);
-		explicit_bzero(b.data, b.len);
-		buf_free(&b);
-		s->auth_step++;
+	if (r->code == 334) {
+		ds_auth_challenge(r, &ch, &chlen);
+		buf_reset(&s->out);
+		rc = deliver_auth_step(s->auth, ch, chlen, &s->out, err, sizeof(err));
+		if (rc == 0)
+			io_write(s->io, s->out.data, s->out.len);
+		ds_wipe_out(s);
+		if (rc != 0)    /* mid-exchange: just drop the line */
+			return ds_auth_impossible(s, err, false);
 		io_set_timeout(s->io, ds_timeout(s, TMO_COMMAND));
 		return DS_OK;
 	}
-	/* Refused (or a challenge we did not expect): the mail waits for the admin. */
+	/* Refused: the mail waits for the admin (a wrong password is not the host's fault). */
 	ds_decide_reply(s, DELIVER_TEMP, r);
 	ds_report(s);
-	if (r->code == 334)
-		return ds_close(s, false);      /* mid-exchange: just drop the line */
 	return ds_close(s, true);
 }
 
@@ -956,11 +1008,8 @@ ds_timed_out(struct deliver_session *s)
 	util_format_duration(ds_timeout(s, deliver_rows[s->state].tmo), dur, sizeof(dur));
 	snprintf(text, sizeof(text), "timeout after %s in state %s", dur,
 	    deliver_rows[s->state].name);
-	if (s->state == DS_TLS) {
-		if (s->tls_policy == CONF_TLS_OPPORTUNISTIC)
-			deliver_pool_tls_failed(s->d, s->ip_port);
+	if (s->state == DS_TLS)
 		return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5", text);
-	}
 	return ds_fail(s, false, IO_ERR_OTHER, 0, "4.4.2", text);
 }
 
@@ -1020,25 +1069,15 @@ deliver_session_cb(struct io *io, enum io_event ev, void *arg)
 /* ------------------------------------------------------------------ */
 /* The pool's entry points */
 
+/* The exchanger's address as text, for logs and results. */
 static void
-ds_addr_text(const struct deliver_req *req, char *ip, size_t iplen, char *ip_port, size_t iplen2)
+ds_addr_text(const struct deliver_req *req, char *ip, size_t iplen)
 {
-	int port = 0;
-
 	ip[0] = '\0';
-	if (req->addr.ss_family == AF_INET6) {
-		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&req->addr;
-
-		uv_ip6_name(a, ip, iplen);
-		port = ntohs(a->sin6_port);
-		snprintf(ip_port, iplen2, "[%s]:%d", ip, port);
-	} else {
-		const struct sockaddr_in *a = (const struct sockaddr_in *)&req->addr;
-
-		uv_ip4_name(a, ip, iplen);
-		port = ntohs(a->sin_port);
-		snprintf(ip_port, iplen2, "%s:%d", ip, port);
-	}
+	if (req->addr.ss_family == AF_INET6)
+		uv_ip6_name((const struct sockaddr_in6 *)&req->addr, ip, iplen);
+	else
+		uv_ip4_name((const struct sockaddr_in *)&req->addr, ip, iplen);
 }
 
 void
@@ -1054,7 +1093,7 @@ deliver_session_open(struct deliver_conn *c, struct deliver_txn *t)
 	s->state = DS_CONNECT;
 	deliver_reply_init(&s->reply);
 	buf_init(&s->out);
-	ds_addr_text(req, s->ip, sizeof(s->ip), s->ip_port, sizeof(s->ip_port));
+	ds_addr_text(req, s->ip, sizeof(s->ip));
 	snprintf(s->host, sizeof(s->host), "%s", req->host != NULL ? req->host : "");
 	snprintf(s->helo, sizeof(s->helo), "%s", req->helo_name != NULL ? req->helo_name :
 	    s->d->conf->hostname != NULL ? s->d->conf->hostname : "localhost");

@@ -13,13 +13,26 @@ and serves requests read from stdin, one per line, each answered by one line:
     eval <python expression>  -> "OK <value>"
     quit                      -> "OK", then the sink stops and the program exits
 or "ERR <exception>" when the statement or expression raised.  The name
-`sink` is the SinkMX; `ssl` and `time` are imported.  A str or bytes value is
+`sink` is the SinkMX (a WireSinkMX: it also records how the bytes came, see
+below); `ssl` and `time` are imported.  A str or bytes value is
 printed as text with backslash, CR and LF escaped as \\\\, \\r, \\n (bytes
 decoded as Latin-1); any other value as repr().  EOF on stdin stops the sink.
+
+WireSinkMX adds two records to SinkMX's (smtpsink.py is left as it is):
+    sink.reads    every recv() of a conversation: [(conn_no, bytes)]
+    sink.pending  every reply, with what had arrived from the client and was
+                  not yet read as a command when it was sent:
+                  [(conn_no, reply, bytes)] (over TLS: the sink's own buffer
+                  only; in plaintext also what waits in the socket)
+So "the client sent RCPT and DATA before the MAIL reply" (PIPELINING) reads
+    sink.script(mail=lambda a: time.sleep(0.2) or "250 2.1.0 sender ok")
+    [p for _, r, p in sink.pending if r.startswith("250 2.1.0 sender ok")]
 """
 
 import json
 import os
+import select
+import socket
 import ssl
 import sys
 import time
@@ -27,6 +40,55 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from smtpsink import SinkMX  # noqa: E402
+
+
+def _waiting(c):
+    """Bytes the client sent that the conversation c has not read yet."""
+    data = bytes(c.buf)
+    if c.sock is not c.raw_sock:
+        return data                 # TLS: a peek would see records, not text
+    try:
+        readable, _, _ = select.select([c.raw_sock], [], [], 0)
+        if readable:
+            data += c.raw_sock.recv(65536, socket.MSG_PEEK)
+    except (OSError, ValueError):
+        pass
+    return data
+
+
+class WireSinkMX(SinkMX):
+    """A SinkMX that also records reads and what was waiting at each reply."""
+
+    def __init__(self, *args, **kwargs):
+        self.reads = []
+        self.pending = []
+        super().__init__(*args, **kwargs)
+
+    def _serve(self, c):
+        fill, send = c._fill, c.send_reply
+
+        def recording_fill():
+            n = len(c.buf)
+            fill()
+            with self._lock:
+                self.reads.append((c.sess.conn_no, bytes(c.buf[n:])))
+
+        def recording_send(reply):
+            if reply not in ("HANG", "DROP"):
+                waiting = _waiting(c)
+                with self._lock:
+                    self.pending.append((c.sess.conn_no, str(reply), waiting))
+            return send(reply)
+
+        c._fill = recording_fill
+        c.send_reply = recording_send
+        super()._serve(c)
+
+    def reset(self):
+        with self._lock:
+            self.reads.clear()
+            self.pending.clear()
+        super().reset()
 
 
 def _text(v):
@@ -42,7 +104,7 @@ def main(argv):
         sys.stderr.write("usage: sink_cli.py HOST [OPTIONS-JSON]\n")
         return 2
     opts = json.loads(argv[2]) if len(argv) > 2 else {}
-    sink = SinkMX(argv[1], 0, **opts)
+    sink = WireSinkMX(argv[1], 0, **opts)
     env = {"sink": sink, "ssl": ssl, "time": time}
     out = sys.stdout
     out.write("READY %d\n" % sink.port)

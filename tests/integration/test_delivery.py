@@ -7,10 +7,18 @@ proves: MX preference order and fall-through, equal preferences spread,
 implicit MX, DNS failures (NXDOMAIN, SERVFAIL then recovery, null MX, our own
 hostname as best MX), configured routes, primary-only, a smarthost with AUTH
 over TLS, and per-recipient outcomes (4xx retried, 5xx bounced, mixed replies
-in one transaction, delivered recipients never sent again).
+in one transaction, delivered recipients never sent again); a primary that
+fails the host's way (421 greeting, no greeting, STARTTLS offered but failing
+under "require" and "opportunistic") hands the message to the secondary and
+never sees a MAIL; a delivered message leaves the queue.
 """
 
+import os
+import ssl
+import threading
+import time
 import unittest
+import warnings
 
 from client import make_message, submit
 from relay import Relay, test_cert
@@ -313,6 +321,124 @@ class Outcomes(DeliveryCase):
         self.assertEqual(self.relay.count_log("delivered", qid=qid, since=mark), 0)
         self.assertEqual([m.rcpt_addrs for m in self.sink.messages],
                          [["bob@example.net"], ["carol@example.net"]])
+
+
+class FallThrough(DeliveryCase):
+    """example.net has a primary (.2, preference 10) and a secondary (.3, 20).
+    The primary fails in a way that is the host's fault: the message must be
+    delivered at the secondary in the same attempt, without a deferral, and
+    the primary must never have been sent a MAIL."""
+
+    def two_mx(self, primary_kw=None, secondary_kw=None, **overrides):
+        self.make(start=False, **overrides)
+        self.relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2"), (20, "127.0.0.3")])
+        primary = self.relay.sink("127.0.0.2", **(primary_kw or {}))
+        secondary = self.relay.sink("127.0.0.3", **(secondary_kw or {}))
+        return primary, secondary
+
+    def delivered_at_secondary(self, primary, secondary):
+        """Send, check the outcome; returns (the secondary's Message, the
+        primary's host_failed log line)."""
+        self.relay.start()
+        qid = self.send("bob@example.net")
+        [m] = secondary.wait_for_messages(1, timeout=30)
+        self.assertEqual(m.rcpt_addrs, ["bob@example.net"])
+        line = self.relay.wait_for_log("delivered", qid=qid, timeout=30)
+        self.assertEqual(line["ip"], "127.0.0.3")
+        failed = self.relay.find_log("host_failed", qid=qid)
+        self.assertEqual([f["ip"] for f in failed], ["127.0.0.2"])
+        self.assertEqual(self.relay.count_log("deferred", qid=qid), 0)
+        self.assertGreaterEqual(primary.connections, 1)
+        self.assertEqual(primary.transactions, [])
+        self.assertEqual([c for _, c in primary.commands if c.upper().startswith("MAIL")], [])
+        return m, failed[0]
+
+    def test_421_greeting_at_primary(self):
+        primary, secondary = self.two_mx()
+        primary.script(greeting="421 4.3.2 mx1 overloaded, try later")
+        _, failed = self.delivered_at_secondary(primary, secondary)
+        self.assertEqual(failed["status"], "4.3.2")
+        self.assertIn("overloaded", failed["reply"])
+
+    def test_primary_that_never_greets(self):
+        primary, secondary = self.two_mx(primary_kw={"hang_greeting": True},
+                                         deliver={"greeting_timeout": "2s"})
+        started = time.monotonic()
+        _, failed = self.delivered_at_secondary(primary, secondary)
+        self.assertEqual(failed["status"], "4.4.2")
+        self.assertIn("timeout", failed["reply"])
+        self.assertIn("GREETING", failed["reply"])
+        self.assertLess(time.monotonic() - started, 25)     # greeting_timeout, not 5 minutes
+        self.assertEqual(primary.commands, [])
+
+    def tls_primary_fails(self, policy, how):
+        """The primary offers STARTTLS; how = "handshake" (it speaks TLS 1.1
+        at most, relayd needs 1.2) or "refused" (454 to STARTTLS)."""
+        tls = {"starttls": test_cert()}
+        primary, secondary = self.two_mx(primary_kw=tls, secondary_kw=tls,
+                                         deliver={"tls": policy})
+        if how == "handshake":
+            with warnings.catch_warnings():     # TLS 1.1 is deprecated: that is the point
+                warnings.simplefilter("ignore", DeprecationWarning)
+                primary._tls_ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        else:
+            primary.script(starttls="454 4.7.0 TLS not available")
+        m, failed = self.delivered_at_secondary(primary, secondary)
+        self.assertTrue(m.tls)
+        self.assertEqual([c for _, c in primary.commands][-1:], ["STARTTLS"])
+        self.assertEqual(failed["down"], "no")      # the host answered: not down
+        return failed
+
+    def test_tls_handshake_fails_at_primary_under_require(self):
+        failed = self.tls_primary_fails("require", "handshake")
+        self.assertEqual(failed["status"], "4.7.5")
+        self.assertIn("TLS handshake failed", failed["reply"])
+
+    def test_tls_handshake_fails_at_primary_under_opportunistic(self):
+        failed = self.tls_primary_fails("opportunistic", "handshake")
+        self.assertEqual(failed["status"], "4.7.5")
+        self.assertIn("TLS handshake failed", failed["reply"])
+
+    def test_starttls_refused_at_primary_under_require(self):
+        failed = self.tls_primary_fails("require", "refused")
+        self.assertEqual(failed["status"], "4.7.4")
+        self.assertEqual(failed["reply"], "454 4.7.0 TLS not available")
+
+    def test_starttls_refused_at_primary_under_opportunistic(self):
+        failed = self.tls_primary_fails("opportunistic", "refused")
+        self.assertEqual(failed["status"], "4.7.5")
+        self.assertEqual(failed["reply"], "454 4.7.0 TLS not available")
+
+
+class QueueRemoval(DeliveryCase):
+
+    def test_delivered_message_leaves_the_queue(self):
+        # two destinations; the second holds its end-of-data reply until told
+        self.make(start=False)
+        self.relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])
+        self.relay.dns.set_mx_ips("example.com", [(10, "127.0.0.3")])
+        fast = self.relay.sink("127.0.0.2")
+        slow = self.relay.sink("127.0.0.3")
+        gate = threading.Event()
+        slow.script(eod=lambda m: gate.wait(20) and "250 2.0.0 ok after the gate")
+        self.relay.start()
+        qid = self.send(["bob@example.net", "carol@example.net", "dave@example.com"])
+        path = os.path.join(self.relay.queue_dir, "msg", qid)
+        self.relay.wait_for_count("delivered", 2, qid=qid, ip="127.0.0.2", timeout=30)
+        fast.wait_for_messages(1)
+        # delivered to some recipients, not all: the message stays
+        self.assertTrue(os.path.exists(path), path)
+        self.assertEqual(self.relay.count_log("delivered", qid=qid, rcpt="dave@example.com"), 0)
+        gate.set()
+        slow.wait_for_messages(1, timeout=30)
+        self.relay.wait_for_log("delivered", qid=qid, rcpt="dave@example.com", timeout=30)
+        deadline = time.monotonic() + 10
+        while os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(os.path.exists(path), "%s still there after every rcpt was delivered"
+                         % path)
+        self.assertNotIn(qid, os.listdir(os.path.join(self.relay.queue_dir, "msg")))
+        self.assertEqual(self.relay.count_log("delivered", qid=qid), 3)
 
 
 if __name__ == "__main__":

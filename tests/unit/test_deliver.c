@@ -461,8 +461,9 @@ test_verify(void)
 	sink_stop(&s);
 }
 
-/* Opportunistic, STARTTLS offered but the handshake fails: HOST_FAIL now,
- * plaintext on the next attempt to that address. */
+/* Opportunistic, STARTTLS offered but the handshake fails: HOST_FAIL 4.7.5
+ * (the router tries the next exchanger), and the next attempt to the same
+ * address tries TLS again: no plaintext fallback, nothing sent in clear. */
 static void
 test_opportunistic_handshake_fails(void)
 {
@@ -482,31 +483,37 @@ test_opportunistic_handshake_fails(void)
 	CHECK_INT(a.res.status, DELIVER_HOST_FAIL);
 	CHECK_INT(a.res.io_err, IO_ERR_TLS);
 	CHECK_STR(a.res.status_code, "4.7.5");
+	CHECK_MSG(strstr(a.res.reply, "TLS handshake failed") != NULL, "reply: %s", a.res.reply);
 
 	attempt_init(&b, &s, BODY("x\r\n"), "bob@example.net", NULL);
 	b.req.tls = CONF_TLS_OPPORTUNISTIC;
 	attempt_run(&fx, &b);
-	CHECK_INT(b.res.status, DELIVER_DONE);
-	sink_exec(&s, "sink.wait_for_messages(1, timeout=5)");
-	CHECK_STR(sink_eval(&s, "sink.messages[0].tls"), "False");
-	CHECK_STR(sink_eval(&s, "'STARTTLS' in sink.sessions[1].commands"), "False");
+	CHECK_INT(b.res.status, DELIVER_HOST_FAIL);
+	CHECK_INT(b.res.io_err, IO_ERR_TLS);
+	CHECK_STR(b.res.status_code, "4.7.5");
+	CHECK_STR(sink_eval(&s, "sink.connections"), "2");
+	CHECK_STR(sink_eval(&s, "[c for _, c in sink.commands]"),
+	    "['EHLO relay.test', 'STARTTLS', 'EHLO relay.test', 'STARTTLS']");
+	CHECK_STR(sink_eval(&s, "len(sink.transactions)"), "0");
 	attempt_fini(&a);
 	attempt_fini(&b);
 	fx_fini(&fx);
 	sink_stop(&s);
 }
 
-/* STARTTLS answered with an error: opportunistic goes on in plaintext on the
- * same connection; require fails the host with 4.7.4. */
+/* STARTTLS offered, then answered with an error: HOST_FAIL under every
+ * policy, with the server's code and words (io_err TLS: the host is not
+ * down, the router tries the next exchanger); never MAIL in plaintext. */
 static void
 test_starttls_refused(void)
 {
 	static const struct {
 		enum conf_tls tls;
-		enum deliver_status status;
+		const char *status;
 	} rows[] = {
-		{ CONF_TLS_OPPORTUNISTIC, DELIVER_DONE },
-		{ CONF_TLS_REQUIRE, DELIVER_HOST_FAIL },
+		{ CONF_TLS_OPPORTUNISTIC, "4.7.5" },
+		{ CONF_TLS_REQUIRE, "4.7.4" },
+		{ CONF_TLS_VERIFY, "4.7.4" },
 	};
 	char json[512];
 
@@ -522,56 +529,18 @@ test_starttls_refused(void)
 		attempt_init(&a, &s, BODY("x\r\n"), "bob@example.net", NULL);
 		a.req.tls = rows[i].tls;
 		attempt_run(&fx, &a);
-		CHECK_INT(a.res.status, rows[i].status);
-		if (rows[i].status == DELIVER_DONE) {
-			sink_exec(&s, "sink.wait_for_messages(1, timeout=5)");
-			CHECK_STR(sink_eval(&s, "sink.messages[0].tls"), "False");
-			CHECK_STR(sink_eval(&s, "sink.connections"), "1");
-		} else {
-			CHECK_STR(a.res.status_code, "4.7.4");
-			CHECK_INT(a.res.code, 454);
-			CHECK_STR(a.res.reply, "454 4.7.0 TLS not available now");
-		}
+		CHECK_MSG(a.res.status == DELIVER_HOST_FAIL, "row %zu: status %d", i,
+		    (int)a.res.status);
+		CHECK_INT(a.res.io_err, IO_ERR_TLS);
+		CHECK_STR(a.res.status_code, rows[i].status);
+		CHECK_INT(a.res.code, 454);
+		CHECK_STR(a.res.reply, "454 4.7.0 TLS not available now");
+		CHECK_STR(sink_eval(&s, "[c for _, c in sink.commands if c.startswith('MAIL')]"), "[]");
+		CHECK_STR(sink_eval(&s, "len(sink.transactions)"), "0");
 		attempt_fini(&a);
 		fx_fini(&fx);
 		sink_stop(&s);
 	}
-}
-
-/* The memory of failed opportunistic STARTTLS expires (injected clock). */
-static uint64_t fake_now;
-
-static uint64_t
-fake_clock(void)
-{
-	return fake_now;
-}
-
-static void
-test_tls_fallback_expiry(void)
-{
-	static const struct {
-		uint64_t advance;
-		const char *ip_port;
-		bool want;
-	} rows[] = {
-		{ 0, "127.0.0.1:25", true },
-		{ 0, "127.0.0.2:25", false },
-		{ DELIVER_TLS_FALLBACK_MS - 1, "127.0.0.1:25", true },
-		{ 1, "127.0.0.1:25", false },
-	};
-	struct fx fx;
-
-	fx_init(&fx);
-	fx_deliver(&fx)->now = fake_clock;
-	fake_now = 1000;
-	deliver_pool_tls_failed(fx.d, "127.0.0.1:25");
-	for (size_t i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
-		fake_now += rows[i].advance;
-		CHECK_MSG(deliver_pool_tls_failed_recently(fx.d, rows[i].ip_port) == rows[i].want,
-		    "row %zu", i);
-	}
-	fx_fini(&fx);
 }
 
 /* Mixed RCPT replies, with and without PIPELINING: each rcpt gets its own. */
@@ -1080,8 +1049,9 @@ test_helo_fallback(void)
 	sink_stop(&s);
 }
 
-/* AUTH over TLS: PLAIN when offered, LOGIN otherwise; refused -> TEMP;
- * never without TLS. */
+/* AUTH over TLS through the SASL client: the mechanism is negotiated from the
+ * server's list (mechanisms that take no password are never tried); refused
+ * or no usable mechanism -> TEMP; never without TLS. */
 static void
 test_auth(void)
 {
@@ -1090,13 +1060,22 @@ test_auth(void)
 		enum conf_tls tls;
 		const char *password;
 		enum deliver_status status;
-		const char *auth_user;  /* as the sink saw it, for DONE */
+		int code;               /* res.code unless DONE */
+		const char *status_code; /* res.status_code unless DONE */
+		const char *mechs;      /* AUTH commands the sink saw: their mechanisms */
 	} rows[] = {
-		{ "", CONF_TLS_OPPORTUNISTIC, "secret", DELIVER_DONE, "carol" },
+		{ "", CONF_TLS_OPPORTUNISTIC, "secret", DELIVER_DONE, 0, NULL, "['PLAIN']" },
 		{ "ehlo=['250-sink\\n250-STARTTLS\\n250 AUTH LOGIN', '250-sink\\n250 AUTH LOGIN']",
-		  CONF_TLS_REQUIRE, "secret", DELIVER_DONE, "carol" },
-		{ "", CONF_TLS_OPPORTUNISTIC, "wrong", DELIVER_TEMP, NULL },
-		{ "", CONF_TLS_NONE, "secret", DELIVER_HOST_FAIL, NULL },
+		  CONF_TLS_REQUIRE, "secret", DELIVER_DONE, 0, NULL, "['LOGIN']" },
+		{ "ehlo=['250-sink\\n250-STARTTLS\\n250 X', "
+		  "'250-sink\\n250-AUTH GSSAPI ANONYMOUS\\n250 AUTH=LOGIN']",
+		  CONF_TLS_REQUIRE, "secret", DELIVER_DONE, 0, NULL, "['LOGIN']" },
+		{ "ehlo=['250-sink\\n250-STARTTLS\\n250 X', '250-sink\\n250 AUTH GSSAPI EXTERNAL']",
+		  CONF_TLS_REQUIRE, "secret", DELIVER_TEMP, 0, "4.7.0", "[]" },
+		{ "ehlo=['250-sink\\n250-STARTTLS\\n250 X', '250-sink\\n250 X']",
+		  CONF_TLS_REQUIRE, "secret", DELIVER_TEMP, 0, "4.7.0", "[]" },
+		{ "", CONF_TLS_OPPORTUNISTIC, "wrong", DELIVER_TEMP, 535, "5.7.8", "['PLAIN']" },
+		{ "", CONF_TLS_NONE, "secret", DELIVER_HOST_FAIL, 0, "4.7.4", "[]" },
 	};
 	char json[512];
 
@@ -1118,19 +1097,70 @@ test_auth(void)
 		attempt_run(&fx, &a);
 		CHECK_MSG(a.res.status == rows[i].status, "row %zu: status %d reply %s", i,
 		    (int)a.res.status, a.res.reply);
+		CHECK_STR(sink_eval(&s, "[c.split()[1].upper() for _, c in sink.commands "
+		    "if c.upper().startswith('AUTH ')]"), rows[i].mechs);
 		if (rows[i].status == DELIVER_DONE) {
 			sink_exec(&s, "sink.wait_for_messages(1, timeout=5)");
-			CHECK_STR(sink_eval(&s, "sink.messages[0].auth_user"), rows[i].auth_user);
+			CHECK_STR(sink_eval(&s, "sink.messages[0].auth_user"), "carol");
 			CHECK_STR(sink_eval(&s, "sink.messages[0].tls"), "True");
-		} else if (rows[i].status == DELIVER_TEMP) {
-			CHECK_INT(a.res.code, 535);
-			CHECK_STR(a.res.status_code, "5.7.8");
-			CHECK_STR(sink_eval(&s, "sink.auth_attempts"), "[('carol', False)]");
+			CHECK_STR(sink_eval(&s, "sink.auth_attempts"), "[('carol', True)]");
 		} else {
-			CHECK_STR(a.res.status_code, "4.7.4");
-			CHECK_STR(sink_eval(&s, "sink.auth_attempts"), "[]");
-			CHECK_STR(sink_eval(&s, "[c for _, c in sink.commands if c.startswith('AUTH')]"),
-			    "[]");
+			CHECK_MSG(a.res.code == rows[i].code, "row %zu: code %d", i, a.res.code);
+			CHECK_STR(a.res.status_code, rows[i].status_code);
+			CHECK_STR(sink_eval(&s, "len(sink.transactions)"), "0");
+			CHECK_STR(sink_eval(&s, "sink.auth_attempts"),
+			    rows[i].code == 535 ? "[('carol', False)]" : "[]");
+		}
+		if (rows[i].code == 535)
+			CHECK_STR(a.res.reply, "535 5.7.8 Error: authentication failed");
+		attempt_fini(&a);
+		fx_fini(&fx);
+		sink_stop(&s);
+	}
+}
+
+/* PIPELINING offered: MAIL, every RCPT and DATA leave before the MAIL reply
+ * (RFC 2920; the sink holds that reply back and looks at what has arrived);
+ * not offered: nothing follows MAIL until its reply. */
+static void
+test_pipelining(void)
+{
+	static const struct {
+		const char *json;
+		bool pipelined;
+	} rows[] = {
+		{ NULL, true },
+		{ "{\"ehlo_features\": [\"SIZE 1000000\", \"8BITMIME\", \"ENHANCEDSTATUSCODES\"]}",
+		  false },
+	};
+
+	for (size_t i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		struct fx fx;
+		struct sink s;
+		struct attempt a;
+		const char *w;
+
+		fx_init(&fx);
+		sink_start(&s, "127.0.0.39", rows[i].json);
+		sink_exec(&s, "sink.script(mail=lambda a: time.sleep(0.3) or '250 2.1.0 sender ok')");
+		attempt_init(&a, &s, BODY("Subject: p\r\n\r\nx\r\n"), "bob@example.net",
+		    "carol@example.net", NULL);
+		attempt_run(&fx, &a);
+		CHECK_INT(a.res.status, DELIVER_DONE);
+		CHECK_INT(a.rcpts[0].code, 250);
+		CHECK_INT(a.rcpts[1].code, 250);
+		sink_exec(&s, "sink.wait_for_messages(1, timeout=5)");
+		/* what had arrived, unread, when the MAIL reply went out */
+		w = sink_eval(&s, "[p for _, r, p in sink.pending if r == '250 2.1.0 sender ok'][0]");
+		if (rows[i].pipelined) {
+			CHECK_MSG(strstr(w, "RCPT TO:<bob@example.net>") != NULL &&
+			    strstr(w, "RCPT TO:<carol@example.net>") != NULL &&
+			    strstr(w, "DATA\\r\\n") != NULL, "row %zu: waiting at the MAIL reply: %s",
+			    i, w);
+		} else {
+			CHECK_MSG(w[0] == '\0', "row %zu: waiting at the MAIL reply: %s", i, w);
+			CHECK_STR(sink_eval(&s, "[d for _, d in sink.reads if b'MAIL' in d]"),
+			    "[b'MAIL FROM:<alice@relay.test> SIZE=17\\r\\n']");
 		}
 		attempt_fini(&a);
 		fx_fini(&fx);
@@ -1296,8 +1326,8 @@ main(void)
 	test_verify();
 	test_opportunistic_handshake_fails();
 	test_starttls_refused();
-	test_tls_fallback_expiry();
 	test_mixed_rcpts();
+	test_pipelining();
 	test_all_rcpts_refused();
 	test_eod_failures();
 	test_mail_data_failures();

@@ -130,9 +130,12 @@ static const struct caps_case caps_cases[] = {
 	    .starttls = true } },
 	{ "mx\nsize\npipelining\nstarttls", { .esmtp = true, .size = true, .pipelining = true,
 	    .starttls = true } },
-	{ "mx\nAUTH PLAIN LOGIN CRAM-MD5", { .esmtp = true, .auth_plain = true, .auth_login = true } },
-	{ "mx\nAUTH=LOGIN", { .esmtp = true, .auth_login = true } },
-	{ "mx\nAUTH CRAM-MD5 XOAUTH2", { .esmtp = true } },
+	{ "mx\nAUTH PLAIN LOGIN CRAM-MD5", { .esmtp = true, .auth_mechs = "PLAIN LOGIN CRAM-MD5" } },
+	{ "mx\nAUTH=LOGIN", { .esmtp = true, .auth_mechs = "LOGIN" } },
+	{ "mx\nAUTH CRAM-MD5 XOAUTH2", { .esmtp = true, .auth_mechs = "CRAM-MD5 XOAUTH2" } },
+	/* lower case, both spellings, duplicates, and words that are not mechanism names */
+	{ "mx\nAUTH plain scram-sha-256\nAUTH=PLAIN LOGIN\nAUTH BAD!NAME THIS-NAME-IS-FAR-TOO-LONG",
+	  { .esmtp = true, .auth_mechs = "PLAIN SCRAM-SHA-256 LOGIN" } },
 	{ "mx\nSTARTTLSX\nDSNX\nX-PIPELINING", { .esmtp = true } },
 	{ "mx\nSIZE 0", { .esmtp = true, .size = true, .size_max = 0 } },
 };
@@ -158,6 +161,7 @@ test_caps(void)
 		}
 		deliver_caps_parse(&got, &r);
 		CHECK_MSG(memcmp(&got, &c->want, sizeof(got)) == 0, "caps case %zu", i);
+		CHECK_STR(got.auth_mechs, c->want.auth_mechs);
 		CHECK_INT(got.size_max, c->want.size_max);
 		deliver_reply_free(&r);
 	}
