@@ -5,14 +5,30 @@
  * sockets are watched by uv_poll_t handles (ARES_OPT_SOCK_STATE_CB), its
  * timeouts by one uv_timer_t per channel, and ares_process_fd() does the work.
  *
+ * Lookups are shared: a caller's lookup (struct mx_query) waits on a fetch
+ * (struct mx_fetch, the DNS work for one key: domain and port, or a route's
+ * host list).  Concurrent lookups of one key join the fetch in flight; its
+ * result is built once and every waiter gets its own copy, equal
+ * preferences shuffled per copy.  Finished results are kept in a small cache
+ * (MX_CACHE_MAX entries, least recently used out first) for min(TTL,
+ * MX_CACHE_TTL_MAX) seconds — the TTL being the least of every record and
+ * negative answer (SOA, RFC 2308) the result rests on — or MX_CACHE_TTL_TEMP
+ * seconds after a temporary failure.  mx_cache_clear() and mx_reload()
+ * forget it.  c-ares' timer is rearmed once per loop iteration (a uv_prepare_t
+ * before the loop blocks), never per request: ares_timeout() walks every
+ * request in flight.
+ *
  * Owns: the c-ares channels (the current one, and older ones still draining
- * their queries after a reload), their poll and timer handles, and every
- * query until its callback has returned.  Answers are parsed here (answer
- * section walk, CNAME chains) so that every rcode maps to exactly one result.
+ * their queries after a reload), their poll and timer handles, every fetch
+ * until its last request has called back, every query until its callback has
+ * returned or it is cancelled, and the cache.  Answers are parsed here
+ * (answer section walk, CNAME chains, SOA of negative answers) so that every
+ * rcode maps to exactly one result.
  *
  * Must never: block the loop (no getaddrinfo, no /etc/hosts), call a user
  * callback from inside c-ares or from inside mx_lookup*() (results are handed
- * out from a 0 ms timer), or call ares_destroy() from inside a c-ares callback.
+ * out from a 0 ms timer), call ares_destroy() from inside a c-ares callback,
+ * or hand one result to two callers.
  */
 #include "router/router_mx.h"
 
@@ -20,6 +36,7 @@
 #include <arpa/nameser.h>
 #include <ctype.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +53,7 @@
 #define MX_MAGIC_RESOLVER   0x4d585253u     /* "MXRS" */
 #define MX_MAGIC_CHAN       0x4d584348u     /* "MXCH" */
 #define MX_MAGIC_QUERY      0x4d585159u     /* "MXQY" */
+#define MX_MAGIC_FETCH      0x4d584654u     /* "MXFT" */
 
 #define MX_CNAME_MAX        8       /* CNAME links followed, across queries */
 #define MX_MAX_RECORDS      64      /* MX records read from one answer */
@@ -44,6 +62,14 @@
 
 #define MX_DEFAULT_TIMEOUT  2000
 #define MX_DEFAULT_TRIES    2
+
+#define MX_CACHE_MAX        1024    /* results cached, least recently used out first */
+#define MX_CACHE_TTL_MAX    60      /* s: a result is never kept longer */
+#define MX_CACHE_TTL_TEMP   5       /* s: a temporary failure is kept this long */
+#define MX_TTL_NONE         UINT32_MAX
+
+#define MX_CONTAINER(p, type, member) \
+	((type *)(void *)((char *)(p) - offsetof(type, member)))
 
 /* What one c-ares request asks. */
 enum mx_kind {
@@ -69,6 +95,7 @@ struct mx_chan {
 	size_t nhandles;        /* open uv handles (timer + polls) */
 	bool retired;           /* a newer channel took over */
 	bool destroyed;         /* ares_destroy() done, handles closing */
+	bool rearm;             /* requests changed: rearm the timer before the loop blocks */
 	TAILQ_ENTRY(mx_chan) entry;
 };
 
@@ -85,19 +112,39 @@ struct mx_xch {
 	bool self;              /* one of its addresses is ours */
 };
 
-struct mx_query {
+/* A node of a string-keyed hash table (fetches in flight, cached results). */
+struct mx_hnode {
+	char *key;
+	size_t hash;
+	struct mx_hnode *next;
+};
+
+struct mx_htab {
+	struct mx_hnode **b;
+	size_t nb, n;
+};
+
+TAILQ_HEAD(mx_query_list, mx_query);
+
+/*
+ * The DNS work for one key, shared by the lookups waiting on it.  Joinable
+ * (in r->inflight) until it is done, abandoned or a reload makes it stale.
+ */
+struct mx_fetch {
 	uint32_t magic;
 	struct mx_resolver *r;
 	struct mx_chan *c;      /* the channel its requests run on */
-	mx_cb *cb;
-	void *arg;
+	struct mx_hnode node;   /* key NULL: private (literal, bad name) */
+	bool joinable;          /* in r->inflight */
+	bool stale;             /* started under an older configuration: not cached */
+	bool abandoned;         /* every waiter cancelled: answers are ignored */
 	char *domain;           /* lower case, no trailing dot; or a description for routes */
 	uint16_t port;
 	bool routes;            /* mx_lookup_hosts(): no loop check, temp when unresolved */
 	bool implicit;
-	bool cancelled;
-	bool ready;             /* on r->ready, waiting for the kick */
 	size_t inflight;        /* c-ares requests (plus construction hold) outstanding */
+	uint32_t ttl;           /* s: least TTL of what the result rests on (MX_TTL_NONE) */
+	bool temp;              /* some lookup failed temporarily */
 
 	struct mx_xch *x;
 	size_t nx;
@@ -107,12 +154,25 @@ struct mx_query {
 	int err;                /* a failure decided before address resolution */
 	char status[16];
 	char reason[256];
-	TAILQ_ENTRY(mx_query) entry;
+	struct mx_query_list waiters;
+	TAILQ_ENTRY(mx_fetch) entry;    /* r->fetches */
+};
+
+/* One caller's lookup: waits on a fetch, then holds its own result. */
+struct mx_query {
+	uint32_t magic;
+	struct mx_resolver *r;
+	struct mx_fetch *f;     /* while waiting */
+	mx_cb *cb;
+	void *arg;
+	struct mx_result *res;  /* when ready */
+	bool ready;             /* on r->ready, waiting for the kick */
+	TAILQ_ENTRY(mx_query) entry;    /* f->waiters or r->ready */
 };
 
 /* One c-ares request in flight. */
 struct mx_req {
-	struct mx_query *q;
+	struct mx_fetch *f;
 	struct mx_chan *c;
 	enum mx_kind kind;
 	size_t xi;              /* exchanger index for A/AAAA */
@@ -120,7 +180,14 @@ struct mx_req {
 	char *name;             /* the name asked */
 };
 
-TAILQ_HEAD(mx_query_list, mx_query);
+/* A cached result, as resolved (equal preferences not shuffled). */
+struct mx_cent {
+	struct mx_hnode node;
+	struct mx_result *res;
+	bool shuffle;           /* shuffle equal preferences per copy (not for routes) */
+	uint64_t expires;       /* the resolver's clock, ms */
+	TAILQ_ENTRY(mx_cent) lru;       /* least recently used first */
+};
 
 struct mx_resolver {
 	uint32_t magic;
@@ -128,8 +195,16 @@ struct mx_resolver {
 	struct mx_chan *chan;                   /* the current channel */
 	TAILQ_HEAD(, mx_chan) chans;            /* all channels, current included */
 	uv_timer_t kick;                        /* 0 ms: hand out results, reap channels */
-	struct mx_query_list pending;
+	uv_prepare_t prepare;                   /* before the loop blocks: rearm channel timers */
 	struct mx_query_list ready;
+	size_t npending;                        /* queries whose callback is still due */
+	TAILQ_HEAD(, mx_fetch) fetches;         /* every fetch until its last request is back */
+	struct mx_htab inflight;                /* joinable fetches by key */
+	struct mx_htab cache;                   /* struct mx_cent by key */
+	TAILQ_HEAD(, mx_cent) lru;
+	struct mx_stats stats;
+	uint64_t (*now)(void *);                /* monotonic ms (tests inject it) */
+	void *now_arg;
 
 	char *hostname;                         /* lower case, no trailing dot */
 	struct sockaddr_storage *self;          /* listen addresses (ports ignored) */
@@ -185,22 +260,32 @@ mx_name_eq(const char *a, const char *b)
 }
 
 static void
-mx_fail(struct mx_query *q, int err, const char *status, const char *fmt, ...)
+mx_fail(struct mx_fetch *f, int err, const char *status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* Record the query's failure (the first one wins). */
+/* Record the fetch's failure (the first one wins). */
 static void
-mx_fail(struct mx_query *q, int err, const char *status, const char *fmt, ...)
+mx_fail(struct mx_fetch *f, int err, const char *status, const char *fmt, ...)
 {
 	va_list ap;
 
-	if (q->err != 0)
+	if (err == RELAY_ETEMP)
+		f->temp = true;
+	if (f->err != 0)
 		return;
-	q->err = err;
-	snprintf(q->status, sizeof(q->status), "%s", status);
+	f->err = err;
+	snprintf(f->status, sizeof(f->status), "%s", status);
 	va_start(ap, fmt);
-	vsnprintf(q->reason, sizeof(q->reason), fmt, ap);
+	vsnprintf(f->reason, sizeof(f->reason), fmt, ap);
 	va_end(ap);
+}
+
+/* The result rests on something valid for ttl seconds. */
+static void
+mx_fetch_ttl(struct mx_fetch *f, uint32_t ttl)
+{
+	if (ttl < f->ttl)
+		f->ttl = ttl;
 }
 
 static void
@@ -338,6 +423,8 @@ struct mx_rr {
 struct mx_answer {
 	struct mx_rr *rr;
 	size_t n;
+	uint32_t min_ttl;       /* least TTL in the answer section (MX_TTL_NONE: no record) */
+	uint32_t neg_ttl;       /* negative answer: min(SOA TTL, SOA minimum); 0 without SOA */
 };
 
 static void
@@ -367,23 +454,72 @@ mx_expand(const unsigned char *p, const unsigned char *abuf, int alen, long *use
 	return n;
 }
 
+/* A TTL field (RFC 2181 8: a value with the top bit set is 0). */
+static uint32_t
+mx_ttl_at(const unsigned char *p)
+{
+	uint32_t v = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+
+	return v > 0x7fffffffu ? 0 : v;
+}
+
 /*
- * Collect the answer section's CNAME, MX, A and AAAA records of class IN.
+ * The TTL of a negative answer (RFC 2308 5): min(SOA TTL, SOA minimum) of
+ * the authority section's SOA at p; 0 (do not keep) without one.
+ */
+static uint32_t
+mx_parse_neg_ttl(const unsigned char *abuf, int alen, const unsigned char *p, unsigned nscount)
+{
+	const unsigned char *end = abuf + alen, *rd;
+	unsigned i, type, class, rdlen;
+	uint32_t ttl, min;
+	long used;
+	char *name;
+
+	for (i = 0; i < nscount; i++) {
+		if ((name = mx_expand(p, abuf, alen, &used)) == NULL)
+			return 0;
+		free(name);
+		p += used;
+		if (end - p < NS_RRFIXEDSZ)
+			return 0;
+		type = (unsigned)p[0] << 8 | p[1];
+		class = (unsigned)p[2] << 8 | p[3];
+		ttl = mx_ttl_at(p + 4);
+		rdlen = (unsigned)p[8] << 8 | p[9];
+		rd = p + NS_RRFIXEDSZ;
+		if ((size_t)(end - rd) < rdlen)
+			return 0;
+		p = rd + rdlen;
+		if (type != ns_t_soa || class != ns_c_in || rdlen < 22)
+			continue;
+		min = mx_ttl_at(rd + rdlen - 4);        /* the last of SOA's five numbers */
+		return ttl < min ? ttl : min;
+	}
+	return 0;
+}
+
+/*
+ * Collect the answer section's CNAME, MX, A and AAAA records of class IN,
+ * the least TTL among its records, and the TTL of a negative answer.
  * 0, or -1 for a malformed message.
  */
 static int
 mx_parse_answer(const unsigned char *abuf, int alen, struct mx_answer *an)
 {
 	const unsigned char *p, *end = abuf + alen;
-	unsigned qd, ancount, i;
+	unsigned qd, ancount, nscount, i;
+	uint32_t ttl;
 	long used;
 	char *name;
 
 	memset(an, 0, sizeof(*an));
-	if (alen < NS_HFIXEDSZ)
+	an->min_ttl = MX_TTL_NONE;
+	if (abuf == NULL || alen < NS_HFIXEDSZ)
 		return -1;
 	qd = (unsigned)abuf[4] << 8 | abuf[5];
 	ancount = (unsigned)abuf[6] << 8 | abuf[7];
+	nscount = (unsigned)abuf[8] << 8 | abuf[9];
 	p = abuf + NS_HFIXEDSZ;
 	for (i = 0; i < qd; i++) {
 		if ((name = mx_expand(p, abuf, alen, &used)) == NULL)
@@ -410,6 +546,7 @@ mx_parse_answer(const unsigned char *abuf, int alen, struct mx_answer *an)
 		}
 		type = (unsigned)p[0] << 8 | p[1];
 		class = (unsigned)p[2] << 8 | p[3];
+		ttl = mx_ttl_at(p + 4);
 		rdlen = (unsigned)p[8] << 8 | p[9];
 		rd = p + NS_RRFIXEDSZ;
 		if ((size_t)(end - rd) < rdlen) {
@@ -417,6 +554,8 @@ mx_parse_answer(const unsigned char *abuf, int alen, struct mx_answer *an)
 			goto bad;
 		}
 		p = rd + rdlen;
+		if (ttl < an->min_ttl)
+			an->min_ttl = ttl;
 		if (class != ns_c_in) {
 			free(name);
 			continue;
@@ -452,6 +591,7 @@ mx_parse_answer(const unsigned char *abuf, int alen, struct mx_answer *an)
 		}
 		an->n++;
 	}
+	an->neg_ttl = mx_parse_neg_ttl(abuf, alen, p, nscount);
 	return 0;
 bad_rr:
 	free(an->rr[an->n].owner);
@@ -489,7 +629,7 @@ mx_chain_end(const struct mx_answer *an, const char *name, unsigned *links)
 
 /* ---- channels ---- */
 
-static void mx_chan_rearm(struct mx_chan *c);
+static void mx_chan_touch(struct mx_chan *c);
 
 static void
 mx_chan_timeout(uv_timer_t *t)
@@ -499,10 +639,14 @@ mx_chan_timeout(uv_timer_t *t)
 	if (c->magic != MX_MAGIC_CHAN)
 		fatalx("%s: bad channel", __func__);
 	ares_process_fd(c->ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
-	mx_chan_rearm(c);
+	mx_chan_touch(c);
 }
 
-/* Run the channel's timer for c-ares' next timeout, if it has queries. */
+/*
+ * Run the channel's timer for c-ares' next timeout, if it has queries.
+ * ares_timeout() walks every request in flight: called once per loop
+ * iteration at most (mx_prepare_cb), never per request.
+ */
 static void
 mx_chan_rearm(struct mx_chan *c)
 {
@@ -517,6 +661,33 @@ mx_chan_rearm(struct mx_chan *c)
 	}
 	ms = (uint64_t)tvp->tv_sec * 1000 + ((uint64_t)tvp->tv_usec + 999) / 1000;
 	uv_timer_start(&c->timer, mx_chan_timeout, ms, 0);
+}
+
+/* Before the loop blocks: rearm the timers of the channels whose requests changed. */
+static void
+mx_prepare_cb(uv_prepare_t *h)
+{
+	struct mx_resolver *r = h->data;
+	struct mx_chan *c;
+
+	if (r->magic != MX_MAGIC_RESOLVER)
+		fatalx("%s: bad resolver", __func__);
+	uv_prepare_stop(h);
+	TAILQ_FOREACH(c, &r->chans, entry) {
+		if (c->rearm) {
+			c->rearm = false;
+			mx_chan_rearm(c);
+		}
+	}
+}
+
+/* The channel's requests changed (sent, answered, timed out): rearm it soon. */
+static void
+mx_chan_touch(struct mx_chan *c)
+{
+	c->rearm = true;
+	if (!c->r->closing)
+		uv_prepare_start(&c->r->prepare, mx_prepare_cb);
 }
 
 static void
@@ -574,7 +745,7 @@ mx_poll_cb(uv_poll_t *h, int status, int events)
 	}
 	/* p may be closed by the socket state callback from here on */
 	ares_process_fd(c->ch, rfd, wfd);
-	mx_chan_rearm(c);
+	mx_chan_touch(c);
 }
 
 /* c-ares tells which sockets to watch, and for what. */
@@ -686,56 +857,483 @@ mx_chan_replace(struct mx_resolver *r, struct buf *err)
 	return 0;
 }
 
-/* ---- queries ---- */
+/* ---- tables: fetches in flight and cached results, by key ---- */
+
+static size_t
+mx_hash(const char *k)
+{
+	size_t h = 2166136261u;
+
+	for (; *k != '\0'; k++)
+		h = (h ^ (unsigned char)*k) * 16777619u;
+	return h;
+}
+
+static struct mx_hnode *
+mx_htab_find(const struct mx_htab *t, const char *key, size_t h)
+{
+	struct mx_hnode *n;
+
+	if (t->nb == 0)
+		return NULL;
+	for (n = t->b[h % t->nb]; n != NULL; n = n->next)
+		if (n->hash == h && strcmp(n->key, key) == 0)
+			return n;
+	return NULL;
+}
 
 static void
-mx_query_free(struct mx_query *q)
+mx_htab_add(struct mx_htab *t, struct mx_hnode *n)
+{
+	struct mx_hnode **nb, *e, *next;
+	size_t size, i, k;
+
+	if (t->n >= t->nb) {
+		size = t->nb ? t->nb * 2 : 64;
+		nb = xcalloc(size, sizeof(*nb));
+		for (i = 0; i < t->nb; i++) {
+			for (e = t->b[i]; e != NULL; e = next) {
+				next = e->next;
+				k = e->hash % size;
+				e->next = nb[k];
+				nb[k] = e;
+			}
+		}
+		free(t->b);
+		t->b = nb;
+		t->nb = size;
+	}
+	k = n->hash % t->nb;
+	n->next = t->b[k];
+	t->b[k] = n;
+	t->n++;
+}
+
+static void
+mx_htab_del(struct mx_htab *t, struct mx_hnode *n)
+{
+	struct mx_hnode **pp;
+
+	for (pp = &t->b[n->hash % t->nb]; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == n) {
+			*pp = n->next;
+			t->n--;
+			return;
+		}
+	}
+	fatalx("%s: node not in its table", __func__);
+}
+
+/* ---- results ---- */
+
+void
+mx_result_free(struct mx_result *res)
 {
 	size_t i;
 
-	for (i = 0; i < q->nx; i++)
-		free(q->x[i].host);
-	free(q->x);
-	free(q->domain);
-	q->magic = 0;
-	free(q);
+	if (res == NULL)
+		return;
+	for (i = 0; i < res->ntargets; i++) {
+		free(res->targets[i].host);
+		free(res->targets[i].addrs);
+	}
+	free(res->targets);
+	free(res);
 }
 
-/* The query's last request is done: hand it to the kick, or free it if cancelled. */
+/* A deep copy: every caller owns its own result. */
+static struct mx_result *
+mx_result_copy(const struct mx_result *src)
+{
+	struct mx_result *res = xmalloc(sizeof(*res));
+	size_t i;
+
+	*res = *src;
+	res->targets = NULL;
+	if (src->ntargets == 0)
+		return res;
+	res->targets = xcalloc(src->ntargets, sizeof(*res->targets));
+	for (i = 0; i < src->ntargets; i++) {
+		const struct mx_target *s = &src->targets[i];
+		struct mx_target *t = &res->targets[i];
+
+		*t = *s;
+		t->host = xstrdup(s->host);
+		t->addrs = xcalloc(s->naddrs, sizeof(*t->addrs));
+		memcpy(t->addrs, s->addrs, s->naddrs * sizeof(*t->addrs));
+	}
+	return res;
+}
+
+/* Shuffle each run of equal preferences (the targets are sorted by preference). */
 static void
-mx_query_release(struct mx_query *q)
+mx_shuffle(struct mx_resolver *r, struct mx_result *res)
+{
+	struct mx_target *t = res->targets, tmp;
+	size_t n = res->ntargets, i, j, k, pick;
+
+	for (i = 0; i < n; i = j) {
+		for (j = i + 1; j < n && t[j].pref == t[i].pref; j++)
+			;
+		for (k = j - 1; k > i; k--) {
+			pick = i + mx_random(r, (uint32_t)(k - i + 1));
+			tmp = t[k];
+			t[k] = t[pick];
+			t[pick] = tmp;
+		}
+	}
+}
+
+static void
+mx_result_fail(struct mx_result *res, int err, const char *status, const char *reason)
+{
+	res->err = err;
+	snprintf(res->status, sizeof(res->status), "%s", status);
+	snprintf(res->reason, sizeof(res->reason), "%s", reason);
+}
+
+static struct mx_result *
+mx_build_result(struct mx_fetch *f)
+{
+	struct mx_resolver *r = f->r;
+	struct mx_result *res = xcalloc(1, sizeof(*res));
+	unsigned cut = 0;
+	bool cutting = f->self_found, temp = false;
+	size_t i, j, kept = 0;
+	char msg[256];
+
+	res->implicit = f->implicit;
+	if (f->err != 0) {
+		mx_result_fail(res, f->err, f->status, f->reason);
+		return res;
+	}
+	if (cutting)
+		cut = f->self_pref;
+
+	/* an exchanger with one of our addresses is us, too */
+	if (!f->routes) {
+		for (i = 0; i < f->nx; i++) {
+			struct mx_xch *x = &f->x[i];
+
+			for (j = 0; j < x->n6 && !x->self; j++)
+				x->self = mx_is_self_addr(r, &x->a6[j]);
+			for (j = 0; j < x->n4 && !x->self; j++)
+				x->self = mx_is_self_addr(r, &x->a4[j]);
+			if (x->self && (!cutting || x->pref < cut)) {
+				cutting = true;
+				cut = x->pref;
+			}
+		}
+	}
+	for (i = 0; i < f->nx; i++)
+		if (!cutting || f->x[i].pref < cut)
+			kept++;
+	if (kept == 0) {
+		snprintf(msg, sizeof(msg), "mail for %s loops back to myself", f->domain);
+		mx_result_fail(res, RELAY_EINVAL, "5.4.6", msg);
+		return res;
+	}
+
+	res->targets = xcalloc(f->nx, sizeof(*res->targets));
+	for (i = 0; i < f->nx; i++) {
+		struct mx_xch *x = &f->x[i];
+		struct mx_target *t;
+
+		if (cutting && x->pref >= cut)
+			continue;
+		if (x->n6 + x->n4 == 0) {
+			temp = temp || x->temp;
+			continue;
+		}
+		t = &res->targets[res->ntargets++];
+		t->host = xstrdup(x->host);
+		t->pref = x->pref;
+		t->addrs = xcalloc(x->n6 + x->n4, sizeof(*t->addrs));
+		for (j = 0; j < x->n6; j++)
+			t->addrs[t->naddrs++] = x->a6[j];
+		for (j = 0; j < x->n4; j++)
+			t->addrs[t->naddrs++] = x->a4[j];
+	}
+	if (res->ntargets > 0)
+		return res;
+	free(res->targets);
+	res->targets = NULL;
+	if (f->routes) {
+		snprintf(msg, sizeof(msg), "no host of the route (%s) could be resolved%s", f->domain,
+		    temp ? " (temporary DNS failure)" : "");
+		mx_result_fail(res, RELAY_ETEMP, "4.4.3", msg);
+	} else if (temp) {
+		snprintf(msg, sizeof(msg), "no exchanger for %s could be resolved "
+		    "(temporary DNS failure)", f->domain);
+		mx_result_fail(res, RELAY_ETEMP, "4.4.3", msg);
+	} else {
+		snprintf(msg, sizeof(msg), "no usable exchanger for %s", f->domain);
+		mx_result_fail(res, RELAY_EINVAL, "5.1.2", msg);
+	}
+	return res;
+}
+
+static size_t
+mx_fetch_nwaiters(const struct mx_fetch *f)
+{
+	const struct mx_query *q;
+	size_t n = 0;
+
+	TAILQ_FOREACH(q, &f->waiters, entry)
+		n++;
+	return n;
+}
+
+/* One line per resolution (not per caller); keep: seconds it is cached. */
+static void
+mx_log_result(const struct mx_fetch *f, const struct mx_result *res, uint32_t keep)
+{
+	struct log_line l;
+	size_t i;
+
+	log_begin(&l, LOG_DEBUG, "mx");
+	log_kv(&l, f->routes ? "hosts" : "domain", f->domain);
+	if (res->err != 0) {
+		log_kv(&l, "status", res->status);
+		log_kv(&l, "reason", res->reason);
+	} else {
+		struct buf b = BUF_INIT;
+
+		for (i = 0; i < res->ntargets; i++)
+			buf_printf(&b, "%s%u:%s/%zu", i ? "," : "", res->targets[i].pref,
+			    res->targets[i].host, res->targets[i].naddrs);
+		log_kv(&l, "targets", buf_cstr(&b));
+		if (res->implicit)
+			log_kv(&l, "implicit", "yes");
+		buf_free(&b);
+	}
+	log_kvu(&l, "waiters", mx_fetch_nwaiters(f));
+	log_kvu(&l, "cached_s", keep);
+	log_end(&l);
+}
+
+/* ---- the cache ---- */
+
+static uint64_t
+mx_now(struct mx_resolver *r)
+{
+	return r->now != NULL ? r->now(r->now_arg) : util_mono_ms();
+}
+
+static void
+mx_cache_del(struct mx_resolver *r, struct mx_cent *e)
+{
+	mx_htab_del(&r->cache, &e->node);
+	TAILQ_REMOVE(&r->lru, e, lru);
+	mx_result_free(e->res);
+	free(e->node.key);
+	free(e);
+}
+
+/* The cached result for key while it is fresh (then it is the most recently used). */
+static struct mx_cent *
+mx_cache_get(struct mx_resolver *r, const char *key, size_t h)
+{
+	struct mx_hnode *n;
+	struct mx_cent *e;
+
+	if ((n = mx_htab_find(&r->cache, key, h)) == NULL)
+		return NULL;
+	e = MX_CONTAINER(n, struct mx_cent, node);
+	if (mx_now(r) >= e->expires) {
+		mx_cache_del(r, e);
+		return NULL;
+	}
+	TAILQ_REMOVE(&r->lru, e, lru);
+	TAILQ_INSERT_TAIL(&r->lru, e, lru);
+	return e;
+}
+
+/* Keep a copy of res for keep seconds, pushing out the least recently used. */
+static void
+mx_cache_put(struct mx_resolver *r, const char *key, const struct mx_result *res, bool shuffle,
+    uint32_t keep)
+{
+	struct mx_hnode *n;
+	struct mx_cent *e;
+	size_t h = mx_hash(key);
+
+	if ((n = mx_htab_find(&r->cache, key, h)) != NULL)
+		mx_cache_del(r, MX_CONTAINER(n, struct mx_cent, node));
+	if (r->cache.n >= MX_CACHE_MAX)
+		mx_cache_del(r, TAILQ_FIRST(&r->lru));
+	e = xcalloc(1, sizeof(*e));
+	e->node.key = xstrdup(key);
+	e->node.hash = h;
+	e->res = mx_result_copy(res);
+	e->shuffle = shuffle;
+	e->expires = mx_now(r) + (uint64_t)keep * 1000;
+	mx_htab_add(&r->cache, &e->node);
+	TAILQ_INSERT_TAIL(&r->lru, e, lru);
+}
+
+void
+mx_cache_clear(struct mx_resolver *r)
+{
+	struct mx_cent *e;
+
+	while ((e = TAILQ_FIRST(&r->lru)) != NULL)
+		mx_cache_del(r, e);
+}
+
+/* How long a fetch's result may be kept (s); 0: not at all. */
+static uint32_t
+mx_fetch_keep(const struct mx_fetch *f, const struct mx_result *res)
+{
+	if (f->temp || res->err == RELAY_ETEMP)
+		return f->ttl < MX_CACHE_TTL_TEMP ? f->ttl : MX_CACHE_TTL_TEMP;
+	if (f->ttl == MX_TTL_NONE)
+		return 0;               /* nothing came from DNS */
+	return f->ttl < MX_CACHE_TTL_MAX ? f->ttl : MX_CACHE_TTL_MAX;
+}
+
+/* ---- queries and fetches ---- */
+
+static struct mx_query *
+mx_query_new(struct mx_resolver *r, mx_cb *cb, void *arg)
+{
+	struct mx_query *q;
+
+	if (r->closing)
+		fatalx("%s: lookup on a closing resolver", __func__);
+	q = xcalloc(1, sizeof(*q));
+	q->magic = MX_MAGIC_QUERY;
+	q->r = r;
+	q->cb = cb;
+	q->arg = arg;
+	r->npending++;
+	r->stats.lookups++;
+	return q;
+}
+
+/* q has its own result: the kick hands it out. */
+static void
+mx_query_ready(struct mx_query *q, struct mx_result *res, bool shuffle)
 {
 	struct mx_resolver *r = q->r;
 
-	if (q->inflight == 0)
-		fatalx("%s: release without hold", __func__);
-	if (--q->inflight > 0)
-		return;
-	if (q->cancelled) {
-		mx_query_free(q);
-		return;
-	}
-	TAILQ_REMOVE(&r->pending, q, entry);
-	TAILQ_INSERT_TAIL(&r->ready, q, entry);
+	if (shuffle)
+		mx_shuffle(r, res);
+	q->res = res;
 	q->ready = true;
+	TAILQ_INSERT_TAIL(&r->ready, q, entry);
 	mx_kick(r);
 }
 
+/* A fetch with its construction hold (mx_fetch_release); key (taken) makes it joinable. */
+static struct mx_fetch *
+mx_fetch_new(struct mx_resolver *r, char *key)
+{
+	struct mx_fetch *f = xcalloc(1, sizeof(*f));
+
+	f->magic = MX_MAGIC_FETCH;
+	f->r = r;
+	f->c = r->chan;
+	f->inflight = 1;
+	f->ttl = MX_TTL_NONE;
+	TAILQ_INIT(&f->waiters);
+	TAILQ_INSERT_TAIL(&r->fetches, f, entry);
+	if (key != NULL) {
+		f->node.key = key;
+		f->node.hash = mx_hash(key);
+		mx_htab_add(&r->inflight, &f->node);
+		f->joinable = true;
+		r->stats.fetches++;
+	}
+	return f;
+}
+
 static void
-mx_send(struct mx_query *q, enum mx_kind kind, size_t xi, unsigned depth, const char *name)
+mx_fetch_join(struct mx_fetch *f, struct mx_query *q)
+{
+	q->f = f;
+	TAILQ_INSERT_TAIL(&f->waiters, q, entry);
+}
+
+/* Later lookups of the key start afresh. */
+static void
+mx_fetch_unjoin(struct mx_fetch *f)
+{
+	if (!f->joinable)
+		return;
+	mx_htab_del(&f->r->inflight, &f->node);
+	f->joinable = false;
+}
+
+static void
+mx_fetch_free(struct mx_fetch *f)
+{
+	size_t i;
+
+	TAILQ_REMOVE(&f->r->fetches, f, entry);
+	for (i = 0; i < f->nx; i++)
+		free(f->x[i].host);
+	free(f->x);
+	free(f->domain);
+	free(f->node.key);
+	f->magic = 0;
+	free(f);
+}
+
+/*
+ * The fetch's last request is back: the result is built once, kept in the
+ * cache if it may be, and every waiter gets its own copy.
+ */
+static void
+mx_fetch_done(struct mx_fetch *f)
+{
+	struct mx_resolver *r = f->r;
+	struct mx_result *res;
+	struct mx_query *q;
+	uint32_t keep;
+
+	mx_fetch_unjoin(f);
+	if (!TAILQ_EMPTY(&f->waiters)) {
+		res = mx_build_result(f);
+		keep = f->node.key != NULL && !f->stale ? mx_fetch_keep(f, res) : 0;
+		mx_log_result(f, res, keep);
+		if (keep > 0)
+			mx_cache_put(r, f->node.key, res, !f->routes, keep);
+		while ((q = TAILQ_FIRST(&f->waiters)) != NULL) {
+			TAILQ_REMOVE(&f->waiters, q, entry);
+			q->f = NULL;
+			mx_query_ready(q, TAILQ_EMPTY(&f->waiters) ? res : mx_result_copy(res),
+			    !f->routes);
+		}
+	}
+	mx_fetch_free(f);
+}
+
+/* Drop a hold (a request called back, or construction is over). */
+static void
+mx_fetch_release(struct mx_fetch *f)
+{
+	if (f->inflight == 0)
+		fatalx("%s: release without hold", __func__);
+	if (--f->inflight == 0)
+		mx_fetch_done(f);
+}
+
+static void
+mx_send(struct mx_fetch *f, enum mx_kind kind, size_t xi, unsigned depth, const char *name)
 {
 	struct mx_req *req;
 	int type;
 
 	req = xcalloc(1, sizeof(*req));
-	req->q = q;
-	req->c = q->c;
+	req->f = f;
+	req->c = f->c;
 	req->kind = kind;
 	req->xi = xi;
 	req->depth = depth;
 	req->name = xstrdup(name);
-	q->inflight++;
-	q->c->inflight++;
+	f->inflight++;
+	f->c->inflight++;
 	switch (kind) {
 	case MX_REQ_MX:
 		type = ns_t_mx;
@@ -747,9 +1345,23 @@ mx_send(struct mx_query *q, enum mx_kind kind, size_t xi, unsigned depth, const 
 		type = ns_t_a;
 		break;
 	}
-	/* may call back at once (bad name, no memory): the hold keeps q alive */
-	ares_query(q->c->ch, req->name, ns_c_in, type, mx_ares_cb, req);
-	mx_chan_rearm(q->c);
+	/* may call back at once (bad name, no memory): the hold keeps f alive */
+	ares_query(f->c->ch, req->name, ns_c_in, type, mx_ares_cb, req);
+	mx_chan_touch(f->c);
+}
+
+/* How long a negative answer (NXDOMAIN, NODATA) may be kept: 0 when it says nothing. */
+static uint32_t
+mx_neg_ttl(const unsigned char *abuf, int alen)
+{
+	struct mx_answer an;
+	uint32_t ttl;
+
+	if (mx_parse_answer(abuf, alen, &an) == -1)
+		return 0;
+	ttl = an.neg_ttl < an.min_ttl ? an.neg_ttl : an.min_ttl;   /* CNAMEs on the way count */
+	mx_answer_free(&an);
+	return ttl;
 }
 
 /* Temporary DNS failures (as opposed to "this does not exist"). */
@@ -800,31 +1412,31 @@ mx_xch_init(struct mx_xch *x, const char *host, unsigned pref, uint16_t port)
 
 /* Start AAAA and A lookups for every exchanger. */
 static void
-mx_resolve_all(struct mx_query *q)
+mx_resolve_all(struct mx_fetch *f)
 {
 	size_t i;
 
-	for (i = 0; i < q->nx; i++) {
-		mx_send(q, MX_REQ_AAAA, i, 0, q->x[i].host);
-		mx_send(q, MX_REQ_A, i, 0, q->x[i].host);
+	for (i = 0; i < f->nx; i++) {
+		mx_send(f, MX_REQ_AAAA, i, 0, f->x[i].host);
+		mx_send(f, MX_REQ_A, i, 0, f->x[i].host);
 	}
 }
 
 /* No MX records: the domain itself is the exchanger (RFC 5321 5.1). */
 static void
-mx_implicit(struct mx_query *q)
+mx_implicit(struct mx_fetch *f)
 {
-	struct mx_resolver *r = q->r;
+	struct mx_resolver *r = f->r;
 
-	q->implicit = true;
-	q->x = xcalloc(1, sizeof(*q->x));
-	mx_xch_init(&q->x[0], q->domain, 0, q->port);
-	q->nx = 1;
-	if (r->hostname != NULL && mx_name_eq(q->domain, r->hostname)) {
-		mx_fail(q, RELAY_EINVAL, "5.4.6", "mail for %s loops back to myself", q->domain);
+	f->implicit = true;
+	f->x = xcalloc(1, sizeof(*f->x));
+	mx_xch_init(&f->x[0], f->domain, 0, f->port);
+	f->nx = 1;
+	if (r->hostname != NULL && mx_name_eq(f->domain, r->hostname)) {
+		mx_fail(f, RELAY_EINVAL, "5.4.6", "mail for %s loops back to myself", f->domain);
 		return;
 	}
-	mx_resolve_all(q);
+	mx_resolve_all(f);
 }
 
 struct mx_pair {
@@ -834,12 +1446,12 @@ struct mx_pair {
 
 /* The MX answer: order the exchangers, drop ourselves, resolve the rest. */
 static void
-mx_got_mx(struct mx_query *q, struct mx_req *req, const struct mx_answer *an)
+mx_got_mx(struct mx_fetch *f, struct mx_req *req, const struct mx_answer *an)
 {
-	struct mx_resolver *r = q->r;
+	struct mx_resolver *r = f->r;
 	struct mx_pair pairs[MX_MAX_RECORDS], tmp;
 	const char *end;
-	size_t n = 0, i, j, k, nmx = 0, nnull = 0;
+	size_t n = 0, i, j, nmx = 0, nnull = 0;
 	unsigned links;
 
 	end = mx_chain_end(an, req->name, &links);
@@ -860,120 +1472,118 @@ mx_got_mx(struct mx_query *q, struct mx_req *req, const struct mx_answer *an)
 	if (nmx == 0) {
 		/* a CNAME the server did not chase: ask for its target */
 		if (links > 0 && req->depth + links <= MX_CNAME_MAX) {
-			mx_send(q, MX_REQ_MX, 0, req->depth + links, end);
+			mx_send(f, MX_REQ_MX, 0, req->depth + links, end);
 			return;
 		}
 		if (links > 0) {
-			mx_fail(q, RELAY_ETEMP, "4.4.3", "DNS lookup of MX for %s: CNAME chain too long",
-			    q->domain);
+			mx_fail(f, RELAY_ETEMP, "4.4.3", "DNS lookup of MX for %s: CNAME chain too long",
+			    f->domain);
 			return;
 		}
-		mx_implicit(q);
+		mx_implicit(f);
 		return;
 	}
 	if (nmx == 1 && nnull == 1) {
-		mx_fail(q, RELAY_EINVAL, "5.1.10",
-		    "domain %s does not accept mail (null MX)", q->domain);
+		mx_fail(f, RELAY_EINVAL, "5.1.10",
+		    "domain %s does not accept mail (null MX)", f->domain);
 		return;
 	}
 	if (n == 0) {
-		mx_fail(q, RELAY_EINVAL, "5.1.2", "no usable exchanger for %s", q->domain);
+		mx_fail(f, RELAY_EINVAL, "5.1.2", "no usable exchanger for %s", f->domain);
 		return;
 	}
 
-	/* stable sort by preference, then shuffle runs of equal preference */
+	/* stable sort by preference; equal ones are shuffled per caller (mx_shuffle) */
 	for (i = 1; i < n; i++) {
 		tmp = pairs[i];
 		for (j = i; j > 0 && pairs[j - 1].pref > tmp.pref; j--)
 			pairs[j] = pairs[j - 1];
 		pairs[j] = tmp;
 	}
-	for (i = 0; i < n; i = j) {
-		for (j = i + 1; j < n && pairs[j].pref == pairs[i].pref; j++)
-			;
-		for (k = j - 1; k > i; k--) {
-			size_t pick = i + mx_random(r, (uint32_t)(k - i + 1));
-
-			tmp = pairs[k];
-			pairs[k] = pairs[pick];
-			pairs[pick] = tmp;
-		}
-	}
 
 	/* RFC 5321 5.1: we are an exchanger: drop it and everything not better */
 	for (i = 0; i < n; i++) {
 		if (r->hostname != NULL && mx_name_eq(pairs[i].host, r->hostname)) {
-			q->self_found = true;
-			q->self_pref = pairs[i].pref;
+			f->self_found = true;
+			f->self_pref = pairs[i].pref;
 			break;
 		}
 	}
 
-	q->x = xcalloc(n, sizeof(*q->x));
-	for (i = 0; i < n && q->nx < MX_MAX_TARGETS; i++) {
-		if (q->self_found && pairs[i].pref >= q->self_pref)
+	f->x = xcalloc(n, sizeof(*f->x));
+	for (i = 0; i < n && f->nx < MX_MAX_TARGETS; i++) {
+		if (f->self_found && pairs[i].pref >= f->self_pref)
 			break;
-		for (j = 0; j < q->nx; j++)
-			if (strcmp(q->x[j].host, pairs[i].host) == 0)
+		for (j = 0; j < f->nx; j++)
+			if (strcmp(f->x[j].host, pairs[i].host) == 0)
 				break;
-		if (j < q->nx)
+		if (j < f->nx)
 			continue;       /* listed twice: the better preference stays */
-		mx_xch_init(&q->x[q->nx++], pairs[i].host, pairs[i].pref, q->port);
+		mx_xch_init(&f->x[f->nx++], pairs[i].host, pairs[i].pref, f->port);
 	}
-	if (q->nx == 0) {
-		mx_fail(q, RELAY_EINVAL, "5.4.6", "mail for %s loops back to myself", q->domain);
+	if (f->nx == 0) {
+		mx_fail(f, RELAY_EINVAL, "5.4.6", "mail for %s loops back to myself", f->domain);
 		return;
 	}
-	mx_resolve_all(q);
+	mx_resolve_all(f);
 }
 
 static void
-mx_on_mx(struct mx_query *q, struct mx_req *req, int status, unsigned char *abuf, int alen)
+mx_on_mx(struct mx_fetch *f, struct mx_req *req, int status, unsigned char *abuf, int alen)
 {
 	struct mx_answer an;
 
 	switch (status) {
 	case ARES_SUCCESS:
 		if (mx_parse_answer(abuf, alen, &an) == -1) {
-			mx_fail(q, RELAY_ETEMP, "4.4.3", "DNS lookup of MX for %s: malformed answer",
-			    q->domain);
+			mx_fail(f, RELAY_ETEMP, "4.4.3", "DNS lookup of MX for %s: malformed answer",
+			    f->domain);
 			return;
 		}
-		mx_got_mx(q, req, &an);
+		mx_fetch_ttl(f, an.min_ttl);
+		mx_got_mx(f, req, &an);
 		mx_answer_free(&an);
 		return;
 	case ARES_ENODATA:
-		mx_implicit(q);
+		mx_fetch_ttl(f, mx_neg_ttl(abuf, alen));
+		mx_implicit(f);
 		return;
 	case ARES_ENOTFOUND:
-		mx_fail(q, RELAY_EINVAL, "5.1.2", "domain %s does not exist (NXDOMAIN)", q->domain);
+		mx_fetch_ttl(f, mx_neg_ttl(abuf, alen));
+		mx_fail(f, RELAY_EINVAL, "5.1.2", "domain %s does not exist (NXDOMAIN)", f->domain);
 		return;
 	case ARES_EBADNAME:
-		mx_fail(q, RELAY_EINVAL, "5.1.2", "bad domain name %s", q->domain);
+		mx_fail(f, RELAY_EINVAL, "5.1.2", "bad domain name %s", f->domain);
 		return;
 	default:
-		mx_fail(q, RELAY_ETEMP, "4.4.3", "DNS lookup of MX for %s failed: %s", q->domain,
+		mx_fail(f, RELAY_ETEMP, "4.4.3", "DNS lookup of MX for %s failed: %s", f->domain,
 		    mx_status_text(status));
 		return;
 	}
 }
 
 static void
-mx_on_addr(struct mx_query *q, struct mx_req *req, int status, unsigned char *abuf, int alen)
+mx_on_addr(struct mx_fetch *f, struct mx_req *req, int status, unsigned char *abuf, int alen)
 {
-	struct mx_xch *x = &q->x[req->xi];
+	struct mx_xch *x = &f->x[req->xi];
 	struct mx_answer an;
 	const char *end;
 	unsigned links;
 	int type = req->kind == MX_REQ_AAAA ? ns_t_aaaa : ns_t_a;
 	size_t i, found = 0;
 
-	if (status != ARES_SUCCESS && !mx_status_temp(status))
+	if (status == ARES_ENODATA || status == ARES_ENOTFOUND) {
+		mx_fetch_ttl(f, mx_neg_ttl(abuf, alen));
 		return;         /* no address of this family */
+	}
+	if (status != ARES_SUCCESS && !mx_status_temp(status))
+		return;
 	if (status != ARES_SUCCESS || mx_parse_answer(abuf, alen, &an) == -1) {
 		x->temp = true;
+		f->temp = true;
 		return;
 	}
+	mx_fetch_ttl(f, an.min_ttl);
 	end = mx_chain_end(&an, req->name, &links);
 	for (i = 0; i < an.n; i++) {
 		if (an.rr[i].type != type || strcmp(an.rr[i].owner, end) != 0)
@@ -984,7 +1594,7 @@ mx_on_addr(struct mx_query *q, struct mx_req *req, int status, unsigned char *ab
 	if (found == 0 && links > 0) {
 		/* a CNAME chain the server did not chase (or a long one): go on */
 		if (req->depth + links <= MX_CNAME_MAX)
-			mx_send(q, req->kind, req->xi, req->depth + links, end);
+			mx_send(f, req->kind, req->xi, req->depth + links, end);
 		else
 			x->temp = true;
 	}
@@ -996,42 +1606,46 @@ static void
 mx_ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 {
 	struct mx_req *req = arg;
-	struct mx_query *q = req->q;
+	struct mx_fetch *f = req->f;
 	struct mx_chan *c = req->c;
 
-	if (q->magic != MX_MAGIC_QUERY || c->magic != MX_MAGIC_CHAN)
-		fatalx("%s: bad query or channel", __func__);
-	if (!q->cancelled && status != ARES_EDESTRUCTION && status != ARES_ECANCELLED &&
-	    q->err == 0) {
+	(void)timeouts;
+	if (f->magic != MX_MAGIC_FETCH || c->magic != MX_MAGIC_CHAN)
+		fatalx("%s: bad fetch or channel", __func__);
+	if (!f->abandoned && status != ARES_EDESTRUCTION && status != ARES_ECANCELLED &&
+	    f->err == 0) {
 		if (req->kind == MX_REQ_MX)
-			mx_on_mx(q, req, status, abuf, alen);
+			mx_on_mx(f, req, status, abuf, alen);
 		else
-			mx_on_addr(q, req, status, abuf, alen);
+			mx_on_addr(f, req, status, abuf, alen);
 	}
 	free(req->name);
 	free(req);
 	c->inflight--;
 	if (c->retired && c->inflight == 0)
 		mx_kick(c->r);
-	mx_query_release(q);
+	mx_fetch_release(f);
 }
 
-static struct mx_query *
-mx_query_new(struct mx_resolver *r, mx_cb *cb, void *arg)
+/* Answer q from the cache, or let it join the fetch in flight for key: false if neither. */
+static bool
+mx_share(struct mx_resolver *r, struct mx_query *q, const char *key)
 {
-	struct mx_query *q;
+	size_t h = mx_hash(key);
+	struct mx_hnode *n;
+	struct mx_cent *e;
 
-	if (r->closing)
-		fatalx("%s: lookup on a closing resolver", __func__);
-	q = xcalloc(1, sizeof(*q));
-	q->magic = MX_MAGIC_QUERY;
-	q->r = r;
-	q->c = r->chan;
-	q->cb = cb;
-	q->arg = arg;
-	q->inflight = 1;        /* construction hold, released by the caller */
-	TAILQ_INSERT_TAIL(&r->pending, q, entry);
-	return q;
+	if ((e = mx_cache_get(r, key, h)) != NULL) {
+		r->stats.cache_hits++;
+		mx_query_ready(q, mx_result_copy(e->res), e->shuffle);
+		return true;
+	}
+	if ((n = mx_htab_find(&r->inflight, key, h)) != NULL) {
+		r->stats.joined++;
+		mx_fetch_join(MX_CONTAINER(n, struct mx_fetch, node), q);
+		return true;
+	}
+	return false;
 }
 
 /* "[192.0.2.1]" or "[IPv6:2001:db8::1]": 1 literal parsed, 0 not a literal, -1 bad. */
@@ -1063,26 +1677,53 @@ struct mx_query *
 mx_lookup(struct mx_resolver *r, const char *domain, uint16_t port, mx_cb *cb, void *arg)
 {
 	struct mx_query *q = mx_query_new(r, cb, arg);
+	struct mx_fetch *f;
 	struct mx_addr a;
-	char text[INET6_ADDRSTRLEN + 8];
-	int lit;
+	struct buf key = BUF_INIT;
+	char text[INET6_ADDRSTRLEN + 8], *name;
+	int lit = 0;
 
-	q->port = port;
-	if ((q->domain = mx_norm(domain)) == NULL || q->domain[0] == '\0') {
-		free(q->domain);
-		q->domain = xstrdup("(bad)");
-		mx_fail(q, RELAY_EINVAL, "5.1.2", "bad domain name");
-	} else if ((lit = mx_literal(domain, port, &a, text, sizeof(text))) == -1) {
-		mx_fail(q, RELAY_EINVAL, "5.1.2", "bad address literal %s", q->domain);
-	} else if (lit == 1) {
-		q->implicit = true;
-		q->x = xcalloc(1, sizeof(*q->x));
-		mx_xch_init(&q->x[0], text, 0, port);
-		mx_xch_add_addr(&q->x[0], &a);
-		q->nx = 1;
-	} else
-		mx_send(q, MX_REQ_MX, 0, 0, q->domain);
-	mx_query_release(q);
+	name = mx_norm(domain);
+	if (name != NULL && name[0] != '\0' &&
+	    (lit = mx_literal(domain, port, &a, text, sizeof(text))) == 0) {
+		buf_printf(&key, "M%u %s", (unsigned)port, name);
+		if (mx_share(r, q, buf_cstr(&key))) {
+			free(name);
+			buf_free(&key);
+			return q;
+		}
+		f = mx_fetch_new(r, buf_steal(&key));
+		buf_free(&key);
+		f->domain = name;
+		f->port = port;
+		mx_fetch_join(f, q);
+		mx_send(f, MX_REQ_MX, 0, 0, f->domain);
+		mx_fetch_release(f);
+		return q;
+	}
+
+	/* No DNS: a bad name or an address literal, of its own. */
+	f = mx_fetch_new(r, NULL);
+	f->port = port;
+	mx_fetch_join(f, q);
+	if (name == NULL || name[0] == '\0') {
+		free(name);
+		f->domain = xstrdup("(bad)");
+		mx_fail(f, RELAY_EINVAL, "5.1.2", "bad domain name");
+		mx_fetch_release(f);
+		return q;
+	}
+	f->domain = name;
+	if (lit == -1)
+		mx_fail(f, RELAY_EINVAL, "5.1.2", "bad address literal %s", f->domain);
+	else {
+		f->implicit = true;
+		f->x = xcalloc(1, sizeof(*f->x));
+		mx_xch_init(&f->x[0], text, 0, port);
+		mx_xch_add_addr(&f->x[0], &a);
+		f->nx = 1;
+	}
+	mx_fetch_release(f);
 	return q;
 }
 
@@ -1091,32 +1732,45 @@ mx_lookup_hosts(struct mx_resolver *r, const struct conf_hostport *hosts, size_t
     mx_cb *cb, void *arg)
 {
 	struct mx_query *q = mx_query_new(r, cb, arg);
+	struct mx_fetch *f;
 	struct mx_addr a;
-	struct buf desc = BUF_INIT;
+	struct buf desc = BUF_INIT, key = BUF_INIT;
 	size_t i;
 
-	q->routes = true;
 	if (n > MX_MAX_TARGETS)
 		n = MX_MAX_TARGETS;
-	q->x = xcalloc(n ? n : 1, sizeof(*q->x));
-	q->nx = n;
-	for (i = 0; i < n; i++) {
-		buf_printf(&desc, "%s%s", i ? "," : "", hosts[i].host);
-		mx_xch_init(&q->x[i], hosts[i].host, (unsigned)i, hosts[i].port);
-	}
-	q->domain = desc.len ? buf_steal(&desc) : xstrdup("(no hosts)");
-	buf_free(&desc);
-	if (n == 0)
-		mx_fail(q, RELAY_ETEMP, "4.4.3", "route has no hosts");
-	for (i = 0; i < n && q->err == 0; i++) {
-		if (mx_parse_numeric(q->x[i].host, q->x[i].port, &a) == 0)
-			mx_xch_add_addr(&q->x[i], &a);
-		else {
-			mx_send(q, MX_REQ_AAAA, i, 0, q->x[i].host);
-			mx_send(q, MX_REQ_A, i, 0, q->x[i].host);
+	if (n > 0) {
+		buf_putc(&key, 'H');
+		for (i = 0; i < n; i++)
+			buf_printf(&key, " %s:%u", hosts[i].host, (unsigned)hosts[i].port);
+		if (mx_share(r, q, buf_cstr(&key))) {
+			buf_free(&key);
+			return q;
 		}
 	}
-	mx_query_release(q);
+	f = mx_fetch_new(r, n > 0 ? buf_steal(&key) : NULL);
+	buf_free(&key);
+	f->routes = true;
+	mx_fetch_join(f, q);
+	f->x = xcalloc(n ? n : 1, sizeof(*f->x));
+	f->nx = n;
+	for (i = 0; i < n; i++) {
+		buf_printf(&desc, "%s%s", i ? "," : "", hosts[i].host);
+		mx_xch_init(&f->x[i], hosts[i].host, (unsigned)i, hosts[i].port);
+	}
+	f->domain = desc.len ? buf_steal(&desc) : xstrdup("(no hosts)");
+	buf_free(&desc);
+	if (n == 0)
+		mx_fail(f, RELAY_ETEMP, "4.4.3", "route has no hosts");
+	for (i = 0; i < n && f->err == 0; i++) {
+		if (mx_parse_numeric(f->x[i].host, f->x[i].port, &a) == 0)
+			mx_xch_add_addr(&f->x[i], &a);
+		else {
+			mx_send(f, MX_REQ_AAAA, i, 0, f->x[i].host);
+			mx_send(f, MX_REQ_A, i, 0, f->x[i].host);
+		}
+	}
+	mx_fetch_release(f);
 	return q;
 }
 
@@ -1124,152 +1778,28 @@ void
 mx_cancel(struct mx_query *q)
 {
 	struct mx_resolver *r;
+	struct mx_fetch *f;
 
 	if (q == NULL)
 		return;
-	if (q->magic != MX_MAGIC_QUERY || q->cancelled)
+	if (q->magic != MX_MAGIC_QUERY)
 		fatalx("%s: bad or cancelled query", __func__);
 	r = q->r;
-	q->cancelled = true;
-	q->cb = NULL;
 	if (q->ready) {
 		TAILQ_REMOVE(&r->ready, q, entry);
-		mx_query_free(q);
-		return;
-	}
-	TAILQ_REMOVE(&r->pending, q, entry);
-	/* freed when its last request calls back */
-}
-
-/* ---- results ---- */
-
-void
-mx_result_free(struct mx_result *res)
-{
-	size_t i;
-
-	if (res == NULL)
-		return;
-	for (i = 0; i < res->ntargets; i++) {
-		free(res->targets[i].host);
-		free(res->targets[i].addrs);
-	}
-	free(res->targets);
-	free(res);
-}
-
-static void
-mx_result_fail(struct mx_result *res, int err, const char *status, const char *reason)
-{
-	res->err = err;
-	snprintf(res->status, sizeof(res->status), "%s", status);
-	snprintf(res->reason, sizeof(res->reason), "%s", reason);
-}
-
-static struct mx_result *
-mx_build_result(struct mx_query *q)
-{
-	struct mx_resolver *r = q->r;
-	struct mx_result *res = xcalloc(1, sizeof(*res));
-	unsigned cut = 0;
-	bool cutting = q->self_found, temp = false;
-	size_t i, j, kept = 0;
-	char msg[256];
-
-	res->implicit = q->implicit;
-	if (q->err != 0) {
-		mx_result_fail(res, q->err, q->status, q->reason);
-		return res;
-	}
-	if (cutting)
-		cut = q->self_pref;
-
-	/* an exchanger with one of our addresses is us, too */
-	if (!q->routes) {
-		for (i = 0; i < q->nx; i++) {
-			struct mx_xch *x = &q->x[i];
-
-			for (j = 0; j < x->n6 && !x->self; j++)
-				x->self = mx_is_self_addr(r, &x->a6[j]);
-			for (j = 0; j < x->n4 && !x->self; j++)
-				x->self = mx_is_self_addr(r, &x->a4[j]);
-			if (x->self && (!cutting || x->pref < cut)) {
-				cutting = true;
-				cut = x->pref;
-			}
+		mx_result_free(q->res);
+	} else {
+		/* the others waiting on the fetch keep it; the last one abandons it */
+		f = q->f;
+		TAILQ_REMOVE(&f->waiters, q, entry);
+		if (TAILQ_EMPTY(&f->waiters)) {
+			f->abandoned = true;
+			mx_fetch_unjoin(f);     /* freed when its last request calls back */
 		}
 	}
-	for (i = 0; i < q->nx; i++)
-		if (!cutting || q->x[i].pref < cut)
-			kept++;
-	if (kept == 0) {
-		snprintf(msg, sizeof(msg), "mail for %s loops back to myself", q->domain);
-		mx_result_fail(res, RELAY_EINVAL, "5.4.6", msg);
-		return res;
-	}
-
-	res->targets = xcalloc(q->nx, sizeof(*res->targets));
-	for (i = 0; i < q->nx; i++) {
-		struct mx_xch *x = &q->x[i];
-		struct mx_target *t;
-
-		if (cutting && x->pref >= cut)
-			continue;
-		if (x->n6 + x->n4 == 0) {
-			temp = temp || x->temp;
-			continue;
-		}
-		t = &res->targets[res->ntargets++];
-		t->host = xstrdup(x->host);
-		t->pref = x->pref;
-		t->addrs = xcalloc(x->n6 + x->n4, sizeof(*t->addrs));
-		for (j = 0; j < x->n6; j++)
-			t->addrs[t->naddrs++] = x->a6[j];
-		for (j = 0; j < x->n4; j++)
-			t->addrs[t->naddrs++] = x->a4[j];
-	}
-	if (res->ntargets > 0)
-		return res;
-	free(res->targets);
-	res->targets = NULL;
-	if (q->routes) {
-		snprintf(msg, sizeof(msg), "no host of the route (%s) could be resolved%s", q->domain,
-		    temp ? " (temporary DNS failure)" : "");
-		mx_result_fail(res, RELAY_ETEMP, "4.4.3", msg);
-	} else if (temp) {
-		snprintf(msg, sizeof(msg), "no exchanger for %s could be resolved "
-		    "(temporary DNS failure)", q->domain);
-		mx_result_fail(res, RELAY_ETEMP, "4.4.3", msg);
-	} else {
-		snprintf(msg, sizeof(msg), "no usable exchanger for %s", q->domain);
-		mx_result_fail(res, RELAY_EINVAL, "5.1.2", msg);
-	}
-	return res;
-}
-
-static void
-mx_log_result(const struct mx_query *q, const struct mx_result *res)
-{
-	struct log_line l;
-	size_t i;
-
-	log_begin(&l, LOG_DEBUG, "mx");
-	log_kv(&l, q->routes ? "hosts" : "domain", q->domain);
-	if (res->err != 0) {
-		log_kv(&l, "status", res->status);
-		log_kv(&l, "reason", res->reason);
-	} else {
-		struct buf b = BUF_INIT;
-
-		for (i = 0; i < res->ntargets; i++)
-			buf_printf(&b, "%s%u:%s/%zu", i ? "," : "", res->targets[i].pref,
-			    res->targets[i].host, res->targets[i].naddrs);
-		log_kv(&l, "targets", buf_cstr(&b));
-		if (res->implicit)
-			log_kv(&l, "implicit", "yes");
-		buf_free(&b);
-	}
-	log_end(&l);
+	r->npending--;
+	q->magic = 0;
+	free(q);
 }
 
 /* ---- the kick: results out, retired channels reaped ---- */
@@ -1284,14 +1814,14 @@ mx_kick_cb(uv_timer_t *t)
 	if (r->magic != MX_MAGIC_RESOLVER)
 		fatalx("%s: bad resolver", __func__);
 	while (!r->closing && (q = TAILQ_FIRST(&r->ready)) != NULL) {
-		struct mx_result *res;
+		struct mx_result *res = q->res;
 		mx_cb *cb = q->cb;
 		void *arg = q->arg;
 
 		TAILQ_REMOVE(&r->ready, q, entry);
-		res = mx_build_result(q);
-		mx_log_result(q, res);
-		mx_query_free(q);
+		r->npending--;
+		q->magic = 0;
+		free(q);
 		cb(arg, res);   /* may cancel, look up, or close the resolver */
 	}
 	if (r->closing)
@@ -1387,8 +1917,9 @@ mx_new(uv_loop_t *loop, const struct conf *conf, struct buf *err)
 	r->timeout_ms = MX_DEFAULT_TIMEOUT;
 	r->tries = MX_DEFAULT_TRIES;
 	TAILQ_INIT(&r->chans);
-	TAILQ_INIT(&r->pending);
 	TAILQ_INIT(&r->ready);
+	TAILQ_INIT(&r->fetches);
+	TAILQ_INIT(&r->lru);
 	if (getrandom(&r->rnd_state, sizeof(r->rnd_state), GRND_NONBLOCK) !=
 	    (ssize_t)sizeof(r->rnd_state))
 		r->rnd_state = util_mono_ms() ^ ((uint64_t)getpid() << 32);
@@ -1403,7 +1934,27 @@ mx_new(uv_loop_t *loop, const struct conf *conf, struct buf *err)
 	uv_timer_init(loop, &r->kick);
 	r->kick.data = r;
 	r->nhandles++;
+	uv_prepare_init(loop, &r->prepare);
+	r->prepare.data = r;
+	r->nhandles++;
 	return r;
+}
+
+/*
+ * A new configuration: what was resolved under the old one (our hostname and
+ * addresses decide loops) is forgotten, and fetches in flight finish for
+ * their waiters only.
+ */
+static void
+mx_forget(struct mx_resolver *r)
+{
+	struct mx_fetch *f;
+
+	mx_cache_clear(r);
+	TAILQ_FOREACH(f, &r->fetches, entry) {
+		mx_fetch_unjoin(f);
+		f->stale = true;
+	}
 }
 
 int
@@ -1427,6 +1978,7 @@ mx_reload(struct mx_resolver *r, const struct conf *conf, struct buf *err)
 		free(save.servers);
 		free(save.self);
 		free(save.hostname);
+		mx_forget(r);
 		return 0;
 	}
 	free(r->servers);
@@ -1470,14 +2022,21 @@ mx_set_timeout(struct mx_resolver *r, unsigned timeout_ms, unsigned tries)
 size_t
 mx_pending(const struct mx_resolver *r)
 {
-	const struct mx_query *q;
-	size_t n = 0;
+	return r->npending;
+}
 
-	TAILQ_FOREACH(q, &r->pending, entry)
-		n++;
-	TAILQ_FOREACH(q, &r->ready, entry)
-		n++;
-	return n;
+void
+mx_set_clock(struct mx_resolver *r, uint64_t (*now)(void *arg), void *arg)
+{
+	r->now = now;
+	r->now_arg = arg;
+}
+
+void
+mx_get_stats(const struct mx_resolver *r, struct mx_stats *out)
+{
+	*out = r->stats;
+	out->cached = r->cache.n;
 }
 
 static void
@@ -1488,10 +2047,12 @@ mx_resolver_maybe_free(struct mx_resolver *r)
 
 	if (!r->closing || r->nhandles > 0)
 		return;
-	if (!TAILQ_EMPTY(&r->chans))
-		fatalx("%s: channels left", __func__);
+	if (!TAILQ_EMPTY(&r->chans) || !TAILQ_EMPTY(&r->fetches))
+		fatalx("%s: channels or fetches left", __func__);
 	done = r->done;
 	arg = r->done_arg;
+	free(r->inflight.b);
+	free(r->cache.b);
 	free(r->servers);
 	free(r->self);
 	free(r->hostname);
@@ -1503,7 +2064,7 @@ mx_resolver_maybe_free(struct mx_resolver *r)
 }
 
 static void
-mx_kick_closed(uv_handle_t *h)
+mx_handle_closed(uv_handle_t *h)
 {
 	struct mx_resolver *r = h->data;
 
@@ -1515,6 +2076,7 @@ void
 mx_close(struct mx_resolver *r, void (*done)(void *), void *arg)
 {
 	struct mx_query *q;
+	struct mx_fetch *f;
 	struct mx_chan *c, *next;
 
 	if (r->closing)
@@ -1524,10 +2086,15 @@ mx_close(struct mx_resolver *r, void (*done)(void *), void *arg)
 	r->done_arg = arg;
 	while ((q = TAILQ_FIRST(&r->ready)) != NULL)
 		mx_cancel(q);
-	while ((q = TAILQ_FIRST(&r->pending)) != NULL)
-		mx_cancel(q);
+	/* fetches stay until their requests call back (ARES_EDESTRUCTION below) */
+	TAILQ_FOREACH(f, &r->fetches, entry)
+		while ((q = TAILQ_FIRST(&f->waiters)) != NULL)
+			mx_cancel(q);
+	mx_cache_clear(r);
 	uv_timer_stop(&r->kick);
-	uv_close((uv_handle_t *)&r->kick, mx_kick_closed);
+	uv_close((uv_handle_t *)&r->kick, mx_handle_closed);
+	uv_prepare_stop(&r->prepare);
+	uv_close((uv_handle_t *)&r->prepare, mx_handle_closed);
 	/* outstanding requests call back with ARES_EDESTRUCTION and free their queries */
 	for (c = TAILQ_FIRST(&r->chans); c != NULL; c = next) {
 		next = TAILQ_NEXT(c, entry);

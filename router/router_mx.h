@@ -31,10 +31,19 @@
  * host resolves the result is always temporary (4.4.3): a configuration
  * mistake must not bounce mail.
  *
+ * Sharing and caching: lookups of the same domain and port (or the same
+ * route hosts) while one is in flight share its DNS queries; a finished
+ * result is cached for min(TTL, 60 s) (a negative answer per its SOA,
+ * RFC 2308; nothing with TTL 0), a temporary failure for 5 s.  Every caller
+ * still gets a result of its own, equal preferences shuffled for each one.
+ * (With more than MX_MAX_TARGETS exchangers, the ones kept are the best by
+ * preference in answer order; the shuffle is among those.)
+ *
  * Ownership: the resolver owns its queries; a query lives until its callback
  * has returned or it is cancelled.  The callback owns the result and frees
  * it with mx_result_free().  Callbacks never fire from inside mx_lookup*()
  * (always from the loop), and never after mx_cancel() or mx_close().
+ * Cancelling one lookup never affects another lookup of the same key.
  */
 #ifndef RELAY_ROUTER_MX_H
 #define RELAY_ROUTER_MX_H
@@ -126,5 +135,20 @@ void mx_result_free(struct mx_result *res);
 
 /* Number of queries whose callback is still due (for relayctl and tests). */
 size_t mx_pending(const struct mx_resolver *r);
+
+/* Forget every cached result (relayctl queue flush; mx_reload does it too). */
+void mx_cache_clear(struct mx_resolver *r);
+/* Replace the cache's monotonic clock in ms (tests); NULL restores the default. */
+void mx_set_clock(struct mx_resolver *r, uint64_t (*now)(void *arg), void *arg);
+
+/* Counters since mx_new (for relayctl and tests). */
+struct mx_stats {
+	uint64_t lookups;       /* mx_lookup() and mx_lookup_hosts() calls */
+	uint64_t fetches;       /* resolutions started (neither joined nor cached; literals aside) */
+	uint64_t joined;        /* lookups that joined a resolution in flight */
+	uint64_t cache_hits;    /* lookups answered from the cache */
+	size_t cached;          /* results in the cache now */
+};
+void mx_get_stats(const struct mx_resolver *r, struct mx_stats *out);
 
 #endif

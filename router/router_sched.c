@@ -1148,9 +1148,9 @@ sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i, struct sch
 	out->next_ms = sm->rc[i].retry_at;
 }
 
-/* Flush one message (recipients of only_domain, or all). */
+/* Flush one message by queue id: its queued or waiting jobs are remade and start now. */
 static void
-sched_msg_flush(struct sched *s, struct sched_msg *sm, const char *only_domain, uint64_t now)
+sched_msg_flush(struct sched *s, struct sched_msg *sm, uint64_t now)
 {
 	struct queue_msg *m = sm->m;
 	struct sched_job *job;
@@ -1160,47 +1160,86 @@ sched_msg_flush(struct sched *s, struct sched_msg *sm, const char *only_domain, 
 		return;
 	for (i = 0; i < m->env.nrcpts; i++) {
 		job = sm->rc[i].job;
-		if (job == NULL || sched_job_active(job))
+		if (job != NULL && !sched_job_active(job))
+			sched_job_cancel(s, job, 0);
+	}
+	sched_msg_dispatch(s, sm, now, true, NULL);
+	sched_msg_rewake(s, sm, now);
+}
+
+/*
+ * flush --all / --domain, one message: its pending recipients (of
+ * only_domain) not in a job are due now, marked with this flush; the
+ * destinations its waiting jobs wait on are marked for a forced probe.  No
+ * job is made or started here.  True if the message has a pending recipient
+ * of only_domain (held or not).
+ */
+static bool
+sched_msg_flush_due(struct sched *s, struct sched_msg *sm, const char *only_domain,
+    uint64_t now)
+{
+	struct queue_msg *m = sm->m;
+	struct sched_job *job;
+	bool matched = false, due = false;
+	size_t i;
+
+	for (i = 0; i < m->env.nrcpts; i++) {
+		if (m->rcpt[i].state != RCPT_PENDING)
 			continue;
 		if (only_domain != NULL &&
 		    util_strcasecmp(sched_rcpt_domain(m->env.rcpts[i].addr), only_domain) != 0)
 			continue;
-		sched_job_cancel(s, job, 0);
+		matched = true;
+		if (m->held)
+			continue;
+		job = sm->rc[i].job;
+		if (job == NULL) {
+			sm->rc[i].retry_at = now;
+			sm->rc[i].flush_gen = s->flush_gen;
+			due = true;
+		} else if (job->state == SCHED_JOB_WAITING)
+			job->dest->forced_gen = s->flush_gen;
 	}
-	sched_msg_dispatch(s, sm, now, true, only_domain);
-	sched_msg_rewake(s, sm, now);
+	if (due)
+		sched_heap_set(s, &sm->wake, now);
+	return matched;
 }
 
+/*
+ * Flushing a backlog only changes state, whatever its size: recipients
+ * become due and the timer dispatches them (SCHED_MAX_PER_TICK at a time)
+ * through their destinations' windows; a down destination's waiting jobs
+ * stay together behind ONE probe that goes out now, ignoring host backoff.
+ */
 int
 sched_flush(struct sched *s, const char *what)
 {
-	struct sched_msg *sm, *next;
+	struct sched_msg *sm;
+	struct sched_dest *d, *dn;
+	const char *domain = what != NULL && *what != '\0' ? what : NULL;
 	uint64_t now = sched_now(s);
 	int n = 0;
-	size_t i;
 
 	if (s->stopping)
 		return 0;
-	if (what != NULL && *what != '\0' && (sm = sched_msg_lookup(s, what)) != NULL) {
-		sched_msg_flush(s, sm, NULL, now);
+	mx_cache_clear(s->mx);          /* the admin may just have fixed DNS */
+	if (domain != NULL && (sm = sched_msg_lookup(s, domain)) != NULL) {
+		sched_msg_flush(s, sm, now);
 		sched_arm(s);
 		return 1;
 	}
-	for (sm = TAILQ_FIRST(&s->msgs); sm != NULL; sm = next) {
-		next = TAILQ_NEXT(sm, entry);
-		if (what == NULL || *what == '\0') {
-			sched_msg_flush(s, sm, NULL, now);
+	s->flush_gen++;
+	TAILQ_FOREACH(sm, &s->msgs, entry) {
+		if (sched_msg_flush_due(s, sm, domain, now) || domain == NULL)
 			n++;
+	}
+	for (d = TAILQ_FIRST(&s->dests); d != NULL; d = dn) {
+		dn = TAILQ_NEXT(d, entry);
+		if (d->forced_gen != s->flush_gen || d->state != SCHED_DEST_DOWN || d->probe_out)
 			continue;
-		}
-		for (i = 0; i < sm->m->env.nrcpts; i++) {
-			if (sm->m->rcpt[i].state == RCPT_PENDING &&
-			    util_strcasecmp(sched_rcpt_domain(sm->m->env.rcpts[i].addr), what) == 0) {
-				sched_msg_flush(s, sm, what, now);
-				n++;
-				break;
-			}
-		}
+		d->probe_at = now;
+		d->probe_force = true;
+		sched_dest_rewake(s, d);
 	}
 	sched_arm(s);
 	return n;

@@ -140,6 +140,13 @@ void sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i,
  * Attempt now, ignoring retry timers and host backoff: what is NULL or "" (every
  * message), a queue id, or a recipient domain.  Returns the number of messages
  * flushed (0 = nothing matched).
+ * A queue id: the message's jobs start at once.  Every message or a domain
+ * only changes state, so it answers at once whatever the backlog: the
+ * recipients become due and go out through their destinations' windows;
+ * each destination concerned gets ONE attempt now that ignores host backoff
+ * and its state (a down destination's probe: its waiting mail follows when
+ * the probe gets through, and keeps waiting, unrecorded, when it does not).
+ * The resolver's cache is cleared.
  */
 int sched_flush(struct sched *s, const char *what);
 /* Hold / release a message (QREC_HOLD): a held message is never attempted,

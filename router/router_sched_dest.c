@@ -9,6 +9,11 @@
  * destination's state (down: every job waits for ONE probe; up again: the
  * backlog is released, paced).  See router/SCHEDULING.md.
  *
+ * A flush (sched_flush --all / --domain) gives each destination it concerns
+ * ONE attempt that ignores host backoff and the destination's state: the
+ * probe of a down destination, or else the first job of flushed recipients
+ * admitted; everything else it made due goes through the window as usual.
+ *
  * Owns: every struct sched_dest and struct sched_job.
  * Never: keeps a timer of its own (probes are wake-ups in router_sched.c's
  * heap), speaks SMTP, or records a state change except through
@@ -116,8 +121,13 @@ sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route)
 void
 sched_job_add_rcpt(struct sched_job *job, int i)
 {
+	struct sched_rcpt *rc = &job->sm->rc[i];
+
 	job->rcpts[job->nrcpts++] = i;
-	job->sm->rc[i].job = job;
+	rc->job = job;
+	if (rc->flush_gen > job->flush_gen)
+		job->flush_gen = rc->flush_gen;
+	rc->flush_gen = 0;
 }
 
 /* Free a job that is in no list; its recipients become free (retry_at kept). */
@@ -180,6 +190,7 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *why, uint64_t
 	size_t k;
 
 	job->state = SCHED_JOB_WAITING;
+	job->force = false;             /* a later probe follows host backoff again */
 	TAILQ_INSERT_TAIL(&d->waiting, job, entry);
 	d->nwaiting++;
 	for (k = 0; k < job->nrcpts; k++) {
@@ -681,10 +692,18 @@ void
 sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now)
 {
 	job->dest = d;
+	if (!job->force && job->flush_gen != 0 && job->flush_gen == s->flush_gen &&
+	    d->forced_gen != s->flush_gen) {
+		/* the destination's one attempt for this flush */
+		job->force = true;
+		d->forced_gen = s->flush_gen;
+	}
 	if (!job->force) {
 		if (d->state == SCHED_DEST_DOWN) {
 			if (!d->probe_out && now >= d->probe_at) {
 				job->probe = true;
+				job->force = d->probe_force;
+				d->probe_force = false;
 				d->probe_out = true;
 				sched_job_start(s, job);
 				return;
@@ -725,6 +744,8 @@ sched_dest_rewake(struct sched *s, struct sched_dest *d)
 	job = TAILQ_FIRST(&d->waiting);
 	sched_job_unlink(job);
 	job->probe = true;
+	job->force = d->probe_force;
+	d->probe_force = false;
 	d->probe_out = true;
 	sched_job_start(s, job);
 }

@@ -47,6 +47,7 @@ struct sched_rcpt {
 	uint64_t retry_at;              /* pending, not in a job: next attempt */
 	struct sched_job *job;          /* the job it is in, or NULL */
 	uint64_t down_since;            /* its destination is down since (reports), 0 = not */
+	uint64_t flush_gen;             /* made due by this flush (s->flush_gen), 0 = not */
 };
 
 struct sched_msg {
@@ -82,6 +83,7 @@ struct sched_job {
 	enum sched_job_state state;
 	bool force;                     /* flush: ignore backoff and destination state */
 	bool probe;                     /* the destination's probe */
+	uint64_t flush_gen;             /* the flush that made its recipients due, 0 = none */
 
 	struct mx_query *mxq;
 	struct mx_result *mx;
@@ -114,6 +116,8 @@ struct sched_dest {
 	uint64_t down_since;
 	uint64_t probe_at;
 	bool probe_out;
+	bool probe_force;               /* the next probe ignores host backoff (a flush) */
+	uint64_t forced_gen;            /* the flush whose one forced attempt it has had */
 	struct sched_wake wake;
 	struct sched_dest *hnext;
 	TAILQ_ENTRY(sched_dest) entry;
@@ -160,6 +164,7 @@ struct sched {
 	void *rnd_arg;
 	uint64_t rnd_state;
 	uint64_t last_sweep;
+	uint64_t flush_gen;             /* counts flush --all / --domain */
 };
 
 enum sched_news { SCHED_NEWS_NONE, SCHED_NEWS_REACHED, SCHED_NEWS_DOWN };

@@ -8,6 +8,12 @@
  * written as "PREF HOST ADDR, ADDR; PREF HOST ADDR" (or the status and a
  * piece of the reason on failure), plus query-log entries that must not
  * appear (no address lookups after a null MX, none for dropped exchangers).
+ *
+ * Sharing and caching are proved from the server's query log: N lookups of
+ * one domain in flight together cost one MX query; cancelling one of them
+ * leaves the others be; a result is reused within its TTL (the clock is
+ * injected) and not after; a temporary failure is reused for a few seconds
+ * only; mx_cache_clear() and mx_reload() forget everything.
  */
 #include <errno.h>
 #include <signal.h>
@@ -89,6 +95,16 @@ dns_cmd(const char *json)
 	if (strncmp(dns_reply, "OK", 2) != 0)
 		fatalx("dns_cli.py: %s -> %s", json, dns_reply);
 	return dns_reply;
+}
+
+/* How many queries for name (and type) the server has seen. */
+static int
+dns_count(const char *name, const char *type)
+{
+	char cmd[512];
+
+	snprintf(cmd, sizeof(cmd), "[\"count\", \"%s\", \"%s\"]", name, type);
+	return atoi(dns_cmd(cmd) + 3);
 }
 
 static void
@@ -571,6 +587,429 @@ test_no_server(void)
 	fx_close(&fx);
 }
 
+/* ---- sharing and caching ---- */
+
+/* One caller among several: its own callback count and result. */
+struct waiter {
+	struct fixture *fx;
+	int calls;
+	struct mx_result *res;
+	struct mx_query *q;
+};
+
+static void
+wt_cb(void *arg, struct mx_result *res)
+{
+	struct waiter *w = arg;
+
+	w->calls++;
+	w->fx->calls++;
+	mx_result_free(w->res);
+	w->res = res;
+}
+
+static void
+wt_free(struct waiter *w, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		mx_result_free(w[i].res);
+		w[i].res = NULL;
+	}
+}
+
+/* The injected clock of the cache. */
+static uint64_t clk_ms = 1000000;
+
+static uint64_t
+clk_now(void *arg)
+{
+	(void)arg;
+	return clk_ms;
+}
+
+/* Alternating randomness: 0, 1, 0, 1 ... */
+static uint32_t
+rnd_alternate(void *arg, uint32_t n)
+{
+	unsigned *k = arg;
+	uint32_t v = (*k)++ % 2;
+
+	return v < n ? v : 0;
+}
+
+/* Look up domain once more, wait for it; true when it cost no MX query. */
+static bool
+lookup_cached(struct fixture *fx, const char *domain, struct buf *got)
+{
+	int before = dns_count(domain, "MX"), calls = fx->calls;
+
+	mx_lookup(fx->r, domain, 25, fx_cb, fx);
+	fx_wait(fx, calls + 1);
+	if (fx->res->err == 0)
+		fmt_result(fx->res, got);
+	else {
+		buf_reset(got);
+		buf_printf(got, "%s", fx->res->status);
+	}
+	return dns_count(domain, "MX") == before;
+}
+
+#define NWAIT 20
+
+/* N lookups of one domain in flight together: one MX query, one A, one AAAA. */
+static void
+test_coalesce(void)
+{
+	struct waiter w[NWAIT];
+	struct fixture fx;
+	struct mx_stats st;
+	struct buf got = BUF_INIT;
+	size_t i;
+
+	dns_cmd("[\"reset\"]");
+	dns_cmd("[\"set_mx\", \"co.test\", [[10, \"mx.co.test\"]]]");       /* TTL 0: no cache */
+	dns_cmd("[\"set_a\", \"mx.co.test\", [\"127.0.0.90\"]]");
+	fx_open(&fx);
+	memset(w, 0, sizeof(w));
+	for (i = 0; i < NWAIT; i++) {
+		w[i].fx = &fx;
+		w[i].q = mx_lookup(fx.r, i % 2 ? "CO.test." : "co.test", 25, wt_cb, &w[i]);
+	}
+	/* the same domain on another port is another resolution */
+	mx_lookup(fx.r, "co.test", 2525, fx_cb, &fx);
+	CHECK_INT(mx_pending(fx.r), NWAIT + 1);
+	CHECK_INT(fx.calls, 0);
+	fx_wait(&fx, NWAIT + 1);
+	CHECK_INT(mx_pending(fx.r), 0);
+
+	for (i = 0; i < NWAIT; i++) {
+		CHECK_INT(w[i].calls, 1);
+		CHECK_INT(w[i].res->err, 0);
+		fmt_result(w[i].res, &got);
+		CHECK_STR(buf_cstr(&got), "10 mx.co.test 127.0.0.90:25");
+		CHECK(i == 0 || w[i].res != w[i - 1].res);          /* a result of its own */
+		CHECK(i == 0 || w[i].res->targets != w[i - 1].res->targets);
+	}
+	fmt_result(fx.res, &got);
+	CHECK_STR(buf_cstr(&got), "10 mx.co.test 127.0.0.90:2525");
+	CHECK_INT(dns_count("co.test", "MX"), 2);               /* port 25 once, port 2525 once */
+	CHECK_INT(dns_count("mx.co.test", "A"), 2);
+	CHECK_INT(dns_count("mx.co.test", "AAAA"), 2);
+	mx_get_stats(fx.r, &st);
+	CHECK_INT(st.lookups, NWAIT + 1);
+	CHECK_INT(st.fetches, 2);
+	CHECK_INT(st.joined, NWAIT - 1);
+	CHECK_INT(st.cache_hits, 0);
+	CHECK_INT(st.cached, 0);                /* TTL 0 is not kept */
+
+	/* done: the next lookup asks again (nothing in flight, nothing kept) */
+	CHECK(!lookup_cached(&fx, "co.test", &got));
+
+	/* a route's hosts are shared the same way */
+	{
+		struct conf_hostport hosts[] = { { "mx.co.test", 26 }, { "127.0.0.91", 27 } };
+		int a = dns_count("mx.co.test", "A");
+
+		for (i = 0; i < 3; i++)
+			w[i].q = mx_lookup_hosts(fx.r, hosts, 2, wt_cb, &w[i]);
+		fx_wait(&fx, fx.calls + 3);
+		for (i = 0; i < 3; i++) {
+			fmt_result(w[i].res, &got);
+			CHECK_STR(buf_cstr(&got), "0 mx.co.test 127.0.0.90:26; 1 127.0.0.91 127.0.0.91:27");
+		}
+		CHECK_INT(dns_count("mx.co.test", "A"), a + 1);
+	}
+	wt_free(w, NWAIT);
+	fx_close(&fx);
+	buf_free(&got);
+}
+
+/* Equal preferences are shuffled for each caller, not once for all of them. */
+static void
+test_coalesce_shuffle(void)
+{
+	struct waiter w[4];
+	struct fixture fx;
+	struct buf got = BUF_INIT;
+	unsigned k = 0;
+	size_t i;
+
+	dns_cmd("[\"reset\"]");
+	dns_cmd("[\"set_mx\", \"sh.test\", [[10, \"a.sh.test\"], [10, \"b.sh.test\"]]]");
+	dns_cmd("[\"set_a\", \"a.sh.test\", [\"127.0.0.92\"]]");
+	dns_cmd("[\"set_a\", \"b.sh.test\", [\"127.0.0.93\"]]");
+	fx_open(&fx);
+	mx_set_random(fx.r, rnd_alternate, &k);
+	memset(w, 0, sizeof(w));
+	for (i = 0; i < 4; i++) {
+		w[i].fx = &fx;
+		mx_lookup(fx.r, "sh.test", 25, wt_cb, &w[i]);
+	}
+	fx_wait(&fx, 4);
+	CHECK_INT(dns_count("sh.test", "MX"), 1);
+	for (i = 0; i < 4; i++) {
+		fmt_result(w[i].res, &got);
+		/* the randomness alternates: swapped, kept, swapped, kept (in hand-out order) */
+		CHECK_STR(buf_cstr(&got), i % 2 == 0 ?
+		    "10 b.sh.test 127.0.0.93:25; 10 a.sh.test 127.0.0.92:25" :
+		    "10 a.sh.test 127.0.0.92:25; 10 b.sh.test 127.0.0.93:25");
+	}
+	wt_free(w, 4);
+	fx_close(&fx);
+	buf_free(&got);
+}
+
+/* Cancelling one waiter leaves the others their answer; cancelling all abandons it. */
+static void
+test_coalesce_cancel(void)
+{
+	struct waiter w[3];
+	struct fixture fx;
+	struct mx_stats st;
+	size_t i;
+
+	dns_cmd("[\"reset\"]");
+	dns_cmd("[\"set_mx\", \"cc.test\", [[10, \"mx.cc.test\"]]]");
+	dns_cmd("[\"set_a\", \"mx.cc.test\", [\"127.0.0.94\"]]");
+	fx_open(&fx);
+	memset(w, 0, sizeof(w));
+	for (i = 0; i < 3; i++) {
+		w[i].fx = &fx;
+		w[i].q = mx_lookup(fx.r, "cc.test", 25, wt_cb, &w[i]);
+	}
+	/* the first one (the one that started the resolution) goes, while it is on the wire */
+	while (dns_count("cc.test", "MX") == 0)
+		uv_run(&fx.loop, UV_RUN_NOWAIT);
+	mx_cancel(w[0].q);
+	CHECK_INT(mx_pending(fx.r), 2);
+	fx_wait(&fx, 2);
+	CHECK_INT(w[0].calls, 0);
+	CHECK_INT(w[1].calls, 1);
+	CHECK_INT(w[2].calls, 1);
+	CHECK_INT(w[1].res->err, 0);
+	CHECK_STR(w[2].res->targets[0].host, "mx.cc.test");
+	CHECK_INT(dns_count("cc.test", "MX"), 1);
+
+	/* every waiter cancelled: nobody is called, and a new lookup starts afresh */
+	for (i = 0; i < 3; i++)
+		w[i].q = mx_lookup(fx.r, "cc.test", 25, wt_cb, &w[i]);
+	for (i = 0; i < 3; i++)
+		mx_cancel(w[i].q);
+	CHECK_INT(mx_pending(fx.r), 0);
+	mx_lookup(fx.r, "cc.test", 25, fx_cb, &fx);
+	fx_wait(&fx, 3);
+	CHECK_INT(fx.res->err, 0);
+	{
+		uint64_t until = util_mono_ms() + 300;      /* the abandoned answers arrive */
+
+		while (util_mono_ms() < until)
+			uv_run(&fx.loop, UV_RUN_NOWAIT), usleep(10000);
+	}
+	CHECK_INT(w[0].calls + w[1].calls + w[2].calls, 2);
+	mx_get_stats(fx.r, &st);
+	CHECK_INT(st.fetches, 3);
+	wt_free(w, 3);
+	fx_close(&fx);
+}
+
+/* A result is kept for min(every TTL it rests on, 60 s). */
+static void
+test_cache_ttl(void)
+{
+	static const struct {
+		const char *name;
+		unsigned mx_ttl, a_ttl;     /* A and AAAA */
+		uint64_t later_ms;          /* the second lookup, after the first */
+		bool hit;
+	} rows[] = {
+		{ "within the TTL", 30, 30, 29000, true },
+		{ "past the TTL", 30, 30, 30000, false },
+		{ "the least TTL counts (address)", 300, 10, 9999, true },
+		{ "the least TTL counts (address), past it", 300, 10, 10000, false },
+		{ "the least TTL counts (MX)", 5, 300, 6000, false },
+		{ "never longer than 60 s", 3600, 3600, 59000, true },
+		{ "never longer than 60 s, past it", 3600, 3600, 60000, false },
+		{ "TTL 0 is not kept", 0, 0, 0, false },
+	};
+	struct fixture fx;
+	struct mx_stats st;
+	struct buf got = BUF_INIT, first = BUF_INIT;
+	char cmd[256];
+	size_t i;
+
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		dns_cmd("[\"reset\"]");
+		snprintf(cmd, sizeof(cmd), "[\"set_mx\", \"ttl.test\", [[10, \"mx.ttl.test\"]], %u]",
+		    rows[i].mx_ttl);
+		dns_cmd(cmd);
+		snprintf(cmd, sizeof(cmd), "[\"set_a\", \"mx.ttl.test\", [\"127.0.0.95\"], %u]",
+		    rows[i].a_ttl);
+		dns_cmd(cmd);
+		snprintf(cmd, sizeof(cmd), "[\"set_aaaa\", \"mx.ttl.test\", [\"::1\"], %u]",
+		    rows[i].a_ttl);
+		dns_cmd(cmd);
+		fx_open(&fx);
+		mx_set_clock(fx.r, clk_now, NULL);
+		CHECK_MSG(!lookup_cached(&fx, "ttl.test", &first), "%s: first lookup", rows[i].name);
+		clk_ms += rows[i].later_ms;
+		CHECK_MSG(lookup_cached(&fx, "ttl.test", &got) == rows[i].hit, "%s: hit %d",
+		    rows[i].name, !rows[i].hit);
+		CHECK_MSG(strcmp(buf_cstr(&got), buf_cstr(&first)) == 0, "%s: \"%s\" then \"%s\"",
+		    rows[i].name, buf_cstr(&first), buf_cstr(&got));
+		mx_get_stats(fx.r, &st);
+		CHECK_INT(st.cache_hits, rows[i].hit ? 1 : 0);
+		fx_close(&fx);
+	}
+	buf_free(&got);
+	buf_free(&first);
+}
+
+/* A temporary failure is kept for 5 s: no storm of queries, and not for long. */
+static void
+test_cache_temp_failure(void)
+{
+	struct fixture fx;
+	struct buf got = BUF_INIT;
+	int n;
+
+	dns_cmd("[\"reset\"]");
+	dns_cmd("[\"set_servfail\", \"tf.test\"]");
+	fx_open(&fx);
+	mx_set_clock(fx.r, clk_now, NULL);
+	CHECK(!lookup_cached(&fx, "tf.test", &got));
+	CHECK_STR(buf_cstr(&got), "4.4.3");
+	n = dns_count("tf.test", "MX");
+	CHECK(n >= 1);
+
+	/* fixed meanwhile, but within 5 s the failure is what we know */
+	dns_cmd("[\"set_mx\", \"tf.test\", [[10, \"mx.tf.test\"]], 300]");
+	dns_cmd("[\"set_a\", \"mx.tf.test\", [\"127.0.0.96\"], 300]");
+	dns_cmd("[\"set_aaaa\", \"mx.tf.test\", [\"::1\"], 300]");
+	clk_ms += 4999;
+	CHECK(lookup_cached(&fx, "tf.test", &got));
+	CHECK_STR(buf_cstr(&got), "4.4.3");
+	CHECK(strstr(fx.res->reason, "SERVFAIL") != NULL ||
+	    strstr(fx.res->reason, "no DNS server answered") != NULL);
+	CHECK_INT(dns_count("tf.test", "MX"), n);
+
+	/* 5 s later it is asked again */
+	clk_ms += 1;
+	CHECK(!lookup_cached(&fx, "tf.test", &got));
+	CHECK_STR(buf_cstr(&got), "10 mx.tf.test [::1]:25, 127.0.0.96:25");
+	fx_close(&fx);
+	buf_free(&got);
+}
+
+/* Negative answers follow their own TTL: a null MX per its record, NXDOMAIN per the SOA. */
+static void
+test_cache_negative(void)
+{
+	struct fixture fx;
+	struct buf got = BUF_INIT;
+
+	dns_cmd("[\"reset\"]");
+	dns_cmd("[\"set_null_mx\", \"nm.test\", 30]");
+	/* dns_cli.py's SOA (TTL and minimum) is 0: NXDOMAIN must not be kept */
+	dns_cmd("[\"set_nxdomain\", \"nx.test\"]");
+	fx_open(&fx);
+	mx_set_clock(fx.r, clk_now, NULL);
+	CHECK(!lookup_cached(&fx, "nm.test", &got));
+	CHECK_STR(buf_cstr(&got), "5.1.10");
+	clk_ms += 29000;
+	CHECK(lookup_cached(&fx, "nm.test", &got));
+	CHECK_STR(buf_cstr(&got), "5.1.10");
+	CHECK_INT(fx.res->err, RELAY_EINVAL);
+	clk_ms += 1000;
+	CHECK(!lookup_cached(&fx, "nm.test", &got));
+
+	CHECK(!lookup_cached(&fx, "nx.test", &got));
+	CHECK_STR(buf_cstr(&got), "5.1.2");
+	CHECK(!lookup_cached(&fx, "nx.test", &got));
+	CHECK_STR(buf_cstr(&got), "5.1.2");
+	fx_close(&fx);
+	buf_free(&got);
+}
+
+/* mx_cache_clear() (relayctl queue flush) and mx_reload() (SIGHUP) forget the cache. */
+static void
+test_cache_forget(void)
+{
+	struct fixture fx;
+	struct buf got = BUF_INIT, err = BUF_INIT;
+	struct mx_stats st;
+	struct conf *c2;
+
+	dns_cmd("[\"reset\"]");
+	dns_cmd("[\"set_mx\", \"fg.test\", [[10, \"mx.fg.test\"]], 60]");
+	dns_cmd("[\"set_a\", \"mx.fg.test\", [\"127.0.0.97\"], 60]");
+	dns_cmd("[\"set_aaaa\", \"mx.fg.test\", [\"::1\"], 60]");
+	fx_open(&fx);
+	mx_set_clock(fx.r, clk_now, NULL);
+	CHECK(!lookup_cached(&fx, "fg.test", &got));
+	CHECK(lookup_cached(&fx, "fg.test", &got));
+	mx_get_stats(fx.r, &st);
+	CHECK_INT(st.cached, 1);
+	mx_cache_clear(fx.r);
+	mx_get_stats(fx.r, &st);
+	CHECK_INT(st.cached, 0);
+	CHECK(!lookup_cached(&fx, "fg.test", &got));
+	CHECK(lookup_cached(&fx, "fg.test", &got));
+
+	/* after a reload we are mx.fg.test ourselves: the old answer must not be used */
+	c2 = test_conf("mx.fg.test");
+	CHECK_INT(mx_reload(fx.r, c2, &err), 0);
+	CHECK(!lookup_cached(&fx, "fg.test", &got));
+	CHECK_STR(buf_cstr(&got), "5.4.6");
+	conf_unref(c2);
+	fx_close(&fx);
+	buf_free(&got);
+	buf_free(&err);
+}
+
+/*
+ * Many different domains at once: every one is resolved.  The loopback
+ * server's socket buffer overflows under such a burst and drops part of it,
+ * so this also proves that c-ares' retransmissions run on the channel timer
+ * that is rearmed once per loop turn (not after every request).
+ */
+static void
+test_many_domains(void)
+{
+	enum { N = 200 };
+	struct waiter *w = xcalloc(N, sizeof(*w));
+	struct fixture fx;
+	char name[64];
+	size_t i;
+
+	dns_cmd("[\"reset\"]");
+	dns_cmd("[\"set_a\", \"mx.many.test\", [\"127.0.0.98\"]]");
+	for (i = 0; i < N; i++) {
+		char cmd[128];
+
+		snprintf(cmd, sizeof(cmd), "[\"set_mx\", \"d%zu.many.test\", [[10, \"mx.many.test\"]]]",
+		    i);
+		dns_cmd(cmd);
+	}
+	fx_open(&fx);
+	CHECK_INT(mx_set_timeout(fx.r, 500, 5), 0);        /* lost packets are retried */
+	for (i = 0; i < N; i++) {
+		w[i].fx = &fx;
+		snprintf(name, sizeof(name), "d%zu.many.test", i);
+		mx_lookup(fx.r, name, 25, wt_cb, &w[i]);
+	}
+	fx_wait(&fx, N);
+	for (i = 0; i < N; i++) {
+		CHECK_INT(w[i].calls, 1);
+		CHECK_MSG(w[i].res->err == 0 && w[i].res->ntargets == 1, "d%zu: %s", i,
+		    w[i].res->reason);
+	}
+	wt_free(w, N);
+	free(w);
+	fx_close(&fx);
+}
+
 int
 main(void)
 {
@@ -585,6 +1024,14 @@ main(void)
 	test_close_pending();
 	test_reload();
 	test_no_server();
+	test_coalesce();
+	test_coalesce_shuffle();
+	test_coalesce_cancel();
+	test_cache_ttl();
+	test_cache_temp_failure();
+	test_cache_negative();
+	test_cache_forget();
+	test_many_domains();
 	dns_stop();
 	return check_done();
 }
