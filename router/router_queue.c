@@ -4,25 +4,29 @@
  * durable in groups.  router/QUEUE.md describes the format, the group
  * commit and what a crash leaves behind.
  *
- * Owns: queue_dir (queue.lock, incoming/, msg/, corrupt/), the commit thread
- * with its mutex, cond and the uv_async_t/uv_check_t/uv_idle_t that talk to
- * it, every router_txn until its callback has returned, the file
- * descriptors of jobs in flight (the thread closes them after the sync), and
- * the spare incoming files (made on libuv's thread pool).
+ * Owns: queue_dir (queue.lock, msg/, corrupt/), the commit thread with its
+ * mutex, cond and the uv_async_t/uv_check_t/uv_idle_t that talk to it, every
+ * router_txn until its callback has returned, the file descriptors of jobs
+ * in flight (the thread closes them after the sync), and the pool of spare
+ * files: unnamed ones made ahead of time on libuv's thread pool, and
+ * msg/.spare-N, the files of removed messages kept for reuse.
  *
  * Threads: everything here runs on the loop thread except
  * queue_thread_main() and queue_sync_batch(), which touch only the jobs they
- * took from q->pending, the directory fds and, under q->mtx, the lists and
+ * took from q->pending (and the txn buffers those point at, untouched by the
+ * loop meanwhile), the directory fds and, under q->mtx, the lists and
  * counters, and queue_refill_work(), which touches only its own request.
  * Neither logs, allocates or calls back.
  *
- * Must never: make the loop thread wait for a disk sync; let a file appear
- * in msg/ before its content is durable; call a commit callback before the
- * rename into msg/ is durable; call a callback from inside the function that
- * was given it (completions always come from the async handle).
+ * Must never: make the loop thread wait for a disk sync; let a queue id name
+ * appear in msg/ before its content is durable; call a commit callback before
+ * the rename to msg/<qid> is durable; write into a recycled file before its
+ * spare name is durable or while anybody else has it open; call a callback
+ * from inside the function that was given it (completions always come from
+ * the async handle).
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE              /* syncfs, sync_file_range, renameat2 */
+#define _GNU_SOURCE              /* syncfs, sync_file_range, renameat2, O_TMPFILE, F_SETLEASE */
 #endif
 
 #include "router/router_queue.h"
@@ -37,6 +41,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,26 +55,47 @@
 #define QFILE_HDR_LEN    43                   /* magic, 16 hex, ' ', 16 hex, '\n' */
 #define QFILE_ENV_MAX    (4u << 20)           /* sanity bound on the envelope lines */
 #define QUEUE_WBUF_SIZE  65536                /* body bytes buffered before write(2) */
-#define QUEUE_SPARES     32                   /* spare incoming files made per refill */
+#define QUEUE_SPARES     32                   /* unnamed spare files made per refill */
+#define QUEUE_SPARES_LOW 16                   /* refill when fewer are left */
+#define QUEUE_POOL_MAX   256                  /* spare files kept (made or recycled) */
+#define QUEUE_RECYCLE_MAX (256u << 10)        /* larger removed files are deleted */
 #define QUEUE_AUTO_SMALL 4                    /* batches up to this sync file by file */
 
-enum queue_job_kind { QJOB_COMMIT, QJOB_SYNC };
+/*
+ * Names in msg/ that are not messages: they start with '.', which a queue id
+ * never does.  Every such name found at start-up is a leftover.
+ */
+#define QNAME_SPARE      ".spare-"            /* a spare file (a recycled message's) */
+#define QNAME_IN         ".in-"               /* a new message's file, before its rename */
+#define QNAME_MAX        (QID_MAX + 8)        /* ".in-" + a queue id, ".spare-" + a number */
 
-/* One unit of work for the commit thread: a message to publish or a file to sync. */
+enum queue_job_kind { QJOB_COMMIT, QJOB_SYNC, QJOB_RECYCLE };
+
+/*
+ * One unit of work for the commit thread: a message to publish, a file to
+ * sync, or a removed message (already renamed to .spare-N by the loop) to
+ * keep as a spare file or delete.
+ */
 struct queue_job {
 	struct queue_job *next;
 	enum queue_job_kind kind;
-	int fd;                      /* closed by the thread after the sync; -1: it creates
-	                                the file and writes txn->wbuf first */
+	int fd;                      /* COMMIT, SYNC: closed by the thread after the sync;
+	                                COMMIT: -1 = the thread creates the file.
+	                                RECYCLE: the kept file, opened by the thread */
 	int err;                     /* 0 or RELAY_E* */
 	const char *failed_call;     /* with err, set by the thread: what failed */
 	int sys_errno;
-	bool published;              /* renamed into msg/ by the thread */
+	bool published;              /* renamed to msg/<qid> by the thread */
+	bool write_wbuf;             /* COMMIT: the thread writes txn->wbuf (the whole file) */
+	bool keep;                   /* RECYCLE: the pool has room for it */
+	uint64_t size;               /* COMMIT: the spare's old size; RECYCLE: the kept file's */
+	uint64_t len;                /* COMMIT: the file's length (cut to it if the spare was longer) */
 	struct router_txn *txn;      /* QJOB_COMMIT: the txn this job is embedded in */
 	queue_sync_cb *cb;           /* QJOB_SYNC: may be NULL */
 	void *arg;
 	char qid[QID_MAX];
-	char iname[QID_MAX];         /* QJOB_COMMIT: its name in incoming/ (a spare's, or qid) */
+	char iname[QNAME_MAX];       /* COMMIT: its name in msg/ before the rename ("" = none
+	                                yet: the thread links it as .in-<qid>); RECYCLE: .spare-N */
 };
 
 struct queue_list {
@@ -80,7 +106,8 @@ struct queue_list {
 struct router_txn {
 	uint32_t magic;
 	struct queue *q;
-	int fd;                      /* incoming/<qid> or -1 (none yet); to the job at commit */
+	int fd;                      /* a spare file, or -1 (none yet); to the job at commit */
+	uint64_t spare_size;         /* what the spare file held before (a recycled message) */
 	int err;                     /* first write error, sticky */
 	struct envelope env;
 	uint64_t body_offset;
@@ -94,18 +121,23 @@ struct router_txn {
 
 /*
  * Spare files: creating an inode is the costliest step of a transaction
- * (QUEUE.md), so it is done ahead of time on libuv's thread pool; begin
- * only takes one (no system call), and the commit thread renames it
- * straight to msg/<qid>.
+ * (QUEUE.md), so it is avoided: a removed message's file is kept for the
+ * next one (msg/.spare-N), and when those run short unnamed files (O_TMPFILE)
+ * are made ahead of time on libuv's thread pool.  begin only takes one (no
+ * system call); the commit thread gives an unnamed one its .in-<qid> name
+ * and renames it to msg/<qid>, in the same directory.
  */
 struct queue_spare {
 	int fd;
-	char name[QID_MAX];          /* incoming/spare-<n> */
+	uint64_t size;               /* bytes in it (a recycled message's), cut at commit */
+	char name[QNAME_MAX];        /* msg/.spare-<n>, or "" for an unnamed file */
 };
 
 struct queue_refill {
 	uv_work_t req;
 	struct queue *q;
+	int msgfd;
+	bool named;                  /* make msg/.spare-<n> instead of unnamed files */
 	size_t n;
 	struct queue_spare s[QUEUE_SPARES];
 };
@@ -114,7 +146,9 @@ struct queue {
 	uint32_t magic;
 	uv_loop_t *loop;
 	char *dir;
-	int lockfd, msgfd, incfd, corruptfd;
+	int lockfd, msgfd, corruptfd;
+	bool named;                  /* no O_TMPFILE + linkat here: files have names */
+	bool link_empty;             /* linkat(AT_EMPTY_PATH), not /proc/self/fd */
 	queue_new_cb *new_cb;
 	void *new_arg;
 
@@ -129,10 +163,12 @@ struct queue {
 	uv_async_t async;            /* the thread says: jobs done (or: exited) */
 	size_t inflight;             /* jobs created and not yet completed */
 	size_t ntxn;                 /* txns begun and not yet freed */
-	struct queue_spare spares[2 * QUEUE_SPARES];
+	struct queue_spare spares[QUEUE_POOL_MAX];
 	size_t nspares;
+	size_t recycling;            /* removed files on their way into the pool */
 	uint64_t spare_seq;
 	uint64_t spares_used;
+	uint64_t spares_reused;
 	bool refilling;              /* a queue_refill is on the thread pool */
 	bool closing;
 	bool finishing;
@@ -153,6 +189,7 @@ struct queue {
 };
 
 static void queue_maybe_finish(struct queue *q);
+static void queue_refill(struct queue *q);
 static enum queue_sync_mode queue_default_mode(void);
 
 /*
@@ -343,26 +380,132 @@ queue_job_fail(struct queue_job *j, const char *call, int e)
 	j->sys_errno = e;
 }
 
-/* Create incoming/<name> (no spare was left); any thread. */
+/*
+ * A new file for a message that found no spare: unnamed (the commit thread
+ * names it before the sync), or msg/.in-<qid> where files must have names.
+ * Any thread.
+ */
 static int
-queue_incoming_create(struct queue *q, const char *name)
+queue_file_create(struct queue *q, const char *qid, char iname[QNAME_MAX])
 {
-	return openat(q->incfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (!q->named) {
+		iname[0] = '\0';
+		return openat(q->msgfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	}
+	snprintf(iname, QNAME_MAX, QNAME_IN "%s", qid);
+	return openat(q->msgfd, iname, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 }
 
-/* Move incoming/<iname> to msg/<qid>, never replacing an existing file. */
+/* Give the unnamed file fd the name msg/<name> (linkat never replaces a file). */
+static int
+queue_link(struct queue *q, int fd, const char *name)
+{
+	char path[64];
+
+	if (q->link_empty)
+		return linkat(fd, "", q->msgfd, name, AT_EMPTY_PATH);
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	return linkat(AT_FDCWD, path, q->msgfd, name, AT_SYMLINK_FOLLOW);
+}
+
+/* Rename msg/<iname> to msg/<qid> (one directory), never replacing an existing file. */
 static int
 queue_publish(struct queue *q, const char *iname, const char *qid)
 {
-	if (renameat2(q->incfd, iname, q->msgfd, qid, RENAME_NOREPLACE) == 0)
+	if (renameat2(q->msgfd, iname, q->msgfd, qid, RENAME_NOREPLACE) == 0)
 		return 0;
 	if (errno != EINVAL && errno != ENOSYS)
 		return -1;
 	/* the file system has no RENAME_NOREPLACE: link(2) never replaces either */
-	if (linkat(q->incfd, iname, q->msgfd, qid, 0) == -1)
+	if (linkat(q->msgfd, iname, q->msgfd, qid, 0) == -1)
 		return -1;
-	(void)unlinkat(q->incfd, iname, 0);
+	(void)unlinkat(q->msgfd, iname, 0);
 	return 0;
+}
+
+/*
+ * Get a commit's file ready for the sync: create it if it had no spare,
+ * write it if the loop left that to us, cut a recycled file to the new
+ * length, and give an unnamed file its .in-<qid> name now, so that the sync
+ * also makes its link count durable (an fsync of msg/ does not write it).
+ */
+static void
+queue_prepare_file(struct queue *q, struct queue_job *j, struct queue_counters *c)
+{
+	struct router_txn *t = j->txn;
+	ssize_t n;
+	size_t off;
+
+	if (j->fd == -1) {
+		c->created_late++;
+		if ((j->fd = queue_file_create(q, j->qid, j->iname)) == -1) {
+			queue_job_fail(j, "create(msg/)", errno);
+			return;
+		}
+	}
+	for (off = 0; j->write_wbuf && off < t->wbuf.len; off += (size_t)n) {
+		n = pwrite(j->fd, t->wbuf.data + off, t->wbuf.len - off, (off_t)off);
+		if (n == -1 && errno == EINTR) {
+			n = 0;
+			continue;
+		}
+		if (n <= 0) {
+			queue_job_fail(j, "write", n == 0 ? EIO : errno);
+			return;
+		}
+	}
+	if (j->size > j->len && ftruncate(j->fd, (off_t)j->len) == -1) {
+		queue_job_fail(j, "ftruncate", errno);
+		return;
+	}
+	if (j->iname[0] == '\0') {
+		snprintf(j->iname, sizeof(j->iname), QNAME_IN "%s", j->qid);
+		if (queue_link(q, j->fd, j->iname) == -1) {
+			queue_job_fail(j, "link(msg/)", errno);
+			j->iname[0] = '\0';
+		}
+	}
+}
+
+/*
+ * True if nobody else has the file open: a write lease is granted only
+ * then.  A delivery may still be reading a message the administrator
+ * deleted; its file must not be reused under it.  The lease is dropped at
+ * once (and its break signal, were anybody to open the spare name meanwhile,
+ * is SIGURG, ignored by default, not SIGIO, which would end the process).
+ */
+static bool
+queue_file_unshared(int fd)
+{
+	if (fcntl(fd, F_SETSIG, SIGURG) == -1 || fcntl(fd, F_SETLEASE, F_WRLCK) == -1)
+		return false;
+	(void)fcntl(fd, F_SETLEASE, F_UNLCK);
+	return true;
+}
+
+/*
+ * A removed message, now msg/.spare-N (durable: the batch's fsync of msg/
+ * is behind us): keep it as a spare file if the pool has room and nobody
+ * has it open, else delete it.
+ */
+static void
+queue_recycle_file(struct queue *q, struct queue_job *j, struct queue_counters *c)
+{
+	struct stat st;
+	int fd = -1;
+
+	if (j->keep && j->err == 0 &&
+	    (fd = openat(q->msgfd, j->iname, O_RDWR | O_CLOEXEC)) >= 0 &&
+	    queue_file_unshared(fd) && fstat(fd, &st) == 0) {
+		j->fd = fd;
+		j->size = (uint64_t)st.st_size;
+		c->recycled++;
+		return;
+	}
+	if (fd >= 0)
+		close(fd);
+	(void)unlinkat(q->msgfd, j->iname, 0);
+	c->unlinked++;
 }
 
 static void
@@ -371,43 +514,41 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
 {
 	struct queue_job *j;
 	uint64_t t0 = uv_hrtime(), t1;
-	int e, n = 0, renamed = 0;
+	int e, n = 0, renamed = 0, kept = 0;
 
-	/* messages that found no spare file: create and write them now */
-	for (j = batch->head; j != NULL; j = j->next) {
-		if (j->kind != QJOB_COMMIT || j->err != 0 || j->fd != -1)
-			continue;
-		c->created_late++;
-		if ((j->fd = queue_incoming_create(q, j->iname)) == -1)
-			queue_job_fail(j, "create(incoming/)", errno);
-		else if (queue_write_full(j->fd, j->txn->wbuf.data, j->txn->wbuf.len) == -1)
-			queue_job_fail(j, "write", errno);
-	}
+	for (j = batch->head; j != NULL; j = j->next)
+		if (j->kind == QJOB_COMMIT && j->err == 0)
+			queue_prepare_file(q, j, c);
 	t1 = uv_hrtime();
 	c->create_ns += t1 - t0;
 	t0 = t1;
-	if (mode == QUEUE_SYNC_AUTO) {
-		/* syncfs() costs the same for 1 file or 100 (and writes others' dirt) */
-		for (j = batch->head; j != NULL; j = j->next)
+
+	/* the files to make durable: new messages and appended records */
+	for (j = batch->head; j != NULL; j = j->next)
+		if (j->kind != QJOB_RECYCLE && j->err == 0)
 			n++;
+	if (mode == QUEUE_SYNC_AUTO)
+		/* syncfs() costs the same for 1 file or 100 (and writes others' dirt) */
 		mode = n <= QUEUE_AUTO_SMALL ? QUEUE_SYNC_RANGE : QUEUE_SYNC_SYNCFS;
-	}
-	switch (mode) {
+	switch (n > 0 ? mode : QUEUE_SYNC_DEFAULT) {
+	case QUEUE_SYNC_DEFAULT:
+		break;
 	case QUEUE_SYNC_RANGE:
 		for (j = batch->head; j != NULL; j = j->next)
-			if (j->err == 0)
+			if (j->kind != QJOB_RECYCLE && j->err == 0)
 				(void)sync_file_range(j->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 		/* FALLTHROUGH */
 	case QUEUE_SYNC_FDATASYNC:
 		for (j = batch->head; j != NULL; j = j->next)
-			if (j->err == 0 && fdatasync(j->fd) == -1)
+			if (j->kind != QJOB_RECYCLE && j->err == 0 && fdatasync(j->fd) == -1)
 				queue_job_fail(j, "fdatasync", errno);
 		break;
 	case QUEUE_SYNC_SYNCFS:
 		if (syncfs(q->msgfd) == -1) {
 			e = errno;
 			for (j = batch->head; j != NULL; j = j->next)
-				queue_job_fail(j, "syncfs", e);
+				if (j->kind != QJOB_RECYCLE)
+					queue_job_fail(j, "syncfs", e);
 			break;
 		}
 		/*
@@ -416,7 +557,8 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
 		 * is checked here: waiting on clean pages costs no I/O.
 		 */
 		for (j = batch->head; j != NULL; j = j->next)
-			if (j->fd >= 0 && sync_file_range(j->fd, 0, 0, SYNC_FILE_RANGE_WAIT_AFTER) == -1)
+			if (j->kind != QJOB_RECYCLE && j->fd >= 0 &&
+			    sync_file_range(j->fd, 0, 0, SYNC_FILE_RANGE_WAIT_AFTER) == -1)
 				queue_job_fail(j, "sync_file_range", errno);
 		break;
 	default:
@@ -426,6 +568,10 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
 	c->sync_ns += t1 - t0;
 
 	for (j = batch->head; j != NULL; j = j->next) {
+		if (j->kind == QJOB_RECYCLE) {
+			kept += j->keep;
+			continue;
+		}
 		if (j->fd >= 0)
 			close(j->fd);
 		j->fd = -1;
@@ -438,15 +584,20 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
 			j->published = true;
 		}
 	}
-	if (renamed > 0 && fsync(q->msgfd) == -1) {
+	/* the renames to msg/<qid>, and the loop's renames of removed files to .spare-N */
+	if ((renamed > 0 || kept > 0) && fsync(q->msgfd) == -1) {
 		e = errno;
 		for (j = batch->head; j != NULL; j = j->next) {
 			if (j->published) {
 				queue_job_fail(j, "fsync(msg/)", e);
 				(void)unlinkat(q->msgfd, j->qid, 0);
-			}
+			} else if (j->kind == QJOB_RECYCLE)
+				queue_job_fail(j, "fsync(msg/)", e);    /* not kept */
 		}
 	}
+	for (j = batch->head; j != NULL; j = j->next)
+		if (j->kind == QJOB_RECYCLE)
+			queue_recycle_file(q, j, c);
 	c->publish_ns += uv_hrtime() - t1;
 }
 
@@ -479,7 +630,11 @@ queue_thread_main(void *arg)
 		q->counters.sync_ns += c.sync_ns;
 		q->counters.publish_ns += c.publish_ns;
 		q->counters.created_late += c.created_late;
+		q->counters.recycled += c.recycled;
+		q->counters.unlinked += c.unlinked;
 		for (j = batch.head; j != NULL; j = j->next) {
+			if (j->kind == QJOB_RECYCLE)
+				continue;
 			if (j->err != 0)
 				q->counters.failures++;
 			else if (j->kind == QJOB_COMMIT)
@@ -586,13 +741,15 @@ static struct queue_msg *
 queue_msg_new(struct queue *q, const char *qid)
 {
 	struct queue_msg *m = xcalloc(1, sizeof(*m));
-	struct buf path = BUF_INIT;
+	size_t len = strlen(q->dir) + sizeof("/msg/") + strlen(qid);
 
 	snprintf(m->qid, sizeof(m->qid), "%s", qid);
-	buf_printf(&path, "%s/msg/%s", q->dir, qid);
-	m->path = buf_steal(&path);
+	m->path = xmalloc(len);             /* exactly: one per queued message */
+	snprintf(m->path, len, "%s/msg/%s", q->dir, qid);
 	return m;
 }
+
+static void queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size);
 
 static void
 queue_complete(struct queue *q, struct queue_job *j)
@@ -600,6 +757,14 @@ queue_complete(struct queue *q, struct queue_job *j)
 	struct router_txn *t;
 	struct queue_msg *m;
 
+	if (j->kind == QJOB_RECYCLE) {
+		if (j->keep)
+			q->recycling--;
+		if (j->fd >= 0)
+			queue_spare_put(q, j->fd, j->iname, j->size);
+		free(j);
+		return;
+	}
 	if (j->fd >= 0) {
 		close(j->fd);
 		j->fd = -1;
@@ -618,7 +783,8 @@ queue_complete(struct queue *q, struct queue_job *j)
 	if (t->magic != TXN_MAGIC)
 		fatalx("%s: bad txn", __func__);
 	if (j->err != 0) {
-		(void)unlinkat(q->incfd, j->iname, 0);
+		if (j->iname[0] != '\0')
+			(void)unlinkat(q->msgfd, j->iname, 0);
 		t->cb(t->arg, j->err, NULL);
 	} else {
 		m = queue_msg_new(q, j->qid);
@@ -674,8 +840,9 @@ queue_refill_work(uv_work_t *req)
 	size_t i;
 
 	for (i = 0; i < w->n; i++)
-		w->s[i].fd = openat(w->q->incfd, w->s[i].name,
-		    O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		w->s[i].fd = w->named ?
+		    openat(w->msgfd, w->s[i].name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600) :
+		    openat(w->msgfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 }
 
 static void
@@ -689,31 +856,36 @@ queue_refill_done(uv_work_t *req, int status)
 	for (i = 0; i < w->n; i++) {
 		if (status != 0 || w->s[i].fd == -1)
 			continue;
-		if (q->closing || q->nspares == RELAY_ARRAY_LEN(q->spares)) {
+		if (w->named == q->named)
+			queue_spare_put(q, w->s[i].fd, w->s[i].name, 0);
+		else {
 			close(w->s[i].fd);
-			(void)unlinkat(q->incfd, w->s[i].name, 0);
-		} else
-			q->spares[q->nspares++] = w->s[i];
+			if (w->named)
+				(void)unlinkat(q->msgfd, w->s[i].name, 0);
+		}
 	}
 	free(w);
+	queue_refill(q);
 	queue_maybe_finish(q);
 }
 
-/* Below half a refill left: make more (one refill at a time). */
+/* Fewer than QUEUE_SPARES_LOW left or coming: make more (one refill at a time). */
 static void
 queue_refill(struct queue *q)
 {
 	struct queue_refill *w;
 	size_t i;
 
-	if (q->refilling || q->closing || q->nspares >= QUEUE_SPARES / 2)
+	if (q->refilling || q->closing || q->nspares + q->recycling >= QUEUE_SPARES_LOW)
 		return;
 	w = xcalloc(1, sizeof(*w));
 	w->req.data = w;
 	w->q = q;
+	w->msgfd = q->msgfd;
+	w->named = q->named;
 	w->n = QUEUE_SPARES;
-	for (i = 0; i < w->n; i++)
-		snprintf(w->s[i].name, sizeof(w->s[i].name), "spare-%llu",
+	for (i = 0; w->named && i < w->n; i++)
+		snprintf(w->s[i].name, sizeof(w->s[i].name), QNAME_SPARE "%llu",
 		    (unsigned long long)q->spare_seq++);
 	if (uv_queue_work(q->loop, &w->req, queue_refill_work, queue_refill_done) != 0) {
 		free(w);
@@ -722,34 +894,58 @@ queue_refill(struct queue *q)
 	q->refilling = true;
 }
 
-/*
- * A spare file's descriptor, its incoming/ name copied to name; -1 if none
- * is left (the file is then created when first needed: by a flush on the
- * loop, or by the commit thread).
- */
-static int
-queue_spare_take(struct queue *q, char name[QID_MAX])
+/* Into the pool; closed (and its name removed) if the pool is full or closing. */
+static void
+queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size)
 {
 	struct queue_spare *sp;
-	int fd = -1;
 
+	if (q->closing || q->nspares == RELAY_ARRAY_LEN(q->spares)) {
+		close(fd);
+		if (name[0] != '\0')
+			(void)unlinkat(q->msgfd, name, 0);
+		return;
+	}
+	sp = &q->spares[q->nspares++];
+	sp->fd = fd;
+	sp->size = size;
+	memcpy(sp->name, name, QNAME_MAX);
+}
+
+/*
+ * Give t a spare file (fd, name, old size), the last one put in first (a
+ * recycled file's pages are likely still cached); t->fd stays -1 if none is
+ * left (the file is then created when first needed: by a flush on the loop,
+ * or by the commit thread).
+ */
+static void
+queue_spare_take(struct queue *q, struct router_txn *t)
+{
+	struct queue_spare *sp;
+
+	t->job.iname[0] = '\0';
 	if (q->nspares > 0) {
 		sp = &q->spares[--q->nspares];
-		memcpy(name, sp->name, QID_MAX);
-		fd = sp->fd;
+		t->fd = sp->fd;
+		t->spare_size = sp->size;
+		memcpy(t->job.iname, sp->name, QNAME_MAX);
 		q->spares_used++;
+		if (sp->size > 0)
+			q->spares_reused++;
 	}
 	queue_refill(q);
-	return fd;
 }
 
 static void
 queue_spares_free(struct queue *q)
 {
+	struct queue_spare *sp;
+
 	while (q->nspares > 0) {
-		q->nspares--;
-		close(q->spares[q->nspares].fd);
-		(void)unlinkat(q->incfd, q->spares[q->nspares].name, 0);
+		sp = &q->spares[--q->nspares];
+		close(sp->fd);
+		if (sp->name[0] != '\0')
+			(void)unlinkat(q->msgfd, sp->name, 0);
 	}
 }
 
@@ -766,29 +962,34 @@ queue_open_subdir(int dirfd, const char *name, int *fd)
 	return *fd == -1 ? -1 : 0;
 }
 
+struct queue_dirent {
+	char *name;
+	ino_t ino;
+};
+
 static int
-queue_cmp_names(const void *a, const void *b)
+queue_cmp_dirents(const void *a, const void *b)
 {
-	return strcmp(*(char *const *)a, *(char *const *)b);
+	return strcmp(((const struct queue_dirent *)a)->name, ((const struct queue_dirent *)b)->name);
 }
 
 static void
-queue_free_names(char **names, size_t n)
+queue_free_dir(struct queue_dirent *v, size_t n)
 {
 	size_t i;
 
 	for (i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
+		free(v[i].name);
+	free(v);
 }
 
-/* Names in dirfd other than "." and "..", sorted (ids sort by time). */
-static char **
-queue_list_dir(int dirfd, size_t *count)
+/* Entries of dirfd other than "." and "..", sorted by name (ids sort by time). */
+static struct queue_dirent *
+queue_read_dir(int dirfd, size_t *count)
 {
 	DIR *d;
 	struct dirent *de;
-	char **names = NULL;
+	struct queue_dirent *v = NULL;
 	size_t n = 0, cap = 0;
 	int fd;
 
@@ -804,15 +1005,24 @@ queue_list_dir(int dirfd, size_t *count)
 			continue;
 		if (n == cap) {
 			cap = cap ? cap * 2 : 64;
-			names = xrealloc(names, cap * sizeof(*names));
+			v = xrealloc(v, cap * sizeof(*v));
 		}
-		names[n++] = xstrdup(de->d_name);
+		v[n].name = xstrdup(de->d_name);
+		v[n++].ino = de->d_ino;
 	}
 	closedir(d);
 	if (n > 0)
-		qsort(names, n, sizeof(*names), queue_cmp_names);
+		qsort(v, n, sizeof(*v), queue_cmp_dirents);
 	*count = n;
-	return names != NULL ? names : xcalloc(1, sizeof(*names));
+	return v != NULL ? v : xcalloc(1, sizeof(*v));
+}
+
+/* A name in msg/ that is not a message: a spare file, or a new message's before its rename. */
+static bool
+queue_name_reserved(const char *name)
+{
+	return strncmp(name, QNAME_SPARE, sizeof(QNAME_SPARE) - 1) == 0 ||
+	    strncmp(name, QNAME_IN, sizeof(QNAME_IN) - 1) == 0;
 }
 
 static int
@@ -823,77 +1033,125 @@ queue_cmp_ino(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* The sorted inode numbers of msg/ (from readdir: no stat per file). */
-static ino_t *
-queue_msg_inodes(struct queue *q, size_t *count)
-{
-	struct dirent *de;
-	ino_t *v = NULL;
-	size_t n = 0, cap = 0;
-	DIR *d;
-	int fd;
-
-	*count = 0;
-	if ((fd = openat(q->msgfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
-		return NULL;
-	if ((d = fdopendir(fd)) == NULL) {
-		close(fd);
-		return NULL;
-	}
-	while ((de = readdir(d)) != NULL) {
-		if (n == cap) {
-			cap = cap ? cap * 2 : 256;
-			v = xrealloc(v, cap * sizeof(*v));
-		}
-		v[n++] = de->d_ino;
-	}
-	closedir(d);
-	qsort(v, n, sizeof(*v), queue_cmp_ino);
-	*count = n;
-	return v;
-}
-
 /*
- * Remove what transactions that never committed left in incoming/ (and
- * spare files).  One case is not a leftover: a publish the crash cut in
- * half (the link(2) fallback, or a file system without a journal that wrote
- * one directory and not the other) leaves the inode in msg/ too.  If its
- * link count says 1, unlinking the incoming/ name would free the queued
- * message: keep it and say so.
+ * Remove the leftovers in dirfd (msg/, or an older version's incoming/):
+ * every entry of incoming/, and the reserved names of msg/ (spare files,
+ * unpublished new files).  One case is not a leftover: a rename or link the
+ * crash cut in half (the link(2) fallback, or a file system without a
+ * journal that wrote one directory entry and not the other) leaves the
+ * inode under a queue id too (msg_inos: from readdir, no stat per file).
+ * If its link count says 1, unlinking the leftover name would free the
+ * queued message: keep it and say so.
  */
 static void
-queue_clean_incoming(struct queue *q)
+queue_clean_dir(int dirfd, bool reserved_only, const struct queue_dirent *v, size_t n,
+    const ino_t *msg_inos, size_t nmsg, size_t *spares)
 {
 	struct stat st;
 	const char *action;
-	char **names;
-	ino_t *inos = NULL;
-	size_t i, n, ninos = 0;
+	size_t i;
 
-	if ((names = queue_list_dir(q->incfd, &n)) == NULL) {
-		queue_log_errno(NULL, "opendir(incoming/)", errno);
-		return;
-	}
-	if (n > 0)
-		inos = queue_msg_inodes(q, &ninos);
 	for (i = 0; i < n; i++) {
+		if (reserved_only && !queue_name_reserved(v[i].name))
+			continue;
 		action = "removed";
-		if (fstatat(q->incfd, names[i], &st, AT_SYMLINK_NOFOLLOW) == 0 && inos != NULL &&
-		    bsearch(&st.st_ino, inos, ninos, sizeof(*inos), queue_cmp_ino) != NULL) {
+		if (bsearch(&v[i].ino, msg_inos, nmsg, sizeof(*msg_inos), queue_cmp_ino) != NULL &&
+		    fstatat(dirfd, v[i].name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    st.st_ino == v[i].ino) {
 			if (st.st_nlink < 2) {
-				log_event(LOG_ERR, "queue_incomplete", "qid", names[i], "action",
-				    "kept (also in msg/ with link count 1: run fsck)", NULL);
+				log_event(LOG_ERR, "queue_incomplete", "qid", v[i].name, "action",
+				    "kept (also a queued message, link count 1: run fsck)", NULL);
 				continue;
 			}
 			action = "removed (published)";
 		}
-		if (unlinkat(q->incfd, names[i], 0) == -1)
-			queue_log_errno(names[i], "unlink(incoming/)", errno);
+		if (unlinkat(dirfd, v[i].name, 0) == -1)
+			queue_log_errno(v[i].name, "unlink(leftover)", errno);
+		else if (strncmp(v[i].name, QNAME_SPARE, sizeof(QNAME_SPARE) - 1) == 0 &&
+		    strcmp(action, "removed") == 0)
+			(*spares)++;         /* expected after any stop without close: counted */
 		else
-			log_event(LOG_INFO, "queue_incomplete", "qid", names[i], "action", action, NULL);
+			log_event(LOG_INFO, "queue_incomplete", "qid", v[i].name, "action", action, NULL);
+	}
+}
+
+/*
+ * At open: remove what transactions that never committed left behind, the
+ * spare files of a process that did not close, and an older version's
+ * incoming/ directory.
+ */
+static void
+queue_clean_leftovers(struct queue *q, int dirfd)
+{
+	struct queue_dirent *v, *inc;
+	struct log_line l;
+	ino_t *inos;
+	size_t i, n, ninc, nmsg = 0, spares = 0;
+	int incfd;
+
+	if ((v = queue_read_dir(q->msgfd, &n)) == NULL) {
+		queue_log_errno(NULL, "opendir(msg/)", errno);
+		return;
+	}
+	inos = xcalloc(n + 1, sizeof(*inos));
+	for (i = 0; i < n; i++)
+		if (!queue_name_reserved(v[i].name))
+			inos[nmsg++] = v[i].ino;
+	qsort(inos, nmsg, sizeof(*inos), queue_cmp_ino);
+	queue_clean_dir(q->msgfd, true, v, n, inos, nmsg, &spares);
+
+	if ((incfd = openat(dirfd, "incoming", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
+		if ((inc = queue_read_dir(incfd, &ninc)) != NULL) {
+			queue_clean_dir(incfd, false, inc, ninc, inos, nmsg, &spares);
+			queue_free_dir(inc, ninc);
+		}
+		close(incfd);
+		(void)unlinkat(dirfd, "incoming", AT_REMOVEDIR);   /* unless something was kept */
+	}
+	if (spares > 0) {
+		log_begin(&l, LOG_INFO, "queue_spares_removed");
+		log_kvu(&l, "count", spares);
+		log_end(&l);
 	}
 	free(inos);
-	queue_free_names(names, n);
+	queue_free_dir(v, n);
+}
+
+/*
+ * Unnamed files (O_TMPFILE) get their name with linkat(2): through
+ * /proc/self/fd, or with AT_EMPTY_PATH (which needs CAP_DAC_READ_SEARCH).
+ * Where neither works, files are made with names (q->named).
+ */
+static void
+queue_probe_tmpfile(struct queue *q)
+{
+	static const char name[] = QNAME_IN "probe";
+	int fd;
+
+	q->named = true;
+	if ((fd = openat(q->msgfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600)) == -1)
+		return;
+	(void)unlinkat(q->msgfd, name, 0);
+	if (queue_link(q, fd, name) == -1) {
+		q->link_empty = true;
+		if (queue_link(q, fd, name) == -1) {
+			close(fd);
+			return;
+		}
+	}
+	(void)unlinkat(q->msgfd, name, 0);
+	close(fd);
+	q->named = false;
+}
+
+void
+queue_set_named_files(struct queue *q, bool named)
+{
+	if (!named || q->named)
+		return;
+	q->named = true;
+	queue_spares_free(q);
+	queue_refill(q);
 }
 
 static void
@@ -901,13 +1159,11 @@ queue_close_fds(struct queue *q)
 {
 	if (q->msgfd >= 0)
 		close(q->msgfd);
-	if (q->incfd >= 0)
-		close(q->incfd);
 	if (q->corruptfd >= 0)
 		close(q->corruptfd);
 	if (q->lockfd >= 0)
 		close(q->lockfd);            /* releases the flock */
-	q->msgfd = q->incfd = q->corruptfd = q->lockfd = -1;
+	q->msgfd = q->corruptfd = q->lockfd = -1;
 }
 
 int
@@ -921,7 +1177,7 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 	q->magic = QUEUE_MAGIC;
 	q->loop = loop;
 	q->dir = xstrdup(dir);
-	q->lockfd = q->msgfd = q->incfd = q->corruptfd = -1;
+	q->lockfd = q->msgfd = q->corruptfd = -1;
 	q->mode = queue_default_mode();
 	queue_list_init(&q->staged);
 	queue_list_init(&q->pending);
@@ -935,8 +1191,6 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 		what = "open queue.lock";
 	else if (flock(q->lockfd, LOCK_EX | LOCK_NB) == -1)
 		what = errno == EWOULDBLOCK ? "lock (another relayd uses it)" : "flock queue.lock";
-	else if (queue_open_subdir(dirfd, "incoming", &q->incfd) == -1)
-		what = "incoming/";
 	else if (queue_open_subdir(dirfd, "msg", &q->msgfd) == -1)
 		what = "msg/";
 	else if (queue_open_subdir(dirfd, "corrupt", &q->corruptfd) == -1)
@@ -953,12 +1207,13 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 		free(q);
 		return RELAY_EIO;
 	}
+	queue_clean_leftovers(q, dirfd);
 	close(dirfd);
+	queue_probe_tmpfile(q);
 
 	if (getrandom(&q->rnd_state, sizeof(q->rnd_state), GRND_NONBLOCK) != sizeof(q->rnd_state))
 		q->rnd_state = util_now_ms() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)q;
 	q->rnd_state |= 1;
-	queue_clean_incoming(q);
 
 	if (uv_mutex_init(&q->mtx) != 0 || uv_cond_init(&q->cond) != 0)
 		fatalx("%s: mutex/cond init failed", __func__);
@@ -1016,6 +1271,7 @@ queue_get_counters(struct queue *q, struct queue_counters *c)
 	*c = q->counters;
 	uv_mutex_unlock(&q->mtx);
 	c->spares_used = q->spares_used;
+	c->spares_reused = q->spares_reused;
 }
 
 static void
@@ -1108,8 +1364,7 @@ queue_txn_begin(struct queue *q, const struct envelope *env, struct router_txn *
 	t->fd = -1;
 	t->job.fd = -1;
 	queue_qid_next(q, t->job.qid);
-	if ((t->fd = queue_spare_take(q, t->job.iname)) == -1)
-		memcpy(t->job.iname, t->job.qid, QID_MAX);
+	queue_spare_take(q, t);
 	envelope_copy(&t->env, env);
 	t->env.size = 0;
 
@@ -1136,8 +1391,8 @@ queue_txn_flush(struct router_txn *t)
 {
 	if (t->err != 0 || t->wbuf.len == 0)
 		return t->err;
-	if (t->fd == -1 && (t->fd = queue_incoming_create(t->q, t->job.iname)) == -1) {
-		queue_log_errno(t->job.qid, "create(incoming/)", errno);
+	if (t->fd == -1 && (t->fd = queue_file_create(t->q, t->job.qid, t->job.iname)) == -1) {
+		queue_log_errno(t->job.qid, "create(msg/)", errno);
 		t->err = RELAY_EIO;
 		return t->err;
 	}
@@ -1183,11 +1438,12 @@ router_txn_commit(struct router_txn *t, router_commit_cb *cb, void *arg)
 	if (t->err == 0 && t->written == 0) {
 		/*
 		 * The header is still in memory: the whole file goes in one
-		 * write, by the commit thread if there is no file yet.
+		 * write, by the commit thread (never a write(2) on the loop,
+		 * which into a recycled file could wait for a page to be read).
 		 */
 		memcpy(t->wbuf.data + QFILE_BLEN_OFF, hex, sizeof(hex));
-		if (t->fd >= 0)
-			(void)queue_txn_flush(t);
+		t->job.write_wbuf = true;
+		t->job.len = t->wbuf.len;
 	} else if (t->err == 0 && queue_txn_flush(t) == 0) {
 		do
 			n = pwrite(t->fd, hex, sizeof(hex), QFILE_BLEN_OFF);
@@ -1196,11 +1452,13 @@ router_txn_commit(struct router_txn *t, router_commit_cb *cb, void *arg)
 			queue_log_errno(t->job.qid, "pwrite", n == -1 ? errno : EIO);
 			t->err = RELAY_EIO;
 		}
+		t->job.len = t->written;
 	}
-	if (t->fd >= 0)
+	if (!t->job.write_wbuf)
 		buf_free(&t->wbuf);
 
 	t->job.kind = QJOB_COMMIT;
+	t->job.size = t->spare_size;         /* longer than len: the thread cuts it */
 	t->job.txn = t;
 	t->job.fd = t->fd;                   /* the thread syncs and closes it */
 	t->fd = -1;
@@ -1216,11 +1474,15 @@ router_txn_abort(struct router_txn *t)
 {
 	if (t->magic != TXN_MAGIC || t->cb != NULL)
 		fatalx("%s: bad txn", __func__);
-	if (t->fd >= 0) {
-		close(t->fd);
-		t->fd = -1;
+	if (t->fd >= 0 && t->written == 0)
+		queue_spare_put(t->q, t->fd, t->job.iname, t->spare_size);   /* untouched */
+	else {
+		if (t->fd >= 0)
+			close(t->fd);
+		if (t->job.iname[0] != '\0')
+			(void)unlinkat(t->q->msgfd, t->job.iname, 0);
 	}
-	(void)unlinkat(t->q->incfd, t->job.iname, 0);
+	t->fd = -1;
 	queue_txn_free(t);
 }
 
@@ -1291,6 +1553,8 @@ queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *re
 	struct buf line = BUF_INIT;
 	struct queue_job *j;
 	struct stat st;
+	size_t off;
+	ssize_t n;
 	int fd, e;
 
 	if (q->magic != QUEUE_MAGIC)
@@ -1304,16 +1568,18 @@ queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *re
 		queue_log_errno(m->qid, "open", e);
 		return e == ENOENT ? RELAY_ENOENT : RELAY_EIO;
 	}
-	if (fstat(fd, &st) == -1) {
-		queue_log_errno(m->qid, "fstat", errno);
-		close(fd);
-		return RELAY_EIO;
-	}
 	envelope_record_encode(rec, &line);
-	if (queue_write_full(fd, line.data, line.len) == -1) {
-		/* never leave a torn record that the next append would run into */
-		queue_log_errno(m->qid, "append", errno);
-		if (ftruncate(fd, st.st_size) == -1)
+	for (off = 0; off < line.len; off += (size_t)n) {
+		if ((n = write(fd, line.data + off, line.len - off)) == -1 && errno == EINTR) {
+			n = 0;
+			continue;
+		}
+		if (n > 0)
+			continue;
+		/* never leave a torn record that the next append would run into:
+		 * cut what this one wrote (we are the only writer) */
+		queue_log_errno(m->qid, "append", n == 0 ? EIO : errno);
+		if (off > 0 && (fstat(fd, &st) == -1 || ftruncate(fd, st.st_size - (off_t)off) == -1))
 			queue_log_errno(m->qid, "ftruncate", errno);
 		close(fd);
 		buf_free(&line);
@@ -1495,31 +1761,33 @@ queue_scan(struct queue *q, queue_new_cb *cb, void *arg)
 	struct buf why = BUF_INIT;
 	struct queue_msg *m;
 	struct log_line l;
-	char **names;
+	struct queue_dirent *v;
 	size_t i, n, loaded = 0, corrupt = 0;
 	int rc;
 
-	if ((names = queue_list_dir(q->msgfd, &n)) == NULL) {
+	if ((v = queue_read_dir(q->msgfd, &n)) == NULL) {
 		queue_log_errno(NULL, "opendir(msg/)", errno);
 		return RELAY_EIO;
 	}
 	for (i = 0; i < n; i++) {
 		buf_reset(&why);
-		if (!queue_qid_valid(names[i])) {
-			queue_quarantine(q, names[i], "not a queue id");
+		if (queue_name_reserved(v[i].name))
+			continue;            /* a spare file (or a leftover kept at open) */
+		if (!queue_qid_valid(v[i].name)) {
+			queue_quarantine(q, v[i].name, "not a queue id");
 			corrupt++;
 			continue;
 		}
-		rc = queue_load(q, names[i], true, &m, NULL, NULL, &why);
+		rc = queue_load(q, v[i].name, true, &m, NULL, NULL, &why);
 		if (rc == 0) {
 			loaded++;
 			cb(arg, m);
 		} else if (rc == RELAY_EINVAL) {
-			queue_quarantine(q, names[i], buf_cstr(&why));
+			queue_quarantine(q, v[i].name, buf_cstr(&why));
 			corrupt++;
 		}
 	}
-	queue_free_names(names, n);
+	queue_free_dir(v, n);
 	buf_free(&why);
 	log_begin(&l, LOG_INFO, "queue_scan");
 	log_kv(&l, "dir", q->dir);
@@ -1543,9 +1811,41 @@ queue_history(struct queue *q, const char *qid,
 	return rc;
 }
 
+/*
+ * The loop renames msg/<qid> to msg/.spare-N, one directory operation
+ * (neither freeing an inode nor waiting for a device); from then on nobody
+ * can open it by its id.  The commit thread makes that rename durable with
+ * its next fsync of msg/, then keeps the file as a spare (its old content is
+ * overwritten by the next message, and cut to length at its commit) or
+ * deletes it: if the pool is full, the file large, or somebody still has it
+ * open.
+ */
 int
 queue_remove(struct queue *q, struct queue_msg *m)
 {
+	struct queue_job *j;
+	char name[QNAME_MAX];
+
+	if (q->magic != QUEUE_MAGIC)
+		fatalx("%s: bad queue", __func__);
+	if (!q->closing) {
+		snprintf(name, sizeof(name), QNAME_SPARE "%llu", (unsigned long long)q->spare_seq++);
+		if (renameat2(q->msgfd, m->qid, q->msgfd, name, RENAME_NOREPLACE) == 0) {
+			j = xcalloc(1, sizeof(*j));
+			j->kind = QJOB_RECYCLE;
+			j->fd = -1;
+			j->keep = m->body_offset + m->body_len <= QUEUE_RECYCLE_MAX &&
+			    q->nspares + q->recycling < QUEUE_POOL_MAX;
+			q->recycling += j->keep;
+			snprintf(j->qid, sizeof(j->qid), "%s", m->qid);
+			memcpy(j->iname, name, QNAME_MAX);
+			queue_stage(q, j);
+			return 0;
+		}
+		if (errno == ENOENT)
+			return RELAY_ENOENT;
+		/* no RENAME_NOREPLACE here (or a name taken): delete it at once */
+	}
 	if (unlinkat(q->msgfd, m->qid, 0) == -1) {
 		if (errno == ENOENT)
 			return RELAY_ENOENT;

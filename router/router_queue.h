@@ -95,7 +95,10 @@ int queue_record(struct queue *q, struct queue_msg *m, const struct queue_record
 /* Apply a record to the in-memory message only (used by replay and by queue_record). */
 void queue_msg_apply(struct queue_msg *m, const struct queue_record *rec);
 
-/* Remove a message whose every recipient is done (or deleted by the admin). */
+/* Remove a message whose every recipient is done (or deleted by the admin).
+ * Its id no longer names a file when this returns (0, or RELAY_ENOENT if it
+ * did not); the file itself is kept for a later message (never while
+ * somebody still has it open) or deleted, by the commit thread. */
 int queue_remove(struct queue *q, struct queue_msg *m);
 void queue_msg_free(struct queue_msg *m);
 
@@ -135,8 +138,18 @@ struct queue_counters {
 	uint64_t publish_ns;         /* time spent renaming into msg/ and syncing msg/ */
 	uint64_t created_late;       /* files the commit thread had to create (no spare) */
 	uint64_t spares_used;        /* transactions that began on a spare file */
+	uint64_t recycled;           /* removed messages kept as spare files */
+	uint64_t unlinked;           /* removed messages deleted (pool full, too big, or open) */
+	uint64_t spares_reused;      /* transactions that began on a recycled file */
 };
 void queue_get_counters(struct queue *q, struct queue_counters *c);
+
+/*
+ * Tests only: make spare and late files with names (msg/.spare-N, msg/.in-<qid>)
+ * instead of unnamed O_TMPFILE files, as on a file system without O_TMPFILE.
+ * Call right after queue_open().
+ */
+void queue_set_named_files(struct queue *q, bool named);
 
 /* A queue id from its parts: 10 chars of ms, 4 of seq (20 bits), 6 of rnd (30 bits). */
 void queue_qid_make(char out[QID_MAX], uint64_t ms, uint32_t seq, uint32_t rnd);

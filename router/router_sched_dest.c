@@ -101,10 +101,29 @@ sched_dest_maybe_free(struct sched *s, struct sched_dest *d)
 /* ------------------------------------------------------------------ */
 /* Jobs. */
 
+static const struct sched_last sched_last_none;
+
+/* The job's last attempt, to set (allocated on first use). */
+static struct sched_last *
+sched_job_last(struct sched_job *job)
+{
+	if (job->last == NULL)
+		job->last = xcalloc(1, sizeof(*job->last));
+	return job->last;
+}
+
+/* The job's last attempt, to read: empty fields if it made none. */
+static const struct sched_last *
+sched_job_seen(const struct sched_job *job)
+{
+	return job->last != NULL ? job->last : &sched_last_none;
+}
+
 struct sched_job *
 sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route)
 {
 	struct sched_job *job = xcalloc(1, sizeof(*job));
+	size_t max;
 
 	job->magic = SCHED_MAGIC_JOB;
 	job->s = s;
@@ -112,8 +131,9 @@ sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route)
 	job->route = *route;
 	memset(route, 0, sizeof(*route));
 	job->conf = conf_ref(s->conf);
-	job->rcpts = xcalloc(s->conf->router.max_rcpts_per_txn ? s->conf->router.max_rcpts_per_txn : 1,
-	    sizeof(*job->rcpts));
+	/* no more than the message has: most have one, and max_rcpts_per_txn is 100 */
+	max = s->conf->router.max_rcpts_per_txn ? s->conf->router.max_rcpts_per_txn : 1;
+	job->rcpts = xcalloc(max < sm->m->env.nrcpts ? max : sm->m->env.nrcpts, sizeof(*job->rcpts));
 	sm->njobs++;
 	return job;
 }
@@ -143,6 +163,7 @@ sched_job_free(struct sched_job *job)
 	if (job->mx != NULL)
 		mx_result_free(job->mx);
 	free(job->dr);
+	free(job->last);
 	route_release(&job->route);
 	conf_unref(job->conf);
 	free(job->rcpts);
@@ -181,9 +202,11 @@ sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due)
 	sched_dest_maybe_free(s, d);
 }
 
-/* The job's recipients wait for the destination to come back (logged and recorded). */
+/* The job's recipients wait for the destination to come back (logged and recorded,
+ * with the last exchanger tried: host and ip, "" for none). */
 static void
-sched_job_wait(struct sched *s, struct sched_job *job, const char *why, uint64_t now)
+sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const char *ip,
+    const char *why, uint64_t now)
 {
 	struct sched_dest *d = job->dest;
 	struct queue_msg *m = job->sm->m;
@@ -200,7 +223,7 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *why, uint64_t
 			continue;
 		if (job->sm->rc[i].down_since == 0)
 			job->sm->rc[i].down_since = d->down_since != 0 ? d->down_since : now;
-		sched_rcpt_outcome(s, job->sm, i, SCHED_DEFERRED, job->last_host, job->last_ip,
+		sched_rcpt_outcome(s, job->sm, i, SCHED_DEFERRED, host, ip,
 		    "4.4.1", why, job->ntried > 0, d->name, now);
 	}
 }
@@ -218,8 +241,8 @@ sched_job_outcome_all(struct sched *s, struct sched_job *job, enum sched_outcome
 
 		if (m->rcpt[i].state != RCPT_PENDING)
 			continue;
-		sched_rcpt_outcome(s, job->sm, i, o, job->last_host, job->last_ip, status, reply,
-		    counted, NULL, now);
+		sched_rcpt_outcome(s, job->sm, i, o, sched_job_seen(job)->host,
+		    sched_job_seen(job)->ip, status, reply, counted, NULL, now);
 	}
 }
 
@@ -292,6 +315,7 @@ sched_job_probe_at(struct sched *s, struct sched_job *job, uint64_t now)
 static void
 sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now)
 {
+	const struct sched_last *last = sched_job_seen(job);
 	struct sched_job *b;
 	struct buf why = BUF_INIT;
 	bool was_down = d->state == SCHED_DEST_DOWN;
@@ -302,14 +326,11 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 	d->window = 1;
 	d->probe_at = sched_job_probe_at(s, job, now);
 	buf_printf(&why, "all exchangers of %s are down (last: %s%s%s)", d->name,
-	    job->last_host, job->last_host[0] ? ": " : "",
-	    job->last_reply[0] ? job->last_reply : "no answer");
-	sched_job_wait(s, job, buf_cstr(&why), now);
+	    last->host, last->host[0] ? ": " : "", last->reply[0] ? last->reply : "no answer");
+	sched_job_wait(s, job, last->host, last->ip, buf_cstr(&why), now);
 	while ((b = TAILQ_FIRST(&d->backlog)) != NULL) {
 		sched_job_unlink(b);
-		snprintf(b->last_host, sizeof(b->last_host), "%s", job->last_host);
-		snprintf(b->last_ip, sizeof(b->last_ip), "%s", job->last_ip);
-		sched_job_wait(s, b, buf_cstr(&why), now);
+		sched_job_wait(s, b, last->host, last->ip, buf_cstr(&why), now);
 	}
 	buf_free(&why);
 	if (!was_down)
@@ -425,6 +446,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	struct sched *s = job->s;
 	struct queue_msg *m = job->sm->m;
 	const struct mx_target *tg;
+	struct sched_last *last;
 	struct health_host *h;
 	enum health_state was;
 	uint64_t now = sched_now(s);
@@ -435,14 +457,15 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 		fatalx("%s: result for a job not delivering", __func__);
 	job->state = SCHED_JOB_RESOLVING;       /* between attempts */
 	tg = &job->mx->targets[job->ti];
-	snprintf(job->last_host, sizeof(job->last_host), "%s", tg->host);
+	last = sched_job_last(job);
+	snprintf(last->host, sizeof(last->host), "%s", tg->host);
 	if (res->ip[0] != '\0')
-		snprintf(job->last_ip, sizeof(job->last_ip), "%s", res->ip);
+		snprintf(last->ip, sizeof(last->ip), "%s", res->ip);
 	else
-		sched_addr_ip(&tg->addrs[job->ai], job->last_ip, sizeof(job->last_ip));
-	snprintf(job->last_status, sizeof(job->last_status), "%s",
+		sched_addr_ip(&tg->addrs[job->ai], last->ip, sizeof(last->ip));
+	snprintf(last->status, sizeof(last->status), "%s",
 	    res->status_code[0] ? res->status_code : "4.4.1");
-	snprintf(job->last_reply, sizeof(job->last_reply), "%s", res->reply);
+	snprintf(last->reply, sizeof(last->reply), "%s", res->reply);
 
 	h = health_get(s->health, job->addr_key, tg->host);
 	if (job->probing_host) {
@@ -465,15 +488,15 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 		if (down) {
 			health_host_fail(h, now, job->conf->router.host_backoff_min,
 			    job->conf->router.host_backoff_max, res->reply);
-			sched_log_host(h, job->last_ip);
+			sched_log_host(h, last->ip);
 		} else
 			job->soft_fail = true;
 		log_begin(&l, LOG_INFO, "host_failed");
 		log_kv(&l, "qid", m->qid);
-		log_kv(&l, "host", job->last_host);
-		log_kv(&l, "ip", job->last_ip);
-		log_kv(&l, "status", job->last_status);
-		log_kv(&l, "reply", job->last_reply);
+		log_kv(&l, "host", last->host);
+		log_kv(&l, "ip", last->ip);
+		log_kv(&l, "status", last->status);
+		log_kv(&l, "reply", last->reply);
 		log_kv(&l, "down", down ? "yes" : "no");
 		log_end(&l);
 		deliver_req_clear(req);
@@ -491,7 +514,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	for (k = 0; k < job->nrcpts; k++)
 		job->sm->rc[job->rcpts[k]].down_since = 0;
 	if (was == HEALTH_DOWN)
-		sched_log_host(h, job->last_ip);
+		sched_log_host(h, last->ip);
 
 	switch (res->status) {
 	case DELIVER_DONE:
@@ -501,17 +524,17 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 
 			if (m->rcpt[i].state != RCPT_PENDING)
 				continue;
-			sched_rcpt_outcome(s, job->sm, i, sched_code_outcome(dr->code), job->last_host,
-			    job->last_ip, dr->status[0] ? dr->status : (dr->code / 100 == 2 ? "2.0.0" :
+			sched_rcpt_outcome(s, job->sm, i, sched_code_outcome(dr->code), last->host,
+			    last->ip, dr->status[0] ? dr->status : (dr->code / 100 == 2 ? "2.0.0" :
 			    dr->code / 100 == 5 ? "5.0.0" : "4.0.0"),
 			    dr->reply != NULL ? dr->reply : "", true, NULL, now);
 		}
 		break;
 	case DELIVER_TEMP:
-		sched_job_outcome_all(s, job, SCHED_DEFERRED, job->last_status, job->last_reply, true, now);
+		sched_job_outcome_all(s, job, SCHED_DEFERRED, last->status, last->reply, true, now);
 		break;
 	case DELIVER_PERM:
-		sched_job_outcome_all(s, job, SCHED_FAILED, job->last_status, job->last_reply, true, now);
+		sched_job_outcome_all(s, job, SCHED_FAILED, last->status, last->reply, true, now);
 		break;
 	default:
 		fatalx("%s: unknown deliver status %d", __func__, (int)res->status);
@@ -525,13 +548,14 @@ static void
 sched_job_exhausted(struct sched_job *job)
 {
 	struct sched *s = job->s;
+	const struct sched_last *last = sched_job_seen(job);
 	uint64_t now = sched_now(s);
 
 	if (job->soft_fail) {
 		/* Some host answered but would not do (TLS policy, greeting):
 		 * the destination is up; these recipients retry on their own. */
 		sched_job_outcome_all(s, job, SCHED_DEFERRED,
-		    job->last_status[0] ? job->last_status : "4.4.1", job->last_reply,
+		    last->status[0] ? last->status : "4.4.1", last->reply,
 		    job->ntried > 0, now);
 		sched_job_end(job, SCHED_NEWS_REACHED);
 		return;
@@ -545,6 +569,7 @@ sched_job_next(struct sched_job *job)
 {
 	struct sched *s = job->s;
 	struct queue_msg *m = job->sm->m;
+	struct sched_last *last;
 	struct health_host *h;
 	enum health_verdict v;
 	uint64_t now = sched_now(s);
@@ -563,11 +588,12 @@ sched_job_next(struct sched_job *job)
 			if (v == HEALTH_SKIP && !job->force) {
 				char until[32];
 
-				snprintf(job->last_host, sizeof(job->last_host), "%s", tg->host);
-				sched_addr_ip(a, job->last_ip, sizeof(job->last_ip));
-				snprintf(job->last_status, sizeof(job->last_status), "4.4.1");
+				last = sched_job_last(job);
+				snprintf(last->host, sizeof(last->host), "%s", tg->host);
+				sched_addr_ip(a, last->ip, sizeof(last->ip));
+				snprintf(last->status, sizeof(last->status), "4.4.1");
 				util_rfc3339(h->down_until_ms, until, sizeof(until));
-				snprintf(job->last_reply, sizeof(job->last_reply),
+				snprintf(last->reply, sizeof(last->reply),
 				    "host down until %s: %s", until,
 				    h->last_error[0] ? h->last_error : "probe in progress");
 				continue;
@@ -614,11 +640,11 @@ sched_job_next(struct sched_job *job)
 				job->probing_host = false;
 			}
 			job->soft_fail = true;
-			snprintf(job->last_host, sizeof(job->last_host), "%s", tg->host);
-			sched_addr_ip(a, job->last_ip, sizeof(job->last_ip));
-			snprintf(job->last_status, sizeof(job->last_status), "4.3.0");
-			snprintf(job->last_reply, sizeof(job->last_reply),
-			    "could not start a delivery attempt");
+			last = sched_job_last(job);
+			snprintf(last->host, sizeof(last->host), "%s", tg->host);
+			sched_addr_ip(a, last->ip, sizeof(last->ip));
+			snprintf(last->status, sizeof(last->status), "4.3.0");
+			snprintf(last->reply, sizeof(last->reply), "could not start a delivery attempt");
 		}
 	}
 	sched_job_exhausted(job);
@@ -642,13 +668,15 @@ sched_on_mx(void *arg, struct mx_result *res)
 		return;
 	}
 	if (res->err != 0) {
-		job->last_host[0] = job->last_ip[0] = '\0';
-		snprintf(job->last_status, sizeof(job->last_status), "%s",
+		struct sched_last *last = sched_job_last(job);
+
+		last->host[0] = last->ip[0] = '\0';
+		snprintf(last->status, sizeof(last->status), "%s",
 		    res->status[0] ? res->status : "4.4.3");
-		snprintf(job->last_reply, sizeof(job->last_reply), "%s", res->reason);
+		snprintf(last->reply, sizeof(last->reply), "%s", res->reason);
 		sched_job_outcome_all(s, job,
 		    res->err == RELAY_ETEMP ? SCHED_DEFERRED : SCHED_FAILED,
-		    job->last_status, job->last_reply, true, now);
+		    last->status, last->reply, true, now);
 		mx_result_free(res);
 		sched_job_end(job, SCHED_NEWS_NONE);
 		return;
@@ -691,6 +719,8 @@ sched_job_start(struct sched *s, struct sched_job *job)
 void
 sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now)
 {
+	char why[512];
+
 	job->dest = d;
 	if (!job->force && job->flush_gen != 0 && job->flush_gen == s->flush_gen &&
 	    d->forced_gen != s->flush_gen) {
@@ -708,9 +738,9 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 				sched_job_start(s, job);
 				return;
 			}
-			snprintf(job->last_reply, sizeof(job->last_reply),
-			    "all exchangers of %s are down", d->name);
-			sched_job_wait(s, job, job->last_reply, now);
+			snprintf(why, sizeof(why), "all exchangers of %s are down", d->name);
+			sched_job_wait(s, job, sched_job_seen(job)->host, sched_job_seen(job)->ip, why,
+			    now);
 			sched_dest_rewake(s, d);
 			return;
 		}

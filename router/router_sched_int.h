@@ -43,6 +43,18 @@ struct sched_wake {
 
 struct sched_job;
 
+/*
+ * How a job's last attempt ended.  Allocated when first set: a job that
+ * never made an attempt (queued behind the window, or waiting for a down
+ * destination: tens of thousands in an outage) does not carry these 850 bytes.
+ */
+struct sched_last {
+	char host[256];
+	char ip[64];
+	char status[16];
+	char reply[512];
+};
+
 struct sched_rcpt {
 	uint64_t retry_at;              /* pending, not in a job: next attempt */
 	struct sched_job *job;          /* the job it is in, or NULL */
@@ -95,11 +107,7 @@ struct sched_job {
 	char addr_key[HEALTH_ADDR_MAX];
 	struct deliver_req req;
 	struct deliver_rcpt *dr;
-
-	char last_host[256];
-	char last_ip[64];
-	char last_status[16];
-	char last_reply[512];
+	struct sched_last *last;        /* how its last attempt ended, or NULL (nothing yet) */
 };
 TAILQ_HEAD(sched_jobq, sched_job);
 

@@ -3,11 +3,20 @@
  * messages of S bytes with C transactions in flight (each commit callback
  * starts the next one), for each group-sync strategy, and prints msgs/s,
  * batches (group syncs), messages per batch, the commit thread's time per
- * batch (creating files that found no spare, syncing data, renaming into
- * msg/ + fsync of msg/), p50/p99 commit latency, the loop's time per
- * message, and how many messages began on a spare file.
+ * batch (writing the files, creating those that found no spare, syncing
+ * data, renaming to msg/<qid> + fsync of msg/), p50/p99 commit latency, the
+ * loop's time per message, and how many messages began on a spare file.
  *
- *   bench_queue [-n N] [-c C] [-s SIZE] [-m fdatasync|range|syncfs|auto|all] [-d DIR] [-r ROUNDS]
+ * With -k K the bench also plays the delivery side: once more than K
+ * messages are queued, each commit removes the oldest one (queue_remove), as
+ * a relay in a steady state does; removed files come back as spare files
+ * (recycled), so no inode is created or freed.
+ *
+ * With -N, spare files have names from the start (msg/.spare-N), as where
+ * unnamed files (O_TMPFILE + linkat) cannot be made.
+ *
+ *   bench_queue [-n N] [-c C] [-s SIZE] [-m fdatasync|range|syncfs|auto|all] [-d DIR]
+ *               [-r ROUNDS] [-k K] [-N]
  *
  * DIR (default $TMPDIR or /tmp) must be on the disk under test; the bench
  * makes and removes its own queue directories below it.
@@ -34,6 +43,11 @@ struct bench {
 	uint64_t *lat_ns;
 	struct env_rcpt rcpt;
 	struct envelope env;
+	size_t keep;                 /* -k: messages kept queued, 0 = all */
+	bool named;                  /* -N */
+	struct queue_msg **ring;     /* with keep: the queued messages, oldest first */
+	size_t rhead, rlen;
+	uint64_t remove_ns;          /* time the loop spent in queue_remove */
 };
 
 struct inflight {
@@ -46,8 +60,25 @@ static void bench_start_one(struct bench *b);
 static void
 bench_new_msg(void *arg, struct queue_msg *m)
 {
-	(void)arg;
-	queue_msg_free(m);
+	struct bench *b = arg;
+	struct queue_msg *old;
+	uint64_t t0;
+
+	if (b->keep == 0) {
+		queue_msg_free(m);
+		return;
+	}
+	if (b->rlen == b->keep) {
+		old = b->ring[b->rhead];
+		t0 = uv_hrtime();
+		if (queue_remove(b->q, old) != 0)
+			fatalx("%s: remove failed", __func__);
+		b->remove_ns += uv_hrtime() - t0;
+		queue_msg_free(old);
+		b->ring[b->rhead] = m;
+		b->rhead = (b->rhead + 1) % b->keep;
+	} else
+		b->ring[(b->rhead + b->rlen++) % b->keep] = m;
 }
 
 static void
@@ -109,7 +140,7 @@ bench_closed(void *arg)
 
 static void
 bench_run(const char *base, const char *name, enum queue_sync_mode mode, size_t n, size_t c,
-    size_t size)
+    size_t size, size_t keep, bool named)
 {
 	struct bench b;
 	struct buf err = BUF_INIT;
@@ -134,13 +165,17 @@ bench_run(const char *base, const char *name, enum queue_sync_mode mode, size_t 
 	b.env.client_ip = "127.0.0.1";
 	b.env.client_helo = "bench";
 	b.env.arrival_ms = util_now_ms();
+	b.keep = keep;
+	b.ring = keep > 0 ? xcalloc(keep, sizeof(*b.ring)) : NULL;
 
 	snprintf(dir, sizeof(dir), "%s/relayd-bench-queue-%d-%s", base, (int)getpid(), name);
 	uv_loop_init(&b.loop);
 	if (queue_open(&b.loop, dir, &b.q, &err) != 0)
 		fatalx("queue_open: %s", buf_cstr(&err));
 	queue_set_sync_mode(b.q, mode);
-	queue_set_new_cb(b.q, bench_new_msg, NULL);
+	queue_set_named_files(b.q, named);
+	uv_run(&b.loop, UV_RUN_DEFAULT);         /* the first spare files are ready */
+	queue_set_new_cb(b.q, bench_new_msg, &b);
 
 	t0 = uv_hrtime();
 	for (i = 0; i < c && b.started < n; i++)
@@ -148,6 +183,8 @@ bench_run(const char *base, const char *name, enum queue_sync_mode mode, size_t 
 	uv_run(&b.loop, UV_RUN_DEFAULT);
 	elapsed = uv_hrtime() - t0;
 	queue_get_counters(b.q, &cnt);
+	for (i = 0; i < b.rlen; i++)
+		queue_msg_free(b.ring[(b.rhead + i) % b.keep]);
 	queue_close(b.q, bench_closed, NULL);
 	uv_run(&b.loop, UV_RUN_DEFAULT);
 	if (uv_loop_close(&b.loop) != 0)
@@ -157,7 +194,7 @@ bench_run(const char *base, const char *name, enum queue_sync_mode mode, size_t 
 	secs = (double)elapsed / 1e9;
 	printf("%-9s n=%zu c=%zu size=%zu: %6.0f msgs/s  batches=%llu (%.1f/batch, create %.2fms "
 	    "sync %.2fms publish %.2fms)  p50=%.2fms p99=%.2fms  loop %.3fms/msg  spare %llu late %llu  "
-	    "failed=%zu\n", name, n, c, size,
+	    "recycled %llu reused %llu unlinked %llu remove %.3fms  failed=%zu\n", name, n, c, size,
 	    (double)b.done / secs, (unsigned long long)cnt.batches,
 	    cnt.batches ? (double)cnt.commits / (double)cnt.batches : 0.0,
 	    cnt.batches ? (double)cnt.create_ns / (double)cnt.batches / 1e6 : 0.0,
@@ -165,11 +202,15 @@ bench_run(const char *base, const char *name, enum queue_sync_mode mode, size_t 
 	    cnt.batches ? (double)cnt.publish_ns / (double)cnt.batches / 1e6 : 0.0,
 	    (double)b.lat_ns[b.done / 2] / 1e6, (double)b.lat_ns[b.done * 99 / 100] / 1e6,
 	    (double)b.loop_ns / (double)b.started / 1e6, (unsigned long long)cnt.spares_used,
-	    (unsigned long long)cnt.created_late, b.failed);
+	    (unsigned long long)cnt.created_late, (unsigned long long)cnt.recycled,
+	    (unsigned long long)cnt.spares_reused, (unsigned long long)cnt.unlinked,
+	    b.keep > 0 && b.done > b.keep ? (double)b.remove_ns / (double)(b.done - b.keep) / 1e6 : 0.0,
+	    b.failed);
 	fflush(stdout);
 	(void)nftw(dir, bench_rm, 16, FTW_DEPTH | FTW_PHYS);
 	free(b.body);
 	free(b.lat_ns);
+	free(b.ring);
 	buf_free(&err);
 }
 
@@ -186,12 +227,13 @@ main(int argc, char **argv)
 		{ "auto", QUEUE_SYNC_AUTO },
 	};
 	const char *mode = "all", *base = getenv("TMPDIR");
-	size_t n = 20000, c = 16, size = 4096, rounds = 1, i, r;
+	size_t n = 20000, c = 16, size = 4096, rounds = 1, keep = 0, i, r;
 	int ch, ran = 0;
+	bool named = false;
 
 	if (base == NULL || *base == '\0')
 		base = "/tmp";
-	while ((ch = getopt(argc, argv, "n:c:s:m:d:r:")) != -1) {
+	while ((ch = getopt(argc, argv, "n:c:s:m:d:r:k:N")) != -1) {
 		switch (ch) {
 		case 'n': n = strtoul(optarg, NULL, 10); break;
 		case 'c': c = strtoul(optarg, NULL, 10); break;
@@ -199,9 +241,11 @@ main(int argc, char **argv)
 		case 'm': mode = optarg; break;
 		case 'd': base = optarg; break;
 		case 'r': rounds = strtoul(optarg, NULL, 10); break;
+		case 'k': keep = strtoul(optarg, NULL, 10); break;
+		case 'N': named = true; break;
 		default:
 			fprintf(stderr, "usage: bench_queue [-n N] [-c C] [-s SIZE] "
-			    "[-m fdatasync|range|syncfs|auto|all] [-d DIR] [-r ROUNDS]\n");
+			    "[-m fdatasync|range|syncfs|auto|all] [-d DIR] [-r ROUNDS] [-k K] [-N]\n");
 			return 2;
 		}
 	}
@@ -213,7 +257,7 @@ main(int argc, char **argv)
 	for (r = 0; r < rounds; r++) {           /* interleaved: the disk's mood changes */
 		for (i = 0; i < RELAY_ARRAY_LEN(modes); i++) {
 			if (strcmp(mode, "all") == 0 || strcmp(mode, modes[i].name) == 0) {
-				bench_run(base, modes[i].name, modes[i].mode, n, c, size);
+				bench_run(base, modes[i].name, modes[i].mode, n, c, size, keep, named);
 				ran++;
 			}
 		}

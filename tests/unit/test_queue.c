@@ -3,9 +3,12 @@
  * router/router_envelope.c) on a real libuv loop and a real directory:
  * envelopes and bodies survive a commit and a re-scan field by field, state
  * records replay to the same state, a torn last record is cut off, leftovers
- * of uncommitted transactions are removed, unparseable files go to corrupt/,
- * concurrent commits share a few group syncs (in every sync mode), and a
- * message whose commit callback fired survives the SIGKILL of its process.
+ * of uncommitted transactions and spare files are removed (but not a
+ * message's second name), unparseable files go to corrupt/, concurrent
+ * commits share a few group syncs (in every sync mode), removed messages'
+ * files are reused for new ones (same inode, exact new length, never while
+ * somebody reads them, bounded pool), and a message whose commit callback
+ * fired survives the SIGKILL of its process, also on a recycled file.
  * Every test ends by checking that the loop closes cleanly.
  * Owns its temporary directories and removes them at the end.
  */
@@ -76,6 +79,26 @@ count_files(const char *qdir, const char *sub)
 	return n;
 }
 
+/* Names in qdir/msg/ starting with prefix (not "." and ".."). */
+static size_t
+count_prefixed(const char *qdir, const char *prefix)
+{
+	char path[256];
+	struct dirent *de;
+	size_t n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/msg", qdir);
+	if ((d = opendir(path)) == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL)
+		if (strncmp(de->d_name, prefix, strlen(prefix)) == 0 &&
+		    strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+			n++;
+	closedir(d);
+	return n;
+}
+
 static int
 file_exists(const char *qdir, const char *sub, const char *name)
 {
@@ -103,6 +126,16 @@ file_size(const char *path)
 	struct stat st;
 
 	return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+static ino_t
+file_ino(const char *qdir, const char *qid)
+{
+	char path[256];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/msg/%s", qdir, qid);
+	return stat(path, &st) == 0 ? st.st_ino : 0;
 }
 
 /* The log file has a line containing needle. */
@@ -455,13 +488,14 @@ test_envelope_decode_rejects(void)
  */
 
 static void
-test_roundtrip(void)
+test_roundtrip_files(bool named)
 {
 	/*
-	 * Small bodies go to disk in one write at commit: by the loop into a
-	 * spare file, or, with no spare ready, by the commit thread into a file
-	 * it creates.  Above 64 KiB the loop writes (creating the file if need
-	 * be) and patches the header with pwrite.
+	 * Small bodies go to disk in one write by the commit thread: into a
+	 * spare file, or, with no spare ready, into a file it creates.  Above
+	 * 64 KiB the loop writes (creating the file if need be) and patches the
+	 * header with pwrite.  Both with unnamed files and, where those cannot
+	 * be made, with named ones (msg/.in-<qid>, msg/.spare-N).
 	 */
 	static const struct {
 		const struct envelope *env;
@@ -491,6 +525,7 @@ test_roundtrip(void)
 	memset(res, 0, sizeof(res));
 	uv_loop_init(&loop);
 	q = open_queue(&loop, dir);
+	queue_set_named_files(q, named);
 	queue_set_new_cb(q, sink_add, &fresh);
 	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
 		bodies[i] = xmalloc(rows[i].len + 1);
@@ -505,6 +540,10 @@ test_roundtrip(void)
 	CHECK_INT(c.created_late, 2);                   /* rows 0 and 1 */
 	CHECK_INT(c.spares_used, 3);                    /* rows 4 to 6 */
 	CHECK_INT(fresh.n, RELAY_ARRAY_LEN(rows));
+	/* spare files have names only where unnamed files cannot be made */
+	CHECK_MSG(named ? count_prefixed(dir, ".spare-") > 0 : count_prefixed(dir, ".") == 0,
+	    "named %d", (int)named);
+	CHECK_INT(count_prefixed(dir, ".in-"), 0);
 	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
 		CHECK_INT(res[i].called, 1);
 		CHECK_INT(res[i].err, 0);
@@ -518,7 +557,8 @@ test_roundtrip(void)
 		check_body(m, bodies[i], rows[i].len);
 	}
 	close_queue(&loop, q);
-	CHECK_INT(count_files(dir, "incoming"), 0);      /* spare files removed too */
+	CHECK_INT(count_files(dir, "msg"), RELAY_ARRAY_LEN(rows));  /* spare files removed */
+	CHECK(!file_exists(dir, "", "incoming"));
 
 	/* a new process would see exactly the same */
 	q = open_queue(&loop, dir);
@@ -545,6 +585,13 @@ test_roundtrip(void)
 	sink_free(&scanned);
 	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++)
 		free(bodies[i]);
+}
+
+static void
+test_roundtrip(void)
+{
+	test_roundtrip_files(false);
+	test_roundtrip_files(true);
 }
 
 /*
@@ -744,55 +791,73 @@ test_records(void)
  */
 
 static void
-test_incoming_leftovers(void)
+test_leftovers(void)
 {
 	struct sink scanned = { .n = 0 };
 	struct commit_res res = { 0 };
 	struct router_txn *t = NULL;
 	uv_loop_t loop;
 	struct queue *q;
-	char dir[128], path[256], mpath[256], qid[QID_MAX], *big;
+	char dir[128], path[256], mpath[256], *big;
 
 	new_qdir(dir, sizeof(dir));
 	uv_loop_init(&loop);
 	q = open_queue(&loop, dir);
-	/* a transaction that never committed (process died during DATA) */
+	/* a transaction that never committed: past the write buffer its file has
+	 * content, but no name (nothing for a crash to leave), and abort drops it */
 	CHECK_INT(queue_txn_begin(q, &rich_env, &t), 0);
-	snprintf(qid, sizeof(qid), "%s", router_txn_qid(t));
-	big = xcalloc(1, 70000);                        /* past the write buffer: on disk */
+	big = xcalloc(1, 70000);
 	CHECK_INT(router_txn_write(t, big, 70000), 0);
 	free(big);
-	CHECK(file_exists(dir, "incoming", qid));
-	/* and one a crashed writer left complete but unpublished */
-	snprintf(path, sizeof(path), "%s/incoming/00000000000000000000", dir);
-	write_raw(path, "RELAYQ 1 ", 9, 0);
+	CHECK_INT(count_files(dir, "msg"), 0);
 	router_txn_abort(t);
-	CHECK(!file_exists(dir, "incoming", qid));
-	CHECK(file_exists(dir, "incoming", "00000000000000000000"));
 	close_queue(&loop, q);
-	/* and a spare file a killed process did not get to remove */
-	snprintf(mpath, sizeof(mpath), "%s/incoming/spare-left", dir);
-	write_raw(mpath, "", 0, 0);
+
+	/* what a killed process can leave in msg/: a new message's file before
+	 * its rename, spare files (one a removed message's), and, from an older
+	 * version, files in incoming/ */
+	snprintf(path, sizeof(path), "%s/msg/.in-00000000000000000000", dir);
+	write_raw(path, "RELAYQ 1 ", 9, 0);
+	snprintf(path, sizeof(path), "%s/msg/.spare-3", dir);
+	write_raw(path, "", 0, 0);
+	snprintf(path, sizeof(path), "%s/msg/.spare-4", dir);
+	write_raw(path, "RELAYQ 1 0000000000000030 0000000000000000\nrcpt - a@b -\n.\n", 57, 0);
+	snprintf(path, sizeof(path), "%s/incoming", dir);
+	CHECK_INT(mkdir(path, 0700), 0);
+	snprintf(path, sizeof(path), "%s/incoming/00000000000000000001", dir);
+	write_raw(path, "RELAYQ 1 ", 9, 0);
+	snprintf(path, sizeof(path), "%s/incoming/spare-left", dir);
+	write_raw(path, "", 0, 0);
 
 	q = open_queue(&loop, dir);
-	CHECK(!file_exists(dir, "incoming", "00000000000000000000"));
-	CHECK(!file_exists(dir, "incoming", "spare-left"));   /* a killed run's spare */
-	CHECK(log_has("event=queue_incomplete qid=00000000000000000000 action=removed"));
+	CHECK_INT(count_files(dir, "msg"), 0);
+	CHECK(!file_exists(dir, "", "incoming"));
+	CHECK(log_has("event=queue_incomplete qid=.in-00000000000000000000 action=removed"));
+	CHECK(log_has("event=queue_incomplete qid=00000000000000000001 action=removed"));
+	CHECK(log_has("event=queue_spares_removed count=2"));
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 0);
-	CHECK_INT(count_files(dir, "msg"), 0);
+	CHECK_INT(count_files(dir, "corrupt"), 0);
 
-	/* a publish cut in half (one inode in both directories): it stays queued */
+	/* a rename or link cut in half (one inode under two names): the
+	 * message stays queued, the other name goes */
 	submit(q, &rich_env, "x\r\n", 3, 3, &res);
 	uv_run(&loop, UV_RUN_DEFAULT);
 	CHECK_INT(res.err, 0);
 	close_queue(&loop, q);
-	snprintf(path, sizeof(path), "%s/incoming/spare-77", dir);
 	snprintf(mpath, sizeof(mpath), "%s/msg/%s", dir, res.qid);
+	snprintf(path, sizeof(path), "%s/msg/.spare-77", dir);
+	CHECK_INT(link(mpath, path), 0);
+	snprintf(path, sizeof(path), "%s/msg/.in-%s", dir, res.qid);
+	CHECK_INT(link(mpath, path), 0);
+	snprintf(path, sizeof(path), "%s/incoming", dir);
+	CHECK_INT(mkdir(path, 0700), 0);
+	snprintf(path, sizeof(path), "%s/incoming/spare-78", dir);
 	CHECK_INT(link(mpath, path), 0);
 	q = open_queue(&loop, dir);
-	CHECK(!file_exists(dir, "incoming", "spare-77"));
-	CHECK(log_has("event=queue_incomplete qid=spare-77 action=\"removed (published)\""));
+	CHECK(log_has("event=queue_incomplete qid=.spare-77 action=\"removed (published)\""));
+	CHECK(log_has("event=queue_incomplete qid=spare-78 action=\"removed (published)\""));
+	CHECK_INT(count_files(dir, "msg"), 1);
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 1);
 	if (scanned.n == 1)
@@ -800,6 +865,172 @@ test_incoming_leftovers(void)
 	close_queue(&loop, q);
 	close_loop(&loop);
 	sink_free(&scanned);
+}
+
+/*
+ * Recycling: a removed message's file becomes the next message's.
+ */
+
+static void
+test_recycle(void)
+{
+	/* the second four reuse the first four's files, last removed first:
+	 * longer (past the write buffer, so the loop writes), shorter, longer, longer */
+	static const size_t sizes[] = { 100, 4096, 9000, 20000, 70000, 50, 9001, 5000 };
+	struct commit_res res[8];
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct queue_counters c;
+	struct router_txn *t = NULL;
+	char dir[128], path[256], *body;
+	ino_t old_ino[4];
+	uv_loop_t loop;
+	struct queue *q;
+	size_t i;
+
+	new_qdir(dir, sizeof(dir));
+	memset(res, 0, sizeof(res));
+	body = xmalloc(70008);
+	for (i = 0; i < 70008; i++)
+		body[i] = (char)('a' + i % 26);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	uv_run(&loop, UV_RUN_DEFAULT);                  /* the unnamed spares are ready */
+
+	/* four messages of various sizes, delivered and removed */
+	for (i = 0; i < 4; i++)
+		submit(q, &rich_env, body, sizes[i], sizes[i], &res[i]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh.n, 4);
+	for (i = 0; i < 4 && i < fresh.n; i++) {
+		old_ino[i] = file_ino(dir, fresh.m[i]->qid);
+		CHECK_INT(queue_remove(q, fresh.m[i]), 0);
+		CHECK(!file_exists(dir, "msg", fresh.m[i]->qid));   /* at once: nobody opens it now */
+		CHECK_INT(queue_remove(q, fresh.m[i]), RELAY_ENOENT);
+	}
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.recycled, 4);
+	CHECK_INT(c.unlinked, 0);
+	CHECK_INT(count_prefixed(dir, ".spare-"), 4);
+	CHECK_INT(count_files(dir, "msg"), 4);
+
+	/* a transaction that begins on one and is abandoned gives it back as it was */
+	CHECK_INT(queue_txn_begin(q, &rich_env, &t), 0);
+	CHECK_INT(router_txn_write(t, body, 10), 0);
+	router_txn_abort(t);
+	CHECK_INT(count_prefixed(dir, ".spare-"), 4);
+
+	/* four new messages, longer and shorter than the files they reuse:
+	 * same inodes, exact new content and length */
+	for (i = 4; i < 8; i++)
+		submit(q, &ndr_env, body + i, sizes[i], 1000, &res[i]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.spares_reused, 5);                  /* with the abandoned one */
+	CHECK_INT(count_prefixed(dir, ".spare-"), 0);
+	CHECK_INT(count_prefixed(dir, "."), 0);
+	CHECK_INT(fresh.n, 8);
+	for (i = 4; i < 8 && i < fresh.n; i++) {
+		CHECK_INT(res[i].err, 0);
+		snprintf(path, sizeof(path), "%s/msg/%s", dir, res[i].qid);
+		CHECK_INT(file_size(path), (off_t)(fresh.m[i]->body_offset + fresh.m[i]->body_len));
+		check_body(fresh.m[i], body + i, sizes[i]);
+		CHECK_INT(file_ino(dir, res[i].qid), old_ino[7 - i]);
+	}
+	close_queue(&loop, q);
+	CHECK_INT(count_files(dir, "msg"), 4);
+
+	/* and a new process reads exactly those */
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 4);
+	CHECK_INT(count_files(dir, "corrupt"), 0);
+	for (i = 4; i < 8; i++) {
+		struct queue_msg *m = sink_find(&scanned, res[i].qid);
+
+		CHECK(m != NULL);
+		if (m != NULL) {
+			check_env_equal(&m->env, &ndr_env, sizes[i]);
+			check_body(m, body + i, sizes[i]);
+		}
+	}
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+	sink_free(&scanned);
+	free(body);
+}
+
+/* A file somebody still reads (a delivery of a deleted message), or a large
+ * one, is deleted, not reused; the pool is bounded. */
+static void
+test_recycle_refused(void)
+{
+	static char big[300 * 1024];
+	struct commit_res res[300];
+	struct sink fresh = { .n = 0 };
+	struct queue_counters c;
+	struct queue_msg *m;
+	char dir[128], got[8];
+	uv_loop_t loop;
+	struct queue *q;
+	size_t i;
+	int fd;
+
+	new_qdir(dir, sizeof(dir));
+	memset(res, 0, sizeof(res));
+	memset(big, 'B', sizeof(big));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	submit(q, &rich_env, "read me\r\n", 9, 9, &res[0]);
+	submit(q, &rich_env, big, sizeof(big), 65536, &res[1]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh.n, 2);
+	if (fresh.n != 2)
+		exit(1);
+	m = fresh.m[0];
+	fd = open(m->path, O_RDONLY);
+	CHECK(fd >= 0);
+	CHECK_INT(queue_remove(q, m), 0);
+	CHECK_INT(queue_remove(q, fresh.m[1]), 0);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.recycled, 0);
+	CHECK_INT(c.unlinked, 2);
+	CHECK_INT(count_files(dir, "msg"), 0);
+	/* the reader keeps reading what it opened */
+	CHECK(pread(fd, got, 7, (off_t)m->body_offset) == 7);
+	CHECK(memcmp(got, "read me", 7) == 0);
+	close(fd);
+	sink_free(&fresh);
+
+	/* 300 removed at once: the pool keeps at most 256 spare files */
+	queue_set_new_cb(q, NULL, NULL);
+	for (i = 0; i < 300; i++)
+		submit(q, &ndr_env, "x\r\n", 3, 3, &res[i]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.commits, 302);
+	for (i = 0; i < 300; i++) {
+		struct queue_msg tmp;
+
+		memset(&tmp, 0, sizeof(tmp));
+		snprintf(tmp.qid, sizeof(tmp.qid), "%s", res[i].qid);
+		tmp.body_len = 3;
+		CHECK_INT(queue_remove(q, &tmp), 0);
+	}
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.recycled + c.unlinked, 302);
+	CHECK(c.unlinked > 2);
+	CHECK_MSG(count_prefixed(dir, ".spare-") <= 256, "%zu spares",
+	    count_prefixed(dir, ".spare-"));
+	CHECK_INT(count_files(dir, "msg"), count_prefixed(dir, ".spare-"));
+	close_queue(&loop, q);
+	CHECK_INT(count_files(dir, "msg"), 0);
+	close_loop(&loop);
 }
 
 static void
@@ -973,18 +1204,24 @@ test_close(void)
 
 /*
  * Durability through process death: a child commits and is SIGKILLed right
- * after its callback fired; the parent finds the message.
+ * after its callback fired; the parent finds the message.  The message is
+ * written into the file of one the child removed just before (recycled).
  */
 
 static int child_pipe = -1;
+static struct queue *child_q;
 
 static void
 child_commit_cb(void *arg, int err, const char *qid)
 {
+	struct queue_counters c;
 	char line[64];
 	int n;
 
-	n = snprintf(line, sizeof(line), "%d %s\n", err, qid != NULL ? qid : "-");
+	(void)arg;
+	queue_get_counters(child_q, &c);
+	n = snprintf(line, sizeof(line), "%d %s %llu\n", err, qid != NULL ? qid : "-",
+	    (unsigned long long)c.spares_reused);
 	if (write(child_pipe, line, (size_t)n) != n)
 		_exit(3);
 	kill(getpid(), SIGKILL);
@@ -999,6 +1236,7 @@ test_sigkill(void)
 	char dir[128], line[64] = { 0 }, qid[QID_MAX] = { 0 };
 	uv_loop_t loop;
 	struct queue *q;
+	unsigned long long reused = 0;
 	int fds[2], status = 0, err = -1;
 	ssize_t n, off = 0;
 	pid_t pid;
@@ -1010,12 +1248,22 @@ test_sigkill(void)
 	if ((pid = fork()) == -1)
 		exit(2);
 	if (pid == 0) {
+		struct sink first = { .n = 0 };
+		struct commit_res res = { 0 };
 		struct router_txn *t;
+		char big[8192];
 
 		close(fds[0]);
 		child_pipe = fds[1];
 		uv_loop_init(&loop);
-		q = open_queue(&loop, dir);
+		q = child_q = open_queue(&loop, dir);
+		queue_set_new_cb(q, sink_add, &first);
+		memset(big, 'o', sizeof(big));
+		submit(q, &ndr_env, big, sizeof(big), sizeof(big), &res);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		if (res.err != 0 || first.n != 1 || queue_remove(q, first.m[0]) != 0)
+			_exit(4);
+		uv_run(&loop, UV_RUN_DEFAULT);          /* its file is a spare now */
 		if (queue_txn_begin(q, &rich_env, &t) != 0 || router_txn_write(t, body, sizeof(body) - 1) != 0)
 			_exit(4);
 		router_txn_commit(t, child_commit_cb, NULL);
@@ -1028,13 +1276,16 @@ test_sigkill(void)
 	close(fds[0]);
 	CHECK(waitpid(pid, &status, 0) == pid);
 	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-	CHECK_INT(sscanf(line, "%d %31s", &err, qid), 2);
+	CHECK_INT(sscanf(line, "%d %31s %llu", &err, qid, &reused), 3);
 	CHECK_INT(err, 0);
+	CHECK_INT(reused, 1);
 
 	uv_loop_init(&loop);
 	q = open_queue(&loop, dir);
+	CHECK_INT(count_files(dir, "msg"), 1);           /* the spare files are gone */
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 1);
+	CHECK_INT(count_files(dir, "corrupt"), 0);
 	m = sink_find(&scanned, qid);
 	CHECK(m != NULL);
 	if (m != NULL) {
@@ -1065,7 +1316,9 @@ main(void)
 	test_sigkill();
 	test_roundtrip();
 	test_records();
-	test_incoming_leftovers();
+	test_leftovers();
+	test_recycle();
+	test_recycle_refused();
 	test_corrupt();
 	test_group_commit();
 	test_close();
