@@ -489,8 +489,8 @@ conf_set_str(void *base, size_t off, const char *v)
 	*field = v != NULL ? xstrdup(v) : NULL;
 }
 
-static void
-conf_free_hostports(struct conf_hostport *hp, size_t n)
+void
+conf_hostports_free(struct conf_hostport *hp, size_t n)
 {
 	size_t i;
 
@@ -575,7 +575,7 @@ conf_set_hostports(struct conf_ctx *x, const config_setting_t *s, const char *na
 		}
 		nhp++;
 	}
-	conf_free_hostports(*field, *count);
+	conf_hostports_free(*field, *count);
 	*field = hp;
 	*count = nhp;
 }
@@ -675,7 +675,7 @@ static void
 conf_free_route(struct conf_route *r)
 {
 	free(r->domain);
-	conf_free_hostports(r->hosts, r->nhosts);
+	conf_hostports_free(r->hosts, r->nhosts);
 	free(r->auth_user);
 	free(r->auth_password);
 }
@@ -1020,7 +1020,7 @@ conf_free(struct conf *c)
 	free(c->submit.sasl_mechanisms);
 	free(c->submit.senders);
 
-	conf_free_hostports(c->router.dns_servers, c->router.ndns_servers);
+	conf_hostports_free(c->router.dns_servers, c->router.ndns_servers);
 	free(c->router.retry_intervals);
 	for (i = 0; i < c->router.nroutes; i++)
 		conf_free_route(&c->router.routes[i]);

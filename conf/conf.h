@@ -140,4 +140,7 @@ int conf_parse_listen(const char *text, struct sockaddr_storage *ss, socklen_t *
 
 const char *conf_tls_name(enum conf_tls t);
 
+/* Free an array of host:port entries and their names. */
+void conf_hostports_free(struct conf_hostport *hp, size_t n);
+
 #endif

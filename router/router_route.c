@@ -53,11 +53,7 @@ struct route_table {
 void
 route_hosts_free(struct conf_hostport *h, size_t n)
 {
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		free(h[i].host);
-	free(h);
+	conf_hostports_free(h, n);
 }
 
 static bool
