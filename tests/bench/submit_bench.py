@@ -10,6 +10,7 @@ end of DATA to 250, and relayd's peak RSS (VmHWM).
 """
 import argparse
 import os
+import resource
 import subprocess
 import sys
 
@@ -28,6 +29,21 @@ def vm_hwm_kib(pid):
     return 0
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy():
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=20000)
@@ -36,6 +52,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     ap.add_argument("--no-sink", action="store_true", help="hold the queue instead of delivering")
     a = ap.parse_args()
+    a.build = os.path.abspath(a.build)
 
     os.environ.setdefault("RELAYD_BIN", os.path.join(a.build, "relayd"))
     os.environ.setdefault("RELAYCTL_BIN", os.path.join(a.build, "relayctl"))
@@ -52,12 +69,20 @@ def main():
             relay.update_config(router={"routes": [{"domain": "example.net",
                                                     "hosts": ["127.0.0.2:9"]}]})
         relay.start()
+        cpu0, (busy0, total0) = cpu_seconds(relay.pid), machine_busy()
+        gen0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = subprocess.run([os.path.join(a.build, "tests", "bench_submit"), relay.host,
                             str(relay.submit_port), "alice", "alicepw", "alice@example.org",
                             "bob@example.net", str(a.messages), str(a.sessions), str(a.size)],
                            capture_output=True, text=True)
+        cpu1, (busy1, total1) = cpu_seconds(relay.pid), machine_busy()
+        gen1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         sys.stdout.write(r.stdout)
         sys.stderr.write(r.stderr[-2000:])
+        gen = (gen1.ru_utime - gen0.ru_utime) + (gen1.ru_stime - gen0.ru_stime)
+        print("relayd_cpu_ms_per_msg=%.3f loadgen_cpu_ms_per_msg=%.3f machine_busy=%.0f%%"
+              % ((cpu1 - cpu0) * 1000.0 / a.messages, gen * 1000.0 / a.messages,
+                 100.0 * (busy1 - busy0) / max(1, total1 - total0)))
         print("relayd_peak_rss_mib=%.1f" % (vm_hwm_kib(relay.pid) / 1024.0))
         return r.returncode
     finally:
