@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 void *
 xmalloc(size_t n)
@@ -234,4 +235,48 @@ util_format_duration(uint64_t ms, char *out, size_t outlen)
 	}
 	if (ms > 0 && used < outlen)
 		snprintf(out + used, outlen - used, "%llums", (unsigned long long)ms);
+}
+
+int
+util_pread_full(int fd, void *p, size_t len, uint64_t off)
+{
+	char *c = p;
+	ssize_t n;
+
+	while (len > 0) {
+		n = pread(fd, c, len, (off_t)off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;       /* the file is shorter */
+			return -1;
+		}
+		c += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+int
+util_pwrite_full(int fd, const void *p, size_t len, uint64_t off)
+{
+	const char *c = p;
+	ssize_t n;
+
+	while (len > 0) {
+		n = pwrite(fd, c, len, (off_t)off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;
+			return -1;
+		}
+		c += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
 }

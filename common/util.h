@@ -53,6 +53,11 @@ int util_parse_size(const char *s, uint64_t *bytes);
 /* Format a duration compactly ("5d", "1h30m", "250ms") into out. */
 void util_format_duration(uint64_t ms, char *out, size_t outlen);
 
+/* Whole-buffer I/O: retried on EINTR and short counts.  0, or -1 with errno
+ * (EIO for a zero-length write, or a read past the end of the file). */
+int util_pread_full(int fd, void *p, size_t len, uint64_t off);
+int util_pwrite_full(int fd, const void *p, size_t len, uint64_t off);
+
 #define RELAY_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

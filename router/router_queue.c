@@ -1,21 +1,24 @@
 /*
  * router_queue.c - queue STORAGE: the message files under queue_dir, the
- * transactions that write them, and the commit thread that makes them
+ * transactions that write them, and the two commit threads that make them
  * durable in groups.  router/QUEUE.md describes the format, the group
  * commit and what a crash leaves behind.
  *
- * Owns: queue_dir (queue.lock, msg/, corrupt/), the commit thread with its
- * mutex, cond and the uv_async_t/uv_check_t/uv_idle_t that talk to it, every
+ * Owns: queue_dir (queue.lock, msg/, corrupt/), the commit threads (writer
+ * and sync) with their mutex, conds and the uv_async_t/uv_check_t/uv_idle_t
+ * that talk to them, every
  * router_txn until its callback has returned, the file descriptors of jobs
  * in flight (the thread closes them after the sync), and the pool of spare
  * files: unnamed ones made ahead of time on libuv's thread pool, and
  * msg/.spare-N, the files of removed messages kept for reuse.
  *
  * Threads: everything here runs on the loop thread except
- * queue_thread_main() and queue_sync_batch(), which touch only the jobs they
- * took from q->pending (and the txn buffers those point at, untouched by the
- * loop meanwhile), the directory fds and, under q->mtx, the lists and
- * counters, and queue_refill_work(), which touches only its own request.
+ * queue_writer_main()/queue_write_batch() and
+ * queue_thread_main()/queue_sync_batch(), which touch only the jobs they
+ * took from q->pending or q->written (and the txn buffers those point at,
+ * untouched by the loop meanwhile), the directory fds and, under q->mtx,
+ * the lists and counters, and queue_refill_work(), which touches only its
+ * own request.
  * Neither logs, allocates or calls back.
  *
  * Must never: make the loop thread wait for a disk sync; let a queue id name
@@ -30,6 +33,7 @@
 #endif
 
 #include "router/router_queue.h"
+#include "router/router_journal.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -57,9 +61,11 @@
 #define QUEUE_WBUF_SIZE  65536                /* body bytes buffered before write(2) */
 #define QUEUE_SPARES     32                   /* unnamed spare files made per refill */
 #define QUEUE_SPARES_LOW 16                   /* refill when fewer are left */
-#define QUEUE_POOL_MAX   256                  /* spare files kept (made or recycled) */
+#define QUEUE_POOL_MAX   4096                 /* spare files kept (made or recycled) */
 #define QUEUE_RECYCLE_MAX (256u << 10)        /* larger removed files are deleted */
 #define QUEUE_AUTO_SMALL 4                    /* batches up to this sync file by file */
+#define QUEUE_JNL_BATCH  (4u << 20)           /* journal batch: at most this many bytes */
+#define QUEUE_JNL_BACKLOG 512                 /* acknowledged, not yet published: at most */
 
 /*
  * Names in msg/ that are not messages: they start with '.', which a queue id
@@ -88,6 +94,11 @@ struct queue_job {
 	bool published;              /* renamed to msg/<qid> by the thread */
 	bool write_wbuf;             /* COMMIT: the thread writes txn->wbuf (the whole file) */
 	bool keep;                   /* RECYCLE: the pool has room for it */
+	bool recycled;               /* RECYCLE: checked by the thread: it goes into the pool */
+	bool in_jnl;                 /* COMMIT: its record is in the journal batch being written */
+	bool acked;                  /* COMMIT: journaled and synced: its callback may run now */
+	uint64_t jend, jseq;         /* with acked: its journal batch's end and number */
+	struct queue_job *ack_next;  /* on q->acked */
 	uint64_t size;               /* COMMIT: the spare's old size; RECYCLE: the kept file's */
 	uint64_t len;                /* COMMIT: the file's length (cut to it if the spare was longer) */
 	struct router_txn *txn;      /* QJOB_COMMIT: the txn this job is embedded in */
@@ -128,7 +139,7 @@ struct router_txn {
  * and renames it to msg/<qid>, in the same directory.
  */
 struct queue_spare {
-	int fd;
+	int fd;                      /* -1 for a recycled file: opened by name when used */
 	uint64_t size;               /* bytes in it (a recycled message's), cut at commit */
 	char name[QNAME_MAX];        /* msg/.spare-<n>, or "" for an unnamed file */
 };
@@ -148,6 +159,10 @@ struct queue {
 	char *dir;
 	int lockfd, msgfd, corruptfd;
 	bool named;                  /* no O_TMPFILE + linkat here: files have names */
+	unsigned test_sync_delay_ms; /* tests only: each group sync waits this long first */
+	unsigned test_publish_delay_ms; /* tests only: each publish waits this long first */
+	bool jnl_on;                 /* the journal is in use (else: 250 after the publish) */
+	struct journal jnl;          /* head side: journal thread; tail side: sync thread */
 	bool link_empty;             /* linkat(AT_EMPTY_PATH), not /proc/self/fd */
 	queue_new_cb *new_cb;
 	void *new_arg;
@@ -176,14 +191,24 @@ struct queue {
 	void (*close_done)(void *arg);
 	void *close_arg;
 
-	/* Shared with the commit thread, under mtx. */
+	/* Shared with the commit threads, under mtx. */
 	uv_mutex_t mtx;
 	uv_cond_t cond;
-	uv_thread_t thread;
-	struct queue_list pending;
-	struct queue_list done;
+	uv_cond_t write_cond;        /* the journal thread says: a batch is journaled (or: exited) */
+	uv_cond_t sync_cond;         /* the writer says: a batch is written (or: exited) */
+	uv_thread_t jthread, writer, thread;  /* journal, write + name, sync + publish */
+	struct queue_list pending;   /* loop -> journal thread */
+	struct queue_list journaled; /* journal thread -> writer */
+	struct queue_list written;   /* writer -> sync thread */
+	struct queue_list done;      /* sync thread -> loop */
+	struct queue_job *acked;     /* journal thread -> loop, through ack_next (LIFO) */
+	uint64_t jtail, jtail_seq;   /* the journal's durable tail (sync thread -> journal thread) */
+	bool jstuck;                 /* a journaled message failed to publish: the tail stays */
+	size_t jbacklog;             /* acknowledged jobs the sync thread has not finished */
 	bool stop;
-	bool exited;
+	bool jnl_exited;
+	bool writer_exited;
+	bool exited;                 /* the sync thread (it exits last) */
 	enum queue_sync_mode mode;
 	struct queue_counters counters;
 };
@@ -237,27 +262,6 @@ queue_write_full(int fd, const char *p, size_t len)
 		}
 		p += n;
 		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static int
-queue_pread_full(int fd, char *p, size_t len, uint64_t off)
-{
-	ssize_t n;
-
-	while (len > 0) {
-		n = pread(fd, p, len, (off_t)off);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			if (n == 0)
-				errno = EIO;       /* file shrank under us */
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
 	}
 	return 0;
 }
@@ -365,9 +369,12 @@ queue_qid_next(struct queue *q, char out[QID_MAX])
 }
 
 /*
- * The commit thread.  It takes everything pending as one batch, makes the
- * data durable, publishes new messages into msg/, makes the renames durable
- * with one fsync of msg/, and hands the batch back to the loop.
+ * The commit threads, a two-stage pipeline.  The writer takes everything
+ * pending as one batch, writes and names the new files, and passes it on;
+ * the sync thread takes every batch written so far, makes the data durable,
+ * publishes new messages into msg/, makes the renames durable with one fsync
+ * of msg/, and hands the jobs back to the loop.  While one batch waits for
+ * the disk, the next is being written.
  */
 
 static void
@@ -436,7 +443,13 @@ queue_prepare_file(struct queue *q, struct queue_job *j, struct queue_counters *
 	ssize_t n;
 	size_t off;
 
-	if (j->fd == -1) {
+	if (j->fd == -1 && j->iname[0] != '\0') {
+		/* a recycled spare, taken by name */
+		if ((j->fd = openat(q->msgfd, j->iname, O_RDWR | O_CLOEXEC)) == -1) {
+			queue_job_fail(j, "open(msg/.spare)", errno);
+			return;
+		}
+	} else if (j->fd == -1) {
 		c->created_late++;
 		if ((j->fd = queue_file_create(q, j->qid, j->iname)) == -1) {
 			queue_job_fail(j, "create(msg/)", errno);
@@ -497,7 +510,10 @@ queue_recycle_file(struct queue *q, struct queue_job *j, struct queue_counters *
 	if (j->keep && j->err == 0 &&
 	    (fd = openat(q->msgfd, j->iname, O_RDWR | O_CLOEXEC)) >= 0 &&
 	    queue_file_unshared(fd) && fstat(fd, &st) == 0) {
-		j->fd = fd;
+		/* Only the queue opens .spare-N names: nobody can open it now.
+		 * No descriptor is kept for it (the pool holds thousands). */
+		close(fd);
+		j->recycled = true;
 		j->size = (uint64_t)st.st_size;
 		c->recycled++;
 		return;
@@ -508,6 +524,20 @@ queue_recycle_file(struct queue *q, struct queue_job *j, struct queue_counters *
 	c->unlinked++;
 }
 
+/* Stage one (the writer thread): every new message's file, ready to sync. */
+static void
+queue_write_batch(struct queue *q, struct queue_list *batch, struct queue_counters *c)
+{
+	struct queue_job *j;
+	uint64_t t0 = uv_hrtime();
+
+	for (j = batch->head; j != NULL; j = j->next)
+		if (j->kind == QJOB_COMMIT && j->err == 0)
+			queue_prepare_file(q, j, c);
+	c->create_ns += uv_hrtime() - t0;
+}
+
+/* Stage two (the sync thread): one group sync, the renames, the recycling. */
 static void
 queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode mode,
     struct queue_counters *c)
@@ -516,12 +546,10 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
 	uint64_t t0 = uv_hrtime(), t1;
 	int e, n = 0, renamed = 0, kept = 0;
 
-	for (j = batch->head; j != NULL; j = j->next)
-		if (j->kind == QJOB_COMMIT && j->err == 0)
-			queue_prepare_file(q, j, c);
-	t1 = uv_hrtime();
-	c->create_ns += t1 - t0;
-	t0 = t1;
+	if (q->test_publish_delay_ms > 0)
+		usleep(q->test_publish_delay_ms * 1000u);   /* RELAYD_TEST_PUBLISH_DELAY_MS */
+	if (q->test_sync_delay_ms > 0)
+		usleep(q->test_sync_delay_ms * 1000u);      /* RELAYD_TEST_SYNC_DELAY_MS */
 
 	/* the files to make durable: new messages and appended records */
 	for (j = batch->head; j != NULL; j = j->next)
@@ -601,6 +629,183 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
 	c->publish_ns += uv_hrtime() - t1;
 }
 
+/*
+ * Stage zero (the journal thread): the new messages whose whole file is in
+ * memory go into one journal batch, one write and one fdatasync; they are
+ * acknowledged as soon as that returns.  Messages that do not fit (too
+ * large, journal full) are acknowledged after their publish, as before.
+ */
+static void
+queue_journal_batch(struct queue *q, struct queue_list *batch, uint64_t tail,
+    uint64_t tail_seq, struct queue_counters *c)
+{
+	struct queue_job *j;
+	uint64_t t0 = uv_hrtime(), end, seq;
+	size_t n = 0;
+	int rc, e = 0;
+
+	journal_batch_begin(&q->jnl);
+	for (j = batch->head; j != NULL; j = j->next) {
+		if (j->kind != QJOB_COMMIT || j->err != 0 || !j->write_wbuf ||
+		    journal_batch_bytes(&q->jnl) + j->txn->wbuf.len > QUEUE_JNL_BATCH)
+			continue;
+		journal_batch_add(&q->jnl, j->qid, j->txn->wbuf.data, j->txn->wbuf.len);
+		j->in_jnl = true;
+		n++;
+	}
+	if (n == 0)
+		return;
+	rc = journal_append(&q->jnl, tail, tail_seq, q->test_sync_delay_ms, &end, &seq, &e);
+	for (j = batch->head; j != NULL; j = j->next) {
+		if (!j->in_jnl)
+			continue;
+		j->in_jnl = false;
+		if (rc == 0) {
+			j->acked = true;
+			j->jend = end;
+			j->jseq = seq;
+		}
+	}
+	if (rc == 0)
+		c->journaled += n;
+	else if (rc == RELAY_ETEMP)
+		c->journal_full += n;
+	else
+		c->journal_errors++;
+	c->journal_ns += uv_hrtime() - t0;
+}
+
+static void
+queue_jnl_main(void *arg)
+{
+	struct queue *q = arg;
+	struct queue_list batch;
+	struct queue_job *j;
+	struct queue_counters c;
+	uint64_t tail, tail_seq;
+	bool acked;
+
+	uv_mutex_lock(&q->mtx);
+	for (;;) {
+		/* Memory stays bounded: when publishing lags, acknowledgements wait. */
+		while ((q->pending.head == NULL || q->jbacklog >= QUEUE_JNL_BACKLOG) && !q->stop)
+			uv_cond_wait(&q->cond, &q->mtx);
+		if (q->pending.head == NULL)
+			break;
+		batch = q->pending;
+		queue_list_init(&q->pending);
+		tail = q->jtail;
+		tail_seq = q->jtail_seq;
+		uv_mutex_unlock(&q->mtx);
+
+		memset(&c, 0, sizeof(c));
+		if (q->jnl_on)
+			queue_journal_batch(q, &batch, tail, tail_seq, &c);
+
+		uv_mutex_lock(&q->mtx);
+		q->counters.journaled += c.journaled;
+		q->counters.journal_full += c.journal_full;
+		q->counters.journal_errors += c.journal_errors;
+		q->counters.journal_ns += c.journal_ns;
+		acked = false;
+		for (j = batch.head; j != NULL; j = j->next)
+			if (j->acked) {
+				j->ack_next = q->acked;
+				q->acked = j;
+				q->jbacklog++;
+				acked = true;
+			}
+		queue_list_concat(&q->journaled, &batch);
+		uv_cond_signal(&q->write_cond);
+		if (acked)
+			uv_async_send(&q->async);
+	}
+	q->jnl_exited = true;
+	uv_cond_signal(&q->write_cond);
+	uv_mutex_unlock(&q->mtx);
+}
+
+/*
+ * The writer thread: takes what the journal thread passed on, writes and
+ * names the files, and passes the batch on to the sync thread.  While that
+ * one waits for the disk, this one prepares the next batch: the stages
+ * overlap.
+ */
+static void
+queue_writer_main(void *arg)
+{
+	struct queue *q = arg;
+	struct queue_list batch;
+	struct queue_counters c;
+
+	uv_mutex_lock(&q->mtx);
+	for (;;) {
+		while (q->journaled.head == NULL && !q->jnl_exited)
+			uv_cond_wait(&q->write_cond, &q->mtx);
+		if (q->journaled.head == NULL)
+			break;
+		batch = q->journaled;
+		queue_list_init(&q->journaled);
+		uv_mutex_unlock(&q->mtx);
+
+		memset(&c, 0, sizeof(c));
+		queue_write_batch(q, &batch, &c);
+
+		uv_mutex_lock(&q->mtx);
+		q->counters.create_ns += c.create_ns;
+		q->counters.created_late += c.created_late;
+		queue_list_concat(&q->written, &batch);
+		uv_cond_signal(&q->sync_cond);
+	}
+	q->writer_exited = true;
+	uv_cond_signal(&q->sync_cond);
+	uv_mutex_unlock(&q->mtx);
+}
+
+/*
+ * After a publish: the journal records of the messages now durable in msg/
+ * are no longer needed; the tail moves past them, durably, before the
+ * router may see (and deliver, and remove) those messages, so that a replay
+ * never brings back a message that is gone.  A journaled message that failed
+ * to publish keeps the tail where it is, for good: the next start replays it.
+ */
+static void
+queue_advance_tail(struct queue *q, struct queue_list *batch, struct queue_counters *c)
+{
+	struct queue_job *j;
+	uint64_t fail_seq = UINT64_MAX, end = 0, next = 0;
+
+	if (!q->jnl_on || q->jstuck)
+		return;
+	for (j = batch->head; j != NULL; j = j->next)
+		if (j->acked && !j->published && j->jseq < fail_seq)
+			fail_seq = j->jseq;
+	for (j = batch->head; j != NULL; j = j->next)
+		if (j->acked && j->published && j->jseq < fail_seq && j->jseq + 1 > next) {
+			next = j->jseq + 1;
+			end = j->jend;
+		}
+	if (fail_seq != UINT64_MAX)
+		q->jstuck = true;
+	if (next == 0)
+		return;
+	if (journal_set_tail(&q->jnl, end, next) == -1) {
+		/* the records stay live on disk: a crash now replays them (a
+		 * duplicate at worst); the next batch tries again */
+		c->journal_errors++;
+		return;
+	}
+	uv_mutex_lock(&q->mtx);
+	q->jtail = end;
+	q->jtail_seq = next;
+	uv_mutex_unlock(&q->mtx);
+}
+
+/*
+ * The sync thread: takes every batch the writer finished (one group sync
+ * for all of them), publishes, moves the journal's tail, and hands the jobs
+ * back to the loop.
+ */
 static void
 queue_thread_main(void *arg)
 {
@@ -612,24 +817,27 @@ queue_thread_main(void *arg)
 
 	uv_mutex_lock(&q->mtx);
 	for (;;) {
-		while (q->pending.head == NULL && !q->stop)
-			uv_cond_wait(&q->cond, &q->mtx);
-		if (q->pending.head == NULL)
+		while (q->written.head == NULL && !q->writer_exited)
+			uv_cond_wait(&q->sync_cond, &q->mtx);
+		if (q->written.head == NULL)
 			break;
-		batch = q->pending;
-		queue_list_init(&q->pending);
+		batch = q->written;
+		queue_list_init(&q->written);
 		mode = q->mode;
 		uv_mutex_unlock(&q->mtx);
 
 		memset(&c, 0, sizeof(c));
 		queue_sync_batch(q, &batch, mode, &c);
+		queue_advance_tail(q, &batch, &c);
 
 		uv_mutex_lock(&q->mtx);
+		for (j = batch.head; j != NULL; j = j->next)
+			if (j->acked && q->jbacklog-- == QUEUE_JNL_BACKLOG)
+				uv_cond_signal(&q->cond);
+		q->counters.journal_errors += c.journal_errors;
 		q->counters.batches++;
-		q->counters.create_ns += c.create_ns;
 		q->counters.sync_ns += c.sync_ns;
 		q->counters.publish_ns += c.publish_ns;
-		q->counters.created_late += c.created_late;
 		q->counters.recycled += c.recycled;
 		q->counters.unlinked += c.unlinked;
 		for (j = batch.head; j != NULL; j = j->next) {
@@ -756,12 +964,13 @@ queue_complete(struct queue *q, struct queue_job *j)
 {
 	struct router_txn *t;
 	struct queue_msg *m;
+	struct log_line l;
 
 	if (j->kind == QJOB_RECYCLE) {
 		if (j->keep)
 			q->recycling--;
-		if (j->fd >= 0)
-			queue_spare_put(q, j->fd, j->iname, j->size);
+		if (j->recycled)
+			queue_spare_put(q, -1, j->iname, j->size);
 		free(j);
 		return;
 	}
@@ -782,7 +991,15 @@ queue_complete(struct queue *q, struct queue_job *j)
 	t = j->txn;
 	if (t->magic != TXN_MAGIC)
 		fatalx("%s: bad txn", __func__);
-	if (j->err != 0) {
+	if (j->err != 0 && j->acked) {
+		/* Its 250 has gone out: the journal keeps it until the next start. */
+		if (j->iname[0] != '\0')
+			(void)unlinkat(q->msgfd, j->iname, 0);
+		log_begin(&l, LOG_CRIT, "queue_publish_failed");
+		log_kv(&l, "qid", j->qid);
+		log_kv(&l, "detail", "accepted message kept in the journal; restart relayd to recover it");
+		log_end(&l);
+	} else if (j->err != 0) {
 		if (j->iname[0] != '\0')
 			(void)unlinkat(q->msgfd, j->iname, 0);
 		t->cb(t->arg, j->err, NULL);
@@ -797,9 +1014,19 @@ queue_complete(struct queue *q, struct queue_job *j)
 			q->new_cb(q->new_arg, m);
 		else
 			queue_msg_free(m);
-		t->cb(t->arg, 0, j->qid);
+		if (!j->acked)
+			t->cb(t->arg, 0, j->qid);
 	}
 	queue_txn_free(t);
+}
+
+/* A commit whose journal batch is durable: its callback runs now (the 250). */
+static void
+queue_ack(struct router_txn *t)
+{
+	if (t->magic != TXN_MAGIC)
+		fatalx("%s: bad txn", __func__);
+	t->cb(t->arg, 0, t->job.qid);
 }
 
 static void
@@ -807,17 +1034,24 @@ queue_async_cb(uv_async_t *h)
 {
 	struct queue *q = h->data;
 	struct queue_list done;
-	struct queue_job *j, *next;
+	struct queue_job *j, *next, *acked;
 
 	if (q->magic != QUEUE_MAGIC)
 		fatalx("%s: bad queue", __func__);
 	/* callbacks may post more (a commit refused while closing): drain until empty */
 	for (;;) {
 		uv_mutex_lock(&q->mtx);
+		acked = q->acked;
+		q->acked = NULL;
 		done = q->done;
 		queue_list_init(&q->done);
 		uv_mutex_unlock(&q->mtx);
-		if (done.head == NULL)
+		/* acknowledgements first: a job in done was acked in this round or before */
+		for (j = acked; j != NULL; j = next) {
+			next = j->ack_next;
+			queue_ack(j->txn);
+		}
+		if (acked == NULL && done.head == NULL)
 			break;
 		for (j = done.head; j != NULL; j = next) {
 			next = j->next;
@@ -901,7 +1135,8 @@ queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size)
 	struct queue_spare *sp;
 
 	if (q->closing || q->nspares == RELAY_ARRAY_LEN(q->spares)) {
-		close(fd);
+		if (fd >= 0)
+			close(fd);
 		if (name[0] != '\0')
 			(void)unlinkat(q->msgfd, name, 0);
 		return;
@@ -943,7 +1178,8 @@ queue_spares_free(struct queue *q)
 
 	while (q->nspares > 0) {
 		sp = &q->spares[--q->nspares];
-		close(sp->fd);
+		if (sp->fd >= 0)
+			close(sp->fd);
 		if (sp->name[0] != '\0')
 			(void)unlinkat(q->msgfd, sp->name, 0);
 	}
@@ -1166,11 +1402,85 @@ queue_close_fds(struct queue *q)
 	q->msgfd = q->corruptfd = q->lockfd = -1;
 }
 
+/*
+ * Start-up: a message the journal holds was acknowledged, but its msg/
+ * file may be missing or incomplete.  It is written again, whole, under
+ * .in-<qid>, synced, and renamed over msg/<qid> (the router never saw such
+ * a message: no state record can be lost by overwriting it).
+ */
+static int
+queue_replay_one(void *arg, const char *qid, const char *image, size_t len)
+{
+	struct queue *q = arg;
+	char iname[QNAME_MAX];
+	int fd;
+
+	if (!queue_qid_valid(qid) || len < QFILE_HDR_LEN ||
+	    memcmp(image, QFILE_MAGIC, QFILE_MAGIC_LEN) != 0) {
+		queue_log_errno(qid, "journal record", EINVAL);
+		return 0;
+	}
+	snprintf(iname, sizeof(iname), QNAME_IN "%s", qid);
+	fd = openat(q->msgfd, iname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd == -1 || queue_write_full(fd, image, len) == -1 || fdatasync(fd) == -1 ||
+	    renameat(q->msgfd, iname, q->msgfd, qid) == -1) {
+		queue_log_errno(qid, "replay", errno);
+		if (fd >= 0)
+			close(fd);
+		return RELAY_EIO;
+	}
+	close(fd);
+	q->counters.replayed++;
+	return 0;
+}
+
+/*
+ * The journal: open (create) it and replay what it holds.  Without one
+ * (it cannot be made) relayd still works, acknowledging after the publish;
+ * a journal that holds messages and cannot be replayed stops the start.
+ */
+static int
+queue_journal_open(struct queue *q, int dirfd, struct buf *err)
+{
+	struct buf warn = BUF_INIT;
+	struct log_line l;
+
+	if (journal_open(dirfd, &q->jnl, &warn) != 0) {
+		log_begin(&l, LOG_WARNING, "queue_journal_unavailable");
+		log_kv(&l, "detail", buf_cstr(&warn));
+		log_end(&l);
+		buf_free(&warn);
+		return 0;
+	}
+	if (warn.len > 0) {
+		log_begin(&l, LOG_ERR, "queue_journal_reset");
+		log_kv(&l, "detail", buf_cstr(&warn));
+		log_end(&l);
+	}
+	buf_free(&warn);
+	if (journal_replay(&q->jnl, queue_replay_one, q) != 0 ||
+	    (q->counters.replayed > 0 && fsync(q->msgfd) == -1) ||
+	    journal_set_tail(&q->jnl, q->jnl.head, q->jnl.seq) == -1) {
+		buf_printf(err, "queue %s: journal replay failed: %s", q->dir, strerror(errno));
+		journal_close(&q->jnl);
+		return RELAY_EIO;
+	}
+	if (q->counters.replayed > 0) {
+		log_begin(&l, LOG_NOTICE, "queue_journal_replayed");
+		log_kvu(&l, "messages", q->counters.replayed);
+		log_end(&l);
+	}
+	q->jtail = q->jnl.tail;
+	q->jtail_seq = q->jnl.tail_seq;
+	q->jnl_on = true;
+	return 0;
+}
+
 int
 queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err)
 {
 	struct queue *q;
-	const char *what = NULL;
+	const char *what = NULL, *delay;
 	int dirfd = -1, e;
 
 	q = xcalloc(1, sizeof(*q));
@@ -1178,9 +1488,12 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 	q->loop = loop;
 	q->dir = xstrdup(dir);
 	q->lockfd = q->msgfd = q->corruptfd = -1;
+	q->jnl.fd = -1;
 	q->mode = queue_default_mode();
 	queue_list_init(&q->staged);
 	queue_list_init(&q->pending);
+	queue_list_init(&q->journaled);
+	queue_list_init(&q->written);
 	queue_list_init(&q->done);
 
 	if (mkdir(dir, 0700) == -1 && errno != EEXIST)
@@ -1208,6 +1521,13 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 		return RELAY_EIO;
 	}
 	queue_clean_leftovers(q, dirfd);
+	if (queue_journal_open(q, dirfd, err) != 0) {
+		close(dirfd);
+		queue_close_fds(q);
+		free(q->dir);
+		free(q);
+		return RELAY_EIO;
+	}
 	close(dirfd);
 	queue_probe_tmpfile(q);
 
@@ -1215,10 +1535,18 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 		q->rnd_state = util_now_ms() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)q;
 	q->rnd_state |= 1;
 
-	if (uv_mutex_init(&q->mtx) != 0 || uv_cond_init(&q->cond) != 0)
+	if ((delay = getenv("RELAYD_TEST_SYNC_DELAY_MS")) != NULL)
+		q->test_sync_delay_ms = (unsigned)strtoul(delay, NULL, 10);
+	if ((delay = getenv("RELAYD_TEST_PUBLISH_DELAY_MS")) != NULL)
+		q->test_publish_delay_ms = (unsigned)strtoul(delay, NULL, 10);
+
+	if (uv_mutex_init(&q->mtx) != 0 || uv_cond_init(&q->cond) != 0 ||
+	    uv_cond_init(&q->write_cond) != 0 || uv_cond_init(&q->sync_cond) != 0)
 		fatalx("%s: mutex/cond init failed", __func__);
-	if (uv_thread_create(&q->thread, queue_thread_main, q) != 0)
-		fatalx("%s: cannot start the commit thread", __func__);
+	if (uv_thread_create(&q->jthread, queue_jnl_main, q) != 0 ||
+	    uv_thread_create(&q->writer, queue_writer_main, q) != 0 ||
+	    uv_thread_create(&q->thread, queue_thread_main, q) != 0)
+		fatalx("%s: cannot start the commit threads", __func__);
 	if (uv_async_init(loop, &q->async, queue_async_cb) != 0 ||
 	    uv_check_init(loop, &q->check) != 0 || uv_idle_init(loop, &q->idle) != 0)
 		fatalx("%s: handle init failed", __func__);
@@ -1285,6 +1613,9 @@ queue_handle_closed(uv_handle_t *h)
 		return;
 	uv_mutex_destroy(&q->mtx);
 	uv_cond_destroy(&q->cond);
+	uv_cond_destroy(&q->write_cond);
+	uv_cond_destroy(&q->sync_cond);
+	journal_close(&q->jnl);
 	queue_close_fds(q);
 	done = q->close_done;
 	arg = q->close_arg;
@@ -1309,7 +1640,9 @@ queue_maybe_finish(struct queue *q)
 	if (!exited)
 		return;
 	q->finishing = true;
-	uv_thread_join(&q->thread);          /* it has returned or is returning */
+	uv_thread_join(&q->jthread);         /* all have returned or are returning */
+	uv_thread_join(&q->writer);
+	uv_thread_join(&q->thread);
 	queue_spares_free(q);
 	uv_close((uv_handle_t *)&q->idle, queue_handle_closed);
 	uv_close((uv_handle_t *)&q->check, queue_handle_closed);
@@ -1391,6 +1724,12 @@ queue_txn_flush(struct router_txn *t)
 {
 	if (t->err != 0 || t->wbuf.len == 0)
 		return t->err;
+	if (t->fd == -1 && t->job.iname[0] != '\0' &&
+	    (t->fd = openat(t->q->msgfd, t->job.iname, O_RDWR | O_CLOEXEC)) == -1) {
+		queue_log_errno(t->job.qid, "open(msg/.spare)", errno);
+		t->err = RELAY_EIO;
+		return t->err;
+	}
 	if (t->fd == -1 && (t->fd = queue_file_create(t->q, t->job.qid, t->job.iname)) == -1) {
 		queue_log_errno(t->job.qid, "create(msg/)", errno);
 		t->err = RELAY_EIO;
@@ -1474,7 +1813,7 @@ router_txn_abort(struct router_txn *t)
 {
 	if (t->magic != TXN_MAGIC || t->cb != NULL)
 		fatalx("%s: bad txn", __func__);
-	if (t->fd >= 0 && t->written == 0)
+	if (t->written == 0 && (t->fd >= 0 || t->job.iname[0] != '\0'))
 		queue_spare_put(t->q, t->fd, t->job.iname, t->spare_size);   /* untouched */
 	else {
 		if (t->fd >= 0)
@@ -1641,7 +1980,7 @@ queue_load(struct queue *q, const char *qid, bool repair, struct queue_msg **mp,
 		buf_puts(why, "short header");
 		goto out;
 	}
-	if (queue_pread_full(fd, hdr, sizeof(hdr), 0) == -1)
+	if (util_pread_full(fd, hdr, sizeof(hdr), 0) == -1)
 		goto ioerr;
 	if (memcmp(hdr, QFILE_MAGIC, QFILE_MAGIC_LEN) != 0 ||
 	    queue_parse_hex16(hdr + QFILE_MAGIC_LEN, &boff) == -1 || hdr[QFILE_BLEN_OFF - 1] != ' ' ||
@@ -1657,7 +1996,7 @@ queue_load(struct queue *q, const char *qid, bool repair, struct queue_msg **mp,
 
 	/* the envelope lines, ending in a "." line */
 	buf_reserve(&env, boff - QFILE_HDR_LEN);
-	if (queue_pread_full(fd, env.data, boff - QFILE_HDR_LEN, QFILE_HDR_LEN) == -1)
+	if (util_pread_full(fd, env.data, boff - QFILE_HDR_LEN, QFILE_HDR_LEN) == -1)
 		goto ioerr;
 	env.len = boff - QFILE_HDR_LEN;
 	env.data[env.len] = '\0';
@@ -1676,7 +2015,7 @@ queue_load(struct queue *q, const char *qid, bool repair, struct queue_msg **mp,
 	/* the records after the body; a last one without newline is torn */
 	rlen = (uint64_t)st.st_size - boff - blen;
 	buf_reserve(&recs, rlen);
-	if (queue_pread_full(fd, recs.data, rlen, boff + blen) == -1)
+	if (util_pread_full(fd, recs.data, rlen, boff + blen) == -1)
 		goto ioerr;
 	recs.len = rlen;
 	recs.data[recs.len] = '\0';

@@ -141,6 +141,11 @@ struct queue_counters {
 	uint64_t recycled;           /* removed messages kept as spare files */
 	uint64_t unlinked;           /* removed messages deleted (pool full, too big, or open) */
 	uint64_t spares_reused;      /* transactions that began on a recycled file */
+	uint64_t journaled;          /* messages acknowledged from the journal (before publish) */
+	uint64_t journal_full;       /* messages that found no room in the journal */
+	uint64_t journal_errors;     /* journal writes, syncs or tail updates that failed */
+	uint64_t journal_ns;         /* time spent writing and syncing journal batches */
+	uint64_t replayed;           /* messages recovered from the journal at start-up */
 };
 void queue_get_counters(struct queue *q, struct queue_counters *c);
 

@@ -24,13 +24,16 @@ DNS server (dnsserver.DNSServer) and at the port the sink MXes listen on.
     or: with Relay(submit={"max_recipients": 3}) as relay: ...   (starts relayd)
 
 Relay(tmpdir=None, dns=None, smtp_port=None, users=None, senders=None,
-      sink_hosts=..., **overrides)
+      sink_hosts=..., env=None, **overrides)
   dns        None: the Relay makes and owns a started DNSServer (relay.dns);
              a DNSServer, or an int port of one on 127.0.0.1
   smtp_port  router.smtp_port; None: a port free on every sink_hosts address
              (127.0.0.2 .. 127.0.0.9)
   users      {name: password}, default {"alice": "alicepw", "bob": "bobpw"}
   senders    the senders map text (default SENDERS)
+  env        extra environment variables for relayd ({name: value}; a value of
+             None removes the variable); kept in relay.env, which start() reads,
+             so change it before a restart (e.g. RELAYD_TEST_* knobs)
   overrides  a nested dict merged into the configuration (dicts merge, anything
              else replaces, None deletes the key), e.g.
              Relay(submit={"max_recipients": 3},
@@ -41,7 +44,7 @@ The queue directory is made (empty, mode 0700) before relayd starts.
 Attributes: tmpdir, config (the dict), config_path, queue_dir, control_socket,
 log_path, stdout_path, stderr_path, host ("127.0.0.1"), submit_port (STARTTLS),
 tls_port (implicit TLS), smtp_port, dns, cert, key, sasldb, senders_path,
-realm, users, proc, pid.
+realm, users, env, proc, pid.
 
 Methods: write_config(), update_config(**overrides), start(wait=True, timeout=10),
 stop(timeout=10) -> exit code, kill9(), restart(), sighup(), running,
@@ -475,8 +478,9 @@ class Relay:
     """A real relayd with everything it needs in a temporary directory."""
 
     def __init__(self, tmpdir=None, dns=None, smtp_port=None, users=None, senders=None,
-                 sink_hosts=SINK_HOSTS, **overrides):
+                 sink_hosts=SINK_HOSTS, env=None, **overrides):
         self._own_tmp = tmpdir is None
+        self.env = dict(env or {})
         self.tmpdir = tmpdir or tempfile.mkdtemp(prefix="relayd-")
         os.makedirs(self.tmpdir, exist_ok=True)
         self.host = "127.0.0.1"
@@ -632,9 +636,17 @@ class Relay:
         self._outf = open(self.stdout_path, "ab")
         self._errf = open(self.stderr_path, "ab")
         cmd = [relayd_bin(), "-c", self.config_path, *args]
+        env = None
+        if self.env:
+            env = dict(os.environ)
+            for k, v in self.env.items():
+                if v is None:
+                    env.pop(k, None)
+                else:
+                    env[k] = str(v)
         try:
             self.proc = subprocess.Popen(cmd, stdout=self._outf, stderr=self._errf,
-                                         stdin=subprocess.DEVNULL, cwd=self.tmpdir)
+                                         stdin=subprocess.DEVNULL, cwd=self.tmpdir, env=env)
         except OSError as e:
             raise RelayError("cannot run %s: %s (set RELAYD_BIN)" % (cmd[0], e))
         if wait:

@@ -70,17 +70,35 @@ def _unescape(field):
     return "".join(out)
 
 
-def queued_files(relay):
-    """The queue ids with a file in queue_dir/msg/."""
+def _list_msg(relay):
     d = os.path.join(relay.queue_dir, "msg")
-    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+    return sorted(n for n in os.listdir(d) if not n.startswith(".")) if os.path.isdir(d) else []
 
 
-def read_queued(relay, qid):
-    """(envelope dict, body bytes) of queue_dir/msg/<qid>.  The envelope has
-    one entry per key ("sender", "envid", "ret", "body", "smtputf8", "user",
-    "client") plus "rcpts": [(notify, addr, orcpt)]."""
-    with open(os.path.join(relay.queue_dir, "msg", qid), "rb") as f:
+def queued_files(relay, settle=0.1):
+    """The queue ids with a file in queue_dir/msg/, once the listing has
+    stopped changing for `settle` seconds: a message is acknowledged from
+    the journal and gets its msg/ file a moment later (router/QUEUE.md)."""
+    last, deadline = _list_msg(relay), time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(settle)
+        cur = _list_msg(relay)
+        if cur == last:
+            return cur
+        last = cur
+    return last
+
+
+def read_queued(relay, qid, timeout=10):
+    """(envelope dict, body bytes) of queue_dir/msg/<qid>, waiting for the
+    file to be published.  The envelope has one entry per key ("sender",
+    "envid", "ret", "body", "smtputf8", "user", "client") plus "rcpts":
+    [(notify, addr, orcpt)]."""
+    path = os.path.join(relay.queue_dir, "msg", qid)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open(path, "rb") as f:
         data = f.read()
     first = data.split(b"\n", 1)[0].split()
     if first[0] != b"RELAYQ":

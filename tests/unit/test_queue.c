@@ -968,7 +968,7 @@ static void
 test_recycle_refused(void)
 {
 	static char big[300 * 1024];
-	struct commit_res res[300];
+	static struct commit_res res[4200];
 	struct sink fresh = { .n = 0 };
 	struct queue_counters c;
 	struct queue_msg *m;
@@ -1006,14 +1006,14 @@ test_recycle_refused(void)
 	close(fd);
 	sink_free(&fresh);
 
-	/* 300 removed at once: the pool keeps at most 256 spare files */
+	/* 4,200 removed at once: the pool keeps at most 4,096 spare files */
 	queue_set_new_cb(q, NULL, NULL);
-	for (i = 0; i < 300; i++)
+	for (i = 0; i < 4200; i++)
 		submit(q, &ndr_env, "x\r\n", 3, 3, &res[i]);
 	uv_run(&loop, UV_RUN_DEFAULT);
 	queue_get_counters(q, &c);
-	CHECK_INT(c.commits, 302);
-	for (i = 0; i < 300; i++) {
+	CHECK_INT(c.commits, 4202);
+	for (i = 0; i < 4200; i++) {
 		struct queue_msg tmp;
 
 		memset(&tmp, 0, sizeof(tmp));
@@ -1023,9 +1023,9 @@ test_recycle_refused(void)
 	}
 	uv_run(&loop, UV_RUN_DEFAULT);
 	queue_get_counters(q, &c);
-	CHECK_INT(c.recycled + c.unlinked, 302);
+	CHECK_INT(c.recycled + c.unlinked, 4202);
 	CHECK(c.unlinked > 2);
-	CHECK_MSG(count_prefixed(dir, ".spare-") <= 256, "%zu spares",
+	CHECK_MSG(count_prefixed(dir, ".spare-") <= 4096, "%zu spares",
 	    count_prefixed(dir, ".spare-"));
 	CHECK_INT(count_files(dir, "msg"), count_prefixed(dir, ".spare-"));
 	close_queue(&loop, q);

@@ -1,0 +1,80 @@
+/*
+ * router_journal.h - (internal to router/) the acceptance JOURNAL: a
+ * preallocated ring file, queue_dir/journal, into which new messages are
+ * written in batches, one fdatasync per batch, so that relayd can say 250
+ * before each message has its own file in msg/.  A message's record is live
+ * from its batch's sync until its msg/<qid> file is published and durable;
+ * then the journal's tail (kept in a superblock) moves past it.  At start-up
+ * the live batches are replayed into msg/.  router/QUEUE.md has the format
+ * and the crash story.
+ *
+ * Threads: journal_open() and journal_replay() run before the commit
+ * threads start; journal_append() belongs to the journal thread and
+ * journal_set_tail() to the sync thread afterwards.  The struct is not
+ * locked: the queue passes the durable tail between them under its mutex.
+ */
+#ifndef RELAY_ROUTER_JOURNAL_H
+#define RELAY_ROUTER_JOURNAL_H
+
+#include "common/buf.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define JOURNAL_SIZE     (8u << 20)    /* the ring file's size */
+#define JOURNAL_DATA     4096u         /* batches start here (two superblocks before) */
+#define JOURNAL_ALIGN    4096u         /* every batch starts on such a boundary */
+#define JOURNAL_QID_MAX  32u           /* == QID_MAX */
+
+struct journal {
+	int fd;
+	uint64_t id;                 /* random, made with the file: batches carry it */
+	uint64_t size;
+	uint64_t sb_gen;             /* superblock generation (slot = gen & 1) */
+	/* where the next batch goes, and its number (journal thread) */
+	uint64_t head;
+	uint64_t seq;
+	/* the oldest live batch, as the superblock says (sync thread) */
+	uint64_t tail;
+	uint64_t tail_seq;
+	struct buf wbuf;             /* the batch being built (journal thread) */
+	uint32_t nrec;
+};
+
+/* Open queue_dir/journal (dirfd), creating it if missing or unusable; read
+ * its superblock.  0, or RELAY_EIO with err set. */
+int journal_open(int dirfd, struct journal *j, struct buf *err);
+void journal_close(struct journal *j);
+
+/*
+ * Call fn for every record of every live batch, oldest first; a torn or
+ * stale batch ends the walk.  Afterwards head/seq follow the last good batch
+ * (the caller makes the records durable elsewhere, then journal_set_tail()s
+ * to head).  fn returns 0, or non-zero to stop (returned).
+ */
+typedef int journal_replay_fn(void *arg, const char *qid, const char *image, size_t len);
+int journal_replay(struct journal *j, journal_replay_fn *fn, void *arg);
+
+/* Build a batch: begin, add records, then append (one pwrite, one fdatasync). */
+void journal_batch_begin(struct journal *j);
+void journal_batch_add(struct journal *j, const char *qid, const void *image, size_t len);
+size_t journal_batch_bytes(const struct journal *j);
+
+/*
+ * Write the batch at head (or, if it does not fit before the end, at the
+ * start of the ring) unless that would reach the durable tail (tail,
+ * tail_seq: the caller's copy): then RELAY_ETEMP and nothing is written.
+ * With delay_ms > 0 it sleeps that long before the sync (tests).  On
+ * success *end and *seq say where the batch ends and its number, and head
+ * moves past it.  RELAY_EIO with errno-like *sys_errno on a failed write or
+ * sync (the batch may be on disk: replay would find it; never a loss).
+ */
+int journal_append(struct journal *j, uint64_t tail, uint64_t tail_seq, unsigned delay_ms,
+    uint64_t *end, uint64_t *seq, int *sys_errno);
+
+/* Make "everything before (off, seq) is published" durable: the superblock
+ * slot after the current one, then fdatasync.  0 or -1 (errno). */
+int journal_set_tail(struct journal *j, uint64_t off, uint64_t seq);
+
+#endif
