@@ -45,6 +45,13 @@
 #define JB_HDR           40u
 #define JR_HDR           (JOURNAL_QID_MAX + 8u)
 #define JOURNAL_ZERO_CHUNK (1u << 20)
+/*
+ * head after a failed batch write or sync: that batch may be on disk, whole,
+ * under the number the next batch would get, and replay finds it first; a
+ * next batch placed elsewhere (at 4096, when it does not fit where the failed
+ * one went) would never be found.  So no more batches until the next start.
+ */
+#define JOURNAL_FAILED   UINT64_MAX
 
 struct jsb {
 	char magic[8];
@@ -440,6 +447,10 @@ journal_append(struct journal *j, uint64_t tail, uint64_t tail_seq, unsigned del
 	struct jbh h;
 	uint64_t off = j->head, len = j->wbuf.len;
 
+	if (j->head == JOURNAL_FAILED) {
+		*sys_errno = EIO;
+		return RELAY_EIO;
+	}
 	if (off + len > j->size)
 		off = JOURNAL_DATA;
 	if (tail_seq == j->seq && off != tail) {
@@ -463,12 +474,14 @@ journal_append(struct journal *j, uint64_t tail, uint64_t tail_seq, unsigned del
 
 	if (util_pwrite_full(j->fd, j->wbuf.data, len, off) == -1) {
 		*sys_errno = errno;
+		j->head = JOURNAL_FAILED;
 		return RELAY_EIO;
 	}
 	if (delay_ms > 0)
 		usleep(delay_ms * 1000u);
 	if (fdatasync(j->fd) == -1) {
 		*sys_errno = errno;
+		j->head = JOURNAL_FAILED;
 		return RELAY_EIO;
 	}
 	*seq = j->seq++;

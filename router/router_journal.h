@@ -68,7 +68,9 @@ size_t journal_batch_bytes(const struct journal *j);
  * With delay_ms > 0 it sleeps that long before the sync (tests).  On
  * success *end and *seq say where the batch ends and its number, and head
  * moves past it.  RELAY_EIO with errno-like *sys_errno on a failed write or
- * sync (the batch may be on disk: replay would find it; never a loss).
+ * sync: the batch may be on disk (replay would find it: a duplicate at
+ * worst), and every later append fails too, until the next start (a batch
+ * written elsewhere under the same number would never be replayed).
  */
 int journal_append(struct journal *j, uint64_t tail, uint64_t tail_seq, unsigned delay_ms,
     uint64_t *end, uint64_t *seq, int *sys_errno);

@@ -161,7 +161,9 @@ struct queue {
 	bool named;                  /* no O_TMPFILE + linkat here: files have names */
 	unsigned test_sync_delay_ms; /* tests only: each group sync waits this long first */
 	unsigned test_publish_delay_ms; /* tests only: each publish waits this long first */
-	bool jnl_on;                 /* the journal is in use (else: 250 after the publish) */
+	bool jnl_on;                 /* the journal is in use (else: 250 after the publish);
+	                                cleared under mtx by the sync thread for good if a
+	                                journaled message fails to publish */
 	struct journal jnl;          /* head side: journal thread; tail side: sync thread */
 	bool link_empty;             /* linkat(AT_EMPTY_PATH), not /proc/self/fd */
 	queue_new_cb *new_cb;
@@ -683,7 +685,7 @@ queue_jnl_main(void *arg)
 	struct queue_job *j;
 	struct queue_counters c;
 	uint64_t tail, tail_seq;
-	bool acked;
+	bool acked, jnl_on;
 
 	uv_mutex_lock(&q->mtx);
 	for (;;) {
@@ -696,10 +698,11 @@ queue_jnl_main(void *arg)
 		queue_list_init(&q->pending);
 		tail = q->jtail;
 		tail_seq = q->jtail_seq;
+		jnl_on = q->jnl_on;
 		uv_mutex_unlock(&q->mtx);
 
 		memset(&c, 0, sizeof(c));
-		if (q->jnl_on)
+		if (jnl_on)
 			queue_journal_batch(q, &batch, tail, tail_seq, &c);
 
 		uv_mutex_lock(&q->mtx);
@@ -775,7 +778,7 @@ queue_advance_tail(struct queue *q, struct queue_list *batch, struct queue_count
 	struct queue_job *j;
 	uint64_t fail_seq = UINT64_MAX, end = 0, next = 0;
 
-	if (!q->jnl_on || q->jstuck)
+	if (q->jstuck)
 		return;
 	for (j = batch->head; j != NULL; j = j->next)
 		if (j->acked && !j->published && j->jseq < fail_seq)
@@ -785,8 +788,21 @@ queue_advance_tail(struct queue *q, struct queue_list *batch, struct queue_count
 			next = j->jseq + 1;
 			end = j->jend;
 		}
-	if (fail_seq != UINT64_MAX)
+	if (fail_seq != UINT64_MAX) {
+		/*
+		 * The disk takes no more files (ENOSPC, EIO): acknowledging from
+		 * the journal would accept mail that cannot be queued.  From now
+		 * on commits are acknowledged after their publish, so they fail
+		 * (451) while the disk does.  The tail stays before the failed
+		 * message for the next start; what was journaled after it and
+		 * publishes fine is replayed then too (bounded by the backlog:
+		 * a duplicate at worst).
+		 */
 		q->jstuck = true;
+		uv_mutex_lock(&q->mtx);
+		q->jnl_on = false;
+		uv_mutex_unlock(&q->mtx);
+	}
 	if (next == 0)
 		return;
 	if (journal_set_tail(&q->jnl, end, next) == -1) {
@@ -1444,6 +1460,7 @@ queue_journal_open(struct queue *q, int dirfd, struct buf *err)
 {
 	struct buf warn = BUF_INIT;
 	struct log_line l;
+	int rc;
 
 	if (journal_open(dirfd, &q->jnl, &warn) != 0) {
 		log_begin(&l, LOG_WARNING, "queue_journal_unavailable");
@@ -1458,9 +1475,17 @@ queue_journal_open(struct queue *q, int dirfd, struct buf *err)
 		log_end(&l);
 	}
 	buf_free(&warn);
-	if (journal_replay(&q->jnl, queue_replay_one, q) != 0 ||
-	    (q->counters.replayed > 0 && fsync(q->msgfd) == -1) ||
-	    journal_set_tail(&q->jnl, q->jnl.head, q->jnl.seq) == -1) {
+	rc = journal_replay(&q->jnl, queue_replay_one, q);
+	if (rc == 0) {
+		/* Past any number a batch still in the file may carry (a torn one
+		 * in the middle leaves whole ones after it): none can match again. */
+		q->jnl.seq += q->jnl.size / JOURNAL_ALIGN + 1;
+		if (q->counters.replayed > 0 && fsync(q->msgfd) == -1)
+			rc = RELAY_EIO;
+		else if (journal_set_tail(&q->jnl, q->jnl.head, q->jnl.seq) == -1)
+			rc = RELAY_EIO;
+	}
+	if (rc != 0) {
 		buf_printf(err, "queue %s: journal replay failed: %s", q->dir, strerror(errno));
 		journal_close(&q->jnl);
 		return RELAY_EIO;

@@ -17,6 +17,7 @@ hour of backoff) until a test points the route at a sink and flushes.
 import json
 import os
 import random
+import shutil
 import threading
 import time
 import unittest
@@ -370,3 +371,42 @@ class KillLoopTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DiskFailureTest(unittest.TestCase):
+    """The disk stops taking files after a message was acknowledged from the
+    journal: that message is kept (the journal's tail stays before it) and
+    comes back at the next start; new mail is refused with 451 meanwhile,
+    never acknowledged from a journal whose messages cannot be queued."""
+
+    def test_publish_failure_turns_the_journal_off_and_loses_nothing(self):
+        relay = Relay.for_test(self, env={"RELAYD_TEST_PUBLISH_DELAY_MS": "1000"})
+        relay.start()
+        r = auth_session(relay)
+        self.addCleanup(r.close)
+        r.cmd("MAIL FROM:<%s>" % SENDER)
+        r.cmd("RCPT TO:<bob@example.net>")
+        self.assertEqual(r.cmd("DATA")[0], 354)
+        r.send("Subject: kept\r\n\r\njournal only\r\n.\r\n")
+        code, text = r.read_reply()
+        self.assertEqual(code, 250, text)
+        kept = QUEUED_RE.search(text).group(1)
+        # msg/ goes away while the publish waits: the publish fails
+        shutil.rmtree(os.path.join(relay.queue_dir, "msg"))
+        relay.wait_for_log("queue_publish_failed", qid=kept)
+        r.cmd("MAIL FROM:<%s>" % SENDER)
+        r.cmd("RCPT TO:<bob@example.net>")
+        self.assertEqual(r.cmd("DATA")[0], 354)
+        r.send("Subject: refused\r\n\r\nno room\r\n.\r\n")
+        code, text = r.read_reply()
+        self.assertEqual(code, 451, text)
+        self.assertEqual(relay.count_log("accepted"), 1)
+        r.close()
+
+        relay.env.pop("RELAYD_TEST_PUBLISH_DELAY_MS", None)
+        relay.restart()
+        relay.wait_for_log("queue_journal_replayed", messages=1)
+        env, body = read_queued(relay, kept)
+        self.assertEqual(env["sender"], SENDER)
+        self.assertTrue(body.endswith(b"\r\n\r\njournal only\r\n"), body[-60:])
+        self.assertEqual(set(listed(relay)), {kept})
