@@ -45,6 +45,9 @@ struct control_conn {
 	struct buf req;
 	struct buf resp;
 	bool answered;
+	bool waiting;               /* on waiter: messages acknowledged, not yet queued */
+	bool waited;                /* the wait is over: answer now */
+	struct router_waiter waiter;
 };
 
 static void
@@ -71,6 +74,9 @@ conn_closed(uv_handle_t *h)
 static void
 conn_close(struct control_conn *cc)
 {
+	if (cc->waiting && cc->ctl != NULL && cc->ctl->relay->router != NULL)
+		router_wait_cancel(cc->ctl->relay->router, &cc->waiter);
+	cc->waiting = false;
 	if (cc->ctl != NULL) {
 		TAILQ_REMOVE(&cc->ctl->conns, cc, entry);
 		cc->ctl = NULL;
@@ -212,6 +218,8 @@ control_dispatch(struct control_conn *cc, int argc, char **argv)
 	buf_free(&out);
 }
 
+static void conn_resume(void *arg);
+
 static void
 conn_try_request(struct control_conn *cc)
 {
@@ -236,7 +244,32 @@ conn_try_request(struct control_conn *cc)
 		i += strlen(cc->req.data + i) + 1;
 	}
 	argv[argc] = NULL;
+	/*
+	 * A client may have its 250 a moment before the scheduler has the
+	 * message (router/QUEUE.md): answer once those are in, so that relayctl
+	 * sees every message a client was told is queued.
+	 */
+	if (!cc->waited && cc->ctl->relay->router != NULL) {
+		cc->waiter.cb = conn_resume;
+		cc->waiter.arg = cc;
+		if (!router_wait_acked(cc->ctl->relay->router, &cc->waiter)) {
+			cc->waiting = true;
+			return;
+		}
+	}
 	control_dispatch(cc, argc, argv);
+}
+
+static void
+conn_resume(void *arg)
+{
+	struct control_conn *cc = arg;
+
+	conn_check(cc, __func__);
+	cc->waiting = false;
+	cc->waited = true;
+	if (cc->ctl != NULL && !cc->answered)
+		conn_try_request(cc);
 }
 
 static void
@@ -263,6 +296,8 @@ conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 		conn_close(cc);
 		return;
 	}
+	if (cc->waiting)
+		return;                  /* the request is whole: anything more is noise */
 	cc->req.len += (size_t)nread;
 	cc->req.data[cc->req.len] = '\0';
 	if (cc->req.len > CONTROL_MAX_REQUEST) {

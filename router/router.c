@@ -210,3 +210,16 @@ router_queue(struct router *r)
 {
 	return r->queue;
 }
+
+bool
+router_wait_acked(struct router *r, struct router_waiter *w)
+{
+	return r->queue == NULL || queue_wait_acked(r->queue, w);
+}
+
+void
+router_wait_cancel(struct router *r, struct router_waiter *w)
+{
+	if (r->queue != NULL)
+		queue_wait_cancel(r->queue, w);
+}

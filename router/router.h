@@ -96,4 +96,22 @@ void router_txn_abort(struct router_txn *t);
  */
 int router_control(struct router *r, int argc, char **argv, bool json, struct buf *out);
 
+/*
+ * A wait for every message acknowledged so far to reach the scheduler: a 250
+ * comes from the acceptance journal a moment before the message's msg/ file
+ * is published and the scheduler gets it (router/QUEUE.md).  relayctl waits
+ * so that it sees every message a client was told is queued.  The caller
+ * owns w and sets cb and arg; router_wait_acked() returns true (cb is never
+ * called) when nothing is outstanding, else cb(arg) runs later on the loop,
+ * unless router_wait_cancel(r, w) comes first.
+ */
+struct router_waiter {
+	struct router_waiter *next;  /* the queue's */
+	uint64_t need;               /* the queue's */
+	void (*cb)(void *arg);
+	void *arg;
+};
+bool router_wait_acked(struct router *r, struct router_waiter *w);
+void router_wait_cancel(struct router *r, struct router_waiter *w);
+
 #endif

@@ -10,16 +10,17 @@
  * next (a torn write, or a stale batch of an earlier lap of the ring).
  *
  * Layout (host byte order: the file never leaves this machine):
- *   0, 512    two superblock slots, written alternately (a torn one leaves
- *             the other): magic "RELAYJ01", crc32c, journal id, generation,
- *             tail offset, tail sequence number, file size.
- *   4096 ...  batches, each starting on a 4 KiB boundary: a 40-byte header
+ *   0, 4096   two superblock slots, written alternately, each in its own
+ *             4 KiB block (a torn write leaves the other): magic "RELAYJ01",
+ *             crc32c, journal id, generation, tail offset, tail sequence
+ *             number, file size.
+ *   8192 ...  batches, each starting on a 4 KiB boundary: a 40-byte header
  *             (magic "RJB1", crc32c of all that follows it, journal id,
  *             sequence number, payload length, record count), then records:
  *             queue id (32 bytes, NUL padded), image length (u32), u32 0,
  *             the image (the exact bytes of msg/<qid>), padded to 8.
- * A batch that does not fit before the end of the file goes to offset 4096;
- * replay looks for batch N+1 right after batch N, then at 4096.
+ * A batch that does not fit before the end of the file goes to offset 8192;
+ * replay looks for batch N+1 right after batch N, then at 8192.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -39,7 +40,7 @@
 #include <unistd.h>
 
 #define JSB_MAGIC        "RELAYJ01"
-#define JSB_SLOT         512u
+#define JSB_SLOT         4096u
 #define JSB_LEN          56u
 #define JB_MAGIC         0x31424a52u          /* "RJB1" */
 #define JB_HDR           40u
@@ -218,8 +219,8 @@ journal_set_tail(struct journal *j, uint64_t off, uint64_t seq)
 	j->tail = off;
 	j->tail_seq = seq;
 	journal_sb_fill(j, gen, &sb);
-	if (util_pwrite_full(j->fd, &sb, sizeof(sb), (gen & 1) * JSB_SLOT) == -1 ||
-	    fdatasync(j->fd) == -1)
+	if (util_pwrite_full(j->sb_fd, &sb, sizeof(sb), (gen & 1) * JSB_SLOT) == -1 ||
+	    fdatasync(j->sb_fd) == -1)
 		return -1;
 	j->sb_gen = gen;
 	return 0;
@@ -243,7 +244,7 @@ journal_create(int dirfd, struct journal *j, struct buf *err)
 	(void)unlinkat(dirfd, "journal.new", 0);
 	if ((fd = openat(dirfd, "journal.new", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) == -1) {
 		buf_printf(err, "journal: create: %s", strerror(errno));
-		return RELAY_EIO;
+		return RELAY_ETEMP;
 	}
 	if (getrandom(&j->id, sizeof(j->id), GRND_NONBLOCK) != sizeof(j->id))
 		j->id = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
@@ -271,7 +272,7 @@ journal_create(int dirfd, struct journal *j, struct buf *err)
 		buf_printf(err, "journal: %s: %s", what, strerror(errno));
 		close(fd);
 		(void)unlinkat(dirfd, "journal.new", 0);
-		return RELAY_EIO;
+		return RELAY_ETEMP;
 	}
 	j->fd = fd;
 	return 0;
@@ -286,7 +287,7 @@ journal_open(int dirfd, struct journal *j, struct buf *err)
 	journal_crc_setup();
 	memset(j, 0, sizeof(*j));
 	buf_init(&j->wbuf);
-	j->fd = -1;
+	j->fd = j->sb_fd = -1;
 	fd = openat(dirfd, "journal", O_RDWR | O_CLOEXEC);
 	if (fd == -1 && errno != ENOENT) {
 		buf_printf(err, "journal: open: %s", strerror(errno));
@@ -302,14 +303,19 @@ journal_open(int dirfd, struct journal *j, struct buf *err)
 			if (renameat(dirfd, "journal", dirfd, "journal.bad") == -1) {
 				buf_printf(err, "journal: unusable, and rename to journal.bad: %s",
 				    strerror(errno));
-				return RELAY_EIO;
+				return RELAY_ETEMP;
 			}
 			buf_printf(err, "journal: no valid superblock; kept as journal.bad");
 			/* err carries a warning; a new journal is made below */
 		}
 	}
 	if (j->fd == -1 && journal_create(dirfd, j, err) != 0)
+		return RELAY_ETEMP;
+	if ((j->sb_fd = openat(dirfd, "journal", O_RDWR | O_CLOEXEC)) == -1) {
+		buf_printf(err, "journal: open: %s", strerror(errno));
+		journal_close(j);
 		return RELAY_EIO;
+	}
 	j->head = j->tail;
 	j->seq = j->tail_seq;
 	return 0;
@@ -320,7 +326,9 @@ journal_close(struct journal *j)
 {
 	if (j->fd >= 0)
 		close(j->fd);
-	j->fd = -1;
+	if (j->sb_fd >= 0)
+		close(j->sb_fd);
+	j->fd = j->sb_fd = -1;
 	buf_free(&j->wbuf);
 }
 

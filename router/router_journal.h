@@ -23,12 +23,16 @@
 #include <stdint.h>
 
 #define JOURNAL_SIZE     (8u << 20)    /* the ring file's size */
-#define JOURNAL_DATA     4096u         /* batches start here (two superblocks before) */
+#define JOURNAL_DATA     8192u         /* batches start here (two superblocks before,
+                                          each in its own 4 KiB block) */
 #define JOURNAL_ALIGN    4096u         /* every batch starts on such a boundary */
 #define JOURNAL_QID_MAX  32u           /* == QID_MAX */
 
 struct journal {
-	int fd;
+	int fd;                      /* batches and replay (journal thread) */
+	int sb_fd;                   /* superblocks (sync thread): its own open file, so
+	                                that neither thread's fdatasync takes the other's
+	                                writeback error */
 	uint64_t id;                 /* random, made with the file: batches carry it */
 	uint64_t size;
 	uint64_t sb_gen;             /* superblock generation (slot = gen & 1) */
@@ -42,8 +46,11 @@ struct journal {
 	uint32_t nrec;
 };
 
-/* Open queue_dir/journal (dirfd), creating it if missing or unusable; read
- * its superblock.  0, or RELAY_EIO with err set. */
+/* Open queue_dir/journal (dirfd), creating it if missing (or moving it to
+ * journal.bad, with a warning in err, if neither superblock is valid); read
+ * its superblock.  0; RELAY_EIO with err set if it exists and cannot be
+ * opened (the start must not go on without its messages); RELAY_ETEMP with
+ * err set if a new one cannot be made (relayd can run without). */
 int journal_open(int dirfd, struct journal *j, struct buf *err);
 void journal_close(struct journal *j);
 

@@ -95,6 +95,8 @@ struct queue_job {
 	bool write_wbuf;             /* COMMIT: the thread writes txn->wbuf (the whole file) */
 	bool keep;                   /* RECYCLE: the pool has room for it */
 	bool recycled;               /* RECYCLE: checked by the thread: it goes into the pool */
+	bool withheld;               /* COMMIT, acked: published, but the journal's tail could
+	                                not move past it: not for the router before a restart */
 	bool in_jnl;                 /* COMMIT: its record is in the journal batch being written */
 	bool acked;                  /* COMMIT: journaled and synced: its callback may run now */
 	uint64_t jend, jseq;         /* with acked: its journal batch's end and number */
@@ -127,6 +129,8 @@ struct router_txn {
 	struct buf wbuf;             /* header, envelope and body not yet written */
 	router_commit_cb *cb;
 	void *arg;
+	uint64_t ack_no;             /* acknowledged from the journal: its number (loop) */
+	struct router_txn *ack_prev, *ack_next;   /* on q->ack_head while not yet published */
 	struct queue_job job;
 };
 
@@ -179,6 +183,9 @@ struct queue {
 	uv_check_t check;            /* hands the staged jobs over */
 	uv_async_t async;            /* the thread says: jobs done (or: exited) */
 	size_t inflight;             /* jobs created and not yet completed */
+	struct router_txn *ack_head, *ack_tail;   /* acknowledged, not yet published: oldest first */
+	uint64_t ack_total;          /* acknowledgements so far */
+	struct router_waiter *waiters;            /* queue_wait_acked() */
 	size_t ntxn;                 /* txns begun and not yet freed */
 	struct queue_spare spares[QUEUE_POOL_MAX];
 	size_t nspares;
@@ -778,43 +785,49 @@ queue_advance_tail(struct queue *q, struct queue_list *batch, struct queue_count
 	struct queue_job *j;
 	uint64_t fail_seq = UINT64_MAX, end = 0, next = 0;
 
-	if (q->jstuck)
-		return;
-	for (j = batch->head; j != NULL; j = j->next)
-		if (j->acked && !j->published && j->jseq < fail_seq)
-			fail_seq = j->jseq;
-	for (j = batch->head; j != NULL; j = j->next)
-		if (j->acked && j->published && j->jseq < fail_seq && j->jseq + 1 > next) {
-			next = j->jseq + 1;
-			end = j->jend;
+	if (!q->jstuck) {
+		for (j = batch->head; j != NULL; j = j->next)
+			if (j->acked && (j->err != 0 || !j->published) && j->jseq < fail_seq)
+				fail_seq = j->jseq;
+		for (j = batch->head; j != NULL; j = j->next)
+			if (j->acked && j->err == 0 && j->published && j->jseq < fail_seq &&
+			    j->jseq + 1 > next) {
+				next = j->jseq + 1;
+				end = j->jend;
+			}
+		if (next != 0 && journal_set_tail(&q->jnl, end, next) == -1) {
+			c->journal_errors++;
+			fail_seq = 0;            /* none of them is past the tail */
+		} else if (next != 0) {
+			uv_mutex_lock(&q->mtx);
+			q->jtail = end;
+			q->jtail_seq = next;
+			uv_mutex_unlock(&q->mtx);
 		}
-	if (fail_seq != UINT64_MAX) {
-		/*
-		 * The disk takes no more files (ENOSPC, EIO): acknowledging from
-		 * the journal would accept mail that cannot be queued.  From now
-		 * on commits are acknowledged after their publish, so they fail
-		 * (451) while the disk does.  The tail stays before the failed
-		 * message for the next start; what was journaled after it and
-		 * publishes fine is replayed then too (bounded by the backlog:
-		 * a duplicate at worst).
-		 */
-		q->jstuck = true;
-		uv_mutex_lock(&q->mtx);
-		q->jnl_on = false;
-		uv_mutex_unlock(&q->mtx);
-	}
-	if (next == 0)
-		return;
-	if (journal_set_tail(&q->jnl, end, next) == -1) {
-		/* the records stay live on disk: a crash now replays them (a
-		 * duplicate at worst); the next batch tries again */
-		c->journal_errors++;
-		return;
-	}
-	uv_mutex_lock(&q->mtx);
-	q->jtail = end;
-	q->jtail_seq = next;
-	uv_mutex_unlock(&q->mtx);
+		if (fail_seq != UINT64_MAX) {
+			/*
+			 * The disk takes no more files (ENOSPC, EIO), or the
+			 * tail cannot move: acknowledging from the journal would
+			 * accept mail that cannot be queued.  From now on commits
+			 * are acknowledged after their publish, so they fail (451)
+			 * while the disk does.  The tail stays where it is; the
+			 * next start replays from there.
+			 */
+			q->jstuck = true;
+			uv_mutex_lock(&q->mtx);
+			q->jnl_on = false;
+			uv_mutex_unlock(&q->mtx);
+		}
+	} else
+		fail_seq = 0;
+	/*
+	 * What the journal still holds must not reach the router: delivered,
+	 * removed or changed, it would come back as new at the replay.  It waits
+	 * in msg/ for the next start (the replay writes the same bytes again).
+	 */
+	for (j = batch->head; j != NULL; j = j->next)
+		if (j->acked && j->err == 0 && j->published && j->jseq >= fail_seq)
+			j->withheld = true;
 }
 
 /*
@@ -974,6 +987,7 @@ queue_msg_new(struct queue *q, const char *qid)
 }
 
 static void queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size);
+static void queue_ack_done(struct queue *q, struct router_txn *t);
 
 static void
 queue_complete(struct queue *q, struct queue_job *j)
@@ -1007,6 +1021,8 @@ queue_complete(struct queue *q, struct queue_job *j)
 	t = j->txn;
 	if (t->magic != TXN_MAGIC)
 		fatalx("%s: bad txn", __func__);
+	if (j->acked)
+		queue_ack_done(q, t);
 	if (j->err != 0 && j->acked) {
 		/* Its 250 has gone out: the journal keeps it until the next start. */
 		if (j->iname[0] != '\0')
@@ -1019,6 +1035,11 @@ queue_complete(struct queue *q, struct queue_job *j)
 		if (j->iname[0] != '\0')
 			(void)unlinkat(q->msgfd, j->iname, 0);
 		t->cb(t->arg, j->err, NULL);
+	} else if (j->withheld) {
+		log_begin(&l, LOG_CRIT, "queue_publish_held");
+		log_kv(&l, "qid", j->qid);
+		log_kv(&l, "detail", "accepted message held in msg/ until relayd restarts (journal failure)");
+		log_end(&l);
 	} else {
 		m = queue_msg_new(q, j->qid);
 		m->env = t->env;
@@ -1038,11 +1059,78 @@ queue_complete(struct queue *q, struct queue_job *j)
 
 /* A commit whose journal batch is durable: its callback runs now (the 250). */
 static void
-queue_ack(struct router_txn *t)
+queue_ack(struct queue *q, struct router_txn *t)
 {
 	if (t->magic != TXN_MAGIC)
 		fatalx("%s: bad txn", __func__);
+	t->ack_no = ++q->ack_total;
+	t->ack_next = NULL;
+	t->ack_prev = q->ack_tail;
+	if (q->ack_tail != NULL)
+		q->ack_tail->ack_next = t;
+	else
+		q->ack_head = t;
+	q->ack_tail = t;
 	t->cb(t->arg, 0, t->job.qid);
+}
+
+/* Published (or failed for good): no longer outstanding. */
+static void
+queue_ack_done(struct queue *q, struct router_txn *t)
+{
+	if (t->ack_prev != NULL)
+		t->ack_prev->ack_next = t->ack_next;
+	else
+		q->ack_head = t->ack_next;
+	if (t->ack_next != NULL)
+		t->ack_next->ack_prev = t->ack_prev;
+	else
+		q->ack_tail = t->ack_prev;
+	t->ack_prev = t->ack_next = NULL;
+}
+
+bool
+queue_wait_acked(struct queue *q, struct router_waiter *w)
+{
+	if (q->ack_head == NULL)
+		return true;
+	w->need = q->ack_total;
+	w->next = q->waiters;
+	q->waiters = w;
+	return false;
+}
+
+void
+queue_wait_cancel(struct queue *q, struct router_waiter *w)
+{
+	struct router_waiter **pp;
+
+	for (pp = &q->waiters; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == w) {
+			*pp = w->next;
+			return;
+		}
+}
+
+/* Every waiter whose acknowledged messages are all published now runs. */
+static void
+queue_run_waiters(struct queue *q)
+{
+	struct router_waiter **pp, *w, *ready = NULL;
+	uint64_t oldest = q->ack_head != NULL ? q->ack_head->ack_no : UINT64_MAX;
+
+	for (pp = &q->waiters; (w = *pp) != NULL;) {
+		if (w->need < oldest) {
+			*pp = w->next;
+			w->next = ready;
+			ready = w;
+		} else
+			pp = &w->next;
+	}
+	while ((w = ready) != NULL) {
+		ready = w->next;
+		w->cb(w->arg);
+	}
 }
 
 static void
@@ -1065,7 +1153,7 @@ queue_async_cb(uv_async_t *h)
 		/* acknowledgements first: a job in done was acked in this round or before */
 		for (j = acked; j != NULL; j = next) {
 			next = j->ack_next;
-			queue_ack(j->txn);
+			queue_ack(q, j->txn);
 		}
 		if (acked == NULL && done.head == NULL)
 			break;
@@ -1075,6 +1163,7 @@ queue_async_cb(uv_async_t *h)
 			queue_complete(q, j);
 		}
 	}
+	queue_run_waiters(q);
 	queue_update_ref(q);
 	queue_maybe_finish(q);
 }
@@ -1462,7 +1551,13 @@ queue_journal_open(struct queue *q, int dirfd, struct buf *err)
 	struct log_line l;
 	int rc;
 
-	if (journal_open(dirfd, &q->jnl, &warn) != 0) {
+	if ((rc = journal_open(dirfd, &q->jnl, &warn)) == RELAY_EIO) {
+		/* it exists and may hold acknowledged mail: not without it */
+		buf_printf(err, "queue %s: %s", q->dir, buf_cstr(&warn));
+		buf_free(&warn);
+		return RELAY_EIO;
+	}
+	if (rc != 0) {
 		log_begin(&l, LOG_WARNING, "queue_journal_unavailable");
 		log_kv(&l, "detail", buf_cstr(&warn));
 		log_end(&l);
@@ -1838,7 +1933,7 @@ router_txn_abort(struct router_txn *t)
 {
 	if (t->magic != TXN_MAGIC || t->cb != NULL)
 		fatalx("%s: bad txn", __func__);
-	if (t->written == 0 && (t->fd >= 0 || t->job.iname[0] != '\0'))
+	if (t->err == 0 && t->written == 0 && (t->fd >= 0 || t->job.iname[0] != '\0'))
 		queue_spare_put(t->q, t->fd, t->job.iname, t->spare_size);   /* untouched */
 	else {
 		if (t->fd >= 0)

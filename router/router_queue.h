@@ -105,6 +105,10 @@ void queue_msg_free(struct queue_msg *m);
 /* Every record of a message (for `relayctl queue show`), as parsed from disk. */
 int queue_history(struct queue *q, const char *qid, void (*cb)(void *arg, const struct queue_record *rec), void *arg);
 
+/* router_wait_acked() / router_wait_cancel() (router.h), for the queue. */
+bool queue_wait_acked(struct queue *q, struct router_waiter *w);
+void queue_wait_cancel(struct queue *q, struct router_waiter *w);
+
 /* Stop accepting commits, finish those in flight, join the thread; done(arg) on the loop. */
 void queue_close(struct queue *q, void (*done)(void *arg), void *arg);
 

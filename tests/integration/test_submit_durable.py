@@ -410,3 +410,26 @@ class DiskFailureTest(unittest.TestCase):
         self.assertEqual(env["sender"], SENDER)
         self.assertTrue(body.endswith(b"\r\n\r\njournal only\r\n"), body[-60:])
         self.assertEqual(set(listed(relay)), {kept})
+
+
+class ControlSeesAcknowledgedTest(unittest.TestCase):
+    """relayctl answers only once every message acknowledged before its
+    request has reached the scheduler: a QID a client was just given is
+    never "unknown", even while its msg/ file is still being published."""
+
+    def test_queue_show_right_after_250(self):
+        relay = Relay.for_test(self, env={"RELAYD_TEST_PUBLISH_DELAY_MS": "1500"})
+        relay.start()
+        r = auth_session(relay)
+        self.addCleanup(r.close)
+        r.cmd("MAIL FROM:<%s>" % SENDER)
+        r.cmd("RCPT TO:<bob@example.net>")
+        self.assertEqual(r.cmd("DATA")[0], 354)
+        r.send("Subject: at once\r\n\r\nshow me\r\n.\r\n")
+        code, text = r.read_reply()
+        self.assertEqual(code, 250, text)
+        qid = QUEUED_RE.search(text).group(1)
+        # still only in the journal: the publish waits 1.5 s
+        self.assertNotIn(qid, msg_files(relay))
+        self.assertEqual(shown(relay, qid)["qid"], qid)
+        self.assertIn(qid, msg_files(relay))

@@ -916,7 +916,7 @@ test_failed_sync(void)
  * 7: superblocks.  Slot 0 holds generations 0, 2, ...; slot 1 holds 1, 3, ...
  */
 
-#define SB_SLOT 512u
+#define SB_SLOT 4096u                 /* router_journal.c JSB_SLOT */
 #define SB_TAIL 32u                  /* offset of the tail in a slot */
 
 static void
