@@ -1,19 +1,30 @@
 /*
  * deliver.c - the deliver module's pool: the public API of deliver.h, the
- * FIFO of requests waiting for a connection slot, the open connections
- * (busy and idle, for reuse), the global and per-host connection limits,
- * and shutdown.  It keeps no memory of TLS failures: under every policy a
- * server that offers STARTTLS gets TLS or no mail (deliver_session.c).
+ * requests waiting for a connection slot, the open connections (busy and
+ * idle, for reuse), the global and per-host connection limits, and shutdown.
+ * It keeps no memory of TLS failures: under every policy a server that
+ * offers STARTTLS gets TLS or no mail (deliver_session.c).
+ *
+ * Waiting requests are grouped by connection key (address, port, TLS policy,
+ * auth user, and the exchanger name under "verify"): a struct deliver_key,
+ * found by name in a small hash table, holds its FIFO and its connections;
+ * a struct deliver_host per address counts that address's connections for
+ * router.max_connections_per_host.  Keys with waiting requests take turns in
+ * d->ready.
  *
  * Scheduling: deliver_start() only queues; a zero-delay timer ("kick") runs
  * the dispatcher on the loop, so a request's callback never fires inside
- * deliver_start().  The dispatcher walks the FIFO in order and starts every
- * request that can start: on an idle connection with the same key (address,
- * port, TLS policy, auth user, and the exchanger name under "verify"), else
- * on a new connection if the global limit (router.max_connections) and the
- * per-host limit (router.max_connections_per_host, host = address) allow,
- * closing idle connections of other keys to make room.  A request that cannot
- * start waits without blocking those behind it that can.
+ * deliver_start().  A dispatch pass goes round the keys that have waiting
+ * requests, starting one request per key per turn (round-robin: a key with
+ * thousands waiting does not starve the others), in FIFO order within a key:
+ * on an idle connection of the key; else, when one of the key's connections
+ * is finishing (RSET out), the request waits for it; else on a new connection
+ * if the global limit (router.max_connections) and the per-host limit
+ * (router.max_connections_per_host) allow, closing idle connections (of the
+ * same host, else the oldest) to make room.  A key that cannot start its next
+ * request leaves the pass: the requests behind it could not either, and other
+ * keys are not held up.  A pass costs O(keys + connections + requests
+ * started), never a walk of every waiting request.
  *
  * Shutdown: waiting requests fail with HOST_FAIL "4.3.2 shutting down", idle
  * connections QUIT, busy ones are aborted the same way unless the final
@@ -22,7 +33,8 @@
  *
  * Never: call a request's callback from inside deliver_start(), or let a
  * request's callback free the deliver object (deliver_free() needs
- * deliver_shutdown() to have finished).
+ * deliver_shutdown() to have finished).  A key or host is freed only when
+ * nothing refers to it; the dispatcher holds the key it works on.
  */
 #include "deliver/deliver_int.h"
 
@@ -63,6 +75,172 @@ deliver_tls_setup(struct deliver *d)
 }
 
 /* ------------------------------------------------------------------ */
+/* Hash tables: chained, string-keyed, the node embedded in its owner */
+
+#define DELIVER_OWNER(p, type, member) ((type *)(void *)((char *)(p) - offsetof(type, member)))
+
+static uint32_t
+deliver_hash(const char *s)
+{
+	uint32_t h = 2166136261u;   /* FNV-1a */
+
+	for (; *s != '\0'; s++) {
+		h ^= (unsigned char)*s;
+		h *= 16777619u;
+	}
+	return h;
+}
+
+static struct deliver_hnode *
+deliver_htab_find(const struct deliver_htab *t, const char *name, uint32_t hash)
+{
+	struct deliver_hnode *n;
+
+	if (t->nbuckets == 0)
+		return NULL;
+	for (n = t->buckets[hash & (t->nbuckets - 1)]; n != NULL; n = n->next)
+		if (n->hash == hash && strcmp(n->name, name) == 0)
+			return n;
+	return NULL;
+}
+
+/* Add n (its hash and name set); the table doubles to keep chains short. */
+static void
+deliver_htab_add(struct deliver_htab *t, struct deliver_hnode *n)
+{
+	struct deliver_hnode **slot;
+
+	if (t->count >= t->nbuckets) {
+		size_t nb = t->nbuckets == 0 ? 16 : t->nbuckets * 2;
+		struct deliver_hnode **b = xcalloc(nb, sizeof(*b));
+
+		for (size_t i = 0; i < t->nbuckets; i++) {
+			struct deliver_hnode *m, *next;
+
+			for (m = t->buckets[i]; m != NULL; m = next) {
+				next = m->next;
+				m->next = b[m->hash & (nb - 1)];
+				b[m->hash & (nb - 1)] = m;
+			}
+		}
+		free(t->buckets);
+		t->buckets = b;
+		t->nbuckets = nb;
+	}
+	slot = &t->buckets[n->hash & (t->nbuckets - 1)];
+	n->next = *slot;
+	*slot = n;
+	t->count++;
+}
+
+static void
+deliver_htab_del(struct deliver_htab *t, struct deliver_hnode *n)
+{
+	struct deliver_hnode **p;
+
+	if (t->nbuckets == 0)
+		fatalx("%s: empty table", __func__);
+	for (p = &t->buckets[n->hash & (t->nbuckets - 1)]; *p != n; p = &(*p)->next)
+		if (*p == NULL)
+			fatalx("%s: %s is not in the table", __func__, n->name);
+	*p = n->next;
+	t->count--;
+}
+
+/* ------------------------------------------------------------------ */
+/* Keys and hosts */
+
+static struct deliver_host *
+deliver_host_get(struct deliver *d, const char *ip)
+{
+	uint32_t hash = deliver_hash(ip);
+	struct deliver_hnode *n = deliver_htab_find(&d->hosts, ip, hash);
+	struct deliver_host *h;
+
+	if (n != NULL)
+		return DELIVER_OWNER(n, struct deliver_host, node);
+	h = xcalloc(1, sizeof(*h));
+	snprintf(h->ip, sizeof(h->ip), "%s", ip);
+	TAILQ_INIT(&h->idle);
+	h->node.hash = hash;
+	h->node.name = h->ip;
+	deliver_htab_add(&d->hosts, &h->node);
+	return h;
+}
+
+/* The key called name (of address ip), made if new; the caller takes its reference. */
+static struct deliver_key *
+deliver_key_get(struct deliver *d, const char *name, const char *ip)
+{
+	uint32_t hash = deliver_hash(name);
+	struct deliver_hnode *n = deliver_htab_find(&d->keys, name, hash);
+	size_t len = strlen(name);
+	struct deliver_key *k;
+
+	if (n != NULL)
+		return DELIVER_OWNER(n, struct deliver_key, node);
+	k = xcalloc(1, sizeof(*k) + len + 1);
+	memcpy(k->name, name, len + 1);
+	TAILQ_INIT(&k->waiting);
+	TAILQ_INIT(&k->conns);
+	TAILQ_INIT(&k->idle);
+	k->host = deliver_host_get(d, ip);
+	k->host->nkeys++;
+	k->node.hash = hash;
+	k->node.name = k->name;
+	deliver_htab_add(&d->keys, &k->node);
+	return k;
+}
+
+/* Drop a reference to k: the last one frees it (and its host if it was the host's last key). */
+static void
+deliver_key_unref(struct deliver *d, struct deliver_key *k)
+{
+	struct deliver_host *h = k->host;
+
+	if (k->refs == 0)
+		fatalx("%s: %s: no reference", __func__, k->name);
+	if (--k->refs > 0)
+		return;
+	if (k->nwaiting > 0 || k->queued || !TAILQ_EMPTY(&k->conns))
+		fatalx("%s: %s: still in use", __func__, k->name);
+	deliver_htab_del(&d->keys, &k->node);
+	free(k);
+	if (--h->nkeys == 0) {
+		if (h->nconns > 0)
+			fatalx("%s: %s: connections without a key", __func__, h->ip);
+		deliver_htab_del(&d->hosts, &h->node);
+		free(h);
+	}
+}
+
+/* Queue t on its key (at the head for a retry) and give the key a turn. */
+static void
+deliver_key_push(struct deliver *d, struct deliver_txn *t, bool head)
+{
+	struct deliver_key *k = t->key;
+
+	if (head)
+		TAILQ_INSERT_HEAD(&k->waiting, t, entry);
+	else
+		TAILQ_INSERT_TAIL(&k->waiting, t, entry);
+	k->nwaiting++;
+	d->nwaiting++;
+	if (!k->queued) {
+		TAILQ_INSERT_TAIL(&d->ready, k, ready_entry);
+		k->queued = true;
+	}
+}
+
+static void
+deliver_key_pop(struct deliver *d, struct deliver_txn *t)
+{
+	TAILQ_REMOVE(&t->key->waiting, t, entry);
+	t->key->nwaiting--;
+	d->nwaiting--;
+}
+
+/* ------------------------------------------------------------------ */
 /* Life cycle */
 
 static uint64_t
@@ -79,7 +257,7 @@ deliver_new(uv_loop_t *loop, struct conf *conf)
 	d->loop = loop;
 	d->conf = conf_ref(conf);
 	d->now = deliver_default_now;
-	TAILQ_INIT(&d->waiting);
+	TAILQ_INIT(&d->ready);
 	TAILQ_INIT(&d->conns);
 	TAILQ_INIT(&d->idle);
 	uv_timer_init(loop, &d->kick);
@@ -124,8 +302,12 @@ deliver_free(struct deliver *d)
 {
 	if (d == NULL)
 		return;
-	if (!d->kick_closed || d->nconns > 0 || !TAILQ_EMPTY(&d->waiting))
+	if (!d->kick_closed || d->nconns > 0 || d->nwaiting > 0)
 		fatalx("%s: deliver_shutdown() has not finished", __func__);
+	if (d->keys.count > 0 || d->hosts.count > 0)
+		fatalx("%s: %zu keys, %zu hosts left", __func__, d->keys.count, d->hosts.count);
+	free(d->keys.buckets);
+	free(d->hosts.buckets);
 	deliver_auth_release(d);
 	if (d->tls_ctx != NULL)
 		SSL_CTX_free(d->tls_ctx);
@@ -167,7 +349,7 @@ int
 deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *arg)
 {
 	struct deliver_txn *t;
-	char ip[64];
+	char ip[64], name[DELIVER_KEY_MAX];
 	int port;
 
 	if (d->shutting_down)
@@ -178,11 +360,6 @@ deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *
 	if (req->auth_user != NULL && req->auth_user[0] == '\0')
 		return RELAY_EINVAL;
 
-	t = xcalloc(1, sizeof(*t));
-	t->d = d;
-	t->req = req;
-	t->cb = cb;
-	t->arg = arg;
 	if (req->addr.ss_family == AF_INET6) {
 		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&req->addr;
 
@@ -194,11 +371,17 @@ deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *
 		uv_ip4_name(a, ip, sizeof(ip));
 		port = ntohs(a->sin_port);
 	}
-	snprintf(t->host_ip, sizeof(t->host_ip), "%s", ip);
-	snprintf(t->key, sizeof(t->key), "%s|%d|%s|%s|%s", ip, port, conf_tls_name(req->tls),
+	snprintf(name, sizeof(name), "%s|%d|%s|%s|%s", ip, port, conf_tls_name(req->tls),
 	    req->auth_user != NULL ? req->auth_user : "",
 	    req->tls == CONF_TLS_VERIFY && req->host != NULL ? req->host : "");
-	TAILQ_INSERT_TAIL(&d->waiting, t, entry);
+	t = xcalloc(1, sizeof(*t));
+	t->d = d;
+	t->req = req;
+	t->cb = cb;
+	t->arg = arg;
+	t->key = deliver_key_get(d, name, ip);
+	t->key->refs++;
+	deliver_key_push(d, t, false);
 	deliver_kick(d);
 	return 0;
 }
@@ -208,10 +391,12 @@ deliver_pool_finish(struct deliver *d, struct deliver_txn *t, const struct deliv
 {
 	deliver_cb *cb = t->cb;
 	struct deliver_req *req = t->req;
+	struct deliver_key *k = t->key;
 	void *arg = t->arg;
 
 	free(t);
 	cb(arg, req, res);
+	deliver_key_unref(d, k);    /* after: a request the callback makes for k finds it */
 }
 
 void
@@ -224,7 +409,7 @@ deliver_pool_retry(struct deliver *d, struct deliver_txn *t)
 		deliver_pool_finish(d, t, &res);
 		return;
 	}
-	TAILQ_INSERT_HEAD(&d->waiting, t, entry);
+	deliver_key_push(d, t, true);
 	deliver_kick(d);
 }
 
@@ -232,14 +417,16 @@ deliver_pool_retry(struct deliver *d, struct deliver_txn *t)
 /* Connections */
 
 static struct deliver_conn *
-deliver_conn_new(struct deliver *d, const struct deliver_txn *t)
+deliver_conn_new(struct deliver *d, struct deliver_key *k)
 {
 	struct deliver_conn *c = xcalloc(1, sizeof(*c));
 
 	c->magic = DELIVER_MAGIC_CONN;
 	c->d = d;
-	snprintf(c->key, sizeof(c->key), "%s", t->key);
-	snprintf(c->host_ip, sizeof(c->host_ip), "%s", t->host_ip);
+	c->key = k;
+	k->refs++;
+	TAILQ_INSERT_TAIL(&k->conns, c, key_entry);
+	k->host->nconns++;
 	TAILQ_INSERT_TAIL(&d->conns, c, entry);
 	d->nconns++;
 	d->nconnects++;
@@ -261,142 +448,194 @@ deliver_pool_idle(struct deliver *d, struct deliver_conn *c)
 	c->idle = true;
 	c->idle_since = d->now();
 	TAILQ_INSERT_TAIL(&d->idle, c, idle_entry);
+	TAILQ_INSERT_TAIL(&c->key->idle, c, key_idle_entry);
+	TAILQ_INSERT_TAIL(&c->key->host->idle, c, host_idle_entry);
 	deliver_kick(d);
-}
-
-void
-deliver_pool_gone(struct deliver *d, struct deliver_conn *c)
-{
-	if (c->magic != DELIVER_MAGIC_CONN)
-		fatalx("%s: bad connection", __func__);
-	if (c->idle)
-		TAILQ_REMOVE(&d->idle, c, idle_entry);
-	TAILQ_REMOVE(&d->conns, c, entry);
-	d->nconns--;
-	c->magic = 0;
-	free(c);
-	if (d->shutting_down)
-		deliver_check_done(d);
-	else
-		deliver_kick(d);
 }
 
 static void
 deliver_unidle(struct deliver *d, struct deliver_conn *c)
 {
 	TAILQ_REMOVE(&d->idle, c, idle_entry);
+	TAILQ_REMOVE(&c->key->idle, c, key_idle_entry);
+	TAILQ_REMOVE(&c->key->host->idle, c, host_idle_entry);
 	c->idle = false;
 }
 
-static struct deliver_conn *
-deliver_find_idle(struct deliver *d, const char *key)
+void
+deliver_pool_gone(struct deliver *d, struct deliver_conn *c)
 {
-	struct deliver_conn *c;
+	struct deliver_key *k = c->key;
 
-	TAILQ_FOREACH(c, &d->idle, idle_entry)
-		if (strcmp(c->key, key) == 0)
-			return c;
-	return NULL;
+	if (c->magic != DELIVER_MAGIC_CONN)
+		fatalx("%s: bad connection", __func__);
+	if (c->idle)
+		deliver_unidle(d, c);
+	TAILQ_REMOVE(&d->conns, c, entry);
+	d->nconns--;
+	TAILQ_REMOVE(&k->conns, c, key_entry);
+	k->host->nconns--;
+	c->magic = 0;
+	free(c);
+	deliver_key_unref(d, k);
+	if (d->shutting_down)
+		deliver_check_done(d);
+	else
+		deliver_kick(d);
 }
 
-/* A connection with key that is finishing a transaction and not yet counted on. */
-static struct deliver_conn *
-deliver_find_finishing(struct deliver *d, const char *key)
-{
-	struct deliver_conn *c;
-
-	TAILQ_FOREACH(c, &d->conns, entry)
-		if (c->finishing && !c->reserved && strcmp(c->key, key) == 0)
-			return c;
-	return NULL;
-}
-
-static unsigned
-deliver_host_count(struct deliver *d, const char *host_ip)
-{
-	struct deliver_conn *c;
-	unsigned n = 0;
-
-	TAILQ_FOREACH(c, &d->conns, entry)
-		if (strcmp(c->host_ip, host_ip) == 0)
-			n++;
-	return n;
-}
-
-/* Close the oldest idle connection (of host_ip if given) to make room. */
-static bool
-deliver_close_idle(struct deliver *d, const char *host_ip)
-{
-	struct deliver_conn *c;
-
-	TAILQ_FOREACH(c, &d->idle, idle_entry)
-		if (host_ip == NULL || strcmp(c->host_ip, host_ip) == 0) {
-			deliver_unidle(d, c);
-			deliver_session_close(c);
-			return true;
-		}
-	return false;
-}
-
+/* Close the idle connection c (it leaves the pool at once). */
 static void
-deliver_dispatch(struct deliver *d)
+deliver_close_idle(struct deliver *d, struct deliver_conn *c)
+{
+	deliver_unidle(d, c);
+	deliver_session_close(c);
+}
+
+/*
+ * Room for one more connection to host h within router.max_connections_per_host
+ * and router.max_connections, closing idle connections to make it (the host's
+ * own, oldest first, then the oldest of all).  False, closing nothing, when
+ * not enough idle connections could be closed.
+ */
+static bool
+deliver_make_room(struct deliver *d, struct deliver_host *h)
 {
 	unsigned max = d->conf->router.max_connections;
 	unsigned max_host = d->conf->router.max_connections_per_host;
+	struct deliver_conn *c;
+
+	if ((max_host > 0 && h->nconns >= max_host && TAILQ_EMPTY(&h->idle)) ||
+	    (max > 0 && d->nconns >= max && TAILQ_EMPTY(&d->idle)))
+		return false;
+	while (max_host > 0 && h->nconns >= max_host) {
+		if ((c = TAILQ_FIRST(&h->idle)) == NULL)
+			return false;   /* limits lowered by a reload: more busy ones than allowed */
+		deliver_close_idle(d, c);
+	}
+	while (max > 0 && d->nconns >= max) {
+		if ((c = TAILQ_FIRST(&d->idle)) == NULL)
+			return false;
+		deliver_close_idle(d, c);
+	}
+	return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* Dispatch */
+
+/*
+ * k's turn in pass d->pass: start its next request that can start.  True if
+ * one started; false if none can in this pass (the requests behind a blocked
+ * one would be blocked too: same key, same host, same limits).
+ */
+static bool
+deliver_key_turn(struct deliver *d, struct deliver_key *k)
+{
 	struct deliver_txn *t, *next;
 	struct deliver_conn *c;
 
-	TAILQ_FOREACH(c, &d->conns, entry)
-		c->reserved = false;
-	for (t = TAILQ_FIRST(&d->waiting); t != NULL && !d->shutting_down; t = next) {
+	if (k->pass != d->pass) {
+		k->pass = d->pass;
+		k->cursor = TAILQ_FIRST(&k->waiting);
+		k->finishing = 0;
+		TAILQ_FOREACH(c, &k->conns, key_entry)
+			if (c->finishing && !c->idle)
+				k->finishing++;
+	}
+	for (t = k->cursor; t != NULL; t = next) {
 		next = TAILQ_NEXT(t, entry);
-		if (!t->no_reuse && (c = deliver_find_finishing(d, t->key)) != NULL) {
-			/* Its RSET is on the way: wait for it rather than connect again. */
-			c->reserved = true;
-			continue;
-		}
-		c = t->no_reuse ? NULL : deliver_find_idle(d, t->key);
-		if (c != NULL) {
-			TAILQ_REMOVE(&d->waiting, t, entry);
+		if (!t->no_reuse && (c = TAILQ_FIRST(&k->idle)) != NULL) {
+			k->cursor = next;
+			deliver_key_pop(d, t);
 			deliver_unidle(d, c);
 			c->ntxn++;
 			deliver_session_reuse(c, t);
-			/* t may have finished (and "next" with it, had it been queued
-			 * after a retry): restart from the head. */
-			next = TAILQ_FIRST(&d->waiting);
+			return true;
+		}
+		if (!t->no_reuse && k->finishing > 0) {
+			/* A connection's RSET is on the way: t waits for it rather than connect again. */
+			k->finishing--;
 			continue;
 		}
-		if (max > 0 && d->nconns >= max && !deliver_close_idle(d, NULL))
-			continue;
-		if (max_host > 0 && deliver_host_count(d, t->host_ip) >= max_host &&
-		    !deliver_close_idle(d, t->host_ip))
-			continue;
-		TAILQ_REMOVE(&d->waiting, t, entry);
-		c = deliver_conn_new(d, t);
+		if (!deliver_make_room(d, k->host)) {
+			k->cursor = t;
+			return false;
+		}
+		k->cursor = next;
+		deliver_key_pop(d, t);
+		c = deliver_conn_new(d, k);
 		c->ntxn++;
 		deliver_session_open(c, t);
-		next = TAILQ_FIRST(&d->waiting);
+		return true;
+	}
+	k->cursor = NULL;
+	return false;
+}
+
+/*
+ * One pass: the keys waiting now take turns, one request each per turn,
+ * until none can start more.  A key that can start no more waits in d->ready
+ * for the next pass (a connection going idle or away, a new request, a
+ * reload: each kicks).  Callbacks may run inside a turn (a connection that
+ * fails at once, a reused one that dies): a key they queue requests for goes
+ * to d->ready, and the dispatcher's reference keeps the current key alive.
+ */
+static void
+deliver_dispatch(struct deliver *d)
+{
+	struct deliver_keyq turns;
+	struct deliver_key *k;
+	bool started;
+
+	d->pass++;
+	TAILQ_INIT(&turns);
+	TAILQ_CONCAT(&turns, &d->ready, ready_entry);
+	while (!d->shutting_down && (k = TAILQ_FIRST(&turns)) != NULL) {
+		TAILQ_REMOVE(&turns, k, ready_entry);
+		k->queued = false;
+		k->refs++;
+		started = deliver_key_turn(d, k);
+		if (!k->queued && k->nwaiting > 0) {
+			if (started)
+				TAILQ_INSERT_TAIL(&turns, k, ready_entry);
+			else
+				TAILQ_INSERT_TAIL(&d->ready, k, ready_entry);
+			k->queued = true;
+		}
+		deliver_key_unref(d, k);
+	}
+	/* A callback started the shutdown: the rest are failed by deliver_shutdown_run(). */
+	while ((k = TAILQ_LAST(&turns, deliver_keyq)) != NULL) {
+		TAILQ_REMOVE(&turns, k, ready_entry);
+		TAILQ_INSERT_HEAD(&d->ready, k, ready_entry);
 	}
 }
 
 static void
 deliver_shutdown_run(struct deliver *d)
 {
+	struct deliver_key *k;
 	struct deliver_txn *t;
 	struct deliver_conn *c, *cnext;
 	struct deliver_result res;
 
-	while ((t = TAILQ_FIRST(&d->waiting)) != NULL) {
-		TAILQ_REMOVE(&d->waiting, t, entry);
-		deliver_txn_result(t, &res, "4.3.2", "shutting down");
-		deliver_pool_finish(d, t, &res);
+	while ((k = TAILQ_FIRST(&d->ready)) != NULL) {
+		TAILQ_REMOVE(&d->ready, k, ready_entry);
+		k->queued = false;
+		k->refs++;
+		while ((t = TAILQ_FIRST(&k->waiting)) != NULL) {
+			deliver_key_pop(d, t);
+			deliver_txn_result(t, &res, "4.3.2", "shutting down");
+			deliver_pool_finish(d, t, &res);
+		}
+		deliver_key_unref(d, k);
 	}
 	for (c = TAILQ_FIRST(&d->conns); c != NULL; c = cnext) {
 		cnext = TAILQ_NEXT(c, entry);
-		if (c->idle) {
-			deliver_unidle(d, c);
-			deliver_session_close(c);
-		} else
+		if (c->idle)
+			deliver_close_idle(d, c);
+		else
 			deliver_session_abort(c);
 	}
 	if (!uv_is_closing((uv_handle_t *)&d->kick))

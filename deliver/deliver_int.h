@@ -8,8 +8,9 @@
  * Nothing outside deliver/ and tests/unit/test_deliver*.c may include this
  * header.
  *
- * Ownership: struct deliver owns every struct deliver_conn and every waiting
- * struct deliver_txn.  A connection owns its io and, while busy, the one
+ * Ownership: struct deliver owns every struct deliver_conn, every waiting
+ * struct deliver_txn, and the keys and hosts that group them (freed when
+ * nothing refers to them).  A connection owns its io and, while busy, the one
  * transaction it runs; a transaction borrows the caller's deliver_req.
  */
 #ifndef RELAY_DELIVER_INT_H
@@ -126,43 +127,93 @@ bool deliver_check_caps(const struct deliver_req *req, const struct deliver_caps
 #define DELIVER_KEY_MAX         512
 #define DELIVER_CHUNK           (64 * 1024)     /* body bytes read and written at a time */
 
-/* One request: waiting in the pool's FIFO, or running on a connection. */
+/* One request: waiting in its key's FIFO, or running on a connection. */
 struct deliver_txn {
-	TAILQ_ENTRY(deliver_txn) entry;
+	TAILQ_ENTRY(deliver_txn) entry;     /* in key->waiting while it waits */
 	struct deliver *d;
 	struct deliver_req *req;
 	deliver_cb *cb;
 	void *arg;
-	char key[DELIVER_KEY_MAX];  /* reuse key: address, port, TLS policy, auth user */
-	char host_ip[64];           /* per-host limit key: the address as text */
+	struct deliver_key *key;    /* its connection key (holds a reference until the callback) */
 	bool no_reuse;              /* a reused connection died under it: open a new one */
 };
 TAILQ_HEAD(deliver_txnq, deliver_txn);
 
 struct deliver_session;         /* the per-connection protocol state (deliver_session.c) */
+struct deliver_conn;
+TAILQ_HEAD(deliver_connq, deliver_conn);
+
+/* A node of the pool's string-keyed hash tables, embedded in its owner (a key, a host). */
+struct deliver_hnode {
+	struct deliver_hnode *next; /* bucket chain */
+	uint32_t hash;
+	const char *name;           /* the owner's own string */
+};
+
+struct deliver_htab {
+	struct deliver_hnode **buckets;
+	size_t nbuckets;            /* a power of two, or 0 before the first entry */
+	size_t count;
+};
+
+/* One exchanger address: what router.max_connections_per_host counts. */
+struct deliver_host {
+	struct deliver_hnode node;  /* in d->hosts, by ip */
+	unsigned nkeys;             /* keys with this address: it lives as long as they do */
+	unsigned nconns;            /* open connections to it, idle ones included */
+	struct deliver_connq idle;  /* its idle connections, oldest first */
+	char ip[64];                /* the address as text */
+};
+
+/*
+ * One connection key: the requests that may share a connection (address,
+ * port, TLS policy, auth user, the exchanger name under "verify").  It holds
+ * their FIFO and its connections; it lives while a request (waiting or
+ * running), a connection or the dispatcher refers to it.
+ */
+struct deliver_key {
+	struct deliver_hnode node;  /* in d->keys, by name */
+	TAILQ_ENTRY(deliver_key) ready_entry; /* in d->ready (or a dispatch pass's turn list) */
+	bool queued;                /* ready_entry is on a list: it has waiting requests */
+	unsigned refs;              /* requests + connections + the dispatcher at work on it */
+	struct deliver_host *host;
+	struct deliver_txnq waiting; /* requests waiting for a connection, FIFO */
+	size_t nwaiting;
+	struct deliver_connq conns; /* its connections, busy and idle */
+	struct deliver_connq idle;  /* the idle ones, oldest first */
+	uint64_t pass;              /* the dispatch pass the fields below belong to */
+	unsigned finishing;         /* connections whose RSET is out, not yet counted on */
+	struct deliver_txn *cursor; /* the next request to look at in this pass, or NULL */
+	char name[];
+};
+TAILQ_HEAD(deliver_keyq, deliver_key);
 
 struct deliver_conn {
 	uint32_t magic;
 	TAILQ_ENTRY(deliver_conn) entry;    /* in d->conns */
+	TAILQ_ENTRY(deliver_conn) key_entry; /* in key->conns */
 	TAILQ_ENTRY(deliver_conn) idle_entry; /* in d->idle while idle */
+	TAILQ_ENTRY(deliver_conn) key_idle_entry; /* in key->idle while idle */
+	TAILQ_ENTRY(deliver_conn) host_idle_entry; /* in key->host->idle while idle */
 	struct deliver *d;
-	char key[DELIVER_KEY_MAX];
-	char host_ip[64];
+	struct deliver_key *key;    /* holds a reference */
 	bool idle;
 	bool finishing;             /* RSET after a transaction: idle soon */
-	bool reserved;              /* a waiting request counts on it (one dispatch pass) */
 	uint64_t idle_since;        /* monotonic ms */
 	unsigned ntxn;              /* transactions run on this connection */
 	struct deliver_session *s;
 };
-TAILQ_HEAD(deliver_connq, deliver_conn);
 
 struct deliver {
 	uv_loop_t *loop;
 	struct conf *conf;
 	SSL_CTX *tls_ctx;           /* client context, or NULL if it could not be made */
 	char *tls_ctx_ca;           /* ca_file the context was made with (NULL: system) */
-	struct deliver_txnq waiting;
+	struct deliver_htab keys;   /* struct deliver_key by name */
+	struct deliver_htab hosts;  /* struct deliver_host by address */
+	struct deliver_keyq ready;  /* keys with waiting requests, in turn order */
+	size_t nwaiting;            /* requests waiting, all keys */
+	uint64_t pass;              /* dispatch passes run */
 	struct deliver_connq conns;
 	struct deliver_connq idle;  /* oldest first */
 	bool sasl_client;           /* holds a reference on libsasl's client side (deliver_auth.c) */

@@ -21,6 +21,8 @@ Constructor options (all keywords but host and port):
   auth           {user: password}: advertise "AUTH PLAIN LOGIN", check credentials,
                  remember the user (auth_required=True: MAIL needs AUTH first)
   hang_greeting  accept connections but never greet (the same as greeting="HANG")
+  nodelay        TCP_NODELAY on accepted connections: pipelined replies are not
+                 held back by Nagle's algorithm (tests that send thousands of messages)
   hostname       the name in the default greeting/EHLO reply ("sink.<host>")
   start          listen at once (default True); else call up()
 
@@ -47,6 +49,8 @@ to HELO.
 
 Recorded (lists are appended to under a lock; read them at will):
   connections   number of accepted TCP connections
+  max_concurrent  the most connections open at the same time (a connection
+                counts until the sink has seen it close)
   messages      Messages whose end of data got a 2xx reply (delivered)
   transactions  every Message that reached the end of data, whatever the reply
   sessions      a Session per connection: .peer .helo .tls .auth_user
@@ -229,7 +233,7 @@ class SinkMX:
 
     def __init__(self, host="127.0.0.2", port=0, ehlo_features=None, starttls=None,
                  auth=None, auth_required=False, hang_greeting=False, hostname=None,
-                 start=True, timeout=60):
+                 start=True, timeout=60, nodelay=False):
         self.host = host
         self.port = port
         self.hostname = hostname or ("sink-%s" % host.replace(":", "-"))
@@ -237,6 +241,7 @@ class SinkMX:
         self.auth = dict(auth) if auth else None
         self.auth_required = auth_required
         self.timeout = timeout
+        self.nodelay = nodelay
         self._tls_ctx = None
         if starttls:
             if isinstance(starttls, (list, tuple)):
@@ -253,6 +258,7 @@ class SinkMX:
         self._conns = {}                # socket -> thread
         self._stopping = False
         self.connections = 0
+        self.max_concurrent = 0
         self.messages = []
         self.transactions = []
         self.sessions = []
@@ -291,6 +297,7 @@ class SinkMX:
         """Forget what was recorded (connections, messages, sessions, commands)."""
         with self._lock:
             self.connections = 0
+            self.max_concurrent = len(self._conns)
             self.messages.clear()
             self.transactions.clear()
             self.sessions.clear()
@@ -451,6 +458,7 @@ class SinkMX:
                 t = threading.Thread(target=self._serve, args=(c,), daemon=True,
                                      name="sink-%s-%d" % (self.host, sess.conn_no))
                 self._conns[c] = t
+                self.max_concurrent = max(self.max_concurrent, len(self._conns))
                 self._cond.notify_all()
             t.start()
 
@@ -486,6 +494,8 @@ class _Conn:
         self.txn = None
         self.rejecting = False     # after a 5xx greeting
         sock.settimeout(sink.timeout)
+        if sink.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     # -- I/O --
 

@@ -1224,6 +1224,151 @@ test_global_limit(void)
 	sink_stop(&s2);
 }
 
+/* The backlog test: many requests for one host, then a few for another. */
+struct backlog {
+	struct fx *fx;
+	size_t done[2];             /* callbacks so far, per host */
+	size_t target;              /* pred_backlog_target: done[0] + done[1] reaches it */
+	size_t n2;                  /* requests for the second host */
+	unsigned max_nconns;        /* the most connections the pool had open (sampled) */
+};
+
+struct backlog_req {
+	struct attempt a;
+	struct backlog *b;
+	int host;                   /* 0: the first sink, 1: the second */
+	char rcpt[48];
+};
+
+static void
+backlog_sample(struct backlog *b)
+{
+	if (b->fx->d->nconns > b->max_nconns)
+		b->max_nconns = b->fx->d->nconns;
+}
+
+static void
+backlog_cb(void *arg, struct deliver_req *req, const struct deliver_result *res)
+{
+	struct backlog_req *r = arg;
+
+	attempt_cb(&r->a, req, res);
+	r->b->done[r->host]++;
+	backlog_sample(r->b);
+}
+
+static bool
+pred_backlog_second(void *arg)
+{
+	struct backlog *b = arg;
+
+	backlog_sample(b);
+	return b->done[1] == b->n2;
+}
+
+static bool
+pred_backlog_target(void *arg)
+{
+	struct backlog *b = arg;
+
+	backlog_sample(b);
+	return b->done[0] + b->done[1] >= b->target;
+}
+
+/*
+ * A backlog for one host neither starves another host nor breaks the limits:
+ * n1 requests for a first host (max_connections_per_host = 2), then a few for
+ * a second, all queued at once.  Every message reaches its own sink; the
+ * second host's are all delivered while most of the first host's still wait;
+ * the first sink never has more than 2 connections open at once, and each
+ * connection carries its messages in queue order.  With max_connections = 2
+ * as well, the first host holds every slot: the second host gets its turns by
+ * closing an idle connection of the first, and the pool never opens more.
+ */
+static void
+test_backlog_fairness(void)
+{
+	static const struct {
+		size_t n1;
+		unsigned max;           /* router.max_connections; 0: the default */
+	} rows[] = {
+		{ 2000, 0 },
+		{ 300, 2 },
+	};
+	enum { N2 = 5 };
+
+	for (size_t i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		size_t n1 = rows[i].n1, n = n1 + N2, bad = 0;
+		struct fx fx;
+		struct sink s1, s2;
+		struct backlog b;
+		struct backlog_req *r;
+		const char *got;
+
+		fx_init(&fx);
+		fx.conf->router.max_connections_per_host = 2;
+		if (rows[i].max > 0)
+			fx.conf->router.max_connections = rows[i].max;
+		/* nodelay: without it, Nagle holds back pipelined replies (~40 ms each time) */
+		sink_start(&s1, "127.0.0.40", "{\"nodelay\": true}");
+		sink_start(&s2, "127.0.0.41", "{\"nodelay\": true}");
+		memset(&b, 0, sizeof(b));
+		b.fx = &fx;
+		b.n2 = N2;
+		r = xcalloc(n, sizeof(*r));
+		for (size_t j = 0; j < n; j++) {
+			r[j].b = &b;
+			r[j].host = j < n1 ? 0 : 1;
+			snprintf(r[j].rcpt, sizeof(r[j].rcpt), "u%zu@example.net", j);
+			attempt_init(&r[j].a, r[j].host == 0 ? &s1 : &s2, BODY("x\r\n"), r[j].rcpt,
+			    NULL);
+			CHECK_INT(deliver_start(fx_deliver(&fx), &r[j].a.req, backlog_cb, &r[j]), 0);
+		}
+
+		/* The second host is done while the first host's backlog has far to go. */
+		fx_run(&fx, pred_backlog_second, &b);
+		CHECK_MSG(b.done[0] < n1 / 2, "row %zu: %zu of the first host's %zu done before "
+		    "the second host's %d", i, b.done[0], n1, N2);
+		got = sink_eval(&s1, "len(sink.messages)");
+		CHECK_MSG((size_t)atol(got) < n1 / 2, "row %zu: the first sink had %s messages "
+		    "when the second host was done", i, got);
+
+		/* Then the rest, each step of 100 with its own guard. */
+		while (b.done[0] + b.done[1] < n) {
+			b.target = b.done[0] + b.done[1] + 100 < n ? b.done[0] + b.done[1] + 100 : n;
+			if (!fx_run(&fx, pred_backlog_target, &b))
+				break;
+		}
+		for (size_t j = 0; j < n; j++)
+			if (r[j].a.done != 1 || r[j].a.res.status != DELIVER_DONE ||
+			    r[j].a.rcpts[0].code != 250)
+				bad++;
+		CHECK_MSG(bad == 0, "row %zu: %zu of %zu requests not delivered", i, bad, n);
+		sink_exec(&s1, "sink.wait_for_messages(%zu, timeout=10)", n1);
+		sink_exec(&s2, "sink.wait_for_messages(%d, timeout=10)", N2);
+		CHECK_STR(sink_eval(&s1, "sorted(int(m.rcpt_addrs[0][1:].split('@')[0]) "
+		    "for m in sink.messages) == list(range(%zu))", n1), "True");
+		CHECK_STR(sink_eval(&s2, "sorted(int(m.rcpt_addrs[0][1:].split('@')[0]) "
+		    "for m in sink.messages) == list(range(%zu, %zu))", n1, n), "True");
+		if (rows[i].max == 0) {
+			/* No connection was closed: the sink's count of open ones is exact. */
+			CHECK_STR(sink_eval(&s1, "sink.connections"), "2");
+			CHECK_STR(sink_eval(&s1, "sink.max_concurrent"), "2");
+			CHECK_STR(sink_eval(&s1, "all(l == sorted(l) for l in "
+			    "[[int(m.rcpt_addrs[0][1:].split('@')[0]) for m in sink.messages "
+			    "if m.conn == c] for c in (1, 2)])"), "True");
+		} else
+			CHECK_MSG(b.max_nconns <= rows[i].max, "row %zu: %u connections open",
+			    i, b.max_nconns);
+		for (size_t j = 0; j < n; j++)
+			attempt_fini(&r[j].a);
+		free(r);
+		fx_fini(&fx);
+		sink_stop(&s1);
+		sink_stop(&s2);
+	}
+}
+
 static bool
 pred_one_conn(void *arg)
 {
@@ -1348,6 +1493,7 @@ main(void)
 	test_auth();
 	test_per_host_limit();
 	test_global_limit();
+	test_backlog_fairness();
 	test_shutdown();
 
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
