@@ -1,39 +1,33 @@
 /*
  * router_queue.c - queue STORAGE: the message files under queue_dir, the
- * transactions that write them, and the two commit threads that make them
- * durable in groups.  router/QUEUE.md describes the format, the group
- * commit and what a crash leaves behind.
+ * transactions that write them, state records, the start-up scan, removal
+ * and the pool of spare files.  The commit pipeline that makes new messages
+ * durable in groups (and the acceptance journal's use) is router_commit.c;
+ * router/QUEUE.md describes the format, the group commit and what a crash
+ * leaves behind.
  *
- * Owns: queue_dir (queue.lock, msg/, corrupt/), the commit threads (writer
- * and sync) with their mutex, conds and the uv_async_t/uv_check_t/uv_idle_t
- * that talk to them, every
- * router_txn until its callback has returned, the file descriptors of jobs
- * in flight (the thread closes them after the sync), and the pool of spare
- * files: unnamed ones made ahead of time on libuv's thread pool, and
- * msg/.spare-N, the files of removed messages kept for reuse.
+ * Owns: queue_dir (queue.lock, msg/, corrupt/, journal), the struct queue
+ * with its mutex, conds, threads and handles (router_commit.c runs them),
+ * every router_txn until its callback has returned and its publish is done,
+ * and the pool of spare files: unnamed ones made ahead of time on libuv's
+ * thread pool, and msg/.spare-N, the files of removed messages kept (by
+ * name) for reuse.
  *
- * Threads: everything here runs on the loop thread except
- * queue_writer_main()/queue_write_batch() and
- * queue_thread_main()/queue_sync_batch(), which touch only the jobs they
- * took from q->pending or q->written (and the txn buffers those point at,
- * untouched by the loop meanwhile), the directory fds and, under q->mtx,
- * the lists and counters, and queue_refill_work(), which touches only its
- * own request.
- * Neither logs, allocates or calls back.
+ * Threads: everything here runs on the loop thread, except
+ * queue_refill_work(), which touches only its own request, and the file
+ * helpers the commit threads call (queue_file_create(), queue_link(),
+ * queue_write_full()), which touch only their arguments.
  *
  * Must never: make the loop thread wait for a disk sync; let a queue id name
- * appear in msg/ before its content is durable; call a commit callback before
- * the rename to msg/<qid> is durable; write into a recycled file before its
- * spare name is durable or while anybody else has it open; call a callback
- * from inside the function that was given it (completions always come from
- * the async handle).
+ * appear in msg/ before its content is durable; write into a recycled file
+ * before its spare name is durable or while anybody else has it open; call
+ * a callback from inside the function that was given it.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE              /* syncfs, sync_file_range, renameat2, O_TMPFILE, F_SETLEASE */
 #endif
 
-#include "router/router_queue.h"
-#include "router/router_journal.h"
+#include "router/router_queue_int.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -51,178 +45,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define QUEUE_MAGIC      0x51554555u
-#define TXN_MAGIC        0x54584e31u
-#define QFILE_MAGIC      "RELAYQ 1 "          /* magic and format version */
-#define QFILE_MAGIC_LEN  9
-#define QFILE_BLEN_OFF   26                   /* where the body length sits */
-#define QFILE_HDR_LEN    43                   /* magic, 16 hex, ' ', 16 hex, '\n' */
-#define QFILE_ENV_MAX    (4u << 20)           /* sanity bound on the envelope lines */
-#define QUEUE_WBUF_SIZE  65536                /* body bytes buffered before write(2) */
-#define QUEUE_SPARES     32                   /* unnamed spare files made per refill */
-#define QUEUE_SPARES_LOW 16                   /* refill when fewer are left */
-#define QUEUE_POOL_MAX   4096                 /* spare files kept (made or recycled) */
-#define QUEUE_RECYCLE_MAX (256u << 10)        /* larger removed files are deleted */
-#define QUEUE_AUTO_SMALL 4                    /* batches up to this sync file by file */
-#define QUEUE_JNL_BATCH  (4u << 20)           /* journal batch: at most this many bytes */
-#define QUEUE_JNL_BACKLOG 512                 /* acknowledged, not yet published: at most */
-
-/*
- * Names in msg/ that are not messages: they start with '.', which a queue id
- * never does.  Every such name found at start-up is a leftover.
- */
-#define QNAME_SPARE      ".spare-"            /* a spare file (a recycled message's) */
-#define QNAME_IN         ".in-"               /* a new message's file, before its rename */
-#define QNAME_MAX        (QID_MAX + 8)        /* ".in-" + a queue id, ".spare-" + a number */
-
-enum queue_job_kind { QJOB_COMMIT, QJOB_SYNC, QJOB_RECYCLE };
-
-/*
- * One unit of work for the commit thread: a message to publish, a file to
- * sync, or a removed message (already renamed to .spare-N by the loop) to
- * keep as a spare file or delete.
- */
-struct queue_job {
-	struct queue_job *next;
-	enum queue_job_kind kind;
-	int fd;                      /* COMMIT, SYNC: closed by the thread after the sync;
-	                                COMMIT: -1 = the thread creates the file.
-	                                RECYCLE: the kept file, opened by the thread */
-	int err;                     /* 0 or RELAY_E* */
-	const char *failed_call;     /* with err, set by the thread: what failed */
-	int sys_errno;
-	bool published;              /* renamed to msg/<qid> by the thread */
-	bool write_wbuf;             /* COMMIT: the thread writes txn->wbuf (the whole file) */
-	bool keep;                   /* RECYCLE: the pool has room for it */
-	bool recycled;               /* RECYCLE: checked by the thread: it goes into the pool */
-	bool withheld;               /* COMMIT, acked: published, but the journal's tail could
-	                                not move past it: not for the router before a restart */
-	bool in_jnl;                 /* COMMIT: its record is in the journal batch being written */
-	bool acked;                  /* COMMIT: journaled and synced: its callback may run now */
-	uint64_t jend, jseq;         /* with acked: its journal batch's end and number */
-	struct queue_job *ack_next;  /* on q->acked */
-	uint64_t size;               /* COMMIT: the spare's old size; RECYCLE: the kept file's */
-	uint64_t len;                /* COMMIT: the file's length (cut to it if the spare was longer) */
-	struct router_txn *txn;      /* QJOB_COMMIT: the txn this job is embedded in */
-	queue_sync_cb *cb;           /* QJOB_SYNC: may be NULL */
-	void *arg;
-	char qid[QID_MAX];
-	char iname[QNAME_MAX];       /* COMMIT: its name in msg/ before the rename ("" = none
-	                                yet: the thread links it as .in-<qid>); RECYCLE: .spare-N */
-};
-
-struct queue_list {
-	struct queue_job *head;
-	struct queue_job **tail;
-};
-
-struct router_txn {
-	uint32_t magic;
-	struct queue *q;
-	int fd;                      /* a spare file, or -1 (none yet); to the job at commit */
-	uint64_t spare_size;         /* what the spare file held before (a recycled message) */
-	int err;                     /* first write error, sticky */
-	struct envelope env;
-	uint64_t body_offset;
-	uint64_t body_len;
-	uint64_t written;            /* bytes already write(2)n to the file */
-	struct buf wbuf;             /* header, envelope and body not yet written */
-	router_commit_cb *cb;
-	void *arg;
-	uint64_t ack_no;             /* acknowledged from the journal: its number (loop) */
-	struct router_txn *ack_prev, *ack_next;   /* on q->ack_head while not yet published */
-	struct queue_job job;
-};
-
-/*
- * Spare files: creating an inode is the costliest step of a transaction
- * (QUEUE.md), so it is avoided: a removed message's file is kept for the
- * next one (msg/.spare-N), and when those run short unnamed files (O_TMPFILE)
- * are made ahead of time on libuv's thread pool.  begin only takes one (no
- * system call); the commit thread gives an unnamed one its .in-<qid> name
- * and renames it to msg/<qid>, in the same directory.
- */
-struct queue_spare {
-	int fd;                      /* -1 for a recycled file: opened by name when used */
-	uint64_t size;               /* bytes in it (a recycled message's), cut at commit */
-	char name[QNAME_MAX];        /* msg/.spare-<n>, or "" for an unnamed file */
-};
-
-struct queue_refill {
-	uv_work_t req;
-	struct queue *q;
-	int msgfd;
-	bool named;                  /* make msg/.spare-<n> instead of unnamed files */
-	size_t n;
-	struct queue_spare s[QUEUE_SPARES];
-};
-
-struct queue {
-	uint32_t magic;
-	uv_loop_t *loop;
-	char *dir;
-	int lockfd, msgfd, corruptfd;
-	bool named;                  /* no O_TMPFILE + linkat here: files have names */
-	unsigned test_sync_delay_ms; /* tests only: each group sync waits this long first */
-	unsigned test_publish_delay_ms; /* tests only: each publish waits this long first */
-	bool jnl_on;                 /* the journal is in use (else: 250 after the publish);
-	                                cleared under mtx by the sync thread for good if a
-	                                journaled message fails to publish */
-	struct journal jnl;          /* head side: journal thread; tail side: sync thread */
-	bool link_empty;             /* linkat(AT_EMPTY_PATH), not /proc/self/fd */
-	queue_new_cb *new_cb;
-	void *new_arg;
-
-	/* Loop thread only. */
-	uint64_t qid_ms;
-	uint32_t qid_seq;
-	uint64_t rnd_state;
-	struct queue_list staged;    /* handed to the thread once per loop iteration */
-	bool staging;
-	uv_idle_t idle;              /* keeps the poll from blocking while staging */
-	uv_check_t check;            /* hands the staged jobs over */
-	uv_async_t async;            /* the thread says: jobs done (or: exited) */
-	size_t inflight;             /* jobs created and not yet completed */
-	struct router_txn *ack_head, *ack_tail;   /* acknowledged, not yet published: oldest first */
-	uint64_t ack_total;          /* acknowledgements so far */
-	struct router_waiter *waiters;            /* queue_wait_acked() */
-	size_t ntxn;                 /* txns begun and not yet freed */
-	struct queue_spare spares[QUEUE_POOL_MAX];
-	size_t nspares;
-	size_t recycling;            /* removed files on their way into the pool */
-	uint64_t spare_seq;
-	uint64_t spares_used;
-	uint64_t spares_reused;
-	bool refilling;              /* a queue_refill is on the thread pool */
-	bool closing;
-	bool finishing;
-	int nhandles;
-	void (*close_done)(void *arg);
-	void *close_arg;
-
-	/* Shared with the commit threads, under mtx. */
-	uv_mutex_t mtx;
-	uv_cond_t cond;
-	uv_cond_t write_cond;        /* the journal thread says: a batch is journaled (or: exited) */
-	uv_cond_t sync_cond;         /* the writer says: a batch is written (or: exited) */
-	uv_thread_t jthread, writer, thread;  /* journal, write + name, sync + publish */
-	struct queue_list pending;   /* loop -> journal thread */
-	struct queue_list journaled; /* journal thread -> writer */
-	struct queue_list written;   /* writer -> sync thread */
-	struct queue_list done;      /* sync thread -> loop */
-	struct queue_job *acked;     /* journal thread -> loop, through ack_next (LIFO) */
-	uint64_t jtail, jtail_seq;   /* the journal's durable tail (sync thread -> journal thread) */
-	bool jstuck;                 /* a journaled message failed to publish: the tail stays */
-	size_t jbacklog;             /* acknowledged jobs the sync thread has not finished */
-	bool stop;
-	bool jnl_exited;
-	bool writer_exited;
-	bool exited;                 /* the sync thread (it exits last) */
-	enum queue_sync_mode mode;
-	struct queue_counters counters;
-};
-
-static void queue_maybe_finish(struct queue *q);
 static void queue_refill(struct queue *q);
 static enum queue_sync_mode queue_default_mode(void);
 
@@ -230,32 +52,8 @@ static enum queue_sync_mode queue_default_mode(void);
  * Small helpers.
  */
 
-static void
-queue_list_init(struct queue_list *l)
-{
-	l->head = NULL;
-	l->tail = &l->head;
-}
 
-static void
-queue_list_append(struct queue_list *l, struct queue_job *j)
-{
-	j->next = NULL;
-	*l->tail = j;
-	l->tail = &j->next;
-}
-
-static void
-queue_list_concat(struct queue_list *dst, struct queue_list *src)
-{
-	if (src->head == NULL)
-		return;
-	*dst->tail = src->head;
-	dst->tail = src->tail;
-	queue_list_init(src);
-}
-
-static int
+int
 queue_write_full(int fd, const char *p, size_t len)
 {
 	ssize_t n;
@@ -306,7 +104,7 @@ queue_parse_hex16(const char *s, uint64_t *out)
 	return 0;
 }
 
-static void
+void
 queue_log_errno(const char *qid, const char *op, int e)
 {
 	struct log_line l;
@@ -378,30 +176,15 @@ queue_qid_next(struct queue *q, char out[QID_MAX])
 }
 
 /*
- * The commit threads, a two-stage pipeline.  The writer takes everything
- * pending as one batch, writes and names the new files, and passes it on;
- * the sync thread takes every batch written so far, makes the data durable,
- * publishes new messages into msg/, makes the renames durable with one fsync
- * of msg/, and hands the jobs back to the loop.  While one batch waits for
- * the disk, the next is being written.
+ * Files and transactions, for both halves.
  */
-
-static void
-queue_job_fail(struct queue_job *j, const char *call, int e)
-{
-	if (j->err != 0)
-		return;
-	j->err = RELAY_EIO;
-	j->failed_call = call;
-	j->sys_errno = e;
-}
 
 /*
  * A new file for a message that found no spare: unnamed (the commit thread
  * names it before the sync), or msg/.in-<qid> where files must have names.
  * Any thread.
  */
-static int
+int
 queue_file_create(struct queue *q, const char *qid, char iname[QNAME_MAX])
 {
 	if (!q->named) {
@@ -413,7 +196,7 @@ queue_file_create(struct queue *q, const char *qid, char iname[QNAME_MAX])
 }
 
 /* Give the unnamed file fd the name msg/<name> (linkat never replaces a file). */
-static int
+int
 queue_link(struct queue *q, int fd, const char *name)
 {
 	char path[64];
@@ -424,542 +207,7 @@ queue_link(struct queue *q, int fd, const char *name)
 	return linkat(AT_FDCWD, path, q->msgfd, name, AT_SYMLINK_FOLLOW);
 }
 
-/* Rename msg/<iname> to msg/<qid> (one directory), never replacing an existing file. */
-static int
-queue_publish(struct queue *q, const char *iname, const char *qid)
-{
-	if (renameat2(q->msgfd, iname, q->msgfd, qid, RENAME_NOREPLACE) == 0)
-		return 0;
-	if (errno != EINVAL && errno != ENOSYS)
-		return -1;
-	/* the file system has no RENAME_NOREPLACE: link(2) never replaces either */
-	if (linkat(q->msgfd, iname, q->msgfd, qid, 0) == -1)
-		return -1;
-	(void)unlinkat(q->msgfd, iname, 0);
-	return 0;
-}
-
-/*
- * Get a commit's file ready for the sync: create it if it had no spare,
- * write it if the loop left that to us, cut a recycled file to the new
- * length, and give an unnamed file its .in-<qid> name now, so that the sync
- * also makes its link count durable (an fsync of msg/ does not write it).
- */
-static void
-queue_prepare_file(struct queue *q, struct queue_job *j, struct queue_counters *c)
-{
-	struct router_txn *t = j->txn;
-	ssize_t n;
-	size_t off;
-
-	if (j->fd == -1 && j->iname[0] != '\0') {
-		/* a recycled spare, taken by name */
-		if ((j->fd = openat(q->msgfd, j->iname, O_RDWR | O_CLOEXEC)) == -1) {
-			queue_job_fail(j, "open(msg/.spare)", errno);
-			return;
-		}
-	} else if (j->fd == -1) {
-		c->created_late++;
-		if ((j->fd = queue_file_create(q, j->qid, j->iname)) == -1) {
-			queue_job_fail(j, "create(msg/)", errno);
-			return;
-		}
-	}
-	for (off = 0; j->write_wbuf && off < t->wbuf.len; off += (size_t)n) {
-		n = pwrite(j->fd, t->wbuf.data + off, t->wbuf.len - off, (off_t)off);
-		if (n == -1 && errno == EINTR) {
-			n = 0;
-			continue;
-		}
-		if (n <= 0) {
-			queue_job_fail(j, "write", n == 0 ? EIO : errno);
-			return;
-		}
-	}
-	if (j->size > j->len && ftruncate(j->fd, (off_t)j->len) == -1) {
-		queue_job_fail(j, "ftruncate", errno);
-		return;
-	}
-	if (j->iname[0] == '\0') {
-		snprintf(j->iname, sizeof(j->iname), QNAME_IN "%s", j->qid);
-		if (queue_link(q, j->fd, j->iname) == -1) {
-			queue_job_fail(j, "link(msg/)", errno);
-			j->iname[0] = '\0';
-		}
-	}
-}
-
-/*
- * True if nobody else has the file open: a write lease is granted only
- * then.  A delivery may still be reading a message the administrator
- * deleted; its file must not be reused under it.  The lease is dropped at
- * once (and its break signal, were anybody to open the spare name meanwhile,
- * is SIGURG, ignored by default, not SIGIO, which would end the process).
- */
-static bool
-queue_file_unshared(int fd)
-{
-	if (fcntl(fd, F_SETSIG, SIGURG) == -1 || fcntl(fd, F_SETLEASE, F_WRLCK) == -1)
-		return false;
-	(void)fcntl(fd, F_SETLEASE, F_UNLCK);
-	return true;
-}
-
-/*
- * A removed message, now msg/.spare-N (durable: the batch's fsync of msg/
- * is behind us): keep it as a spare file if the pool has room and nobody
- * has it open, else delete it.
- */
-static void
-queue_recycle_file(struct queue *q, struct queue_job *j, struct queue_counters *c)
-{
-	struct stat st;
-	int fd = -1;
-
-	if (j->keep && j->err == 0 &&
-	    (fd = openat(q->msgfd, j->iname, O_RDWR | O_CLOEXEC)) >= 0 &&
-	    queue_file_unshared(fd) && fstat(fd, &st) == 0) {
-		/* Only the queue opens .spare-N names: nobody can open it now.
-		 * No descriptor is kept for it (the pool holds thousands). */
-		close(fd);
-		j->recycled = true;
-		j->size = (uint64_t)st.st_size;
-		c->recycled++;
-		return;
-	}
-	if (fd >= 0)
-		close(fd);
-	(void)unlinkat(q->msgfd, j->iname, 0);
-	c->unlinked++;
-}
-
-/* Stage one (the writer thread): every new message's file, ready to sync. */
-static void
-queue_write_batch(struct queue *q, struct queue_list *batch, struct queue_counters *c)
-{
-	struct queue_job *j;
-	uint64_t t0 = uv_hrtime();
-
-	for (j = batch->head; j != NULL; j = j->next)
-		if (j->kind == QJOB_COMMIT && j->err == 0)
-			queue_prepare_file(q, j, c);
-	c->create_ns += uv_hrtime() - t0;
-}
-
-/* Stage two (the sync thread): one group sync, the renames, the recycling. */
-static void
-queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode mode,
-    struct queue_counters *c)
-{
-	struct queue_job *j;
-	uint64_t t0 = uv_hrtime(), t1;
-	int e, n = 0, renamed = 0, kept = 0;
-
-	if (q->test_publish_delay_ms > 0)
-		usleep(q->test_publish_delay_ms * 1000u);   /* RELAYD_TEST_PUBLISH_DELAY_MS */
-	if (q->test_sync_delay_ms > 0)
-		usleep(q->test_sync_delay_ms * 1000u);      /* RELAYD_TEST_SYNC_DELAY_MS */
-
-	/* the files to make durable: new messages and appended records */
-	for (j = batch->head; j != NULL; j = j->next)
-		if (j->kind != QJOB_RECYCLE && j->err == 0)
-			n++;
-	if (mode == QUEUE_SYNC_AUTO)
-		/* syncfs() costs the same for 1 file or 100 (and writes others' dirt) */
-		mode = n <= QUEUE_AUTO_SMALL ? QUEUE_SYNC_RANGE : QUEUE_SYNC_SYNCFS;
-	switch (n > 0 ? mode : QUEUE_SYNC_DEFAULT) {
-	case QUEUE_SYNC_DEFAULT:
-		break;
-	case QUEUE_SYNC_RANGE:
-		for (j = batch->head; j != NULL; j = j->next)
-			if (j->kind != QJOB_RECYCLE && j->err == 0)
-				(void)sync_file_range(j->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-		/* FALLTHROUGH */
-	case QUEUE_SYNC_FDATASYNC:
-		for (j = batch->head; j != NULL; j = j->next)
-			if (j->kind != QJOB_RECYCLE && j->err == 0 && fdatasync(j->fd) == -1)
-				queue_job_fail(j, "fdatasync", errno);
-		break;
-	case QUEUE_SYNC_SYNCFS:
-		if (syncfs(q->msgfd) == -1) {
-			e = errno;
-			for (j = batch->head; j != NULL; j = j->next)
-				if (j->kind != QJOB_RECYCLE)
-					queue_job_fail(j, "syncfs", e);
-			break;
-		}
-		/*
-		 * syncfs() reports a writeback error once, to whichever batch
-		 * asks first.  Each file's own error (its fd samples it at open)
-		 * is checked here: waiting on clean pages costs no I/O.
-		 */
-		for (j = batch->head; j != NULL; j = j->next)
-			if (j->kind != QJOB_RECYCLE && j->fd >= 0 &&
-			    sync_file_range(j->fd, 0, 0, SYNC_FILE_RANGE_WAIT_AFTER) == -1)
-				queue_job_fail(j, "sync_file_range", errno);
-		break;
-	default:
-		fatalx("%s: bad sync mode %d", __func__, (int)mode);
-	}
-	t1 = uv_hrtime();
-	c->sync_ns += t1 - t0;
-
-	for (j = batch->head; j != NULL; j = j->next) {
-		if (j->kind == QJOB_RECYCLE) {
-			kept += j->keep;
-			continue;
-		}
-		if (j->fd >= 0)
-			close(j->fd);
-		j->fd = -1;
-		if (j->kind != QJOB_COMMIT || j->err != 0)
-			continue;
-		if (queue_publish(q, j->iname, j->qid) == -1)
-			queue_job_fail(j, "rename", errno);
-		else {
-			renamed++;
-			j->published = true;
-		}
-	}
-	/* the renames to msg/<qid>, and the loop's renames of removed files to .spare-N */
-	if ((renamed > 0 || kept > 0) && fsync(q->msgfd) == -1) {
-		e = errno;
-		for (j = batch->head; j != NULL; j = j->next) {
-			if (j->published) {
-				queue_job_fail(j, "fsync(msg/)", e);
-				(void)unlinkat(q->msgfd, j->qid, 0);
-			} else if (j->kind == QJOB_RECYCLE)
-				queue_job_fail(j, "fsync(msg/)", e);    /* not kept */
-		}
-	}
-	for (j = batch->head; j != NULL; j = j->next)
-		if (j->kind == QJOB_RECYCLE)
-			queue_recycle_file(q, j, c);
-	c->publish_ns += uv_hrtime() - t1;
-}
-
-/*
- * Stage zero (the journal thread): the new messages whose whole file is in
- * memory go into one journal batch, one write and one fdatasync; they are
- * acknowledged as soon as that returns.  Messages that do not fit (too
- * large, journal full) are acknowledged after their publish, as before.
- */
-static void
-queue_journal_batch(struct queue *q, struct queue_list *batch, uint64_t tail,
-    uint64_t tail_seq, struct queue_counters *c)
-{
-	struct queue_job *j;
-	uint64_t t0 = uv_hrtime(), end, seq;
-	size_t n = 0;
-	int rc, e = 0;
-
-	journal_batch_begin(&q->jnl);
-	for (j = batch->head; j != NULL; j = j->next) {
-		if (j->kind != QJOB_COMMIT || j->err != 0 || !j->write_wbuf ||
-		    journal_batch_bytes(&q->jnl) + j->txn->wbuf.len > QUEUE_JNL_BATCH)
-			continue;
-		journal_batch_add(&q->jnl, j->qid, j->txn->wbuf.data, j->txn->wbuf.len);
-		j->in_jnl = true;
-		n++;
-	}
-	if (n == 0)
-		return;
-	rc = journal_append(&q->jnl, tail, tail_seq, q->test_sync_delay_ms, &end, &seq, &e);
-	for (j = batch->head; j != NULL; j = j->next) {
-		if (!j->in_jnl)
-			continue;
-		j->in_jnl = false;
-		if (rc == 0) {
-			j->acked = true;
-			j->jend = end;
-			j->jseq = seq;
-		}
-	}
-	if (rc == 0)
-		c->journaled += n;
-	else if (rc == RELAY_ETEMP)
-		c->journal_full += n;
-	else
-		c->journal_errors++;
-	c->journal_ns += uv_hrtime() - t0;
-}
-
-static void
-queue_jnl_main(void *arg)
-{
-	struct queue *q = arg;
-	struct queue_list batch;
-	struct queue_job *j;
-	struct queue_counters c;
-	uint64_t tail, tail_seq;
-	bool acked, jnl_on;
-
-	uv_mutex_lock(&q->mtx);
-	for (;;) {
-		/* Memory stays bounded: when publishing lags, acknowledgements wait. */
-		while ((q->pending.head == NULL || q->jbacklog >= QUEUE_JNL_BACKLOG) && !q->stop)
-			uv_cond_wait(&q->cond, &q->mtx);
-		if (q->pending.head == NULL)
-			break;
-		batch = q->pending;
-		queue_list_init(&q->pending);
-		tail = q->jtail;
-		tail_seq = q->jtail_seq;
-		jnl_on = q->jnl_on;
-		uv_mutex_unlock(&q->mtx);
-
-		memset(&c, 0, sizeof(c));
-		if (jnl_on)
-			queue_journal_batch(q, &batch, tail, tail_seq, &c);
-
-		uv_mutex_lock(&q->mtx);
-		q->counters.journaled += c.journaled;
-		q->counters.journal_full += c.journal_full;
-		q->counters.journal_errors += c.journal_errors;
-		q->counters.journal_ns += c.journal_ns;
-		acked = false;
-		for (j = batch.head; j != NULL; j = j->next)
-			if (j->acked) {
-				j->ack_next = q->acked;
-				q->acked = j;
-				q->jbacklog++;
-				acked = true;
-			}
-		queue_list_concat(&q->journaled, &batch);
-		uv_cond_signal(&q->write_cond);
-		if (acked)
-			uv_async_send(&q->async);
-	}
-	q->jnl_exited = true;
-	uv_cond_signal(&q->write_cond);
-	uv_mutex_unlock(&q->mtx);
-}
-
-/*
- * The writer thread: takes what the journal thread passed on, writes and
- * names the files, and passes the batch on to the sync thread.  While that
- * one waits for the disk, this one prepares the next batch: the stages
- * overlap.
- */
-static void
-queue_writer_main(void *arg)
-{
-	struct queue *q = arg;
-	struct queue_list batch;
-	struct queue_counters c;
-
-	uv_mutex_lock(&q->mtx);
-	for (;;) {
-		while (q->journaled.head == NULL && !q->jnl_exited)
-			uv_cond_wait(&q->write_cond, &q->mtx);
-		if (q->journaled.head == NULL)
-			break;
-		batch = q->journaled;
-		queue_list_init(&q->journaled);
-		uv_mutex_unlock(&q->mtx);
-
-		memset(&c, 0, sizeof(c));
-		queue_write_batch(q, &batch, &c);
-
-		uv_mutex_lock(&q->mtx);
-		q->counters.create_ns += c.create_ns;
-		q->counters.created_late += c.created_late;
-		queue_list_concat(&q->written, &batch);
-		uv_cond_signal(&q->sync_cond);
-	}
-	q->writer_exited = true;
-	uv_cond_signal(&q->sync_cond);
-	uv_mutex_unlock(&q->mtx);
-}
-
-/*
- * After a publish: the journal records of the messages now durable in msg/
- * are no longer needed; the tail moves past them, durably, before the
- * router may see (and deliver, and remove) those messages, so that a replay
- * never brings back a message that is gone.  A journaled message that failed
- * to publish keeps the tail where it is, for good: the next start replays it.
- */
-static void
-queue_advance_tail(struct queue *q, struct queue_list *batch, struct queue_counters *c)
-{
-	struct queue_job *j;
-	uint64_t fail_seq = UINT64_MAX, end = 0, next = 0;
-
-	if (!q->jstuck) {
-		for (j = batch->head; j != NULL; j = j->next)
-			if (j->acked && (j->err != 0 || !j->published) && j->jseq < fail_seq)
-				fail_seq = j->jseq;
-		for (j = batch->head; j != NULL; j = j->next)
-			if (j->acked && j->err == 0 && j->published && j->jseq < fail_seq &&
-			    j->jseq + 1 > next) {
-				next = j->jseq + 1;
-				end = j->jend;
-			}
-		if (next != 0 && journal_set_tail(&q->jnl, end, next) == -1) {
-			c->journal_errors++;
-			fail_seq = 0;            /* none of them is past the tail */
-		} else if (next != 0) {
-			uv_mutex_lock(&q->mtx);
-			q->jtail = end;
-			q->jtail_seq = next;
-			uv_mutex_unlock(&q->mtx);
-		}
-		if (fail_seq != UINT64_MAX) {
-			/*
-			 * The disk takes no more files (ENOSPC, EIO), or the
-			 * tail cannot move: acknowledging from the journal would
-			 * accept mail that cannot be queued.  From now on commits
-			 * are acknowledged after their publish, so they fail (451)
-			 * while the disk does.  The tail stays where it is; the
-			 * next start replays from there.
-			 */
-			q->jstuck = true;
-			uv_mutex_lock(&q->mtx);
-			q->jnl_on = false;
-			uv_mutex_unlock(&q->mtx);
-		}
-	} else
-		fail_seq = 0;
-	/*
-	 * What the journal still holds must not reach the router: delivered,
-	 * removed or changed, it would come back as new at the replay.  It waits
-	 * in msg/ for the next start (the replay writes the same bytes again).
-	 */
-	for (j = batch->head; j != NULL; j = j->next)
-		if (j->acked && j->err == 0 && j->published && j->jseq >= fail_seq)
-			j->withheld = true;
-}
-
-/*
- * The sync thread: takes every batch the writer finished (one group sync
- * for all of them), publishes, moves the journal's tail, and hands the jobs
- * back to the loop.
- */
-static void
-queue_thread_main(void *arg)
-{
-	struct queue *q = arg;
-	struct queue_list batch;
-	struct queue_job *j;
-	enum queue_sync_mode mode;
-	struct queue_counters c;
-
-	uv_mutex_lock(&q->mtx);
-	for (;;) {
-		while (q->written.head == NULL && !q->writer_exited)
-			uv_cond_wait(&q->sync_cond, &q->mtx);
-		if (q->written.head == NULL)
-			break;
-		batch = q->written;
-		queue_list_init(&q->written);
-		mode = q->mode;
-		uv_mutex_unlock(&q->mtx);
-
-		memset(&c, 0, sizeof(c));
-		queue_sync_batch(q, &batch, mode, &c);
-		queue_advance_tail(q, &batch, &c);
-
-		uv_mutex_lock(&q->mtx);
-		for (j = batch.head; j != NULL; j = j->next)
-			if (j->acked && q->jbacklog-- == QUEUE_JNL_BACKLOG)
-				uv_cond_signal(&q->cond);
-		q->counters.journal_errors += c.journal_errors;
-		q->counters.batches++;
-		q->counters.sync_ns += c.sync_ns;
-		q->counters.publish_ns += c.publish_ns;
-		q->counters.recycled += c.recycled;
-		q->counters.unlinked += c.unlinked;
-		for (j = batch.head; j != NULL; j = j->next) {
-			if (j->kind == QJOB_RECYCLE)
-				continue;
-			if (j->err != 0)
-				q->counters.failures++;
-			else if (j->kind == QJOB_COMMIT)
-				q->counters.commits++;
-			else
-				q->counters.records++;
-		}
-		queue_list_concat(&q->done, &batch);
-		uv_async_send(&q->async);
-	}
-	q->exited = true;
-	uv_mutex_unlock(&q->mtx);
-	uv_async_send(&q->async);
-}
-
-/*
- * Loop side of the thread: staging, hand-over, completion.
- */
-
-static void
-queue_update_ref(struct queue *q)
-{
-	/* The loop stays alive while the thread has work of ours, not otherwise. */
-	if (q->inflight > 0 || q->closing)
-		uv_ref((uv_handle_t *)&q->async);
-	else
-		uv_unref((uv_handle_t *)&q->async);
-}
-
-static void
-queue_idle_cb(uv_idle_t *h)
-{
-	(void)h;
-}
-
-/* End of the loop iteration: everything staged goes to the thread at once. */
-static void
-queue_handoff(struct queue *q)
-{
-	if (q->staging) {
-		uv_idle_stop(&q->idle);
-		uv_check_stop(&q->check);
-		q->staging = false;
-	}
-	if (q->staged.head == NULL)
-		return;
-	uv_mutex_lock(&q->mtx);
-	queue_list_concat(&q->pending, &q->staged);
-	uv_cond_signal(&q->cond);
-	uv_mutex_unlock(&q->mtx);
-}
-
-static void
-queue_check_cb(uv_check_t *h)
-{
-	struct queue *q = h->data;
-
-	if (q->magic != QUEUE_MAGIC)
-		fatalx("%s: bad queue", __func__);
-	queue_handoff(q);
-}
-
-static void
-queue_stage(struct queue *q, struct queue_job *j)
-{
-	queue_list_append(&q->staged, j);
-	q->inflight++;
-	queue_update_ref(q);
-	if (!q->staging) {
-		q->staging = true;
-		uv_idle_start(&q->idle, queue_idle_cb);
-		uv_check_start(&q->check, queue_check_cb);
-	}
-}
-
-/* A job that failed on the loop thread: completed from the async callback too. */
-static void
-queue_post_done(struct queue *q, struct queue_job *j)
-{
-	q->inflight++;
-	queue_update_ref(q);
-	uv_mutex_lock(&q->mtx);
-	queue_list_append(&q->done, j);
-	uv_mutex_unlock(&q->mtx);
-	uv_async_send(&q->async);
-}
-
-static void
+void
 queue_txn_free(struct router_txn *t)
 {
 	struct queue *q = t->q;
@@ -974,7 +222,7 @@ queue_txn_free(struct router_txn *t)
 	queue_maybe_finish(q);
 }
 
-static struct queue_msg *
+struct queue_msg *
 queue_msg_new(struct queue *q, const char *qid)
 {
 	struct queue_msg *m = xcalloc(1, sizeof(*m));
@@ -984,188 +232,6 @@ queue_msg_new(struct queue *q, const char *qid)
 	m->path = xmalloc(len);             /* exactly: one per queued message */
 	snprintf(m->path, len, "%s/msg/%s", q->dir, qid);
 	return m;
-}
-
-static void queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size);
-static void queue_ack_done(struct queue *q, struct router_txn *t);
-
-static void
-queue_complete(struct queue *q, struct queue_job *j)
-{
-	struct router_txn *t;
-	struct queue_msg *m;
-	struct log_line l;
-
-	if (j->kind == QJOB_RECYCLE) {
-		if (j->keep)
-			q->recycling--;
-		if (j->recycled)
-			queue_spare_put(q, -1, j->iname, j->size);
-		free(j);
-		return;
-	}
-	if (j->fd >= 0) {
-		close(j->fd);
-		j->fd = -1;
-	}
-	if (j->err != 0 && j->failed_call != NULL)
-		queue_log_errno(j->qid, j->failed_call, j->sys_errno);
-
-	if (j->kind == QJOB_SYNC) {
-		if (j->cb != NULL)
-			j->cb(j->arg, j->err);
-		free(j);
-		return;
-	}
-
-	t = j->txn;
-	if (t->magic != TXN_MAGIC)
-		fatalx("%s: bad txn", __func__);
-	if (j->acked)
-		queue_ack_done(q, t);
-	if (j->err != 0 && j->acked) {
-		/* Its 250 has gone out: the journal keeps it until the next start. */
-		if (j->iname[0] != '\0')
-			(void)unlinkat(q->msgfd, j->iname, 0);
-		log_begin(&l, LOG_CRIT, "queue_publish_failed");
-		log_kv(&l, "qid", j->qid);
-		log_kv(&l, "detail", "accepted message kept in the journal; restart relayd to recover it");
-		log_end(&l);
-	} else if (j->err != 0) {
-		if (j->iname[0] != '\0')
-			(void)unlinkat(q->msgfd, j->iname, 0);
-		t->cb(t->arg, j->err, NULL);
-	} else if (j->withheld) {
-		log_begin(&l, LOG_CRIT, "queue_publish_held");
-		log_kv(&l, "qid", j->qid);
-		log_kv(&l, "detail", "accepted message held in msg/ until relayd restarts (journal failure)");
-		log_end(&l);
-	} else {
-		m = queue_msg_new(q, j->qid);
-		m->env = t->env;
-		memset(&t->env, 0, sizeof(t->env));
-		m->rcpt = xcalloc(m->env.nrcpts, sizeof(*m->rcpt));
-		m->body_offset = t->body_offset;
-		m->body_len = t->body_len;
-		if (q->new_cb != NULL)
-			q->new_cb(q->new_arg, m);
-		else
-			queue_msg_free(m);
-		if (!j->acked)
-			t->cb(t->arg, 0, j->qid);
-	}
-	queue_txn_free(t);
-}
-
-/* A commit whose journal batch is durable: its callback runs now (the 250). */
-static void
-queue_ack(struct queue *q, struct router_txn *t)
-{
-	if (t->magic != TXN_MAGIC)
-		fatalx("%s: bad txn", __func__);
-	t->ack_no = ++q->ack_total;
-	t->ack_next = NULL;
-	t->ack_prev = q->ack_tail;
-	if (q->ack_tail != NULL)
-		q->ack_tail->ack_next = t;
-	else
-		q->ack_head = t;
-	q->ack_tail = t;
-	t->cb(t->arg, 0, t->job.qid);
-}
-
-/* Published (or failed for good): no longer outstanding. */
-static void
-queue_ack_done(struct queue *q, struct router_txn *t)
-{
-	if (t->ack_prev != NULL)
-		t->ack_prev->ack_next = t->ack_next;
-	else
-		q->ack_head = t->ack_next;
-	if (t->ack_next != NULL)
-		t->ack_next->ack_prev = t->ack_prev;
-	else
-		q->ack_tail = t->ack_prev;
-	t->ack_prev = t->ack_next = NULL;
-}
-
-bool
-queue_wait_acked(struct queue *q, struct router_waiter *w)
-{
-	if (q->ack_head == NULL)
-		return true;
-	w->need = q->ack_total;
-	w->next = q->waiters;
-	q->waiters = w;
-	return false;
-}
-
-void
-queue_wait_cancel(struct queue *q, struct router_waiter *w)
-{
-	struct router_waiter **pp;
-
-	for (pp = &q->waiters; *pp != NULL; pp = &(*pp)->next)
-		if (*pp == w) {
-			*pp = w->next;
-			return;
-		}
-}
-
-/* Every waiter whose acknowledged messages are all published now runs. */
-static void
-queue_run_waiters(struct queue *q)
-{
-	struct router_waiter **pp, *w, *ready = NULL;
-	uint64_t oldest = q->ack_head != NULL ? q->ack_head->ack_no : UINT64_MAX;
-
-	for (pp = &q->waiters; (w = *pp) != NULL;) {
-		if (w->need < oldest) {
-			*pp = w->next;
-			w->next = ready;
-			ready = w;
-		} else
-			pp = &w->next;
-	}
-	while ((w = ready) != NULL) {
-		ready = w->next;
-		w->cb(w->arg);
-	}
-}
-
-static void
-queue_async_cb(uv_async_t *h)
-{
-	struct queue *q = h->data;
-	struct queue_list done;
-	struct queue_job *j, *next, *acked;
-
-	if (q->magic != QUEUE_MAGIC)
-		fatalx("%s: bad queue", __func__);
-	/* callbacks may post more (a commit refused while closing): drain until empty */
-	for (;;) {
-		uv_mutex_lock(&q->mtx);
-		acked = q->acked;
-		q->acked = NULL;
-		done = q->done;
-		queue_list_init(&q->done);
-		uv_mutex_unlock(&q->mtx);
-		/* acknowledgements first: a job in done was acked in this round or before */
-		for (j = acked; j != NULL; j = next) {
-			next = j->ack_next;
-			queue_ack(q, j->txn);
-		}
-		if (acked == NULL && done.head == NULL)
-			break;
-		for (j = done.head; j != NULL; j = next) {
-			next = j->next;
-			q->inflight--;
-			queue_complete(q, j);
-		}
-	}
-	queue_run_waiters(q);
-	queue_update_ref(q);
-	queue_maybe_finish(q);
 }
 
 /*
@@ -1234,7 +300,7 @@ queue_refill(struct queue *q)
 }
 
 /* Into the pool; closed (and its name removed) if the pool is full or closing. */
-static void
+void
 queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size)
 {
 	struct queue_spare *sp;
@@ -1507,94 +573,6 @@ queue_close_fds(struct queue *q)
 	q->msgfd = q->corruptfd = q->lockfd = -1;
 }
 
-/*
- * Start-up: a message the journal holds was acknowledged, but its msg/
- * file may be missing or incomplete.  It is written again, whole, under
- * .in-<qid>, synced, and renamed over msg/<qid> (the router never saw such
- * a message: no state record can be lost by overwriting it).
- */
-static int
-queue_replay_one(void *arg, const char *qid, const char *image, size_t len)
-{
-	struct queue *q = arg;
-	char iname[QNAME_MAX];
-	int fd;
-
-	if (!queue_qid_valid(qid) || len < QFILE_HDR_LEN ||
-	    memcmp(image, QFILE_MAGIC, QFILE_MAGIC_LEN) != 0) {
-		queue_log_errno(qid, "journal record", EINVAL);
-		return 0;
-	}
-	snprintf(iname, sizeof(iname), QNAME_IN "%s", qid);
-	fd = openat(q->msgfd, iname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd == -1 || queue_write_full(fd, image, len) == -1 || fdatasync(fd) == -1 ||
-	    renameat(q->msgfd, iname, q->msgfd, qid) == -1) {
-		queue_log_errno(qid, "replay", errno);
-		if (fd >= 0)
-			close(fd);
-		return RELAY_EIO;
-	}
-	close(fd);
-	q->counters.replayed++;
-	return 0;
-}
-
-/*
- * The journal: open (create) it and replay what it holds.  Without one
- * (it cannot be made) relayd still works, acknowledging after the publish;
- * a journal that holds messages and cannot be replayed stops the start.
- */
-static int
-queue_journal_open(struct queue *q, int dirfd, struct buf *err)
-{
-	struct buf warn = BUF_INIT;
-	struct log_line l;
-	int rc;
-
-	if ((rc = journal_open(dirfd, &q->jnl, &warn)) == RELAY_EIO) {
-		/* it exists and may hold acknowledged mail: not without it */
-		buf_printf(err, "queue %s: %s", q->dir, buf_cstr(&warn));
-		buf_free(&warn);
-		return RELAY_EIO;
-	}
-	if (rc != 0) {
-		log_begin(&l, LOG_WARNING, "queue_journal_unavailable");
-		log_kv(&l, "detail", buf_cstr(&warn));
-		log_end(&l);
-		buf_free(&warn);
-		return 0;
-	}
-	if (warn.len > 0) {
-		log_begin(&l, LOG_ERR, "queue_journal_reset");
-		log_kv(&l, "detail", buf_cstr(&warn));
-		log_end(&l);
-	}
-	buf_free(&warn);
-	rc = journal_replay(&q->jnl, queue_replay_one, q);
-	if (rc == 0) {
-		/* Past any number a batch still in the file may carry (a torn one
-		 * in the middle leaves whole ones after it): none can match again. */
-		q->jnl.seq += q->jnl.size / JOURNAL_ALIGN + 1;
-		if (q->counters.replayed > 0 && fsync(q->msgfd) == -1)
-			rc = RELAY_EIO;
-		else if (journal_set_tail(&q->jnl, q->jnl.head, q->jnl.seq) == -1)
-			rc = RELAY_EIO;
-	}
-	if (rc != 0) {
-		buf_printf(err, "queue %s: journal replay failed: %s", q->dir, strerror(errno));
-		journal_close(&q->jnl);
-		return RELAY_EIO;
-	}
-	if (q->counters.replayed > 0) {
-		log_begin(&l, LOG_NOTICE, "queue_journal_replayed");
-		log_kvu(&l, "messages", q->counters.replayed);
-		log_end(&l);
-	}
-	q->jtail = q->jnl.tail;
-	q->jtail_seq = q->jnl.tail_seq;
-	q->jnl_on = true;
-	return 0;
-}
 
 int
 queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err)
@@ -1747,7 +725,7 @@ queue_handle_closed(uv_handle_t *h)
 }
 
 /* Once closing, the thread gone, every job completed and every txn ended: close. */
-static void
+void
 queue_maybe_finish(struct queue *q)
 {
 	bool exited;

@@ -1,0 +1,875 @@
+/*
+ * router_commit.c - the queue's COMMIT PIPELINE: three threads that make new
+ * messages durable in groups, and the loop side that hands work to them and
+ * takes it back.  The journal thread writes a batch into the acceptance
+ * journal and fdatasyncs it (the 250 goes out then); the writer thread
+ * writes and names each message's msg/ file; the sync thread syncs,
+ * publishes msg/<qid>, fsyncs msg/ and moves the journal's tail before the
+ * router may see the message.  Also the start-up replay of the journal.
+ * router/QUEUE.md tells the whole story; router_queue.c owns the files,
+ * transactions and records this works on.
+ *
+ * Threads: the loop thread runs the staging, hand-over and completion code
+ * (queue_stage() to queue_async_cb()); queue_jnl_main(),
+ * queue_writer_main() and queue_thread_main() touch only the jobs they took
+ * from their input list (and the txn buffers those point at, untouched by
+ * the loop meanwhile), the directory fds, the journal's side they own, and,
+ * under q->mtx, the lists, flags and counters.  They never log, allocate or
+ * call back.
+ *
+ * Must never: make the loop thread wait for a disk sync; acknowledge a
+ * message before its journal batch or its msg/ file is durable; let a queue
+ * id name appear in msg/ before its content is durable; hand the router a
+ * message whose journal record is still live; call a callback from inside
+ * the function that was given it (completions always come from the async
+ * handle).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE              /* syncfs, sync_file_range, renameat2, O_TMPFILE, F_SETLEASE */
+#endif
+
+#include "router/router_queue_int.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#include <sys/stat.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/*
+ * The commit threads, a two-stage pipeline.  The writer takes everything
+ * pending as one batch, writes and names the new files, and passes it on;
+ * the sync thread takes every batch written so far, makes the data durable,
+ * publishes new messages into msg/, makes the renames durable with one fsync
+ * of msg/, and hands the jobs back to the loop.  While one batch waits for
+ * the disk, the next is being written.
+ */
+
+static void
+queue_job_fail(struct queue_job *j, const char *call, int e)
+{
+	if (j->err != 0)
+		return;
+	j->err = RELAY_EIO;
+	j->failed_call = call;
+	j->sys_errno = e;
+}
+
+
+
+/* Rename msg/<iname> to msg/<qid> (one directory), never replacing an existing file. */
+static int
+queue_publish(struct queue *q, const char *iname, const char *qid)
+{
+	if (renameat2(q->msgfd, iname, q->msgfd, qid, RENAME_NOREPLACE) == 0)
+		return 0;
+	if (errno != EINVAL && errno != ENOSYS)
+		return -1;
+	/* the file system has no RENAME_NOREPLACE: link(2) never replaces either */
+	if (linkat(q->msgfd, iname, q->msgfd, qid, 0) == -1)
+		return -1;
+	(void)unlinkat(q->msgfd, iname, 0);
+	return 0;
+}
+
+/*
+ * Get a commit's file ready for the sync: create it if it had no spare,
+ * write it if the loop left that to us, cut a recycled file to the new
+ * length, and give an unnamed file its .in-<qid> name now, so that the sync
+ * also makes its link count durable (an fsync of msg/ does not write it).
+ */
+static void
+queue_prepare_file(struct queue *q, struct queue_job *j, struct queue_counters *c)
+{
+	struct router_txn *t = j->txn;
+	ssize_t n;
+	size_t off;
+
+	if (j->fd == -1 && j->iname[0] != '\0') {
+		/* a recycled spare, taken by name */
+		if ((j->fd = openat(q->msgfd, j->iname, O_RDWR | O_CLOEXEC)) == -1) {
+			queue_job_fail(j, "open(msg/.spare)", errno);
+			return;
+		}
+	} else if (j->fd == -1) {
+		c->created_late++;
+		if ((j->fd = queue_file_create(q, j->qid, j->iname)) == -1) {
+			queue_job_fail(j, "create(msg/)", errno);
+			return;
+		}
+	}
+	for (off = 0; j->write_wbuf && off < t->wbuf.len; off += (size_t)n) {
+		n = pwrite(j->fd, t->wbuf.data + off, t->wbuf.len - off, (off_t)off);
+		if (n == -1 && errno == EINTR) {
+			n = 0;
+			continue;
+		}
+		if (n <= 0) {
+			queue_job_fail(j, "write", n == 0 ? EIO : errno);
+			return;
+		}
+	}
+	if (j->size > j->len && ftruncate(j->fd, (off_t)j->len) == -1) {
+		queue_job_fail(j, "ftruncate", errno);
+		return;
+	}
+	if (j->iname[0] == '\0') {
+		snprintf(j->iname, sizeof(j->iname), QNAME_IN "%s", j->qid);
+		if (queue_link(q, j->fd, j->iname) == -1) {
+			queue_job_fail(j, "link(msg/)", errno);
+			j->iname[0] = '\0';
+		}
+	}
+}
+
+/*
+ * True if nobody else has the file open: a write lease is granted only
+ * then.  A delivery may still be reading a message the administrator
+ * deleted; its file must not be reused under it.  The lease is dropped at
+ * once (and its break signal, were anybody to open the spare name meanwhile,
+ * is SIGURG, ignored by default, not SIGIO, which would end the process).
+ */
+static bool
+queue_file_unshared(int fd)
+{
+	if (fcntl(fd, F_SETSIG, SIGURG) == -1 || fcntl(fd, F_SETLEASE, F_WRLCK) == -1)
+		return false;
+	(void)fcntl(fd, F_SETLEASE, F_UNLCK);
+	return true;
+}
+
+/*
+ * A removed message, now msg/.spare-N (durable: the batch's fsync of msg/
+ * is behind us): keep it as a spare file if the pool has room and nobody
+ * has it open, else delete it.
+ */
+static void
+queue_recycle_file(struct queue *q, struct queue_job *j, struct queue_counters *c)
+{
+	struct stat st;
+	int fd = -1;
+
+	if (j->keep && j->err == 0 &&
+	    (fd = openat(q->msgfd, j->iname, O_RDWR | O_CLOEXEC)) >= 0 &&
+	    queue_file_unshared(fd) && fstat(fd, &st) == 0) {
+		/* Only the queue opens .spare-N names: nobody can open it now.
+		 * No descriptor is kept for it (the pool holds thousands). */
+		close(fd);
+		j->recycled = true;
+		j->size = (uint64_t)st.st_size;
+		c->recycled++;
+		return;
+	}
+	if (fd >= 0)
+		close(fd);
+	(void)unlinkat(q->msgfd, j->iname, 0);
+	c->unlinked++;
+}
+
+/* Stage one (the writer thread): every new message's file, ready to sync. */
+static void
+queue_write_batch(struct queue *q, struct queue_list *batch, struct queue_counters *c)
+{
+	struct queue_job *j;
+	uint64_t t0 = uv_hrtime();
+
+	for (j = batch->head; j != NULL; j = j->next)
+		if (j->kind == QJOB_COMMIT && j->err == 0)
+			queue_prepare_file(q, j, c);
+	c->create_ns += uv_hrtime() - t0;
+}
+
+/* Stage two (the sync thread): one group sync, the renames, the recycling. */
+static void
+queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode mode,
+    struct queue_counters *c)
+{
+	struct queue_job *j;
+	uint64_t t0 = uv_hrtime(), t1;
+	int e, n = 0, renamed = 0, kept = 0;
+
+	if (q->test_publish_delay_ms > 0)
+		usleep(q->test_publish_delay_ms * 1000u);   /* RELAYD_TEST_PUBLISH_DELAY_MS */
+	if (q->test_sync_delay_ms > 0)
+		usleep(q->test_sync_delay_ms * 1000u);      /* RELAYD_TEST_SYNC_DELAY_MS */
+
+	/* the files to make durable: new messages and appended records */
+	for (j = batch->head; j != NULL; j = j->next)
+		if (j->kind != QJOB_RECYCLE && j->err == 0)
+			n++;
+	if (mode == QUEUE_SYNC_AUTO)
+		/* syncfs() costs the same for 1 file or 100 (and writes others' dirt) */
+		mode = n <= QUEUE_AUTO_SMALL ? QUEUE_SYNC_RANGE : QUEUE_SYNC_SYNCFS;
+	switch (n > 0 ? mode : QUEUE_SYNC_DEFAULT) {
+	case QUEUE_SYNC_DEFAULT:
+		break;
+	case QUEUE_SYNC_RANGE:
+		for (j = batch->head; j != NULL; j = j->next)
+			if (j->kind != QJOB_RECYCLE && j->err == 0)
+				(void)sync_file_range(j->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+		/* FALLTHROUGH */
+	case QUEUE_SYNC_FDATASYNC:
+		for (j = batch->head; j != NULL; j = j->next)
+			if (j->kind != QJOB_RECYCLE && j->err == 0 && fdatasync(j->fd) == -1)
+				queue_job_fail(j, "fdatasync", errno);
+		break;
+	case QUEUE_SYNC_SYNCFS:
+		if (syncfs(q->msgfd) == -1) {
+			e = errno;
+			for (j = batch->head; j != NULL; j = j->next)
+				if (j->kind != QJOB_RECYCLE)
+					queue_job_fail(j, "syncfs", e);
+			break;
+		}
+		/*
+		 * syncfs() reports a writeback error once, to whichever batch
+		 * asks first.  Each file's own error (its fd samples it at open)
+		 * is checked here: waiting on clean pages costs no I/O.
+		 */
+		for (j = batch->head; j != NULL; j = j->next)
+			if (j->kind != QJOB_RECYCLE && j->fd >= 0 &&
+			    sync_file_range(j->fd, 0, 0, SYNC_FILE_RANGE_WAIT_AFTER) == -1)
+				queue_job_fail(j, "sync_file_range", errno);
+		break;
+	default:
+		fatalx("%s: bad sync mode %d", __func__, (int)mode);
+	}
+	t1 = uv_hrtime();
+	c->sync_ns += t1 - t0;
+
+	for (j = batch->head; j != NULL; j = j->next) {
+		if (j->kind == QJOB_RECYCLE) {
+			kept += j->keep;
+			continue;
+		}
+		if (j->fd >= 0)
+			close(j->fd);
+		j->fd = -1;
+		if (j->kind != QJOB_COMMIT || j->err != 0)
+			continue;
+		if (queue_publish(q, j->iname, j->qid) == -1)
+			queue_job_fail(j, "rename", errno);
+		else {
+			renamed++;
+			j->published = true;
+		}
+	}
+	/* the renames to msg/<qid>, and the loop's renames of removed files to .spare-N */
+	if ((renamed > 0 || kept > 0) && fsync(q->msgfd) == -1) {
+		e = errno;
+		for (j = batch->head; j != NULL; j = j->next) {
+			if (j->published) {
+				queue_job_fail(j, "fsync(msg/)", e);
+				(void)unlinkat(q->msgfd, j->qid, 0);
+			} else if (j->kind == QJOB_RECYCLE)
+				queue_job_fail(j, "fsync(msg/)", e);    /* not kept */
+		}
+	}
+	for (j = batch->head; j != NULL; j = j->next)
+		if (j->kind == QJOB_RECYCLE)
+			queue_recycle_file(q, j, c);
+	c->publish_ns += uv_hrtime() - t1;
+}
+
+/*
+ * Stage zero (the journal thread): the new messages whose whole file is in
+ * memory go into one journal batch, one write and one fdatasync; they are
+ * acknowledged as soon as that returns.  Messages that do not fit (too
+ * large, journal full) are acknowledged after their publish, as before.
+ */
+static void
+queue_journal_batch(struct queue *q, struct queue_list *batch, uint64_t tail,
+    uint64_t tail_seq, struct queue_counters *c)
+{
+	struct queue_job *j;
+	uint64_t t0 = uv_hrtime(), end, seq;
+	size_t n = 0;
+	int rc, e = 0;
+
+	journal_batch_begin(&q->jnl);
+	for (j = batch->head; j != NULL; j = j->next) {
+		if (j->kind != QJOB_COMMIT || j->err != 0 || !j->write_wbuf ||
+		    journal_batch_bytes(&q->jnl) + j->txn->wbuf.len > QUEUE_JNL_BATCH)
+			continue;
+		journal_batch_add(&q->jnl, j->qid, j->txn->wbuf.data, j->txn->wbuf.len);
+		j->in_jnl = true;
+		n++;
+	}
+	if (n == 0)
+		return;
+	rc = journal_append(&q->jnl, tail, tail_seq, q->test_sync_delay_ms, &end, &seq, &e);
+	for (j = batch->head; j != NULL; j = j->next) {
+		if (!j->in_jnl)
+			continue;
+		j->in_jnl = false;
+		if (rc == 0) {
+			j->acked = true;
+			j->jend = end;
+			j->jseq = seq;
+		}
+	}
+	if (rc == 0)
+		c->journaled += n;
+	else if (rc == RELAY_ETEMP)
+		c->journal_full += n;
+	else
+		c->journal_errors++;
+	c->journal_ns += uv_hrtime() - t0;
+}
+
+void
+queue_jnl_main(void *arg)
+{
+	struct queue *q = arg;
+	struct queue_list batch;
+	struct queue_job *j;
+	struct queue_counters c;
+	uint64_t tail, tail_seq;
+	bool acked, jnl_on;
+
+	uv_mutex_lock(&q->mtx);
+	for (;;) {
+		/* Memory stays bounded: when publishing lags, acknowledgements wait. */
+		while ((q->pending.head == NULL || q->jbacklog >= QUEUE_JNL_BACKLOG) && !q->stop)
+			uv_cond_wait(&q->cond, &q->mtx);
+		if (q->pending.head == NULL)
+			break;
+		batch = q->pending;
+		queue_list_init(&q->pending);
+		tail = q->jtail;
+		tail_seq = q->jtail_seq;
+		jnl_on = q->jnl_on;
+		uv_mutex_unlock(&q->mtx);
+
+		memset(&c, 0, sizeof(c));
+		if (jnl_on)
+			queue_journal_batch(q, &batch, tail, tail_seq, &c);
+
+		uv_mutex_lock(&q->mtx);
+		q->counters.journaled += c.journaled;
+		q->counters.journal_full += c.journal_full;
+		q->counters.journal_errors += c.journal_errors;
+		q->counters.journal_ns += c.journal_ns;
+		acked = false;
+		for (j = batch.head; j != NULL; j = j->next)
+			if (j->acked) {
+				j->ack_next = q->acked;
+				q->acked = j;
+				q->jbacklog++;
+				acked = true;
+			}
+		queue_list_concat(&q->journaled, &batch);
+		uv_cond_signal(&q->write_cond);
+		if (acked)
+			uv_async_send(&q->async);
+	}
+	q->jnl_exited = true;
+	uv_cond_signal(&q->write_cond);
+	uv_mutex_unlock(&q->mtx);
+}
+
+/*
+ * The writer thread: takes what the journal thread passed on, writes and
+ * names the files, and passes the batch on to the sync thread.  While that
+ * one waits for the disk, this one prepares the next batch: the stages
+ * overlap.
+ */
+void
+queue_writer_main(void *arg)
+{
+	struct queue *q = arg;
+	struct queue_list batch;
+	struct queue_counters c;
+
+	uv_mutex_lock(&q->mtx);
+	for (;;) {
+		while (q->journaled.head == NULL && !q->jnl_exited)
+			uv_cond_wait(&q->write_cond, &q->mtx);
+		if (q->journaled.head == NULL)
+			break;
+		batch = q->journaled;
+		queue_list_init(&q->journaled);
+		uv_mutex_unlock(&q->mtx);
+
+		memset(&c, 0, sizeof(c));
+		queue_write_batch(q, &batch, &c);
+
+		uv_mutex_lock(&q->mtx);
+		q->counters.create_ns += c.create_ns;
+		q->counters.created_late += c.created_late;
+		queue_list_concat(&q->written, &batch);
+		uv_cond_signal(&q->sync_cond);
+	}
+	q->writer_exited = true;
+	uv_cond_signal(&q->sync_cond);
+	uv_mutex_unlock(&q->mtx);
+}
+
+/*
+ * After a publish: the journal records of the messages now durable in msg/
+ * are no longer needed; the tail moves past them, durably, before the
+ * router may see (and deliver, and remove) those messages, so that a replay
+ * never brings back a message that is gone.  A journaled message that failed
+ * to publish keeps the tail where it is, for good: the next start replays it.
+ */
+static void
+queue_advance_tail(struct queue *q, struct queue_list *batch, struct queue_counters *c)
+{
+	struct queue_job *j;
+	uint64_t fail_seq = UINT64_MAX, end = 0, next = 0;
+
+	if (!q->jstuck) {
+		for (j = batch->head; j != NULL; j = j->next)
+			if (j->acked && (j->err != 0 || !j->published) && j->jseq < fail_seq)
+				fail_seq = j->jseq;
+		for (j = batch->head; j != NULL; j = j->next)
+			if (j->acked && j->err == 0 && j->published && j->jseq < fail_seq &&
+			    j->jseq + 1 > next) {
+				next = j->jseq + 1;
+				end = j->jend;
+			}
+		if (next != 0 && journal_set_tail(&q->jnl, end, next) == -1) {
+			c->journal_errors++;
+			fail_seq = 0;            /* none of them is past the tail */
+		} else if (next != 0) {
+			uv_mutex_lock(&q->mtx);
+			q->jtail = end;
+			q->jtail_seq = next;
+			uv_mutex_unlock(&q->mtx);
+		}
+		if (fail_seq != UINT64_MAX) {
+			/*
+			 * The disk takes no more files (ENOSPC, EIO), or the
+			 * tail cannot move: acknowledging from the journal would
+			 * accept mail that cannot be queued.  From now on commits
+			 * are acknowledged after their publish, so they fail (451)
+			 * while the disk does.  The tail stays where it is; the
+			 * next start replays from there.
+			 */
+			q->jstuck = true;
+			uv_mutex_lock(&q->mtx);
+			q->jnl_on = false;
+			uv_mutex_unlock(&q->mtx);
+		}
+	} else
+		fail_seq = 0;
+	/*
+	 * What the journal still holds must not reach the router: delivered,
+	 * removed or changed, it would come back as new at the replay.  It waits
+	 * in msg/ for the next start (the replay writes the same bytes again).
+	 */
+	for (j = batch->head; j != NULL; j = j->next)
+		if (j->acked && j->err == 0 && j->published && j->jseq >= fail_seq)
+			j->withheld = true;
+}
+
+/*
+ * The sync thread: takes every batch the writer finished (one group sync
+ * for all of them), publishes, moves the journal's tail, and hands the jobs
+ * back to the loop.
+ */
+void
+queue_thread_main(void *arg)
+{
+	struct queue *q = arg;
+	struct queue_list batch;
+	struct queue_job *j;
+	enum queue_sync_mode mode;
+	struct queue_counters c;
+
+	uv_mutex_lock(&q->mtx);
+	for (;;) {
+		while (q->written.head == NULL && !q->writer_exited)
+			uv_cond_wait(&q->sync_cond, &q->mtx);
+		if (q->written.head == NULL)
+			break;
+		batch = q->written;
+		queue_list_init(&q->written);
+		mode = q->mode;
+		uv_mutex_unlock(&q->mtx);
+
+		memset(&c, 0, sizeof(c));
+		queue_sync_batch(q, &batch, mode, &c);
+		queue_advance_tail(q, &batch, &c);
+
+		uv_mutex_lock(&q->mtx);
+		for (j = batch.head; j != NULL; j = j->next)
+			if (j->acked && q->jbacklog-- == QUEUE_JNL_BACKLOG)
+				uv_cond_signal(&q->cond);
+		q->counters.journal_errors += c.journal_errors;
+		q->counters.batches++;
+		q->counters.sync_ns += c.sync_ns;
+		q->counters.publish_ns += c.publish_ns;
+		q->counters.recycled += c.recycled;
+		q->counters.unlinked += c.unlinked;
+		for (j = batch.head; j != NULL; j = j->next) {
+			if (j->kind == QJOB_RECYCLE)
+				continue;
+			if (j->err != 0)
+				q->counters.failures++;
+			else if (j->kind == QJOB_COMMIT)
+				q->counters.commits++;
+			else
+				q->counters.records++;
+		}
+		queue_list_concat(&q->done, &batch);
+		uv_async_send(&q->async);
+	}
+	q->exited = true;
+	uv_mutex_unlock(&q->mtx);
+	uv_async_send(&q->async);
+}
+
+/*
+ * Loop side of the thread: staging, hand-over, completion.
+ */
+
+void
+queue_update_ref(struct queue *q)
+{
+	/* The loop stays alive while the thread has work of ours, not otherwise. */
+	if (q->inflight > 0 || q->closing)
+		uv_ref((uv_handle_t *)&q->async);
+	else
+		uv_unref((uv_handle_t *)&q->async);
+}
+
+void
+queue_idle_cb(uv_idle_t *h)
+{
+	(void)h;
+}
+
+/* End of the loop iteration: everything staged goes to the thread at once. */
+void
+queue_handoff(struct queue *q)
+{
+	if (q->staging) {
+		uv_idle_stop(&q->idle);
+		uv_check_stop(&q->check);
+		q->staging = false;
+	}
+	if (q->staged.head == NULL)
+		return;
+	uv_mutex_lock(&q->mtx);
+	queue_list_concat(&q->pending, &q->staged);
+	uv_cond_signal(&q->cond);
+	uv_mutex_unlock(&q->mtx);
+}
+
+void
+queue_check_cb(uv_check_t *h)
+{
+	struct queue *q = h->data;
+
+	if (q->magic != QUEUE_MAGIC)
+		fatalx("%s: bad queue", __func__);
+	queue_handoff(q);
+}
+
+void
+queue_stage(struct queue *q, struct queue_job *j)
+{
+	queue_list_append(&q->staged, j);
+	q->inflight++;
+	queue_update_ref(q);
+	if (!q->staging) {
+		q->staging = true;
+		uv_idle_start(&q->idle, queue_idle_cb);
+		uv_check_start(&q->check, queue_check_cb);
+	}
+}
+
+/* A job that failed on the loop thread: completed from the async callback too. */
+void
+queue_post_done(struct queue *q, struct queue_job *j)
+{
+	q->inflight++;
+	queue_update_ref(q);
+	uv_mutex_lock(&q->mtx);
+	queue_list_append(&q->done, j);
+	uv_mutex_unlock(&q->mtx);
+	uv_async_send(&q->async);
+}
+
+
+
+static void queue_ack_done(struct queue *q, struct router_txn *t);
+
+static void
+queue_complete(struct queue *q, struct queue_job *j)
+{
+	struct router_txn *t;
+	struct queue_msg *m;
+	struct log_line l;
+
+	if (j->kind == QJOB_RECYCLE) {
+		if (j->keep)
+			q->recycling--;
+		if (j->recycled)
+			queue_spare_put(q, -1, j->iname, j->size);
+		free(j);
+		return;
+	}
+	if (j->fd >= 0) {
+		close(j->fd);
+		j->fd = -1;
+	}
+	if (j->err != 0 && j->failed_call != NULL)
+		queue_log_errno(j->qid, j->failed_call, j->sys_errno);
+
+	if (j->kind == QJOB_SYNC) {
+		if (j->cb != NULL)
+			j->cb(j->arg, j->err);
+		free(j);
+		return;
+	}
+
+	t = j->txn;
+	if (t->magic != TXN_MAGIC)
+		fatalx("%s: bad txn", __func__);
+	if (j->acked)
+		queue_ack_done(q, t);
+	if (j->err != 0 && j->acked) {
+		/* Its 250 has gone out: the journal keeps it until the next start. */
+		if (j->iname[0] != '\0')
+			(void)unlinkat(q->msgfd, j->iname, 0);
+		log_begin(&l, LOG_CRIT, "queue_publish_failed");
+		log_kv(&l, "qid", j->qid);
+		log_kv(&l, "detail", "accepted message kept in the journal; restart relayd to recover it");
+		log_end(&l);
+	} else if (j->err != 0) {
+		if (j->iname[0] != '\0')
+			(void)unlinkat(q->msgfd, j->iname, 0);
+		t->cb(t->arg, j->err, NULL);
+	} else if (j->withheld) {
+		log_begin(&l, LOG_CRIT, "queue_publish_held");
+		log_kv(&l, "qid", j->qid);
+		log_kv(&l, "detail", "accepted message held in msg/ until relayd restarts (journal failure)");
+		log_end(&l);
+	} else {
+		m = queue_msg_new(q, j->qid);
+		m->env = t->env;
+		memset(&t->env, 0, sizeof(t->env));
+		m->rcpt = xcalloc(m->env.nrcpts, sizeof(*m->rcpt));
+		m->body_offset = t->body_offset;
+		m->body_len = t->body_len;
+		if (q->new_cb != NULL)
+			q->new_cb(q->new_arg, m);
+		else
+			queue_msg_free(m);
+		if (!j->acked)
+			t->cb(t->arg, 0, j->qid);
+	}
+	queue_txn_free(t);
+}
+
+/* A commit whose journal batch is durable: its callback runs now (the 250). */
+static void
+queue_ack(struct queue *q, struct router_txn *t)
+{
+	if (t->magic != TXN_MAGIC)
+		fatalx("%s: bad txn", __func__);
+	t->ack_no = ++q->ack_total;
+	t->ack_next = NULL;
+	t->ack_prev = q->ack_tail;
+	if (q->ack_tail != NULL)
+		q->ack_tail->ack_next = t;
+	else
+		q->ack_head = t;
+	q->ack_tail = t;
+	t->cb(t->arg, 0, t->job.qid);
+}
+
+/* Published (or failed for good): no longer outstanding. */
+static void
+queue_ack_done(struct queue *q, struct router_txn *t)
+{
+	if (t->ack_prev != NULL)
+		t->ack_prev->ack_next = t->ack_next;
+	else
+		q->ack_head = t->ack_next;
+	if (t->ack_next != NULL)
+		t->ack_next->ack_prev = t->ack_prev;
+	else
+		q->ack_tail = t->ack_prev;
+	t->ack_prev = t->ack_next = NULL;
+}
+
+bool
+queue_wait_acked(struct queue *q, struct router_waiter *w)
+{
+	if (q->ack_head == NULL)
+		return true;
+	w->need = q->ack_total;
+	w->next = q->waiters;
+	q->waiters = w;
+	return false;
+}
+
+void
+queue_wait_cancel(struct queue *q, struct router_waiter *w)
+{
+	struct router_waiter **pp;
+
+	for (pp = &q->waiters; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == w) {
+			*pp = w->next;
+			return;
+		}
+}
+
+/* Every waiter whose acknowledged messages are all published now runs. */
+static void
+queue_run_waiters(struct queue *q)
+{
+	struct router_waiter **pp, *w, *ready = NULL;
+	uint64_t oldest = q->ack_head != NULL ? q->ack_head->ack_no : UINT64_MAX;
+
+	for (pp = &q->waiters; (w = *pp) != NULL;) {
+		if (w->need < oldest) {
+			*pp = w->next;
+			w->next = ready;
+			ready = w;
+		} else
+			pp = &w->next;
+	}
+	while ((w = ready) != NULL) {
+		ready = w->next;
+		w->cb(w->arg);
+	}
+}
+
+void
+queue_async_cb(uv_async_t *h)
+{
+	struct queue *q = h->data;
+	struct queue_list done;
+	struct queue_job *j, *next, *acked;
+
+	if (q->magic != QUEUE_MAGIC)
+		fatalx("%s: bad queue", __func__);
+	/* callbacks may post more (a commit refused while closing): drain until empty */
+	for (;;) {
+		uv_mutex_lock(&q->mtx);
+		acked = q->acked;
+		q->acked = NULL;
+		done = q->done;
+		queue_list_init(&q->done);
+		uv_mutex_unlock(&q->mtx);
+		/* acknowledgements first: a job in done was acked in this round or before */
+		for (j = acked; j != NULL; j = next) {
+			next = j->ack_next;
+			queue_ack(q, j->txn);
+		}
+		if (acked == NULL && done.head == NULL)
+			break;
+		for (j = done.head; j != NULL; j = next) {
+			next = j->next;
+			q->inflight--;
+			queue_complete(q, j);
+		}
+	}
+	queue_run_waiters(q);
+	queue_update_ref(q);
+	queue_maybe_finish(q);
+}
+
+
+/*
+ * The journal at start-up.
+ */
+
+/*
+ * Start-up: a message the journal holds was acknowledged, but its msg/
+ * file may be missing or incomplete.  It is written again, whole, under
+ * .in-<qid>, synced, and renamed over msg/<qid> (the router never saw such
+ * a message: no state record can be lost by overwriting it).
+ */
+static int
+queue_replay_one(void *arg, const char *qid, const char *image, size_t len)
+{
+	struct queue *q = arg;
+	char iname[QNAME_MAX];
+	int fd;
+
+	if (!queue_qid_valid(qid) || len < QFILE_HDR_LEN ||
+	    memcmp(image, QFILE_MAGIC, QFILE_MAGIC_LEN) != 0) {
+		queue_log_errno(qid, "journal record", EINVAL);
+		return 0;
+	}
+	snprintf(iname, sizeof(iname), QNAME_IN "%s", qid);
+	fd = openat(q->msgfd, iname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd == -1 || queue_write_full(fd, image, len) == -1 || fdatasync(fd) == -1 ||
+	    renameat(q->msgfd, iname, q->msgfd, qid) == -1) {
+		queue_log_errno(qid, "replay", errno);
+		if (fd >= 0)
+			close(fd);
+		return RELAY_EIO;
+	}
+	close(fd);
+	q->counters.replayed++;
+	return 0;
+}
+
+/*
+ * The journal: open (create) it and replay what it holds.  Without one
+ * (it cannot be made) relayd still works, acknowledging after the publish;
+ * a journal that holds messages and cannot be replayed stops the start.
+ */
+int
+queue_journal_open(struct queue *q, int dirfd, struct buf *err)
+{
+	struct buf warn = BUF_INIT;
+	struct log_line l;
+	int rc;
+
+	if ((rc = journal_open(dirfd, &q->jnl, &warn)) == RELAY_EIO) {
+		/* it exists and may hold acknowledged mail: not without it */
+		buf_printf(err, "queue %s: %s", q->dir, buf_cstr(&warn));
+		buf_free(&warn);
+		return RELAY_EIO;
+	}
+	if (rc != 0) {
+		log_begin(&l, LOG_WARNING, "queue_journal_unavailable");
+		log_kv(&l, "detail", buf_cstr(&warn));
+		log_end(&l);
+		buf_free(&warn);
+		return 0;
+	}
+	if (warn.len > 0) {
+		log_begin(&l, LOG_ERR, "queue_journal_reset");
+		log_kv(&l, "detail", buf_cstr(&warn));
+		log_end(&l);
+	}
+	buf_free(&warn);
+	rc = journal_replay(&q->jnl, queue_replay_one, q);
+	if (rc == 0) {
+		/* Past any number a batch still in the file may carry (a torn one
+		 * in the middle leaves whole ones after it): none can match again. */
+		q->jnl.seq += q->jnl.size / JOURNAL_ALIGN + 1;
+		if (q->counters.replayed > 0 && fsync(q->msgfd) == -1)
+			rc = RELAY_EIO;
+		else if (journal_set_tail(&q->jnl, q->jnl.head, q->jnl.seq) == -1)
+			rc = RELAY_EIO;
+	}
+	if (rc != 0) {
+		buf_printf(err, "queue %s: journal replay failed: %s", q->dir, strerror(errno));
+		journal_close(&q->jnl);
+		return RELAY_EIO;
+	}
+	if (q->counters.replayed > 0) {
+		log_begin(&l, LOG_NOTICE, "queue_journal_replayed");
+		log_kvu(&l, "messages", q->counters.replayed);
+		log_end(&l);
+	}
+	q->jtail = q->jnl.tail;
+	q->jtail_seq = q->jnl.tail_seq;
+	q->jnl_on = true;
+	return 0;
+}

@@ -1,0 +1,238 @@
+/*
+ * router_queue_int.h - (internal to router_queue.c and router_commit.c) the
+ * queue's shared structures: the queue itself, transactions, the jobs the
+ * commit threads work on, spare files; and the calls between the storage
+ * half (router_queue.c: files, transactions, records, scan, spare files,
+ * open/close) and the commit half (router_commit.c: the three commit
+ * threads, the journal's use, hand-over to and from the loop).
+ */
+#ifndef RELAY_ROUTER_QUEUE_INT_H
+#define RELAY_ROUTER_QUEUE_INT_H
+
+#include "router/router_queue.h"
+#include "router/router_journal.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define QUEUE_MAGIC      0x51554555u
+#define TXN_MAGIC        0x54584e31u
+#define QFILE_MAGIC      "RELAYQ 1 "          /* magic and format version */
+#define QFILE_MAGIC_LEN  9
+#define QFILE_BLEN_OFF   26                   /* where the body length sits */
+#define QFILE_HDR_LEN    43                   /* magic, 16 hex, ' ', 16 hex, '\n' */
+#define QFILE_ENV_MAX    (4u << 20)           /* sanity bound on the envelope lines */
+#define QUEUE_WBUF_SIZE  65536                /* body bytes buffered before write(2) */
+#define QUEUE_SPARES     32                   /* unnamed spare files made per refill */
+#define QUEUE_SPARES_LOW 16                   /* refill when fewer are left */
+#define QUEUE_POOL_MAX   4096                 /* spare files kept (made or recycled) */
+#define QUEUE_RECYCLE_MAX (256u << 10)        /* larger removed files are deleted */
+#define QUEUE_AUTO_SMALL 4                    /* batches up to this sync file by file */
+#define QUEUE_JNL_BATCH  (4u << 20)           /* journal batch: at most this many bytes */
+#define QUEUE_JNL_BACKLOG 512                 /* acknowledged, not yet published: at most */
+
+/*
+ * Names in msg/ that are not messages: they start with '.', which a queue id
+ * never does.  Every such name found at start-up is a leftover.
+ */
+#define QNAME_SPARE      ".spare-"            /* a spare file (a recycled message's) */
+#define QNAME_IN         ".in-"               /* a new message's file, before its rename */
+#define QNAME_MAX        (QID_MAX + 8)        /* ".in-" + a queue id, ".spare-" + a number */
+
+enum queue_job_kind { QJOB_COMMIT, QJOB_SYNC, QJOB_RECYCLE };
+
+/*
+ * One unit of work for the commit thread: a message to publish, a file to
+ * sync, or a removed message (already renamed to .spare-N by the loop) to
+ * keep as a spare file or delete.
+ */
+struct queue_job {
+	struct queue_job *next;
+	enum queue_job_kind kind;
+	int fd;                      /* COMMIT, SYNC: closed by the thread after the sync;
+	                                COMMIT: -1 = the thread creates the file.
+	                                RECYCLE: the kept file, opened by the thread */
+	int err;                     /* 0 or RELAY_E* */
+	const char *failed_call;     /* with err, set by the thread: what failed */
+	int sys_errno;
+	bool published;              /* renamed to msg/<qid> by the thread */
+	bool write_wbuf;             /* COMMIT: the thread writes txn->wbuf (the whole file) */
+	bool keep;                   /* RECYCLE: the pool has room for it */
+	bool recycled;               /* RECYCLE: checked by the thread: it goes into the pool */
+	bool withheld;               /* COMMIT, acked: published, but the journal's tail could
+	                                not move past it: not for the router before a restart */
+	bool in_jnl;                 /* COMMIT: its record is in the journal batch being written */
+	bool acked;                  /* COMMIT: journaled and synced: its callback may run now */
+	uint64_t jend, jseq;         /* with acked: its journal batch's end and number */
+	struct queue_job *ack_next;  /* on q->acked */
+	uint64_t size;               /* COMMIT: the spare's old size; RECYCLE: the kept file's */
+	uint64_t len;                /* COMMIT: the file's length (cut to it if the spare was longer) */
+	struct router_txn *txn;      /* QJOB_COMMIT: the txn this job is embedded in */
+	queue_sync_cb *cb;           /* QJOB_SYNC: may be NULL */
+	void *arg;
+	char qid[QID_MAX];
+	char iname[QNAME_MAX];       /* COMMIT: its name in msg/ before the rename ("" = none
+	                                yet: the thread links it as .in-<qid>); RECYCLE: .spare-N */
+};
+
+struct queue_list {
+	struct queue_job *head;
+	struct queue_job **tail;
+};
+
+struct router_txn {
+	uint32_t magic;
+	struct queue *q;
+	int fd;                      /* a spare file, or -1 (none yet); to the job at commit */
+	uint64_t spare_size;         /* what the spare file held before (a recycled message) */
+	int err;                     /* first write error, sticky */
+	struct envelope env;
+	uint64_t body_offset;
+	uint64_t body_len;
+	uint64_t written;            /* bytes already write(2)n to the file */
+	struct buf wbuf;             /* header, envelope and body not yet written */
+	router_commit_cb *cb;
+	void *arg;
+	uint64_t ack_no;             /* acknowledged from the journal: its number (loop) */
+	struct router_txn *ack_prev, *ack_next;   /* on q->ack_head while not yet published */
+	struct queue_job job;
+};
+
+/*
+ * Spare files: creating an inode is the costliest step of a transaction
+ * (QUEUE.md), so it is avoided: a removed message's file is kept for the
+ * next one (msg/.spare-N), and when those run short unnamed files (O_TMPFILE)
+ * are made ahead of time on libuv's thread pool.  begin only takes one (no
+ * system call); the commit thread gives an unnamed one its .in-<qid> name
+ * and renames it to msg/<qid>, in the same directory.
+ */
+struct queue_spare {
+	int fd;                      /* -1 for a recycled file: opened by name when used */
+	uint64_t size;               /* bytes in it (a recycled message's), cut at commit */
+	char name[QNAME_MAX];        /* msg/.spare-<n>, or "" for an unnamed file */
+};
+
+struct queue_refill {
+	uv_work_t req;
+	struct queue *q;
+	int msgfd;
+	bool named;                  /* make msg/.spare-<n> instead of unnamed files */
+	size_t n;
+	struct queue_spare s[QUEUE_SPARES];
+};
+
+struct queue {
+	uint32_t magic;
+	uv_loop_t *loop;
+	char *dir;
+	int lockfd, msgfd, corruptfd;
+	bool named;                  /* no O_TMPFILE + linkat here: files have names */
+	unsigned test_sync_delay_ms; /* tests only: each group sync waits this long first */
+	unsigned test_publish_delay_ms; /* tests only: each publish waits this long first */
+	bool jnl_on;                 /* the journal is in use (else: 250 after the publish);
+	                                cleared under mtx by the sync thread for good if a
+	                                journaled message fails to publish */
+	struct journal jnl;          /* head side: journal thread; tail side: sync thread */
+	bool link_empty;             /* linkat(AT_EMPTY_PATH), not /proc/self/fd */
+	queue_new_cb *new_cb;
+	void *new_arg;
+
+	/* Loop thread only. */
+	uint64_t qid_ms;
+	uint32_t qid_seq;
+	uint64_t rnd_state;
+	struct queue_list staged;    /* handed to the thread once per loop iteration */
+	bool staging;
+	uv_idle_t idle;              /* keeps the poll from blocking while staging */
+	uv_check_t check;            /* hands the staged jobs over */
+	uv_async_t async;            /* the thread says: jobs done (or: exited) */
+	size_t inflight;             /* jobs created and not yet completed */
+	struct router_txn *ack_head, *ack_tail;   /* acknowledged, not yet published: oldest first */
+	uint64_t ack_total;          /* acknowledgements so far */
+	struct router_waiter *waiters;            /* queue_wait_acked() */
+	size_t ntxn;                 /* txns begun and not yet freed */
+	struct queue_spare spares[QUEUE_POOL_MAX];
+	size_t nspares;
+	size_t recycling;            /* removed files on their way into the pool */
+	uint64_t spare_seq;
+	uint64_t spares_used;
+	uint64_t spares_reused;
+	bool refilling;              /* a queue_refill is on the thread pool */
+	bool closing;
+	bool finishing;
+	int nhandles;
+	void (*close_done)(void *arg);
+	void *close_arg;
+
+	/* Shared with the commit threads, under mtx. */
+	uv_mutex_t mtx;
+	uv_cond_t cond;
+	uv_cond_t write_cond;        /* the journal thread says: a batch is journaled (or: exited) */
+	uv_cond_t sync_cond;         /* the writer says: a batch is written (or: exited) */
+	uv_thread_t jthread, writer, thread;  /* journal, write + name, sync + publish */
+	struct queue_list pending;   /* loop -> journal thread */
+	struct queue_list journaled; /* journal thread -> writer */
+	struct queue_list written;   /* writer -> sync thread */
+	struct queue_list done;      /* sync thread -> loop */
+	struct queue_job *acked;     /* journal thread -> loop, through ack_next (LIFO) */
+	uint64_t jtail, jtail_seq;   /* the journal's durable tail (sync thread -> journal thread) */
+	bool jstuck;                 /* a journaled message failed to publish: the tail stays */
+	size_t jbacklog;             /* acknowledged jobs the sync thread has not finished */
+	bool stop;
+	bool jnl_exited;
+	bool writer_exited;
+	bool exited;                 /* the sync thread (it exits last) */
+	enum queue_sync_mode mode;
+	struct queue_counters counters;
+};
+
+
+static inline void
+queue_list_init(struct queue_list *l)
+{
+	l->head = NULL;
+	l->tail = &l->head;
+}
+
+static inline void
+queue_list_append(struct queue_list *l, struct queue_job *j)
+{
+	j->next = NULL;
+	*l->tail = j;
+	l->tail = &j->next;
+}
+
+static inline void
+queue_list_concat(struct queue_list *dst, struct queue_list *src)
+{
+	if (src->head == NULL)
+		return;
+	*dst->tail = src->head;
+	dst->tail = src->tail;
+	queue_list_init(src);
+}
+
+/* router_queue.c, for router_commit.c */
+void queue_log_errno(const char *qid, const char *op, int e);
+int queue_write_full(int fd, const char *p, size_t len);
+int queue_file_create(struct queue *q, const char *qid, char iname[QNAME_MAX]);
+int queue_link(struct queue *q, int fd, const char *name);
+void queue_maybe_finish(struct queue *q);
+void queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size);
+void queue_txn_free(struct router_txn *t);
+struct queue_msg *queue_msg_new(struct queue *q, const char *qid);
+
+/* router_commit.c, for router_queue.c */
+void queue_jnl_main(void *arg);
+void queue_writer_main(void *arg);
+void queue_thread_main(void *arg);
+void queue_update_ref(struct queue *q);
+void queue_handoff(struct queue *q);
+void queue_idle_cb(uv_idle_t *h);
+void queue_check_cb(uv_check_t *h);
+void queue_async_cb(uv_async_t *h);
+void queue_stage(struct queue *q, struct queue_job *j);
+void queue_post_done(struct queue *q, struct queue_job *j);
+int queue_journal_open(struct queue *q, int dirfd, struct buf *err);
+
+#endif
