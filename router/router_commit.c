@@ -751,6 +751,9 @@ queue_async_cb(uv_async_t *h)
 	struct queue *q = h->data;
 	struct queue_list done;
 	struct queue_job *j, *next, *acked;
+	struct log_line l;
+	uint64_t jerrors;
+	bool jnl_on;
 
 	if (q->magic != QUEUE_MAGIC)
 		fatalx("%s: bad queue", __func__);
@@ -761,7 +764,18 @@ queue_async_cb(uv_async_t *h)
 		q->acked = NULL;
 		done = q->done;
 		queue_list_init(&q->done);
+		jerrors = q->counters.journal_errors;
+		jnl_on = q->jnl_on;
 		uv_mutex_unlock(&q->mtx);
+		if ((jerrors > 0 || (q->jnl_was_on && !jnl_on)) && !q->jnl_fail_logged) {
+			/* the threads do not log: say it once, from here */
+			q->jnl_fail_logged = true;
+			log_begin(&l, LOG_CRIT, "queue_journal_failed");
+			log_kvu(&l, "errors", jerrors);
+			log_kv(&l, "detail", "journal write or disk failure: messages are acknowledged "
+			    "only after their publish until relayd restarts");
+			log_end(&l);
+		}
 		/* acknowledgements first: a job in done was acked in this round or before */
 		for (j = acked; j != NULL; j = next) {
 			next = j->ack_next;
@@ -870,6 +884,6 @@ queue_journal_open(struct queue *q, int dirfd, struct buf *err)
 	}
 	q->jtail = q->jnl.tail;
 	q->jtail_seq = q->jnl.tail_seq;
-	q->jnl_on = true;
+	q->jnl_on = q->jnl_was_on = true;
 	return 0;
 }

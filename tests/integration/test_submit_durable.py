@@ -394,6 +394,7 @@ class DiskFailureTest(unittest.TestCase):
         # msg/ goes away while the publish waits: the publish fails
         shutil.rmtree(os.path.join(relay.queue_dir, "msg"))
         relay.wait_for_log("queue_publish_failed", qid=kept)
+        relay.wait_for_log("queue_journal_failed")
         r.cmd("MAIL FROM:<%s>" % SENDER)
         r.cmd("RCPT TO:<bob@example.net>")
         self.assertEqual(r.cmd("DATA")[0], 354)
