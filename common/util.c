@@ -280,3 +280,13 @@ util_pwrite_full(int fd, const void *p, size_t len, uint64_t off)
 	}
 	return 0;
 }
+
+uint32_t
+util_hash_str(const char *s)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *s != '\0'; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return h;
+}

@@ -58,6 +58,9 @@ void util_format_duration(uint64_t ms, char *out, size_t outlen);
 int util_pread_full(int fd, void *p, size_t len, uint64_t off);
 int util_pwrite_full(int fd, const void *p, size_t len, uint64_t off);
 
+/* FNV-1a of a NUL-terminated string: the hash of every table keyed by a name. */
+uint32_t util_hash_str(const char *s);
+
 #define RELAY_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

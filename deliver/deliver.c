@@ -79,17 +79,6 @@ deliver_tls_setup(struct deliver *d)
 
 #define DELIVER_OWNER(p, type, member) ((type *)(void *)((char *)(p) - offsetof(type, member)))
 
-static uint32_t
-deliver_hash(const char *s)
-{
-	uint32_t h = 2166136261u;   /* FNV-1a */
-
-	for (; *s != '\0'; s++) {
-		h ^= (unsigned char)*s;
-		h *= 16777619u;
-	}
-	return h;
-}
 
 static struct deliver_hnode *
 deliver_htab_find(const struct deliver_htab *t, const char *name, uint32_t hash)
@@ -153,7 +142,7 @@ deliver_htab_del(struct deliver_htab *t, struct deliver_hnode *n)
 static struct deliver_host *
 deliver_host_get(struct deliver *d, const char *ip)
 {
-	uint32_t hash = deliver_hash(ip);
+	uint32_t hash = util_hash_str(ip);
 	struct deliver_hnode *n = deliver_htab_find(&d->hosts, ip, hash);
 	struct deliver_host *h;
 
@@ -172,7 +161,7 @@ deliver_host_get(struct deliver *d, const char *ip)
 static struct deliver_key *
 deliver_key_get(struct deliver *d, const char *name, const char *ip)
 {
-	uint32_t hash = deliver_hash(name);
+	uint32_t hash = util_hash_str(name);
 	struct deliver_hnode *n = deliver_htab_find(&d->keys, name, hash);
 	size_t len = strlen(name);
 	struct deliver_key *k;

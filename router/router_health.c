@@ -134,15 +134,6 @@ health_state_name(enum health_state s)
 /* ------------------------------------------------------------------ */
 /* The table. */
 
-static size_t
-health_hash(const char *s)
-{
-	size_t h = 2166136261u;
-
-	for (; *s != '\0'; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
-}
 
 struct health *
 health_new(void)
@@ -182,7 +173,7 @@ health_grow(struct health *t)
 	for (i = 0; i < t->nbuckets; i++) {
 		for (h = t->buckets[i]; h != NULL; h = next) {
 			next = h->next;
-			k = health_hash(h->addr) % n;
+			k = util_hash_str(h->addr) % n;
 			h->next = nb[k];
 			nb[k] = h;
 		}
@@ -197,7 +188,7 @@ health_find(struct health *t, const char *addr)
 {
 	struct health_host *h;
 
-	for (h = t->buckets[health_hash(addr) % t->nbuckets]; h != NULL; h = h->next)
+	for (h = t->buckets[util_hash_str(addr) % t->nbuckets]; h != NULL; h = h->next)
 		if (strcmp(h->addr, addr) == 0)
 			return h;
 	return NULL;
@@ -214,7 +205,7 @@ health_get(struct health *t, const char *addr, const char *name)
 			health_grow(t);
 		h = xcalloc(1, sizeof(*h));
 		snprintf(h->addr, sizeof(h->addr), "%s", addr);
-		k = health_hash(h->addr) % t->nbuckets;
+		k = util_hash_str(h->addr) % t->nbuckets;
 		h->next = t->buckets[k];
 		t->buckets[k] = h;
 		t->count++;

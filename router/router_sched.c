@@ -253,22 +253,13 @@ sched_arm(struct sched *s)
 /* ------------------------------------------------------------------ */
 /* Messages by queue id. */
 
-size_t
-sched_hash(const char *k)
-{
-	size_t h = 2166136261u;
-
-	for (; *k != '\0'; k++)
-		h = (h ^ (unsigned char)*k) * 16777619u;
-	return h;
-}
 
 static struct sched_msg *
 sched_msg_lookup(struct sched *s, const char *qid)
 {
 	struct sched_msg *sm;
 
-	for (sm = s->mhash[sched_hash(qid) % s->nmhash]; sm != NULL; sm = sm->hnext)
+	for (sm = s->mhash[util_hash_str(qid) % s->nmhash]; sm != NULL; sm = sm->hnext)
 		if (strcmp(sm->m->qid, qid) == 0)
 			return sm;
 	return NULL;
@@ -287,7 +278,7 @@ sched_msg_hash_add(struct sched *s, struct sched_msg *sm)
 		for (i = 0; i < s->nmhash; i++) {
 			for (e = s->mhash[i]; e != NULL; e = next) {
 				next = e->hnext;
-				k = sched_hash(e->m->qid) % n;
+				k = util_hash_str(e->m->qid) % n;
 				e->hnext = nh[k];
 				nh[k] = e;
 			}
@@ -296,7 +287,7 @@ sched_msg_hash_add(struct sched *s, struct sched_msg *sm)
 		s->mhash = nh;
 		s->nmhash = n;
 	}
-	k = sched_hash(sm->m->qid) % s->nmhash;
+	k = util_hash_str(sm->m->qid) % s->nmhash;
 	sm->hnext = s->mhash[k];
 	s->mhash[k] = sm;
 }
@@ -306,7 +297,7 @@ sched_msg_hash_del(struct sched *s, struct sched_msg *sm)
 {
 	struct sched_msg **pp;
 
-	for (pp = &s->mhash[sched_hash(sm->m->qid) % s->nmhash]; *pp != NULL; pp = &(*pp)->hnext) {
+	for (pp = &s->mhash[util_hash_str(sm->m->qid) % s->nmhash]; *pp != NULL; pp = &(*pp)->hnext) {
 		if (*pp == sm) {
 			*pp = sm->hnext;
 			return;

@@ -38,7 +38,7 @@ struct sched_dest *
 sched_dest_get(struct sched *s, const char *name)
 {
 	struct sched_dest *d;
-	size_t k = sched_hash(name) % s->ndhash;
+	size_t k = util_hash_str(name) % s->ndhash;
 
 	for (d = s->dhash[k]; d != NULL; d = d->hnext)
 		if (strcmp(d->name, name) == 0)
@@ -51,7 +51,7 @@ sched_dest_get(struct sched *s, const char *name)
 		for (i = 0; i < s->ndhash; i++) {
 			for (e = s->dhash[i]; e != NULL; e = next) {
 				next = e->hnext;
-				j = sched_hash(e->name) % n;
+				j = util_hash_str(e->name) % n;
 				e->hnext = nh[j];
 				nh[j] = e;
 			}
@@ -59,7 +59,7 @@ sched_dest_get(struct sched *s, const char *name)
 		free(s->dhash);
 		s->dhash = nh;
 		s->ndhash = n;
-		k = sched_hash(name) % s->ndhash;
+		k = util_hash_str(name) % s->ndhash;
 	}
 	d = xcalloc(1, sizeof(*d));
 	d->name = xstrdup(name);
@@ -86,7 +86,7 @@ sched_dest_maybe_free(struct sched *s, struct sched_dest *d)
 	if (d->inflight > 0 || d->nbacklog > 0 || d->nwaiting > 0)
 		return;
 	sched_heap_remove(s, &d->wake);
-	for (pp = &s->dhash[sched_hash(d->name) % s->ndhash]; *pp != NULL; pp = &(*pp)->hnext) {
+	for (pp = &s->dhash[util_hash_str(d->name) % s->ndhash]; *pp != NULL; pp = &(*pp)->hnext) {
 		if (*pp == d) {
 			*pp = d->hnext;
 			break;

@@ -190,7 +190,6 @@ void sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched
 void sched_msg_run(struct sched *s, struct sched_msg *sm, uint64_t now);
 void sched_msg_free(struct sched *s, struct sched_msg *sm);
 void sched_shutdown_check(struct sched *s);
-size_t sched_hash(const char *k);
 bool sched_job_active(const struct sched_job *job);
 
 /* router_sched_dest.c: destinations (by name, created on demand, freed when

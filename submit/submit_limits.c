@@ -37,15 +37,6 @@ struct submit_limits {
 	unsigned total_conns;
 };
 
-static uint32_t
-submit_limits_hash(const char *s)
-{
-	uint32_t h = 2166136261u;
-
-	for (; *s != '\0'; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
-}
 
 static void
 submit_limits_grow(struct submit_limits_table *t)
@@ -57,7 +48,7 @@ submit_limits_grow(struct submit_limits_table *t)
 	for (i = 0; i < t->nslots; i++)
 		for (e = t->slot[i]; e != NULL; e = next) {
 			next = e->next;
-			h = submit_limits_hash(e->key) & (n - 1);
+			h = util_hash_str(e->key) & (n - 1);
 			e->next = slot[h];
 			slot[h] = e;
 		}
@@ -73,7 +64,7 @@ submit_limits_find(const struct submit_limits_table *t, const char *key)
 
 	if (t->nslots == 0)
 		return NULL;
-	for (e = t->slot[submit_limits_hash(key) & (t->nslots - 1)]; e != NULL; e = e->next)
+	for (e = t->slot[util_hash_str(key) & (t->nslots - 1)]; e != NULL; e = e->next)
 		if (strcmp(e->key, key) == 0)
 			return e;
 	return NULL;
@@ -92,7 +83,7 @@ submit_limits_get(struct submit_limits_table *t, const char *key)
 	len = strlen(key);
 	e = xcalloc(1, sizeof(*e) + len + 1);
 	memcpy(e->key, key, len + 1);
-	h = submit_limits_hash(key) & (t->nslots - 1);
+	h = util_hash_str(key) & (t->nslots - 1);
 	e->next = t->slot[h];
 	t->slot[h] = e;
 	t->n++;

@@ -1,5 +1,5 @@
 /*
- * test_mx.c - the router's MX resolver (router/router_mx.c) against a real
+ * test_mx.c - the router's MX resolver (router/router_mx*.c) against a real
  * DNS server: tests/harness/dns_cli.py runs the harness's DNSServer on
  * 127.0.0.1 and takes zone changes on its stdin.  Each case runs its own
  * libuv loop and resolver and ends with uv_loop_close() == 0.
