@@ -339,7 +339,8 @@ deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *
 {
 	struct deliver_txn *t;
 	char ip[64], name[DELIVER_KEY_MAX];
-	int port;
+	const char *user, *host;
+	int port, n;
 
 	if (d->shutting_down)
 		return RELAY_ECLOSED;
@@ -360,9 +361,13 @@ deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *
 		uv_ip4_name(a, ip, sizeof(ip));
 		port = ntohs(a->sin_port);
 	}
-	snprintf(name, sizeof(name), "%s|%d|%s|%s|%s", ip, port, conf_tls_name(req->tls),
-	    req->auth_user != NULL ? req->auth_user : "",
-	    req->tls == CONF_TLS_VERIFY && req->host != NULL ? req->host : "");
+	/* user and host are length-prefixed: no two different ones share a key */
+	user = req->auth_user != NULL ? req->auth_user : "";
+	host = req->tls == CONF_TLS_VERIFY && req->host != NULL ? req->host : "";
+	n = snprintf(name, sizeof(name), "%s|%d|%s|%zu:%s|%zu:%s", ip, port,
+	    conf_tls_name(req->tls), strlen(user), user, strlen(host), host);
+	if (n < 0 || (size_t)n >= sizeof(name))
+		return RELAY_EINVAL;             /* a key cut short could merge two */
 	t = xcalloc(1, sizeof(*t));
 	t->d = d;
 	t->req = req;
