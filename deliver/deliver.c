@@ -17,14 +17,16 @@
  * deliver_start().  A dispatch pass goes round the keys that have waiting
  * requests, starting one request per key per turn (round-robin: a key with
  * thousands waiting does not starve the others), in FIFO order within a key:
- * on an idle connection of the key; else, when one of the key's connections
- * is finishing (RSET out), the request waits for it; else on a new connection
- * if the global limit (router.max_connections) and the per-host limit
- * (router.max_connections_per_host) allow, closing idle connections (of the
- * same host, else the oldest) to make room.  A key that cannot start its next
- * request leaves the pass: the requests behind it could not either, and other
- * keys are not held up.  A pass costs O(keys + connections + requests
- * started), never a walk of every waiting request.
+ * on an idle connection of the key (a completed transaction leaves its
+ * connection idle at once, with no RSET: the next MAIL goes straight out);
+ * else, when one of the key's connections is finishing (the RSET after a
+ * transaction that did not complete is out), the request waits for it; else
+ * on a new connection if the global limit (router.max_connections) and the
+ * per-host limit (router.max_connections_per_host) allow, closing idle
+ * connections (of the same host, else the oldest) to make room.  A key that
+ * cannot start its next request leaves the pass: the requests behind it
+ * could not either, and other keys are not held up.  A pass costs O(keys +
+ * connections + requests started), never a walk of every waiting request.
  *
  * Shutdown: waiting requests fail with HOST_FAIL "4.3.2 shutting down", idle
  * connections QUIT, busy ones are aborted the same way unless the final
@@ -548,7 +550,8 @@ deliver_key_turn(struct deliver *d, struct deliver_key *k)
 			return true;
 		}
 		if (!t->no_reuse && k->finishing > 0) {
-			/* A connection's RSET is on the way: t waits for it rather than connect again. */
+			/* A connection's RSET (after a failed transaction) is on the way: t
+			 * waits for it rather than connect again. */
 			k->finishing--;
 			continue;
 		}

@@ -126,6 +126,14 @@ bool deliver_check_caps(const struct deliver_req *req, const struct deliver_caps
 #define DELIVER_MAGIC_CONN      0x444c7643u     /* "DLvC" */
 #define DELIVER_KEY_MAX         512
 #define DELIVER_CHUNK           (64 * 1024)     /* body bytes read and written at a time */
+/*
+ * A connection reused after more than this long idle (ms, on d->now) is
+ * checked with RSET before the next MAIL; one reused sooner sends MAIL at
+ * once (no RSET follows a completed transaction).  Postfix's smtp(8) probes
+ * a cached session the same way; 1 s covers back-to-back messages while a
+ * server's idle timeout (minutes) is far longer.
+ */
+#define DELIVER_REUSE_VERIFY_MS 1000
 
 /* One request: waiting in its key's FIFO, or running on a connection. */
 struct deliver_txn {
@@ -198,7 +206,7 @@ struct deliver_conn {
 	struct deliver *d;
 	struct deliver_key *key;    /* holds a reference */
 	bool idle;
-	bool finishing;             /* RSET after a transaction: idle soon */
+	bool finishing;             /* RSET after a transaction that did not complete: idle soon */
 	uint64_t idle_since;        /* monotonic ms */
 	unsigned ntxn;              /* transactions run on this connection */
 	struct deliver_session *s;
@@ -236,7 +244,9 @@ void deliver_pool_gone(struct deliver *d, struct deliver_conn *c);
 /* deliver_session.c: called by the pool. */
 /* Open a connection for t: fills c->s; t's result comes via deliver_pool_finish(). */
 void deliver_session_open(struct deliver_conn *c, struct deliver_txn *t);
-/* Run t on the idle connection c. */
+/* Run t on the idle connection c: MAIL at once, or RSET first if c has been
+ * idle for more than DELIVER_REUSE_VERIFY_MS (a failed RSET sends t back to
+ * the pool, which runs it on a new connection). */
 void deliver_session_reuse(struct deliver_conn *c, struct deliver_txn *t);
 /* Close c now: QUIT if it is idle; a transaction in progress is not reported. */
 void deliver_session_close(struct deliver_conn *c);

@@ -8,8 +8,10 @@
  * reply goes to the current state's reply handler.
  *
  *   CONNECT -> GREETING -> EHLO (-> HELO on 5xx) -> [STARTTLS -> TLS -> EHLO2]
- *           -> [AUTH] -> MAIL -> RCPT... -> DATA -> BODY -> DOT -> RSET -> IDLE
- *   IDLE -> MAIL (connection reuse)      IDLE -> QUIT (idle timeout)
+ *           -> [AUTH] -> MAIL -> RCPT... -> DATA -> BODY -> DOT -> IDLE
+ *   (a transaction that did not end with 2xx to the final dot: ... -> RSET -> IDLE)
+ *   IDLE -> MAIL (reuse)   IDLE -> RSET -> MAIL (reuse after more than
+ *   DELIVER_REUSE_VERIFY_MS idle)   IDLE -> QUIT (idle timeout)
  *
  * Owns: the io, the reply parser, the body file descriptor while in BODY, the
  * SASL client (struct deliver_auth) while in AUTH and, while busy, one
@@ -35,9 +37,17 @@
  *  - Per-recipient results (rcpts[].code/status/reply) are filled for every
  *    RCPT answered, whatever the overall status; accepted recipients get the
  *    end-of-data reply.
- *  - A reused connection that dies (EOF, reset, 421) before answering the
- *    transaction's first command is not the host's fault: the request goes
- *    back to the pool and runs on a fresh connection.
+ *  - No RSET after a transaction that ended with 2xx to the final dot: the
+ *    server is ready for the next MAIL at once (RFC 5321 4.1.4), so a request
+ *    that reuses the connection soon sends MAIL directly.  A connection idle
+ *    for more than DELIVER_REUSE_VERIFY_MS is checked with RSET before its
+ *    MAIL (Postfix's smtp_rset_timeout probe).  Any other end of a
+ *    transaction that sent MAIL (refused MAIL, DATA or dot, no recipient
+ *    accepted) is followed by RSET at once.
+ *  - A reused connection that dies (EOF, reset, 421), or refuses or times
+ *    out on the RSET that checks it, before answering the transaction's
+ *    first command is not the host's fault: the request goes back to the
+ *    pool and runs on a fresh connection.
  *  - The body is read with pread() in 64 KiB chunks, one chunk per "drained"
  *    event: memory stays bounded; queue files are local and freshly written.
  *
@@ -386,7 +396,8 @@ ds_fail(struct deliver_session *s, bool retryable, enum io_error ioe, int code,
 }
 
 static int
-ds_fail_reply(struct deliver_session *s, const struct deliver_reply *r, const char *status)
+ds_fail_with_reply(struct deliver_session *s, const struct deliver_reply *r, const char *status,
+    bool retryable)
 {
 	struct buf text = BUF_INIT;
 	char st[16];
@@ -394,10 +405,23 @@ ds_fail_reply(struct deliver_session *s, const struct deliver_reply *r, const ch
 
 	deliver_reply_format(r, &text);
 	deliver_reply_status(r, st, sizeof(st));
-	rc = ds_fail(s, r->code == 421, IO_ERR_NONE, r->code, status != NULL ? status : st,
-	    buf_cstr(&text));
+	rc = ds_fail(s, retryable || r->code == 421, IO_ERR_NONE, r->code,
+	    status != NULL ? status : st, buf_cstr(&text));
 	buf_free(&text);
 	return rc;
+}
+
+static int
+ds_fail_reply(struct deliver_session *s, const struct deliver_reply *r, const char *status)
+{
+	return ds_fail_with_reply(s, r, status, false);
+}
+
+/* A reused connection refused the RSET that checks it: t runs on a fresh one. */
+static int
+ds_fail_retry_reply(struct deliver_session *s, const struct deliver_reply *r)
+{
+	return ds_fail_with_reply(s, r, NULL, true);
 }
 
 /* A refused STARTTLS: HOST_FAIL with the server's code and words, io_err TLS
@@ -414,16 +438,22 @@ ds_fail_tls_reply(struct deliver_session *s, const struct deliver_reply *r, cons
 	return rc;
 }
 
-/* After t's outcome is reported: RSET if a MAIL was sent, then idle. */
+/*
+ * After t's outcome is reported: idle at once when the transaction completed
+ * (2xx to the final dot: the server is ready for the next MAIL), else RSET
+ * first if a MAIL was sent.
+ */
 static int
-ds_next_txn(struct deliver_session *s)
+ds_next_txn(struct deliver_session *s, bool completed)
 {
-	if (s->mail_sent && s->c != NULL)
+	bool rset = s->mail_sent && !completed;
+
+	if (rset && s->c != NULL)
 		s->c->finishing = true;     /* before the callback: a new request waits for us */
 	ds_report(s);
 	if (s->d->shutting_down)
 		return ds_close(s, true);
-	return deliver_enter_state(s, s->mail_sent ? DS_RSET : DS_IDLE);
+	return deliver_enter_state(s, rset ? DS_RSET : DS_IDLE);
 }
 
 /* Fill rcpt i from a reply. */
@@ -706,7 +736,7 @@ ds_mail_enter(struct deliver_session *s)
 	ds_txn_reset(s);
 	if (deliver_check_caps(req, &s->caps, status, sizeof(status), text, sizeof(text))) {
 		ds_decide(s, DELIVER_PERM, IO_ERR_NONE, 0, status, text);
-		return ds_next_txn(s);
+		return ds_next_txn(s, false);
 	}
 	buf_reset(&s->out);
 	deliver_fmt_mail(&s->out, req, &s->caps);
@@ -732,7 +762,7 @@ ds_mail_reply(struct deliver_session *s, const struct deliver_reply *r)
 		s->mail_failed = true;
 		ds_decide_reply(s, r->code / 100 == 4 ? DELIVER_TEMP : DELIVER_PERM, r);
 		if (!s->pipelined)
-			return ds_next_txn(s);
+			return ds_next_txn(s, false);
 	}
 	/* Pipelined: the RCPT and DATA replies follow whatever happened. */
 	return deliver_enter_state(s, DS_RCPT);
@@ -769,7 +799,7 @@ ds_rcpt_reply(struct deliver_session *s, const struct deliver_reply *r)
 		return deliver_enter_state(s, DS_DATA);
 	/* Nobody accepted: each recipient keeps its own reply; no DATA. */
 	ds_decide(s, DELIVER_DONE, IO_ERR_NONE, 0, "", "no recipient accepted");
-	return ds_next_txn(s);
+	return ds_next_txn(s, false);
 }
 
 static int
@@ -796,11 +826,11 @@ ds_data_reply(struct deliver_session *s, const struct deliver_reply *r)
 			io_write(s->io, ".\r\n", 3);
 			return deliver_enter_state(s, DS_DOT);
 		}
-		return ds_next_txn(s);
+		return ds_next_txn(s, false);
 	}
 	if (r->code != 354) {
 		ds_decide_reply(s, r->code / 100 == 5 ? DELIVER_PERM : DELIVER_TEMP, r);
-		return ds_next_txn(s);
+		return ds_next_txn(s, false);
 	}
 	return deliver_enter_state(s, DS_BODY);
 }
@@ -892,13 +922,13 @@ ds_dot_reply(struct deliver_session *s, const struct deliver_reply *r)
 	if (r->code == 421)
 		return ds_fail_reply(s, r, NULL);
 	if (s->decided)         /* the empty body after a broken 354 */
-		return ds_next_txn(s);
+		return ds_next_txn(s, false);
 	st = r->code / 100 == 2 ? DELIVER_DONE : r->code / 100 == 4 ? DELIVER_TEMP : DELIVER_PERM;
 	for (size_t i = 0; i < req->nrcpts; i++)
 		if (req->rcpts[i].code / 100 == 2)
 			ds_rcpt_set(&req->rcpts[i], r);
 	ds_decide_reply(s, st, r);
-	return ds_next_txn(s);
+	return ds_next_txn(s, st == DELIVER_DONE);
 }
 
 static int
@@ -911,6 +941,13 @@ ds_rset_enter(struct deliver_session *s)
 static int
 ds_rset_reply(struct deliver_session *s, const struct deliver_reply *r)
 {
+	if (s->t != NULL) {
+		/* The check of a connection idle for a while, before t's MAIL. */
+		if (r->code / 100 == 2)
+			return deliver_enter_state(s, DS_MAIL);
+		return ds_fail_retry_reply(s, r);
+	}
+	/* The reset after a transaction that did not complete. */
 	if (r->code / 100 != 2)
 		return ds_close(s, r->code != 421);
 	return deliver_enter_state(s, DS_IDLE);
@@ -1010,7 +1047,8 @@ ds_timed_out(struct deliver_session *s)
 	    deliver_rows[s->state].name);
 	if (s->state == DS_TLS)
 		return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5", text);
-	return ds_fail(s, false, IO_ERR_OTHER, 0, "4.4.2", text);
+	/* The RSET that checks a reused connection timed out: t runs on a fresh one. */
+	return ds_fail(s, s->state == DS_RSET, IO_ERR_OTHER, 0, "4.4.2", text);
 }
 
 static int
@@ -1114,14 +1152,19 @@ void
 deliver_session_reuse(struct deliver_conn *c, struct deliver_txn *t)
 {
 	struct deliver_session *s = c->s;
+	uint64_t now = c->d->now();
+	bool check;
 
 	if (s == NULL || s->state != DS_IDLE || s->t != NULL)
 		fatalx("%s: connection is not idle", __func__);
+	/* Idle for a while: RSET first to see that it still works (Postfix's probe). */
+	check = now > c->idle_since && now - c->idle_since > DELIVER_REUSE_VERIFY_MS;
 	s->depth++;
 	s->t = t;
 	s->reused = true;
 	s->replied = false;
-	deliver_enter_state(s, DS_MAIL);
+	s->decided = false;         /* the last transaction's outcome is not t's */
+	deliver_enter_state(s, check ? DS_RSET : DS_MAIL);
 	ds_unwind(s);
 }
 
