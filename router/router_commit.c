@@ -819,7 +819,7 @@ queue_replay_one(void *arg, const char *qid, const char *image, size_t len)
 	}
 	snprintf(iname, sizeof(iname), QNAME_IN "%s", qid);
 	fd = openat(q->msgfd, iname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd == -1 || queue_write_full(fd, image, len) == -1 || fdatasync(fd) == -1 ||
+	if (fd == -1 || util_pwrite_full(fd, image, len, 0) == -1 || fdatasync(fd) == -1 ||
 	    renameat(q->msgfd, iname, q->msgfd, qid) == -1) {
 		queue_log_errno(qid, "replay", errno);
 		if (fd >= 0)

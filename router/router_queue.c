@@ -15,8 +15,8 @@
  *
  * Threads: everything here runs on the loop thread, except
  * queue_refill_work(), which touches only its own request, and the file
- * helpers the commit threads call (queue_file_create(), queue_link(),
- * queue_write_full()), which touch only their arguments.
+ * helpers the commit threads call (queue_file_create(), queue_link()),
+ * which touch only their arguments.
  *
  * Must never: make the loop thread wait for a disk sync; let a queue id name
  * appear in msg/ before its content is durable; write into a recycled file
@@ -52,26 +52,6 @@ static enum queue_sync_mode queue_default_mode(void);
  * Small helpers.
  */
 
-
-int
-queue_write_full(int fd, const char *p, size_t len)
-{
-	ssize_t n;
-
-	while (len > 0) {
-		n = write(fd, p, len);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			if (n == 0)
-				errno = EIO;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
 
 static void
 queue_hex16(char out[16], uint64_t v)
@@ -833,7 +813,7 @@ queue_txn_flush(struct router_txn *t)
 		t->err = RELAY_EIO;
 		return t->err;
 	}
-	if (queue_write_full(t->fd, t->wbuf.data, t->wbuf.len) == -1) {
+	if (util_pwrite_full(t->fd, t->wbuf.data, t->wbuf.len, t->written) == -1) {
 		queue_log_errno(t->job.qid, "write", errno);
 		t->err = RELAY_EIO;
 		return t->err;

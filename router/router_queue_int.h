@@ -216,7 +216,6 @@ queue_list_concat(struct queue_list *dst, struct queue_list *src)
 
 /* router_queue.c, for router_commit.c */
 void queue_log_errno(const char *qid, const char *op, int e);
-int queue_write_full(int fd, const char *p, size_t len);
 int queue_file_create(struct queue *q, const char *qid, char iname[QNAME_MAX]);
 int queue_link(struct queue *q, int fd, const char *name);
 void queue_maybe_finish(struct queue *q);
