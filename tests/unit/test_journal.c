@@ -27,6 +27,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "check.h"
+#include "fixture.h"
 
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -36,7 +37,6 @@
 #include <linux/fs.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,28 +47,9 @@
 #define JR_HDR   (JOURNAL_QID_MAX + 8u) /* record header */
 #define MIB      (1u << 20)
 
-static char tdir[64];
-static char logpath[128];
-static int ndirs;
-
 /*
  * Fixtures.
  */
-
-static int
-rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-static void
-rm_rf(const char *path)
-{
-	(void)nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 /* A fresh directory below the test's temporary one; its fd, its path in out. */
 static int
@@ -98,21 +79,6 @@ file_size_at(int dirfd, const char *name)
 	struct stat st;
 
 	return fstatat(dirfd, name, &st, 0) == 0 ? st.st_size : -1;
-}
-
-static int
-log_has(const char *needle)
-{
-	char line[1024];
-	FILE *fp;
-	int found = 0;
-
-	if ((fp = fopen(logpath, "r")) == NULL)
-		return 0;
-	while (!found && fgets(line, sizeof(line), fp) != NULL)
-		found = strstr(line, needle) != NULL;
-	fclose(fp);
-	return found;
 }
 
 /*
@@ -1063,53 +1029,6 @@ qfile_image(struct buf *out, const struct envelope *env, const char *body, size_
 	buf_free(&lines);
 }
 
-struct sink {
-	struct queue_msg *m[8];
-	size_t n;
-	const char *qdir;
-	int present;                 /* msg/<qid> existed when the message was handed out */
-};
-
-static int
-msg_exists(const char *qdir, const char *qid)
-{
-	char path[256];
-
-	snprintf(path, sizeof(path), "%s/msg/%s", qdir, qid);
-	return access(path, F_OK) == 0;
-}
-
-static void
-sink_add(void *arg, struct queue_msg *m)
-{
-	struct sink *s = arg;
-
-	if (s->qdir != NULL && msg_exists(s->qdir, m->qid))
-		s->present++;
-	if (s->n == RELAY_ARRAY_LEN(s->m)) {
-		queue_msg_free(m);
-		return;
-	}
-	s->m[s->n++] = m;
-}
-
-static void
-sink_free(struct sink *s)
-{
-	for (size_t i = 0; i < s->n; i++)
-		queue_msg_free(s->m[i]);
-	s->n = 0;
-}
-
-static struct queue_msg *
-sink_find(struct sink *s, const char *qid)
-{
-	for (size_t i = 0; i < s->n; i++)
-		if (strcmp(s->m[i]->qid, qid) == 0)
-			return s->m[i];
-	return NULL;
-}
-
 /* msg/<qid> holds exactly these bytes. */
 static int
 msg_equals(const char *qdir, const char *qid, const struct buf *want)
@@ -1130,37 +1049,6 @@ msg_equals(const char *qdir, const char *qid, const struct buf *want)
 	free(got);
 	close(fd);
 	return ok;
-}
-
-static struct queue *
-open_queue(uv_loop_t *loop, const char *dir)
-{
-	struct buf err = BUF_INIT;
-	struct queue *q = NULL;
-
-	if (queue_open(loop, dir, &q, &err) != 0) {
-		fprintf(stderr, "queue_open: %s\n", buf_cstr(&err));
-		exit(2);
-	}
-	buf_free(&err);
-	return q;
-}
-
-static void
-closed_cb(void *arg)
-{
-	(*(int *)arg)++;
-}
-
-static void
-close_queue(uv_loop_t *loop, struct queue *q)
-{
-	int closed = 0;
-
-	queue_close(q, closed_cb, &closed);
-	uv_run(loop, UV_RUN_DEFAULT);
-	CHECK_INT(closed, 1);
-	CHECK_INT(uv_loop_close(loop), 0);
 }
 
 static void
@@ -1228,6 +1116,7 @@ test_queue_replay(void)
 	CHECK(sink_find(&scanned, qid3) != NULL);
 	sink_free(&scanned);
 	close_queue(&loop, q);
+	close_loop(&loop);
 
 	/* the tail moved past them: the next start replays nothing */
 	jopen(dirfd, &j);
@@ -1241,30 +1130,11 @@ test_queue_replay(void)
 	queue_get_counters(q, &c);
 	CHECK_INT(c.replayed, 0);
 	close_queue(&loop, q);
+	close_loop(&loop);
 
 	buf_free(&img1);
 	buf_free(&img3);
 	drop_dir(dirfd, dir);
-}
-
-/* One commit's outcome, and whether its file was in msg/ at its callback. */
-struct commit_res {
-	int called;
-	int err;
-	int present;
-	char qid[QID_MAX];
-	const char *qdir;
-};
-
-static void
-commit_cb(void *arg, int err, const char *qid)
-{
-	struct commit_res *c = arg;
-
-	c->called++;
-	c->err = err;
-	snprintf(c->qid, sizeof(c->qid), "%s", qid != NULL ? qid : "");
-	c->present = qid != NULL && msg_exists(c->qdir, qid);
 }
 
 static void
@@ -1289,9 +1159,7 @@ kill_commit_cb(void *arg, int err, const char *qid)
 
 	(void)arg;
 	n = snprintf(line, sizeof(line), "%d %s\n", err, qid != NULL ? qid : "-");
-	if (write(kill_pipe, line, (size_t)n) != n)
-		_exit(3);
-	kill(getpid(), SIGKILL);
+	fixture_report_and_die(kill_pipe, line, n);
 }
 
 static void
@@ -1306,7 +1174,6 @@ test_queue_ack_before_publish(void)
 	uv_loop_t loop;
 	char dir[128], line[64] = { 0 }, qid[QID_MAX] = { 0 };
 	int dirfd = new_dir(dir, sizeof(dir)), fds[2], status = 0, err = -1;
-	ssize_t n, off = 0;
 	pid_t pid;
 
 	/*
@@ -1337,6 +1204,7 @@ test_queue_ack_before_publish(void)
 	CHECK_INT(c.journaled, 1);
 	sink_free(&fresh);
 	close_queue(&loop, q);
+	close_loop(&loop);
 	drop_dir(dirfd, dir);
 
 	/*
@@ -1344,12 +1212,7 @@ test_queue_ack_before_publish(void)
 	 * in the journal and queues it, whole.
 	 */
 	dirfd = new_dir(dir, sizeof(dir));
-	if (pipe(fds) == -1)
-		exit(2);
-	fflush(NULL);
-	if ((pid = fork()) == -1)
-		exit(2);
-	if (pid == 0) {
+	if ((pid = fixture_fork(fds)) == 0) {
 		close(fds[0]);
 		kill_pipe = fds[1];
 		setenv("RELAYD_TEST_PUBLISH_DELAY_MS", "5000", 1);
@@ -1359,10 +1222,7 @@ test_queue_ack_before_publish(void)
 		uv_run(&loop, UV_RUN_DEFAULT);
 		_exit(5);               /* not reached: the callback kills us */
 	}
-	close(fds[1]);
-	while ((n = read(fds[0], line + off, sizeof(line) - 1 - (size_t)off)) > 0)
-		off += n;
-	close(fds[0]);
+	fixture_read_report(fds, line, sizeof(line));
 	CHECK(waitpid(pid, &status, 0) == pid);
 	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 	CHECK_INT(sscanf(line, "%d %31s", &err, qid), 2);
@@ -1389,21 +1249,14 @@ test_queue_ack_before_publish(void)
 		CHECK_MSG(0, "%s not found after the restart", qid);
 	sink_free(&scanned);
 	close_queue(&loop, q);
+	close_loop(&loop);
 	drop_dir(dirfd, dir);
 }
 
 int
 main(void)
 {
-	const char *base = getenv("TMPDIR");
-
-	snprintf(tdir, sizeof(tdir), "%s/relayd-test-journal-XXXXXX", base != NULL && *base ? base : "/tmp");
-	if (mkdtemp(tdir) == NULL) {
-		perror("mkdtemp");
-		return 2;
-	}
-	snprintf(logpath, sizeof(logpath), "%s/log", tdir);
-	if (log_open(logpath) != 0)
+	if (fixture_setup("journal") != 0)
 		return 2;
 	test_open_append_replay();
 	test_torn();
@@ -1414,7 +1267,6 @@ main(void)
 	test_superblock();
 	test_queue_replay();
 	test_queue_ack_before_publish();
-	log_close();
-	rm_rf(tdir);
+	fixture_teardown();
 	return check_done();
 }

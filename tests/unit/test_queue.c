@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "check.h"
+#include "fixture.h"
 
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -23,35 +24,15 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-static char tdir[64];
-static char logpath[128];
-static int ndirs;
-
 /*
  * Fixtures.
  */
-
-static int
-rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-static void
-rm_rf(const char *path)
-{
-	(void)nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 /* A fresh queue directory below the test's temporary directory. */
 static const char *
@@ -136,115 +117,6 @@ file_ino(const char *qdir, const char *qid)
 
 	snprintf(path, sizeof(path), "%s/msg/%s", qdir, qid);
 	return stat(path, &st) == 0 ? st.st_ino : 0;
-}
-
-/* The log file has a line containing needle. */
-static int
-log_has(const char *needle)
-{
-	char line[1024];
-	FILE *fp;
-	int found = 0;
-
-	if ((fp = fopen(logpath, "r")) == NULL)
-		return 0;
-	while (!found && fgets(line, sizeof(line), fp) != NULL)
-		found = strstr(line, needle) != NULL;
-	fclose(fp);
-	return found;
-}
-
-/* Collects the messages the queue hands out (scan or new commits). */
-struct sink {
-	struct queue_msg *m[64];
-	size_t n;
-};
-
-static void
-sink_add(void *arg, struct queue_msg *m)
-{
-	struct sink *s = arg;
-
-	if (s->n == RELAY_ARRAY_LEN(s->m)) {
-		queue_msg_free(m);
-		return;
-	}
-	s->m[s->n++] = m;
-}
-
-static void
-sink_free(struct sink *s)
-{
-	size_t i;
-
-	for (i = 0; i < s->n; i++)
-		queue_msg_free(s->m[i]);
-	s->n = 0;
-}
-
-static struct queue_msg *
-sink_find(struct sink *s, const char *qid)
-{
-	size_t i;
-
-	for (i = 0; i < s->n; i++)
-		if (strcmp(s->m[i]->qid, qid) == 0)
-			return s->m[i];
-	return NULL;
-}
-
-/* One commit's outcome. */
-struct commit_res {
-	int called;
-	int err;
-	char qid[QID_MAX];
-};
-
-static void
-commit_cb(void *arg, int err, const char *qid)
-{
-	struct commit_res *c = arg;
-
-	c->called++;
-	c->err = err;
-	snprintf(c->qid, sizeof(c->qid), "%s", qid != NULL ? qid : "");
-}
-
-static void
-closed_cb(void *arg)
-{
-	(*(int *)arg)++;
-}
-
-static struct queue *
-open_queue(uv_loop_t *loop, const char *dir)
-{
-	struct buf err = BUF_INIT;
-	struct queue *q = NULL;
-
-	if (queue_open(loop, dir, &q, &err) != 0) {
-		fprintf(stderr, "queue_open: %s\n", buf_cstr(&err));
-		exit(2);
-	}
-	buf_free(&err);
-	return q;
-}
-
-static void
-close_queue(uv_loop_t *loop, struct queue *q)
-{
-	int closed = 0;
-
-	queue_close(q, closed_cb, &closed);
-	uv_run(loop, UV_RUN_DEFAULT);
-	CHECK_INT(closed, 1);
-}
-
-static void
-close_loop(uv_loop_t *loop)
-{
-	uv_run(loop, UV_RUN_DEFAULT);
-	CHECK_INT(uv_loop_close(loop), 0);
 }
 
 /* Begin, write body in pieces of chunk bytes, commit; loop not run. */
@@ -1222,9 +1094,7 @@ child_commit_cb(void *arg, int err, const char *qid)
 	queue_get_counters(child_q, &c);
 	n = snprintf(line, sizeof(line), "%d %s %llu\n", err, qid != NULL ? qid : "-",
 	    (unsigned long long)c.spares_reused);
-	if (write(child_pipe, line, (size_t)n) != n)
-		_exit(3);
-	kill(getpid(), SIGKILL);
+	fixture_report_and_die(child_pipe, line, n);
 }
 
 static void
@@ -1238,16 +1108,10 @@ test_sigkill(void)
 	struct queue *q;
 	unsigned long long reused = 0;
 	int fds[2], status = 0, err = -1;
-	ssize_t n, off = 0;
 	pid_t pid;
 
 	new_qdir(dir, sizeof(dir));
-	if (pipe(fds) == -1)
-		exit(2);
-	fflush(NULL);
-	if ((pid = fork()) == -1)
-		exit(2);
-	if (pid == 0) {
+	if ((pid = fixture_fork(fds)) == 0) {
 		struct sink first = { .n = 0 };
 		struct commit_res res = { 0 };
 		struct router_txn *t;
@@ -1270,10 +1134,7 @@ test_sigkill(void)
 		uv_run(&loop, UV_RUN_DEFAULT);
 		_exit(5);               /* not reached: the callback kills us */
 	}
-	close(fds[1]);
-	while ((n = read(fds[0], line + off, sizeof(line) - 1 - (size_t)off)) > 0)
-		off += n;
-	close(fds[0]);
+	fixture_read_report(fds, line, sizeof(line));
 	CHECK(waitpid(pid, &status, 0) == pid);
 	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 	CHECK_INT(sscanf(line, "%d %31s %llu", &err, qid, &reused), 3);
@@ -1300,15 +1161,7 @@ test_sigkill(void)
 int
 main(void)
 {
-	const char *base = getenv("TMPDIR");
-
-	snprintf(tdir, sizeof(tdir), "%s/relayd-test-queue-XXXXXX", base != NULL && *base ? base : "/tmp");
-	if (mkdtemp(tdir) == NULL) {
-		perror("mkdtemp");
-		return 2;
-	}
-	snprintf(logpath, sizeof(logpath), "%s/log", tdir);
-	if (log_open(logpath) != 0)
+	if (fixture_setup("queue") != 0)
 		return 2;
 	test_qid();
 	test_escape();
@@ -1322,7 +1175,6 @@ main(void)
 	test_corrupt();
 	test_group_commit();
 	test_close();
-	log_close();
-	rm_rf(tdir);
+	fixture_teardown();
 	return check_done();
 }

@@ -1,0 +1,254 @@
+/*
+ * fixture.h - fixtures shared by the queue's unit tests (test_queue.c,
+ * test_journal.c): a temporary directory with the test's log in it,
+ * removed at the end; a look into that log; a sink that collects the
+ * messages the queue hands out; a commit's outcome; opening and closing a
+ * queue on a real libuv loop, and checking that the loop closes cleanly;
+ * a child process that reports through a pipe and dies by SIGKILL.
+ * Not a test (CMake builds only test_*.c); include it once, after check.h.
+ * Everything here is static: each test program gets its own copy.
+ */
+#ifndef RELAY_FIXTURE_H
+#define RELAY_FIXTURE_H
+
+#include "router/router_queue.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "check.h"
+
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char tdir[64];                  /* the test's temporary directory */
+static char logpath[128];              /* tdir/log, where log_*() writes */
+static int ndirs;                      /* directories made below tdir so far */
+
+static inline int
+rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static inline void
+rm_rf(const char *path)
+{
+	(void)nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/*
+ * Make tdir ($TMPDIR or /tmp, "relayd-test-<name>-XXXXXX") and log to
+ * tdir/log.  0, or 2 (the test program's exit code) on failure.
+ */
+static inline int
+fixture_setup(const char *name)
+{
+	const char *base = getenv("TMPDIR");
+
+	snprintf(tdir, sizeof(tdir), "%s/relayd-test-%s-XXXXXX", base != NULL && *base ? base : "/tmp",
+	    name);
+	if (mkdtemp(tdir) == NULL) {
+		perror("mkdtemp");
+		return 2;
+	}
+	snprintf(logpath, sizeof(logpath), "%s/log", tdir);
+	if (log_open(logpath) != 0)
+		return 2;
+	return 0;
+}
+
+/* Stop logging and remove tdir with everything in it. */
+static inline void
+fixture_teardown(void)
+{
+	log_close();
+	rm_rf(tdir);
+}
+
+/* The log file has a line containing needle. */
+static inline int
+log_has(const char *needle)
+{
+	char line[1024];
+	FILE *fp;
+	int found = 0;
+
+	if ((fp = fopen(logpath, "r")) == NULL)
+		return 0;
+	while (!found && fgets(line, sizeof(line), fp) != NULL)
+		found = strstr(line, needle) != NULL;
+	fclose(fp);
+	return found;
+}
+
+/* qdir/msg/<qid> exists. */
+static inline int
+msg_exists(const char *qdir, const char *qid)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/msg/%s", qdir, qid);
+	return access(path, F_OK) == 0;
+}
+
+/*
+ * Collects the messages the queue hands out (scan or new commits); owns
+ * them until sink_free().  With qdir set, counts those whose msg/<qid>
+ * existed when they were handed out.
+ */
+struct sink {
+	struct queue_msg *m[64];
+	size_t n;
+	const char *qdir;
+	int present;                 /* msg/<qid> existed when the message was handed out */
+};
+
+static inline void
+sink_add(void *arg, struct queue_msg *m)
+{
+	struct sink *s = arg;
+
+	if (s->qdir != NULL && msg_exists(s->qdir, m->qid))
+		s->present++;
+	if (s->n == RELAY_ARRAY_LEN(s->m)) {
+		queue_msg_free(m);
+		return;
+	}
+	s->m[s->n++] = m;
+}
+
+static inline void
+sink_free(struct sink *s)
+{
+	size_t i;
+
+	for (i = 0; i < s->n; i++)
+		queue_msg_free(s->m[i]);
+	s->n = 0;
+}
+
+static inline struct queue_msg *
+sink_find(struct sink *s, const char *qid)
+{
+	size_t i;
+
+	for (i = 0; i < s->n; i++)
+		if (strcmp(s->m[i]->qid, qid) == 0)
+			return s->m[i];
+	return NULL;
+}
+
+/*
+ * One commit's outcome (commit_cb's arg); with qdir set, also whether
+ * msg/<qid> existed when the callback ran.
+ */
+struct commit_res {
+	int called;
+	int err;
+	int present;
+	char qid[QID_MAX];
+	const char *qdir;
+};
+
+static inline void
+commit_cb(void *arg, int err, const char *qid)
+{
+	struct commit_res *c = arg;
+
+	c->called++;
+	c->err = err;
+	snprintf(c->qid, sizeof(c->qid), "%s", qid != NULL ? qid : "");
+	c->present = qid != NULL && c->qdir != NULL && msg_exists(c->qdir, qid);
+}
+
+static inline void
+closed_cb(void *arg)
+{
+	(*(int *)arg)++;
+}
+
+/* queue_open() or exit(2). */
+static inline struct queue *
+open_queue(uv_loop_t *loop, const char *dir)
+{
+	struct buf err = BUF_INIT;
+	struct queue *q = NULL;
+
+	if (queue_open(loop, dir, &q, &err) != 0) {
+		fprintf(stderr, "queue_open: %s\n", buf_cstr(&err));
+		exit(2);
+	}
+	buf_free(&err);
+	return q;
+}
+
+/* Close q and run the loop until its close callback has fired. */
+static inline void
+close_queue(uv_loop_t *loop, struct queue *q)
+{
+	int closed = 0;
+
+	queue_close(q, closed_cb, &closed);
+	uv_run(loop, UV_RUN_DEFAULT);
+	CHECK_INT(closed, 1);
+}
+
+/* Run the loop dry and check that it closes cleanly. */
+static inline void
+close_loop(uv_loop_t *loop)
+{
+	uv_run(loop, UV_RUN_DEFAULT);
+	CHECK_INT(uv_loop_close(loop), 0);
+}
+
+
+/*
+ * A child that dies by SIGKILL and reports through a pipe first.
+ * fixture_fork() makes the pipe fds and forks (stdio flushed first):
+ * the child's 0, the parent's pid; exit(2) on failure.
+ */
+static inline pid_t
+fixture_fork(int fds[2])
+{
+	pid_t pid;
+
+	if (pipe(fds) == -1)
+		exit(2);
+	fflush(NULL);
+	if ((pid = fork()) == -1)
+		exit(2);
+	return pid;
+}
+
+/* In the child: write n bytes of line to fd (or _exit(3)), then SIGKILL itself. */
+static inline void
+fixture_report_and_die(int fd, const char *line, int n)
+{
+	if (write(fd, line, (size_t)n) != n)
+		_exit(3);
+	kill(getpid(), SIGKILL);
+}
+
+/* In the parent: read the child's report, to EOF, into buf (NUL-terminated); close the pipe. */
+static inline void
+fixture_read_report(int fds[2], char *buf, size_t size)
+{
+	size_t off = 0;
+	ssize_t n;
+
+	close(fds[1]);
+	while ((n = read(fds[0], buf + off, size - 1 - off)) > 0)
+		off += (size_t)n;
+	buf[off] = '\0';
+	close(fds[0]);
+}
+
+#endif
