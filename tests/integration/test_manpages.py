@@ -27,7 +27,7 @@ What is proved, and how (no daemon is started; the sources are read):
   grammar takes, and relayctl's command-line flags.  The grammar is read from
   the command tables in common/, ctl/, daemon/ and router/ (the table is
   moving): any array `const struct S NAME[] = { ... }` whose NAME or S
-  contains "cmd", "command" or "grammar"; each top-level row's leading string
+  contains "cmd", "command", "grammar" or "verb"; each top-level row's leading string
   literals (and NULLs) are its words, e.g. { { "queue", "list" }, ... } or
   { "hosts", NULL, ... } or { "queue flush QID...", ... } (lower-case words
   up to the first other token).  Options are the "--name" literals in those
@@ -35,16 +35,25 @@ What is proved, and how (no daemon is started; the sources are read):
   daemon/*.c for relayd(8)).  In the page a verb is an `.It Cm word word`
   line, an option a `Fl -name`, a flag an `.It Fl x` line.
 
+* Every configuration in relayd.conf(5)'s EXAMPLES is accepted by `relayd -n`
+  (RELAYD_BIN, else build/relayd; skipped when neither exists).  Quoted
+  /etc/relayd/... paths are replaced by empty temporary files, since conf/
+  checks that referenced files are readable.  Once conf/ accepts the `user`
+  key, the test adds user = "nobody" (as root) or the current user, so that
+  the check does not depend on a relayd account on the test machine.
+
 * relayd(8)'s LOG FORMAT section lists exactly the events of the README's
   "Log format" table, each with the same keys: page entries are
   `.It Cm event , event ...` with the keys on `.Li` lines.
 """
 
+import getpass
 import glob
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import unittest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -287,7 +296,7 @@ def relayctl_grammar():
             text = strip_c_comments(read(path))
             for m in CMD_ARRAY.finditer(text):
                 sname, aname, body = m.groups()
-                if not re.search(r"cmd|command|grammar", sname + " " + aname, re.I):
+                if not re.search(r"cmd|command|grammar|verb", sname + " " + aname, re.I):
                     continue
                 rows = [row_words(r) for r in top_level_rows(body)]
                 rows = [r for r in rows if r]
@@ -461,6 +470,52 @@ class ConfPage(unittest.TestCase):
         self.assertGreater(checked, 30, "too few defaults compared: is the parser still right?")
 
 
+def conf_page_examples():
+    """The literal blocks of relayd.conf.5's EXAMPLES section that are configurations."""
+    blocks, cur, in_sec = [], None, False
+    for line in page_lines("relayd.conf.5"):
+        if line.startswith(".Sh "):
+            in_sec = line.strip() == ".Sh EXAMPLES"
+        elif in_sec and line.startswith(".Bd -literal"):
+            cur = []
+        elif in_sec and line.startswith(".Ed") and cur is not None:
+            blocks.append("\n".join(cur) + "\n")
+            cur = None
+        elif cur is not None:
+            cur.append(line.replace("\\&", "").replace("\\(dq", '"').replace("\\e", "\\"))
+    return [b for b in blocks if re.search(r"^\s*\w+\s*=", b, re.M)]
+
+
+class ConfExamples(unittest.TestCase):
+    """Every configuration in relayd.conf(5)'s EXAMPLES passes relayd -n."""
+
+    def test_examples_are_valid(self):
+        relayd = os.environ.get("RELAYD_BIN") or os.path.join(ROOT, "build", "relayd")
+        if not os.access(relayd, os.X_OK):
+            self.skipTest("no relayd binary (set RELAYD_BIN or build into build/)")
+        examples = conf_page_examples()
+        self.assertGreaterEqual(len(examples), 3, "relayd.conf.5 EXAMPLES: expected three configurations")
+        tmp = tempfile.mkdtemp(prefix="relayd-manpages-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        user = None
+        if "user" in conf_keys():
+            user = "nobody" if os.geteuid() == 0 else getpass.getuser()
+        for i, text in enumerate(examples):
+            with self.subTest(example=i + 1):
+                def stand_in(m):
+                    path = os.path.join(tmp, os.path.basename(m.group(1)))
+                    open(path, "a").close()
+                    return '"%s"' % path
+                text = re.sub(r'"(/etc/relayd/[^"]+)"', stand_in, text)
+                if user is not None:
+                    text = 'user = "%s";\n' % user + text
+                path = os.path.join(tmp, "example%d.conf" % (i + 1))
+                with open(path, "w") as f:
+                    f.write(text)
+                r = subprocess.run([relayd, "-n", "-c", path], capture_output=True, text=True, timeout=30)
+                self.assertEqual(r.returncode, 0, "example %d:\n%s\n%s" % (i + 1, text, r.stderr))
+
+
 class RelayctlPage(unittest.TestCase):
     """relayctl(8) documents every verb, option and flag of relayctl."""
 
@@ -468,7 +523,7 @@ class RelayctlPage(unittest.TestCase):
         verbs, opts, found = relayctl_grammar()
         if not found:
             self.fail("no relayctl command table found in %s/*.[ch]: looked for "
-                      "'const struct S NAME[] = {...}' with cmd/command/grammar in S or NAME "
+                      "'const struct S NAME[] = {...}' with cmd/command/grammar/verb in S or NAME "
                       "and rows that start with the command words as string literals; "
                       "adapt relayctl_grammar() in test_manpages.py" % ",".join(GRAMMAR_DIRS))
         return verbs, opts, found
