@@ -21,18 +21,20 @@ What is proved, and how (no daemon is started; the sources are read):
   assignments `c->FIELD = VALUE;` in conf_new_defaults(), matched to keys by
   the C_OFF(FIELD) of their row, and compared with the entry's
   `.Pq default: ...` line (numbers, sizes, durations, booleans, strings;
-  derived defaults such as control_socket are not compared).
+  derived defaults such as control_socket are not compared).  The page may
+  not document keys conf/ does not accept, but for PENDING_KEYS.
 
 * relayctl(8) documents every verb of relayctl's grammar, every option the
-  grammar takes, and relayctl's command-line flags.  The grammar is read from
-  the command tables in common/, ctl/, daemon/ and router/ (the table is
-  moving): any array `const struct S NAME[] = { ... }` whose NAME or S
-  contains "cmd", "command", "grammar" or "verb"; each top-level row's leading string
-  literals (and NULLs) are its words, e.g. { { "queue", "list" }, ... } or
-  { "hosts", NULL, ... } or { "queue flush QID...", ... } (lower-case words
-  up to the first other token).  Options are the "--name" literals in those
-  tables.  The flags are the getopt() string in ctl/*.c (relayd's in
-  daemon/*.c for relayd(8)).  In the page a verb is an `.It Cm word word`
+  grammar takes, and relayctl's command-line flags.  The grammar is read
+  from the command tables in common/, ctl/, daemon/ and router/ (the table
+  is moving): any array `const struct S NAME[] = { ... }` whose S or NAME
+  contains "cmd", "command", "grammar" or "verb".  A top-level row's leading
+  string literals (NULLs skipped) give its words, lower-case words up to the
+  first other token: { { "queue", "list" }, ... }, { "hosts", NULL, ... }
+  and { "queue flush QID...", ... } all work.  Options are the "--name"
+  words in any string literal of those tables (option names and usage
+  strings alike).  The flags are the getopt() string in ctl/*.c (relayd's,
+  in daemon/*.c, for relayd(8)).  In the page a verb is an `.It Cm word word`
   line, an option a `Fl -name`, a flag an `.It Fl x` line.
 
 * Every configuration in relayd.conf(5)'s EXAMPLES is accepted by `relayd -n`
@@ -304,7 +306,8 @@ def relayctl_grammar():
                     continue
                 found.append("%s:%s" % (os.path.relpath(path, ROOT), aname))
                 verbs.update(rows)
-                opts.update(re.findall(r'"(--[a-z][a-z-]*)"', body))
+                for lit in re.findall(r'"((?:[^"\\]|\\.)*)"', body):
+                    opts.update(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", lit))
     return verbs, opts, found
 
 
