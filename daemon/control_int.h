@@ -1,8 +1,8 @@
 /*
  * control_int.h - (internal to daemon/control_*.c) one relayctl request to
  * the router, parsed, and what the command files share: the output helpers
- * (control_router.c) and each command's run function (control_queue.c,
- * control_hosts.c).
+ * (control_router.c; JSON strings go through common/json.h) and each
+ * command's run function (control_queue.c, control_hosts.c).
  */
 #ifndef RELAY_DAEMON_CONTROL_INT_H
 #define RELAY_DAEMON_CONTROL_INT_H
@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "common/json.h"
 #include "daemon/relay.h"
 #include "queue/queue.h"
 #include "router/router.h"
@@ -60,7 +61,6 @@ struct rctl_cmd {
 void rctl_age(uint64_t now, uint64_t then, char *out, size_t outlen);
 const char *rctl_ctime(struct rctl *c, uint64_t ms);
 const char *rctl_domain_of(const char *addr);
-void rctl_json_str(struct buf *b, const char *s);
 void rctl_json_time(struct rctl *c, struct buf *b, uint64_t ms);
 void rctl_text(struct buf *b, const char *s);
 void rctl_text_pad(struct buf *b, const char *s, size_t width);

@@ -1,7 +1,7 @@
 /*
  * control_router.c - relayctl's requests to the router (control_router()):
  * the command table, argument parsing, and the output helpers every answer
- * shares (text and JSON strings, times).  The commands themselves are in
+ * shares (text, times).  The commands themselves are in
  * control_queue.c (queue list / show / flush / hold / release / delete /
  * bounce) and control_hosts.c (hosts, hosts reset, route set / clear / list,
  * stats).  Every answer is an aligned human table, or a JSON document with a
@@ -24,50 +24,6 @@
 
 /* ------------------------------------------------------------------ */
 /* Output helpers. */
-
-/* A JSON string (or null): control characters escaped, invalid UTF-8 as U+FFFD. */
-void
-rctl_json_str(struct buf *b, const char *s)
-{
-	const unsigned char *p = (const unsigned char *)s, *run;
-
-	if (s == NULL) {
-		buf_puts(b, "null");
-		return;
-	}
-	buf_putc(b, '"');
-	while (*p != '\0') {
-		run = p;
-		while (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\')
-			p++;
-		if (p > run)
-			buf_append(b, run, (size_t)(p - run));
-		if (*p == '\0')
-			break;
-		if (*p == '"' || *p == '\\') {
-			buf_putc(b, '\\');
-			buf_putc(b, (char)*p++);
-		} else if (*p < 0x20 || *p == 0x7f) {
-			buf_printf(b, "\\u%04x", *p++);
-		} else {
-			/* A UTF-8 sequence: copied when well-formed. */
-			size_t n = *p >= 0xf0 && *p <= 0xf4 ? 4 : *p >= 0xe0 ? 3 : *p >= 0xc2 && *p < 0xe0 ? 2 : 0;
-			size_t k;
-
-			for (k = 1; n > 0 && k < n; k++)
-				if ((p[k] & 0xc0) != 0x80)
-					n = 0;
-			if (n == 0) {
-				buf_puts(b, "\\ufffd");
-				p++;
-			} else {
-				buf_append(b, p, n);
-				p += n;
-			}
-		}
-	}
-	buf_putc(b, '"');
-}
 
 /* Text for a human table: control characters become '?'; NULL becomes "-". */
 void
