@@ -425,16 +425,6 @@ audit_cell(const char *s, size_t max)
 }
 
 static void
-audit_time_cell(uint64_t ms, char *out, size_t outlen)
-{
-	time_t t = (time_t)(ms / 1000);
-	struct tm tm;
-
-	gmtime_r(&t, &tm);
-	strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
-static void
 audit_print_table(const struct audit_run *run, const struct audit_tally *dom, size_t ndom,
     const struct audit_tally *st, size_t nst)
 {
@@ -456,7 +446,7 @@ audit_print_table(const struct audit_run *run, const struct audit_tally *dom, si
 		const struct audit_rec *r = &run->recs[i];
 		char **row = cells + i * COL_N;
 
-		audit_time_cell(r->ts_ms, tbuf, sizeof(tbuf));
+		util_rfc3339_sec(r->ts_ms, tbuf, sizeof(tbuf));
 		if (r->attempts >= 0)
 			snprintf(abuf, sizeof(abuf), "%ld", r->attempts);
 		else

@@ -75,7 +75,7 @@ rctl_dest_row(void *arg, const struct sched_dest_view *d)
 		rctl_text_pad(b, d->name, 33);
 		buf_printf(b, "%-5s %8u %7zu %7zu  ", d->state, d->inflight, d->queued, d->waiting);
 		if (strcmp(d->state, "down") == 0 && d->probe_at_ms != 0) {
-			rctl_time(d->probe_at_ms, t, sizeof(t));
+			util_rfc3339_sec(d->probe_at_ms, t, sizeof(t));
 			buf_puts(b, t);
 		} else
 			buf_putc(b, '-');
@@ -128,7 +128,7 @@ rctl_hosts(struct rctl *c)
 		rctl_text_pad(b, h->addr, 25);
 		buf_printf(b, "%-7s %8u  ", health_state_name(h->state), h->failures);
 		if (down && h->down_until_ms != 0)
-			rctl_time(h->down_until_ms, t, sizeof(t));
+			util_rfc3339_sec(h->down_until_ms, t, sizeof(t));
 		else
 			snprintf(t, sizeof(t), "-");
 		buf_printf(b, "%-20s  ", t);

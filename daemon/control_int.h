@@ -64,7 +64,6 @@ const char *rctl_domain_of(const char *addr);
 void rctl_json_time(struct rctl *c, struct buf *b, uint64_t ms);
 void rctl_text(struct buf *b, const char *s);
 void rctl_text_pad(struct buf *b, const char *s, size_t width);
-void rctl_time(uint64_t ms, char *out, size_t outlen);
 
 /* control_queue.c: a recipient's state as relayctl names it. */
 struct rctl_rstate {

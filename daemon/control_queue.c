@@ -582,7 +582,7 @@ rctl_show_human(struct rctl *c, const struct queue_msg *m, const struct rctl_hea
 	char t[32], age[32];
 	size_t i, k;
 
-	rctl_time(m->env.arrival_ms, t, sizeof(t));
+	util_rfc3339_sec(m->env.arrival_ms, t, sizeof(t));
 	rctl_age(c->now, m->env.arrival_ms, age, sizeof(age));
 	buf_printf(b, "%-12s %s\n", "qid", m->qid);
 	buf_printf(b, "%-12s %s (age %s)%s\n", "arrival", t, age, m->held ? ", held" : "");
@@ -620,7 +620,7 @@ rctl_show_human(struct rctl *c, const struct queue_msg *m, const struct rctl_hea
 
 			if (!rctl_hist_is_rcpt(h, i))
 				continue;
-			rctl_time(h->time_ms, t, sizeof(t));
+			util_rfc3339_sec(h->time_ms, t, sizeof(t));
 			buf_printf(b, "        %s  %s", t, rctl_rec_name(h));
 			rctl_hist_detail(b, h);
 			buf_putc(b, '\n');
@@ -631,7 +631,7 @@ rctl_show_human(struct rctl *c, const struct queue_msg *m, const struct rctl_hea
 
 		if (h->type != QREC_HOLD && h->type != QREC_WARNED)
 			continue;
-		rctl_time(h->time_ms, t, sizeof(t));
+		util_rfc3339_sec(h->time_ms, t, sizeof(t));
 		buf_printf(b, "event        %s  %s\n", t, rctl_rec_name(h));
 	}
 }

@@ -60,19 +60,7 @@ rctl_text_pad(struct buf *b, const char *s, size_t width)
 	while (b->len - start < width);
 }
 
-/* "2026-11-22T11:21:31Z" (UTC, to the second) into out (at least 24 bytes). */
-void
-rctl_time(uint64_t ms, char *out, size_t outlen)
-{
-	time_t t = (time_t)(ms / 1000);
-	struct tm tm;
-
-	gmtime_r(&t, &tm);
-	if (strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0 && outlen > 0)
-		out[0] = '\0';
-}
-
-/* rctl_time() through the request's small cache; valid until 3 more calls. */
+/* util_rfc3339_sec() through the request's small cache; valid until 3 more calls. */
 const char *
 rctl_ctime(struct rctl *c, uint64_t ms)
 {
@@ -84,7 +72,7 @@ rctl_ctime(struct rctl *c, uint64_t ms)
 			return c->tc_text[i];
 	i = c->tc_next++ % RELAY_ARRAY_LEN(c->tc_sec);
 	c->tc_sec[i] = sec;
-	rctl_time(ms, c->tc_text[i], sizeof(c->tc_text[i]));
+	util_rfc3339_sec(ms, c->tc_text[i], sizeof(c->tc_text[i]));
 	return c->tc_text[i];
 }
 

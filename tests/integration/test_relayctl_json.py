@@ -65,27 +65,29 @@ class JsonFromBadBytes(unittest.TestCase):
         # the reply parser already turns control characters into '?'
         want_text = "busy" + bad_out % "??"
 
-        routes = self.ctl_json("route", "list")
-        [route] = [r for r in routes if r["domain"] == "example.com"]
-        self.assertEqual(route["auth_user"], "relay" + bad_out % "\x01\x1b")
+        # Each verb is checked on its own (subTest), so a failure names them all.
+        for args in [("route", "list"), ("queue", "list"), ("queue", "list", "--domain", "example.net"),
+                     ("queue", "show", qid), ("hosts",), ("stats",)]:
+            with self.subTest(verb=" ".join(args)):
+                doc = self.ctl_json(*args)
+                self.check_content(args, doc, bad_out, want_text)
 
-        listing = self.ctl_json("queue", "list")
-        [m] = listing["messages"]
-        [rcpt] = m["recipients"]
-        self.assertIn(want_text, rcpt["last_reply"])
-
-        show = self.ctl_json("queue", "show", qid)
-        self.assertIn(want_text, show["recipients"][0]["last_reply"])
-        self.assertIn(want_text, show["recipients"][0]["history"][0]["reply"])
-        self.assertIn("caf\ufffd \ufffd\ufffd\ufffd \ufffd\ufffd\ufffd \x7f subject",
-                      json.dumps(show["headers"], ensure_ascii=False))
-
-        hosts = self.ctl_json("hosts")
-        self.assertIn(want_text, json.dumps(hosts, ensure_ascii=False))
-
-        self.ctl_json("stats")
-        self.ctl_json("queue", "list", "--domain", "example.net")
-
+    def check_content(self, args, doc, bad_out, want_text):
+        """The good text around the bad bytes comes through, bad bytes as U+FFFD."""
+        if args == ("route", "list"):
+            [route] = [r for r in doc if r["domain"] == "example.com"]
+            self.assertEqual(route["auth_user"], "relay" + bad_out % "\x01\x1b")
+        elif args[:2] == ("queue", "list"):
+            [m] = doc["messages"]
+            self.assertIn(want_text, m["recipients"][0]["last_reply"])
+        elif args[:2] == ("queue", "show"):
+            rcpt = doc["recipients"][0]
+            self.assertIn(want_text, rcpt["last_reply"])
+            self.assertIn(want_text, rcpt["history"][0]["reply"])
+            self.assertIn("caf\ufffd \ufffd\ufffd\ufffd \ufffd\ufffd\ufffd \x7f subject",
+                          json.dumps(doc["headers"], ensure_ascii=False))
+        elif args == ("hosts",):
+            self.assertIn(want_text, json.dumps(doc, ensure_ascii=False))
 
 if __name__ == "__main__":
     unittest.main()
