@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "common/control_cmds.h"
 #include "common/json.h"
 #include "daemon/relay.h"
 #include "queue/queue.h"
@@ -21,17 +22,9 @@
 #define RCTL_FIELD_MAX     998          /* a header value shown (RFC 5322 line limit) */
 #define RCTL_TOP_DESTS     10           /* top destinations in stats */
 
-/* Options a command accepts (bits). */
-#define RCTL_O_DOMAIN      0x01         /* --domain D */
-#define RCTL_O_ALL         0x02         /* --all */
-#define RCTL_O_HELD        0x04         /* --held */
-#define RCTL_O_TARGET      0x08         /* QID..., --domain or --all: exactly one kind */
-
-struct rctl_cmd;
-
 /* One request, parsed. */
 struct rctl {
-	const struct rctl_cmd *cmd;     /* the command's row */
+	const struct control_cmd *cmd;  /* the command's row (common/control_cmds.h) */
 	struct router *r;
 	struct sched *s;
 	struct queue *q;
@@ -47,14 +40,6 @@ struct rctl {
 	uint64_t tc_sec[4];
 	char tc_text[4][24];
 	unsigned tc_next;
-};
-
-struct rctl_cmd {
-	const char *word, *sub;         /* sub NULL: a one-word command */
-	int min_pos, max_pos;           /* max_pos -1: unlimited */
-	unsigned opts;
-	int (*run)(struct rctl *c);
-	const char *usage;
 };
 
 /* control_router.c: output helpers. */
