@@ -18,6 +18,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/control_cmds.h"
 #include "common/control_proto.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -171,9 +172,10 @@ static void
 control_dispatch(struct control_conn *cc, int argc, char **argv)
 {
 	struct relay *r = cc->ctl->relay;
+	const struct control_cmd *cmd;
 	struct buf out = BUF_INIT;
 	bool json = false;
-	int i, j, rc = 0;
+	int i, j, rc = 0, consumed;
 	const char *code = CONTROL_ERR_FAILED;
 
 	for (i = j = 0; i < argc; i++) {
@@ -184,14 +186,15 @@ control_dispatch(struct control_conn *cc, int argc, char **argv)
 	}
 	argc = j;
 	argv[argc] = NULL;
+	cmd = control_cmd_match(argc, argv, &consumed);
 
 	if (argc == 0) {
 		rc = RELAY_EINVAL;
 		code = CONTROL_ERR_USAGE;
 		buf_puts(&out, "empty request");
-	} else if (strcmp(argv[0], "stats") == 0 && argc == 1) {
+	} else if (cmd != NULL && cmd->id == CONTROL_CMD_STATS && argc == 1) {
 		control_stats(r, json, &out);
-	} else if (strcmp(argv[0], "reload") == 0 && argc == 1) {
+	} else if (cmd != NULL && cmd->id == CONTROL_CMD_RELOAD && argc == 1) {
 		struct buf err = BUF_INIT;
 		if (relay_reload(r, &err) == 0) {
 			if (json)

@@ -286,6 +286,9 @@ def _lc_str(s):
             out.append("\\f")
         elif o < 0x20 or o == 0x7F:
             out.append("\\x%02x" % o)
+        elif 0xDC80 <= o <= 0xDCFF:
+            # a byte that is not UTF-8, as os.fsdecode() gives it: written raw
+            out.append("\\x%02x" % (o - 0xDC00))
         else:
             out.append(ch)
     out.append('"')
@@ -327,7 +330,9 @@ def _lc_value(v, indent, key=None):
 
 def to_libconfig(cfg):
     """Serialize a dict as a libconfig file: str -> "quoted" (\\" \\\\ \\n \\r \\t
-    \\f \\xHH escapes), bool -> true/false, int (L suffix past 32 bits), float,
+    \\f \\xHH escapes; U+DC80..U+DCFF, bytes that are not UTF-8 as
+    surrogateescape decodes them, become \\xHH too: the raw byte),
+    bool -> true/false, int (L suffix past 32 bits), float,
     dict -> { k = v; }, list of scalars -> [ a, b ] (an array), tuple or list of
     groups/lists -> ( a, b ) (a list); an empty list is "[ ]" except for
     "routes" ("( )").  Keys whose value is None are left out."""
