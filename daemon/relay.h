@@ -28,7 +28,7 @@ struct relay {
 	struct router *router;
 	struct submit *submit;
 	struct control *control;
-	uv_signal_t sig_term, sig_int, sig_hup;
+	uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 	bool stopping;
 	int pending_shutdown;        /* modules still shutting down */
 };
