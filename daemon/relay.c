@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "notify/notify.h"
 #include "router/router.h"
 #include "submit/submit.h"
 
@@ -99,6 +100,7 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	}
 	log_set_level(relay_log_level(r->conf));
 	signal(SIGPIPE, SIG_IGN);
+	r->notify = notify_new(loop, relay_status, r);
 
 	if (router_new(loop, r->conf, &r->stats, &r->router, err) != 0)
 		return -1;
@@ -109,6 +111,7 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 
 	log_event(LOG_NOTICE, "started", "config", conf_path, "hostname", r->conf->hostname,
 	    "queue_dir", r->conf->queue_dir, NULL);
+	notify_ready(r->notify);        /* listening, the queue loaded */
 	return 0;
 }
 
@@ -122,6 +125,7 @@ relay_reload(struct relay *r, struct buf *err)
 		buf_puts(err, "relayd is stopping");
 		return -1;
 	}
+	notify_reloading(r->notify);
 	if (conf_load(r->conf_path, &c, err) != 0 ||
 	    submit_reload(r->submit, c, err) != 0) {
 		/* Strip the trailing newline for the log line. */
@@ -133,6 +137,7 @@ relay_reload(struct relay *r, struct buf *err)
 		log_end(&l);
 		if (c != NULL)
 			conf_unref(c);
+		notify_ready(r->notify);        /* still serving, on the old one */
 		return -1;
 	}
 	router_reload(r->router, c);
@@ -142,6 +147,7 @@ relay_reload(struct relay *r, struct buf *err)
 	conf_unref(r->conf);
 	r->conf = c;
 	log_event(LOG_NOTICE, "reloaded", "config", r->conf_path, NULL);
+	notify_ready(r->notify);
 	return 0;
 }
 
@@ -166,6 +172,8 @@ on_router_down(void *arg)
 	uv_close((uv_handle_t *)&r->sig_int, on_signal_closed);
 	uv_close((uv_handle_t *)&r->sig_hup, on_signal_closed);
 	uv_close((uv_handle_t *)&r->sig_usr1, on_signal_closed);
+	notify_close(r->notify);
+	r->notify = NULL;
 }
 
 static void
@@ -189,6 +197,7 @@ relay_stop(struct relay *r, const char *why)
 		return;
 	}
 	r->stopping = true;
+	notify_stopping(r->notify);
 	log_event(LOG_NOTICE, "stopping", "reason", why, NULL);
 	if (r->control != NULL) {
 		control_close(r->control);      /* freed in its close callback */
