@@ -57,6 +57,7 @@ struct conf {
 	char *hostname;                 /* default: gethostname() */
 	char *queue_dir;                /* default: "/var/spool/relayd" */
 	char *control_socket;           /* default: "<queue_dir>/control.sock" */
+	char *control_group;            /* NULL: socket mode 0600; else 0660 with this group */
 	char *log_file;                 /* NULL = stderr */
 	char *log_level;                /* "debug" | "info" (default) | "notice" | "warning" */
 
