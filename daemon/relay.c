@@ -91,6 +91,7 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	uv_signal_start(&r->sig_int, on_signal, SIGINT);
 	uv_signal_start(&r->sig_hup, on_signal, SIGHUP);
 	uv_signal_start(&r->sig_usr1, on_signal, SIGUSR1);
+	r->notify = notify_new(loop, relay_status, r);      /* closed with the signals */
 
 	if (conf_load(conf_path, &r->conf, err) != 0)
 		return -1;
@@ -100,7 +101,6 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	}
 	log_set_level(relay_log_level(r->conf));
 	signal(SIGPIPE, SIG_IGN);
-	r->notify = notify_new(loop, relay_status, r);
 
 	if (router_new(loop, r->conf, &r->stats, &r->router, err) != 0)
 		return -1;
