@@ -991,9 +991,15 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 		conf_error(x, s, "control_socket: '%s' is longer than %zu bytes",
 		    c->control_socket, sizeof(sun.sun_path) - 1);
 	}
-	if (c->control_group != NULL && getgrnam(c->control_group) == NULL)
-		conf_error(x, config_setting_get_member(root, "control_group"),
-		    "control_group: no such group '%s'", c->control_group);
+	if (c->control_group != NULL) {
+		const struct group *gr = getgrnam(c->control_group);
+
+		if (gr == NULL)
+			conf_error(x, config_setting_get_member(root, "control_group"),
+			    "control_group: no such group '%s'", c->control_group);
+		else
+			c->control_gid = gr->gr_gid;
+	}
 
 	for (i = 0; i < c->router.nroutes; i++) {
 		struct conf_route *r = &c->router.routes[i];

@@ -13,7 +13,6 @@
 #include "daemon/relay.h"
 
 #include <errno.h>
-#include <grp.h>
 #include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -460,13 +459,7 @@ control_set_owner(struct control *c, const struct conf *conf, struct buf *err)
 		uid = c->owner = pw->pw_uid;
 	}
 	if (conf->control_group != NULL) {
-		struct group *gr = getgrnam(conf->control_group);
-
-		if (gr == NULL) {
-			buf_printf(err, "control_group: no such group '%s'\n", conf->control_group);
-			return -1;
-		}
-		gid = c->group = gr->gr_gid;
+		gid = c->group = conf->control_gid;
 		c->has_group = true;
 		mode = 0660;
 	}

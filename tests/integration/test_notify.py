@@ -32,6 +32,7 @@ class NotifySocket:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
+        os.chmod(path, 0o666)       # as systemd's: relayd may have switched to its user
         self.sock.settimeout(0.2)
         self.msgs = []                    # (monotonic time, {key: value}, raw)
         self.cond = threading.Condition()
