@@ -102,6 +102,10 @@ class ControlAccess(unittest.TestCase):
                 self.assertIn("accepted", out)
         # Not a member: the file's mode refuses it.
         self.assert_refused_by_filesystem(*self.ctl(STRANGER, STRANGER)[:3])
+        # A reload looks the group up again (relayd -n and SIGHUP check it).
+        mark = relay.log_mark()
+        relay.sighup()
+        relay.wait_for_log("reloaded", since=mark)
 
     def test_peer_credentials_are_checked_on_accept(self):
         relay = self.make(group=True)
