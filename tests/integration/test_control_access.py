@@ -67,6 +67,7 @@ class ControlAccess(unittest.TestCase):
         shutil.copy(relayctl_bin(), self.exe)
         os.chmod(self.exe, 0o755)
         self.relay.start()
+        self.relay.wait_for_log("started")       # after any switch to relayd's user
         return self.relay
 
     def ctl(self, uid, gid, groups=()):
