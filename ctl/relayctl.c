@@ -107,7 +107,7 @@ ctl_send(const char *sockpath, int argc, char **argv)
 		if (e == ENOENT || e == ECONNREFUSED)
 			fprintf(stderr, "relayctl: relayd is not running (nothing answers on %s)\n", sockpath);
 		else if (e == EACCES || e == EPERM)
-			fprintf(stderr, "relayctl: permission denied on %s (run as root or relayd's user)\n",
+			fprintf(stderr, "relayctl: permission denied on %s (run it as root, as relayd's user or as a member of control_group)\n",
 			    sockpath);
 		else
 			fprintf(stderr, "relayctl: cannot connect to %s: %s\n", sockpath, strerror(e));
