@@ -55,7 +55,8 @@ count_log(event, since=0, **match), log_tail(n), stderr_tail(n), close().
 
 Module functions: free_port(hosts=("127.0.0.1",)), parse_log_line(line),
 to_libconfig(dict), test_cert(), make_cert(dir, cn, dns, ips), TestCA,
-relayd_bin(), relayctl_bin(), relayd_has_test_hooks(), and the decorator
+relayd_bin(), relayctl_bin(), wait_past(rfc3339) (until a time relayd logged
+has passed), relayd_has_test_hooks(), and the decorator
 needs_test_hooks for tests that set RELAYD_TEST_* (only a relayd built with
 the CMake option RELAY_TEST_HOOKS reads them).
 
@@ -101,6 +102,17 @@ def relayd_bin():
 
 def relayctl_bin():
     return os.environ.get("RELAYCTL_BIN") or os.path.join(REPO, "build", "relayctl")
+
+
+def wait_past(stamp):
+    """Wait until the wall clock is past a time relayd logged (RFC 3339 with
+    milliseconds, e.g. a host's down `until`): relayd's own deadline, not a
+    guessed delay."""
+    import datetime
+    t = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    while time.time() <= t:
+        time.sleep(min(0.05, t - time.time() + 0.001))
 
 
 def relayd_has_test_hooks():
