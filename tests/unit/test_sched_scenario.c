@@ -62,7 +62,8 @@ struct want {
 
 struct step {
 	uint64_t at;            /* the clock, from the scenario's start */
-	const char *up;         /* the exchangers that answer: "ab", "a", "b", "" */
+	const char *up;         /* the exchangers that answer: "ab", "a", "b", "";
+	                           upper case: answers, but defers every recipient (451) */
 	enum act act;
 	int n;
 	struct want want;
@@ -110,6 +111,20 @@ static const struct scenario scenarios[] = {
 		{
 			{ 0, "", SUBMIT, 2, { 1, 1, 0, "down", 2, 2, 0, 0 } },
 			{ 10 * M, "b", TICK, 0, { 2, 3, 2, "-", 0, 0, 0, 0 } },
+		},
+	},
+	{
+		"a server that answers but defers (4xx) keeps its destination up: the "
+		"recipient retries on its own timer (retry_intervals: 5m, then 10m), and "
+		"other mail to the destination goes at once",
+		10 * M, 1 * H, 5 * 24 * H, 0,
+		{
+			{ 0, "A", SUBMIT, 1, { 1, 0, 0, "-", 0, 1, 0, 0 } },
+			{ 4 * M, "A", TICK, 0, { 1, 0, 0, "-", 0, 1, 0, 0 } },
+			{ 5 * M, "A", TICK, 0, { 2, 0, 0, "-", 0, 1, 0, 0 } },
+			{ 6 * M, "a", SUBMIT, 1, { 3, 0, 1, "-", 0, 1, 0, 0 } },
+			{ 14 * M, "a", TICK, 0, { 3, 0, 1, "-", 0, 1, 0, 0 } },
+			{ 15 * M, "a", TICK, 0, { 4, 0, 2, "-", 0, 0, 0, 0 } },
 		},
 	},
 	{
@@ -219,10 +234,12 @@ static const char sink_attempts[] =
     "sum(1 for _, c in sink.commands if c.upper().startswith('MAIL'))";
 
 static void
-sink_set_up(struct mxsink *s, bool up)
+sink_set_up(struct mxsink *s, char name, const char *up)
 {
-	if (up)
+	if (strchr(up, name) != NULL)
 		mxsink_exec(s, "sink.reset_script()");
+	else if (strchr(up, name - 'a' + 'A') != NULL)
+		mxsink_exec(s, "sink.reset_script(); sink.script(rcpt='451 4.3.0 not now')");
 	else
 		mxsink_exec(s, "sink.script(greeting='421 4.3.2 down for the test'); "
 		    "sink.drop_connections()");
@@ -517,8 +534,8 @@ run_scenario(const struct scenario *sc, int no)
 		struct dest_seen d = { "route:a.test", "-", 0 };
 		int a, b, delivered;
 
-		sink_set_up(&sink_a, strchr(st->up, 'a') != NULL);
-		sink_set_up(&sink_b, strchr(st->up, 'b') != NULL);
+		sink_set_up(&sink_a, 'a', st->up);
+		sink_set_up(&sink_b, 'b', st->up);
 		fx.clock = fx.base + st->at;
 		fx.want_reports = w->reports;
 		fx_act(&fx, st);
