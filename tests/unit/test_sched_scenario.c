@@ -78,7 +78,10 @@ struct scenario {
 
 /*
  * Every row: the route for a.test has two exchangers, a (127.0.0.2) then b
- * (127.0.0.3); everything else goes to the reports sink.
+ * (127.0.0.3); everything else goes to the reports sink.  Columns:
+ *   { clock, answering, action, n,
+ *     { attempts at a, at b, delivered, destination, waiting, pending, reports, expired } }
+ * Knobs per row: host_backoff min and max, max_queue_age, delay_warning.
  */
 static const struct scenario scenarios[] = {
 	{
