@@ -48,7 +48,7 @@ sched_rcpt_due(const struct queue_rcpt *qr, const uint64_t *intervals, size_t n,
 		return SCHED_NOWAKE;
 	if (qr->last_status == NULL || qr->last_attempt_ms == 0)
 		return 0;
-	if (strcmp(qr->last_status, "4.4.1") == 0)
+	if (qr->waiting)
 		return 0;               /* it waited for its destination: probe again */
 	return qr->last_attempt_ms + sched_retry_delay(intervals, n, qr->attempts, rnd);
 }
@@ -377,6 +377,8 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	rec.status = status;
 	rec.reply = reply;
 	rec.value = counted ? 0 : QREC_NO_ATTEMPT;
+	if (o == SCHED_DEFERRED && wait_dest != NULL)
+		rec.value |= QREC_WAIT_DEST;    /* explicit: never read back from "4.4.1" */
 	sched_record(s, sm, &rec);
 
 	if (o == SCHED_DEFERRED && wait_dest == NULL) {
@@ -591,7 +593,7 @@ sched_msg_report(struct sched *s, struct sched_msg *sm, const char *reason, uint
 			if ((m->env.rcpts[i].notify & ENV_NOTIFY_SUCCESS) && m->env.sender[0] != '\0')
 				ok[nok++] = (int)i;
 		} else if (qr->state == RCPT_FAILED) {
-			if (qr->last_status != NULL && strcmp(qr->last_status, "4.4.7") == 0)
+			if (qr->expired)
 				exp[nexp++] = (int)i;
 			else
 				fail[nfail++] = (int)i;
@@ -655,7 +657,7 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 		rec.ip = ip;
 		rec.status = "4.4.7";
 		rec.reply = reply;
-		rec.value = QREC_NO_ATTEMPT;
+		rec.value = QREC_NO_ATTEMPT | QREC_EXPIRED;
 		sched_record(s, sm, &rec);
 		free(host);
 		free(ip);
