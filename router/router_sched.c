@@ -316,14 +316,18 @@ sched_rcpt_domain(const char *addr)
 	return at != NULL ? at + 1 : "";
 }
 
+/* Delivered or failed, and reported if a report is owed (the original
+ * stays queued until its report is: a report is built from it). */
 static bool
 sched_rcpt_done(const struct queue_msg *m, size_t i)
 {
 	const struct queue_rcpt *qr = &m->rcpt[i];
 
-	if (qr->state == RCPT_DELIVERED)
+	if (qr->state == RCPT_PENDING)
+		return false;
+	if (qr->reported || m->env.sender[0] == '\0')
 		return true;
-	return qr->state == RCPT_FAILED && (qr->reported || m->env.sender[0] == '\0');
+	return qr->state == RCPT_DELIVERED && !(m->env.rcpts[i].notify & ENV_NOTIFY_SUCCESS);
 }
 
 bool
@@ -515,15 +519,110 @@ sched_ndr_fill(struct sched_msg *sm, int i, struct ndr_rcpt *nr)
 		nr->down_since_ms = job->dest->down_since;
 }
 
-/* Queue one report of kind for recipients idx[0..n); record REPORTED (or WARNED). */
+/* A report in flight: what its commit callback needs to find the message again. */
+struct sched_report {
+	struct sched *s;
+	char qid[QID_MAX];              /* the original: it may be gone by then */
+	enum ndr_kind kind;
+	size_t n;
+	int idx[];                      /* its recipients */
+};
+
+/* The report is safely queued (or there was nothing to send): record it. */
+static void
+sched_report_record(struct sched *s, struct sched_msg *sm, enum ndr_kind kind, const int *idx,
+    size_t n, uint64_t now)
+{
+	struct queue_record rec;
+	size_t k;
+
+	memset(&rec, 0, sizeof(rec));
+	rec.time_ms = now;
+	if (kind == NDR_DELAYED) {
+		rec.type = QREC_WARNED;
+		rec.rcpt = -1;
+		if (!sm->m->delay_warned)
+			sched_record(s, sm, &rec);
+	} else {
+		rec.type = QREC_REPORTED;
+		for (k = 0; k < n; k++) {
+			rec.rcpt = idx[k];
+			if (!sm->m->rcpt[idx[k]].reported)
+				sched_record(s, sm, &rec);
+		}
+	}
+	sm->report_retry_at = 0;
+	sm->report_failures = 0;
+}
+
+/* A report could not be queued: the message keeps it due, with back-off
+ * on the retry intervals (the original stays queued meanwhile). */
+static void
+sched_report_backoff(struct sched *s, struct sched_msg *sm, uint64_t now)
+{
+	sm->report_failures++;
+	sm->report_retry_at = now + sched_retry_delay(s->conf->router.retry_intervals,
+	    s->conf->router.nretry_intervals, sm->report_failures, sched_rnd(s));
+}
+
+static void
+sched_report_mark(struct sched_msg *sm, const struct sched_report *r, bool out)
+{
+	size_t k;
+
+	if (r->kind == NDR_DELAYED)
+		sm->warn_out = out;
+	else
+		for (k = 0; k < r->n; k++)
+			sm->rc[r->idx[k]].report_out = out;
+}
+
+/*
+ * ndr_send's done: the report's commit ended.  Durable: recorded now, and the
+ * message runs again (it may have waited only for this to leave the queue).
+ * Failed (ndr_failed was logged): due again after a back-off.  A message
+ * deleted meanwhile is not found by its id: nothing to do.
+ */
+static void
+sched_report_done(void *arg, int err, const char *ndr_qid)
+{
+	struct sched_report *r = arg;
+	struct sched *s = r->s;
+	struct sched_msg *sm;
+	uint64_t now = sched_now(s);
+
+	(void)ndr_qid;
+	if (s->magic != SCHED_MAGIC)
+		fatalx("%s: bad scheduler", __func__);
+	s->nreports--;
+	if ((sm = sched_msg_lookup(s, r->qid)) != NULL && !sm->deleted) {
+		sched_report_mark(sm, r, false);
+		if (err == 0) {
+			sched_report_record(s, sm, r->kind, r->idx, r->n, now);
+			sched_heap_set(s, &sm->wake, now);
+		} else {
+			sched_report_backoff(s, sm, now);
+			sched_msg_rewake(s, sm, now);
+		}
+		sched_arm(s);
+	}
+	free(r);
+	sched_shutdown_check(s);
+}
+
+/*
+ * Queue one report of kind for recipients idx[0..n).  REPORTED (or WARNED)
+ * is recorded only once the report's commit is durable (sched_report_done),
+ * or at once when there is nothing to send (NOTIFY, null sender).
+ */
 static int
 sched_report(struct sched *s, struct sched_msg *sm, enum ndr_kind kind, const int *idx, size_t n,
     const char *reason, uint64_t now)
 {
 	struct queue_msg *m = sm->m;
 	struct ndr_rcpt *nr = xcalloc(n, sizeof(*nr));
+	struct sched_report *r;
 	struct ndr_params p;
-	struct queue_record rec;
 	char ndr_qid[QID_MAX] = "";
 	size_t k;
 	int rc;
@@ -538,7 +637,13 @@ sched_report(struct sched *s, struct sched_msg *sm, enum ndr_kind kind, const in
 	p.now_ms = now;
 	p.will_retry_until_ms = sched_expire_at(m->env.arrival_ms, s->conf);
 	p.reason_text = reason;
-	rc = ndr_send(s->q, m, kind, nr, n, &p, s->stats, ndr_qid);
+	r = xcalloc(1, sizeof(*r) + n * sizeof(r->idx[0]));
+	r->s = s;
+	snprintf(r->qid, sizeof(r->qid), "%s", m->qid);
+	r->kind = kind;
+	r->n = n;
+	memcpy(r->idx, idx, n * sizeof(r->idx[0]));
+	rc = ndr_send(s->q, m, kind, nr, n, &p, s->stats, ndr_qid, sched_report_done, r);
 	free(nr);
 	if (rc != 0) {
 		struct log_line l;
@@ -547,23 +652,17 @@ sched_report(struct sched *s, struct sched_msg *sm, enum ndr_kind kind, const in
 		log_kv(&l, "qid", m->qid);
 		log_kvi(&l, "error", rc);
 		log_end(&l);
-		sm->report_retry_at = now + SCHED_REPORT_RETRY;
+		free(r);
+		sched_report_backoff(s, sm, now);
 		return rc;
 	}
-	memset(&rec, 0, sizeof(rec));
-	rec.time_ms = now;
-	if (kind == NDR_DELAYED) {
-		rec.type = QREC_WARNED;
-		rec.rcpt = -1;
-		sched_record(s, sm, &rec);
-	} else {
-		rec.type = QREC_REPORTED;
-		for (k = 0; k < n; k++) {
-			rec.rcpt = idx[k];
-			sched_record(s, sm, &rec);
-		}
+	if (ndr_qid[0] == '\0') {
+		free(r);                /* nothing to send: decided, recorded now */
+		sched_report_record(s, sm, kind, idx, n, now);
+		return 0;
 	}
-	sm->report_retry_at = 0;
+	sched_report_mark(sm, r, true);
+	s->nreports++;
 	return 0;
 }
 
@@ -587,7 +686,7 @@ sched_msg_report(struct sched *s, struct sched_msg *sm, const char *reason, uint
 	for (i = 0; i < n; i++) {
 		const struct queue_rcpt *qr = &m->rcpt[i];
 
-		if (qr->reported)
+		if (qr->reported || sm->rc[i].report_out)
 			continue;
 		if (qr->state == RCPT_DELIVERED) {
 			if ((m->env.rcpts[i].notify & ENV_NOTIFY_SUCCESS) && m->env.sender[0] != '\0')
@@ -683,7 +782,7 @@ sched_msg_warn(struct sched *s, struct sched_msg *sm, uint64_t now)
 	size_t i, n = 0;
 	int *idx;
 
-	if (m->delay_warned || m->env.sender[0] == '\0' ||
+	if (m->delay_warned || sm->warn_out || m->env.sender[0] == '\0' ||
 	    now < sched_warn_at(m->env.arrival_ms, s->conf) || now < sm->report_retry_at)
 		return;
 	idx = xcalloc(m->env.nrcpts ? m->env.nrcpts : 1, sizeof(*idx));
@@ -761,7 +860,7 @@ sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now)
 			t = sched_expire_at(m->env.arrival_ms, s->conf);
 			if (t < at)
 				at = t;
-			if (!m->delay_warned && m->env.sender[0] != '\0') {
+			if (!m->delay_warned && !sm->warn_out && m->env.sender[0] != '\0') {
 				t = sched_warn_at(m->env.arrival_ms, s->conf);
 				if (t != SCHED_NOWAKE && t < sm->report_retry_at)
 					t = sm->report_retry_at;
@@ -772,7 +871,8 @@ sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now)
 	}
 	if (sm->report_retry_at != 0) {
 		for (i = 0; i < m->env.nrcpts; i++) {
-			if (m->rcpt[i].state == RCPT_FAILED && !m->rcpt[i].reported) {
+			if (!sched_rcpt_done(m, i) && m->rcpt[i].state != RCPT_PENDING &&
+			    !sm->rc[i].report_out) {
 				if (sm->report_retry_at < at)
 					at = sm->report_retry_at;
 				break;
@@ -969,7 +1069,8 @@ sched_reload(struct sched *s, struct conf *conf)
 void
 sched_shutdown_check(struct sched *s)
 {
-	if (s->nactive == 0 && s->timer_closed && s->routes_closed && s->shutdown_done != NULL) {
+	if (s->nactive == 0 && s->nreports == 0 && s->timer_closed && s->routes_closed &&
+	    s->shutdown_done != NULL) {
 		void (*done)(void *) = s->shutdown_done;
 
 		s->shutdown_done = NULL;
@@ -1048,6 +1149,8 @@ sched_free(struct sched *s)
 		return;
 	if (s->nactive > 0)
 		fatalx("%s: %u attempts still in flight", __func__, s->nactive);
+	if (s->nreports > 0)
+		fatalx("%s: %u reports still being queued", __func__, s->nreports);
 	while ((sm = TAILQ_FIRST(&s->msgs)) != NULL)
 		sched_msg_free(s, sm);
 	while ((d = TAILQ_FIRST(&s->dests)) != NULL) {

@@ -24,7 +24,6 @@
 #define SCHED_NOWAKE         UINT64_MAX
 #define SCHED_MAX_PER_TICK   4096            /* wake-ups handled per timer run */
 #define SCHED_DEFAULT_RETRY  (5 * 60 * 1000ULL)
-#define SCHED_REPORT_RETRY   (60 * 1000ULL)  /* a report that could not be queued */
 #define SCHED_PROBE_FLOOR    100             /* ms: a probe is never due "in the past" */
 #define SCHED_HEALTH_KEEP    (24 * 3600 * 1000ULL)
 #define SCHED_SWEEP_EVERY    (3600 * 1000ULL)
@@ -60,6 +59,7 @@ struct sched_rcpt {
 	struct sched_job *job;          /* the job it is in, or NULL */
 	uint64_t down_since;            /* its destination is down since (reports), 0 = not */
 	uint64_t flush_gen;             /* made due by this flush (s->flush_gen), 0 = not */
+	bool report_out;                /* its report's commit is in flight */
 };
 
 struct sched_msg {
@@ -70,6 +70,8 @@ struct sched_msg {
 	unsigned njobs;
 	bool deleted;                   /* gone for the admin; freed when njobs == 0 */
 	uint64_t report_retry_at;       /* a report failed: not before this */
+	unsigned report_failures;       /* reports in a row that could not be queued */
+	bool warn_out;                  /* the delay warning's commit is in flight */
 	struct sched_msg *hnext;        /* qid hash */
 	TAILQ_ENTRY(sched_msg) entry;   /* s->msgs, oldest first */
 };
@@ -157,6 +159,7 @@ struct sched {
 	size_t ndests;
 	struct sched_jobq active;
 	unsigned nactive;
+	unsigned nreports;              /* reports whose commit is in flight */
 
 	bool loaded;
 	bool stopping;
