@@ -8,7 +8,8 @@ bob@example.net waits while bob's MX is down; the file system is then
 filled up, and bob's MX comes back refusing bob with 550.  The report to
 the sender cannot be queued (ENOSPC): `event=ndr_failed`.  The original must
 stay queued, and once space is freed the report is queued on the message's
-retry timer and reaches the sender's MX exactly once.
+retry timer and reaches the sender's MX exactly once.  The same for the
+delay warning of a message that keeps waiting.
 
 Needs root (mount); skipped otherwise.
 """
@@ -99,6 +100,44 @@ class ReportCommitFailure(unittest.TestCase):
         self.assertEqual(len(home.messages), 1, home.messages)
         self.assertIn(sent["ndr_qid"].encode(), reports[0].data)
         self.assertIn(b"bob@example.net", reports[0].data)
+
+    def test_delay_warning_is_sent_once_the_disk_has_room_again(self):
+        relay = Relay.for_test(self, tmpdir=self.tmp,
+                               router={"retry_intervals": ["1s"], "host_backoff": ["1s", "1s"],
+                                       "delay_warning": "1h", "max_queue_age": "2h"})
+        relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])     # nobody listens
+        relay.dns.set_mx_ips("example.org", [(10, "127.0.0.3")])
+        home = relay.sink("127.0.0.3")
+        relay.start()
+        relay.wait_for_log("queue_journal_unavailable")
+        qid = submit(relay, SENDER, [BOB], make_message(SENDER, BOB, "late", "Body.\r\n"))
+        relay.wait_for_log("deferred", qid=qid, rcpt=BOB, waiting="example.net")
+
+        filler = os.path.join(self.qdir, "filler")
+        fill(filler)
+        relay.update_config(router={"delay_warning": "1s"})          # the warning is due now
+        mark = relay.log_mark()
+        relay.sighup()
+        relay.wait_for_log("reloaded", since=mark)
+        failed = relay.wait_for_log("ndr_failed", since=mark, qid=qid, timeout=20)
+        self.assertIn("ndr_qid", failed)
+        self.assertEqual(relay.count_log("ndr", qid=qid), 0)
+
+        os.unlink(filler)
+        sent = relay.wait_for_log("ndr", qid=qid, timeout=30)
+        self.assertEqual((sent["reason"], sent["rcpt"]), ("delayed", BOB))
+        relay.wait_for_log("delivered", qid=sent["ndr_qid"], timeout=30)
+        # Two more probes of bob's destination (1s apart) give the scheduler
+        # time for any second warning (reports are retried after 1s).
+        after = relay.log_mark()
+        relay.wait_for_count("deferred", 2, since=after, qid=qid, rcpt=BOB, timeout=30)
+        self.assertEqual(relay.count_log("ndr", qid=qid), 1)
+        self.assertEqual(len(home.messages), 1, home.messages)
+        self.assertEqual(home.messages[0].mail_from, "")
+        r = relay.relayctl("queue", "show", qid, "--json")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        events = [e["event"] for e in json.loads(r.stdout)["events"]]
+        self.assertEqual(events, ["delay_warned"])
 
 
 if __name__ == "__main__":
