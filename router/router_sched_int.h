@@ -1,7 +1,8 @@
 /*
  * router_sched_int.h - (internal to router_sched*.c) the scheduler's own
- * types, shared by its two files: router_sched.c (messages, the wake-up heap
- * and its timer, life cycle, administration) and router_sched_dest.c
+ * types, shared by its files: router_sched.c (messages, the wake-up heap
+ * and its timer, life cycle, administration), router_sched_report.c (the
+ * reports a message owes) and router_sched_dest.c
  * (destinations, jobs and their attempts: resolve, walk the exchangers with
  * host health, turn deliver's results into outcomes).  Nothing else
  * includes this header; the rest of the router uses router_sched.h.
@@ -190,9 +191,17 @@ void sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched
     const char *host, const char *ip, const char *status, const char *reply, bool counted,
     const char *wait_dest, uint64_t now);
 void sched_msg_run(struct sched *s, struct sched_msg *sm, uint64_t now);
+void sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now);
+struct sched_msg *sched_msg_lookup(struct sched *s, const char *qid);
 void sched_msg_free(struct sched *s, struct sched_msg *sm);
 void sched_shutdown_check(struct sched *s);
 bool sched_job_active(const struct sched_job *job);
+
+/* router_sched_report.c: the reports a message owes (failures, expiries,
+ * successes: reason is an extra sentence or NULL; the delay warning), recorded
+ * once they are durable, retried when they could not be queued. */
+void sched_msg_report(struct sched *s, struct sched_msg *sm, const char *reason, uint64_t now);
+void sched_msg_warn(struct sched *s, struct sched_msg *sm, uint64_t now);
 
 /* router_sched_dest.c: destinations (by name, created on demand, freed when
  * idle) and jobs (made by router_sched.c's dispatch, admitted here). */
