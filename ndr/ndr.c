@@ -27,7 +27,8 @@
  * Must never: report on a message whose envelope sender is <>; put a bare LF,
  * a control character or a line longer than 998 octets into a header it
  * writes; read more than NDR_FULL_MAX (+ headers cap) of the original; touch
- * the scheduler's state (the caller records QREC_REPORTED).
+ * the scheduler's state (the caller records QREC_REPORTED from the done
+ * callback, once the report's commit is durable).
  *
  * Note on I/O: the original's headers (or, for RET=FULL, the message up to
  * NDR_FULL_MAX) are read with pread() from the queue file the relay itself
@@ -134,6 +135,8 @@ struct ndr_pending {
 	struct relay_stats *stats;
 	struct ndr_pending_rcpt *rcpt;
 	size_t n;
+	ndr_done_cb *done;           /* the caller's, told how the commit ended */
+	void *done_arg;
 };
 
 static const struct ndr_kind_info *
@@ -846,7 +849,7 @@ ndr_pending_free(struct ndr_pending *np)
 	free(np);
 }
 
-/* The report is durable (or could not be queued): log it, count it. */
+/* The report is durable (or could not be queued): log it, count it, tell the caller. */
 static void
 ndr_committed(void *arg, int err, const char *qid)
 {
@@ -863,6 +866,8 @@ ndr_committed(void *arg, int err, const char *qid)
 		log_kv(&l, "reason", np->reason);
 		log_kvi(&l, "error", err);
 		log_end(&l);
+		if (np->done != NULL)
+			np->done(np->done_arg, err, np->ndr_qid);
 		ndr_pending_free(np);
 		return;
 	}
@@ -885,6 +890,8 @@ ndr_committed(void *arg, int err, const char *qid)
 	}
 	if (np->stats != NULL)
 		np->stats->ndr_sent++;
+	if (np->done != NULL)
+		np->done(np->done_arg, 0, np->ndr_qid);
 	ndr_pending_free(np);
 }
 
@@ -905,7 +912,7 @@ ndr_log_suppressed(const struct queue_msg *m, const char *rcpt, const char *reas
 int
 ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
     const struct ndr_rcpt *rcpts, size_t n, const struct ndr_params *p,
-    struct relay_stats *stats, char *ndr_qid)
+    struct relay_stats *stats, char *ndr_qid, ndr_done_cb *done, void *done_arg)
 {
 	const struct ndr_kind_info *ki = ndr_kind_info(kind);
 	struct ndr_original orig;
@@ -971,6 +978,8 @@ ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
 	np->to = xstrdup(m->env.sender);
 	np->reason = ki->reason;
 	np->stats = stats;
+	np->done = done;
+	np->done_arg = done_arg;
 	np->n = k;
 	np->rcpt = xcalloc(k, sizeof(*np->rcpt));
 	for (i = 0; i < k; i++) {

@@ -935,8 +935,10 @@ queue_set_str(char **dst, const char *src)
 
 /*
  * A/D/F end an attempt: attempts counted, the last_* fields replaced (NULL
- * clears).  With value QREC_NO_ATTEMPT (expiry), attempts is not counted and
- * only the non-NULL fields replace what the last real attempt left.
+ * clears).  With the flag QREC_NO_ATTEMPT in value (expiry), attempts is not
+ * counted and only the non-NULL fields replace what the last real attempt
+ * left.  QREC_WAIT_DEST and QREC_EXPIRED set the recipient's explicit states
+ * (waiting, expired); nothing is ever inferred from the status text.
  */
 void
 queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
@@ -952,7 +954,7 @@ queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
 	case QREC_ATTEMPT:
 	case QREC_DELIVERED:
 	case QREC_FAILED:
-		attempt = rec->value != QREC_NO_ATTEMPT;
+		attempt = (rec->value & QREC_NO_ATTEMPT) == 0;
 		if (attempt) {
 			r->attempts++;
 			r->last_attempt_ms = rec->time_ms;
@@ -965,10 +967,13 @@ queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
 			queue_set_str(&r->last_status, rec->status);
 		if (attempt || rec->reply != NULL)
 			queue_set_str(&r->last_reply, rec->reply);
+		r->waiting = rec->type == QREC_ATTEMPT && (rec->value & QREC_WAIT_DEST) != 0;
 		if (rec->type == QREC_DELIVERED)
 			r->state = RCPT_DELIVERED;
-		else if (rec->type == QREC_FAILED)
+		else if (rec->type == QREC_FAILED) {
 			r->state = RCPT_FAILED;
+			r->expired = (rec->value & QREC_EXPIRED) != 0;
+		}
 		break;
 	case QREC_REPORTED:
 		r->reported = true;
