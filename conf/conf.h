@@ -55,6 +55,7 @@ struct conf {
 	char *path;                     /* the file this was read from */
 
 	char *hostname;                 /* default: gethostname() */
+	char *user;                     /* default "relayd": the account after start-up */
 	char *queue_dir;                /* default: "/var/spool/relayd" */
 	char *control_socket;           /* default: "<queue_dir>/control.sock" */
 	char *log_file;                 /* NULL = stderr */
