@@ -7,7 +7,7 @@
  *   sandbox_new()          resolve `user`, prepare the queue directory
  *   log_open()
  *   sandbox_restrict_fs()  no_new_privs + Landlock, while only one thread exists
- *   sandbox_as_user(true)  open the queue with the user's effective ids, so
+ *   sandbox_as_user(true)  open the queue with the user's file-system ids, so
  *   router_new()             every file it makes is the user's
  *   sandbox_as_user(false)
  *   control_new(), submit_new()   (root binds the listeners, reads the key)
@@ -50,7 +50,8 @@ bool sandbox_switches(const struct sandbox *sb);
  */
 int sandbox_restrict_fs(struct sandbox *sb, const struct conf *c, struct buf *err);
 
-/* Started as root: switch the effective ids to the user (on) or back (off). */
+/* Started as root: switch this thread's file-system ids (setfsuid) to the user
+ * (on) or back (off); threads started meanwhile keep the user's. */
 void sandbox_as_user(struct sandbox *sb, bool on);
 
 /*

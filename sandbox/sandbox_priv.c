@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -303,18 +304,30 @@ sandbox_new(const struct conf *c, struct sandbox **out, struct buf *err)
 	return 0;
 }
 
+/*
+ * The file-system ids (setfsuid/setfsgid) are the calling thread's own, and
+ * threads started meanwhile inherit them.  So the threads the queue starts
+ * make every file as the user, and keep doing so when this thread switches
+ * back to bind and read keys as root; and, unlike with the effective ids,
+ * they keep the capabilities that the final setgroups/setgid/setuid (which
+ * glibc runs on every thread) needs.
+ */
 void
 sandbox_as_user(struct sandbox *sb, bool on)
 {
 	if (!sandbox_switches(sb))
 		return;
+	/* setfsuid() returns the previous id and cannot report a failure: check. */
 	if (on) {
-		if (setegid(sb->gid) == -1 || seteuid(sb->uid) == -1)
-			fatalx("%s: cannot switch to user %s: %s", __func__, sb->user,
-			    strerror(errno));
+		setfsgid(sb->gid);
+		setfsuid(sb->uid);
+		if ((uid_t)setfsuid((uid_t)-1) != sb->uid || (gid_t)setfsgid((gid_t)-1) != sb->gid)
+			fatalx("%s: cannot switch to user %s", __func__, sb->user);
 	} else {
-		if (seteuid(0) == -1 || setegid(sb->start_egid) == -1)
-			fatalx("%s: cannot switch back to root: %s", __func__, strerror(errno));
+		setfsuid(0);
+		setfsgid(sb->start_egid);
+		if ((uid_t)setfsuid((uid_t)-1) != 0)
+			fatalx("%s: cannot switch back to root", __func__);
 	}
 }
 
