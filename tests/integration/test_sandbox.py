@@ -140,6 +140,33 @@ class SandboxTest(unittest.TestCase):
                       err)
         self.assertNotIn("tls_cert", err)
 
+    def test_started_as_another_user_it_runs_as_that_user_and_warns(self):
+        # As under systemd's User=: nothing to drop, `user` names someone else.
+        relay = Relay.for_test(self, user="relayd-someone-else")
+        os.chown(relay.queue_dir, self.pw.pw_uid, self.pw.pw_gid)
+        wrapper = os.path.join(relay.tmpdir, "relayd-as-user")
+        with open(wrapper, "w") as f:
+            f.write("#!/bin/sh\nexec setpriv --reuid=%d --regid=%d --clear-groups %s \"$@\"\n"
+                    % (self.pw.pw_uid, self.pw.pw_gid, relayd_bin()))
+        os.chmod(wrapper, 0o755)
+        old = os.environ.get("RELAYD_BIN")
+        os.environ["RELAYD_BIN"] = wrapper
+        try:
+            relay.start()
+        finally:
+            if old is None:
+                del os.environ["RELAYD_BIN"]
+            else:
+                os.environ["RELAYD_BIN"] = old
+        relay.wait_for_log("user_ignored", user="relayd-someone-else", running_as=TEST_USER)
+        line = relay.wait_for_log("sandbox")
+        self.assertNotIn("user", line)
+        st = proc_status(relay.pid)
+        self.assertEqual(st["Uid"].split(), [str(self.pw.pw_uid)] * 4)
+        self.assertEqual((st["NoNewPrivs"], st["Seccomp"]), ("1", "2"))
+        msg = make_message("alice@example.org", "bob@example.net", "unprivileged", "x")
+        submit(relay, "alice@example.org", ["bob@example.net"], msg)
+
     def test_a_reload_naming_a_file_outside_the_sandbox_fails_clearly(self):
         relay = Relay.for_test(self)
         relay.start()
