@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/fsuid.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -346,6 +347,10 @@ sandbox_switch(struct sandbox *sb, struct buf *err)
 		fatalx("%s: still not user %s after setuid", __func__, sb->user);
 	if (setuid(0) != -1 || seteuid(0) != -1 || (sb->gid != 0 && setgid(0) != -1))
 		fatalx("%s: root could be regained after switching to %s", __func__, sb->user);
+#ifdef RELAY_SANITIZE
+	/* The switch made us non-dumpable: LeakSanitizer's ptrace at exit needs it back. */
+	prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+#endif
 	return 0;
 }
 
