@@ -78,25 +78,35 @@ sandbox_may_access(const struct stat *st, uid_t uid, gid_t gid, const gid_t *gro
 	    ((want & X_OK) == 0 || (bits & 1));
 }
 
-/* Can the account open path for reading?  0, or an errno-like reason in *why. */
+/* Are the directories on the way to path all searchable by the account? */
+static bool
+sandbox_user_can_reach(const struct sandbox *sb, const char *path)
+{
+	struct stat st;
+	char *p = xstrdup(path), *slash;
+	bool ok = true;
+
+	for (slash = strchr(p + 1, '/'); ok && slash != NULL; slash = strchr(slash + 1, '/')) {
+		*slash = '\0';
+		if (stat(p, &st) == 0 && !sandbox_may_access(&st, sb->uid, sb->gid,
+		    sb->groups, sb->ngroups, X_OK))
+			ok = false;
+		*slash = '/';
+	}
+	free(p);
+	return ok;
+}
+
+/* Can the account open path for reading?  0, or -1 with the reason in *why. */
 static int
 sandbox_user_can_read(const struct sandbox *sb, const char *path, const char **why)
 {
 	struct stat st;
-	char *p = xstrdup(path), *slash;
 
-	/* Every directory on the way must be searchable, the file readable. */
-	for (slash = strchr(p + 1, '/'); slash != NULL; slash = strchr(slash + 1, '/')) {
-		*slash = '\0';
-		if (stat(p, &st) == 0 && !sandbox_may_access(&st, sb->uid, sb->gid,
-		    sb->groups, sb->ngroups, X_OK)) {
-			*why = "a directory on its path is not searchable";
-			free(p);
-			return -1;
-		}
-		*slash = '/';
+	if (!sandbox_user_can_reach(sb, path)) {
+		*why = "a directory on its path is not searchable";
+		return -1;
 	}
-	free(p);
 	if (stat(path, &st) == -1) {
 		*why = strerror(errno);
 		return -1;
@@ -214,6 +224,11 @@ sandbox_prepare_queue(const struct sandbox *sb, const char *dir, bool root, stru
 	char num[16];
 	int fd;
 
+	if (root && !sandbox_user_can_reach(sb, dir)) {
+		buf_printf(err, "queue_dir %s: user '%s' cannot reach it: a directory on its "
+		    "path is not searchable (chmod o+x, or move the queue)\n", dir, sb->user);
+		return -1;
+	}
 	if (stat(dir, &st) == -1) {
 		if (errno != ENOENT || !root)
 			return 0;               /* queue_open() creates it, or says why not */

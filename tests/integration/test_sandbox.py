@@ -102,6 +102,13 @@ class SandboxTest(unittest.TestCase):
         os.chown(relay.queue_dir, other.pw_uid, other.pw_gid)
         self._start_fails(relay, "belongs to uid %d, not to user '%s'" % (other.pw_uid, TEST_USER))
 
+    def test_a_queue_the_user_cannot_reach_is_refused(self):
+        relay = Relay.for_test(self)
+        private = os.path.join(relay.tmpdir, "private")
+        os.mkdir(private, 0o700)
+        relay.update_config(queue_dir=os.path.join(private, "queue"))
+        self._start_fails(relay, "user '%s' cannot reach it" % TEST_USER)
+
     def test_a_queue_root_wrote_is_handed_to_the_user_with_its_mail(self):
         # An older relayd ran as root: its queue (with a deferred message) is root's.
         relay = Relay.for_test(self)
