@@ -2,7 +2,7 @@
  * sandbox_seccomp.c - the seccomp filter: a deny-list of the system calls
  * relayd never makes (running programs, debugging other processes, mounts,
  * kernel modules, kexec, reboot, swap, BPF, keyrings, namespaces, changing
- * ids or the clock ...).  The default is to allow, so a library update that
+ * ids or the clock ..., and clone() with namespace flags).  The default is to allow, so a library update that
  * starts using a new call cannot break relayd; a denied call kills the whole
  * process (SECCOMP_RET_KILL_PROCESS), and the kernel logs it (audit).
  * Loaded after the switch to the user, on every thread (TSYNC).
@@ -10,6 +10,7 @@
 #include "sandbox/sandbox_int.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <string.h>
 
 #include <seccomp.h>
@@ -44,6 +45,12 @@ static const char *const sandbox_denied[] = {
 	"settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
 };
 
+/* clone() flags that make namespaces: unshare(2) by another name. */
+static const unsigned long sandbox_clone_denied[] = {
+	CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUTS,
+	CLONE_NEWIPC, CLONE_NEWCGROUP,
+};
+
 int
 sandbox_seccomp_install(struct buf *err)
 {
@@ -71,6 +78,23 @@ sandbox_seccomp_install(struct buf *err)
 			    strerror(-rc));
 			goto out;
 		}
+	}
+	/*
+	 * clone3() passes its flags in memory, out of a filter's reach: it gets
+	 * ENOSYS, and glibc (2.34+) falls back to clone(), whose flags we see.
+	 */
+	for (i = 0; i < RELAY_ARRAY_LEN(sandbox_clone_denied); i++) {
+		if ((rc = seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, SCMP_SYS(clone), 1,
+		    SCMP_A0(SCMP_CMP_MASKED_EQ, sandbox_clone_denied[i],
+		    sandbox_clone_denied[i]))) != 0) {
+			buf_printf(err, "seccomp: rule for clone: %s\n", strerror(-rc));
+			goto out;
+		}
+	}
+	if ((nr = seccomp_syscall_resolve_name("clone3")) != __NR_SCMP_ERROR &&
+	    (rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), nr, 0)) != 0) {
+		buf_printf(err, "seccomp: rule for clone3: %s\n", strerror(-rc));
+		goto out;
 	}
 	if ((rc = seccomp_load(ctx)) != 0)
 		buf_printf(err, "seccomp: cannot load the filter: %s\n", strerror(-rc));
