@@ -18,6 +18,8 @@
 #include <string.h>
 #include <sys/fsuid.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <linux/capability.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -369,12 +371,36 @@ sandbox_switch(struct sandbox *sb, struct buf *err)
 	return 0;
 }
 
+/*
+ * Started without root but with capabilities (systemd's AmbientCapabilities=
+ * CAP_NET_BIND_SERVICE, used to bind 587): the listeners are bound, so give
+ * them all up, ambient ones too.
+ */
+static int
+sandbox_drop_caps(struct buf *err)
+{
+	struct __user_cap_header_struct hdr;
+	struct __user_cap_data_struct data[2];
+
+	memset(&hdr, 0, sizeof(hdr));
+	memset(data, 0, sizeof(data));
+	hdr.version = _LINUX_CAPABILITY_VERSION_3;
+	(void)prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);   /* EINVAL before 4.3 */
+	if (syscall(SYS_capset, &hdr, data) != 0) {
+		buf_printf(err, "cannot drop capabilities: %s\n", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 int
 sandbox_drop(struct sandbox *sb, struct buf *err)
 {
 	struct log_line l;
 
 	if (sb->do_switch && sandbox_switch(sb, err) != 0)
+		return -1;
+	if (!sb->do_switch && sandbox_drop_caps(err) != 0)
 		return -1;
 	if (sandbox_seccomp_install(err) != 0)
 		return -1;

@@ -148,12 +148,14 @@ class SandboxTest(unittest.TestCase):
         self.assertNotIn("tls_cert", err)
 
     def test_started_as_another_user_it_runs_as_that_user_and_warns(self):
-        # As under systemd's User=: nothing to drop, `user` names someone else.
+        # As under systemd's User= with AmbientCapabilities=CAP_NET_BIND_SERVICE:
+        # no user to switch to (`user` names someone else), capabilities dropped.
         relay = Relay.for_test(self, user="relayd-someone-else")
         os.chown(relay.queue_dir, self.pw.pw_uid, self.pw.pw_gid)
         wrapper = os.path.join(relay.tmpdir, "relayd-as-user")
         with open(wrapper, "w") as f:
-            f.write("#!/bin/sh\nexec setpriv --reuid=%d --regid=%d --clear-groups %s \"$@\"\n"
+            f.write("#!/bin/sh\nexec setpriv --reuid=%d --regid=%d --clear-groups "
+                    "--inh-caps=+net_bind_service --ambient-caps=+net_bind_service %s \"$@\"\n"
                     % (self.pw.pw_uid, self.pw.pw_gid, relayd_bin()))
         os.chmod(wrapper, 0o755)
         old = os.environ.get("RELAYD_BIN")
@@ -171,6 +173,7 @@ class SandboxTest(unittest.TestCase):
         st = proc_status(relay.pid)
         self.assertEqual(st["Uid"].split(), [str(self.pw.pw_uid)] * 4)
         self.assertEqual((st["NoNewPrivs"], st["Seccomp"]), ("1", "2"))
+        self.assertEqual((st["CapEff"], st["CapPrm"], st["CapAmb"]), ("0" * 16,) * 3)
         msg = make_message("alice@example.org", "bob@example.net", "unprivileged", "x")
         submit(relay, "alice@example.org", ["bob@example.net"], msg)
 
