@@ -35,6 +35,7 @@
  * thread, the same kind queue_txn_write() does; no network I/O happens here.
  */
 #include "ndr/ndr.h"
+#include "common/codec.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -171,34 +172,6 @@ ndr_str_8bit(const char *s)
 	return s != NULL && ndr_has_8bit(s, strlen(s));
 }
 
-/* Length of the valid UTF-8 sequence at s (at most len bytes), or 0. */
-static size_t
-ndr_utf8_len(const unsigned char *s, size_t len)
-{
-	size_t need, i;
-	unsigned c = s[0];
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xc2 && c <= 0xdf)
-		need = 2;
-	else if (c >= 0xe0 && c <= 0xef)
-		need = 3;
-	else if (c >= 0xf0 && c <= 0xf4)
-		need = 4;
-	else
-		return 0;
-	if (len < need)
-		return 0;
-	for (i = 1; i < need; i++)
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-	if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xf0 && s[1] < 0x90) ||
-	    (c == 0xf4 && s[1] >= 0x90) || (c == 0xed && s[1] >= 0xa0))
-		return 0;                       /* overlong, > U+10FFFF, surrogate */
-	return need;
-}
-
 /*
  * Cleaning: every byte that reaches the report goes through one of these.
  */
@@ -214,7 +187,7 @@ ndr_clean_text(struct buf *out, const char *s)
 		if (p[i] < 0x20 || p[i] == 0x7f) {
 			buf_putc(out, ' ');
 			i++;
-		} else if ((l = ndr_utf8_len(p + i, len - i)) == 0) {
+		} else if ((l = codec_utf8_len(p + i, len - i)) == 0) {
 			buf_putc(out, '?');
 			i++;
 		} else {
@@ -310,15 +283,13 @@ ndr_is_smtp_reply(const char *s)
 static void
 ndr_rfc2047(struct buf *out, const char *s)
 {
-	static const char b64[] =
-	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 	const unsigned char *p = (const unsigned char *)s;
-	size_t len = strlen(s), i = 0, take, l, j;
+	size_t len = strlen(s), i = 0, take, l;
 
 	while (i < len) {
 		take = 0;
 		while (i + take < len) {
-			l = ndr_utf8_len(p + i + take, len - i - take);
+			l = codec_utf8_len(p + i + take, len - i - take);
 			if (l == 0)
 				l = 1;
 			if (take + l > NDR_EW_BYTES)
@@ -328,18 +299,7 @@ ndr_rfc2047(struct buf *out, const char *s)
 		if (i > 0)
 			buf_putc(out, ' ');
 		buf_puts(out, "=?utf-8?B?");
-		for (j = 0; j < take; j += 3) {
-			unsigned v = (unsigned)p[i + j] << 16;
-			size_t rem = take - j;
-			if (rem > 1)
-				v |= (unsigned)p[i + j + 1] << 8;
-			if (rem > 2)
-				v |= p[i + j + 2];
-			buf_putc(out, b64[(v >> 18) & 63]);
-			buf_putc(out, b64[(v >> 12) & 63]);
-			buf_putc(out, rem > 1 ? b64[(v >> 6) & 63] : '=');
-			buf_putc(out, rem > 2 ? b64[v & 63] : '=');
-		}
+		codec_base64_encode(out, p + i, take);
 		buf_puts(out, "?=");
 		i += take;
 	}

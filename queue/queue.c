@@ -553,12 +553,34 @@ queue_close_fds(struct queue *q)
 	q->msgfd = q->corruptfd = q->lockfd = -1;
 }
 
+/*
+ * Test hooks, read from the environment: compiled only into builds made with
+ * the CMake option RELAY_TEST_HOOKS (contrib/test.sh's); a normal or release
+ * build has neither the variables' names nor the sleeps (QUEUE.md).
+ */
+#ifdef RELAY_TEST_HOOKS
+static void
+queue_test_hooks(struct queue *q)
+{
+	const char *v;
+
+	if ((v = getenv("RELAYD_TEST_SYNC_DELAY_MS")) != NULL)
+		q->test_sync_delay_ms = (unsigned)strtoul(v, NULL, 10);
+	if ((v = getenv("RELAYD_TEST_PUBLISH_DELAY_MS")) != NULL)
+		q->test_publish_delay_ms = (unsigned)strtoul(v, NULL, 10);
+}
+#else
+static void
+queue_test_hooks(struct queue *q)
+{
+}
+#endif
 
 int
 queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err)
 {
 	struct queue *q;
-	const char *what = NULL, *delay;
+	const char *what = NULL;
 	int dirfd = -1, e;
 
 	q = xcalloc(1, sizeof(*q));
@@ -613,10 +635,7 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 		q->rnd_state = util_now_ms() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)q;
 	q->rnd_state |= 1;
 
-	if ((delay = getenv("RELAYD_TEST_SYNC_DELAY_MS")) != NULL)
-		q->test_sync_delay_ms = (unsigned)strtoul(delay, NULL, 10);
-	if ((delay = getenv("RELAYD_TEST_PUBLISH_DELAY_MS")) != NULL)
-		q->test_publish_delay_ms = (unsigned)strtoul(delay, NULL, 10);
+	queue_test_hooks(q);
 
 	if (uv_mutex_init(&q->mtx) != 0 || uv_cond_init(&q->cond) != 0 ||
 	    uv_cond_init(&q->write_cond) != 0 || uv_cond_init(&q->sync_cond) != 0)

@@ -50,6 +50,7 @@
 static const char *const sandbox_system_read[] = {
 	"/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf",
 	"/etc/gai.conf", "/etc/services", "/etc/protocols", "/etc/localtime",
+	"/etc/passwd", "/etc/group",            /* control_group is looked up on reload */
 	"/run/systemd/resolve",                 /* where resolv.conf may point */
 	"/etc/ssl", "/usr/lib/ssl", "/usr/share/ca-certificates",
 	"/usr/local/share/ca-certificates",     /* the trust store and its links */
