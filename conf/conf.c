@@ -32,6 +32,7 @@
 #include <libconfig.h>
 
 #define CONF_DEFAULT_QUEUE_DIR	"/var/spool/relayd"
+#define CONF_DEFAULT_USER	"relayd"
 #define CONF_CONTROL_SOCK_NAME	"control.sock"
 #define CONF_DNS_PORT		53
 #define CONF_MAX_NAME		256	/* "router.routes[12].auth_password" */
@@ -139,6 +140,7 @@ static const struct conf_key conf_deliver_keys[] = {
 
 static const struct conf_key conf_top_keys[] = {
 	{ "hostname", CONF_K_STR, C_OFF(hostname), 0, CONF_F_NONEMPTY | CONF_F_HOSTNAME, NULL },
+	{ "user", CONF_K_STR, C_OFF(user), 0, CONF_F_NONEMPTY, NULL },
 	{ "queue_dir", CONF_K_STR, C_OFF(queue_dir), 0, CONF_F_NONEMPTY | CONF_F_ABSOLUTE, NULL },
 	{ "control_socket", CONF_K_STR, C_OFF(control_socket), 0, CONF_F_NONEMPTY, NULL },
 	{ "control_group", CONF_K_STR, C_OFF(control_group), 0, CONF_F_NONEMPTY, NULL },
@@ -1017,6 +1019,7 @@ conf_free(struct conf *c)
 
 	free(c->path);
 	free(c->hostname);
+	free(c->user);
 	free(c->queue_dir);
 	free(c->control_socket);
 	free(c->control_group);
@@ -1054,6 +1057,7 @@ conf_new_defaults(void)
 
 	c->refs = 1;
 	c->hostname = conf_default_hostname();
+	c->user = xstrdup(CONF_DEFAULT_USER);
 	c->queue_dir = xstrdup(CONF_DEFAULT_QUEUE_DIR);
 	c->control_socket = conf_default_control_socket(c->queue_dir);
 	c->log_file = NULL;

@@ -56,6 +56,7 @@ struct conf {
 	char *path;                     /* the file this was read from */
 
 	char *hostname;                 /* default: gethostname() */
+	char *user;                     /* default "relayd": the account after start-up */
 	char *queue_dir;                /* default: "/var/spool/relayd" */
 	char *control_socket;           /* default: "<queue_dir>/control.sock" */
 	char *control_group;            /* NULL: socket mode 0600; else 0660 with this group */

@@ -429,13 +429,11 @@ control_path_live(const char *path)
 	return rc == 0;
 }
 
-/* relayd's unprivileged account, the `user` key (added with the privilege
- * drop); NULL while there is none: the socket then stays relayd's. */
+/* relayd's unprivileged account, the `user` key (sandbox/ switches to it). */
 static const char *
 control_user(const struct conf *conf)
 {
-	(void)conf;
-	return NULL;            /* with the `user` key: return conf->user; */
+	return conf->user;
 }
 
 /*

@@ -16,6 +16,7 @@
 #include "common/util.h"
 #include "notify/notify.h"
 #include "router/router.h"
+#include "sandbox/sandbox.h"
 #include "submit/submit.h"
 
 static enum log_level
@@ -75,6 +76,8 @@ on_signal(uv_signal_t *h, int signum)
 int
 relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf *err)
 {
+	int rc;
+
 	memset(r, 0, sizeof(*r));
 	r->magic = RELAY_MAGIC;
 	r->loop = loop;
@@ -102,11 +105,20 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	log_set_level(relay_log_level(r->conf));
 	signal(SIGPIPE, SIG_IGN);
 
-	if (router_new(loop, r->conf, &r->stats, &r->router, err) != 0)
+	/* Landlock while this is the only thread; the queue is opened as the user. */
+	if (sandbox_new(r->conf, &r->sandbox, err) != 0 ||
+	    sandbox_restrict_fs(r->sandbox, r->conf, err) != 0)
+		return -1;
+	sandbox_as_user(r->sandbox, true);
+	rc = router_new(loop, r->conf, &r->stats, &r->router, err);
+	sandbox_as_user(r->sandbox, false);
+	if (rc != 0)
 		return -1;
 	if (control_new(r, r->conf->control_socket, &r->control, err) != 0)
 		return -1;
 	if (submit_new(loop, r->conf, r->router, &r->stats, &r->submit, err) != 0)
+		return -1;
+	if (sandbox_drop(r->sandbox, err) != 0)
 		return -1;
 
 	log_event(LOG_NOTICE, "started", "config", conf_path, "hostname", r->conf->hostname,
@@ -127,6 +139,7 @@ relay_reload(struct relay *r, struct buf *err)
 	}
 	notify_reloading(r->notify);
 	if (conf_load(r->conf_path, &c, err) != 0 ||
+	    sandbox_reload_check(r->sandbox, c, err) != 0 ||
 	    submit_reload(r->submit, c, err) != 0) {
 		/* Strip the trailing newline for the log line. */
 		while (err->len > 0 && err->data[err->len - 1] == '\n')
@@ -220,6 +233,7 @@ relay_free(struct relay *r)
 		router_free(r->router);
 	if (r->conf != NULL)
 		conf_unref(r->conf);
+	sandbox_free(r->sandbox);
 	free(r->conf_path);
 	r->magic = 0;
 }

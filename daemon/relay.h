@@ -17,6 +17,7 @@ struct submit;
 struct router;
 struct control;
 struct notify;
+struct sandbox;
 
 #define RELAY_MAGIC 0x7e1a7d00U
 
@@ -30,12 +31,14 @@ struct relay {
 	struct submit *submit;
 	struct control *control;
 	struct notify *notify;       /* the service manager (notify/notify.h) */
+	struct sandbox *sandbox;     /* the user switch and the sandbox (sandbox/) */
 	uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 	bool stopping;
 	int pending_shutdown;        /* modules still shutting down */
 };
 
-/* Load the config, open the log, start every module.  0, or -1 with err filled;
+/* Load the config, open the log, start every module, then drop root and enter
+ * the sandbox (sandbox/sandbox.h says in which order).  0, or -1 with err filled;
  * after a failure, relay_stop() and running the loop unwind what was started. */
 int relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf *err);
 /* Re-read the configuration and apply what can change at run time.  On a

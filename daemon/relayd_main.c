@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "conf/conf.h"
 #include "daemon/relay.h"
+#include "sandbox/sandbox.h"
 
 #define RELAYD_DEFAULT_CONF "/etc/relayd/relayd.conf"
 #define RELAYD_VERSION "0.1.0"
@@ -53,15 +54,20 @@ main(int argc, char **argv)
 	}
 
 	if (check) {
-		struct conf *c;
+		struct buf warn = BUF_INIT;
+		struct conf *c = NULL;
 
-		if (conf_load(path, &c, &err) != 0) {
+		if (conf_load(path, &c, &err) != 0 ||
+		    sandbox_check_conf(c, &warn, &err) != 0) {
+			conf_unref(c);
 			fputs(buf_cstr(&err), stderr);
 			if (err.len > 0 && err.data[err.len - 1] != '\n')
 				fputc('\n', stderr);
 			buf_free(&err);
 			return 1;
 		}
+		fputs(buf_cstr(&warn), stderr);
+		buf_free(&warn);
 		printf("%s: configuration OK\n", path);
 		conf_unref(c);
 		return 0;

@@ -60,6 +60,12 @@ has passed), relayd_has_test_hooks(), and the decorator
 needs_test_hooks for tests that set RELAYD_TEST_* (only a relayd built with
 the CMake option RELAY_TEST_HOOKS reads them).
 
+relayd runs as TEST_USER (config key `user`, default "nobody", or
+$RELAYD_TEST_USER): started as root it switches to that account after
+start-up, so the fixture makes its files reachable by it (share_with_user():
+temporary directories searchable, keys group-readable by the user's group,
+tmpdir the user's own so it can remove its control socket and make logs).
+
 Environment: RELAYD_BIN, RELAYCTL_BIN (default <repo>/build/relayd and
 <repo>/build/relayctl); RELAYD_KEEP_TMP=1 keeps every temporary directory;
 RELAYD_TEST_VERBOSE=1 prints the log tail after every test, not only failed ones.
@@ -81,7 +87,7 @@ from smtpsink import SinkMX
 
 __all__ = ["Relay", "free_port", "parse_log_line", "to_libconfig", "test_cert",
            "make_cert", "TestCA", "relayd_bin", "relayctl_bin", "RelayError",
-           "DEFAULT_USERS", "SENDERS", "REALM"]
+           "DEFAULT_USERS", "SENDERS", "REALM", "TEST_USER", "share_with_user"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -90,6 +96,7 @@ REALM = "relay.test"
 DEFAULT_USERS = {"alice": "alicepw", "bob": "bobpw"}
 SENDERS = "alice: alice@example.org, @alice.test\nbob: bob@example.org\n"
 SINK_HOSTS = tuple("127.0.0.%d" % i for i in range(2, 10))
+TEST_USER = os.environ.get("RELAYD_TEST_USER", "nobody")
 
 
 class RelayError(Exception):
@@ -173,6 +180,38 @@ def free_port(hosts=("127.0.0.1",), exclude=()):
 
 
 # ---------------------------------------------------------------------------
+# The unprivileged account relayd switches to
+# ---------------------------------------------------------------------------
+
+def test_user_ids():
+    """(uid, gid) of TEST_USER, or None when it does not exist."""
+    import pwd
+    try:
+        pw = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        return None
+    return pw.pw_uid, pw.pw_gid
+
+
+def share_with_user(path, own=False):
+    """Make path usable by TEST_USER after relayd's switch (we run as root):
+    a directory becomes searchable by everyone (0755), a file readable by the
+    user's group; with own, the user owns it.  Without root: nothing to do."""
+    ids = test_user_ids()
+    if os.geteuid() != 0 or ids is None:
+        return
+    st = os.stat(path)
+    if own:
+        os.chown(path, ids[0], ids[1])
+    elif not os.path.isdir(path):
+        os.chown(path, -1, ids[1])
+    if os.path.isdir(path):
+        os.chmod(path, (st.st_mode & 0o7777) | 0o755)
+    else:
+        os.chmod(path, (st.st_mode & 0o7777) | 0o040)
+
+
+# ---------------------------------------------------------------------------
 # Certificates
 # ---------------------------------------------------------------------------
 
@@ -199,6 +238,7 @@ def make_cert(directory, cn="relay.test", dns=("relay.test",), ips=("127.0.0.1",
     if dns or ips:
         args += ["-addext", "subjectAltName=" + _san(dns, ips)]
     _openssl(*args)
+    share_with_user(key)
     return cert, key
 
 
@@ -210,6 +250,7 @@ def _proc_tmp():
     global _PROC_TMP
     if _PROC_TMP is None:
         _PROC_TMP = tempfile.mkdtemp(prefix="relayd-certs-")
+        share_with_user(_PROC_TMP)
         if not os.environ.get("RELAYD_KEEP_TMP"):
             atexit.register(shutil.rmtree, _PROC_TMP, True)
     return _PROC_TMP
@@ -240,6 +281,7 @@ class TestCA:
     def __init__(self, directory=None, cn="relayd test CA"):
         self.dir = directory or tempfile.mkdtemp(prefix="ca-", dir=_proc_tmp())
         os.makedirs(self.dir, exist_ok=True)
+        share_with_user(self.dir)
         self.cert = os.path.join(self.dir, "ca.crt")
         self.key = os.path.join(self.dir, "ca.key")
         self._n = 0
@@ -522,6 +564,7 @@ class Relay:
         self.env = dict(env or {})
         self.tmpdir = tmpdir or tempfile.mkdtemp(prefix="relayd-")
         os.makedirs(self.tmpdir, exist_ok=True)
+        share_with_user(self.tmpdir, own=True)
         self.host = "127.0.0.1"
         self.realm = REALM
         self.proc = None
@@ -572,6 +615,7 @@ class Relay:
 
         self.config = {
             "hostname": "relay.test",
+            "user": TEST_USER,
             "queue_dir": self.queue_dir,
             "control_socket": self.control_socket,
             "log_file": self.log_path,
@@ -624,6 +668,7 @@ class Relay:
                             "-c", name], input=password.encode(), capture_output=True)
         if r.returncode != 0:
             raise RelayError("saslpasswd2 %s: %s" % (name, r.stderr.decode(errors="replace")))
+        share_with_user(self.sasldb)
         self.users[name] = password
 
     def delete_user(self, name, realm=None):

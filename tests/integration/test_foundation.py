@@ -111,12 +111,13 @@ class Lifecycle(unittest.TestCase):
         exe = os.path.join(self.relay.tmpdir, "relayctl")
         shutil.copy(relayctl_bin(), exe)
         os.chmod(exe, 0o755)
-        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+        # 65533: neither root nor relayd's own user (the harness runs it as nobody, 65534).
+        r = subprocess.run(["setpriv", "--reuid=65533", "--regid=65533", "--clear-groups",
                             exe, "-s", self.relay.control_socket, "stats"],
                            capture_output=True, text=True, timeout=20)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("permission denied", r.stderr)
-        self.relay.wait_for_log("control_denied", uid="65534")
+        self.relay.wait_for_log("control_denied", uid="65533")
 
     def test_sighup_reload_good_and_bad(self):
         self.relay.start()

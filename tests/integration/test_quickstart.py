@@ -16,7 +16,7 @@ import time
 import unittest
 
 from client import client_context, make_message
-from relay import REPO, free_port, relayd_bin
+from relay import REPO, TEST_USER, free_port, relayd_bin
 
 
 class Quickstart(unittest.TestCase):
@@ -24,11 +24,12 @@ class Quickstart(unittest.TestCase):
     def test_quickstart_relay_accepts_mail_from_the_demo_user(self):
         tmp = tempfile.mkdtemp(prefix="relayd-quickstart-")
         self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        os.chmod(tmp, 0o755)        # relayd's user must reach the quick-start directory
         port = free_port()
         tls_port = free_port(exclude=(port,))
         env = dict(os.environ, QUICKSTART_DIR=os.path.join(tmp, "qs"), QUICKSTART_SKIP_BUILD="1",
                    QUICKSTART_PORT=str(port), QUICKSTART_TLS_PORT=str(tls_port),
-                   RELAYD_BIN=relayd_bin())
+                   QUICKSTART_USER=TEST_USER, RELAYD_BIN=relayd_bin())
         out = open(os.path.join(tmp, "out"), "w+")
         proc = subprocess.Popen(["sh", os.path.join(REPO, "contrib", "quickstart.sh")], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -73,6 +74,10 @@ class Quickstart(unittest.TestCase):
                 break
             self.assertLess(time.time(), deadline, "no event=accepted for %s" % qid)
             time.sleep(0.1)
+        # Started as root, it runs as the unprivileged user.
+        if os.geteuid() == 0:
+            out.seek(0)
+            self.assertRegex(out.read(), r"event=sandbox user=%s " % TEST_USER)
 
 
 if __name__ == "__main__":

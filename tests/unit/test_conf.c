@@ -262,6 +262,7 @@ check_defaults(const struct conf *c)
 
 	gethostname(host, sizeof(host) - 1);
 	CHECK_STR(c->hostname, host[0] ? host : "localhost");
+	CHECK_STR(c->user, "relayd");
 	CHECK_STR(c->queue_dir, "/var/spool/relayd");
 	CHECK_STR(c->control_socket, "/var/spool/relayd/control.sock");
 	CHECK(c->control_group == NULL);
@@ -378,6 +379,7 @@ test_derived_defaults(void)
 static const char full_conf[] =
     "# every key, none at its default\n"
     "hostname = \"relay.example.org\";\n"
+    "user = \"_relayd\";\n"
     "queue_dir = \"/var/spool/relayd-test\";\n"
     "control_socket = \"/run/relayd.sock\";\n"
     "control_group = \"root\";\n"
@@ -453,6 +455,7 @@ test_full(void)
 		return;
 
 	CHECK_STR(c->hostname, "relay.example.org");
+	CHECK_STR(c->user, "_relayd");
 	CHECK_STR(c->queue_dir, "/var/spool/relayd-test");
 	CHECK_STR(c->control_socket, "/run/relayd.sock");
 	CHECK_STR(c->control_group, "root");
@@ -769,6 +772,12 @@ static const struct {
 	  "hostname = \"\";\n",
 	  "1: queue_dir: must be an absolute path, not 'spool'\n"
 	  "2: hostname: must not be empty\n" },
+	{ "empty user",
+	  "user = \"\";\n",
+	  "1: user: must not be empty\n" },
+	{ "user not a string",
+	  "\nuser = 0;\n",
+	  "2: user: expected a string\n" },
 	{ "bad hostname",
 	  "hostname = \"mail example\";\n",
 	  "1: hostname: bad host name 'mail example'\n" },
