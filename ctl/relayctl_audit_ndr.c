@@ -7,8 +7,8 @@
  *                                        -> the last attempt (replaces the one before)
  *   expired   qid= rcpt= status= ...     -> updates what it carries
  *   delivered qid= rcpt=                 -> that recipient is done: forgotten
- * Owns two hash tables: per message (sender, recipients still open) and per
- * (message, recipient) last attempt.  Entries go when the recipient is
+ * Owns two hash tables (common/htab): per message (sender, recipients still
+ * open) and per (message, recipient) last attempt.  Entries go when the recipient is
  * finished (delivered, or an ndr with reason failed/expired), and anything
  * not touched for CTL_AUDIT_HORIZON_MS of log time is swept: the state stays
  * bounded by what relayd can still have queued.  Must never hold a whole log,
@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/htab.h"
 #include "common/util.h"
 #include "ctl/relayctl_audit.h"
 
@@ -24,7 +25,7 @@
 
 /* A message (key "qid") or a (message, recipient) attempt (key "qid\nrcpt"). */
 struct corr_ent {
-	struct corr_ent *next;
+	struct htab_node node;      /* in msgs or atts, by key */
 	char *key;
 	uint64_t touched;           /* log time of the last line about it */
 	/* message */
@@ -35,30 +36,13 @@ struct corr_ent {
 	long attempts;
 };
 
-struct corr_table {
-	struct corr_ent **b;
-	size_t nb, n;
-};
-
 struct ctl_audit_corr {
-	struct corr_table msgs, atts;
+	struct htab msgs, atts;     /* struct corr_ent */
 	ctl_audit_emit_fn emit;
 	void *arg;
 	uint64_t newest;            /* the latest ts seen */
 	size_t lines;               /* since the last sweep */
 };
-
-static uint64_t
-corr_hash(const char *s)
-{
-	uint64_t h = 1469598103934665603ULL;
-
-	for (; *s != '\0'; s++) {
-		h ^= (unsigned char)*s;
-		h *= 1099511628211ULL;
-	}
-	return h;
-}
 
 static void
 corr_ent_free(struct corr_ent *e)
@@ -73,100 +57,59 @@ corr_ent_free(struct corr_ent *e)
 }
 
 static struct corr_ent *
-corr_find(const struct corr_table *t, const char *key)
+corr_find(const struct htab *t, const char *key)
 {
-	struct corr_ent *e;
+	struct htab_node *n = htab_find(t, key);
 
-	if (t->nb == 0)
-		return NULL;
-	for (e = t->b[corr_hash(key) % t->nb]; e != NULL; e = e->next)
-		if (strcmp(e->key, key) == 0)
-			return e;
-	return NULL;
-}
-
-static void
-corr_grow(struct corr_table *t)
-{
-	struct corr_ent **nb, *e, *next;
-	size_t n = t->nb ? t->nb * 2 : 64, i;
-
-	nb = xcalloc(n, sizeof(*nb));
-	for (i = 0; i < t->nb; i++) {
-		for (e = t->b[i]; e != NULL; e = next) {
-			size_t h = corr_hash(e->key) % n;
-			next = e->next;
-			e->next = nb[h];
-			nb[h] = e;
-		}
-	}
-	free(t->b);
-	t->b = nb;
-	t->nb = n;
+	return n != NULL ? HTAB_ENTRY(n, struct corr_ent, node) : NULL;
 }
 
 static struct corr_ent *
-corr_get(struct corr_table *t, const char *key)
+corr_get(struct htab *t, const char *key)
 {
 	struct corr_ent *e = corr_find(t, key);
-	size_t h;
 
 	if (e != NULL)
 		return e;
-	if (t->n >= t->nb)
-		corr_grow(t);
 	e = xcalloc(1, sizeof(*e));
 	e->key = xstrdup(key);
 	e->pending = -1;
-	h = corr_hash(key) % t->nb;
-	e->next = t->b[h];
-	t->b[h] = e;
-	t->n++;
+	htab_insert(t, &e->node, e->key);
 	return e;
 }
 
 static void
-corr_del(struct corr_table *t, const char *key)
+corr_del(struct htab *t, const char *key)
 {
-	struct corr_ent **pp, *e;
+	struct corr_ent *e = corr_find(t, key);
 
-	if (t->nb == 0)
-		return;
-	for (pp = &t->b[corr_hash(key) % t->nb]; (e = *pp) != NULL; pp = &e->next) {
-		if (strcmp(e->key, key) == 0) {
-			*pp = e->next;
+	if (e != NULL) {
+		htab_remove(t, &e->node);
+		corr_ent_free(e);
+	}
+}
+
+static void
+corr_table_expire(struct htab *t, uint64_t before)
+{
+	struct corr_ent *e;
+	struct htab_iter it;
+	struct htab_node *n;
+
+	HTAB_FOREACH(n, t, &it) {
+		e = HTAB_ENTRY(n, struct corr_ent, node);
+		if (e->touched < before) {
+			htab_remove(t, n);
 			corr_ent_free(e);
-			t->n--;
-			return;
 		}
 	}
 }
 
 static void
-corr_table_expire(struct corr_table *t, uint64_t before)
-{
-	struct corr_ent **pp, *e;
-	size_t i;
-
-	for (i = 0; i < t->nb; i++) {
-		pp = &t->b[i];
-		while ((e = *pp) != NULL) {
-			if (e->touched < before) {
-				*pp = e->next;
-				corr_ent_free(e);
-				t->n--;
-			} else
-				pp = &e->next;
-		}
-	}
-}
-
-static void
-corr_table_free(struct corr_table *t)
+corr_table_free(struct htab *t)
 {
 	corr_table_expire(t, UINT64_MAX);
-	free(t->b);
-	memset(t, 0, sizeof(*t));
+	htab_free(t);
 }
 
 /* "qid\nrcpt" with the recipient lowercased (the key of an attempt). */
@@ -362,7 +305,7 @@ ctl_audit_corr_expire(struct ctl_audit_corr *c, uint64_t before)
 size_t
 ctl_audit_corr_tracked(const struct ctl_audit_corr *c)
 {
-	return c->msgs.n + c->atts.n;
+	return htab_count(&c->msgs) + htab_count(&c->atts);
 }
 
 void

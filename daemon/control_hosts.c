@@ -6,6 +6,7 @@
  * Owns: nothing beyond one request.
  */
 #include "daemon/control_int.h"
+#include "common/htab.h"
 #include "common/util.h"
 
 #include <fcntl.h>
@@ -233,7 +234,8 @@ rctl_route_list(struct rctl *c)
 /* stats: the queue by state and by destination domain. */
 
 struct rctl_dom {
-	char *name;                     /* lower-cased; NULL = free slot */
+	struct htab_node node;          /* in rctl_stats.doms */
+	char *name;                     /* lower-cased */
 	size_t n;
 	const char *dest;               /* a destination seen for it (borrowed) */
 };
@@ -242,64 +244,26 @@ struct rctl_stats {
 	struct rctl *c;
 	size_t msgs;
 	size_t pending, deferred, held, active;
-	struct rctl_dom *dom;
-	size_t cap, used;
+	struct htab doms;               /* struct rctl_dom by name, case ignored */
+	struct rctl_dom *dom;           /* then copied out of it, to be sorted */
 };
-
-static uint32_t
-rctl_hash(const char *s, size_t len)
-{
-	uint32_t h = 2166136261u;
-	size_t i;
-
-	for (i = 0; i < len; i++) {
-		unsigned char ch = (unsigned char)s[i];
-
-		if (ch >= 'A' && ch <= 'Z')
-			ch = (unsigned char)(ch - 'A' + 'a');
-		h = (h ^ ch) * 16777619u;
-	}
-	return h;
-}
-
-static void
-rctl_dom_grow(struct rctl_stats *st)
-{
-	struct rctl_dom *old = st->dom;
-	size_t ocap = st->cap, i, j;
-
-	st->cap = ocap ? ocap * 2 : 64;
-	st->dom = xcalloc(st->cap, sizeof(*st->dom));
-	for (i = 0; i < ocap; i++) {
-		if (old[i].name == NULL)
-			continue;
-		j = rctl_hash(old[i].name, strlen(old[i].name)) & (st->cap - 1);
-		while (st->dom[j].name != NULL)
-			j = (j + 1) & (st->cap - 1);
-		st->dom[j] = old[i];
-	}
-	free(old);
-}
 
 static struct rctl_dom *
 rctl_dom_get(struct rctl_stats *st, const char *name)
 {
-	size_t len = strlen(name), j, k;
+	struct htab_node *n = htab_find(&st->doms, name);
+	struct rctl_dom *d;
+	size_t k;
 
-	if ((st->used + 1) * 10 >= st->cap * 7)
-		rctl_dom_grow(st);
-	j = rctl_hash(name, len) & (st->cap - 1);
-	while (st->dom[j].name != NULL) {
-		if (util_strcasecmp(st->dom[j].name, name) == 0)
-			return &st->dom[j];
-		j = (j + 1) & (st->cap - 1);
-	}
-	st->dom[j].name = xstrdup(name);
-	for (k = 0; k < len; k++)
-		if (st->dom[j].name[k] >= 'A' && st->dom[j].name[k] <= 'Z')
-			st->dom[j].name[k] = (char)(st->dom[j].name[k] - 'A' + 'a');
-	st->used++;
-	return &st->dom[j];
+	if (n != NULL)
+		return HTAB_ENTRY(n, struct rctl_dom, node);
+	d = xcalloc(1, sizeof(*d));
+	d->name = xstrdup(name);
+	for (k = 0; d->name[k] != '\0'; k++)
+		if (d->name[k] >= 'A' && d->name[k] <= 'Z')
+			d->name[k] = (char)(d->name[k] - 'A' + 'a');
+	htab_insert(&st->doms, &d->node, d->name);
+	return d;
 }
 
 static void
@@ -377,15 +341,22 @@ rctl_stats(struct rctl *c)
 {
 	struct rctl_stats st;
 	struct buf *b = c->out, alt = BUF_INIT;
+	struct htab_iter it;
+	struct htab_node *n;
 	size_t i, j, top;
 
 	memset(&st, 0, sizeof(st));
 	st.c = c;
+	htab_init(&st.doms, &htab_ops_nocase);
 	sched_foreach(c->s, rctl_stats_msg, &st);
-	/* Compact the table, sort by count: the domains are few next to the recipients. */
-	for (i = j = 0; i < st.cap; i++)
-		if (st.dom[i].name != NULL)
-			st.dom[j++] = st.dom[i];
+	/* Copy out of the table, sort by count: the domains are few next to the recipients. */
+	st.dom = xcalloc(htab_count(&st.doms) + 1, sizeof(*st.dom));
+	j = 0;
+	HTAB_FOREACH(n, &st.doms, &it) {
+		st.dom[j++] = *HTAB_ENTRY(n, struct rctl_dom, node);
+		free(HTAB_ENTRY(n, struct rctl_dom, node));
+	}
+	htab_free(&st.doms);
 	if (j > 1)
 		qsort(st.dom, j, sizeof(*st.dom), rctl_dom_cmp);
 	top = j < RCTL_TOP_DESTS ? j : RCTL_TOP_DESTS;

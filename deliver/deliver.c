@@ -77,85 +77,20 @@ deliver_tls_setup(struct deliver *d)
 }
 
 /* ------------------------------------------------------------------ */
-/* Hash tables: chained, string-keyed, the node embedded in its owner */
-
-#define DELIVER_OWNER(p, type, member) ((type *)(void *)((char *)(p) - offsetof(type, member)))
-
-
-static struct deliver_hnode *
-deliver_htab_find(const struct deliver_htab *t, const char *name, uint32_t hash)
-{
-	struct deliver_hnode *n;
-
-	if (t->nbuckets == 0)
-		return NULL;
-	for (n = t->buckets[hash & (t->nbuckets - 1)]; n != NULL; n = n->next)
-		if (n->hash == hash && strcmp(n->name, name) == 0)
-			return n;
-	return NULL;
-}
-
-/* Add n (its hash and name set); the table doubles to keep chains short. */
-static void
-deliver_htab_add(struct deliver_htab *t, struct deliver_hnode *n)
-{
-	struct deliver_hnode **slot;
-
-	if (t->count >= t->nbuckets) {
-		size_t nb = t->nbuckets == 0 ? 16 : t->nbuckets * 2;
-		struct deliver_hnode **b = xcalloc(nb, sizeof(*b));
-
-		for (size_t i = 0; i < t->nbuckets; i++) {
-			struct deliver_hnode *m, *next;
-
-			for (m = t->buckets[i]; m != NULL; m = next) {
-				next = m->next;
-				m->next = b[m->hash & (nb - 1)];
-				b[m->hash & (nb - 1)] = m;
-			}
-		}
-		free(t->buckets);
-		t->buckets = b;
-		t->nbuckets = nb;
-	}
-	slot = &t->buckets[n->hash & (t->nbuckets - 1)];
-	n->next = *slot;
-	*slot = n;
-	t->count++;
-}
-
-static void
-deliver_htab_del(struct deliver_htab *t, struct deliver_hnode *n)
-{
-	struct deliver_hnode **p;
-
-	if (t->nbuckets == 0)
-		fatalx("%s: empty table", __func__);
-	for (p = &t->buckets[n->hash & (t->nbuckets - 1)]; *p != n; p = &(*p)->next)
-		if (*p == NULL)
-			fatalx("%s: %s is not in the table", __func__, n->name);
-	*p = n->next;
-	t->count--;
-}
-
-/* ------------------------------------------------------------------ */
 /* Keys and hosts */
 
 static struct deliver_host *
 deliver_host_get(struct deliver *d, const char *ip)
 {
-	uint32_t hash = util_hash_str(ip);
-	struct deliver_hnode *n = deliver_htab_find(&d->hosts, ip, hash);
+	struct htab_node *n = htab_find(&d->hosts, ip);
 	struct deliver_host *h;
 
 	if (n != NULL)
-		return DELIVER_OWNER(n, struct deliver_host, node);
+		return HTAB_ENTRY(n, struct deliver_host, node);
 	h = xcalloc(1, sizeof(*h));
 	snprintf(h->ip, sizeof(h->ip), "%s", ip);
 	TAILQ_INIT(&h->idle);
-	h->node.hash = hash;
-	h->node.name = h->ip;
-	deliver_htab_add(&d->hosts, &h->node);
+	htab_insert(&d->hosts, &h->node, h->ip);
 	return h;
 }
 
@@ -163,13 +98,12 @@ deliver_host_get(struct deliver *d, const char *ip)
 static struct deliver_key *
 deliver_key_get(struct deliver *d, const char *name, const char *ip)
 {
-	uint32_t hash = util_hash_str(name);
-	struct deliver_hnode *n = deliver_htab_find(&d->keys, name, hash);
+	struct htab_node *n = htab_find(&d->keys, name);
 	size_t len = strlen(name);
 	struct deliver_key *k;
 
 	if (n != NULL)
-		return DELIVER_OWNER(n, struct deliver_key, node);
+		return HTAB_ENTRY(n, struct deliver_key, node);
 	k = xcalloc(1, sizeof(*k) + len + 1);
 	memcpy(k->name, name, len + 1);
 	TAILQ_INIT(&k->waiting);
@@ -177,9 +111,7 @@ deliver_key_get(struct deliver *d, const char *name, const char *ip)
 	TAILQ_INIT(&k->idle);
 	k->host = deliver_host_get(d, ip);
 	k->host->nkeys++;
-	k->node.hash = hash;
-	k->node.name = k->name;
-	deliver_htab_add(&d->keys, &k->node);
+	htab_insert(&d->keys, &k->node, k->name);
 	return k;
 }
 
@@ -195,12 +127,12 @@ deliver_key_unref(struct deliver *d, struct deliver_key *k)
 		return;
 	if (k->nwaiting > 0 || k->queued || !TAILQ_EMPTY(&k->conns))
 		fatalx("%s: %s: still in use", __func__, k->name);
-	deliver_htab_del(&d->keys, &k->node);
+	htab_remove(&d->keys, &k->node);
 	free(k);
 	if (--h->nkeys == 0) {
 		if (h->nconns > 0)
 			fatalx("%s: %s: connections without a key", __func__, h->ip);
-		deliver_htab_del(&d->hosts, &h->node);
+		htab_remove(&d->hosts, &h->node);
 		free(h);
 	}
 }
@@ -295,10 +227,11 @@ deliver_free(struct deliver *d)
 		return;
 	if (!d->kick_closed || d->nconns > 0 || d->nwaiting > 0)
 		fatalx("%s: deliver_shutdown() has not finished", __func__);
-	if (d->keys.count > 0 || d->hosts.count > 0)
-		fatalx("%s: %zu keys, %zu hosts left", __func__, d->keys.count, d->hosts.count);
-	free(d->keys.buckets);
-	free(d->hosts.buckets);
+	if (htab_count(&d->keys) > 0 || htab_count(&d->hosts) > 0)
+		fatalx("%s: %zu keys, %zu hosts left", __func__, htab_count(&d->keys),
+		    htab_count(&d->hosts));
+	htab_free(&d->keys);
+	htab_free(&d->hosts);
 	deliver_auth_release(d);
 	if (d->tls_ctx != NULL)
 		SSL_CTX_free(d->tls_ctx);

@@ -22,6 +22,7 @@
 #include <sys/queue.h>
 
 #include "common/buf.h"
+#include "common/htab.h"
 #include "deliver/deliver.h"
 
 /* ------------------------------------------------------------------ */
@@ -149,22 +150,9 @@ struct deliver_session;         /* the per-connection protocol state (deliver_se
 struct deliver_conn;
 TAILQ_HEAD(deliver_connq, deliver_conn);
 
-/* A node of the pool's string-keyed hash tables, embedded in its owner (a key, a host). */
-struct deliver_hnode {
-	struct deliver_hnode *next; /* bucket chain */
-	uint32_t hash;
-	const char *name;           /* the owner's own string */
-};
-
-struct deliver_htab {
-	struct deliver_hnode **buckets;
-	size_t nbuckets;            /* a power of two, or 0 before the first entry */
-	size_t count;
-};
-
 /* One exchanger address: what router.max_connections_per_host counts. */
 struct deliver_host {
-	struct deliver_hnode node;  /* in d->hosts, by ip */
+	struct htab_node node;      /* in d->hosts, by ip */
 	unsigned nkeys;             /* keys with this address: it lives as long as they do */
 	unsigned nconns;            /* open connections to it, idle ones included */
 	struct deliver_connq idle;  /* its idle connections, oldest first */
@@ -178,7 +166,7 @@ struct deliver_host {
  * running), a connection or the dispatcher refers to it.
  */
 struct deliver_key {
-	struct deliver_hnode node;  /* in d->keys, by name */
+	struct htab_node node;      /* in d->keys, by name */
 	TAILQ_ENTRY(deliver_key) ready_entry; /* in d->ready (or a dispatch pass's turn list) */
 	bool queued;                /* ready_entry is on a list: it has waiting requests */
 	unsigned refs;              /* requests + connections + the dispatcher at work on it */
@@ -215,8 +203,8 @@ struct deliver {
 	struct conf *conf;
 	SSL_CTX *tls_ctx;           /* client context, or NULL if it could not be made */
 	char *tls_ctx_ca;           /* ca_file the context was made with (NULL: system) */
-	struct deliver_htab keys;   /* struct deliver_key by name */
-	struct deliver_htab hosts;  /* struct deliver_host by address */
+	struct htab keys;           /* struct deliver_key by name */
+	struct htab hosts;          /* struct deliver_host by address */
 	struct deliver_keyq ready;  /* keys with waiting requests, in turn order */
 	size_t nwaiting;            /* requests waiting, all keys */
 	uint64_t pass;              /* dispatch passes run */

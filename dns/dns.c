@@ -423,7 +423,7 @@ void
 dns_get_stats(const struct dns_resolver *r, struct dns_stats *out)
 {
 	*out = r->stats;
-	out->cached = r->cache.n;
+	out->cached = htab_count(&r->cache);
 }
 
 void
@@ -438,8 +438,8 @@ dns_resolver_maybe_free(struct dns_resolver *r)
 		fatalx("%s: channels or fetches left", __func__);
 	done = r->done;
 	arg = r->done_arg;
-	free(r->inflight.b);
-	free(r->cache.b);
+	htab_free(&r->inflight);
+	htab_free(&r->cache);
 	free(r->servers);
 	free(r->self);
 	free(r->hostname);

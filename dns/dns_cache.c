@@ -32,75 +32,15 @@
 #define DNS_CACHE_TTL_MAX    60      /* s: a result is never kept longer */
 #define DNS_CACHE_TTL_TEMP   5       /* s: a temporary failure is kept this long */
 
-#define DNS_CONTAINER(p, type, member) \
-	((type *)(void *)((char *)(p) - offsetof(type, member)))
-
 /* A cached result, as resolved (equal preferences not shuffled). */
 struct dns_cent {
-	struct dns_hnode node;
+	struct htab_node node;  /* in r->cache */
+	char *key;
 	struct dns_result *res;
 	bool shuffle;           /* shuffle equal preferences per copy (not for routes) */
 	uint64_t expires;       /* the resolver's clock, ms */
 	TAILQ_ENTRY(dns_cent) lru;       /* least recently used first */
 };
-
-/* ---- tables: fetches in flight and cached results, by key ---- */
-
-
-static struct dns_hnode *
-dns_htab_find(const struct dns_htab *t, const char *key, size_t h)
-{
-	struct dns_hnode *n;
-
-	if (t->nb == 0)
-		return NULL;
-	for (n = t->b[h % t->nb]; n != NULL; n = n->next)
-		if (n->hash == h && strcmp(n->key, key) == 0)
-			return n;
-	return NULL;
-}
-
-static void
-dns_htab_add(struct dns_htab *t, struct dns_hnode *n)
-{
-	struct dns_hnode **nb, *e, *next;
-	size_t size, i, k;
-
-	if (t->n >= t->nb) {
-		size = t->nb ? t->nb * 2 : 64;
-		nb = xcalloc(size, sizeof(*nb));
-		for (i = 0; i < t->nb; i++) {
-			for (e = t->b[i]; e != NULL; e = next) {
-				next = e->next;
-				k = e->hash % size;
-				e->next = nb[k];
-				nb[k] = e;
-			}
-		}
-		free(t->b);
-		t->b = nb;
-		t->nb = size;
-	}
-	k = n->hash % t->nb;
-	n->next = t->b[k];
-	t->b[k] = n;
-	t->n++;
-}
-
-static void
-dns_htab_del(struct dns_htab *t, struct dns_hnode *n)
-{
-	struct dns_hnode **pp;
-
-	for (pp = &t->b[n->hash % t->nb]; *pp != NULL; pp = &(*pp)->next) {
-		if (*pp == n) {
-			*pp = n->next;
-			t->n--;
-			return;
-		}
-	}
-	fatalx("%s: node not in its table", __func__);
-}
 
 /* ---- the cache ---- */
 
@@ -113,23 +53,23 @@ dns_now(struct dns_resolver *r)
 static void
 dns_cache_del(struct dns_resolver *r, struct dns_cent *e)
 {
-	dns_htab_del(&r->cache, &e->node);
+	htab_remove(&r->cache, &e->node);
 	TAILQ_REMOVE(&r->lru, e, lru);
 	dns_result_free(e->res);
-	free(e->node.key);
+	free(e->key);
 	free(e);
 }
 
 /* The cached result for key while it is fresh (then it is the most recently used). */
 static struct dns_cent *
-dns_cache_get(struct dns_resolver *r, const char *key, size_t h)
+dns_cache_get(struct dns_resolver *r, const char *key)
 {
-	struct dns_hnode *n;
+	struct htab_node *n;
 	struct dns_cent *e;
 
-	if ((n = dns_htab_find(&r->cache, key, h)) == NULL)
+	if ((n = htab_find(&r->cache, key)) == NULL)
 		return NULL;
-	e = DNS_CONTAINER(n, struct dns_cent, node);
+	e = HTAB_ENTRY(n, struct dns_cent, node);
 	if (dns_now(r) >= e->expires) {
 		dns_cache_del(r, e);
 		return NULL;
@@ -144,21 +84,19 @@ static void
 dns_cache_put(struct dns_resolver *r, const char *key, const struct dns_result *res, bool shuffle,
     uint32_t keep)
 {
-	struct dns_hnode *n;
+	struct htab_node *n;
 	struct dns_cent *e;
-	size_t h = util_hash_str(key);
 
-	if ((n = dns_htab_find(&r->cache, key, h)) != NULL)
-		dns_cache_del(r, DNS_CONTAINER(n, struct dns_cent, node));
-	if (r->cache.n >= DNS_CACHE_MAX)
+	if ((n = htab_find(&r->cache, key)) != NULL)
+		dns_cache_del(r, HTAB_ENTRY(n, struct dns_cent, node));
+	if (htab_count(&r->cache) >= DNS_CACHE_MAX)
 		dns_cache_del(r, TAILQ_FIRST(&r->lru));
 	e = xcalloc(1, sizeof(*e));
-	e->node.key = xstrdup(key);
-	e->node.hash = h;
+	e->key = xstrdup(key);
 	e->res = dns_result_copy(res);
 	e->shuffle = shuffle;
 	e->expires = dns_now(r) + (uint64_t)keep * 1000;
-	dns_htab_add(&r->cache, &e->node);
+	htab_insert(&r->cache, &e->node, e->key);
 	TAILQ_INSERT_TAIL(&r->lru, e, lru);
 }
 
@@ -198,9 +136,8 @@ dns_fetch_new(struct dns_resolver *r, char *key)
 	TAILQ_INIT(&f->waiters);
 	TAILQ_INSERT_TAIL(&r->fetches, f, entry);
 	if (key != NULL) {
-		f->node.key = key;
-		f->node.hash = util_hash_str(key);
-		dns_htab_add(&r->inflight, &f->node);
+		f->key = key;
+		htab_insert(&r->inflight, &f->node, f->key);
 		f->joinable = true;
 		r->stats.fetches++;
 	}
@@ -220,7 +157,7 @@ dns_fetch_unjoin(struct dns_fetch *f)
 {
 	if (!f->joinable)
 		return;
-	dns_htab_del(&f->r->inflight, &f->node);
+	htab_remove(&f->r->inflight, &f->node);
 	f->joinable = false;
 }
 
@@ -234,7 +171,7 @@ dns_fetch_free(struct dns_fetch *f)
 		free(f->x[i].host);
 	free(f->x);
 	free(f->domain);
-	free(f->node.key);
+	free(f->key);
 	f->magic = 0;
 	free(f);
 }
@@ -293,10 +230,10 @@ dns_fetch_done(struct dns_fetch *f)
 	dns_fetch_unjoin(f);
 	if (!TAILQ_EMPTY(&f->waiters)) {
 		res = dns_build_result(f);
-		keep = f->node.key != NULL && !f->stale ? dns_fetch_keep(f, res) : 0;
+		keep = f->key != NULL && !f->stale ? dns_fetch_keep(f, res) : 0;
 		dns_log_result(f, res, keep);
 		if (keep > 0)
-			dns_cache_put(r, f->node.key, res, !f->routes, keep);
+			dns_cache_put(r, f->key, res, !f->routes, keep);
 		while ((q = TAILQ_FIRST(&f->waiters)) != NULL) {
 			TAILQ_REMOVE(&f->waiters, q, entry);
 			q->f = NULL;
@@ -321,18 +258,17 @@ dns_fetch_release(struct dns_fetch *f)
 bool
 dns_share(struct dns_resolver *r, struct dns_query *q, const char *key)
 {
-	size_t h = util_hash_str(key);
-	struct dns_hnode *n;
+	struct htab_node *n;
 	struct dns_cent *e;
 
-	if ((e = dns_cache_get(r, key, h)) != NULL) {
+	if ((e = dns_cache_get(r, key)) != NULL) {
 		r->stats.cache_hits++;
 		dns_query_ready(q, dns_result_copy(e->res), e->shuffle);
 		return true;
 	}
-	if ((n = dns_htab_find(&r->inflight, key, h)) != NULL) {
+	if ((n = htab_find(&r->inflight, key)) != NULL) {
 		r->stats.joined++;
-		dns_fetch_join(DNS_CONTAINER(n, struct dns_fetch, node), q);
+		dns_fetch_join(HTAB_ENTRY(n, struct dns_fetch, node), q);
 		return true;
 	}
 	return false;

@@ -29,6 +29,7 @@
 
 #include <ares.h>
 
+#include "common/htab.h"
 #include "dns/dns.h"
 
 #define DNS_MAGIC_RESOLVER   0x4d585253u     /* "MXRS" */
@@ -71,18 +72,6 @@ struct dns_xch {
 	bool self;              /* one of its addresses is ours */
 };
 
-/* A node of a string-keyed hash table (fetches in flight, cached results). */
-struct dns_hnode {
-	char *key;
-	size_t hash;
-	struct dns_hnode *next;
-};
-
-struct dns_htab {
-	struct dns_hnode **b;
-	size_t nb, n;
-};
-
 TAILQ_HEAD(dns_query_list, dns_query);
 
 /*
@@ -94,7 +83,8 @@ struct dns_fetch {
 	uint32_t magic;
 	struct dns_resolver *r;
 	struct dns_chan *c;      /* the channel its requests run on */
-	struct dns_hnode node;   /* key NULL: private (literal, bad name) */
+	char *key;               /* NULL: private (literal, bad name) */
+	struct htab_node node;   /* in r->inflight while joinable */
 	bool joinable;          /* in r->inflight */
 	bool stale;             /* started under an older configuration: not cached */
 	bool abandoned;         /* every waiter cancelled: answers are ignored */
@@ -141,8 +131,8 @@ struct dns_resolver {
 	struct dns_query_list ready;
 	size_t npending;                        /* queries whose callback is still due */
 	TAILQ_HEAD(, dns_fetch) fetches;         /* every fetch until its last request is back */
-	struct dns_htab inflight;                /* joinable fetches by key */
-	struct dns_htab cache;                   /* struct dns_cent by key */
+	struct htab inflight;                    /* joinable fetches by key */
+	struct htab cache;                       /* struct dns_cent by key */
 	TAILQ_HEAD(, dns_cent) lru;
 	struct dns_stats stats;
 	uint64_t (*now)(void *);                /* monotonic ms (tests inject it) */

@@ -2,7 +2,7 @@
  * router_health.c - host health (issue #5): what the router knows about each
  * exchanger address, shared by every message.  See router_health.h.
  *
- * Owns: the table of struct health_host (a chained hash keyed by address)
+ * Owns: the table of struct health_host (common/htab, keyed by address)
  * and every entry in it.
  * Never: connects, logs, reads the clock or keeps a timer — the scheduler
  * passes `now` in and decides what to do with the verdicts.
@@ -16,12 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HEALTH_MIN_BUCKETS 64
-
 struct health {
-	struct health_host **buckets;
-	size_t nbuckets;
-	size_t count;
+	struct htab hosts;              /* struct health_host by addr */
 };
 
 /* ------------------------------------------------------------------ */
@@ -140,75 +136,41 @@ health_new(void)
 {
 	struct health *t = xcalloc(1, sizeof(*t));
 
-	t->nbuckets = HEALTH_MIN_BUCKETS;
-	t->buckets = xcalloc(t->nbuckets, sizeof(*t->buckets));
+	htab_init(&t->hosts, NULL);
 	return t;
 }
 
 void
 health_free(struct health *t)
 {
-	struct health_host *h, *next;
-	size_t i;
+	struct htab_iter it;
+	struct htab_node *n;
 
 	if (t == NULL)
 		return;
-	for (i = 0; i < t->nbuckets; i++) {
-		for (h = t->buckets[i]; h != NULL; h = next) {
-			next = h->next;
-			free(h);
-		}
-	}
-	free(t->buckets);
+	HTAB_FOREACH(n, &t->hosts, &it)
+		free(HTAB_ENTRY(n, struct health_host, node));
+	htab_free(&t->hosts);
 	free(t);
-}
-
-static void
-health_grow(struct health *t)
-{
-	struct health_host **nb, *h, *next;
-	size_t n = t->nbuckets * 2, i, k;
-
-	nb = xcalloc(n, sizeof(*nb));
-	for (i = 0; i < t->nbuckets; i++) {
-		for (h = t->buckets[i]; h != NULL; h = next) {
-			next = h->next;
-			k = util_hash_str(h->addr) % n;
-			h->next = nb[k];
-			nb[k] = h;
-		}
-	}
-	free(t->buckets);
-	t->buckets = nb;
-	t->nbuckets = n;
 }
 
 struct health_host *
 health_find(struct health *t, const char *addr)
 {
-	struct health_host *h;
+	struct htab_node *n = htab_find(&t->hosts, addr);
 
-	for (h = t->buckets[util_hash_str(addr) % t->nbuckets]; h != NULL; h = h->next)
-		if (strcmp(h->addr, addr) == 0)
-			return h;
-	return NULL;
+	return n != NULL ? HTAB_ENTRY(n, struct health_host, node) : NULL;
 }
 
 struct health_host *
 health_get(struct health *t, const char *addr, const char *name)
 {
 	struct health_host *h;
-	size_t k;
 
 	if ((h = health_find(t, addr)) == NULL) {
-		if (t->count >= t->nbuckets)
-			health_grow(t);
 		h = xcalloc(1, sizeof(*h));
 		snprintf(h->addr, sizeof(h->addr), "%s", addr);
-		k = util_hash_str(h->addr) % t->nbuckets;
-		h->next = t->buckets[k];
-		t->buckets[k] = h;
-		t->count++;
+		htab_insert(&t->hosts, &h->node, h->addr);
 	}
 	if (name != NULL && *name != '\0')
 		snprintf(h->name, sizeof(h->name), "%s", name);
@@ -218,18 +180,17 @@ health_get(struct health *t, const char *addr, const char *name)
 void
 health_foreach(struct health *t, void (*cb)(void *arg, const struct health_host *h), void *arg)
 {
-	struct health_host *h;
-	size_t i;
+	struct htab_iter it;
+	struct htab_node *n;
 
-	for (i = 0; i < t->nbuckets; i++)
-		for (h = t->buckets[i]; h != NULL; h = h->next)
-			cb(arg, h);
+	HTAB_FOREACH(n, &t->hosts, &it)
+		cb(arg, HTAB_ENTRY(n, struct health_host, node));
 }
 
 size_t
 health_count(const struct health *t)
 {
-	return t->count;
+	return htab_count(&t->hosts);
 }
 
 /* Whether host (as relayctl gives it) names entry h. */
@@ -254,21 +215,21 @@ int
 health_reset(struct health *t, const char *host)
 {
 	struct health_host *h;
-	size_t i;
+	struct htab_iter it;
+	struct htab_node *n;
 	int found = 0;
 
-	for (i = 0; i < t->nbuckets; i++) {
-		for (h = t->buckets[i]; h != NULL; h = h->next) {
-			if (!health_matches(h, host))
-				continue;
-			h->state = HEALTH_UNKNOWN;
-			h->failures = 0;
-			h->backoff_ms = 0;
-			h->down_until_ms = 0;
-			h->probing = false;
-			h->last_error[0] = '\0';
-			found = 1;
-		}
+	HTAB_FOREACH(n, &t->hosts, &it) {
+		h = HTAB_ENTRY(n, struct health_host, node);
+		if (!health_matches(h, host))
+			continue;
+		h->state = HEALTH_UNKNOWN;
+		h->failures = 0;
+		h->backoff_ms = 0;
+		h->down_until_ms = 0;
+		h->probing = false;
+		h->last_error[0] = '\0';
+		found = 1;
 	}
 	return found ? 0 : RELAY_ENOENT;
 }
@@ -276,18 +237,15 @@ health_reset(struct health *t, const char *host)
 void
 health_expire(struct health *t, uint64_t cutoff_ms)
 {
-	struct health_host **pp, *h;
-	size_t i;
+	struct health_host *h;
+	struct htab_iter it;
+	struct htab_node *n;
 
-	for (i = 0; i < t->nbuckets; i++) {
-		pp = &t->buckets[i];
-		while ((h = *pp) != NULL) {
-			if (h->state != HEALTH_DOWN && !h->probing && h->last_attempt_ms < cutoff_ms) {
-				*pp = h->next;
-				free(h);
-				t->count--;
-			} else
-				pp = &h->next;
+	HTAB_FOREACH(n, &t->hosts, &it) {
+		h = HTAB_ENTRY(n, struct health_host, node);
+		if (h->state != HEALTH_DOWN && !h->probing && h->last_attempt_ms < cutoff_ms) {
+			htab_remove(&t->hosts, n);
+			free(h);
 		}
 	}
 }

@@ -9,7 +9,7 @@
  *
  * The state changes are PURE functions of (state, now): the scheduler passes
  * the clock in, the unit tests drive them from tables.  The table itself is a
- * plain hash of entries, iterated by `relayctl hosts` and reset by
+ * plain hash of entries (common/htab), iterated by `relayctl hosts` and reset by
  * `relayctl hosts reset HOST`.
  */
 #ifndef RELAY_ROUTER_HEALTH_H
@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "common/htab.h"
 #include "common/io.h"
 
 #define HEALTH_ADDR_MAX   64        /* "[ffff:...:ffff]:65535" fits */
@@ -42,7 +43,7 @@ struct health_host {
 	uint64_t last_attempt_ms;       /* the last attempt that ended, 0 = none */
 	char last_error[HEALTH_ERR_MAX];/* why it went down ("connection refused") */
 	bool probing;                   /* the one attempt after the backoff is in flight */
-	struct health_host *next;       /* hash chain (the table's) */
+	struct htab_node node;          /* in the table (common/htab), by addr */
 };
 
 /* What the router may do with an address now. */

@@ -255,52 +255,21 @@ sched_arm(struct sched *s)
 struct sched_msg *
 sched_msg_lookup(struct sched *s, const char *qid)
 {
-	struct sched_msg *sm;
+	struct htab_node *n = htab_find(&s->mhash, qid);
 
-	for (sm = s->mhash[util_hash_str(qid) % s->nmhash]; sm != NULL; sm = sm->hnext)
-		if (strcmp(sm->m->qid, qid) == 0)
-			return sm;
-	return NULL;
+	return n != NULL ? HTAB_ENTRY(n, struct sched_msg, node) : NULL;
 }
 
 static void
 sched_msg_hash_add(struct sched *s, struct sched_msg *sm)
 {
-	size_t k;
-
-	if (s->nmsgs >= s->nmhash) {
-		struct sched_msg **nh, *e, *next;
-		size_t n = s->nmhash * 2, i;
-
-		nh = xcalloc(n, sizeof(*nh));
-		for (i = 0; i < s->nmhash; i++) {
-			for (e = s->mhash[i]; e != NULL; e = next) {
-				next = e->hnext;
-				k = util_hash_str(e->m->qid) % n;
-				e->hnext = nh[k];
-				nh[k] = e;
-			}
-		}
-		free(s->mhash);
-		s->mhash = nh;
-		s->nmhash = n;
-	}
-	k = util_hash_str(sm->m->qid) % s->nmhash;
-	sm->hnext = s->mhash[k];
-	s->mhash[k] = sm;
+	htab_insert(&s->mhash, &sm->node, sm->m->qid);
 }
 
 static void
 sched_msg_hash_del(struct sched *s, struct sched_msg *sm)
 {
-	struct sched_msg **pp;
-
-	for (pp = &s->mhash[util_hash_str(sm->m->qid) % s->nmhash]; *pp != NULL; pp = &(*pp)->hnext) {
-		if (*pp == sm) {
-			*pp = sm->hnext;
-			return;
-		}
-	}
+	htab_remove(&s->mhash, &sm->node);
 }
 
 /* ------------------------------------------------------------------ */
@@ -744,10 +713,8 @@ sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err)
 		free(s);
 		return -1;
 	}
-	s->nmhash = 256;
-	s->mhash = xcalloc(s->nmhash, sizeof(*s->mhash));
-	s->ndhash = 64;
-	s->dhash = xcalloc(s->ndhash, sizeof(*s->dhash));
+	htab_init(&s->mhash, NULL);
+	htab_init(&s->dhash, NULL);
 	TAILQ_INIT(&s->msgs);
 	TAILQ_INIT(&s->dests);
 	TAILQ_INIT(&s->active);
@@ -932,8 +899,8 @@ sched_free(struct sched *s)
 	route_table_free(s->routes);
 	conf_unref(s->conf);
 	free(s->heap);
-	free(s->mhash);
-	free(s->dhash);
+	htab_free(&s->mhash);
+	htab_free(&s->dhash);
 	s->magic = 0;
 	free(s);
 }

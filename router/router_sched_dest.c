@@ -37,30 +37,11 @@ static void sched_job_next(struct sched_job *);
 struct sched_dest *
 sched_dest_get(struct sched *s, const char *name)
 {
+	struct htab_node *n = htab_find(&s->dhash, name);
 	struct sched_dest *d;
-	size_t k = util_hash_str(name) % s->ndhash;
 
-	for (d = s->dhash[k]; d != NULL; d = d->hnext)
-		if (strcmp(d->name, name) == 0)
-			return d;
-	if (s->ndests >= s->ndhash) {
-		struct sched_dest **nh, *e, *next;
-		size_t n = s->ndhash * 2, i, j;
-
-		nh = xcalloc(n, sizeof(*nh));
-		for (i = 0; i < s->ndhash; i++) {
-			for (e = s->dhash[i]; e != NULL; e = next) {
-				next = e->hnext;
-				j = util_hash_str(e->name) % n;
-				e->hnext = nh[j];
-				nh[j] = e;
-			}
-		}
-		free(s->dhash);
-		s->dhash = nh;
-		s->ndhash = n;
-		k = util_hash_str(name) % s->ndhash;
-	}
+	if (n != NULL)
+		return HTAB_ENTRY(n, struct sched_dest, node);
 	d = xcalloc(1, sizeof(*d));
 	d->name = xstrdup(name);
 	d->state = SCHED_DEST_NEW;
@@ -70,8 +51,7 @@ sched_dest_get(struct sched *s, const char *name)
 	d->wake.at = SCHED_NOWAKE;
 	d->wake.kind = SCHED_WAKE_DEST;
 	d->wake.owner = d;
-	d->hnext = s->dhash[k];
-	s->dhash[k] = d;
+	htab_insert(&s->dhash, &d->node, d->name);
 	TAILQ_INSERT_TAIL(&s->dests, d, entry);
 	s->ndests++;
 	return d;
@@ -81,17 +61,10 @@ sched_dest_get(struct sched *s, const char *name)
 void
 sched_dest_maybe_free(struct sched *s, struct sched_dest *d)
 {
-	struct sched_dest **pp;
-
 	if (d->inflight > 0 || d->nbacklog > 0 || d->nwaiting > 0)
 		return;
 	sched_heap_remove(s, &d->wake);
-	for (pp = &s->dhash[util_hash_str(d->name) % s->ndhash]; *pp != NULL; pp = &(*pp)->hnext) {
-		if (*pp == d) {
-			*pp = d->hnext;
-			break;
-		}
-	}
+	htab_remove(&s->dhash, &d->node);
 	TAILQ_REMOVE(&s->dests, d, entry);
 	s->ndests--;
 	free(d->name);

@@ -17,6 +17,7 @@
 #include "router/router_sched.h"
 #include "dns/dns.h"
 #include "deliver/deliver.h"
+#include "common/htab.h"
 #include "common/log.h"
 
 #define SCHED_MAGIC_MSG      0x5c4d5347u     /* "\\MSG" */
@@ -73,7 +74,7 @@ struct sched_msg {
 	uint64_t report_retry_at;       /* a report failed: not before this */
 	unsigned report_failures;       /* reports in a row that could not be queued */
 	bool warn_out;                  /* the delay warning's commit is in flight */
-	struct sched_msg *hnext;        /* qid hash */
+	struct htab_node node;          /* in s->mhash, by qid */
 	TAILQ_ENTRY(sched_msg) entry;   /* s->msgs, oldest first */
 };
 TAILQ_HEAD(sched_msgq, sched_msg);
@@ -130,7 +131,7 @@ struct sched_dest {
 	bool probe_force;               /* the next probe ignores host backoff (a flush) */
 	uint64_t forced_gen;            /* the flush whose one forced attempt it has had */
 	struct sched_wake wake;
-	struct sched_dest *hnext;
+	struct htab_node node;          /* in s->dhash, by name */
 	TAILQ_ENTRY(sched_dest) entry;
 };
 TAILQ_HEAD(sched_destq, sched_dest);
@@ -150,12 +151,10 @@ struct sched {
 	struct sched_wake **heap;
 	size_t nheap, cheap;
 
-	struct sched_msg **mhash;       /* by qid */
-	size_t nmhash;
+	struct htab mhash;              /* struct sched_msg by qid */
 	struct sched_msgq msgs;
 	size_t nmsgs;
-	struct sched_dest **dhash;      /* by name */
-	size_t ndhash;
+	struct htab dhash;              /* struct sched_dest by name */
 	struct sched_destq dests;
 	size_t ndests;
 	struct sched_jobq active;

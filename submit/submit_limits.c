@@ -6,18 +6,20 @@
  * Every decision is a pure function of the counters and the `now` passed in,
  * so the unit tests drive it from tables without a clock.  Windows are fixed:
  * one starts at the first event and ends `window` later.  Owns two small
- * string-keyed hash tables; it must never sleep, read a clock or log.
+ * string-keyed hash tables (common/htab); it must never sleep, read a clock
+ * or log.
  */
 #include "submit/submit_int.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/htab.h"
 #include "common/util.h"
 #include "conf/conf.h"
 
 struct submit_limits_entry {
-	struct submit_limits_entry *next;
+	struct htab_node node;      /* in ips or logins, by key */
 	unsigned conns;             /* (ip) open connections */
 	unsigned auth_fails;        /* (ip) failures in the window */
 	uint64_t auth_start;
@@ -26,83 +28,45 @@ struct submit_limits_entry {
 	char key[];
 };
 
-struct submit_limits_table {
-	struct submit_limits_entry **slot;
-	size_t nslots, n;
-};
-
 struct submit_limits {
 	struct submit_limits_params p;
-	struct submit_limits_table ips, logins;
+	struct htab ips, logins;    /* struct submit_limits_entry by IP, by login */
 	unsigned total_conns;
 };
 
 
-static void
-submit_limits_grow(struct submit_limits_table *t)
+static struct submit_limits_entry *
+submit_limits_find(const struct htab *t, const char *key)
 {
-	struct submit_limits_entry **slot, *e, *next;
-	size_t n = t->nslots ? t->nslots * 2 : 64, i, h;
+	struct htab_node *n = htab_find(t, key);
 
-	slot = xcalloc(n, sizeof(*slot));
-	for (i = 0; i < t->nslots; i++)
-		for (e = t->slot[i]; e != NULL; e = next) {
-			next = e->next;
-			h = util_hash_str(e->key) & (n - 1);
-			e->next = slot[h];
-			slot[h] = e;
-		}
-	free(t->slot);
-	t->slot = slot;
-	t->nslots = n;
+	return n != NULL ? HTAB_ENTRY(n, struct submit_limits_entry, node) : NULL;
 }
 
 static struct submit_limits_entry *
-submit_limits_find(const struct submit_limits_table *t, const char *key)
-{
-	struct submit_limits_entry *e;
-
-	if (t->nslots == 0)
-		return NULL;
-	for (e = t->slot[util_hash_str(key) & (t->nslots - 1)]; e != NULL; e = e->next)
-		if (strcmp(e->key, key) == 0)
-			return e;
-	return NULL;
-}
-
-static struct submit_limits_entry *
-submit_limits_get(struct submit_limits_table *t, const char *key)
+submit_limits_get(struct htab *t, const char *key)
 {
 	struct submit_limits_entry *e = submit_limits_find(t, key);
-	size_t len, h;
+	size_t len;
 
 	if (e != NULL)
 		return e;
-	if (t->n >= t->nslots)
-		submit_limits_grow(t);
 	len = strlen(key);
 	e = xcalloc(1, sizeof(*e) + len + 1);
 	memcpy(e->key, key, len + 1);
-	h = util_hash_str(key) & (t->nslots - 1);
-	e->next = t->slot[h];
-	t->slot[h] = e;
-	t->n++;
+	htab_insert(t, &e->node, e->key);
 	return e;
 }
 
 static void
-submit_limits_table_free(struct submit_limits_table *t)
+submit_limits_table_free(struct htab *t)
 {
-	struct submit_limits_entry *e, *next;
-	size_t i;
+	struct htab_iter it;
+	struct htab_node *n;
 
-	for (i = 0; i < t->nslots; i++)
-		for (e = t->slot[i]; e != NULL; e = next) {
-			next = e->next;
-			free(e);
-		}
-	free(t->slot);
-	memset(t, 0, sizeof(*t));
+	HTAB_FOREACH(n, t, &it)
+		free(HTAB_ENTRY(n, struct submit_limits_entry, node));
+	htab_free(t);
 }
 
 struct submit_limits *
@@ -253,22 +217,20 @@ submit_limits_login_add(struct submit_limits *l, const char *login, uint64_t now
 }
 
 static void
-submit_limits_table_expire(struct submit_limits_table *t, bool (*stale)(const struct submit_limits *,
+submit_limits_table_expire(struct htab *t, bool (*stale)(const struct submit_limits *,
     const struct submit_limits_entry *, uint64_t), const struct submit_limits *l, uint64_t now)
 {
-	struct submit_limits_entry **pp, *e;
-	size_t i;
+	struct submit_limits_entry *e;
+	struct htab_iter it;
+	struct htab_node *n;
 
-	for (i = 0; i < t->nslots; i++)
-		for (pp = &t->slot[i]; (e = *pp) != NULL; ) {
-			if (stale(l, e, now)) {
-				*pp = e->next;
-				free(e);
-				t->n--;
-			} else {
-				pp = &e->next;
-			}
+	HTAB_FOREACH(n, t, &it) {
+		e = HTAB_ENTRY(n, struct submit_limits_entry, node);
+		if (stale(l, e, now)) {
+			htab_remove(t, n);
+			free(e);
 		}
+	}
 }
 
 static bool
@@ -294,5 +256,5 @@ submit_limits_expire(struct submit_limits *l, uint64_t now)
 size_t
 submit_limits_entries(const struct submit_limits *l)
 {
-	return l->ips.n + l->logins.n;
+	return htab_count(&l->ips) + htab_count(&l->logins);
 }
