@@ -298,6 +298,11 @@ def relayctl_grammar():
             text = strip_c_comments(read(path))
             for m in CMD_ARRAY.finditer(text):
                 sname, aname, body = m.groups()
+                if re.search(r"opt", sname + " " + aname, re.I):
+                    # the option table beside the command table (common/control_cmds.c)
+                    for lit in re.findall(r'"((?:[^"\\]|\\.)*)"', body):
+                        opts.update(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", lit))
+                    continue
                 if not re.search(r"cmd|command|grammar|verb", sname + " " + aname, re.I):
                     continue
                 rows = [row_words(r) for r in top_level_rows(body)]
