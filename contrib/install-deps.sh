@@ -6,8 +6,8 @@ set -eu
 
 PKGS="gcc make cmake pkg-config openssl ca-certificates
       libuv1-dev libssl-dev libsasl2-dev libconfig-dev libc-ares-dev libsystemd-dev
-      libseccomp-dev
-      sasl2-bin libsasl2-modules swaks procps"
+      libseccomp-dev libldap-dev
+      sasl2-bin libsasl2-modules swaks procps slapd ldap-utils"
 
 missing=""
 for p in $PKGS; do
