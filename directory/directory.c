@@ -86,6 +86,7 @@ struct directory {
 	struct directory_req_list waiting;
 	struct htab cache;
 	bool busy;                      /* a work item is out */
+	bool orphan;                    /* directory_free() came while busy */
 	bool down;                      /* ldap_unavailable was logged */
 	unsigned gen;
 	/* the worker's, while busy */
@@ -427,8 +428,8 @@ directory_work(uv_work_t *req)
 		ldap_set_option(d->ld, LDAP_OPT_TIMEOUT, &tv);
 		rc = ldap_search_ext_s(d->ld, w->p->base, LDAP_SCOPE_SUBTREE, buf_cstr(&filter),
 		    w->p->attrs, 0, NULL, NULL, &tv, LDAP_NO_LIMIT, &res);
-		if (rc == LDAP_SUCCESS || rc == LDAP_NO_SUCH_OBJECT ||
-		    rc == LDAP_SIZELIMIT_EXCEEDED) {
+		/* a base that is not there is a broken setting: unavailable, not "owns nothing" */
+		if (rc == LDAP_SUCCESS || rc == LDAP_SIZELIMIT_EXCEEDED) {
 			directory_collect(w, res);
 			w->status = DIRECTORY_OK;
 			ldap_msgfree(res);
@@ -486,6 +487,16 @@ directory_work_done(uv_work_t *req, int status)
 	if (d->magic != DIRECTORY_MAGIC)
 		fatalx("%s: bad directory", __func__);
 	d->busy = false;
+	if (d->orphan) {
+		w->status = DIRECTORY_UNAVAILABLE;
+		directory_owned_unref(w->owned);
+		directory_params_unref(w->p);
+		buf_free(&w->error);
+		free(w->login);
+		free(w);
+		directory_free(d);
+		return;
+	}
 	if (status != 0)
 		w->status = DIRECTORY_UNAVAILABLE;      /* cancelled */
 	directory_state(d, w);
@@ -612,8 +623,12 @@ directory_free(struct directory *d)
 {
 	if (d == NULL)
 		return;
-	if (d->busy || !TAILQ_EMPTY(&d->waiting))
+	if (!TAILQ_EMPTY(&d->waiting))
 		fatalx("%s: lookups outstanding", __func__);
+	if (d->busy) {
+		d->orphan = true;       /* freed when the work item comes back */
+		return;
+	}
 	directory_drop(d);
 	directory_cache_clear(d);
 	htab_free(&d->cache);

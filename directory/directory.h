@@ -68,7 +68,7 @@ struct directory_owned *directory_cached(struct directory *d, const char *login)
 void directory_lookup(struct directory *d, const char *login, directory_cb *cb, void *arg);
 /* Answer every waiting request DIRECTORY_UNAVAILABLE now (shutdown). */
 void directory_cancel_all(struct directory *d);
-/* Free; no lookup may be outstanding. */
+/* Free (once a lookup out on the thread pool has come back); no request may wait. */
 void directory_free(struct directory *d);
 
 struct directory_owned *directory_owned_ref(struct directory_owned *o);
