@@ -117,6 +117,31 @@ class SendersLDAPTest(unittest.TestCase):
         self.assertEqual(r.read_reply()[0], 250)
 
 
+class SendersLDAPHeaderFromTest(unittest.TestCase):
+
+    def test_header_from_is_held_to_the_directory_too(self):
+        ldap = LDAPServer().start()
+        self.addCleanup(ldap.close)
+        relay = Relay(users=USERS, senders=SENDERS)
+        self.addCleanup(stop_cleanly, relay)
+        relay.update_config(submit={"check_header_from": True,
+                                    "senders_ldap": ldap_conf(relay, ldap.uri)})
+        relay.start()
+        log = relay.wait_for_log("sandbox")
+        self.assertEqual((log.get("seccomp"), log.get("landlock")), ("yes", "yes"), log)
+        r = auth_session(relay, user="alice", password="alicepw")
+        self.addCleanup(r.close)
+        for hdr_from, want in (("a.smith@example.org", 250),       # the directory's
+                               ("alice@file.test", 250),           # the map's
+                               ("bob@example.org", 553)):          # nobody's for alice
+            # the envelope sender is the map's: the directory is asked all the same
+            self.assertEqual(r.cmd("MAIL FROM:<alice@file.test>")[0], 250)
+            self.assertEqual(r.cmd("RCPT TO:<x@example.net>")[0], 250)
+            self.assertEqual(r.cmd("DATA")[0], 354)
+            r.send("From: %s\r\nSubject: t\r\n\r\nbody\r\n.\r\n" % hdr_from)
+            self.assertEqual(r.read_reply()[0], want, hdr_from)
+
+
 class SendersLDAPOutageTest(unittest.TestCase):
 
     def test_directory_down_is_451_logged_once_then_restored(self):
