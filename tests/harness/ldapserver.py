@@ -5,6 +5,7 @@ with a small directory, started and stopped by the test.
         ldap.uri                             # "ldap://127.0.0.1:PORT/"
         ldap.add_ldif("dn: uid=x,...")       # more entries, through ldapadd
         ldap.stop(); ldap.start()            # an outage; same port, same data
+        LDAPServer(tls=(cert, key))          # StartTLS offered with that certificate
 
 It is not the system slapd: each instance has its own slapd.conf, its own mdb
 database in a temporary directory, and listens only on 127.0.0.1.  The
@@ -151,7 +152,8 @@ class LDAPError(Exception):
 class LDAPServer:
     """A real slapd on 127.0.0.1 with its own configuration and database."""
 
-    def __init__(self, port=None, tmpdir=None):
+    def __init__(self, port=None, tmpdir=None, tls=None):
+        """tls: (cert, key) PEM files for StartTLS (slapd must be able to read them)."""
         self._own_tmp = tmpdir is None
         self.dir = tmpdir or tempfile.mkdtemp(prefix="slapd-")
         self.port = port or free_port()
@@ -163,8 +165,12 @@ class LDAPServer:
             f.write(TEST_SCHEMA)
         self.conf = os.path.join(self.dir, "slapd.conf")
         with open(self.conf, "w") as f:
-            f.write(SLAPD_CONF.format(dir=self.dir, base=BASE, rootdn=ROOT_DN, rootpw=ROOT_PW,
-                                      binddn=BIND_DN))
+            text = SLAPD_CONF.format(dir=self.dir, base=BASE, rootdn=ROOT_DN, rootpw=ROOT_PW,
+                                     binddn=BIND_DN)
+            if tls is not None:     # global settings: before the database
+                text = text.replace("database mdb\n", "TLSCertificateFile %s\n"
+                                    "TLSCertificateKeyFile %s\ndatabase mdb\n" % tls)
+            f.write(text)
         self._loaded = False
 
     def __enter__(self):

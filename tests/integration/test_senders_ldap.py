@@ -15,7 +15,7 @@ import unittest
 
 from client import raw_session
 from ldapserver import BIND_DN, BIND_PW, HangingServer, LDAPServer
-from relay import share_with_user
+from relay import make_cert, share_with_user
 from test_submit_smtp import QueueOnlyRelay as Relay
 from test_submit_smtp import auth_session, stop_cleanly
 
@@ -140,6 +140,40 @@ class SendersLDAPHeaderFromTest(unittest.TestCase):
             self.assertEqual(r.cmd("DATA")[0], 354)
             r.send("From: %s\r\nSubject: t\r\n\r\nbody\r\n.\r\n" % hdr_from)
             self.assertEqual(r.read_reply()[0], want, hdr_from)
+
+
+class SendersLDAPStartTLSTest(unittest.TestCase):
+
+    def ldap_with_tls(self, certdir):
+        cert, key = make_cert(certdir, cn="127.0.0.1", dns=(), ips=("127.0.0.1",),
+                              name="slapd")
+        ldap = LDAPServer(tls=(cert, key)).start()
+        self.addCleanup(ldap.close)
+        return ldap, cert
+
+    def test_starttls_with_a_trusted_certificate(self):
+        relay = Relay(users=USERS, senders=SENDERS)
+        self.addCleanup(stop_cleanly, relay)
+        ldap, cert = self.ldap_with_tls(relay.tmpdir)
+        relay.env["LDAPTLS_CACERT"] = cert      # libldap's trust anchor for this test
+        relay.update_config(submit={"senders_ldap": ldap_conf(relay, ldap.uri, starttls=True)})
+        relay.start()
+        r = auth_session(relay, user="alice", password="alicepw")
+        self.addCleanup(r.close)
+        self.assertEqual(r.cmd("MAIL FROM:<a.smith@example.org>")[0], 250)
+
+    def test_starttls_with_an_untrusted_certificate_is_451(self):
+        relay = Relay(users=USERS, senders=SENDERS)
+        self.addCleanup(stop_cleanly, relay)
+        ldap, _ = self.ldap_with_tls(relay.tmpdir)
+        relay.update_config(submit={"senders_ldap": ldap_conf(relay, ldap.uri, starttls=True)})
+        relay.start()
+        r = auth_session(relay, user="alice", password="alicepw")
+        self.addCleanup(r.close)
+        code, text = r.cmd("MAIL FROM:<a.smith@example.org>")
+        self.assertEqual((code, text[:6]), (451, "4.3.0 "))
+        log = relay.wait_for_log("ldap_unavailable")
+        self.assertIn("starttls", log.get("error", ""))
 
 
 class SendersLDAPOutageTest(unittest.TestCase):
