@@ -240,6 +240,29 @@ class SendersLDAPOutageTest(unittest.TestCase):
         self.assertEqual(r.cmd("MAIL FROM:<a.smith@example.org>")[0], 553)
         self.assertEqual(r.cmd("MAIL FROM:<alice@example.org>")[0], 250)
 
+    def test_sighup_turns_the_directory_on_and_off(self):
+        ldap = LDAPServer().start()
+        self.addCleanup(ldap.close)
+        relay = Relay(users=USERS, senders=SENDERS)
+        self.addCleanup(stop_cleanly, relay)
+        relay.start()
+        r = auth_session(relay, user="alice", password="alicepw")
+        self.addCleanup(r.close)
+        self.assertEqual(r.cmd("MAIL FROM:<a.smith@example.org>")[0], 553)
+        mark = relay.log_mark()
+        relay.update_config(submit={"senders_ldap": ldap_conf(relay, ldap.uri)})
+        relay.sighup()
+        relay.wait_for_log("submit_reloaded", since=mark)
+        self.assertEqual(r.cmd("MAIL FROM:<a.smith@example.org>")[0], 250)
+        r.cmd("RSET")
+        mark = relay.log_mark()
+        del relay.config["submit"]["senders_ldap"]
+        relay.write_config()
+        relay.sighup()
+        relay.wait_for_log("submit_reloaded", since=mark)
+        self.assertEqual(r.cmd("MAIL FROM:<a.smith@example.org>")[0], 553)
+        self.assertEqual(r.cmd("MAIL FROM:<alice@file.test>")[0], 250)
+
     def test_hanging_directory_blocks_only_its_own_session(self):
         hang = HangingServer()
         self.addCleanup(hang.close)
