@@ -6,6 +6,7 @@ with a small directory, started and stopped by the test.
         ldap.add_ldif("dn: uid=x,...")       # more entries, through ldapadd
         ldap.stop(); ldap.start()            # an outage; same port, same data
         LDAPServer(tls=(cert, key))          # StartTLS offered with that certificate
+        LDAPServer(ldapi=True).ldapi_uri     # also on a Unix socket
 
 It is not the system slapd: each instance has its own slapd.conf, its own mdb
 database in a temporary directory, and listens only on 127.0.0.1.  The
@@ -152,12 +153,20 @@ class LDAPError(Exception):
 class LDAPServer:
     """A real slapd on 127.0.0.1 with its own configuration and database."""
 
-    def __init__(self, port=None, tmpdir=None, tls=None):
-        """tls: (cert, key) PEM files for StartTLS (slapd must be able to read them)."""
+    def __init__(self, port=None, tmpdir=None, tls=None, ldapi=False):
+        """tls: (cert, key) PEM files for StartTLS (slapd must be able to read them).
+        ldapi: also listen on a Unix socket, self.ldapi_uri (any local user may connect)."""
         self._own_tmp = tmpdir is None
         self.dir = tmpdir or tempfile.mkdtemp(prefix="slapd-")
         self.port = port or free_port()
         self.uri = "ldap://127.0.0.1:%d/" % self.port
+        self.ldapi_uri = None
+        self._listen = self.uri
+        if ldapi:
+            os.chmod(self.dir, 0o755)
+            self.ldapi_path = os.path.join(self.dir, "ldapi")
+            self.ldapi_uri = "ldapi://%s/" % self.ldapi_path.replace("/", "%2F")
+            self._listen += " " + self.ldapi_uri
         self.base = BASE
         self.proc = None
         os.makedirs(os.path.join(self.dir, "db"), exist_ok=True)
@@ -186,7 +195,7 @@ class LDAPServer:
             return self
         self._log = open(os.path.join(self.dir, "slapd.out"), "ab")
         # -d 0: stay in the foreground (so the test owns the process), log nothing
-        self.proc = subprocess.Popen([SLAPD, "-f", self.conf, "-h", self.uri, "-d", "0"],
+        self.proc = subprocess.Popen([SLAPD, "-f", self.conf, "-h", self._listen, "-d", "0"],
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

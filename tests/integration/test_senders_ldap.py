@@ -142,6 +142,19 @@ class SendersLDAPHeaderFromTest(unittest.TestCase):
             self.assertEqual(r.read_reply()[0], want, hdr_from)
 
 
+class SendersLDAPUnixSocketTest(unittest.TestCase):
+
+    def test_ldapi_socket_works_inside_the_sandbox(self):
+        ldap = LDAPServer(ldapi=True).start()
+        self.addCleanup(ldap.close)
+        relay = start_relay(self, ldap.ldapi_uri)
+        log = relay.wait_for_log("sandbox")
+        self.assertEqual(log.get("landlock"), "yes", log)
+        r = auth_session(relay, user="alice", password="alicepw")
+        self.addCleanup(r.close)
+        self.assertEqual(r.cmd("MAIL FROM:<a.smith@example.org>")[0], 250)
+
+
 class SendersLDAPStartTLSTest(unittest.TestCase):
 
     def ldap_with_tls(self, certdir):
