@@ -347,6 +347,7 @@ struct submit_session {
 	/* the transaction */
 	struct envelope env;
 	struct directory_owned *ldap_owned; /* what the directory said at MAIL, or NULL */
+	bool ldap_down;                 /* the directory could not say at MAIL */
 	size_t rcpt_cap;
 	struct queue_txn *txn;
 	struct submit_data data;

@@ -320,6 +320,7 @@ submit_session_reset_txn(struct submit_session *s)
 	envelope_free(&s->env);
 	directory_owned_unref(s->ldap_owned);
 	s->ldap_owned = NULL;
+	s->ldap_down = false;
 	s->rcpt_cap = 0;
 }
 
@@ -605,6 +606,7 @@ submit_mail_looked_up(void *arg, enum directory_status st, struct directory_owne
 	s->lookup_pending = false;
 	if (o != NULL)
 		s->ldap_owned = directory_owned_ref(o);
+	s->ldap_down = st != DIRECTORY_OK;
 	if (s->io == NULL) {
 		submit_session_release(s);  /* the client left while we waited */
 		return;
@@ -847,8 +849,13 @@ submit_session_check_from(struct submit_session *s)
 		buf_putc(&s->tmp, '\0');    /* reject() reuses tmp: copy the address out */
 		buf_reset(&s->line);
 		buf_puts(&s->line, s->tmp.data);
-		submit_session_reject(s, "data", "553 5.7.1 <%s>: Header From address rejected: "
-		    "not owned by user %s", buf_cstr(&s->line), s->login);
+		if (s->ldap_down)       /* the directory might own it: later, never 553 */
+			submit_session_reject(s, "data", "451 4.3.0 <%s>: Header From address "
+			    "rejected: the directory is unavailable, try again later",
+			    buf_cstr(&s->line));
+		else
+			submit_session_reject(s, "data", "553 5.7.1 <%s>: Header From address "
+			    "rejected: not owned by user %s", buf_cstr(&s->line), s->login);
 		return -1;
 	}
 	return 0;

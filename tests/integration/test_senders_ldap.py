@@ -140,6 +140,16 @@ class SendersLDAPHeaderFromTest(unittest.TestCase):
             self.assertEqual(r.cmd("DATA")[0], 354)
             r.send("From: %s\r\nSubject: t\r\n\r\nbody\r\n.\r\n" % hdr_from)
             self.assertEqual(r.read_reply()[0], want, hdr_from)
+        # the directory down: the map still grants, what only it could grant is 451
+        ldap.stop()
+        time.sleep(1.1)     # past the 1s cache_ttl
+        for hdr_from, want in (("alice@file.test", 250), ("a.smith@example.org", 451)):
+            self.assertEqual(r.cmd("MAIL FROM:<alice@file.test>")[0], 250)
+            self.assertEqual(r.cmd("RCPT TO:<x@example.net>")[0], 250)
+            self.assertEqual(r.cmd("DATA")[0], 354)
+            r.send("From: %s\r\nSubject: t\r\n\r\nbody\r\n.\r\n" % hdr_from)
+            code, text = r.read_reply()
+            self.assertEqual(code, want, (hdr_from, text))
 
 
 class SendersLDAPUnixSocketTest(unittest.TestCase):
