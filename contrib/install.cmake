@@ -1,0 +1,58 @@
+# install.cmake - what `cmake --install` puts where (included at the end of
+# the top-level CMakeLists.txt).  GNUInstallDirs paths: with the usual
+# CMAKE_INSTALL_PREFIX=/usr the programs go to /usr/sbin, the units to
+# /usr/lib/systemd/system; configuration goes to CMAKE_INSTALL_FULL_SYSCONFDIR,
+# which is /etc for the /usr prefix (and for Debian's packaging) and
+# <prefix>/etc otherwise.  Configuration files that already exist are not
+# overwritten (an admin's edited /etc/relayd/relayd.conf survives a reinstall).
+# DESTDIR staging (the Debian package) works as usual.
+include(GNUInstallDirs)
+
+set(RELAY_CONTRIB ${CMAKE_CURRENT_LIST_DIR})
+
+install(TARGETS relayd relayctl RUNTIME DESTINATION ${CMAKE_INSTALL_SBINDIR})
+
+# Man pages: written in mdoc under man/; installed when present.
+foreach(page relayd.8 relayctl.8 relayd.conf.5)
+  string(REGEX REPLACE ".*\\.([0-9])$" "\\1" section ${page})
+  install(FILES ${CMAKE_SOURCE_DIR}/man/${page}
+    DESTINATION ${CMAKE_INSTALL_MANDIR}/man${section} OPTIONAL)
+endforeach()
+
+# systemd: the unit, the system user, the directories.  These live under
+# <prefix>/lib whatever the architecture (systemd looks in /usr/lib only).
+install(FILES ${RELAY_CONTRIB}/systemd/relayd.service
+  DESTINATION ${CMAKE_INSTALL_PREFIX}/lib/systemd/system)
+install(FILES ${RELAY_CONTRIB}/systemd/relayd.sysusers
+  DESTINATION ${CMAKE_INSTALL_PREFIX}/lib/sysusers.d RENAME relayd.conf)
+install(FILES ${RELAY_CONTRIB}/systemd/relayd.tmpfiles
+  DESTINATION ${CMAKE_INSTALL_PREFIX}/lib/tmpfiles.d RENAME relayd.conf)
+
+# Configuration under sysconfdir, each file only when not there yet.
+# install(CODE) runs at install time, so DESTDIR is honoured there.
+set(RELAY_ETC ${CMAKE_INSTALL_FULL_SYSCONFDIR})
+function(relay_install_conf src dir name mode)
+  install(CODE "
+    set(_dst \"\$ENV{DESTDIR}${dir}/${name}\")
+    if(EXISTS \"\${_dst}\")
+      message(STATUS \"Kept (exists): \${_dst}\")
+    else()
+      file(INSTALL \"${src}\" DESTINATION \"\$ENV{DESTDIR}${dir}\"
+        FILE_PERMISSIONS ${mode})
+      if(NOT \"${name}\" STREQUAL \"\")
+        get_filename_component(_base \"${src}\" NAME)
+        if(NOT _base STREQUAL \"${name}\")
+          file(RENAME \"\$ENV{DESTDIR}${dir}/\${_base}\" \"\${_dst}\")
+        endif()
+      endif()
+    endif()")
+endfunction()
+
+relay_install_conf(${RELAY_CONTRIB}/relayd.conf ${RELAY_ETC}/relayd relayd.conf
+  "OWNER_READ OWNER_WRITE GROUP_READ")
+relay_install_conf(${RELAY_CONTRIB}/logrotate/relayd ${RELAY_ETC}/logrotate.d relayd
+  "OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ")
+relay_install_conf(${RELAY_CONTRIB}/fail2ban/filter.d/relayd.conf ${RELAY_ETC}/fail2ban/filter.d relayd.conf
+  "OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ")
+relay_install_conf(${RELAY_CONTRIB}/fail2ban/jail.d/relayd.conf ${RELAY_ETC}/fail2ban/jail.d relayd.conf
+  "OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ")
