@@ -29,30 +29,19 @@ install(FILES ${RELAY_CONTRIB}/systemd/relayd.tmpfiles
   DESTINATION ${CMAKE_INSTALL_PREFIX}/lib/tmpfiles.d RENAME relayd.conf)
 
 # Configuration under sysconfdir, each file only when not there yet.
-# install(CODE) runs at install time, so DESTDIR is honoured there.
+# install(CODE) runs at install time; file(INSTALL) adds DESTDIR itself.
 set(RELAY_ETC ${CMAKE_INSTALL_FULL_SYSCONFDIR})
-function(relay_install_conf src dir name mode)
+function(relay_install_conf src dir name)
   install(CODE "
-    set(_dst \"\$ENV{DESTDIR}${dir}/${name}\")
-    if(EXISTS \"\${_dst}\")
-      message(STATUS \"Kept (exists): \${_dst}\")
+    if(EXISTS \"\$ENV{DESTDIR}${dir}/${name}\")
+      message(STATUS \"Kept (exists): \$ENV{DESTDIR}${dir}/${name}\")
     else()
-      file(INSTALL \"${src}\" DESTINATION \"\$ENV{DESTDIR}${dir}\"
-        FILE_PERMISSIONS ${mode})
-      if(NOT \"${name}\" STREQUAL \"\")
-        get_filename_component(_base \"${src}\" NAME)
-        if(NOT _base STREQUAL \"${name}\")
-          file(RENAME \"\$ENV{DESTDIR}${dir}/\${_base}\" \"\${_dst}\")
-        endif()
-      endif()
+      file(INSTALL \"${src}\" DESTINATION \"${dir}\" RENAME \"${name}\"
+        FILE_PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ)
     endif()")
 endfunction()
 
-relay_install_conf(${RELAY_CONTRIB}/relayd.conf ${RELAY_ETC}/relayd relayd.conf
-  "OWNER_READ OWNER_WRITE GROUP_READ")
-relay_install_conf(${RELAY_CONTRIB}/logrotate/relayd ${RELAY_ETC}/logrotate.d relayd
-  "OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ")
-relay_install_conf(${RELAY_CONTRIB}/fail2ban/filter.d/relayd.conf ${RELAY_ETC}/fail2ban/filter.d relayd.conf
-  "OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ")
-relay_install_conf(${RELAY_CONTRIB}/fail2ban/jail.d/relayd.conf ${RELAY_ETC}/fail2ban/jail.d relayd.conf
-  "OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ")
+relay_install_conf(${RELAY_CONTRIB}/relayd.conf ${RELAY_ETC}/relayd relayd.conf)
+relay_install_conf(${RELAY_CONTRIB}/logrotate/relayd ${RELAY_ETC}/logrotate.d relayd)
+relay_install_conf(${RELAY_CONTRIB}/fail2ban/filter.d/relayd.conf ${RELAY_ETC}/fail2ban/filter.d relayd.conf)
+relay_install_conf(${RELAY_CONTRIB}/fail2ban/jail.d/relayd.conf ${RELAY_ETC}/fail2ban/jail.d relayd.conf)
