@@ -20,9 +20,11 @@ foreach(page relayd.8 relayctl.8 relayd.conf.5)
 endforeach()
 
 # systemd: the unit, the system user, the directories.  These live under
-# <prefix>/lib whatever the architecture (systemd looks in /usr/lib only).
-install(FILES ${RELAY_CONTRIB}/systemd/relayd.service
-  DESTINATION ${CMAKE_INSTALL_PREFIX}/lib/systemd/system)
+# <prefix>/lib whatever the architecture (systemd does not look in lib64 or
+# lib/<triplet>).  Debian bookworm's package puts the unit in /lib instead.
+set(RELAY_SYSTEMD_UNITDIR ${CMAKE_INSTALL_PREFIX}/lib/systemd/system CACHE PATH
+  "where relayd.service is installed")
+install(FILES ${RELAY_CONTRIB}/systemd/relayd.service DESTINATION ${RELAY_SYSTEMD_UNITDIR})
 install(FILES ${RELAY_CONTRIB}/systemd/relayd.sysusers
   DESTINATION ${CMAKE_INSTALL_PREFIX}/lib/sysusers.d RENAME relayd.conf)
 install(FILES ${RELAY_CONTRIB}/systemd/relayd.tmpfiles
