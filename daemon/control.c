@@ -47,7 +47,7 @@ struct control_conn {
 	bool answered;
 	bool waiting;               /* on waiter: messages acknowledged, not yet queued */
 	bool waited;                /* the wait is over: answer now */
-	struct router_waiter waiter;
+	struct queue_waiter waiter;
 };
 
 static void
@@ -140,7 +140,7 @@ control_stats(struct relay *r, bool json, struct buf *out)
 	size_t i;
 	int qrc;
 
-	qrc = router_control(r->router, 1, argv, json, &queue);
+	qrc = control_router(r->router, 1, argv, json, &queue);
 	if (json) {
 		buf_printf(out, "{\"uptime_s\":%llu,\"counters\":{", (unsigned long long)uptime);
 		for (i = 0; i < RELAY_ARRAY_LEN(counters); i++)
@@ -208,7 +208,7 @@ control_dispatch(struct control_conn *cc, int argc, char **argv)
 		}
 		buf_free(&err);
 	} else {
-		rc = router_control(r->router, argc, argv, json, &out);
+		rc = control_router(r->router, argc, argv, json, &out);
 		if (rc == RELAY_ENOENT)
 			code = CONTROL_ERR_NOTFOUND;
 		else if (rc == RELAY_EINVAL)
@@ -246,7 +246,7 @@ conn_try_request(struct control_conn *cc)
 	argv[argc] = NULL;
 	/*
 	 * A client may have its 250 a moment before the scheduler has the
-	 * message (router/QUEUE.md): answer once those are in, so that relayctl
+	 * message (queue/QUEUE.md): answer once those are in, so that relayctl
 	 * sees every message a client was told is queued.
 	 */
 	if (!cc->waited && cc->ctl->relay->router != NULL) {

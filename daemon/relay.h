@@ -48,4 +48,12 @@ void relay_free(struct relay *r);
 int control_new(struct relay *r, const char *path, struct control **out, struct buf *err);
 void control_close(struct control *c);
 
+/*
+ * control_queue.c: relayctl's requests to the router.  argv[0] is the command
+ * ("queue", "hosts", "route", "stats", ...); the answer goes to out as an
+ * aligned human table, or as a JSON document when json is true.  Returns 0,
+ * or a negative RELAY_E* with a one-line message in out (plain text).
+ */
+int control_router(struct router *r, int argc, char **argv, bool json, struct buf *out);
+
 #endif

@@ -22,7 +22,7 @@ struct deliver;
 struct deliver_rcpt {
 	const char *addr;
 	const char *orcpt;          /* "rfc822;x@y" or NULL; xtext-encoded by deliver when sent */
-	unsigned notify;            /* ENV_NOTIFY_* (router.h) */
+	unsigned notify;            /* ENV_NOTIFY_* (common/envelope.h) */
 	/* filled by deliver when the result status is DELIVER_DONE: */
 	int code;                   /* 250, 451, 550, ... */
 	char status[16];            /* enhanced status: "2.1.5", or derived from the code */

@@ -17,7 +17,7 @@
 #include <openssl/evp.h>
 
 #include "common/util.h"
-#include "router/router.h"
+#include "common/envelope.h"
 
 /* ------------------------------------------------------------------ */
 /* Replies */

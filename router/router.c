@@ -8,12 +8,12 @@
  * resolver, the deliver module and the scheduler (which owns every queued
  * message once the queue hands it over).
  * Must never: block the loop; touch queue files itself (that is
- * router_queue.c); decide what to try when (router_sched.c); reach into
+ * queue.c); decide what to try when (router_sched.c); reach into
  * submit/ or deliver/ structs.
  */
 #include "router/router.h"
-#include "router/router_mx.h"
-#include "router/router_queue.h"
+#include "dns/dns.h"
+#include "queue/queue.h"
 #include "router/router_sched.h"
 #include "deliver/deliver.h"
 #include "common/log.h"
@@ -30,7 +30,7 @@ struct router {
 	struct conf *conf;
 	struct relay_stats *stats;
 	struct queue *queue;             /* NULL once closed */
-	struct mx_resolver *mx;          /* NULL once closed */
+	struct dns_resolver *mx;          /* NULL once closed */
 	struct deliver *deliver;
 	struct sched *sched;
 	bool shutting_down;
@@ -59,14 +59,13 @@ router_new(uv_loop_t *loop, struct conf *conf, struct relay_stats *stats,
 		return -1;
 	}
 	r->conf = conf_ref(conf);
-	if ((r->mx = mx_new(loop, conf, err)) == NULL)
+	if ((r->mx = dns_new(loop, conf, err)) == NULL)
 		goto fail;
 	r->deliver = deliver_new(loop, conf);
 	memset(&deps, 0, sizeof(deps));
 	deps.loop = loop;
 	deps.conf = conf;
 	deps.stats = stats;
-	deps.router = r;
 	deps.queue = r->queue;
 	deps.mx = r->mx;
 	deps.deliver = r->deliver;
@@ -81,7 +80,7 @@ router_new(uv_loop_t *loop, struct conf *conf, struct relay_stats *stats,
 fail:
 	/* Start-up failed: the daemon exits; handles close if the loop runs again. */
 	if (r->mx != NULL)
-		mx_close(r->mx, NULL, NULL);
+		dns_close(r->mx, NULL, NULL);
 	if (r->deliver != NULL)
 		deliver_shutdown(r->deliver, NULL, NULL);
 	queue_close(r->queue, NULL, NULL);
@@ -102,7 +101,7 @@ router_reload(struct router *r, struct conf *conf)
 	conf_ref(conf);
 	conf_unref(r->conf);
 	r->conf = conf;
-	if (mx_reload(r->mx, conf, &err) != 0)
+	if (dns_reload(r->mx, conf, &err) != 0)
 		log_event(LOG_ERR, "reload_failed", "module", "resolver", "error", buf_cstr(&err), NULL);
 	buf_free(&err);
 	deliver_reload(r->deliver, conf);
@@ -120,7 +119,7 @@ router_queue_closed(void *arg)
 }
 
 static void
-router_mx_closed(void *arg)
+router_dns_closed(void *arg)
 {
 	struct router *r = arg;
 
@@ -137,7 +136,7 @@ router_step_done(void *arg)
 
 	if (--r->pending > 0)
 		return;
-	mx_close(r->mx, router_mx_closed, r);
+	dns_close(r->mx, router_dns_closed, r);
 }
 
 void
@@ -169,7 +168,7 @@ router_free(struct router *r)
 		if (r->shutting_down)
 			fatalx("%s: router freed before its shutdown completed", __func__);
 		/* Never started to shut down: nothing ran, nothing is in flight. */
-		mx_close(r->mx, NULL, NULL);
+		dns_close(r->mx, NULL, NULL);
 		deliver_shutdown(r->deliver, NULL, NULL);
 		queue_close(r->queue, NULL, NULL);
 		r->queue = NULL;
@@ -184,11 +183,11 @@ router_free(struct router *r)
 }
 
 /*
- * Submission: the transaction API lives in router_queue.c.
+ * Submission: the transaction API lives in queue.c.
  */
 
 int
-router_txn_begin(struct router *r, const struct envelope *env, struct router_txn **out)
+router_txn_begin(struct router *r, const struct envelope *env, struct queue_txn **out)
 {
 	if (r->shutting_down)
 		return RELAY_ECLOSED;
@@ -212,13 +211,13 @@ router_queue(struct router *r)
 }
 
 bool
-router_wait_acked(struct router *r, struct router_waiter *w)
+router_wait_acked(struct router *r, struct queue_waiter *w)
 {
 	return r->queue == NULL || queue_wait_acked(r->queue, w);
 }
 
 void
-router_wait_cancel(struct router *r, struct router_waiter *w)
+router_wait_cancel(struct router *r, struct queue_waiter *w)
 {
 	if (r->queue != NULL)
 		queue_wait_cancel(r->queue, w);

@@ -1,9 +1,10 @@
 /*
- * router.h - the router module's one public face: the durable queue that
- * submit/ writes into, the scheduler that decides what to try when, the
- * routing that decides where (routes, MX, host health), and the NDRs that
- * re-enter the queue.  Data flows one way: submit -> queue -> scheduler ->
- * router -> deliver -> results back to the scheduler.
+ * router.h - the router module's one public face: what happens to a queued
+ * message.  The scheduler decides what to try when, the routing decides
+ * where (routes, MX through dns/, host health), deliver/ makes the attempt,
+ * and ndr/ reports failures.  Data flows one way: submit -> queue/ ->
+ * scheduler -> deliver/ -> results back to the scheduler.  The control plane
+ * (daemon/) administers it through the calls at the end.
  */
 #ifndef RELAY_ROUTER_H
 #define RELAY_ROUTER_H
@@ -14,42 +15,12 @@
 #include <uv.h>
 
 #include "common/buf.h"
+#include "common/envelope.h"
 #include "common/stats.h"
 #include "conf/conf.h"
-
-/* DSN (RFC 3461) NOTIFY flags; 0 means "not given" (= FAILURE,DELAY). */
-#define ENV_NOTIFY_NEVER    0x01
-#define ENV_NOTIFY_SUCCESS  0x02
-#define ENV_NOTIFY_FAILURE  0x04
-#define ENV_NOTIFY_DELAY    0x08
-
-enum env_ret { ENV_RET_NONE = 0, ENV_RET_HDRS, ENV_RET_FULL };
-
-#define QID_MAX 32               /* a queue id is at most 31 characters [0-9A-Z] */
-
-struct env_rcpt {
-	char *addr;                  /* as given in RCPT TO, without <> */
-	char *orcpt;                 /* ORCPT value ("rfc822;x@y", xtext-decoded) or NULL */
-	unsigned notify;             /* ENV_NOTIFY_* bits */
-};
-
-struct envelope {
-	char *sender;                /* "" for the null sender <> */
-	struct env_rcpt *rcpts;
-	size_t nrcpts;
-	char *envid;                 /* ENVID (xtext-decoded) or NULL */
-	enum env_ret ret;
-	bool body_8bit;              /* BODY=8BITMIME */
-	bool smtputf8;               /* SMTPUTF8 */
-	char *auth_user;             /* authenticated login; NULL for internal mail (NDRs) */
-	char *client_ip;             /* NULL for internal mail */
-	char *client_helo;
-	uint64_t arrival_ms;         /* wall clock at MAIL FROM */
-	uint64_t size;               /* body size in bytes once known */
-};
-
-void envelope_free(struct envelope *env);          /* frees members, not env itself */
-void envelope_copy(struct envelope *dst, const struct envelope *src);
+#include "queue/queue.h"
+#include "router/router_health.h"
+#include "router/router_route.h"
 
 struct router;
 
@@ -67,51 +38,102 @@ void router_shutdown(struct router *r, void (*done)(void *arg), void *arg);
 void router_free(struct router *r);
 
 /*
- * Submission into the queue.
- *
- * router_txn_begin() creates an incoming file for a message with envelope env
- * (copied) and assigns its queue id.  The body is then streamed with
- * router_txn_write() as it arrives: CRLF line endings, already dot-unstuffed,
- * headers the relay adds included (Received: first).  router_txn_commit()
- * makes the message and its envelope durable, sharing the disk sync with
- * other commits in flight (group commit), and calls cb(arg, 0, qid) on the
- * loop thread once the message will survive a crash, or cb(arg, err, NULL) if
- * it could not be queued.  The callback is always called exactly once; the
- * txn is consumed by commit and by abort.
+ * Submission into the queue: router_txn_begin() starts a queue transaction
+ * (queue/queue.h: queue_txn_write, queue_txn_commit, queue_txn_abort) for a
+ * message with envelope env (copied) and assigns its queue id.
  */
-struct router_txn;
-typedef void router_commit_cb(void *arg, int err, const char *qid);
-
-int router_txn_begin(struct router *r, const struct envelope *env, struct router_txn **out);
-const char *router_txn_qid(const struct router_txn *t);
-int router_txn_write(struct router_txn *t, const void *p, size_t len);
-void router_txn_commit(struct router_txn *t, router_commit_cb *cb, void *arg);
-void router_txn_abort(struct router_txn *t);
+struct queue_txn;
+int router_txn_begin(struct router *r, const struct envelope *env, struct queue_txn **out);
 
 /*
- * Control requests from relayctl (daemon/control.c).  argv[0] is the command
- * ("queue", "hosts", "route", "stats", ...); the answer goes to out as an
- * aligned human table, or as a JSON document when json is true.  Returns 0,
- * or a negative RELAY_E* with a one-line message in out (plain text).
+ * A wait for every message acknowledged so far to reach the scheduler
+ * (queue_wait_acked() in queue/queue.h): relayctl waits so that it sees every
+ * message a client was told is queued.
  */
-int router_control(struct router *r, int argc, char **argv, bool json, struct buf *out);
+struct queue_waiter;
+bool router_wait_acked(struct router *r, struct queue_waiter *w);
+void router_wait_cancel(struct router *r, struct queue_waiter *w);
 
-/*
- * A wait for every message acknowledged so far to reach the scheduler: a 250
- * comes from the acceptance journal a moment before the message's msg/ file
- * is published and the scheduler gets it (router/QUEUE.md).  relayctl waits
- * so that it sees every message a client was told is queued.  The caller
- * owns w and sets cb and arg; router_wait_acked() returns true (cb is never
- * called) when nothing is outstanding, else cb(arg) runs later on the loop,
- * unless router_wait_cancel(r, w) comes first.
- */
-struct router_waiter {
-	struct router_waiter *next;  /* the queue's */
-	uint64_t need;               /* the queue's */
-	void (*cb)(void *arg);
-	void *arg;
+/* ------------------------------------------------------------------ */
+/* Administration (relayctl, through daemon/control_queue.c). */
+
+/* The router's scheduler and queue, for the control plane. */
+struct sched *router_sched(struct router *r);
+struct queue *router_queue(struct router *r);
+
+enum sched_rcpt_state {
+	SCHED_RCPT_DUE,                 /* pending; next_ms says when */
+	SCHED_RCPT_ACTIVE,              /* in an attempt right now */
+	SCHED_RCPT_QUEUED,              /* ready, waiting for a slot of its destination */
+	SCHED_RCPT_WAITING,             /* its destination is down: waits for the probe (next_ms) */
+	SCHED_RCPT_HELD,
+	SCHED_RCPT_DELIVERED,
+	SCHED_RCPT_FAILED,
 };
-bool router_wait_acked(struct router *r, struct router_waiter *w);
-void router_wait_cancel(struct router *r, struct router_waiter *w);
+
+struct sched_rcpt_view {
+	enum sched_rcpt_state state;
+	uint64_t next_ms;               /* next attempt (DUE) or probe (WAITING); 0 = unknown */
+	const char *dest;               /* destination while queued/waiting/active, else NULL */
+};
+
+const char *sched_rcpt_state_name(enum sched_rcpt_state st);
+/* A message by queue id (NULL if unknown or being deleted). */
+struct queue_msg *sched_find(struct sched *s, const char *qid);
+/* Every message, oldest first. */
+void sched_foreach(struct sched *s, void (*cb)(void *arg, const struct queue_msg *m), void *arg);
+size_t sched_count(const struct sched *s);
+void sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i,
+    struct sched_rcpt_view *out);
+
+/*
+ * Attempt now, ignoring retry timers and host backoff: what is NULL or "" (every
+ * message), a queue id, or a recipient domain.  Returns the number of messages
+ * flushed (0 = nothing matched).
+ * A queue id: the message's jobs start at once.  Every message or a domain
+ * only changes state, so it answers at once whatever the backlog: the
+ * recipients become due and go out through their destinations' windows;
+ * each destination concerned gets ONE attempt now that ignores host backoff
+ * and its state (a down destination's probe: its waiting mail follows when
+ * the probe gets through, and keeps waiting, unrecorded, when it does not).
+ * The resolver's cache is cleared.
+ */
+int sched_flush(struct sched *s, const char *what);
+/* Hold / release a message (QREC_HOLD): a held message is never attempted,
+ * expired or warned about.  Released, it is attempted at once.  0 or RELAY_ENOENT. */
+int sched_hold(struct sched *s, const char *qid);
+int sched_release(struct sched *s, const char *qid);
+/* Remove a message without any report (event=deleted).  0 or RELAY_ENOENT. */
+int sched_delete(struct sched *s, const char *qid);
+/* Fail every pending recipient with 5.0.0 "returned by the administrator" and
+ * report it to the sender.  0 or RELAY_ENOENT. */
+int sched_bounce(struct sched *s, const char *qid);
+
+/* Host health (relayctl hosts). */
+struct health *sched_health(struct sched *s);
+/* Reset a host's health (see health_reset) and probe the destinations waiting
+ * on it at once.  0 or RELAY_ENOENT. */
+int sched_host_reset(struct sched *s, const char *host);
+
+/* Run-time routes (relayctl route set/clear/list). */
+struct route_table *sched_routes(struct sched *s);
+/* route_set with the configured smtp_port as default port. */
+int sched_route_set(struct sched *s, const char *domain, const char *hosts, struct buf *err);
+int sched_route_clear(struct sched *s, const char *domain);
+void sched_route_list(struct sched *s, bool json, struct buf *out);
+
+/* Destinations (relayctl hosts / stats): one call per destination known. */
+struct sched_dest_view {
+	const char *name;
+	const char *state;              /* "new", "up", "down" */
+	unsigned window;                /* jobs allowed in flight; 0 = no limit */
+	unsigned inflight;
+	size_t queued;                  /* jobs waiting for a slot */
+	size_t waiting;                 /* jobs waiting for the destination to come back */
+	uint64_t down_since_ms;
+	uint64_t probe_at_ms;
+};
+void sched_foreach_dest(struct sched *s, void (*cb)(void *arg, const struct sched_dest_view *d),
+    void *arg);
 
 #endif

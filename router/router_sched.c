@@ -13,7 +13,7 @@
  * SMTP, blocks the loop, or keeps one timer per message.
  */
 #include "router/router_sched_int.h"
-#include "router/router_ndr.h"
+#include "ndr/ndr.h"
 #include "common/util.h"
 
 #include <stdio.h>
@@ -536,7 +536,7 @@ sched_report(struct sched *s, struct sched_msg *sm, enum ndr_kind kind, const in
 	p.now_ms = now;
 	p.will_retry_until_ms = sched_expire_at(m->env.arrival_ms, s->conf);
 	p.reason_text = reason;
-	rc = ndr_send(s->router, s->q, m, kind, nr, n, &p, s->stats, ndr_qid);
+	rc = ndr_send(s->q, m, kind, nr, n, &p, s->stats, ndr_qid);
 	free(nr);
 	if (rc != 0) {
 		struct log_line l;
@@ -862,7 +862,6 @@ sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err)
 	s->loop = deps->loop;
 	s->conf = conf_ref(deps->conf);
 	s->stats = deps->stats;
-	s->router = deps->router;
 	s->q = deps->queue;
 	s->mx = deps->mx;
 	s->d = deps->deliver;
@@ -1020,7 +1019,7 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 	for (job = TAILQ_FIRST(&s->active); job != NULL; job = jn) {
 		jn = TAILQ_NEXT(job, entry);
 		if (job->state == SCHED_JOB_RESOLVING && job->mxq != NULL) {
-			mx_cancel(job->mxq);
+			dns_cancel(job->mxq);
 			job->mxq = NULL;
 			TAILQ_REMOVE(&s->active, job, entry);
 			s->nactive--;
@@ -1213,7 +1212,7 @@ sched_flush(struct sched *s, const char *what)
 
 	if (s->stopping)
 		return 0;
-	mx_cache_clear(s->mx);          /* the admin may just have fixed DNS */
+	dns_cache_clear(s->mx);          /* the admin may just have fixed DNS */
 	if (domain != NULL && (sm = sched_msg_lookup(s, domain)) != NULL) {
 		sched_msg_flush(s, sm, now);
 		sched_arm(s);

@@ -1,6 +1,6 @@
 /*
  * router_sched.h - (internal to router/) the scheduler: what to try when,
- * over the durable queue (router_queue.h), and what the results mean.
+ * over the durable queue (queue.h), and what the results mean.
  *
  * In memory, rebuilt from queue_scan() at start-up: per message, per
  * recipient "pending (due at T, or in a job)", "delivered", "failed"; per
@@ -25,11 +25,9 @@
 #include "common/buf.h"
 #include "common/stats.h"
 #include "conf/conf.h"
-#include "router/router_health.h"
-#include "router/router_queue.h"
-#include "router/router_route.h"
+#include "router/router.h"
 
-struct mx_resolver;
+struct dns_resolver;
 struct deliver;
 struct sched;
 
@@ -38,9 +36,8 @@ struct sched_deps {
 	uv_loop_t *loop;
 	struct conf *conf;              /* the scheduler takes its own reference */
 	struct relay_stats *stats;
-	struct router *router;          /* for ndr_send() */
 	struct queue *queue;
-	struct mx_resolver *mx;
+	struct dns_resolver *mx;
 	struct deliver *deliver;
 };
 
@@ -103,87 +100,5 @@ void sched_free(struct sched *s);
 /* Tests: inject the wall clock and the randomness (NULL restores the default). */
 void sched_set_clock(struct sched *s, uint64_t (*now)(void *arg), void *arg);
 void sched_set_random(struct sched *s, uint32_t (*rnd)(void *arg), void *arg);
-
-/* ------------------------------------------------------------------ */
-/* Administration (relayctl, through router_control). */
-
-/* router.c: the router's scheduler and queue, for router_control(). */
-struct sched *router_sched(struct router *r);
-struct queue *router_queue(struct router *r);
-
-enum sched_rcpt_state {
-	SCHED_RCPT_DUE,                 /* pending; next_ms says when */
-	SCHED_RCPT_ACTIVE,              /* in an attempt right now */
-	SCHED_RCPT_QUEUED,              /* ready, waiting for a slot of its destination */
-	SCHED_RCPT_WAITING,             /* its destination is down: waits for the probe (next_ms) */
-	SCHED_RCPT_HELD,
-	SCHED_RCPT_DELIVERED,
-	SCHED_RCPT_FAILED,
-};
-
-struct sched_rcpt_view {
-	enum sched_rcpt_state state;
-	uint64_t next_ms;               /* next attempt (DUE) or probe (WAITING); 0 = unknown */
-	const char *dest;               /* destination while queued/waiting/active, else NULL */
-};
-
-const char *sched_rcpt_state_name(enum sched_rcpt_state st);
-/* A message by queue id (NULL if unknown or being deleted). */
-struct queue_msg *sched_find(struct sched *s, const char *qid);
-/* Every message, oldest first. */
-void sched_foreach(struct sched *s, void (*cb)(void *arg, const struct queue_msg *m), void *arg);
-size_t sched_count(const struct sched *s);
-void sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i,
-    struct sched_rcpt_view *out);
-
-/*
- * Attempt now, ignoring retry timers and host backoff: what is NULL or "" (every
- * message), a queue id, or a recipient domain.  Returns the number of messages
- * flushed (0 = nothing matched).
- * A queue id: the message's jobs start at once.  Every message or a domain
- * only changes state, so it answers at once whatever the backlog: the
- * recipients become due and go out through their destinations' windows;
- * each destination concerned gets ONE attempt now that ignores host backoff
- * and its state (a down destination's probe: its waiting mail follows when
- * the probe gets through, and keeps waiting, unrecorded, when it does not).
- * The resolver's cache is cleared.
- */
-int sched_flush(struct sched *s, const char *what);
-/* Hold / release a message (QREC_HOLD): a held message is never attempted,
- * expired or warned about.  Released, it is attempted at once.  0 or RELAY_ENOENT. */
-int sched_hold(struct sched *s, const char *qid);
-int sched_release(struct sched *s, const char *qid);
-/* Remove a message without any report (event=deleted).  0 or RELAY_ENOENT. */
-int sched_delete(struct sched *s, const char *qid);
-/* Fail every pending recipient with 5.0.0 "returned by the administrator" and
- * report it to the sender.  0 or RELAY_ENOENT. */
-int sched_bounce(struct sched *s, const char *qid);
-
-/* Host health (relayctl hosts). */
-struct health *sched_health(struct sched *s);
-/* Reset a host's health (see health_reset) and probe the destinations waiting
- * on it at once.  0 or RELAY_ENOENT. */
-int sched_host_reset(struct sched *s, const char *host);
-
-/* Run-time routes (relayctl route set/clear/list). */
-struct route_table *sched_routes(struct sched *s);
-/* route_set with the configured smtp_port as default port. */
-int sched_route_set(struct sched *s, const char *domain, const char *hosts, struct buf *err);
-int sched_route_clear(struct sched *s, const char *domain);
-void sched_route_list(struct sched *s, bool json, struct buf *out);
-
-/* Destinations (relayctl hosts / stats): one call per destination known. */
-struct sched_dest_view {
-	const char *name;
-	const char *state;              /* "new", "up", "down" */
-	unsigned window;                /* jobs allowed in flight; 0 = no limit */
-	unsigned inflight;
-	size_t queued;                  /* jobs waiting for a slot */
-	size_t waiting;                 /* jobs waiting for the destination to come back */
-	uint64_t down_since_ms;
-	uint64_t probe_at_ms;
-};
-void sched_foreach_dest(struct sched *s, void (*cb)(void *arg, const struct sched_dest_view *d),
-    void *arg);
 
 #endif

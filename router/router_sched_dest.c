@@ -161,7 +161,7 @@ sched_job_free(struct sched_job *job)
 			job->sm->rc[job->rcpts[k]].job = NULL;
 	job->sm->njobs--;
 	if (job->mx != NULL)
-		mx_result_free(job->mx);
+		dns_result_free(job->mx);
 	free(job->dr);
 	free(job->last);
 	route_release(&job->route);
@@ -291,7 +291,7 @@ sched_job_probe_at(struct sched *s, struct sched_job *job, uint64_t now)
 	size_t ti, ai;
 
 	for (ti = 0; job->mx != NULL && ti < job->ntargets; ti++) {
-		const struct mx_target *tg = &job->mx->targets[ti];
+		const struct dns_target *tg = &job->mx->targets[ti];
 
 		for (ai = 0; ai < tg->naddrs; ai++) {
 			health_addr_key((const struct sockaddr *)&tg->addrs[ai].ss, key, sizeof(key));
@@ -426,7 +426,7 @@ sched_log_host(const struct health_host *h, const char *ip)
 }
 
 static void
-sched_addr_ip(const struct mx_addr *a, char *out, size_t outlen)
+sched_addr_ip(const struct dns_addr *a, char *out, size_t outlen)
 {
 	const struct sockaddr *sa = (const struct sockaddr *)&a->ss;
 
@@ -445,7 +445,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	struct sched_job *job = arg;
 	struct sched *s = job->s;
 	struct queue_msg *m = job->sm->m;
-	const struct mx_target *tg;
+	const struct dns_target *tg;
 	struct sched_last *last;
 	struct health_host *h;
 	enum health_state was;
@@ -576,10 +576,10 @@ sched_job_next(struct sched_job *job)
 	size_t k;
 
 	for (; job->ti < job->ntargets; job->ti++, job->ai = 0) {
-		const struct mx_target *tg = &job->mx->targets[job->ti];
+		const struct dns_target *tg = &job->mx->targets[job->ti];
 
 		for (; job->ai < tg->naddrs; job->ai++) {
-			const struct mx_addr *a = &tg->addrs[job->ai];
+			const struct dns_addr *a = &tg->addrs[job->ai];
 
 			health_addr_key((const struct sockaddr *)&a->ss, job->addr_key,
 			    sizeof(job->addr_key));
@@ -652,7 +652,7 @@ sched_job_next(struct sched_job *job)
 
 /* The resolver's answer for a job. */
 static void
-sched_on_mx(void *arg, struct mx_result *res)
+sched_on_mx(void *arg, struct dns_result *res)
 {
 	struct sched_job *job = arg;
 	struct sched *s = job->s;
@@ -663,7 +663,7 @@ sched_on_mx(void *arg, struct mx_result *res)
 		fatalx("%s: answer for a job not resolving", __func__);
 	job->mxq = NULL;
 	if (job->sm->deleted) {
-		mx_result_free(res);
+		dns_result_free(res);
 		sched_job_end(job, SCHED_NEWS_NONE);
 		return;
 	}
@@ -677,7 +677,7 @@ sched_on_mx(void *arg, struct mx_result *res)
 		sched_job_outcome_all(s, job,
 		    res->err == RELAY_ETEMP ? SCHED_DEFERRED : SCHED_FAILED,
 		    last->status, last->reply, true, now);
-		mx_result_free(res);
+		dns_result_free(res);
 		sched_job_end(job, SCHED_NEWS_NONE);
 		return;
 	}
@@ -705,13 +705,13 @@ sched_job_start(struct sched *s, struct sched_job *job)
 	job->soft_fail = false;
 	job->ti = job->ai = 0;
 	if (job->mx != NULL) {
-		mx_result_free(job->mx);
+		dns_result_free(job->mx);
 		job->mx = NULL;
 	}
 	if (job->route.nhosts > 0)
-		job->mxq = mx_lookup_hosts(s->mx, job->route.hosts, job->route.nhosts, sched_on_mx, job);
+		job->mxq = dns_lookup_hosts(s->mx, job->route.hosts, job->route.nhosts, sched_on_mx, job);
 	else
-		job->mxq = mx_lookup(s->mx, job->route.dest, job->conf->router.smtp_port,
+		job->mxq = dns_lookup(s->mx, job->route.dest, job->conf->router.smtp_port,
 		    sched_on_mx, job);
 }
 

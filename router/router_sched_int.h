@@ -14,7 +14,7 @@
 #include <sys/queue.h>
 
 #include "router/router_sched.h"
-#include "router/router_mx.h"
+#include "dns/dns.h"
 #include "deliver/deliver.h"
 #include "common/log.h"
 
@@ -97,8 +97,8 @@ struct sched_job {
 	bool probe;                     /* the destination's probe */
 	uint64_t flush_gen;             /* the flush that made its recipients due, 0 = none */
 
-	struct mx_query *mxq;
-	struct mx_result *mx;
+	struct dns_query *mxq;
+	struct dns_result *mx;
 	size_t ntargets;                /* targets allowed (primary-only cuts) */
 	size_t ti, ai;                  /* the address being tried */
 	unsigned ntried;                /* connections attempted */
@@ -137,9 +137,8 @@ struct sched {
 	uv_loop_t *loop;
 	struct conf *conf;
 	struct relay_stats *stats;
-	struct router *router;
 	struct queue *q;
-	struct mx_resolver *mx;
+	struct dns_resolver *mx;
 	struct deliver *d;
 	struct health *health;
 	struct route_table *routes;

@@ -319,7 +319,7 @@ struct submit_session {
 	bool greeted;                   /* the 220 greeting was sent */
 	bool counted;                   /* holds a slot in the connection limits */
 	bool esmtp;                     /* EHLO (not HELO) */
-	bool commit_pending;            /* router_txn_commit's callback has not run */
+	bool commit_pending;            /* queue_txn_commit's callback has not run */
 	bool released;
 	bool barrier;                   /* a non-pipelinable command ended the batch */
 	bool resumed;                   /* the next IO_EV_IN continues an old batch */
@@ -344,7 +344,7 @@ struct submit_session {
 	/* the transaction */
 	struct envelope env;
 	size_t rcpt_cap;
-	struct router_txn *txn;
+	struct queue_txn *txn;
 	struct submit_data data;
 
 	/* scratch, reused for every command */

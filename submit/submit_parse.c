@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "router/router.h"
+#include "common/envelope.h"
 
 #define LOCAL_MAX   64      /* RFC 5321 4.5.3.1.1 */
 #define DOMAIN_MAX  255     /* RFC 5321 4.5.3.1.2 */

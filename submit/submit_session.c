@@ -313,7 +313,7 @@ static void
 submit_session_reset_txn(struct submit_session *s)
 {
 	if (s->txn != NULL) {
-		router_txn_abort(s->txn);
+		queue_txn_abort(s->txn);
 		s->txn = NULL;
 	}
 	envelope_free(&s->env);
@@ -690,7 +690,7 @@ submit_session_write(void *arg, const void *p, size_t len)
 {
 	struct submit_session *s = arg;
 
-	return router_txn_write(s->txn, p, len);
+	return queue_txn_write(s->txn, p, len);
 }
 
 static void
@@ -714,7 +714,7 @@ submit_cmd_data(struct submit_session *s, char *args)
 	r.client_ip = s->ip;
 	r.hostname = s->conf->hostname;
 	r.protocol = submit_data_protocol(s->esmtp, io_is_tls(s->io), s->login != NULL, s->env.smtputf8);
-	r.qid = router_txn_qid(s->txn);
+	r.qid = queue_txn_qid(s->txn);
 	r.tls_version = io_tls_version(s->io);
 	r.tls_cipher = io_tls_cipher(s->io);
 	r.tls_bits = io_tls_cipher_bits(s->io);
@@ -821,7 +821,7 @@ static void
 submit_session_data_end(struct submit_session *s)
 {
 	struct submit_data *d = &s->data;
-	struct router_txn *txn;
+	struct queue_txn *txn;
 	int rc = 0;
 
 	submit_data_finish(d);
@@ -864,7 +864,7 @@ submit_session_data_end(struct submit_session *s)
 	s->txn = NULL;                      /* consumed by the commit */
 	s->commit_pending = true;
 	submit_enter_state(s, SUBMIT_S_COMMIT);
-	router_txn_commit(txn, submit_session_committed, s);
+	queue_txn_commit(txn, submit_session_committed, s);
 }
 
 static void

@@ -1,7 +1,7 @@
 /*
  * bench_control.c - fills a queue directory with N messages in the queue's
  * own format, through relaycore's queue API (queue_open, queue_txn_begin,
- * router_txn_write, router_txn_commit), for bench_control.py, which then
+ * queue_txn_write, queue_txn_commit), for bench_control.py, which then
  * starts relayd on it and times every relayctl command.  Not a test.
  *
  *   bench_control -d QUEUE_DIR [-n 100000] [-r RCPTS] [-D DOMAINS] [-s SIZE] [-c INFLIGHT]
@@ -11,7 +11,7 @@
  * oldest first); bodies are SIZE bytes after a few header lines.
  * Owns: its loop and queue; never touches a queue_dir that relayd is using.
  */
-#include "router/router_queue.h"
+#include "queue/queue.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -57,7 +57,7 @@ bench_ctl_start(struct bench_ctl *b)
 	struct env_rcpt rcpts[16];
 	char addrs[16][96];
 	struct envelope env;
-	struct router_txn *t;
+	struct queue_txn *t;
 	struct buf head = BUF_INIT;
 	size_t i = b->started++, k;
 	char date[64];
@@ -84,11 +84,11 @@ bench_ctl_start(struct bench_ctl *b)
 	buf_printf(&head, "Received: from bench.client ([127.0.0.1]) by relay.test; %s\r\n"
 	    "From: Alice <alice@example.org>\r\nTo: %s\r\nSubject: bench message %zu\r\n"
 	    "Date: %s\r\nMessage-ID: <bench.%zu@example.org>\r\n\r\n", date, addrs[0], i, date, i);
-	if (router_txn_write(t, head.data, head.len) != 0 ||
-	    router_txn_write(t, b->body, b->size) != 0)
-		fatalx("%s: router_txn_write failed", __func__);
+	if (queue_txn_write(t, head.data, head.len) != 0 ||
+	    queue_txn_write(t, b->body, b->size) != 0)
+		fatalx("%s: queue_txn_write failed", __func__);
 	buf_free(&head);
-	router_txn_commit(t, bench_ctl_committed, b);
+	queue_txn_commit(t, bench_ctl_committed, b);
 }
 
 static int

@@ -21,7 +21,7 @@
  * DIR (default $TMPDIR or /tmp) must be on the disk under test; the bench
  * makes and removes its own queue directories below it.
  */
-#include "router/router_queue.h"
+#include "queue/queue.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -99,7 +99,7 @@ bench_committed(void *arg, int err, const char *qid)
 static void
 bench_start_one(struct bench *b)
 {
-	struct router_txn *t;
+	struct queue_txn *t;
 	struct inflight *f;
 	uint64_t t0 = uv_hrtime();
 
@@ -109,9 +109,9 @@ bench_start_one(struct bench *b)
 	f->b = b;
 	f->t0 = uv_hrtime();
 	b->started++;
-	if (router_txn_write(t, b->body, b->size) != 0)
+	if (queue_txn_write(t, b->body, b->size) != 0)
 		fatalx("%s: write failed", __func__);
-	router_txn_commit(t, bench_committed, f);
+	queue_txn_commit(t, bench_committed, f);
 	b->loop_ns += uv_hrtime() - t0;
 }
 

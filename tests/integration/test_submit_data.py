@@ -186,7 +186,7 @@ class SubmitDurabilityTest(unittest.TestCase):
         r.cmd("RCPT TO:<bob@example.net>")
         self.assertEqual(r.cmd("DATA")[0], 354)
         # the queue cannot move the message into msg/ any more; it is too
-        # large for the journal (router/QUEUE.md), so only its file holds it
+        # large for the journal (queue/QUEUE.md), so only its file holds it
         shutil.rmtree(os.path.join(relay.queue_dir, "msg"))
         r.send("Subject: lost\r\n\r\n" + ("x" * 998 + "\r\n") * 100 + ".\r\n")
         self.assertEqual(r.read_reply(), (451, "4.3.0 Error: queue file write error"))

@@ -78,7 +78,7 @@ def _list_msg(relay):
 def queued_files(relay, settle=0.1):
     """The queue ids with a file in queue_dir/msg/, once the listing has
     stopped changing for `settle` seconds: a message is acknowledged from
-    the journal and gets its msg/ file a moment later (router/QUEUE.md)."""
+    the journal and gets its msg/ file a moment later (queue/QUEUE.md)."""
     last, deadline = _list_msg(relay), time.monotonic() + 10
     while time.monotonic() < deadline:
         time.sleep(settle)

@@ -11,7 +11,7 @@
 #ifndef RELAY_FIXTURE_H
 #define RELAY_FIXTURE_H
 
-#include "router/router_queue.h"
+#include "queue/queue.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "check.h"

@@ -1,7 +1,7 @@
 /*
  * test_journal.c - unit tests of the acceptance journal
- * (router/router_journal.c) on real ring files (JOURNAL_SIZE each) in a
- * temporary directory, and of its use by the queue (router/router_queue.c)
+ * (queue/queue_journal.c) on real ring files (JOURNAL_SIZE each) in a
+ * temporary directory, and of its use by the queue (queue/queue.c)
  * at start-up and at commit:
  *   - open makes the file, written in full (no holes, no unwritten extents),
  *     and finds it again; batches appended and never released ("a crash")
@@ -22,8 +22,8 @@
  * callback checks each image's bytes without keeping copies.
  * Owns its temporary directory and removes it at the end.
  */
-#include "router/router_journal.h"
-#include "router/router_queue.h"
+#include "queue/queue_journal.h"
+#include "queue/queue.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "check.h"
@@ -43,7 +43,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define JB_HDR   40u                   /* batch header (router_journal.c) */
+#define JB_HDR   40u                   /* batch header (queue_journal.c) */
 #define JR_HDR   (JOURNAL_QID_MAX + 8u) /* record header */
 #define MIB      (1u << 20)
 
@@ -882,7 +882,7 @@ test_failed_sync(void)
  * 7: superblocks.  Slot 0 holds generations 0, 2, ...; slot 1 holds 1, 3, ...
  */
 
-#define SB_SLOT 4096u                 /* router_journal.c JSB_SLOT */
+#define SB_SLOT 4096u                 /* queue_journal.c JSB_SLOT */
 #define SB_TAIL 32u                  /* offset of the tail in a slot */
 
 static void
@@ -1013,7 +1013,7 @@ static const struct envelope q_env = {
 	.arrival_ms = 1767225600123ULL,
 };
 
-/* A queue file as queue_txn_begin() and commit make it (router/QUEUE.md). */
+/* A queue file as queue_txn_begin() and commit make it (queue/QUEUE.md). */
 static void
 qfile_image(struct buf *out, const struct envelope *env, const char *body, size_t blen)
 {
@@ -1138,15 +1138,15 @@ test_queue_replay(void)
 }
 
 static void
-commit_body(struct queue *q, const char *body, size_t len, router_commit_cb *cb, void *arg)
+commit_body(struct queue *q, const char *body, size_t len, queue_commit_cb *cb, void *arg)
 {
-	struct router_txn *t = NULL;
+	struct queue_txn *t = NULL;
 
 	CHECK_INT(queue_txn_begin(q, &q_env, &t), 0);
 	if (t == NULL)
 		exit(2);
-	CHECK_INT(router_txn_write(t, body, len), 0);
-	router_txn_commit(t, cb, arg);
+	CHECK_INT(queue_txn_write(t, body, len), 0);
+	queue_txn_commit(t, cb, arg);
 }
 
 static int kill_pipe = -1;

@@ -1,5 +1,5 @@
 /*
- * test_mx.c - the router's MX resolver (router/router_mx*.c) against a real
+ * test_mx.c - the router's MX resolver (dns/dns*.c) against a real
  * DNS server: tests/harness/dns_cli.py runs the harness's DNSServer on
  * 127.0.0.1 and takes zone changes on its stdin.  Each case runs its own
  * libuv loop and resolver and ends with uv_loop_close() == 0.
@@ -13,7 +13,7 @@
  * one domain in flight together cost one MX query; cancelling one of them
  * leaves the others be; a result is reused within its TTL (the clock is
  * injected) and not after; a temporary failure is reused for a few seconds
- * only; mx_cache_clear() and mx_reload() forget everything.
+ * only; dns_cache_clear() and dns_reload() forget everything.
  */
 #include <errno.h>
 #include <signal.h>
@@ -31,7 +31,7 @@
 #include "check.h"
 #include "common/util.h"
 #include "conf/conf.h"
-#include "router/router_mx.h"
+#include "dns/dns.h"
 
 #define LISTEN_SELF  "127.0.0.9:587"    /* our listen address: an MX on it is us */
 #define HOSTNAME     "Relay.Test."       /* our name (case and dot do not matter) */
@@ -143,19 +143,19 @@ test_conf(const char *hostname)
 struct fixture {
 	uv_loop_t loop;
 	struct conf *conf;
-	struct mx_resolver *r;
+	struct dns_resolver *r;
 	int calls;
-	struct mx_result *res;
+	struct dns_result *res;
 	bool closed;
 };
 
 static void
-fx_cb(void *arg, struct mx_result *res)
+fx_cb(void *arg, struct dns_result *res)
 {
 	struct fixture *fx = arg;
 
 	fx->calls++;
-	mx_result_free(fx->res);
+	dns_result_free(fx->res);
 	fx->res = res;
 }
 
@@ -173,10 +173,10 @@ fx_open(struct fixture *fx)
 	memset(fx, 0, sizeof(*fx));
 	uv_loop_init(&fx->loop);
 	fx->conf = test_conf(HOSTNAME);
-	fx->r = mx_new(&fx->loop, fx->conf, &err);
+	fx->r = dns_new(&fx->loop, fx->conf, &err);
 	if (fx->r == NULL)
-		fatalx("mx_new: %s", buf_cstr(&err));
-	CHECK_INT(mx_set_timeout(fx->r, DNS_TIMEOUT, 2), 0);
+		fatalx("dns_new: %s", buf_cstr(&err));
+	CHECK_INT(dns_set_timeout(fx->r, DNS_TIMEOUT, 2), 0);
 	buf_free(&err);
 }
 
@@ -192,26 +192,26 @@ fx_wait(struct fixture *fx, int n)
 static void
 fx_close(struct fixture *fx)
 {
-	mx_close(fx->r, fx_closed, fx);
+	dns_close(fx->r, fx_closed, fx);
 	while (!fx->closed)
 		uv_run(&fx->loop, UV_RUN_ONCE);
 	uv_run(&fx->loop, UV_RUN_DEFAULT);
 	CHECK_INT(uv_loop_close(&fx->loop), 0);
-	mx_result_free(fx->res);
+	dns_result_free(fx->res);
 	fx->res = NULL;
 	conf_unref(fx->conf);
 }
 
 /* "10 mx1.a.test 127.0.0.2:25, [::1]:25; 20 ..." */
 static void
-fmt_result(const struct mx_result *res, struct buf *b)
+fmt_result(const struct dns_result *res, struct buf *b)
 {
 	char ip[INET6_ADDRSTRLEN];
 	size_t i, j;
 
 	buf_reset(b);
 	for (i = 0; i < res->ntargets; i++) {
-		const struct mx_target *t = &res->targets[i];
+		const struct dns_target *t = &res->targets[i];
 
 		buf_printf(b, "%s%u %s ", i ? "; " : "", t->pref, t->host);
 		for (j = 0; j < t->naddrs; j++) {
@@ -254,7 +254,7 @@ rnd_last(void *arg, uint32_t n)
 
 enum rnd { RND_DEFAULT, RND_FIRST, RND_LAST };
 
-struct mx_case {
+struct dns_case {
 	const char *name;
 	const char *zone[8];        /* dns_cli.py commands */
 	const char *domain;
@@ -266,7 +266,7 @@ struct mx_case {
 	const char *absent[3];      /* must not appear in the query log */
 };
 
-static const struct mx_case cases[] = {
+static const struct dns_case cases[] = {
 	{ "preference order, whatever the answer order", {
 	    "[\"set_mx\", \"pref.test\", [[20, \"mx2.pref.test\"], [10, \"mx1.pref.test\"],"
 	    " [30, \"mx3.pref.test\"]]]",
@@ -371,7 +371,7 @@ static const struct mx_case cases[] = {
 };
 
 static void
-run_case(const struct mx_case *tc)
+run_case(const struct dns_case *tc)
 {
 	struct fixture fx;
 	struct buf got = BUF_INIT;
@@ -382,15 +382,15 @@ run_case(const struct mx_case *tc)
 		dns_cmd(tc->zone[i]);
 	fx_open(&fx);
 	if (tc->rnd == RND_FIRST)
-		mx_set_random(fx.r, rnd_first, NULL);
+		dns_set_random(fx.r, rnd_first, NULL);
 	else if (tc->rnd == RND_LAST)
-		mx_set_random(fx.r, rnd_last, NULL);
+		dns_set_random(fx.r, rnd_last, NULL);
 
-	mx_lookup(fx.r, tc->domain, 25, fx_cb, &fx);
-	CHECK_MSG(fx.calls == 0, "%s: callback fired inside mx_lookup", tc->name);
+	dns_lookup(fx.r, tc->domain, 25, fx_cb, &fx);
+	CHECK_MSG(fx.calls == 0, "%s: callback fired inside dns_lookup", tc->name);
 	fx_wait(&fx, 1);
 	CHECK_INT(fx.calls, 1);
-	CHECK_INT(mx_pending(fx.r), 0);
+	CHECK_INT(dns_pending(fx.r), 0);
 
 	CHECK_MSG(fx.res->err == tc->err, "%s: err %d, want %d (%s %s)", tc->name, fx.res->err,
 	    tc->err, fx.res->status, fx.res->reason);
@@ -440,7 +440,7 @@ test_lookup_hosts(void)
 	dns_cmd("[\"set_servfail\", \"sf.route.test\"]");
 	fx_open(&fx);
 
-	mx_lookup_hosts(fx.r, hosts, RELAY_ARRAY_LEN(hosts), fx_cb, &fx);
+	dns_lookup_hosts(fx.r, hosts, RELAY_ARRAY_LEN(hosts), fx_cb, &fx);
 	fx_wait(&fx, 1);
 	CHECK_INT(fx.res->err, 0);
 	fmt_result(fx.res, &got);
@@ -451,11 +451,11 @@ test_lookup_hosts(void)
 	CHECK_STR(dns_reply, "OK 0");       /* literals are not looked up */
 
 	/* nothing resolves: temporary, even when the names do not exist */
-	mx_lookup_hosts(fx.r, bad, 1, fx_cb, &fx);
+	dns_lookup_hosts(fx.r, bad, 1, fx_cb, &fx);
 	fx_wait(&fx, 2);
 	CHECK_INT(fx.res->err, RELAY_ETEMP);
 	CHECK_STR(fx.res->status, "4.4.3");
-	mx_lookup_hosts(fx.r, bad, 2, fx_cb, &fx);
+	dns_lookup_hosts(fx.r, bad, 2, fx_cb, &fx);
 	fx_wait(&fx, 3);
 	CHECK_INT(fx.res->err, RELAY_ETEMP);
 	CHECK(strstr(fx.res->reason, "temporary DNS failure") != NULL);
@@ -469,7 +469,7 @@ static void
 test_cancel(void)
 {
 	struct fixture fx;
-	struct mx_query *q1, *q2;
+	struct dns_query *q1, *q2;
 
 	dns_cmd("[\"reset\"]");
 	dns_cmd("[\"set_drop\", \"slow.test\"]");
@@ -477,16 +477,16 @@ test_cancel(void)
 	fx_open(&fx);
 
 	/* cancelled while its DNS query is in flight */
-	q1 = mx_lookup(fx.r, "slow.test", 25, fx_cb, &fx);
+	q1 = dns_lookup(fx.r, "slow.test", 25, fx_cb, &fx);
 	/* cancelled when its result is ready but not handed out yet */
-	q2 = mx_lookup(fx.r, "[127.0.0.71]", 25, fx_cb, &fx);
-	CHECK_INT(mx_pending(fx.r), 2);
-	mx_cancel(q2);
-	mx_cancel(q1);
-	CHECK_INT(mx_pending(fx.r), 0);
+	q2 = dns_lookup(fx.r, "[127.0.0.71]", 25, fx_cb, &fx);
+	CHECK_INT(dns_pending(fx.r), 2);
+	dns_cancel(q2);
+	dns_cancel(q1);
+	CHECK_INT(dns_pending(fx.r), 0);
 
 	/* a later lookup still works; the cancelled ones never call back */
-	mx_lookup(fx.r, "fast.test", 25, fx_cb, &fx);
+	dns_lookup(fx.r, "fast.test", 25, fx_cb, &fx);
 	fx_wait(&fx, 1);
 	CHECK_INT(fx.res->err, 0);
 	CHECK_STR(fx.res->targets[0].host, "fast.test");
@@ -511,13 +511,13 @@ test_close_pending(void)
 	dns_cmd("[\"reset\"]");
 	dns_cmd("[\"set_drop\", \"slow.test\"]");
 	fx_open(&fx);
-	mx_lookup(fx.r, "slow.test", 25, fx_cb, &fx);
+	dns_lookup(fx.r, "slow.test", 25, fx_cb, &fx);
 	/* get the query onto the wire */
 	while (strcmp(dns_cmd("[\"count\", \"slow.test\", \"MX\"]"), "OK 0") == 0)
 		uv_run(&fx.loop, UV_RUN_NOWAIT);
 	/* and one whose result is ready but not handed out yet */
-	mx_lookup(fx.r, "[127.0.0.72]", 25, fx_cb, &fx);
-	CHECK_INT(mx_pending(fx.r), 2);
+	dns_lookup(fx.r, "[127.0.0.72]", 25, fx_cb, &fx);
+	CHECK_INT(dns_pending(fx.r), 2);
 	fx_close(&fx);          /* checks uv_loop_close() == 0 */
 	CHECK_INT(fx.calls, 0);
 	CHECK(fx.closed);
@@ -536,13 +536,13 @@ test_reload(void)
 	dns_cmd("[\"set_a\", \"mx2.rl.test\", [\"127.0.0.82\"]]");
 	dns_cmd("[\"set_drop\", \"slow.test\"]");
 	fx_open(&fx);
-	mx_set_random(fx.r, rnd_first, NULL);
+	dns_set_random(fx.r, rnd_first, NULL);
 
 	/* a query in flight on the old channel when the configuration changes */
-	mx_lookup(fx.r, "slow.test", 25, fx_cb, &fx);
+	dns_lookup(fx.r, "slow.test", 25, fx_cb, &fx);
 	c2 = test_conf("mx2.rl.test");
-	CHECK_INT(mx_reload(fx.r, c2, &err), 0);
-	mx_lookup(fx.r, "rl.test", 25, fx_cb, &fx);
+	CHECK_INT(dns_reload(fx.r, c2, &err), 0);
+	dns_lookup(fx.r, "rl.test", 25, fx_cb, &fx);
 	fx_wait(&fx, 1);
 	CHECK_INT(fx.res->err, 0);      /* we are mx2 now: only mx1 is left */
 	CHECK_INT(fx.res->ntargets, 1);
@@ -554,9 +554,9 @@ test_reload(void)
 	/* a bad configuration leaves the resolver as it was */
 	free(c2->router.dns_servers[0].host);
 	c2->router.dns_servers[0].host = xstrdup("dns.example");
-	CHECK_INT(mx_reload(fx.r, c2, &err), RELAY_EINVAL);
+	CHECK_INT(dns_reload(fx.r, c2, &err), RELAY_EINVAL);
 	CHECK(strstr(buf_cstr(&err), "dns.example") != NULL);
-	mx_lookup(fx.r, "rl.test", 25, fx_cb, &fx);
+	dns_lookup(fx.r, "rl.test", 25, fx_cb, &fx);
 	fx_wait(&fx, 3);
 	CHECK_INT(fx.res->ntargets, 1);
 
@@ -577,8 +577,8 @@ test_no_server(void)
 	c = test_conf(HOSTNAME);
 	c->router.dns_servers[0].host = (free(c->router.dns_servers[0].host), xstrdup("127.0.0.1"));
 	c->router.dns_servers[0].port = 1;      /* nothing listens on port 1 */
-	CHECK_INT(mx_reload(fx.r, c, &err), 0);
-	mx_lookup(fx.r, "any.test", 25, fx_cb, &fx);
+	CHECK_INT(dns_reload(fx.r, c, &err), 0);
+	dns_lookup(fx.r, "any.test", 25, fx_cb, &fx);
 	fx_wait(&fx, 1);
 	CHECK_INT(fx.res->err, RELAY_ETEMP);
 	CHECK_STR(fx.res->status, "4.4.3");
@@ -593,18 +593,18 @@ test_no_server(void)
 struct waiter {
 	struct fixture *fx;
 	int calls;
-	struct mx_result *res;
-	struct mx_query *q;
+	struct dns_result *res;
+	struct dns_query *q;
 };
 
 static void
-wt_cb(void *arg, struct mx_result *res)
+wt_cb(void *arg, struct dns_result *res)
 {
 	struct waiter *w = arg;
 
 	w->calls++;
 	w->fx->calls++;
-	mx_result_free(w->res);
+	dns_result_free(w->res);
 	w->res = res;
 }
 
@@ -614,7 +614,7 @@ wt_free(struct waiter *w, size_t n)
 	size_t i;
 
 	for (i = 0; i < n; i++) {
-		mx_result_free(w[i].res);
+		dns_result_free(w[i].res);
 		w[i].res = NULL;
 	}
 }
@@ -645,7 +645,7 @@ lookup_cached(struct fixture *fx, const char *domain, struct buf *got)
 {
 	int before = dns_count(domain, "MX"), calls = fx->calls;
 
-	mx_lookup(fx->r, domain, 25, fx_cb, fx);
+	dns_lookup(fx->r, domain, 25, fx_cb, fx);
 	fx_wait(fx, calls + 1);
 	if (fx->res->err == 0)
 		fmt_result(fx->res, got);
@@ -664,7 +664,7 @@ test_coalesce(void)
 {
 	struct waiter w[NWAIT];
 	struct fixture fx;
-	struct mx_stats st;
+	struct dns_stats st;
 	struct buf got = BUF_INIT;
 	size_t i;
 
@@ -675,14 +675,14 @@ test_coalesce(void)
 	memset(w, 0, sizeof(w));
 	for (i = 0; i < NWAIT; i++) {
 		w[i].fx = &fx;
-		w[i].q = mx_lookup(fx.r, i % 2 ? "CO.test." : "co.test", 25, wt_cb, &w[i]);
+		w[i].q = dns_lookup(fx.r, i % 2 ? "CO.test." : "co.test", 25, wt_cb, &w[i]);
 	}
 	/* the same domain on another port is another resolution */
-	mx_lookup(fx.r, "co.test", 2525, fx_cb, &fx);
-	CHECK_INT(mx_pending(fx.r), NWAIT + 1);
+	dns_lookup(fx.r, "co.test", 2525, fx_cb, &fx);
+	CHECK_INT(dns_pending(fx.r), NWAIT + 1);
 	CHECK_INT(fx.calls, 0);
 	fx_wait(&fx, NWAIT + 1);
-	CHECK_INT(mx_pending(fx.r), 0);
+	CHECK_INT(dns_pending(fx.r), 0);
 
 	for (i = 0; i < NWAIT; i++) {
 		CHECK_INT(w[i].calls, 1);
@@ -697,7 +697,7 @@ test_coalesce(void)
 	CHECK_INT(dns_count("co.test", "MX"), 2);               /* port 25 once, port 2525 once */
 	CHECK_INT(dns_count("mx.co.test", "A"), 2);
 	CHECK_INT(dns_count("mx.co.test", "AAAA"), 2);
-	mx_get_stats(fx.r, &st);
+	dns_get_stats(fx.r, &st);
 	CHECK_INT(st.lookups, NWAIT + 1);
 	CHECK_INT(st.fetches, 2);
 	CHECK_INT(st.joined, NWAIT - 1);
@@ -713,7 +713,7 @@ test_coalesce(void)
 		int a = dns_count("mx.co.test", "A");
 
 		for (i = 0; i < 3; i++)
-			w[i].q = mx_lookup_hosts(fx.r, hosts, 2, wt_cb, &w[i]);
+			w[i].q = dns_lookup_hosts(fx.r, hosts, 2, wt_cb, &w[i]);
 		fx_wait(&fx, fx.calls + 3);
 		for (i = 0; i < 3; i++) {
 			fmt_result(w[i].res, &got);
@@ -741,11 +741,11 @@ test_coalesce_shuffle(void)
 	dns_cmd("[\"set_a\", \"a.sh.test\", [\"127.0.0.92\"]]");
 	dns_cmd("[\"set_a\", \"b.sh.test\", [\"127.0.0.93\"]]");
 	fx_open(&fx);
-	mx_set_random(fx.r, rnd_alternate, &k);
+	dns_set_random(fx.r, rnd_alternate, &k);
 	memset(w, 0, sizeof(w));
 	for (i = 0; i < 4; i++) {
 		w[i].fx = &fx;
-		mx_lookup(fx.r, "sh.test", 25, wt_cb, &w[i]);
+		dns_lookup(fx.r, "sh.test", 25, wt_cb, &w[i]);
 	}
 	fx_wait(&fx, 4);
 	CHECK_INT(dns_count("sh.test", "MX"), 1);
@@ -767,7 +767,7 @@ test_coalesce_cancel(void)
 {
 	struct waiter w[3];
 	struct fixture fx;
-	struct mx_stats st;
+	struct dns_stats st;
 	size_t i;
 
 	dns_cmd("[\"reset\"]");
@@ -777,13 +777,13 @@ test_coalesce_cancel(void)
 	memset(w, 0, sizeof(w));
 	for (i = 0; i < 3; i++) {
 		w[i].fx = &fx;
-		w[i].q = mx_lookup(fx.r, "cc.test", 25, wt_cb, &w[i]);
+		w[i].q = dns_lookup(fx.r, "cc.test", 25, wt_cb, &w[i]);
 	}
 	/* the first one (the one that started the resolution) goes, while it is on the wire */
 	while (dns_count("cc.test", "MX") == 0)
 		uv_run(&fx.loop, UV_RUN_NOWAIT);
-	mx_cancel(w[0].q);
-	CHECK_INT(mx_pending(fx.r), 2);
+	dns_cancel(w[0].q);
+	CHECK_INT(dns_pending(fx.r), 2);
 	fx_wait(&fx, 2);
 	CHECK_INT(w[0].calls, 0);
 	CHECK_INT(w[1].calls, 1);
@@ -794,11 +794,11 @@ test_coalesce_cancel(void)
 
 	/* every waiter cancelled: nobody is called, and a new lookup starts afresh */
 	for (i = 0; i < 3; i++)
-		w[i].q = mx_lookup(fx.r, "cc.test", 25, wt_cb, &w[i]);
+		w[i].q = dns_lookup(fx.r, "cc.test", 25, wt_cb, &w[i]);
 	for (i = 0; i < 3; i++)
-		mx_cancel(w[i].q);
-	CHECK_INT(mx_pending(fx.r), 0);
-	mx_lookup(fx.r, "cc.test", 25, fx_cb, &fx);
+		dns_cancel(w[i].q);
+	CHECK_INT(dns_pending(fx.r), 0);
+	dns_lookup(fx.r, "cc.test", 25, fx_cb, &fx);
 	fx_wait(&fx, 3);
 	CHECK_INT(fx.res->err, 0);
 	{
@@ -808,7 +808,7 @@ test_coalesce_cancel(void)
 			uv_run(&fx.loop, UV_RUN_NOWAIT), usleep(10000);
 	}
 	CHECK_INT(w[0].calls + w[1].calls + w[2].calls, 2);
-	mx_get_stats(fx.r, &st);
+	dns_get_stats(fx.r, &st);
 	CHECK_INT(st.fetches, 3);
 	wt_free(w, 3);
 	fx_close(&fx);
@@ -820,7 +820,7 @@ test_cache_ttl(void)
 {
 	static const struct {
 		const char *name;
-		unsigned mx_ttl, a_ttl;     /* A and AAAA */
+		unsigned dns_ttl, a_ttl;     /* A and AAAA */
 		uint64_t later_ms;          /* the second lookup, after the first */
 		bool hit;
 	} rows[] = {
@@ -834,7 +834,7 @@ test_cache_ttl(void)
 		{ "TTL 0 is not kept", 0, 0, 0, false },
 	};
 	struct fixture fx;
-	struct mx_stats st;
+	struct dns_stats st;
 	struct buf got = BUF_INIT, first = BUF_INIT;
 	char cmd[256];
 	size_t i;
@@ -842,7 +842,7 @@ test_cache_ttl(void)
 	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
 		dns_cmd("[\"reset\"]");
 		snprintf(cmd, sizeof(cmd), "[\"set_mx\", \"ttl.test\", [[10, \"mx.ttl.test\"]], %u]",
-		    rows[i].mx_ttl);
+		    rows[i].dns_ttl);
 		dns_cmd(cmd);
 		snprintf(cmd, sizeof(cmd), "[\"set_a\", \"mx.ttl.test\", [\"127.0.0.95\"], %u]",
 		    rows[i].a_ttl);
@@ -851,14 +851,14 @@ test_cache_ttl(void)
 		    rows[i].a_ttl);
 		dns_cmd(cmd);
 		fx_open(&fx);
-		mx_set_clock(fx.r, clk_now, NULL);
+		dns_set_clock(fx.r, clk_now, NULL);
 		CHECK_MSG(!lookup_cached(&fx, "ttl.test", &first), "%s: first lookup", rows[i].name);
 		clk_ms += rows[i].later_ms;
 		CHECK_MSG(lookup_cached(&fx, "ttl.test", &got) == rows[i].hit, "%s: hit %d",
 		    rows[i].name, !rows[i].hit);
 		CHECK_MSG(strcmp(buf_cstr(&got), buf_cstr(&first)) == 0, "%s: \"%s\" then \"%s\"",
 		    rows[i].name, buf_cstr(&first), buf_cstr(&got));
-		mx_get_stats(fx.r, &st);
+		dns_get_stats(fx.r, &st);
 		CHECK_INT(st.cache_hits, rows[i].hit ? 1 : 0);
 		fx_close(&fx);
 	}
@@ -877,7 +877,7 @@ test_cache_temp_failure(void)
 	dns_cmd("[\"reset\"]");
 	dns_cmd("[\"set_servfail\", \"tf.test\"]");
 	fx_open(&fx);
-	mx_set_clock(fx.r, clk_now, NULL);
+	dns_set_clock(fx.r, clk_now, NULL);
 	CHECK(!lookup_cached(&fx, "tf.test", &got));
 	CHECK_STR(buf_cstr(&got), "4.4.3");
 	n = dns_count("tf.test", "MX");
@@ -914,7 +914,7 @@ test_cache_negative(void)
 	/* dns_cli.py's SOA (TTL and minimum) is 0: NXDOMAIN must not be kept */
 	dns_cmd("[\"set_nxdomain\", \"nx.test\"]");
 	fx_open(&fx);
-	mx_set_clock(fx.r, clk_now, NULL);
+	dns_set_clock(fx.r, clk_now, NULL);
 	CHECK(!lookup_cached(&fx, "nm.test", &got));
 	CHECK_STR(buf_cstr(&got), "5.1.10");
 	clk_ms += 29000;
@@ -932,13 +932,13 @@ test_cache_negative(void)
 	buf_free(&got);
 }
 
-/* mx_cache_clear() (relayctl queue flush) and mx_reload() (SIGHUP) forget the cache. */
+/* dns_cache_clear() (relayctl queue flush) and dns_reload() (SIGHUP) forget the cache. */
 static void
 test_cache_forget(void)
 {
 	struct fixture fx;
 	struct buf got = BUF_INIT, err = BUF_INIT;
-	struct mx_stats st;
+	struct dns_stats st;
 	struct conf *c2;
 
 	dns_cmd("[\"reset\"]");
@@ -946,20 +946,20 @@ test_cache_forget(void)
 	dns_cmd("[\"set_a\", \"mx.fg.test\", [\"127.0.0.97\"], 60]");
 	dns_cmd("[\"set_aaaa\", \"mx.fg.test\", [\"::1\"], 60]");
 	fx_open(&fx);
-	mx_set_clock(fx.r, clk_now, NULL);
+	dns_set_clock(fx.r, clk_now, NULL);
 	CHECK(!lookup_cached(&fx, "fg.test", &got));
 	CHECK(lookup_cached(&fx, "fg.test", &got));
-	mx_get_stats(fx.r, &st);
+	dns_get_stats(fx.r, &st);
 	CHECK_INT(st.cached, 1);
-	mx_cache_clear(fx.r);
-	mx_get_stats(fx.r, &st);
+	dns_cache_clear(fx.r);
+	dns_get_stats(fx.r, &st);
 	CHECK_INT(st.cached, 0);
 	CHECK(!lookup_cached(&fx, "fg.test", &got));
 	CHECK(lookup_cached(&fx, "fg.test", &got));
 
 	/* after a reload we are mx.fg.test ourselves: the old answer must not be used */
 	c2 = test_conf("mx.fg.test");
-	CHECK_INT(mx_reload(fx.r, c2, &err), 0);
+	CHECK_INT(dns_reload(fx.r, c2, &err), 0);
 	CHECK(!lookup_cached(&fx, "fg.test", &got));
 	CHECK_STR(buf_cstr(&got), "5.4.6");
 	conf_unref(c2);
@@ -993,11 +993,11 @@ test_many_domains(void)
 		dns_cmd(cmd);
 	}
 	fx_open(&fx);
-	CHECK_INT(mx_set_timeout(fx.r, 500, 5), 0);        /* lost packets are retried */
+	CHECK_INT(dns_set_timeout(fx.r, 500, 5), 0);        /* lost packets are retried */
 	for (i = 0; i < N; i++) {
 		w[i].fx = &fx;
 		snprintf(name, sizeof(name), "d%zu.many.test", i);
-		mx_lookup(fx.r, name, 25, wt_cb, &w[i]);
+		dns_lookup(fx.r, name, 25, wt_cb, &w[i]);
 	}
 	fx_wait(&fx, N);
 	for (i = 0; i < N; i++) {

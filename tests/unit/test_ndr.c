@@ -1,5 +1,5 @@
 /*
- * test_ndr.c - delivery status notifications (router/router_ndr.c).
+ * test_ndr.c - delivery status notifications (ndr/ndr.c).
  *
  * ndr_format() is checked by parsing the bytes it produces: the top-level
  * headers, the multipart/report boundary, the three parts, and every
@@ -10,7 +10,7 @@
  * the real queue is covered by tests/integration/test_ndr.py), checking the
  * report's envelope, the log lines and suppression (sender <>, NOTIFY).
  */
-#include "router/router_ndr.h"
+#include "ndr/ndr.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "check.h"
@@ -26,7 +26,7 @@
  * only caller in this program, so these definitions satisfy the linker
  * instead of the queue's.
  */
-struct router_txn {
+struct queue_txn {
 	char qid[QID_MAX];
 	struct envelope env;
 	struct buf data;
@@ -40,9 +40,9 @@ static struct {
 } fake;
 
 int
-router_txn_begin(struct router *r, const struct envelope *env, struct router_txn **out)
+queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **out)
 {
-	struct router_txn *t = xcalloc(1, sizeof(*t));
+	struct queue_txn *t = xcalloc(1, sizeof(*t));
 
 	snprintf(t->qid, sizeof(t->qid), "NDRQ%04d", ++fake.begun);
 	envelope_copy(&t->env, env);
@@ -51,20 +51,20 @@ router_txn_begin(struct router *r, const struct envelope *env, struct router_txn
 }
 
 const char *
-router_txn_qid(const struct router_txn *t)
+queue_txn_qid(const struct queue_txn *t)
 {
 	return t->qid;
 }
 
 int
-router_txn_write(struct router_txn *t, const void *p, size_t len)
+queue_txn_write(struct queue_txn *t, const void *p, size_t len)
 {
 	buf_append(&t->data, p, len);
 	return 0;
 }
 
 void
-router_txn_commit(struct router_txn *t, router_commit_cb *cb, void *arg)
+queue_txn_commit(struct queue_txn *t, queue_commit_cb *cb, void *arg)
 {
 	fake.committed++;
 	envelope_free(&fake.env);
@@ -78,7 +78,7 @@ router_txn_commit(struct router_txn *t, router_commit_cb *cb, void *arg)
 }
 
 void
-router_txn_abort(struct router_txn *t)
+queue_txn_abort(struct queue_txn *t)
 {
 	fake.aborted++;
 	envelope_free(&t->env);
@@ -856,7 +856,7 @@ test_send(void)
 	m.env.sender = "";
 	before = fake.begun;
 	strcpy(qid, "junk");
-	CHECK_INT(ndr_send(NULL, NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid), 0);
+	CHECK_INT(ndr_send(NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid), 0);
 	CHECK_STR(qid, "");
 	CHECK_INT(fake.begun, before);
 	CHECK_INT(stats.ndr_sent, 0);
@@ -867,7 +867,7 @@ test_send(void)
 
 	/* 2. Only a NOTIFY=NEVER recipient: nothing is sent. */
 	m.env.sender = "alice@relay.test";
-	CHECK_INT(ndr_send(NULL, NULL, &m, NDR_EXPIRED, &nr[1], 1, &params, &stats, qid), 0);
+	CHECK_INT(ndr_send(NULL, &m, NDR_EXPIRED, &nr[1], 1, &params, &stats, qid), 0);
 	CHECK_STR(qid, "");
 	CHECK_INT(fake.begun, before);
 	log_text(&lg);
@@ -875,7 +875,7 @@ test_send(void)
 
 	/* 3. Three recipients expire together: one report for the two that
 	 * asked, one `event=ndr` line for each, sharing the ndr_qid. */
-	CHECK_INT(ndr_send(NULL, NULL, &m, NDR_EXPIRED, nr, 3, &params, &stats, qid), 0);
+	CHECK_INT(ndr_send(NULL, &m, NDR_EXPIRED, nr, 3, &params, &stats, qid), 0);
 	CHECK_INT(fake.begun, before + 1);
 	CHECK_INT(fake.committed, before + 1);
 	CHECK(qid[0] != '\0');
@@ -904,7 +904,7 @@ test_send(void)
 
 	/* 4. The commit fails: logged as ndr_failed, not counted. */
 	fake.commit_err = RELAY_EIO;
-	CHECK_INT(ndr_send(NULL, NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid), 0);
+	CHECK_INT(ndr_send(NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid), 0);
 	fake.commit_err = 0;
 	CHECK_INT(stats.ndr_sent, 1);
 	log_text(&lg);
@@ -912,7 +912,7 @@ test_send(void)
 
 	/* 5. 8-bit diagnostic: the report's envelope asks for 8BITMIME. */
 	nr[0].diagnostic = "550 Empf\xc3\xa4nger unbekannt";
-	CHECK_INT(ndr_send(NULL, NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid), 0);
+	CHECK_INT(ndr_send(NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid), 0);
 	CHECK(fake.env.body_8bit);
 	CHECK(!fake.env.smtputf8);
 	CHECK_INT(stats.ndr_sent, 2);

@@ -1,6 +1,6 @@
 /*
- * test_queue.c - unit tests of the durable queue (router/router_queue.c,
- * router/router_envelope.c) on a real libuv loop and a real directory:
+ * test_queue.c - unit tests of the durable queue (queue/queue.c,
+ * queue/queue_envelope.c) on a real libuv loop and a real directory:
  * envelopes and bodies survive a commit and a re-scan field by field, state
  * records replay to the same state, a torn last record is cut off, leftovers
  * of uncommitted transactions and spare files are removed (but not a
@@ -12,7 +12,7 @@
  * Every test ends by checking that the loop closes cleanly.
  * Owns its temporary directories and removes them at the end.
  */
-#include "router/router_queue.h"
+#include "queue/queue.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "check.h"
@@ -124,7 +124,7 @@ static void
 submit(struct queue *q, const struct envelope *env, const char *body, size_t len, size_t chunk,
     struct commit_res *res)
 {
-	struct router_txn *t = NULL;
+	struct queue_txn *t = NULL;
 	size_t off, n;
 
 	CHECK_INT(queue_txn_begin(q, env, &t), 0);
@@ -132,9 +132,9 @@ submit(struct queue *q, const struct envelope *env, const char *body, size_t len
 		exit(2);
 	for (off = 0; off < len; off += n) {
 		n = len - off < chunk ? len - off : chunk;
-		CHECK_INT(router_txn_write(t, body + off, n), 0);
+		CHECK_INT(queue_txn_write(t, body + off, n), 0);
 	}
-	router_txn_commit(t, commit_cb, res);
+	queue_txn_commit(t, commit_cb, res);
 }
 
 static int
@@ -667,7 +667,7 @@ test_leftovers(void)
 {
 	struct sink scanned = { .n = 0 };
 	struct commit_res res = { 0 };
-	struct router_txn *t = NULL;
+	struct queue_txn *t = NULL;
 	uv_loop_t loop;
 	struct queue *q;
 	char dir[128], path[256], mpath[256], *big;
@@ -679,10 +679,10 @@ test_leftovers(void)
 	 * content, but no name (nothing for a crash to leave), and abort drops it */
 	CHECK_INT(queue_txn_begin(q, &rich_env, &t), 0);
 	big = xcalloc(1, 70000);
-	CHECK_INT(router_txn_write(t, big, 70000), 0);
+	CHECK_INT(queue_txn_write(t, big, 70000), 0);
 	free(big);
 	CHECK_INT(count_files(dir, "msg"), 0);
-	router_txn_abort(t);
+	queue_txn_abort(t);
 	close_queue(&loop, q);
 
 	/* what a killed process can leave in msg/: a new message's file before
@@ -752,7 +752,7 @@ test_recycle(void)
 	struct commit_res res[8];
 	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
 	struct queue_counters c;
-	struct router_txn *t = NULL;
+	struct queue_txn *t = NULL;
 	char dir[128], path[256], *body;
 	ino_t old_ino[4];
 	uv_loop_t loop;
@@ -789,8 +789,8 @@ test_recycle(void)
 
 	/* a transaction that begins on one and is abandoned gives it back as it was */
 	CHECK_INT(queue_txn_begin(q, &rich_env, &t), 0);
-	CHECK_INT(router_txn_write(t, body, 10), 0);
-	router_txn_abort(t);
+	CHECK_INT(queue_txn_write(t, body, 10), 0);
+	queue_txn_abort(t);
 	CHECK_INT(count_prefixed(dir, ".spare-"), 4);
 
 	/* four new messages, longer and shorter than the files they reuse:
@@ -1039,7 +1039,7 @@ static void
 test_close(void)
 {
 	struct commit_res before = { 0 }, after = { 0 };
-	struct router_txn *late = NULL, *refused = NULL;
+	struct queue_txn *late = NULL, *refused = NULL;
 	struct sink fresh = { .n = 0 };
 	struct buf err = BUF_INIT;
 	struct queue *q, *q2 = NULL;
@@ -1059,7 +1059,7 @@ test_close(void)
 	submit(q, &rich_env, "x\r\n", 3, 3, &before);
 	queue_close(q, closed_cb, &closed);
 	CHECK_INT(queue_txn_begin(q, &rich_env, &refused), RELAY_ECLOSED);
-	router_txn_commit(late, commit_cb, &after);
+	queue_txn_commit(late, commit_cb, &after);
 	uv_run(&loop, UV_RUN_DEFAULT);
 	CHECK_INT(before.called, 1);
 	CHECK_INT(before.err, 0);
@@ -1114,7 +1114,7 @@ test_sigkill(void)
 	if ((pid = fixture_fork(fds)) == 0) {
 		struct sink first = { .n = 0 };
 		struct commit_res res = { 0 };
-		struct router_txn *t;
+		struct queue_txn *t;
 		char big[8192];
 
 		close(fds[0]);
@@ -1128,9 +1128,9 @@ test_sigkill(void)
 		if (res.err != 0 || first.n != 1 || queue_remove(q, first.m[0]) != 0)
 			_exit(4);
 		uv_run(&loop, UV_RUN_DEFAULT);          /* its file is a spare now */
-		if (queue_txn_begin(q, &rich_env, &t) != 0 || router_txn_write(t, body, sizeof(body) - 1) != 0)
+		if (queue_txn_begin(q, &rich_env, &t) != 0 || queue_txn_write(t, body, sizeof(body) - 1) != 0)
 			_exit(4);
-		router_txn_commit(t, child_commit_cb, NULL);
+		queue_txn_commit(t, child_commit_cb, NULL);
 		uv_run(&loop, UV_RUN_DEFAULT);
 		_exit(5);               /* not reached: the callback kills us */
 	}

@@ -1,13 +1,13 @@
 /*
- * router_mx_ares.c - c-ares on the one libuv loop, for the resolver.  A
- * channel (struct mx_chan) is one ares_channel with the resolver's servers
+ * dns_ares.c - c-ares on the one libuv loop, for the resolver.  A
+ * channel (struct dns_chan) is one ares_channel with the resolver's servers
  * and timing: its sockets are watched by uv_poll_t handles
  * (ARES_OPT_SOCK_STATE_CB), its timeouts by one uv_timer_t, and
  * ares_process_fd() does the work.  c-ares' timer is rearmed once per loop
  * iteration (the resolver's uv_prepare_t, before the loop blocks), never per
  * request: ares_timeout() walks every request in flight.  A reload or a new
  * timeout makes a new channel current; the old one is retired and drains
- * its requests, then the kick (router_mx.c) destroys it.
+ * its requests, then the kick (dns.c) destroys it.
  *
  * Owns: the channels (the current one and retired ones still draining),
  * their poll and timer handles; a channel is freed once it is destroyed and
@@ -15,9 +15,9 @@
  *
  * Must never: block the loop (no getaddrinfo, no /etc/hosts), call
  * ares_destroy() from inside a c-ares callback, or look at what the
- * requests ask (router_mx_resolve.c does).
+ * requests ask (dns_resolve.c does).
  */
-#include "router/router_mx_int.h"
+#include "dns/dns_int.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -27,31 +27,31 @@
 #include "common/util.h"
 
 /* One socket c-ares asked us to watch. */
-struct mx_poll {
+struct dns_poll {
 	uv_poll_t h;
-	struct mx_chan *c;
+	struct dns_chan *c;
 	ares_socket_t fd;
-	LIST_ENTRY(mx_poll) entry;
+	LIST_ENTRY(dns_poll) entry;
 };
 
 static void
-mx_chan_timeout(uv_timer_t *t)
+dns_chan_timeout(uv_timer_t *t)
 {
-	struct mx_chan *c = t->data;
+	struct dns_chan *c = t->data;
 
-	if (c->magic != MX_MAGIC_CHAN)
+	if (c->magic != DNS_MAGIC_CHAN)
 		fatalx("%s: bad channel", __func__);
 	ares_process_fd(c->ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
-	mx_chan_touch(c);
+	dns_chan_touch(c);
 }
 
 /*
  * Run the channel's timer for c-ares' next timeout, if it has queries.
  * ares_timeout() walks every request in flight: called once per loop
- * iteration at most (mx_prepare_cb), never per request.
+ * iteration at most (dns_prepare_cb), never per request.
  */
 static void
-mx_chan_rearm(struct mx_chan *c)
+dns_chan_rearm(struct dns_chan *c)
 {
 	struct timeval tv, *tvp;
 	uint64_t ms;
@@ -63,79 +63,79 @@ mx_chan_rearm(struct mx_chan *c)
 		return;
 	}
 	ms = (uint64_t)tvp->tv_sec * 1000 + ((uint64_t)tvp->tv_usec + 999) / 1000;
-	uv_timer_start(&c->timer, mx_chan_timeout, ms, 0);
+	uv_timer_start(&c->timer, dns_chan_timeout, ms, 0);
 }
 
 /* Before the loop blocks: rearm the timers of the channels whose requests changed. */
 static void
-mx_prepare_cb(uv_prepare_t *h)
+dns_prepare_cb(uv_prepare_t *h)
 {
-	struct mx_resolver *r = h->data;
-	struct mx_chan *c;
+	struct dns_resolver *r = h->data;
+	struct dns_chan *c;
 
-	if (r->magic != MX_MAGIC_RESOLVER)
+	if (r->magic != DNS_MAGIC_RESOLVER)
 		fatalx("%s: bad resolver", __func__);
 	uv_prepare_stop(h);
 	TAILQ_FOREACH(c, &r->chans, entry) {
 		if (c->rearm) {
 			c->rearm = false;
-			mx_chan_rearm(c);
+			dns_chan_rearm(c);
 		}
 	}
 }
 
 /* The channel's requests changed (sent, answered, timed out): rearm it soon. */
 void
-mx_chan_touch(struct mx_chan *c)
+dns_chan_touch(struct dns_chan *c)
 {
 	c->rearm = true;
 	if (!c->r->closing)
-		uv_prepare_start(&c->r->prepare, mx_prepare_cb);
+		uv_prepare_start(&c->r->prepare, dns_prepare_cb);
 }
 
 static void
-mx_chan_free_if_done(struct mx_chan *c)
+dns_chan_free_if_done(struct dns_chan *c)
 {
-	struct mx_resolver *r = c->r;
+	struct dns_resolver *r = c->r;
 
 	if (!c->destroyed || c->nhandles > 0)
 		return;
 	TAILQ_REMOVE(&r->chans, c, entry);
 	c->magic = 0;
 	free(c);
-	mx_resolver_maybe_free(r);
+	dns_resolver_maybe_free(r);
 }
 
 static void
-mx_poll_closed(uv_handle_t *h)
+dns_poll_closed(uv_handle_t *h)
 {
-	struct mx_poll *p = h->data;
-	struct mx_chan *c = p->c;
+	struct dns_poll *p = h->data;
+	struct dns_chan *c = p->c;
 
 	free(p);
 	c->nhandles--;
 	c->r->nhandles--;
-	mx_chan_free_if_done(c);
+	dns_chan_free_if_done(c);
 }
 
 static void
-mx_chan_timer_closed(uv_handle_t *h)
+dns_chan_timer_closed(uv_handle_t *h)
 {
-	struct mx_chan *c = h->data;
+	struct dns_chan *c = h->data;
 
 	c->nhandles--;
 	c->r->nhandles--;
-	mx_chan_free_if_done(c);
+	dns_chan_free_if_done(c);
 }
 
 static void
-mx_poll_cb(uv_poll_t *h, int status, int events)
+dns_poll_cb(uv_poll_t *h, int status, int events)
 {
-	struct mx_poll *p = h->data;
-	struct mx_chan *c = p->c;
+	struct dns_poll *p = h->data;
+	struct dns_chan *c = p->c;
 	ares_socket_t rfd = ARES_SOCKET_BAD, wfd = ARES_SOCKET_BAD;
 
-	if (c->magic != MX_MAGIC_CHAN)
+	if (c->magic != DNS_MAGIC_CHAN)
 		fatalx("%s: bad channel", __func__);
 	if (status < 0) {
 		/* let c-ares find the error on the socket */
@@ -148,16 +148,16 @@ mx_poll_cb(uv_poll_t *h, int status, int events)
 	}
 	/* p may be closed by the socket state callback from here on */
 	ares_process_fd(c->ch, rfd, wfd);
-	mx_chan_touch(c);
+	dns_chan_touch(c);
 }
 
 /* c-ares tells which sockets to watch, and for what. */
 static void
-mx_sock_state(void *data, ares_socket_t fd, int readable, int writable)
+dns_sock_state(void *data, ares_socket_t fd, int readable, int writable)
 {
-	struct mx_chan *c = data;
-	struct mx_resolver *r = c->r;
-	struct mx_poll *p;
+	struct dns_chan *c = data;
+	struct dns_resolver *r = c->r;
+	struct dns_poll *p;
 	int rc;
 
 	LIST_FOREACH(p, &c->polls, entry)
@@ -179,24 +179,24 @@ mx_sock_state(void *data, ares_socket_t fd, int readable, int writable)
 			r->nhandles++;
 		}
 		uv_poll_start(&p->h, (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0),
-		    mx_poll_cb);
+		    dns_poll_cb);
 	} else if (p != NULL) {
 		LIST_REMOVE(p, entry);
 		uv_poll_stop(&p->h);
-		uv_close((uv_handle_t *)&p->h, mx_poll_closed);
+		uv_close((uv_handle_t *)&p->h, dns_poll_closed);
 	}
 }
 
-static struct mx_chan *
-mx_chan_new(struct mx_resolver *r, struct buf *err)
+static struct dns_chan *
+dns_chan_new(struct dns_resolver *r, struct buf *err)
 {
 	struct ares_options o;
-	struct mx_chan *c;
+	struct dns_chan *c;
 	size_t i;
 	int rc, mask;
 
 	c = xcalloc(1, sizeof(*c));
-	c->magic = MX_MAGIC_CHAN;
+	c->magic = DNS_MAGIC_CHAN;
 	c->r = r;
 	LIST_INIT(&c->polls);
 
@@ -205,7 +205,7 @@ mx_chan_new(struct mx_resolver *r, struct buf *err)
 	o.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES;
 	o.timeout = (int)r->timeout_ms;
 	o.tries = (int)r->tries;
-	o.sock_state_cb = mx_sock_state;
+	o.sock_state_cb = dns_sock_state;
 	o.sock_state_cb_data = c;
 	if ((rc = ares_init_options(&c->ch, &o, mask)) != ARES_SUCCESS) {
 		buf_printf(err, "DNS resolver: %s", ares_strerror(rc));
@@ -232,29 +232,29 @@ mx_chan_new(struct mx_resolver *r, struct buf *err)
 
 /* Destroy a channel: outstanding requests call back with ARES_EDESTRUCTION. */
 void
-mx_chan_destroy(struct mx_chan *c)
+dns_chan_destroy(struct dns_chan *c)
 {
 	if (c->destroyed)
 		return;
 	c->destroyed = true;
 	uv_timer_stop(&c->timer);
-	ares_destroy(c->ch);    /* closes its sockets through mx_sock_state() */
+	ares_destroy(c->ch);    /* closes its sockets through dns_sock_state() */
 	c->ch = NULL;
-	uv_close((uv_handle_t *)&c->timer, mx_chan_timer_closed);
+	uv_close((uv_handle_t *)&c->timer, dns_chan_timer_closed);
 }
 
 /* A new channel with the resolver's current settings becomes the current one. */
 int
-mx_chan_replace(struct mx_resolver *r, struct buf *err)
+dns_chan_replace(struct dns_resolver *r, struct buf *err)
 {
-	struct mx_chan *c;
+	struct dns_chan *c;
 
-	if ((c = mx_chan_new(r, err)) == NULL)
+	if ((c = dns_chan_new(r, err)) == NULL)
 		return RELAY_EINVAL;
 	if (r->chan != NULL) {
 		r->chan->retired = true;
 		if (r->chan->inflight == 0)
-			mx_kick(r);
+			dns_kick(r);
 	}
 	r->chan = c;
 	return 0;

@@ -1,7 +1,7 @@
 /*
- * router_journal.c - the acceptance journal's format: superblocks, batches,
+ * queue_journal.c - the acceptance journal's format: superblocks, batches,
  * records, the CRC that tells a whole batch from a torn one, and the replay
- * walk.  router_queue.c decides what goes in and when the tail moves.
+ * walk.  queue.c decides what goes in and when the tail moves.
  *
  * Owns: the journal file descriptor and the batch buffer.
  *
@@ -26,7 +26,7 @@
 #define _GNU_SOURCE
 #endif
 
-#include "router/router_journal.h"
+#include "queue/queue_journal.h"
 #include "common/util.h"
 
 #include <sys/random.h>

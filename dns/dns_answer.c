@@ -1,18 +1,18 @@
 /*
- * router_mx_answer.c - DNS names and answers for the resolver: the normal
+ * dns_answer.c - DNS names and answers for the resolver: the normal
  * form of a name (lower case, no trailing dot), and the walk over a raw
  * answer from c-ares (header, question, answer section, the authority
  * section's SOA of a negative answer) that yields its CNAME, MX, A and AAAA
  * records, the least TTL they carry (RFC 2181 8) and how long a negative
  * answer may be kept (RFC 2308 5).
  *
- * Owns: the records of a struct mx_answer until mx_answer_free().
+ * Owns: the records of a struct dns_answer until dns_answer_free().
  *
  * Must never: read outside the answer buffer (every length is checked
- * against its end), or decide what a lookup answers (router_mx_resolve.c
+ * against its end), or decide what a lookup answers (dns_resolve.c
  * does).
  */
-#include "router/router_mx_int.h"
+#include "dns/dns_int.h"
 
 #include <arpa/nameser.h>
 #include <ctype.h>
@@ -21,18 +21,18 @@
 
 #include "common/util.h"
 
-#define MX_NAME_MAX         255
+#define DNS_NAME_MAX         255
 
 /* Lower-case copy of name without a trailing dot (NULL when too long). */
 char *
-mx_norm(const char *name)
+dns_norm(const char *name)
 {
 	size_t n = strlen(name), i;
 	char *s;
 
 	if (n > 0 && name[n - 1] == '.')
 		n--;
-	if (n > MX_NAME_MAX)
+	if (n > DNS_NAME_MAX)
 		return NULL;
 	s = xstrndup(name, n);
 	for (i = 0; i < n; i++)
@@ -41,7 +41,7 @@ mx_norm(const char *name)
 }
 
 void
-mx_answer_free(struct mx_answer *an)
+dns_answer_free(struct dns_answer *an)
 {
 	size_t i;
 
@@ -56,20 +56,20 @@ mx_answer_free(struct mx_answer *an)
 
 /* Expand a (compressed) name at p into a malloc'd normalized string; NULL on error. */
 static char *
-mx_expand(const unsigned char *p, const unsigned char *abuf, int alen, long *used)
+dns_expand(const unsigned char *p, const unsigned char *abuf, int alen, long *used)
 {
 	char *s, *n;
 
 	if (ares_expand_name(p, abuf, alen, &s, used) != ARES_SUCCESS)
 		return NULL;
-	n = mx_norm(s);
+	n = dns_norm(s);
 	ares_free_string(s);
 	return n;
 }
 
 /* A TTL field (RFC 2181 8: a value with the top bit set is 0). */
 static uint32_t
-mx_ttl_at(const unsigned char *p)
+dns_ttl_at(const unsigned char *p)
 {
 	uint32_t v = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 
@@ -81,7 +81,7 @@ mx_ttl_at(const unsigned char *p)
  * the authority section's SOA at p; 0 (do not keep) without one.
  */
 static uint32_t
-mx_parse_neg_ttl(const unsigned char *abuf, int alen, const unsigned char *p, unsigned nscount)
+dns_parse_neg_ttl(const unsigned char *abuf, int alen, const unsigned char *p, unsigned nscount)
 {
 	const unsigned char *end = abuf + alen, *rd;
 	unsigned i, type, class, rdlen;
@@ -90,7 +90,7 @@ mx_parse_neg_ttl(const unsigned char *abuf, int alen, const unsigned char *p, un
 	char *name;
 
 	for (i = 0; i < nscount; i++) {
-		if ((name = mx_expand(p, abuf, alen, &used)) == NULL)
+		if ((name = dns_expand(p, abuf, alen, &used)) == NULL)
 			return 0;
 		free(name);
 		p += used;
@@ -98,7 +98,7 @@ mx_parse_neg_ttl(const unsigned char *abuf, int alen, const unsigned char *p, un
 			return 0;
 		type = (unsigned)p[0] << 8 | p[1];
 		class = (unsigned)p[2] << 8 | p[3];
-		ttl = mx_ttl_at(p + 4);
+		ttl = dns_ttl_at(p + 4);
 		rdlen = (unsigned)p[8] << 8 | p[9];
 		rd = p + NS_RRFIXEDSZ;
 		if ((size_t)(end - rd) < rdlen)
@@ -106,7 +106,7 @@ mx_parse_neg_ttl(const unsigned char *abuf, int alen, const unsigned char *p, un
 		p = rd + rdlen;
 		if (type != ns_t_soa || class != ns_c_in || rdlen < 22)
 			continue;
-		min = mx_ttl_at(rd + rdlen - 4);        /* the last of SOA's five numbers */
+		min = dns_ttl_at(rd + rdlen - 4);        /* the last of SOA's five numbers */
 		return ttl < min ? ttl : min;
 	}
 	return 0;
@@ -118,7 +118,7 @@ mx_parse_neg_ttl(const unsigned char *abuf, int alen, const unsigned char *p, un
  * 0, or -1 for a malformed message.
  */
 int
-mx_parse_answer(const unsigned char *abuf, int alen, struct mx_answer *an)
+dns_parse_answer(const unsigned char *abuf, int alen, struct dns_answer *an)
 {
 	const unsigned char *p, *end = abuf + alen;
 	unsigned qd, ancount, nscount, i;
@@ -127,7 +127,7 @@ mx_parse_answer(const unsigned char *abuf, int alen, struct mx_answer *an)
 	char *name;
 
 	memset(an, 0, sizeof(*an));
-	an->min_ttl = MX_TTL_NONE;
+	an->min_ttl = DNS_TTL_NONE;
 	if (abuf == NULL || alen < NS_HFIXEDSZ)
 		return -1;
 	qd = (unsigned)abuf[4] << 8 | abuf[5];
@@ -135,7 +135,7 @@ mx_parse_answer(const unsigned char *abuf, int alen, struct mx_answer *an)
 	nscount = (unsigned)abuf[8] << 8 | abuf[9];
 	p = abuf + NS_HFIXEDSZ;
 	for (i = 0; i < qd; i++) {
-		if ((name = mx_expand(p, abuf, alen, &used)) == NULL)
+		if ((name = dns_expand(p, abuf, alen, &used)) == NULL)
 			return -1;
 		free(name);
 		p += used;
@@ -146,11 +146,11 @@ mx_parse_answer(const unsigned char *abuf, int alen, struct mx_answer *an)
 	if (ancount > 0)
 		an->rr = xcalloc(ancount, sizeof(*an->rr));
 	for (i = 0; i < ancount; i++) {
-		struct mx_rr *rr = &an->rr[an->n];
+		struct dns_rr *rr = &an->rr[an->n];
 		unsigned type, class, rdlen;
 		const unsigned char *rd;
 
-		if ((name = mx_expand(p, abuf, alen, &used)) == NULL)
+		if ((name = dns_expand(p, abuf, alen, &used)) == NULL)
 			goto bad;
 		p += used;
 		if (end - p < NS_RRFIXEDSZ) {
@@ -159,7 +159,7 @@ mx_parse_answer(const unsigned char *abuf, int alen, struct mx_answer *an)
 		}
 		type = (unsigned)p[0] << 8 | p[1];
 		class = (unsigned)p[2] << 8 | p[3];
-		ttl = mx_ttl_at(p + 4);
+		ttl = dns_ttl_at(p + 4);
 		rdlen = (unsigned)p[8] << 8 | p[9];
 		rd = p + NS_RRFIXEDSZ;
 		if ((size_t)(end - rd) < rdlen) {
@@ -190,11 +190,11 @@ mx_parse_answer(const unsigned char *abuf, int alen, struct mx_answer *an)
 			if (rdlen < 3)
 				goto bad_rr;
 			rr->pref = (unsigned)rd[0] << 8 | rd[1];
-			if ((rr->target = mx_expand(rd + 2, abuf, alen, &used)) == NULL)
+			if ((rr->target = dns_expand(rd + 2, abuf, alen, &used)) == NULL)
 				goto bad_rr;
 			break;
 		case ns_t_cname:
-			if ((rr->target = mx_expand(rd, abuf, alen, &used)) == NULL)
+			if ((rr->target = dns_expand(rd, abuf, alen, &used)) == NULL)
 				goto bad_rr;
 			break;
 		default:
@@ -204,13 +204,13 @@ mx_parse_answer(const unsigned char *abuf, int alen, struct mx_answer *an)
 		}
 		an->n++;
 	}
-	an->neg_ttl = mx_parse_neg_ttl(abuf, alen, p, nscount);
+	an->neg_ttl = dns_parse_neg_ttl(abuf, alen, p, nscount);
 	return 0;
 bad_rr:
 	free(an->rr[an->n].owner);
 	an->rr[an->n].owner = NULL;
 bad:
-	mx_answer_free(an);
+	dns_answer_free(an);
 	return -1;
 }
 
@@ -220,7 +220,7 @@ bad:
  * links followed.
  */
 const char *
-mx_chain_end(const struct mx_answer *an, const char *name, unsigned *links)
+dns_chain_end(const struct dns_answer *an, const char *name, unsigned *links)
 {
 	size_t i;
 	bool moved;
@@ -236,20 +236,20 @@ mx_chain_end(const struct mx_answer *an, const char *name, unsigned *links)
 				break;
 			}
 		}
-	} while (moved && *links <= MX_CNAME_MAX);
+	} while (moved && *links <= DNS_CNAME_MAX);
 	return name;
 }
 
 /* How long a negative answer (NXDOMAIN, NODATA) may be kept: 0 when it says nothing. */
 uint32_t
-mx_neg_ttl(const unsigned char *abuf, int alen)
+dns_neg_ttl(const unsigned char *abuf, int alen)
 {
-	struct mx_answer an;
+	struct dns_answer an;
 	uint32_t ttl;
 
-	if (mx_parse_answer(abuf, alen, &an) == -1)
+	if (dns_parse_answer(abuf, alen, &an) == -1)
 		return 0;
 	ttl = an.neg_ttl < an.min_ttl ? an.neg_ttl : an.min_ttl;   /* CNAMEs on the way count */
-	mx_answer_free(&an);
+	dns_answer_free(&an);
 	return ttl;
 }

@@ -1,13 +1,12 @@
 /*
- * router_envelope.c - envelopes: their memory (copy, free), and the text
- * form of queue files: the envelope lines, the state-record lines and the
- * field escaping they share (router/QUEUE.md).
+ * queue_envelope.c - the text form of queue files: the envelope lines, the
+ * state-record lines and the field escaping they share (queue/QUEUE.md).
  *
  * Owns: nothing beyond the struct envelope members it allocates.
  * Must never: touch files or the loop; accept a line it cannot round-trip
  * (decoding is strict: unknown keys, missing or repeated fields fail).
  */
-#include "router/router_queue.h"
+#include "queue/queue.h"
 #include "common/util.h"
 
 #include <errno.h>
@@ -15,55 +14,6 @@
 #include <string.h>
 
 #define ENV_MAX_FIELDS 8
-
-/*
- * Memory.
- */
-
-void
-envelope_free(struct envelope *env)
-{
-	size_t i;
-
-	if (env == NULL)
-		return;
-	free(env->sender);
-	for (i = 0; i < env->nrcpts; i++) {
-		free(env->rcpts[i].addr);
-		free(env->rcpts[i].orcpt);
-	}
-	free(env->rcpts);
-	free(env->envid);
-	free(env->auth_user);
-	free(env->client_ip);
-	free(env->client_helo);
-	memset(env, 0, sizeof(*env));
-}
-
-static char *
-envelope_strdup(const char *s)
-{
-	return s != NULL ? xstrdup(s) : NULL;
-}
-
-void
-envelope_copy(struct envelope *dst, const struct envelope *src)
-{
-	size_t i;
-
-	*dst = *src;
-	dst->sender = xstrdup(src->sender != NULL ? src->sender : "");
-	dst->rcpts = xcalloc(src->nrcpts, sizeof(*dst->rcpts));
-	for (i = 0; i < src->nrcpts; i++) {
-		dst->rcpts[i].addr = xstrdup(src->rcpts[i].addr != NULL ? src->rcpts[i].addr : "");
-		dst->rcpts[i].orcpt = envelope_strdup(src->rcpts[i].orcpt);
-		dst->rcpts[i].notify = src->rcpts[i].notify;
-	}
-	dst->envid = envelope_strdup(src->envid);
-	dst->auth_user = envelope_strdup(src->auth_user);
-	dst->client_ip = envelope_strdup(src->client_ip);
-	dst->client_helo = envelope_strdup(src->client_helo);
-}
 
 /*
  * Fields: " " + text, where NULL is "-", "" is "\e", and space, backslash,

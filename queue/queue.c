@@ -1,13 +1,13 @@
 /*
- * router_queue.c - queue STORAGE: the message files under queue_dir, the
+ * queue.c - queue STORAGE: the message files under queue_dir, the
  * transactions that write them, state records, the start-up scan, removal
  * and the pool of spare files.  The commit pipeline that makes new messages
- * durable in groups (and the acceptance journal's use) is router_commit.c;
- * router/QUEUE.md describes the format, the group commit and what a crash
+ * durable in groups (and the acceptance journal's use) is queue_commit.c;
+ * queue/QUEUE.md describes the format, the group commit and what a crash
  * leaves behind.
  *
  * Owns: queue_dir (queue.lock, msg/, corrupt/, journal), the struct queue
- * with its mutex, conds, threads and handles (router_commit.c runs them),
+ * with its mutex, conds, threads and handles (queue_commit.c runs them),
  * every router_txn until its callback has returned and its publish is done,
  * and the pool of spare files: unnamed ones made ahead of time on libuv's
  * thread pool, and msg/.spare-N, the files of removed messages kept (by
@@ -27,7 +27,7 @@
 #define _GNU_SOURCE              /* syncfs, sync_file_range, renameat2, O_TMPFILE, F_SETLEASE */
 #endif
 
-#include "router/router_queue_int.h"
+#include "queue/queue_int.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -188,7 +188,7 @@ queue_link(struct queue *q, int fd, const char *name)
 }
 
 void
-queue_txn_free(struct router_txn *t)
+queue_txn_free(struct queue_txn *t)
 {
 	struct queue *q = t->q;
 
@@ -305,7 +305,7 @@ queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size)
  * or by the commit thread).
  */
 static void
-queue_spare_take(struct queue *q, struct router_txn *t)
+queue_spare_take(struct queue *q, struct queue_txn *t)
 {
 	struct queue_spare *sp;
 
@@ -753,9 +753,9 @@ queue_close(struct queue *q, void (*done)(void *arg), void *arg)
  */
 
 int
-queue_txn_begin(struct queue *q, const struct envelope *env, struct router_txn **out)
+queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **out)
 {
-	struct router_txn *t;
+	struct queue_txn *t;
 	char hex[16];
 	size_t i;
 
@@ -792,13 +792,13 @@ queue_txn_begin(struct queue *q, const struct envelope *env, struct router_txn *
 }
 
 const char *
-router_txn_qid(const struct router_txn *t)
+queue_txn_qid(const struct queue_txn *t)
 {
 	return t->job.qid;
 }
 
 static int
-queue_txn_flush(struct router_txn *t)
+queue_txn_flush(struct queue_txn *t)
 {
 	if (t->err != 0 || t->wbuf.len == 0)
 		return t->err;
@@ -824,7 +824,7 @@ queue_txn_flush(struct router_txn *t)
 }
 
 int
-router_txn_write(struct router_txn *t, const void *p, size_t len)
+queue_txn_write(struct queue_txn *t, const void *p, size_t len)
 {
 	if (t->magic != TXN_MAGIC)
 		fatalx("%s: bad txn", __func__);
@@ -838,7 +838,7 @@ router_txn_write(struct router_txn *t, const void *p, size_t len)
 }
 
 void
-router_txn_commit(struct router_txn *t, router_commit_cb *cb, void *arg)
+queue_txn_commit(struct queue_txn *t, queue_commit_cb *cb, void *arg)
 {
 	struct queue *q = t->q;
 	char hex[16];
@@ -887,7 +887,7 @@ router_txn_commit(struct router_txn *t, router_commit_cb *cb, void *arg)
 }
 
 void
-router_txn_abort(struct router_txn *t)
+queue_txn_abort(struct queue_txn *t)
 {
 	if (t->magic != TXN_MAGIC || t->cb != NULL)
 		fatalx("%s: bad txn", __func__);
@@ -904,7 +904,7 @@ router_txn_abort(struct router_txn *t)
 }
 
 /*
- * State records (their text form is in router_envelope.c).
+ * State records (their text form is in queue_envelope.c).
  */
 
 static void

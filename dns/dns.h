@@ -1,12 +1,12 @@
 /*
- * router_mx.h - where mail for a domain goes: the asynchronous DNS resolver
+ * dns.h - where mail for a domain goes: the asynchronous DNS resolver
  * of the router (c-ares on the one libuv loop).  It turns a recipient domain
  * into an ordered list of exchangers with their addresses (RFC 5321 5.1,
  * RFC 7505), and a route's configured hosts into addresses.
  *
- * What a lookup of domain D answers (mx_lookup):
+ * What a lookup of domain D answers (dns_lookup):
  *   - MX records sorted by preference; equal preferences shuffled (the
- *     randomness is injectable: mx_set_random());
+ *     randomness is injectable: dns_set_random());
  *   - each exchanger resolved to AAAA and A, in parallel; per exchanger the
  *     IPv6 addresses come first, then the IPv4 ones (the deliverer tries
  *     them in that order and falls through on connect failure);
@@ -25,7 +25,7 @@
  *     back to myself";
  *   - an address literal "[192.0.2.1]" / "[IPv6:2001:db8::1]" is used as is
  *     (implicit, pref 0; the loop check applies).
- * mx_lookup_hosts (routes) resolves names or literals in the given order
+ * dns_lookup_hosts (routes) resolves names or literals in the given order
  * (target i has pref i, each with its own port) and does no loop check (a
  * smarthost on our own address but another port is legitimate); when no
  * host resolves the result is always temporary (4.4.3): a configuration
@@ -36,13 +36,13 @@
  * result is cached for min(TTL, 60 s) (a negative answer per its SOA,
  * RFC 2308; nothing with TTL 0), a temporary failure for 5 s.  Every caller
  * still gets a result of its own, equal preferences shuffled for each one.
- * (With more than MX_MAX_TARGETS exchangers, the ones kept are the best by
+ * (With more than DNS_MAX_TARGETS exchangers, the ones kept are the best by
  * preference in answer order; the shuffle is among those.)
  *
  * Ownership: the resolver owns its queries; a query lives until its callback
  * has returned or it is cancelled.  The callback owns the result and frees
- * it with mx_result_free().  Callbacks never fire from inside mx_lookup*()
- * (always from the loop), and never after mx_cancel() or mx_close().
+ * it with dns_result_free().  Callbacks never fire from inside dns_lookup*()
+ * (always from the loop), and never after dns_cancel() or dns_close().
  * Cancelling one lookup never affects another lookup of the same key.
  */
 #ifndef RELAY_ROUTER_MX_H
@@ -57,38 +57,38 @@
 #include "common/buf.h"
 #include "conf/conf.h"
 
-#define MX_MAX_TARGETS   16     /* exchangers kept per result, best first */
-#define MX_MAX_ADDRS     16     /* addresses kept per exchanger */
+#define DNS_MAX_TARGETS   16     /* exchangers kept per result, best first */
+#define DNS_MAX_ADDRS     16     /* addresses kept per exchanger */
 
-struct mx_addr {
-	struct sockaddr_storage ss; /* port already set (mx_lookup's port, or the route's) */
+struct dns_addr {
+	struct sockaddr_storage ss; /* port already set (dns_lookup's port, or the route's) */
 	socklen_t len;
 };
 
-struct mx_target {
+struct dns_target {
 	char *host;                 /* exchanger name as in DNS (no trailing dot), or the literal */
 	unsigned pref;              /* MX preference; index for routes; 0 for implicit */
-	struct mx_addr *addrs;      /* naddrs > 0: IPv6 first, then IPv4 */
+	struct dns_addr *addrs;      /* naddrs > 0: IPv6 first, then IPv4 */
 	size_t naddrs;
 };
 
-struct mx_result {
+struct dns_result {
 	int err;                    /* 0, RELAY_ETEMP (temporary), or RELAY_EINVAL (permanent) */
 	char status[16];            /* on failure: "5.1.2", "5.1.10", "4.4.3", "5.4.6" */
 	char reason[256];           /* on failure: "domain example.invalid does not exist (NXDOMAIN)" */
-	struct mx_target *targets;  /* err == 0: ntargets > 0, in the order to try */
+	struct dns_target *targets;  /* err == 0: ntargets > 0, in the order to try */
 	size_t ntargets;
 	bool implicit;              /* no MX records: the domain (or literal) itself */
 };
 
-/* The callback owns res and frees it with mx_result_free(). */
-typedef void mx_cb(void *arg, struct mx_result *res);
+/* The callback owns res and frees it with dns_result_free(). */
+typedef void dns_cb(void *arg, struct dns_result *res);
 
 /* Randomness for shuffling equal preferences: a uniform value in [0, n). */
-typedef uint32_t mx_random_fn(void *arg, uint32_t n);
+typedef uint32_t dns_random_fn(void *arg, uint32_t n);
 
-struct mx_resolver;
-struct mx_query;
+struct dns_resolver;
+struct dns_query;
 
 /*
  * Create a resolver on loop with conf's router.dns_servers ("addr:port",
@@ -96,59 +96,59 @@ struct mx_query;
  * Takes what it needs from conf (copies: hostname, listen addresses).
  * NULL with a message in err on failure.
  */
-struct mx_resolver *mx_new(uv_loop_t *loop, const struct conf *conf, struct buf *err);
+struct dns_resolver *dns_new(uv_loop_t *loop, const struct conf *conf, struct buf *err);
 /*
  * A new configuration (SIGHUP): servers, hostname and listen addresses.
  * Queries in flight finish on the old servers.  0, or RELAY_EINVAL with a
  * message in err (the resolver is then unchanged).
  */
-int mx_reload(struct mx_resolver *r, const struct conf *conf, struct buf *err);
+int dns_reload(struct dns_resolver *r, const struct conf *conf, struct buf *err);
 /* Replace the shuffle's randomness (tests); NULL restores the default. */
-void mx_set_random(struct mx_resolver *r, mx_random_fn *fn, void *arg);
+void dns_set_random(struct dns_resolver *r, dns_random_fn *fn, void *arg);
 /*
  * DNS timing: per-try timeout in ms (default 2000, doubling per retry as
  * c-ares does) and tries (default 2).  Applies to lookups started afterwards.
  */
-int mx_set_timeout(struct mx_resolver *r, unsigned timeout_ms, unsigned tries);
+int dns_set_timeout(struct dns_resolver *r, unsigned timeout_ms, unsigned tries);
 
 /*
  * Start resolving domain (no trailing dot needed); the targets' addresses
  * carry port.  cb(arg, res) fires exactly once, from the loop, unless the
  * query is cancelled.  Never NULL.
  */
-struct mx_query *mx_lookup(struct mx_resolver *r, const char *domain, uint16_t port,
-    mx_cb *cb, void *arg);
+struct dns_query *dns_lookup(struct dns_resolver *r, const char *domain, uint16_t port,
+    dns_cb *cb, void *arg);
 /* Resolve a route's hosts (names or numeric literals, no brackets) in order. */
-struct mx_query *mx_lookup_hosts(struct mx_resolver *r, const struct conf_hostport *hosts,
-    size_t n, mx_cb *cb, void *arg);
+struct dns_query *dns_lookup_hosts(struct dns_resolver *r, const struct conf_hostport *hosts,
+    size_t n, dns_cb *cb, void *arg);
 /* Forget a query that has not called back yet: its callback never fires. */
-void mx_cancel(struct mx_query *q);
+void dns_cancel(struct dns_query *q);
 
 /*
  * Cancel every pending query (their callbacks never fire), close the
  * resolver's handles and free it; done(arg) fires once all handles are
  * closed (may be NULL).
  */
-void mx_close(struct mx_resolver *r, void (*done)(void *arg), void *arg);
+void dns_close(struct dns_resolver *r, void (*done)(void *arg), void *arg);
 
-void mx_result_free(struct mx_result *res);
+void dns_result_free(struct dns_result *res);
 
 /* Number of queries whose callback is still due (for relayctl and tests). */
-size_t mx_pending(const struct mx_resolver *r);
+size_t dns_pending(const struct dns_resolver *r);
 
-/* Forget every cached result (relayctl queue flush; mx_reload does it too). */
-void mx_cache_clear(struct mx_resolver *r);
+/* Forget every cached result (relayctl queue flush; dns_reload does it too). */
+void dns_cache_clear(struct dns_resolver *r);
 /* Replace the cache's monotonic clock in ms (tests); NULL restores the default. */
-void mx_set_clock(struct mx_resolver *r, uint64_t (*now)(void *arg), void *arg);
+void dns_set_clock(struct dns_resolver *r, uint64_t (*now)(void *arg), void *arg);
 
-/* Counters since mx_new (for relayctl and tests). */
-struct mx_stats {
-	uint64_t lookups;       /* mx_lookup() and mx_lookup_hosts() calls */
+/* Counters since dns_new (for relayctl and tests). */
+struct dns_stats {
+	uint64_t lookups;       /* dns_lookup() and dns_lookup_hosts() calls */
 	uint64_t fetches;       /* resolutions started (neither joined nor cached; literals aside) */
 	uint64_t joined;        /* lookups that joined a resolution in flight */
 	uint64_t cache_hits;    /* lookups answered from the cache */
 	size_t cached;          /* results in the cache now */
 };
-void mx_get_stats(const struct mx_resolver *r, struct mx_stats *out);
+void dns_get_stats(const struct dns_resolver *r, struct dns_stats *out);
 
 #endif

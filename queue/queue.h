@@ -1,5 +1,5 @@
 /*
- * router_queue.h - (internal to router/) queue STORAGE: what is on disk and
+ * queue.h - (internal to router/) queue STORAGE: what is on disk and
  * how it survives a crash.  Scheduling (what to try when) lives in
  * router_sched.c and is rebuilt from this at start-up.
  *
@@ -7,12 +7,18 @@
  * state records.  The in-memory struct queue_msg mirrors it; every state
  * change goes through queue_record(), which appends the record durably AND
  * applies it to the struct, so start-up replay and run time share one code
- * path (queue_msg_apply()).  See router/QUEUE.md for the format.
+ * path (queue_msg_apply()).  See queue/QUEUE.md for the format.
  */
 #ifndef RELAY_ROUTER_QUEUE_H
 #define RELAY_ROUTER_QUEUE_H
 
-#include "router/router.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "common/buf.h"
+#include "common/envelope.h"
 
 enum rcpt_state {
 	RCPT_PENDING = 0,       /* not yet delivered or failed (maybe deferred) */
@@ -82,9 +88,28 @@ void queue_set_new_cb(struct queue *q, queue_new_cb *cb, void *arg);
  * A file that cannot be parsed is moved to queue_dir/corrupt/ and logged. */
 int queue_scan(struct queue *q, queue_new_cb *cb, void *arg);
 
-/* The transaction half of router.h's router_txn_* API lives in router_queue.c:
- * router.c forwards to these. */
-int queue_txn_begin(struct queue *q, const struct envelope *env, struct router_txn **out);
+/*
+ * Submission into the queue.
+ *
+ * queue_txn_begin() creates an incoming file for a message with envelope env
+ * (copied) and assigns its queue id.  The body is then streamed with
+ * queue_txn_write() as it arrives: CRLF line endings, already dot-unstuffed,
+ * headers the relay adds included (Received: first).  queue_txn_commit()
+ * makes the message and its envelope durable, sharing the disk sync with
+ * other commits in flight (group commit), and calls cb(arg, 0, qid) on the
+ * loop thread once the message will survive a crash, or cb(arg, err, NULL) if
+ * it could not be queued.  The callback is always called exactly once; the
+ * txn is consumed by commit and by abort.
+ */
+struct queue_txn;
+typedef void queue_commit_cb(void *arg, int err, const char *qid);
+
+int queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **out);
+const char *queue_txn_qid(const struct queue_txn *t);
+int queue_txn_write(struct queue_txn *t, const void *p, size_t len);
+void queue_txn_commit(struct queue_txn *t, queue_commit_cb *cb, void *arg);
+void queue_txn_abort(struct queue_txn *t);
+
 
 /*
  * Append rec to m's file and apply it to m.  The record is made durable by the
@@ -105,9 +130,23 @@ void queue_msg_free(struct queue_msg *m);
 /* Every record of a message (for `relayctl queue show`), as parsed from disk. */
 int queue_history(struct queue *q, const char *qid, void (*cb)(void *arg, const struct queue_record *rec), void *arg);
 
-/* router_wait_acked() / router_wait_cancel() (router.h), for the queue. */
-bool queue_wait_acked(struct queue *q, struct router_waiter *w);
-void queue_wait_cancel(struct queue *q, struct router_waiter *w);
+/*
+ * A wait for every message acknowledged so far to reach the scheduler: a 250
+ * comes from the acceptance journal a moment before the message's msg/ file
+ * is published and the scheduler gets it (queue/QUEUE.md).  relayctl waits
+ * so that it sees every message a client was told is queued.  The caller
+ * owns w and sets cb and arg; queue_wait_acked() returns true (cb is never
+ * called) when nothing is outstanding, else cb(arg) runs later on the loop,
+ * unless queue_wait_cancel(q, w) comes first.
+ */
+struct queue_waiter {
+	struct queue_waiter *next;  /* the queue's */
+	uint64_t need;               /* the queue's */
+	void (*cb)(void *arg);
+	void *arg;
+};
+bool queue_wait_acked(struct queue *q, struct queue_waiter *w);
+void queue_wait_cancel(struct queue *q, struct queue_waiter *w);
 
 /* Stop accepting commits, finish those in flight, join the thread; done(arg) on the loop. */
 void queue_close(struct queue *q, void (*done)(void *arg), void *arg);
@@ -166,7 +205,7 @@ void queue_qid_make(char out[QID_MAX], uint64_t ms, uint32_t seq, uint32_t rnd);
 int queue_qid_valid(const char *s);
 
 /*
- * router_envelope.c: the text form of queue files (QUEUE.md).  A field is
+ * queue_envelope.c: the text form of queue files (QUEUE.md).  A field is
  * written as " " + escaped text ("-" for NULL, "\e" for ""); a line is split
  * into fields in place and each field unescaped in place.
  */

@@ -1,5 +1,5 @@
 /*
- * router_ndr.c - delivery status notifications: RFC 3464 reports inside an
+ * ndr.c - delivery status notifications: RFC 3464 reports inside an
  * RFC 3462 multipart/report (report-type=delivery-status), honouring the
  * RFC 3461 DSN options (NOTIFY, RET, ENVID, ORCPT), marked auto-replied
  * (RFC 3834), and put back into the normal queue with envelope sender <>.
@@ -32,9 +32,9 @@
  * Note on I/O: the original's headers (or, for RET=FULL, the message up to
  * NDR_FULL_MAX) are read with pread() from the queue file the relay itself
  * wrote moments or days ago.  This is a bounded local read on the loop
- * thread, the same kind router_txn_write() does; no network I/O happens here.
+ * thread, the same kind queue_txn_write() does; no network I/O happens here.
  */
-#include "router/router_ndr.h"
+#include "ndr/ndr.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -943,7 +943,7 @@ ndr_log_suppressed(const struct queue_msg *m, const char *rcpt, const char *reas
 }
 
 int
-ndr_send(struct router *r, struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
+ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
     const struct ndr_rcpt *rcpts, size_t n, const struct ndr_params *p,
     struct relay_stats *stats, char *ndr_qid)
 {
@@ -951,7 +951,7 @@ ndr_send(struct router *r, struct queue *q, const struct queue_msg *m, enum ndr_
 	struct ndr_original orig;
 	struct ndr_rcpt *sel;
 	struct ndr_pending *np;
-	struct router_txn *t;
+	struct queue_txn *t;
 	struct envelope env;
 	struct env_rcpt er;
 	struct buf out = BUF_INIT;
@@ -995,12 +995,12 @@ ndr_send(struct router *r, struct queue *q, const struct queue_msg *m, enum ndr_
 		    ndr_str_8bit(sel[i].remote_host) ||
 		    ndr_str_8bit(m->env.rcpts[sel[i].index].addr);
 
-	if ((rc = router_txn_begin(r, &env, &t)) != 0)
+	if ((rc = queue_txn_begin(q, &env, &t)) != 0)
 		goto out;
-	snprintf(ndr_qid, QID_MAX, "%s", router_txn_qid(t));
+	snprintf(ndr_qid, QID_MAX, "%s", queue_txn_qid(t));
 	if ((rc = ndr_build(m, kind, sel, k, p, ndr_qid, &orig, &out)) != 0 ||
-	    (rc = router_txn_write(t, out.data, out.len)) != 0) {
-		router_txn_abort(t);
+	    (rc = queue_txn_write(t, out.data, out.len)) != 0) {
+		queue_txn_abort(t);
 		ndr_qid[0] = '\0';
 		goto out;
 	}
@@ -1020,7 +1020,7 @@ ndr_send(struct router *r, struct queue *q, const struct queue_msg *m, enum ndr_
 		np->rcpt[i].attempts = sel[i].attempts;
 		np->rcpt[i].down_since_ms = sel[i].down_since_ms;
 	}
-	router_txn_commit(t, ndr_committed, np);
+	queue_txn_commit(t, ndr_committed, np);
 	rc = 0;
 out:
 	buf_free(&out);

@@ -1,11 +1,11 @@
 /*
- * router_journal.h - (internal to router/) the acceptance JOURNAL: a
+ * queue_journal.h - (internal to router/) the acceptance JOURNAL: a
  * preallocated ring file, queue_dir/journal, into which new messages are
  * written in batches, one fdatasync per batch, so that relayd can say 250
  * before each message has its own file in msg/.  A message's record is live
  * from its batch's sync until its msg/<qid> file is published and durable;
  * then the journal's tail (kept in a superblock) moves past it.  At start-up
- * the live batches are replayed into msg/.  router/QUEUE.md has the format
+ * the live batches are replayed into msg/.  queue/QUEUE.md has the format
  * and the crash story.
  *
  * Threads: journal_open() and journal_replay() run before the commit

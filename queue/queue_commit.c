@@ -1,12 +1,12 @@
 /*
- * router_commit.c - the queue's COMMIT PIPELINE: three threads that make new
+ * queue_commit.c - the queue's COMMIT PIPELINE: three threads that make new
  * messages durable in groups, and the loop side that hands work to them and
  * takes it back.  The journal thread writes a batch into the acceptance
  * journal and fdatasyncs it (the 250 goes out then); the writer thread
  * writes and names each message's msg/ file; the sync thread syncs,
  * publishes msg/<qid>, fsyncs msg/ and moves the journal's tail before the
  * router may see the message.  Also the start-up replay of the journal.
- * router/QUEUE.md tells the whole story; router_queue.c owns the files,
+ * queue/QUEUE.md tells the whole story; queue.c owns the files,
  * transactions and records this works on.
  *
  * Threads: the loop thread runs the staging, hand-over and completion code
@@ -28,7 +28,7 @@
 #define _GNU_SOURCE              /* syncfs, sync_file_range, renameat2, O_TMPFILE, F_SETLEASE */
 #endif
 
-#include "router/router_queue_int.h"
+#include "queue/queue_int.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -86,7 +86,7 @@ queue_publish(struct queue *q, const char *iname, const char *qid)
 static void
 queue_prepare_file(struct queue *q, struct queue_job *j, struct queue_counters *c)
 {
-	struct router_txn *t = j->txn;
+	struct queue_txn *t = j->txn;
 	ssize_t n;
 	size_t off;
 
@@ -599,12 +599,12 @@ queue_post_done(struct queue *q, struct queue_job *j)
 
 
 
-static void queue_ack_done(struct queue *q, struct router_txn *t);
+static void queue_ack_done(struct queue *q, struct queue_txn *t);
 
 static void
 queue_complete(struct queue *q, struct queue_job *j)
 {
-	struct router_txn *t;
+	struct queue_txn *t;
 	struct queue_msg *m;
 	struct log_line l;
 
@@ -671,7 +671,7 @@ queue_complete(struct queue *q, struct queue_job *j)
 
 /* A commit whose journal batch is durable: its callback runs now (the 250). */
 static void
-queue_ack(struct queue *q, struct router_txn *t)
+queue_ack(struct queue *q, struct queue_txn *t)
 {
 	if (t->magic != TXN_MAGIC)
 		fatalx("%s: bad txn", __func__);
@@ -688,7 +688,7 @@ queue_ack(struct queue *q, struct router_txn *t)
 
 /* Published (or failed for good): no longer outstanding. */
 static void
-queue_ack_done(struct queue *q, struct router_txn *t)
+queue_ack_done(struct queue *q, struct queue_txn *t)
 {
 	if (t->ack_prev != NULL)
 		t->ack_prev->ack_next = t->ack_next;
@@ -702,7 +702,7 @@ queue_ack_done(struct queue *q, struct router_txn *t)
 }
 
 bool
-queue_wait_acked(struct queue *q, struct router_waiter *w)
+queue_wait_acked(struct queue *q, struct queue_waiter *w)
 {
 	if (q->ack_head == NULL)
 		return true;
@@ -713,9 +713,9 @@ queue_wait_acked(struct queue *q, struct router_waiter *w)
 }
 
 void
-queue_wait_cancel(struct queue *q, struct router_waiter *w)
+queue_wait_cancel(struct queue *q, struct queue_waiter *w)
 {
-	struct router_waiter **pp;
+	struct queue_waiter **pp;
 
 	for (pp = &q->waiters; *pp != NULL; pp = &(*pp)->next)
 		if (*pp == w) {
@@ -728,7 +728,7 @@ queue_wait_cancel(struct queue *q, struct router_waiter *w)
 static void
 queue_run_waiters(struct queue *q)
 {
-	struct router_waiter **pp, *w, *ready = NULL;
+	struct queue_waiter **pp, *w, *ready = NULL;
 	uint64_t oldest = q->ack_head != NULL ? q->ack_head->ack_no : UINT64_MAX;
 
 	for (pp = &q->waiters; (w = *pp) != NULL;) {

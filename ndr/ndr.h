@@ -1,5 +1,5 @@
 /*
- * router_ndr.h - (internal to router/) delivery status notifications:
+ * ndr.h - (internal to router/) delivery status notifications:
  * builds RFC 3464 reports (multipart/report; report-type=delivery-status)
  * for failed, delayed, delivered/relayed recipients of a queued message and
  * enqueues them through the normal queue with envelope sender <>.
@@ -7,7 +7,8 @@
 #ifndef RELAY_ROUTER_NDR_H
 #define RELAY_ROUTER_NDR_H
 
-#include "router/router_queue.h"
+#include "common/stats.h"
+#include "queue/queue.h"
 
 enum ndr_kind {
 	NDR_FAILED,         /* Action: failed  (permanent failure or administrator bounce) */
@@ -43,9 +44,9 @@ struct ndr_params {
  * On success logs `event=ndr qid= ndr_qid= to= reason=failed|expired|delayed|delivered`
  * with each recipient's status, attempts and down-since, bumps stats->ndr_sent,
  * and copies the report's queue id into ndr_qid (QID_MAX bytes).
- * The report is committed asynchronously through router_txn_commit; 0 or RELAY_E*.
+ * The report is committed asynchronously through queue_txn_commit; 0 or RELAY_E*.
  */
-int ndr_send(struct router *r, struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
+int ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
     const struct ndr_rcpt *rcpts, size_t n, const struct ndr_params *p,
     struct relay_stats *stats, char *ndr_qid);
 

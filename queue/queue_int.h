@@ -1,16 +1,16 @@
 /*
- * router_queue_int.h - (internal to router_queue.c and router_commit.c) the
+ * queue_int.h - (internal to queue.c and queue_commit.c) the
  * queue's shared structures: the queue itself, transactions, the jobs the
  * commit threads work on, spare files; and the calls between the storage
- * half (router_queue.c: files, transactions, records, scan, spare files,
- * open/close) and the commit half (router_commit.c: the three commit
+ * half (queue.c: files, transactions, records, scan, spare files,
+ * open/close) and the commit half (queue_commit.c: the three commit
  * threads, the journal's use, hand-over to and from the loop).
  */
 #ifndef RELAY_ROUTER_QUEUE_INT_H
 #define RELAY_ROUTER_QUEUE_INT_H
 
-#include "router/router_queue.h"
-#include "router/router_journal.h"
+#include "queue/queue.h"
+#include "queue/queue_journal.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -67,7 +67,7 @@ struct queue_job {
 	struct queue_job *ack_next;  /* on q->acked */
 	uint64_t size;               /* COMMIT: the spare's old size; RECYCLE: the kept file's */
 	uint64_t len;                /* COMMIT: the file's length (cut to it if the spare was longer) */
-	struct router_txn *txn;      /* QJOB_COMMIT: the txn this job is embedded in */
+	struct queue_txn *txn;      /* QJOB_COMMIT: the txn this job is embedded in */
 	queue_sync_cb *cb;           /* QJOB_SYNC: may be NULL */
 	void *arg;
 	char qid[QID_MAX];
@@ -80,7 +80,7 @@ struct queue_list {
 	struct queue_job **tail;
 };
 
-struct router_txn {
+struct queue_txn {
 	uint32_t magic;
 	struct queue *q;
 	int fd;                      /* a spare file, or -1 (none yet); to the job at commit */
@@ -91,10 +91,10 @@ struct router_txn {
 	uint64_t body_len;
 	uint64_t written;            /* bytes already write(2)n to the file */
 	struct buf wbuf;             /* header, envelope and body not yet written */
-	router_commit_cb *cb;
+	queue_commit_cb *cb;
 	void *arg;
 	uint64_t ack_no;             /* acknowledged from the journal: its number (loop) */
-	struct router_txn *ack_prev, *ack_next;   /* on q->ack_head while not yet published */
+	struct queue_txn *ack_prev, *ack_next;   /* on q->ack_head while not yet published */
 	struct queue_job job;
 };
 
@@ -149,9 +149,9 @@ struct queue {
 	uv_check_t check;            /* hands the staged jobs over */
 	uv_async_t async;            /* the thread says: jobs done (or: exited) */
 	size_t inflight;             /* jobs created and not yet completed */
-	struct router_txn *ack_head, *ack_tail;   /* acknowledged, not yet published: oldest first */
+	struct queue_txn *ack_head, *ack_tail;   /* acknowledged, not yet published: oldest first */
 	uint64_t ack_total;          /* acknowledgements so far */
-	struct router_waiter *waiters;            /* queue_wait_acked() */
+	struct queue_waiter *waiters;            /* queue_wait_acked() */
 	size_t ntxn;                 /* txns begun and not yet freed */
 	struct queue_spare spares[QUEUE_POOL_MAX];
 	size_t nspares;
@@ -214,16 +214,16 @@ queue_list_concat(struct queue_list *dst, struct queue_list *src)
 	queue_list_init(src);
 }
 
-/* router_queue.c, for router_commit.c */
+/* queue.c, for queue_commit.c */
 void queue_log_errno(const char *qid, const char *op, int e);
 int queue_file_create(struct queue *q, const char *qid, char iname[QNAME_MAX]);
 int queue_link(struct queue *q, int fd, const char *name);
 void queue_maybe_finish(struct queue *q);
 void queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size);
-void queue_txn_free(struct router_txn *t);
+void queue_txn_free(struct queue_txn *t);
 struct queue_msg *queue_msg_new(struct queue *q, const char *qid);
 
-/* router_commit.c, for router_queue.c */
+/* queue_commit.c, for queue.c */
 void queue_jnl_main(void *arg);
 void queue_writer_main(void *arg);
 void queue_thread_main(void *arg);

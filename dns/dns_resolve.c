@@ -1,11 +1,11 @@
 /*
- * router_mx_resolve.c - what a lookup answers (router_mx.h says it in
- * full): mx_lookup() and mx_lookup_hosts() start a fetch (or join one,
- * router_mx_cache.c), and the answers of its c-ares requests decide the
+ * dns_resolve.c - what a lookup answers (dns.h says it in
+ * full): dns_lookup() and dns_lookup_hosts() start a fetch (or join one,
+ * dns_cache.c), and the answers of its c-ares requests decide the
  * result.  MX records are sorted by preference, an exchanger listed twice
  * keeps its better preference; no MX records (NODATA) makes the domain the
  * implicit exchanger; a lone "MX 0 ." is a null MX (RFC 7505, 5.1.10);
- * CNAMEs are followed inside one answer and across queries (MX_CNAME_MAX
+ * CNAMEs are followed inside one answer and across queries (DNS_CNAME_MAX
  * links); each exchanger is resolved to AAAA and A in parallel.  An
  * exchanger that is relayd itself (its name is our hostname, or one of its
  * addresses one of our listen addresses) drops that preference and worse
@@ -13,7 +13,7 @@
  * DNS.  Every c-ares status maps to exactly one outcome: permanent (5.1.2),
  * temporary (4.4.3), or no address of that family.
  *
- * Owns: each c-ares request (struct mx_req) until its callback, which fires
+ * Owns: each c-ares request (struct dns_req) until its callback, which fires
  * exactly once (ARES_EDESTRUCTION when its channel is destroyed); the
  * exchangers of a fetch while they are resolved.
  *
@@ -21,7 +21,7 @@
  * kick), block the loop, or treat a temporary failure as permanent for a
  * route's hosts (a configuration mistake must not bounce mail).
  */
-#include "router/router_mx_int.h"
+#include "dns/dns_int.h"
 
 #include <arpa/inet.h>
 #include <arpa/nameser.h>
@@ -33,31 +33,31 @@
 
 #include "common/util.h"
 
-#define MX_MAX_RECORDS      64      /* MX records read from one answer */
+#define DNS_MAX_RECORDS      64      /* MX records read from one answer */
 
 /* What one c-ares request asks. */
-enum mx_kind {
-	MX_REQ_MX,
-	MX_REQ_AAAA,
-	MX_REQ_A,
+enum dns_kind {
+	DNS_REQ_MX,
+	DNS_REQ_AAAA,
+	DNS_REQ_A,
 };
 
 /* One c-ares request in flight. */
-struct mx_req {
-	struct mx_fetch *f;
-	struct mx_chan *c;
-	enum mx_kind kind;
+struct dns_req {
+	struct dns_fetch *f;
+	struct dns_chan *c;
+	enum dns_kind kind;
 	size_t xi;              /* exchanger index for A/AAAA */
 	unsigned depth;         /* CNAME links followed so far */
 	char *name;             /* the name asked */
 };
 
-static void mx_ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen);
+static void dns_ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen);
 
 /* ---- small helpers ---- */
 
 static bool
-mx_name_eq(const char *a, const char *b)
+dns_name_eq(const char *a, const char *b)
 {
 	size_t la = strlen(a), lb = strlen(b);
 
@@ -69,12 +69,12 @@ mx_name_eq(const char *a, const char *b)
 }
 
 static void
-mx_fail(struct mx_fetch *f, int err, const char *status, const char *fmt, ...)
+dns_fail(struct dns_fetch *f, int err, const char *status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 /* Record the fetch's failure (the first one wins). */
 static void
-mx_fail(struct mx_fetch *f, int err, const char *status, const char *fmt, ...)
+dns_fail(struct dns_fetch *f, int err, const char *status, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -91,14 +91,14 @@ mx_fail(struct mx_fetch *f, int err, const char *status, const char *fmt, ...)
 
 /* The result rests on something valid for ttl seconds. */
 static void
-mx_fetch_ttl(struct mx_fetch *f, uint32_t ttl)
+dns_fetch_ttl(struct dns_fetch *f, uint32_t ttl)
 {
 	if (ttl < f->ttl)
 		f->ttl = ttl;
 }
 
 static void
-mx_set_port(struct mx_addr *a, uint16_t port)
+dns_set_port(struct dns_addr *a, uint16_t port)
 {
 	if (a->ss.ss_family == AF_INET6)
 		((struct sockaddr_in6 *)&a->ss)->sin6_port = htons(port);
@@ -108,7 +108,7 @@ mx_set_port(struct mx_addr *a, uint16_t port)
 
 /* Parse a numeric address into a; 0 or -1. */
 static int
-mx_parse_numeric(const char *s, uint16_t port, struct mx_addr *a)
+dns_parse_numeric(const char *s, uint16_t port, struct dns_addr *a)
 {
 	struct sockaddr_in *sin = (struct sockaddr_in *)&a->ss;
 	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&a->ss;
@@ -122,12 +122,12 @@ mx_parse_numeric(const char *s, uint16_t port, struct mx_addr *a)
 		a->len = sizeof(*sin6);
 	} else
 		return -1;
-	mx_set_port(a, port);
+	dns_set_port(a, port);
 	return 0;
 }
 
 static void
-mx_xch_init(struct mx_xch *x, const char *host, unsigned pref, uint16_t port)
+dns_xch_init(struct dns_xch *x, const char *host, unsigned pref, uint16_t port)
 {
 	memset(x, 0, sizeof(*x));
 	x->host = xstrdup(host);
@@ -136,16 +136,16 @@ mx_xch_init(struct mx_xch *x, const char *host, unsigned pref, uint16_t port)
 }
 
 static void
-mx_xch_add(struct mx_xch *x, int family, const unsigned char *p)
+dns_xch_add(struct dns_xch *x, int family, const unsigned char *p)
 {
-	struct mx_addr *a;
+	struct dns_addr *a;
 	size_t i;
 
 	if (family == AF_INET6) {
 		for (i = 0; i < x->n6; i++)
 			if (memcmp(&((struct sockaddr_in6 *)&x->a6[i].ss)->sin6_addr, p, 16) == 0)
 				return;
-		if (x->n6 == MX_MAX_PER_FAMILY)
+		if (x->n6 == DNS_MAX_PER_FAMILY)
 			return;
 		a = &x->a6[x->n6++];
 		memset(a, 0, sizeof(*a));
@@ -156,7 +156,7 @@ mx_xch_add(struct mx_xch *x, int family, const unsigned char *p)
 		for (i = 0; i < x->n4; i++)
 			if (memcmp(&((struct sockaddr_in *)&x->a4[i].ss)->sin_addr, p, 4) == 0)
 				return;
-		if (x->n4 == MX_MAX_PER_FAMILY)
+		if (x->n4 == DNS_MAX_PER_FAMILY)
 			return;
 		a = &x->a4[x->n4++];
 		memset(a, 0, sizeof(*a));
@@ -164,23 +164,23 @@ mx_xch_add(struct mx_xch *x, int family, const unsigned char *p)
 		memcpy(&((struct sockaddr_in *)&a->ss)->sin_addr, p, 4);
 		a->len = sizeof(struct sockaddr_in);
 	}
-	mx_set_port(a, x->port);
+	dns_set_port(a, x->port);
 }
 
 static void
-mx_xch_add_addr(struct mx_xch *x, const struct mx_addr *a)
+dns_xch_add_addr(struct dns_xch *x, const struct dns_addr *a)
 {
 	if (a->ss.ss_family == AF_INET6)
-		mx_xch_add(x, AF_INET6,
+		dns_xch_add(x, AF_INET6,
 		    (const unsigned char *)&((const struct sockaddr_in6 *)&a->ss)->sin6_addr);
 	else
-		mx_xch_add(x, AF_INET,
+		dns_xch_add(x, AF_INET,
 		    (const unsigned char *)&((const struct sockaddr_in *)&a->ss)->sin_addr);
 }
 
 /* Is the address one of our listen addresses (ports ignored)? */
 static bool
-mx_is_self_addr(const struct mx_resolver *r, const struct mx_addr *a)
+dns_is_self_addr(const struct dns_resolver *r, const struct dns_addr *a)
 {
 	size_t i;
 
@@ -202,18 +202,18 @@ mx_is_self_addr(const struct mx_resolver *r, const struct mx_addr *a)
 /* ---- the result ---- */
 
 static void
-mx_result_fail(struct mx_result *res, int err, const char *status, const char *reason)
+dns_result_fail(struct dns_result *res, int err, const char *status, const char *reason)
 {
 	res->err = err;
 	snprintf(res->status, sizeof(res->status), "%s", status);
 	snprintf(res->reason, sizeof(res->reason), "%s", reason);
 }
 
-struct mx_result *
-mx_build_result(struct mx_fetch *f)
+struct dns_result *
+dns_build_result(struct dns_fetch *f)
 {
-	struct mx_resolver *r = f->r;
-	struct mx_result *res = xcalloc(1, sizeof(*res));
+	struct dns_resolver *r = f->r;
+	struct dns_result *res = xcalloc(1, sizeof(*res));
 	unsigned cut = 0;
 	bool cutting = f->self_found, temp = false;
 	size_t i, j, kept = 0;
@@ -221,7 +221,7 @@ mx_build_result(struct mx_fetch *f)
 
 	res->implicit = f->implicit;
 	if (f->err != 0) {
-		mx_result_fail(res, f->err, f->status, f->reason);
+		dns_result_fail(res, f->err, f->status, f->reason);
 		return res;
 	}
 	if (cutting)
@@ -230,12 +230,12 @@ mx_build_result(struct mx_fetch *f)
 	/* an exchanger with one of our addresses is us, too */
 	if (!f->routes) {
 		for (i = 0; i < f->nx; i++) {
-			struct mx_xch *x = &f->x[i];
+			struct dns_xch *x = &f->x[i];
 
 			for (j = 0; j < x->n6 && !x->self; j++)
-				x->self = mx_is_self_addr(r, &x->a6[j]);
+				x->self = dns_is_self_addr(r, &x->a6[j]);
 			for (j = 0; j < x->n4 && !x->self; j++)
-				x->self = mx_is_self_addr(r, &x->a4[j]);
+				x->self = dns_is_self_addr(r, &x->a4[j]);
 			if (x->self && (!cutting || x->pref < cut)) {
 				cutting = true;
 				cut = x->pref;
@@ -247,14 +247,14 @@ mx_build_result(struct mx_fetch *f)
 			kept++;
 	if (kept == 0) {
 		snprintf(msg, sizeof(msg), "mail for %s loops back to myself", f->domain);
-		mx_result_fail(res, RELAY_EINVAL, "5.4.6", msg);
+		dns_result_fail(res, RELAY_EINVAL, "5.4.6", msg);
 		return res;
 	}
 
 	res->targets = xcalloc(f->nx, sizeof(*res->targets));
 	for (i = 0; i < f->nx; i++) {
-		struct mx_xch *x = &f->x[i];
-		struct mx_target *t;
+		struct dns_xch *x = &f->x[i];
+		struct dns_target *t;
 
 		if (cutting && x->pref >= cut)
 			continue;
@@ -278,14 +278,14 @@ mx_build_result(struct mx_fetch *f)
 	if (f->routes) {
 		snprintf(msg, sizeof(msg), "no host of the route (%s) could be resolved%s", f->domain,
 		    temp ? " (temporary DNS failure)" : "");
-		mx_result_fail(res, RELAY_ETEMP, "4.4.3", msg);
+		dns_result_fail(res, RELAY_ETEMP, "4.4.3", msg);
 	} else if (temp) {
 		snprintf(msg, sizeof(msg), "no exchanger for %s could be resolved "
 		    "(temporary DNS failure)", f->domain);
-		mx_result_fail(res, RELAY_ETEMP, "4.4.3", msg);
+		dns_result_fail(res, RELAY_ETEMP, "4.4.3", msg);
 	} else {
 		snprintf(msg, sizeof(msg), "no usable exchanger for %s", f->domain);
-		mx_result_fail(res, RELAY_EINVAL, "5.1.2", msg);
+		dns_result_fail(res, RELAY_EINVAL, "5.1.2", msg);
 	}
 	return res;
 }
@@ -293,9 +293,9 @@ mx_build_result(struct mx_fetch *f)
 /* ---- requests and their answers ---- */
 
 static void
-mx_send(struct mx_fetch *f, enum mx_kind kind, size_t xi, unsigned depth, const char *name)
+dns_send(struct dns_fetch *f, enum dns_kind kind, size_t xi, unsigned depth, const char *name)
 {
-	struct mx_req *req;
+	struct dns_req *req;
 	int type;
 
 	req = xcalloc(1, sizeof(*req));
@@ -308,10 +308,10 @@ mx_send(struct mx_fetch *f, enum mx_kind kind, size_t xi, unsigned depth, const 
 	f->inflight++;
 	f->c->inflight++;
 	switch (kind) {
-	case MX_REQ_MX:
+	case DNS_REQ_MX:
 		type = ns_t_mx;
 		break;
-	case MX_REQ_AAAA:
+	case DNS_REQ_AAAA:
 		type = ns_t_aaaa;
 		break;
 	default:
@@ -319,13 +319,13 @@ mx_send(struct mx_fetch *f, enum mx_kind kind, size_t xi, unsigned depth, const 
 		break;
 	}
 	/* may call back at once (bad name, no memory): the hold keeps f alive */
-	ares_query(f->c->ch, req->name, ns_c_in, type, mx_ares_cb, req);
-	mx_chan_touch(f->c);
+	ares_query(f->c->ch, req->name, ns_c_in, type, dns_ares_cb, req);
+	dns_chan_touch(f->c);
 }
 
 /* Temporary DNS failures (as opposed to "this does not exist"). */
 static bool
-mx_status_temp(int status)
+dns_status_temp(int status)
 {
 	switch (status) {
 	case ARES_SUCCESS:
@@ -339,7 +339,7 @@ mx_status_temp(int status)
 }
 
 static const char *
-mx_status_text(int status)
+dns_status_text(int status)
 {
 	switch (status) {
 	case ARES_ESERVFAIL:
@@ -362,49 +362,49 @@ mx_status_text(int status)
 
 /* Start AAAA and A lookups for every exchanger. */
 static void
-mx_resolve_all(struct mx_fetch *f)
+dns_resolve_all(struct dns_fetch *f)
 {
 	size_t i;
 
 	for (i = 0; i < f->nx; i++) {
-		mx_send(f, MX_REQ_AAAA, i, 0, f->x[i].host);
-		mx_send(f, MX_REQ_A, i, 0, f->x[i].host);
+		dns_send(f, DNS_REQ_AAAA, i, 0, f->x[i].host);
+		dns_send(f, DNS_REQ_A, i, 0, f->x[i].host);
 	}
 }
 
 /* No MX records: the domain itself is the exchanger (RFC 5321 5.1). */
 static void
-mx_implicit(struct mx_fetch *f)
+dns_implicit(struct dns_fetch *f)
 {
-	struct mx_resolver *r = f->r;
+	struct dns_resolver *r = f->r;
 
 	f->implicit = true;
 	f->x = xcalloc(1, sizeof(*f->x));
-	mx_xch_init(&f->x[0], f->domain, 0, f->port);
+	dns_xch_init(&f->x[0], f->domain, 0, f->port);
 	f->nx = 1;
-	if (r->hostname != NULL && mx_name_eq(f->domain, r->hostname)) {
-		mx_fail(f, RELAY_EINVAL, "5.4.6", "mail for %s loops back to myself", f->domain);
+	if (r->hostname != NULL && dns_name_eq(f->domain, r->hostname)) {
+		dns_fail(f, RELAY_EINVAL, "5.4.6", "mail for %s loops back to myself", f->domain);
 		return;
 	}
-	mx_resolve_all(f);
+	dns_resolve_all(f);
 }
 
-struct mx_pair {
+struct dns_pair {
 	unsigned pref;
 	const char *host;
 };
 
 /* The MX answer: order the exchangers, drop ourselves, resolve the rest. */
 static void
-mx_got_mx(struct mx_fetch *f, struct mx_req *req, const struct mx_answer *an)
+dns_got_mx(struct dns_fetch *f, struct dns_req *req, const struct dns_answer *an)
 {
-	struct mx_resolver *r = f->r;
-	struct mx_pair pairs[MX_MAX_RECORDS], tmp;
+	struct dns_resolver *r = f->r;
+	struct dns_pair pairs[DNS_MAX_RECORDS], tmp;
 	const char *end;
 	size_t n = 0, i, j, nmx = 0, nnull = 0;
 	unsigned links;
 
-	end = mx_chain_end(an, req->name, &links);
+	end = dns_chain_end(an, req->name, &links);
 	for (i = 0; i < an->n; i++) {
 		if (an->rr[i].type != ns_t_mx || strcmp(an->rr[i].owner, end) != 0)
 			continue;
@@ -413,7 +413,7 @@ mx_got_mx(struct mx_fetch *f, struct mx_req *req, const struct mx_answer *an)
 			nnull++;
 			continue;
 		}
-		if (n < MX_MAX_RECORDS) {
+		if (n < DNS_MAX_RECORDS) {
 			pairs[n].pref = an->rr[i].pref;
 			pairs[n].host = an->rr[i].target;
 			n++;
@@ -421,29 +421,29 @@ mx_got_mx(struct mx_fetch *f, struct mx_req *req, const struct mx_answer *an)
 	}
 	if (nmx == 0) {
 		/* a CNAME the server did not chase: ask for its target */
-		if (links > 0 && req->depth + links <= MX_CNAME_MAX) {
-			mx_send(f, MX_REQ_MX, 0, req->depth + links, end);
+		if (links > 0 && req->depth + links <= DNS_CNAME_MAX) {
+			dns_send(f, DNS_REQ_MX, 0, req->depth + links, end);
 			return;
 		}
 		if (links > 0) {
-			mx_fail(f, RELAY_ETEMP, "4.4.3", "DNS lookup of MX for %s: CNAME chain too long",
+			dns_fail(f, RELAY_ETEMP, "4.4.3", "DNS lookup of MX for %s: CNAME chain too long",
 			    f->domain);
 			return;
 		}
-		mx_implicit(f);
+		dns_implicit(f);
 		return;
 	}
 	if (nmx == 1 && nnull == 1) {
-		mx_fail(f, RELAY_EINVAL, "5.1.10",
+		dns_fail(f, RELAY_EINVAL, "5.1.10",
 		    "domain %s does not accept mail (null MX)", f->domain);
 		return;
 	}
 	if (n == 0) {
-		mx_fail(f, RELAY_EINVAL, "5.1.2", "no usable exchanger for %s", f->domain);
+		dns_fail(f, RELAY_EINVAL, "5.1.2", "no usable exchanger for %s", f->domain);
 		return;
 	}
 
-	/* stable sort by preference; equal ones are shuffled per caller (mx_shuffle) */
+	/* stable sort by preference; equal ones are shuffled per caller (dns_shuffle) */
 	for (i = 1; i < n; i++) {
 		tmp = pairs[i];
 		for (j = i; j > 0 && pairs[j - 1].pref > tmp.pref; j--)
@@ -453,7 +453,7 @@ mx_got_mx(struct mx_fetch *f, struct mx_req *req, const struct mx_answer *an)
 
 	/* RFC 5321 5.1: we are an exchanger: drop it and everything not better */
 	for (i = 0; i < n; i++) {
-		if (r->hostname != NULL && mx_name_eq(pairs[i].host, r->hostname)) {
+		if (r->hostname != NULL && dns_name_eq(pairs[i].host, r->hostname)) {
 			f->self_found = true;
 			f->self_pref = pairs[i].pref;
 			break;
@@ -461,7 +461,7 @@ mx_got_mx(struct mx_fetch *f, struct mx_req *req, const struct mx_answer *an)
 	}
 
 	f->x = xcalloc(n, sizeof(*f->x));
-	for (i = 0; i < n && f->nx < MX_MAX_TARGETS; i++) {
+	for (i = 0; i < n && f->nx < DNS_MAX_TARGETS; i++) {
 		if (f->self_found && pairs[i].pref >= f->self_pref)
 			break;
 		for (j = 0; j < f->nx; j++)
@@ -469,119 +469,119 @@ mx_got_mx(struct mx_fetch *f, struct mx_req *req, const struct mx_answer *an)
 				break;
 		if (j < f->nx)
 			continue;       /* listed twice: the better preference stays */
-		mx_xch_init(&f->x[f->nx++], pairs[i].host, pairs[i].pref, f->port);
+		dns_xch_init(&f->x[f->nx++], pairs[i].host, pairs[i].pref, f->port);
 	}
 	if (f->nx == 0) {
-		mx_fail(f, RELAY_EINVAL, "5.4.6", "mail for %s loops back to myself", f->domain);
+		dns_fail(f, RELAY_EINVAL, "5.4.6", "mail for %s loops back to myself", f->domain);
 		return;
 	}
-	mx_resolve_all(f);
+	dns_resolve_all(f);
 }
 
 static void
-mx_on_mx(struct mx_fetch *f, struct mx_req *req, int status, unsigned char *abuf, int alen)
+dns_on_mx(struct dns_fetch *f, struct dns_req *req, int status, unsigned char *abuf, int alen)
 {
-	struct mx_answer an;
+	struct dns_answer an;
 
 	switch (status) {
 	case ARES_SUCCESS:
-		if (mx_parse_answer(abuf, alen, &an) == -1) {
-			mx_fail(f, RELAY_ETEMP, "4.4.3", "DNS lookup of MX for %s: malformed answer",
+		if (dns_parse_answer(abuf, alen, &an) == -1) {
+			dns_fail(f, RELAY_ETEMP, "4.4.3", "DNS lookup of MX for %s: malformed answer",
 			    f->domain);
 			return;
 		}
-		mx_fetch_ttl(f, an.min_ttl);
-		mx_got_mx(f, req, &an);
-		mx_answer_free(&an);
+		dns_fetch_ttl(f, an.min_ttl);
+		dns_got_mx(f, req, &an);
+		dns_answer_free(&an);
 		return;
 	case ARES_ENODATA:
-		mx_fetch_ttl(f, mx_neg_ttl(abuf, alen));
-		mx_implicit(f);
+		dns_fetch_ttl(f, dns_neg_ttl(abuf, alen));
+		dns_implicit(f);
 		return;
 	case ARES_ENOTFOUND:
-		mx_fetch_ttl(f, mx_neg_ttl(abuf, alen));
-		mx_fail(f, RELAY_EINVAL, "5.1.2", "domain %s does not exist (NXDOMAIN)", f->domain);
+		dns_fetch_ttl(f, dns_neg_ttl(abuf, alen));
+		dns_fail(f, RELAY_EINVAL, "5.1.2", "domain %s does not exist (NXDOMAIN)", f->domain);
 		return;
 	case ARES_EBADNAME:
-		mx_fail(f, RELAY_EINVAL, "5.1.2", "bad domain name %s", f->domain);
+		dns_fail(f, RELAY_EINVAL, "5.1.2", "bad domain name %s", f->domain);
 		return;
 	default:
-		mx_fail(f, RELAY_ETEMP, "4.4.3", "DNS lookup of MX for %s failed: %s", f->domain,
-		    mx_status_text(status));
+		dns_fail(f, RELAY_ETEMP, "4.4.3", "DNS lookup of MX for %s failed: %s", f->domain,
+		    dns_status_text(status));
 		return;
 	}
 }
 
 static void
-mx_on_addr(struct mx_fetch *f, struct mx_req *req, int status, unsigned char *abuf, int alen)
+dns_on_addr(struct dns_fetch *f, struct dns_req *req, int status, unsigned char *abuf, int alen)
 {
-	struct mx_xch *x = &f->x[req->xi];
-	struct mx_answer an;
+	struct dns_xch *x = &f->x[req->xi];
+	struct dns_answer an;
 	const char *end;
 	unsigned links;
-	int type = req->kind == MX_REQ_AAAA ? ns_t_aaaa : ns_t_a;
+	int type = req->kind == DNS_REQ_AAAA ? ns_t_aaaa : ns_t_a;
 	size_t i, found = 0;
 
 	if (status == ARES_ENODATA || status == ARES_ENOTFOUND) {
-		mx_fetch_ttl(f, mx_neg_ttl(abuf, alen));
+		dns_fetch_ttl(f, dns_neg_ttl(abuf, alen));
 		return;         /* no address of this family */
 	}
-	if (status != ARES_SUCCESS && !mx_status_temp(status))
+	if (status != ARES_SUCCESS && !dns_status_temp(status))
 		return;
-	if (status != ARES_SUCCESS || mx_parse_answer(abuf, alen, &an) == -1) {
+	if (status != ARES_SUCCESS || dns_parse_answer(abuf, alen, &an) == -1) {
 		x->temp = true;
 		f->temp = true;
 		return;
 	}
-	mx_fetch_ttl(f, an.min_ttl);
-	end = mx_chain_end(&an, req->name, &links);
+	dns_fetch_ttl(f, an.min_ttl);
+	end = dns_chain_end(&an, req->name, &links);
 	for (i = 0; i < an.n; i++) {
 		if (an.rr[i].type != type || strcmp(an.rr[i].owner, end) != 0)
 			continue;
-		mx_xch_add(x, type == ns_t_aaaa ? AF_INET6 : AF_INET, an.rr[i].addr);
+		dns_xch_add(x, type == ns_t_aaaa ? AF_INET6 : AF_INET, an.rr[i].addr);
 		found++;
 	}
 	if (found == 0 && links > 0) {
 		/* a CNAME chain the server did not chase (or a long one): go on */
-		if (req->depth + links <= MX_CNAME_MAX)
-			mx_send(f, req->kind, req->xi, req->depth + links, end);
+		if (req->depth + links <= DNS_CNAME_MAX)
+			dns_send(f, req->kind, req->xi, req->depth + links, end);
 		else
 			x->temp = true;
 	}
-	mx_answer_free(&an);
+	dns_answer_free(&an);
 }
 
 /* Every c-ares request ends here, exactly once. */
 static void
-mx_ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+dns_ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 {
-	struct mx_req *req = arg;
-	struct mx_fetch *f = req->f;
-	struct mx_chan *c = req->c;
+	struct dns_req *req = arg;
+	struct dns_fetch *f = req->f;
+	struct dns_chan *c = req->c;
 
 	(void)timeouts;
-	if (f->magic != MX_MAGIC_FETCH || c->magic != MX_MAGIC_CHAN)
+	if (f->magic != DNS_MAGIC_FETCH || c->magic != DNS_MAGIC_CHAN)
 		fatalx("%s: bad fetch or channel", __func__);
 	if (!f->abandoned && status != ARES_EDESTRUCTION && status != ARES_ECANCELLED &&
 	    f->err == 0) {
-		if (req->kind == MX_REQ_MX)
-			mx_on_mx(f, req, status, abuf, alen);
+		if (req->kind == DNS_REQ_MX)
+			dns_on_mx(f, req, status, abuf, alen);
 		else
-			mx_on_addr(f, req, status, abuf, alen);
+			dns_on_addr(f, req, status, abuf, alen);
 	}
 	free(req->name);
 	free(req);
 	c->inflight--;
 	if (c->retired && c->inflight == 0)
-		mx_kick(c->r);
-	mx_fetch_release(f);
+		dns_kick(c->r);
+	dns_fetch_release(f);
 }
 
 /* ---- lookups ---- */
 
 /* "[192.0.2.1]" or "[IPv6:2001:db8::1]": 1 literal parsed, 0 not a literal, -1 bad. */
 static int
-mx_literal(const char *domain, uint16_t port, struct mx_addr *a, char *text, size_t textlen)
+dns_literal(const char *domain, uint16_t port, struct dns_addr *a, char *text, size_t textlen)
 {
 	size_t n = strlen(domain);
 	const char *s = domain + 1;
@@ -593,114 +593,114 @@ mx_literal(const char *domain, uint16_t port, struct mx_addr *a, char *text, siz
 	if (n > 7 && util_strncasecmp(s, "IPv6:", 5) == 0) {
 		memcpy(text, s + 5, n - 7);
 		text[n - 7] = '\0';
-		if (mx_parse_numeric(text, port, a) == -1 || a->ss.ss_family != AF_INET6)
+		if (dns_parse_numeric(text, port, a) == -1 || a->ss.ss_family != AF_INET6)
 			return -1;
 		return 1;
 	}
 	memcpy(text, s, n - 2);
 	text[n - 2] = '\0';
-	if (mx_parse_numeric(text, port, a) == -1 || a->ss.ss_family != AF_INET)
+	if (dns_parse_numeric(text, port, a) == -1 || a->ss.ss_family != AF_INET)
 		return -1;
 	return 1;
 }
 
-struct mx_query *
-mx_lookup(struct mx_resolver *r, const char *domain, uint16_t port, mx_cb *cb, void *arg)
+struct dns_query *
+dns_lookup(struct dns_resolver *r, const char *domain, uint16_t port, dns_cb *cb, void *arg)
 {
-	struct mx_query *q = mx_query_new(r, cb, arg);
-	struct mx_fetch *f;
-	struct mx_addr a;
+	struct dns_query *q = dns_query_new(r, cb, arg);
+	struct dns_fetch *f;
+	struct dns_addr a;
 	struct buf key = BUF_INIT;
 	char text[INET6_ADDRSTRLEN + 8], *name;
 	int lit = 0;
 
-	name = mx_norm(domain);
+	name = dns_norm(domain);
 	if (name != NULL && name[0] != '\0' &&
-	    (lit = mx_literal(domain, port, &a, text, sizeof(text))) == 0) {
+	    (lit = dns_literal(domain, port, &a, text, sizeof(text))) == 0) {
 		buf_printf(&key, "M%u %s", (unsigned)port, name);
-		if (mx_share(r, q, buf_cstr(&key))) {
+		if (dns_share(r, q, buf_cstr(&key))) {
 			free(name);
 			buf_free(&key);
 			return q;
 		}
-		f = mx_fetch_new(r, buf_steal(&key));
+		f = dns_fetch_new(r, buf_steal(&key));
 		buf_free(&key);
 		f->domain = name;
 		f->port = port;
-		mx_fetch_join(f, q);
-		mx_send(f, MX_REQ_MX, 0, 0, f->domain);
-		mx_fetch_release(f);
+		dns_fetch_join(f, q);
+		dns_send(f, DNS_REQ_MX, 0, 0, f->domain);
+		dns_fetch_release(f);
 		return q;
 	}
 
 	/* No DNS: a bad name or an address literal, of its own. */
-	f = mx_fetch_new(r, NULL);
+	f = dns_fetch_new(r, NULL);
 	f->port = port;
-	mx_fetch_join(f, q);
+	dns_fetch_join(f, q);
 	if (name == NULL || name[0] == '\0') {
 		free(name);
 		f->domain = xstrdup("(bad)");
-		mx_fail(f, RELAY_EINVAL, "5.1.2", "bad domain name");
-		mx_fetch_release(f);
+		dns_fail(f, RELAY_EINVAL, "5.1.2", "bad domain name");
+		dns_fetch_release(f);
 		return q;
 	}
 	f->domain = name;
 	if (lit == -1)
-		mx_fail(f, RELAY_EINVAL, "5.1.2", "bad address literal %s", f->domain);
+		dns_fail(f, RELAY_EINVAL, "5.1.2", "bad address literal %s", f->domain);
 	else {
 		f->implicit = true;
 		f->x = xcalloc(1, sizeof(*f->x));
-		mx_xch_init(&f->x[0], text, 0, port);
-		mx_xch_add_addr(&f->x[0], &a);
+		dns_xch_init(&f->x[0], text, 0, port);
+		dns_xch_add_addr(&f->x[0], &a);
 		f->nx = 1;
 	}
-	mx_fetch_release(f);
+	dns_fetch_release(f);
 	return q;
 }
 
-struct mx_query *
-mx_lookup_hosts(struct mx_resolver *r, const struct conf_hostport *hosts, size_t n,
-    mx_cb *cb, void *arg)
+struct dns_query *
+dns_lookup_hosts(struct dns_resolver *r, const struct conf_hostport *hosts, size_t n,
+    dns_cb *cb, void *arg)
 {
-	struct mx_query *q = mx_query_new(r, cb, arg);
-	struct mx_fetch *f;
-	struct mx_addr a;
+	struct dns_query *q = dns_query_new(r, cb, arg);
+	struct dns_fetch *f;
+	struct dns_addr a;
 	struct buf desc = BUF_INIT, key = BUF_INIT;
 	size_t i;
 
-	if (n > MX_MAX_TARGETS)
-		n = MX_MAX_TARGETS;
+	if (n > DNS_MAX_TARGETS)
+		n = DNS_MAX_TARGETS;
 	if (n > 0) {
 		buf_putc(&key, 'H');
 		for (i = 0; i < n; i++)
 			buf_printf(&key, " %s:%u", hosts[i].host, (unsigned)hosts[i].port);
-		if (mx_share(r, q, buf_cstr(&key))) {
+		if (dns_share(r, q, buf_cstr(&key))) {
 			buf_free(&key);
 			return q;
 		}
 	}
-	f = mx_fetch_new(r, n > 0 ? buf_steal(&key) : NULL);
+	f = dns_fetch_new(r, n > 0 ? buf_steal(&key) : NULL);
 	buf_free(&key);
 	f->routes = true;
-	mx_fetch_join(f, q);
+	dns_fetch_join(f, q);
 	f->x = xcalloc(n ? n : 1, sizeof(*f->x));
 	f->nx = n;
 	for (i = 0; i < n; i++) {
 		buf_printf(&desc, "%s%s", i ? "," : "", hosts[i].host);
-		mx_xch_init(&f->x[i], hosts[i].host, (unsigned)i, hosts[i].port);
+		dns_xch_init(&f->x[i], hosts[i].host, (unsigned)i, hosts[i].port);
 	}
 	f->domain = desc.len ? buf_steal(&desc) : xstrdup("(no hosts)");
 	buf_free(&desc);
 	if (n == 0)
-		mx_fail(f, RELAY_ETEMP, "4.4.3", "route has no hosts");
+		dns_fail(f, RELAY_ETEMP, "4.4.3", "route has no hosts");
 	for (i = 0; i < n && f->err == 0; i++) {
-		if (mx_parse_numeric(f->x[i].host, f->x[i].port, &a) == 0)
-			mx_xch_add_addr(&f->x[i], &a);
+		if (dns_parse_numeric(f->x[i].host, f->x[i].port, &a) == 0)
+			dns_xch_add_addr(&f->x[i], &a);
 		else {
-			mx_send(f, MX_REQ_AAAA, i, 0, f->x[i].host);
-			mx_send(f, MX_REQ_A, i, 0, f->x[i].host);
+			dns_send(f, DNS_REQ_AAAA, i, 0, f->x[i].host);
+			dns_send(f, DNS_REQ_A, i, 0, f->x[i].host);
 		}
 	}
-	mx_fetch_release(f);
+	dns_fetch_release(f);
 	return q;
 }

@@ -1,18 +1,18 @@
 /*
- * router_mx.c - the router's DNS resolver (router_mx.h): the resolver
- * object, its configuration, and the callers' queries.  mx_new() creates it
- * on the one libuv loop, mx_reload() swaps its configuration (a new c-ares
- * channel; the cache and the fetches in flight are forgotten), mx_close()
- * cancels every query and closes its handles.  A query (struct mx_query) is
- * one caller's lookup: it waits on a fetch (router_mx_cache.c), then holds a
+ * dns.c - the router's DNS resolver (dns.h): the resolver
+ * object, its configuration, and the callers' queries.  dns_new() creates it
+ * on the one libuv loop, dns_reload() swaps its configuration (a new c-ares
+ * channel; the cache and the fetches in flight are forgotten), dns_close()
+ * cancels every query and closes its handles.  A query (struct dns_query) is
+ * one caller's lookup: it waits on a fetch (dns_cache.c), then holds a
  * result of its own, which a 0 ms timer (the kick) hands to its callback,
  * equal preferences shuffled per caller.  The kick also reaps channels
  * retired by a reload once their last request is back.
  *
- * The other parts (see router_mx_int.h): router_mx_resolve.c (what a lookup
- * answers: mx_lookup*, MX/A/AAAA/CNAME, implicit and null MX, loops),
- * router_mx_cache.c (fetches shared in flight, the result cache),
- * router_mx_ares.c (c-ares on the libuv loop), router_mx_answer.c (answer
+ * The other parts (see dns_int.h): dns_resolve.c (what a lookup
+ * answers: dns_lookup*, MX/A/AAAA/CNAME, implicit and null MX, loops),
+ * dns_cache.c (fetches shared in flight, the result cache),
+ * dns_ares.c (c-ares on the libuv loop), dns_answer.c (answer
  * parsing).
  *
  * Owns: the resolver (freed once its last handle is closed), its kick timer
@@ -21,10 +21,10 @@
  * servers) and the shuffle's randomness.
  *
  * Must never: call a user callback from inside c-ares or from inside
- * mx_lookup*() (only from the kick), call a query's callback after
- * mx_cancel() or mx_close(), or hand one result to two callers.
+ * dns_lookup*() (only from the kick), call a query's callback after
+ * dns_cancel() or dns_close(), or hand one result to two callers.
  */
-#include "router/router_mx_int.h"
+#include "dns/dns_int.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -36,15 +36,15 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#define MX_DEFAULT_TIMEOUT  2000
-#define MX_DEFAULT_TRIES    2
+#define DNS_DEFAULT_TIMEOUT  2000
+#define DNS_DEFAULT_TRIES    2
 
 /* ---- randomness ---- */
 
 static uint32_t
-mx_default_random(void *arg, uint32_t n)
+dns_default_random(void *arg, uint32_t n)
 {
-	struct mx_resolver *r = arg;
+	struct dns_resolver *r = arg;
 	uint64_t z;
 
 	/* splitmix64: good enough to spread load, not a secret */
@@ -56,12 +56,12 @@ mx_default_random(void *arg, uint32_t n)
 }
 
 static uint32_t
-mx_random(struct mx_resolver *r, uint32_t n)
+dns_random(struct dns_resolver *r, uint32_t n)
 {
 	uint32_t v;
 
 	if (r->rnd == NULL)
-		return mx_default_random(r, n);
+		return dns_default_random(r, n);
 	v = r->rnd(r->rnd_arg, n);
 	if (v >= n)
 		fatalx("%s: random function returned %u, want < %u", __func__, v, n);
@@ -71,7 +71,7 @@ mx_random(struct mx_resolver *r, uint32_t n)
 /* ---- results ---- */
 
 void
-mx_result_free(struct mx_result *res)
+dns_result_free(struct dns_result *res)
 {
 	size_t i;
 
@@ -86,10 +86,10 @@ mx_result_free(struct mx_result *res)
 }
 
 /* A deep copy: every caller owns its own result. */
-struct mx_result *
-mx_result_copy(const struct mx_result *src)
+struct dns_result *
+dns_result_copy(const struct dns_result *src)
 {
-	struct mx_result *res = xmalloc(sizeof(*res));
+	struct dns_result *res = xmalloc(sizeof(*res));
 	size_t i;
 
 	*res = *src;
@@ -98,8 +98,8 @@ mx_result_copy(const struct mx_result *src)
 		return res;
 	res->targets = xcalloc(src->ntargets, sizeof(*res->targets));
 	for (i = 0; i < src->ntargets; i++) {
-		const struct mx_target *s = &src->targets[i];
-		struct mx_target *t = &res->targets[i];
+		const struct dns_target *s = &src->targets[i];
+		struct dns_target *t = &res->targets[i];
 
 		*t = *s;
 		t->host = xstrdup(s->host);
@@ -111,16 +111,16 @@ mx_result_copy(const struct mx_result *src)
 
 /* Shuffle each run of equal preferences (the targets are sorted by preference). */
 static void
-mx_shuffle(struct mx_resolver *r, struct mx_result *res)
+dns_shuffle(struct dns_resolver *r, struct dns_result *res)
 {
-	struct mx_target *t = res->targets, tmp;
+	struct dns_target *t = res->targets, tmp;
 	size_t n = res->ntargets, i, j, k, pick;
 
 	for (i = 0; i < n; i = j) {
 		for (j = i + 1; j < n && t[j].pref == t[i].pref; j++)
 			;
 		for (k = j - 1; k > i; k--) {
-			pick = i + mx_random(r, (uint32_t)(k - i + 1));
+			pick = i + dns_random(r, (uint32_t)(k - i + 1));
 			tmp = t[k];
 			t[k] = t[pick];
 			t[pick] = tmp;
@@ -130,15 +130,15 @@ mx_shuffle(struct mx_resolver *r, struct mx_result *res)
 
 /* ---- queries ---- */
 
-struct mx_query *
-mx_query_new(struct mx_resolver *r, mx_cb *cb, void *arg)
+struct dns_query *
+dns_query_new(struct dns_resolver *r, dns_cb *cb, void *arg)
 {
-	struct mx_query *q;
+	struct dns_query *q;
 
 	if (r->closing)
 		fatalx("%s: lookup on a closing resolver", __func__);
 	q = xcalloc(1, sizeof(*q));
-	q->magic = MX_MAGIC_QUERY;
+	q->magic = DNS_MAGIC_QUERY;
 	q->r = r;
 	q->cb = cb;
 	q->arg = arg;
@@ -149,39 +149,39 @@ mx_query_new(struct mx_resolver *r, mx_cb *cb, void *arg)
 
 /* q has its own result: the kick hands it out. */
 void
-mx_query_ready(struct mx_query *q, struct mx_result *res, bool shuffle)
+dns_query_ready(struct dns_query *q, struct dns_result *res, bool shuffle)
 {
-	struct mx_resolver *r = q->r;
+	struct dns_resolver *r = q->r;
 
 	if (shuffle)
-		mx_shuffle(r, res);
+		dns_shuffle(r, res);
 	q->res = res;
 	q->ready = true;
 	TAILQ_INSERT_TAIL(&r->ready, q, entry);
-	mx_kick(r);
+	dns_kick(r);
 }
 
 void
-mx_cancel(struct mx_query *q)
+dns_cancel(struct dns_query *q)
 {
-	struct mx_resolver *r;
-	struct mx_fetch *f;
+	struct dns_resolver *r;
+	struct dns_fetch *f;
 
 	if (q == NULL)
 		return;
-	if (q->magic != MX_MAGIC_QUERY)
+	if (q->magic != DNS_MAGIC_QUERY)
 		fatalx("%s: bad or cancelled query", __func__);
 	r = q->r;
 	if (q->ready) {
 		TAILQ_REMOVE(&r->ready, q, entry);
-		mx_result_free(q->res);
+		dns_result_free(q->res);
 	} else {
 		/* the others waiting on the fetch keep it; the last one abandons it */
 		f = q->f;
 		TAILQ_REMOVE(&f->waiters, q, entry);
 		if (TAILQ_EMPTY(&f->waiters)) {
 			f->abandoned = true;
-			mx_fetch_unjoin(f);     /* freed when its last request calls back */
+			dns_fetch_unjoin(f);     /* freed when its last request calls back */
 		}
 	}
 	r->npending--;
@@ -192,17 +192,17 @@ mx_cancel(struct mx_query *q)
 /* ---- the kick: results out, retired channels reaped ---- */
 
 static void
-mx_kick_cb(uv_timer_t *t)
+dns_kick_cb(uv_timer_t *t)
 {
-	struct mx_resolver *r = t->data;
-	struct mx_query *q;
-	struct mx_chan *c, *next;
+	struct dns_resolver *r = t->data;
+	struct dns_query *q;
+	struct dns_chan *c, *next;
 
-	if (r->magic != MX_MAGIC_RESOLVER)
+	if (r->magic != DNS_MAGIC_RESOLVER)
 		fatalx("%s: bad resolver", __func__);
 	while (!r->closing && (q = TAILQ_FIRST(&r->ready)) != NULL) {
-		struct mx_result *res = q->res;
-		mx_cb *cb = q->cb;
+		struct dns_result *res = q->res;
+		dns_cb *cb = q->cb;
 		void *arg = q->arg;
 
 		TAILQ_REMOVE(&r->ready, q, entry);
@@ -216,22 +216,22 @@ mx_kick_cb(uv_timer_t *t)
 	for (c = TAILQ_FIRST(&r->chans); c != NULL; c = next) {
 		next = TAILQ_NEXT(c, entry);
 		if (c->retired && c->inflight == 0 && !c->destroyed)
-			mx_chan_destroy(c);
+			dns_chan_destroy(c);
 	}
 }
 
 void
-mx_kick(struct mx_resolver *r)
+dns_kick(struct dns_resolver *r)
 {
 	if (!r->closing)
-		uv_timer_start(&r->kick, mx_kick_cb, 0, 0);
+		uv_timer_start(&r->kick, dns_kick_cb, 0, 0);
 }
 
 /* ---- the resolver ---- */
 
 /* Take hostname, listen addresses and DNS servers from conf into r's fields. */
 static int
-mx_take_conf(struct mx_resolver *r, const struct conf *conf, struct buf *err)
+dns_take_conf(struct dns_resolver *r, const struct conf *conf, struct buf *err)
 {
 	struct ares_addr_port_node *servers = NULL;
 	struct sockaddr_storage *self;
@@ -284,14 +284,14 @@ mx_take_conf(struct mx_resolver *r, const struct conf *conf, struct buf *err)
 	r->nself = nself;
 	free(r->hostname);
 	r->hostname = conf->hostname != NULL && conf->hostname[0] != '\0' ?
-	    mx_norm(conf->hostname) : NULL;
+	    dns_norm(conf->hostname) : NULL;
 	return 0;
 }
 
-struct mx_resolver *
-mx_new(uv_loop_t *loop, const struct conf *conf, struct buf *err)
+struct dns_resolver *
+dns_new(uv_loop_t *loop, const struct conf *conf, struct buf *err)
 {
-	struct mx_resolver *r;
+	struct dns_resolver *r;
 	int rc;
 
 	if ((rc = ares_library_init(ARES_LIB_INIT_ALL)) != ARES_SUCCESS) {
@@ -299,10 +299,10 @@ mx_new(uv_loop_t *loop, const struct conf *conf, struct buf *err)
 		return NULL;
 	}
 	r = xcalloc(1, sizeof(*r));
-	r->magic = MX_MAGIC_RESOLVER;
+	r->magic = DNS_MAGIC_RESOLVER;
 	r->loop = loop;
-	r->timeout_ms = MX_DEFAULT_TIMEOUT;
-	r->tries = MX_DEFAULT_TRIES;
+	r->timeout_ms = DNS_DEFAULT_TIMEOUT;
+	r->tries = DNS_DEFAULT_TRIES;
 	TAILQ_INIT(&r->chans);
 	TAILQ_INIT(&r->ready);
 	TAILQ_INIT(&r->fetches);
@@ -310,7 +310,7 @@ mx_new(uv_loop_t *loop, const struct conf *conf, struct buf *err)
 	if (getrandom(&r->rnd_state, sizeof(r->rnd_state), GRND_NONBLOCK) !=
 	    (ssize_t)sizeof(r->rnd_state))
 		r->rnd_state = util_mono_ms() ^ ((uint64_t)getpid() << 32);
-	if (mx_take_conf(r, conf, err) != 0 || mx_chan_replace(r, err) != 0) {
+	if (dns_take_conf(r, conf, err) != 0 || dns_chan_replace(r, err) != 0) {
 		free(r->servers);
 		free(r->self);
 		free(r->hostname);
@@ -333,21 +333,21 @@ mx_new(uv_loop_t *loop, const struct conf *conf, struct buf *err)
  * their waiters only.
  */
 static void
-mx_forget(struct mx_resolver *r)
+dns_forget(struct dns_resolver *r)
 {
-	struct mx_fetch *f;
+	struct dns_fetch *f;
 
-	mx_cache_clear(r);
+	dns_cache_clear(r);
 	TAILQ_FOREACH(f, &r->fetches, entry) {
-		mx_fetch_unjoin(f);
+		dns_fetch_unjoin(f);
 		f->stale = true;
 	}
 }
 
 int
-mx_reload(struct mx_resolver *r, const struct conf *conf, struct buf *err)
+dns_reload(struct dns_resolver *r, const struct conf *conf, struct buf *err)
 {
-	struct mx_resolver save;
+	struct dns_resolver save;
 	int rc;
 
 	if (r->closing)
@@ -361,11 +361,11 @@ mx_reload(struct mx_resolver *r, const struct conf *conf, struct buf *err)
 	r->servers = NULL;
 	r->self = NULL;
 	r->hostname = NULL;
-	if ((rc = mx_take_conf(r, conf, err)) == 0 && (rc = mx_chan_replace(r, err)) == 0) {
+	if ((rc = dns_take_conf(r, conf, err)) == 0 && (rc = dns_chan_replace(r, err)) == 0) {
 		free(save.servers);
 		free(save.self);
 		free(save.hostname);
-		mx_forget(r);
+		dns_forget(r);
 		return 0;
 	}
 	free(r->servers);
@@ -380,14 +380,14 @@ mx_reload(struct mx_resolver *r, const struct conf *conf, struct buf *err)
 }
 
 void
-mx_set_random(struct mx_resolver *r, mx_random_fn *fn, void *arg)
+dns_set_random(struct dns_resolver *r, dns_random_fn *fn, void *arg)
 {
 	r->rnd = fn;
 	r->rnd_arg = arg;
 }
 
 int
-mx_set_timeout(struct mx_resolver *r, unsigned timeout_ms, unsigned tries)
+dns_set_timeout(struct dns_resolver *r, unsigned timeout_ms, unsigned tries)
 {
 	struct buf err = BUF_INIT;
 	unsigned old_ms = r->timeout_ms, old_tries = r->tries;
@@ -397,7 +397,7 @@ mx_set_timeout(struct mx_resolver *r, unsigned timeout_ms, unsigned tries)
 		return RELAY_EINVAL;
 	r->timeout_ms = timeout_ms;
 	r->tries = tries;
-	if ((rc = mx_chan_replace(r, &err)) != 0) {
+	if ((rc = dns_chan_replace(r, &err)) != 0) {
 		r->timeout_ms = old_ms;
 		r->tries = old_tries;
 		log_event(LOG_WARNING, "dns_error", "reason", buf_cstr(&err), NULL);
@@ -407,27 +407,27 @@ mx_set_timeout(struct mx_resolver *r, unsigned timeout_ms, unsigned tries)
 }
 
 size_t
-mx_pending(const struct mx_resolver *r)
+dns_pending(const struct dns_resolver *r)
 {
 	return r->npending;
 }
 
 void
-mx_set_clock(struct mx_resolver *r, uint64_t (*now)(void *arg), void *arg)
+dns_set_clock(struct dns_resolver *r, uint64_t (*now)(void *arg), void *arg)
 {
 	r->now = now;
 	r->now_arg = arg;
 }
 
 void
-mx_get_stats(const struct mx_resolver *r, struct mx_stats *out)
+dns_get_stats(const struct dns_resolver *r, struct dns_stats *out)
 {
 	*out = r->stats;
 	out->cached = r->cache.n;
 }
 
 void
-mx_resolver_maybe_free(struct mx_resolver *r)
+dns_resolver_maybe_free(struct dns_resolver *r)
 {
 	void (*done)(void *);
 	void *arg;
@@ -451,20 +451,20 @@ mx_resolver_maybe_free(struct mx_resolver *r)
 }
 
 static void
-mx_handle_closed(uv_handle_t *h)
+dns_handle_closed(uv_handle_t *h)
 {
-	struct mx_resolver *r = h->data;
+	struct dns_resolver *r = h->data;
 
 	r->nhandles--;
-	mx_resolver_maybe_free(r);
+	dns_resolver_maybe_free(r);
 }
 
 void
-mx_close(struct mx_resolver *r, void (*done)(void *), void *arg)
+dns_close(struct dns_resolver *r, void (*done)(void *), void *arg)
 {
-	struct mx_query *q;
-	struct mx_fetch *f;
-	struct mx_chan *c, *next;
+	struct dns_query *q;
+	struct dns_fetch *f;
+	struct dns_chan *c, *next;
 
 	if (r->closing)
 		fatalx("%s: closed twice", __func__);
@@ -472,20 +472,20 @@ mx_close(struct mx_resolver *r, void (*done)(void *), void *arg)
 	r->done = done;
 	r->done_arg = arg;
 	while ((q = TAILQ_FIRST(&r->ready)) != NULL)
-		mx_cancel(q);
+		dns_cancel(q);
 	/* fetches stay until their requests call back (ARES_EDESTRUCTION below) */
 	TAILQ_FOREACH(f, &r->fetches, entry)
 		while ((q = TAILQ_FIRST(&f->waiters)) != NULL)
-			mx_cancel(q);
-	mx_cache_clear(r);
+			dns_cancel(q);
+	dns_cache_clear(r);
 	uv_timer_stop(&r->kick);
-	uv_close((uv_handle_t *)&r->kick, mx_handle_closed);
+	uv_close((uv_handle_t *)&r->kick, dns_handle_closed);
 	uv_prepare_stop(&r->prepare);
-	uv_close((uv_handle_t *)&r->prepare, mx_handle_closed);
+	uv_close((uv_handle_t *)&r->prepare, dns_handle_closed);
 	/* outstanding requests call back with ARES_EDESTRUCTION and free their queries */
 	for (c = TAILQ_FIRST(&r->chans); c != NULL; c = next) {
 		next = TAILQ_NEXT(c, entry);
-		mx_chan_destroy(c);
+		dns_chan_destroy(c);
 	}
 	r->chan = NULL;
 }
