@@ -42,9 +42,19 @@ log_open(const char *path)
 	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
 	if (fd < 0)
 		return -1;
-	if (log_fd > 2)
-		close(log_fd);
-	log_fd = fd;
+	/*
+	 * Swap the file under the same descriptor number (dup3 is atomic): a
+	 * line written meanwhile, from any thread, lands whole in the old file
+	 * or the new one, never in a closed or reused descriptor.
+	 */
+	if (log_fd > 2) {
+		if (dup3(fd, log_fd, O_CLOEXEC) < 0) {
+			close(fd);
+			return -1;
+		}
+		close(fd);
+	} else
+		log_fd = fd;
 	if (log_path != path) {
 		free(log_path);
 		log_path = xstrdup(path);
@@ -56,13 +66,15 @@ int
 log_reopen(void)
 {
 	char *p;
-	int rc;
+	int rc, e;
 
 	if (log_path == NULL)
 		return 0;
 	p = xstrdup(log_path);
 	rc = log_open(p);
+	e = errno;
 	free(p);
+	errno = e;              /* the caller reports why */
 	return rc;
 }
 

@@ -15,6 +15,7 @@
  *
  * The log destination is process-wide (the one thing that is): log_open()
  * points it at a file (appending) or stderr; log_reopen() after rotation.
+ * A line is written whole to the old file or to the new one, never lost.
  */
 #ifndef RELAY_LOG_H
 #define RELAY_LOG_H
@@ -31,7 +32,7 @@ struct log_line {
 };
 
 int  log_open(const char *path);       /* NULL or "" or "-" = stderr; 0 or -1 */
-int  log_reopen(void);                 /* reopen the same path (SIGHUP) */
+int  log_reopen(void);                 /* reopen the same path (SIGUSR1, after rotation); 0 or -1 */
 void log_set_level(enum log_level min);
 void log_close(void);
 

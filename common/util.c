@@ -87,16 +87,113 @@ util_mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-void
-util_rfc3339(uint64_t ms, char *out, size_t outlen)
+/* "2026-11-22T11:21:31" (UTC) into out, which has at least 20 bytes. */
+static void
+util_rfc3339_base(uint64_t ms, char *out, size_t outlen)
 {
 	time_t t = (time_t)(ms / 1000);
 	struct tm tm;
-	char base[32];
 
 	gmtime_r(&t, &tm);
-	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+	if (strftime(out, outlen, "%Y-%m-%dT%H:%M:%S", &tm) == 0 && outlen > 0)
+		out[0] = '\0';
+}
+
+void
+util_rfc3339(uint64_t ms, char *out, size_t outlen)
+{
+	char base[32];
+
+	util_rfc3339_base(ms, base, sizeof(base));
 	snprintf(out, outlen, "%s.%03uZ", base, (unsigned)(ms % 1000));
+}
+
+void
+util_rfc3339_sec(uint64_t ms, char *out, size_t outlen)
+{
+	char base[32];
+
+	util_rfc3339_base(ms, base, sizeof(base));
+	snprintf(out, outlen, "%sZ", base);
+}
+
+/* Read exactly n digits at *p into *v. */
+static int
+util_digits(const char **p, int n, int *v)
+{
+	int i;
+
+	*v = 0;
+	for (i = 0; i < n; i++) {
+		if ((*p)[i] < '0' || (*p)[i] > '9')
+			return -1;
+		*v = *v * 10 + ((*p)[i] - '0');
+	}
+	*p += n;
+	return 0;
+}
+
+int
+util_rfc3339_parse(const char *s, uint64_t *ms)
+{
+	static const int mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+	const char *p = s;
+	int y, mo, d, h, mi, sec, frac = 0, oh = 0, om = 0, sign = 0;
+	struct tm tm;
+	time_t t;
+
+	if (util_digits(&p, 4, &y) || *p++ != '-' || util_digits(&p, 2, &mo) || *p++ != '-' ||
+	    util_digits(&p, 2, &d))
+		return RELAY_EINVAL;
+	if (*p != 'T' && *p != 't')
+		return RELAY_EINVAL;
+	p++;
+	if (util_digits(&p, 2, &h) || *p++ != ':' || util_digits(&p, 2, &mi) || *p++ != ':' ||
+	    util_digits(&p, 2, &sec))
+		return RELAY_EINVAL;
+	if (*p == '.') {
+		int n = 0;
+
+		p++;
+		if (*p < '0' || *p > '9')
+			return RELAY_EINVAL;
+		for (; *p >= '0' && *p <= '9'; p++, n++)
+			if (n < 3)
+				frac = frac * 10 + (*p - '0');
+		for (; n < 3; n++)
+			frac *= 10;
+	}
+	if (*p == 'Z' || *p == 'z') {
+		p++;
+	} else if (*p == '+' || *p == '-') {
+		sign = *p++ == '+' ? 1 : -1;
+		if (util_digits(&p, 2, &oh) || *p++ != ':' || util_digits(&p, 2, &om))
+			return RELAY_EINVAL;
+		if (oh > 23 || om > 59)
+			return RELAY_EINVAL;
+	} else
+		return RELAY_EINVAL;
+	if (*p != '\0')
+		return RELAY_EINVAL;
+	if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 || sec > 60)
+		return RELAY_EINVAL;
+	if (mo == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+		return RELAY_EINVAL;
+	memset(&tm, 0, sizeof(tm));
+	tm.tm_year = y - 1900;
+	tm.tm_mon = mo - 1;
+	tm.tm_mday = d;
+	tm.tm_hour = h;
+	tm.tm_min = mi;
+	tm.tm_sec = sec;                /* a leap second (60) is the next minute's 0 */
+	t = timegm(&tm);
+	if (t == (time_t)-1)
+		return RELAY_EINVAL;
+	t -= sign * (oh * 3600 + om * 60);
+	if (t < 0)
+		return RELAY_EINVAL;
+	*ms = (uint64_t)t * 1000 + (uint64_t)frac;
+	return 0;
 }
 
 void

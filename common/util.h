@@ -37,8 +37,15 @@ void fatalx(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2))
 uint64_t util_now_ms(void);
 uint64_t util_mono_ms(void);
 
-/* RFC 3339 UTC time with milliseconds into out (at least 32 bytes). */
+/* RFC 3339 UTC time with milliseconds, "2026-11-22T11:21:31.123Z", into out
+ * (at least 32 bytes): the log's timestamps. */
 void util_rfc3339(uint64_t ms, char *out, size_t outlen);
+/* The same to the second, "2026-11-22T11:21:31Z" (at least 24 bytes): relayctl's. */
+void util_rfc3339_sec(uint64_t ms, char *out, size_t outlen);
+/* "2026-11-22T11:21:31.123Z", or with an offset like +01:00, to ms since the
+ * epoch (digits past milliseconds are dropped).  0, or RELAY_EINVAL for
+ * anything else, a date that does not exist, or a time before 1970. */
+int util_rfc3339_parse(const char *s, uint64_t *ms);
 /* RFC 5322 date ("Sun, 22 Nov 2026 11:21:31 +0000") into out (at least 40 bytes). */
 void util_rfc5322_date(uint64_t ms, char *out, size_t outlen);
 

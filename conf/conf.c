@@ -18,6 +18,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -140,6 +141,7 @@ static const struct conf_key conf_top_keys[] = {
 	{ "hostname", CONF_K_STR, C_OFF(hostname), 0, CONF_F_NONEMPTY | CONF_F_HOSTNAME, NULL },
 	{ "queue_dir", CONF_K_STR, C_OFF(queue_dir), 0, CONF_F_NONEMPTY | CONF_F_ABSOLUTE, NULL },
 	{ "control_socket", CONF_K_STR, C_OFF(control_socket), 0, CONF_F_NONEMPTY, NULL },
+	{ "control_group", CONF_K_STR, C_OFF(control_group), 0, CONF_F_NONEMPTY, NULL },
 	{ "log_file", CONF_K_STR, C_OFF(log_file), 0, 0, NULL },
 	{ "log_level", CONF_K_LOG_LEVEL, C_OFF(log_level), 0, 0, NULL },
 	{ "submit", CONF_K_GROUP, 0, 0, 0, conf_submit_keys },
@@ -989,6 +991,15 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 		conf_error(x, s, "control_socket: '%s' is longer than %zu bytes",
 		    c->control_socket, sizeof(sun.sun_path) - 1);
 	}
+	if (c->control_group != NULL) {
+		const struct group *gr = getgrnam(c->control_group);
+
+		if (gr == NULL)
+			conf_error(x, config_setting_get_member(root, "control_group"),
+			    "control_group: no such group '%s'", c->control_group);
+		else
+			c->control_gid = gr->gr_gid;
+	}
 
 	for (i = 0; i < c->router.nroutes; i++) {
 		struct conf_route *r = &c->router.routes[i];
@@ -1008,6 +1019,7 @@ conf_free(struct conf *c)
 	free(c->hostname);
 	free(c->queue_dir);
 	free(c->control_socket);
+	free(c->control_group);
 	free(c->log_file);
 	free(c->log_level);
 

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/socket.h>
 
 #include "common/buf.h"
@@ -57,6 +58,8 @@ struct conf {
 	char *hostname;                 /* default: gethostname() */
 	char *queue_dir;                /* default: "/var/spool/relayd" */
 	char *control_socket;           /* default: "<queue_dir>/control.sock" */
+	char *control_group;            /* NULL: socket mode 0600; else 0660 with this group */
+	gid_t control_gid;              /* control_group's gid, looked up by conf_load() */
 	char *log_file;                 /* NULL = stderr */
 	char *log_level;                /* "debug" | "info" (default) | "notice" | "warning" */
 

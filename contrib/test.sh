@@ -1,7 +1,8 @@
 #!/bin/sh
 # test.sh - the one command that runs every test: installs what is missing,
 # builds relayd twice (warnings as errors; then with AddressSanitizer and
-# UndefinedBehaviorSanitizer) and runs the whole ctest suite on each build.
+# UndefinedBehaviorSanitizer), both with the test hooks (RELAY_TEST_HOOKS),
+# and runs the whole ctest suite on each build.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -10,14 +11,15 @@ sh contrib/install-deps.sh
 jobs=$(nproc 2>/dev/null || echo 2)
 
 echo "== build (Werror) =="
-cmake -S . -B build -DRELAY_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -DRELAY_WERROR=ON -DRELAY_TEST_HOOKS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
 
 echo "== tests =="
 (cd build && ctest --output-on-failure -j2 --timeout 300)
 
 echo "== build (ASan + UBSan) =="
-cmake -S . -B build-asan -DRELAY_WERROR=ON -DRELAY_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake -S . -B build-asan -DRELAY_WERROR=ON -DRELAY_SANITIZE=ON -DRELAY_TEST_HOOKS=ON \
+    -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build-asan -j"$jobs"
 
 echo "== tests under ASan + UBSan =="

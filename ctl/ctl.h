@@ -1,6 +1,7 @@
 /*
- * ctl.h - relayctl's internal interface: the command grammar table lives in
- * relayctl.c; commands that run locally (audit) live in files of their own.
+ * ctl.h - relayctl's internal interface: the command grammar table is
+ * common/control_cmds.h (shared with relayd), relayctl.c checks the command
+ * line against it; commands that run locally (audit) live in files of their own.
  */
 #ifndef RELAY_CTL_H
 #define RELAY_CTL_H

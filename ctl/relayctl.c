@@ -1,8 +1,8 @@
 /*
- * relayctl.c - the admin's command: parses the command line against one
- * grammar table (OpenSMTPD smtpctl style), then either runs the command
- * locally (audit) or sends it over the control socket to relayd and prints
- * the answer.  Exit: 0 ok, 1 error (clear message on stderr), 2 usage.
+ * relayctl.c - the admin's command: parses the command line against the
+ * grammar table it shares with relayd (common/control_cmds.h), then either
+ * runs the command locally (audit) or sends it over the control socket to
+ * relayd and prints the answer.  Exit: 0 ok, 1 error (clear message on stderr), 2 usage.
  */
 #include <errno.h>
 #include <signal.h>
@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "common/control_cmds.h"
 #include "common/control_proto.h"
 #include "conf/conf.h"
 #include "ctl/ctl.h"
@@ -22,60 +23,14 @@
 #define CTL_DEFAULT_CONF   "/etc/relayd/relayd.conf"
 #define CTL_DEFAULT_SOCKET "/var/spool/relayd/control.sock"
 
-/* An option a command accepts: name and whether it takes a value. */
-struct ctl_opt {
-	const char *name;
-	int takes_value;
-};
-
-/*
- * One row per command pattern.  `words` are matched literally; then between
- * min_pos and max_pos positional arguments (-1 = unlimited) mixed with the
- * options listed.  need_target: at least one positional or one of the
- * target options (--domain, --all) must be given.
- */
-struct ctl_cmd {
-	const char *words[2];
-	int min_pos, max_pos;
-	struct ctl_opt opts[6];
-	bool need_target;
-	bool local;
-	const char *help;
-};
-
-static const struct ctl_cmd ctl_cmds[] = {
-	{ { "stats", NULL }, 0, 0, { { "--json", 0 } }, false, false,
-	  "stats [--json]" },
-	{ { "reload", NULL }, 0, 0, { { "--json", 0 } }, false, false,
-	  "reload" },
-	{ { "queue", "list" }, 0, 0, { { "--domain", 1 }, { "--held", 0 }, { "--json", 0 } }, false, false,
-	  "queue list [--domain D] [--held] [--json]" },
-	{ { "queue", "show" }, 1, 1, { { "--json", 0 } }, false, false,
-	  "queue show QID [--json]" },
-	{ { "queue", "flush" }, 0, -1, { { "--domain", 1 }, { "--all", 0 }, { "--json", 0 } }, true, false,
-	  "queue flush QID... | --domain D | --all" },
-	{ { "queue", "hold" }, 0, -1, { { "--domain", 1 }, { "--json", 0 } }, true, false,
-	  "queue hold QID... | --domain D" },
-	{ { "queue", "release" }, 0, -1, { { "--domain", 1 }, { "--json", 0 } }, true, false,
-	  "queue release QID... | --domain D" },
-	{ { "queue", "delete" }, 0, -1, { { "--domain", 1 }, { "--json", 0 } }, true, false,
-	  "queue delete QID... | --domain D" },
-	{ { "queue", "bounce" }, 1, -1, { { "--json", 0 } }, false, false,
-	  "queue bounce QID..." },
-	{ { "hosts", NULL }, 0, 0, { { "--json", 0 } }, false, false,
-	  "hosts [--json]" },
-	{ { "hosts", "reset" }, 1, 1, { { "--json", 0 } }, false, false,
-	  "hosts reset HOST" },
-	{ { "route", "set" }, 2, 2, { { "--json", 0 } }, false, false,
-	  "route set DOMAIN HOST:PORT[,HOST:PORT...]" },
-	{ { "route", "clear" }, 1, 1, { { "--json", 0 } }, false, false,
-	  "route clear DOMAIN" },
-	{ { "route", "list" }, 0, 0, { { "--json", 0 } }, false, false,
-	  "route list [--json]" },
-	{ { "audit", NULL }, 0, -1, { { "--log", 1 }, { "--since", 1 }, { "--domain", 1 }, { "--rcpt", 1 }, { "--json", 0 } },
-	  false, true,
-	  "audit [--log FILE...] [--since DUR] [--domain D] [--rcpt ADDR] [--json]" },
-};
+/* One usage line of cmd: the table's text, and [--json] where it answers
+ * with a document. */
+static void
+usage_line(FILE *f, const char *prefix, const struct control_cmd *c)
+{
+	fprintf(f, "%srelayctl %s%s\n", prefix, c->usage,
+	    (c->flags & CONTROL_F_JSONDOC) ? " [--json]" : "");
+}
 
 static void
 usage(FILE *f)
@@ -83,70 +38,31 @@ usage(FILE *f)
 	size_t i;
 
 	fprintf(f, "usage: relayctl [-c FILE | -s SOCKET] COMMAND ...\n");
-	for (i = 0; i < sizeof(ctl_cmds) / sizeof(ctl_cmds[0]); i++)
-		fprintf(f, "  relayctl %s\n", ctl_cmds[i].help);
-}
-
-static const struct ctl_opt *
-ctl_find_opt(const struct ctl_cmd *c, const char *name)
-{
-	size_t i;
-
-	for (i = 0; i < sizeof(c->opts) / sizeof(c->opts[0]) && c->opts[i].name != NULL; i++)
-		if (strcmp(c->opts[i].name, name) == 0)
-			return &c->opts[i];
-	return NULL;
-}
-
-/*
- * Match argv against the table.  The longest matching pattern wins ("hosts
- * reset" over "hosts").  Returns the row or NULL with a message printed.
- */
-static const struct ctl_cmd *
-ctl_match(int argc, char **argv, int *consumed)
-{
-	const struct ctl_cmd *best = NULL;
-	int best_words = 0;
-	size_t i;
-
-	for (i = 0; i < sizeof(ctl_cmds) / sizeof(ctl_cmds[0]); i++) {
-		const struct ctl_cmd *c = &ctl_cmds[i];
-		int n = c->words[1] ? 2 : 1;
-
-		if (argc < n || strcmp(argv[0], c->words[0]) != 0)
-			continue;
-		if (n == 2 && strcmp(argv[1], c->words[1]) != 0)
-			continue;
-		if (n > best_words) {
-			best = c;
-			best_words = n;
-		}
-	}
-	*consumed = best_words;
-	return best;
+	for (i = 0; i < control_ncmds; i++)
+		usage_line(f, "  ", &control_cmds[i]);
 }
 
 /* Check positional/option counts; 0 ok, -1 usage error (message printed). */
 static int
-ctl_check_args(const struct ctl_cmd *c, int argc, char **argv)
+ctl_check_args(const struct control_cmd *c, int argc, char **argv)
 {
 	int i, npos = 0;
 	bool target = false;
 
 	for (i = 0; i < argc; i++) {
 		if (strncmp(argv[i], "--", 2) == 0) {
-			const struct ctl_opt *o = ctl_find_opt(c, argv[i]);
+			const struct control_opt *o = control_cmd_opt(c, argv[i]);
 			if (o == NULL) {
-				fprintf(stderr, "relayctl: unknown option %s\nusage: relayctl %s\n",
-				    argv[i], c->help);
+				fprintf(stderr, "relayctl: unknown option %s\n", argv[i]);
+				usage_line(stderr, "usage: ", c);
 				return -1;
 			}
-			if (strcmp(o->name, "--domain") == 0 || strcmp(o->name, "--all") == 0)
+			if (o->bit == CONTROL_O_DOMAIN || o->bit == CONTROL_O_ALL)
 				target = true;
 			if (o->takes_value) {
 				if (i + 1 >= argc) {
-					fprintf(stderr, "relayctl: option %s needs a value\nusage: relayctl %s\n",
-					    argv[i], c->help);
+					fprintf(stderr, "relayctl: option %s needs a value\n", argv[i]);
+					usage_line(stderr, "usage: ", c);
 					return -1;
 				}
 				i++;
@@ -156,11 +72,11 @@ ctl_check_args(const struct ctl_cmd *c, int argc, char **argv)
 		npos++;
 	}
 	if (npos < c->min_pos || (c->max_pos >= 0 && npos > c->max_pos)) {
-		fprintf(stderr, "relayctl: usage: relayctl %s\n", c->help);
+		usage_line(stderr, "relayctl: usage: ", c);
 		return -1;
 	}
-	if (c->need_target && npos == 0 && !target) {
-		fprintf(stderr, "relayctl: usage: relayctl %s\n", c->help);
+	if ((c->flags & CONTROL_F_TARGET) && npos == 0 && !target) {
+		usage_line(stderr, "relayctl: usage: ", c);
 		return -1;
 	}
 	return 0;
@@ -191,7 +107,7 @@ ctl_send(const char *sockpath, int argc, char **argv)
 		if (e == ENOENT || e == ECONNREFUSED)
 			fprintf(stderr, "relayctl: relayd is not running (nothing answers on %s)\n", sockpath);
 		else if (e == EACCES || e == EPERM)
-			fprintf(stderr, "relayctl: permission denied on %s (run as root or relayd's user)\n",
+			fprintf(stderr, "relayctl: permission denied on %s (run it as root, as relayd's user or as a member of control_group)\n",
 			    sockpath);
 		else
 			fprintf(stderr, "relayctl: cannot connect to %s: %s\n", sockpath, strerror(e));
@@ -251,7 +167,7 @@ int
 main(int argc, char **argv)
 {
 	const char *conf_path = NULL, *sockpath = NULL;
-	const struct ctl_cmd *cmd;
+	const struct control_cmd *cmd;
 	struct conf *conf = NULL;
 	int ch, consumed, rc;
 
@@ -269,7 +185,7 @@ main(int argc, char **argv)
 		usage(stderr);
 		return CTL_EXIT_USAGE;
 	}
-	cmd = ctl_match(argc, argv, &consumed);
+	cmd = control_cmd_match(argc, argv, &consumed);
 	if (cmd == NULL) {
 		fprintf(stderr, "relayctl: unknown command '%s'\n", argv[0]);
 		usage(stderr);
@@ -294,7 +210,7 @@ main(int argc, char **argv)
 	if (sockpath == NULL)
 		sockpath = CTL_DEFAULT_SOCKET;
 
-	if (cmd->local)
+	if (cmd->flags & CONTROL_F_LOCAL)
 		rc = ctl_audit(conf, argc - consumed, argv + consumed);
 	else
 		rc = ctl_send(sockpath, argc, argv);

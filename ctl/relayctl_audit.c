@@ -52,6 +52,7 @@
 #include <time.h>
 
 #include "common/buf.h"
+#include "common/json.h"
 #include "common/util.h"
 #include "ctl/ctl.h"
 #include "ctl/relayctl_audit.h"
@@ -317,75 +318,6 @@ audit_keys_free(char **keys, size_t n)
 /* ------------------------------------------------------------------ */
 /* JSON                                                               */
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
-static size_t
-audit_utf8_len(const unsigned char *s, size_t n)
-{
-	size_t len, i;
-	uint32_t cp;
-
-	if (s[0] < 0x80)
-		return 1;
-	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-		len = 2;
-		cp = s[0] & 0x1f;
-	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-		len = 3;
-		cp = s[0] & 0x0f;
-	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-		len = 4;
-		cp = s[0] & 0x07;
-	} else
-		return 0;
-	if (len > n)
-		return 0;
-	for (i = 1; i < len; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		cp = cp << 6 | (s[i] & 0x3f);
-	}
-	if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-	    (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-		return 0;
-	return len;
-}
-
-/* A JSON string (or null); bytes that are not UTF-8 become U+FFFD. */
-static void
-audit_json_str(struct buf *b, const char *s)
-{
-	const unsigned char *p = (const unsigned char *)s;
-	size_t n, len;
-
-	if (s == NULL) {
-		buf_puts(b, "null");
-		return;
-	}
-	n = strlen(s);
-	buf_putc(b, '"');
-	while (n > 0) {
-		switch (*p) {
-		case '"':  buf_puts(b, "\\\""); len = 1; break;
-		case '\\': buf_puts(b, "\\\\"); len = 1; break;
-		case '\n': buf_puts(b, "\\n"); len = 1; break;
-		case '\r': buf_puts(b, "\\r"); len = 1; break;
-		case '\t': buf_puts(b, "\\t"); len = 1; break;
-		default:
-			if (*p < 0x20 || *p == 0x7f) {
-				buf_printf(b, "\\u%04x", *p);
-				len = 1;
-			} else if ((len = audit_utf8_len(p, n)) == 0) {
-				buf_puts(b, "\\ufffd");
-				len = 1;
-			} else
-				buf_append(b, p, len);
-		}
-		p += len;
-		n -= len;
-	}
-	buf_putc(b, '"');
-}
-
 static void
 audit_json_tally(struct buf *b, const char *name, const struct audit_tally *t, size_t n)
 {
@@ -394,7 +326,7 @@ audit_json_tally(struct buf *b, const char *name, const struct audit_tally *t, s
 	buf_printf(b, ",\n    \"%s\": {", name);
 	for (i = 0; i < n; i++) {
 		buf_puts(b, i ? ", " : "");
-		audit_json_str(b, t[i].key);
+		json_str(b, t[i].key);
 		buf_printf(b, ": %zu", t[i].count);
 	}
 	buf_puts(b, "}");
@@ -418,14 +350,14 @@ audit_print_json(const struct audit_run *run, const struct audit_tally *dom, siz
 		buf_puts(&b, i ? ",\n    {" : "\n    {");
 		for (k = 0; k < RELAY_ARRAY_LEN(keys); k++) {
 			buf_printf(&b, "%s\"%s\": ", k ? ", " : "", keys[k]);
-			audit_json_str(&b, vals[k]);
+			json_str(&b, vals[k]);
 		}
 		if (r->attempts >= 0)
 			buf_printf(&b, ", \"attempts\": %ld", r->attempts);
 		else
 			buf_puts(&b, ", \"attempts\": null");
 		buf_puts(&b, ", \"down_since\": ");
-		audit_json_str(&b, r->down_since);
+		json_str(&b, r->down_since);
 		buf_puts(&b, "}");
 	}
 	buf_puts(&b, run->nrecs ? "\n  ],\n" : "],\n");
@@ -435,7 +367,7 @@ audit_print_json(const struct audit_run *run, const struct audit_tally *dom, siz
 	buf_puts(&b, "\n  },\n  \"files\": [");
 	for (i = 0; i < run->files.n; i++) {
 		buf_puts(&b, i ? ", " : "");
-		audit_json_str(&b, run->files.paths[i]);
+		json_str(&b, run->files.paths[i]);
 	}
 	buf_printf(&b, "],\n  \"lines\": %zu,\n  \"malformed_lines\": %zu\n}\n", run->lines, run->malformed);
 	fwrite(b.data, 1, b.len, stdout);
@@ -493,16 +425,6 @@ audit_cell(const char *s, size_t max)
 }
 
 static void
-audit_time_cell(uint64_t ms, char *out, size_t outlen)
-{
-	time_t t = (time_t)(ms / 1000);
-	struct tm tm;
-
-	gmtime_r(&t, &tm);
-	strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
-static void
 audit_print_table(const struct audit_run *run, const struct audit_tally *dom, size_t ndom,
     const struct audit_tally *st, size_t nst)
 {
@@ -524,7 +446,7 @@ audit_print_table(const struct audit_run *run, const struct audit_tally *dom, si
 		const struct audit_rec *r = &run->recs[i];
 		char **row = cells + i * COL_N;
 
-		audit_time_cell(r->ts_ms, tbuf, sizeof(tbuf));
+		util_rfc3339_sec(r->ts_ms, tbuf, sizeof(tbuf));
 		if (r->attempts >= 0)
 			snprintf(abuf, sizeof(abuf), "%ld", r->attempts);
 		else

@@ -46,8 +46,6 @@ void ctl_audit_line_free(struct ctl_audit_line *l);
 int ctl_audit_line_parse(struct ctl_audit_line *l, const char *line, size_t len);
 /* The value of the first field named key, or NULL. */
 const char *ctl_audit_line_get(const struct ctl_audit_line *l, const char *key);
-/* "2026-11-22T11:21:31.123Z" (or an offset like +01:00) to ms. 0 or RELAY_EINVAL. */
-int ctl_audit_parse_time(const char *s, uint64_t *ms);
 
 /* ------------------------------------------------------------------ */
 /* Log files (relayctl_audit_files.c).                                */

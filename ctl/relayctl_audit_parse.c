@@ -165,7 +165,7 @@ ctl_audit_line_parse(struct ctl_audit_line *l, const char *line, size_t len)
 	if (l->nf == 0 || strcmp(l->f[0].key, "ts") != 0)
 		return RELAY_EINVAL;
 	l->ts = l->f[0].val;
-	if (ctl_audit_parse_time(l->ts, &l->ts_ms) != 0)
+	if (util_rfc3339_parse(l->ts, &l->ts_ms) != 0)
 		return RELAY_EINVAL;
 	l->event = ctl_audit_line_get(l, "event");
 	if (l->event == NULL || *l->event == '\0')
@@ -182,87 +182,4 @@ ctl_audit_line_get(const struct ctl_audit_line *l, const char *key)
 		if (strcmp(l->f[i].key, key) == 0)
 			return l->f[i].val;
 	return NULL;
-}
-
-/* Read exactly n digits at *p into *v. */
-static int
-parse_digits(const char **p, int n, int *v)
-{
-	int i;
-
-	*v = 0;
-	for (i = 0; i < n; i++) {
-		if ((*p)[i] < '0' || (*p)[i] > '9')
-			return -1;
-		*v = *v * 10 + ((*p)[i] - '0');
-	}
-	*p += n;
-	return 0;
-}
-
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm). */
-static int64_t
-parse_days_from_civil(int y, int m, int d)
-{
-	int64_t era, yoe, doy, doe;
-
-	y -= m <= 2;
-	era = (y >= 0 ? y : y - 399) / 400;
-	yoe = y - era * 400;
-	doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-	return era * 146097 + doe - 719468;
-}
-
-int
-ctl_audit_parse_time(const char *s, uint64_t *ms)
-{
-	static const int mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-	const char *p = s;
-	int y, mo, d, h, mi, sec, frac = 0, oh = 0, om = 0, sign = 0;
-	int64_t t;
-
-	if (parse_digits(&p, 4, &y) || *p++ != '-' || parse_digits(&p, 2, &mo) || *p++ != '-' ||
-	    parse_digits(&p, 2, &d))
-		return RELAY_EINVAL;
-	if (*p != 'T' && *p != 't')
-		return RELAY_EINVAL;
-	p++;
-	if (parse_digits(&p, 2, &h) || *p++ != ':' || parse_digits(&p, 2, &mi) || *p++ != ':' ||
-	    parse_digits(&p, 2, &sec))
-		return RELAY_EINVAL;
-	if (*p == '.') {
-		int n = 0;
-
-		p++;
-		if (*p < '0' || *p > '9')
-			return RELAY_EINVAL;
-		for (; *p >= '0' && *p <= '9'; p++, n++)
-			if (n < 3)
-				frac = frac * 10 + (*p - '0');
-		for (; n < 3; n++)
-			frac *= 10;
-	}
-	if (*p == 'Z' || *p == 'z') {
-		p++;
-	} else if (*p == '+' || *p == '-') {
-		sign = *p++ == '+' ? 1 : -1;
-		if (parse_digits(&p, 2, &oh) || *p++ != ':' || parse_digits(&p, 2, &om))
-			return RELAY_EINVAL;
-		if (oh > 23 || om > 59)
-			return RELAY_EINVAL;
-	} else
-		return RELAY_EINVAL;
-	if (*p != '\0')
-		return RELAY_EINVAL;
-	if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 || sec > 60)
-		return RELAY_EINVAL;
-	if (mo == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
-		return RELAY_EINVAL;
-	t = parse_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec;
-	t -= sign * (oh * 3600 + om * 60);
-	if (t < 0)
-		return RELAY_EINVAL;
-	*ms = (uint64_t)t * 1000 + (uint64_t)frac;
-	return 0;
 }

@@ -1,7 +1,10 @@
 /*
  * control.c - the control socket: a Unix stream socket on control_socket
- * (mode 0600) that relayctl talks to (protocol: common/control_proto.h).
- * Accepts only root and relayd's own uid, checked with SO_PEERCRED.  Owns the
+ * that relayctl talks to (protocol: common/control_proto.h).  It belongs to
+ * relayd's user, mode 0600, or 0660 with control_group as its group.  Accepts
+ * only root, relayd's own uid and members of control_group, checked on
+ * accept with SO_PEERCRED and SO_PEERGROUPS (anyone else: an answer saying
+ * so, and event=control_denied).  Owns the
  * listening pipe and each client connection (closed with it, so an idle
  * client cannot hold the daemon's stop); every request is answered from
  * in-memory state, so no request blocks the loop.  Never unlinks anything at
@@ -10,6 +13,7 @@
 #include "daemon/relay.h"
 
 #include <errno.h>
+#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -18,6 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/control_cmds.h"
 #include "common/control_proto.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -33,6 +38,9 @@ struct control {
 	struct relay *relay;
 	uv_pipe_t pipe;
 	char *path;
+	uid_t owner;                /* relayd's user: the socket's owner */
+	gid_t group;                /* control_group's gid, if has_group */
+	bool has_group;
 	TAILQ_HEAD(, control_conn) conns;   /* open client connections */
 };
 
@@ -171,9 +179,10 @@ static void
 control_dispatch(struct control_conn *cc, int argc, char **argv)
 {
 	struct relay *r = cc->ctl->relay;
+	const struct control_cmd *cmd;
 	struct buf out = BUF_INIT;
 	bool json = false;
-	int i, j, rc = 0;
+	int i, j, rc = 0, consumed;
 	const char *code = CONTROL_ERR_FAILED;
 
 	for (i = j = 0; i < argc; i++) {
@@ -184,14 +193,15 @@ control_dispatch(struct control_conn *cc, int argc, char **argv)
 	}
 	argc = j;
 	argv[argc] = NULL;
+	cmd = control_cmd_match(argc, argv, &consumed);
 
 	if (argc == 0) {
 		rc = RELAY_EINVAL;
 		code = CONTROL_ERR_USAGE;
 		buf_puts(&out, "empty request");
-	} else if (strcmp(argv[0], "stats") == 0 && argc == 1) {
+	} else if (cmd != NULL && cmd->id == CONTROL_CMD_STATS && argc == 1) {
 		control_stats(r, json, &out);
-	} else if (strcmp(argv[0], "reload") == 0 && argc == 1) {
+	} else if (cmd != NULL && cmd->id == CONTROL_CMD_RELOAD && argc == 1) {
 		struct buf err = BUF_INIT;
 		if (relay_reload(r, &err) == 0) {
 			if (json)
@@ -310,19 +320,46 @@ conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 	conn_try_request(cc);
 }
 
+/* Is gid among the peer's groups (its gid and supplementary groups at connect)?
+ * SO_PEERGROUPS needs neither /proc nor the group database. */
 static bool
-control_peer_allowed(uv_pipe_t *p, uid_t *uid_out)
+control_peer_in_group(uv_os_fd_t fd, const struct ucred *cred, gid_t gid)
 {
-	struct ucred cred;
-	socklen_t len = sizeof(cred);
+	gid_t small[64], *groups = small;
+	socklen_t len = sizeof(small);
+	bool found = false;
+	size_t i;
+
+	if (cred->gid == gid)
+		return true;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0) {
+		if (errno != ERANGE)
+			return false;
+		groups = xcalloc(1, len);       /* len is what it needs */
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0)
+			len = 0;
+	}
+	for (i = 0; !found && i < len / sizeof(gid_t); i++)
+		found = groups[i] == gid;
+	if (groups != small)
+		free(groups);
+	return found;
+}
+
+/* Root, relayd's own uid (and the socket's owner), or a control_group member. */
+static bool
+control_peer_allowed(struct control *c, uv_pipe_t *p, struct ucred *cred)
+{
+	socklen_t len = sizeof(*cred);
 	uv_os_fd_t fd;
 
 	if (uv_fileno((uv_handle_t *)p, &fd) != 0)
 		return false;
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, &len) != 0)
 		return false;
-	*uid_out = cred.uid;
-	return cred.uid == 0 || cred.uid == geteuid();
+	if (cred->uid == 0 || cred->uid == geteuid() || cred->uid == c->owner)
+		return true;
+	return c->has_group && control_peer_in_group(fd, cred, c->group);
 }
 
 static void
@@ -330,7 +367,7 @@ on_control_connection(uv_stream_t *server, int status)
 {
 	struct control *c = server->data;
 	struct control_conn *cc;
-	uid_t uid = (uid_t)-1;
+	struct ucred cred = { .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
 
 	if (status != 0)
 		return;
@@ -346,14 +383,16 @@ on_control_connection(uv_stream_t *server, int status)
 		conn_close(cc);
 		return;
 	}
-	if (!control_peer_allowed(&cc->pipe, &uid)) {
+	if (!control_peer_allowed(c, &cc->pipe, &cred)) {
 		struct buf m = BUF_INIT;
 		struct log_line l;
 
 		log_begin(&l, LOG_WARNING, "control_denied");
-		log_kvu(&l, "uid", (uint64_t)uid);
+		log_kvu(&l, "uid", (uint64_t)cred.uid);
+		log_kvi(&l, "pid", (int64_t)cred.pid);
 		log_end(&l);
-		buf_puts(&m, "permission denied: only root and relayd's own user may use the control socket");
+		buf_puts(&m, "permission denied: only root, relayd's user and members of "
+		    "control_group may use the control socket");
 		conn_answer(cc, RELAY_EPERM, CONTROL_ERR_PERM, &m);
 		buf_free(&m);
 		return;
@@ -388,6 +427,56 @@ control_path_live(const char *path)
 	rc = connect(fd, (struct sockaddr *)&sun, sizeof(sun));
 	close(fd);
 	return rc == 0;
+}
+
+/* relayd's unprivileged account, the `user` key (added with the privilege
+ * drop); NULL while there is none: the socket then stays relayd's. */
+static const char *
+control_user(const struct conf *conf)
+{
+	(void)conf;
+	return NULL;            /* with the `user` key: return conf->user; */
+}
+
+/*
+ * Give the socket to relayd's user (started as root, before the privilege
+ * drop) and to control_group with mode 0660, or keep it 0600.  The socket is
+ * born 0600 and root's, so nobody else can connect meanwhile.  0 or -1.
+ */
+static int
+control_set_owner(struct control *c, const struct conf *conf, struct buf *err)
+{
+	const char *user = control_user(conf);
+	uid_t uid = (uid_t)-1;
+	gid_t gid = (gid_t)-1;
+	mode_t mode = 0600;
+
+	c->owner = geteuid();
+	if (user != NULL && geteuid() == 0) {
+		struct passwd *pw = getpwnam(user);
+
+		if (pw == NULL) {
+			buf_printf(err, "control_socket %s: no such user '%s'\n", c->path, user);
+			return -1;
+		}
+		uid = c->owner = pw->pw_uid;
+	}
+	if (conf->control_group != NULL) {
+		gid = c->group = conf->control_gid;
+		c->has_group = true;
+		mode = 0660;
+	}
+	if ((uid != (uid_t)-1 || gid != (gid_t)-1) && chown(c->path, uid, gid) != 0) {
+		buf_printf(err, "control_socket %s: cannot give it to %s%s%s: %s\n", c->path,
+		    user != NULL && uid != (uid_t)-1 ? user : "", gid != (gid_t)-1 ? ":" : "",
+		    gid != (gid_t)-1 ? conf->control_group : "", strerror(errno));
+		return -1;
+	}
+	if (chmod(c->path, mode) != 0) {
+		buf_printf(err, "control_socket %s: chmod: %s\n", c->path, strerror(errno));
+		return -1;
+	}
+	return 0;
 }
 
 int
@@ -426,13 +515,15 @@ control_new(struct relay *r, const char *path, struct control **out, struct buf 
 	umask(old);
 	if (rc == 0)
 		rc = uv_listen((uv_stream_t *)&c->pipe, 64, on_control_connection);
-	if (rc != 0) {
+	if (rc != 0)
 		buf_printf(err, "control_socket %s: %s\n", path, uv_strerror(rc));
+	if (rc != 0 || control_set_owner(c, r->conf, err) != 0) {
+		if (rc == 0)
+			unlink(path);
 		/* c is freed in the close callback if the loop runs again. */
 		uv_close((uv_handle_t *)&c->pipe, control_closed);
 		return -1;
 	}
-	chmod(path, 0600);
 	*out = c;
 	return 0;
 }

@@ -60,7 +60,7 @@ rctl_dest_row(void *arg, const struct sched_dest_view *d)
 
 	if (c->json) {
 		buf_puts(b, ds->n ? ",{\"name\":" : "{\"name\":");
-		rctl_json_str(b, d->name);
+		json_str(b, d->name);
 		buf_printf(b, ",\"state\":\"%s\",\"inflight\":%u,\"window\":%u,\"queued\":%zu,"
 		    "\"waiting\":%zu,\"down_since\":", d->state, d->inflight, d->window, d->queued,
 		    d->waiting);
@@ -75,7 +75,7 @@ rctl_dest_row(void *arg, const struct sched_dest_view *d)
 		rctl_text_pad(b, d->name, 33);
 		buf_printf(b, "%-5s %8u %7zu %7zu  ", d->state, d->inflight, d->queued, d->waiting);
 		if (strcmp(d->state, "down") == 0 && d->probe_at_ms != 0) {
-			rctl_time(d->probe_at_ms, t, sizeof(t));
+			util_rfc3339_sec(d->probe_at_ms, t, sizeof(t));
 			buf_puts(b, t);
 		} else
 			buf_putc(b, '-');
@@ -109,9 +109,9 @@ rctl_hosts(struct rctl *c)
 
 		if (c->json) {
 			buf_puts(b, i ? ",{\"host\":" : "{\"host\":");
-			rctl_json_str(b, h->name[0] ? h->name : NULL);
+			json_str(b, h->name[0] ? h->name : NULL);
 			buf_puts(b, ",\"address\":");
-			rctl_json_str(b, h->addr);
+			json_str(b, h->addr);
 			buf_printf(b, ",\"state\":\"%s\",\"failures\":%u,\"down_until\":",
 			    health_state_name(h->state), h->failures);
 			rctl_json_time(c, b, down ? h->down_until_ms : 0);
@@ -120,7 +120,7 @@ rctl_hosts(struct rctl *c)
 			buf_puts(b, ",\"last_attempt\":");
 			rctl_json_time(c, b, h->last_attempt_ms);
 			buf_puts(b, ",\"last_error\":");
-			rctl_json_str(b, h->last_error[0] ? h->last_error : NULL);
+			json_str(b, h->last_error[0] ? h->last_error : NULL);
 			buf_printf(b, ",\"probing\":%s}", h->probing ? "true" : "false");
 			continue;
 		}
@@ -128,7 +128,7 @@ rctl_hosts(struct rctl *c)
 		rctl_text_pad(b, h->addr, 25);
 		buf_printf(b, "%-7s %8u  ", health_state_name(h->state), h->failures);
 		if (down && h->down_until_ms != 0)
-			rctl_time(h->down_until_ms, t, sizeof(t));
+			util_rfc3339_sec(h->down_until_ms, t, sizeof(t));
 		else
 			snprintf(t, sizeof(t), "-");
 		buf_printf(b, "%-20s  ", t);
@@ -155,7 +155,7 @@ rctl_hosts_reset(struct rctl *c)
 	}
 	if (c->json) {
 		buf_puts(c->out, "{\"reset\":");
-		rctl_json_str(c->out, host);
+		json_str(c->out, host);
 		buf_puts(c->out, "}\n");
 	} else
 		buf_printf(c->out, "host %s reset: its destinations are probed now\n", host);
@@ -181,7 +181,7 @@ rctl_route_set(struct rctl *c)
 	buf_free(&err);
 	if (c->json) {
 		buf_puts(c->out, "{\"domain\":");
-		rctl_json_str(c->out, domain);
+		json_str(c->out, domain);
 		buf_puts(c->out, ",\"hosts\":[");
 		for (p = hosts; *p != '\0'; p = *comma ? comma + 1 : comma) {
 			char *one;
@@ -191,7 +191,7 @@ rctl_route_set(struct rctl *c)
 				comma = p + strlen(p);
 			one = xstrndup(p, (size_t)(comma - p));
 			buf_puts(c->out, p == hosts ? "" : ",");
-			rctl_json_str(c->out, one);
+			json_str(c->out, one);
 			free(one);
 		}
 		buf_puts(c->out, "]}\n");
@@ -215,7 +215,7 @@ rctl_route_clear(struct rctl *c)
 	}
 	if (c->json) {
 		buf_puts(c->out, "{\"cleared\":");
-		rctl_json_str(c->out, domain);
+		json_str(c->out, domain);
 		buf_puts(c->out, "}\n");
 	} else
 		buf_printf(c->out, "route for %s cleared\n", domain);
@@ -395,7 +395,7 @@ rctl_stats(struct rctl *c)
 		    st.pending, st.deferred, st.held, st.active, j);
 		for (i = 0; i < top; i++) {
 			buf_puts(b, i ? ",{\"domain\":" : "{\"domain\":");
-			rctl_json_str(b, st.dom[i].name);
+			json_str(b, st.dom[i].name);
 			buf_printf(b, ",\"recipients\":%zu,\"state\":\"%s\"}", st.dom[i].n,
 			    rctl_dom_state(c, &st.dom[i], &alt));
 		}

@@ -1,8 +1,8 @@
 /*
  * control_int.h - (internal to daemon/control_*.c) one relayctl request to
  * the router, parsed, and what the command files share: the output helpers
- * (control_router.c) and each command's run function (control_queue.c,
- * control_hosts.c).
+ * (control_router.c; JSON strings go through common/json.h) and each
+ * command's run function (control_queue.c, control_hosts.c).
  */
 #ifndef RELAY_DAEMON_CONTROL_INT_H
 #define RELAY_DAEMON_CONTROL_INT_H
@@ -12,6 +12,8 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "common/control_cmds.h"
+#include "common/json.h"
 #include "daemon/relay.h"
 #include "queue/queue.h"
 #include "router/router.h"
@@ -20,17 +22,9 @@
 #define RCTL_FIELD_MAX     998          /* a header value shown (RFC 5322 line limit) */
 #define RCTL_TOP_DESTS     10           /* top destinations in stats */
 
-/* Options a command accepts (bits). */
-#define RCTL_O_DOMAIN      0x01         /* --domain D */
-#define RCTL_O_ALL         0x02         /* --all */
-#define RCTL_O_HELD        0x04         /* --held */
-#define RCTL_O_TARGET      0x08         /* QID..., --domain or --all: exactly one kind */
-
-struct rctl_cmd;
-
 /* One request, parsed. */
 struct rctl {
-	const struct rctl_cmd *cmd;     /* the command's row */
+	const struct control_cmd *cmd;  /* the command's row (common/control_cmds.h) */
 	struct router *r;
 	struct sched *s;
 	struct queue *q;
@@ -48,23 +42,13 @@ struct rctl {
 	unsigned tc_next;
 };
 
-struct rctl_cmd {
-	const char *word, *sub;         /* sub NULL: a one-word command */
-	int min_pos, max_pos;           /* max_pos -1: unlimited */
-	unsigned opts;
-	int (*run)(struct rctl *c);
-	const char *usage;
-};
-
 /* control_router.c: output helpers. */
 void rctl_age(uint64_t now, uint64_t then, char *out, size_t outlen);
 const char *rctl_ctime(struct rctl *c, uint64_t ms);
 const char *rctl_domain_of(const char *addr);
-void rctl_json_str(struct buf *b, const char *s);
 void rctl_json_time(struct rctl *c, struct buf *b, uint64_t ms);
 void rctl_text(struct buf *b, const char *s);
 void rctl_text_pad(struct buf *b, const char *s, size_t width);
-void rctl_time(uint64_t ms, char *out, size_t outlen);
 
 /* control_queue.c: a recipient's state as relayctl names it. */
 struct rctl_rstate {

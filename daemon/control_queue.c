@@ -106,21 +106,21 @@ rctl_list_json_rcpt(struct rctl *c, const struct queue_msg *m, size_t i)
 
 	rctl_rcpt_state(c, m, i, &st);
 	buf_puts(b, "{\"addr\":");
-	rctl_json_str(b, m->env.rcpts[i].addr);
+	json_str(b, m->env.rcpts[i].addr);
 	buf_printf(b, ",\"state\":\"%s\",\"until\":", st.name);
 	rctl_json_time(c, b, st.until);
 	buf_printf(b, ",\"attempts\":%u,\"last_attempt\":", qr->attempts);
 	rctl_json_time(c, b, qr->last_attempt_ms);
 	buf_puts(b, ",\"last_host\":");
-	rctl_json_str(b, qr->last_host);
+	json_str(b, qr->last_host);
 	buf_puts(b, ",\"last_ip\":");
-	rctl_json_str(b, qr->last_ip);
+	json_str(b, qr->last_ip);
 	buf_puts(b, ",\"last_status\":");
-	rctl_json_str(b, qr->last_status);
+	json_str(b, qr->last_status);
 	buf_puts(b, ",\"last_reply\":");
-	rctl_json_str(b, qr->last_reply);
+	json_str(b, qr->last_reply);
 	buf_puts(b, ",\"destination\":");
-	rctl_json_str(b, st.dest);
+	json_str(b, st.dest);
 	buf_putc(b, '}');
 }
 
@@ -182,13 +182,13 @@ rctl_list_one(void *arg, const struct queue_msg *m)
 	rctl_age(c->now, m->env.arrival_ms, age, sizeof(age));
 	if (c->json) {
 		buf_puts(b, l->nmsgs ? ",\n{\"qid\":" : "\n{\"qid\":");
-		rctl_json_str(b, m->qid);
+		json_str(b, m->qid);
 		buf_printf(b, ",\"arrival\":\"%s\",\"age_s\":%llu,\"size\":%llu,\"sender\":", t,
 		    (unsigned long long)(c->now > m->env.arrival_ms ? (c->now - m->env.arrival_ms) / 1000 : 0),
 		    (unsigned long long)m->env.size);
-		rctl_json_str(b, m->env.sender);
+		json_str(b, m->env.sender);
 		buf_puts(b, ",\"user\":");
-		rctl_json_str(b, m->env.auth_user);
+		json_str(b, m->env.auth_user);
 		buf_printf(b, ",\"held\":%s,\"recipients\":[", m->held ? "true" : "false");
 		for (i = 0; i < m->env.nrcpts; i++) {
 			if (i)
@@ -475,29 +475,29 @@ rctl_show_json(struct rctl *c, const struct queue_msg *m, const struct rctl_head
 	size_t i, k, n;
 
 	buf_puts(b, "{\"qid\":");
-	rctl_json_str(b, m->qid);
+	json_str(b, m->qid);
 	buf_puts(b, ",\"arrival\":");
 	rctl_json_time(c, b, m->env.arrival_ms);
 	buf_printf(b, ",\"age_s\":%llu,\"size\":%llu,\"sender\":",
 	    (unsigned long long)(c->now > m->env.arrival_ms ? (c->now - m->env.arrival_ms) / 1000 : 0),
 	    (unsigned long long)m->env.size);
-	rctl_json_str(b, m->env.sender);
+	json_str(b, m->env.sender);
 	buf_puts(b, ",\"user\":");
-	rctl_json_str(b, m->env.auth_user);
+	json_str(b, m->env.auth_user);
 	buf_puts(b, ",\"client\":{\"ip\":");
-	rctl_json_str(b, m->env.client_ip);
+	json_str(b, m->env.client_ip);
 	buf_puts(b, ",\"helo\":");
-	rctl_json_str(b, m->env.client_helo);
+	json_str(b, m->env.client_helo);
 	buf_puts(b, "},\"dsn\":{\"envid\":");
-	rctl_json_str(b, m->env.envid);
+	json_str(b, m->env.envid);
 	buf_puts(b, ",\"ret\":");
-	rctl_json_str(b, rctl_ret_name(m->env.ret));
+	json_str(b, rctl_ret_name(m->env.ret));
 	buf_printf(b, "},\"body_8bit\":%s,\"smtputf8\":%s,\"held\":%s,\"delay_warned\":%s,\"headers\":{",
 	    m->env.body_8bit ? "true" : "false", m->env.smtputf8 ? "true" : "false",
 	    m->held ? "true" : "false", m->delay_warned ? "true" : "false");
 	for (i = 0; i < RELAY_ARRAY_LEN(rctl_head_fields); i++) {
 		buf_printf(b, "%s\"%s\":", i ? "," : "", rctl_head_fields[i].key);
-		rctl_json_str(b, hd->value[i]);
+		json_str(b, hd->value[i]);
 	}
 	buf_puts(b, "},\"recipients\":[");
 	for (i = 0; i < m->env.nrcpts; i++) {
@@ -505,19 +505,19 @@ rctl_show_json(struct rctl *c, const struct queue_msg *m, const struct rctl_head
 
 		rctl_rcpt_state(c, m, i, &st);
 		buf_puts(b, i ? ",{\"addr\":" : "{\"addr\":");
-		rctl_json_str(b, m->env.rcpts[i].addr);
+		json_str(b, m->env.rcpts[i].addr);
 		buf_puts(b, ",\"orcpt\":");
-		rctl_json_str(b, m->env.rcpts[i].orcpt);
+		json_str(b, m->env.rcpts[i].orcpt);
 		buf_puts(b, ",\"notify\":");
 		rctl_notify(b, m->env.rcpts[i].notify, true);
 		buf_printf(b, ",\"state\":\"%s\",\"until\":", st.name);
 		rctl_json_time(c, b, st.until);
 		buf_printf(b, ",\"attempts\":%u,\"last_status\":", qr->attempts);
-		rctl_json_str(b, qr->last_status);
+		json_str(b, qr->last_status);
 		buf_puts(b, ",\"last_reply\":");
-		rctl_json_str(b, qr->last_reply);
+		json_str(b, qr->last_reply);
 		buf_puts(b, ",\"destination\":");
-		rctl_json_str(b, st.dest);
+		json_str(b, st.dest);
 		buf_puts(b, ",\"history\":[");
 		for (k = n = 0; k < hv->n; k++) {
 			const struct rctl_hist *h = &hv->v[k];
@@ -527,13 +527,13 @@ rctl_show_json(struct rctl *c, const struct queue_msg *m, const struct rctl_head
 			buf_puts(b, n++ ? ",{\"time\":" : "{\"time\":");
 			rctl_json_time(c, b, h->time_ms);
 			buf_printf(b, ",\"result\":\"%s\",\"host\":", rctl_rec_name(h));
-			rctl_json_str(b, h->host);
+			json_str(b, h->host);
 			buf_puts(b, ",\"ip\":");
-			rctl_json_str(b, h->ip);
+			json_str(b, h->ip);
 			buf_puts(b, ",\"status\":");
-			rctl_json_str(b, h->status);
+			json_str(b, h->status);
 			buf_puts(b, ",\"reply\":");
-			rctl_json_str(b, h->reply);
+			json_str(b, h->reply);
 			buf_putc(b, '}');
 		}
 		buf_puts(b, "]}");
@@ -582,7 +582,7 @@ rctl_show_human(struct rctl *c, const struct queue_msg *m, const struct rctl_hea
 	char t[32], age[32];
 	size_t i, k;
 
-	rctl_time(m->env.arrival_ms, t, sizeof(t));
+	util_rfc3339_sec(m->env.arrival_ms, t, sizeof(t));
 	rctl_age(c->now, m->env.arrival_ms, age, sizeof(age));
 	buf_printf(b, "%-12s %s\n", "qid", m->qid);
 	buf_printf(b, "%-12s %s (age %s)%s\n", "arrival", t, age, m->held ? ", held" : "");
@@ -620,7 +620,7 @@ rctl_show_human(struct rctl *c, const struct queue_msg *m, const struct rctl_hea
 
 			if (!rctl_hist_is_rcpt(h, i))
 				continue;
-			rctl_time(h->time_ms, t, sizeof(t));
+			util_rfc3339_sec(h->time_ms, t, sizeof(t));
 			buf_printf(b, "        %s  %s", t, rctl_rec_name(h));
 			rctl_hist_detail(b, h);
 			buf_putc(b, '\n');
@@ -631,7 +631,7 @@ rctl_show_human(struct rctl *c, const struct queue_msg *m, const struct rctl_hea
 
 		if (h->type != QREC_HOLD && h->type != QREC_WARNED)
 			continue;
-		rctl_time(h->time_ms, t, sizeof(t));
+		util_rfc3339_sec(h->time_ms, t, sizeof(t));
 		buf_printf(b, "event        %s  %s\n", t, rctl_rec_name(h));
 	}
 }
@@ -753,7 +753,7 @@ rctl_json_qids(struct buf *b, const struct rctl_qids *q)
 	buf_putc(b, '[');
 	for (i = 0; q != NULL && i < q->n; i++) {
 		buf_puts(b, i ? "," : "");
-		rctl_json_str(b, q->v[i]);
+		json_str(b, q->v[i]);
 	}
 	buf_putc(b, ']');
 }

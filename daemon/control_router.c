@@ -1,7 +1,8 @@
 /*
  * control_router.c - relayctl's requests to the router (control_router()):
- * the command table, argument parsing, and the output helpers every answer
- * shares (text and JSON strings, times).  The commands themselves are in
+ * the handler of each row of the shared command table (common/control_cmds.h),
+ * argument parsing, and the output helpers every answer shares (text,
+ * times).  The commands themselves are in
  * control_queue.c (queue list / show / flush / hold / release / delete /
  * bounce) and control_hosts.c (hosts, hosts reset, route set / clear / list,
  * stats).  Every answer is an aligned human table, or a JSON document with a
@@ -24,50 +25,6 @@
 
 /* ------------------------------------------------------------------ */
 /* Output helpers. */
-
-/* A JSON string (or null): control characters escaped, invalid UTF-8 as U+FFFD. */
-void
-rctl_json_str(struct buf *b, const char *s)
-{
-	const unsigned char *p = (const unsigned char *)s, *run;
-
-	if (s == NULL) {
-		buf_puts(b, "null");
-		return;
-	}
-	buf_putc(b, '"');
-	while (*p != '\0') {
-		run = p;
-		while (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\')
-			p++;
-		if (p > run)
-			buf_append(b, run, (size_t)(p - run));
-		if (*p == '\0')
-			break;
-		if (*p == '"' || *p == '\\') {
-			buf_putc(b, '\\');
-			buf_putc(b, (char)*p++);
-		} else if (*p < 0x20 || *p == 0x7f) {
-			buf_printf(b, "\\u%04x", *p++);
-		} else {
-			/* A UTF-8 sequence: copied when well-formed. */
-			size_t n = *p >= 0xf0 && *p <= 0xf4 ? 4 : *p >= 0xe0 ? 3 : *p >= 0xc2 && *p < 0xe0 ? 2 : 0;
-			size_t k;
-
-			for (k = 1; n > 0 && k < n; k++)
-				if ((p[k] & 0xc0) != 0x80)
-					n = 0;
-			if (n == 0) {
-				buf_puts(b, "\\ufffd");
-				p++;
-			} else {
-				buf_append(b, p, n);
-				p += n;
-			}
-		}
-	}
-	buf_putc(b, '"');
-}
 
 /* Text for a human table: control characters become '?'; NULL becomes "-". */
 void
@@ -104,19 +61,7 @@ rctl_text_pad(struct buf *b, const char *s, size_t width)
 	while (b->len - start < width);
 }
 
-/* "2026-11-22T11:21:31Z" (UTC, to the second) into out (at least 24 bytes). */
-void
-rctl_time(uint64_t ms, char *out, size_t outlen)
-{
-	time_t t = (time_t)(ms / 1000);
-	struct tm tm;
-
-	gmtime_r(&t, &tm);
-	if (strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0 && outlen > 0)
-		out[0] = '\0';
-}
-
-/* rctl_time() through the request's small cache; valid until 3 more calls. */
+/* util_rfc3339_sec() through the request's small cache; valid until 3 more calls. */
 const char *
 rctl_ctime(struct rctl *c, uint64_t ms)
 {
@@ -128,7 +73,7 @@ rctl_ctime(struct rctl *c, uint64_t ms)
 			return c->tc_text[i];
 	i = c->tc_next++ % RELAY_ARRAY_LEN(c->tc_sec);
 	c->tc_sec[i] = sec;
-	rctl_time(ms, c->tc_text[i], sizeof(c->tc_text[i]));
+	util_rfc3339_sec(ms, c->tc_text[i], sizeof(c->tc_text[i]));
 	return c->tc_text[i];
 }
 
@@ -163,75 +108,54 @@ rctl_domain_of(const char *addr)
 /* ------------------------------------------------------------------ */
 /* The command table and the entry point. */
 
-static const struct rctl_cmd rctl_cmds[] = {
-	{ "queue", "list", 0, 0, RCTL_O_DOMAIN | RCTL_O_HELD, rctl_queue_list,
-	  "queue list [--domain D] [--held]" },
-	{ "queue", "show", 1, 1, 0, rctl_queue_show, "queue show QID" },
-	{ "queue", "flush", 0, -1, RCTL_O_DOMAIN | RCTL_O_ALL | RCTL_O_TARGET, rctl_queue_action,
-	  "queue flush QID... | --domain D | --all" },
-	{ "queue", "hold", 0, -1, RCTL_O_DOMAIN | RCTL_O_TARGET, rctl_queue_action,
-	  "queue hold QID... | --domain D" },
-	{ "queue", "release", 0, -1, RCTL_O_DOMAIN | RCTL_O_TARGET, rctl_queue_action,
-	  "queue release QID... | --domain D" },
-	{ "queue", "delete", 0, -1, RCTL_O_DOMAIN | RCTL_O_TARGET, rctl_queue_action,
-	  "queue delete QID... | --domain D" },
-	{ "queue", "bounce", 1, -1, 0, rctl_queue_action, "queue bounce QID..." },
-	{ "hosts", NULL, 0, 0, 0, rctl_hosts, "hosts" },
-	{ "hosts", "reset", 1, 1, 0, rctl_hosts_reset, "hosts reset HOST" },
-	{ "route", "set", 2, 2, 0, rctl_route_set, "route set DOMAIN HOST:PORT[,HOST:PORT...]" },
-	{ "route", "clear", 1, 1, 0, rctl_route_clear, "route clear DOMAIN" },
-	{ "route", "list", 0, 0, 0, rctl_route_list, "route list" },
-	{ "stats", NULL, 0, 0, 0, rctl_stats, "stats" },
+/* The handler of each row of the shared table (common/control_cmds.h) that
+ * reaches the router; stats and reload are control.c's, audit relayctl's. */
+static int (*const rctl_runs[CONTROL_CMD_N])(struct rctl *c) = {
+	[CONTROL_CMD_QUEUE_LIST] = rctl_queue_list,
+	[CONTROL_CMD_QUEUE_SHOW] = rctl_queue_show,
+	[CONTROL_CMD_QUEUE_FLUSH] = rctl_queue_action,
+	[CONTROL_CMD_QUEUE_HOLD] = rctl_queue_action,
+	[CONTROL_CMD_QUEUE_RELEASE] = rctl_queue_action,
+	[CONTROL_CMD_QUEUE_DELETE] = rctl_queue_action,
+	[CONTROL_CMD_QUEUE_BOUNCE] = rctl_queue_action,
+	[CONTROL_CMD_HOSTS] = rctl_hosts,
+	[CONTROL_CMD_HOSTS_RESET] = rctl_hosts_reset,
+	[CONTROL_CMD_ROUTE_SET] = rctl_route_set,
+	[CONTROL_CMD_ROUTE_CLEAR] = rctl_route_clear,
+	[CONTROL_CMD_ROUTE_LIST] = rctl_route_list,
+	[CONTROL_CMD_STATS] = rctl_stats,
 };
-
-/* The longest pattern that matches argv ("hosts reset" over "hosts"). */
-static const struct rctl_cmd *
-rctl_match(int argc, char **argv, int *consumed)
-{
-	const struct rctl_cmd *best = NULL;
-	size_t i;
-
-	*consumed = 0;
-	for (i = 0; i < RELAY_ARRAY_LEN(rctl_cmds); i++) {
-		const struct rctl_cmd *cmd = &rctl_cmds[i];
-		int n = cmd->sub != NULL ? 2 : 1;
-
-		if (argc < n || strcmp(argv[0], cmd->word) != 0)
-			continue;
-		if (n == 2 && strcmp(argv[1], cmd->sub) != 0)
-			continue;
-		if (n > *consumed) {
-			best = cmd;
-			*consumed = n;
-		}
-	}
-	return best;
-}
 
 /* Options and positional arguments after the command words; 0 or RELAY_EINVAL. */
 static int
-rctl_parse(const struct rctl_cmd *cmd, int argc, char **argv, struct rctl *c)
+rctl_parse(const struct control_cmd *cmd, int argc, char **argv, struct rctl *c)
 {
+	const struct control_opt *o;
 	int i, kinds;
 
 	c->pos = xcalloc((size_t)argc + 1, sizeof(*c->pos));
 	for (i = 0; i < argc; i++) {
-		if (strcmp(argv[i], "--domain") == 0 && (cmd->opts & RCTL_O_DOMAIN)) {
+		if (strncmp(argv[i], "--", 2) != 0) {
+			c->pos[c->npos++] = argv[i];
+			continue;
+		}
+		/* --json was taken off by control.c: here it is unknown too */
+		if ((o = control_cmd_opt(cmd, argv[i])) == NULL || o->bit == 0)
+			return RELAY_EINVAL;
+		if (o->bit == CONTROL_O_DOMAIN) {
 			if (i + 1 >= argc || c->domain != NULL || argv[i + 1][0] == '\0')
 				return RELAY_EINVAL;
 			c->domain = argv[++i];
-		} else if (strcmp(argv[i], "--all") == 0 && (cmd->opts & RCTL_O_ALL))
+		} else if (o->bit == CONTROL_O_ALL)
 			c->all = true;
-		else if (strcmp(argv[i], "--held") == 0 && (cmd->opts & RCTL_O_HELD))
+		else if (o->bit == CONTROL_O_HELD)
 			c->held = true;
-		else if (strncmp(argv[i], "--", 2) == 0)
-			return RELAY_EINVAL;
 		else
-			c->pos[c->npos++] = argv[i];
+			return RELAY_EINVAL;
 	}
 	if (c->npos < cmd->min_pos || (cmd->max_pos >= 0 && c->npos > cmd->max_pos))
 		return RELAY_EINVAL;
-	if (cmd->opts & RCTL_O_TARGET) {
+	if (cmd->flags & CONTROL_F_TARGET) {
 		kinds = (c->npos > 0) + (c->domain != NULL) + c->all;
 		if (kinds != 1)
 			return RELAY_EINVAL;
@@ -242,7 +166,7 @@ rctl_parse(const struct rctl_cmd *cmd, int argc, char **argv, struct rctl *c)
 int
 control_router(struct router *r, int argc, char **argv, bool json, struct buf *out)
 {
-	const struct rctl_cmd *cmd;
+	const struct control_cmd *cmd;
 	struct rctl c;
 	int consumed, rc;
 
@@ -253,7 +177,8 @@ control_router(struct router *r, int argc, char **argv, bool json, struct buf *o
 	c.json = json;
 	c.out = out;
 	c.now = util_now_ms();
-	if (argc < 1 || (cmd = rctl_match(argc, argv, &consumed)) == NULL) {
+	if (argc < 1 || (cmd = control_cmd_match(argc, argv, &consumed)) == NULL ||
+	    rctl_runs[cmd->id] == NULL) {
 		buf_printf(out, "unknown command: %s", argc > 0 ? argv[0] : "(none)");
 		return RELAY_EINVAL;
 	}
@@ -267,7 +192,7 @@ control_router(struct router *r, int argc, char **argv, bool json, struct buf *o
 		buf_printf(out, "usage: relayctl %s", cmd->usage);
 		return RELAY_EINVAL;
 	}
-	rc = cmd->run(&c);
+	rc = rctl_runs[cmd->id](&c);
 	free(c.pos);
 	return rc;
 }

@@ -1,17 +1,20 @@
 /*
  * relay.c - daemon lifecycle: start every module in order, reload on SIGHUP
  * (a new immutable config snapshot is swapped in only once it validated and
- * every module accepted it), stop gracefully on SIGTERM/SIGINT.  Owns the
- * signal handles and the current conf reference; never blocks the loop.
+ * every module accepted it), reopen the log on SIGUSR1, stop gracefully on
+ * SIGTERM/SIGINT.  Owns the signal handles and the current conf reference;
+ * never blocks the loop.
  */
 #include "daemon/relay.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
 #include "common/util.h"
+#include "notify/notify.h"
 #include "router/router.h"
 #include "submit/submit.h"
 
@@ -30,6 +33,22 @@ relay_log_level(const struct conf *c)
 	return LOG_INFO;
 }
 
+/* SIGUSR1, logrotate's postrotate: lines before go to the renamed file,
+ * lines after to the new one; on failure the old file stays in use. */
+static void
+relay_reopen_log(struct relay *r)
+{
+	const char *path = r->conf != NULL ? r->conf->log_file : NULL;
+
+	if (path == NULL || *path == '\0' || strcmp(path, "-") == 0)
+		return;                 /* stderr: nothing to reopen */
+	if (log_reopen() != 0)
+		log_event(LOG_ERR, "log_reopen_failed", "log_file", path,
+		    "error", strerror(errno), NULL);
+	else
+		log_event(LOG_NOTICE, "log_reopened", "log_file", path, NULL);
+}
+
 static void
 on_signal(uv_signal_t *h, int signum)
 {
@@ -38,6 +57,10 @@ on_signal(uv_signal_t *h, int signum)
 
 	if (r->magic != RELAY_MAGIC)
 		fatalx("%s: bad relay", __func__);
+	if (signum == SIGUSR1) {
+		relay_reopen_log(r);
+		return;
+	}
 	if (signum == SIGHUP) {
 		if (r->stopping)
 			log_event(LOG_NOTICE, "reload_ignored", "reason", "stopping", NULL);
@@ -62,10 +85,13 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	uv_signal_init(loop, &r->sig_term);
 	uv_signal_init(loop, &r->sig_int);
 	uv_signal_init(loop, &r->sig_hup);
-	r->sig_term.data = r->sig_int.data = r->sig_hup.data = r;
+	uv_signal_init(loop, &r->sig_usr1);
+	r->sig_term.data = r->sig_int.data = r->sig_hup.data = r->sig_usr1.data = r;
 	uv_signal_start(&r->sig_term, on_signal, SIGTERM);
 	uv_signal_start(&r->sig_int, on_signal, SIGINT);
 	uv_signal_start(&r->sig_hup, on_signal, SIGHUP);
+	uv_signal_start(&r->sig_usr1, on_signal, SIGUSR1);
+	r->notify = notify_new(loop, relay_status, r);      /* closed with the signals */
 
 	if (conf_load(conf_path, &r->conf, err) != 0)
 		return -1;
@@ -85,6 +111,7 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 
 	log_event(LOG_NOTICE, "started", "config", conf_path, "hostname", r->conf->hostname,
 	    "queue_dir", r->conf->queue_dir, NULL);
+	notify_ready(r->notify);        /* listening, the queue loaded */
 	return 0;
 }
 
@@ -98,6 +125,7 @@ relay_reload(struct relay *r, struct buf *err)
 		buf_puts(err, "relayd is stopping");
 		return -1;
 	}
+	notify_reloading(r->notify);
 	if (conf_load(r->conf_path, &c, err) != 0 ||
 	    submit_reload(r->submit, c, err) != 0) {
 		/* Strip the trailing newline for the log line. */
@@ -109,6 +137,7 @@ relay_reload(struct relay *r, struct buf *err)
 		log_end(&l);
 		if (c != NULL)
 			conf_unref(c);
+		notify_ready(r->notify);        /* still serving, on the old one */
 		return -1;
 	}
 	router_reload(r->router, c);
@@ -118,6 +147,7 @@ relay_reload(struct relay *r, struct buf *err)
 	conf_unref(r->conf);
 	r->conf = c;
 	log_event(LOG_NOTICE, "reloaded", "config", r->conf_path, NULL);
+	notify_ready(r->notify);
 	return 0;
 }
 
@@ -141,6 +171,9 @@ on_router_down(void *arg)
 	uv_close((uv_handle_t *)&r->sig_term, on_signal_closed);
 	uv_close((uv_handle_t *)&r->sig_int, on_signal_closed);
 	uv_close((uv_handle_t *)&r->sig_hup, on_signal_closed);
+	uv_close((uv_handle_t *)&r->sig_usr1, on_signal_closed);
+	notify_close(r->notify);
+	r->notify = NULL;
 }
 
 static void
@@ -164,6 +197,7 @@ relay_stop(struct relay *r, const char *why)
 		return;
 	}
 	r->stopping = true;
+	notify_stopping(r->notify);
 	log_event(LOG_NOTICE, "stopping", "reason", why, NULL);
 	if (r->control != NULL) {
 		control_close(r->control);      /* freed in its close callback */

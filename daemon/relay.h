@@ -16,6 +16,7 @@
 struct submit;
 struct router;
 struct control;
+struct notify;
 
 #define RELAY_MAGIC 0x7e1a7d00U
 
@@ -28,7 +29,8 @@ struct relay {
 	struct router *router;
 	struct submit *submit;
 	struct control *control;
-	uv_signal_t sig_term, sig_int, sig_hup;
+	struct notify *notify;       /* the service manager (notify/notify.h) */
+	uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 	bool stopping;
 	int pending_shutdown;        /* modules still shutting down */
 };
@@ -43,6 +45,10 @@ int relay_reload(struct relay *r, struct buf *err);
 void relay_stop(struct relay *r, const char *why);
 /* After the loop has ended. */
 void relay_free(struct relay *r);
+
+/* relay_status.c: the STATUS= line for the service manager (a notify_status_fn;
+ * arg is the struct relay). */
+void relay_status(void *arg, struct buf *out);
 
 /* control.c */
 int control_new(struct relay *r, const char *path, struct control **out, struct buf *err);

@@ -25,8 +25,8 @@
 #include <string.h>
 
 #include <sasl/sasl.h>
-#include <sasl/saslutil.h>
 
+#include "common/codec.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -188,7 +188,7 @@ static void
 deliver_auth_line(struct buf *out, const char *p, unsigned n)
 {
 	if (n > 0)
-		deliver_base64(out, p, n);
+		codec_base64_encode(out, p, n);
 	buf_puts(out, "\r\n");
 }
 
@@ -249,25 +249,24 @@ deliver_auth_step(struct deliver_auth *a, const char *challenge, size_t len, str
     char *err, size_t errlen)
 {
 	const char *clientout = NULL;
-	unsigned clientoutlen = 0, declen = 0;
-	size_t max = len / 4 * 3 + 4;
-	char *dec;
+	unsigned clientoutlen = 0;
+	struct buf dec = BUF_INIT;
 	int rc;
 
 	if (len > 64 * 1024) {
 		snprintf(err, errlen, "AUTH challenge too long (%zu bytes)", len);
 		return -1;
 	}
-	dec = xmalloc(max);
-	rc = sasl_decode64(challenge, (unsigned)len, dec, (unsigned)max, &declen);
-	if (rc != SASL_OK) {
+	if (codec_base64_decode(challenge, len, &dec) != 0) {
 		snprintf(err, errlen, "AUTH challenge is not base64");
-		free(dec);
+		buf_free(&dec);
 		return -1;
 	}
-	rc = sasl_client_step(a->conn, dec, declen, NULL, &clientout, &clientoutlen);
-	explicit_bzero(dec, max);
-	free(dec);
+	rc = sasl_client_step(a->conn, dec.len > 0 ? dec.data : "", (unsigned)dec.len, NULL,
+	    &clientout, &clientoutlen);
+	if (dec.cap > 0)
+		explicit_bzero(dec.data, dec.cap);
+	buf_free(&dec);
 	if (rc != SASL_OK && rc != SASL_CONTINUE) {
 		snprintf(err, errlen, "SASL %s: %s", a->mech, sasl_errdetail(a->conn));
 		return -1;

@@ -87,8 +87,6 @@ void deliver_caps_parse(struct deliver_caps *c, const struct deliver_reply *r);
 
 /* Append s xtext-encoded (RFC 3461 4): '+', '=', controls, space, 8-bit -> "+HH". */
 void deliver_xtext(struct buf *out, const char *s);
-/* Append base64 of n bytes of p (no line breaks). */
-void deliver_base64(struct buf *out, const void *p, size_t n);
 
 /*
  * Dot-stuffing (RFC 5321 4.5.2) as a stream: feed the body in chunks of any

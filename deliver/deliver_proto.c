@@ -14,8 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-
 #include "common/util.h"
 #include "common/envelope.h"
 
@@ -291,22 +289,6 @@ deliver_xtext(struct buf *out, const char *s)
 			buf_putc(out, hex[ch & 0x0f]);
 		}
 	}
-}
-
-void
-deliver_base64(struct buf *out, const void *p, size_t n)
-{
-	size_t need = 4 * ((n + 2) / 3) + 1;
-	int got;
-
-	if (n > INT32_MAX / 2)
-		fatalx("%s: %zu bytes is too much to encode", __func__, n);
-	buf_reserve(out, need);
-	got = EVP_EncodeBlock((unsigned char *)out->data + out->len, p, (int)n);
-	if (got < 0 || (size_t)got >= need)
-		fatalx("%s: EVP_EncodeBlock returned %d", __func__, got);
-	out->len += (size_t)got;
-	out->data[out->len] = '\0';
 }
 
 void

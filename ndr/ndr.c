@@ -27,7 +27,8 @@
  * Must never: report on a message whose envelope sender is <>; put a bare LF,
  * a control character or a line longer than 998 octets into a header it
  * writes; read more than NDR_FULL_MAX (+ headers cap) of the original; touch
- * the scheduler's state (the caller records QREC_REPORTED).
+ * the scheduler's state (the caller records QREC_REPORTED from the done
+ * callback, once the report's commit is durable).
  *
  * Note on I/O: the original's headers (or, for RET=FULL, the message up to
  * NDR_FULL_MAX) are read with pread() from the queue file the relay itself
@@ -35,6 +36,7 @@
  * thread, the same kind queue_txn_write() does; no network I/O happens here.
  */
 #include "ndr/ndr.h"
+#include "common/codec.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -133,6 +135,8 @@ struct ndr_pending {
 	struct relay_stats *stats;
 	struct ndr_pending_rcpt *rcpt;
 	size_t n;
+	ndr_done_cb *done;           /* the caller's, told how the commit ended */
+	void *done_arg;
 };
 
 static const struct ndr_kind_info *
@@ -171,34 +175,6 @@ ndr_str_8bit(const char *s)
 	return s != NULL && ndr_has_8bit(s, strlen(s));
 }
 
-/* Length of the valid UTF-8 sequence at s (at most len bytes), or 0. */
-static size_t
-ndr_utf8_len(const unsigned char *s, size_t len)
-{
-	size_t need, i;
-	unsigned c = s[0];
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xc2 && c <= 0xdf)
-		need = 2;
-	else if (c >= 0xe0 && c <= 0xef)
-		need = 3;
-	else if (c >= 0xf0 && c <= 0xf4)
-		need = 4;
-	else
-		return 0;
-	if (len < need)
-		return 0;
-	for (i = 1; i < need; i++)
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-	if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xf0 && s[1] < 0x90) ||
-	    (c == 0xf4 && s[1] >= 0x90) || (c == 0xed && s[1] >= 0xa0))
-		return 0;                       /* overlong, > U+10FFFF, surrogate */
-	return need;
-}
-
 /*
  * Cleaning: every byte that reaches the report goes through one of these.
  */
@@ -214,7 +190,7 @@ ndr_clean_text(struct buf *out, const char *s)
 		if (p[i] < 0x20 || p[i] == 0x7f) {
 			buf_putc(out, ' ');
 			i++;
-		} else if ((l = ndr_utf8_len(p + i, len - i)) == 0) {
+		} else if ((l = codec_utf8_len(p + i, len - i)) == 0) {
 			buf_putc(out, '?');
 			i++;
 		} else {
@@ -310,15 +286,13 @@ ndr_is_smtp_reply(const char *s)
 static void
 ndr_rfc2047(struct buf *out, const char *s)
 {
-	static const char b64[] =
-	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 	const unsigned char *p = (const unsigned char *)s;
-	size_t len = strlen(s), i = 0, take, l, j;
+	size_t len = strlen(s), i = 0, take, l;
 
 	while (i < len) {
 		take = 0;
 		while (i + take < len) {
-			l = ndr_utf8_len(p + i + take, len - i - take);
+			l = codec_utf8_len(p + i + take, len - i - take);
 			if (l == 0)
 				l = 1;
 			if (take + l > NDR_EW_BYTES)
@@ -328,18 +302,7 @@ ndr_rfc2047(struct buf *out, const char *s)
 		if (i > 0)
 			buf_putc(out, ' ');
 		buf_puts(out, "=?utf-8?B?");
-		for (j = 0; j < take; j += 3) {
-			unsigned v = (unsigned)p[i + j] << 16;
-			size_t rem = take - j;
-			if (rem > 1)
-				v |= (unsigned)p[i + j + 1] << 8;
-			if (rem > 2)
-				v |= p[i + j + 2];
-			buf_putc(out, b64[(v >> 18) & 63]);
-			buf_putc(out, b64[(v >> 12) & 63]);
-			buf_putc(out, rem > 1 ? b64[(v >> 6) & 63] : '=');
-			buf_putc(out, rem > 2 ? b64[v & 63] : '=');
-		}
+		codec_base64_encode(out, p + i, take);
 		buf_puts(out, "?=");
 		i += take;
 	}
@@ -886,7 +849,7 @@ ndr_pending_free(struct ndr_pending *np)
 	free(np);
 }
 
-/* The report is durable (or could not be queued): log it, count it. */
+/* The report is durable (or could not be queued): log it, count it, tell the caller. */
 static void
 ndr_committed(void *arg, int err, const char *qid)
 {
@@ -903,6 +866,8 @@ ndr_committed(void *arg, int err, const char *qid)
 		log_kv(&l, "reason", np->reason);
 		log_kvi(&l, "error", err);
 		log_end(&l);
+		if (np->done != NULL)
+			np->done(np->done_arg, err, np->ndr_qid);
 		ndr_pending_free(np);
 		return;
 	}
@@ -925,6 +890,8 @@ ndr_committed(void *arg, int err, const char *qid)
 	}
 	if (np->stats != NULL)
 		np->stats->ndr_sent++;
+	if (np->done != NULL)
+		np->done(np->done_arg, 0, np->ndr_qid);
 	ndr_pending_free(np);
 }
 
@@ -945,7 +912,7 @@ ndr_log_suppressed(const struct queue_msg *m, const char *rcpt, const char *reas
 int
 ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
     const struct ndr_rcpt *rcpts, size_t n, const struct ndr_params *p,
-    struct relay_stats *stats, char *ndr_qid)
+    struct relay_stats *stats, char *ndr_qid, ndr_done_cb *done, void *done_arg)
 {
 	const struct ndr_kind_info *ki = ndr_kind_info(kind);
 	struct ndr_original orig;
@@ -1011,6 +978,8 @@ ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
 	np->to = xstrdup(m->env.sender);
 	np->reason = ki->reason;
 	np->stats = stats;
+	np->done = done;
+	np->done_arg = done_arg;
 	np->n = k;
 	np->rcpt = xcalloc(k, sizeof(*np->rcpt));
 	for (i = 0; i < k; i++) {

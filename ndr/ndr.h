@@ -35,6 +35,10 @@ struct ndr_params {
 	const char *reason_text;    /* optional extra sentence ("returned by the administrator") */
 };
 
+/* The report's commit ended: err 0 = it is durable (queued), else RELAY_E*
+ * (it could not be queued; nothing of it remains). */
+typedef void ndr_done_cb(void *arg, int err, const char *ndr_qid);
+
 /*
  * Build and enqueue one report for recipients rcpts[0..n) of m (which share
  * the kind).  Honours NOTIFY (a recipient whose NOTIFY excludes this kind is
@@ -45,10 +49,14 @@ struct ndr_params {
  * with each recipient's status, attempts and down-since, bumps stats->ndr_sent,
  * and copies the report's queue id into ndr_qid (QID_MAX bytes).
  * The report is committed asynchronously through queue_txn_commit; 0 or RELAY_E*.
+ * done (may be NULL) is called exactly once, later, on the loop, when that
+ * commit ends -- if and only if ndr_send returned 0 with ndr_qid set; never
+ * when it returned an error or sent nothing.  Only then is the report safely
+ * queued: the caller records that it was sent (QREC_REPORTED) from done.
  */
 int ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
     const struct ndr_rcpt *rcpts, size_t n, const struct ndr_params *p,
-    struct relay_stats *stats, char *ndr_qid);
+    struct relay_stats *stats, char *ndr_qid, ndr_done_cb *done, void *done_arg);
 
 /* Build the report's bytes only (for unit tests): the full RFC 5322 message. */
 int ndr_format(const struct queue_msg *m, enum ndr_kind kind, const struct ndr_rcpt *rcpts,

@@ -553,12 +553,34 @@ queue_close_fds(struct queue *q)
 	q->msgfd = q->corruptfd = q->lockfd = -1;
 }
 
+/*
+ * Test hooks, read from the environment: compiled only into builds made with
+ * the CMake option RELAY_TEST_HOOKS (contrib/test.sh's); a normal or release
+ * build has neither the variables' names nor the sleeps (QUEUE.md).
+ */
+#ifdef RELAY_TEST_HOOKS
+static void
+queue_test_hooks(struct queue *q)
+{
+	const char *v;
+
+	if ((v = getenv("RELAYD_TEST_SYNC_DELAY_MS")) != NULL)
+		q->test_sync_delay_ms = (unsigned)strtoul(v, NULL, 10);
+	if ((v = getenv("RELAYD_TEST_PUBLISH_DELAY_MS")) != NULL)
+		q->test_publish_delay_ms = (unsigned)strtoul(v, NULL, 10);
+}
+#else
+static void
+queue_test_hooks(struct queue *q)
+{
+}
+#endif
 
 int
 queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err)
 {
 	struct queue *q;
-	const char *what = NULL, *delay;
+	const char *what = NULL;
 	int dirfd = -1, e;
 
 	q = xcalloc(1, sizeof(*q));
@@ -613,10 +635,7 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 		q->rnd_state = util_now_ms() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)q;
 	q->rnd_state |= 1;
 
-	if ((delay = getenv("RELAYD_TEST_SYNC_DELAY_MS")) != NULL)
-		q->test_sync_delay_ms = (unsigned)strtoul(delay, NULL, 10);
-	if ((delay = getenv("RELAYD_TEST_PUBLISH_DELAY_MS")) != NULL)
-		q->test_publish_delay_ms = (unsigned)strtoul(delay, NULL, 10);
+	queue_test_hooks(q);
 
 	if (uv_mutex_init(&q->mtx) != 0 || uv_cond_init(&q->cond) != 0 ||
 	    uv_cond_init(&q->write_cond) != 0 || uv_cond_init(&q->sync_cond) != 0)
@@ -916,8 +935,10 @@ queue_set_str(char **dst, const char *src)
 
 /*
  * A/D/F end an attempt: attempts counted, the last_* fields replaced (NULL
- * clears).  With value QREC_NO_ATTEMPT (expiry), attempts is not counted and
- * only the non-NULL fields replace what the last real attempt left.
+ * clears).  With the flag QREC_NO_ATTEMPT in value (expiry), attempts is not
+ * counted and only the non-NULL fields replace what the last real attempt
+ * left.  QREC_WAIT_DEST and QREC_EXPIRED set the recipient's explicit states
+ * (waiting, expired); nothing is ever inferred from the status text.
  */
 void
 queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
@@ -933,7 +954,7 @@ queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
 	case QREC_ATTEMPT:
 	case QREC_DELIVERED:
 	case QREC_FAILED:
-		attempt = rec->value != QREC_NO_ATTEMPT;
+		attempt = (rec->value & QREC_NO_ATTEMPT) == 0;
 		if (attempt) {
 			r->attempts++;
 			r->last_attempt_ms = rec->time_ms;
@@ -946,10 +967,13 @@ queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
 			queue_set_str(&r->last_status, rec->status);
 		if (attempt || rec->reply != NULL)
 			queue_set_str(&r->last_reply, rec->reply);
+		r->waiting = rec->type == QREC_ATTEMPT && (rec->value & QREC_WAIT_DEST) != 0;
 		if (rec->type == QREC_DELIVERED)
 			r->state = RCPT_DELIVERED;
-		else if (rec->type == QREC_FAILED)
+		else if (rec->type == QREC_FAILED) {
 			r->state = RCPT_FAILED;
+			r->expired = (rec->value & QREC_EXPIRED) != 0;
+		}
 		break;
 	case QREC_REPORTED:
 		r->reported = true;

@@ -35,6 +35,8 @@ struct queue_rcpt {
 	char *last_status;           /* enhanced status "4.4.1", "5.1.1" ... */
 	char *last_reply;            /* the remote server's reply text, or our own diagnosis */
 	bool reported;               /* a failure/success report was queued for it */
+	bool waiting;                /* last deferred waiting for its destination (QREC_WAIT_DEST) */
+	bool expired;                /* failed by max_queue_age (QREC_EXPIRED) */
 };
 
 struct queue_msg {
@@ -155,9 +157,20 @@ void queue_close(struct queue *q, void (*done)(void *arg), void *arg);
  * Added by the queue engineer (additive).
  */
 
-/* For QREC_ATTEMPT/DELIVERED/FAILED: value QREC_NO_ATTEMPT means no attempt
- * ended (e.g. the recipient expired in the queue): attempts is not counted. */
+/*
+ * For QREC_ATTEMPT/DELIVERED/FAILED, value is a set of flags (files written
+ * before QREC_WAIT_DEST and QREC_EXPIRED existed hold 0 or 1):
+ * QREC_NO_ATTEMPT: no attempt ended (e.g. the recipient expired in the
+ * queue): attempts is not counted.
+ * QREC_WAIT_DEST (ATTEMPT only): the recipient now waits for its destination
+ * to come back (it has no retry timer of its own; at start-up it is due at once).
+ * QREC_EXPIRED (FAILED only): it failed because it outlived max_queue_age.
+ * These states are never read back from the status text: a remote server
+ * may answer "451 4.4.1" or "554 4.4.7" itself.
+ */
 #define QREC_NO_ATTEMPT 1
+#define QREC_WAIT_DEST  2
+#define QREC_EXPIRED    4
 
 /* How the commit thread makes a batch durable (see QUEUE.md; the default is
  * the fastest correct one, the others exist for bench_queue). */

@@ -193,10 +193,12 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
 	uint64_t t0 = uv_hrtime(), t1;
 	int e, n = 0, renamed = 0, kept = 0;
 
+#ifdef RELAY_TEST_HOOKS
 	if (q->test_publish_delay_ms > 0)
 		usleep(q->test_publish_delay_ms * 1000u);   /* RELAYD_TEST_PUBLISH_DELAY_MS */
 	if (q->test_sync_delay_ms > 0)
 		usleep(q->test_sync_delay_ms * 1000u);      /* RELAYD_TEST_SYNC_DELAY_MS */
+#endif
 
 	/* the files to make durable: new messages and appended records */
 	for (j = batch->head; j != NULL; j = j->next)

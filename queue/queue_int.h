@@ -127,8 +127,8 @@ struct queue {
 	char *dir;
 	int lockfd, msgfd, corruptfd;
 	bool named;                  /* no O_TMPFILE + linkat here: files have names */
-	unsigned test_sync_delay_ms; /* tests only: each group sync waits this long first */
-	unsigned test_publish_delay_ms; /* tests only: each publish waits this long first */
+	unsigned test_sync_delay_ms; /* RELAY_TEST_HOOKS: each group sync waits this long first */
+	unsigned test_publish_delay_ms; /* RELAY_TEST_HOOKS: each publish waits this long first */
 	bool jnl_was_on;             /* the journal was in use at start (loop) */
 	bool jnl_fail_logged;        /* queue_journal_failed was logged (loop) */
 	bool jnl_on;                 /* the journal is in use (else: 250 after the publish);

@@ -485,8 +485,10 @@ journal_append(struct journal *j, uint64_t tail, uint64_t tail_seq, unsigned del
 		j->head = JOURNAL_FAILED;
 		return RELAY_EIO;
 	}
+#ifdef RELAY_TEST_HOOKS
 	if (delay_ms > 0)
-		usleep(delay_ms * 1000u);
+		usleep(delay_ms * 1000u);   /* RELAYD_TEST_SYNC_DELAY_MS */
+#endif
 	if (fdatasync(j->fd) == -1) {
 		*sys_errno = errno;
 		j->head = JOURNAL_FAILED;

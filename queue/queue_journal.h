@@ -72,7 +72,8 @@ size_t journal_batch_bytes(const struct journal *j);
  * Write the batch at head (or, if it does not fit before the end, at the
  * start of the ring) unless that would reach the durable tail (tail,
  * tail_seq: the caller's copy): then RELAY_ETEMP and nothing is written.
- * With delay_ms > 0 it sleeps that long before the sync (tests).  On
+ * With delay_ms > 0 (tests; only in a RELAY_TEST_HOOKS build) it sleeps
+ * that long before the sync.  On
  * success *end and *seq say where the batch ends and its number, and head
  * moves past it.  RELAY_EIO with errno-like *sys_errno on a failed write or
  * sync: the batch may be on disk (replay would find it: a duplicate at

@@ -9,6 +9,7 @@
  * file is read synchronously once, in route_table_new, before the loop runs).
  */
 #include "router/router_route.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -501,52 +502,34 @@ route_clear(struct route_table *t, const char *domain)
 /* Listing. */
 
 static void
-route_json_str(struct buf *b, const char *s)
-{
-	buf_putc(b, '"');
-	for (; *s != '\0'; s++) {
-		unsigned char c = (unsigned char)*s;
-
-		if (c == '"' || c == '\\')
-			buf_printf(b, "\\%c", c);
-		else if (c < 0x20)
-			buf_printf(b, "\\u%04x", c);
-		else
-			buf_putc(b, (char)c);
-	}
-	buf_putc(b, '"');
-}
-
-static void
-route_list_one(struct buf *out, bool json, bool *first, const char *domain,
+route_list_one(struct buf *out, struct json *j, const char *domain,
     const struct conf_hostport *hosts, size_t nhosts, const char *source, const char *policy,
     const char *tls, const char *auth_user)
 {
 	struct buf hb = BUF_INIT;
 	size_t i;
 
-	if (json) {
-		buf_puts(out, *first ? "" : ",");
-		buf_puts(out, "{\"domain\":");
-		route_json_str(out, domain);
-		buf_puts(out, ",\"hosts\":[");
+	if (j != NULL) {
+		json_object_begin(j);
+		json_key(j, "domain");
+		json_string(j, domain);
+		json_key(j, "hosts");
+		json_array_begin(j);
 		for (i = 0; i < nhosts; i++) {
 			buf_reset(&hb);
 			route_format_host(&hb, &hosts[i]);
-			buf_puts(out, i ? "," : "");
-			route_json_str(out, buf_cstr(&hb));
+			json_string(j, buf_cstr(&hb));
 		}
-		buf_printf(out, "],\"source\":\"%s\",\"mx_policy\":\"%s\",\"tls\":", source, policy);
-		if (tls != NULL)
-			route_json_str(out, tls);
-		else
-			buf_puts(out, "null");
-		buf_puts(out, ",\"auth_user\":");
-		if (auth_user != NULL)
-			route_json_str(out, auth_user);
-		else
-			buf_puts(out, "null");
-		buf_puts(out, "}");
+		json_array_end(j);
+		json_key(j, "source");
+		json_string(j, source);
+		json_key(j, "mx_policy");
+		json_string(j, policy);
+		json_key(j, "tls");
+		json_string(j, tls);
+		json_key(j, "auth_user");
+		json_string(j, auth_user);
+		json_object_end(j);
 	} else {
 		for (i = 0; i < nhosts; i++) {
 			if (i)
@@ -558,32 +541,35 @@ route_list_one(struct buf *out, bool json, bool *first, const char *domain,
 		    auth_user != NULL ? " auth=" : "", auth_user != NULL ? auth_user : "");
 	}
 	buf_free(&hb);
-	*first = false;
 }
 
 void
 route_list(const struct route_table *t, const struct conf *conf, bool json, struct buf *out)
 {
-	bool first = true;
+	struct json jw, *j = NULL;
 	size_t i;
 
-	if (json)
-		buf_puts(out, "[");
-	else
+	if (json) {
+		json_init(&jw, out);
+		j = &jw;
+		json_array_begin(j);
+	} else
 		buf_printf(out, "%-24s %-8s %-12s %-13s %s\n", "DOMAIN", "SOURCE", "MX_POLICY",
 		    "TLS", "HOSTS");
 	for (i = 0; i < t->nrt; i++)
-		route_list_one(out, json, &first, t->rt[i].domain, t->rt[i].hosts,
+		route_list_one(out, j, t->rt[i].domain, t->rt[i].hosts,
 		    t->rt[i].nhosts, "runtime", "any", NULL, NULL);
 	for (i = 0; conf != NULL && i < conf->router.nroutes; i++) {
 		const struct conf_route *r = &conf->router.routes[i];
 
-		route_list_one(out, json, &first, r->domain, r->hosts, r->nhosts, "config",
+		route_list_one(out, j, r->domain, r->hosts, r->nhosts, "config",
 		    r->mx_policy == CONF_MX_PRIMARY_ONLY ? "primary-only" : "any",
 		    r->has_tls ? conf_tls_name(r->tls) : NULL, r->auth_user);
 	}
-	if (json)
-		buf_puts(out, "]\n");
+	if (json) {
+		json_array_end(j);
+		buf_putc(out, '\n');
+	}
 }
 
 /* ------------------------------------------------------------------ */

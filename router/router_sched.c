@@ -1,10 +1,11 @@
 /*
  * router_sched.c - the scheduler: decides what to try when over the durable
  * queue.  This file keeps the messages (rebuilt from queue_scan() at
- * start-up), their recipients' retry times, expiry and delay warnings, the
- * reports they are owed, the wake-up heap and its ONE uv_timer, the life
- * cycle and the administration API (router_sched.h).  Where mail goes and
- * what the answers mean is router_sched_dest.c.  See router/SCHEDULING.md.
+ * start-up), their recipients' retry times and expiry, the wake-up heap and
+ * its ONE uv_timer, the life cycle and the administration API
+ * (router_sched.h).  Where mail goes and what the answers mean is
+ * router_sched_dest.c; the reports a message owes (and its delay warning)
+ * are router_sched_report.c.  See router/SCHEDULING.md.
  *
  * Owns: every struct sched_msg (hung on queue_msg->sched) and the queue_msg
  * itself once the queue handed it over; the heap and timer; the host health
@@ -13,15 +14,12 @@
  * SMTP, blocks the loop, or keeps one timer per message.
  */
 #include "router/router_sched_int.h"
-#include "ndr/ndr.h"
 #include "common/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static void sched_msg_rewake(struct sched *, struct sched_msg *, uint64_t);
 
 /* ------------------------------------------------------------------ */
 /* Pure functions. */
@@ -48,7 +46,7 @@ sched_rcpt_due(const struct queue_rcpt *qr, const uint64_t *intervals, size_t n,
 		return SCHED_NOWAKE;
 	if (qr->last_status == NULL || qr->last_attempt_ms == 0)
 		return 0;
-	if (strcmp(qr->last_status, "4.4.1") == 0)
+	if (qr->waiting)
 		return 0;               /* it waited for its destination: probe again */
 	return qr->last_attempt_ms + sched_retry_delay(intervals, n, qr->attempts, rnd);
 }
@@ -254,7 +252,7 @@ sched_arm(struct sched *s)
 /* Messages by queue id. */
 
 
-static struct sched_msg *
+struct sched_msg *
 sched_msg_lookup(struct sched *s, const char *qid)
 {
 	struct sched_msg *sm;
@@ -316,14 +314,18 @@ sched_rcpt_domain(const char *addr)
 	return at != NULL ? at + 1 : "";
 }
 
+/* Delivered or failed, and reported if a report is owed (the original
+ * stays queued until its report is: a report is built from it). */
 static bool
 sched_rcpt_done(const struct queue_msg *m, size_t i)
 {
 	const struct queue_rcpt *qr = &m->rcpt[i];
 
-	if (qr->state == RCPT_DELIVERED)
+	if (qr->state == RCPT_PENDING)
+		return false;
+	if (qr->reported || m->env.sender[0] == '\0')
 		return true;
-	return qr->state == RCPT_FAILED && (qr->reported || m->env.sender[0] == '\0');
+	return qr->state == RCPT_DELIVERED && !(m->env.rcpts[i].notify & ENV_NOTIFY_SUCCESS);
 }
 
 bool
@@ -377,6 +379,8 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	rec.status = status;
 	rec.reply = reply;
 	rec.value = counted ? 0 : QREC_NO_ATTEMPT;
+	if (o == SCHED_DEFERRED && wait_dest != NULL)
+		rec.value |= QREC_WAIT_DEST;    /* explicit: never read back from "4.4.1" */
 	sched_record(s, sm, &rec);
 
 	if (o == SCHED_DEFERRED && wait_dest == NULL) {
@@ -495,119 +499,6 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 	free(cand);
 }
 
-static void
-sched_ndr_fill(struct sched_msg *sm, int i, struct ndr_rcpt *nr)
-{
-	const struct queue_rcpt *qr = &sm->m->rcpt[i];
-	const struct sched_job *job = sm->rc[i].job;
-
-	memset(nr, 0, sizeof(*nr));
-	nr->index = i;
-	nr->status = qr->last_status != NULL ? qr->last_status : "4.4.1";
-	nr->remote_host = qr->last_host;
-	nr->diagnostic = qr->last_reply;
-	nr->last_attempt_ms = qr->last_attempt_ms;
-	nr->attempts = qr->attempts;
-	nr->down_since_ms = sm->rc[i].down_since;
-	if (nr->down_since_ms == 0 && job != NULL && job->state == SCHED_JOB_WAITING)
-		nr->down_since_ms = job->dest->down_since;
-}
-
-/* Queue one report of kind for recipients idx[0..n); record REPORTED (or WARNED). */
-static int
-sched_report(struct sched *s, struct sched_msg *sm, enum ndr_kind kind, const int *idx, size_t n,
-    const char *reason, uint64_t now)
-{
-	struct queue_msg *m = sm->m;
-	struct ndr_rcpt *nr = xcalloc(n, sizeof(*nr));
-	struct ndr_params p;
-	struct queue_record rec;
-	char ndr_qid[QID_MAX] = "";
-	size_t k;
-	int rc;
-
-	for (k = 0; k < n; k++) {
-		sched_ndr_fill(sm, idx[k], &nr[k]);
-		if (kind == NDR_DELAYED && nr[k].status[0] != '4')
-			nr[k].status = "4.4.1";
-	}
-	memset(&p, 0, sizeof(p));
-	p.reporting_mta = s->conf->hostname;
-	p.now_ms = now;
-	p.will_retry_until_ms = sched_expire_at(m->env.arrival_ms, s->conf);
-	p.reason_text = reason;
-	rc = ndr_send(s->q, m, kind, nr, n, &p, s->stats, ndr_qid);
-	free(nr);
-	if (rc != 0) {
-		struct log_line l;
-
-		log_begin(&l, LOG_ERR, "ndr_failed");
-		log_kv(&l, "qid", m->qid);
-		log_kvi(&l, "error", rc);
-		log_end(&l);
-		sm->report_retry_at = now + SCHED_REPORT_RETRY;
-		return rc;
-	}
-	memset(&rec, 0, sizeof(rec));
-	rec.time_ms = now;
-	if (kind == NDR_DELAYED) {
-		rec.type = QREC_WARNED;
-		rec.rcpt = -1;
-		sched_record(s, sm, &rec);
-	} else {
-		rec.type = QREC_REPORTED;
-		for (k = 0; k < n; k++) {
-			rec.rcpt = idx[k];
-			sched_record(s, sm, &rec);
-		}
-	}
-	sm->report_retry_at = 0;
-	return 0;
-}
-
-/*
- * Report what is due and not yet reported: failures (expired ones apart)
- * and deliveries whose NOTIFY asks for SUCCESS.  For the null sender the
- * NDR module logs that it reports nothing; we record that it was decided.
- */
-static void
-sched_msg_report(struct sched *s, struct sched_msg *sm, const char *reason, uint64_t now)
-{
-	struct queue_msg *m = sm->m;
-	size_t n = m->env.nrcpts, i, nexp = 0, nfail = 0, nok = 0;
-	int *exp, *fail, *ok;
-
-	if (now < sm->report_retry_at)
-		return;
-	exp = xcalloc(n ? n : 1, sizeof(*exp));
-	fail = xcalloc(n ? n : 1, sizeof(*fail));
-	ok = xcalloc(n ? n : 1, sizeof(*ok));
-	for (i = 0; i < n; i++) {
-		const struct queue_rcpt *qr = &m->rcpt[i];
-
-		if (qr->reported)
-			continue;
-		if (qr->state == RCPT_DELIVERED) {
-			if ((m->env.rcpts[i].notify & ENV_NOTIFY_SUCCESS) && m->env.sender[0] != '\0')
-				ok[nok++] = (int)i;
-		} else if (qr->state == RCPT_FAILED) {
-			if (qr->last_status != NULL && strcmp(qr->last_status, "4.4.7") == 0)
-				exp[nexp++] = (int)i;
-			else
-				fail[nfail++] = (int)i;
-		}
-	}
-	if (nexp > 0)
-		sched_report(s, sm, NDR_EXPIRED, exp, nexp, NULL, now);
-	if (nfail > 0)
-		sched_report(s, sm, NDR_FAILED, fail, nfail, reason, now);
-	if (nok > 0)
-		sched_report(s, sm, NDR_SUCCESS, ok, nok, NULL, now);
-	free(exp);
-	free(fail);
-	free(ok);
-}
-
 /* Recipients still pending max_queue_age after arrival fail with 4.4.7. */
 static void
 sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
@@ -655,7 +546,7 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 		rec.ip = ip;
 		rec.status = "4.4.7";
 		rec.reply = reply;
-		rec.value = QREC_NO_ATTEMPT;
+		rec.value = QREC_NO_ATTEMPT | QREC_EXPIRED;
 		sched_record(s, sm, &rec);
 		free(host);
 		free(ip);
@@ -671,26 +562,6 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 			log_kv(&l, "report", "none");
 		log_end(&l);
 	}
-}
-
-/* The one delay warning, once delay_warning has passed. */
-static void
-sched_msg_warn(struct sched *s, struct sched_msg *sm, uint64_t now)
-{
-	struct queue_msg *m = sm->m;
-	size_t i, n = 0;
-	int *idx;
-
-	if (m->delay_warned || m->env.sender[0] == '\0' ||
-	    now < sched_warn_at(m->env.arrival_ms, s->conf) || now < sm->report_retry_at)
-		return;
-	idx = xcalloc(m->env.nrcpts ? m->env.nrcpts : 1, sizeof(*idx));
-	for (i = 0; i < m->env.nrcpts; i++)
-		if (m->rcpt[i].state == RCPT_PENDING)
-			idx[n++] = (int)i;
-	if (n > 0)
-		sched_report(s, sm, NDR_DELAYED, idx, n, NULL, now);
-	free(idx);
 }
 
 void
@@ -738,7 +609,7 @@ sched_msg_maybe_done(struct sched *s, struct sched_msg *sm)
 }
 
 /* When the message next needs the scheduler's attention. */
-static void
+void
 sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now)
 {
 	struct queue_msg *m = sm->m;
@@ -759,7 +630,7 @@ sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now)
 			t = sched_expire_at(m->env.arrival_ms, s->conf);
 			if (t < at)
 				at = t;
-			if (!m->delay_warned && m->env.sender[0] != '\0') {
+			if (!m->delay_warned && !sm->warn_out && m->env.sender[0] != '\0') {
 				t = sched_warn_at(m->env.arrival_ms, s->conf);
 				if (t != SCHED_NOWAKE && t < sm->report_retry_at)
 					t = sm->report_retry_at;
@@ -770,7 +641,8 @@ sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now)
 	}
 	if (sm->report_retry_at != 0) {
 		for (i = 0; i < m->env.nrcpts; i++) {
-			if (m->rcpt[i].state == RCPT_FAILED && !m->rcpt[i].reported) {
+			if (!sched_rcpt_done(m, i) && m->rcpt[i].state != RCPT_PENDING &&
+			    !sm->rc[i].report_out) {
 				if (sm->report_retry_at < at)
 					at = sm->report_retry_at;
 				break;
@@ -967,7 +839,8 @@ sched_reload(struct sched *s, struct conf *conf)
 void
 sched_shutdown_check(struct sched *s)
 {
-	if (s->nactive == 0 && s->timer_closed && s->routes_closed && s->shutdown_done != NULL) {
+	if (s->nactive == 0 && s->nreports == 0 && s->timer_closed && s->routes_closed &&
+	    s->shutdown_done != NULL) {
 		void (*done)(void *) = s->shutdown_done;
 
 		s->shutdown_done = NULL;
@@ -1046,6 +919,8 @@ sched_free(struct sched *s)
 		return;
 	if (s->nactive > 0)
 		fatalx("%s: %u attempts still in flight", __func__, s->nactive);
+	if (s->nreports > 0)
+		fatalx("%s: %u reports still being queued", __func__, s->nreports);
 	while ((sm = TAILQ_FIRST(&s->msgs)) != NULL)
 		sched_msg_free(s, sm);
 	while ((d = TAILQ_FIRST(&s->dests)) != NULL) {

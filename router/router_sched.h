@@ -56,7 +56,8 @@ struct sched_deps {
 uint64_t sched_retry_delay(const uint64_t *intervals, size_t n, unsigned attempts, uint32_t rnd);
 /*
  * When a pending recipient read back from disk is due: at once if it was
- * never tried or was last waiting for a down destination (status 4.4.1: the
+ * never tried or was last waiting for a down destination (qr->waiting, from
+ * the record's QREC_WAIT_DEST flag, never from its status text: the
  * destination gets probed again), else last attempt + retry delay.
  */
 uint64_t sched_rcpt_due(const struct queue_rcpt *qr, const uint64_t *intervals, size_t n,

@@ -1,7 +1,8 @@
 /*
  * router_sched_int.h - (internal to router_sched*.c) the scheduler's own
- * types, shared by its two files: router_sched.c (messages, the wake-up heap
- * and its timer, life cycle, administration) and router_sched_dest.c
+ * types, shared by its files: router_sched.c (messages, the wake-up heap
+ * and its timer, life cycle, administration), router_sched_report.c (the
+ * reports a message owes) and router_sched_dest.c
  * (destinations, jobs and their attempts: resolve, walk the exchangers with
  * host health, turn deliver's results into outcomes).  Nothing else
  * includes this header; the rest of the router uses router_sched.h.
@@ -24,7 +25,6 @@
 #define SCHED_NOWAKE         UINT64_MAX
 #define SCHED_MAX_PER_TICK   4096            /* wake-ups handled per timer run */
 #define SCHED_DEFAULT_RETRY  (5 * 60 * 1000ULL)
-#define SCHED_REPORT_RETRY   (60 * 1000ULL)  /* a report that could not be queued */
 #define SCHED_PROBE_FLOOR    100             /* ms: a probe is never due "in the past" */
 #define SCHED_HEALTH_KEEP    (24 * 3600 * 1000ULL)
 #define SCHED_SWEEP_EVERY    (3600 * 1000ULL)
@@ -60,6 +60,7 @@ struct sched_rcpt {
 	struct sched_job *job;          /* the job it is in, or NULL */
 	uint64_t down_since;            /* its destination is down since (reports), 0 = not */
 	uint64_t flush_gen;             /* made due by this flush (s->flush_gen), 0 = not */
+	bool report_out;                /* its report's commit is in flight */
 };
 
 struct sched_msg {
@@ -70,6 +71,8 @@ struct sched_msg {
 	unsigned njobs;
 	bool deleted;                   /* gone for the admin; freed when njobs == 0 */
 	uint64_t report_retry_at;       /* a report failed: not before this */
+	unsigned report_failures;       /* reports in a row that could not be queued */
+	bool warn_out;                  /* the delay warning's commit is in flight */
 	struct sched_msg *hnext;        /* qid hash */
 	TAILQ_ENTRY(sched_msg) entry;   /* s->msgs, oldest first */
 };
@@ -157,6 +160,7 @@ struct sched {
 	size_t ndests;
 	struct sched_jobq active;
 	unsigned nactive;
+	unsigned nreports;              /* reports whose commit is in flight */
 
 	bool loaded;
 	bool stopping;
@@ -187,9 +191,17 @@ void sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched
     const char *host, const char *ip, const char *status, const char *reply, bool counted,
     const char *wait_dest, uint64_t now);
 void sched_msg_run(struct sched *s, struct sched_msg *sm, uint64_t now);
+void sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now);
+struct sched_msg *sched_msg_lookup(struct sched *s, const char *qid);
 void sched_msg_free(struct sched *s, struct sched_msg *sm);
 void sched_shutdown_check(struct sched *s);
 bool sched_job_active(const struct sched_job *job);
+
+/* router_sched_report.c: the reports a message owes (failures, expiries,
+ * successes: reason is an extra sentence or NULL; the delay warning), recorded
+ * once they are durable, retried when they could not be queued. */
+void sched_msg_report(struct sched *s, struct sched_msg *sm, const char *reason, uint64_t now);
+void sched_msg_warn(struct sched *s, struct sched_msg *sm, uint64_t now);
 
 /* router_sched_dest.c: destinations (by name, created on demand, freed when
  * idle) and jobs (made by router_sched.c's dispatch, admitted here). */

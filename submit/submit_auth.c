@@ -18,8 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <sasl/saslutil.h>
-
+#include "common/codec.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -315,7 +314,7 @@ submit_auth_result(struct submit_session *s, int rc, const char *out, unsigned o
 		/* FALLTHROUGH */
 	case SASL_CONTINUE:
 		buf_reset(&s->tmp);
-		submit_parse_base64_encode(out, outlen, &s->tmp);
+		codec_base64_encode(&s->tmp, out, outlen);
 		if (s->state != SUBMIT_S_AUTH)
 			submit_enter_state(s, SUBMIT_S_AUTH);
 		submit_session_reply(s, "334 %s", buf_cstr(&s->tmp));
@@ -403,7 +402,7 @@ submit_auth_command(struct submit_session *s, char *args)
 	}
 	buf_reset(&s->tmp);
 	if (init != NULL && strcmp(init, "=") != 0 &&
-	    submit_parse_base64(init, strlen(init), &s->tmp) != 0) {
+	    codec_base64_decode(init, strlen(init), &s->tmp) != 0) {
 		submit_auth_reset(s);
 		submit_session_reply(s, "501 5.5.2 Error: cannot decode the initial response");
 		return;
@@ -439,7 +438,7 @@ submit_auth_response(struct submit_session *s, const char *line, size_t len)
 		submit_session_reply(s, "501 5.7.0 Authentication aborted");
 		return;
 	}
-	if (submit_parse_base64(line, len, &s->tmp) != 0) {
+	if (codec_base64_decode(line, len, &s->tmp) != 0) {
 		submit_auth_reset(s);
 		submit_enter_state(s, SUBMIT_S_HELO);
 		submit_session_reply(s, "501 5.5.2 Error: cannot decode the response");

@@ -93,9 +93,6 @@ int submit_parse_orcpt(const char *v, struct buf *out);
  */
 int submit_parse_header_addrs(const char *v, size_t len,
     void (*cb)(void *arg, const char *addr), void *arg);
-/* Base64 (RFC 4648) decode into out. 0 or RELAY_EINVAL. */
-int submit_parse_base64(const char *in, size_t len, struct buf *out);
-void submit_parse_base64_encode(const void *in, size_t len, struct buf *out);
 
 /* ------------------------------------------------------------------------
  * submit_senders.c - the senders map "login: address, address, @domain".

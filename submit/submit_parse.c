@@ -2,7 +2,7 @@
  * submit_parse.c - the submission server's one tokenizer: command lines,
  * MAIL/RCPT paths (RFC 5321 4.1.2, with quoted local parts and source
  * routes), ESMTP keyword=value parameters, RFC 3461 xtext, NOTIFY and ORCPT,
- * the mailboxes of a header From: (RFC 5322 3.4) and base64 for AUTH.
+ * and the mailboxes of a header From: (RFC 5322 3.4).
  *
  * Owns nothing: it works in place on the caller's line or writes into the
  * caller's buffers.  It must never allocate per call beyond those buffers,
@@ -520,85 +520,4 @@ out:
 	buf_free(&cur);
 	buf_free(&canon);
 	return rc;
-}
-
-static const char submit_parse_b64[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static int
-submit_parse_b64val(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
-int
-submit_parse_base64(const char *in, size_t len, struct buf *out)
-{
-	size_t i, j;
-	int v[4];
-
-	buf_reset(out);
-	if (len % 4 != 0)
-		return RELAY_EINVAL;
-	for (i = 0; i < len; i += 4) {
-		size_t pad = 0;
-
-		for (j = 0; j < 4; j++) {
-			unsigned char c = (unsigned char)in[i + j];
-
-			if (c == '=' && i + 4 == len && j >= 2) {
-				v[j] = 0;
-				pad++;
-			} else if (pad > 0 || (v[j] = submit_parse_b64val(c)) < 0) {
-				goto bad;
-			}
-		}
-		buf_putc(out, (char)(v[0] << 2 | v[1] >> 4));
-		if (pad < 2)
-			buf_putc(out, (char)((v[1] & 0xf) << 4 | v[2] >> 2));
-		if (pad < 1)
-			buf_putc(out, (char)((v[2] & 0x3) << 6 | v[3]));
-	}
-	return 0;
-bad:
-	buf_reset(out);
-	return RELAY_EINVAL;
-}
-
-void
-submit_parse_base64_encode(const void *in, size_t len, struct buf *out)
-{
-	const unsigned char *p = in;
-	size_t i;
-	char q[4];
-
-	for (i = 0; i + 2 < len; i += 3) {
-		q[0] = submit_parse_b64[p[i] >> 2];
-		q[1] = submit_parse_b64[(p[i] & 3) << 4 | p[i + 1] >> 4];
-		q[2] = submit_parse_b64[(p[i + 1] & 0xf) << 2 | p[i + 2] >> 6];
-		q[3] = submit_parse_b64[p[i + 2] & 0x3f];
-		buf_append(out, q, 4);
-	}
-	if (len - i == 1) {
-		q[0] = submit_parse_b64[p[i] >> 2];
-		q[1] = submit_parse_b64[(p[i] & 3) << 4];
-		q[2] = q[3] = '=';
-		buf_append(out, q, 4);
-	} else if (len - i == 2) {
-		q[0] = submit_parse_b64[p[i] >> 2];
-		q[1] = submit_parse_b64[(p[i] & 3) << 4 | p[i + 1] >> 4];
-		q[2] = submit_parse_b64[(p[i + 1] & 0xf) << 2];
-		q[3] = '=';
-		buf_append(out, q, 4);
-	}
 }

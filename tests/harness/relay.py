@@ -55,7 +55,10 @@ count_log(event, since=0, **match), log_tail(n), stderr_tail(n), close().
 
 Module functions: free_port(hosts=("127.0.0.1",)), parse_log_line(line),
 to_libconfig(dict), test_cert(), make_cert(dir, cn, dns, ips), TestCA,
-relayd_bin(), relayctl_bin().
+relayd_bin(), relayctl_bin(), wait_past(rfc3339) (until a time relayd logged
+has passed), relayd_has_test_hooks(), and the decorator
+needs_test_hooks for tests that set RELAYD_TEST_* (only a relayd built with
+the CMake option RELAY_TEST_HOOKS reads them).
 
 Environment: RELAYD_BIN, RELAYCTL_BIN (default <repo>/build/relayd and
 <repo>/build/relayctl); RELAYD_KEEP_TMP=1 keeps every temporary directory;
@@ -99,6 +102,37 @@ def relayd_bin():
 
 def relayctl_bin():
     return os.environ.get("RELAYCTL_BIN") or os.path.join(REPO, "build", "relayctl")
+
+
+def wait_past(stamp):
+    """Wait until the wall clock is past a time relayd logged (RFC 3339 with
+    milliseconds, e.g. a host's down `until`): relayd's own deadline, not a
+    guessed delay."""
+    import datetime
+    t = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    while time.time() <= t:
+        time.sleep(min(0.05, t - time.time() + 0.001))
+
+
+def relayd_has_test_hooks():
+    """True when relayd was built with the CMake option RELAY_TEST_HOOKS (as
+    contrib/test.sh builds it): only then does it read the RELAYD_TEST_*
+    variables.  A normal build does not even contain their names."""
+    try:
+        with open(relayd_bin(), "rb") as f:
+            return b"RELAYD_TEST_PUBLISH_DELAY_MS" in f.read()
+    except OSError:
+        return False
+
+
+def needs_test_hooks(test):
+    """Decorator: skip a test (class or method) that sets RELAYD_TEST_* when
+    relayd has no test hooks, saying how to build it."""
+    import unittest
+    return unittest.skipUnless(
+        relayd_has_test_hooks(),
+        "relayd built without the test hooks: cmake -DRELAY_TEST_HOOKS=ON")(test)
 
 
 # ---------------------------------------------------------------------------
@@ -286,6 +320,9 @@ def _lc_str(s):
             out.append("\\f")
         elif o < 0x20 or o == 0x7F:
             out.append("\\x%02x" % o)
+        elif 0xDC80 <= o <= 0xDCFF:
+            # a byte that is not UTF-8, as os.fsdecode() gives it: written raw
+            out.append("\\x%02x" % (o - 0xDC00))
         else:
             out.append(ch)
     out.append('"')
@@ -327,7 +364,9 @@ def _lc_value(v, indent, key=None):
 
 def to_libconfig(cfg):
     """Serialize a dict as a libconfig file: str -> "quoted" (\\" \\\\ \\n \\r \\t
-    \\f \\xHH escapes), bool -> true/false, int (L suffix past 32 bits), float,
+    \\f \\xHH escapes; U+DC80..U+DCFF, bytes that are not UTF-8 as
+    surrogateescape decodes them, become \\xHH too: the raw byte),
+    bool -> true/false, int (L suffix past 32 bits), float,
     dict -> { k = v; }, list of scalars -> [ a, b ] (an array), tuple or list of
     groups/lists -> ( a, b ) (a list); an empty list is "[ ]" except for
     "routes" ("( )").  Keys whose value is None are left out."""

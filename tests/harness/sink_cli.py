@@ -24,8 +24,12 @@ WireSinkMX adds two records to SinkMX's (smtpsink.py is left as it is):
                   not yet read as a command when it was sent:
                   [(conn_no, reply, bytes)] (over TLS: the sink's own buffer
                   only; in plaintext also what waits in the socket)
+and one call for a reply script:
+    sink.wait_unread(text, timeout)  in a reply function: wait until text has
+                  arrived on this connection and is not yet read as a command
+                  (True), or timeout seconds pass (False)
 So "the client sent RCPT and DATA before the MAIL reply" (PIPELINING) reads
-    sink.script(mail=lambda a: time.sleep(0.2) or "250 2.1.0 sender ok")
+    sink.script(mail=lambda a: sink.wait_unread(b"DATA\\r\\n", 10) and "250 2.1.0 sender ok")
     [p for _, r, p in sink.pending if r.startswith("250 2.1.0 sender ok")]
 """
 
@@ -35,6 +39,7 @@ import select
 import socket
 import ssl
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -62,10 +67,22 @@ class WireSinkMX(SinkMX):
     def __init__(self, *args, **kwargs):
         self.reads = []
         self.pending = []
+        self._here = threading.local()      # the connection this thread serves
         super().__init__(*args, **kwargs)
+
+    def wait_unread(self, text, timeout):
+        """From a reply function: wait until text is among the bytes the client
+        sent on this connection that are not yet read as a command."""
+        deadline = time.monotonic() + timeout
+        while text not in _waiting(self._here.conn):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def _serve(self, c):
         fill, send = c._fill, c.send_reply
+        self._here.conn = c
 
         def recording_fill():
             n = len(c.buf)

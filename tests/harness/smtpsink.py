@@ -30,7 +30,9 @@ Scripted replies: sink.script(greeting=, ehlo=, helo=, mail=, rcpt=, data=,
 eod=, rset=, quit=, starttls=, bdat=) changes the given ones only
 (reset_script() restores all defaults).  Each value is one of
   * a reply string: "250 2.0.0 ok".  Several lines: "250-a\\n250 b", or
-    "250 a\\n250 b" (the sink makes the continuation dashes itself);
+    "250 a\\n250 b" (the sink makes the continuation dashes itself).  Sent as
+    UTF-8; U+DC80..U+DCFF go out as the raw bytes 0x80..0xff (surrogateescape),
+    so a reply can carry bytes that are not UTF-8;
   * a list of those, consumed one per use (per connection for greeting, per
     command for the others: a transaction has one MAIL, one DATA, one end of
     data); the last one stays once the others are used up:
@@ -563,7 +565,7 @@ class _Conn:
                 sep = " " if i == len(lines) - 1 else "-"
                 l = m.group(1) + sep + m.group(2)
             out.append(l)
-        data = "".join(l + "\r\n" for l in out).encode("utf-8")
+        data = "".join(l + "\r\n" for l in out).encode("utf-8", "surrogateescape")
         self.sess.replies.extend(out)
         self.sock.sendall(data)
         if out and out[-1].startswith("421"):

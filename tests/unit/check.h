@@ -1,7 +1,9 @@
 /*
  * check.h - the unit tests' tiny assertion kit.  Each test program is
  * table-driven, calls CHECK*() and ends with `return check_done();`, which
- * prints "N passed, N failed" and returns non-zero on any failure.
+ * prints "N passed, N failed" and returns non-zero on any failure, or when
+ * the program made no check at all (a table left empty, a test never
+ * called: a program that proves nothing must not pass).
  */
 #ifndef RELAY_CHECK_H
 #define RELAY_CHECK_H
@@ -39,6 +41,10 @@ static inline int
 check_done(void)
 {
 	printf("%d passed, %d failed\n", check_passed, check_failed);
+	if (check_passed + check_failed == 0) {
+		fprintf(stderr, "no check was made: this test program proves nothing\n");
+		return 1;
+	}
 	return check_failed ? 1 : 0;
 }
 

@@ -27,7 +27,7 @@
 
 static char tdir[64];                  /* the test's temporary directory */
 static char logpath[128];              /* tdir/log, where log_*() writes */
-static int ndirs;                      /* directories made below tdir so far */
+static int ndirs __attribute__((unused));                    /* directories made below tdir so far */
 
 static inline int
 rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)

@@ -175,7 +175,7 @@ test_time(void)
 
 	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
 		uint64_t ms = 42;
-		int rc = ctl_audit_parse_time(rows[i].in, &ms);
+		int rc = util_rfc3339_parse(rows[i].in, &ms);
 
 		CHECK_MSG(rc == rows[i].rc, "%s: rc %d", rows[i].in, rc);
 		if (rc == 0 && rows[i].rc == 0)

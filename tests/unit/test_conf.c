@@ -264,6 +264,7 @@ check_defaults(const struct conf *c)
 	CHECK_STR(c->hostname, host[0] ? host : "localhost");
 	CHECK_STR(c->queue_dir, "/var/spool/relayd");
 	CHECK_STR(c->control_socket, "/var/spool/relayd/control.sock");
+	CHECK(c->control_group == NULL);
 	CHECK(c->log_file == NULL);
 	CHECK_STR(c->log_level, "info");
 
@@ -379,6 +380,7 @@ static const char full_conf[] =
     "hostname = \"relay.example.org\";\n"
     "queue_dir = \"/var/spool/relayd-test\";\n"
     "control_socket = \"/run/relayd.sock\";\n"
+    "control_group = \"root\";\n"
     "log_file = \"/var/log/relayd.log\";\n"
     "log_level = \"debug\";\n"
     "submit = {\n"
@@ -453,6 +455,7 @@ test_full(void)
 	CHECK_STR(c->hostname, "relay.example.org");
 	CHECK_STR(c->queue_dir, "/var/spool/relayd-test");
 	CHECK_STR(c->control_socket, "/run/relayd.sock");
+	CHECK_STR(c->control_group, "root");
 	CHECK_STR(c->log_file, "/var/log/relayd.log");
 	CHECK_STR(c->log_level, "debug");
 
@@ -772,6 +775,12 @@ static const struct {
 	{ "control socket path too long",
 	  "queue_dir = \"/var/spool/relayd/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\";\n",
 	  "1: control_socket: '/var/spool/relayd/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/control.sock' is longer than 107 bytes\n" },
+	{ "control_group: unknown",
+	  "control_group = \"no-such-group-relayd\";\n",
+	  "1: control_group: no such group 'no-such-group-relayd'\n" },
+	{ "control_group empty",
+	  "control_group = \"\";\n",
+	  "1: control_group: must not be empty\n" },
 	{ "bad dns server",
 	  "router = { dns_servers = [ \"ns1.example:53\", \"192.0.2.1:0\" ]; };\n",
 	  "1: router.dns_servers[0]: bad DNS server 'ns1.example:53' (use 192.0.2.53, 192.0.2.53:53 or [2001:db8::53]:53)\n"

@@ -1,7 +1,7 @@
 /*
  * test_deliver_reply.c - the outbound client's protocol helpers, from tables:
  * the reply parser (codes, enhanced codes, continuation lines, malformed
- * replies), the formatted reply text, EHLO capabilities, xtext, base64,
+ * replies), the formatted reply text, EHLO capabilities, xtext,
  * streaming dot-stuffing (whatever the chunking) and the MAIL/RCPT lines.
  */
 #include <stdlib.h>
@@ -186,14 +186,6 @@ static const struct enc_case xtext_cases[] = {
 	{ "del\x7f", "del+7F" },
 };
 
-static const struct enc_case base64_cases[] = {
-	{ "", "" },
-	{ "f", "Zg==" },
-	{ "fo", "Zm8=" },
-	{ "foo", "Zm9v" },
-	{ "alice@relay.test", "YWxpY2VAcmVsYXkudGVzdA==" },
-};
-
 static void
 test_encodings(void)
 {
@@ -204,15 +196,6 @@ test_encodings(void)
 		deliver_xtext(&b, xtext_cases[i].in);
 		CHECK_STR(buf_cstr(&b), xtext_cases[i].want);
 	}
-	for (size_t i = 0; i < RELAY_ARRAY_LEN(base64_cases); i++) {
-		buf_reset(&b);
-		deliver_base64(&b, base64_cases[i].in, strlen(base64_cases[i].in));
-		CHECK_STR(buf_cstr(&b), base64_cases[i].want);
-	}
-	/* PLAIN's NULs survive */
-	buf_reset(&b);
-	deliver_base64(&b, "\0u\0p", 4);
-	CHECK_STR(buf_cstr(&b), "AHUAcA==");
 	buf_free(&b);
 }
 

@@ -1,6 +1,6 @@
 /*
  * test_log.c - the event log's line format and quoting (a contract with
- * admins' tools), and the buffer type under it.
+ * admins' tools), its RFC 3339 timestamps, and the buffer type under it.
  */
 #include <fcntl.h>
 #include <stdlib.h>
@@ -112,6 +112,39 @@ test_durations(void)
 	}
 }
 
+/* The two RFC 3339 forms (log: milliseconds; relayctl: seconds), and the
+ * parser reading back what they write. */
+static void
+test_rfc3339(void)
+{
+	static const struct { uint64_t ms; const char *log, *sec; } rows[] = {
+		{ 0, "1970-01-01T00:00:00.000Z", "1970-01-01T00:00:00Z" },
+		{ 1795346491123ULL, "2026-11-22T11:21:31.123Z", "2026-11-22T11:21:31Z" },
+		{ 951782400999ULL, "2000-02-29T00:00:00.999Z", "2000-02-29T00:00:00Z" },
+		{ 1709251199000ULL, "2024-02-29T23:59:59.000Z", "2024-02-29T23:59:59Z" },
+		{ 4102444800001ULL, "2100-01-01T00:00:00.001Z", "2100-01-01T00:00:00Z" },
+	};
+	char out[40];
+	uint64_t ms;
+	size_t i;
+
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		util_rfc3339(rows[i].ms, out, sizeof(out));
+		CHECK_STR(out, rows[i].log);
+		util_rfc3339_sec(rows[i].ms, out, sizeof(out));
+		CHECK_STR(out, rows[i].sec);
+		CHECK_INT(util_rfc3339_parse(rows[i].log, &ms), 0);
+		CHECK_INT(ms, rows[i].ms);
+		CHECK_INT(util_rfc3339_parse(rows[i].sec, &ms), 0);
+		CHECK_INT(ms, rows[i].ms / 1000 * 1000);
+	}
+	/* A leap second is the next minute's first. */
+	CHECK_INT(util_rfc3339_parse("2016-12-31T23:59:60Z", &ms), 0);
+	CHECK_INT(ms, 1483228800000ULL);
+	CHECK_INT(util_rfc3339_parse("1969-12-31T23:59:59Z", &ms), RELAY_EINVAL);
+	CHECK_INT(util_rfc3339_parse("1970-01-01T00:30:00+01:00", &ms), RELAY_EINVAL);
+}
+
 int
 main(void)
 {
@@ -119,5 +152,6 @@ main(void)
 	test_line();
 	test_buf();
 	test_durations();
+	test_rfc3339();
 	return check_done();
 }

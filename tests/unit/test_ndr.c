@@ -856,7 +856,7 @@ test_send(void)
 	m.env.sender = "";
 	before = fake.begun;
 	strcpy(qid, "junk");
-	CHECK_INT(ndr_send(NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid), 0);
+	CHECK_INT(ndr_send(NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid, NULL, NULL), 0);
 	CHECK_STR(qid, "");
 	CHECK_INT(fake.begun, before);
 	CHECK_INT(stats.ndr_sent, 0);
@@ -867,7 +867,7 @@ test_send(void)
 
 	/* 2. Only a NOTIFY=NEVER recipient: nothing is sent. */
 	m.env.sender = "alice@relay.test";
-	CHECK_INT(ndr_send(NULL, &m, NDR_EXPIRED, &nr[1], 1, &params, &stats, qid), 0);
+	CHECK_INT(ndr_send(NULL, &m, NDR_EXPIRED, &nr[1], 1, &params, &stats, qid, NULL, NULL), 0);
 	CHECK_STR(qid, "");
 	CHECK_INT(fake.begun, before);
 	log_text(&lg);
@@ -875,7 +875,7 @@ test_send(void)
 
 	/* 3. Three recipients expire together: one report for the two that
 	 * asked, one `event=ndr` line for each, sharing the ndr_qid. */
-	CHECK_INT(ndr_send(NULL, &m, NDR_EXPIRED, nr, 3, &params, &stats, qid), 0);
+	CHECK_INT(ndr_send(NULL, &m, NDR_EXPIRED, nr, 3, &params, &stats, qid, NULL, NULL), 0);
 	CHECK_INT(fake.begun, before + 1);
 	CHECK_INT(fake.committed, before + 1);
 	CHECK(qid[0] != '\0');
@@ -904,7 +904,7 @@ test_send(void)
 
 	/* 4. The commit fails: logged as ndr_failed, not counted. */
 	fake.commit_err = RELAY_EIO;
-	CHECK_INT(ndr_send(NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid), 0);
+	CHECK_INT(ndr_send(NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid, NULL, NULL), 0);
 	fake.commit_err = 0;
 	CHECK_INT(stats.ndr_sent, 1);
 	log_text(&lg);
@@ -912,7 +912,7 @@ test_send(void)
 
 	/* 5. 8-bit diagnostic: the report's envelope asks for 8BITMIME. */
 	nr[0].diagnostic = "550 Empf\xc3\xa4nger unbekannt";
-	CHECK_INT(ndr_send(NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid), 0);
+	CHECK_INT(ndr_send(NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid, NULL, NULL), 0);
 	CHECK(fake.env.body_8bit);
 	CHECK(!fake.env.smtputf8);
 	CHECK_INT(stats.ndr_sent, 2);

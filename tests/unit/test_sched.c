@@ -70,15 +70,17 @@ test_rcpt_due(void)
 		uint64_t last;
 		const char *status;
 		uint64_t want;
+		bool waiting;                   /* recorded with QREC_WAIT_DEST */
 	} rows[] = {
-		{ RCPT_PENDING, 0, 0, NULL, 0 },                     /* never tried: now */
-		{ RCPT_PENDING, 1, 1000, "4.2.0", 1000 + 1 * M },     /* remote 4xx: its interval */
-		{ RCPT_PENDING, 2, 1000, "4.7.1", 1000 + 10 * M },
-		{ RCPT_PENDING, 9, 1000, "4.4.3", 1000 + 10 * M },    /* DNS: repeats the last */
-		{ RCPT_PENDING, 3, 1000, "4.4.1", 0 },                /* waited on its destination */
-		{ RCPT_PENDING, 0, 5000, "4.4.1", 0 },
-		{ RCPT_DELIVERED, 1, 1000, "2.0.0", UINT64_MAX },
-		{ RCPT_FAILED, 1, 1000, "5.1.1", UINT64_MAX },
+		{ RCPT_PENDING, 0, 0, NULL, 0, false },                     /* never tried: now */
+		{ RCPT_PENDING, 1, 1000, "4.2.0", 1000 + 1 * M, false },     /* remote 4xx: its interval */
+		{ RCPT_PENDING, 2, 1000, "4.7.1", 1000 + 10 * M, false },
+		{ RCPT_PENDING, 9, 1000, "4.4.3", 1000 + 10 * M, false },    /* DNS: repeats the last */
+		{ RCPT_PENDING, 3, 1000, "4.4.1", 0, true },          /* waited on its destination */
+		{ RCPT_PENDING, 0, 5000, "4.4.1", 0, true },
+		{ RCPT_PENDING, 3, 1000, "4.4.1", 1000 + 10 * M, false },    /* a remote's own 451 4.4.1 */
+		{ RCPT_DELIVERED, 1, 1000, "2.0.0", UINT64_MAX, false },
+		{ RCPT_FAILED, 1, 1000, "5.1.1", UINT64_MAX, false },
 	};
 	size_t i;
 
@@ -90,6 +92,7 @@ test_rcpt_due(void)
 		qr.attempts = rows[i].attempts;
 		qr.last_attempt_ms = rows[i].last;
 		qr.last_status = (char *)rows[i].status;
+		qr.waiting = rows[i].waiting;
 		CHECK_MSG(sched_rcpt_due(&qr, iv, 2, 0) == rows[i].want, "row %zu", i);
 	}
 }

@@ -1,8 +1,8 @@
 /*
  * test_submit_parse.c - the submission tokenizer from tables: command
  * splitting, MAIL/RCPT paths (quoted local parts, source routes, postmaster,
- * limits), ESMTP parameters, xtext, NOTIFY, ORCPT, header From: mailboxes
- * and base64.
+ * limits), ESMTP parameters, xtext, NOTIFY, ORCPT and header From:
+ * mailboxes (base64 is in test_codec.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -258,43 +258,6 @@ test_header_addrs(void)
 	buf_free(&got);
 }
 
-static void
-test_base64(void)
-{
-	static const struct {
-		const char *in;
-		const char *out;
-		size_t outlen;
-		int rc;
-	} t[] = {
-		{ "", "", 0, 0 },
-		{ "AGFsaWNlAGFsaWNlcHc=", "\0alice\0alicepw", 14, 0 },
-		{ "YQ==", "a", 1, 0 },
-		{ "YWI=", "ab", 2, 0 },
-		{ "YWJj", "abc", 3, 0 },
-		{ "YQ=", NULL, 0, RELAY_EINVAL },
-		{ "Y===", NULL, 0, RELAY_EINVAL },
-		{ "YQ==YQ==", NULL, 0, RELAY_EINVAL },
-		{ "YW!j", NULL, 0, RELAY_EINVAL },
-		{ "YW=j", NULL, 0, RELAY_EINVAL },
-	};
-	struct buf out = BUF_INIT, enc = BUF_INIT;
-	size_t i;
-
-	for (i = 0; i < RELAY_ARRAY_LEN(t); i++) {
-		CHECK_INT(submit_parse_base64(t[i].in, strlen(t[i].in), &out), t[i].rc);
-		if (t[i].rc != 0)
-			continue;
-		CHECK_INT(out.len, t[i].outlen);
-		CHECK(memcmp(buf_cstr(&out), t[i].out, t[i].outlen) == 0);
-		buf_reset(&enc);
-		submit_parse_base64_encode(t[i].out, t[i].outlen, &enc);
-		CHECK_STR(buf_cstr(&enc), t[i].in);
-	}
-	buf_free(&out);
-	buf_free(&enc);
-}
-
 int
 main(void)
 {
@@ -304,6 +267,5 @@ main(void)
 	test_xtext();
 	test_notify_orcpt();
 	test_header_addrs();
-	test_base64();
 	return check_done();
 }

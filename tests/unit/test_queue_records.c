@@ -1,0 +1,251 @@
+/*
+ * test_queue_records.c - a recipient's explicit states in the queue file:
+ * "waiting for its destination" (QREC_WAIT_DEST) and "expired"
+ * (QREC_EXPIRED) are written by queue_record() into a real queue, read back
+ * by a new queue_open() + queue_scan() (a restart), and decide when the
+ * recipient is due again (sched_rcpt_due) -- never the status text, which a
+ * remote server may have chosen ("451 4.4.1", "554 4.4.7").  Records written
+ * by a relayd from before these flags (value 0 or 1 only) still load, and
+ * mean what they say.
+ */
+#include "fixture.h"
+#include "router/router_sched.h"
+
+#include <dirent.h>
+#include <stdbool.h>
+
+#define M (60 * 1000ULL)
+#define T0 1767225700000ULL
+
+static const uint64_t iv[] = { 1 * M, 10 * M };
+
+static struct env_rcpt one_rcpt[] = {
+	{ .addr = "bob@example.net" },
+};
+static const struct envelope one_env = {
+	.sender = "alice@example.org", .rcpts = one_rcpt, .nrcpts = 1,
+	.arrival_ms = T0 - M,
+};
+
+/* Commit one message with env into dir; its queue id into qid. */
+static void
+commit_one(uv_loop_t *loop, struct queue *q, char *qid)
+{
+	static const char body[] = "Subject: x\r\n\r\nbody\r\n";
+	struct commit_res res;
+	struct queue_txn *t = NULL;
+
+	memset(&res, 0, sizeof(res));
+	CHECK_INT(queue_txn_begin(q, &one_env, &t), 0);
+	if (t == NULL)
+		exit(2);
+	CHECK_INT(queue_txn_write(t, body, sizeof(body) - 1), 0);
+	queue_txn_commit(t, commit_cb, &res);
+	uv_run(loop, UV_RUN_DEFAULT);
+	CHECK_INT(res.called, 1);
+	CHECK_INT(res.err, 0);
+	snprintf(qid, QID_MAX, "%s", res.qid);
+}
+
+/* Open dir again (a restart) and scan it: the one message, or NULL. */
+static struct queue_msg *
+reload(uv_loop_t *loop, const char *dir, struct sink *scanned)
+{
+	struct queue *q = open_queue(loop, dir);
+
+	CHECK_INT(queue_scan(q, sink_add, scanned), 0);
+	close_queue(loop, q);
+	CHECK_INT(scanned->n, 1);
+	return scanned->n == 1 ? scanned->m[0] : NULL;
+}
+
+/* Files moved to dir/corrupt/ by a scan. */
+static int
+count_corrupt(const char *dir)
+{
+	char path[256];
+	struct dirent *de;
+	int n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/corrupt", dir);
+	if ((d = opendir(path)) == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}
+
+struct rec_row {
+	char type;
+	const char *status;
+	const char *reply;
+	int value;
+};
+
+static void
+test_states_survive_a_restart(void)
+{
+	static const struct {
+		const char *name;
+		struct rec_row recs[3];
+		enum rcpt_state state;
+		bool waiting, expired;
+		unsigned attempts;
+		uint64_t due;                   /* sched_rcpt_due with iv, rnd 0 */
+	} rows[] = {
+		{ "a remote's own 451 4.4.1: its retry timer",
+		    { { 'A', "4.4.1", "451 4.4.1 no answer from next hop", 0 } },
+		    RCPT_PENDING, false, false, 1, T0 + 1 * M },
+		{ "a destination wait after a connection: due at once",
+		    { { 'A', "4.4.1", "connection refused", QREC_WAIT_DEST } },
+		    RCPT_PENDING, true, false, 1, 0 },
+		{ "a destination wait without a connection: due at once",
+		    { { 'A', "4.2.0", "451 4.2.0 busy", 0 },
+		      { 'A', "4.4.1", "host down", QREC_NO_ATTEMPT | QREC_WAIT_DEST } },
+		    RCPT_PENDING, true, false, 1, 0 },
+		{ "a wait, then a remote deferral: its retry timer",
+		    { { 'A', "4.4.1", "connection refused", QREC_WAIT_DEST },
+		      { 'A', "4.4.1", "451 4.4.1 try later", 0 } },
+		    RCPT_PENDING, false, false, 2, T0 + 10 * M },
+		{ "expired in the queue",
+		    { { 'F', "4.4.7", "no delivery attempt succeeded within 5d",
+		        QREC_NO_ATTEMPT | QREC_EXPIRED } },
+		    RCPT_FAILED, false, true, 0, UINT64_MAX },
+		{ "a remote's own 554 4.4.7 is a failure, not an expiry",
+		    { { 'F', "4.4.7", "554 4.4.7 message too old", 0 } },
+		    RCPT_FAILED, false, false, 1, UINT64_MAX },
+	};
+	char dir[128], qid[QID_MAX];
+	uv_loop_t loop;
+	size_t i, k, n;
+
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		struct sink scanned = { .n = 0 };
+		struct queue_msg *m;
+		struct queue *q;
+
+		uv_loop_init(&loop);
+		snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+		q = open_queue(&loop, dir);
+		{
+			struct sink fresh = { .n = 0 };
+
+			queue_set_new_cb(q, sink_add, &fresh);
+			commit_one(&loop, q, qid);
+			m = sink_find(&fresh, qid);
+			CHECK_MSG(m != NULL, "%s", rows[i].name);
+			for (n = 0; n < RELAY_ARRAY_LEN(rows[i].recs) && rows[i].recs[n].type != 0; n++)
+				;
+			for (k = 0; m != NULL && k < n; k++) {
+				struct queue_record rec;
+
+				memset(&rec, 0, sizeof(rec));
+				rec.type = (enum queue_rec_type)rows[i].recs[k].type;
+				rec.rcpt = 0;
+				rec.time_ms = T0 - (n - 1 - k) * 10;    /* the last one at T0 */
+				rec.host = "mx.example.net";
+				rec.ip = "192.0.2.1";
+				rec.status = rows[i].recs[k].status;
+				rec.reply = rows[i].recs[k].reply;
+				rec.value = rows[i].recs[k].value;
+				CHECK_INT(queue_record(q, m, &rec, NULL, NULL), 0);
+			}
+			uv_run(&loop, UV_RUN_DEFAULT);
+			close_queue(&loop, q);
+			sink_free(&fresh);
+		}
+		if ((m = reload(&loop, dir, &scanned)) != NULL) {
+			const struct queue_rcpt *qr = &m->rcpt[0];
+
+			CHECK_MSG(qr->state == rows[i].state, "%s", rows[i].name);
+			CHECK_MSG(qr->waiting == rows[i].waiting, "%s: waiting", rows[i].name);
+			CHECK_MSG(qr->expired == rows[i].expired, "%s: expired", rows[i].name);
+			CHECK_MSG(qr->attempts == rows[i].attempts, "%s: attempts %u", rows[i].name,
+			    qr->attempts);
+			CHECK_MSG(sched_rcpt_due(qr, iv, 2, 0) == rows[i].due, "%s: due %llu",
+			    rows[i].name, (unsigned long long)sched_rcpt_due(qr, iv, 2, 0));
+		}
+		sink_free(&scanned);
+		close_loop(&loop);
+	}
+}
+
+/*
+ * A queue file as a relayd from before the flags wrote it: an "A" with
+ * 4.4.1 (a destination wait or a remote's reply: it did not say) and an
+ * "F" with 4.4.7 and value 1 (its expiry).  They load; the first is an
+ * ordinary deferral, due on its retry timer; the second an ordinary failure.
+ */
+static void
+test_old_records_load(void)
+{
+	static const char old_lines[] =
+	    "A 0 1767225700000 mx1.example.com 192.0.2.1 4.4.1 connection\\srefused 0\n"
+	    "F 1 1767225800000 - - 4.4.7 no\\sdelivery\\sattempt\\ssucceeded\\swithin\\s5d 1\n";
+	static struct env_rcpt two[] = {
+		{ .addr = "bob@example.net" }, { .addr = "carol@example.org" },
+	};
+	struct envelope env = one_env;
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct commit_res res;
+	struct queue_txn *t = NULL;
+	struct queue_msg *m;
+	struct queue *q;
+	uv_loop_t loop;
+	char dir[128], path[256];
+	int fd;
+
+	env.rcpts = two;
+	env.nrcpts = 2;
+	uv_loop_init(&loop);
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	memset(&res, 0, sizeof(res));
+	CHECK_INT(queue_txn_begin(q, &env, &t), 0);
+	if (t == NULL)
+		exit(2);
+	CHECK_INT(queue_txn_write(t, "Subject: old\r\n\r\nx\r\n", 19), 0);
+	queue_txn_commit(t, commit_cb, &res);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(res.err, 0);
+	close_queue(&loop, q);
+	sink_free(&fresh);
+
+	snprintf(path, sizeof(path), "%s/msg/%s", dir, res.qid);
+	fd = open(path, O_WRONLY | O_APPEND);
+	CHECK(fd >= 0);
+	if (fd >= 0) {
+		CHECK_INT(write(fd, old_lines, sizeof(old_lines) - 1), (long long)sizeof(old_lines) - 1);
+		close(fd);
+	}
+	if ((m = reload(&loop, dir, &scanned)) != NULL) {
+		CHECK(m->rcpt[0].state == RCPT_PENDING);
+		CHECK(!m->rcpt[0].waiting);
+		CHECK_INT(m->rcpt[0].attempts, 1);
+		CHECK_STR(m->rcpt[0].last_status, "4.4.1");
+		CHECK(sched_rcpt_due(&m->rcpt[0], iv, 2, 0) == 1767225700000ULL + 1 * M);
+		CHECK(m->rcpt[1].state == RCPT_FAILED);
+		CHECK(!m->rcpt[1].expired);
+		CHECK_INT(m->rcpt[1].attempts, 0);
+	}
+	CHECK_INT(count_corrupt(dir), 0);
+	sink_free(&scanned);
+	close_loop(&loop);
+}
+
+int
+main(void)
+{
+	int rc;
+
+	if ((rc = fixture_setup("records")) != 0)
+		return rc;
+	test_states_survive_a_restart();
+	test_old_records_load();
+	fixture_teardown();
+	return check_done();
+}
