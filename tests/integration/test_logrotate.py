@@ -6,8 +6,6 @@ postrotate SIGUSR1 made it reopen log_file).  The test's copy of the entry
 differs from the shipped one only in the log path, the owner of the new file
 and whom postrotate signals (this relayd's pid, not every relayd here).
 
-Needs SIGUSR1 = reopen the log in relayd (issue 10, point 7); until that is
-merged the test is skipped unless RELAYD_HAVE_SIGUSR1=1.
 """
 
 import glob
@@ -47,8 +45,6 @@ def read_log(path):
         return f.read().splitlines()
 
 
-@unittest.skipUnless(os.environ.get("RELAYD_HAVE_SIGUSR1") == "1",
-                     "SIGUSR1 log reopen not merged yet (set RELAYD_HAVE_SIGUSR1=1)")
 class LogrotateTest(unittest.TestCase):
 
     def test_rotation_under_load_loses_nothing(self):
@@ -117,6 +113,9 @@ class LogrotateTest(unittest.TestCase):
             where = [p for p, ls in lines.items()
                      if any(" event=accepted qid=%s " % qid in l for l in ls)]
             self.assertEqual(len(where), 1, "qid %s accepted in %r" % (qid, where))
+        # Each file after a rotation starts where relayd reopened it.
+        for p in (relay.log_path, relay.log_path + ".1"):
+            self.assertIn(" event=log_reopened", lines[p][0], p)
         # The last lines of relayd's life are in the current file.
         self.assertTrue(any(" event=stopped " in l for l in lines[relay.log_path]))
         self.assertTrue(any(" event=started " in l for l in lines[relay.log_path + ".2.gz"]))
