@@ -127,9 +127,12 @@ router = {
 };
 EOS
 chown -R root:relayd "$cfg"
+chgrp relayd "$work"   # searchable by relayd: it re-reads these files as relayd
 chmod 0750 "$work" "$cfg"
 chmod 0640 "$cfg"/*
 check "relayd -n accepts the test configuration" /usr/sbin/relayd -n -c "$cfg/relayd.conf"
+check "relayd -n finds every file readable by relayd (no warning)" \
+	sh -c "! /usr/sbin/relayd -n -c $cfg/relayd.conf 2>&1 | grep -q warning"
 /usr/sbin/relayd -c "$cfg/relayd.conf" >"$work/relayd.out" 2>&1 &
 relayd_pid=$!
 up=0
