@@ -57,6 +57,8 @@ enum conf_kind {
 	CONF_K_DURATIONS,	/* uint64_t *, count at off2 */
 	CONF_K_BACKOFF,		/* two durations: min at off, max at off2 */
 	CONF_K_ROUTES,		/* the router.routes list of groups */
+	CONF_K_DKIM_KEYS,	/* the dkim.keys list of groups of the keys in sub */
+	CONF_K_STRS,		/* char ** (NULL-terminated), count at off2 */
 };
 
 #define CONF_F_POSITIVE	0x01	/* 0 is not a sensible value */
@@ -84,6 +86,7 @@ struct conf_ctx {
 
 #define C_OFF(f)	offsetof(struct conf, f)
 #define R_OFF(f)	offsetof(struct conf_route, f)
+#define D_OFF(f)	offsetof(struct conf_dkim_key, f)
 
 static const struct conf_key conf_submit_keys[] = {
 	{ "listen", CONF_K_LISTEN, C_OFF(submit.listen), C_OFF(submit.nlisten), 0, NULL },
@@ -138,6 +141,19 @@ static const struct conf_key conf_deliver_keys[] = {
 	{ NULL, 0, 0, 0, 0, NULL }
 };
 
+static const struct conf_key conf_dkim_key_keys[] = {
+	{ "domain", CONF_K_STR, D_OFF(domain), 0, CONF_F_NONEMPTY, NULL },
+	{ "selector", CONF_K_STR, D_OFF(selector), 0, CONF_F_NONEMPTY, NULL },
+	{ "key", CONF_K_PATH, D_OFF(key), 0, 0, NULL },
+	{ NULL, 0, 0, 0, 0, NULL }
+};
+
+static const struct conf_key conf_dkim_keys[] = {
+	{ "keys", CONF_K_DKIM_KEYS, 0, 0, 0, conf_dkim_key_keys },
+	{ "headers", CONF_K_STRS, C_OFF(dkim.headers), C_OFF(dkim.nheaders), 0, NULL },
+	{ NULL, 0, 0, 0, 0, NULL }
+};
+
 static const struct conf_key conf_top_keys[] = {
 	{ "hostname", CONF_K_STR, C_OFF(hostname), 0, CONF_F_NONEMPTY | CONF_F_HOSTNAME, NULL },
 	{ "user", CONF_K_STR, C_OFF(user), 0, CONF_F_NONEMPTY, NULL },
@@ -149,6 +165,7 @@ static const struct conf_key conf_top_keys[] = {
 	{ "submit", CONF_K_GROUP, 0, 0, 0, conf_submit_keys },
 	{ "router", CONF_K_GROUP, 0, 0, 0, conf_router_keys },
 	{ "deliver", CONF_K_GROUP, 0, 0, 0, conf_deliver_keys },
+	{ "dkim", CONF_K_GROUP, 0, 0, 0, conf_dkim_keys },
 	{ NULL, 0, 0, 0, 0, NULL }
 };
 
@@ -749,6 +766,117 @@ conf_set_routes(struct conf_ctx *x, const config_setting_t *s, const char *name)
 	}
 }
 
+static void
+conf_free_dkim_key(struct conf_dkim_key *d)
+{
+	free(d->domain);
+	free(d->selector);
+	free(d->key);
+	free(d->file);
+}
+
+static void
+conf_set_dkim_keys(struct conf_ctx *x, const config_setting_t *s, const char *name,
+    const struct conf_key *k)
+{
+	struct conf *c = x->c;
+	int i, n;
+
+	if (!config_setting_is_list(s)) {
+		conf_error(x, s, "%s: expected a list of groups ( { domain = \"...\"; "
+		    "selector = \"...\"; key = \"...\"; }, ... )", name);
+		return;
+	}
+	n = config_setting_length(s);
+	for (i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+		struct conf_dkim_key d;
+		char ename[CONF_MAX_NAME], *dom;
+		const char *file;
+		size_t j;
+
+		conf_name(ename, sizeof(ename), "%s[%d]", name, i);
+		if (!config_setting_is_group(e)) {
+			conf_error(x, e, "%s: expected a group { domain = \"...\"; ... }", ename);
+			continue;
+		}
+		memset(&d, 0, sizeof(d));
+		conf_walk_group(x, e, ename, k->sub, &d);
+		if (d.domain == NULL || d.selector == NULL || d.key == NULL) {
+			conf_error(x, e, "%s: domain, selector and key are required", ename);
+			conf_free_dkim_key(&d);
+			continue;
+		}
+		if ((dom = conf_normalize_domain(d.domain)) == NULL || strcmp(dom, "*") == 0 ||
+		    !conf_valid_hostname(d.selector)) {
+			conf_error(x, e, "%s: bad domain '%s' or selector '%s'", ename,
+			    d.domain, d.selector);
+			free(dom);
+			conf_free_dkim_key(&d);
+			continue;
+		}
+		free(d.domain);
+		d.domain = dom;
+		for (j = 0; j < c->dkim.nkeys; j++)
+			if (strcmp(c->dkim.keys[j].domain, dom) == 0 &&
+			    strcmp(c->dkim.keys[j].selector, d.selector) == 0)
+				break;
+		if (j < c->dkim.nkeys) {
+			conf_error(x, e, "%s: selector '%s' of '%s' is listed twice", ename,
+			    d.selector, dom);
+			conf_free_dkim_key(&d);
+			continue;
+		}
+		file = config_setting_source_file(e);
+		d.file = xstrdup(file != NULL ? file : x->path);
+		d.line = config_setting_source_line(e);
+		c->dkim.keys = xrealloc(c->dkim.keys, (c->dkim.nkeys + 1) * sizeof(*c->dkim.keys));
+		c->dkim.keys[c->dkim.nkeys++] = d;
+	}
+}
+
+static void
+conf_free_strs(char **v, size_t n)
+{
+	size_t i;
+
+	for (i = 0; v != NULL && i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+static void
+conf_set_strs(struct conf_ctx *x, const config_setting_t *s, const char *name,
+    void *base, const struct conf_key *k)
+{
+	char ***field = (char ***)((char *)base + k->off);
+	size_t *count = (size_t *)((char *)base + k->off2);
+	char **v;
+	size_t nv = 0;
+	int i, n;
+
+	if ((n = conf_get_list(x, s, name)) == -1)
+		return;
+	v = xcalloc((size_t)n + 1, sizeof(*v));
+	for (i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+		char ename[CONF_MAX_NAME];
+		const char *str;
+
+		conf_name(ename, sizeof(ename), "%s[%d]", name, i);
+		if ((str = conf_get_string(x, e, ename)) == NULL)
+			continue;
+		if (str[0] == '\0' || strpbrk(str, ": \t") != NULL) {
+			conf_error(x, e, "%s: bad header field name '%s'", ename, str);
+			continue;
+		}
+		v[nv++] = xstrdup(str);
+	}
+	conf_free_strs(*field, *count);
+	*field = v;
+	*count = nv;
+}
+
 /* Check and store one setting s, known as key k, into base. */
 static void
 conf_set(struct conf_ctx *x, const config_setting_t *s, const char *name,
@@ -874,6 +1002,12 @@ conf_set(struct conf_ctx *x, const config_setting_t *s, const char *name,
 		return;
 	case CONF_K_ROUTES:
 		conf_set_routes(x, s, name);
+		return;
+	case CONF_K_DKIM_KEYS:
+		conf_set_dkim_keys(x, s, name, k);
+		return;
+	case CONF_K_STRS:
+		conf_set_strs(x, s, name, base, k);
 		return;
 	}
 	fatalx("%s: key %s has unknown kind %d", __func__, name, (int)k->kind);
@@ -1042,6 +1176,10 @@ conf_free(struct conf *c)
 	free(c->router.routes);
 
 	free(c->deliver.ca_file);
+	for (i = 0; i < c->dkim.nkeys; i++)
+		conf_free_dkim_key(&c->dkim.keys[i]);
+	free(c->dkim.keys);
+	conf_free_strs(c->dkim.headers, c->dkim.nheaders);
 	free(c);
 }
 
