@@ -53,6 +53,9 @@ size_t dkim_keys_count(const struct dkim_keys *k);
 void dkim_keys_info(const struct dkim_keys *k, size_t i, struct dkim_key_info *out);
 /* True if a key signs for domain (case-insensitive; a trailing dot ignored). */
 bool dkim_keys_has(const struct dkim_keys *k, const char *domain);
+/* The signing domain for mail from host (relayd's own reports): host itself
+ * or the closest parent domain that has a key, or NULL. */
+const char *dkim_keys_domain_for_host(const struct dkim_keys *k, const char *host);
 /* The DNS TXT record the i-th key's selector needs: "v=DKIM1; k=...; p=..." */
 void dkim_keys_txt(const struct dkim_keys *k, size_t i, struct buf *out);
 const char *dkim_alg_name(enum dkim_alg a);         /* "rsa-sha256", "ed25519-sha256" */

@@ -175,6 +175,30 @@ dkim_keys_has(const struct dkim_keys *k, const char *domain)
 }
 
 const char *
+dkim_keys_domain_for_host(const struct dkim_keys *k, const char *host)
+{
+	const char *p;
+
+	for (p = host; p != NULL && *p != '\0'; p = strchr(p, '.')) {
+		if (*p == '.')
+			p++;
+		if (strchr(p, '.') == NULL)
+			break;              /* never a top-level domain alone */
+		if (dkim_keys_has(k, p)) {
+			size_t i, len = strlen(p);
+
+			if (len > 1 && p[len - 1] == '.')
+				len--;
+			for (i = 0; i < k->nkeys; i++)
+				if (strlen(k->keys[i].domain) == len &&
+				    util_strncasecmp(k->keys[i].domain, p, len) == 0)
+					return k->keys[i].domain;
+		}
+	}
+	return NULL;
+}
+
+const char *
 dkim_alg_name(enum dkim_alg a)
 {
 	return a == DKIM_ED25519_SHA256 ? "ed25519-sha256" : "rsa-sha256";

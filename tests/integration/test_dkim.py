@@ -260,6 +260,22 @@ class Signing(DkimCase):
         self.assertEqual(js["dkim"], "d=example.org;s=s2026r,d=example.org;s=s2026e")
 
 
+class Reports(DkimCase):
+
+    def test_ndr_is_signed_with_hostnames_domain_key(self):
+        # hostname is relay.test: its key signs the report; example.org's keys
+        # sign what alice sends
+        self.make(extra_keys=[("relay.test", "ndr", "ed25519")], start=False)
+        self.sink.script(rcpt={RCPT: "550 5.1.1 <bob@example.net>: no such user"})
+        self.relay.start()
+        qid = submit(self.relay, SENDER, [RCPT], make_message(SENDER, RCPT, "bounce", "b\r\n"))
+        [ndr] = self.home.wait_for_messages(1, timeout=30)
+        self.assertEqual(ndr.mail_from, "")
+        self.assertEqual(self.verify_all(ndr.data, 1), [("relay.test", "ndr", "ed25519-sha256")])
+        self.relay.wait_for_log("ndr", qid=qid)
+        self.assertFalse(self.verify(ndr.data.replace(b"no such user", b"no such usex")))
+
+
 class Config(DkimCase):
 
     def test_short_rsa_key_is_refused_with_its_line(self):
