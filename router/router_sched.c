@@ -793,6 +793,12 @@ sched_reroute(struct sched *s)
 	free(stale);
 }
 
+struct dkim_keys *
+sched_dkim(struct sched *s)
+{
+	return s->dkim;
+}
+
 void
 sched_reload(struct sched *s, struct conf *conf)
 {

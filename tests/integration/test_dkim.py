@@ -276,6 +276,42 @@ class Reports(DkimCase):
         self.assertFalse(self.verify(ndr.data.replace(b"no such user", b"no such usex")))
 
 
+class Admin(DkimCase):
+
+    def test_relayctl_dkim_lists_keys_and_their_records(self):
+        self.make()
+        out = self.relay.relayctl("dkim", check=True).stdout
+        self.assertRegex(out, r"(?m)^example\.org s2026r rsa-sha256 2048 \S+\.pem$")
+        self.assertRegex(out, r"(?m)^example\.org s2026e ed25519-sha256 256 \S+\.pem$")
+        # the zone-file line's strings, joined, are the record openssl's key gives
+        for sel in ("s2026r", "s2026e"):
+            name = "%s._domainkey.example.org" % sel
+            m = re.search(r"(?m)^    %s\. IN TXT \((.*)\)$" % re.escape(name), out)
+            self.assertIsNotNone(m, out)
+            parts = re.findall(r'"([^"]*)"', m.group(1))
+            self.assertTrue(all(len(p) <= 255 for p in parts))
+            self.assertEqual("".join(parts), self.records[name])
+        doc = self.relay.relayctl("dkim", "--json", json=True)
+        self.assertEqual({(k["record"], k["txt"], k["algorithm"]) for k in doc["keys"]},
+                         {("s2026r._domainkey.example.org", self.records[
+                             "s2026r._domainkey.example.org"], "rsa-sha256"),
+                          ("s2026e._domainkey.example.org", self.records[
+                              "s2026e._domainkey.example.org"], "ed25519-sha256")})
+
+    def test_sighup_rereads_the_keys(self):
+        # a new selector after a reload signs the next message (as the user)
+        self.make(algs=("ed",))
+        path = make_key("example.org.s2027e", "ed25519")
+        self.relay.dns.set_txt("s2027e._domainkey.example.org", txt_record(path, "ed25519"))
+        mark = self.relay.log_mark()
+        self.relay.update_config(dkim={"keys": [{"domain": "example.org", "selector": "s2027e",
+                                                 "key": path}]})
+        self.relay.sighup()
+        self.relay.wait_for_log("reloaded", since=mark)
+        _, m = self.send(make_message(SENDER, RCPT, "rotated", "body\r\n"))
+        self.assertEqual(self.verify_all(m.data, 1), [("example.org", "s2027e", "ed25519-sha256")])
+
+
 class Config(DkimCase):
 
     def test_short_rsa_key_is_refused_with_its_line(self):
