@@ -219,9 +219,19 @@ dkim_msg_write(struct dkim_msg *m, const void *data, size_t len)
 	const char *p = data;
 	size_t i = 0;
 
+	if (m->hdr_too_big)
+		return;
 	while (i < len && m->in_header) {
 		const char *nl = memchr(p + i, '\n', len - i);
 		size_t n = nl != NULL ? (size_t)(nl - (p + i)) + 1 : len - i;
+		if (m->hdr.len + n > DKIM_HDR_MAX) {
+			/* never hold a whole message: what was kept still
+			 * names the From (the keys), but cannot be signed */
+			m->hdr_too_big = true;
+			m->in_header = false;
+			buf_truncate(&m->hdr, m->line_off);
+			return;
+		}
 		buf_append(&m->hdr, p + i, n);
 		i += n;
 		if (nl == NULL)

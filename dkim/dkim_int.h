@@ -8,6 +8,8 @@
 
 #include "dkim/dkim.h"
 
+#define DKIM_HDR_MAX	(1024 * 1024)	/* header section kept for signing, at most */
+
 /* The relaxed body machine: canonical text goes to sink in pieces. */
 struct dkim_body {
 	void (*sink)(void *arg, const char *p, size_t n);
@@ -28,6 +30,7 @@ struct dkim_msg {
 	bool line_start;
 	size_t line_off;             /* where the current header line starts in hdr */
 	struct buf hdr;              /* the header section as written, without its empty line */
+	bool hdr_too_big;            /* it outgrew DKIM_HDR_MAX: cut there, cannot be signed */
 	struct dkim_body body;
 	EVP_MD_CTX *md;              /* SHA-256 of the canonical body */
 	bool md_failed;

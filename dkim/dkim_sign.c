@@ -215,6 +215,10 @@ dkim_sign(const struct dkim_keys *k, const char *domain, struct dkim_msg *m,
 
 	if (headers == NULL)
 		headers = dkim_default_headers;
+	if (m->hdr_too_big) {
+		buf_printf(err, "header section larger than %d bytes", DKIM_HDR_MAX);
+		return -1;
+	}
 	if (dkim_msg_body_hash(m, bhash) != 0) {
 		buf_puts(err, "body hash failed");
 		return -1;

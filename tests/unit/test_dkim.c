@@ -298,9 +298,39 @@ test_sign_shape(void)
 	rmdir(tmpdir);
 }
 
+/* A header section over 1 MiB is not held: the From is still found, but
+ * signing fails (the caller answers 451, never an unsigned 250). */
+static void
+test_huge_header(void)
+{
+	struct dkim_msg *m = dkim_msg_new();
+	struct buf v = BUF_INIT, out = BUF_INIT, ids = BUF_INIT, err = BUF_INIT;
+	char line[1000];
+	size_t i;
+
+	dkim_msg_write(m, "From: a@example.org\r\n", 21);
+	memset(line, 'x', sizeof(line));
+	memcpy(line, "X-Pad: ", 7);
+	line[sizeof(line) - 2] = '\r';
+	line[sizeof(line) - 1] = '\n';
+	for (i = 0; i < 2000; i++)
+		dkim_msg_write(m, line, sizeof(line));
+	dkim_msg_write(m, "\r\nbody\r\n", 8);
+	CHECK_INT(dkim_msg_field(m, "From", &v), 0);
+	CHECK_STR(buf_cstr(&v), " a@example.org");
+	CHECK_INT(dkim_sign(NULL, "example.org", m, NULL, 1, &out, &ids, &err), -1);
+	CHECK(strstr(buf_cstr(&err), "header section larger") != NULL);
+	dkim_msg_free(m);
+	buf_free(&v);
+	buf_free(&out);
+	buf_free(&ids);
+	buf_free(&err);
+}
+
 int
 main(void)
 {
+	test_huge_header();
 	test_canon_header();
 	test_canon_body();
 	test_msg_split();
