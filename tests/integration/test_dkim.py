@@ -13,8 +13,10 @@ after the 250 (journal); relayd -n refuses a short RSA key with FILE:LINE;
 a second session is answered while a signature is being made (test hook).
 """
 
+import atexit
 import os
 import re
+import shutil
 import select
 import socket
 import subprocess
@@ -44,6 +46,8 @@ def keydir():
     if _keydir is None:
         _keydir = tempfile.mkdtemp(prefix="relayd-dkim-")
         share_with_user(_keydir)
+        if not os.environ.get("RELAYD_KEEP_TMP"):
+            atexit.register(shutil.rmtree, _keydir, True)
     return _keydir
 
 
