@@ -57,7 +57,8 @@ enum conf_kind {
 	CONF_K_DURATIONS,	/* uint64_t *, count at off2 */
 	CONF_K_BACKOFF,		/* two durations: min at off, max at off2 */
 	CONF_K_ROUTES,		/* the router.routes list of groups */
-	CONF_K_STRS,		/* char **, a list of non-empty strings, count at off2 */
+	CONF_K_DKIM_KEYS,	/* the dkim.keys list of groups of the keys in sub */
+	CONF_K_STRS,		/* char ** (NULL-terminated), a list of non-empty strings, count at off2 */
 };
 
 #define CONF_F_POSITIVE	0x01	/* 0 is not a sensible value */
@@ -65,6 +66,7 @@ enum conf_kind {
 #define CONF_F_ABSOLUTE	0x04	/* a path that must start with '/' */
 #define CONF_F_HAS_OFF2	0x08	/* off2 is meaningful for this kind */
 #define CONF_F_HOSTNAME	0x10	/* a string that must be a host name */
+#define CONF_F_FIELDNAME	0x20	/* CONF_K_STRS: each a header field name */
 
 struct conf_key {
 	const char *name;
@@ -85,6 +87,7 @@ struct conf_ctx {
 
 #define C_OFF(f)	offsetof(struct conf, f)
 #define R_OFF(f)	offsetof(struct conf_route, f)
+#define D_OFF(f)	offsetof(struct conf_dkim_key, f)
 
 static const struct conf_key conf_senders_ldap_keys[] = {
 	{ "uri", CONF_K_STR, C_OFF(submit.senders_ldap.uri), 0, CONF_F_NONEMPTY, NULL },
@@ -154,6 +157,19 @@ static const struct conf_key conf_deliver_keys[] = {
 	{ NULL, 0, 0, 0, 0, NULL }
 };
 
+static const struct conf_key conf_dkim_key_keys[] = {
+	{ "domain", CONF_K_STR, D_OFF(domain), 0, CONF_F_NONEMPTY, NULL },
+	{ "selector", CONF_K_STR, D_OFF(selector), 0, CONF_F_NONEMPTY, NULL },
+	{ "key", CONF_K_PATH, D_OFF(key), 0, 0, NULL },
+	{ NULL, 0, 0, 0, 0, NULL }
+};
+
+static const struct conf_key conf_dkim_keys[] = {
+	{ "keys", CONF_K_DKIM_KEYS, 0, 0, 0, conf_dkim_key_keys },
+	{ "headers", CONF_K_STRS, C_OFF(dkim.headers), C_OFF(dkim.nheaders), CONF_F_FIELDNAME, NULL },
+	{ NULL, 0, 0, 0, 0, NULL }
+};
+
 static const struct conf_key conf_top_keys[] = {
 	{ "hostname", CONF_K_STR, C_OFF(hostname), 0, CONF_F_NONEMPTY | CONF_F_HOSTNAME, NULL },
 	{ "user", CONF_K_STR, C_OFF(user), 0, CONF_F_NONEMPTY, NULL },
@@ -165,6 +181,7 @@ static const struct conf_key conf_top_keys[] = {
 	{ "submit", CONF_K_GROUP, 0, 0, 0, conf_submit_keys },
 	{ "router", CONF_K_GROUP, 0, 0, 0, conf_router_keys },
 	{ "deliver", CONF_K_GROUP, 0, 0, 0, conf_deliver_keys },
+	{ "dkim", CONF_K_GROUP, 0, 0, 0, conf_dkim_keys },
 	{ NULL, 0, 0, 0, 0, NULL }
 };
 
@@ -766,16 +783,86 @@ conf_set_routes(struct conf_ctx *x, const config_setting_t *s, const char *name)
 }
 
 static void
+conf_free_dkim_key(struct conf_dkim_key *d)
+{
+	free(d->domain);
+	free(d->selector);
+	free(d->key);
+	free(d->file);
+}
+
+static void
+conf_set_dkim_keys(struct conf_ctx *x, const config_setting_t *s, const char *name,
+    const struct conf_key *k)
+{
+	struct conf *c = x->c;
+	int i, n;
+
+	if (!config_setting_is_list(s)) {
+		conf_error(x, s, "%s: expected a list of groups ( { domain = \"...\"; "
+		    "selector = \"...\"; key = \"...\"; }, ... )", name);
+		return;
+	}
+	n = config_setting_length(s);
+	for (i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+		struct conf_dkim_key d;
+		char ename[CONF_MAX_NAME], *dom;
+		const char *file;
+		size_t j;
+
+		conf_name(ename, sizeof(ename), "%s[%d]", name, i);
+		if (!config_setting_is_group(e)) {
+			conf_error(x, e, "%s: expected a group { domain = \"...\"; ... }", ename);
+			continue;
+		}
+		memset(&d, 0, sizeof(d));
+		conf_walk_group(x, e, ename, k->sub, &d);
+		if (d.domain == NULL || d.selector == NULL || d.key == NULL) {
+			conf_error(x, e, "%s: domain, selector and key are required", ename);
+			conf_free_dkim_key(&d);
+			continue;
+		}
+		if ((dom = conf_normalize_domain(d.domain)) == NULL || strcmp(dom, "*") == 0 ||
+		    !conf_valid_hostname(d.selector)) {
+			conf_error(x, e, "%s: bad domain '%s' or selector '%s'", ename,
+			    d.domain, d.selector);
+			free(dom);
+			conf_free_dkim_key(&d);
+			continue;
+		}
+		free(d.domain);
+		d.domain = dom;
+		for (j = 0; j < c->dkim.nkeys; j++)
+			if (strcmp(c->dkim.keys[j].domain, dom) == 0 &&
+			    strcmp(c->dkim.keys[j].selector, d.selector) == 0)
+				break;
+		if (j < c->dkim.nkeys) {
+			conf_error(x, e, "%s: selector '%s' of '%s' is listed twice", ename,
+			    d.selector, dom);
+			conf_free_dkim_key(&d);
+			continue;
+		}
+		file = config_setting_source_file(e);
+		d.file = xstrdup(file != NULL ? file : x->path);
+		d.line = config_setting_source_line(e);
+		c->dkim.keys = xrealloc(c->dkim.keys, (c->dkim.nkeys + 1) * sizeof(*c->dkim.keys));
+		c->dkim.keys[c->dkim.nkeys++] = d;
+	}
+}
+
+static void
 conf_free_strs(char **v, size_t n)
 {
 	size_t i;
 
-	for (i = 0; i < n; i++)
+	for (i = 0; v != NULL && i < n; i++)
 		free(v[i]);
 	free(v);
 }
 
-/* A list of non-empty strings ("a", "b") into a char ** at off, count at off2. */
+/* A list of non-empty strings ("a", "b") into a NULL-terminated char ** at
+ * off, count at off2; with CONF_F_FIELDNAME each must be a header field name. */
 static void
 conf_set_strs(struct conf_ctx *x, const config_setting_t *s, const char *name,
     void *base, const struct conf_key *k)
@@ -792,11 +879,16 @@ conf_set_strs(struct conf_ctx *x, const config_setting_t *s, const char *name,
 		conf_error(x, s, "%s: must not be empty", name);
 		return;
 	}
-	v = xcalloc((size_t)n, sizeof(*v));
+	v = xcalloc((size_t)n + 1, sizeof(*v));
 	for (i = 0; i < n; i++) {
 		e = config_setting_get_string_elem(s, (unsigned)i);
 		if (e == NULL || e[0] == '\0') {
 			conf_error(x, s, "%s[%d]: expected a non-empty string", name, i);
+			conf_free_strs(v, (size_t)i);
+			return;
+		}
+		if ((k->flags & CONF_F_FIELDNAME) && strpbrk(e, ": \t") != NULL) {
+			conf_error(x, s, "%s[%d]: bad header field name '%s'", name, i, e);
 			conf_free_strs(v, (size_t)i);
 			return;
 		}
@@ -932,6 +1024,9 @@ conf_set(struct conf_ctx *x, const config_setting_t *s, const char *name,
 		return;
 	case CONF_K_ROUTES:
 		conf_set_routes(x, s, name);
+		return;
+	case CONF_K_DKIM_KEYS:
+		conf_set_dkim_keys(x, s, name, k);
 		return;
 	case CONF_K_STRS:
 		conf_set_strs(x, s, name, base, k);
@@ -1137,6 +1232,10 @@ conf_free(struct conf *c)
 	free(c->router.routes);
 
 	free(c->deliver.ca_file);
+	for (i = 0; i < c->dkim.nkeys; i++)
+		conf_free_dkim_key(&c->dkim.keys[i]);
+	free(c->dkim.keys);
+	conf_free_strs(c->dkim.headers, c->dkim.nheaders);
 	free(c);
 }
 

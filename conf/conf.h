@@ -65,6 +65,16 @@ struct conf_senders_ldap {
 	uint64_t cache_ttl;             /* default 5m; 0 = no cache */
 };
 
+/* One dkim.keys entry; file and line say where it was written (for the
+ * errors of the key checks, which dkim/ makes). */
+struct conf_dkim_key {
+	char *domain;                   /* lower-cased, no trailing dot */
+	char *selector;
+	char *key;                      /* PEM private key file */
+	char *file;
+	unsigned line;
+};
+
 struct conf {
 	int refs;
 	char *path;                     /* the file this was read from */
@@ -134,6 +144,13 @@ struct conf {
 		uint64_t idle_timeout;              /* default 10s: keep a connection for reuse */
 		char *ca_file;                      /* default: system store */
 	} deliver;
+
+	struct {
+		struct conf_dkim_key *keys;         /* two for one domain: two signatures */
+		size_t nkeys;
+		char **headers;                     /* NULL = dkim/'s default list */
+		size_t nheaders;
+	} dkim;
 };
 
 /*

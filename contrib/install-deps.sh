@@ -17,7 +17,7 @@ PKGS="build-essential gcc make cmake pkg-config openssl ca-certificates
       libuv1-dev libssl-dev libsasl2-dev libconfig-dev libc-ares-dev
       libsystemd-dev libseccomp-dev libldap-dev
       sasl2-bin libsasl2-modules swaks libnet-ssleay-perl procps
-      mandoc systemd logrotate fail2ban slapd ldap-utils
+      mandoc systemd logrotate fail2ban slapd ldap-utils python3-dkim
       debhelper dpkg-dev fakeroot lintian"
 
 missing=""

@@ -70,5 +70,6 @@ int rctl_route_set(struct rctl *c);
 int rctl_route_clear(struct rctl *c);
 int rctl_route_list(struct rctl *c);
 int rctl_stats(struct rctl *c);
+int rctl_dkim(struct rctl *c);
 
 #endif

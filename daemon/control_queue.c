@@ -492,9 +492,11 @@ rctl_show_json(struct rctl *c, const struct queue_msg *m, const struct rctl_head
 	json_str(b, m->env.envid);
 	buf_puts(b, ",\"ret\":");
 	json_str(b, rctl_ret_name(m->env.ret));
-	buf_printf(b, "},\"body_8bit\":%s,\"smtputf8\":%s,\"held\":%s,\"delay_warned\":%s,\"headers\":{",
+	buf_printf(b, "},\"body_8bit\":%s,\"smtputf8\":%s,\"held\":%s,\"delay_warned\":%s,\"dkim\":",
 	    m->env.body_8bit ? "true" : "false", m->env.smtputf8 ? "true" : "false",
 	    m->held ? "true" : "false", m->delay_warned ? "true" : "false");
+	json_str(b, m->dkim_ids);
+	buf_puts(b, ",\"headers\":{");
 	for (i = 0; i < RELAY_ARRAY_LEN(rctl_head_fields); i++) {
 		buf_printf(b, "%s\"%s\":", i ? "," : "", rctl_head_fields[i].key);
 		json_str(b, hd->value[i]);
@@ -601,6 +603,9 @@ rctl_show_human(struct rctl *c, const struct queue_msg *m, const struct rctl_hea
 	rctl_text(b, rctl_ret_name(m->env.ret));
 	buf_printf(b, "\n%-12s %s%s\n", "body", m->env.body_8bit ? "8bitmime" : "7bit",
 	    m->env.smtputf8 ? " smtputf8" : "");
+	buf_printf(b, "%-12s ", "dkim");
+	rctl_text(b, m->dkim_ids != NULL ? m->dkim_ids : "none");
+	buf_putc(b, '\n');
 	buf_puts(b, "headers\n");
 	for (i = 0; i < RELAY_ARRAY_LEN(rctl_head_fields); i++) {
 		buf_printf(b, "    %-12s", rctl_head_fields[i].name);

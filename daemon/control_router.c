@@ -124,6 +124,7 @@ static int (*const rctl_runs[CONTROL_CMD_N])(struct rctl *c) = {
 	[CONTROL_CMD_ROUTE_CLEAR] = rctl_route_clear,
 	[CONTROL_CMD_ROUTE_LIST] = rctl_route_list,
 	[CONTROL_CMD_STATS] = rctl_stats,
+	[CONTROL_CMD_DKIM] = rctl_dkim,
 };
 
 /* Options and positional arguments after the command words; 0 or RELAY_EINVAL. */

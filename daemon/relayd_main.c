@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "conf/conf.h"
 #include "daemon/relay.h"
+#include "dkim/dkim.h"
 #include "sandbox/sandbox.h"
 
 #define RELAYD_DEFAULT_CONF "/etc/relayd/relayd.conf"
@@ -57,8 +58,12 @@ main(int argc, char **argv)
 		struct buf warn = BUF_INIT;
 		struct conf *c = NULL;
 
+		struct dkim_keys *dk = NULL;
+
 		if (conf_load(path, &c, &err) != 0 ||
+		    dkim_keys_load(c, &dk, &err) != 0 ||
 		    sandbox_check_conf(c, &warn, &err) != 0) {
+			dkim_keys_unref(dk);
 			conf_unref(c);
 			fputs(buf_cstr(&err), stderr);
 			if (err.len > 0 && err.data[err.len - 1] != '\n')
@@ -69,6 +74,7 @@ main(int argc, char **argv)
 		fputs(buf_cstr(&warn), stderr);
 		buf_free(&warn);
 		printf("%s: configuration OK\n", path);
+		dkim_keys_unref(dk);
 		conf_unref(c);
 		return 0;
 	}

@@ -34,6 +34,8 @@ struct deliver_req {
 	const char *msg_path;       /* queue file; body at body_offset, body_len bytes, CRLF, not dot-stuffed */
 	uint64_t body_offset;
 	uint64_t body_len;
+	const char *prefix;         /* header fields sent before the body (DKIM-Signature), or NULL */
+	size_t prefix_len;
 	const char *sender;         /* "" for <> */
 	const char *envid;          /* or NULL */
 	int ret;                    /* enum env_ret */

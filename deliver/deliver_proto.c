@@ -346,7 +346,7 @@ deliver_fmt_mail(struct buf *out, const struct deliver_req *req, const struct de
 {
 	buf_printf(out, "MAIL FROM:<%s>", req->sender != NULL ? req->sender : "");
 	if (caps->size)
-		buf_printf(out, " SIZE=%" PRIu64, req->body_len);
+		buf_printf(out, " SIZE=%" PRIu64, req->body_len + req->prefix_len);
 	if (req->body_8bit && caps->eightbitmime)
 		buf_puts(out, " BODY=8BITMIME");
 	if (req->smtputf8 && caps->smtputf8)
@@ -407,10 +407,11 @@ bool
 deliver_check_caps(const struct deliver_req *req, const struct deliver_caps *caps,
     char *status, size_t statuslen, char *text, size_t textlen)
 {
-	if (caps->size && caps->size_max > 0 && req->body_len > caps->size_max) {
+	if (caps->size && caps->size_max > 0 && req->body_len + req->prefix_len > caps->size_max) {
 		snprintf(status, statuslen, "5.3.4");
 		snprintf(text, textlen, "message size %" PRIu64 " exceeds the exchanger's "
-		    "fixed maximum message size %" PRIu64, req->body_len, caps->size_max);
+		    "fixed maximum message size %" PRIu64, req->body_len + req->prefix_len,
+		    caps->size_max);
 		return true;
 	}
 	if (req->body_8bit && !caps->eightbitmime) {

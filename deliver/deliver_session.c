@@ -876,6 +876,8 @@ ds_body_pump(struct deliver_session *s)
 	}
 	s->body_sent += (uint64_t)n;
 	buf_reset(&s->out);
+	if (s->body_sent == (uint64_t)n && req->prefix_len > 0)   /* the first chunk */
+		deliver_dot_feed(&s->dot, req->prefix, req->prefix_len, &s->out);
 	deliver_dot_feed(&s->dot, s->chunk, (size_t)n, &s->out);
 	io_write(s->io, s->out.data, s->out.len);
 	buf_reset(&s->out);

@@ -39,6 +39,7 @@
 #include "common/codec.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "dkim/dkim.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -849,6 +850,88 @@ ndr_pending_free(struct ndr_pending *np)
 	free(np);
 }
 
+static void ndr_committed(void *arg, int err, const char *qid);
+
+/* A report being signed on the thread pool; then committed (or failed). */
+struct ndr_sign {
+	uv_work_t req;
+	struct queue_txn *t;
+	struct ndr_pending *np;
+	struct dkim_keys *keys;
+	struct dkim_msg *msg;
+	const char *domain;          /* in keys */
+	uint64_t now_s;
+	struct buf out, ids, err;
+	int rc;
+};
+
+static void
+ndr_sign_work(uv_work_t *req)
+{
+	struct ndr_sign *w = req->data;
+
+	w->rc = dkim_sign(w->keys, w->domain, w->msg, NULL, w->now_s, &w->out, &w->ids,
+	    &w->err);
+}
+
+static void
+ndr_sign_done(uv_work_t *req, int status)
+{
+	struct ndr_sign *w = req->data;
+	struct log_line l;
+
+	if (status != 0 && w->rc == 0) {
+		w->rc = -1;
+		buf_puts(&w->err, uv_strerror(status));
+	}
+	if (w->rc == 0) {
+		queue_txn_prefix(w->t, buf_cstr(&w->out), buf_cstr(&w->ids));
+		queue_txn_commit(w->t, ndr_committed, w->np);
+	} else {
+		log_begin(&l, LOG_ERR, "dkim_sign_failed");
+		log_kv(&l, "qid", w->np->ndr_qid);
+		log_kv(&l, "domain", w->domain);
+		log_kv(&l, "error", buf_cstr(&w->err));
+		log_end(&l);
+		queue_txn_abort(w->t);
+		ndr_committed(w->np, RELAY_EIO, NULL);      /* never an unsigned report */
+	}
+	dkim_msg_free(w->msg);
+	dkim_keys_unref(w->keys);
+	buf_free(&w->out);
+	buf_free(&w->ids);
+	buf_free(&w->err);
+	free(w);
+}
+
+/* Commit the report t holds (text: its bytes), signed first when a key is
+ * configured for the reporting MTA's domain. */
+static void
+ndr_commit(struct queue_txn *t, const struct buf *text, const struct ndr_params *p,
+    struct ndr_pending *np)
+{
+	const char *domain = NULL;
+	struct ndr_sign *w;
+
+	if (p->dkim != NULL && p->loop != NULL)
+		domain = dkim_keys_domain_for_host(p->dkim, p->reporting_mta);
+	if (domain == NULL) {
+		queue_txn_commit(t, ndr_committed, np);
+		return;
+	}
+	w = xcalloc(1, sizeof(*w));
+	w->req.data = w;
+	w->t = t;
+	w->np = np;
+	w->keys = dkim_keys_ref(p->dkim);
+	w->domain = domain;
+	w->now_s = p->now_ms / 1000;
+	w->msg = dkim_msg_new();
+	dkim_msg_write(w->msg, text->data, text->len);
+	if (uv_queue_work(p->loop, &w->req, ndr_sign_work, ndr_sign_done) != 0)
+		fatalx("%s: uv_queue_work failed", __func__);
+}
+
 /* The report is durable (or could not be queued): log it, count it, tell the caller. */
 static void
 ndr_committed(void *arg, int err, const char *qid)
@@ -989,7 +1072,7 @@ ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
 		np->rcpt[i].attempts = sel[i].attempts;
 		np->rcpt[i].down_since_ms = sel[i].down_since_ms;
 	}
-	queue_txn_commit(t, ndr_committed, np);
+	ndr_commit(t, &out, p, np);
 	rc = 0;
 out:
 	buf_free(&out);

@@ -28,11 +28,17 @@ struct ndr_rcpt {
 	uint64_t down_since_ms;     /* destination down since (0 = not down) */
 };
 
+struct dkim_keys;
+
 struct ndr_params {
 	const char *reporting_mta;  /* conf hostname */
 	uint64_t now_ms;
 	uint64_t will_retry_until_ms;   /* for NDR_DELAYED: arrival + max_queue_age */
 	const char *reason_text;    /* optional extra sentence ("returned by the administrator") */
+	/* DKIM: with a key for reporting_mta's domain the report is signed on
+	 * the libuv thread pool of loop before its commit (dkim/) */
+	struct dkim_keys *dkim;     /* or NULL: unsigned (the default header list) */
+	uv_loop_t *loop;
 };
 
 /* The report's commit ended: err 0 = it is durable (queued), else RELAY_E*

@@ -194,6 +194,8 @@ queue_txn_free(struct queue_txn *t)
 
 	envelope_free(&t->env);
 	buf_free(&t->wbuf);
+	free(t->dkim);
+	free(t->dkim_ids);
 	if (t->fd >= 0)
 		close(t->fd);
 	t->magic = 0;
@@ -849,11 +851,33 @@ queue_txn_write(struct queue_txn *t, const void *p, size_t len)
 		fatalx("%s: bad txn", __func__);
 	if (t->err != 0)
 		return t->err;
+	if (t->dkim != NULL)
+		fatalx("%s: body written after the prefix", __func__);
 	buf_append(&t->wbuf, p, len);
 	t->body_len += len;
 	if (t->wbuf.len >= QUEUE_WBUF_SIZE)
 		return queue_txn_flush(t);
 	return 0;
+}
+
+void
+queue_txn_prefix(struct queue_txn *t, const char *fields, const char *ids)
+{
+	struct queue_record rec;
+
+	if (t->magic != TXN_MAGIC || t->cb != NULL || t->dkim != NULL)
+		fatalx("%s: bad txn", __func__);
+	memset(&rec, 0, sizeof(rec));
+	rec.type = QREC_DKIM;
+	rec.rcpt = -1;
+	rec.time_ms = util_now_ms();
+	rec.status = ids;
+	rec.reply = fields;
+	envelope_record_encode(&rec, &t->wbuf);     /* after the body: not counted in it */
+	t->dkim = xstrdup(fields);
+	t->dkim_ids = xstrdup(ids);
+	if (t->err == 0 && t->wbuf.len >= QUEUE_WBUF_SIZE)
+		(void)queue_txn_flush(t);
 }
 
 void
@@ -983,6 +1007,10 @@ queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
 		break;
 	case QREC_WARNED:
 		m->delay_warned = true;
+		break;
+	case QREC_DKIM:
+		queue_set_str(&m->dkim, rec->reply);
+		queue_set_str(&m->dkim_ids, rec->status);
 		break;
 	}
 }
@@ -1311,6 +1339,8 @@ queue_msg_free(struct queue_msg *m)
 	}
 	free(m->rcpt);
 	envelope_free(&m->env);
+	free(m->dkim);
+	free(m->dkim_ids);
 	free(m->path);
 	free(m);
 }

@@ -47,6 +47,8 @@ struct queue_msg {
 	bool delay_warned;           /* the one "delayed" report was queued */
 	uint64_t body_offset;        /* where the body starts in the file */
 	uint64_t body_len;
+	char *dkim;                  /* DKIM-Signature field(s) sent before the body, or NULL */
+	char *dkim_ids;              /* their "d=..;s=.." pairs, ","-separated, or NULL */
 	char *path;                  /* queue_dir/msg/<qid> */
 	void *sched;                 /* the scheduler's per-message state; the queue never touches it */
 };
@@ -59,6 +61,8 @@ enum queue_rec_type {
 	QREC_REPORTED = 'R',         /* a report (NDR/DSN) for rcpt was queued */
 	QREC_HOLD = 'H',             /* value 1 = held, 0 = released (rcpt unused) */
 	QREC_WARNED = 'W',           /* the delay warning was queued (rcpt unused) */
+	QREC_DKIM = 'K',             /* status: the d=/s= pairs, reply: the DKIM-Signature
+	                                field(s) to send before the body (rcpt unused) */
 };
 
 struct queue_record {
@@ -110,6 +114,13 @@ int queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_tx
 const char *queue_txn_qid(const struct queue_txn *t);
 int queue_txn_write(struct queue_txn *t, const void *p, size_t len);
 void queue_txn_commit(struct queue_txn *t, queue_commit_cb *cb, void *arg);
+/*
+ * After the last queue_txn_write(), before the commit: header fields (the
+ * DKIM signatures, CRLF-terminated) to send before the body on every
+ * delivery, and their ids for the logs; stored as a K record right after
+ * the body, so the commit (and the journal) carries them with the message.
+ */
+void queue_txn_prefix(struct queue_txn *t, const char *fields, const char *ids);
 void queue_txn_abort(struct queue_txn *t);
 
 

@@ -661,6 +661,9 @@ queue_complete(struct queue *q, struct queue_job *j)
 		m->rcpt = xcalloc(m->env.nrcpts, sizeof(*m->rcpt));
 		m->body_offset = t->body_offset;
 		m->body_len = t->body_len;
+		m->dkim = t->dkim;
+		m->dkim_ids = t->dkim_ids;
+		t->dkim = t->dkim_ids = NULL;
 		if (q->new_cb != NULL)
 			q->new_cb(q->new_arg, m);
 		else

@@ -409,6 +409,8 @@ envelope_record_check(const struct queue_record *rec, size_t nrcpts)
 	case QREC_HOLD:
 	case QREC_WARNED:
 		return rec->rcpt == -1 ? 0 : -1;
+	case QREC_DKIM:
+		return rec->rcpt == -1 && rec->reply != NULL && rec->status != NULL ? 0 : -1;
 	}
 	return -1;
 }

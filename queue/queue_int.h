@@ -90,6 +90,7 @@ struct queue_txn {
 	uint64_t body_offset;
 	uint64_t body_len;
 	uint64_t written;            /* bytes already write(2)n to the file */
+	char *dkim, *dkim_ids;       /* queue_txn_prefix(): for the new queue_msg */
 	struct buf wbuf;             /* header, envelope and body not yet written */
 	queue_commit_cb *cb;
 	void *arg;

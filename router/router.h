@@ -115,6 +115,10 @@ struct health *sched_health(struct sched *s);
  * on it at once.  0 or RELAY_ENOENT. */
 int sched_host_reset(struct sched *s, const char *host);
 
+/* The DKIM keys in force (relayctl dkim); NULL-safe dkim/ calls. */
+struct dkim_keys;
+struct dkim_keys *sched_dkim(struct sched *s);
+
 /* Run-time routes (relayctl route set/clear/list). */
 struct route_table *sched_routes(struct sched *s);
 /* route_set with the configured smtp_port as default port. */

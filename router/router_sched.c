@@ -14,7 +14,9 @@
  * SMTP, blocks the loop, or keeps one timer per message.
  */
 #include "router/router_sched_int.h"
+#include "common/log.h"
 #include "common/util.h"
+#include "dkim/dkim.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -707,7 +709,9 @@ sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err)
 	s->mx = deps->mx;
 	s->d = deps->deliver;
 	s->health = health_new();
-	if ((s->routes = route_table_new(s->loop, s->conf->queue_dir, err)) == NULL) {
+	if (dkim_keys_load(s->conf, &s->dkim, err) != 0 ||
+	    (s->routes = route_table_new(s->loop, s->conf->queue_dir, err)) == NULL) {
+		dkim_keys_unref(s->dkim);
 		health_free(s->health);
 		conf_unref(s->conf);
 		free(s);
@@ -789,14 +793,29 @@ sched_reroute(struct sched *s)
 	free(stale);
 }
 
+struct dkim_keys *
+sched_dkim(struct sched *s)
+{
+	return s->dkim;
+}
+
 void
 sched_reload(struct sched *s, struct conf *conf)
 {
 	struct sched_msg *sm;
 	uint64_t now = sched_now(s);
+	struct dkim_keys *dkim = NULL;
+	struct buf err = BUF_INIT;
 
 	conf_unref(s->conf);
 	s->conf = conf_ref(conf);
+	/* submit_reload() loaded the same keys a moment ago: a failure here is a race */
+	if (dkim_keys_load(conf, &dkim, &err) == 0) {
+		dkim_keys_unref(s->dkim);
+		s->dkim = dkim;
+	} else
+		log_event(LOG_ERR, "reload_failed", "config", conf->path, "error", buf_cstr(&err), NULL);
+	buf_free(&err);
 	sched_reroute(s);
 	TAILQ_FOREACH(sm, &s->msgs, entry)
 		sched_msg_rewake(s, sm, now);
@@ -897,6 +916,7 @@ sched_free(struct sched *s)
 	}
 	health_free(s->health);
 	route_table_free(s->routes);
+	dkim_keys_unref(s->dkim);
 	conf_unref(s->conf);
 	free(s->heap);
 	htab_free(&s->mhash);

@@ -581,6 +581,8 @@ sched_job_next(struct sched_job *job)
 			job->req.msg_path = m->path;
 			job->req.body_offset = m->body_offset;
 			job->req.body_len = m->body_len;
+			job->req.prefix = m->dkim;
+			job->req.prefix_len = m->dkim != NULL ? strlen(m->dkim) : 0;
 			job->req.sender = m->env.sender;
 			job->req.envid = m->env.envid;
 			job->req.ret = (int)m->env.ret;

@@ -15,6 +15,8 @@
 #include <sys/queue.h>
 
 #include "router/router_sched.h"
+
+struct dkim_keys;
 #include "dns/dns.h"
 #include "deliver/deliver.h"
 #include "common/htab.h"
@@ -146,6 +148,7 @@ struct sched {
 	struct deliver *d;
 	struct health *health;
 	struct route_table *routes;
+	struct dkim_keys *dkim;         /* relayd's own reports are signed with these */
 
 	uv_timer_t timer;
 	struct sched_wake **heap;

@@ -156,6 +156,8 @@ sched_report(struct sched *s, struct sched_msg *sm, enum ndr_kind kind, const in
 	p.now_ms = now;
 	p.will_retry_until_ms = sched_expire_at(m->env.arrival_ms, s->conf);
 	p.reason_text = reason;
+	p.dkim = s->dkim;
+	p.loop = s->loop;
 	r = xcalloc(1, sizeof(*r) + n * sizeof(r->idx[0]));
 	r->s = s;
 	snprintf(r->qid, sizeof(r->qid), "%s", m->qid);

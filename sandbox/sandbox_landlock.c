@@ -198,6 +198,8 @@ sandbox_restrict_fs(struct sandbox *sb, const struct conf *c, struct buf *err)
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->submit.senders_ldap.bind_password_file,
 	    SANDBOX_FS_READ);
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->deliver.ca_file, SANDBOX_FS_READ);
+	for (i = 0; i < c->dkim.nkeys; i++)
+		sandbox_add_dirs(&v, &n, &strs, &ns, c->dkim.keys[i].key, SANDBOX_FS_READ);
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->log_file, SANDBOX_FS_APPEND);
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->control_socket, SANDBOX_FS_SOCKET);
 

@@ -478,6 +478,13 @@ sandbox_check_conf(const struct conf *c, struct buf *warn, struct buf *err)
 		    "(%s): a reload (SIGHUP) would fail; make it group-readable by a group "
 		    "of '%s'\n", c->path, files[i].key, files[i].path, c->user, why, c->user);
 	}
+	for (i = 0; i < c->dkim.nkeys; i++) {
+		if (sandbox_user_can_read(&sb, c->dkim.keys[i].key, &why) == 0)
+			continue;
+		buf_printf(warn, "%s: warning: dkim.keys[%zu].key '%s' will not be readable by "
+		    "user '%s' (%s): a reload (SIGHUP) would fail; make it group-readable by a "
+		    "group of '%s'\n", c->path, i, c->dkim.keys[i].key, c->user, why, c->user);
+	}
 	sandbox_free_user(&sb);
 	return 0;
 }

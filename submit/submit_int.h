@@ -30,6 +30,7 @@
 
 #include "common/buf.h"
 #include "common/io.h"
+#include "dkim/dkim.h"
 #include "directory/directory.h"
 #include "router/router.h"
 #include "submit/submit.h"
@@ -273,6 +274,7 @@ struct submit {
 	SSL_CTX *tls_ctx;
 	struct submit_senders *senders;
 	struct directory *directory;    /* submit.senders_ldap, or NULL */
+	struct dkim_keys *dkim;         /* the signing keys of conf (one reference) */
 	struct submit_limits *limits;
 	struct buf mechs;               /* "PLAIN LOGIN": configured AND available */
 	struct submit_listener *listeners;
@@ -351,6 +353,9 @@ struct submit_session {
 	size_t rcpt_cap;
 	struct queue_txn *txn;
 	struct submit_data data;
+	struct dkim_msg *dkim_msg;      /* the message as the signer sees it (submit_dkim.c) */
+	struct dkim_keys *dkim_keys;
+	struct buf dkim_ids;            /* for the accepted event: "d=..;s=..,..." or "none" */
 
 	/* scratch, reused for every command */
 	struct buf line;                /* the command being handled (args point into it) */
@@ -358,6 +363,18 @@ struct submit_session {
 	struct buf tmp;
 	struct submit_path path;
 };
+
+/* submit_dkim.c: signing at acceptance */
+void submit_dkim_begin(struct submit_session *s);      /* DATA: before the first write */
+void submit_dkim_write(struct submit_session *s, const void *p, size_t len);
+void submit_dkim_reset(struct submit_session *s);
+/* 0: nothing to sign, commit now; 1: the signatures are being made on the
+ * thread pool, then submit_session_commit() or submit_session_sign_failed()
+ * follows (the work owns txn meanwhile). */
+int submit_dkim_sign(struct submit_session *s, struct queue_txn *txn);
+/* submit_session.c: the end of a signed (or unsigned) message */
+void submit_session_commit(struct submit_session *s, struct queue_txn *txn);
+void submit_session_sign_failed(struct submit_session *s);
 
 /* submit_session.c */
 void submit_session_accept(struct submit *srv, struct submit_listener *l);

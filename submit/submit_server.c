@@ -158,6 +158,7 @@ submit_server_free_mem(struct submit *srv)
 	submit_limits_free(srv->limits);
 	submit_senders_free(srv->senders);
 	directory_free(srv->directory);
+	dkim_keys_unref(srv->dkim);
 	if (srv->tls_ctx != NULL)
 		SSL_CTX_free(srv->tls_ctx);
 	buf_free(&srv->mechs);
@@ -197,6 +198,7 @@ submit_new(uv_loop_t *loop, struct conf *conf, struct router *router,
 	    sizeof(*srv->listeners));
 
 	if (submit_senders_load(conf->submit.senders, &srv->senders, err) != 0 ||
+	    dkim_keys_load(conf, &srv->dkim, err) != 0 ||
 	    submit_server_tls(conf, &srv->tls_ctx, err) != 0)
 		goto fail;
 	if (conf->submit.senders_ldap.uri != NULL &&
@@ -256,17 +258,23 @@ submit_reload(struct submit *s, struct conf *conf, struct buf *err)
 {
 	struct submit_senders *senders = NULL;
 	struct submit_limits_params p;
+	struct dkim_keys *dkim = NULL;
 	SSL_CTX *ctx = NULL;
 
 	if (s->magic != SUBMIT_MAGIC)
 		fatalx("%s: bad submit", __func__);
 	if (submit_senders_load(conf->submit.senders, &senders, err) != 0)
 		return -1;
+	if (dkim_keys_load(conf, &dkim, err) != 0) {
+		submit_senders_free(senders);
+		return -1;
+	}
 	if (submit_server_tls(conf, &ctx, err) != 0 ||
 	    (ctx == NULL && s->nlisteners > 0)) {
 		if (ctx == NULL && s->nlisteners > 0 && err->len == 0)
 			buf_printf(err, "submit: listeners need submit.tls_cert and submit.tls_key\n");
 		submit_senders_free(senders);
+		dkim_keys_unref(dkim);
 		return -1;
 	}
 	/* the directory last: it keeps its new settings once this succeeds */
@@ -276,6 +284,7 @@ submit_reload(struct submit *s, struct conf *conf, struct buf *err)
 		if (ctx != NULL)
 			SSL_CTX_free(ctx);
 		submit_senders_free(senders);
+		dkim_keys_unref(dkim);
 		return -1;
 	}
 	if (!submit_server_same_listeners(s->conf->submit.listen, s->conf->submit.nlisten,
@@ -287,6 +296,8 @@ submit_reload(struct submit *s, struct conf *conf, struct buf *err)
 
 	submit_senders_free(s->senders);
 	s->senders = senders;
+	dkim_keys_unref(s->dkim);           /* signing in progress holds its own reference */
+	s->dkim = dkim;
 	if (s->tls_ctx != NULL)
 		SSL_CTX_free(s->tls_ctx);       /* live sessions hold their own reference */
 	s->tls_ctx = ctx;

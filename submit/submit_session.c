@@ -317,6 +317,7 @@ submit_session_reset_txn(struct submit_session *s)
 		queue_txn_abort(s->txn);
 		s->txn = NULL;
 	}
+	submit_dkim_reset(s);
 	envelope_free(&s->env);
 	directory_owned_unref(s->ldap_owned);
 	s->ldap_owned = NULL;
@@ -339,6 +340,7 @@ submit_session_freed(uv_handle_t *h)
 	buf_free(&s->line);
 	buf_free(&s->out);
 	buf_free(&s->tmp);
+	buf_free(&s->dkim_ids);
 	buf_free(&s->path.addr);
 	free(s->login);
 	conf_unref(s->conf);
@@ -769,6 +771,7 @@ submit_session_write(void *arg, const void *p, size_t len)
 {
 	struct submit_session *s = arg;
 
+	submit_dkim_write(s, p, len);
 	return queue_txn_write(s->txn, p, len);
 }
 
@@ -804,6 +807,7 @@ submit_cmd_data(struct submit_session *s, char *args)
 	util_rfc5322_date(now, date, sizeof(date));
 	snprintf(date_hdr, sizeof(date_hdr), "Date: %s\r\n", date);
 	snprintf(msgid, sizeof(msgid), "Message-ID: <%s@%s>\r\n", r.qid, s->conf->hostname);
+	submit_dkim_begin(s);
 	submit_data_begin(&s->data, s->conf->submit.max_message_size,
 	    s->conf->submit.check_header_from, buf_cstr(&s->tmp), date_hdr, msgid,
 	    submit_session_write, s);
@@ -861,10 +865,11 @@ submit_session_check_from(struct submit_session *s)
 	return 0;
 }
 
+/* The end of a message's commit, or of its signing (fail: the 4xx to give). */
 static void
-submit_session_committed(void *arg, int err, const char *qid)
+submit_session_commit_end(struct submit_session *s, int err, const char *qid,
+    const char *fail)
 {
-	struct submit_session *s = arg;
 	struct submit *srv = s->srv;
 	struct log_line l;
 
@@ -880,14 +885,17 @@ submit_session_committed(void *arg, int err, const char *qid)
 		log_kv(&l, "user", s->login);
 		log_kv(&l, "client", s->ip);
 		log_kv(&l, "session", s->id);
+		log_kv(&l, "dkim", buf_cstr(&s->dkim_ids));
 		log_end(&l);
 		srv->stats->accepted++;
 		submit_limits_login_add(srv->limits, s->login, util_mono_ms(), (unsigned)s->env.nrcpts);
 		submit_session_reply(s, "250 2.0.0 Ok: queued as %s", qid);
 	} else {
-		log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "commit", NULL);
+		if (fail == NULL)
+			log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "commit", NULL);
 		srv->stats->rejected++;
-		submit_session_reply(s, "451 4.3.0 Error: queue file write error");
+		submit_session_reply(s, "%s", fail != NULL ? fail :
+		    "451 4.3.0 Error: queue file write error");
 	}
 	submit_session_reset_txn(s);
 	if (s->io == NULL) {
@@ -899,6 +907,25 @@ submit_session_committed(void *arg, int err, const char *qid)
 		return;
 	}
 	submit_enter_state(s, SUBMIT_S_HELO);
+}
+
+static void
+submit_session_committed(void *arg, int err, const char *qid)
+{
+	submit_session_commit_end(arg, err, qid, NULL);
+}
+
+void
+submit_session_commit(struct submit_session *s, struct queue_txn *txn)
+{
+	queue_txn_commit(txn, submit_session_committed, s);
+}
+
+void
+submit_session_sign_failed(struct submit_session *s)
+{
+	submit_session_commit_end(s, RELAY_EIO, NULL,
+	    "451 4.3.0 Error: cannot sign the message, try again later");
 }
 
 /* <CRLF>.<CRLF> was read. */
@@ -949,7 +976,8 @@ submit_session_data_end(struct submit_session *s)
 	s->txn = NULL;                      /* consumed by the commit */
 	s->commit_pending = true;
 	submit_enter_state(s, SUBMIT_S_COMMIT);
-	queue_txn_commit(txn, submit_session_committed, s);
+	if (submit_dkim_sign(s, txn) == 0)
+		submit_session_commit(s, txn);
 }
 
 static void

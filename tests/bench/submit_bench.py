@@ -25,6 +25,7 @@ progress) until the sink has every accepted message and adds:
 
     python3 tests/bench/submit_bench.py [--messages 20000] [--sessions 16] [--size 4096]
                                         [--build build] [--py-sink | --no-sink]
+                                        [--dkim none|ed25519|rsa+ed25519]
 """
 import argparse
 import os
@@ -167,6 +168,8 @@ def main():
     which.add_argument("--py-sink", action="store_true",
                        help="deliver to the Python SinkMX instead of bench_sink")
     which.add_argument("--no-sink", action="store_true", help="hold the queue instead of delivering")
+    ap.add_argument("--dkim", choices=("none", "ed25519", "rsa+ed25519"), default="none",
+                    help="sign alice's mail (example.org) with these keys")
     a = ap.parse_args()
     a.build = os.path.abspath(a.build)
 
@@ -176,6 +179,18 @@ def main():
                  "submit": {"login_max_messages": 0, "login_max_recipients": 0,
                             "max_connections_per_ip": 1000}}
     relay = Relay(**overrides)
+    if a.dkim != "none":
+        from relay import share_with_user
+        keys = []
+        for alg in a.dkim.split("+"):
+            path = os.path.join(relay.tmpdir, "dkim-%s.pem" % alg)
+            args = ["-algorithm", "ed25519"] if alg == "ed25519" else \
+                ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
+            subprocess.run(["openssl", "genpkey"] + args + ["-out", path], check=True,
+                           capture_output=True)
+            share_with_user(path)
+            keys.append({"domain": "example.org", "selector": "b" + alg[:3], "key": path})
+        relay.update_config(dkim={"keys": keys})
     sink = None
     try:
         if not a.no_sink:

@@ -140,6 +140,8 @@ def conf_keys():
                 walk(sub, dotted + ".", depth + 1)
             elif kind == "CONF_K_ROUTES":
                 walk(sub if sub != "NULL" else "conf_route_keys", dotted + ".", depth + 1)
+            elif sub != "NULL":     # a list of groups whose keys are in the row's table
+                walk(sub, dotted + ".", depth + 1)
     walk("conf_top_keys", "")
     return keys
 

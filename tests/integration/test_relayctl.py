@@ -29,7 +29,7 @@ MSG_KEYS = {"qid", "arrival", "age_s", "size", "sender", "user", "held", "recipi
 RCPT_KEYS = {"addr", "state", "until", "attempts", "last_attempt", "last_host", "last_ip",
              "last_status", "last_reply", "destination"}
 SHOW_KEYS = {"qid", "arrival", "age_s", "size", "sender", "user", "client", "dsn", "body_8bit",
-             "smtputf8", "held", "delay_warned", "headers", "recipients", "events"}
+             "smtputf8", "held", "delay_warned", "dkim", "headers", "recipients", "events"}
 SHOW_RCPT_KEYS = {"addr", "orcpt", "notify", "state", "until", "attempts", "last_status",
                   "last_reply", "destination", "history"}
 HIST_KEYS = {"time", "result", "host", "ip", "status", "reply"}

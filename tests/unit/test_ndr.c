@@ -78,6 +78,13 @@ queue_txn_commit(struct queue_txn *t, queue_commit_cb *cb, void *arg)
 }
 
 void
+queue_txn_prefix(struct queue_txn *t, const char *fields, const char *ids)
+{
+	buf_append(&t->data, fields, strlen(fields));    /* unused: no keys here */
+	(void)ids;
+}
+
+void
 queue_txn_abort(struct queue_txn *t)
 {
 	fake.aborted++;
@@ -333,7 +340,7 @@ msg_init(struct queue_msg *m, const char *path, const char *body, size_t len)
 }
 
 static const struct ndr_params params = {
-	"relay.test", 1700000600000ull, 1700432000000ull, NULL,
+	"relay.test", 1700000600000ull, 1700432000000ull, NULL, NULL, NULL,
 };
 
 /*
