@@ -7,7 +7,10 @@ set -eu
 PKGS="gcc make cmake pkg-config openssl ca-certificates
       libuv1-dev libssl-dev libsasl2-dev libconfig-dev libc-ares-dev libsystemd-dev
       libseccomp-dev
-      sasl2-bin libsasl2-modules libsasl2-modules-sql sqlite3 swaks procps"
+      sasl2-bin libsasl2-modules swaks procps"
+
+# Cyrus's SQL auxprop plugin and SQLite, for the AUTH backend tests
+PKGS="$PKGS libsasl2-modules-sql sqlite3"
 
 missing=""
 for p in $PKGS; do
