@@ -4,10 +4,19 @@
 # are left alone, and apt-get runs only when something is missing.
 set -eu
 
-PKGS="gcc make cmake pkg-config openssl ca-certificates
-      libuv1-dev libssl-dev libsasl2-dev libconfig-dev libc-ares-dev libsystemd-dev
-      libseccomp-dev
-      sasl2-bin libsasl2-modules swaks procps"
+# Build: compiler, cmake, the libraries (libsystemd for sd_notify, libseccomp
+# for the sandbox).  Test: sasl2-bin (saslpasswd2), swaks and
+# libnet-ssleay-perl (swaks's TLS; only a recommendation of swaks, so
+# --no-install-recommends would drop it), mandoc (man page lint), systemd
+# (systemd-analyze on the unit file), logrotate and fail2ban (their shipped
+# configuration is tested with the real tools).  Package: debhelper,
+# dpkg-dev, fakeroot, lintian (tests/package/deb_test.sh).
+PKGS="build-essential gcc make cmake pkg-config openssl ca-certificates
+      libuv1-dev libssl-dev libsasl2-dev libconfig-dev libc-ares-dev
+      libsystemd-dev libseccomp-dev
+      sasl2-bin libsasl2-modules swaks libnet-ssleay-perl procps
+      mandoc systemd logrotate fail2ban
+      debhelper dpkg-dev fakeroot lintian"
 
 # Cyrus's SQL auxprop plugin and SQLite, for the AUTH backend tests
 PKGS="$PKGS libsasl2-modules-sql sqlite3"

@@ -27,3 +27,12 @@ export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export LSAN_OPTIONS="suppressions=$(pwd)/tests/lsan.supp"
 (cd build-asan && ctest --output-on-failure -j2 --timeout 600)
+
+# The Debian package end to end: build, lintian, dpkg -i, run the installed
+# relayd as root (it must switch to relayd, sandboxed), relayctl for root and
+# for a stranger, dpkg --purge.  It installs a package on this machine, so it
+# runs only in CI (CI=true) or when asked (RELAYD_PACKAGE_TEST=1), as root.
+if [ "${CI:-}" = true ] || [ "${RELAYD_PACKAGE_TEST:-}" = 1 ]; then
+	echo "== package (tests/package/deb_test.sh) =="
+	sh tests/package/deb_test.sh
+fi
