@@ -19,14 +19,20 @@ import time
 import unittest
 
 from client import raw_session
-from relay import share_with_user
+from relay import TEST_USER, share_with_user
 from saslauthd import DeadSocket, Saslauthd, SystemUser, available
 from test_submit_smtp import QueueOnlyRelay as Relay
 from test_submit_smtp import stop_cleanly
 
+try:    # the LDAP engineer's slapd fixture (tests/harness/ldapserver.py)
+    import ldapserver
+except ImportError:
+    ldapserver = None
+
 SKIP = available()
 USER, PASSWORD = "rdsasl1", "Good-pw-1"
-SENDERS = "%s: %s@example.org\nsqluser: sqluser@example.org\n" % (USER, USER)
+SENDERS = ("%s: %s@example.org\nsqluser: sqluser@example.org\nalice: alice@example.org\n"
+           % (USER, USER))
 
 
 def plain(user, password):
@@ -132,6 +138,55 @@ class SaslauthdShadowTest(BackendChecks, unittest.TestCase):
         self.assertEqual(reply[0], 235)
 
 
+SASLAUTHD_LDAP_CONF = """\
+ldap_servers: {uri}
+ldap_search_base: ou=people,{base}
+ldap_filter: (uid=%u)
+ldap_bind_dn: {binddn}
+ldap_password: {bindpw}
+ldap_timeout: 5
+"""
+
+
+@unittest.skipIf(SKIP or ldapserver is None, SKIP or "no tests/harness/ldapserver.py (slapd)")
+class SaslauthdLDAPTest(BackendChecks, unittest.TestCase):
+    """saslauthd -a ldap against a real slapd (LDAP/Active Directory)."""
+
+    user, password = "alice", "alicepw"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.ldap = ldapserver.LDAPServer().start()
+        conf = SASLAUTHD_LDAP_CONF.format(uri=cls.ldap.uri, base=ldapserver.BASE,
+                                          binddn=ldapserver.BIND_DN, bindpw=ldapserver.BIND_PW)
+        cls.saslauthd = Saslauthd("ldap", conf=conf).start()
+        cls.relay = backend_relay(cls.saslauthd.sasl_options())
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            stop_cleanly(cls.relay)
+        finally:
+            cls.saslauthd.close()
+            cls.ldap.close()
+
+    def test_saslauthd_stopped_is_454(self):
+        self.saslauthd.stop()
+        self.addCleanup(lambda: self.saslauthd.running or self.saslauthd.start())
+        mark = self.relay.log_mark()
+        _, reply = self.auth(self.user, self.password)
+        self.assertEqual(reply, (454, "4.7.0 Temporary authentication failure"))
+        self.assertEqual(self.relay.count_log("auth_failed", since=mark), 0)
+
+    def test_slapd_stopped_behind_saslauthd(self):
+        # saslauthd's protocol is only "OK" or "NO": an LDAP server that is
+        # down behind it looks like a wrong password to libsasl (535).
+        self.ldap.stop()
+        self.addCleanup(self.ldap.start)
+        _, reply = self.auth(self.user, self.password)
+        self.assertEqual(reply, (535, "5.7.8 Error: authentication failed"))
+
+
 @unittest.skipIf(SKIP, SKIP)
 class SaslauthdHangsTest(unittest.TestCase):
     """A saslauthd socket that accepts and never answers."""
@@ -221,6 +276,16 @@ class SQLAuxpropTest(BackendChecks, unittest.TestCase):
             stop_cleanly(cls.relay)
         finally:
             shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def test_check_config_warns_about_an_unreadable_database(self):
+        rc, err = self.relay.check_config()
+        self.assertEqual((rc, err), (0, ""), "the shared database draws no warning")
+        os.chmod(self.db, 0o600)
+        self.addCleanup(os.chmod, self.db, 0o644)
+        rc, err = self.relay.check_config()
+        self.assertEqual(rc, 0, err)
+        self.assertIn("submit.sasl_options.sql_database '%s' will not be readable by user '%s'"
+                      % (self.db, TEST_USER), err)
 
     def test_database_gone_is_454_and_not_counted(self):
         os.rename(self.db, self.db + ".away")
