@@ -12,14 +12,16 @@ session's EHLO is answered meanwhile: the check runs off the event loop.
 
 import base64
 import os
+import re
 import shutil
 import socket
 import sqlite3
+import subprocess
 import time
 import unittest
 
 from client import raw_session
-from relay import TEST_USER, share_with_user
+from relay import REPO, TEST_USER, share_with_user
 from saslauthd import DeadSocket, Saslauthd, SystemUser, available
 from test_submit_smtp import QueueOnlyRelay as Relay
 from test_submit_smtp import stop_cleanly
@@ -244,6 +246,19 @@ class SaslauthdHangsTest(unittest.TestCase):
         self.assertEqual(c.read_reply()[0], 454)
         self.assertEqual(relay.count_log("auth_refused", since=mark), 0)
         self.assertEqual(b.cmd("NOOP")[0], 250)
+
+        # nor does fail2ban's filter count them against the client
+        if shutil.which("fail2ban-regex") is None:
+            return
+        self.assertGreaterEqual(relay.count_log("auth_failed", reason="timeout"), 2)
+        r = subprocess.run(["fail2ban-regex", relay.log_path,
+                            os.path.join(REPO, "contrib", "fail2ban", "filter.d", "relayd.conf")],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        m = re.search(r"^Lines: \d+ lines, (\d+) ignored, (\d+) matched", r.stdout, re.M)
+        self.assertIsNotNone(m, r.stdout)
+        self.assertEqual(int(m.group(2)), 0, r.stdout)
+        self.assertGreaterEqual(int(m.group(1)), 2, r.stdout)
 
 
 @unittest.skipIf(SKIP, SKIP)
