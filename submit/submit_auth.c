@@ -28,6 +28,7 @@
  */
 #include "submit/submit_int.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,6 +127,35 @@ static const sasl_callback_t submit_auth_global_cbs[] = {
 	{ SASL_CB_LIST_END, NULL, NULL },
 };
 
+/* Real mutexes for libsasl's shared state: steps run on several threads. */
+static void *
+submit_auth_mutex_alloc(void)
+{
+	pthread_mutex_t *m = xmalloc(sizeof(*m));
+
+	pthread_mutex_init(m, NULL);
+	return m;
+}
+
+static int
+submit_auth_mutex_lock(void *m)
+{
+	return pthread_mutex_lock(m) == 0 ? SASL_OK : SASL_FAIL;
+}
+
+static int
+submit_auth_mutex_unlock(void *m)
+{
+	return pthread_mutex_unlock(m) == 0 ? SASL_OK : SASL_FAIL;
+}
+
+static void
+submit_auth_mutex_free(void *m)
+{
+	pthread_mutex_destroy(m);
+	free(m);
+}
+
 /* Drop the global conf references no running step can still read. */
 static void
 submit_auth_drop_retired(void)
@@ -160,6 +190,8 @@ submit_auth_init(struct submit *srv, struct buf *err)
 
 	if (submit_sasl.refs++ == 0) {
 		submit_auth_set_global(srv->conf);
+		sasl_set_mutex(submit_auth_mutex_alloc, submit_auth_mutex_lock,
+		    submit_auth_mutex_unlock, submit_auth_mutex_free);
 		if ((rc = sasl_server_init(submit_auth_global_cbs, "relayd")) != SASL_OK) {
 			buf_printf(err, "SASL: cannot initialise: %s\n", sasl_errstring(rc, NULL, NULL));
 			submit_sasl.refs--;
