@@ -195,6 +195,9 @@ submit_auth_init(struct submit *srv, struct buf *err)
 		if ((rc = sasl_server_init(submit_auth_global_cbs, "relayd")) != SASL_OK) {
 			buf_printf(err, "SASL: cannot initialise: %s\n", sasl_errstring(rc, NULL, NULL));
 			submit_sasl.refs--;
+			submit_auth_drop_retired();
+			conf_unref(submit_sasl.conf);
+			submit_sasl.conf = NULL;
 			return -1;
 		}
 	}
