@@ -19,7 +19,8 @@ SystemUser(name, password)
 DeadSocket(path)
   A unix socket at path that accepts connections and never answers (a
   backend that hangs).  release() closes every accepted connection and the
-  listener, so that a client blocked on it returns.
+  listener, so that a client blocked on it returns.  wait_connections(n)
+  waits until n connections were accepted in all.
 
 available() -> None, or why the saslauthd tests cannot run here.
 """
@@ -181,6 +182,17 @@ class DeadSocket:
             with self._lock:
                 self.conns.append(c)
             self.accepted.set()
+
+    def wait_connections(self, n, timeout=10):
+        """Wait until n connections were accepted in all; True if they were."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.conns) >= n:
+                    return True
+            self.accepted.wait(0.05)
+            self.accepted.clear()
+        return False
 
     def release(self):
         try:

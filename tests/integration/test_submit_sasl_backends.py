@@ -219,7 +219,8 @@ class SaslauthdHangsTest(unittest.TestCase):
         self.addCleanup(a.close)
         a.send("AUTH PLAIN %s\r\n" % plain(USER, PASSWORD))
         started = time.monotonic()
-        self.assertTrue(self.dead.accepted.wait(10), "relayd never asked the backend")
+        self.assertTrue(self.dead.wait_connections(len(self.dead.conns) + 1),
+                        "relayd never asked the backend")
 
         # the check hangs: another session is served meanwhile
         b = raw_session(relay.host, relay.submit_port, timeout=5)
@@ -239,12 +240,28 @@ class SaslauthdHangsTest(unittest.TestCase):
         # the timed-out check still runs: this session may not start another
         self.assertEqual(a.cmd("AUTH PLAIN " + plain(USER, PASSWORD)),
                          (454, "4.7.0 Temporary authentication failure"))
+        # a client that leaves while its check runs: the check's end frees the
+        # exchange (tearDownClass releases the backend; relayd must stop cleanly)
+        d = tls_session(relay)
+        d.send("AUTH PLAIN %s\r\n" % plain(USER, PASSWORD))
+        self.assertTrue(self.dead.wait_connections(len(self.dead.conns) + 1))
+        d.close()
+        self.assertEqual(b.cmd("NOOP")[0], 250)
+
         # timeouts are not failed passwords: auth_fail_limit = 1 is not reached
+        # (both threads are taken now: this check waits its turn, then times out)
         c = tls_session(relay)
         self.addCleanup(c.close)
         c.send("AUTH PLAIN %s\r\n" % plain(USER, PASSWORD))
         self.assertEqual(c.read_reply()[0], 454)
         self.assertEqual(relay.count_log("auth_refused", since=mark), 0)
+        # and one that leaves while its check waits for a thread
+        mark2 = relay.log_mark()
+        e = tls_session(relay)
+        e.send("AUTH PLAIN %s\r\n" % plain(USER, PASSWORD))
+        relay.wait_for_log("submit_state", since=mark2, to="auth-wait")
+        e.close()
+        relay.wait_for_log("disconnect", since=mark2)
         self.assertEqual(b.cmd("NOOP")[0], 250)
 
         # nor does fail2ban's filter count them against the client
