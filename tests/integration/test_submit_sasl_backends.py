@@ -217,10 +217,10 @@ class SaslauthdHangsTest(unittest.TestCase):
         mark = relay.log_mark()
         a = tls_session(relay)
         self.addCleanup(a.close)
+        asked = len(self.dead.conns)
         a.send("AUTH PLAIN %s\r\n" % plain(USER, PASSWORD))
         started = time.monotonic()
-        self.assertTrue(self.dead.wait_connections(len(self.dead.conns) + 1),
-                        "relayd never asked the backend")
+        self.assertTrue(self.dead.wait_connections(asked + 1), "relayd never asked the backend")
 
         # the check hangs: another session is served meanwhile
         b = raw_session(relay.host, relay.submit_port, timeout=5)
@@ -243,8 +243,9 @@ class SaslauthdHangsTest(unittest.TestCase):
         # a client that leaves while its check runs: the check's end frees the
         # exchange (tearDownClass releases the backend; relayd must stop cleanly)
         d = tls_session(relay)
+        asked = len(self.dead.conns)
         d.send("AUTH PLAIN %s\r\n" % plain(USER, PASSWORD))
-        self.assertTrue(self.dead.wait_connections(len(self.dead.conns) + 1))
+        self.assertTrue(self.dead.wait_connections(asked + 1))
         d.close()
         self.assertEqual(b.cmd("NOOP")[0], 250)
 
