@@ -320,6 +320,16 @@ class SQLAuxpropTest(BackendChecks, unittest.TestCase):
         self.assertIn("submit.sasl_options.sql_database '%s' will not be readable by user '%s'"
                       % (self.db, TEST_USER), err)
 
+    def test_reload_while_a_session_waits(self):
+        r = tls_session(self.relay)
+        self.addCleanup(r.close)
+        mark = self.relay.log_mark()
+        self.relay.sighup()
+        self.relay.wait_for_log("reloaded", since=mark)
+        self.assertEqual(r.cmd("AUTH PLAIN " + plain(self.user, self.password))[0], 235)
+        _, reply = self.auth(self.user, self.password)
+        self.assertEqual(reply[0], 235)
+
     def test_database_gone_is_454_and_not_counted(self):
         os.rename(self.db, self.db + ".away")
         self.addCleanup(os.rename, self.db + ".away", self.db)
