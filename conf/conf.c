@@ -58,6 +58,7 @@ enum conf_kind {
 	CONF_K_BACKOFF,		/* two durations: min at off, max at off2 */
 	CONF_K_SASL_OPTIONS,	/* submit.sasl_options: a group of strings, kept as pairs */
 	CONF_K_ROUTES,		/* the router.routes list of groups */
+	CONF_K_STRS,		/* char **, a list of non-empty strings, count at off2 */
 };
 
 #define CONF_F_POSITIVE	0x01	/* 0 is not a sensible value */
@@ -86,6 +87,20 @@ struct conf_ctx {
 #define C_OFF(f)	offsetof(struct conf, f)
 #define R_OFF(f)	offsetof(struct conf_route, f)
 
+static const struct conf_key conf_senders_ldap_keys[] = {
+	{ "uri", CONF_K_STR, C_OFF(submit.senders_ldap.uri), 0, CONF_F_NONEMPTY, NULL },
+	{ "base", CONF_K_STR, C_OFF(submit.senders_ldap.base), 0, 0, NULL },
+	{ "filter", CONF_K_STR, C_OFF(submit.senders_ldap.filter), 0, CONF_F_NONEMPTY, NULL },
+	{ "attributes", CONF_K_STRS, C_OFF(submit.senders_ldap.attributes),
+	  C_OFF(submit.senders_ldap.nattributes), 0, NULL },
+	{ "bind_dn", CONF_K_STR, C_OFF(submit.senders_ldap.bind_dn), 0, CONF_F_NONEMPTY, NULL },
+	{ "bind_password_file", CONF_K_PATH, C_OFF(submit.senders_ldap.bind_password_file), 0, 0, NULL },
+	{ "starttls", CONF_K_BOOL, C_OFF(submit.senders_ldap.starttls), 0, 0, NULL },
+	{ "timeout", CONF_K_DURATION, C_OFF(submit.senders_ldap.timeout), 0, CONF_F_POSITIVE, NULL },
+	{ "cache_ttl", CONF_K_DURATION, C_OFF(submit.senders_ldap.cache_ttl), 0, 0, NULL },
+	{ NULL, 0, 0, 0, 0, NULL }
+};
+
 static const struct conf_key conf_submit_keys[] = {
 	{ "listen", CONF_K_LISTEN, C_OFF(submit.listen), C_OFF(submit.nlisten), 0, NULL },
 	{ "listen_tls", CONF_K_LISTEN, C_OFF(submit.listen_tls), C_OFF(submit.nlisten_tls), 0, NULL },
@@ -98,6 +113,7 @@ static const struct conf_key conf_submit_keys[] = {
 	{ "auth_timeout", CONF_K_DURATION, C_OFF(submit.auth_timeout), 0, CONF_F_POSITIVE, NULL },
 	{ "senders", CONF_K_PATH, C_OFF(submit.senders), 0, 0, NULL },
 	{ "check_header_from", CONF_K_BOOL, C_OFF(submit.check_header_from), 0, 0, NULL },
+	{ "senders_ldap", CONF_K_GROUP, 0, 0, 0, conf_senders_ldap_keys },
 	{ "max_message_size", CONF_K_SIZE, C_OFF(submit.max_message_size), 0, CONF_F_POSITIVE, NULL },
 	{ "max_recipients", CONF_K_UINT, C_OFF(submit.max_recipients), 0, CONF_F_POSITIVE, NULL },
 	{ "max_connections", CONF_K_UINT, C_OFF(submit.max_connections), 0, CONF_F_POSITIVE, NULL },
@@ -792,6 +808,48 @@ conf_set_sasl_options(struct conf_ctx *x, const config_setting_t *s, const char 
 	}
 }
 
+static void
+conf_free_strs(char **v, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+/* A list of non-empty strings ("a", "b") into a char ** at off, count at off2. */
+static void
+conf_set_strs(struct conf_ctx *x, const config_setting_t *s, const char *name,
+    void *base, const struct conf_key *k)
+{
+	char ***vp = (char ***)(void *)((char *)base + k->off);
+	size_t *np = (size_t *)(void *)((char *)base + k->off2);
+	char **v;
+	const char *e;
+	int i, n;
+
+	if (conf_get_list(x, s, name) == -1)
+		return;
+	if ((n = config_setting_length(s)) == 0) {
+		conf_error(x, s, "%s: must not be empty", name);
+		return;
+	}
+	v = xcalloc((size_t)n, sizeof(*v));
+	for (i = 0; i < n; i++) {
+		e = config_setting_get_string_elem(s, (unsigned)i);
+		if (e == NULL || e[0] == '\0') {
+			conf_error(x, s, "%s[%d]: expected a non-empty string", name, i);
+			conf_free_strs(v, (size_t)i);
+			return;
+		}
+		v[i] = xstrdup(e);
+	}
+	conf_free_strs(*vp, *np);
+	*vp = v;
+	*np = (size_t)n;
+}
+
 /* Check and store one setting s, known as key k, into base. */
 static void
 conf_set(struct conf_ctx *x, const config_setting_t *s, const char *name,
@@ -921,6 +979,9 @@ conf_set(struct conf_ctx *x, const config_setting_t *s, const char *name,
 	case CONF_K_SASL_OPTIONS:
 		conf_set_sasl_options(x, s, name);
 		return;
+	case CONF_K_STRS:
+		conf_set_strs(x, s, name, base, k);
+		return;
 	}
 	fatalx("%s: key %s has unknown kind %d", __func__, name, (int)k->kind);
 }
@@ -1048,6 +1109,33 @@ conf_check_sasl(struct conf_ctx *x, const config_setting_t *submit)
 	}
 }
 
+/* submit.senders_ldap: uri and base go together; the filter knows only %u %d %%. */
+static void
+conf_finish_senders_ldap(struct conf_ctx *x, const config_setting_t *root)
+{
+	struct conf_senders_ldap *l = &x->c->submit.senders_ldap;
+	const config_setting_t *g = config_setting_lookup((config_setting_t *)root,
+	    "submit.senders_ldap");
+	const char *p;
+
+	if (g == NULL)
+		return;
+	if (l->uri == NULL)
+		conf_error(x, g, "submit.senders_ldap.uri: required in submit.senders_ldap");
+	if (l->base == NULL)
+		conf_error(x, g, "submit.senders_ldap.base: required in submit.senders_ldap");
+	for (p = l->filter; (p = strchr(p, '%')) != NULL; p += 2)
+		if (p[1] != 'u' && p[1] != 'd' && p[1] != '%') {
+			conf_error(x, config_setting_get_member(g, "filter"),
+			    "submit.senders_ldap.filter: unknown '%%%c' (use %%u, %%d or %%%%)",
+			    p[1] != '\0' ? p[1] : ' ');
+			break;
+		}
+	if (l->bind_password_file != NULL && l->bind_dn == NULL)
+		conf_error(x, config_setting_get_member(g, "bind_password_file"),
+		    "submit.senders_ldap.bind_password_file: needs bind_dn");
+}
+
 /* Rules that span keys, and defaults derived from other keys. */
 static void
 conf_finish(struct conf_ctx *x, const config_setting_t *root)
@@ -1068,6 +1156,7 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 	}
 	conf_check_duplicate_listeners(x, root);
 	conf_check_sasl(x, submit);
+	conf_finish_senders_ldap(x, root);
 
 	if (c->submit.sasl_realm == NULL)
 		c->submit.sasl_realm = xstrdup(c->hostname);
@@ -1123,6 +1212,12 @@ conf_free(struct conf *c)
 		free(c->submit.sasl_options[i]);
 	free(c->submit.sasl_options);
 	free(c->submit.senders);
+	free(c->submit.senders_ldap.uri);
+	free(c->submit.senders_ldap.base);
+	free(c->submit.senders_ldap.filter);
+	conf_free_strs(c->submit.senders_ldap.attributes, c->submit.senders_ldap.nattributes);
+	free(c->submit.senders_ldap.bind_dn);
+	free(c->submit.senders_ldap.bind_password_file);
 
 	conf_hostports_free(c->router.dns_servers, c->router.ndns_servers);
 	free(c->router.retry_intervals);
@@ -1166,6 +1261,13 @@ conf_new_defaults(void)
 	c->submit.sasl_realm = xstrdup(c->hostname);
 	c->submit.sasl_mechanisms = xstrdup("PLAIN LOGIN");
 	c->submit.check_header_from = false;
+	c->submit.senders_ldap.filter = xstrdup("(uid=%u)");
+	c->submit.senders_ldap.attributes = xcalloc(2, sizeof(char *));
+	c->submit.senders_ldap.attributes[0] = xstrdup("mail");
+	c->submit.senders_ldap.attributes[1] = xstrdup("mailAlternateAddress");
+	c->submit.senders_ldap.nattributes = 2;
+	c->submit.senders_ldap.timeout = 10000;
+	c->submit.senders_ldap.cache_ttl = 5 * 60000;
 	c->submit.max_message_size = 25 * 1024 * 1024;
 	c->submit.max_recipients = 100;
 	c->submit.max_connections = 1000;

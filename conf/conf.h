@@ -51,6 +51,20 @@ struct conf_route {
 	enum conf_tls tls;
 };
 
+/* submit.senders_ldap: owned senders from an LDAP directory (directory/). */
+struct conf_senders_ldap {
+	char *uri;                      /* NULL: not configured */
+	char *base;                     /* required with uri */
+	char *filter;                   /* default "(uid=%u)"; %u login, %d its domain */
+	char **attributes;              /* default mail, mailAlternateAddress */
+	size_t nattributes;
+	char *bind_dn;                  /* NULL: anonymous */
+	char *bind_password_file;       /* first line is the password */
+	bool starttls;                  /* default false */
+	uint64_t timeout;               /* default 10s */
+	uint64_t cache_ttl;             /* default 5m; 0 = no cache */
+};
+
 struct conf {
 	int refs;
 	char *path;                     /* the file this was read from */
@@ -79,6 +93,7 @@ struct conf {
 		uint64_t auth_timeout;          /* default 30s: a SASL step longer than this is a 454 */
 		char *senders;                  /* senders map file; NULL = nobody may send */
 		bool check_header_from;         /* default false: hold header From: to the map too */
+		struct conf_senders_ldap senders_ldap;  /* owned senders from LDAP */
 		uint64_t max_message_size;      /* default 25M */
 		unsigned max_recipients;        /* default 100 */
 		unsigned max_connections;       /* default 1000 */

@@ -10,12 +10,14 @@ set -eu
 # --no-install-recommends would drop it), mandoc (man page lint), systemd
 # (systemd-analyze on the unit file), logrotate and fail2ban (their shipped
 # configuration is tested with the real tools).  Package: debhelper,
-# dpkg-dev, fakeroot, lintian (tests/package/deb_test.sh).
+# dpkg-dev, fakeroot, lintian (tests/package/deb_test.sh).  libldap-dev for
+# submit.senders_ldap; slapd and ldap-utils for its tests (they run their own
+# slapd; the system one that slapd's postinst sets up is not used).
 PKGS="build-essential gcc make cmake pkg-config openssl ca-certificates
       libuv1-dev libssl-dev libsasl2-dev libconfig-dev libc-ares-dev
-      libsystemd-dev libseccomp-dev
+      libsystemd-dev libseccomp-dev libldap-dev
       sasl2-bin libsasl2-modules swaks libnet-ssleay-perl procps
-      mandoc systemd logrotate fail2ban
+      mandoc systemd logrotate fail2ban slapd ldap-utils
       debhelper dpkg-dev fakeroot lintian"
 
 # Cyrus's SQL auxprop plugin and SQLite, for the AUTH backend tests

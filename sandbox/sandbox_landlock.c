@@ -54,7 +54,8 @@ static const char *const sandbox_system_read[] = {
 	"/run/systemd/resolve",                 /* where resolv.conf may point */
 	"/etc/ssl", "/usr/lib/ssl", "/usr/share/ca-certificates",
 	"/usr/local/share/ca-certificates",     /* the trust store and its links */
-	"/etc/sasl2", "/usr/lib", "/usr/local/lib", "/lib", "/lib64",
+	"/etc/sasl2", "/etc/ldap",              /* libldap's ldap.conf (senders_ldap) */
+	"/usr/lib", "/usr/local/lib", "/lib", "/lib64",
 	"/usr/share/zoneinfo", "/dev/urandom", "/dev/random", "/dev/null",
 	"/proc/self",
 };
@@ -197,6 +198,8 @@ sandbox_restrict_fs(struct sandbox *sb, const struct conf *c, struct buf *err)
 	for (i = 0; i < sandbox_nsasl_paths; i++)
 		sandbox_add_dirs(&v, &n, &strs, &ns,
 		    conf_sasl_option(c, sandbox_sasl_paths[i].option), SANDBOX_FS_READ);
+	sandbox_add_dirs(&v, &n, &strs, &ns, c->submit.senders_ldap.bind_password_file,
+	    SANDBOX_FS_READ);
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->deliver.ca_file, SANDBOX_FS_READ);
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->log_file, SANDBOX_FS_APPEND);
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->control_socket, SANDBOX_FS_SOCKET);

@@ -467,6 +467,7 @@ sandbox_check_conf(const struct conf *c, struct buf *warn, struct buf *err)
 		{ "submit.tls_key", c->submit.tls_key },
 		{ "submit.sasl_db", c->submit.sasl_db },
 		{ "submit.senders", c->submit.senders },
+		{ "submit.senders_ldap.bind_password_file", c->submit.senders_ldap.bind_password_file },
 		{ "deliver.ca_file", c->deliver.ca_file },
 	};
 	const char *why;

@@ -14,7 +14,8 @@
  * Ownership: struct submit owns the listeners, the sessions, the TLS context,
  * the senders map and the limits.  A session owns its io, its SASL connection
  * and its transaction (envelope + router txn); it lives until its io is gone
- * AND no queue commit is pending AND its timer handle is closed.
+ * AND no queue commit or directory lookup is pending AND its timer handle is
+ * closed.
  */
 #ifndef RELAY_SUBMIT_INT_H
 #define RELAY_SUBMIT_INT_H
@@ -29,6 +30,7 @@
 
 #include "common/buf.h"
 #include "common/io.h"
+#include "directory/directory.h"
 #include "router/router.h"
 #include "submit/submit.h"
 
@@ -279,6 +281,7 @@ struct submit {
 	struct relay_stats *stats;
 	SSL_CTX *tls_ctx;
 	struct submit_senders *senders;
+	struct directory *directory;    /* submit.senders_ldap, or NULL */
 	struct submit_limits *limits;
 	struct buf mechs;               /* "PLAIN LOGIN": configured AND available */
 	struct submit_auth_list auth_waiting;   /* SASL steps waiting for a thread */
@@ -308,6 +311,7 @@ enum submit_state {
 	SUBMIT_S_AUTH,              /* SASL exchange: lines are AUTH responses */
 	SUBMIT_S_AUTH_WAIT,         /* a SASL step runs on the thread pool */
 	SUBMIT_S_MAIL,              /* MAIL accepted */
+	SUBMIT_S_SENDER,            /* MAIL waits for the directory (senders_ldap) */
 	SUBMIT_S_RCPT,              /* at least one RCPT accepted */
 	SUBMIT_S_DATA,              /* reading the message text */
 	SUBMIT_S_COMMIT,            /* waiting for the queue to make it durable */
@@ -329,6 +333,8 @@ struct submit_session {
 	bool counted;                   /* holds a slot in the connection limits */
 	bool esmtp;                     /* EHLO (not HELO) */
 	bool commit_pending;            /* queue_txn_commit's callback has not run */
+	bool lookup_pending;            /* directory_lookup's callback has not run */
+	bool mail_file_owned;           /* while it runs: the senders map owns the sender */
 	bool released;
 	bool barrier;                   /* a non-pipelinable command ended the batch */
 	bool resumed;                   /* the next IO_EV_IN continues an old batch */
@@ -351,6 +357,8 @@ struct submit_session {
 
 	/* the transaction */
 	struct envelope env;
+	struct directory_owned *ldap_owned; /* what the directory said at MAIL, or NULL */
+	bool ldap_down;                 /* the directory could not say at MAIL */
 	size_t rcpt_cap;
 	struct queue_txn *txn;
 	struct submit_data data;

@@ -157,6 +157,7 @@ submit_server_free_mem(struct submit *srv)
 	free(srv->listeners);
 	submit_limits_free(srv->limits);
 	submit_senders_free(srv->senders);
+	directory_free(srv->directory);
 	if (srv->tls_ctx != NULL)
 		SSL_CTX_free(srv->tls_ctx);
 	buf_free(&srv->mechs);
@@ -198,6 +199,9 @@ submit_new(uv_loop_t *loop, struct conf *conf, struct router *router,
 
 	if (submit_senders_load(conf->submit.senders, &srv->senders, err) != 0 ||
 	    submit_server_tls(conf, &srv->tls_ctx, err) != 0)
+		goto fail;
+	if (conf->submit.senders_ldap.uri != NULL &&
+	    directory_new(loop, conf, &srv->directory, err) != 0)
 		goto fail;
 	if (srv->tls_ctx == NULL && conf->submit.nlisten + conf->submit.nlisten_tls > 0) {
 		buf_printf(err, "submit: listeners need submit.tls_cert and submit.tls_key\n");
@@ -266,6 +270,15 @@ submit_reload(struct submit *s, struct conf *conf, struct buf *err)
 		submit_senders_free(senders);
 		return -1;
 	}
+	/* the directory last: it keeps its new settings once this succeeds */
+	if (conf->submit.senders_ldap.uri != NULL &&
+	    (s->directory != NULL ? directory_reload(s->directory, conf, err) :
+	    directory_new(s->loop, conf, &s->directory, err)) != 0) {
+		if (ctx != NULL)
+			SSL_CTX_free(ctx);
+		submit_senders_free(senders);
+		return -1;
+	}
 	if (!submit_server_same_listeners(s->conf->submit.listen, s->conf->submit.nlisten,
 	    conf->submit.listen, conf->submit.nlisten) ||
 	    !submit_server_same_listeners(s->conf->submit.listen_tls, s->conf->submit.nlisten_tls,
@@ -302,6 +315,8 @@ submit_shutdown(struct submit *s, void (*done)(void *arg), void *arg)
 		next = TAILQ_NEXT(sess, entry);
 		submit_session_shutdown(sess);
 	}
+	if (s->directory != NULL)
+		directory_cancel_all(s->directory);     /* sessions waiting on it close */
 	submit_server_check_done(s);
 }
 

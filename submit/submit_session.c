@@ -174,6 +174,7 @@ static const struct {
 	[SUBMIT_S_AUTH] = { "auth", true, false, SUBMIT_LIM_CMD },
 	[SUBMIT_S_AUTH_WAIT] = { "auth-wait", false, true, SUBMIT_LIM_CMD },
 	[SUBMIT_S_MAIL] = { "mail", true, false, SUBMIT_LIM_CMD },
+	[SUBMIT_S_SENDER] = { "sender", false, true, SUBMIT_LIM_CMD },
 	[SUBMIT_S_RCPT] = { "rcpt", true, false, SUBMIT_LIM_CMD },
 	[SUBMIT_S_DATA] = { "data", true, false, SUBMIT_LIM_TEXT },
 	[SUBMIT_S_COMMIT] = { "commit", false, true, SUBMIT_LIM_CMD },
@@ -328,6 +329,9 @@ submit_session_reset_txn(struct submit_session *s)
 		s->txn = NULL;
 	}
 	envelope_free(&s->env);
+	directory_owned_unref(s->ldap_owned);
+	s->ldap_owned = NULL;
+	s->ldap_down = false;
 	s->rcpt_cap = 0;
 }
 
@@ -338,6 +342,7 @@ submit_session_freed(uv_handle_t *h)
 	struct submit *srv = s->srv;
 
 	envelope_free(&s->env);
+	directory_owned_unref(s->ldap_owned);
 	submit_data_free(&s->data);
 	buf_free(&s->helo);
 	buf_free(&s->auth_user);
@@ -358,7 +363,7 @@ submit_session_freed(uv_handle_t *h)
 static void
 submit_session_release(struct submit_session *s)
 {
-	if (s->released || s->commit_pending || s->io != NULL)
+	if (s->released || s->commit_pending || s->lookup_pending || s->io != NULL)
 		return;
 	s->released = true;
 	submit_session_reset_txn(s);
@@ -401,8 +406,8 @@ submit_session_shutdown(struct submit_session *s)
 {
 	char text[512];
 
-	if (s->commit_pending)
-		return;                 /* the commit callback answers, then closes */
+	if (s->commit_pending || s->lookup_pending)
+		return;                 /* the callback answers, then closes */
 	snprintf(text, sizeof(text), "421 4.3.2 %s Service shutting down, closing connection",
 	    s->conf->hostname);
 	submit_session_close(s, s->io != NULL ? text : NULL);
@@ -567,6 +572,93 @@ submit_mail_params(struct submit_session *s)
 	return 0;
 }
 
+/*
+ * MAIL, once it is known who owns the sender: file_owned from the senders
+ * map, s->ldap_owned from the directory; unavailable: the directory could
+ * not say (451, never 553).
+ */
+static void
+submit_mail_finish(struct submit_session *s, bool file_owned, bool unavailable)
+{
+	struct submit *srv = s->srv;
+	const char *addr = buf_cstr(&s->path.addr);
+
+	if (!file_owned && !directory_owns(s->ldap_owned, addr)) {
+		if (unavailable)
+			submit_session_reject(s, "mail", "451 4.3.0 <%s>: Sender address "
+			    "rejected: the directory is unavailable, try again later", addr);
+		else
+			submit_session_reject(s, "mail", "553 5.7.1 <%s>: Sender address "
+			    "rejected: not owned by user %s", addr, s->login);
+	} else if (submit_limits_login_check(srv->limits, s->login, util_mono_ms(), 0) != SUBMIT_RATE_OK) {
+		submit_session_rate_limited(s, "messages");
+		submit_session_reject(s, "mail", "450 4.7.1 Error: message rate limit exceeded "
+		    "for user %s, try again later", s->login);
+	} else {
+		s->env.sender = xstrdup(addr);
+		s->env.auth_user = xstrdup(s->login);
+		s->env.client_ip = xstrdup(s->ip);
+		s->env.client_helo = xstrdup(buf_cstr(&s->helo));
+		s->env.arrival_ms = util_now_ms();
+		submit_enter_state(s, SUBMIT_S_MAIL);
+		submit_session_reply(s, "250 2.1.0 Ok");
+		return;
+	}
+	submit_session_reset_txn(s);
+}
+
+static void
+submit_mail_looked_up(void *arg, enum directory_status st, struct directory_owned *o)
+{
+	struct submit_session *s = arg;
+
+	if (s->magic != SUBMIT_SESSION_MAGIC || !s->lookup_pending)
+		fatalx("%s: bad session", __func__);
+	s->lookup_pending = false;
+	if (o != NULL)
+		s->ldap_owned = directory_owned_ref(o);
+	s->ldap_down = st != DIRECTORY_OK;
+	if (s->io == NULL) {
+		submit_session_release(s);  /* the client left while we waited */
+		return;
+	}
+	if (s->srv->shutting_down) {
+		submit_session_shutdown(s);
+		return;
+	}
+	submit_mail_finish(s, s->mail_file_owned, st != DIRECTORY_OK);
+	if (s->state == SUBMIT_S_SENDER)
+		submit_enter_state(s, SUBMIT_S_HELO);
+}
+
+/*
+ * Does the directory own the sender?  Asked when the senders map does not
+ * grant it, or always with check_header_from (its answer is kept for the
+ * header check).  The session waits (io paused; pipelined commands stay
+ * queued) unless the cache knows.
+ */
+static void
+submit_mail_owner(struct submit_session *s, bool file_owned)
+{
+	struct submit *srv = s->srv;
+	struct directory_owned *o;
+
+	if (srv->directory == NULL || srv->conf->submit.senders_ldap.uri == NULL ||
+	    (file_owned && !s->conf->submit.check_header_from)) {
+		submit_mail_finish(s, file_owned, false);
+		return;
+	}
+	if ((o = directory_cached(srv->directory, s->login)) != NULL) {
+		s->ldap_owned = directory_owned_ref(o);
+		submit_mail_finish(s, file_owned, false);
+		return;
+	}
+	s->lookup_pending = true;
+	s->mail_file_owned = file_owned;
+	submit_enter_state(s, SUBMIT_S_SENDER);
+	directory_lookup(srv->directory, s->login, submit_mail_looked_up, s);
+}
+
 static void
 submit_cmd_mail(struct submit_session *s, char *args)
 {
@@ -594,21 +686,8 @@ submit_cmd_mail(struct submit_session *s, char *args)
 	} else if (s->path.utf8 && !s->env.smtputf8) {
 		submit_session_reject(s, "mail", "553 5.6.7 <%s>: SMTPUTF8 is required for "
 		    "a non-ASCII address", addr);
-	} else if (!submit_senders_owns(srv->senders, s->login, addr)) {
-		submit_session_reject(s, "mail", "553 5.7.1 <%s>: Sender address rejected: "
-		    "not owned by user %s", addr, s->login);
-	} else if (submit_limits_login_check(srv->limits, s->login, util_mono_ms(), 0) != SUBMIT_RATE_OK) {
-		submit_session_rate_limited(s, "messages");
-		submit_session_reject(s, "mail", "450 4.7.1 Error: message rate limit exceeded "
-		    "for user %s, try again later", s->login);
 	} else {
-		s->env.sender = xstrdup(addr);
-		s->env.auth_user = xstrdup(s->login);
-		s->env.client_ip = xstrdup(s->ip);
-		s->env.client_helo = xstrdup(buf_cstr(&s->helo));
-		s->env.arrival_ms = util_now_ms();
-		submit_enter_state(s, SUBMIT_S_MAIL);
-		submit_session_reply(s, "250 2.1.0 Ok");
+		submit_mail_owner(s, submit_senders_owns(srv->senders, s->login, addr));
 		return;
 	}
 	submit_session_reset_txn(s);
@@ -753,7 +832,8 @@ submit_from_cb(void *arg, const char *addr)
 {
 	struct submit_from_check *c = arg;
 
-	if (c->bad->len == 0 && !submit_senders_owns(c->s->srv->senders, c->s->login, addr))
+	if (c->bad->len == 0 && !submit_senders_owns(c->s->srv->senders, c->s->login, addr) &&
+	    !directory_owns(c->s->ldap_owned, addr))
 		buf_puts(c->bad, addr);
 }
 
@@ -780,8 +860,13 @@ submit_session_check_from(struct submit_session *s)
 		buf_putc(&s->tmp, '\0');    /* reject() reuses tmp: copy the address out */
 		buf_reset(&s->line);
 		buf_puts(&s->line, s->tmp.data);
-		submit_session_reject(s, "data", "553 5.7.1 <%s>: Header From address rejected: "
-		    "not owned by user %s", buf_cstr(&s->line), s->login);
+		if (s->ldap_down)       /* the directory might own it: later, never 553 */
+			submit_session_reject(s, "data", "451 4.3.0 <%s>: Header From address "
+			    "rejected: the directory is unavailable, try again later",
+			    buf_cstr(&s->line));
+		else
+			submit_session_reject(s, "data", "553 5.7.1 <%s>: Header From address "
+			    "rejected: not owned by user %s", buf_cstr(&s->line), s->login);
 		return -1;
 	}
 	return 0;

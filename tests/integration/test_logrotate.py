@@ -21,7 +21,7 @@ import time
 import unittest
 
 from client import make_message, submit
-from relay import REPO
+from relay import REPO, test_user_ids
 from test_submit_smtp import QueueOnlyRelay as Relay
 
 SHIPPED = os.path.join(REPO, "contrib", "logrotate", "relayd")
@@ -29,8 +29,12 @@ SHIPPED = os.path.join(REPO, "contrib", "logrotate", "relayd")
 
 def test_copy(text, log_dir, pid):
     """The shipped entry with the test's path, owner and signal target."""
-    user = pwd.getpwuid(os.getuid()).pw_name
-    group = grp.getgrgid(os.getgid()).gr_name
+    # The account relayd runs as: the file logrotate creates must be writable
+    # by it, as the shipped "create 0640 relayd relayd" is for the package's.
+    ids = test_user_ids() if os.getuid() == 0 else None
+    uid, gid = ids or (os.getuid(), os.getgid())
+    user = pwd.getpwuid(uid).pw_name
+    group = grp.getgrgid(gid).gr_name
     out = text.replace("/var/log/relayd/*.log", os.path.join(log_dir, "*.log"))
     out = re.sub(r"(?m)^(\s*create \d+) relayd relayd$", r"\1 %s %s" % (user, group), out)
     out, n = re.subn(r"(?s)(\n\s*postrotate\n).*?(\n\s*endscript)",

@@ -662,6 +662,27 @@ static const struct {
 	const char *text;
 	const char *want;	/* "LINE: message\n" ..., each prefixed with the file */
 } error_tests[] = {
+	{ "senders_ldap without uri and base",
+	  "submit = {\n"
+	  "  senders_ldap = { filter = \"(uid=%u)\"; };\n"
+	  "};\n",
+	  "2: submit.senders_ldap.uri: required in submit.senders_ldap\n"
+	  "2: submit.senders_ldap.base: required in submit.senders_ldap\n" },
+	{ "senders_ldap bad filter, attributes and password",
+	  "submit = {\n"
+	  "  senders_ldap = {\n"
+	  "    uri = \"ldap://127.0.0.1/\";\n"
+	  "    base = \"dc=example,dc=org\";\n"
+	  "    filter = \"(uid=%x)\";\n"
+	  "    attributes = [ ];\n"
+	  "    bind_password_file = \"@D@/senders\";\n"
+	  "    cache_ttl = \"soon\";\n"
+	  "  };\n"
+	  "};\n",
+	  "6: submit.senders_ldap.attributes: must not be empty\n"
+	  "8: submit.senders_ldap.cache_ttl: bad duration 'soon' (use 30s, 5m, 4h, 5d)\n"
+	  "5: submit.senders_ldap.filter: unknown '%x' (use %u, %d or %%)\n"
+	  "7: submit.senders_ldap.bind_password_file: needs bind_dn\n" },
 	{ "unknown key at top level",
 	  "hostname = \"a.example\";\n"
 	  "hostnmae = \"b.example\";\n",
@@ -994,6 +1015,60 @@ test_missing_file(void)
 	buf_free(&err);
 }
 
+/* submit.senders_ldap: defaults, and every key of a full group. */
+static void
+test_senders_ldap(void)
+{
+	struct buf err = BUF_INIT;
+	struct conf *c = conf_new_defaults();
+	const char *path;
+
+	CHECK(c->submit.senders_ldap.uri == NULL);              /* off by default */
+	CHECK_STR(c->submit.senders_ldap.filter, "(uid=%u)");
+	CHECK_INT(c->submit.senders_ldap.nattributes, 2);
+	CHECK_STR(c->submit.senders_ldap.attributes[0], "mail");
+	CHECK_STR(c->submit.senders_ldap.attributes[1], "mailAlternateAddress");
+	CHECK_INT(c->submit.senders_ldap.timeout, 10000);
+	CHECK_INT(c->submit.senders_ldap.cache_ttl, 5 * MIN_MS);
+	CHECK(!c->submit.senders_ldap.starttls);
+	conf_unref(c);
+
+	c = NULL;
+	path = write_conf(
+	    "submit = {\n"
+	    "  senders_ldap = {\n"
+	    "    uri = \"ldaps://dc1.example.org/ ldaps://dc2.example.org/\";\n"
+	    "    base = \"dc=example,dc=org\";\n"
+	    "    filter = \"(&(sAMAccountName=%u)(c=%d)(x=100%%))\";\n"
+	    "    attributes = [ \"mail\", \"proxyAddresses\", \"otherMailbox\" ];\n"
+	    "    bind_dn = \"cn=relayd,dc=example,dc=org\";\n"
+	    "    bind_password_file = \"@D@/senders\";\n"
+	    "    starttls = true;\n"
+	    "    timeout = \"3s\";\n"
+	    "    cache_ttl = 0;\n"
+	    "  };\n"
+	    "};\n");
+	CHECK_INT(conf_load(path, &c, &err), 0);
+	CHECK_STR(buf_cstr(&err), "");
+	if (c != NULL) {
+		const struct conf_senders_ldap *l = &c->submit.senders_ldap;
+
+		CHECK_STR(l->uri, "ldaps://dc1.example.org/ ldaps://dc2.example.org/");
+		CHECK_STR(l->base, "dc=example,dc=org");
+		CHECK_STR(l->filter, "(&(sAMAccountName=%u)(c=%d)(x=100%%))");
+		CHECK_INT(l->nattributes, 3);
+		if (l->nattributes == 3)
+			CHECK_STR(l->attributes[2], "otherMailbox");
+		CHECK_STR(l->bind_dn, "cn=relayd,dc=example,dc=org");
+		CHECK(l->bind_password_file != NULL && strstr(l->bind_password_file, "/senders") != NULL);
+		CHECK(l->starttls);
+		CHECK_INT(l->timeout, 3000);
+		CHECK_INT(l->cache_ttl, 0);
+		conf_unref(c);
+	}
+	buf_free(&err);
+}
+
 /* Accepted alternatives: lists as ( ) or [ ], int64 integers, integer 0 durations, byte sizes. */
 static void
 test_accepted_forms(void)
@@ -1085,6 +1160,7 @@ main(void)
 	test_errors();
 	test_missing_file();
 	test_accepted_forms();
+	test_senders_ldap();
 	test_contrib_example();
 	cleanup_dir();
 	return check_done();
