@@ -56,6 +56,7 @@ enum conf_kind {
 	CONF_K_HOSTS,		/* struct conf_hostport * (names), count at off2 */
 	CONF_K_DURATIONS,	/* uint64_t *, count at off2 */
 	CONF_K_BACKOFF,		/* two durations: min at off, max at off2 */
+	CONF_K_SASL_OPTIONS,	/* submit.sasl_options: a group of strings, kept as pairs */
 	CONF_K_ROUTES,		/* the router.routes list of groups */
 	CONF_K_DKIM_KEYS,	/* the dkim.keys list of groups of the keys in sub */
 	CONF_K_STRS,		/* char ** (NULL-terminated), a list of non-empty strings, count at off2 */
@@ -111,6 +112,8 @@ static const struct conf_key conf_submit_keys[] = {
 	{ "sasl_db", CONF_K_PATH, C_OFF(submit.sasl_db), 0, 0, NULL },
 	{ "sasl_realm", CONF_K_STR, C_OFF(submit.sasl_realm), 0, CONF_F_NONEMPTY, NULL },
 	{ "sasl_mechanisms", CONF_K_MECHANISMS, C_OFF(submit.sasl_mechanisms), 0, 0, NULL },
+	{ "sasl_options", CONF_K_SASL_OPTIONS, 0, 0, 0, NULL },
+	{ "auth_timeout", CONF_K_DURATION, C_OFF(submit.auth_timeout), 0, CONF_F_POSITIVE, NULL },
 	{ "senders", CONF_K_PATH, C_OFF(submit.senders), 0, 0, NULL },
 	{ "check_header_from", CONF_K_BOOL, C_OFF(submit.check_header_from), 0, 0, NULL },
 	{ "senders_ldap", CONF_K_GROUP, 0, 0, 0, conf_senders_ldap_keys },
@@ -782,6 +785,46 @@ conf_set_routes(struct conf_ctx *x, const config_setting_t *s, const char *name)
 	}
 }
 
+/*
+ * submit.sasl_options: every member is a Cyrus SASL option (libsasl's own
+ * names, not checked here: the plugins define them), its value a string or
+ * an integer, handed over as a string.
+ */
+static void
+conf_set_sasl_options(struct conf_ctx *x, const config_setting_t *s, const char *name)
+{
+	struct conf *c = x->c;
+	char ename[CONF_MAX_NAME], num[32];
+	const char *v;
+	long long n;
+	int i, len;
+
+	if (!config_setting_is_group(s)) {
+		conf_error(x, s, "%s: expected a group { option = \"value\"; ... }", name);
+		return;
+	}
+	len = config_setting_length(s);
+	for (i = 0; i < len; i++) {
+		const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+
+		conf_name(ename, sizeof(ename), "%s.%s", name, config_setting_name(e));
+		if (config_setting_type(e) == CONFIG_TYPE_INT ||
+		    config_setting_type(e) == CONFIG_TYPE_INT64) {
+			if (conf_get_integer(x, e, ename, &n) == -1)
+				continue;
+			snprintf(num, sizeof(num), "%lld", n);
+			v = num;
+		} else if ((v = conf_get_string(x, e, ename)) == NULL) {
+			continue;
+		}
+		c->submit.sasl_options = xrealloc(c->submit.sasl_options,
+		    (c->submit.nsasl_options + 1) * 2 * sizeof(char *));
+		c->submit.sasl_options[c->submit.nsasl_options * 2] = xstrdup(config_setting_name(e));
+		c->submit.sasl_options[c->submit.nsasl_options * 2 + 1] = xstrdup(v);
+		c->submit.nsasl_options++;
+	}
+}
+
 static void
 conf_free_dkim_key(struct conf_dkim_key *d)
 {
@@ -1028,6 +1071,9 @@ conf_set(struct conf_ctx *x, const config_setting_t *s, const char *name,
 	case CONF_K_DKIM_KEYS:
 		conf_set_dkim_keys(x, s, name, k);
 		return;
+	case CONF_K_SASL_OPTIONS:
+		conf_set_sasl_options(x, s, name);
+		return;
 	case CONF_K_STRS:
 		conf_set_strs(x, s, name, base, k);
 		return;
@@ -1119,6 +1165,45 @@ conf_check_duplicate_listeners(struct conf_ctx *x, const config_setting_t *root)
 	}
 }
 
+/*
+ * sasl_db and sasl_options are two ways to say one thing; and a backend that
+ * only checks plaintext passwords (saslauthd: pwcheck_method without auxprop)
+ * cannot serve the shared-secret mechanisms (CRAM-MD5, DIGEST-MD5, SCRAM-*).
+ */
+static void
+conf_check_sasl(struct conf_ctx *x, const config_setting_t *submit)
+{
+	const struct conf *c = x->c;
+	const config_setting_t *opts, *s;
+	const char *pw, *m, *end;
+	size_t n;
+
+	if (c->submit.nsasl_options == 0)
+		return;
+	opts = config_setting_get_member(submit, "sasl_options");
+	if (c->submit.sasl_db != NULL)
+		conf_error(x, opts, "submit.sasl_options: not together with submit.sasl_db "
+		    "(sasl_db means sasl_options = { pwcheck_method = \"auxprop\"; "
+		    "auxprop_plugin = \"sasldb\"; sasldb_path = ... })");
+	if (conf_sasl_option(c, "mech_list") != NULL)
+		conf_error(x, config_setting_get_member(opts, "mech_list"), "submit.sasl_options."
+		    "mech_list: set the mechanisms with submit.sasl_mechanisms");
+	pw = conf_sasl_option(c, "pwcheck_method");
+	if (pw == NULL || strstr(pw, "auxprop") != NULL || c->submit.sasl_mechanisms == NULL)
+		return;
+	if ((s = config_setting_get_member(submit, "sasl_mechanisms")) == NULL)
+		s = opts;
+	for (m = c->submit.sasl_mechanisms; *m != '\0'; m = end + strspn(end, " ")) {
+		end = m + strcspn(m, " ");
+		n = (size_t)(end - m);
+		if ((n == 5 && strncmp(m, "PLAIN", 5) == 0) || (n == 5 && strncmp(m, "LOGIN", 5) == 0))
+			continue;
+		conf_error(x, s, "submit.sasl_mechanisms: %.*s cannot work with pwcheck_method "
+		    "\"%s\", which checks plaintext passwords only (use PLAIN LOGIN, or "
+		    "pwcheck_method = \"auxprop\")", (int)n, m, pw);
+	}
+}
+
 /* submit.senders_ldap: uri and base go together; the filter knows only %u %d %%. */
 static void
 conf_finish_senders_ldap(struct conf_ctx *x, const config_setting_t *root)
@@ -1165,6 +1250,7 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 			    "submit.listen or submit.listen_tls is set");
 	}
 	conf_check_duplicate_listeners(x, root);
+	conf_check_sasl(x, submit);
 	conf_finish_senders_ldap(x, root);
 
 	if (c->submit.sasl_realm == NULL)
@@ -1217,6 +1303,9 @@ conf_free(struct conf *c)
 	free(c->submit.sasl_db);
 	free(c->submit.sasl_realm);
 	free(c->submit.sasl_mechanisms);
+	for (i = 0; i < c->submit.nsasl_options * 2; i++)
+		free(c->submit.sasl_options[i]);
+	free(c->submit.sasl_options);
 	free(c->submit.senders);
 	free(c->submit.senders_ldap.uri);
 	free(c->submit.senders_ldap.base);
@@ -1240,6 +1329,17 @@ conf_free(struct conf *c)
 }
 
 /* ---- the interface ---- */
+
+const char *
+conf_sasl_option(const struct conf *c, const char *key)
+{
+	size_t i;
+
+	for (i = 0; i < c->submit.nsasl_options; i++)
+		if (strcmp(c->submit.sasl_options[2 * i], key) == 0)
+			return c->submit.sasl_options[2 * i + 1];
+	return NULL;
+}
 
 struct conf *
 conf_new_defaults(void)
@@ -1274,6 +1374,7 @@ conf_new_defaults(void)
 	c->submit.idle_timeout = 5 * 60000;
 	c->submit.data_timeout = 10 * 60000;
 	c->submit.max_command_errors = 20;
+	c->submit.auth_timeout = 30000;
 	c->submit.auth_fail_delay_after = 3;
 	c->submit.auth_fail_limit = 10;
 	c->submit.auth_fail_window = 15 * 60000;

@@ -98,6 +98,9 @@ struct conf {
 		char *sasl_db;                  /* sasldb2 file */
 		char *sasl_realm;               /* default: hostname */
 		char *sasl_mechanisms;          /* default: "PLAIN LOGIN" */
+		char **sasl_options;            /* Cyrus SASL options: key, value, key, value ... */
+		size_t nsasl_options;           /* pairs; 0 = none (sasl_db or nothing) */
+		uint64_t auth_timeout;          /* default 30s: a SASL step longer than this is a 454 */
 		char *senders;                  /* senders map file; NULL = nobody may send */
 		bool check_header_from;         /* default false: hold header From: to the map too */
 		struct conf_senders_ldap senders_ldap;  /* owned senders from LDAP */
@@ -167,6 +170,9 @@ struct conf *conf_new_defaults(void);
 
 struct conf *conf_ref(struct conf *c);
 void conf_unref(struct conf *c);
+
+/* The value of Cyrus SASL option key in submit.sasl_options, or NULL. */
+const char *conf_sasl_option(const struct conf *c, const char *key);
 
 /* Route for a domain (exact, lower-case compare), else the "*" route, else NULL. */
 const struct conf_route *conf_route_find(const struct conf *c, const char *domain);

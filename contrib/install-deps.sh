@@ -20,6 +20,9 @@ PKGS="build-essential gcc make cmake pkg-config openssl ca-certificates
       mandoc systemd logrotate fail2ban slapd ldap-utils python3-dkim
       debhelper dpkg-dev fakeroot lintian"
 
+# Cyrus's SQL auxprop plugin and SQLite, for the AUTH backend tests
+PKGS="$PKGS libsasl2-modules-sql sqlite3"
+
 missing=""
 for p in $PKGS; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -20,4 +20,13 @@ struct sandbox {
 	char *log_file;         /* at start, for sandbox_reload_check() */
 };
 
+/* The submit.sasl_options that name a file relayd uses after start-up, and
+ * what the user needs on it (R_OK, or W_OK for a socket to connect to). */
+struct sandbox_sasl_path {
+	const char *option;
+	int want;
+};
+extern const struct sandbox_sasl_path sandbox_sasl_paths[];
+extern const size_t sandbox_nsasl_paths;
+
 #endif

@@ -195,6 +195,9 @@ sandbox_restrict_fs(struct sandbox *sb, const struct conf *c, struct buf *err)
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->submit.tls_key, SANDBOX_FS_READ);
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->submit.sasl_db, SANDBOX_FS_READ);
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->submit.senders, SANDBOX_FS_READ);
+	for (i = 0; i < sandbox_nsasl_paths; i++)
+		sandbox_add_dirs(&v, &n, &strs, &ns,
+		    conf_sasl_option(c, sandbox_sasl_paths[i].option), SANDBOX_FS_READ);
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->submit.senders_ldap.bind_password_file,
 	    SANDBOX_FS_READ);
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->deliver.ca_file, SANDBOX_FS_READ);

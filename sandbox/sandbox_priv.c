@@ -99,9 +99,16 @@ sandbox_user_can_reach(const struct sandbox *sb, const char *path)
 	return ok;
 }
 
-/* Can the account open path for reading?  0, or -1 with the reason in *why. */
+const struct sandbox_sasl_path sandbox_sasl_paths[] = {
+	{ "sasldb_path", R_OK },
+	{ "sql_database", R_OK },
+	{ "saslauthd_path", W_OK },     /* connect(2) needs write on the socket */
+};
+const size_t sandbox_nsasl_paths = RELAY_ARRAY_LEN(sandbox_sasl_paths);
+
+/* Can the account open path for want (R_OK, W_OK)?  0, or -1 with the reason in *why. */
 static int
-sandbox_user_can_read(const struct sandbox *sb, const char *path, const char **why)
+sandbox_user_can(const struct sandbox *sb, const char *path, int want, const char **why)
 {
 	struct stat st;
 
@@ -113,11 +120,17 @@ sandbox_user_can_read(const struct sandbox *sb, const char *path, const char **w
 		*why = strerror(errno);
 		return -1;
 	}
-	if (!sandbox_may_access(&st, sb->uid, sb->gid, sb->groups, sb->ngroups, R_OK)) {
-		*why = "not readable";
+	if (!sandbox_may_access(&st, sb->uid, sb->gid, sb->groups, sb->ngroups, want)) {
+		*why = want == R_OK ? "not readable" : "not writable";
 		return -1;
 	}
 	return 0;
+}
+
+static int
+sandbox_user_can_read(const struct sandbox *sb, const char *path, const char **why)
+{
+	return sandbox_user_can(sb, path, R_OK, why);
 }
 
 static void
@@ -484,6 +497,17 @@ sandbox_check_conf(const struct conf *c, struct buf *warn, struct buf *err)
 		buf_printf(warn, "%s: warning: dkim.keys[%zu].key '%s' will not be readable by "
 		    "user '%s' (%s): a reload (SIGHUP) would fail; make it group-readable by a "
 		    "group of '%s'\n", c->path, i, c->dkim.keys[i].key, c->user, why, c->user);
+	}
+	for (i = 0; i < sandbox_nsasl_paths; i++) {
+		const char *p = conf_sasl_option(c, sandbox_sasl_paths[i].option);
+
+		if (p == NULL || sandbox_user_can(&sb, p, sandbox_sasl_paths[i].want, &why) == 0)
+			continue;
+		buf_printf(warn, "%s: warning: submit.sasl_options.%s '%s' will not be %s by "
+		    "user '%s' (%s): AUTH would fail with 454; give a group of '%s' access\n",
+		    c->path, sandbox_sasl_paths[i].option, p,
+		    sandbox_sasl_paths[i].want == R_OK ? "readable" : "writable", c->user, why,
+		    c->user);
 	}
 	sandbox_free_user(&sb);
 	return 0;

@@ -1,19 +1,34 @@
 /*
  * submit_auth.c - SMTP AUTH (RFC 4954) through the Cyrus SASL server
  * library: mechanisms from submit.sasl_mechanisms that the installed plugins
- * offer, users in the sasldb file submit.sasl_db, realm submit.sasl_realm.
- * Every SASL option comes from our SASL_CB_GETOPT callback (sasldb_path,
- * pwcheck_method=auxprop, auxprop_plugin=sasldb, mech_list), so nothing under
- * /etc/sasl2 is needed.  Failed attempts are counted per client IP
- * (submit_limits.c): replies slowed with the session timer, then refused.
+ * offer, realm submit.sasl_realm, and the password check either the sasldb
+ * file submit.sasl_db or whatever submit.sasl_options configure (saslauthd,
+ * an auxprop plugin such as sql or ldapdb).  Every SASL option comes from our
+ * SASL_CB_GETOPT callback, so nothing under /etc/sasl2 is needed.  Failed
+ * attempts are counted per client IP (submit_limits.c): replies slowed with
+ * the session timer, then refused; a backend that is down (454) is not a
+ * failed attempt.
  *
- * Owns the session's sasl_conn_t (one per AUTH exchange) and libsasl's
- * process-wide server state (init once, done with the last user).  It must
- * never log or keep a password, never offer or accept AUTH without TLS, and
- * never sleep: delays go through submit_session_reply_later().
+ * sasl_server_start/step may block (saslauthd, LDAP, SQL), so each runs on
+ * the libuv thread pool, one at a time per session and at most
+ * SUBMIT_AUTH_MAX_RUNNING at once; the session waits in SUBMIT_S_AUTH_WAIT
+ * with its input paused.  A step that takes longer than submit.auth_timeout
+ * is answered 454 and logged auth_failed reason=timeout, but its thread runs
+ * on until libsasl returns (nothing can interrupt it): meanwhile the
+ * exchange, its sasl_conn_t and its conf reference stay with the step, and
+ * the session may not AUTH again.  A session that closes mid-step lets the
+ * exchange go; the step's completion frees it.
+ *
+ * Owns each exchange (struct submit_auth_ctx: the sasl_conn_t, the callback
+ * list libsasl keeps a pointer to, a conf reference for SASL_CB_GETOPT) and
+ * libsasl's process-wide server state (init once, done with the last user).
+ * It must never log or keep a password, never offer or accept AUTH without
+ * TLS, and never block the loop: delays go through
+ * submit_session_reply_later(), checks through uv_queue_work().
  */
 #include "submit/submit_int.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,40 +40,70 @@
 /* libsasl stores every callback as int (*)(void); the detour silences -Wcast-function-type. */
 #define SUBMIT_SASL_CB(f) ((int (*)(void))(void (*)(void))(f))
 
-/* libsasl's server side is process-wide; so is what its global callbacks read. */
+/* One AUTH exchange: its sasl_conn_t and the step on the thread pool. */
+struct submit_auth_ctx {
+	uv_work_t req;
+	TAILQ_ENTRY(submit_auth_ctx) entry;     /* in srv->auth_waiting */
+	struct submit *srv;
+	struct submit_session *s;       /* NULL once the session let go */
+	struct conf *conf;              /* a reference: SASL_CB_GETOPT's context */
+	sasl_conn_t *sasl;
+	sasl_callback_t cbs[3];         /* libsasl keeps a pointer to this */
+	bool waiting;                   /* in srv->auth_waiting */
+	bool running;                   /* on the thread pool */
+	bool timed_out;                 /* answered 454; the step still runs */
+	bool start;                     /* sasl_server_start, not _step */
+	bool has_in;                    /* start: an initial response was given */
+	char mech[32];                  /* start: the mechanism */
+	struct buf in;                  /* the client's decoded response */
+	int rc;                         /* what the step returned */
+	struct buf out;                 /* and its challenge or success data */
+};
+
+/*
+ * libsasl's server side is process-wide; so is what its global callbacks
+ * read: a conf reference (the plugins read their settings at init).  On a
+ * reload the old one is kept until no step runs, as a step's thread may ask.
+ */
 static struct {
 	int refs;
-	char *sasldb_path;
-	char *mech_list;
+	struct conf *conf;
+	struct conf **retired;
+	size_t nretired;
+	unsigned running;               /* steps on the thread pool, all servers */
 } submit_sasl;
 
 static const char *
-submit_auth_option(const char *sasldb, const char *mechs, const char *option)
+submit_auth_option(const struct conf *c, const char *option)
 {
+	if (c == NULL)
+		return NULL;
+	if (strcmp(option, "mech_list") == 0)
+		return c->submit.sasl_mechanisms ? c->submit.sasl_mechanisms : "";
+	if (c->submit.nsasl_options > 0)        /* exactly what the admin wrote */
+		return conf_sasl_option(c, option);
+	/* submit.sasl_db, or nothing: the sasldb file */
 	if (strcmp(option, "sasldb_path") == 0)
-		return sasldb;
+		return c->submit.sasl_db;
 	if (strcmp(option, "pwcheck_method") == 0)
 		return "auxprop";
 	if (strcmp(option, "auxprop_plugin") == 0)
 		return "sasldb";
-	if (strcmp(option, "mech_list") == 0)
-		return mechs;
 	return NULL;
 }
 
-/* SASL_CB_GETOPT: context is a session's struct conf, or NULL (global). */
+/*
+ * SASL_CB_GETOPT: context is an exchange's struct conf, or NULL (global).
+ * May run on a thread-pool thread: it only reads an immutable conf.
+ */
 static int
 submit_auth_getopt(void *context, const char *plugin, const char *option,
     const char **result, unsigned *len)
 {
-	const struct conf *c = context;
+	const struct conf *c = context != NULL ? context : submit_sasl.conf;
 	const char *v;
 
-	if (c != NULL)
-		v = submit_auth_option(c->submit.sasl_db, c->submit.sasl_mechanisms, option);
-	else
-		v = submit_auth_option(submit_sasl.sasldb_path, submit_sasl.mech_list, option);
-	if (v == NULL)
+	if ((v = submit_auth_option(c, option)) == NULL)
 		return SASL_FAIL;
 	*result = v;
 	if (len != NULL)
@@ -82,13 +127,60 @@ static const sasl_callback_t submit_auth_global_cbs[] = {
 	{ SASL_CB_LIST_END, NULL, NULL },
 };
 
-static void
-submit_auth_set_global(const struct conf *c)
+/* Real mutexes for libsasl's shared state: steps run on several threads. */
+static void *
+submit_auth_mutex_alloc(void)
 {
-	free(submit_sasl.sasldb_path);
-	free(submit_sasl.mech_list);
-	submit_sasl.sasldb_path = c->submit.sasl_db ? xstrdup(c->submit.sasl_db) : NULL;
-	submit_sasl.mech_list = xstrdup(c->submit.sasl_mechanisms ? c->submit.sasl_mechanisms : "");
+	pthread_mutex_t *m = xmalloc(sizeof(*m));
+
+	pthread_mutex_init(m, NULL);
+	return m;
+}
+
+static int
+submit_auth_mutex_lock(void *m)
+{
+	return pthread_mutex_lock(m) == 0 ? SASL_OK : SASL_FAIL;
+}
+
+static int
+submit_auth_mutex_unlock(void *m)
+{
+	return pthread_mutex_unlock(m) == 0 ? SASL_OK : SASL_FAIL;
+}
+
+static void
+submit_auth_mutex_free(void *m)
+{
+	pthread_mutex_destroy(m);
+	free(m);
+}
+
+/* Drop the global conf references no running step can still read. */
+static void
+submit_auth_drop_retired(void)
+{
+	size_t i;
+
+	if (submit_sasl.running > 0)
+		return;
+	for (i = 0; i < submit_sasl.nretired; i++)
+		conf_unref(submit_sasl.retired[i]);
+	free(submit_sasl.retired);
+	submit_sasl.retired = NULL;
+	submit_sasl.nretired = 0;
+}
+
+static void
+submit_auth_set_global(struct conf *c)
+{
+	if (submit_sasl.conf != NULL) {
+		submit_sasl.retired = xrealloc(submit_sasl.retired,
+		    (submit_sasl.nretired + 1) * sizeof(*submit_sasl.retired));
+		submit_sasl.retired[submit_sasl.nretired++] = submit_sasl.conf;
+	}
+	submit_sasl.conf = conf_ref(c);
+	submit_auth_drop_retired();
 }
 
 int
@@ -98,9 +190,14 @@ submit_auth_init(struct submit *srv, struct buf *err)
 
 	if (submit_sasl.refs++ == 0) {
 		submit_auth_set_global(srv->conf);
+		sasl_set_mutex(submit_auth_mutex_alloc, submit_auth_mutex_lock,
+		    submit_auth_mutex_unlock, submit_auth_mutex_free);
 		if ((rc = sasl_server_init(submit_auth_global_cbs, "relayd")) != SASL_OK) {
 			buf_printf(err, "SASL: cannot initialise: %s\n", sasl_errstring(rc, NULL, NULL));
 			submit_sasl.refs--;
+			submit_auth_drop_retired();
+			conf_unref(submit_sasl.conf);
+			submit_sasl.conf = NULL;
 			return -1;
 		}
 	}
@@ -121,9 +218,9 @@ submit_auth_done(void)
 	if (submit_sasl.refs <= 0 || --submit_sasl.refs > 0)
 		return;
 	sasl_server_done();
-	free(submit_sasl.sasldb_path);
-	free(submit_sasl.mech_list);
-	submit_sasl.sasldb_path = submit_sasl.mech_list = NULL;
+	submit_auth_drop_retired();
+	conf_unref(submit_sasl.conf);
+	submit_sasl.conf = NULL;
 }
 
 void
@@ -172,12 +269,33 @@ submit_auth_offered(const struct submit *srv, const char *mech)
 	return false;
 }
 
+static void
+submit_auth_ctx_free(struct submit_auth_ctx *ctx)
+{
+	if (ctx->sasl != NULL)
+		sasl_dispose(&ctx->sasl);
+	conf_unref(ctx->conf);
+	buf_free(&ctx->in);
+	buf_free(&ctx->out);
+	free(ctx);
+}
+
 void
 submit_auth_reset(struct submit_session *s)
 {
-	if (s->sasl != NULL)
-		sasl_dispose(&s->sasl);
-	s->sasl = NULL;
+	struct submit_auth_ctx *ctx = s->auth;
+
+	s->auth = NULL;
+	if (ctx != NULL) {
+		if (ctx->waiting) {
+			TAILQ_REMOVE(&ctx->srv->auth_waiting, ctx, entry);
+			ctx->waiting = false;
+		}
+		if (ctx->running)
+			ctx->s = NULL;          /* the step's completion frees it */
+		else
+			submit_auth_ctx_free(ctx);
+	}
 	s->auth_step = 0;
 	s->auth_final = false;
 	s->mech[0] = '\0';
@@ -238,7 +356,8 @@ submit_auth_success(struct submit_session *s)
 	size_t n, rl;
 	struct log_line l;
 
-	if (sasl_getprop(s->sasl, SASL_USERNAME, (const void **)&user) != SASL_OK || user == NULL) {
+	if (sasl_getprop(s->auth->sasl, SASL_USERNAME, (const void **)&user) != SASL_OK ||
+	    user == NULL) {
 		submit_auth_reset(s);
 		submit_enter_state(s, SUBMIT_S_HELO);
 		submit_session_reply(s, "454 4.7.0 Temporary authentication failure");
@@ -280,8 +399,9 @@ submit_auth_failure(struct submit_session *s, int rc)
 		submit_session_reply(s, "454 4.7.0 Temporary authentication failure");
 		return;
 	}
-	if (s->auth_user.len == 0 && s->sasl != NULL &&
-	    sasl_getprop(s->sasl, SASL_USERNAME, (const void **)&user) == SASL_OK && user != NULL)
+	if (s->auth_user.len == 0 && s->auth != NULL && s->auth->sasl != NULL &&
+	    sasl_getprop(s->auth->sasl, SASL_USERNAME, (const void **)&user) == SASL_OK &&
+	    user != NULL)
 		buf_puts(&s->auth_user, user);
 	delay = submit_limits_auth_failed(srv->limits, s->ip, util_mono_ms(), &refused);
 	log_begin(&l, LOG_NOTICE, "auth_failed");
@@ -335,20 +455,30 @@ submit_auth_result(struct submit_session *s, int rc, const char *out, unsigned o
 	}
 }
 
+/*
+ * A new exchange for the session: its sasl_conn_t with the callbacks and the
+ * conf it reads.  0, or -1 (nothing is left behind).
+ */
 static int
 submit_auth_conn(struct submit_session *s)
 {
+	struct submit_auth_ctx *ctx = xcalloc(1, sizeof(*ctx));
 	sasl_security_properties_t props;
 	sasl_ssf_t ssf = (sasl_ssf_t)io_tls_cipher_bits(s->io);
 	char remote[96];
 
-	s->sasl_cbs[0] = (sasl_callback_t){ SASL_CB_GETOPT, SUBMIT_SASL_CB(submit_auth_getopt), s->conf };
-	s->sasl_cbs[1] = (sasl_callback_t){ SASL_CB_LOG, SUBMIT_SASL_CB(submit_auth_log), NULL };
-	s->sasl_cbs[2] = (sasl_callback_t){ SASL_CB_LIST_END, NULL, NULL };
+	ctx->srv = s->srv;
+	ctx->s = s;
+	ctx->conf = conf_ref(s->conf);
+	ctx->req.data = ctx;
+	ctx->cbs[0] = (sasl_callback_t){ SASL_CB_GETOPT, SUBMIT_SASL_CB(submit_auth_getopt), ctx->conf };
+	ctx->cbs[1] = (sasl_callback_t){ SASL_CB_LOG, SUBMIT_SASL_CB(submit_auth_log), NULL };
+	ctx->cbs[2] = (sasl_callback_t){ SASL_CB_LIST_END, NULL, NULL };
 	snprintf(remote, sizeof(remote), "%s;%d", s->ip, s->port);
 	if (sasl_server_new("smtp", s->conf->hostname, s->conf->submit.sasl_realm, NULL, remote,
-	    s->sasl_cbs, 0, &s->sasl) != SASL_OK) {
-		s->sasl = NULL;
+	    ctx->cbs, 0, &ctx->sasl) != SASL_OK) {
+		ctx->sasl = NULL;
+		submit_auth_ctx_free(ctx);
 		return -1;
 	}
 	memset(&props, 0, sizeof(props));
@@ -356,13 +486,128 @@ submit_auth_conn(struct submit_session *s)
 	props.max_ssf = 0;              /* TLS protects the session: no SASL layer */
 	props.maxbufsize = 0;
 	props.security_flags = SASL_SEC_NOANONYMOUS;
-	if (sasl_setprop(s->sasl, SASL_SEC_PROPS, &props) != SASL_OK ||
-	    sasl_setprop(s->sasl, SASL_SSF_EXTERNAL, &ssf) != SASL_OK) {
-		sasl_dispose(&s->sasl);
-		s->sasl = NULL;
+	if (sasl_setprop(ctx->sasl, SASL_SEC_PROPS, &props) != SASL_OK ||
+	    sasl_setprop(ctx->sasl, SASL_SSF_EXTERNAL, &ssf) != SASL_OK) {
+		submit_auth_ctx_free(ctx);
 		return -1;
 	}
+	s->auth = ctx;
 	return 0;
+}
+
+/* On a thread-pool thread: the step that may block.  Touches only ctx. */
+static void
+submit_auth_work(uv_work_t *req)
+{
+	struct submit_auth_ctx *ctx = req->data;
+	const char *out = NULL;
+	unsigned outlen = 0;
+
+	if (ctx->start)
+		ctx->rc = sasl_server_start(ctx->sasl, ctx->mech, ctx->has_in ?
+		    buf_cstr(&ctx->in) : NULL, (unsigned)ctx->in.len, &out, &outlen);
+	else
+		ctx->rc = sasl_server_step(ctx->sasl, buf_cstr(&ctx->in),
+		    (unsigned)ctx->in.len, &out, &outlen);
+	buf_reset(&ctx->out);
+	if (out != NULL && outlen > 0)
+		buf_append(&ctx->out, out, outlen);
+}
+
+static void submit_auth_after_work(uv_work_t *req, int status);
+
+/* Start waiting steps while there are threads for them. */
+static void
+submit_auth_run_next(struct submit *srv)
+{
+	struct submit_auth_ctx *ctx;
+	int rc;
+
+	while (srv->auth_running < SUBMIT_AUTH_MAX_RUNNING &&
+	    (ctx = TAILQ_FIRST(&srv->auth_waiting)) != NULL) {
+		TAILQ_REMOVE(&srv->auth_waiting, ctx, entry);
+		ctx->waiting = false;
+		if ((rc = uv_queue_work(srv->loop, &ctx->req, submit_auth_work,
+		    submit_auth_after_work)) != 0) {
+			ctx->rc = SASL_FAIL;    /* answered as a backend failure */
+			log_event(LOG_ERR, "auth_error", "session", ctx->s->id, "error",
+			    uv_strerror(rc), NULL);
+			uv_timer_stop(&ctx->s->timer);
+			submit_auth_result(ctx->s, SASL_FAIL, NULL, 0);
+			continue;
+		}
+		ctx->running = true;
+		srv->auth_running++;
+		submit_sasl.running++;
+	}
+}
+
+/* Hand the exchange's next step (ctx->in) to the thread pool. */
+static void
+submit_auth_queue(struct submit_session *s, bool start)
+{
+	struct submit_auth_ctx *ctx = s->auth;
+
+	ctx->start = start;
+	submit_enter_state(s, SUBMIT_S_AUTH_WAIT);
+	submit_session_timer(s, s->conf->submit.auth_timeout);
+	TAILQ_INSERT_TAIL(&s->srv->auth_waiting, ctx, entry);
+	ctx->waiting = true;
+	submit_auth_run_next(s->srv);
+}
+
+static void
+submit_auth_after_work(uv_work_t *req, int status)
+{
+	struct submit_auth_ctx *ctx = req->data;
+	struct submit *srv = ctx->srv;
+	struct submit_session *s = ctx->s;
+
+	ctx->running = false;
+	srv->auth_running--;
+	submit_sasl.running--;
+	if (s == NULL || ctx->timed_out) {
+		/* answered already, or nobody to answer: the exchange ends here */
+		if (s != NULL && s->auth == ctx)
+			s->auth = NULL;
+		submit_auth_ctx_free(ctx);
+	} else {
+		if (s->magic != SUBMIT_SESSION_MAGIC || s->auth != ctx)
+			fatalx("%s: bad session", __func__);
+		uv_timer_stop(&s->timer);
+		submit_auth_result(s, status == 0 ? ctx->rc : SASL_FAIL, ctx->out.data,
+		    (unsigned)ctx->out.len);
+	}
+	submit_auth_drop_retired();
+	submit_auth_run_next(srv);
+}
+
+void
+submit_auth_timeout(struct submit_session *s)
+{
+	struct submit_auth_ctx *ctx = s->auth;
+	struct log_line l;
+
+	if (ctx == NULL)
+		fatalx("%s: no exchange", __func__);
+	log_begin(&l, LOG_NOTICE, "auth_failed");
+	log_kv(&l, "user", buf_cstr(&s->auth_user));
+	log_kv(&l, "client", s->ip);
+	log_kv(&l, "mech", s->mech);
+	log_kv(&l, "session", s->id);
+	log_kv(&l, "reason", "timeout");
+	log_end(&l);
+	if (ctx->running) {
+		ctx->timed_out = true;  /* the step keeps ctx until libsasl returns */
+		s->auth = ctx;          /* ... and blocks a new AUTH meanwhile */
+		s->auth_step = 0;
+		s->auth_final = false;
+		buf_reset(&s->auth_user);
+	} else {
+		submit_auth_reset(s);   /* still waiting for a thread: just drop it */
+	}
+	submit_enter_state(s, SUBMIT_S_HELO);
+	submit_session_reply(s, "454 4.7.0 Temporary authentication failure");
 }
 
 void
@@ -370,16 +615,17 @@ submit_auth_command(struct submit_session *s, char *args)
 {
 	struct submit *srv = s->srv;
 	char *init, text[512];
-	const char *out = NULL;
-	unsigned outlen = 0;
 	size_t i, n;
-	int rc;
 
 	if (!submit_limits_auth_allowed(srv->limits, s->ip, util_mono_ms())) {
 		log_event(LOG_NOTICE, "auth_refused", "client", s->ip, "session", s->id, NULL);
 		snprintf(text, sizeof(text), "421 4.7.0 %s Error: too many failed authentication "
 		    "attempts, try again later", s->conf->hostname);
 		submit_session_close(s, text);
+		return;
+	}
+	if (s->auth != NULL) {          /* a timed-out step still runs */
+		submit_session_reply(s, "454 4.7.0 Temporary authentication failure");
 		return;
 	}
 	n = strcspn(args, " ");
@@ -416,18 +662,16 @@ submit_auth_command(struct submit_session *s, char *args)
 		submit_auth_note_user(s, s->tmp.data ? s->tmp.data : "", s->tmp.len);
 	if (init != NULL)
 		s->auth_step++;
-	rc = sasl_server_start(s->sasl, s->mech, init != NULL ? buf_cstr(&s->tmp) : NULL,
-	    (unsigned)s->tmp.len, &out, &outlen);
-	submit_auth_result(s, rc, out, outlen);
+	buf_reset(&s->auth->in);
+	buf_append(&s->auth->in, s->tmp.data ? s->tmp.data : "", s->tmp.len);
+	s->auth->has_in = init != NULL;
+	snprintf(s->auth->mech, sizeof(s->auth->mech), "%s", s->mech);
+	submit_auth_queue(s, true);
 }
 
 void
 submit_auth_response(struct submit_session *s, const char *line, size_t len)
 {
-	const char *out = NULL;
-	unsigned outlen = 0;
-	int rc;
-
 	if (len > 0 && line[len - 1] == '\n')
 		len--;
 	if (len > 0 && line[len - 1] == '\r')
@@ -456,6 +700,7 @@ submit_auth_response(struct submit_session *s, const char *line, size_t len)
 	}
 	submit_auth_note_user(s, buf_cstr(&s->tmp), s->tmp.len);
 	s->auth_step++;
-	rc = sasl_server_step(s->sasl, buf_cstr(&s->tmp), (unsigned)s->tmp.len, &out, &outlen);
-	submit_auth_result(s, rc, out, outlen);
+	buf_reset(&s->auth->in);
+	buf_append(&s->auth->in, s->tmp.data ? s->tmp.data : "", s->tmp.len);
+	submit_auth_queue(s, false);
 }

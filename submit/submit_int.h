@@ -256,6 +256,15 @@ const char *submit_data_protocol(bool esmtp, bool tls, bool auth, bool utf8);
 
 struct submit_session;
 TAILQ_HEAD(submit_session_list, submit_session);
+struct submit_auth_ctx;
+TAILQ_HEAD(submit_auth_list, submit_auth_ctx);
+
+/*
+ * At most this many SASL steps run on the libuv thread pool at once (its
+ * default is 4 threads, which the queue and the router share); the rest
+ * wait their turn in srv->auth_waiting.
+ */
+#define SUBMIT_AUTH_MAX_RUNNING 2
 
 struct submit_listener {
 	uint32_t magic;
@@ -277,6 +286,8 @@ struct submit {
 	struct dkim_keys *dkim;         /* the signing keys of conf (one reference) */
 	struct submit_limits *limits;
 	struct buf mechs;               /* "PLAIN LOGIN": configured AND available */
+	struct submit_auth_list auth_waiting;   /* SASL steps waiting for a thread */
+	unsigned auth_running;          /* SASL steps on the thread pool (timed out ones too) */
 	struct submit_listener *listeners;
 	size_t nlisteners;
 	size_t nlisteners_open;         /* not yet closed (shutdown) */
@@ -300,6 +311,7 @@ enum submit_state {
 	SUBMIT_S_CONNECTED,         /* greeted; no EHLO/HELO yet */
 	SUBMIT_S_HELO,              /* EHLO/HELO given; no transaction */
 	SUBMIT_S_AUTH,              /* SASL exchange: lines are AUTH responses */
+	SUBMIT_S_AUTH_WAIT,         /* a SASL step runs on the thread pool */
 	SUBMIT_S_MAIL,              /* MAIL accepted */
 	SUBMIT_S_SENDER,            /* MAIL waits for the directory (senders_ldap) */
 	SUBMIT_S_RCPT,              /* at least one RCPT accepted */
@@ -337,8 +349,7 @@ struct submit_session {
 	unsigned nerrors;
 
 	/* AUTH (submit_auth.c) */
-	sasl_conn_t *sasl;
-	sasl_callback_t sasl_cbs[4];
+	struct submit_auth_ctx *auth;   /* the SASL exchange, NULL outside one */
 	char mech[32];
 	unsigned auth_step;             /* client responses so far in this exchange */
 	bool auth_final;                /* SASL said OK with data: waiting for the empty response */
@@ -387,6 +398,8 @@ void submit_session_reply(struct submit_session *s, const char *fmt, ...)
 /* Hold a reply back for delay_ms (io paused), then send it (and close if close). */
 void submit_session_reply_later(struct submit_session *s, uint64_t delay_ms, bool close,
     const char *text);
+/* Start the session timer: in SUBMIT_S_AUTH_WAIT it calls submit_auth_timeout(). */
+void submit_session_timer(struct submit_session *s, uint64_t ms);
 /* Send reply (NULL: none) and close; the session is freed once nothing is pending. */
 void submit_session_close(struct submit_session *s, const char *reply);
 
@@ -404,7 +417,10 @@ void submit_auth_mechs(struct submit *srv, const struct conf *c);
 void submit_auth_command(struct submit_session *s, char *args);
 /* A line in SUBMIT_S_AUTH (terminator included). */
 void submit_auth_response(struct submit_session *s, const char *line, size_t len);
-/* Forget any SASL exchange (STARTTLS, close). */
+/* Forget any SASL exchange (STARTTLS, close); one whose step still runs is
+ * let go and freed when the step returns. */
 void submit_auth_reset(struct submit_session *s);
+/* submit.auth_timeout passed in SUBMIT_S_AUTH_WAIT (the session timer). */
+void submit_auth_timeout(struct submit_session *s);
 
 #endif

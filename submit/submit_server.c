@@ -191,6 +191,7 @@ submit_new(uv_loop_t *loop, struct conf *conf, struct router *router,
 	srv->router = router;
 	srv->stats = stats;
 	TAILQ_INIT(&srv->sessions);
+	TAILQ_INIT(&srv->auth_waiting);
 	srv->limits = submit_limits_new();
 	submit_limits_params_from_conf(&p, conf);
 	submit_limits_set_params(srv->limits, &p);

@@ -172,6 +172,7 @@ static const struct {
 	[SUBMIT_S_CONNECTED] = { "connected", true, false, SUBMIT_LIM_CMD },
 	[SUBMIT_S_HELO] = { "helo", true, false, SUBMIT_LIM_CMD },
 	[SUBMIT_S_AUTH] = { "auth", true, false, SUBMIT_LIM_CMD },
+	[SUBMIT_S_AUTH_WAIT] = { "auth-wait", false, true, SUBMIT_LIM_CMD },
 	[SUBMIT_S_MAIL] = { "mail", true, false, SUBMIT_LIM_CMD },
 	[SUBMIT_S_SENDER] = { "sender", false, true, SUBMIT_LIM_CMD },
 	[SUBMIT_S_RCPT] = { "rcpt", true, false, SUBMIT_LIM_CMD },
@@ -278,6 +279,10 @@ submit_session_timer_cb(uv_timer_t *t)
 
 	if (s->magic != SUBMIT_SESSION_MAGIC)
 		fatalx("%s: bad session", __func__);
+	if (s->state == SUBMIT_S_AUTH_WAIT && s->io != NULL) {
+		submit_auth_timeout(s);
+		return;
+	}
 	if (s->state != SUBMIT_S_DELAY || s->io == NULL)
 		return;
 	if (s->delayed_close) {
@@ -287,6 +292,12 @@ submit_session_timer_cb(uv_timer_t *t)
 	submit_session_reply(s, "%s", buf_cstr(&s->delayed));
 	if (s->io != NULL)
 		submit_enter_state(s, SUBMIT_S_HELO);
+}
+
+void
+submit_session_timer(struct submit_session *s, uint64_t ms)
+{
+	uv_timer_start(&s->timer, submit_session_timer_cb, ms, 0);
 }
 
 void

@@ -594,6 +594,45 @@ test_full(void)
 	buf_free(&err);
 }
 
+/* submit.sasl_options: kept in order as strings; auth_timeout; the plaintext rule. */
+static void
+test_sasl_options(void)
+{
+	struct buf err = BUF_INIT;
+	struct conf *c = NULL;
+	const char *path = write_conf(
+	    "submit = {\n"
+	    "  auth_timeout = \"5s\";\n"
+	    "  sasl_options = { pwcheck_method = \"saslauthd\"; saslauthd_path = \"/run/mux\";\n"
+	    "    sql_port = 5432; };\n"
+	    "};\n");
+
+	CHECK_INT(conf_load(path, &c, &err), 0);
+	CHECK_STR(buf_cstr(&err), "");
+	if (c == NULL)
+		return;
+	CHECK_INT(c->submit.nsasl_options, 3);
+	CHECK_STR(c->submit.sasl_options[0], "pwcheck_method");
+	CHECK_STR(conf_sasl_option(c, "pwcheck_method"), "saslauthd");
+	CHECK_STR(conf_sasl_option(c, "saslauthd_path"), "/run/mux");
+	CHECK_STR(conf_sasl_option(c, "sql_port"), "5432");
+	CHECK(conf_sasl_option(c, "sasldb_path") == NULL);
+	CHECK_INT(c->submit.auth_timeout, 5000);
+	conf_unref(c);
+	c = conf_new_defaults();
+	CHECK_INT(c->submit.auth_timeout, 30000);
+	CHECK_INT(c->submit.nsasl_options, 0);
+	CHECK(conf_sasl_option(c, "pwcheck_method") == NULL);
+	conf_unref(c);
+	/* auxprop may serve any mechanism */
+	path = write_conf("submit = { sasl_mechanisms = \"PLAIN SCRAM-SHA-256\";\n"
+	    "  sasl_options = { pwcheck_method = \"auxprop\"; auxprop_plugin = \"sql\"; }; };\n");
+	CHECK_INT(conf_load(path, &c, &err), 0);
+	CHECK_STR(buf_cstr(&err), "");
+	conf_unref(c);
+	buf_free(&err);
+}
+
 static void
 test_route_find_none(void)
 {
@@ -788,6 +827,33 @@ static const struct {
 	{ "bad sasl_mechanisms",
 	  "submit = { sasl_mechanisms = \"PLAIN, LOGIN\"; };\n",
 	  "1: submit.sasl_mechanisms: bad mechanism list 'PLAIN, LOGIN' (use e.g. \"PLAIN LOGIN\")\n" },
+	{ "sasl_options with sasl_db, mech_list, a bad value",
+	  "submit = {\n"
+	  "  sasl_db = \"@D@/sasldb2\";\n"
+	  "  sasl_options = {\n"
+	  "    pwcheck_method = \"auxprop\";\n"
+	  "    mech_list = \"PLAIN\";\n"
+	  "    sql_port = true;\n"
+	  "  };\n"
+	  "};\n",
+	  "6: submit.sasl_options.sql_port: expected a string\n"
+	  "3: submit.sasl_options: not together with submit.sasl_db (sasl_db means "
+	  "sasl_options = { pwcheck_method = \"auxprop\"; auxprop_plugin = \"sasldb\"; "
+	  "sasldb_path = ... })\n"
+	  "5: submit.sasl_options.mech_list: set the mechanisms with submit.sasl_mechanisms\n" },
+	{ "saslauthd cannot check CRAM-MD5 or SCRAM",
+	  "submit = {\n"
+	  "  sasl_mechanisms = \"PLAIN CRAM-MD5 LOGIN SCRAM-SHA-256\";\n"
+	  "  sasl_options = { pwcheck_method = \"saslauthd\"; };\n"
+	  "};\n",
+	  "2: submit.sasl_mechanisms: CRAM-MD5 cannot work with pwcheck_method \"saslauthd\", "
+	  "which checks plaintext passwords only (use PLAIN LOGIN, or pwcheck_method = \"auxprop\")\n"
+	  "2: submit.sasl_mechanisms: SCRAM-SHA-256 cannot work with pwcheck_method \"saslauthd\", "
+	  "which checks plaintext passwords only (use PLAIN LOGIN, or pwcheck_method = \"auxprop\")\n" },
+	{ "auth_timeout zero, sasl_options not a group",
+	  "submit = { auth_timeout = 0;\n sasl_options = \"saslauthd\"; };\n",
+	  "1: submit.auth_timeout: must be greater than 0\n"
+	  "2: submit.sasl_options: expected a group { option = \"value\"; ... }\n" },
 	{ "relative queue_dir, empty hostname",
 	  "queue_dir = \"spool\";\n"
 	  "hostname = \"\";\n",
@@ -1090,6 +1156,7 @@ main(void)
 	test_derived_defaults();
 	test_full();
 	test_route_find_none();
+	test_sasl_options();
 	test_errors();
 	test_missing_file();
 	test_accepted_forms();
