@@ -40,8 +40,8 @@ const struct control_cmd control_cmds[] = {
 	  CONTROL_O_LOG | CONTROL_O_SINCE | CONTROL_O_DOMAIN | CONTROL_O_RCPT,
 	  CONTROL_F_LOCAL | CONTROL_F_JSONDOC,
 	  "audit [--log FILE...] [--since DUR] [--domain D] [--rcpt ADDR]" },
-	{ "dkim", NULL, CONTROL_CMD_DKIM, 0, 0, 0, CONTROL_F_JSONDOC,
-	  "dkim" },
+	{ "dkim", NULL, CONTROL_CMD_DKIM, 0, 0, CONTROL_O_CHECK, CONTROL_F_JSONDOC,
+	  "dkim [--check]" },
 };
 
 const size_t control_ncmds = sizeof(control_cmds) / sizeof(control_cmds[0]);
@@ -54,6 +54,7 @@ static const struct control_opt control_opts[] = {
 	{ "--log", CONTROL_O_LOG, true },
 	{ "--since", CONTROL_O_SINCE, true },
 	{ "--rcpt", CONTROL_O_RCPT, true },
+	{ "--check", CONTROL_O_CHECK, false },
 };
 
 const struct control_cmd *

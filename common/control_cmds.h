@@ -41,6 +41,7 @@ enum control_cmd_id {
 #define CONTROL_O_LOG      0x08         /* --log FILE (audit; repeatable) */
 #define CONTROL_O_SINCE    0x10         /* --since DUR */
 #define CONTROL_O_RCPT     0x20         /* --rcpt ADDR */
+#define CONTROL_O_CHECK    0x40         /* --check (dkim) */
 
 /* Row flags. */
 #define CONTROL_F_TARGET   0x01         /* QID..., --domain or --all: relayctl

@@ -146,6 +146,12 @@ ctl_send(const char *sockpath, int argc, char **argv)
 		buf_free(&resp);
 		return CTL_EXIT_OK;
 	}
+	if (strncmp(buf_cstr(&resp), "FAIL\n", 5) == 0) {
+		/* answered, but not all is well (dkim --check) */
+		fwrite(resp.data + 5, 1, resp.len - 5, stdout);
+		buf_free(&resp);
+		return CTL_EXIT_ERROR;
+	}
 	if (strncmp(buf_cstr(&resp), "ERR ", 4) == 0) {
 		const char *msg = strchr(resp.data + 4, ' ');
 		const char *nl = strchr(resp.data, '\n');

@@ -56,6 +56,7 @@ struct control_conn {
 	bool waiting;               /* on waiter: messages acknowledged, not yet queued */
 	bool waited;                /* the wait is over: answer now */
 	struct queue_waiter waiter;
+	struct control_later later;  /* a request answering later (dkim --check) */
 };
 
 static void
@@ -85,6 +86,7 @@ conn_close(struct control_conn *cc)
 	if (cc->waiting && cc->ctl != NULL && cc->ctl->relay->router != NULL)
 		router_wait_cancel(cc->ctl->relay->router, &cc->waiter);
 	cc->waiting = false;
+	control_later_cancel(&cc->later);
 	if (cc->ctl != NULL) {
 		TAILQ_REMOVE(&cc->ctl->conns, cc, entry);
 		cc->ctl = NULL;
@@ -111,6 +113,8 @@ conn_answer(struct control_conn *cc, int rc, const char *code, struct buf *body)
 	buf_reset(&cc->resp);
 	if (rc == 0)
 		buf_puts(&cc->resp, "OK\n");
+	else if (rc > 0)
+		buf_puts(&cc->resp, "FAIL\n");     /* answered, not all well: exit 1 */
 	else {
 		/* The body is the one-line message. */
 		while (body->len > 0 && body->data[body->len - 1] == '\n')
@@ -148,7 +152,7 @@ control_stats(struct relay *r, bool json, struct buf *out)
 	size_t i;
 	int qrc;
 
-	qrc = control_router(r->router, 1, argv, json, &queue);
+	qrc = control_router(r->router, 1, argv, json, &queue, NULL);
 	if (json) {
 		buf_printf(out, "{\"uptime_s\":%llu,\"counters\":{", (unsigned long long)uptime);
 		for (i = 0; i < RELAY_ARRAY_LEN(counters); i++)
@@ -172,6 +176,17 @@ control_stats(struct relay *r, bool json, struct buf *out)
 		}
 	}
 	buf_free(&queue);
+}
+
+/* A request answering later has its answer. */
+static void
+conn_later_done(void *arg, int rc, struct buf *out)
+{
+	struct control_conn *cc = arg;
+
+	conn_check(cc, __func__);
+	cc->later.check = NULL;
+	conn_answer(cc, rc, CONTROL_ERR_FAILED, out);
 }
 
 /* argv ends with NULL; flags like --json are stripped into json. */
@@ -218,7 +233,13 @@ control_dispatch(struct control_conn *cc, int argc, char **argv)
 		}
 		buf_free(&err);
 	} else {
-		rc = control_router(r->router, argc, argv, json, &out);
+		cc->later.done = conn_later_done;
+		cc->later.arg = cc;
+		rc = control_router(r->router, argc, argv, json, &out, &cc->later);
+		if (rc == CONTROL_LATER) {
+			buf_free(&out);
+			return;
+		}
 		if (rc == RELAY_ENOENT)
 			code = CONTROL_ERR_NOTFOUND;
 		else if (rc == RELAY_EINVAL)
@@ -306,7 +327,7 @@ conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 		conn_close(cc);
 		return;
 	}
-	if (cc->waiting)
+	if (cc->waiting || cc->later.check != NULL)
 		return;                  /* the request is whole: anything more is noise */
 	cc->req.len += (size_t)nread;
 	cc->req.data[cc->req.len] = '\0';

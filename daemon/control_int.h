@@ -35,6 +35,8 @@ struct rctl {
 	const char *domain;             /* --domain */
 	bool all;                       /* --all */
 	bool held;                      /* --held */
+	bool check;                     /* --check */
+	struct control_later *later;    /* NULL: no answering later */
 	uint64_t now;
 	/* The last times formatted: a listing repeats the same few seconds. */
 	uint64_t tc_sec[4];
@@ -71,5 +73,6 @@ int rctl_route_clear(struct rctl *c);
 int rctl_route_list(struct rctl *c);
 int rctl_stats(struct rctl *c);
 int rctl_dkim(struct rctl *c);
+void rctl_check_cancel(struct rctl_check *k);
 
 #endif

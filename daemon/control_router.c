@@ -151,6 +151,8 @@ rctl_parse(const struct control_cmd *cmd, int argc, char **argv, struct rctl *c)
 			c->all = true;
 		else if (o->bit == CONTROL_O_HELD)
 			c->held = true;
+		else if (o->bit == CONTROL_O_CHECK)
+			c->check = true;
 		else
 			return RELAY_EINVAL;
 	}
@@ -165,7 +167,8 @@ rctl_parse(const struct control_cmd *cmd, int argc, char **argv, struct rctl *c)
 }
 
 int
-control_router(struct router *r, int argc, char **argv, bool json, struct buf *out)
+control_router(struct router *r, int argc, char **argv, bool json, struct buf *out,
+    struct control_later *later)
 {
 	const struct control_cmd *cmd;
 	struct rctl c;
@@ -178,6 +181,7 @@ control_router(struct router *r, int argc, char **argv, bool json, struct buf *o
 	c.json = json;
 	c.out = out;
 	c.now = util_now_ms();
+	c.later = later;
 	if (argc < 1 || (cmd = control_cmd_match(argc, argv, &consumed)) == NULL ||
 	    rctl_runs[cmd->id] == NULL) {
 		buf_printf(out, "unknown command: %s", argc > 0 ? argv[0] : "(none)");
@@ -196,4 +200,13 @@ control_router(struct router *r, int argc, char **argv, bool json, struct buf *o
 	rc = rctl_runs[cmd->id](&c);
 	free(c.pos);
 	return rc;
+}
+
+void
+control_later_cancel(struct control_later *l)
+{
+	if (l != NULL && l->check != NULL) {
+		rctl_check_cancel(l->check);
+		l->check = NULL;
+	}
 }

@@ -18,6 +18,7 @@ struct router;
 struct control;
 struct notify;
 struct sandbox;
+struct rctl_check;
 
 #define RELAY_MAGIC 0x7e1a7d00U
 
@@ -58,11 +59,29 @@ int control_new(struct relay *r, const char *path, struct control **out, struct 
 void control_close(struct control *c);
 
 /*
+ * A request that answers later (relayctl dkim --check waits for DNS):
+ * control_router() returns CONTROL_LATER and calls done(arg, rc, out)
+ * once, from the loop (or at once when there is nothing to look up):
+ * rc 0 (all well) or 1 (answered, but not all well: relayctl exits 1),
+ * out the body.  later == NULL refuses such
+ * requests; control_later_cancel() stops one (done never fires).
+ */
+#define CONTROL_LATER 1
+struct control_later {
+	void (*done)(void *arg, int rc, struct buf *out);
+	void *arg;
+	struct rctl_check *check;       /* while pending */
+};
+void control_later_cancel(struct control_later *l);
+
+/*
  * control_queue.c: relayctl's requests to the router.  argv[0] is the command
  * ("queue", "hosts", "route", "stats", ...); the answer goes to out as an
  * aligned human table, or as a JSON document when json is true.  Returns 0,
- * or a negative RELAY_E* with a one-line message in out (plain text).
+ * CONTROL_LATER (see above), or a negative RELAY_E* with a one-line message
+ * in out (plain text).
  */
-int control_router(struct router *r, int argc, char **argv, bool json, struct buf *out);
+int control_router(struct router *r, int argc, char **argv, bool json, struct buf *out,
+    struct control_later *later);
 
 #endif

@@ -82,6 +82,9 @@ dns_result_free(struct dns_result *res)
 		free(res->targets[i].addrs);
 	}
 	free(res->targets);
+	for (i = 0; i < res->ntxt; i++)
+		free(res->txt[i]);
+	free(res->txt);
 	free(res);
 }
 
@@ -94,6 +97,12 @@ dns_result_copy(const struct dns_result *src)
 
 	*res = *src;
 	res->targets = NULL;
+	res->txt = NULL;
+	if (src->ntxt > 0) {
+		res->txt = xcalloc(src->ntxt, sizeof(*res->txt));
+		for (i = 0; i < src->ntxt; i++)
+			res->txt[i] = xstrdup(src->txt[i]);
+	}
 	if (src->ntargets == 0)
 		return res;
 	res->targets = xcalloc(src->ntargets, sizeof(*res->targets));

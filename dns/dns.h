@@ -79,6 +79,8 @@ struct dns_result {
 	struct dns_target *targets;  /* err == 0: ntargets > 0, in the order to try */
 	size_t ntargets;
 	bool implicit;              /* no MX records: the domain (or literal) itself */
+	char **txt;                 /* dns_lookup_txt, err == 0: the records (0 = NODATA) */
+	size_t ntxt;
 };
 
 /* The callback owns res and frees it with dns_result_free(). */
@@ -121,6 +123,13 @@ struct dns_query *dns_lookup(struct dns_resolver *r, const char *domain, uint16_
 /* Resolve a route's hosts (names or numeric literals, no brackets) in order. */
 struct dns_query *dns_lookup_hosts(struct dns_resolver *r, const struct conf_hostport *hosts,
     size_t n, dns_cb *cb, void *arg);
+/*
+ * Look up the TXT records of name (DKIM selectors: relayctl dkim --check),
+ * no cache and no sharing.  The result has err 0 and ntxt records (each
+ * record's strings concatenated; ntxt 0 for NODATA), RELAY_EINVAL for
+ * NXDOMAIN or a bad name, RELAY_ETEMP for SERVFAIL/timeout.
+ */
+struct dns_query *dns_lookup_txt(struct dns_resolver *r, const char *name, dns_cb *cb, void *arg);
 /* Forget a query that has not called back yet: its callback never fires. */
 void dns_cancel(struct dns_query *q);
 

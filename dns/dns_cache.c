@@ -170,6 +170,9 @@ dns_fetch_free(struct dns_fetch *f)
 	for (i = 0; i < f->nx; i++)
 		free(f->x[i].host);
 	free(f->x);
+	for (i = 0; i < f->ntxt; i++)
+		free(f->txt[i]);
+	free(f->txt);
 	free(f->domain);
 	free(f->key);
 	f->magic = 0;
@@ -231,7 +234,8 @@ dns_fetch_done(struct dns_fetch *f)
 	if (!TAILQ_EMPTY(&f->waiters)) {
 		res = dns_build_result(f);
 		keep = f->key != NULL && !f->stale ? dns_fetch_keep(f, res) : 0;
-		dns_log_result(f, res, keep);
+		if (!f->txtq)
+			dns_log_result(f, res, keep);
 		if (keep > 0)
 			dns_cache_put(r, f->key, res, !f->routes, keep);
 		while ((q = TAILQ_FIRST(&f->waiters)) != NULL) {

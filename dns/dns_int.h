@@ -92,6 +92,9 @@ struct dns_fetch {
 	uint16_t port;
 	bool routes;            /* dns_lookup_hosts(): no loop check, temp when unresolved */
 	bool implicit;
+	bool txtq;              /* dns_lookup_txt(): TXT records, no exchangers */
+	char **txt;             /* txtq: the records read */
+	size_t ntxt;
 	size_t inflight;        /* c-ares requests (plus construction hold) outstanding */
 	uint32_t ttl;           /* s: least TTL of what the result rests on (DNS_TTL_NONE) */
 	bool temp;              /* some lookup failed temporarily */

@@ -40,6 +40,7 @@ enum dns_kind {
 	DNS_REQ_MX,
 	DNS_REQ_AAAA,
 	DNS_REQ_A,
+	DNS_REQ_TXT,
 };
 
 /* One c-ares request in flight. */
@@ -224,6 +225,13 @@ dns_build_result(struct dns_fetch *f)
 		dns_result_fail(res, f->err, f->status, f->reason);
 		return res;
 	}
+	if (f->txtq) {
+		res->txt = f->txt;
+		res->ntxt = f->ntxt;
+		f->txt = NULL;
+		f->ntxt = 0;
+		return res;
+	}
 	if (cutting)
 		cut = f->self_pref;
 
@@ -313,6 +321,9 @@ dns_send(struct dns_fetch *f, enum dns_kind kind, size_t xi, unsigned depth, con
 		break;
 	case DNS_REQ_AAAA:
 		type = ns_t_aaaa;
+		break;
+	case DNS_REQ_TXT:
+		type = ns_t_txt;
 		break;
 	default:
 		type = ns_t_a;
@@ -551,6 +562,51 @@ dns_on_addr(struct dns_fetch *f, struct dns_req *req, int status, unsigned char 
 	dns_answer_free(&an);
 }
 
+/* TXT records: each record's strings joined into one. */
+static void
+dns_on_txt(struct dns_fetch *f, int status, unsigned char *abuf, int alen)
+{
+	struct ares_txt_ext *txt, *t;
+	struct buf rec = BUF_INIT;
+	size_t n = 0;
+
+	switch (status) {
+	case ARES_SUCCESS:
+		if (ares_parse_txt_reply_ext(abuf, alen, &txt) != ARES_SUCCESS) {
+			dns_fail(f, RELAY_ETEMP, "4.4.3", "DNS lookup of TXT for %s: malformed answer",
+			    f->domain);
+			return;
+		}
+		for (t = txt; t != NULL; t = t->next)
+			n += t->record_start;
+		f->txt = xcalloc(n + 1, sizeof(*f->txt));
+		for (t = txt; t != NULL; t = t->next) {
+			if (t->record_start && t != txt) {
+				f->txt[f->ntxt++] = xstrdup(buf_cstr(&rec));
+				buf_reset(&rec);
+			}
+			buf_append(&rec, (const char *)t->txt, t->length);
+		}
+		if (txt != NULL)
+			f->txt[f->ntxt++] = xstrdup(buf_cstr(&rec));
+		buf_free(&rec);
+		ares_free_data(txt);
+		return;
+	case ARES_ENODATA:
+		return;
+	case ARES_ENOTFOUND:
+		dns_fail(f, RELAY_EINVAL, "5.1.2", "%s does not exist (NXDOMAIN)", f->domain);
+		return;
+	case ARES_EBADNAME:
+		dns_fail(f, RELAY_EINVAL, "5.1.2", "bad domain name %s", f->domain);
+		return;
+	default:
+		dns_fail(f, RELAY_ETEMP, "4.4.3", "DNS lookup of TXT for %s failed: %s", f->domain,
+		    dns_status_text(status));
+		return;
+	}
+}
+
 /* Every c-ares request ends here, exactly once. */
 static void
 dns_ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
@@ -566,6 +622,8 @@ dns_ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 	    f->err == 0) {
 		if (req->kind == DNS_REQ_MX)
 			dns_on_mx(f, req, status, abuf, alen);
+		else if (req->kind == DNS_REQ_TXT)
+			dns_on_txt(f, status, abuf, alen);
 		else
 			dns_on_addr(f, req, status, abuf, alen);
 	}
@@ -653,6 +711,27 @@ dns_lookup(struct dns_resolver *r, const char *domain, uint16_t port, dns_cb *cb
 		dns_xch_init(&f->x[0], text, 0, port);
 		dns_xch_add_addr(&f->x[0], &a);
 		f->nx = 1;
+	}
+	dns_fetch_release(f);
+	return q;
+}
+
+struct dns_query *
+dns_lookup_txt(struct dns_resolver *r, const char *name, dns_cb *cb, void *arg)
+{
+	struct dns_query *q = dns_query_new(r, cb, arg);
+	struct dns_fetch *f = dns_fetch_new(r, NULL);
+	char *norm = dns_norm(name);
+
+	f->txtq = true;
+	dns_fetch_join(f, q);
+	if (norm == NULL || norm[0] == '\0') {
+		free(norm);
+		f->domain = xstrdup("(bad)");
+		dns_fail(f, RELAY_EINVAL, "5.1.2", "bad domain name");
+	} else {
+		f->domain = norm;
+		dns_send(f, DNS_REQ_TXT, 0, 0, f->domain);
 	}
 	dns_fetch_release(f);
 	return q;

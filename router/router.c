@@ -204,6 +204,12 @@ router_sched(struct router *r)
 	return r->sched;
 }
 
+struct dns_resolver *
+router_dns(struct router *r)
+{
+	return r->mx;
+}
+
 struct queue *
 router_queue(struct router *r)
 {

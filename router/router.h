@@ -59,6 +59,8 @@ void router_wait_cancel(struct router *r, struct queue_waiter *w);
 
 /* The router's scheduler and queue, for the control plane. */
 struct sched *router_sched(struct router *r);
+/* The router's DNS resolver (relayctl dkim --check); NULL once closed. */
+struct dns_resolver *router_dns(struct router *r);
 struct queue *router_queue(struct router *r);
 
 enum sched_rcpt_state {
