@@ -495,6 +495,9 @@ queue_advance_tail(struct queue *q, struct queue_list *batch, struct queue_count
 				q->joff_call = call != NULL ? call : "publish";
 				q->joff_errno = e;
 			}
+			/* counted with the switch, so that the loop's log has them */
+			q->counters.journal_errors += c->journal_errors;
+			c->journal_errors = 0;
 			uv_mutex_unlock(&q->mtx);
 		}
 	} else
