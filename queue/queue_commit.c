@@ -5,7 +5,9 @@
  * journal and fdatasyncs it (the 250 goes out then); the writer thread
  * writes and names each message's msg/ file; the sync thread syncs,
  * publishes msg/<qid>, fsyncs msg/ and moves the journal's tail before the
- * router may see the message.  Also the start-up replay of the journal.
+ * router may see the message.  Also the start-up replay of the journal, and
+ * its restore without a restart after a disk failure switched it off (a
+ * probe job, sent by a back-off timer on the loop).
  * queue/QUEUE.md tells the whole story; queue.c owns the files,
  * transactions and records this works on.
  *
@@ -13,9 +15,10 @@
  * (queue_stage() to queue_async_cb()); queue_jnl_main(),
  * queue_writer_main() and queue_thread_main() touch only the jobs they took
  * from their input list (and the txn buffers those point at, untouched by
- * the loop meanwhile), the directory fds, the journal's side they own, and,
- * under q->mtx, the lists, flags and counters.  They never log, allocate or
- * call back.
+ * the loop meanwhile), the directory fds, the journal's side they own (the
+ * sync thread the whole journal while it restores it: the journal is off),
+ * and, under q->mtx, the lists, flags and counters.  They never log or call
+ * back, and allocate only to read the journal back in a restore.
  *
  * Must never: make the loop thread wait for a disk sync; acknowledge a
  * message before its journal batch or its msg/ file is durable; let a queue
