@@ -1067,7 +1067,7 @@ queue_probe_done(struct queue *q, struct queue_job *j)
 	q->probing = false;
 	if (!j->published) {
 		q->probes++;
-		queue_log_errno(NULL, j->failed_call, j->sys_errno);
+		queue_log_errno(NULL, j->failed_call != NULL ? j->failed_call : "probe", j->sys_errno);
 		queue_probe_arm(q);
 		return;
 	}
