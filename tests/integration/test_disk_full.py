@@ -31,7 +31,7 @@ import unittest
 
 from client import QUEUED_RE, make_message, submit
 from relay import Relay, needs_test_hooks
-from test_submit_smtp import auth_session, send_message
+from test_submit_smtp import auth_session, send_message, stop_cleanly
 from tmpfs import fill, small_tmpfs
 
 SENDER = "alice@example.org"
@@ -152,6 +152,7 @@ class HealsWithoutRestartTest(DiskFullBase):
         for qid in (first, kept, again, last):
             self.assertEqual(relay.count_log("delivered", qid=qid), 1, qid)
         self.assertFalse([m for m in sink.messages if b"X-Marker: refused" in m.data])
+        stop_cleanly(relay)
 
 
 class KillWhileOffTest(DiskFullBase):
@@ -174,6 +175,26 @@ class KillWhileOffTest(DiskFullBase):
         self.delivered_once(sink, kept_msg)
         self.assertEqual(len(sink.messages), 2)
         self.assertEqual(relay.count_log("delivered", qid=kept), 1)
+        stop_cleanly(relay)
+
+    def test_stop_while_the_journal_is_off(self):
+        """A clean stop with an acknowledged message held: relayd exits 0
+        (the held message freed, the probe timer closed), and the next start
+        replays it from the journal."""
+        relay = self.relay()
+        sink = relay.sink("127.0.0.2")
+        relay.start()
+        relay.wait_for_log("queue_scan")
+        kept, kept_msg = self.fill_and_accept(relay, "kept")
+        self.assertEqual(relay.stop(), 0, relay.diagnostics())
+        os.unlink(self.filler)
+
+        mark = relay.log_mark()
+        relay.start()
+        relay.wait_for_log("queue_journal_replayed", since=mark, messages=1)
+        relay.wait_for_log("delivered", qid=kept, timeout=20)
+        self.delivered_once(sink, kept_msg)
+        stop_cleanly(relay)
 
 
 @needs_test_hooks
@@ -226,6 +247,7 @@ class KillWhileRestoringTest(DiskFullBase):
         for msg in (kept_msg, kept2_msg, last_msg):
             self.delivered_once(sink, msg)
         self.assertEqual(len(sink.messages), 3)
+        stop_cleanly(relay)
 
 
 if __name__ == "__main__":
