@@ -114,6 +114,10 @@ class HealsWithoutRestartTest(DiskFullBase):
         code, text = send_message(r, SENDER, [BOB], big_message("refused", self.lines))
         self.assertEqual(code, 452, text)
         self.assertTrue(text.startswith("4.3.1 "), text)
+        # one past the 64 KiB buffer fails while its body is being written
+        code, text = send_message(r, SENDER, [BOB], big_message("refused-large", 1300))
+        self.assertEqual(code, 452, text)
+        self.assertTrue(text.startswith("4.3.1 "), text)
         r.close()
 
         # A probe found the disk still full: nothing restored, nothing sent.
