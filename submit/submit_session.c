@@ -876,6 +876,14 @@ submit_session_check_from(struct submit_session *s)
 	return 0;
 }
 
+/* A message the queue could not write: a full disk is 452 4.3.1 (RFC 3463), else 451 4.3.0. */
+static const char *
+submit_session_queue_reply(int err)
+{
+	return err == RELAY_ENOSPC ? "452 4.3.1 Error: insufficient system storage" :
+	    "451 4.3.0 Error: queue file write error";
+}
+
 /* The end of a message's commit, or of its signing (fail: the 4xx to give). */
 static void
 submit_session_commit_end(struct submit_session *s, int err, const char *qid,
@@ -905,8 +913,7 @@ submit_session_commit_end(struct submit_session *s, int err, const char *qid,
 		if (fail == NULL)
 			log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "commit", NULL);
 		srv->stats->rejected++;
-		submit_session_reply(s, "%s", fail != NULL ? fail :
-		    "451 4.3.0 Error: queue file write error");
+		submit_session_reply(s, "%s", fail != NULL ? fail : submit_session_queue_reply(err));
 	}
 	submit_session_reset_txn(s);
 	if (s->io == NULL) {
@@ -972,7 +979,8 @@ submit_session_data_end(struct submit_session *s)
 	case SUBMIT_DATA_WRITE:
 	default:
 		log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "write", NULL);
-		submit_session_reject(s, "data", "451 4.3.0 Error: queue file write error");
+		submit_session_reject(s, "data", "%s",
+		    submit_session_queue_reply(queue_txn_error(s->txn)));
 		rc = -1;
 		break;
 	}
