@@ -969,6 +969,11 @@ submit_session_data_end(struct submit_session *s)
 		submit_session_reject(s, "data", "550 5.7.1 Header From: rejected: too long to check");
 		rc = -1;
 		break;
+	case SUBMIT_DATA_NUL:
+		submit_session_reject(s, "data", "550 5.6.0 Error: message contains a NUL byte: "
+		    "not allowed in SMTP text");
+		rc = -1;
+		break;
 	case SUBMIT_DATA_WRITE:
 	default:
 		log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "write", NULL);
