@@ -41,8 +41,8 @@ struct submit_limits_tried {
 	unsigned blocks;            /* blocks in this streak (each twice as long) */
 	uint64_t block_until;       /* 0: never blocked */
 	struct {
-		char ip[64];
-		uint64_t at;        /* 0: empty */
+		char ip[64];        /* "": an empty slot */
+		uint64_t at;
 	} known[SUBMIT_LIMITS_KNOWN];
 	char key[];
 };
@@ -250,7 +250,7 @@ submit_limits_tried_known(const struct submit_limits *l, const struct submit_lim
 	if (l->p.auth_login_known_ttl == 0)
 		return false;
 	for (i = 0; i < SUBMIT_LIMITS_KNOWN; i++)
-		if (t->known[i].at != 0 && now - t->known[i].at < l->p.auth_login_known_ttl &&
+		if (t->known[i].ip[0] != '\0' && now - t->known[i].at < l->p.auth_login_known_ttl &&
 		    strcmp(t->known[i].ip, ip) == 0)
 			return true;
 	return false;
@@ -323,12 +323,13 @@ submit_limits_login_succeeded(struct submit_limits *l, const char *login, const 
 		return;
 	t = submit_limits_tried_get(l, login);
 	for (i = 0; i < SUBMIT_LIMITS_KNOWN; i++) {
-		if (t->known[i].at != 0 && strcmp(t->known[i].ip, ip) == 0) {
+		if (strcmp(t->known[i].ip, ip) == 0) {
 			slot = i;
 			break;
 		}
-		if (t->known[i].at < t->known[slot].at)
-			slot = i;           /* the empty or the oldest */
+		if (t->known[slot].ip[0] != '\0' &&
+		    (t->known[i].ip[0] == '\0' || t->known[i].at < t->known[slot].at))
+			slot = i;           /* an empty slot, else the oldest */
 	}
 	snprintf(t->known[slot].ip, sizeof(t->known[slot].ip), "%s", ip);
 	t->known[slot].at = now;
@@ -477,7 +478,7 @@ submit_limits_tried_stale(const struct submit_limits *l, struct submit_limits_tr
 	if (t->fails > 0 || t->blocks > 0 || now < t->block_until)
 		return false;
 	for (i = 0; i < SUBMIT_LIMITS_KNOWN; i++)
-		if (t->known[i].at != 0 && now - t->known[i].at < l->p.auth_login_known_ttl)
+		if (t->known[i].ip[0] != '\0' && now - t->known[i].at < l->p.auth_login_known_ttl)
 			return false;
 	return true;
 }
