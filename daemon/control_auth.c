@@ -73,24 +73,27 @@ static int
 control_auth_unblock(struct submit *s, const char *name, bool json, struct buf *out)
 {
 	const char *kind = "login";
+	struct buf key = BUF_INIT;
 
-	if (submit_auth_unblock(s, name, &kind) != 0) {
+	if (submit_auth_unblock(s, name, &kind, &key) != 0) {
 		buf_puts(out, "not blocked: ");
 		rctl_text(out, name);
 		buf_printf(out, " (no %s with failed AUTHs in relayctl auth list)", kind);
+		buf_free(&key);
 		return RELAY_ENOENT;
 	}
 	if (json) {
 		buf_puts(out, "{\"unblocked\":");
-		json_str(out, name);
+		json_str(out, buf_cstr(&key));
 		buf_puts(out, ",\"kind\":");
 		json_str(out, kind);
 		buf_puts(out, "}\n");
 	} else {
 		buf_printf(out, "%s ", kind);
-		rctl_text(out, name);
+		rctl_text(out, buf_cstr(&key));
 		buf_puts(out, " unblocked: its failed AUTHs are forgotten\n");
 	}
+	buf_free(&key);
 	return 0;
 }
 

@@ -46,10 +46,11 @@ void submit_auth_blocks(struct submit *s, void (*cb)(void *arg, const struct sub
     void *arg);
 /*
  * Clear the failures and the block of a client address (name is an IP
- * address) or of a login; logs auth_unblocked.  *kind says which.  0, or
+ * address) or of a login; logs auth_unblocked.  *kind says which, key gets
+ * the name as the counters hold it (a login in lower case).  0, or
  * RELAY_ENOENT when it had neither.
  */
-int submit_auth_unblock(struct submit *s, const char *name, const char **kind);
+int submit_auth_unblock(struct submit *s, const char *name, const char **kind, struct buf *key);
 
 /* Stop listening, close sessions (421 to each), done(arg) once every handle is
  * closed and the password checks still running have returned, or were waited

@@ -362,9 +362,8 @@ submit_auth_note_user(struct submit_session *s, const char *p, size_t len)
  * are one target), at most 255 octets.
  */
 static void
-submit_auth_login_key(const struct submit_session *s, const char *user, size_t n, struct buf *out)
+submit_auth_login_key(const char *realm, const char *user, size_t n, struct buf *out)
 {
-	const char *realm = s->conf->submit.sasl_realm;
 	size_t rl = realm ? strlen(realm) : 0, i;
 
 	if (rl > 0 && n > rl + 1 && user[n - rl - 1] == '@' &&
@@ -390,7 +389,7 @@ submit_auth_login_held(struct submit_session *s)
 
 	if (s->auth_user.len == 0)
 		return false;
-	submit_auth_login_key(s, s->auth_user.data, s->auth_user.len, &s->tmp);
+	submit_auth_login_key(s->conf->submit.sasl_realm, s->auth_user.data, s->auth_user.len, &s->tmp);
 	if (!submit_limits_login_blocked(s->srv->limits, buf_cstr(&s->tmp), s->ip, now, &until))
 		return false;
 	util_rfc3339(util_now_ms() + (until - now), when, sizeof(when));
@@ -428,7 +427,7 @@ submit_auth_success(struct submit_session *s)
 		n -= rl + 1;
 	free(s->login);
 	s->login = xstrndup(user, n);
-	submit_auth_login_key(s, s->login, n, &s->tmp);
+	submit_auth_login_key(s->conf->submit.sasl_realm, s->login, n, &s->tmp);
 	submit_limits_login_succeeded(s->srv->limits, buf_cstr(&s->tmp), s->ip, util_mono_ms());
 	log_begin(&l, LOG_INFO, "authenticated");
 	log_kv(&l, "session", s->id);
@@ -465,7 +464,7 @@ submit_auth_failure(struct submit_session *s, int rc)
 		buf_puts(&s->auth_user, user);
 	delay = submit_limits_auth_failed(srv->limits, s->ip, now, &refused);
 	if (s->auth_user.len > 0) {
-		submit_auth_login_key(s, s->auth_user.data, s->auth_user.len, &s->tmp);
+		submit_auth_login_key(s->conf->submit.sasl_realm, s->auth_user.data, s->auth_user.len, &s->tmp);
 		block = submit_limits_login_failed(srv->limits, buf_cstr(&s->tmp), now);
 	}
 	log_begin(&l, LOG_NOTICE, "auth_failed");
@@ -860,11 +859,10 @@ submit_auth_blocks(struct submit *srv, void (*cb)(void *arg, const struct submit
 }
 
 int
-submit_auth_unblock(struct submit *srv, const char *name, const char **kind)
+submit_auth_unblock(struct submit *srv, const char *name, const char **kind, struct buf *key)
 {
 	unsigned char addr[sizeof(struct in6_addr)];
 	char canon[INET6_ADDRSTRLEN];
-	struct buf key = BUF_INIT;
 	bool login;
 	int rc;
 
@@ -878,21 +876,19 @@ submit_auth_unblock(struct submit *srv, const char *name, const char **kind)
 	else
 		login = true;
 	*kind = login ? "login" : "address";
-	if (login) {
-		for (; *name != '\0'; name++)
-			buf_putc(&key, (*name >= 'A' && *name <= 'Z') ? (char)(*name + 32) : *name);
-	} else {
-		buf_puts(&key, canon);
-	}
-	rc = submit_limits_auth_clear(srv->limits, buf_cstr(&key), login, util_mono_ms());
+	buf_reset(key);
+	if (login)
+		submit_auth_login_key(srv->conf->submit.sasl_realm, name, strlen(name), key);
+	else
+		buf_puts(key, canon);
+	rc = submit_limits_auth_clear(srv->limits, buf_cstr(key), login, util_mono_ms());
 	if (rc == RELAY_ENOENT && !login && strchr(canon, ':') == NULL) {
-		buf_reset(&key);        /* a v4 client on a v6 listener */
-		buf_printf(&key, "::ffff:%s", canon);
-		rc = submit_limits_auth_clear(srv->limits, buf_cstr(&key), login, util_mono_ms());
+		buf_reset(key);        /* a v4 client on a v6 listener */
+		buf_printf(key, "::ffff:%s", canon);
+		rc = submit_limits_auth_clear(srv->limits, buf_cstr(key), login, util_mono_ms());
 	}
 	if (rc == 0)
-		log_event(LOG_NOTICE, "auth_unblocked", login ? "user" : "client", buf_cstr(&key),
+		log_event(LOG_NOTICE, "auth_unblocked", login ? "user" : "client", buf_cstr(key),
 		    "by", "relayctl", NULL);
-	buf_free(&key);
 	return rc;
 }

@@ -37,6 +37,7 @@ struct submit_limits_entry {
 struct submit_limits_tried {
 	struct htab_node node;      /* in tried, by key */
 	unsigned fails;             /* in the window, since the last block began */
+	unsigned block_fails;       /* the failures that began the last block (shown) */
 	uint64_t fail_start;
 	unsigned blocks;            /* blocks in this streak (each twice as long) */
 	uint64_t block_until;       /* 0: never blocked */
@@ -308,6 +309,7 @@ submit_limits_login_failed(struct submit_limits *l, const char *login, uint64_t 
 		len = 1;
 	t->blocks++;
 	t->block_until = now + len;
+	t->block_fails = t->fails;
 	t->fails = 0;
 	return len;
 }
@@ -365,8 +367,8 @@ submit_limits_auth_each(struct submit_limits *l, uint64_t now,
 		memset(&b, 0, sizeof(b));
 		b.login = true;
 		b.name = t->key;
-		b.failures = t->fails;
 		b.blocked = now < t->block_until;
+		b.failures = b.blocked ? t->block_fails : t->fails;
 		b.until = b.blocked ? t->block_until : t->fail_start + l->p.auth_fail_window;
 		b.blocks = t->blocks;
 		cb(arg, &b);
