@@ -41,10 +41,11 @@ struct submit_limits_tried {
 	uint64_t fail_start;
 	unsigned blocks;            /* blocks in this streak (each twice as long) */
 	uint64_t block_until;       /* 0: never blocked */
-	struct {
+	struct submit_limits_known {
 		char ip[64];        /* "": an empty slot */
 		uint64_t at;
-	} known[SUBMIT_LIMITS_KNOWN];
+	} *known;                   /* [SUBMIT_LIMITS_KNOWN] after the first success, else NULL:
+	                               names only guessed at stay small */
 	char key[];
 };
 
@@ -96,8 +97,13 @@ submit_limits_tried_free(struct htab *t)
 	struct htab_iter it;
 	struct htab_node *n;
 
-	HTAB_FOREACH(n, t, &it)
-		free(HTAB_ENTRY(n, struct submit_limits_tried, node));
+	struct submit_limits_tried *e;
+
+	HTAB_FOREACH(n, t, &it) {
+		e = HTAB_ENTRY(n, struct submit_limits_tried, node);
+		free(e->known);
+		free(e);
+	}
 	htab_free(t);
 }
 
@@ -248,7 +254,7 @@ submit_limits_tried_known(const struct submit_limits *l, const struct submit_lim
 {
 	size_t i;
 
-	if (l->p.auth_login_known_ttl == 0)
+	if (l->p.auth_login_known_ttl == 0 || t->known == NULL)
 		return false;
 	for (i = 0; i < SUBMIT_LIMITS_KNOWN; i++)
 		if (t->known[i].ip[0] != '\0' && now - t->known[i].at < l->p.auth_login_known_ttl &&
@@ -324,6 +330,8 @@ submit_limits_login_succeeded(struct submit_limits *l, const char *login, const 
 	if (l->p.auth_login_known_ttl == 0 || l->p.auth_login_fail_limit == 0)
 		return;
 	t = submit_limits_tried_get(l, login);
+	if (t->known == NULL)
+		t->known = xcalloc(SUBMIT_LIMITS_KNOWN, sizeof(*t->known));
 	for (i = 0; i < SUBMIT_LIMITS_KNOWN; i++) {
 		if (strcmp(t->known[i].ip, ip) == 0) {
 			slot = i;
@@ -479,7 +487,7 @@ submit_limits_tried_stale(const struct submit_limits *l, struct submit_limits_tr
 	submit_limits_tried_window(l, t, now);
 	if (t->fails > 0 || t->blocks > 0 || now < t->block_until)
 		return false;
-	for (i = 0; i < SUBMIT_LIMITS_KNOWN; i++)
+	for (i = 0; t->known != NULL && i < SUBMIT_LIMITS_KNOWN; i++)
 		if (t->known[i].ip[0] != '\0' && now - t->known[i].at < l->p.auth_login_known_ttl)
 			return false;
 	return true;
@@ -498,6 +506,7 @@ submit_limits_expire(struct submit_limits *l, uint64_t now)
 		t = HTAB_ENTRY(n, struct submit_limits_tried, node);
 		if (submit_limits_tried_stale(l, t, now)) {
 			htab_remove(&l->tried, n);
+			free(t->known);
 			free(t);
 		}
 	}
