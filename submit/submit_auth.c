@@ -356,19 +356,30 @@ submit_auth_note_user(struct submit_session *s, const char *p, size_t len)
 	buf_append(&s->auth_user, a, n);
 }
 
-/*
- * The name a login is counted and blocked under: user without "@realm"
- * when realm is ours, folded to lower case (so that "Alice" and "alice"
- * are one target), at most 255 octets.
- */
-static void
-submit_auth_login_key(const char *realm, const char *user, size_t n, struct buf *out)
+/* The length of user (n octets) without "@realm" when realm is ours:
+ * "alice@relay.test" in realm relay.test is the login "alice". */
+static size_t
+submit_auth_unrealm(const char *realm, const char *user, size_t n)
 {
-	size_t rl = realm ? strlen(realm) : 0, i;
+	size_t rl = realm ? strlen(realm) : 0;
 
 	if (rl > 0 && n > rl + 1 && user[n - rl - 1] == '@' &&
 	    util_strncasecmp(user + n - rl, realm, rl) == 0)
 		n -= rl + 1;
+	return n;
+}
+
+/*
+ * The name a login is counted and blocked under: user without "@realm",
+ * folded to lower case (so that "Alice" and "alice" are one target), at
+ * most 255 octets.
+ */
+static void
+submit_auth_login_key(const char *realm, const char *user, size_t n, struct buf *out)
+{
+	size_t i;
+
+	n = submit_auth_unrealm(realm, user, n);
 	if (n > 255)
 		n = 255;
 	buf_reset(out);
@@ -389,7 +400,8 @@ submit_auth_login_held(struct submit_session *s)
 
 	if (s->auth_user.len == 0)
 		return false;
-	submit_auth_login_key(s->conf->submit.sasl_realm, s->auth_user.data, s->auth_user.len, &s->tmp);
+	submit_auth_login_key(s->conf->submit.sasl_realm, s->auth_user.data, s->auth_user.len,
+	    &s->tmp);
 	if (!submit_limits_login_blocked(s->srv->limits, buf_cstr(&s->tmp), s->ip, now, &until))
 		return false;
 	util_rfc3339(util_now_ms() + (until - now), when, sizeof(when));
@@ -409,8 +421,8 @@ static void
 submit_auth_success(struct submit_session *s)
 {
 	const char *user = NULL, *realm = s->conf->submit.sasl_realm;
-	size_t n, rl;
 	struct log_line l;
+	size_t n;
 
 	if (sasl_getprop(s->auth->sasl, SASL_USERNAME, (const void **)&user) != SASL_OK ||
 	    user == NULL) {
@@ -419,15 +431,10 @@ submit_auth_success(struct submit_session *s)
 		submit_session_reply(s, "454 4.7.0 Temporary authentication failure");
 		return;
 	}
-	/* "alice@relay.test" in realm relay.test is the login "alice" */
-	n = strlen(user);
-	rl = realm ? strlen(realm) : 0;
-	if (rl > 0 && n > rl + 1 && user[n - rl - 1] == '@' &&
-	    util_strcasecmp(user + n - rl, realm) == 0)
-		n -= rl + 1;
+	n = submit_auth_unrealm(realm, user, strlen(user));
 	free(s->login);
 	s->login = xstrndup(user, n);
-	submit_auth_login_key(s->conf->submit.sasl_realm, s->login, n, &s->tmp);
+	submit_auth_login_key(realm, s->login, n, &s->tmp);
 	submit_limits_login_succeeded(s->srv->limits, buf_cstr(&s->tmp), s->ip, util_mono_ms());
 	log_begin(&l, LOG_INFO, "authenticated");
 	log_kv(&l, "session", s->id);
@@ -464,7 +471,8 @@ submit_auth_failure(struct submit_session *s, int rc)
 		buf_puts(&s->auth_user, user);
 	delay = submit_limits_auth_failed(srv->limits, s->ip, now, &refused);
 	if (s->auth_user.len > 0) {
-		submit_auth_login_key(s->conf->submit.sasl_realm, s->auth_user.data, s->auth_user.len, &s->tmp);
+		submit_auth_login_key(s->conf->submit.sasl_realm, s->auth_user.data,
+		    s->auth_user.len, &s->tmp);
 		block = submit_limits_login_failed(srv->limits, buf_cstr(&s->tmp), now);
 	}
 	log_begin(&l, LOG_NOTICE, "auth_failed");
@@ -603,7 +611,6 @@ static void
 submit_auth_stop_expired(uv_timer_t *t)
 {
 	struct submit *srv = t->data;
-
 	struct log_line l;
 
 	srv->auth_abandoned = srv->auth_running;
@@ -690,7 +697,8 @@ submit_auth_after_work(uv_work_t *req, int status)
 	}
 	submit_auth_drop_retired();
 	submit_auth_run_next(srv);
-	if (srv->auth_running == 0 && srv->auth_stop_open && !uv_is_closing((uv_handle_t *)&srv->auth_stop))
+	if (srv->auth_running == 0 && srv->auth_stop_open &&
+	    !uv_is_closing((uv_handle_t *)&srv->auth_stop))
 		uv_close((uv_handle_t *)&srv->auth_stop, submit_auth_stop_closed);
 }
 
