@@ -431,9 +431,11 @@ submit_parse_bdat(const char *args, uint64_t *size, bool *last)
 	if (!submit_parse_is_digit((unsigned char)*p))
 		return RELAY_EINVAL;
 	for (; submit_parse_is_digit((unsigned char)*p); p++) {
-		if (n > (UINT64_MAX - 9) / 10)
+		unsigned d = (unsigned)(*p - '0');
+
+		if (n > (UINT64_MAX - d) / 10)
 			return RELAY_EINVAL;    /* no such chunk: the count is out of reach */
-		n = n * 10 + (uint64_t)(*p - '0');
+		n = n * 10 + d;
 	}
 	if (*p == ' ') {
 		while (*p == ' ')
