@@ -276,6 +276,26 @@ class Bounces(NDRChecks, unittest.TestCase):
         self.assertEqual(params.get("NOTIFY"), "SUCCESS,FAILURE")
         self.assertEqual(params.get("ORCPT"), "rfc822;Good@Example.NET")
 
+    def test_dsn_pass_on_is_durable_across_a_crash(self):
+        """That the next hop took DSN on is recorded with the delivery: a crash
+        while the message is still queued (another recipient deferred) does not
+        bring relayd's own success notice back after the restart."""
+        self.dest.script(rcpt={"later@example.net": ["450 4.2.1 mailbox busy", "250 2.1.5 Ok"],
+                               "*": "250 2.1.5 Ok"})
+        qid = self.send(["good@example.net", "later@example.net"],
+                        rcpt_options={"good@example.net": ["NOTIFY=SUCCESS"]})
+        self.relay.wait_for_log("delivered", qid=qid, rcpt="good@example.net", timeout=30)
+        self.relay.wait_for_log("deferred", qid=qid, rcpt="later@example.net", timeout=30)
+        self.relay.kill9()
+        mark = self.relay.log_mark()
+        self.relay.start()
+        self.relay.wait_for_log("queue_loaded", since=mark, timeout=30)
+        self.relay.wait_for_log("delivered", qid=qid, rcpt="later@example.net", timeout=30)
+        self.relay.wait_for_log("removed", qid=qid, timeout=30, since=mark)
+        self.assertEqual(self.relay.count_log("ndr", qid=qid), 0)
+        self.assertEqual(self.home.transactions, [])
+        self.assertEqual(self.relay.count_log("delivered", qid=qid, rcpt="good@example.net"), 1)
+
     def test_mixed_recipients_one_report_for_those_that_asked(self):
         mark = self.relay.log_mark()
         rcpts = ["good@example.net", "bad@example.net", "bad2@example.net", "never@example.net"]
