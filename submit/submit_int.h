@@ -337,7 +337,7 @@ enum submit_state {
 	SUBMIT_S_SENDER,            /* MAIL waits for the directory (senders_ldap) */
 	SUBMIT_S_RCPT,              /* at least one RCPT accepted */
 	SUBMIT_S_DATA,              /* reading the message text */
-	SUBMIT_S_BDAT,              /* reading the octets of an accepted BDAT chunk */
+	SUBMIT_S_BDAT,              /* reading the octets of a BDAT chunk (or dropping them) */
 	SUBMIT_S_CHUNKS,            /* between the BDAT chunks of a message */
 	SUBMIT_S_COMMIT,            /* waiting for the queue to make it durable */
 	SUBMIT_S_DELAY,             /* a failed-AUTH reply is held back */
@@ -396,6 +396,7 @@ struct submit_session {
 	uint64_t chunk_total;           /* octets of this message's chunks, this one included */
 	bool chunk_last;                /* BDAT ... LAST */
 	bool chunk_drop;                /* the BDAT was refused: its octets are read and dropped */
+	enum submit_state chunk_return; /* the state to go back to after a dropped chunk */
 
 	/* scratch, reused for every command */
 	struct buf line;                /* the command being handled (args point into it) */

@@ -1042,6 +1042,8 @@ submit_bdat_drop(struct submit_session *s, const char *args)
 	}
 	s->chunk_left = size;
 	s->chunk_drop = true;
+	s->chunk_return = s->state;         /* read in BDAT, with its timeout */
+	submit_enter_state(s, SUBMIT_S_BDAT);
 }
 
 /* A BDAT refused mid-message: the message is given up (RFC 3030 4.2: the
@@ -1124,8 +1126,10 @@ submit_bdat_input(struct submit_session *s)
 		if (!s->chunk_drop)
 			submit_data_bytes(&s->data, p, n);
 	}
-	s->chunk_drop = false;
-	if (s->state == SUBMIT_S_BDAT)
+	if (s->chunk_drop) {
+		s->chunk_drop = false;
+		submit_enter_state(s, s->chunk_return);
+	} else
 		submit_bdat_chunk_end(s);
 	return 0;
 }
@@ -1245,7 +1249,7 @@ submit_session_input(struct submit_session *s)
 		s->barrier = false;     /* a new batch from the client */
 	s->resumed = false;
 	while (s->io != NULL && submit_states[s->state].input) {
-		if (s->state == SUBMIT_S_BDAT || s->chunk_left > 0) {
+		if (s->state == SUBMIT_S_BDAT) {
 			if (submit_bdat_input(s) != 0)
 				break;
 			continue;

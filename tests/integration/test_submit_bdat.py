@@ -18,6 +18,7 @@ from test_submit_smtp import QueueOnlyRelay
 from test_submit_smtp import (auth_session, qid_of, queued_files, read_queued, send_message,
                               stop_cleanly)
 from relay import Relay
+import test_dkim
 
 SENDER = "alice@example.org"
 RCPT = "bob@example.net"
@@ -350,6 +351,30 @@ class BdatDeliveryTest(unittest.TestCase):
         self.assertEqual(without_received(by_qid[qid_b].data),
                          without_received(by_qid[qid_d].data))
         self.assertEqual(by_qid[qid_b].rcpt_addrs, [RCPT])
+
+
+class BdatDkimTest(test_dkim.DkimCase):
+    """A message sent by BDAT is signed as DATA's is: both signatures verify."""
+
+    def test_bdat_message_is_signed(self):
+        self.make()
+        r = auth_session(self.relay)
+        self.addCleanup(r.close)
+        r.cmd("MAIL FROM:<%s>" % SENDER)
+        r.cmd("RCPT TO:<%s>" % RCPT)
+        cut = MESSAGE.index(b"Subject") + 3
+        r.send(bdat(split_at(MESSAGE, [cut, cut + 1, len(MESSAGE) - 5])))
+        for _ in range(3):
+            self.assertEqual(r.read_reply()[0], 250)
+        code, text = r.read_reply()
+        self.assertEqual(code, 250, text)
+        qid = qid_of(text)
+        [m] = self.sink.wait_for_messages(1, timeout=60)
+        self.verify_all(m.data, 2)
+        self.assertTrue(m.data.endswith(b"\r\n\r\n.leading dot\r\n..two dots\r\n.\r\n"
+                                        b"body line\r\n"))
+        line = self.relay.wait_for_log("accepted", qid=qid)
+        self.assertEqual(line["dkim"], "d=example.org;s=s2026r,d=example.org;s=s2026e")
 
 
 if __name__ == "__main__":
