@@ -283,6 +283,25 @@ class BdatTest(unittest.TestCase):
                 self.assertEqual(queued_files(self.relay), before)
                 self.assertEqual(self.relay.count_log("accepted", since=mark), 0)
 
+    def test_a_nul_byte_is_treated_as_data_treats_it(self):
+        # whatever DATA does with a NUL in the text (refuse, or keep), BDAT does the same
+        msg = MESSAGE + b"nul \x00 here\r\n"
+        r = self.session()
+        data_reply = send_message(r, SENDER, [RCPT], msg.replace(b"\r\n.", b"\r\n.."))
+        self.begin(r)
+        r.send(bdat(split_at(msg, [len(msg) - 8])))
+        first = r.read_reply()
+        self.assertEqual(first[0], 250)
+        bdat_reply = r.read_reply()
+        self.assertEqual(bdat_reply[0], data_reply[0], (data_reply, bdat_reply))
+        if data_reply[0] == 250:
+            _, bd = read_queued(self.relay, qid_of(data_reply[1]))
+            _, bb = read_queued(self.relay, qid_of(bdat_reply[1]))
+            self.assertEqual(without_received(bb), without_received(bd))
+        else:
+            self.assertEqual(bdat_reply, data_reply)
+        self.assertEqual(r.cmd("NOOP"), (250, "2.0.0 Ok"))
+
     def test_long_line_is_refused_as_in_data(self):
         r = self.session()
         self.begin(r)
