@@ -190,6 +190,7 @@ enum submit_data_err {
 	SUBMIT_DATA_LONG_LINE,      /* a text line over SUBMIT_TEXT_LINE_MAX */
 	SUBMIT_DATA_WRITE,          /* write() failed */
 	SUBMIT_DATA_HEADER_FROM,    /* more than one From: or one too long to check */
+	SUBMIT_DATA_NUL,            /* a NUL byte: not text (RFC 5321 2.3.8, RFC 6152) */
 };
 
 typedef int submit_data_write_fn(void *arg, const void *p, size_t len);
@@ -234,6 +235,9 @@ void submit_data_begin(struct submit_data *d, uint64_t max_size, bool collect_fr
     submit_data_write_fn *write, void *arg);
 /* One input line with its terminator.  Returns 1 at the end of data, else 0. */
 int submit_data_line(struct submit_data *d, const char *line, size_t len);
+/* Message text must hold no NUL, 8BITMIME or not (only BINARYMIME may, and it
+ * is not offered): sets SUBMIT_DATA_NUL if p[0..len) does.  For DATA and BDAT. */
+void submit_data_check_text(struct submit_data *d, const char *p, size_t len);
 /* The io discarded an over-long line (up to its LF). */
 void submit_data_long_line(struct submit_data *d);
 /*
