@@ -35,6 +35,10 @@ acknowledged message or nothing moves for --drain-stall s, and then:
                         the kill came after the sync and before the reply
                         reached the client)
     unacked_queued      the same, still queued
+
+and how many kills found acknowledged mail that was only in the journal
+(no msg/<qid> file yet: the start-up replay must bring it back), and how
+many such messages in all.
     unknown_delivered   the sink got a message no submitter sent (never allowed)
 
 It exits 1 on any loss, confirmed duplicate or unknown message (with
@@ -135,6 +139,12 @@ def submitter(relay, no, ledger, stop):
         stop.wait(0.05)
 
 
+def msg_files(relay):
+    """The queue ids with a published file in queue_dir/msg/."""
+    d = os.path.join(relay.queue_dir, "msg")
+    return [n for n in os.listdir(d) if not n.startswith(".")] if os.path.isdir(d) else []
+
+
 def soak_id(data):
     """The X-Soak-Id of a delivered message, or None."""
     i = data.find(ID_HEADER)
@@ -200,6 +210,7 @@ def main():
     stop = threading.Event()
     threads = []
     failed = True
+    journal_only = journal_kills = 0
     t0 = time.monotonic()
     try:
         relay.start()
@@ -218,6 +229,14 @@ def main():
                 time.sleep(0.01)
             time.sleep(rnd.uniform(0.0, a.max_delay))
             relay.kill9()
+            # acknowledged, but only in the journal at the kill: no msg/ file
+            # yet, and not delivered (a delivered message's file is gone)
+            gone = set(delivered(sink))
+            with ledger.lock:
+                qids = {q for m, q in ledger.acked.items() if m not in gone}
+            in_journal = len(qids - set(msg_files(relay)))
+            journal_only += in_journal
+            journal_kills += in_journal > 0
             relay.start(timeout=30)
             if (k + 1) % 10 == 0:
                 print("kills=%d acked=%d delivered=%d" % (k + 1, len(ledger.acked),
@@ -277,8 +296,10 @@ def main():
         c["unacked_queued"] = max(0, len(queued) - c["still_queued"])
         c["unknown_delivered"] = sum(len(v) for mid, v in got.items()
                                      if mid not in ledger.sent)
-        print("soak: kills=%d threads=%d seed=%d elapsed_s=%.0f refused_replies=%d"
-              % (a.kills, a.threads, seed, time.monotonic() - t0, ledger.refused))
+        print("soak: kills=%d threads=%d seed=%d elapsed_s=%.0f refused_replies=%d "
+              "kills_with_journal_only_mail=%d journal_only_at_kill=%d"
+              % (a.kills, a.threads, seed, time.monotonic() - t0, ledger.refused,
+                 journal_kills, journal_only))
         print(" ".join("%s=%d" % kv for kv in c.items()))
         for mid, qid in lost[:20]:
             print("LOST %s qid=%s" % (mid, qid))
