@@ -9,7 +9,10 @@
  * in NUL, then one more NUL), the size and argument limits, the command
  * table, every command's argument parsing and its output are exercised.
  *
- * Input: the bytes a client sends.  A "reload" request is left out
+ * Input: the bytes a client sends, except that an argument "%0", "%1" or
+ * "%2" is replaced by the queue id of one of the queued messages (the
+ * fuzzer cannot guess ids; a message deleted or bounced by an input is
+ * queued again before the next).  A "reload" request is left out
  * (return -1): it re-reads the configuration through modules this target
  * does not start (fuzz_conf covers the loader).  Seeds:
  * tests/fuzz/corpus/control/ (what relayctl sends for every verb).
@@ -37,21 +40,23 @@
 static uv_loop_t fuzz_loop;
 static struct relay fuzz_relay;
 static char fuzz_sock[600];
-static int fuzz_committed;
+static char fuzz_qids[FUZZ_NMSG][QID_MAX];
+static int fuzz_committing;
 
 static void
 fuzz_commit_cb(void *arg, int err, const char *qid)
 {
-	(void)arg;
-	(void)qid;
+	char *slot = arg;
+
 	if (err != 0)
 		abort();
-	fuzz_committed++;
+	snprintf(slot, QID_MAX, "%s", qid);
+	fuzz_committing--;
 }
 
-/* A few messages in the queue, as submissions leave them. */
+/* Queue message i (as a submission leaves it) into its slot, unless it is there. */
 static void
-fuzz_fill_queue(struct router *r)
+fuzz_queue_msg(struct router *r, int i)
 {
 	static const char *const rcpt[FUZZ_NMSG] = { "bob@example.net", "carol@example.com",
 	    "\"d e\"@example.net" };
@@ -59,35 +64,60 @@ fuzz_fill_queue(struct router *r)
 	struct envelope env;
 	struct queue_txn *t;
 	struct buf body = BUF_INIT;
-	int i;
 
-	for (i = 0; i < FUZZ_NMSG; i++) {
-		memset(&env, 0, sizeof(env));
-		memset(rc, 0, sizeof(rc));
-		rc[0].addr = (char *)rcpt[i];
-		rc[1].addr = (char *)"dave@example.org";
-		rc[1].orcpt = (char *)"rfc822;dave@example.org";
-		rc[1].notify = ENV_NOTIFY_FAILURE | ENV_NOTIFY_DELAY;
-		env.sender = (char *)(i == 2 ? "" : "alice@example.org");
-		env.rcpts = rc;
-		env.nrcpts = i == 1 ? 2 : 1;
-		env.auth_user = (char *)"alice";
-		env.client_ip = (char *)"127.0.0.1";
-		env.client_helo = (char *)"client.test";
-		env.arrival_ms = util_now_ms() - (uint64_t)i * 3600000;
-		if (router_txn_begin(r, &env, &t) != 0)
-			abort();
-		buf_reset(&body);
-		buf_printf(&body, "Received: from client.test ([127.0.0.1]) by relay.test\r\n"
-		    "From: Alice <alice@example.org>\r\nTo: %s\r\nSubject: message %d\r\n\r\n"
-		    "body %d\r\n", rcpt[i], i, i);
-		if (queue_txn_write(t, body.data, body.len) != 0)
-			abort();
-		queue_txn_commit(t, fuzz_commit_cb, NULL);
-	}
+	if (fuzz_qids[i][0] != '\0' && sched_find(router_sched(r), fuzz_qids[i]) != NULL)
+		return;
+	memset(&env, 0, sizeof(env));
+	memset(rc, 0, sizeof(rc));
+	rc[0].addr = (char *)rcpt[i];
+	rc[1].addr = (char *)"dave@example.org";
+	rc[1].orcpt = (char *)"rfc822;dave@example.org";
+	rc[1].notify = ENV_NOTIFY_FAILURE | ENV_NOTIFY_DELAY;
+	env.sender = (char *)(i == 2 ? "" : "alice@example.org");
+	env.rcpts = rc;
+	env.nrcpts = i == 1 ? 2 : 1;
+	env.auth_user = (char *)"alice";
+	env.client_ip = (char *)"127.0.0.1";
+	env.client_helo = (char *)"client.test";
+	env.arrival_ms = util_now_ms() - (uint64_t)i * 3600000;
+	if (router_txn_begin(r, &env, &t) != 0)
+		abort();
+	buf_printf(&body, "Received: from client.test ([127.0.0.1]) by relay.test\r\n"
+	    "From: Alice <alice@example.org>\r\nTo: %s\r\nSubject: message %d\r\n\r\n"
+	    "body %d\r\n", rcpt[i], i, i);
+	if (queue_txn_write(t, body.data, body.len) != 0)
+		abort();
 	buf_free(&body);
-	while (fuzz_committed < FUZZ_NMSG)
+	fuzz_committing++;
+	queue_txn_commit(t, fuzz_commit_cb, fuzz_qids[i]);
+	while (fuzz_committing > 0)
 		uv_run(&fuzz_loop, UV_RUN_ONCE);
+	/* the 250 comes from the journal a moment before the scheduler has it */
+	while (sched_find(router_sched(r), fuzz_qids[i]) == NULL)
+		uv_run(&fuzz_loop, UV_RUN_ONCE);
+}
+
+/* The input with "%0".."%2" arguments replaced by queue ids (caller frees). */
+static char *
+fuzz_request(const uint8_t *data, size_t size, size_t *outlen)
+{
+	struct buf out = BUF_INIT;
+	size_t i = 0, n;
+
+	while (i < size) {
+		n = strnlen((const char *)data + i, size - i);
+		if (n == 2 && data[i] == '%' && data[i + 1] >= '0' && data[i + 1] < '0' + FUZZ_NMSG)
+			buf_puts(&out, fuzz_qids[data[i + 1] - '0']);
+		else
+			buf_append(&out, data + i, n);
+		i += n;
+		if (i < size) {
+			buf_putc(&out, '\0');
+			i++;
+		}
+	}
+	*outlen = out.len;
+	return buf_steal(&out);
 }
 
 int
@@ -128,7 +158,6 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 		abort();
 	}
 	buf_free(&err);
-	fuzz_fill_queue(fuzz_relay.router);
 	return 0;
 }
 
@@ -148,19 +177,22 @@ fuzz_is_reload(const uint8_t *data, size_t size)
 }
 
 int
-LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t insize)
 {
 	struct sockaddr_un sun;
 	struct pollfd pfd;
-	char rbuf[65536];
-	size_t off = 0;
+	char rbuf[65536], *req;
+	size_t off = 0, size;
 	bool shut = false;
 	uint64_t deadline;
 	ssize_t n;
 	int fd;
 
-	if (fuzz_is_reload(data, size))
+	if (fuzz_is_reload(data, insize))
 		return -1;
+	for (int i = 0; i < FUZZ_NMSG; i++)
+		fuzz_queue_msg(fuzz_relay.router, i);
+	req = fuzz_request(data, insize, &size);
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
 	if (strlen(fuzz_sock) >= sizeof(sun.sun_path))
@@ -174,7 +206,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	deadline = util_mono_ms() + 10000;
 	for (;;) {
 		uv_run(&fuzz_loop, UV_RUN_NOWAIT);
-		while (off < size && (n = write(fd, data + off, size - off)) > 0)
+		while (off < size && (n = write(fd, req + off, size - off)) > 0)
 			off += (size_t)n;
 		if (off == size && !shut) {
 			shutdown(fd, SHUT_WR);
@@ -194,6 +226,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		(void)poll(&pfd, 1, 1);
 	}
 	close(fd);
+	free(req);
 	/* the connection's close callback, so that nothing is left per input */
 	uv_run(&fuzz_loop, UV_RUN_NOWAIT);
 	uv_run(&fuzz_loop, UV_RUN_NOWAIT);
