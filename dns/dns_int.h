@@ -70,6 +70,12 @@ struct dns_xch {
 	size_t n4;
 	bool temp;              /* a lookup for it failed temporarily */
 	bool self;              /* one of its addresses is ours */
+	bool insecure;          /* an address answer came without AD (router.dnssec) */
+	unsigned addr_pending;  /* its A/AAAA requests (CNAME follow-ups included) out */
+	enum dns_tlsa_state tlsa_state;
+	struct tlsa_rr *tlsa;
+	size_t ntlsa;
+	char tlsa_error[160];
 };
 
 TAILQ_HEAD(dns_query_list, dns_query);
@@ -98,6 +104,7 @@ struct dns_fetch {
 	size_t inflight;        /* c-ares requests (plus construction hold) outstanding */
 	uint32_t ttl;           /* s: least TTL of what the result rests on (DNS_TTL_NONE) */
 	bool temp;              /* some lookup failed temporarily */
+	bool mx_insecure;       /* router.dnssec: an MX answer on the way had no AD */
 
 	struct dns_xch *x;
 	size_t nx;
@@ -148,6 +155,7 @@ struct dns_resolver {
 	size_t nservers;
 	unsigned timeout_ms;
 	unsigned tries;
+	bool dnssec;                            /* router.dnssec: DO bit on, AD believed */
 
 	dns_random_fn *rnd;
 	void *rnd_arg;
@@ -159,13 +167,14 @@ struct dns_resolver {
 	void *done_arg;
 };
 
-/* One record of an answer section (class IN: CNAME, MX, A, AAAA). */
+/* One record of an answer section (class IN: CNAME, MX, A, AAAA, TLSA). */
 struct dns_rr {
 	char *owner;
 	int type;
 	unsigned pref;          /* MX */
 	char *target;           /* MX exchange, CNAME target */
 	unsigned char addr[16]; /* A, AAAA */
+	struct tlsa_rr tlsa;    /* TLSA (its data malloc'd) */
 };
 
 /* What dns_parse_answer() read from one answer (freed with dns_answer_free()). */
@@ -174,6 +183,7 @@ struct dns_answer {
 	size_t n;
 	uint32_t min_ttl;       /* least TTL in the answer section (DNS_TTL_NONE: no record) */
 	uint32_t neg_ttl;       /* negative answer: min(SOA TTL, SOA minimum); 0 without SOA */
+	bool ad;                /* the header's AD bit (RFC 4035 3.2.3) */
 };
 
 /* ---- dns.c: the resolver, queries, results ---- */
@@ -240,5 +250,20 @@ void dns_answer_free(struct dns_answer *an);
 const char *dns_chain_end(const struct dns_answer *an, const char *name, unsigned *links);
 /* How long a negative answer (NXDOMAIN, NODATA) may be kept: 0 when it says nothing. */
 uint32_t dns_neg_ttl(const unsigned char *abuf, int alen);
+/*
+ * A query for name/type (class IN, RD) with an EDNS0 OPT record of
+ * DNS_EDNS_UDPSIZE and the DO bit set (RFC 3225), for ares_send(): 0 and
+ * *buf (free with ares_free_string), or an ARES_E* code.
+ */
+#define DNS_EDNS_UDPSIZE     1232
+int dns_make_query_do(const char *name, int type, unsigned char **buf, int *len);
+/* The AD bit of a message's header (false for a short one). */
+bool dns_answer_ad(const unsigned char *abuf, int alen);
+/*
+ * What ares_query() would report for a complete answer from ares_send():
+ * ARES_SUCCESS (records), ARES_ENODATA, ARES_ENOTFOUND, ARES_ESERVFAIL,
+ * ARES_EREFUSED, ARES_EFORMERR, ARES_ENOTIMP, or ARES_EBADRESP (too short).
+ */
+int dns_answer_status(const unsigned char *abuf, int alen);
 
 #endif
