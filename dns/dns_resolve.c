@@ -806,9 +806,10 @@ dns_lookup(struct dns_resolver *r, const char *domain, uint16_t port, dns_cb *cb
 		return q;
 	}
 
-	/* No DNS: a bad name or an address literal, of its own. */
+	/* No DNS: a bad name or an address literal, of its own (never "secure"). */
 	f = dns_fetch_new(r, NULL);
 	f->port = port;
+	f->mx_insecure = true;
 	dns_fetch_join(f, q);
 	if (name == NULL || name[0] == '\0') {
 		free(name);
