@@ -9,14 +9,17 @@
  *   dns_resolve.c what a lookup answers: dns_lookup/dns_lookup_hosts,
  *                       address literals, MX ordering, implicit MX, null MX,
  *                       CNAME chains, loops back to ourselves (RFC 5321 5.1,
- *                       RFC 7505), every c-ares request and its answer;
+ *                       RFC 7505), secure exchangers and their TLSA records
+ *                       (router.dnssec), every c-ares request and its answer;
  *   dns_cache.c   sharing: fetches (the DNS work for one key) that
  *                       lookups join while in flight, and finished results
  *                       cached for their TTL;
  *   dns_ares.c    c-ares on the libuv loop: channels, their poll and
  *                       timer handles;
- *   dns_answer.c  DNS names and raw answers: the answer section, CNAME
- *                       chains, the TTL of negative answers (RFC 2308).
+ *   dns_answer.c  DNS names and raw answers: the answer section (TLSA
+ *                       records too), CNAME chains, the TTL of negative
+ *                       answers (RFC 2308), the AD bit, and the query with
+ *                       the DO bit that router.dnssec sends (RFC 3225).
  *
  * Must never: be included outside dns/dns*.c.
  */
