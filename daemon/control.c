@@ -232,6 +232,13 @@ control_dispatch(struct control_conn *cc, int argc, char **argv)
 					out.data[k] = ';';
 		}
 		buf_free(&err);
+	} else if (cmd != NULL && (cmd->id == CONTROL_CMD_AUTH_LIST ||
+	    cmd->id == CONTROL_CMD_AUTH_UNBLOCK)) {
+		rc = control_auth(r->submit, cmd, argc - consumed, argv + consumed, json, &out);
+		if (rc == RELAY_ENOENT)
+			code = CONTROL_ERR_NOTFOUND;
+		else if (rc == RELAY_EINVAL)
+			code = CONTROL_ERR_USAGE;
 	} else {
 		cc->later.done = conn_later_done;
 		cc->later.arg = cc;
