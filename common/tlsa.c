@@ -7,6 +7,8 @@
  */
 #include "common/tlsa.h"
 
+#include <openssl/evp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,4 +58,30 @@ tlsa_free_all(struct tlsa_rr *rr, size_t n)
 	for (i = 0; i < n; i++)
 		free(rr[i].data);
 	free(rr);
+}
+
+void
+tlsa_digest(const struct tlsa_rr *rr, size_t n, char out[TLSA_DIGEST_LEN])
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned char md[EVP_MAX_MD_SIZE], hdr[5];
+	unsigned mdlen = 0, i;
+	size_t k;
+
+	if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+		fatalx("%s: SHA-256 unavailable", __func__);
+	for (k = 0; k < n; k++) {
+		hdr[0] = rr[k].usage;
+		hdr[1] = rr[k].selector;
+		hdr[2] = rr[k].mtype;
+		hdr[3] = (unsigned char)(rr[k].len >> 8);
+		hdr[4] = (unsigned char)rr[k].len;
+		EVP_DigestUpdate(ctx, hdr, sizeof(hdr));
+		EVP_DigestUpdate(ctx, rr[k].data, rr[k].len);
+	}
+	if (EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen != 32)
+		fatalx("%s: SHA-256 failed", __func__);
+	EVP_MD_CTX_free(ctx);
+	for (i = 0; i < mdlen; i++)
+		snprintf(out + 2 * i, 3, "%02x", md[i]);
 }

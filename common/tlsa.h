@@ -35,5 +35,12 @@ bool tlsa_usable(const struct tlsa_rr *rr);
 /* Deep copies of n records (NULL for n == 0), freed with tlsa_free_all(). */
 struct tlsa_rr *tlsa_copy_all(const struct tlsa_rr *src, size_t n);
 void tlsa_free_all(struct tlsa_rr *rr, size_t n);
+/*
+ * A fingerprint of n records, in order: SHA-256 over each one's fields and
+ * data, as 64 hex digits and a NUL in out (deliver's connection key, so that
+ * a connection authenticated by one TLSA set never serves another).
+ */
+#define TLSA_DIGEST_LEN 65
+void tlsa_digest(const struct tlsa_rr *rr, size_t n, char out[TLSA_DIGEST_LEN]);
 
 #endif

@@ -287,7 +287,7 @@ int
 deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *arg)
 {
 	struct deliver_txn *t;
-	char ip[64], name[DELIVER_KEY_MAX];
+	char ip[64], name[DELIVER_KEY_MAX], tlsa[TLSA_DIGEST_LEN] = "";
 	const char *user, *host;
 	int port, n;
 
@@ -317,10 +317,13 @@ deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *
 	user = req->auth_user != NULL ? req->auth_user : "";
 	host = (req->tls == CONF_TLS_VERIFY || req->policy == DELIVER_POLICY_DANE) &&
 	    req->host != NULL ? req->host : "";
-	/* a DANE session never shares a connection with one made under less */
-	n = snprintf(name, sizeof(name), "%s|%d|%s|%s|%zu:%s|%zu:%s", ip, port,
-	    conf_tls_name(req->tls), deliver_policy_name(req->policy), strlen(user), user,
-	    strlen(host), host);
+	/* a DANE session never shares a connection with one made under less,
+	 * nor with one authenticated by another TLSA set */
+	if (req->policy == DELIVER_POLICY_DANE)
+		tlsa_digest(req->tlsa, req->ntlsa, tlsa);
+	n = snprintf(name, sizeof(name), "%s|%d|%s|%s%s%s|%zu:%s|%zu:%s", ip, port,
+	    conf_tls_name(req->tls), deliver_policy_name(req->policy), tlsa[0] ? ":" : "", tlsa,
+	    strlen(user), user, strlen(host), host);
 	if (n < 0 || (size_t)n >= sizeof(name))
 		return RELAY_EINVAL;             /* a key cut short could merge two */
 	t = xcalloc(1, sizeof(*t));

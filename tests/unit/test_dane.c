@@ -255,6 +255,27 @@ test_tlsa_usable(void)
 	}
 }
 
+static void
+test_tlsa_digest(void)
+{
+	unsigned char a[32] = { 1 }, b[32] = { 2 };
+	struct tlsa_rr one[] = { { 3, 1, 1, a, 32 } }, two[] = { { 3, 1, 1, a, 32 }, { 2, 0, 1, b, 32 } },
+	    other[] = { { 3, 1, 1, b, 32 } }, usage[] = { { 2, 1, 1, a, 32 } };
+	char d1[TLSA_DIGEST_LEN], d1b[TLSA_DIGEST_LEN], d2[TLSA_DIGEST_LEN],
+	    d3[TLSA_DIGEST_LEN], d4[TLSA_DIGEST_LEN];
+
+	tlsa_digest(one, 1, d1);
+	tlsa_digest(one, 1, d1b);
+	tlsa_digest(two, 2, d2);
+	tlsa_digest(other, 1, d3);
+	tlsa_digest(usage, 1, d4);
+	CHECK_INT(strlen(d1), 64);
+	CHECK_STR(d1, d1b);
+	CHECK(strcmp(d1, d2) != 0);
+	CHECK(strcmp(d1, d3) != 0);
+	CHECK(strcmp(d1, d4) != 0);
+}
+
 /* ---- the policy per exchanger ---- */
 
 static void
@@ -324,6 +345,7 @@ main(void)
 	test_answer_header();
 	test_parse_tlsa();
 	test_tlsa_usable();
+	test_tlsa_digest();
 	test_policy();
 	return check_done();
 }
