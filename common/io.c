@@ -696,6 +696,44 @@ io_start_tls_client(struct io *io, SSL_CTX *ctx, const char *servername, bool ve
 	return 0;
 }
 
+/*
+ * DANE (RFC 7671, RFC 7672) through OpenSSL's DANE API: the peer must match
+ * one of the usable records; DANE-EE(3) skips name checks, DANE-TA(2) needs
+ * the name to match basedomain (the MX host).  The context's trust store is
+ * not used (no PKIX usages are passed).
+ */
+int
+io_start_tls_client_dane(struct io *io, SSL_CTX *ctx, const char *basedomain,
+    const struct tlsa_rr *tlsa, size_t ntlsa)
+{
+	size_t i, usable = 0;
+
+	io_check(io, __func__);
+	if (basedomain == NULL || *basedomain == '\0' || ntlsa == 0)
+		return -1;
+	/* once per context; later calls find it enabled */
+	if (SSL_CTX_dane_enable(ctx) <= 0)
+		return -1;
+	if (io_tls_setup(io, ctx) != 0)
+		return -1;
+	SSL_set_connect_state(io->ssl);
+	SSL_set_tlsext_host_name(io->ssl, basedomain);
+	if (SSL_dane_enable(io->ssl, basedomain) <= 0)
+		return -1;
+	SSL_dane_set_flags(io->ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+	SSL_set_hostflags(io->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+	for (i = 0; i < ntlsa; i++)
+		if (SSL_dane_tlsa_add(io->ssl, tlsa[i].usage, tlsa[i].selector, tlsa[i].mtype,
+		    tlsa[i].data, tlsa[i].len) > 0)
+			usable++;
+	ERR_clear_error();      /* a malformed record leaves its reason queued */
+	if (usable == 0)
+		return -1;
+	SSL_set_verify(io->ssl, SSL_VERIFY_PEER, NULL);
+	io_tls_pump(io);
+	return 0;
+}
+
 bool
 io_is_tls(const struct io *io)
 {

@@ -28,6 +28,8 @@
 #include <uv.h>
 #include <openssl/ssl.h>
 
+#include "common/tlsa.h"
+
 struct io;
 
 enum io_event {
@@ -77,6 +79,15 @@ int io_connect(struct io *io, const struct sockaddr *sa, uint64_t timeout_ms);
  */
 int io_start_tls_server(struct io *io, SSL_CTX *ctx);
 int io_start_tls_client(struct io *io, SSL_CTX *ctx, const char *servername, bool verify);
+/*
+ * Start TLS as a client authenticated by DANE TLSA records (RFC 7671): SNI
+ * and the DANE-TA reference identifier are basedomain (the MX host name);
+ * DANE-EE matches skip name checks.  A peer matching no record fails the
+ * handshake ("certificate verify failed").  -1 when none of the records can
+ * be used.  The records are copied.
+ */
+int io_start_tls_client_dane(struct io *io, SSL_CTX *ctx, const char *basedomain,
+    const struct tlsa_rr *tlsa, size_t ntlsa);
 
 bool io_is_tls(const struct io *io);
 const char *io_tls_version(const struct io *io);   /* "TLSv1.3" or NULL */

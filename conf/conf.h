@@ -127,6 +127,7 @@ struct conf {
 		struct conf_hostport *dns_servers;  /* NULL/0 = system resolver */
 		size_t ndns_servers;
 		uint16_t smtp_port;                 /* default 25 */
+		bool dnssec;                        /* default false: trust the resolvers' AD bit (DANE) */
 		uint64_t *retry_intervals;          /* default 5m,10m,20m,40m,1h; last repeats */
 		size_t nretry_intervals;
 		uint64_t max_queue_age;             /* default 5d */

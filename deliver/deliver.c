@@ -269,11 +269,25 @@ deliver_txn_result(struct deliver_txn *t, struct deliver_result *res, const char
 		uv_ip4_name((const struct sockaddr_in *)&req->addr, res->ip, sizeof(res->ip));
 }
 
+const char *
+deliver_policy_name(enum deliver_policy p)
+{
+	switch (p) {
+	case DELIVER_POLICY_CONF:
+		return "conf";
+	case DELIVER_POLICY_DANE:
+		return "dane";
+	case DELIVER_POLICY_DANE_UNAUTH:
+		return "dane-unauth";
+	}
+	return "?";
+}
+
 int
 deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *arg)
 {
 	struct deliver_txn *t;
-	char ip[64], name[DELIVER_KEY_MAX];
+	char ip[64], name[DELIVER_KEY_MAX], tlsa[TLSA_DIGEST_LEN] = "";
 	const char *user, *host;
 	int port, n;
 
@@ -283,6 +297,9 @@ deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *
 	    req->rcpts == NULL || (req->addr.ss_family != AF_INET && req->addr.ss_family != AF_INET6))
 		return RELAY_EINVAL;
 	if (req->auth_user != NULL && req->auth_user[0] == '\0')
+		return RELAY_EINVAL;
+	if (req->policy == DELIVER_POLICY_DANE &&
+	    (req->ntlsa == 0 || req->tlsa == NULL || req->host == NULL || req->host[0] == '\0'))
 		return RELAY_EINVAL;
 
 	if (req->addr.ss_family == AF_INET6) {
@@ -298,9 +315,15 @@ deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *
 	}
 	/* user and host are length-prefixed: no two different ones share a key */
 	user = req->auth_user != NULL ? req->auth_user : "";
-	host = req->tls == CONF_TLS_VERIFY && req->host != NULL ? req->host : "";
-	n = snprintf(name, sizeof(name), "%s|%d|%s|%zu:%s|%zu:%s", ip, port,
-	    conf_tls_name(req->tls), strlen(user), user, strlen(host), host);
+	host = (req->tls == CONF_TLS_VERIFY || req->policy == DELIVER_POLICY_DANE) &&
+	    req->host != NULL ? req->host : "";
+	/* a DANE session never shares a connection with one made under less,
+	 * nor with one authenticated by another TLSA set */
+	if (req->policy == DELIVER_POLICY_DANE)
+		tlsa_digest(req->tlsa, req->ntlsa, tlsa);
+	n = snprintf(name, sizeof(name), "%s|%d|%s|%s%s%s|%zu:%s|%zu:%s", ip, port,
+	    conf_tls_name(req->tls), deliver_policy_name(req->policy), tlsa[0] ? ":" : "", tlsa,
+	    strlen(user), user, strlen(host), host);
 	if (n < 0 || (size_t)n >= sizeof(name))
 		return RELAY_EINVAL;             /* a key cut short could merge two */
 	t = xcalloc(1, sizeof(*t));

@@ -19,6 +19,18 @@
 
 struct deliver;
 
+/*
+ * What sets a session's TLS requirement besides req->tls (tlspolicy/ decides
+ * it per exchanger; MTA-STS will be one more).  Any value but CONF makes TLS
+ * mandatory: no STARTTLS, a refused one, a failed handshake or a peer that
+ * matches no record is a HOST_FAIL 4.7.5 (never plaintext).
+ */
+enum deliver_policy {
+	DELIVER_POLICY_CONF = 0,    /* req->tls as configured or routed */
+	DELIVER_POLICY_DANE,        /* usable TLSA records: TLS authenticated by tlsa[] */
+	DELIVER_POLICY_DANE_UNAUTH, /* only unusable TLSA records: TLS, not authenticated */
+};
+
 struct deliver_rcpt {
 	const char *addr;
 	const char *orcpt;          /* "rfc822;x@y" or NULL; xtext-encoded by deliver when sent */
@@ -48,6 +60,9 @@ struct deliver_req {
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	enum conf_tls tls;
+	enum deliver_policy policy;
+	const struct tlsa_rr *tlsa; /* DELIVER_POLICY_DANE: the usable records (borrowed) */
+	size_t ntlsa;
 	const char *auth_user;      /* smarthost AUTH, or NULL */
 	const char *auth_password;
 	const char *helo_name;      /* our hostname */
@@ -89,6 +104,13 @@ struct deliver_result {
 	bool dsn;                   /* the server announced DSN (RFC 3461): NOTIFY, ORCPT,
 	                               ENVID and RET went with the message, so the
 	                               success notices are its to send (5.2.3) */
+	char tls[16];               /* how the session was secured: "none" (plaintext),
+	                               "opportunistic", "require", "verify", "dane";
+	                               "" when no session got that far */
+	char tls_version[16];       /* "TLSv1.3", or "" */
+	char tls_result[32];        /* a TLS policy failure as an RFC 8460 result type
+	                               ("starttls-not-supported", "validation-failure",
+	                               "tlsa-invalid"), else "" */
 };
 
 typedef void deliver_cb(void *arg, struct deliver_req *req, const struct deliver_result *res);
@@ -107,5 +129,7 @@ void deliver_req_clear(struct deliver_req *req);
 /* Close idle connections, fail waiting requests, done(arg) when all closed. */
 void deliver_shutdown(struct deliver *d, void (*done)(void *arg), void *arg);
 void deliver_free(struct deliver *d);
+/* "conf" (req->tls alone), "dane", "dane-unauth": for logs and keys. */
+const char *deliver_policy_name(enum deliver_policy p);
 
 #endif

@@ -30,6 +30,10 @@
  *    that offered TLS.
  *  - Under require/verify: not offered or refused -> HOST_FAIL 4.7.4;
  *    handshake or certificate failure -> HOST_FAIL 4.7.5.
+ *  - Under a DANE policy (req->policy, RFC 7672): TLS is mandatory whatever
+ *    req->tls says; not offered, refused, a failed handshake or a peer
+ *    matching no TLSA record -> HOST_FAIL 4.7.5 with an RFC 8460 result
+ *    type in res.tls_result; the router tries the next exchanger.
  *  - AUTH goes through the Cyrus SASL client (deliver_auth.c), which picks
  *    the mechanism from the server's list; it is sent only over TLS; without
  *    TLS -> HOST_FAIL 4.7.4 (credentials are never sent in clear).  A refused
@@ -113,6 +117,7 @@ struct deliver_session {
 	char ip[64];
 	char host[256];             /* exchanger name of the first request (SNI, verify) */
 	enum conf_tls tls_policy;
+	enum deliver_policy policy; /* DANE and friends: TLS mandatory (deliver.h) */
 	bool tls_verify;
 	char helo[256];
 	struct deliver_auth *auth;  /* the SASL client while in AUTH, else NULL */
@@ -347,6 +352,23 @@ ds_decide_reply(struct deliver_session *s, enum deliver_status st, const struct 
 	buf_free(&text);
 }
 
+/* How this session is secured, for the result ("none" before/without TLS). */
+static const char *
+ds_tls_how(const struct deliver_session *s)
+{
+	if (s->io == NULL || !io_is_tls(s->io))
+		return "none";
+	switch (s->policy) {
+	case DELIVER_POLICY_DANE:
+		return "dane";
+	case DELIVER_POLICY_DANE_UNAUTH:
+		return "require";
+	case DELIVER_POLICY_CONF:
+		break;
+	}
+	return conf_tls_name(s->tls_policy);
+}
+
 /* Hand t's outcome to the pool (which calls the request's callback). */
 static void
 ds_report(struct deliver_session *s)
@@ -360,6 +382,11 @@ ds_report(struct deliver_session *s)
 		fatalx("%s: no outcome decided", __func__);
 	snprintf(s->res.ip, sizeof(s->res.ip), "%s", s->ip);
 	s->res.dsn = s->caps.dsn;
+	if (s->io != NULL && s->state > DS_GREETING) {
+		snprintf(s->res.tls, sizeof(s->res.tls), "%s", ds_tls_how(s));
+		snprintf(s->res.tls_version, sizeof(s->res.tls_version), "%s",
+		    io_is_tls(s->io) ? io_tls_version(s->io) : "");
+	}
 	log_begin(&l, LOG_DEBUG, "deliver_attempt");
 	log_kv(&l, "qid", ds_qid(s));
 	log_kv(&l, "host", t->req->host);
@@ -495,6 +522,20 @@ ds_helo_enter(struct deliver_session *s)
 	return DS_OK;
 }
 
+/*
+ * A TLS policy (DANE) could not be met: HOST_FAIL 4.7.5 with io_err TLS (the
+ * host answered: not down) and the RFC 8460 result type, logged.
+ */
+static int
+ds_fail_policy(struct deliver_session *s, int code, const char *result, const char *text)
+{
+	log_event(LOG_NOTICE, "deliver_tls_failed", "qid", ds_qid(s), "ip", s->ip, "host", s->host,
+	    "policy", deliver_policy_name(s->policy), "result", result, "error", text, NULL);
+	if (!s->decided)
+		snprintf(s->res.tls_result, sizeof(s->res.tls_result), "%s", result);
+	return ds_fail(s, false, IO_ERR_TLS, code, "4.7.5", text);
+}
+
 /* EHLO done (first or after TLS): TLS, then AUTH, then the transaction. */
 static int
 ds_after_hello(struct deliver_session *s)
@@ -502,6 +543,15 @@ ds_after_hello(struct deliver_session *s)
 	enum conf_tls pol = s->tls_policy;
 	bool mandatory = pol == CONF_TLS_REQUIRE || pol == CONF_TLS_VERIFY;
 
+	if (!io_is_tls(s->io) && s->policy != DELIVER_POLICY_CONF) {
+		/* DANE (RFC 7672 2.2): TLS or not this exchanger, whatever req->tls says */
+		if (s->caps.starttls && s->d->tls_ctx != NULL)
+			return deliver_enter_state(s, DS_STARTTLS);
+		return ds_fail_policy(s, 0, s->caps.starttls ? "validation-failure" :
+		    "starttls-not-supported", s->caps.starttls ?
+		    "TLS required by DANE but no TLS client context" :
+		    "TLS required by DANE but STARTTLS not offered");
+	}
 	if (!io_is_tls(s->io) && pol != CONF_TLS_NONE) {
 		if (s->caps.starttls && s->d->tls_ctx != NULL)
 			return deliver_enter_state(s, DS_STARTTLS);
@@ -562,6 +612,15 @@ ds_starttls_reply(struct deliver_session *s, const struct deliver_reply *r)
 	if (r->code == 421)
 		return ds_fail_reply(s, r, NULL);
 	/* Refused after offering it: never plaintext (opportunistic included). */
+	if (s->policy != DELIVER_POLICY_CONF) {
+		struct buf text = BUF_INIT;
+		int rc;
+
+		deliver_reply_format(r, &text);
+		rc = ds_fail_policy(s, r->code, "starttls-not-supported", buf_cstr(&text));
+		buf_free(&text);
+		return rc;
+	}
 	log_event(LOG_NOTICE, "deliver_tls_failed", "qid", ds_qid(s), "ip", s->ip, "host", s->host,
 	    "policy", conf_tls_name(s->tls_policy), "error", "STARTTLS refused", NULL);
 	return ds_fail_tls_reply(s, r,
@@ -572,7 +631,16 @@ static int
 ds_tls_enter(struct deliver_session *s)
 {
 	const char *name = s->host[0] != '\0' ? s->host : NULL;
+	const struct deliver_req *req = s->t != NULL ? s->t->req : NULL;
 
+	if (s->policy == DELIVER_POLICY_DANE) {
+		/* TLS starts on the connection's first transaction: its records */
+		if (req == NULL || io_start_tls_client_dane(s->io, s->d->tls_ctx, name, req->tlsa,
+		    req->ntlsa) != 0)
+			return ds_fail_policy(s, 0, "tlsa-invalid",
+			    "cannot start DANE TLS: no usable TLSA record");
+		return DS_OK;
+	}
 	if (io_start_tls_client(s->io, s->d->tls_ctx, name, s->tls_verify) != 0)
 		return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5", "cannot start TLS");
 	return DS_OK;
@@ -589,7 +657,9 @@ ds_tls_ready(struct deliver_session *s)
 	log_kv(&l, "ip", s->ip);
 	log_kv(&l, "version", io_tls_version(s->io));
 	log_kv(&l, "cipher", io_tls_cipher(s->io));
-	log_kv(&l, "verified", s->tls_verify ? "yes" : "no");
+	log_kv(&l, "verified", s->policy == DELIVER_POLICY_DANE ? "dane" :
+	    s->tls_verify ? "yes" : "no");
+	log_kv(&l, "tls", ds_tls_how(s));
 	log_end(&l);
 	return deliver_enter_state(s, DS_EHLO2);
 }
@@ -603,6 +673,8 @@ ds_tls_failed(struct deliver_session *s)
 
 	snprintf(text, sizeof(text), "TLS handshake failed: %s",
 	    why != NULL ? why : io_error_text(s->io));
+	if (s->policy != DELIVER_POLICY_CONF)
+		return ds_fail_policy(s, 0, "validation-failure", text);
 	log_event(LOG_NOTICE, "deliver_tls_failed", "qid", ds_qid(s), "ip", s->ip, "host", s->host,
 	    "policy", conf_tls_name(s->tls_policy), "error", text, NULL);
 	return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5", text);
@@ -1048,6 +1120,8 @@ ds_timed_out(struct deliver_session *s)
 	util_format_duration(ds_timeout(s, deliver_rows[s->state].tmo), dur, sizeof(dur));
 	snprintf(text, sizeof(text), "timeout after %s in state %s", dur,
 	    deliver_rows[s->state].name);
+	if (s->state == DS_TLS && s->policy != DELIVER_POLICY_CONF)
+		return ds_fail_policy(s, 0, "validation-failure", text);
 	if (s->state == DS_TLS)
 		return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5", text);
 	/* The RSET that checks a reused connection timed out: t runs on a fresh one. */
@@ -1139,7 +1213,8 @@ deliver_session_open(struct deliver_conn *c, struct deliver_txn *t)
 	snprintf(s->helo, sizeof(s->helo), "%s", req->helo_name != NULL ? req->helo_name :
 	    s->d->conf->hostname != NULL ? s->d->conf->hostname : "localhost");
 	s->tls_policy = req->tls;
-	s->tls_verify = req->tls == CONF_TLS_VERIFY;
+	s->policy = req->policy;
+	s->tls_verify = req->tls == CONF_TLS_VERIFY && req->policy == DELIVER_POLICY_CONF;
 	c->s = s;
 
 	s->depth++;

@@ -80,6 +80,7 @@ dns_result_free(struct dns_result *res)
 	for (i = 0; i < res->ntargets; i++) {
 		free(res->targets[i].host);
 		free(res->targets[i].addrs);
+		tlsa_free_all(res->targets[i].tlsa, res->targets[i].ntlsa);
 	}
 	free(res->targets);
 	for (i = 0; i < res->ntxt; i++)
@@ -114,6 +115,7 @@ dns_result_copy(const struct dns_result *src)
 		t->host = xstrdup(s->host);
 		t->addrs = xcalloc(s->naddrs, sizeof(*t->addrs));
 		memcpy(t->addrs, s->addrs, s->naddrs * sizeof(*t->addrs));
+		t->tlsa = tlsa_copy_all(s->tlsa, s->ntlsa);
 	}
 	return res;
 }
@@ -291,6 +293,7 @@ dns_take_conf(struct dns_resolver *r, const struct conf *conf, struct buf *err)
 	free(r->self);
 	r->self = self;
 	r->nself = nself;
+	r->dnssec = conf->router.dnssec;
 	free(r->hostname);
 	r->hostname = conf->hostname != NULL && conf->hostname[0] != '\0' ?
 	    dns_norm(conf->hostname) : NULL;
@@ -367,6 +370,7 @@ dns_reload(struct dns_resolver *r, const struct conf *conf, struct buf *err)
 	save.self = r->self;
 	save.nself = r->nself;
 	save.hostname = r->hostname;
+	save.dnssec = r->dnssec;
 	r->servers = NULL;
 	r->self = NULL;
 	r->hostname = NULL;
@@ -385,6 +389,7 @@ dns_reload(struct dns_resolver *r, const struct conf *conf, struct buf *err)
 	r->self = save.self;
 	r->nself = save.nself;
 	r->hostname = save.hostname;
+	r->dnssec = save.dnssec;
 	return rc;
 }
 

@@ -25,6 +25,17 @@
  *     back to myself";
  *   - an address literal "[192.0.2.1]" / "[IPv6:2001:db8::1]" is used as is
  *     (implicit, pref 0; the loop check applies).
+ *   - router.dnssec (the resolvers are trusted, validating ones): every
+ *     query carries EDNS0 with the DO bit and the answers' AD bit is
+ *     believed.  An exchanger whose MX answer (or NODATA for an implicit
+ *     MX) and address answers all had AD is "secure"; for each secure one
+ *     _PORT._tcp.HOST TLSA is looked up (PORT: dns_lookup's port; HOST the
+ *     exchanger's name as listed, CNAMEs not expanded) and the validated
+ *     records are kept in the target (DNS_TLSA_SECURE); an insecure or
+ *     empty answer leaves DNS_TLSA_NONE; a failed one (a validating
+ *     resolver says SERVFAIL for bogus data) is DNS_TLSA_FAILED, and the
+ *     result is cached as a temporary failure is.  What the records mean
+ *     is tlspolicy/'s business;
  * dns_lookup_hosts (routes) resolves names or literals in the given order
  * (target i has pref i, each with its own port) and does no loop check (a
  * smarthost on our own address but another port is legitimate); when no
@@ -55,6 +66,7 @@
 #include <uv.h>
 
 #include "common/buf.h"
+#include "common/tlsa.h"
 #include "conf/conf.h"
 
 #define DNS_MAX_TARGETS   16     /* exchangers kept per result, best first */
@@ -65,11 +77,23 @@ struct dns_addr {
 	socklen_t len;
 };
 
+/* What the TLSA lookup of an exchanger found (router.dnssec; see dns_lookup). */
+enum dns_tlsa_state {
+	DNS_TLSA_NONE = 0,          /* not looked up (insecure MX or address), none, or insecure */
+	DNS_TLSA_SECURE,            /* validated (AD) TLSA records: tlsa[], ntlsa > 0 */
+	DNS_TLSA_FAILED,            /* the lookup failed (SERVFAIL = bogus, timeout): tlsa_error */
+};
+
 struct dns_target {
 	char *host;                 /* exchanger name as in DNS (no trailing dot), or the literal */
 	unsigned pref;              /* MX preference; index for routes; 0 for implicit */
 	struct dns_addr *addrs;      /* naddrs > 0: IPv6 first, then IPv4 */
 	size_t naddrs;
+	bool secure;                /* router.dnssec: its MX and address answers had AD */
+	enum dns_tlsa_state tlsa_state;
+	struct tlsa_rr *tlsa;       /* DNS_TLSA_SECURE: every TLSA record of _PORT._tcp.host */
+	size_t ntlsa;
+	char tlsa_error[160];       /* DNS_TLSA_FAILED: why */
 };
 
 struct dns_result {

@@ -2,9 +2,11 @@
  * dns_answer.c - DNS names and answers for the resolver: the normal
  * form of a name (lower case, no trailing dot), and the walk over a raw
  * answer from c-ares (header, question, answer section, the authority
- * section's SOA of a negative answer) that yields its CNAME, MX, A and AAAA
- * records, the least TTL they carry (RFC 2181 8) and how long a negative
- * answer may be kept (RFC 2308 5); and the TXT records of an answer.
+ * section's SOA of a negative answer) that yields its CNAME, MX, A, AAAA and
+ * TLSA records, its AD bit, the least TTL they carry (RFC 2181 8) and how
+ * long a negative answer may be kept (RFC 2308 5); the TXT records of an
+ * answer; and the one query we build ourselves, with the DO bit (RFC 3225),
+ * which c-ares 1.18 cannot ask for.
  *
  * Owns: the records of a struct dns_answer until dns_answer_free().
  *
@@ -22,6 +24,10 @@
 #include "common/util.h"
 
 #define DNS_NAME_MAX         255
+#define DNS_T_TLSA           52      /* RFC 6698 */
+#define DNS_T_OPT            41      /* RFC 6891 */
+#define DNS_HDR_AD           0x20    /* in the header's fourth byte */
+#define DNS_OPT_DO           0x80    /* in the OPT TTL's third byte (RFC 3225) */
 
 /* Lower-case copy of name without a trailing dot (NULL when too long). */
 char *
@@ -48,6 +54,7 @@ dns_answer_free(struct dns_answer *an)
 	for (i = 0; i < an->n; i++) {
 		free(an->rr[i].owner);
 		free(an->rr[i].target);
+		free(an->rr[i].tlsa.data);
 	}
 	free(an->rr);
 	an->rr = NULL;
@@ -130,6 +137,7 @@ dns_parse_answer(const unsigned char *abuf, int alen, struct dns_answer *an)
 	an->min_ttl = DNS_TTL_NONE;
 	if (abuf == NULL || alen < NS_HFIXEDSZ)
 		return -1;
+	an->ad = (abuf[3] & DNS_HDR_AD) != 0;
 	qd = (unsigned)abuf[4] << 8 | abuf[5];
 	ancount = (unsigned)abuf[6] << 8 | abuf[7];
 	nscount = (unsigned)abuf[8] << 8 | abuf[9];
@@ -196,6 +204,16 @@ dns_parse_answer(const unsigned char *abuf, int alen, struct dns_answer *an)
 		case ns_t_cname:
 			if ((rr->target = dns_expand(rd, abuf, alen, &used)) == NULL)
 				goto bad_rr;
+			break;
+		case DNS_T_TLSA:
+			if (rdlen < 3)
+				goto bad_rr;
+			rr->tlsa.usage = rd[0];
+			rr->tlsa.selector = rd[1];
+			rr->tlsa.mtype = rd[2];
+			rr->tlsa.len = rdlen - 3;
+			rr->tlsa.data = xmalloc(rdlen - 3 + 1);
+			memcpy(rr->tlsa.data, rd + 3, rdlen - 3);
 			break;
 		default:
 			free(name);
@@ -282,4 +300,65 @@ dns_parse_txt(const unsigned char *abuf, int alen, char ***out, size_t *n)
 	ares_free_data(txt);
 	*out = v;
 	return 0;
+}
+
+/* A query with EDNS0 and the DO bit (c-ares builds it; we set DO in its OPT). */
+int
+dns_make_query_do(const char *name, int type, unsigned char **buf, int *len)
+{
+	unsigned char *q;
+	int n, rc;
+
+	*buf = NULL;
+	*len = 0;
+	rc = ares_create_query(name, ns_c_in, type, 0, 1, &q, &n, DNS_EDNS_UDPSIZE);
+	if (rc != ARES_SUCCESS)
+		return rc;
+	/*
+	 * The OPT record closes the message (RFC 6891 6.1.2): root name (1),
+	 * TYPE 41, CLASS = UDP size, TTL = extended RCODE, VERSION, then the
+	 * flags whose top bit is DO, RDLEN 0: 11 bytes.
+	 */
+	if (n < NS_HFIXEDSZ + 11 || (((unsigned)q[10] << 8) | q[11]) != 1 || q[n - 11] != 0 ||
+	    (((unsigned)q[n - 10] << 8) | q[n - 9]) != DNS_T_OPT) {
+		ares_free_string(q);
+		return ARES_EBADQUERY;
+	}
+	q[n - 4] |= DNS_OPT_DO;
+	*buf = q;
+	*len = n;
+	return ARES_SUCCESS;
+}
+
+bool
+dns_answer_ad(const unsigned char *abuf, int alen)
+{
+	return abuf != NULL && alen >= NS_HFIXEDSZ && (abuf[3] & DNS_HDR_AD) != 0;
+}
+
+/* The status ares_query() gives an answer (c-ares 1.18's qcallback, spelled out). */
+int
+dns_answer_status(const unsigned char *abuf, int alen)
+{
+	unsigned ancount;
+
+	if (abuf == NULL || alen < NS_HFIXEDSZ)
+		return ARES_EBADRESP;
+	ancount = (unsigned)abuf[6] << 8 | abuf[7];
+	switch (abuf[3] & 0x0f) {
+	case ns_r_noerror:
+		return ancount > 0 ? ARES_SUCCESS : ARES_ENODATA;
+	case ns_r_formerr:
+		return ARES_EFORMERR;
+	case ns_r_servfail:
+		return ARES_ESERVFAIL;
+	case ns_r_nxdomain:
+		return ARES_ENOTFOUND;
+	case ns_r_notimpl:
+		return ARES_ENOTIMP;
+	case ns_r_refused:
+		return ARES_EREFUSED;
+	default:
+		return ARES_EBADRESP;
+	}
 }

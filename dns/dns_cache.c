@@ -167,8 +167,10 @@ dns_fetch_free(struct dns_fetch *f)
 	size_t i;
 
 	TAILQ_REMOVE(&f->r->fetches, f, entry);
-	for (i = 0; i < f->nx; i++)
+	for (i = 0; i < f->nx; i++) {
 		free(f->x[i].host);
+		tlsa_free_all(f->x[i].tlsa, f->x[i].ntlsa);
+	}
 	free(f->x);
 	for (i = 0; i < f->ntxt; i++)
 		free(f->txt[i]);

@@ -9,14 +9,17 @@
  *   dns_resolve.c what a lookup answers: dns_lookup/dns_lookup_hosts,
  *                       address literals, MX ordering, implicit MX, null MX,
  *                       CNAME chains, loops back to ourselves (RFC 5321 5.1,
- *                       RFC 7505), every c-ares request and its answer;
+ *                       RFC 7505), secure exchangers and their TLSA records
+ *                       (router.dnssec), every c-ares request and its answer;
  *   dns_cache.c   sharing: fetches (the DNS work for one key) that
  *                       lookups join while in flight, and finished results
  *                       cached for their TTL;
  *   dns_ares.c    c-ares on the libuv loop: channels, their poll and
  *                       timer handles;
- *   dns_answer.c  DNS names and raw answers: the answer section, CNAME
- *                       chains, the TTL of negative answers (RFC 2308).
+ *   dns_answer.c  DNS names and raw answers: the answer section (TLSA
+ *                       records too), CNAME chains, the TTL of negative
+ *                       answers (RFC 2308), the AD bit, and the query with
+ *                       the DO bit that router.dnssec sends (RFC 3225).
  *
  * Must never: be included outside dns/dns*.c.
  */
@@ -70,6 +73,12 @@ struct dns_xch {
 	size_t n4;
 	bool temp;              /* a lookup for it failed temporarily */
 	bool self;              /* one of its addresses is ours */
+	bool insecure;          /* an address answer came without AD (router.dnssec) */
+	unsigned addr_pending;  /* its A/AAAA requests (CNAME follow-ups included) out */
+	enum dns_tlsa_state tlsa_state;
+	struct tlsa_rr *tlsa;
+	size_t ntlsa;
+	char tlsa_error[160];
 };
 
 TAILQ_HEAD(dns_query_list, dns_query);
@@ -98,6 +107,7 @@ struct dns_fetch {
 	size_t inflight;        /* c-ares requests (plus construction hold) outstanding */
 	uint32_t ttl;           /* s: least TTL of what the result rests on (DNS_TTL_NONE) */
 	bool temp;              /* some lookup failed temporarily */
+	bool mx_insecure;       /* router.dnssec: an MX answer on the way had no AD */
 
 	struct dns_xch *x;
 	size_t nx;
@@ -148,6 +158,7 @@ struct dns_resolver {
 	size_t nservers;
 	unsigned timeout_ms;
 	unsigned tries;
+	bool dnssec;                            /* router.dnssec: DO bit on, AD believed */
 
 	dns_random_fn *rnd;
 	void *rnd_arg;
@@ -159,13 +170,14 @@ struct dns_resolver {
 	void *done_arg;
 };
 
-/* One record of an answer section (class IN: CNAME, MX, A, AAAA). */
+/* One record of an answer section (class IN: CNAME, MX, A, AAAA, TLSA). */
 struct dns_rr {
 	char *owner;
 	int type;
 	unsigned pref;          /* MX */
 	char *target;           /* MX exchange, CNAME target */
 	unsigned char addr[16]; /* A, AAAA */
+	struct tlsa_rr tlsa;    /* TLSA (its data malloc'd) */
 };
 
 /* What dns_parse_answer() read from one answer (freed with dns_answer_free()). */
@@ -174,6 +186,7 @@ struct dns_answer {
 	size_t n;
 	uint32_t min_ttl;       /* least TTL in the answer section (DNS_TTL_NONE: no record) */
 	uint32_t neg_ttl;       /* negative answer: min(SOA TTL, SOA minimum); 0 without SOA */
+	bool ad;                /* the header's AD bit (RFC 4035 3.2.3) */
 };
 
 /* ---- dns.c: the resolver, queries, results ---- */
@@ -244,5 +257,20 @@ uint32_t dns_neg_ttl(const unsigned char *abuf, int alen);
  * *out (n + 1 entries, NULL-terminated) and *n, owned by the caller.
  * 0, or -1 for a malformed answer. */
 int dns_parse_txt(const unsigned char *abuf, int alen, char ***out, size_t *n);
+/*
+ * A query for name/type (class IN, RD) with an EDNS0 OPT record of
+ * DNS_EDNS_UDPSIZE and the DO bit set (RFC 3225), for ares_send(): 0 and
+ * *buf (free with ares_free_string), or an ARES_E* code.
+ */
+#define DNS_EDNS_UDPSIZE     1232
+int dns_make_query_do(const char *name, int type, unsigned char **buf, int *len);
+/* The AD bit of a message's header (false for a short one). */
+bool dns_answer_ad(const unsigned char *abuf, int alen);
+/*
+ * What ares_query() would report for a complete answer from ares_send():
+ * ARES_SUCCESS (records), ARES_ENODATA, ARES_ENOTFOUND, ARES_ESERVFAIL,
+ * ARES_EREFUSED, ARES_EFORMERR, ARES_ENOTIMP, or ARES_EBADRESP (too short).
+ */
+int dns_answer_status(const unsigned char *abuf, int alen);
 
 #endif

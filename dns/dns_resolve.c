@@ -11,7 +11,10 @@
  * addresses one of our listen addresses) drops that preference and worse
  * (RFC 5321 5.1; 5.4.6 when nothing is left).  Address literals need no
  * DNS.  Every c-ares status maps to exactly one outcome: permanent (5.1.2),
- * temporary (4.4.3), or no address of that family.
+ * temporary (4.4.3), or no address of that family.  Under router.dnssec
+ * every query is built here with the DO bit and sent with ares_send(); the
+ * answers' AD bits decide which exchangers are secure, and each secure one's
+ * TLSA records are looked up once its address lookups are all back.
  *
  * Owns: each c-ares request (struct dns_req) until its callback, which fires
  * exactly once (ARES_EDESTRUCTION when its channel is destroyed); the
@@ -41,6 +44,7 @@ enum dns_kind {
 	DNS_REQ_AAAA,
 	DNS_REQ_A,
 	DNS_REQ_TXT,
+	DNS_REQ_TLSA,
 };
 
 /* One c-ares request in flight. */
@@ -51,6 +55,7 @@ struct dns_req {
 	size_t xi;              /* exchanger index for A/AAAA */
 	unsigned depth;         /* CNAME links followed so far */
 	char *name;             /* the name asked */
+	bool ad;                /* router.dnssec: the answer had the AD bit */
 };
 
 static void dns_ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen);
@@ -273,6 +278,11 @@ dns_build_result(struct dns_fetch *f)
 		t = &res->targets[res->ntargets++];
 		t->host = xstrdup(x->host);
 		t->pref = x->pref;
+		t->secure = r->dnssec && !f->routes && !f->mx_insecure && !x->insecure;
+		t->tlsa_state = x->tlsa_state;
+		t->tlsa = tlsa_copy_all(x->tlsa, x->ntlsa);
+		t->ntlsa = x->ntlsa;
+		snprintf(t->tlsa_error, sizeof(t->tlsa_error), "%s", x->tlsa_error);
 		t->addrs = xcalloc(x->n6 + x->n4, sizeof(*t->addrs));
 		for (j = 0; j < x->n6; j++)
 			t->addrs[t->naddrs++] = x->a6[j];
@@ -300,11 +310,25 @@ dns_build_result(struct dns_fetch *f)
 
 /* ---- requests and their answers ---- */
 
+/* router.dnssec: a raw answer from ares_send(), told as ares_query() would. */
+static void
+dns_send_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+	struct dns_req *req = arg;
+
+	if (status == ARES_SUCCESS) {
+		status = dns_answer_status(abuf, alen);
+		req->ad = dns_answer_ad(abuf, alen);
+	}
+	dns_ares_cb(req, status, timeouts, abuf, alen);
+}
+
 static void
 dns_send(struct dns_fetch *f, enum dns_kind kind, size_t xi, unsigned depth, const char *name)
 {
 	struct dns_req *req;
-	int type;
+	unsigned char *qbuf;
+	int type, qlen, rc;
 
 	req = xcalloc(1, sizeof(*req));
 	req->f = f;
@@ -325,12 +349,24 @@ dns_send(struct dns_fetch *f, enum dns_kind kind, size_t xi, unsigned depth, con
 	case DNS_REQ_TXT:
 		type = ns_t_txt;
 		break;
+	case DNS_REQ_TLSA:
+		type = 52;      /* RFC 6698 */
+		break;
 	default:
 		type = ns_t_a;
 		break;
 	}
+	if (kind == DNS_REQ_AAAA || kind == DNS_REQ_A)
+		f->x[xi].addr_pending++;
 	/* may call back at once (bad name, no memory): the hold keeps f alive */
-	ares_query(f->c->ch, req->name, ns_c_in, type, dns_ares_cb, req);
+	if (!f->r->dnssec)
+		ares_query(f->c->ch, req->name, ns_c_in, type, dns_ares_cb, req);
+	else if ((rc = dns_make_query_do(req->name, type, &qbuf, &qlen)) != ARES_SUCCESS)
+		dns_ares_cb(req, rc, 0, NULL, 0);
+	else {
+		ares_send(f->c->ch, qbuf, qlen, dns_send_cb, req);
+		ares_free_string(qbuf);
+	}
 	dns_chan_touch(f->c);
 }
 
@@ -494,6 +530,8 @@ dns_on_mx(struct dns_fetch *f, struct dns_req *req, int status, unsigned char *a
 {
 	struct dns_answer an;
 
+	if (!req->ad)
+		f->mx_insecure = true;  /* any answer on the way (CNAMEs, NODATA) counts */
 	switch (status) {
 	case ARES_SUCCESS:
 		if (dns_parse_answer(abuf, alen, &an) == -1) {
@@ -534,6 +572,8 @@ dns_on_addr(struct dns_fetch *f, struct dns_req *req, int status, unsigned char 
 	size_t i, found = 0;
 
 	if (status == ARES_ENODATA || status == ARES_ENOTFOUND) {
+		if (!req->ad)
+			x->insecure = true;
 		dns_fetch_ttl(f, dns_neg_ttl(abuf, alen));
 		return;         /* no address of this family */
 	}
@@ -544,6 +584,8 @@ dns_on_addr(struct dns_fetch *f, struct dns_req *req, int status, unsigned char 
 		f->temp = true;
 		return;
 	}
+	if (!req->ad)
+		x->insecure = true;
 	dns_fetch_ttl(f, an.min_ttl);
 	end = dns_chain_end(&an, req->name, &links);
 	for (i = 0; i < an.n; i++) {
@@ -589,6 +631,73 @@ dns_on_txt(struct dns_fetch *f, int status, unsigned char *abuf, int alen)
 	}
 }
 
+/*
+ * The TLSA answer for exchanger xi (RFC 7672 2.2): validated records are
+ * kept; an insecure answer or none leaves DANE off; a failure (SERVFAIL
+ * from a validating resolver: bogus) is DNS_TLSA_FAILED, cached briefly.
+ */
+static void
+dns_on_tlsa(struct dns_fetch *f, struct dns_req *req, int status, unsigned char *abuf, int alen)
+{
+	struct dns_xch *x = &f->x[req->xi];
+	struct dns_answer an;
+	const char *end;
+	unsigned links;
+	size_t i, n = 0;
+
+	switch (status) {
+	case ARES_SUCCESS:
+		if (dns_parse_answer(abuf, alen, &an) == -1)
+			break;
+		dns_fetch_ttl(f, an.min_ttl);
+		if (!req->ad) {
+			dns_answer_free(&an);
+			return;         /* insecure: no DANE */
+		}
+		end = dns_chain_end(&an, req->name, &links);
+		for (i = 0; i < an.n; i++)
+			if (an.rr[i].type == 52 && strcmp(an.rr[i].owner, end) == 0)
+				n++;
+		if (n > 0) {
+			x->tlsa = xcalloc(n, sizeof(*x->tlsa));
+			for (i = 0; i < an.n; i++) {
+				if (an.rr[i].type != 52 || strcmp(an.rr[i].owner, end) != 0)
+					continue;
+				x->tlsa[x->ntlsa] = an.rr[i].tlsa;
+				an.rr[i].tlsa.data = NULL;      /* moved */
+				x->ntlsa++;
+			}
+			x->tlsa_state = DNS_TLSA_SECURE;
+		}
+		dns_answer_free(&an);
+		return;
+	case ARES_ENODATA:
+	case ARES_ENOTFOUND:
+		dns_fetch_ttl(f, dns_neg_ttl(abuf, alen));
+		return;                 /* no TLSA records: no DANE */
+	default:
+		break;
+	}
+	x->tlsa_state = DNS_TLSA_FAILED;
+	f->temp = true;
+	snprintf(x->tlsa_error, sizeof(x->tlsa_error), "TLSA lookup of %s failed: %s", req->name,
+	    status == ARES_SUCCESS ? "malformed answer" : dns_status_text(status));
+}
+
+/* Exchanger xi's address lookups are all back: ask for its TLSA records if it is secure. */
+static void
+dns_maybe_tlsa(struct dns_fetch *f, size_t xi)
+{
+	struct dns_xch *x = &f->x[xi];
+	char name[300];
+
+	if (!f->r->dnssec || f->routes || f->mx_insecure || x->insecure ||
+	    x->n6 + x->n4 == 0 || f->abandoned || f->err != 0)
+		return;
+	snprintf(name, sizeof(name), "_%u._tcp.%s", (unsigned)f->port, x->host);
+	dns_send(f, DNS_REQ_TLSA, xi, 0, name);
+}
+
 /* Every c-ares request ends here, exactly once. */
 static void
 dns_ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
@@ -606,9 +715,15 @@ dns_ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 			dns_on_mx(f, req, status, abuf, alen);
 		else if (req->kind == DNS_REQ_TXT)
 			dns_on_txt(f, status, abuf, alen);
+		else if (req->kind == DNS_REQ_TLSA)
+			dns_on_tlsa(f, req, status, abuf, alen);
 		else
 			dns_on_addr(f, req, status, abuf, alen);
 	}
+	if ((req->kind == DNS_REQ_AAAA || req->kind == DNS_REQ_A) &&
+	    --f->x[req->xi].addr_pending == 0 && status != ARES_EDESTRUCTION &&
+	    status != ARES_ECANCELLED)
+		dns_maybe_tlsa(f, req->xi);
 	free(req->name);
 	free(req);
 	c->inflight--;
@@ -673,9 +788,10 @@ dns_lookup(struct dns_resolver *r, const char *domain, uint16_t port, dns_cb *cb
 		return q;
 	}
 
-	/* No DNS: a bad name or an address literal, of its own. */
+	/* No DNS: a bad name or an address literal, of its own (never "secure"). */
 	f = dns_fetch_new(r, NULL);
 	f->port = port;
+	f->mx_insecure = true;
 	dns_fetch_join(f, q);
 	if (name == NULL || name[0] == '\0') {
 		free(name);

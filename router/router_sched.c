@@ -386,6 +386,8 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	log_kv(&l, "status", status);
 	log_kv(&l, "reply", reply != NULL ? reply : "");
 	log_kvu(&l, "attempts", m->rcpt[i].attempts);
+	if (o == SCHED_DELIVERED && s->outcome_tls != NULL)
+		log_kv(&l, "tls", s->outcome_tls);
 	if (o == SCHED_DEFERRED) {
 		if (wait_dest != NULL)
 			log_kv(&l, "waiting", wait_dest);

@@ -144,6 +144,7 @@ sched_job_free(struct sched_job *job)
 		dns_result_free(job->mx);
 	free(job->dr);
 	free(job->last);
+	tlspolicy_clear(&job->tlspol);
 	route_release(&job->route);
 	conf_unref(job->conf);
 	free(job->rcpts);
@@ -478,6 +479,8 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 		log_kv(&l, "status", last->status);
 		log_kv(&l, "reply", last->reply);
 		log_kv(&l, "down", down ? "yes" : "no");
+		if (res->tls_result[0] != '\0')
+			log_kv(&l, "tls_result", res->tls_result);
 		log_end(&l);
 		deliver_req_clear(req);
 		job->ai++;
@@ -498,6 +501,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 
 	switch (res->status) {
 	case DELIVER_DONE:
+		s->outcome_tls = res->tls[0] != '\0' ? res->tls : NULL;
 		for (k = 0; k < job->nrcpts; k++) {
 			const struct deliver_rcpt *dr = &job->dr[k];
 			int i = job->rcpts[k];
@@ -509,6 +513,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 			    dr->code / 100 == 5 ? "5.0.0" : "4.0.0"),
 			    dr->reply != NULL ? dr->reply : "", true, NULL, res->dsn, now);
 		}
+		s->outcome_tls = NULL;
 		break;
 	case DELIVER_TEMP:
 		sched_job_outcome_all(s, job, SCHED_DEFERRED, last->status, last->reply, true, now);
@@ -557,6 +562,22 @@ sched_job_next(struct sched_job *job)
 
 	for (; job->ti < job->ntargets; job->ti++, job->ai = 0) {
 		const struct dns_target *tg = &job->mx->targets[job->ti];
+
+		/* DANE (tlspolicy/): what TLS this exchanger needs, or not to use it */
+		tlspolicy_clear(&job->tlspol);
+		tlspolicy_for_target(job->route.tls, tg, &job->tlspol);
+		if (job->tlspol.refuse && job->ai < tg->naddrs) {
+			last = sched_job_last(job);
+			snprintf(last->host, sizeof(last->host), "%s", tg->host);
+			sched_addr_ip(&tg->addrs[0], last->ip, sizeof(last->ip));
+			snprintf(last->status, sizeof(last->status), "%s", job->tlspol.status);
+			snprintf(last->reply, sizeof(last->reply), "%s", job->tlspol.reason);
+			job->soft_fail = true;
+			log_event(LOG_NOTICE, "tls_policy_refused", "qid", m->qid, "host", tg->host,
+			    "policy", "dane", "status", job->tlspol.status,
+			    "result", job->tlspol.result, "error", job->tlspol.reason, NULL);
+			continue;
+		}
 
 		for (; job->ai < tg->naddrs; job->ai++) {
 			const struct dns_addr *a = &tg->addrs[job->ai];
@@ -610,6 +631,9 @@ sched_job_next(struct sched_job *job)
 			memcpy(&job->req.addr, &a->ss, sizeof(a->ss));
 			job->req.addrlen = a->len;
 			job->req.tls = job->route.tls;
+			job->req.policy = job->tlspol.policy;
+			job->req.tlsa = job->tlspol.tlsa;
+			job->req.ntlsa = job->tlspol.ntlsa;
 			job->req.auth_user = job->route.auth_user;
 			job->req.auth_password = job->route.auth_password;
 			job->req.helo_name = job->conf->hostname;

@@ -19,6 +19,7 @@
 struct dkim_keys;
 #include "dns/dns.h"
 #include "deliver/deliver.h"
+#include "tlspolicy/tlspolicy.h"
 #include "common/htab.h"
 #include "common/log.h"
 
@@ -112,6 +113,7 @@ struct sched_job {
 	bool probing_host;              /* this attempt is the host's probe */
 	char addr_key[HEALTH_ADDR_MAX];
 	struct deliver_req req;
+	struct tlspolicy tlspol;        /* the current exchanger's (DANE); req borrows its records */
 	struct deliver_rcpt *dr;
 	struct sched_last *last;        /* how its last attempt ended, or NULL (nothing yet) */
 };
@@ -140,6 +142,8 @@ TAILQ_HEAD(sched_destq, sched_dest);
 
 struct sched {
 	uint32_t magic;
+	const char *outcome_tls;        /* sched_on_deliver: how the session that delivered was
+	                                   secured ("dane" ...), for the delivered lines; else NULL */
 	uv_loop_t *loop;
 	struct conf *conf;
 	struct relay_stats *stats;

@@ -20,6 +20,15 @@ The zone (all thread-safe, may be changed at any time):
     set_null_mx(domain)                       a single "MX 0 ." (RFC 7505)
     set_a(name, [ip, ...]) / set_aaaa(...)    address records
     set_txt(name, [text, ...])                TXT records
+    set_tlsa(name, [(usage, selector, mtype, data), ...])
+                                              TLSA records (RFC 6698; data: bytes
+                                              or hex); tlsa_name(host, port) gives
+                                              "_PORT._tcp.HOST"
+    set_secure(zone, secure=True)             answers for the zone and the names
+                                              below it get the AD bit when the
+                                              query asks with DO (or AD): what a
+                                              validating resolver says of signed,
+                                              valid data (bogus data: set_servfail)
     set_cname(name, target)                   an alias (drops the name's other records)
     set_nxdomain(name)                        the name does not exist
     set_servfail(name)                        every query for it gets SERVFAIL
@@ -43,12 +52,16 @@ Answers:
     last name in the chain (RFC 6604): NXDOMAIN when the target is unknown;
   * qtype ANY (and other meta types) -> NOTIMP; opcodes other than QUERY -> NOTIMP;
   * answers over UDP larger than 512 bytes are truncated (TC set, answer empty)
-    so that the client retries over TCP; EDNS in queries is ignored;
+    so that the client retries over TCP; EDNS in queries is read only for its
+    DO bit (no OPT in answers);
+  * AD is set when the query has DO or AD and the name asked is in a zone
+    marked with set_secure (RCODE NOERROR or NXDOMAIN);
   * malformed packets, and responses (QR=1), are silently ignored.
 
 The query log: `dns.queries` is a list of (name, qtype) with the name lower-cased
 without trailing dot and qtype a string ("MX", "A", "AAAA", "TYPE99" ...);
-`dns.count(name, qtype=None)` counts entries; `dns.wait_for_query(name, qtype,
+`dns.count(name, qtype=None)` counts entries; `dns.query_do` lists
+(name, qtype, do) with do True when the query's OPT record had the DO bit; `dns.wait_for_query(name, qtype,
 timeout)` waits for one.  Queries for dropped names are logged too.
 """
 
@@ -63,7 +76,7 @@ __all__ = ["DNSServer", "QTYPES", "RCODES", "encode_name", "decode_name",
            "build_query", "parse_message"]
 
 QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16,
-          "AAAA": 28, "SRV": 33, "OPT": 41, "ANY": 255}
+          "AAAA": 28, "SRV": 33, "OPT": 41, "TLSA": 52, "ANY": 255}
 QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
 RCODES = {"NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4,
           "REFUSED": 5}
@@ -219,6 +232,7 @@ def parse_message(msg):
     res = {"id": qid, "qr": bool(flags & 0x8000), "opcode": (flags >> 11) & 0xF,
            "aa": bool(flags & 0x0400), "tc": bool(flags & 0x0200),
            "rd": bool(flags & 0x0100), "ra": bool(flags & 0x0080),
+           "ad": bool(flags & 0x0020),
            "rcode": flags & 0xF, "question": [], "answer": [], "authority": [],
            "additional": []}
     res["rcode_name"] = RCODE_NAMES.get(res["rcode"], str(res["rcode"]))
@@ -306,6 +320,8 @@ class DNSServer:
         # name -> {"state": None|_NXDOMAIN|_SERVFAIL|_DROP, "rr": {qtype: (ttl, [rdata])}}
         self._zone = {}
         self.queries = []
+        self.query_do = []
+        self._secure = set()
         self._threads = []
         self._conns = set()
         self._running = False
@@ -447,6 +463,33 @@ class DNSServer:
             texts = [texts]
         self._set(name, 16, [[t] for t in texts], ttl)
 
+    def set_tlsa(self, name, records, ttl=None):
+        """TLSA records: [(usage, selector, mtype, data), ...], data bytes or hex."""
+        recs = []
+        for u, sel, mt, data in records:
+            if isinstance(data, str):
+                data = bytes.fromhex(data)
+            recs.append(struct.pack("!BBB", u, sel, mt) + bytes(data))
+        self._set(name, 52, recs, ttl)
+
+    @staticmethod
+    def tlsa_name(host, port=25):
+        """The TLSA owner name for host and port: "_PORT._tcp.HOST"."""
+        return "_%d._tcp.%s" % (port, norm(host))
+
+    def set_secure(self, zone, secure=True):
+        """Answers for zone and the names below it get AD (when asked with DO)."""
+        with self._lock:
+            if secure:
+                self._secure.add(norm(zone))
+            else:
+                self._secure.discard(norm(zone))
+
+    def is_secure(self, name):
+        n = norm(name)
+        with self._lock:
+            return any(n == z or n.endswith("." + z) for z in self._secure)
+
     def set_cname(self, name, target, ttl=None):
         """name is an alias of target (the name's other records are dropped)."""
         self._set(name, 5, [norm(target)], ttl)
@@ -483,7 +526,9 @@ class DNSServer:
         """Forget the whole zone and the query log."""
         with self._lock:
             self._zone.clear()
+            self._secure.clear()
             self.queries.clear()
+            self.query_do.clear()
 
     # -- query log ----------------------------------------------------------
 
@@ -511,6 +556,7 @@ class DNSServer:
     def clear_queries(self):
         with self._lock:
             self.queries.clear()
+            self.query_do.clear()
 
     # -- answering ----------------------------------------------------------
 
@@ -567,19 +613,29 @@ class DNSServer:
             if off + 4 > len(data):
                 return None
             qtype, qclass = struct.unpack("!HH", data[off:off + 4])
+            do = False
+            if ar >= 1 and an == 0 and ns == 0:
+                # the OPT record (RFC 6891): root name, TYPE 41, CLASS, TTL
+                o = off + 4
+                if len(data) >= o + 11 and data[o] == 0 and \
+                        struct.unpack("!H", data[o + 1:o + 3])[0] == 41:
+                    do = bool(struct.unpack("!I", data[o + 5:o + 9])[0] & 0x8000)
         except (DNSFormatError, struct.error, UnicodeError, IndexError):
             return None
 
         with self._cond:
             self.queries.append((norm(qname), qtype_name(qtype)))
+            self.query_do.append((norm(qname), qtype_name(qtype), do))
             self._cond.notify_all()
 
         w = _Writer()
         aa = 0x0400
         base = 0x8000 | (opcode << 11) | aa | rd
+        ad = 0x0020 if (do or flags & 0x0020) and self.is_secure(qname) else 0
 
         def header(rcode, nan, nns, tc=0):
-            return struct.pack("!HHHHHH", qid, base | tc | rcode, 1, nan, nns, 0)
+            flag_ad = ad if rcode in (RCODES["NOERROR"], RCODES["NXDOMAIN"]) else 0
+            return struct.pack("!HHHHHH", qid, base | tc | rcode | flag_ad, 1, nan, nns, 0)
 
         w.buf += b"\0" * 12
         try:
