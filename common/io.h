@@ -92,8 +92,10 @@ void io_set_timeout(struct io *io, uint64_t ms);
 /*
  * Deadline: IO_EV_TIMEOUT ms from now (0 = none), however much is read
  * meanwhile (a client that drips one byte at a time does not move it).
- * Replaces the idle timeout; setting it again moves it.  After
- * io_close_after_drain() the drain is bounded as without a timeout (60 s).
+ * Replaces the idle timeout; setting it again moves it.  For an accepted
+ * or connected io (nothing while connecting: io_connect() has its own).
+ * After io_close_after_drain() the drain is bounded as without a timeout
+ * (60 s).
  */
 void io_set_deadline(struct io *io, uint64_t ms);
 /* Milliseconds until the deadline (0 if none is set or it has passed). */
