@@ -42,6 +42,10 @@ const struct control_cmd control_cmds[] = {
 	  "audit [--log FILE...] [--since DUR] [--domain D] [--rcpt ADDR]" },
 	{ "dkim", NULL, CONTROL_CMD_DKIM, 0, 0, CONTROL_O_CHECK, CONTROL_F_JSONDOC,
 	  "dkim [--check]" },
+	{ "auth", "list", CONTROL_CMD_AUTH_LIST, 0, 0, 0, CONTROL_F_JSONDOC,
+	  "auth list" },
+	{ "auth", "unblock", CONTROL_CMD_AUTH_UNBLOCK, 1, 1, 0, 0,
+	  "auth unblock ADDRESS|LOGIN" },
 };
 
 const size_t control_ncmds = sizeof(control_cmds) / sizeof(control_cmds[0]);

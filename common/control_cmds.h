@@ -1,7 +1,8 @@
 /*
  * control_cmds.h - relayctl's command grammar, the one table that relayctl
  * (ctl/relayctl.c: validates the command line, prints usage) and relayd
- * (daemon/control.c, daemon/control_router.c: dispatches by id) both read,
+ * (daemon/control.c, daemon/control_router.c, daemon/control_auth.c:
+ * dispatches by id) both read,
  * next to the wire protocol (control_proto.h).  A row is a command pattern
  * (OpenSMTPD's smtpctl): one or two literal words, then between min_pos and
  * max_pos positional arguments (-1: unlimited) mixed with the options the row
@@ -31,6 +32,8 @@ enum control_cmd_id {
 	CONTROL_CMD_ROUTE_LIST,
 	CONTROL_CMD_AUDIT,
 	CONTROL_CMD_DKIM,
+	CONTROL_CMD_AUTH_LIST,
+	CONTROL_CMD_AUTH_UNBLOCK,
 	CONTROL_CMD_N
 };
 

@@ -21,6 +21,7 @@ enum {
 	RELAY_ETEMP = -6,      /* temporary failure, try again later */
 	RELAY_EPERM = -7,
 	RELAY_ECLOSED = -8,    /* peer or object went away */
+	RELAY_ENOSPC = -9,     /* the file system is full (ENOSPC, EDQUOT): try again later */
 };
 
 /* Allocation that fails aborts the process: there is no sane recovery. */

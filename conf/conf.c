@@ -134,6 +134,10 @@ static const struct conf_key conf_submit_keys[] = {
 	{ "auth_fail_delay_after", CONF_K_UINT, C_OFF(submit.auth_fail_delay_after), 0, 0, NULL },
 	{ "auth_fail_limit", CONF_K_UINT, C_OFF(submit.auth_fail_limit), 0, CONF_F_POSITIVE, NULL },
 	{ "auth_fail_window", CONF_K_DURATION, C_OFF(submit.auth_fail_window), 0, CONF_F_POSITIVE, NULL },
+	{ "auth_login_fail_limit", CONF_K_UINT, C_OFF(submit.auth_login_fail_limit), 0, 0, NULL },
+	{ "auth_login_block", CONF_K_DURATION, C_OFF(submit.auth_login_block), 0, CONF_F_POSITIVE, NULL },
+	{ "auth_login_block_max", CONF_K_DURATION, C_OFF(submit.auth_login_block_max), 0, CONF_F_POSITIVE, NULL },
+	{ "auth_login_known_ttl", CONF_K_DURATION, C_OFF(submit.auth_login_known_ttl), 0, 0, NULL },
 	{ "login_max_messages", CONF_K_UINT, C_OFF(submit.login_max_messages), 0, 0, NULL },
 	{ "login_max_recipients", CONF_K_UINT, C_OFF(submit.login_max_recipients), 0, 0, NULL },
 	{ "login_rate_window", CONF_K_DURATION, C_OFF(submit.login_rate_window), 0, CONF_F_POSITIVE, NULL },
@@ -1408,6 +1412,10 @@ conf_new_defaults(void)
 	c->submit.auth_fail_delay_after = 3;
 	c->submit.auth_fail_limit = 10;
 	c->submit.auth_fail_window = 15 * 60000;
+	c->submit.auth_login_fail_limit = 10;
+	c->submit.auth_login_block = 60000;
+	c->submit.auth_login_block_max = 15 * 60000;
+	c->submit.auth_login_known_ttl = 24 * 3600000ULL;
 	c->submit.login_max_messages = 500;
 	c->submit.login_max_recipients = 2000;
 	c->submit.login_rate_window = 60 * 60000;

@@ -119,6 +119,10 @@ struct conf {
 		unsigned auth_fail_delay_after; /* default 3 failures per IP, then each reply delayed */
 		unsigned auth_fail_limit;       /* default 10 failures per IP: then refused */
 		uint64_t auth_fail_window;      /* default 15m */
+		unsigned auth_login_fail_limit; /* default 10 failures per login (any IP): then blocked; 0 = off */
+		uint64_t auth_login_block;      /* default 1m: the first block of a login, doubling */
+		uint64_t auth_login_block_max;  /* default 15m: the longest block */
+		uint64_t auth_login_known_ttl;  /* default 24h: an address the login succeeded from is exempt */
 		unsigned login_max_messages;    /* per login per window; default 500, 0 = unlimited */
 		unsigned login_max_recipients;  /* per login per window; default 2000, 0 = unlimited */
 		uint64_t login_rate_window;     /* default 1h */

@@ -3,7 +3,8 @@
 # command: install what is missing, build, and start relayd in the foreground
 # on loopback with an embedded default setup in ./quickstart/: a self-signed
 # certificate, a local sasldb with a demo user (printed below), a senders map,
-# a local queue directory.  Ctrl-C stops it.
+# a local queue directory, a log file (so that `relayctl audit` finds it
+# through the configuration, as on a real install).  Ctrl-C stops it.
 #
 # Run as root, relayd switches to the unprivileged `relayd` user after
 # start-up (made here with useradd --system if missing, as the package does);
@@ -76,6 +77,7 @@ hostname = "relay.localhost";
 user = "$run_user";
 queue_dir = "$dir/queue";
 control_socket = "$dir/control.sock";
+log_file = "$dir/relayd.log";
 submit = {
   listen = [ "127.0.0.1:$port" ];
   listen_tls = [ "127.0.0.1:$tls_port" ];
@@ -93,10 +95,17 @@ cat <<EOS
 relayd quick start
   submission (STARTTLS): 127.0.0.1:$port     implicit TLS: 127.0.0.1:$tls_port
   demo user:             demo  password: $pw   may send as demo@example.test
-  queue:                 $dir/queue     log: stderr     runs as: $run_user
+  queue:                 $dir/queue     runs as: $run_user
+  log:                   $dir/relayd.log     (tail -f it to watch)
   try it:   swaks --server 127.0.0.1:$port --tls --auth PLAIN --auth-user demo \\
               --auth-password $pw --from demo@example.test --to someone@example.net
-  admin:    $top/build/relayctl -s $dir/control.sock stats
+            someone@example.net is no real mailbox: on a machine without real DNS the
+            test mail bounces at once (event=bounced status=5.1.2 in the log, and
+            relayctl audit lists it); the report to demo@example.test, which does not
+            exist either, is dropped.  Where no DNS server answers at all, the mail is
+            deferred and retried instead.
+  admin:    $top/build/relayctl -c $dir/relayd.conf stats
+            $top/build/relayctl -c $dir/relayd.conf audit     (what bounced, and why)
   stop:     Ctrl-C
 
 EOS

@@ -42,6 +42,37 @@ usage(FILE *f)
 		usage_line(f, "  ", &control_cmds[i]);
 }
 
+/*
+ * No row matches argv: name what is wrong -- an unknown command, or a known
+ * one (queue, route) with a missing or unknown subcommand, then that
+ * command's usage only.
+ */
+static void
+usage_unknown(int argc, char **argv)
+{
+	const char *prefix = "usage: ";
+	size_t i;
+	bool known = false;
+
+	for (i = 0; i < control_ncmds; i++)
+		known = known || strcmp(control_cmds[i].word, argv[0]) == 0;
+	if (!known) {
+		fprintf(stderr, "relayctl: unknown command '%s'\n", argv[0]);
+		usage(stderr);
+		return;
+	}
+	if (argc < 2)
+		fprintf(stderr, "relayctl: %s needs a subcommand\n", argv[0]);
+	else
+		fprintf(stderr, "relayctl: unknown %s subcommand '%s'\n", argv[0], argv[1]);
+	for (i = 0; i < control_ncmds; i++) {
+		if (strcmp(control_cmds[i].word, argv[0]) != 0)
+			continue;
+		usage_line(stderr, prefix, &control_cmds[i]);
+		prefix = "       ";
+	}
+}
+
 /* Check positional/option counts; 0 ok, -1 usage error (message printed). */
 static int
 ctl_check_args(const struct control_cmd *c, int argc, char **argv)
@@ -193,8 +224,7 @@ main(int argc, char **argv)
 	}
 	cmd = control_cmd_match(argc, argv, &consumed);
 	if (cmd == NULL) {
-		fprintf(stderr, "relayctl: unknown command '%s'\n", argv[0]);
-		usage(stderr);
+		usage_unknown(argc, argv);
 		return CTL_EXIT_USAGE;
 	}
 	if (ctl_check_args(cmd, argc - consumed, argv + consumed) != 0)

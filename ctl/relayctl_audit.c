@@ -30,9 +30,10 @@
  *         "sender": "alice@example.org",       the original sender
  *         "recipient": "bob@example.net",
  *         "status": "5.1.1",
- *         "reason": "failed",                  failed | expired | delayed | delivered
- *         "remote_host": "mx1.example.net",    the last attempt's host
- *         "remote_ip": "192.0.2.25",
+ *         "reason": "failed",                  failed | expired | delayed (a success
+ *                                              notice is not an NDR: not reported)
+ *         "remote_host": "mx1.example.net",    the last attempt's host (null: none reached)
+ *         "remote_ip": "192.0.2.25",           (null: none reached)
  *         "reply": "550 5.1.1 <bob@example.net>: no such user",   in full
  *         "attempts": 3,                       integer or null
  *         "down_since": null }                 when the host was marked down

@@ -7,6 +7,10 @@
  *                                        -> the last attempt (replaces the one before)
  *   expired   qid= rcpt= status= ...     -> updates what it carries
  *   delivered qid= rcpt=                 -> that recipient is done: forgotten
+ * Only failure and delay reports are NDRs: an ndr line for a success notice
+ * (reason=delivered, or any reason but failed/expired/delayed) gives no
+ * record.  A host or address relayd logged as "-" (none reached) is unknown:
+ * NULL, like an empty reply.
  * Owns two hash tables (common/htab): per message (sender, recipients still
  * open) and per (message, recipient) last attempt.  Entries go when the recipient is
  * finished (delivered, or an ndr with reason failed/expired), and anything
@@ -14,6 +18,7 @@
  * bounded by what relayd can still have queued.  Must never hold a whole log,
  * nor the records it emits (the caller keeps what it wants).
  */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -210,6 +215,23 @@ corr_pick(const char *first, const char *second)
 	return first != NULL ? first : second;
 }
 
+/* v, or NULL where the log says "none" ("-" for a host or address, "" for any). */
+static const char *
+corr_known(const char *v, bool dash)
+{
+	if (v == NULL || *v == '\0' || (dash && strcmp(v, "-") == 0))
+		return NULL;
+	return v;
+}
+
+/* A failure or delay report (an NDR), not a success notice; no reason: old logs, kept. */
+static bool
+corr_is_ndr(const char *reason)
+{
+	return reason == NULL || strcmp(reason, "failed") == 0 || strcmp(reason, "expired") == 0 ||
+	    strcmp(reason, "delayed") == 0;
+}
+
 static void
 corr_on_ndr(struct ctl_audit_corr *c, const struct ctl_audit_line *l, const char *qid,
     const char *rcpt, struct buf *key)
@@ -230,14 +252,15 @@ corr_on_ndr(struct ctl_audit_corr *c, const struct ctl_audit_line *l, const char
 	r.recipient = rcpt;
 	r.reason = ctl_audit_line_get(l, "reason");
 	r.status = corr_pick(ctl_audit_line_get(l, "status"), a ? a->status : NULL);
-	r.host = corr_pick(ctl_audit_line_get(l, "host"), a ? a->host : NULL);
-	r.ip = corr_pick(ctl_audit_line_get(l, "ip"), a ? a->ip : NULL);
-	r.reply = corr_pick(ctl_audit_line_get(l, "reply"), a ? a->reply : NULL);
+	r.host = corr_known(corr_pick(ctl_audit_line_get(l, "host"), a ? a->host : NULL), true);
+	r.ip = corr_known(corr_pick(ctl_audit_line_get(l, "ip"), a ? a->ip : NULL), true);
+	r.reply = corr_known(corr_pick(ctl_audit_line_get(l, "reply"), a ? a->reply : NULL), false);
 	r.down_since = ctl_audit_line_get(l, "down_since");
 	r.attempts = corr_number(ctl_audit_line_get(l, "attempts"));
 	if (r.attempts < 0 && a != NULL && a->attempts > 0)
 		r.attempts = a->attempts;
-	c->emit(&r, c->arg);
+	if (corr_is_ndr(r.reason))
+		c->emit(&r, c->arg);
 
 	/* A failure or expiry report is the recipient's end; a delay warning is not. */
 	if (rcpt != NULL && r.reason != NULL &&

@@ -13,7 +13,6 @@
 #include "daemon/relay.h"
 
 #include <errno.h>
-#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -27,6 +26,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "router/router.h"
+#include "sandbox/sandbox.h"
 
 #define CONTROL_MAGIC 0xc0de0001U
 #define CONTROL_CONN_MAGIC 0xc0de0002U
@@ -232,6 +232,13 @@ control_dispatch(struct control_conn *cc, int argc, char **argv)
 					out.data[k] = ';';
 		}
 		buf_free(&err);
+	} else if (cmd != NULL && (cmd->id == CONTROL_CMD_AUTH_LIST ||
+	    cmd->id == CONTROL_CMD_AUTH_UNBLOCK)) {
+		rc = control_auth(r->submit, cmd, argc - consumed, argv + consumed, json, &out);
+		if (rc == RELAY_ENOENT)
+			code = CONTROL_ERR_NOTFOUND;
+		else if (rc == RELAY_EINVAL)
+			code = CONTROL_ERR_USAGE;
 	} else {
 		cc->later.done = conn_later_done;
 		cc->later.arg = cc;
@@ -450,36 +457,24 @@ control_path_live(const char *path)
 	return rc == 0;
 }
 
-/* relayd's unprivileged account, the `user` key (sandbox/ switches to it). */
-static const char *
-control_user(const struct conf *conf)
-{
-	return conf->user;
-}
-
 /*
  * Give the socket to relayd's user (started as root, before the privilege
  * drop) and to control_group with mode 0660, or keep it 0600.  The socket is
- * born 0600 and root's, so nobody else can connect meanwhile.  0 or -1.
+ * born 0600 and root's, so nobody else can connect meanwhile.  The user's
+ * uid comes from the sandbox, which resolved it before Landlock closed the
+ * password database.  0 or -1.
  */
 static int
-control_set_owner(struct control *c, const struct conf *conf, struct buf *err)
+control_set_owner(struct control *c, const struct conf *conf, const struct sandbox *sb,
+    struct buf *err)
 {
-	const char *user = control_user(conf);
 	uid_t uid = (uid_t)-1;
 	gid_t gid = (gid_t)-1;
 	mode_t mode = 0600;
 
 	c->owner = geteuid();
-	if (user != NULL && geteuid() == 0) {
-		struct passwd *pw = getpwnam(user);
-
-		if (pw == NULL) {
-			buf_printf(err, "control_socket %s: no such user '%s'\n", c->path, user);
-			return -1;
-		}
-		uid = c->owner = pw->pw_uid;
-	}
+	if (sandbox_switches(sb))
+		uid = c->owner = sandbox_uid(sb);
 	if (conf->control_group != NULL) {
 		gid = c->group = conf->control_gid;
 		c->has_group = true;
@@ -487,7 +482,7 @@ control_set_owner(struct control *c, const struct conf *conf, struct buf *err)
 	}
 	if ((uid != (uid_t)-1 || gid != (gid_t)-1) && chown(c->path, uid, gid) != 0) {
 		buf_printf(err, "control_socket %s: cannot give it to %s%s%s: %s\n", c->path,
-		    user != NULL && uid != (uid_t)-1 ? user : "", gid != (gid_t)-1 ? ":" : "",
+		    uid != (uid_t)-1 ? conf->user : "", gid != (gid_t)-1 ? ":" : "",
 		    gid != (gid_t)-1 ? conf->control_group : "", strerror(errno));
 		return -1;
 	}
@@ -536,7 +531,7 @@ control_new(struct relay *r, const char *path, struct control **out, struct buf 
 		rc = uv_listen((uv_stream_t *)&c->pipe, 64, on_control_connection);
 	if (rc != 0)
 		buf_printf(err, "control_socket %s: %s\n", path, uv_strerror(rc));
-	if (rc != 0 || control_set_owner(c, r->conf, err) != 0) {
+	if (rc != 0 || control_set_owner(c, r->conf, r->sandbox, err) != 0) {
 		if (rc == 0)
 			unlink(path);
 		/* c is freed in the close callback if the loop runs again. */

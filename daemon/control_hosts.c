@@ -70,12 +70,19 @@ rctl_dest_row(void *arg, const struct sched_dest_view *d)
 		rctl_json_time(c, b, strcmp(d->state, "down") == 0 ? d->probe_at_ms : 0);
 		buf_putc(b, '}');
 	} else {
+		bool down = strcmp(d->state, "down") == 0;
+
 		if (ds->n == 0)
-			buf_printf(b, "\n%-32s %-5s %8s %7s %7s  %s\n", "DESTINATION", "STATE",
-			    "INFLIGHT", "QUEUED", "WAITING", "NEXT PROBE");
+			buf_printf(b, "\n%-32s %-5s %8s %7s %7s  %-20s  %s\n", "DESTINATION", "STATE",
+			    "INFLIGHT", "QUEUED", "WAITING", "DOWN SINCE", "NEXT PROBE");
 		rctl_text_pad(b, d->name, 33);
 		buf_printf(b, "%-5s %8u %7zu %7zu  ", d->state, d->inflight, d->queued, d->waiting);
-		if (strcmp(d->state, "down") == 0 && d->probe_at_ms != 0) {
+		if (down && d->down_since_ms != 0)
+			util_rfc3339_sec(d->down_since_ms, t, sizeof(t));
+		else
+			snprintf(t, sizeof(t), "-");
+		buf_printf(b, "%-20s  ", t);
+		if (down && d->probe_at_ms != 0) {
 			util_rfc3339_sec(d->probe_at_ms, t, sizeof(t));
 			buf_puts(b, t);
 		} else

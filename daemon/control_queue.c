@@ -76,15 +76,15 @@ rctl_rcpt_state(const struct rctl *c, const struct queue_msg *m, size_t i, struc
 		out->until = c->now;
 }
 
-/* Is one of m's recipients still to be delivered at domain? */
+/* Is one of m's recipients still to be delivered at domain (NULL: anywhere)? */
 static bool
 rctl_msg_has_domain(const struct queue_msg *m, const char *domain)
 {
 	size_t i;
 
 	for (i = 0; i < m->env.nrcpts; i++)
-		if (m->rcpt[i].state == RCPT_PENDING &&
-		    util_strcasecmp(rctl_domain_of(m->env.rcpts[i].addr), domain) == 0)
+		if (m->rcpt[i].state == RCPT_PENDING && (domain == NULL ||
+		    util_strcasecmp(rctl_domain_of(m->env.rcpts[i].addr), domain) == 0))
 			return true;
 	return false;
 }
@@ -711,6 +711,21 @@ rctl_qids_select(void *arg, const struct queue_msg *m)
 		rctl_qids_add(q, m->qid);
 }
 
+/* flush --all / --domain: the messages it is for, each flushed or skipped (held). */
+struct rctl_flush_sel {
+	const char *domain;             /* NULL: all */
+	struct rctl_qids *done, *skipped;
+};
+
+static void
+rctl_flush_select(void *arg, const struct queue_msg *m)
+{
+	struct rctl_flush_sel *fs = arg;
+
+	if (rctl_msg_has_domain(m, fs->domain))
+		rctl_qids_add(m->held ? fs->skipped : fs->done, m->qid);
+}
+
 static int
 rctl_want_unheld(const struct queue_msg *m)
 {
@@ -801,7 +816,7 @@ rctl_queue_action(struct rctl *c)
 	struct rctl_qids q, skipped;
 	const struct queue_msg *m;
 	size_t i, done = 0;
-	int rc = 0, n;
+	int rc = 0;
 
 	for (i = 0; i < RELAY_ARRAY_LEN(rctl_actions); i++)
 		if (strcmp(rctl_actions[i].sub, sub) == 0)
@@ -813,10 +828,16 @@ rctl_queue_action(struct rctl *c)
 	q.c = c;
 	q.want = a->want;
 
-	/* flush --all / --domain: the scheduler walks the queue itself. */
+	/* flush --all / --domain: the scheduler walks the queue itself; the
+	 * answer names what it is for (held mail is skipped). */
 	if (a->apply == rctl_flush_one && c->npos == 0) {
-		n = sched_flush(c->s, c->all ? NULL : c->domain);
-		rctl_action_answer(c, a, n > 0 ? (size_t)n : 0, NULL, NULL);
+		struct rctl_flush_sel fs = { c->all ? NULL : c->domain, &q, &skipped };
+
+		sched_foreach(c->s, rctl_flush_select, &fs);
+		(void)sched_flush(c->s, fs.domain);
+		rctl_action_answer(c, a, q.n, &q, &skipped);
+		free(q.v);
+		free(skipped.v);
 		return 0;
 	}
 	if (c->npos > 0) {

@@ -187,6 +187,13 @@ on_router_down(void *arg)
 	uv_close((uv_handle_t *)&r->sig_usr1, on_signal_closed);
 	notify_close(r->notify);
 	r->notify = NULL;
+	r->down = true;
+}
+
+unsigned
+relay_abandoned(const struct relay *r)
+{
+	return r->down && r->submit != NULL ? submit_abandoned(r->submit) : 0;
 }
 
 static void

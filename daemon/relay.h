@@ -35,6 +35,7 @@ struct relay {
 	struct sandbox *sandbox;     /* the user switch and the sandbox (sandbox/) */
 	uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 	bool stopping;
+	bool down;                   /* every module has shut down */
 	int pending_shutdown;        /* modules still shutting down */
 };
 
@@ -47,6 +48,9 @@ int relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct 
 int relay_reload(struct relay *r, struct buf *err);
 /* Begin a graceful stop; the loop ends once every handle is closed. */
 void relay_stop(struct relay *r, const char *why);
+/* After the stop: the password checks left blocked in their backend (the
+ * loop cannot end while they run; relayd_main.c exits without them). */
+unsigned relay_abandoned(const struct relay *r);
 /* After the loop has ended. */
 void relay_free(struct relay *r);
 
@@ -83,5 +87,14 @@ void control_later_cancel(struct control_later *l);
  */
 int control_router(struct router *r, int argc, char **argv, bool json, struct buf *out,
     struct control_later *later);
+
+/*
+ * control_auth.c: `auth list` and `auth unblock` (cmd is their row; argv the
+ * arguments after the two words).  0, or a negative RELAY_E* with a one-line
+ * message in out (RELAY_ENOENT: nothing to unblock).
+ */
+struct control_cmd;
+int control_auth(struct submit *s, const struct control_cmd *cmd, int argc, char **argv,
+    bool json, struct buf *out);
 
 #endif

@@ -30,6 +30,23 @@ usage(FILE *f)
 	    "  -V       print the version\n");
 }
 
+static void
+relayd_count_handle(uv_handle_t *h, void *arg)
+{
+	(void)h;
+	(*(int *)arg)++;
+}
+
+/* Handles still in the loop (closed ones are gone once their callback ran). */
+static int
+relayd_handles(uv_loop_t *loop)
+{
+	int n = 0;
+
+	uv_walk(loop, relayd_count_handle, &n);
+	return n;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -97,7 +114,26 @@ main(int argc, char **argv)
 		log_close();
 		return 1;
 	}
-	uv_run(&loop, UV_RUN_DEFAULT);
+	while (uv_run(&loop, UV_RUN_ONCE) != 0)
+		if (relay_abandoned(&relay) > 0)
+			break;
+	if (relay_abandoned(&relay) > 0) {
+		/*
+		 * Every module is down and the queue closed, but a password check
+		 * is stuck in its backend (event auth_abandoned): its thread-pool
+		 * job keeps the loop alive, and libuv's exit handler would join
+		 * that thread forever.  Let the last close callbacks run, then
+		 * leave without the loop and without exit handlers.
+		 */
+		for (int i = 0; i < 100 && relayd_handles(&loop) > 0; i++)
+			uv_run(&loop, UV_RUN_NOWAIT);
+		rc = relayd_handles(&loop);
+		relay_free(&relay);
+		log_event(LOG_NOTICE, "stopped", "clean", rc == 0 ? "yes" : "no", NULL);
+		log_close();
+		fflush(NULL);
+		_exit(0);
+	}
 	relay_free(&relay);
 	rc = uv_loop_close(&loop);
 	log_event(LOG_NOTICE, "stopped", "clean", rc == 0 ? "yes" : "no", NULL);

@@ -96,6 +96,13 @@ queue_log_errno(const char *qid, const char *op, int e)
 	log_end(&l);
 }
 
+/* A failed system call's errno as the queue reports it: a full disk apart. */
+int
+queue_errno_err(int e)
+{
+	return e == ENOSPC || e == EDQUOT ? RELAY_ENOSPC : RELAY_EIO;
+}
+
 /*
  * Queue ids: 10 base32 digits of the ms clock, 4 of a per-process sequence
  * (strictly increasing within the process), 6 of random bits (another
@@ -647,10 +654,12 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 	    uv_thread_create(&q->thread, queue_thread_main, q) != 0)
 		fatalx("%s: cannot start the commit threads", __func__);
 	if (uv_async_init(loop, &q->async, queue_async_cb) != 0 ||
-	    uv_check_init(loop, &q->check) != 0 || uv_idle_init(loop, &q->idle) != 0)
+	    uv_check_init(loop, &q->check) != 0 || uv_idle_init(loop, &q->idle) != 0 ||
+	    uv_timer_init(loop, &q->probe_timer) != 0)
 		fatalx("%s: handle init failed", __func__);
-	q->async.data = q->check.data = q->idle.data = q;
-	q->nhandles = 3;
+	q->async.data = q->check.data = q->idle.data = q->probe_timer.data = q;
+	uv_unref((uv_handle_t *)&q->probe_timer);   /* never keeps an idle loop alive */
+	q->nhandles = 4;
 	queue_update_ref(q);
 	queue_refill(q);
 	*out = q;
@@ -746,6 +755,7 @@ queue_maybe_finish(struct queue *q)
 	uv_close((uv_handle_t *)&q->idle, queue_handle_closed);
 	uv_close((uv_handle_t *)&q->check, queue_handle_closed);
 	uv_close((uv_handle_t *)&q->async, queue_handle_closed);
+	uv_close((uv_handle_t *)&q->probe_timer, queue_handle_closed);
 }
 
 /*
@@ -761,6 +771,8 @@ queue_close(struct queue *q, void (*done)(void *arg), void *arg)
 	q->closing = true;
 	q->close_done = done;
 	q->close_arg = arg;
+	uv_timer_stop(&q->probe_timer);
+	queue_held_free(q);                  /* the journal keeps them: the next start replays */
 	queue_handoff(q);
 	uv_mutex_lock(&q->mtx);
 	q->stop = true;
@@ -818,9 +830,17 @@ queue_txn_qid(const struct queue_txn *t)
 	return t->job.qid;
 }
 
+int
+queue_txn_error(const struct queue_txn *t)
+{
+	return t->err;
+}
+
 static int
 queue_txn_flush(struct queue_txn *t)
 {
+	int e;
+
 	if (t->err != 0 || t->wbuf.len == 0)
 		return t->err;
 	if (t->fd == -1 && t->job.iname[0] != '\0' &&
@@ -830,13 +850,15 @@ queue_txn_flush(struct queue_txn *t)
 		return t->err;
 	}
 	if (t->fd == -1 && (t->fd = queue_file_create(t->q, t->job.qid, t->job.iname)) == -1) {
-		queue_log_errno(t->job.qid, "create(msg/)", errno);
-		t->err = RELAY_EIO;
+		e = errno;
+		queue_log_errno(t->job.qid, "create(msg/)", e);
+		t->err = queue_errno_err(e);
 		return t->err;
 	}
 	if (util_pwrite_full(t->fd, t->wbuf.data, t->wbuf.len, t->written) == -1) {
-		queue_log_errno(t->job.qid, "write", errno);
-		t->err = RELAY_EIO;
+		e = errno;
+		queue_log_errno(t->job.qid, "write", e);
+		t->err = queue_errno_err(e);
 		return t->err;
 	}
 	t->written += t->wbuf.len;
@@ -886,6 +908,7 @@ queue_txn_commit(struct queue_txn *t, queue_commit_cb *cb, void *arg)
 	struct queue *q = t->q;
 	char hex[16];
 	ssize_t n;
+	int e;
 
 	if (t->magic != TXN_MAGIC || t->cb != NULL || cb == NULL)
 		fatalx("%s: bad txn or no callback", __func__);
@@ -909,8 +932,9 @@ queue_txn_commit(struct queue_txn *t, queue_commit_cb *cb, void *arg)
 			n = pwrite(t->fd, hex, sizeof(hex), QFILE_BLEN_OFF);
 		while (n == -1 && errno == EINTR);
 		if (n != (ssize_t)sizeof(hex)) {
-			queue_log_errno(t->job.qid, "pwrite", n == -1 ? errno : EIO);
-			t->err = RELAY_EIO;
+			e = n == -1 ? errno : EIO;
+			queue_log_errno(t->job.qid, "pwrite", e);
+			t->err = queue_errno_err(e);
 		}
 		t->job.len = t->written;
 	}

@@ -104,7 +104,8 @@ int queue_scan(struct queue *q, queue_new_cb *cb, void *arg);
  * makes the message and its envelope durable, sharing the disk sync with
  * other commits in flight (group commit), and calls cb(arg, 0, qid) on the
  * loop thread once the message will survive a crash, or cb(arg, err, NULL) if
- * it could not be queued.  The callback is always called exactly once; the
+ * it could not be queued (RELAY_ENOSPC: the file system is full; RELAY_EIO:
+ * another failure).  The callback is always called exactly once; the
  * txn is consumed by commit and by abort.
  */
 struct queue_txn;
@@ -112,6 +113,8 @@ typedef void queue_commit_cb(void *arg, int err, const char *qid);
 
 int queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **out);
 const char *queue_txn_qid(const struct queue_txn *t);
+/* The first write error of t (0, RELAY_EIO, or RELAY_ENOSPC: the disk is full). */
+int queue_txn_error(const struct queue_txn *t);
 int queue_txn_write(struct queue_txn *t, const void *p, size_t len);
 void queue_txn_commit(struct queue_txn *t, queue_commit_cb *cb, void *arg);
 /*
@@ -210,7 +213,8 @@ struct queue_counters {
 	uint64_t spares_reused;      /* transactions that began on a recycled file */
 	uint64_t journaled;          /* messages acknowledged from the journal (before publish) */
 	uint64_t journal_full;       /* messages that found no room in the journal */
-	uint64_t journal_errors;     /* journal writes, syncs or tail updates that failed */
+	uint64_t journal_errors;     /* journal writes, syncs or tail updates that failed, and
+	                                journaled messages whose publish failed */
 	uint64_t journal_ns;         /* time spent writing and syncing journal batches */
 	uint64_t replayed;           /* messages recovered from the journal at start-up */
 };

@@ -5,7 +5,9 @@
  * journal and fdatasyncs it (the 250 goes out then); the writer thread
  * writes and names each message's msg/ file; the sync thread syncs,
  * publishes msg/<qid>, fsyncs msg/ and moves the journal's tail before the
- * router may see the message.  Also the start-up replay of the journal.
+ * router may see the message.  Also the start-up replay of the journal, and
+ * its restore without a restart after a disk failure switched it off (a
+ * probe job, sent by a back-off timer on the loop).
  * queue/QUEUE.md tells the whole story; queue.c owns the files,
  * transactions and records this works on.
  *
@@ -13,9 +15,10 @@
  * (queue_stage() to queue_async_cb()); queue_jnl_main(),
  * queue_writer_main() and queue_thread_main() touch only the jobs they took
  * from their input list (and the txn buffers those point at, untouched by
- * the loop meanwhile), the directory fds, the journal's side they own, and,
- * under q->mtx, the lists, flags and counters.  They never log, allocate or
- * call back.
+ * the loop meanwhile), the directory fds, the journal's side they own (the
+ * sync thread the whole journal while it restores it: the journal is off),
+ * and, under q->mtx, the lists, flags and counters.  They never log or call
+ * back, and allocate only to read the journal back in a restore.
  *
  * Must never: make the loop thread wait for a disk sync; acknowledge a
  * message before its journal batch or its msg/ file is durable; let a queue
@@ -55,9 +58,16 @@ queue_job_fail(struct queue_job *j, const char *call, int e)
 {
 	if (j->err != 0)
 		return;
-	j->err = RELAY_EIO;
+	j->err = queue_errno_err(e);
 	j->failed_call = call;
 	j->sys_errno = e;
+}
+
+/* A job with a file to make durable: a new message's, or one a record was appended to. */
+static bool
+queue_job_file(const struct queue_job *j)
+{
+	return j->kind == QJOB_COMMIT || j->kind == QJOB_SYNC;
 }
 
 
@@ -202,7 +212,7 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
 
 	/* the files to make durable: new messages and appended records */
 	for (j = batch->head; j != NULL; j = j->next)
-		if (j->kind != QJOB_RECYCLE && j->err == 0)
+		if (queue_job_file(j) && j->err == 0)
 			n++;
 	if (mode == QUEUE_SYNC_AUTO)
 		/* syncfs() costs the same for 1 file or 100 (and writes others' dirt) */
@@ -212,19 +222,19 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
 		break;
 	case QUEUE_SYNC_RANGE:
 		for (j = batch->head; j != NULL; j = j->next)
-			if (j->kind != QJOB_RECYCLE && j->err == 0)
+			if (queue_job_file(j) && j->err == 0)
 				(void)sync_file_range(j->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 		/* FALLTHROUGH */
 	case QUEUE_SYNC_FDATASYNC:
 		for (j = batch->head; j != NULL; j = j->next)
-			if (j->kind != QJOB_RECYCLE && j->err == 0 && fdatasync(j->fd) == -1)
+			if (queue_job_file(j) && j->err == 0 && fdatasync(j->fd) == -1)
 				queue_job_fail(j, "fdatasync", errno);
 		break;
 	case QUEUE_SYNC_SYNCFS:
 		if (syncfs(q->msgfd) == -1) {
 			e = errno;
 			for (j = batch->head; j != NULL; j = j->next)
-				if (j->kind != QJOB_RECYCLE)
+				if (queue_job_file(j))
 					queue_job_fail(j, "syncfs", e);
 			break;
 		}
@@ -234,7 +244,7 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
 		 * is checked here: waiting on clean pages costs no I/O.
 		 */
 		for (j = batch->head; j != NULL; j = j->next)
-			if (j->kind != QJOB_RECYCLE && j->fd >= 0 &&
+			if (queue_job_file(j) && j->fd >= 0 &&
 			    sync_file_range(j->fd, 0, 0, SYNC_FILE_RANGE_WAIT_AFTER) == -1)
 				queue_job_fail(j, "sync_file_range", errno);
 		break;
@@ -284,14 +294,14 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
  * acknowledged as soon as that returns.  Messages that do not fit (too
  * large, journal full) are acknowledged after their publish, as before.
  */
-static void
+static int
 queue_journal_batch(struct queue *q, struct queue_list *batch, uint64_t tail,
-    uint64_t tail_seq, struct queue_counters *c)
+    uint64_t tail_seq, struct queue_counters *c, int *sys_errno)
 {
 	struct queue_job *j;
 	uint64_t t0 = uv_hrtime(), end, seq;
 	size_t n = 0;
-	int rc, e = 0;
+	int rc;
 
 	journal_batch_begin(&q->jnl);
 	for (j = batch->head; j != NULL; j = j->next) {
@@ -303,8 +313,8 @@ queue_journal_batch(struct queue *q, struct queue_list *batch, uint64_t tail,
 		n++;
 	}
 	if (n == 0)
-		return;
-	rc = journal_append(&q->jnl, tail, tail_seq, q->test_sync_delay_ms, &end, &seq, &e);
+		return 0;
+	rc = journal_append(&q->jnl, tail, tail_seq, q->test_sync_delay_ms, &end, &seq, sys_errno);
 	for (j = batch->head; j != NULL; j = j->next) {
 		if (!j->in_jnl)
 			continue;
@@ -322,6 +332,7 @@ queue_journal_batch(struct queue *q, struct queue_list *batch, uint64_t tail,
 	else
 		c->journal_errors++;
 	c->journal_ns += uv_hrtime() - t0;
+	return rc;
 }
 
 void
@@ -333,6 +344,7 @@ queue_jnl_main(void *arg)
 	struct queue_counters c;
 	uint64_t tail, tail_seq;
 	bool acked, jnl_on;
+	int rc, e;
 
 	uv_mutex_lock(&q->mtx);
 	for (;;) {
@@ -349,10 +361,17 @@ queue_jnl_main(void *arg)
 		uv_mutex_unlock(&q->mtx);
 
 		memset(&c, 0, sizeof(c));
+		rc = e = 0;
 		if (jnl_on)
-			queue_journal_batch(q, &batch, tail, tail_seq, &c);
+			rc = queue_journal_batch(q, &batch, tail, tail_seq, &c, &e);
 
 		uv_mutex_lock(&q->mtx);
+		if (rc == RELAY_EIO && q->jnl_on) {
+			/* no more batches until a probe has restored it (QUEUE.md) */
+			q->jnl_on = false;
+			q->joff_call = "journal append";
+			q->joff_errno = e;
+		}
 		q->counters.journaled += c.journaled;
 		q->counters.journal_full += c.journal_full;
 		q->counters.journal_errors += c.journal_errors;
@@ -424,7 +443,22 @@ queue_advance_tail(struct queue *q, struct queue_list *batch, struct queue_count
 {
 	struct queue_job *j;
 	uint64_t fail_seq = UINT64_MAX, end = 0, next = 0;
+	const char *call = NULL;
+	int e = 0;
 
+	for (j = batch->head; j != NULL; j = j->next) {
+		if (!j->acked || j->err == 0)
+			continue;
+		/* its 250 has gone out: the journal keeps it, its file goes now */
+		c->journal_errors++;
+		if (call == NULL) {
+			call = j->failed_call;
+			e = j->sys_errno;
+		}
+		if (j->iname[0] != '\0')
+			(void)unlinkat(q->msgfd, j->iname, 0);
+		j->iname[0] = '\0';
+	}
 	if (!q->jstuck) {
 		for (j = batch->head; j != NULL; j = j->next)
 			if (j->acked && (j->err != 0 || !j->published) && j->jseq < fail_seq)
@@ -437,6 +471,8 @@ queue_advance_tail(struct queue *q, struct queue_list *batch, struct queue_count
 			}
 		if (next != 0 && journal_set_tail(&q->jnl, end, next) == -1) {
 			c->journal_errors++;
+			call = "journal tail";
+			e = errno;
 			fail_seq = 0;            /* none of them is past the tail */
 		} else if (next != 0) {
 			uv_mutex_lock(&q->mtx);
@@ -449,13 +485,22 @@ queue_advance_tail(struct queue *q, struct queue_list *batch, struct queue_count
 			 * The disk takes no more files (ENOSPC, EIO), or the
 			 * tail cannot move: acknowledging from the journal would
 			 * accept mail that cannot be queued.  From now on commits
-			 * are acknowledged after their publish, so they fail (451)
-			 * while the disk does.  The tail stays where it is; the
-			 * next start replays from there.
+			 * are acknowledged after their publish, so they fail (452
+			 * on a full disk, else 451) while the disk does.  The tail
+			 * stays where it is until a probe restores the journal
+			 * (queue_journal_probe()), or the next start replays
+			 * from there.
 			 */
 			q->jstuck = true;
 			uv_mutex_lock(&q->mtx);
-			q->jnl_on = false;
+			if (q->jnl_on) {
+				q->jnl_on = false;
+				q->joff_call = call != NULL ? call : "publish";
+				q->joff_errno = e;
+			}
+			/* counted with the switch, so that the loop's log has them */
+			q->counters.journal_errors += c->journal_errors;
+			c->journal_errors = 0;
 			uv_mutex_unlock(&q->mtx);
 		}
 	} else
@@ -463,11 +508,123 @@ queue_advance_tail(struct queue *q, struct queue_list *batch, struct queue_count
 	/*
 	 * What the journal still holds must not reach the router: delivered,
 	 * removed or changed, it would come back as new at the replay.  It waits
-	 * in msg/ for the next start (the replay writes the same bytes again).
+	 * in msg/ for the journal's restore or the next start (either writes
+	 * the same bytes again).
 	 */
 	for (j = batch->head; j != NULL; j = j->next)
 		if (j->acked && j->err == 0 && j->published && j->jseq >= fail_seq)
 			j->withheld = true;
+}
+
+/*
+ * The journal's restore (the sync thread, for a QJOB_PROBE the loop sends
+ * while the journal is off, with back-off).  The probe passed through the
+ * journal thread after the journal went off, so no append is in progress,
+ * and through this thread after every message acknowledged from the
+ * journal: each is published (withheld) or failed, and the loop holds it.
+ */
+
+struct queue_restore {
+	struct queue *q;
+	struct queue_job *probe;
+};
+
+static int queue_replay_write(struct queue *q, const char *qid, const char *image, size_t len);
+static bool queue_replay_valid(const char *qid, const char *image, size_t len);
+
+static int
+queue_restore_one(void *arg, const char *qid, const char *image, size_t len)
+{
+	struct queue_restore *r = arg;
+
+	if (!queue_replay_valid(qid, image, len))
+		return 0;                    /* as at start-up (which logs it) */
+	if (queue_replay_write(r->q, qid, image, len) == -1) {
+		queue_job_fail(r->probe, "restore(msg/)", errno);
+		return RELAY_EIO;
+	}
+	r->probe->len++;
+	return 0;
+}
+
+/* Does the disk take a file again?  QUEUE_PROBE_BYTES written and synced. */
+static int
+queue_probe_disk(struct queue *q, struct queue_job *j)
+{
+	static const char zero[4096];
+	char iname[QNAME_MAX];
+	uint64_t off;
+	int fd, rc = 0;
+
+	if (q->named)
+		(void)unlinkat(q->msgfd, QNAME_IN "probe", 0);
+	if ((fd = queue_file_create(q, "probe", iname)) == -1) {
+		queue_job_fail(j, "probe(create)", errno);
+		return -1;
+	}
+	for (off = 0; off < QUEUE_PROBE_BYTES && rc == 0; off += sizeof(zero))
+		if (util_pwrite_full(fd, zero, sizeof(zero), off) == -1) {
+			queue_job_fail(j, "probe(write)", errno);
+			rc = -1;
+		}
+	if (rc == 0 && fdatasync(fd) == -1) {
+		queue_job_fail(j, "probe(fdatasync)", errno);
+		rc = -1;
+	}
+	close(fd);                           /* an unnamed file is gone with it */
+	if (iname[0] != '\0')
+		(void)unlinkat(q->msgfd, iname, 0);
+	return rc;
+}
+
+/*
+ * While the journal is off: once the disk takes a file again, write what
+ * the journal holds (every message acknowledged from it and not yet handed
+ * to the router) into msg/ as a start-up replay does, make that durable,
+ * move the tail past it and turn the journal on again.  j->published says
+ * it worked; the loop then hands the held messages to the router.
+ */
+static void
+queue_journal_probe(struct queue *q, struct queue_job *j)
+{
+	struct queue_restore r = { q, j };
+	uint64_t head, seq;
+	bool on;
+	int rc;
+
+	uv_mutex_lock(&q->mtx);
+	on = q->jnl_on;
+	uv_mutex_unlock(&q->mtx);
+	if (on) {
+		j->published = true;         /* nothing to restore */
+		return;
+	}
+	if (queue_probe_disk(q, j) == -1)
+		return;
+	if ((rc = journal_restore(&q->jnl, queue_restore_one, &r, &head, &seq)) != 0) {
+		queue_job_fail(j, "restore(journal)", errno);   /* unless fn said more */
+		return;
+	}
+	if (j->len > 0 && fsync(q->msgfd) == -1) {
+		queue_job_fail(j, "restore(fsync msg/)", errno);
+		return;
+	}
+#ifdef RELAY_TEST_HOOKS
+	/* RELAYD_TEST_PUBLISH_DELAY_MS: the restored files are in msg/, the tail not yet past them */
+	if (q->test_publish_delay_ms > 0)
+		usleep(q->test_publish_delay_ms * 1000u);
+#endif
+	if (journal_reopen(&q->jnl, head, seq) == -1) {
+		queue_job_fail(j, "restore(journal tail)", errno);
+		return;
+	}
+	q->jstuck = false;
+	uv_mutex_lock(&q->mtx);
+	q->jtail = head;
+	q->jtail_seq = seq;
+	q->jnl_on = true;
+	uv_mutex_unlock(&q->mtx);
+	j->published = true;
 }
 
 /*
@@ -498,6 +655,9 @@ queue_thread_main(void *arg)
 		memset(&c, 0, sizeof(c));
 		queue_sync_batch(q, &batch, mode, &c);
 		queue_advance_tail(q, &batch, &c);
+		for (j = batch.head; j != NULL; j = j->next)
+			if (j->kind == QJOB_PROBE)
+				queue_journal_probe(q, j);
 
 		uv_mutex_lock(&q->mtx);
 		for (j = batch.head; j != NULL; j = j->next)
@@ -510,7 +670,7 @@ queue_thread_main(void *arg)
 		q->counters.recycled += c.recycled;
 		q->counters.unlinked += c.unlinked;
 		for (j = batch.head; j != NULL; j = j->next) {
-			if (j->kind == QJOB_RECYCLE)
+			if (!queue_job_file(j))
 				continue;
 			if (j->err != 0)
 				q->counters.failures++;
@@ -602,14 +762,77 @@ queue_post_done(struct queue *q, struct queue_job *j)
 
 
 static void queue_ack_done(struct queue *q, struct queue_txn *t);
+static void queue_probe_done(struct queue *q, struct queue_job *j);
+static void queue_probe_arm(struct queue *q);
+
+/* A committed message, durable in msg/ and out of the journal: to the router. */
+static void
+queue_txn_publish(struct queue *q, struct queue_txn *t)
+{
+	struct queue_msg *m;
+
+	m = queue_msg_new(q, t->job.qid);
+	m->env = t->env;
+	memset(&t->env, 0, sizeof(t->env));
+	m->rcpt = xcalloc(m->env.nrcpts, sizeof(*m->rcpt));
+	m->body_offset = t->body_offset;
+	m->body_len = t->body_len;
+	m->dkim = t->dkim;
+	m->dkim_ids = t->dkim_ids;
+	t->dkim = t->dkim_ids = NULL;
+	if (q->new_cb != NULL)
+		q->new_cb(q->new_arg, m);
+	else
+		queue_msg_free(m);
+}
+
+/*
+ * Acknowledged from the journal, but not for the router yet (its publish
+ * failed, or the tail could not move past it): kept, without its image
+ * (the journal has it), until a probe restores the journal.  When closing
+ * it is freed: the next start replays it.
+ */
+static void
+queue_hold(struct queue *q, struct queue_txn *t)
+{
+	if (q->closing) {
+		queue_txn_free(t);
+		return;
+	}
+	buf_free(&t->wbuf);
+	t->ack_next = NULL;
+	if (q->held_tail != NULL)
+		q->held_tail->ack_next = t;
+	else
+		q->held_head = t;
+	q->held_tail = t;
+	q->nheld++;
+}
+
+void
+queue_held_free(struct queue *q)
+{
+	struct queue_txn *t;
+
+	while ((t = q->held_head) != NULL) {
+		q->held_head = t->ack_next;
+		queue_txn_free(t);
+	}
+	q->held_tail = NULL;
+	q->nheld = 0;
+}
 
 static void
 queue_complete(struct queue *q, struct queue_job *j)
 {
 	struct queue_txn *t;
-	struct queue_msg *m;
 	struct log_line l;
 
+	if (j->kind == QJOB_PROBE) {
+		queue_probe_done(q, j);
+		free(j);
+		return;
+	}
 	if (j->kind == QJOB_RECYCLE) {
 		if (j->keep)
 			q->recycling--;
@@ -637,37 +860,24 @@ queue_complete(struct queue *q, struct queue_job *j)
 		fatalx("%s: bad txn", __func__);
 	if (j->acked)
 		queue_ack_done(q, t);
-	if (j->err != 0 && j->acked) {
-		/* Its 250 has gone out: the journal keeps it until the next start. */
-		if (j->iname[0] != '\0')
-			(void)unlinkat(q->msgfd, j->iname, 0);
-		log_begin(&l, LOG_CRIT, "queue_publish_failed");
+	if (j->acked && (j->err != 0 || j->withheld)) {
+		/* Its 250 has gone out: the journal keeps it (its file, if it
+		 * had one, was removed by the sync thread) until it is restored. */
+		log_begin(&l, LOG_CRIT, j->err != 0 ? "queue_publish_failed" : "queue_publish_held");
 		log_kv(&l, "qid", j->qid);
-		log_kv(&l, "detail", "accepted message kept in the journal; restart relayd to recover it");
+		log_kv(&l, "detail", j->err != 0 ?
+		    "accepted message kept in the journal until the disk takes files again" :
+		    "accepted message held in msg/ until the journal is restored");
 		log_end(&l);
-	} else if (j->err != 0) {
+		queue_hold(q, t);
+		return;
+	}
+	if (j->err != 0) {
 		if (j->iname[0] != '\0')
 			(void)unlinkat(q->msgfd, j->iname, 0);
 		t->cb(t->arg, j->err, NULL);
-	} else if (j->withheld) {
-		log_begin(&l, LOG_CRIT, "queue_publish_held");
-		log_kv(&l, "qid", j->qid);
-		log_kv(&l, "detail", "accepted message held in msg/ until relayd restarts (journal failure)");
-		log_end(&l);
 	} else {
-		m = queue_msg_new(q, j->qid);
-		m->env = t->env;
-		memset(&t->env, 0, sizeof(t->env));
-		m->rcpt = xcalloc(m->env.nrcpts, sizeof(*m->rcpt));
-		m->body_offset = t->body_offset;
-		m->body_len = t->body_len;
-		m->dkim = t->dkim;
-		m->dkim_ids = t->dkim_ids;
-		t->dkim = t->dkim_ids = NULL;
-		if (q->new_cb != NULL)
-			q->new_cb(q->new_arg, m);
-		else
-			queue_msg_free(m);
+		queue_txn_publish(q, t);
 		if (!j->acked)
 			t->cb(t->arg, 0, j->qid);
 	}
@@ -758,6 +968,8 @@ queue_async_cb(uv_async_t *h)
 	struct queue_job *j, *next, *acked;
 	struct log_line l;
 	uint64_t jerrors;
+	const char *call;
+	int e;
 	bool jnl_on;
 
 	if (q->magic != QUEUE_MAGIC)
@@ -771,15 +983,23 @@ queue_async_cb(uv_async_t *h)
 		queue_list_init(&q->done);
 		jerrors = q->counters.journal_errors;
 		jnl_on = q->jnl_on;
+		call = q->joff_call;
+		e = q->joff_errno;
 		uv_mutex_unlock(&q->mtx);
-		if ((jerrors > 0 || (q->jnl_was_on && !jnl_on)) && !q->jnl_fail_logged) {
-			/* the threads do not log: say it once, from here */
-			q->jnl_fail_logged = true;
+		if (q->jnl_was_on && !jnl_on && !q->jnl_off) {
+			/* the threads do not log: say it once per outage, from here */
+			q->jnl_off = true;
 			log_begin(&l, LOG_CRIT, "queue_journal_failed");
-			log_kvu(&l, "errors", jerrors);
+			log_kvu(&l, "errors", jerrors - q->jerrors_seen);
+			log_kv(&l, "op", call);
+			log_kv(&l, "error", strerror(e));
 			log_kv(&l, "detail", "journal write or disk failure: messages are acknowledged "
-			    "only after their publish until relayd restarts");
+			    "only after their publish until the journal is restored");
 			log_end(&l);
+			/* it came back and failed again soon: keep backing off */
+			if (q->probe_ms == 0 || util_mono_ms() - q->restored_ms > QUEUE_PROBE_MAX_MS)
+				q->probe_ms = QUEUE_PROBE_MIN_MS;
+			queue_probe_arm(q);
 		}
 		/* acknowledgements first: a job in done was acked in this round or before */
 		for (j = acked; j != NULL; j = next) {
@@ -801,6 +1021,77 @@ queue_async_cb(uv_async_t *h)
 
 
 /*
+ * The journal's restore, loop side: while it is off, a probe every
+ * probe_ms (500 ms, doubling up to 30 s); the sync thread does the work
+ * (queue_journal_probe()).
+ */
+
+static void
+queue_probe_arm(struct queue *q)
+{
+	if (q->closing || q->probing)
+		return;
+	uv_timer_start(&q->probe_timer, queue_probe_cb, q->probe_ms, 0);
+	q->probe_ms = q->probe_ms * 2 > QUEUE_PROBE_MAX_MS ? QUEUE_PROBE_MAX_MS : q->probe_ms * 2;
+}
+
+void
+queue_probe_cb(uv_timer_t *h)
+{
+	struct queue *q = h->data;
+	struct queue_job *j;
+
+	if (q->magic != QUEUE_MAGIC)
+		fatalx("%s: bad queue", __func__);
+	if (q->closing || q->probing || !q->jnl_off)
+		return;
+	j = xcalloc(1, sizeof(*j));
+	j->kind = QJOB_PROBE;
+	j->fd = -1;
+	q->probing = true;
+	queue_stage(q, j);
+}
+
+/*
+ * A probe is back.  Restored: every message held since the journal went
+ * off is durable in msg/ and out of the journal: to the router, oldest
+ * first.  Else the next probe, later.
+ */
+static void
+queue_probe_done(struct queue *q, struct queue_job *j)
+{
+	struct queue_txn *t;
+	struct log_line l;
+	size_t held = q->nheld;
+
+	q->probing = false;
+	if (!j->published) {
+		q->probes++;
+		queue_log_errno(NULL, j->failed_call != NULL ? j->failed_call : "probe", j->sys_errno);
+		queue_probe_arm(q);
+		return;
+	}
+	while ((t = q->held_head) != NULL) {
+		q->held_head = t->ack_next;
+		if (!q->closing)
+			queue_txn_publish(q, t);
+		queue_txn_free(t);
+	}
+	q->held_tail = NULL;
+	q->nheld = 0;
+	q->jnl_off = false;
+	q->restored_ms = util_mono_ms();
+	uv_mutex_lock(&q->mtx);
+	q->jerrors_seen = q->counters.journal_errors;
+	uv_mutex_unlock(&q->mtx);
+	log_begin(&l, LOG_NOTICE, "queue_journal_restored");
+	log_kvu(&l, "messages", held);
+	log_kvu(&l, "probes", q->probes + 1);
+	log_end(&l);
+	q->probes = 0;
+}
+
+/*
  * The journal at start-up.
  */
 
@@ -810,28 +1101,49 @@ queue_async_cb(uv_async_t *h)
  * .in-<qid>, synced, and renamed over msg/<qid> (the router never saw such
  * a message: no state record can be lost by overwriting it).
  */
-static int
-queue_replay_one(void *arg, const char *qid, const char *image, size_t len)
+static bool
+queue_replay_valid(const char *qid, const char *image, size_t len)
 {
-	struct queue *q = arg;
-	char iname[QNAME_MAX];
-	int fd;
+	return queue_qid_valid(qid) && len >= QFILE_HDR_LEN &&
+	    memcmp(image, QFILE_MAGIC, QFILE_MAGIC_LEN) == 0;
+}
 
-	if (!queue_qid_valid(qid) || len < QFILE_HDR_LEN ||
-	    memcmp(image, QFILE_MAGIC, QFILE_MAGIC_LEN) != 0) {
-		queue_log_errno(qid, "journal record", EINVAL);
-		return 0;
-	}
+/* msg/<qid> := image, durable (but for the directory): 0 or -1 (errno).  Any thread. */
+static int
+queue_replay_write(struct queue *q, const char *qid, const char *image, size_t len)
+{
+	char iname[QNAME_MAX];
+	int fd, e;
+
 	snprintf(iname, sizeof(iname), QNAME_IN "%s", qid);
 	fd = openat(q->msgfd, iname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd == -1 || util_pwrite_full(fd, image, len, 0) == -1 || fdatasync(fd) == -1 ||
 	    renameat(q->msgfd, iname, q->msgfd, qid) == -1) {
-		queue_log_errno(qid, "replay", errno);
-		if (fd >= 0)
+		e = errno;
+		if (fd >= 0) {
 			close(fd);
-		return RELAY_EIO;
+			(void)unlinkat(q->msgfd, iname, 0);
+		}
+		errno = e;
+		return -1;
 	}
 	close(fd);
+	return 0;
+}
+
+static int
+queue_replay_one(void *arg, const char *qid, const char *image, size_t len)
+{
+	struct queue *q = arg;
+
+	if (!queue_replay_valid(qid, image, len)) {
+		queue_log_errno(qid, "journal record", EINVAL);
+		return 0;
+	}
+	if (queue_replay_write(q, qid, image, len) == -1) {
+		queue_log_errno(qid, "replay", errno);
+		return RELAY_EIO;
+	}
 	q->counters.replayed++;
 	return 0;
 }

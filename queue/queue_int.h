@@ -30,6 +30,9 @@
 #define QUEUE_AUTO_SMALL 4                    /* batches up to this sync file by file */
 #define QUEUE_JNL_BATCH  (4u << 20)           /* journal batch: at most this many bytes */
 #define QUEUE_JNL_BACKLOG 512                 /* acknowledged, not yet published: at most */
+#define QUEUE_PROBE_MIN_MS 500                /* journal off: first probe after this long, */
+#define QUEUE_PROBE_MAX_MS 30000              /* doubling up to this */
+#define QUEUE_PROBE_BYTES (64u << 10)         /* a probe writes and syncs this much */
 
 /*
  * Names in msg/ that are not messages: they start with '.', which a queue id
@@ -39,12 +42,13 @@
 #define QNAME_IN         ".in-"               /* a new message's file, before its rename */
 #define QNAME_MAX        (QID_MAX + 8)        /* ".in-" + a queue id, ".spare-" + a number */
 
-enum queue_job_kind { QJOB_COMMIT, QJOB_SYNC, QJOB_RECYCLE };
+enum queue_job_kind { QJOB_COMMIT, QJOB_SYNC, QJOB_RECYCLE, QJOB_PROBE };
 
 /*
  * One unit of work for the commit thread: a message to publish, a file to
- * sync, or a removed message (already renamed to .spare-N by the loop) to
- * keep as a spare file or delete.
+ * sync, a removed message (already renamed to .spare-N by the loop) to
+ * keep as a spare file or delete, or, while the journal is off, a probe:
+ * does the disk take files again? then restore the journal (QUEUE.md).
  */
 struct queue_job {
 	struct queue_job *next;
@@ -55,7 +59,8 @@ struct queue_job {
 	int err;                     /* 0 or RELAY_E* */
 	const char *failed_call;     /* with err, set by the thread: what failed */
 	int sys_errno;
-	bool published;              /* renamed to msg/<qid> by the thread */
+	bool published;              /* renamed to msg/<qid> by the thread;
+	                                PROBE: the journal is restored and on again */
 	bool write_wbuf;             /* COMMIT: the thread writes txn->wbuf (the whole file) */
 	bool keep;                   /* RECYCLE: the pool has room for it */
 	bool recycled;               /* RECYCLE: checked by the thread: it goes into the pool */
@@ -66,7 +71,8 @@ struct queue_job {
 	uint64_t jend, jseq;         /* with acked: its journal batch's end and number */
 	struct queue_job *ack_next;  /* on q->acked */
 	uint64_t size;               /* COMMIT: the spare's old size; RECYCLE: the kept file's */
-	uint64_t len;                /* COMMIT: the file's length (cut to it if the spare was longer) */
+	uint64_t len;                /* COMMIT: the file's length (cut to it if the spare was longer);
+	                                PROBE: journaled messages it wrote into msg/ */
 	struct queue_txn *txn;      /* QJOB_COMMIT: the txn this job is embedded in */
 	queue_sync_cb *cb;           /* QJOB_SYNC: may be NULL */
 	void *arg;
@@ -95,7 +101,8 @@ struct queue_txn {
 	queue_commit_cb *cb;
 	void *arg;
 	uint64_t ack_no;             /* acknowledged from the journal: its number (loop) */
-	struct queue_txn *ack_prev, *ack_next;   /* on q->ack_head while not yet published */
+	struct queue_txn *ack_prev, *ack_next;   /* on q->ack_head while not yet published;
+	                                            then on q->held_head if held (ack_next) */
 	struct queue_job job;
 };
 
@@ -131,10 +138,11 @@ struct queue {
 	unsigned test_sync_delay_ms; /* RELAY_TEST_HOOKS: each group sync waits this long first */
 	unsigned test_publish_delay_ms; /* RELAY_TEST_HOOKS: each publish waits this long first */
 	bool jnl_was_on;             /* the journal was in use at start (loop) */
-	bool jnl_fail_logged;        /* queue_journal_failed was logged (loop) */
 	bool jnl_on;                 /* the journal is in use (else: 250 after the publish);
-	                                cleared under mtx by the sync thread for good if a
-	                                journaled message fails to publish */
+	                                cleared under mtx by the journal thread when an append
+	                                fails, by the sync thread when a journaled message
+	                                fails to publish or the tail cannot move; set again
+	                                by the sync thread when a probe restores it */
 	struct journal jnl;          /* head side: journal thread; tail side: sync thread */
 	bool link_empty;             /* linkat(AT_EMPTY_PATH), not /proc/self/fd */
 	queue_new_cb *new_cb;
@@ -153,6 +161,17 @@ struct queue {
 	struct queue_txn *ack_head, *ack_tail;   /* acknowledged, not yet published: oldest first */
 	uint64_t ack_total;          /* acknowledgements so far */
 	struct queue_waiter *waiters;            /* queue_wait_acked() */
+	bool jnl_off;                /* the loop saw the journal off (logged), not yet restored */
+	bool probing;                /* a QJOB_PROBE is in the pipeline */
+	unsigned probe_ms;           /* the next probe's delay (back-off) */
+	unsigned probes;             /* failed probes in this outage */
+	uint64_t restored_ms;        /* when the journal was last restored (mono) */
+	uint64_t jerrors_seen;       /* journal_errors when it was last restored */
+	uv_timer_t probe_timer;      /* the next probe (unreferenced) */
+	struct queue_txn *held_head, *held_tail; /* acknowledged from the journal, not
+	                                            published or withheld: for the router
+	                                            once the journal is restored (on ack_next) */
+	size_t nheld;
 	size_t ntxn;                 /* txns begun and not yet freed */
 	struct queue_spare spares[QUEUE_POOL_MAX];
 	size_t nspares;
@@ -179,7 +198,10 @@ struct queue {
 	struct queue_list done;      /* sync thread -> loop */
 	struct queue_job *acked;     /* journal thread -> loop, through ack_next (LIFO) */
 	uint64_t jtail, jtail_seq;   /* the journal's durable tail (sync thread -> journal thread) */
-	bool jstuck;                 /* a journaled message failed to publish: the tail stays */
+	bool jstuck;                 /* a journaled message failed to publish: the tail stays
+	                                (sync thread only) until a probe restores the journal */
+	const char *joff_call;       /* what turned the journal off (its first failure) */
+	int joff_errno;
 	size_t jbacklog;             /* acknowledged jobs the sync thread has not finished */
 	bool stop;
 	bool jnl_exited;
@@ -217,6 +239,7 @@ queue_list_concat(struct queue_list *dst, struct queue_list *src)
 
 /* queue.c, for queue_commit.c */
 void queue_log_errno(const char *qid, const char *op, int e);
+int queue_errno_err(int e);
 int queue_file_create(struct queue *q, const char *qid, char iname[QNAME_MAX]);
 int queue_link(struct queue *q, int fd, const char *name);
 void queue_maybe_finish(struct queue *q);
@@ -225,6 +248,8 @@ void queue_txn_free(struct queue_txn *t);
 struct queue_msg *queue_msg_new(struct queue *q, const char *qid);
 
 /* queue_commit.c, for queue.c */
+void queue_probe_cb(uv_timer_t *h);
+void queue_held_free(struct queue *q);
 void queue_jnl_main(void *arg);
 void queue_writer_main(void *arg);
 void queue_thread_main(void *arg);

@@ -214,14 +214,21 @@ int
 journal_set_tail(struct journal *j, uint64_t off, uint64_t seq)
 {
 	struct jsb sb;
-	uint64_t gen = j->sb_gen + 1;
+	uint64_t gen = j->sb_gen + 1, old = j->tail, old_seq = j->tail_seq;
+	int e;
 
 	j->tail = off;
 	j->tail_seq = seq;
 	journal_sb_fill(j, gen, &sb);
 	if (util_pwrite_full(j->sb_fd, &sb, sizeof(sb), (gen & 1) * JSB_SLOT) == -1 ||
-	    fdatasync(j->sb_fd) == -1)
+	    fdatasync(j->sb_fd) == -1) {
+		/* the durable tail is still the old one: a restore walks from there */
+		e = errno;
+		j->tail = old;
+		j->tail_seq = old_seq;
+		errno = e;
 		return -1;
+	}
 	j->sb_gen = gen;
 	return 0;
 }
@@ -358,8 +365,14 @@ journal_read_batch(struct journal *j, uint64_t off, uint64_t seq, struct jbh *h,
 	return true;
 }
 
-int
-journal_replay(struct journal *j, journal_replay_fn *fn, void *arg)
+/*
+ * Walk the live batches from the durable tail, at most up to number limit:
+ * fn for each record.  *head and *next: where the walk ended and the number
+ * the next batch would have.
+ */
+static int
+journal_walk(struct journal *j, uint64_t limit, journal_replay_fn *fn, void *arg,
+    uint64_t *head, uint64_t *next)
 {
 	struct jbh h;
 	char *batch, qid[JOURNAL_QID_MAX + 1];
@@ -368,7 +381,7 @@ journal_replay(struct journal *j, journal_replay_fn *fn, void *arg)
 	size_t pos, end;
 	int rc = 0;
 
-	for (;;) {
+	while (seq < limit) {
 		at = off;
 		if (!journal_read_batch(j, at, seq, &h, &batch)) {
 			at = JOURNAL_DATA;           /* it may have wrapped */
@@ -393,7 +406,43 @@ journal_replay(struct journal *j, journal_replay_fn *fn, void *arg)
 		off = journal_align(at + end);
 		seq++;
 	}
-	j->head = off;
+	*head = off;
+	*next = seq;
+	return 0;
+}
+
+int
+journal_replay(struct journal *j, journal_replay_fn *fn, void *arg)
+{
+	return journal_walk(j, UINT64_MAX, fn, arg, &j->head, &j->seq);
+}
+
+int
+journal_restore(struct journal *j, journal_replay_fn *fn, void *arg, uint64_t *head,
+    uint64_t *seq)
+{
+	uint64_t next;
+	int rc;
+
+	/* j->seq: the number the next good append gets (a failed one keeps it) */
+	if ((rc = journal_walk(j, j->seq, fn, arg, head, &next)) != 0)
+		return rc;
+	if (next != j->seq) {
+		errno = EIO;                 /* a synced batch does not read back whole */
+		return RELAY_EIO;
+	}
+	/* as after a start-up replay: past any number a batch in the file may carry
+	 * (the failed one, written whole under j->seq, say) */
+	*seq = j->seq + j->size / JOURNAL_ALIGN + 1;
+	return 0;
+}
+
+int
+journal_reopen(struct journal *j, uint64_t head, uint64_t seq)
+{
+	if (journal_set_tail(j, head, seq) == -1)
+		return -1;
+	j->head = head;
 	j->seq = seq;
 	return 0;
 }

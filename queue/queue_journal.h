@@ -10,8 +10,11 @@
  *
  * Threads: journal_open() and journal_replay() run before the commit
  * threads start; journal_append() belongs to the journal thread and
- * journal_set_tail() to the sync thread afterwards.  The struct is not
- * locked: the queue passes the durable tail between them under its mutex.
+ * journal_set_tail() to the sync thread afterwards; journal_restore() and
+ * journal_reopen() run on the sync thread while the journal is off (the
+ * journal thread appends nothing then).  The struct is not locked: the
+ * queue passes the durable tail, and the journal's being on, between them
+ * under its mutex.
  */
 #ifndef RELAY_ROUTER_JOURNAL_H
 #define RELAY_ROUTER_JOURNAL_H
@@ -63,6 +66,24 @@ void journal_close(struct journal *j);
 typedef int journal_replay_fn(void *arg, const char *qid, const char *image, size_t len);
 int journal_replay(struct journal *j, journal_replay_fn *fn, void *arg);
 
+/*
+ * Running, with the journal off after a failure (a failed append, a message
+ * that could not be published, a tail that could not move) and no append
+ * in progress: call fn for every record of the batches appended since the
+ * durable tail, oldest first -- every batch journal_append() returned 0
+ * for, never a failed one.  0 if each was read back whole and fn returned
+ * 0 for each, with *head and *seq for journal_reopen(); else RELAY_EIO
+ * (errno set) or fn's return.  Nothing changes in j.
+ */
+int journal_restore(struct journal *j, journal_replay_fn *fn, void *arg, uint64_t *head,
+    uint64_t *seq);
+/*
+ * After journal_restore() and once the caller made its records durable
+ * elsewhere: the journal is empty (the tail moves to head, durably) and
+ * journal_append() works again, with numbers from seq.  0 or -1 (errno).
+ */
+int journal_reopen(struct journal *j, uint64_t head, uint64_t seq);
+
 /* Build a batch: begin, add records, then append (one pwrite, one fdatasync). */
 void journal_batch_begin(struct journal *j);
 void journal_batch_add(struct journal *j, const char *qid, const void *image, size_t len);
@@ -77,14 +98,16 @@ size_t journal_batch_bytes(const struct journal *j);
  * success *end and *seq say where the batch ends and its number, and head
  * moves past it.  RELAY_EIO with errno-like *sys_errno on a failed write or
  * sync: the batch may be on disk (replay would find it: a duplicate at
- * worst), and every later append fails too, until the next start (a batch
- * written elsewhere under the same number would never be replayed).
+ * worst), and every later append fails too, until the next start or
+ * journal_reopen() (a batch written elsewhere under the same number would
+ * never be replayed).
  */
 int journal_append(struct journal *j, uint64_t tail, uint64_t tail_seq, unsigned delay_ms,
     uint64_t *end, uint64_t *seq, int *sys_errno);
 
 /* Make "everything before (off, seq) is published" durable: the superblock
- * slot after the current one, then fdatasync.  0 or -1 (errno). */
+ * slot after the current one, then fdatasync.  0 or -1 (errno; the tail in
+ * j stays the durable one). */
 int journal_set_tail(struct journal *j, uint64_t off, uint64_t seq);
 
 #endif

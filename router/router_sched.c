@@ -779,6 +779,14 @@ sched_reroute(struct sched *s)
 				route_release(&r);
 			}
 		}
+		/* Every job of a down destination has a new route: the outage was
+		 * of the old route's hosts, and the jobs try the new ones at once. */
+		if (n > 0 && d->state == SCHED_DEST_DOWN && d->inflight == 0 &&
+		    n == d->nwaiting + d->nbacklog) {
+			d->state = SCHED_DEST_NEW;
+			d->window = 1;
+			d->down_since = 0;
+		}
 		/* Cancelling may free d (the last job) or start a probe: d is
 		 * not looked at again, and only jobs still queued are cancelled. */
 		for (i = 0; i < n; i++) {

@@ -57,11 +57,18 @@ sched_dest_get(struct sched *s, const char *name)
 	return d;
 }
 
-/* Free d when nothing refers to it any more (its hosts' health stays). */
+/*
+ * Free d when nothing refers to it any more (its hosts' health stays).  A
+ * down destination is kept, jobs or not, until it is seen up again (or
+ * relayd stops): the outage, and the down_since its reports name, does not
+ * end because its waiting queue emptied in between.
+ */
 void
 sched_dest_maybe_free(struct sched *s, struct sched_dest *d)
 {
 	if (d->inflight > 0 || d->nbacklog > 0 || d->nwaiting > 0)
+		return;
+	if (d->state == SCHED_DEST_DOWN && !s->stopping)
 		return;
 	sched_heap_remove(s, &d->wake);
 	htab_remove(&s->dhash, &d->node);

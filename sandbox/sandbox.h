@@ -41,6 +41,10 @@ void sandbox_free(struct sandbox *sb);
 /* True when started as root and going to switch to the user. */
 bool sandbox_switches(const struct sandbox *sb);
 
+/* The uid relayd runs as after the drop (resolved once, by sandbox_new, so
+ * that nothing later needs the password database behind Landlock). */
+uid_t sandbox_uid(const struct sandbox *sb);
+
 /*
  * Set no_new_privs and, where the kernel has Landlock (ABI 2+), restrict the
  * filesystem to the paths c names plus the system files the libraries read.

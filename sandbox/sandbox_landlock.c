@@ -46,15 +46,21 @@
     LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_TRUNCATE)
 #define LL_ABI1_RIGHTS	((1ULL << 13) - 1)
 
-/* The system files relayd's libraries read after start-up. */
+/*
+ * The system files relayd's libraries read after start-up.  /etc is granted
+ * whole, read-only: a Landlock rule binds an inode, and the tools that edit
+ * /etc/passwd, /etc/group or /etc/resolv.conf (useradd, groupadd,
+ * resolvconf) write a new file and rename it over the old, so a rule on the
+ * file itself stops matching after the first edit (getpwnam() then fails as
+ * "no such user").  Unix permissions still keep /etc/shadow and the like
+ * from relayd's user.
+ */
 static const char *const sandbox_system_read[] = {
-	"/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf",
-	"/etc/gai.conf", "/etc/services", "/etc/protocols", "/etc/localtime",
-	"/etc/passwd", "/etc/group",            /* control_group is looked up on reload */
+	"/etc",                 /* resolv.conf, hosts, nsswitch.conf, passwd, group,
+				   ssl/, sasl2/, ldap/ (libldap's ldap.conf) */
 	"/run/systemd/resolve",                 /* where resolv.conf may point */
-	"/etc/ssl", "/usr/lib/ssl", "/usr/share/ca-certificates",
+	"/usr/lib/ssl", "/usr/share/ca-certificates",
 	"/usr/local/share/ca-certificates",     /* the trust store and its links */
-	"/etc/sasl2", "/etc/ldap",              /* libldap's ldap.conf (senders_ldap) */
 	"/usr/lib", "/usr/local/lib", "/lib", "/lib64",
 	"/usr/share/zoneinfo", "/dev/urandom", "/dev/random", "/dev/null",
 	"/proc/self",

@@ -156,6 +156,12 @@ sandbox_switches(const struct sandbox *sb)
 	return sb != NULL && sb->do_switch;
 }
 
+uid_t
+sandbox_uid(const struct sandbox *sb)
+{
+	return sb->uid;
+}
+
 /* Resolve c->user into sb; as root a missing or uid 0 account is an error. */
 static int
 sandbox_resolve(struct sandbox *sb, const struct conf *c, bool root, struct buf *err)

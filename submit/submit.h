@@ -7,6 +7,8 @@
 #ifndef RELAY_SUBMIT_H
 #define RELAY_SUBMIT_H
 
+#include <stdbool.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "common/buf.h"
@@ -29,8 +31,34 @@ int submit_new(uv_loop_t *loop, struct conf *conf, struct router *router,
  * differ).  Returns 0, or -1 with err filled and the old state kept.
  */
 int submit_reload(struct submit *s, struct conf *conf, struct buf *err);
-/* Stop listening, close sessions (421 to each), done(arg) once every handle is closed. */
+/* One AUTH failure counter, as relayctl auth list shows it. */
+struct submit_auth_block {
+	const char *kind;               /* "address" or "login" */
+	const char *name;               /* the client address, or the login (lower case) */
+	unsigned failures;              /* failed AUTHs in the current window */
+	bool blocked;                   /* refused until `until` */
+	uint64_t until;                 /* wall-clock ms: the block's end, else the window's */
+	unsigned blocks;                /* (login) blocks in a row, each twice as long */
+};
+/* cb(arg, b) for every client address and login with failures or a block;
+ * b is valid during the call only. */
+void submit_auth_blocks(struct submit *s, void (*cb)(void *arg, const struct submit_auth_block *b),
+    void *arg);
+/*
+ * Clear the failures and the block of a client address (name is an IP
+ * address) or of a login; logs auth_unblocked.  *kind says which, key gets
+ * the name as the counters hold it (a login in lower case).  0, or
+ * RELAY_ENOENT when it had neither.
+ */
+int submit_auth_unblock(struct submit *s, const char *name, const char **kind, struct buf *key);
+
+/* Stop listening, close sessions (421 to each), done(arg) once every handle is
+ * closed and the password checks still running have returned, or were waited
+ * for SUBMIT_AUTH_STOP_MS (2 s) and abandoned. */
 void submit_shutdown(struct submit *s, void (*done)(void *arg), void *arg);
+/* After the shutdown: how many password checks were abandoned, still blocked
+ * in their backend (the loop cannot end while they run: see relayd_main.c). */
+unsigned submit_abandoned(const struct submit *s);
 void submit_free(struct submit *s);
 
 #endif

@@ -6,8 +6,11 @@
  * an auxprop plugin such as sql or ldapdb).  Every SASL option comes from our
  * SASL_CB_GETOPT callback, so nothing under /etc/sasl2 is needed.  Failed
  * attempts are counted per client IP (submit_limits.c): replies slowed with
- * the session timer, then refused; a backend that is down (454) is not a
- * failed attempt.
+ * the session timer, then refused; and per tried login from any address: a
+ * blocked login is answered 454 before its password is checked (the same
+ * for a name that does not exist), except from an address it recently
+ * authenticated from.  A backend that is down (454) is not a failed attempt.
+ * relayctl auth list / unblock read and clear both counters here.
  *
  * sasl_server_start/step may block (saslauthd, LDAP, SQL), so each runs on
  * the libuv thread pool, one at a time per session and at most
@@ -28,6 +31,8 @@
  */
 #include "submit/submit_int.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -217,6 +222,8 @@ submit_auth_done(void)
 {
 	if (submit_sasl.refs <= 0 || --submit_sasl.refs > 0)
 		return;
+	if (submit_sasl.running > 0)
+		return;         /* abandoned steps are still inside libsasl: leave it be */
 	sasl_server_done();
 	submit_auth_drop_retired();
 	conf_unref(submit_sasl.conf);
@@ -349,12 +356,73 @@ submit_auth_note_user(struct submit_session *s, const char *p, size_t len)
 	buf_append(&s->auth_user, a, n);
 }
 
+/* The length of user (n octets) without "@realm" when realm is ours:
+ * "alice@relay.test" in realm relay.test is the login "alice". */
+static size_t
+submit_auth_unrealm(const char *realm, const char *user, size_t n)
+{
+	size_t rl = realm ? strlen(realm) : 0;
+
+	if (rl > 0 && n > rl + 1 && user[n - rl - 1] == '@' &&
+	    util_strncasecmp(user + n - rl, realm, rl) == 0)
+		n -= rl + 1;
+	return n;
+}
+
+/*
+ * The name a login is counted and blocked under: user without "@realm",
+ * folded to lower case (so that "Alice" and "alice" are one target), at
+ * most 255 octets.
+ */
+static void
+submit_auth_login_key(const char *realm, const char *user, size_t n, struct buf *out)
+{
+	size_t i;
+
+	n = submit_auth_unrealm(realm, user, n);
+	if (n > 255)
+		n = 255;
+	buf_reset(out);
+	for (i = 0; i < n; i++)
+		buf_putc(out, (user[i] >= 'A' && user[i] <= 'Z') ? (char)(user[i] + 32) : user[i]);
+}
+
+/*
+ * Is the login the client named blocked for its address?  Then the
+ * exchange ends with 454 before any password is checked, and true.
+ */
+static bool
+submit_auth_login_held(struct submit_session *s)
+{
+	uint64_t now = util_mono_ms(), until;
+	char when[32];
+	struct log_line l;
+
+	if (s->auth_user.len == 0)
+		return false;
+	submit_auth_login_key(s->conf->submit.sasl_realm, s->auth_user.data, s->auth_user.len,
+	    &s->tmp);
+	if (!submit_limits_login_blocked(s->srv->limits, buf_cstr(&s->tmp), s->ip, now, &until))
+		return false;
+	util_rfc3339(util_now_ms() + (until - now), when, sizeof(when));
+	log_begin(&l, LOG_NOTICE, "auth_login_refused");
+	log_kv(&l, "user", buf_cstr(&s->tmp));
+	log_kv(&l, "client", s->ip);
+	log_kv(&l, "session", s->id);
+	log_kv(&l, "until", when);
+	log_end(&l);
+	submit_auth_reset(s);
+	submit_enter_state(s, SUBMIT_S_HELO);
+	submit_session_reply(s, "454 4.7.0 Temporary authentication failure");
+	return true;
+}
+
 static void
 submit_auth_success(struct submit_session *s)
 {
 	const char *user = NULL, *realm = s->conf->submit.sasl_realm;
-	size_t n, rl;
 	struct log_line l;
+	size_t n;
 
 	if (sasl_getprop(s->auth->sasl, SASL_USERNAME, (const void **)&user) != SASL_OK ||
 	    user == NULL) {
@@ -363,14 +431,11 @@ submit_auth_success(struct submit_session *s)
 		submit_session_reply(s, "454 4.7.0 Temporary authentication failure");
 		return;
 	}
-	/* "alice@relay.test" in realm relay.test is the login "alice" */
-	n = strlen(user);
-	rl = realm ? strlen(realm) : 0;
-	if (rl > 0 && n > rl + 1 && user[n - rl - 1] == '@' &&
-	    util_strcasecmp(user + n - rl, realm) == 0)
-		n -= rl + 1;
+	n = submit_auth_unrealm(realm, user, strlen(user));
 	free(s->login);
 	s->login = xstrndup(user, n);
+	submit_auth_login_key(realm, s->login, n, &s->tmp);
+	submit_limits_login_succeeded(s->srv->limits, buf_cstr(&s->tmp), s->ip, util_mono_ms());
 	log_begin(&l, LOG_INFO, "authenticated");
 	log_kv(&l, "session", s->id);
 	log_kv(&l, "user", s->login);
@@ -388,8 +453,9 @@ submit_auth_failure(struct submit_session *s, int rc)
 	struct submit *srv = s->srv;
 	const char *user = NULL;
 	struct log_line l;
-	uint64_t delay;
+	uint64_t delay, now = util_mono_ms(), block = 0;
 	bool refused = false;
+	char when[32];
 
 	submit_enter_state(s, SUBMIT_S_HELO);
 	if (rc == SASL_TRYAGAIN || rc == SASL_FAIL || rc == SASL_NOMEM || rc == SASL_UNAVAIL) {
@@ -403,7 +469,12 @@ submit_auth_failure(struct submit_session *s, int rc)
 	    sasl_getprop(s->auth->sasl, SASL_USERNAME, (const void **)&user) == SASL_OK &&
 	    user != NULL)
 		buf_puts(&s->auth_user, user);
-	delay = submit_limits_auth_failed(srv->limits, s->ip, util_mono_ms(), &refused);
+	delay = submit_limits_auth_failed(srv->limits, s->ip, now, &refused);
+	if (s->auth_user.len > 0) {
+		submit_auth_login_key(s->conf->submit.sasl_realm, s->auth_user.data,
+		    s->auth_user.len, &s->tmp);
+		block = submit_limits_login_failed(srv->limits, buf_cstr(&s->tmp), now);
+	}
 	log_begin(&l, LOG_NOTICE, "auth_failed");
 	log_kv(&l, "user", buf_cstr(&s->auth_user));
 	log_kv(&l, "client", s->ip);
@@ -416,6 +487,16 @@ submit_auth_failure(struct submit_session *s, int rc)
 	submit_auth_reset(s);
 	if (refused)
 		log_event(LOG_NOTICE, "auth_blocked", "client", s->ip, "session", s->id, NULL);
+	if (block > 0) {
+		util_rfc3339(util_now_ms() + block, when, sizeof(when));
+		log_begin(&l, LOG_NOTICE, "auth_login_blocked");
+		log_kv(&l, "user", buf_cstr(&s->tmp));
+		log_kv(&l, "client", s->ip);
+		log_kv(&l, "session", s->id);
+		log_kvu(&l, "block_s", (block + 999) / 1000);
+		log_kv(&l, "until", when);
+		log_end(&l);
+	}
 	submit_session_reply_later(s, delay, false, "535 5.7.8 Error: authentication failed");
 }
 
@@ -516,6 +597,42 @@ submit_auth_work(uv_work_t *req)
 
 static void submit_auth_after_work(uv_work_t *req, int status);
 
+static void
+submit_auth_stop_closed(uv_handle_t *h)
+{
+	struct submit *srv = h->data;
+
+	srv->auth_stop_open = false;
+	submit_server_session_gone(srv);
+}
+
+/* The shutdown's wait for running steps is over: they are left to run. */
+static void
+submit_auth_stop_expired(uv_timer_t *t)
+{
+	struct submit *srv = t->data;
+	struct log_line l;
+
+	srv->auth_abandoned = srv->auth_running;
+	log_begin(&l, LOG_WARNING, "auth_abandoned");
+	log_kvu(&l, "steps", srv->auth_running);
+	log_end(&l);
+	uv_close((uv_handle_t *)&srv->auth_stop, submit_auth_stop_closed);
+}
+
+void
+submit_auth_shutdown(struct submit *srv)
+{
+	if (!TAILQ_EMPTY(&srv->auth_waiting))
+		fatalx("%s: a step waits for a thread after the sessions closed", __func__);
+	if (srv->auth_running == 0 || srv->auth_stop_open)
+		return;
+	uv_timer_init(srv->loop, &srv->auth_stop);
+	srv->auth_stop.data = srv;
+	srv->auth_stop_open = true;
+	uv_timer_start(&srv->auth_stop, submit_auth_stop_expired, SUBMIT_AUTH_STOP_MS, 0);
+}
+
 /* Start waiting steps while there are threads for them. */
 static void
 submit_auth_run_next(struct submit *srv)
@@ -580,6 +697,9 @@ submit_auth_after_work(uv_work_t *req, int status)
 	}
 	submit_auth_drop_retired();
 	submit_auth_run_next(srv);
+	if (srv->auth_running == 0 && srv->auth_stop_open &&
+	    !uv_is_closing((uv_handle_t *)&srv->auth_stop))
+		uv_close((uv_handle_t *)&srv->auth_stop, submit_auth_stop_closed);
 }
 
 void
@@ -664,6 +784,8 @@ submit_auth_command(struct submit_session *s, char *args)
 		s->auth_step++;
 	buf_reset(&s->auth->in);
 	buf_append(&s->auth->in, s->tmp.data ? s->tmp.data : "", s->tmp.len);
+	if (submit_auth_login_held(s))
+		return;
 	s->auth->has_in = init != NULL;
 	snprintf(s->auth->mech, sizeof(s->auth->mech), "%s", s->mech);
 	submit_auth_queue(s, true);
@@ -702,5 +824,79 @@ submit_auth_response(struct submit_session *s, const char *line, size_t len)
 	s->auth_step++;
 	buf_reset(&s->auth->in);
 	buf_append(&s->auth->in, s->tmp.data ? s->tmp.data : "", s->tmp.len);
+	if (submit_auth_login_held(s))
+		return;
 	submit_auth_queue(s, false);
+}
+
+/* ------------------------------------------------------------------------
+ * relayctl auth list / unblock
+ */
+
+struct submit_auth_each_ctx {
+	void (*cb)(void *arg, const struct submit_auth_block *b);
+	void *arg;
+	uint64_t mono, wall;
+};
+
+static void
+submit_auth_each_one(void *arg, const struct submit_limits_block *lb)
+{
+	struct submit_auth_each_ctx *e = arg;
+	struct submit_auth_block b;
+
+	memset(&b, 0, sizeof(b));
+	b.kind = lb->login ? "login" : "address";
+	b.name = lb->name;
+	b.failures = lb->failures;
+	b.blocked = lb->blocked;
+	b.until = e->wall + (lb->until > e->mono ? lb->until - e->mono : 0);
+	b.blocks = lb->blocks;
+	e->cb(e->arg, &b);
+}
+
+void
+submit_auth_blocks(struct submit *srv, void (*cb)(void *arg, const struct submit_auth_block *b),
+    void *arg)
+{
+	struct submit_auth_each_ctx e = { cb, arg, util_mono_ms(), util_now_ms() };
+
+	if (srv->magic != SUBMIT_MAGIC)
+		fatalx("%s: bad submit", __func__);
+	submit_limits_auth_each(srv->limits, e.mono, submit_auth_each_one, &e);
+}
+
+int
+submit_auth_unblock(struct submit *srv, const char *name, const char **kind, struct buf *key)
+{
+	unsigned char addr[sizeof(struct in6_addr)];
+	char canon[INET6_ADDRSTRLEN];
+	bool login;
+	int rc;
+
+	if (srv->magic != SUBMIT_MAGIC)
+		fatalx("%s: bad submit", __func__);
+	/* an address in its canonical form, as sessions record it */
+	if (inet_pton(AF_INET, name, addr) == 1)
+		login = inet_ntop(AF_INET, addr, canon, sizeof(canon)) == NULL;
+	else if (inet_pton(AF_INET6, name, addr) == 1)
+		login = inet_ntop(AF_INET6, addr, canon, sizeof(canon)) == NULL;
+	else
+		login = true;
+	*kind = login ? "login" : "address";
+	buf_reset(key);
+	if (login)
+		submit_auth_login_key(srv->conf->submit.sasl_realm, name, strlen(name), key);
+	else
+		buf_puts(key, canon);
+	rc = submit_limits_auth_clear(srv->limits, buf_cstr(key), login, util_mono_ms());
+	if (rc == RELAY_ENOENT && !login && strchr(canon, ':') == NULL) {
+		buf_reset(key);        /* a v4 client on a v6 listener */
+		buf_printf(key, "::ffff:%s", canon);
+		rc = submit_limits_auth_clear(srv->limits, buf_cstr(key), login, util_mono_ms());
+	}
+	if (rc == 0)
+		log_event(LOG_NOTICE, "auth_unblocked", login ? "user" : "client", buf_cstr(key),
+		    "by", "relayctl", NULL);
+	return rc;
 }

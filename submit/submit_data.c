@@ -2,7 +2,8 @@
  * submit_data.c - the DATA phase as a line machine: the end of data is
  * <CRLF>.<CRLF> and nothing else; dot-unstuffing; bare LF and bare CR are
  * refused (SMTP smuggling, CVE-2023-51764) without ever ending the data
- * early; size and text-line limits; the relay's Received: goes first, and
+ * early; a NUL byte refuses the message (SMTP data is text: RFC 5321 2.3.8,
+ * RFC 6152); size and text-line limits; the relay's Received: goes first, and
  * Date: and Message-ID: are added at the end of the header section when the
  * client left them out (RFC 6409 8.2, 8.3); the From: field is collected for
  * the senders check.
@@ -143,6 +144,13 @@ submit_data_header(struct submit_data *d, const char *p, size_t len)
 	}
 }
 
+void
+submit_data_check_text(struct submit_data *d, const char *p, size_t len)
+{
+	if (d->err == SUBMIT_DATA_OK && memchr(p, '\0', len) != NULL)
+		d->err = SUBMIT_DATA_NUL;
+}
+
 int
 submit_data_line(struct submit_data *d, const char *line, size_t len)
 {
@@ -174,6 +182,9 @@ submit_data_line(struct submit_data *d, const char *line, size_t len)
 		d->err = SUBMIT_DATA_TOO_BIG;
 		return 0;
 	}
+	submit_data_check_text(d, p, n);
+	if (d->err != SUBMIT_DATA_OK)
+		return 0;
 	if (d->in_header) {
 		submit_data_header(d, p, n);
 		if (d->err != SUBMIT_DATA_OK)

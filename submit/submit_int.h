@@ -9,7 +9,8 @@
  *   submit_parse.c    the one tokenizer: commands, paths, ESMTP params, xtext
  *   submit_senders.c  the senders map: which login owns which address
  *   submit_data.c     DATA: dot-unstuffing, smuggling checks, header insertion
- *   submit_limits.c   per-IP connection counts and AUTH failures, per-login rates
+ *   submit_limits.c   per-IP connection counts and AUTH failures, per-login
+ *                     AUTH failures and rates
  *   submit_deadline.c how long a client may take: TLS, each command, AUTH, DATA
  *   submit_slots.c    the sessions not yet authenticated: their share, who goes first
  *
@@ -123,6 +124,10 @@ struct submit_limits_params {
 	unsigned auth_fail_delay_after;
 	unsigned auth_fail_limit;
 	uint64_t auth_fail_window;
+	unsigned auth_login_fail_limit; /* 0 = no per-login limit */
+	uint64_t auth_login_block;      /* the first block; each next one doubles */
+	uint64_t auth_login_block_max;
+	uint64_t auth_login_known_ttl;  /* 0 = no address is exempt */
 	unsigned login_max_messages;    /* 0 = unlimited */
 	unsigned login_max_recipients;  /* 0 = unlimited */
 	uint64_t login_rate_window;
@@ -165,6 +170,42 @@ bool submit_limits_auth_allowed(struct submit_limits *l, const char *ip, uint64_
  */
 uint64_t submit_limits_auth_failed(struct submit_limits *l, const char *ip, uint64_t now, bool *refused);
 
+/* The addresses remembered per login as exempt from its block. */
+#define SUBMIT_LIMITS_KNOWN 8
+
+/*
+ * Is the tried login (folded to lower case) blocked for a client at ip?  Not
+ * if ip is one it authenticated from within auth_login_known_ttl.  *until
+ * is set to the block's end when it is.
+ */
+bool submit_limits_login_blocked(struct submit_limits *l, const char *login, const char *ip,
+    uint64_t now, uint64_t *until);
+/*
+ * Count one failed AUTH against the tried login, from any address.  Returns
+ * the length of the block this failure started (auth_login_fail_limit
+ * reached within auth_fail_window; auth_login_block, doubled for each block
+ * before it in the streak, at most auth_login_block_max), else 0.
+ */
+uint64_t submit_limits_login_failed(struct submit_limits *l, const char *login, uint64_t now);
+/* login authenticated from ip: that address is exempt from its blocks for a while. */
+void submit_limits_login_succeeded(struct submit_limits *l, const char *login, const char *ip,
+    uint64_t now);
+
+/* One AUTH failure counter, for relayctl auth list. */
+struct submit_limits_block {
+	bool login;                 /* a tried login; else a client address */
+	const char *name;
+	unsigned failures;          /* in the current window */
+	bool blocked;
+	uint64_t until;             /* the block's end, or the window's end */
+	unsigned blocks;            /* (login) blocks in this streak */
+};
+/* cb for every address and login with failures in their window or a block. */
+void submit_limits_auth_each(struct submit_limits *l, uint64_t now,
+    void (*cb)(void *arg, const struct submit_limits_block *b), void *arg);
+/* Forget an address's or a login's failures and block: 0, or RELAY_ENOENT if it had none. */
+int submit_limits_auth_clear(struct submit_limits *l, const char *name, bool login, uint64_t now);
+
 /* May login start a message (nrcpt == 0) or add recipient number nrcpt (1-based in its txn)? */
 enum submit_rate_verdict submit_limits_login_check(struct submit_limits *l, const char *login,
     uint64_t now, unsigned nrcpt);
@@ -187,6 +228,7 @@ enum submit_data_err {
 	SUBMIT_DATA_LONG_LINE,      /* a text line over SUBMIT_TEXT_LINE_MAX */
 	SUBMIT_DATA_WRITE,          /* write() failed */
 	SUBMIT_DATA_HEADER_FROM,    /* more than one From: or one too long to check */
+	SUBMIT_DATA_NUL,            /* a NUL byte: not text (RFC 5321 2.3.8, RFC 6152) */
 };
 
 typedef int submit_data_write_fn(void *arg, const void *p, size_t len);
@@ -226,6 +268,9 @@ void submit_data_begin(struct submit_data *d, uint64_t max_size, bool collect_fr
     submit_data_write_fn *write, void *arg);
 /* One input line with its terminator.  Returns 1 at the end of data, else 0. */
 int submit_data_line(struct submit_data *d, const char *line, size_t len);
+/* Message text must hold no NUL, 8BITMIME or not (only BINARYMIME may, and it
+ * is not offered): sets SUBMIT_DATA_NUL if p[0..len) does.  For DATA and BDAT. */
+void submit_data_check_text(struct submit_data *d, const char *p, size_t len);
 /* The io discarded an over-long line (up to its LF). */
 void submit_data_long_line(struct submit_data *d);
 /* After the end of data: add missing headers if the header never ended, flush. */
@@ -346,6 +391,9 @@ struct submit {
 	struct buf mechs;               /* "PLAIN LOGIN": configured AND available */
 	struct submit_auth_list auth_waiting;   /* SASL steps waiting for a thread */
 	unsigned auth_running;          /* SASL steps on the thread pool (timed out ones too) */
+	uv_timer_t auth_stop;           /* shutdown: how long running steps are waited for */
+	bool auth_stop_open;
+	unsigned auth_abandoned;        /* steps still running when that wait ended */
 	struct submit_listener *listeners;
 	size_t nlisteners;
 	size_t nlisteners_open;         /* not yet closed (shutdown) */
@@ -489,5 +537,14 @@ void submit_auth_response(struct submit_session *s, const char *line, size_t len
 void submit_auth_reset(struct submit_session *s);
 /* submit.auth_timeout passed in SUBMIT_S_AUTH_WAIT (the session timer). */
 void submit_auth_timeout(struct submit_session *s);
+/*
+ * Shutdown, once the sessions are closed: wait for the SASL steps still on
+ * the thread pool at most SUBMIT_AUTH_STOP_MS (a backend that never answers
+ * must not hold the stop), then abandon them (event auth_abandoned).
+ * srv->auth_stop_open is true while it waits; submit_server_session_gone()
+ * is called when the wait ends.
+ */
+#define SUBMIT_AUTH_STOP_MS 2000
+void submit_auth_shutdown(struct submit *srv);
 
 #endif

@@ -1,16 +1,21 @@
 /*
  * submit_limits.c - the submission server's counters: connections per client
  * IP and in total, failed AUTH attempts per client IP (slow down, then
- * refuse), messages and recipients per login per time window.
+ * refuse) and per tried login from any IP (a short block that doubles while
+ * the guessing goes on; addresses the login recently succeeded from are
+ * exempt), messages and recipients per login per time window.
  *
  * Every decision is a pure function of the counters and the `now` passed in,
  * so the unit tests drive it from tables without a clock.  Windows are fixed:
  * one starts at the first event and ends `window` later.  Owns two small
  * string-keyed hash tables (common/htab); it must never sleep, read a clock
- * or log.
+ * or log.  The tried-login table is keyed by the name as the AUTH gave it,
+ * folded to lower case by the caller, so it holds names that do not exist
+ * too: a block says nothing about whether the login is real.
  */
 #include "submit/submit_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,9 +33,26 @@ struct submit_limits_entry {
 	char key[];
 };
 
+/* A tried login: its failures from any address, its block, where it succeeded. */
+struct submit_limits_tried {
+	struct htab_node node;      /* in tried, by key */
+	unsigned fails;             /* in the window, since the last block began */
+	unsigned block_fails;       /* the failures that began the last block (shown) */
+	uint64_t fail_start;
+	unsigned blocks;            /* blocks in this streak (each twice as long) */
+	uint64_t block_until;       /* 0: never blocked */
+	struct submit_limits_known {
+		char ip[64];        /* "": an empty slot */
+		uint64_t at;
+	} *known;                   /* [SUBMIT_LIMITS_KNOWN] after the first success, else NULL:
+	                               names only guessed at stay small */
+	char key[];
+};
+
 struct submit_limits {
 	struct submit_limits_params p;
 	struct htab ips, logins;    /* struct submit_limits_entry by IP, by login */
+	struct htab tried;          /* struct submit_limits_tried by tried login */
 	unsigned total_conns;
 };
 
@@ -69,6 +91,22 @@ submit_limits_table_free(struct htab *t)
 	htab_free(t);
 }
 
+static void
+submit_limits_tried_free(struct htab *t)
+{
+	struct htab_iter it;
+	struct htab_node *n;
+
+	struct submit_limits_tried *e;
+
+	HTAB_FOREACH(n, t, &it) {
+		e = HTAB_ENTRY(n, struct submit_limits_tried, node);
+		free(e->known);
+		free(e);
+	}
+	htab_free(t);
+}
+
 struct submit_limits *
 submit_limits_new(void)
 {
@@ -82,6 +120,7 @@ submit_limits_free(struct submit_limits *l)
 		return;
 	submit_limits_table_free(&l->ips);
 	submit_limits_table_free(&l->logins);
+	submit_limits_tried_free(&l->tried);
 	free(l);
 }
 
@@ -99,6 +138,10 @@ submit_limits_params_from_conf(struct submit_limits_params *p, const struct conf
 	p->auth_fail_delay_after = c->submit.auth_fail_delay_after;
 	p->auth_fail_limit = c->submit.auth_fail_limit;
 	p->auth_fail_window = c->submit.auth_fail_window;
+	p->auth_login_fail_limit = c->submit.auth_login_fail_limit;
+	p->auth_login_block = c->submit.auth_login_block;
+	p->auth_login_block_max = c->submit.auth_login_block_max;
+	p->auth_login_known_ttl = c->submit.auth_login_known_ttl;
 	p->login_max_messages = c->submit.login_max_messages;
 	p->login_max_recipients = c->submit.login_max_recipients;
 	p->login_rate_window = c->submit.login_rate_window;
@@ -179,6 +222,195 @@ submit_limits_auth_failed(struct submit_limits *l, const char *ip, uint64_t now,
 	return delay < SUBMIT_AUTH_DELAY_MAX_MS ? delay : SUBMIT_AUTH_DELAY_MAX_MS;
 }
 
+/* ---- failed AUTH per tried login ---- */
+
+static struct submit_limits_tried *
+submit_limits_tried_find(const struct submit_limits *l, const char *login)
+{
+	struct htab_node *n = htab_find(&l->tried, login);
+
+	return n != NULL ? HTAB_ENTRY(n, struct submit_limits_tried, node) : NULL;
+}
+
+static struct submit_limits_tried *
+submit_limits_tried_get(struct submit_limits *l, const char *login)
+{
+	struct submit_limits_tried *t = submit_limits_tried_find(l, login);
+	size_t len;
+
+	if (t != NULL)
+		return t;
+	len = strlen(login);
+	t = xcalloc(1, sizeof(*t) + len + 1);
+	memcpy(t->key, login, len + 1);
+	htab_insert(&l->tried, &t->node, t->key);
+	return t;
+}
+
+/* Did login succeed from ip within auth_login_known_ttl? */
+static bool
+submit_limits_tried_known(const struct submit_limits *l, const struct submit_limits_tried *t,
+    const char *ip, uint64_t now)
+{
+	size_t i;
+
+	if (l->p.auth_login_known_ttl == 0 || t->known == NULL)
+		return false;
+	for (i = 0; i < SUBMIT_LIMITS_KNOWN; i++)
+		if (t->known[i].ip[0] != '\0' && now - t->known[i].at < l->p.auth_login_known_ttl &&
+		    strcmp(t->known[i].ip, ip) == 0)
+			return true;
+	return false;
+}
+
+/* Forget failures whose window ended (not while a block runs), and a streak
+ * of blocks a whole window after the last one ended. */
+static void
+submit_limits_tried_window(const struct submit_limits *l, struct submit_limits_tried *t,
+    uint64_t now)
+{
+	if (now < t->block_until)
+		return;
+	if (t->fails > 0 && now - t->fail_start >= l->p.auth_fail_window)
+		t->fails = 0;
+	if (t->blocks > 0 && now - t->block_until >= l->p.auth_fail_window)
+		t->blocks = 0;
+}
+
+bool
+submit_limits_login_blocked(struct submit_limits *l, const char *login, const char *ip,
+    uint64_t now, uint64_t *until)
+{
+	struct submit_limits_tried *t = submit_limits_tried_find(l, login);
+
+	if (t == NULL || now >= t->block_until || submit_limits_tried_known(l, t, ip, now))
+		return false;
+	*until = t->block_until;
+	return true;
+}
+
+uint64_t
+submit_limits_login_failed(struct submit_limits *l, const char *login, uint64_t now)
+{
+	struct submit_limits_tried *t;
+	uint64_t len;
+	unsigned i;
+
+	if (l->p.auth_login_fail_limit == 0)
+		return 0;
+	t = submit_limits_tried_get(l, login);
+	if (now < t->block_until)       /* from an exempt address: the block stands */
+		return 0;
+	submit_limits_tried_window(l, t, now);
+	if (t->fails == 0)
+		t->fail_start = now;
+	if (++t->fails < l->p.auth_login_fail_limit)
+		return 0;
+	len = l->p.auth_login_block;
+	for (i = 0; i < t->blocks && len < l->p.auth_login_block_max; i++)
+		len *= 2;
+	if (len > l->p.auth_login_block_max)
+		len = l->p.auth_login_block_max;
+	if (len == 0)
+		len = 1;
+	t->blocks++;
+	t->block_until = now + len;
+	t->block_fails = t->fails;
+	t->fails = 0;
+	return len;
+}
+
+void
+submit_limits_login_succeeded(struct submit_limits *l, const char *login, const char *ip,
+    uint64_t now)
+{
+	struct submit_limits_tried *t;
+	size_t i, slot = 0;
+
+	if (l->p.auth_login_known_ttl == 0 || l->p.auth_login_fail_limit == 0)
+		return;
+	t = submit_limits_tried_get(l, login);
+	if (t->known == NULL)
+		t->known = xcalloc(SUBMIT_LIMITS_KNOWN, sizeof(*t->known));
+	for (i = 0; i < SUBMIT_LIMITS_KNOWN; i++) {
+		if (strcmp(t->known[i].ip, ip) == 0) {
+			slot = i;
+			break;
+		}
+		if (t->known[slot].ip[0] != '\0' &&
+		    (t->known[i].ip[0] == '\0' || t->known[i].at < t->known[slot].at))
+			slot = i;           /* an empty slot, else the oldest */
+	}
+	snprintf(t->known[slot].ip, sizeof(t->known[slot].ip), "%s", ip);
+	t->known[slot].at = now;
+}
+
+void
+submit_limits_auth_each(struct submit_limits *l, uint64_t now,
+    void (*cb)(void *arg, const struct submit_limits_block *b), void *arg)
+{
+	struct submit_limits_block b;
+	struct submit_limits_entry *e;
+	struct submit_limits_tried *t;
+	struct htab_iter it;
+	struct htab_node *n;
+
+	HTAB_FOREACH(n, &l->ips, &it) {
+		e = HTAB_ENTRY(n, struct submit_limits_entry, node);
+		submit_limits_auth_window(l, e, now);
+		if (e->auth_fails == 0)
+			continue;
+		memset(&b, 0, sizeof(b));
+		b.name = e->key;
+		b.failures = e->auth_fails;
+		b.blocked = l->p.auth_fail_limit > 0 && e->auth_fails >= l->p.auth_fail_limit;
+		b.until = e->auth_start + l->p.auth_fail_window;
+		cb(arg, &b);
+	}
+	HTAB_FOREACH(n, &l->tried, &it) {
+		t = HTAB_ENTRY(n, struct submit_limits_tried, node);
+		submit_limits_tried_window(l, t, now);
+		if (t->fails == 0 && now >= t->block_until)
+			continue;
+		memset(&b, 0, sizeof(b));
+		b.login = true;
+		b.name = t->key;
+		b.blocked = now < t->block_until;
+		b.failures = b.blocked ? t->block_fails : t->fails;
+		b.until = b.blocked ? t->block_until : t->fail_start + l->p.auth_fail_window;
+		b.blocks = t->blocks;
+		cb(arg, &b);
+	}
+}
+
+int
+submit_limits_auth_clear(struct submit_limits *l, const char *name, bool login, uint64_t now)
+{
+	struct submit_limits_entry *e;
+	struct submit_limits_tried *t;
+
+	if (!login) {
+		e = submit_limits_find(&l->ips, name);
+		if (e == NULL)
+			return RELAY_ENOENT;
+		submit_limits_auth_window(l, e, now);
+		if (e->auth_fails == 0)
+			return RELAY_ENOENT;
+		e->auth_fails = 0;
+		return 0;
+	}
+	t = submit_limits_tried_find(l, name);
+	if (t == NULL)
+		return RELAY_ENOENT;
+	submit_limits_tried_window(l, t, now);
+	if (t->fails == 0 && now >= t->block_until)
+		return RELAY_ENOENT;
+	t->fails = 0;
+	t->blocks = 0;
+	t->block_until = 0;
+	return 0;
+}
+
 static void
 submit_limits_rate_window(const struct submit_limits *l, struct submit_limits_entry *e, uint64_t now)
 {
@@ -246,15 +478,42 @@ submit_limits_login_stale(const struct submit_limits *l, const struct submit_lim
 	return now - e->rate_start >= l->p.login_rate_window;
 }
 
+static bool
+submit_limits_tried_stale(const struct submit_limits *l, struct submit_limits_tried *t,
+    uint64_t now)
+{
+	size_t i;
+
+	submit_limits_tried_window(l, t, now);
+	if (t->fails > 0 || t->blocks > 0 || now < t->block_until)
+		return false;
+	for (i = 0; t->known != NULL && i < SUBMIT_LIMITS_KNOWN; i++)
+		if (t->known[i].ip[0] != '\0' && now - t->known[i].at < l->p.auth_login_known_ttl)
+			return false;
+	return true;
+}
+
 void
 submit_limits_expire(struct submit_limits *l, uint64_t now)
 {
+	struct submit_limits_tried *t;
+	struct htab_iter it;
+	struct htab_node *n;
+
 	submit_limits_table_expire(&l->ips, submit_limits_ip_stale, l, now);
 	submit_limits_table_expire(&l->logins, submit_limits_login_stale, l, now);
+	HTAB_FOREACH(n, &l->tried, &it) {
+		t = HTAB_ENTRY(n, struct submit_limits_tried, node);
+		if (submit_limits_tried_stale(l, t, now)) {
+			htab_remove(&l->tried, n);
+			free(t->known);
+			free(t);
+		}
+	}
 }
 
 size_t
 submit_limits_entries(const struct submit_limits *l)
 {
-	return htab_count(&l->ips) + htab_count(&l->logins);
+	return htab_count(&l->ips) + htab_count(&l->logins) + htab_count(&l->tried);
 }

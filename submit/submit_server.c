@@ -28,7 +28,7 @@ submit_server_check_done(struct submit *srv)
 	void (*done)(void *);
 
 	if (!srv->shutting_down || srv->shutdown_done == NULL || srv->nlisteners_open > 0 ||
-	    srv->sweep_open || srv->nsessions > 0)
+	    srv->sweep_open || srv->nsessions > 0 || srv->auth_stop_open)
 		return;
 	done = srv->shutdown_done;
 	srv->shutdown_done = NULL;
@@ -330,7 +330,14 @@ submit_shutdown(struct submit *s, void (*done)(void *arg), void *arg)
 	}
 	if (s->directory != NULL)
 		directory_cancel_all(s->directory);     /* sessions waiting on it close */
+	submit_auth_shutdown(s);
 	submit_server_check_done(s);
+}
+
+unsigned
+submit_abandoned(const struct submit *s)
+{
+	return s->auth_abandoned > 0 && s->auth_running > 0 ? s->auth_running : 0;
 }
 
 void
@@ -340,7 +347,7 @@ submit_free(struct submit *s)
 		return;
 	if (s->magic != SUBMIT_MAGIC)
 		fatalx("%s: bad submit", __func__);
-	if (s->nlisteners_open > 0 || s->sweep_open || s->nsessions > 0)
+	if (s->nlisteners_open > 0 || s->sweep_open || s->nsessions > 0 || s->auth_stop_open)
 		fatalx("%s: handles still open (call submit_shutdown first)", __func__);
 	submit_auth_done();
 	submit_server_free_mem(s);

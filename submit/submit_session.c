@@ -235,7 +235,11 @@ submit_session_reply(struct submit_session *s, const char *fmt, ...)
 	io_write(s->io, s->out.data, s->out.len);
 }
 
-/* A refused MAIL, RCPT or DATA: the reply, a log line, the counter. */
+/*
+ * A refused MAIL, RCPT or DATA: the reply, a log line, the counter.  A reply
+ * that quotes what the client sent (an address) carries no raw 8-bit byte to
+ * a client that did not ask for SMTPUTF8 (RFC 6531 3.7.4.2): each becomes '?'.
+ */
 static void submit_session_reject(struct submit_session *s, const char *stage, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -244,6 +248,7 @@ submit_session_reject(struct submit_session *s, const char *stage, const char *f
 {
 	struct log_line l;
 	va_list ap;
+	size_t i;
 
 	buf_reset(&s->tmp);
 	va_start(ap, fmt);
@@ -257,6 +262,9 @@ submit_session_reject(struct submit_session *s, const char *stage, const char *f
 	log_kv(&l, "reply", buf_cstr(&s->tmp));
 	log_end(&l);
 	s->srv->stats->rejected++;
+	for (i = 0; !s->env.smtputf8 && i < s->tmp.len; i++)
+		if ((unsigned char)s->tmp.data[i] >= 0x80)
+			s->tmp.data[i] = '?';
 	submit_session_reply(s, "%s", buf_cstr(&s->tmp));
 }
 
@@ -878,6 +886,14 @@ submit_session_check_from(struct submit_session *s)
 	return 0;
 }
 
+/* A message the queue could not write: a full disk is 452 4.3.1 (RFC 3463), else 451 4.3.0. */
+static const char *
+submit_session_queue_reply(int err)
+{
+	return err == RELAY_ENOSPC ? "452 4.3.1 Error: insufficient system storage" :
+	    "451 4.3.0 Error: queue file write error";
+}
+
 /* The end of a message's commit, or of its signing (fail: the 4xx to give). */
 static void
 submit_session_commit_end(struct submit_session *s, int err, const char *qid,
@@ -907,8 +923,7 @@ submit_session_commit_end(struct submit_session *s, int err, const char *qid,
 		if (fail == NULL)
 			log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "commit", NULL);
 		srv->stats->rejected++;
-		submit_session_reply(s, "%s", fail != NULL ? fail :
-		    "451 4.3.0 Error: queue file write error");
+		submit_session_reply(s, "%s", fail != NULL ? fail : submit_session_queue_reply(err));
 	}
 	submit_session_reset_txn(s);
 	if (s->io == NULL) {
@@ -971,10 +986,16 @@ submit_session_data_end(struct submit_session *s)
 		submit_session_reject(s, "data", "550 5.7.1 Header From: rejected: too long to check");
 		rc = -1;
 		break;
+	case SUBMIT_DATA_NUL:
+		submit_session_reject(s, "data", "550 5.6.0 Error: message contains a NUL byte: "
+		    "not allowed in SMTP text");
+		rc = -1;
+		break;
 	case SUBMIT_DATA_WRITE:
 	default:
 		log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "write", NULL);
-		submit_session_reject(s, "data", "451 4.3.0 Error: queue file write error");
+		submit_session_reject(s, "data", "%s",
+		    submit_session_queue_reply(queue_txn_error(s->txn)));
 		rc = -1;
 		break;
 	}

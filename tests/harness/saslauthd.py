@@ -3,9 +3,10 @@
     with SystemUser("rdtest1", "pw") as u, Saslauthd("shadow") as sa:
         relay = Relay(submit={"sasl_db": None, "sasl_options": sa.sasl_options()})
 
-Saslauthd(mech, conf=None, tmpdir=None)
+Saslauthd(mech, conf=None, tmpdir=None, cache=False)
   mech   the saslauthd -a backend: "shadow", "pam", "ldap" ...
   conf   the text of a saslauthd.conf (for -a ldap), written beside the socket
+  cache  run with saslauthd's credential cache (-c)
   Runs `saslauthd -a MECH -m DIR -n 1 -d` in the foreground, its mux socket in
   a private directory that relayd's test user can reach; start() waits until
   the socket answers connect().  Attributes: dir, path (the mux socket), proc.
@@ -64,8 +65,9 @@ def _connectable(path):
 
 class Saslauthd:
 
-    def __init__(self, mech="shadow", conf=None, tmpdir=None):
+    def __init__(self, mech="shadow", conf=None, tmpdir=None, cache=False):
         self.mech = mech
+        self.cache = cache
         self.dir = tempfile.mkdtemp(prefix="saslauthd-", dir=tmpdir)
         os.chmod(self.dir, 0o755)
         share_with_user(self.dir)
@@ -82,6 +84,8 @@ class Saslauthd:
         args = [SASLAUTHD, "-a", self.mech, "-m", self.dir, "-n", "1", "-d"]
         if self.conf_path is not None:
             args += ["-O", self.conf_path]
+        if self.cache:
+            args += ["-c"]
         self._log = open(self.log_path, "ab")
         # a session of its own: saslauthd stops by killing its process group
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,

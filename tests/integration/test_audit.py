@@ -266,6 +266,47 @@ class AuditTest(unittest.TestCase):
         self.assertEqual(out["ndrs"], [])
         self.assertEqual(out["totals"], {"ndrs": 0, "by_domain": {}, "by_status": {}})
 
+    def test_only_failure_and_delay_reports_are_ndrs_and_unknown_hosts_are_null(self):
+        """A success notice (NOTIFY=SUCCESS) is not an NDR: it is neither listed
+        nor counted.  A recipient that failed before any host was reached (a
+        DNS failure: relayd logs host=- ip=-) has null remote_host and
+        remote_ip, "-" in the table (README: null when unknown)."""
+        path = os.path.join(self.dir, "mixed.log")
+        with open(path, "w") as f:
+            f.write(line(NOW_MS, "accepted", qid="S1", from_="a@relay.test", nrcpt=3))
+            f.write(line(NOW_MS + 1, "delivered", qid="S1", rcpt="x@example.net",
+                         host="mx.example.net", ip="192.0.2.5", status="2.0.0", reply="250 ok"))
+            f.write(line(NOW_MS + 2, "ndr", qid="S1", ndr_qid="SN1", to="a@relay.test",
+                         reason="delivered", rcpt="x@example.net", status="2.0.0", attempts=1))
+            f.write(line(NOW_MS + 3, "ndr", qid="S1", ndr_qid="SN2", to="a@relay.test",
+                         reason="relayed", rcpt="x@example.net", status="2.0.0", attempts=1))
+            f.write(line(NOW_MS + 4, "bounced", level="notice", qid="S1", rcpt="y@nx.example",
+                         host="-", ip="-", status="5.1.2", reply="domain nx.example does not exist",
+                         attempts=1))
+            f.write(line(NOW_MS + 5, "ndr", qid="S1", ndr_qid="SN3", to="a@relay.test",
+                         reason="failed", rcpt="y@nx.example", status="5.1.2", attempts=1))
+            f.write(line(NOW_MS + 6, "deferred", qid="S1", rcpt="z@slow.example", host="-",
+                         ip="-", status="4.4.3", reply="", attempts=1, retry_in="5m"))
+            f.write(line(NOW_MS + 7, "ndr", qid="S1", ndr_qid="SN4", to="a@relay.test",
+                         reason="delayed", rcpt="z@slow.example", status="4.4.3", attempts=1))
+        out = audit_json(self, "--log", path)
+        self.assertEqual([(n["ndr_qid"], n["reason"]) for n in out["ndrs"]],
+                         [("SN3", "failed"), ("SN4", "delayed")])
+        self.assertEqual(out["totals"], {"ndrs": 2,
+                                         "by_domain": {"nx.example": 1, "slow.example": 1},
+                                         "by_status": {"4.4.3": 1, "5.1.2": 1}})
+        for n in out["ndrs"]:
+            self.assertIsNone(n["remote_host"], n)
+            self.assertIsNone(n["remote_ip"], n)
+        self.assertEqual(out["ndrs"][0]["reply"], "domain nx.example does not exist")
+        self.assertIsNone(out["ndrs"][1]["reply"])
+        r = audit("--log", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("SN1", r.stdout)
+        self.assertRegex(r.stdout, r"(?m)^2 NDRs \(")
+        self.assertRegex(r.stdout, r"(?m)^\S+Z\s+S1\s+a@relay.test\s+y@nx.example\s+5.1.2\s+"
+                                   r"failed\s+-\s+1\s+domain nx.example does not exist$")
+
     def test_unreadable_log_exits_1_naming_it(self):
         missing = os.path.join(self.dir, "missing.log")
         broken = os.path.join(self.dir, "broken.log.3.gz")

@@ -56,6 +56,24 @@ class AgeReports(NDRChecks, unittest.TestCase):
         self.assertEqual(orig.get_content_type(), "message/rfc822")    # RET=FULL on failure
         self.assertEqual(self.dest.connections, 0)
 
+    def test_outage_start_survives_an_empty_queue(self):
+        """The outage ends only when the destination is seen up again: its
+        waiting queue emptying in between (the first message expired) does
+        not restart it, so the next message's report names the same start."""
+        self.make(max_queue_age="3s", delay_warning="0")
+        first = self.send(["carol@example.net"])
+        one = self.relay.wait_for_log("ndr", qid=first, timeout=60)
+        self.relay.wait_for_log("expired", qid=first, timeout=30)
+        # Nothing waits on example.net now; it was never seen up.
+        second = self.send(["dave@example.net"])
+        two = self.relay.wait_for_log("ndr", qid=second, timeout=60)
+        self.assertEqual(two["reason"], "expired")
+        self.assertRegex(one.get("down_since") or "", r"^\d{4}-")
+        self.assertEqual(two.get("down_since"), one["down_since"])
+        self.assertEqual(self.relay.count_log("destination_down", dest="example.net"), 1)
+        self.assertEqual(self.relay.count_log("destination_up"), 0)
+        self.assertEqual(self.dest.connections, 0)
+
     def test_delay_warning_once_then_delivery(self):
         self.make(max_queue_age="1h", delay_warning="2s")
         qid = self.send(["carol@example.net"], mail_options=["RET=FULL"])

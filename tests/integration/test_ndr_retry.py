@@ -14,48 +14,26 @@ delay warning of a message that keeps waiting.
 Needs root (mount); skipped otherwise.
 """
 
-import errno
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import unittest
 
 from client import make_message, submit
 from relay import Relay
+from tmpfs import fill, small_tmpfs
 
 SENDER = "alice@example.org"
 BOB = "bob@example.net"
 
 
-def fill(path):
-    """Write path until the file system has no block left."""
-    with open(path, "wb", buffering=0) as f:
-        for chunk in (1 << 16, 4096, 1):
-            while True:
-                try:
-                    f.write(b"\0" * chunk)
-                except OSError as e:
-                    if e.errno != errno.ENOSPC:
-                        raise
-                    break
-
-
 class ReportCommitFailure(unittest.TestCase):
 
     def setUp(self):
-        if os.geteuid() != 0:
-            self.skipTest("needs root to mount a small tmpfs")
         self.tmp = tempfile.mkdtemp(prefix="relayd-ndr-retry-")
         self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
-        self.qdir = os.path.join(self.tmp, "queue")
-        os.makedirs(self.qdir, mode=0o700)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", self.qdir],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            self.skipTest("cannot mount a tmpfs: %s" % r.stderr.strip())
-        self.addCleanup(subprocess.run, ["umount", "-l", self.qdir])
+        self.qdir = small_tmpfs(self, os.path.join(self.tmp, "queue"), "4m")
 
     def listed(self, relay):
         r = relay.relayctl("queue", "list", "--json")

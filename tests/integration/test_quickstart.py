@@ -4,6 +4,7 @@ demo user) can reach and that queues its message.  The build and install
 steps are skipped here (ctest runs after the build); everything else is the
 script as a newcomer runs it."""
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ import time
 import unittest
 
 from client import client_context, make_message
-from relay import REPO, TEST_USER, free_port, relayd_bin
+from relay import REPO, TEST_USER, free_port, relayctl_bin, relayd_bin
 
 
 class Quickstart(unittest.TestCase):
@@ -66,18 +67,29 @@ class Quickstart(unittest.TestCase):
             self.assertEqual(code, 250, reply)
         self.assertRegex(reply.decode(), r"^2\.0\.0 Ok: queued as [0-9A-Z]+$")
         qid = reply.decode().rsplit(" ", 1)[-1]
-        # The quick-start relay logs to stderr: the acceptance is there.
+        # The quick-start relay logs to a file (named in what it printed), so
+        # that `relayctl audit` finds its log through the configuration too.
+        log = re.search(r"log:\s+(\S+)", text).group(1)
+        self.assertEqual(log, os.path.join(tmp, "qs", "relayd.log"))
         deadline = time.time() + 10
         while True:
-            out.seek(0)
-            if re.search(r"event=accepted qid=%s from=demo@example.test" % qid, out.read()):
+            with open(log) as f:
+                logged = f.read()
+            if re.search(r"event=accepted qid=%s from=demo@example.test" % qid, logged):
                 break
             self.assertLess(time.time(), deadline, "no event=accepted for %s" % qid)
             time.sleep(0.1)
         # Started as root, it runs as the unprivileged user.
         if os.geteuid() == 0:
-            out.seek(0)
-            self.assertRegex(out.read(), r"event=sandbox user=%s " % TEST_USER)
+            self.assertRegex(logged, r"event=sandbox user=%s " % TEST_USER)
+        conf = os.path.join(tmp, "qs", "relayd.conf")
+        self.assertIn("relayctl -c %s audit" % conf, text)
+        r = subprocess.run([relayctl_bin(), "-c", conf, "audit", "--json"], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["files"], [log])
+        # It says what becomes of the test mail on a machine without real DNS.
+        self.assertRegex(" ".join(text.split()), r"without real DNS.*bounces")
 
 
 if __name__ == "__main__":

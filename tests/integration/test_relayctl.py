@@ -259,11 +259,13 @@ class Flush(CtlCase):
         self.net.up()
         self.com.up()
         self.assertEqual(self.ok("queue", "flush", "--domain", "example.net"),
-                         "flushed 1 message\n")
+                         "flushed 1 message: %s\n" % q_net)
         self.relay.wait_for_log("delivered", qid=q_net)
         self.assertEqual(self.qids_listed(), [q_com])
         self.assertEqual(self.com.connections, 0)
-        self.assertEqual(self.js("queue", "flush", "--all"), {"action": "flush", "count": 1})
+        # --json: the messages flushed and the held ones skipped (README)
+        self.assertEqual(self.js("queue", "flush", "--all"),
+                         {"action": "flush", "count": 1, "qids": [q_com], "skipped": []})
         self.relay.wait_for_log("delivered", qid=q_com)
         self.assertEqual([m.header("Subject") for m in self.com.messages], ["com"])
 
@@ -278,7 +280,8 @@ class HoldRelease(CtlCase):
                          {"action": "hold", "count": 1, "qids": [held], "skipped": []})
         self.relay.wait_for_log("held", qid=held)
         self.net.up()
-        self.ok("queue", "flush", "--all")
+        self.assertEqual(self.js("queue", "flush", "--all"),
+                         {"action": "flush", "count": 1, "qids": [free], "skipped": [held]})
         self.relay.wait_for_log("delivered", qid=free)
         self.assertEqual(self.ok("queue", "flush", held),     # a held message is not flushed
                          "flushed 0 messages (1 held, not flushed: release first)\n")
@@ -370,7 +373,10 @@ class Hosts(CtlCase):
         self.assertRegex(out, r"(?m)^HOST\s+ADDRESS\s+STATE\s+FAILURES\s+DOWN UNTIL\s+LAST ERROR$")
         self.assertRegex(out, r"(?m)^mx1.example.net\s+%s\s+down\s+1\s+\S+Z\s+connection refused$"
                          % re.escape(addr))
-        self.assertRegex(out, r"(?m)^example.net\s+down\s+0\s+0\s+1\s+\S+Z$")
+        self.assertRegex(out, r"(?m)^DESTINATION\s+STATE\s+INFLIGHT\s+QUEUED\s+WAITING\s+"
+                              r"DOWN SINCE\s+NEXT PROBE$")
+        row = re.search(r"(?m)^example.net\s+down\s+0\s+0\s+1\s+(\S+Z)\s+(\S+Z)$", out)
+        self.assertIsNotNone(row, out)
         doc = self.js("hosts")
         self.assertEqual(set(doc), {"hosts", "destinations"})
         [h] = doc["hosts"]
@@ -383,6 +389,8 @@ class Hosts(CtlCase):
         self.assertEqual(set(d), DEST_KEYS)
         self.assertEqual((d["name"], d["state"], d["waiting"]), ("example.net", "down", 1))
         self.assertRegex(d["next_probe"], RFC3339)
+        self.assertRegex(d["down_since"], RFC3339)
+        self.assertEqual(row.group(1), d["down_since"][:19] + "Z")     # the text is to the second
 
     def test_reset_by_name_probes_at_once(self):
         self.start()
@@ -510,7 +518,23 @@ class ExitCodes(CtlCase):
         ["queue", "list", "--domain", ""],
     ]
 
-    def test_usage_errors_exit_2(self):
+    def test_unknown_subcommand_is_named(self):
+        self.start()
+        for args, want in ((["queue", "frob"], "unknown queue subcommand 'frob'"),
+                           (["route", "frob", "x"], "unknown route subcommand 'frob'"),
+                           (["queue"], "queue needs a subcommand"),
+                           (["frob"], "unknown command 'frob'")):
+            with self.subTest(args=args):
+                r = self.ctl(*args)
+                self.assertEqual(r.returncode, 2, (r.stdout, r.stderr))
+                self.assertIn("relayctl: " + want + "\n", r.stderr)
+                self.assertIn("usage", r.stderr)
+                self.assertEqual(r.stdout, "")
+        r = self.ctl("queue", "frob")        # the usage shown is the queue commands'
+        self.assertIn("relayctl queue list", r.stderr)
+        self.assertNotIn("relayctl route", r.stderr)
+
+
         relay = self.start()
         for args in self.USAGE + self.DAEMON_USAGE:
             with self.subTest(args=args):

@@ -197,6 +197,35 @@ class SandboxTest(unittest.TestCase):
         msg = make_message("alice@example.org", "bob@example.net", "after", "x")
         submit(relay, "alice@example.org", ["bob@example.net"], msg)
 
+    def test_etc_files_replaced_by_rename_stay_readable(self):
+        """useradd, groupadd and resolvconf write a new /etc/group (or passwd,
+        resolv.conf) and rename it over the old one.  A Landlock rule on the
+        file's inode would stop matching: control_group's lookup on SIGHUP
+        (and, on a busy machine, the start's own lookups) then failed with
+        'no such group'."""
+        if not shutil.which("groupadd"):
+            self.skipTest("needs groupadd")
+        # A group only /etc/group knows (nss-systemd makes nobody's up).
+        group = "relaydll%d" % os.getpid()
+        subprocess.run(["groupadd", group], check=True)
+        self.addCleanup(subprocess.run, ["groupdel", group])
+        relay = Relay.for_test(self, control_group=group)
+        relay.start()
+        line = relay.wait_for_log("sandbox", user=TEST_USER)
+        if line.get("landlock") != "yes":
+            self.skipTest("the kernel has no Landlock")
+        for path in ("/etc/group", "/etc/passwd"):
+            before = os.stat(path)
+            tmp = path + ".relayd-test"
+            shutil.copy2(path, tmp)
+            os.chown(tmp, before.st_uid, before.st_gid)
+            os.replace(tmp, path)
+            self.assertNotEqual(os.stat(path).st_ino, before.st_ino)
+        mark = relay.log_mark()
+        relay.sighup()
+        relay.wait_for_log("reloaded", since=mark)
+        self.assertEqual(relay.relayctl("queue", "list").returncode, 0)
+
 
 if __name__ == "__main__":
     unittest.main()

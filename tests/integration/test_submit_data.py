@@ -160,6 +160,22 @@ class SubmitSmugglingTest(unittest.TestCase):
         self.check_refused(b"line one\nline two\nline three\r\n")
 
 
+    def test_nul_in_the_data_is_refused(self):
+        # SMTP data is text lines (RFC 5321 2.3.8, 4.1.1.4), and NUL is not
+        # text, not even with 8BITMIME (RFC 6152); only BINARYMIME (RFC 3030,
+        # not offered) may carry it.  Refused at the end of the data, nothing
+        # queued, the data never ended early, the session goes on.
+        for payload in (b"a\x00b\r\n", b"\x00\r\n", b"\x00\r\n\x00.\r\nmore\r\n"):
+            with self.subTest(payload=payload):
+                first, second, r = self.attempt(payload)
+                self.assertEqual(first[0], 550)
+                self.assertTrue(first[1].startswith("5.6.0 "), first)
+                self.assertIn("NUL", first[1])
+                self.assertEqual(second, (250, "2.0.0 Ok"))
+                code, text = send_message(r, "alice@example.org", ["bob@example.net"],
+                                          b"Subject: after\r\n\r\nfine\r\n")
+                self.assertEqual(code, 250)
+
 class SubmitDurabilityTest(unittest.TestCase):
 
     def test_a_message_that_got_250_survives_sigkill(self):

@@ -7,7 +7,12 @@ For each backend: the good password (mail accepted), a wrong password and an
 unknown user (535 5.7.8), the backend stopped (454 4.7.0, not counted by the
 per-IP failure throttle).  The hanging backend is answered 454 after
 submit.auth_timeout (event=auth_failed reason=timeout) while another
-session's EHLO is answered meanwhile: the check runs off the event loop.
+session's EHLO is answered meanwhile: the check runs off the event loop; and
+SIGTERM while a check hangs in it stops relayd within a short bound
+(event=auth_abandoned, exit 0, the queue closed cleanly: nothing to replay
+at the next start, the queued message still there).  saslauthd -a ldap with
+slapd stopped is a 535 that counts (saslauthd answers a bare "NO" for both),
+as the README documents; the SQL plugin's database gone is a 454 that does not.
 """
 
 import base64
@@ -24,7 +29,7 @@ from client import raw_session
 from relay import REPO, TEST_USER, share_with_user
 from saslauthd import DeadSocket, Saslauthd, SystemUser, available
 from test_submit_smtp import QueueOnlyRelay as Relay
-from test_submit_smtp import stop_cleanly
+from test_submit_smtp import auth_session, qid_of, stop_cleanly
 
 try:    # the LDAP engineer's slapd fixture (tests/harness/ldapserver.py)
     import ldapserver
@@ -181,12 +186,55 @@ class SaslauthdLDAPTest(BackendChecks, unittest.TestCase):
         self.assertEqual(self.relay.count_log("auth_failed", since=mark), 0)
 
     def test_slapd_stopped_behind_saslauthd(self):
-        # saslauthd's protocol is only "OK" or "NO": an LDAP server that is
-        # down behind it looks like a wrong password to libsasl (535).
+        # saslauthd -a ldap answers a bare "NO" for any LDAP error and libsasl
+        # makes every "NO" a SASL_BADAUTH: an LDAP server that is down behind
+        # saslauthd cannot be told from a wrong password.  It is a 535 and it
+        # counts, as the README and relayd.conf(5) say.
         self.ldap.stop()
         self.addCleanup(self.ldap.start)
+        mark = self.relay.log_mark()
         _, reply = self.auth(self.user, self.password)
         self.assertEqual(reply, (535, "5.7.8 Error: authentication failed"))
+        self.relay.wait_for_log("auth_failed", since=mark, user=self.user)
+        self.assertEqual(self.relay.count_log("auth_error", since=mark), 0)
+        # what the admin sees afterwards, and clears
+        doc = self.relay.relayctl("auth", "list", "--json", json=True)
+        self.assertIn(("login", self.user), [(e["kind"], e["name"]) for e in doc["entries"]])
+        self.relay.relayctl("auth", "unblock", self.user, check=True)
+
+
+@unittest.skipIf(SKIP or ldapserver is None, SKIP or "no tests/harness/ldapserver.py (slapd)")
+class SaslauthdLDAPCacheTest(unittest.TestCase):
+    """The README's advice for an LDAP outage behind saslauthd: its credential
+    cache (-c) answers a user who logged in lately without asking LDAP."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.ldap = ldapserver.LDAPServer().start()
+        conf = SASLAUTHD_LDAP_CONF.format(uri=cls.ldap.uri, base=ldapserver.BASE,
+                                          binddn=ldapserver.BIND_DN, bindpw=ldapserver.BIND_PW)
+        cls.saslauthd = Saslauthd("ldap", conf=conf, cache=True).start()
+        cls.relay = backend_relay(cls.saslauthd.sasl_options())
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            stop_cleanly(cls.relay)
+        finally:
+            cls.saslauthd.close()
+            cls.ldap.close()
+
+    def auth(self, user, password):
+        r = tls_session(self.relay)
+        self.addCleanup(r.close)
+        return r.cmd("AUTH PLAIN " + plain(user, password))
+
+    def test_cached_user_logs_in_while_slapd_is_down(self):
+        self.assertEqual(self.auth("alice", "alicepw")[0], 235)
+        self.ldap.stop()
+        self.addCleanup(self.ldap.start)
+        self.assertEqual(self.auth("alice", "alicepw")[0], 235)     # from the cache
+        self.assertEqual(self.auth("alice", "wrong")[0], 535)       # the cache is no oracle
 
 
 @unittest.skipIf(SKIP, SKIP)
@@ -280,6 +328,68 @@ class SaslauthdHangsTest(unittest.TestCase):
 
 
 @unittest.skipIf(SKIP, SKIP)
+class SaslauthdHangsAtStopTest(unittest.TestCase):
+    """SIGTERM while a password check hangs in a backend that never answers."""
+
+    def setUp(self):
+        self.dir = os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                "relayd-deadstop-%d" % os.getpid())
+        os.makedirs(self.dir, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.dead = DeadSocket(os.path.join(self.dir, "mux"))
+        self.addCleanup(self.dead.release)
+        # a sasldb user sends a message first: the queue has something to close
+        self.relay = Relay(submit={"auth_timeout": "60s"})
+        self.relay.start()
+        self.addCleanup(self.relay.close)
+
+    def test_sigterm_does_not_wait_for_a_hung_check(self):
+        relay = self.relay
+        r = auth_session(relay)
+        self.assertEqual(r.cmd("MAIL FROM:<alice@example.org>")[0], 250)
+        self.assertEqual(r.cmd("RCPT TO:<someone@example.net>")[0], 250)
+        self.assertEqual(r.cmd("DATA")[0], 354)
+        r.send("Subject: before the stop\r\n\r\nbody\r\n.\r\n")
+        code, text = r.read_reply()
+        self.assertEqual(code, 250, text)
+        qid = qid_of(text)
+        r.close()
+
+        # the same relayd, now asking the backend that never answers
+        relay.update_config(submit={"sasl_db": None, "sasl_mechanisms": "PLAIN LOGIN",
+                                    "sasl_options": {"pwcheck_method": "saslauthd",
+                                                     "saslauthd_path": self.dead.path}})
+        relay.restart()
+        a = tls_session(relay)
+        self.addCleanup(a.close)
+        a.send("AUTH PLAIN %s\r\n" % plain(USER, PASSWORD))
+        self.assertTrue(self.dead.wait_connections(1), "relayd never asked the backend")
+        relay.wait_for_log("submit_state", to="auth-wait")
+
+        mark = relay.log_mark()
+        started = time.monotonic()
+        rc = relay.stop(timeout=8)          # a RelayError (and SIGKILL) if it hangs
+        took = time.monotonic() - started
+        self.assertEqual(rc, 0, relay.diagnostics())
+        self.assertLess(took, 6, "the stop waited for the hung check")
+        relay.wait_for_log("auth_abandoned", since=mark, steps="1")
+        relay.wait_for_log("stopped", since=mark, clean="yes")
+        # the session was told and closed
+        code, text = a.read_reply()
+        self.assertEqual(code, 421, text)
+        self.assertTrue(a.wait_closed())
+
+        # the queue was closed cleanly: nothing to replay, the message kept
+        mark = relay.log_mark()
+        relay.start()
+        self.assertEqual(relay.count_log("queue_journal_replayed", since=mark), 0)
+        doc = relay.relayctl("queue", "list", "--json", json=True)
+        self.assertEqual([m["qid"] for m in doc["messages"]], [qid])
+        stop_cleanly(relay)
+
+
+@unittest.skipIf(SKIP, SKIP)
 class SQLAuxpropTest(BackendChecks, unittest.TestCase):
     """Cyrus's SQL auxprop plugin (sqlite3 engine) on a real SQLite database."""
 
@@ -337,6 +447,9 @@ class SQLAuxpropTest(BackendChecks, unittest.TestCase):
         _, reply = self.auth(self.user, self.password)
         self.assertEqual(reply, (454, "4.7.0 Temporary authentication failure"))
         self.assertEqual(self.relay.count_log("auth_failed", since=mark), 0)
+        # counted neither for the address nor for the login
+        doc = self.relay.relayctl("auth", "list", "--json", json=True)
+        self.assertEqual([e for e in doc["entries"] if e["name"] in (self.user, "127.0.0.1")], [])
 
 
 if __name__ == "__main__":

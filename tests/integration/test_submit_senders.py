@@ -115,6 +115,16 @@ class SubmitHeaderFromTest(unittest.TestCase):
         self.assertEqual(self.relay.count_log("accepted", since=mark), 0)
         self.assertEqual(r.cmd("NOOP")[0], 250)          # the session goes on
 
+    def test_unowned_8bit_header_from_is_not_echoed_raw(self):
+        # No SMTPUTF8 in this transaction: the 553 quotes the address without
+        # its 8-bit bytes.
+        (code, text), before, _ = self.data("From: J\u00f6rg <j\u00f6rg@example.org>\r\n")
+        self.assertEqual(code, 553)
+        self.assertTrue(text.isascii(), text)
+        self.assertEqual(text, "5.7.1 <j??rg@example.org>: Header From address rejected: not "
+                         "owned by user alice")
+        self.assertEqual(queued_files(self.relay), before)
+
     def test_one_unowned_mailbox_among_several_is_refused(self):
         (code, text), before, _ = self.data("From: alice@example.org, bob@example.org\r\n")
         self.assertEqual(code, 553)

@@ -366,6 +366,23 @@ class SubmitSMTPTest(unittest.TestCase):
         self.assertIn("K\u00e4se\r\n".encode(), body)
         self.assertIn(b"with UTF8SMTPSA id", body)
 
+    def test_553_never_echoes_8bit_bytes_without_smtputf8(self):
+        # A client that did not ask for SMTPUTF8 gets no raw 8-bit bytes back
+        # (RFC 6531 3.7.4.2: UTF-8 in replies only after SMTPUTF8).
+        r = self.session()
+        code, text = r.cmd("MAIL FROM:<j\u00f6rg@example.org>")
+        self.assertEqual((code, text[:5]), (553, "5.6.7"))
+        self.assertTrue(text.isascii(), text)
+        self.assertIn("<j??rg@example.org>", text)
+        self.assertEqual(r.cmd("MAIL FROM:<alice@example.org>")[0], 250)
+        code, text = r.cmd("RCPT TO:<j\u00f6rg@b\u00fccher.example>")
+        self.assertEqual((code, text[:5]), (553, "5.6.7"))
+        self.assertTrue(text.isascii(), text)
+        r.cmd("RSET")
+        # with SMTPUTF8 the address is the client's own, as it gave it
+        self.assertEqual(r.cmd("MAIL FROM:<alice@example.org> SMTPUTF8")[0], 250)
+        self.assertEqual(r.cmd("RCPT TO:<j\u00f6rg@b\u00fccher.example>")[0], 250)
+
     def test_smtplib_submission_on_both_ports(self):
         msg = make_message("alice@example.org", "bob@example.net", "ports", "hello")
         for port in ("starttls", "tls"):

@@ -12,6 +12,9 @@
  *   - the ring wraps to its start and replay follows it; a full ring
  *     refuses a batch and writes nothing; an empty journal writes at its
  *     tail; after a failed write or sync it takes no more batches;
+ *   - running, after such a failure, the restore finds exactly the batches
+ *     appended since the tail (never the failed one, even whole on disk)
+ *     and journal_reopen() makes the journal take batches again;
  *   - a damaged newer superblock falls back to the older one (a duplicate,
  *     never a loss); a journal with none is kept as journal.bad;
  *   - queue_open() writes journaled messages missing from msg/ back, exact,
@@ -879,6 +882,89 @@ test_failed_sync(void)
 }
 
 /*
+ * 6b: the restore while running (the journal off after a failure): the
+ * batches appended since the tail, and never a failed one, even whole on
+ * disk; a live batch that does not read back fails it and changes
+ * nothing; a failed tail update keeps the durable tail; after
+ * journal_reopen() appends work again and a restart replays only them.
+ */
+
+/* journal_restore() into s (reset first). */
+static int
+restore(struct journal *j, struct seen *s, uint64_t *head, uint64_t *seq)
+{
+	char *scratch = s->scratch;
+	size_t slen = s->scratch_len;
+
+	memset(s, 0, sizeof(*s));
+	s->scratch = scratch;
+	s->scratch_len = slen;
+	return journal_restore(j, seen_fn, s, head, seq);
+}
+
+static void
+test_restore(void)
+{
+	struct journal j;
+	struct seen s = { 0 };
+	char dir[128], qid[JOURNAL_QID_MAX], img[500];
+	uint64_t end = 0, seq = 0, head = 0, nseq = 0, tail, tail_seq, b2;
+	int dirfd = new_dir(dir, sizeof(dir)), real, e = 0;
+
+	jopen(dirfd, &j);
+	CHECK_INT(append_recs(&j, j.tail, j.tail_seq, 1, 1, 100, &end, &seq), 0);
+	b2 = j.head;
+	CHECK_INT(append_recs(&j, j.tail, j.tail_seq, 2, 2, 300, &end, &seq), 0);
+	CHECK_INT(append_recs(&j, j.tail, j.tail_seq, 4, 1, 5000, &end, &seq), 0);
+
+	/* a failed append, whose batch reached the disk whole at head */
+	journal_batch_begin(&j);
+	snprintf(qid, sizeof(qid), "r%u-%zu", 5u, sizeof(img));
+	image_make(5, sizeof(img), img);
+	journal_batch_add(&j, qid, img, sizeof(img));
+	real = j.fd;
+	j.fd = open("/dev/null", O_WRONLY);
+	CHECK_INT(journal_append(&j, j.tail, j.tail_seq, 0, &end, &seq, &e), RELAY_EIO);
+	close(j.fd);
+	j.fd = real;
+	CHECK(pwrite(real, j.wbuf.data, j.wbuf.len, (off_t)align4k(end)) == (ssize_t)j.wbuf.len);
+
+	/* a tail update that fails keeps the durable tail */
+	tail = j.tail;
+	tail_seq = j.tail_seq;
+	real = j.sb_fd;
+	j.sb_fd = open("/dev/null", O_WRONLY);              /* fdatasync: EINVAL */
+	CHECK_INT(journal_set_tail(&j, end, seq + 1), -1);
+	close(j.sb_fd);
+	j.sb_fd = real;
+	CHECK(j.tail == tail && j.tail_seq == tail_seq);
+
+	/* a live batch that does not read back: no restore, nothing changed */
+	flip_byte(dirfd, b2 + JB_HDR + JR_HDR + 10);
+	CHECK_INT(restore(&j, &s, &head, &nseq), RELAY_EIO);
+	CHECK(j.tail == tail && j.tail_seq == tail_seq);
+	flip_byte(dirfd, b2 + JB_HDR + JR_HDR + 10);
+
+	/* the three good batches, not the failed one */
+	CHECK_INT(restore(&j, &s, &head, &nseq), 0);
+	check_seen(&s, 1, 4, __LINE__);
+	CHECK(head == align4k(end) && nseq > seq + 1);
+	CHECK_INT(journal_reopen(&j, head, nseq), 0);
+	CHECK(j.tail == head && j.tail_seq == nseq);
+	CHECK_INT(append_recs(&j, j.tail, j.tail_seq, 6, 1, 200, &end, &seq), 0);
+	CHECK(seq == nseq);
+	journal_close(&j);
+
+	/* a restart replays what came after the restore, nothing before it */
+	jopen(dirfd, &j);
+	CHECK_INT(replay(&j, &s), 0);
+	check_seen(&s, 6, 1, __LINE__);
+	journal_close(&j);
+	seen_free(&s);
+	drop_dir(dirfd, dir);
+}
+
+/*
  * 7: superblocks.  Slot 0 holds generations 0, 2, ...; slot 1 holds 1, 3, ...
  */
 
@@ -1270,6 +1356,7 @@ main(void)
 	test_wrap();
 	test_full();
 	test_failed_sync();
+	test_restore();
 	test_superblock();
 	test_queue_replay();
 #ifdef RELAY_TEST_HOOKS

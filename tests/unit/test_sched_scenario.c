@@ -58,6 +58,7 @@ struct want {
 	int pending;            /* messages still queued (reports apart) */
 	int reports;            /* reports queued to the sender (failure, delay, expiry) */
 	int expired;            /* recipients failed for age */
+	uint64_t down_since;    /* its outage began at (clock); 0 = not checked */
 };
 
 struct step {
@@ -80,7 +81,8 @@ struct scenario {
  * Every row: the route for a.test has two exchangers, a (127.0.0.2) then b
  * (127.0.0.3); everything else goes to the reports sink.  Columns:
  *   { clock, answering, action, n,
- *     { attempts at a, at b, delivered, destination, waiting, pending, reports, expired } }
+ *     { attempts at a, at b, delivered, destination, waiting, pending, reports, expired,
+ *       outage began at (optional: 0 = not checked) } }
  * Knobs per row: host_backoff min and max, max_queue_age, delay_warning.
  */
 static const struct scenario scenarios[] = {
@@ -90,11 +92,11 @@ static const struct scenario scenarios[] = {
 		"releases the whole backlog at once",
 		10 * M, 1 * H, 5 * 24 * H, 0,
 		{
-			{ 0, "", SUBMIT, 5, { 1, 1, 0, "down", 5, 5, 0, 0 } },
-			{ 9 * M, "", TICK, 0, { 1, 1, 0, "down", 5, 5, 0, 0 } },
-			{ 10 * M, "", TICK, 0, { 2, 2, 0, "down", 5, 5, 0, 0 } },
-			{ 29 * M, "", TICK, 0, { 2, 2, 0, "down", 5, 5, 0, 0 } },
-			{ 30 * M, "a", TICK, 0, { 7, 2, 5, "-", 0, 0, 0, 0 } },
+			{ 0, "", SUBMIT, 5, { 1, 1, 0, "down", 5, 5, 0, 0, 0 } },
+			{ 9 * M, "", TICK, 0, { 1, 1, 0, "down", 5, 5, 0, 0, 0 } },
+			{ 10 * M, "", TICK, 0, { 2, 2, 0, "down", 5, 5, 0, 0, 0 } },
+			{ 29 * M, "", TICK, 0, { 2, 2, 0, "down", 5, 5, 0, 0, 0 } },
+			{ 30 * M, "a", TICK, 0, { 7, 2, 5, "-", 0, 0, 0, 0, 0 } },
 		},
 	},
 	{
@@ -102,9 +104,9 @@ static const struct scenario scenarios[] = {
 		"others, without an attempt of its own",
 		10 * M, 1 * H, 5 * 24 * H, 0,
 		{
-			{ 0, "", SUBMIT, 1, { 1, 1, 0, "down", 1, 1, 0, 0 } },
-			{ 1 * M, "ab", SUBMIT, 2, { 1, 1, 0, "down", 3, 3, 0, 0 } },
-			{ 10 * M, "ab", TICK, 0, { 4, 1, 3, "-", 0, 0, 0, 0 } },
+			{ 0, "", SUBMIT, 1, { 1, 1, 0, "down", 1, 1, 0, 0, 0 } },
+			{ 1 * M, "ab", SUBMIT, 2, { 1, 1, 0, "down", 3, 3, 0, 0, 0 } },
+			{ 10 * M, "ab", TICK, 0, { 4, 1, 3, "-", 0, 0, 0, 0, 0 } },
 		},
 	},
 	{
@@ -112,8 +114,8 @@ static const struct scenario scenarios[] = {
 		"the mail goes there",
 		10 * M, 1 * H, 5 * 24 * H, 0,
 		{
-			{ 0, "", SUBMIT, 2, { 1, 1, 0, "down", 2, 2, 0, 0 } },
-			{ 10 * M, "b", TICK, 0, { 2, 3, 2, "-", 0, 0, 0, 0 } },
+			{ 0, "", SUBMIT, 2, { 1, 1, 0, "down", 2, 2, 0, 0, 0 } },
+			{ 10 * M, "b", TICK, 0, { 2, 3, 2, "-", 0, 0, 0, 0, 0 } },
 		},
 	},
 	{
@@ -122,12 +124,12 @@ static const struct scenario scenarios[] = {
 		"other mail to the destination goes at once",
 		10 * M, 1 * H, 5 * 24 * H, 0,
 		{
-			{ 0, "A", SUBMIT, 1, { 1, 0, 0, "-", 0, 1, 0, 0 } },
-			{ 4 * M, "A", TICK, 0, { 1, 0, 0, "-", 0, 1, 0, 0 } },
-			{ 5 * M, "A", TICK, 0, { 2, 0, 0, "-", 0, 1, 0, 0 } },
-			{ 6 * M, "a", SUBMIT, 1, { 3, 0, 1, "-", 0, 1, 0, 0 } },
-			{ 14 * M, "a", TICK, 0, { 3, 0, 1, "-", 0, 1, 0, 0 } },
-			{ 15 * M, "a", TICK, 0, { 4, 0, 2, "-", 0, 0, 0, 0 } },
+			{ 0, "A", SUBMIT, 1, { 1, 0, 0, "-", 0, 1, 0, 0, 0 } },
+			{ 4 * M, "A", TICK, 0, { 1, 0, 0, "-", 0, 1, 0, 0, 0 } },
+			{ 5 * M, "A", TICK, 0, { 2, 0, 0, "-", 0, 1, 0, 0, 0 } },
+			{ 6 * M, "a", SUBMIT, 1, { 3, 0, 1, "-", 0, 1, 0, 0, 0 } },
+			{ 14 * M, "a", TICK, 0, { 3, 0, 1, "-", 0, 1, 0, 0, 0 } },
+			{ 15 * M, "a", TICK, 0, { 4, 0, 2, "-", 0, 0, 0, 0, 0 } },
 		},
 	},
 	{
@@ -135,9 +137,9 @@ static const struct scenario scenarios[] = {
 		"fail (expired) and each sender gets one report; no attempt is made for it",
 		1 * H, 4 * H, 30 * M, 0,
 		{
-			{ 0, "", SUBMIT, 2, { 1, 1, 0, "down", 2, 2, 0, 0 } },
-			{ 29 * M, "", TICK, 0, { 1, 1, 0, "down", 2, 2, 0, 0 } },
-			{ 30 * M, "", TICK, 0, { 1, 1, 0, "-", 0, 0, 2, 2 } },
+			{ 0, "", SUBMIT, 2, { 1, 1, 0, "down", 2, 2, 0, 0, 0 } },
+			{ 29 * M, "", TICK, 0, { 1, 1, 0, "down", 2, 2, 0, 0, 0 } },
+			{ 30 * M, "", TICK, 0, { 1, 1, 0, "down", 0, 0, 2, 2, 0 } },
 		},
 	},
 	{
@@ -145,11 +147,11 @@ static const struct scenario scenarios[] = {
 		"waiting and is delivered when the destination is back",
 		1 * H, 4 * H, 24 * H, 20 * M,
 		{
-			{ 0, "", SUBMIT, 1, { 1, 1, 0, "down", 1, 1, 0, 0 } },
-			{ 19 * M, "", TICK, 0, { 1, 1, 0, "down", 1, 1, 0, 0 } },
-			{ 20 * M, "", TICK, 0, { 1, 1, 0, "down", 1, 1, 1, 0 } },
-			{ 50 * M, "", TICK, 0, { 1, 1, 0, "down", 1, 1, 1, 0 } },
-			{ 1 * H, "a", TICK, 0, { 2, 1, 1, "-", 0, 0, 1, 0 } },
+			{ 0, "", SUBMIT, 1, { 1, 1, 0, "down", 1, 1, 0, 0, 0 } },
+			{ 19 * M, "", TICK, 0, { 1, 1, 0, "down", 1, 1, 0, 0, 0 } },
+			{ 20 * M, "", TICK, 0, { 1, 1, 0, "down", 1, 1, 1, 0, 0 } },
+			{ 50 * M, "", TICK, 0, { 1, 1, 0, "down", 1, 1, 1, 0, 0 } },
+			{ 1 * H, "a", TICK, 0, { 2, 1, 1, "-", 0, 0, 1, 0, 0 } },
 		},
 	},
 	{
@@ -157,20 +159,33 @@ static const struct scenario scenarios[] = {
 		"released, it is attempted at once",
 		10 * M, 1 * H, 24 * H, 0,
 		{
-			{ 0, "", SUBMIT, 2, { 1, 1, 0, "down", 2, 2, 0, 0 } },
-			{ 1 * M, "", HOLD, 0, { 1, 1, 0, "down", 1, 2, 0, 0 } },
-			{ 10 * M, "a", TICK, 0, { 2, 1, 1, "-", 0, 1, 0, 0 } },
-			{ 3 * H, "a", TICK, 0, { 2, 1, 1, "-", 0, 1, 0, 0 } },
-			{ 3 * H, "a", RELEASE, 0, { 3, 1, 2, "-", 0, 0, 0, 0 } },
+			{ 0, "", SUBMIT, 2, { 1, 1, 0, "down", 2, 2, 0, 0, 0 } },
+			{ 1 * M, "", HOLD, 0, { 1, 1, 0, "down", 1, 2, 0, 0, 0 } },
+			{ 10 * M, "a", TICK, 0, { 2, 1, 1, "-", 0, 1, 0, 0, 0 } },
+			{ 3 * H, "a", TICK, 0, { 2, 1, 1, "-", 0, 1, 0, 0, 0 } },
+			{ 3 * H, "a", RELEASE, 0, { 3, 1, 2, "-", 0, 0, 0, 0, 0 } },
 		},
 	},
 	{
 		"a held message is never expired or warned about",
 		10 * M, 1 * H, 1 * H, 20 * M,
 		{
-			{ 0, "", SUBMIT, 1, { 1, 1, 0, "down", 1, 1, 0, 0 } },
-			{ 1 * M, "", HOLD, 0, { 1, 1, 0, "-", 0, 1, 0, 0 } },
-			{ 2 * H, "ab", TICK, 0, { 1, 1, 0, "-", 0, 1, 0, 0 } },
+			{ 0, "", SUBMIT, 1, { 1, 1, 0, "down", 1, 1, 0, 0, 0 } },
+			{ 1 * M, "", HOLD, 0, { 1, 1, 0, "down", 0, 1, 0, 0, 0 } },
+			{ 2 * H, "ab", TICK, 0, { 1, 1, 0, "down", 0, 1, 0, 0, 0 } },
+		},
+	},
+	{
+		"a destination stays down until it is seen up, also when nothing waits on "
+		"it in between (the mail expired): a message submitted later waits for the "
+		"probe without an attempt of its own, and the outage still began when the "
+		"first message found it down",
+		1 * H, 4 * H, 30 * M, 0,
+		{
+			{ 1 * M, "", SUBMIT, 1, { 1, 1, 0, "down", 1, 1, 0, 0, 1 * M } },
+			{ 31 * M, "", TICK, 0, { 1, 1, 0, "down", 0, 0, 1, 1, 1 * M } },
+			{ 40 * M, "", SUBMIT, 1, { 1, 1, 0, "down", 1, 1, 1, 1, 1 * M } },
+			{ 1 * H + 1 * M, "a", TICK, 0, { 2, 1, 1, "-", 0, 0, 1, 1, 0 } },
 		},
 	},
 	{
@@ -178,10 +193,10 @@ static const struct scenario scenarios[] = {
 		"host backoff; when it gets through, the waiting mail follows",
 		1 * H, 4 * H, 24 * H, 0,
 		{
-			{ 0, "", SUBMIT, 3, { 1, 1, 0, "down", 3, 3, 0, 0 } },
-			{ 5 * M, "", FLUSH, 0, { 2, 2, 0, "down", 3, 3, 0, 0 } },
-			{ 10 * M, "a", TICK, 0, { 2, 2, 0, "down", 3, 3, 0, 0 } },
-			{ 10 * M, "a", FLUSH, 0, { 5, 2, 3, "-", 0, 0, 0, 0 } },
+			{ 0, "", SUBMIT, 3, { 1, 1, 0, "down", 3, 3, 0, 0, 0 } },
+			{ 5 * M, "", FLUSH, 0, { 2, 2, 0, "down", 3, 3, 0, 0, 0 } },
+			{ 10 * M, "a", TICK, 0, { 2, 2, 0, "down", 3, 3, 0, 0, 0 } },
+			{ 10 * M, "a", FLUSH, 0, { 5, 2, 3, "-", 0, 0, 0, 0, 0 } },
 		},
 	},
 	{
@@ -190,8 +205,8 @@ static const struct scenario scenarios[] = {
 		"destination up, and the mail waiting on it follows",
 		1 * H, 4 * H, 24 * H, 0,
 		{
-			{ 0, "", SUBMIT, 2, { 1, 1, 0, "down", 2, 2, 0, 0 } },
-			{ 5 * M, "a", FLUSH_MSG, 1, { 3, 1, 2, "-", 0, 0, 0, 0 } },
+			{ 0, "", SUBMIT, 2, { 1, 1, 0, "down", 2, 2, 0, 0, 0 } },
+			{ 5 * M, "a", FLUSH_MSG, 1, { 3, 1, 2, "-", 0, 0, 0, 0, 0 } },
 		},
 	},
 };
@@ -462,6 +477,7 @@ struct dest_seen {
 	const char *name;
 	char state[8];
 	size_t waiting;
+	uint64_t down_since;
 };
 
 static void
@@ -472,6 +488,7 @@ dest_cb(void *arg, const struct sched_dest_view *v)
 	if (strcmp(v->name, d->name) == 0) {
 		snprintf(d->state, sizeof(d->state), "%s", v->state);
 		d->waiting = v->waiting;
+		d->down_since = v->down_since_ms;
 	}
 }
 
@@ -534,7 +551,7 @@ run_scenario(const struct scenario *sc, int no)
 	for (k = 0; k < MAX_STEPS && sc->steps[k].up != NULL; k++) {
 		const struct step *st = &sc->steps[k];
 		const struct want *w = &st->want;
-		struct dest_seen d = { "route:a.test", "-", 0 };
+		struct dest_seen d = { "route:a.test", "-", 0, 0 };
 		int a, b, delivered;
 
 		sink_set_up(&sink_a, 'a', st->up);
@@ -553,15 +570,17 @@ run_scenario(const struct scenario *sc, int no)
 		CHECK_MSG(a == w->a && b == w->b && delivered == w->delivered &&
 		    strcmp(d.state, w->dest) == 0 && (int)d.waiting == w->waiting &&
 		    fx_pending(&fx) == w->pending && (int)fx.stats.ndr_sent == w->reports &&
-		    (int)fx.stats.expired == w->expired,
+		    (int)fx.stats.expired == w->expired &&
+		    (w->down_since == 0 || d.down_since == fx.base + w->down_since),
 		    "\n  scenario %d: %s\n  step %zu (at %llu s): "
 		    "got a=%d b=%d delivered=%d dest=%s waiting=%zu pending=%d reports=%d "
-		    "expired=%d\n  want a=%d b=%d delivered=%d dest=%s waiting=%d pending=%d "
-		    "reports=%d expired=%d", no, sc->name, k,
+		    "expired=%d down_since=+%llds\n  want a=%d b=%d delivered=%d dest=%s waiting=%d "
+		    "pending=%d reports=%d expired=%d down_since=+%llus", no, sc->name, k,
 		    (unsigned long long)(st->at / S), a, b, delivered, d.state, d.waiting,
 		    fx_pending(&fx), (int)fx.stats.ndr_sent, (int)fx.stats.expired,
+		    d.down_since ? (long long)(d.down_since - fx.base) / (long long)S : -1LL,
 		    w->a, w->b, w->delivered, w->dest, w->waiting, w->pending, w->reports,
-		    w->expired);
+		    w->expired, (unsigned long long)(w->down_since / S));
 	}
 	fx_fini(&fx);
 	/* every commit is through now: no report beyond the last step's */

@@ -2,7 +2,9 @@
  * test_submit_limits.c - the submission server's limits as pure functions of
  * `now`, driven from tables of timed events: connection counts (total, per
  * IP), AUTH failures per IP (delay after N, refuse at the limit, window
- * end), messages and recipients per login per window, and expiry.
+ * end), AUTH failures per tried login (a block that doubles up to a cap,
+ * addresses it succeeded from exempt, unblock), messages and recipients per
+ * login per window, and expiry.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +120,126 @@ test_auth(void)
 }
 
 static void
+count_blocks(void *arg, const struct submit_limits_block *b)
+{
+	unsigned *n = arg;
+
+	n[b->login ? 1 : 0]++;
+	if (b->blocked)
+		n[2]++;
+}
+
+static void
+test_auth_login(void)
+{
+	enum { FAIL, ASK, OK, CLEAR };
+	static const struct submit_limits_params lp = {
+		.auth_fail_limit = 100,
+		.auth_fail_window = 60000,
+		.auth_login_fail_limit = 3,
+		.auth_login_block = 1000,
+		.auth_login_block_max = 4000,
+		.auth_login_known_ttl = 10000,
+	};
+	static const struct {
+		int op;
+		const char *login, *ip;
+		uint64_t now;
+		uint64_t want;          /* FAIL: the block started; ASK: blocked; CLEAR: rc == 0 */
+	} t[] = {
+		{ OK, "alice", "10.0.0.9", 0, 0 },
+		{ FAIL, "alice", NULL, 0, 0 },
+		{ FAIL, "alice", NULL, 100, 0 },
+		{ ASK, "alice", "10.0.0.1", 100, false },
+		{ FAIL, "alice", NULL, 200, 1000 },             /* 3rd from any address: 1 s */
+		{ ASK, "alice", "10.0.0.1", 200, true },
+		{ ASK, "alice", "10.0.0.2", 200, true },
+		{ ASK, "alice", "10.0.0.9", 200, false },       /* where alice logged in */
+		{ ASK, "bob", "10.0.0.1", 200, false },         /* per login */
+		{ FAIL, "alice", NULL, 300, 0 },                /* in the block: not counted */
+		{ ASK, "alice", "10.0.0.1", 1199, true },
+		{ ASK, "alice", "10.0.0.1", 1200, false },      /* over */
+		{ FAIL, "alice", NULL, 1300, 0 },
+		{ FAIL, "alice", NULL, 1400, 0 },
+		{ FAIL, "alice", NULL, 1500, 2000 },            /* the next block doubles */
+		{ FAIL, "alice", NULL, 3500, 0 },
+		{ FAIL, "alice", NULL, 3500, 0 },
+		{ FAIL, "alice", NULL, 3600, 4000 },
+		{ FAIL, "alice", NULL, 7600, 0 },
+		{ FAIL, "alice", NULL, 7600, 0 },
+		{ FAIL, "alice", NULL, 7600, 4000 },            /* capped at block_max */
+		{ ASK, "alice", "10.0.0.9", 10000, true },      /* the known address expired */
+		{ OK, "alice", "10.0.0.9", 10000, 0 },
+		{ ASK, "alice", "10.0.0.9", 10000, false },
+		{ FAIL, "alice", NULL, 71600, 0 },              /* a window after the last block */
+		{ FAIL, "alice", NULL, 71600, 0 },
+		{ FAIL, "alice", NULL, 71600, 1000 },           /* the streak starts again */
+		{ FAIL, "nosuchuser", NULL, 71600, 0 },         /* names that do not exist alike */
+		{ FAIL, "nosuchuser", NULL, 71600, 0 },
+		{ FAIL, "nosuchuser", NULL, 71600, 1000 },
+		{ ASK, "nosuchuser", "10.0.0.9", 71600, true },
+		{ CLEAR, "alice", NULL, 71600, true },
+		{ ASK, "alice", "10.0.0.1", 71600, false },
+		{ CLEAR, "alice", NULL, 71600, false },         /* nothing left to clear */
+		{ CLEAR, "carol", NULL, 71600, false },
+		{ FAIL, "alice", NULL, 71700, 0 },              /* counting starts anew */
+		{ FAIL, "alice", NULL, 71700, 0 },
+		{ FAIL, "alice", NULL, 71700, 1000 },
+	};
+	struct submit_limits *l = submit_limits_new();
+	struct submit_limits_params p = lp;
+	unsigned n[3] = { 0, 0, 0 };
+	uint64_t got, until;
+	bool refused;
+	size_t i;
+
+	submit_limits_set_params(l, &lp);
+	for (i = 0; i < RELAY_ARRAY_LEN(t); i++) {
+		switch (t[i].op) {
+		case FAIL:
+			got = submit_limits_login_failed(l, t[i].login, t[i].now);
+			break;
+		case ASK:
+			got = submit_limits_login_blocked(l, t[i].login, t[i].ip, t[i].now, &until);
+			break;
+		case OK:
+			submit_limits_login_succeeded(l, t[i].login, t[i].ip, t[i].now);
+			got = 0;
+			break;
+		default:
+			got = submit_limits_auth_clear(l, t[i].login, true, t[i].now) == 0;
+			break;
+		}
+		CHECK_MSG(got == t[i].want, "row %zu: got %llu want %llu", i,
+		    (unsigned long long)got, (unsigned long long)t[i].want);
+	}
+	/* the list: alice and nosuchuser blocked, one address counting */
+	submit_limits_auth_failed(l, "10.0.0.5", 71700, &refused);
+	submit_limits_auth_each(l, 71700, count_blocks, n);
+	CHECK_INT(n[0], 1);
+	CHECK_INT(n[1], 2);
+	CHECK_INT(n[2], 2);
+	CHECK_INT(submit_limits_auth_clear(l, "10.0.0.5", false, 71700), 0);
+	CHECK_INT(submit_limits_auth_clear(l, "10.0.0.5", false, 71700), RELAY_ENOENT);
+	CHECK_INT(submit_limits_auth_clear(l, "10.0.0.6", false, 71700), RELAY_ENOENT);
+	/* expiry keeps entries while a block, a streak or a known address lasts */
+	submit_limits_expire(l, 72700);
+	CHECK(submit_limits_entries(l) >= 2);
+	submit_limits_expire(l, 72700 + 60000 + 60000);
+	CHECK_INT(submit_limits_entries(l), 0);
+	submit_limits_free(l);
+
+	/* 0 turns the per-login limit off */
+	l = submit_limits_new();
+	p.auth_login_fail_limit = 0;
+	submit_limits_set_params(l, &p);
+	for (i = 0; i < 10; i++)
+		CHECK_INT(submit_limits_login_failed(l, "alice", 0), 0);
+	CHECK(!submit_limits_login_blocked(l, "alice", "10.0.0.1", 0, &until));
+	submit_limits_free(l);
+}
+
+static void
 test_rates(void)
 {
 	enum { CHECKR, ADD };
@@ -202,6 +324,7 @@ main(void)
 {
 	test_connections();
 	test_auth();
+	test_auth_login();
 	test_rates();
 	test_expire();
 	return check_done();
