@@ -471,6 +471,26 @@ io_getline(struct io *io, const char **line, size_t *len)
 }
 
 size_t
+io_getbytes(struct io *io, size_t max, const char **p)
+{
+	size_t n;
+
+	io_check(io, __func__);
+	if (io->discarding)
+		fatalx("%s: inside a discarded line", __func__);
+	if (io->in_off > 0 && io->in_off >= io->in.len / 2) {
+		buf_consume(&io->in, io->in_off);
+		io->in_off = 0;
+	}
+	n = io_in_avail(io);
+	if (n > max)
+		n = max;
+	*p = io->in.data + io->in_off;
+	io->in_off += n;
+	return n;
+}
+
+size_t
 io_input_pending(const struct io *io)
 {
 	return io_in_avail(io);

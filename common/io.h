@@ -106,6 +106,11 @@ void io_set_max_line(struct io *io, size_t max);
 /* Take the next line from the input buffer (see enum io_line). The pointer is
  * valid until the next io_* call on this io. */
 enum io_line io_getline(struct io *io, const char **line, size_t *len);
+/* Take up to max octets of buffered input as they are, line ends or not (BDAT
+ * chunk data, RFC 3030).  Returns how many (0: none buffered); *p is valid
+ * until the next io_* call on this io.  Call it only after a complete line
+ * (never while the rest of an over-long line is being discarded). */
+size_t io_getbytes(struct io *io, size_t max, const char **p);
 /* Bytes of input buffered but not yet taken. */
 size_t io_input_pending(const struct io *io);
 

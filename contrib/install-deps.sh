@@ -18,7 +18,7 @@ PKGS="build-essential gcc make cmake pkg-config openssl ca-certificates
       libsystemd-dev libseccomp-dev libldap-dev
       sasl2-bin libsasl2-modules swaks libnet-ssleay-perl procps
       mandoc systemd logrotate fail2ban slapd ldap-utils python3-dkim
-      debhelper dpkg-dev fakeroot lintian"
+      debhelper dpkg-dev fakeroot lintian clang libclang-rt-14-dev"
 
 # Cyrus's SQL auxprop plugin and SQLite, for the AUTH backend tests
 PKGS="$PKGS libsasl2-modules-sql sqlite3"

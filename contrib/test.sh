@@ -2,7 +2,10 @@
 # test.sh - the one command that runs every test: installs what is missing,
 # builds relayd twice (warnings as errors; then with AddressSanitizer and
 # UndefinedBehaviorSanitizer), both with the test hooks (RELAY_TEST_HOOKS),
-# and runs the whole ctest suite on each build.
+# and runs the whole ctest suite on each build.  In CI (CI=true, or
+# RELAYD_FUZZ=1) it then builds the libFuzzer targets (clang, RELAY_FUZZ) and
+# fuzzes each for RELAYD_FUZZ_SECONDS (60) seconds; a crash, leak or hang
+# fails the run and leaves its input in build-fuzz/artifacts/.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -27,6 +30,32 @@ export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export LSAN_OPTIONS="suppressions=$(pwd)/tests/lsan.supp"
 (cd build-asan && ctest --output-on-failure -j2 --timeout 600)
+
+# Fuzzing (tests/fuzz/, README "Fuzzing"): every target for a minute, from
+# its committed seeds and regression inputs; the corpus it grows stays in
+# build-fuzz/corpus/ (not committed).
+if [ "${CI:-}" = true ] || [ "${RELAYD_FUZZ:-}" = 1 ]; then
+	echo "== fuzz (tests/fuzz, ${RELAYD_FUZZ_SECONDS:-60} s per target) =="
+	CC=clang cmake -S . -B build-fuzz -DRELAY_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build build-fuzz -j"$jobs"
+	(cd build-fuzz && ctest --output-on-failure --timeout 300)
+	for src in tests/fuzz/fuzz_*.c; do
+		t=${src#tests/fuzz/fuzz_}
+		t=${t%.c}
+		case $t in main|util) continue ;; esac
+		mkdir -p "build-fuzz/corpus/$t" build-fuzz/artifacts
+		echo "-- fuzz_$t"
+		build-fuzz/tests/fuzz/fuzz_"$t" -max_total_time="${RELAYD_FUZZ_SECONDS:-60}" \
+		    -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
+		    -artifact_prefix="build-fuzz/artifacts/$t-" "build-fuzz/corpus/$t" \
+		    "tests/fuzz/corpus/$t" "tests/fuzz/regress/$t" 2>"build-fuzz/fuzz_$t.log" || {
+			tail -60 "build-fuzz/fuzz_$t.log"
+			echo "fuzz_$t failed: its input is in build-fuzz/artifacts/" >&2
+			exit 1
+		}
+		grep -E '^stat::number_of_executed_units|Done [0-9]+ runs' "build-fuzz/fuzz_$t.log" | tail -1
+	done
+fi
 
 # The Debian package end to end: build, lintian, dpkg -i, run the installed
 # relayd as root (it must switch to relayd, sandboxed), relayctl for root and

@@ -86,6 +86,9 @@ struct deliver_result {
 	char status_code[16];       /* enhanced status for HOST_FAIL/TEMP/PERM ("4.4.1") */
 	char reply[512];            /* the server's reply or our diagnosis ("connection refused") */
 	char ip[64];                /* the address that was tried */
+	bool dsn;                   /* the server announced DSN (RFC 3461): NOTIFY, ORCPT,
+	                               ENVID and RET went with the message, so the
+	                               success notices are its to send (5.2.3) */
 };
 
 typedef void deliver_cb(void *arg, struct deliver_req *req, const struct deliver_result *res);

@@ -359,6 +359,7 @@ ds_report(struct deliver_session *s)
 	if (!s->decided)
 		fatalx("%s: no outcome decided", __func__);
 	snprintf(s->res.ip, sizeof(s->res.ip), "%s", s->ip);
+	s->res.dsn = s->caps.dsn;
 	log_begin(&l, LOG_DEBUG, "deliver_attempt");
 	log_kv(&l, "qid", ds_qid(s));
 	log_kv(&l, "host", t->req->host);

@@ -4,7 +4,7 @@
  * answer from c-ares (header, question, answer section, the authority
  * section's SOA of a negative answer) that yields its CNAME, MX, A and AAAA
  * records, the least TTL they carry (RFC 2181 8) and how long a negative
- * answer may be kept (RFC 2308 5).
+ * answer may be kept (RFC 2308 5); and the TXT records of an answer.
  *
  * Owns: the records of a struct dns_answer until dns_answer_free().
  *
@@ -252,4 +252,34 @@ dns_neg_ttl(const unsigned char *abuf, int alen)
 	ttl = an.neg_ttl < an.min_ttl ? an.neg_ttl : an.min_ttl;   /* CNAMEs on the way count */
 	dns_answer_free(&an);
 	return ttl;
+}
+
+int
+dns_parse_txt(const unsigned char *abuf, int alen, char ***out, size_t *n)
+{
+	struct ares_txt_ext *txt, *t;
+	struct buf rec = BUF_INIT;
+	size_t nrec = 0;
+	char **v;
+
+	*out = NULL;
+	*n = 0;
+	if (ares_parse_txt_reply_ext(abuf, alen, &txt) != ARES_SUCCESS)
+		return -1;
+	for (t = txt; t != NULL; t = t->next)
+		nrec += t->record_start;
+	v = xcalloc(nrec + 2, sizeof(*v));
+	for (t = txt; t != NULL; t = t->next) {
+		if (t->record_start && t != txt) {
+			v[(*n)++] = xstrdup(buf_cstr(&rec));
+			buf_reset(&rec);
+		}
+		buf_append(&rec, (const char *)t->txt, t->length);
+	}
+	if (txt != NULL)
+		v[(*n)++] = xstrdup(buf_cstr(&rec));
+	buf_free(&rec);
+	ares_free_data(txt);
+	*out = v;
+	return 0;
 }

@@ -240,5 +240,9 @@ void dns_answer_free(struct dns_answer *an);
 const char *dns_chain_end(const struct dns_answer *an, const char *name, unsigned *links);
 /* How long a negative answer (NXDOMAIN, NODATA) may be kept: 0 when it says nothing. */
 uint32_t dns_neg_ttl(const unsigned char *abuf, int alen);
+/* The TXT records of an answer, each record's strings joined into one:
+ * *out (n + 1 entries, NULL-terminated) and *n, owned by the caller.
+ * 0, or -1 for a malformed answer. */
+int dns_parse_txt(const unsigned char *abuf, int alen, char ***out, size_t *n);
 
 #endif

@@ -566,31 +566,13 @@ dns_on_addr(struct dns_fetch *f, struct dns_req *req, int status, unsigned char 
 static void
 dns_on_txt(struct dns_fetch *f, int status, unsigned char *abuf, int alen)
 {
-	struct ares_txt_ext *txt, *t;
-	struct buf rec = BUF_INIT;
-	size_t n = 0;
-
 	switch (status) {
 	case ARES_SUCCESS:
-		if (ares_parse_txt_reply_ext(abuf, alen, &txt) != ARES_SUCCESS) {
+		if (dns_parse_txt(abuf, alen, &f->txt, &f->ntxt) == -1) {
 			dns_fail(f, RELAY_ETEMP, "4.4.3", "DNS lookup of TXT for %s: malformed answer",
 			    f->domain);
 			return;
 		}
-		for (t = txt; t != NULL; t = t->next)
-			n += t->record_start;
-		f->txt = xcalloc(n + 1, sizeof(*f->txt));
-		for (t = txt; t != NULL; t = t->next) {
-			if (t->record_start && t != txt) {
-				f->txt[f->ntxt++] = xstrdup(buf_cstr(&rec));
-				buf_reset(&rec);
-			}
-			buf_append(&rec, (const char *)t->txt, t->length);
-		}
-		if (txt != NULL)
-			f->txt[f->ntxt++] = xstrdup(buf_cstr(&rec));
-		buf_free(&rec);
-		ares_free_data(txt);
 		return;
 	case ARES_ENODATA:
 		return;

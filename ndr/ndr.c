@@ -102,11 +102,16 @@ static const struct ndr_kind_info ndr_kinds[] = {
 		"Delayed Message Headers",
 	},
 	[NDR_SUCCESS] = {
-		"delivered", "Successful Mail Delivery Report", "delivered", "2.0.0", "2",
+		/* relayd never delivers to a mailbox: a notice of its own is only
+		 * made when the next hop does not do DSN, so it says "relayed"
+		 * (RFC 3461 5.2.2); a DSN next hop sends its own (5.2.3) */
+		"delivered", "Successful Mail Delivery Report", "relayed", "2.0.0", "2",
 		ENV_NOTIFY_SUCCESS, false,
-		"Your message was delivered to the recipients listed below, "
-		"as you asked to be told.",
-		"delivered",
+		"Your message was relayed to the mail servers of the recipients "
+		"listed below, as you asked to be told. Those servers do not send "
+		"delivery notifications, so this is the last you will hear of it "
+		"unless they report a problem.",
+		"was relayed to the recipient's mail server",
 		"Delivered Message Headers",
 	},
 };

@@ -1,7 +1,7 @@
 /*
  * ndr.h - (internal to router/) delivery status notifications:
  * builds RFC 3464 reports (multipart/report; report-type=delivery-status)
- * for failed, delayed, delivered/relayed recipients of a queued message and
+ * for failed, delayed and relayed recipients of a queued message and
  * enqueues them through the normal queue with envelope sender <>.
  */
 #ifndef RELAY_ROUTER_NDR_H
@@ -14,7 +14,7 @@ enum ndr_kind {
 	NDR_FAILED,         /* Action: failed  (permanent failure or administrator bounce) */
 	NDR_EXPIRED,        /* Action: failed, Status 4.4.7, after max_queue_age */
 	NDR_DELAYED,        /* Action: delayed, with Will-Retry-Until */
-	NDR_SUCCESS,        /* Action: delivered / relayed (NOTIFY=SUCCESS) */
+	NDR_SUCCESS,        /* Action: relayed (NOTIFY=SUCCESS, next hop without DSN) */
 };
 
 /* What the report says about one recipient (from its queue_rcpt and context). */

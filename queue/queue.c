@@ -985,8 +985,9 @@ queue_set_str(char **dst, const char *src)
  * A/D/F end an attempt: attempts counted, the last_* fields replaced (NULL
  * clears).  With the flag QREC_NO_ATTEMPT in value (expiry), attempts is not
  * counted and only the non-NULL fields replace what the last real attempt
- * left.  QREC_WAIT_DEST and QREC_EXPIRED set the recipient's explicit states
- * (waiting, expired); nothing is ever inferred from the status text.
+ * left.  QREC_WAIT_DEST, QREC_EXPIRED and QREC_DSN_PASSED set the recipient's
+ * explicit states (waiting, expired, dsn_passed); nothing is ever inferred
+ * from the status text.
  */
 void
 queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
@@ -1016,9 +1017,10 @@ queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
 		if (attempt || rec->reply != NULL)
 			queue_set_str(&r->last_reply, rec->reply);
 		r->waiting = rec->type == QREC_ATTEMPT && (rec->value & QREC_WAIT_DEST) != 0;
-		if (rec->type == QREC_DELIVERED)
+		if (rec->type == QREC_DELIVERED) {
 			r->state = RCPT_DELIVERED;
-		else if (rec->type == QREC_FAILED) {
+			r->dsn_passed = (rec->value & QREC_DSN_PASSED) != 0;
+		} else if (rec->type == QREC_FAILED) {
 			r->state = RCPT_FAILED;
 			r->expired = (rec->value & QREC_EXPIRED) != 0;
 		}

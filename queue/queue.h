@@ -37,6 +37,7 @@ struct queue_rcpt {
 	bool reported;               /* a failure/success report was queued for it */
 	bool waiting;                /* last deferred waiting for its destination (QREC_WAIT_DEST) */
 	bool expired;                /* failed by max_queue_age (QREC_EXPIRED) */
+	bool dsn_passed;             /* relayed to a DSN server: no success notice of ours (QREC_DSN_PASSED) */
 };
 
 struct queue_msg {
@@ -185,6 +186,11 @@ void queue_close(struct queue *q, void (*done)(void *arg), void *arg);
 #define QREC_NO_ATTEMPT 1
 #define QREC_WAIT_DEST  2
 #define QREC_EXPIRED    4
+/* QREC_DSN_PASSED (DELIVERED only): the next hop announced DSN and took the
+ * NOTIFY/ORCPT/ENVID/RET parameters, so the success notice is its to send
+ * (RFC 3461 5.2.3); relayd sends none.  Without it a delivered recipient
+ * whose NOTIFY asks for SUCCESS gets a "relayed" notice (5.2.2). */
+#define QREC_DSN_PASSED 8
 
 /* How the commit thread makes a batch durable (see QUEUE.md; the default is
  * the fastest correct one, the others exist for bench_queue). */

@@ -286,7 +286,8 @@ sched_rcpt_domain(const char *addr)
 }
 
 /* Delivered or failed, and reported if a report is owed (the original
- * stays queued until its report is: a report is built from it). */
+ * stays queued until its report is: a report is built from it).  A success
+ * notice is owed only when the next hop did not take DSN on (RFC 3461 5.2). */
 static bool
 sched_rcpt_done(const struct queue_msg *m, size_t i)
 {
@@ -296,7 +297,8 @@ sched_rcpt_done(const struct queue_msg *m, size_t i)
 		return false;
 	if (qr->reported || m->env.sender[0] == '\0')
 		return true;
-	return qr->state == RCPT_DELIVERED && !(m->env.rcpts[i].notify & ENV_NOTIFY_SUCCESS);
+	return qr->state == RCPT_DELIVERED &&
+	    (!(m->env.rcpts[i].notify & ENV_NOTIFY_SUCCESS) || qr->dsn_passed);
 }
 
 bool
@@ -332,7 +334,7 @@ sched_record(struct sched *s, struct sched_msg *sm, const struct queue_record *r
 void
 sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outcome o,
     const char *host, const char *ip, const char *status, const char *reply, bool counted,
-    const char *wait_dest, uint64_t now)
+    const char *wait_dest, bool dsn_passed, uint64_t now)
 {
 	struct queue_msg *m = sm->m;
 	struct queue_record rec;
@@ -352,6 +354,8 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	rec.value = counted ? 0 : QREC_NO_ATTEMPT;
 	if (o == SCHED_DEFERRED && wait_dest != NULL)
 		rec.value |= QREC_WAIT_DEST;    /* explicit: never read back from "4.4.1" */
+	if (o == SCHED_DELIVERED && dsn_passed)
+		rec.value |= QREC_DSN_PASSED;   /* the next hop sends any success notice */
 	sched_record(s, sm, &rec);
 
 	if (o == SCHED_DEFERRED && wait_dest == NULL) {
@@ -1208,7 +1212,7 @@ sched_bounce(struct sched *s, const char *qid)
 		if (m->rcpt[i].state != RCPT_PENDING || sm->rc[i].job != NULL)
 			continue;
 		sched_rcpt_outcome(s, sm, (int)i, SCHED_FAILED, NULL, NULL, "5.0.0", reason, false,
-		    NULL, now);
+		    NULL, false, now);
 	}
 	sched_admin_log("bounced_by_admin", m);
 	sm->report_retry_at = 0;

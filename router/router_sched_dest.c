@@ -204,7 +204,7 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const c
 		if (job->sm->rc[i].down_since == 0)
 			job->sm->rc[i].down_since = d->down_since != 0 ? d->down_since : now;
 		sched_rcpt_outcome(s, job->sm, i, SCHED_DEFERRED, host, ip,
-		    "4.4.1", why, job->ntried > 0, d->name, now);
+		    "4.4.1", why, job->ntried > 0, d->name, false, now);
 	}
 }
 
@@ -222,7 +222,7 @@ sched_job_outcome_all(struct sched *s, struct sched_job *job, enum sched_outcome
 		if (m->rcpt[i].state != RCPT_PENDING)
 			continue;
 		sched_rcpt_outcome(s, job->sm, i, o, sched_job_seen(job)->host,
-		    sched_job_seen(job)->ip, status, reply, counted, NULL, now);
+		    sched_job_seen(job)->ip, status, reply, counted, NULL, false, now);
 	}
 }
 
@@ -507,7 +507,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 			sched_rcpt_outcome(s, job->sm, i, sched_code_outcome(dr->code), last->host,
 			    last->ip, dr->status[0] ? dr->status : (dr->code / 100 == 2 ? "2.0.0" :
 			    dr->code / 100 == 5 ? "5.0.0" : "4.0.0"),
-			    dr->reply != NULL ? dr->reply : "", true, NULL, now);
+			    dr->reply != NULL ? dr->reply : "", true, NULL, res->dsn, now);
 		}
 		break;
 	case DELIVER_TEMP:

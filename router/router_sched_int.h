@@ -191,7 +191,7 @@ void sched_arm(struct sched *s);
 void sched_record(struct sched *s, struct sched_msg *sm, const struct queue_record *rec);
 void sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outcome o,
     const char *host, const char *ip, const char *status, const char *reply, bool counted,
-    const char *wait_dest, uint64_t now);
+    const char *wait_dest, bool dsn_passed, uint64_t now);
 void sched_msg_run(struct sched *s, struct sched_msg *sm, uint64_t now);
 void sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now);
 struct sched_msg *sched_msg_lookup(struct sched *s, const char *qid);

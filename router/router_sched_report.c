@@ -189,7 +189,8 @@ sched_report(struct sched *s, struct sched_msg *sm, enum ndr_kind kind, const in
 
 /*
  * Report what is due and not yet reported: failures (expired ones apart)
- * and deliveries whose NOTIFY asks for SUCCESS.  For the null sender the
+ * and deliveries whose NOTIFY asks for SUCCESS, unless the next hop took
+ * DSN on (QREC_DSN_PASSED: its notice is the one, RFC 3461 5.2.3).  For the null sender the
  * NDR module logs that it reports nothing; we record that it was decided.
  */
 void
@@ -210,7 +211,8 @@ sched_msg_report(struct sched *s, struct sched_msg *sm, const char *reason, uint
 		if (qr->reported || sm->rc[i].report_out)
 			continue;
 		if (qr->state == RCPT_DELIVERED) {
-			if ((m->env.rcpts[i].notify & ENV_NOTIFY_SUCCESS) && m->env.sender[0] != '\0')
+			if ((m->env.rcpts[i].notify & ENV_NOTIFY_SUCCESS) && m->env.sender[0] != '\0' &&
+			    !qr->dsn_passed)
 				ok[nok++] = (int)i;
 		} else if (qr->state == RCPT_FAILED) {
 			if (qr->expired)

@@ -6,7 +6,9 @@
  * RFC 6152); size and text-line limits; the relay's Received: goes first, and
  * Date: and Message-ID: are added at the end of the header section when the
  * client left them out (RFC 6409 8.2, 8.3); the From: field is collected for
- * the senders check.
+ * the senders check.  BDAT (RFC 3030) feeds the same line machine: its
+ * octets, cut anywhere, are put together into lines first, and neither
+ * dot-stuffing nor the end-of-data line applies to them.
  *
  * Owns one staging buffer per session (flushed in SUBMIT_DATA_CHUNK pieces,
  * so memory stays small whatever the message size) and the unfolded From:.
@@ -33,6 +35,7 @@ submit_data_free(struct submit_data *d)
 	buf_free(&d->hdr_msgid);
 	buf_free(&d->out);
 	buf_free(&d->from);
+	buf_free(&d->part);
 }
 
 static void
@@ -79,6 +82,9 @@ submit_data_begin(struct submit_data *d, uint64_t max_size, bool collect_from,
 	d->size = 0;
 	buf_reset(&d->out);
 	buf_reset(&d->from);
+	d->chunked = false;
+	d->skipping = false;
+	buf_reset(&d->part);
 	submit_data_emit(d, received, strlen(received), false);
 }
 
@@ -158,7 +164,7 @@ submit_data_line(struct submit_data *d, const char *line, size_t len)
 	size_t n;
 	bool crlf = len >= 2 && line[len - 2] == '\r' && line[len - 1] == '\n';
 
-	if (crlf && len == 3 && line[0] == '.' && d->prev_crlf)
+	if (!d->chunked && crlf && len == 3 && line[0] == '.' && d->prev_crlf)
 		return 1;                           /* <CRLF>.<CRLF> */
 	n = crlf ? len - 2 : (len > 0 && line[len - 1] == '\n' ? len - 1 : len);
 	d->prev_crlf = crlf;
@@ -169,7 +175,7 @@ submit_data_line(struct submit_data *d, const char *line, size_t len)
 	}
 	if (d->err != SUBMIT_DATA_OK)
 		return 0;
-	if (n > 0 && p[0] == '.') {                 /* dot-unstuffing */
+	if (!d->chunked && n > 0 && p[0] == '.') {  /* dot-unstuffing (not in BDAT) */
 		p++;
 		n--;
 	}
@@ -202,6 +208,54 @@ submit_data_long_line(struct submit_data *d)
 	d->prev_crlf = true;
 	if (d->err == SUBMIT_DATA_OK)
 		d->err = SUBMIT_DATA_LONG_LINE;
+}
+
+void
+submit_data_chunked(struct submit_data *d)
+{
+	d->chunked = true;
+}
+
+void
+submit_data_bytes(struct submit_data *d, const char *p, size_t len)
+{
+	const char *lf;
+	size_t take;
+
+	while (len > 0) {
+		lf = memchr(p, '\n', len);
+		take = lf != NULL ? (size_t)(lf - p) + 1 : len;
+		if (d->skipping) {
+			d->skipping = lf == NULL;
+		} else if (d->part.len + take > SUBMIT_TEXT_LINE_MAX + 1) {
+			/* as DATA's io does with a line over its limit */
+			buf_reset(&d->part);
+			submit_data_long_line(d);
+			d->skipping = lf == NULL;
+		} else if (lf == NULL) {
+			buf_append(&d->part, p, take);
+		} else if (d->part.len == 0) {
+			submit_data_line(d, p, take);
+		} else {
+			buf_append(&d->part, p, take);
+			submit_data_line(d, d->part.data, d->part.len);
+			buf_reset(&d->part);
+		}
+		p += take;
+		len -= take;
+	}
+}
+
+void
+submit_data_bytes_last(struct submit_data *d)
+{
+	if (d->part.len > 0) {
+		/* "x\r" becomes "x\r\r\n": still a bare CR, refused */
+		buf_append(&d->part, "\r\n", 2);
+		submit_data_line(d, d->part.data, d->part.len);
+		buf_reset(&d->part);
+	}
+	d->skipping = false;
 }
 
 void

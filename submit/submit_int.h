@@ -8,7 +8,7 @@
  *   submit_auth.c     AUTH through Cyrus SASL
  *   submit_parse.c    the one tokenizer: commands, paths, ESMTP params, xtext
  *   submit_senders.c  the senders map: which login owns which address
- *   submit_data.c     DATA: dot-unstuffing, smuggling checks, header insertion
+ *   submit_data.c     DATA and BDAT: dot-unstuffing, smuggling checks, header insertion
  *   submit_limits.c   per-IP connection counts and AUTH failures, per-login
  *                     AUTH failures and rates
  *   submit_deadline.c how long a client may take: TLS, each command, AUTH, DATA
@@ -92,6 +92,11 @@ int submit_parse_xtext(const char *in, struct buf *out);
 int submit_parse_notify(const char *v, unsigned *out);
 /* ORCPT=addr-type;xtext into "addr-type;decoded". 0 or RELAY_EINVAL. */
 int submit_parse_orcpt(const char *v, struct buf *out);
+/*
+ * BDAT arguments (RFC 3030 2): "chunk-size [LAST]", chunk-size 1*DIGIT, LAST
+ * in any case.  0, or RELAY_EINVAL (then the chunk's length is unknown).
+ */
+int submit_parse_bdat(const char *args, uint64_t *size, bool *last);
 /*
  * The mailboxes of a header field value (RFC 5322 address-list, unfolded):
  * display names, comments and groups skipped, each address canonicalised and
@@ -255,6 +260,11 @@ struct submit_data {
 	uint64_t size;              /* message octets received (unstuffed) */
 	struct buf out;             /* staged output, flushed at SUBMIT_DATA_CHUNK */
 	struct buf from;            /* unfolded From: value */
+
+	/* BDAT (RFC 3030): octets in any pieces, assembled into lines here */
+	bool chunked;               /* no dot-stuffing, no end-of-data line */
+	bool skipping;              /* dropping the rest of an over-long line */
+	struct buf part;            /* a line not yet complete (at most a text line) */
 };
 
 void submit_data_init(struct submit_data *d);
@@ -273,6 +283,17 @@ int submit_data_line(struct submit_data *d, const char *line, size_t len);
 void submit_data_check_text(struct submit_data *d, const char *p, size_t len);
 /* The io discarded an over-long line (up to its LF). */
 void submit_data_long_line(struct submit_data *d);
+/*
+ * BDAT: after submit_data_begin(), the message comes as octets in pieces cut
+ * anywhere (RFC 3030): no dot-stuffing and no end-of-data line.  The pieces
+ * are assembled into lines that go through submit_data_line()'s checks, so
+ * what DATA refuses (bare LF or CR, long lines, size) BDAT refuses too.
+ */
+void submit_data_chunked(struct submit_data *d);
+void submit_data_bytes(struct submit_data *d, const char *p, size_t len);
+/* BDAT LAST: a last line without CRLF gets one (as DATA's end implies).
+ * Then submit_data_finish() as for DATA. */
+void submit_data_bytes_last(struct submit_data *d);
 /* After the end of data: add missing headers if the header never ended, flush. */
 void submit_data_finish(struct submit_data *d);
 
@@ -422,6 +443,8 @@ enum submit_state {
 	SUBMIT_S_SENDER,            /* MAIL waits for the directory (senders_ldap) */
 	SUBMIT_S_RCPT,              /* at least one RCPT accepted */
 	SUBMIT_S_DATA,              /* reading the message text */
+	SUBMIT_S_BDAT,              /* reading the octets of a BDAT chunk (or dropping them) */
+	SUBMIT_S_CHUNKS,            /* between the BDAT chunks of a message */
 	SUBMIT_S_COMMIT,            /* waiting for the queue to make it durable */
 	SUBMIT_S_DELAY,             /* a failed-AUTH reply is held back */
 	SUBMIT_S_CLOSED,            /* io gone or closing */
@@ -473,6 +496,13 @@ struct submit_session {
 	struct dkim_msg *dkim_msg;      /* the message as the signer sees it (submit_dkim.c) */
 	struct dkim_keys *dkim_keys;
 	struct buf dkim_ids;            /* for the accepted event: "d=..;s=..,..." or "none" */
+	/* BDAT (RFC 3030): the chunk being read, and the message's octets so far */
+	uint64_t chunk_size;
+	uint64_t chunk_left;            /* octets of the chunk still to read */
+	uint64_t chunk_total;           /* octets of this message's chunks, this one included */
+	bool chunk_last;                /* BDAT ... LAST */
+	bool chunk_drop;                /* the BDAT was refused: its octets are read and dropped */
+	enum submit_state chunk_return; /* the state to go back to after a dropped chunk */
 
 	/* deadlines (submit_deadline.c) and slots (submit_slots.c) */
 	enum submit_deadline deadline;  /* the one the io runs under */

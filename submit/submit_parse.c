@@ -2,7 +2,7 @@
  * submit_parse.c - the submission server's one tokenizer: command lines,
  * MAIL/RCPT paths (RFC 5321 4.1.2, with quoted local parts and source
  * routes), ESMTP keyword=value parameters, RFC 3461 xtext, NOTIFY and ORCPT,
- * and the mailboxes of a header From: (RFC 5322 3.4).
+ * the BDAT arguments (RFC 3030), and the mailboxes of a header From: (RFC 5322 3.4).
  *
  * Owns nothing: it works in place on the caller's line or writes into the
  * caller's buffers.  It must never allocate per call beyond those buffers,
@@ -417,6 +417,35 @@ submit_parse_orcpt(const char *v, struct buf *out)
 	buf_append(out, v, (size_t)(semi - v + 1));
 	buf_append(out, x.data, x.len);
 	buf_free(&x);
+	return 0;
+}
+
+int
+submit_parse_bdat(const char *args, uint64_t *size, bool *last)
+{
+	const char *p = args;
+	uint64_t n = 0;
+
+	*size = 0;
+	*last = false;
+	if (!submit_parse_is_digit((unsigned char)*p))
+		return RELAY_EINVAL;
+	for (; submit_parse_is_digit((unsigned char)*p); p++) {
+		unsigned d = (unsigned)(*p - '0');
+
+		if (n > (UINT64_MAX - d) / 10)
+			return RELAY_EINVAL;    /* no such chunk: the count is out of reach */
+		n = n * 10 + d;
+	}
+	if (*p == ' ') {
+		while (*p == ' ')
+			p++;
+		if (util_strcasecmp(p, "LAST") != 0)
+			return RELAY_EINVAL;
+		*last = true;
+	} else if (*p != '\0')
+		return RELAY_EINVAL;
+	*size = n;
 	return 0;
 }
 

@@ -39,6 +39,8 @@
 #define SUBMIT_F_ARGS     0x0200     /* needs an argument */
 #define SUBMIT_F_PIPE     0x0400     /* may be followed by pipelined input (RFC 2920) */
 #define SUBMIT_F_LONG     0x0800     /* may exceed the 512-octet command line (AUTH) */
+#define SUBMIT_F_NOCHUNKS 0x1000     /* not between BDAT chunks (RFC 3030: BDAT or RSET) */
+#define SUBMIT_F_CHUNK    0x2000     /* octets follow the line (BDAT): read even if refused */
 
 struct submit_cmd {
 	const char *verb;
@@ -53,6 +55,7 @@ static void submit_cmd_starttls(struct submit_session *, char *);
 static void submit_cmd_mail(struct submit_session *, char *);
 static void submit_cmd_rcpt(struct submit_session *, char *);
 static void submit_cmd_data(struct submit_session *, char *);
+static void submit_cmd_bdat(struct submit_session *, char *);
 static void submit_cmd_rset(struct submit_session *, char *);
 static void submit_cmd_noop(struct submit_session *, char *);
 static void submit_cmd_quit(struct submit_session *, char *);
@@ -71,10 +74,12 @@ static const struct submit_cmd submit_cmds[] = {
 	  SUBMIT_F_LONG, "AUTH mechanism [initial-response]", submit_auth_command },
 	{ "MAIL", SUBMIT_F_USER | SUBMIT_F_NOTXN | SUBMIT_F_ARGS | SUBMIT_F_PIPE,
 	  "MAIL FROM:<address>", submit_cmd_mail },
-	{ "RCPT", SUBMIT_F_USER | SUBMIT_F_MAIL | SUBMIT_F_ARGS | SUBMIT_F_PIPE,
+	{ "RCPT", SUBMIT_F_USER | SUBMIT_F_MAIL | SUBMIT_F_ARGS | SUBMIT_F_PIPE | SUBMIT_F_NOCHUNKS,
 	  "RCPT TO:<address>", submit_cmd_rcpt },
-	{ "DATA", SUBMIT_F_USER | SUBMIT_F_MAIL | SUBMIT_F_RCPT | SUBMIT_F_NOARGS | SUBMIT_F_PIPE,
-	  "DATA", submit_cmd_data },
+	{ "DATA", SUBMIT_F_USER | SUBMIT_F_MAIL | SUBMIT_F_RCPT | SUBMIT_F_NOARGS | SUBMIT_F_PIPE |
+	  SUBMIT_F_NOCHUNKS, "DATA", submit_cmd_data },
+	{ "BDAT", SUBMIT_F_USER | SUBMIT_F_MAIL | SUBMIT_F_RCPT | SUBMIT_F_ARGS | SUBMIT_F_PIPE |
+	  SUBMIT_F_CHUNK, "BDAT chunk-size [LAST]", submit_cmd_bdat },
 	{ "RSET", SUBMIT_F_NOARGS | SUBMIT_F_PIPE, "RSET", submit_cmd_rset },
 	{ "NOOP", SUBMIT_F_PIPE, "NOOP", submit_cmd_noop },
 	{ "QUIT", SUBMIT_F_NOARGS, "QUIT", submit_cmd_quit },
@@ -116,19 +121,25 @@ submit_fails_noauth(const struct submit_session *s, const char *args)
 static bool
 submit_fails_notxn(const struct submit_session *s, const char *args)
 {
-	return s->state == SUBMIT_S_MAIL || s->state == SUBMIT_S_RCPT;
+	return s->state == SUBMIT_S_MAIL || s->state == SUBMIT_S_RCPT || s->state == SUBMIT_S_CHUNKS;
 }
 
 static bool
 submit_fails_mail(const struct submit_session *s, const char *args)
 {
-	return s->state != SUBMIT_S_MAIL && s->state != SUBMIT_S_RCPT;
+	return s->state != SUBMIT_S_MAIL && s->state != SUBMIT_S_RCPT && s->state != SUBMIT_S_CHUNKS;
 }
 
 static bool
 submit_fails_rcpt(const struct submit_session *s, const char *args)
 {
-	return s->state != SUBMIT_S_RCPT;
+	return s->state != SUBMIT_S_RCPT && s->state != SUBMIT_S_CHUNKS;
+}
+
+static bool
+submit_fails_nochunks(const struct submit_session *s, const char *args)
+{
+	return s->state == SUBMIT_S_CHUNKS;
 }
 
 static bool
@@ -156,6 +167,8 @@ static const struct {
 	{ SUBMIT_F_NOAUTH, submit_fails_noauth, "503 5.5.1 Error: already authenticated" },
 	{ SUBMIT_F_NOTXN, submit_fails_notxn, "503 5.5.1 Error: MAIL transaction in progress" },
 	{ SUBMIT_F_AUTH, submit_fails_auth, "530 5.7.0 Authentication required" },
+	{ SUBMIT_F_NOCHUNKS, submit_fails_nochunks,
+	  "503 5.5.1 Error: BDAT in progress, send BDAT with LAST or RSET" },
 	{ SUBMIT_F_MAIL, submit_fails_mail, "503 5.5.1 Error: need MAIL command" },
 	{ SUBMIT_F_RCPT, submit_fails_rcpt, "503 5.5.1 Error: need RCPT command" },
 };
@@ -178,6 +191,9 @@ static const struct {
 	[SUBMIT_S_SENDER] = { "sender", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
 	[SUBMIT_S_RCPT] = { "rcpt", true, false, SUBMIT_LIM_CMD, SUBMIT_DL_COMMAND },
 	[SUBMIT_S_DATA] = { "data", true, false, SUBMIT_LIM_TEXT, SUBMIT_DL_DATA },
+	/* each chunk's octets: a deadline of their own, as DATA's (Postfix's BDAT) */
+	[SUBMIT_S_BDAT] = { "bdat", true, false, SUBMIT_LIM_TEXT, SUBMIT_DL_DATA },
+	[SUBMIT_S_CHUNKS] = { "chunks", true, false, SUBMIT_LIM_CMD, SUBMIT_DL_COMMAND },
 	[SUBMIT_S_COMMIT] = { "commit", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
 	[SUBMIT_S_DELAY] = { "delay", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
 	[SUBMIT_S_CLOSED] = { "closed", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
@@ -468,6 +484,7 @@ submit_cmd_ehlo(struct submit_session *s, char *args)
 	submit_session_reply(s, "250-PIPELINING");
 	submit_session_reply(s, "250-SIZE %" PRIu64, s->conf->submit.max_message_size);
 	submit_session_reply(s, "250-8BITMIME");
+	submit_session_reply(s, "250-CHUNKING");
 	submit_session_reply(s, "250-ENHANCEDSTATUSCODES");
 	if (!tls)
 		submit_session_reply(s, "250-STARTTLS");
@@ -796,8 +813,13 @@ submit_session_write(void *arg, const void *p, size_t len)
 	return queue_txn_write(s->txn, p, len);
 }
 
-static void
-submit_cmd_data(struct submit_session *s, char *args)
+/*
+ * The message begins (DATA, or the first BDAT): the queue transaction, the
+ * Received: field, the DKIM signer.  0, or -1 with the refusal given and
+ * the session back in HELO.
+ */
+static int
+submit_session_message_begin(struct submit_session *s)
 {
 	struct submit_received r;
 	char date[64], date_hdr[96], msgid[640];
@@ -810,7 +832,7 @@ submit_cmd_data(struct submit_session *s, char *args)
 		submit_session_reject(s, "data", "451 4.3.0 Error: queue file write error");
 		submit_session_reset_txn(s);
 		submit_enter_state(s, SUBMIT_S_HELO);
-		return;
+		return -1;
 	}
 	memset(&r, 0, sizeof(r));
 	r.helo = buf_cstr(&s->helo);
@@ -832,6 +854,14 @@ submit_cmd_data(struct submit_session *s, char *args)
 	submit_data_begin(&s->data, s->conf->submit.max_message_size,
 	    s->conf->submit.check_header_from, buf_cstr(&s->tmp), date_hdr, msgid,
 	    submit_session_write, s);
+	return 0;
+}
+
+static void
+submit_cmd_data(struct submit_session *s, char *args)
+{
+	if (submit_session_message_begin(s) != 0)
+		return;
 	submit_enter_state(s, SUBMIT_S_DATA);
 	submit_session_reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
@@ -1014,11 +1044,126 @@ submit_session_data_end(struct submit_session *s)
 		submit_session_commit(s, txn);
 }
 
+/* ---- BDAT (RFC 3030) ---- */
+
+/*
+ * The octets of a refused BDAT are read and dropped, so that the session
+ * stays in step with the client; when its size cannot be read, nobody can
+ * tell where the chunk ends, and the connection is closed.
+ */
+static void
+submit_bdat_drop(struct submit_session *s, const char *args)
+{
+	uint64_t size;
+	bool last;
+	char text[512];
+
+	if (submit_parse_bdat(args, &size, &last) != 0) {
+		snprintf(text, sizeof(text), "421 4.5.0 %s Error: BDAT chunk size unknown, "
+		    "closing connection", s->conf->hostname);
+		submit_session_close(s, text);
+		return;
+	}
+	s->chunk_left = size;
+	s->chunk_drop = true;
+	s->chunk_return = s->state;         /* read in BDAT, with its timeout */
+	submit_enter_state(s, SUBMIT_S_BDAT);
+}
+
+/* A BDAT refused mid-message: the message is given up (RFC 3030 4.2: the
+ * client sends no more chunks of it; those already sent get 503). */
+static void
+submit_bdat_fail(struct submit_session *s)
+{
+	submit_session_reset_txn(s);
+	submit_enter_state(s, SUBMIT_S_HELO);
+}
+
+static void
+submit_cmd_bdat(struct submit_session *s, char *args)
+{
+	uint64_t size, max = s->conf->submit.max_message_size;
+	bool last;
+
+	if (submit_parse_bdat(args, &size, &last) != 0) {
+		submit_session_reply(s, "501 5.5.4 Syntax: BDAT chunk-size [LAST]");
+		submit_bdat_drop(s, args);          /* closes */
+		return;
+	}
+	if (s->state == SUBMIT_S_RCPT) {
+		s->chunk_total = 0;
+		if (submit_session_message_begin(s) != 0) {
+			submit_bdat_drop(s, args);
+			return;
+		}
+		submit_data_chunked(&s->data);
+	}
+	if (size > max || s->chunk_total > max - size) {
+		/* as DATA's: the message is too big, whatever is still to come */
+		submit_session_reject(s, "data", "552 5.3.4 Error: message file too big");
+		submit_bdat_fail(s);
+		submit_bdat_drop(s, args);
+		return;
+	}
+	s->chunk_total += size;
+	s->chunk_size = size;
+	s->chunk_left = size;
+	s->chunk_last = last;
+	s->chunk_drop = false;
+	submit_enter_state(s, SUBMIT_S_BDAT);
+}
+
+/* All octets of an accepted chunk are in. */
+static void
+submit_bdat_chunk_end(struct submit_session *s)
+{
+	if (s->chunk_last) {
+		submit_data_bytes_last(&s->data);
+		submit_session_data_end(s);         /* as DATA's end: checks, commit, reply */
+		return;
+	}
+	if (s->data.err == SUBMIT_DATA_WRITE) {
+		log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "write", NULL);
+		submit_session_reject(s, "data", "%s",
+		    submit_session_queue_reply(queue_txn_error(s->txn)));
+		submit_bdat_fail(s);
+		return;
+	}
+	submit_enter_state(s, SUBMIT_S_CHUNKS);
+	submit_session_reply(s, "250 2.0.0 Ok: %" PRIu64 " octets received", s->chunk_size);
+}
+
+/*
+ * Read the current chunk's octets as they are buffered.  Returns 0 when the
+ * chunk is complete (and handled), -1 when more input must come first.
+ */
+static int
+submit_bdat_input(struct submit_session *s)
+{
+	const char *p;
+	size_t n;
+
+	while (s->chunk_left > 0) {
+		n = io_getbytes(s->io, s->chunk_left < SIZE_MAX ? (size_t)s->chunk_left : SIZE_MAX, &p);
+		if (n == 0)
+			return -1;
+		s->chunk_left -= n;
+		if (!s->chunk_drop)
+			submit_data_bytes(&s->data, p, n);
+	}
+	if (s->chunk_drop) {
+		s->chunk_drop = false;
+		submit_enter_state(s, s->chunk_return);
+	} else
+		submit_bdat_chunk_end(s);
+	return 0;
+}
+
 static void
 submit_cmd_rset(struct submit_session *s, char *args)
 {
 	submit_session_reset_txn(s);
-	if (s->state == SUBMIT_S_MAIL || s->state == SUBMIT_S_RCPT)
+	if (s->state == SUBMIT_S_MAIL || s->state == SUBMIT_S_RCPT || s->state == SUBMIT_S_CHUNKS)
 		submit_enter_state(s, SUBMIT_S_HELO);
 	submit_session_reply(s, "250 2.0.0 Ok");
 }
@@ -1046,7 +1191,17 @@ static void
 submit_cmd_help(struct submit_session *s, char *args)
 {
 	submit_session_reply(s, "214 2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA "
-	    "RSET NOOP QUIT VRFY HELP; see RFC 5321 and RFC 6409");
+	    "BDAT RSET NOOP QUIT VRFY HELP; see RFC 5321 and RFC 6409");
+}
+
+/* A command refused before it ran; a BDAT's octets are read and dropped all the same. */
+static void
+submit_session_refuse(struct submit_session *s, const struct submit_cmd *cmd, const char *args,
+    const char *text)
+{
+	submit_session_reply(s, "%s", text);
+	if ((cmd->flags & SUBMIT_F_CHUNK) && s->io != NULL)
+		submit_bdat_drop(s, args);
 }
 
 /* One command line (terminator included). */
@@ -1081,12 +1236,13 @@ submit_session_command(struct submit_session *s, const char *line, size_t len)
 		return;
 	}
 	if (n + 2 > SUBMIT_CMD_LINE_MAX && !(cmd->flags & SUBMIT_F_LONG)) {
-		submit_session_reply(s, "500 5.5.2 Error: line too long");
+		submit_session_refuse(s, cmd, args, "500 5.5.2 Error: line too long");
 		return;
 	}
 	/* Before AUTH, nothing may be pipelined behind EHLO, AUTH ... (Postfix) */
 	if (s->barrier && s->login == NULL) {
-		submit_session_reply(s, "503 5.5.0 Error: improper use of SMTP command pipelining");
+		submit_session_refuse(s, cmd, args,
+		    "503 5.5.0 Error: improper use of SMTP command pipelining");
 		return;
 	}
 	if (!(cmd->flags & SUBMIT_F_PIPE))
@@ -1094,10 +1250,13 @@ submit_session_command(struct submit_session *s, const char *line, size_t len)
 	for (i = 0; i < RELAY_ARRAY_LEN(submit_checks); i++) {
 		if (!(cmd->flags & submit_checks[i].flag) || !submit_checks[i].fails(s, args))
 			continue;
-		if (submit_checks[i].reply != NULL)
-			submit_session_reply(s, "%s", submit_checks[i].reply);
-		else
-			submit_session_reply(s, "501 5.5.4 Syntax: %s", cmd->syntax);
+		if (submit_checks[i].reply != NULL) {
+			submit_session_refuse(s, cmd, args, submit_checks[i].reply);
+		} else {
+			buf_reset(&s->tmp);
+			buf_printf(&s->tmp, "501 5.5.4 Syntax: %s", cmd->syntax);
+			submit_session_refuse(s, cmd, args, buf_cstr(&s->tmp));
+		}
 		return;
 	}
 	cmd->proceed(s, args);
@@ -1116,6 +1275,15 @@ submit_session_input(struct submit_session *s)
 		s->barrier = false;     /* a new batch from the client */
 	s->resumed = false;
 	while (s->io != NULL && submit_states[s->state].input) {
+		if (s->state == SUBMIT_S_BDAT) {
+			uint64_t left = s->chunk_left;
+			int more = submit_bdat_input(s);
+
+			ndata += left - s->chunk_left;      /* earns time (submit_deadline.c) */
+			if (more != 0)
+				break;
+			continue;
+		}
 		r = io_getline(s->io, &line, &len);
 		if (r == IO_LINE_NONE)
 			break;

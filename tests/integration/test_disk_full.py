@@ -118,6 +118,18 @@ class HealsWithoutRestartTest(DiskFullBase):
         code, text = send_message(r, SENDER, [BOB], big_message("refused-large", 1300))
         self.assertEqual(code, 452, text)
         self.assertTrue(text.startswith("4.3.1 "), text)
+        # BDAT too, at the chunk whose octets cannot be written; the LAST
+        # chunk pipelined behind it is read and dropped (503), in step
+        msg = big_message("refused-bdat", 1300)
+        c1, c2 = msg[:70000], msg[70000:]
+        self.assertEqual(r.cmd("MAIL FROM:<%s>" % SENDER)[0], 250)
+        self.assertEqual(r.cmd("RCPT TO:<%s>" % BOB)[0], 250)
+        r.send(b"BDAT %d\r\n" % len(c1) + c1 + b"BDAT %d LAST\r\n" % len(c2) + c2)
+        code, text = r.read_reply()
+        self.assertEqual(code, 452, text)
+        self.assertTrue(text.startswith("4.3.1 "), text)
+        self.assertEqual(r.read_reply(), (503, "5.5.1 Error: need MAIL command"))
+        self.assertEqual(r.cmd("NOOP"), (250, "2.0.0 Ok"))
         r.close()
 
         # A probe found the disk still full: nothing restored, nothing sent.

@@ -79,11 +79,21 @@ class LogrotateTest(unittest.TestCase):
             except Exception as e:      # reported by the main thread
                 errors.append(e)
 
+        def more_accepted(n):
+            """Wait until n more messages got their 250 (their accepted
+            lines are then in the file relayd writes now)."""
+            want = len(qids) + n
+            deadline = time.monotonic() + 120
+            while len(qids) < want and not errors and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.assertGreaterEqual(len(qids), want, "no mail accepted: %r" % errors)
+
         t = threading.Thread(target=load)
         t.start()
         try:
             for n in range(2):
-                time.sleep(0.5)
+                # Two more, so at least one was submitted whole after the reopen.
+                more_accepted(2)
                 r = subprocess.run(["logrotate", "-f", "-s", state, conf],
                                    capture_output=True, text=True, timeout=60)
                 self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -95,7 +105,7 @@ class LogrotateTest(unittest.TestCase):
                 self.assertGreater(os.path.getsize(relay.log_path), 0,
                                    "nothing written to the new %s after rotation %d"
                                    % (relay.log_path, n + 1))
-            time.sleep(0.5)
+            more_accepted(2)
         finally:
             stop.set()
             t.join(60)

@@ -224,27 +224,77 @@ class Bounces(NDRChecks, unittest.TestCase):
         self.assertEqual(self.relay.count_log("ndr", since=mark), 0)
         self.assertEqual(self.home.transactions, [])
 
-    def test_notify_success_sends_a_delivered_report(self):
-        qid = self.send(["good@example.net"], mail_options=["RET=FULL"],
-                        rcpt_options={"good@example.net": ["NOTIFY=SUCCESS"]})
+    def test_notify_success_to_a_server_without_dsn_says_relayed(self):
+        """RFC 3461 5.2.2: relayed to a server that does not announce DSN, relayd
+        sends the success notice itself, and it says relayed, never delivered."""
+        self.relay.dns.set_mx_ips("example.com", [(10, "127.0.0.4")])
+        plain = self.relay.sink("127.0.0.4", ehlo_features=[
+            "PIPELINING", "SIZE 10240000", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"])
+        qid = self.send(["good@example.com"], mail_options=["RET=FULL"],
+                        rcpt_options={"good@example.com": ["NOTIFY=SUCCESS"]})
         line = self.relay.wait_for_log("ndr", qid=qid, timeout=30)
         self.assertEqual(line["reason"], "delivered")
-        self.assertEqual(line["rcpt"], "good@example.net")
+        self.assertEqual(line["rcpt"], "good@example.com")
         self.assertRegex(line["status"], r"^2\.\d{1,3}\.\d{1,3}$")
         m = self.parse(self.wait_report(), line["ndr_qid"])
         self.check_top(m, "Successful Mail Delivery Report")
         text, status, orig = self.parts(m, 3)
-        self.assertIn("good@example.net", self.flat(self.text_of(text)))
+        words = self.flat(self.text_of(text))
+        self.assertIn("good@example.com", words)
+        self.assertIn("relayed", words)
+        self.assertNotIn("delivered to", words)
         per_msg, rcpts = self.status_blocks(status)
         self.assertEqual(len(rcpts), 1)
-        self.assertIn(rcpts[0]["Action"], ("delivered", "relayed"))
+        self.assertEqual(rcpts[0]["Action"], "relayed")
         self.assertRegex(rcpts[0]["Status"], r"^2\.\d{1,3}\.\d{1,3}$")
-        self.assertEqual(rcpts[0]["Final-Recipient"], "rfc822; good@example.net")
-        self.assertEqual(rcpts[0]["Remote-MTA"], "dns; mx1.example.net")
+        self.assertEqual(rcpts[0]["Final-Recipient"], "rfc822; good@example.com")
+        self.assertEqual(rcpts[0]["Remote-MTA"], "dns; mx1.example.com")
         # a success report returns headers only, even with RET=FULL (RFC 3461 4.3)
         self.assertEqual(orig.get_content_type(), "text/rfc822-headers")
-        # and the message itself did arrive
-        self.assertEqual([x.rcpt_addrs for x in self.dest.messages], [["good@example.net"]])
+        # and the message itself did arrive, without DSN parameters (not announced)
+        [msg] = plain.messages
+        self.assertEqual(msg.rcpts, [("good@example.com", {})])
+        self.assertNotIn("RET", msg.mail_params)
+
+    def test_notify_success_to_a_dsn_server_is_passed_on_not_doubled(self):
+        """RFC 3461 5.2.3: the next hop announces DSN, so NOTIFY/ORCPT/ENVID/RET
+        go with the message and its notice is the one: relayd sends none."""
+        mark = self.relay.log_mark()
+        qid = self.send(["good@example.net"], mail_options=["RET=HDRS", "ENVID=env-7"],
+                        rcpt_options={"good@example.net": ["NOTIFY=SUCCESS,FAILURE",
+                                                           "ORCPT=rfc822;Good@Example.NET"]})
+        self.relay.wait_for_log("delivered", qid=qid, timeout=30, since=mark)
+        # the message leaves the queue only once nothing is owed for it
+        self.relay.wait_for_log("removed", qid=qid, timeout=30, since=mark)
+        self.assertEqual(self.relay.count_log("ndr", qid=qid), 0)
+        self.assertEqual(self.home.transactions, [])
+        [msg] = self.dest.messages
+        self.assertEqual(msg.mail_params.get("RET"), "HDRS")
+        self.assertEqual(msg.mail_params.get("ENVID"), "env-7")
+        [(addr, params)] = msg.rcpts
+        self.assertEqual(addr, "good@example.net")
+        self.assertEqual(params.get("NOTIFY"), "SUCCESS,FAILURE")
+        self.assertEqual(params.get("ORCPT"), "rfc822;Good@Example.NET")
+
+    def test_dsn_pass_on_is_durable_across_a_crash(self):
+        """That the next hop took DSN on is recorded with the delivery: a crash
+        while the message is still queued (another recipient deferred) does not
+        bring relayd's own success notice back after the restart."""
+        self.dest.script(rcpt={"later@example.net": ["450 4.2.1 mailbox busy", "250 2.1.5 Ok"],
+                               "*": "250 2.1.5 Ok"})
+        qid = self.send(["good@example.net", "later@example.net"],
+                        rcpt_options={"good@example.net": ["NOTIFY=SUCCESS"]})
+        self.relay.wait_for_log("delivered", qid=qid, rcpt="good@example.net", timeout=30)
+        self.relay.wait_for_log("deferred", qid=qid, rcpt="later@example.net", timeout=30)
+        self.relay.kill9()
+        mark = self.relay.log_mark()
+        self.relay.start()
+        self.relay.wait_for_log("queue_loaded", since=mark, timeout=30)
+        self.relay.wait_for_log("delivered", qid=qid, rcpt="later@example.net", timeout=30)
+        self.relay.wait_for_log("removed", qid=qid, timeout=30, since=mark)
+        self.assertEqual(self.relay.count_log("ndr", qid=qid), 0)
+        self.assertEqual(self.home.transactions, [])
+        self.assertEqual(self.relay.count_log("delivered", qid=qid, rcpt="good@example.net"), 1)
 
     def test_mixed_recipients_one_report_for_those_that_asked(self):
         mark = self.relay.log_mark()

@@ -187,7 +187,8 @@ class SubmitSMTPTest(unittest.TestCase):
             code, lines = (r.send("EHLO client.test\r\n"), r.read_reply_lines())[1]
             self.assertEqual(code, 250)
             self.assertEqual(lines, ["relay.test", "PIPELINING", "SIZE 26214400", "8BITMIME",
-                                     "ENHANCEDSTATUSCODES", "STARTTLS", "DSN", "SMTPUTF8"])
+                                     "CHUNKING", "ENHANCEDSTATUSCODES", "STARTTLS", "DSN",
+                                     "SMTPUTF8"])
 
     def test_ehlo_after_tls_offers_auth_and_no_starttls(self):
         with raw_session(self.relay.host, self.relay.submit_port) as r:

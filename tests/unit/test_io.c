@@ -1,6 +1,6 @@
 /*
  * test_io.c - the I/O layer (common/io.c) over real loopback TCP, in
- * plaintext: line splitting, pause and resume, close after drain,
+ * plaintext: line splitting, octets behind a line (io_getbytes), pause and resume, close after drain,
  * backpressure, output before the connect, refusal, idle timeouts, deadlines, nothing
  * after EOF, and io_free() from inside every callback (io_fixture.h: a real
  * libuv loop, io_accept() and io_connect()).  TLS is test_io_tls.c.  Each
@@ -122,6 +122,92 @@ test_lines(void)
 		    lc->name, buf_cstr(&fx.srv.rec), lc->want);
 		CHECK_MSG(ls.pending_at_eof == lc->want_pending, "%s: %zu bytes pending at EOF, want %zu",
 		    lc->name, ls.pending_at_eof, lc->want_pending);
+		fix_free(&fx);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/*
+ * Octets behind a line (BDAT, RFC 3030): the line "B<n>" announces n octets
+ * that io_getbytes() takes as they are -- LF and CR included, across reads,
+ * with the next line right behind them in the same read.
+ */
+
+static const struct line_case bytes_cases[] = {
+	{ "octets and the next line in one read", 0, { "B5\r\nab\ncdNEXT\r\n" },
+	  "B5\\r\\n|ab\\ncd|NEXT\\r\\n|EOF|", 0 },
+	{ "octets across reads, a CRLF cut in two", 0, { "B6\r\nab\r", "\ncd", "\r\nB0\r\nX\r\n" },
+	  "B6\\r\\n|ab\\r\\ncd|\\r\\n|B0\\r\\n||X\\r\\n|EOF|", 0 },
+	{ "two announcements back to back", 0, { "B2\r\n\n\nB1\r\n.", "END\r\n" },
+	  "B2\\r\\n|\\n\\n|B1\\r\\n|.|END\\r\\n|EOF|", 0 },
+	{ "octets longer than max_line are not a LONG", 8,
+	  { "B20\r\n0123456789", "0123456789OK\r\n" },
+	  "B20\\r\\n|01234567890123456789|OK\\r\\n|EOF|", 0 },
+};
+
+struct bytes_state {
+	struct line_state ls;       /* first: line_next_chunk() reads it */
+	size_t left;
+	struct buf got;
+};
+
+static void
+bytes_srv_event(struct peer *p, enum io_event ev)
+{
+	struct bytes_state *bs = p->fx->ctx;
+	const char *line;
+	size_t len;
+	enum io_line r;
+
+	if (ev != IO_EV_IN) {
+		peer_default(p, ev);
+		return;
+	}
+	for (;;) {
+		if (bs->left > 0) {
+			if ((len = io_getbytes(p->io, bs->left, &line)) == 0)
+				break;
+			buf_append(&bs->got, line, len);
+			if ((bs->left -= len) == 0) {
+				rec_add(p, bs->got.data, bs->got.len);
+				buf_reset(&bs->got);
+			}
+			continue;
+		}
+		if ((r = io_getline(p->io, &line, &len)) == IO_LINE_NONE)
+			break;
+		if (r == IO_LINE_LONG) {
+			rec_event(p, "<LONG>");
+			continue;
+		}
+		rec_add(p, line, len);
+		if (line[0] == 'B') {
+			bs->left = strtoul(line + 1, NULL, 10);
+			if (bs->left == 0)
+				rec_add(p, "", 0);
+		}
+	}
+	fix_timer(p->fx, 1, line_next_chunk);
+}
+
+static void
+test_bytes(void)
+{
+	for (size_t i = 0; i < RELAY_ARRAY_LEN(bytes_cases); i++) {
+		const struct line_case *lc = &bytes_cases[i];
+		struct bytes_state bs = { { lc, 0, 0 }, 0, BUF_INIT };
+		struct fix fx;
+
+		fix_init(&fx);
+		fx.ctx = &bs;
+		fx.on_accept = line_srv_accept;
+		fx.srv.on_event = bytes_srv_event;
+		fx.cli.on_event = line_cli_event;
+		fix_connect(&fx);
+		fix_run(&fx, lc->name);
+		CHECK_MSG(strcmp(buf_cstr(&fx.srv.rec), lc->want) == 0, "%s: got \"%s\", want \"%s\"",
+		    lc->name, buf_cstr(&fx.srv.rec), lc->want);
+		buf_free(&bs.got);
 		fix_free(&fx);
 	}
 }
@@ -803,6 +889,7 @@ main(void)
 	io_fixture_setup("test_io");
 
 	test_lines();
+	test_bytes();
 	test_pause_resume();
 	test_close_after_drain();
 	test_backpressure();

@@ -1,7 +1,7 @@
 /*
  * test_queue_records.c - a recipient's explicit states in the queue file:
- * "waiting for its destination" (QREC_WAIT_DEST) and "expired"
- * (QREC_EXPIRED) are written by queue_record() into a real queue, read back
+ * "waiting for its destination" (QREC_WAIT_DEST), "expired"
+ * (QREC_EXPIRED) and "the next hop took DSN on" (QREC_DSN_PASSED) are written by queue_record() into a real queue, read back
  * by a new queue_open() + queue_scan() (a restart), and decide when the
  * recipient is due again (sched_rcpt_due) -- never the status text, which a
  * remote server may have chosen ("451 4.4.1", "554 4.4.7").  Records written
@@ -95,28 +95,35 @@ test_states_survive_a_restart(void)
 		bool waiting, expired;
 		unsigned attempts;
 		uint64_t due;                   /* sched_rcpt_due with iv, rnd 0 */
+		bool dsn_passed;                /* the next hop took DSN on (QREC_DSN_PASSED) */
 	} rows[] = {
 		{ "a remote's own 451 4.4.1: its retry timer",
 		    { { 'A', "4.4.1", "451 4.4.1 no answer from next hop", 0 } },
-		    RCPT_PENDING, false, false, 1, T0 + 1 * M },
+		    RCPT_PENDING, false, false, 1, T0 + 1 * M, false },
 		{ "a destination wait after a connection: due at once",
 		    { { 'A', "4.4.1", "connection refused", QREC_WAIT_DEST } },
-		    RCPT_PENDING, true, false, 1, 0 },
+		    RCPT_PENDING, true, false, 1, 0, false },
 		{ "a destination wait without a connection: due at once",
 		    { { 'A', "4.2.0", "451 4.2.0 busy", 0 },
 		      { 'A', "4.4.1", "host down", QREC_NO_ATTEMPT | QREC_WAIT_DEST } },
-		    RCPT_PENDING, true, false, 1, 0 },
+		    RCPT_PENDING, true, false, 1, 0, false },
 		{ "a wait, then a remote deferral: its retry timer",
 		    { { 'A', "4.4.1", "connection refused", QREC_WAIT_DEST },
 		      { 'A', "4.4.1", "451 4.4.1 try later", 0 } },
-		    RCPT_PENDING, false, false, 2, T0 + 10 * M },
+		    RCPT_PENDING, false, false, 2, T0 + 10 * M, false },
 		{ "expired in the queue",
 		    { { 'F', "4.4.7", "no delivery attempt succeeded within 5d",
 		        QREC_NO_ATTEMPT | QREC_EXPIRED } },
-		    RCPT_FAILED, false, true, 0, UINT64_MAX },
+		    RCPT_FAILED, false, true, 0, UINT64_MAX, false },
 		{ "a remote's own 554 4.4.7 is a failure, not an expiry",
 		    { { 'F', "4.4.7", "554 4.4.7 message too old", 0 } },
-		    RCPT_FAILED, false, false, 1, UINT64_MAX },
+		    RCPT_FAILED, false, false, 1, UINT64_MAX, false },
+		{ "relayed to a DSN server: its success notice, not ours",
+		    { { 'D', "2.0.0", "250 2.0.0 ok", QREC_DSN_PASSED } },
+		    RCPT_DELIVERED, false, false, 1, UINT64_MAX, true },
+		{ "relayed to a server without DSN: ours",
+		    { { 'D', "2.0.0", "250 2.0.0 ok", 0 } },
+		    RCPT_DELIVERED, false, false, 1, UINT64_MAX, false },
 	};
 	char dir[128], qid[QID_MAX];
 	uv_loop_t loop;
@@ -163,6 +170,7 @@ test_states_survive_a_restart(void)
 			CHECK_MSG(qr->state == rows[i].state, "%s", rows[i].name);
 			CHECK_MSG(qr->waiting == rows[i].waiting, "%s: waiting", rows[i].name);
 			CHECK_MSG(qr->expired == rows[i].expired, "%s: expired", rows[i].name);
+			CHECK_MSG(qr->dsn_passed == rows[i].dsn_passed, "%s: dsn_passed", rows[i].name);
 			CHECK_MSG(qr->attempts == rows[i].attempts, "%s: attempts %u", rows[i].name,
 			    qr->attempts);
 			CHECK_MSG(sched_rcpt_due(qr, iv, 2, 0) == rows[i].due, "%s: due %llu",

@@ -3,7 +3,8 @@
  * data is <CRLF>.<CRLF>; bare LF / bare CR (SMTP smuggling) are refused and
  * never end the data early; dot-unstuffing; size and line-length limits;
  * Received: first, Date:/Message-ID: added at the end of the header section
- * only when missing; From: collected (unfolded).  Also Received: formatting.
+ * only when missing; From: collected (unfolded).  Also Received: formatting,
+ * and BDAT's octets cut anywhere: the same checks, no dot-stuffing, no end line.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -193,6 +194,120 @@ test_limits(void)
 	submit_data_free(&d);
 }
 
+/* BDAT: in whole, octet by octet, and in two pieces cut at every offset. */
+static void
+chunked_run(struct submit_data *d, struct sink *s, const char *in, size_t len, size_t cut,
+    bool bytewise)
+{
+	size_t i;
+
+	memset(s, 0, sizeof(*s));
+	submit_data_begin(d, 1000000, false, RCVD, DATE, MSGID, sink_write, s);
+	submit_data_chunked(d);
+	if (bytewise) {
+		for (i = 0; i < len; i++)
+			submit_data_bytes(d, in + i, 1);
+	} else {
+		submit_data_bytes(d, in, cut);
+		submit_data_bytes(d, in + cut, len - cut);
+	}
+	submit_data_bytes_last(d);
+	submit_data_finish(d);
+}
+
+static void
+test_chunked(void)
+{
+	static const struct {
+		const char *name;
+		const char *in;
+		int err;
+		const char *out;        /* NULL: not checked (error) */
+		uint64_t size;
+	} t[] = {
+		{ "simple", "Subject: hi\r\n\r\nbody\r\n", SUBMIT_DATA_OK,
+		  RCVD "Subject: hi\r\n" DATE MSGID "\r\nbody\r\n", 21 },
+		{ "empty (BDAT 0 LAST)", "", SUBMIT_DATA_OK, RCVD DATE MSGID, 0 },
+		{ "dots are text, never unstuffed", "Subject: s\r\n\r\n.\r\n..x\r\n.y\r\n",
+		  SUBMIT_DATA_OK, RCVD "Subject: s\r\n" DATE MSGID "\r\n.\r\n..x\r\n.y\r\n", 26 },
+		{ "no end-of-data line: what follows is text",
+		  "\r\nx\r\n.\r\nMAIL FROM:<a@b.c>\r\n", SUBMIT_DATA_OK,
+		  RCVD DATE MSGID "\r\nx\r\n.\r\nMAIL FROM:<a@b.c>\r\n", 27 },
+		{ "a last line without CRLF gets one", "Subject: s\r\n\r\nend", SUBMIT_DATA_OK,
+		  RCVD "Subject: s\r\n" DATE MSGID "\r\nend\r\n", 19 },
+		{ "header without CRLF at the end", "Subject: s", SUBMIT_DATA_OK,
+		  RCVD "Subject: s\r\n" DATE MSGID, 12 },
+		{ "bare LF", "\r\nx\ny\r\n", SUBMIT_DATA_BARE, NULL, 0 },
+		{ "bare LF dot bare LF", "\r\nx\n.\nMAIL FROM:<a@b.c>\r\n", SUBMIT_DATA_BARE, NULL, 0 },
+		{ "bare CR in a line", "Subject: a\rb\r\n\r\n", SUBMIT_DATA_BARE, NULL, 0 },
+		{ "ends in a bare CR", "\r\nx\r", SUBMIT_DATA_BARE, NULL, 0 },
+		{ "ends in a bare LF", "\r\nx\n", SUBMIT_DATA_BARE, NULL, 0 },
+	};
+	struct submit_data d;
+	struct sink s;
+	struct buf in = BUF_INIT;
+	size_t i, cut, len;
+	int way;
+
+	submit_data_init(&d);
+	for (i = 0; i < RELAY_ARRAY_LEN(t); i++) {
+		len = strlen(t[i].in);
+		for (way = 0; way < 2; way++)
+			for (cut = 0; cut <= len; cut++) {
+				chunked_run(&d, &s, t[i].in, len, cut, way == 1);
+				CHECK_MSG((int)d.err == t[i].err, "%s (cut %zu/%d): err %d want %d",
+				    t[i].name, cut, way, d.err, t[i].err);
+				if (t[i].out != NULL) {
+					CHECK_MSG(strcmp(buf_cstr(&s.b), t[i].out) == 0,
+					    "%s (cut %zu/%d): \"%s\"", t[i].name, cut, way, buf_cstr(&s.b));
+					CHECK_INT(d.size, t[i].size);
+				}
+				buf_free(&s.b);
+				if (way == 1)
+					break;
+			}
+	}
+
+	/* text lines: 998 octets + CRLF fit, 999 do not, nor a run without LF;
+	 * the lines after an over-long one are still read through */
+	for (i = 0; i < 998; i++)
+		buf_putc(&in, '.');
+	buf_puts(&in, "\r\n");
+	for (cut = 0; cut <= in.len; cut += 97) {
+		chunked_run(&d, &s, in.data, in.len, cut, false);
+		CHECK_MSG(d.err == SUBMIT_DATA_OK, "998 + CRLF (cut %zu): %d", cut, d.err);
+		CHECK_INT(d.size, 1000);
+		buf_free(&s.b);
+	}
+	buf_reset(&in);
+	for (i = 0; i < 999; i++)
+		buf_putc(&in, 'a');
+	buf_puts(&in, "\r\nnext\r\n");
+	for (cut = 0; cut <= in.len; cut += 97) {
+		chunked_run(&d, &s, in.data, in.len, cut, false);
+		CHECK_MSG(d.err == SUBMIT_DATA_LONG_LINE, "999 + CRLF (cut %zu): %d", cut, d.err);
+		buf_free(&s.b);
+	}
+	buf_reset(&in);
+	for (i = 0; i < 5000; i++)
+		buf_putc(&in, 'b');
+	chunked_run(&d, &s, in.data, in.len, 2500, false);
+	CHECK_INT(d.err, SUBMIT_DATA_LONG_LINE);
+	CHECK(d.part.cap <= 2 * SUBMIT_TEXT_LINE_MAX + 64);     /* never held whole */
+	buf_free(&s.b);
+
+	/* DATA after BDAT on the same state: submit_data_begin() forgets BDAT */
+	memset(&s, 0, sizeof(s));
+	submit_data_begin(&d, 1000000, false, RCVD, DATE, MSGID, sink_write, &s);
+	CHECK_INT(feed(&d, "\r\n..x\r\n.\r\n", 10), 10);
+	submit_data_finish(&d);
+	CHECK_STR(buf_cstr(&s.b), RCVD DATE MSGID "\r\n.x\r\n");
+	buf_free(&s.b);
+
+	buf_free(&in);
+	submit_data_free(&d);
+}
+
 static void
 test_from(void)
 {
@@ -265,6 +380,7 @@ main(void)
 {
 	test_lines();
 	test_limits();
+	test_chunked();
 	test_from();
 	test_received();
 	return check_done();

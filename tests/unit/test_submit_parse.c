@@ -258,6 +258,51 @@ test_header_addrs(void)
 	buf_free(&got);
 }
 
+/* BDAT chunk-size [LAST] (RFC 3030 2). */
+static void
+test_bdat(void)
+{
+	static const struct {
+		const char *in;
+		int rc;
+		uint64_t size;
+		bool last;
+	} t[] = {
+		{ "0", 0, 0, false },
+		{ "0 LAST", 0, 0, true },
+		{ "1024", 0, 1024, false },
+		{ "1024 last", 0, 1024, true },
+		{ "1024 Last", 0, 1024, true },
+		{ "7  LAST", 0, 7, true },
+		{ "007", 0, 7, false },
+		{ "18446744073709551615", 0, UINT64_MAX, false },
+		{ "18446744073709551616", RELAY_EINVAL, 0, false },
+		{ "99999999999999999999999", RELAY_EINVAL, 0, false },
+		{ "", RELAY_EINVAL, 0, false },
+		{ "LAST", RELAY_EINVAL, 0, false },
+		{ "-1", RELAY_EINVAL, 0, false },
+		{ "+1", RELAY_EINVAL, 0, false },
+		{ "1e3", RELAY_EINVAL, 0, false },
+		{ "12 LAST x", RELAY_EINVAL, 0, false },
+		{ "12 LASTX", RELAY_EINVAL, 0, false },
+		{ "12 FIRST", RELAY_EINVAL, 0, false },
+		{ "12\tLAST", RELAY_EINVAL, 0, false },
+		{ "12 ", RELAY_EINVAL, 0, false },       /* (the tokenizer trims it first) */
+	};
+	uint64_t size;
+	bool last;
+	size_t i;
+
+	for (i = 0; i < RELAY_ARRAY_LEN(t); i++) {
+		size = 99;
+		last = true;
+		CHECK_MSG(submit_parse_bdat(t[i].in, &size, &last) == t[i].rc, "\"%s\"", t[i].in);
+		if (t[i].rc == 0)
+			CHECK_MSG(size == t[i].size && last == t[i].last, "\"%s\": %llu %d", t[i].in,
+			    (unsigned long long)size, last);
+	}
+}
+
 int
 main(void)
 {
@@ -267,5 +312,6 @@ main(void)
 	test_xtext();
 	test_notify_orcpt();
 	test_header_addrs();
+	test_bdat();
 	return check_done();
 }
