@@ -3,8 +3,8 @@
 Deadlines, not idle timers: a client that drips one byte at a time is closed
 when its command line (submit.command_timeout, here by its old name
 idle_timeout), its TLS handshake (submit.tls_timeout), the client's turns of
-its AUTH exchange (submit.auth_exchange_timeout) or its DATA phase
-(submit.data_timeout, earning time at submit.min_data_rate) runs out:
+its AUTH exchange (submit.auth_exchange_timeout) or its DATA phase or BDAT
+chunk (submit.data_timeout, earning time at submit.min_data_rate) runs out:
 421 4.4.2 (nothing mid-handshake) and event=session_timeout phase=...  A
 client that sends DATA fast is not cut off by data_timeout.
 
@@ -184,6 +184,20 @@ class SubmitDeadlineTest(unittest.TestCase):
         relay.wait_for_log("session_timeout", since=mark, phase="data", state="data", user="alice")
         self.assertEqual(relay.count_log("accepted", since=mark), 0)
         self.assertEqual(queued_files(relay), [])
+
+    def test_dripping_bdat_chunk_is_closed_at_its_deadline(self):
+        relay, r = self.data_relay()
+        mark = relay.log_mark()
+        r.send("BDAT 1000 LAST\r\n")
+        t0 = time.monotonic()
+        got, closed = drip(r.sock, b"x" * 1000, 0.2, t0 + 8)
+        took = time.monotonic() - t0
+        self.assertEqual(got, b"421 4.4.2 relay.test Error: timeout exceeded\r\n")
+        self.assertTrue(closed)
+        self.assertGreaterEqual(took, 1.9)
+        self.assertLess(took, 4)
+        relay.wait_for_log("session_timeout", since=mark, phase="data", state="bdat")
+        self.assertEqual(relay.count_log("accepted", since=mark), 0)
 
     def test_fast_data_outlasts_data_timeout(self):
         relay, r = self.data_relay()
