@@ -45,7 +45,7 @@ struct io {
 	uint32_t magic;
 	uv_loop_t *loop;
 	uv_tcp_t tcp;
-	uv_timer_t timer;           /* connect timeout, then idle timeout */
+	uv_timer_t timer;           /* connect timeout, then idle timeout or deadline */
 	uv_timer_t kick;            /* re-delivers buffered input after io_resume() */
 	uv_connect_t creq;
 	uv_write_t wreq;
@@ -65,6 +65,7 @@ struct io {
 	enum io_tls_state tls;
 
 	uint64_t timeout_ms;
+	uint64_t deadline;          /* loop time of the deadline, 0 = none (not moved by reads) */
 	size_t max_line;
 	unsigned in_cb;             /* nesting depth of owner callbacks */
 	bool paused;
@@ -301,6 +302,8 @@ io_restart_timer(struct io *io)
 
 	if (io->closing || io->connecting)
 		return;
+	if (io->deadline != 0 && !io->close_after_drain)
+		return;                 /* a deadline stays where it was set */
 	if (io->close_after_drain && ms == 0)
 		ms = IO_DRAIN_TIMEOUT_MS;
 	if (ms > 0)
@@ -498,11 +501,41 @@ io_set_timeout(struct io *io, uint64_t ms)
 {
 	io_check(io, __func__);
 	io->timeout_ms = ms;
+	io->deadline = 0;
 	if (ms == 0) {
 		if (!io->connecting)
 			uv_timer_stop(&io->timer);
 	} else
 		io_restart_timer(io);
+}
+
+void
+io_set_deadline(struct io *io, uint64_t ms)
+{
+	io_check(io, __func__);
+	io->timeout_ms = 0;
+	io->deadline = 0;
+	if (io->closing || io->connecting)
+		return;
+	if (ms == 0) {
+		uv_timer_stop(&io->timer);
+		return;
+	}
+	io->deadline = uv_now(io->loop) + ms;
+	if (!io->close_after_drain)
+		uv_timer_start(&io->timer, on_idle_timeout, ms, 0);
+}
+
+uint64_t
+io_deadline_left(const struct io *io)
+{
+	uint64_t now;
+
+	io_check(io, __func__);
+	if (io->deadline == 0)
+		return 0;
+	now = uv_now(io->loop);
+	return io->deadline > now ? io->deadline - now : 0;
 }
 
 void

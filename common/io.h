@@ -8,7 +8,8 @@
  *   IO_EV_IN         input is buffered: call io_getline() until it returns IO_LINE_NONE
  *   IO_EV_TLS_READY  the TLS handshake finished (io_tls_version() etc. valid)
  *   IO_EV_DRAINED    all queued output has been written to the kernel
- *   IO_EV_TIMEOUT    no input within the timeout set by io_set_timeout()
+ *   IO_EV_TIMEOUT    no input within the timeout set by io_set_timeout(), or
+ *                    the deadline set by io_set_deadline() passed
  *   IO_EV_EOF        the peer closed the connection
  *   IO_EV_ERROR      connection or TLS error; io_error() says which
  * After EOF, ERROR or TIMEOUT the owner must io_free() (it may write a last
@@ -96,8 +97,20 @@ int io_tls_cipher_bits(const struct io *io);
 /* Why the last TLS failure happened, for logs ("certificate verify failed: ..."). */
 const char *io_tls_error(const struct io *io);
 
-/* Idle timeout: IO_EV_TIMEOUT if nothing is read for ms (0 = none). Restarts on every read. */
+/* Idle timeout: IO_EV_TIMEOUT if nothing is read for ms (0 = none). Restarts on every read.
+ * Replaces a deadline. */
 void io_set_timeout(struct io *io, uint64_t ms);
+/*
+ * Deadline: IO_EV_TIMEOUT ms from now (0 = none), however much is read
+ * meanwhile (a client that drips one byte at a time does not move it).
+ * Replaces the idle timeout; setting it again moves it.  For an accepted
+ * or connected io (nothing while connecting: io_connect() has its own).
+ * After io_close_after_drain() the drain is bounded as without a timeout
+ * (60 s).
+ */
+void io_set_deadline(struct io *io, uint64_t ms);
+/* Milliseconds until the deadline (0 if none is set or it has passed). */
+uint64_t io_deadline_left(const struct io *io);
 /* Longest accepted line including CRLF (default 1000). */
 void io_set_max_line(struct io *io, size_t max);
 

@@ -121,8 +121,15 @@ static const struct conf_key conf_submit_keys[] = {
 	{ "max_recipients", CONF_K_UINT, C_OFF(submit.max_recipients), 0, CONF_F_POSITIVE, NULL },
 	{ "max_connections", CONF_K_UINT, C_OFF(submit.max_connections), 0, CONF_F_POSITIVE, NULL },
 	{ "max_connections_per_ip", CONF_K_UINT, C_OFF(submit.max_connections_per_ip), 0, CONF_F_POSITIVE, NULL },
-	{ "idle_timeout", CONF_K_DURATION, C_OFF(submit.idle_timeout), 0, CONF_F_POSITIVE, NULL },
+	{ "command_timeout", CONF_K_DURATION, C_OFF(submit.command_timeout), 0, CONF_F_POSITIVE, NULL },
+	{ "idle_timeout", CONF_K_DURATION, C_OFF(submit.command_timeout), 0, CONF_F_POSITIVE, NULL },
+	{ "tls_timeout", CONF_K_DURATION, C_OFF(submit.tls_timeout), 0, CONF_F_POSITIVE, NULL },
+	{ "auth_exchange_timeout", CONF_K_DURATION, C_OFF(submit.auth_exchange_timeout), 0,
+	  CONF_F_POSITIVE, NULL },
 	{ "data_timeout", CONF_K_DURATION, C_OFF(submit.data_timeout), 0, CONF_F_POSITIVE, NULL },
+	{ "min_data_rate", CONF_K_UINT, C_OFF(submit.min_data_rate), 0, 0, NULL },
+	{ "unauthenticated_share", CONF_K_UINT, C_OFF(submit.unauthenticated_share), 0,
+	  CONF_F_POSITIVE, NULL },
 	{ "max_command_errors", CONF_K_UINT, C_OFF(submit.max_command_errors), 0, CONF_F_POSITIVE, NULL },
 	{ "auth_fail_delay_after", CONF_K_UINT, C_OFF(submit.auth_fail_delay_after), 0, 0, NULL },
 	{ "auth_fail_limit", CONF_K_UINT, C_OFF(submit.auth_fail_limit), 0, CONF_F_POSITIVE, NULL },
@@ -1236,6 +1243,24 @@ conf_finish_senders_ldap(struct conf_ctx *x, const config_setting_t *root)
 		    "submit.senders_ldap.bind_password_file: needs bind_dn");
 }
 
+/* submit: idle_timeout is command_timeout's old name (one of them); a share is a percentage. */
+static void
+conf_finish_submit_slow(struct conf_ctx *x, const config_setting_t *submit)
+{
+	const config_setting_t *old, *share;
+
+	if (submit == NULL)
+		return;
+	old = config_setting_get_member(submit, "idle_timeout");
+	if (old != NULL && config_setting_get_member(submit, "command_timeout") != NULL)
+		conf_error(x, old, "submit.idle_timeout: the old name of submit.command_timeout; "
+		    "set only command_timeout");
+	share = config_setting_get_member(submit, "unauthenticated_share");
+	if (share != NULL && x->c->submit.unauthenticated_share > 100)
+		conf_error(x, share, "submit.unauthenticated_share: a percentage of "
+		    "submit.max_connections, 1 to 100");
+}
+
 /* Rules that span keys, and defaults derived from other keys. */
 static void
 conf_finish(struct conf_ctx *x, const config_setting_t *root)
@@ -1256,6 +1281,7 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 	}
 	conf_check_duplicate_listeners(x, root);
 	conf_check_sasl(x, submit);
+	conf_finish_submit_slow(x, submit);
 	conf_finish_senders_ldap(x, root);
 
 	if (c->submit.sasl_realm == NULL)
@@ -1376,8 +1402,12 @@ conf_new_defaults(void)
 	c->submit.max_recipients = 100;
 	c->submit.max_connections = 1000;
 	c->submit.max_connections_per_ip = 50;
-	c->submit.idle_timeout = 5 * 60000;
+	c->submit.command_timeout = 5 * 60000;
+	c->submit.tls_timeout = 60000;
+	c->submit.auth_exchange_timeout = 2 * 60000;
 	c->submit.data_timeout = 10 * 60000;
+	c->submit.min_data_rate = 500;
+	c->submit.unauthenticated_share = 50;
 	c->submit.max_command_errors = 20;
 	c->submit.auth_timeout = 30000;
 	c->submit.auth_fail_delay_after = 3;

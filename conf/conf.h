@@ -108,8 +108,13 @@ struct conf {
 		unsigned max_recipients;        /* default 100 */
 		unsigned max_connections;       /* default 1000 */
 		unsigned max_connections_per_ip;/* default 50 */
-		uint64_t idle_timeout;          /* default 5m (RFC 5321 4.5.3.2.7) */
-		uint64_t data_timeout;          /* default 10m: no progress within DATA */
+		uint64_t command_timeout;       /* default 5m: deadline for each command line
+						 * (RFC 5321 4.5.3.2.7); "idle_timeout" is its old name */
+		uint64_t tls_timeout;           /* default 1m: deadline for the TLS handshake */
+		uint64_t auth_exchange_timeout; /* default 2m: deadline for the client's turns in AUTH */
+		uint64_t data_timeout;          /* default 10m: deadline for DATA, see min_data_rate */
+		unsigned min_data_rate;         /* default 500 bytes/s: each byte in DATA earns time */
+		unsigned unauthenticated_share; /* default 50 (%): of max_connections before AUTH */
 		unsigned max_command_errors;    /* default 20: then 421 */
 		unsigned auth_fail_delay_after; /* default 3 failures per IP, then each reply delayed */
 		unsigned auth_fail_limit;       /* default 10 failures per IP: then refused */

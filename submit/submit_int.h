@@ -11,6 +11,8 @@
  *   submit_data.c     DATA and BDAT: dot-unstuffing, smuggling checks, header insertion
  *   submit_limits.c   per-IP connection counts and AUTH failures, per-login
  *                     AUTH failures and rates
+ *   submit_deadline.c how long a client may take: TLS, each command, AUTH, DATA
+ *   submit_slots.c    the sessions not yet authenticated: their share, who goes first
  *
  * Ownership: struct submit owns the listeners, the sessions, the TLS context,
  * the senders map and the limits.  A session owns its io, its SASL connection
@@ -314,6 +316,61 @@ void submit_data_received(struct buf *out, const struct submit_received *r);
 const char *submit_data_protocol(bool esmtp, bool tls, bool auth, bool utf8);
 
 /* ------------------------------------------------------------------------
+ * submit_deadline.c - deadlines, not idle timers: bytes that trickle in never
+ * move one (Postfix's smtpd_per_request_deadline and smtpd_min_data_rate).
+ * Each state of the session runs under one of these (submit_session.c's
+ * state table); submit_enter_state() and the input loop tell this file.
+ */
+enum submit_deadline {
+	SUBMIT_DL_NONE = 0,         /* the server's turn (input paused): none */
+	SUBMIT_DL_TLS,              /* the TLS handshake: tls_timeout */
+	SUBMIT_DL_COMMAND,          /* each command line: command_timeout */
+	SUBMIT_DL_AUTH,             /* the client's turns of one AUTH exchange, together */
+	SUBMIT_DL_AUTH_CHECK,       /* a SASL step runs: the exchange's time is kept */
+	SUBMIT_DL_DATA,             /* DATA: data_timeout, earning time at min_data_rate */
+};
+
+struct submit_session;
+
+/* Pure: the time left after nbytes more of DATA: left + nbytes / rate per
+ * second, never more than cap (rate 0: left unchanged). */
+uint64_t submit_deadline_credit(uint64_t left_ms, uint64_t nbytes, unsigned rate, uint64_t cap_ms);
+/* "tls", "command", "auth", "data" (for session_timeout's phase=). */
+const char *submit_deadline_phase(enum submit_deadline d);
+/* The session entered a state that runs under d (from submit_enter_state(), io set). */
+void submit_deadline_enter(struct submit_session *s, enum submit_deadline d);
+/* The input loop took nlines complete lines, ndata octets of them in DATA. */
+void submit_deadline_progress(struct submit_session *s, size_t nlines, uint64_t ndata);
+
+/* ------------------------------------------------------------------------
+ * submit_slots.c - the sessions that have not authenticated yet, oldest
+ * first and by client address: at most unauthenticated_share percent of
+ * max_connections, and the first to be closed when slots run short.
+ */
+struct submit_slots;
+struct submit_slots_ip;
+
+struct submit_slots *submit_slots_new(void);
+void submit_slots_free(struct submit_slots *sl);
+/* Pure: how many sessions may be unauthenticated at once (at least 1). */
+unsigned submit_slots_unauth_max(unsigned max_connections, unsigned share);
+/* A session that got a slot and has not authenticated: listed. */
+void submit_slots_add(struct submit_slots *sl, struct submit_session *s);
+/* It authenticated or is closing; nothing if it is not listed. */
+void submit_slots_remove(struct submit_slots *sl, struct submit_session *s);
+size_t submit_slots_unauth_count(const struct submit_slots *sl);
+/* The session to close first: the oldest of the address that holds the most
+ * unauthenticated sessions (ties: the oldest); NULL if none is listed. */
+struct submit_session *submit_slots_victim(const struct submit_slots *sl);
+/*
+ * A connection from ip is coming: if it would find every slot taken, or the
+ * unauthenticated sessions at their share, close the victim (421 4.7.0,
+ * event=session_evicted) so that it finds one.  Nothing when ip is at its
+ * own per-IP limit: that connection is refused anyway.
+ */
+void submit_slots_make_room(struct submit *srv, const char *ip);
+
+/* ------------------------------------------------------------------------
  * The server and its sessions (submit_server.c, submit_session.c, submit_auth.c).
  */
 #define SUBMIT_MAGIC          0x5355424du   /* "SUBM" */
@@ -351,6 +408,7 @@ struct submit {
 	struct directory *directory;    /* submit.senders_ldap, or NULL */
 	struct dkim_keys *dkim;         /* the signing keys of conf (one reference) */
 	struct submit_limits *limits;
+	struct submit_slots *slots;     /* the unauthenticated sessions */
 	struct buf mechs;               /* "PLAIN LOGIN": configured AND available */
 	struct submit_auth_list auth_waiting;   /* SASL steps waiting for a thread */
 	unsigned auth_running;          /* SASL steps on the thread pool (timed out ones too) */
@@ -445,6 +503,15 @@ struct submit_session {
 	bool chunk_last;                /* BDAT ... LAST */
 	bool chunk_drop;                /* the BDAT was refused: its octets are read and dropped */
 	enum submit_state chunk_return; /* the state to go back to after a dropped chunk */
+
+	/* deadlines (submit_deadline.c) and slots (submit_slots.c) */
+	enum submit_deadline deadline;  /* the one the io runs under */
+	uint64_t auth_left;             /* ms left of the AUTH exchange while a step runs */
+	uint64_t born_ms;               /* accepted (monotonic), for logs */
+	bool unauth_listed;             /* in srv->slots */
+	uint64_t unauth_seq;            /* its age order there */
+	struct submit_slots_ip *unauth_ip;
+	TAILQ_ENTRY(submit_session) unauth_entry;
 
 	/* scratch, reused for every command */
 	struct buf line;                /* the command being handled (args point into it) */

@@ -156,6 +156,7 @@ submit_server_free_mem(struct submit *srv)
 		free(srv->listeners[i].text);
 	free(srv->listeners);
 	submit_limits_free(srv->limits);
+	submit_slots_free(srv->slots);
 	submit_senders_free(srv->senders);
 	directory_free(srv->directory);
 	dkim_keys_unref(srv->dkim);
@@ -193,6 +194,7 @@ submit_new(uv_loop_t *loop, struct conf *conf, struct router *router,
 	TAILQ_INIT(&srv->sessions);
 	TAILQ_INIT(&srv->auth_waiting);
 	srv->limits = submit_limits_new();
+	srv->slots = submit_slots_new();
 	submit_limits_params_from_conf(&p, conf);
 	submit_limits_set_params(srv->limits, &p);
 	srv->listeners = xcalloc(conf->submit.nlisten + conf->submit.nlisten_tls + 1,

@@ -179,22 +179,24 @@ static const struct {
 	const char *name;
 	bool input;                 /* lines are taken in this state */
 	bool paused;                /* IO_EV_IN is held back */
-	int limit;                  /* line limit and timeout: command or text */
+	int limit;                  /* line limit: command or text */
+	enum submit_deadline deadline;  /* how long the client may take (submit_deadline.c) */
 } submit_states[] = {
-	[SUBMIT_S_TLS_WAIT] = { "tls-wait", false, false, SUBMIT_LIM_CMD },
-	[SUBMIT_S_CONNECTED] = { "connected", true, false, SUBMIT_LIM_CMD },
-	[SUBMIT_S_HELO] = { "helo", true, false, SUBMIT_LIM_CMD },
-	[SUBMIT_S_AUTH] = { "auth", true, false, SUBMIT_LIM_CMD },
-	[SUBMIT_S_AUTH_WAIT] = { "auth-wait", false, true, SUBMIT_LIM_CMD },
-	[SUBMIT_S_MAIL] = { "mail", true, false, SUBMIT_LIM_CMD },
-	[SUBMIT_S_SENDER] = { "sender", false, true, SUBMIT_LIM_CMD },
-	[SUBMIT_S_RCPT] = { "rcpt", true, false, SUBMIT_LIM_CMD },
-	[SUBMIT_S_DATA] = { "data", true, false, SUBMIT_LIM_TEXT },
-	[SUBMIT_S_BDAT] = { "bdat", true, false, SUBMIT_LIM_TEXT },
-	[SUBMIT_S_CHUNKS] = { "chunks", true, false, SUBMIT_LIM_CMD },
-	[SUBMIT_S_COMMIT] = { "commit", false, true, SUBMIT_LIM_CMD },
-	[SUBMIT_S_DELAY] = { "delay", false, true, SUBMIT_LIM_CMD },
-	[SUBMIT_S_CLOSED] = { "closed", false, true, SUBMIT_LIM_CMD },
+	[SUBMIT_S_TLS_WAIT] = { "tls-wait", false, false, SUBMIT_LIM_CMD, SUBMIT_DL_TLS },
+	[SUBMIT_S_CONNECTED] = { "connected", true, false, SUBMIT_LIM_CMD, SUBMIT_DL_COMMAND },
+	[SUBMIT_S_HELO] = { "helo", true, false, SUBMIT_LIM_CMD, SUBMIT_DL_COMMAND },
+	[SUBMIT_S_AUTH] = { "auth", true, false, SUBMIT_LIM_CMD, SUBMIT_DL_AUTH },
+	[SUBMIT_S_AUTH_WAIT] = { "auth-wait", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_AUTH_CHECK },
+	[SUBMIT_S_MAIL] = { "mail", true, false, SUBMIT_LIM_CMD, SUBMIT_DL_COMMAND },
+	[SUBMIT_S_SENDER] = { "sender", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
+	[SUBMIT_S_RCPT] = { "rcpt", true, false, SUBMIT_LIM_CMD, SUBMIT_DL_COMMAND },
+	[SUBMIT_S_DATA] = { "data", true, false, SUBMIT_LIM_TEXT, SUBMIT_DL_DATA },
+	/* each chunk's octets: a deadline of their own, as DATA's (Postfix's BDAT) */
+	[SUBMIT_S_BDAT] = { "bdat", true, false, SUBMIT_LIM_TEXT, SUBMIT_DL_DATA },
+	[SUBMIT_S_CHUNKS] = { "chunks", true, false, SUBMIT_LIM_CMD, SUBMIT_DL_COMMAND },
+	[SUBMIT_S_COMMIT] = { "commit", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
+	[SUBMIT_S_DELAY] = { "delay", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
+	[SUBMIT_S_CLOSED] = { "closed", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
 };
 
 static void submit_session_release(struct submit_session *s);
@@ -215,14 +217,14 @@ submit_enter_state(struct submit_session *s, enum submit_state state)
 	s->state = state;
 	if (s->io == NULL)
 		return;
-	if (submit_states[state].limit == SUBMIT_LIM_TEXT) {
+	if (s->login != NULL && s->unauth_listed)
+		submit_slots_remove(s->srv->slots, s);  /* it authenticated */
+	if (submit_states[state].limit == SUBMIT_LIM_TEXT)
 		/* 1000 with CRLF, plus a stuffed dot (RFC 5321 4.5.3.1.6) */
 		io_set_max_line(s->io, SUBMIT_TEXT_LINE_MAX + 1);
-		io_set_timeout(s->io, s->conf->submit.data_timeout);
-	} else {
+	else
 		io_set_max_line(s->io, SUBMIT_AUTH_LINE_MAX + 2);
-		io_set_timeout(s->io, s->conf->submit.idle_timeout);
-	}
+	submit_deadline_enter(s, submit_states[state].deadline);
 	if (submit_states[state].paused && !submit_states[old].paused) {
 		io_pause(s->io);
 	} else if (!submit_states[state].paused && submit_states[old].paused) {
@@ -410,6 +412,7 @@ submit_session_close(struct submit_session *s, const char *reply)
 
 	if (io != NULL) {
 		s->io = NULL;           /* events from here on are not ours */
+		submit_slots_remove(s->srv->slots, s);
 		if (reply != NULL) {
 			io_printf(io, "%s\r\n", reply);
 			io_close_after_drain(io);
@@ -1263,7 +1266,8 @@ static void
 submit_session_input(struct submit_session *s)
 {
 	const char *line;
-	size_t len;
+	size_t len, nlines = 0;
+	uint64_t ndata = 0;
 	enum io_line r;
 	char text[512];
 
@@ -1272,14 +1276,20 @@ submit_session_input(struct submit_session *s)
 	s->resumed = false;
 	while (s->io != NULL && submit_states[s->state].input) {
 		if (s->state == SUBMIT_S_BDAT) {
-			if (submit_bdat_input(s) != 0)
+			uint64_t left = s->chunk_left;
+			int more = submit_bdat_input(s);
+
+			ndata += left - s->chunk_left;      /* earns time (submit_deadline.c) */
+			if (more != 0)
 				break;
 			continue;
 		}
 		r = io_getline(s->io, &line, &len);
 		if (r == IO_LINE_NONE)
 			break;
+		nlines++;
 		if (s->state == SUBMIT_S_DATA) {
+			ndata += r == IO_LINE_OK ? len : SUBMIT_TEXT_LINE_MAX;
 			if (r == IO_LINE_LONG)
 				submit_data_long_line(&s->data);
 			else if (submit_data_line(&s->data, line, len) == 1)
@@ -1303,6 +1313,7 @@ submit_session_input(struct submit_session *s)
 			submit_session_close(s, text);
 		}
 	}
+	submit_deadline_progress(s, nlines, ndata);
 }
 
 static void
@@ -1321,6 +1332,7 @@ static void
 submit_session_io(struct io *io, enum io_event ev, void *arg)
 {
 	struct submit_session *s = arg;
+	struct log_line l;
 	char text[512];
 
 	if (s->magic != SUBMIT_SESSION_MAGIC)
@@ -1338,8 +1350,14 @@ submit_session_io(struct io *io, enum io_event ev, void *arg)
 			submit_enter_state(s, SUBMIT_S_CONNECTED);  /* after STARTTLS */
 		break;
 	case IO_EV_TIMEOUT:
-		log_event(LOG_INFO, "timeout", "session", s->id, "client", s->ip,
-		    "state", submit_states[s->state].name, NULL);
+		log_begin(&l, LOG_INFO, "session_timeout");
+		log_kv(&l, "session", s->id);
+		log_kv(&l, "client", s->ip);
+		log_kv(&l, "phase", submit_deadline_phase(s->deadline));
+		log_kv(&l, "state", submit_states[s->state].name);
+		log_kv(&l, "user", s->login);
+		log_kvu(&l, "age_ms", util_mono_ms() - s->born_ms);
+		log_end(&l);
 		snprintf(text, sizeof(text), "421 4.4.2 %s Error: timeout exceeded", s->conf->hostname);
 		submit_session_close(s, s->state == SUBMIT_S_TLS_WAIT ? NULL : text);
 		break;
@@ -1379,6 +1397,7 @@ submit_session_accept(struct submit *srv, struct submit_listener *lst)
 	snprintf(s->ip, sizeof(s->ip), "%s", io_peer_ip(s->io));
 	snprintf(s->local_ip, sizeof(s->local_ip), "%s", io_local_ip(s->io));
 	s->port = io_peer_port(s->io);
+	s->born_ms = util_mono_ms();
 	submit_data_init(&s->data);
 	uv_timer_init(srv->loop, &s->timer);
 	s->timer.data = s;
@@ -1386,9 +1405,11 @@ submit_session_accept(struct submit *srv, struct submit_listener *lst)
 	srv->nsessions++;
 	srv->stats->connections++;
 
+	submit_slots_make_room(srv, s->ip);
 	v = submit_limits_conn_open(srv->limits, s->ip);
 	if (v == SUBMIT_CONN_OK) {
 		s->counted = true;
+		submit_slots_add(srv->slots, s);
 	} else {
 		s->refuse = v == SUBMIT_CONN_TOTAL ?
 		    "421 4.7.0 Error: too many connections, try again later" :

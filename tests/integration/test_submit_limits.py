@@ -7,6 +7,7 @@ idle timeout (421 4.4.2), and the per-login message and recipient rates
 (450 4.7.1 / 452 4.5.3, event=rate_limited).
 """
 
+import base64
 import socket
 import ssl
 import unittest
@@ -133,17 +134,31 @@ class SubmitErrorsTest(unittest.TestCase):
             self.assertTrue(r.wait_closed())
 
 
+def log_in(r, tls=False):
+    """EHLO, STARTTLS (unless tls), EHLO and AUTH PLAIN as alice on a RawSession."""
+    assert r.cmd("EHLO client.test")[0] == 250
+    if not tls:
+        assert r.starttls()[0] == 220
+        assert r.cmd("EHLO client.test")[0] == 250
+    assert r.cmd("AUTH PLAIN " + base64.b64encode(b"\0alice\0alicepw").decode())[0] == 235
+
+
 class SubmitConnectionLimitTest(unittest.TestCase):
 
     def test_per_ip_and_total_connection_limits(self):
+        # Authenticated sessions hold their slots: a newcomer is refused, not
+        # let in by closing one (only unauthenticated ones make room, see
+        # test_submit_slow.py).
         relay = Relay.for_test(self, submit={"max_connections": 3, "max_connections_per_ip": 2})
         relay.start()
         a1 = session_from(relay, "127.0.0.1")
-        a2 = session_from(relay, "127.0.0.1", tls=True)
         self.addCleanup(a1.close)
-        self.addCleanup(a2.close)
         self.assertEqual(a1.greeting[0], 220)
+        log_in(a1)
+        a2 = session_from(relay, "127.0.0.1", tls=True)
+        self.addCleanup(a2.close)
         self.assertEqual(a2.greeting[0], 220)
+        log_in(a2, tls=True)
         # a third from the same address: refused (over TLS on the TLS port)
         for tls in (False, True):
             a3 = session_from(relay, "127.0.0.1", tls=tls)
@@ -156,6 +171,7 @@ class SubmitConnectionLimitTest(unittest.TestCase):
         b1 = session_from(relay, "127.0.0.3")
         self.addCleanup(b1.close)
         self.assertEqual(b1.greeting[0], 220)
+        log_in(b1)
         c1 = session_from(relay, "127.0.0.4")
         self.assertEqual(c1.greeting, (421, "4.7.0 Error: too many connections, try again later"))
         c1.close()
@@ -179,7 +195,7 @@ class SubmitIdleTimeoutTest(unittest.TestCase):
             self.assertEqual(r.cmd("EHLO client.test")[0], 250)
             self.assertEqual(r.read_reply(), (421, "4.4.2 relay.test Error: timeout exceeded"))
             self.assertTrue(r.wait_closed())
-        relay.wait_for_log("timeout", state="helo")
+        relay.wait_for_log("session_timeout", phase="command", state="helo")
 
 
 class SubmitDataTimeoutTest(unittest.TestCase):
@@ -195,7 +211,7 @@ class SubmitDataTimeoutTest(unittest.TestCase):
         r.send("Subject: stalled\r\n\r\nand then nothing")
         self.assertEqual(r.read_reply(), (421, "4.4.2 relay.test Error: timeout exceeded"))
         self.assertTrue(r.wait_closed())
-        relay.wait_for_log("timeout", state="data")
+        relay.wait_for_log("session_timeout", phase="data", state="data")
         self.assertEqual(queued_files(relay), [])
 
 

@@ -282,8 +282,12 @@ check_defaults(const struct conf *c)
 	CHECK_INT(c->submit.max_recipients, 100);
 	CHECK_INT(c->submit.max_connections, 1000);
 	CHECK_INT(c->submit.max_connections_per_ip, 50);
-	CHECK_INT(c->submit.idle_timeout, 5 * MIN_MS);
+	CHECK_INT(c->submit.command_timeout, 5 * MIN_MS);
+	CHECK_INT(c->submit.tls_timeout, MIN_MS);
+	CHECK_INT(c->submit.auth_exchange_timeout, 2 * MIN_MS);
 	CHECK_INT(c->submit.data_timeout, 10 * MIN_MS);
+	CHECK_INT(c->submit.min_data_rate, 500);
+	CHECK_INT(c->submit.unauthenticated_share, 50);
 	CHECK_INT(c->submit.max_command_errors, 20);
 	CHECK_INT(c->submit.auth_fail_delay_after, 3);
 	CHECK_INT(c->submit.auth_fail_limit, 10);
@@ -400,7 +404,11 @@ static const char full_conf[] =
     "  max_connections = 200L;\n"
     "  max_connections_per_ip = 5;\n"
     "  idle_timeout = \"2m\";\n"
+    "  tls_timeout = \"20s\";\n"
+    "  auth_exchange_timeout = \"40s\";\n"
     "  data_timeout = \"1h30m\";\n"
+    "  min_data_rate = 0;\n"
+    "  unauthenticated_share = 100;\n"
     "  max_command_errors = 7;\n"
     "  auth_fail_delay_after = 0;\n"
     "  auth_fail_limit = 4;\n"
@@ -492,8 +500,12 @@ test_full(void)
 	CHECK_INT(c->submit.max_recipients, 50);
 	CHECK_INT(c->submit.max_connections, 200);
 	CHECK_INT(c->submit.max_connections_per_ip, 5);
-	CHECK_INT(c->submit.idle_timeout, 2 * MIN_MS);
+	CHECK_INT(c->submit.command_timeout, 2 * MIN_MS);     /* by its old name */
+	CHECK_INT(c->submit.tls_timeout, 20000);
+	CHECK_INT(c->submit.auth_exchange_timeout, 40000);
 	CHECK_INT(c->submit.data_timeout, 90 * MIN_MS);
+	CHECK_INT(c->submit.min_data_rate, 0);
+	CHECK_INT(c->submit.unauthenticated_share, 100);
 	CHECK_INT(c->submit.max_command_errors, 7);
 	CHECK_INT(c->submit.auth_fail_delay_after, 0);
 	CHECK_INT(c->submit.auth_fail_limit, 4);
@@ -747,6 +759,16 @@ static const struct {
 	  "submit = { idle_timeout = 30; };\n",
 	  "1: submit.idle_timeout: bad duration 30: write a string with a unit, "
 	  "e.g. \"30s\" (use 30s, 5m, 4h, 5d)\n" },
+	{ "command_timeout and its old name together",
+	  "submit = {\n"
+	  "  command_timeout = \"1m\";\n"
+	  "  idle_timeout = \"2m\";\n"
+	  "};\n",
+	  "3: submit.idle_timeout: the old name of submit.command_timeout; "
+	  "set only command_timeout\n" },
+	{ "unauthenticated_share is a percentage",
+	  "submit = { unauthenticated_share = 101; };\n",
+	  "1: submit.unauthenticated_share: a percentage of submit.max_connections, 1 to 100\n" },
 	{ "zero duration where it must be positive",
 	  "deliver = { connect_timeout = \"0\"; };\n",
 	  "1: deliver.connect_timeout: must be greater than 0\n" },

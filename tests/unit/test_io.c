@@ -1,7 +1,7 @@
 /*
  * test_io.c - the I/O layer (common/io.c) over real loopback TCP, in
  * plaintext: line splitting, octets behind a line (io_getbytes), pause and resume, close after drain,
- * backpressure, output before the connect, refusal, idle timeouts, nothing
+ * backpressure, output before the connect, refusal, idle timeouts, deadlines, nothing
  * after EOF, and io_free() from inside every callback (io_fixture.h: a real
  * libuv loop, io_accept() and io_connect()).  TLS is test_io_tls.c.  Each
  * test states the behaviour it proves and ends with uv_loop_close() == 0.
@@ -528,6 +528,86 @@ test_idle_timeout(void)
 }
 
 /*
+ * Deadline: the server sets 120 ms; the client drips one byte every 10 ms
+ * and never ends its line.  An idle timer would never fire; the deadline
+ * fires once, no sooner than 120 ms and long before the drip would end,
+ * and io_deadline_left() counted down meanwhile while bytes kept arriving.
+ */
+
+struct dl_state {
+	uint64_t fired_at;
+	uint64_t left_at_first_in;  /* io_deadline_left() when the first byte came */
+	int drips;
+};
+
+static void
+dl_srv_accept(struct fix *fx)
+{
+	io_set_deadline(fx->srv.io, 120);
+}
+
+static void
+dl_srv_event(struct peer *p, enum io_event ev)
+{
+	struct dl_state *ds = p->fx->ctx;
+
+	if (ev == IO_EV_IN && ds->left_at_first_in == 0)
+		ds->left_at_first_in = io_deadline_left(p->io);
+	if (ev == IO_EV_TIMEOUT) {
+		uv_update_time(&p->fx->loop);
+		ds->fired_at = uv_now(&p->fx->loop) - p->fx->t0;
+		rec_event(p, "TIMEOUT");
+		io_write(p->io, "421 deadline\r\n", 14);
+		peer_close_drain(p);
+		return;
+	}
+	peer_default(p, ev);
+}
+
+static void
+dl_drip(struct fix *fx)
+{
+	struct dl_state *ds = fx->ctx;
+
+	if (fx->cli.freed || fx->cli.ended || ds->drips >= 200)
+		return;
+	ds->drips++;
+	io_write(fx->cli.io, "N", 1);
+	fix_timer(fx, 10, dl_drip);
+}
+
+static void
+dl_cli_event(struct peer *p, enum io_event ev)
+{
+	if (ev == IO_EV_CONNECTED)
+		fix_timer(p->fx, 10, dl_drip);
+	peer_default(p, ev);
+}
+
+static void
+test_deadline(void)
+{
+	struct dl_state ds = { 0 };
+	struct fix fx;
+
+	fix_init(&fx);
+	fx.ctx = &ds;
+	fx.on_accept = dl_srv_accept;
+	fx.srv.on_event = dl_srv_event;
+	fx.cli.on_event = dl_cli_event;
+	fix_connect(&fx);
+	fix_run(&fx, "deadline");
+	CHECK_STR(buf_cstr(&fx.srv.rec), "TIMEOUT|");
+	CHECK_STR(buf_cstr(&fx.cli.rec), "421 deadline\\r\\n|EOF|");
+	CHECK_MSG(ds.fired_at >= 115 && ds.fired_at < 1500,
+	    "deadline fired after %llu ms, want 120", (unsigned long long)ds.fired_at);
+	CHECK_MSG(ds.drips >= 5, "only %d drips before the deadline", ds.drips);
+	CHECK_MSG(ds.left_at_first_in > 0 && ds.left_at_first_in < 120,
+	    "io_deadline_left() said %llu at the first byte", (unsigned long long)ds.left_at_first_in);
+	fix_free(&fx);
+}
+
+/*
  * No event after EOF: the server keeps its io 100 ms after EOF with a 10 ms
  * idle timeout set; neither TIMEOUT nor anything else may follow the EOF.
  */
@@ -816,6 +896,7 @@ main(void)
 	test_write_before_connect();
 	test_refused();
 	test_idle_timeout();
+	test_deadline();
 	test_nothing_after_eof();
 	test_free_in_callback();
 
