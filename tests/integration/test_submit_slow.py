@@ -405,8 +405,13 @@ class SubmitUnderSlowClientsTest(unittest.TestCase):
         drippers.stop()
 
         self.assertEqual(len(results), self.USERS * self.MESSAGES)
-        late = [r for r in results if r[1] != 250 or r[2] > 2.0]
-        self.assertEqual(late, [], "messages not accepted within 2 s (source, code, s, error)")
+        # The promise is 2 s.  The sanitizer build (contrib/test.sh sets
+        # ASAN_OPTIONS for it) runs relayd several times slower, so there
+        # it is checked against twice that; a 421 fails in both.
+        bound = 4.0 if os.environ.get("ASAN_OPTIONS") else 2.0
+        late = [r for r in results if r[1] != 250 or r[2] > bound]
+        self.assertEqual(late, [], "messages not accepted within %g s (source, code, s, error)"
+                         % bound)
         self.assertTrue(relay.running)
         # the drippers were really there: they filled the slots and were
         # closed to make room, never a user
