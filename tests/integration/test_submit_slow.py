@@ -20,6 +20,7 @@ message gets its 250 within 2 s of the user's connect.
 import asyncio
 import base64
 import multiprocessing
+import os
 import random
 import smtplib
 import socket
