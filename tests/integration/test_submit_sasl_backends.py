@@ -58,7 +58,7 @@ def tls_session(relay):
     return r
 
 
-def backend_relay(sasl_options, ldap=None, **submit):
+def backend_relay(sasl_options, ldap=None, ldap_timeout="3s", **submit):
     """A relayd whose AUTH goes to sasl_options instead of the sasldb; with
     ldap (an ldapserver.LDAPServer), submit.senders_ldap points at it."""
     cfg = {"sasl_db": None, "sasl_options": sasl_options, "sasl_mechanisms": "PLAIN LOGIN",
@@ -73,7 +73,7 @@ def backend_relay(sasl_options, ldap=None, **submit):
         relay.update_config(submit={"senders_ldap": {
             "uri": ldap.uri, "base": "ou=people," + ldapserver.BASE,
             "bind_dn": ldapserver.BIND_DN, "bind_password_file": pwfile,
-            "timeout": "3s", "cache_ttl": "1h"}})
+            "timeout": ldap_timeout, "cache_ttl": "1h"}})
     relay.start()
     return relay
 
@@ -183,11 +183,15 @@ class SaslauthdLDAPTest(BackendChecks, unittest.TestCase):
         conf = SASLAUTHD_LDAP_CONF.format(uri=cls.ldap.uri, base=ldapserver.BASE,
                                           binddn=ldapserver.BIND_DN, bindpw=ldapserver.BIND_PW)
         cls.saslauthd = Saslauthd("ldap", conf=conf).start()
-        cls.plain = cls.relay = None
+        cls.plain = cls.relay = cls.hung = None
+        cls.hanging = ldapserver.HangingServer()
         try:
             # cache_ttl 1h: a cached answer must not stand in for the directory
             cls.relay = backend_relay(cls.saslauthd.sasl_options(), ldap=cls.ldap)
             cls.plain = backend_relay(cls.saslauthd.sasl_options())
+            # senders_ldap hangs, for longer than auth_timeout
+            cls.hung = backend_relay(cls.saslauthd.sasl_options(), ldap=cls.hanging,
+                                     ldap_timeout="5s", auth_timeout="2s")
         except BaseException:
             cls.tearDownClass()
             raise
@@ -195,10 +199,11 @@ class SaslauthdLDAPTest(BackendChecks, unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         try:
-            for relay in (cls.relay, cls.plain):
+            for relay in (cls.relay, cls.plain, cls.hung):
                 if relay is not None:
                     stop_cleanly(relay)
         finally:
+            cls.hanging.close()
             cls.saslauthd.close()
             cls.ldap.close()
 
@@ -247,6 +252,34 @@ class SaslauthdLDAPTest(BackendChecks, unittest.TestCase):
         self.relay.wait_for_log("auth_failed", since=mark, user=self.user)
         self.assertIn(("login", self.user), [e[:2] for e in self.auth_list(self.relay)])
         self.relay.relayctl("auth", "unblock", self.user, check=True)
+
+    def test_hanging_directory_is_bounded_by_auth_timeout(self):
+        # saslauthd says NO at once; the directory asked about it never
+        # answers: the session waits auth_timeout (2 s), not the directory's
+        # 5 s, gets 454 (auth_failed reason=timeout, not counted), and
+        # another session is served meanwhile.
+        counted = self.auth_list(self.hung)
+        mark = self.hung.log_mark()
+        waiting = tls_session(self.hung)
+        self.addCleanup(waiting.close)
+        leaving = tls_session(self.hung)        # leaves while its probe runs
+        t0 = time.monotonic()
+        leaving.send("AUTH PLAIN %s\r\n" % plain(self.user, "wrong"))
+        waiting.send("AUTH PLAIN %s\r\n" % plain(self.user, "wrong"))
+        other = tls_session(self.hung)
+        self.addCleanup(other.close)
+        self.assertEqual(other.cmd("NOOP")[0], 250)
+        self.assertLess(time.monotonic() - t0, 1.5, "a session waited for the directory")
+        leaving.close()
+        self.assertEqual(waiting.read_reply(), (454, "4.7.0 Temporary authentication failure"))
+        waited = time.monotonic() - t0
+        self.assertGreater(waited, 1.5)
+        self.assertLess(waited, 4.0)            # the directory's own timeout is 5 s
+        self.hung.wait_for_log("auth_failed", since=mark, reason="timeout", user=self.user)
+        self.hung.wait_for_log("ldap_unavailable", since=mark)     # the lookup came back
+        self.assertEqual(waiting.cmd("NOOP")[0], 250)
+        self.assertEqual(self.auth_list(self.hung), counted)
+        self.assertEqual(self.hung.count_log("auth_failed", since=mark, reason="timeout"), 1)
 
     def test_slapd_stopped_behind_saslauthd_without_senders_ldap_is_535(self):
         # Without a directory to ask, relayd cannot tell: a 535 that counts,
