@@ -14,8 +14,10 @@ at the next start, the queued message still there).  saslauthd -a ldap with
 slapd stopped answers a bare "NO", as for a wrong password: with
 submit.senders_ldap on the same slapd, relayd asks the directory and answers
 454 (auth_error, not counted; the right password works again once slapd is
-back, and a wrong one is 535 again); without senders_ldap it is a 535 that
-counts, as the README documents.  The SQL plugin's database gone is a 454
+back, and a wrong one is 535 again; a senders_ldap that hangs holds the
+answer at most submit.auth_timeout, then 454 reason=timeout, while other
+sessions are served); without senders_ldap it is a 535 that counts, as the
+README documents.  The SQL plugin's database gone is a 454
 that does not count.
 """
 
