@@ -57,6 +57,7 @@ struct directory_req {
 	char *login;
 	directory_cb *cb;
 	void *arg;
+	bool fresh;                     /* only a lookup may answer it, not the cache */
 };
 TAILQ_HEAD(directory_req_list, directory_req);
 
@@ -526,7 +527,7 @@ directory_next(struct directory *d)
 
 	for (r = TAILQ_FIRST(&d->waiting); r != NULL; r = next) {
 		next = TAILQ_NEXT(r, entry);
-		if ((o = directory_cache_get(d, r->login)) != NULL) {
+		if (!r->fresh && (o = directory_cache_get(d, r->login)) != NULL) {
 			TAILQ_REMOVE(&d->waiting, r, entry);
 			directory_answer(r, DIRECTORY_OK, o);
 		}
@@ -558,17 +559,31 @@ directory_cached(struct directory *d, const char *login)
 	return directory_cache_get(d, login);
 }
 
-void
-directory_lookup(struct directory *d, const char *login, directory_cb *cb, void *arg)
+static void
+directory_request(struct directory *d, const char *login, bool fresh, directory_cb *cb,
+    void *arg)
 {
 	struct directory_req *r = xcalloc(1, sizeof(*r));
 
 	r->login = xstrdup(login);
 	r->cb = cb;
 	r->arg = arg;
+	r->fresh = fresh;
 	TAILQ_INSERT_TAIL(&d->waiting, r, entry);
 	if (!d->busy)
 		directory_start(d, r->login);
+}
+
+void
+directory_lookup(struct directory *d, const char *login, directory_cb *cb, void *arg)
+{
+	directory_request(d, login, false, cb, arg);
+}
+
+void
+directory_lookup_fresh(struct directory *d, const char *login, directory_cb *cb, void *arg)
+{
+	directory_request(d, login, true, cb, arg);
 }
 
 void

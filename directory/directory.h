@@ -66,6 +66,13 @@ int directory_reload(struct directory *d, const struct conf *c, struct buf *err)
 struct directory_owned *directory_cached(struct directory *d, const char *login);
 /* Ask the directory about login; cb(arg, ...) later, on the loop, exactly once. */
 void directory_lookup(struct directory *d, const char *login, directory_cb *cb, void *arg);
+/*
+ * The same, but never answered from the cache: is the directory answering
+ * now?  (AUTH asks when saslauthd said no, to tell an outage from a wrong
+ * password.)  The answer refreshes the cache like any other.
+ */
+void directory_lookup_fresh(struct directory *d, const char *login, directory_cb *cb,
+    void *arg);
 /* Answer every waiting request DIRECTORY_UNAVAILABLE now (shutdown). */
 void directory_cancel_all(struct directory *d);
 /* Free (once a lookup out on the thread pool has come back); no request may wait. */

@@ -10,6 +10,17 @@
  * blocked login is answered 454 before its password is checked (the same
  * for a name that does not exist), except from an address it recently
  * authenticated from.  A backend that is down (454) is not a failed attempt.
+ *
+ * saslauthd cannot tell its LDAP server being down from a wrong password
+ * (both are SASL_BADAUTH).  When pwcheck_method names saslauthd and
+ * submit.senders_ldap is set (in practice the same directory), a
+ * SASL_BADAUTH is not answered at once: the directory is asked about the
+ * tried login (directory_lookup_fresh, off the loop; the session stays in
+ * SUBMIT_S_AUTH_WAIT with s->lookup_pending, still bounded by
+ * submit.auth_timeout since the step was queued).  The directory answering,
+ * the login found or not, means the password was wrong: 535 and counted.
+ * The directory unavailable is an outage: 454, logged auth_error, not
+ * counted.
  * relayctl auth list / unblock read and clear both counters here.
  *
  * sasl_server_start/step may block (saslauthd, LDAP, SQL), so each runs on
@@ -58,6 +69,8 @@ struct submit_auth_ctx {
 	bool running;                   /* on the thread pool */
 	bool timed_out;                 /* answered 454; the step still runs */
 	bool start;                     /* sasl_server_start, not _step */
+	bool probing;                   /* SASL_BADAUTH: the directory is being asked */
+	uint64_t queued;                /* util_mono_ms() when the step was queued */
 	bool has_in;                    /* start: an initial response was given */
 	char mech[32];                  /* start: the mechanism */
 	struct buf in;                  /* the client's decoded response */
@@ -447,11 +460,33 @@ submit_auth_success(struct submit_session *s)
 	submit_session_reply(s, "235 2.7.0 Authentication successful");
 }
 
+/* The backend could not check (error says why): 454, not a failed attempt. */
+static void
+submit_auth_unavailable(struct submit_session *s, const char *error)
+{
+	submit_enter_state(s, SUBMIT_S_HELO);
+	log_event(LOG_WARNING, "auth_error", "session", s->id, "client", s->ip,
+	    "mech", s->mech, "error", error, NULL);
+	submit_auth_reset(s);
+	submit_session_reply(s, "454 4.7.0 Temporary authentication failure");
+}
+
+/* Fill s->auth_user from SASL when the responses did not name the user. */
+static void
+submit_auth_tried_user(struct submit_session *s)
+{
+	const char *user = NULL;
+
+	if (s->auth_user.len == 0 && s->auth != NULL && s->auth->sasl != NULL &&
+	    sasl_getprop(s->auth->sasl, SASL_USERNAME, (const void **)&user) == SASL_OK &&
+	    user != NULL)
+		buf_puts(&s->auth_user, user);
+}
+
 static void
 submit_auth_failure(struct submit_session *s, int rc)
 {
 	struct submit *srv = s->srv;
-	const char *user = NULL;
 	struct log_line l;
 	uint64_t delay, now = util_mono_ms(), block = 0;
 	bool refused = false;
@@ -459,16 +494,10 @@ submit_auth_failure(struct submit_session *s, int rc)
 
 	submit_enter_state(s, SUBMIT_S_HELO);
 	if (rc == SASL_TRYAGAIN || rc == SASL_FAIL || rc == SASL_NOMEM || rc == SASL_UNAVAIL) {
-		log_event(LOG_WARNING, "auth_error", "session", s->id, "client", s->ip,
-		    "mech", s->mech, "error", sasl_errstring(rc, NULL, NULL), NULL);
-		submit_auth_reset(s);
-		submit_session_reply(s, "454 4.7.0 Temporary authentication failure");
+		submit_auth_unavailable(s, sasl_errstring(rc, NULL, NULL));
 		return;
 	}
-	if (s->auth_user.len == 0 && s->auth != NULL && s->auth->sasl != NULL &&
-	    sasl_getprop(s->auth->sasl, SASL_USERNAME, (const void **)&user) == SASL_OK &&
-	    user != NULL)
-		buf_puts(&s->auth_user, user);
+	submit_auth_tried_user(s);
 	delay = submit_limits_auth_failed(srv->limits, s->ip, now, &refused);
 	if (s->auth_user.len > 0) {
 		submit_auth_login_key(s->conf->submit.sasl_realm, s->auth_user.data,
@@ -500,6 +529,80 @@ submit_auth_failure(struct submit_session *s, int rc)
 	submit_session_reply_later(s, delay, false, "535 5.7.8 Error: authentication failed");
 }
 
+/*
+ * May a SASL_BADAUTH be an outage?  Yes with saslauthd (pwcheck_method
+ * names it, alone or in a list) when the directory can be asked.
+ */
+static bool
+submit_auth_ambiguous(const struct submit_session *s)
+{
+	const char *p = conf_sasl_option(s->conf, "pwcheck_method");
+	size_t n;
+
+	if (s->srv->directory == NULL || s->srv->conf->submit.senders_ldap.uri == NULL)
+		return false;
+	while (p != NULL && *p != '\0') {
+		p += strspn(p, " \t,");
+		n = strcspn(p, " \t,");
+		if (n == 9 && strncmp(p, "saslauthd", 9) == 0)
+			return true;
+		p += n;
+	}
+	return false;
+}
+
+/* The directory's answer to the probe: up means a wrong password. */
+static void
+submit_auth_probed(void *arg, enum directory_status st, struct directory_owned *o)
+{
+	struct submit_session *s = arg;
+
+	(void)o;
+	if (s->magic != SUBMIT_SESSION_MAGIC || !s->lookup_pending)
+		fatalx("%s: bad session", __func__);
+	s->lookup_pending = false;
+	if (s->io == NULL) {
+		submit_session_close(s, NULL);  /* the client left: now it can be freed */
+		return;
+	}
+	if (s->srv->shutting_down) {
+		submit_session_shutdown(s);
+		return;
+	}
+	if (s->auth == NULL || !s->auth->probing)
+		return;                 /* timed out meanwhile: answered already */
+	s->auth->probing = false;
+	uv_timer_stop(&s->timer);
+	if (st == DIRECTORY_OK)
+		submit_auth_failure(s, SASL_BADAUTH);
+	else
+		submit_auth_unavailable(s, "directory unavailable");
+}
+
+/*
+ * SASL_BADAUTH from saslauthd: ask the directory about the tried login
+ * before answering, with what is left of submit.auth_timeout.
+ */
+static void
+submit_auth_probe(struct submit_session *s)
+{
+	uint64_t now = util_mono_ms(), end = s->auth->queued + s->conf->submit.auth_timeout;
+	struct buf login = BUF_INIT;
+
+	submit_auth_tried_user(s);
+	if (s->auth_user.len == 0 || s->lookup_pending) {
+		submit_auth_failure(s, SASL_BADAUTH);
+		return;
+	}
+	buf_append(&login, s->auth_user.data, submit_auth_unrealm(s->conf->submit.sasl_realm,
+	    s->auth_user.data, s->auth_user.len));
+	s->auth->probing = true;
+	s->lookup_pending = true;
+	submit_session_timer(s, end > now ? end - now : 1);
+	directory_lookup_fresh(s->srv->directory, buf_cstr(&login), submit_auth_probed, s);
+	buf_free(&login);
+}
+
 /* What sasl_server_start/step said. */
 static void
 submit_auth_result(struct submit_session *s, int rc, const char *out, unsigned outlen)
@@ -529,6 +632,12 @@ submit_auth_result(struct submit_session *s, int rc, const char *out, unsigned o
 		submit_auth_reset(s);
 		submit_enter_state(s, SUBMIT_S_HELO);
 		submit_session_reply(s, "504 5.5.4 Unrecognized authentication type");
+		break;
+	case SASL_BADAUTH:
+		if (submit_auth_ambiguous(s))
+			submit_auth_probe(s);
+		else
+			submit_auth_failure(s, rc);
 		break;
 	default:
 		submit_auth_failure(s, rc);
@@ -666,6 +775,7 @@ submit_auth_queue(struct submit_session *s, bool start)
 	struct submit_auth_ctx *ctx = s->auth;
 
 	ctx->start = start;
+	ctx->queued = util_mono_ms();
 	submit_enter_state(s, SUBMIT_S_AUTH_WAIT);
 	submit_session_timer(s, s->conf->submit.auth_timeout);
 	TAILQ_INSERT_TAIL(&s->srv->auth_waiting, ctx, entry);
@@ -744,7 +854,7 @@ submit_auth_command(struct submit_session *s, char *args)
 		submit_session_close(s, text);
 		return;
 	}
-	if (s->auth != NULL) {          /* a timed-out step still runs */
+	if (s->auth != NULL || s->lookup_pending) {     /* a timed-out step or probe still runs */
 		submit_session_reply(s, "454 4.7.0 Temporary authentication failure");
 		return;
 	}

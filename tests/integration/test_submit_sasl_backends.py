@@ -11,8 +11,14 @@ session's EHLO is answered meanwhile: the check runs off the event loop; and
 SIGTERM while a check hangs in it stops relayd within a short bound
 (event=auth_abandoned, exit 0, the queue closed cleanly: nothing to replay
 at the next start, the queued message still there).  saslauthd -a ldap with
-slapd stopped is a 535 that counts (saslauthd answers a bare "NO" for both),
-as the README documents; the SQL plugin's database gone is a 454 that does not.
+slapd stopped answers a bare "NO", as for a wrong password: with
+submit.senders_ldap on the same slapd, relayd asks the directory and answers
+454 (auth_error, not counted; the right password works again once slapd is
+back, and a wrong one is 535 again; a senders_ldap that hangs holds the
+answer at most submit.auth_timeout, then 454 reason=timeout, while other
+sessions are served); without senders_ldap it is a 535 that counts, as the
+README documents.  The SQL plugin's database gone is a 454
+that does not count.
 """
 
 import base64
@@ -54,12 +60,22 @@ def tls_session(relay):
     return r
 
 
-def backend_relay(sasl_options, **submit):
-    """A relayd whose AUTH goes to sasl_options instead of the sasldb."""
+def backend_relay(sasl_options, ldap=None, ldap_timeout="3s", **submit):
+    """A relayd whose AUTH goes to sasl_options instead of the sasldb; with
+    ldap (an ldapserver.LDAPServer), submit.senders_ldap points at it."""
     cfg = {"sasl_db": None, "sasl_options": sasl_options, "sasl_mechanisms": "PLAIN LOGIN",
            "auth_fail_limit": 1000, "auth_fail_delay_after": 1000}
     cfg.update(submit)
     relay = Relay(users={}, senders=SENDERS, submit=cfg)
+    if ldap is not None:
+        pwfile = os.path.join(relay.tmpdir, "ldap.secret")
+        with open(pwfile, "w") as f:
+            f.write(ldapserver.BIND_PW + "\n")
+        share_with_user(pwfile)
+        relay.update_config(submit={"senders_ldap": {
+            "uri": ldap.uri, "base": "ou=people," + ldapserver.BASE,
+            "bind_dn": ldapserver.BIND_DN, "bind_password_file": pwfile,
+            "timeout": ldap_timeout, "cache_ttl": "1h"}})
     relay.start()
     return relay
 
@@ -157,7 +173,9 @@ ldap_timeout: 5
 
 @unittest.skipIf(SKIP or ldapserver is None, SKIP or "no tests/harness/ldapserver.py (slapd)")
 class SaslauthdLDAPTest(BackendChecks, unittest.TestCase):
-    """saslauthd -a ldap against a real slapd (LDAP/Active Directory)."""
+    """saslauthd -a ldap against a real slapd (LDAP/Active Directory), with
+    submit.senders_ldap on the same slapd (the usual setup); cls.plain is a
+    relayd with the same saslauthd and no senders_ldap."""
 
     user, password = "alice", "alicepw"
 
@@ -167,15 +185,34 @@ class SaslauthdLDAPTest(BackendChecks, unittest.TestCase):
         conf = SASLAUTHD_LDAP_CONF.format(uri=cls.ldap.uri, base=ldapserver.BASE,
                                           binddn=ldapserver.BIND_DN, bindpw=ldapserver.BIND_PW)
         cls.saslauthd = Saslauthd("ldap", conf=conf).start()
-        cls.relay = backend_relay(cls.saslauthd.sasl_options())
+        cls.plain = cls.relay = cls.hung = None
+        cls.hanging = ldapserver.HangingServer()
+        try:
+            # cache_ttl 1h: a cached answer must not stand in for the directory
+            cls.relay = backend_relay(cls.saslauthd.sasl_options(), ldap=cls.ldap)
+            cls.plain = backend_relay(cls.saslauthd.sasl_options())
+            # senders_ldap hangs, for longer than auth_timeout
+            cls.hung = backend_relay(cls.saslauthd.sasl_options(), ldap=cls.hanging,
+                                     ldap_timeout="5s", auth_timeout="2s")
+        except BaseException:
+            cls.tearDownClass()
+            raise
 
     @classmethod
     def tearDownClass(cls):
         try:
-            stop_cleanly(cls.relay)
+            for relay in (cls.relay, cls.plain, cls.hung):
+                if relay is not None:
+                    stop_cleanly(relay)
         finally:
+            cls.hanging.close()
             cls.saslauthd.close()
             cls.ldap.close()
+
+    def auth_list(self, relay):
+        """relayctl auth list: (kind, name, failures) of each entry."""
+        doc = relay.relayctl("auth", "list", "--json", json=True)
+        return sorted((e["kind"], e["name"], e["failures"]) for e in doc["entries"])
 
     def test_saslauthd_stopped_is_454(self):
         self.saslauthd.stop()
@@ -185,22 +222,82 @@ class SaslauthdLDAPTest(BackendChecks, unittest.TestCase):
         self.assertEqual(reply, (454, "4.7.0 Temporary authentication failure"))
         self.assertEqual(self.relay.count_log("auth_failed", since=mark), 0)
 
-    def test_slapd_stopped_behind_saslauthd(self):
-        # saslauthd -a ldap answers a bare "NO" for any LDAP error and libsasl
-        # makes every "NO" a SASL_BADAUTH: an LDAP server that is down behind
-        # saslauthd cannot be told from a wrong password.  It is a 535 and it
-        # counts, as the README and relayd.conf(5) say.
+    def test_slapd_stopped_behind_saslauthd_is_454_with_senders_ldap(self):
+        # saslauthd -a ldap answers a bare "NO" for any LDAP error, which
+        # libsasl makes a SASL_BADAUTH; relayd asks senders_ldap (the same
+        # slapd): unreachable, so the NO was the outage, not the password.
+        # alice's directory answer is cached (cache_ttl 1h): not trusted here.
+        r, _ = self.auth(self.user, self.password)
+        self.assertEqual(r.cmd("MAIL FROM:<alice@example.net>")[0], 553)   # asks the directory
+        counted = self.auth_list(self.relay)
         self.ldap.stop()
         self.addCleanup(self.ldap.start)
         mark = self.relay.log_mark()
+        first, reply = self.auth(self.user, self.password)
+        self.assertEqual(reply, (454, "4.7.0 Temporary authentication failure"))
+        self.relay.wait_for_log("auth_error", since=mark, mech="PLAIN",
+                                error="directory unavailable")
+        # a second session meanwhile: answered, and its wrong password is an
+        # outage too, not a failure
+        _, reply = self.auth("bob", "wrong")
+        self.assertEqual(reply, (454, "4.7.0 Temporary authentication failure"))
+        self.assertEqual(first.cmd("NOOP")[0], 250)             # the first one goes on
+        self.assertEqual(self.relay.count_log("auth_failed", since=mark), 0)
+        self.assertEqual(self.auth_list(self.relay), counted)   # nothing counted
+        # slapd back: the right password works, a wrong one is a 535 again
+        self.ldap.start()
         _, reply = self.auth(self.user, self.password)
+        self.assertEqual(reply[0], 235, reply)
+        mark = self.relay.log_mark()
+        _, reply = self.auth(self.user, "wrong")
         self.assertEqual(reply, (535, "5.7.8 Error: authentication failed"))
         self.relay.wait_for_log("auth_failed", since=mark, user=self.user)
-        self.assertEqual(self.relay.count_log("auth_error", since=mark), 0)
-        # what the admin sees afterwards, and clears
-        doc = self.relay.relayctl("auth", "list", "--json", json=True)
-        self.assertIn(("login", self.user), [(e["kind"], e["name"]) for e in doc["entries"]])
+        self.assertIn(("login", self.user), [e[:2] for e in self.auth_list(self.relay)])
         self.relay.relayctl("auth", "unblock", self.user, check=True)
+
+    def test_hanging_directory_is_bounded_by_auth_timeout(self):
+        # saslauthd says NO at once; the directory asked about it never
+        # answers: the session waits auth_timeout (2 s), not the directory's
+        # 5 s, gets 454 (auth_failed reason=timeout, not counted), and
+        # another session is served meanwhile.
+        counted = self.auth_list(self.hung)
+        mark = self.hung.log_mark()
+        waiting = tls_session(self.hung)
+        self.addCleanup(waiting.close)
+        leaving = tls_session(self.hung)        # leaves while its probe runs
+        t0 = time.monotonic()
+        leaving.send("AUTH PLAIN %s\r\n" % plain(self.user, "wrong"))
+        waiting.send("AUTH PLAIN %s\r\n" % plain(self.user, "wrong"))
+        other = tls_session(self.hung)
+        self.addCleanup(other.close)
+        self.assertEqual(other.cmd("NOOP")[0], 250)
+        self.assertLess(time.monotonic() - t0, 1.5, "a session waited for the directory")
+        leaving.close()
+        self.assertEqual(waiting.read_reply(), (454, "4.7.0 Temporary authentication failure"))
+        waited = time.monotonic() - t0
+        self.assertGreater(waited, 1.5)
+        self.assertLess(waited, 4.0)            # the directory's own timeout is 5 s
+        self.hung.wait_for_log("auth_failed", since=mark, reason="timeout", user=self.user)
+        self.hung.wait_for_log("ldap_unavailable", since=mark)     # the lookup came back
+        self.assertEqual(waiting.cmd("NOOP")[0], 250)
+        self.assertEqual(self.auth_list(self.hung), counted)
+        self.assertEqual(self.hung.count_log("auth_failed", since=mark, reason="timeout"), 1)
+
+    def test_slapd_stopped_behind_saslauthd_without_senders_ldap_is_535(self):
+        # Without a directory to ask, relayd cannot tell: a 535 that counts,
+        # as the README and relayd.conf(5) say.
+        self.ldap.stop()
+        self.addCleanup(self.ldap.start)
+        mark = self.plain.log_mark()
+        r = tls_session(self.plain)
+        self.addCleanup(r.close)
+        reply = r.cmd("AUTH PLAIN " + plain(self.user, self.password))
+        self.assertEqual(reply, (535, "5.7.8 Error: authentication failed"))
+        self.plain.wait_for_log("auth_failed", since=mark, user=self.user)
+        self.assertEqual(self.plain.count_log("auth_error", since=mark), 0)
+        # what the admin sees afterwards, and clears
+        self.assertIn(("login", self.user), [e[:2] for e in self.auth_list(self.plain)])
+        self.plain.relayctl("auth", "unblock", self.user, check=True)
 
 
 @unittest.skipIf(SKIP or ldapserver is None, SKIP or "no tests/harness/ldapserver.py (slapd)")
