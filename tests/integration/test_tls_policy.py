@@ -229,7 +229,7 @@ class PolicyKeysTest(TLSPolicyCase):
             ("TLSv1.2", "ECDHE-ECDSA-AES256-GCM-SHA384", False),
             ("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256", False),
         ])
-        stop_cleanly(relay)
+        self.assertEqual(relay.stop(), 0, relay.diagnostics())
 
     def test_relayd_n_names_file_and_line_of_a_bad_value(self):
         relay = Relay.for_test(self)
