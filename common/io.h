@@ -151,8 +151,17 @@ int io_peer_port(const struct io *io);
 const char *io_local_ip(const struct io *io);
 const struct sockaddr *io_peer_addr(const struct io *io);
 
-/* TLS contexts (TLS 1.2 and up). NULL on error with err filled. */
+/* TLS contexts (io_tls.c).  NULL on error with err filled.  The server's is
+ * Mozilla's "intermediate" profile (TLS 1.2 and up, ECDHE with AES-GCM or
+ * ChaCha20 only); the client's takes TLS 1.2 and up with OpenSSL's suites. */
 SSL_CTX *io_tls_server_ctx(const char *cert_file, const char *key_file, char *err, size_t errlen);
 SSL_CTX *io_tls_client_ctx(const char *ca_file, char *err, size_t errlen);
+/* Set a server context's TLS 1.2 cipher list (OpenSSL syntax) and lowest
+ * version ("TLSv1.2" or "TLSv1.3"); NULL keeps the default.  0, or -1 with
+ * err filled (ctx then half changed: free it). */
+int io_tls_server_policy(SSL_CTX *ctx, const char *ciphers, const char *min_version,
+    char *err, size_t errlen);
+/* Whether io_tls_server_policy() would take these values (on a scratch context). */
+int io_tls_check_policy(const char *ciphers, const char *min_version, char *err, size_t errlen);
 
 #endif

@@ -12,6 +12,7 @@
  * socket, and never keeps state outside the snapshot it is building.
  */
 #include "conf/conf.h"
+#include "common/io.h"
 #include "common/util.h"
 
 #include <arpa/inet.h>
@@ -49,6 +50,8 @@ enum conf_kind {
 	CONF_K_DURATION,	/* uint64_t ms: "30s", or the integer 0 */
 	CONF_K_LOG_LEVEL,	/* char *, one of conf_log_levels */
 	CONF_K_TLS,		/* enum conf_tls; off2 (if any) marks it set */
+	CONF_K_TLS_CIPHERS,	/* char *, a TLS 1.2 cipher list OpenSSL takes */
+	CONF_K_TLS_VERSION,	/* char *, a lowest TLS version OpenSSL takes */
 	CONF_K_MX_POLICY,	/* enum conf_mx_policy */
 	CONF_K_MECHANISMS,	/* char *, space-separated SASL mechanism names */
 	CONF_K_LISTEN,		/* struct conf_listen *, count at off2 */
@@ -109,6 +112,8 @@ static const struct conf_key conf_submit_keys[] = {
 	{ "listen_tls", CONF_K_LISTEN, C_OFF(submit.listen_tls), C_OFF(submit.nlisten_tls), 0, NULL },
 	{ "tls_cert", CONF_K_PATH, C_OFF(submit.tls_cert), 0, 0, NULL },
 	{ "tls_key", CONF_K_PATH, C_OFF(submit.tls_key), 0, 0, NULL },
+	{ "tls_ciphers", CONF_K_TLS_CIPHERS, C_OFF(submit.tls_ciphers), 0, 0, NULL },
+	{ "tls_min_version", CONF_K_TLS_VERSION, C_OFF(submit.tls_min_version), 0, 0, NULL },
 	{ "sasl_db", CONF_K_PATH, C_OFF(submit.sasl_db), 0, 0, NULL },
 	{ "sasl_realm", CONF_K_STR, C_OFF(submit.sasl_realm), 0, CONF_F_NONEMPTY, NULL },
 	{ "sasl_mechanisms", CONF_K_MECHANISMS, C_OFF(submit.sasl_mechanisms), 0, 0, NULL },
@@ -1045,6 +1050,20 @@ conf_set(struct conf_ctx *x, const config_setting_t *s, const char *name,
 		if (k->flags & CONF_F_HAS_OFF2)
 			*(bool *)((char *)base + k->off2) = true;
 		return;
+	case CONF_K_TLS_CIPHERS:
+	case CONF_K_TLS_VERSION: {
+		char e2[300];
+
+		if ((v = conf_get_string(x, s, name)) == NULL)
+			return;
+		if (io_tls_check_policy(k->kind == CONF_K_TLS_CIPHERS ? v : NULL,
+		    k->kind == CONF_K_TLS_VERSION ? v : NULL, e2, sizeof(e2)) != 0) {
+			conf_error(x, s, "%s: %s", name, e2);
+			return;
+		}
+		conf_set_str(base, k->off, v);
+		return;
+	}
 	case CONF_K_MX_POLICY:
 		e = conf_get_enum(x, s, name, conf_mx_names, RELAY_ARRAY_LEN(conf_mx_names));
 		if (e != -1)
@@ -1331,6 +1350,8 @@ conf_free(struct conf *c)
 	conf_free_listen(c->submit.listen_tls, c->submit.nlisten_tls);
 	free(c->submit.tls_cert);
 	free(c->submit.tls_key);
+	free(c->submit.tls_ciphers);
+	free(c->submit.tls_min_version);
 	free(c->submit.sasl_db);
 	free(c->submit.sasl_realm);
 	free(c->submit.sasl_mechanisms);

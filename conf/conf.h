@@ -95,6 +95,8 @@ struct conf {
 		size_t nlisten_tls;
 		char *tls_cert;                 /* PEM file; required if any listener */
 		char *tls_key;
+		char *tls_ciphers;              /* TLS 1.2 cipher list; NULL = io_tls.c's */
+		char *tls_min_version;          /* "TLSv1.2" | "TLSv1.3"; NULL = TLSv1.2 */
 		char *sasl_db;                  /* sasldb2 file */
 		char *sasl_realm;               /* default: hostname */
 		char *sasl_mechanisms;          /* default: "PLAIN LOGIN" */

@@ -23,6 +23,10 @@ PKGS="build-essential gcc make cmake pkg-config openssl ca-certificates
 # Cyrus's SQL auxprop plugin and SQLite, for the AUTH backend tests
 PKGS="$PKGS libsasl2-modules-sql sqlite3"
 
+# testssl.sh scans both submission ports (tests/integration/test_tls_scan.py);
+# it runs openssl, hexdump (bsdextrautils), ps (procps) and dig (dnsutils).
+PKGS="$PKGS testssl.sh bsdextrautils dnsutils"
+
 missing=""
 for p in $PKGS; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -144,6 +144,13 @@ submit_server_tls(const struct conf *c, SSL_CTX **out, struct buf *err)
 		buf_printf(err, "submit.tls_cert/tls_key: %s\n", e);
 		return -1;
 	}
+	if (io_tls_server_policy(*out, c->submit.tls_ciphers, c->submit.tls_min_version,
+	    e, sizeof(e)) != 0) {
+		buf_printf(err, "submit.tls_ciphers/tls_min_version: %s\n", e);
+		SSL_CTX_free(*out);
+		*out = NULL;
+		return -1;
+	}
 	return 0;
 }
 

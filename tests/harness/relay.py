@@ -54,7 +54,7 @@ log_lines(), log_mark(), wait_for_log(event, timeout=10, since=0, **match),
 count_log(event, since=0, **match), log_tail(n), stderr_tail(n), close().
 
 Module functions: free_port(hosts=("127.0.0.1",)), parse_log_line(line),
-to_libconfig(dict), test_cert(), make_cert(dir, cn, dns, ips), TestCA,
+to_libconfig(dict), test_cert(), make_cert(dir, cn, dns, ips, key_type, days), TestCA,
 relayd_bin(), relayctl_bin(), wait_past(rfc3339) (until a time relayd logged
 has passed), relayd_has_test_hooks(), and the decorator
 needs_test_hooks for tests that set RELAYD_TEST_* (only a relayd built with
@@ -227,14 +227,16 @@ def _san(dns, ips):
 
 
 def make_cert(directory, cn="relay.test", dns=("relay.test",), ips=("127.0.0.1",),
-              name=None):
-    """A self-signed certificate and key (EC P-256, 10 years) in directory.
-    Returns (cert_path, key_path)."""
+              name=None, key_type="ec", days=3650):
+    """A self-signed certificate and key (EC P-256, or with key_type="rsa"
+    RSA 2048; valid for days) in directory.  Returns (cert_path, key_path)."""
     name = name or cn
     cert = os.path.join(directory, name + ".crt")
     key = os.path.join(directory, name + ".key")
-    args = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", key, "-out", cert, "-days", "3650", "-subj", "/CN=" + cn]
+    newkey = {"ec": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+              "rsa": ["-newkey", "rsa:2048"]}[key_type]
+    args = ["req", "-x509", *newkey,
+            "-nodes", "-keyout", key, "-out", cert, "-days", str(days), "-subj", "/CN=" + cn]
     if dns or ips:
         args += ["-addext", "subjectAltName=" + _san(dns, ips)]
     _openssl(*args)

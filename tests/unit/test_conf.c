@@ -273,6 +273,8 @@ check_defaults(const struct conf *c)
 	CHECK_INT(c->submit.nlisten_tls, 0);
 	CHECK(c->submit.tls_cert == NULL);
 	CHECK(c->submit.tls_key == NULL);
+	CHECK(c->submit.tls_ciphers == NULL);
+	CHECK(c->submit.tls_min_version == NULL);
 	CHECK(c->submit.sasl_db == NULL);
 	CHECK_STR(c->submit.sasl_realm, c->hostname);
 	CHECK_STR(c->submit.sasl_mechanisms, "PLAIN LOGIN");
@@ -394,6 +396,8 @@ static const char full_conf[] =
     "  listen_tls = ( \"127.0.0.1:465\" );\n"
     "  tls_cert = \"@D@/cert.pem\";\n"
     "  tls_key = \"@D@/key.pem\";\n"
+    "  tls_ciphers = \"ECDHE+AESGCM\";\n"
+    "  tls_min_version = \"TLSv1.3\";\n"
     "  sasl_db = \"@D@/sasldb2\";\n"
     "  sasl_realm = \"example.org\";\n"
     "  sasl_mechanisms = \"plain  CRAM-MD5\";\n"
@@ -489,6 +493,8 @@ test_full(void)
 	CHECK_STR(c->submit.tls_cert, want);
 	snprintf(want, sizeof(want), "%s/key.pem", tdir);
 	CHECK_STR(c->submit.tls_key, want);
+	CHECK_STR(c->submit.tls_ciphers, "ECDHE+AESGCM");
+	CHECK_STR(c->submit.tls_min_version, "TLSv1.3");
 	snprintf(want, sizeof(want), "%s/sasldb2", tdir);
 	CHECK_STR(c->submit.sasl_db, want);
 	CHECK_STR(c->submit.sasl_realm, "example.org");
@@ -695,6 +701,14 @@ static const struct {
 	  "8: submit.senders_ldap.cache_ttl: bad duration 'soon' (use 30s, 5m, 4h, 5d)\n"
 	  "5: submit.senders_ldap.filter: unknown '%x' (use %u, %d or %%)\n"
 	  "7: submit.senders_ldap.bind_password_file: needs bind_dn\n" },
+	{ "TLS cipher list and version OpenSSL does not take",
+	  "submit = {\n"
+	  "  tls_ciphers = \"NO-SUCH-CIPHER\";\n"
+	  "  tls_min_version = \"TLSv1.1\";\n"
+	  "};\n",
+	  "2: submit.tls_ciphers: bad cipher list 'NO-SUCH-CIPHER' (no cipher suite matches; "
+	  "see ciphers(1ssl))\n"
+	  "3: submit.tls_min_version: unknown TLS version 'TLSv1.1' (use TLSv1.2 or TLSv1.3)\n" },
 	{ "unknown key at top level",
 	  "hostname = \"a.example\";\n"
 	  "hostnmae = \"b.example\";\n",
