@@ -382,16 +382,31 @@ submit_auth_unrealm(const char *realm, const char *user, size_t n)
 	return n;
 }
 
+/* isspace() in the C locale, as Cyrus SASL's canonicaliser uses it. */
+static bool
+submit_auth_space(char c)
+{
+	return c == ' ' || (c >= '\t' && c <= '\r');
+}
+
 /*
  * The name a login is counted and blocked under: user without "@realm",
  * folded to lower case (so that "Alice" and "alice" are one target), at
- * most 255 octets.
+ * most 255 octets.  Leading and trailing white space go first, as Cyrus
+ * SASL's canonicaliser (lib/canonusr.c) strips them before the password
+ * check: " alice\t" is alice, and must not be a fresh counter.
  */
 static void
 submit_auth_login_key(const char *realm, const char *user, size_t n, struct buf *out)
 {
 	size_t i;
 
+	while (n > 0 && submit_auth_space(user[0])) {
+		user++;
+		n--;
+	}
+	while (n > 0 && submit_auth_space(user[n - 1]))
+		n--;
 	n = submit_auth_unrealm(realm, user, n);
 	if (n > 255)
 		n = 255;

@@ -125,6 +125,21 @@ class AuthThrottleTest(unittest.TestCase):
             self.relay.relayctl("auth", "unblock", name, check=True)
         self.assertEqual(self.auth("127.0.0.45", "carol", "carolpw")[0], 235)
 
+    def test_white_space_around_the_login_is_the_same_login(self):
+        # Cyrus SASL strips it before the check: " dave\t" logs in as dave ...
+        self.assertEqual(self.auth("127.0.0.60", " dave\t", "davepw")[0], 235)
+        # ... so guesses under such spellings count against dave, not each alone
+        mark = self.relay.log_mark()
+        for src, name in (("127.0.0.61", " dave"), ("127.0.0.62", "dave "),
+                          ("127.0.0.63", "\tdave"), ("127.0.0.64", "  DAVE\r")):
+            self.assertEqual(self.auth(src, name, "guess"), DENIED)
+        self.relay.wait_for_log("auth_login_blocked", since=mark, user="dave",
+                                client="127.0.0.64")
+        self.assertEqual(self.auth("127.0.0.65", "dave", "davepw"), HELD)
+        self.assertEqual(self.auth("127.0.0.65", " dave ", "davepw"), HELD)
+        self.relay.relayctl("auth", "unblock", "dave", check=True)
+        self.assertEqual(self.auth("127.0.0.65", "dave", "davepw")[0], 235)
+
     def test_unblock_an_address(self):
         relay = self.relay
         src = "127.0.0.30"
