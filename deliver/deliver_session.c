@@ -362,7 +362,7 @@ ds_tls_how(const struct deliver_session *s)
 	case DELIVER_POLICY_DANE:
 		return "dane";
 	case DELIVER_POLICY_DANE_UNAUTH:
-		return "require";
+		return s->tls_verify ? "verify" : "require";
 	case DELIVER_POLICY_CONF:
 		break;
 	}
@@ -1214,7 +1214,9 @@ deliver_session_open(struct deliver_conn *c, struct deliver_txn *t)
 	    s->d->conf->hostname != NULL ? s->d->conf->hostname : "localhost");
 	s->tls_policy = req->tls;
 	s->policy = req->policy;
-	s->tls_verify = req->tls == CONF_TLS_VERIFY && req->policy == DELIVER_POLICY_CONF;
+	/* DANE never weakens the configured TLS: an unusable-only TLSA set keeps
+	 * tls=verify's certificate check (DANE's own records replace it). */
+	s->tls_verify = req->tls == CONF_TLS_VERIFY && req->policy != DELIVER_POLICY_DANE;
 	c->s = s;
 
 	s->depth++;

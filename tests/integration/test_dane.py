@@ -208,6 +208,28 @@ class DaneFallbacks(DaneCase):
         self.assertEqual(line["status"], "4.7.5")
         self.no_mail(mx2)
 
+    def test_unusable_only_tlsa_keeps_a_configured_verify(self):
+        """DANE never weakens the configured TLS: with deliver.tls = verify,
+        an unusable-only TLSA set still checks the certificate (found in
+        review: it was switched off, and any certificate got the mail)."""
+        ca = TestCA()
+        self.make(deliver={"tls": "verify", "ca_file": ca.cert})
+        stranger, stranger_key = self.self_signed("mx1.example.net")
+        good, good_key = ca.issue("mx2.example.net", ips=["127.0.0.3"])
+        dns = self.relay.dns
+        dns.set_tlsa(self.tlsa_name("mx1.example.net"), [(1, 1, 1, "00" * 32)])
+        dns.set_tlsa(self.tlsa_name("mx2.example.net"), [(1, 1, 1, "00" * 32)])
+        mx1 = self.relay.sink("127.0.0.2", starttls=(stranger, stranger_key))
+        mx2 = self.relay.sink("127.0.0.3", starttls=(good, good_key))
+        self.relay.start()
+        qid = self.send()
+        [m] = mx2.wait_for_messages(1, timeout=30)      # mx1's certificate failed
+        self.assertTrue(m.tls)
+        line = self.relay.wait_for_log("delivered", qid=qid, timeout=30)
+        self.assertEqual(line["host"], "mx2.example.net")
+        self.assertEqual(line["tls"], "verify")
+        self.no_mail(mx1)
+
     def test_insecure_answers_mean_no_dane(self):
         self.make(secure=False)
         other, _ = self.self_signed("someone-else.invalid")
