@@ -123,12 +123,13 @@ main(int argc, char **argv)
 		 * is stuck in its backend (event auth_abandoned): its thread-pool
 		 * job keeps the loop alive, and libuv's exit handler would join
 		 * that thread forever.  Let the last close callbacks run, then
-		 * leave without the loop and without exit handlers.
+		 * leave without the loop and without exit handlers.  Nothing is
+		 * freed: the stuck thread may still call back into its session's
+		 * SASL context and the configuration when the backend answers.
 		 */
 		for (int i = 0; i < 100 && relayd_handles(&loop) > 0; i++)
 			uv_run(&loop, UV_RUN_NOWAIT);
 		rc = relayd_handles(&loop);
-		relay_free(&relay);
 		log_event(LOG_NOTICE, "stopped", "clean", rc == 0 ? "yes" : "no", NULL);
 		log_close();
 		fflush(NULL);
