@@ -225,7 +225,7 @@ sched_on_timer(uv_timer_t *t)
 		if (w->kind == SCHED_WAKE_MSG)
 			sched_msg_run(s, w->owner, now);
 		else
-			sched_dest_rewake(s, w->owner);
+			sched_dest_wake(s, w->owner);
 	}
 	if (!s->stopping && now - s->last_sweep >= SCHED_SWEEP_EVERY) {
 		s->last_sweep = now;

@@ -61,21 +61,54 @@ sched_dest_get(struct sched *s, const char *name)
  * Free d when nothing refers to it any more (its hosts' health stays).  A
  * down destination is kept, jobs or not, until it is seen up again (or
  * relayd stops): the outage, and the down_since its reports name, does not
- * end because its waiting queue emptied in between.
+ * end because its waiting queue emptied in between.  One left empty for
+ * SCHED_HEALTH_KEEP (the horizon of the host health table) is forgotten by
+ * the scheduler's hourly sweep, so that dead domains seen once do not pile
+ * up.
  */
 void
 sched_dest_maybe_free(struct sched *s, struct sched_dest *d)
 {
-	if (d->inflight > 0 || d->nbacklog > 0 || d->nwaiting > 0)
+	if (d->inflight > 0 || d->nbacklog > 0 || d->nwaiting > 0) {
+		d->empty_since = 0;
 		return;
-	if (d->state == SCHED_DEST_DOWN && !s->stopping)
-		return;
+	}
+	if (d->state == SCHED_DEST_DOWN && !s->stopping) {
+		uint64_t now = sched_now(s);
+
+		if (d->empty_since == 0)
+			d->empty_since = now;
+		if (now - d->empty_since < SCHED_HEALTH_KEEP) {
+			sched_heap_set(s, &d->wake, d->empty_since + SCHED_HEALTH_KEEP);
+			return;
+		}
+	}
 	sched_heap_remove(s, &d->wake);
 	htab_remove(&s->dhash, &d->node);
 	TAILQ_REMOVE(&s->dests, d, entry);
 	s->ndests--;
 	free(d->name);
 	free(d);
+}
+
+/* When an empty down destination is to be forgotten, else SCHED_NOWAKE. */
+static uint64_t
+sched_dest_forget_at(const struct sched *s, const struct sched_dest *d)
+{
+	if (d->state != SCHED_DEST_DOWN || s->stopping || d->probe_out || d->empty_since == 0 ||
+	    d->inflight > 0 || d->nbacklog > 0 || d->nwaiting > 0)
+		return SCHED_NOWAKE;
+	return d->empty_since + SCHED_HEALTH_KEEP;
+}
+
+/* d's wake is due: its probe, or the end of its time as an empty down one. */
+void
+sched_dest_wake(struct sched *s, struct sched_dest *d)
+{
+	if (sched_dest_forget_at(s, d) != SCHED_NOWAKE)
+		sched_dest_maybe_free(s, d);
+	else
+		sched_dest_rewake(s, d);
 }
 
 /* ------------------------------------------------------------------ */
@@ -768,7 +801,7 @@ sched_dest_rewake(struct sched *s, struct sched_dest *d)
 	uint64_t now;
 
 	if (d->state != SCHED_DEST_DOWN || d->probe_out || d->nwaiting == 0 || s->stopping) {
-		sched_heap_set(s, &d->wake, SCHED_NOWAKE);
+		sched_heap_set(s, &d->wake, sched_dest_forget_at(s, d));
 		return;
 	}
 	now = sched_now(s);

@@ -130,6 +130,7 @@ struct sched_dest {
 	struct sched_jobq waiting;      /* the destination is down */
 	size_t nbacklog, nwaiting;
 	uint64_t down_since;
+	uint64_t empty_since;           /* down with no jobs since (the sweep forgets it) */
 	uint64_t probe_at;
 	bool probe_out;
 	bool probe_force;               /* the next probe ignores host backoff (a flush) */
@@ -213,6 +214,7 @@ void sched_msg_warn(struct sched *s, struct sched_msg *sm, uint64_t now);
  * idle) and jobs (made by router_sched.c's dispatch, admitted here). */
 struct sched_dest *sched_dest_get(struct sched *s, const char *name);
 void sched_dest_maybe_free(struct sched *s, struct sched_dest *d);
+void sched_dest_wake(struct sched *s, struct sched_dest *d);
 struct sched_job *sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route);
 void sched_job_add_rcpt(struct sched_job *job, int i);
 void sched_job_free(struct sched_job *job);

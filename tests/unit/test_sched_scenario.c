@@ -189,6 +189,17 @@ static const struct scenario scenarios[] = {
 		},
 	},
 	{
+		"a down destination nothing has waited on for a day (the health table's "
+		"horizon) is forgotten by the hourly sweep: dead domains do not pile up",
+		1 * H, 4 * H, 30 * M, 0,
+		{
+			{ 1 * M, "", SUBMIT, 1, { 1, 1, 0, "down", 1, 1, 0, 0, 1 * M } },
+			{ 31 * M, "", TICK, 0, { 1, 1, 0, "down", 0, 0, 1, 1, 1 * M } },
+			{ 24 * H, "", TICK, 0, { 1, 1, 0, "down", 0, 0, 1, 1, 1 * M } },
+			{ 26 * H, "", TICK, 0, { 1, 1, 0, "-", 0, 0, 1, 1, 0 } },
+		},
+	},
+	{
 		"flush of every message: the down destination gets ONE attempt that ignores "
 		"host backoff; when it gets through, the waiting mail follows",
 		1 * H, 4 * H, 24 * H, 0,
