@@ -451,16 +451,16 @@ io_getline(struct io *io, const char **line, size_t *len)
 			if (avail >= io->max_line) {
 				io->in_off = io->in.len;
 				io->discarding = true;
-				*line = NULL;
-				*len = 0;
+				*line = start;
+				*len = avail;
 				return IO_LINE_LONG;
 			}
 			return IO_LINE_NONE;
 		}
 		if ((size_t)(lf - start) + 1 > io->max_line) {
 			io->in_off += (size_t)(lf - start) + 1;
-			*line = NULL;
-			*len = 0;
+			*line = start;
+			*len = (size_t)(lf - start) + 1;
 			return IO_LINE_LONG;
 		}
 		*line = start;

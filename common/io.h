@@ -46,7 +46,8 @@ enum io_event {
 enum io_line {
 	IO_LINE_NONE = 0,   /* no complete line buffered */
 	IO_LINE_OK,         /* (line, len): one line including its terminating "\n" */
-	IO_LINE_LONG,       /* a line exceeded the maximum; it is discarded up to its "\n" */
+	IO_LINE_LONG,       /* a line exceeded the maximum; it is discarded up to its "\n"
+	                     * ((line, len): its first octets, valid until the next io call) */
 };
 
 /* What kind of failure an IO_EV_ERROR was (for the router's host health). */

@@ -440,10 +440,14 @@ submit_parse_bdat(const char *args, uint64_t *size, bool *last)
 	if (*p == ' ') {
 		while (*p == ' ')
 			p++;
-		if (util_strcasecmp(p, "LAST") != 0)
-			return RELAY_EINVAL;
-		*last = true;
-	} else if (*p != '\0')
+		if (util_strncasecmp(p, "LAST", 4) == 0) {
+			*last = true;
+			p += 4;
+		}
+		while (*p == ' ')       /* trailing spaces */
+			p++;
+	}
+	if (*p != '\0')
 		return RELAY_EINVAL;
 	*size = n;
 	return 0;

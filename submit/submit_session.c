@@ -1046,22 +1046,40 @@ submit_session_data_end(struct submit_session *s)
 
 /* ---- BDAT (RFC 3030) ---- */
 
+/* A refused BDAT whose chunk is not read: 421, and the connection closes. */
+static void
+submit_bdat_close(struct submit_session *s, const char *code, const char *why)
+{
+	char text[512];
+
+	snprintf(text, sizeof(text), "421 %s %s Error: %s, closing connection", code,
+	    s->conf->hostname, why);
+	submit_session_close(s, text);
+}
+
 /*
  * The octets of a refused BDAT are read and dropped, so that the session
- * stays in step with the client; when its size cannot be read, nobody can
- * tell where the chunk ends, and the connection is closed.
+ * stays in step with the client (RFC 3030 2), but only for an authenticated
+ * client and a chunk within max_message_size: otherwise anyone could make
+ * relayd read any amount.  Then, and when the size cannot be read (nobody can
+ * tell where the chunk ends), the connection is closed.
  */
 static void
 submit_bdat_drop(struct submit_session *s, const char *args)
 {
 	uint64_t size;
 	bool last;
-	char text[512];
 
 	if (submit_parse_bdat(args, &size, &last) != 0) {
-		snprintf(text, sizeof(text), "421 4.5.0 %s Error: BDAT chunk size unknown, "
-		    "closing connection", s->conf->hostname);
-		submit_session_close(s, text);
+		submit_bdat_close(s, "4.5.0", "BDAT chunk size unknown");
+		return;
+	}
+	if (s->login == NULL) {
+		submit_bdat_close(s, "4.7.0", "BDAT chunk not read before authentication");
+		return;
+	}
+	if (size > s->conf->submit.max_message_size) {
+		submit_bdat_close(s, "4.3.4", "BDAT chunk larger than the message size limit");
 		return;
 	}
 	s->chunk_left = size;
@@ -1204,6 +1222,24 @@ submit_session_refuse(struct submit_session *s, const struct submit_cmd *cmd, co
 		submit_bdat_drop(s, args);
 }
 
+/*
+ * A command line refused before the command table: a line that looks like
+ * BDAT may have a chunk behind it that nobody can find, so those octets must
+ * not run as commands; the connection is closed.
+ */
+static void
+submit_session_unreadable(struct submit_session *s, const char *line, size_t n,
+    const char *text)
+{
+	submit_session_reply(s, "%s", text);
+	while (n > 0 && (*line == ' ' || *line == '\t')) {
+		line++;
+		n--;
+	}
+	if (s->io != NULL && n >= 4 && util_strncasecmp(line, "BDAT", 4) == 0)
+		submit_bdat_close(s, "4.5.0", "BDAT chunk cannot be found");
+}
+
 /* One command line (terminator included). */
 static void
 submit_session_command(struct submit_session *s, const char *line, size_t len)
@@ -1217,13 +1253,13 @@ submit_session_command(struct submit_session *s, const char *line, size_t len)
 	if (n > 0 && line[n - 1] == '\r')
 		n--;
 	if (memchr(line, '\0', n) != NULL) {
-		submit_session_reply(s, "500 5.5.2 Error: NUL character in command");
+		submit_session_unreadable(s, line, n, "500 5.5.2 Error: NUL character in command");
 		return;
 	}
 	buf_reset(&s->line);
 	buf_append(&s->line, line, n);
 	if (submit_parse_command(s->line.data, &verb, &args) != 0) {
-		submit_session_reply(s, "500 5.5.2 Error: bad syntax");
+		submit_session_unreadable(s, line, n, "500 5.5.2 Error: bad syntax");
 		return;
 	}
 	for (i = 0; i < RELAY_ARRAY_LEN(submit_cmds); i++)
@@ -1297,11 +1333,13 @@ submit_session_input(struct submit_session *s)
 			continue;
 		}
 		if (r == IO_LINE_LONG) {
-			if (s->state == SUBMIT_S_AUTH) {
+			if (s->state == SUBMIT_S_AUTH) {  /* an AUTH response, not a command */
 				submit_auth_reset(s);
 				submit_enter_state(s, SUBMIT_S_HELO);
-			}
-			submit_session_reply(s, "500 5.5.2 Error: line too long");
+				submit_session_reply(s, "500 5.5.2 Error: line too long");
+			} else
+				submit_session_unreadable(s, line, len,
+				    "500 5.5.2 Error: line too long");
 		} else if (s->state == SUBMIT_S_AUTH) {
 			submit_auth_response(s, line, len);
 		} else {

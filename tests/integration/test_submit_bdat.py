@@ -192,14 +192,20 @@ class BdatTest(unittest.TestCase):
         self.assertEqual(queued_files(self.relay), before)
         self.assertEqual(self.relay.count_log("accepted", since=mark), 0)
         self.assertEqual(self.relay.count_log("rejected", since=mark, stage="data"), 1)
-        # a declared size over the limit is refused before a byte is read
-        self.begin(r)
-        r.send(bdat([b"z" * (2 * 1024 * 1024 + 1)]) + b"NOOP\r\n")
-        self.assertEqual(r.read_reply(), (552, "5.3.4 Error: message file too big"))
-        self.assertEqual(r.read_reply(), (250, "2.0.0 Ok"))
         # and the session still takes a message
         self.begin(r)
         self.send_chunks(r, [MESSAGE])
+
+    def test_a_declared_size_over_the_limit_closes_without_reading(self):
+        # relayd will not read more than max_message_size for a refused chunk:
+        # 552, then 421 and the close, and the chunk's octets never run
+        r = self.session()
+        self.begin(r)
+        r.send(b"BDAT %d LAST\r\n" % (2 * 1024 * 1024 + 1) + b"NOOP\r\n")
+        self.assertEqual(r.read_reply(), (552, "5.3.4 Error: message file too big"))
+        code, text = r.read_reply()
+        self.assertEqual((code, text[:6]), (421, "4.3.4 "), text)
+        self.assertTrue(r.wait_closed())
 
     def test_bad_sequences_get_503_and_their_octets_are_consumed(self):
         r = self.session()
@@ -244,17 +250,53 @@ class BdatTest(unittest.TestCase):
         self.assertEqual(r.read_reply(), (503, "5.5.1 Error: need MAIL command"))
         self.assertEqual(r.read_reply(), (250, "2.0.0 Ok"))
 
-    def test_before_tls_and_auth_the_octets_are_consumed_too(self):
-        with raw_session(self.relay.host, self.relay.submit_port) as r:
-            r.cmd("EHLO client.test")
-            r.send(b"BDAT 6\r\nQUIT\r\nNOOP\r\n")
-            self.assertEqual(r.read_reply(), (530, "5.7.0 Must issue a STARTTLS command first"))
-            self.assertEqual(r.read_reply(), (250, "2.0.0 Ok"))
-            r.starttls()
-            r.cmd("EHLO client.test")
-            r.send(b"BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n")
-            self.assertEqual(r.read_reply(), (530, "5.7.0 Authentication required"))
-            self.assertEqual(r.read_reply(), (250, "2.0.0 Ok"))
+    def test_before_tls_and_auth_the_chunk_is_not_read_and_the_session_closes(self):
+        # a client that has not logged in cannot make relayd read a chunk
+        # (up to 2^64-1 octets): the refusal, then 421 and the close
+        for size, tls in ((6, False), (6, True), (18446744073709551615, True)):
+            with self.subTest(size=size, tls=tls), \
+                    raw_session(self.relay.host, self.relay.submit_port) as r:
+                r.cmd("EHLO client.test")
+                want = "5.7.0 Must issue a STARTTLS command first"
+                if tls:
+                    r.starttls()
+                    r.cmd("EHLO client.test")
+                    want = "5.7.0 Authentication required"
+                r.send(b"BDAT %d LAST\r\nQUIT\r\nNOOP\r\n" % size)
+                self.assertEqual(r.read_reply(), (530, want))
+                code, text = r.read_reply()
+                self.assertEqual((code, text[:6]), (421, "4.7.0 "), text)
+                self.assertTrue(r.wait_closed())
+
+    def test_a_bdat_line_refused_before_the_command_table_closes_the_session(self):
+        # a NUL, a leading space (bad syntax) or a line too long: the BDAT is
+        # refused before its size is read, so its chunk (here command lines)
+        # must not run: 500, then 421 and the close, and nothing is queued
+        chunk = (b"RSET\r\nMAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nNOOP\r\n"
+                 % (SENDER.encode(), RCPT.encode()))
+        for line, reply in ((b"BDAT %d LAST\x00" % len(chunk),
+                             "5.5.2 Error: NUL character in command"),
+                            (b"bdat\x00 %d" % len(chunk), "5.5.2 Error: NUL character in command"),
+                            (b" BDAT %d LAST" % len(chunk), "5.5.2 Error: bad syntax"),
+                            (b"BDAT %d LAST" % len(chunk) + b" " * 13000,     # over the read limit
+                             "5.5.2 Error: line too long")):
+            with self.subTest(line=line[:20]):
+                r = self.session()
+                mark = self.relay.log_mark()
+                self.begin(r)
+                r.send(line + b"\r\n" + chunk)
+                self.assertEqual(r.read_reply(), (500, reply))
+                code, text = r.read_reply()
+                self.assertEqual((code, text[:6]), (421, "4.5.0 "), text)
+                self.assertTrue(r.wait_closed())
+                self.assertEqual(self.relay.count_log("accepted", since=mark), 0)
+
+    def test_trailing_spaces_after_the_size_are_accepted(self):
+        r = self.session()
+        self.begin(r)
+        r.send(b"BDAT %d   \r\n" % len(MESSAGE) + MESSAGE + b"BDAT 0 LAST  \r\n")
+        self.assertEqual(r.read_reply(), (250, "2.0.0 Ok: %d octets received" % len(MESSAGE)))
+        self.queued(r.read_reply())
 
     def test_a_chunk_size_that_cannot_be_read_closes_the_session(self):
         r = self.session()

@@ -287,7 +287,9 @@ test_bdat(void)
 		{ "12 LASTX", RELAY_EINVAL, 0, false },
 		{ "12 FIRST", RELAY_EINVAL, 0, false },
 		{ "12\tLAST", RELAY_EINVAL, 0, false },
-		{ "12 ", RELAY_EINVAL, 0, false },       /* (the tokenizer trims it first) */
+		{ "12 ", 0, 12, false },                /* trailing spaces */
+		{ "12 LAST  ", 0, 12, true },
+		{ "12  ", 0, 12, false },
 	};
 	uint64_t size;
 	bool last;
