@@ -515,6 +515,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 		if (res->tls_result[0] != '\0')
 			log_kv(&l, "tls_result", res->tls_result);
 		log_end(&l);
+		sched_tlsrpt_session(s, job, tg, res, last->ip);
 		deliver_req_clear(req);
 		job->ai++;
 		if (s->stopping) {
@@ -526,6 +527,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	}
 
 	job->ntried++;
+	sched_tlsrpt_session(s, job, tg, res, last->ip);
 	health_host_ok(h, now);
 	for (k = 0; k < job->nrcpts; k++)
 		job->sm->rc[job->rcpts[k]].down_since = 0;
@@ -609,6 +611,7 @@ sched_job_next(struct sched_job *job)
 			log_event(LOG_NOTICE, "tls_policy_refused", "qid", m->qid, "host", tg->host,
 			    "policy", "dane", "status", job->tlspol.status,
 			    "result", job->tlspol.result, "error", job->tlspol.reason, NULL);
+			sched_tlsrpt_session(s, job, tg, NULL, NULL);
 			continue;
 		}
 
