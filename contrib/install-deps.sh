@@ -20,6 +20,9 @@ PKGS="build-essential gcc make cmake pkg-config openssl ca-certificates
       mandoc systemd logrotate fail2ban slapd ldap-utils python3-dkim
       debhelper dpkg-dev fakeroot lintian clang libclang-rt-14-dev"
 
+# zlib: TLSRPT reports (RFC 8460) are sent gzipped (tlsrpt/)
+PKGS="$PKGS zlib1g-dev"
+
 # Cyrus's SQL auxprop plugin and SQLite, for the AUTH backend tests
 PKGS="$PKGS libsasl2-modules-sql sqlite3"
 
