@@ -20,6 +20,10 @@ PKGS="build-essential gcc make cmake pkg-config openssl ca-certificates
       mandoc systemd logrotate fail2ban slapd ldap-utils python3-dkim
       debhelper dpkg-dev fakeroot lintian clang libclang-rt-14-dev"
 
+# libcurl (OpenSSL flavour) for the HTTPS client (http/: MTA-STS policies,
+# TLSRPT reports); python3-cryptography for the tests' CA (tests/harness/testca.py)
+PKGS="$PKGS libcurl4-openssl-dev python3-cryptography"
+
 # Cyrus's SQL auxprop plugin and SQLite, for the AUTH backend tests
 PKGS="$PKGS libsasl2-modules-sql sqlite3"
 
