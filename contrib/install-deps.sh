@@ -21,8 +21,8 @@ PKGS="build-essential gcc make cmake pkg-config openssl ca-certificates
       debhelper dpkg-dev fakeroot lintian clang libclang-rt-14-dev"
 
 # libcurl (OpenSSL flavour) for the HTTPS client (http/: MTA-STS policies,
-# TLSRPT reports); python3-cryptography for the tests' CA (tests/harness/testca.py)
-PKGS="$PKGS libcurl4-openssl-dev python3-cryptography"
+# TLSRPT reports)
+PKGS="$PKGS libcurl4-openssl-dev"
 
 # Cyrus's SQL auxprop plugin and SQLite, for the AUTH backend tests
 PKGS="$PKGS libsasl2-modules-sql sqlite3"

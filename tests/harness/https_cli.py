@@ -1,5 +1,5 @@
 """https_cli.py - an HTTPS server (httpsserver.py) with its DNS server
-(dnsserver.py) and test CA (testca.py), driven over stdin/stdout, for the
+(dnsserver.py) and test CA (relay.py's TestCA), driven over stdin/stdout, for the
 C unit test of the HTTPS client (tests/unit/test_http.c).
 
     python3 https_cli.py DIR
@@ -24,12 +24,12 @@ import sys
 
 from dnsserver import DNSServer
 from httpsserver import HTTPSServer
-from testca import TestCA
+from relay import TestCA
 
 
 def main(argv):
     ca = TestCA(argv[1])
-    cert, key = ca.issue("www", ["www.example.test"])
+    cert, key = ca.issue("www.example.test")
     dns = DNSServer()
     dns.start()
     dns.set_a("www.example.test", ["127.0.0.1"])
@@ -42,7 +42,7 @@ def main(argv):
     srv.route(None, "/redirect", status=301, body="", location="/ok")
     srv.route(None, "/post", body="accepted\n")
     srv.start()
-    print("READY %d %d %s" % (dns.port, srv.port, ca.ca_file), flush=True)
+    print("READY %d %d %s" % (dns.port, srv.port, ca.cert), flush=True)
     try:
         for line in sys.stdin:
             cmd = json.loads(line)

@@ -1,7 +1,7 @@
 /*
  * test_http.c - the HTTPS client (http/) against a real HTTPS server:
  * tests/harness/https_cli.py runs the harness's HTTPSServer, DNSServer and
- * test CA on 127.0.0.1.  Names are resolved by relayd's resolver through
+ * test CA (relay.py's TestCA) on 127.0.0.1.  Names are resolved by relayd's resolver through
  * that DNS server (a name it does not know fails as HTTP_E_RESOLVE: curl
  * never asked anyone else).
  *
