@@ -38,6 +38,7 @@
 #include "common/util.h"
 #include "dkim/dkim.h"
 #include "dns/dns.h"
+#include "http/http.h"
 #include "ndr/ndr.h"
 #include "queue/queue.h"
 
@@ -52,6 +53,7 @@
 #define TLSRPT_KNOWN_TEMP_MS    300000ULL       /* after a failed lookup */
 #define TLSRPT_MAX_AGE_MS       (3 * 86400000ULL)
 #define TLSRPT_START_DELAY_MS   1000            /* due buckets found at start-up */
+#define TLSRPT_HTTP_TIMEOUT_MS  60000           /* one POST, resolution included */
 
 enum tlsrpt_known_state { TLSRPT_KNOWN_PENDING, TLSRPT_KNOWN_YES, TLSRPT_KNOWN_NO };
 
@@ -73,6 +75,8 @@ struct tlsrpt_dest {
 	char *rua;                      /* "mailto:x@y" or the https URI, as recorded */
 	char *to;                       /* the mail address, or the URI */
 	char kind;                      /* 'm' or 'h' */
+	struct http_req *hq;            /* 'h': the POST in flight */
+	LIST_ENTRY(tlsrpt_dest) entry;  /* 'h': in t->posts */
 };
 
 /* One bucket's report: its lookup, then its destinations. */
@@ -99,6 +103,8 @@ struct tlsrpt {
 	struct tlsrpt_table tb;
 	struct htab known;              /* struct tlsrpt_known by domain (no case) */
 	LIST_HEAD(, tlsrpt_send) sends;
+	struct http_client *http;       /* https: reports */
+	LIST_HEAD(, tlsrpt_dest) posts; /* POSTs in flight */
 
 	char *path, *tmp_path;
 	uv_timer_t report_timer;
@@ -507,13 +513,50 @@ tlsrpt_send_mail(struct tlsrpt_send *s, struct tlsrpt_dest *d, const struct tlsr
 	return rc;
 }
 
-/* POST the report to d->to; 0, or -1 with why (d is then still the caller's). */
+static void
+tlsrpt_on_posted(void *arg, struct http_response *res)
+{
+	struct tlsrpt_dest *d = arg;
+	char why[320];
+
+	d->hq = NULL;
+	LIST_REMOVE(d, entry);
+	if (res->err != HTTP_OK) {
+		snprintf(why, sizeof(why), "%s: %s", http_error_name(res->err), res->error);
+		tlsrpt_dest_done(d, RELAY_ETEMP, NULL, why);
+	} else if (res->status < 200 || res->status > 299) {
+		/* RFC 8460 3: a 2xx is success; anything else is tried again */
+		snprintf(why, sizeof(why), "HTTP status %ld", res->status);
+		tlsrpt_dest_done(d, RELAY_ETEMP, NULL, why);
+	} else
+		tlsrpt_dest_done(d, 0, NULL, NULL);
+}
+
+/* POST the report to d->to (RFC 8460 3: application/tlsrpt+gzip); 0, or -1
+ * with why (d is then still the caller's). */
 static int
 tlsrpt_send_https(struct tlsrpt_send *s, struct tlsrpt_dest *d, const struct buf *gz,
-    const char **why)
+    struct buf *why)
 {
-	*why = "https: reports are not supported by this build";
-	return -1;
+	struct tlsrpt *t = s->t;
+	struct http_request rq;
+
+	if (t->http == NULL) {
+		buf_puts(why, "no HTTPS client");
+		return -1;
+	}
+	memset(&rq, 0, sizeof(rq));
+	rq.method = HTTP_POST;
+	rq.url = d->to;
+	rq.content_type = "application/tlsrpt+gzip";
+	rq.body = gz->data;
+	rq.body_len = gz->len;
+	rq.timeout_ms = TLSRPT_HTTP_TIMEOUT_MS;
+	rq.ca_file = t->conf->deliver.ca_file;
+	if ((d->hq = http_start(t->http, &rq, tlsrpt_on_posted, d, why)) == NULL)
+		return -1;
+	LIST_INSERT_HEAD(&t->posts, d, entry);
+	return 0;
 }
 
 /* The _smtp._tls answer for a due bucket. */
@@ -525,6 +568,7 @@ tlsrpt_on_record(void *arg, struct dns_result *res)
 	struct tlsrpt_bucket *b;
 	struct tlsrpt_org org;
 	struct buf contact = BUF_INIT, json = BUF_INIT, gz = BUF_INIT, id = BUF_INIT;
+	struct buf herr = BUF_INIT;
 	char *rua[TLSRPT_MAX_RUA], kind[TLSRPT_MAX_RUA];
 	const char *why = NULL;
 	uint64_t now = util_now_ms();
@@ -585,11 +629,13 @@ tlsrpt_on_record(void *arg, struct dns_result *res)
 		d->to = xstrdup(rua[k]);
 		d->kind = kind[k];
 		s->pending++;
+		buf_reset(&herr);
 		if (kind[k] == 'm' ? tlsrpt_send_mail(s, d, b, &gz, now) != 0 :
-		    tlsrpt_send_https(s, d, &gz, &why) != 0)
+		    tlsrpt_send_https(s, d, &gz, &herr) != 0)
 			tlsrpt_dest_done(d, RELAY_EIO, NULL, kind[k] == 'm' ?
-			    "could not be queued" : why);
+			    "could not be queued" : buf_cstr(&herr));
 	}
+	buf_free(&herr);
 	for (k = 0; k < n; k++)
 		free(rua[k]);
 	buf_free(&contact);
@@ -683,7 +729,8 @@ tlsrpt_new(const struct tlsrpt_deps *deps, struct buf *err)
 	t->path = buf_steal(&p);
 	buf_printf(&p, "%s/%s", t->conf->queue_dir, TLSRPT_FILE_TMP);
 	t->tmp_path = buf_steal(&p);
-	if (tlsrpt_load(t, err) != 0) {
+	LIST_INIT(&t->posts);
+	if (tlsrpt_load(t, err) != 0 || (t->http = http_new(t->loop, t->dns, err)) == NULL) {
 		tlsrpt_free(t);
 		return NULL;
 	}
@@ -728,6 +775,16 @@ tlsrpt_on_closed(uv_handle_t *h)
 }
 
 static void
+tlsrpt_on_http_closed(void *arg)
+{
+	struct tlsrpt *t = arg;
+
+	t->http = NULL;
+	t->open_handles--;
+	tlsrpt_close_check(t);
+}
+
+static void
 tlsrpt_close_check(struct tlsrpt *t)
 {
 	void (*done)(void *);
@@ -750,6 +807,7 @@ void
 tlsrpt_close(struct tlsrpt *t, void (*done)(void *arg), void *arg)
 {
 	struct tlsrpt_send *s, *sn;
+	struct tlsrpt_dest *d;
 	struct htab_iter it;
 	struct htab_node *n;
 	struct tlsrpt_known *k;
@@ -776,6 +834,15 @@ tlsrpt_close(struct tlsrpt *t, void (*done)(void *arg), void *arg)
 			tlsrpt_send_finish(s, false);
 		}
 	}
+	/* POSTs in flight fail now (not marked sent: the next start sends them) */
+	while ((d = LIST_FIRST(&t->posts)) != NULL) {
+		LIST_REMOVE(d, entry);
+		http_cancel(d->hq);
+		d->hq = NULL;
+		tlsrpt_dest_done(d, RELAY_ECLOSED, NULL, "relayd is stopping");
+	}
+	t->open_handles++;
+	http_close(t->http, tlsrpt_on_http_closed, t);
 	uv_timer_stop(&t->report_timer);
 	uv_timer_stop(&t->save_timer);
 	t->save_armed = false;
@@ -794,6 +861,8 @@ tlsrpt_free(struct tlsrpt *t)
 		return;
 	if (t->writing || !LIST_EMPTY(&t->sends))
 		fatalx("%s: freed with work in flight", __func__);
+	if (t->http != NULL)            /* never closed: a failed start-up */
+		http_close(t->http, NULL, NULL);
 	for (n = htab_first(&t->known, &it); n != NULL; n = htab_next(&it)) {
 		struct tlsrpt_known *k = HTAB_ENTRY(n, struct tlsrpt_known, node);
 

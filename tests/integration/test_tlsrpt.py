@@ -14,6 +14,11 @@ validation-failure at mx1's address, one success at mx2, each under its own
 "tlsa" policy with the TLSA records as policy-string.  The mail is
 DKIM-signed with relay.test's key (dkimpy verifies it).
 
+The same report goes by HTTPS POST (application/tlsrpt+gzip, through the
+http/ client, to a real HTTPS server on loopback whose certificate a test CA
+issued); a POST answered 503 is tried again at the next slot with the same
+report-id while the mail, which went, is not sent twice.
+
 Also shown: the counts survive a kill -9 between the sessions and the
 report (queue_dir/tlsrpt); a TLSA answer that is bogus counts as
 dnssec-invalid; a domain that publishes no _smtp._tls record gets no report
@@ -26,6 +31,7 @@ import email.policy
 import gzip
 import json
 import os
+import shutil
 import sys
 import time
 import unittest
@@ -37,7 +43,8 @@ except ImportError:                         # Debian's python3-dkim, another pyt
     import dkim
 
 from client import make_message, submit
-from relay import Relay
+from httpsserver import HTTPSServer
+from relay import Relay, TestCA
 from test_dane import sha256_cert
 from test_dkim import dnsfunc_for, make_key, txt_record
 
@@ -286,6 +293,69 @@ class ReportByMail(TlsrptCase):
         self.assertEqual(ev["reason"], "no _smtp._tls record")
         self.assertEqual(self.reports.messages, [])
         self.assertEqual(self.relay.count_log("tlsrpt_sent"), 0)
+        self.wait_file("example.net", lambda n: n == 0)
+
+
+class ReportByHttps(TlsrptCase):
+    """rua has both a mailto: and an https: URI; the HTTPS server (a test CA's
+    certificate for tlsrpt.reports.test, on 127.0.0.84) first answers 503."""
+
+    PATH = "/v1/tlsrpt"
+
+    def test_https_post_is_retried_and_mail_is_not_sent_twice(self):
+        ca = TestCA()
+        self.addCleanup(shutil.rmtree, ca.dir, True)
+        crt, key = ca.issue("tlsrpt.reports.test")
+        srv = HTTPSServer("127.0.0.84", 0, crt, key).start()
+        self.addCleanup(srv.stop)
+        srv.route("tlsrpt.reports.test", self.PATH, body="busy\n", status=503)
+        uri = "https://tlsrpt.reports.test:%d%s" % (srv.port, self.PATH)
+        self.make(record="v=TLSRPTv1; rua=mailto:tlsrpt@reports.test, %s" % uri,
+                  deliver={"ca_file": ca.cert})
+        self.relay.dns.set_a("tlsrpt.reports.test", ["127.0.0.84"])
+        self.dane_mxes()
+        self.relay.start()
+        qid = self.send()
+        self.relay.wait_for_log("delivered", qid=qid, timeout=30)
+        failed = self.relay.wait_for_log("tlsrpt_failed", domain="example.net", rua=uri,
+                                         timeout=30)
+        self.assertIn("503", failed["error"])
+        srv.route("tlsrpt.reports.test", self.PATH, body="", status=201)
+        # every report that failed is sent again, with its report-id, until it goes
+        ids = set()
+        deadline = time.time() + 40
+        while True:
+            sent = {e["report_id"] for e in self.relay.find_log("tlsrpt_sent", rua=uri)}
+            bad = {e["report_id"] for e in self.relay.find_log("tlsrpt_failed", rua=uri)}
+            if sent and bad <= sent:
+                break
+            self.assertLess(time.time(), deadline, "https reports not all sent: %r %r" %
+                            (sent, bad))
+            time.sleep(0.1)
+        self.assertIn(failed["report_id"], sent)
+        posts = {}
+        for (method, host, path, headers, body) in list(srv.requests):
+            self.assertEqual((method, host, path), ("POST", "tlsrpt.reports.test", self.PATH))
+            self.assertEqual(headers.get("Content-Type"), "application/tlsrpt+gzip")
+            r = json.loads(gzip.decompress(body))
+            self.check_schema(r)
+            posts.setdefault(r["report-id"], []).append(r)
+        self.assertGreaterEqual(len(posts[failed["report_id"]]), 2)   # tried, then again
+        # the same report each time; together they hold every session
+        for rid, rs in posts.items():
+            self.assertTrue(all(x == rs[0] for x in rs), rid)
+        got = [(None, None, rs[0]) for rid, rs in posts.items() if rid in sent]
+        merged = self.merged(got)
+        self.assertEqual(merged, {
+            ("tlsa", ("mx1.example.net",), (self.tlsa_str(self.tlsa1),)):
+                [0, 1, {("validation-failure", "127.0.0.2", "mx1.example.net"): 1}],
+            ("tlsa", ("mx2.example.net",), (self.tlsa_str(self.tlsa2),)):
+                [1, 0, {}],
+        })
+        # the mail went once per report: the retries were for https only
+        mails = self.collect(2)
+        self.assertEqual(sorted(r["report-id"] for _, _, r in mails), sorted(posts))
+        self.assertEqual(len(self.reports.messages), len(posts))
         self.wait_file("example.net", lambda n: n == 0)
 
 
