@@ -217,8 +217,13 @@ tlsrpt_report_json(const struct tlsrpt_bucket *b, const struct tlsrpt_org *org, 
 		json_key(&j, "policy-domain");
 		json_string(&j, b->domain);
 		if (p->mx != NULL) {
+			/* RFC 8460 4.4 and its example: one pattern, a string; an
+			 * MTA-STS policy with several mx: lines gives an array */
 			json_key(&j, "mx-host");
-			tlsrpt_json_strings(&j, p->mx);
+			if (strchr(p->mx, '\n') == NULL)
+				json_string(&j, p->mx);
+			else
+				tlsrpt_json_strings(&j, p->mx);
 		}
 		json_object_end(&j);
 		json_key(&j, "summary");

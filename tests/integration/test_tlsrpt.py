@@ -182,7 +182,8 @@ class TlsrptCase(unittest.TestCase):
         for _, _, r in reports:
             for p in r["policies"]:
                 pol = p["policy"]
-                key = (pol["policy-type"], tuple(pol.get("mx-host", ())),
+                mx = pol.get("mx-host", ())
+                key = (pol["policy-type"], (mx,) if isinstance(mx, str) else tuple(mx),
                        tuple(pol.get("policy-string", ())))
                 e = out.setdefault(key, [0, 0, {}])
                 e[0] += p["summary"]["total-successful-session-count"]

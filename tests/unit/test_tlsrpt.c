@@ -204,7 +204,7 @@ test_report(void)
 		"\"contact-info\":\"mailto:tls@relay.test\"",
 		"\"report-id\":\"864000.example.net@relay.test\"",
 		"\"policy-type\":\"tlsa\",\"policy-string\":[\"3 1 1 ABCD\",\"2 0 1 EF01\"],"
-		    "\"policy-domain\":\"example.net\",\"mx-host\":[\"mx1.example.net\"]",
+		    "\"policy-domain\":\"example.net\",\"mx-host\":\"mx1.example.net\"",
 		"\"summary\":{\"total-successful-session-count\":3,\"total-failure-session-count\":3}",
 		"{\"result-type\":\"validation-failure\",\"receiving-mx-hostname\":\"mx1.example.net\","
 		    "\"receiving-ip\":\"192.0.2.1\",\"failed-session-count\":2,",
