@@ -73,6 +73,7 @@ int rctl_route_clear(struct rctl *c);
 int rctl_route_list(struct rctl *c);
 int rctl_stats(struct rctl *c);
 int rctl_dkim(struct rctl *c);
+int rctl_policy(struct rctl *c);
 void rctl_check_cancel(struct rctl_check *k);
 
 #endif

@@ -19,6 +19,7 @@
 #include "common/stats.h"
 #include "conf/conf.h"
 #include "queue/queue.h"
+#include "router/router_dane.h"
 #include "router/router_health.h"
 #include "router/router_route.h"
 
@@ -116,6 +117,10 @@ struct health *sched_health(struct sched *s);
 /* Reset a host's health (see health_reset) and probe the destinations waiting
  * on it at once.  0 or RELAY_ENOENT. */
 int sched_host_reset(struct sched *s, const char *host);
+
+/* DANE as DNS last told the router, per recipient domain and MX host
+ * (relayctl policy; router/router_dane.h). */
+struct dane_seen *sched_dane(struct sched *s);
 
 /* The DKIM keys in force (relayctl dkim); NULL-safe dkim/ calls. */
 struct dkim_keys;

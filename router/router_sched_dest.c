@@ -721,6 +721,8 @@ sched_on_mx(void *arg, struct dns_result *res)
 		return;
 	}
 	job->mx = res;
+	if (job->route.nhosts == 0)
+		dane_seen_record(s->dane, job->route.dest, res, job->conf->router.dnssec, now);
 	n = res->ntargets;
 	if (job->route.nhosts == 0 && job->route.mx_policy == CONF_MX_PRIMARY_ONLY) {
 		for (n = 1; n < res->ntargets && res->targets[n].pref == res->targets[0].pref; n++)

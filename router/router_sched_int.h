@@ -152,6 +152,7 @@ struct sched {
 	struct dns_resolver *mx;
 	struct deliver *d;
 	struct health *health;
+	struct dane_seen *dane;         /* DANE as DNS last told it (relayctl policy) */
 	struct route_table *routes;
 	struct dkim_keys *dkim;         /* relayd's own reports are signed with these */
 
