@@ -3,7 +3,9 @@
  * relayd currently holds for a recipient domain, one section per policy
  * source, in the order of rctl_policy_sections[]: today DANE (the domain's
  * MX hosts with their DNSSEC status, and per MX host the last TLSA answer
- * and its records, as the router keeps them: router/router_dane.h).
+ * and its records, as the router keeps them: router/router_dane.h).  Also
+ * the policy's part of `relayctl hosts` and `queue show`: which policy
+ * applied to a host and why it refused one (router/router_sched_tls.c).
  *
  * Adding a source (MTA-STS, TLSRPT): write one section function of type
  * rctl_policy_fn that shows what that source holds for the domain, and add
@@ -129,6 +131,97 @@ rctl_policy_dane(struct rctl *c, const char *domain)
 	if (c->json)
 		buf_puts(b, "]}");
 	return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* The policy in relayctl hosts and queue show. */
+
+void
+rctl_policy_host(struct rctl *c, const struct health_host *h)
+{
+	buf_puts(c->out, ",\"policy\":");
+	json_str(c->out, h->policy[0] != '\0' ? h->policy : NULL);
+	buf_puts(c->out, ",\"refused\":");
+	json_str(c->out, h->refused[0] != '\0' ? h->refused : NULL);
+	buf_puts(c->out, ",\"refused_at\":");
+	rctl_json_time(c, c->out, h->refused[0] != '\0' ? h->refused_ms : 0);
+}
+
+void
+rctl_policy_hosts(struct rctl *c, const struct health_host *const *v, size_t n)
+{
+	struct buf *b = c->out;
+	bool head = false;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		const struct health_host *h = v[i];
+
+		if (h->policy[0] == '\0')
+			continue;
+		if (!head)
+			buf_printf(b, "\n%-32s %-24s %-12s %s\n", "HOST", "ADDRESS", "TLS POLICY",
+			    "REFUSED");
+		head = true;
+		rctl_text_pad(b, h->name[0] ? h->name : "-", 33);
+		rctl_text_pad(b, h->addr, 25);
+		rctl_text_pad(b, h->policy, 13);
+		rctl_text(b, h->refused[0] != '\0' ? h->refused : NULL);
+		buf_putc(b, '\n');
+	}
+}
+
+struct rctl_policy_notes {
+	struct rctl *c;
+	size_t n;
+};
+
+static void
+rctl_policy_note(void *arg, const struct sched_tls_view *v)
+{
+	struct rctl_policy_notes *pn = arg;
+	struct rctl *c = pn->c;
+	struct buf *b = c->out;
+
+	if (c->json) {
+		buf_puts(b, pn->n ? ",{\"time\":" : "{\"time\":");
+		rctl_json_time(c, b, v->time_ms);
+		buf_puts(b, ",\"host\":");
+		json_str(b, v->host);
+		buf_puts(b, ",\"ip\":");
+		json_str(b, v->ip);
+		buf_puts(b, ",\"policy\":");
+		json_str(b, v->policy);
+		buf_puts(b, ",\"refused\":");
+		json_str(b, v->refused);
+		buf_putc(b, '}');
+	} else {
+		buf_printf(b, "%-12s %s  ", "tls", rctl_ctime(c, v->time_ms));
+		rctl_text(b, v->host);
+		buf_putc(b, ' ');
+		rctl_text(b, v->ip);
+		buf_puts(b, " policy=");
+		rctl_text(b, v->policy);
+		if (v->refused != NULL) {
+			buf_puts(b, " refused=\"");
+			rctl_text(b, v->refused);
+			buf_putc(b, '"');
+		}
+		buf_putc(b, '\n');
+	}
+	pn->n++;
+}
+
+void
+rctl_policy_msg(struct rctl *c, const char *qid)
+{
+	struct rctl_policy_notes pn = { c, 0 };
+
+	if (c->json)
+		buf_puts(c->out, ",\"tls\":[");
+	sched_msg_tls(c->s, qid, rctl_policy_note, &pn);
+	if (c->json)
+		buf_putc(c->out, ']');
 }
 
 /* ------------------------------------------------------------------ */

@@ -112,6 +112,18 @@ int sched_delete(struct sched *s, const char *qid);
  * report it to the sender.  0 or RELAY_ENOENT. */
 int sched_bounce(struct sched *s, const char *qid);
 
+/* How the outbound TLS policy treated each exchanger address tried for a
+ * message (relayctl queue show), oldest first; memory only, the last 8. */
+struct sched_tls_view {
+	const char *host, *ip;
+	const char *policy;             /* "dane", "dane-unauth", or deliver.tls's value */
+	const char *refused;            /* why the policy refused it ("4.7.5 tlsa-invalid ..."),
+	                                   or NULL: not refused */
+	uint64_t time_ms;               /* of the last attempt or refusal */
+};
+void sched_msg_tls(struct sched *s, const char *qid,
+    void (*cb)(void *arg, const struct sched_tls_view *v), void *arg);
+
 /* Host health (relayctl hosts). */
 struct health *sched_health(struct sched *s);
 /* Reset a host's health (see health_reset) and probe the destinations waiting

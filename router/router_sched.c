@@ -389,6 +389,8 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	log_kvu(&l, "attempts", m->rcpt[i].attempts);
 	if (o == SCHED_DELIVERED && s->outcome_tls != NULL)
 		log_kv(&l, "tls", s->outcome_tls);
+	if (o == SCHED_DELIVERED && s->outcome_tls_version != NULL)
+		log_kv(&l, "tls_version", s->outcome_tls_version);
 	if (o == SCHED_DEFERRED) {
 		if (wait_dest != NULL)
 			log_kv(&l, "waiting", wait_dest);
@@ -554,6 +556,7 @@ sched_msg_free(struct sched *s, struct sched_msg *sm)
 	sm->m->sched = NULL;
 	queue_msg_free(sm->m);
 	free(sm->rc);
+	sched_tls_notes_free(sm);
 	sm->magic = 0;
 	free(sm);
 }

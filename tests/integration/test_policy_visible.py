@@ -22,10 +22,15 @@ Shown:
 """
 
 import json
+import re
 import unittest
 
+from client import make_message, submit
 from relay import TestCA
 from test_dane import DaneCase, sha256_cert
+
+
+SENDER = "alice@example.org"
 
 
 class PolicyCase(DaneCase):
@@ -116,6 +121,136 @@ class PolicyCommand(PolicyCase):
         # usage: exactly one domain
         self.ctl("policy", code=2)
         self.ctl("policy", "a.example", "b.example", code=2)
+
+
+class PolicyInListings(PolicyCase):
+
+    def test_hosts_and_queue_show_say_why_dane_refused_each_host(self):
+        """mx1's certificate matches no TLSA record (refused after the
+        handshake); mx2's TLSA answer is bogus (refused before connecting):
+        the mail waits, and both listings say which policy refused which host
+        and why."""
+        self.make()
+        cert, key = self.self_signed("mx1.example.net")
+        other, _ = self.self_signed("someone-else.invalid")
+        dns = self.relay.dns
+        dns.set_tlsa(self.tlsa_name("mx1.example.net"), [(3, 0, 1, sha256_cert(other))])
+        dns.set_servfail(self.tlsa_name("mx2.example.net"))
+        mx1 = self.relay.sink("127.0.0.2", starttls=(cert, key))
+        mx2 = self.relay.sink("127.0.0.3")
+        self.relay.start()
+        qid = self.send()
+        self.relay.wait_for_log("deferred", qid=qid, timeout=30)
+        self.no_mail(mx1)
+        self.assertEqual(mx2.connections, 0)
+        port = self.relay.smtp_port
+        addr1, addr2 = "127.0.0.2:%d" % port, "127.0.0.3:%d" % port
+
+        doc = self.ctl_json("hosts")
+        hosts = {h["address"]: h for h in doc["hosts"]}
+        self.assertEqual(hosts[addr1]["policy"], "dane")
+        self.assertRegex(hosts[addr1]["refused"],
+                         r"^4\.7\.5 validation-failure TLS handshake failed")
+        self.assertRegex(hosts[addr1]["refused_at"], r"Z$")
+        self.assertEqual(hosts[addr2]["host"], "mx2.example.net")
+        self.assertEqual(hosts[addr2]["policy"], "dane")
+        self.assertRegex(hosts[addr2]["refused"], r"^4\.7\.5 dnssec-invalid \S")
+        # the keys that were there are all still there
+        self.assertLessEqual({"host", "address", "state", "failures", "down_until", "since",
+                              "last_attempt", "last_error", "probing"}, set(hosts[addr1]))
+
+        out = self.ctl("hosts").stdout
+        self.assertRegex(out, r"(?m)^HOST\s+ADDRESS\s+STATE\s+FAILURES\s+DOWN UNTIL\s+LAST ERROR$")
+        self.assertRegex(out, r"(?m)^HOST\s+ADDRESS\s+TLS POLICY\s+REFUSED$")
+        self.assertRegex(out, r"(?m)^mx1\.example\.net\s+%s\s+dane\s+4\.7\.5 validation-failure "
+                              r"TLS handshake failed" % re.escape(addr1))
+        self.assertRegex(out, r"(?m)^mx2\.example\.net\s+%s\s+dane\s+4\.7\.5 dnssec-invalid "
+                         % re.escape(addr2))
+
+        show = self.ctl_json("queue", "show", qid)
+        self.assertEqual(show["recipients"][0]["state"], "deferred")
+        tls = {(t["host"], t["ip"]): t for t in show["tls"]}
+        self.assertEqual(set(tls), {("mx1.example.net", "127.0.0.2"),
+                                    ("mx2.example.net", "127.0.0.3")})
+        self.assertEqual(tls["mx1.example.net", "127.0.0.2"]["policy"], "dane")
+        self.assertRegex(tls["mx1.example.net", "127.0.0.2"]["refused"],
+                         r"^4\.7\.5 validation-failure ")
+        self.assertRegex(tls["mx2.example.net", "127.0.0.3"]["refused"],
+                         r"^4\.7\.5 dnssec-invalid ")
+        self.assertRegex(tls["mx2.example.net", "127.0.0.3"]["time"], r"Z$")
+        text = self.ctl("queue", "show", qid).stdout
+        self.assertRegex(text, r'(?m)^tls\s+\S+Z  mx1\.example\.net 127\.0\.0\.2 policy=dane '
+                               r'refused="4\.7\.5 validation-failure TLS handshake failed')
+        self.assertRegex(text, r'(?m)^tls\s+\S+Z  mx2\.example\.net 127\.0\.0\.3 policy=dane '
+                               r'refused="4\.7\.5 dnssec-invalid ')
+
+    def test_a_host_that_passes_dane_shows_the_policy_and_no_refusal(self):
+        self.make()
+        cert, key = self.self_signed("nobody.invalid")
+        self.relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])
+        self.relay.dns.set_tlsa(self.tlsa_name("mx1.example.net"),
+                                [(3, 0, 1, sha256_cert(cert))])
+        mx1 = self.relay.sink("127.0.0.2", starttls=(cert, key))
+        # a delivered message leaves the queue: a second recipient the sink
+        # defers keeps this one there for queue show
+        mx1.script(rcpt={"later@example.net": "450 4.2.0 try later"})
+        self.relay.start()
+        rcpts = ["bob@example.net", "later@example.net"]
+        msg = make_message(SENDER, rcpts[0], "two", "Two.\r\n")
+        qid = submit(self.relay, SENDER, rcpts, msg)
+        self.relay.wait_for_log("delivered", qid=qid, timeout=30)
+        self.relay.wait_for_log("deferred", qid=qid, timeout=30)
+        [h] = [h for h in self.ctl_json("hosts")["hosts"] if h["host"] == "mx1.example.net"]
+        self.assertEqual((h["policy"], h["refused"], h["refused_at"]), ("dane", None, None))
+        [t] = self.ctl_json("queue", "show", qid)["tls"]
+        self.assertEqual((t["host"], t["ip"], t["policy"], t["refused"]),
+                         ("mx1.example.net", "127.0.0.2", "dane", None))
+        self.assertRegex(self.ctl("queue", "show", qid).stdout,
+                         r"(?m)^tls\s+\S+Z  mx1\.example\.net 127\.0\.0\.2 policy=dane$")
+
+
+class DeliveredSaysHowItWasSecured(PolicyCase):
+
+    def test_none_opportunistic_and_dane_with_the_tls_version(self):
+        self.make()
+        dns = self.relay.dns
+        cert, key = self.self_signed("nobody.invalid")
+        dns.set_mx_ips("example.net", [(10, "127.0.0.2")])
+        dns.set_tlsa(self.tlsa_name("mx1.example.net"), [(3, 0, 1, sha256_cert(cert))])
+        dns.set_mx_ips("plain.example", [(10, "127.0.0.5")])     # not signed
+        dns.set_mx_ips("opp.example", [(10, "127.0.0.6")])       # not signed
+        self.relay.sink("127.0.0.2", starttls=(cert, key))
+        self.relay.sink("127.0.0.5")                              # no STARTTLS
+        self.relay.sink("127.0.0.6", starttls=(cert, key))
+        self.relay.start()
+        want = {"bob@plain.example": ("none", None),
+                "bob@opp.example": ("opportunistic", "TLS"),
+                "bob@example.net": ("dane", "TLS")}
+        for rcpt, (tls, version) in want.items():
+            qid = self.send(rcpt=rcpt, subject=tls)
+            line = self.relay.wait_for_log("delivered", qid=qid, timeout=30)
+            self.assertEqual(line["tls"], tls, line)
+            if version is None:
+                self.assertNotIn("tls_version", line)
+            else:
+                self.assertRegex(line["tls_version"], r"^TLSv1\.[23]$")
+                # the version the TLS session reported
+                ev = self.relay.wait_for_log("deliver_tls", qid=qid)
+                self.assertEqual(line["tls_version"], ev["version"])
+
+    def test_verify(self):
+        ca = TestCA()
+        self.make(secure=False, deliver={"tls": "verify", "ca_file": ca.cert})
+        cert, key = ca.issue("mx1.example.net", ips=["127.0.0.2"])
+        self.relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])
+        self.relay.sink("127.0.0.2", starttls=(cert, key))
+        self.relay.start()
+        qid = self.send()
+        line = self.relay.wait_for_log("delivered", qid=qid, timeout=30)
+        self.assertEqual(line["tls"], "verify")
+        self.assertRegex(line["tls_version"], r"^TLSv1\.[23]$")
+        [h] = self.ctl_json("hosts")["hosts"]
+        self.assertEqual((h["policy"], h["refused"]), ("verify", None))
 
 
 if __name__ == "__main__":
