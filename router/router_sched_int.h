@@ -89,7 +89,7 @@ struct sched_msg {
 	uint64_t report_retry_at;       /* a report failed: not before this */
 	unsigned report_failures;       /* reports in a row that could not be queued */
 	bool warn_out;                  /* the delay warning's commit is in flight */
-	struct sched_tls_note *tls;     /* SCHED_TLS_NOTES, allocated at the first attempt */
+	struct sched_tls_note *tls;     /* at most SCHED_TLS_NOTES; NULL before any attempt */
 	size_t ntls;
 	struct htab_node node;          /* in s->mhash, by qid */
 	TAILQ_ENTRY(sched_msg) entry;   /* s->msgs, oldest first */

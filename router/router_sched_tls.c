@@ -38,8 +38,6 @@ sched_tls_note(struct sched_msg *sm, const char *host, const char *ip, const cha
 	struct sched_tls_note *n = NULL;
 	size_t i;
 
-	if (sm->tls == NULL)
-		sm->tls = xcalloc(SCHED_TLS_NOTES, sizeof(*sm->tls));
 	for (i = 0; i < sm->ntls; i++)
 		if (strcmp(sm->tls[i].ip, ip) == 0 && util_strcasecmp(sm->tls[i].host, host) == 0)
 			n = &sm->tls[i];
@@ -49,7 +47,8 @@ sched_tls_note(struct sched_msg *sm, const char *host, const char *ip, const cha
 			free(sm->tls[0].refused);
 			memmove(&sm->tls[0], &sm->tls[1], (SCHED_TLS_NOTES - 1) * sizeof(*sm->tls));
 			sm->ntls--;
-		}
+		} else      /* grown one at a time: most messages see one or two hosts */
+			sm->tls = xrealloc(sm->tls, (sm->ntls + 1) * sizeof(*sm->tls));
 		n = &sm->tls[sm->ntls++];
 		memset(n, 0, sizeof(*n));
 		n->host = xstrdup(host);
