@@ -7,9 +7,13 @@
  * the policy's part of `relayctl hosts` and `queue show`: which policy
  * applied to a host and why it refused one (router/router_sched_tls.c).
  *
- * Adding a source (MTA-STS, TLSRPT): write one section function of type
- * rctl_policy_fn that shows what that source holds for the domain, and add
- * its row to rctl_policy_sections[]; nothing else here changes.
+ * Adding a source (MTA-STS, TLSRPT): one section function of type
+ * rctl_policy_fn that shows what that source holds for the domain (read
+ * through a router.h accessor, as sched_dane()), defined in the source's
+ * slot at the end of this file and declared in its slot above the table,
+ * and its row in its slot of rctl_policy_sections[] (the order is the
+ * output's: DANE, MTA-STS, TLSRPT).  Nothing else here changes, and the
+ * slots are apart so that the two additions merge without conflict.
  *
  * Owns: nothing beyond one request.
  * Never: looks anything up; it shows what the router holds.
@@ -30,13 +34,19 @@
 typedef bool rctl_policy_fn(struct rctl *c, const char *domain);
 
 static rctl_policy_fn rctl_policy_dane;
+/* MTA-STS: static rctl_policy_fn rctl_policy_mta_sts; */
+
+/* TLSRPT: static rctl_policy_fn rctl_policy_tlsrpt; */
 
 static const struct rctl_policy_section {
 	const char *key;                /* the JSON key, and the text's heading */
 	rctl_policy_fn *show;
 } rctl_policy_sections[] = {
 	{ "dane", rctl_policy_dane },
-	/* { "mta_sts", rctl_policy_mta_sts }, { "tlsrpt", rctl_policy_tlsrpt } go here */
+	/* MTA-STS: { "mta_sts", rctl_policy_mta_sts }, */
+
+	/* TLSRPT: { "tlsrpt", rctl_policy_tlsrpt }, */
+
 };
 
 /* ------------------------------------------------------------------ */
@@ -250,11 +260,17 @@ rctl_policy(struct rctl *c)
 	}
 	if (!held) {
 		buf_reset(b);
-		buf_printf(b, "nothing held for %s: relayd has not resolved it in the last day "
-		    "(send it mail, or relayctl queue flush --domain %s)", domain, domain);
+		buf_printf(b, "nothing held for %s: relayd has not looked up its MX records in the "
+		    "last day (mail routed to fixed hosts never is)", domain);
 		return RELAY_ENOENT;
 	}
 	if (c->json)
 		buf_puts(b, "}\n");
 	return 0;
 }
+
+/* ------------------------------------------------------------------ */
+/* MTA-STS: its section function (rctl_policy_mta_sts) goes here. */
+
+/* ------------------------------------------------------------------ */
+/* TLSRPT: its section function (rctl_policy_tlsrpt) goes here. */
