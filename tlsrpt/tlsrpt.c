@@ -63,6 +63,8 @@ struct tlsrpt_known {
 	char *domain;
 	enum tlsrpt_known_state state;
 	uint64_t until_ms;              /* wall clock: ask again after this */
+	uint64_t looked_up_ms;          /* the last answer (0: none yet) */
+	char *rua;                      /* its rua URIs, ","-separated, or NULL */
 	struct dns_query *q;            /* while PENDING */
 	struct tlsrpt *t;
 };
@@ -280,8 +282,45 @@ tlsrpt_save_soon(struct tlsrpt *t)
 static void
 tlsrpt_known_free(struct tlsrpt_known *k)
 {
+	free(k->rua);
 	free(k->domain);
 	free(k);
+}
+
+static struct tlsrpt_known *
+tlsrpt_known_get(struct tlsrpt *t, const char *domain)
+{
+	struct htab_node *n = htab_find(&t->known, domain);
+	struct tlsrpt_known *k;
+
+	if (n != NULL)
+		return HTAB_ENTRY(n, struct tlsrpt_known, node);
+	k = xcalloc(1, sizeof(*k));
+	k->domain = xstrdup(domain);
+	k->t = t;
+	k->state = TLSRPT_KNOWN_NO;
+	htab_insert(&t->known, &k->node, k->domain);
+	return k;
+}
+
+/* Remember an answer for relayctl policy: n rua URIs (0: no record). */
+static void
+tlsrpt_known_note(struct tlsrpt_known *k, char *const *rua, const char *kind, int n,
+    uint64_t now)
+{
+	struct buf b = BUF_INIT;
+	int i;
+
+	for (i = 0; i < n; i++)
+		buf_printf(&b, "%s%s%s", i > 0 ? "," : "", kind[i] == 'm' ? "mailto:" : "", rua[i]);
+	free(k->rua);
+	k->rua = n > 0 ? buf_steal(&b) : NULL;
+	buf_free(&b);
+	k->looked_up_ms = now;
+	if (k->state != TLSRPT_KNOWN_PENDING) {
+		k->state = n > 0 ? TLSRPT_KNOWN_YES : TLSRPT_KNOWN_NO;
+		k->until_ms = now + TLSRPT_KNOWN_TTL_MS;
+	}
 }
 
 static void
@@ -300,20 +339,21 @@ tlsrpt_on_known(void *arg, struct dns_result *res)
 		k->until_ms = now + TLSRPT_KNOWN_TEMP_MS;
 	} else if (res->err == 0 && (n = tlsrpt_parse_record(res->txt, res->ntxt, rua, kind,
 	    &why)) > 0) {
+		k->state = TLSRPT_KNOWN_YES;
+		tlsrpt_known_note(k, rua, kind, n, now);
 		for (i = 0; i < n; i++)
 			free(rua[i]);
-		k->state = TLSRPT_KNOWN_YES;
-		k->until_ms = now + TLSRPT_KNOWN_TTL_MS;
 	} else {
 		k->state = TLSRPT_KNOWN_NO;
-		k->until_ms = now + TLSRPT_KNOWN_TTL_MS;
+		tlsrpt_known_note(k, NULL, NULL, 0, now);
 		tlsrpt_table_drop_nopolicy(&t->tb, k->domain);
 		tlsrpt_save_soon(t);
 	}
 	dns_result_free(res);
 }
 
-/* Should a no-policy-found session with domain be counted? */
+/* Should a no-policy-found session with domain be counted?  Looks the
+ * record up when the last answer is older than TLSRPT_KNOWN_TTL_MS. */
 static bool
 tlsrpt_known_wanted(struct tlsrpt *t, const char *domain, uint64_t now)
 {
@@ -324,12 +364,7 @@ tlsrpt_known_wanted(struct tlsrpt *t, const char *domain, uint64_t now)
 	k = n != NULL ? HTAB_ENTRY(n, struct tlsrpt_known, node) : NULL;
 	if (k != NULL && (k->state == TLSRPT_KNOWN_PENDING || now < k->until_ms))
 		return k->state != TLSRPT_KNOWN_NO;
-	if (k == NULL) {
-		k = xcalloc(1, sizeof(*k));
-		k->domain = xstrdup(domain);
-		k->t = t;
-		htab_insert(&t->known, &k->node, k->domain);
-	}
+	k = tlsrpt_known_get(t, domain);
 	k->state = TLSRPT_KNOWN_PENDING;
 	buf_printf(&name, "_smtp._tls.%s", domain);
 	k->q = dns_lookup_txt(t->dns, buf_cstr(&name), tlsrpt_on_known, k);
@@ -367,7 +402,8 @@ tlsrpt_session(struct tlsrpt *t, const struct tlsrpt_session *ev, uint64_t now_m
 		return;
 	if (t->magic != TLSRPT_MAGIC)
 		fatalx("%s: bad tlsrpt", __func__);
-	if (ev->type == TLSRPT_NO_POLICY && !tlsrpt_known_wanted(t, ev->domain, now_ms))
+	/* the lookup also tells relayctl policy where the domain's reports go */
+	if (!tlsrpt_known_wanted(t, ev->domain, now_ms) && ev->type == TLSRPT_NO_POLICY)
 		return;
 	tlsrpt_slot(now_ms, t->conf->router.tlsrpt_interval, &start, &end);
 	tlsrpt_table_add(&t->tb, ev, start, end);
@@ -596,10 +632,12 @@ tlsrpt_on_record(void *arg, struct dns_result *res)
 		log_event(LOG_INFO, "tlsrpt_skipped", "domain", s->domain, "reason",
 		    res->err != 0 ? "no _smtp._tls record" : why, NULL);
 		dns_result_free(res);
+		tlsrpt_known_note(tlsrpt_known_get(t, s->domain), NULL, NULL, 0, now);
 		tlsrpt_send_finish(s, true);
 		return;
 	}
 	dns_result_free(res);
+	tlsrpt_known_note(tlsrpt_known_get(t, s->domain), rua, kind, n, now);
 	if (b->report_id == NULL) {
 		buf_printf(&id, "%llu.%s@%s", (unsigned long long)(b->start_ms / 1000), b->domain,
 		    t->conf->hostname);
@@ -884,29 +922,33 @@ tlsrpt_free(struct tlsrpt *t)
  */
 
 void
-tlsrpt_describe(struct tlsrpt *t, const char *domain, uint64_t now_ms, struct buf *out)
+tlsrpt_view(struct tlsrpt *t, const char *domain, uint64_t now_ms, struct tlsrpt_view *out)
 {
 	uint64_t day = now_ms - now_ms % 86400000ULL;
-	struct htab_iter it;
 	struct htab_node *n;
+	struct htab_iter it;
 	const struct tlsrpt_bucket *b;
-	uint64_t ok[3] = { 0, 0, 0 }, bad[3] = { 0, 0, 0 };
+	const struct tlsrpt_known *k;
 	size_t i;
-	int ty;
 
+	memset(out, 0, sizeof(*out));
+	if ((n = htab_find(&t->known, domain)) != NULL) {
+		k = HTAB_ENTRY(n, struct tlsrpt_known, node);
+		if (k->looked_up_ms != 0 && now_ms < k->looked_up_ms + TLSRPT_KNOWN_TTL_MS) {
+			out->looked_up = true;
+			out->looked_up_ms = k->looked_up_ms;
+			out->record = k->rua != NULL;
+			out->rua = k->rua;
+		}
+	}
 	for (n = htab_first(&t->tb.buckets, &it); n != NULL; n = htab_next(&it)) {
 		b = HTAB_ENTRY(n, struct tlsrpt_bucket, node);
 		if (b->start_ms < day || util_strcasecmp(b->domain, domain) != 0)
 			continue;
 		for (i = 0; i < b->np; i++) {
-			ok[b->p[i].type] += b->p[i].ok;
-			bad[b->p[i].type] += b->p[i].failed;
+			out->ok[b->p[i].type] += b->p[i].ok;
+			out->failed[b->p[i].type] += b->p[i].failed;
+			out->counted = true;
 		}
 	}
-	buf_puts(out, "\"tlsrpt_counts\":{");
-	for (ty = 0; ty < 3; ty++)
-		buf_printf(out, "%s\"%s\":{\"successful\":%llu,\"failed\":%llu}", ty > 0 ? "," : "",
-		    tlsrpt_ptype_name((enum tlsrpt_ptype)ty), (unsigned long long)ok[ty],
-		    (unsigned long long)bad[ty]);
-	buf_putc(out, '}');
 }

@@ -14,7 +14,8 @@
  * MTA-STS next) always; sessions without one (no-policy-found) only for a
  * domain whose _smtp._tls record the module has seen (it looks the record
  * up, once an hour at most, the first time such a domain comes by; counts
- * made while the answer is out are dropped if there is no record).
+ * made while the answer is out are dropped if there is no record).  The
+ * lookup is made for policy domains too, for relayctl policy.
  * Reports go only to domains that publish a valid record when the report
  * is due; the others' counts are dropped then.
  *
@@ -92,9 +93,17 @@ void tlsrpt_close(struct tlsrpt *t, void (*done)(void *arg), void *arg);
 /* After tlsrpt_close's done (or when it never ran: at a failed start-up). */
 void tlsrpt_free(struct tlsrpt *t);
 
-/* What the module holds for a domain (relayctl policy): JSON object members
- * "tlsrpt_counts" (today's summary per policy) appended to out. */
-void tlsrpt_describe(struct tlsrpt *t, const char *domain, uint64_t now_ms, struct buf *out);
+/* What the module holds for a domain (relayctl policy). */
+struct tlsrpt_view {
+	bool looked_up;                 /* _smtp._tls was looked up within the last hour */
+	bool record;                    /* ... and had a usable record */
+	uint64_t looked_up_ms;
+	const char *rua;                /* record: its rua URIs, ","-separated (valid until the
+	                                   next call into the module) */
+	uint64_t ok[3], failed[3];      /* today's (UTC) sessions by enum tlsrpt_ptype */
+	bool counted;                   /* any session counted today */
+};
+void tlsrpt_view(struct tlsrpt *t, const char *domain, uint64_t now_ms, struct tlsrpt_view *out);
 
 /* ------------------------------------------------------------------ */
 /* Pure parts, exported for the unit tests. */

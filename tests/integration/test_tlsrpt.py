@@ -20,7 +20,8 @@ issued); a POST answered 503 is tried again at the next slot with the same
 report-id while the mail, which went, is not sent twice.
 
 Also shown: the counts survive a kill -9 between the sessions and the
-report (queue_dir/tlsrpt); a TLSA answer that is bogus counts as
+report (queue_dir/tlsrpt), and `relayctl policy DOMAIN` shows where the
+domain's reports go and today's counts; a TLSA answer that is bogus counts as
 dnssec-invalid; a domain that publishes no _smtp._tls record gets no report
 (event=tlsrpt_skipped) and a no-policy domain without a record is not even
 counted, while one with a record gets "no-policy-found" counts.
@@ -407,6 +408,20 @@ class Durable(TlsrptCase):
         self.relay.wait_for_log("delivered", qid=qid, timeout=30)
         self.wait_file("example.net", lambda n: n == 2)
         self.assertEqual(self.reports.messages, [])
+        # relayctl policy: where the domain's reports go, and today's counts
+        deadline = time.time() + 10
+        while True:
+            js = self.relay.relayctl("policy", "example.net", "--json", json=True)
+            if js["tlsrpt"] is not None and js["tlsrpt"]["rua"]:
+                break
+            self.assertLess(time.time(), deadline, js)
+            time.sleep(0.1)
+        self.assertEqual(js["tlsrpt"]["rua"], ["mailto:tlsrpt@reports.test"])
+        self.assertEqual(js["tlsrpt"]["today"]["tlsa"], {"successful": 1, "failed": 1})
+        self.assertEqual(js["tlsrpt"]["today"]["no-policy-found"], {"successful": 0, "failed": 0})
+        out = self.relay.relayctl("policy", "example.net", check=True).stdout
+        self.assertRegex(out, r"(?m)^tlsrpt: rua mailto:tlsrpt@reports\.test \(looked up ")
+        self.assertRegex(out, r"(?m)^  today tlsa: 1 successful, 1 failed$")
         self.relay.kill9()
         self.relay.update_config(router={"tlsrpt_interval": "2s"})
         self.relay.start()
