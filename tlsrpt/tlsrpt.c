@@ -135,40 +135,27 @@ static void tlsrpt_arm(struct tlsrpt *t, uint64_t now);
 static int
 tlsrpt_load(struct tlsrpt *t, struct buf *err)
 {
-	struct buf text = BUF_INIT, why = BUF_INIT, cp = BUF_INIT;
-	struct stat st;
-	char buf[8192];
-	ssize_t n;
-	int fd, rc = 0;
+	struct buf why = BUF_INIT, cp = BUF_INIT;
+	char *text = NULL;
+	size_t len = 0;
+	int rc = 0;
 
-	if ((fd = open(t->path, O_RDONLY | O_CLOEXEC)) == -1) {
+	if (util_read_file(t->path, TLSRPT_MAX_FILE, &text, &len) != 0) {
 		if (errno == ENOENT)
 			return 0;
-		buf_printf(err, "%s: %s", t->path, strerror(errno));
-		return -1;
-	}
-	if (fstat(fd, &st) == 0 && st.st_size > TLSRPT_MAX_FILE)
-		buf_printf(&why, "larger than %d bytes", TLSRPT_MAX_FILE);
-	else
-		while ((n = read(fd, buf, sizeof(buf))) != 0) {
-			if (n < 0) {
-				if (errno == EINTR)
-					continue;
-				buf_printf(err, "%s: %s", t->path, strerror(errno));
-				rc = -1;
-				break;
-			}
-			buf_append(&text, buf, (size_t)n);
+		if (errno != EFBIG) {
+			buf_printf(err, "%s: %s", t->path, strerror(errno));
+			return -1;
 		}
-	close(fd);
-	if (rc == 0 && why.len == 0 && strlen(buf_cstr(&text)) != text.len)
+		buf_printf(&why, "larger than %d bytes", TLSRPT_MAX_FILE);
+	} else if (strlen(text) != len)
 		buf_puts(&why, "NUL byte");
-	if (rc == 0 && why.len == 0 && text.len > 0 &&
-	    tlsrpt_table_load(&t->tb, text.data, &why) != 0) {
+	else if (tlsrpt_table_load(&t->tb, text, &why) != 0) {
 		tlsrpt_table_free(&t->tb);
 		tlsrpt_table_init(&t->tb);
 	}
-	if (rc == 0 && why.len > 0) {
+	free(text);
+	if (why.len > 0) {
 		/* keep what was there for the admin; count afresh */
 		buf_printf(&cp, "%s/%s", t->conf->queue_dir, TLSRPT_FILE_CORRUPT);
 		if (rename(t->path, buf_cstr(&cp)) != 0) {
@@ -179,7 +166,6 @@ tlsrpt_load(struct tlsrpt *t, struct buf *err)
 			log_event(LOG_ERR, "tlsrpt_corrupt", "path", t->path, "error", buf_cstr(&why),
 			    "moved_to", buf_cstr(&cp), NULL);
 	}
-	buf_free(&text);
 	buf_free(&why);
 	buf_free(&cp);
 	return rc;
@@ -190,22 +176,10 @@ static void
 tlsrpt_write_work(uv_work_t *w)
 {
 	struct tlsrpt *t = w->data;
-	size_t len = strlen(t->wtext);
-	int fd;
 
 	t->werr = 0;
-	if ((fd = open(t->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) == -1) {
-		t->werr = errno;
-		return;
-	}
-	if (util_pwrite_full(fd, t->wtext, len, 0) != 0)
+	if (util_write_file_atomic(t->path, t->tmp_path, t->wtext, strlen(t->wtext)) != 0)
 		t->werr = errno != 0 ? errno : EIO;
-	if (t->werr == 0 && fsync(fd) != 0)
-		t->werr = errno;
-	if (close(fd) != 0 && t->werr == 0)
-		t->werr = errno;
-	if (t->werr == 0 && rename(t->tmp_path, t->path) != 0)
-		t->werr = errno;
 }
 
 static void
