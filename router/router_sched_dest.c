@@ -710,6 +710,8 @@ sched_job_sts_known(struct sched_job *job, const struct mtasts_answer *a)
 {
 	mtasts_policy_release(&job->sts);
 	job->has_sts = a->policy != NULL;
+	snprintf(job->sts_failure, sizeof(job->sts_failure), "%s",
+	    a->policy == NULL && a->failure != NULL ? a->failure : "");
 	if (a->policy != NULL)
 		mtasts_policy_copy(&job->sts, a->policy);
 	sched_job_next(job);

@@ -124,6 +124,8 @@ struct sched_job {
 	struct mtasts_query *stsq;      /* the domain's MTA-STS policy is being looked up */
 	bool has_sts;                   /* sts holds the domain's policy (a copy) */
 	struct mtasts_policy sts;
+	char sts_failure[32];           /* RFC 8460 result type of a failed MTA-STS fetch with no
+	                                   policy to apply (TLSRPT counts it), or "" */
 	size_t ntargets;                /* targets allowed (primary-only cuts) */
 	size_t ti, ai;                  /* the address being tried */
 	unsigned ntried;                /* connections attempted */

@@ -5,9 +5,13 @@
  * which result type it failed with.
  *
  * Counted: a session that ran (a success if TLS was negotiated; without a
- * policy, a plaintext session counts as starttls-not-supported), a
- * HOST_FAIL that deliver/ gave an RFC 8460 result type, and an exchanger
- * tlspolicy/ refused before connecting.  Not counted: routes with their
+ * policy, a plaintext session counts as starttls-not-supported; under
+ * MTA-STS testing, what enforce would have refused counts as that failure),
+ * a HOST_FAIL that deliver/ gave an RFC 8460 result type, and an exchanger
+ * tlspolicy/ refused before connecting.  The policy: DANE's (tlsa, the
+ * exchanger's TLSA records) or MTA-STS's (sts, the policy's lines and mx
+ * patterns); a domain whose MTA-STS policy could not be fetched counts its
+ * sessions as sts failures of that kind (sts-policy-fetch-error ...).  Not counted: routes with their
  * own hosts (smarthosts are not the domain's exchangers), tls = none (our
  * own choice), and attempts that never got to TLS (refused connections).
  *
@@ -21,6 +25,30 @@
 
 #include "common/buf.h"
 #include "common/util.h"
+
+/* The MTA-STS policy as its lines (policy-string) and its mx patterns,
+ * '\n'-joined (mx-host). */
+static char **
+sched_sts_strings(const struct mtasts_policy *p, size_t *n, struct buf *mx)
+{
+	char **v = xcalloc(p->nmx + 4, sizeof(*v));
+	struct buf b = BUF_INIT;
+	size_t i, k = 0;
+
+	buf_puts(&b, "version: STSv1");
+	v[k++] = buf_steal(&b);
+	buf_printf(&b, "mode: %s", mtasts_mode_name(p->mode));
+	v[k++] = buf_steal(&b);
+	for (i = 0; i < p->nmx; i++) {
+		buf_printf(&b, "mx: %s", p->mx[i]);
+		v[k++] = buf_steal(&b);
+		buf_printf(mx, "%s%s", i > 0 ? "\n" : "", p->mx[i]);
+	}
+	buf_printf(&b, "max_age: %u", p->max_age);
+	v[k++] = buf_steal(&b);
+	*n = k;
+	return v;
+}
 
 /* TLSA records in presentation form, "3 1 1 ABCD...", for policy-string. */
 static char **
@@ -49,8 +77,10 @@ sched_tlsrpt_session(struct sched *s, struct sched_job *job, const struct dns_ta
     const struct deliver_result *res, const char *ip)
 {
 	struct tlsrpt_session ev;
+	struct buf mx = BUF_INIT;
 	char **strings = NULL;
-	size_t i;
+	size_t i, nstrings = 0;
+	bool sts;
 
 	if (s->tlsrpt == NULL || job->route.nhosts > 0 || job->route.tls == CONF_TLS_NONE)
 		return;
@@ -58,28 +88,45 @@ sched_tlsrpt_session(struct sched *s, struct sched_job *job, const struct dns_ta
 	ev.domain = job->route.dest;
 	ev.receiving_mx = tg->host;
 	ev.receiving_ip = ip != NULL && ip[0] != '\0' ? ip : NULL;
-	if (job->tlspol.refuse || job->tlspol.policy != DELIVER_POLICY_CONF) {
+	sts = job->tlspol.source != NULL ? strcmp(job->tlspol.source, "mta-sts") == 0 :
+	    job->has_sts && job->sts.mode != MTASTS_MODE_NONE;
+	if (sts && job->has_sts) {
+		ev.type = TLSRPT_STS;
+		strings = sched_sts_strings(&job->sts, &nstrings, &mx);
+		ev.mx_host = buf_cstr(&mx);
+	} else if (job->tlspol.refuse || job->tlspol.policy != DELIVER_POLICY_CONF) {
 		ev.type = TLSRPT_TLSA;
 		ev.mx_host = tg->host;
 		strings = sched_tlsa_strings(tg);
-		ev.strings = (const char *const *)strings;
-		ev.nstrings = tg->ntlsa;
+		nstrings = tg->ntlsa;
+	} else if (job->sts_failure[0] != '\0') {
+		/* the domain announces MTA-STS, but its policy could not be had:
+		 * that failure stands for every session */
+		ev.type = TLSRPT_STS;
+		ev.result = job->sts_failure;
 	}
-	if (res == NULL)
-		ev.result = job->tlspol.result;
-	else if (res->status == DELIVER_HOST_FAIL) {
-		if (res->tls_result[0] == '\0')
-			goto out;       /* no TLS session: a connection refused, a timeout ... */
-		ev.result = res->tls_result;
-	} else if (res->tls[0] == '\0' || strcmp(res->tls, "none") == 0)
-		ev.result = "starttls-not-supported";
+	ev.strings = (const char *const *)strings;
+	ev.nstrings = nstrings;
+	if (res != NULL && res->status == DELIVER_HOST_FAIL && res->tls_result[0] == '\0')
+		goto out;       /* no TLS session: a connection refused, a timeout ... */
+	if (ev.result == NULL) {
+		if (res == NULL)
+			ev.result = job->tlspol.result;
+		else if (res->tls_result[0] != '\0')
+			ev.result = res->tls_result;    /* (testing: what enforce would refuse) */
+		else if (job->tlspol.testing != NULL)
+			ev.result = job->tlspol.testing;
+		else if (res->tls[0] == '\0' || strcmp(res->tls, "none") == 0)
+			ev.result = "starttls-not-supported";
+	}
 	if (ev.result != NULL && ev.result[0] == '\0')
 		ev.result = "validation-failure";
 	tlsrpt_session(s->tlsrpt, &ev, sched_now(s));
 out:
-	for (i = 0; strings != NULL && i < tg->ntlsa; i++)
+	for (i = 0; strings != NULL && i < nstrings; i++)
 		free(strings[i]);
 	free(strings);
+	buf_free(&mx);
 }
 
 struct tlsrpt *
