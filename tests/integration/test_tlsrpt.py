@@ -19,6 +19,10 @@ http/ client, to a real HTTPS server on loopback whose certificate a test CA
 issued); a POST answered 503 is tried again at the next slot with the same
 report-id while the mail, which went, is not sent twice.
 
+MTA-STS (enforce) sessions are reported as policy-type "sts" with the
+policy's lines and mx pattern, an exchanger the policy refuses as a
+validation-failure.
+
 Also shown: the counts survive a kill -9 between the sessions and the
 report (queue_dir/tlsrpt), and `relayctl policy DOMAIN` shows where the
 domain's reports go and today's counts; a TLSA answer that is bogus counts as
@@ -32,6 +36,7 @@ import email.policy
 import gzip
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -114,21 +119,22 @@ class TlsrptCase(unittest.TestCase):
 
     # -- the reports ----------------------------------------------------------
 
-    def report_of(self, m):
+    def report_of(self, m, domain="example.net"):
         """(m, the parsed mail, the report's JSON) of a report mail m."""
         msg = email.message_from_bytes(m.data, policy=email.policy.compat32)
         self.assertEqual(msg.get_content_type(), "multipart/report")
         self.assertEqual(msg.get_param("report-type"), "tlsrpt")
         parts = [p for p in msg.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
         self.assertEqual(len(parts), 1)
-        self.assertRegex(parts[0].get_filename(), r"^relay\.test!example\.net!\d+!\d+\.json\.gz$")
+        self.assertRegex(parts[0].get_filename(),
+                         r"^relay\.test!%s!\d+!\d+\.json\.gz$" % re.escape(domain))
         report = json.loads(gzip.decompress(parts[0].get_payload(decode=True)))
         self.check_schema(report)
-        self.assertEqual(msg["TLS-Report-Domain"], "example.net")
+        self.assertEqual(msg["TLS-Report-Domain"], domain)
         self.assertEqual(msg["TLS-Report-Submitter"], "relay.test")
         subject = " ".join(msg["Subject"].split())
-        self.assertEqual(subject, "Report Domain: example.net Submitter: relay.test "
-                         "Report-ID: <%s>" % report["report-id"])
+        self.assertEqual(subject, "Report Domain: %s Submitter: relay.test "
+                         "Report-ID: <%s>" % (domain, report["report-id"]))
         return m, msg, report
 
     def check_schema(self, r):
@@ -159,7 +165,7 @@ class TlsrptCase(unittest.TestCase):
                 fails += d["failed-session-count"]
             self.assertEqual(fails, p["summary"]["total-failure-session-count"])
 
-    def collect(self, want_sessions, sink=None, timeout=40):
+    def collect(self, want_sessions, sink=None, timeout=40, domain="example.net"):
         """Report mails until their policies add up to want_sessions sessions
         (a slot boundary may split them over two reports): [(m, mail, report)]."""
         sink = sink or self.reports
@@ -167,7 +173,7 @@ class TlsrptCase(unittest.TestCase):
         n = 1
         while True:
             msgs = sink.wait_for_messages(n, timeout=max(0.1, deadline - time.time()))
-            got = [self.report_of(m) for m in msgs]
+            got = [self.report_of(m, domain) for m in msgs]
             total = sum(p["summary"]["total-successful-session-count"] +
                         p["summary"]["total-failure-session-count"]
                         for _, _, r in got for p in r["policies"])
@@ -359,6 +365,45 @@ class ReportByHttps(TlsrptCase):
         self.assertEqual(sorted(r["report-id"] for _, _, r in mails), sorted(posts))
         self.assertEqual(len(self.reports.messages), len(posts))
         self.wait_file("example.net", lambda n: n == 0)
+
+
+STS_IP = "127.0.84.62"          # the MTA-STS policy host, port 443; test_mta_sts has .61
+
+
+@unittest.skipUnless(os.geteuid() == 0, "binding port 443 needs root")
+class MtaSts(TlsrptCase):
+
+    def test_mta_sts_sessions_are_reported(self):
+        ca = TestCA()
+        self.addCleanup(shutil.rmtree, ca.dir, True)
+        crt, key = ca.issue("mta-sts.sts.test")
+        srv = HTTPSServer(STS_IP, 443, crt, key).start()
+        self.addCleanup(srv.stop)
+        srv.route("mta-sts.sts.test", "/.well-known/mta-sts.txt",
+                  body="version: STSv1\r\nmode: enforce\r\nmx: *.sts.test\r\n"
+                       "max_age: 86400\r\n")
+        self.make(deliver={"ca_file": ca.cert})
+        dns = self.relay.dns
+        dns.set_a("mta-sts.sts.test", [STS_IP])
+        dns.set_txt("_mta-sts.sts.test", ["v=STSv1; id=one;"])
+        dns.set_txt("_smtp._tls.sts.test", [RECORD])
+        dns.set_mx("sts.test", [(10, "mx1.elsewhere.test"), (20, "mx2.sts.test")])
+        dns.set_a("mx1.elsewhere.test", ["127.0.0.2"])
+        dns.set_a("mx2.sts.test", ["127.0.0.3"])
+        mx1 = self.relay.sink("127.0.0.2", starttls=ca.issue("mx1.elsewhere.test"))
+        mx2 = self.relay.sink("127.0.0.3", starttls=ca.issue("mx2.sts.test"))
+        self.relay.start()
+        qid = self.send("bob@sts.test")
+        mx2.wait_for_messages(1, timeout=30)
+        self.assertEqual(self.relay.wait_for_log("delivered", qid=qid, timeout=30)["tls"],
+                         "mta-sts")
+        merged = self.merged(self.collect(2, domain="sts.test"))
+        lines = ("version: STSv1", "mode: enforce", "mx: *.sts.test", "max_age: 86400")
+        self.assertEqual(merged, {
+            ("sts", ("*.sts.test",), lines):
+                [1, 1, {("validation-failure", None, "mx1.elsewhere.test"): 1}],
+        })
+        self.assertEqual(mx1.connections, 0)
 
 
 class NoPolicy(TlsrptCase):
