@@ -128,12 +128,29 @@ mtasts_dom_free(struct mtasts_dom *d)
 	free(d);
 }
 
-const struct mtasts_policy *
-mtasts_cached(const struct mtasts *m, const char *domain)
+bool
+mtasts_held(const struct mtasts *m, const char *domain, struct mtasts_held *out)
 {
-	const struct mtasts_dom *d = mtasts_dom_find(m, domain);
+	const struct mtasts_dom *d;
+	char name[256];
+	size_t n = strlen(domain);
 
-	return d != NULL && d->have ? &d->policy : NULL;
+	memset(out, 0, sizeof(*out));
+	out->reason = "";
+	if (n > 1 && domain[n - 1] == '.')
+		n--;
+	if (n >= sizeof(name))
+		return false;
+	memcpy(name, domain, n);
+	name[n] = '\0';
+	d = mtasts_dom_find(m, name);
+	if (d == NULL || (!d->have && d->checked_ms == 0))
+		return false;
+	out->policy = d->have ? &d->policy : NULL;
+	out->checked_ms = d->checked_ms;
+	out->failure = d->failure;
+	out->reason = d->reason;
+	return true;
 }
 
 /* What d's state answers at now. */

@@ -135,8 +135,15 @@ int mtasts_get(struct mtasts *m, const char *domain, struct mtasts_answer *a, mt
 void mtasts_cancel(struct mtasts_query *q);
 /* Look at every domain's TXT record again on next use (relayctl queue flush). */
 void mtasts_recheck(struct mtasts *m);
-/* The cached policy of domain, or NULL (relayctl policy). */
-const struct mtasts_policy *mtasts_cached(const struct mtasts *m, const char *domain);
+/* What the module holds for a domain (relayctl policy). */
+struct mtasts_held {
+	const struct mtasts_policy *policy; /* the cached policy (maybe expired), or NULL */
+	uint64_t checked_ms;            /* when its last check ended; 0: none since start-up */
+	const char *failure;            /* that check's failure (RFC 8460 type), or NULL */
+	const char *reason;             /* why it failed, or why there is no policy; "" */
+};
+/* false when nothing is held for domain; out is valid until the next mtasts_* call. */
+bool mtasts_held(const struct mtasts *m, const char *domain, struct mtasts_held *out);
 /* Inject the wall clock in ms (tests); NULL restores the default. */
 void mtasts_set_clock(struct mtasts *m, uint64_t (*now)(void *arg), void *arg);
 /*

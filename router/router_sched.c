@@ -1279,6 +1279,12 @@ sched_dane(struct sched *s)
 	return s->dane;
 }
 
+struct mtasts *
+sched_mtasts(struct sched *s)
+{
+	return s->mtasts;
+}
+
 int
 sched_host_reset(struct sched *s, const char *host)
 {

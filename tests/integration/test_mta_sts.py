@@ -125,6 +125,15 @@ class Enforce(MtaStsCase):
         # the TXT record and the policy host were asked of relayd's resolver
         self.assertGreaterEqual(self.relay.dns.count("_mta-sts.example.net", "TXT"), 1)
         self.assertGreaterEqual(self.relay.dns.count("mta-sts.example.net", "A"), 1)
+        # relayctl policy shows what is held
+        doc = self.relay.relayctl("policy", "Example.NET.", "--json", json=True)["mta_sts"]
+        self.assertEqual((doc["policy"]["id"], doc["policy"]["mode"], doc["policy"]["mx"],
+                          doc["policy"]["max_age"], doc["failure"]),
+                         ("v1", "enforce", ["*.example.net"], 86400, None))
+        self.assertTrue(doc["policy"]["fetched"] and doc["policy"]["expires"] and doc["checked"])
+        out = self.relay.relayctl("policy", "example.net", check=True).stdout
+        self.assertIn("mta-sts: policy id=v1 mode=enforce max_age=86400", out)
+        self.assertIn("\n  mx *.example.net\n", out)
 
     def test_bad_certificates_and_no_starttls_are_refused_never_plaintext(self):
         self.make()
@@ -321,6 +330,9 @@ class FetchErrors(MtaStsCase):
             self.assertIn(why, ev["error"], d)
             self.assertEqual(self.relay.count_log("tls_policy_refused", qid=qids[d]), 0, d)
         self.assertEqual(self.relay.count_log("mtasts_policy_fetched"), 0)
+        doc = self.relay.relayctl("policy", "missing.test", "--json", json=True)["mta_sts"]
+        self.assertEqual((doc["policy"], doc["failure"]), (None, "sts-policy-fetch-error"))
+        self.assertIn("404", doc["error"])
         # the redirect was not followed
         self.assertEqual(self.https.count("mta-sts.example.net", POLICY_PATH), 0)
 

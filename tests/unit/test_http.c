@@ -1,9 +1,9 @@
 /*
  * test_http.c - the HTTPS client (http/) against a real HTTPS server:
  * tests/harness/https_cli.py runs the harness's HTTPSServer, DNSServer and
- * test CA (relay.py's TestCA) on 127.0.0.1.  Names are resolved by relayd's resolver through
- * that DNS server (a name it does not know fails as HTTP_E_RESOLVE: curl
- * never asked anyone else).
+ * test CA (relay.py's TestCA) on 127.0.0.1.  Names are resolved by
+ * relayd's resolver through that DNS server (a name it does not know fails
+ * as HTTP_E_RESOLVE: curl never asked anyone else).
  *
  * Table rows: method, URL, limits, trust anchors, and what the callback
  * must see (error kind, status, body).  Then: a request cancelled before
