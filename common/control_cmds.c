@@ -46,6 +46,8 @@ const struct control_cmd control_cmds[] = {
 	  "auth list" },
 	{ "auth", "unblock", CONTROL_CMD_AUTH_UNBLOCK, 1, 1, 0, 0,
 	  "auth unblock ADDRESS|LOGIN" },
+	{ "policy", NULL, CONTROL_CMD_POLICY, 1, 1, 0, CONTROL_F_JSONDOC,
+	  "policy DOMAIN" },
 };
 
 const size_t control_ncmds = sizeof(control_cmds) / sizeof(control_cmds[0]);

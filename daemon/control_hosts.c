@@ -129,7 +129,9 @@ rctl_hosts(struct rctl *c)
 			rctl_json_time(c, b, h->last_attempt_ms);
 			buf_puts(b, ",\"last_error\":");
 			json_str(b, h->last_error[0] ? h->last_error : NULL);
-			buf_printf(b, ",\"probing\":%s}", h->probing ? "true" : "false");
+			buf_printf(b, ",\"probing\":%s", h->probing ? "true" : "false");
+			rctl_policy_host(c, h);
+			buf_putc(b, '}');
 			continue;
 		}
 		rctl_text_pad(b, h->name[0] ? h->name : "-", 33);
@@ -143,6 +145,8 @@ rctl_hosts(struct rctl *c)
 		rctl_text(b, h->last_error[0] ? h->last_error : NULL);
 		buf_putc(b, '\n');
 	}
+	if (!c->json)
+		rctl_policy_hosts(c, hv.v, hv.n);
 	if (c->json)
 		buf_puts(b, "],\"destinations\":[");
 	sched_foreach_dest(c->s, rctl_dest_row, &ds);

@@ -73,6 +73,13 @@ int rctl_route_clear(struct rctl *c);
 int rctl_route_list(struct rctl *c);
 int rctl_stats(struct rctl *c);
 int rctl_dkim(struct rctl *c);
+int rctl_policy(struct rctl *c);
+/* control_policy.c: the TLS policy in other listings.  JSON: a host's keys
+ * ,"policy","refused","refused_at"; a message's ,"tls":[..].  Text: the
+ * hosts' TLS POLICY table (those with a policy), a message's tls lines. */
+void rctl_policy_host(struct rctl *c, const struct health_host *h);
+void rctl_policy_hosts(struct rctl *c, const struct health_host *const *v, size_t n);
+void rctl_policy_msg(struct rctl *c, const char *qid);
 void rctl_check_cancel(struct rctl_check *k);
 
 #endif

@@ -550,7 +550,9 @@ rctl_show_json(struct rctl *c, const struct queue_msg *m, const struct rctl_head
 		rctl_json_time(c, b, h->time_ms);
 		buf_printf(b, ",\"event\":\"%s\"}", rctl_rec_name(h));
 	}
-	buf_puts(b, "]}\n");
+	buf_putc(b, ']');
+	rctl_policy_msg(c, m->qid);
+	buf_puts(b, "}\n");
 }
 
 /* " host [ip] status reply", each part only when known. */
@@ -639,6 +641,7 @@ rctl_show_human(struct rctl *c, const struct queue_msg *m, const struct rctl_hea
 		util_rfc3339_sec(h->time_ms, t, sizeof(t));
 		buf_printf(b, "event        %s  %s\n", t, rctl_rec_name(h));
 	}
+	rctl_policy_msg(c, m->qid);
 }
 
 int

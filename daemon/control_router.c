@@ -4,8 +4,8 @@
  * argument parsing, and the output helpers every answer shares (text,
  * times).  The commands themselves are in
  * control_queue.c (queue list / show / flush / hold / release / delete /
- * bounce) and control_hosts.c (hosts, hosts reset, route set / clear / list,
- * stats).  Every answer is an aligned human table, or a JSON document with a
+ * bounce), control_hosts.c (hosts, hosts reset, route set / clear / list,
+ * stats), control_dkim.c (dkim) and control_policy.c (policy).  Every answer is an aligned human table, or a JSON document with a
  * stable shape (README "relayctl") when json is true.
  *
  * Owns: nothing beyond one request; the answer is written into the caller's
@@ -125,6 +125,7 @@ static int (*const rctl_runs[CONTROL_CMD_N])(struct rctl *c) = {
 	[CONTROL_CMD_ROUTE_LIST] = rctl_route_list,
 	[CONTROL_CMD_STATS] = rctl_stats,
 	[CONTROL_CMD_DKIM] = rctl_dkim,
+	[CONTROL_CMD_POLICY] = rctl_policy,
 };
 
 /* Options and positional arguments after the command words; 0 or RELAY_EINVAL. */

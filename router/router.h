@@ -19,6 +19,7 @@
 #include "common/stats.h"
 #include "conf/conf.h"
 #include "queue/queue.h"
+#include "router/router_dane.h"
 #include "router/router_health.h"
 #include "router/router_route.h"
 
@@ -111,11 +112,27 @@ int sched_delete(struct sched *s, const char *qid);
  * report it to the sender.  0 or RELAY_ENOENT. */
 int sched_bounce(struct sched *s, const char *qid);
 
+/* How the outbound TLS policy treated each exchanger address tried for a
+ * message (relayctl queue show), oldest first; memory only, the last 8. */
+struct sched_tls_view {
+	const char *host, *ip;
+	const char *policy;             /* "dane", "dane-unauth", or deliver.tls's value */
+	const char *refused;            /* why the policy refused it ("4.7.5 tlsa-invalid ..."),
+	                                   or NULL: not refused */
+	uint64_t time_ms;               /* of the last attempt or refusal */
+};
+void sched_msg_tls(struct sched *s, const char *qid,
+    void (*cb)(void *arg, const struct sched_tls_view *v), void *arg);
+
 /* Host health (relayctl hosts). */
 struct health *sched_health(struct sched *s);
 /* Reset a host's health (see health_reset) and probe the destinations waiting
  * on it at once.  0 or RELAY_ENOENT. */
 int sched_host_reset(struct sched *s, const char *host);
+
+/* DANE as DNS last told the router, per recipient domain and MX host
+ * (relayctl policy; router/router_dane.h). */
+struct dane_seen *sched_dane(struct sched *s);
 
 /* The DKIM keys in force (relayctl dkim); NULL-safe dkim/ calls. */
 struct dkim_keys;

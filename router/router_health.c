@@ -127,6 +127,21 @@ health_state_name(enum health_state s)
 	return "?";
 }
 
+void
+health_host_policy(struct health_host *h, const char *policy, const char *refused,
+    bool keep_refused, uint64_t now)
+{
+	snprintf(h->policy, sizeof(h->policy), "%s", policy);
+	if (keep_refused)
+		return;
+	if (refused == NULL) {
+		h->refused[0] = '\0';
+		return;
+	}
+	snprintf(h->refused, sizeof(h->refused), "%s", refused);
+	h->refused_ms = now;
+}
+
 /* ------------------------------------------------------------------ */
 /* The table. */
 
@@ -229,6 +244,7 @@ health_reset(struct health *t, const char *host)
 		h->down_until_ms = 0;
 		h->probing = false;
 		h->last_error[0] = '\0';
+		h->refused[0] = '\0';
 		found = 1;
 	}
 	return found ? 0 : RELAY_ENOENT;
@@ -243,7 +259,8 @@ health_expire(struct health *t, uint64_t cutoff_ms)
 
 	HTAB_FOREACH(n, &t->hosts, &it) {
 		h = HTAB_ENTRY(n, struct health_host, node);
-		if (h->state != HEALTH_DOWN && !h->probing && h->last_attempt_ms < cutoff_ms) {
+		if (h->state != HEALTH_DOWN && !h->probing && h->last_attempt_ms < cutoff_ms &&
+		    h->refused_ms < cutoff_ms) {
 			htab_remove(&t->hosts, n);
 			free(h);
 		}

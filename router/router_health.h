@@ -43,6 +43,11 @@ struct health_host {
 	uint64_t last_attempt_ms;       /* the last attempt that ended, 0 = none */
 	char last_error[HEALTH_ERR_MAX];/* why it went down ("connection refused") */
 	bool probing;                   /* the one attempt after the backoff is in flight */
+	char policy[16];                /* the TLS policy of the last attempt or refusal:
+	                                   "dane", "dane-unauth", or deliver.tls's value; "" */
+	char refused[HEALTH_ERR_MAX];   /* why the TLS policy last refused it ("4.7.5
+	                                   tlsa-invalid ..."), "" when it did not */
+	uint64_t refused_ms;            /* when, 0 = never */
 	struct htab_node node;          /* in the table (common/htab), by addr */
 };
 
@@ -65,6 +70,13 @@ void health_host_fail(struct health_host *h, uint64_t now, uint64_t min_ms, uint
     const char *why);
 /* An attempt to h reached the host (any SMTP answer but a 421 greeting). */
 void health_host_ok(struct health_host *h, uint64_t now);
+/*
+ * The TLS policy that applied to h (policy), and why it refused h (refused:
+ * "STATUS [RESULT] WHY") or NULL when an attempt got through under it (the
+ * refusal is forgotten); keep_refused: neither (the connection failed first).
+ */
+void health_host_policy(struct health_host *h, const char *policy, const char *refused,
+    bool keep_refused, uint64_t now);
 enum health_verdict health_host_check(const struct health_host *h, uint64_t now);
 /* The address key of sa ("1.2.3.4:25", "[::1]:25") into out (HEALTH_ADDR_MAX). */
 void health_addr_key(const struct sockaddr *sa, char *out, size_t outlen);
@@ -89,7 +101,8 @@ size_t health_count(const struct health *t);
  * matching entries become unknown.  0, or RELAY_ENOENT when nothing matched.
  */
 int health_reset(struct health *t, const char *host);
-/* Drop entries that are up or unknown and untouched since before cutoff_ms. */
+/* Drop entries that are up or unknown and untouched (attempted or refused) since
+ * before cutoff_ms. */
 void health_expire(struct health *t, uint64_t cutoff_ms);
 
 #endif

@@ -230,6 +230,7 @@ sched_on_timer(uv_timer_t *t)
 	if (!s->stopping && now - s->last_sweep >= SCHED_SWEEP_EVERY) {
 		s->last_sweep = now;
 		health_expire(s->health, now > SCHED_HEALTH_KEEP ? now - SCHED_HEALTH_KEEP : 0);
+		dane_seen_expire(s->dane, now > SCHED_HEALTH_KEEP ? now - SCHED_HEALTH_KEEP : 0);
 	}
 	sched_arm(s);
 }
@@ -388,6 +389,8 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	log_kvu(&l, "attempts", m->rcpt[i].attempts);
 	if (o == SCHED_DELIVERED && s->outcome_tls != NULL)
 		log_kv(&l, "tls", s->outcome_tls);
+	if (o == SCHED_DELIVERED && s->outcome_tls_version != NULL)
+		log_kv(&l, "tls_version", s->outcome_tls_version);
 	if (o == SCHED_DEFERRED) {
 		if (wait_dest != NULL)
 			log_kv(&l, "waiting", wait_dest);
@@ -553,6 +556,7 @@ sched_msg_free(struct sched *s, struct sched_msg *sm)
 	sm->m->sched = NULL;
 	queue_msg_free(sm->m);
 	free(sm->rc);
+	sched_tls_notes_free(sm);
 	sm->magic = 0;
 	free(sm);
 }
@@ -715,10 +719,12 @@ sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err)
 	s->mx = deps->mx;
 	s->d = deps->deliver;
 	s->health = health_new();
+	s->dane = dane_seen_new();
 	if (dkim_keys_load(s->conf, &s->dkim, err) != 0 ||
 	    (s->routes = route_table_new(s->loop, s->conf->queue_dir, err)) == NULL) {
 		dkim_keys_unref(s->dkim);
 		health_free(s->health);
+		dane_seen_free(s->dane);
 		conf_unref(s->conf);
 		free(s);
 		return -1;
@@ -929,6 +935,7 @@ sched_free(struct sched *s)
 		free(d);
 	}
 	health_free(s->health);
+	dane_seen_free(s->dane);
 	route_table_free(s->routes);
 	dkim_keys_unref(s->dkim);
 	conf_unref(s->conf);
@@ -1229,6 +1236,12 @@ struct health *
 sched_health(struct sched *s)
 {
 	return s->health;
+}
+
+struct dane_seen *
+sched_dane(struct sched *s)
+{
+	return s->dane;
 }
 
 int

@@ -439,7 +439,7 @@ sched_log_host(const struct health_host *h, const char *ip)
 	log_end(&l);
 }
 
-static void
+void
 sched_addr_ip(const struct dns_addr *a, char *out, size_t outlen)
 {
 	const struct sockaddr *sa = (const struct sockaddr *)&a->ss;
@@ -494,6 +494,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 		return;
 	}
 
+	sched_tls_attempt(s, job, h, tg->host, last->ip, res);
 	was = h->state;
 	if (res->status == DELIVER_HOST_FAIL) {
 		bool down = health_marks_down(res->io_err, res->code);
@@ -535,6 +536,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	switch (res->status) {
 	case DELIVER_DONE:
 		s->outcome_tls = res->tls[0] != '\0' ? res->tls : NULL;
+		s->outcome_tls_version = res->tls_version[0] != '\0' ? res->tls_version : NULL;
 		for (k = 0; k < job->nrcpts; k++) {
 			const struct deliver_rcpt *dr = &job->dr[k];
 			int i = job->rcpts[k];
@@ -547,6 +549,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 			    dr->reply != NULL ? dr->reply : "", true, NULL, res->dsn, now);
 		}
 		s->outcome_tls = NULL;
+		s->outcome_tls_version = NULL;
 		break;
 	case DELIVER_TEMP:
 		sched_job_outcome_all(s, job, SCHED_DEFERRED, last->status, last->reply, true, now);
@@ -606,6 +609,7 @@ sched_job_next(struct sched_job *job)
 			snprintf(last->status, sizeof(last->status), "%s", job->tlspol.status);
 			snprintf(last->reply, sizeof(last->reply), "%s", job->tlspol.reason);
 			job->soft_fail = true;
+			sched_tls_refused(s, job, tg);
 			log_event(LOG_NOTICE, "tls_policy_refused", "qid", m->qid, "host", tg->host,
 			    "policy", "dane", "status", job->tlspol.status,
 			    "result", job->tlspol.result, "error", job->tlspol.reason, NULL);
@@ -721,6 +725,8 @@ sched_on_mx(void *arg, struct dns_result *res)
 		return;
 	}
 	job->mx = res;
+	if (job->route.nhosts == 0)
+		dane_seen_record(s->dane, job->route.dest, res, job->conf->router.dnssec, now);
 	n = res->ntargets;
 	if (job->route.nhosts == 0 && job->route.mx_policy == CONF_MX_PRIMARY_ONLY) {
 		for (n = 1; n < res->ntargets && res->targets[n].pref == res->targets[0].pref; n++)

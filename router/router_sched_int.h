@@ -67,6 +67,18 @@ struct sched_rcpt {
 	bool report_out;                /* its report's commit is in flight */
 };
 
+/* How the TLS policy treated one exchanger address tried for a message
+ * (router_sched_tls.c; relayctl queue show). */
+#define SCHED_TLS_NOTES      8               /* kept per message, the oldest dropped */
+
+struct sched_tls_note {
+	char *host;
+	char ip[64];
+	char policy[16];
+	char *refused;                  /* "4.7.5 tlsa-invalid ...", or NULL */
+	uint64_t time_ms;
+};
+
 struct sched_msg {
 	uint32_t magic;
 	struct queue_msg *m;
@@ -77,6 +89,8 @@ struct sched_msg {
 	uint64_t report_retry_at;       /* a report failed: not before this */
 	unsigned report_failures;       /* reports in a row that could not be queued */
 	bool warn_out;                  /* the delay warning's commit is in flight */
+	struct sched_tls_note *tls;     /* at most SCHED_TLS_NOTES; NULL before any attempt */
+	size_t ntls;
 	struct htab_node node;          /* in s->mhash, by qid */
 	TAILQ_ENTRY(sched_msg) entry;   /* s->msgs, oldest first */
 };
@@ -145,6 +159,7 @@ struct sched {
 	uint32_t magic;
 	const char *outcome_tls;        /* sched_on_deliver: how the session that delivered was
 	                                   secured ("dane" ...), for the delivered lines; else NULL */
+	const char *outcome_tls_version;/* and its TLS version ("TLSv1.3"), or NULL */
 	uv_loop_t *loop;
 	struct conf *conf;
 	struct relay_stats *stats;
@@ -152,6 +167,7 @@ struct sched {
 	struct dns_resolver *mx;
 	struct deliver *d;
 	struct health *health;
+	struct dane_seen *dane;         /* DANE as DNS last told it (relayctl policy) */
 	struct route_table *routes;
 	struct dkim_keys *dkim;         /* relayd's own reports are signed with these */
 
@@ -222,5 +238,16 @@ void sched_job_unlink(struct sched_job *job);
 void sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due);
 void sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now);
 void sched_dest_rewake(struct sched *s, struct sched_dest *d);
+/* The numeric address of a ("192.0.2.1", "2001:db8::1") into out. */
+void sched_addr_ip(const struct dns_addr *a, char *out, size_t outlen);
+
+/* router_sched_tls.c: what the TLS policy did with each exchanger address,
+ * into its health entry (relayctl hosts) and the message's notes (queue show).
+ * The policy refused tg before any connection (job->tlspol.refuse): */
+void sched_tls_refused(struct sched *s, struct sched_job *job, const struct dns_target *tg);
+/* An attempt to job's current address (ip, health entry h) ended with res. */
+void sched_tls_attempt(struct sched *s, struct sched_job *job, struct health_host *h,
+    const char *host, const char *ip, const struct deliver_result *res);
+void sched_tls_notes_free(struct sched_msg *sm);
 
 #endif

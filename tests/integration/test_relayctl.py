@@ -29,12 +29,13 @@ MSG_KEYS = {"qid", "arrival", "age_s", "size", "sender", "user", "held", "recipi
 RCPT_KEYS = {"addr", "state", "until", "attempts", "last_attempt", "last_host", "last_ip",
              "last_status", "last_reply", "destination"}
 SHOW_KEYS = {"qid", "arrival", "age_s", "size", "sender", "user", "client", "dsn", "body_8bit",
-             "smtputf8", "held", "delay_warned", "dkim", "headers", "recipients", "events"}
+             "smtputf8", "held", "delay_warned", "dkim", "headers", "recipients", "events",
+             "tls"}
 SHOW_RCPT_KEYS = {"addr", "orcpt", "notify", "state", "until", "attempts", "last_status",
                   "last_reply", "destination", "history"}
 HIST_KEYS = {"time", "result", "host", "ip", "status", "reply"}
 HOST_KEYS = {"host", "address", "state", "failures", "down_until", "since", "last_attempt",
-             "last_error", "probing"}
+             "last_error", "probing", "policy", "refused", "refused_at"}
 DEST_KEYS = {"name", "state", "inflight", "window", "queued", "waiting", "down_since",
              "next_probe"}
 ROUTE_KEYS = {"domain", "hosts", "source", "mx_policy", "tls", "auth_user"}

@@ -240,6 +240,51 @@ test_names(void)
 	CHECK_STR(health_state_name(HEALTH_DOWN), "down");
 }
 
+/* The TLS policy of a host: set, refused, kept over a connection failure,
+ * forgotten when an attempt gets through; a recent refusal keeps an entry. */
+static void
+test_policy(void)
+{
+	static const struct {
+		const char *policy, *refused;
+		bool keep;
+		uint64_t now;
+		const char *want_refused;
+		uint64_t want_ms;
+	} rows[] = {
+		{ "dane", "4.7.5 dnssec-invalid bogus", false, 10 * S, "4.7.5 dnssec-invalid bogus", 10 * S },
+		{ "dane", NULL, true, 20 * S, "4.7.5 dnssec-invalid bogus", 10 * S },  /* connect failed */
+		{ "dane", "4.7.5 validation-failure x", false, 30 * S, "4.7.5 validation-failure x", 30 * S },
+		{ "dane", NULL, false, 40 * S, "", 30 * S },            /* got through */
+		{ "opportunistic", NULL, false, 50 * S, "", 30 * S },
+	};
+	struct health *t = health_new();
+	struct health_host *h = health_get(t, "192.0.2.1:25", "mx.example.net");
+	size_t i;
+
+	CHECK_STR(h->policy, "");
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		health_host_policy(h, rows[i].policy, rows[i].refused, rows[i].keep, rows[i].now);
+		CHECK_STR(h->policy, rows[i].policy);
+		CHECK_STR(h->refused, rows[i].want_refused);
+		CHECK_INT(h->refused_ms, rows[i].want_ms);
+	}
+	/* never attempted, refused at 2 h: kept by a cutoff at 1 h, dropped at 3 h */
+	h = health_get(t, "192.0.2.2:25", "mx2.example.net");
+	health_host_policy(h, "dane", "4.7.5 dnssec-invalid bogus", false, 2 * H);
+	health_expire(t, 1 * H);
+	CHECK(health_find(t, "192.0.2.2:25") != NULL);
+	CHECK(health_find(t, "192.0.2.1:25") == NULL);
+	health_expire(t, 3 * H);
+	CHECK(health_find(t, "192.0.2.2:25") == NULL);
+	/* hosts reset forgets a refusal too */
+	h = health_get(t, "192.0.2.3:25", "mx3.example.net");
+	health_host_policy(h, "dane", "4.7.5 tlsa-invalid x", false, 1);
+	CHECK_INT(health_reset(t, "mx3.example.net"), 0);
+	CHECK_STR(h->refused, "");
+	health_free(t);
+}
+
 int
 main(void)
 {
@@ -249,5 +294,6 @@ main(void)
 	test_addr_key();
 	test_table();
 	test_names();
+	test_policy();
 	return check_done();
 }
