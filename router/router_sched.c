@@ -538,6 +538,10 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 			memmove(&job->rcpts[k], &job->rcpts[k + 1],
 			    (job->nrcpts - k - 1) * sizeof(*job->rcpts));
 			job->nrcpts--;
+			if (job->state == SCHED_JOB_QUEUED)
+				s->nr_backlog--;
+			else
+				s->nr_waiting--;
 			sm->rc[i].job = NULL;
 			if (job->nrcpts == 0)
 				sched_job_cancel(s, job, 0);
