@@ -198,6 +198,7 @@ static const struct conf_key conf_top_keys[] = {
 	{ "control_group", CONF_K_STR, C_OFF(control_group), 0, CONF_F_NONEMPTY, NULL },
 	{ "log_file", CONF_K_STR, C_OFF(log_file), 0, 0, NULL },
 	{ "log_level", CONF_K_LOG_LEVEL, C_OFF(log_level), 0, 0, NULL },
+	{ "metrics_listen", CONF_K_STR, C_OFF(metrics_listen), 0, CONF_F_NONEMPTY, NULL },
 	{ "submit", CONF_K_GROUP, 0, 0, 0, conf_submit_keys },
 	{ "router", CONF_K_GROUP, 0, 0, 0, conf_router_keys },
 	{ "deliver", CONF_K_GROUP, 0, 0, 0, conf_deliver_keys },
@@ -1323,6 +1324,16 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 			c->control_gid = gr->gr_gid;
 	}
 
+	if (c->metrics_listen != NULL) {
+		struct sockaddr_storage ss;
+		socklen_t sslen;
+
+		if (conf_parse_listen(c->metrics_listen, &ss, &sslen) == -1)
+			conf_error(x, config_setting_get_member(root, "metrics_listen"),
+			    "metrics_listen: bad address '%s' (want \"addr:port\" or \"[addr]:port\")",
+			    c->metrics_listen);
+	}
+
 	for (i = 0; i < c->router.nroutes; i++) {
 		struct conf_route *r = &c->router.routes[i];
 
@@ -1345,6 +1356,7 @@ conf_free(struct conf *c)
 	free(c->control_group);
 	free(c->log_file);
 	free(c->log_level);
+	free(c->metrics_listen);
 
 	conf_free_listen(c->submit.listen, c->submit.nlisten);
 	conf_free_listen(c->submit.listen_tls, c->submit.nlisten_tls);

@@ -87,6 +87,7 @@ struct conf {
 	gid_t control_gid;              /* control_group's gid, looked up by conf_load() */
 	char *log_file;                 /* NULL = stderr */
 	char *log_level;                /* "debug" | "info" (default) | "notice" | "warning" */
+	char *metrics_listen;           /* NULL = off; "addr:port" of the Prometheus endpoint */
 
 	struct {
 		struct conf_listen *listen;     /* STARTTLS listeners (587) */

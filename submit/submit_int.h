@@ -464,6 +464,7 @@ struct submit_session {
 	bool counted;                   /* holds a slot in the connection limits */
 	bool esmtp;                     /* EHLO (not HELO) */
 	bool commit_pending;            /* queue_txn_commit's callback has not run */
+	uint64_t eod_ms;                /* end of DATA/BDAT LAST (mono): the 250's latency */
 	bool lookup_pending;            /* directory_lookup's callback has not run */
 	bool mail_file_owned;           /* while it runs: the senders map owns the sender */
 	bool released;

@@ -359,3 +359,9 @@ submit_free(struct submit *s)
 	submit_auth_done();
 	submit_server_free_mem(s);
 }
+
+size_t
+submit_nsessions(const struct submit *s)
+{
+	return s->nsessions;
+}

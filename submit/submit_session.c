@@ -277,7 +277,7 @@ submit_session_reject(struct submit_session *s, const char *stage, const char *f
 	log_kv(&l, "client", s->ip);
 	log_kv(&l, "reply", buf_cstr(&s->tmp));
 	log_end(&l);
-	s->srv->stats->rejected++;
+	stats_reject(s->srv->stats, buf_cstr(&s->tmp));
 	for (i = 0; !s->env.smtputf8 && i < s->tmp.len; i++)
 		if ((unsigned char)s->tmp.data[i] >= 0x80)
 			s->tmp.data[i] = '?';
@@ -947,13 +947,18 @@ submit_session_commit_end(struct submit_session *s, int err, const char *qid,
 		log_kv(&l, "dkim", buf_cstr(&s->dkim_ids));
 		log_end(&l);
 		srv->stats->accepted++;
+		stats_observe(&srv->stats->commit_seconds,
+		    (double)(util_mono_ms() - s->eod_ms) / 1000.0);
+		stats_observe(&srv->stats->size_bytes, (double)s->data.size);
 		submit_limits_login_add(srv->limits, s->login, util_mono_ms(), (unsigned)s->env.nrcpts);
 		submit_session_reply(s, "250 2.0.0 Ok: queued as %s", qid);
 	} else {
 		if (fail == NULL)
 			log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "commit", NULL);
-		srv->stats->rejected++;
-		submit_session_reply(s, "%s", fail != NULL ? fail : submit_session_queue_reply(err));
+		if (fail == NULL)
+			fail = submit_session_queue_reply(err);
+		stats_reject(srv->stats, fail);
+		submit_session_reply(s, "%s", fail);
 	}
 	submit_session_reset_txn(s);
 	if (s->io == NULL) {
@@ -1039,6 +1044,7 @@ submit_session_data_end(struct submit_session *s)
 	txn = s->txn;
 	s->txn = NULL;                      /* consumed by the commit */
 	s->commit_pending = true;
+	s->eod_ms = util_mono_ms();
 	submit_enter_state(s, SUBMIT_S_COMMIT);
 	if (submit_dkim_sign(s, txn) == 0)
 		submit_session_commit(s, txn);
