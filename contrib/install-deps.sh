@@ -27,6 +27,9 @@ PKGS="$PKGS libsasl2-modules-sql sqlite3"
 # it runs openssl, hexdump (bsdextrautils), ps (procps) and dig (dnsutils).
 PKGS="$PKGS testssl.sh bsdextrautils dnsutils"
 
+# HAProxy in front of relayd, sending the PROXY protocol (tests/integration/test_proxy.py)
+PKGS="$PKGS haproxy"
+
 missing=""
 for p in $PKGS; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
