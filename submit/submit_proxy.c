@@ -178,6 +178,8 @@ submit_proxy_v2(const unsigned char *p, size_t len, struct submit_proxy_hdr *h)
 		return submit_proxy_bad(h, "garbled");
 	if (total > SUBMIT_PROXY_MAX)
 		return submit_proxy_bad(h, "oversized");
+	if (cmd == 1 && fam != 0x00 && fam != 0x11 && fam != 0x21)
+		return submit_proxy_bad(h, "unsupported");  /* UDP, AF_UNIX, unassigned */
 	if (len < total)
 		return SUBMIT_PROXY_MORE;
 	h->version = 2;
@@ -217,7 +219,7 @@ submit_proxy_v2(const unsigned char *p, size_t len, struct submit_proxy_hdr *h)
 		memcpy(&d->sin6_port, p + 34, 2);
 		return SUBMIT_PROXY_DONE;
 	}
-	return submit_proxy_bad(h, "unsupported");  /* UDP, AF_UNIX, unassigned */
+	fatalx("%s: family 0x%02x", __func__, fam);        /* checked above */
 }
 
 int
