@@ -423,5 +423,55 @@ class ProxyProtocolTest(unittest.TestCase):
         self.assertEqual(relay.count_log("proxy_refused", since=mark), 0)
 
 
+class ProxyConfigTest(unittest.TestCase):
+    """relayd -n: the listen forms and proxy_trusted, good and bad."""
+
+    def setUp(self):
+        self.relay = Relay()
+        self.addCleanup(self.relay.close)
+
+    def check(self, **submit_keys):
+        sub = self.relay.config["submit"]
+        for k, v in submit_keys.items():
+            sub[k] = v
+        self.relay.write_config()
+        return self.relay.check_config()
+
+    def test_good_forms(self):
+        rc, err = self.check(
+            listen=("127.0.0.1:%d" % free_port(), {"address": "127.0.0.1:%d" % free_port(),
+                                                    "proxy": True}),
+            listen_tls=({"address": "[::1]:%d" % free_port(), "proxy": False},),
+            proxy_trusted=["127.0.77.1", "10.0.0.0/8", "2001:db8::/32"],
+            proxy_timeout="3s")
+        self.assertEqual((rc, err), (0, ""))
+
+    def test_errors_name_the_place(self):
+        path = self.relay.config_path
+        cases = [
+            (dict(listen=({"address": "127.0.0.1:5870", "proxy": True},)),
+             r"submit.proxy_trusted: required when a listener has proxy = true"),
+            (dict(proxy_trusted=["10.1.2.3/8"]),
+             r"submit.proxy_trusted\[0\]: bad network '10.1.2.3/8'"),
+            (dict(proxy_trusted=["10.0.0.0/33"]), r"bad network '10.0.0.0/33'"),
+            (dict(proxy_trusted=["proxy.example"]), r"bad network 'proxy.example'"),
+            (dict(listen=({"proxy": True},), proxy_trusted=["127.0.0.1"]),
+             r"submit.listen\[0\]: address is required"),
+            (dict(listen=({"address": "127.0.0.1:5870", "proxi": True},)),
+             r"unknown key 'submit.listen\[0\].proxi'"),
+            (dict(listen=({"address": "nowhere:587"},)),
+             r"submit.listen\[0\]: bad listen address 'nowhere:587'"),
+            (dict(listen=({"address": "127.0.0.1:5870", "proxy": "yes"},)),
+             r"submit.listen\[0\].proxy: "),
+            (dict(proxy_timeout=0), r"submit.proxy_timeout"),
+        ]
+        for keys, want in cases:
+            with self.subTest(keys=keys):
+                self.relay.config["submit"].pop("proxy_trusted", None)
+                rc, err = self.check(**keys)
+                self.assertNotEqual(rc, 0)
+                self.assertRegex(err, "%s:\\d+: .*%s" % (path.replace(".", r"\."), want))
+
+
 if __name__ == "__main__":
     unittest.main()
