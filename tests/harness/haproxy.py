@@ -9,7 +9,8 @@ the tests of listeners marked { proxy = true; } (the PROXY protocol).
 
 Each frontend is a dict: name; servers, a list of (host, port) (several:
 `balance roundrobin`); send_proxy 1 (send-proxy), 2 (send-proxy-v2) or None;
-source, the address HAProxy connects from (None: the kernel's choice).  Every
+source, the address HAProxy connects from (None: the kernel's choice);
+server_options, more words for each server line (e.g. "check inter 1s").  Every
 frontend listens on host at a free port (ports[name]) in `mode tcp`, so TLS
 (465, or after STARTTLS) passes through untouched.  haproxy runs in the
 foreground (-db) until stop(); config_text is the configuration it runs
@@ -51,6 +52,8 @@ def haproxy_config(frontends, host, ports):
         opts = {1: " send-proxy", 2: " send-proxy-v2", None: ""}[fe.get("send_proxy")]
         if fe.get("source"):
             opts += " source %s" % fe["source"]
+        if fe.get("server_options"):
+            opts += " " + fe["server_options"]
         for i, (shost, sport) in enumerate(fe["servers"]):
             out.append("    server %s%d %s:%d%s\n" % (name, i, shost, sport, opts))
         out.append("\n")

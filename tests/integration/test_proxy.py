@@ -329,6 +329,24 @@ class ProxyProtocolTest(unittest.TestCase):
             ev = self.relay.wait_for_log("connect", since=mark, client="2001:db8::7")
             self.assertEqual(ev["port"], "4711")
 
+    def test_health_checks_are_not_refusals(self):
+        """HAProxy's connect-only health checks reset the connection before
+        relayd can even ask who connected: closed quietly, not logged as an
+        untrusted proxy with an empty address."""
+        relay = self.relay
+        mark = relay.log_mark()
+        hp = HAProxy([{"name": "checked", "servers": [("127.0.0.1", self.r587)],
+                       "send_proxy": 2, "source": PROXY_HOST,
+                       "server_options": "check inter 100"}], host=PROXY_HOST)
+        try:
+            since = mark
+            for _ in range(3):          # three checks came and went
+                relay.wait_for_log("disconnect", since=since, client="")
+                since = relay.log_mark()
+        finally:
+            hp.stop()
+        self.assertEqual(relay.count_log("proxy_refused", since=mark, reason="untrusted"), 0)
+
     # -- a listener not marked --------------------------------------------
 
     def test_unmarked_listener_works_as_before(self):
