@@ -20,8 +20,11 @@ Shown:
 * the header is taken and not an octet more: a TLS ClientHello sent in the
   same segment as a v2 header completes its handshake; v2 LOCAL keeps the
   connection's own address;
+* HAProxy's connect-only health checks (reset before the accept) are closed
+  quietly, not refused as untrusted;
 * a listener not marked works as today: no header expected, and a PROXY line
-  sent there is an SMTP error, not an address.
+  sent there is an SMTP error, not an address;
+* relayd -n takes the listen forms and proxy_trusted, and names bad ones.
 """
 
 import base64
