@@ -33,6 +33,8 @@ PKGS="$PKGS testssl.sh bsdextrautils dnsutils"
 # prometheus package: 19 MB to download, 96 MB installed; its postinst starts
 # the prometheus server where systemd runs (the tests never use it).
 PKGS="$PKGS libmicrohttpd-dev prometheus"
+# HAProxy in front of relayd, sending the PROXY protocol (tests/integration/test_proxy.py)
+PKGS="$PKGS haproxy"
 
 missing=""
 for p in $PKGS; do
