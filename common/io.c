@@ -10,10 +10,11 @@
  * `wire` and goes out with the next write, so pipelined replies coalesce.
  * A write is first tried at once (uv_try_write); what the kernel does not
  * take goes to uv_write.  A write the kernel took whole still counts as in
- * flight until its completion runs from the `wdone` idle handle in the next
- * loop iteration, as uv_write's callback would have run: so
- * DRAINED is never emitted from inside io_write()/io_flush(), and libuv does
- * not re-arm the socket's watcher (an epoll_ctl) for each write.
+ * flight until its completion runs from the `wdone` idle handle once the
+ * loop goes on (its next idle phase; uv_write's callback would run at its
+ * next pending phase): so DRAINED is never emitted from inside io_write()
+ * or io_flush(), and libuv does not re-arm the socket's watcher (an
+ * epoll_ctl) after each write.
  * Every TLS result goes through io_tls_status(), the one SSL_get_error switch.
  *
  * After io_close_after_drain() the owner has let go: no event reaches it any
@@ -844,7 +845,7 @@ on_write(uv_write_t *req, int status)
 	io_write_done(req->data, status);
 }
 
-/* A write the kernel took whole, one loop iteration later. */
+/* A write the kernel took whole, once the loop has gone on. */
 static void
 on_write_now(uv_idle_t *h)
 {

@@ -1003,13 +1003,6 @@ now_srv_event(struct peer *p, enum io_event ev)
 }
 
 static void
-now_cli_resume(struct fix *fx)
-{
-	fx->cli.paused = false;
-	io_resume(fx->cli.io);
-}
-
-static void
 now_cli_event(struct peer *p, enum io_event ev)
 {
 	struct now_state *ns = p->fx->ctx;
@@ -1017,7 +1010,7 @@ now_cli_event(struct peer *p, enum io_event ev)
 	if (ev == IO_EV_CONNECTED && ns->nc->pause_ms > 0) {
 		p->paused = true;
 		io_pause(p->io);
-		fix_timer(p->fx, ns->nc->pause_ms, now_cli_resume);
+		fix_timer(p->fx, ns->nc->pause_ms, free_cli_resume);
 	}
 	peer_default(p, ev);
 }
