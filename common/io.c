@@ -6,8 +6,15 @@
  *   network -> on_read -> [rbio -> SSL_read] -> in  -> io_getline() -> owner
  *   owner -> io_write() -> out -> [SSL_write -> wbio] -> wire -> uv_write
  *
- * At most one uv_write is in flight; output written meanwhile accumulates in
+ * At most one write is in flight; output written meanwhile accumulates in
  * `wire` and goes out with the next write, so pipelined replies coalesce.
+ * A write is first tried at once (uv_try_write); what the kernel does not
+ * take goes to uv_write.  A write the kernel took whole still counts as in
+ * flight until its completion runs from the `wdone` idle handle once the
+ * loop goes on (its next idle phase; uv_write's callback would run at its
+ * next pending phase): so DRAINED is never emitted from inside io_write()
+ * or io_flush(), and libuv does not re-arm the socket's watcher (an
+ * epoll_ctl) after each write.
  * Every TLS result goes through io_tls_status(), the one SSL_get_error switch.
  *
  * After io_close_after_drain() the owner has let go: no event reaches it any
@@ -48,6 +55,7 @@ struct io {
 	uv_tcp_t tcp;
 	uv_timer_t timer;           /* connect timeout, then idle timeout or deadline */
 	uv_timer_t kick;            /* re-delivers buffered input after io_resume() */
+	uv_idle_t wdone;            /* completes a write the kernel took at once */
 	uv_connect_t creq;
 	uv_write_t wreq;
 	int open_handles;
@@ -141,8 +149,9 @@ io_new(uv_loop_t *loop, io_cb *cb, void *arg)
 	uv_tcp_init(loop, &io->tcp);
 	uv_timer_init(loop, &io->timer);
 	uv_timer_init(loop, &io->kick);
-	io->tcp.data = io->timer.data = io->kick.data = io;
-	io->open_handles = 3;
+	uv_idle_init(loop, &io->wdone);
+	io->tcp.data = io->timer.data = io->kick.data = io->wdone.data = io;
+	io->open_handles = 4;
 	return io;
 }
 
@@ -894,11 +903,10 @@ io_tls_error(const struct io *io)
 
 /* ---- output ---- */
 
+/* The write in flight is over (status 0: all of `sending` is in the kernel). */
 static void
-on_write(uv_write_t *req, int status)
+io_write_done(struct io *io, int status)
 {
-	struct io *io = req->data;
-
 	io->writing = false;
 	buf_reset(&io->sending);
 	if (io->closing)
@@ -923,6 +931,22 @@ on_write(uv_write_t *req, int status)
 }
 
 static void
+on_write(uv_write_t *req, int status)
+{
+	io_write_done(req->data, status);
+}
+
+/* A write the kernel took whole, once the loop has gone on. */
+static void
+on_write_now(uv_idle_t *h)
+{
+	struct io *io = h->data;
+
+	uv_idle_stop(&io->wdone);
+	io_write_done(io, 0);
+}
+
+static void
 io_send(struct io *io)
 {
 	struct buf tmp;
@@ -931,12 +955,24 @@ io_send(struct io *io)
 
 	if (io->writing || io->wire.len == 0 || io->closing || io->connecting)
 		return;
-	/* Swap: wire becomes the in-flight buffer, which stays put until on_write. */
+	/* Swap: wire becomes the in-flight buffer, which stays put until the
+	 * write is done. */
 	tmp = io->sending;
 	io->sending = io->wire;
 	io->wire = tmp;
 	buf_reset(&io->wire);
 	b = uv_buf_init(io->sending.data, (unsigned)io->sending.len);
+	/* Errors and EAGAIN are left to uv_write, which reports them later. */
+	rc = uv_try_write((uv_stream_t *)&io->tcp, &b, 1);
+	if (rc >= 0 && (size_t)rc == b.len) {
+		io->writing = true;
+		uv_idle_start(&io->wdone, on_write_now);
+		return;
+	}
+	if (rc > 0) {
+		b.base += rc;
+		b.len -= (unsigned)rc;
+	}
 	io->wreq.data = io;
 	rc = uv_write(&io->wreq, (uv_stream_t *)&io->tcp, &b, 1, on_write);
 	if (rc != 0) {
@@ -1122,7 +1158,7 @@ io_close_after_drain(struct io *io)
 		io_free(io);
 		return;
 	}
-	/* on_write (or on_connect) frees when the last byte is out. */
+	/* io_write_done (or on_connect) frees when the last byte is out. */
 	io_restart_timer(io);
 }
 
@@ -1136,4 +1172,5 @@ io_free(struct io *io)
 	uv_close((uv_handle_t *)&io->tcp, on_handle_closed);
 	uv_close((uv_handle_t *)&io->timer, on_handle_closed);
 	uv_close((uv_handle_t *)&io->kick, on_handle_closed);
+	uv_close((uv_handle_t *)&io->wdone, on_handle_closed);
 }
