@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "cluster/cluster.h"
 #include "common/util.h"
 #include "notify/notify.h"
 #include "router/router.h"
@@ -104,6 +105,9 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	}
 	log_set_level(relay_log_level(r->conf));
 	signal(SIGPIPE, SIG_IGN);
+	/* The Redis password is read here, as root, before the sandbox. */
+	if (cluster_new(loop, r->conf, &r->cluster, err) != 0)
+		return -1;
 
 	/* Landlock while this is the only thread; the queue is opened as the user. */
 	if (sandbox_new(r->conf, &r->sandbox, err) != 0 ||
@@ -118,6 +122,10 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 		return -1;
 	if (submit_new(loop, r->conf, r->router, &r->stats, &r->submit, err) != 0)
 		return -1;
+	if (r->cluster != NULL) {
+		router_set_cluster(r->router, r->cluster);
+		submit_set_cluster(r->submit, r->cluster);
+	}
 	if (sandbox_drop(r->sandbox, err) != 0)
 		return -1;
 
@@ -187,6 +195,8 @@ on_router_down(void *arg)
 	uv_close((uv_handle_t *)&r->sig_usr1, on_signal_closed);
 	notify_close(r->notify);
 	r->notify = NULL;
+	cluster_close(r->cluster);      /* after submit and router: nobody asks any more */
+	r->cluster = NULL;
 	r->down = true;
 }
 

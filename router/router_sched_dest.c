@@ -368,6 +368,7 @@ sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
 		}
 		sched_log_dest("destination_up", d, now, LOG_NOTICE);
 		d->down_since = 0;
+		sched_shared_dest_up(s, d);
 		return;
 	}
 	d->state = SCHED_DEST_UP;
@@ -503,6 +504,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 			health_host_fail(h, now, job->conf->router.host_backoff_min,
 			    job->conf->router.host_backoff_max, res->reply);
 			sched_log_host(h, last->ip);
+			sched_shared_host_down(s, h);
 		} else
 			job->soft_fail = true;
 		log_begin(&l, LOG_INFO, "host_failed");
@@ -529,8 +531,10 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	health_host_ok(h, now);
 	for (k = 0; k < job->nrcpts; k++)
 		job->sm->rc[job->rcpts[k]].down_since = 0;
-	if (was == HEALTH_DOWN)
+	if (was == HEALTH_DOWN) {
 		sched_log_host(h, last->ip);
+		sched_shared_host_up(s, h);
+	}
 
 	switch (res->status) {
 	case DELIVER_DONE:
@@ -817,6 +821,24 @@ sched_dest_rewake(struct sched *s, struct sched_dest *d)
 	d->probe_force = false;
 	d->probe_out = true;
 	sched_job_start(s, job);
+}
+
+bool
+sched_dest_release(struct sched *s, const char *name)
+{
+	struct htab_node *n = htab_find(&s->dhash, name);
+	struct sched_dest *d;
+
+	if (n == NULL)
+		return false;
+	d = HTAB_ENTRY(n, struct sched_dest, node);
+	if (d->state != SCHED_DEST_DOWN || s->stopping)
+		return false;
+	sched_dest_reached(s, d, sched_now(s));
+	sched_dest_pump(s, d);
+	sched_dest_rewake(s, d);
+	sched_arm(s);
+	return true;
 }
 
 void

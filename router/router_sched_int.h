@@ -154,6 +154,7 @@ struct sched {
 	struct health *health;
 	struct route_table *routes;
 	struct dkim_keys *dkim;         /* relayd's own reports are signed with these */
+	struct cluster *cluster;        /* host health shared with other nodes, or NULL */
 
 	uv_timer_t timer;
 	struct sched_wake **heap;
@@ -222,5 +223,13 @@ void sched_job_unlink(struct sched_job *job);
 void sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due);
 void sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now);
 void sched_dest_rewake(struct sched *s, struct sched_dest *d);
+/* Another node saw the destination named name answer: if it is down here, its
+ * backlog goes out as after a success here (the ramp).  true if it was down. */
+bool sched_dest_release(struct sched *s, const char *name);
+
+/* router_shared.c: host health shared through the cluster (cluster/). */
+void sched_shared_host_down(struct sched *s, const struct health_host *h);
+void sched_shared_host_up(struct sched *s, const struct health_host *h);
+void sched_shared_dest_up(struct sched *s, const struct sched_dest *d);
 
 #endif
