@@ -27,6 +27,10 @@ PKGS="$PKGS libsasl2-modules-sql sqlite3"
 # it runs openssl, hexdump (bsdextrautils), ps (procps) and dig (dnsutils).
 PKGS="$PKGS testssl.sh bsdextrautils dnsutils"
 
+# cluster/ (shared state in Redis): hiredis to build; redis-server and haproxy
+# for the two-node test (tests/integration/test_cluster.py runs its own).
+PKGS="$PKGS libhiredis-dev redis-server haproxy"
+
 missing=""
 for p in $PKGS; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
