@@ -27,9 +27,12 @@ PKGS="$PKGS libsasl2-modules-sql sqlite3"
 # it runs openssl, hexdump (bsdextrautils), ps (procps) and dig (dnsutils).
 PKGS="$PKGS testssl.sh bsdextrautils dnsutils"
 
-# cluster/ (shared state in Redis): hiredis to build; redis-server and haproxy
-# for the two-node test (tests/integration/test_cluster.py runs its own).
-PKGS="$PKGS libhiredis-dev redis-server haproxy"
+# HAProxy in front of relayd, sending the PROXY protocol (tests/integration/test_proxy.py)
+PKGS="$PKGS haproxy"
+
+# cluster/ (shared state in Redis): hiredis to build; redis-server for the
+# two-node test (tests/integration/test_cluster.py runs its own, and HAProxy).
+PKGS="$PKGS libhiredis-dev redis-server"
 
 missing=""
 for p in $PKGS; do
