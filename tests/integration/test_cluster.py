@@ -3,7 +3,15 @@
 The test starts its own redis-server on loopback (its own port, a password,
 no persistence: --save '' --appendonly no) and two real relayd nodes, "a" and
 "b", with the group `cluster = { redis; password_file; node; }`, the same DNS
-server and the same sink MXes.  What is shown:
+server and the same sink MXes; for the address checks a real HAProxy (mode
+tcp, balance roundrobin, send-proxy-v2, on 127.0.78.1) in front of both
+nodes' listener marked { proxy = true; }.  What is shown:
+
+* through HAProxy, round robin over both nodes: each node's logs and the
+  Received: field carry the client's address (127.0.78.N), never HAProxy's;
+  a login's message limit holds over the two nodes behind it, and one
+  client's failed AUTH attempts spread over both nodes block that client
+  (421) while another client behind the same HAProxy still logs in;
 
 * a login's message limit (submit.login_max_messages) holds across both
   nodes: one message through each, the next is refused on either (450 4.7.1);
@@ -22,17 +30,19 @@ server and the same sink MXes.  What is shown:
   cluster_degraded names the timeout.
 """
 
+import base64
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import shutil
 import time
 import unittest
 
-from client import make_message, submit
-from relay import Relay, free_port, share_with_user
+from client import make_message, raw_session, submit
+from relay import Relay, _listening, free_port
+from test_submit_limits import session_from
 from test_submit_smtp import auth_session
 
 SENDER = "alice@example.org"
@@ -103,6 +113,61 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+HAPROXY_HOST = "127.0.78.1"         # HAProxy's frontend, and its source toward the nodes
+
+# The configuration README.md's "Running several nodes" shows.
+HAPROXY_CFG = """\
+global
+    maxconn 200
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend submission
+    bind {ph}:{front}
+    default_backend relayd
+backend relayd
+    balance roundrobin
+    server a 127.0.0.1:{a} send-proxy-v2 source {ph}
+    server b 127.0.0.1:{b} send-proxy-v2 source {ph}
+"""
+
+
+class HAProxy:
+    """A real haproxy in the foreground (-db), round robin over two nodes."""
+
+    def __init__(self, port_a, port_b):
+        self.dir = tempfile.mkdtemp(prefix="relayd-haproxy-")
+        self.port = free_port((HAPROXY_HOST,))
+        self.cfg = os.path.join(self.dir, "haproxy.cfg")
+        with open(self.cfg, "w") as f:
+            f.write(HAPROXY_CFG.format(ph=HAPROXY_HOST, front=self.port, a=port_a, b=port_b))
+        self.log = open(os.path.join(self.dir, "haproxy.log"), "wb")
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", self.cfg],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not _listening(HAPROXY_HOST, self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("haproxy did not start")
+            time.sleep(0.02)
+        # what client.submit() and session_from() need of a relay
+        self.host, self.submit_port, self.tls_port = HAPROXY_HOST, self.port, None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def password_file(directory):
     path = os.path.join(directory, "redis.pass")
     with open(path, "w") as f:
@@ -117,17 +182,31 @@ class ClusterCase(unittest.TestCase):
         self.redis = RedisServer().start()
         self.addCleanup(self.redis.stop)
 
-    def nodes(self, submit_cfg=None, router=None):
-        """Nodes a and b (started, both connected to Redis), sharing DNS and sinks."""
+    def nodes(self, submit_cfg=None, router=None, proxied=False):
+        """Nodes a and b (started, both connected to Redis), sharing DNS and sinks;
+        proxied: each also has a listener marked proxy = true (relay.proxy_port)
+        trusting HAProxy's address, and self.haproxy balances over both."""
         router_cfg = {"retry_intervals": ["1h"], "host_backoff": ["2s", "4s"]}
         router_cfg.update(router or {})
-        self.a = Relay.for_test(self, submit=submit_cfg or {}, router=router_cfg)
+        submit_cfg = dict(submit_cfg or {})
+        if proxied:
+            submit_cfg["proxy_trusted"] = [HAPROXY_HOST + "/32"]
+        self.a = Relay.for_test(self, submit=submit_cfg, router=router_cfg)
         self.b = Relay.for_test(self, dns=self.a.dns, smtp_port=self.a.smtp_port,
-                                submit=submit_cfg or {}, router=router_cfg)
+                                submit=submit_cfg, router=router_cfg)
+        taken = set()
         for relay, node in ((self.a, "a"), (self.b, "b")):
-            relay.update_config(cluster={"redis": self.redis.address,
-                                         "password_file": password_file(relay.tmpdir),
-                                         "node": node})
+            relay.config["cluster"] = {"redis": self.redis.address,
+                                       "password_file": password_file(relay.tmpdir),
+                                       "node": node}
+            if proxied:
+                taken |= {relay.submit_port, relay.tls_port, relay.smtp_port}
+                relay.proxy_port = free_port(exclude=taken)
+                taken.add(relay.proxy_port)
+                sub = relay.config["submit"]
+                sub["listen"] = (sub["listen"][0],
+                                 {"address": "127.0.0.1:%d" % relay.proxy_port, "proxy": True})
+            relay.write_config()
         self.a.dns.set_mx_ips("example.org", [(10, "127.0.0.4")])
         self.home = self.a.sink("127.0.0.4")
         self.a.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])
@@ -135,6 +214,9 @@ class ClusterCase(unittest.TestCase):
         for relay, node in ((self.a, "a"), (self.b, "b")):
             relay.start()
             relay.wait_for_log("cluster_connected", node=node, redis=self.redis.address)
+        if proxied:
+            self.haproxy = HAProxy(self.a.proxy_port, self.b.proxy_port)
+            self.addCleanup(self.haproxy.stop)
         return self.a, self.b
 
     def send(self, relay, rcpt="bob@example.net", user="alice", password="alicepw",
@@ -164,7 +246,6 @@ class SharedLimits(ClusterCase):
                                          sender="bob@example.org")[0], 250)
 
     def test_auth_failures_are_counted_across_nodes(self):
-        import base64
         a, b = self.nodes(submit_cfg={"auth_fail_limit": 3, "auth_fail_delay_after": 100,
                                       "auth_login_fail_limit": 100})
         wrong = base64.b64encode(b"\0alice\0wrong").decode()
@@ -186,13 +267,80 @@ class SharedLimits(ClusterCase):
         b.wait_for_log("auth_refused", client="127.0.0.1")
 
 
-def auth_session_raw(relay):
+def auth_session_raw(relay, source=None):
     """A RawSession after EHLO, STARTTLS, EHLO (no AUTH yet)."""
-    from client import raw_session
-    r = raw_session(relay.host, relay.submit_port)
+    if source is not None:
+        r = session_from(relay, source)
+    else:
+        r = raw_session(relay.host, relay.submit_port)
     assert r.cmd("EHLO client.test")[0] == 250
     assert r.starttls()[0] == 220
     assert r.cmd("EHLO client.test")[0] == 250
+    return r
+
+
+class BehindHAProxy(ClusterCase):
+
+    def test_client_address_and_shared_limits_through_haproxy(self):
+        a, b = self.nodes(submit_cfg={"login_max_messages": 2, "login_rate_window": "1h"},
+                          proxied=True)
+        front = self.haproxy
+        qids = []
+        for n, src in enumerate(("127.0.78.10", "127.0.78.11")):
+            msg = make_message(SENDER, "bob@example.net", "through haproxy %d" % n, "Body.\r\n")
+            qids.append(submit(front, SENDER, ["bob@example.net"], msg, source=src))
+        # round robin: one message on each node, each logged with its client
+        for relay, qid, src in ((a, qids[0], "127.0.78.10"), (b, qids[1], "127.0.78.11")):
+            if relay.count_log("accepted", qid=qid) == 0:
+                relay = b if relay is a else a
+            ev = relay.wait_for_log("accepted", qid=qid)
+            self.assertEqual(ev["client"], src)
+            self.assertEqual(relay.wait_for_log("connect", client=src)["proxy"], HAPROXY_HOST)
+            relay.wait_for_log("delivered", qid=qid)
+        self.assertEqual(a.count_log("accepted"), 1)
+        self.assertEqual(b.count_log("accepted"), 1)
+        for relay in (a, b):
+            self.assertEqual(relay.count_log("connect", client=HAPROXY_HOST), 0)
+        msgs = self.mx.wait_for_messages(2)
+        for n, src in enumerate(("127.0.78.10", "127.0.78.11")):
+            [m] = [m for m in msgs if b"through haproxy %d" % n in m.data]
+            head = m.data.split(b"\r\n\r\n")[0]
+            self.assertTrue(head.startswith(b"Received: from client.test ([%s])" % src.encode()),
+                            head[:200])
+            self.assertNotIn(b"[%s]" % HAPROXY_HOST.encode(), head)
+        # alice's limit of 2 holds over both nodes behind HAProxy
+        r = auth_session_proxied(front, "127.0.78.12")
+        self.addCleanup(r.close)
+        self.assertEqual(r.cmd("MAIL FROM:<%s>" % SENDER)[0], 450)
+
+    def test_auth_failures_of_one_client_over_both_nodes(self):
+        a, b = self.nodes(submit_cfg={"auth_fail_limit": 3, "auth_fail_delay_after": 100,
+                                      "auth_login_fail_limit": 100}, proxied=True)
+        wrong = base64.b64encode(b"\0alice\0wrong").decode()
+        for _ in range(3):
+            r = auth_session_raw(self.haproxy, source="127.0.78.20")
+            self.addCleanup(r.close)
+            self.assertEqual(r.cmd("AUTH PLAIN " + wrong)[0], 535)
+        # the three went round robin: neither node alone saw three
+        self.assertEqual(a.count_log("auth_failed", client="127.0.78.20") +
+                         b.count_log("auth_failed", client="127.0.78.20"), 3)
+        self.assertGreater(a.count_log("auth_failed"), 0)
+        self.assertGreater(b.count_log("auth_failed"), 0)
+        for _ in range(2):                   # whichever node HAProxy picks
+            r = auth_session_raw(self.haproxy, source="127.0.78.20")
+            self.addCleanup(r.close)
+            self.assertEqual(r.cmd("AUTH PLAIN " + wrong)[0], 421)
+        # another client behind the same HAProxy is not that client
+        r = auth_session_proxied(self.haproxy, "127.0.78.21")
+        self.addCleanup(r.close)
+
+
+def auth_session_proxied(front, source, user="alice", password="alicepw"):
+    """An authenticated RawSession through HAProxy from source."""
+    r = auth_session_raw(front, source=source)
+    code, text = r.cmd("AUTH PLAIN " + base64.b64encode(
+        ("\0%s\0%s" % (user, password)).encode()).decode())
+    assert code == 235, (code, text)
     return r
 
 
