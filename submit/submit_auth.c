@@ -880,6 +880,8 @@ static void
 submit_auth_resume(struct submit_session *s)
 {
 	submit_auth_begin(s, s->shared_args.data);
+	explicit_bzero(s->shared_args.data, s->shared_args.len);   /* an initial response */
+	buf_reset(&s->shared_args);
 }
 
 void

@@ -377,6 +377,8 @@ submit_session_freed(uv_handle_t *h)
 	buf_free(&s->helo);
 	buf_free(&s->auth_user);
 	buf_free(&s->delayed);
+	if (s->shared_args.data != NULL)
+		explicit_bzero(s->shared_args.data, s->shared_args.len);
 	buf_free(&s->shared_args);
 	buf_free(&s->line);
 	buf_free(&s->out);
