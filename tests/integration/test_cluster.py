@@ -181,6 +181,14 @@ class ClusterCase(unittest.TestCase):
     def setUp(self):
         self.redis = RedisServer().start()
         self.addCleanup(self.redis.stop)
+        self.a = self.b = None
+
+    def tearDown(self):
+        """Each node stops cleanly: every handle closed (hiredis's too), exit 0."""
+        for relay in (self.b, self.a):
+            if relay is not None and relay.running:
+                self.assertEqual(relay.stop(), 0, relay.diagnostics())
+                self.assertEqual(relay.find_log("stopped")[-1].get("clean"), "yes")
 
     def nodes(self, submit_cfg=None, router=None, proxied=False):
         """Nodes a and b (started, both connected to Redis), sharing DNS and sinks;
