@@ -368,7 +368,6 @@ sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
 		}
 		sched_log_dest("destination_up", d, now, LOG_NOTICE);
 		d->down_since = 0;
-		sched_shared_dest_up(s, d);
 		return;
 	}
 	d->state = SCHED_DEST_UP;
@@ -399,8 +398,13 @@ sched_job_end(struct sched_job *job, enum sched_news news)
 		sched_dest_down(s, d, job, now);
 	else
 		sched_job_free(job);
-	if (news == SCHED_NEWS_REACHED)
+	if (news == SCHED_NEWS_REACHED) {
+		bool was_down = d->state == SCHED_DEST_DOWN;
+
 		sched_dest_reached(s, d, now);
+		if (was_down)
+			sched_shared_dest_up(s, d);     /* the other nodes release theirs */
+	}
 	sched_dest_pump(s, d);
 	sched_dest_rewake(s, d);
 	sched_dest_maybe_free(s, d);
