@@ -395,6 +395,10 @@ io_peek_input(struct io *io)
 
 	if (io->close_after_drain || uv_fileno((uv_handle_t *)&io->tcp, &fd) != 0)
 		return;
+	if (io->paused) {
+		io_stop_reading(io);    /* else the waiting octets wake the loop for ever */
+		return;
+	}
 	buf_reset(&io->in);
 	io->in_off = 0;
 	buf_reserve(&io->in, io->peek_max);
@@ -412,8 +416,7 @@ io_peek_input(struct io *io)
 	}
 	io->in.len = (size_t)n;
 	io->in.data[n] = '\0';
-	if (!io->paused)
-		io_emit(io, IO_EV_IN);
+	io_emit(io, IO_EV_IN);
 	buf_reset(&io->in);
 	io->in_off = 0;
 }

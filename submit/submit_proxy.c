@@ -283,6 +283,12 @@ submit_proxy_start(struct submit_session *s)
 {
 	const struct conf *c = s->conf;
 
+	if (io_peer_addr(s->io)->sa_family == AF_UNSPEC) {
+		/* reset before the accept (a load balancer's connect-only health
+		 * check): nobody to refuse, nothing to log but the disconnect */
+		submit_session_close(s, NULL);
+		return -1;
+	}
 	if (!conf_cidr_match(c->submit.proxy_trusted, c->submit.nproxy_trusted,
 	    io_peer_addr(s->io))) {
 		submit_proxy_refuse(s, "untrusted");

@@ -41,7 +41,8 @@ import time
 import unittest
 
 from client import make_message, raw_session, submit
-from relay import Relay, _listening, free_port
+from haproxy import HAProxy
+from relay import Relay, free_port
 from test_submit_limits import session_from
 from test_submit_smtp import auth_session
 
@@ -115,57 +116,11 @@ class RedisServer:
 
 HAPROXY_HOST = "127.0.78.1"         # HAProxy's frontend, and its source toward the nodes
 
-# The configuration README.md's "Running several nodes" shows.
-HAPROXY_CFG = """\
-global
-    maxconn 200
+class Front:
+    """What client.submit() and session_from() need of a relay: HAProxy's frontend."""
 
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-
-frontend submission
-    bind {ph}:{front}
-    default_backend relayd
-backend relayd
-    balance roundrobin
-    server a 127.0.0.1:{a} send-proxy-v2 source {ph}
-    server b 127.0.0.1:{b} send-proxy-v2 source {ph}
-"""
-
-
-class HAProxy:
-    """A real haproxy in the foreground (-db), round robin over two nodes."""
-
-    def __init__(self, port_a, port_b):
-        self.dir = tempfile.mkdtemp(prefix="relayd-haproxy-")
-        self.port = free_port((HAPROXY_HOST,))
-        self.cfg = os.path.join(self.dir, "haproxy.cfg")
-        with open(self.cfg, "w") as f:
-            f.write(HAPROXY_CFG.format(ph=HAPROXY_HOST, front=self.port, a=port_a, b=port_b))
-        self.log = open(os.path.join(self.dir, "haproxy.log"), "wb")
-        self.proc = subprocess.Popen(["haproxy", "-db", "-f", self.cfg],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while not _listening(HAPROXY_HOST, self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("haproxy did not start")
-            time.sleep(0.02)
-        # what client.submit() and session_from() need of a relay
-        self.host, self.submit_port, self.tls_port = HAPROXY_HOST, self.port, None
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def __init__(self, host, port):
+        self.host, self.submit_port, self.tls_port = host, port, None
 
 
 def password_file(directory):
@@ -223,8 +178,12 @@ class ClusterCase(unittest.TestCase):
             relay.start()
             relay.wait_for_log("cluster_connected", node=node, redis=self.redis.address)
         if proxied:
-            self.haproxy = HAProxy(self.a.proxy_port, self.b.proxy_port)
-            self.addCleanup(self.haproxy.stop)
+            # round robin over both nodes, send-proxy-v2 (README: "Running several nodes")
+            hp = HAProxy([{"name": "submission", "send_proxy": 2, "source": HAPROXY_HOST,
+                           "servers": [("127.0.0.1", self.a.proxy_port),
+                                       ("127.0.0.1", self.b.proxy_port)]}], host=HAPROXY_HOST)
+            self.addCleanup(hp.stop)
+            self.haproxy = Front(HAPROXY_HOST, hp.ports["submission"])
         return self.a, self.b
 
     def send(self, relay, rcpt="bob@example.net", user="alice", password="alicepw",

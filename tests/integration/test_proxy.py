@@ -20,25 +20,25 @@ Shown:
 * the header is taken and not an octet more: a TLS ClientHello sent in the
   same segment as a v2 header completes its handshake; v2 LOCAL keeps the
   connection's own address;
+* HAProxy's connect-only health checks (reset before the accept) are closed
+  quietly, not refused as untrusted;
 * a listener not marked works as today: no header expected, and a PROXY line
-  sent there is an SMTP error, not an address.
+  sent there is an SMTP error, not an address;
+* relayd -n takes the listen forms and proxy_trusted, and names bad ones.
 """
 
 import base64
 import os
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import sys
-import tempfile
-import time
 import unittest
 
 
 from client import client_context, make_message, submit
-from relay import Relay, _listening, free_port
+from haproxy import HAProxy
+from relay import Relay, free_port
 from test_submit_limits import session_from
 from test_submit_smtp import stop_cleanly
 
@@ -46,91 +46,17 @@ PROXY_HOST = "127.0.77.1"           # HAProxy's frontends, and its source toward
 UNTRUSTED = "127.0.77.200"
 V2SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 
-HAPROXY_CFG = """\
-global
-    maxconn 200
-
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-
-frontend v1_587
-    bind {ph}:{f_v1_587}
-    default_backend v1_587
-backend v1_587
-    server relayd 127.0.0.1:{r587} send-proxy source {ph}
-
-frontend v2_587
-    bind {ph}:{f_v2_587}
-    default_backend v2_587
-backend v2_587
-    server relayd 127.0.0.1:{r587} send-proxy-v2 source {ph}
-
-frontend v1_465
-    bind {ph}:{f_v1_465}
-    default_backend v1_465
-backend v1_465
-    server relayd 127.0.0.1:{r465} send-proxy source {ph}
-
-frontend v2_465
-    bind {ph}:{f_v2_465}
-    default_backend v2_465
-backend v2_465
-    server relayd 127.0.0.1:{r465} send-proxy-v2 source {ph}
-"""
-
-
-class HAProxy:
-    """A real haproxy in the foreground (-db) with HAPROXY_CFG, on loopback."""
-
-    def __init__(self, relay_587, relay_465):
-        self.dir = tempfile.mkdtemp(prefix="relayd-haproxy-")
-        self.ports = {}
-        taken = set()
-        for name in ("f_v1_587", "f_v2_587", "f_v1_465", "f_v2_465"):
-            self.ports[name] = free_port((PROXY_HOST,), exclude=taken)
-            taken.add(self.ports[name])
-        self.cfg = os.path.join(self.dir, "haproxy.cfg")
-        with open(self.cfg, "w") as f:
-            f.write(HAPROXY_CFG.format(ph=PROXY_HOST, r587=relay_587, r465=relay_465,
-                                       **self.ports))
-        self.log = open(os.path.join(self.dir, "haproxy.log"), "wb")
-        self.proc = subprocess.Popen(["haproxy", "-db", "-f", self.cfg],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while not all(_listening(PROXY_HOST, p) for p in self.ports.values()):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("haproxy did not start:\n" + self.output())
-            time.sleep(0.02)
-
-    def output(self):
-        self.log.flush()
-        with open(os.path.join(self.dir, "haproxy.log"), errors="replace") as f:
-            return f.read()
-
-    def front(self, version, port):
-        """A relay-like object for client.submit(): HAProxy's frontend for
-        send-proxy(-v2) toward relayd's proxy listener on 587 or 465."""
-        return Front(PROXY_HOST, self.ports["f_v%d_587" % version],
-                     self.ports["f_v%d_465" % version])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Front:
-    def __init__(self, host, submit_port, tls_port):
-        self.host, self.submit_port, self.tls_port = host, submit_port, tls_port
+    """A relay-like object for client.submit() and session_from(): one of
+    HAProxy's frontends, sending the PROXY header version to relayd's
+    proxy listeners on 587 and 465."""
+
+    def __init__(self, haproxy, version):
+        self.host = haproxy.host
+        self.submit_port = haproxy.ports["v%d_587" % version]
+        self.tls_port = haproxy.ports["v%d_465" % version]
 
 
 def plain(user, password):
@@ -166,17 +92,16 @@ class ProxyProtocolTest(unittest.TestCase):
         cls.sink = cls.relay.sink("127.0.0.2")
         cls.relay.start()
         cls.relay.wait_for_log("listening", address="127.0.0.1:%d" % cls.r465, proxy="yes")
-        cls.haproxy = HAProxy(cls.r587, cls.r465)
+        cls.haproxy = HAProxy(
+            [{"name": "v%d_%s" % (v, p), "servers": [("127.0.0.1", port)],
+              "send_proxy": v, "source": PROXY_HOST}
+             for v in (1, 2) for p, port in (("587", cls.r587), ("465", cls.r465))],
+            host=PROXY_HOST)
 
     @classmethod
     def tearDownClass(cls):
         cls.haproxy.stop()
         stop_cleanly(cls.relay)
-
-    def tearDown(self):
-        if hasattr(self, "_outcome") and any(e for _, e in getattr(
-                self._outcome, "errors", []) if e):
-            sys.stderr.write(self.haproxy.output())
 
     # -- through HAProxy --------------------------------------------------
 
@@ -187,7 +112,7 @@ class ProxyProtocolTest(unittest.TestCase):
             for port in ("starttls", "tls"):
                 n += 1
                 src = "127.0.77.%d" % (10 + n)
-                front = self.haproxy.front(version, port)
+                front = Front(self.haproxy, version)
                 mark = relay.log_mark()
                 qid = submit(front, "alice@example.org", ["bob@example.net"],
                              make_message("alice@example.org", "bob@example.net",
@@ -211,7 +136,7 @@ class ProxyProtocolTest(unittest.TestCase):
 
         # a message that stays queued: relayctl queue show names the client
         src = "127.0.77.19"
-        qid = submit(self.haproxy.front(2, "tls"), "alice@example.org", ["bob@held.test"],
+        qid = submit(Front(self.haproxy, 2), "alice@example.org", ["bob@held.test"],
                      make_message("alice@example.org", "bob@held.test", "held", "body"),
                      port="tls", source=src)
         out = relay.relayctl("queue", "show", qid, check=True).stdout
@@ -219,7 +144,7 @@ class ProxyProtocolTest(unittest.TestCase):
 
     def test_per_ip_connection_limit_counts_the_client(self):
         relay = self.relay
-        front = self.haproxy.front(2, "starttls")
+        front = Front(self.haproxy, 2)
         mark = relay.log_mark()
         held = [front_session(front, "127.0.77.30") for _ in range(2)]
         for r in held:
@@ -240,7 +165,7 @@ class ProxyProtocolTest(unittest.TestCase):
 
     def test_auth_throttle_counts_the_client(self):
         relay = self.relay
-        front = self.haproxy.front(1, "tls")
+        front = Front(self.haproxy, 1)
         mark = relay.log_mark()
 
         def auth(src, password):
@@ -406,6 +331,24 @@ class ProxyProtocolTest(unittest.TestCase):
             self.assertTrue(s.recv(4096).startswith(b"220 "))
             ev = self.relay.wait_for_log("connect", since=mark, client="2001:db8::7")
             self.assertEqual(ev["port"], "4711")
+
+    def test_health_checks_are_not_refusals(self):
+        """HAProxy's connect-only health checks reset the connection before
+        relayd can even ask who connected: closed quietly, not logged as an
+        untrusted proxy with an empty address."""
+        relay = self.relay
+        mark = relay.log_mark()
+        hp = HAProxy([{"name": "checked", "servers": [("127.0.0.1", self.r587)],
+                       "send_proxy": 2, "source": PROXY_HOST,
+                       "server_options": "check inter 100"}], host=PROXY_HOST)
+        try:
+            since = mark
+            for _ in range(3):          # three checks came and went
+                relay.wait_for_log("disconnect", since=since, client="")
+                since = relay.log_mark()
+        finally:
+            hp.stop()
+        self.assertEqual(relay.count_log("proxy_refused", since=mark, reason="untrusted"), 0)
 
     # -- a listener not marked --------------------------------------------
 
