@@ -206,6 +206,14 @@ static const struct conf_key conf_dkim_keys[] = {
 	{ NULL, 0, 0, 0, 0, NULL }
 };
 
+static const struct conf_key conf_cluster_keys[] = {
+	{ "redis", CONF_K_STR, C_OFF(cluster.redis), 0, CONF_F_NONEMPTY, NULL },
+	{ "password_file", CONF_K_STR, C_OFF(cluster.password_file), 0,
+	  CONF_F_NONEMPTY | CONF_F_ABSOLUTE, NULL },
+	{ "node", CONF_K_STR, C_OFF(cluster.node), 0, CONF_F_NONEMPTY, NULL },
+	{ NULL, 0, 0, 0, 0, NULL }
+};
+
 static const struct conf_key conf_top_keys[] = {
 	{ "hostname", CONF_K_STR, C_OFF(hostname), 0, CONF_F_NONEMPTY | CONF_F_HOSTNAME, NULL },
 	{ "user", CONF_K_STR, C_OFF(user), 0, CONF_F_NONEMPTY, NULL },
@@ -219,6 +227,7 @@ static const struct conf_key conf_top_keys[] = {
 	{ "router", CONF_K_GROUP, 0, 0, 0, conf_router_keys },
 	{ "deliver", CONF_K_GROUP, 0, 0, 0, conf_deliver_keys },
 	{ "dkim", CONF_K_GROUP, 0, 0, 0, conf_dkim_keys },
+	{ "cluster", CONF_K_GROUP, 0, 0, 0, conf_cluster_keys },
 	{ NULL, 0, 0, 0, 0, NULL }
 };
 
@@ -1332,6 +1341,41 @@ conf_finish_senders_ldap(struct conf_ctx *x, const config_setting_t *root)
 		    "submit.senders_ldap.bind_password_file: needs bind_dn");
 }
 
+/* cluster: redis and node are required; redis a numeric address with its port. */
+static void
+conf_finish_cluster(struct conf_ctx *x, const config_setting_t *root)
+{
+	struct conf *c = x->c;
+	const config_setting_t *g = config_setting_get_member(root, "cluster");
+	struct sockaddr_storage ss;
+	socklen_t len;
+	size_t i;
+
+	if (g == NULL)
+		return;
+	c->cluster.enabled = true;
+	if (c->cluster.redis == NULL)
+		conf_error(x, g, "cluster.redis: required in cluster");
+	else if (conf_parse_listen(c->cluster.redis, &ss, &len) == -1)
+		conf_error(x, config_setting_get_member(g, "redis"), "cluster.redis: bad address "
+		    "'%s' (a numeric address and port: 127.0.0.1:6379 or [::1]:6379)", c->cluster.redis);
+	/* read once at the start, as root, before the privilege drop (cluster_new):
+	 * a reload as the unprivileged user neither reads nor checks it */
+	if (c->cluster.password_file != NULL && geteuid() == 0)
+		conf_check_readable(x, config_setting_get_member(g, "password_file"),
+		    "cluster.password_file", c->cluster.password_file);
+	if (c->cluster.node == NULL) {
+		conf_error(x, g, "cluster.node: required in cluster");
+		return;
+	}
+	for (i = 0; c->cluster.node[i] != '\0'; i++)
+		if (!isalnum((unsigned char)c->cluster.node[i]) && strchr("._-", c->cluster.node[i]) == NULL)
+			break;
+	if (c->cluster.node[i] != '\0' || i > 64)
+		conf_error(x, config_setting_get_member(g, "node"), "cluster.node: bad name '%s' "
+		    "(at most 64 letters, digits, '.', '_' or '-')", c->cluster.node);
+}
+
 /* submit: idle_timeout is command_timeout's old name (one of them); a share is a percentage. */
 static void
 conf_finish_submit_slow(struct conf_ctx *x, const config_setting_t *submit)
@@ -1390,6 +1434,7 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 	conf_check_sasl(x, submit);
 	conf_finish_submit_slow(x, submit);
 	conf_finish_senders_ldap(x, root);
+	conf_finish_cluster(x, root);
 
 	if (c->submit.sasl_realm == NULL)
 		c->submit.sasl_realm = xstrdup(c->hostname);
@@ -1465,6 +1510,9 @@ conf_free(struct conf *c)
 	conf_free_strs(c->submit.senders_ldap.attributes, c->submit.senders_ldap.nattributes);
 	free(c->submit.senders_ldap.bind_dn);
 	free(c->submit.senders_ldap.bind_password_file);
+	free(c->cluster.redis);
+	free(c->cluster.password_file);
+	free(c->cluster.node);
 
 	conf_hostports_free(c->router.dns_servers, c->router.ndns_servers);
 	free(c->router.retry_intervals);

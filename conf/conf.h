@@ -178,6 +178,13 @@ struct conf {
 		char **headers;                     /* NULL = dkim/'s default list */
 		size_t nheaders;
 	} dkim;
+
+	struct {                                    /* cluster/: shared state in Redis */
+		bool enabled;                       /* the cluster group is present */
+		char *redis;                        /* "127.0.0.1:6379" or "[::1]:6379" (numeric) */
+		char *password_file;                /* first line: Redis's AUTH password; NULL = none */
+		char *node;                         /* this node's name: [A-Za-z0-9._-], at most 64 */
+	} cluster;
 };
 
 /*

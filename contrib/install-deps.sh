@@ -36,6 +36,10 @@ PKGS="$PKGS libmicrohttpd-dev prometheus"
 # HAProxy in front of relayd, sending the PROXY protocol (tests/integration/test_proxy.py)
 PKGS="$PKGS haproxy"
 
+# cluster/ (shared state in Redis): hiredis to build; redis-server for the
+# two-node test (tests/integration/test_cluster.py runs its own, and HAProxy).
+PKGS="$PKGS libhiredis-dev redis-server"
+
 missing=""
 for p in $PKGS; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

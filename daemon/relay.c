@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "cluster/cluster.h"
 #include "common/util.h"
 #include "metrics/metrics.h"
 #include "notify/notify.h"
@@ -106,6 +107,9 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	}
 	log_set_level(relay_log_level(r->conf));
 	signal(SIGPIPE, SIG_IGN);
+	/* The Redis password is read here, as root, before the sandbox. */
+	if (cluster_new(loop, r->conf, &r->cluster, err) != 0)
+		return -1;
 
 	/* Landlock while this is the only thread; the queue is opened as the user. */
 	if (sandbox_new(r->conf, &r->sandbox, err) != 0 ||
@@ -125,6 +129,10 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 
 		if (metrics_new(loop, r->conf->metrics_listen, &src, &r->metrics, err) != 0)
 			return -1;
+	}
+	if (r->cluster != NULL) {
+		router_set_cluster(r->router, r->cluster);
+		submit_set_cluster(r->submit, r->cluster);
 	}
 	if (sandbox_drop(r->sandbox, err) != 0)
 		return -1;
@@ -195,6 +203,8 @@ on_router_down(void *arg)
 	uv_close((uv_handle_t *)&r->sig_usr1, on_signal_closed);
 	notify_close(r->notify);
 	r->notify = NULL;
+	cluster_close(r->cluster);      /* after submit and router: nobody asks any more */
+	r->cluster = NULL;
 	r->down = true;
 }
 

@@ -18,6 +18,7 @@ struct router;
 struct control;
 struct notify;
 struct sandbox;
+struct cluster;
 struct rctl_check;
 struct metrics;
 
@@ -35,6 +36,7 @@ struct relay {
 	struct notify *notify;       /* the service manager (notify/notify.h) */
 	struct sandbox *sandbox;     /* the user switch and the sandbox (sandbox/) */
 	struct metrics *metrics;     /* the Prometheus endpoint (metrics/), or NULL */
+	struct cluster *cluster;     /* shared state in Redis (cluster/), or NULL */
 	uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 	bool stopping;
 	bool down;                   /* every module has shut down */

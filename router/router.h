@@ -37,6 +37,10 @@ void router_reload(struct router *r, struct conf *conf);
 /* Stop scheduling, wait for commits in flight, close handles; done(arg) when all closed. */
 void router_shutdown(struct router *r, void (*done)(void *arg), void *arg);
 void router_free(struct router *r);
+/* Share host health with the other nodes through cl (cluster/; NULL: this
+ * node alone).  cl must outlive the router's shutdown. */
+struct cluster;
+void router_set_cluster(struct router *r, struct cluster *cl);
 
 /*
  * Submission into the queue: router_txn_begin() starts a queue transaction

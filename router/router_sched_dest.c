@@ -403,8 +403,13 @@ sched_job_end(struct sched_job *job, enum sched_news news)
 		sched_dest_down(s, d, job, now);
 	else
 		sched_job_free(job);
-	if (news == SCHED_NEWS_REACHED)
+	if (news == SCHED_NEWS_REACHED) {
+		bool was_down = d->state == SCHED_DEST_DOWN;
+
 		sched_dest_reached(s, d, now);
+		if (was_down)
+			sched_shared_dest_up(s, d);     /* the other nodes release theirs */
+	}
 	sched_dest_pump(s, d);
 	sched_dest_rewake(s, d);
 	sched_dest_maybe_free(s, d);
@@ -509,6 +514,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 			health_host_fail(h, now, job->conf->router.host_backoff_min,
 			    job->conf->router.host_backoff_max, res->reply);
 			sched_log_host(h, last->ip);
+			sched_shared_host_down(s, h);
 		} else
 			job->soft_fail = true;
 		log_begin(&l, LOG_INFO, "host_failed");
@@ -535,8 +541,10 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	health_host_ok(h, now);
 	for (k = 0; k < job->nrcpts; k++)
 		job->sm->rc[job->rcpts[k]].down_since = 0;
-	if (was == HEALTH_DOWN)
+	if (was == HEALTH_DOWN) {
 		sched_log_host(h, last->ip);
+		sched_shared_host_up(s, h);
+	}
 
 	switch (res->status) {
 	case DELIVER_DONE:
@@ -830,6 +838,24 @@ sched_dest_rewake(struct sched *s, struct sched_dest *d)
 	d->probe_force = false;
 	d->probe_out = true;
 	sched_job_start(s, job);
+}
+
+bool
+sched_dest_release(struct sched *s, const char *name)
+{
+	struct htab_node *n = htab_find(&s->dhash, name);
+	struct sched_dest *d;
+
+	if (n == NULL)
+		return false;
+	d = HTAB_ENTRY(n, struct sched_dest, node);
+	if (d->state != SCHED_DEST_DOWN || s->stopping)
+		return false;
+	sched_dest_reached(s, d, sched_now(s));
+	sched_dest_pump(s, d);
+	sched_dest_rewake(s, d);
+	sched_arm(s);
+	return true;
 }
 
 void

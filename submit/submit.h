@@ -64,5 +64,9 @@ void submit_shutdown(struct submit *s, void (*done)(void *arg), void *arg);
  * in their backend (the loop cannot end while they run: see relayd_main.c). */
 unsigned submit_abandoned(const struct submit *s);
 void submit_free(struct submit *s);
+/* Share the login windows and failed-AUTH counters through cl (cluster/;
+ * NULL: local only).  cl must outlive the server's sessions. */
+struct cluster;
+void submit_set_cluster(struct submit *s, struct cluster *cl);
 
 #endif

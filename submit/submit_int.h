@@ -218,6 +218,17 @@ enum submit_rate_verdict submit_limits_login_check(struct submit_limits *l, cons
 /* A message from login with nrcpt recipients was accepted. */
 void submit_limits_login_add(struct submit_limits *l, const char *login, uint64_t now, unsigned nrcpt);
 
+/*
+ * What the cluster counted (cluster/): raise login's window to msgs and
+ * rcpts, ip's failed AUTH attempts to fails, when higher; ttl is the time
+ * left in the shared window (a new local window ends with it).  Nothing
+ * when the shared counts are 0 or their window is over.
+ */
+void submit_limits_login_merge(struct submit_limits *l, const char *login, uint64_t now,
+    unsigned msgs, unsigned rcpts, uint64_t ttl);
+void submit_limits_auth_merge(struct submit_limits *l, const char *ip, uint64_t now, unsigned fails,
+    uint64_t ttl);
+
 /* Forget entries whose windows ended and that hold no connection. */
 void submit_limits_expire(struct submit_limits *l, uint64_t now);
 size_t submit_limits_entries(const struct submit_limits *l);
@@ -443,6 +454,7 @@ struct submit {
 	SSL_CTX *tls_ctx;
 	struct submit_senders *senders;
 	struct directory *directory;    /* submit.senders_ldap, or NULL */
+	struct cluster *cluster;        /* shared counters (cluster/), or NULL */
 	struct dkim_keys *dkim;         /* the signing keys of conf (one reference) */
 	struct submit_limits *limits;
 	struct submit_slots *slots;     /* the unauthenticated sessions */
@@ -484,6 +496,7 @@ enum submit_state {
 	SUBMIT_S_CHUNKS,            /* between the BDAT chunks of a message */
 	SUBMIT_S_COMMIT,            /* waiting for the queue to make it durable */
 	SUBMIT_S_DELAY,             /* a failed-AUTH reply is held back */
+	SUBMIT_S_SHARED,            /* waits for the cluster's counters (submit_shared.c) */
 	SUBMIT_S_PROXY,             /* reading the PROXY protocol header */
 	SUBMIT_S_CLOSED,            /* io gone or closing */
 };
@@ -503,7 +516,7 @@ struct submit_session {
 	bool esmtp;                     /* EHLO (not HELO) */
 	bool commit_pending;            /* queue_txn_commit's callback has not run */
 	uint64_t eod_ms;                /* end of DATA/BDAT LAST (mono): the 250's latency */
-	bool lookup_pending;            /* directory_lookup's callback has not run */
+	bool lookup_pending;            /* directory_lookup's (or cluster_count's) callback has not run */
 	bool mail_file_owned;           /* while it runs: the senders map owns the sender */
 	bool released;
 	bool barrier;                   /* a non-pipelinable command ended the batch */
@@ -527,6 +540,12 @@ struct submit_session {
 	struct buf auth_user;           /* the name tried, for logs; never a password */
 	struct buf delayed;             /* a held-back reply */
 	bool delayed_close;
+
+	/* a wait for the cluster's counters (submit_shared.c) */
+	void (*shared_cont)(struct submit_session *s);  /* what runs after it */
+	int shared_kind;
+	int shared_rc;                  /* a failed AUTH: what SASL said */
+	struct buf shared_args;         /* AUTH: the command's arguments */
 
 	/* the transaction */
 	struct envelope env;
@@ -622,5 +641,23 @@ void submit_auth_timeout(struct submit_session *s);
  */
 #define SUBMIT_AUTH_STOP_MS 2000
 void submit_auth_shutdown(struct submit *srv);
+
+/*
+ * submit_shared.c: the counters shared through the cluster.  Each *_read /
+ * auth_failed returns true when the session now waits in SUBMIT_S_SHARED
+ * (at most CLUSTER_TIMEOUT_MS): cont(s) then runs in SUBMIT_S_HELO with the
+ * shared counts merged into srv->limits (or without them, when Redis did
+ * not answer in time); unless the client left or the server stops meanwhile.
+ * false: no cluster, degraded, or nothing to ask: go on at once.
+ */
+bool submit_shared_login_read(struct submit_session *s, void (*cont)(struct submit_session *));
+/* An accepted message of s->login: added in Redis, not waited for. */
+void submit_shared_login_add(struct submit_session *s);
+/* AUTH: args are kept in s->shared_args for cont. */
+bool submit_shared_auth_read(struct submit_session *s, const char *args,
+    void (*cont)(struct submit_session *));
+/* A failed AUTH (rc kept in s->shared_rc for cont) is counted in Redis first. */
+bool submit_shared_auth_failed(struct submit_session *s, int rc,
+    void (*cont)(struct submit_session *));
 
 #endif

@@ -196,6 +196,8 @@ static const struct {
 	[SUBMIT_S_CHUNKS] = { "chunks", true, false, SUBMIT_LIM_CMD, SUBMIT_DL_COMMAND },
 	[SUBMIT_S_COMMIT] = { "commit", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
 	[SUBMIT_S_DELAY] = { "delay", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
+	/* at most CLUSTER_TIMEOUT_MS: cluster_count's callback always fires by then */
+	[SUBMIT_S_SHARED] = { "shared", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
 	/* the octets come through submit_proxy_input(), not as lines */
 	[SUBMIT_S_PROXY] = { "proxy", false, false, SUBMIT_LIM_CMD, SUBMIT_DL_PROXY },
 	[SUBMIT_S_CLOSED] = { "closed", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
@@ -375,6 +377,9 @@ submit_session_freed(uv_handle_t *h)
 	buf_free(&s->helo);
 	buf_free(&s->auth_user);
 	buf_free(&s->delayed);
+	if (s->shared_args.data != NULL)
+		explicit_bzero(s->shared_args.data, s->shared_args.len);
+	buf_free(&s->shared_args);
 	buf_free(&s->line);
 	buf_free(&s->out);
 	buf_free(&s->tmp);
@@ -614,9 +619,30 @@ submit_mail_params(struct submit_session *s)
  * not say (451, never 553).
  */
 static void
-submit_mail_finish(struct submit_session *s, bool file_owned, bool unavailable)
+submit_mail_rate(struct submit_session *s)
 {
 	struct submit *srv = s->srv;
+	const char *addr = buf_cstr(&s->path.addr);
+
+	if (submit_limits_login_check(srv->limits, s->login, util_mono_ms(), 0) != SUBMIT_RATE_OK) {
+		submit_session_rate_limited(s, "messages");
+		submit_session_reject(s, "mail", "450 4.7.1 Error: message rate limit exceeded "
+		    "for user %s, try again later", s->login);
+		submit_session_reset_txn(s);
+		return;
+	}
+	s->env.sender = xstrdup(addr);
+	s->env.auth_user = xstrdup(s->login);
+	s->env.client_ip = xstrdup(s->ip);
+	s->env.client_helo = xstrdup(buf_cstr(&s->helo));
+	s->env.arrival_ms = util_now_ms();
+	submit_enter_state(s, SUBMIT_S_MAIL);
+	submit_session_reply(s, "250 2.1.0 Ok");
+}
+
+static void
+submit_mail_finish(struct submit_session *s, bool file_owned, bool unavailable)
+{
 	const char *addr = buf_cstr(&s->path.addr);
 
 	if (!file_owned && !directory_owns(s->ldap_owned, addr)) {
@@ -626,21 +652,13 @@ submit_mail_finish(struct submit_session *s, bool file_owned, bool unavailable)
 		else
 			submit_session_reject(s, "mail", "553 5.7.1 <%s>: Sender address "
 			    "rejected: not owned by user %s", addr, s->login);
-	} else if (submit_limits_login_check(srv->limits, s->login, util_mono_ms(), 0) != SUBMIT_RATE_OK) {
-		submit_session_rate_limited(s, "messages");
-		submit_session_reject(s, "mail", "450 4.7.1 Error: message rate limit exceeded "
-		    "for user %s, try again later", s->login);
-	} else {
-		s->env.sender = xstrdup(addr);
-		s->env.auth_user = xstrdup(s->login);
-		s->env.client_ip = xstrdup(s->ip);
-		s->env.client_helo = xstrdup(buf_cstr(&s->helo));
-		s->env.arrival_ms = util_now_ms();
-		submit_enter_state(s, SUBMIT_S_MAIL);
-		submit_session_reply(s, "250 2.1.0 Ok");
+		submit_session_reset_txn(s);
 		return;
 	}
-	submit_session_reset_txn(s);
+	/* the login's window as the cluster counted it, then the limits decide */
+	if (submit_shared_login_read(s, submit_mail_rate))
+		return;
+	submit_mail_rate(s);
 }
 
 static void
@@ -958,6 +976,7 @@ submit_session_commit_end(struct submit_session *s, int err, const char *qid,
 		    (double)(util_mono_ms() - s->eod_ms) / 1000.0);
 		stats_observe(&srv->stats->size_bytes, (double)s->data.size);
 		submit_limits_login_add(srv->limits, s->login, util_mono_ms(), (unsigned)s->env.nrcpts);
+		submit_shared_login_add(s);
 		submit_session_reply(s, "250 2.0.0 Ok: queued as %s", qid);
 	} else {
 		if (fail == NULL)
