@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
@@ -78,6 +79,7 @@ struct io {
 	bool closing;
 	bool close_after_drain;     /* the owner let go: no events, free when drained */
 	bool connecting;
+	size_t peek_max;            /* peek mode (io_set_peek): show this much, read nothing */
 
 	enum io_error err;
 	char errtext[256];
@@ -280,10 +282,12 @@ io_connect(struct io *io, const struct sockaddr *sa, uint64_t timeout_ms)
 static void
 on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
-	(void)h;
+	struct io *io = h->data;
+
 	(void)suggested;
-	b->base = io_scratch;
-	b->len = sizeof(io_scratch);
+	/* peek mode: no buffer, so libuv reads nothing and says UV_ENOBUFS */
+	b->base = io->peek_max > 0 ? NULL : io_scratch;
+	b->len = io->peek_max > 0 ? 0 : sizeof(io_scratch);
 }
 
 static void
@@ -378,6 +382,46 @@ io_eof(struct io *io)
 	io_dispatch_input(io);
 }
 
+/*
+ * Peek mode: octets wait on the socket.  Copy up to peek_max of them into
+ * `in` without taking them, tell the owner, and forget the copy: the owner
+ * takes what it needs with io_skip().  A peer that closed or failed is
+ * reported as in normal reading.
+ */
+static void
+io_peek_input(struct io *io)
+{
+	uv_os_fd_t fd;
+	ssize_t n;
+
+	if (io->close_after_drain || uv_fileno((uv_handle_t *)&io->tcp, &fd) != 0)
+		return;
+	if (io->paused) {
+		io_stop_reading(io);    /* else the waiting octets wake the loop for ever */
+		return;
+	}
+	buf_reset(&io->in);
+	io->in_off = 0;
+	buf_reserve(&io->in, io->peek_max);
+	do
+		n = recv(fd, io->in.data, io->peek_max, MSG_PEEK | MSG_DONTWAIT);
+	while (n == -1 && errno == EINTR);
+	if (n == 0) {
+		io_eof(io);
+		return;
+	}
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			io_fail(io, io_map_uv_error(uv_translate_sys_error(errno)), strerror(errno));
+		return;
+	}
+	io->in.len = (size_t)n;
+	io->in.data[n] = '\0';
+	io_emit(io, IO_EV_IN);
+	buf_reset(&io->in);
+	io->in_off = 0;
+}
+
 static void
 on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
@@ -387,6 +431,10 @@ on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 		return;
 	if (nread == 0)
 		return;
+	if (nread == UV_ENOBUFS && io->peek_max > 0) {
+		io_peek_input(io);
+		return;
+	}
 	if (nread < 0) {
 		if (nread == UV_EOF)
 			io_eof(io);
@@ -495,6 +543,49 @@ size_t
 io_input_pending(const struct io *io)
 {
 	return io_in_avail(io);
+}
+
+void
+io_set_peek(struct io *io, size_t max)
+{
+	io_check(io, __func__);
+	if (max > 0 && (io_in_avail(io) > 0 || io->tls != TLS_OFF))
+		fatalx("%s: input was read already", __func__);
+	io->peek_max = max;
+}
+
+size_t
+io_peek(struct io *io, const char **p)
+{
+	io_check(io, __func__);
+	if (io->peek_max == 0)
+		fatalx("%s: not in peek mode", __func__);
+	*p = io->in.data;
+	return io->in.len;
+}
+
+int
+io_skip(struct io *io, size_t n)
+{
+	uv_os_fd_t fd;
+	char tmp[256];
+	ssize_t got;
+
+	io_check(io, __func__);
+	if (io->peek_max == 0 || n > io->in.len)
+		fatalx("%s: %zu octets were not shown", __func__, n);
+	if (uv_fileno((uv_handle_t *)&io->tcp, &fd) != 0)
+		return -1;
+	while (n > 0) {
+		/* they are in the socket's buffer: the read cannot block */
+		got = recv(fd, tmp, n < sizeof(tmp) ? n : sizeof(tmp), MSG_DONTWAIT);
+		if (got == -1 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			return -1;
+		n -= (size_t)got;
+	}
+	return 0;
 }
 
 void

@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "metrics/metrics.h"
 #include "notify/notify.h"
 #include "router/router.h"
 #include "sandbox/sandbox.h"
@@ -83,6 +84,7 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	r->loop = loop;
 	r->conf_path = xstrdup(conf_path);
 	r->stats.start_ms = util_now_ms();
+	stats_init(&r->stats);
 
 	/* Signals first: a failed start is unwound by relay_stop(), which closes them last. */
 	uv_signal_init(loop, &r->sig_term);
@@ -118,6 +120,12 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 		return -1;
 	if (submit_new(loop, r->conf, r->router, &r->stats, &r->submit, err) != 0)
 		return -1;
+	if (r->conf->metrics_listen != NULL) {
+		struct metrics_source src = { &r->stats, r->router, r->submit };
+
+		if (metrics_new(loop, r->conf->metrics_listen, &src, &r->metrics, err) != 0)
+			return -1;
+	}
 	if (sandbox_drop(r->sandbox, err) != 0)
 		return -1;
 
@@ -223,6 +231,8 @@ relay_stop(struct relay *r, const char *why)
 		control_close(r->control);      /* freed in its close callback */
 		r->control = NULL;
 	}
+	metrics_close(r->metrics);              /* freed in its close callbacks */
+	r->metrics = NULL;
 	/* Stop taking mail first, then let the router finish its commits. */
 	r->pending_shutdown = 1;
 	if (r->submit != NULL)

@@ -195,9 +195,11 @@ sched_job_unlink(struct sched_job *job)
 	if (job->state == SCHED_JOB_QUEUED) {
 		TAILQ_REMOVE(&d->backlog, job, entry);
 		d->nbacklog--;
+		job->s->nr_backlog -= job->nrcpts;
 	} else if (job->state == SCHED_JOB_WAITING) {
 		TAILQ_REMOVE(&d->waiting, job, entry);
 		d->nwaiting--;
+		job->s->nr_waiting -= job->nrcpts;
 	} else
 		fatalx("%s: job is in flight", __func__);
 }
@@ -231,6 +233,7 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const c
 	job->force = false;             /* a later probe follows host backoff again */
 	TAILQ_INSERT_TAIL(&d->waiting, job, entry);
 	d->nwaiting++;
+	s->nr_waiting += job->nrcpts;
 	for (k = 0; k < job->nrcpts; k++) {
 		int i = job->rcpts[k];
 
@@ -366,6 +369,7 @@ sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
 			job->state = SCHED_JOB_QUEUED;
 			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
 			d->nbacklog++;
+			s->nr_backlog += job->nrcpts;
 		}
 		sched_log_dest("destination_up", d, now, LOG_NOTICE);
 		d->down_since = 0;
@@ -390,6 +394,7 @@ sched_job_end(struct sched_job *job, enum sched_news news)
 
 	TAILQ_REMOVE(&s->active, job, entry);
 	s->nactive--;
+	s->nr_active -= job->nrcpts;
 	d->inflight--;
 	if (job->probe) {
 		d->probe_out = false;
@@ -800,6 +805,7 @@ sched_job_start(struct sched *s, struct sched_job *job)
 	job->state = SCHED_JOB_RESOLVING;
 	TAILQ_INSERT_TAIL(&s->active, job, entry);
 	s->nactive++;
+	s->nr_active += job->nrcpts;
 	d->inflight++;
 	job->ntried = 0;
 	job->soft_fail = false;
@@ -848,6 +854,7 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 			job->state = SCHED_JOB_QUEUED;
 			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
 			d->nbacklog++;
+			s->nr_backlog += job->nrcpts;
 			return;
 		}
 	}

@@ -188,6 +188,11 @@ struct sched {
 	size_t ndests;
 	struct sched_jobq active;
 	unsigned nactive;
+	/* sched_tally(), kept as things change (a scrape never walks the queue). */
+	size_t npending;                /* recipients not delivered or failed */
+	size_t nheld, nheld_rcpts;      /* held messages; their pending recipients */
+	size_t nr_active, nr_backlog, nr_waiting;  /* recipients of the jobs in s->active,
+	                                   in the backlogs, waiting for their destination */
 	unsigned nreports;              /* reports whose commit is in flight */
 
 	bool loaded;

@@ -8,6 +8,7 @@
 #define RELAY_SUBMIT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -51,6 +52,9 @@ void submit_auth_blocks(struct submit *s, void (*cb)(void *arg, const struct sub
  * RELAY_ENOENT when it had neither.
  */
 int submit_auth_unblock(struct submit *s, const char *name, const char **kind, struct buf *key);
+
+/* Sessions open now (the metrics' gauge). */
+size_t submit_nsessions(const struct submit *s);
 
 /* Stop listening, close sessions (421 to each), done(arg) once every handle is
  * closed and the password checks still running have returned, or were waited

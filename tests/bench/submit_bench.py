@@ -26,6 +26,13 @@ progress) until the sink has every accepted message and adds:
     python3 tests/bench/submit_bench.py [--messages 20000] [--sessions 16] [--size 4096]
                                         [--build build] [--py-sink | --no-sink]
                                         [--dkim none|ed25519|rsa+ed25519]
+                                        [--attach 'CMD ... {pid} ...']
+
+--attach runs CMD (split on blanks, {pid} replaced by relayd's pid) from just
+before the load generator starts until the sink has drained, then sends it
+SIGINT and waits: `--attach 'perf record -g -o perf.data -p {pid}'` profiles
+relayd under load, `--attach 'strace -c -f -o strace.txt -p {pid}'` counts its
+system calls (strace slows relayd several times: use it for counts, not rates).
 """
 import argparse
 import os
@@ -158,6 +165,24 @@ def wait_drained(sink, want):
         time.sleep(0.01)
 
 
+def attach(cmd, pid):
+    """Start cmd against pid; return once it has had time to attach (perf
+    and strace print nothing on attaching, so wait for relayd to be traced
+    or for perf's output file)."""
+    argv = [w.replace("{pid}", str(pid)) for w in cmd.split()]
+    p = subprocess.Popen(argv)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and p.poll() is None:
+        with open("/proc/%d/status" % pid) as f:
+            if any(l.startswith("TracerPid:") and l.split()[1] != "0" for l in f):
+                break
+        if argv[0].endswith("perf") and any(os.path.exists(w) for w in argv[1:]
+                                             if w.endswith(".data")):
+            break
+        time.sleep(0.05)
+    return p
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=20000)
@@ -170,6 +195,8 @@ def main():
     which.add_argument("--no-sink", action="store_true", help="hold the queue instead of delivering")
     ap.add_argument("--dkim", choices=("none", "ed25519", "rsa+ed25519"), default="none",
                     help="sign alice's mail (example.org) with these keys")
+    ap.add_argument("--attach", metavar="CMD",
+                    help="run CMD ({pid} = relayd's pid) during the load; SIGINT at the end")
     a = ap.parse_args()
     a.build = os.path.abspath(a.build)
 
@@ -192,6 +219,7 @@ def main():
             keys.append({"domain": "example.org", "selector": "b" + alg[:3], "key": path})
         relay.update_config(dkim={"keys": keys})
     sink = None
+    attached = None
     try:
         if not a.no_sink:
             relay.update_config(router={"routes": [{"domain": "example.net",
@@ -205,6 +233,7 @@ def main():
             relay.update_config(router={"routes": [{"domain": "example.net",
                                                     "hosts": ["127.0.0.2:9"]}]})
         relay.start()
+        attached = attach(a.attach, relay.pid) if a.attach else None
         cpu0, (busy0, total0) = cpu_seconds(relay.pid), machine_busy()
         gen0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         sink_cpu0 = sink.cpu_seconds() if sink else 0.0
@@ -243,6 +272,9 @@ def main():
         print("sink messages=%d connections=%d" % sink.stop())
         return r.returncode if t2 is not None else 1
     finally:
+        if attached is not None:
+            attached.send_signal(signal.SIGINT)
+            attached.wait()
         if sink is not None:
             sink.kill()
         relay.close()

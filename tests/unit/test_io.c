@@ -883,6 +883,89 @@ test_free_in_callback(void)
 	}
 }
 
+/* ------------------------------------------------------------------ */
+/*
+ * Peek mode (the PROXY protocol): the client sends a header ("HDR\n") and
+ * its first line in one write.  The server, in peek mode with at most 8
+ * octets shown, takes the header one octet at a time and then ends peek
+ * mode: the line behind the header must arrive whole, as normal input, and
+ * no peek may show more than 8 octets or anything taken already.
+ */
+
+struct peek_state {
+	struct buf hdr;
+	size_t max_shown;
+	int bad_shown;          /* a peek that did not start with the next octet */
+};
+
+static void
+peek_srv_accept(struct fix *fx)
+{
+	io_set_peek(fx->srv.io, 8);
+}
+
+static void
+peek_srv_event(struct peer *p, enum io_event ev)
+{
+	struct peek_state *ps = p->fx->ctx;
+	static const char want[] = "HDR\nline after\r\n";
+	const char *q;
+	size_t n;
+
+	if (ev != IO_EV_IN || ps->hdr.len == 4 ||
+	    (ps->hdr.len > 0 && ps->hdr.data[ps->hdr.len - 1] == '\n')) {
+		peer_default(p, ev);
+		return;
+	}
+	n = io_peek(p->io, &q);
+	if (n > ps->max_shown)
+		ps->max_shown = n;
+	if (n == 0 || memcmp(q, want + ps->hdr.len, n < 8 ? n : 8) != 0)
+		ps->bad_shown++;
+	if (io_skip(p->io, 1) != 0) {
+		rec_event(p, "SKIP-FAILED");
+		peer_free(p);
+		return;
+	}
+	buf_putc(&ps->hdr, q[0]);
+	if (q[0] == '\n') {
+		rec_add(p, ps->hdr.data, ps->hdr.len);
+		io_set_peek(p->io, 0);
+	}
+}
+
+static void
+peek_cli_event(struct peer *p, enum io_event ev)
+{
+	if (ev == IO_EV_CONNECTED) {
+		io_write(p->io, "HDR\nline after\r\n", 16);
+		peer_close_drain(p);
+		return;
+	}
+	peer_default(p, ev);
+}
+
+static void
+test_peek(void)
+{
+	struct peek_state ps = { BUF_INIT, 0, 0 };
+	struct fix fx;
+
+	fix_init(&fx);
+	fx.ctx = &ps;
+	fx.on_accept = peek_srv_accept;
+	fx.srv.record = true;
+	fx.srv.on_event = peek_srv_event;
+	fx.cli.on_event = peek_cli_event;
+	fix_connect(&fx);
+	fix_run(&fx, "peek");
+	CHECK_STR(buf_cstr(&fx.srv.rec), "HDR\\n|line after\\r\\n|EOF|");
+	CHECK_INT(ps.max_shown, 8);
+	CHECK_INT(ps.bad_shown, 0);
+	buf_free(&ps.hdr);
+	fix_free(&fx);
+}
+
 int
 main(void)
 {
@@ -899,6 +982,7 @@ main(void)
 	test_deadline();
 	test_nothing_after_eof();
 	test_free_in_callback();
+	test_peek();
 
 	io_fixture_teardown();
 	return check_done();
