@@ -72,6 +72,7 @@ struct io {
 	SSL *ssl;
 	BIO *rbio, *wbio;
 	enum io_tls_state tls;
+	long verify_result;         /* the peer certificate's check, kept at the handshake's end */
 
 	uint64_t timeout_ms;
 	uint64_t deadline;          /* loop time of the deadline, 0 = none (not moved by reads) */
@@ -709,6 +710,8 @@ io_tls_status(struct io *io, int ret, const char *what)
 			ERR_error_string_n(e, text, sizeof(text));
 		else
 			snprintf(text, sizeof(text), "unexpected end of stream");
+		if (io->tls == TLS_HANDSHAKE)
+			io->verify_result = SSL_get_verify_result(io->ssl);
 		if (io->tls == TLS_HANDSHAKE && (SSL_get_verify_mode(io->ssl) & SSL_VERIFY_PEER) &&
 		    SSL_get_verify_result(io->ssl) != X509_V_OK)
 			snprintf(text, sizeof(text), "certificate verify failed: %s",
@@ -748,6 +751,7 @@ io_tls_pump(struct io *io)
 		r = io_tls_status(io, r, "handshake");
 		if (r <= 0)
 			return;
+		io->verify_result = SSL_get_verify_result(io->ssl);
 		io->tls = TLS_ON;
 		io_emit(io, IO_EV_TLS_READY);
 		if (io->closing || io->failed)
@@ -811,13 +815,20 @@ io_start_tls_server(struct io *io, SSL_CTX *ctx)
 int
 io_start_tls_client(struct io *io, SSL_CTX *ctx, const char *servername, bool verify)
 {
+	return io_start_tls_client_check(io, ctx, servername, verify, verify);
+}
+
+int
+io_start_tls_client_check(struct io *io, SSL_CTX *ctx, const char *servername, bool check,
+    bool verify)
+{
 	io_check(io, __func__);
 	if (io_tls_setup(io, ctx) != 0)
 		return -1;
 	SSL_set_connect_state(io->ssl);
 	if (servername != NULL && *servername != '\0') {
 		SSL_set_tlsext_host_name(io->ssl, servername);
-		if (verify) {
+		if (check || verify) {
 			SSL_set_hostflags(io->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
 			if (SSL_set1_host(io->ssl, servername) != 1)
 				return -1;
@@ -893,6 +904,12 @@ io_tls_cipher_bits(const struct io *io)
 	if (io->tls != TLS_ON)
 		return 0;
 	return SSL_get_cipher_bits(io->ssl, &alg);
+}
+
+long
+io_tls_verify_result(const struct io *io)
+{
+	return io->verify_result;
 }
 
 const char *

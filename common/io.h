@@ -82,6 +82,14 @@ int io_connect(struct io *io, const struct sockaddr *sa, uint64_t timeout_ms);
 int io_start_tls_server(struct io *io, SSL_CTX *ctx);
 int io_start_tls_client(struct io *io, SSL_CTX *ctx, const char *servername, bool verify);
 /*
+ * The same with the check and its enforcement apart: check makes OpenSSL
+ * check the chain and servername (the outcome is io_tls_verify_result());
+ * verify also fails the handshake when the check fails (MTA-STS testing
+ * checks without enforcing).
+ */
+int io_start_tls_client_check(struct io *io, SSL_CTX *ctx, const char *servername, bool check,
+    bool verify);
+/*
  * Start TLS as a client authenticated by DANE TLSA records (RFC 7671): SNI
  * and the DANE-TA reference identifier are basedomain (the MX host name);
  * DANE-EE matches skip name checks.  A peer matching no record fails the
@@ -97,6 +105,9 @@ const char *io_tls_cipher(const struct io *io);    /* "TLS_AES_256_GCM_SHA384" o
 int io_tls_cipher_bits(const struct io *io);
 /* Why the last TLS failure happened, for logs ("certificate verify failed: ..."). */
 const char *io_tls_error(const struct io *io);
+/* The peer certificate's check (an X509_V_* code, X509_V_OK = 0) as it stood when
+ * the handshake ended or failed; meaningful when a check was asked for. */
+long io_tls_verify_result(const struct io *io);
 
 /* Idle timeout: IO_EV_TIMEOUT if nothing is read for ms (0 = none). Restarts on every read.
  * Replaces a deadline. */

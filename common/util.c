@@ -380,6 +380,70 @@ util_pwrite_full(int fd, const void *p, size_t len, uint64_t off)
 	return 0;
 }
 
+int
+util_read_file(const char *path, size_t max, char **out, size_t *len)
+{
+	char *data = NULL;
+	size_t n = 0, cap = 0;
+	ssize_t got;
+	int fd, e;
+
+	*out = NULL;
+	*len = 0;
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+		return -1;
+	for (;;) {
+		if (cap - n < 8192) {
+			cap = cap ? cap * 2 : 8192;
+			data = xrealloc(data, cap + 1);
+		}
+		got = read(fd, data + n, cap - n);
+		if (got == -1 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			break;
+		n += (size_t)got;
+		if (n > max) {
+			got = -1;
+			errno = EFBIG;
+			break;
+		}
+	}
+	e = errno;
+	close(fd);
+	if (got < 0) {
+		free(data);
+		errno = e;
+		return -1;
+	}
+	data[n] = '\0';
+	*out = data;
+	*len = n;
+	return 0;
+}
+
+int
+util_write_file_atomic(const char *path, const char *tmp_path, const void *p, size_t len)
+{
+	int fd, e = 0;
+
+	if ((fd = open(tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) == -1)
+		return -1;
+	if (len > 0 && util_pwrite_full(fd, p, len, 0) != 0)
+		e = errno;
+	if (e == 0 && fsync(fd) != 0)
+		e = errno;
+	if (close(fd) != 0 && e == 0)
+		e = errno;
+	if (e == 0 && rename(tmp_path, path) != 0)
+		e = errno;
+	if (e != 0) {
+		errno = e;
+		return -1;
+	}
+	return 0;
+}
+
 uint32_t
 util_hash_str(const char *s)
 {

@@ -169,6 +169,8 @@ static const struct conf_key conf_router_keys[] = {
 	{ "dns_servers", CONF_K_NAMESERVERS, C_OFF(router.dns_servers), C_OFF(router.ndns_servers), 0, NULL },
 	{ "smtp_port", CONF_K_PORT, C_OFF(router.smtp_port), 0, 0, NULL },
 	{ "dnssec", CONF_K_BOOL, C_OFF(router.dnssec), 0, 0, NULL },
+	{ "mta_sts", CONF_K_BOOL, C_OFF(router.mta_sts), 0, 0, NULL },
+	{ "mta_sts_timeout", CONF_K_DURATION, C_OFF(router.mta_sts_timeout), 0, CONF_F_POSITIVE, NULL },
 	{ "retry_intervals", CONF_K_DURATIONS, C_OFF(router.retry_intervals), C_OFF(router.nretry_intervals), 0, NULL },
 	{ "max_queue_age", CONF_K_DURATION, C_OFF(router.max_queue_age), 0, CONF_F_POSITIVE, NULL },
 	{ "delay_warning", CONF_K_DURATION, C_OFF(router.delay_warning), 0, 0, NULL },
@@ -1592,6 +1594,8 @@ conf_new_defaults(void)
 	c->submit.login_rate_window = 60 * 60000;
 
 	c->router.smtp_port = 25;
+	c->router.mta_sts = true;
+	c->router.mta_sts_timeout = 10000;
 	c->router.retry_intervals = xmalloc(sizeof(retry));
 	memcpy(c->router.retry_intervals, retry, sizeof(retry));
 	c->router.nretry_intervals = RELAY_ARRAY_LEN(retry);

@@ -147,6 +147,8 @@ struct conf {
 		size_t ndns_servers;
 		uint16_t smtp_port;                 /* default 25 */
 		bool dnssec;                        /* default false: trust the resolvers' AD bit (DANE) */
+		bool mta_sts;                       /* default true: MTA-STS (RFC 8461) for DNS delivery */
+		uint64_t mta_sts_timeout;           /* default 10s: an MTA-STS policy fetch, whole */
 		uint64_t *retry_intervals;          /* default 5m,10m,20m,40m,1h; last repeats */
 		size_t nretry_intervals;
 		uint64_t max_queue_age;             /* default 5d */

@@ -20,6 +20,10 @@ PKGS="build-essential gcc make cmake pkg-config openssl ca-certificates
       mandoc systemd logrotate fail2ban slapd ldap-utils python3-dkim
       debhelper dpkg-dev fakeroot lintian clang libclang-rt-14-dev"
 
+# libcurl (OpenSSL flavour) for the HTTPS client (http/: MTA-STS policies,
+# TLSRPT reports)
+PKGS="$PKGS libcurl4-openssl-dev"
+
 # Cyrus's SQL auxprop plugin and SQLite, for the AUTH backend tests
 PKGS="$PKGS libsasl2-modules-sql sqlite3"
 

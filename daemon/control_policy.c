@@ -20,6 +20,7 @@
  */
 #include "daemon/control_int.h"
 #include "common/util.h"
+#include "mtasts/mtasts.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -34,7 +35,7 @@
 typedef bool rctl_policy_fn(struct rctl *c, const char *domain);
 
 static rctl_policy_fn rctl_policy_dane;
-/* MTA-STS: static rctl_policy_fn rctl_policy_mta_sts; */
+static rctl_policy_fn rctl_policy_mta_sts;
 
 /* TLSRPT: static rctl_policy_fn rctl_policy_tlsrpt; */
 
@@ -43,7 +44,7 @@ static const struct rctl_policy_section {
 	rctl_policy_fn *show;
 } rctl_policy_sections[] = {
 	{ "dane", rctl_policy_dane },
-	/* MTA-STS: { "mta_sts", rctl_policy_mta_sts }, */
+	{ "mta_sts", rctl_policy_mta_sts },
 
 	/* TLSRPT: { "tlsrpt", rctl_policy_tlsrpt }, */
 
@@ -270,7 +271,79 @@ rctl_policy(struct rctl *c)
 }
 
 /* ------------------------------------------------------------------ */
-/* MTA-STS: its section function (rctl_policy_mta_sts) goes here. */
+/* MTA-STS */
+
+/* The policy held for domain (cached, maybe expired) and its last check. */
+static bool
+rctl_policy_mta_sts(struct rctl *c, const char *domain)
+{
+	struct mtasts *m = sched_mtasts(c->s);
+	const struct mtasts_policy *p;
+	struct mtasts_held h;
+	struct buf *b = c->out;
+	size_t i;
+
+	if (m == NULL || !mtasts_held(m, domain, &h)) {
+		buf_puts(b, c->json ? "null" : "mta-sts: nothing held (no policy cached, no check "
+		    "since start-up)\n");
+		return false;
+	}
+	p = h.policy;
+	if (c->json) {
+		buf_puts(b, "{\"checked\":");
+		rctl_json_time(c, b, h.checked_ms);
+		buf_puts(b, ",\"failure\":");
+		json_str(b, h.failure);
+		buf_puts(b, ",\"error\":");
+		json_str(b, h.reason[0] != '\0' ? h.reason : NULL);
+		buf_puts(b, ",\"policy\":");
+		if (p == NULL) {
+			buf_puts(b, "null}");
+			return true;
+		}
+		buf_puts(b, "{\"id\":");
+		json_str(b, p->id);
+		buf_puts(b, ",\"mode\":");
+		json_str(b, mtasts_mode_name(p->mode));
+		buf_printf(b, ",\"max_age\":%u,\"fetched\":", (unsigned)p->max_age);
+		rctl_json_time(c, b, p->fetched_ms);
+		buf_puts(b, ",\"expires\":");
+		rctl_json_time(c, b, p->expires_ms);
+		buf_puts(b, ",\"mx\":[");
+		for (i = 0; i < p->nmx; i++) {
+			if (i)
+				buf_putc(b, ',');
+			json_str(b, p->mx[i]);
+		}
+		buf_puts(b, "]}}");
+		return true;
+	}
+	if (p != NULL) {
+		buf_puts(b, "mta-sts: policy id=");
+		rctl_text(b, p->id);
+		buf_printf(b, " mode=%s max_age=%u fetched=%s", mtasts_mode_name(p->mode),
+		    (unsigned)p->max_age, rctl_ctime(c, p->fetched_ms));
+		buf_printf(b, " expires=%s\n", rctl_ctime(c, p->expires_ms));
+		for (i = 0; i < p->nmx; i++) {
+			buf_puts(b, "  mx ");
+			rctl_text(b, p->mx[i]);
+			buf_putc(b, '\n');
+		}
+	} else
+		buf_puts(b, "mta-sts: no policy\n");
+	if (h.checked_ms != 0) {
+		buf_printf(b, "  checked %s", rctl_ctime(c, h.checked_ms));
+		if (h.failure != NULL)
+			buf_printf(b, " failure=%s", h.failure);
+		if (h.reason[0] != '\0') {
+			buf_puts(b, " note=\"");
+			rctl_text(b, h.reason);
+			buf_putc(b, '"');
+		}
+		buf_putc(b, '\n');
+	}
+	return true;
+}
 
 /* ------------------------------------------------------------------ */
 /* TLSRPT: its section function (rctl_policy_tlsrpt) goes here. */

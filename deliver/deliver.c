@@ -279,6 +279,10 @@ deliver_policy_name(enum deliver_policy p)
 		return "dane";
 	case DELIVER_POLICY_DANE_UNAUTH:
 		return "dane-unauth";
+	case DELIVER_POLICY_MTA_STS:
+		return "mta-sts";
+	case DELIVER_POLICY_MTA_STS_TESTING:
+		return "mta-sts-testing";
 	}
 	return "?";
 }
@@ -301,6 +305,9 @@ deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *
 	if (req->policy == DELIVER_POLICY_DANE &&
 	    (req->ntlsa == 0 || req->tlsa == NULL || req->host == NULL || req->host[0] == '\0'))
 		return RELAY_EINVAL;
+	if ((req->policy == DELIVER_POLICY_MTA_STS || req->policy == DELIVER_POLICY_MTA_STS_TESTING) &&
+	    (req->host == NULL || req->host[0] == '\0'))
+		return RELAY_EINVAL;
 
 	if (req->addr.ss_family == AF_INET6) {
 		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&req->addr;
@@ -315,7 +322,8 @@ deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *
 	}
 	/* user and host are length-prefixed: no two different ones share a key */
 	user = req->auth_user != NULL ? req->auth_user : "";
-	host = (req->tls == CONF_TLS_VERIFY || req->policy == DELIVER_POLICY_DANE) &&
+	host = (req->tls == CONF_TLS_VERIFY || req->policy == DELIVER_POLICY_DANE ||
+	    req->policy == DELIVER_POLICY_MTA_STS || req->policy == DELIVER_POLICY_MTA_STS_TESTING) &&
 	    req->host != NULL ? req->host : "";
 	/* a DANE session never shares a connection with one made under less,
 	 * nor with one authenticated by another TLSA set */

@@ -21,14 +21,21 @@ struct deliver;
 
 /*
  * What sets a session's TLS requirement besides req->tls (tlspolicy/ decides
- * it per exchanger; MTA-STS will be one more).  Any value but CONF makes TLS
+ * it per exchanger: DANE, MTA-STS).  DANE, DANE_UNAUTH and MTA_STS make TLS
  * mandatory: no STARTTLS, a refused one, a failed handshake or a peer that
- * matches no record is a HOST_FAIL 4.7.5 (never plaintext).
+ * matches no record (DANE) or fails the certificate check (MTA-STS) is a
+ * HOST_FAIL 4.7.5 (never plaintext), with an RFC 8460 result type in
+ * res.tls_result.  MTA_STS_TESTING enforces nothing: the session runs as
+ * under CONF, and what MTA_STS would have refused is logged
+ * (event=tls_policy_testing) and put into res.tls_result.
  */
 enum deliver_policy {
 	DELIVER_POLICY_CONF = 0,    /* req->tls as configured or routed */
 	DELIVER_POLICY_DANE,        /* usable TLSA records: TLS authenticated by tlsa[] */
 	DELIVER_POLICY_DANE_UNAUTH, /* only unusable TLSA records: TLS, not authenticated */
+	DELIVER_POLICY_MTA_STS,     /* MTA-STS enforce: TLS, the certificate checked against
+	                               the CA store (deliver.ca_file) and req->host */
+	DELIVER_POLICY_MTA_STS_TESTING, /* MTA-STS testing: as CONF, failures reported */
 };
 
 struct deliver_rcpt {
@@ -105,12 +112,14 @@ struct deliver_result {
 	                               ENVID and RET went with the message, so the
 	                               success notices are its to send (5.2.3) */
 	char tls[16];               /* how the session was secured: "none" (plaintext),
-	                               "opportunistic", "require", "verify", "dane";
+	                               "opportunistic", "require", "verify", "dane", "mta-sts";
 	                               "" when no session got that far */
 	char tls_version[16];       /* "TLSv1.3", or "" */
 	char tls_result[32];        /* a TLS policy failure as an RFC 8460 result type
 	                               ("starttls-not-supported", "validation-failure",
-	                               "tlsa-invalid"), else "" */
+	                               "tlsa-invalid", "certificate-host-mismatch",
+	                               "certificate-expired", "certificate-not-trusted"),
+	                               else ""; under MTA_STS_TESTING also when delivered */
 };
 
 typedef void deliver_cb(void *arg, struct deliver_req *req, const struct deliver_result *res);
@@ -129,7 +138,8 @@ void deliver_req_clear(struct deliver_req *req);
 /* Close idle connections, fail waiting requests, done(arg) when all closed. */
 void deliver_shutdown(struct deliver *d, void (*done)(void *arg), void *arg);
 void deliver_free(struct deliver *d);
-/* "conf" (req->tls alone), "dane", "dane-unauth": for logs and keys. */
+/* "conf" (req->tls alone), "dane", "dane-unauth", "mta-sts", "mta-sts-testing":
+ * for logs and keys. */
 const char *deliver_policy_name(enum deliver_policy p);
 
 #endif

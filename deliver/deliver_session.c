@@ -68,6 +68,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/x509_vfy.h>
+
 #include "common/log.h"
 #include "common/util.h"
 
@@ -363,10 +365,63 @@ ds_tls_how(const struct deliver_session *s)
 		return "dane";
 	case DELIVER_POLICY_DANE_UNAUTH:
 		return s->tls_verify ? "verify" : "require";
+	case DELIVER_POLICY_MTA_STS:
+		return "mta-sts";
 	case DELIVER_POLICY_CONF:
+	case DELIVER_POLICY_MTA_STS_TESTING:
 		break;
 	}
 	return conf_tls_name(s->tls_policy);
+}
+
+/* Whether the session's policy makes TLS mandatory (deliver.h). */
+static bool
+ds_mandatory(const struct deliver_session *s)
+{
+	return s->policy == DELIVER_POLICY_DANE || s->policy == DELIVER_POLICY_DANE_UNAUTH ||
+	    s->policy == DELIVER_POLICY_MTA_STS;
+}
+
+/* The policy's name in texts: "DANE", "MTA-STS". */
+static const char *
+ds_policy_label(const struct deliver_session *s)
+{
+	return s->policy == DELIVER_POLICY_MTA_STS || s->policy == DELIVER_POLICY_MTA_STS_TESTING ?
+	    "MTA-STS" : "DANE";
+}
+
+/* A certificate check's outcome as an RFC 8460 result type (MTA-STS: RFC 8460 4.3.2). */
+static const char *
+ds_verify_result_type(long v)
+{
+	switch (v) {
+	case X509_V_ERR_HOSTNAME_MISMATCH:
+		return "certificate-host-mismatch";
+	case X509_V_ERR_CERT_HAS_EXPIRED:
+	case X509_V_ERR_CERT_NOT_YET_VALID:
+		return "certificate-expired";
+	case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+	case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+	case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+	case X509_V_ERR_CERT_UNTRUSTED:
+		return "certificate-not-trusted";
+	}
+	return "validation-failure";
+}
+
+/*
+ * MTA-STS testing (RFC 8461 5): what enforce would have refused, logged and
+ * kept in the result for reporting; the session goes on.
+ */
+static void
+ds_report_testing(struct deliver_session *s, const char *result, const char *text)
+{
+	log_event(LOG_NOTICE, "tls_policy_testing", "qid", ds_qid(s), "ip", s->ip, "host", s->host,
+	    "policy", "mta-sts", "result", result, "error", text, NULL);
+	if (!s->decided)
+		snprintf(s->res.tls_result, sizeof(s->res.tls_result), "%s", result);
 }
 
 /* Hand t's outcome to the pool (which calls the request's callback). */
@@ -543,15 +598,21 @@ ds_after_hello(struct deliver_session *s)
 	enum conf_tls pol = s->tls_policy;
 	bool mandatory = pol == CONF_TLS_REQUIRE || pol == CONF_TLS_VERIFY;
 
-	if (!io_is_tls(s->io) && s->policy != DELIVER_POLICY_CONF) {
-		/* DANE (RFC 7672 2.2): TLS or not this exchanger, whatever req->tls says */
+	if (!io_is_tls(s->io) && ds_mandatory(s)) {
+		/* DANE (RFC 7672 2.2), MTA-STS enforce (RFC 8461 4.2): TLS or not
+		 * this exchanger, whatever req->tls says */
+		char text[128];
+
 		if (s->caps.starttls && s->d->tls_ctx != NULL)
 			return deliver_enter_state(s, DS_STARTTLS);
+		snprintf(text, sizeof(text), "TLS required by %s but %s", ds_policy_label(s),
+		    s->caps.starttls ? "no TLS client context" : "STARTTLS not offered");
 		return ds_fail_policy(s, 0, s->caps.starttls ? "validation-failure" :
-		    "starttls-not-supported", s->caps.starttls ?
-		    "TLS required by DANE but no TLS client context" :
-		    "TLS required by DANE but STARTTLS not offered");
+		    "starttls-not-supported", text);
 	}
+	if (!io_is_tls(s->io) && s->policy == DELIVER_POLICY_MTA_STS_TESTING && !s->caps.starttls)
+		ds_report_testing(s, "starttls-not-supported",
+		    "TLS required by MTA-STS (mode testing) but STARTTLS not offered");
 	if (!io_is_tls(s->io) && pol != CONF_TLS_NONE) {
 		if (s->caps.starttls && s->d->tls_ctx != NULL)
 			return deliver_enter_state(s, DS_STARTTLS);
@@ -612,7 +673,7 @@ ds_starttls_reply(struct deliver_session *s, const struct deliver_reply *r)
 	if (r->code == 421)
 		return ds_fail_reply(s, r, NULL);
 	/* Refused after offering it: never plaintext (opportunistic included). */
-	if (s->policy != DELIVER_POLICY_CONF) {
+	if (ds_mandatory(s)) {
 		struct buf text = BUF_INIT;
 		int rc;
 
@@ -641,7 +702,9 @@ ds_tls_enter(struct deliver_session *s)
 			    "cannot start DANE TLS: no usable TLSA record");
 		return DS_OK;
 	}
-	if (io_start_tls_client(s->io, s->d->tls_ctx, name, s->tls_verify) != 0)
+	/* MTA-STS testing: the certificate is checked, and the check reported only */
+	if (io_start_tls_client_check(s->io, s->d->tls_ctx, name,
+	    s->tls_verify || s->policy == DELIVER_POLICY_MTA_STS_TESTING, s->tls_verify) != 0)
 		return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5", "cannot start TLS");
 	return DS_OK;
 }
@@ -661,6 +724,13 @@ ds_tls_ready(struct deliver_session *s)
 	    s->tls_verify ? "yes" : "no");
 	log_kv(&l, "tls", ds_tls_how(s));
 	log_end(&l);
+	if (s->policy == DELIVER_POLICY_MTA_STS_TESTING && io_tls_verify_result(s->io) != X509_V_OK) {
+		char text[320];
+
+		snprintf(text, sizeof(text), "certificate verify failed: %s",
+		    X509_verify_cert_error_string(io_tls_verify_result(s->io)));
+		ds_report_testing(s, ds_verify_result_type(io_tls_verify_result(s->io)), text);
+	}
 	return deliver_enter_state(s, DS_EHLO2);
 }
 
@@ -673,8 +743,9 @@ ds_tls_failed(struct deliver_session *s)
 
 	snprintf(text, sizeof(text), "TLS handshake failed: %s",
 	    why != NULL ? why : io_error_text(s->io));
-	if (s->policy != DELIVER_POLICY_CONF)
-		return ds_fail_policy(s, 0, "validation-failure", text);
+	if (ds_mandatory(s))
+		return ds_fail_policy(s, 0, s->policy == DELIVER_POLICY_MTA_STS ?
+		    ds_verify_result_type(io_tls_verify_result(s->io)) : "validation-failure", text);
 	log_event(LOG_NOTICE, "deliver_tls_failed", "qid", ds_qid(s), "ip", s->ip, "host", s->host,
 	    "policy", conf_tls_name(s->tls_policy), "error", text, NULL);
 	return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5", text);
@@ -1130,7 +1201,7 @@ ds_timed_out(struct deliver_session *s)
 	util_format_duration(ds_timeout(s, deliver_rows[s->state].tmo), dur, sizeof(dur));
 	snprintf(text, sizeof(text), "timeout after %s in state %s", dur,
 	    deliver_rows[s->state].name);
-	if (s->state == DS_TLS && s->policy != DELIVER_POLICY_CONF)
+	if (s->state == DS_TLS && ds_mandatory(s))
 		return ds_fail_policy(s, 0, "validation-failure", text);
 	if (s->state == DS_TLS)
 		return ds_fail(s, false, IO_ERR_TLS, 0, "4.7.5", text);
@@ -1226,7 +1297,8 @@ deliver_session_open(struct deliver_conn *c, struct deliver_txn *t)
 	s->policy = req->policy;
 	/* DANE never weakens the configured TLS: an unusable-only TLSA set keeps
 	 * tls=verify's certificate check (DANE's own records replace it). */
-	s->tls_verify = req->tls == CONF_TLS_VERIFY && req->policy != DELIVER_POLICY_DANE;
+	s->tls_verify = (req->tls == CONF_TLS_VERIFY && req->policy != DELIVER_POLICY_DANE) ||
+	    req->policy == DELIVER_POLICY_MTA_STS;
 	c->s = s;
 
 	s->depth++;

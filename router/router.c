@@ -5,14 +5,19 @@
  * submission transactions to the queue.
  *
  * Owns: the struct router, its conf reference, the struct queue, the mx
- * resolver, the deliver module and the scheduler (which owns every queued
- * message once the queue hands it over).
+ * resolver, the HTTPS client and the MTA-STS policies (mtasts/, which use
+ * both), the deliver module and the scheduler (which owns every queued
+ * message once the queue hands it over).  Closing goes top down: the
+ * scheduler and deliver, then mtasts, the HTTPS client, the resolver, the
+ * queue.
  * Must never: block the loop; touch queue files itself (that is
  * queue.c); decide what to try when (router_sched.c); reach into
  * submit/ or deliver/ structs.
  */
 #include "router/router.h"
 #include "dns/dns.h"
+#include "http/http.h"
+#include "mtasts/mtasts.h"
 #include "queue/queue.h"
 #include "router/router_sched.h"
 #include "deliver/deliver.h"
@@ -31,6 +36,8 @@ struct router {
 	struct relay_stats *stats;
 	struct queue *queue;             /* NULL once closed */
 	struct dns_resolver *mx;          /* NULL once closed */
+	struct http_client *http;        /* NULL once closed */
+	struct mtasts *mtasts;           /* NULL once closed */
 	struct deliver *deliver;
 	struct sched *sched;
 	bool shutting_down;
@@ -61,6 +68,9 @@ router_new(uv_loop_t *loop, struct conf *conf, struct relay_stats *stats,
 	r->conf = conf_ref(conf);
 	if ((r->mx = dns_new(loop, conf, err)) == NULL)
 		goto fail;
+	if ((r->http = http_new(loop, r->mx, err)) == NULL)
+		goto fail;
+	r->mtasts = mtasts_new(loop, conf, r->mx, r->http);
 	r->deliver = deliver_new(loop, conf);
 	memset(&deps, 0, sizeof(deps));
 	deps.loop = loop;
@@ -69,6 +79,7 @@ router_new(uv_loop_t *loop, struct conf *conf, struct relay_stats *stats,
 	deps.queue = r->queue;
 	deps.mx = r->mx;
 	deps.deliver = r->deliver;
+	deps.mtasts = r->mtasts;
 	if (sched_new(&deps, &r->sched, err) != 0)
 		goto fail;
 	queue_set_new_cb(r->queue, sched_queue_new, r->sched);
@@ -79,6 +90,10 @@ router_new(uv_loop_t *loop, struct conf *conf, struct relay_stats *stats,
 
 fail:
 	/* Start-up failed: the daemon exits; handles close if the loop runs again. */
+	if (r->mtasts != NULL)
+		mtasts_close(r->mtasts, NULL, NULL);
+	if (r->http != NULL)
+		http_close(r->http, NULL, NULL);
 	if (r->mx != NULL)
 		dns_close(r->mx, NULL, NULL);
 	if (r->deliver != NULL)
@@ -104,6 +119,7 @@ router_reload(struct router *r, struct conf *conf)
 	if (dns_reload(r->mx, conf, &err) != 0)
 		log_event(LOG_ERR, "reload_failed", "module", "resolver", "error", buf_cstr(&err), NULL);
 	buf_free(&err);
+	mtasts_reload(r->mtasts, conf);
 	deliver_reload(r->deliver, conf);
 	sched_reload(r->sched, conf);
 }
@@ -128,6 +144,24 @@ router_dns_closed(void *arg)
 	queue_close(r->queue, router_queue_closed, r);
 }
 
+static void
+router_http_closed(void *arg)
+{
+	struct router *r = arg;
+
+	r->http = NULL;
+	dns_close(r->mx, router_dns_closed, r);
+}
+
+static void
+router_mtasts_closed(void *arg)
+{
+	struct router *r = arg;
+
+	r->mtasts = NULL;
+	http_close(r->http, router_http_closed, r);
+}
+
 /* The scheduler (attempts in flight finished) and deliver (connections closed). */
 static void
 router_step_done(void *arg)
@@ -136,7 +170,8 @@ router_step_done(void *arg)
 
 	if (--r->pending > 0)
 		return;
-	dns_close(r->mx, router_dns_closed, r);
+	/* a cache write in flight finishes first */
+	mtasts_close(r->mtasts, router_mtasts_closed, r);
 }
 
 void
@@ -176,6 +211,8 @@ router_free(struct router *r)
 		if (r->shutting_down)
 			fatalx("%s: router freed before its shutdown completed", __func__);
 		/* Never started to shut down: nothing ran, nothing is in flight. */
+		mtasts_close(r->mtasts, NULL, NULL);
+		http_close(r->http, NULL, NULL);
 		dns_close(r->mx, NULL, NULL);
 		deliver_shutdown(r->deliver, NULL, NULL);
 		queue_close(r->queue, NULL, NULL);

@@ -154,6 +154,9 @@ int sched_host_reset(struct sched *s, const char *host);
 /* DANE as DNS last told the router, per recipient domain and MX host
  * (relayctl policy; router/router_dane.h). */
 struct dane_seen *sched_dane(struct sched *s);
+/* The MTA-STS policies (relayctl policy; mtasts/mtasts.h), or NULL. */
+struct mtasts;
+struct mtasts *sched_mtasts(struct sched *s);
 
 /* The DKIM keys in force (relayctl dkim); NULL-safe dkim/ calls. */
 struct dkim_keys;

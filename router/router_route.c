@@ -247,29 +247,15 @@ static int
 route_load(struct route_table *t, struct buf *err)
 {
 	char *text, *line, *next, *sp;
-	int fd, lineno = 0, rc = 0;
-	struct buf b = BUF_INIT;
-	ssize_t got;
-	char chunk[8192];
+	int lineno = 0, rc = 0;
+	size_t len;
 
-	if ((fd = open(t->path, O_RDONLY | O_CLOEXEC)) == -1) {
+	if (util_read_file(t->path, ROUTE_MAX_FILE, &text, &len) != 0) {
 		if (errno == ENOENT)
 			return 0;
-		buf_printf(err, "%s: %s", t->path, strerror(errno));
+		buf_printf(err, "%s: %s", t->path, errno == EFBIG ? "too large" : strerror(errno));
 		return RELAY_EIO;
 	}
-	while ((got = read(fd, chunk, sizeof(chunk))) > 0) {
-		buf_append(&b, chunk, (size_t)got);
-		if (b.len > ROUTE_MAX_FILE)
-			break;
-	}
-	close(fd);
-	if (got < 0 || b.len > ROUTE_MAX_FILE) {
-		buf_printf(err, "%s: %s", t->path, got < 0 ? strerror(errno) : "too large");
-		buf_free(&b);
-		return RELAY_EIO;
-	}
-	text = b.data != NULL ? b.data : (char *)"";
 	for (line = text; line != NULL && *line != '\0'; line = next) {
 		struct conf_hostport *hosts;
 		size_t nh;
@@ -301,7 +287,7 @@ route_load(struct route_table *t, struct buf *err)
 		}
 		route_rt_add(t, dom, hosts, nh);
 	}
-	buf_free(&b);
+	free(text);
 	return rc;
 }
 
@@ -326,29 +312,9 @@ static void
 route_write_work(uv_work_t *w)
 {
 	struct route_table *t = w->data;
-	size_t len = strlen(t->wtext), off = 0;
-	ssize_t n;
-	int fd;
 
 	t->werr = 0;
-	if ((fd = open(t->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) == -1) {
-		t->werr = errno;
-		return;
-	}
-	while (off < len) {
-		if ((n = write(fd, t->wtext + off, len - off)) < 0) {
-			if (errno == EINTR)
-				continue;
-			t->werr = errno;
-			break;
-		}
-		off += (size_t)n;
-	}
-	if (t->werr == 0 && fsync(fd) != 0)
-		t->werr = errno;
-	if (close(fd) != 0 && t->werr == 0)
-		t->werr = errno;
-	if (t->werr == 0 && rename(t->tmp_path, t->path) != 0)
+	if (util_write_file_atomic(t->path, t->tmp_path, t->wtext, strlen(t->wtext)) != 0)
 		t->werr = errno;
 }
 

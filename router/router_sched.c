@@ -758,6 +758,7 @@ sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err)
 	s->q = deps->queue;
 	s->mx = deps->mx;
 	s->d = deps->deliver;
+	s->mtasts = deps->mtasts;
 	s->health = health_new();
 	s->dane = dane_seen_new();
 	if (dkim_keys_load(s->conf, &s->dkim, err) != 0 ||
@@ -937,9 +938,13 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 	}
 	for (job = TAILQ_FIRST(&s->active); job != NULL; job = jn) {
 		jn = TAILQ_NEXT(job, entry);
-		if (job->state == SCHED_JOB_RESOLVING && job->mxq != NULL) {
-			dns_cancel(job->mxq);
+		if (job->state == SCHED_JOB_RESOLVING && (job->mxq != NULL || job->stsq != NULL)) {
+			if (job->mxq != NULL)
+				dns_cancel(job->mxq);
+			if (job->stsq != NULL)
+				mtasts_cancel(job->stsq);
 			job->mxq = NULL;
+			job->stsq = NULL;
 			TAILQ_REMOVE(&s->active, job, entry);
 			s->nactive--;
 			s->nr_active -= job->nrcpts;
@@ -1156,6 +1161,8 @@ sched_flush(struct sched *s, const char *what)
 	if (s->stopping)
 		return 0;
 	dns_cache_clear(s->mx);          /* the admin may just have fixed DNS */
+	if (s->mtasts != NULL)
+		mtasts_recheck(s->mtasts);  /* or a domain's MTA-STS policy */
 	if (domain != NULL && (sm = sched_msg_lookup(s, domain)) != NULL) {
 		sched_msg_flush(s, sm, now);
 		sched_arm(s);
@@ -1303,6 +1310,12 @@ struct dane_seen *
 sched_dane(struct sched *s)
 {
 	return s->dane;
+}
+
+struct mtasts *
+sched_mtasts(struct sched *s)
+{
+	return s->mtasts;
 }
 
 int

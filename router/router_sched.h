@@ -29,6 +29,7 @@
 
 struct dns_resolver;
 struct deliver;
+struct mtasts;
 struct sched;
 
 /* What the scheduler works with; every pointer is borrowed and outlives it. */
@@ -39,6 +40,7 @@ struct sched_deps {
 	struct queue *queue;
 	struct dns_resolver *mx;
 	struct deliver *deliver;
+	struct mtasts *mtasts;          /* MTA-STS policies (router.mta_sts), or NULL */
 };
 
 /* ------------------------------------------------------------------ */

@@ -178,6 +178,7 @@ sched_job_free(struct sched_job *job)
 	free(job->dr);
 	free(job->last);
 	tlspolicy_clear(&job->tlspol);
+	mtasts_policy_release(&job->sts);
 	route_release(&job->route);
 	conf_unref(job->conf);
 	free(job->rcpts);
@@ -612,9 +613,16 @@ sched_job_next(struct sched_job *job)
 	for (; job->ti < job->ntargets; job->ti++, job->ai = 0) {
 		const struct dns_target *tg = &job->mx->targets[job->ti];
 
-		/* DANE (tlspolicy/): what TLS this exchanger needs, or not to use it */
+		/* DANE, then MTA-STS (tlspolicy/): what TLS this exchanger needs,
+		 * or not to use it */
 		tlspolicy_clear(&job->tlspol);
 		tlspolicy_for_target(job->route.tls, tg, &job->tlspol);
+		tlspolicy_apply_sts(job->route.tls, job->has_sts ? &job->sts : NULL, tg->host,
+		    &job->tlspol);
+		if (job->tlspol.testing != NULL && job->ai == 0)
+			log_event(LOG_NOTICE, "tls_policy_testing", "qid", m->qid, "host", tg->host,
+			    "policy", job->tlspol.source, "result", job->tlspol.testing,
+			    "error", job->tlspol.reason, NULL);
 		if (job->tlspol.refuse && job->ai < tg->naddrs) {
 			last = sched_job_last(job);
 			snprintf(last->host, sizeof(last->host), "%s", tg->host);
@@ -624,7 +632,7 @@ sched_job_next(struct sched_job *job)
 			job->soft_fail = true;
 			sched_tls_refused(s, job, tg);
 			log_event(LOG_NOTICE, "tls_policy_refused", "qid", m->qid, "host", tg->host,
-			    "policy", "dane", "status", job->tlspol.status,
+			    "policy", job->tlspol.source, "status", job->tlspol.status,
 			    "result", job->tlspol.result, "error", job->tlspol.reason, NULL);
 			continue;
 		}
@@ -706,6 +714,53 @@ sched_job_next(struct sched_job *job)
 	sched_job_exhausted(job);
 }
 
+/* The domain's MTA-STS policy is known (a->policy NULL: none): walk the exchangers. */
+static void
+sched_job_sts_known(struct sched_job *job, const struct mtasts_answer *a)
+{
+	mtasts_policy_release(&job->sts);
+	job->has_sts = a->policy != NULL;
+	if (a->policy != NULL)
+		mtasts_policy_copy(&job->sts, a->policy);
+	sched_job_next(job);
+}
+
+static void
+sched_on_sts(void *arg, const struct mtasts_answer *a)
+{
+	struct sched_job *job = arg;
+
+	if (job->magic != SCHED_MAGIC_JOB || job->state != SCHED_JOB_RESOLVING || job->stsq == NULL)
+		fatalx("%s: answer for a job not waiting for it", __func__);
+	job->stsq = NULL;
+	if (job->sm->deleted) {
+		sched_job_end(job, SCHED_NEWS_NONE);
+		return;
+	}
+	sched_job_sts_known(job, a);
+}
+
+/*
+ * MTA-STS (mtasts/) for DNS delivery under router.mta_sts, unless the
+ * route says tls "none" or the domain is an address literal: the policy
+ * from the cache, or the job waits (still resolving) for its check.
+ */
+static void
+sched_job_sts(struct sched_job *job)
+{
+	struct sched *s = job->s;
+	struct mtasts_answer a;
+
+	if (s->mtasts == NULL || !job->conf->router.mta_sts || job->route.nhosts > 0 ||
+	    job->route.tls == CONF_TLS_NONE || job->route.dest[0] == '[') {
+		memset(&a, 0, sizeof(a));
+		sched_job_sts_known(job, &a);
+		return;
+	}
+	if (mtasts_get(s->mtasts, job->route.dest, &a, sched_on_sts, job, &job->stsq) == 0)
+		sched_job_sts_known(job, &a);
+}
+
 /* The resolver's answer for a job. */
 static void
 sched_on_mx(void *arg, struct dns_result *res)
@@ -747,7 +802,7 @@ sched_on_mx(void *arg, struct dns_result *res)
 	}
 	job->ntargets = n;
 	job->ti = job->ai = 0;
-	sched_job_next(job);
+	sched_job_sts(job);
 }
 
 static void

@@ -20,6 +20,7 @@ struct dkim_keys;
 #include "dns/dns.h"
 #include "deliver/deliver.h"
 #include "tlspolicy/tlspolicy.h"
+#include "mtasts/mtasts.h"
 #include "common/htab.h"
 #include "common/log.h"
 
@@ -120,6 +121,9 @@ struct sched_job {
 
 	struct dns_query *mxq;
 	struct dns_result *mx;
+	struct mtasts_query *stsq;      /* the domain's MTA-STS policy is being looked up */
+	bool has_sts;                   /* sts holds the domain's policy (a copy) */
+	struct mtasts_policy sts;
 	size_t ntargets;                /* targets allowed (primary-only cuts) */
 	size_t ti, ai;                  /* the address being tried */
 	unsigned ntried;                /* connections attempted */
@@ -127,7 +131,7 @@ struct sched_job {
 	bool probing_host;              /* this attempt is the host's probe */
 	char addr_key[HEALTH_ADDR_MAX];
 	struct deliver_req req;
-	struct tlspolicy tlspol;        /* the current exchanger's (DANE); req borrows its records */
+	struct tlspolicy tlspol;        /* the current exchanger's (DANE, MTA-STS); req borrows its records */
 	struct deliver_rcpt *dr;
 	struct sched_last *last;        /* how its last attempt ended, or NULL (nothing yet) */
 };
@@ -166,6 +170,7 @@ struct sched {
 	struct queue *q;
 	struct dns_resolver *mx;
 	struct deliver *d;
+	struct mtasts *mtasts;          /* or NULL: router.mta_sts off */
 	struct health *health;
 	struct dane_seen *dane;         /* DANE as DNS last told it (relayctl policy) */
 	struct route_table *routes;

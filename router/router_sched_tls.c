@@ -19,12 +19,13 @@
 #include <string.h>
 
 /* The policy's name: tlspolicy/'s when it set one, else deliver.tls's value.
- * (A refusal before connecting is DANE's today: a failed TLSA lookup.) */
+ * (A refusal before connecting is DANE's, a failed TLSA lookup, or
+ * MTA-STS's, an MX matching no mx pattern.) */
 static const char *
 sched_tls_policy_name(const struct sched_job *job)
 {
 	if (job->tlspol.refuse)
-		return "dane";
+		return job->tlspol.source != NULL ? job->tlspol.source : "dane";
 	if (job->tlspol.policy != DELIVER_POLICY_CONF)
 		return tlspolicy_name(&job->tlspol);
 	return conf_tls_name(job->route.tls);

@@ -1,10 +1,11 @@
 /*
  * tlspolicy.c - the TLS policy for one exchanger (tlspolicy.h): DANE from
- * the validated TLSA records the resolver kept (RFC 7672 2.2, 3.1).
+ * the validated TLSA records the resolver kept (RFC 7672 2.2, 3.1), then
+ * MTA-STS from the domain's policy (RFC 8461 4).
  *
  * Owns: the usable-record copies in a struct tlspolicy.
- * Must never: do I/O or look anything up (dns/ did), or weaken the
- * configured TLS (DANE only adds requirements, "none" aside).
+ * Must never: do I/O or look anything up (dns/ and mtasts/ did), or weaken
+ * the configured TLS (DANE and MTA-STS only add requirements, "none" aside).
  */
 #include "tlspolicy/tlspolicy.h"
 
@@ -36,6 +37,7 @@ tlspolicy_for_target(enum conf_tls tls, const struct dns_target *tg, struct tlsp
 		return;
 	case DNS_TLSA_FAILED:
 		out->refuse = true;
+		out->source = "dane";
 		out->result = "dnssec-invalid";
 		snprintf(out->status, sizeof(out->status), "4.7.5");
 		snprintf(out->reason, sizeof(out->reason), "%s", tg->tlsa_error[0] != '\0' ?
@@ -48,6 +50,7 @@ tlspolicy_for_target(enum conf_tls tls, const struct dns_target *tg, struct tlsp
 		if (tlsa_usable(&tg->tlsa[i]))
 			n++;
 	out->nunusable = tg->ntlsa - n;
+	out->source = "dane";
 	if (n == 0) {
 		out->policy = DELIVER_POLICY_DANE_UNAUTH;
 		return;
@@ -68,4 +71,36 @@ const char *
 tlspolicy_name(const struct tlspolicy *p)
 {
 	return deliver_policy_name(p->policy);
+}
+
+void
+tlspolicy_apply_sts(enum conf_tls tls, const struct mtasts_policy *sts, const char *host,
+    struct tlspolicy *p)
+{
+	bool match;
+
+	if (sts == NULL || sts->mode == MTASTS_MODE_NONE || tls == CONF_TLS_NONE || p->refuse ||
+	    p->policy != DELIVER_POLICY_CONF)
+		return;
+	match = mtasts_mx_match(sts, host);
+	p->source = "mta-sts";
+	if (sts->mode == MTASTS_MODE_TESTING) {
+		p->policy = DELIVER_POLICY_MTA_STS_TESTING;
+		if (!match) {
+			p->testing = "validation-failure";
+			snprintf(p->reason, sizeof(p->reason),
+			    "MX host %s matches no mx pattern of the MTA-STS policy (mode testing)",
+			    host);
+		}
+		return;
+	}
+	if (!match) {
+		p->refuse = true;
+		p->result = "validation-failure";
+		snprintf(p->status, sizeof(p->status), "4.7.5");
+		snprintf(p->reason, sizeof(p->reason),
+		    "MX host %s matches no mx pattern of the MTA-STS policy", host);
+		return;
+	}
+	p->policy = DELIVER_POLICY_MTA_STS;
 }
