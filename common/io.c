@@ -6,8 +6,15 @@
  *   network -> on_read -> [rbio -> SSL_read] -> in  -> io_getline() -> owner
  *   owner -> io_write() -> out -> [SSL_write -> wbio] -> wire -> uv_write
  *
- * At most one uv_write is in flight; output written meanwhile accumulates in
+ * At most one write is in flight; output written meanwhile accumulates in
  * `wire` and goes out with the next write, so pipelined replies coalesce.
+ * A write is first tried at once (uv_try_write); what the kernel does not
+ * take goes to uv_write.  A write the kernel took whole still counts as in
+ * flight until its completion runs from the `wdone` idle handle once the
+ * loop goes on (its next idle phase; uv_write's callback would run at its
+ * next pending phase): so DRAINED is never emitted from inside io_write()
+ * or io_flush(), and libuv does not re-arm the socket's watcher (an
+ * epoll_ctl) after each write.
  * Every TLS result goes through io_tls_status(), the one SSL_get_error switch.
  *
  * After io_close_after_drain() the owner has let go: no event reaches it any
@@ -28,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
@@ -47,6 +55,7 @@ struct io {
 	uv_tcp_t tcp;
 	uv_timer_t timer;           /* connect timeout, then idle timeout or deadline */
 	uv_timer_t kick;            /* re-delivers buffered input after io_resume() */
+	uv_idle_t wdone;            /* completes a write the kernel took at once */
 	uv_connect_t creq;
 	uv_write_t wreq;
 	int open_handles;
@@ -78,6 +87,7 @@ struct io {
 	bool closing;
 	bool close_after_drain;     /* the owner let go: no events, free when drained */
 	bool connecting;
+	size_t peek_max;            /* peek mode (io_set_peek): show this much, read nothing */
 
 	enum io_error err;
 	char errtext[256];
@@ -140,8 +150,9 @@ io_new(uv_loop_t *loop, io_cb *cb, void *arg)
 	uv_tcp_init(loop, &io->tcp);
 	uv_timer_init(loop, &io->timer);
 	uv_timer_init(loop, &io->kick);
-	io->tcp.data = io->timer.data = io->kick.data = io;
-	io->open_handles = 3;
+	uv_idle_init(loop, &io->wdone);
+	io->tcp.data = io->timer.data = io->kick.data = io->wdone.data = io;
+	io->open_handles = 4;
 	return io;
 }
 
@@ -280,10 +291,12 @@ io_connect(struct io *io, const struct sockaddr *sa, uint64_t timeout_ms)
 static void
 on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
-	(void)h;
+	struct io *io = h->data;
+
 	(void)suggested;
-	b->base = io_scratch;
-	b->len = sizeof(io_scratch);
+	/* peek mode: no buffer, so libuv reads nothing and says UV_ENOBUFS */
+	b->base = io->peek_max > 0 ? NULL : io_scratch;
+	b->len = io->peek_max > 0 ? 0 : sizeof(io_scratch);
 }
 
 static void
@@ -378,6 +391,46 @@ io_eof(struct io *io)
 	io_dispatch_input(io);
 }
 
+/*
+ * Peek mode: octets wait on the socket.  Copy up to peek_max of them into
+ * `in` without taking them, tell the owner, and forget the copy: the owner
+ * takes what it needs with io_skip().  A peer that closed or failed is
+ * reported as in normal reading.
+ */
+static void
+io_peek_input(struct io *io)
+{
+	uv_os_fd_t fd;
+	ssize_t n;
+
+	if (io->close_after_drain || uv_fileno((uv_handle_t *)&io->tcp, &fd) != 0)
+		return;
+	if (io->paused) {
+		io_stop_reading(io);    /* else the waiting octets wake the loop for ever */
+		return;
+	}
+	buf_reset(&io->in);
+	io->in_off = 0;
+	buf_reserve(&io->in, io->peek_max);
+	do
+		n = recv(fd, io->in.data, io->peek_max, MSG_PEEK | MSG_DONTWAIT);
+	while (n == -1 && errno == EINTR);
+	if (n == 0) {
+		io_eof(io);
+		return;
+	}
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			io_fail(io, io_map_uv_error(uv_translate_sys_error(errno)), strerror(errno));
+		return;
+	}
+	io->in.len = (size_t)n;
+	io->in.data[n] = '\0';
+	io_emit(io, IO_EV_IN);
+	buf_reset(&io->in);
+	io->in_off = 0;
+}
+
 static void
 on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
@@ -387,6 +440,10 @@ on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 		return;
 	if (nread == 0)
 		return;
+	if (nread == UV_ENOBUFS && io->peek_max > 0) {
+		io_peek_input(io);
+		return;
+	}
 	if (nread < 0) {
 		if (nread == UV_EOF)
 			io_eof(io);
@@ -495,6 +552,49 @@ size_t
 io_input_pending(const struct io *io)
 {
 	return io_in_avail(io);
+}
+
+void
+io_set_peek(struct io *io, size_t max)
+{
+	io_check(io, __func__);
+	if (max > 0 && (io_in_avail(io) > 0 || io->tls != TLS_OFF))
+		fatalx("%s: input was read already", __func__);
+	io->peek_max = max;
+}
+
+size_t
+io_peek(struct io *io, const char **p)
+{
+	io_check(io, __func__);
+	if (io->peek_max == 0)
+		fatalx("%s: not in peek mode", __func__);
+	*p = io->in.data;
+	return io->in.len;
+}
+
+int
+io_skip(struct io *io, size_t n)
+{
+	uv_os_fd_t fd;
+	char tmp[256];
+	ssize_t got;
+
+	io_check(io, __func__);
+	if (io->peek_max == 0 || n > io->in.len)
+		fatalx("%s: %zu octets were not shown", __func__, n);
+	if (uv_fileno((uv_handle_t *)&io->tcp, &fd) != 0)
+		return -1;
+	while (n > 0) {
+		/* they are in the socket's buffer: the read cannot block */
+		got = recv(fd, tmp, n < sizeof(tmp) ? n : sizeof(tmp), MSG_DONTWAIT);
+		if (got == -1 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			return -1;
+		n -= (size_t)got;
+	}
+	return 0;
 }
 
 void
@@ -820,11 +920,10 @@ io_tls_error(const struct io *io)
 
 /* ---- output ---- */
 
+/* The write in flight is over (status 0: all of `sending` is in the kernel). */
 static void
-on_write(uv_write_t *req, int status)
+io_write_done(struct io *io, int status)
 {
-	struct io *io = req->data;
-
 	io->writing = false;
 	buf_reset(&io->sending);
 	if (io->closing)
@@ -849,6 +948,22 @@ on_write(uv_write_t *req, int status)
 }
 
 static void
+on_write(uv_write_t *req, int status)
+{
+	io_write_done(req->data, status);
+}
+
+/* A write the kernel took whole, once the loop has gone on. */
+static void
+on_write_now(uv_idle_t *h)
+{
+	struct io *io = h->data;
+
+	uv_idle_stop(&io->wdone);
+	io_write_done(io, 0);
+}
+
+static void
 io_send(struct io *io)
 {
 	struct buf tmp;
@@ -857,12 +972,24 @@ io_send(struct io *io)
 
 	if (io->writing || io->wire.len == 0 || io->closing || io->connecting)
 		return;
-	/* Swap: wire becomes the in-flight buffer, which stays put until on_write. */
+	/* Swap: wire becomes the in-flight buffer, which stays put until the
+	 * write is done. */
 	tmp = io->sending;
 	io->sending = io->wire;
 	io->wire = tmp;
 	buf_reset(&io->wire);
 	b = uv_buf_init(io->sending.data, (unsigned)io->sending.len);
+	/* Errors and EAGAIN are left to uv_write, which reports them later. */
+	rc = uv_try_write((uv_stream_t *)&io->tcp, &b, 1);
+	if (rc >= 0 && (size_t)rc == b.len) {
+		io->writing = true;
+		uv_idle_start(&io->wdone, on_write_now);
+		return;
+	}
+	if (rc > 0) {
+		b.base += rc;
+		b.len -= (unsigned)rc;
+	}
 	io->wreq.data = io;
 	rc = uv_write(&io->wreq, (uv_stream_t *)&io->tcp, &b, 1, on_write);
 	if (rc != 0) {
@@ -1048,7 +1175,7 @@ io_close_after_drain(struct io *io)
 		io_free(io);
 		return;
 	}
-	/* on_write (or on_connect) frees when the last byte is out. */
+	/* io_write_done (or on_connect) frees when the last byte is out. */
 	io_restart_timer(io);
 }
 
@@ -1062,4 +1189,5 @@ io_free(struct io *io)
 	uv_close((uv_handle_t *)&io->tcp, on_handle_closed);
 	uv_close((uv_handle_t *)&io->timer, on_handle_closed);
 	uv_close((uv_handle_t *)&io->kick, on_handle_closed);
+	uv_close((uv_handle_t *)&io->wdone, on_handle_closed);
 }

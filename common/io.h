@@ -137,6 +137,22 @@ size_t io_getbytes(struct io *io, size_t max, const char **p);
 /* Bytes of input buffered but not yet taken. */
 size_t io_input_pending(const struct io *io);
 
+/*
+ * Peek mode, for a header whose sender may put the peer's first octets right
+ * behind it in one segment (the PROXY protocol): while max > 0 nothing is
+ * read from the socket.  IO_EV_IN says octets wait there; io_peek() shows up
+ * to max of them without taking any, io_skip() takes n of those shown.  On
+ * each IO_EV_IN the owner takes at least one octet, or closes, or ends peek
+ * mode (io_set_peek(io, 0)): else the event repeats.  Start it right after
+ * io_accept(), before any input is read; once ended, input goes on as usual
+ * from the first octet not taken (for TLS too).
+ */
+void io_set_peek(struct io *io, size_t max);
+/* In IO_EV_IN of peek mode: the octets waiting (not taken); *p valid until the callback returns. */
+size_t io_peek(struct io *io, const char **p);
+/* Take n of the octets io_peek() showed.  0, or -1 if the socket failed (the owner closes). */
+int io_skip(struct io *io, size_t n);
+
 /* Stop and resume delivering IO_EV_IN (e.g. while a queue commit is pending).
  * Resuming re-delivers IO_EV_IN soon if input is buffered.  An EOF that
  * arrives while paused with input buffered is reported after that input. */

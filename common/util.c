@@ -4,6 +4,7 @@
  * Owns no state.
  */
 #include "common/util.h"
+#include "common/buf.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -451,4 +452,49 @@ util_hash_str(const char *s)
 	for (; *s != '\0'; s++)
 		h = (h ^ (unsigned char)*s) * 16777619u;
 	return h;
+}
+
+/* The first line of path (a password), at most max bytes, without its newline. */
+int
+util_read_secret(const char *path, size_t max, char **out, struct buf *err)
+{
+	char *text;
+	ssize_t n;
+	size_t len = 0;
+	int fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+		buf_printf(err, "%s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	text = xmalloc(max + 2);
+	while (len < (max + 2) - 1) {
+		n = read(fd, text + len, (max + 2) - 1 - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			buf_printf(err, "%s: %s\n", path, strerror(errno));
+			close(fd);
+			explicit_bzero(text, max + 2);
+			free(text);
+			return -1;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	text[len] = '\0';
+	len = strcspn(text, "\r\n");
+	if (len > max) {
+		buf_printf(err, "%s: the password is longer than %zu bytes\n", path, max);
+		explicit_bzero(text, max + 2);
+		free(text);
+		return -1;
+	}
+	text[len] = '\0';
+	*out = xstrdup(text);
+	explicit_bzero(text, max + 2);
+	free(text);
+	return 0;
 }

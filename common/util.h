@@ -63,6 +63,11 @@ void util_format_duration(uint64_t ms, char *out, size_t outlen);
 
 /* Whole-buffer I/O: retried on EINTR and short counts.  0, or -1 with errno
  * (EIO for a zero-length write, or a read past the end of the file). */
+struct buf;
+/* The first line of path (a password), at most max bytes, without its newline,
+ * into *out (the caller frees it).  0, or -1 with err ("PATH: why\n"). */
+int util_read_secret(const char *path, size_t max, char **out, struct buf *err);
+
 int util_pread_full(int fd, void *p, size_t len, uint64_t off);
 int util_pwrite_full(int fd, const void *p, size_t len, uint64_t off);
 /*

@@ -63,6 +63,7 @@ enum conf_kind {
 	CONF_K_ROUTES,		/* the router.routes list of groups */
 	CONF_K_DKIM_KEYS,	/* the dkim.keys list of groups of the keys in sub */
 	CONF_K_STRS,		/* char ** (NULL-terminated), a list of non-empty strings, count at off2 */
+	CONF_K_CIDRS,		/* struct conf_cidr *, count at off2 */
 };
 
 #define CONF_F_POSITIVE	0x01	/* 0 is not a sensible value */
@@ -92,6 +93,19 @@ struct conf_ctx {
 #define C_OFF(f)	offsetof(struct conf, f)
 #define R_OFF(f)	offsetof(struct conf_route, f)
 #define D_OFF(f)	offsetof(struct conf_dkim_key, f)
+#define L_OFF(f)	offsetof(struct conf_listen_group, f)
+
+/* A listen entry written as a group: { address = "..."; proxy = true; }. */
+struct conf_listen_group {
+	char *address;
+	bool proxy;
+};
+
+static const struct conf_key conf_listen_keys[] = {
+	{ "address", CONF_K_STR, L_OFF(address), 0, CONF_F_NONEMPTY, NULL },
+	{ "proxy", CONF_K_BOOL, L_OFF(proxy), 0, 0, NULL },
+	{ NULL, 0, 0, 0, 0, NULL }
+};
 
 static const struct conf_key conf_senders_ldap_keys[] = {
 	{ "uri", CONF_K_STR, C_OFF(submit.senders_ldap.uri), 0, CONF_F_NONEMPTY, NULL },
@@ -110,6 +124,8 @@ static const struct conf_key conf_senders_ldap_keys[] = {
 static const struct conf_key conf_submit_keys[] = {
 	{ "listen", CONF_K_LISTEN, C_OFF(submit.listen), C_OFF(submit.nlisten), 0, NULL },
 	{ "listen_tls", CONF_K_LISTEN, C_OFF(submit.listen_tls), C_OFF(submit.nlisten_tls), 0, NULL },
+	{ "proxy_trusted", CONF_K_CIDRS, C_OFF(submit.proxy_trusted), C_OFF(submit.nproxy_trusted), 0, NULL },
+	{ "proxy_timeout", CONF_K_DURATION, C_OFF(submit.proxy_timeout), 0, CONF_F_POSITIVE, NULL },
 	{ "tls_cert", CONF_K_PATH, C_OFF(submit.tls_cert), 0, 0, NULL },
 	{ "tls_key", CONF_K_PATH, C_OFF(submit.tls_key), 0, 0, NULL },
 	{ "tls_ciphers", CONF_K_TLS_CIPHERS, C_OFF(submit.tls_ciphers), 0, 0, NULL },
@@ -199,6 +215,14 @@ static const struct conf_key conf_tlsrpt_keys[] = {
 	{ NULL, 0, 0, 0, 0, NULL }
 };
 
+static const struct conf_key conf_cluster_keys[] = {
+	{ "redis", CONF_K_STR, C_OFF(cluster.redis), 0, CONF_F_NONEMPTY, NULL },
+	{ "password_file", CONF_K_STR, C_OFF(cluster.password_file), 0,
+	  CONF_F_NONEMPTY | CONF_F_ABSOLUTE, NULL },
+	{ "node", CONF_K_STR, C_OFF(cluster.node), 0, CONF_F_NONEMPTY, NULL },
+	{ NULL, 0, 0, 0, 0, NULL }
+};
+
 static const struct conf_key conf_top_keys[] = {
 	{ "hostname", CONF_K_STR, C_OFF(hostname), 0, CONF_F_NONEMPTY | CONF_F_HOSTNAME, NULL },
 	{ "user", CONF_K_STR, C_OFF(user), 0, CONF_F_NONEMPTY, NULL },
@@ -207,11 +231,13 @@ static const struct conf_key conf_top_keys[] = {
 	{ "control_group", CONF_K_STR, C_OFF(control_group), 0, CONF_F_NONEMPTY, NULL },
 	{ "log_file", CONF_K_STR, C_OFF(log_file), 0, 0, NULL },
 	{ "log_level", CONF_K_LOG_LEVEL, C_OFF(log_level), 0, 0, NULL },
+	{ "metrics_listen", CONF_K_STR, C_OFF(metrics_listen), 0, CONF_F_NONEMPTY, NULL },
 	{ "submit", CONF_K_GROUP, 0, 0, 0, conf_submit_keys },
 	{ "router", CONF_K_GROUP, 0, 0, 0, conf_router_keys },
 	{ "deliver", CONF_K_GROUP, 0, 0, 0, conf_deliver_keys },
 	{ "dkim", CONF_K_GROUP, 0, 0, 0, conf_dkim_keys },
 	{ "tlsrpt", CONF_K_GROUP, 0, 0, 0, conf_tlsrpt_keys },
+	{ "cluster", CONF_K_GROUP, 0, 0, 0, conf_cluster_keys },
 	{ NULL, 0, 0, 0, 0, NULL }
 };
 
@@ -576,6 +602,11 @@ conf_free_listen(struct conf_listen *l, size_t n)
 	free(l);
 }
 
+/*
+ * A listen list: each entry "addr:port" (as always), or a group
+ * { address = "addr:port"; proxy = true; } for a listener behind a proxy
+ * that speaks the PROXY protocol (submit_proxy.c).
+ */
 static void
 conf_set_listen(struct conf_ctx *x, const config_setting_t *s, const char *name,
     void *base, const struct conf_key *k)
@@ -591,22 +622,67 @@ conf_set_listen(struct conf_ctx *x, const config_setting_t *s, const char *name,
 	l = xcalloc((size_t)n, sizeof(*l));
 	for (i = 0; i < n; i++) {
 		const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+		struct conf_listen_group g = { NULL, false };
+		char ename[CONF_MAX_NAME];
+		const char *v;
+
+		conf_name(ename, sizeof(ename), "%s[%d]", name, i);
+		if (config_setting_is_group(e)) {
+			conf_walk_group(x, e, ename, conf_listen_keys, &g);
+			if ((v = g.address) == NULL &&
+			    config_setting_get_member(e, "address") == NULL)
+				conf_error(x, e, "%s: address is required", ename);
+		} else if ((v = conf_get_string(x, e, ename)) == NULL)
+			continue;
+		if (v == NULL)
+			continue;
+		if (conf_parse_listen(v, &l[nl].addr, &l[nl].addrlen) == -1) {
+			conf_error(x, e, "%s: bad listen address '%s' "
+			    "(use 127.0.0.1:587 or [::1]:587)", ename, v);
+			free(g.address);
+			continue;
+		}
+		l[nl].proxy = g.proxy;
+		l[nl++].text = xstrdup(v);
+		free(g.address);
+	}
+	conf_free_listen(*field, *count);
+	*field = l;
+	*count = nl;
+}
+
+/* submit.proxy_trusted: a list of networks. */
+static void
+conf_set_cidrs(struct conf_ctx *x, const config_setting_t *s, const char *name,
+    void *base, const struct conf_key *k)
+{
+	struct conf_cidr **field = (struct conf_cidr **)((char *)base + k->off);
+	size_t *count = (size_t *)((char *)base + k->off2);
+	struct conf_cidr *c;
+	size_t nc = 0;
+	int i, n;
+
+	if ((n = conf_get_list(x, s, name)) == -1)
+		return;
+	c = xcalloc((size_t)n + 1, sizeof(*c));
+	for (i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
 		char ename[CONF_MAX_NAME];
 		const char *v;
 
 		conf_name(ename, sizeof(ename), "%s[%d]", name, i);
 		if ((v = conf_get_string(x, e, ename)) == NULL)
 			continue;
-		if (conf_parse_listen(v, &l[nl].addr, &l[nl].addrlen) == -1) {
-			conf_error(x, e, "%s: bad listen address '%s' "
-			    "(use 127.0.0.1:587 or [::1]:587)", ename, v);
+		if (conf_parse_cidr(v, &c[nc]) == -1) {
+			conf_error(x, e, "%s: bad network '%s' (use 192.0.2.0/24, "
+			    "2001:db8::/32 or one address; no host bits after the prefix)", ename, v);
 			continue;
 		}
-		l[nl++].text = xstrdup(v);
+		nc++;
 	}
-	conf_free_listen(*field, *count);
-	*field = l;
-	*count = nl;
+	free(*field);
+	*field = c;
+	*count = nc;
 }
 
 static void
@@ -1096,6 +1172,9 @@ conf_set(struct conf_ctx *x, const config_setting_t *s, const char *name,
 	case CONF_K_LISTEN:
 		conf_set_listen(x, s, name, base, k);
 		return;
+	case CONF_K_CIDRS:
+		conf_set_cidrs(x, s, name, base, k);
+		return;
 	case CONF_K_NAMESERVERS:
 	case CONF_K_HOSTS:
 		conf_set_hostports(x, s, name, base, k);
@@ -1272,6 +1351,41 @@ conf_finish_senders_ldap(struct conf_ctx *x, const config_setting_t *root)
 		    "submit.senders_ldap.bind_password_file: needs bind_dn");
 }
 
+/* cluster: redis and node are required; redis a numeric address with its port. */
+static void
+conf_finish_cluster(struct conf_ctx *x, const config_setting_t *root)
+{
+	struct conf *c = x->c;
+	const config_setting_t *g = config_setting_get_member(root, "cluster");
+	struct sockaddr_storage ss;
+	socklen_t len;
+	size_t i;
+
+	if (g == NULL)
+		return;
+	c->cluster.enabled = true;
+	if (c->cluster.redis == NULL)
+		conf_error(x, g, "cluster.redis: required in cluster");
+	else if (conf_parse_listen(c->cluster.redis, &ss, &len) == -1)
+		conf_error(x, config_setting_get_member(g, "redis"), "cluster.redis: bad address "
+		    "'%s' (a numeric address and port: 127.0.0.1:6379 or [::1]:6379)", c->cluster.redis);
+	/* read once at the start, as root, before the privilege drop (cluster_new):
+	 * a reload as the unprivileged user neither reads nor checks it */
+	if (c->cluster.password_file != NULL && geteuid() == 0)
+		conf_check_readable(x, config_setting_get_member(g, "password_file"),
+		    "cluster.password_file", c->cluster.password_file);
+	if (c->cluster.node == NULL) {
+		conf_error(x, g, "cluster.node: required in cluster");
+		return;
+	}
+	for (i = 0; c->cluster.node[i] != '\0'; i++)
+		if (!isalnum((unsigned char)c->cluster.node[i]) && strchr("._-", c->cluster.node[i]) == NULL)
+			break;
+	if (c->cluster.node[i] != '\0' || i > 64)
+		conf_error(x, config_setting_get_member(g, "node"), "cluster.node: bad name '%s' "
+		    "(at most 64 letters, digits, '.', '_' or '-')", c->cluster.node);
+}
+
 /* submit: idle_timeout is command_timeout's old name (one of them); a share is a percentage. */
 static void
 conf_finish_submit_slow(struct conf_ctx *x, const config_setting_t *submit)
@@ -1288,6 +1402,23 @@ conf_finish_submit_slow(struct conf_ctx *x, const config_setting_t *submit)
 	if (share != NULL && x->c->submit.unauthenticated_share > 100)
 		conf_error(x, share, "submit.unauthenticated_share: a percentage of "
 		    "submit.max_connections, 1 to 100");
+}
+
+/* A listener marked proxy = true takes connections only from proxy_trusted. */
+static void
+conf_check_proxy(struct conf_ctx *x, const config_setting_t *submit)
+{
+	const struct conf *c = x->c;
+	size_t i;
+	bool any = false;
+
+	for (i = 0; i < c->submit.nlisten; i++)
+		any = any || c->submit.listen[i].proxy;
+	for (i = 0; i < c->submit.nlisten_tls; i++)
+		any = any || c->submit.listen_tls[i].proxy;
+	if (any && c->submit.nproxy_trusted == 0)
+		conf_error(x, submit, "submit.proxy_trusted: required when a listener has "
+		    "proxy = true (the addresses of the proxies)");
 }
 
 /* Rules that span keys, and defaults derived from other keys. */
@@ -1309,9 +1440,11 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 			    "submit.listen or submit.listen_tls is set");
 	}
 	conf_check_duplicate_listeners(x, root);
+	conf_check_proxy(x, submit);
 	conf_check_sasl(x, submit);
 	conf_finish_submit_slow(x, submit);
 	conf_finish_senders_ldap(x, root);
+	conf_finish_cluster(x, root);
 
 	if (c->submit.sasl_realm == NULL)
 		c->submit.sasl_realm = xstrdup(c->hostname);
@@ -1331,6 +1464,16 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 			    "control_group: no such group '%s'", c->control_group);
 		else
 			c->control_gid = gr->gr_gid;
+	}
+
+	if (c->metrics_listen != NULL) {
+		struct sockaddr_storage ss;
+		socklen_t sslen;
+
+		if (conf_parse_listen(c->metrics_listen, &ss, &sslen) == -1)
+			conf_error(x, config_setting_get_member(root, "metrics_listen"),
+			    "metrics_listen: bad address '%s' (want \"addr:port\" or \"[addr]:port\")",
+			    c->metrics_listen);
 	}
 
 	for (i = 0; i < c->router.nroutes; i++) {
@@ -1355,9 +1498,11 @@ conf_free(struct conf *c)
 	free(c->control_group);
 	free(c->log_file);
 	free(c->log_level);
+	free(c->metrics_listen);
 
 	conf_free_listen(c->submit.listen, c->submit.nlisten);
 	conf_free_listen(c->submit.listen_tls, c->submit.nlisten_tls);
+	free(c->submit.proxy_trusted);
 	free(c->submit.tls_cert);
 	free(c->submit.tls_key);
 	free(c->submit.tls_ciphers);
@@ -1375,6 +1520,9 @@ conf_free(struct conf *c)
 	conf_free_strs(c->submit.senders_ldap.attributes, c->submit.senders_ldap.nattributes);
 	free(c->submit.senders_ldap.bind_dn);
 	free(c->submit.senders_ldap.bind_password_file);
+	free(c->cluster.redis);
+	free(c->cluster.password_file);
+	free(c->cluster.node);
 
 	conf_hostports_free(c->router.dns_servers, c->router.ndns_servers);
 	free(c->router.retry_intervals);
@@ -1437,6 +1585,7 @@ conf_new_defaults(void)
 	c->submit.max_connections_per_ip = 50;
 	c->submit.command_timeout = 5 * 60000;
 	c->submit.tls_timeout = 60000;
+	c->submit.proxy_timeout = 10000;
 	c->submit.auth_exchange_timeout = 2 * 60000;
 	c->submit.data_timeout = 10 * 60000;
 	c->submit.min_data_rate = 500;
@@ -1631,4 +1780,73 @@ conf_tls_name(enum conf_tls t)
 	if ((size_t)t < RELAY_ARRAY_LEN(conf_tls_names))
 		return conf_tls_names[t];
 	return "unknown";
+}
+
+int
+conf_parse_cidr(const char *text, struct conf_cidr *c)
+{
+	char host[INET6_ADDRSTRLEN];
+	const char *slash = strchr(text, '/');
+	size_t hlen = slash != NULL ? (size_t)(slash - text) : strlen(text);
+	unsigned max, i;
+	char *end;
+	long bits;
+
+	memset(c, 0, sizeof(*c));
+	if (hlen == 0 || hlen >= sizeof(host))
+		return -1;
+	memcpy(host, text, hlen);
+	host[hlen] = '\0';
+	if (inet_pton(AF_INET, host, c->addr) == 1) {
+		c->family = AF_INET;
+		max = 32;
+	} else if (inet_pton(AF_INET6, host, c->addr) == 1) {
+		c->family = AF_INET6;
+		max = 128;
+	} else
+		return -1;
+	c->bits = max;
+	if (slash != NULL) {
+		if (!isdigit((unsigned char)slash[1]))
+			return -1;
+		bits = strtol(slash + 1, &end, 10);
+		if (*end != '\0' || bits < 0 || bits > (long)max)
+			return -1;
+		c->bits = (unsigned)bits;
+	}
+	for (i = c->bits; i < max; i++)
+		if (c->addr[i / 8] & (0x80 >> (i % 8)))
+			return -1;      /* host bits set: a typo more often than not */
+	return 0;
+}
+
+bool
+conf_cidr_match(const struct conf_cidr *c, size_t n, const struct sockaddr *sa)
+{
+	static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+	const unsigned char *a;
+	int family = sa->sa_family;
+	size_t i;
+	unsigned b;
+
+	if (family == AF_INET)
+		a = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
+	else if (family == AF_INET6) {
+		a = (const unsigned char *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+		if (memcmp(a, mapped, sizeof(mapped)) == 0) {
+			a += sizeof(mapped);
+			family = AF_INET;
+		}
+	} else
+		return false;
+	for (i = 0; i < n; i++) {
+		if (c[i].family != family)
+			continue;
+		for (b = 0; b < c[i].bits; b++)
+			if ((a[b / 8] ^ c[i].addr[b / 8]) & (0x80 >> (b % 8)))
+				break;
+		if (b == c[i].bits)
+			return true;
+	}
+	return false;
 }

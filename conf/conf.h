@@ -21,6 +21,14 @@ struct conf_listen {
 	char *text;                     /* as written: "127.0.0.1:587", "[::1]:465" */
 	struct sockaddr_storage addr;   /* parsed */
 	socklen_t addrlen;
+	bool proxy;                     /* { address = ...; proxy = true; }: PROXY protocol first */
+};
+
+/* One network of submit.proxy_trusted: "192.0.2.0/24", "2001:db8::/32", "127.0.0.1". */
+struct conf_cidr {
+	int family;                     /* AF_INET or AF_INET6 */
+	unsigned char addr[16];         /* network order; host bits zero */
+	unsigned bits;                  /* prefix length */
 };
 
 enum conf_mx_policy {
@@ -87,12 +95,16 @@ struct conf {
 	gid_t control_gid;              /* control_group's gid, looked up by conf_load() */
 	char *log_file;                 /* NULL = stderr */
 	char *log_level;                /* "debug" | "info" (default) | "notice" | "warning" */
+	char *metrics_listen;           /* NULL = off; "addr:port" of the Prometheus endpoint */
 
 	struct {
 		struct conf_listen *listen;     /* STARTTLS listeners (587) */
 		size_t nlisten;
 		struct conf_listen *listen_tls; /* implicit TLS listeners (465) */
 		size_t nlisten_tls;
+		struct conf_cidr *proxy_trusted;    /* who may send a PROXY header (proxy listeners) */
+		size_t nproxy_trusted;
+		uint64_t proxy_timeout;         /* default 10s: deadline for the PROXY header */
 		char *tls_cert;                 /* PEM file; required if any listener */
 		char *tls_key;
 		char *tls_ciphers;              /* TLS 1.2 cipher list; NULL = io_tls.c's */
@@ -174,6 +186,13 @@ struct conf {
 		char *organization;                 /* TLSRPT "organization-name"; default: hostname */
 		char *contact;                      /* TLSRPT "contact-info"; default: postmaster@hostname */
 	} tlsrpt;
+
+	struct {                                    /* cluster/: shared state in Redis */
+		bool enabled;                       /* the cluster group is present */
+		char *redis;                        /* "127.0.0.1:6379" or "[::1]:6379" (numeric) */
+		char *password_file;                /* first line: Redis's AUTH password; NULL = none */
+		char *node;                         /* this node's name: [A-Za-z0-9._-], at most 64 */
+	} cluster;
 };
 
 /*
@@ -201,6 +220,12 @@ const struct conf_route *conf_route_find(const struct conf *c, const char *domai
 int conf_parse_listen(const char *text, struct sockaddr_storage *ss, socklen_t *len);
 
 const char *conf_tls_name(enum conf_tls t);
+
+/* Parse "addr/bits" or a bare address (all bits) into c; host bits must be
+ * zero.  0 or -1. */
+int conf_parse_cidr(const char *text, struct conf_cidr *c);
+/* Whether sa (IPv4, IPv6, or IPv4-mapped IPv6) is in one of the n networks. */
+bool conf_cidr_match(const struct conf_cidr *c, size_t n, const struct sockaddr *sa);
 
 /* Free an array of host:port entries and their names. */
 void conf_hostports_free(struct conf_hostport *hp, size_t n);

@@ -34,6 +34,19 @@ PKGS="$PKGS libsasl2-modules-sql sqlite3"
 # it runs openssl, hexdump (bsdextrautils), ps (procps) and dig (dnsutils).
 PKGS="$PKGS testssl.sh bsdextrautils dnsutils"
 
+# The metrics endpoint: libmicrohttpd (its HTTP server, on relayd's loop);
+# prometheus for promtool, which checks a live scrape
+# (tests/integration/test_metrics.py).  Debian ships promtool only in the
+# prometheus package: 19 MB to download, 96 MB installed; its postinst starts
+# the prometheus server where systemd runs (the tests never use it).
+PKGS="$PKGS libmicrohttpd-dev prometheus"
+# HAProxy in front of relayd, sending the PROXY protocol (tests/integration/test_proxy.py)
+PKGS="$PKGS haproxy"
+
+# cluster/ (shared state in Redis): hiredis to build; redis-server for the
+# two-node test (tests/integration/test_cluster.py runs its own, and HAProxy).
+PKGS="$PKGS libhiredis-dev redis-server"
+
 missing=""
 for p in $PKGS; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -13,7 +13,9 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "cluster/cluster.h"
 #include "common/util.h"
+#include "metrics/metrics.h"
 #include "notify/notify.h"
 #include "router/router.h"
 #include "sandbox/sandbox.h"
@@ -83,6 +85,7 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	r->loop = loop;
 	r->conf_path = xstrdup(conf_path);
 	r->stats.start_ms = util_now_ms();
+	stats_init(&r->stats);
 
 	/* Signals first: a failed start is unwound by relay_stop(), which closes them last. */
 	uv_signal_init(loop, &r->sig_term);
@@ -104,6 +107,9 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	}
 	log_set_level(relay_log_level(r->conf));
 	signal(SIGPIPE, SIG_IGN);
+	/* The Redis password is read here, as root, before the sandbox. */
+	if (cluster_new(loop, r->conf, &r->cluster, err) != 0)
+		return -1;
 
 	/* Landlock while this is the only thread; the queue is opened as the user. */
 	if (sandbox_new(r->conf, &r->sandbox, err) != 0 ||
@@ -118,6 +124,16 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 		return -1;
 	if (submit_new(loop, r->conf, r->router, &r->stats, &r->submit, err) != 0)
 		return -1;
+	if (r->conf->metrics_listen != NULL) {
+		struct metrics_source src = { &r->stats, r->router, r->submit };
+
+		if (metrics_new(loop, r->conf->metrics_listen, &src, &r->metrics, err) != 0)
+			return -1;
+	}
+	if (r->cluster != NULL) {
+		router_set_cluster(r->router, r->cluster);
+		submit_set_cluster(r->submit, r->cluster);
+	}
 	if (sandbox_drop(r->sandbox, err) != 0)
 		return -1;
 
@@ -187,6 +203,8 @@ on_router_down(void *arg)
 	uv_close((uv_handle_t *)&r->sig_usr1, on_signal_closed);
 	notify_close(r->notify);
 	r->notify = NULL;
+	cluster_close(r->cluster);      /* after submit and router: nobody asks any more */
+	r->cluster = NULL;
 	r->down = true;
 }
 
@@ -223,6 +241,8 @@ relay_stop(struct relay *r, const char *why)
 		control_close(r->control);      /* freed in its close callback */
 		r->control = NULL;
 	}
+	metrics_close(r->metrics);              /* freed in its close callbacks */
+	r->metrics = NULL;
 	/* Stop taking mail first, then let the router finish its commits. */
 	r->pending_shutdown = 1;
 	if (r->submit != NULL)

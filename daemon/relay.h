@@ -18,7 +18,9 @@ struct router;
 struct control;
 struct notify;
 struct sandbox;
+struct cluster;
 struct rctl_check;
+struct metrics;
 
 #define RELAY_MAGIC 0x7e1a7d00U
 
@@ -33,6 +35,8 @@ struct relay {
 	struct control *control;
 	struct notify *notify;       /* the service manager (notify/notify.h) */
 	struct sandbox *sandbox;     /* the user switch and the sandbox (sandbox/) */
+	struct metrics *metrics;     /* the Prometheus endpoint (metrics/), or NULL */
+	struct cluster *cluster;     /* shared state in Redis (cluster/), or NULL */
 	uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 	bool stopping;
 	bool down;                   /* every module has shut down */

@@ -979,6 +979,20 @@ ds_data_reply(struct deliver_session *s, const struct deliver_reply *r)
 	return deliver_enter_state(s, DS_BODY);
 }
 
+/* Send s->out, which holds the body's last octets if any, with the final dot. */
+static int
+ds_body_end(struct deliver_session *s)
+{
+	deliver_dot_end(&s->dot, &s->out);
+	io_write(s->io, s->out.data, s->out.len);
+	buf_reset(&s->out);
+	close(s->fd);
+	s->fd = -1;
+	free(s->chunk);
+	s->chunk = NULL;
+	return deliver_enter_state(s, DS_DOT);
+}
+
 /* Read and send the next chunk of the body, or its end. */
 static int
 ds_body_pump(struct deliver_session *s)
@@ -992,14 +1006,7 @@ ds_body_pump(struct deliver_session *s)
 	io_set_timeout(s->io, ds_timeout(s, TMO_DATA_BLOCK));
 	if (left == 0) {
 		buf_reset(&s->out);
-		deliver_dot_end(&s->dot, &s->out);
-		io_write(s->io, s->out.data, s->out.len);
-		buf_reset(&s->out);
-		close(s->fd);
-		s->fd = -1;
-		free(s->chunk);
-		s->chunk = NULL;
-		return deliver_enter_state(s, DS_DOT);
+		return ds_body_end(s);
 	}
 	if (s->chunk == NULL)
 		s->chunk = xmalloc(DELIVER_CHUNK);
@@ -1023,6 +1030,9 @@ ds_body_pump(struct deliver_session *s)
 	if (s->body_sent == (uint64_t)n && req->prefix_len > 0)   /* the first chunk */
 		deliver_dot_feed(&s->dot, req->prefix, req->prefix_len, &s->out);
 	deliver_dot_feed(&s->dot, s->chunk, (size_t)n, &s->out);
+	/* The whole body read: the final dot goes in the same write as its end. */
+	if (s->body_sent == req->body_len)
+		return ds_body_end(s);
 	io_write(s->io, s->out.data, s->out.len);
 	buf_reset(&s->out);
 	return DS_OK;

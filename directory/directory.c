@@ -174,48 +174,6 @@ directory_params_unref(struct directory_params *p)
 	free(p);
 }
 
-/* The first line of path (the password), without its newline. 0 or -1 with err. */
-static int
-directory_read_password(const char *path, char **out, struct buf *err)
-{
-	char text[DIRECTORY_PASSWORD_MAX + 2];
-	ssize_t n;
-	size_t len = 0;
-	int fd;
-
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-		buf_printf(err, "%s: %s\n", path, strerror(errno));
-		return -1;
-	}
-	while (len < sizeof(text) - 1) {
-		n = read(fd, text + len, sizeof(text) - 1 - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			buf_printf(err, "%s: %s\n", path, strerror(errno));
-			close(fd);
-			explicit_bzero(text, sizeof(text));
-			return -1;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	close(fd);
-	text[len] = '\0';
-	len = strcspn(text, "\r\n");
-	if (len > DIRECTORY_PASSWORD_MAX) {
-		buf_printf(err, "%s: the password is longer than %d bytes\n", path,
-		    DIRECTORY_PASSWORD_MAX);
-		explicit_bzero(text, sizeof(text));
-		return -1;
-	}
-	text[len] = '\0';
-	*out = xstrdup(text);
-	explicit_bzero(text, sizeof(text));
-	return 0;
-}
-
 static struct directory_params *
 directory_params_new(const struct conf *c, unsigned gen, struct buf *err)
 {
@@ -236,7 +194,7 @@ directory_params_new(const struct conf *c, unsigned gen, struct buf *err)
 	p->cache_ttl = l->cache_ttl;
 	p->gen = gen;
 	if (l->bind_password_file != NULL &&
-	    directory_read_password(l->bind_password_file, &p->bind_password, err) != 0) {
+	    util_read_secret(l->bind_password_file, DIRECTORY_PASSWORD_MAX, &p->bind_password, err) != 0) {
 		directory_params_unref(p);
 		return NULL;
 	}

@@ -710,6 +710,28 @@ queue_get_counters(struct queue *q, struct queue_counters *c)
 	c->spares_reused = q->spares_reused;
 }
 
+void
+queue_journal_fill(struct queue *q, uint64_t *used, uint64_t *size)
+{
+	uint64_t head, tail;
+
+	*used = *size = 0;
+	if (!q->jnl_was_on)
+		return;
+	uv_mutex_lock(&q->mtx);
+	head = q->jhead;
+	tail = q->jtail;
+	uv_mutex_unlock(&q->mtx);
+	/* Batches run from the tail to the head, wrapping to JOURNAL_DATA. */
+	*size = q->jnl.size > JOURNAL_DATA ? q->jnl.size - JOURNAL_DATA : 0;
+	if (head >= tail)
+		*used = head - tail;
+	else
+		*used = (q->jnl.size - tail) + (head - JOURNAL_DATA);
+	if (*used > *size)
+		*used = *size;
+}
+
 static void
 queue_handle_closed(uv_handle_t *h)
 {

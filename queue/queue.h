@@ -225,6 +225,9 @@ struct queue_counters {
 	uint64_t replayed;           /* messages recovered from the journal at start-up */
 };
 void queue_get_counters(struct queue *q, struct queue_counters *c);
+/* The acceptance journal's fill (metrics): *used bytes of the ring between its
+ * durable tail and its head, of *size; both 0 when there is no journal. */
+void queue_journal_fill(struct queue *q, uint64_t *used, uint64_t *size);
 
 /*
  * Tests only: make spare and late files with names (msg/.spare-N, msg/.in-<qid>)

@@ -376,6 +376,7 @@ queue_jnl_main(void *arg)
 		q->counters.journal_full += c.journal_full;
 		q->counters.journal_errors += c.journal_errors;
 		q->counters.journal_ns += c.journal_ns;
+		q->jhead = q->jnl.head;
 		acked = false;
 		for (j = batch.head; j != NULL; j = j->next)
 			if (j->acked) {
@@ -620,7 +621,7 @@ queue_journal_probe(struct queue *q, struct queue_job *j)
 	}
 	q->jstuck = false;
 	uv_mutex_lock(&q->mtx);
-	q->jtail = head;
+	q->jtail = q->jhead = head;
 	q->jtail_seq = seq;
 	q->jnl_on = true;
 	uv_mutex_unlock(&q->mtx);
@@ -1200,6 +1201,7 @@ queue_journal_open(struct queue *q, int dirfd, struct buf *err)
 		log_end(&l);
 	}
 	q->jtail = q->jnl.tail;
+	q->jhead = q->jnl.head;
 	q->jtail_seq = q->jnl.tail_seq;
 	q->jnl_on = q->jnl_was_on = true;
 	return 0;

@@ -198,6 +198,8 @@ struct queue {
 	struct queue_list done;      /* sync thread -> loop */
 	struct queue_job *acked;     /* journal thread -> loop, through ack_next (LIFO) */
 	uint64_t jtail, jtail_seq;   /* the journal's durable tail (sync thread -> journal thread) */
+	uint64_t jhead;              /* where its next batch goes (journal thread -> loop, for
+	                                queue_journal_fill) */
 	bool jstuck;                 /* a journaled message failed to publish: the tail stays
 	                                (sync thread only) until a probe restores the journal */
 	const char *joff_call;       /* what turned the journal off (its first failure) */

@@ -193,6 +193,14 @@ router_shutdown(struct router *r, void (*done)(void *arg), void *arg)
  * the loop runs again.
  */
 void
+router_set_cluster(struct router *r, struct cluster *cl)
+{
+	if (r->magic != ROUTER_MAGIC)
+		fatalx("%s: bad router", __func__);
+	sched_set_cluster(r->sched, cl);
+}
+
+void
 router_free(struct router *r)
 {
 	if (r == NULL)

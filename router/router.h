@@ -37,6 +37,10 @@ void router_reload(struct router *r, struct conf *conf);
 /* Stop scheduling, wait for commits in flight, close handles; done(arg) when all closed. */
 void router_shutdown(struct router *r, void (*done)(void *arg), void *arg);
 void router_free(struct router *r);
+/* Share host health with the other nodes through cl (cluster/; NULL: this
+ * node alone).  cl must outlive the router's shutdown. */
+struct cluster;
+void router_set_cluster(struct router *r, struct cluster *cl);
 
 /*
  * Submission into the queue: router_txn_begin() starts a queue transaction
@@ -88,6 +92,23 @@ void sched_foreach(struct sched *s, void (*cb)(void *arg, const struct queue_msg
 size_t sched_count(const struct sched *s);
 void sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i,
     struct sched_rcpt_view *out);
+/*
+ * The queue in numbers (the metrics endpoint), from tallies the scheduler
+ * keeps as things change: O(1) whatever the queue's size.  Recipients are
+ * pending ones, by where they are: in an attempt (active; a recipient whose
+ * outcome is in stays counted until its attempt ends), queued behind their
+ * destination's window, waiting for a down destination, held, or due (the
+ * rest: waiting for their retry time or the next timer run).
+ */
+struct sched_tally {
+	size_t messages;
+	size_t held;                    /* held messages */
+	size_t rcpts_pending;
+	size_t rcpts_active, rcpts_queued, rcpts_waiting, rcpts_held, rcpts_due;
+	unsigned attempts;              /* delivery attempts in flight */
+	uint64_t oldest_arrival_ms;     /* the oldest message's arrival; 0 = empty */
+};
+void sched_tally(const struct sched *s, struct sched_tally *out);
 
 /*
  * Attempt now, ignoring retry timers and host backoff: what is NULL or "" (every

@@ -84,6 +84,23 @@ health_host_ok(struct health_host *h, uint64_t now)
 	h->probing = false;
 }
 
+bool
+health_host_shared_down(struct health_host *h, uint64_t now, uint64_t until, unsigned failures,
+    uint64_t backoff_ms, const char *why)
+{
+	if (h->probing || until <= now || (h->state == HEALTH_DOWN && h->down_until_ms >= until))
+		return false;
+	if (h->state != HEALTH_DOWN)
+		h->since_ms = now;
+	h->state = HEALTH_DOWN;
+	if (failures > h->failures)
+		h->failures = failures;
+	h->backoff_ms = backoff_ms;
+	h->down_until_ms = until;
+	snprintf(h->last_error, sizeof(h->last_error), "%s", why ? why : "");
+	return true;
+}
+
 enum health_verdict
 health_host_check(const struct health_host *h, uint64_t now)
 {

@@ -77,6 +77,10 @@ void health_host_ok(struct health_host *h, uint64_t now);
  */
 void health_host_policy(struct health_host *h, const char *policy, const char *refused,
     bool keep_refused, uint64_t now);
+/* Another node found h down (cluster/): skip it until `until` unless it is
+ * known down longer or probed here now.  true if h changed. */
+bool health_host_shared_down(struct health_host *h, uint64_t now, uint64_t until, unsigned failures,
+    uint64_t backoff_ms, const char *why);
 enum health_verdict health_host_check(const struct health_host *h, uint64_t now);
 /* The address key of sa ("1.2.3.4:25", "[::1]:25") into out (HEALTH_ADDR_MAX). */
 void health_addr_key(const struct sockaddr *sa, char *out, size_t outlen);

@@ -310,11 +310,37 @@ sched_job_active(const struct sched_job *job)
 	    (job->state == SCHED_JOB_RESOLVING || job->state == SCHED_JOB_DELIVERING);
 }
 
+/* The tallies (sched_tally): m's pending recipients and its hold counted in (sign > 0) or out. */
+static void
+sched_tally_msg(struct sched *s, const struct queue_msg *m, int sign)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < m->env.nrcpts; i++)
+		if (m->rcpt[i].state == RCPT_PENDING)
+			n++;
+	if (sign > 0) {
+		s->npending += n;
+		s->nheld += m->held;
+		s->nheld_rcpts += m->held ? n : 0;
+	} else {
+		s->npending -= n;
+		s->nheld -= m->held;
+		s->nheld_rcpts -= m->held ? n : 0;
+	}
+}
+
 void
 sched_record(struct sched *s, struct sched_msg *sm, const struct queue_record *rec)
 {
+	const struct queue_msg *m = sm->m;
+	bool pending = !sm->deleted && rec->rcpt >= 0 && (size_t)rec->rcpt < m->env.nrcpts &&
+	    m->rcpt[rec->rcpt].state == RCPT_PENDING;
+	bool hold = rec->type == QREC_HOLD && !sm->deleted;
 	int rc;
 
+	if (hold)
+		sched_tally_msg(s, m, -1);
 	if ((rc = queue_record(s->q, sm->m, rec, NULL, NULL)) != 0) {
 		struct log_line l;
 
@@ -326,6 +352,12 @@ sched_record(struct sched *s, struct sched_msg *sm, const struct queue_record *r
 		log_kvf(&l, "type", "%c", (char)rec->type);
 		log_kvi(&l, "error", rc);
 		log_end(&l);
+	}
+	if (hold)
+		sched_tally_msg(s, m, 1);
+	else if (pending && m->rcpt[rec->rcpt].state != RCPT_PENDING) {
+		s->npending--;
+		s->nheld_rcpts -= m->held;
 	}
 }
 
@@ -370,6 +402,8 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	case SCHED_DELIVERED:
 		ev = "delivered";
 		s->stats->delivered++;
+		stats_observe(&s->stats->delivery_seconds, now > m->env.arrival_ms ?
+		    (double)(now - m->env.arrival_ms) / 1000.0 : 0.0);
 		break;
 	case SCHED_FAILED:
 		ev = "bounced";
@@ -508,6 +542,10 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 			memmove(&job->rcpts[k], &job->rcpts[k + 1],
 			    (job->nrcpts - k - 1) * sizeof(*job->rcpts));
 			job->nrcpts--;
+			if (job->state == SCHED_JOB_QUEUED)
+				s->nr_backlog--;
+			else
+				s->nr_waiting--;
 			sm->rc[i].job = NULL;
 			if (job->nrcpts == 0)
 				sched_job_cancel(s, job, 0);
@@ -553,6 +591,7 @@ sched_msg_free(struct sched *s, struct sched_msg *sm)
 		sched_msg_hash_del(s, sm);
 		TAILQ_REMOVE(&s->msgs, sm, entry);
 		s->nmsgs--;
+		sched_tally_msg(s, sm->m, -1);
 	}
 	sm->m->sched = NULL;
 	queue_msg_free(sm->m);
@@ -681,6 +720,7 @@ sched_msg_add(struct sched *s, struct queue_msg *m, bool fresh)
 	sched_msg_hash_add(s, sm);
 	TAILQ_INSERT_TAIL(&s->msgs, sm, entry);
 	s->nmsgs++;
+	sched_tally_msg(s, m, 1);
 	/* Due things run from the timer, never inside the queue's callback. */
 	sched_heap_set(s, &sm->wake, 0);
 }
@@ -933,6 +973,7 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 			job->stsq = NULL;
 			TAILQ_REMOVE(&s->active, job, entry);
 			s->nactive--;
+			s->nr_active -= job->nrcpts;
 			job->dest->inflight--;
 			sched_job_free(job);
 		}
@@ -1013,6 +1054,25 @@ size_t
 sched_count(const struct sched *s)
 {
 	return s->nmsgs;
+}
+
+void
+sched_tally(const struct sched *s, struct sched_tally *out)
+{
+	const struct sched_msg *first = TAILQ_FIRST(&s->msgs);
+	size_t busy = s->nr_active + s->nr_backlog + s->nr_waiting + s->nheld_rcpts;
+
+	memset(out, 0, sizeof(*out));
+	out->messages = s->nmsgs;
+	out->held = s->nheld;
+	out->rcpts_pending = s->npending;
+	out->rcpts_active = s->nr_active;
+	out->rcpts_queued = s->nr_backlog;
+	out->rcpts_waiting = s->nr_waiting;
+	out->rcpts_held = s->nheld_rcpts;
+	out->rcpts_due = s->npending > busy ? s->npending - busy : 0;
+	out->attempts = s->nactive;
+	out->oldest_arrival_ms = first != NULL ? first->m->env.arrival_ms : 0;
 }
 
 void
@@ -1227,6 +1287,7 @@ sched_delete(struct sched *s, const char *qid)
 	sched_msg_hash_del(s, sm);
 	TAILQ_REMOVE(&s->msgs, sm, entry);
 	s->nmsgs--;
+	sched_tally_msg(s, sm->m, -1);
 	sm->deleted = true;
 	if (sm->njobs == 0) {
 		sm->m->sched = NULL;

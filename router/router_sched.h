@@ -102,6 +102,9 @@ void sched_free(struct sched *s);
 
 /* Tests: inject the wall clock and the randomness (NULL restores the default). */
 void sched_set_clock(struct sched *s, uint64_t (*now)(void *arg), void *arg);
+/* Share host health through cl (router_shared.c; NULL: not shared). */
+struct cluster;
+void sched_set_cluster(struct sched *s, struct cluster *cl);
 void sched_set_random(struct sched *s, uint32_t (*rnd)(void *arg), void *arg);
 
 #endif

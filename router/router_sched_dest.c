@@ -195,9 +195,11 @@ sched_job_unlink(struct sched_job *job)
 	if (job->state == SCHED_JOB_QUEUED) {
 		TAILQ_REMOVE(&d->backlog, job, entry);
 		d->nbacklog--;
+		job->s->nr_backlog -= job->nrcpts;
 	} else if (job->state == SCHED_JOB_WAITING) {
 		TAILQ_REMOVE(&d->waiting, job, entry);
 		d->nwaiting--;
+		job->s->nr_waiting -= job->nrcpts;
 	} else
 		fatalx("%s: job is in flight", __func__);
 }
@@ -231,6 +233,7 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const c
 	job->force = false;             /* a later probe follows host backoff again */
 	TAILQ_INSERT_TAIL(&d->waiting, job, entry);
 	d->nwaiting++;
+	s->nr_waiting += job->nrcpts;
 	for (k = 0; k < job->nrcpts; k++) {
 		int i = job->rcpts[k];
 
@@ -366,6 +369,7 @@ sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
 			job->state = SCHED_JOB_QUEUED;
 			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
 			d->nbacklog++;
+			s->nr_backlog += job->nrcpts;
 		}
 		sched_log_dest("destination_up", d, now, LOG_NOTICE);
 		d->down_since = 0;
@@ -390,6 +394,7 @@ sched_job_end(struct sched_job *job, enum sched_news news)
 
 	TAILQ_REMOVE(&s->active, job, entry);
 	s->nactive--;
+	s->nr_active -= job->nrcpts;
 	d->inflight--;
 	if (job->probe) {
 		d->probe_out = false;
@@ -399,8 +404,13 @@ sched_job_end(struct sched_job *job, enum sched_news news)
 		sched_dest_down(s, d, job, now);
 	else
 		sched_job_free(job);
-	if (news == SCHED_NEWS_REACHED)
+	if (news == SCHED_NEWS_REACHED) {
+		bool was_down = d->state == SCHED_DEST_DOWN;
+
 		sched_dest_reached(s, d, now);
+		if (was_down)
+			sched_shared_dest_up(s, d);     /* the other nodes release theirs */
+	}
 	sched_dest_pump(s, d);
 	sched_dest_rewake(s, d);
 	sched_dest_maybe_free(s, d);
@@ -505,6 +515,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 			health_host_fail(h, now, job->conf->router.host_backoff_min,
 			    job->conf->router.host_backoff_max, res->reply);
 			sched_log_host(h, last->ip);
+			sched_shared_host_down(s, h);
 		} else
 			job->soft_fail = true;
 		log_begin(&l, LOG_INFO, "host_failed");
@@ -533,8 +544,10 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	health_host_ok(h, now);
 	for (k = 0; k < job->nrcpts; k++)
 		job->sm->rc[job->rcpts[k]].down_since = 0;
-	if (was == HEALTH_DOWN)
+	if (was == HEALTH_DOWN) {
 		sched_log_host(h, last->ip);
+		sched_shared_host_up(s, h);
+	}
 
 	switch (res->status) {
 	case DELIVER_DONE:
@@ -805,6 +818,7 @@ sched_job_start(struct sched *s, struct sched_job *job)
 	job->state = SCHED_JOB_RESOLVING;
 	TAILQ_INSERT_TAIL(&s->active, job, entry);
 	s->nactive++;
+	s->nr_active += job->nrcpts;
 	d->inflight++;
 	job->ntried = 0;
 	job->soft_fail = false;
@@ -853,6 +867,7 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 			job->state = SCHED_JOB_QUEUED;
 			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
 			d->nbacklog++;
+			s->nr_backlog += job->nrcpts;
 			return;
 		}
 	}
@@ -883,6 +898,24 @@ sched_dest_rewake(struct sched *s, struct sched_dest *d)
 	d->probe_force = false;
 	d->probe_out = true;
 	sched_job_start(s, job);
+}
+
+bool
+sched_dest_release(struct sched *s, const char *name)
+{
+	struct htab_node *n = htab_find(&s->dhash, name);
+	struct sched_dest *d;
+
+	if (n == NULL)
+		return false;
+	d = HTAB_ENTRY(n, struct sched_dest, node);
+	if (d->state != SCHED_DEST_DOWN || s->stopping)
+		return false;
+	sched_dest_reached(s, d, sched_now(s));
+	sched_dest_pump(s, d);
+	sched_dest_rewake(s, d);
+	sched_arm(s);
+	return true;
 }
 
 void

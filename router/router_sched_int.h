@@ -177,6 +177,7 @@ struct sched {
 	struct dane_seen *dane;         /* DANE as DNS last told it (relayctl policy) */
 	struct route_table *routes;
 	struct dkim_keys *dkim;         /* relayd's own reports are signed with these */
+	struct cluster *cluster;        /* host health shared with other nodes, or NULL */
 
 	uv_timer_t timer;
 	struct sched_wake **heap;
@@ -190,6 +191,11 @@ struct sched {
 	size_t ndests;
 	struct sched_jobq active;
 	unsigned nactive;
+	/* sched_tally(), kept as things change (a scrape never walks the queue). */
+	size_t npending;                /* recipients not delivered or failed */
+	size_t nheld, nheld_rcpts;      /* held messages; their pending recipients */
+	size_t nr_active, nr_backlog, nr_waiting;  /* recipients of the jobs in s->active,
+	                                   in the backlogs, waiting for their destination */
 	unsigned nreports;              /* reports whose commit is in flight */
 
 	bool loaded;
@@ -262,5 +268,13 @@ void sched_tls_refused(struct sched *s, struct sched_job *job, const struct dns_
 void sched_tls_attempt(struct sched *s, struct sched_job *job, struct health_host *h,
     const char *host, const char *ip, const struct deliver_result *res);
 void sched_tls_notes_free(struct sched_msg *sm);
+/* Another node saw the destination named name answer: if it is down here, its
+ * backlog goes out as after a success here (the ramp).  true if it was down. */
+bool sched_dest_release(struct sched *s, const char *name);
+
+/* router_shared.c: host health shared through the cluster (cluster/). */
+void sched_shared_host_down(struct sched *s, const struct health_host *h);
+void sched_shared_host_up(struct sched *s, const struct health_host *h);
+void sched_shared_dest_up(struct sched *s, const struct sched_dest *d);
 
 #endif

@@ -10,7 +10,8 @@
  *   sandbox_as_user(true)  open the queue with the user's file-system ids, so
  *   router_new()             every file it makes is the user's
  *   sandbox_as_user(false)
- *   control_new(), submit_new()   (root binds the listeners, reads the key)
+ *   control_new(), submit_new(), metrics_new()   (root binds the listeners,
+ *                          reads the key)
  *   sandbox_drop()         setgroups/setgid/setuid for good, then seccomp
  * Started by a non-root user there is nothing to drop: the same calls only
  * restrict.  Files are the sandbox's business only through these calls.

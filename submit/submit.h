@@ -8,6 +8,7 @@
 #define RELAY_SUBMIT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -52,6 +53,9 @@ void submit_auth_blocks(struct submit *s, void (*cb)(void *arg, const struct sub
  */
 int submit_auth_unblock(struct submit *s, const char *name, const char **kind, struct buf *key);
 
+/* Sessions open now (the metrics' gauge). */
+size_t submit_nsessions(const struct submit *s);
+
 /* Stop listening, close sessions (421 to each), done(arg) once every handle is
  * closed and the password checks still running have returned, or were waited
  * for SUBMIT_AUTH_STOP_MS (2 s) and abandoned. */
@@ -60,5 +64,9 @@ void submit_shutdown(struct submit *s, void (*done)(void *arg), void *arg);
  * in their backend (the loop cannot end while they run: see relayd_main.c). */
 unsigned submit_abandoned(const struct submit *s);
 void submit_free(struct submit *s);
+/* Share the login windows and failed-AUTH counters through cl (cluster/;
+ * NULL: local only).  cl must outlive the server's sessions. */
+struct cluster;
+void submit_set_cluster(struct submit *s, struct cluster *cl);
 
 #endif

@@ -10,6 +10,8 @@
  * blocked login is answered 454 before its password is checked (the same
  * for a name that does not exist), except from an address it recently
  * authenticated from.  A backend that is down (454) is not a failed attempt.
+ * With a cluster, the per-IP failures are shared (submit_shared.c): read
+ * before AUTH is taken, counted in Redis before a failure is answered.
  *
  * saslauthd cannot tell its LDAP server being down from a wrong password
  * (both are SASL_BADAUTH).  When pwcheck_method names saslauthd and
@@ -498,8 +500,9 @@ submit_auth_tried_user(struct submit_session *s)
 		buf_puts(&s->auth_user, user);
 }
 
+/* A failed attempt, counted (the cluster's count merged in already, if any). */
 static void
-submit_auth_failure(struct submit_session *s, int rc)
+submit_auth_counted(struct submit_session *s, int rc)
 {
 	struct submit *srv = s->srv;
 	struct log_line l;
@@ -508,11 +511,6 @@ submit_auth_failure(struct submit_session *s, int rc)
 	char when[32];
 
 	submit_enter_state(s, SUBMIT_S_HELO);
-	if (rc == SASL_TRYAGAIN || rc == SASL_FAIL || rc == SASL_NOMEM || rc == SASL_UNAVAIL) {
-		submit_auth_unavailable(s, sasl_errstring(rc, NULL, NULL));
-		return;
-	}
-	submit_auth_tried_user(s);
 	delay = submit_limits_auth_failed(srv->limits, s->ip, now, &refused);
 	if (s->auth_user.len > 0) {
 		submit_auth_login_key(s->conf->submit.sasl_realm, s->auth_user.data,
@@ -542,6 +540,27 @@ submit_auth_failure(struct submit_session *s, int rc)
 		log_end(&l);
 	}
 	submit_session_reply_later(s, delay, false, "535 5.7.8 Error: authentication failed");
+}
+
+static void
+submit_auth_counted_shared(struct submit_session *s)
+{
+	submit_auth_counted(s, s->shared_rc);
+}
+
+/* What SASL said was not a success: unavailable (454), or a failed attempt. */
+static void
+submit_auth_failure(struct submit_session *s, int rc)
+{
+	submit_enter_state(s, SUBMIT_S_HELO);
+	if (rc == SASL_TRYAGAIN || rc == SASL_FAIL || rc == SASL_NOMEM || rc == SASL_UNAVAIL) {
+		submit_auth_unavailable(s, sasl_errstring(rc, NULL, NULL));
+		return;
+	}
+	submit_auth_tried_user(s);
+	if (submit_shared_auth_failed(s, rc, submit_auth_counted_shared))
+		return;                 /* counted in Redis first (at most the cluster's timeout) */
+	submit_auth_counted(s, rc);
 }
 
 /*
@@ -855,8 +874,27 @@ submit_auth_timeout(struct submit_session *s)
 	submit_session_reply(s, "454 4.7.0 Temporary authentication failure");
 }
 
+static void submit_auth_begin(struct submit_session *s, char *args);
+
+static void
+submit_auth_resume(struct submit_session *s)
+{
+	submit_auth_begin(s, s->shared_args.data);
+	explicit_bzero(s->shared_args.data, s->shared_args.len);   /* an initial response */
+	buf_reset(&s->shared_args);
+}
+
 void
 submit_auth_command(struct submit_session *s, char *args)
+{
+	/* the address's failures as the cluster counted them, then the limits decide */
+	if (s->auth == NULL && submit_shared_auth_read(s, args, submit_auth_resume))
+		return;
+	submit_auth_begin(s, args);
+}
+
+static void
+submit_auth_begin(struct submit_session *s, char *args)
 {
 	struct submit *srv = s->srv;
 	char *init, text[512];

@@ -5,6 +5,7 @@
  * one deadline on the session's io (io_set_deadline()), which reads never
  * move:
  *
+ *   PROXY header        proxy_timeout from accept (proxy listeners only)
  *   TLS handshake       tls_timeout from its start (accept on 465, STARTTLS)
  *   each command line   command_timeout from when relayd is ready for it
  *                       (its reply sent, or the server's turn over)
@@ -50,6 +51,7 @@ submit_deadline_phase(enum submit_deadline d)
 	case SUBMIT_DL_AUTH:
 	case SUBMIT_DL_AUTH_CHECK: return "auth";
 	case SUBMIT_DL_DATA: return "data";
+	case SUBMIT_DL_PROXY: return "proxy";
 	case SUBMIT_DL_COMMAND:
 	case SUBMIT_DL_NONE:
 	default: return "command";
@@ -73,6 +75,9 @@ submit_deadline_enter(struct submit_session *s, enum submit_deadline d)
 	switch (d) {
 	case SUBMIT_DL_TLS:
 		submit_deadline_arm(s, c->submit.tls_timeout);
+		break;
+	case SUBMIT_DL_PROXY:
+		submit_deadline_arm(s, c->submit.proxy_timeout);
 		break;
 	case SUBMIT_DL_COMMAND:
 		/* HELO -> MAIL -> RCPT: each line re-arms it (progress) */

@@ -13,6 +13,7 @@
  *                     AUTH failures and rates
  *   submit_deadline.c how long a client may take: TLS, each command, AUTH, DATA
  *   submit_slots.c    the sessions not yet authenticated: their share, who goes first
+ *   submit_proxy.c    the PROXY protocol header on listeners behind a load balancer
  *
  * Ownership: struct submit owns the listeners, the sessions, the TLS context,
  * the senders map and the limits.  A session owns its io, its SASL connection
@@ -217,6 +218,17 @@ enum submit_rate_verdict submit_limits_login_check(struct submit_limits *l, cons
 /* A message from login with nrcpt recipients was accepted. */
 void submit_limits_login_add(struct submit_limits *l, const char *login, uint64_t now, unsigned nrcpt);
 
+/*
+ * What the cluster counted (cluster/): raise login's window to msgs and
+ * rcpts, ip's failed AUTH attempts to fails, when higher; ttl is the time
+ * left in the shared window (a new local window ends with it).  Nothing
+ * when the shared counts are 0 or their window is over.
+ */
+void submit_limits_login_merge(struct submit_limits *l, const char *login, uint64_t now,
+    unsigned msgs, unsigned rcpts, uint64_t ttl);
+void submit_limits_auth_merge(struct submit_limits *l, const char *ip, uint64_t now, unsigned fails,
+    uint64_t ttl);
+
 /* Forget entries whose windows ended and that hold no connection. */
 void submit_limits_expire(struct submit_limits *l, uint64_t now);
 size_t submit_limits_entries(const struct submit_limits *l);
@@ -328,6 +340,7 @@ enum submit_deadline {
 	SUBMIT_DL_AUTH,             /* the client's turns of one AUTH exchange, together */
 	SUBMIT_DL_AUTH_CHECK,       /* a SASL step runs: the exchange's time is kept */
 	SUBMIT_DL_DATA,             /* DATA: data_timeout, earning time at min_data_rate */
+	SUBMIT_DL_PROXY,            /* the PROXY protocol header: proxy_timeout */
 };
 
 struct submit_session;
@@ -335,7 +348,7 @@ struct submit_session;
 /* Pure: the time left after nbytes more of DATA: left + nbytes / rate per
  * second, never more than cap (rate 0: left unchanged). */
 uint64_t submit_deadline_credit(uint64_t left_ms, uint64_t nbytes, unsigned rate, uint64_t cap_ms);
-/* "tls", "command", "auth", "data" (for session_timeout's phase=). */
+/* "tls", "command", "auth", "data", "proxy" (for session_timeout's phase=). */
 const char *submit_deadline_phase(enum submit_deadline d);
 /* The session entered a state that runs under d (from submit_enter_state(), io set). */
 void submit_deadline_enter(struct submit_session *s, enum submit_deadline d);
@@ -371,6 +384,40 @@ struct submit_session *submit_slots_victim(const struct submit_slots *sl);
 void submit_slots_make_room(struct submit *srv, const char *ip);
 
 /* ------------------------------------------------------------------------
+ * submit_proxy.c - the PROXY protocol (v1, v2) on listeners marked proxy.
+ */
+#define SUBMIT_PROXY_MAX      1024      /* the longest header taken (v2 with TLVs) */
+
+enum submit_proxy_result {
+	SUBMIT_PROXY_MORE = 0,      /* all of it can be a header's start: read on */
+	SUBMIT_PROXY_DONE,          /* the first h->len octets are the header */
+	SUBMIT_PROXY_BAD,           /* not a header we take: h->reason */
+};
+
+struct submit_proxy_hdr {
+	size_t len;                 /* DONE: the header's length */
+	int version;                /* DONE: 1 or 2 */
+	bool local;                 /* DONE: LOCAL, UNKNOWN or AF_UNSPEC: keep the
+				     * connection's own addresses */
+	struct sockaddr_storage src, dst;   /* DONE and !local: the client, and where it connected */
+	const char *reason;         /* BAD: "missing", "garbled", "oversized", "unsupported" */
+};
+
+/* Pure: the start of a connection's octets, p[0..len), as a PROXY header
+ * (a static string in h->reason; h filled afresh each call). */
+int submit_proxy_parse(const char *p, size_t len, struct submit_proxy_hdr *h);
+
+struct submit_session;
+/* A session accepted on a proxy listener: refuse it unless its peer is in
+ * proxy_trusted (-1, closed), else read the header first (0). */
+int submit_proxy_start(struct submit_session *s);
+/* IO_EV_IN in SUBMIT_S_PROXY: take what the header holds; once it is whole,
+ * the session goes on with its addresses (submit_session_begin()). */
+void submit_proxy_input(struct submit_session *s);
+/* Log event=proxy_refused with reason and close the session. */
+void submit_proxy_refuse(struct submit_session *s, const char *reason);
+
+/* ------------------------------------------------------------------------
  * The server and its sessions (submit_server.c, submit_session.c, submit_auth.c).
  */
 #define SUBMIT_MAGIC          0x5355424du   /* "SUBM" */
@@ -393,6 +440,7 @@ struct submit_listener {
 	uint32_t magic;
 	uv_tcp_t tcp;
 	bool implicit_tls;
+	bool proxy;                 /* a PROXY header comes first (submit_proxy.c) */
 	char *text;
 	struct submit *srv;
 };
@@ -406,6 +454,7 @@ struct submit {
 	SSL_CTX *tls_ctx;
 	struct submit_senders *senders;
 	struct directory *directory;    /* submit.senders_ldap, or NULL */
+	struct cluster *cluster;        /* shared counters (cluster/), or NULL */
 	struct dkim_keys *dkim;         /* the signing keys of conf (one reference) */
 	struct submit_limits *limits;
 	struct submit_slots *slots;     /* the unauthenticated sessions */
@@ -447,6 +496,8 @@ enum submit_state {
 	SUBMIT_S_CHUNKS,            /* between the BDAT chunks of a message */
 	SUBMIT_S_COMMIT,            /* waiting for the queue to make it durable */
 	SUBMIT_S_DELAY,             /* a failed-AUTH reply is held back */
+	SUBMIT_S_SHARED,            /* waits for the cluster's counters (submit_shared.c) */
+	SUBMIT_S_PROXY,             /* reading the PROXY protocol header */
 	SUBMIT_S_CLOSED,            /* io gone or closing */
 };
 
@@ -464,15 +515,19 @@ struct submit_session {
 	bool counted;                   /* holds a slot in the connection limits */
 	bool esmtp;                     /* EHLO (not HELO) */
 	bool commit_pending;            /* queue_txn_commit's callback has not run */
-	bool lookup_pending;            /* directory_lookup's callback has not run */
+	uint64_t eod_ms;                /* end of DATA/BDAT LAST (mono): the 250's latency */
+	bool lookup_pending;            /* directory_lookup's (or cluster_count's) callback has not run */
 	bool mail_file_owned;           /* while it runs: the senders map owns the sender */
 	bool released;
 	bool barrier;                   /* a non-pipelinable command ended the batch */
 	bool resumed;                   /* the next IO_EV_IN continues an old batch */
 	const char *refuse;             /* instead of the greeting (limits): 421 text */
-	char ip[64];
+	struct submit_listener *listener;   /* accepted on (lives as long as srv) */
+	char ip[64];                    /* the client: the PROXY header's source, else the peer */
 	int port;
 	char local_ip[64];
+	char proxy_ip[64];              /* the proxy's address (peer), "" without one */
+	struct buf proxy_hdr;           /* SUBMIT_S_PROXY: the header's octets so far */
 	struct buf helo;
 	char *login;                    /* authenticated login, or NULL */
 	unsigned nerrors;
@@ -485,6 +540,12 @@ struct submit_session {
 	struct buf auth_user;           /* the name tried, for logs; never a password */
 	struct buf delayed;             /* a held-back reply */
 	bool delayed_close;
+
+	/* a wait for the cluster's counters (submit_shared.c) */
+	void (*shared_cont)(struct submit_session *s);  /* what runs after it */
+	int shared_kind;
+	int shared_rc;                  /* a failed AUTH: what SASL said */
+	struct buf shared_args;         /* AUTH: the command's arguments */
 
 	/* the transaction */
 	struct envelope env;
@@ -534,6 +595,10 @@ void submit_session_sign_failed(struct submit_session *s);
 
 /* submit_session.c */
 void submit_session_accept(struct submit *srv, struct submit_listener *l);
+/* The client's addresses are known (the peer's, or a PROXY header's, version
+ * 1 or 2, local: its LOCAL/UNKNOWN): limits, event=connect, then the greeting
+ * or the TLS handshake. */
+void submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_local);
 /* 421 to the session and close it (shutdown). */
 void submit_session_shutdown(struct submit_session *s);
 void submit_enter_state(struct submit_session *s, enum submit_state state);
@@ -576,5 +641,23 @@ void submit_auth_timeout(struct submit_session *s);
  */
 #define SUBMIT_AUTH_STOP_MS 2000
 void submit_auth_shutdown(struct submit *srv);
+
+/*
+ * submit_shared.c: the counters shared through the cluster.  Each *_read /
+ * auth_failed returns true when the session now waits in SUBMIT_S_SHARED
+ * (at most CLUSTER_TIMEOUT_MS): cont(s) then runs in SUBMIT_S_HELO with the
+ * shared counts merged into srv->limits (or without them, when Redis did
+ * not answer in time); unless the client left or the server stops meanwhile.
+ * false: no cluster, degraded, or nothing to ask: go on at once.
+ */
+bool submit_shared_login_read(struct submit_session *s, void (*cont)(struct submit_session *));
+/* An accepted message of s->login: added in Redis, not waited for. */
+void submit_shared_login_add(struct submit_session *s);
+/* AUTH: args are kept in s->shared_args for cont. */
+bool submit_shared_auth_read(struct submit_session *s, const char *args,
+    void (*cont)(struct submit_session *));
+/* A failed AUTH (rc kept in s->shared_rc for cont) is counted in Redis first. */
+bool submit_shared_auth_failed(struct submit_session *s, int rc,
+    void (*cont)(struct submit_session *));
 
 #endif

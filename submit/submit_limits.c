@@ -11,7 +11,10 @@
  * string-keyed hash tables (common/htab); it must never sleep, read a clock
  * or log.  The tried-login table is keyed by the name as the AUTH gave it,
  * folded to lower case by the caller, so it holds names that do not exist
- * too: a block says nothing about whether the login is real.
+ * too: a block says nothing about whether the login is real.  With a
+ * cluster (cluster/), what the other nodes counted is merged in (the
+ * *_merge calls raise a count to the shared one), and the same pure
+ * functions decide.
  */
 #include "submit/submit_int.h"
 
@@ -446,6 +449,49 @@ submit_limits_login_add(struct submit_limits *l, const char *login, uint64_t now
 		e->rate_start = now;
 	e->msgs++;
 	e->rcpts += nrcpt;
+}
+
+/* The start of a window of len ms that has ttl ms left at now. */
+static uint64_t
+submit_limits_window_start(uint64_t now, uint64_t len, uint64_t ttl)
+{
+	uint64_t gone = ttl < len ? len - ttl : 0;
+
+	return now > gone ? now - gone : 0;
+}
+
+void
+submit_limits_login_merge(struct submit_limits *l, const char *login, uint64_t now,
+    unsigned msgs, unsigned rcpts, uint64_t ttl)
+{
+	struct submit_limits_entry *e;
+
+	if ((msgs == 0 && rcpts == 0) || ttl == 0)
+		return;
+	e = submit_limits_get(&l->logins, login);
+	submit_limits_rate_window(l, e, now);
+	if (e->msgs == 0 && e->rcpts == 0)
+		e->rate_start = submit_limits_window_start(now, l->p.login_rate_window, ttl);
+	if (msgs > e->msgs)
+		e->msgs = msgs;
+	if (rcpts > e->rcpts)
+		e->rcpts = rcpts;
+}
+
+void
+submit_limits_auth_merge(struct submit_limits *l, const char *ip, uint64_t now, unsigned fails,
+    uint64_t ttl)
+{
+	struct submit_limits_entry *e;
+
+	if (fails == 0 || ttl == 0)
+		return;
+	e = submit_limits_get(&l->ips, ip);
+	submit_limits_auth_window(l, e, now);
+	if (e->auth_fails == 0)
+		e->auth_start = submit_limits_window_start(now, l->p.auth_fail_window, ttl);
+	if (fails > e->auth_fails)
+		e->auth_fails = fails;
 }
 
 static void

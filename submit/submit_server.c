@@ -112,6 +112,7 @@ submit_server_listen(struct submit *srv, const struct conf_listen *cl, bool impl
 	l->magic = SUBMIT_LISTENER_MAGIC;
 	l->srv = srv;
 	l->implicit_tls = implicit_tls;
+	l->proxy = cl->proxy;
 	l->text = xstrdup(cl->text);
 	uv_tcp_init(srv->loop, &l->tcp);
 	l->tcp.data = l;
@@ -127,7 +128,7 @@ submit_server_listen(struct submit *srv, const struct conf_listen *cl, bool impl
 		return -1;
 	}
 	log_event(LOG_INFO, "listening", "address", cl->text, "tls",
-	    implicit_tls ? "implicit" : "starttls", NULL);
+	    implicit_tls ? "implicit" : "starttls", "proxy", cl->proxy ? "yes" : NULL, NULL);
 	return 0;
 }
 
@@ -258,7 +259,8 @@ submit_server_same_listeners(const struct conf_listen *a, size_t na,
 	if (na != nb)
 		return false;
 	for (i = 0; i < na; i++)
-		if (a[i].addrlen != b[i].addrlen || memcmp(&a[i].addr, &b[i].addr, a[i].addrlen) != 0)
+		if (a[i].addrlen != b[i].addrlen || memcmp(&a[i].addr, &b[i].addr, a[i].addrlen) != 0 ||
+		    a[i].proxy != b[i].proxy)
 			return false;
 	return true;
 }
@@ -358,4 +360,10 @@ submit_free(struct submit *s)
 		fatalx("%s: handles still open (call submit_shutdown first)", __func__);
 	submit_auth_done();
 	submit_server_free_mem(s);
+}
+
+size_t
+submit_nsessions(const struct submit *s)
+{
+	return s->nsessions;
 }

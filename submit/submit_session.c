@@ -196,6 +196,10 @@ static const struct {
 	[SUBMIT_S_CHUNKS] = { "chunks", true, false, SUBMIT_LIM_CMD, SUBMIT_DL_COMMAND },
 	[SUBMIT_S_COMMIT] = { "commit", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
 	[SUBMIT_S_DELAY] = { "delay", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
+	/* at most CLUSTER_TIMEOUT_MS: cluster_count's callback always fires by then */
+	[SUBMIT_S_SHARED] = { "shared", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
+	/* the octets come through submit_proxy_input(), not as lines */
+	[SUBMIT_S_PROXY] = { "proxy", false, false, SUBMIT_LIM_CMD, SUBMIT_DL_PROXY },
 	[SUBMIT_S_CLOSED] = { "closed", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
 };
 
@@ -277,7 +281,7 @@ submit_session_reject(struct submit_session *s, const char *stage, const char *f
 	log_kv(&l, "client", s->ip);
 	log_kv(&l, "reply", buf_cstr(&s->tmp));
 	log_end(&l);
-	s->srv->stats->rejected++;
+	stats_reject(s->srv->stats, buf_cstr(&s->tmp));
 	for (i = 0; !s->env.smtputf8 && i < s->tmp.len; i++)
 		if ((unsigned char)s->tmp.data[i] >= 0x80)
 			s->tmp.data[i] = '?';
@@ -373,11 +377,15 @@ submit_session_freed(uv_handle_t *h)
 	buf_free(&s->helo);
 	buf_free(&s->auth_user);
 	buf_free(&s->delayed);
+	if (s->shared_args.data != NULL)
+		explicit_bzero(s->shared_args.data, s->shared_args.len);
+	buf_free(&s->shared_args);
 	buf_free(&s->line);
 	buf_free(&s->out);
 	buf_free(&s->tmp);
 	buf_free(&s->dkim_ids);
 	buf_free(&s->path.addr);
+	buf_free(&s->proxy_hdr);
 	free(s->login);
 	conf_unref(s->conf);
 	s->magic = 0;
@@ -436,6 +444,10 @@ submit_session_shutdown(struct submit_session *s)
 
 	if (s->commit_pending || s->lookup_pending)
 		return;                 /* the callback answers, then closes */
+	if (s->state == SUBMIT_S_PROXY) {
+		submit_session_close(s, NULL);  /* not greeted: nobody to tell yet */
+		return;
+	}
 	snprintf(text, sizeof(text), "421 4.3.2 %s Service shutting down, closing connection",
 	    s->conf->hostname);
 	submit_session_close(s, s->io != NULL ? text : NULL);
@@ -607,9 +619,30 @@ submit_mail_params(struct submit_session *s)
  * not say (451, never 553).
  */
 static void
-submit_mail_finish(struct submit_session *s, bool file_owned, bool unavailable)
+submit_mail_rate(struct submit_session *s)
 {
 	struct submit *srv = s->srv;
+	const char *addr = buf_cstr(&s->path.addr);
+
+	if (submit_limits_login_check(srv->limits, s->login, util_mono_ms(), 0) != SUBMIT_RATE_OK) {
+		submit_session_rate_limited(s, "messages");
+		submit_session_reject(s, "mail", "450 4.7.1 Error: message rate limit exceeded "
+		    "for user %s, try again later", s->login);
+		submit_session_reset_txn(s);
+		return;
+	}
+	s->env.sender = xstrdup(addr);
+	s->env.auth_user = xstrdup(s->login);
+	s->env.client_ip = xstrdup(s->ip);
+	s->env.client_helo = xstrdup(buf_cstr(&s->helo));
+	s->env.arrival_ms = util_now_ms();
+	submit_enter_state(s, SUBMIT_S_MAIL);
+	submit_session_reply(s, "250 2.1.0 Ok");
+}
+
+static void
+submit_mail_finish(struct submit_session *s, bool file_owned, bool unavailable)
+{
 	const char *addr = buf_cstr(&s->path.addr);
 
 	if (!file_owned && !directory_owns(s->ldap_owned, addr)) {
@@ -619,21 +652,13 @@ submit_mail_finish(struct submit_session *s, bool file_owned, bool unavailable)
 		else
 			submit_session_reject(s, "mail", "553 5.7.1 <%s>: Sender address "
 			    "rejected: not owned by user %s", addr, s->login);
-	} else if (submit_limits_login_check(srv->limits, s->login, util_mono_ms(), 0) != SUBMIT_RATE_OK) {
-		submit_session_rate_limited(s, "messages");
-		submit_session_reject(s, "mail", "450 4.7.1 Error: message rate limit exceeded "
-		    "for user %s, try again later", s->login);
-	} else {
-		s->env.sender = xstrdup(addr);
-		s->env.auth_user = xstrdup(s->login);
-		s->env.client_ip = xstrdup(s->ip);
-		s->env.client_helo = xstrdup(buf_cstr(&s->helo));
-		s->env.arrival_ms = util_now_ms();
-		submit_enter_state(s, SUBMIT_S_MAIL);
-		submit_session_reply(s, "250 2.1.0 Ok");
+		submit_session_reset_txn(s);
 		return;
 	}
-	submit_session_reset_txn(s);
+	/* the login's window as the cluster counted it, then the limits decide */
+	if (submit_shared_login_read(s, submit_mail_rate))
+		return;
+	submit_mail_rate(s);
 }
 
 static void
@@ -947,13 +972,19 @@ submit_session_commit_end(struct submit_session *s, int err, const char *qid,
 		log_kv(&l, "dkim", buf_cstr(&s->dkim_ids));
 		log_end(&l);
 		srv->stats->accepted++;
+		stats_observe(&srv->stats->commit_seconds,
+		    (double)(util_mono_ms() - s->eod_ms) / 1000.0);
+		stats_observe(&srv->stats->size_bytes, (double)s->data.size);
 		submit_limits_login_add(srv->limits, s->login, util_mono_ms(), (unsigned)s->env.nrcpts);
+		submit_shared_login_add(s);
 		submit_session_reply(s, "250 2.0.0 Ok: queued as %s", qid);
 	} else {
 		if (fail == NULL)
 			log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "commit", NULL);
-		srv->stats->rejected++;
-		submit_session_reply(s, "%s", fail != NULL ? fail : submit_session_queue_reply(err));
+		if (fail == NULL)
+			fail = submit_session_queue_reply(err);
+		stats_reject(srv->stats, fail);
+		submit_session_reply(s, "%s", fail);
 	}
 	submit_session_reset_txn(s);
 	if (s->io == NULL) {
@@ -1039,6 +1070,7 @@ submit_session_data_end(struct submit_session *s)
 	txn = s->txn;
 	s->txn = NULL;                      /* consumed by the commit */
 	s->commit_pending = true;
+	s->eod_ms = util_mono_ms();
 	submit_enter_state(s, SUBMIT_S_COMMIT);
 	if (submit_dkim_sign(s, txn) == 0)
 		submit_session_commit(s, txn);
@@ -1379,7 +1411,10 @@ submit_session_io(struct io *io, enum io_event ev, void *arg)
 		return;
 	switch (ev) {
 	case IO_EV_IN:
-		submit_session_input(s);
+		if (s->state == SUBMIT_S_PROXY)
+			submit_proxy_input(s);
+		else
+			submit_session_input(s);
 		break;
 	case IO_EV_TLS_READY:
 		if (!s->greeted)
@@ -1388,6 +1423,10 @@ submit_session_io(struct io *io, enum io_event ev, void *arg)
 			submit_enter_state(s, SUBMIT_S_CONNECTED);  /* after STARTTLS */
 		break;
 	case IO_EV_TIMEOUT:
+		if (s->state == SUBMIT_S_PROXY) {
+			submit_proxy_refuse(s, "timeout");
+			break;
+		}
 		log_begin(&l, LOG_INFO, "session_timeout");
 		log_kv(&l, "session", s->id);
 		log_kv(&l, "client", s->ip);
@@ -1400,11 +1439,19 @@ submit_session_io(struct io *io, enum io_event ev, void *arg)
 		submit_session_close(s, s->state == SUBMIT_S_TLS_WAIT ? NULL : text);
 		break;
 	case IO_EV_ERROR:
+		if (s->state == SUBMIT_S_PROXY) {
+			submit_proxy_refuse(s, "error");
+			break;
+		}
 		log_event(LOG_DEBUG, "io_error", "session", s->id, "client", s->ip,
 		    "error", io_error_text(io), NULL);
 		submit_session_close(s, NULL);
 		break;
 	case IO_EV_EOF:
+		if (s->state == SUBMIT_S_PROXY) {
+			submit_proxy_refuse(s, s->proxy_hdr.len == 0 ? "missing" : "eof");
+			break;
+		}
 		submit_session_close(s, NULL);
 		break;
 	case IO_EV_CONNECTED:
@@ -1417,8 +1464,6 @@ void
 submit_session_accept(struct submit *srv, struct submit_listener *lst)
 {
 	struct submit_session *s = xcalloc(1, sizeof(*s));
-	enum submit_conn_verdict v;
-	struct log_line l;
 
 	s->magic = SUBMIT_SESSION_MAGIC;
 	s->srv = srv;
@@ -1430,6 +1475,7 @@ submit_session_accept(struct submit *srv, struct submit_listener *lst)
 		return;
 	}
 	s->conf = conf_ref(srv->conf);
+	s->listener = lst;
 	s->implicit_tls = lst->implicit_tls;
 	snprintf(s->id, sizeof(s->id), "S%" PRIx64, ++srv->next_session_id);
 	snprintf(s->ip, sizeof(s->ip), "%s", io_peer_ip(s->io));
@@ -1442,6 +1488,19 @@ submit_session_accept(struct submit *srv, struct submit_listener *lst)
 	TAILQ_INSERT_TAIL(&srv->sessions, s, entry);
 	srv->nsessions++;
 	srv->stats->connections++;
+
+	if (lst->proxy)
+		(void)submit_proxy_start(s);    /* then submit_session_begin(), or closed */
+	else
+		submit_session_begin(s, 0, false);
+}
+
+void
+submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_local)
+{
+	struct submit *srv = s->srv;
+	enum submit_conn_verdict v;
+	struct log_line l;
 
 	submit_slots_make_room(srv, s->ip);
 	v = submit_limits_conn_open(srv->limits, s->ip);
@@ -1462,7 +1521,13 @@ submit_session_accept(struct submit *srv, struct submit_listener *lst)
 	log_kv(&l, "session", s->id);
 	log_kv(&l, "client", s->ip);
 	log_kvi(&l, "port", s->port);
-	log_kv(&l, "listener", lst->text);
+	log_kv(&l, "listener", s->listener->text);
+	if (proxy_version > 0) {
+		log_kv(&l, "proxy", s->proxy_ip);
+		log_kvi(&l, "proxy_version", proxy_version);
+		if (proxy_local)
+			log_kv(&l, "proxy_command", proxy_version == 1 ? "unknown" : "local");
+	}
 	log_end(&l);
 
 	submit_enter_state(s, SUBMIT_S_TLS_WAIT);

@@ -26,6 +26,27 @@ progress) until the sink has every accepted message and adds:
     python3 tests/bench/submit_bench.py [--messages 20000] [--sessions 16] [--size 4096]
                                         [--build build] [--py-sink | --no-sink]
                                         [--dkim none|ed25519|rsa+ed25519]
+                                        [--attach 'CMD ... {pid} ...']
+                                        [--baseline OTHER_BUILD [--runs N] [--no-syscalls]]
+
+--attach runs CMD (split on blanks, {pid} replaced by relayd's pid) from just
+before the load generator starts until the sink has drained, then sends it
+SIGINT and waits: `--attach 'perf record -g -o perf.data -p {pid}'` profiles
+relayd under load, `--attach 'strace -c -f -o strace.txt -p {pid}'` counts its
+system calls (strace slows relayd several times: use it for counts, not rates).
+
+Side by side: `--baseline OTHER_BUILD --runs N` runs relayd from OTHER_BUILD
+and from --build alternately (baseline first), N times each, in one
+invocation, with the load generator and the sink of --build for both, and
+prints for each figure every run, its range and median, and new/baseline
+(ratio of the medians, and the range of the ratios of the runs paired in
+order).  Each run also counts relayd's system calls with `perf stat -e
+raw_syscalls:sys_enter` (in-kernel counting, a few per cent of CPU at most,
+the same for both builds; --no-syscalls to skip, e.g. without perf) from the
+load generator's start until the sink has drained: syscalls_per_msg covers
+submission and delivery.
+
+    python3 tests/bench/submit_bench.py --baseline build-base --runs 3 --messages 10000
 """
 import argparse
 import os
@@ -158,23 +179,53 @@ def wait_drained(sink, want):
         time.sleep(0.01)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--messages", type=int, default=20000)
-    ap.add_argument("--sessions", type=int, default=16)
-    ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--build", default=os.path.join(REPO, "build"))
-    which = ap.add_mutually_exclusive_group()
-    which.add_argument("--py-sink", action="store_true",
-                       help="deliver to the Python SinkMX instead of bench_sink")
-    which.add_argument("--no-sink", action="store_true", help="hold the queue instead of delivering")
-    ap.add_argument("--dkim", choices=("none", "ed25519", "rsa+ed25519"), default="none",
-                    help="sign alice's mail (example.org) with these keys")
-    a = ap.parse_args()
-    a.build = os.path.abspath(a.build)
+def attach(cmd, pid):
+    """Start cmd against pid; return once it has had time to attach (perf
+    and strace print nothing on attaching, so wait for relayd to be traced
+    or for perf's output file)."""
+    argv = [w.replace("{pid}", str(pid)) for w in cmd.split()]
+    p = subprocess.Popen(argv)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and p.poll() is None:
+        with open("/proc/%d/status" % pid) as f:
+            if any(l.startswith("TracerPid:") and l.split()[1] != "0" for l in f):
+                break
+        if argv[0].endswith("perf") and any(os.path.exists(w) for w in argv[1:]
+                                             if w.endswith(".data")):
+            break
+        time.sleep(0.05)
+    return p
 
-    os.environ.setdefault("RELAYD_BIN", os.path.join(a.build, "relayd"))
-    os.environ.setdefault("RELAYCTL_BIN", os.path.join(a.build, "relayctl"))
+
+def count_syscalls(pid, path):
+    """Start counting relayd's system calls (all threads, and threads it
+    starts later) into path; stop() the returned process with SIGINT."""
+    p = subprocess.Popen(["perf", "stat", "-x", ",", "-o", path, "-e",
+                          "raw_syscalls:sys_enter", "-p", str(pid)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # perf opens its output file before it attaches the counters and prints
+    # nothing on attaching: give it a moment once the file is there.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and p.poll() is None and not os.path.exists(path):
+        time.sleep(0.02)
+    time.sleep(0.3)
+    return p
+
+
+def read_syscalls(path):
+    with open(path) as f:
+        for line in f:
+            v = line.split(",")
+            if len(v) > 2 and v[2].startswith("raw_syscalls:sys_enter") and v[0].isdigit():
+                return int(v[0])
+    return None
+
+
+def run(a, build, figures, attach_cmd=None, syscalls_file=None):
+    """One bench run against relayd of build (the load generator and the sink
+    come from a.build).  Prints as it goes and fills figures (a dict); returns
+    the exit status."""
+    tools = a.build
     overrides = {"log_level": "info",
                  "submit": {"login_max_messages": 0, "login_max_recipients": 0,
                             "max_connections_per_ip": 1000}}
@@ -192,6 +243,7 @@ def main():
             keys.append({"domain": "example.org", "selector": "b" + alg[:3], "key": path})
         relay.update_config(dkim={"keys": keys})
     sink = None
+    attached = counter = None
     try:
         if not a.no_sink:
             relay.update_config(router={"routes": [{"domain": "example.net",
@@ -199,17 +251,19 @@ def main():
             if a.py_sink:
                 sink = PySink(relay, "127.0.0.2")
             else:
-                sink = CSink(os.path.join(a.build, "tests", "bench_sink"), "127.0.0.2",
+                sink = CSink(os.path.join(tools, "tests", "bench_sink"), "127.0.0.2",
                              relay.smtp_port)
         else:
             relay.update_config(router={"routes": [{"domain": "example.net",
                                                     "hosts": ["127.0.0.2:9"]}]})
         relay.start()
+        attached = attach(attach_cmd, relay.pid) if attach_cmd else None
+        counter = count_syscalls(relay.pid, syscalls_file) if syscalls_file else None
         cpu0, (busy0, total0) = cpu_seconds(relay.pid), machine_busy()
         gen0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         sink_cpu0 = sink.cpu_seconds() if sink else 0.0
         t0 = time.monotonic()
-        r = subprocess.run([os.path.join(a.build, "tests", "bench_submit"), relay.host,
+        r = subprocess.run([os.path.join(tools, "tests", "bench_submit"), relay.host,
                             str(relay.submit_port), "alice", "alicepw", "alice@example.org",
                             "bob@example.net", str(a.messages), str(a.sessions), str(a.size)],
                            capture_output=True, text=True)
@@ -218,11 +272,18 @@ def main():
         gen1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         sys.stdout.write(r.stdout)
         sys.stderr.write(r.stderr[-2000:])
+        for word in r.stdout.split():
+            k, _, v = word.partition("=")
+            if k in ("msgs_per_s", "p50", "p99"):
+                figures[k] = float(v)
         gen = (gen1.ru_utime - gen0.ru_utime) + (gen1.ru_stime - gen0.ru_stime)
+        figures["relayd_cpu_ms_per_msg"] = (cpu1 - cpu0) * 1000.0 / a.messages
+        figures["machine_busy_pct"] = 100.0 * (busy1 - busy0) / max(1, total1 - total0)
         print("relayd_cpu_ms_per_msg=%.3f loadgen_cpu_ms_per_msg=%.3f machine_busy=%.0f%%"
-              % ((cpu1 - cpu0) * 1000.0 / a.messages, gen * 1000.0 / a.messages,
-                 100.0 * (busy1 - busy0) / max(1, total1 - total0)))
-        print("relayd_peak_rss_mib=%.1f" % (vm_hwm_kib(relay.pid) / 1024.0))
+              % (figures["relayd_cpu_ms_per_msg"], gen * 1000.0 / a.messages,
+                 figures["machine_busy_pct"]))
+        figures["relayd_peak_rss_mib"] = vm_hwm_kib(relay.pid) / 1024.0
+        print("relayd_peak_rss_mib=%.1f" % figures["relayd_peak_rss_mib"])
         if sink is None:
             return r.returncode
 
@@ -236,16 +297,106 @@ def main():
             print("drained_s=timeout (sink had %d of %d, none more in %ds)"
                   % (got, accepted, DRAIN_STALL_S))
         else:
-            print("drained_s=%.3f (delivered msgs/s=%.0f)" % (t2 - t1, got / max(1e-9, t2 - t0)))
+            figures["delivered_msgs_per_s"] = got / max(1e-9, t2 - t0)
+            print("drained_s=%.3f (delivered msgs/s=%.0f)" % (t2 - t1, figures["delivered_msgs_per_s"]))
+        figures["relayd_cpu_ms_per_msg_with_delivery"] = \
+            (cpu_seconds(relay.pid) - cpu0) * 1000.0 / a.messages
         print("sink_cpu_ms_per_msg=%.3f relayd_cpu_ms_per_msg_with_delivery=%.3f"
-              % (sink_cpu * 1000.0 / max(1, got),
-                 (cpu_seconds(relay.pid) - cpu0) * 1000.0 / a.messages))
+              % (sink_cpu * 1000.0 / max(1, got), figures["relayd_cpu_ms_per_msg_with_delivery"]))
         print("sink messages=%d connections=%d" % sink.stop())
         return r.returncode if t2 is not None else 1
     finally:
+        if counter is not None:
+            counter.send_signal(signal.SIGINT)
+            counter.wait()
+            n = read_syscalls(syscalls_file)
+            if n is not None:
+                figures["syscalls_per_msg"] = n / a.messages
+                print("syscalls_per_msg=%.1f" % figures["syscalls_per_msg"])
+        if attached is not None:
+            attached.send_signal(signal.SIGINT)
+            attached.wait()
         if sink is not None:
             sink.kill()
         relay.close()
+
+
+# The figures compared side by side, in print order.
+AB_FIGURES = ("msgs_per_s", "delivered_msgs_per_s", "relayd_cpu_ms_per_msg",
+              "relayd_cpu_ms_per_msg_with_delivery", "p50", "p99", "syscalls_per_msg",
+              "relayd_peak_rss_mib", "machine_busy_pct")
+
+
+def median(v):
+    v = sorted(v)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2.0
+
+
+def side_by_side(a):
+    """Baseline and new build alternately, a.runs times each; a summary per figure."""
+    import tempfile
+    builds = (("base", os.path.abspath(a.baseline)), ("new", a.build))
+    results = {"base": [], "new": []}
+    status = 0
+    with tempfile.TemporaryDirectory(prefix="submit-bench-") as tmp:
+        for i in range(a.runs):
+            for name, build in builds:
+                os.environ["RELAYD_BIN"] = os.path.join(build, "relayd")
+                os.environ["RELAYCTL_BIN"] = os.path.join(build, "relayctl")
+                print("=== run %d/%d: %s (%s)" % (i + 1, a.runs, name, build), flush=True)
+                figures = {}
+                path = os.path.join(tmp, "syscalls-%s-%d.csv" % (name, i)) if a.syscalls else None
+                status |= run(a, build, figures, a.attach, path)
+                results[name].append(figures)
+                sys.stdout.flush()
+    print("=== side by side: %d runs each, %d messages, %d sessions, %d octets; load average %s"
+          % (a.runs, a.messages, a.sessions, a.size,
+             " ".join(open("/proc/loadavg").read().split()[:3])))
+    for k in AB_FIGURES:
+        base = [f[k] for f in results["base"] if k in f]
+        new = [f[k] for f in results["new"] if k in f]
+        if not base or not new:
+            continue
+        fmt = "%.0f" if max(base + new) >= 100 else "%.3f" if max(base + new) < 10 else "%.1f"
+        row = lambda v: "%s (%s..%s, median %s)" % (" ".join(fmt % x for x in v), fmt % min(v),
+                                                    fmt % max(v), fmt % median(v))
+        pairs = [n / b for b, n in zip(base, new) if b > 0]
+        ratio = "new/base=%.2f" % (median(new) / median(base)) if median(base) > 0 else "new/base=-"
+        if pairs:
+            ratio += " (runs %.2f..%.2f)" % (min(pairs), max(pairs))
+        print("%-36s base: %s" % (k, row(base)))
+        print("%-36s new:  %s  %s" % ("", row(new), ratio))
+    return status
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--sessions", type=int, default=16)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--build", default=os.path.join(REPO, "build"))
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--py-sink", action="store_true",
+                       help="deliver to the Python SinkMX instead of bench_sink")
+    which.add_argument("--no-sink", action="store_true", help="hold the queue instead of delivering")
+    ap.add_argument("--dkim", choices=("none", "ed25519", "rsa+ed25519"), default="none",
+                    help="sign alice's mail (example.org) with these keys")
+    ap.add_argument("--attach", metavar="CMD",
+                    help="run CMD ({pid} = relayd's pid) during the load; SIGINT at the end")
+    ap.add_argument("--baseline", metavar="BUILD",
+                    help="also run relayd of this build directory, alternating with --build")
+    ap.add_argument("--runs", type=int, default=3, help="with --baseline: runs of each build")
+    ap.add_argument("--no-syscalls", dest="syscalls", action="store_false",
+                    help="with --baseline: do not count system calls (perf stat)")
+    a = ap.parse_args()
+    a.build = os.path.abspath(a.build)
+
+    if a.baseline:
+        return side_by_side(a)
+    os.environ.setdefault("RELAYD_BIN", os.path.join(a.build, "relayd"))
+    os.environ.setdefault("RELAYCTL_BIN", os.path.join(a.build, "relayctl"))
+    return run(a, a.build, {}, a.attach)
 
 
 if __name__ == "__main__":

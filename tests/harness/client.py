@@ -56,14 +56,17 @@ def _hostport(relay, tls):
     return relay.host, (relay.tls_port if tls else relay.submit_port)
 
 
-def connect(relay, tls=False, starttls=True, login=None, timeout=30):
-    """An smtplib session with relayd, after EHLO (and STARTTLS / AUTH)."""
+def connect(relay, tls=False, starttls=True, login=None, timeout=30, source=None):
+    """An smtplib session with relayd, after EHLO (and STARTTLS / AUTH);
+    source: the client's own address (127.0.0.N), else the kernel's choice."""
     host, port = _hostport(relay, tls)
+    src = (source, 0) if source is not None else None
     if tls:
         s = smtplib.SMTP_SSL(host, port, local_hostname="client.test", timeout=timeout,
-                             context=client_context())
+                             context=client_context(), source_address=src)
     else:
-        s = smtplib.SMTP(host, port, local_hostname="client.test", timeout=timeout)
+        s = smtplib.SMTP(host, port, local_hostname="client.test", timeout=timeout,
+                         source_address=src)
     try:
         s.ehlo()
         if not tls and starttls:
@@ -85,14 +88,15 @@ def _opts(options):
 
 
 def submit(relay, mail_from, rcpts, msg, user="alice", password="alicepw", port="starttls",
-           mail_options=(), rcpt_options=(), allow_refused=False, timeout=30):
+           mail_options=(), rcpt_options=(), allow_refused=False, timeout=30, source=None):
     """Submit one message; returns its queue id (see the module docstring)."""
     if isinstance(rcpts, str):
         rcpts = [rcpts]
     if port not in ("starttls", "tls"):
         raise ValueError("port must be 'starttls' or 'tls'")
     s = connect(relay, tls=(port == "tls"), starttls=True,
-                login=None if user is None else (user, password), timeout=timeout)
+                login=None if user is None else (user, password), timeout=timeout,
+                source=source)
     try:
         if any(o.upper() == "SMTPUTF8" for o in mail_options):
             s.command_encoding = "utf-8"

@@ -704,6 +704,8 @@ class Relay:
         sub = self.config.get("submit", {})
         for key in ("listen", "listen_tls"):
             for text in sub.get(key) or []:
+                if isinstance(text, dict):      # { address = "..."; proxy = true; }
+                    text = text.get("address", "")
                 m = re.match(r"^\[?([^\]]+?)\]?:(\d+)$", text)
                 if m:
                     host = m.group(1)

@@ -21,7 +21,7 @@
 #define DAY_MS	86400000ULL
 
 static char tdir[64];		/* holds the files configs refer to as @D@ */
-static char *conf_paths[64];
+static char *conf_paths[128];
 static size_t nconf_paths;
 
 static void
@@ -680,6 +680,28 @@ static const struct {
 	const char *text;
 	const char *want;	/* "LINE: message\n" ..., each prefixed with the file */
 } error_tests[] = {
+	{ "cluster without redis and node",
+	  "cluster = {\n"
+	  "};\n",
+	  "1: cluster.redis: required in cluster\n"
+	  "1: cluster.node: required in cluster\n" },
+	{ "cluster bad redis and node",
+	  "cluster = {\n"
+	  "  redis = \"redis.example.org:6379\";\n"
+	  "  node = \"node a\";\n"
+	  "};\n",
+	  "2: cluster.redis: bad address 'redis.example.org:6379' (a numeric address and port: "
+	  "127.0.0.1:6379 or [::1]:6379)\n"
+	  "3: cluster.node: bad name 'node a' (at most 64 letters, digits, '.', '_' or '-')\n" },
+	{ "cluster redis without port, relative password file",
+	  "cluster = {\n"
+	  "  redis = \"127.0.0.1\";\n"
+	  "  password_file = \"redis.pass\";\n"
+	  "  node = \"a\";\n"
+	  "};\n",
+	  "3: cluster.password_file: must be an absolute path, not 'redis.pass'\n"
+	  "2: cluster.redis: bad address '127.0.0.1' (a numeric address and port: "
+	  "127.0.0.1:6379 or [::1]:6379)\n" },
 	{ "senders_ldap without uri and base",
 	  "submit = {\n"
 	  "  senders_ldap = { filter = \"(uid=%u)\"; };\n"
@@ -1105,6 +1127,38 @@ test_senders_ldap(void)
 	buf_free(&err);
 }
 
+/* cluster: off by default; every key of a full group. */
+static void
+test_cluster(void)
+{
+	struct buf err = BUF_INIT;
+	struct conf *c = conf_new_defaults();
+	const char *path;
+
+	CHECK(!c->cluster.enabled);
+	CHECK(c->cluster.redis == NULL);
+	conf_unref(c);
+
+	c = NULL;
+	path = write_conf(
+	    "cluster = {\n"
+	    "  redis = \"[::1]:6380\";\n"
+	    "  password_file = \"@D@/senders\";\n"
+	    "  node = \"relay-2.example.org\";\n"
+	    "};\n");
+	CHECK_INT(conf_load(path, &c, &err), 0);
+	CHECK_STR(buf_cstr(&err), "");
+	if (c != NULL) {
+		CHECK(c->cluster.enabled);
+		CHECK_STR(c->cluster.redis, "[::1]:6380");
+		CHECK(c->cluster.password_file != NULL &&
+		    strstr(c->cluster.password_file, "/senders") != NULL);
+		CHECK_STR(c->cluster.node, "relay-2.example.org");
+		conf_unref(c);
+	}
+	buf_free(&err);
+}
+
 /* Accepted alternatives: lists as ( ) or [ ], int64 integers, integer 0 durations, byte sizes. */
 static void
 test_accepted_forms(void)
@@ -1197,6 +1251,7 @@ main(void)
 	test_missing_file();
 	test_accepted_forms();
 	test_senders_ldap();
+	test_cluster();
 	test_contrib_example();
 	cleanup_dir();
 	return check_done();

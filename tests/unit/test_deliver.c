@@ -577,6 +577,43 @@ test_dot_stuffing(void)
 	mxsink_stop(&s);
 	buf_free(&body);
 }
+/*
+ * A queue file shorter than its body length: whatever was read goes out,
+ * but never the final dot (it would end the message short); the attempt
+ * is TEMP 4.3.0 and the exchanger, which got to DATA, records no end of data.
+ * One short read within a chunk, and one after full 64 KiB chunks.
+ */
+static void
+test_short_queue_file(void)
+{
+	static const size_t lens[] = { 100, 3 * DELIVER_CHUNK + 100 };
+
+	for (size_t i = 0; i < RELAY_ARRAY_LEN(lens); i++) {
+		struct fx fx;
+		struct mxsink s;
+		struct attempt a;
+		struct buf body = BUF_INIT;
+
+		while (body.len < lens[i])
+			buf_puts(&body, "a line of a body that the queue file holds only in part\r\n");
+		buf_truncate(&body, lens[i]);
+		fx_init(&fx);
+		mxsink_start(&s, "127.0.0.117", NULL);
+		attempt_init(&a, &s, body.data, body.len, "bob@example.net", NULL);
+		a.req.body_len += 10;           /* ten octets the file does not have */
+		attempt_run(&fx, &a);
+		CHECK_INT(a.res.status, DELIVER_TEMP);
+		CHECK_STR(a.res.status_code, "4.3.0");
+		mxsink_exec(&s, "sink.wait_for_command('DATA', timeout=5)");
+		mxsink_exec(&s, "sink._wait(lambda: sink.sessions and sink.sessions[0].closed, 5, 'close')");
+		CHECK_INT(mxsink_long(&s, "len(sink.transactions)"), 0);
+		attempt_fini(&a);
+		fx_fini(&fx);
+		mxsink_stop(&s);
+		buf_free(&body);
+	}
+}
+
 /* The connection is lost after the body, before the final reply: HOST_FAIL. */
 static void
 test_lost_in_data(void)
@@ -769,6 +806,7 @@ main(void)
 	test_8bit_announced();
 	test_dsn_params();
 	test_dot_stuffing();
+	test_short_queue_file();
 	test_lost_in_data();
 	test_helo_fallback();
 	test_auth();

@@ -1,7 +1,8 @@
 /*
  * test_health.c - host health (router/router_health.c): the backoff table,
  * which failures mark a host down, the up/down/probe verdicts driven by an
- * injected `now`, and the table's lookup, reset and expiry.
+ * injected `now`, a host another node found down (cluster/), and the
+ * table's lookup, reset and expiry.
  */
 #include "router/router_health.h"
 #include "common/util.h"
@@ -130,6 +131,68 @@ test_state_machine(void)
 	CHECK_INT(h.since_ms, 100);
 	CHECK_STR(h.last_error, "b");
 	CHECK(health_host_check(NULL, 0) == HEALTH_TRY);
+}
+
+/* Another node's news: skipped until its end, never shortened, not over a probe. */
+static void
+test_shared_down(void)
+{
+	enum op { SHARED, FAIL, PROBE_OUT, OK, CHECK };
+	static const struct {
+		enum op op;
+		uint64_t now, until;            /* SHARED: its end */
+		unsigned failures;              /* SHARED: theirs */
+		bool changed;                   /* SHARED: what it returned */
+		enum health_verdict want;       /* CHECK */
+		enum health_state state;        /* after the op */
+		uint64_t down_until;
+	} rows[] = {
+		{ SHARED, 1000, 1000 + 4 * S, 1, true, 0, HEALTH_DOWN, 1000 + 4 * S },
+		{ CHECK, 1000 + 4 * S - 1, 0, 0, false, HEALTH_SKIP, HEALTH_DOWN, 1000 + 4 * S },
+		/* an earlier end from someone else does not shorten it */
+		{ SHARED, 2000, 3 * S, 2, false, 0, HEALTH_DOWN, 1000 + 4 * S },
+		/* a later one extends it */
+		{ SHARED, 2000, 9 * S, 2, true, 0, HEALTH_DOWN, 9 * S },
+		{ CHECK, 9 * S, 0, 0, false, HEALTH_PROBE, HEALTH_DOWN, 9 * S },
+		/* news of the past changes nothing */
+		{ SHARED, 10 * S, 10 * S, 3, false, 0, HEALTH_DOWN, 9 * S },
+		/* our own probe is out: its result decides, not the news */
+		{ PROBE_OUT, 10 * S, 0, 0, false, 0, HEALTH_DOWN, 9 * S },
+		{ SHARED, 10 * S, 20 * S, 3, false, 0, HEALTH_DOWN, 9 * S },
+		{ OK, 11 * S, 0, 0, false, 0, HEALTH_UP, 0 },
+		{ SHARED, 12 * S, 20 * S, 3, true, 0, HEALTH_DOWN, 20 * S },
+		{ CHECK, 19 * S, 0, 0, false, HEALTH_SKIP, HEALTH_DOWN, 20 * S },
+	};
+	struct health_host h;
+	size_t i;
+
+	memset(&h, 0, sizeof(h));
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		switch (rows[i].op) {
+		case SHARED:
+			CHECK_MSG(health_host_shared_down(&h, rows[i].now, rows[i].until, rows[i].failures,
+			    2 * S, "421 down") == rows[i].changed, "row %zu", i);
+			break;
+		case FAIL:
+			health_host_fail(&h, rows[i].now, 1 * M, 1 * H, "refused");
+			break;
+		case PROBE_OUT:
+			h.probing = true;
+			break;
+		case OK:
+			health_host_ok(&h, rows[i].now);
+			break;
+		case CHECK:
+			CHECK_MSG(health_host_check(&h, rows[i].now) == rows[i].want, "row %zu", i);
+			break;
+		}
+		CHECK_MSG(h.state == rows[i].state, "row %zu: state %d", i, (int)h.state);
+		CHECK_MSG(h.down_until_ms == rows[i].down_until, "row %zu: until %llu", i,
+		    (unsigned long long)h.down_until_ms);
+	}
+	CHECK_STR(h.last_error, "421 down");
+	CHECK_INT(h.failures, 3);
+	CHECK_INT(h.since_ms, 12 * S);
 }
 
 static void
@@ -291,6 +354,7 @@ main(void)
 	test_backoff();
 	test_marks_down();
 	test_state_machine();
+	test_shared_down();
 	test_addr_key();
 	test_table();
 	test_names();

@@ -2,7 +2,8 @@
  * test_io.c - the I/O layer (common/io.c) over real loopback TCP, in
  * plaintext: line splitting, octets behind a line (io_getbytes), pause and resume, close after drain,
  * backpressure, output before the connect, refusal, idle timeouts, deadlines, nothing
- * after EOF, and io_free() from inside every callback (io_fixture.h: a real
+ * after EOF, io_free() from inside every callback, and writes the kernel takes
+ * at once or in part (io_fixture.h: a real
  * libuv loop, io_accept() and io_connect()).  TLS is test_io_tls.c.  Each
  * test states the behaviour it proves and ends with uv_loop_close() == 0.
  */
@@ -883,6 +884,260 @@ test_free_in_callback(void)
 	}
 }
 
+/* ------------------------------------------------------------------ */
+/*
+ * Peek mode (the PROXY protocol): the client sends a header ("HDR\n") and
+ * its first line in one write.  The server, in peek mode with at most 8
+ * octets shown, takes the header one octet at a time and then ends peek
+ * mode: the line behind the header must arrive whole, as normal input, and
+ * no peek may show more than 8 octets or anything taken already.
+ */
+
+struct peek_state {
+	struct buf hdr;
+	size_t max_shown;
+	int bad_shown;          /* a peek that did not start with the next octet */
+};
+
+static void
+peek_srv_accept(struct fix *fx)
+{
+	io_set_peek(fx->srv.io, 8);
+}
+
+static void
+peek_srv_event(struct peer *p, enum io_event ev)
+{
+	struct peek_state *ps = p->fx->ctx;
+	static const char want[] = "HDR\nline after\r\n";
+	const char *q;
+	size_t n;
+
+	if (ev != IO_EV_IN || ps->hdr.len == 4 ||
+	    (ps->hdr.len > 0 && ps->hdr.data[ps->hdr.len - 1] == '\n')) {
+		peer_default(p, ev);
+		return;
+	}
+	n = io_peek(p->io, &q);
+	if (n > ps->max_shown)
+		ps->max_shown = n;
+	if (n == 0 || memcmp(q, want + ps->hdr.len, n < 8 ? n : 8) != 0)
+		ps->bad_shown++;
+	if (io_skip(p->io, 1) != 0) {
+		rec_event(p, "SKIP-FAILED");
+		peer_free(p);
+		return;
+	}
+	buf_putc(&ps->hdr, q[0]);
+	if (q[0] == '\n') {
+		rec_add(p, ps->hdr.data, ps->hdr.len);
+		io_set_peek(p->io, 0);
+	}
+}
+
+static void
+peek_cli_event(struct peer *p, enum io_event ev)
+{
+	if (ev == IO_EV_CONNECTED) {
+		io_write(p->io, "HDR\nline after\r\n", 16);
+		peer_close_drain(p);
+		return;
+	}
+	peer_default(p, ev);
+}
+
+/* ------------------------------------------------------------------ */
+/*
+ * Writes the kernel takes at once (uv_try_write) and writes it takes in
+ * part: whatever the kernel took, each write gets exactly one DRAINED, and
+ * only after the loop has gone on (never from inside io_write() or the flush
+ * after a callback: the deliver body pump writes its next chunk from DRAINED
+ * and must not recurse), and every octet arrives in order.  The server
+ * writes the first chunk from the accept (outside any io callback: flushed
+ * inside io_write()) and each next one from DRAINED, then closes after the
+ * drain.  Prepare and check handles count the loop's passes (each iteration
+ * has one of each, around its poll).
+ */
+
+struct now_case {
+	const char *name;
+	size_t chunk;               /* octets per write (64-octet bulk lines) */
+	size_t nchunks;
+	uint64_t pause_ms;          /* the client does not read for this long at first */
+};
+
+static const struct now_case now_cases[] = {
+	{ "one small write taken at once: one DRAINED, later", 64, 1, 0 },
+	{ "a small write per DRAINED, each taken at once", 640, 200, 0 },
+	{ "64 KiB per DRAINED, 16 MiB, to a fast reader", 64u << 10, 256, 0 },
+	{ "64 KiB per DRAINED, 16 MiB, to a reader that pauses: whole, in part, not at once",
+	  64u << 10, 256, 200 },
+	{ "one 8 MiB write: part at once, the rest later, one DRAINED", 8u << 20, 1, 0 },
+};
+
+struct now_state {
+	const struct now_case *nc;
+	uv_prepare_t before_poll;
+	uv_check_t after_poll;
+	uint64_t passes;            /* prepare and check phases run so far */
+	uint64_t wrote_at;          /* passes at the last write */
+	size_t sent, drained;
+	size_t early;               /* DRAINED before the loop went on from its write */
+	bool in_write;              /* inside io_write() */
+	size_t inside;              /* DRAINED while inside io_write() */
+};
+
+static void
+now_before_poll(uv_prepare_t *h)
+{
+	struct now_state *ns = h->data;
+
+	ns->passes++;
+}
+
+static void
+now_after_poll(uv_check_t *h)
+{
+	struct now_state *ns = h->data;
+
+	ns->passes++;
+}
+
+static void
+now_stop_counting(struct now_state *ns)
+{
+	if (!uv_is_closing((uv_handle_t *)&ns->before_poll)) {
+		uv_close((uv_handle_t *)&ns->before_poll, NULL);
+		uv_close((uv_handle_t *)&ns->after_poll, NULL);
+	}
+}
+
+static void
+now_write_chunk(struct peer *p)
+{
+	struct now_state *ns = p->fx->ctx;
+	size_t lines = ns->nc->chunk / 64;
+	struct buf b = BUF_INIT;
+
+	for (size_t i = 0; i < lines; i++)
+		bulk_line(&b, ns->sent * lines + i, 64);
+	ns->sent++;
+	ns->wrote_at = ns->passes;
+	ns->in_write = true;
+	io_write(p->io, b.data, b.len);
+	ns->in_write = false;
+	buf_free(&b);
+}
+
+static void
+now_srv_accept(struct fix *fx)
+{
+	struct now_state *ns = fx->ctx;
+
+	now_write_chunk(&fx->srv);
+	/* nothing reported before the write is done */
+	CHECK_INT(fx->srv.nev[IO_EV_DRAINED], 0);
+	CHECK_INT(io_output_pending(fx->srv.io), ns->nc->chunk);
+}
+
+static void
+now_srv_event(struct peer *p, enum io_event ev)
+{
+	struct now_state *ns = p->fx->ctx;
+
+	if (ev != IO_EV_DRAINED) {
+		if (ev == IO_EV_ERROR || ev == IO_EV_EOF)
+			now_stop_counting(ns);
+		peer_default(p, ev);
+		return;
+	}
+	ns->drained++;
+	if (ns->in_write)
+		ns->inside++;
+	if (ns->passes == ns->wrote_at)
+		ns->early++;
+	if (ns->sent < ns->nc->nchunks) {
+		now_write_chunk(p);
+		return;
+	}
+	now_stop_counting(ns);
+	peer_close_drain(p);
+}
+
+static void
+now_cli_event(struct peer *p, enum io_event ev)
+{
+	struct now_state *ns = p->fx->ctx;
+
+	if (ev == IO_EV_CONNECTED && ns->nc->pause_ms > 0) {
+		p->paused = true;
+		io_pause(p->io);
+		fix_timer(p->fx, ns->nc->pause_ms, free_cli_resume);
+	}
+	peer_default(p, ev);
+}
+
+static void
+test_peek(void)
+{
+	struct peek_state ps = { BUF_INIT, 0, 0 };
+	struct fix fx;
+
+	fix_init(&fx);
+	fx.ctx = &ps;
+	fx.on_accept = peek_srv_accept;
+	fx.srv.record = true;
+	fx.srv.on_event = peek_srv_event;
+	fx.cli.on_event = peek_cli_event;
+	fix_connect(&fx);
+	fix_run(&fx, "peek");
+	CHECK_STR(buf_cstr(&fx.srv.rec), "HDR\\n|line after\\r\\n|EOF|");
+	CHECK_INT(ps.max_shown, 8);
+	CHECK_INT(ps.bad_shown, 0);
+	buf_free(&ps.hdr);
+	fix_free(&fx);
+}
+
+static void
+test_write_at_once(void)
+{
+	for (size_t i = 0; i < RELAY_ARRAY_LEN(now_cases); i++) {
+		const struct now_case *nc = &now_cases[i];
+		struct now_state ns;
+		struct fix fx;
+
+		memset(&ns, 0, sizeof(ns));
+		ns.nc = nc;
+		fix_init(&fx);
+		fx.ctx = &ns;
+		uv_prepare_init(&fx.loop, &ns.before_poll);
+		uv_check_init(&fx.loop, &ns.after_poll);
+		ns.before_poll.data = ns.after_poll.data = &ns;
+		uv_prepare_start(&ns.before_poll, now_before_poll);
+		uv_check_start(&ns.after_poll, now_after_poll);
+		uv_unref((uv_handle_t *)&ns.before_poll);
+		uv_unref((uv_handle_t *)&ns.after_poll);
+		fx.srv.record = fx.cli.record = false;
+		fx.on_accept = now_srv_accept;
+		fx.srv.on_event = now_srv_event;
+		fx.cli.on_line = bulk_on_line;
+		fx.cli.on_event = now_cli_event;
+		fix_connect(&fx);
+		fix_run(&fx, nc->name);
+		CHECK_MSG(ns.drained == nc->nchunks, "%s: %zu DRAINED for %zu writes", nc->name,
+		    ns.drained, nc->nchunks);
+		CHECK_MSG(ns.inside == 0, "%s: %zu DRAINED from inside io_write()", nc->name, ns.inside);
+		CHECK_MSG(ns.early == 0, "%s: %zu DRAINED before the loop went on from the write",
+		    nc->name, ns.early);
+		CHECK_INT(fx.cli.bytes, nc->chunk * nc->nchunks);
+		CHECK_INT(fx.cli.seq, nc->chunk * nc->nchunks / 64);
+		CHECK_INT(fx.cli.badseq, 0);
+		CHECK_INT(fx.cli.nev[IO_EV_EOF], 1);
+		CHECK_INT(fx.srv.nev[IO_EV_ERROR], 0);
+		fix_free(&fx);
+	}
+}
+
 int
 main(void)
 {
@@ -899,6 +1154,8 @@ main(void)
 	test_deadline();
 	test_nothing_after_eof();
 	test_free_in_callback();
+	test_peek();
+	test_write_at_once();
 
 	io_fixture_teardown();
 	return check_done();

@@ -550,6 +550,58 @@ fx_act(struct fx *fx, const struct step *st)
 	}
 }
 
+/* The metrics' tallies (sched_tally, kept as things change) agree with a
+ * walk over every recipient (sched_rcpt_view). */
+struct tally_walk {
+	struct sched *s;
+	struct sched_tally t;
+};
+
+static void
+tally_walk_msg(void *arg, const struct queue_msg *m)
+{
+	struct tally_walk *w = arg;
+	struct sched_rcpt_view v;
+	size_t i;
+
+	w->t.messages++;
+	w->t.held += m->held;
+	for (i = 0; i < m->env.nrcpts; i++) {
+		sched_rcpt_view(w->s, m, i, &v);
+		switch (v.state) {
+		case SCHED_RCPT_ACTIVE: w->t.rcpts_active++; break;
+		case SCHED_RCPT_QUEUED: w->t.rcpts_queued++; break;
+		case SCHED_RCPT_WAITING: w->t.rcpts_waiting++; break;
+		case SCHED_RCPT_HELD: w->t.rcpts_held++; break;
+		case SCHED_RCPT_DUE: w->t.rcpts_due++; break;
+		default: continue;
+		}
+		w->t.rcpts_pending++;
+	}
+}
+
+static void
+check_tally(struct sched *s, int no, size_t k)
+{
+	struct tally_walk w;
+	struct sched_tally t;
+
+	memset(&w, 0, sizeof(w));
+	w.s = s;
+	sched_foreach(s, tally_walk_msg, &w);
+	sched_tally(s, &t);
+	CHECK_MSG(t.messages == w.t.messages && t.held == w.t.held &&
+	    t.rcpts_pending == w.t.rcpts_pending && t.rcpts_active == w.t.rcpts_active &&
+	    t.rcpts_queued == w.t.rcpts_queued && t.rcpts_waiting == w.t.rcpts_waiting &&
+	    t.rcpts_held == w.t.rcpts_held && t.rcpts_due == w.t.rcpts_due,
+	    "scenario %d step %zu: tally msgs=%zu held=%zu pending=%zu active=%zu queued=%zu "
+	    "waiting=%zu held=%zu due=%zu; walk %zu %zu %zu %zu %zu %zu %zu %zu", no, k,
+	    t.messages, t.held, t.rcpts_pending, t.rcpts_active, t.rcpts_queued,
+	    t.rcpts_waiting, t.rcpts_held, t.rcpts_due, w.t.messages, w.t.held,
+	    w.t.rcpts_pending, w.t.rcpts_active, w.t.rcpts_queued, w.t.rcpts_waiting,
+	    w.t.rcpts_held, w.t.rcpts_due);
+}
+
 static void
 run_scenario(const struct scenario *sc, int no)
 {
@@ -578,6 +630,7 @@ run_scenario(const struct scenario *sc, int no)
 		delivered = (int)mxsink_long(&sink_a, "len(sink.messages)") +
 		    (int)mxsink_long(&sink_b, "len(sink.messages)");
 		sched_foreach_dest(fx.s, dest_cb, &d);
+		check_tally(fx.s, no, k);
 		CHECK_MSG(a == w->a && b == w->b && delivered == w->delivered &&
 		    strcmp(d.state, w->dest) == 0 && (int)d.waiting == w->waiting &&
 		    fx_pending(&fx) == w->pending && (int)fx.stats.ndr_sent == w->reports &&

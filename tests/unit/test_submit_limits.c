@@ -4,7 +4,8 @@
  * IP), AUTH failures per IP (delay after N, refuse at the limit, window
  * end), AUTH failures per tried login (a block that doubles up to a cap,
  * addresses it succeeded from exempt, unblock), messages and recipients per
- * login per window, and expiry.
+ * login per window, what another node counted merged in (cluster/), and
+ * expiry.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -290,6 +291,79 @@ test_rates(void)
 	submit_limits_free(l);
 }
 
+/* What the cluster counted, merged in: the same functions then decide. */
+static void
+test_merge(void)
+{
+	enum { MERGE_LOGIN, MERGE_AUTH, ADD, CHECKR, ALLOWED, FAIL };
+	static const struct {
+		int op;
+		uint64_t now;
+		unsigned a, b;          /* MERGE_LOGIN: msgs, rcpts; MERGE_AUTH: fails; ADD, CHECKR: nrcpt */
+		uint64_t ttl;
+		int want;               /* CHECKR: verdict; ALLOWED: bool; FAIL: refused */
+	} t[] = {
+		/* alice: 2 messages, 4 recipients elsewhere; 1h window with 10 min left */
+		{ MERGE_LOGIN, 5000000, 2, 4, 600000, 0 },
+		{ CHECKR, 5000000, 0, 0, 0, SUBMIT_RATE_OK },
+		{ CHECKR, 5000000, 1, 0, 0, SUBMIT_RATE_OK },
+		{ CHECKR, 5000000, 2, 0, 0, SUBMIT_RATE_RECIPIENTS },   /* 4 + 2 > 5 */
+		{ ADD, 5000000, 1, 0, 0, 0 },
+		{ CHECKR, 5000000, 0, 0, 0, SUBMIT_RATE_MESSAGES },     /* 3 */
+		/* a lower shared count does not lower ours */
+		{ MERGE_LOGIN, 5000001, 1, 1, 600000, 0 },
+		{ CHECKR, 5000001, 0, 0, 0, SUBMIT_RATE_MESSAGES },
+		/* the window ends with the shared one: 10 min after the merge */
+		{ CHECKR, 5599999, 0, 0, 0, SUBMIT_RATE_MESSAGES },
+		{ CHECKR, 5600000, 0, 0, 0, SUBMIT_RATE_OK },
+		/* nothing counted, or a window over: nothing merged */
+		{ MERGE_LOGIN, 5600000, 0, 0, 0, 0 },
+		{ MERGE_LOGIN, 5600000, 9, 9, 0, 0 },
+		{ CHECKR, 5600000, 0, 0, 0, SUBMIT_RATE_OK },
+		/* 192.0.2.1: 4 failures elsewhere (limit 5), 30 s of the minute left */
+		{ ALLOWED, 2000000, 0, 0, 0, true },
+		{ MERGE_AUTH, 2000000, 4, 0, 30000, 0 },
+		{ ALLOWED, 2000000, 0, 0, 0, true },
+		{ FAIL, 2000000, 0, 0, 0, true },                       /* the 5th: refused */
+		{ ALLOWED, 2000001, 0, 0, 0, false },
+		{ ALLOWED, 2029999, 0, 0, 0, false },
+		{ ALLOWED, 2030000, 0, 0, 0, true },                    /* the shared window ended */
+		{ MERGE_AUTH, 2030000, 0, 0, 30000, 0 },
+		{ ALLOWED, 2030000, 0, 0, 0, true },
+	};
+	struct submit_limits *l = submit_limits_new();
+	bool refused;
+	size_t i;
+
+	submit_limits_set_params(l, &params);
+	for (i = 0; i < RELAY_ARRAY_LEN(t); i++) {
+		switch (t[i].op) {
+		case MERGE_LOGIN:
+			submit_limits_login_merge(l, "alice", t[i].now, t[i].a, t[i].b, t[i].ttl);
+			break;
+		case MERGE_AUTH:
+			submit_limits_auth_merge(l, "192.0.2.1", t[i].now, t[i].a, t[i].ttl);
+			break;
+		case ADD:
+			submit_limits_login_add(l, "alice", t[i].now, t[i].a);
+			break;
+		case CHECKR:
+			CHECK_MSG((int)submit_limits_login_check(l, "alice", t[i].now, t[i].a) ==
+			    t[i].want, "row %zu", i);
+			break;
+		case ALLOWED:
+			CHECK_MSG(submit_limits_auth_allowed(l, "192.0.2.1", t[i].now) == (bool)t[i].want,
+			    "row %zu", i);
+			break;
+		case FAIL:
+			submit_limits_auth_failed(l, "192.0.2.1", t[i].now, &refused);
+			CHECK_MSG(refused == (bool)t[i].want, "row %zu", i);
+			break;
+		}
+	}
+	submit_limits_free(l);
+}
+
 static void
 test_expire(void)
 {
@@ -326,6 +400,7 @@ main(void)
 	test_auth();
 	test_auth_login();
 	test_rates();
+	test_merge();
 	test_expire();
 	return check_done();
 }
