@@ -179,6 +179,7 @@ static const struct conf_key conf_router_keys[] = {
 	{ "max_connections", CONF_K_UINT, C_OFF(router.max_connections), 0, CONF_F_POSITIVE, NULL },
 	{ "max_connections_per_host", CONF_K_UINT, C_OFF(router.max_connections_per_host), 0, CONF_F_POSITIVE, NULL },
 	{ "max_rcpts_per_txn", CONF_K_UINT, C_OFF(router.max_rcpts_per_txn), 0, CONF_F_POSITIVE, NULL },
+	{ "tlsrpt_interval", CONF_K_DURATION, C_OFF(router.tlsrpt_interval), 0, CONF_F_POSITIVE, NULL },
 	{ NULL, 0, 0, 0, 0, NULL }
 };
 
@@ -208,6 +209,12 @@ static const struct conf_key conf_dkim_keys[] = {
 	{ NULL, 0, 0, 0, 0, NULL }
 };
 
+static const struct conf_key conf_tlsrpt_keys[] = {
+	{ "organization", CONF_K_STR, C_OFF(tlsrpt.organization), 0, CONF_F_NONEMPTY, NULL },
+	{ "contact", CONF_K_STR, C_OFF(tlsrpt.contact), 0, CONF_F_NONEMPTY, NULL },
+	{ NULL, 0, 0, 0, 0, NULL }
+};
+
 static const struct conf_key conf_cluster_keys[] = {
 	{ "redis", CONF_K_STR, C_OFF(cluster.redis), 0, CONF_F_NONEMPTY, NULL },
 	{ "password_file", CONF_K_STR, C_OFF(cluster.password_file), 0,
@@ -229,6 +236,7 @@ static const struct conf_key conf_top_keys[] = {
 	{ "router", CONF_K_GROUP, 0, 0, 0, conf_router_keys },
 	{ "deliver", CONF_K_GROUP, 0, 0, 0, conf_deliver_keys },
 	{ "dkim", CONF_K_GROUP, 0, 0, 0, conf_dkim_keys },
+	{ "tlsrpt", CONF_K_GROUP, 0, 0, 0, conf_tlsrpt_keys },
 	{ "cluster", CONF_K_GROUP, 0, 0, 0, conf_cluster_keys },
 	{ NULL, 0, 0, 0, 0, NULL }
 };
@@ -1527,6 +1535,8 @@ conf_free(struct conf *c)
 		conf_free_dkim_key(&c->dkim.keys[i]);
 	free(c->dkim.keys);
 	conf_free_strs(c->dkim.headers, c->dkim.nheaders);
+	free(c->tlsrpt.organization);
+	free(c->tlsrpt.contact);
 	free(c);
 }
 
@@ -1606,6 +1616,7 @@ conf_new_defaults(void)
 	c->router.max_connections = 100;
 	c->router.max_connections_per_host = 10;
 	c->router.max_rcpts_per_txn = 100;
+	c->router.tlsrpt_interval = 86400000ULL;
 
 	c->deliver.tls = CONF_TLS_OPPORTUNISTIC;
 	c->deliver.connect_timeout = 30000;

@@ -160,6 +160,7 @@ struct conf {
 		unsigned max_connections;           /* default 100, outbound total */
 		unsigned max_connections_per_host;  /* default 10 */
 		unsigned max_rcpts_per_txn;         /* default 100 */
+		uint64_t tlsrpt_interval;           /* default 24h: TLSRPT reports (RFC 8460) sent this often */
 	} router;
 
 	struct {
@@ -180,6 +181,11 @@ struct conf {
 		char **headers;                     /* NULL = dkim/'s default list */
 		size_t nheaders;
 	} dkim;
+
+	struct {
+		char *organization;                 /* TLSRPT "organization-name"; default: hostname */
+		char *contact;                      /* TLSRPT "contact-info"; default: postmaster@hostname */
+	} tlsrpt;
 
 	struct {                                    /* cluster/: shared state in Redis */
 		bool enabled;                       /* the cluster group is present */

@@ -24,6 +24,9 @@ PKGS="build-essential gcc make cmake pkg-config openssl ca-certificates
 # TLSRPT reports)
 PKGS="$PKGS libcurl4-openssl-dev"
 
+# zlib: TLSRPT reports (RFC 8460) are sent gzipped (tlsrpt/)
+PKGS="$PKGS zlib1g-dev"
+
 # Cyrus's SQL auxprop plugin and SQLite, for the AUTH backend tests
 PKGS="$PKGS libsasl2-modules-sql sqlite3"
 

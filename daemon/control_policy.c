@@ -21,6 +21,7 @@
 #include "daemon/control_int.h"
 #include "common/util.h"
 #include "mtasts/mtasts.h"
+#include "tlsrpt/tlsrpt.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -37,7 +38,7 @@ typedef bool rctl_policy_fn(struct rctl *c, const char *domain);
 static rctl_policy_fn rctl_policy_dane;
 static rctl_policy_fn rctl_policy_mta_sts;
 
-/* TLSRPT: static rctl_policy_fn rctl_policy_tlsrpt; */
+static rctl_policy_fn rctl_policy_tlsrpt;
 
 static const struct rctl_policy_section {
 	const char *key;                /* the JSON key, and the text's heading */
@@ -46,7 +47,7 @@ static const struct rctl_policy_section {
 	{ "dane", rctl_policy_dane },
 	{ "mta_sts", rctl_policy_mta_sts },
 
-	/* TLSRPT: { "tlsrpt", rctl_policy_tlsrpt }, */
+	{ "tlsrpt", rctl_policy_tlsrpt },
 
 };
 
@@ -347,3 +348,67 @@ rctl_policy_mta_sts(struct rctl *c, const char *domain)
 
 /* ------------------------------------------------------------------ */
 /* TLSRPT: its section function (rctl_policy_tlsrpt) goes here. */
+
+/* Where TLS reports for domain go (its last _smtp._tls answer, within the
+ * hour) and today's counts (since the last report), by policy type. */
+static bool
+rctl_policy_tlsrpt(struct rctl *c, const char *domain)
+{
+	struct tlsrpt *t = sched_tlsrpt(c->s);
+	struct tlsrpt_view v;
+	struct buf *b = c->out;
+	int ty;
+
+	if (t == NULL)
+		memset(&v, 0, sizeof(v));
+	else
+		tlsrpt_view(t, domain, util_now_ms(), &v);
+	if (!v.looked_up && !v.counted) {
+		buf_puts(b, c->json ? "null" : "tlsrpt: nothing held (no _smtp._tls lookup in the "
+		    "last hour, no session counted today)\n");
+		return false;
+	}
+	if (c->json) {
+		buf_puts(b, "{\"looked_up\":");
+		rctl_json_time(c, b, v.looked_up ? v.looked_up_ms : 0);
+		buf_puts(b, ",\"rua\":[");
+		if (v.rua != NULL) {
+			const char *p = v.rua, *e;
+
+			for (; *p != '\0'; p = *e != '\0' ? e + 1 : e) {
+				char *one;
+
+				e = p + strcspn(p, ",");
+				one = xstrndup(p, (size_t)(e - p));
+				if (p != v.rua)
+					buf_putc(b, ',');
+				json_str(b, one);
+				free(one);
+			}
+		}
+		buf_puts(b, "],\"today\":{");
+		for (ty = 0; ty < 3; ty++) {
+			buf_printf(b, "%s\"%s\":{\"successful\":%llu,\"failed\":%llu}",
+			    ty > 0 ? "," : "", tlsrpt_ptype_name((enum tlsrpt_ptype)ty),
+			    (unsigned long long)v.ok[ty], (unsigned long long)v.failed[ty]);
+		}
+		buf_puts(b, "}}");
+		return true;
+	}
+	buf_puts(b, "tlsrpt: ");
+	if (!v.looked_up)
+		buf_puts(b, "_smtp._tls not looked up in the last hour\n");
+	else if (v.rua == NULL)
+		buf_printf(b, "no _smtp._tls record (looked up %s)\n", rctl_ctime(c, v.looked_up_ms));
+	else {
+		buf_puts(b, "rua ");
+		rctl_text(b, v.rua);
+		buf_printf(b, " (looked up %s)\n", rctl_ctime(c, v.looked_up_ms));
+	}
+	for (ty = 0; ty < 3; ty++)
+		if (v.ok[ty] + v.failed[ty] > 0)
+			buf_printf(b, "  today %s: %llu successful, %llu failed\n",
+			    tlsrpt_ptype_name((enum tlsrpt_ptype)ty), (unsigned long long)v.ok[ty],
+			    (unsigned long long)v.failed[ty]);
+	return true;
+}

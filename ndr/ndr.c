@@ -861,7 +861,9 @@ static void ndr_committed(void *arg, int err, const char *qid);
 struct ndr_sign {
 	uv_work_t req;
 	struct queue_txn *t;
-	struct ndr_pending *np;
+	queue_commit_cb *cb;
+	void *arg;
+	char qid[QID_MAX];
 	struct dkim_keys *keys;
 	struct dkim_msg *msg;
 	const char *domain;          /* in keys */
@@ -891,15 +893,15 @@ ndr_sign_done(uv_work_t *req, int status)
 	}
 	if (w->rc == 0) {
 		queue_txn_prefix(w->t, buf_cstr(&w->out), buf_cstr(&w->ids));
-		queue_txn_commit(w->t, ndr_committed, w->np);
+		queue_txn_commit(w->t, w->cb, w->arg);
 	} else {
 		log_begin(&l, LOG_ERR, "dkim_sign_failed");
-		log_kv(&l, "qid", w->np->ndr_qid);
+		log_kv(&l, "qid", w->qid);
 		log_kv(&l, "domain", w->domain);
 		log_kv(&l, "error", buf_cstr(&w->err));
 		log_end(&l);
 		queue_txn_abort(w->t);
-		ndr_committed(w->np, RELAY_EIO, NULL);      /* never an unsigned report */
+		w->cb(w->arg, RELAY_EIO, NULL);      /* never an unsigned report */
 	}
 	dkim_msg_free(w->msg);
 	dkim_keys_unref(w->keys);
@@ -909,11 +911,9 @@ ndr_sign_done(uv_work_t *req, int status)
 	free(w);
 }
 
-/* Commit the report t holds (text: its bytes), signed first when a key is
- * configured for the reporting MTA's domain. */
-static void
-ndr_commit(struct queue_txn *t, const struct buf *text, const struct ndr_params *p,
-    struct ndr_pending *np)
+void
+ndr_commit_signed(struct queue_txn *t, const struct buf *text, const struct ndr_params *p,
+    queue_commit_cb *cb, void *arg)
 {
 	const char *domain = NULL;
 	struct ndr_sign *w;
@@ -921,13 +921,15 @@ ndr_commit(struct queue_txn *t, const struct buf *text, const struct ndr_params 
 	if (p->dkim != NULL && p->loop != NULL)
 		domain = dkim_keys_domain_for_host(p->dkim, p->reporting_mta);
 	if (domain == NULL) {
-		queue_txn_commit(t, ndr_committed, np);
+		queue_txn_commit(t, cb, arg);
 		return;
 	}
 	w = xcalloc(1, sizeof(*w));
 	w->req.data = w;
 	w->t = t;
-	w->np = np;
+	w->cb = cb;
+	w->arg = arg;
+	snprintf(w->qid, sizeof(w->qid), "%s", queue_txn_qid(t));
 	w->keys = dkim_keys_ref(p->dkim);
 	w->domain = domain;
 	w->now_s = p->now_ms / 1000;
@@ -1077,7 +1079,7 @@ ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
 		np->rcpt[i].attempts = sel[i].attempts;
 		np->rcpt[i].down_since_ms = sel[i].down_since_ms;
 	}
-	ndr_commit(t, &out, p, np);
+	ndr_commit_signed(t, &out, p, ndr_committed, np);
 	rc = 0;
 out:
 	buf_free(&out);

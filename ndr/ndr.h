@@ -64,6 +64,16 @@ int ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
     const struct ndr_rcpt *rcpts, size_t n, const struct ndr_params *p,
     struct relay_stats *stats, char *ndr_qid, ndr_done_cb *done, void *done_arg);
 
+/*
+ * Commit t, whose bytes are text (a message relayd wrote itself: a report),
+ * DKIM-signed first on the thread pool when p->dkim holds a key for
+ * p->reporting_mta's domain (p->loop set).  cb(arg, err, qid) fires exactly
+ * once, on the loop, as queue_txn_commit's does; a failed signature aborts
+ * t (event=dkim_sign_failed) and is RELAY_EIO: never an unsigned copy.
+ */
+void ndr_commit_signed(struct queue_txn *t, const struct buf *text, const struct ndr_params *p,
+    queue_commit_cb *cb, void *arg);
+
 /* Build the report's bytes only (for unit tests): the full RFC 5322 message. */
 int ndr_format(const struct queue_msg *m, enum ndr_kind kind, const struct ndr_rcpt *rcpts,
     size_t n, const struct ndr_params *p, const char *ndr_qid, struct buf *out);

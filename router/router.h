@@ -162,6 +162,9 @@ struct mtasts *sched_mtasts(struct sched *s);
 struct dkim_keys;
 struct dkim_keys *sched_dkim(struct sched *s);
 
+/* TLS reporting (relayctl policy: tlsrpt_describe). */
+struct tlsrpt;
+struct tlsrpt *sched_tlsrpt(struct sched *s);
 /* Run-time routes (relayctl route set/clear/list). */
 struct route_table *sched_routes(struct sched *s);
 /* route_set with the configured smtp_port as default port. */

@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "dkim/dkim.h"
+#include "tlsrpt/tlsrpt.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -750,6 +751,7 @@ int
 sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err)
 {
 	struct sched *s = xcalloc(1, sizeof(*s));
+	struct tlsrpt_deps td;
 
 	s->magic = SCHED_MAGIC;
 	s->loop = deps->loop;
@@ -766,6 +768,20 @@ sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err)
 		dkim_keys_unref(s->dkim);
 		health_free(s->health);
 		dane_seen_free(s->dane);
+		conf_unref(s->conf);
+		free(s);
+		return -1;
+	}
+	memset(&td, 0, sizeof(td));
+	td.loop = s->loop;
+	td.conf = s->conf;
+	td.queue = s->q;
+	td.dns = s->mx;
+	td.dkim = s->dkim;
+	if ((s->tlsrpt = tlsrpt_new(&td, err)) == NULL) {
+		route_table_free(s->routes);
+		dkim_keys_unref(s->dkim);
+		health_free(s->health);
 		conf_unref(s->conf);
 		free(s);
 		return -1;
@@ -877,6 +893,7 @@ sched_reload(struct sched *s, struct conf *conf)
 	} else
 		log_event(LOG_ERR, "reload_failed", "config", conf->path, "error", buf_cstr(&err), NULL);
 	buf_free(&err);
+	tlsrpt_reload(s->tlsrpt, conf, s->dkim);
 	sched_reroute(s);
 	TAILQ_FOREACH(sm, &s->msgs, entry)
 		sched_msg_rewake(s, sm, now);
@@ -887,7 +904,7 @@ void
 sched_shutdown_check(struct sched *s)
 {
 	if (s->nactive == 0 && s->nreports == 0 && s->timer_closed && s->routes_closed &&
-	    s->shutdown_done != NULL) {
+	    s->tlsrpt_closed && s->shutdown_done != NULL) {
 		void (*done)(void *) = s->shutdown_done;
 
 		s->shutdown_done = NULL;
@@ -901,6 +918,15 @@ sched_on_timer_closed(uv_handle_t *h)
 	struct sched *s = h->data;
 
 	s->timer_closed = true;
+	sched_shutdown_check(s);
+}
+
+static void
+sched_on_tlsrpt_closed(void *arg)
+{
+	struct sched *s = arg;
+
+	s->tlsrpt_closed = true;
 	sched_shutdown_check(s);
 }
 
@@ -959,6 +985,7 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 	uv_timer_stop(&s->timer);
 	uv_close((uv_handle_t *)&s->timer, sched_on_timer_closed);
 	route_table_close(s->routes, sched_on_routes_closed, s);
+	tlsrpt_close(s->tlsrpt, sched_on_tlsrpt_closed, s);
 }
 
 void
@@ -983,6 +1010,7 @@ sched_free(struct sched *s)
 	health_free(s->health);
 	dane_seen_free(s->dane);
 	route_table_free(s->routes);
+	tlsrpt_free(s->tlsrpt);
 	dkim_keys_unref(s->dkim);
 	conf_unref(s->conf);
 	free(s->heap);

@@ -528,6 +528,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 		if (res->tls_result[0] != '\0')
 			log_kv(&l, "tls_result", res->tls_result);
 		log_end(&l);
+		sched_tlsrpt_session(s, job, tg, res, last->ip);
 		deliver_req_clear(req);
 		job->ai++;
 		if (s->stopping) {
@@ -539,6 +540,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	}
 
 	job->ntried++;
+	sched_tlsrpt_session(s, job, tg, res, last->ip);
 	health_host_ok(h, now);
 	for (k = 0; k < job->nrcpts; k++)
 		job->sm->rc[job->rcpts[k]].down_since = 0;
@@ -634,6 +636,7 @@ sched_job_next(struct sched_job *job)
 			log_event(LOG_NOTICE, "tls_policy_refused", "qid", m->qid, "host", tg->host,
 			    "policy", job->tlspol.source, "status", job->tlspol.status,
 			    "result", job->tlspol.result, "error", job->tlspol.reason, NULL);
+			sched_tlsrpt_session(s, job, tg, NULL, NULL);
 			continue;
 		}
 
@@ -720,6 +723,8 @@ sched_job_sts_known(struct sched_job *job, const struct mtasts_answer *a)
 {
 	mtasts_policy_release(&job->sts);
 	job->has_sts = a->policy != NULL;
+	snprintf(job->sts_failure, sizeof(job->sts_failure), "%s",
+	    a->policy == NULL && a->failure != NULL ? a->failure : "");
 	if (a->policy != NULL)
 		mtasts_policy_copy(&job->sts, a->policy);
 	sched_job_next(job);

@@ -124,6 +124,8 @@ struct sched_job {
 	struct mtasts_query *stsq;      /* the domain's MTA-STS policy is being looked up */
 	bool has_sts;                   /* sts holds the domain's policy (a copy) */
 	struct mtasts_policy sts;
+	char sts_failure[32];           /* RFC 8460 result type of a failed MTA-STS fetch with no
+	                                   policy to apply (TLSRPT counts it), or "" */
 	size_t ntargets;                /* targets allowed (primary-only cuts) */
 	size_t ti, ai;                  /* the address being tried */
 	unsigned ntried;                /* connections attempted */
@@ -200,6 +202,8 @@ struct sched {
 	bool stopping;
 	bool timer_closed;
 	bool routes_closed;
+	bool tlsrpt_closed;
+	struct tlsrpt *tlsrpt;          /* TLS reporting (RFC 8460): counts and reports */
 	void (*shutdown_done)(void *);
 	void *shutdown_arg;
 
@@ -229,6 +233,10 @@ void sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now);
 struct sched_msg *sched_msg_lookup(struct sched *s, const char *qid);
 void sched_msg_free(struct sched *s, struct sched_msg *sm);
 void sched_shutdown_check(struct sched *s);
+/* router_sched_tlsrpt.c: tell tlsrpt/ how a session (res) or a refusal before
+ * connecting (res NULL, the job's tlspol says why) with exchanger tg went. */
+void sched_tlsrpt_session(struct sched *s, struct sched_job *job, const struct dns_target *tg,
+    const struct deliver_result *res, const char *ip);
 bool sched_job_active(const struct sched_job *job);
 
 /* router_sched_report.c: the reports a message owes (failures, expiries,
