@@ -592,6 +592,29 @@ mtasts_recheck(struct mtasts *m)
 }
 
 void
+mtasts_sweep(struct mtasts *m)
+{
+	struct htab_iter it;
+	struct htab_node *n;
+	uint64_t now = mtasts_now(m);
+
+	if (m->magic != MTASTS_MAGIC || m->closing)
+		fatalx("%s: bad or closing module", __func__);
+	for (n = htab_first(&m->doms, &it); n != NULL; n = htab_next(&it)) {
+		struct mtasts_dom *d = HTAB_ENTRY(n, struct mtasts_dom, node);
+
+		if (d->dq != NULL || d->hq != NULL || !TAILQ_EMPTY(&d->waiters))
+			continue;
+		if (d->have && now < d->policy.expires_ms)
+			continue;       /* in force (and in the cache file) */
+		if (d->checked_ms != 0 && now >= d->checked_ms && now - d->checked_ms < MTASTS_KEEP_MS)
+			continue;
+		htab_remove(&m->doms, n);
+		mtasts_dom_free(d);
+	}
+}
+
+void
 mtasts_reload(struct mtasts *m, const struct conf *conf)
 {
 	free(m->ca_file);

@@ -56,6 +56,7 @@ struct mtasts_query;
 #define MTASTS_MAX_MX         64              /* mx: patterns kept per policy */
 #define MTASTS_ID_MAX         32              /* id= is 1*32 alphanumerics */
 #define MTASTS_RECHECK_MS     60000           /* the TXT id looked at again after this */
+#define MTASTS_KEEP_MS        (24 * 3600 * 1000ULL) /* a domain unchecked this long is dropped */
 
 enum mtasts_mode {
 	MTASTS_MODE_NONE = 0,
@@ -135,6 +136,12 @@ int mtasts_get(struct mtasts *m, const char *domain, struct mtasts_answer *a, mt
 void mtasts_cancel(struct mtasts_query *q);
 /* Look at every domain's TXT record again on next use (relayctl queue flush). */
 void mtasts_recheck(struct mtasts *m);
+/*
+ * Drop the domains with nothing in flight, no policy in force and no check
+ * for MTASTS_KEEP_MS (the scheduler's sweep), so that the table does not
+ * grow with every recipient domain ever seen.
+ */
+void mtasts_sweep(struct mtasts *m);
 /* What the module holds for a domain (relayctl policy). */
 struct mtasts_held {
 	const struct mtasts_policy *policy; /* the cached policy (maybe expired), or NULL */

@@ -232,6 +232,8 @@ sched_on_timer(uv_timer_t *t)
 		s->last_sweep = now;
 		health_expire(s->health, now > SCHED_HEALTH_KEEP ? now - SCHED_HEALTH_KEEP : 0);
 		dane_seen_expire(s->dane, now > SCHED_HEALTH_KEEP ? now - SCHED_HEALTH_KEEP : 0);
+		if (s->mtasts != NULL)
+			mtasts_sweep(s->mtasts);
 	}
 	sched_arm(s);
 }

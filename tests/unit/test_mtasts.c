@@ -6,8 +6,10 @@
  * (tlspolicy_apply_sts).  The fetch, the cache and enforcement end to end
  * are tests/integration/test_mta_sts.py.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "common/util.h"
@@ -246,6 +248,59 @@ test_apply(void)
 	}
 }
 
+static uint64_t
+test_clock(void *arg)
+{
+	return *(uint64_t *)arg;
+}
+
+/*
+ * The domain table does not grow for ever: a domain with nothing in force
+ * and no check for a day is dropped at the sweep, one whose policy still
+ * holds is kept (its cache line would otherwise be lost).
+ */
+static void
+test_sweep(void)
+{
+	char dir[] = "/tmp/test-mtasts-XXXXXX";
+	uint64_t now = 1000ULL * 86400 * 365 * 50;
+	struct buf path = BUF_INIT, text = BUF_INIT;
+	struct mtasts_held h;
+	struct conf *c;
+	struct mtasts *m;
+	uv_loop_t loop;
+	FILE *f;
+
+	CHECK(mkdtemp(dir) != NULL);
+	buf_printf(&path, "%s/mta-sts", dir);
+	buf_printf(&text, "old.test abc %llu %llu enforce 60 mx.old.test\n"
+	    "live.test abc %llu %llu enforce 86400 mx.live.test\n",
+	    (unsigned long long)(now - 86400000ULL * 3), (unsigned long long)(now - 86400000ULL * 3 + 60000),
+	    (unsigned long long)(now - 1000), (unsigned long long)(now + 86399000ULL));
+	CHECK((f = fopen(buf_cstr(&path), "w")) != NULL);
+	fputs(buf_cstr(&text), f);
+	fclose(f);
+	uv_loop_init(&loop);
+	c = conf_new_defaults();
+	free(c->queue_dir);
+	c->queue_dir = xstrdup(dir);
+	m = mtasts_new(&loop, c, NULL, NULL);
+	mtasts_set_clock(m, test_clock, &now);
+	CHECK(mtasts_held(m, "old.test", &h));
+	CHECK(mtasts_held(m, "live.test", &h));
+	mtasts_sweep(m);
+	CHECK_MSG(!mtasts_held(m, "old.test", &h), "an expired, unchecked domain is kept");
+	CHECK(mtasts_held(m, "live.test", &h) && h.policy != NULL);
+	mtasts_close(m, NULL, NULL);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK(uv_loop_close(&loop) == 0);
+	conf_unref(c);
+	unlink(buf_cstr(&path));
+	rmdir(dir);
+	buf_free(&path);
+	buf_free(&text);
+}
+
 int
 main(void)
 {
@@ -253,5 +308,6 @@ main(void)
 	test_policy();
 	test_match();
 	test_apply();
+	test_sweep();
 	return check_done();
 }
