@@ -216,12 +216,15 @@ mtasts_write_done(uv_work_t *w, int status)
 	if (status != 0 || m->werr != 0)
 		log_event(LOG_ERR, "mtasts_cache_error", "path", m->path, "op", "write",
 		    "error", status != 0 ? uv_strerror(status) : strerror(m->werr), NULL);
-	if (m->closing) {
-		mtasts_destroy(m);
-		return;
-	}
-	if (m->dirty)
+	/* Changes made while that write ran (a policy fetched just before the
+	 * stop) get their own write, closing or not. */
+	if (m->dirty && (!m->closing || (status == 0 && m->werr == 0))) {
 		mtasts_write_start(m);
+		if (m->writing)
+			return;
+	}
+	if (m->closing)
+		mtasts_destroy(m);
 }
 
 static void
@@ -620,7 +623,9 @@ mtasts_reload(struct mtasts *m, const struct conf *conf)
 	free(m->ca_file);
 	m->ca_file = conf->deliver.ca_file != NULL && conf->deliver.ca_file[0] != '\0' ?
 	    xstrdup(conf->deliver.ca_file) : NULL;
-	m->timeout_ms = (unsigned)conf->router.mta_sts_timeout;
+	/* a fetch never needs more than an hour; a larger value must not wrap */
+	m->timeout_ms = conf->router.mta_sts_timeout > 3600000 ? 3600000 :
+	    (unsigned)conf->router.mta_sts_timeout;
 }
 
 struct mtasts *
