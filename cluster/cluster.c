@@ -92,6 +92,7 @@ struct cluster {
 	bool cmd_ready, sub_ready;
 	bool degraded;                  /* cluster_degraded logged, cluster_restored not yet */
 	bool connected_once;
+	bool hosts_known;               /* this link's HGETALL: the node remembers its own marks */
 	bool closing;
 	char sha[41];                   /* the count script's, "" until loaded */
 	uint64_t retry_ms;              /* the next back-off */
@@ -346,6 +347,8 @@ cluster_host_down_news(struct cluster *cl, const char *addr, const char *text)
 	if (cl->health.host_down == NULL ||
 	    sscanf(text, "%64s %u %llu %llu %n", node, &n.failures, &until, &backoff, &off) < 4)
 		return;
+	if (cl->hosts_known && strcmp(node, cl->node) == 0)
+		return;                 /* ours, still in our health table */
 	snprintf(why, sizeof(why), "%s", off > 0 ? text + off : "");
 	if (until <= util_now_ms())
 		return;                 /* over already */
@@ -457,6 +460,9 @@ cluster_connect(struct cluster *cl)
 
 	cl->state = CLUSTER_CONNECTING;
 	cl->cmd_ready = cl->sub_ready = false;
+	/* a reconnect reads back the hosts this node marked: it has them (a
+	 * node that restarted has not, and takes them like any other news) */
+	cl->hosts_known = cl->connected_once;
 	cl->sha[0] = '\0';
 	if ((cl->cmd = cluster_open(cl)) == NULL || (cl->sub = cluster_open(cl)) == NULL) {
 		cluster_link_down(cl, "cannot connect");

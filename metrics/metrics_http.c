@@ -175,8 +175,10 @@ metrics_new(uv_loop_t *loop, const char *listen, const struct metrics_source *sr
 	buf_init(&m->log);
 	m->d = MHD_start_daemon(flags, 0, NULL, NULL, metrics_request, m,
 	    MHD_OPTION_EXTERNAL_LOGGER, metrics_mhd_log, m,
+	    /* no LISTENING_ADDRESS_REUSE: that is SO_REUSEPORT, and a second
+	     * relayd on the same address would start and take half the scrapes;
+	     * MHD's default (SO_REUSEADDR) still allows a quick restart */
 	    MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-	    MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned)METRICS_MAX_CONN,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)METRICS_MEM,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)METRICS_IDLE_S,

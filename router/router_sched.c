@@ -1291,13 +1291,8 @@ sched_delete(struct sched *s, const char *qid)
 	s->nmsgs--;
 	sched_tally_msg(s, sm->m, -1);
 	sm->deleted = true;
-	if (sm->njobs == 0) {
-		sm->m->sched = NULL;
-		queue_msg_free(sm->m);
-		free(sm->rc);
-		sm->magic = 0;
-		free(sm);
-	}
+	if (sm->njobs == 0)
+		sched_msg_free(s, sm);  /* deleted: out of the lists and tallies already */
 	sched_arm(s);
 	return 0;
 }

@@ -345,6 +345,27 @@ class SharedHostHealth(ClusterCase):
 
 class RedisOutage(ClusterCase):
 
+    def test_a_node_back_on_redis_does_not_take_its_own_news_from_others(self):
+        """After a lost link, the hosts still down that a node reads back from
+        Redis include the ones it marked itself: it keeps its own backoff end
+        (no cluster_host_down of its own news)."""
+        a, b = self.nodes(submit_cfg={"login_max_messages": 5, "login_rate_window": "1h"},
+                          router={"host_backoff": ["60s", "120s"]})
+        addr = "127.0.0.2:%d" % a.smtp_port
+        self.mx.script(greeting="421 4.3.2 down for maintenance")
+        self.send(a, rcpt="one@example.net")
+        a.wait_for_log("destination_down", dest="example.net")
+        b.wait_for_log("cluster_host_down", addr=addr, node="a")
+        mark_a, mark_b = a.log_mark(), b.log_mark()
+        self.redis.command("CLIENT", "KILL", "TYPE", "normal")
+        self.redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+        a.wait_for_log("cluster_restored", node="a", since=mark_a, timeout=20)
+        b.wait_for_log("cluster_restored", node="b", since=mark_b, timeout=20)
+        # a's MAIL reads its login window after the hosts on the same link:
+        # its reply proves a has read them back
+        self.assertEqual(self.mail_reply(a)[0], 250)
+        self.assertEqual(a.count_log("cluster_host_down", since=mark_a), 0)
+
     def test_redis_killed_nodes_keep_going_and_share_again_after(self):
         a, b = self.nodes(submit_cfg={"login_max_messages": 2, "login_rate_window": "1h"})
         self.redis.kill()

@@ -319,6 +319,21 @@ class MetricsTest(unittest.TestCase):
         relay.wait_for_log("started", since=mark)
         self.assertEqual(listening_ports(relay.pid), {relay.submit_port, relay.tls_port, port})
 
+    def test_address_in_use_is_a_start_error(self):
+        """A metrics_listen another relayd already serves is a start error,
+        not a second listener sharing the port (SO_REUSEPORT) and half the
+        scrapes."""
+        self.start_relay()
+        other = Relay.for_test(self, metrics_listen="%s:%d" % (HOST, self.port))
+        other.start(wait=False)
+        rc = other.wait_exit()
+        with open(other.stderr_path, errors="replace") as f:
+            err = f.read()
+        self.assertEqual(rc, 1, err)
+        self.assertIn("metrics_listen: cannot listen on %s:%d" % (HOST, self.port), err)
+        self.scrape()                       # the first one still serves
+        self.stop_clean()
+
     def test_bad_address(self):
         """A bad metrics_listen is a configuration error naming the key."""
         relay = Relay.for_test(self, metrics_listen="localhost")

@@ -47,6 +47,7 @@ enum act {
 	RELEASE,                /* release message n */
 	FLUSH,                  /* sched_flush(): every message */
 	FLUSH_MSG,              /* sched_flush(): message n by queue id */
+	DELETE,                 /* sched_delete(): message n, as relayctl delete */
 };
 
 /* What must hold after a step; counts are totals since the scenario began. */
@@ -218,6 +219,17 @@ static const struct scenario scenarios[] = {
 		{
 			{ 0, "", SUBMIT, 2, { 1, 1, 0, "down", 2, 2, 0, 0, 0 } },
 			{ 5 * M, "a", FLUSH_MSG, 1, { 3, 1, 2, "-", 0, 0, 0, 0, 0 } },
+		},
+	},
+	{
+		"a message the administrator deletes after an attempt leaves the queue "
+		"and nothing of it stays behind (its TLS notes too: the sanitizer "
+		"build checks)",
+		10 * M, 1 * H, 5 * 24 * H, 0,
+		{
+			{ 0, "A", SUBMIT, 1, { 1, 0, 0, "-", 0, 1, 0, 0, 0 } },
+			{ 1 * M, "A", DELETE, 0, { 1, 0, 0, "-", 0, 0, 0, 0, 0 } },
+			{ 6 * M, "A", TICK, 0, { 1, 0, 0, "-", 0, 0, 0, 0, 0 } },
 		},
 	},
 };
@@ -546,6 +558,9 @@ fx_act(struct fx *fx, const struct step *st)
 		break;
 	case FLUSH_MSG:
 		CHECK_INT(sched_flush(fx->s, qid), 1);
+		break;
+	case DELETE:
+		CHECK_INT(sched_delete(fx->s, qid), 0);
 		break;
 	}
 }
