@@ -843,6 +843,7 @@ tlsrpt_close(struct tlsrpt *t, void (*done)(void *arg), void *arg)
 		if (s->q != NULL) {
 			dns_cancel(s->q);
 			s->q = NULL;
+			s->failed++;    /* not sent: the bucket stays */
 			tlsrpt_send_finish(s, false);
 		}
 	}
