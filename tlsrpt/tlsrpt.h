@@ -20,7 +20,7 @@
  * is due; the others' counts are dropped then.
  *
  * Everything runs on the loop: DNS through dns/, the file written on the
- * libuv thread pool (write, fsync, rename), at most once a second.
+ * libuv thread pool (write, fsync, rename, fsync of queue_dir), at most once a second.
  *
  * Ownership: the module keeps references to the conf and DKIM keys it is
  * given and borrows the queue and resolver, which must outlive

@@ -467,6 +467,8 @@ class Durable(TlsrptCase):
         out = self.relay.relayctl("policy", "example.net", check=True).stdout
         self.assertRegex(out, r"(?m)^tlsrpt: rua mailto:tlsrpt@reports\.test \(looked up ")
         self.assertRegex(out, r"(?m)^  today tlsa: 1 successful, 1 failed$")
+        # written, renamed and the rename synced (queue_dir) without an error
+        self.assertEqual(self.relay.count_log("tlsrpt_save_failed"), 0)
         self.relay.kill9()
         self.relay.update_config(router={"tlsrpt_interval": "2s"})
         self.relay.start()
