@@ -116,8 +116,9 @@ void tlsrpt_slot(uint64_t now_ms, uint64_t interval_ms, uint64_t *start, uint64_
 /*
  * Parse the TXT records of _smtp._tls.DOMAIN (RFC 8460 3): the records that
  * begin with "v=TLSRPTv1" count; exactly one must; its rua= is a comma-
- * separated list of mailto: and https: URIs (others are ignored).  Fills
- * rua[] with malloc'd strings (mailto: addresses %-decoded, without "mailto:")
+ * separated list of mailto: and https: URIs (others are ignored; one given
+ * twice counts once).  Fills rua[] with malloc'd strings (mailto: addresses
+ * %-decoded, without "mailto:")
  * and returns how many, or -1 with the reason in why when the domain has no
  * usable record.  kind[i] is 'm' (mailto) or 'h' (https).
  */

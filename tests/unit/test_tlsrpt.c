@@ -54,6 +54,9 @@ test_record(void)
 		{ { "v=spf1 -all", "v=TLSRPTv1; rua=mailto:x@y.example" }, 1, "x@y.example", NULL, 'm', 0 },
 		{ { "v=TLSRPTv1; rua=mailto:x@y.example", "v=TLSRPTv1; rua=mailto:z@y.example" }, -1,
 		  NULL, NULL, 0, 0 },                   /* two records: none */
+		{ { "v=TLSRPTv1; rua=mailto:x@y.example,MAILTO:x@y.example, https://r.example/x,"
+		    "https://r.example/x" }, 2, "x@y.example", "https://r.example/x", 'm', 'h' },
+		                                        /* a URI given twice: one report */
 		{ { "v=TLSRPTv1; rua=ftp://x.example/" }, -1, NULL, NULL, 0, 0 },
 		{ { "v=TLSRPTv1" }, -1, NULL, NULL, 0, 0 },
 		{ { "v=TLSRPTv10; rua=mailto:x@y.example" }, -1, NULL, NULL, 0, 0 },
