@@ -62,7 +62,7 @@ struct tlsrpt_session {
 	const char *sending_ip;         /* NULL where unknown */
 	const char *receiving_mx;       /* the exchanger's name, or NULL */
 	const char *receiving_ip;       /* or NULL (refused before connecting) */
-	const char *info;               /* "additional-information", or NULL */
+	const char *info;               /* "failure-reason-code" (free text), or NULL */
 };
 
 struct tlsrpt_deps {

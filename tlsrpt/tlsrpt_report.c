@@ -253,7 +253,7 @@ tlsrpt_report_json(const struct tlsrpt_bucket *b, const struct tlsrpt_org *org, 
 				tlsrpt_json_opt(&j, "receiving-ip", d->ip);
 				json_key(&j, "failed-session-count");
 				json_uint(&j, d->count);
-				tlsrpt_json_opt(&j, "additional-information", d->info);
+				tlsrpt_json_opt(&j, "failure-reason-code", d->info);
 				json_object_end(&j);
 			}
 			json_array_end(&j);

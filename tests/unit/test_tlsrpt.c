@@ -211,6 +211,8 @@ test_report(void)
 		"\"summary\":{\"total-successful-session-count\":3,\"total-failure-session-count\":3}",
 		"{\"result-type\":\"validation-failure\",\"receiving-mx-hostname\":\"mx1.example.net\","
 		    "\"receiving-ip\":\"192.0.2.1\",\"failed-session-count\":2,",
+		/* RFC 8460 4.3: free text is failure-reason-code (additional-information is a URI) */
+		"\"failed-session-count\":2,\"failure-reason-code\":\"a space and a\\\\backslash\"}",
 		"\"policy\":{\"policy-type\":\"no-policy-found\",\"policy-domain\":\"example.net\"}",
 	};
 	unsigned char out[8192];
