@@ -194,6 +194,57 @@ test_table(void)
 	buf_free(&why);
 }
 
+/* A policy's failure details are capped: past the cap a failure is folded
+ * into a detail of its own result type (a new type gets one), never counted
+ * as another type. */
+static void
+test_detail_cap(void)
+{
+	struct tlsrpt_table tb;
+	struct tlsrpt_bucket *b;
+	struct tlsrpt_session ev;
+	char ip[32];
+	size_t i, n;
+	uint64_t sum = 0;
+
+	tlsrpt_table_init(&tb);
+	memset(&ev, 0, sizeof(ev));
+	ev.domain = "example.net";
+	ev.type = TLSRPT_TLSA;
+	ev.mx_host = "mx1.example.net";
+	ev.result = "certificate-expired";
+	ev.receiving_ip = "192.0.2.200";
+	tlsrpt_table_add(&tb, &ev, DAY, 2 * DAY);
+	ev.result = "validation-failure";
+	for (i = 0; i < 100; i++) {
+		snprintf(ip, sizeof(ip), "192.0.2.%zu", i);
+		ev.receiving_ip = ip;
+		tlsrpt_table_add(&tb, &ev, DAY, 2 * DAY);
+	}
+	ev.result = "certificate-expired";
+	ev.receiving_ip = "198.51.100.1";
+	tlsrpt_table_add(&tb, &ev, DAY, 2 * DAY);
+	ev.result = "starttls-not-supported";
+	tlsrpt_table_add(&tb, &ev, DAY, 2 * DAY);
+	b = tlsrpt_table_find(&tb, "example.net", DAY);
+	CHECK(b != NULL && b->np == 1);
+	if (b == NULL)
+		return;
+	n = 0;
+	for (i = 0; i < b->p[0].nd; i++) {
+		sum += b->p[0].d[i].count;
+		if (strcmp(b->p[0].d[i].result, "certificate-expired") == 0)
+			n += b->p[0].d[i].count;
+		if (strcmp(b->p[0].d[i].result, "starttls-not-supported") == 0)
+			n += 10 * b->p[0].d[i].count;
+	}
+	CHECK_INT(n, 12);
+	CHECK_INT(sum, 103);
+	CHECK_INT(b->p[0].failed, 103);
+	CHECK_INT(b->p[0].nd, 65);
+	tlsrpt_table_free(&tb);
+}
+
 static void
 test_report(void)
 {
@@ -279,6 +330,7 @@ main(void)
 	test_slot();
 	test_record();
 	test_table();
+	test_detail_cap();
 	test_report();
 	return check_done();
 }
