@@ -14,9 +14,10 @@
  * crash between a destination taking the report and the file saying so
  * sends that report again: at least once, never lost.
  *
- * The file: rewritten whole (write, fsync, rename) on the thread pool, one
- * write at a time, TLSRPT_SAVE_DELAY_MS after the first change since the
- * last write, so that a burst of sessions costs one write.
+ * The file: rewritten whole (write, fsync, rename, fsync of the directory)
+ * on the thread pool, one write at a time, TLSRPT_SAVE_DELAY_MS after the
+ * first change since the last write, so that a burst of sessions costs one
+ * write.
  *
  * Owns: the table, the known-record cache, the timers, the sends in flight.
  * Must never: block the loop (the file is read synchronously once, in
@@ -109,6 +110,7 @@ struct tlsrpt {
 	LIST_HEAD(, tlsrpt_dest) posts; /* POSTs in flight */
 
 	char *path, *tmp_path;
+	char *dir;                      /* queue_dir, for the worker (conf may change) */
 	uv_timer_t report_timer;
 	uv_timer_t save_timer;
 	bool save_armed;
@@ -171,15 +173,26 @@ tlsrpt_load(struct tlsrpt *t, struct buf *err)
 	return rc;
 }
 
-/* Thread pool: write the text to the temporary file, sync it, rename it over. */
+/* Thread pool: write the text to the temporary file, sync it, rename it
+ * over, and sync the directory: the rename itself is durable only then. */
 static void
 tlsrpt_write_work(uv_work_t *w)
 {
 	struct tlsrpt *t = w->data;
+	int fd;
 
 	t->werr = 0;
-	if (util_write_file_atomic(t->path, t->tmp_path, t->wtext, strlen(t->wtext)) != 0)
+	if (util_write_file_atomic(t->path, t->tmp_path, t->wtext, strlen(t->wtext)) != 0) {
 		t->werr = errno != 0 ? errno : EIO;
+		return;
+	}
+	if ((fd = open(t->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1) {
+		t->werr = errno;
+		return;
+	}
+	if (fsync(fd) != 0)
+		t->werr = errno;
+	close(fd);
 }
 
 static void
@@ -741,6 +754,7 @@ tlsrpt_new(const struct tlsrpt_deps *deps, struct buf *err)
 	t->path = buf_steal(&p);
 	buf_printf(&p, "%s/%s", t->conf->queue_dir, TLSRPT_FILE_TMP);
 	t->tmp_path = buf_steal(&p);
+	t->dir = xstrdup(t->conf->queue_dir);
 	LIST_INIT(&t->posts);
 	if (tlsrpt_load(t, err) != 0 || (t->http = http_new(t->loop, t->dns, err)) == NULL) {
 		tlsrpt_free(t);
@@ -843,6 +857,7 @@ tlsrpt_close(struct tlsrpt *t, void (*done)(void *arg), void *arg)
 		if (s->q != NULL) {
 			dns_cancel(s->q);
 			s->q = NULL;
+			s->failed++;    /* not sent: the bucket stays */
 			tlsrpt_send_finish(s, false);
 		}
 	}
@@ -887,6 +902,7 @@ tlsrpt_free(struct tlsrpt *t)
 	conf_unref(t->conf);
 	free(t->path);
 	free(t->tmp_path);
+	free(t->dir);
 	t->magic = 0;
 	free(t);
 }

@@ -20,7 +20,7 @@
  * is due; the others' counts are dropped then.
  *
  * Everything runs on the loop: DNS through dns/, the file written on the
- * libuv thread pool (write, fsync, rename), at most once a second.
+ * libuv thread pool (write, fsync, rename, fsync of queue_dir), at most once a second.
  *
  * Ownership: the module keeps references to the conf and DKIM keys it is
  * given and borrows the queue and resolver, which must outlive
@@ -62,7 +62,7 @@ struct tlsrpt_session {
 	const char *sending_ip;         /* NULL where unknown */
 	const char *receiving_mx;       /* the exchanger's name, or NULL */
 	const char *receiving_ip;       /* or NULL (refused before connecting) */
-	const char *info;               /* "additional-information", or NULL */
+	const char *info;               /* "failure-reason-code" (free text), or NULL */
 };
 
 struct tlsrpt_deps {
@@ -116,8 +116,9 @@ void tlsrpt_slot(uint64_t now_ms, uint64_t interval_ms, uint64_t *start, uint64_
 /*
  * Parse the TXT records of _smtp._tls.DOMAIN (RFC 8460 3): the records that
  * begin with "v=TLSRPTv1" count; exactly one must; its rua= is a comma-
- * separated list of mailto: and https: URIs (others are ignored).  Fills
- * rua[] with malloc'd strings (mailto: addresses %-decoded, without "mailto:")
+ * separated list of mailto: and https: URIs (others are ignored; one given
+ * twice counts once).  Fills rua[] with malloc'd strings (mailto: addresses
+ * %-decoded, without "mailto:")
  * and returns how many, or -1 with the reason in why when the domain has no
  * usable record.  kind[i] is 'm' (mailto) or 'h' (https).
  */

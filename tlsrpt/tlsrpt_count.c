@@ -24,7 +24,8 @@
 #include "queue/queue.h"
 
 #define TLSRPT_MAX_POLICIES  64         /* per bucket; more are folded into the last */
-#define TLSRPT_MAX_DETAILS   64         /* per policy; likewise */
+#define TLSRPT_MAX_DETAILS   64         /* per policy; more are folded into one of
+                                           the same result type */
 
 static bool
 tlsrpt_streq(const char *a, const char *b)
@@ -174,8 +175,13 @@ tlsrpt_detail_get(struct tlsrpt_policy *p, const char *result, const char *sendi
 		    tlsrpt_streq(d->info, info))
 			return d;
 	}
-	if (p->nd == TLSRPT_MAX_DETAILS)
-		return &p->d[p->nd - 1];
+	if (p->nd >= TLSRPT_MAX_DETAILS) {
+		/* folded into one of the same result type; a new type still gets
+		 * its own (a few: the result types are RFC 8460's) */
+		for (i = p->nd; i > 0; i--)
+			if (strcmp(p->d[i - 1].result, result) == 0)
+				return &p->d[i - 1];
+	}
 	p->d = xrealloc(p->d, (p->nd + 1) * sizeof(*p->d));
 	d = &p->d[p->nd++];
 	memset(d, 0, sizeof(*d));

@@ -93,7 +93,7 @@ tlsrpt_parse_record(char *const *txt, size_t ntxt, char *rua[TLSRPT_MAX_RUA],
     char kind[TLSRPT_MAX_RUA], const char **why)
 {
 	const char *rec = NULL, *p, *e, *v;
-	size_t i, nrec = 0, n;
+	size_t i, nrec = 0, n, k;
 	int nrua = 0;
 
 	for (i = 0; i < ntxt; i++) {
@@ -136,6 +136,12 @@ tlsrpt_parse_record(char *const *txt, size_t ntxt, char *rua[TLSRPT_MAX_RUA],
 				rua[nrua] = xstrndup(u, un);
 				kind[nrua++] = 'h';
 			}
+			/* a URI given twice gets the report once */
+			for (k = 0; nrua > 0 && k + 1 < (size_t)nrua; k++)
+				if (kind[k] == kind[nrua - 1] && strcmp(rua[k], rua[nrua - 1]) == 0) {
+					free(rua[--nrua]);
+					break;
+				}
 		}
 		break;
 	}
@@ -247,7 +253,7 @@ tlsrpt_report_json(const struct tlsrpt_bucket *b, const struct tlsrpt_org *org, 
 				tlsrpt_json_opt(&j, "receiving-ip", d->ip);
 				json_key(&j, "failed-session-count");
 				json_uint(&j, d->count);
-				tlsrpt_json_opt(&j, "additional-information", d->info);
+				tlsrpt_json_opt(&j, "failure-reason-code", d->info);
 				json_object_end(&j);
 			}
 			json_array_end(&j);

@@ -467,8 +467,39 @@ class Durable(TlsrptCase):
         out = self.relay.relayctl("policy", "example.net", check=True).stdout
         self.assertRegex(out, r"(?m)^tlsrpt: rua mailto:tlsrpt@reports\.test \(looked up ")
         self.assertRegex(out, r"(?m)^  today tlsa: 1 successful, 1 failed$")
+        # written, renamed and the rename synced (queue_dir) without an error
+        self.assertEqual(self.relay.count_log("tlsrpt_save_failed"), 0)
         self.relay.kill9()
         self.relay.update_config(router={"tlsrpt_interval": "2s"})
+        self.relay.start()
+        merged = self.merged(self.collect(2))
+        self.assertEqual(merged[("tlsa", ("mx1.example.net",), (self.tlsa_str(self.tlsa1),))],
+                         [0, 1, {("validation-failure", "127.0.0.2", "mx1.example.net"): 1}])
+        self.assertEqual(merged[("tlsa", ("mx2.example.net",), (self.tlsa_str(self.tlsa2),))],
+                         [1, 0, {}])
+
+    def test_counts_survive_a_stop_while_the_report_lookup_is_out(self):
+        """A stop while a due report's _smtp._tls lookup is unanswered keeps
+        the bucket for the next start (it was dropped: counts lost)."""
+        self.make(interval="1h")
+        self.dane_mxes()
+        self.relay.start()
+        qid = self.send()
+        self.relay.wait_for_log("delivered", qid=qid, timeout=30)
+        self.wait_file("example.net", lambda n: n == 2)
+        self.relay.stop()
+        dns = self.relay.dns
+        dns.set_drop("_smtp._tls.example.net")
+        dns.clear_queries()
+        self.relay.update_config(router={"tlsrpt_interval": "2s"})
+        self.relay.start()
+        # the due bucket's report lookup, never answered
+        dns.wait_for_query("_smtp._tls.example.net", "TXT", timeout=15)
+        self.assertEqual(self.relay.stop(), 0)
+        self.assertEqual(self.counts_in_file("example.net"), 2)
+        self.assertEqual(self.reports.messages, [])
+        dns.clear("_smtp._tls.example.net")
+        dns.set_txt("_smtp._tls.example.net", [RECORD])
         self.relay.start()
         merged = self.merged(self.collect(2))
         self.assertEqual(merged[("tlsa", ("mx1.example.net",), (self.tlsa_str(self.tlsa1),))],

@@ -54,6 +54,9 @@ test_record(void)
 		{ { "v=spf1 -all", "v=TLSRPTv1; rua=mailto:x@y.example" }, 1, "x@y.example", NULL, 'm', 0 },
 		{ { "v=TLSRPTv1; rua=mailto:x@y.example", "v=TLSRPTv1; rua=mailto:z@y.example" }, -1,
 		  NULL, NULL, 0, 0 },                   /* two records: none */
+		{ { "v=TLSRPTv1; rua=mailto:x@y.example,MAILTO:x@y.example, https://r.example/x,"
+		    "https://r.example/x" }, 2, "x@y.example", "https://r.example/x", 'm', 'h' },
+		                                        /* a URI given twice: one report */
 		{ { "v=TLSRPTv1; rua=ftp://x.example/" }, -1, NULL, NULL, 0, 0 },
 		{ { "v=TLSRPTv1" }, -1, NULL, NULL, 0, 0 },
 		{ { "v=TLSRPTv10; rua=mailto:x@y.example" }, -1, NULL, NULL, 0, 0 },
@@ -191,6 +194,57 @@ test_table(void)
 	buf_free(&why);
 }
 
+/* A policy's failure details are capped: past the cap a failure is folded
+ * into a detail of its own result type (a new type gets one), never counted
+ * as another type. */
+static void
+test_detail_cap(void)
+{
+	struct tlsrpt_table tb;
+	struct tlsrpt_bucket *b;
+	struct tlsrpt_session ev;
+	char ip[32];
+	size_t i, n;
+	uint64_t sum = 0;
+
+	tlsrpt_table_init(&tb);
+	memset(&ev, 0, sizeof(ev));
+	ev.domain = "example.net";
+	ev.type = TLSRPT_TLSA;
+	ev.mx_host = "mx1.example.net";
+	ev.result = "certificate-expired";
+	ev.receiving_ip = "192.0.2.200";
+	tlsrpt_table_add(&tb, &ev, DAY, 2 * DAY);
+	ev.result = "validation-failure";
+	for (i = 0; i < 100; i++) {
+		snprintf(ip, sizeof(ip), "192.0.2.%zu", i);
+		ev.receiving_ip = ip;
+		tlsrpt_table_add(&tb, &ev, DAY, 2 * DAY);
+	}
+	ev.result = "certificate-expired";
+	ev.receiving_ip = "198.51.100.1";
+	tlsrpt_table_add(&tb, &ev, DAY, 2 * DAY);
+	ev.result = "starttls-not-supported";
+	tlsrpt_table_add(&tb, &ev, DAY, 2 * DAY);
+	b = tlsrpt_table_find(&tb, "example.net", DAY);
+	CHECK(b != NULL && b->np == 1);
+	if (b == NULL)
+		return;
+	n = 0;
+	for (i = 0; i < b->p[0].nd; i++) {
+		sum += b->p[0].d[i].count;
+		if (strcmp(b->p[0].d[i].result, "certificate-expired") == 0)
+			n += b->p[0].d[i].count;
+		if (strcmp(b->p[0].d[i].result, "starttls-not-supported") == 0)
+			n += 10 * b->p[0].d[i].count;
+	}
+	CHECK_INT(n, 12);
+	CHECK_INT(sum, 103);
+	CHECK_INT(b->p[0].failed, 103);
+	CHECK_INT(b->p[0].nd, 65);
+	tlsrpt_table_free(&tb);
+}
+
 static void
 test_report(void)
 {
@@ -208,6 +262,8 @@ test_report(void)
 		"\"summary\":{\"total-successful-session-count\":3,\"total-failure-session-count\":3}",
 		"{\"result-type\":\"validation-failure\",\"receiving-mx-hostname\":\"mx1.example.net\","
 		    "\"receiving-ip\":\"192.0.2.1\",\"failed-session-count\":2,",
+		/* RFC 8460 4.3: free text is failure-reason-code (additional-information is a URI) */
+		"\"failed-session-count\":2,\"failure-reason-code\":\"a space and a\\\\backslash\"}",
 		"\"policy\":{\"policy-type\":\"no-policy-found\",\"policy-domain\":\"example.net\"}",
 	};
 	unsigned char out[8192];
@@ -274,6 +330,7 @@ main(void)
 	test_slot();
 	test_record();
 	test_table();
+	test_detail_cap();
 	test_report();
 	return check_done();
 }
