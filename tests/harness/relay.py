@@ -72,6 +72,7 @@ RELAYD_TEST_VERBOSE=1 prints the log tail after every test, not only failed ones
 """
 
 import atexit
+import errno
 import os
 import re
 import shutil
@@ -841,6 +842,21 @@ class Relay:
         self._outf = self._errf = None
 
     # -- sinks ------------------------------------------------------------------
+
+    def remove_msg_dir(self):
+        """Take queue_dir/msg away under a running relayd (to make its next
+        file operation there fail).  Its writer thread may create a spare file
+        in it meanwhile, so rmtree can find it not empty: take what appeared
+        and try again; once the directory is gone nothing can appear in it."""
+        path = os.path.join(self.queue_dir, "msg")
+        for _ in range(1000):
+            try:
+                shutil.rmtree(path)
+                return
+            except OSError as e:
+                if e.errno != errno.ENOTEMPTY:
+                    raise
+        raise AssertionError("%s: still refilled after 1000 removals" % path)
 
     def sink(self, host="127.0.0.2", **kw):
         """A SinkMX on host:smtp_port, stopped by close()."""

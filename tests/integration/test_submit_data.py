@@ -12,7 +12,6 @@ import email
 import email.policy
 import os
 import re
-import shutil
 import socket
 import time
 import unittest
@@ -203,7 +202,7 @@ class SubmitDurabilityTest(unittest.TestCase):
         self.assertEqual(r.cmd("DATA")[0], 354)
         # the queue cannot move the message into msg/ any more; it is too
         # large for the journal (queue/QUEUE.md), so only its file holds it
-        shutil.rmtree(os.path.join(relay.queue_dir, "msg"))
+        relay.remove_msg_dir()
         r.send("Subject: lost\r\n\r\n" + ("x" * 998 + "\r\n") * 100 + ".\r\n")
         self.assertEqual(r.read_reply(), (451, "4.3.0 Error: queue file write error"))
         self.assertEqual(relay.count_log("accepted"), 0)

@@ -19,7 +19,6 @@ hour of backoff) until a test points the route at a sink and flushes.
 import json
 import os
 import random
-import shutil
 import threading
 import time
 import unittest
@@ -399,7 +398,7 @@ class DiskFailureTest(unittest.TestCase):
         self.assertEqual(code, 250, text)
         kept = QUEUED_RE.search(text).group(1)
         # msg/ goes away while the publish waits: the publish fails
-        shutil.rmtree(os.path.join(relay.queue_dir, "msg"))
+        relay.remove_msg_dir()
         relay.wait_for_log("queue_publish_failed", qid=kept)
         relay.wait_for_log("queue_journal_failed")
         r.cmd("MAIL FROM:<%s>" % SENDER)
