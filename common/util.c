@@ -437,6 +437,39 @@ util_write_file_atomic(const char *path, const char *tmp_path, const void *p, si
 		e = errno;
 	if (e == 0 && rename(tmp_path, path) != 0)
 		e = errno;
+	if (e == 0 && util_fsync_parent(path) != 0)
+		e = errno;
+	if (e != 0) {
+		errno = e;
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * fsync the directory that holds path: a rename (or a new name) in it is
+ * durable only then.  "name" alone means the current directory.
+ */
+int
+util_fsync_parent(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir;
+	int fd, e = 0;
+
+	if (slash == NULL)
+		dir = xstrdup(".");
+	else if (slash == path)
+		dir = xstrdup("/");
+	else
+		dir = xstrndup(path, (size_t)(slash - path));
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(dir);
+	if (fd == -1)
+		return -1;
+	if (fsync(fd) != 0)
+		e = errno;
+	close(fd);
 	if (e != 0) {
 		errno = e;
 		return -1;

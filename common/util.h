@@ -75,11 +75,14 @@ int util_pwrite_full(int fd, const void *p, size_t len, uint64_t off);
  * start-up or on the thread pool only.  util_read_file reads all of path
  * into *out (malloc'd, NUL-terminated, *len bytes): 0, or -1 with errno
  * (ENOENT; EFBIG when it is longer than max).  util_write_file_atomic
- * writes p to tmp_path (0600), fsyncs it and renames it over path, so that
- * a crash leaves the old file or the new one: 0, or -1 with errno.
+ * writes p to tmp_path (0600), fsyncs it, renames it over path and fsyncs
+ * path's directory, so that a crash or a power loss leaves the old file or
+ * the new one, and after a 0 the new one: 0, or -1 with errno.
+ * util_fsync_parent fsyncs the directory holding path: 0, or -1 with errno.
  */
 int util_read_file(const char *path, size_t max, char **out, size_t *len);
 int util_write_file_atomic(const char *path, const char *tmp_path, const void *p, size_t len);
+int util_fsync_parent(const char *path);
 
 /* FNV-1a of a NUL-terminated string: the hash of every table keyed by a name. */
 uint32_t util_hash_str(const char *s);

@@ -46,6 +46,10 @@ PKGS="$PKGS haproxy"
 # cluster/ (shared state in Redis): hiredis to build; redis-server for the
 # two-node test (tests/integration/test_cluster.py runs its own, and HAProxy).
 PKGS="$PKGS libhiredis-dev redis-server"
+# strace watches relayd's own system calls where no other witness exists:
+# that a state file's rename is followed by an fsync of its directory
+# (tests/integration/test_state_files.py).
+PKGS="$PKGS strace"
 
 missing=""
 for p in $PKGS; do

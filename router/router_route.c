@@ -307,7 +307,8 @@ route_serialize(const struct route_table *t, struct buf *b)
 	}
 }
 
-/* Thread pool: write the text to the temporary file, sync it, rename it over. */
+/* Thread pool: write the text to the temporary file, sync it, rename it over,
+ * sync the directory (util_write_file_atomic). */
 static void
 route_write_work(uv_work_t *w)
 {

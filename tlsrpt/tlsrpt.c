@@ -110,7 +110,6 @@ struct tlsrpt {
 	LIST_HEAD(, tlsrpt_dest) posts; /* POSTs in flight */
 
 	char *path, *tmp_path;
-	char *dir;                      /* queue_dir, for the worker (conf may change) */
 	uv_timer_t report_timer;
 	uv_timer_t save_timer;
 	bool save_armed;
@@ -174,25 +173,15 @@ tlsrpt_load(struct tlsrpt *t, struct buf *err)
 }
 
 /* Thread pool: write the text to the temporary file, sync it, rename it
- * over, and sync the directory: the rename itself is durable only then. */
+ * over, and sync the directory (util_write_file_atomic). */
 static void
 tlsrpt_write_work(uv_work_t *w)
 {
 	struct tlsrpt *t = w->data;
-	int fd;
 
 	t->werr = 0;
-	if (util_write_file_atomic(t->path, t->tmp_path, t->wtext, strlen(t->wtext)) != 0) {
+	if (util_write_file_atomic(t->path, t->tmp_path, t->wtext, strlen(t->wtext)) != 0)
 		t->werr = errno != 0 ? errno : EIO;
-		return;
-	}
-	if ((fd = open(t->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1) {
-		t->werr = errno;
-		return;
-	}
-	if (fsync(fd) != 0)
-		t->werr = errno;
-	close(fd);
 }
 
 static void
@@ -754,7 +743,6 @@ tlsrpt_new(const struct tlsrpt_deps *deps, struct buf *err)
 	t->path = buf_steal(&p);
 	buf_printf(&p, "%s/%s", t->conf->queue_dir, TLSRPT_FILE_TMP);
 	t->tmp_path = buf_steal(&p);
-	t->dir = xstrdup(t->conf->queue_dir);
 	LIST_INIT(&t->posts);
 	if (tlsrpt_load(t, err) != 0 || (t->http = http_new(t->loop, t->dns, err)) == NULL) {
 		tlsrpt_free(t);
@@ -902,7 +890,6 @@ tlsrpt_free(struct tlsrpt *t)
 	conf_unref(t->conf);
 	free(t->path);
 	free(t->tmp_path);
-	free(t->dir);
 	t->magic = 0;
 	free(t);
 }
