@@ -506,12 +506,11 @@ mtasts_on_txt(void *arg, struct dns_result *res)
 		buf_free(&why);
 		return;
 	}
-	/* RFC 8461 3.1: records not starting "v=STSv1" are discarded; exactly one must be left */
+	/* RFC 8461 3.1: records not starting "v=STSv1;" are discarded; exactly one must be left */
 	for (i = 0; res->err == 0 && i < res->ntxt; i++) {
 		const char *t = res->txt[i];
 
-		if (strncmp(t, "v=STSv1", 7) != 0 || (t[7] != ';' && t[7] != ' ' &&
-		    t[7] != '\t' && t[7] != '\0'))
+		if (!mtasts_txt_is_sts(t))
 			continue;
 		nsts++;
 		valid = mtasts_parse_txt(t, one) == 0;

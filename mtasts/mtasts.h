@@ -94,6 +94,13 @@ typedef void mtasts_cb(void *arg, const struct mtasts_answer *a);
  */
 int mtasts_parse_txt(const char *txt, char id[MTASTS_ID_MAX + 1]);
 /*
+ * Whether a TXT record at _mta-sts counts as an STS record at all (RFC 8461
+ * 3.1: records that do not begin with "v=STSv1;" are discarded, and exactly
+ * one may be left).  Blanks before the ';' are allowed, as the ABNF's
+ * sts-field-delim allows them.
+ */
+bool mtasts_txt_is_sts(const char *txt);
+/*
  * A policy body (RFC 8461 3.2): "key: value" lines ending in LF or CRLF;
  * version STSv1, mode, max_age and, unless mode is none, at least one mx
  * are required; unknown keys are ignored; max_age above a year is cut to

@@ -31,6 +31,18 @@ mtasts_mode_name(enum mtasts_mode m)
 	return "none";
 }
 
+bool
+mtasts_txt_is_sts(const char *txt)
+{
+	const char *p = txt + 7;
+
+	if (strncmp(txt, "v=STSv1", 7) != 0)
+		return false;
+	while (MTASTS_WSP(*p))
+		p++;
+	return *p == ';';
+}
+
 int
 mtasts_parse_txt(const char *txt, char id[MTASTS_ID_MAX + 1])
 {

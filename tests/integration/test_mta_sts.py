@@ -294,6 +294,22 @@ class Cache(MtaStsCase):
 
 class FetchErrors(MtaStsCase):
 
+    def test_a_record_not_starting_v_stsv1_semicolon_is_discarded(self):
+        # RFC 8461 3.1: "v=STSv1 ..." without its ';' is not an STS record, so
+        # the one real record is "exactly one" and its policy applies.
+        self.make()
+        self.mx("example.net", [(10, "mx1.example.net", "127.0.0.2")])
+        self.publish("example.net", "v1", policy("enforce", "mx1.example.net"))
+        self.relay.dns.set_txt("_mta-sts.example.net",
+                               ["v=STSv1 see the policy host", "v=STSv1; id=v1;"])
+        mx1 = self.sink("127.0.0.2", "mx1.example.net")
+        self.relay.start()
+        qid = self.send()
+        mx1.wait_for_messages(1, timeout=30)
+        self.assertEqual(self.relay.wait_for_log("delivered", qid=qid, timeout=30)["tls"], "mta-sts")
+        self.assertEqual(self.relay.wait_for_log("mtasts_policy_fetched",
+                                                 domain="example.net")["id"], "v1")
+
     def test_bad_policies_are_fetch_errors_and_the_mail_goes_as_today(self):
         # each domain publishes an enforce policy that mx1 (its only MX)
         # would fail; the policy cannot be had, so there is none

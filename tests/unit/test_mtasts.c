@@ -58,6 +58,23 @@ test_txt(void)
 	}
 }
 
+/* Which TXT records count at all (the rest are discarded before "exactly one"). */
+static void
+test_txt_is_sts(void)
+{
+	CHECK(mtasts_txt_is_sts("v=STSv1; id=abc"));
+	CHECK(mtasts_txt_is_sts("v=STSv1;id=abc"));
+	CHECK(mtasts_txt_is_sts("v=STSv1 \t; id=abc"));
+	CHECK(mtasts_txt_is_sts("v=STSv1;"));                  /* counts, then fails to parse */
+	CHECK(!mtasts_txt_is_sts("v=STSv1"));
+	CHECK(!mtasts_txt_is_sts("v=STSv1 "));
+	CHECK(!mtasts_txt_is_sts("v=STSv1 id=abc"));
+	CHECK(!mtasts_txt_is_sts("v=STSv10; id=abc"));
+	CHECK(!mtasts_txt_is_sts("v=stsv1; id=abc"));
+	CHECK(!mtasts_txt_is_sts("x v=STSv1; id=abc"));
+	CHECK(!mtasts_txt_is_sts(""));
+}
+
 static void
 test_policy(void)
 {
@@ -305,6 +322,7 @@ int
 main(void)
 {
 	test_txt();
+	test_txt_is_sts();
 	test_policy();
 	test_match();
 	test_apply();
