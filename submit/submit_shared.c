@@ -103,13 +103,24 @@ submit_shared_ask(struct submit_session *s, int kind, const char *what, const ch
 	return true;
 }
 
+/*
+ * Whether the login's window is counted at all: not without a login, nor
+ * when neither login limit is set (the nodes of a cluster share one
+ * configuration of limits, so nobody would read the count).
+ */
+static bool
+submit_shared_login_counted(const struct submit_session *s)
+{
+	return s->login != NULL && (s->conf->submit.login_max_messages != 0 ||
+	    s->conf->submit.login_max_recipients != 0);
+}
+
 bool
 submit_shared_login_read(struct submit_session *s, void (*cont)(struct submit_session *))
 {
 	static const long long zero[2] = { 0, 0 };
 
-	if (s->login == NULL || (s->conf->submit.login_max_messages == 0 &&
-	    s->conf->submit.login_max_recipients == 0))
+	if (!submit_shared_login_counted(s))
 		return false;
 	return submit_shared_ask(s, SUBMIT_SHARED_LOGIN, "login", s->login,
 	    submit_shared_login_fields, zero, 2, s->conf->submit.login_rate_window, cont);
@@ -120,7 +131,7 @@ submit_shared_login_add(struct submit_session *s)
 {
 	long long incr[2] = { 1, (long long)s->env.nrcpts };
 
-	if (s->srv->cluster == NULL || s->login == NULL)
+	if (s->srv->cluster == NULL || !submit_shared_login_counted(s))
 		return;
 	(void)cluster_count(s->srv->cluster, "login", s->login, submit_shared_login_fields, incr, 2,
 	    s->conf->submit.login_rate_window, NULL, NULL);

@@ -208,9 +208,19 @@ class SharedLimits(ClusterCase):
         self.assertEqual(self.mail_reply(b)[0], 450)
         a.wait_for_log("rate_limited", user="alice")
         b.wait_for_log("rate_limited", user="alice")
+        self.assertEqual(self.redis.command("EXISTS", "relayd:login:alice"), ":1")
         # another login is not touched
         self.assertEqual(self.mail_reply(a, user="bob", password="bobpw",
                                          sender="bob@example.org")[0], 250)
+
+    def test_without_login_limits_no_login_is_counted(self):
+        # nobody reads a login's window when both login limits are off, so
+        # no node spends a Redis command on it per message
+        a, b = self.nodes(submit_cfg={"login_max_messages": 0, "login_max_recipients": 0})
+        self.send(a)
+        self.send(b)
+        self.assertEqual(len(self.mx.wait_for_messages(2, timeout=30)), 2)
+        self.assertEqual(self.redis.command("EXISTS", "relayd:login:alice"), ":0")
 
     def test_auth_failures_are_counted_across_nodes(self):
         a, b = self.nodes(submit_cfg={"auth_fail_limit": 3, "auth_fail_delay_after": 100,
