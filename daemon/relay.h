@@ -29,6 +29,7 @@ struct relay {
 	uv_loop_t *loop;
 	char *conf_path;
 	struct conf *conf;           /* current snapshot (one reference held) */
+	struct conf *conf_start;     /* the one started with: what listeners and links use (a reference) */
 	struct relay_stats stats;
 	struct router *router;
 	struct submit *submit;

@@ -222,6 +222,23 @@ class SharedLimits(ClusterCase):
         self.assertEqual(len(self.mx.wait_for_messages(2, timeout=30)), 2)
         self.assertEqual(self.redis.command("EXISTS", "relayd:login:alice"), ":0")
 
+    def test_a_reload_keeps_the_redis_link_and_says_so(self):
+        a, b = self.nodes()
+        a.config["cluster"]["node"] = "a2"
+        a.write_config()
+        mark = a.log_mark()
+        a.sighup()
+        a.wait_for_log("reloaded", since=mark)
+        a.wait_for_log("reload_cluster_ignored", since=mark)
+        self.send(a)                        # still a node, still accepting
+        # a reload that leaves it alone says nothing
+        a.config["cluster"]["node"] = "a"
+        a.write_config()
+        mark = a.log_mark()
+        a.sighup()
+        a.wait_for_log("reloaded", since=mark)
+        self.assertEqual(a.count_log("reload_cluster_ignored", since=mark), 0)
+
     def test_auth_failures_are_counted_across_nodes(self):
         a, b = self.nodes(submit_cfg={"auth_fail_limit": 3, "auth_fail_delay_after": 100,
                                       "auth_login_fail_limit": 100})

@@ -319,6 +319,28 @@ class MetricsTest(unittest.TestCase):
         relay.wait_for_log("started", since=mark)
         self.assertEqual(listening_ports(relay.pid), {relay.submit_port, relay.tls_port, port})
 
+    def test_a_reload_keeps_the_endpoint_and_says_so(self):
+        """A reload with a new metrics_listen applies the rest, keeps the old
+        endpoint serving and logs reload_listen_ignored."""
+        self.start_relay()
+        port = free_port(hosts=(HOST,), exclude=(self.port,))
+        self.relay.update_config(metrics_listen="%s:%d" % (HOST, port),
+                                 router={"retry_intervals": ["2h"]})
+        mark = self.relay.log_mark()
+        self.relay.sighup()
+        self.relay.wait_for_log("reloaded", since=mark)
+        ev = self.relay.wait_for_log("reload_listen_ignored", since=mark)
+        self.assertEqual(ev["key"], "metrics_listen")
+        self.scrape()                       # the old endpoint still serves
+        self.assertNotIn(port, listening_ports(self.relay.pid))
+        # a reload that leaves it alone says nothing
+        mark = self.relay.log_mark()
+        self.relay.update_config(metrics_listen="%s:%d" % (HOST, self.port))
+        self.relay.sighup()
+        self.relay.wait_for_log("reloaded", since=mark)
+        self.assertEqual(self.relay.count_log("reload_listen_ignored", since=mark), 0)
+        self.stop_clean()
+
     def test_address_in_use_is_a_start_error(self):
         """A metrics_listen another relayd already serves is a start error,
         not a second listener sharing the port (SO_REUSEPORT) and half the
