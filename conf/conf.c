@@ -1687,20 +1687,22 @@ conf_load(const char *path, struct conf **out, struct buf *err)
 struct conf *
 conf_ref(struct conf *c)
 {
-	if (c->refs <= 0)
+	if (atomic_fetch_add(&c->refs, 1) <= 0)
 		fatalx("%s: reference to a freed configuration", __func__);
-	c->refs++;
 	return c;
 }
 
 void
 conf_unref(struct conf *c)
 {
+	int was;
+
 	if (c == NULL)
 		return;
-	if (c->refs <= 0)
+	was = atomic_fetch_sub(&c->refs, 1);
+	if (was <= 0)
 		fatalx("%s: configuration released too often", __func__);
-	if (--c->refs == 0)
+	if (was == 1)
 		conf_free(c);
 }
 

@@ -9,6 +9,7 @@
 #ifndef RELAY_CONF_H
 #define RELAY_CONF_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -84,7 +85,7 @@ struct conf_dkim_key {
 };
 
 struct conf {
-	int refs;
+	atomic_int refs;          /* conf_ref/conf_unref: taken from any thread */
 	char *path;                     /* the file this was read from */
 
 	char *hostname;                 /* default: gethostname() */

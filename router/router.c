@@ -71,7 +71,7 @@ router_new(uv_loop_t *loop, struct conf *conf, struct relay_stats *stats,
 	if ((r->http = http_new(loop, r->mx, err)) == NULL)
 		goto fail;
 	r->mtasts = mtasts_new(loop, conf, r->mx, r->http);
-	r->deliver = deliver_new(loop, conf);
+	r->deliver = deliver_new_thread(loop, conf);   /* outbound delivery: its own thread */
 	memset(&deps, 0, sizeof(deps));
 	deps.loop = loop;
 	deps.conf = conf;
