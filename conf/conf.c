@@ -193,6 +193,7 @@ static const struct conf_key conf_deliver_keys[] = {
 	{ "data_done_timeout", CONF_K_DURATION, C_OFF(deliver.data_done_timeout), 0, CONF_F_POSITIVE, NULL },
 	{ "idle_timeout", CONF_K_DURATION, C_OFF(deliver.idle_timeout), 0, 0, NULL },
 	{ "ca_file", CONF_K_PATH, C_OFF(deliver.ca_file), 0, 0, NULL },
+	{ "thread", CONF_K_BOOL, C_OFF(deliver.thread), 0, 0, NULL },
 	{ NULL, 0, 0, 0, 0, NULL }
 };
 

@@ -174,6 +174,8 @@ struct conf {
 		uint64_t data_done_timeout;         /* default 10m */
 		uint64_t idle_timeout;              /* default 10s: keep a connection for reuse */
 		char *ca_file;                      /* default: system store */
+		bool thread;                        /* default false: delivery on its own thread
+		                                       (deliver_new_thread); read at start-up only */
 	} deliver;
 
 	struct {

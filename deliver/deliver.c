@@ -33,6 +33,10 @@
  * reply to the body is awaited (aborting then could duplicate the message):
  * those finish (bounded by data_done_timeout) and then close.
  *
+ * A front made by deliver_new_thread() (d->thread set) holds no pool: its
+ * deliver_start/reload/shutdown/free pass on to deliver_thread.c, whose
+ * thread runs a pool of this file on its own loop.
+ *
  * Never: call a request's callback from inside deliver_start(), or let a
  * request's callback free the deliver object (deliver_free() needs
  * deliver_shutdown() to have finished).  A key or host is freed only when
