@@ -97,8 +97,9 @@ struct io {
 	struct sockaddr_storage peer;
 };
 
-/* One read buffer for every connection: the loop runs one callback at a time. */
-static char io_scratch[IO_READ_CHUNK];
+/* One read buffer for every connection of a thread's loop: a loop runs one
+ * callback at a time (the delivery thread has its own loop, and buffer). */
+static _Thread_local char io_scratch[IO_READ_CHUNK];
 
 static void io_start_reading(struct io *io);
 static void io_fail(struct io *io, enum io_error err, const char *text);

@@ -193,6 +193,7 @@ static const struct conf_key conf_deliver_keys[] = {
 	{ "data_done_timeout", CONF_K_DURATION, C_OFF(deliver.data_done_timeout), 0, CONF_F_POSITIVE, NULL },
 	{ "idle_timeout", CONF_K_DURATION, C_OFF(deliver.idle_timeout), 0, 0, NULL },
 	{ "ca_file", CONF_K_PATH, C_OFF(deliver.ca_file), 0, 0, NULL },
+	{ "thread", CONF_K_BOOL, C_OFF(deliver.thread), 0, 0, NULL },
 	{ NULL, 0, 0, 0, 0, NULL }
 };
 
@@ -1687,20 +1688,22 @@ conf_load(const char *path, struct conf **out, struct buf *err)
 struct conf *
 conf_ref(struct conf *c)
 {
-	if (c->refs <= 0)
+	if (atomic_fetch_add(&c->refs, 1) <= 0)
 		fatalx("%s: reference to a freed configuration", __func__);
-	c->refs++;
 	return c;
 }
 
 void
 conf_unref(struct conf *c)
 {
+	int was;
+
 	if (c == NULL)
 		return;
-	if (c->refs <= 0)
+	was = atomic_fetch_sub(&c->refs, 1);
+	if (was <= 0)
 		fatalx("%s: configuration released too often", __func__);
-	if (--c->refs == 0)
+	if (was == 1)
 		conf_free(c);
 }
 

@@ -9,6 +9,7 @@
 #ifndef RELAY_CONF_H
 #define RELAY_CONF_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -84,7 +85,7 @@ struct conf_dkim_key {
 };
 
 struct conf {
-	int refs;
+	atomic_int refs;          /* conf_ref/conf_unref: taken from any thread */
 	char *path;                     /* the file this was read from */
 
 	char *hostname;                 /* default: gethostname() */
@@ -173,6 +174,8 @@ struct conf {
 		uint64_t data_done_timeout;         /* default 10m */
 		uint64_t idle_timeout;              /* default 10s: keep a connection for reuse */
 		char *ca_file;                      /* default: system store */
+		bool thread;                        /* default false: delivery on its own thread
+		                                       (deliver_new_thread); read at start-up only */
 	} deliver;
 
 	struct {

@@ -33,6 +33,10 @@
  * reply to the body is awaited (aborting then could duplicate the message):
  * those finish (bounded by data_done_timeout) and then close.
  *
+ * A front made by deliver_new_thread() (d->thread set) holds no pool: its
+ * deliver_start/reload/shutdown/free pass on to deliver_thread.c, whose
+ * thread runs a pool of this file on its own loop.
+ *
  * Never: call a request's callback from inside deliver_start(), or let a
  * request's callback free the deliver object (deliver_free() needs
  * deliver_shutdown() to have finished).  A key or host is freed only when
@@ -194,6 +198,10 @@ deliver_reload(struct deliver *d, struct conf *conf)
 {
 	struct conf *old = d->conf;
 
+	if (d->thread != NULL) {
+		deliver_thread_reload(d->thread, conf);
+		return;
+	}
 	d->conf = conf_ref(conf);
 	conf_unref(old);
 	deliver_tls_setup(d);
@@ -225,6 +233,11 @@ deliver_free(struct deliver *d)
 {
 	if (d == NULL)
 		return;
+	if (d->thread != NULL) {
+		deliver_thread_free(d->thread);
+		free(d);
+		return;
+	}
 	if (!d->kick_closed || d->nconns > 0 || d->nwaiting > 0)
 		fatalx("%s: deliver_shutdown() has not finished", __func__);
 	if (htab_count(&d->keys) > 0 || htab_count(&d->hosts) > 0)
@@ -287,17 +300,19 @@ deliver_policy_name(enum deliver_policy p)
 	return "?";
 }
 
+/*
+ * deliver_start()'s checks of req, and its connection key: name (and the
+ * address as text in ip).  0, or RELAY_EINVAL.  Reads req only: the
+ * delivery thread's front (deliver_thread.c) runs it on the caller's loop.
+ */
 int
-deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *arg)
+deliver_req_key(const struct deliver_req *req, char *name, size_t namelen, char *ip, size_t iplen)
 {
-	struct deliver_txn *t;
-	char ip[64], name[DELIVER_KEY_MAX], tlsa[TLSA_DIGEST_LEN] = "";
+	char tlsa[TLSA_DIGEST_LEN] = "";
 	const char *user, *host;
 	int port, n;
 
-	if (d->shutting_down)
-		return RELAY_ECLOSED;
-	if (req == NULL || cb == NULL || req->msg_path == NULL || req->nrcpts == 0 ||
+	if (req == NULL || req->msg_path == NULL || req->nrcpts == 0 ||
 	    req->rcpts == NULL || (req->addr.ss_family != AF_INET && req->addr.ss_family != AF_INET6))
 		return RELAY_EINVAL;
 	if (req->auth_user != NULL && req->auth_user[0] == '\0')
@@ -312,12 +327,12 @@ deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *
 	if (req->addr.ss_family == AF_INET6) {
 		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&req->addr;
 
-		uv_ip6_name(a, ip, sizeof(ip));
+		uv_ip6_name(a, ip, iplen);
 		port = ntohs(a->sin6_port);
 	} else {
 		const struct sockaddr_in *a = (const struct sockaddr_in *)&req->addr;
 
-		uv_ip4_name(a, ip, sizeof(ip));
+		uv_ip4_name(a, ip, iplen);
 		port = ntohs(a->sin_port);
 	}
 	/* user and host are length-prefixed: no two different ones share a key */
@@ -329,11 +344,29 @@ deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *
 	 * nor with one authenticated by another TLSA set */
 	if (req->policy == DELIVER_POLICY_DANE)
 		tlsa_digest(req->tlsa, req->ntlsa, tlsa);
-	n = snprintf(name, sizeof(name), "%s|%d|%s|%s%s%s|%zu:%s|%zu:%s", ip, port,
+	n = snprintf(name, namelen, "%s|%d|%s|%s%s%s|%zu:%s|%zu:%s", ip, port,
 	    conf_tls_name(req->tls), deliver_policy_name(req->policy), tlsa[0] ? ":" : "", tlsa,
 	    strlen(user), user, strlen(host), host);
-	if (n < 0 || (size_t)n >= sizeof(name))
+	if (n < 0 || (size_t)n >= namelen)
 		return RELAY_EINVAL;             /* a key cut short could merge two */
+	return 0;
+}
+
+int
+deliver_start(struct deliver *d, struct deliver_req *req, deliver_cb *cb, void *arg)
+{
+	struct deliver_txn *t;
+	char ip[64], name[DELIVER_KEY_MAX];
+	int rc;
+
+	if (d->thread != NULL)
+		return deliver_thread_start(d->thread, req, cb, arg);
+	if (d->shutting_down)
+		return RELAY_ECLOSED;
+	if (cb == NULL)
+		return RELAY_EINVAL;
+	if ((rc = deliver_req_key(req, name, sizeof(name), ip, sizeof(ip))) != 0)
+		return rc;
 	t = xcalloc(1, sizeof(*t));
 	t->d = d;
 	t->req = req;
@@ -628,6 +661,10 @@ deliver_shutdown(struct deliver *d, void (*done)(void *arg), void *arg)
 	if (d->shutting_down)
 		fatalx("%s: called twice", __func__);
 	d->shutting_down = true;
+	if (d->thread != NULL) {
+		deliver_thread_shutdown(d->thread, done, arg);
+		return;
+	}
 	d->shutdown_done = done;
 	d->shutdown_arg = arg;
 	/* The work runs from the kick, never inside a request's callback. */

@@ -124,7 +124,16 @@ struct deliver_result {
 
 typedef void deliver_cb(void *arg, struct deliver_req *req, const struct deliver_result *res);
 
+/* A pool running on loop (the caller's thread). */
 struct deliver *deliver_new(uv_loop_t *loop, struct conf *conf);
+/*
+ * The same API, with the pool and its sessions on a thread of their own
+ * (the delivery thread, deliver_thread.c): callbacks still run on loop, and
+ * the calls below keep their contracts.  Between deliver_start() and its
+ * callback the request, and all it points to, belong to deliver: the caller
+ * must not change them.
+ */
+struct deliver *deliver_new_thread(uv_loop_t *loop, struct conf *conf);
 void deliver_reload(struct deliver *d, struct conf *conf);
 /*
  * Run one delivery attempt of req to req->addr.  req (and what it points to)

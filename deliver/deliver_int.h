@@ -219,7 +219,22 @@ struct deliver {
 	void *shutdown_arg;
 	uint64_t (*now)(void);      /* monotonic ms clock; injectable */
 	uint64_t nconnects;         /* connections opened since start (tests, stats) */
+	struct deliver_thread *thread; /* deliver_new_thread(): this is the caller's front,
+	                            the pool runs on the delivery thread; else NULL */
 };
+
+/* deliver.c: deliver_start()'s checks and connection key (name, and ip as text). */
+int deliver_req_key(const struct deliver_req *req, char *name, size_t namelen, char *ip,
+    size_t iplen);
+
+/* deliver_thread.c: what a front's deliver_start/reload/shutdown/free pass on,
+ * from the caller's loop, to the delivery thread (deliver_thread.c's header). */
+struct deliver_thread;
+int deliver_thread_start(struct deliver_thread *dt, struct deliver_req *req, deliver_cb *cb,
+    void *arg);
+void deliver_thread_reload(struct deliver_thread *dt, struct conf *conf);
+void deliver_thread_shutdown(struct deliver_thread *dt, void (*done)(void *arg), void *arg);
+void deliver_thread_free(struct deliver_thread *dt);
 
 /* deliver.c: called by sessions. */
 void deliver_pool_finish(struct deliver *d, struct deliver_txn *t, const struct deliver_result *res);

@@ -71,7 +71,8 @@ router_new(uv_loop_t *loop, struct conf *conf, struct relay_stats *stats,
 	if ((r->http = http_new(loop, r->mx, err)) == NULL)
 		goto fail;
 	r->mtasts = mtasts_new(loop, conf, r->mx, r->http);
-	r->deliver = deliver_new(loop, conf);
+	/* outbound delivery: on the router's loop, or on a thread of its own */
+	r->deliver = conf->deliver.thread ? deliver_new_thread(loop, conf) : deliver_new(loop, conf);
 	memset(&deps, 0, sizeof(deps));
 	deps.loop = loop;
 	deps.conf = conf;
@@ -113,6 +114,9 @@ router_reload(struct router *r, struct conf *conf)
 	if (strcmp(conf->queue_dir, r->conf->queue_dir) != 0)
 		log_event(LOG_WARNING, "reload_ignored", "setting", "queue_dir",
 		    "kept", r->conf->queue_dir, NULL);
+	if (conf->deliver.thread != r->conf->deliver.thread)
+		log_event(LOG_WARNING, "reload_ignored", "setting", "deliver.thread",
+		    "kept", r->conf->deliver.thread ? "true" : "false", NULL);
 	conf_ref(conf);
 	conf_unref(r->conf);
 	r->conf = conf;

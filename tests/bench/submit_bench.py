@@ -229,6 +229,8 @@ def run(a, build, figures, attach_cmd=None, syscalls_file=None):
     overrides = {"log_level": "info",
                  "submit": {"login_max_messages": 0, "login_max_recipients": 0,
                             "max_connections_per_ip": 1000}}
+    if a.deliver_thread and build == a.build:
+        overrides["deliver"] = {"thread": True}     # the new build only: a base may not know it
     relay = Relay(**overrides)
     if a.dkim != "none":
         from relay import share_with_user
@@ -327,6 +329,31 @@ AB_FIGURES = ("msgs_per_s", "delivered_msgs_per_s", "relayd_cpu_ms_per_msg",
               "relayd_peak_rss_mib", "machine_busy_pct")
 
 
+# Issue #16's targets: (figure, test, limit, what it says).  "ratio" compares
+# with the baseline's median (side-by-side runs only).
+TARGETS = (("msgs_per_s", "ratio", 1.8, "msgs/s at least 1.8x the baseline's"),
+           ("relayd_cpu_ms_per_msg", "max", 0.15, "relayd CPU per message <= 0.15 ms"),
+           ("p99", "max", 8.0, "p99 end of DATA -> 250 <= 8 ms"),
+           ("relayd_peak_rss_mib", "below", 64.0, "peak RSS < 64 MiB"))
+
+
+def print_targets(new, base=None):
+    """One "met"/"not met" line per target of issue #16, for the figures in
+    new (a run's, or the medians of several) against base (the baseline's
+    medians) where the target is a ratio."""
+    for k, test, limit, what in TARGETS:
+        v = new.get(k)
+        if v is None or (test == "ratio" and (base is None or not base.get(k))):
+            continue
+        if test == "ratio":
+            v = v / base[k]
+            ok, shown = v >= limit, "%.2fx" % v
+        else:
+            ok = v <= limit if test == "max" else v < limit
+            shown = "%.3f" % v if v < 1 else "%.1f" % v
+        print("target %-40s %-8s %s" % (what + ":", shown, "met" if ok else "not met"))
+
+
 def median(v):
     v = sorted(v)
     n = len(v)
@@ -367,6 +394,12 @@ def side_by_side(a):
             ratio += " (runs %.2f..%.2f)" % (min(pairs), max(pairs))
         print("%-36s base: %s" % (k, row(base)))
         print("%-36s new:  %s  %s" % ("", row(new), ratio))
+    meds = {}
+    for name in ("base", "new"):
+        meds[name] = {k: median([f[k] for f in results[name] if k in f]) for k, *_ in TARGETS
+                      if any(k in f for f in results[name])}
+    print("=== issue #16 targets (medians of the new build's runs)")
+    print_targets(meds["new"], meds["base"])
     return status
 
 
@@ -382,6 +415,8 @@ def main():
     which.add_argument("--no-sink", action="store_true", help="hold the queue instead of delivering")
     ap.add_argument("--dkim", choices=("none", "ed25519", "rsa+ed25519"), default="none",
                     help="sign alice's mail (example.org) with these keys")
+    ap.add_argument("--deliver-thread", action="store_true",
+                    help="deliver.thread = true for relayd of --build (not the baseline)")
     ap.add_argument("--attach", metavar="CMD",
                     help="run CMD ({pid} = relayd's pid) during the load; SIGINT at the end")
     ap.add_argument("--baseline", metavar="BUILD",
@@ -396,7 +431,11 @@ def main():
         return side_by_side(a)
     os.environ.setdefault("RELAYD_BIN", os.path.join(a.build, "relayd"))
     os.environ.setdefault("RELAYCTL_BIN", os.path.join(a.build, "relayctl"))
-    return run(a, a.build, {}, a.attach)
+    figures = {}
+    status = run(a, a.build, figures, a.attach)
+    print("=== issue #16 targets (this run; the throughput target needs --baseline)")
+    print_targets(figures)
+    return status
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ tmpdir the user's own so it can remove its control socket and make logs).
 Environment: RELAYD_BIN, RELAYCTL_BIN (default <repo>/build/relayd and
 <repo>/build/relayctl); RELAYD_KEEP_TMP=1 keeps every temporary directory;
 RELAYD_TEST_VERBOSE=1 prints the log tail after every test, not only failed ones.
+RELAYD_TEST_DELIVER_THREAD=1 runs every relayd with deliver.thread = true (the
+delivery thread under the whole suite).
 """
 
 import atexit
@@ -642,6 +644,8 @@ class Relay:
                 "connect_timeout": "2s",
             },
         }
+        if os.environ.get("RELAYD_TEST_DELIVER_THREAD"):
+            self.config["deliver"]["thread"] = True
         merge(self.config, overrides)
         self.write_config()
 
