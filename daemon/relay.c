@@ -153,22 +153,22 @@ relay_same(const char *a, const char *b)
 /*
  * The settings a reload does not take: the metrics endpoint and the Redis
  * link are opened at start (before the privilege drop) and kept until the
- * next start.  The rest of the reload applies, as with the submission
- * listeners (reload_listen_ignored in submit_server.c); say so rather than
- * run on with the old ones unsaid.
+ * next start.  The rest of the reload applies, as with queue_dir
+ * (router_reload) and the submission listeners (submit_server.c); say so
+ * rather than run on with the old ones unsaid.
  */
 static void
 relay_reload_ignored(const struct conf *o, const struct conf *c)
 {
 	if (!relay_same(o->metrics_listen, c->metrics_listen))
-		log_event(LOG_WARNING, "reload_listen_ignored", "key", "metrics_listen",
-		    "reason", "listener addresses change only on restart", NULL);
+		log_event(LOG_WARNING, "reload_ignored", "setting", "metrics_listen",
+		    "kept", o->metrics_listen != NULL ? o->metrics_listen : "-", NULL);
 	if (o->cluster.enabled != c->cluster.enabled ||
 	    !relay_same(o->cluster.redis, c->cluster.redis) ||
 	    !relay_same(o->cluster.node, c->cluster.node) ||
 	    !relay_same(o->cluster.password_file, c->cluster.password_file))
-		log_event(LOG_WARNING, "reload_cluster_ignored", "reason",
-		    "the cluster settings change only on restart", NULL);
+		log_event(LOG_WARNING, "reload_ignored", "setting", "cluster",
+		    "kept", o->cluster.enabled ? o->cluster.redis : "-", NULL);
 }
 
 int

@@ -303,8 +303,8 @@ submit_reload(struct submit *s, struct conf *conf, struct buf *err)
 	    conf->submit.listen, conf->submit.nlisten) ||
 	    !submit_server_same_listeners(s->conf->submit.listen_tls, s->conf->submit.nlisten_tls,
 	    conf->submit.listen_tls, conf->submit.nlisten_tls))
-		log_event(LOG_WARNING, "reload_listen_ignored", "key", "submit.listen",
-		    "reason", "listener addresses change only on restart", NULL);
+		log_event(LOG_WARNING, "reload_listen_ignored", "reason",
+		    "listener addresses change only on restart", NULL);
 
 	submit_senders_free(s->senders);
 	s->senders = senders;

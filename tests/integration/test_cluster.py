@@ -229,7 +229,8 @@ class SharedLimits(ClusterCase):
         mark = a.log_mark()
         a.sighup()
         a.wait_for_log("reloaded", since=mark)
-        a.wait_for_log("reload_cluster_ignored", since=mark)
+        ev = a.wait_for_log("reload_ignored", since=mark, setting="cluster")
+        self.assertEqual(ev["kept"], self.redis.address)
         self.send(a)                        # still a node, still accepting
         # a reload that leaves it alone says nothing
         a.config["cluster"]["node"] = "a"
@@ -237,7 +238,7 @@ class SharedLimits(ClusterCase):
         mark = a.log_mark()
         a.sighup()
         a.wait_for_log("reloaded", since=mark)
-        self.assertEqual(a.count_log("reload_cluster_ignored", since=mark), 0)
+        self.assertEqual(a.count_log("reload_ignored", since=mark), 0)
 
     def test_auth_failures_are_counted_across_nodes(self):
         a, b = self.nodes(submit_cfg={"auth_fail_limit": 3, "auth_fail_delay_after": 100,

@@ -321,7 +321,7 @@ class MetricsTest(unittest.TestCase):
 
     def test_a_reload_keeps_the_endpoint_and_says_so(self):
         """A reload with a new metrics_listen applies the rest, keeps the old
-        endpoint serving and logs reload_listen_ignored."""
+        endpoint serving and logs reload_ignored setting=metrics_listen."""
         self.start_relay()
         port = free_port(hosts=(HOST,), exclude=(self.port,))
         self.relay.update_config(metrics_listen="%s:%d" % (HOST, port),
@@ -329,8 +329,8 @@ class MetricsTest(unittest.TestCase):
         mark = self.relay.log_mark()
         self.relay.sighup()
         self.relay.wait_for_log("reloaded", since=mark)
-        ev = self.relay.wait_for_log("reload_listen_ignored", since=mark)
-        self.assertEqual(ev["key"], "metrics_listen")
+        ev = self.relay.wait_for_log("reload_ignored", since=mark, setting="metrics_listen")
+        self.assertEqual(ev["kept"], "%s:%d" % (HOST, self.port))
         self.scrape()                       # the old endpoint still serves
         self.assertNotIn(port, listening_ports(self.relay.pid))
         # a reload that leaves it alone says nothing
@@ -338,7 +338,7 @@ class MetricsTest(unittest.TestCase):
         self.relay.update_config(metrics_listen="%s:%d" % (HOST, self.port))
         self.relay.sighup()
         self.relay.wait_for_log("reloaded", since=mark)
-        self.assertEqual(self.relay.count_log("reload_listen_ignored", since=mark), 0)
+        self.assertEqual(self.relay.count_log("reload_ignored", since=mark), 0)
         self.stop_clean()
 
     def test_address_in_use_is_a_start_error(self):
