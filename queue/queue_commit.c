@@ -5,7 +5,9 @@
  * journal and fdatasyncs it (the 250 goes out then); the writer thread
  * writes and names each message's msg/ file; the sync thread syncs,
  * publishes msg/<qid>, fsyncs msg/ and moves the journal's tail before the
- * router may see the message.  Also the start-up replay of the journal, and
+ * router may see the message.  The writer also appends the records and
+ * renames away the removed messages the loop issued, in issue order (the
+ * loop makes no system call for either).  Also the start-up replay of the journal, and
  * its restore without a restart after a disk failure switched it off (a
  * probe job, sent by a back-off timer on the loop).
  * queue/QUEUE.md tells the whole story; queue.c owns the files,
@@ -17,7 +19,8 @@
  * from their input list (and the txn buffers those point at, untouched by
  * the loop meanwhile), the directory fds, the journal's side they own (the
  * sync thread the whole journal while it restores it: the journal is off),
- * and, under q->mtx, the lists, flags and counters.  They never log or call
+ * and, under q->mtx, the lists, flags and counters (the loop's op counters,
+ * ops_total, ops_done and nops, are the loop's alone).  They never log or call
  * back, and allocate only to read the journal back in a restore.
  *
  * Must never: make the loop thread wait for a disk sync; acknowledge a
