@@ -604,6 +604,8 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 	queue_list_init(&q->journaled);
 	queue_list_init(&q->written);
 	queue_list_init(&q->done);
+	queue_list_init(&q->staged_ops);
+	queue_list_init(&q->ops);
 
 	if (mkdir(dir, 0700) == -1 && errno != EEXIST)
 		what = "mkdir";
@@ -1063,16 +1065,17 @@ queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
 	}
 }
 
+/*
+ * The loop only encodes the line and applies it; the writer thread opens
+ * msg/<qid> (O_APPEND) and writes it, in issue order, and the sync thread
+ * syncs and closes it (queue_commit.c).
+ */
 int
 queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *rec,
     queue_sync_cb *cb, void *arg)
 {
 	struct buf line = BUF_INIT;
 	struct queue_job *j;
-	struct stat st;
-	size_t off;
-	ssize_t n;
-	int fd, e;
 
 	if (q->magic != QUEUE_MAGIC)
 		fatalx("%s: bad queue", __func__);
@@ -1080,38 +1083,23 @@ queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *re
 		return RELAY_ECLOSED;
 	if (envelope_record_check(rec, m->env.nrcpts) == -1)
 		return RELAY_EINVAL;
-	if ((fd = openat(q->msgfd, m->qid, O_WRONLY | O_APPEND | O_CLOEXEC)) == -1) {
-		e = errno;
-		queue_log_errno(m->qid, "open", e);
-		return e == ENOENT ? RELAY_ENOENT : RELAY_EIO;
+	if (m->removed) {
+		queue_log_errno(m->qid, "open", ENOENT);
+		return RELAY_ENOENT;
 	}
 	envelope_record_encode(rec, &line);
-	for (off = 0; off < line.len; off += (size_t)n) {
-		if ((n = write(fd, line.data + off, line.len - off)) == -1 && errno == EINTR) {
-			n = 0;
-			continue;
-		}
-		if (n > 0)
-			continue;
-		/* never leave a torn record that the next append would run into:
-		 * cut what this one wrote (we are the only writer) */
-		queue_log_errno(m->qid, "append", n == 0 ? EIO : errno);
-		if (off > 0 && (fstat(fd, &st) == -1 || ftruncate(fd, st.st_size - (off_t)off) == -1))
-			queue_log_errno(m->qid, "ftruncate", errno);
-		close(fd);
-		buf_free(&line);
-		return RELAY_EIO;
-	}
+	j = xcalloc(1, sizeof(*j) + line.len);
+	memcpy(j + 1, line.data, line.len);
+	j->line = (const char *)(j + 1);
+	j->line_len = line.len;
 	buf_free(&line);
-	queue_msg_apply(m, rec);
-
-	j = xcalloc(1, sizeof(*j));
 	j->kind = QJOB_SYNC;
-	j->fd = fd;
+	j->fd = -1;
 	j->cb = cb;
 	j->arg = arg;
 	snprintf(j->qid, sizeof(j->qid), "%s", m->qid);
-	queue_stage(q, j);
+	queue_msg_apply(m, rec);
+	queue_stage_op(q, j, true);
 	return 0;
 }
 
@@ -1329,46 +1317,59 @@ queue_history(struct queue *q, const char *qid,
 }
 
 /*
- * The loop renames msg/<qid> to msg/.spare-N, one directory operation
- * (neither freeing an inode nor waiting for a device); from then on nobody
- * can open it by its id.  The commit thread makes that rename durable with
- * its next fsync of msg/, then keeps the file as a spare (its old content is
- * overwritten by the next message, and cut to length at its commit) or
- * deletes it: if the pool is full, the file large, or somebody still has it
- * open.
+ * msg/<qid> becomes msg/.spare-N, one directory operation (neither freeing
+ * an inode nor waiting for a device); from then on nobody can open it by
+ * its id.  The writer thread renames it, after the records issued before
+ * (queue_commit.c); only when no record or removal is on its way does the
+ * loop do it at once (nothing can be ordered before it then: an
+ * administrator's delete on a quiet queue).  The sync thread makes that
+ * rename durable with its next fsync of msg/, then keeps the file as a
+ * spare (its old content is overwritten by the next message, and cut to
+ * length at its commit) or deletes it: if the pool is full, the file large,
+ * or somebody still has it open.
  */
 int
 queue_remove(struct queue *q, struct queue_msg *m)
 {
 	struct queue_job *j;
-	char name[QNAME_MAX];
 
 	if (q->magic != QUEUE_MAGIC)
 		fatalx("%s: bad queue", __func__);
+	if (m->removed)
+		return RELAY_ENOENT;
 	if (!q->closing) {
-		snprintf(name, sizeof(name), QNAME_SPARE "%llu", (unsigned long long)q->spare_seq++);
-		if (renameat2(q->msgfd, m->qid, q->msgfd, name, RENAME_NOREPLACE) == 0) {
-			j = xcalloc(1, sizeof(*j));
-			j->kind = QJOB_RECYCLE;
-			j->fd = -1;
-			j->keep = m->body_offset + m->body_len <= QUEUE_RECYCLE_MAX &&
-			    q->nspares + q->recycling < QUEUE_POOL_MAX;
+		j = xcalloc(1, sizeof(*j));
+		j->kind = QJOB_RECYCLE;
+		j->fd = -1;
+		j->keep = m->body_offset + m->body_len <= QUEUE_RECYCLE_MAX &&
+		    q->nspares + q->recycling < QUEUE_POOL_MAX;
+		snprintf(j->qid, sizeof(j->qid), "%s", m->qid);
+		snprintf(j->iname, sizeof(j->iname), QNAME_SPARE "%llu",
+		    (unsigned long long)q->spare_seq++);
+		if (q->nops > 0 ||
+		    renameat2(q->msgfd, m->qid, q->msgfd, j->iname, RENAME_NOREPLACE) == 0) {
+			j->renamed = q->nops == 0;
 			q->recycling += j->keep;
-			snprintf(j->qid, sizeof(j->qid), "%s", m->qid);
-			memcpy(j->iname, name, QNAME_MAX);
-			queue_stage(q, j);
+			m->removed = true;
+			queue_stage_op(q, j, !j->renamed);
 			return 0;
 		}
-		if (errno == ENOENT)
+		free(j);
+		if (errno == ENOENT) {
+			m->removed = true;
 			return RELAY_ENOENT;
+		}
 		/* no RENAME_NOREPLACE here (or a name taken): delete it at once */
 	}
 	if (unlinkat(q->msgfd, m->qid, 0) == -1) {
-		if (errno == ENOENT)
+		if (errno == ENOENT) {
+			m->removed = true;
 			return RELAY_ENOENT;
+		}
 		queue_log_errno(m->qid, "unlink", errno);
 		return RELAY_EIO;
 	}
+	m->removed = true;
 	return 0;
 }
 

@@ -52,6 +52,7 @@ struct queue_msg {
 	char *dkim_ids;              /* their "d=..;s=.." pairs, ","-separated, or NULL */
 	char *path;                  /* queue_dir/msg/<qid> */
 	void *sched;                 /* the scheduler's per-message state; the queue never touches it */
+	bool removed;                /* queue_remove() took it (loop only; the queue's) */
 };
 
 /* Record types appended after the body (one text line each). */
@@ -129,18 +130,24 @@ void queue_txn_abort(struct queue_txn *t);
 
 
 /*
- * Append rec to m's file and apply it to m.  The record is made durable by the
- * next group sync; cb (may be NULL) fires on the loop thread after that.
+ * Apply rec to m and append it to m's file: the writer thread opens the
+ * file (O_APPEND) and writes the line, in the order the loop issued the
+ * records (and removals), and the record is made durable by the next group
+ * sync; cb (may be NULL) fires on the loop thread after that, with 0 or the
+ * error of the append or the sync (logged).  Returns at once: RELAY_EINVAL
+ * (not written), RELAY_ECLOSED, RELAY_ENOENT (m was removed), else 0.
  */
 int queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *rec,
     queue_sync_cb *cb, void *arg);
 /* Apply a record to the in-memory message only (used by replay and by queue_record). */
 void queue_msg_apply(struct queue_msg *m, const struct queue_record *rec);
 
-/* Remove a message whose every recipient is done (or deleted by the admin).
- * Its id no longer names a file when this returns (0, or RELAY_ENOENT if it
- * did not); the file itself is kept for a later message (never while
- * somebody still has it open) or deleted, by the commit thread. */
+/* Remove a message whose every recipient is done (or deleted by the admin):
+ * 0, or RELAY_ENOENT (removed before).  Its id stops naming a file after
+ * every record queue_record() issued for it before: by the writer thread
+ * when records or removals are still on their way there (errors are logged),
+ * else on the loop at once.  The file itself is kept for a later message
+ * (never while somebody still has it open) or deleted, by the commit thread. */
 int queue_remove(struct queue *q, struct queue_msg *m);
 void queue_msg_free(struct queue_msg *m);
 
@@ -150,8 +157,10 @@ int queue_history(struct queue *q, const char *qid, void (*cb)(void *arg, const 
 /*
  * A wait for every message acknowledged so far to reach the scheduler: a 250
  * comes from the acceptance journal a moment before the message's msg/ file
- * is published and the scheduler gets it (queue/QUEUE.md).  relayctl waits
- * so that it sees every message a client was told is queued.  The caller
+ * is published and the scheduler gets it (queue/QUEUE.md); and for every
+ * record and removal issued so far to be in the files (they are written by
+ * the writer thread).  relayctl waits so that it sees every message a client
+ * was told is queued, and every record in a history.  The caller
  * owns w and sets cb and arg; queue_wait_acked() returns true (cb is never
  * called) when nothing is outstanding, else cb(arg) runs later on the loop,
  * unless queue_wait_cancel(q, w) comes first.
@@ -159,6 +168,7 @@ int queue_history(struct queue *q, const char *qid, void (*cb)(void *arg, const 
 struct queue_waiter {
 	struct queue_waiter *next;  /* the queue's */
 	uint64_t need;               /* the queue's */
+	uint64_t need_ops;           /* the queue's */
 	void (*cb)(void *arg);
 	void *arg;
 };

@@ -5,7 +5,9 @@
  * journal and fdatasyncs it (the 250 goes out then); the writer thread
  * writes and names each message's msg/ file; the sync thread syncs,
  * publishes msg/<qid>, fsyncs msg/ and moves the journal's tail before the
- * router may see the message.  Also the start-up replay of the journal, and
+ * router may see the message.  The writer also appends the records and
+ * renames away the removed messages the loop issued, in issue order (the
+ * loop makes no system call for either).  Also the start-up replay of the journal, and
  * its restore without a restart after a disk failure switched it off (a
  * probe job, sent by a back-off timer on the loop).
  * queue/QUEUE.md tells the whole story; queue.c owns the files,
@@ -17,7 +19,8 @@
  * from their input list (and the txn buffers those point at, untouched by
  * the loop meanwhile), the directory fds, the journal's side they own (the
  * sync thread the whole journal while it restores it: the journal is off),
- * and, under q->mtx, the lists, flags and counters.  They never log or call
+ * and, under q->mtx, the lists, flags and counters (the loop's op counters,
+ * ops_total, ops_done and nops, are the loop's alone).  They never log or call
  * back, and allocate only to read the journal back in a restore.
  *
  * Must never: make the loop thread wait for a disk sync; acknowledge a
@@ -164,6 +167,8 @@ queue_recycle_file(struct queue *q, struct queue_job *j, struct queue_counters *
 	struct stat st;
 	int fd = -1;
 
+	if (j->iname[0] == '\0')
+		return;                      /* the writer deleted it, or it was gone */
 	if (j->keep && j->err == 0 &&
 	    (fd = openat(q->msgfd, j->iname, O_RDWR | O_CLOEXEC)) >= 0 &&
 	    queue_file_unshared(fd) && fstat(fd, &st) == 0) {
@@ -179,6 +184,86 @@ queue_recycle_file(struct queue *q, struct queue_job *j, struct queue_counters *
 		close(fd);
 	(void)unlinkat(q->msgfd, j->iname, 0);
 	c->unlinked++;
+}
+
+/*
+ * A record (the writer thread): append its line to msg/<qid> with one
+ * write(2) (O_APPEND), and hand the descriptor on to the sync thread.  A
+ * failed write never leaves a torn record that the next append would run
+ * into: what it wrote is cut off (this thread is the only writer).
+ */
+static void
+queue_append_record(struct queue *q, struct queue_job *j)
+{
+	struct stat st;
+	size_t off;
+	ssize_t n;
+	int e;
+
+	if ((j->fd = openat(q->msgfd, j->qid, O_WRONLY | O_APPEND | O_CLOEXEC)) == -1) {
+		e = errno;
+		queue_job_fail(j, "open", e);
+		if (e == ENOENT)
+			j->err = RELAY_ENOENT;
+		return;
+	}
+	for (off = 0; off < j->line_len; off += (size_t)n) {
+		if ((n = write(j->fd, j->line + off, j->line_len - off)) == -1 && errno == EINTR) {
+			n = 0;
+			continue;
+		}
+		if (n > 0)
+			continue;
+		e = n == 0 ? EIO : errno;
+		if (off > 0 && (fstat(j->fd, &st) == -1 ||
+		    ftruncate(j->fd, st.st_size - (off_t)off) == -1))
+			e = errno;           /* the torn line stays: the next start cuts it */
+		queue_job_fail(j, "append", e);
+		j->err = RELAY_EIO;
+		close(j->fd);
+		j->fd = -1;
+		return;
+	}
+}
+
+/*
+ * A removal (the writer thread), after the records issued before it:
+ * msg/<qid> becomes msg/.spare-N; where RENAME_NOREPLACE does not work (or
+ * the name is taken) it is deleted at once, as the loop did.
+ */
+static void
+queue_remove_file(struct queue *q, struct queue_job *j)
+{
+	int e;
+
+	if (renameat2(q->msgfd, j->qid, q->msgfd, j->iname, RENAME_NOREPLACE) == 0) {
+		j->renamed = true;
+		return;
+	}
+	e = errno;
+	j->iname[0] = '\0';                 /* nothing to keep or delete after the sync */
+	if (e != ENOENT) {
+		if (unlinkat(q->msgfd, j->qid, 0) == 0)
+			return;
+		e = errno;
+	}
+	j->err = e == ENOENT ? RELAY_ENOENT : RELAY_EIO;
+	j->failed_call = "remove";
+	j->sys_errno = e;
+}
+
+/* Stage one for file ops (the writer thread): records and removals, in issue order. */
+static void
+queue_write_ops(struct queue *q, struct queue_list *ops)
+{
+	struct queue_job *j;
+
+	for (j = ops->head; j != NULL; j = j->next) {
+		if (j->kind == QJOB_SYNC)
+			queue_append_record(q, j);
+		else if (j->kind == QJOB_RECYCLE && !j->renamed)
+			queue_remove_file(q, j);
+	}
 }
 
 /* Stage one (the writer thread): every new message's file, ready to sync. */
@@ -397,7 +482,9 @@ queue_jnl_main(void *arg)
 
 /*
  * The writer thread: takes what the journal thread passed on, writes and
- * names the files, and passes the batch on to the sync thread.  While that
+ * names the files, and the records and removals the loop issued since
+ * (appended and renamed in issue order), and passes it all on to the sync
+ * thread.  While that
  * one waits for the disk, this one prepares the next batch: the stages
  * overlap.
  */
@@ -405,25 +492,29 @@ void
 queue_writer_main(void *arg)
 {
 	struct queue *q = arg;
-	struct queue_list batch;
+	struct queue_list batch, ops;
 	struct queue_counters c;
 
 	uv_mutex_lock(&q->mtx);
 	for (;;) {
-		while (q->journaled.head == NULL && !q->jnl_exited)
+		while (q->journaled.head == NULL && q->ops.head == NULL && !q->jnl_exited)
 			uv_cond_wait(&q->write_cond, &q->mtx);
-		if (q->journaled.head == NULL)
+		if (q->journaled.head == NULL && q->ops.head == NULL)
 			break;
+		ops = q->ops;
+		queue_list_init(&q->ops);
 		batch = q->journaled;
 		queue_list_init(&q->journaled);
 		uv_mutex_unlock(&q->mtx);
 
 		memset(&c, 0, sizeof(c));
+		queue_write_ops(q, &ops);
 		queue_write_batch(q, &batch, &c);
 
 		uv_mutex_lock(&q->mtx);
 		q->counters.create_ns += c.create_ns;
 		q->counters.created_late += c.created_late;
+		queue_list_concat(&q->written, &ops);
 		queue_list_concat(&q->written, &batch);
 		uv_cond_signal(&q->sync_cond);
 	}
@@ -717,11 +808,17 @@ queue_handoff(struct queue *q)
 		uv_check_stop(&q->check);
 		q->staging = false;
 	}
-	if (q->staged.head == NULL)
+	if (q->staged.head == NULL && q->staged_ops.head == NULL)
 		return;
 	uv_mutex_lock(&q->mtx);
-	queue_list_concat(&q->pending, &q->staged);
-	uv_cond_signal(&q->cond);
+	if (q->staged.head != NULL) {
+		queue_list_concat(&q->pending, &q->staged);
+		uv_cond_signal(&q->cond);
+	}
+	if (q->staged_ops.head != NULL) {
+		queue_list_concat(&q->ops, &q->staged_ops);
+		uv_cond_signal(&q->write_cond);
+	}
 	uv_mutex_unlock(&q->mtx);
 }
 
@@ -735,10 +832,10 @@ queue_check_cb(uv_check_t *h)
 	queue_handoff(q);
 }
 
-void
-queue_stage(struct queue *q, struct queue_job *j)
+static void
+queue_stage_on(struct queue *q, struct queue_list *l, struct queue_job *j)
 {
-	queue_list_append(&q->staged, j);
+	queue_list_append(l, j);
 	q->inflight++;
 	queue_update_ref(q);
 	if (!q->staging) {
@@ -746,6 +843,27 @@ queue_stage(struct queue *q, struct queue_job *j)
 		uv_idle_start(&q->idle, queue_idle_cb);
 		uv_check_start(&q->check, queue_check_cb);
 	}
+}
+
+void
+queue_stage(struct queue *q, struct queue_job *j)
+{
+	queue_stage_on(q, &q->staged, j);
+}
+
+/*
+ * A record or a removal: straight to the writer thread (they never wait for
+ * the journal), in the order issued.  qid_op: it still opens or renames
+ * msg/<qid>, so a removal issued meanwhile must come after it.
+ */
+void
+queue_stage_op(struct queue *q, struct queue_job *j, bool qid_op)
+{
+	j->op = true;
+	j->qid_op = qid_op;
+	q->ops_total++;
+	q->nops += qid_op;
+	queue_stage_on(q, &q->staged_ops, j);
 }
 
 /* A job that failed on the loop thread: completed from the async callback too. */
@@ -829,12 +947,18 @@ queue_complete(struct queue *q, struct queue_job *j)
 	struct queue_txn *t;
 	struct log_line l;
 
+	if (j->op) {
+		q->ops_done++;
+		q->nops -= j->qid_op;
+	}
 	if (j->kind == QJOB_PROBE) {
 		queue_probe_done(q, j);
 		free(j);
 		return;
 	}
 	if (j->kind == QJOB_RECYCLE) {
+		if (j->err != 0 && j->failed_call != NULL)
+			queue_log_errno(j->qid, j->failed_call, j->sys_errno);
 		if (j->keep)
 			q->recycling--;
 		if (j->recycled)
@@ -920,9 +1044,10 @@ queue_ack_done(struct queue *q, struct queue_txn *t)
 bool
 queue_wait_acked(struct queue *q, struct queue_waiter *w)
 {
-	if (q->ack_head == NULL)
+	if (q->ack_head == NULL && q->ops_done == q->ops_total)
 		return true;
 	w->need = q->ack_total;
+	w->need_ops = q->ops_total;
 	w->next = q->waiters;
 	q->waiters = w;
 	return false;
@@ -940,7 +1065,8 @@ queue_wait_cancel(struct queue *q, struct queue_waiter *w)
 		}
 }
 
-/* Every waiter whose acknowledged messages are all published now runs. */
+/* Every waiter whose acknowledged messages are all published, and whose
+ * records and removals are all done, now runs. */
 static void
 queue_run_waiters(struct queue *q)
 {
@@ -948,7 +1074,7 @@ queue_run_waiters(struct queue *q)
 	uint64_t oldest = q->ack_head != NULL ? q->ack_head->ack_no : UINT64_MAX;
 
 	for (pp = &q->waiters; (w = *pp) != NULL;) {
-		if (w->need < oldest) {
+		if (w->need < oldest && w->need_ops <= q->ops_done) {
 			*pp = w->next;
 			w->next = ready;
 			ready = w;

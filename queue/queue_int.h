@@ -45,16 +45,19 @@
 enum queue_job_kind { QJOB_COMMIT, QJOB_SYNC, QJOB_RECYCLE, QJOB_PROBE };
 
 /*
- * One unit of work for the commit thread: a message to publish, a file to
- * sync, a removed message (already renamed to .spare-N by the loop) to
- * keep as a spare file or delete, or, while the journal is off, a probe:
- * does the disk take files again? then restore the journal (QUEUE.md).
+ * One unit of work for the commit threads: a message to publish, a record
+ * to append and sync, a removed message to rename to .spare-N (unless the
+ * loop did) and keep as a spare file or delete, or, while the journal is
+ * off, a probe: does the disk take files again? then restore the journal
+ * (QUEUE.md).  Records and removals (file ops) go from the loop straight to
+ * the writer thread, in the order the loop issued them.
  */
 struct queue_job {
 	struct queue_job *next;
 	enum queue_job_kind kind;
 	int fd;                      /* COMMIT, SYNC: closed by the thread after the sync;
-	                                COMMIT: -1 = the thread creates the file.
+	                                COMMIT: -1 = the thread creates the file;
+	                                SYNC: opened (O_APPEND) by the writer thread.
 	                                RECYCLE: the kept file, opened by the thread */
 	int err;                     /* 0 or RELAY_E* */
 	const char *failed_call;     /* with err, set by the thread: what failed */
@@ -63,6 +66,11 @@ struct queue_job {
 	                                PROBE: the journal is restored and on again */
 	bool write_wbuf;             /* COMMIT: the thread writes txn->wbuf (the whole file) */
 	bool keep;                   /* RECYCLE: the pool has room for it */
+	bool renamed;                /* RECYCLE: msg/<qid> is msg/.spare-N now (by the loop, or
+	                                by the writer thread) */
+	bool op;                     /* SYNC, RECYCLE: a file op (q->ops, counted in ops_total) */
+	bool qid_op;                 /* a file op that still opens or renames msg/<qid> when
+	                                staged: counted in q->nops until it completes */
 	bool recycled;               /* RECYCLE: checked by the thread: it goes into the pool */
 	bool withheld;               /* COMMIT, acked: published, but the journal's tail could
 	                                not move past it: not for the router before a restart */
@@ -75,6 +83,8 @@ struct queue_job {
 	                                PROBE: journaled messages it wrote into msg/ */
 	struct queue_txn *txn;      /* QJOB_COMMIT: the txn this job is embedded in */
 	queue_sync_cb *cb;           /* QJOB_SYNC: may be NULL */
+	const char *line;            /* QJOB_SYNC: the record to append (allocated with the job) */
+	size_t line_len;
 	void *arg;
 	char qid[QID_MAX];
 	char iname[QNAME_MAX];       /* COMMIT: its name in msg/ before the rename ("" = none
@@ -153,6 +163,10 @@ struct queue {
 	uint32_t qid_seq;
 	uint64_t rnd_state;
 	struct queue_list staged;    /* handed to the thread once per loop iteration */
+	struct queue_list staged_ops; /* records and removals, the same way, to the writer */
+	size_t nops;                 /* file ops staged that still name msg/<qid>, not completed */
+	uint64_t ops_total;          /* file ops staged so far */
+	uint64_t ops_done;           /* file ops completed so far (they complete in order) */
 	bool staging;
 	uv_idle_t idle;              /* keeps the poll from blocking while staging */
 	uv_check_t check;            /* hands the staged jobs over */
@@ -194,6 +208,7 @@ struct queue {
 	uv_thread_t jthread, writer, thread;  /* journal, write + name, sync + publish */
 	struct queue_list pending;   /* loop -> journal thread */
 	struct queue_list journaled; /* journal thread -> writer */
+	struct queue_list ops;       /* loop -> writer: records and removals, in issue order */
 	struct queue_list written;   /* writer -> sync thread */
 	struct queue_list done;      /* sync thread -> loop */
 	struct queue_job *acked;     /* journal thread -> loop, through ack_next (LIFO) */
@@ -261,6 +276,7 @@ void queue_idle_cb(uv_idle_t *h);
 void queue_check_cb(uv_check_t *h);
 void queue_async_cb(uv_async_t *h);
 void queue_stage(struct queue *q, struct queue_job *j);
+void queue_stage_op(struct queue *q, struct queue_job *j, bool qid_op);
 void queue_post_done(struct queue *q, struct queue_job *j);
 int queue_journal_open(struct queue *q, int dirfd, struct buf *err);
 

@@ -332,8 +332,14 @@ sched_tally_msg(struct sched *s, const struct queue_msg *m, int sign)
 	}
 }
 
-void
-sched_record(struct sched *s, struct sched_msg *sm, const struct queue_record *rec)
+/*
+ * queue_record() for sm; the in-memory state follows even if it fails.  With
+ * cb: true if cb(arg, err) will run (on the loop, after the record's sync),
+ * false if it never will (the record was not written).
+ */
+static bool
+sched_record_cb(struct sched *s, struct sched_msg *sm, const struct queue_record *rec,
+    queue_sync_cb *cb, void *arg)
 {
 	const struct queue_msg *m = sm->m;
 	bool pending = !sm->deleted && rec->rcpt >= 0 && (size_t)rec->rcpt < m->env.nrcpts &&
@@ -343,7 +349,7 @@ sched_record(struct sched *s, struct sched_msg *sm, const struct queue_record *r
 
 	if (hold)
 		sched_tally_msg(s, m, -1);
-	if ((rc = queue_record(s->q, sm->m, rec, NULL, NULL)) != 0) {
+	if ((rc = queue_record(s->q, sm->m, rec, cb, arg)) != 0) {
 		struct log_line l;
 
 		/* Memory follows anyway: what we did must not be done twice now;
@@ -361,6 +367,24 @@ sched_record(struct sched *s, struct sched_msg *sm, const struct queue_record *r
 		s->npending--;
 		s->nheld_rcpts -= m->held;
 	}
+	return rc == 0;
+}
+
+void
+sched_record(struct sched *s, struct sched_msg *sm, const struct queue_record *rec)
+{
+	(void)sched_record_cb(s, sm, rec, NULL, NULL);
+}
+
+/* A "delivered" line, written once its D record is durable (sched_rcpt_outcome()). */
+static void
+sched_logged_cb(void *arg, int err)
+{
+	struct log_line *l = arg;
+
+	(void)err;                   /* the queue logged it */
+	log_end(l);
+	free(l);
 }
 
 /*
@@ -374,9 +398,10 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 {
 	struct queue_msg *m = sm->m;
 	struct queue_record rec;
-	struct log_line l;
+	struct log_line ll, *lp = &ll;
 	const char *ev;
 	uint64_t delay = 0;
+	bool later = false;
 
 	memset(&rec, 0, sizeof(rec));
 	rec.type = o == SCHED_DELIVERED ? QREC_DELIVERED : o == SCHED_FAILED ? QREC_FAILED :
@@ -392,7 +417,17 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 		rec.value |= QREC_WAIT_DEST;    /* explicit: never read back from "4.4.1" */
 	if (o == SCHED_DELIVERED && dsn_passed)
 		rec.value |= QREC_DSN_PASSED;   /* the next hop sends any success notice */
-	sched_record(s, sm, &rec);
+	/*
+	 * "delivered" is logged once its D record is durable (the writer thread
+	 * appends it after this returns): a crash before that sends the message
+	 * again, and its log never said it was delivered.  Filled in below;
+	 * the callback never runs before this returns.
+	 */
+	if (o == SCHED_DELIVERED) {
+		lp = xmalloc(sizeof(*lp));
+		later = sched_record_cb(s, sm, &rec, sched_logged_cb, lp);
+	} else
+		sched_record(s, sm, &rec);
 
 	if (o == SCHED_DEFERRED && wait_dest == NULL) {
 		delay = sched_retry_delay(s->conf->router.retry_intervals,
@@ -416,31 +451,35 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 		s->stats->deferred++;
 		break;
 	}
-	log_begin(&l, o == SCHED_FAILED ? LOG_NOTICE : LOG_INFO, ev);
-	log_kv(&l, "qid", m->qid);
-	log_kv(&l, "rcpt", m->env.rcpts[i].addr);
-	log_kv(&l, "host", rec.host != NULL ? rec.host : "-");
-	log_kv(&l, "ip", rec.ip != NULL ? rec.ip : "-");
-	log_kv(&l, "status", status);
-	log_kv(&l, "reply", reply != NULL ? reply : "");
-	log_kvu(&l, "attempts", m->rcpt[i].attempts);
+	log_begin(lp, o == SCHED_FAILED ? LOG_NOTICE : LOG_INFO, ev);
+	log_kv(lp, "qid", m->qid);
+	log_kv(lp, "rcpt", m->env.rcpts[i].addr);
+	log_kv(lp, "host", rec.host != NULL ? rec.host : "-");
+	log_kv(lp, "ip", rec.ip != NULL ? rec.ip : "-");
+	log_kv(lp, "status", status);
+	log_kv(lp, "reply", reply != NULL ? reply : "");
+	log_kvu(lp, "attempts", m->rcpt[i].attempts);
 	if (o == SCHED_DELIVERED && s->outcome_tls != NULL)
-		log_kv(&l, "tls", s->outcome_tls);
+		log_kv(lp, "tls", s->outcome_tls);
 	if (o == SCHED_DELIVERED && s->outcome_tls_version != NULL)
-		log_kv(&l, "tls_version", s->outcome_tls_version);
+		log_kv(lp, "tls_version", s->outcome_tls_version);
 	if (o == SCHED_DEFERRED) {
 		if (wait_dest != NULL)
-			log_kv(&l, "waiting", wait_dest);
+			log_kv(lp, "waiting", wait_dest);
 		else {
 			char d[32];
 
 			util_format_duration(delay, d, sizeof(d));
-			log_kv(&l, "retry_in", d);
+			log_kv(lp, "retry_in", d);
 		}
 	}
 	if (o == SCHED_FAILED && m->env.sender[0] == '\0')
-		log_kv(&l, "report", "none");
-	log_end(&l);
+		log_kv(lp, "report", "none");
+	if (!later) {
+		log_end(lp);
+		if (lp != &ll)
+			free(lp);
+	}
 }
 
 /* Cancel every queued or waiting job of sm (in-flight ones finish). */

@@ -1,0 +1,544 @@
+/*
+ * test_queue_ops.c - records and removals are written by the queue's
+ * writer thread, not the loop (queue/QUEUE.md, "Records and removals"):
+ * on a real libuv loop and a real directory, records issued from the loop
+ * land in the file in the order issued, each one's callback after its sync;
+ * a removal issued right after records renames the file only after they
+ * are in it; a record on a removed message is refused and writes nothing;
+ * relayctl's wait (queue_wait_acked) ends only once they are all in the
+ * files; closing the queue with records and a removal still staged writes
+ * them all; and a SIGKILL before the writer got them leaves the message as
+ * it was, queued.  Owns its temporary directory.
+ */
+#include "fixture.h"
+
+#include <dirent.h>
+#include <sys/wait.h>
+
+#define NRECS 40
+
+static struct env_rcpt two_rcpts[] = {
+	{ .addr = "bob@example.net" }, { .addr = "carol@example.org" },
+};
+static const struct envelope two_env = {
+	.sender = "alice@example.org", .rcpts = two_rcpts, .nrcpts = 2,
+	.arrival_ms = 1767225600000ULL,
+};
+
+/* The order record callbacks ran in (their index), and their errors. */
+struct order {
+	int idx[NRECS + 8];
+	int err[NRECS + 8];
+	int n;
+};
+
+struct order_arg {
+	struct order *o;
+	int i;
+};
+
+static void
+order_cb(void *arg, int err)
+{
+	struct order_arg *a = arg;
+
+	a->o->idx[a->o->n] = a->i;
+	a->o->err[a->o->n++] = err;
+}
+
+/* The i-th test record: a deferral of rcpt i % 2 at time 1000 + i. */
+static void
+rec_make(struct queue_record *rec, int i)
+{
+	memset(rec, 0, sizeof(*rec));
+	rec->type = QREC_ATTEMPT;
+	rec->rcpt = i % 2;
+	rec->time_ms = 1000 + (uint64_t)i;
+	rec->host = "mx.example.net";
+	rec->ip = "192.0.2.7";
+	rec->status = "4.2.1";
+	rec->reply = "451 try later";
+}
+
+/* Commit one message into q (loop run); the message the queue hands out. */
+static struct queue_msg *
+commit_one(uv_loop_t *loop, struct queue *q, struct sink *fresh)
+{
+	struct commit_res res;
+	struct queue_txn *t = NULL;
+	size_t before = fresh->n;
+
+	memset(&res, 0, sizeof(res));
+	CHECK_INT(queue_txn_begin(q, &two_env, &t), 0);
+	if (t == NULL)
+		exit(2);
+	CHECK_INT(queue_txn_write(t, "Subject: ops\r\n\r\nbody\r\n", 22), 0);
+	queue_txn_commit(t, commit_cb, &res);
+	uv_run(loop, UV_RUN_DEFAULT);
+	CHECK_INT(res.err, 0);
+	CHECK_INT(fresh->n, before + 1);
+	if (fresh->n != before + 1)
+		exit(1);
+	return fresh->m[before];
+}
+
+/* The whole content of qdir/msg/<name> (malloc'd, NUL-terminated), or NULL. */
+static char *
+slurp(const char *qdir, const char *name, size_t *len)
+{
+	char path[512];
+	struct stat st;
+	char *p;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/msg/%s", qdir, name);
+	if ((fd = open(path, O_RDONLY)) == -1)
+		return NULL;
+	if (fstat(fd, &st) == -1 || (p = malloc((size_t)st.st_size + 1)) == NULL) {
+		close(fd);
+		return NULL;
+	}
+	if (util_pread_full(fd, p, (size_t)st.st_size, 0) == -1) {
+		free(p);
+		close(fd);
+		return NULL;
+	}
+	close(fd);
+	p[st.st_size] = '\0';
+	*len = (size_t)st.st_size;
+	return p;
+}
+
+/* The one name in qdir/msg/ starting with prefix, into out; how many there are. */
+static size_t
+find_prefixed(const char *qdir, const char *prefix, char *out, size_t len)
+{
+	char path[256];
+	struct dirent *de;
+	size_t n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/msg", qdir);
+	if ((d = opendir(path)) == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL)
+		if (strncmp(de->d_name, prefix, strlen(prefix)) == 0 && de->d_name[0] != '\0' &&
+		    strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+			snprintf(out, len, "%.63s", de->d_name);
+			n++;
+		}
+	closedir(d);
+	return n;
+}
+
+/* Entries in qdir/sub (not "." and ".."). */
+static size_t
+count_dir(const char *qdir, const char *sub)
+{
+	char path[256];
+	struct dirent *de;
+	size_t n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/%s", qdir, sub);
+	if ((d = opendir(path)) == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL)
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+			n++;
+	closedir(d);
+	return n;
+}
+
+/* The records 0..n-1 as queue_record() writes them, one line each. */
+static void
+expected_lines(struct buf *b, int n)
+{
+	struct queue_record rec;
+	int i;
+
+	for (i = 0; i < n; i++) {
+		rec_make(&rec, i);
+		envelope_record_encode(&rec, b);
+	}
+}
+
+struct hist_times {
+	uint64_t t[NRECS + 8];
+	int n;
+};
+
+static void
+hist_time(void *arg, const struct queue_record *rec)
+{
+	struct hist_times *h = arg;
+
+	if (h->n < (int)RELAY_ARRAY_LEN(h->t))
+		h->t[h->n] = rec->time_ms;
+	h->n++;
+}
+
+static void
+waited_cb(void *arg)
+{
+	(*(int *)arg)++;
+}
+
+/*
+ * Records issued from the loop, in several iterations and many in one, land
+ * in issue order; relayctl's wait ends only once they are in the file.
+ */
+static void
+test_records_in_order(void)
+{
+	static struct order_arg args[NRECS];
+	struct sink fresh = { .n = 0 };
+	struct order o;
+	struct queue_record rec;
+	struct queue_waiter w;
+	struct hist_times h;
+	struct queue_counters c;
+	uv_loop_t loop;
+	struct queue *q;
+	struct queue_msg *m;
+	char dir[128];
+	int i, waited = 0;
+
+	memset(&o, 0, sizeof(o));
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	m = commit_one(&loop, q, &fresh);
+
+	for (i = 0; i < NRECS; i++) {
+		args[i].o = &o;
+		args[i].i = i;
+		rec_make(&rec, i);
+		CHECK_INT(queue_record(q, m, &rec, order_cb, &args[i]), 0);
+		if (i == 0) {
+			/* applied at once; relayctl must wait for the file */
+			CHECK_INT(m->rcpt[0].attempts, 1);
+			memset(&w, 0, sizeof(w));
+			w.cb = waited_cb;
+			w.arg = &waited;
+			CHECK(!queue_wait_acked(q, &w));
+		}
+		if (i % 10 == 9)
+			uv_run(&loop, UV_RUN_NOWAIT);        /* some iterations in between */
+	}
+	CHECK_INT(m->rcpt[0].attempts, NRECS / 2);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(waited, 1);
+	CHECK_INT(o.n, NRECS);
+	for (i = 0; i < o.n; i++) {
+		CHECK_MSG(o.idx[i] == i, "callback %d was record %d", i, o.idx[i]);
+		CHECK_INT(o.err[i], 0);
+	}
+	queue_get_counters(q, &c);
+	CHECK_INT(c.records, NRECS);
+	memset(&h, 0, sizeof(h));
+	CHECK_INT(queue_history(q, m->qid, hist_time, &h), 0);
+	CHECK_INT(h.n, NRECS);
+	for (i = 0; i < h.n && i < NRECS; i++)
+		CHECK_MSG(h.t[i] == 1000 + (uint64_t)i, "history %d: time %llu", i,
+		    (unsigned long long)h.t[i]);
+	/* nothing outstanding now: relayctl does not wait */
+	CHECK(queue_wait_acked(q, &w));
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+}
+
+/*
+ * A removal right after records (a delivery's D record, then the remove):
+ * the id still names the file when queue_remove() returns (the rename waits
+ * behind the records), and the file renamed to .spare-N holds every record,
+ * in order.  A record on the removed message is refused; a second removal too.
+ */
+static void
+test_remove_after_records(void)
+{
+	static struct order_arg args[NRECS];
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct buf want = BUF_INIT;
+	struct order o;
+	struct queue_record rec;
+	struct queue_counters c;
+	uv_loop_t loop;
+	struct queue *q;
+	struct queue_msg *m;
+	char dir[128], qid[QID_MAX], spare[64], needle[128], *got;
+	size_t len = 0, tail;
+	int i;
+
+	memset(&o, 0, sizeof(o));
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	m = commit_one(&loop, q, &fresh);
+	snprintf(qid, sizeof(qid), "%s", m->qid);
+
+	for (i = 0; i < NRECS; i++) {
+		args[i].o = &o;
+		args[i].i = i;
+		rec_make(&rec, i);
+		CHECK_INT(queue_record(q, m, &rec, order_cb, &args[i]), 0);
+	}
+	CHECK_INT(queue_remove(q, m), 0);
+	/* nothing is handed over before the loop's check phase: the loop did not rename */
+	CHECK(msg_exists(dir, qid));
+	CHECK_INT(queue_remove(q, m), RELAY_ENOENT);
+	rec_make(&rec, NRECS);
+	CHECK_INT(queue_record(q, m, &rec, order_cb, &args[0]), RELAY_ENOENT);
+	snprintf(needle, sizeof(needle), "event=queue_error qid=%s op=open", qid);
+	CHECK(log_has(needle));
+	uv_run(&loop, UV_RUN_DEFAULT);
+
+	CHECK(!msg_exists(dir, qid));
+	CHECK_INT(o.n, NRECS);                       /* not the refused one */
+	for (i = 0; i < o.n; i++) {
+		CHECK_MSG(o.idx[i] == i, "callback %d was record %d", i, o.idx[i]);
+		CHECK_INT(o.err[i], 0);
+	}
+	queue_get_counters(q, &c);
+	CHECK_INT(c.records, NRECS);
+	CHECK_INT(c.recycled, 1);
+	CHECK_INT(c.unlinked, 0);
+	CHECK_INT(c.failures, 0);
+	/* the recycled file: the message, then exactly the records, in order */
+	CHECK_INT(find_prefixed(dir, ".spare-", spare, sizeof(spare)), 1);
+	expected_lines(&want, NRECS);
+	if ((got = slurp(dir, spare, &len)) == NULL)
+		CHECK_MSG(0, "cannot read %s", spare);
+	else {
+		tail = len >= want.len ? len - want.len : 0;
+		CHECK_INT(tail, m->body_offset + m->body_len);
+		CHECK_STR(got + tail, buf_cstr(&want));
+		free(got);
+	}
+	close_queue(&loop, q);
+
+	/* a restart finds nothing queued and nothing corrupt */
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 0);
+	CHECK_INT(count_dir(dir, "corrupt"), 0);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+	buf_free(&want);
+}
+
+/*
+ * An administrator's hold, then delete, while the message's last delivery
+ * record is still on its way: all of it reaches the file before the rename,
+ * nothing fails, and the queue is empty after a restart.  With nothing on
+ * its way, a removal renames at once (relayctl delete on a quiet queue).
+ */
+static void
+test_delete_with_pending_record(void)
+{
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct order o;
+	struct order_arg a[2] = { { &o, 0 }, { &o, 1 } };
+	struct queue_record rec;
+	struct queue_counters c;
+	uv_loop_t loop;
+	struct queue *q;
+	struct queue_msg *m, *m2;
+	char dir[128], qid[QID_MAX];
+
+	memset(&o, 0, sizeof(o));
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	m = commit_one(&loop, q, &fresh);
+	m2 = commit_one(&loop, q, &fresh);
+	snprintf(qid, sizeof(qid), "%s", m->qid);
+
+	rec_make(&rec, 0);
+	rec.type = QREC_DELIVERED;
+	CHECK_INT(queue_record(q, m, &rec, order_cb, &a[0]), 0);
+	memset(&rec, 0, sizeof(rec));
+	rec.type = QREC_HOLD;
+	rec.rcpt = -1;
+	rec.time_ms = 2000;
+	rec.value = 1;
+	CHECK_INT(queue_record(q, m, &rec, order_cb, &a[1]), 0);
+	CHECK(m->held);
+	CHECK_INT(queue_remove(q, m), 0);
+	CHECK(msg_exists(dir, qid));                 /* behind the records */
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK(!msg_exists(dir, qid));
+	CHECK_INT(o.n, 2);
+	CHECK_INT(o.err[0], 0);
+	CHECK_INT(o.err[1], 0);
+
+	/* nothing on its way now: the id is gone when queue_remove() returns */
+	CHECK_INT(queue_remove(q, m2), 0);
+	CHECK(!msg_exists(dir, m2->qid));
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.failures, 0);
+	CHECK_INT(c.recycled, 2);
+	close_queue(&loop, q);
+
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 0);
+	CHECK_INT(count_dir(dir, "corrupt"), 0);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+}
+
+/*
+ * Closing with records and a removal still staged (the loop has not even
+ * handed them over): the close writes and syncs them all, runs their
+ * callbacks, and leaves a consistent queue: the recorded message with its
+ * records, the removed one gone, no leftover names.
+ */
+static void
+test_close_with_pending_ops(void)
+{
+	static struct order_arg args[NRECS];
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct order o;
+	struct queue_record rec;
+	struct hist_times h;
+	uv_loop_t loop;
+	struct queue *q;
+	struct queue_msg *keep, *gone;
+	char dir[128], kqid[QID_MAX], gqid[QID_MAX];
+	int i;
+
+	memset(&o, 0, sizeof(o));
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	keep = commit_one(&loop, q, &fresh);
+	gone = commit_one(&loop, q, &fresh);
+	snprintf(kqid, sizeof(kqid), "%s", keep->qid);
+	snprintf(gqid, sizeof(gqid), "%s", gone->qid);
+
+	rec_make(&rec, 0);
+	CHECK_INT(queue_record(q, gone, &rec, NULL, NULL), 0);
+	CHECK_INT(queue_remove(q, gone), 0);
+	for (i = 0; i < NRECS; i++) {
+		args[i].o = &o;
+		args[i].i = i;
+		rec_make(&rec, i);
+		CHECK_INT(queue_record(q, keep, &rec, order_cb, &args[i]), 0);
+	}
+	close_queue(&loop, q);
+	CHECK_INT(o.n, NRECS);
+	for (i = 0; i < o.n; i++)
+		CHECK_INT(o.err[i], 0);
+	CHECK(!msg_exists(dir, gqid));
+	CHECK_INT(count_dir(dir, "msg"), 1);         /* no spare or .in- name left */
+
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 1);
+	if (scanned.n == 1) {
+		CHECK_STR(scanned.m[0]->qid, kqid);
+		CHECK_INT(scanned.m[0]->rcpt[0].attempts, NRECS / 2);
+		CHECK_INT(scanned.m[0]->rcpt[1].attempts, NRECS / 2);
+	}
+	memset(&h, 0, sizeof(h));
+	CHECK_INT(queue_history(q, kqid, hist_time, &h), 0);
+	CHECK_INT(h.n, NRECS);
+	CHECK(!log_has("event=queue_incomplete"));
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+	sink_free(&scanned);
+}
+
+/*
+ * A SIGKILL after the loop issued a record and a removal but before the
+ * writer thread got them: the message is as it was on disk (its record
+ * not there, its file under its id), so it is queued and tried again at
+ * the next start -- the window an unsynced record always had.
+ */
+static void
+test_kill_before_the_writer(void)
+{
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct queue_record rec;
+	struct hist_times h;
+	uv_loop_t loop;
+	struct queue *q;
+	char dir[128], qid[QID_MAX], report[64];
+	int fds[2], status;
+	pid_t pid;
+
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	snprintf(qid, sizeof(qid), "%s", commit_one(&loop, q, &fresh)->qid);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+
+	if ((pid = fixture_fork(fds)) == 0) {
+		struct sink mine = { .n = 0 };
+		uv_loop_t l2;
+		struct queue *q2;
+
+		close(fds[0]);
+		uv_loop_init(&l2);
+		q2 = open_queue(&l2, dir);
+		if (queue_scan(q2, sink_add, &mine) != 0 || mine.n != 1)
+			_exit(4);
+		rec_make(&rec, 0);
+		rec.type = QREC_DELIVERED;
+		if (queue_record(q2, mine.m[0], &rec, NULL, NULL) != 0 ||
+		    queue_remove(q2, mine.m[0]) != 0)
+			_exit(5);
+		/* the loop never reached its check phase: nothing handed over */
+		fixture_report_and_die(fds[1], "issued\n", 7);
+		_exit(6);
+	}
+	fixture_read_report(fds, report, sizeof(report));
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	CHECK_STR(report, "issued\n");
+
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 1);
+	if (scanned.n == 1) {
+		CHECK_STR(scanned.m[0]->qid, qid);
+		CHECK(scanned.m[0]->rcpt[0].state == RCPT_PENDING);
+	}
+	memset(&h, 0, sizeof(h));
+	CHECK_INT(queue_history(q, qid, hist_time, &h), 0);
+	CHECK_INT(h.n, 0);
+	CHECK_INT(count_dir(dir, "corrupt"), 0);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&scanned);
+}
+
+int
+main(void)
+{
+	int rc;
+
+	if ((rc = fixture_setup("queue-ops")) != 0)
+		return rc;
+	test_records_in_order();
+	test_remove_after_records();
+	test_delete_with_pending_record();
+	test_close_with_pending_ops();
+	test_kill_before_the_writer();
+	fixture_teardown();
+	return check_done();
+}
