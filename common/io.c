@@ -16,6 +16,10 @@
  * or io_flush(), and libuv does not re-arm the socket's watcher (an
  * epoll_ctl) after each write.
  * Every TLS result goes through io_tls_status(), the one SSL_get_error switch.
+ * Memory of an idle connection: TLS input is decrypted into the shared scratch
+ * buffer and appended to `in`, which so grows by what arrived, not by a
+ * record's room; once everything is sent the output buffers are freed
+ * (OpenSSL's own record buffers go with SSL_MODE_RELEASE_BUFFERS).
  *
  * After io_close_after_drain() the owner has let go: no event reaches it any
  * more, and a failure or the drain timer frees the io by itself.
@@ -761,16 +765,15 @@ io_tls_pump(struct io *io)
 		io_flush(io);
 	}
 	for (;;) {
-		size_t room;
-
-		buf_reserve(&io->in, 16384);
-		room = io->in.cap - io->in.len - 1;
+		/*
+		 * Through the shared scratch buffer (its ciphertext is in the rbio
+		 * by now), so that `in` grows by what arrived, not by a record's
+		 * room: an idle session's input buffer stays a few dozen octets.
+		 */
 		ERR_clear_error();
-		r = SSL_read(io->ssl, io->in.data + io->in.len,
-		    (int)(room > IO_SSL_CHUNK ? IO_SSL_CHUNK : room));
+		r = SSL_read(io->ssl, io_scratch, (int)sizeof(io_scratch));
 		if (r > 0) {
-			io->in.len += (size_t)r;
-			io->in.data[io->in.len] = '\0';
+			buf_append(&io->in, io_scratch, (size_t)r);
 			continue;
 		}
 		io_tls_drain_wbio(io);          /* alerts, session tickets, key updates */
@@ -939,6 +942,12 @@ io_write_done(struct io *io, int status)
 			io_update_reading(io);
 		return;
 	}
+	/* All sent: an idle connection holds no output buffers (like
+	 * SSL_MODE_RELEASE_BUFFERS); the next reply allocates again. */
+	buf_free(&io->sending);
+	buf_free(&io->wire);
+	if (io->out.len == 0)
+		buf_free(&io->out);
 	if (io->close_after_drain) {
 		io_free(io);
 		return;

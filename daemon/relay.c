@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "common/log.h"
 #include "cluster/cluster.h"
@@ -20,6 +21,96 @@
 #include "router/router.h"
 #include "sandbox/sandbox.h"
 #include "submit/submit.h"
+
+/*
+ * Descriptors beyond the sessions and deliveries: listeners, the log, the
+ * queue (journal, directory, files the commit threads hold), the control
+ * and metrics connections, DNS, LDAP and Redis sockets, libuv's own.
+ */
+#define RELAY_FD_RESERVE 256
+
+/* Descriptors a configuration may need at once. */
+static uint64_t
+relay_fd_need(const struct conf *c)
+{
+	return (uint64_t)c->submit.max_connections + c->router.max_connections +
+	    RELAY_FD_RESERVE;
+}
+
+static int
+relay_fd_refuse(const struct conf *c, uint64_t need, uint64_t have, const char *which,
+    struct buf *err)
+{
+	buf_printf(err, "submit.max_connections %u and router.max_connections %u need "
+	    "%llu file descriptors, but %s RLIMIT_NOFILE is %llu: raise it "
+	    "(LimitNOFILE= in the systemd unit, ulimit -n) or lower submit.max_connections\n",
+	    c->submit.max_connections, c->router.max_connections,
+	    (unsigned long long)need, which, (unsigned long long)have);
+	return -1;
+}
+
+static void
+relay_log_rlim(struct log_line *l, const char *key, rlim_t v)
+{
+	if (v == RLIM_INFINITY)
+		log_kv(l, key, "unlimited");
+	else
+		log_kvu(l, key, v);
+}
+
+/*
+ * At start: raise the soft RLIMIT_NOFILE to the hard limit (a service
+ * manager's soft default, 1024, holds few sessions), log both, and refuse a
+ * configuration whose connections cannot all have a descriptor.  Before the
+ * sandbox: no privilege is needed to raise the soft limit.
+ */
+static int
+relay_fd_limit(const struct conf *c, struct buf *err)
+{
+	struct rlimit rl;
+	rlim_t was;
+	uint64_t need = relay_fd_need(c);
+	struct log_line l;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		buf_printf(err, "getrlimit(RLIMIT_NOFILE): %s\n", strerror(errno));
+		return -1;
+	}
+	was = rl.rlim_cur;
+	if (rl.rlim_cur != rl.rlim_max) {
+		struct rlimit want = { rl.rlim_max, rl.rlim_max };
+
+		/* An unlimited hard limit is capped by fs.nr_open: ask for what is needed. */
+		if (setrlimit(RLIMIT_NOFILE, &want) != 0 && rl.rlim_cur < need) {
+			want.rlim_cur = need;
+			(void)setrlimit(RLIMIT_NOFILE, &want);
+		}
+		(void)getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	log_begin(&l, LOG_INFO, "fd_limit");
+	relay_log_rlim(&l, "soft", rl.rlim_cur);
+	relay_log_rlim(&l, "hard", rl.rlim_max);
+	relay_log_rlim(&l, "was", was);
+	log_kvu(&l, "need", need);
+	log_end(&l);
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+		return relay_fd_refuse(c, need, rl.rlim_cur,
+		    rl.rlim_cur == rl.rlim_max ? "the hard" : "the soft", err);
+	return 0;
+}
+
+/* At a reload: the limit stays what start-up made it. */
+static int
+relay_fd_check(const struct conf *c, struct buf *err)
+{
+	struct rlimit rl;
+	uint64_t need = relay_fd_need(c);
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    rl.rlim_cur >= need)
+		return 0;
+	return relay_fd_refuse(c, need, rl.rlim_cur, "the current", err);
+}
 
 static enum log_level
 relay_log_level(const struct conf *c)
@@ -108,6 +199,8 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	}
 	log_set_level(relay_log_level(r->conf));
 	signal(SIGPIPE, SIG_IGN);
+	if (relay_fd_limit(r->conf, err) != 0)
+		return -1;
 	/* The Redis password is read here, as root, before the sandbox. */
 	if (cluster_new(loop, r->conf, &r->cluster, err) != 0)
 		return -1;
@@ -183,6 +276,7 @@ relay_reload(struct relay *r, struct buf *err)
 	}
 	notify_reloading(r->notify);
 	if (conf_load(r->conf_path, &c, err) != 0 ||
+	    relay_fd_check(c, err) != 0 ||
 	    sandbox_reload_check(r->sandbox, c, err) != 0 ||
 	    submit_reload(r->submit, c, err) != 0) {
 		/* Strip the trailing newline for the log line. */

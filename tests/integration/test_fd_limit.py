@@ -1,0 +1,93 @@
+"""test_fd_limit.py - relayd and RLIMIT_NOFILE: at start it raises its soft
+limit to the hard limit and logs it (event=fd_limit), so that
+submit.max_connections sessions can each have a descriptor; a configuration
+whose submit.max_connections + router.max_connections + 256 does not fit
+under the hard limit is refused with a message saying what to raise, at
+start (exit 1, start_failed) and at a reload (reload_failed, the old
+configuration stays).
+
+The limits are set for relayd's process only (preexec_fn, a wrapper that
+execs relayd, or this test process's soft limit around the start, which
+relayd inherits).
+"""
+
+import os
+import resource
+import subprocess
+import unittest
+
+from relay import Relay, relayd_bin
+
+
+def nofile_of(pid):
+    with open("/proc/%d/limits" % pid) as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return int(line.split()[3]), int(line.split()[4])
+    raise AssertionError("no Max open files line")
+
+
+class FdLimitTest(unittest.TestCase):
+
+    def test_raises_soft_limit_to_hard(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard < 2048:
+            self.skipTest("needs a finite hard RLIMIT_NOFILE of at least 2048 (is %s)" % hard)
+        relay = Relay.for_test(self)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+        try:
+            relay.start()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        ev = relay.wait_for_log("fd_limit")
+        self.assertEqual(ev["was"], "512")
+        self.assertEqual(ev["soft"], str(hard))
+        self.assertEqual(ev["hard"], str(hard))
+        self.assertEqual(ev["need"], str(1000 + 100 + 256))    # the defaults
+        self.assertEqual(nofile_of(relay.pid), (hard, hard))
+
+    def test_refuses_max_connections_over_hard_limit(self):
+        relay = Relay.for_test(self, submit={"max_connections": 2000})
+        r = subprocess.run(
+            [relayd_bin(), "-c", relay.config_path], capture_output=True, text=True,
+            timeout=30, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                              (1024, 1024)))
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("submit.max_connections 2000 and router.max_connections 100 need "
+                      "2356 file descriptors, but the hard RLIMIT_NOFILE is 1024", r.stderr)
+        ev = relay.wait_for_log("start_failed")
+        self.assertIn("lower submit.max_connections", ev["error"])
+        self.assertEqual(relay.count_log("started"), 0)
+
+    def test_reload_refuses_what_the_limit_cannot_hold(self):
+        relay = Relay.for_test(self)
+        # 1,356 descriptors needed now, 10,356 after the change: relayd gets
+        # 2,000 (hard), through a wrapper that sets it and execs relayd.
+        wrapper = os.path.join(relay.tmpdir, "relayd-2000")
+        with open(wrapper, "w") as f:
+            f.write('#!/bin/sh\nulimit -n 2000 && exec "%s" "$@"\n' % relayd_bin())
+        os.chmod(wrapper, 0o755)
+        saved = os.environ.get("RELAYD_BIN")
+        os.environ["RELAYD_BIN"] = wrapper
+        try:
+            relay.start()
+        finally:
+            if saved is None:
+                del os.environ["RELAYD_BIN"]
+            else:
+                os.environ["RELAYD_BIN"] = saved
+        self.assertEqual(nofile_of(relay.pid), (2000, 2000))
+        relay.update_config(submit={"max_connections": 10000})
+        mark = relay.log_mark()
+        relay.sighup()
+        ev = relay.wait_for_log("reload_failed", since=mark)
+        self.assertIn("need 10356 file descriptors, but the current RLIMIT_NOFILE is 2000",
+                      ev["error"])
+        relay.update_config(submit={"max_connections": 1000})
+        mark = relay.log_mark()
+        relay.sighup()
+        relay.wait_for_log("reloaded", since=mark)
+
+
+if __name__ == "__main__":
+    unittest.main()
