@@ -109,11 +109,15 @@ def rss(pid):
 
 
 def time_stats(relay, runs):
+    """Wall ms of each run; a run with no answer within 60 s counts as 60 s
+    (and the rest are skipped)."""
     times = []
     for _ in range(runs):
-        ms, out = ctl(relay, "stats")
+        ms, out = ctl(relay, "stats", timeout=60)
         if ms is None:
-            raise SystemExit("relayctl stats: %s" % out)
+            print("  relayctl stats: %s" % out)
+            times.append(60000.0)
+            break
         times.append(ms)
     return times
 
@@ -183,8 +187,11 @@ def main():
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     ap.add_argument("--queue", help="queue_dir to use (filled unless it has msg/); kept")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--once", action="store_true",
+                    help="start only once (on a --queue relayd has run on: that is the restart)")
     a = ap.parse_args()
 
+    sys.stdout.reconfigure(line_buffering=True)     # progress, also into a file
     use_build(a.build)
     if a.keep:
         os.environ["RELAYD_KEEP_TMP"] = "1"
@@ -206,6 +213,9 @@ def main():
         print(subprocess.run(["df", "-h", relay.queue_dir], capture_output=True,
                              text=True).stdout.strip())
         n_rcpts = a.messages * a.rcpts
+        if a.once:
+            ok = one_start(relay, "start on the queue as it is", a, n_rcpts)
+            return 0 if ok else 1
         ok1 = one_start(relay, "first start on the filled queue", a, n_rcpts)
         t0 = time.perf_counter()
         relay.stop(timeout=600)
@@ -216,6 +226,8 @@ def main():
         print("targets %s on the restart (first start: %s)" % (
             "all met" if ok else "NOT all met", "all met" if ok1 else "NOT all met"))
     finally:
+        if relay.running:
+            relay.stop(timeout=600)
         relay.close()
     return 0 if ok else 1
 
