@@ -19,31 +19,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(REPO, "tests", "harness"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from relay import Relay, relayctl_bin  # noqa: E402
-
-DEAD_MX = "127.0.0.9"
-
-
-def ctl(relay, *args, timeout=120):
-    """Run relayctl; (milliseconds, output bytes) or (None, why) on failure."""
-    cmd = [relayctl_bin(), "-s", relay.control_socket] + list(args)
-    t0 = time.perf_counter()
-    try:
-        r = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, "no answer within %ds" % timeout
-    ms = (time.perf_counter() - t0) * 1000.0
-    if r.returncode != 0:
-        return None, "exit %d: %s" % (r.returncode, r.stderr.decode(errors="replace").strip())
-    return ms, r.stdout
+from bench_fill import DEAD_MX, REPO, ctl, dead_relay, fill, settle, use_build  # noqa: E402
 
 
 def row(args, times, out):
@@ -52,20 +33,6 @@ def row(args, times, out):
         return
     print("%-58s %5d %9.1f %9.1f %9.1f %11d" % (" ".join(args)[:58], len(times), min(times),
                                                 statistics.median(times), max(times), len(out)))
-
-
-def settle(relay, n_rcpts, timeout):
-    """Wait until no recipient is pending or active: all deferred (or held)."""
-    deadline = time.time() + timeout
-    while True:
-        ms, out = ctl(relay, "stats", "--json", timeout=max(1, int(deadline - time.time())))
-        q = json.loads(out)["queue"] if ms is not None else None
-        if q is not None and q["recipients"]["pending"] == 0 and q["recipients"]["active"] == 0 \
-                and q["recipients"]["deferred"] + q["recipients"]["held"] >= n_rcpts:
-            return q
-        if time.time() > deadline:
-            raise SystemExit("queue did not settle within %ds: %r" % (timeout, q))
-        time.sleep(1)
 
 
 def main():
@@ -77,22 +44,10 @@ def main():
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     a = ap.parse_args()
 
-    os.environ.setdefault("RELAYD_BIN", os.path.join(a.build, "relayd"))
-    os.environ.setdefault("RELAYCTL_BIN", os.path.join(a.build, "relayctl"))
-    relay = Relay(log_level="notice",
-                  router={"retry_intervals": ["1h"], "host_backoff": ["1h", "1h"],
-                          "delay_warning": "0", "max_queue_age": "5d"})
+    use_build(a.build)
+    relay = dead_relay(a.domains)
     try:
-        for d in range(a.domains):
-            relay.dns.set_mx_ips("d%d.bench.test" % d, [(10, DEAD_MX)])
-        t0 = time.perf_counter()
-        gen = subprocess.run([os.path.join(a.build, "tests", "bench_control"), "-d",
-                              relay.queue_dir, "-n", str(a.messages), "-r", str(a.rcpts),
-                              "-D", str(a.domains), "-c", "256"],
-                             capture_output=True, text=True)
-        if gen.returncode != 0:
-            raise SystemExit("bench_control: %s" % gen.stderr)
-        print(gen.stdout.strip())
+        fill(relay, a.build, a.messages, a.domains, a.rcpts)
         t1 = time.perf_counter()
         relay.start(timeout=600)
         t2 = time.perf_counter()

@@ -20,17 +20,13 @@ import argparse
 import http.client
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(REPO, "tests", "harness"))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_control import DEAD_MX, ctl, settle  # noqa: E402
-from relay import Relay, free_port  # noqa: E402
+from bench_fill import REPO, ctl, dead_relay, fill, settle, use_build  # noqa: E402
+from relay import free_port  # noqa: E402
 
 HOST = "127.0.12.2"
 TARGET_MS = 100.0
@@ -71,22 +67,11 @@ def main():
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     a = ap.parse_args()
 
-    os.environ.setdefault("RELAYD_BIN", os.path.join(a.build, "relayd"))
-    os.environ.setdefault("RELAYCTL_BIN", os.path.join(a.build, "relayctl"))
+    use_build(a.build)
     port = free_port(hosts=(HOST,))
-    relay = Relay(log_level="notice", metrics_listen="%s:%d" % (HOST, port),
-                  router={"retry_intervals": ["1h"], "host_backoff": ["1h", "1h"],
-                          "delay_warning": "0", "max_queue_age": "5d"})
+    relay = dead_relay(a.domains, metrics_listen="%s:%d" % (HOST, port))
     try:
-        for d in range(a.domains):
-            relay.dns.set_mx_ips("d%d.bench.test" % d, [(10, DEAD_MX)])
-        gen = subprocess.run([os.path.join(a.build, "tests", "bench_control"), "-d",
-                              relay.queue_dir, "-n", str(a.messages), "-r", str(a.rcpts),
-                              "-D", str(a.domains), "-c", "256"],
-                             capture_output=True, text=True)
-        if gen.returncode != 0:
-            raise SystemExit("bench_control: %s" % gen.stderr)
-        print(gen.stdout.strip())
+        fill(relay, a.build, a.messages, a.domains, a.rcpts)
         t1 = time.perf_counter()
         relay.start(timeout=600)
         print("relayd started in %.1fs" % (time.perf_counter() - t1))
