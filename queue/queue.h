@@ -136,7 +136,10 @@ void queue_txn_abort(struct queue_txn *t);
  * sync; cb (may be NULL) fires on the loop thread after that, with 0 or the
  * error of the append or the sync (logged).  Returns at once: RELAY_EINVAL
  * (not written), RELAY_ECLOSED, RELAY_ENOENT (m was removed), else 0.
+ * However many are issued at once, at most QUEUE_OPS_OPEN_MAX files are
+ * open for records at a time (the writer waits for the sync thread).
  */
+#define QUEUE_OPS_OPEN_MAX 256
 int queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *rec,
     queue_sync_cb *cb, void *arg);
 /* Apply a record to the in-memory message only (used by replay and by queue_record). */

@@ -252,6 +252,37 @@ queue_remove_file(struct queue *q, struct queue_job *j)
 	j->sys_errno = e;
 }
 
+/*
+ * Each record holds a descriptor from the writer's open to the sync
+ * thread's close.  A million deferrals at once (every destination down)
+ * would hold a million; the writer takes records while fewer than
+ * QUEUE_OPS_OPEN_MAX are open, and waits for the sync thread to close some
+ * (it signals write_cond).  Removals hold none and follow in order.
+ */
+static bool
+queue_ops_ready(const struct queue *q)
+{
+	return q->ops.head != NULL && q->ops_open < QUEUE_OPS_OPEN_MAX;
+}
+
+/* Under q->mtx: move the next ops, up to the records there is room for, into ops. */
+static void
+queue_take_ops(struct queue *q, struct queue_list *ops)
+{
+	struct queue_job *j;
+
+	while ((j = q->ops.head) != NULL &&
+	    (j->kind != QJOB_SYNC || q->ops_open < QUEUE_OPS_OPEN_MAX)) {
+		if ((q->ops.head = j->next) == NULL)
+			q->ops.tail = &q->ops.head;
+		if (j->kind == QJOB_SYNC) {
+			j->open_counted = true;
+			q->ops_open++;
+		}
+		queue_list_append(ops, j);
+	}
+}
+
 /* Stage one for file ops (the writer thread): records and removals, in issue order. */
 static void
 queue_write_ops(struct queue *q, struct queue_list *ops)
@@ -497,12 +528,14 @@ queue_writer_main(void *arg)
 
 	uv_mutex_lock(&q->mtx);
 	for (;;) {
-		while (q->journaled.head == NULL && q->ops.head == NULL && !q->jnl_exited)
+		while (q->journaled.head == NULL && !queue_ops_ready(q) &&
+		    !(q->jnl_exited && q->ops.head == NULL))
 			uv_cond_wait(&q->write_cond, &q->mtx);
 		if (q->journaled.head == NULL && q->ops.head == NULL)
 			break;
-		ops = q->ops;
-		queue_list_init(&q->ops);
+		queue_list_init(&ops);
+		if (queue_ops_ready(q))
+			queue_take_ops(q, &ops);
 		batch = q->journaled;
 		queue_list_init(&q->journaled);
 		uv_mutex_unlock(&q->mtx);
@@ -755,6 +788,12 @@ queue_thread_main(void *arg)
 		for (j = batch.head; j != NULL; j = j->next)
 			if (j->acked && q->jbacklog-- == QUEUE_JNL_BACKLOG)
 				uv_cond_signal(&q->cond);
+		for (j = batch.head; j != NULL; j = j->next)
+			if (j->open_counted) {
+				j->open_counted = false;
+				if (q->ops_open-- == QUEUE_OPS_OPEN_MAX)
+					uv_cond_signal(&q->write_cond);
+			}
 		q->counters.journal_errors += c.journal_errors;
 		q->counters.batches++;
 		q->counters.sync_ns += c.sync_ns;

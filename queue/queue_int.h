@@ -69,6 +69,7 @@ struct queue_job {
 	bool renamed;                /* RECYCLE: msg/<qid> is msg/.spare-N now (by the loop, or
 	                                by the writer thread) */
 	bool op;                     /* SYNC, RECYCLE: a file op (q->ops, counted in ops_total) */
+	bool open_counted;           /* SYNC: taken by the writer, counted in q->ops_open */
 	bool qid_op;                 /* a file op that still opens or renames msg/<qid> when
 	                                staged: counted in q->nops until it completes */
 	bool recycled;               /* RECYCLE: checked by the thread: it goes into the pool */
@@ -209,6 +210,7 @@ struct queue {
 	struct queue_list pending;   /* loop -> journal thread */
 	struct queue_list journaled; /* journal thread -> writer */
 	struct queue_list ops;       /* loop -> writer: records and removals, in issue order */
+	size_t ops_open;             /* records the writer took whose descriptor the sync thread has not closed */
 	struct queue_list written;   /* writer -> sync thread */
 	struct queue_list done;      /* sync thread -> loop */
 	struct queue_job *acked;     /* journal thread -> loop, through ack_next (LIFO) */

@@ -13,6 +13,7 @@
 #include "fixture.h"
 
 #include <dirent.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #define NRECS 40
@@ -527,6 +528,120 @@ test_kill_before_the_writer(void)
 	sink_free(&scanned);
 }
 
+#define NMANY 600
+
+struct many {
+	int done, failed;
+};
+
+static void
+many_cb(void *arg, int err)
+{
+	struct many *mn = arg;
+
+	mn->done++;
+	mn->failed += err != 0;
+}
+
+struct many_msgs {
+	struct queue_msg *m[NMANY];
+	size_t n;
+};
+
+static void
+many_add(void *arg, struct queue_msg *m)
+{
+	struct many_msgs *mm = arg;
+
+	if (mm->n == NMANY) {
+		queue_msg_free(m);
+		return;
+	}
+	mm->m[mm->n++] = m;
+}
+
+static int
+open_fds(void)
+{
+	struct dirent *de;
+	DIR *d;
+	int n = 0;
+
+	if ((d = opendir("/proc/self/fd")) == NULL)
+		return -1;
+	while ((de = readdir(d)) != NULL)
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/*
+ * A record holds a descriptor from the writer's open to the sync thread's
+ * close.  Records on NMANY messages issued at once (every destination found
+ * down in one go) must not hold NMANY descriptors: under a descriptor limit
+ * with room for QUEUE_OPS_OPEN_MAX of them and a margin, every record is
+ * still written (before the bound, the writer opened them all and the
+ * rest failed with EMFILE).
+ */
+static void
+test_many_records_bounded_descriptors(void)
+{
+	static struct many_msgs mm;
+	struct commit_res res;
+	struct queue_txn *t;
+	struct queue_record rec;
+	struct queue_counters c;
+	struct rlimit old, lim;
+	struct many mn = { 0, 0 };
+	uv_loop_t loop;
+	struct queue *q;
+	char dir[128];
+	int i, nfd;
+
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, many_add, &mm);
+	for (i = 0; i < NMANY; i++) {
+		memset(&res, 0, sizeof(res));
+		t = NULL;
+		CHECK_INT(queue_txn_begin(q, &two_env, &t), 0);
+		if (t == NULL)
+			exit(2);
+		CHECK_INT(queue_txn_write(t, "Subject: many\r\n\r\nbody\r\n", 23), 0);
+		queue_txn_commit(t, commit_cb, &res);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		CHECK_INT(res.err, 0);
+	}
+	CHECK_INT(mm.n, NMANY);
+	if (mm.n != NMANY)
+		exit(1);
+
+	nfd = open_fds();
+	CHECK(nfd > 0);
+	CHECK_INT(getrlimit(RLIMIT_NOFILE, &old), 0);
+	lim = old;
+	lim.rlim_cur = (rlim_t)nfd + QUEUE_OPS_OPEN_MAX + 64;
+	CHECK(lim.rlim_cur < (rlim_t)nfd + NMANY);      /* the test means something */
+	CHECK_INT(setrlimit(RLIMIT_NOFILE, &lim), 0);
+	for (i = 0; i < NMANY; i++) {
+		rec_make(&rec, i);
+		CHECK_INT(queue_record(q, mm.m[i], &rec, many_cb, &mn), 0);
+	}
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(setrlimit(RLIMIT_NOFILE, &old), 0);
+	CHECK_INT(mn.done, NMANY);
+	CHECK_INT(mn.failed, 0);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.records, NMANY);
+	CHECK_INT(c.failures, 0);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	for (i = 0; i < NMANY; i++)
+		queue_msg_free(mm.m[i]);
+	mm.n = 0;
+}
+
 int
 main(void)
 {
@@ -539,6 +654,7 @@ main(void)
 	test_delete_with_pending_record();
 	test_close_with_pending_ops();
 	test_kill_before_the_writer();
+	test_many_records_bounded_descriptors();
 	fixture_teardown();
 	return check_done();
 }
