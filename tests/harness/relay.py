@@ -100,6 +100,10 @@ DEFAULT_USERS = {"alice": "alicepw", "bob": "bobpw"}
 SENDERS = "alice: alice@example.org, @alice.test\nbob: bob@example.org\n"
 SINK_HOSTS = tuple("127.0.0.%d" % i for i in range(2, 10))
 TEST_USER = os.environ.get("RELAYD_TEST_USER", "nobody")
+# A ThreadSanitizer build (TSAN_OPTIONS set, as contrib/test.sh runs it) is
+# 5-15 times slower: the fixture's own waits (start, stop, wait_for_log) are
+# three times as long there.
+SLOW = 3 if os.environ.get("TSAN_OPTIONS") else 1
 
 
 class RelayError(Exception):
@@ -746,6 +750,7 @@ class Relay:
 
     def wait_ready(self, timeout=10):
         """Wait until relayd listens and its control socket exists."""
+        timeout *= SLOW
         deadline = time.monotonic() + timeout
         probe = self._probe_port()
         ctl = self.config.get("control_socket") or os.path.join(
@@ -771,6 +776,7 @@ class Relay:
         rc = self.proc.poll()
         if rc is None:
             self.proc.send_signal(signal.SIGTERM)
+            timeout *= SLOW
             try:
                 rc = self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -912,6 +918,7 @@ class Relay:
         """The first line (from line `since` on) with that event and keys;
         raises RelayError with the log tail after timeout seconds.  For keys
         that are Python keywords: wait_for_log("x", **{"from": "a@b"})."""
+        timeout *= SLOW
         deadline = time.monotonic() + timeout
         while True:
             found = self.find_log(event, since, **match)
