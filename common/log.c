@@ -9,14 +9,21 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-static int log_fd = 2;
+/*
+ * The queue's threads and thread-pool jobs (a SASL step's log callback) log
+ * too, while the loop may set both on a reload: atomics, relaxed (a line
+ * goes to the old file or the new one, at the old level or the new).
+ * log_path is the loop's alone.
+ */
+static _Atomic int log_fd = 2;
 static char *log_path;
-static enum log_level log_min = LOG_INFO;
+static _Atomic int log_min = LOG_INFO;
 
 static const char *level_names[] = { "debug", "info", "notice", "warning", "err", "crit" };
 
@@ -144,7 +151,7 @@ log_begin(struct log_line *l, enum log_level level, const char *event)
 
 	buf_init(&l->b);
 	l->level = level;
-	l->active = level >= log_min;
+	l->active = (int)level >= atomic_load_explicit(&log_min, memory_order_relaxed);
 	if (!l->active)
 		return;
 	util_rfc3339(util_now_ms(), ts, sizeof(ts));
@@ -210,7 +217,8 @@ log_end(struct log_line *l)
 		p = l->b.data;
 		left = l->b.len;
 		while (left > 0) {
-			ssize_t n = write(log_fd, p, left);
+			ssize_t n = write(atomic_load_explicit(&log_fd, memory_order_relaxed),
+			    p, left);
 			if (n < 0) {
 				if (errno == EINTR)
 					continue;

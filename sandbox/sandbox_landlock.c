@@ -211,6 +211,10 @@ sandbox_restrict_fs(struct sandbox *sb, const struct conf *c, struct buf *err)
 		sandbox_add_dirs(&v, &n, &strs, &ns, c->dkim.keys[i].key, SANDBOX_FS_READ);
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->log_file, SANDBOX_FS_APPEND);
 	sandbox_add_dirs(&v, &n, &strs, &ns, c->control_socket, SANDBOX_FS_SOCKET);
+#if defined(RELAY_TSAN) || defined(RELAY_SANITIZE)
+	/* A sanitizer build: its symbolizer reads relayd's own file for a report. */
+	sandbox_add_dirs(&v, &n, &strs, &ns, "/proc/self/exe", SANDBOX_FS_READ);
+#endif
 
 	rc = sandbox_landlock_apply(v, n, &why);
 	for (i = 0; i < ns; i++)

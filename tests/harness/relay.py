@@ -51,7 +51,9 @@ stop(timeout=10) -> exit code, kill9(), restart(), sighup(), running,
 check_config(path=None) -> (returncode, stderr), relayctl(*args, check=False),
 add_user(name, pw), set_senders(text), sink(host="127.0.0.2", **kw) -> SinkMX,
 log_lines(), log_mark(), wait_for_log(event, timeout=10, since=0, **match),
-count_log(event, since=0, **match), log_tail(n), stderr_tail(n), close().
+count_log(event, since=0, **match), log_tail(n), stderr_tail(n),
+sanitizer_report(), close() (raises RelayError when relayd's stderr holds a
+ThreadSanitizer report).
 
 Module functions: free_port(hosts=("127.0.0.1",)), parse_log_line(line),
 to_libconfig(dict), test_cert(), make_cert(dir, cn, dns, ips, key_type, days), TestCA,
@@ -100,6 +102,10 @@ DEFAULT_USERS = {"alice": "alicepw", "bob": "bobpw"}
 SENDERS = "alice: alice@example.org, @alice.test\nbob: bob@example.org\n"
 SINK_HOSTS = tuple("127.0.0.%d" % i for i in range(2, 10))
 TEST_USER = os.environ.get("RELAYD_TEST_USER", "nobody")
+# A ThreadSanitizer build (TSAN_OPTIONS set, as contrib/test.sh runs it) is
+# 5-15 times slower: the fixture's own waits (start, stop, wait_for_log) are
+# three times as long there.
+SLOW = 3 if os.environ.get("TSAN_OPTIONS") else 1
 
 
 class RelayError(Exception):
@@ -748,6 +754,7 @@ class Relay:
 
     def wait_ready(self, timeout=10):
         """Wait until relayd listens and its control socket exists."""
+        timeout *= SLOW
         deadline = time.monotonic() + timeout
         probe = self._probe_port()
         ctl = self.config.get("control_socket") or os.path.join(
@@ -773,6 +780,7 @@ class Relay:
         rc = self.proc.poll()
         if rc is None:
             self.proc.send_signal(signal.SIGTERM)
+            timeout *= SLOW
             try:
                 rc = self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -914,6 +922,7 @@ class Relay:
         """The first line (from line `since` on) with that event and keys;
         raises RelayError with the log tail after timeout seconds.  For keys
         that are Python keywords: wait_for_log("x", **{"from": "a@b"})."""
+        timeout *= SLOW
         deadline = time.monotonic() + timeout
         while True:
             found = self.find_log(event, since, **match)
@@ -949,6 +958,23 @@ class Relay:
     def stderr_tail(self, n=20):
         return _tail(self.stderr_path, n)
 
+    def sanitizer_report(self):
+        """The first ThreadSanitizer report in relayd's stderr (every run of
+        this fixture appends there), or None.  A TSan build (CMake option
+        RELAY_TSAN) with halt_on_error=1 exits 66 after it, which a test may
+        only see at close(): close() raises it so the test fails."""
+        try:
+            with open(self.stderr_path, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        start = text.find("WARNING: ThreadSanitizer:")
+        if start < 0:
+            start = text.find("ThreadSanitizer: ")      # FATAL: ..., CHECK failed
+        if start < 0:
+            return None
+        return "\n".join(text[start:].splitlines()[:200])
+
     def diagnostics(self, n=40):
         """The tails of stderr and of the log, for error messages."""
         return ("--- relayd stderr (%s) ---\n%s\n--- relayd log (%s) ---\n%s"
@@ -974,6 +1000,10 @@ class Relay:
         if self._own_dns is not None:
             self._own_dns.stop()
             self._own_dns = None
+        report = self.sanitizer_report()
+        if report is not None:
+            self.failed = True
+            err = RelayError("relayd (%s): %s" % (self.tmpdir, report))
         if self._own_tmp and not self.failed and not os.environ.get("RELAYD_KEEP_TMP"):
             shutil.rmtree(self.tmpdir, ignore_errors=True)
         if err is not None:
