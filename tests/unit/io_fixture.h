@@ -33,7 +33,11 @@
 #include "common/util.h"
 #include "check.h"
 
+#if defined(__SANITIZE_THREAD__)
+#define WATCHDOG_MS 60000       /* TSan runs this code 5-15 times slower */
+#else
 #define WATCHDOG_MS 15000
+#endif
 
 static char tmpdir[64];
 
