@@ -7,6 +7,7 @@
 #include "common/util.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -14,9 +15,11 @@
 #include <string.h>
 #include <unistd.h>
 
-static int log_fd = 2;
+/* Set on the main thread (start, reload), read by every thread that logs
+ * (the delivery thread, the queue's threads): atomic. */
+static atomic_int log_fd = 2;
 static char *log_path;
-static enum log_level log_min = LOG_INFO;
+static atomic_int log_min = LOG_INFO;
 
 static const char *level_names[] = { "debug", "info", "notice", "warning", "err", "crit" };
 
@@ -91,7 +94,7 @@ log_close(void)
 void
 log_set_level(enum log_level min)
 {
-	log_min = min;
+	atomic_store_explicit(&log_min, (int)min, memory_order_relaxed);
 }
 
 static int
@@ -144,7 +147,7 @@ log_begin(struct log_line *l, enum log_level level, const char *event)
 
 	buf_init(&l->b);
 	l->level = level;
-	l->active = level >= log_min;
+	l->active = (int)level >= atomic_load_explicit(&log_min, memory_order_relaxed);
 	if (!l->active)
 		return;
 	util_rfc3339(util_now_ms(), ts, sizeof(ts));
@@ -210,7 +213,7 @@ log_end(struct log_line *l)
 		p = l->b.data;
 		left = l->b.len;
 		while (left > 0) {
-			ssize_t n = write(log_fd, p, left);
+			ssize_t n = write(atomic_load_explicit(&log_fd, memory_order_relaxed), p, left);
 			if (n < 0) {
 				if (errno == EINTR)
 					continue;
