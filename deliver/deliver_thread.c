@@ -93,13 +93,18 @@ struct deliver_thread {
 
 static struct dt_msg *dt_msg_new(struct deliver_thread *dt, enum dt_kind kind);
 
+/*
+ * The send under the lock: the side that takes m (under the lock) may close
+ * `to`, and end its loop, as soon as it has read m (SHUTDOWN, DONE); a send
+ * after the unlock could reach a closed handle and loop.
+ */
 static void
 dt_post(struct deliver_thread *dt, struct dt_msgq *q, uv_async_t *to, struct dt_msg *m)
 {
 	uv_mutex_lock(&dt->lock);
 	STAILQ_INSERT_TAIL(q, m, entry);
-	uv_mutex_unlock(&dt->lock);
 	uv_async_send(to);
+	uv_mutex_unlock(&dt->lock);
 }
 
 static void
