@@ -96,12 +96,10 @@ deliver_auth_get_pass(sasl_conn_t *conn, void *context, int id, sasl_secret_t **
 }
 
 static int
-deliver_auth_global_init(struct deliver *d, char *err, size_t errlen)
+deliver_auth_client_init(struct deliver *d, char *err, size_t errlen)
 {
 	int rc;
 
-	if (d->sasl_client)
-		return 0;
 	if (deliver_sasl_refs == 0 && (rc = sasl_client_init(deliver_auth_global_cbs)) != SASL_OK) {
 		snprintf(err, errlen, "SASL client: cannot initialise: %s",
 		    sasl_errstring(rc, NULL, NULL));
@@ -111,6 +109,27 @@ deliver_auth_global_init(struct deliver *d, char *err, size_t errlen)
 	deliver_sasl_refs++;
 	d->sasl_client = true;
 	return 0;
+}
+
+static int
+deliver_auth_global_init(struct deliver *d, char *err, size_t errlen)
+{
+	if (d->sasl_client)
+		return 0;
+	if (d->sasl_by_caller) {
+		/* the caller's thread tried at deliver_start(), and logged why it failed */
+		snprintf(err, errlen, "SASL client: cannot initialise");
+		return -1;
+	}
+	return deliver_auth_client_init(d, err, errlen);
+}
+
+int
+deliver_auth_caller_init(struct deliver *d, char *err, size_t errlen)
+{
+	if (d->sasl_client)
+		return 0;
+	return deliver_auth_client_init(d, err, errlen);
 }
 
 void

@@ -211,6 +211,8 @@ struct deliver {
 	struct deliver_connq conns;
 	struct deliver_connq idle;  /* oldest first */
 	bool sasl_client;           /* holds a reference on libsasl's client side (deliver_auth.c) */
+	bool sasl_by_caller;        /* the delivery thread's pool: the caller's thread takes that
+	                            reference (deliver_auth_caller_init), the pool never does */
 	unsigned nconns;
 	uv_timer_t kick;            /* runs the dispatcher outside of callbacks */
 	bool kick_closed;
@@ -290,5 +292,13 @@ const char *deliver_auth_mech(const struct deliver_auth *a);
 void deliver_auth_free(struct deliver_auth *a);
 /* deliver_free(): give back d's reference on libsasl's client side. */
 void deliver_auth_release(struct deliver *d);
+/*
+ * deliver_thread.c, on the caller's thread, before it hands over a request
+ * with an auth_user: take d's (the thread's pool's) reference on libsasl's
+ * client side there.  sasl_client_init/done rebuild and free libsasl's
+ * global state (the mechanism list submit/ reads): never from the delivery
+ * thread.  0, or -1 with err filled (logged).
+ */
+int deliver_auth_caller_init(struct deliver *d, char *err, size_t errlen);
 
 #endif

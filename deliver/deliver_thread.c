@@ -27,9 +27,16 @@
  * loop after the thread has been joined and the caller's async closed, so
  * deliver_free() may follow at once.
  *
+ * libsasl's client side is set up (sasl_client_init) and given back
+ * (sasl_client_done, in deliver_free) on the caller's thread, as without the
+ * thread: both rebuild or free libsasl's global state, which submit/'s
+ * server side reads on that thread.
+ *
  * Never: call a request's callback on the delivery thread, or touch the pool
- * from the caller's thread (the pool is made before the thread starts and
- * freed after it has ended its loop, before it posts DONE).
+ * from the caller's thread while the thread runs (the pool is made before the
+ * thread starts and freed by the caller once it has joined the thread; the
+ * one exception is its SASL reference, taken by deliver_thread_start()
+ * before it posts the request that needs it).
  */
 #include "deliver/deliver_int.h"
 
@@ -86,13 +93,18 @@ struct deliver_thread {
 
 static struct dt_msg *dt_msg_new(struct deliver_thread *dt, enum dt_kind kind);
 
+/*
+ * The send under the lock: the side that takes m (under the lock) may close
+ * `to`, and end its loop, as soon as it has read m (SHUTDOWN, DONE); a send
+ * after the unlock could reach a closed handle and loop.
+ */
 static void
 dt_post(struct deliver_thread *dt, struct dt_msgq *q, uv_async_t *to, struct dt_msg *m)
 {
 	uv_mutex_lock(&dt->lock);
 	STAILQ_INSERT_TAIL(q, m, entry);
-	uv_mutex_unlock(&dt->lock);
 	uv_async_send(to);
+	uv_mutex_unlock(&dt->lock);
 }
 
 static void
@@ -180,8 +192,6 @@ dt_main(void *arg)
 
 	pthread_setname_np(pthread_self(), "relayd-deliver");
 	uv_run(&dt->loop, UV_RUN_DEFAULT);
-	deliver_free(dt->pool);
-	dt->pool = NULL;
 	if ((rc = uv_loop_close(&dt->loop)) != 0)
 		fatalx("%s: uv_loop_close: %s", __func__, uv_strerror(rc));
 	dt_post(dt, &dt->outbox, &dt->results, dt_msg_new(dt, DT_DONE));
@@ -223,6 +233,8 @@ dt_results_cb(uv_async_t *h)
 			free(m);
 			/* The thread has posted its last message: it is returning. */
 			uv_thread_join(&dt->tid);
+			deliver_free(dt->pool);     /* here: sasl_client_done on this thread */
+			dt->pool = NULL;
 			uv_close((uv_handle_t *)&dt->results, dt_results_closed);
 			break;
 		default:
@@ -261,6 +273,7 @@ deliver_new_thread(uv_loop_t *loop, struct conf *conf)
 #endif
 	/* Made here, used only by the thread from now on (its start orders the two). */
 	dt->pool = deliver_new(&dt->loop, conf);
+	dt->pool->sasl_by_caller = true;
 	if ((rc = uv_thread_create(&dt->tid, dt_main, dt)) != 0)
 		fatalx("%s: uv_thread_create: %s", __func__, uv_strerror(rc));
 	return d;
@@ -279,7 +292,7 @@ dt_msg_new(struct deliver_thread *dt, enum dt_kind kind)
 int
 deliver_thread_start(struct deliver_thread *dt, struct deliver_req *req, deliver_cb *cb, void *arg)
 {
-	char ip[64], name[DELIVER_KEY_MAX];
+	char ip[64], name[DELIVER_KEY_MAX], err[256];
 	struct dt_msg *m;
 	int rc;
 
@@ -292,6 +305,10 @@ deliver_thread_start(struct deliver_thread *dt, struct deliver_req *req, deliver
 	/* The pool's own refusals, here, so that the caller hears them at once. */
 	if ((rc = deliver_req_key(req, name, sizeof(name), ip, sizeof(ip))) != 0)
 		return rc;
+	/* libsasl's client side, on this thread; a failure (logged) fails the
+	 * attempt at AUTH on the thread, as it would without the thread */
+	if (req->auth_user != NULL)
+		(void)deliver_auth_caller_init(dt->pool, err, sizeof(err));
 	m = dt_msg_new(dt, DT_START);
 	m->req = req;
 	m->cb = cb;

@@ -122,6 +122,41 @@ class InFlight(ThreadCase):
                          [["dave@example.com"]])
         self.assertEqual(len(held.messages), 1)     # never sent twice
 
+    def test_reload_log_level_reaches_the_delivery_thread(self):
+        # The log level is set on the main loop and read by the delivery
+        # thread at every line: a reload to "debug" while a delivery waits
+        # for its final reply shows in that session's next state change.
+        # (Under ThreadSanitizer this also proves the level is shared
+        # without a data race: relayd then exits 66.)
+        relay = self.make(log_level="info")
+        relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])
+        release = threading.Event()
+        at_eod = threading.Event()
+
+        def held_eod(msg):
+            at_eod.set()
+            release.wait(30)
+            return "250 2.0.0 ok held"
+        held = relay.sink("127.0.0.2")
+        held.script(eod=held_eod)
+        relay.start()
+        qid = self.send("bob@example.net", "held at its final reply")
+        self.assertTrue(at_eod.wait(20), "the delivery never reached the end of data")
+        self.assertEqual(relay.find_log(level="debug"), [])      # info: no debug lines
+
+        mark = relay.log_mark()
+        relay.update_config(log_level="debug")
+        relay.sighup()
+        relay.wait_for_log("reloaded", since=mark)
+        release.set()
+        relay.wait_for_log("delivered", qid=qid)
+        relay.wait_for_log("deliver_attempt", since=mark, qid=qid, level="debug")
+
+        mark = relay.log_mark()
+        relay.signal(15)
+        self.assertEqual(relay.wait_exit(30), 0)
+        relay.wait_for_log("stopped", since=mark, clean="yes")
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -8,6 +8,8 @@
  */
 #include "deliver_fixture.h"
 
+#include <sasl/sasl.h>
+
 /* The pool's clock in the reuse tests: idle time passes only when a test says so. */
 static uint64_t fake_ms = 1000000;
 
@@ -426,6 +428,40 @@ test_shutdown(void)
 	mxsink_stop(&s);
 }
 
+/*
+ * The delivery thread's pool (deliver_new_thread): libsasl's client side is
+ * set up on the caller's thread, inside deliver_start() of a request with an
+ * auth_user, and given back there when the pool is freed, never on the
+ * delivery thread: sasl_client_init/done rebuild and free libsasl's global
+ * mechanism list, which submit/ reads on the caller's thread.  (The sink
+ * offers no AUTH: the attempt fails, the point is where libsasl was set up.)
+ */
+static void
+test_thread_sasl_on_caller(void)
+{
+	struct fx fx;
+	struct mxsink s;
+	struct attempt a;
+
+	CHECK(sasl_global_listmech() == NULL);      /* nobody has set libsasl up yet */
+	fx_init(&fx);
+	fx.d = deliver_new_thread(&fx.loop, fx.conf);
+	mxsink_start(&s, "127.0.0.27", NULL);
+	attempt_init(&a, &s, BODY("one\r\n"), "bob@example.net", NULL);
+	a.req.auth_user = "carol";
+	a.req.auth_password = "secret";
+	CHECK_INT(deliver_start(fx.d, &a.req, attempt_cb, &a), 0);
+	CHECK_MSG(sasl_global_listmech() != NULL,
+	    "libsasl's client side was not set up on the caller's thread");
+	fx_run(&fx, pred_attempt, &a);
+	CHECK(a.res.status != DELIVER_DONE);
+	attempt_fini(&a);
+	fx_fini(&fx);
+	CHECK_MSG(sasl_global_listmech() == NULL,
+	    "libsasl's client side was not given back when the pool was freed");
+	mxsink_stop(&s);
+}
+
 int
 main(void)
 {
@@ -440,6 +476,7 @@ main(void)
 	test_global_limit();
 	test_backlog_fairness();
 	test_shutdown();
+	test_thread_sasl_on_caller();
 
 	deliver_fixture_teardown();
 	return check_done();
