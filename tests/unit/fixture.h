@@ -17,6 +17,7 @@
 #include "check.h"
 
 #include <sys/stat.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <signal.h>
@@ -90,6 +91,25 @@ log_has(const char *needle)
 }
 
 /* qdir/msg/<qid> exists. */
+/* Entries in qdir/sub (not "." and ".."); 0 when it cannot be read. */
+static inline size_t
+count_dir(const char *qdir, const char *sub)
+{
+	char path[256];
+	struct dirent *de;
+	size_t n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/%s", qdir, sub);
+	if ((d = opendir(path)) == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL)
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+			n++;
+	closedir(d);
+	return n;
+}
+
 static inline int
 msg_exists(const char *qdir, const char *qid)
 {

@@ -42,24 +42,6 @@ new_qdir(char *out, size_t len)
 	return out;
 }
 
-static size_t
-count_files(const char *qdir, const char *sub)
-{
-	char path[256];
-	struct dirent *de;
-	size_t n = 0;
-	DIR *d;
-
-	snprintf(path, sizeof(path), "%s/%s", qdir, sub);
-	if ((d = opendir(path)) == NULL)
-		return 0;
-	while ((de = readdir(d)) != NULL)
-		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-			n++;
-	closedir(d);
-	return n;
-}
-
 /* Names in qdir/msg/ starting with prefix (not "." and ".."). */
 static size_t
 count_prefixed(const char *qdir, const char *prefix)
@@ -429,7 +411,7 @@ test_roundtrip_files(bool named)
 		check_body(m, bodies[i], rows[i].len);
 	}
 	close_queue(&loop, q);
-	CHECK_INT(count_files(dir, "msg"), RELAY_ARRAY_LEN(rows));  /* spare files removed */
+	CHECK_INT(count_dir(dir, "msg"), RELAY_ARRAY_LEN(rows));  /* spare files removed */
 	CHECK(!file_exists(dir, "", "incoming"));
 
 	/* a new process would see exactly the same */
@@ -639,7 +621,7 @@ test_records(void)
 	q = open_queue(&loop, dir);
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 1);
-	CHECK_INT(count_files(dir, "corrupt"), 0);
+	CHECK_INT(count_dir(dir, "corrupt"), 0);
 	h2.n = 0;
 	CHECK_INT(queue_history(q, m->qid, hist_cb, &h2), 0);
 	CHECK_INT(h2.n, RELAY_ARRAY_LEN(replay_recs) + 1);
@@ -681,7 +663,7 @@ test_leftovers(void)
 	big = xcalloc(1, 70000);
 	CHECK_INT(queue_txn_write(t, big, 70000), 0);
 	free(big);
-	CHECK_INT(count_files(dir, "msg"), 0);
+	CHECK_INT(count_dir(dir, "msg"), 0);
 	queue_txn_abort(t);
 	close_queue(&loop, q);
 
@@ -702,14 +684,14 @@ test_leftovers(void)
 	write_raw(path, "", 0, 0);
 
 	q = open_queue(&loop, dir);
-	CHECK_INT(count_files(dir, "msg"), 0);
+	CHECK_INT(count_dir(dir, "msg"), 0);
 	CHECK(!file_exists(dir, "", "incoming"));
 	CHECK(log_has("event=queue_incomplete qid=.in-00000000000000000000 action=removed"));
 	CHECK(log_has("event=queue_incomplete qid=00000000000000000001 action=removed"));
 	CHECK(log_has("event=queue_spares_removed count=2"));
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 0);
-	CHECK_INT(count_files(dir, "corrupt"), 0);
+	CHECK_INT(count_dir(dir, "corrupt"), 0);
 
 	/* a rename or link cut in half (one inode under two names): the
 	 * message stays queued, the other name goes */
@@ -729,7 +711,7 @@ test_leftovers(void)
 	q = open_queue(&loop, dir);
 	CHECK(log_has("event=queue_incomplete qid=.spare-77 action=\"removed (published)\""));
 	CHECK(log_has("event=queue_incomplete qid=spare-78 action=\"removed (published)\""));
-	CHECK_INT(count_files(dir, "msg"), 1);
+	CHECK_INT(count_dir(dir, "msg"), 1);
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 1);
 	if (scanned.n == 1)
@@ -785,7 +767,7 @@ test_recycle(void)
 	CHECK_INT(c.recycled, 4);
 	CHECK_INT(c.unlinked, 0);
 	CHECK_INT(count_prefixed(dir, ".spare-"), 4);
-	CHECK_INT(count_files(dir, "msg"), 4);
+	CHECK_INT(count_dir(dir, "msg"), 4);
 
 	/* a transaction that begins on one and is abandoned gives it back as it was */
 	CHECK_INT(queue_txn_begin(q, &rich_env, &t), 0);
@@ -811,13 +793,13 @@ test_recycle(void)
 		CHECK_INT(file_ino(dir, res[i].qid), old_ino[7 - i]);
 	}
 	close_queue(&loop, q);
-	CHECK_INT(count_files(dir, "msg"), 4);
+	CHECK_INT(count_dir(dir, "msg"), 4);
 
 	/* and a new process reads exactly those */
 	q = open_queue(&loop, dir);
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 4);
-	CHECK_INT(count_files(dir, "corrupt"), 0);
+	CHECK_INT(count_dir(dir, "corrupt"), 0);
 	for (i = 4; i < 8; i++) {
 		struct queue_msg *m = sink_find(&scanned, res[i].qid);
 
@@ -871,7 +853,7 @@ test_recycle_refused(void)
 	queue_get_counters(q, &c);
 	CHECK_INT(c.recycled, 0);
 	CHECK_INT(c.unlinked, 2);
-	CHECK_INT(count_files(dir, "msg"), 0);
+	CHECK_INT(count_dir(dir, "msg"), 0);
 	/* the reader keeps reading what it opened */
 	CHECK(pread(fd, got, 7, (off_t)m->body_offset) == 7);
 	CHECK(memcmp(got, "read me", 7) == 0);
@@ -899,9 +881,9 @@ test_recycle_refused(void)
 	CHECK(c.unlinked > 2);
 	CHECK_MSG(count_prefixed(dir, ".spare-") <= 4096, "%zu spares",
 	    count_prefixed(dir, ".spare-"));
-	CHECK_INT(count_files(dir, "msg"), count_prefixed(dir, ".spare-"));
+	CHECK_INT(count_dir(dir, "msg"), count_prefixed(dir, ".spare-"));
 	close_queue(&loop, q);
-	CHECK_INT(count_files(dir, "msg"), 0);
+	CHECK_INT(count_dir(dir, "msg"), 0);
 	close_loop(&loop);
 }
 
@@ -977,7 +959,7 @@ test_corrupt(void)
 	}
 	snprintf(line, sizeof(line), "event=queue_corrupt qid=%s reason=\"record 1 unparseable\"", res2.qid);
 	CHECK(log_has(line));
-	CHECK_INT(count_files(dir, "msg"), 1);
+	CHECK_INT(count_dir(dir, "msg"), 1);
 	close_queue(&loop, q);
 	close_loop(&loop);
 	sink_free(&fresh);
@@ -1028,7 +1010,7 @@ test_group_commit(void)
 				CHECK(strcmp(res[i - 1].qid, res[i].qid) < 0);
 		}
 		close_queue(&loop, q);
-		CHECK_INT(count_files(dir, "incoming"), 0);
+		CHECK_INT(count_dir(dir, "incoming"), 0);
 		close_loop(&loop);
 		sink_free(&fresh);
 	}
@@ -1067,8 +1049,8 @@ test_close(void)
 	CHECK_INT(after.err, RELAY_ECLOSED);
 	CHECK_INT(closed, 1);
 	CHECK_INT(fresh.n, 1);
-	CHECK_INT(count_files(dir, "msg"), 1);
-	CHECK_INT(count_files(dir, "incoming"), 0);
+	CHECK_INT(count_dir(dir, "msg"), 1);
+	CHECK_INT(count_dir(dir, "incoming"), 0);
 	close_loop(&loop);
 	sink_free(&fresh);
 	buf_free(&err);
@@ -1143,10 +1125,10 @@ test_sigkill(void)
 
 	uv_loop_init(&loop);
 	q = open_queue(&loop, dir);
-	CHECK_INT(count_files(dir, "msg"), 1);           /* the spare files are gone */
+	CHECK_INT(count_dir(dir, "msg"), 1);           /* the spare files are gone */
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 1);
-	CHECK_INT(count_files(dir, "corrupt"), 0);
+	CHECK_INT(count_dir(dir, "corrupt"), 0);
 	m = sink_find(&scanned, qid);
 	CHECK(m != NULL);
 	if (m != NULL) {

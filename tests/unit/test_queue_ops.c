@@ -132,25 +132,6 @@ find_prefixed(const char *qdir, const char *prefix, char *out, size_t len)
 	return n;
 }
 
-/* Entries in qdir/sub (not "." and ".."). */
-static size_t
-count_dir(const char *qdir, const char *sub)
-{
-	char path[256];
-	struct dirent *de;
-	size_t n = 0;
-	DIR *d;
-
-	snprintf(path, sizeof(path), "%s/%s", qdir, sub);
-	if ((d = opendir(path)) == NULL)
-		return 0;
-	while ((de = readdir(d)) != NULL)
-		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-			n++;
-	closedir(d);
-	return n;
-}
-
 /* The records 0..n-1 as queue_record() writes them, one line each. */
 static void
 expected_lines(struct buf *b, int n)
