@@ -7,7 +7,8 @@
  * results going back to it, and the caller's front (a struct deliver whose
  * ->thread is set: deliver.c passes its public calls on to here).
  *
- * What crosses the threads, and nothing else (all under dt->lock):
+ * What crosses the threads, and nothing else (through two common/xloop.h
+ * inboxes, each under its own lock):
  *  - inbox: START (req, cb, arg), RELOAD (a conf reference), SHUTDOWN; the
  *    thread's uv_async drains it in order into its pool (deliver.c), which
  *    runs each request as it would on one loop;
@@ -47,6 +48,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "common/xloop.h"
 
 #define DELIVER_MAGIC_THREAD    0x444c7654u     /* "DLvT" */
 
@@ -59,7 +61,7 @@ enum dt_kind {
 };
 
 struct dt_msg {
-	STAILQ_ENTRY(dt_msg) entry;
+	struct xloop_msg x;         /* first: the inboxes hand back this */
 	struct deliver_thread *dt;
 	enum dt_kind kind;
 	struct deliver_req *req;
@@ -68,53 +70,25 @@ struct dt_msg {
 	struct conf *conf;
 	struct deliver_result res;
 };
-STAILQ_HEAD(dt_msgq, dt_msg);
 
 struct deliver_thread {
 	uint32_t magic;
 	/* the caller's side */
 	uv_loop_t *caller;
-	uv_async_t results;         /* on the caller's loop: drains the outbox */
+	struct xloop_inbox outbox;  /* on the caller's loop: RESULT, DONE */
 	bool shutting_down;         /* deliver_shutdown() was called: START refused */
 	bool results_closed;
 	void (*done)(void *);
 	void *done_arg;
-	/* shared, under lock */
-	uv_mutex_t lock;
-	struct dt_msgq inbox;
-	struct dt_msgq outbox;
 	/* the delivery thread's side */
 	uv_thread_t tid;
 	uv_loop_t loop;
-	uv_async_t wake;            /* on the thread's loop: drains the inbox */
+	struct xloop_inbox inbox;   /* on the thread's loop: START, RELOAD, SHUTDOWN */
 	struct deliver *pool;       /* deliver.c's pool, used by the thread only */
 	unsigned test_stall_ms;     /* RELAYD_TEST_DELIVER_STALL_MS: block the thread once */
 };
 
 static struct dt_msg *dt_msg_new(struct deliver_thread *dt, enum dt_kind kind);
-
-/*
- * The send under the lock: the side that takes m (under the lock) may close
- * `to`, and end its loop, as soon as it has read m (SHUTDOWN, DONE); a send
- * after the unlock could reach a closed handle and loop.
- */
-static void
-dt_post(struct deliver_thread *dt, struct dt_msgq *q, uv_async_t *to, struct dt_msg *m)
-{
-	uv_mutex_lock(&dt->lock);
-	STAILQ_INSERT_TAIL(q, m, entry);
-	uv_async_send(to);
-	uv_mutex_unlock(&dt->lock);
-}
-
-static void
-dt_take(struct deliver_thread *dt, struct dt_msgq *q, struct dt_msgq *into)
-{
-	STAILQ_INIT(into);
-	uv_mutex_lock(&dt->lock);
-	STAILQ_CONCAT(into, q);
-	uv_mutex_unlock(&dt->lock);
-}
 
 /* ------------------------------------------------------------------ */
 /* The delivery thread */
@@ -124,7 +98,7 @@ dt_pool_done(void *arg)
 {
 	struct deliver_thread *dt = arg;
 
-	uv_close((uv_handle_t *)&dt->wake, NULL);  /* the loop ends when the pool's handles have closed */
+	xloop_inbox_close(&dt->inbox, NULL);  /* the loop ends when the pool's handles have closed */
 }
 
 /* The pool's callback, on the thread: the result goes back in the START's message. */
@@ -137,50 +111,45 @@ dt_start_result(void *arg, struct deliver_req *req, const struct deliver_result 
 		fatalx("%s: result for another request", __func__);
 	m->kind = DT_RESULT;
 	m->res = *res;
-	dt_post(m->dt, &m->dt->outbox, &m->dt->results, m);
+	xloop_post(&m->dt->outbox, &m->x);
 }
 
 static void
-dt_wake_cb(uv_async_t *h)
+dt_inbox_cb(struct xloop_inbox *in, struct xloop_msg *x)
 {
-	struct deliver_thread *dt = h->data;
-	struct dt_msgq q;
-	struct dt_msg *m;
+	struct deliver_thread *dt = in->data;
+	struct dt_msg *m = (struct dt_msg *)x;
 
-	dt_take(dt, &dt->inbox, &q);
-	while ((m = STAILQ_FIRST(&q)) != NULL) {
-		STAILQ_REMOVE_HEAD(&q, entry);
-		switch (m->kind) {
-		case DT_START:
-			if (dt->test_stall_ms > 0) {
-				/* tests: a delivery thread stuck, as in a blocking library call */
-				uv_sleep(dt->test_stall_ms);
-				dt->test_stall_ms = 0;
-			}
-			if (deliver_start(dt->pool, m->req, dt_start_result, m) != 0) {
-				struct deliver_result res;
-
-				/* Checked on the caller's side already: not expected. */
-				memset(&res, 0, sizeof(res));
-				res.status = DELIVER_HOST_FAIL;
-				res.io_err = IO_ERR_OTHER;
-				snprintf(res.status_code, sizeof(res.status_code), "4.3.0");
-				snprintf(res.reply, sizeof(res.reply), "could not start a delivery attempt");
-				dt_start_result(m, m->req, &res);
-			}
-			break;
-		case DT_RELOAD:
-			deliver_reload(dt->pool, m->conf);
-			conf_unref(m->conf);
-			free(m);
-			break;
-		case DT_SHUTDOWN:
-			free(m);
-			deliver_shutdown(dt->pool, dt_pool_done, dt);
-			break;
-		default:
-			fatalx("%s: message %d in the inbox", __func__, (int)m->kind);
+	switch (m->kind) {
+	case DT_START:
+		if (dt->test_stall_ms > 0) {
+			/* tests: a delivery thread stuck, as in a blocking library call */
+			uv_sleep(dt->test_stall_ms);
+			dt->test_stall_ms = 0;
 		}
+		if (deliver_start(dt->pool, m->req, dt_start_result, m) != 0) {
+			struct deliver_result res;
+
+			/* Checked on the caller's side already: not expected. */
+			memset(&res, 0, sizeof(res));
+			res.status = DELIVER_HOST_FAIL;
+			res.io_err = IO_ERR_OTHER;
+			snprintf(res.status_code, sizeof(res.status_code), "4.3.0");
+			snprintf(res.reply, sizeof(res.reply), "could not start a delivery attempt");
+			dt_start_result(m, m->req, &res);
+		}
+		break;
+	case DT_RELOAD:
+		deliver_reload(dt->pool, m->conf);
+		conf_unref(m->conf);
+		free(m);
+		break;
+	case DT_SHUTDOWN:
+		free(m);
+		deliver_shutdown(dt->pool, dt_pool_done, dt);
+		break;
+	default:
+		fatalx("%s: message %d in the inbox", __func__, (int)m->kind);
 	}
 }
 
@@ -194,7 +163,7 @@ dt_main(void *arg)
 	uv_run(&dt->loop, UV_RUN_DEFAULT);
 	if ((rc = uv_loop_close(&dt->loop)) != 0)
 		fatalx("%s: uv_loop_close: %s", __func__, uv_strerror(rc));
-	dt_post(dt, &dt->outbox, &dt->results, dt_msg_new(dt, DT_DONE));
+	xloop_post(&dt->outbox, &dt_msg_new(dt, DT_DONE)->x);
 }
 
 /* ------------------------------------------------------------------ */
@@ -203,7 +172,7 @@ dt_main(void *arg)
 static void
 dt_results_closed(uv_handle_t *h)
 {
-	struct deliver_thread *dt = h->data;
+	struct deliver_thread *dt = ((struct xloop_inbox *)h->data)->data;
 	void (*done)(void *) = dt->done;
 
 	dt->results_closed = true;
@@ -213,33 +182,28 @@ dt_results_closed(uv_handle_t *h)
 }
 
 static void
-dt_results_cb(uv_async_t *h)
+dt_outbox_cb(struct xloop_inbox *in, struct xloop_msg *x)
 {
-	struct deliver_thread *dt = h->data;
-	struct dt_msgq q;
-	struct dt_msg *m;
+	struct deliver_thread *dt = in->data;
+	struct dt_msg *m = (struct dt_msg *)x;
 
 	if (dt->magic != DELIVER_MAGIC_THREAD)
 		fatalx("%s: bad delivery thread", __func__);
-	dt_take(dt, &dt->outbox, &q);
-	while ((m = STAILQ_FIRST(&q)) != NULL) {
-		STAILQ_REMOVE_HEAD(&q, entry);
-		switch (m->kind) {
-		case DT_RESULT:
-			m->cb(m->arg, m->req, &m->res);
-			free(m);
-			break;
-		case DT_DONE:
-			free(m);
-			/* The thread has posted its last message: it is returning. */
-			uv_thread_join(&dt->tid);
-			deliver_free(dt->pool);     /* here: sasl_client_done on this thread */
-			dt->pool = NULL;
-			uv_close((uv_handle_t *)&dt->results, dt_results_closed);
-			break;
-		default:
-			fatalx("%s: message %d in the outbox", __func__, (int)m->kind);
-		}
+	switch (m->kind) {
+	case DT_RESULT:
+		m->cb(m->arg, m->req, &m->res);
+		free(m);
+		break;
+	case DT_DONE:
+		free(m);
+		/* The thread has posted its last message: it is returning. */
+		uv_thread_join(&dt->tid);
+		deliver_free(dt->pool);     /* here: sasl_client_done on this thread */
+		dt->pool = NULL;
+		xloop_inbox_close(&dt->outbox, dt_results_closed);
+		break;
+	default:
+		fatalx("%s: message %d in the outbox", __func__, (int)m->kind);
 	}
 }
 
@@ -254,15 +218,10 @@ deliver_new_thread(uv_loop_t *loop, struct conf *conf)
 	d->thread = dt;
 	dt->magic = DELIVER_MAGIC_THREAD;
 	dt->caller = loop;
-	STAILQ_INIT(&dt->inbox);
-	STAILQ_INIT(&dt->outbox);
-	if ((rc = uv_mutex_init(&dt->lock)) != 0 ||
-	    (rc = uv_loop_init(&dt->loop)) != 0 ||
-	    (rc = uv_async_init(&dt->loop, &dt->wake, dt_wake_cb)) != 0 ||
-	    (rc = uv_async_init(loop, &dt->results, dt_results_cb)) != 0)
+	if ((rc = uv_loop_init(&dt->loop)) != 0 ||
+	    (rc = xloop_inbox_init(&dt->inbox, &dt->loop, dt_inbox_cb, dt)) != 0 ||
+	    (rc = xloop_inbox_init(&dt->outbox, loop, dt_outbox_cb, dt)) != 0)
 		fatalx("%s: %s", __func__, uv_strerror(rc));
-	dt->wake.data = dt;
-	dt->results.data = dt;
 #ifdef RELAY_TEST_HOOKS
 	{
 		const char *v = getenv("RELAYD_TEST_DELIVER_STALL_MS");
@@ -313,7 +272,7 @@ deliver_thread_start(struct deliver_thread *dt, struct deliver_req *req, deliver
 	m->req = req;
 	m->cb = cb;
 	m->arg = arg;
-	dt_post(dt, &dt->inbox, &dt->wake, m);
+	xloop_post(&dt->inbox, &m->x);
 	return 0;
 }
 
@@ -326,7 +285,7 @@ deliver_thread_reload(struct deliver_thread *dt, struct conf *conf)
 		return;             /* the thread reads its inbox no more */
 	m = dt_msg_new(dt, DT_RELOAD);
 	m->conf = conf_ref(conf);
-	dt_post(dt, &dt->inbox, &dt->wake, m);
+	xloop_post(&dt->inbox, &m->x);
 }
 
 void
@@ -335,15 +294,17 @@ deliver_thread_shutdown(struct deliver_thread *dt, void (*done)(void *arg), void
 	dt->shutting_down = true;
 	dt->done = done;
 	dt->done_arg = arg;
-	dt_post(dt, &dt->inbox, &dt->wake, dt_msg_new(dt, DT_SHUTDOWN));
+	xloop_post(&dt->inbox, &dt_msg_new(dt, DT_SHUTDOWN)->x);
 }
 
 void
 deliver_thread_free(struct deliver_thread *dt)
 {
-	if (!dt->results_closed || !STAILQ_EMPTY(&dt->inbox) || !STAILQ_EMPTY(&dt->outbox))
+	if (!dt->results_closed || !xloop_inbox_empty(&dt->inbox) ||
+	    !xloop_inbox_empty(&dt->outbox))
 		fatalx("%s: deliver_shutdown() has not finished", __func__);
-	uv_mutex_destroy(&dt->lock);
+	xloop_inbox_destroy(&dt->inbox);
+	xloop_inbox_destroy(&dt->outbox);
 	dt->magic = 0;
 	free(dt);
 }

@@ -4,6 +4,8 @@
 #ifndef RELAY_DKIM_INT_H
 #define RELAY_DKIM_INT_H
 
+#include <stdatomic.h>
+
 #include <openssl/evp.h>
 
 #include "dkim/dkim.h"
@@ -51,7 +53,7 @@ struct dkim_key {
 };
 
 struct dkim_keys {
-	int refs;
+	_Atomic int refs;               /* taken and dropped from any thread (as conf's) */
 	struct dkim_key *keys;
 	size_t nkeys;
 };

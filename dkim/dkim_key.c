@@ -90,7 +90,7 @@ dkim_keys_load(const struct conf *c, struct dkim_keys **out, struct buf *err)
 	size_t i;
 	int bad = 0;
 
-	k->refs = 1;
+	atomic_init(&k->refs, 1);
 	k->keys = xcalloc(c->dkim.nkeys + 1, sizeof(*k->keys));
 	for (i = 0; i < c->dkim.nkeys; i++) {
 		const struct conf_dkim_key *ck = &c->dkim.keys[i];
@@ -122,20 +122,22 @@ dkim_keys_ref(struct dkim_keys *k)
 {
 	if (k == NULL)
 		return NULL;
-	if (k->refs <= 0)
+	if (atomic_fetch_add(&k->refs, 1) <= 0)
 		fatalx("%s: reference to freed keys", __func__);
-	k->refs++;
 	return k;
 }
 
 void
 dkim_keys_unref(struct dkim_keys *k)
 {
+	int was;
+
 	if (k == NULL)
 		return;
-	if (k->refs <= 0)
+	was = atomic_fetch_sub(&k->refs, 1);
+	if (was <= 0)
 		fatalx("%s: keys released too often", __func__);
-	if (--k->refs == 0)
+	if (was == 1)
 		dkim_keys_free(k);
 }
 
