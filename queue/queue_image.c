@@ -20,7 +20,7 @@
 struct queue_image {
 	unsigned refs;
 	char *data;                  /* the whole file image: header, envelope, body ... */
-	size_t len;
+	size_t size;                 /* its allocation (what it costs), counted in the bound */
 	uint64_t body_offset;
 };
 
@@ -33,14 +33,14 @@ queue_image_take(struct buf *b, uint64_t body_offset, uint64_t body_len)
 	struct queue_image *im;
 
 	if (b->data == NULL || body_offset + body_len > b->len ||
-	    b->len > queue_image_limit || queue_image_bytes > queue_image_limit - b->len)
+	    b->cap > queue_image_limit || queue_image_bytes > queue_image_limit - b->cap)
 		return NULL;
 	im = xmalloc(sizeof(*im));
 	im->refs = 1;
-	im->len = b->len;
+	im->size = b->cap;
 	im->body_offset = body_offset;
 	im->data = buf_steal(b);
-	queue_image_bytes += im->len;
+	queue_image_bytes += im->size;
 	return im;
 }
 
@@ -57,7 +57,7 @@ queue_image_unref(struct queue_image *im)
 {
 	if (im == NULL || --im->refs > 0)
 		return;
-	queue_image_bytes -= im->len;
+	queue_image_bytes -= im->size;
 	free(im->data);
 	free(im);
 }
