@@ -9,7 +9,7 @@ marker (the body came from memory, not the file), and is refused with 451;
 the retry, after the deferral dropped the image, reads the file and carries
 the rewritten marker -- and is otherwise byte for byte the first attempt.
 Covered: dot-stuffing (lines starting with "."), an 8-bit body (8BITMIME),
-a DKIM signature sent before the body, a message for two destinations (two
+a message submitted with BDAT, a DKIM signature sent before the body, a message for two destinations (two
 deliveries sharing one image) and the delivery thread (deliver.thread).
 With the test hook RELAYD_TEST_IMAGE_MAX=0 (no image kept) the first attempt
 already reads the file: that proves the marker check can see the difference.
@@ -23,6 +23,8 @@ import unittest
 from client import submit
 from relay import Relay, needs_test_hooks
 from test_dkim import make_key, txt_record
+from test_submit_bdat import bdat, split_at
+from test_submit_smtp import auth_session, qid_of
 
 SENDER = "alice@example.org"
 ORIG = b"MARK-ORIGINAL-0123456789"
@@ -85,9 +87,25 @@ class ImageCase(unittest.TestCase):
             self.seen.add(key)
         return "451 4.3.0 first attempt refused" if first else "250 2.0.0 ok"
 
-    def run_one(self, subject, rcpts, first_marker):
-        qid = submit(self.relay, SENDER, rcpts, message(subject, rcpts),
-                     mail_options=["BODY=8BITMIME"])
+    def submit_bdat(self, msg, rcpts):
+        r = auth_session(self.relay)
+        self.addCleanup(r.close)
+        self.assertEqual(r.cmd("MAIL FROM:<%s> BODY=8BITMIME" % SENDER)[0], 250)
+        for rc in rcpts:
+            self.assertEqual(r.cmd("RCPT TO:<%s>" % rc)[0], 250)
+        r.send(bdat(split_at(msg, [40, 200])))
+        r.read_reply()
+        r.read_reply()
+        code, text = r.read_reply()
+        self.assertEqual(code, 250, text)
+        return qid_of(text)
+
+    def run_one(self, subject, rcpts, first_marker, use_bdat=False):
+        if use_bdat:
+            qid = self.submit_bdat(message(subject, rcpts), rcpts)
+        else:
+            qid = submit(self.relay, SENDER, rcpts, message(subject, rcpts),
+                         mail_options=["BODY=8BITMIME"])
         self.sink.wait_for_messages(len(rcpts), timeout=30)
         for r in rcpts:
             self.relay.wait_for_log("delivered", qid=qid, rcpt=r, timeout=30)
@@ -113,6 +131,10 @@ class ImageCase(unittest.TestCase):
     def test_two_destinations_share_the_image(self):
         self.make()
         self.run_one("two", ["bob@example.net", "carol@example.com"], ORIG)
+
+    def test_submitted_with_bdat(self):
+        self.make()
+        self.run_one("bdat", ["bob@example.net"], ORIG, use_bdat=True)
 
     def test_delivery_thread(self):
         self.make(thread=True)
