@@ -53,6 +53,8 @@ struct deliver_req {
 	const char *msg_path;       /* queue file; body at body_offset, body_len bytes, CRLF, not dot-stuffed */
 	uint64_t body_offset;
 	uint64_t body_len;
+	const char *body;           /* or NULL: the body in memory (borrowed, unchanged until the
+	                               callback; also on the delivery thread): no read of msg_path */
 	const char *prefix;         /* header fields sent before the body (DKIM-Signature), or NULL */
 	size_t prefix_len;
 	const char *sender;         /* "" for <> */

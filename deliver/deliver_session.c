@@ -54,6 +54,9 @@
  *    pool and runs on a fresh connection.
  *  - The body is read with pread() in 64 KiB chunks, one chunk per "drained"
  *    event: memory stays bounded; queue files are local and freshly written.
+ *    A request that carries the body in memory (req->body: the message's
+ *    image, kept after its publish) is sent from there in the same chunks,
+ *    with no open/pread/close.
  *
  * Never: touch SSL* or uv_buf_t; send AUTH without TLS; call a request's
  * callback twice; send the final "." after a short read of the queue file.
@@ -135,7 +138,8 @@ struct deliver_session {
 	bool decided;               /* res holds t's outcome; later failures keep it */
 	struct deliver_result res;
 
-	int fd;                     /* queue file while in BODY, else -1 */
+	int fd;                     /* queue file while in BODY (not from req->body), else -1 */
+	bool in_body;               /* sending the body (from fd or req->body) */
 	uint64_t body_sent;
 	char *chunk;
 	struct buf out;
@@ -295,6 +299,7 @@ ds_close(struct deliver_session *s, bool quit)
 		close(s->fd);
 		s->fd = -1;
 	}
+	s->in_body = false;
 	deliver_auth_free(s->auth);     /* credentials wiped now, not later */
 	s->auth = NULL;
 	if (s->io != NULL) {
@@ -986,8 +991,10 @@ ds_body_end(struct deliver_session *s)
 	deliver_dot_end(&s->dot, &s->out);
 	io_write(s->io, s->out.data, s->out.len);
 	buf_reset(&s->out);
-	close(s->fd);
+	if (s->fd >= 0)
+		close(s->fd);
 	s->fd = -1;
+	s->in_body = false;
 	free(s->chunk);
 	s->chunk = NULL;
 	return deliver_enter_state(s, DS_DOT);
@@ -999,21 +1006,28 @@ ds_body_pump(struct deliver_session *s)
 {
 	const struct deliver_req *req = s->t->req;
 	uint64_t left = req->body_len - s->body_sent;
+	const char *p;
 	ssize_t n;
 
-	if (s->fd < 0)
+	if (!s->in_body)
 		return DS_OK;
 	io_set_timeout(s->io, ds_timeout(s, TMO_DATA_BLOCK));
 	if (left == 0) {
 		buf_reset(&s->out);
 		return ds_body_end(s);
 	}
-	if (s->chunk == NULL)
-		s->chunk = xmalloc(DELIVER_CHUNK);
-	do {
-		n = pread(s->fd, s->chunk, left < DELIVER_CHUNK ? (size_t)left : DELIVER_CHUNK,
-		    (off_t)(req->body_offset + s->body_sent));
-	} while (n < 0 && errno == EINTR);
+	if (req->body != NULL) {
+		p = req->body + s->body_sent;
+		n = (ssize_t)(left < DELIVER_CHUNK ? left : DELIVER_CHUNK);
+	} else {
+		if (s->chunk == NULL)
+			s->chunk = xmalloc(DELIVER_CHUNK);
+		p = s->chunk;
+		do {
+			n = pread(s->fd, s->chunk, left < DELIVER_CHUNK ? (size_t)left : DELIVER_CHUNK,
+			    (off_t)(req->body_offset + s->body_sent));
+		} while (n < 0 && errno == EINTR);
+	}
 	if (n <= 0) {
 		char text[320];
 
@@ -1029,7 +1043,7 @@ ds_body_pump(struct deliver_session *s)
 	buf_reset(&s->out);
 	if (s->body_sent == (uint64_t)n && req->prefix_len > 0)   /* the first chunk */
 		deliver_dot_feed(&s->dot, req->prefix, req->prefix_len, &s->out);
-	deliver_dot_feed(&s->dot, s->chunk, (size_t)n, &s->out);
+	deliver_dot_feed(&s->dot, p, (size_t)n, &s->out);
 	/* The whole body read: the final dot goes in the same write as its end. */
 	if (s->body_sent == req->body_len)
 		return ds_body_end(s);
@@ -1043,8 +1057,9 @@ ds_body_enter(struct deliver_session *s)
 {
 	const struct deliver_req *req = s->t->req;
 
-	s->fd = open(req->msg_path, O_RDONLY | O_CLOEXEC);
-	if (s->fd < 0) {
+	if (req->body == NULL)
+		s->fd = open(req->msg_path, O_RDONLY | O_CLOEXEC);
+	if (req->body == NULL && s->fd < 0) {
 		char text[320];
 
 		snprintf(text, sizeof(text), "queue file %s: %s", req->msg_path, strerror(errno));
@@ -1055,6 +1070,7 @@ ds_body_enter(struct deliver_session *s)
 	}
 	deliver_dot_init(&s->dot);
 	s->body_sent = 0;
+	s->in_body = true;
 	return ds_body_pump(s);
 }
 

@@ -577,6 +577,8 @@ queue_test_hooks(struct queue *q)
 		q->test_sync_delay_ms = (unsigned)strtoul(v, NULL, 10);
 	if ((v = getenv("RELAYD_TEST_PUBLISH_DELAY_MS")) != NULL)
 		q->test_publish_delay_ms = (unsigned)strtoul(v, NULL, 10);
+	if ((v = getenv("RELAYD_TEST_IMAGE_MAX")) != NULL)
+		queue_image_set_max((size_t)strtoul(v, NULL, 10));   /* 0: every delivery from the file */
 }
 #else
 static void
@@ -1387,6 +1389,7 @@ queue_msg_free(struct queue_msg *m)
 		free(m->rcpt[i].last_reply);
 	}
 	free(m->rcpt);
+	queue_msg_drop_image(m);
 	envelope_free(&m->env);
 	free(m->dkim);
 	free(m->dkim_ids);

@@ -53,6 +53,8 @@ struct queue_msg {
 	char *path;                  /* queue_dir/msg/<qid> */
 	void *sched;                 /* the scheduler's per-message state; the queue never touches it */
 	bool removed;                /* queue_remove() took it (loop only; the queue's) */
+	struct queue_image *image;   /* the file image in memory since its publish, or NULL
+	                                (queue_image.c; a cache of the file, loop only) */
 };
 
 /* Record types appended after the body (one text line each). */
@@ -153,6 +155,25 @@ void queue_msg_apply(struct queue_msg *m, const struct queue_record *rec);
  * (never while somebody still has it open) or deleted, by the commit thread. */
 int queue_remove(struct queue *q, struct queue_msg *m);
 void queue_msg_free(struct queue_msg *m);
+
+/*
+ * The image of a message's file kept in memory after its publish
+ * (queue_image.c): its body is m->body_len bytes at queue_image_body().
+ * Loop thread only; a reference lent to another thread is kept until that
+ * thread is done with the bytes.  queue_msg_drop_image() drops the
+ * message's own reference (the first attempt is over, or to save memory);
+ * the bytes of all live images stay under a bound (QUEUE_IMAGE_MAX),
+ * queue_image_held() counts them.
+ */
+#define QUEUE_IMAGE_MAX  (4u << 20)           /* bytes of file images kept, 4 MiB */
+
+struct queue_image;
+struct queue_image *queue_image_ref(struct queue_image *im);   /* NULL stays NULL */
+void queue_image_unref(struct queue_image *im);
+const char *queue_image_body(const struct queue_image *im);
+void queue_msg_drop_image(struct queue_msg *m);
+size_t queue_image_held(void);
+void queue_image_set_max(size_t max);                          /* tests */
 
 /* Every record of a message (for `relayctl queue show`), as parsed from disk. */
 int queue_history(struct queue *q, const char *qid, void (*cb)(void *arg, const struct queue_record *rec), void *arg);

@@ -938,6 +938,11 @@ queue_txn_publish(struct queue *q, struct queue_txn *t)
 	m->dkim = t->dkim;
 	m->dkim_ids = t->dkim_ids;
 	t->dkim = t->dkim_ids = NULL;
+	/* The whole file went in one write and is durable now: its buffer
+	 * stays with the message for the first delivery attempt (no copy).
+	 * A held txn's buffer was freed (queue_hold): it has none. */
+	if (t->job.write_wbuf && q->new_cb != NULL)
+		m->image = queue_image_take(&t->wbuf, m->body_offset, m->body_len);
 	if (q->new_cb != NULL)
 		q->new_cb(q->new_arg, m);
 	else

@@ -266,6 +266,10 @@ void queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size);
 void queue_txn_free(struct queue_txn *t);
 struct queue_msg *queue_msg_new(struct queue *q, const char *qid);
 
+/* queue_image.c: the txn's whole-file buffer b becomes an image (b is
+ * emptied), or NULL (over the bound): b is left as it was. */
+struct queue_image *queue_image_take(struct buf *b, uint64_t body_offset, uint64_t body_len);
+
 /* queue_commit.c, for queue.c */
 void queue_probe_cb(uv_timer_t *h);
 void queue_held_free(struct queue *q);

@@ -172,7 +172,11 @@ sched_job_free(struct sched_job *job)
 	for (k = 0; k < job->nrcpts; k++)
 		if (job->sm->rc[job->rcpts[k]].job == job)
 			job->sm->rc[job->rcpts[k]].job = NULL;
-	job->sm->njobs--;
+	queue_image_unref(job->image);
+	/* The message's first round of attempts is over (delivered, deferred or
+	 * failed): later ones read its file, the image's memory goes now. */
+	if (--job->sm->njobs == 0)
+		queue_msg_drop_image(job->sm->m);
 	if (job->mx != NULL)
 		dns_result_free(job->mx);
 	free(job->dr);
@@ -231,6 +235,7 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const c
 
 	job->state = SCHED_JOB_WAITING;
 	job->force = false;             /* a later probe follows host backoff again */
+	queue_msg_drop_image(m);        /* it may wait long: it will read its file */
 	TAILQ_INSERT_TAIL(&d->waiting, job, entry);
 	d->nwaiting++;
 	s->nr_waiting += job->nrcpts;
@@ -481,6 +486,9 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	if (job->magic != SCHED_MAGIC_JOB || job->state != SCHED_JOB_DELIVERING)
 		fatalx("%s: result for a job not delivering", __func__);
 	job->state = SCHED_JOB_RESOLVING;       /* between attempts */
+	queue_image_unref(job->image);          /* deliver is done with req.body */
+	job->image = NULL;
+	req->body = NULL;
 	tg = &job->mx->targets[job->ti];
 	last = sched_job_last(job);
 	snprintf(last->host, sizeof(last->host), "%s", tg->host);
@@ -670,6 +678,10 @@ sched_job_next(struct sched_job *job)
 			job->req.msg_path = m->path;
 			job->req.body_offset = m->body_offset;
 			job->req.body_len = m->body_len;
+			/* Its first attempts send the image kept since its publish. */
+			queue_image_unref(job->image);
+			job->image = queue_image_ref(m->image);
+			job->req.body = job->image != NULL ? queue_image_body(job->image) : NULL;
 			job->req.prefix = m->dkim;
 			job->req.prefix_len = m->dkim != NULL ? strlen(m->dkim) : 0;
 			job->req.sender = m->env.sender;

@@ -133,6 +133,7 @@ struct sched_job {
 	bool probing_host;              /* this attempt is the host's probe */
 	char addr_key[HEALTH_ADDR_MAX];
 	struct deliver_req req;
+	struct queue_image *image;      /* the reference req.body borrows, until its callback */
 	struct tlspolicy tlspol;        /* the current exchanger's (DANE, MTA-STS); req borrows its records */
 	struct deliver_rcpt *dr;
 	struct sched_last *last;        /* how its last attempt ended, or NULL (nothing yet) */

@@ -341,6 +341,71 @@ test_envelope_decode_rejects(void)
  * Commit and scan.
  */
 
+/*
+ * The images kept for the first delivery attempt stay under their bound:
+ * past it a message has none (its file serves), a freed one gives its bytes
+ * back, and a borrowed reference outlives the message's own.
+ */
+static void
+test_image_bound(void)
+{
+	struct commit_res res[4];
+	struct sink fresh = { .n = 0 };
+	struct queue_image *lent;
+	struct queue_msg *m[4];
+	char body[1000];
+	uv_loop_t loop;
+	struct queue *q;
+	char dir[128];
+	size_t i, one = 0, held0 = queue_image_held();
+
+	memset(body, 'x', sizeof(body));
+	memset(res, 0, sizeof(res));
+	new_qdir(dir, sizeof(dir));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	for (i = 0; i < 3; i++) {
+		submit(q, &rich_env, body, sizeof(body), sizeof(body), &res[i]);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		m[i] = sink_find(&fresh, res[i].qid);
+		CHECK(m[i] != NULL);
+		if (m[i] == NULL)
+			exit(1);
+		if (i == 0) {                           /* room for two images, not three */
+			one = queue_image_held() - held0;
+			CHECK(one > sizeof(body));
+			queue_image_set_max(held0 + 2 * one + one / 2);
+		}
+	}
+	CHECK(m[0]->image != NULL && m[1]->image != NULL);
+	CHECK(m[2]->image == NULL);                     /* over the bound: from its file */
+	CHECK_INT(queue_image_held(), held0 + 2 * one);
+
+	lent = queue_image_ref(m[0]->image);            /* a delivery borrows it */
+	queue_msg_drop_image(m[0]);
+	CHECK(m[0]->image == NULL);
+	CHECK_INT(queue_image_held(), held0 + 2 * one);         /* still lent */
+	CHECK(memcmp(queue_image_body(lent), body, sizeof(body)) == 0);
+	queue_image_unref(lent);
+	CHECK_INT(queue_image_held(), held0 + one);             /* room again */
+	submit(q, &rich_env, body, sizeof(body), sizeof(body), &res[3]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	m[3] = sink_find(&fresh, res[3].qid);
+	CHECK(m[3] != NULL && m[3]->image != NULL);
+
+	queue_image_set_max(0);                         /* none at all */
+	memset(&res[2], 0, sizeof(res[2]));
+	submit(q, &rich_env, body, sizeof(body), sizeof(body), &res[2]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK(sink_find(&fresh, res[2].qid) != NULL && sink_find(&fresh, res[2].qid)->image == NULL);
+	queue_image_set_max(QUEUE_IMAGE_MAX);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);                              /* frees the messages and their images */
+	CHECK_INT(queue_image_held(), held0);
+}
+
 static void
 test_roundtrip_files(bool named)
 {
@@ -409,7 +474,12 @@ test_roundtrip_files(bool named)
 			continue;
 		check_env_equal(&m->env, rows[i].env, rows[i].len);
 		check_body(m, bodies[i], rows[i].len);
+		/* one write: the image stays with it, the same bytes as the file */
+		CHECK_MSG((m->image != NULL) == (rows[i].len < 65536), "row %zu", i);
+		if (m->image != NULL)
+			CHECK(memcmp(queue_image_body(m->image), bodies[i], rows[i].len) == 0);
 	}
+	CHECK(queue_image_held() > 4096 * 2);
 	close_queue(&loop, q);
 	CHECK_INT(count_dir(dir, "msg"), RELAY_ARRAY_LEN(rows));  /* spare files removed */
 	CHECK(!file_exists(dir, "", "incoming"));
@@ -1150,6 +1220,7 @@ main(void)
 	test_envelope_decode_rejects();
 	test_sigkill();
 	test_roundtrip();
+	test_image_bound();
 	test_records();
 	test_leftovers();
 	test_recycle();
