@@ -367,6 +367,10 @@ sched_record_cb(struct sched *s, struct sched_msg *sm, const struct queue_record
 		s->npending--;
 		s->nheld_rcpts -= m->held;
 	}
+	if (hold)
+		sched_msg_tally(s, sm);
+	else if (rec->rcpt >= 0 && (size_t)rec->rcpt < m->env.nrcpts)
+		sched_rcpt_tally(s, sm, (size_t)rec->rcpt);
 	return rc == 0;
 }
 
@@ -588,6 +592,7 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 			else
 				s->nr_waiting--;
 			sm->rc[i].job = NULL;
+			sched_rcpt_tally(s, sm, i);
 			if (job->nrcpts == 0)
 				sched_job_cancel(s, job, 0);
 		}
@@ -634,6 +639,8 @@ sched_msg_free(struct sched *s, struct sched_msg *sm)
 		s->nmsgs--;
 		sched_tally_msg(s, sm->m, -1);
 	}
+	sm->deleted = true;             /* out of relayctl stats' tallies */
+	sched_msg_tally(s, sm);
 	sm->m->sched = NULL;
 	queue_msg_free(sm->m);
 	free(sm->rc);
@@ -762,6 +769,7 @@ sched_msg_add(struct sched *s, struct queue_msg *m, bool fresh)
 	TAILQ_INSERT_TAIL(&s->msgs, sm, entry);
 	s->nmsgs++;
 	sched_tally_msg(s, m, 1);
+	sched_msg_tally(s, sm);
 	/* Due things run from the timer, never inside the queue's callback. */
 	sched_heap_set(s, &sm->wake, 0);
 }
@@ -796,6 +804,7 @@ sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err)
 
 	s->magic = SCHED_MAGIC;
 	s->loop = deps->loop;
+	htab_init(&s->tdoms, &htab_ops_nocase);
 	s->conf = conf_ref(deps->conf);
 	s->stats = deps->stats;
 	s->q = deps->queue;
@@ -1005,13 +1014,13 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 	}
 	for (job = TAILQ_FIRST(&s->active); job != NULL; job = jn) {
 		jn = TAILQ_NEXT(job, entry);
-		if (job->state == SCHED_JOB_RESOLVING && (job->mxq != NULL || job->stsq != NULL)) {
-			if (job->mxq != NULL)
-				dns_cancel(job->mxq);
-			if (job->stsq != NULL)
-				mtasts_cancel(job->stsq);
-			job->mxq = NULL;
-			job->stsq = NULL;
+		if (job->state == SCHED_JOB_RESOLVING && (job->at->mxq != NULL || job->at->stsq != NULL)) {
+			if (job->at->mxq != NULL)
+				dns_cancel(job->at->mxq);
+			if (job->at->stsq != NULL)
+				mtasts_cancel(job->at->stsq);
+			job->at->mxq = NULL;
+			job->at->stsq = NULL;
 			TAILQ_REMOVE(&s->active, job, entry);
 			s->nactive--;
 			s->nr_active -= job->nrcpts;
@@ -1057,6 +1066,7 @@ sched_free(struct sched *s)
 	free(s->heap);
 	htab_free(&s->mhash);
 	htab_free(&s->dhash);
+	sched_tally_free(s);
 	s->magic = 0;
 	free(s);
 }
@@ -1330,6 +1340,7 @@ sched_delete(struct sched *s, const char *qid)
 	s->nmsgs--;
 	sched_tally_msg(s, sm->m, -1);
 	sm->deleted = true;
+	sched_msg_tally(s, sm);
 	if (sm->njobs == 0)
 		sched_msg_free(s, sm);  /* deleted: out of the lists and tallies already */
 	sched_arm(s);
