@@ -146,7 +146,10 @@ sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route)
 	job->conf = conf_ref(s->conf);
 	/* no more than the message has: most have one, and max_rcpts_per_txn is 100 */
 	max = s->conf->router.max_rcpts_per_txn ? s->conf->router.max_rcpts_per_txn : 1;
-	job->rcpts = xcalloc(max < sm->m->env.nrcpts ? max : sm->m->env.nrcpts, sizeof(*job->rcpts));
+	if (max > sm->m->env.nrcpts)
+		max = sm->m->env.nrcpts;
+	/* a job of one recipient (most are) keeps its index inline */
+	job->rcpts = max <= 1 ? &job->rcpt1 : xcalloc(max, sizeof(*job->rcpts));
 	sm->njobs++;
 	return job;
 }
@@ -197,7 +200,8 @@ sched_job_free(struct sched_job *job)
 	free(job->last);
 	route_release(&job->route);
 	conf_unref(job->conf);
-	free(job->rcpts);
+	if (job->rcpts != &job->rcpt1)
+		free(job->rcpts);
 	job->magic = 0;
 	free(job);
 }

@@ -162,8 +162,10 @@ struct sched_job {
 	struct sched_dest *dest;
 	struct route route;
 	struct conf *conf;              /* the snapshot the job runs under */
-	int *rcpts;                     /* indices into the message's recipients */
-	size_t nrcpts;
+	int *rcpts;                     /* indices into the message's recipients (&rcpt1, or
+	                                   allocated when the job may take more than one) */
+	int rcpt1;
+	unsigned nrcpts;
 	uint64_t flush_gen;             /* the flush that made its recipients due, 0 = none */
 	struct sched_attempt *at;       /* while an attempt runs (active), else NULL */
 	struct sched_last *last;        /* how its last attempt ended, or NULL (nothing yet) */
