@@ -33,11 +33,13 @@ struct dkim_keys;
 #define SCHED_PROBE_FLOOR    100             /* ms: a probe is never due "in the past" */
 #define SCHED_HEALTH_KEEP    (24 * 3600 * 1000ULL)
 #define SCHED_SWEEP_EVERY    (3600 * 1000ULL)
+#define SCHED_TRIM_CHURN     10000           /* messages/records before the heap is trimmed */
+#define SCHED_TRIM_QUIET     (2 * 1000ULL)   /* ms with less churn than that, first */
 
 /* ------------------------------------------------------------------ */
 /* Types. */
 
-enum sched_wake_kind { SCHED_WAKE_MSG, SCHED_WAKE_DEST };
+enum sched_wake_kind { SCHED_WAKE_MSG, SCHED_WAKE_DEST, SCHED_WAKE_TRIM };
 
 struct sched_wake {
 	uint64_t at;                    /* SCHED_NOWAKE when not in the heap */
@@ -250,6 +252,10 @@ struct sched {
 	uint64_t rnd_state;
 	uint64_t last_sweep;
 	uint64_t flush_gen;             /* counts flush --all / --domain */
+	/* Returning freed memory (sched_churn): a mass start-up, deferral or
+	 * delivery frees as much as it keeps, in holes malloc does not give back. */
+	struct sched_wake trim_wake;
+	size_t churn, churn_seen;       /* since the last trim; at the last look */
 };
 
 enum sched_news { SCHED_NEWS_NONE, SCHED_NEWS_REACHED, SCHED_NEWS_DOWN };
@@ -268,6 +274,8 @@ void sched_msg_run(struct sched *s, struct sched_msg *sm, uint64_t now);
 void sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now);
 struct sched_msg *sched_msg_lookup(struct sched *s, const char *qid);
 void sched_msg_free(struct sched *s, struct sched_msg *sm);
+/* n messages or records came or went: trim the heap once things are quiet. */
+void sched_churn(struct sched *s, size_t n);
 void sched_shutdown_check(struct sched *s);
 /* router_sched_tlsrpt.c: tell tlsrpt/ how a session (res) or a refusal before
  * connecting (res NULL, the job's tlspol says why) with exchanger tg went. */
