@@ -252,6 +252,7 @@ sched_churn(struct sched *s, size_t n)
 	if (s->churn >= SCHED_TRIM_CHURN && s->trim_wake.at == SCHED_NOWAKE && s->loaded &&
 	    !s->stopping) {
 		s->churn_seen = s->churn;
+		s->trim_delay = 0;
 		sched_heap_set(s, &s->trim_wake, sched_now(s) + SCHED_TRIM_QUIET);
 		sched_arm(s);
 	}
@@ -261,20 +262,33 @@ sched_churn(struct sched *s, size_t n)
  * The trim wake: once SCHED_TRIM_QUIET has passed with less than
  * SCHED_TRIM_CHURN more churn, give the pages of freed memory back
  * (malloc_trim: after a 200,000-message start-up and deferral, 330 MiB of
- * RSS became 135 MiB; it walks the free lists once, on the loop).
+ * RSS became 135 MiB; it walks the free lists once, on the loop).  The
+ * queue's threads free the records issued meanwhile later, so while a trim
+ * gives something back another follows, each after twice the wait, up to
+ * SCHED_TRIM_LAST.
  */
 static void
 sched_trim(struct sched *s, uint64_t now)
 {
+	int released = 0;
+
 	if (s->churn - s->churn_seen >= SCHED_TRIM_CHURN) {
 		s->churn_seen = s->churn;
+		s->trim_delay = SCHED_TRIM_QUIET;
 		sched_heap_set(s, &s->trim_wake, now + SCHED_TRIM_QUIET);
 		return;
 	}
 	s->churn = s->churn_seen = 0;
 #ifdef __GLIBC__
-	malloc_trim(0);
+	released = malloc_trim(0);
 #endif
+	if (s->trim_delay == 0)
+		s->trim_delay = SCHED_TRIM_QUIET;
+	s->trim_delay *= 2;
+	if (released && s->trim_delay <= SCHED_TRIM_LAST)
+		sched_heap_set(s, &s->trim_wake, now + s->trim_delay);
+	else
+		s->trim_delay = 0;
 }
 
 void

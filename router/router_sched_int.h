@@ -35,6 +35,7 @@ struct dkim_keys;
 #define SCHED_SWEEP_EVERY    (3600 * 1000ULL)
 #define SCHED_TRIM_CHURN     10000           /* messages/records before the heap is trimmed */
 #define SCHED_TRIM_QUIET     (2 * 1000ULL)   /* ms with less churn than that, first */
+#define SCHED_TRIM_LAST      (128 * 1000ULL) /* the longest wait between trims that give back */
 
 /* ------------------------------------------------------------------ */
 /* Types. */
@@ -256,6 +257,7 @@ struct sched {
 	 * delivery frees as much as it keeps, in holes malloc does not give back. */
 	struct sched_wake trim_wake;
 	size_t churn, churn_seen;       /* since the last trim; at the last look */
+	uint64_t trim_delay;            /* ms before the next follow-up trim, 0 = none due */
 };
 
 enum sched_news { SCHED_NEWS_NONE, SCHED_NEWS_REACHED, SCHED_NEWS_DOWN };
