@@ -242,76 +242,16 @@ rctl_route_list(struct rctl *c)
 }
 
 /* ------------------------------------------------------------------ */
-/* stats: the queue by state and by destination domain. */
-
-struct rctl_dom {
-	struct htab_node node;          /* in rctl_stats.doms */
-	char *name;                     /* lower-cased */
-	size_t n;
-	const char *dest;               /* a destination seen for it (borrowed) */
-};
-
-struct rctl_stats {
-	struct rctl *c;
-	size_t msgs;
-	size_t pending, deferred, held, active;
-	struct htab doms;               /* struct rctl_dom by name, case ignored */
-	struct rctl_dom *dom;           /* then copied out of it, to be sorted */
-};
-
-static struct rctl_dom *
-rctl_dom_get(struct rctl_stats *st, const char *name)
-{
-	struct htab_node *n = htab_find(&st->doms, name);
-	struct rctl_dom *d;
-	size_t k;
-
-	if (n != NULL)
-		return HTAB_ENTRY(n, struct rctl_dom, node);
-	d = xcalloc(1, sizeof(*d));
-	d->name = xstrdup(name);
-	for (k = 0; d->name[k] != '\0'; k++)
-		if (d->name[k] >= 'A' && d->name[k] <= 'Z')
-			d->name[k] = (char)(d->name[k] - 'A' + 'a');
-	htab_insert(&st->doms, &d->node, d->name);
-	return d;
-}
-
-static void
-rctl_stats_msg(void *arg, const struct queue_msg *m)
-{
-	struct rctl_stats *st = arg;
-	struct rctl_rstate rs;
-	struct rctl_dom *d;
-	size_t i;
-
-	st->msgs++;
-	for (i = 0; i < m->env.nrcpts; i++) {
-		if (m->rcpt[i].state != RCPT_PENDING)
-			continue;
-		rctl_rcpt_state(st->c, m, i, &rs);
-		if (strcmp(rs.name, "held") == 0)
-			st->held++;
-		else if (strcmp(rs.name, "deferred") == 0)
-			st->deferred++;
-		else if (strcmp(rs.name, "active") == 0)
-			st->active++;
-		else
-			st->pending++;
-		d = rctl_dom_get(st, rctl_domain_of(m->env.rcpts[i].addr));
-		d->n++;
-		if (rs.dest != NULL)
-			d->dest = rs.dest;
-	}
-}
+/* stats: the queue by state and by destination domain, from the scheduler's
+ * tallies (sched_stats: O(domains), never a walk over the recipients). */
 
 static int
 rctl_dom_cmp(const void *a, const void *b)
 {
-	const struct rctl_dom *x = a, *y = b;
+	const struct sched_stats_dom *x = a, *y = b;
 
-	if (x->n != y->n)
-		return x->n > y->n ? -1 : 1;
+	if (x->rcpts != y->rcpts)
+		return x->rcpts > y->rcpts ? -1 : 1;
 	return strcmp(x->name, y->name);
 }
 
@@ -332,7 +272,7 @@ rctl_dest_find(void *arg, const struct sched_dest_view *d)
 }
 
 static const char *
-rctl_dom_state(struct rctl *c, const struct rctl_dom *d, struct buf *alt)
+rctl_dom_state(struct rctl *c, const struct sched_stats_dom *d, struct buf *alt)
 {
 	struct rctl_dest_find f;
 
@@ -347,43 +287,138 @@ rctl_dom_state(struct rctl *c, const struct rctl_dom *d, struct buf *alt)
 	return f.state;
 }
 
+#ifndef NDEBUG
+/*
+ * Debug builds (the test suite): the tallies must equal a walk over every
+ * pending recipient, as stats was computed before it had them.  A
+ * difference is a broken invariant: the process stops, naming it.
+ */
+struct rctl_walk {
+	struct rctl *c;
+	struct sched_stats st;
+	struct htab doms;               /* struct rctl_walk_dom by name, case ignored */
+};
+
+struct rctl_walk_dom {
+	struct htab_node node;
+	const char *name;               /* borrowed from the message */
+	size_t n;
+	const char *dest;               /* the last destination seen for it, or NULL */
+	size_t ndests;                  /* recipients in jobs, by distinct destinations seen */
+	bool mixed;                     /* more than one destination seen */
+};
+
+static void
+rctl_walk_msg(void *arg, const struct queue_msg *m)
+{
+	struct rctl_walk *w = arg;
+	struct rctl_rstate rs;
+	struct rctl_walk_dom *d;
+	struct htab_node *n;
+	const char *dom;
+	size_t i;
+
+	w->st.messages++;
+	for (i = 0; i < m->env.nrcpts; i++) {
+		if (m->rcpt[i].state != RCPT_PENDING)
+			continue;
+		rctl_rcpt_state(w->c, m, i, &rs);
+		if (strcmp(rs.name, "held") == 0)
+			w->st.held++;
+		else if (strcmp(rs.name, "deferred") == 0)
+			w->st.deferred++;
+		else if (strcmp(rs.name, "active") == 0)
+			w->st.active++;
+		else
+			w->st.pending++;
+		dom = rctl_domain_of(m->env.rcpts[i].addr);
+		if ((n = htab_find(&w->doms, dom)) != NULL)
+			d = HTAB_ENTRY(n, struct rctl_walk_dom, node);
+		else {
+			d = xcalloc(1, sizeof(*d));
+			d->name = dom;
+			htab_insert(&w->doms, &d->node, d->name);
+		}
+		d->n++;
+		if (rs.dest != NULL) {
+			if (d->dest != NULL && strcmp(d->dest, rs.dest) != 0)
+				d->mixed = true;
+			d->dest = rs.dest;
+		}
+	}
+}
+
+static void
+rctl_stats_check(struct rctl *c, const struct sched_stats *st)
+{
+	struct rctl_walk w;
+	struct htab_iter it;
+	struct htab_node *n;
+	size_t i, ndoms = 0;
+
+	memset(&w, 0, sizeof(w));
+	w.c = c;
+	htab_init(&w.doms, &htab_ops_nocase);
+	sched_foreach(c->s, rctl_walk_msg, &w);
+	if (w.st.messages != st->messages || w.st.pending != st->pending ||
+	    w.st.deferred != st->deferred || w.st.held != st->held || w.st.active != st->active)
+		fatalx("%s: tallies %zu msgs %zu/%zu/%zu/%zu, walk %zu msgs %zu/%zu/%zu/%zu "
+		    "(pending/deferred/held/active)", __func__, st->messages, st->pending,
+		    st->deferred, st->held, st->active, w.st.messages, w.st.pending, w.st.deferred,
+		    w.st.held, w.st.active);
+	for (i = 0; i < st->ndoms; i++) {
+		struct rctl_walk_dom *d;
+
+		if ((n = htab_find(&w.doms, st->doms[i].name)) == NULL)
+			fatalx("%s: domain %s tallied, not in the queue", __func__, st->doms[i].name);
+		d = HTAB_ENTRY(n, struct rctl_walk_dom, node);
+		if (d->n != st->doms[i].rcpts)
+			fatalx("%s: domain %s: tallies %zu recipients, walk %zu", __func__,
+			    st->doms[i].name, st->doms[i].rcpts, d->n);
+		if (!d->mixed && ((d->dest == NULL) != (st->doms[i].dest == NULL) ||
+		    (d->dest != NULL && strcmp(d->dest, st->doms[i].dest) != 0)))
+			fatalx("%s: domain %s: tallies destination %s, walk %s", __func__,
+			    st->doms[i].name, st->doms[i].dest != NULL ? st->doms[i].dest : "-",
+			    d->dest != NULL ? d->dest : "-");
+	}
+	HTAB_FOREACH(n, &w.doms, &it) {
+		ndoms++;
+		free(HTAB_ENTRY(n, struct rctl_walk_dom, node));
+	}
+	htab_free(&w.doms);
+	if (ndoms != st->ndoms)
+		fatalx("%s: tallies %zu domains, walk %zu", __func__, st->ndoms, ndoms);
+}
+#endif
+
 int
 rctl_stats(struct rctl *c)
 {
-	struct rctl_stats st;
+	struct sched_stats st;
 	struct buf *b = c->out, alt = BUF_INIT;
-	struct htab_iter it;
-	struct htab_node *n;
 	size_t i, j, top;
 
-	memset(&st, 0, sizeof(st));
-	st.c = c;
-	htab_init(&st.doms, &htab_ops_nocase);
-	sched_foreach(c->s, rctl_stats_msg, &st);
-	/* Copy out of the table, sort by count: the domains are few next to the recipients. */
-	st.dom = xcalloc(htab_count(&st.doms) + 1, sizeof(*st.dom));
-	j = 0;
-	HTAB_FOREACH(n, &st.doms, &it) {
-		st.dom[j++] = *HTAB_ENTRY(n, struct rctl_dom, node);
-		free(HTAB_ENTRY(n, struct rctl_dom, node));
-	}
-	htab_free(&st.doms);
+	sched_stats(c->s, c->now, &st);
+#ifndef NDEBUG
+	rctl_stats_check(c, &st);
+#endif
+	j = st.ndoms;
 	if (j > 1)
-		qsort(st.dom, j, sizeof(*st.dom), rctl_dom_cmp);
+		qsort(st.doms, j, sizeof(*st.doms), rctl_dom_cmp);
 	top = j < RCTL_TOP_DESTS ? j : RCTL_TOP_DESTS;
 	if (c->json) {
 		buf_printf(b, "{\"messages\":%zu,\"recipients\":{\"pending\":%zu,\"deferred\":%zu,"
-		    "\"held\":%zu,\"active\":%zu},\"domains\":%zu,\"top_destinations\":[", st.msgs,
+		    "\"held\":%zu,\"active\":%zu},\"domains\":%zu,\"top_destinations\":[", st.messages,
 		    st.pending, st.deferred, st.held, st.active, j);
 		for (i = 0; i < top; i++) {
 			buf_puts(b, i ? ",{\"domain\":" : "{\"domain\":");
-			json_str(b, st.dom[i].name);
-			buf_printf(b, ",\"recipients\":%zu,\"state\":\"%s\"}", st.dom[i].n,
-			    rctl_dom_state(c, &st.dom[i], &alt));
+			json_str(b, st.doms[i].name);
+			buf_printf(b, ",\"recipients\":%zu,\"state\":\"%s\"}", st.doms[i].rcpts,
+			    rctl_dom_state(c, &st.doms[i], &alt));
 		}
 		buf_puts(b, "]}");
 	} else {
-		buf_printf(b, "%-14s %zu\n", "queued", st.msgs);
+		buf_printf(b, "%-14s %zu\n", "queued", st.messages);
 		buf_printf(b, "%-14s %zu\n", "  pending", st.pending);
 		buf_printf(b, "%-14s %zu\n", "  deferred", st.deferred);
 		buf_printf(b, "%-14s %zu\n", "  held", st.held);
@@ -391,13 +426,11 @@ rctl_stats(struct rctl *c)
 		if (top > 0)
 			buf_printf(b, "\n%-32s %10s  %s\n", "TOP DESTINATIONS", "RECIPIENTS", "STATE");
 		for (i = 0; i < top; i++) {
-			rctl_text_pad(b, st.dom[i].name, 33);
-			buf_printf(b, "%10zu  %s\n", st.dom[i].n, rctl_dom_state(c, &st.dom[i], &alt));
+			rctl_text_pad(b, st.doms[i].name, 33);
+			buf_printf(b, "%10zu  %s\n", st.doms[i].rcpts, rctl_dom_state(c, &st.doms[i], &alt));
 		}
 	}
-	for (i = 0; i < j; i++)
-		free(st.dom[i].name);
-	free(st.dom);
+	sched_stats_free(&st);
 	buf_free(&alt);
 	return 0;
 }

@@ -111,6 +111,28 @@ struct sched_tally {
 void sched_tally(const struct sched *s, struct sched_tally *out);
 
 /*
+ * relayctl stats: pending recipients by relayctl's states (recipients of
+ * jobs queued behind their destination's window and due ones whose retry
+ * time is not after now are "pending"; those waiting for a down destination
+ * or due later "deferred") and by recipient domain, from tallies the
+ * scheduler keeps as recipients move: O(domains), plus the messages whose
+ * wake-up is not after now (none once the queue has settled).
+ */
+struct sched_stats_dom {
+	const char *name;               /* lower-cased; valid until the loop runs again */
+	size_t rcpts;                   /* its pending recipients */
+	const char *dest;               /* the destination one of them is in a job for, or NULL */
+};
+struct sched_stats {
+	size_t messages;
+	size_t pending, deferred, held, active;
+	struct sched_stats_dom *doms;   /* ndoms, in no order; sched_stats_free() */
+	size_t ndoms;
+};
+void sched_stats(struct sched *s, uint64_t now, struct sched_stats *out);
+void sched_stats_free(struct sched_stats *st);
+
+/*
  * Attempt now, ignoring retry timers and host backoff: what is NULL or "" (every
  * message), a queue id, or a recipient domain.  Returns the number of messages
  * flushed (0 = nothing matched).

@@ -146,7 +146,10 @@ sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route)
 	job->conf = conf_ref(s->conf);
 	/* no more than the message has: most have one, and max_rcpts_per_txn is 100 */
 	max = s->conf->router.max_rcpts_per_txn ? s->conf->router.max_rcpts_per_txn : 1;
-	job->rcpts = xcalloc(max < sm->m->env.nrcpts ? max : sm->m->env.nrcpts, sizeof(*job->rcpts));
+	if (max > sm->m->env.nrcpts)
+		max = sm->m->env.nrcpts;
+	/* a job of one recipient (most are) keeps its index inline */
+	job->rcpts = max <= 1 ? &job->rcpt1 : xcalloc(max, sizeof(*job->rcpts));
 	sm->njobs++;
 	return job;
 }
@@ -158,9 +161,27 @@ sched_job_add_rcpt(struct sched_job *job, int i)
 
 	job->rcpts[job->nrcpts++] = i;
 	rc->job = job;
+	sched_rcpt_tally(job->s, job->sm, (size_t)i);
 	if (rc->flush_gen > job->flush_gen)
 		job->flush_gen = rc->flush_gen;
 	rc->flush_gen = 0;
+}
+
+/* The job's attempt is over (no query or delivery of it out): free what it held. */
+static void
+sched_attempt_free(struct sched_job *job)
+{
+	struct sched_attempt *at = job->at;
+
+	if (at == NULL)
+		return;
+	if (at->mx != NULL)
+		dns_result_free(at->mx);
+	free(at->dr);
+	tlspolicy_clear(&at->tlspol);
+	mtasts_policy_release(&at->sts);
+	free(at);
+	job->at = NULL;
 }
 
 /* Free a job that is in no list; its recipients become free (retry_at kept). */
@@ -170,22 +191,21 @@ sched_job_free(struct sched_job *job)
 	size_t k;
 
 	for (k = 0; k < job->nrcpts; k++)
-		if (job->sm->rc[job->rcpts[k]].job == job)
+		if (job->sm->rc[job->rcpts[k]].job == job) {
 			job->sm->rc[job->rcpts[k]].job = NULL;
+			sched_rcpt_tally(job->s, job->sm, (size_t)job->rcpts[k]);
+		}
 	queue_image_unref(job->image);
 	/* The message's first round of attempts is over (delivered, deferred or
 	 * failed): later ones read its file, the image's memory goes now. */
 	if (--job->sm->njobs == 0)
 		queue_msg_drop_image(job->sm->m);
-	if (job->mx != NULL)
-		dns_result_free(job->mx);
-	free(job->dr);
+	sched_attempt_free(job);
 	free(job->last);
-	tlspolicy_clear(&job->tlspol);
-	mtasts_policy_release(&job->sts);
 	route_release(&job->route);
 	conf_unref(job->conf);
-	free(job->rcpts);
+	if (job->rcpts != &job->rcpt1)
+		free(job->rcpts);
 	job->magic = 0;
 	free(job);
 }
@@ -239,6 +259,7 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const c
 	TAILQ_INSERT_TAIL(&d->waiting, job, entry);
 	d->nwaiting++;
 	s->nr_waiting += job->nrcpts;
+	sched_job_tally(job);
 	for (k = 0; k < job->nrcpts; k++) {
 		int i = job->rcpts[k];
 
@@ -313,8 +334,8 @@ sched_job_probe_at(struct sched *s, struct sched_job *job, uint64_t now)
 	struct health_host *h;
 	size_t ti, ai;
 
-	for (ti = 0; job->mx != NULL && ti < job->ntargets; ti++) {
-		const struct dns_target *tg = &job->mx->targets[ti];
+	for (ti = 0; job->at->mx != NULL && ti < job->at->ntargets; ti++) {
+		const struct dns_target *tg = &job->at->mx->targets[ti];
 
 		for (ai = 0; ai < tg->naddrs; ai++) {
 			health_addr_key((const struct sockaddr *)&tg->addrs[ai].ss, key, sizeof(key));
@@ -375,6 +396,7 @@ sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
 			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
 			d->nbacklog++;
 			s->nr_backlog += job->nrcpts;
+			sched_job_tally(job);
 		}
 		sched_log_dest("destination_up", d, now, LOG_NOTICE);
 		d->down_since = 0;
@@ -405,9 +427,10 @@ sched_job_end(struct sched_job *job, enum sched_news news)
 		d->probe_out = false;
 		job->probe = false;
 	}
-	if (news == SCHED_NEWS_DOWN && !s->stopping && !sm->deleted)
-		sched_dest_down(s, d, job, now);
-	else
+	if (news == SCHED_NEWS_DOWN && !s->stopping && !sm->deleted) {
+		sched_dest_down(s, d, job, now);        /* reads the attempt's exchangers */
+		sched_attempt_free(job);
+	} else
 		sched_job_free(job);
 	if (news == SCHED_NEWS_REACHED) {
 		bool was_down = d->state == SCHED_DEST_DOWN;
@@ -489,21 +512,21 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	queue_image_unref(job->image);          /* deliver is done with req.body */
 	job->image = NULL;
 	req->body = NULL;
-	tg = &job->mx->targets[job->ti];
+	tg = &job->at->mx->targets[job->at->ti];
 	last = sched_job_last(job);
 	snprintf(last->host, sizeof(last->host), "%s", tg->host);
 	if (res->ip[0] != '\0')
 		snprintf(last->ip, sizeof(last->ip), "%s", res->ip);
 	else
-		sched_addr_ip(&tg->addrs[job->ai], last->ip, sizeof(last->ip));
+		sched_addr_ip(&tg->addrs[job->at->ai], last->ip, sizeof(last->ip));
 	snprintf(last->status, sizeof(last->status), "%s",
 	    res->status_code[0] ? res->status_code : "4.4.1");
 	snprintf(last->reply, sizeof(last->reply), "%s", res->reply);
 
-	h = health_get(s->health, job->addr_key, tg->host);
-	if (job->probing_host) {
+	h = health_get(s->health, job->at->addr_key, tg->host);
+	if (job->at->probing_host) {
 		h->probing = false;
-		job->probing_host = false;
+		job->at->probing_host = false;
 	}
 
 	if (job->sm->deleted || (s->stopping && res->status != DELIVER_DONE)) {
@@ -525,7 +548,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 			sched_log_host(h, last->ip);
 			sched_shared_host_down(s, h);
 		} else
-			job->soft_fail = true;
+			job->at->soft_fail = true;
 		log_begin(&l, LOG_INFO, "host_failed");
 		log_kv(&l, "qid", m->qid);
 		log_kv(&l, "host", last->host);
@@ -538,7 +561,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 		log_end(&l);
 		sched_tlsrpt_session(s, job, tg, res, last->ip);
 		deliver_req_clear(req);
-		job->ai++;
+		job->at->ai++;
 		if (s->stopping) {
 			sched_job_end(job, SCHED_NEWS_NONE);
 			return;
@@ -562,7 +585,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 		s->outcome_tls = res->tls[0] != '\0' ? res->tls : NULL;
 		s->outcome_tls_version = res->tls_version[0] != '\0' ? res->tls_version : NULL;
 		for (k = 0; k < job->nrcpts; k++) {
-			const struct deliver_rcpt *dr = &job->dr[k];
+			const struct deliver_rcpt *dr = &job->at->dr[k];
 			int i = job->rcpts[k];
 
 			if (m->rcpt[i].state != RCPT_PENDING)
@@ -596,7 +619,7 @@ sched_job_exhausted(struct sched_job *job)
 	const struct sched_last *last = sched_job_seen(job);
 	uint64_t now = sched_now(s);
 
-	if (job->soft_fail) {
+	if (job->at->soft_fail) {
 		/* Some host answered but would not do (TLS policy, greeting):
 		 * the destination is up; these recipients retry on their own. */
 		sched_job_outcome_all(s, job, SCHED_DEFERRED,
@@ -620,40 +643,40 @@ sched_job_next(struct sched_job *job)
 	uint64_t now = sched_now(s);
 	size_t k;
 
-	for (; job->ti < job->ntargets; job->ti++, job->ai = 0) {
-		const struct dns_target *tg = &job->mx->targets[job->ti];
+	for (; job->at->ti < job->at->ntargets; job->at->ti++, job->at->ai = 0) {
+		const struct dns_target *tg = &job->at->mx->targets[job->at->ti];
 
 		/* DANE, then MTA-STS (tlspolicy/): what TLS this exchanger needs,
 		 * or not to use it */
-		tlspolicy_clear(&job->tlspol);
-		tlspolicy_for_target(job->route.tls, tg, &job->tlspol);
-		tlspolicy_apply_sts(job->route.tls, job->has_sts ? &job->sts : NULL, tg->host,
-		    &job->tlspol);
-		if (job->tlspol.testing != NULL && job->ai == 0)
+		tlspolicy_clear(&job->at->tlspol);
+		tlspolicy_for_target(job->route.tls, tg, &job->at->tlspol);
+		tlspolicy_apply_sts(job->route.tls, job->at->has_sts ? &job->at->sts : NULL, tg->host,
+		    &job->at->tlspol);
+		if (job->at->tlspol.testing != NULL && job->at->ai == 0)
 			log_event(LOG_NOTICE, "tls_policy_testing", "qid", m->qid, "host", tg->host,
-			    "policy", job->tlspol.source, "result", job->tlspol.testing,
-			    "error", job->tlspol.reason, NULL);
-		if (job->tlspol.refuse && job->ai < tg->naddrs) {
+			    "policy", job->at->tlspol.source, "result", job->at->tlspol.testing,
+			    "error", job->at->tlspol.reason, NULL);
+		if (job->at->tlspol.refuse && job->at->ai < tg->naddrs) {
 			last = sched_job_last(job);
 			snprintf(last->host, sizeof(last->host), "%s", tg->host);
 			sched_addr_ip(&tg->addrs[0], last->ip, sizeof(last->ip));
-			snprintf(last->status, sizeof(last->status), "%s", job->tlspol.status);
-			snprintf(last->reply, sizeof(last->reply), "%s", job->tlspol.reason);
-			job->soft_fail = true;
+			snprintf(last->status, sizeof(last->status), "%s", job->at->tlspol.status);
+			snprintf(last->reply, sizeof(last->reply), "%s", job->at->tlspol.reason);
+			job->at->soft_fail = true;
 			sched_tls_refused(s, job, tg);
 			log_event(LOG_NOTICE, "tls_policy_refused", "qid", m->qid, "host", tg->host,
-			    "policy", job->tlspol.source, "status", job->tlspol.status,
-			    "result", job->tlspol.result, "error", job->tlspol.reason, NULL);
+			    "policy", job->at->tlspol.source, "status", job->at->tlspol.status,
+			    "result", job->at->tlspol.result, "error", job->at->tlspol.reason, NULL);
 			sched_tlsrpt_session(s, job, tg, NULL, NULL);
 			continue;
 		}
 
-		for (; job->ai < tg->naddrs; job->ai++) {
-			const struct dns_addr *a = &tg->addrs[job->ai];
+		for (; job->at->ai < tg->naddrs; job->at->ai++) {
+			const struct dns_addr *a = &tg->addrs[job->at->ai];
 
-			health_addr_key((const struct sockaddr *)&a->ss, job->addr_key,
-			    sizeof(job->addr_key));
-			h = health_get(s->health, job->addr_key, tg->host);
+			health_addr_key((const struct sockaddr *)&a->ss, job->at->addr_key,
+			    sizeof(job->at->addr_key));
+			h = health_get(s->health, job->at->addr_key, tg->host);
 			v = health_host_check(h, now);
 			if (v == HEALTH_SKIP && !job->force) {
 				char until[32];
@@ -670,55 +693,55 @@ sched_job_next(struct sched_job *job)
 			}
 			if (v == HEALTH_PROBE) {
 				h->probing = true;
-				job->probing_host = true;
+				job->at->probing_host = true;
 			}
 
-			memset(&job->req, 0, sizeof(job->req));
-			job->req.qid = m->qid;
-			job->req.msg_path = m->path;
-			job->req.body_offset = m->body_offset;
-			job->req.body_len = m->body_len;
+			memset(&job->at->req, 0, sizeof(job->at->req));
+			job->at->req.qid = m->qid;
+			job->at->req.msg_path = m->path;
+			job->at->req.body_offset = m->body_offset;
+			job->at->req.body_len = m->body_len;
 			/* Its first attempts send the image kept since its publish. */
 			queue_image_unref(job->image);
 			job->image = queue_image_ref(m->image);
-			job->req.body = job->image != NULL ? queue_image_body(job->image) : NULL;
-			job->req.prefix = m->dkim;
-			job->req.prefix_len = m->dkim != NULL ? strlen(m->dkim) : 0;
-			job->req.sender = m->env.sender;
-			job->req.envid = m->env.envid;
-			job->req.ret = (int)m->env.ret;
-			job->req.body_8bit = m->env.body_8bit;
-			job->req.smtputf8 = m->env.smtputf8;
-			free(job->dr);
-			job->dr = xcalloc(job->nrcpts, sizeof(*job->dr));
+			job->at->req.body = job->image != NULL ? queue_image_body(job->image) : NULL;
+			job->at->req.prefix = m->dkim;
+			job->at->req.prefix_len = m->dkim != NULL ? strlen(m->dkim) : 0;
+			job->at->req.sender = m->env.sender;
+			job->at->req.envid = m->env.envid;
+			job->at->req.ret = (int)m->env.ret;
+			job->at->req.body_8bit = m->env.body_8bit;
+			job->at->req.smtputf8 = m->env.smtputf8;
+			free(job->at->dr);
+			job->at->dr = xcalloc(job->nrcpts, sizeof(*job->at->dr));
 			for (k = 0; k < job->nrcpts; k++) {
 				const struct env_rcpt *er = &m->env.rcpts[job->rcpts[k]];
 
-				job->dr[k].addr = er->addr;
-				job->dr[k].orcpt = er->orcpt;
-				job->dr[k].notify = er->notify;
+				job->at->dr[k].addr = er->addr;
+				job->at->dr[k].orcpt = er->orcpt;
+				job->at->dr[k].notify = er->notify;
 			}
-			job->req.rcpts = job->dr;
-			job->req.nrcpts = job->nrcpts;
-			job->req.host = tg->host;
-			memcpy(&job->req.addr, &a->ss, sizeof(a->ss));
-			job->req.addrlen = a->len;
-			job->req.tls = job->route.tls;
-			job->req.policy = job->tlspol.policy;
-			job->req.tlsa = job->tlspol.tlsa;
-			job->req.ntlsa = job->tlspol.ntlsa;
-			job->req.auth_user = job->route.auth_user;
-			job->req.auth_password = job->route.auth_password;
-			job->req.helo_name = job->conf->hostname;
+			job->at->req.rcpts = job->at->dr;
+			job->at->req.nrcpts = job->nrcpts;
+			job->at->req.host = tg->host;
+			memcpy(&job->at->req.addr, &a->ss, sizeof(a->ss));
+			job->at->req.addrlen = a->len;
+			job->at->req.tls = job->route.tls;
+			job->at->req.policy = job->at->tlspol.policy;
+			job->at->req.tlsa = job->at->tlspol.tlsa;
+			job->at->req.ntlsa = job->at->tlspol.ntlsa;
+			job->at->req.auth_user = job->route.auth_user;
+			job->at->req.auth_password = job->route.auth_password;
+			job->at->req.helo_name = job->conf->hostname;
 			job->state = SCHED_JOB_DELIVERING;
-			if (deliver_start(s->d, &job->req, sched_on_deliver, job) == 0)
+			if (deliver_start(s->d, &job->at->req, sched_on_deliver, job) == 0)
 				return;
 			job->state = SCHED_JOB_RESOLVING;
-			if (job->probing_host) {
+			if (job->at->probing_host) {
 				h->probing = false;
-				job->probing_host = false;
+				job->at->probing_host = false;
 			}
-			job->soft_fail = true;
+			job->at->soft_fail = true;
 			last = sched_job_last(job);
 			snprintf(last->host, sizeof(last->host), "%s", tg->host);
 			sched_addr_ip(a, last->ip, sizeof(last->ip));
@@ -733,12 +756,12 @@ sched_job_next(struct sched_job *job)
 static void
 sched_job_sts_known(struct sched_job *job, const struct mtasts_answer *a)
 {
-	mtasts_policy_release(&job->sts);
-	job->has_sts = a->policy != NULL;
-	snprintf(job->sts_failure, sizeof(job->sts_failure), "%s",
+	mtasts_policy_release(&job->at->sts);
+	job->at->has_sts = a->policy != NULL;
+	snprintf(job->at->sts_failure, sizeof(job->at->sts_failure), "%s",
 	    a->policy == NULL && a->failure != NULL ? a->failure : "");
 	if (a->policy != NULL)
-		mtasts_policy_copy(&job->sts, a->policy);
+		mtasts_policy_copy(&job->at->sts, a->policy);
 	sched_job_next(job);
 }
 
@@ -747,9 +770,9 @@ sched_on_sts(void *arg, const struct mtasts_answer *a)
 {
 	struct sched_job *job = arg;
 
-	if (job->magic != SCHED_MAGIC_JOB || job->state != SCHED_JOB_RESOLVING || job->stsq == NULL)
+	if (job->magic != SCHED_MAGIC_JOB || job->state != SCHED_JOB_RESOLVING || job->at->stsq == NULL)
 		fatalx("%s: answer for a job not waiting for it", __func__);
-	job->stsq = NULL;
+	job->at->stsq = NULL;
 	if (job->sm->deleted) {
 		sched_job_end(job, SCHED_NEWS_NONE);
 		return;
@@ -774,7 +797,7 @@ sched_job_sts(struct sched_job *job)
 		sched_job_sts_known(job, &a);
 		return;
 	}
-	if (mtasts_get(s->mtasts, job->route.dest, &a, sched_on_sts, job, &job->stsq) == 0)
+	if (mtasts_get(s->mtasts, job->route.dest, &a, sched_on_sts, job, &job->at->stsq) == 0)
 		sched_job_sts_known(job, &a);
 }
 
@@ -789,7 +812,7 @@ sched_on_mx(void *arg, struct dns_result *res)
 
 	if (job->magic != SCHED_MAGIC_JOB || job->state != SCHED_JOB_RESOLVING)
 		fatalx("%s: answer for a job not resolving", __func__);
-	job->mxq = NULL;
+	job->at->mxq = NULL;
 	if (job->sm->deleted) {
 		dns_result_free(res);
 		sched_job_end(job, SCHED_NEWS_NONE);
@@ -809,7 +832,7 @@ sched_on_mx(void *arg, struct dns_result *res)
 		sched_job_end(job, SCHED_NEWS_NONE);
 		return;
 	}
-	job->mx = res;
+	job->at->mx = res;
 	if (job->route.nhosts == 0)
 		dane_seen_record(s->dane, job->route.dest, res, job->conf->router.dnssec, now);
 	n = res->ntargets;
@@ -817,8 +840,8 @@ sched_on_mx(void *arg, struct dns_result *res)
 		for (n = 1; n < res->ntargets && res->targets[n].pref == res->targets[0].pref; n++)
 			;
 	}
-	job->ntargets = n;
-	job->ti = job->ai = 0;
+	job->at->ntargets = n;
+	job->at->ti = job->at->ai = 0;
 	sched_job_sts(job);
 }
 
@@ -831,18 +854,15 @@ sched_job_start(struct sched *s, struct sched_job *job)
 	TAILQ_INSERT_TAIL(&s->active, job, entry);
 	s->nactive++;
 	s->nr_active += job->nrcpts;
+	sched_job_tally(job);
 	d->inflight++;
 	job->ntried = 0;
-	job->soft_fail = false;
-	job->ti = job->ai = 0;
-	if (job->mx != NULL) {
-		dns_result_free(job->mx);
-		job->mx = NULL;
-	}
+	sched_attempt_free(job);
+	job->at = xcalloc(1, sizeof(*job->at));
 	if (job->route.nhosts > 0)
-		job->mxq = dns_lookup_hosts(s->mx, job->route.hosts, job->route.nhosts, sched_on_mx, job);
+		job->at->mxq = dns_lookup_hosts(s->mx, job->route.hosts, job->route.nhosts, sched_on_mx, job);
 	else
-		job->mxq = dns_lookup(s->mx, job->route.dest, job->conf->router.smtp_port,
+		job->at->mxq = dns_lookup(s->mx, job->route.dest, job->conf->router.smtp_port,
 		    sched_on_mx, job);
 }
 
@@ -880,6 +900,7 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
 			d->nbacklog++;
 			s->nr_backlog += job->nrcpts;
+			sched_job_tally(job);
 			return;
 		}
 	}

@@ -33,11 +33,14 @@ struct dkim_keys;
 #define SCHED_PROBE_FLOOR    100             /* ms: a probe is never due "in the past" */
 #define SCHED_HEALTH_KEEP    (24 * 3600 * 1000ULL)
 #define SCHED_SWEEP_EVERY    (3600 * 1000ULL)
+#define SCHED_TRIM_CHURN     10000           /* messages/records before the heap is trimmed */
+#define SCHED_TRIM_QUIET     (2 * 1000ULL)   /* ms with less churn than that, first */
+#define SCHED_TRIM_LAST      (128 * 1000ULL) /* the longest wait between trims that give back */
 
 /* ------------------------------------------------------------------ */
 /* Types. */
 
-enum sched_wake_kind { SCHED_WAKE_MSG, SCHED_WAKE_DEST };
+enum sched_wake_kind { SCHED_WAKE_MSG, SCHED_WAKE_DEST, SCHED_WAKE_TRIM };
 
 struct sched_wake {
 	uint64_t at;                    /* SCHED_NOWAKE when not in the heap */
@@ -60,11 +63,28 @@ struct sched_last {
 	char reply[512];
 };
 
+/* Where a recipient is counted for relayctl stats (router_sched_tally.c). */
+enum sched_tb {
+	SCHED_TB_NONE,                  /* not counted: delivered, failed, or its message deleted */
+	SCHED_TB_DUE,                   /* pending, in no job: due at retry_at */
+	SCHED_TB_ACTIVE,                /* in an attempt */
+	SCHED_TB_QUEUED,                /* in a job behind its destination's window */
+	SCHED_TB_WAITING,               /* in a job waiting for its destination */
+	SCHED_TB_HELD,                  /* its message is held */
+	SCHED_TB_N
+};
+
+struct sched_tdom;
+struct sched_tdest;
+
 struct sched_rcpt {
 	uint64_t retry_at;              /* pending, not in a job: next attempt */
 	struct sched_job *job;          /* the job it is in, or NULL */
 	uint64_t down_since;            /* its destination is down since (reports), 0 = not */
 	uint64_t flush_gen;             /* made due by this flush (s->flush_gen), 0 = not */
+	struct sched_tdom *tdom;        /* counted under its domain (tbucket != NONE), else NULL */
+	struct sched_tdest *tdest;      /* and under its job's destination, or NULL */
+	uint8_t tbucket;                /* enum sched_tb: where it is counted */
 	bool report_out;                /* its report's commit is in flight */
 };
 
@@ -104,38 +124,54 @@ enum sched_job_state {
 	SCHED_JOB_DELIVERING,           /* in s->active: deliver attempt out */
 };
 
+/*
+ * What one attempt of a job needs while it runs (resolving, then walking the
+ * exchangers with deliver/): allocated when the attempt starts
+ * (sched_job_start), freed when it ends (sched_job_end) or with the job.  A
+ * queued or waiting job (up to one per queued message in an outage) has
+ * none: these ~850 bytes are paid per attempt in flight, not per message.
+ */
+struct sched_attempt {
+	struct dns_query *mxq;
+	struct dns_result *mx;
+	struct mtasts_query *stsq;      /* the domain's MTA-STS policy is being looked up */
+	bool has_sts;                   /* sts holds the domain's policy (a copy) */
+	bool soft_fail;                 /* an address failed without being down (TLS...) */
+	bool probing_host;              /* this attempt is the host's probe */
+	struct mtasts_policy sts;
+	char sts_failure[32];           /* RFC 8460 result type of a failed MTA-STS fetch with no
+	                                   policy to apply (TLSRPT counts it), or "" */
+	size_t ntargets;                /* targets allowed (primary-only cuts) */
+	size_t ti, ai;                  /* the address being tried */
+	char addr_key[HEALTH_ADDR_MAX];
+	struct deliver_req req;
+	struct tlspolicy tlspol;        /* the current exchanger's (DANE, MTA-STS); req borrows its records */
+	struct deliver_rcpt *dr;
+};
+
+/*
+ * One transaction of one message to one destination.  Kept small: a queued
+ * message whose destination is down has one for as long as it waits.
+ */
 struct sched_job {
 	uint32_t magic;
+	enum sched_job_state state;
+	unsigned ntried;                /* connections attempted by the last attempt */
+	bool force;                     /* flush: ignore backoff and destination state */
+	bool probe;                     /* the destination's probe */
 	TAILQ_ENTRY(sched_job) entry;   /* dest->backlog, dest->waiting or s->active */
 	struct sched *s;
 	struct sched_msg *sm;
 	struct sched_dest *dest;
 	struct route route;
 	struct conf *conf;              /* the snapshot the job runs under */
-	int *rcpts;                     /* indices into the message's recipients */
-	size_t nrcpts;
-	enum sched_job_state state;
-	bool force;                     /* flush: ignore backoff and destination state */
-	bool probe;                     /* the destination's probe */
+	int *rcpts;                     /* indices into the message's recipients (&rcpt1, or
+	                                   allocated when the job may take more than one) */
+	int rcpt1;
+	unsigned nrcpts;
 	uint64_t flush_gen;             /* the flush that made its recipients due, 0 = none */
-
-	struct dns_query *mxq;
-	struct dns_result *mx;
-	struct mtasts_query *stsq;      /* the domain's MTA-STS policy is being looked up */
-	bool has_sts;                   /* sts holds the domain's policy (a copy) */
-	struct mtasts_policy sts;
-	char sts_failure[32];           /* RFC 8460 result type of a failed MTA-STS fetch with no
-	                                   policy to apply (TLSRPT counts it), or "" */
-	size_t ntargets;                /* targets allowed (primary-only cuts) */
-	size_t ti, ai;                  /* the address being tried */
-	unsigned ntried;                /* connections attempted */
-	bool soft_fail;                 /* an address failed without being down (TLS...) */
-	bool probing_host;              /* this attempt is the host's probe */
-	char addr_key[HEALTH_ADDR_MAX];
-	struct deliver_req req;
-	struct queue_image *image;      /* the reference req.body borrows, until its callback */
-	struct tlspolicy tlspol;        /* the current exchanger's (DANE, MTA-STS); req borrows its records */
-	struct deliver_rcpt *dr;
+	struct sched_attempt *at;       /* while an attempt runs (active), else NULL */
+	struct queue_image *image;      /* the reference at->req.body borrows, until its callback */
 	struct sched_last *last;        /* how its last attempt ended, or NULL (nothing yet) */
 };
 TAILQ_HEAD(sched_jobq, sched_job);
@@ -198,6 +234,9 @@ struct sched {
 	size_t nr_active, nr_backlog, nr_waiting;  /* recipients of the jobs in s->active,
 	                                   in the backlogs, waiting for their destination */
 	unsigned nreports;              /* reports whose commit is in flight */
+	/* relayctl stats (sched_stats()), kept as recipients move: router_sched_tally.c. */
+	size_t tb[SCHED_TB_N];          /* recipients by enum sched_tb */
+	struct htab tdoms;              /* struct sched_tdom by recipient domain, case ignored */
 
 	bool loaded;
 	bool stopping;
@@ -215,6 +254,11 @@ struct sched {
 	uint64_t rnd_state;
 	uint64_t last_sweep;
 	uint64_t flush_gen;             /* counts flush --all / --domain */
+	/* Returning freed memory (sched_churn): a mass start-up, deferral or
+	 * delivery frees as much as it keeps, in holes malloc does not give back. */
+	struct sched_wake trim_wake;
+	size_t churn, churn_seen;       /* since the last trim; at the last look */
+	uint64_t trim_delay;            /* ms before the next follow-up trim, 0 = none due */
 };
 
 enum sched_news { SCHED_NEWS_NONE, SCHED_NEWS_REACHED, SCHED_NEWS_DOWN };
@@ -233,12 +277,23 @@ void sched_msg_run(struct sched *s, struct sched_msg *sm, uint64_t now);
 void sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now);
 struct sched_msg *sched_msg_lookup(struct sched *s, const char *qid);
 void sched_msg_free(struct sched *s, struct sched_msg *sm);
+/* n messages or records came or went: trim the heap once things are quiet. */
+void sched_churn(struct sched *s, size_t n);
 void sched_shutdown_check(struct sched *s);
 /* router_sched_tlsrpt.c: tell tlsrpt/ how a session (res) or a refusal before
  * connecting (res NULL, the job's tlspol says why) with exchanger tg went. */
 void sched_tlsrpt_session(struct sched *s, struct sched_job *job, const struct dns_target *tg,
     const struct deliver_result *res, const char *ip);
 bool sched_job_active(const struct sched_job *job);
+
+/* router_sched_tally.c: relayctl stats' tallies.  Count recipient i of sm
+ * again after anything its view depends on changed (its state, its job or
+ * the job's state or destination, the message's hold or deletion); the
+ * others for every recipient of sm, or of job. */
+void sched_rcpt_tally(struct sched *s, struct sched_msg *sm, size_t i);
+void sched_msg_tally(struct sched *s, struct sched_msg *sm);
+void sched_job_tally(struct sched_job *job);
+void sched_tally_free(struct sched *s);
 
 /* router_sched_report.c: the reports a message owes (failures, expiries,
  * successes: reason is an extra sentence or NULL; the delay warning), recorded

@@ -24,10 +24,10 @@
 static const char *
 sched_tls_policy_name(const struct sched_job *job)
 {
-	if (job->tlspol.refuse)
-		return job->tlspol.source != NULL ? job->tlspol.source : "dane";
-	if (job->tlspol.policy != DELIVER_POLICY_CONF)
-		return tlspolicy_name(&job->tlspol);
+	if (job->at->tlspol.refuse)
+		return job->at->tlspol.source != NULL ? job->at->tlspol.source : "dane";
+	if (job->at->tlspol.policy != DELIVER_POLICY_CONF)
+		return tlspolicy_name(&job->at->tlspol);
 	return conf_tls_name(job->route.tls);
 }
 
@@ -71,8 +71,8 @@ sched_tls_refused(struct sched *s, struct sched_job *job, const struct dns_targe
 	uint64_t now = sched_now(s);
 	size_t i;
 
-	snprintf(why, sizeof(why), "%s %s %s", job->tlspol.status,
-	    job->tlspol.result != NULL ? job->tlspol.result : "-", job->tlspol.reason);
+	snprintf(why, sizeof(why), "%s %s %s", job->at->tlspol.status,
+	    job->at->tlspol.result != NULL ? job->at->tlspol.result : "-", job->at->tlspol.reason);
 	for (i = 0; i < tg->naddrs; i++) {
 		health_addr_key((const struct sockaddr *)&tg->addrs[i].ss, key, sizeof(key));
 		health_host_policy(health_get(s->health, key, tg->host), policy, why, false, now);

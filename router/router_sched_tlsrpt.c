@@ -88,22 +88,22 @@ sched_tlsrpt_session(struct sched *s, struct sched_job *job, const struct dns_ta
 	ev.domain = job->route.dest;
 	ev.receiving_mx = tg->host;
 	ev.receiving_ip = ip != NULL && ip[0] != '\0' ? ip : NULL;
-	sts = job->tlspol.source != NULL ? strcmp(job->tlspol.source, "mta-sts") == 0 :
-	    job->has_sts && job->sts.mode != MTASTS_MODE_NONE;
-	if (sts && job->has_sts) {
+	sts = job->at->tlspol.source != NULL ? strcmp(job->at->tlspol.source, "mta-sts") == 0 :
+	    job->at->has_sts && job->at->sts.mode != MTASTS_MODE_NONE;
+	if (sts && job->at->has_sts) {
 		ev.type = TLSRPT_STS;
-		strings = sched_sts_strings(&job->sts, &nstrings, &mx);
+		strings = sched_sts_strings(&job->at->sts, &nstrings, &mx);
 		ev.mx_host = buf_cstr(&mx);
-	} else if (job->tlspol.refuse || job->tlspol.policy != DELIVER_POLICY_CONF) {
+	} else if (job->at->tlspol.refuse || job->at->tlspol.policy != DELIVER_POLICY_CONF) {
 		ev.type = TLSRPT_TLSA;
 		ev.mx_host = tg->host;
 		strings = sched_tlsa_strings(tg);
 		nstrings = tg->ntlsa;
-	} else if (job->sts_failure[0] != '\0') {
+	} else if (job->at->sts_failure[0] != '\0') {
 		/* the domain announces MTA-STS, but its policy could not be had:
 		 * that failure stands for every session */
 		ev.type = TLSRPT_STS;
-		ev.result = job->sts_failure;
+		ev.result = job->at->sts_failure;
 	}
 	ev.strings = (const char *const *)strings;
 	ev.nstrings = nstrings;
@@ -111,11 +111,11 @@ sched_tlsrpt_session(struct sched *s, struct sched_job *job, const struct dns_ta
 		goto out;       /* no TLS session: a connection refused, a timeout ... */
 	if (ev.result == NULL) {
 		if (res == NULL)
-			ev.result = job->tlspol.result;
+			ev.result = job->at->tlspol.result;
 		else if (res->tls_result[0] != '\0')
 			ev.result = res->tls_result;    /* (testing: what enforce would refuse) */
-		else if (job->tlspol.testing != NULL)
-			ev.result = job->tlspol.testing;
+		else if (job->at->tlspol.testing != NULL)
+			ev.result = job->at->tlspol.testing;
 		else if (res->tls[0] == '\0' || strcmp(res->tls, "none") == 0)
 			ev.result = "starttls-not-supported";
 	}
