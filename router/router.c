@@ -33,6 +33,7 @@ struct router {
 	uint32_t magic;
 	uv_loop_t *loop;
 	struct conf *conf;
+	struct conf *start_conf;         /* the one queue_dir and deliver.thread came from */
 	struct relay_stats *stats;
 	struct queue *queue;             /* NULL once closed */
 	struct dns_resolver *mx;          /* NULL once closed */
@@ -66,6 +67,7 @@ router_new(uv_loop_t *loop, struct conf *conf, struct relay_stats *stats,
 		return -1;
 	}
 	r->conf = conf_ref(conf);
+	r->start_conf = conf_ref(conf);
 	if ((r->mx = dns_new(loop, conf, err)) == NULL)
 		goto fail;
 	if ((r->http = http_new(loop, r->mx, err)) == NULL)
@@ -101,6 +103,7 @@ fail:
 		deliver_shutdown(r->deliver, NULL, NULL);
 	queue_close(r->queue, NULL, NULL);
 	conf_unref(r->conf);
+	conf_unref(r->start_conf);
 	r->magic = 0;
 	free(r);
 	return -1;
@@ -111,12 +114,13 @@ router_reload(struct router *r, struct conf *conf)
 {
 	struct buf err = BUF_INIT;
 
-	if (strcmp(conf->queue_dir, r->conf->queue_dir) != 0)
+	/* against what is in use (opened at start), not the last reload's */
+	if (strcmp(conf->queue_dir, r->start_conf->queue_dir) != 0)
 		log_event(LOG_WARNING, "reload_ignored", "setting", "queue_dir",
-		    "kept", r->conf->queue_dir, NULL);
-	if (conf->deliver.thread != r->conf->deliver.thread)
+		    "kept", r->start_conf->queue_dir, NULL);
+	if (conf->deliver.thread != r->start_conf->deliver.thread)
 		log_event(LOG_WARNING, "reload_ignored", "setting", "deliver.thread",
-		    "kept", r->conf->deliver.thread ? "true" : "false", NULL);
+		    "kept", r->start_conf->deliver.thread ? "true" : "false", NULL);
 	conf_ref(conf);
 	conf_unref(r->conf);
 	r->conf = conf;
@@ -227,6 +231,7 @@ router_free(struct router *r)
 	if (r->deliver != NULL)
 		deliver_free(r->deliver);
 	conf_unref(r->conf);
+	conf_unref(r->start_conf);
 	r->magic = 0;
 	free(r);
 }

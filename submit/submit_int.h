@@ -449,6 +449,7 @@ struct submit {
 	uint32_t magic;
 	uv_loop_t *loop;
 	struct conf *conf;              /* current snapshot (one reference) */
+	struct conf *listen_conf;       /* the one the listeners opened with (one reference) */
 	struct router *router;
 	struct relay_stats *stats;
 	SSL_CTX *tls_ctx;

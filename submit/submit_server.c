@@ -172,6 +172,7 @@ submit_server_free_mem(struct submit *srv)
 		SSL_CTX_free(srv->tls_ctx);
 	buf_free(&srv->mechs);
 	conf_unref(srv->conf);
+	conf_unref(srv->listen_conf);
 	srv->magic = 0;
 	free(srv);
 }
@@ -197,6 +198,7 @@ submit_new(uv_loop_t *loop, struct conf *conf, struct router *router,
 	srv->magic = SUBMIT_MAGIC;
 	srv->loop = loop;
 	srv->conf = conf_ref(conf);
+	srv->listen_conf = conf_ref(conf);
 	srv->router = router;
 	srv->stats = stats;
 	TAILQ_INIT(&srv->sessions);
@@ -299,10 +301,11 @@ submit_reload(struct submit *s, struct conf *conf, struct buf *err)
 		dkim_keys_unref(dkim);
 		return -1;
 	}
-	if (!submit_server_same_listeners(s->conf->submit.listen, s->conf->submit.nlisten,
-	    conf->submit.listen, conf->submit.nlisten) ||
-	    !submit_server_same_listeners(s->conf->submit.listen_tls, s->conf->submit.nlisten_tls,
-	    conf->submit.listen_tls, conf->submit.nlisten_tls))
+	/* against the listeners in use, not the last reload's addresses */
+	if (!submit_server_same_listeners(s->listen_conf->submit.listen,
+	    s->listen_conf->submit.nlisten, conf->submit.listen, conf->submit.nlisten) ||
+	    !submit_server_same_listeners(s->listen_conf->submit.listen_tls,
+	    s->listen_conf->submit.nlisten_tls, conf->submit.listen_tls, conf->submit.nlisten_tls))
 		log_event(LOG_WARNING, "reload_listen_ignored", "reason",
 		    "listener addresses change only on restart", NULL);
 

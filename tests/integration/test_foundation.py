@@ -143,6 +143,33 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("reloaded", r.stdout)
 
+    def test_reload_compares_with_what_is_in_use(self):
+        """reload_listen_ignored and reload_ignored compare the new
+        configuration with the listeners and the queue directory in use, not
+        with the last reload's: setting them back is quiet."""
+        self.relay.start()
+        listen = list(self.relay.config["submit"]["listen"])
+        queue_dir = self.relay.config["queue_dir"]
+        other_dir = os.path.join(self.relay.tmpdir, "queue-other")
+        os.makedirs(other_dir, mode=0o700)
+        port = self.relay.submit_port + 1
+        self.relay.config["submit"]["listen"] = ["%s:%d" % (self.relay.host, port)]
+        self.relay.update_config(queue_dir=other_dir)
+        mark = self.relay.log_mark()
+        self.relay.sighup()
+        self.relay.wait_for_log("reloaded", since=mark)
+        self.relay.wait_for_log("reload_listen_ignored", since=mark)
+        ev = self.relay.wait_for_log("reload_ignored", since=mark, setting="queue_dir")
+        self.assertEqual(ev["kept"], queue_dir)
+        # back to what is in use: nothing to ignore
+        self.relay.config["submit"]["listen"] = listen
+        self.relay.update_config(queue_dir=queue_dir)
+        mark = self.relay.log_mark()
+        self.relay.sighup()
+        self.relay.wait_for_log("reloaded", since=mark)
+        self.assertEqual(self.relay.count_log("reload_listen_ignored", since=mark), 0)
+        self.assertEqual(self.relay.count_log("reload_ignored", since=mark), 0)
+
     def test_sigterm_stops_cleanly(self):
         self.relay.start()
         rc = self.relay.stop()
