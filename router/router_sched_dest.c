@@ -310,6 +310,28 @@ sched_log_dest(const char *ev, struct sched_dest *d, uint64_t now, enum log_leve
 	log_end(&l);
 }
 
+/*
+ * Whether the destination has as many jobs in flight as it may.  Past the
+ * ramp (window 0) the scheduler sets no limit of its own below what
+ * deliver could connect (router.max_connections, at least SCHED_RAMP_MAX):
+ * more jobs than that would only wait inside deliver, each holding a
+ * request, and a released backlog of 100,000 would start them all in one
+ * loop turn (issue #16: memory grows per released message, other mail
+ * waits behind that turn).  The rest stays in the backlog, started as
+ * jobs end.
+ */
+static bool
+sched_dest_full(const struct sched *s, const struct sched_dest *d)
+{
+	unsigned cap = s->conf->router.max_connections;
+
+	if (cap < SCHED_RAMP_MAX)
+		cap = SCHED_RAMP_MAX;
+	if (d->window != 0 && d->window < cap)
+		cap = d->window;
+	return d->inflight >= cap;
+}
+
 /* Start queued jobs while the destination's window allows. */
 static void
 sched_dest_pump(struct sched *s, struct sched_dest *d)
@@ -318,8 +340,7 @@ sched_dest_pump(struct sched *s, struct sched_dest *d)
 
 	if (s->stopping || d->state == SCHED_DEST_DOWN)
 		return;
-	while ((job = TAILQ_FIRST(&d->backlog)) != NULL &&
-	    (d->window == 0 || d->inflight < d->window)) {
+	while ((job = TAILQ_FIRST(&d->backlog)) != NULL && !sched_dest_full(s, d)) {
 		sched_job_unlink(job);
 		sched_job_start(s, job);
 	}
@@ -895,7 +916,7 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 			sched_dest_rewake(s, d);
 			return;
 		}
-		if (d->window != 0 && d->inflight >= d->window) {
+		if (sched_dest_full(s, d)) {
 			job->state = SCHED_JOB_QUEUED;
 			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
 			d->nbacklog++;
