@@ -65,6 +65,18 @@ sched_ramp_grow(unsigned window)
 	return window * 2;
 }
 
+unsigned
+sched_dest_cap(unsigned max_connections, unsigned window)
+{
+	unsigned cap = max_connections;
+
+	if (cap < SCHED_RAMP_MAX)
+		cap = SCHED_RAMP_MAX;
+	if (window != 0 && window < cap)
+		cap = window;
+	return cap;
+}
+
 enum sched_outcome
 sched_code_outcome(int code)
 {

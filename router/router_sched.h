@@ -66,6 +66,15 @@ uint64_t sched_rcpt_due(const struct queue_rcpt *qr, const uint64_t *intervals, 
     uint32_t rnd);
 /* The ramp's next window after a success: doubles; 0 (no limit) once past SCHED_RAMP_MAX. */
 unsigned sched_ramp_grow(unsigned window);
+/*
+ * How many jobs a destination may have in flight: its ramp window while the
+ * ramp runs (window below the cap), else max(router.max_connections,
+ * SCHED_RAMP_MAX) — past the ramp (window 0) the scheduler sets no limit of
+ * its own below what deliver could connect; more would only wait inside
+ * deliver, each holding a request (a released backlog of 100,000 started in
+ * one loop turn).
+ */
+unsigned sched_dest_cap(unsigned max_connections, unsigned window);
 
 enum sched_outcome {
 	SCHED_DELIVERED,

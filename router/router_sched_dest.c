@@ -310,26 +310,11 @@ sched_log_dest(const char *ev, struct sched_dest *d, uint64_t now, enum log_leve
 	log_end(&l);
 }
 
-/*
- * Whether the destination has as many jobs in flight as it may.  Past the
- * ramp (window 0) the scheduler sets no limit of its own below what
- * deliver could connect (router.max_connections, at least SCHED_RAMP_MAX):
- * more jobs than that would only wait inside deliver, each holding a
- * request, and a released backlog of 100,000 would start them all in one
- * loop turn (issue #16: memory grows per released message, other mail
- * waits behind that turn).  The rest stays in the backlog, started as
- * jobs end.
- */
+/* Whether the destination has as many jobs in flight as it may (sched_dest_cap()). */
 static bool
 sched_dest_full(const struct sched *s, const struct sched_dest *d)
 {
-	unsigned cap = s->conf->router.max_connections;
-
-	if (cap < SCHED_RAMP_MAX)
-		cap = SCHED_RAMP_MAX;
-	if (d->window != 0 && d->window < cap)
-		cap = d->window;
-	return d->inflight >= cap;
+	return d->inflight >= sched_dest_cap(s->conf->router.max_connections, d->window);
 }
 
 /* Start queued jobs while the destination's window allows. */

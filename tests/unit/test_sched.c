@@ -108,6 +108,12 @@ test_ramp(void)
 	CHECK_INT(sched_ramp_grow(64), 128);
 	CHECK_INT(sched_ramp_grow(128), 0);
 	CHECK_INT(sched_ramp_grow(0), 0);
+	/* jobs in flight: the window while ramping, else what deliver could connect */
+	CHECK_INT(sched_dest_cap(1000, 0), 1000);
+	CHECK_INT(sched_dest_cap(1000, 8), 8);
+	CHECK_INT(sched_dest_cap(10, 0), SCHED_RAMP_MAX);
+	CHECK_INT(sched_dest_cap(10, 64), 64);
+	CHECK_INT(sched_dest_cap(300, 400), 300);
 	while (w != 0 && steps < 100) {
 		w = sched_ramp_grow(w);
 		steps++;
