@@ -270,20 +270,66 @@ sched_churn(struct sched *s, size_t n)
 	}
 }
 
+/* Resident bytes of this process (/proc/self/statm), or -1. */
+static int64_t
+sched_rss(void)
+{
+	FILE *f = fopen("/proc/self/statm", "re");
+	unsigned long long size, res;
+	int n;
+
+	if (f == NULL)
+		return -1;
+	n = fscanf(f, "%llu %llu", &size, &res);
+	fclose(f);
+	return n == 2 ? (int64_t)res * sysconf(_SC_PAGESIZE) : -1;
+}
+
+/* The thread pool: give freed pages back, and say how much RSS that saved. */
+static void
+sched_trim_work(uv_work_t *w)
+{
+	struct sched *s = w->data;
+	int64_t before = sched_rss(), after;
+
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+	after = sched_rss();
+	s->trim_gave = before >= 0 && after >= 0 ? before - after : -1;
+}
+
+/* The loop: another trim follows while one gives back enough to matter. */
+static void
+sched_trim_done(uv_work_t *w, int status)
+{
+	struct sched *s = w->data;
+
+	s->trimming = false;
+	if (status == 0 && !s->stopping && s->trim_gave >= (int64_t)SCHED_TRIM_WORTH &&
+	    s->trim_delay <= SCHED_TRIM_LAST)
+		sched_heap_set(s, &s->trim_wake, sched_now(s) + s->trim_delay);
+	else
+		s->trim_delay = 0;
+	if (s->stopping)
+		sched_shutdown_check(s);
+	else
+		sched_arm(s);
+}
+
 /*
  * The trim wake: once SCHED_TRIM_QUIET has passed with less than
  * SCHED_TRIM_CHURN more churn, give the pages of freed memory back
  * (malloc_trim: after a 200,000-message start-up and deferral, 330 MiB of
- * RSS became 135 MiB; it walks the free lists once, on the loop).  The
- * queue's threads free the records issued meanwhile later, so while a trim
- * gives something back another follows, each after twice the wait, up to
- * SCHED_TRIM_LAST.
+ * RSS became 135 MiB).  It walks every free list, hundreds of ms on a heap
+ * of a million messages, so it runs on the thread pool, never on the loop.
+ * The queue's threads free the records issued meanwhile later, so while a
+ * trim gives back at least SCHED_TRIM_WORTH of RSS another follows, each
+ * after twice the wait, up to SCHED_TRIM_LAST (at most seven in a row).
  */
 static void
 sched_trim(struct sched *s, uint64_t now)
 {
-	int released = 0;
-
 	if (s->churn - s->churn_seen >= SCHED_TRIM_CHURN) {
 		s->churn_seen = s->churn;
 		s->trim_delay = SCHED_TRIM_QUIET;
@@ -291,14 +337,14 @@ sched_trim(struct sched *s, uint64_t now)
 		return;
 	}
 	s->churn = s->churn_seen = 0;
-#ifdef __GLIBC__
-	released = malloc_trim(0);
-#endif
 	if (s->trim_delay == 0)
 		s->trim_delay = SCHED_TRIM_QUIET;
 	s->trim_delay *= 2;
-	if (released && s->trim_delay <= SCHED_TRIM_LAST)
-		sched_heap_set(s, &s->trim_wake, now + s->trim_delay);
+	if (s->trimming)
+		return;
+	s->trim_work.data = s;
+	if (uv_queue_work(s->loop, &s->trim_work, sched_trim_work, sched_trim_done) == 0)
+		s->trimming = true;
 	else
 		s->trim_delay = 0;
 }
@@ -1027,7 +1073,7 @@ void
 sched_shutdown_check(struct sched *s)
 {
 	if (s->nactive == 0 && s->nreports == 0 && s->timer_closed && s->routes_closed &&
-	    s->tlsrpt_closed && s->shutdown_done != NULL) {
+	    s->tlsrpt_closed && !s->trimming && s->shutdown_done != NULL) {
 		void (*done)(void *) = s->shutdown_done;
 
 		s->shutdown_done = NULL;
@@ -1123,6 +1169,8 @@ sched_free(struct sched *s)
 		fatalx("%s: %u attempts still in flight", __func__, s->nactive);
 	if (s->nreports > 0)
 		fatalx("%s: %u reports still being queued", __func__, s->nreports);
+	if (s->trimming)
+		fatalx("%s: a heap trim still runs", __func__);
 	while ((sm = TAILQ_FIRST(&s->msgs)) != NULL)
 		sched_msg_free(s, sm);
 	while ((d = TAILQ_FIRST(&s->dests)) != NULL) {
@@ -1403,8 +1451,14 @@ sched_delete(struct sched *s, const char *qid)
 	if (sm == NULL)
 		return RELAY_ENOENT;
 	sched_msg_cancel_jobs(s, sm, 0);
-	if ((rc = queue_remove(s->q, sm->m)) != 0)
+	if ((rc = queue_remove(s->q, sm->m)) != 0) {
+		/* Not deleted: its cancelled recipients are due again now, and a
+		 * due recipient's message always wakes by then (the tallies'
+		 * pending/deferred split rests on it). */
+		sched_msg_rewake(s, sm, sched_now(s));
+		sched_arm(s);
 		return rc;
+	}
 	s->stats->deleted++;
 	sched_admin_log("deleted", sm->m);
 	sched_heap_remove(s, &sm->wake);

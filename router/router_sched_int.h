@@ -36,6 +36,7 @@ struct dkim_keys;
 #define SCHED_TRIM_CHURN     10000           /* messages/records before the heap is trimmed */
 #define SCHED_TRIM_QUIET     (2 * 1000ULL)   /* ms with less churn than that, first */
 #define SCHED_TRIM_LAST      (128 * 1000ULL) /* the longest wait between trims that give back */
+#define SCHED_TRIM_WORTH     (4u << 20)      /* bytes of RSS a trim must give back for another */
 
 /* ------------------------------------------------------------------ */
 /* Types. */
@@ -259,6 +260,9 @@ struct sched {
 	struct sched_wake trim_wake;
 	size_t churn, churn_seen;       /* since the last trim; at the last look */
 	uint64_t trim_delay;            /* ms before the next follow-up trim, 0 = none due */
+	uv_work_t trim_work;            /* malloc_trim on the thread pool, off the loop */
+	bool trimming;                  /* trim_work is out */
+	int64_t trim_gave;              /* its result: bytes of RSS given back (or < 0: unknown) */
 };
 
 enum sched_news { SCHED_NEWS_NONE, SCHED_NEWS_REACHED, SCHED_NEWS_DOWN };

@@ -117,6 +117,21 @@ class StatsTallies(CtlCase):
         relay.wait_for_log("deferred", since=mark, qid=q1, timeout=20)
         self.check(1)
 
+    def test_a_failed_delete_leaves_the_tallies_right(self):
+        """`queue delete` cancels the message's waiting jobs before it removes
+        the file; when the removal fails (the file is gone), the message stays
+        queued and its recipients are due again: stats must still equal the
+        walk (relayd once left it with no wake-up, counted as deferred by the
+        tallies and pending by the walk; a debug build stopped on stats)."""
+        import os
+        relay = self.start()
+        q1 = self.send_deferred("a@example.net", "1")
+        self.check(1)
+        os.remove(os.path.join(relay.queue_dir, "msg", q1))
+        self.assertIn("deleted 0", self.ok("queue", "delete", q1))
+        self.check(1)
+        self.assertEqual(self.ctl("stats").returncode, 0)
+
 
 if __name__ == "__main__":
     unittest.main()
