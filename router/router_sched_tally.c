@@ -205,10 +205,16 @@ sched_stats(struct sched *s, uint64_t now, struct sched_stats *out)
 	out->doms = xcalloc(htab_count(&s->tdoms) + 1, sizeof(*out->doms));
 	HTAB_FOREACH(hn, &s->tdoms, &it) {
 		const struct sched_tdom *t = HTAB_ENTRY(hn, struct sched_tdom, node);
+		const struct sched_tdest *td, *best = t->dests;
 
+		/* A domain split over destinations (a reload changed its route
+		 * while jobs ran): the one holding most of its recipients. */
+		for (td = t->dests; td != NULL; td = td->next)
+			if (td->n > best->n)
+				best = td;
 		out->doms[j].name = t->name;
 		out->doms[j].rcpts = t->n;
-		out->doms[j].dest = t->dests != NULL ? t->dests->dest : NULL;
+		out->doms[j].dest = best != NULL ? best->dest : NULL;
 		j++;
 	}
 	out->ndoms = j;
