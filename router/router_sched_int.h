@@ -199,6 +199,7 @@ struct sched {
 	unsigned nreports;              /* reports whose commit is in flight */
 
 	bool loaded;
+	struct queue_scanner *scanner; /* the msg/ walk at start-up (sched_scan_begin) */
 	bool stopping;
 	bool timer_closed;
 	bool routes_closed;
