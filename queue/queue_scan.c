@@ -78,6 +78,7 @@ queue_scan_main(void *arg)
 	struct queue_dirent *v;
 	struct queue_msg *m;
 	size_t i, n = 0;
+	uint64_t end, now;
 	bool skip;
 	int rc;
 
@@ -87,8 +88,12 @@ queue_scan_main(void *arg)
 		uv_mutex_lock(&sc->mtx);
 		while (!sc->stop && sc->n - sc->head >= QUEUE_SCAN_PENDING)
 			uv_cond_wait(&sc->cond, &sc->mtx);
-		if (!sc->stop && sc->stall_ms > 0)
-			(void)uv_cond_timedwait(&sc->cond, &sc->mtx, sc->stall_ms * 1000000ULL);
+		if (sc->stall_ms > 0) {
+			/* The whole stall: the loop's "room again" signals do not cut it. */
+			end = util_mono_ms() + sc->stall_ms;
+			while (!sc->stop && (now = util_mono_ms()) < end)
+				(void)uv_cond_timedwait(&sc->cond, &sc->mtx, (end - now) * 1000000ULL);
+		}
 		skip = sc->stop || htab_find(&sc->made, v[i].name) != NULL;
 		uv_mutex_unlock(&sc->mtx);
 		if (queue_scan_stopped(sc))
@@ -149,7 +154,8 @@ queue_scan_async(uv_async_t *h)
 	k = sc->n - sc->head;
 	if (k > QUEUE_SCAN_BATCH)
 		k = QUEUE_SCAN_BATCH;
-	memcpy(batch, sc->v + sc->head, k * sizeof(*batch));
+	if (k > 0)      /* sc->v is NULL until the first message */
+		memcpy(batch, sc->v + sc->head, k * sizeof(*batch));
 	sc->head += k;
 	if (sc->head == sc->n)
 		sc->head = sc->n = 0;

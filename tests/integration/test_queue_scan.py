@@ -49,7 +49,7 @@ class QueueScanTest(unittest.TestCase):
 
     def test_answers_and_delivers_while_scanning(self):
         relay, sink, qids = self.fill()
-        relay.env["RELAYD_TEST_SCAN_STALL_MS"] = "400"
+        relay.env["RELAYD_TEST_SCAN_STALL_MS"] = "1500"   # 18 s: room for slow (sanitizer) builds
         mark = relay.log_mark()
         relay.start()
         # The listeners are open with the scan still running: a new message
@@ -66,7 +66,7 @@ class QueueScanTest(unittest.TestCase):
         r = relay.relayctl("queue", "show", qids[-1])
         if relay.count_log("queue_scanned", since=mark) == 0 and r.returncode != 0:
             self.assertIn("still being scanned", r.stdout + r.stderr)
-        done = relay.wait_for_log("queue_scanned", since=mark, timeout=60)
+        done = relay.wait_for_log("queue_scanned", since=mark, timeout=90)
         self.assertEqual((done["count"], done["corrupt"]), (str(N), "0"))
         sink.wait_for_messages(N + 1, timeout=30)
         subj = self.subjects(sink)
