@@ -1,7 +1,8 @@
 """test_queue_scan.py - the start-up scan of msg/ runs on its own thread after
 the listeners open (issue 16): relayd answers and delivers while it runs,
 relayctl says the queue is being scanned, every queued message is delivered
-once, and a stop or a kill -9 during the scan loses nothing.
+once, a reload during the scan does not stop it, and a stop or a kill -9
+during the scan loses nothing.
 
 The scan is slowed by the test hook RELAYD_TEST_SCAN_STALL_MS (each file
 waits that long first; RELAY_TEST_HOOKS builds only).  The messages are
@@ -73,6 +74,29 @@ class QueueScanTest(unittest.TestCase):
         self.assertEqual(sorted(subj), sorted(["old %d" % i for i in range(N)] + ["new"]))
         r = relay.relayctl("queue", "list")
         self.assertNotIn("scanning", r.stdout)
+
+    def test_reload_during_the_scan(self):
+        relay, sink, qids = self.fill()
+        relay.env["RELAYD_TEST_SCAN_STALL_MS"] = "1000"     # 12 s
+        mark = relay.log_mark()
+        relay.start()
+        relay.wait_for_log("started", since=mark)
+        relay.sighup()
+        relay.wait_for_log("reloaded", since=mark, timeout=20)
+        # The reload came while the scan ran; the scan goes on to the end.
+        self.assertEqual(relay.count_log("queue_scanned", since=mark), 0)
+        r = relay.relayctl("queue", "list")
+        self.assertIn("scanning the queue:", r.stdout)
+        done = relay.wait_for_log("queue_scanned", since=mark, timeout=90)
+        self.assertEqual((done["count"], done["corrupt"]), (str(N), "0"))
+        sink.wait_for_messages(N, timeout=30)
+        for qid in qids:
+            relay.wait_for_log("delivered", since=mark, qid=qid, timeout=30)
+        # Every message delivered, each once: the queue is empty, the sink has N.
+        r = relay.relayctl("queue", "list")
+        self.assertEqual(r.stdout, "queue is empty\n")
+        self.assertEqual(sorted(self.subjects(sink)), sorted("old %d" % i for i in range(N)))
+        self.assertEqual(relay.count_log("delivered", since=mark), N)
 
     def test_sigterm_during_the_scan_then_restart(self):
         relay, sink, qids = self.fill()
