@@ -211,24 +211,62 @@ rctl_list_one(void *arg, const struct queue_msg *m)
 	l->nrcpts += m->env.nrcpts;
 }
 
+static void rctl_scanning(struct rctl *c);
+
 int
 rctl_queue_list(struct rctl *c)
 {
 	struct rctl_list l = { c, 0, 0 };
+	size_t loaded, corrupt;
+	bool scanning;
 
 	if (c->json)
 		buf_puts(c->out, "{\"messages\":[");
 	sched_foreach(c->s, rctl_list_one, &l);
-	if (c->json)
-		buf_printf(c->out, "%s],\"count\":%zu,\"recipients\":%zu}\n", l.nmsgs ? "\n" : "",
+	scanning = sched_scanning(c->s, &loaded, &corrupt);
+	if (c->json) {
+		buf_printf(c->out, "%s],\"count\":%zu,\"recipients\":%zu", l.nmsgs ? "\n" : "",
 		    l.nmsgs, l.nrcpts);
-	else if (l.nmsgs == 0)
-		buf_puts(c->out, sched_count(c->s) == 0 ? "queue is empty\n" :
+		if (scanning)
+			buf_printf(c->out, ",\"scanning\":{\"loaded\":%zu,\"corrupt\":%zu}",
+			    loaded, corrupt);
+		buf_puts(c->out, "}\n");
+		return 0;
+	}
+	if (l.nmsgs == 0)
+		buf_puts(c->out, sched_count(c->s) == 0 && !scanning ? "queue is empty\n" :
 		    "no queued message matches\n");
 	else
 		buf_printf(c->out, "-- %zu message%s, %zu recipient%s\n", l.nmsgs,
 		    l.nmsgs == 1 ? "" : "s", l.nrcpts, l.nrcpts == 1 ? "" : "s");
+	if (scanning)
+		rctl_scanning(c);
 	return 0;
+}
+
+/* The start-up scan still runs: the listing is partial, a queue id may be unknown yet. */
+static void
+rctl_scanning(struct rctl *c)
+{
+	size_t loaded, corrupt;
+
+	(void)sched_scanning(c->s, &loaded, &corrupt);
+	buf_printf(c->out, "-- scanning the queue: %zu message%s loaded so far, %zu corrupt\n",
+	    loaded, loaded == 1 ? "" : "s", corrupt);
+}
+
+/* An unknown queue id: it may not be loaded yet while the scan runs; say so. */
+static int
+rctl_unknown_qid(struct rctl *c, const char *qid)
+{
+	size_t loaded, corrupt;
+
+	if (sched_scanning(c->s, &loaded, &corrupt))
+		buf_printf(c->out, "queue id %s not loaded yet: the queue is still being scanned "
+		    "(%zu message%s so far); try again", qid, loaded, loaded == 1 ? "" : "s");
+	else
+		buf_printf(c->out, "unknown queue id: %s", qid);
+	return RELAY_ENOENT;
 }
 
 /* ------------------------------------------------------------------ */
@@ -653,10 +691,8 @@ rctl_queue_show(struct rctl *c)
 	struct rctl_histv hv = { NULL, 0, 0 };
 	int rc;
 
-	if (m == NULL) {
-		buf_printf(c->out, "unknown queue id: %s", qid);
-		return RELAY_ENOENT;
-	}
+	if (m == NULL)
+		return rctl_unknown_qid(c, qid);
 	memset(&hd, 0, sizeof(hd));
 	(void)rctl_head_read(m, &hd);
 	if ((rc = queue_history(c->q, m->qid, rctl_hist_add, &hv)) != 0 && rc != RELAY_ENOENT) {
@@ -846,10 +882,8 @@ rctl_queue_action(struct rctl *c)
 	if (c->npos > 0) {
 		/* Every QID must exist before anything is done. */
 		for (i = 0; i < (size_t)c->npos; i++) {
-			if (sched_find(c->s, c->pos[i]) == NULL) {
-				buf_printf(c->out, "unknown queue id: %s", c->pos[i]);
-				return RELAY_ENOENT;
-			}
+			if (sched_find(c->s, c->pos[i]) == NULL)
+				return rctl_unknown_qid(c, c->pos[i]);
 		}
 		for (i = 0; i < (size_t)c->npos; i++) {
 			m = sched_find(c->s, c->pos[i]);

@@ -233,7 +233,10 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 
 	log_event(LOG_NOTICE, "started", "config", conf_path, "hostname", r->conf->hostname,
 	    "queue_dir", r->conf->queue_dir, NULL);
-	notify_ready(r->notify);        /* listening, the queue loaded */
+	/* msg/ loads on its thread while relayd answers (the journal was
+	 * replayed into it by router_new); the thread inherits the sandbox. */
+	router_scan_start(r->router);
+	notify_ready(r->notify);        /* listening; the queue loading (STATUS=) */
 	return 0;
 }
 

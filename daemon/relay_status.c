@@ -24,7 +24,7 @@ relay_status(void *arg, struct buf *out)
 {
 	struct relay *r = arg;
 	struct sched *s;
-	size_t queued, down = 0;
+	size_t queued, down = 0, loaded, corrupt;
 
 	if (r->magic != RELAY_MAGIC || r->router == NULL) {
 		buf_puts(out, "starting");
@@ -35,4 +35,6 @@ relay_status(void *arg, struct buf *out)
 	sched_foreach_dest(s, relay_count_down, &down);
 	buf_printf(out, "%zu message%s queued, %zu destination%s down",
 	    queued, queued == 1 ? "" : "s", down, down == 1 ? "" : "s");
+	if (sched_scanning(s, &loaded, &corrupt))
+		buf_printf(out, ", scanning the queue: %zu loaded so far", loaded);
 }

@@ -160,6 +160,8 @@ queue_qid_next(struct queue *q, char out[QID_MAX])
 		q->qid_seq = 0;
 	}
 	queue_qid_make(out, q->qid_ms, q->qid_seq, queue_random(q));
+	if (q->scanner != NULL)
+		queue_scanner_made(q->scanner, out);    /* the msg/ walk must not load it */
 }
 
 /*
@@ -358,10 +360,6 @@ queue_open_subdir(int dirfd, const char *name, int *fd)
 	return *fd == -1 ? -1 : 0;
 }
 
-struct queue_dirent {
-	char *name;
-	ino_t ino;
-};
 
 static int
 queue_cmp_dirents(const void *a, const void *b)
@@ -369,7 +367,7 @@ queue_cmp_dirents(const void *a, const void *b)
 	return strcmp(((const struct queue_dirent *)a)->name, ((const struct queue_dirent *)b)->name);
 }
 
-static void
+void
 queue_free_dir(struct queue_dirent *v, size_t n)
 {
 	size_t i;
@@ -380,7 +378,7 @@ queue_free_dir(struct queue_dirent *v, size_t n)
 }
 
 /* Entries of dirfd other than "." and "..", sorted by name (ids sort by time). */
-static struct queue_dirent *
+struct queue_dirent *
 queue_read_dir(int dirfd, size_t *count)
 {
 	DIR *d;
@@ -1265,9 +1263,7 @@ queue_quarantine(struct queue *q, const char *name, const char *why)
 int
 queue_scan(struct queue *q, queue_new_cb *cb, void *arg)
 {
-	struct buf why = BUF_INIT;
 	struct queue_msg *m;
-	struct log_line l;
 	struct queue_dirent *v;
 	size_t i, n, loaded = 0, corrupt = 0;
 	int rc;
@@ -1277,31 +1273,54 @@ queue_scan(struct queue *q, queue_new_cb *cb, void *arg)
 		return RELAY_EIO;
 	}
 	for (i = 0; i < n; i++) {
-		buf_reset(&why);
-		if (queue_name_reserved(v[i].name))
-			continue;            /* a spare file (or a leftover kept at open) */
-		if (!queue_qid_valid(v[i].name)) {
-			queue_quarantine(q, v[i].name, "not a queue id");
-			corrupt++;
-			continue;
-		}
-		rc = queue_load(q, v[i].name, true, &m, NULL, NULL, &why);
-		if (rc == 0) {
+		rc = queue_scan_entry(q, v[i].name, &m);
+		if (rc > 0) {
 			loaded++;
 			cb(arg, m);
-		} else if (rc == RELAY_EINVAL) {
-			queue_quarantine(q, v[i].name, buf_cstr(&why));
+		} else if (rc < 0)
 			corrupt++;
-		}
 	}
 	queue_free_dir(v, n);
-	buf_free(&why);
+	queue_scan_log(q, loaded, corrupt);
+	return 0;
+}
+
+/* The one line a finished scan logs (queue_scan() and the scan thread). */
+void
+queue_scan_log(struct queue *q, size_t loaded, size_t corrupt)
+{
+	struct log_line l;
+
 	log_begin(&l, LOG_INFO, "queue_scan");
 	log_kv(&l, "dir", q->dir);
 	log_kvu(&l, "messages", loaded);
 	log_kvu(&l, "corrupt", corrupt);
 	log_end(&l);
-	return 0;
+}
+
+/*
+ * One name of msg/ in a scan: 1 and *mp a loaded message, 0 nothing (a
+ * spare, or a file that went away), -1 the file was corrupt (moved to
+ * corrupt/, logged).  Any thread: it touches only the file and the log.
+ */
+int
+queue_scan_entry(struct queue *q, const char *name, struct queue_msg **mp)
+{
+	struct buf why = BUF_INIT;
+	int rc;
+
+	*mp = NULL;
+	if (queue_name_reserved(name))
+		return 0;            /* a spare file (or a leftover kept at open) */
+	if (!queue_qid_valid(name)) {
+		queue_quarantine(q, name, "not a queue id");
+		return -1;
+	}
+	rc = queue_load(q, name, true, mp, NULL, NULL, &why);
+	if (rc == RELAY_EINVAL)
+		queue_quarantine(q, name, buf_cstr(&why));
+	buf_free(&why);
+	return rc == 0 ? 1 : rc == RELAY_EINVAL ? -1 : 0;
 }
 
 int

@@ -99,6 +99,28 @@ void queue_set_new_cb(struct queue *q, queue_new_cb *cb, void *arg);
 int queue_scan(struct queue *q, queue_new_cb *cb, void *arg);
 
 /*
+ * The same scan on a thread of its own (queue_scan.c), for a start-up that
+ * must not wait for it.  queue_scanner_new() (loop, before anything is
+ * submitted) notes every queue id made from then on, so the walk never
+ * loads a message this process queued itself; queue_scanner_run() starts
+ * the walk (after the privilege drop: the thread inherits the sandbox).
+ * The loaded messages reach cb(arg, m) on the loop, at most
+ * QUEUE_SCAN_BATCH per loop iteration; done(arg, loaded, corrupt, ms) once
+ * at the end.  queue_scanner_stop() (loop) stops the thread promptly, joins
+ * it, and drops what it loaded but did not hand over (still in msg/); it
+ * frees the scanner, also after done.
+ */
+#define QUEUE_SCAN_BATCH 256
+struct queue_scanner;
+typedef void queue_scan_done_cb(void *arg, size_t loaded, size_t corrupt, uint64_t ms);
+struct queue_scanner *queue_scanner_new(struct queue *q, queue_new_cb *cb,
+    queue_scan_done_cb *done, void *arg);
+void queue_scanner_run(struct queue_scanner *sc);
+/* Messages handed over so far and files found corrupt so far; running: not done yet. */
+void queue_scanner_counts(struct queue_scanner *sc, size_t *loaded, size_t *corrupt, bool *running);
+void queue_scanner_stop(struct queue_scanner *sc);
+
+/*
  * Submission into the queue.
  *
  * queue_txn_begin() creates an incoming file for a message with envelope env

@@ -160,6 +160,7 @@ struct queue {
 	void *new_arg;
 
 	/* Loop thread only. */
+	struct queue_scanner *scanner; /* the msg/ walk on its thread, while it runs */
 	uint64_t qid_ms;
 	uint32_t qid_seq;
 	uint64_t rnd_state;
@@ -285,5 +286,17 @@ void queue_stage(struct queue *q, struct queue_job *j);
 void queue_stage_op(struct queue *q, struct queue_job *j, bool qid_op);
 void queue_post_done(struct queue *q, struct queue_job *j);
 int queue_journal_open(struct queue *q, int dirfd, struct buf *err);
+
+/* The names of a directory, sorted by inode (queue.c); any thread. */
+struct queue_dirent {
+	char *name;
+	ino_t ino;
+};
+struct queue_dirent *queue_read_dir(int dirfd, size_t *count);
+void queue_free_dir(struct queue_dirent *v, size_t n);
+/* The scan, name by name (queue.c), and its thread (queue_scan.c). */
+int queue_scan_entry(struct queue *q, const char *name, struct queue_msg **mp);
+void queue_scan_log(struct queue *q, size_t loaded, size_t corrupt);
+void queue_scanner_made(struct queue_scanner *sc, const char *qid);
 
 #endif

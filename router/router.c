@@ -86,8 +86,7 @@ router_new(uv_loop_t *loop, struct conf *conf, struct relay_stats *stats,
 	if (sched_new(&deps, &r->sched, err) != 0)
 		goto fail;
 	queue_set_new_cb(r->queue, sched_queue_new, r->sched);
-	if (sched_load(r->sched) != 0)
-		log_event(LOG_ERR, "queue_error", "op", "scan", "dir", conf->queue_dir, NULL);
+	sched_scan_begin(r->sched);     /* loaded by router_scan_start() */
 	*out = r;
 	return 0;
 
@@ -107,6 +106,12 @@ fail:
 	r->magic = 0;
 	free(r);
 	return -1;
+}
+
+void
+router_scan_start(struct router *r)
+{
+	sched_scan_run(r->sched);
 }
 
 void

@@ -36,6 +36,9 @@ int router_new(uv_loop_t *loop, struct conf *conf, struct relay_stats *stats,
 void router_reload(struct router *r, struct conf *conf);
 /* Stop scheduling, wait for commits in flight, close handles; done(arg) when all closed. */
 void router_shutdown(struct router *r, void (*done)(void *arg), void *arg);
+/* Start loading the queue (msg/) on the scan thread: after the listeners
+ * open and the privilege drop; messages are scheduled as they arrive. */
+void router_scan_start(struct router *r);
 void router_free(struct router *r);
 /* Share host health with the other nodes through cl (cluster/; NULL: this
  * node alone).  cl must outlive the router's shutdown. */
@@ -90,6 +93,9 @@ struct queue_msg *sched_find(struct sched *s, const char *qid);
 /* Every message, oldest first. */
 void sched_foreach(struct sched *s, void (*cb)(void *arg, const struct queue_msg *m), void *arg);
 size_t sched_count(const struct sched *s);
+/* The start-up scan of msg/ is still running (a queue id may not be loaded
+ * yet): true, with the messages loaded and the files found corrupt so far. */
+bool sched_scanning(struct sched *s, size_t *loaded, size_t *corrupt);
 void sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i,
     struct sched_rcpt_view *out);
 /*

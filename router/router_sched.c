@@ -987,6 +987,67 @@ sched_load(struct sched *s)
 }
 
 /*
+ * The start-up scan on its thread (queue_scan.c): begun before anything can
+ * be submitted (ids made from then on are not loaded by it), run once the
+ * listeners are open.  Scheduling runs from the start: each batch of
+ * scanned messages is dispatched like messages loaded by sched_load().
+ */
+static void
+sched_scan_take(void *arg, struct queue_msg *m)
+{
+	struct sched *s = arg;
+
+	if (s->stopping || sched_msg_lookup(s, m->qid) != NULL) {
+		queue_msg_free(m);      /* on disk; or already here */
+		return;
+	}
+	sched_msg_add(s, m, false);
+	sched_arm(s);
+}
+
+static void
+sched_scan_done(void *arg, size_t loaded, size_t corrupt, uint64_t ms)
+{
+	struct sched *s = arg;
+	struct log_line l;
+
+	log_begin(&l, LOG_INFO, "queue_loaded");
+	log_kvu(&l, "messages", s->nmsgs);
+	log_end(&l);
+	log_begin(&l, LOG_NOTICE, "queue_scanned");
+	log_kvu(&l, "count", loaded);
+	log_kvu(&l, "corrupt", corrupt);
+	log_kvu(&l, "ms", ms);
+	log_end(&l);
+}
+
+void
+sched_scan_begin(struct sched *s)
+{
+	s->last_sweep = sched_now(s);
+	s->scanner = queue_scanner_new(s->q, sched_scan_take, sched_scan_done, s);
+	s->loaded = true;
+}
+
+void
+sched_scan_run(struct sched *s)
+{
+	if (s->scanner != NULL)
+		queue_scanner_run(s->scanner);
+}
+
+bool
+sched_scanning(struct sched *s, size_t *loaded, size_t *corrupt)
+{
+	bool running = false;
+
+	*loaded = *corrupt = 0;
+	if (s->scanner != NULL)
+		queue_scanner_counts(s->scanner, loaded, corrupt, &running);
+	return running;
+}
+
+/*
  * Routes or the configuration changed: every job that has not started and
  * whose route is not the same any more is dropped, and its message
  * dispatched again (jobs whose route did not change keep their place).
@@ -1115,6 +1176,10 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 	struct sched_job *job, *jn;
 
 	s->stopping = true;
+	if (s->scanner != NULL) {
+		queue_scanner_stop(s->scanner);    /* the rest stays in msg/ */
+		s->scanner = NULL;
+	}
 	s->shutdown_done = done;
 	s->shutdown_arg = arg;
 	/* Jobs that have not started, or only wait for DNS, are simply forgotten:
@@ -1165,6 +1230,8 @@ sched_free(struct sched *s)
 
 	if (s == NULL)
 		return;
+	if (s->scanner != NULL)
+		queue_scanner_stop(s->scanner);
 	if (s->nactive > 0)
 		fatalx("%s: %u attempts still in flight", __func__, s->nactive);
 	if (s->nreports > 0)

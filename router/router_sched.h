@@ -96,6 +96,10 @@ uint64_t sched_warn_at(uint64_t arrival_ms, const struct conf *c);
 int sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err);
 /* Load every queued message (queue_scan) and start scheduling. */
 int sched_load(struct sched *s);
+/* The same load on the scan thread: begin (before the listeners open: notes
+ * the ids made from then on), run (after the privilege drop). */
+void sched_scan_begin(struct sched *s);
+void sched_scan_run(struct sched *s);
 /* queue_new_cb for queue_set_new_cb(): a freshly committed message (takes m). */
 void sched_queue_new(void *arg, struct queue_msg *m);
 void sched_reload(struct sched *s, struct conf *conf);

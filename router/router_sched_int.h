@@ -240,6 +240,7 @@ struct sched {
 	struct htab tdoms;              /* struct sched_tdom by recipient domain, case ignored */
 
 	bool loaded;
+	struct queue_scanner *scanner; /* the msg/ walk at start-up (sched_scan_begin) */
 	bool stopping;
 	bool timer_closed;
 	bool routes_closed;

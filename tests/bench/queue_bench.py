@@ -124,7 +124,8 @@ def time_stats(relay, runs):
 
 def log_events(relay, since, t_exec_wall):
     """Seconds after exec of relayd's start-up log events (from since)."""
-    want = ("queue_journal_replayed", "queue_scan", "queue_loaded", "queue_scan_done", "started")
+    want = ("queue_journal_replayed", "queue_scan", "queue_loaded", "queue_scan_done", "started",
+            "queue_scanned")
     out = []
     with open(relay.log_path, "rb") as f:
         f.seek(since)
@@ -135,7 +136,8 @@ def log_events(relay, since, t_exec_wall):
                     ts = datetime.datetime.fromisoformat(d["ts"].replace("Z", "+00:00"))
                 except ValueError:
                     continue
-                extra = " ".join("%s=%s" % (k, d[k]) for k in ("messages", "corrupt") if k in d)
+                extra = " ".join("%s=%s" % (k, d[k]) for k in ("messages", "count", "corrupt", "ms")
+                                 if k in d)
                 out.append("%s at %.2fs %s" % (d["event"], ts.timestamp() - t_exec_wall, extra))
     return out
 

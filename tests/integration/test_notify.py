@@ -101,8 +101,12 @@ class Notify(unittest.TestCase):
         # READY=1 came only after the port listens and the control socket exists.
         self.assertTrue(_listening(relay.host, relay.submit_port))
         self.assertTrue(os.path.exists(relay.control_socket))
-        self.assertEqual(ready.get("STATUS"), "0 messages queued, 0 destinations down")
+        # READY=1 comes with the scan of msg/ started on its thread, not done.
+        self.assertEqual(ready.get("STATUS"),
+                         "0 messages queued, 0 destinations down, scanning the queue: 0 loaded so far")
         relay.wait_ready()
+        relay.wait_for_log("queue_scanned")
+        self.ns.wait_key("STATUS", "0 messages queued, 0 destinations down", timeout=10)
 
         # The watchdog: WATCHDOG=1 again and again, about every half interval.
         first, _ = self.ns.wait_key("WATCHDOG", "1")

@@ -1,0 +1,267 @@
+/*
+ * queue_scan.c - the start-up scan of msg/ on a thread of its own, so that
+ * relayd answers while a large queue loads (QUEUE.md "The scan").  The
+ * thread walks the directory and parses each file (queue_scan_entry():
+ * corrupt files are moved and logged as by queue_scan()); the loop takes
+ * the parsed messages in batches of QUEUE_SCAN_BATCH per iteration.  Queue
+ * ids made by this process while the walk runs are noted
+ * (queue_scanner_made(), called when the id is made, before its file can
+ * be in msg/) and skipped, so no message is loaded twice.
+ */
+#include "queue/queue_int.h"
+#include "common/htab.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define QUEUE_SCAN_PENDING 4096         /* parsed, not yet taken by the loop: at most */
+
+struct queue_scan_made {
+	struct htab_node node;
+	char qid[QID_MAX];
+};
+
+struct queue_scanner {
+	struct queue *q;
+	queue_new_cb *cb;
+	queue_scan_done_cb *done;
+	void *arg;
+	uv_async_t async;               /* the thread says: messages (or: finished) */
+	uv_thread_t thread;
+	bool started, joined, reported;
+	uint64_t t0;                    /* mono ms at the start of the walk */
+	unsigned stall_ms;              /* RELAY_TEST_HOOKS: each file waits this long first */
+	size_t handed;                  /* loop: messages given to cb */
+
+	uv_mutex_t mtx;                 /* the rest */
+	uv_cond_t cond;
+	struct htab made;               /* queue ids made since the scanner exists */
+	struct queue_msg **v;           /* parsed, for the loop: v[head..n) */
+	size_t head, n, cap;
+	size_t corrupt;
+	bool stop, finished;
+};
+
+#ifdef RELAY_TEST_HOOKS
+static unsigned
+queue_scan_stall(void)
+{
+	const char *v = getenv("RELAYD_TEST_SCAN_STALL_MS");
+
+	return v != NULL ? (unsigned)strtoul(v, NULL, 10) : 0;
+}
+#else
+static unsigned
+queue_scan_stall(void)
+{
+	return 0;
+}
+#endif
+
+static bool
+queue_scan_stopped(struct queue_scanner *sc)
+{
+	bool stop;
+
+	uv_mutex_lock(&sc->mtx);
+	stop = sc->stop;
+	uv_mutex_unlock(&sc->mtx);
+	return stop;
+}
+
+static void
+queue_scan_main(void *arg)
+{
+	struct queue_scanner *sc = arg;
+	struct queue_dirent *v;
+	struct queue_msg *m;
+	size_t i, n = 0;
+	uint64_t end, now;
+	bool skip;
+	int rc;
+
+	if ((v = queue_read_dir(sc->q->msgfd, &n)) == NULL)
+		queue_log_errno(NULL, "opendir(msg/)", errno);
+	for (i = 0; v != NULL && i < n; i++) {
+		uv_mutex_lock(&sc->mtx);
+		while (!sc->stop && sc->n - sc->head >= QUEUE_SCAN_PENDING)
+			uv_cond_wait(&sc->cond, &sc->mtx);
+		if (sc->stall_ms > 0) {
+			/* The whole stall: the loop's "room again" signals do not cut it. */
+			end = util_mono_ms() + sc->stall_ms;
+			while (!sc->stop && (now = util_mono_ms()) < end)
+				(void)uv_cond_timedwait(&sc->cond, &sc->mtx, (end - now) * 1000000ULL);
+		}
+		skip = sc->stop || htab_find(&sc->made, v[i].name) != NULL;
+		uv_mutex_unlock(&sc->mtx);
+		if (queue_scan_stopped(sc))
+			break;
+		if (skip)
+			continue;       /* queued by this process: the router has it */
+		rc = queue_scan_entry(sc->q, v[i].name, &m);
+		uv_mutex_lock(&sc->mtx);
+		if (rc > 0) {
+			if (sc->n == sc->cap) {
+				sc->cap = sc->cap ? sc->cap * 2 : 256;
+				sc->v = xrealloc(sc->v, sc->cap * sizeof(*sc->v));
+			}
+			sc->v[sc->n++] = m;
+		} else if (rc < 0)
+			sc->corrupt++;
+		uv_mutex_unlock(&sc->mtx);
+		if (rc > 0)
+			uv_async_send(&sc->async);
+	}
+	if (v != NULL)
+		queue_free_dir(v, n);
+	uv_mutex_lock(&sc->mtx);
+	sc->finished = true;
+	uv_mutex_unlock(&sc->mtx);
+	uv_async_send(&sc->async);
+}
+
+static void
+queue_scan_join(struct queue_scanner *sc)
+{
+	struct htab_iter it;
+	struct htab_node *nd, *next;
+
+	if (sc->started && !sc->joined) {
+		uv_thread_join(&sc->thread);
+		sc->joined = true;
+	}
+	for (nd = htab_first(&sc->made, &it); nd != NULL; nd = next) {
+		next = htab_next(&it);
+		free(HTAB_ENTRY(nd, struct queue_scan_made, node));
+	}
+	htab_free(&sc->made);
+	if (sc->q->scanner == sc)
+		sc->q->scanner = NULL;
+}
+
+/* Loop: hand over one batch; at the end, join the thread and report. */
+static void
+queue_scan_async(uv_async_t *h)
+{
+	struct queue_scanner *sc = h->data;
+	struct queue_msg *batch[QUEUE_SCAN_BATCH];
+	size_t i, k, corrupt;
+	bool more, finished;
+
+	uv_mutex_lock(&sc->mtx);
+	k = sc->n - sc->head;
+	if (k > QUEUE_SCAN_BATCH)
+		k = QUEUE_SCAN_BATCH;
+	if (k > 0)      /* sc->v is NULL until the first message */
+		memcpy(batch, sc->v + sc->head, k * sizeof(*batch));
+	sc->head += k;
+	if (sc->head == sc->n)
+		sc->head = sc->n = 0;
+	else if (sc->head >= sc->cap / 2) {
+		memmove(sc->v, sc->v + sc->head, (sc->n - sc->head) * sizeof(*sc->v));
+		sc->n -= sc->head;
+		sc->head = 0;
+	}
+	more = sc->n > sc->head;
+	finished = sc->finished && !more;
+	corrupt = sc->corrupt;
+	uv_cond_signal(&sc->cond);      /* room again */
+	uv_mutex_unlock(&sc->mtx);
+
+	for (i = 0; i < k; i++)
+		sc->cb(sc->arg, batch[i]);
+	sc->handed += k;
+	if (more)
+		uv_async_send(&sc->async);      /* the next batch after this iteration's I/O */
+	else if (finished && !sc->reported) {
+		sc->reported = true;
+		queue_scan_join(sc);
+		queue_scan_log(sc->q, sc->handed, corrupt);
+		sc->done(sc->arg, sc->handed, corrupt, util_mono_ms() - sc->t0);
+	}
+}
+
+struct queue_scanner *
+queue_scanner_new(struct queue *q, queue_new_cb *cb, queue_scan_done_cb *done, void *arg)
+{
+	struct queue_scanner *sc = xcalloc(1, sizeof(*sc));
+
+	sc->q = q;
+	sc->cb = cb;
+	sc->done = done;
+	sc->arg = arg;
+	sc->stall_ms = queue_scan_stall();
+	htab_init(&sc->made, NULL);
+	if (uv_mutex_init(&sc->mtx) != 0 || uv_cond_init(&sc->cond) != 0 ||
+	    uv_async_init(q->loop, &sc->async, queue_scan_async) != 0)
+		fatalx("%s: cannot set up the scan", __func__);
+	sc->async.data = sc;
+	q->scanner = sc;
+	return sc;
+}
+
+void
+queue_scanner_made(struct queue_scanner *sc, const char *qid)
+{
+	struct queue_scan_made *e;
+
+	if (sc->reported)
+		return;
+	e = xcalloc(1, sizeof(*e));
+	memcpy(e->qid, qid, QID_MAX);
+	uv_mutex_lock(&sc->mtx);
+	if (!sc->finished)
+		htab_insert(&sc->made, &e->node, e->qid);
+	else
+		free(e);        /* the walk is over: it cannot meet the id any more */
+	uv_mutex_unlock(&sc->mtx);
+}
+
+void
+queue_scanner_run(struct queue_scanner *sc)
+{
+	sc->t0 = util_mono_ms();
+	if (uv_thread_create(&sc->thread, queue_scan_main, sc) != 0)
+		fatalx("%s: cannot start the scan thread", __func__);
+	sc->started = true;
+}
+
+void
+queue_scanner_counts(struct queue_scanner *sc, size_t *loaded, size_t *corrupt, bool *running)
+{
+	uv_mutex_lock(&sc->mtx);
+	*corrupt = sc->corrupt;
+	uv_mutex_unlock(&sc->mtx);
+	*loaded = sc->handed;
+	*running = !sc->reported;
+}
+
+static void
+queue_scan_closed(uv_handle_t *h)
+{
+	struct queue_scanner *sc = h->data;
+
+	uv_mutex_destroy(&sc->mtx);
+	uv_cond_destroy(&sc->cond);
+	free(sc->v);
+	free(sc);
+}
+
+void
+queue_scanner_stop(struct queue_scanner *sc)
+{
+	size_t i;
+
+	uv_mutex_lock(&sc->mtx);
+	sc->stop = true;
+	uv_cond_broadcast(&sc->cond);
+	uv_mutex_unlock(&sc->mtx);
+	queue_scan_join(sc);
+	/* Loaded but not handed over: still in msg/, loaded again at the next start. */
+	for (i = sc->head; i < sc->n; i++)
+		queue_msg_free(sc->v[i]);
+	sc->head = sc->n = 0;
+	uv_close((uv_handle_t *)&sc->async, queue_scan_closed);
+}
