@@ -37,7 +37,6 @@ submit_server_check_done(struct submit *srv)
 	done(srv->shutdown_arg);
 }
 
-
 static void submit_server_listener_closed(uv_handle_t *);
 
 #define SUBMIT_PAUSE_MIN_MS 100
@@ -50,6 +49,7 @@ static void
 submit_server_resume(uv_timer_t *t)
 {
 	struct submit_listener *l = t->data;
+	char count[24];
 	int fd, rc;
 
 	if (l->srv->shutting_down)
@@ -67,8 +67,9 @@ submit_server_resume(uv_timer_t *t)
 	else
 		rc = uv_listen((uv_stream_t *)&l->tcp, SUBMIT_BACKLOG, submit_server_on_conn);
 	if (rc != 0) {
+		snprintf(count, sizeof(count), "%lu", l->nfailed);
 		log_event(LOG_WARNING, "accept_error", "listener", l->text,
-		    "error", uv_strerror(rc), NULL);
+		    "error", uv_strerror(rc), "count", count, NULL);
 		uv_close((uv_handle_t *)&l->tcp, submit_server_listener_closed);
 		uv_timer_start(t, submit_server_resume, l->pause_ms, 0);
 	}
