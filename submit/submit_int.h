@@ -443,6 +443,15 @@ struct submit_listener {
 	bool proxy;                 /* a PROXY header comes first (submit_proxy.c) */
 	char *text;
 	struct submit *srv;
+	/* An accept pause (EMFILE, ENFILE, ENOBUFS, ENOMEM; submit_server.c):
+	 * tcp is closed, spare_fd (a dup of the socket) keeps it listening and
+	 * resume reopens it after pause_ms (100 doubling to 1000). */
+	int spare_fd;
+	uv_timer_t resume;
+	bool resume_open;           /* resume is initialised (counts in nlisteners_open) */
+	bool tcp_open;
+	unsigned pause_ms;          /* 0: no pause since the last accepted connection */
+	unsigned long nfailed;      /* failed accepts since then */
 };
 
 struct submit {

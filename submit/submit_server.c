@@ -12,9 +12,11 @@
  */
 #include "submit/submit_int.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "common/util.h"
@@ -35,27 +37,102 @@ submit_server_check_done(struct submit *srv)
 	done(srv->shutdown_arg);
 }
 
+static void submit_server_listener_closed(uv_handle_t *);
+
+#define SUBMIT_PAUSE_MIN_MS 100
+#define SUBMIT_PAUSE_MAX_MS 1000
+
+static void submit_server_on_conn(uv_stream_t *, int);
+
+/* The end of an accept pause: the listener again on a dup of spare_fd. */
+static void
+submit_server_resume(uv_timer_t *t)
+{
+	struct submit_listener *l = t->data;
+	char count[24];
+	int fd, rc;
+
+	if (l->srv->shutting_down)
+		return;
+	if (l->tcp_open || (fd = fcntl(l->spare_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+		uv_timer_start(t, submit_server_resume, l->pause_ms, 0);
+		return;
+	}
+	uv_tcp_init(l->srv->loop, &l->tcp);
+	l->tcp.data = l;
+	l->tcp_open = true;
+	l->srv->nlisteners_open++;
+	if ((rc = uv_tcp_open(&l->tcp, fd)) != 0)
+		close(fd);
+	else
+		rc = uv_listen((uv_stream_t *)&l->tcp, SUBMIT_BACKLOG, submit_server_on_conn);
+	if (rc != 0) {
+		snprintf(count, sizeof(count), "%lu", l->nfailed);
+		log_event(LOG_WARNING, "accept_error", "listener", l->text,
+		    "error", uv_strerror(rc), "count", count, NULL);
+		uv_close((uv_handle_t *)&l->tcp, submit_server_listener_closed);
+		uv_timer_start(t, submit_server_resume, l->pause_ms, 0);
+	}
+}
+
+/* A session closed: its descriptor is free, so a paused listener resumes now. */
 void
 submit_server_session_gone(struct submit *srv)
 {
+	size_t i;
+
+	for (i = 0; i < srv->nlisteners; i++) {
+		struct submit_listener *l = &srv->listeners[i];
+
+		if (l->resume_open && !l->tcp_open && !srv->shutting_down &&
+		    uv_is_active((uv_handle_t *)&l->resume))
+			uv_timer_start(&l->resume, submit_server_resume, 0, 0);
+	}
 	submit_server_check_done(srv);
 }
 
+/*
+ * A connection to accept, or an accept that failed.  Out of descriptors,
+ * buffers or memory, libuv would call back at once for the same connection,
+ * in a loop: the listener pauses instead (its socket closed, the kernel
+ * queues connections on spare_fd's) and logs once per pause.
+ */
 static void
 submit_server_on_conn(uv_stream_t *server, int status)
 {
 	struct submit_listener *l = server->data;
+	struct submit *srv;
+	char count[24];
 
 	if (l == NULL || l->magic != SUBMIT_LISTENER_MAGIC)
 		fatalx("%s: bad listener", __func__);
+	srv = l->srv;
 	if (status < 0) {
+		l->nfailed++;
+		snprintf(count, sizeof(count), "%lu", l->nfailed);
 		log_event(LOG_WARNING, "accept_error", "listener", l->text,
-		    "error", uv_strerror(status), NULL);
+		    "error", uv_strerror(status), "count", count, NULL);
+		if ((status != UV_EMFILE && status != UV_ENFILE && status != UV_ENOBUFS &&
+		    status != UV_ENOMEM) || l->spare_fd < 0 || srv->shutting_down)
+			return;
+		l->pause_ms = l->pause_ms == 0 ? SUBMIT_PAUSE_MIN_MS : l->pause_ms * 2;
+		if (l->pause_ms > SUBMIT_PAUSE_MAX_MS)
+			l->pause_ms = SUBMIT_PAUSE_MAX_MS;
+		if (!l->resume_open) {
+			uv_timer_init(srv->loop, &l->resume);
+			l->resume.data = l;
+			l->resume_open = true;
+			srv->nlisteners_open++;
+		}
+		uv_close((uv_handle_t *)&l->tcp, submit_server_listener_closed);
+		uv_timer_start(&l->resume, submit_server_resume, l->pause_ms, 0);
 		return;
 	}
-	if (l->srv->shutting_down)
+	l->nfailed = 0;
+	l->pause_ms = 0;
+	if (srv->shutting_down)
 		return;
-	submit_session_accept(l->srv, l);
+	submit_session_accept(srv, l);
 }
 
 static void
@@ -64,6 +141,7 @@ submit_server_listener_closed(uv_handle_t *h)
 	struct submit_listener *l = h->data;
 	struct submit *srv = l->srv;
 
+	l->tcp_open = false;
 	srv->nlisteners_open--;
 	submit_server_check_done(srv);
 }
@@ -95,6 +173,11 @@ submit_server_close_handles(struct submit *srv)
 
 		if (srv->listeners[i].magic == SUBMIT_LISTENER_MAGIC && !uv_is_closing(h))
 			uv_close(h, submit_server_listener_closed);
+		h = (uv_handle_t *)&srv->listeners[i].resume;
+		if (srv->listeners[i].resume_open && !uv_is_closing(h)) {
+			uv_timer_stop(&srv->listeners[i].resume);
+			uv_close(h, submit_server_listener_closed);
+		}
 	}
 	if (srv->sweep_open && !uv_is_closing((uv_handle_t *)&srv->sweep)) {
 		uv_timer_stop(&srv->sweep);
@@ -107,6 +190,7 @@ submit_server_listen(struct submit *srv, const struct conf_listen *cl, bool impl
     struct buf *err)
 {
 	struct submit_listener *l = &srv->listeners[srv->nlisteners];
+	uv_os_fd_t fd;
 	int rc;
 
 	l->magic = SUBMIT_LISTENER_MAGIC;
@@ -114,8 +198,10 @@ submit_server_listen(struct submit *srv, const struct conf_listen *cl, bool impl
 	l->implicit_tls = implicit_tls;
 	l->proxy = cl->proxy;
 	l->text = xstrdup(cl->text);
+	l->spare_fd = -1;
 	uv_tcp_init(srv->loop, &l->tcp);
 	l->tcp.data = l;
+	l->tcp_open = true;
 	srv->nlisteners++;
 	srv->nlisteners_open++;
 	rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&cl->addr,
@@ -127,6 +213,9 @@ submit_server_listen(struct submit *srv, const struct conf_listen *cl, bool impl
 		    implicit_tls ? "submit.listen_tls" : "submit.listen", cl->text, uv_strerror(rc));
 		return -1;
 	}
+	/* Without it (EMFILE at start), accept errors are not paused. */
+	if (uv_fileno((uv_handle_t *)&l->tcp, &fd) == 0)
+		l->spare_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	log_event(LOG_INFO, "listening", "address", cl->text, "tls",
 	    implicit_tls ? "implicit" : "starttls", "proxy", cl->proxy ? "yes" : NULL, NULL);
 	return 0;
@@ -160,8 +249,11 @@ submit_server_free_mem(struct submit *srv)
 {
 	size_t i;
 
-	for (i = 0; i < srv->nlisteners; i++)
+	for (i = 0; i < srv->nlisteners; i++) {
 		free(srv->listeners[i].text);
+		if (srv->listeners[i].spare_fd >= 0)
+			close(srv->listeners[i].spare_fd);
+	}
 	free(srv->listeners);
 	submit_limits_free(srv->limits);
 	submit_slots_free(srv->slots);
