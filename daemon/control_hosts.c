@@ -396,7 +396,7 @@ rctl_stats(struct rctl *c)
 {
 	struct sched_stats st;
 	struct buf *b = c->out, alt = BUF_INIT;
-	size_t i, j, top;
+	size_t i, j, top, loaded, corrupt;
 
 	sched_stats(c->s, c->now, &st);
 #ifndef NDEBUG
@@ -416,13 +416,18 @@ rctl_stats(struct rctl *c)
 			buf_printf(b, ",\"recipients\":%zu,\"state\":\"%s\"}", st.doms[i].rcpts,
 			    rctl_dom_state(c, &st.doms[i], &alt));
 		}
-		buf_puts(b, "]}");
+		buf_putc(b, ']');
+		if (sched_scanning(c->s, &loaded, &corrupt))
+			buf_printf(b, ",\"scanning\":{\"loaded\":%zu,\"corrupt\":%zu}", loaded, corrupt);
+		buf_putc(b, '}');
 	} else {
 		buf_printf(b, "%-14s %zu\n", "queued", st.messages);
 		buf_printf(b, "%-14s %zu\n", "  pending", st.pending);
 		buf_printf(b, "%-14s %zu\n", "  deferred", st.deferred);
 		buf_printf(b, "%-14s %zu\n", "  held", st.held);
 		buf_printf(b, "%-14s %zu\n", "  active", st.active);
+		if (sched_scanning(c->s, &loaded, &corrupt))
+			rctl_scanning(c);       /* the figures are of what is loaded so far */
 		if (top > 0)
 			buf_printf(b, "\n%-32s %10s  %s\n", "TOP DESTINATIONS", "RECIPIENTS", "STATE");
 		for (i = 0; i < top; i++) {

@@ -64,6 +64,8 @@ void rctl_rcpt_state(const struct rctl *c, const struct queue_msg *m, size_t i,
 
 /* The commands (control_queue.c, control_hosts.c). */
 int rctl_queue_list(struct rctl *c);
+/* While the start-up scan runs: "-- scanning the queue: N messages loaded so far, M corrupt". */
+void rctl_scanning(struct rctl *c);
 int rctl_queue_show(struct rctl *c);
 int rctl_queue_action(struct rctl *c);
 int rctl_hosts(struct rctl *c);

@@ -211,8 +211,6 @@ rctl_list_one(void *arg, const struct queue_msg *m)
 	l->nrcpts += m->env.nrcpts;
 }
 
-static void rctl_scanning(struct rctl *c);
-
 int
 rctl_queue_list(struct rctl *c)
 {
@@ -245,7 +243,7 @@ rctl_queue_list(struct rctl *c)
 }
 
 /* The start-up scan still runs: the listing is partial, a queue id may be unknown yet. */
-static void
+void
 rctl_scanning(struct rctl *c)
 {
 	size_t loaded, corrupt;

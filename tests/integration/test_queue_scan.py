@@ -63,6 +63,12 @@ class QueueScanTest(unittest.TestCase):
         self.assertIn("scanning the queue:", r.stdout)
         r = relay.relayctl("queue", "list", "--json")
         self.assertIn("scanning", json.loads(r.stdout))
+        # stats' figures are of what is loaded so far, and say so.
+        r = relay.relayctl("stats")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("scanning the queue:", r.stdout)
+        r = relay.relayctl("stats", "--json")
+        self.assertIn("scanning", json.loads(r.stdout)["queue"])
         # A queue id not scanned yet: said so, not "unknown".
         r = relay.relayctl("queue", "show", qids[-1])
         if relay.count_log("queue_scanned", since=mark) == 0 and r.returncode != 0:
@@ -74,6 +80,8 @@ class QueueScanTest(unittest.TestCase):
         self.assertEqual(sorted(subj), sorted(["old %d" % i for i in range(N)] + ["new"]))
         r = relay.relayctl("queue", "list")
         self.assertNotIn("scanning", r.stdout)
+        self.assertNotIn("scanning", relay.relayctl("stats").stdout)
+        self.assertNotIn("scanning", json.loads(relay.relayctl("stats", "--json").stdout)["queue"])
 
     def test_reload_during_the_scan(self):
         relay, sink, qids = self.fill()
