@@ -173,6 +173,12 @@ submit_server_close_handles(struct submit *srv)
 
 		if (srv->listeners[i].magic == SUBMIT_LISTENER_MAGIC && !uv_is_closing(h))
 			uv_close(h, submit_server_listener_closed);
+		/* The socket stops listening only with its last descriptor: a
+		 * client of a stopping relayd is refused, not left queued. */
+		if (srv->listeners[i].spare_fd >= 0) {
+			close(srv->listeners[i].spare_fd);
+			srv->listeners[i].spare_fd = -1;
+		}
 		h = (uv_handle_t *)&srv->listeners[i].resume;
 		if (srv->listeners[i].resume_open && !uv_is_closing(h)) {
 			uv_timer_stop(&srv->listeners[i].resume);

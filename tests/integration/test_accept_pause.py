@@ -17,10 +17,11 @@ import os
 import resource
 import select
 import socket
+import threading
 import time
 import unittest
 
-from client import raw_session
+from client import make_message, raw_session, submit
 from relay import Relay, test_user_ids
 
 FREE = 3          # descriptors left to relayd under its lowered limit
@@ -109,6 +110,52 @@ class AcceptPauseTest(unittest.TestCase):
         else:
             self.fail("no session greeted after the descriptors were free again")
         self.assertLess(relay.count_log("accept_error", since=mark), 20)
+
+    def test_a_stopping_relayd_refuses_new_clients(self):
+        """The listener keeps a spare descriptor of its socket for accept
+        pauses; a stop must close it too, or the kernel goes on queueing new
+        clients that nobody will ever greet, instead of refusing them (so
+        that they fail over to another server at once)."""
+        relay = Relay.for_test(self)
+        relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])
+        release = threading.Event()
+        at_eod = threading.Event()
+
+        def held_eod(msg):
+            at_eod.set()
+            release.wait(30)
+            return "250 2.0.0 ok held"
+        relay.sink("127.0.0.2").script(eod=held_eod)
+        relay.start()
+        self.addCleanup(release.set)
+        msg = make_message("alice@example.org", "bob@example.net", "held", "Body.\r\n")
+        submit(relay, "alice@example.org", ["bob@example.net"], msg)
+        self.assertTrue(at_eod.wait(20), "the delivery never reached the end of data")
+        mark = relay.log_mark()
+        relay.signal(15)
+        relay.wait_for_log("stopping", since=mark)
+        # relayd now waits for the held delivery: its listeners are closed
+        # (at once, or within the loop turn after the line above).
+        refused = False
+        deadline = time.monotonic() + 10
+        while not refused and time.monotonic() < deadline:
+            try:
+                c = socket.create_connection((relay.host, relay.submit_port), timeout=2)
+            except ConnectionRefusedError:
+                refused = True
+                continue
+            c.settimeout(1)
+            try:
+                greeting = c.recv(512)
+            except socket.timeout:
+                greeting = b""
+            c.close()
+            self.assertEqual(greeting, b"", "a stopping relayd greeted a new client")
+        self.assertTrue(refused, "connections to a stopping relayd were queued, not refused")
+        release.set()
+        self.assertEqual(relay.wait_exit(30), 0)
+
+
 
 if __name__ == "__main__":
     unittest.main()
