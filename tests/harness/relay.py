@@ -725,12 +725,16 @@ class Relay:
                     return host, int(m.group(2))
         return None
 
-    def start(self, wait=True, timeout=10, args=()):
+    def start(self, wait=True, timeout=10, args=(), scanned=True):
         """Run relayd -c config_path.  With wait: until the first submit port
-        accepts TCP connections and the control socket exists; raises
+        accepts TCP connections and the control socket exists, and (scanned)
+        until the queue is loaded (relayd listens before its scan of msg/
+        ends: queue/QUEUE.md "The scan"; `queue_loaded` is an info line, so
+        this needs log_level info or debug, the tests' default); raises
         RelayError (with the tail of stderr and of the log) otherwise."""
         if self.running:
             raise RelayError("relayd already running (pid %d)" % self.proc.pid)
+        mark = self.log_mark()
         self._close_outputs()
         self._outf = open(self.stdout_path, "ab")
         self._errf = open(self.stderr_path, "ab")
@@ -750,6 +754,8 @@ class Relay:
             raise RelayError("cannot run %s: %s (set RELAYD_BIN)" % (cmd[0], e))
         if wait:
             self.wait_ready(timeout)
+            if scanned and self.config.get("log_level", "debug") in ("debug", "info"):
+                self.wait_for_log("queue_loaded", since=mark, timeout=max(timeout, 60))
         return self
 
     def wait_ready(self, timeout=10):

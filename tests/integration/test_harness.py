@@ -622,6 +622,7 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((listen.group(1), int(listen.group(2)))); s.listen(5)
 u = socket.socket(socket.AF_UNIX); u.bind(get("control_socket")); u.listen(1)
 event("started", pid=os.getpid())
+event("queue_loaded", messages=0)       # its scan of msg/ is over: Relay.start() waits for it
 def term(*a):
     event("stopped", reason="signal")
     os.unlink(get("control_socket"))

@@ -29,7 +29,7 @@ class QueueScanTest(unittest.TestCase):
         relay.dns.set_mx_ips("scan.example", [(10, "127.0.31.7")])
         sink = relay.sink("127.0.31.7")
         sink.down()                     # refused: the destination waits, due at the next start
-        relay.start()
+        relay.start(scanned=False)
         qids = []
         for i in range(N):
             qids.append(submit(relay, SENDER, [RCPT],
@@ -52,7 +52,7 @@ class QueueScanTest(unittest.TestCase):
         relay, sink, qids = self.fill()
         relay.env["RELAYD_TEST_SCAN_STALL_MS"] = "1500"   # 18 s: room for slow (sanitizer) builds
         mark = relay.log_mark()
-        relay.start()
+        relay.start(scanned=False)
         # The listeners are open with the scan still running: a new message
         # is accepted and delivered before the scan ends.
         new = submit(relay, SENDER, [RCPT], make_message(SENDER, RCPT, "new", "Body.\r\n"))
@@ -87,7 +87,7 @@ class QueueScanTest(unittest.TestCase):
         relay, sink, qids = self.fill()
         relay.env["RELAYD_TEST_SCAN_STALL_MS"] = "1000"     # 12 s
         mark = relay.log_mark()
-        relay.start()
+        relay.start(scanned=False)
         relay.wait_for_log("started", since=mark)
         relay.sighup()
         relay.wait_for_log("reloaded", since=mark, timeout=20)
@@ -110,7 +110,7 @@ class QueueScanTest(unittest.TestCase):
         relay, sink, qids = self.fill()
         relay.env["RELAYD_TEST_SCAN_STALL_MS"] = "5000"     # a minute's scan
         mark = relay.log_mark()
-        relay.start()
+        relay.start(scanned=False)
         relay.wait_for_log("started", since=mark)
         t0 = time.monotonic()
         relay.stop(timeout=10)          # prompt: long before the scan would end
@@ -118,7 +118,7 @@ class QueueScanTest(unittest.TestCase):
         self.assertEqual(relay.count_log("queue_scanned", since=mark), 0)
         relay.env["RELAYD_TEST_SCAN_STALL_MS"] = None
         mark = relay.log_mark()
-        relay.start()
+        relay.start(scanned=False)
         done = relay.wait_for_log("queue_scanned", since=mark, timeout=30)
         self.assertEqual(done["count"], str(N))
         sink.wait_for_messages(N, timeout=30)
@@ -128,12 +128,12 @@ class QueueScanTest(unittest.TestCase):
         relay, sink, qids = self.fill()
         relay.env["RELAYD_TEST_SCAN_STALL_MS"] = "5000"
         mark = relay.log_mark()
-        relay.start()
+        relay.start(scanned=False)
         relay.wait_for_log("started", since=mark)
         relay.kill9()
         relay.env["RELAYD_TEST_SCAN_STALL_MS"] = None
         mark = relay.log_mark()
-        relay.start()
+        relay.start(scanned=False)
         done = relay.wait_for_log("queue_scanned", since=mark, timeout=30)
         self.assertEqual(done["count"], str(N))
         sink.wait_for_messages(N, timeout=30)
