@@ -882,6 +882,21 @@ class Relay:
         self.sinks.append(s)
         return s
 
+    def held_sink(self, host="127.0.0.2"):
+        """A sink on host that holds each message's final reply until release
+        is set (at_eod: one is being held); (sink, release, at_eod)."""
+        import threading
+        release = threading.Event()
+        at_eod = threading.Event()
+
+        def held_eod(msg):
+            at_eod.set()
+            release.wait(30)
+            return "250 2.0.0 ok held"
+        held = self.sink(host)
+        held.script(eod=held_eod)
+        return held, release, at_eod
+
     # -- the log ----------------------------------------------------------------
 
     def log_lines(self):

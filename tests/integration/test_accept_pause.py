@@ -17,7 +17,6 @@ import os
 import resource
 import select
 import socket
-import threading
 import time
 import unittest
 
@@ -118,14 +117,7 @@ class AcceptPauseTest(unittest.TestCase):
         that they fail over to another server at once)."""
         relay = Relay.for_test(self)
         relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])
-        release = threading.Event()
-        at_eod = threading.Event()
-
-        def held_eod(msg):
-            at_eod.set()
-            release.wait(30)
-            return "250 2.0.0 ok held"
-        relay.sink("127.0.0.2").script(eod=held_eod)
+        _, release, at_eod = relay.held_sink("127.0.0.2")
         relay.start()
         self.addCleanup(release.set)
         msg = make_message("alice@example.org", "bob@example.net", "held", "Body.\r\n")

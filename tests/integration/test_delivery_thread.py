@@ -15,7 +15,6 @@ that serves submission and relayctl.  These tests prove it from the outside:
 """
 
 import os
-import threading
 import unittest
 
 from client import make_message, submit
@@ -47,20 +46,6 @@ class ThreadCase(unittest.TestCase):
     def send(self, rcpt, subject):
         msg = make_message(SENDER, rcpt, subject, "Body of %s.\r\n" % subject)
         return submit(self.relay, SENDER, [rcpt], msg)
-
-    def held_sink(self, ip):
-        """A sink on ip that holds each message's final reply until release
-        is set (at_eod: one is being held); (sink, release, at_eod)."""
-        release = threading.Event()
-        at_eod = threading.Event()
-
-        def held_eod(msg):
-            at_eod.set()
-            release.wait(30)
-            return "250 2.0.0 ok held"
-        held = self.relay.sink(ip)
-        held.script(eod=held_eod)
-        return held, release, at_eod
 
 
 @needs_test_hooks
@@ -94,7 +79,7 @@ class InFlight(ThreadCase):
         relay = self.make()
         relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])
         relay.dns.set_mx_ips("example.com", [(10, "127.0.0.3")])
-        held, release, at_eod = self.held_sink("127.0.0.2")
+        held, release, at_eod = relay.held_sink("127.0.0.2")
         hung = relay.sink("127.0.0.3")
         hung.script(mail=["HANG", "250 2.1.0 ok"])
         relay.start()
@@ -136,7 +121,7 @@ class InFlight(ThreadCase):
         # without a data race: relayd then exits 66.)
         relay = self.make(log_level="info")
         relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])
-        held, release, at_eod = self.held_sink("127.0.0.2")
+        held, release, at_eod = relay.held_sink("127.0.0.2")
         relay.start()
         qid = self.send("bob@example.net", "held at its final reply")
         self.assertTrue(at_eod.wait(20), "the delivery never reached the end of data")

@@ -48,6 +48,16 @@ class QueueScanTest(unittest.TestCase):
                     out.append(line[9:].decode())
         return out
 
+    def restart_delivers_all(self, relay, sink):
+        """Start again without the stall: the scan finds all N, each delivered once."""
+        relay.env["RELAYD_TEST_SCAN_STALL_MS"] = None
+        mark = relay.log_mark()
+        relay.start(scanned=False)
+        done = relay.wait_for_log("queue_scanned", since=mark, timeout=30)
+        self.assertEqual(done["count"], str(N))
+        sink.wait_for_messages(N, timeout=30)
+        self.assertEqual(sorted(self.subjects(sink)), sorted("old %d" % i for i in range(N)))
+
     def test_answers_and_delivers_while_scanning(self):
         relay, sink, qids = self.fill()
         relay.env["RELAYD_TEST_SCAN_STALL_MS"] = "1500"   # 18 s: room for slow (sanitizer) builds
@@ -116,13 +126,7 @@ class QueueScanTest(unittest.TestCase):
         relay.stop(timeout=10)          # prompt: long before the scan would end
         self.assertLess(time.monotonic() - t0, 10)
         self.assertEqual(relay.count_log("queue_scanned", since=mark), 0)
-        relay.env["RELAYD_TEST_SCAN_STALL_MS"] = None
-        mark = relay.log_mark()
-        relay.start(scanned=False)
-        done = relay.wait_for_log("queue_scanned", since=mark, timeout=30)
-        self.assertEqual(done["count"], str(N))
-        sink.wait_for_messages(N, timeout=30)
-        self.assertEqual(sorted(self.subjects(sink)), sorted("old %d" % i for i in range(N)))
+        self.restart_delivers_all(relay, sink)
 
     def test_kill9_during_the_scan_loses_nothing(self):
         relay, sink, qids = self.fill()
@@ -131,13 +135,7 @@ class QueueScanTest(unittest.TestCase):
         relay.start(scanned=False)
         relay.wait_for_log("started", since=mark)
         relay.kill9()
-        relay.env["RELAYD_TEST_SCAN_STALL_MS"] = None
-        mark = relay.log_mark()
-        relay.start(scanned=False)
-        done = relay.wait_for_log("queue_scanned", since=mark, timeout=30)
-        self.assertEqual(done["count"], str(N))
-        sink.wait_for_messages(N, timeout=30)
-        self.assertEqual(sorted(self.subjects(sink)), sorted("old %d" % i for i in range(N)))
+        self.restart_delivers_all(relay, sink)
 
 
 if __name__ == "__main__":
