@@ -906,6 +906,11 @@ class Relay:
                 data = f.read()
         except FileNotFoundError:
             return []
+        # relayd writes each line with one write(2), but a reader can still
+        # catch one half copied (Linux copies a write page by page, and a
+        # line may straddle a page): text after the last newline is not a
+        # line yet
+        data = data[:data.rfind(b"\n") + 1]
         out = []
         for raw in data.decode("utf-8", "replace").split("\n"):
             if raw.strip():

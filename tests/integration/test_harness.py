@@ -705,6 +705,20 @@ class RelayFixtureTest(unittest.TestCase):
         self.assertEqual(r.count_log("started"), 2)
         self.assertEqual(r.kill9(), -9)
 
+    def test_a_half_written_last_line_is_not_a_line_yet(self):
+        # test_policy_visible once read "delivered ... attempts=1" without its
+        # tls= key: the reader caught relayd's write(2) half copied
+        r = Relay.for_test(self)
+        os.makedirs(os.path.dirname(r.log_path), exist_ok=True)
+        with open(r.log_path, "w") as f:
+            f.write("ts=1 level=info event=started pid=1\n"
+                    "ts=2 level=info event=delivered qid=Q1 attempts=1")
+        self.assertEqual([d["event"] for d in r.log_lines()], ["started"])
+        self.assertEqual(r.find_log("delivered"), [])
+        with open(r.log_path, "a") as f:
+            f.write(" tls=none\n")
+        self.assertEqual(r.find_log("delivered")[0]["tls"], "none")
+
     def test_start_failure_reports_stderr(self):
         with open(self.fake, "w") as f:
             f.write("#!/bin/sh\necho 'relayd: cannot open queue' >&2\nexit 2\n")
