@@ -905,7 +905,11 @@ rctl_queue_action(struct rctl *c)
 		rc = 0;
 	}
 	if (rc != 0) {
-		buf_printf(c->out, "%s %s: storage error (%zu message%s %s before it)", sub, q.v[i],
+		/* RELAY_ECLOSED: the message's file was removed behind relayd's
+		 * back (queue_remove()); the message stays queued. */
+		buf_printf(c->out, "%s %s: %s (%zu message%s %s before it)", sub, q.v[i],
+		    rc == RELAY_ECLOSED ? "its queue file is gone (removed outside relayd); "
+		    "the message stays queued" : "storage error",
 		    done, done == 1 ? "" : "s", a->done);
 		free(q.v);
 		free(skipped.v);
