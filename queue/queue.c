@@ -290,7 +290,11 @@ queue_refill(struct queue *q)
 	q->refilling = true;
 }
 
-/* Into the pool; closed (and its name removed) if the pool is full or closing. */
+/*
+ * Into the pool.  If the pool is full: closed and its name removed.  If
+ * closing: closed, and a named one stays in msg/ for the next start
+ * (queue_clean_leftovers() takes it into that pool).
+ */
 void
 queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size)
 {
@@ -299,7 +303,7 @@ queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size)
 	if (q->closing || q->nspares == RELAY_ARRAY_LEN(q->spares)) {
 		if (fd >= 0)
 			close(fd);
-		if (name[0] != '\0')
+		if (name[0] != '\0' && !q->closing)
 			(void)unlinkat(q->msgfd, name, 0);
 		return;
 	}
@@ -333,6 +337,26 @@ queue_spare_take(struct queue *q, struct queue_txn *t)
 	queue_refill(q);
 }
 
+/*
+ * At close: no system call but a close(2) per unnamed spare (an empty file
+ * the kernel frees).  The named ones, recycled messages' files mostly, stay
+ * in msg/ for the next start: up to QUEUE_POOL_MAX unlinks on the loop made
+ * a stop after a large delivery slow, and the next start would have had to
+ * make those inodes again.
+ */
+static void
+queue_spares_close(struct queue *q)
+{
+	struct queue_spare *sp;
+
+	while (q->nspares > 0) {
+		sp = &q->spares[--q->nspares];
+		if (sp->fd >= 0)
+			close(sp->fd);
+	}
+}
+
+/* Every spare gone, named ones deleted (switching to named files). */
 static void
 queue_spares_free(struct queue *q)
 {
@@ -428,9 +452,42 @@ queue_cmp_ino(const void *a, const void *b)
 }
 
 /*
+ * A spare file a stop left in msg/ (name: ".spare-N"): into q's pool if it
+ * is one — a regular file with no other name (so no queue id names it) and
+ * small enough to recycle — and the pool has room.  The next spare names
+ * are made after every N seen.  Its content is never read.
+ */
+static bool
+queue_spare_adopt(struct queue *q, const char *name)
+{
+	struct stat st;
+	unsigned long long nr;
+	char copy[QNAME_MAX], *end;
+
+	if (strncmp(name, QNAME_SPARE, sizeof(QNAME_SPARE) - 1) != 0 ||
+	    strlen(name) >= sizeof(copy))
+		return false;
+	errno = 0;
+	nr = strtoull(name + sizeof(QNAME_SPARE) - 1, &end, 10);
+	if (errno != 0 || *end != '\0' || end == name + sizeof(QNAME_SPARE) - 1)
+		return false;
+	if (nr >= q->spare_seq)
+		q->spare_seq = nr + 1;
+	if (q->nspares == RELAY_ARRAY_LEN(q->spares) ||
+	    fstatat(q->msgfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
+	    st.st_nlink != 1 || (uint64_t)st.st_size > QUEUE_RECYCLE_MAX)
+		return false;
+	memset(copy, 0, sizeof(copy));          /* the pool copies QNAME_MAX bytes */
+	memcpy(copy, name, strlen(name));
+	queue_spare_put(q, -1, copy, (uint64_t)st.st_size);
+	return true;
+}
+
+/*
  * Remove the leftovers in dirfd (msg/, or an older version's incoming/):
  * every entry of incoming/, and the reserved names of msg/ (spare files,
- * unpublished new files).  One case is not a leftover: a rename or link the
+ * unpublished new files), but the spare files adopt takes into its pool
+ * (msg/ only; NULL: none).  One case is not a leftover: a rename or link the
  * crash cut in half (the link(2) fallback, or a file system without a
  * journal that wrote one directory entry and not the other) leaves the
  * inode under a queue id too (msg_inos: from readdir, no stat per file).
@@ -439,7 +496,7 @@ queue_cmp_ino(const void *a, const void *b)
  */
 static void
 queue_clean_dir(int dirfd, bool reserved_only, const struct queue_dirent *v, size_t n,
-    const ino_t *msg_inos, size_t nmsg, size_t *spares)
+    const ino_t *msg_inos, size_t nmsg, struct queue *adopt, size_t *spares)
 {
 	struct stat st;
 	const char *action;
@@ -458,7 +515,8 @@ queue_clean_dir(int dirfd, bool reserved_only, const struct queue_dirent *v, siz
 				continue;
 			}
 			action = "removed (published)";
-		}
+		} else if (adopt != NULL && queue_spare_adopt(adopt, v[i].name))
+			continue;
 		if (unlinkat(dirfd, v[i].name, 0) == -1)
 			queue_log_errno(v[i].name, "unlink(leftover)", errno);
 		else if (strncmp(v[i].name, QNAME_SPARE, sizeof(QNAME_SPARE) - 1) == 0 &&
@@ -492,11 +550,22 @@ queue_clean_leftovers(struct queue *q, int dirfd)
 		if (!queue_name_reserved(v[i].name))
 			inos[nmsg++] = v[i].ino;
 	qsort(inos, nmsg, sizeof(*inos), queue_cmp_ino);
-	queue_clean_dir(q->msgfd, true, v, n, inos, nmsg, &spares);
+	queue_clean_dir(q->msgfd, true, v, n, inos, nmsg, q, &spares);
+	if (q->nspares > 0 && fsync(q->msgfd) == -1) {
+		/* A stop by SIGKILL may have left a removal's rename to .spare-N
+		 * not yet durable: reused before it is, a crash could bring the
+		 * old queue id back naming another message's bytes.  Not durable
+		 * now: give them up. */
+		queue_log_errno(NULL, "fsync(msg/)", errno);
+		while (q->nspares > 0) {
+			if (unlinkat(q->msgfd, q->spares[--q->nspares].name, 0) == 0)
+				spares++;
+		}
+	}
 
 	if ((incfd = openat(dirfd, "incoming", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
 		if ((inc = queue_read_dir(incfd, &ninc)) != NULL) {
-			queue_clean_dir(incfd, false, inc, ninc, inos, nmsg, &spares);
+			queue_clean_dir(incfd, false, inc, ninc, inos, nmsg, NULL, &spares);
 			queue_free_dir(inc, ninc);
 		}
 		close(incfd);
@@ -775,7 +844,7 @@ queue_maybe_finish(struct queue *q)
 	uv_thread_join(&q->jthread);         /* all have returned or are returning */
 	uv_thread_join(&q->writer);
 	uv_thread_join(&q->thread);
-	queue_spares_free(q);
+	queue_spares_close(q);
 	uv_close((uv_handle_t *)&q->idle, queue_handle_closed);
 	uv_close((uv_handle_t *)&q->check, queue_handle_closed);
 	uv_close((uv_handle_t *)&q->async, queue_handle_closed);

@@ -36,7 +36,8 @@
 
 /*
  * Names in msg/ that are not messages: they start with '.', which a queue id
- * never does.  Every such name found at start-up is a leftover.
+ * never does.  Every such name found at start-up is a leftover (deleted), but
+ * spare files, which the start takes into its pool (QUEUE.md).
  */
 #define QNAME_SPARE      ".spare-"            /* a spare file (a recycled message's) */
 #define QNAME_IN         ".in-"               /* a new message's file, before its rename */

@@ -481,7 +481,9 @@ test_roundtrip_files(bool named)
 	}
 	CHECK(queue_image_held() > 4096 * 2);
 	close_queue(&loop, q);
-	CHECK_INT(count_dir(dir, "msg"), RELAY_ARRAY_LEN(rows));  /* spare files removed */
+	/* the unnamed spare files are gone; named ones stay for the next start */
+	CHECK_INT(count_dir(dir, "msg") - count_prefixed(dir, ".spare-"), RELAY_ARRAY_LEN(rows));
+	CHECK_INT(count_prefixed(dir, ".in-"), 0);
 	CHECK(!file_exists(dir, "", "incoming"));
 
 	/* a new process would see exactly the same */
@@ -738,14 +740,21 @@ test_leftovers(void)
 	close_queue(&loop, q);
 
 	/* what a killed process can leave in msg/: a new message's file before
-	 * its rename, spare files (one a removed message's), and, from an older
-	 * version, files in incoming/ */
+	 * its rename, spare files (one a removed message's, one too large to
+	 * recycle, one a directory), and, from an older version, files in
+	 * incoming/.  The spare files that can be are kept as spares. */
 	snprintf(path, sizeof(path), "%s/msg/.in-00000000000000000000", dir);
 	write_raw(path, "RELAYQ 1 ", 9, 0);
 	snprintf(path, sizeof(path), "%s/msg/.spare-3", dir);
 	write_raw(path, "", 0, 0);
 	snprintf(path, sizeof(path), "%s/msg/.spare-4", dir);
 	write_raw(path, "RELAYQ 1 0000000000000030 0000000000000000\nrcpt - a@b -\n.\n", 57, 0);
+	snprintf(path, sizeof(path), "%s/msg/.spare-5", dir);
+	big = xcalloc(1, 300 * 1024);
+	write_raw(path, big, 300 * 1024, 0);
+	free(big);
+	snprintf(path, sizeof(path), "%s/msg/.spare-6", dir);
+	CHECK_INT(mkdir(path, 0700), 0);
 	snprintf(path, sizeof(path), "%s/incoming", dir);
 	CHECK_INT(mkdir(path, 0700), 0);
 	snprintf(path, sizeof(path), "%s/incoming/00000000000000000001", dir);
@@ -754,14 +763,18 @@ test_leftovers(void)
 	write_raw(path, "", 0, 0);
 
 	q = open_queue(&loop, dir);
-	CHECK_INT(count_dir(dir, "msg"), 0);
+	CHECK_INT(count_prefixed(dir, ".spare-"), 3);   /* 3 and 4 kept; 6 (not a file) */
+	CHECK(!file_exists(dir, "msg", ".spare-5"));
+	CHECK_INT(count_dir(dir, "msg"), 3);
 	CHECK(!file_exists(dir, "", "incoming"));
 	CHECK(log_has("event=queue_incomplete qid=.in-00000000000000000000 action=removed"));
 	CHECK(log_has("event=queue_incomplete qid=00000000000000000001 action=removed"));
-	CHECK(log_has("event=queue_spares_removed count=2"));
+	CHECK(log_has("event=queue_spares_removed count=1"));  /* .spare-5 */
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 0);
 	CHECK_INT(count_dir(dir, "corrupt"), 0);
+	snprintf(path, sizeof(path), "%s/msg/.spare-6", dir);
+	CHECK_INT(rmdir(path), 0);
 
 	/* a rename or link cut in half (one inode under two names): the
 	 * message stays queued, the other name goes */
@@ -781,7 +794,8 @@ test_leftovers(void)
 	q = open_queue(&loop, dir);
 	CHECK(log_has("event=queue_incomplete qid=.spare-77 action=\"removed (published)\""));
 	CHECK(log_has("event=queue_incomplete qid=spare-78 action=\"removed (published)\""));
-	CHECK_INT(count_dir(dir, "msg"), 1);
+	CHECK(!file_exists(dir, "msg", ".spare-77"));
+	CHECK_INT(count_dir(dir, "msg") - count_prefixed(dir, ".spare-"), 1);
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 1);
 	if (scanned.n == 1)
@@ -886,6 +900,90 @@ test_recycle(void)
 	free(body);
 }
 
+/*
+ * A stop after a large delivery: the pool's spare files (removed messages'
+ * files) are not deleted at close — up to QUEUE_POOL_MAX unlinks on the
+ * loop — but kept in msg/, and the next start takes them into its pool:
+ * its first messages reuse those inodes, none is made or deleted, and new
+ * spare names do not collide with the kept ones.
+ */
+static void
+test_spares_kept(void)
+{
+	enum { N = 60 };                 /* struct sink holds 64 */
+	static struct commit_res res[N], res2[N];
+	static ino_t inos[N];
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct queue_counters c;
+	char dir[128];
+	uv_loop_t loop;
+	struct queue *q;
+	size_t i, k, same = 0;
+
+	new_qdir(dir, sizeof(dir));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	for (i = 0; i < N; i++)
+		submit(q, &ndr_env, "delivered\r\n", 11, 11, &res[i]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh.n, N);
+	if (fresh.n != N)
+		exit(1);
+	for (i = 0; i < N; i++) {
+		inos[i] = file_ino(dir, fresh.m[i]->qid);
+		CHECK_INT(queue_remove(q, fresh.m[i]), 0);
+	}
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.recycled, N);
+	CHECK_INT(c.unlinked, 0);
+	close_queue(&loop, q);
+	sink_free(&fresh);
+	/* the stop deleted none of them */
+	CHECK_INT(count_prefixed(dir, ".spare-"), N);
+	CHECK_INT(count_dir(dir, "msg"), N);
+
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	CHECK_INT(count_prefixed(dir, ".spare-"), N);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 0);                        /* spares are not messages */
+	CHECK_INT(count_dir(dir, "corrupt"), 0);
+	for (i = 0; i < N / 2; i++)
+		submit(q, &rich_env, "new\r\n", 5, 5, &res2[i]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.spares_reused, N / 2);
+	CHECK_INT(c.created_late, 0);
+	CHECK_INT(count_prefixed(dir, ".spare-"), N / 2);
+	CHECK_INT(fresh.n, N / 2);
+	for (i = 0; i < fresh.n; i++) {
+		CHECK_INT(res2[i].err, 0);
+		check_body(fresh.m[i], "new\r\n", 5);
+		for (k = 0; k < N; k++)
+			if (file_ino(dir, res2[i].qid) == inos[k]) {
+				same++;
+				break;
+			}
+	}
+	CHECK_INT(same, N / 2);                         /* kept inodes */
+	/* removed again, beside the kept spares: recycled under names of
+	 * their own (one taken would make the removal delete the file) */
+	for (i = 0; i < fresh.n; i++)
+		CHECK_INT(queue_remove(q, fresh.m[i]), 0);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.recycled, N / 2);
+	CHECK_INT(c.unlinked, 0);
+	CHECK_INT(count_prefixed(dir, ".spare-"), N);
+	close_queue(&loop, q);
+	CHECK_INT(count_prefixed(dir, ".spare-"), N);
+	close_loop(&loop);
+	sink_free(&fresh);
+	sink_free(&scanned);
+}
+
 /* A file somebody still reads (a delivery of a deleted message), or a large
  * one, is deleted, not reused; the pool is bounded. */
 static void
@@ -953,7 +1051,12 @@ test_recycle_refused(void)
 	    count_prefixed(dir, ".spare-"));
 	CHECK_INT(count_dir(dir, "msg"), count_prefixed(dir, ".spare-"));
 	close_queue(&loop, q);
-	CHECK_INT(count_dir(dir, "msg"), 0);
+	CHECK_INT(count_dir(dir, "msg"), count_prefixed(dir, ".spare-"));  /* kept */
+	/* the next start keeps at most the pool's bound */
+	q = open_queue(&loop, dir);
+	CHECK_MSG(count_prefixed(dir, ".spare-") <= 4096, "%zu spares",
+	    count_prefixed(dir, ".spare-"));
+	close_queue(&loop, q);
 	close_loop(&loop);
 }
 
@@ -1195,7 +1298,10 @@ test_sigkill(void)
 
 	uv_loop_init(&loop);
 	q = open_queue(&loop, dir);
-	CHECK_INT(count_dir(dir, "msg"), 1);           /* the spare files are gone */
+	/* the message, and maybe the spare file it was being written into
+	 * (kept as a spare: its content is never read) */
+	CHECK_INT(count_dir(dir, "msg") - count_prefixed(dir, ".spare-"), 1);
+	CHECK_INT(count_prefixed(dir, "."), count_prefixed(dir, ".spare-"));
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 1);
 	CHECK_INT(count_dir(dir, "corrupt"), 0);
@@ -1224,6 +1330,7 @@ main(void)
 	test_records();
 	test_leftovers();
 	test_recycle();
+	test_spares_kept();
 	test_recycle_refused();
 	test_corrupt();
 	test_group_commit();
