@@ -23,18 +23,25 @@
 #include "submit/submit.h"
 
 /*
- * Descriptors beyond the sessions and deliveries: listeners, the log, the
- * queue (journal, directory, files the commit threads hold), the control
- * and metrics connections, DNS, LDAP and Redis sockets, libuv's own.
+ * Descriptors beyond the sessions, the deliveries and the listeners' spare
+ * descriptors: listeners, the log, the queue (journal, directory, files the
+ * commit threads hold), the control and metrics connections, DNS, LDAP and
+ * Redis sockets, libuv's own.
  */
 #define RELAY_FD_RESERVE 256
 
-/* Descriptors a configuration may need at once. */
+/*
+ * Descriptors a configuration may need at once: a session per
+ * submit.max_connections, a delivery per router.max_connections, the
+ * reserve, and per submission listener the spare descriptor it keeps for
+ * the accept pause at EMFILE (submit/submit_server.c): held all the time,
+ * so it must not come out of the sessions' share.
+ */
 static uint64_t
 relay_fd_need(const struct conf *c)
 {
 	return (uint64_t)c->submit.max_connections + c->router.max_connections +
-	    RELAY_FD_RESERVE;
+	    RELAY_FD_RESERVE + c->submit.nlisten + c->submit.nlisten_tls;
 }
 
 static int

@@ -1,7 +1,8 @@
 """test_fd_limit.py - relayd and RLIMIT_NOFILE: at start it raises its soft
 limit to the hard limit and logs it (event=fd_limit), so that
 submit.max_connections sessions can each have a descriptor; a configuration
-whose submit.max_connections + router.max_connections + 256 does not fit
+whose submit.max_connections + router.max_connections + 256 + one spare
+descriptor per submission listener (the accept pause's) does not fit
 under the hard limit is refused with a message saying what to raise, at
 start (exit 1, start_failed) and at a reload (reload_failed, the old
 configuration stays).
@@ -43,7 +44,11 @@ class FdLimitTest(unittest.TestCase):
         self.assertEqual(ev["was"], "512")
         self.assertEqual(ev["soft"], str(hard))
         self.assertEqual(ev["hard"], str(hard))
-        self.assertEqual(ev["need"], str(1000 + 100 + 256))    # the defaults
+        # the defaults, and the spare descriptor of each of the test's two
+        # listeners (listen, listen_tls); relayd once left them out
+        self.assertEqual(len(relay.config["submit"]["listen"]) +
+                         len(relay.config["submit"]["listen_tls"]), 2)
+        self.assertEqual(ev["need"], str(1000 + 100 + 256 + 2))
         self.assertEqual(nofile_of(relay.pid), (hard, hard))
 
     def test_refuses_max_connections_over_hard_limit(self):
@@ -54,14 +59,14 @@ class FdLimitTest(unittest.TestCase):
                                                               (1024, 1024)))
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("submit.max_connections 2000 and router.max_connections 100 need "
-                      "2356 file descriptors, but the hard RLIMIT_NOFILE is 1024", r.stderr)
+                      "2358 file descriptors, but the hard RLIMIT_NOFILE is 1024", r.stderr)
         ev = relay.wait_for_log("start_failed")
         self.assertIn("lower submit.max_connections", ev["error"])
         self.assertEqual(relay.count_log("started"), 0)
 
     def test_reload_refuses_what_the_limit_cannot_hold(self):
         relay = Relay.for_test(self)
-        # 1,356 descriptors needed now, 10,356 after the change: relayd gets
+        # 1,358 descriptors needed now, 10,358 after the change: relayd gets
         # 2,000 (hard), through a wrapper that sets it and execs relayd.
         wrapper = os.path.join(relay.tmpdir, "relayd-2000")
         with open(wrapper, "w") as f:
@@ -81,7 +86,7 @@ class FdLimitTest(unittest.TestCase):
         mark = relay.log_mark()
         relay.sighup()
         ev = relay.wait_for_log("reload_failed", since=mark)
-        self.assertIn("need 10356 file descriptors, but the current RLIMIT_NOFILE is 2000",
+        self.assertIn("need 10358 file descriptors, but the current RLIMIT_NOFILE is 2000",
                       ev["error"])
         relay.update_config(submit={"max_connections": 1000})
         mark = relay.log_mark()
