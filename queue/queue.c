@@ -827,13 +827,17 @@ queue_handle_closed(uv_handle_t *h)
 		done(arg);
 }
 
-/* Once closing, the thread gone, every job completed and every txn ended: close. */
+/*
+ * Once closing, the threads gone (the scan's too: it reads msg/), every job
+ * completed and every txn ended: close.
+ */
 void
 queue_maybe_finish(struct queue *q)
 {
 	bool exited;
 
-	if (!q->closing || q->finishing || q->ntxn > 0 || q->inflight > 0 || q->refilling)
+	if (!q->closing || q->finishing || q->ntxn > 0 || q->inflight > 0 || q->refilling ||
+	    q->scanner != NULL)
 		return;
 	uv_mutex_lock(&q->mtx);
 	exited = q->exited;

@@ -106,9 +106,12 @@ int queue_scan(struct queue *q, queue_new_cb *cb, void *arg);
  * the walk (after the privilege drop: the thread inherits the sandbox).
  * The loaded messages reach cb(arg, m) on the loop, at most
  * QUEUE_SCAN_BATCH per loop iteration; done(arg, loaded, corrupt, ms) once
- * at the end.  queue_scanner_stop() (loop) stops the thread promptly, joins
- * it, and drops what it loaded but did not hand over (still in msg/); it
- * frees the scanner, also after done.
+ * at the end.  queue_scanner_stop() (loop) tells the thread to stop and
+ * returns at once: neither cb nor done is called any more; the thread ends
+ * within the read it is doing (one file, or the listing of msg/), then the
+ * loop joins it, drops what it loaded but did not hand over (still in
+ * msg/) and frees the scanner (also after done).  queue_close() waits for
+ * that.  Call it exactly once.
  */
 #define QUEUE_SCAN_BATCH 256
 struct queue_scanner;

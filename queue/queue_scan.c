@@ -6,7 +6,10 @@
  * the parsed messages in batches of QUEUE_SCAN_BATCH per iteration.  Queue
  * ids made by this process while the walk runs are noted
  * (queue_scanner_made(), called when the id is made, before its file can
- * be in msg/) and skipped, so no message is loaded twice.
+ * be in msg/) and skipped, so no message is loaded twice.  A stop never
+ * waits for the thread on the loop: the thread quits at its next check (it
+ * may be reading msg/ itself, a million names, or one file), and the loop
+ * joins it once it has said so; the queue's close waits for that.
  */
 #include "queue/queue_int.h"
 #include "common/htab.h"
@@ -15,6 +18,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define QUEUE_SCAN_PENDING 4096         /* parsed, not yet taken by the loop: at most */
 
@@ -31,6 +35,8 @@ struct queue_scanner {
 	uv_async_t async;               /* the thread says: messages (or: finished) */
 	uv_thread_t thread;
 	bool started, joined, reported;
+	bool stopped;                   /* loop: queue_scanner_stop() was called */
+	unsigned dir_stall_ms;          /* RELAY_TEST_HOOKS: after reading msg/, sleep this long */
 	uint64_t t0;                    /* mono ms at the start of the walk */
 	unsigned stall_ms;              /* RELAY_TEST_HOOKS: each file waits this long first */
 	size_t handed;                  /* loop: messages given to cb */
@@ -46,16 +52,17 @@ struct queue_scanner {
 
 #ifdef RELAY_TEST_HOOKS
 static unsigned
-queue_scan_stall(void)
+queue_scan_stall(const char *name)
 {
-	const char *v = getenv("RELAYD_TEST_SCAN_STALL_MS");
+	const char *v = getenv(name);
 
 	return v != NULL ? (unsigned)strtoul(v, NULL, 10) : 0;
 }
 #else
 static unsigned
-queue_scan_stall(void)
+queue_scan_stall(const char *name)
 {
+	(void)name;
 	return 0;
 }
 #endif
@@ -84,6 +91,12 @@ queue_scan_main(void *arg)
 
 	if ((v = queue_read_dir(sc->q->msgfd, &n)) == NULL)
 		queue_log_errno(NULL, "opendir(msg/)", errno);
+	if (sc->dir_stall_ms > 0) {
+		/* RELAYD_TEST_SCAN_DIR_STALL_MS: a read of a huge msg/, which no
+		 * stop flag cuts short (readdir, the sort). */
+		usleep(sc->dir_stall_ms * 1000u);
+		log_event(LOG_INFO, "queue_scan_test_stall_over", NULL);
+	}
 	for (i = 0; v != NULL && i < n; i++) {
 		uv_mutex_lock(&sc->mtx);
 		while (!sc->stop && sc->n - sc->head >= QUEUE_SCAN_PENDING)
@@ -141,6 +154,37 @@ queue_scan_join(struct queue_scanner *sc)
 		sc->q->scanner = NULL;
 }
 
+static void
+queue_scan_closed(uv_handle_t *h)
+{
+	struct queue_scanner *sc = h->data;
+
+	uv_mutex_destroy(&sc->mtx);
+	uv_cond_destroy(&sc->cond);
+	free(sc->v);
+	free(sc);
+}
+
+/*
+ * After a stop, once the thread is over (or never ran): join it (it has
+ * nothing left to do), drop what it loaded but did not hand over (still in
+ * msg/, loaded again at the next start), free the scanner, and let a
+ * closing queue finish.
+ */
+static void
+queue_scan_end(struct queue_scanner *sc)
+{
+	struct queue *q = sc->q;
+	size_t i;
+
+	queue_scan_join(sc);
+	for (i = sc->head; i < sc->n; i++)
+		queue_msg_free(sc->v[i]);
+	sc->head = sc->n = 0;
+	uv_close((uv_handle_t *)&sc->async, queue_scan_closed);
+	queue_maybe_finish(q);
+}
+
 /* Loop: hand over one batch; at the end, join the thread and report. */
 static void
 queue_scan_async(uv_async_t *h)
@@ -150,6 +194,15 @@ queue_scan_async(uv_async_t *h)
 	size_t i, k, corrupt;
 	bool more, finished;
 
+	if (sc->stopped) {
+		/* Nothing more for the caller; the thread's last word ends it. */
+		uv_mutex_lock(&sc->mtx);
+		finished = sc->finished;
+		uv_mutex_unlock(&sc->mtx);
+		if (finished)
+			queue_scan_end(sc);
+		return;
+	}
 	uv_mutex_lock(&sc->mtx);
 	k = sc->n - sc->head;
 	if (k > QUEUE_SCAN_BATCH)
@@ -192,7 +245,8 @@ queue_scanner_new(struct queue *q, queue_new_cb *cb, queue_scan_done_cb *done, v
 	sc->cb = cb;
 	sc->done = done;
 	sc->arg = arg;
-	sc->stall_ms = queue_scan_stall();
+	sc->stall_ms = queue_scan_stall("RELAYD_TEST_SCAN_STALL_MS");
+	sc->dir_stall_ms = queue_scan_stall("RELAYD_TEST_SCAN_DIR_STALL_MS");
 	htab_init(&sc->made, NULL);
 	if (uv_mutex_init(&sc->mtx) != 0 || uv_cond_init(&sc->cond) != 0 ||
 	    uv_async_init(q->loop, &sc->async, queue_scan_async) != 0)
@@ -238,30 +292,25 @@ queue_scanner_counts(struct queue_scanner *sc, size_t *loaded, size_t *corrupt, 
 	*running = !sc->reported;
 }
 
-static void
-queue_scan_closed(uv_handle_t *h)
-{
-	struct queue_scanner *sc = h->data;
-
-	uv_mutex_destroy(&sc->mtx);
-	uv_cond_destroy(&sc->cond);
-	free(sc->v);
-	free(sc);
-}
-
+/*
+ * Tell the thread to quit; never wait for it here.  It checks the flag
+ * before each file (and wakes from a wait for room), so it ends within
+ * the read it is doing; its last uv_async_send() brings queue_scan_end()
+ * to the loop.  Not started, or over already: ended now.
+ */
 void
 queue_scanner_stop(struct queue_scanner *sc)
 {
-	size_t i;
+	bool finished;
 
+	if (sc->stopped)
+		fatalx("%s: stopped twice", __func__);
+	sc->stopped = true;
 	uv_mutex_lock(&sc->mtx);
 	sc->stop = true;
+	finished = sc->finished;
 	uv_cond_broadcast(&sc->cond);
 	uv_mutex_unlock(&sc->mtx);
-	queue_scan_join(sc);
-	/* Loaded but not handed over: still in msg/, loaded again at the next start. */
-	for (i = sc->head; i < sc->n; i++)
-		queue_msg_free(sc->v[i]);
-	sc->head = sc->n = 0;
-	uv_close((uv_handle_t *)&sc->async, queue_scan_closed);
+	if (!sc->started || sc->joined || finished)
+		queue_scan_end(sc);
 }

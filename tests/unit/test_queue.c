@@ -984,6 +984,78 @@ test_spares_kept(void)
 	sink_free(&scanned);
 }
 
+#ifdef RELAY_TEST_HOOKS
+struct scan_done {
+	size_t calls;
+};
+
+static void
+scan_done_cb(void *arg, size_t loaded, size_t corrupt, uint64_t ms)
+{
+	struct scan_done *d = arg;
+
+	(void)loaded;
+	(void)corrupt;
+	(void)ms;
+	d->calls++;
+}
+
+/*
+ * queue_scanner_stop() while the scan thread is busy in a read no flag cuts
+ * short (RELAYD_TEST_SCAN_DIR_STALL_MS: the listing of a huge msg/) returns
+ * at once: it does not join the thread on the loop (relayd once did, and
+ * the loop stood still until the read was over).  The thread ends after it;
+ * nothing reaches the callbacks after the stop; the queue's close waits for
+ * the thread (which reads msg/), and the messages stay in msg/.
+ */
+static void
+test_scanner_stop_busy(void)
+{
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct commit_res res[3];
+	struct scan_done done = { 0 };
+	struct queue_scanner *sc;
+	char dir[128];
+	uv_loop_t loop;
+	struct queue *q;
+	size_t i;
+
+	new_qdir(dir, sizeof(dir));
+	memset(res, 0, sizeof(res));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	for (i = 0; i < 3; i++)
+		submit(q, &rich_env, "scan me\r\n", 9, 9, &res[i]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh.n, 3);
+	close_queue(&loop, q);
+
+	q = open_queue(&loop, dir);
+	setenv("RELAYD_TEST_SCAN_DIR_STALL_MS", "3000", 1);
+	sc = queue_scanner_new(q, sink_add, scan_done_cb, &done);
+	unsetenv("RELAYD_TEST_SCAN_DIR_STALL_MS");
+	queue_scanner_run(sc);
+	queue_scanner_stop(sc);
+	/* back before the thread's read is over (it logs when it is) */
+	CHECK(!log_has("event=queue_scan_test_stall_over"));
+	close_queue(&loop, q);          /* runs until the thread is over and the queue closed */
+	CHECK(log_has("event=queue_scan_test_stall_over"));
+	CHECK_INT(scanned.n, 0);
+	CHECK_INT(done.calls, 0);
+	CHECK(!log_has("event=queue_scanned count=3"));
+
+	/* the messages are where they were */
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 3);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+	sink_free(&scanned);
+}
+#endif
+
 /* A file somebody still reads (a delivery of a deleted message), or a large
  * one, is deleted, not reused; the pool is bounded. */
 static void
@@ -1335,6 +1407,9 @@ main(void)
 	test_corrupt();
 	test_group_commit();
 	test_close();
+#ifdef RELAY_TEST_HOOKS
+	test_scanner_stop_busy();
+#endif
 	fixture_teardown();
 	return check_done();
 }
