@@ -311,9 +311,10 @@ def show_rates(label, buckets):
 
 
 def stop(relay):
-    """Stop relayd and clean up.  Its stop unlinks every recycled spare file
-    on the loop (queue_spares_free), one per delivered message: minutes with
-    100,000 of them on a busy machine, so wait longer than the harness does."""
+    """Stop relayd and clean up.  Its stop once unlinked the recycled spare
+    files on the loop (now it keeps them for the next start, QUEUE.md);
+    a stop after a large run may still take a while on a busy machine, so
+    wait longer than the harness does."""
     try:
         if relay.running:
             relay.stop(timeout=600)
