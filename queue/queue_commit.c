@@ -1085,16 +1085,28 @@ queue_ack_done(struct queue *q, struct queue_txn *t)
 	t->ack_prev = t->ack_next = NULL;
 }
 
-bool
-queue_wait_acked(struct queue *q, struct queue_waiter *w)
+static bool
+queue_wait(struct queue *q, struct queue_waiter *w, uint64_t need_ops)
 {
-	if (q->ack_head == NULL && q->ops_done == q->ops_total)
+	if (q->ack_head == NULL && q->ops_done >= need_ops)
 		return true;
 	w->need = q->ack_total;
-	w->need_ops = q->ops_total;
+	w->need_ops = need_ops;
 	w->next = q->waiters;
 	q->waiters = w;
 	return false;
+}
+
+bool
+queue_wait_acked(struct queue *q, struct queue_waiter *w)
+{
+	return queue_wait(q, w, q->ops_total);
+}
+
+bool
+queue_wait_published(struct queue *q, struct queue_waiter *w)
+{
+	return queue_wait(q, w, 0);
 }
 
 void
