@@ -50,7 +50,8 @@
 /*
  * The commit threads, a two-stage pipeline.  The writer takes everything
  * pending as one batch, writes and names the new files, and passes it on;
- * the sync thread takes every batch written so far, makes the data durable,
+ * the sync thread takes the new files written so far, or the next records
+ * and removals (queue_take_sync()), makes the data durable,
  * publishes new messages into msg/, makes the renames durable with one fsync
  * of msg/, and hands the jobs back to the loop.  While one batch waits for
  * the disk, the next is being written.
@@ -557,6 +558,48 @@ queue_writer_main(void *arg)
 }
 
 /*
+ * Under q->mtx, the sync thread: the next group sync from q->written.  New
+ * messages go in groups of their own, ahead of the records and removals
+ * written before them: a message's publish (the router gets it then) must
+ * not wait for the sync of hundreds of delivery records (a backlog's
+ * release: 100-250 ms per group of 100-250 records) that have nothing to
+ * do with it.  Records and removals follow in issue order, at most
+ * QUEUE_SYNC_OPS_MAX per group, so that a new message never waits behind a
+ * long group either; the two kinds take turns (*commits_last) while both
+ * wait, so that neither starves.
+ */
+static void
+queue_take_sync(struct queue *q, struct queue_list *batch, bool *commits_last)
+{
+	struct queue_list rest;
+	struct queue_job *j, *next;
+	bool commits = false, ops = false;
+	unsigned nops = 0;
+
+	for (j = q->written.head; j != NULL && !(commits && ops); j = j->next) {
+		if (j->kind == QJOB_COMMIT)
+			commits = true;
+		else
+			ops = true;
+	}
+	commits = commits && !(ops && *commits_last);
+	*commits_last = commits;
+	queue_list_init(batch);
+	queue_list_init(&rest);
+	for (j = q->written.head; j != NULL; j = next) {
+		next = j->next;
+		if (commits ? j->kind == QJOB_COMMIT : j->kind != QJOB_COMMIT &&
+		    nops++ < QUEUE_SYNC_OPS_MAX)
+			queue_list_append(batch, j);
+		else
+			queue_list_append(&rest, j);
+	}
+	q->written = rest;
+	if (rest.head == NULL)
+		queue_list_init(&q->written);
+}
+
+/*
  * After a publish: the journal records of the messages now durable in msg/
  * are no longer needed; the tail moves past them, durably, before the
  * router may see (and deliver, and remove) those messages, so that a replay
@@ -765,6 +808,7 @@ queue_thread_main(void *arg)
 	struct queue_job *j;
 	enum queue_sync_mode mode;
 	struct queue_counters c;
+	bool commits_last = false;
 
 	uv_mutex_lock(&q->mtx);
 	for (;;) {
@@ -772,8 +816,7 @@ queue_thread_main(void *arg)
 			uv_cond_wait(&q->sync_cond, &q->mtx);
 		if (q->written.head == NULL)
 			break;
-		batch = q->written;
-		queue_list_init(&q->written);
+		queue_take_sync(q, &batch, &commits_last);
 		mode = q->mode;
 		uv_mutex_unlock(&q->mtx);
 
