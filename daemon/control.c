@@ -285,12 +285,20 @@ conn_try_request(struct control_conn *cc)
 	/*
 	 * A client may have its 250 a moment before the scheduler has the
 	 * message (queue/QUEUE.md): answer once those are in, so that relayctl
-	 * sees every message a client was told is queued.
+	 * sees every message a client was told is queued.  stats reads the
+	 * scheduler's tallies, which have every record already: it does not
+	 * wait for the writer to append them too (after a mass deferral, up to
+	 * a million, seconds of work).
 	 */
 	if (!cc->waited && cc->ctl->relay->router != NULL) {
+		int consumed;
+		const struct control_cmd *cmd = control_cmd_match(argc, argv, &consumed);
+		bool (*wait)(struct router *, struct queue_waiter *) =
+		    cmd != NULL && cmd->id == CONTROL_CMD_STATS ? router_wait_published : router_wait_acked;
+
 		cc->waiter.cb = conn_resume;
 		cc->waiter.arg = cc;
-		if (!router_wait_acked(cc->ctl->relay->router, &cc->waiter)) {
+		if (!wait(cc->ctl->relay->router, &cc->waiter)) {
 			cc->waiting = true;
 			return;
 		}

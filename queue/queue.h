@@ -223,6 +223,13 @@ struct queue_waiter {
 	void *arg;
 };
 bool queue_wait_acked(struct queue *q, struct queue_waiter *w);
+/*
+ * The same wait for the acknowledged messages only, not for the records and
+ * removals: for an answer from the scheduler's memory (`relayctl stats`),
+ * which has every record already; after a mass deferral the writer may have
+ * a million of them to append.
+ */
+bool queue_wait_published(struct queue *q, struct queue_waiter *w);
 void queue_wait_cancel(struct queue *q, struct queue_waiter *w);
 
 /* Stop accepting commits, finish those in flight, join the thread; done(arg) on the loop. */

@@ -28,6 +28,8 @@
 #define QUEUE_POOL_MAX   4096                 /* spare files kept (made or recycled) */
 #define QUEUE_RECYCLE_MAX (256u << 10)        /* larger removed files are deleted */
 #define QUEUE_AUTO_SMALL 4                    /* batches up to this sync file by file */
+#define QUEUE_SYNC_OPS_MAX 32                 /* records and removals per group sync, */
+#define QUEUE_SYNC_FLOW_NS 1000000000ULL      /* while new messages came this recently */
 #define QUEUE_JNL_BATCH  (4u << 20)           /* journal batch: at most this many bytes */
 #define QUEUE_JNL_BACKLOG 512                 /* acknowledged, not yet published: at most */
 #define QUEUE_PROBE_MIN_MS 500                /* journal off: first probe after this long, */

@@ -281,6 +281,12 @@ router_wait_acked(struct router *r, struct queue_waiter *w)
 	return r->queue == NULL || queue_wait_acked(r->queue, w);
 }
 
+bool
+router_wait_published(struct router *r, struct queue_waiter *w)
+{
+	return r->queue == NULL || queue_wait_published(r->queue, w);
+}
+
 void
 router_wait_cancel(struct router *r, struct queue_waiter *w)
 {

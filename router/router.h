@@ -60,6 +60,8 @@ int router_txn_begin(struct router *r, const struct envelope *env, struct queue_
  */
 struct queue_waiter;
 bool router_wait_acked(struct router *r, struct queue_waiter *w);
+/* Only for the acknowledged messages, not the records (queue_wait_published()). */
+bool router_wait_published(struct router *r, struct queue_waiter *w);
 void router_wait_cancel(struct router *r, struct queue_waiter *w);
 
 /* ------------------------------------------------------------------ */

@@ -8,7 +8,9 @@
  * relayctl's wait (queue_wait_acked) ends only once they are all in the
  * files; closing the queue with records and a removal still staged writes
  * them all; and a SIGKILL before the writer got them leaves the message as
- * it was, queued.  Owns its temporary directory.
+ * it was, queued; and a new message committed behind hundreds of records
+ * reaches the router before they are all synced.  Owns its temporary
+ * directory.
  */
 #include "fixture.h"
 
@@ -637,6 +639,85 @@ test_many_records_bounded_descriptors(void)
 	mm.n = 0;
 }
 
+#ifdef RELAY_TEST_HOOKS
+/* How many records were done when the new message reached the router. */
+struct overtake {
+	struct many *mn;
+	struct sink fresh;
+	int seen;
+};
+
+static void
+overtake_add(void *arg, struct queue_msg *m)
+{
+	struct overtake *ov = arg;
+
+	ov->seen = ov->mn->done;
+	sink_add(&ov->fresh, m);
+}
+
+/*
+ * A new message is synced and published in a group of its own, ahead of
+ * the records and removals written before it, which go at most
+ * QUEUE_SYNC_OPS_MAX per group: its publish (the router gets it then) does
+ * not wait for the sync of hundreds of delivery records, as it did when the
+ * sync thread took everything written as one group (a backlog's release
+ * delayed other mail by 100-400 ms).  Every group sleeps 100 ms
+ * (RELAYD_TEST_PUBLISH_DELAY_MS), so the 256 records take 8 groups; the new
+ * message, committed in the same loop iteration, reaches the router with
+ * records still outstanding (before: only after all of them).
+ */
+static void
+test_new_message_overtakes_records(void)
+{
+	struct commit_res res;
+	struct queue_txn *t = NULL;
+	struct queue_record rec;
+	struct overtake ov;
+	struct many mn = { 0, 0 };
+	uv_loop_t loop;
+	struct queue *q;
+	struct queue_msg *m;
+	char dir[128];
+	int i;
+
+	memset(&ov, 0, sizeof(ov));
+	memset(&res, 0, sizeof(res));
+	ov.mn = &mn;
+	ov.seen = -1;
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	setenv("RELAYD_TEST_PUBLISH_DELAY_MS", "100", 1);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	unsetenv("RELAYD_TEST_PUBLISH_DELAY_MS");
+	queue_set_new_cb(q, sink_add, &ov.fresh);
+	m = commit_one(&loop, q, &ov.fresh);
+	queue_set_new_cb(q, overtake_add, &ov);
+
+	for (i = 0; i < QUEUE_OPS_OPEN_MAX; i++) {
+		rec_make(&rec, i);
+		CHECK_INT(queue_record(q, m, &rec, many_cb, &mn), 0);
+	}
+	CHECK_INT(queue_txn_begin(q, &two_env, &t), 0);
+	if (t == NULL)
+		exit(2);
+	CHECK_INT(queue_txn_write(t, "Subject: ahead\r\n\r\nbody\r\n", 24), 0);
+	queue_txn_commit(t, commit_cb, &res);
+	uv_run(&loop, UV_RUN_DEFAULT);
+
+	CHECK_INT(res.err, 0);
+	CHECK_INT(ov.fresh.n, 2);
+	CHECK_INT(mn.done, QUEUE_OPS_OPEN_MAX);
+	CHECK_INT(mn.failed, 0);
+	CHECK_MSG(ov.seen >= 0 && ov.seen < QUEUE_OPS_OPEN_MAX,
+	    "the new message reached the router after %d of %d records", ov.seen,
+	    QUEUE_OPS_OPEN_MAX);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&ov.fresh);
+}
+#endif
+
 int
 main(void)
 {
@@ -650,6 +731,9 @@ main(void)
 	test_close_with_pending_ops();
 	test_kill_before_the_writer();
 	test_many_records_bounded_descriptors();
+#ifdef RELAY_TEST_HOOKS
+	test_new_message_overtakes_records();
+#endif
 	fixture_teardown();
 	return check_done();
 }
