@@ -164,9 +164,16 @@ void queue_txn_abort(struct queue_txn *t);
  * error of the append or the sync (logged).  Returns at once: RELAY_EINVAL
  * (not written), RELAY_ECLOSED, RELAY_ENOENT (m was removed), else 0.
  * However many are issued at once, at most QUEUE_OPS_OPEN_MAX files are
- * open for records at a time (the writer waits for the sync thread).
+ * open for records at a time (the writer waits for the sync thread).  Of
+ * the callbacks (and commit callbacks) due, the loop runs at most
+ * QUEUE_DONE_TURN per iteration; the rest wait for the next one.
  */
 #define QUEUE_OPS_OPEN_MAX 256
+#define QUEUE_DONE_TURN 1024
+#ifdef RELAY_TEST_HOOKS
+/* Tests: how many finished jobs wait for the loop. */
+size_t queue_test_ndone(struct queue *q);
+#endif
 int queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *rec,
     queue_sync_cb *cb, void *arg);
 /* Apply a record to the in-memory message only (used by replay and by queue_record). */

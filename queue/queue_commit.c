@@ -1196,6 +1196,40 @@ queue_run_waiters(struct queue *q)
 	}
 }
 
+#ifdef RELAY_TEST_HOOKS
+size_t
+queue_test_ndone(struct queue *q)
+{
+	struct queue_job *j;
+	size_t n = 0;
+
+	uv_mutex_lock(&q->mtx);
+	for (j = q->done.head; j != NULL; j = j->next)
+		n++;
+	uv_mutex_unlock(&q->mtx);
+	return n;
+}
+#endif
+
+/* Move the first n jobs (or all, if fewer) of from to the fresh list to. */
+static void
+queue_list_take(struct queue_list *from, struct queue_list *to, unsigned n)
+{
+	struct queue_job **pp = &from->head;
+
+	queue_list_init(to);
+	while (*pp != NULL && n-- > 0)
+		pp = &(*pp)->next;
+	if (pp == &from->head)
+		return;
+	to->head = from->head;
+	to->tail = pp;
+	from->head = *pp;
+	*pp = NULL;
+	if (from->head == NULL)
+		queue_list_init(from);
+}
+
 void
 queue_async_cb(uv_async_t *h)
 {
@@ -1205,18 +1239,27 @@ queue_async_cb(uv_async_t *h)
 	struct log_line l;
 	uint64_t jerrors;
 	const char *call;
+	unsigned njobs = 0;
 	int e;
 	bool jnl_on;
 
 	if (q->magic != QUEUE_MAGIC)
 		fatalx("%s: bad queue", __func__);
-	/* callbacks may post more (a commit refused while closing): drain until empty */
+	/*
+	 * Callbacks may post more (a commit refused while closing): drain until
+	 * empty, but not for ever: while the threads finish groups as fast as
+	 * their callbacks run (a stop flushing 100,000 delivery records, each
+	 * logging its "delivered" line), the rest waits for the next turn.
+	 */
 	for (;;) {
+		if (njobs >= QUEUE_DONE_TURN) {
+			uv_async_send(h);
+			break;
+		}
 		uv_mutex_lock(&q->mtx);
 		acked = q->acked;
 		q->acked = NULL;
-		done = q->done;
-		queue_list_init(&q->done);
+		queue_list_take(&q->done, &done, QUEUE_DONE_TURN - njobs);
 		jerrors = q->counters.journal_errors;
 		jnl_on = q->jnl_on;
 		call = q->joff_call;
@@ -1248,6 +1291,7 @@ queue_async_cb(uv_async_t *h)
 			next = j->next;
 			q->inflight--;
 			queue_complete(q, j);
+			njobs++;
 		}
 	}
 	queue_run_waiters(q);

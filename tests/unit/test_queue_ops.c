@@ -716,6 +716,83 @@ test_new_message_overtakes_records(void)
 	close_loop(&loop);
 	sink_free(&ov.fresh);
 }
+
+/* Callbacks per loop iteration: a prepare handle starts each iteration. */
+struct turns {
+	uv_prepare_t prep;
+	int done, now, max;
+};
+
+static void
+turns_prepare(uv_prepare_t *h)
+{
+	struct turns *tu = h->data;
+
+	tu->now = 0;
+}
+
+static void
+turns_cb(void *arg, int err)
+{
+	struct turns *tu = arg;
+
+	(void)err;
+	tu->done++;
+	if (++tu->now > tu->max)
+		tu->max = tu->now;
+}
+
+/*
+ * 3,000 records finish while the loop is not running (the test waits for
+ * the threads): the loop then runs at most QUEUE_DONE_TURN of their
+ * callbacks per iteration, the rest in the next ones (before: all 3,000 in
+ * one).
+ */
+static void
+test_done_jobs_bounded_per_turn(void)
+{
+	struct commit_res res;
+	struct queue_record rec;
+	struct turns tu;
+	struct sink fresh;
+	uv_loop_t loop;
+	struct queue *q;
+	struct queue_msg *m;
+	char dir[128];
+	int i, n = 3000;
+
+	memset(&tu, 0, sizeof(tu));
+	memset(&res, 0, sizeof(res));
+	memset(&fresh, 0, sizeof(fresh));
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	m = commit_one(&loop, q, &fresh);
+	uv_prepare_init(&loop, &tu.prep);
+	tu.prep.data = &tu;
+	uv_prepare_start(&tu.prep, turns_prepare);
+	uv_unref((uv_handle_t *)&tu.prep);
+
+	for (i = 0; i < n; i++) {
+		rec_make(&rec, i);
+		CHECK_INT(queue_record(q, m, &rec, turns_cb, &tu), 0);
+	}
+	/* the loop hands records to the writer at the end of its iteration */
+	uv_run(&loop, UV_RUN_NOWAIT);
+	for (i = 0; i < 20000 && queue_test_ndone(q) < (size_t)n; i++)
+		uv_sleep(1);
+	CHECK_INT((int)queue_test_ndone(q), n);
+	uv_run(&loop, UV_RUN_DEFAULT);
+
+	CHECK_INT(tu.done, n);
+	/* the callbacks came in one large group: the bound had work to do */
+	CHECK_INT(tu.max, QUEUE_DONE_TURN);
+	uv_close((uv_handle_t *)&tu.prep, NULL);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+}
 #endif
 
 int
@@ -733,6 +810,7 @@ main(void)
 	test_many_records_bounded_descriptors();
 #ifdef RELAY_TEST_HOOKS
 	test_new_message_overtakes_records();
+	test_done_jobs_bounded_per_turn();
 #endif
 	fixture_teardown();
 	return check_done();
