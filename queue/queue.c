@@ -1235,8 +1235,8 @@ queue_load(struct queue *q, const char *qid, bool repair, struct queue_msg **mp,
 
 	if (mp != NULL) {
 		m = queue_msg_new(q, qid);
-		m->env = e;
-		memset(&e, 0, sizeof(e));
+		envelope_copy(&m->env, &e);  /* packed: one allocation per queued message */
+		envelope_free(&e);
 		m->rcpt = xcalloc(m->env.nrcpts, sizeof(*m->rcpt));
 		m->body_offset = boff;
 		m->body_len = blen;
