@@ -182,7 +182,9 @@ int queue_remove(struct queue *q, struct queue_msg *m);
 void queue_msg_free(struct queue_msg *m);
 /* The name of m's file, queue_dir/msg/<qid>, written into buf (len bytes):
  * buf, or NULL when m has no file (dir NULL) or the name does not fit.
- * Derived, not stored: a million queued messages do not each keep it. */
+ * Derived, not stored: a million queued messages do not each keep it.  Only
+ * while m's queue is open (m->dir is the queue's); relayd closes its queue
+ * last, after the control socket and the scheduler. */
 static inline const char *
 queue_msg_path(const struct queue_msg *m, char *buf, size_t len)
 {
