@@ -34,6 +34,8 @@ struct envelope {
 	enum env_ret ret;
 	bool body_8bit;              /* BODY=8BITMIME */
 	bool smtputf8;               /* SMTPUTF8 */
+	bool packed;                 /* envelope_copy()'s: the rcpts array and every string are
+	                                one allocation, which starts at rcpts */
 	char *auth_user;             /* authenticated login; NULL for internal mail (NDRs) */
 	char *client_ip;             /* NULL for internal mail */
 	char *client_helo;
@@ -42,6 +44,8 @@ struct envelope {
 };
 
 void envelope_free(struct envelope *env);          /* frees members, not env itself */
+/* A deep copy in one allocation (packed): the queue keeps one per queued
+ * message.  Its strings are not to be replaced; envelope_free() frees it. */
 void envelope_copy(struct envelope *dst, const struct envelope *src);
 
 #endif

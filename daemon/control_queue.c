@@ -14,6 +14,7 @@
 #include "common/util.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -359,9 +360,12 @@ rctl_head_read(const struct queue_msg *m, struct rctl_head *h)
 	char *text;
 	ssize_t n;
 	size_t got = 0;
+	char pathbuf[PATH_MAX];
+	const char *path;
 	int fd;
 
-	if (m->path == NULL || (fd = open(m->path, O_RDONLY | O_CLOEXEC)) == -1)
+	if ((path = queue_msg_path(m, pathbuf, sizeof(pathbuf))) == NULL ||
+	    (fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
 		return RELAY_EIO;
 	text = xmalloc(want + 1);
 	while (got < want) {

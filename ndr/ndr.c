@@ -43,6 +43,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -643,6 +644,8 @@ ndr_original_load(const struct queue_msg *m, enum ndr_kind kind, struct ndr_orig
 	uint64_t limit;
 	size_t end, scanned = 0;
 	ssize_t got;
+	char pathbuf[PATH_MAX];
+	const char *path;
 	int fd;
 
 	memset(o, 0, sizeof(*o));
@@ -651,7 +654,8 @@ ndr_original_load(const struct queue_msg *m, enum ndr_kind kind, struct ndr_orig
 		o->note = "Your message was too large to be returned in full; "
 		    "only its headers are attached.";
 	}
-	fd = m->path != NULL ? open(m->path, O_RDONLY | O_CLOEXEC) : -1;
+	path = queue_msg_path(m, pathbuf, sizeof(pathbuf));
+	fd = path != NULL ? open(path, O_RDONLY | O_CLOEXEC) : -1;
 	if (fd < 0) {
 		o->note = "The original message could not be read, so it is not attached.";
 		return;

@@ -217,11 +217,9 @@ struct queue_msg *
 queue_msg_new(struct queue *q, const char *qid)
 {
 	struct queue_msg *m = xcalloc(1, sizeof(*m));
-	size_t len = strlen(q->dir) + sizeof("/msg/") + strlen(qid);
 
 	snprintf(m->qid, sizeof(m->qid), "%s", qid);
-	m->path = xmalloc(len);             /* exactly: one per queued message */
-	snprintf(m->path, len, "%s/msg/%s", q->dir, qid);
+	m->dir = q->dir;
 	return m;
 }
 
@@ -1079,6 +1077,51 @@ queue_set_str(char **dst, const char *src)
 }
 
 /*
+ * A recipient's last_host, last_ip, last_status and last_reply share one
+ * allocation, in that order (with a million deferred recipients, one malloc
+ * each cost more than the strings): the block starts at the first of them
+ * that is not NULL.
+ */
+static void
+queue_rcpt_free_last(struct queue_rcpt *r)
+{
+	free(r->last_host != NULL ? r->last_host : r->last_ip != NULL ? r->last_ip :
+	    r->last_status != NULL ? r->last_status : r->last_reply);
+	r->last_host = r->last_ip = r->last_status = r->last_reply = NULL;
+}
+
+/* Replace them with copies of these (each may be NULL, or one of the old ones). */
+static void
+queue_rcpt_set_last(struct queue_rcpt *r, const char *host, const char *ip, const char *status,
+    const char *reply)
+{
+	const char *src[4] = { host, ip, status, reply };
+	char **dst[4] = { &r->last_host, &r->last_ip, &r->last_status, &r->last_reply };
+	size_t len[4], total = 0, i;
+	char *block, *p;
+
+	for (i = 0; i < 4; i++) {
+		len[i] = src[i] != NULL ? strlen(src[i]) + 1 : 0;
+		total += len[i];
+	}
+	block = p = total > 0 ? xmalloc(total) : NULL;
+	for (i = 0; i < 4; i++) {
+		if (src[i] != NULL) {
+			memcpy(p, src[i], len[i]);
+			p += len[i];
+		}
+	}
+	queue_rcpt_free_last(r);
+	for (i = 0, p = block; i < 4; i++) {
+		*dst[i] = NULL;
+		if (src[i] != NULL) {
+			*dst[i] = p;
+			p += len[i];
+		}
+	}
+}
+
+/*
  * A/D/F end an attempt: attempts counted, the last_* fields replaced (NULL
  * clears).  With the flag QREC_NO_ATTEMPT in value (expiry), attempts is not
  * counted and only the non-NULL fields replace what the last real attempt
@@ -1105,14 +1148,10 @@ queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
 			r->attempts++;
 			r->last_attempt_ms = rec->time_ms;
 		}
-		if (attempt || rec->host != NULL)
-			queue_set_str(&r->last_host, rec->host);
-		if (attempt || rec->ip != NULL)
-			queue_set_str(&r->last_ip, rec->ip);
-		if (attempt || rec->status != NULL)
-			queue_set_str(&r->last_status, rec->status);
-		if (attempt || rec->reply != NULL)
-			queue_set_str(&r->last_reply, rec->reply);
+		queue_rcpt_set_last(r, attempt || rec->host != NULL ? rec->host : r->last_host,
+		    attempt || rec->ip != NULL ? rec->ip : r->last_ip,
+		    attempt || rec->status != NULL ? rec->status : r->last_status,
+		    attempt || rec->reply != NULL ? rec->reply : r->last_reply);
 		r->waiting = rec->type == QREC_ATTEMPT && (rec->value & QREC_WAIT_DEST) != 0;
 		if (rec->type == QREC_DELIVERED) {
 			r->state = RCPT_DELIVERED;
@@ -1269,8 +1308,8 @@ queue_load(struct queue *q, const char *qid, bool repair, struct queue_msg **mp,
 
 	if (mp != NULL) {
 		m = queue_msg_new(q, qid);
-		m->env = e;
-		memset(&e, 0, sizeof(e));
+		envelope_copy(&m->env, &e);  /* packed: one allocation per queued message */
+		envelope_free(&e);
 		m->rcpt = xcalloc(m->env.nrcpts, sizeof(*m->rcpt));
 		m->body_offset = boff;
 		m->body_len = blen;
@@ -1483,16 +1522,12 @@ queue_msg_free(struct queue_msg *m)
 	if (m == NULL)
 		return;
 	for (i = 0; m->rcpt != NULL && i < m->env.nrcpts; i++) {
-		free(m->rcpt[i].last_host);
-		free(m->rcpt[i].last_ip);
-		free(m->rcpt[i].last_status);
-		free(m->rcpt[i].last_reply);
+		queue_rcpt_free_last(&m->rcpt[i]);
 	}
 	free(m->rcpt);
 	queue_msg_drop_image(m);
 	envelope_free(&m->env);
 	free(m->dkim);
 	free(m->dkim_ids);
-	free(m->path);
 	free(m);
 }

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <uv.h>
 
 #include "common/buf.h"
@@ -30,7 +31,8 @@ struct queue_rcpt {
 	enum rcpt_state state;
 	unsigned attempts;           /* attempts that ended for this recipient */
 	uint64_t last_attempt_ms;
-	char *last_host;             /* exchanger name of the last attempt, or NULL */
+	char *last_host;             /* exchanger name of the last attempt, or NULL
+	                                (the four last_* strings are one allocation: queue.c) */
 	char *last_ip;
 	char *last_status;           /* enhanced status "4.4.1", "5.1.1" ... */
 	char *last_reply;            /* the remote server's reply text, or our own diagnosis */
@@ -50,7 +52,8 @@ struct queue_msg {
 	uint64_t body_len;
 	char *dkim;                  /* DKIM-Signature field(s) sent before the body, or NULL */
 	char *dkim_ids;              /* their "d=..;s=.." pairs, ","-separated, or NULL */
-	char *path;                  /* queue_dir/msg/<qid> */
+	const char *dir;             /* queue_dir (the queue's, borrowed), or NULL: no file;
+	                                its file's name is queue_msg_path() */
 	void *sched;                 /* the scheduler's per-message state; the queue never touches it */
 	bool removed;                /* queue_remove() took it (loop only; the queue's) */
 	struct queue_image *image;   /* the file image in memory since its publish, or NULL
@@ -188,6 +191,21 @@ void queue_msg_apply(struct queue_msg *m, const struct queue_record *rec);
  * (never while somebody still has it open) or deleted, by the commit thread. */
 int queue_remove(struct queue *q, struct queue_msg *m);
 void queue_msg_free(struct queue_msg *m);
+/* The name of m's file, queue_dir/msg/<qid>, written into buf (len bytes):
+ * buf, or NULL when m has no file (dir NULL) or the name does not fit.
+ * Derived, not stored: a million queued messages do not each keep it.  Only
+ * while m's queue is open (m->dir is the queue's); relayd closes its queue
+ * last, after the control socket and the scheduler. */
+static inline const char *
+queue_msg_path(const struct queue_msg *m, char *buf, size_t len)
+{
+	int n;
+
+	if (m->dir == NULL)
+		return NULL;
+	n = snprintf(buf, len, "%s/msg/%s", m->dir, m->qid);
+	return n < 0 || (size_t)n >= len ? NULL : buf;
+}
 
 /*
  * The image of a message's file kept in memory after its publish

@@ -608,7 +608,9 @@ route_resolve(const struct route_table *t, const struct conf *conf, const char *
 		for (i = 0; i < len; i++)
 			buf_putc(&key, (char)tolower((unsigned char)domain[i]));
 	}
-	out->dest = buf_steal(&key);
+	/* exactly its length: a job waiting in an outage keeps it (one per queued message) */
+	out->dest = xstrdup(key.data != NULL ? key.data : "");
+	buf_free(&key);
 }
 
 void

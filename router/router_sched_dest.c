@@ -23,6 +23,7 @@
 #include "common/util.h"
 
 #include <arpa/inet.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,6 +179,7 @@ sched_attempt_free(struct sched_job *job)
 	if (at->mx != NULL)
 		dns_result_free(at->mx);
 	free(at->dr);
+	free(at->msg_path);
 	tlspolicy_clear(&at->tlspol);
 	mtasts_policy_release(&at->sts);
 	free(at);
@@ -704,7 +706,14 @@ sched_job_next(struct sched_job *job)
 
 			memset(&job->at->req, 0, sizeof(job->at->req));
 			job->at->req.qid = m->qid;
-			job->at->req.msg_path = m->path;
+			if (job->at->msg_path == NULL) {
+				char path[PATH_MAX];
+
+				if (queue_msg_path(m, path, sizeof(path)) == NULL)
+					fatalx("%s: %s: no file name", __func__, m->qid);
+				job->at->msg_path = xstrdup(path);
+			}
+			job->at->req.msg_path = job->at->msg_path;
 			job->at->req.body_offset = m->body_offset;
 			job->at->req.body_len = m->body_len;
 			/* Its first attempts send the image kept since its publish. */

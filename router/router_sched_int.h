@@ -101,21 +101,24 @@ struct sched_tls_note {
 	uint64_t time_ms;
 };
 
+/* One per queued message: its fields are ordered so that the struct has no
+ * holes and stays within 120 bytes (a 128-byte malloc chunk). */
 struct sched_msg {
 	uint32_t magic;
+	unsigned njobs;
 	struct queue_msg *m;
 	struct sched_rcpt *rc;          /* m->env.nrcpts entries */
 	struct sched_wake wake;
-	unsigned njobs;
-	bool deleted;                   /* gone for the admin; freed when njobs == 0 */
 	uint64_t report_retry_at;       /* a report failed: not before this */
 	unsigned report_failures;       /* reports in a row that could not be queued */
+	bool deleted;                   /* gone for the admin; freed when njobs == 0 */
 	bool warn_out;                  /* the delay warning's commit is in flight */
+	uint8_t ntls;                   /* entries in tls, at most SCHED_TLS_NOTES */
 	struct sched_tls_note *tls;     /* at most SCHED_TLS_NOTES; NULL before any attempt */
-	size_t ntls;
 	struct htab_node node;          /* in s->mhash, by qid */
 	TAILQ_ENTRY(sched_msg) entry;   /* s->msgs, oldest first */
 };
+_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_msg) <= 120, "struct sched_msg grew");
 TAILQ_HEAD(sched_msgq, sched_msg);
 
 enum sched_job_state {
@@ -146,6 +149,7 @@ struct sched_attempt {
 	size_t ti, ai;                  /* the address being tried */
 	char addr_key[HEALTH_ADDR_MAX];
 	struct deliver_req req;
+	char *msg_path;                 /* req.msg_path: the message's file (queue_msg_path) */
 	struct tlspolicy tlspol;        /* the current exchanger's (DANE, MTA-STS); req borrows its records */
 	struct deliver_rcpt *dr;
 };

@@ -40,6 +40,7 @@
 #include <linux/fs.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1327,8 +1328,8 @@ test_queue_ack_before_publish(void)
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 1);
 	if ((m = sink_find(&scanned, qid)) != NULL) {
-		char got[sizeof(body)];
-		int fd = open(m->path, O_RDONLY);
+		char got[sizeof(body)], path[PATH_MAX];
+		int fd = open(queue_msg_path(m, path, sizeof(path)), O_RDONLY);
 
 		CHECK_INT(m->body_len, sizeof(body) - 1);
 		CHECK(fd >= 0 && pread(fd, got, sizeof(body) - 1, (off_t)m->body_offset) ==

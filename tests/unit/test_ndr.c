@@ -16,10 +16,14 @@
 #include "check.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <sys/stat.h>
 
 /*
  * A recording stand-in for the router's transaction API: ndr_send() is the
@@ -319,24 +323,30 @@ static struct env_rcpt rcpts[3] = {
 	{ "dave@example.net", NULL, ENV_NOTIFY_SUCCESS | ENV_NOTIFY_FAILURE },
 };
 
+/* A queued message Q1 whose file is dir/msg/Q1 (its queue_dir is dir). */
 static void
-msg_init(struct queue_msg *m, const char *path, const char *body, size_t len)
+msg_init(struct queue_msg *m, const char *dir, const char *body, size_t len)
 {
 	static const char prefix[] = "ENVELOPE LINES THAT ARE NOT THE MESSAGE\n";
-	FILE *f = fopen(path, "wb");
+	char path[PATH_MAX];
+	FILE *f;
 
+	memset(m, 0, sizeof(*m));
+	snprintf(m->qid, sizeof(m->qid), "Q1");
+	m->dir = dir;
+	snprintf(path, sizeof(path), "%s/msg", dir);
+	if ((mkdir(dir, 0700) == -1 && errno != EEXIST) || (mkdir(path, 0700) == -1 && errno != EEXIST))
+		fatalx("%s: cannot make %s", __func__, path);
+	f = fopen(queue_msg_path(m, path, sizeof(path)), "wb");
 	if (f == NULL || fwrite(prefix, 1, sizeof(prefix) - 1, f) != sizeof(prefix) - 1 ||
 	    fwrite(body, 1, len, f) != len || fclose(f) != 0)
 		fatalx("%s: cannot write %s", __func__, path);
-	memset(m, 0, sizeof(*m));
-	snprintf(m->qid, sizeof(m->qid), "Q1");
 	m->env.sender = "alice@relay.test";
 	m->env.rcpts = rcpts;
 	m->env.nrcpts = 3;
 	m->env.arrival_ms = 1700000000000ull;
 	m->body_offset = sizeof(prefix) - 1;
 	m->body_len = len;
-	m->path = (char *)path;
 }
 
 static const struct ndr_params params = {
@@ -696,7 +706,11 @@ test_format_edges(void)
 
 	/* The queue file is gone: the report still goes, without part 3. */
 	msg_init(&m, path, original, sizeof(original) - 1);
-	unlink(path);
+	{
+		char file[PATH_MAX];
+
+		unlink(queue_msg_path(&m, file, sizeof(file)));
+	}
 	memset(&nr, 0, sizeof(nr));
 	nr.index = 0;
 	nr.status = "5.1.1";
