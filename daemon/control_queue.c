@@ -909,11 +909,7 @@ rctl_queue_action(struct rctl *c)
 		rc = 0;
 	}
 	if (rc != 0) {
-		/* RELAY_ECLOSED: the message's file was removed behind relayd's
-		 * back (queue_remove()); the message stays queued. */
-		buf_printf(c->out, "%s %s: %s (%zu message%s %s before it)", sub, q.v[i],
-		    rc == RELAY_ECLOSED ? "its queue file is gone (removed outside relayd); "
-		    "the message stays queued" : "storage error",
+		buf_printf(c->out, "%s %s: storage error (%zu message%s %s before it)", sub, q.v[i],
 		    done, done == 1 ? "" : "s", a->done);
 		free(q.v);
 		free(skipped.v);

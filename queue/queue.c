@@ -1461,18 +1461,6 @@ queue_history(struct queue *q, const char *qid,
  * length at its commit) or deletes it: if the pool is full, the file large,
  * or somebody still has it open.
  */
-/*
- * m's file was not there to remove: somebody removed or moved it behind
- * relayd's back.  m is left as it was (not marked removed: should the file
- * come back, its records and a later removal find it again).
- */
-static int
-queue_remove_gone(const struct queue_msg *m)
-{
-	queue_log_errno(m->qid, "remove", ENOENT);
-	return RELAY_ECLOSED;
-}
-
 int
 queue_remove(struct queue *q, struct queue_msg *m)
 {
@@ -1500,13 +1488,17 @@ queue_remove(struct queue *q, struct queue_msg *m)
 			return 0;
 		}
 		free(j);
-		if (errno == ENOENT)
-			return queue_remove_gone(m);
+		if (errno == ENOENT) {
+			m->removed = true;
+			return RELAY_ENOENT;
+		}
 		/* no RENAME_NOREPLACE here (or a name taken): delete it at once */
 	}
 	if (unlinkat(q->msgfd, m->qid, 0) == -1) {
-		if (errno == ENOENT)
-			return queue_remove_gone(m);
+		if (errno == ENOENT) {
+			m->removed = true;
+			return RELAY_ENOENT;
+		}
 		queue_log_errno(m->qid, "unlink", errno);
 		return RELAY_EIO;
 	}

@@ -157,9 +157,7 @@ int sched_flush(struct sched *s, const char *what);
  * expired or warned about.  Released, it is attempted at once.  0 or RELAY_ENOENT. */
 int sched_hold(struct sched *s, const char *qid);
 int sched_release(struct sched *s, const char *qid);
-/* Remove a message without any report (event=deleted).  0 or RELAY_ENOENT;
- * else queue_remove()'s error (RELAY_ECLOSED: its file is gone), and the
- * message stays queued, its recipients due again. */
+/* Remove a message without any report (event=deleted).  0 or RELAY_ENOENT. */
 int sched_delete(struct sched *s, const char *qid);
 /* Fail every pending recipient with 5.0.0 "returned by the administrator" and
  * report it to the sender.  0 or RELAY_ENOENT. */
