@@ -1461,6 +1461,20 @@ queue_history(struct queue *q, const char *qid,
  * length at its commit) or deletes it: if the pool is full, the file large,
  * or somebody still has it open.
  */
+/*
+ * m's file was not there to remove: somebody removed or moved it behind
+ * relayd's back.  Its id names no file any more, which is what the removal
+ * wanted: logged (as the writer thread logs it when the removal went there),
+ * and done.
+ */
+static int
+queue_remove_gone(struct queue_msg *m)
+{
+	queue_log_errno(m->qid, "remove", ENOENT);
+	m->removed = true;
+	return 0;
+}
+
 int
 queue_remove(struct queue *q, struct queue_msg *m)
 {
@@ -1488,17 +1502,13 @@ queue_remove(struct queue *q, struct queue_msg *m)
 			return 0;
 		}
 		free(j);
-		if (errno == ENOENT) {
-			m->removed = true;
-			return RELAY_ENOENT;
-		}
+		if (errno == ENOENT)
+			return queue_remove_gone(m);
 		/* no RENAME_NOREPLACE here (or a name taken): delete it at once */
 	}
 	if (unlinkat(q->msgfd, m->qid, 0) == -1) {
-		if (errno == ENOENT) {
-			m->removed = true;
-			return RELAY_ENOENT;
-		}
+		if (errno == ENOENT)
+			return queue_remove_gone(m);
 		queue_log_errno(m->qid, "unlink", errno);
 		return RELAY_EIO;
 	}

@@ -183,7 +183,8 @@ int queue_record(struct queue *q, struct queue_msg *m, const struct queue_record
 void queue_msg_apply(struct queue_msg *m, const struct queue_record *rec);
 
 /* Remove a message whose every recipient is done (or deleted by the admin):
- * 0, or RELAY_ENOENT (removed before).  Its id stops naming a file after
+ * 0 (also when its file was gone already, removed behind relayd's back:
+ * logged), RELAY_ENOENT (removed before) or RELAY_EIO.  Its id stops naming a file after
  * every record queue_record() issued for it before: by the writer thread
  * when records or removals are still on their way there (errors are logged),
  * else on the loop at once.  The file itself is kept for a later message

@@ -126,18 +126,52 @@ class StatsTallies(CtlCase):
 
     def test_a_failed_delete_leaves_the_tallies_right(self):
         """`queue delete` cancels the message's waiting jobs before it removes
-        the file; when the removal fails (the file is gone), the message stays
-        queued and its recipients are due again: stats must still equal the
-        walk (relayd once left it with no wake-up, counted as deferred by the
-        tallies and pending by the walk; a debug build stopped on stats)."""
+        the file; when the removal fails (msg/ not writable for relayd's user),
+        the message stays queued and its recipients are due again: stats must
+        still equal the walk (relayd once left it with no wake-up, counted as
+        deferred by the tallies and pending by the walk; a debug build stopped
+        on stats).  relayctl says so, exit 1; the messages named before it are
+        deleted, the one after it is left alone."""
         import os
         relay = self.start()
         q1 = self.send_deferred("a@example.net", "1")
+        q2 = self.send_deferred("b@example.net", "2")
+        q3 = self.send_deferred("c@example.net", "3")
+        self.check(3)
+        msgdir = os.path.join(relay.queue_dir, "msg")
+        mode = os.stat(msgdir).st_mode & 0o7777
+        os.chmod(msgdir, 0o555)         # relayd runs as nobody, the owner
+        try:
+            err = self.fails(1, "queue", "delete", q2, q3)
+        finally:
+            os.chmod(msgdir, mode)
+        self.assertIn("delete %s: storage error (0 messages deleted before it)" % q2, err)
+        self.assertEqual(sorted(self.qids_listed()), sorted([q1, q2, q3]))
+        self.check(3)
+        self.assertIn("deleted 2 messages", self.ok("queue", "delete", q2, q3))
         self.check(1)
+
+    def test_delete_of_a_vanished_file(self):
+        """A message whose file was removed behind relayd's back: its id names
+        no file any more, which is what the delete wanted.  It is deleted and
+        counted (relayd once answered "deleted 0 messages" and kept it queued,
+        so that a `--domain` delete stopped there for good), the removal is
+        logged as a queue error, and the rest of a --domain delete goes on."""
+        import os
+        relay = self.start()
+        q1 = self.send_deferred("a@example.net", "1")
+        q2 = self.send_deferred("b@example.net", "2")
+        q3 = self.send_deferred("c@example.net", "3")
+        self.check(3)
         os.remove(os.path.join(relay.queue_dir, "msg", q1))
-        self.assertIn("deleted 0", self.ok("queue", "delete", q1))
-        self.check(1)
-        self.assertEqual(self.ctl("stats").returncode, 0)
+        mark = relay.log_mark()
+        self.assertIn("deleted 3 messages", self.ok("queue", "delete", "--domain", "example.net"))
+        relay.wait_for_log("queue_error", since=mark, qid=q1, op="remove", timeout=10)
+        self.assertEqual(relay.count_log("deleted", since=mark), 3)
+        self.assertEqual(self.qids_listed(), [])
+        self.check(0)
+        left = os.listdir(os.path.join(relay.queue_dir, "msg"))
+        self.assertEqual([f for f in left if not f.startswith(".")], [])   # spares only
 
 
 @needs_test_hooks
