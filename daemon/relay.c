@@ -35,13 +35,14 @@
  * submit.max_connections, a delivery per router.max_connections, the
  * reserve, and per submission listener the spare descriptor it keeps for
  * the accept pause at EMFILE (submit/submit_server.c): held all the time,
- * so it must not come out of the sessions' share.
+ * so it must not come out of the sessions' share.  The listeners are those
+ * of `listeners`: a reload keeps the ones relayd started with.
  */
 static uint64_t
-relay_fd_need(const struct conf *c)
+relay_fd_need(const struct conf *c, const struct conf *listeners)
 {
 	return (uint64_t)c->submit.max_connections + c->router.max_connections +
-	    RELAY_FD_RESERVE + c->submit.nlisten + c->submit.nlisten_tls;
+	    RELAY_FD_RESERVE + listeners->submit.nlisten + listeners->submit.nlisten_tls;
 }
 
 static int
@@ -76,7 +77,7 @@ relay_fd_limit(const struct conf *c, struct buf *err)
 {
 	struct rlimit rl;
 	rlim_t was;
-	uint64_t need = relay_fd_need(c);
+	uint64_t need = relay_fd_need(c, c);
 	struct log_line l;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
@@ -106,12 +107,12 @@ relay_fd_limit(const struct conf *c, struct buf *err)
 	return 0;
 }
 
-/* At a reload: the limit stays what start-up made it. */
+/* At a reload: the limit stays what start-up made it, and so do the listeners. */
 static int
-relay_fd_check(const struct conf *c, struct buf *err)
+relay_fd_check(const struct conf *c, const struct conf *listeners, struct buf *err)
 {
 	struct rlimit rl;
-	uint64_t need = relay_fd_need(c);
+	uint64_t need = relay_fd_need(c, listeners);
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
 	    rl.rlim_cur >= need)
@@ -286,7 +287,7 @@ relay_reload(struct relay *r, struct buf *err)
 	}
 	notify_reloading(r->notify);
 	if (conf_load(r->conf_path, &c, err) != 0 ||
-	    relay_fd_check(c, err) != 0 ||
+	    relay_fd_check(c, r->conf_start, err) != 0 ||
 	    sandbox_reload_check(r->sandbox, c, err) != 0 ||
 	    submit_reload(r->submit, c, err) != 0) {
 		/* Strip the trailing newline for the log line. */

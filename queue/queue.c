@@ -37,6 +37,7 @@
 #include <sys/types.h>
 #include <sys/utsname.h>
 #include <dirent.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -465,6 +466,8 @@ queue_spare_adopt(struct queue *q, const char *name)
 	if (strncmp(name, QNAME_SPARE, sizeof(QNAME_SPARE) - 1) != 0 ||
 	    strlen(name) >= sizeof(copy))
 		return false;
+	if (!isdigit((unsigned char)name[sizeof(QNAME_SPARE) - 1]))
+		return false;           /* strtoull would take a sign or a space */
 	errno = 0;
 	nr = strtoull(name + sizeof(QNAME_SPARE) - 1, &end, 10);
 	if (errno != 0 || *end != '\0' || end == name + sizeof(QNAME_SPARE) - 1)

@@ -559,6 +559,17 @@ queue_writer_main(void *arg)
 }
 
 /*
+ * The commit stream: new messages, and the journal's probe, which must come
+ * after every message acknowledged from the journal before it (QUEUE.md,
+ * "Restore, no restart"): it restores their journal batches into msg/.
+ */
+static bool
+queue_job_in_commits(const struct queue_job *j)
+{
+	return j->kind == QJOB_COMMIT || j->kind == QJOB_PROBE;
+}
+
+/*
  * Under q->mtx, the sync thread: the next group sync from q->written.  New
  * messages go in groups of their own, ahead of the records and removals
  * written before them: a message's publish (the router gets it then) must
@@ -571,6 +582,7 @@ queue_writer_main(void *arg)
  * however small: a mass deferral of 300,000 records took twice as long in
  * groups of 32).  The two kinds take turns (*commits_last) while both wait,
  * so that neither starves.  *commits_ns: when the last new message was taken.
+ * The journal's probe travels with the new messages.
  */
 static void
 queue_take_sync(struct queue *q, struct queue_list *batch, bool *commits_last,
@@ -583,7 +595,7 @@ queue_take_sync(struct queue *q, struct queue_list *batch, bool *commits_last,
 	uint64_t now = uv_hrtime();
 
 	for (j = q->written.head; j != NULL && !(commits && ops); j = j->next) {
-		if (j->kind == QJOB_COMMIT)
+		if (queue_job_in_commits(j))
 			commits = true;
 		else
 			ops = true;
@@ -598,7 +610,7 @@ queue_take_sync(struct queue *q, struct queue_list *batch, bool *commits_last,
 	queue_list_init(&rest);
 	for (j = q->written.head; j != NULL; j = next) {
 		next = j->next;
-		if (commits ? j->kind == QJOB_COMMIT : j->kind != QJOB_COMMIT && nops++ < max)
+		if (commits ? queue_job_in_commits(j) : !queue_job_in_commits(j) && nops++ < max)
 			queue_list_append(batch, j);
 		else
 			queue_list_append(&rest, j);

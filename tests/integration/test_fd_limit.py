@@ -92,6 +92,15 @@ class FdLimitTest(unittest.TestCase):
         mark = relay.log_mark()
         relay.sighup()
         relay.wait_for_log("reloaded", since=mark)
+        # exactly 2,000 with the two listeners relayd has: a reload that adds a
+        # third (ignored until a restart) needs no spare descriptor for it
+        relay.update_config(submit={"max_connections": 1642, "listen": [
+            "127.0.0.1:%d" % relay.submit_port, "127.0.0.1:1"]})
+        mark = relay.log_mark()
+        relay.sighup()
+        relay.wait_for_log("reload_listen_ignored", since=mark)
+        relay.wait_for_log("reloaded", since=mark)
+        self.assertEqual(relay.count_log("reload_failed", since=mark), 0)
 
 
 if __name__ == "__main__":

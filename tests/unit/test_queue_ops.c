@@ -721,6 +721,13 @@ test_new_message_overtakes_records(void)
 struct turns {
 	uv_prepare_t prep;
 	int done, now, max;
+	int next;                    /* the index the next callback must carry */
+	int bad;                     /* callbacks out of order or with an error */
+};
+
+struct turn_rec {
+	struct turns *tu;
+	int i;
 };
 
 static void
@@ -734,9 +741,11 @@ turns_prepare(uv_prepare_t *h)
 static void
 turns_cb(void *arg, int err)
 {
-	struct turns *tu = arg;
+	struct turn_rec *tr = arg;
+	struct turns *tu = tr->tu;
 
-	(void)err;
+	tu->bad += err != 0 || tr->i != tu->next;
+	tu->next = tr->i + 1;
 	tu->done++;
 	if (++tu->now > tu->max)
 		tu->max = tu->now;
@@ -753,6 +762,7 @@ test_done_jobs_bounded_per_turn(void)
 {
 	struct commit_res res;
 	struct queue_record rec;
+	static struct turn_rec recs[3000];
 	struct turns tu;
 	struct sink fresh;
 	uv_loop_t loop;
@@ -775,8 +785,10 @@ test_done_jobs_bounded_per_turn(void)
 	uv_unref((uv_handle_t *)&tu.prep);
 
 	for (i = 0; i < n; i++) {
+		recs[i].tu = &tu;
+		recs[i].i = i;
 		rec_make(&rec, i);
-		CHECK_INT(queue_record(q, m, &rec, turns_cb, &tu), 0);
+		CHECK_INT(queue_record(q, m, &rec, turns_cb, &recs[i]), 0);
 	}
 	/* the loop hands records to the writer at the end of its iteration */
 	uv_run(&loop, UV_RUN_NOWAIT);
@@ -786,6 +798,7 @@ test_done_jobs_bounded_per_turn(void)
 	uv_run(&loop, UV_RUN_DEFAULT);
 
 	CHECK_INT(tu.done, n);
+	CHECK_INT(tu.bad, 0);                    /* in issue order, none failed */
 	/* the callbacks came in one large group: the bound had work to do */
 	CHECK_INT(tu.max, QUEUE_DONE_TURN);
 	uv_close((uv_handle_t *)&tu.prep, NULL);
