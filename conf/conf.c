@@ -35,6 +35,7 @@
 #define CONF_DEFAULT_QUEUE_DIR	"/var/spool/relayd"
 #define CONF_DEFAULT_USER	"relayd"
 #define CONF_CONTROL_SOCK_NAME	"control.sock"
+#define CONF_QUEUE_DIR_MAX	(PATH_MAX - 128)	/* room for "/msg/.in-<qid>" */
 #define CONF_DNS_PORT		53
 #define CONF_MAX_NAME		256	/* "router.routes[12].auth_password" */
 
@@ -1449,9 +1450,13 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 
 	if (c->submit.sasl_realm == NULL)
 		c->submit.sasl_realm = xstrdup(c->hostname);
-	if (c->control_socket == NULL)
+	/* queue_dir/msg/<qid> and the like must fit in a path */
+	if (strlen(c->queue_dir) > CONF_QUEUE_DIR_MAX)
+		conf_error(x, config_setting_get_member(root, "queue_dir"),
+		    "queue_dir: longer than %d bytes", CONF_QUEUE_DIR_MAX);
+	else if (c->control_socket == NULL)
 		c->control_socket = conf_default_control_socket(c->queue_dir);
-	if (strlen(c->control_socket) >= sizeof(sun.sun_path)) {
+	if (c->control_socket != NULL && strlen(c->control_socket) >= sizeof(sun.sun_path)) {
 		if ((s = config_setting_get_member(root, "control_socket")) == NULL)
 			s = config_setting_get_member(root, "queue_dir");
 		conf_error(x, s, "control_socket: '%s' is longer than %zu bytes",

@@ -11,6 +11,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1058,6 +1059,30 @@ test_errors(void)
 	}
 }
 
+/* A queue_dir too long for queue_dir/msg/<qid> is refused at its line. */
+static void
+test_queue_dir_too_long(void)
+{
+	struct buf text = BUF_INIT, err = BUF_INIT;
+	struct conf *c = NULL;
+	const char *path;
+	char *want;
+	size_t i;
+
+	buf_puts(&text, "\nqueue_dir = \"/");
+	for (i = 0; i < PATH_MAX; i++)
+		buf_putc(&text, i % 64 == 63 ? '/' : 'q');
+	buf_puts(&text, "\";\ncontrol_socket = \"/run/relayd.sock\";\n");
+	path = write_conf(buf_cstr(&text));
+	want = prefix_lines(path, "2: queue_dir: longer than 3968 bytes\n");
+	CHECK_INT(conf_load(path, &c, &err), -1);
+	CHECK_STR(buf_cstr(&err), want);
+	CHECK(c == NULL);
+	free(want);
+	buf_free(&err);
+	buf_free(&text);
+}
+
 static void
 test_missing_file(void)
 {
@@ -1248,6 +1273,7 @@ main(void)
 	test_route_find_none();
 	test_sasl_options();
 	test_errors();
+	test_queue_dir_too_long();
 	test_missing_file();
 	test_accepted_forms();
 	test_senders_ldap();
