@@ -337,14 +337,15 @@ queue_spare_take(struct queue *q, struct queue_txn *t)
 }
 
 /*
- * At close: no system call but a close(2) per unnamed spare (an empty file
- * the kernel frees).  The named ones, recycled messages' files mostly, stay
- * in msg/ for the next start: up to QUEUE_POOL_MAX unlinks on the loop made
- * a stop after a large delivery slow, and the next start would have had to
- * make those inodes again.
+ * Empty the pool.  At close (unlink_named false): no system call but a
+ * close(2) per unnamed spare (an empty file the kernel frees); the named
+ * ones, recycled messages' files mostly, stay in msg/ for the next start:
+ * up to QUEUE_POOL_MAX unlinks on the loop made a stop after a large
+ * delivery slow, and the next start would have had to make those inodes
+ * again.  Switching to named files (unlink_named true): every spare gone.
  */
 static void
-queue_spares_close(struct queue *q)
+queue_spares_drop(struct queue *q, bool unlink_named)
 {
 	struct queue_spare *sp;
 
@@ -352,20 +353,7 @@ queue_spares_close(struct queue *q)
 		sp = &q->spares[--q->nspares];
 		if (sp->fd >= 0)
 			close(sp->fd);
-	}
-}
-
-/* Every spare gone, named ones deleted (switching to named files). */
-static void
-queue_spares_free(struct queue *q)
-{
-	struct queue_spare *sp;
-
-	while (q->nspares > 0) {
-		sp = &q->spares[--q->nspares];
-		if (sp->fd >= 0)
-			close(sp->fd);
-		if (sp->name[0] != '\0')
+		if (unlink_named && sp->name[0] != '\0')
 			(void)unlinkat(q->msgfd, sp->name, 0);
 	}
 }
@@ -614,7 +602,7 @@ queue_set_named_files(struct queue *q, bool named)
 	if (!named || q->named)
 		return;
 	q->named = true;
-	queue_spares_free(q);
+	queue_spares_drop(q, true);
 	queue_refill(q);
 }
 
@@ -849,7 +837,7 @@ queue_maybe_finish(struct queue *q)
 	uv_thread_join(&q->jthread);         /* all have returned or are returning */
 	uv_thread_join(&q->writer);
 	uv_thread_join(&q->thread);
-	queue_spares_close(q);
+	queue_spares_drop(q, false);
 	uv_close((uv_handle_t *)&q->idle, queue_handle_closed);
 	uv_close((uv_handle_t *)&q->check, queue_handle_closed);
 	uv_close((uv_handle_t *)&q->async, queue_handle_closed);
