@@ -633,6 +633,8 @@ queue_test_hooks(struct queue *q)
 		q->test_sync_delay_ms = (unsigned)strtoul(v, NULL, 10);
 	if ((v = getenv("RELAYD_TEST_PUBLISH_DELAY_MS")) != NULL)
 		q->test_publish_delay_ms = (unsigned)strtoul(v, NULL, 10);
+	if ((v = getenv("RELAYD_TEST_RECORD_DELAY_MS")) != NULL)
+		q->test_record_delay_ms = (unsigned)strtoul(v, NULL, 10);
 	if ((v = getenv("RELAYD_TEST_IMAGE_MAX")) != NULL)
 		queue_image_set_max((size_t)strtoul(v, NULL, 10));   /* 0: every delivery from the file */
 }

@@ -291,6 +291,14 @@ queue_write_ops(struct queue *q, struct queue_list *ops)
 {
 	struct queue_job *j;
 
+#ifdef RELAY_TEST_HOOKS
+	/* RELAYD_TEST_RECORD_DELAY_MS: records reach the file late (not the journal) */
+	for (j = ops->head; j != NULL && q->test_record_delay_ms > 0; j = j->next)
+		if (j->kind == QJOB_SYNC) {
+			usleep(q->test_record_delay_ms * 1000u);
+			break;
+		}
+#endif
 	for (j = ops->head; j != NULL; j = j->next) {
 		if (j->kind == QJOB_SYNC)
 			queue_append_record(q, j);

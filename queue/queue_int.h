@@ -151,6 +151,7 @@ struct queue {
 	bool named;                  /* no O_TMPFILE + linkat here: files have names */
 	unsigned test_sync_delay_ms; /* RELAY_TEST_HOOKS: each group sync waits this long first */
 	unsigned test_publish_delay_ms; /* RELAY_TEST_HOOKS: each publish waits this long first */
+	unsigned test_record_delay_ms; /* RELAY_TEST_HOOKS: the writer waits this long before records */
 	bool jnl_was_on;             /* the journal was in use at start (loop) */
 	bool jnl_on;                 /* the journal is in use (else: 250 after the publish);
 	                                cleared under mtx by the journal thread when an append

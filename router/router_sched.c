@@ -492,15 +492,78 @@ sched_record(struct sched *s, struct sched_msg *sm, const struct queue_record *r
 	(void)sched_record_cb(s, sm, rec, NULL, NULL);
 }
 
-/* A "delivered" line, written once its D record is durable (sched_rcpt_outcome()). */
-static void
-sched_logged_cb(void *arg, int err)
-{
-	struct log_line *l = arg;
+/*
+ * A recipient's outcome record (D or F) on its way to the disk.  Its sync
+ * callback is the point where the outcome is durable: it writes the
+ * "delivered" line, if any, and lets the recipient's report go: a report
+ * is never built from an outcome a crash could still take back
+ * (sched_msg_report skips a recipient while outcome_out; SCHEDULING.md,
+ * "Lifetime").  The message may be gone by then: found by its id.
+ */
+struct sched_outcome_sync {
+	struct sched *s;
+	struct log_line *line;          /* "delivered", or NULL */
+	int rcpt;
+	char qid[QID_MAX];
+};
 
-	(void)err;                   /* the queue logged it */
-	log_end(l);
-	free(l);
+static void
+sched_outcome_synced(void *arg, int err)
+{
+	struct sched_outcome_sync *os = arg;
+	struct sched *s = os->s;
+	struct sched_msg *sm;
+
+	/*
+	 * err: the queue logged it.  The report goes all the same, as it did
+	 * before it waited: memory says the recipient failed (or was
+	 * delivered), and holding its report would keep the message queued
+	 * until a restart; only a crash before the disk takes a record again
+	 * can repeat the recipient and its report.
+	 */
+	(void)err;
+	if (os->line != NULL) {
+		log_end(os->line);
+		free(os->line);
+	}
+	if (s->magic != SCHED_MAGIC)
+		fatalx("%s: bad scheduler", __func__);
+	s->noutcomes--;
+	if ((sm = sched_msg_lookup(s, os->qid)) != NULL && !sm->deleted) {
+		sm->rc[os->rcpt].outcome_out = false;
+		/* a report is owed now: the message runs to queue it */
+		if (!s->stopping && !sched_rcpt_done(sm->m, (size_t)os->rcpt)) {
+			sched_heap_set(s, &sm->wake, sched_now(s));
+			sched_arm(s);
+		}
+	}
+	free(os);
+	sched_shutdown_check(s);
+}
+
+/*
+ * queue_record() for a D or F record of rec->rcpt, with the callback above;
+ * line (may be NULL) is logged from it.  False if the record was not written
+ * (the callback never runs: the caller logs line; nothing holds the report).
+ */
+static bool
+sched_record_outcome(struct sched *s, struct sched_msg *sm, const struct queue_record *rec,
+    struct log_line *line)
+{
+	struct sched_outcome_sync *os = xcalloc(1, sizeof(*os));
+
+	os->s = s;
+	os->line = line;
+	os->rcpt = rec->rcpt;
+	snprintf(os->qid, sizeof(os->qid), "%s", sm->m->qid);
+	sm->rc[rec->rcpt].outcome_out = true;
+	if (sched_record_cb(s, sm, rec, sched_outcome_synced, os)) {
+		s->noutcomes++;         /* a stop waits for the callback */
+		return true;
+	}
+	sm->rc[rec->rcpt].outcome_out = false;
+	free(os);
+	return false;
 }
 
 /*
@@ -537,12 +600,15 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	 * "delivered" is logged once its D record is durable (the writer thread
 	 * appends it after this returns): a crash before that sends the message
 	 * again, and its log never said it was delivered.  Filled in below;
-	 * the callback never runs before this returns.
+	 * the callback never runs before this returns.  A D or F record also
+	 * holds the recipient's report until then (sched_record_outcome).
 	 */
 	if (o == SCHED_DELIVERED) {
 		lp = xmalloc(sizeof(*lp));
-		later = sched_record_cb(s, sm, &rec, sched_logged_cb, lp);
-	} else
+		later = sched_record_outcome(s, sm, &rec, lp);
+	} else if (o == SCHED_FAILED)
+		(void)sched_record_outcome(s, sm, &rec, NULL);
+	else
 		sched_record(s, sm, &rec);
 
 	if (o == SCHED_DEFERRED && wait_dest == NULL) {
@@ -724,7 +790,7 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 		rec.status = "4.4.7";
 		rec.reply = reply;
 		rec.value = QREC_NO_ATTEMPT | QREC_EXPIRED;
-		sched_record(s, sm, &rec);
+		(void)sched_record_outcome(s, sm, &rec, NULL);   /* its report waits for it */
 		free(host);
 		free(ip);
 		s->stats->expired++;
@@ -824,7 +890,7 @@ sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now)
 	if (sm->report_retry_at != 0) {
 		for (i = 0; i < m->env.nrcpts; i++) {
 			if (!sched_rcpt_done(m, i) && m->rcpt[i].state != RCPT_PENDING &&
-			    !sm->rc[i].report_out) {
+			    !sm->rc[i].report_out && !sm->rc[i].outcome_out) {
 				if (sm->report_retry_at < at)
 					at = sm->report_retry_at;
 				break;
@@ -1133,7 +1199,7 @@ sched_reload(struct sched *s, struct conf *conf)
 void
 sched_shutdown_check(struct sched *s)
 {
-	if (s->nactive == 0 && s->nreports == 0 && s->timer_closed && s->routes_closed &&
+	if (s->nactive == 0 && s->nreports == 0 && s->noutcomes == 0 && s->timer_closed && s->routes_closed &&
 	    s->tlsrpt_closed && !s->trimming && s->shutdown_done != NULL) {
 		void (*done)(void *) = s->shutdown_done;
 
@@ -1236,6 +1302,8 @@ sched_free(struct sched *s)
 		fatalx("%s: %u attempts still in flight", __func__, s->nactive);
 	if (s->nreports > 0)
 		fatalx("%s: %u reports still being queued", __func__, s->nreports);
+	if (s->noutcomes > 0)
+		fatalx("%s: %u outcome records still being synced", __func__, s->noutcomes);
 	if (s->trimming)
 		fatalx("%s: a heap trim still runs", __func__);
 	while ((sm = TAILQ_FIRST(&s->msgs)) != NULL)

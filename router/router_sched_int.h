@@ -87,6 +87,7 @@ struct sched_rcpt {
 	struct sched_tdest *tdest;      /* and under its job's destination, or NULL */
 	uint8_t tbucket;                /* enum sched_tb: where it is counted */
 	bool report_out;                /* its report's commit is in flight */
+	bool outcome_out;               /* its D or F record is not durable yet: no report */
 };
 
 /* How the TLS policy treated one exchanger address tried for a message
@@ -239,6 +240,7 @@ struct sched {
 	size_t nr_active, nr_backlog, nr_waiting;  /* recipients of the jobs in s->active,
 	                                   in the backlogs, waiting for their destination */
 	unsigned nreports;              /* reports whose commit is in flight */
+	unsigned noutcomes;             /* D/F records whose sync callback is to come */
 	/* relayctl stats (sched_stats()), kept as recipients move: router_sched_tally.c. */
 	size_t tb[SCHED_TB_N];          /* recipients by enum sched_tb */
 	struct htab tdoms;              /* struct sched_tdom by recipient domain, case ignored */

@@ -1,16 +1,20 @@
 /*
  * router_sched_report.c - the reports a queued message owes its sender:
  * failures, expiries, deliveries whose NOTIFY asks for SUCCESS, and the one
- * delay warning, each built and queued by ndr/.  A report counts as sent
- * only once its commit is durable: REPORTED (WARNED) is recorded from
- * ndr_send's done callback, which finds the message again by its queue id;
- * a report that could not be queued is tried again after a back-off on the
- * retry intervals.  See router/SCHEDULING.md, "Lifetime".
+ * delay warning, each built and queued by ndr/.  A report is built only
+ * once the record that caused it (D, F) is durable: sched_msg_report skips
+ * a recipient while its outcome_out (router_sched.c, sched_outcome_synced).
+ * A report counts as sent only once its commit is durable: REPORTED
+ * (WARNED) is recorded from ndr_send's done callback, which finds the
+ * message again by its queue id; a report that could not be queued is
+ * tried again after a back-off on the retry intervals.  See
+ * router/SCHEDULING.md, "Lifetime".
  *
  * Owns: the small struct sched_report each report in flight carries.
- * Never: records a report before it is safely queued, lets the original
- * leave the queue before its reports are (sched_rcpt_done in
- * router_sched.c), or builds the same report twice while one is in flight.
+ * Never: builds a report from an outcome not yet durable, records a report
+ * before it is safely queued, lets the original leave the queue before its
+ * reports are (sched_rcpt_done in router_sched.c), or builds the same
+ * report twice while one is in flight.
  */
 #include "router/router_sched_int.h"
 #include "ndr/ndr.h"
@@ -208,8 +212,8 @@ sched_msg_report(struct sched *s, struct sched_msg *sm, const char *reason, uint
 	for (i = 0; i < n; i++) {
 		const struct queue_rcpt *qr = &m->rcpt[i];
 
-		if (qr->reported || sm->rc[i].report_out)
-			continue;
+		if (qr->reported || sm->rc[i].report_out || sm->rc[i].outcome_out)
+			continue;       /* reported, being queued, or its cause not durable yet */
 		if (qr->state == RCPT_DELIVERED) {
 			if ((m->env.rcpts[i].notify & ENV_NOTIFY_SUCCESS) && m->env.sender[0] != '\0' &&
 			    !qr->dsn_passed)
