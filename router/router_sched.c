@@ -556,7 +556,8 @@ sched_record_outcome(struct sched *s, struct sched_msg *sm, const struct queue_r
 	os->line = line;
 	os->rcpt = rec->rcpt;
 	snprintf(os->qid, sizeof(os->qid), "%s", sm->m->qid);
-	sm->rc[rec->rcpt].outcome_out = true;
+	/* the null sender is owed no report: nothing to hold (ndr_suppressed at once) */
+	sm->rc[rec->rcpt].outcome_out = sm->m->env.sender[0] != '\0';
 	if (sched_record_cb(s, sm, rec, sched_outcome_synced, os)) {
 		s->noutcomes++;         /* a stop waits for the callback */
 		return true;
