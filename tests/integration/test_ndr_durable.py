@@ -26,6 +26,7 @@ from relay import Relay, needs_test_hooks
 SENDER = "alice@example.org"
 BOB = "bob@example.net"
 DAVE = "dave@example.org"
+CAROL = "carol@example.net"
 STALL_MS = "30000"          # longer than any test step below: the kill comes first
 SHORT_STALL_MS = "1500"
 
@@ -93,6 +94,33 @@ class ReportAfterItsCause(unittest.TestCase):
         reports = self.reports()
         self.assertEqual(len(reports), 1, self.home.messages)
         self.assertIn(sent["ndr_qid"].encode(), reports[0].data)
+
+    def test_no_success_notice_before_its_delivery_is_durable(self):
+        """NOTIFY=SUCCESS to a next hop without DSN: relayd owes the notice,
+        and queues it only once the D record is durable.  Killed before
+        that: no notice was queued (nor "delivered" logged); after the
+        restart carol is delivered again (the window every delivery has
+        before its record) and the sender gets exactly one notice."""
+        relay = self.relay(STALL_MS)
+        self.far.ehlo_features = [f for f in self.far.ehlo_features if f != "DSN"]
+        qid = submit(relay, SENDER, [CAROL], make_message(SENDER, CAROL, "ok?", "Body.\r\n"),
+                     rcpt_options={CAROL: ["NOTIFY=SUCCESS"]})
+        relay.wait_for_log("deliver_attempt", qid=qid, code=250, timeout=20)
+        probe = submit(relay, SENDER, [DAVE], make_message(SENDER, DAVE, "probe", "Probe.\r\n"))
+        self.assertNotEqual(probe, qid)
+        self.assertEqual(relay.count_log("delivered", qid=qid), 0)
+        self.assertEqual(relay.count_log("ndr", qid=qid), 0,
+                         "a success notice was queued before its delivery was durable")
+
+        mark = self.restart_without_stall(relay)
+        sent = relay.wait_for_log("ndr", since=mark, qid=qid, timeout=20)
+        self.assertEqual((sent["rcpt"], sent["reason"]), (CAROL, "delivered"))
+        relay.wait_for_log("delivered", since=mark, qid=sent["ndr_qid"], timeout=30)
+        relay.wait_for_log("removed", since=mark, qid=qid, timeout=30)
+        relay.wait_for_log("delivered", since=mark, qid=probe, rcpt=DAVE, timeout=30)
+        self.assertEqual(relay.count_log("ndr", qid=qid), 1)
+        self.assertEqual(self.queued(relay), [], "left in the queue (a notice replayed?)")
+        self.assertEqual(len(self.reports()), 1, self.home.messages)
 
     def test_report_follows_the_durable_failure(self):
         """The report is queued once bob's F record is durable: killed after
