@@ -656,6 +656,7 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 	q->magic = QUEUE_MAGIC;
 	q->loop = loop;
 	q->dir = xstrdup(dir);
+	q->lasts = queue_lasts_new();
 	q->lockfd = q->msgfd = q->corruptfd = -1;
 	q->jnl.fd = -1;
 	q->mode = queue_default_mode();
@@ -687,6 +688,7 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 		if (dirfd >= 0)
 			close(dirfd);
 		queue_close_fds(q);
+		queue_lasts_free(q->lasts);
 		free(q->dir);
 		free(q);
 		return RELAY_EIO;
@@ -695,6 +697,7 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 	if (queue_journal_open(q, dirfd, err) != 0) {
 		close(dirfd);
 		queue_close_fds(q);
+		queue_lasts_free(q->lasts);
 		free(q->dir);
 		free(q);
 		return RELAY_EIO;
@@ -811,6 +814,7 @@ queue_handle_closed(uv_handle_t *h)
 	queue_close_fds(q);
 	done = q->close_done;
 	arg = q->close_arg;
+	queue_lasts_free(q->lasts);
 	free(q->dir);
 	q->magic = 0;
 	free(q);
@@ -1070,51 +1074,6 @@ queue_set_str(char **dst, const char *src)
 }
 
 /*
- * A recipient's last_host, last_ip, last_status and last_reply share one
- * allocation, in that order (with a million deferred recipients, one malloc
- * each cost more than the strings): the block starts at the first of them
- * that is not NULL.
- */
-static void
-queue_rcpt_free_last(struct queue_rcpt *r)
-{
-	free(r->last_host != NULL ? r->last_host : r->last_ip != NULL ? r->last_ip :
-	    r->last_status != NULL ? r->last_status : r->last_reply);
-	r->last_host = r->last_ip = r->last_status = r->last_reply = NULL;
-}
-
-/* Replace them with copies of these (each may be NULL, or one of the old ones). */
-static void
-queue_rcpt_set_last(struct queue_rcpt *r, const char *host, const char *ip, const char *status,
-    const char *reply)
-{
-	const char *src[4] = { host, ip, status, reply };
-	char **dst[4] = { &r->last_host, &r->last_ip, &r->last_status, &r->last_reply };
-	size_t len[4], total = 0, i;
-	char *block, *p;
-
-	for (i = 0; i < 4; i++) {
-		len[i] = src[i] != NULL ? strlen(src[i]) + 1 : 0;
-		total += len[i];
-	}
-	block = p = total > 0 ? xmalloc(total) : NULL;
-	for (i = 0; i < 4; i++) {
-		if (src[i] != NULL) {
-			memcpy(p, src[i], len[i]);
-			p += len[i];
-		}
-	}
-	queue_rcpt_free_last(r);
-	for (i = 0, p = block; i < 4; i++) {
-		*dst[i] = NULL;
-		if (src[i] != NULL) {
-			*dst[i] = p;
-			p += len[i];
-		}
-	}
-}
-
-/*
  * A/D/F end an attempt: attempts counted, the last_* fields replaced (NULL
  * clears).  With the flag QREC_NO_ATTEMPT in value (expiry), attempts is not
  * counted and only the non-NULL fields replace what the last real attempt
@@ -1122,8 +1081,8 @@ queue_rcpt_set_last(struct queue_rcpt *r, const char *host, const char *ip, cons
  * explicit states (waiting, expired, dsn_passed); nothing is ever inferred
  * from the status text.
  */
-void
-queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
+static void
+queue_msg_apply_in(struct queue_lasts *lasts, struct queue_msg *m, const struct queue_record *rec)
 {
 	struct queue_rcpt *r = NULL;
 	bool attempt;
@@ -1141,7 +1100,7 @@ queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
 			r->attempts++;
 			r->last_attempt_ms = rec->time_ms;
 		}
-		queue_rcpt_set_last(r, attempt || rec->host != NULL ? rec->host : r->last_host,
+		queue_rcpt_set_last(lasts, r, attempt || rec->host != NULL ? rec->host : r->last_host,
 		    attempt || rec->ip != NULL ? rec->ip : r->last_ip,
 		    attempt || rec->status != NULL ? rec->status : r->last_status,
 		    attempt || rec->reply != NULL ? rec->reply : r->last_reply);
@@ -1168,6 +1127,13 @@ queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
 		queue_set_str(&m->dkim_ids, rec->status);
 		break;
 	}
+}
+
+/* Without the queue: the strings get a block of their own. */
+void
+queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
+{
+	queue_msg_apply_in(NULL, m, rec);
 }
 
 /*
@@ -1203,7 +1169,7 @@ queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *re
 	j->cb = cb;
 	j->arg = arg;
 	snprintf(j->qid, sizeof(j->qid), "%s", m->qid);
-	queue_msg_apply(m, rec);
+	queue_msg_apply_in(q->lasts, m, rec);
 	queue_stage_op(q, j, true);
 	return 0;
 }
@@ -1317,7 +1283,7 @@ queue_load(struct queue *q, const char *qid, bool repair, struct queue_msg **mp,
 			goto out;
 		}
 		if (m != NULL)
-			queue_msg_apply(m, &rec);
+			queue_msg_apply_in(q->lasts, m, &rec);
 		if (fn != NULL)
 			fn(arg, &rec);
 	}

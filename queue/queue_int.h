@@ -1,5 +1,5 @@
 /*
- * queue_int.h - (internal to queue.c and queue_commit.c) the
+ * queue_int.h - (internal to the queue's files) the
  * queue's shared structures: the queue itself, transactions, the jobs the
  * commit threads work on, spare files; and the calls between the storage
  * half (queue.c: files, transactions, records, scan, spare files,
@@ -162,6 +162,7 @@ struct queue {
 	bool link_empty;             /* linkat(AT_EMPTY_PATH), not /proc/self/fd */
 	queue_new_cb *new_cb;
 	void *new_arg;
+	struct queue_lasts *lasts;   /* recipients' last_* strings, shared (queue_last.c) */
 
 	/* Loop thread only. */
 	struct queue_scanner *scanner; /* the msg/ walk on its thread, while it runs */
@@ -270,6 +271,15 @@ void queue_maybe_finish(struct queue *q);
 void queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size);
 void queue_txn_free(struct queue_txn *t);
 struct queue_msg *queue_msg_new(struct queue *q, const char *qid);
+
+/* queue_last.c: a recipient's last_* strings, one block shared by the
+ * recipients whose four are equal (looked up in lasts; NULL: not shared). */
+struct queue_lasts;
+struct queue_lasts *queue_lasts_new(void);
+void queue_lasts_free(struct queue_lasts *lasts);
+void queue_rcpt_set_last(struct queue_lasts *lasts, struct queue_rcpt *r, const char *host,
+    const char *ip, const char *status, const char *reply);
+void queue_rcpt_free_last(struct queue_rcpt *r);
 
 /* queue_image.c: the txn's whole-file buffer b becomes an image (b is
  * emptied), or NULL (over the bound): b is left as it was. */

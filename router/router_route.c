@@ -14,6 +14,7 @@
 #include "common/util.h"
 
 #include <ctype.h>
+#include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -24,6 +25,18 @@
 #define ROUTE_FILE      "routes"
 #define ROUTE_FILE_TMP  "routes.tmp"
 #define ROUTE_MAX_FILE  (1024 * 1024)
+
+#define ROUTE_KEYS      64              /* destination keys the table keeps for sharing */
+
+/*
+ * A route's destination key, shared by the routes that resolve to it: a
+ * job waiting in an outage keeps its route, so a copy each was one
+ * allocation per queued message.  Loop thread only (no atomics).
+ */
+struct route_key {
+	unsigned refs;
+	char s[];
+};
 
 struct route_rt {                       /* one run-time route */
 	char *domain;
@@ -46,7 +59,50 @@ struct route_table {
 	bool freed;                     /* route_table_free while writing: free at the end */
 	void (*close_done)(void *);
 	void *close_arg;
+	struct route_key *keys[ROUTE_KEYS]; /* the keys made last, by hash (a reference each) */
 };
+
+static void
+route_key_unref(char *dest)
+{
+	struct route_key *k;
+
+	if (dest == NULL)
+		return;
+	k = (struct route_key *)(void *)(dest - offsetof(struct route_key, s));
+	if (--k->refs == 0)
+		free(k);
+}
+
+/* A reference to the key s, shared through t if it has it (t may be NULL). */
+static char *
+route_key_get(struct route_table *t, const char *s)
+{
+	struct route_key *k, **slot = NULL;
+	size_t len = strlen(s) + 1;
+	uint32_t h = 2166136261u;
+	const char *p;
+
+	if (t != NULL) {
+		for (p = s; *p != '\0'; p++)
+			h = (h ^ (unsigned char)*p) * 16777619u;
+		slot = &t->keys[h % ROUTE_KEYS];
+		if (*slot != NULL && strcmp((*slot)->s, s) == 0) {
+			(*slot)->refs++;
+			return (*slot)->s;
+		}
+	}
+	k = xmalloc(offsetof(struct route_key, s) + len);
+	k->refs = 1;
+	memcpy(k->s, s, len);
+	if (slot != NULL) {
+		if (*slot != NULL)
+			route_key_unref((*slot)->s);
+		*slot = k;
+		k->refs++;
+	}
+	return k->s;
+}
 
 /* ------------------------------------------------------------------ */
 /* Parsing. */
@@ -408,6 +464,9 @@ route_table_destroy(struct route_table *t)
 		free(t->rt[i].domain);
 		route_hosts_free(t->rt[i].hosts, t->rt[i].nhosts);
 	}
+	for (i = 0; i < ROUTE_KEYS; i++)
+		if (t->keys[i] != NULL)
+			route_key_unref(t->keys[i]->s);
 	free(t->rt);
 	free(t->path);
 	free(t->tmp_path);
@@ -580,7 +639,7 @@ route_from_conf(struct route *out, const struct conf_route *r, const struct conf
 }
 
 void
-route_resolve(const struct route_table *t, const struct conf *conf, const char *domain,
+route_resolve(struct route_table *t, const struct conf *conf, const char *domain,
     struct route *out)
 {
 	const struct conf_route *cr = conf_route_find(conf, domain);
@@ -608,15 +667,15 @@ route_resolve(const struct route_table *t, const struct conf *conf, const char *
 		for (i = 0; i < len; i++)
 			buf_putc(&key, (char)tolower((unsigned char)domain[i]));
 	}
-	/* exactly its length: a job waiting in an outage keeps it (one per queued message) */
-	out->dest = xstrdup(key.data != NULL ? key.data : "");
+	/* shared: a job waiting in an outage keeps it (one per queued message) */
+	out->dest = route_key_get(t, key.data != NULL ? key.data : "");
 	buf_free(&key);
 }
 
 void
 route_release(struct route *r)
 {
-	free(r->dest);
+	route_key_unref(r->dest);
 	free(r->domain);
 	route_hosts_free(r->hosts, r->nhosts);
 	free(r->auth_user);

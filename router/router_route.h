@@ -64,8 +64,10 @@ int route_clear(struct route_table *t, const char *domain);
 /* Every route, run-time and configured, as an aligned table or a JSON array. */
 void route_list(const struct route_table *t, const struct conf *conf, bool json, struct buf *out);
 
-/* Where mail for domain goes (see the precedence above); fills out (release it). */
-void route_resolve(const struct route_table *t, const struct conf *conf, const char *domain,
+/* Where mail for domain goes (see the precedence above); fills out (release it).
+ * Its dest is shared with the other routes t resolved to the same destination
+ * (t may be NULL: a copy of its own); treat it as read-only. */
+void route_resolve(struct route_table *t, const struct conf *conf, const char *domain,
     struct route *out);
 void route_release(struct route *r);
 /* Whether a and b send mail the same way (destination, hosts, policy, TLS, AUTH). */

@@ -22,7 +22,7 @@ and prints each figure against its target (met / not met), and the times of
 relayd's own log events (queue scan, start) after exec.
 
     python3 tests/bench/queue_bench.py [--messages 1000000] [--domains 10]
-        [--rcpts 1] [--runs 5] [--build build] [--queue DIR] [--keep]
+        [--rcpts 1] [--runs 5] [--build build] [--queue DIR] [--keep] [--hold S]
 
 --queue DIR uses DIR as queue_dir (filled first unless it already has a
 msg/ directory) and keeps it; otherwise the queue is made under a fresh
@@ -158,6 +158,15 @@ def one_start(relay, label, a, n_rcpts):
     t_settled = time.perf_counter() - t_settle0
     rss1, hwm1 = rss(pid)
     st1 = time_stats(relay, a.runs)
+    if a.hold > 0:
+        # the queue's writer may still be appending the deferral records, and
+        # the scheduler trims the heap once things are quiet: RSS over time
+        t_end = time.perf_counter() + a.hold
+        while time.perf_counter() < t_end:
+            time.sleep(5)
+            r, h = rss(pid)
+            print("  held %5.0fs: VmRSS / VmHWM %.1f / %.1f MiB"
+                  % (a.hold - (t_end - time.perf_counter()), r, h))
     for e in log_events(relay, since, t_exec_wall):
         print("  log: %s" % e)
     print("  queue settled %.1fs after the first stats: %d messages, %s"
@@ -189,6 +198,9 @@ def main():
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     ap.add_argument("--queue", help="queue_dir to use (filled unless it has msg/); kept")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--hold", type=float, default=0,
+                    help="keep relayd running this many seconds after the settled figures, "
+                    "printing its VmRSS / VmHWM every 5 s")
     ap.add_argument("--once", action="store_true",
                     help="start only once (on a --queue relayd has run on: that is the restart)")
     a = ap.parse_args()

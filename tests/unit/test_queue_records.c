@@ -245,6 +245,102 @@ test_old_records_load(void)
 	close_loop(&loop);
 }
 
+/* A record with these strings for m's only recipient. */
+static void
+record_last(struct queue *q, struct queue_msg *m, int value, const char *host,
+    const char *status, const char *reply)
+{
+	struct queue_record rec;
+
+	memset(&rec, 0, sizeof(rec));
+	rec.type = QREC_ATTEMPT;
+	rec.rcpt = 0;
+	rec.time_ms = T0;
+	rec.host = host;
+	rec.ip = host != NULL ? "192.0.2.1" : NULL;
+	rec.status = status;
+	rec.reply = reply;
+	rec.value = value;
+	CHECK_INT(queue_record(q, m, &rec, NULL, NULL), 0);
+}
+
+/*
+ * Recipients whose last_* strings are equal (every recipient waiting for a
+ * down destination) share one copy of them, as recorded and as read back by
+ * a restart's scan; a recipient whose strings change gets its own again and
+ * leaves the others' alone; the copies outlive the queue (ASan: no leak, no
+ * use after free).
+ */
+static void
+test_last_strings_shared(void)
+{
+	static const char down[] = "all exchangers of example.net are down";
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct queue_msg *m[3];
+	struct queue *q;
+	uv_loop_t loop;
+	char dir[128], qid[3][QID_MAX];
+	size_t i;
+
+	uv_loop_init(&loop);
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	for (i = 0; i < 3; i++) {
+		commit_one(&loop, q, qid[i]);
+		m[i] = sink_find(&fresh, qid[i]);
+		CHECK(m[i] != NULL);
+		if (m[i] == NULL)
+			exit(2);
+	}
+	record_last(q, m[0], QREC_WAIT_DEST, "mx.example.net", "4.4.1", down);
+	record_last(q, m[1], QREC_WAIT_DEST, "mx.example.net", "4.4.1", down);
+	record_last(q, m[2], 0, "mx.example.net", "4.4.1", "451 4.4.1 try later");
+	CHECK(m[0]->rcpt[0].last_reply == m[1]->rcpt[0].last_reply);
+	CHECK(m[0]->rcpt[0].last_host == m[1]->rcpt[0].last_host);
+	CHECK(m[0]->rcpt[0].last_reply != m[2]->rcpt[0].last_reply);
+	CHECK_STR(m[1]->rcpt[0].last_reply, down);
+	CHECK_STR(m[2]->rcpt[0].last_reply, "451 4.4.1 try later");
+
+	/* m[0] moves on: m[1] keeps its strings */
+	record_last(q, m[0], 0, "mx2.example.net", "4.2.0", "451 4.2.0 busy");
+	CHECK_STR(m[0]->rcpt[0].last_host, "mx2.example.net");
+	CHECK_STR(m[0]->rcpt[0].last_reply, "451 4.2.0 busy");
+	CHECK_STR(m[1]->rcpt[0].last_host, "mx.example.net");
+	CHECK_STR(m[1]->rcpt[0].last_ip, "192.0.2.1");
+	CHECK_STR(m[1]->rcpt[0].last_status, "4.4.1");
+	CHECK_STR(m[1]->rcpt[0].last_reply, down);
+	/* an expiry keeps the host of the last attempt (QREC_NO_ATTEMPT, NULL host) */
+	record_last(q, m[1], QREC_NO_ATTEMPT, NULL, "4.4.7", "expired");
+	CHECK_STR(m[1]->rcpt[0].last_host, "mx.example.net");
+	CHECK_STR(m[1]->rcpt[0].last_ip, "192.0.2.1");
+	CHECK_STR(m[1]->rcpt[0].last_reply, "expired");
+	record_last(q, m[2], 0, "mx.example.net", "4.4.1", down);
+	record_last(q, m[1], QREC_WAIT_DEST, "mx.example.net", "4.4.1", down);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	close_queue(&loop, q);
+
+	/* m[1] and m[2] now end with the same record; m[0] with its own */
+	CHECK(m[1]->rcpt[0].last_reply == m[2]->rcpt[0].last_reply);
+	sink_free(&fresh);              /* after the queue is gone */
+
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	close_queue(&loop, q);
+	CHECK_INT(scanned.n, 3);
+	for (i = 0; i < 3; i++)
+		if ((m[i] = sink_find(&scanned, qid[i])) == NULL)
+			exit(2);
+	CHECK(m[1]->rcpt[0].last_reply == m[2]->rcpt[0].last_reply);
+	CHECK(m[0]->rcpt[0].last_reply != m[1]->rcpt[0].last_reply);
+	CHECK_STR(m[0]->rcpt[0].last_reply, "451 4.2.0 busy");
+	CHECK_STR(m[2]->rcpt[0].last_reply, down);
+	CHECK_INT(m[1]->rcpt[0].attempts, 2);
+	CHECK(m[1]->rcpt[0].waiting);
+	sink_free(&scanned);
+	close_loop(&loop);
+}
+
 int
 main(void)
 {
@@ -254,6 +350,7 @@ main(void)
 		return rc;
 	test_states_survive_a_restart();
 	test_old_records_load();
+	test_last_strings_shared();
 	fixture_teardown();
 	return check_done();
 }

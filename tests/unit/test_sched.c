@@ -307,6 +307,11 @@ test_resolve(void)
 		route_resolve(t, c, "other.example", &b1);
 		CHECK(route_equal(&a1, &a2));
 		CHECK(!route_equal(&a1, &b1));
+		/* one destination key for both (a waiting job keeps its route: one
+		 * per queued message in an outage); each route still releases its own */
+		CHECK(a1.dest == a2.dest);
+		CHECK_STR(b1.dest, "route:*");
+		CHECK(a1.dest != b1.dest);
 		CHECK(route_set(t, "x.test", "127.0.0.5:2525", 25, &err) == 0);
 		route_release(&a2);
 		route_resolve(t, c, "x.test", &a2);     /* same host, but now a run-time route */
@@ -345,8 +350,10 @@ test_resolve(void)
 	route_release(&r);
 	route_resolve(t, c, "keep2.test", &r);
 	CHECK(r.runtime && r.nhosts == 1);
-	route_release(&r);
 	route_table_free(t);
+	/* a route outlives the table whose key it shares */
+	CHECK_STR(r.dest, "route:keep2.test");
+	route_release(&r);
 
 	/* a malformed file is refused with its line */
 	buf_printf(&path, "%s/routes", dir);
