@@ -7,46 +7,56 @@
 
 #include <string.h>
 
+/*
+ * The wait column (control_cmds.h, reasons in queue/QUEUE.md "relayctl"):
+ * what reads the scheduler's memory or changes a message through it waits
+ * for the acknowledged messages only; records and removals it issues go to
+ * the queue's writer, which does them in issue order, after every record
+ * issued before.  `queue show` reads the records from the message's file,
+ * and `queue delete` renames the file on the loop, where a failure is
+ * answered, only when no record or removal is on its way: both wait for
+ * those issued before the request.
+ */
 const struct control_cmd control_cmds[] = {
-	{ "stats", NULL, CONTROL_CMD_STATS, 0, 0, 0, CONTROL_F_JSONDOC,
+	{ "stats", NULL, CONTROL_CMD_STATS, 0, 0, 0, CONTROL_F_JSONDOC, CONTROL_WAIT_MESSAGES,
 	  "stats" },
-	{ "reload", NULL, CONTROL_CMD_RELOAD, 0, 0, 0, 0,
+	{ "reload", NULL, CONTROL_CMD_RELOAD, 0, 0, 0, 0, CONTROL_WAIT_MESSAGES,
 	  "reload" },
 	{ "queue", "list", CONTROL_CMD_QUEUE_LIST, 0, 0, CONTROL_O_DOMAIN | CONTROL_O_HELD,
-	  CONTROL_F_JSONDOC, "queue list [--domain D] [--held]" },
-	{ "queue", "show", CONTROL_CMD_QUEUE_SHOW, 1, 1, 0, CONTROL_F_JSONDOC,
+	  CONTROL_F_JSONDOC, CONTROL_WAIT_MESSAGES, "queue list [--domain D] [--held]" },
+	{ "queue", "show", CONTROL_CMD_QUEUE_SHOW, 1, 1, 0, CONTROL_F_JSONDOC, CONTROL_WAIT_RECORDS,
 	  "queue show QID" },
 	{ "queue", "flush", CONTROL_CMD_QUEUE_FLUSH, 0, -1, CONTROL_O_DOMAIN | CONTROL_O_ALL,
-	  CONTROL_F_TARGET, "queue flush QID... | --domain D | --all" },
+	  CONTROL_F_TARGET, CONTROL_WAIT_MESSAGES, "queue flush QID... | --domain D | --all" },
 	{ "queue", "hold", CONTROL_CMD_QUEUE_HOLD, 0, -1, CONTROL_O_DOMAIN, CONTROL_F_TARGET,
-	  "queue hold QID... | --domain D" },
+	  CONTROL_WAIT_MESSAGES, "queue hold QID... | --domain D" },
 	{ "queue", "release", CONTROL_CMD_QUEUE_RELEASE, 0, -1, CONTROL_O_DOMAIN, CONTROL_F_TARGET,
-	  "queue release QID... | --domain D" },
+	  CONTROL_WAIT_MESSAGES, "queue release QID... | --domain D" },
 	{ "queue", "delete", CONTROL_CMD_QUEUE_DELETE, 0, -1, CONTROL_O_DOMAIN, CONTROL_F_TARGET,
-	  "queue delete QID... | --domain D" },
-	{ "queue", "bounce", CONTROL_CMD_QUEUE_BOUNCE, 1, -1, 0, 0,
+	  CONTROL_WAIT_RECORDS, "queue delete QID... | --domain D" },
+	{ "queue", "bounce", CONTROL_CMD_QUEUE_BOUNCE, 1, -1, 0, 0, CONTROL_WAIT_MESSAGES,
 	  "queue bounce QID..." },
-	{ "hosts", NULL, CONTROL_CMD_HOSTS, 0, 0, 0, CONTROL_F_JSONDOC,
+	{ "hosts", NULL, CONTROL_CMD_HOSTS, 0, 0, 0, CONTROL_F_JSONDOC, CONTROL_WAIT_MESSAGES,
 	  "hosts" },
-	{ "hosts", "reset", CONTROL_CMD_HOSTS_RESET, 1, 1, 0, 0,
+	{ "hosts", "reset", CONTROL_CMD_HOSTS_RESET, 1, 1, 0, 0, CONTROL_WAIT_MESSAGES,
 	  "hosts reset HOST" },
-	{ "route", "set", CONTROL_CMD_ROUTE_SET, 2, 2, 0, 0,
+	{ "route", "set", CONTROL_CMD_ROUTE_SET, 2, 2, 0, 0, CONTROL_WAIT_MESSAGES,
 	  "route set DOMAIN HOST:PORT[,HOST:PORT...]" },
-	{ "route", "clear", CONTROL_CMD_ROUTE_CLEAR, 1, 1, 0, 0,
+	{ "route", "clear", CONTROL_CMD_ROUTE_CLEAR, 1, 1, 0, 0, CONTROL_WAIT_MESSAGES,
 	  "route clear DOMAIN" },
-	{ "route", "list", CONTROL_CMD_ROUTE_LIST, 0, 0, 0, CONTROL_F_JSONDOC,
+	{ "route", "list", CONTROL_CMD_ROUTE_LIST, 0, 0, 0, CONTROL_F_JSONDOC, CONTROL_WAIT_MESSAGES,
 	  "route list" },
 	{ "audit", NULL, CONTROL_CMD_AUDIT, 0, -1,
 	  CONTROL_O_LOG | CONTROL_O_SINCE | CONTROL_O_DOMAIN | CONTROL_O_RCPT,
-	  CONTROL_F_LOCAL | CONTROL_F_JSONDOC,
+	  CONTROL_F_LOCAL | CONTROL_F_JSONDOC, CONTROL_WAIT_MESSAGES,
 	  "audit [--log FILE...] [--since DUR] [--domain D] [--rcpt ADDR]" },
 	{ "dkim", NULL, CONTROL_CMD_DKIM, 0, 0, CONTROL_O_CHECK, CONTROL_F_JSONDOC,
-	  "dkim [--check]" },
-	{ "auth", "list", CONTROL_CMD_AUTH_LIST, 0, 0, 0, CONTROL_F_JSONDOC,
+	  CONTROL_WAIT_MESSAGES, "dkim [--check]" },
+	{ "auth", "list", CONTROL_CMD_AUTH_LIST, 0, 0, 0, CONTROL_F_JSONDOC, CONTROL_WAIT_MESSAGES,
 	  "auth list" },
-	{ "auth", "unblock", CONTROL_CMD_AUTH_UNBLOCK, 1, 1, 0, 0,
+	{ "auth", "unblock", CONTROL_CMD_AUTH_UNBLOCK, 1, 1, 0, 0, CONTROL_WAIT_MESSAGES,
 	  "auth unblock ADDRESS|LOGIN" },
-	{ "policy", NULL, CONTROL_CMD_POLICY, 1, 1, 0, CONTROL_F_JSONDOC,
+	{ "policy", NULL, CONTROL_CMD_POLICY, 1, 1, 0, CONTROL_F_JSONDOC, CONTROL_WAIT_MESSAGES,
 	  "policy DOMAIN" },
 };
 

@@ -53,12 +53,28 @@ enum control_cmd_id {
 #define CONTROL_F_LOCAL    0x02         /* relayctl runs it itself (audit) */
 #define CONTROL_F_JSONDOC  0x04         /* answers with a document: usage shows [--json] */
 
+/*
+ * What relayd waits for before it runs a row (daemon/control.c; the reasons
+ * per command are in queue/QUEUE.md, "relayctl"):
+ * MESSAGES  every message acknowledged (250) before the request has reached
+ *           the scheduler (queue_wait_published()): enough for an answer
+ *           from memory, which has every record the moment it is issued;
+ * RECORDS   that, and every record and removal issued before the request is
+ *           written (queue_wait_acked()): after a mass deferral the queue's
+ *           writer may have hundreds of thousands left (seconds).
+ */
+enum control_wait {
+	CONTROL_WAIT_MESSAGES,
+	CONTROL_WAIT_RECORDS
+};
+
 struct control_cmd {
 	const char *word, *sub;         /* sub NULL: a one-word command */
 	enum control_cmd_id id;
 	int min_pos, max_pos;           /* max_pos -1: unlimited */
 	unsigned opts;                  /* CONTROL_O_* */
 	unsigned flags;                 /* CONTROL_F_* */
+	enum control_wait wait;         /* relayd's wait before it runs the row */
 	const char *usage;              /* without "relayctl " and without [--json] */
 };
 

@@ -189,26 +189,16 @@ conn_later_done(void *arg, int rc, struct buf *out)
 	conn_answer(cc, rc, CONTROL_ERR_FAILED, out);
 }
 
-/* argv ends with NULL; flags like --json are stripped into json. */
+/* cmd: argv's row (NULL: none) and consumed its words; argv ends with NULL,
+ * --json taken off into json. */
 static void
-control_dispatch(struct control_conn *cc, int argc, char **argv)
+control_dispatch(struct control_conn *cc, const struct control_cmd *cmd, int consumed,
+    int argc, char **argv, bool json)
 {
 	struct relay *r = cc->ctl->relay;
-	const struct control_cmd *cmd;
 	struct buf out = BUF_INIT;
-	bool json = false;
-	int i, j, rc = 0, consumed;
+	int rc = 0;
 	const char *code = CONTROL_ERR_FAILED;
-
-	for (i = j = 0; i < argc; i++) {
-		if (strcmp(argv[i], "--json") == 0)
-			json = true;
-		else
-			argv[j++] = argv[i];
-	}
-	argc = j;
-	argv[argc] = NULL;
-	cmd = control_cmd_match(argc, argv, &consumed);
 
 	if (argc == 0) {
 		rc = RELAY_EINVAL;
@@ -262,7 +252,9 @@ static void
 conn_try_request(struct control_conn *cc)
 {
 	char *argv[CONTROL_MAX_ARGS + 1];
-	int argc = 0;
+	const struct control_cmd *cmd;
+	bool json = false;
+	int argc = 0, j, k, consumed;
 	size_t i = 0;
 
 	/* Complete when it ends in "\0\0" (or is the lone "\0" of an empty request). */
@@ -282,19 +274,29 @@ conn_try_request(struct control_conn *cc)
 		i += strlen(cc->req.data + i) + 1;
 	}
 	argv[argc] = NULL;
+	for (k = j = 0; k < argc; k++) {
+		if (strcmp(argv[k], "--json") == 0)
+			json = true;
+		else
+			argv[j++] = argv[k];
+	}
+	argc = j;
+	argv[argc] = NULL;
+	cmd = control_cmd_match(argc, argv, &consumed);
 	/*
 	 * A client may have its 250 a moment before the scheduler has the
 	 * message (queue/QUEUE.md): answer once those are in, so that relayctl
-	 * sees every message a client was told is queued.  stats reads the
-	 * scheduler's tallies, which have every record already: it does not
-	 * wait for the writer to append them too (after a mass deferral, up to
-	 * a million, seconds of work).
+	 * sees every message a client was told is queued.  The row's wait
+	 * (common/control_cmds.c) says whether the records and removals issued
+	 * before the request must be written too: only for a command that
+	 * reads them from the files or needs the queue quiet (queue show,
+	 * queue delete); after a mass deferral the writer has up to a million
+	 * to append, seconds of work.  A request that names no row is answered
+	 * at once.
 	 */
-	if (!cc->waited && cc->ctl->relay->router != NULL) {
-		int consumed;
-		const struct control_cmd *cmd = control_cmd_match(argc, argv, &consumed);
+	if (!cc->waited && cmd != NULL && cc->ctl->relay->router != NULL) {
 		bool (*wait)(struct router *, struct queue_waiter *) =
-		    cmd != NULL && cmd->id == CONTROL_CMD_STATS ? router_wait_published : router_wait_acked;
+		    cmd->wait == CONTROL_WAIT_RECORDS ? router_wait_acked : router_wait_published;
 
 		cc->waiter.cb = conn_resume;
 		cc->waiter.arg = cc;
@@ -303,7 +305,7 @@ conn_try_request(struct control_conn *cc)
 			return;
 		}
 	}
-	control_dispatch(cc, argc, argv);
+	control_dispatch(cc, cmd, consumed, argc, argv, json);
 }
 
 static void

@@ -111,7 +111,8 @@ int queue_scan(struct queue *q, queue_new_cb *cb, void *arg);
  * loads a message this process queued itself; queue_scanner_run() starts
  * the walk (after the privilege drop: the thread inherits the sandbox).
  * The loaded messages reach cb(arg, m) on the loop, at most
- * QUEUE_SCAN_BATCH per loop iteration; done(arg, loaded, corrupt, ms) once
+ * QUEUE_SCAN_BATCH per loop iteration, and none after the iteration's
+ * handing over has taken QUEUE_SCAN_TURN_MS; done(arg, loaded, corrupt, ms) once
  * at the end.  queue_scanner_stop() (loop) tells the thread to stop and
  * returns at once: neither cb nor done is called any more; the thread ends
  * within the read it is doing (one file, or the listing of msg/), then the
@@ -120,6 +121,7 @@ int queue_scan(struct queue *q, queue_new_cb *cb, void *arg);
  * that.  Call it exactly once.
  */
 #define QUEUE_SCAN_BATCH 256
+#define QUEUE_SCAN_TURN_MS 5
 struct queue_scanner;
 typedef void queue_scan_done_cb(void *arg, size_t loaded, size_t corrupt, uint64_t ms);
 struct queue_scanner *queue_scanner_new(struct queue *q, queue_new_cb *cb,

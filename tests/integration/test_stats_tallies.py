@@ -198,5 +198,78 @@ class StatsAnswersFromMemory(CtlCase):
         relay.wait_for_count("delivered", 1, qid=qid, timeout=60)
 
 
+@needs_test_hooks
+class ControlWaitsByCommand(CtlCase):
+    """What each relayctl command waits for is the `wait` column of the
+    command table (common/control_cmds.c; reasons in queue/QUEUE.md,
+    "relayctl").  The commands that answer from the scheduler's memory, or
+    change it (their own records follow the ones before them on the
+    queue's writer), wait only for the acknowledged messages, like stats:
+    after a mass deferral every command took seconds behind the writer.
+    `queue delete` still waits for the records issued before it, so that it
+    renames the file on the loop and a failure is answered."""
+
+    # Longer than the commands below take one after the other on a busy machine
+    # (an ASan build at load 12 took over 8 s for ten of them).
+    SLOW_SYNC_MS = 15000
+
+    def test_memory_commands_do_not_wait_for_the_records(self):
+        relay = self.start(env={"RELAYD_TEST_SYNC_DELAY_MS": self.SLOW_SYNC_MS})
+        q1 = self.send_deferred("a@example.net", "waits")
+        qid = self.send("bob@example.org", "slow record")
+        self.home.wait_for_messages(1, timeout=90)
+        deadline = time.monotonic() + 60
+        while self.js("stats")["counters"]["delivered"] < 1:    # the D record is issued
+            self.assertLess(time.monotonic(), deadline, "stats never counted the delivery")
+            time.sleep(0.05)
+        self.assertEqual(relay.count_log("delivered", qid=qid), 0,
+                         "the D record was durable already: SYNC_DELAY not honoured?")
+        commands = [
+            ("queue", "list"),
+            ("hosts",),
+            ("route", "list"),
+            ("auth", "list"),
+            ("queue", "hold", q1),
+            ("queue", "release", q1),
+            ("queue", "flush", "--all"),
+            ("hosts", "reset", "127.0.0.2"),
+            ("route", "set", "example.com", "127.0.0.3:25"),
+            ("reload",),
+            ("queue", "bounce", q1),
+        ]
+        for args in commands:
+            r = self.ctl(*args)
+            self.assertIn(r.returncode, (0, 1), "relayctl %s: %r" % (" ".join(args), r))
+            self.assertEqual(relay.count_log("delivered", qid=qid), 0,
+                             "relayctl %s waited for the D record to be durable"
+                             % " ".join(args))
+        relay.wait_for_count("delivered", 1, qid=qid, timeout=90)
+        relay.wait_for_log("bounced", qid=q1, timeout=90)
+        # The stop writes what is left, each group sync as slow.
+        self.assertEqual(relay.stop(timeout=180), 0)
+
+    def test_delete_waits_for_the_records_before_it(self):
+        """A's deferral record is on its way to the file (every group sync
+        slowed down) when `queue delete` comes, msg/ not writable: the
+        delete waits for the record, then renames the file itself and
+        answers the failure (exit 1, the message stays queued).  Without its
+        wait the removal went behind the record to the writer, relayctl
+        said "deleted 1 message" and the failure was only logged."""
+        import os
+        relay = self.start(env={"RELAYD_TEST_SYNC_DELAY_MS": 3000})
+        q1 = self.send_deferred("a@example.net", "1")     # its A record is not durable yet
+        msgdir = os.path.join(relay.queue_dir, "msg")
+        mode = os.stat(msgdir).st_mode & 0o7777
+        os.chmod(msgdir, 0o555)         # relayd runs as nobody, the owner
+        try:
+            err = self.fails(1, "queue", "delete", q1)
+        finally:
+            os.chmod(msgdir, mode)
+        self.assertIn("delete %s: storage error (0 messages deleted before it)" % q1, err)
+        self.assertEqual(self.qids_listed(), [q1])
+        self.assertIn("deleted 1 message", self.ok("queue", "delete", q1))
+        self.assertEqual(self.qids_listed(), [])
+
+
 if __name__ == "__main__":
     unittest.main()

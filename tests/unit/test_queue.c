@@ -991,6 +991,100 @@ test_spares_kept(void)
 	sink_free(&scanned);
 }
 
+/* A fresh queue directory holding n (at most 64) messages, the queue closed. */
+static void
+scan_fill(uv_loop_t *loop, char *dir, size_t dirlen, size_t n)
+{
+	struct sink fresh = { .n = 0 };
+	struct commit_res res[64];
+	struct queue *q;
+	size_t i;
+
+	new_qdir(dir, dirlen);
+	memset(res, 0, sizeof(res));
+	q = open_queue(loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	for (i = 0; i < n; i++)
+		submit(q, &rich_env, "scan me\r\n", 9, 9, &res[i]);
+	uv_run(loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh.n, n);
+	close_queue(loop, q);
+	sink_free(&fresh);
+}
+
+/* Messages the scan hands over per loop iteration, each taking 2 ms. */
+struct scan_turns {
+	uv_prepare_t prep;
+	size_t now, max, total, iterations;
+	bool done;
+};
+
+static void
+scan_turns_prepare(uv_prepare_t *h)
+{
+	struct scan_turns *t = h->data;
+
+	t->now = 0;
+	t->iterations++;
+}
+
+static void
+scan_turns_take(void *arg, struct queue_msg *m)
+{
+	struct scan_turns *t = arg;
+
+	usleep(2000);
+	queue_msg_free(m);
+	t->total++;
+	if (++t->now > t->max)
+		t->max = t->now;
+}
+
+static void
+scan_turns_done(void *arg, size_t loaded, size_t corrupt, uint64_t ms)
+{
+	struct scan_turns *t = arg;
+
+	(void)ms;
+	CHECK_INT(loaded, 20);
+	CHECK_INT(corrupt, 0);
+	t->done = true;
+}
+
+/*
+ * The loop hands scanned messages over for at most QUEUE_SCAN_TURN_MS per
+ * iteration (each takes 2 ms here: at most 3 in one), the rest in the next
+ * iterations, after their I/O; before, a whole batch of up to
+ * QUEUE_SCAN_BATCH in one (106 ms for 119 messages under load).
+ */
+static void
+test_scanner_turn_bounded(void)
+{
+	struct scan_turns t;
+	struct queue_scanner *sc;
+	char dir[128];
+	uv_loop_t loop;
+	struct queue *q;
+
+	memset(&t, 0, sizeof(t));
+	uv_loop_init(&loop);
+	scan_fill(&loop, dir, sizeof(dir), 20);
+	q = open_queue(&loop, dir);
+	uv_prepare_init(&loop, &t.prep);
+	t.prep.data = &t;
+	uv_prepare_start(&t.prep, scan_turns_prepare);
+	sc = queue_scanner_new(q, scan_turns_take, scan_turns_done, &t);
+	queue_scanner_run(sc);
+	while (!t.done)
+		uv_run(&loop, UV_RUN_ONCE);
+	CHECK_INT(t.total, 20);
+	CHECK(t.max >= 1 && t.max <= 1 + (QUEUE_SCAN_TURN_MS + 1) / 2);
+	queue_scanner_stop(sc);
+	uv_close((uv_handle_t *)&t.prep, NULL);
+	close_queue(&loop, q);
+	close_loop(&loop);
+}
+
 #ifdef RELAY_TEST_HOOKS
 struct scan_done {
 	size_t calls;
@@ -1018,25 +1112,15 @@ scan_done_cb(void *arg, size_t loaded, size_t corrupt, uint64_t ms)
 static void
 test_scanner_stop_busy(void)
 {
-	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
-	struct commit_res res[3];
+	struct sink scanned = { .n = 0 };
 	struct scan_done done = { 0 };
 	struct queue_scanner *sc;
 	char dir[128];
 	uv_loop_t loop;
 	struct queue *q;
-	size_t i;
 
-	new_qdir(dir, sizeof(dir));
-	memset(res, 0, sizeof(res));
 	uv_loop_init(&loop);
-	q = open_queue(&loop, dir);
-	queue_set_new_cb(q, sink_add, &fresh);
-	for (i = 0; i < 3; i++)
-		submit(q, &rich_env, "scan me\r\n", 9, 9, &res[i]);
-	uv_run(&loop, UV_RUN_DEFAULT);
-	CHECK_INT(fresh.n, 3);
-	close_queue(&loop, q);
+	scan_fill(&loop, dir, sizeof(dir), 3);
 
 	q = open_queue(&loop, dir);
 	setenv("RELAYD_TEST_SCAN_DIR_STALL_MS", "3000", 1);
@@ -1058,7 +1142,6 @@ test_scanner_stop_busy(void)
 	CHECK_INT(scanned.n, 3);
 	close_queue(&loop, q);
 	close_loop(&loop);
-	sink_free(&fresh);
 	sink_free(&scanned);
 }
 #endif
@@ -1414,6 +1497,7 @@ main(void)
 	test_corrupt();
 	test_group_commit();
 	test_close();
+	test_scanner_turn_bounded();
 #ifdef RELAY_TEST_HOOKS
 	test_scanner_stop_busy();
 #endif
