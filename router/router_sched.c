@@ -507,6 +507,26 @@ struct sched_outcome_sync {
 	char qid[QID_MAX];
 };
 
+/*
+ * Is sm's every outcome record durable, with a recipient delivered or
+ * failed and not done (its report owed)?  Then it runs: one attempt's
+ * outcomes go in one report.
+ */
+static bool
+sched_msg_owes_report(const struct sched_msg *sm)
+{
+	bool owed = false;
+	size_t i;
+
+	for (i = 0; i < sm->m->env.nrcpts; i++) {
+		if (sm->rc[i].outcome_out)
+			return false;
+		if (sm->m->rcpt[i].state != RCPT_PENDING && !sched_rcpt_done(sm->m, i))
+			owed = true;
+	}
+	return owed;
+}
+
 static void
 sched_outcome_synced(void *arg, int err)
 {
@@ -531,8 +551,13 @@ sched_outcome_synced(void *arg, int err)
 	s->noutcomes--;
 	if ((sm = sched_msg_lookup(s, os->qid)) != NULL && !sm->deleted) {
 		sm->rc[os->rcpt].outcome_out = false;
-		/* a report is owed now: the message runs to queue it */
-		if (!s->stopping && !sched_rcpt_done(sm->m, (size_t)os->rcpt)) {
+		/*
+		 * A report is owed now: the message runs to queue it, once the
+		 * last of its outcomes on their way is durable, so that one
+		 * attempt's failures go in one report even when their callbacks
+		 * come in different loop turns (queue_async_cb's bound).
+		 */
+		if (!s->stopping && sched_msg_owes_report(sm)) {
 			sched_heap_set(s, &sm->wake, sched_now(s));
 			sched_arm(s);
 		}
@@ -915,7 +940,7 @@ sched_msg_run(struct sched *s, struct sched_msg *sm, uint64_t now)
 	}
 	if (sm->njobs == 0)
 		queue_msg_drop_image(sm->m);    /* no attempt under way: none to feed */
-	sched_msg_report(s, sm, NULL, now);
+	sched_msg_report(s, sm, sm->admin_bounced ? SCHED_BOUNCE_REASON : NULL, now);
 	if (sched_msg_maybe_done(s, sm))
 		return;
 	sched_msg_rewake(s, sm, now);
@@ -1613,7 +1638,7 @@ sched_delete(struct sched *s, const char *qid)
 int
 sched_bounce(struct sched *s, const char *qid)
 {
-	static const char reason[] = "returned by the administrator";
+	static const char reason[] = SCHED_BOUNCE_REASON;
 	struct sched_msg *sm = sched_msg_lookup(s, qid);
 	struct queue_msg *m;
 	uint64_t now = sched_now(s);
@@ -1630,6 +1655,9 @@ sched_bounce(struct sched *s, const char *qid)
 		    NULL, false, now);
 	}
 	sched_admin_log("bounced_by_admin", m);
+	/* its report may be built later, once the F records are durable
+	 * (sched_outcome_synced), or again after a failed try: it keeps the reason */
+	sm->admin_bounced = true;
 	sm->report_retry_at = 0;
 	sched_msg_report(s, sm, reason, now);
 	if (!sched_msg_maybe_done(s, sm))

@@ -34,6 +34,7 @@ struct dkim_keys;
 #define SCHED_HEALTH_KEEP    (24 * 3600 * 1000ULL)
 #define SCHED_SWEEP_EVERY    (3600 * 1000ULL)
 #define SCHED_TRIM_CHURN     10000           /* messages/records before the heap is trimmed */
+#define SCHED_BOUNCE_REASON  "returned by the administrator"   /* relayctl queue bounce's report */
 #define SCHED_TRIM_QUIET     (2 * 1000ULL)   /* ms with less churn than that, first */
 #define SCHED_TRIM_LAST      (128 * 1000ULL) /* the longest wait between trims that give back */
 #define SCHED_TRIM_WORTH     (4u << 20)      /* bytes of RSS a trim must give back for another */
@@ -115,6 +116,7 @@ struct sched_msg {
 	bool deleted;                   /* gone for the admin; freed when njobs == 0 */
 	bool warn_out;                  /* the delay warning's commit is in flight */
 	uint8_t ntls;                   /* entries in tls, at most SCHED_TLS_NOTES */
+	bool admin_bounced;             /* relayctl queue bounce: its reports say so */
 	struct sched_tls_note *tls;     /* at most SCHED_TLS_NOTES; NULL before any attempt */
 	struct htab_node node;          /* in s->mhash, by qid */
 	TAILQ_ENTRY(sched_msg) entry;   /* s->msgs, oldest first */

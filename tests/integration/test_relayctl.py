@@ -355,6 +355,11 @@ class DeleteBounce(CtlCase):
         self.assertEqual(report.rcpt_addrs, [SENDER])
         self.assertIn(b"5.0.0", report.data)
         self.assertIn(b"returned by the administrator", report.data)
+        # and as the report's own reason, above the recipients (not only in
+        # the recipient's diagnostic): built once the F record is durable
+        intro = report.data.split(b"This is the mail delivery system", 1)[1]
+        intro = intro.split(b"<bob@example.net>:", 1)[0]
+        self.assertIn(b"returned by the administrator", intro)
         self.assertEqual(self.net.connections, 0)
         self.assertNotIn(qid, self.qids_listed())
 
