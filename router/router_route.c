@@ -26,7 +26,8 @@
 #define ROUTE_FILE_TMP  "routes.tmp"
 #define ROUTE_MAX_FILE  (1024 * 1024)
 
-#define ROUTE_KEYS      64              /* destination keys the table keeps for sharing */
+#define ROUTE_KEYS      256             /* destination keys the table keeps for sharing (a power of 2) */
+#define ROUTE_KEY_PROBE 4               /* slots looked at per lookup */
 
 /*
  * A route's destination key, shared by the routes that resolve to it: a
@@ -74,23 +75,34 @@ route_key_unref(char *dest)
 		free(k);
 }
 
-/* A reference to the key s, shared through t if it has it (t may be NULL). */
+/*
+ * A reference to the key s, shared through t if it has it (t may be NULL).
+ * ROUTE_KEY_PROBE slots from its hash are looked at, so that destinations
+ * whose hashes collide still share their keys; a new key takes the first
+ * empty one of them, or the first's place.
+ */
 static char *
 route_key_get(struct route_table *t, const char *s)
 {
 	struct route_key *k, **slot = NULL;
-	size_t len = strlen(s) + 1;
-	uint32_t h = 2166136261u;
-	const char *p;
+	size_t len = strlen(s) + 1, i;
+	uint32_t h;
 
 	if (t != NULL) {
-		for (p = s; *p != '\0'; p++)
-			h = (h ^ (unsigned char)*p) * 16777619u;
-		slot = &t->keys[h % ROUTE_KEYS];
-		if (*slot != NULL && strcmp((*slot)->s, s) == 0) {
-			(*slot)->refs++;
-			return (*slot)->s;
+		h = util_hash_str(s);
+		for (i = 0; i < ROUTE_KEY_PROBE; i++) {
+			k = t->keys[(h + i) & (ROUTE_KEYS - 1)];
+			if (k != NULL && strcmp(k->s, s) == 0) {
+				k->refs++;
+				return k->s;
+			}
 		}
+		slot = &t->keys[h & (ROUTE_KEYS - 1)];
+		for (i = 0; i < ROUTE_KEY_PROBE; i++)
+			if (t->keys[(h + i) & (ROUTE_KEYS - 1)] == NULL) {
+				slot = &t->keys[(h + i) & (ROUTE_KEYS - 1)];
+				break;
+			}
 	}
 	k = xmalloc(offsetof(struct route_key, s) + len);
 	k->refs = 1;

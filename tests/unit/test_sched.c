@@ -322,6 +322,36 @@ test_resolve(void)
 		route_release(&b1);
 		uv_run(&loop, UV_RUN_DEFAULT);
 	}
+	/* destinations whose hashes fall on one slot of the table's 256 still
+	 * share their keys, resolved in turn (as a round-robin queue does) */
+	{
+		char n1[32], n2[32];
+		struct route r1, r2, r3, r4;
+		unsigned a, b;
+		bool found = false;
+
+		for (a = 0; a < 1000 && !found; a++)
+			for (b = a + 1; b < 1000 && !found; b++) {
+				snprintf(n1, sizeof(n1), "c%u.test", a);
+				snprintf(n2, sizeof(n2), "c%u.test", b);
+				found = (util_hash_str(n1) & 255) == (util_hash_str(n2) & 255);
+			}
+		CHECK(found);
+		conf_add_route(c, n1, NULL, CONF_MX_PRIMARY_ONLY, NULL);   /* keys are the domains */
+		conf_add_route(c, n2, NULL, CONF_MX_PRIMARY_ONLY, NULL);
+		route_resolve(t, c, n1, &r1);
+		route_resolve(t, c, n2, &r2);
+		route_resolve(t, c, n1, &r3);
+		route_resolve(t, c, n2, &r4);
+		CHECK_STR(r1.dest, n1);
+		CHECK_STR(r2.dest, n2);
+		CHECK(r1.dest == r3.dest);
+		CHECK(r2.dest == r4.dest);
+		route_release(&r1);
+		route_release(&r2);
+		route_release(&r3);
+		route_release(&r4);
+	}
 	CHECK(route_clear(t, "nothing.test") == RELAY_ENOENT);
 	CHECK(route_set(t, "bad domain", "h", 25, &err) == RELAY_EINVAL);
 	CHECK(route_set(t, "ok.test", "", 25, &err) == RELAY_EINVAL);
