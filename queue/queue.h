@@ -112,7 +112,8 @@ int queue_scan(struct queue *q, queue_new_cb *cb, void *arg);
  * the walk (after the privilege drop: the thread inherits the sandbox).
  * The loaded messages reach cb(arg, m) on the loop, at most
  * QUEUE_SCAN_BATCH per loop iteration, and none after the iteration's
- * handing over has taken QUEUE_SCAN_TURN_MS; done(arg, loaded, corrupt, ms) once
+ * handing over has taken QUEUE_SCAN_TURN_MS (checked between messages: one
+ * slow cb is not cut short); done(arg, loaded, corrupt, ms) once
  * at the end.  queue_scanner_stop() (loop) tells the thread to stop and
  * returns at once: neither cb nor done is called any more; the thread ends
  * within the read it is doing (one file, or the listing of msg/), then the
