@@ -602,7 +602,14 @@ test_deadline(void)
 	CHECK_STR(buf_cstr(&fx.cli.rec), "421 deadline\\r\\n|EOF|");
 	CHECK_MSG(ds.fired_at >= 115 && ds.fired_at < 1500,
 	    "deadline fired after %llu ms, want 120", (unsigned long long)ds.fired_at);
-	CHECK_MSG(ds.drips >= 5, "only %d drips before the deadline", ds.drips);
+	/*
+	 * Input kept coming: the client drips every 10 ms for up to 2 s, so a
+	 * deadline that input pushed back would fire after 2 s (the bound on
+	 * fired_at above).  How many drips came before it depends on the
+	 * machine's load (3 under two sanitizer suites at once): two show
+	 * that input came after the deadline was set.
+	 */
+	CHECK_MSG(ds.drips >= 2, "only %d drips before the deadline", ds.drips);
 	CHECK_MSG(ds.left_at_first_in > 0 && ds.left_at_first_in < 120,
 	    "io_deadline_left() said %llu at the first byte", (unsigned long long)ds.left_at_first_in);
 	fix_free(&fx);
