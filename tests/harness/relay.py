@@ -78,6 +78,7 @@ delivery thread under the whole suite).
 import atexit
 import errno
 import os
+import random
 import re
 import shutil
 import signal
@@ -167,23 +168,50 @@ def _can_bind(host, port):
         s.close()
 
 
+def _pick_range():
+    """The ports free_port() picks from: those below the kernel's ephemeral
+    range (net.ipv4.ip_local_port_range), down to 10000.  A port handed out
+    here is bound by its server only later (relayd, a sink, slapd, HAProxy);
+    had it come from the ephemeral range, as bind(port 0) gives, any outgoing
+    connection on the machine (another test's client, relayd's delivery) could
+    take it as its source port in between, and the server's bind would fail
+    with "address already in use".  None when the range leaves no room."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    if low - 10000 < 1000:
+        return None
+    return 10000, low - 1
+
+
+_port_random = random.SystemRandom()
+
+
 def free_port(hosts=("127.0.0.1",), exclude=()):
-    """A TCP port that is free on every address in hosts (bind port 0 on the
-    first, then check the others).  exclude: ports not to return."""
+    """A TCP port that is free on every address in hosts, below the ephemeral
+    range (see _pick_range(); random, so that parallel test processes rarely
+    pick the same one, and checked by binding it on every host).  exclude:
+    ports not to return."""
     if isinstance(hosts, str):
         hosts = (hosts,)
     hosts = list(hosts)
-    for _ in range(200):
-        fam = socket.AF_INET6 if ":" in hosts[0] else socket.AF_INET
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        try:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        finally:
-            s.close()
+    span = _pick_range()
+    for _ in range(500):
+        if span is not None:
+            port = _port_random.randint(*span)
+        else:
+            fam = socket.AF_INET6 if ":" in hosts[0] else socket.AF_INET
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            try:
+                s.bind((hosts[0], 0))
+                port = s.getsockname()[1]
+            finally:
+                s.close()
         if port in exclude:
             continue
-        if all(_can_bind(h, port) for h in hosts[1:]):
+        if all(_can_bind(h, port) for h in hosts):
             return port
     raise RelayError("no port free on all of %r" % (hosts,))
 

@@ -239,6 +239,32 @@ class DNSServerTest(unittest.TestCase):
             tcp_query(port, "cm.test", "A", timeout=0.5)
 
 
+class FreePortTest(unittest.TestCase):
+
+    def test_ports_are_below_the_ephemeral_range_and_bindable(self):
+        """A picked port is bound by its server only later; outgoing
+        connections take their source ports from the ephemeral range, so a
+        port from there could be taken in between (CI saw relayd fail with
+        "address already in use").  free_port() must pick below it."""
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+        if low < 11000:
+            self.skipTest("ephemeral range starts at %d: no room below it" % low)
+        hosts = ("127.0.0.2", "127.0.0.3")
+        ports = [free_port(hosts) for _ in range(50)]
+        for port in ports:
+            self.assertGreaterEqual(port, 10000)
+            self.assertLess(port, low)
+        self.assertGreater(len(set(ports)), 40)          # random, not one fixed port
+        # exclude is honoured and each host really can bind the port
+        port = free_port(hosts, exclude=set(ports))
+        self.assertNotIn(port, ports)
+        for h in hosts:
+            s = socket.socket()
+            s.bind((h, port))
+            s.close()
+
+
 # ---------------------------------------------------------------------------
 # The sink MX
 # ---------------------------------------------------------------------------
