@@ -3,18 +3,19 @@
  * routes set by relayctl (persisted in queue_dir/routes).  See
  * router_route.h for the precedence rules.
  *
- * Owns: the run-time route list and the routes file (written off the loop,
- * one write at a time, by the libuv thread pool).
+ * Owns: the run-time route list, the routes file (written off the loop,
+ * one write at a time, by the libuv thread pool) and the table of the
+ * destination keys made last (references only: routes keep their keys).
  * Never: resolves names, connects, or blocks the loop after start-up (the
  * file is read synchronously once, in route_table_new, before the loop runs).
  */
 #include "router/router_route.h"
+#include "common/intern.h"
 #include "common/json.h"
 #include "common/log.h"
 #include "common/util.h"
 
 #include <ctype.h>
-#include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -26,18 +27,11 @@
 #define ROUTE_FILE_TMP  "routes.tmp"
 #define ROUTE_MAX_FILE  (1024 * 1024)
 
-#define ROUTE_KEYS      256             /* destination keys the table keeps for sharing (a power of 2) */
+/* Destination keys the table keeps for sharing: a job waiting in an outage
+ * keeps its route, so a copy each was one allocation per queued message.
+ * Loop thread only (no lock). */
+#define ROUTE_KEYS      256             /* slots (a power of 2) */
 #define ROUTE_KEY_PROBE 4               /* slots looked at per lookup */
-
-/*
- * A route's destination key, shared by the routes that resolve to it: a
- * job waiting in an outage keeps its route, so a copy each was one
- * allocation per queued message.  Loop thread only (no atomics).
- */
-struct route_key {
-	unsigned refs;
-	char s[];
-};
 
 struct route_rt {                       /* one run-time route */
 	char *domain;
@@ -60,61 +54,8 @@ struct route_table {
 	bool freed;                     /* route_table_free while writing: free at the end */
 	void (*close_done)(void *);
 	void *close_arg;
-	struct route_key *keys[ROUTE_KEYS]; /* the keys made last, by hash (a reference each) */
+	struct intern_table *keys;      /* the destination keys made last (common/intern.c) */
 };
-
-static void
-route_key_unref(char *dest)
-{
-	struct route_key *k;
-
-	if (dest == NULL)
-		return;
-	k = (struct route_key *)(void *)(dest - offsetof(struct route_key, s));
-	if (--k->refs == 0)
-		free(k);
-}
-
-/*
- * A reference to the key s, shared through t if it has it (t may be NULL).
- * ROUTE_KEY_PROBE slots from its hash are looked at, so that destinations
- * whose hashes collide still share their keys; a new key takes the first
- * empty one of them, or the first's place.
- */
-static char *
-route_key_get(struct route_table *t, const char *s)
-{
-	struct route_key *k, **slot = NULL;
-	size_t len = strlen(s) + 1, i;
-	uint32_t h;
-
-	if (t != NULL) {
-		h = util_hash_str(s);
-		for (i = 0; i < ROUTE_KEY_PROBE; i++) {
-			k = t->keys[(h + i) & (ROUTE_KEYS - 1)];
-			if (k != NULL && strcmp(k->s, s) == 0) {
-				k->refs++;
-				return k->s;
-			}
-		}
-		slot = &t->keys[h & (ROUTE_KEYS - 1)];
-		for (i = 0; i < ROUTE_KEY_PROBE; i++)
-			if (t->keys[(h + i) & (ROUTE_KEYS - 1)] == NULL) {
-				slot = &t->keys[(h + i) & (ROUTE_KEYS - 1)];
-				break;
-			}
-	}
-	k = xmalloc(offsetof(struct route_key, s) + len);
-	k->refs = 1;
-	memcpy(k->s, s, len);
-	if (slot != NULL) {
-		if (*slot != NULL)
-			route_key_unref((*slot)->s);
-		*slot = k;
-		k->refs++;
-	}
-	return k->s;
-}
 
 /* ------------------------------------------------------------------ */
 /* Parsing. */
@@ -444,6 +385,7 @@ route_table_new(uv_loop_t *loop, const char *queue_dir, struct buf *err)
 	struct buf p = BUF_INIT;
 
 	t->loop = loop;
+	t->keys = intern_table_new(ROUTE_KEYS, ROUTE_KEY_PROBE, 0);
 	buf_printf(&p, "%s/%s", queue_dir, ROUTE_FILE);
 	t->path = buf_steal(&p);
 	buf_printf(&p, "%s/%s", queue_dir, ROUTE_FILE_TMP);
@@ -476,9 +418,7 @@ route_table_destroy(struct route_table *t)
 		free(t->rt[i].domain);
 		route_hosts_free(t->rt[i].hosts, t->rt[i].nhosts);
 	}
-	for (i = 0; i < ROUTE_KEYS; i++)
-		if (t->keys[i] != NULL)
-			route_key_unref(t->keys[i]->s);
+	intern_table_free(t->keys);     /* routes keep their keys */
 	free(t->rt);
 	free(t->path);
 	free(t->tmp_path);
@@ -680,14 +620,14 @@ route_resolve(struct route_table *t, const struct conf *conf, const char *domain
 			buf_putc(&key, (char)tolower((unsigned char)domain[i]));
 	}
 	/* shared: a job waiting in an outage keeps it (one per queued message) */
-	out->dest = route_key_get(t, key.data != NULL ? key.data : "");
+	out->dest = intern_get(t != NULL ? t->keys : NULL, key.data != NULL ? key.data : "", key.len);
 	buf_free(&key);
 }
 
 void
 route_release(struct route *r)
 {
-	route_key_unref(r->dest);
+	intern_unref(r->dest);
 	free(r->domain);
 	route_hosts_free(r->hosts, r->nhosts);
 	free(r->auth_user);

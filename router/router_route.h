@@ -29,7 +29,7 @@
 #define ROUTE_MAX_HOSTS  16
 
 struct route {
-	char *dest;                     /* destination key: "example.net", or "route:*" for a host route */
+	const char *dest;               /* destination key: "example.net", or "route:*" for a host route */
 	char *domain;                   /* the route's domain ("*", "x.test") or NULL (plain DNS) */
 	bool runtime;                   /* set by relayctl, not by the configuration */
 	struct conf_hostport *hosts;    /* nhosts > 0: fixed hosts, tried in order */
