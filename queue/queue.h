@@ -31,11 +31,12 @@ struct queue_rcpt {
 	enum rcpt_state state;
 	unsigned attempts;           /* attempts that ended for this recipient */
 	uint64_t last_attempt_ms;
-	char *last_host;             /* exchanger name of the last attempt, or NULL
-	                                (the four last_* strings are one allocation: queue.c) */
-	char *last_ip;
-	char *last_status;           /* enhanced status "4.4.1", "5.1.1" ... */
-	char *last_reply;            /* the remote server's reply text, or our own diagnosis */
+	const char *last_host;       /* exchanger name of the last attempt, or NULL
+	                                (the four last_* strings are one block, shared by the
+	                                recipients whose four are equal, never changed: queue_last.c) */
+	const char *last_ip;
+	const char *last_status;     /* enhanced status "4.4.1", "5.1.1" ... */
+	const char *last_reply;      /* the remote server's reply text, or our own diagnosis */
 	bool reported;               /* a failure/success report was queued for it */
 	bool waiting;                /* last deferred waiting for its destination (QREC_WAIT_DEST) */
 	bool expired;                /* failed by max_queue_age (QREC_EXPIRED) */
