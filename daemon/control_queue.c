@@ -718,7 +718,8 @@ rctl_show_read(uv_work_t *w)
 	struct rctl_show *s = w->data;
 
 	if (s->delay_ms > 0) {
-		/* tests: a slow disk; the event says the read has begun */
+		/* tests: a slow disk; the events say the read has begun (and
+		 * that a cancelled one is over, in rctl_show_done) */
 		log_event(LOG_INFO, "queue_show_test_delay", "qid", s->qid, NULL);
 		uv_sleep(s->delay_ms);
 	}
@@ -755,7 +756,8 @@ rctl_show_done(uv_work_t *w, int status)
 		later->pending = NULL;
 		later->done(later->arg, rc, &out);
 		buf_free(&out);
-	}
+	} else if (s->delay_ms > 0)
+		log_event(LOG_INFO, "queue_show_test_dropped", "qid", s->qid, NULL);
 	rctl_histv_free(&s->hv);
 	rctl_head_free(&s->hd);
 	free(s->path);
