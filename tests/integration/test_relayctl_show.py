@@ -52,6 +52,10 @@ class ShowOffTheLoop(CtlCase):
         self.relay.wait_for_log("queue_show_test_delay", since=mark, qid=qid)
         return p
 
+    def stop_clean(self):
+        self.assertEqual(self.relay.stop(), 0)
+        self.assertEqual(self.relay.find_log("stopped")[-1].get("clean"), "yes")
+
     def test_loop_serves_smtp_and_relayctl_while_the_read_waits(self):
         qid = self.start_delayed()
         show = self.begin_show(qid, "--json")
@@ -80,6 +84,7 @@ class ShowOffTheLoop(CtlCase):
         self.assertEqual((r["addr"], r["state"], r["attempts"]), ("bob@example.net", "deferred", 1))
         self.assertEqual([(h["result"], h["ip"], h["status"]) for h in r["history"]],
                          [("deferred", "127.0.0.2", "4.4.1")])
+        self.stop_clean()
 
     def test_message_deleted_while_the_read_runs_is_an_unknown_qid(self):
         qid = self.start_delayed()
@@ -90,6 +95,7 @@ class ShowOffTheLoop(CtlCase):
         self.assertEqual(show.returncode, 1, (out, err))
         self.assertEqual(out, "")
         self.assertIn("unknown queue id: %s" % qid, err)
+        self.stop_clean()
 
     def test_client_gone_while_the_read_runs(self):
         qid = self.start_delayed()
@@ -103,8 +109,7 @@ class ShowOffTheLoop(CtlCase):
         out = self.ok("queue", "show", qid)
         self.assertRegex(out, r"(?m)^qid\s+%s$" % qid)
         self.assertRegex(out, r"(?m)^    Subject\s+Quarterly$")
-        self.assertEqual(self.relay.stop(), 0)
-        self.relay.wait_for_log("stopped", clean="yes")
+        self.stop_clean()
 
     def test_stop_while_the_read_runs(self):
         qid = self.start_delayed()
