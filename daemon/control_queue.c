@@ -744,7 +744,10 @@ rctl_show_done(uv_work_t *w, int status)
 	(void)status;                   /* UV_ECANCELED only after rctl_show_cancel() */
 	if (later != NULL) {
 		rctl_begin(&c, s->r, s->json, &out);
-		if (c.s == NULL || (m = sched_find(c.s, s->qid)) == NULL)
+		if (c.s == NULL) {
+			buf_puts(&out, "the router is not running");   /* not expected */
+			rc = RELAY_ECLOSED;
+		} else if ((m = sched_find(c.s, s->qid)) == NULL)
 			rc = rctl_unknown_qid(&c, s->qid);
 		else if (s->rc != 0 && s->rc != RELAY_ENOENT) {
 			buf_printf(&out, "cannot read the queue file of %s", s->qid);

@@ -1182,10 +1182,11 @@ typedef void queue_rec_fn(void *arg, const struct queue_record *rec);
 
 /*
  * Parse msg/<qid>, opened as name at dirfd (q->msgfd and qid, or AT_FDCWD
- * and the file's path).  With mp, build the message (envelope and replayed records);
- * with fn, hand it every record.  q is used only with mp.  With repair, a
- * torn last record is cut off the file.  0; RELAY_EINVAL if the file is not
- * a valid queue file (why says what); RELAY_ENOENT; RELAY_EIO (logged).
+ * and the file's path).  With mp, build the message (envelope and replayed
+ * records); with fn, hand it every record.  q is used only with mp.  With
+ * repair, a torn last record is cut off the file.  0; RELAY_EINVAL if the
+ * file is not a valid queue file (why says what); RELAY_ENOENT; RELAY_EIO
+ * (logged).
  */
 static int
 queue_load(struct queue *q, int dirfd, const char *name, const char *qid, bool repair,
