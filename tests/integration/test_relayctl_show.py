@@ -24,10 +24,11 @@ import subprocess
 import unittest
 
 from client import raw_session
-from relay import Relay, needs_test_hooks, relayctl_bin
+from relay import SLOW, needs_test_hooks, relayctl_bin
 from test_relayctl import CtlCase
 
-DELAY_MS = 5000     # the read's wait: far longer than a greeting and two relayctl answers
+# the read's wait: far longer than a greeting and two relayctl answers
+DELAY_MS = 5000 * SLOW
 
 
 def show_proc(relay, *args):
