@@ -7,7 +7,9 @@
  * so, and event=control_denied).  Owns the
  * listening pipe and each client connection (closed with it, so an idle
  * client cannot hold the daemon's stop); every request is answered from
- * in-memory state, so no request blocks the loop.  Never unlinks anything at
+ * in-memory state, or later (struct control_later: dkim --check's DNS
+ * lookups, queue show's read of the message file on the libuv thread
+ * pool), so no request blocks the loop.  Never unlinks anything at
  * control_socket but a socket.
  */
 #include "daemon/relay.h"
@@ -56,7 +58,7 @@ struct control_conn {
 	bool waiting;               /* on waiter: messages acknowledged, not yet queued */
 	bool waited;                /* the wait is over: answer now */
 	struct queue_waiter waiter;
-	struct control_later later;  /* a request answering later (dkim --check) */
+	struct control_later later;  /* a request answering later (dkim --check, queue show) */
 };
 
 static void
@@ -178,6 +180,17 @@ control_stats(struct relay *r, bool json, struct buf *out)
 	buf_free(&queue);
 }
 
+/* The ERR code of a request's negative RELAY_E* result. */
+static const char *
+control_err_code(int rc)
+{
+	if (rc == RELAY_ENOENT)
+		return CONTROL_ERR_NOTFOUND;
+	if (rc == RELAY_EINVAL)
+		return CONTROL_ERR_USAGE;
+	return CONTROL_ERR_FAILED;
+}
+
 /* A request answering later has its answer. */
 static void
 conn_later_done(void *arg, int rc, struct buf *out)
@@ -185,8 +198,8 @@ conn_later_done(void *arg, int rc, struct buf *out)
 	struct control_conn *cc = arg;
 
 	conn_check(cc, __func__);
-	cc->later.check = NULL;
-	conn_answer(cc, rc, CONTROL_ERR_FAILED, out);
+	cc->later.pending = NULL;
+	conn_answer(cc, rc, control_err_code(rc), out);
 }
 
 /* cmd: argv's row (NULL: none) and consumed its words; argv ends with NULL,
@@ -225,22 +238,17 @@ control_dispatch(struct control_conn *cc, const struct control_cmd *cmd, int con
 	} else if (cmd != NULL && (cmd->id == CONTROL_CMD_AUTH_LIST ||
 	    cmd->id == CONTROL_CMD_AUTH_UNBLOCK)) {
 		rc = control_auth(r->submit, cmd, argc - consumed, argv + consumed, json, &out);
-		if (rc == RELAY_ENOENT)
-			code = CONTROL_ERR_NOTFOUND;
-		else if (rc == RELAY_EINVAL)
-			code = CONTROL_ERR_USAGE;
+		code = control_err_code(rc);
 	} else {
 		cc->later.done = conn_later_done;
 		cc->later.arg = cc;
+		cc->later.loop = cc->pipe.loop;
 		rc = control_router(r->router, argc, argv, json, &out, &cc->later);
 		if (rc == CONTROL_LATER) {
 			buf_free(&out);
 			return;
 		}
-		if (rc == RELAY_ENOENT)
-			code = CONTROL_ERR_NOTFOUND;
-		else if (rc == RELAY_EINVAL)
-			code = CONTROL_ERR_USAGE;
+		code = control_err_code(rc);
 	}
 	conn_answer(cc, rc, code, &out);
 	buf_free(&out);
@@ -344,7 +352,7 @@ conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 		conn_close(cc);
 		return;
 	}
-	if (cc->waiting || cc->later.check != NULL)
+	if (cc->waiting || cc->later.pending != NULL)
 		return;                  /* the request is whole: anything more is noise */
 	cc->req.len += (size_t)nread;
 	cc->req.data[cc->req.len] = '\0';

@@ -78,10 +78,11 @@ rctl_check_free(struct rctl_check *k)
 	free(k);
 }
 
-void
-rctl_check_cancel(struct rctl_check *k)
+/* control_later's cancel. */
+static void
+rctl_check_cancel(void *pending)
 {
-	rctl_check_free(k);
+	rctl_check_free(pending);
 }
 
 static void
@@ -110,7 +111,7 @@ rctl_check_finish(struct rctl_check *k)
 	if (k->json)
 		buf_puts(&out, "]}\n");
 	rctl_check_free(k);
-	later->check = NULL;
+	later->pending = NULL;
 	later->done(later->arg, rc, &out);
 	buf_free(&out);
 }
@@ -157,7 +158,8 @@ rctl_dkim_check(struct rctl *c, struct rctl_check *k)
 	}
 	k->later = c->later;
 	k->left = k->n;
-	c->later->check = k;
+	c->later->pending = k;
+	c->later->cancel = rctl_check_cancel;
 	if (k->n == 0) {
 		rctl_check_finish(k);   /* no lookups: answer at once */
 		return CONTROL_LATER;

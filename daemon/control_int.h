@@ -44,6 +44,10 @@ struct rctl {
 	unsigned tc_next;
 };
 
+/* control_router.c: a request's context (router, scheduler, queue, output,
+ * now) without its command and arguments: for an answer made later. */
+void rctl_begin(struct rctl *c, struct router *r, bool json, struct buf *out);
+
 /* control_router.c: output helpers. */
 void rctl_age(uint64_t now, uint64_t then, char *out, size_t outlen);
 const char *rctl_ctime(struct rctl *c, uint64_t ms);
@@ -82,6 +86,5 @@ int rctl_policy(struct rctl *c);
 void rctl_policy_host(struct rctl *c, const struct health_host *h);
 void rctl_policy_hosts(struct rctl *c, const struct health_host *const *v, size_t n);
 void rctl_policy_msg(struct rctl *c, const char *qid);
-void rctl_check_cancel(struct rctl_check *k);
 
 #endif

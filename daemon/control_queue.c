@@ -8,9 +8,11 @@
  * pass over the scheduler's list, no sorting, no per-line allocation.
  * Never: changes a message except through the scheduler's administration
  * calls (router/router.h); reads a queue file except for `queue show` (one
- * bounded read of the header block, and queue_history()).
+ * bounded read of the header block, and queue_history_file()), and that
+ * only on the libuv thread pool (struct rctl_show), never on the loop.
  */
 #include "daemon/control_int.h"
+#include "common/log.h"
 #include "common/util.h"
 
 #include <fcntl.h>
@@ -352,24 +354,22 @@ rctl_head_parse(const char *text, size_t len, struct rctl_head *h)
 	}
 }
 
-/* Read m's header block from its queue file (a bounded read). */
+/* Read the header block of the body at body_offset in the queue file at
+ * path (a bounded read; a thread-pool thread). */
 static int
-rctl_head_read(const struct queue_msg *m, struct rctl_head *h)
+rctl_head_read(const char *path, uint64_t body_offset, uint64_t body_len, struct rctl_head *h)
 {
-	size_t want = m->body_len < RCTL_HEAD_MAX ? (size_t)m->body_len : RCTL_HEAD_MAX;
+	size_t want = body_len < RCTL_HEAD_MAX ? (size_t)body_len : RCTL_HEAD_MAX;
 	char *text;
 	ssize_t n;
 	size_t got = 0;
-	char pathbuf[PATH_MAX];
-	const char *path;
 	int fd;
 
-	if ((path = queue_msg_path(m, pathbuf, sizeof(pathbuf))) == NULL ||
-	    (fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+	if (path == NULL || (fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
 		return RELAY_EIO;
 	text = xmalloc(want + 1);
 	while (got < want) {
-		n = pread(fd, text + got, want - got, (off_t)(m->body_offset + got));
+		n = pread(fd, text + got, want - got, (off_t)(body_offset + got));
 		if (n <= 0)
 			break;
 		got += (size_t)n;
@@ -380,7 +380,7 @@ rctl_head_read(const struct queue_msg *m, struct rctl_head *h)
 	return 0;
 }
 
-/* One record of a message's history, copied out of queue_history(). */
+/* One record of a message's history, copied out of queue_history_file(). */
 struct rctl_hist {
 	enum queue_rec_type type;
 	int rcpt;
@@ -684,32 +684,135 @@ rctl_show_human(struct rctl *c, const struct queue_msg *m, const struct rctl_hea
 	rctl_policy_msg(c, m->qid);
 }
 
+/*
+ * queue show reads the message's file on the libuv thread pool: the loop
+ * finds the message and copies what the read needs (its file's name, where
+ * the header block is); a pool thread reads the header block and the
+ * records; back on the loop the message is found again by its id and the
+ * answer made from the scheduler's state of then (a message removed
+ * meanwhile is an unknown queue id, as for a request after the removal).
+ * The read uses nothing but its struct rctl_show, so the connection may
+ * close and relayd may stop (the scheduler freed, the queue closed) while it
+ * runs: cancelled, it ends unanswered and frees itself; the loop does not
+ * end before it has.
+ */
+struct rctl_show {
+	uv_work_t work;
+	struct control_later *later;    /* NULL once cancelled: nobody waits */
+	struct router *r;               /* valid while later is set */
+	bool json;
+	char qid[QID_MAX];
+	char *path;                     /* the message's file, or NULL: it has none */
+	uint64_t body_offset, body_len;
+	unsigned delay_ms;              /* tests: RELAYD_TEST_SHOW_DELAY_MS */
+	/* Filled by the pool thread. */
+	struct rctl_head hd;
+	struct rctl_histv hv;
+	int rc;                         /* queue_history_file()'s */
+};
+
+/* The thread pool's part: the file's reads. */
+static void
+rctl_show_read(uv_work_t *w)
+{
+	struct rctl_show *s = w->data;
+
+	if (s->delay_ms > 0) {
+		/* tests: a slow disk; the events say the read has begun (and
+		 * that a cancelled one is over, in rctl_show_done) */
+		log_event(LOG_INFO, "queue_show_test_delay", "qid", s->qid, NULL);
+		uv_sleep(s->delay_ms);
+	}
+	(void)rctl_head_read(s->path, s->body_offset, s->body_len, &s->hd);
+	if (s->path != NULL)
+		s->rc = queue_history_file(s->path, s->qid, rctl_hist_add, &s->hv);
+	else
+		s->rc = RELAY_ENOENT;
+}
+
+/* The loop's part, once the read is over (or cancelled before it began). */
+static void
+rctl_show_done(uv_work_t *w, int status)
+{
+	struct rctl_show *s = w->data;
+	struct control_later *later = s->later;
+	struct buf out = BUF_INIT;
+	const struct queue_msg *m;
+	struct rctl c;
+	int rc = 0;
+
+	(void)status;                   /* UV_ECANCELED only after rctl_show_cancel() */
+	if (later != NULL) {
+		rctl_begin(&c, s->r, s->json, &out);
+		if (c.s == NULL) {
+			buf_puts(&out, "the router is not running");   /* not expected */
+			rc = RELAY_ECLOSED;
+		} else if ((m = sched_find(c.s, s->qid)) == NULL)
+			rc = rctl_unknown_qid(&c, s->qid);
+		else if (s->rc != 0 && s->rc != RELAY_ENOENT) {
+			buf_printf(&out, "cannot read the queue file of %s", s->qid);
+			rc = RELAY_EIO;
+		} else if (s->json)
+			rctl_show_json(&c, m, &s->hd, &s->hv);
+		else
+			rctl_show_human(&c, m, &s->hd, &s->hv);
+		later->pending = NULL;
+		later->done(later->arg, rc, &out);
+		buf_free(&out);
+	} else if (s->delay_ms > 0)
+		log_event(LOG_INFO, "queue_show_test_dropped", "qid", s->qid, NULL);
+	rctl_histv_free(&s->hv);
+	rctl_head_free(&s->hd);
+	free(s->path);
+	free(s);
+}
+
+/* control_later's cancel: the read frees itself when it is over. */
+static void
+rctl_show_cancel(void *pending)
+{
+	struct rctl_show *s = pending;
+
+	s->later = NULL;
+	(void)uv_cancel((uv_req_t *)&s->work);  /* not begun yet: done comes at once */
+}
+
 int
 rctl_queue_show(struct rctl *c)
 {
 	const char *qid = c->pos[0];
 	struct queue_msg *m = sched_find(c->s, qid);
-	struct rctl_head hd;
-	struct rctl_histv hv = { NULL, 0, 0 };
-	int rc;
+	struct rctl_show *s;
+	char pathbuf[PATH_MAX];
+	const char *path;
 
 	if (m == NULL)
 		return rctl_unknown_qid(c, qid);
-	memset(&hd, 0, sizeof(hd));
-	(void)rctl_head_read(m, &hd);
-	if ((rc = queue_history(c->q, m->qid, rctl_hist_add, &hv)) != 0 && rc != RELAY_ENOENT) {
-		rctl_histv_free(&hv);
-		rctl_head_free(&hd);
-		buf_printf(c->out, "cannot read the queue file of %s", qid);
-		return RELAY_EIO;
+	if (c->later == NULL)
+		fatalx("%s: queue show answers later", __func__);
+	s = xcalloc(1, sizeof(*s));
+	s->work.data = s;
+	s->later = c->later;
+	s->r = c->r;
+	s->json = c->json;
+	snprintf(s->qid, sizeof(s->qid), "%s", m->qid);
+	if ((path = queue_msg_path(m, pathbuf, sizeof(pathbuf))) != NULL)
+		s->path = xstrdup(path);
+	s->body_offset = m->body_offset;
+	s->body_len = m->body_len;
+#ifdef RELAY_TEST_HOOKS
+	{
+		const char *v = getenv("RELAYD_TEST_SHOW_DELAY_MS");
+
+		if (v != NULL)
+			s->delay_ms = (unsigned)strtoul(v, NULL, 10);
 	}
-	if (c->json)
-		rctl_show_json(c, m, &hd, &hv);
-	else
-		rctl_show_human(c, m, &hd, &hv);
-	rctl_histv_free(&hv);
-	rctl_head_free(&hd);
-	return 0;
+#endif
+	c->later->pending = s;
+	c->later->cancel = rctl_show_cancel;
+	if (uv_queue_work(c->later->loop, &s->work, rctl_show_read, rctl_show_done) != 0)
+		fatalx("%s: uv_queue_work failed", __func__);
+	return CONTROL_LATER;
 }
 
 /* ------------------------------------------------------------------ */

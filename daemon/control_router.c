@@ -167,6 +167,19 @@ rctl_parse(const struct control_cmd *cmd, int argc, char **argv, struct rctl *c)
 	return 0;
 }
 
+/* A request's context without its command and arguments. */
+void
+rctl_begin(struct rctl *c, struct router *r, bool json, struct buf *out)
+{
+	memset(c, 0, sizeof(*c));
+	c->r = r;
+	c->s = router_sched(r);
+	c->q = router_queue(r);
+	c->json = json;
+	c->out = out;
+	c->now = util_now_ms();
+}
+
 int
 control_router(struct router *r, int argc, char **argv, bool json, struct buf *out,
     struct control_later *later)
@@ -175,13 +188,7 @@ control_router(struct router *r, int argc, char **argv, bool json, struct buf *o
 	struct rctl c;
 	int consumed, rc;
 
-	memset(&c, 0, sizeof(c));
-	c.r = r;
-	c.s = router_sched(r);
-	c.q = router_queue(r);
-	c.json = json;
-	c.out = out;
-	c.now = util_now_ms();
+	rctl_begin(&c, r, json, out);
 	c.later = later;
 	if (argc < 1 || (cmd = control_cmd_match(argc, argv, &consumed)) == NULL ||
 	    rctl_runs[cmd->id] == NULL) {
@@ -206,8 +213,11 @@ control_router(struct router *r, int argc, char **argv, bool json, struct buf *o
 void
 control_later_cancel(struct control_later *l)
 {
-	if (l != NULL && l->check != NULL) {
-		rctl_check_cancel(l->check);
-		l->check = NULL;
+	void *pending;
+
+	if (l != NULL && l->pending != NULL) {
+		pending = l->pending;
+		l->pending = NULL;
+		l->cancel(pending);
 	}
 }

@@ -19,7 +19,6 @@ struct control;
 struct notify;
 struct sandbox;
 struct cluster;
-struct rctl_check;
 struct metrics;
 
 #define RELAY_MAGIC 0x7e1a7d00U
@@ -68,18 +67,21 @@ int control_new(struct relay *r, const char *path, struct control **out, struct 
 void control_close(struct control *c);
 
 /*
- * A request that answers later (relayctl dkim --check waits for DNS):
- * control_router() returns CONTROL_LATER and calls done(arg, rc, out)
- * once, from the loop (or at once when there is nothing to look up):
- * rc 0 (all well) or 1 (answered, but not all well: relayctl exits 1),
- * out the body.  later == NULL refuses such
- * requests; control_later_cancel() stops one (done never fires).
+ * A request that answers later (relayctl dkim --check waits for DNS, queue
+ * show reads the message file on the loop's thread pool): control_router()
+ * returns CONTROL_LATER and calls done(arg, rc, out) once, from the loop
+ * (or at once when there is nothing to look up): rc 0 (all well), 1
+ * (answered, but not all well: relayctl exits 1), or a negative RELAY_E*
+ * with the one-line message in out; out the body.  later == NULL refuses
+ * such requests; control_later_cancel() stops one (done never fires).
  */
 #define CONTROL_LATER 1
 struct control_later {
 	void (*done)(void *arg, int rc, struct buf *out);
 	void *arg;
-	struct rctl_check *check;       /* while pending */
+	uv_loop_t *loop;                /* the caller's */
+	void *pending;                  /* while pending: the request's state */
+	void (*cancel)(void *pending);  /* frees pending, or disowns it until its work ends */
 };
 void control_later_cancel(struct control_later *l);
 

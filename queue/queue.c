@@ -1181,14 +1181,16 @@ queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *re
 typedef void queue_rec_fn(void *arg, const struct queue_record *rec);
 
 /*
- * Parse msg/<qid>.  With mp, build the message (envelope and replayed
- * records); with fn, hand it every record.  With repair, a torn last record
- * is cut off the file.  0; RELAY_EINVAL if the file is not a valid queue
- * file (why says what); RELAY_ENOENT; RELAY_EIO (logged).
+ * Parse msg/<qid>, opened as name at dirfd (q->msgfd and qid, or AT_FDCWD
+ * and the file's path).  With mp, build the message (envelope and replayed
+ * records); with fn, hand it every record.  q is used only with mp.  With
+ * repair, a torn last record is cut off the file.  0; RELAY_EINVAL if the
+ * file is not a valid queue file (why says what); RELAY_ENOENT; RELAY_EIO
+ * (logged).
  */
 static int
-queue_load(struct queue *q, const char *qid, bool repair, struct queue_msg **mp,
-    queue_rec_fn *fn, void *arg, struct buf *why)
+queue_load(struct queue *q, int dirfd, const char *name, const char *qid, bool repair,
+    struct queue_msg **mp, queue_rec_fn *fn, void *arg, struct buf *why)
 {
 	struct buf env = BUF_INIT, recs = BUF_INIT;
 	struct envelope e;
@@ -1201,7 +1203,7 @@ queue_load(struct queue *q, const char *qid, bool repair, struct queue_msg **mp,
 	int fd, rc = RELAY_EINVAL;
 
 	memset(&e, 0, sizeof(e));
-	if ((fd = openat(q->msgfd, qid, (repair ? O_RDWR : O_RDONLY) | O_CLOEXEC)) == -1) {
+	if ((fd = openat(dirfd, name, (repair ? O_RDWR : O_RDONLY) | O_CLOEXEC)) == -1) {
 		if (errno == ENOENT)
 			return RELAY_ENOENT;
 		queue_log_errno(qid, "open", errno);
@@ -1387,7 +1389,7 @@ queue_scan_entry(struct queue *q, const char *name, struct queue_msg **mp)
 		queue_quarantine(q, name, "not a queue id");
 		return -1;
 	}
-	rc = queue_load(q, name, true, mp, NULL, NULL, &why);
+	rc = queue_load(q, q->msgfd, name, name, true, mp, NULL, NULL, &why);
 	if (rc == RELAY_EINVAL)
 		queue_quarantine(q, name, buf_cstr(&why));
 	buf_free(&why);
@@ -1403,7 +1405,21 @@ queue_history(struct queue *q, const char *qid,
 
 	if (!queue_qid_valid(qid))
 		return RELAY_ENOENT;
-	rc = queue_load(q, qid, false, NULL, cb, arg, &why);
+	rc = queue_load(q, q->msgfd, qid, qid, false, NULL, cb, arg, &why);
+	buf_free(&why);
+	return rc;
+}
+
+int
+queue_history_file(const char *path, const char *qid,
+    void (*cb)(void *arg, const struct queue_record *rec), void *arg)
+{
+	struct buf why = BUF_INIT;
+	int rc;
+
+	if (!queue_qid_valid(qid))
+		return RELAY_ENOENT;
+	rc = queue_load(NULL, AT_FDCWD, path, qid, false, NULL, cb, arg, &why);
 	buf_free(&why);
 	return rc;
 }

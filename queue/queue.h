@@ -233,8 +233,15 @@ void queue_msg_drop_image(struct queue_msg *m);
 size_t queue_image_held(void);
 void queue_image_set_max(size_t max);                          /* tests */
 
-/* Every record of a message (for `relayctl queue show`), as parsed from disk. */
+/* Every record of a message (for `relayctl queue show`), as parsed from disk:
+ * 0, RELAY_ENOENT (no such file), RELAY_EINVAL (not a valid queue file),
+ * RELAY_EIO (logged). */
 int queue_history(struct queue *q, const char *qid, void (*cb)(void *arg, const struct queue_record *rec), void *arg);
+/* The same from the message's file at path (queue_msg_path()): needs no
+ * struct queue, so a thread-pool thread may call it, also while the queue
+ * closes or after. */
+int queue_history_file(const char *path, const char *qid,
+    void (*cb)(void *arg, const struct queue_record *rec), void *arg);
 
 /*
  * A wait for every message acknowledged so far to reach the scheduler: a 250
