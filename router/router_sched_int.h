@@ -103,13 +103,12 @@ struct sched_tls_note {
 	uint64_t time_ms;
 };
 
-/* One per queued message: its fields are ordered so that the struct has no
- * holes and stays within 120 bytes (a 128-byte malloc chunk). */
+/* One per queued message, with its recipients: its fields are ordered so
+ * that the struct has no holes. */
 struct sched_msg {
 	uint32_t magic;
 	unsigned njobs;
 	struct queue_msg *m;
-	struct sched_rcpt *rc;          /* m->env.nrcpts entries */
 	struct sched_wake wake;
 	uint64_t report_retry_at;       /* a report failed: not before this */
 	unsigned report_failures;       /* reports in a row that could not be queued */
@@ -120,8 +119,13 @@ struct sched_msg {
 	struct sched_tls_note *tls;     /* at most SCHED_TLS_NOTES; NULL before any attempt */
 	struct htab_node node;          /* in s->mhash, by qid */
 	TAILQ_ENTRY(sched_msg) entry;   /* s->msgs, oldest first */
+	struct sched_rcpt rc[];         /* m->env.nrcpts entries (at least one), in the same
+	                                   allocation: the count is fixed when the message comes */
 };
-_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_msg) <= 120, "struct sched_msg grew");
+/* With one recipient (most messages), 168 bytes: a 176-byte malloc chunk
+ * where the struct and a separate array took 128 + 64. */
+_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_msg) + sizeof(struct sched_rcpt) <= 168,
+    "struct sched_msg grew");
 TAILQ_HEAD(sched_msgq, sched_msg);
 
 enum sched_job_state {
@@ -158,8 +162,20 @@ struct sched_attempt {
 };
 
 /*
+ * A route shared by the jobs that resolved to it (sched_route_get: most of a
+ * destination's jobs): read-only once made, freed with its last reference
+ * (each job that uses it holds one, and its destination one for the next
+ * job).  A job used to carry a copy of its own (64 bytes per waiting job).
+ */
+struct sched_route {
+	struct route r;
+	unsigned refs;
+};
+
+/*
  * One transaction of one message to one destination.  Kept small: a queued
- * message whose destination is down has one for as long as it waits.
+ * message whose destination is down has one for as long as it waits, so the
+ * struct stays within 120 bytes (a 128-byte malloc chunk).
  */
 struct sched_job {
 	uint32_t magic;
@@ -171,7 +187,7 @@ struct sched_job {
 	struct sched *s;
 	struct sched_msg *sm;
 	struct sched_dest *dest;
-	struct route route;
+	struct sched_route *route;      /* shared, one reference held (sched_route_get) */
 	struct conf *conf;              /* the snapshot the job runs under */
 	int *rcpts;                     /* indices into the message's recipients (&rcpt1, or
 	                                   allocated when the job may take more than one) */
@@ -182,6 +198,7 @@ struct sched_job {
 	struct queue_image *image;      /* the reference at->req.body borrows, until its callback */
 	struct sched_last *last;        /* how its last attempt ended, or NULL (nothing yet) */
 };
+_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_job) <= 120, "struct sched_job grew");
 TAILQ_HEAD(sched_jobq, sched_job);
 
 enum sched_dest_state { SCHED_DEST_NEW, SCHED_DEST_UP, SCHED_DEST_DOWN };
@@ -201,6 +218,7 @@ struct sched_dest {
 	bool probe_force;               /* the next probe ignores host backoff (a flush) */
 	uint64_t forced_gen;            /* the flush whose one forced attempt it has had */
 	struct sched_wake wake;
+	struct sched_route *route;      /* the last job's route, for the next to share, or NULL */
 	struct htab_node node;          /* in s->dhash, by name */
 	TAILQ_ENTRY(sched_dest) entry;
 };
@@ -319,8 +337,14 @@ void sched_msg_warn(struct sched *s, struct sched_msg *sm, uint64_t now);
 struct sched_dest *sched_dest_get(struct sched *s, const char *name);
 void sched_dest_maybe_free(struct sched *s, struct sched_dest *d);
 void sched_dest_wake(struct sched *s, struct sched_dest *d);
-struct sched_job *sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route);
+/* A new job of sm for destination d (sched_dest_get(s, route->dest)), not
+ * admitted yet; it takes route's contents (or releases them when d's shared
+ * route is the same: route is left empty either way). */
+struct sched_job *sched_job_new(struct sched *s, struct sched_msg *sm, struct sched_dest *d,
+    struct route *route);
 void sched_job_add_rcpt(struct sched_job *job, int i);
+/* Drop one reference to a shared route (NULL: nothing); the last frees it. */
+void sched_route_unref(struct sched_route *sr);
 void sched_job_free(struct sched_job *job);
 void sched_job_unlink(struct sched_job *job);
 void sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due);
