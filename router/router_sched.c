@@ -742,6 +742,7 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 	for (i = 0; i < nc; i++) {
 		struct sched_job *job;
 		struct sched_dest *d;
+		uint64_t gen, g;
 
 		if (taken[i])
 			continue;
@@ -749,14 +750,16 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 		d = sched_dest_get(s, routes[i].dest);
 		job = sched_job_new(s, sm, d, &routes[i]);
 		job->force = force;
-		sched_job_add_rcpt(job, cand[i]);
+		gen = sched_job_add_rcpt(job, cand[i]);
 		for (j = i + 1; j < nc && job->nrcpts < max; j++) {
 			if (!taken[j] && strcmp(routes[j].dest, job->route->r.dest) == 0) {
 				taken[j] = true;
-				sched_job_add_rcpt(job, cand[j]);
+				g = sched_job_add_rcpt(job, cand[j]);
+				if (g > gen)
+					gen = g;
 			}
 		}
-		sched_dest_admit(s, d, job, now);
+		sched_dest_admit(s, d, job, gen, now);
 	}
 	for (i = 0; i < nc; i++)
 		route_release(&routes[i]);

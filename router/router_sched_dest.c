@@ -191,17 +191,17 @@ sched_job_new(struct sched *s, struct sched_msg *sm, struct sched_dest *d, struc
 	return job;
 }
 
-void
+uint64_t
 sched_job_add_rcpt(struct sched_job *job, int i)
 {
 	struct sched_rcpt *rc = &job->sm->rc[i];
+	uint64_t gen = rc->flush_gen;
 
 	job->rcpts[job->nrcpts++] = i;
 	rc->job = job;
 	sched_rcpt_tally(job->s, job->sm, (size_t)i);
-	if (rc->flush_gen > job->flush_gen)
-		job->flush_gen = rc->flush_gen;
 	rc->flush_gen = 0;
+	return gen;
 }
 
 /* The job's attempt is over (no query or delivery of it out): free what it held. */
@@ -216,6 +216,7 @@ sched_attempt_free(struct sched_job *job)
 		dns_result_free(at->mx);
 	free(at->dr);
 	free(at->msg_path);
+	queue_image_unref(at->image);
 	tlspolicy_clear(&at->tlspol);
 	mtasts_policy_release(&at->sts);
 	free(at);
@@ -233,7 +234,6 @@ sched_job_free(struct sched_job *job)
 			job->sm->rc[job->rcpts[k]].job = NULL;
 			sched_rcpt_tally(job->s, job->sm, (size_t)job->rcpts[k]);
 		}
-	queue_image_unref(job->image);
 	/* The message's first round of attempts is over (delivered, deferred or
 	 * failed): later ones read its file, the image's memory goes now. */
 	if (--job->sm->njobs == 0)
@@ -553,8 +553,8 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	if (job->magic != SCHED_MAGIC_JOB || job->state != SCHED_JOB_DELIVERING)
 		fatalx("%s: result for a job not delivering", __func__);
 	job->state = SCHED_JOB_RESOLVING;       /* between attempts */
-	queue_image_unref(job->image);          /* deliver is done with req.body */
-	job->image = NULL;
+	queue_image_unref(job->at->image);      /* deliver is done with req.body */
+	job->at->image = NULL;
 	req->body = NULL;
 	tg = &job->at->mx->targets[job->at->ti];
 	last = sched_job_last(job);
@@ -753,9 +753,9 @@ sched_job_next(struct sched_job *job)
 			job->at->req.body_offset = m->body_offset;
 			job->at->req.body_len = m->body_len;
 			/* Its first attempts send the image kept since its publish. */
-			queue_image_unref(job->image);
-			job->image = queue_image_ref(m->image);
-			job->at->req.body = job->image != NULL ? queue_image_body(job->image) : NULL;
+			queue_image_unref(job->at->image);
+			job->at->image = queue_image_ref(m->image);
+			job->at->req.body = job->at->image != NULL ? queue_image_body(job->at->image) : NULL;
 			job->at->req.prefix = m->dkim;
 			job->at->req.prefix_len = m->dkim != NULL ? strlen(m->dkim) : 0;
 			job->at->req.sender = m->env.sender;
@@ -919,12 +919,13 @@ sched_job_start(struct sched *s, struct sched_job *job)
 
 /* A new job for its destination: start it, queue it, or let it wait. */
 void
-sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now)
+sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t flush_gen,
+    uint64_t now)
 {
 	char why[512];
 
 	job->dest = d;
-	if (!job->force && job->flush_gen != 0 && job->flush_gen == s->flush_gen &&
+	if (!job->force && flush_gen != 0 && flush_gen == s->flush_gen &&
 	    d->forced_gen != s->flush_gen) {
 		/* the destination's one attempt for this flush */
 		job->force = true;

@@ -157,6 +157,7 @@ struct sched_attempt {
 	char addr_key[HEALTH_ADDR_MAX];
 	struct deliver_req req;
 	char *msg_path;                 /* req.msg_path: the message's file (queue_msg_path) */
+	struct queue_image *image;      /* the reference req.body borrows, until deliver's callback */
 	struct tlspolicy tlspol;        /* the current exchanger's (DANE, MTA-STS); req borrows its records */
 	struct deliver_rcpt *dr;
 };
@@ -175,7 +176,8 @@ struct sched_route {
 /*
  * One transaction of one message to one destination.  Kept small: a queued
  * message whose destination is down has one for as long as it waits, so the
- * struct stays within 120 bytes (a 128-byte malloc chunk).
+ * struct stays within 104 bytes (a 112-byte malloc chunk): what only an
+ * attempt needs is in its struct sched_attempt.
  */
 struct sched_job {
 	uint32_t magic;
@@ -193,12 +195,10 @@ struct sched_job {
 	                                   allocated when the job may take more than one) */
 	int rcpt1;
 	unsigned nrcpts;
-	uint64_t flush_gen;             /* the flush that made its recipients due, 0 = none */
 	struct sched_attempt *at;       /* while an attempt runs (active), else NULL */
-	struct queue_image *image;      /* the reference at->req.body borrows, until its callback */
 	struct sched_last *last;        /* how its last attempt ended, or NULL (nothing yet) */
 };
-_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_job) <= 120, "struct sched_job grew");
+_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_job) <= 104, "struct sched_job grew");
 TAILQ_HEAD(sched_jobq, sched_job);
 
 enum sched_dest_state { SCHED_DEST_NEW, SCHED_DEST_UP, SCHED_DEST_DOWN };
@@ -342,13 +342,18 @@ void sched_dest_wake(struct sched *s, struct sched_dest *d);
  * route is the same: route is left empty either way). */
 struct sched_job *sched_job_new(struct sched *s, struct sched_msg *sm, struct sched_dest *d,
     struct route *route);
-void sched_job_add_rcpt(struct sched_job *job, int i);
+/* Put recipient i of job's message into job: the flush that made it due
+ * (0 = none) is returned, for sched_dest_admit. */
+uint64_t sched_job_add_rcpt(struct sched_job *job, int i);
 /* Drop one reference to a shared route (NULL: nothing); the last frees it. */
 void sched_route_unref(struct sched_route *sr);
 void sched_job_free(struct sched_job *job);
 void sched_job_unlink(struct sched_job *job);
 void sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due);
-void sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now);
+/* Start, queue or park a new job; flush_gen: the latest flush that made one of
+ * its recipients due (sched_job_add_rcpt), 0 = none. */
+void sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job,
+    uint64_t flush_gen, uint64_t now);
 void sched_dest_rewake(struct sched *s, struct sched_dest *d);
 /* The numeric address of a ("192.0.2.1", "2001:db8::1") into out. */
 void sched_addr_ip(const struct dns_addr *a, char *out, size_t outlen);
