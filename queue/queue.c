@@ -215,9 +215,9 @@ queue_txn_free(struct queue_txn *t)
 }
 
 struct queue_msg *
-queue_msg_new(struct queue *q, const char *qid)
+queue_msg_new(struct queue *q, const char *qid, size_t nrcpts)
 {
-	struct queue_msg *m = xcalloc(1, sizeof(*m));
+	struct queue_msg *m = xcalloc(1, sizeof(*m) + nrcpts * sizeof(m->rcpt[0]));
 
 	snprintf(m->qid, sizeof(m->qid), "%s", qid);
 	m->dir = q->dir;
@@ -1268,10 +1268,9 @@ queue_load(struct queue *q, int dirfd, const char *name, const char *qid, bool r
 	recs.len -= torn;
 
 	if (mp != NULL) {
-		m = queue_msg_new(q, qid);
+		m = queue_msg_new(q, qid, e.nrcpts);
 		envelope_copy(&m->env, &e);  /* packed: one allocation per queued message */
 		envelope_free(&e);
-		m->rcpt = xcalloc(m->env.nrcpts, sizeof(*m->rcpt));
 		m->body_offset = boff;
 		m->body_len = blen;
 	}
@@ -1498,10 +1497,9 @@ queue_msg_free(struct queue_msg *m)
 
 	if (m == NULL)
 		return;
-	for (i = 0; m->rcpt != NULL && i < m->env.nrcpts; i++) {
+	for (i = 0; i < m->env.nrcpts; i++) {
 		queue_rcpt_free_last(&m->rcpt[i]);
 	}
-	free(m->rcpt);
 	queue_msg_drop_image(m);
 	envelope_free(&m->env);
 	free(m->dkim);

@@ -1002,10 +1002,9 @@ queue_txn_publish(struct queue *q, struct queue_txn *t)
 {
 	struct queue_msg *m;
 
-	m = queue_msg_new(q, t->job.qid);
+	m = queue_msg_new(q, t->job.qid, t->env.nrcpts);
 	m->env = t->env;
 	memset(&t->env, 0, sizeof(t->env));
-	m->rcpt = xcalloc(m->env.nrcpts, sizeof(*m->rcpt));
 	m->body_offset = t->body_offset;
 	m->body_len = t->body_len;
 	m->dkim = t->dkim;

@@ -741,20 +741,25 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 		    &routes[i]);
 	for (i = 0; i < nc; i++) {
 		struct sched_job *job;
+		struct sched_dest *d;
+		uint64_t gen, g;
 
 		if (taken[i])
 			continue;
 		taken[i] = true;
-		job = sched_job_new(s, sm, &routes[i]);
+		d = sched_dest_get(s, routes[i].dest);
+		job = sched_job_new(s, sm, d, &routes[i]);
 		job->force = force;
-		sched_job_add_rcpt(job, cand[i]);
+		gen = sched_job_add_rcpt(job, cand[i]);
 		for (j = i + 1; j < nc && job->nrcpts < max; j++) {
-			if (!taken[j] && strcmp(routes[j].dest, job->route.dest) == 0) {
+			if (!taken[j] && strcmp(routes[j].dest, job->route->r.dest) == 0) {
 				taken[j] = true;
-				sched_job_add_rcpt(job, cand[j]);
+				g = sched_job_add_rcpt(job, cand[j]);
+				if (g > gen)
+					gen = g;
 			}
 		}
-		sched_dest_admit(s, sched_dest_get(s, job->route.dest), job, now);
+		sched_dest_admit(s, d, job, gen, now);
 	}
 	for (i = 0; i < nc; i++)
 		route_release(&routes[i]);
@@ -848,7 +853,6 @@ sched_msg_free(struct sched *s, struct sched_msg *sm)
 	sched_msg_tally(s, sm);
 	sm->m->sched = NULL;
 	queue_msg_free(sm->m);
-	free(sm->rc);
 	sched_tls_notes_free(sm);
 	sm->magic = 0;
 	free(sm);
@@ -958,10 +962,9 @@ sched_msg_add(struct sched *s, struct queue_msg *m, bool fresh)
 		queue_msg_free(m);
 		return;
 	}
-	sm = xcalloc(1, sizeof(*sm));
+	sm = xcalloc(1, sizeof(*sm) + (m->env.nrcpts ? m->env.nrcpts : 1) * sizeof(sm->rc[0]));
 	sm->magic = SCHED_MAGIC_MSG;
 	sm->m = m;
-	sm->rc = xcalloc(m->env.nrcpts ? m->env.nrcpts : 1, sizeof(*sm->rc));
 	sm->wake.at = SCHED_NOWAKE;
 	sm->wake.kind = SCHED_WAKE_MSG;
 	sm->wake.owner = sm;
@@ -1160,7 +1163,7 @@ sched_reroute(struct sched *s)
 			TAILQ_FOREACH(job, i == 0 ? &d->backlog : &d->waiting, entry) {
 				route_resolve(s->routes, s->conf, sched_rcpt_domain(
 				    job->sm->m->env.rcpts[job->rcpts[0]].addr), &r);
-				if (!route_equal(&r, &job->route)) {
+				if (!route_equal(&r, &job->route->r)) {
 					if (n == cap) {
 						cap = cap ? cap * 2 : 16;
 						stale = xrealloc(stale, cap * sizeof(*stale));
@@ -1336,6 +1339,7 @@ sched_free(struct sched *s)
 		sched_msg_free(s, sm);
 	while ((d = TAILQ_FIRST(&s->dests)) != NULL) {
 		TAILQ_REMOVE(&s->dests, d, entry);
+		sched_route_unref(d->route);
 		free(d->name);
 		free(d);
 	}

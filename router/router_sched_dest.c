@@ -88,6 +88,7 @@ sched_dest_maybe_free(struct sched *s, struct sched_dest *d)
 	htab_remove(&s->dhash, &d->node);
 	TAILQ_REMOVE(&s->dests, d, entry);
 	s->ndests--;
+	sched_route_unref(d->route);
 	free(d->name);
 	free(d);
 }
@@ -133,8 +134,44 @@ sched_job_seen(const struct sched_job *job)
 	return job->last != NULL ? job->last : &sched_last_none;
 }
 
+/* Drop one reference to a shared route (NULL: nothing). */
+void
+sched_route_unref(struct sched_route *sr)
+{
+	if (sr == NULL || --sr->refs > 0)
+		return;
+	route_release(&sr->r);
+	free(sr);
+}
+
+/*
+ * A reference to the shared route equal to *r for destination d: d's last
+ * one when it is the same (r released), else a new one made of r's contents,
+ * which becomes d's.  *r is left empty.  A route is compared in full
+ * (route_equal), so a job never sends mail another way than its own route
+ * says, whatever changed in between.
+ */
+static struct sched_route *
+sched_route_get(struct sched_dest *d, struct route *r)
+{
+	struct sched_route *sr = d->route;
+
+	if (sr != NULL && route_equal(&sr->r, r)) {
+		route_release(r);
+		sr->refs++;
+		return sr;
+	}
+	sr = xmalloc(sizeof(*sr));
+	sr->r = *r;
+	memset(r, 0, sizeof(*r));
+	sr->refs = 2;                   /* the job's and d's */
+	sched_route_unref(d->route);
+	d->route = sr;
+	return sr;
+}
+
 struct sched_job *
-sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route)
+sched_job_new(struct sched *s, struct sched_msg *sm, struct sched_dest *d, struct route *route)
 {
 	struct sched_job *job = xcalloc(1, sizeof(*job));
 	size_t max;
@@ -142,8 +179,7 @@ sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route)
 	job->magic = SCHED_MAGIC_JOB;
 	job->s = s;
 	job->sm = sm;
-	job->route = *route;
-	memset(route, 0, sizeof(*route));
+	job->route = sched_route_get(d, route);
 	job->conf = conf_ref(s->conf);
 	/* no more than the message has: most have one, and max_rcpts_per_txn is 100 */
 	max = s->conf->router.max_rcpts_per_txn ? s->conf->router.max_rcpts_per_txn : 1;
@@ -155,17 +191,17 @@ sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route)
 	return job;
 }
 
-void
+uint64_t
 sched_job_add_rcpt(struct sched_job *job, int i)
 {
 	struct sched_rcpt *rc = &job->sm->rc[i];
+	uint64_t gen = rc->flush_gen;
 
 	job->rcpts[job->nrcpts++] = i;
 	rc->job = job;
 	sched_rcpt_tally(job->s, job->sm, (size_t)i);
-	if (rc->flush_gen > job->flush_gen)
-		job->flush_gen = rc->flush_gen;
 	rc->flush_gen = 0;
+	return gen;
 }
 
 /* The job's attempt is over (no query or delivery of it out): free what it held. */
@@ -180,6 +216,7 @@ sched_attempt_free(struct sched_job *job)
 		dns_result_free(at->mx);
 	free(at->dr);
 	free(at->msg_path);
+	queue_image_unref(at->image);
 	tlspolicy_clear(&at->tlspol);
 	mtasts_policy_release(&at->sts);
 	free(at);
@@ -197,14 +234,13 @@ sched_job_free(struct sched_job *job)
 			job->sm->rc[job->rcpts[k]].job = NULL;
 			sched_rcpt_tally(job->s, job->sm, (size_t)job->rcpts[k]);
 		}
-	queue_image_unref(job->image);
 	/* The message's first round of attempts is over (delivered, deferred or
 	 * failed): later ones read its file, the image's memory goes now. */
 	if (--job->sm->njobs == 0)
 		queue_msg_drop_image(job->sm->m);
 	sched_attempt_free(job);
 	free(job->last);
-	route_release(&job->route);
+	sched_route_unref(job->route);
 	conf_unref(job->conf);
 	if (job->rcpts != &job->rcpt1)
 		free(job->rcpts);
@@ -517,8 +553,8 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	if (job->magic != SCHED_MAGIC_JOB || job->state != SCHED_JOB_DELIVERING)
 		fatalx("%s: result for a job not delivering", __func__);
 	job->state = SCHED_JOB_RESOLVING;       /* between attempts */
-	queue_image_unref(job->image);          /* deliver is done with req.body */
-	job->image = NULL;
+	queue_image_unref(job->at->image);      /* deliver is done with req.body */
+	job->at->image = NULL;
 	req->body = NULL;
 	tg = &job->at->mx->targets[job->at->ti];
 	last = sched_job_last(job);
@@ -657,8 +693,8 @@ sched_job_next(struct sched_job *job)
 		/* DANE, then MTA-STS (tlspolicy/): what TLS this exchanger needs,
 		 * or not to use it */
 		tlspolicy_clear(&job->at->tlspol);
-		tlspolicy_for_target(job->route.tls, tg, &job->at->tlspol);
-		tlspolicy_apply_sts(job->route.tls, job->at->has_sts ? &job->at->sts : NULL, tg->host,
+		tlspolicy_for_target(job->route->r.tls, tg, &job->at->tlspol);
+		tlspolicy_apply_sts(job->route->r.tls, job->at->has_sts ? &job->at->sts : NULL, tg->host,
 		    &job->at->tlspol);
 		if (job->at->tlspol.testing != NULL && job->at->ai == 0)
 			log_event(LOG_NOTICE, "tls_policy_testing", "qid", m->qid, "host", tg->host,
@@ -717,9 +753,9 @@ sched_job_next(struct sched_job *job)
 			job->at->req.body_offset = m->body_offset;
 			job->at->req.body_len = m->body_len;
 			/* Its first attempts send the image kept since its publish. */
-			queue_image_unref(job->image);
-			job->image = queue_image_ref(m->image);
-			job->at->req.body = job->image != NULL ? queue_image_body(job->image) : NULL;
+			queue_image_unref(job->at->image);
+			job->at->image = queue_image_ref(m->image);
+			job->at->req.body = job->at->image != NULL ? queue_image_body(job->at->image) : NULL;
 			job->at->req.prefix = m->dkim;
 			job->at->req.prefix_len = m->dkim != NULL ? strlen(m->dkim) : 0;
 			job->at->req.sender = m->env.sender;
@@ -741,12 +777,12 @@ sched_job_next(struct sched_job *job)
 			job->at->req.host = tg->host;
 			memcpy(&job->at->req.addr, &a->ss, sizeof(a->ss));
 			job->at->req.addrlen = a->len;
-			job->at->req.tls = job->route.tls;
+			job->at->req.tls = job->route->r.tls;
 			job->at->req.policy = job->at->tlspol.policy;
 			job->at->req.tlsa = job->at->tlspol.tlsa;
 			job->at->req.ntlsa = job->at->tlspol.ntlsa;
-			job->at->req.auth_user = job->route.auth_user;
-			job->at->req.auth_password = job->route.auth_password;
+			job->at->req.auth_user = job->route->r.auth_user;
+			job->at->req.auth_password = job->route->r.auth_password;
 			job->at->req.helo_name = job->conf->hostname;
 			job->state = SCHED_JOB_DELIVERING;
 			if (deliver_start(s->d, &job->at->req, sched_on_deliver, job) == 0)
@@ -806,13 +842,13 @@ sched_job_sts(struct sched_job *job)
 	struct sched *s = job->s;
 	struct mtasts_answer a;
 
-	if (s->mtasts == NULL || !job->conf->router.mta_sts || job->route.nhosts > 0 ||
-	    job->route.tls == CONF_TLS_NONE || job->route.dest[0] == '[') {
+	if (s->mtasts == NULL || !job->conf->router.mta_sts || job->route->r.nhosts > 0 ||
+	    job->route->r.tls == CONF_TLS_NONE || job->route->r.dest[0] == '[') {
 		memset(&a, 0, sizeof(a));
 		sched_job_sts_known(job, &a);
 		return;
 	}
-	if (mtasts_get(s->mtasts, job->route.dest, &a, sched_on_sts, job, &job->at->stsq) == 0)
+	if (mtasts_get(s->mtasts, job->route->r.dest, &a, sched_on_sts, job, &job->at->stsq) == 0)
 		sched_job_sts_known(job, &a);
 }
 
@@ -848,10 +884,10 @@ sched_on_mx(void *arg, struct dns_result *res)
 		return;
 	}
 	job->at->mx = res;
-	if (job->route.nhosts == 0)
-		dane_seen_record(s->dane, job->route.dest, res, job->conf->router.dnssec, now);
+	if (job->route->r.nhosts == 0)
+		dane_seen_record(s->dane, job->route->r.dest, res, job->conf->router.dnssec, now);
 	n = res->ntargets;
-	if (job->route.nhosts == 0 && job->route.mx_policy == CONF_MX_PRIMARY_ONLY) {
+	if (job->route->r.nhosts == 0 && job->route->r.mx_policy == CONF_MX_PRIMARY_ONLY) {
 		for (n = 1; n < res->ntargets && res->targets[n].pref == res->targets[0].pref; n++)
 			;
 	}
@@ -874,21 +910,22 @@ sched_job_start(struct sched *s, struct sched_job *job)
 	job->ntried = 0;
 	sched_attempt_free(job);
 	job->at = xcalloc(1, sizeof(*job->at));
-	if (job->route.nhosts > 0)
-		job->at->mxq = dns_lookup_hosts(s->mx, job->route.hosts, job->route.nhosts, sched_on_mx, job);
+	if (job->route->r.nhosts > 0)
+		job->at->mxq = dns_lookup_hosts(s->mx, job->route->r.hosts, job->route->r.nhosts, sched_on_mx, job);
 	else
-		job->at->mxq = dns_lookup(s->mx, job->route.dest, job->conf->router.smtp_port,
+		job->at->mxq = dns_lookup(s->mx, job->route->r.dest, job->conf->router.smtp_port,
 		    sched_on_mx, job);
 }
 
 /* A new job for its destination: start it, queue it, or let it wait. */
 void
-sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now)
+sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t flush_gen,
+    uint64_t now)
 {
 	char why[512];
 
 	job->dest = d;
-	if (!job->force && job->flush_gen != 0 && job->flush_gen == s->flush_gen &&
+	if (!job->force && flush_gen != 0 && flush_gen == s->flush_gen &&
 	    d->forced_gen != s->flush_gen) {
 		/* the destination's one attempt for this flush */
 		job->force = true;

@@ -103,13 +103,12 @@ struct sched_tls_note {
 	uint64_t time_ms;
 };
 
-/* One per queued message: its fields are ordered so that the struct has no
- * holes and stays within 120 bytes (a 128-byte malloc chunk). */
+/* One per queued message, with its recipients: its fields are ordered so
+ * that the struct has no holes. */
 struct sched_msg {
 	uint32_t magic;
 	unsigned njobs;
 	struct queue_msg *m;
-	struct sched_rcpt *rc;          /* m->env.nrcpts entries */
 	struct sched_wake wake;
 	uint64_t report_retry_at;       /* a report failed: not before this */
 	unsigned report_failures;       /* reports in a row that could not be queued */
@@ -120,8 +119,13 @@ struct sched_msg {
 	struct sched_tls_note *tls;     /* at most SCHED_TLS_NOTES; NULL before any attempt */
 	struct htab_node node;          /* in s->mhash, by qid */
 	TAILQ_ENTRY(sched_msg) entry;   /* s->msgs, oldest first */
+	struct sched_rcpt rc[];         /* m->env.nrcpts entries (at least one), in the same
+	                                   allocation: the count is fixed when the message comes */
 };
-_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_msg) <= 120, "struct sched_msg grew");
+/* With one recipient (most messages), 168 bytes: a 176-byte malloc chunk
+ * where the struct and a separate array took 128 + 64. */
+_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_msg) + sizeof(struct sched_rcpt) <= 168,
+    "struct sched_msg grew");
 TAILQ_HEAD(sched_msgq, sched_msg);
 
 enum sched_job_state {
@@ -153,13 +157,27 @@ struct sched_attempt {
 	char addr_key[HEALTH_ADDR_MAX];
 	struct deliver_req req;
 	char *msg_path;                 /* req.msg_path: the message's file (queue_msg_path) */
+	struct queue_image *image;      /* the reference req.body borrows, until deliver's callback */
 	struct tlspolicy tlspol;        /* the current exchanger's (DANE, MTA-STS); req borrows its records */
 	struct deliver_rcpt *dr;
 };
 
 /*
+ * A route shared by the jobs that resolved to it (sched_route_get: most of a
+ * destination's jobs): read-only once made, freed with its last reference
+ * (each job that uses it holds one, and its destination one for the next
+ * job).  A job used to carry a copy of its own (64 bytes per waiting job).
+ */
+struct sched_route {
+	struct route r;
+	unsigned refs;
+};
+
+/*
  * One transaction of one message to one destination.  Kept small: a queued
- * message whose destination is down has one for as long as it waits.
+ * message whose destination is down has one for as long as it waits, so the
+ * struct stays within 104 bytes (a 112-byte malloc chunk): what only an
+ * attempt needs is in its struct sched_attempt.
  */
 struct sched_job {
 	uint32_t magic;
@@ -171,17 +189,16 @@ struct sched_job {
 	struct sched *s;
 	struct sched_msg *sm;
 	struct sched_dest *dest;
-	struct route route;
+	struct sched_route *route;      /* shared, one reference held (sched_route_get) */
 	struct conf *conf;              /* the snapshot the job runs under */
 	int *rcpts;                     /* indices into the message's recipients (&rcpt1, or
 	                                   allocated when the job may take more than one) */
 	int rcpt1;
 	unsigned nrcpts;
-	uint64_t flush_gen;             /* the flush that made its recipients due, 0 = none */
 	struct sched_attempt *at;       /* while an attempt runs (active), else NULL */
-	struct queue_image *image;      /* the reference at->req.body borrows, until its callback */
 	struct sched_last *last;        /* how its last attempt ended, or NULL (nothing yet) */
 };
+_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_job) <= 104, "struct sched_job grew");
 TAILQ_HEAD(sched_jobq, sched_job);
 
 enum sched_dest_state { SCHED_DEST_NEW, SCHED_DEST_UP, SCHED_DEST_DOWN };
@@ -201,6 +218,7 @@ struct sched_dest {
 	bool probe_force;               /* the next probe ignores host backoff (a flush) */
 	uint64_t forced_gen;            /* the flush whose one forced attempt it has had */
 	struct sched_wake wake;
+	struct sched_route *route;      /* the last job's route, for the next to share, or NULL */
 	struct htab_node node;          /* in s->dhash, by name */
 	TAILQ_ENTRY(sched_dest) entry;
 };
@@ -319,12 +337,23 @@ void sched_msg_warn(struct sched *s, struct sched_msg *sm, uint64_t now);
 struct sched_dest *sched_dest_get(struct sched *s, const char *name);
 void sched_dest_maybe_free(struct sched *s, struct sched_dest *d);
 void sched_dest_wake(struct sched *s, struct sched_dest *d);
-struct sched_job *sched_job_new(struct sched *s, struct sched_msg *sm, struct route *route);
-void sched_job_add_rcpt(struct sched_job *job, int i);
+/* A new job of sm for destination d (sched_dest_get(s, route->dest)), not
+ * admitted yet; it takes route's contents (or releases them when d's shared
+ * route is the same: route is left empty either way). */
+struct sched_job *sched_job_new(struct sched *s, struct sched_msg *sm, struct sched_dest *d,
+    struct route *route);
+/* Put recipient i of job's message into job: the flush that made it due
+ * (0 = none) is returned, for sched_dest_admit. */
+uint64_t sched_job_add_rcpt(struct sched_job *job, int i);
+/* Drop one reference to a shared route (NULL: nothing); the last frees it. */
+void sched_route_unref(struct sched_route *sr);
 void sched_job_free(struct sched_job *job);
 void sched_job_unlink(struct sched_job *job);
 void sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due);
-void sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now);
+/* Start, queue or park a new job; flush_gen: the latest flush that made one of
+ * its recipients due (sched_job_add_rcpt), 0 = none. */
+void sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job,
+    uint64_t flush_gen, uint64_t now);
 void sched_dest_rewake(struct sched *s, struct sched_dest *d);
 /* The numeric address of a ("192.0.2.1", "2001:db8::1") into out. */
 void sched_addr_ip(const struct dns_addr *a, char *out, size_t outlen);

@@ -28,7 +28,7 @@ sched_tls_policy_name(const struct sched_job *job)
 		return job->at->tlspol.source != NULL ? job->at->tlspol.source : "dane";
 	if (job->at->tlspol.policy != DELIVER_POLICY_CONF)
 		return tlspolicy_name(&job->at->tlspol);
-	return conf_tls_name(job->route.tls);
+	return conf_tls_name(job->route->r.tls);
 }
 
 /* Note for sm: host/ip under policy, refused (NULL: not refused). */

@@ -82,10 +82,10 @@ sched_tlsrpt_session(struct sched *s, struct sched_job *job, const struct dns_ta
 	size_t i, nstrings = 0;
 	bool sts;
 
-	if (s->tlsrpt == NULL || job->route.nhosts > 0 || job->route.tls == CONF_TLS_NONE)
+	if (s->tlsrpt == NULL || job->route->r.nhosts > 0 || job->route->r.tls == CONF_TLS_NONE)
 		return;
 	memset(&ev, 0, sizeof(ev));
-	ev.domain = job->route.dest;
+	ev.domain = job->route->r.dest;
 	ev.receiving_mx = tg->host;
 	ev.receiving_ip = ip != NULL && ip[0] != '\0' ? ip : NULL;
 	sts = job->at->tlspol.source != NULL ? strcmp(job->at->tlspol.source, "mta-sts") == 0 :

@@ -668,6 +668,105 @@ run_scenario(const struct scenario *sc, int no)
 	    sc->steps[k - 1].want.reports);
 }
 
+/* ------------------------------------------------------------------ */
+/* Shared routes (struct sched_route): their references across route changes. */
+
+static const struct scenario route_share = { "shared route", 10 * M, 1 * H, 5 * 24 * H, 0, { { 0 } } };
+
+static bool
+pred_active(struct fx *fx)
+{
+	return fx->s->nactive > 0;
+}
+
+/* How many of d's jobs (waiting, queued or in flight) hold sr. */
+static int
+route_holders(struct sched *s, struct sched_dest *d, const struct sched_route *sr)
+{
+	struct sched_job *job;
+	int n = 0;
+
+	TAILQ_FOREACH(job, &d->waiting, entry)
+		n += job->route == sr;
+	TAILQ_FOREACH(job, &d->backlog, entry)
+		n += job->route == sr;
+	TAILQ_FOREACH(job, &s->active, entry)
+		n += job->dest == d && job->route == sr;
+	return n;
+}
+
+/* d's waiting job whose route is not d's, or NULL. */
+static struct sched_job *
+route_other(struct sched_dest *d)
+{
+	struct sched_job *job;
+
+	TAILQ_FOREACH(job, &d->waiting, entry)
+		if (job->route != d->route)
+			return job;
+	return NULL;
+}
+
+/*
+ * A destination's jobs share one route (one reference each, and one the
+ * destination's); a route change while one of them is in flight gives the
+ * others a new shared route, and the job in flight keeps its old one (its
+ * last reference) until it is freed.  Run under ASan, a reference too few
+ * is a use after free and one too many a leak.
+ */
+static void
+test_route_shared(int no)
+{
+	struct fx fx;
+	struct sched_dest *d;
+	struct sched_route *first, *second;
+	struct sched_job *other;
+	struct buf err = BUF_INIT, hosts = BUF_INIT;
+	struct htab_node *n;
+
+	mxsink_exec(&sink_a, "sink.reset()");
+	mxsink_exec(&sink_b, "sink.reset()");
+	sink_set_up(&sink_a, 'a', "");
+	sink_set_up(&sink_b, 'b', "");
+	fx_init(&fx, &route_share, no);
+	fx_submit(&fx, 4);
+	CHECK_MSG(fx_run(&fx, pred_settled), "shared route: never settled");
+	n = htab_find(&fx.s->dhash, "route:a.test");
+	CHECK(n != NULL);
+	if (n == NULL)
+		exit(check_done());
+	d = HTAB_ENTRY(n, struct sched_dest, node);
+	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
+	first = d->route;
+	CHECK(first != NULL && route_holders(fx.s, d, first) == 4 && first->refs == 5);
+
+	/* the probe is in flight when the route changes */
+	fx.clock = fx.base + 10 * M;
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_active), "shared route: no probe");
+	buf_printf(&hosts, "127.0.0.2:%d", sink_a.port);
+	CHECK_INT(sched_route_set(fx.s, "a.test", buf_cstr(&hosts), &err), 0);
+	CHECK_MSG(fx_run(&fx, pred_settled), "shared route: never settled after route set");
+	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
+	second = d->route;
+	other = route_other(d);
+	CHECK(second != NULL && second != first && second->r.runtime && second->refs == 4 &&
+	    route_holders(fx.s, d, second) == 3);
+	CHECK(other != NULL && other->route == first && first->refs == 1 && !first->r.runtime);
+
+	/* back to the configured route: the probe's job keeps its place, the
+	 * others get a route of their own again, and the run-time one goes */
+	CHECK_INT(sched_route_clear(fx.s, "a.test"), 0);
+	CHECK_MSG(fx_run(&fx, pred_settled), "shared route: never settled after route clear");
+	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
+	CHECK(d->route != NULL && !d->route->r.runtime && d->route->refs == 4 &&
+	    route_holders(fx.s, d, d->route) == 3);
+	CHECK(route_other(d) == other && other->route == first && first->refs == 1);
+	buf_free(&hosts);
+	buf_free(&err);
+	fx_fini(&fx);
+}
+
 int
 main(void)
 {
@@ -678,6 +777,7 @@ main(void)
 	mxsink_start(&sink_r, "127.0.0.4", NULL);
 	for (size_t i = 0; i < RELAY_ARRAY_LEN(scenarios); i++)
 		run_scenario(&scenarios[i], (int)i);
+	test_route_shared((int)RELAY_ARRAY_LEN(scenarios));
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
 	mxsink_stop(&sink_r);
