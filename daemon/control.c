@@ -9,8 +9,10 @@
  * client cannot hold the daemon's stop); every request is answered from
  * in-memory state, or later (struct control_later: dkim --check's DNS
  * lookups, queue show's read of the message file on the libuv thread
- * pool), so no request blocks the loop.  Never unlinks anything at
- * control_socket but a socket.
+ * pool), so no request blocks the loop.  A client's EOF closes its
+ * connection and drops a request still to be answered (a client that shuts
+ * its writing side before the answer looks like one that has gone; relayctl
+ * does not).  Never unlinks anything at control_socket but a socket.
  */
 #include "daemon/relay.h"
 

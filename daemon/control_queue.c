@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -695,9 +696,20 @@ rctl_show_human(struct rctl *c, const struct queue_msg *m, const struct rctl_hea
  * close and relayd may stop (the scheduler freed, the queue closed) while it
  * runs: cancelled, it ends unanswered and frees itself; the loop does not
  * end before it has.
+ *
+ * The pool's four threads also sign mail, check passwords and refill the
+ * queue's spare files: at most RCTL_SHOW_RUNNING reads run at once (a
+ * script asking for many messages on a slow disk would otherwise hold them
+ * all), the others wait in rctl_show_waiting, first come first served.
+ * Both are the loop's only.
  */
+#define RCTL_SHOW_RUNNING 1
+
 struct rctl_show {
 	uv_work_t work;
+	TAILQ_ENTRY(rctl_show) entry;   /* in rctl_show_waiting, while queued */
+	bool queued;
+	uv_loop_t *loop;
 	struct control_later *later;    /* NULL once cancelled: nobody waits */
 	struct router *r;               /* valid while later is set */
 	bool json;
@@ -710,6 +722,39 @@ struct rctl_show {
 	struct rctl_histv hv;
 	int rc;                         /* queue_history_file()'s */
 };
+
+static TAILQ_HEAD(, rctl_show) rctl_show_waiting = TAILQ_HEAD_INITIALIZER(rctl_show_waiting);
+static unsigned rctl_show_running;
+
+static void rctl_show_read(uv_work_t *w);
+static void rctl_show_done(uv_work_t *w, int status);
+
+/* Start the reads waiting, while fewer than RCTL_SHOW_RUNNING run. */
+static void
+rctl_show_next(void)
+{
+	struct rctl_show *s;
+
+	while (rctl_show_running < RCTL_SHOW_RUNNING &&
+	    (s = TAILQ_FIRST(&rctl_show_waiting)) != NULL) {
+		TAILQ_REMOVE(&rctl_show_waiting, s, entry);
+		s->queued = false;
+		rctl_show_running++;
+		if (uv_queue_work(s->loop, &s->work, rctl_show_read, rctl_show_done) != 0)
+			fatalx("%s: uv_queue_work failed", __func__);
+	}
+}
+
+static void
+rctl_show_free(struct rctl_show *s)
+{
+	if (s->later == NULL && s->delay_ms > 0)
+		log_event(LOG_INFO, "queue_show_test_dropped", "qid", s->qid, NULL);
+	rctl_histv_free(&s->hv);
+	rctl_head_free(&s->hd);
+	free(s->path);
+	free(s);
+}
 
 /* The thread pool's part: the file's reads. */
 static void
@@ -759,12 +804,12 @@ rctl_show_done(uv_work_t *w, int status)
 		later->pending = NULL;
 		later->done(later->arg, rc, &out);
 		buf_free(&out);
-	} else if (s->delay_ms > 0)
-		log_event(LOG_INFO, "queue_show_test_dropped", "qid", s->qid, NULL);
-	rctl_histv_free(&s->hv);
-	rctl_head_free(&s->hd);
-	free(s->path);
-	free(s);
+		if (s->delay_ms > 0)
+			log_event(LOG_INFO, "queue_show_test_answered", "qid", s->qid, NULL);
+	}
+	rctl_show_running--;
+	rctl_show_free(s);
+	rctl_show_next();
 }
 
 /* control_later's cancel: the read frees itself when it is over. */
@@ -774,7 +819,14 @@ rctl_show_cancel(void *pending)
 	struct rctl_show *s = pending;
 
 	s->later = NULL;
-	(void)uv_cancel((uv_req_t *)&s->work);  /* not begun yet: done comes at once */
+	if (s->queued) {                /* never given to the pool */
+		TAILQ_REMOVE(&rctl_show_waiting, s, entry);
+		rctl_show_free(s);
+		return;
+	}
+	/* not begun yet: done comes on a later loop turn with UV_ECANCELED;
+	 * begun: when the read is over */
+	(void)uv_cancel((uv_req_t *)&s->work);
 }
 
 int
@@ -810,8 +862,12 @@ rctl_queue_show(struct rctl *c)
 #endif
 	c->later->pending = s;
 	c->later->cancel = rctl_show_cancel;
-	if (uv_queue_work(c->later->loop, &s->work, rctl_show_read, rctl_show_done) != 0)
-		fatalx("%s: uv_queue_work failed", __func__);
+	s->loop = c->later->loop;
+	s->queued = true;
+	TAILQ_INSERT_TAIL(&rctl_show_waiting, s, entry);
+	rctl_show_next();
+	if (s->queued && s->delay_ms > 0)
+		log_event(LOG_INFO, "queue_show_test_queued", "qid", s->qid, NULL);
 	return CONTROL_LATER;
 }
 

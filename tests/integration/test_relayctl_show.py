@@ -12,7 +12,11 @@ message deleted while its read runs answers "unknown queue id" (exit 1), as
 for a show after the delete; a queue file relayd cannot parse answers
 "cannot read the queue file of QID" (exit 1), as before; the relayctl client
 closing its connection while the read runs, or relayd stopping then, costs
-nothing (no crash, a clean stop; the ASan build checks the memory).  With
+nothing (no crash, a clean stop; the ASan build checks the memory).  One
+read runs at a time (the pool's threads also sign mail and check passwords):
+a second show waits (event=queue_show_test_queued) until the first is
+answered (event=queue_show_test_answered), and one whose client goes while
+it waits never reads.  With
 the hook sleeping on the loop instead, the first test fails: no greeting
 while the read waits.
 """
@@ -110,6 +114,41 @@ class ShowOffTheLoop(CtlCase):
         out = self.ok("queue", "show", qid)
         self.assertRegex(out, r"(?m)^qid\s+%s$" % qid)
         self.assertRegex(out, r"(?m)^    Subject\s+Quarterly$")
+        self.stop_clean()
+
+    def test_one_read_at_a_time_and_a_waiting_one_can_go(self):
+        """The pool's threads also sign mail and check passwords: a second
+        show waits for the first's read to be over (queue_show_test_queued),
+        and one whose client goes while it waits never reads."""
+        qid1 = self.start_delayed()
+        qid2 = self.send_deferred("carol@example.com", subject="Second")
+        qid3 = self.send("dave@example.net", subject="Third")   # waits for example.net
+        self.assertIn(qid3, self.qids_listed())    # the scheduler has it
+        first = self.begin_show(qid1)
+        mark = self.relay.log_mark()
+        second = show_proc(self.relay, qid2)
+        self.addCleanup(second.kill)
+        third = show_proc(self.relay, qid3)
+        self.addCleanup(third.kill)
+        self.relay.wait_for_log("queue_show_test_queued", since=mark, qid=qid2)
+        self.relay.wait_for_log("queue_show_test_queued", since=mark, qid=qid3)
+        third.kill()                                 # gone while it waits
+        third.communicate()
+        self.relay.wait_for_log("queue_show_test_dropped", since=mark, qid=qid3)
+        self.assertIsNone(first.poll())
+        self.assertIsNone(second.poll())
+
+        for p, qid, subject in ((first, qid1, "Quarterly"), (second, qid2, "Second")):
+            out, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, 0, err)
+            self.assertRegex(out, r"(?m)^qid\s+%s$" % qid)
+            self.assertRegex(out, r"(?m)^    Subject\s+%s$" % subject)
+        self.relay.wait_for_log("queue_show_test_answered", since=mark, qid=qid2)
+        # the second read began only once the first was answered; the third never did
+        seen = [(d.get("event"), d.get("qid")) for d in self.relay.log_lines()[mark:]]
+        self.assertLess(seen.index(("queue_show_test_answered", qid1)),
+                        seen.index(("queue_show_test_delay", qid2)))
+        self.assertNotIn(("queue_show_test_delay", qid3), seen)
         self.stop_clean()
 
     def test_stop_while_the_read_runs(self):

@@ -91,7 +91,7 @@ test_rcpt_due(void)
 		qr.state = rows[i].state;
 		qr.attempts = rows[i].attempts;
 		qr.last_attempt_ms = rows[i].last;
-		qr.last_status = (char *)rows[i].status;
+		qr.last_status = rows[i].status;
 		qr.waiting = rows[i].waiting;
 		CHECK_MSG(sched_rcpt_due(&qr, iv, 2, 0) == rows[i].want, "row %zu", i);
 	}
