@@ -10,6 +10,7 @@
  */
 #include "fixture.h"
 #include "router/router_sched.h"
+#include "queue/queue_int.h"          /* queue_rcpt_set_last(), for the packing */
 
 #include <dirent.h>
 #include <stdbool.h>
@@ -341,6 +342,84 @@ test_last_strings_shared(void)
 	close_loop(&loop);
 }
 
+/*
+ * The four strings packed into one block: NULL and "" stay apart, strings
+ * beyond the packing's stack buffer (512 bytes) take the heap path, bytes
+ * that could pass for the block's "present" byte are only bytes, a
+ * recipient may be set from its own strings, and equal sets share a block
+ * with or without the table in the way (NULL table: a block of its own).
+ */
+static void
+test_last_strings_packing(void)
+{
+	static char big[3000], big2[700];
+	const char *rows[][4] = {
+		{ NULL, NULL, NULL, NULL },
+		{ "", NULL, NULL, NULL },
+		{ NULL, "", NULL, "" },
+		{ "", "", "", "" },
+		{ "mx", NULL, "4.4.1", NULL },
+		{ NULL, "192.0.2.1", NULL, "x" },
+		{ "\x01", "\x03a", "\xff\xfe", "\x0f" },
+		{ "mx", "192.0.2.1", "4.4.1", big },
+		{ big2, NULL, big2, "" },
+	};
+	struct queue_lasts *l = queue_lasts_new();
+	struct queue_rcpt a, b, c;
+	size_t i, k;
+
+	memset(big, 'r', sizeof(big) - 1);
+	memset(big2, 'h', sizeof(big2) - 1);
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		const char *const *w = rows[i];
+
+		memset(&a, 0, sizeof(a));
+		memset(&b, 0, sizeof(b));
+		memset(&c, 0, sizeof(c));
+		queue_rcpt_set_last(l, &a, w[0], w[1], w[2], w[3]);
+		queue_rcpt_set_last(l, &b, w[0], w[1], w[2], w[3]);
+		queue_rcpt_set_last(NULL, &c, w[0], w[1], w[2], w[3]);
+		for (k = 0; k < 3; k++) {
+			const struct queue_rcpt *r = k == 0 ? &a : k == 1 ? &b : &c;
+			const char *got[4] = { r->last_host, r->last_ip, r->last_status, r->last_reply };
+			size_t j;
+
+			for (j = 0; j < 4; j++) {
+				CHECK_MSG((got[j] == NULL) == (w[j] == NULL),
+				    "row %zu field %zu: NULL is %s", i, j, got[j] == NULL ? "got" : "lost");
+				if (got[j] != NULL && w[j] != NULL)
+					CHECK_MSG(strcmp(got[j], w[j]) == 0, "row %zu field %zu differs", i, j);
+			}
+		}
+		if (w[0] != NULL || w[1] != NULL || w[2] != NULL || w[3] != NULL) {
+			CHECK_MSG(a.last_reply == b.last_reply && a.last_host == b.last_host,
+			    "row %zu: equal strings not shared", i);
+			CHECK_MSG(c.last_reply != a.last_reply || c.last_reply == NULL,
+			    "row %zu: no table, yet shared", i);
+		}
+		/* from its own strings: they stay valid through the swap */
+		queue_rcpt_set_last(l, &b, b.last_host, b.last_ip, b.last_status, b.last_reply);
+		for (k = 0; k < 4; k++) {
+			const char *got = k == 0 ? b.last_host : k == 1 ? b.last_ip :
+			    k == 2 ? b.last_status : b.last_reply;
+
+			CHECK_MSG((got == NULL) == (w[k] == NULL) && (got == NULL || strcmp(got, w[k]) == 0),
+			    "row %zu field %zu: changed by setting it from itself", i, k);
+		}
+		queue_rcpt_free_last(&a);
+		queue_rcpt_free_last(&c);
+		if (i % 2 == 0)
+			queue_rcpt_free_last(&b);
+		else {                  /* b outlives the table (freed below) */
+			queue_lasts_free(l);
+			CHECK(b.last_status == NULL || strcmp(b.last_status, w[2]) == 0);
+			queue_rcpt_free_last(&b);
+			l = queue_lasts_new();
+		}
+	}
+	queue_lasts_free(l);
+}
+
 int
 main(void)
 {
@@ -351,6 +430,7 @@ main(void)
 	test_states_survive_a_restart();
 	test_old_records_load();
 	test_last_strings_shared();
+	test_last_strings_packing();
 	fixture_teardown();
 	return check_done();
 }
