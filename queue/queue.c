@@ -1395,8 +1395,9 @@ queue_scan_entry(struct queue *q, const char *name, struct queue_msg **mp)
 	return rc == 0 ? 1 : rc == RELAY_EINVAL ? -1 : 0;
 }
 
-int
-queue_history(struct queue *q, const char *qid,
+/* The records of qid's file, name in dirfd (q NULL: no queue object). */
+static int
+queue_history_at(struct queue *q, int dirfd, const char *name, const char *qid,
     void (*cb)(void *arg, const struct queue_record *rec), void *arg)
 {
 	struct buf why = BUF_INIT;
@@ -1404,23 +1405,23 @@ queue_history(struct queue *q, const char *qid,
 
 	if (!queue_qid_valid(qid))
 		return RELAY_ENOENT;
-	rc = queue_load(q, q->msgfd, qid, qid, false, NULL, cb, arg, &why);
+	rc = queue_load(q, dirfd, name, qid, false, NULL, cb, arg, &why);
 	buf_free(&why);
 	return rc;
+}
+
+int
+queue_history(struct queue *q, const char *qid,
+    void (*cb)(void *arg, const struct queue_record *rec), void *arg)
+{
+	return queue_history_at(q, q->msgfd, qid, qid, cb, arg);
 }
 
 int
 queue_history_file(const char *path, const char *qid,
     void (*cb)(void *arg, const struct queue_record *rec), void *arg)
 {
-	struct buf why = BUF_INIT;
-	int rc;
-
-	if (!queue_qid_valid(qid))
-		return RELAY_ENOENT;
-	rc = queue_load(NULL, AT_FDCWD, path, qid, false, NULL, cb, arg, &why);
-	buf_free(&why);
-	return rc;
+	return queue_history_at(NULL, AT_FDCWD, path, qid, cb, arg);
 }
 
 /*
