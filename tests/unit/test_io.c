@@ -463,9 +463,11 @@ test_refused(void)
 
 /* ------------------------------------------------------------------ */
 /*
- * Idle timeout: the server sets 60 ms; the client sends one line at 30 ms
+ * Idle timeout: the server sets 250 ms; the client sends one line at 30 ms
  * (which restarts the timer) and then nothing.  IO_EV_TIMEOUT comes no sooner
- * than 30 + 60 ms; the server's last reply reaches the client before EOF.
+ * than 30 + 250 ms; the server's last reply reaches the client before EOF.
+ * The margin is wide so that a loaded machine cannot run the client's 30 ms
+ * timer and the server's timeout in one turn, before the line is read.
  */
 
 struct tmo_state {
@@ -475,7 +477,7 @@ struct tmo_state {
 static void
 tmo_srv_accept(struct fix *fx)
 {
-	io_set_timeout(fx->srv.io, 60);
+	io_set_timeout(fx->srv.io, 250);
 }
 
 static void
@@ -523,7 +525,7 @@ test_idle_timeout(void)
 	fix_run(&fx, "idle timeout");
 	CHECK_STR(buf_cstr(&fx.srv.rec), "NOOP\\r\\n|TIMEOUT|");
 	CHECK_STR(buf_cstr(&fx.cli.rec), "421 timeout\\r\\n|EOF|");
-	CHECK_MSG(ts.fired_at >= 85, "timeout fired after %llu ms, want >= 90",
+	CHECK_MSG(ts.fired_at >= 275, "timeout fired after %llu ms, want >= 280",
 	    (unsigned long long)ts.fired_at);
 	fix_free(&fx);
 }
@@ -610,7 +612,9 @@ test_deadline(void)
 	 * that input came after the deadline was set.
 	 */
 	CHECK_MSG(ds.drips >= 2, "only %d drips before the deadline", ds.drips);
-	CHECK_MSG(ds.left_at_first_in > 0 && ds.left_at_first_in < 120,
+	/* <= 120: on a loaded machine the first byte may be read in the loop
+	 * turn that set the deadline, before the loop's clock moved */
+	CHECK_MSG(ds.left_at_first_in > 0 && ds.left_at_first_in <= 120,
 	    "io_deadline_left() said %llu at the first byte", (unsigned long long)ds.left_at_first_in);
 	fix_free(&fx);
 }
