@@ -186,6 +186,19 @@ void queue_txn_abort(struct queue_txn *t);
 #ifdef RELAY_TEST_HOOKS
 /* Tests: how many finished jobs wait for the loop. */
 size_t queue_test_ndone(struct queue *q);
+/*
+ * Tests: fn (NULL: none) runs on the sync thread, no lock held, and may
+ * block to hold it: with QUEUE_TEST_SYNC_TAKE when jobs wait for it and it
+ * is about to take its next group (the commit threads keep passing jobs on
+ * meanwhile), with QUEUE_TEST_SYNC_GROUP once it took one, before its sync:
+ * the group's new messages, journal probes and other jobs.
+ */
+enum { QUEUE_TEST_SYNC_TAKE, QUEUE_TEST_SYNC_GROUP };
+typedef void queue_test_sync_fn(void *arg, int phase, unsigned commits, unsigned probes,
+    unsigned others);
+void queue_test_set_sync_fn(struct queue *q, queue_test_sync_fn *fn, void *arg);
+/* Tests: the jobs waiting for the sync thread: new messages, journal probes. */
+void queue_test_written(struct queue *q, size_t *commits, size_t *probes);
 #endif
 int queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *rec,
     queue_sync_cb *cb, void *arg);

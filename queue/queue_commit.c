@@ -824,6 +824,33 @@ queue_journal_probe(struct queue *q, struct queue_job *j)
 	j->published = true;
 }
 
+#ifdef RELAY_TEST_HOOKS
+/* Under q->mtx, the sync thread: the test's fn, if any, without the lock
+ * (queue_test_set_sync_fn()); batch: the group taken, or NULL. */
+static void
+queue_test_sync_point(struct queue *q, int phase, const struct queue_list *batch)
+{
+	queue_test_sync_fn *fn = q->test_sync_fn;
+	void *arg = q->test_sync_arg;
+	const struct queue_job *j;
+	unsigned commits = 0, probes = 0, others = 0;
+
+	if (fn == NULL)
+		return;
+	for (j = batch != NULL ? batch->head : NULL; j != NULL; j = j->next) {
+		if (j->kind == QJOB_COMMIT)
+			commits++;
+		else if (j->kind == QJOB_PROBE)
+			probes++;
+		else
+			others++;
+	}
+	uv_mutex_unlock(&q->mtx);
+	fn(arg, phase, commits, probes, others);
+	uv_mutex_lock(&q->mtx);
+}
+#endif
+
 /*
  * The sync thread: takes every batch the writer finished (one group sync
  * for all of them), publishes, moves the journal's tail, and hands the jobs
@@ -846,7 +873,13 @@ queue_thread_main(void *arg)
 			uv_cond_wait(&q->sync_cond, &q->mtx);
 		if (q->written.head == NULL)
 			break;
+#ifdef RELAY_TEST_HOOKS
+		queue_test_sync_point(q, QUEUE_TEST_SYNC_TAKE, NULL);   /* only we take from written */
+#endif
 		queue_take_sync(q, &batch, &commits_last, &commits_ns);
+#ifdef RELAY_TEST_HOOKS
+		queue_test_sync_point(q, QUEUE_TEST_SYNC_GROUP, &batch);
+#endif
 		mode = q->mode;
 		uv_mutex_unlock(&q->mtx);
 
@@ -1227,6 +1260,29 @@ queue_test_ndone(struct queue *q)
 		n++;
 	uv_mutex_unlock(&q->mtx);
 	return n;
+}
+
+void
+queue_test_set_sync_fn(struct queue *q, queue_test_sync_fn *fn, void *arg)
+{
+	uv_mutex_lock(&q->mtx);
+	q->test_sync_fn = fn;
+	q->test_sync_arg = arg;
+	uv_mutex_unlock(&q->mtx);
+}
+
+void
+queue_test_written(struct queue *q, size_t *commits, size_t *probes)
+{
+	struct queue_job *j;
+
+	*commits = *probes = 0;
+	uv_mutex_lock(&q->mtx);
+	for (j = q->written.head; j != NULL; j = j->next) {
+		*commits += j->kind == QJOB_COMMIT;
+		*probes += j->kind == QJOB_PROBE;
+	}
+	uv_mutex_unlock(&q->mtx);
 }
 #endif
 

@@ -152,6 +152,10 @@ struct queue {
 	unsigned test_sync_delay_ms; /* RELAY_TEST_HOOKS: each group sync waits this long first */
 	unsigned test_publish_delay_ms; /* RELAY_TEST_HOOKS: each publish waits this long first */
 	unsigned test_record_delay_ms; /* RELAY_TEST_HOOKS: the writer waits this long before records */
+#ifdef RELAY_TEST_HOOKS
+	queue_test_sync_fn *test_sync_fn; /* under mtx: queue_test_set_sync_fn() */
+	void *test_sync_arg;
+#endif
 	bool jnl_was_on;             /* the journal was in use at start (loop) */
 	bool jnl_on;                 /* the journal is in use (else: 250 after the publish);
 	                                cleared under mtx by the journal thread when an append

@@ -20,7 +20,11 @@
  *   - queue_open() writes journaled messages missing from msg/ back, exact,
  *     and skips records that are not queue files; with the publish delayed
  *     a commit is acknowledged before its msg/ file exists, and a process
- *     killed in that window loses nothing.
+ *     killed in that window loses nothing;
+ *   - with the sync thread held (queue_test_set_sync_fn()), the restore
+ *     probe sent after a failed publish never overtakes a message
+ *     acknowledged from the journal before it: each reaches the router
+ *     once, at the one restore.
  * Records are generated from their name ("r<k>-<len>"), so the replay
  * callback checks each image's bytes without keeping copies.
  * Owns its temporary directory and removes it at the end.
@@ -1344,6 +1348,203 @@ test_queue_ack_before_publish(void)
 	close_loop(&loop);
 	drop_dir(dirfd, dir);
 }
+
+/* Lines of the log containing needle; *first: the number of the first (0 none). */
+static int
+log_count(const char *needle, int *first)
+{
+	char line[1024];
+	FILE *fp;
+	int n = 0, no = 0;
+
+	if (first != NULL)
+		*first = 0;
+	if ((fp = fopen(logpath, "r")) == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), fp) != NULL) {
+		no++;
+		if (strstr(line, needle) == NULL)
+			continue;
+		if (n++ == 0 && first != NULL)
+			*first = no;
+	}
+	fclose(fp);
+	return n;
+}
+
+/*
+ * A gate for the sync thread (queue_test_set_sync_fn()): takes and groups
+ * let through (-1: all), and the groups it took, in order.
+ */
+struct sync_gate {
+	uv_mutex_t mu;
+	uv_cond_t cv;
+	int takes, groups;
+	int ngroups;
+	unsigned commits[16], probes[16];
+};
+
+static void
+sync_gate_fn(void *arg, int phase, unsigned commits, unsigned probes, unsigned others)
+{
+	struct sync_gate *g = arg;
+	int *allow = phase == QUEUE_TEST_SYNC_TAKE ? &g->takes : &g->groups;
+
+	(void)others;
+	uv_mutex_lock(&g->mu);
+	if (phase == QUEUE_TEST_SYNC_GROUP && g->ngroups < (int)RELAY_ARRAY_LEN(g->commits)) {
+		g->commits[g->ngroups] = commits;
+		g->probes[g->ngroups] = probes;
+	}
+	g->ngroups += phase == QUEUE_TEST_SYNC_GROUP;
+	uv_cond_broadcast(&g->cv);
+	while (*allow == 0)
+		uv_cond_wait(&g->cv, &g->mu);
+	if (*allow > 0)
+		(*allow)--;
+	uv_mutex_unlock(&g->mu);
+}
+
+static void
+sync_gate_set(struct sync_gate *g, int takes, int groups)
+{
+	uv_mutex_lock(&g->mu);
+	g->takes = takes;
+	g->groups = groups;
+	uv_cond_broadcast(&g->cv);
+	uv_mutex_unlock(&g->mu);
+}
+
+/* Commit body into q and run the loop until its 250 (from the journal). */
+static void
+commit_acked(uv_loop_t *loop, struct queue *q, const char *body, struct commit_res *res)
+{
+	memset(res, 0, sizeof(*res));
+	commit_body(q, body, strlen(body), commit_cb, res);
+	while (res->called == 0 && uv_run(loop, UV_RUN_ONCE) != 0)
+		;
+	CHECK_INT(res->called, 1);
+	CHECK_INT(res->err, 0);
+	if (res->called != 1 || res->err != 0)
+		exit(1);
+}
+
+/*
+ * The journal's restore probe travels with the new messages through the
+ * sync thread (QUEUE.md, "Restore, no restart"): it never overtakes a
+ * message acknowledged from the journal before it.  The sync thread is held
+ * by a gate.  m1 gets its 250 from the journal and its publish fails (a
+ * file is in the way of msg/<qid1>): the journal goes off.  m2 got its 250
+ * from the journal before that, and waits for the sync thread, which took
+ * a group of new messages last; the probe joins it there.  The probe must
+ * come in m2's group (or after it): m2 is published and withheld, the
+ * probe restores both messages' batches, and the loop hands both to the
+ * router once, at the restore, which counts them (messages=2).  Overtaken
+ * (the probe classed with records and removals, before d178ac0), it
+ * restored m2's batch before m2's publish: the restore reported one
+ * message, m2's publish then found msg/<qid2> taken and failed, and the
+ * journal went off again, with m2 not handed to the router.
+ */
+static void
+test_probe_follows_acked_messages(void)
+{
+	static struct sync_gate g;
+	struct commit_res r1, r2;
+	struct sink fresh = { .n = 0 };
+	struct queue_counters c;
+	struct queue *q;
+	uv_loop_t loop;
+	struct stat st1, st2;
+	char dir[128], path[256];
+	size_t commits = 0, probes = 0;
+	int dirfd = new_dir(dir, sizeof(dir)), fd, i, n, taken, restored, held, failed;
+
+	memset(&g, 0, sizeof(g));
+	if (uv_mutex_init(&g.mu) != 0 || uv_cond_init(&g.cv) != 0)
+		exit(2);
+	g.takes = -1;
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	queue_test_set_sync_fn(q, sync_gate_fn, &g);
+
+	/* m1: acknowledged; its publish will find msg/<qid1> taken */
+	commit_acked(&loop, q, "Subject: m1\r\n\r\none\r\n", &r1);
+	snprintf(path, sizeof(path), "%s/msg/%s", dir, r1.qid);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	CHECK(fd >= 0);
+	if (fd >= 0)
+		close(fd);
+	/* the sync thread took m1 alone; it takes nothing more for now */
+	uv_mutex_lock(&g.mu);
+	while (g.ngroups < 1)
+		uv_cond_wait(&g.cv, &g.mu);
+	g.takes = 0;
+	uv_mutex_unlock(&g.mu);
+	CHECK_INT(g.commits[0], 1);
+
+	/* m2: acknowledged from the journal, still on */
+	commit_acked(&loop, q, "Subject: m2\r\n\r\none\r\n", &r2);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.journaled, 2);
+
+	/* m1's group goes on: its publish fails, the journal goes off; the
+	 * probe (after 500 ms) reaches the sync thread, where m2 waits */
+	sync_gate_set(&g, 0, -1);
+	for (i = 0; i < 20000 && probes == 0; i++) {
+		uv_run(&loop, UV_RUN_NOWAIT);
+		queue_test_written(q, &commits, &probes);
+		if (probes == 0)
+			uv_sleep(1);
+	}
+	CHECK_INT(probes, 1);
+	CHECK_INT(commits, 1);
+	CHECK_INT(log_count("event=queue_journal_failed", NULL), 1);
+	CHECK_INT(fresh.n, 0);
+
+	sync_gate_set(&g, -1, -1);
+	uv_run(&loop, UV_RUN_DEFAULT);
+
+	/* the probe's group: with m2 or after it */
+	uv_mutex_lock(&g.mu);
+	n = g.ngroups;
+	uv_mutex_unlock(&g.mu);
+	for (i = 1, taken = 0; i < n && g.probes[i] == 0; i++)
+		taken += (int)g.commits[i];
+	CHECK_MSG(i < n && taken + (int)g.commits[i] == 1,
+	    "the probe came in group %d of %d, with %u of the 1 message acknowledged before it",
+	    i, n, i < n ? taken + g.commits[i] : 0);
+
+	/* each message handed to the router once, at the one restore, which counts both */
+	CHECK_INT(fresh.n, 2);
+	CHECK(sink_find(&fresh, r1.qid) != NULL);
+	CHECK(sink_find(&fresh, r2.qid) != NULL);
+	CHECK_INT(log_count("event=queue_journal_restored", &restored), 1);
+	CHECK(log_has("event=queue_journal_restored messages=2 probes=1"));
+	CHECK_INT(log_count("event=queue_journal_failed", NULL), 1);
+	snprintf(path, sizeof(path), "event=queue_publish_held qid=%s", r2.qid);
+	CHECK_INT(log_count(path, &held), 1);
+	CHECK_MSG(held > 0 && held < restored, "m2's publish (log line %d) after the restore (%d)",
+	    held, restored);
+	snprintf(path, sizeof(path), "event=queue_publish_failed qid=%s", r1.qid);
+	CHECK_INT(log_count(path, &failed), 1);
+	CHECK(failed > 0 && failed < restored);
+	CHECK_INT(log_count("event=queue_publish_failed", NULL), 1);
+
+	/* both files restored whole (m1's over the file in its way) */
+	snprintf(path, sizeof(path), "%s/msg/%s", dir, r1.qid);
+	CHECK(stat(path, &st1) == 0 && st1.st_size > 0);
+	snprintf(path, sizeof(path), "%s/msg/%s", dir, r2.qid);
+	CHECK(stat(path, &st2) == 0 && st2.st_size == st1.st_size);
+
+	queue_test_set_sync_fn(q, NULL, NULL);
+	sink_free(&fresh);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	uv_cond_destroy(&g.cv);
+	uv_mutex_destroy(&g.mu);
+	drop_dir(dirfd, dir);
+}
 #endif
 
 int
@@ -1362,6 +1563,7 @@ main(void)
 	test_queue_replay();
 #ifdef RELAY_TEST_HOOKS
 	test_queue_ack_before_publish();
+	test_probe_follows_acked_messages();
 #endif
 	fixture_teardown();
 	return check_done();

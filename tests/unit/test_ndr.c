@@ -323,15 +323,20 @@ static struct env_rcpt rcpts[3] = {
 	{ "dave@example.net", NULL, ENV_NOTIFY_SUCCESS | ENV_NOTIFY_FAILURE },
 };
 
-/* A queued message Q1 whose file is dir/msg/Q1 (its queue_dir is dir). */
-static void
-msg_init(struct queue_msg *m, const char *dir, const char *body, size_t len)
+/*
+ * A queued message Q1 whose file is dir/msg/Q1 (its queue_dir is dir), with
+ * room for its recipients (rcpt[] is a flexible array member, as
+ * queue_msg_new() makes it, zeroed); the caller frees it.
+ */
+static struct queue_msg *
+msg_new(const char *dir, const char *body, size_t len)
 {
 	static const char prefix[] = "ENVELOPE LINES THAT ARE NOT THE MESSAGE\n";
+	struct queue_msg *m;
 	char path[PATH_MAX];
 	FILE *f;
 
-	memset(m, 0, sizeof(*m));
+	m = xcalloc(1, sizeof(*m) + RELAY_ARRAY_LEN(rcpts) * sizeof(m->rcpt[0]));
 	snprintf(m->qid, sizeof(m->qid), "Q1");
 	m->dir = dir;
 	snprintf(path, sizeof(path), "%s/msg", dir);
@@ -343,10 +348,11 @@ msg_init(struct queue_msg *m, const char *dir, const char *body, size_t len)
 		fatalx("%s: cannot write %s", __func__, path);
 	m->env.sender = "alice@relay.test";
 	m->env.rcpts = rcpts;
-	m->env.nrcpts = 3;
+	m->env.nrcpts = RELAY_ARRAY_LEN(rcpts);
 	m->env.arrival_ms = 1700000000000ull;
 	m->body_offset = sizeof(prefix) - 1;
 	m->body_len = len;
+	return m;
 }
 
 static const struct ndr_params params = {
@@ -560,7 +566,7 @@ rcpt_info(const struct format_case *fc, int idx, struct ndr_rcpt *nr)
 static void
 test_format_case(const struct format_case *fc, const char *path)
 {
-	struct queue_msg m;
+	struct queue_msg *m;
 	struct ndr_rcpt nr[3];
 	struct report rp;
 	struct buf out = BUF_INIT;
@@ -568,19 +574,20 @@ test_format_case(const struct format_case *fc, const char *path)
 	const char *v;
 	int rc, g;
 
-	msg_init(&m, path, original, sizeof(original) - 1);
-	m.env.ret = fc->ret;
-	m.env.envid = (char *)fc->envid;
+	m = msg_new(path, original, sizeof(original) - 1);
+	m->env.ret = fc->ret;
+	m->env.envid = (char *)fc->envid;
 	if (fc->body_len_override)
-		m.body_len = fc->body_len_override;
+		m->body_len = fc->body_len_override;
 	while (n < 3 && fc->idx[n] >= 0) {
 		rcpt_info(fc, fc->idx[n], &nr[n]);
 		n++;
 	}
-	rc = ndr_format(&m, fc->kind, nr, n, &params, "NDRX", &out);
+	rc = ndr_format(m, fc->kind, nr, n, &params, "NDRX", &out);
 	if (fc->want_rcpts < 0) {
 		CHECK_MSG(rc == RELAY_ENOENT, "%s: rc %d", fc->name, rc);
 		buf_free(&out);
+		free(m);
 		return;
 	}
 	CHECK_MSG(rc == 0, "%s: rc %d", fc->name, rc);
@@ -678,6 +685,7 @@ test_format_case(const struct format_case *fc, const char *path)
 	}
 	report_free(&rp);
 	buf_free(&out);
+	free(m);
 }
 
 static void
@@ -696,7 +704,7 @@ static void
 test_format_edges(void)
 {
 	char path[256];
-	struct queue_msg m;
+	struct queue_msg *m;
 	struct ndr_rcpt nr;
 	struct report rp;
 	struct buf out = BUF_INIT;
@@ -705,16 +713,16 @@ test_format_edges(void)
 	snprintf(path, sizeof(path), "%s/msg2", tmpdir);
 
 	/* The queue file is gone: the report still goes, without part 3. */
-	msg_init(&m, path, original, sizeof(original) - 1);
+	m = msg_new(path, original, sizeof(original) - 1);
 	{
 		char file[PATH_MAX];
 
-		unlink(queue_msg_path(&m, file, sizeof(file)));
+		unlink(queue_msg_path(m, file, sizeof(file)));
 	}
 	memset(&nr, 0, sizeof(nr));
 	nr.index = 0;
 	nr.status = "5.1.1";
-	CHECK_INT(ndr_format(&m, NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
+	CHECK_INT(ndr_format(m, NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
 	report_parse(&out, &rp);
 	CHECK_INT(rp.nparts, 2);
 	CHECK(strstr(out.data, "could not be read") != NULL);
@@ -722,8 +730,9 @@ test_format_edges(void)
 	buf_reset(&out);
 
 	/* A message that is all headers (no empty line): all of it is returned. */
-	msg_init(&m, path, hdrs_only, sizeof(hdrs_only) - 1);
-	CHECK_INT(ndr_format(&m, NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
+	free(m);
+	m = msg_new(path, hdrs_only, sizeof(hdrs_only) - 1);
+	CHECK_INT(ndr_format(m, NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
 	report_parse(&out, &rp);
 	CHECK_INT(rp.nparts, 3);
 	CHECK(rp.nparts == 3 && rp.part[2].len == sizeof(hdrs_only) - 1 &&
@@ -732,8 +741,9 @@ test_format_edges(void)
 	buf_reset(&out);
 
 	/* A message with an empty header section. */
-	msg_init(&m, path, "\r\nbody only\r\n", 13);
-	CHECK_INT(ndr_format(&m, NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
+	free(m);
+	m = msg_new(path, "\r\nbody only\r\n", 13);
+	CHECK_INT(ndr_format(m, NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
 	report_parse(&out, &rp);
 	CHECK(rp.nparts == 3 && rp.part[2].len == 0);
 	report_free(&rp);
@@ -741,11 +751,12 @@ test_format_edges(void)
 
 	/* Hostile / 8-bit diagnostic and a bad status: delivery-status stays
 	 * 7-bit ASCII with no injected field; the text part is 8bit utf-8. */
-	msg_init(&m, path, original, sizeof(original) - 1);
+	free(m);
+	m = msg_new(path, original, sizeof(original) - 1);
 	nr.status = "5.1.1\r\nX-Evil: 1";
 	nr.remote_host = "mx.example\r\nX-Evil: 2";
 	nr.diagnostic = "550 5.7.1 Empf\xc3\xa4nger abgelehnt\r\nX-Evil: 3 \xff";
-	CHECK_INT(ndr_format(&m, NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
+	CHECK_INT(ndr_format(m, NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
 	report_parse(&out, &rp);
 	CHECK_INT(rp.ngroups, 2);
 	CHECK(fields_get(&rp.group[1], "X-Evil") == NULL);
@@ -765,6 +776,7 @@ test_format_edges(void)
 	}
 	report_free(&rp);
 	buf_free(&out);
+	free(m);
 }
 
 /* The Status field: the caller's when well formed and fitting the Action. */
@@ -789,7 +801,7 @@ test_status(void)
 		{ NDR_SUCCESS, "5.1.1", "2.0.0" },
 	};
 	char path[256];
-	struct queue_msg m;
+	struct queue_msg *m;
 	struct ndr_rcpt nr;
 	size_t i;
 
@@ -798,19 +810,20 @@ test_status(void)
 		struct buf out = BUF_INIT;
 		struct report rp;
 
-		msg_init(&m, path, original, sizeof(original) - 1);
+		m = msg_new(path, original, sizeof(original) - 1);
 		memset(&nr, 0, sizeof(nr));
 		nr.index = 2;                           /* NOTIFY=SUCCESS,FAILURE */
 		nr.status = cases[i].given;
 		if (cases[i].kind == NDR_DELAYED)
 			nr.index = 0;                   /* NOTIFY absent */
-		CHECK_INT(ndr_format(&m, cases[i].kind, &nr, 1, &params, "NDRX", &out), 0);
+		CHECK_INT(ndr_format(m, cases[i].kind, &nr, 1, &params, "NDRX", &out), 0);
 		report_parse(&out, &rp);
 		CHECK_INT(rp.ngroups, 2);
 		if (rp.ngroups == 2)
 			CHECK_STR(fields_get(&rp.group[1], "Status"), cases[i].want);
 		report_free(&rp);
 		buf_free(&out);
+		free(m);
 	}
 }
 
@@ -849,7 +862,7 @@ static void
 test_send(void)
 {
 	char path[256];
-	struct queue_msg m;
+	struct queue_msg *m;
 	struct ndr_rcpt nr[3];
 	struct relay_stats stats;
 	struct buf lg = BUF_INIT, want = BUF_INIT;
@@ -861,7 +874,7 @@ test_send(void)
 	snprintf(logpath, sizeof(logpath), "%s/log", tmpdir);
 	CHECK_INT(log_open(logpath), 0);
 	memset(&stats, 0, sizeof(stats));
-	msg_init(&m, path, original, sizeof(original) - 1);
+	m = msg_new(path, original, sizeof(original) - 1);
 	memset(nr, 0, sizeof(nr));
 	nr[0].index = 0;
 	nr[0].status = "4.4.7";
@@ -874,10 +887,10 @@ test_send(void)
 	nr[2].index = 2;
 
 	/* 1. Sender <>: nothing is sent, the log says why. */
-	m.env.sender = "";
+	m->env.sender = "";
 	before = fake.begun;
 	strcpy(qid, "junk");
-	CHECK_INT(ndr_send(NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid, NULL, NULL), 0);
+	CHECK_INT(ndr_send(NULL, m, NDR_FAILED, nr, 1, &params, &stats, qid, NULL, NULL), 0);
 	CHECK_STR(qid, "");
 	CHECK_INT(fake.begun, before);
 	CHECK_INT(stats.ndr_sent, 0);
@@ -887,8 +900,8 @@ test_send(void)
 	CHECK(strstr(lg.data ?: "", "event=ndr ") == NULL);
 
 	/* 2. Only a NOTIFY=NEVER recipient: nothing is sent. */
-	m.env.sender = "alice@relay.test";
-	CHECK_INT(ndr_send(NULL, &m, NDR_EXPIRED, &nr[1], 1, &params, &stats, qid, NULL, NULL), 0);
+	m->env.sender = "alice@relay.test";
+	CHECK_INT(ndr_send(NULL, m, NDR_EXPIRED, &nr[1], 1, &params, &stats, qid, NULL, NULL), 0);
 	CHECK_STR(qid, "");
 	CHECK_INT(fake.begun, before);
 	log_text(&lg);
@@ -896,7 +909,7 @@ test_send(void)
 
 	/* 3. Three recipients expire together: one report for the two that
 	 * asked, one `event=ndr` line for each, sharing the ndr_qid. */
-	CHECK_INT(ndr_send(NULL, &m, NDR_EXPIRED, nr, 3, &params, &stats, qid, NULL, NULL), 0);
+	CHECK_INT(ndr_send(NULL, m, NDR_EXPIRED, nr, 3, &params, &stats, qid, NULL, NULL), 0);
 	CHECK_INT(fake.begun, before + 1);
 	CHECK_INT(fake.committed, before + 1);
 	CHECK(qid[0] != '\0');
@@ -907,7 +920,7 @@ test_send(void)
 	CHECK(fake.env.auth_user == NULL);
 	CHECK(!fake.env.body_8bit);
 	/* the bytes are exactly what ndr_format makes */
-	CHECK_INT(ndr_format(&m, NDR_EXPIRED, nr, 3, &params, qid, &want), 0);
+	CHECK_INT(ndr_format(m, NDR_EXPIRED, nr, 3, &params, qid, &want), 0);
 	CHECK(want.len == fake.data.len && memcmp(want.data, fake.data.data, want.len) == 0);
 	report_parse(&fake.data, &rp);
 	CHECK_INT(rp.ngroups, 3);
@@ -925,7 +938,7 @@ test_send(void)
 
 	/* 4. The commit fails: logged as ndr_failed, not counted. */
 	fake.commit_err = RELAY_EIO;
-	CHECK_INT(ndr_send(NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid, NULL, NULL), 0);
+	CHECK_INT(ndr_send(NULL, m, NDR_FAILED, nr, 1, &params, &stats, qid, NULL, NULL), 0);
 	fake.commit_err = 0;
 	CHECK_INT(stats.ndr_sent, 1);
 	log_text(&lg);
@@ -933,7 +946,7 @@ test_send(void)
 
 	/* 5. 8-bit diagnostic: the report's envelope asks for 8BITMIME. */
 	nr[0].diagnostic = "550 Empf\xc3\xa4nger unbekannt";
-	CHECK_INT(ndr_send(NULL, &m, NDR_FAILED, nr, 1, &params, &stats, qid, NULL, NULL), 0);
+	CHECK_INT(ndr_send(NULL, m, NDR_FAILED, nr, 1, &params, &stats, qid, NULL, NULL), 0);
 	CHECK(fake.env.body_8bit);
 	CHECK(!fake.env.smtputf8);
 	CHECK_INT(stats.ndr_sent, 2);
@@ -943,6 +956,7 @@ test_send(void)
 	buf_free(&fake.data);
 	buf_free(&lg);
 	buf_free(&want);
+	free(m);
 }
 
 int
