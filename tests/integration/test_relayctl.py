@@ -481,6 +481,23 @@ class Routes(CtlCase):
         self.assertEqual(self.net.connections, 1)
         self.assertEqual(relay.count_log("host_failed", ip="127.0.0.2", since=mark), 1)
 
+    def test_set_while_the_mx_lookup_is_out_never_contacts_the_old_host(self):
+        """The job's MX lookup for example.net is out (unanswered) when the
+        admin sets a route: the answer comes, the old host is up, but the job
+        goes the new way instead (nothing recorded for the old one)."""
+        relay = self.start()
+        relay.dns.set_drop("example.net")
+        new = relay.sink("127.0.0.5")
+        self.net.up()
+        qid = self.send("bob@example.net")
+        relay.dns.wait_for_query("example.net", "MX")
+        self.ok("route", "set", "example.net", "127.0.0.5:%d" % relay.smtp_port)
+        relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])   # the resolver's retry gets it
+        relay.wait_for_log("delivered", qid=qid, timeout=20)
+        self.assertEqual([m.rcpts[0][0] for m in new.messages], ["bob@example.net"])
+        self.assertEqual(self.net.connections, 0)
+        self.assertEqual(relay.count_log("deferred", qid=qid), 0)
+
     def test_bad_host_list_is_a_usage_error(self):
         self.start()
         err = self.fails(2, "route", "set", "example.net", "127.0.0.5:notaport")
