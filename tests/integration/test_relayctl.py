@@ -8,8 +8,9 @@ proved, command by command: the listing and the JSON shapes, that flush
 attempts at once (ignoring backoff and retry timers), that held mail is never
 attempted until released, that delete removes without a report (event=deleted)
 and bounce reports 5.0.0 at once, that hosts reset probes at once, that routes
-survive restarts, and the exit codes: 0 ok, 1 error (unknown QID, unknown
-host, relay not running), 2 usage.
+survive restarts, that a route set while an attempt is out sends that mail the
+new way when the attempt ends (not back to the old host), and the exit codes:
+0 ok, 1 error (unknown QID, unknown host, relay not running), 2 usage.
 """
 
 import json
