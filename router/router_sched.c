@@ -637,9 +637,12 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	else
 		sched_record(s, sm, &rec);
 
+	/* Deferred by an attempt that went a way its domain no longer goes
+	 * (a route change while it was out): due at once, the new way. */
 	if (o == SCHED_DEFERRED && wait_dest == NULL) {
-		delay = sched_retry_delay(s->conf->router.retry_intervals,
-		    s->conf->router.nretry_intervals, m->rcpt[i].attempts, sched_rnd(s));
+		if (!sched_job_active(sm->rc[i].job) || !sched_attempt_rerouted(s, sm->rc[i].job))
+			delay = sched_retry_delay(s->conf->router.retry_intervals,
+			    s->conf->router.nretry_intervals, m->rcpt[i].attempts, sched_rnd(s));
 		sm->rc[i].retry_at = now + delay;
 	}
 
@@ -1142,17 +1145,62 @@ sched_scanning(struct sched *s, size_t *loaded, size_t *corrupt)
 	return running;
 }
 
+/* Whether job's domain goes another way now than the job's route says. */
+static bool
+sched_job_route_changed(struct sched *s, const struct sched_job *job)
+{
+	struct route r;
+	bool changed;
+
+	route_resolve(s->routes, s->conf, sched_rcpt_domain(job->sm->m->env.rcpts[job->rcpts[0]].addr),
+	    &r);
+	changed = !route_equal(&r, &job->route->r);
+	route_release(&r);
+	return changed;
+}
+
+bool
+sched_attempt_rerouted(struct sched *s, struct sched_job *job)
+{
+	struct sched_attempt *at = job->at;
+
+	if (at == NULL)
+		return false;
+	if (at->reroute_gen != s->reroute_gen) {
+		at->reroute_gen = s->reroute_gen;
+		at->rerouted = sched_job_route_changed(s, job);
+	}
+	return at->rerouted;
+}
+
+/* How many of d's attempts in flight go a way their domain no longer goes. */
+static unsigned
+sched_dest_rerouted_inflight(struct sched *s, struct sched_dest *d)
+{
+	struct sched_job *job;
+	unsigned n = 0;
+
+	if (d->inflight == 0)
+		return 0;
+	TAILQ_FOREACH(job, &s->active, entry)
+		if (job->dest == d && sched_job_route_changed(s, job))
+			n++;
+	return n;
+}
+
 /*
  * Routes or the configuration changed: every job that has not started and
  * whose route is not the same any more is dropped, and its message
- * dispatched again (jobs whose route did not change keep their place).
+ * dispatched again (jobs whose route did not change keep their place).  A
+ * job in flight keeps its route until its attempt ends; then, if its domain
+ * goes another way, it is not put back on the old one (sched_job_next,
+ * sched_rcpt_outcome: its recipients go again at once, the new way).
  */
 static void
 sched_reroute(struct sched *s)
 {
 	struct sched_dest *d, *dn;
 	struct sched_job *job, **stale = NULL;
-	struct route r;
 	uint64_t now = sched_now(s);
 	size_t n, cap = 0, i;
 
@@ -1161,24 +1209,24 @@ sched_reroute(struct sched *s)
 		n = 0;
 		for (i = 0; i < 2; i++) {
 			TAILQ_FOREACH(job, i == 0 ? &d->backlog : &d->waiting, entry) {
-				route_resolve(s->routes, s->conf, sched_rcpt_domain(
-				    job->sm->m->env.rcpts[job->rcpts[0]].addr), &r);
-				if (!route_equal(&r, &job->route->r)) {
-					if (n == cap) {
-						cap = cap ? cap * 2 : 16;
-						stale = xrealloc(stale, cap * sizeof(*stale));
-					}
-					stale[n++] = job;
+				if (!sched_job_route_changed(s, job))
+					continue;
+				if (n == cap) {
+					cap = cap ? cap * 2 : 16;
+					stale = xrealloc(stale, cap * sizeof(*stale));
 				}
-				route_release(&r);
+				stale[n++] = job;
 			}
 		}
-		/* Every job of a down destination has a new route: the outage was
-		 * of the old route's hosts, and the jobs try the new ones at once. */
-		if (n > 0 && d->state == SCHED_DEST_DOWN && d->inflight == 0 &&
-		    n == d->nwaiting + d->nbacklog) {
+		/* Every job of a down destination, those in flight too, has a
+		 * new route: the outage was of the old route's hosts, and the
+		 * jobs try the new ones at once.  The old route's attempts still
+		 * out do not hold the first of them back (the window). */
+		if ((n > 0 || d->inflight > 0) && d->state == SCHED_DEST_DOWN &&
+		    n == d->nwaiting + d->nbacklog &&
+		    sched_dest_rerouted_inflight(s, d) == d->inflight) {
 			d->state = SCHED_DEST_NEW;
-			d->window = 1;
+			d->window = 1 + d->inflight;
 			d->down_since = 0;
 		}
 		/* Cancelling may free d (the last job) or start a probe: d is
@@ -1193,6 +1241,9 @@ sched_reroute(struct sched *s)
 		}
 	}
 	free(stale);
+	/* Last: an attempt begun above (a probe the cancelling started) is
+	 * stamped with the old generation, so it looks at its route too. */
+	s->reroute_gen++;
 }
 
 struct dkim_keys *

@@ -675,6 +675,31 @@ sched_job_exhausted(struct sched_job *job)
 	sched_job_end(job, SCHED_NEWS_DOWN);
 }
 
+/*
+ * The job's domain goes another way since its attempt began (sched_reroute):
+ * it tries none of the old route's exchangers left.  What it tried is
+ * recorded as a deferral due at once (sched_rcpt_outcome); if it tried
+ * none, nothing happened to record, as for a queued job.  Its recipients go
+ * again at once, the new way (sched_job_end runs the message), and its
+ * destination learns nothing from it (the hosts it tried keep their health).
+ */
+static void
+sched_job_rerouted(struct sched_job *job)
+{
+	struct sched *s = job->s;
+	const struct sched_last *last = sched_job_seen(job);
+	uint64_t now = sched_now(s);
+	size_t k;
+
+	if (job->ntried > 0 || job->at->soft_fail)
+		sched_job_outcome_all(s, job, SCHED_DEFERRED, last->status[0] ? last->status : "4.4.1",
+		    last->reply, job->ntried > 0, now);
+	else
+		for (k = 0; k < job->nrcpts; k++)
+			job->sm->rc[job->rcpts[k]].retry_at = now;
+	sched_job_end(job, SCHED_NEWS_NONE);
+}
+
 /* Try the next usable address of the job's exchangers, or give up. */
 static void
 sched_job_next(struct sched_job *job)
@@ -687,6 +712,10 @@ sched_job_next(struct sched_job *job)
 	uint64_t now = sched_now(s);
 	size_t k;
 
+	if (sched_attempt_rerouted(s, job)) {
+		sched_job_rerouted(job);
+		return;
+	}
 	for (; job->at->ti < job->at->ntargets; job->at->ti++, job->at->ai = 0) {
 		const struct dns_target *tg = &job->at->mx->targets[job->at->ti];
 
@@ -910,6 +939,7 @@ sched_job_start(struct sched *s, struct sched_job *job)
 	job->ntried = 0;
 	sched_attempt_free(job);
 	job->at = xcalloc(1, sizeof(*job->at));
+	job->at->reroute_gen = s->reroute_gen;  /* its route is current (sched_reroute) */
 	if (job->route->r.nhosts > 0)
 		job->at->mxq = dns_lookup_hosts(s->mx, job->route->r.hosts, job->route->r.nhosts, sched_on_mx, job);
 	else

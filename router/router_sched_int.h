@@ -149,6 +149,7 @@ struct sched_attempt {
 	bool has_sts;                   /* sts holds the domain's policy (a copy) */
 	bool soft_fail;                 /* an address failed without being down (TLS...) */
 	bool probing_host;              /* this attempt is the host's probe */
+	bool rerouted;                  /* its domain goes another way now (as of reroute_gen) */
 	struct mtasts_policy sts;
 	char sts_failure[32];           /* RFC 8460 result type of a failed MTA-STS fetch with no
 	                                   policy to apply (TLSRPT counts it), or "" */
@@ -160,6 +161,7 @@ struct sched_attempt {
 	struct queue_image *image;      /* the reference req.body borrows, until deliver's callback */
 	struct tlspolicy tlspol;        /* the current exchanger's (DANE, MTA-STS); req borrows its records */
 	struct deliver_rcpt *dr;
+	uint64_t reroute_gen;           /* s->reroute_gen when rerouted was last looked at */
 };
 
 /*
@@ -282,6 +284,8 @@ struct sched {
 	uint64_t rnd_state;
 	uint64_t last_sweep;
 	uint64_t flush_gen;             /* counts flush --all / --domain */
+	uint64_t reroute_gen;           /* counts sched_reroute(): an attempt out meanwhile looks
+	                                   at its route again (sched_attempt_rerouted) */
 	/* Returning freed memory (sched_churn): a mass start-up, deferral or
 	 * delivery frees as much as it keeps, in holes malloc does not give back. */
 	struct sched_wake trim_wake;
@@ -316,6 +320,10 @@ void sched_shutdown_check(struct sched *s);
 void sched_tlsrpt_session(struct sched *s, struct sched_job *job, const struct dns_target *tg,
     const struct deliver_result *res, const char *ip);
 bool sched_job_active(const struct sched_job *job);
+/* Whether the domain of job's attempt (in flight) goes another way now than
+ * the job's route: only an attempt that sched_reroute() ran during resolves
+ * the domain again, once per reroute. */
+bool sched_attempt_rerouted(struct sched *s, struct sched_job *job);
 
 /* router_sched_tally.c: relayctl stats' tallies.  Count recipient i of sm
  * again after anything its view depends on changed (its state, its job or

@@ -8,8 +8,9 @@ proved, command by command: the listing and the JSON shapes, that flush
 attempts at once (ignoring backoff and retry timers), that held mail is never
 attempted until released, that delete removes without a report (event=deleted)
 and bounce reports 5.0.0 at once, that hosts reset probes at once, that routes
-survive restarts, and the exit codes: 0 ok, 1 error (unknown QID, unknown
-host, relay not running), 2 usage.
+survive restarts, that a route set while an attempt is out sends that mail the
+new way when the attempt ends (not back to the old host), and the exit codes:
+0 ok, 1 error (unknown QID, unknown host, relay not running), 2 usage.
 """
 
 import json
@@ -451,6 +452,52 @@ class Routes(CtlCase):
         self.assertIn("no run-time route for example.net", err)
         relay.restart()
         self.assertEqual(self.js("route", "list"), [])
+
+    def test_set_while_the_probe_is_out_sends_its_mail_the_new_way_at_once(self):
+        """example.net is down and its probe is out (the old host hangs at the
+        greeting) when the admin sets a route to a new host: the mail waiting
+        goes there at once, and when the probe then fails its message is not
+        put back to wait an hour for the old host's backoff: it is deferred
+        with retry_in=0s and goes the new way at once; the old host is not
+        contacted again."""
+        relay = self.start()
+        q1 = self.send_deferred("bob@example.net", "1")
+        q2 = self.send_deferred("carol@example.net", "2")
+        new = relay.sink("127.0.0.5")
+        self.net.script(greeting="HANG")
+        self.net.up()
+        self.ok("hosts", "reset", "mx1.example.net")     # q1's job probes at once, and hangs
+        self.net.wait_for_connections(1)
+        self.ok("route", "set", "example.net", "127.0.0.5:%d" % relay.smtp_port)
+        relay.wait_for_log("delivered", qid=q2)          # it was waiting: re-routed at once
+        mark = relay.log_mark()
+        self.net.down()                                  # the probe fails (temporary)
+        relay.wait_for_log("host_failed", qid=q1, ip="127.0.0.2", since=mark)
+        deferred = relay.wait_for_log("deferred", qid=q1, since=mark)
+        self.assertEqual((deferred["host"], deferred.get("retry_in"), deferred.get("waiting")),
+                         ("mx1.example.net", "0s", None))    # not back to wait an hour
+        relay.wait_for_log("delivered", qid=q1, since=mark)
+        self.assertEqual(sorted(m.rcpts[0][0] for m in new.messages),
+                         ["bob@example.net", "carol@example.net"])
+        self.assertEqual(self.net.connections, 1)
+        self.assertEqual(relay.count_log("host_failed", ip="127.0.0.2", since=mark), 1)
+
+    def test_set_while_the_mx_lookup_is_out_never_contacts_the_old_host(self):
+        """The job's MX lookup for example.net is out (unanswered) when the
+        admin sets a route: the answer comes, the old host is up, but the job
+        goes the new way instead (nothing recorded for the old one)."""
+        relay = self.start()
+        relay.dns.set_drop("example.net")
+        new = relay.sink("127.0.0.5")
+        self.net.up()
+        qid = self.send("bob@example.net")
+        relay.dns.wait_for_query("example.net", "MX")
+        self.ok("route", "set", "example.net", "127.0.0.5:%d" % relay.smtp_port)
+        relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])   # the resolver's retry gets it
+        relay.wait_for_log("delivered", qid=qid, timeout=20)
+        self.assertEqual([m.rcpts[0][0] for m in new.messages], ["bob@example.net"])
+        self.assertEqual(self.net.connections, 0)
+        self.assertEqual(relay.count_log("deferred", qid=qid), 0)
 
     def test_bad_host_list_is_a_usage_error(self):
         self.start()

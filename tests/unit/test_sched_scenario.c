@@ -679,6 +679,14 @@ pred_active(struct fx *fx)
 	return fx->s->nactive > 0;
 }
 
+static bool
+pred_delivering(struct fx *fx)
+{
+	struct sched_job *job = TAILQ_FIRST(&fx->s->active);
+
+	return job != NULL && job->state == SCHED_JOB_DELIVERING;
+}
+
 /* How many of d's jobs (waiting, queued or in flight) hold sr. */
 static int
 route_holders(struct sched *s, struct sched_dest *d, const struct sched_route *sr)
@@ -695,24 +703,14 @@ route_holders(struct sched *s, struct sched_dest *d, const struct sched_route *s
 	return n;
 }
 
-/* d's waiting job whose route is not d's, or NULL. */
-static struct sched_job *
-route_other(struct sched_dest *d)
-{
-	struct sched_job *job;
-
-	TAILQ_FOREACH(job, &d->waiting, entry)
-		if (job->route != d->route)
-			return job;
-	return NULL;
-}
-
 /*
  * A destination's jobs share one route (one reference each, and one the
  * destination's); a route change while one of them is in flight gives the
  * others a new shared route, and the job in flight keeps its old one (its
- * last reference) until it is freed.  Run under ASan, a reference too few
- * is a use after free and one too many a leak.
+ * last reference) until its attempt ends: then it is not put back on the
+ * old route but made again on the new one, sharing it with the others.
+ * Run under ASan, a reference too few is a use after free and one too many
+ * a leak.
  */
 static void
 test_route_shared(int no)
@@ -720,7 +718,7 @@ test_route_shared(int no)
 	struct fx fx;
 	struct sched_dest *d;
 	struct sched_route *first, *second;
-	struct sched_job *other;
+	struct sched_job *probe;
 	struct buf err = BUF_INIT, hosts = BUF_INIT;
 	struct htab_node *n;
 
@@ -740,28 +738,82 @@ test_route_shared(int no)
 	first = d->route;
 	CHECK(first != NULL && route_holders(fx.s, d, first) == 4 && first->refs == 5);
 
-	/* the probe is in flight when the route changes */
+	/* the probe is in flight when the route changes (to a alone) */
 	fx.clock = fx.base + 10 * M;
 	sched_arm(fx.s);
 	CHECK_MSG(fx_run(&fx, pred_active), "shared route: no probe");
+	probe = TAILQ_FIRST(&fx.s->active);
 	buf_printf(&hosts, "127.0.0.2:%d", sink_a.port);
 	CHECK_INT(sched_route_set(fx.s, "a.test", buf_cstr(&hosts), &err), 0);
+	second = d->route;
+	CHECK(probe != NULL && probe->route == first && first->refs == 2 && second == first &&
+	    d->nwaiting == 0 && d->state == SCHED_DEST_NEW);
 	CHECK_MSG(fx_run(&fx, pred_settled), "shared route: never settled after route set");
+	/* the probe did not go on to b (only in the old route); its message
+	 * waits with the others, on the new route */
+	CHECK_INT((int)mxsink_long(&sink_b, sink_attempts), 1);
 	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
 	second = d->route;
-	other = route_other(d);
-	CHECK(second != NULL && second != first && second->r.runtime && second->refs == 4 &&
-	    route_holders(fx.s, d, second) == 3);
-	CHECK(other != NULL && other->route == first && first->refs == 1 && !first->r.runtime);
+	CHECK(second != NULL && second->r.runtime && second->refs == 5 &&
+	    route_holders(fx.s, d, second) == 4);
 
-	/* back to the configured route: the probe's job keeps its place, the
-	 * others get a route of their own again, and the run-time one goes */
+	/* back to the configured route: every job gets it again, and the
+	 * run-time one goes (with the destination: every job left it) */
 	CHECK_INT(sched_route_clear(fx.s, "a.test"), 0);
 	CHECK_MSG(fx_run(&fx, pred_settled), "shared route: never settled after route clear");
-	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
-	CHECK(d->route != NULL && !d->route->r.runtime && d->route->refs == 4 &&
-	    route_holders(fx.s, d, d->route) == 3);
-	CHECK(route_other(d) == other && other->route == first && first->refs == 1);
+	n = htab_find(&fx.s->dhash, "route:a.test");
+	d = n != NULL ? HTAB_ENTRY(n, struct sched_dest, node) : NULL;
+	CHECK(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
+	CHECK(d != NULL && d->route != NULL && !d->route->r.runtime && d->route->refs == 5 &&
+	    route_holders(fx.s, d, d->route) == 4);
+	buf_free(&hosts);
+	buf_free(&err);
+	fx_fini(&fx);
+}
+
+/*
+ * A route set while an attempt is out (SCHEDULING.md, Routes): when that
+ * attempt ends with a temporary failure, its job is not put back on the
+ * old route; its message goes at once the new way, with the others, and
+ * the old route's exchangers are not tried again.  The clock stands still
+ * (no retry timer or backoff ends).  a.test's route goes from a and b to
+ * the reports' sink r (up) while the first attempt's connection to a is out:
+ *   - a and b are down: the attempt is the probe of the down destination,
+ *     a answers 421 and the probe does not go on to b;
+ *   - a answers but defers the recipient (451): a delivery attempt to a
+ *     destination that is not down.
+ */
+static void
+test_route_set_attempt_out(int no, const char *up, int want_a)
+{
+	struct fx fx;
+	struct buf err = BUF_INIT, hosts = BUF_INIT;
+	int a, b, delivered;
+
+	mxsink_exec(&sink_a, "sink.reset()");
+	mxsink_exec(&sink_b, "sink.reset()");
+	mxsink_exec(&sink_r, "sink.reset()");
+	sink_set_up(&sink_a, 'a', up);
+	sink_set_up(&sink_b, 'b', up);
+	fx_init(&fx, &route_share, no);
+	fx_submit(&fx, 2);
+	if (*up == '\0') {
+		CHECK_MSG(fx_run(&fx, pred_settled), "attempt out (%s): never settled", up);
+		fx.clock = fx.base + 10 * M;    /* the hosts' backoff is over: the probe goes */
+		sched_arm(fx.s);
+	}
+	CHECK_MSG(fx_run(&fx, pred_delivering), "attempt out (%s): no attempt", up);
+	buf_printf(&hosts, "127.0.0.4:%d", sink_r.port);
+	CHECK_INT(sched_route_set(fx.s, "a.test", buf_cstr(&hosts), &err), 0);
+	CHECK_MSG(fx_run(&fx, pred_settled), "attempt out (%s): never settled after route set", up);
+
+	a = (int)mxsink_long(&sink_a, sink_attempts);
+	b = (int)mxsink_long(&sink_b, sink_attempts);
+	delivered = (int)mxsink_long(&sink_r,
+	    "sum(1 for m in sink.messages if m.rcpts[0][0].endswith('@a.test'))");
+	CHECK_MSG(a == want_a && b == (*up == '\0') && delivered == 2 && fx_pending(&fx) == 0,
+	    "attempt out (\"%s\"): a=%d b=%d (want %d %d) delivered at r=%d (want 2) pending=%d "
+	    "(want 0)", up, a, b, want_a, *up == '\0', delivered, fx_pending(&fx));
 	buf_free(&hosts);
 	buf_free(&err);
 	fx_fini(&fx);
@@ -778,6 +830,8 @@ main(void)
 	for (size_t i = 0; i < RELAY_ARRAY_LEN(scenarios); i++)
 		run_scenario(&scenarios[i], (int)i);
 	test_route_shared((int)RELAY_ARRAY_LEN(scenarios));
+	test_route_set_attempt_out((int)RELAY_ARRAY_LEN(scenarios) + 1, "", 2);
+	test_route_set_attempt_out((int)RELAY_ARRAY_LEN(scenarios) + 2, "A", 1);
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
 	mxsink_stop(&sink_r);
