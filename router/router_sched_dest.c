@@ -898,6 +898,13 @@ sched_on_mx(void *arg, struct dns_result *res)
 		sched_job_end(job, SCHED_NEWS_NONE);
 		return;
 	}
+	/* An answer about a way the domain no longer goes (a route change
+	 * meanwhile) decides nothing, not even a "no such domain" */
+	if (res->err != 0 && sched_attempt_rerouted(s, job)) {
+		dns_result_free(res);
+		sched_job_rerouted(job);
+		return;
+	}
 	if (res->err != 0) {
 		struct sched_last *last = sched_job_last(job);
 

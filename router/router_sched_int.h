@@ -56,7 +56,7 @@ struct sched_job;
 /*
  * How a job's last attempt ended.  Allocated when first set: a job that
  * never made an attempt (queued behind the window, or waiting for a down
- * destination: tens of thousands in an outage) does not carry these 850 bytes.
+ * destination: tens of thousands in an outage) does not carry these ~890 bytes.
  */
 struct sched_last {
 	char host[256];
@@ -140,7 +140,7 @@ enum sched_job_state {
  * exchangers with deliver/): allocated when the attempt starts
  * (sched_job_start), freed when it ends (sched_job_end) or with the job.  A
  * queued or waiting job (up to one per queued message in an outage) has
- * none: these ~850 bytes are paid per attempt in flight, not per message.
+ * none: these ~890 bytes are paid per attempt in flight, not per message.
  */
 struct sched_attempt {
 	struct dns_query *mxq;

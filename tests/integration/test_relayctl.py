@@ -499,6 +499,23 @@ class Routes(CtlCase):
         self.assertEqual(self.net.connections, 0)
         self.assertEqual(relay.count_log("deferred", qid=qid), 0)
 
+    def test_set_while_the_mx_lookup_is_out_ignores_its_nxdomain(self):
+        """The job's MX lookup for example.net is out when the admin sets a
+        route; the answer is "no such domain".  That answer was about the old
+        way, which the domain no longer goes: no bounce, no deferral, and the
+        mail goes to the route's host."""
+        relay = self.start()
+        relay.dns.set_drop("example.net")
+        new = relay.sink("127.0.0.5")
+        qid = self.send("bob@example.net")
+        relay.dns.wait_for_query("example.net", "MX")
+        self.ok("route", "set", "example.net", "127.0.0.5:%d" % relay.smtp_port)
+        relay.dns.set_nxdomain("example.net")   # the resolver's retry gets it
+        relay.wait_for_log("delivered", qid=qid, timeout=20)
+        self.assertEqual([m.rcpts[0][0] for m in new.messages], ["bob@example.net"])
+        self.assertEqual(relay.count_log("bounced", qid=qid), 0)
+        self.assertEqual(relay.count_log("deferred", qid=qid), 0)
+
     def test_bad_host_list_is_a_usage_error(self):
         self.start()
         err = self.fails(2, "route", "set", "example.net", "127.0.0.5:notaport")
