@@ -199,6 +199,9 @@ typedef void queue_test_sync_fn(void *arg, int phase, unsigned commits, unsigned
 void queue_test_set_sync_fn(struct queue *q, queue_test_sync_fn *fn, void *arg);
 /* Tests: the jobs waiting for the sync thread: new messages, journal probes. */
 void queue_test_written(struct queue *q, size_t *commits, size_t *probes);
+/* Tests: the journal thread's next append fails, as on a disk error (its
+ * batch goes to /dev/null, whose fdatasync says EINVAL): the journal goes off. */
+void queue_test_fail_journal(struct queue *q);
 #endif
 int queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *rec,
     queue_sync_cb *cb, void *arg);

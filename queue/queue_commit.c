@@ -415,6 +415,36 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
 }
 
 /*
+ * The journal thread's journal_append().  In a RELAY_TEST_HOOKS build, the
+ * one queue_test_fail_journal() asked to fail goes to /dev/null (whose
+ * fdatasync says EINVAL) instead of the journal: the real failure path.
+ * Only this thread uses jnl.fd while the journal is on.
+ */
+static int
+queue_journal_append(struct queue *q, uint64_t tail, uint64_t tail_seq, uint64_t *end,
+    uint64_t *seq, int *sys_errno)
+{
+#ifdef RELAY_TEST_HOOKS
+	int real = q->jnl.fd, rc;
+	bool fail;
+
+	uv_mutex_lock(&q->mtx);
+	fail = q->test_jnl_fail;
+	q->test_jnl_fail = false;
+	uv_mutex_unlock(&q->mtx);
+	if (fail) {
+		q->jnl.fd = open("/dev/null", O_WRONLY | O_CLOEXEC);    /* -1: EBADF, as good */
+		rc = journal_append(&q->jnl, tail, tail_seq, 0, end, seq, sys_errno);
+		if (q->jnl.fd >= 0)
+			close(q->jnl.fd);
+		q->jnl.fd = real;
+		return rc;
+	}
+#endif
+	return journal_append(&q->jnl, tail, tail_seq, q->test_sync_delay_ms, end, seq, sys_errno);
+}
+
+/*
  * Stage zero (the journal thread): the new messages whose whole file is in
  * memory go into one journal batch, one write and one fdatasync; they are
  * acknowledged as soon as that returns.  Messages that do not fit (too
@@ -440,7 +470,7 @@ queue_journal_batch(struct queue *q, struct queue_list *batch, uint64_t tail,
 	}
 	if (n == 0)
 		return 0;
-	rc = journal_append(&q->jnl, tail, tail_seq, q->test_sync_delay_ms, &end, &seq, sys_errno);
+	rc = queue_journal_append(q, tail, tail_seq, &end, &seq, sys_errno);
 	for (j = batch->head; j != NULL; j = j->next) {
 		if (!j->in_jnl)
 			continue;
@@ -469,7 +499,7 @@ queue_jnl_main(void *arg)
 	struct queue_job *j;
 	struct queue_counters c;
 	uint64_t tail, tail_seq;
-	bool acked, jnl_on;
+	bool wake, jnl_on;
 	int rc, e;
 
 	uv_mutex_lock(&q->mtx);
@@ -492,28 +522,36 @@ queue_jnl_main(void *arg)
 			rc = queue_journal_batch(q, &batch, tail, tail_seq, &c, &e);
 
 		uv_mutex_lock(&q->mtx);
+		/*
+		 * The loop is woken for acknowledgements, and when this thread
+		 * turned the journal off: it logs that and starts the probe's
+		 * back-off now, not when a job of this batch (nobody in it got
+		 * a 250) comes back after its publish, or never on a disk that
+		 * hangs.  Nothing else here is news to the loop.
+		 */
+		wake = false;
 		if (rc == RELAY_EIO && q->jnl_on) {
 			/* no more batches until a probe has restored it (QUEUE.md) */
 			q->jnl_on = false;
 			q->joff_call = "journal append";
 			q->joff_errno = e;
+			wake = true;
 		}
 		q->counters.journaled += c.journaled;
 		q->counters.journal_full += c.journal_full;
 		q->counters.journal_errors += c.journal_errors;
 		q->counters.journal_ns += c.journal_ns;
 		q->jhead = q->jnl.head;
-		acked = false;
 		for (j = batch.head; j != NULL; j = j->next)
 			if (j->acked) {
 				j->ack_next = q->acked;
 				q->acked = j;
 				q->jbacklog++;
-				acked = true;
+				wake = true;
 			}
 		queue_list_concat(&q->journaled, &batch);
 		uv_cond_signal(&q->write_cond);
-		if (acked)
+		if (wake)
 			uv_async_send(&q->async);
 	}
 	q->jnl_exited = true;
@@ -1268,6 +1306,14 @@ queue_test_set_sync_fn(struct queue *q, queue_test_sync_fn *fn, void *arg)
 	uv_mutex_lock(&q->mtx);
 	q->test_sync_fn = fn;
 	q->test_sync_arg = arg;
+	uv_mutex_unlock(&q->mtx);
+}
+
+void
+queue_test_fail_journal(struct queue *q)
+{
+	uv_mutex_lock(&q->mtx);
+	q->test_jnl_fail = true;
 	uv_mutex_unlock(&q->mtx);
 }
 

@@ -155,6 +155,7 @@ struct queue {
 #ifdef RELAY_TEST_HOOKS
 	queue_test_sync_fn *test_sync_fn; /* under mtx: queue_test_set_sync_fn() */
 	void *test_sync_arg;
+	bool test_jnl_fail;          /* under mtx: queue_test_fail_journal() */
 #endif
 	bool jnl_was_on;             /* the journal was in use at start (loop) */
 	bool jnl_on;                 /* the journal is in use (else: 250 after the publish);

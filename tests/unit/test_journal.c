@@ -24,7 +24,10 @@
  *   - with the sync thread held (queue_test_set_sync_fn()), the restore
  *     probe sent after a failed publish never overtakes a message
  *     acknowledged from the journal before it: each reaches the router
- *     once, at the one restore.
+ *     once, at the one restore;
+ *   - a failed append (queue_test_fail_journal()) in a batch where nobody got
+ *     a 250 makes the loop log queue_journal_failed and start the probe at
+ *     once, while the sync thread is held and no job has come back.
  * Records are generated from their name ("r<k>-<len>"), so the replay
  * callback checks each image's bytes without keeping copies.
  * Owns its temporary directory and removes it at the end.
@@ -1380,7 +1383,7 @@ struct sync_gate {
 	uv_mutex_t mu;
 	uv_cond_t cv;
 	int takes, groups;
-	int ngroups;
+	int ntakes, ngroups;         /* times it came to take a group, groups taken */
 	unsigned commits[16], probes[16];
 };
 
@@ -1397,6 +1400,7 @@ sync_gate_fn(void *arg, int phase, unsigned commits, unsigned probes, unsigned o
 		g->probes[g->ngroups] = probes;
 	}
 	g->ngroups += phase == QUEUE_TEST_SYNC_GROUP;
+	g->ntakes += phase == QUEUE_TEST_SYNC_TAKE;
 	uv_cond_broadcast(&g->cv);
 	while (*allow == 0)
 		uv_cond_wait(&g->cv, &g->mu);
@@ -1413,6 +1417,57 @@ sync_gate_set(struct sync_gate *g, int takes, int groups)
 	g->groups = groups;
 	uv_cond_broadcast(&g->cv);
 	uv_mutex_unlock(&g->mu);
+}
+
+/*
+ * A queue in dir, on loop (initialised here), whose sync thread passes the
+ * gate g (takes and groups let through, -1: all); new messages to fresh.
+ */
+static struct queue *
+gated_open(struct sync_gate *g, int takes, int groups, uv_loop_t *loop, const char *dir,
+    struct sink *fresh)
+{
+	struct queue *q;
+
+	memset(g, 0, sizeof(*g));
+	if (uv_mutex_init(&g->mu) != 0 || uv_cond_init(&g->cv) != 0)
+		exit(2);
+	g->takes = takes;
+	g->groups = groups;
+	uv_loop_init(loop);
+	q = open_queue(loop, dir);
+	queue_set_new_cb(q, sink_add, fresh);
+	queue_test_set_sync_fn(q, sync_gate_fn, g);
+	return q;
+}
+
+static void
+gated_close(struct sync_gate *g, uv_loop_t *loop, struct queue *q, struct sink *fresh)
+{
+	queue_test_set_sync_fn(q, NULL, NULL);
+	sink_free(fresh);
+	close_queue(loop, q);
+	close_loop(loop);
+	uv_cond_destroy(&g->cv);
+	uv_mutex_destroy(&g->mu);
+}
+
+/*
+ * Run the loop (without blocking in it: the probe timer is all there is to
+ * wake it) until a journal probe waits for the held sync thread, or 20 s
+ * went by.  The jobs that wait for it: new messages, probes.
+ */
+static void
+run_until_probe_written(uv_loop_t *loop, struct queue *q, size_t *commits, size_t *probes)
+{
+	uint64_t until = uv_hrtime() + 20000000000ull;
+
+	for (*probes = 0; *probes == 0 && uv_hrtime() < until;) {
+		uv_run(loop, UV_RUN_NOWAIT);
+		queue_test_written(q, commits, probes);
+		if (*probes == 0)
+			uv_sleep(1);
+	}
 }
 
 /* Commit body into q and run the loop until its 250 (from the journal). */
@@ -1459,14 +1514,7 @@ test_probe_follows_acked_messages(void)
 	size_t commits = 0, probes = 0;
 	int dirfd = new_dir(dir, sizeof(dir)), fd, i, n, taken, restored, held, failed;
 
-	memset(&g, 0, sizeof(g));
-	if (uv_mutex_init(&g.mu) != 0 || uv_cond_init(&g.cv) != 0)
-		exit(2);
-	g.takes = -1;
-	uv_loop_init(&loop);
-	q = open_queue(&loop, dir);
-	queue_set_new_cb(q, sink_add, &fresh);
-	queue_test_set_sync_fn(q, sync_gate_fn, &g);
+	q = gated_open(&g, -1, 0, &loop, dir, &fresh);
 
 	/* m1: acknowledged; its publish will find msg/<qid1> taken */
 	commit_acked(&loop, q, "Subject: m1\r\n\r\none\r\n", &r1);
@@ -1491,12 +1539,7 @@ test_probe_follows_acked_messages(void)
 	/* m1's group goes on: its publish fails, the journal goes off; the
 	 * probe (after 500 ms) reaches the sync thread, where m2 waits */
 	sync_gate_set(&g, 0, -1);
-	for (i = 0; i < 20000 && probes == 0; i++) {
-		uv_run(&loop, UV_RUN_NOWAIT);
-		queue_test_written(q, &commits, &probes);
-		if (probes == 0)
-			uv_sleep(1);
-	}
+	run_until_probe_written(&loop, q, &commits, &probes);
 	CHECK_INT(probes, 1);
 	CHECK_INT(commits, 1);
 	CHECK_INT(log_count("event=queue_journal_failed", NULL), 1);
@@ -1537,12 +1580,92 @@ test_probe_follows_acked_messages(void)
 	snprintf(path, sizeof(path), "%s/msg/%s", dir, r2.qid);
 	CHECK(stat(path, &st2) == 0 && st2.st_size == st1.st_size);
 
-	queue_test_set_sync_fn(q, NULL, NULL);
-	sink_free(&fresh);
-	close_queue(&loop, q);
-	close_loop(&loop);
-	uv_cond_destroy(&g.cv);
-	uv_mutex_destroy(&g.mu);
+	gated_close(&g, &loop, q, &fresh);
+	drop_dir(dirfd, dir);
+}
+
+/*
+ * A failed journal append turns the journal off on the journal thread, in
+ * a batch where no message got a 250 from it: the loop must learn at once
+ * (QUEUE.md, "When the disk fails"), log queue_journal_failed and start the
+ * restore probe's back-off, not when a job of that batch (or any later one)
+ * comes back from the sync thread: on a failing disk that is a publish sync
+ * later, or never.  The sync thread is held by a gate where it would take
+ * the failed batch's message: nothing completes.  The loop logs the failure
+ * then, and the probe (500 ms later) reaches the sync thread while the
+ * message still waits there, so both go in one group once it is let go:
+ * the message is acknowledged after its publish (a 250 never before a
+ * sync), the probe restores an empty journal, and the failure is logged
+ * once.  Before the journal thread woke the loop for this, the loop heard of
+ * the failure only from the message's completion: no log line, and no
+ * probe, while the sync thread was held.
+ */
+static void
+test_append_failure_wakes_loop(void)
+{
+	static const char body[] = "Subject: m1\r\n\r\none\r\n";
+	static struct sync_gate g;
+	struct commit_res r1 = { 0 }, r2;
+	struct sink fresh = { .n = 0 };
+	struct queue_counters c;
+	struct queue *q;
+	uv_loop_t loop;
+	char dir[128];
+	size_t commits = 0, probes = 0;
+	int dirfd = new_dir(dir, sizeof(dir));
+	/* the log is the whole program's: lines of earlier tests */
+	int failed0 = log_count("event=queue_journal_failed", NULL);
+	int restored0 = log_count("event=queue_journal_restored", NULL);
+
+	q = gated_open(&g, 0, -1, &loop, dir, &fresh);     /* it takes nothing for now */
+
+	/* the message's batch fails to append; it reaches the held sync thread */
+	queue_test_fail_journal(q);
+	r1.qdir = dir;
+	commit_body(q, body, sizeof(body) - 1, commit_cb, &r1);
+	uv_run(&loop, UV_RUN_NOWAIT);                       /* handed to the threads */
+	uv_mutex_lock(&g.mu);
+	while (g.ntakes < 1)
+		uv_cond_wait(&g.cv, &g.mu);
+	uv_mutex_unlock(&g.mu);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.journal_errors, 1);
+	CHECK_INT(c.journaled, 0);
+
+	/* the journal thread went on only after telling the loop: one turn hears it */
+	uv_run(&loop, UV_RUN_NOWAIT);
+	CHECK_INT(r1.called, 0);
+	CHECK_INT(queue_test_ndone(q), 0);
+	CHECK_INT(log_count("event=queue_journal_failed", NULL), failed0 + 1);
+	CHECK(log_has("event=queue_journal_failed errors=1 op=\"journal append\""));
+
+	/* the probe's timer runs: the probe waits for the sync thread with m1 */
+	run_until_probe_written(&loop, q, &commits, &probes);
+	CHECK_INT(probes, 1);
+	CHECK_INT(commits, 1);
+	CHECK_INT(r1.called, 0);
+
+	sync_gate_set(&g, -1, -1);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(g.ngroups >= 1 ? g.commits[0] : 0, 1);
+	CHECK_INT(g.ngroups >= 1 ? g.probes[0] : 0, 1);
+	CHECK_INT(r1.called, 1);
+	CHECK_INT(r1.err, 0);
+	CHECK_INT(r1.present, 1);                            /* its 250 after its publish */
+	CHECK_INT(fresh.n, 1);
+	CHECK_INT(log_count("event=queue_journal_failed", NULL), failed0 + 1);
+	CHECK_INT(log_count("event=queue_journal_restored", NULL), restored0 + 1);
+	CHECK(log_has("event=queue_journal_restored messages=0 probes=1"));
+
+	/* the journal is on again: the next message gets its 250 from it */
+	commit_acked(&loop, q, "Subject: m2\r\n\r\ntwo\r\n", &r2);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.journaled, 1);
+	CHECK_INT(c.journal_errors, 1);
+	CHECK_INT(fresh.n, 2);
+
+	gated_close(&g, &loop, q, &fresh);
 	drop_dir(dirfd, dir);
 }
 #endif
@@ -1564,6 +1687,7 @@ main(void)
 #ifdef RELAY_TEST_HOOKS
 	test_queue_ack_before_publish();
 	test_probe_follows_acked_messages();
+	test_append_failure_wakes_loop();
 #endif
 	fixture_teardown();
 	return check_done();
