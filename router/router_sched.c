@@ -606,7 +606,7 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	struct log_line ll, *lp = &ll;
 	const char *ev;
 	uint64_t delay = 0;
-	bool later = false;
+	bool later = false, again;
 
 	memset(&rec, 0, sizeof(rec));
 	rec.type = o == SCHED_DELIVERED ? QREC_DELIVERED : o == SCHED_FAILED ? QREC_FAILED :
@@ -618,7 +618,12 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	rec.status = status;
 	rec.reply = reply;
 	rec.value = counted ? 0 : QREC_NO_ATTEMPT;
-	if (o == SCHED_DEFERRED && wait_dest != NULL)
+	/* Deferred by an attempt that went a way its domain no longer goes
+	 * (a route change while it was out): due at once, the new way, and
+	 * so at start-up too (no retry timer of its own, as a waiting one). */
+	again = o == SCHED_DEFERRED && wait_dest == NULL && sched_job_active(sm->rc[i].job) &&
+	    sched_attempt_rerouted(s, sm->rc[i].job);
+	if (o == SCHED_DEFERRED && (wait_dest != NULL || again))
 		rec.value |= QREC_WAIT_DEST;    /* explicit: never read back from "4.4.1" */
 	if (o == SCHED_DELIVERED && dsn_passed)
 		rec.value |= QREC_DSN_PASSED;   /* the next hop sends any success notice */
@@ -637,10 +642,8 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	else
 		sched_record(s, sm, &rec);
 
-	/* Deferred by an attempt that went a way its domain no longer goes
-	 * (a route change while it was out): due at once, the new way. */
 	if (o == SCHED_DEFERRED && wait_dest == NULL) {
-		if (!sched_job_active(sm->rc[i].job) || !sched_attempt_rerouted(s, sm->rc[i].job))
+		if (!again)
 			delay = sched_retry_delay(s->conf->router.retry_intervals,
 			    s->conf->router.nretry_intervals, m->rcpt[i].attempts, sched_rnd(s));
 		sm->rc[i].retry_at = now + delay;
@@ -1149,13 +1152,22 @@ sched_scanning(struct sched *s, size_t *loaded, size_t *corrupt)
 static bool
 sched_job_route_changed(struct sched *s, const struct sched_job *job)
 {
+	const struct env_rcpt *rcpts = job->sm->m->env.rcpts;
+	const char *dom, *prev = NULL;
 	struct route r;
-	bool changed;
+	bool changed = false;
+	size_t k;
 
-	route_resolve(s->routes, s->conf, sched_rcpt_domain(job->sm->m->env.rcpts[job->rcpts[0]].addr),
-	    &r);
-	changed = !route_equal(&r, &job->route->r);
-	route_release(&r);
+	/* every domain of the job (a route with hosts for "*" groups several) */
+	for (k = 0; k < job->nrcpts && !changed; k++) {
+		dom = sched_rcpt_domain(rcpts[job->rcpts[k]].addr);
+		if (prev != NULL && util_strcasecmp(dom, prev) == 0)
+			continue;
+		prev = dom;
+		route_resolve(s->routes, s->conf, dom, &r);
+		changed = !route_equal(&r, &job->route->r);
+		route_release(&r);
+	}
 	return changed;
 }
 
@@ -1189,6 +1201,25 @@ sched_dest_rerouted_inflight(struct sched *s, struct sched_dest *d)
 }
 
 /*
+ * Whether the name of d, a destination of a route with hosts, stands for
+ * other hosts (or another way) now: its route resolved again for the
+ * route's own domain ("*" included).
+ */
+static bool
+sched_dest_route_changed(struct sched *s, const struct sched_dest *d)
+{
+	struct route r;
+	bool changed;
+
+	if (d->route == NULL || d->route->r.nhosts == 0 || d->route->r.domain == NULL)
+		return false;
+	route_resolve(s->routes, s->conf, d->route->r.domain, &r);
+	changed = !route_equal(&r, &d->route->r);
+	route_release(&r);
+	return changed;
+}
+
+/*
  * Routes or the configuration changed: every job that has not started and
  * whose route is not the same any more is dropped, and its message
  * dispatched again (jobs whose route did not change keep their place).  A
@@ -1217,6 +1248,15 @@ sched_reroute(struct sched *s)
 				}
 				stale[n++] = job;
 			}
+		}
+		/* A down destination with no job left, kept to remember its
+		 * outage: if its name stands for other hosts now, the outage was
+		 * of the old ones, and it is forgotten (their health stays). */
+		if (n == 0 && d->inflight == 0 && d->nwaiting + d->nbacklog == 0 &&
+		    d->state == SCHED_DEST_DOWN && sched_dest_route_changed(s, d)) {
+			d->state = SCHED_DEST_NEW;
+			sched_dest_maybe_free(s, d);
+			continue;
 		}
 		/* Every job of a down destination, those in flight too, has a
 		 * new route: the outage was of the old route's hosts, and the

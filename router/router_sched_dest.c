@@ -467,6 +467,11 @@ sched_job_end(struct sched_job *job, enum sched_news news)
 	s->nactive--;
 	s->nr_active -= job->nrcpts;
 	d->inflight--;
+	/* One of the old route's attempts that sched_reroute() let out ahead
+	 * of the new route's first job is over: the window closes behind it. */
+	if (d->state == SCHED_DEST_NEW && d->window > 1 && news != SCHED_NEWS_REACHED &&
+	    sched_attempt_rerouted(s, job))
+		d->window--;
 	if (job->probe) {
 		d->probe_out = false;
 		job->probe = false;
@@ -899,8 +904,9 @@ sched_on_mx(void *arg, struct dns_result *res)
 		return;
 	}
 	/* An answer about a way the domain no longer goes (a route change
-	 * meanwhile) decides nothing, not even a "no such domain" */
-	if (res->err != 0 && sched_attempt_rerouted(s, job)) {
+	 * meanwhile) decides nothing, not even a "no such domain"; nor does
+	 * the old domain's MTA-STS policy get fetched for it */
+	if (sched_attempt_rerouted(s, job)) {
 		dns_result_free(res);
 		sched_job_rerouted(job);
 		return;

@@ -56,7 +56,7 @@ struct sched_job;
 /*
  * How a job's last attempt ended.  Allocated when first set: a job that
  * never made an attempt (queued behind the window, or waiting for a down
- * destination: tens of thousands in an outage) does not carry these ~890 bytes.
+ * destination: tens of thousands in an outage) does not carry these 848 bytes.
  */
 struct sched_last {
 	char host[256];

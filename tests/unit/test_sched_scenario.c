@@ -819,6 +819,198 @@ test_route_set_attempt_out(int no, const char *up, int want_a)
 	fx_fini(&fx);
 }
 
+/* The old route's attempts (two hosts) have all ended; the queue has settled
+ * but for attempts that hang (r never greets). */
+static bool
+pred_old_gone(struct fx *fx)
+{
+	struct sched_job *job;
+
+	TAILQ_FOREACH(job, &fx->s->active, entry)
+		if (job->route->r.nhosts != 1 || job->state != SCHED_JOB_DELIVERING)
+			return false;
+	return fx->s->nheap == 0 || fx->s->heap[0]->at > fx->clock;
+}
+
+/*
+ * SCHEDULING.md, Routes: a down destination whose every job now goes
+ * another way is new again, "its jobs queue behind a window of one plus the
+ * old attempts still out".  Once the old probe has ended, the new route is
+ * still unknown (r does not greet): one job only may be trying it.
+ */
+static void
+test_route_set_window(int no)
+{
+	struct fx fx;
+	struct sched_dest *d;
+	struct htab_node *n;
+	struct buf err = BUF_INIT, hosts = BUF_INIT;
+
+	mxsink_exec(&sink_a, "sink.reset()");
+	mxsink_exec(&sink_b, "sink.reset()");
+	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
+	sink_set_up(&sink_a, 'a', "");
+	sink_set_up(&sink_b, 'b', "");
+	fx_init(&fx, &route_share, no);
+	fx_submit(&fx, 4);
+	CHECK_MSG(fx_run(&fx, pred_settled), "window: never settled");
+	fx.clock = fx.base + 10 * M;
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_delivering), "window: no probe");
+	buf_printf(&hosts, "127.0.0.4:%d", sink_r.port);
+	CHECK_INT(sched_route_set(fx.s, "a.test", buf_cstr(&hosts), &err), 0);
+	CHECK_MSG(fx_run(&fx, pred_old_gone), "window: the old probe never ended");
+	n = htab_find(&fx.s->dhash, "route:a.test");
+	d = n != NULL ? HTAB_ENTRY(n, struct sched_dest, node) : NULL;
+	CHECK_MSG(d != NULL && d->state == SCHED_DEST_NEW && d->inflight == 1 && d->nbacklog == 3,
+	    "window: state %d inflight %u backlog %u window %u (want new, 1 in flight, 3 queued)",
+	    d ? (int)d->state : -1, d ? d->inflight : 0, d ? (unsigned)d->nbacklog : 0, d ? d->window : 0);
+	mxsink_exec(&sink_r, "sink.reset_script()");
+	buf_free(&hosts);
+	buf_free(&err);
+	fx_fini(&fx);
+}
+
+/* One message to c.test and d.test (both by the configured "*": r). */
+static void
+fx_submit_two_domains(struct fx *fx)
+{
+	static const char body[] = "Subject: two\r\n\r\nhello\r\n";
+	struct env_rcpt rcpt[2];
+	struct envelope env;
+	struct submit_res *r = xcalloc(1, sizeof(*r));
+	struct queue_txn *t = NULL;
+
+	memset(rcpt, 0, sizeof(rcpt));
+	rcpt[0].addr = "x@c.test";
+	rcpt[1].addr = "y@d.test";
+	memset(&env, 0, sizeof(env));
+	env.sender = "alice@sender.test";
+	env.rcpts = rcpt;
+	env.nrcpts = 2;
+	env.ret = ENV_RET_NONE;
+	env.arrival_ms = fx->clock;
+	r->fx = fx;
+	r->i = fx->nsubmitted++;
+	CHECK_INT(queue_txn_begin(fx->q, &env, &t), 0);
+	if (t == NULL)
+		exit(2);
+	CHECK_INT(queue_txn_write(t, body, sizeof(body) - 1), 0);
+	queue_txn_commit(t, fx_committed, r);
+}
+
+/*
+ * A job by a route with hosts for "*" holds recipients of several domains
+ * (one destination, route:*).  A route set for the second of them while the
+ * attempt is out: that recipient goes the new way (a), not on with the
+ * old route's job.
+ */
+static void
+test_route_set_second_domain(int no)
+{
+	struct fx fx;
+	struct buf err = BUF_INIT, hosts = BUF_INIT;
+	int at_a;
+
+	mxsink_exec(&sink_a, "sink.reset(); sink.reset_script()");
+	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='421 4.3.2 down for the test')");
+	fx_init(&fx, &route_share, no);
+	fx_submit_two_domains(&fx);
+	CHECK_MSG(fx_run(&fx, pred_delivering), "second domain: no attempt");
+	buf_printf(&hosts, "127.0.0.2:%d", sink_a.port);
+	CHECK_INT(sched_route_set(fx.s, "d.test", buf_cstr(&hosts), &err), 0);
+	CHECK_MSG(fx_run(&fx, pred_settled), "second domain: never settled");
+	at_a = (int)mxsink_long(&sink_a, "sum(1 for m in sink.messages for a, _ in m.rcpts if a == 'y@d.test')");
+	CHECK_MSG(at_a == 1, "second domain: y@d.test delivered %d times at a (want 1: its new route)",
+	    at_a);
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	buf_free(&hosts);
+	buf_free(&err);
+	fx_fini(&fx);
+}
+
+/*
+ * SCHEDULING.md, Routes: the probe out during a route set fails; what it
+ * tried "is recorded as a deferral due at once" (retry_in=0s).  A restart
+ * before the new way's attempt records anything (r never greets) finds the
+ * recipient due at once, not a retry interval after the old probe.
+ */
+static void
+test_route_set_restart(int no)
+{
+	struct fx fx;
+	struct sched_msg *sm;
+	struct buf err = BUF_INIT, hosts = BUF_INIT;
+	char qid[QID_MAX];
+	uint64_t clock, due;
+
+	mxsink_exec(&sink_a, "sink.reset()");
+	mxsink_exec(&sink_b, "sink.reset()");
+	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
+	sink_set_up(&sink_a, 'a', "");
+	sink_set_up(&sink_b, 'b', "");
+	fx_init(&fx, &route_share, no);
+	fx_submit(&fx, 1);
+	CHECK_MSG(fx_run(&fx, pred_settled), "restart: never settled");
+	fx.clock = fx.base + 10 * M;
+	clock = fx.clock;
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_delivering), "restart: no probe");
+	buf_printf(&hosts, "127.0.0.4:%d", sink_r.port);
+	CHECK_INT(sched_route_set(fx.s, "a.test", buf_cstr(&hosts), &err), 0);
+	CHECK_MSG(fx_run(&fx, pred_old_gone), "restart: the old probe never ended");
+	snprintf(qid, sizeof(qid), "%s", fx.qids[0]);
+	fx_fini(&fx);
+
+	fx_init(&fx, &route_share, no);
+	sm = sched_msg_lookup(fx.s, qid);
+	due = sm != NULL ? sm->rc[0].retry_at : 0;
+	CHECK_MSG(sm != NULL && due <= clock,
+	    "restart: the rerouted recipient is due %llu s after the deferral (want at once)",
+	    (unsigned long long)(due > clock ? (due - clock) / S : 0));
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	buf_free(&hosts);
+	buf_free(&err);
+	fx_fini(&fx);
+}
+
+/*
+ * SCHEDULING.md, Routes: "a down destination whose every job, in flight or
+ * not, now goes another way is new again (the outage was of the old
+ * hosts)".  One with no job left (kept to remember its outage) too: a route
+ * set to r, and the next message goes there at once, not after the old
+ * hosts' backoff.
+ */
+static void
+test_route_set_empty_down(int no)
+{
+	struct fx fx;
+	struct buf err = BUF_INIT, hosts = BUF_INIT;
+	int delivered;
+
+	mxsink_exec(&sink_a, "sink.reset()");
+	mxsink_exec(&sink_b, "sink.reset()");
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	sink_set_up(&sink_a, 'a', "");
+	sink_set_up(&sink_b, 'b', "");
+	fx_init(&fx, &route_share, no);
+	fx_submit(&fx, 1);
+	CHECK_MSG(fx_run(&fx, pred_settled), "empty down: never settled");
+	CHECK_INT(sched_delete(fx.s, fx.qids[0]), 0);
+	CHECK_MSG(fx_run(&fx, pred_settled), "empty down: never settled after delete");
+	buf_printf(&hosts, "127.0.0.4:%d", sink_r.port);
+	CHECK_INT(sched_route_set(fx.s, "a.test", buf_cstr(&hosts), &err), 0);
+	fx_submit(&fx, 1);
+	CHECK_MSG(fx_run(&fx, pred_settled), "empty down: never settled after route set");
+	delivered = (int)mxsink_long(&sink_r,
+	    "sum(1 for m in sink.messages if m.rcpts[0][0].endswith('@a.test'))");
+	CHECK_MSG(delivered == 1 && fx_pending(&fx) == 0,
+	    "empty down: delivered at r %d (want 1), pending %d (want 0)", delivered, fx_pending(&fx));
+	buf_free(&hosts);
+	buf_free(&err);
+	fx_fini(&fx);
+}
+
 int
 main(void)
 {
@@ -832,6 +1024,10 @@ main(void)
 	test_route_shared((int)RELAY_ARRAY_LEN(scenarios));
 	test_route_set_attempt_out((int)RELAY_ARRAY_LEN(scenarios) + 1, "", 2);
 	test_route_set_attempt_out((int)RELAY_ARRAY_LEN(scenarios) + 2, "A", 1);
+	test_route_set_window((int)RELAY_ARRAY_LEN(scenarios) + 3);
+	test_route_set_second_domain((int)RELAY_ARRAY_LEN(scenarios) + 4);
+	test_route_set_restart((int)RELAY_ARRAY_LEN(scenarios) + 5);
+	test_route_set_empty_down((int)RELAY_ARRAY_LEN(scenarios) + 6);
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
 	mxsink_stop(&sink_r);
