@@ -858,6 +858,7 @@ queue_journal_probe(struct queue *q, struct queue_job *j)
 	q->jtail = q->jhead = head;
 	q->jtail_seq = seq;
 	q->jnl_on = true;
+	q->jerrors_restored = q->counters.journal_errors;  /* an append may fail before the loop hears */
 	uv_mutex_unlock(&q->mtx);
 	j->published = true;
 }
@@ -1483,7 +1484,7 @@ queue_probe_done(struct queue *q, struct queue_job *j)
 	q->jnl_off = false;
 	q->restored_ms = util_mono_ms();
 	uv_mutex_lock(&q->mtx);
-	q->jerrors_seen = q->counters.journal_errors;
+	q->jerrors_seen = q->jerrors_restored;
 	uv_mutex_unlock(&q->mtx);
 	log_begin(&l, LOG_NOTICE, "queue_journal_restored");
 	log_kvu(&l, "messages", held);

@@ -192,7 +192,9 @@ struct queue {
 	unsigned probe_ms;           /* the next probe's delay (back-off) */
 	unsigned probes;             /* failed probes in this outage */
 	uint64_t restored_ms;        /* when the journal was last restored (mono) */
-	uint64_t jerrors_seen;       /* journal_errors when it was last restored */
+	uint64_t jerrors_seen;       /* journal_errors when it was last restored (loop) */
+	uint64_t jerrors_restored;   /* the same, set under mtx by the probe that restored it
+	                                (an append failing before the loop hears is not in it) */
 	uv_timer_t probe_timer;      /* the next probe (unreferenced) */
 	struct queue_txn *held_head, *held_tail; /* acknowledged from the journal, not
 	                                            published or withheld: for the router

@@ -1352,9 +1352,13 @@ test_queue_ack_before_publish(void)
 	drop_dir(dirfd, dir);
 }
 
-/* Lines of the log containing needle; *first: the number of the first (0 none). */
+/*
+ * Lines of the log after line since containing needle ("": all of them);
+ * *first: the number of the first (0 none).  The log is the whole
+ * program's: a test counts from the lines there were when it began.
+ */
 static int
-log_count(const char *needle, int *first)
+log_count(int since, const char *needle, int *first)
 {
 	char line[1024];
 	FILE *fp;
@@ -1365,8 +1369,7 @@ log_count(const char *needle, int *first)
 	if ((fp = fopen(logpath, "r")) == NULL)
 		return 0;
 	while (fgets(line, sizeof(line), fp) != NULL) {
-		no++;
-		if (strstr(line, needle) == NULL)
+		if (++no <= since || strstr(line, needle) == NULL)
 			continue;
 		if (n++ == 0 && first != NULL)
 			*first = no;
@@ -1513,6 +1516,7 @@ test_probe_follows_acked_messages(void)
 	char dir[128], path[256];
 	size_t commits = 0, probes = 0;
 	int dirfd = new_dir(dir, sizeof(dir)), fd, i, n, taken, restored, held, failed;
+	int base = log_count(0, "", NULL);              /* earlier tests' lines */
 
 	q = gated_open(&g, -1, 0, &loop, dir, &fresh);
 
@@ -1526,7 +1530,9 @@ test_probe_follows_acked_messages(void)
 	/* the sync thread took m1 alone; it takes nothing more for now */
 	uv_mutex_lock(&g.mu);
 	while (g.ngroups < 1)
-		uv_cond_wait(&g.cv, &g.mu);
+		if (uv_cond_timedwait(&g.cv, &g.mu, 20 * 1000000000ull) != 0)
+			break;
+	CHECK_MSG(g.ngroups >= 1, "the sync thread took no group within 20 s");
 	g.takes = 0;
 	uv_mutex_unlock(&g.mu);
 	CHECK_INT(g.commits[0], 1);
@@ -1542,7 +1548,7 @@ test_probe_follows_acked_messages(void)
 	run_until_probe_written(&loop, q, &commits, &probes);
 	CHECK_INT(probes, 1);
 	CHECK_INT(commits, 1);
-	CHECK_INT(log_count("event=queue_journal_failed", NULL), 1);
+	CHECK_INT(log_count(base, "event=queue_journal_failed", NULL), 1);
 	CHECK_INT(fresh.n, 0);
 
 	sync_gate_set(&g, -1, -1);
@@ -1562,17 +1568,17 @@ test_probe_follows_acked_messages(void)
 	CHECK_INT(fresh.n, 2);
 	CHECK(sink_find(&fresh, r1.qid) != NULL);
 	CHECK(sink_find(&fresh, r2.qid) != NULL);
-	CHECK_INT(log_count("event=queue_journal_restored", &restored), 1);
-	CHECK(log_has("event=queue_journal_restored messages=2 probes=1"));
-	CHECK_INT(log_count("event=queue_journal_failed", NULL), 1);
+	CHECK_INT(log_count(base, "event=queue_journal_restored", &restored), 1);
+	CHECK_INT(log_count(base, "event=queue_journal_restored messages=2 probes=1", NULL), 1);
+	CHECK_INT(log_count(base, "event=queue_journal_failed", NULL), 1);
 	snprintf(path, sizeof(path), "event=queue_publish_held qid=%s", r2.qid);
-	CHECK_INT(log_count(path, &held), 1);
+	CHECK_INT(log_count(base, path, &held), 1);
 	CHECK_MSG(held > 0 && held < restored, "m2's publish (log line %d) after the restore (%d)",
 	    held, restored);
 	snprintf(path, sizeof(path), "event=queue_publish_failed qid=%s", r1.qid);
-	CHECK_INT(log_count(path, &failed), 1);
+	CHECK_INT(log_count(base, path, &failed), 1);
 	CHECK(failed > 0 && failed < restored);
-	CHECK_INT(log_count("event=queue_publish_failed", NULL), 1);
+	CHECK_INT(log_count(base, "event=queue_publish_failed", NULL), 1);
 
 	/* both files restored whole (m1's over the file in its way) */
 	snprintf(path, sizeof(path), "%s/msg/%s", dir, r1.qid);
@@ -1613,9 +1619,7 @@ test_append_failure_wakes_loop(void)
 	char dir[128];
 	size_t commits = 0, probes = 0;
 	int dirfd = new_dir(dir, sizeof(dir));
-	/* the log is the whole program's: lines of earlier tests */
-	int failed0 = log_count("event=queue_journal_failed", NULL);
-	int restored0 = log_count("event=queue_journal_restored", NULL);
+	int base = log_count(0, "", NULL);              /* earlier tests' lines */
 
 	q = gated_open(&g, 0, -1, &loop, dir, &fresh);     /* it takes nothing for now */
 
@@ -1626,7 +1630,9 @@ test_append_failure_wakes_loop(void)
 	uv_run(&loop, UV_RUN_NOWAIT);                       /* handed to the threads */
 	uv_mutex_lock(&g.mu);
 	while (g.ntakes < 1)
-		uv_cond_wait(&g.cv, &g.mu);
+		if (uv_cond_timedwait(&g.cv, &g.mu, 20 * 1000000000ull) != 0)
+			break;
+	CHECK_MSG(g.ntakes >= 1, "the sync thread was never about to take a group within 20 s");
 	uv_mutex_unlock(&g.mu);
 	queue_get_counters(q, &c);
 	CHECK_INT(c.journal_errors, 1);
@@ -1636,8 +1642,8 @@ test_append_failure_wakes_loop(void)
 	uv_run(&loop, UV_RUN_NOWAIT);
 	CHECK_INT(r1.called, 0);
 	CHECK_INT(queue_test_ndone(q), 0);
-	CHECK_INT(log_count("event=queue_journal_failed", NULL), failed0 + 1);
-	CHECK(log_has("event=queue_journal_failed errors=1 op=\"journal append\""));
+	CHECK_INT(log_count(base, "event=queue_journal_failed", NULL), 1);
+	CHECK_INT(log_count(base, "event=queue_journal_failed errors=1 op=\"journal append\"", NULL), 1);
 
 	/* the probe's timer runs: the probe waits for the sync thread with m1 */
 	run_until_probe_written(&loop, q, &commits, &probes);
@@ -1653,9 +1659,9 @@ test_append_failure_wakes_loop(void)
 	CHECK_INT(r1.err, 0);
 	CHECK_INT(r1.present, 1);                            /* its 250 after its publish */
 	CHECK_INT(fresh.n, 1);
-	CHECK_INT(log_count("event=queue_journal_failed", NULL), failed0 + 1);
-	CHECK_INT(log_count("event=queue_journal_restored", NULL), restored0 + 1);
-	CHECK(log_has("event=queue_journal_restored messages=0 probes=1"));
+	CHECK_INT(log_count(base, "event=queue_journal_failed", NULL), 1);
+	CHECK_INT(log_count(base, "event=queue_journal_restored", NULL), 1);
+	CHECK_INT(log_count(base, "event=queue_journal_restored messages=0 probes=1", NULL), 1);
 
 	/* the journal is on again: the next message gets its 250 from it */
 	commit_acked(&loop, q, "Subject: m2\r\n\r\ntwo\r\n", &r2);
