@@ -37,17 +37,6 @@ intern_block(const char *s)
 	return (struct intern_block *)(void *)(s - offsetof(struct intern_block, s));
 }
 
-/* FNV-1a over the bytes: util_hash_str's value for a C string. */
-static uint32_t
-intern_hash(const unsigned char *p, size_t len)
-{
-	uint32_t h = 2166136261u;
-
-	while (len-- > 0)
-		h = (h ^ *p++) * 16777619u;
-	return h;
-}
-
 static void
 intern_block_unref(struct intern_block *b)
 {
@@ -111,7 +100,7 @@ intern_get(struct intern_table *t, const void *p, size_t len)
 
 	if (t == NULL)
 		return intern_block_new(p, len, 1)->s;
-	h = intern_hash(p, len);
+	h = util_hash_bytes(p, len);
 	first = h & t->mask;
 	if (t->locked)
 		uv_mutex_lock(&t->mtx);

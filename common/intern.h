@@ -10,7 +10,7 @@
  * the caller one reference; intern_unref() drops one; the last frees it.
  *
  * The table is a cache, not a set: nslots slots (a power of 2), and a lookup
- * looks at nprobe of them from the value's hash (FNV-1a over the bytes, so a
+ * looks at nprobe of them from the value's hash (util_hash_bytes, so a
  * C string hashes as util_hash_str does).  A value it does not find gets a
  * new block that takes the first empty slot looked at, or else the first
  * one's place (the block there loses the table's reference).  Two holders

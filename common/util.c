@@ -478,13 +478,20 @@ util_fsync_parent(const char *path)
 }
 
 uint32_t
-util_hash_str(const char *s)
+util_hash_bytes(const void *p, size_t len)
 {
+	const unsigned char *b = p;
 	uint32_t h = 2166136261u;
 
-	for (; *s != '\0'; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
+	while (len-- > 0)
+		h = (h ^ *b++) * 16777619u;
 	return h;
+}
+
+uint32_t
+util_hash_str(const char *s)
+{
+	return util_hash_bytes(s, strlen(s));
 }
 
 /* The first line of path (a password), at most max bytes, without its newline. */

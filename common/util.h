@@ -84,7 +84,9 @@ int util_read_file(const char *path, size_t max, char **out, size_t *len);
 int util_write_file_atomic(const char *path, const char *tmp_path, const void *p, size_t len);
 int util_fsync_parent(const char *path);
 
-/* FNV-1a of a NUL-terminated string: the hash of every table keyed by a name. */
+/* FNV-1a (32-bit) of len bytes at p: the hash of every table keyed by a name
+ * or by bytes (htab, intern).  util_hash_str(s) is util_hash_bytes(s, strlen(s)). */
+uint32_t util_hash_bytes(const void *p, size_t len);
 uint32_t util_hash_str(const char *s);
 
 #define RELAY_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
