@@ -45,6 +45,7 @@ struct route_table {
 	char *tmp_path;
 	struct route_rt *rt;
 	size_t nrt;
+	uint64_t gen;                   /* route_table_gen: changes of rt */
 
 	uv_work_t work;                 /* the write in flight */
 	bool writing;
@@ -250,6 +251,7 @@ route_rt_add(struct route_table *t, char *domain, struct conf_hostport *hosts, s
 	}
 	r->hosts = hosts;
 	r->nhosts = n;
+	t->gen++;
 }
 
 static int
@@ -472,8 +474,15 @@ route_clear(struct route_table *t, const char *domain)
 	route_hosts_free(r->hosts, r->nhosts);
 	memmove(&t->rt[i], &t->rt[i + 1], (t->nrt - i - 1) * sizeof(*t->rt));
 	t->nrt--;
+	t->gen++;
 	route_write_start(t);
 	return 0;
+}
+
+uint64_t
+route_table_gen(const struct route_table *t)
+{
+	return t->gen;
 }
 
 /* ------------------------------------------------------------------ */

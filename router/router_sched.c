@@ -721,7 +721,7 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 	struct queue_msg *m = sm->m;
 	size_t n = m->env.nrcpts, i, j, nc = 0;
 	unsigned max = s->conf->router.max_rcpts_per_txn ? s->conf->router.max_rcpts_per_txn : 1;
-	struct route *routes;
+	struct sched_route **routes;
 	int *cand;
 	bool *taken;
 
@@ -743,8 +743,7 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 	routes = xcalloc(nc, sizeof(*routes));
 	taken = xcalloc(nc, sizeof(*taken));
 	for (i = 0; i < nc; i++)
-		route_resolve(s->routes, s->conf, sched_rcpt_domain(m->env.rcpts[cand[i]].addr),
-		    &routes[i]);
+		routes[i] = sched_route_for(s, sched_rcpt_domain(m->env.rcpts[cand[i]].addr));
 	for (i = 0; i < nc; i++) {
 		struct sched_job *job;
 		struct sched_dest *d;
@@ -753,12 +752,12 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 		if (taken[i])
 			continue;
 		taken[i] = true;
-		d = sched_dest_get(s, routes[i].dest);
-		job = sched_job_new(s, sm, d, &routes[i]);
+		d = sched_dest_get(s, routes[i]->r.dest);
+		job = sched_job_new(s, sm, d, routes[i]);
 		job->force = force;
 		gen = sched_job_add_rcpt(job, cand[i]);
 		for (j = i + 1; j < nc && job->nrcpts < max; j++) {
-			if (!taken[j] && strcmp(routes[j].dest, job->route->r.dest) == 0) {
+			if (!taken[j] && strcmp(routes[j]->r.dest, job->route->r.dest) == 0) {
 				taken[j] = true;
 				g = sched_job_add_rcpt(job, cand[j]);
 				if (g > gen)
@@ -768,7 +767,7 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 		sched_dest_admit(s, d, job, gen, now);
 	}
 	for (i = 0; i < nc; i++)
-		route_release(&routes[i]);
+		sched_route_unref(routes[i]);
 	free(routes);
 	free(taken);
 	free(cand);
@@ -1302,6 +1301,7 @@ sched_reload(struct sched *s, struct conf *conf)
 
 	conf_unref(s->conf);
 	s->conf = conf_ref(conf);
+	sched_route_cache_flush(s, false);      /* resolved under the old configuration */
 	/* submit_reload() loaded the same keys a moment ago: a failure here is a race */
 	if (dkim_keys_load(conf, &dkim, &err) == 0) {
 		dkim_keys_unref(s->dkim);
@@ -1428,6 +1428,7 @@ sched_free(struct sched *s)
 		fatalx("%s: a heap trim still runs", __func__);
 	while ((sm = TAILQ_FIRST(&s->msgs)) != NULL)
 		sched_msg_free(s, sm);
+	sched_route_cache_flush(s, true);
 	while ((d = TAILQ_FIRST(&s->dests)) != NULL) {
 		TAILQ_REMOVE(&s->dests, d, entry);
 		sched_route_unref(d->route);

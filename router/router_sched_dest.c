@@ -14,7 +14,8 @@
  * probe of a down destination, or else the first job of flushed recipients
  * admitted; everything else it made due goes through the window as usual.
  *
- * Owns: every struct sched_dest and struct sched_job.
+ * Owns: every struct sched_dest and struct sched_job, and the route cache
+ * (struct sched_rcache: recipient domain -> shared route, one reference each).
  * Never: keeps a timer of its own (probes are wake-ups in router_sched.c's
  * heap), speaks SMTP, or records a state change except through
  * sched_rcpt_outcome() (queue_record()).
@@ -23,6 +24,7 @@
 #include "common/util.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -145,16 +147,18 @@ sched_route_unref(struct sched_route *sr)
 }
 
 /*
- * A reference to the shared route equal to *r for destination d: d's last
- * one when it is the same (r released), else a new one made of r's contents,
- * which becomes d's.  *r is left empty.  A route is compared in full
- * (route_equal), so a job never sends mail another way than its own route
- * says, whatever changed in between.
+ * A reference to the shared route equal to *r for its destination: the
+ * destination's route when it has one and it is the same (r released), else
+ * a new one made of r's contents (sched_job_new makes it the destination's).
+ * *r is left empty.  A route is compared in full (route_equal), so a job
+ * never sends mail another way than its own route says, whatever changed in
+ * between.
  */
 static struct sched_route *
-sched_route_get(struct sched_dest *d, struct route *r)
+sched_route_share(struct sched *s, struct route *r)
 {
-	struct sched_route *sr = d->route;
+	struct htab_node *n = htab_find(&s->dhash, r->dest);
+	struct sched_route *sr = n != NULL ? HTAB_ENTRY(n, struct sched_dest, node)->route : NULL;
 
 	if (sr != NULL && route_equal(&sr->r, r)) {
 		route_release(r);
@@ -164,14 +168,100 @@ sched_route_get(struct sched_dest *d, struct route *r)
 	sr = xmalloc(sizeof(*sr));
 	sr->r = *r;
 	memset(r, 0, sizeof(*r));
-	sr->refs = 2;                   /* the job's and d's */
-	sched_route_unref(d->route);
-	d->route = sr;
+	sr->refs = 1;                   /* the caller's */
+	return sr;
+}
+
+/* Route cache (struct sched_rcache): drop every entry; free_slots: the array too. */
+void
+sched_route_cache_flush(struct sched *s, bool free_slots)
+{
+	struct sched_rcache *c = &s->rcache;
+	size_t i;
+
+	for (i = 0; c->slot != NULL && i < SCHED_RCACHE_SLOTS; i++) {
+		if (c->slot[i].domain == NULL)
+			continue;
+		free(c->slot[i].domain);
+		sched_route_unref(c->slot[i].sr);
+		memset(&c->slot[i], 0, sizeof(c->slot[i]));
+	}
+	if (free_slots) {
+		free(c->slot);
+		c->slot = NULL;
+	}
+}
+
+/* Fold domain as route_resolve does (ASCII lower case, one trailing dot
+ * dropped) into key: its length, or SIZE_MAX when it does not fit. */
+static size_t
+sched_route_key(const char *domain, char key[SCHED_RCACHE_KEYMAX])
+{
+	size_t i, len = strlen(domain);
+
+	if (len > 1 && domain[len - 1] == '.')
+		len--;
+	if (len >= SCHED_RCACHE_KEYMAX)
+		return SIZE_MAX;
+	for (i = 0; i < len; i++)
+		key[i] = (char)tolower((unsigned char)domain[i]);
+	key[len] = '\0';
+	return len;
+}
+
+struct sched_route *
+sched_route_for(struct sched *s, const char *domain)
+{
+	struct sched_rcache *c = &s->rcache;
+	struct sched_rcache_slot *e = NULL;
+	struct sched_route *sr;
+	struct route r;
+	char key[SCHED_RCACHE_KEYMAX];
+	size_t len = sched_route_key(domain, key), k, at, first = 0;
+	uint32_t h = 0;
+
+	if (len != SIZE_MAX) {
+		if (c->slot == NULL)
+			c->slot = xcalloc(SCHED_RCACHE_SLOTS, sizeof(*c->slot));
+		if (c->route_gen != route_table_gen(s->routes)) {
+			sched_route_cache_flush(s, false);
+			c->route_gen = route_table_gen(s->routes);
+		}
+		h = util_hash_bytes(key, len);
+		first = h & (SCHED_RCACHE_SLOTS - 1);
+		for (k = 0, at = first; k < SCHED_RCACHE_PROBE; k++, at = (at + 1) & (SCHED_RCACHE_SLOTS - 1)) {
+			e = &c->slot[at];
+			if (e->domain != NULL && e->hash == h && e->len == len &&
+			    memcmp(e->domain, key, len) == 0) {
+				c->hits++;
+				e->sr->refs++;
+				return e->sr;
+			}
+		}
+	}
+	c->misses++;
+	route_resolve(s->routes, s->conf, domain, &r);
+	sr = sched_route_share(s, &r);
+	if (len == SIZE_MAX)
+		return sr;
+	for (k = 0, at = first; k < SCHED_RCACHE_PROBE; k++, at = (at + 1) & (SCHED_RCACHE_SLOTS - 1))
+		if (c->slot[at].domain == NULL)
+			break;
+	e = &c->slot[k < SCHED_RCACHE_PROBE ? at : first];
+	if (e->domain != NULL) {                /* evicted */
+		free(e->domain);
+		sched_route_unref(e->sr);
+	}
+	e->domain = xstrndup(key, len);
+	e->hash = h;
+	e->len = (uint32_t)len;
+	e->sr = sr;
+	sr->refs++;
 	return sr;
 }
 
 struct sched_job *
-sched_job_new(struct sched *s, struct sched_msg *sm, struct sched_dest *d, struct route *route)
+sched_job_new(struct sched *s, struct sched_msg *sm, struct sched_dest *d, struct sched_route *sr)
 {
 	struct sched_job *job = xcalloc(1, sizeof(*job));
 	size_t max;
@@ -179,7 +269,13 @@ sched_job_new(struct sched *s, struct sched_msg *sm, struct sched_dest *d, struc
 	job->magic = SCHED_MAGIC_JOB;
 	job->s = s;
 	job->sm = sm;
-	job->route = sched_route_get(d, route);
+	job->route = sr;
+	sr->refs++;
+	if (d->route != sr) {                   /* the next job of d shares it */
+		sr->refs++;
+		sched_route_unref(d->route);
+		d->route = sr;
+	}
 	job->conf = conf_ref(s->conf);
 	/* no more than the message has: most have one, and max_rcpts_per_txn is 100 */
 	max = s->conf->router.max_rcpts_per_txn ? s->conf->router.max_rcpts_per_txn : 1;

@@ -176,6 +176,44 @@ struct sched_route {
 };
 
 /*
+ * The route cache (router_sched_dest.c, sched_route_for): a recipient domain,
+ * folded as route_resolve folds it (ASCII lower case, one trailing dot
+ * dropped), -> the shared route its jobs take, one reference held.  Without
+ * it every new job resolved its route (copies of the hosts and strings, the
+ * destination key built and interned) only for the destination to find it
+ * equal to its own route and throw the copy away: several allocations and a
+ * route_equal per dispatched recipient.
+ *
+ * An entry is good for one generation: the configuration it was resolved
+ * under (sched_reload flushes the cache) and the run-time routes as
+ * route_table_gen counts them (a change flushes it at the next lookup).
+ * Within one generation route_resolve is a function of the folded domain,
+ * so an entry is what a new resolve would give (route_equal): a job still
+ * delivers the way its own route says.  Bounded, as the table of interned
+ * keys is: SCHED_RCACHE_SLOTS slots, a lookup looks at SCHED_RCACHE_PROBE of
+ * them from the domain's hash, and a domain not found takes the first empty
+ * one or evicts the first (a queue to 100,000 domains keeps at most 1,024
+ * entries: about 24 KiB of slots, their keys, and the routes they hold).
+ * The slots are allocated at the first lookup; sched_free drops them all.
+ */
+#define SCHED_RCACHE_SLOTS   1024            /* a power of 2 */
+#define SCHED_RCACHE_PROBE   4
+#define SCHED_RCACHE_KEYMAX  256             /* a longer domain is resolved every time */
+
+struct sched_rcache_slot {
+	char *domain;                   /* folded; NULL: the slot is empty */
+	uint32_t hash;                  /* util_hash_bytes of domain */
+	uint32_t len;
+	struct sched_route *sr;         /* one reference */
+};
+
+struct sched_rcache {
+	struct sched_rcache_slot *slot; /* SCHED_RCACHE_SLOTS, or NULL before the first lookup */
+	uint64_t route_gen;             /* route_table_gen the entries were resolved under */
+	uint64_t hits, misses;          /* lookups answered from an entry; resolved */
+};
+
+/*
  * One transaction of one message to one destination.  Kept small: a queued
  * message whose destination is down has one for as long as it waits, so the
  * struct stays within 104 bytes (a 112-byte malloc chunk): what only an
@@ -241,6 +279,7 @@ struct sched {
 	struct health *health;
 	struct dane_seen *dane;         /* DANE as DNS last told it (relayctl policy) */
 	struct route_table *routes;
+	struct sched_rcache rcache;     /* recipient domain -> shared route (sched_route_for) */
 	struct dkim_keys *dkim;         /* relayd's own reports are signed with these */
 	struct cluster *cluster;        /* host health shared with other nodes, or NULL */
 
@@ -345,11 +384,18 @@ void sched_msg_warn(struct sched *s, struct sched_msg *sm, uint64_t now);
 struct sched_dest *sched_dest_get(struct sched *s, const char *name);
 void sched_dest_maybe_free(struct sched *s, struct sched_dest *d);
 void sched_dest_wake(struct sched *s, struct sched_dest *d);
-/* A new job of sm for destination d (sched_dest_get(s, route->dest)), not
- * admitted yet; it takes route's contents (or releases them when d's shared
- * route is the same: route is left empty either way). */
+/* A reference to the shared route of a recipient at domain: the cached one,
+ * else route_resolve's, shared with its destination's route when equal
+ * (see struct sched_rcache).  The caller drops it (sched_route_unref). */
+struct sched_route *sched_route_for(struct sched *s, const char *domain);
+/* Drop every entry of the route cache (the configuration changed); free:
+ * and its slots (sched_free). */
+void sched_route_cache_flush(struct sched *s, bool free_slots);
+/* A new job of sm for destination d (sched_dest_get(s, sr->r.dest)), not
+ * admitted yet, holding a reference of its own to sr (from sched_route_for),
+ * which becomes d's route for the next job to share. */
 struct sched_job *sched_job_new(struct sched *s, struct sched_msg *sm, struct sched_dest *d,
-    struct route *route);
+    struct sched_route *sr);
 /* Put recipient i of job's message into job: the flush that made it due
  * (0 = none) is returned, for sched_dest_admit. */
 uint64_t sched_job_add_rcpt(struct sched_job *job, int i);

@@ -38,7 +38,7 @@
 #define H (60 * M)
 
 #define MAX_STEPS 12
-#define MAX_MSGS  8
+#define MAX_MSGS  16
 
 enum act {
 	TICK,                   /* nothing: only the clock moves */
@@ -311,6 +311,30 @@ fx_new(void *arg, struct queue_msg *m)
 	sched_queue_new(fx->s, m);
 }
 
+/* The scenario's configuration: a.test routed to a_hosts, the rest to the
+ * reports sink. */
+static struct conf *
+fx_conf(const struct scenario *sc, const char *dir, const char *a_hosts)
+{
+	struct conf *c = conf_new_defaults();
+	struct buf hosts = BUF_INIT;
+
+	free(c->hostname);
+	c->hostname = xstrdup("relay.test");
+	free(c->queue_dir);
+	c->queue_dir = xstrdup(dir);
+	c->router.host_backoff_min = sc->backoff_min;
+	c->router.host_backoff_max = sc->backoff_max;
+	c->router.max_queue_age = sc->max_queue_age;
+	c->router.delay_warning = sc->delay_warning;
+	c->deliver.tls = CONF_TLS_NONE;
+	conf_route(c, "a.test", a_hosts);
+	buf_printf(&hosts, "127.0.0.4:%d", sink_r.port);
+	conf_route(c, "*", buf_cstr(&hosts));
+	buf_free(&hosts);
+	return c;
+}
+
 static void
 fx_init(struct fx *fx, const struct scenario *sc, int no)
 {
@@ -322,21 +346,8 @@ fx_init(struct fx *fx, const struct scenario *sc, int no)
 	uv_loop_init(&fx->loop);
 	uv_timer_init(&fx->loop, &fx->guard);
 	snprintf(dir, sizeof(dir), "%s/q%d", tdir, no);
-	fx->conf = conf_new_defaults();
-	free(fx->conf->hostname);
-	fx->conf->hostname = xstrdup("relay.test");
-	free(fx->conf->queue_dir);
-	fx->conf->queue_dir = xstrdup(dir);
-	fx->conf->router.host_backoff_min = sc->backoff_min;
-	fx->conf->router.host_backoff_max = sc->backoff_max;
-	fx->conf->router.max_queue_age = sc->max_queue_age;
-	fx->conf->router.delay_warning = sc->delay_warning;
-	fx->conf->deliver.tls = CONF_TLS_NONE;
 	buf_printf(&hosts, "127.0.0.2:%d,127.0.0.3:%d", sink_a.port, sink_b.port);
-	conf_route(fx->conf, "a.test", buf_cstr(&hosts));
-	buf_reset(&hosts);
-	buf_printf(&hosts, "127.0.0.4:%d", sink_r.port);
-	conf_route(fx->conf, "*", buf_cstr(&hosts));
+	fx->conf = fx_conf(sc, dir, buf_cstr(&hosts));
 	buf_free(&hosts);
 
 	fx->base = util_now_ms();
@@ -442,8 +453,9 @@ fx_committed(void *arg, int err, const char *qid)
 	free(r);
 }
 
+/* n messages, one recipient at domain each. */
 static void
-fx_submit(struct fx *fx, int n)
+fx_submit_to(struct fx *fx, int n, const char *domain)
 {
 	static const char body[] = "Subject: scheduled\r\n\r\nhello\r\n";
 	struct env_rcpt rcpt;
@@ -454,7 +466,7 @@ fx_submit(struct fx *fx, int n)
 		struct submit_res *r = xcalloc(1, sizeof(*r));
 		struct queue_txn *t = NULL;
 
-		snprintf(addr, sizeof(addr), "rcpt%d@a.test", fx->nsubmitted);
+		snprintf(addr, sizeof(addr), "rcpt%d@%s", fx->nsubmitted, domain);
 		memset(&rcpt, 0, sizeof(rcpt));
 		rcpt.addr = addr;
 		rcpt.notify = ENV_NOTIFY_FAILURE | ENV_NOTIFY_DELAY;
@@ -472,6 +484,12 @@ fx_submit(struct fx *fx, int n)
 		CHECK_INT(queue_txn_write(t, body, sizeof(body) - 1), 0);
 		queue_txn_commit(t, fx_committed, r);
 	}
+}
+
+static void
+fx_submit(struct fx *fx, int n)
+{
+	fx_submit_to(fx, n, "a.test");
 }
 
 struct count {
@@ -703,12 +721,24 @@ route_holders(struct sched *s, struct sched_dest *d, const struct sched_route *s
 	return n;
 }
 
+/* How many entries of the route cache (struct sched_rcache) hold sr. */
+static int
+route_cached(struct sched *s, const struct sched_route *sr)
+{
+	int n = 0;
+
+	for (size_t i = 0; s->rcache.slot != NULL && i < SCHED_RCACHE_SLOTS; i++)
+		n += s->rcache.slot[i].domain != NULL && s->rcache.slot[i].sr == sr;
+	return n;
+}
+
 /*
- * A destination's jobs share one route (one reference each, and one the
- * destination's); a route change while one of them is in flight gives the
- * others a new shared route, and the job in flight keeps its old one (its
- * last reference) until its attempt ends: then it is not put back on the
- * old route but made again on the new one, sharing it with the others.
+ * A destination's jobs share one route (one reference each, one the
+ * destination's, and one the route cache's entry for their domain, dropped
+ * with its generation); a route change while one of them is in flight gives
+ * the others a new shared route, and the job in flight keeps its old one
+ * (its last reference) until its attempt ends: then it is not put back on
+ * the old route but made again on the new one, sharing it with the others.
  * Run under ASan, a reference too few is a use after free and one too many
  * a leak.
  */
@@ -736,7 +766,8 @@ test_route_shared(int no)
 	d = HTAB_ENTRY(n, struct sched_dest, node);
 	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
 	first = d->route;
-	CHECK(first != NULL && route_holders(fx.s, d, first) == 4 && first->refs == 5);
+	CHECK(first != NULL && route_holders(fx.s, d, first) == 4 && route_cached(fx.s, first) == 1 &&
+	    first->refs == 6);
 
 	/* the probe is in flight when the route changes (to a alone) */
 	fx.clock = fx.base + 10 * M;
@@ -746,7 +777,8 @@ test_route_shared(int no)
 	buf_printf(&hosts, "127.0.0.2:%d", sink_a.port);
 	CHECK_INT(sched_route_set(fx.s, "a.test", buf_cstr(&hosts), &err), 0);
 	second = d->route;
-	CHECK(probe != NULL && probe->route == first && first->refs == 2 && second == first &&
+	CHECK(probe != NULL && probe->route == first && (int)first->refs == 2 + route_cached(fx.s, first) &&
+	    second == first &&
 	    d->nwaiting == 0 && d->state == SCHED_DEST_NEW);
 	CHECK_MSG(fx_run(&fx, pred_settled), "shared route: never settled after route set");
 	/* the probe did not go on to b (only in the old route); its message
@@ -754,8 +786,8 @@ test_route_shared(int no)
 	CHECK_INT((int)mxsink_long(&sink_b, sink_attempts), 1);
 	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
 	second = d->route;
-	CHECK(second != NULL && second->r.runtime && second->refs == 5 &&
-	    route_holders(fx.s, d, second) == 4);
+	CHECK(second != NULL && second->r.runtime && second->refs == 6 &&
+	    route_holders(fx.s, d, second) == 4 && route_cached(fx.s, second) == 1);
 
 	/* back to the configured route: every job gets it again, and the
 	 * run-time one goes (with the destination: every job left it) */
@@ -764,8 +796,8 @@ test_route_shared(int no)
 	n = htab_find(&fx.s->dhash, "route:a.test");
 	d = n != NULL ? HTAB_ENTRY(n, struct sched_dest, node) : NULL;
 	CHECK(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
-	CHECK(d != NULL && d->route != NULL && !d->route->r.runtime && d->route->refs == 5 &&
-	    route_holders(fx.s, d, d->route) == 4);
+	CHECK(d != NULL && d->route != NULL && !d->route->r.runtime && d->route->refs == 6 &&
+	    route_holders(fx.s, d, d->route) == 4 && route_cached(fx.s, d->route) == 1);
 	buf_free(&hosts);
 	buf_free(&err);
 	fx_fini(&fx);
@@ -1011,6 +1043,108 @@ test_route_set_empty_down(int no)
 	fx_fini(&fx);
 }
 
+/* ------------------------------------------------------------------ */
+/* The route cache (struct sched_rcache): one resolve per domain and generation. */
+
+static int
+sink_got(struct mxsink *sink)
+{
+	return (int)mxsink_long(sink, "len(sink.messages)");
+}
+
+/*
+ * The jobs of one recipient domain share its route without resolving it
+ * again, whatever its case or a trailing dot ("A.Test." is a.test); a route
+ * set, a route clear, and a reload with another route for the domain each
+ * begin a generation: the next job resolves again and goes the new way, and
+ * the ones after it share that.
+ */
+static void
+test_route_cache(int no)
+{
+	struct fx fx;
+	struct sched_rcache *c;
+	struct conf *conf2;
+	struct buf err = BUF_INIT, hosts = BUF_INIT;
+
+	mxsink_exec(&sink_a, "sink.reset()");
+	mxsink_exec(&sink_b, "sink.reset()");
+	sink_set_up(&sink_a, 'a', "ab");
+	sink_set_up(&sink_b, 'b', "ab");
+	fx_init(&fx, &route_share, no);
+	c = &fx.s->rcache;
+
+	/* one resolve for the four: to a, the route's first exchanger */
+	fx_submit_to(&fx, 2, "a.test");
+	fx_submit_to(&fx, 1, "A.Test.");
+	fx_submit_to(&fx, 1, "a.TEST");
+	CHECK_MSG(fx_run(&fx, pred_settled), "route cache: never settled");
+	CHECK_MSG(sink_got(&sink_a) == 4 && sink_got(&sink_b) == 0 && c->misses == 1 && c->hits == 3,
+	    "route cache: a got %d, b %d (want 4, 0), %llu resolved, %llu shared (want 1, 3)",
+	    sink_got(&sink_a), sink_got(&sink_b), (unsigned long long)c->misses,
+	    (unsigned long long)c->hits);
+
+	/* route set (to b alone): the next job resolves again, and goes to b */
+	buf_printf(&hosts, "127.0.0.3:%d", sink_b.port);
+	CHECK_INT(sched_route_set(fx.s, "A.TEST.", buf_cstr(&hosts), &err), 0);
+	fx_submit_to(&fx, 2, "a.test.");
+	CHECK_MSG(fx_run(&fx, pred_settled), "route cache: never settled after route set");
+	CHECK_MSG(sink_got(&sink_a) == 4 && sink_got(&sink_b) == 2 && c->misses == 2,
+	    "route cache after route set: a got %d, b %d (want 4, 2), %llu resolved (want 2)",
+	    sink_got(&sink_a), sink_got(&sink_b), (unsigned long long)c->misses);
+
+	/* route clear: the configured route again (a first) */
+	CHECK_INT(sched_route_clear(fx.s, "a.test"), 0);
+	fx_submit_to(&fx, 1, "A.test");
+	CHECK_MSG(fx_run(&fx, pred_settled), "route cache: never settled after route clear");
+	CHECK_MSG(sink_got(&sink_a) == 5 && sink_got(&sink_b) == 2 && c->misses == 3,
+	    "route cache after route clear: a got %d, b %d (want 5, 2), %llu resolved (want 3)",
+	    sink_got(&sink_a), sink_got(&sink_b), (unsigned long long)c->misses);
+
+	/* a reload that routes a.test to b alone */
+	conf2 = fx_conf(&route_share, fx.conf->queue_dir, buf_cstr(&hosts));
+	sched_reload(fx.s, conf2);
+	fx_submit_to(&fx, 2, "a.test");
+	CHECK_MSG(fx_run(&fx, pred_settled), "route cache: never settled after a reload");
+	CHECK_MSG(sink_got(&sink_a) == 5 && sink_got(&sink_b) == 4 && c->misses == 4,
+	    "route cache after a reload: a got %d, b %d (want 5, 4), %llu resolved (want 4)",
+	    sink_got(&sink_a), sink_got(&sink_b), (unsigned long long)c->misses);
+	buf_free(&hosts);
+	buf_free(&err);
+	fx_fini(&fx);
+	conf_unref(conf2);
+}
+
+/*
+ * The cache is bounded: looking up four times as many domains as it has
+ * slots leaves at most one entry per slot (the others evicted, their routes
+ * freed: the sanitizer build checks), the domain looked up last is still
+ * there, and none of it outlives the scheduler.
+ */
+static void
+test_route_cache_bounded(int no)
+{
+	struct fx fx;
+	struct sched_route *sr;
+	char dom[32];
+	size_t i, used = 0;
+	uint64_t misses;
+
+	fx_init(&fx, &route_share, no);
+	for (i = 0; i < 4 * SCHED_RCACHE_SLOTS; i++) {
+		snprintf(dom, sizeof(dom), "d%zu.test", i);
+		sched_route_unref(sched_route_for(fx.s, dom));
+	}
+	for (i = 0; i < SCHED_RCACHE_SLOTS; i++)
+		used += fx.s->rcache.slot[i].domain != NULL;
+	CHECK(fx.s->rcache.misses == 4 * SCHED_RCACHE_SLOTS && used > 0 && used <= SCHED_RCACHE_SLOTS);
+	misses = fx.s->rcache.misses;
+	sr = sched_route_for(fx.s, dom);
+	CHECK(fx.s->rcache.misses == misses && strcmp(sr->r.dest, "route:*") == 0);
+	sched_route_unref(sr);
+	fx_fini(&fx);
+}
+
 int
 main(void)
 {
@@ -1028,6 +1162,8 @@ main(void)
 	test_route_set_second_domain((int)RELAY_ARRAY_LEN(scenarios) + 4);
 	test_route_set_restart((int)RELAY_ARRAY_LEN(scenarios) + 5);
 	test_route_set_empty_down((int)RELAY_ARRAY_LEN(scenarios) + 6);
+	test_route_cache((int)RELAY_ARRAY_LEN(scenarios) + 7);
+	test_route_cache_bounded((int)RELAY_ARRAY_LEN(scenarios) + 8);
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
 	mxsink_stop(&sink_r);
