@@ -713,7 +713,13 @@ sched_msg_cancel_jobs(struct sched *s, struct sched_msg *sm, uint64_t due)
 /* ------------------------------------------------------------------ */
 /* Messages. */
 
-/* Group the message's due recipients by destination into jobs. */
+/* Recipients whose candidates, routes and marks sched_msg_dispatch keeps on
+ * its stack (most messages have one): more are allocated. */
+#define SCHED_DISPATCH_STACK 8
+
+/* Group the message's due recipients by destination into jobs: one route
+ * reference per candidate (sched_route_for: the route cache), then one job
+ * per destination. */
 static void
 sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool force,
     const char *only_domain)
@@ -721,11 +727,12 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 	struct queue_msg *m = sm->m;
 	size_t n = m->env.nrcpts, i, j, nc = 0;
 	unsigned max = s->conf->router.max_rcpts_per_txn ? s->conf->router.max_rcpts_per_txn : 1;
-	struct sched_route **routes;
-	int *cand;
-	bool *taken;
+	struct sched_route **routes, *routes_s[SCHED_DISPATCH_STACK];
+	int *cand, cand_s[SCHED_DISPATCH_STACK];
+	bool *taken, taken_s[SCHED_DISPATCH_STACK];
+	bool small = n <= SCHED_DISPATCH_STACK;
 
-	cand = xcalloc(n ? n : 1, sizeof(*cand));
+	cand = small ? cand_s : xcalloc(n, sizeof(*cand));
 	for (i = 0; i < n; i++) {
 		if (m->rcpt[i].state != RCPT_PENDING || sm->rc[i].job != NULL)
 			continue;
@@ -737,11 +744,13 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 		cand[nc++] = (int)i;
 	}
 	if (nc == 0) {
-		free(cand);
+		if (!small)
+			free(cand);
 		return;
 	}
-	routes = xcalloc(nc, sizeof(*routes));
-	taken = xcalloc(nc, sizeof(*taken));
+	routes = small ? routes_s : xcalloc(nc, sizeof(*routes));
+	taken = small ? taken_s : xcalloc(nc, sizeof(*taken));
+	memset(taken, 0, nc * sizeof(*taken));
 	for (i = 0; i < nc; i++)
 		routes[i] = sched_route_for(s, sched_rcpt_domain(m->env.rcpts[cand[i]].addr));
 	for (i = 0; i < nc; i++) {
@@ -768,9 +777,11 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 	}
 	for (i = 0; i < nc; i++)
 		sched_route_unref(routes[i]);
-	free(routes);
-	free(taken);
-	free(cand);
+	if (!small) {
+		free(routes);
+		free(taken);
+		free(cand);
+	}
 }
 
 /* Recipients still pending max_queue_age after arrival fail with 4.4.7. */
