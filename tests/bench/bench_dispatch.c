@@ -14,8 +14,9 @@
  * listens: the one destination's first job is refused, the destination is
  * down, and every other job waits for it (an outage with a full queue).
  * dns: "*" only sets the TLS of DNS delivery, each domain is a destination
- * of its own, and the resolver asks 127.0.0.1:1 (refused): each
- * destination's first job fails, the others wait.
+ * of its own, and the resolver asks 127.0.0.1:1 (nothing answers): each
+ * destination's first job is resolving when the bench stops, the others are
+ * queued behind it (the shutdown cancels the queries).
  * The queue directory is changed (the attempts' records): copy it first.
  * Owns: its loop, queue, resolver, deliver and scheduler.
  */
