@@ -61,9 +61,10 @@ int route_set(struct route_table *t, const char *domain, const char *hosts, uint
     struct buf *err);
 /* Remove the run-time route for domain: 0 or RELAY_ENOENT. */
 int route_clear(struct route_table *t, const char *domain);
-/* Counts the changes to the run-time routes (route_set, route_clear): what
- * route_resolve gives for a domain under one configuration changes only when
- * this does (the scheduler's route cache is stamped with it). */
+/* Counts the changes to the run-time routes (loading the routes file,
+ * route_set, route_clear): what route_resolve gives for a domain under one
+ * configuration changes only when this does (the scheduler's route cache is
+ * stamped with it). */
 uint64_t route_table_gen(const struct route_table *t);
 /* Every route, run-time and configured, as an aligned table or a JSON array. */
 void route_list(const struct route_table *t, const struct conf *conf, bool json, struct buf *out);

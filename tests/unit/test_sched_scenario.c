@@ -1145,6 +1145,145 @@ test_route_cache_bounded(int no)
 	fx_fini(&fx);
 }
 
+/*
+ * Whatever the run-time routes and the configuration went through, the
+ * cache gives for a domain what route_resolve gives now (route_equal), for
+ * domains folded alike or not, empty, literal, UTF-8 or too long to be kept.
+ */
+static void
+test_route_cache_matches_resolve(int no)
+{
+	static const char *const doms[] = {
+		"a.test", "A.Test.", "a.test..", "b.test", "B.TEST.", "c.test", "", ".", "*",
+		"[192.0.2.1]", "[IPv6:2001:DB8::1]", "[ipv6:2001:db8::1]", "\xc3\xbc.test",
+		"\xc3\x9c.TEST.", NULL, NULL, NULL, NULL,
+	};
+	static const char *const rt[] = { "*", "b.test", "A.TEST.", "c.test." };
+	struct fx fx;
+	struct conf *confs[3];
+	struct buf err = BUF_INIT, hosts = BUF_INIT;
+	char l254[300], l255[300], l256[300], l257[300];
+	const char *dl[RELAY_ARRAY_LEN(doms)];
+	uint32_t rnd = 12345;
+	size_t i, k, nd = RELAY_ARRAY_LEN(doms) - 4, bad = 0;
+
+	memset(l254, 'x', sizeof(l254));
+	l254[254] = '\0';
+	memcpy(l255, l254, sizeof(l254));
+	l255[254] = '.';
+	l255[255] = '\0';
+	memcpy(l256, l254, sizeof(l254));
+	l256[255] = 'Y';
+	l256[256] = '\0';
+	memcpy(l257, l256, sizeof(l256));
+	l257[256] = '.';
+	l257[257] = '\0';
+	memcpy(dl, doms, sizeof(doms));
+	dl[nd++] = l254;
+	dl[nd++] = l255;
+	dl[nd++] = l256;
+	dl[nd++] = l257;
+	fx_init(&fx, &route_share, no);
+	buf_printf(&hosts, "127.0.0.3:%d", sink_b.port);
+	confs[0] = conf_ref(fx.conf);
+	confs[1] = fx_conf(&route_share, fx.conf->queue_dir, buf_cstr(&hosts));
+	confs[2] = conf_new_defaults();
+	free(confs[2]->queue_dir);
+	confs[2]->queue_dir = xstrdup(fx.conf->queue_dir);
+	for (k = 0; k < 3000; k++) {
+		unsigned op;
+
+		rnd = rnd * 1103515245u + 12345u;
+		op = (rnd >> 16) % 16;
+		if (op == 0)
+			sched_reload(fx.s, confs[(rnd >> 8) % 3]);
+		else if (op < 4)
+			(void)sched_route_set(fx.s, rt[(rnd >> 4) % 4], buf_cstr(&hosts), &err);
+		else if (op < 6)
+			(void)sched_route_clear(fx.s, rt[(rnd >> 4) % 4]);
+		for (i = 0; i < nd; i++) {
+			struct sched_route *sr = sched_route_for(fx.s, dl[i]);
+			struct route r;
+
+			route_resolve(fx.s->routes, fx.s->conf, dl[i], &r);
+			if (!route_equal(&sr->r, &r) && bad++ < 5)
+				fprintf(stderr, "route cache: step %zu, '%s': cached %s, resolved %s\n",
+				    k, dl[i], sr->r.dest, r.dest);
+			route_release(&r);
+			sched_route_unref(sr);
+		}
+	}
+	CHECK_MSG(bad == 0, "route cache: %zu lookups unlike route_resolve", bad);
+	CHECK(fx.s->rcache.hits > 0);
+	for (i = 0; i < 3; i++)
+		conf_unref(confs[i]);
+	buf_free(&hosts);
+	buf_free(&err);
+	fx_fini(&fx);
+}
+
+/* One message of n recipients: the first na at a.test in changing case, the
+ * rest at other domains (the configured "*": r). */
+static void
+fx_submit_many(struct fx *fx, int n, int na)
+{
+	static const char body[] = "Subject: many\r\n\r\nhello\r\n";
+	static const char *const adom[] = { "a.test", "A.TEST", "a.Test." };
+	struct env_rcpt rcpt[32];
+	char addr[32][64];
+	struct envelope env;
+	struct submit_res *r = xcalloc(1, sizeof(*r));
+	struct queue_txn *t = NULL;
+
+	memset(rcpt, 0, sizeof(rcpt));
+	for (int k = 0; k < n; k++) {
+		if (k < na)
+			snprintf(addr[k], sizeof(addr[k]), "u%d@%s", k, adom[k % 3]);
+		else
+			snprintf(addr[k], sizeof(addr[k]), "u%d@d%d.test", k, k % 4);
+		rcpt[k].addr = addr[k];
+	}
+	memset(&env, 0, sizeof(env));
+	env.sender = "alice@sender.test";
+	env.rcpts = rcpt;
+	env.nrcpts = (size_t)n;
+	env.ret = ENV_RET_NONE;
+	env.arrival_ms = fx->clock;
+	r->fx = fx;
+	r->i = fx->nsubmitted++;
+	CHECK_INT(queue_txn_begin(fx->q, &env, &t), 0);
+	if (t == NULL)
+		exit(2);
+	CHECK_INT(queue_txn_write(t, body, sizeof(body) - 1), 0);
+	queue_txn_commit(t, fx_committed, r);
+}
+
+/* sched_msg_dispatch's arrays on the stack (8 recipients) and allocated (more):
+ * one transaction per destination either way. */
+static void
+test_dispatch_many(int no, int n, int na)
+{
+	struct fx fx;
+	int ra, rr, ma, mr;
+
+	mxsink_exec(&sink_a, "sink.reset(); sink.reset_script()");
+	mxsink_exec(&sink_b, "sink.reset(); sink.reset_script()");
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	sink_set_up(&sink_a, 'a', "ab");
+	sink_set_up(&sink_b, 'b', "ab");
+	fx_init(&fx, &route_share, no);
+	fx_submit_many(&fx, n, na);
+	CHECK_MSG(fx_run(&fx, pred_settled), "dispatch many: never settled");
+	ma = sink_got(&sink_a);
+	mr = sink_got(&sink_r);
+	ra = (int)mxsink_long(&sink_a, "sum(len(m.rcpts) for m in sink.messages)");
+	rr = (int)mxsink_long(&sink_r, "sum(len(m.rcpts) for m in sink.messages)");
+	CHECK_MSG(ma == 1 && mr == 1 && ra == na && rr == n - na,
+	    "dispatch %d: a %d messages %d rcpts, r %d messages %d rcpts (want 1/%d, 1/%d)",
+	    n, ma, ra, mr, rr, na, n - na);
+	fx_fini(&fx);
+}
+
 int
 main(void)
 {
@@ -1164,6 +1303,9 @@ main(void)
 	test_route_set_empty_down((int)RELAY_ARRAY_LEN(scenarios) + 6);
 	test_route_cache((int)RELAY_ARRAY_LEN(scenarios) + 7);
 	test_route_cache_bounded((int)RELAY_ARRAY_LEN(scenarios) + 8);
+	test_route_cache_matches_resolve((int)RELAY_ARRAY_LEN(scenarios) + 9);
+	test_dispatch_many((int)RELAY_ARRAY_LEN(scenarios) + 10, 8, 5);
+	test_dispatch_many((int)RELAY_ARRAY_LEN(scenarios) + 11, 20, 11);
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
 	mxsink_stop(&sink_r);
