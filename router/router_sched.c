@@ -1158,13 +1158,18 @@ sched_scanning(struct sched *s, size_t *loaded, size_t *corrupt)
 	return running;
 }
 
-/* Whether job's domain goes another way now than the job's route says. */
+/*
+ * Whether job's domain goes another way now than the job's route says.  The
+ * route cache answers (a route change walks every waiting job: a million in
+ * an outage): most jobs hold the very route it gives, and the others are
+ * compared in full.
+ */
 static bool
 sched_job_route_changed(struct sched *s, const struct sched_job *job)
 {
 	const struct env_rcpt *rcpts = job->sm->m->env.rcpts;
 	const char *dom, *prev = NULL;
-	struct route r;
+	struct sched_route *sr;
 	bool changed = false;
 	size_t k;
 
@@ -1174,9 +1179,9 @@ sched_job_route_changed(struct sched *s, const struct sched_job *job)
 		if (prev != NULL && util_strcasecmp(dom, prev) == 0)
 			continue;
 		prev = dom;
-		route_resolve(s->routes, s->conf, dom, &r);
-		changed = !route_equal(&r, &job->route->r);
-		route_release(&r);
+		sr = sched_route_for(s, dom);
+		changed = sr != job->route && !route_equal(&sr->r, &job->route->r);
+		sched_route_unref(sr);
 	}
 	return changed;
 }

@@ -8,7 +8,7 @@
  * machine's load): sched_msg_dispatch's inclusive count over the messages
  * is the cost per dispatched message.  Not a test.
  *
- *   bench_dispatch -d QUEUE_DIR [-m smarthost|dns]
+ *   bench_dispatch -d QUEUE_DIR [-m smarthost|dns] [-r]
  *
  * smarthost (default): router.routes "*" goes to 127.0.0.1:1, where nothing
  * listens: the one destination's first job is refused, the destination is
@@ -17,6 +17,9 @@
  * of its own, and the resolver asks 127.0.0.1:1 (nothing answers): each
  * destination's first job is resolving when the bench stops, the others are
  * queued behind it (the shutdown cancels the queries).
+ * -r: once every message is dispatched, `relayctl route set` for a domain
+ * no message goes to (sched_route_set): sched_reroute's inclusive count is
+ * the cost of a route change per waiting job, none of which changes.
  * The queue directory is changed (the attempts' records): copy it first.
  * Owns: its loop, queue, resolver, deliver and scheduler.
  */
@@ -37,6 +40,7 @@ struct bench_dsp {
 	uv_timer_t poll;
 	struct sched *s;
 	int closed;
+	bool reroute;                   /* -r */
 };
 
 static void
@@ -57,6 +61,14 @@ bench_dsp_poll(uv_timer_t *t)
 	if (b->s->nheap > 0 && b->s->heap[0]->at <= util_now_ms())
 		return;
 	uv_timer_stop(t);
+	if (b->reroute) {
+		struct buf err = BUF_INIT;
+
+		if (sched_route_set(b->s, "bench-unrelated.invalid", "127.0.0.1:2", &err) != 0)
+			fatalx("route set: %s", buf_cstr(&err));
+		buf_free(&err);
+		printf("route set: every waiting job looked at\n");
+	}
 	sched_tally(b->s, &st);
 	printf("dispatched %zu messages: %zu recipients waiting, %zu queued, %zu active, "
 	    "%zu due later\n", st.messages, st.rcpts_waiting, st.rcpts_queued, st.rcpts_active,
@@ -90,21 +102,22 @@ main(int argc, char **argv)
 	const char *dir = NULL, *mode = "smarthost";
 	int ch;
 
-	while ((ch = getopt(argc, argv, "d:m:")) != -1) {
+	memset(&b, 0, sizeof(b));
+	while ((ch = getopt(argc, argv, "d:m:r")) != -1) {
 		switch (ch) {
 		case 'd': dir = optarg; break;
 		case 'm': mode = optarg; break;
+		case 'r': b.reroute = true; break;
 		default:
-			fprintf(stderr, "usage: bench_dispatch -d QUEUE_DIR [-m smarthost|dns]\n");
+			fprintf(stderr, "usage: bench_dispatch -d QUEUE_DIR [-m smarthost|dns] [-r]\n");
 			return 2;
 		}
 	}
 	if (dir == NULL || (strcmp(mode, "smarthost") != 0 && strcmp(mode, "dns") != 0)) {
-		fprintf(stderr, "usage: bench_dispatch -d QUEUE_DIR [-m smarthost|dns]\n");
+		fprintf(stderr, "usage: bench_dispatch -d QUEUE_DIR [-m smarthost|dns] [-r]\n");
 		return 2;
 	}
 	log_set_level(LOG_WARNING);
-	memset(&b, 0, sizeof(b));
 	memset(&stats, 0, sizeof(stats));
 	c = conf_new_defaults();
 	free(c->queue_dir);
