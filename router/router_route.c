@@ -599,6 +599,21 @@ route_from_conf(struct route *out, const struct conf_route *r, const struct conf
 	}
 }
 
+size_t
+route_fold_domain(const char *domain, char *out, size_t cap)
+{
+	size_t i, len = strlen(domain);
+
+	if (len > 1 && domain[len - 1] == '.')
+		len--;
+	if (len >= cap)
+		return len;
+	for (i = 0; i < len; i++)
+		out[i] = (char)tolower((unsigned char)domain[i]);
+	out[len] = '\0';
+	return len;
+}
+
 void
 route_resolve(struct route_table *t, const struct conf *conf, const char *domain,
     struct route *out)
@@ -606,7 +621,7 @@ route_resolve(struct route_table *t, const struct conf *conf, const char *domain
 	const struct conf_route *cr = conf_route_find(conf, domain);
 	const struct route_rt *rt = t != NULL ? route_rt_find(t, domain) : NULL;
 	struct buf key = BUF_INIT;
-	size_t i, len = strlen(domain);
+	size_t len;
 
 	memset(out, 0, sizeof(*out));
 	out->mx_policy = CONF_MX_ANY;
@@ -623,10 +638,10 @@ route_resolve(struct route_table *t, const struct conf *conf, const char *domain
 	if (out->nhosts > 0) {
 		buf_printf(&key, "route:%s", out->domain);
 	} else {
-		if (len > 1 && domain[len - 1] == '.')
-			len--;
-		for (i = 0; i < len; i++)
-			buf_putc(&key, (char)tolower((unsigned char)domain[i]));
+		len = route_fold_domain(domain, NULL, 0);
+		buf_reserve(&key, len + 1);
+		route_fold_domain(domain, key.data, len + 1);
+		key.len = len;
 	}
 	/* shared: a job waiting in an outage keeps it (one per queued message) */
 	out->dest = intern_get(t != NULL ? t->keys : NULL, key.data != NULL ? key.data : "", key.len);

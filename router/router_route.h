@@ -69,6 +69,10 @@ uint64_t route_table_gen(const struct route_table *t);
 /* Every route, run-time and configured, as an aligned table or a JSON array. */
 void route_list(const struct route_table *t, const struct conf *conf, bool json, struct buf *out);
 
+/* domain as routes name it (a trailing dot dropped, ASCII lower case): the
+ * length; written to out with its NUL only when it fits in cap bytes.  The
+ * key of a destination without hosts, and of the scheduler's route cache. */
+size_t route_fold_domain(const char *domain, char *out, size_t cap);
 /* Where mail for domain goes (see the precedence above); fills out (release it).
  * Its dest is shared with the other routes t resolved to the same destination
  * (t may be NULL: a copy of its own); treat it as read-only. */

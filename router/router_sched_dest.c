@@ -24,7 +24,6 @@
 #include "common/util.h"
 
 #include <arpa/inet.h>
-#include <ctype.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -192,21 +191,14 @@ sched_route_cache_flush(struct sched *s, bool free_slots)
 	}
 }
 
-/* Fold domain as route_resolve does (ASCII lower case, one trailing dot
- * dropped) into key: its length, or SIZE_MAX when it does not fit. */
+/* Fold domain as route_resolve does (route_fold_domain) into key: its
+ * length, or SIZE_MAX when it does not fit. */
 static size_t
 sched_route_key(const char *domain, char key[SCHED_RCACHE_KEYMAX])
 {
-	size_t i, len = strlen(domain);
+	size_t len = route_fold_domain(domain, key, SCHED_RCACHE_KEYMAX);
 
-	if (len > 1 && domain[len - 1] == '.')
-		len--;
-	if (len >= SCHED_RCACHE_KEYMAX)
-		return SIZE_MAX;
-	for (i = 0; i < len; i++)
-		key[i] = (char)tolower((unsigned char)domain[i]);
-	key[len] = '\0';
-	return len;
+	return len < SCHED_RCACHE_KEYMAX ? len : SIZE_MAX;
 }
 
 struct sched_route *
