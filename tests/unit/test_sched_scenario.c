@@ -453,36 +453,43 @@ fx_committed(void *arg, int err, const char *qid)
 	free(r);
 }
 
+/* One message to the n recipients rcpt (their fields as the caller set them). */
+static void
+fx_submit_rcpts(struct fx *fx, struct env_rcpt *rcpt, size_t n)
+{
+	static const char body[] = "Subject: scheduled\r\n\r\nhello\r\n";
+	struct envelope env;
+	struct submit_res *r = xcalloc(1, sizeof(*r));
+	struct queue_txn *t = NULL;
+
+	memset(&env, 0, sizeof(env));
+	env.sender = "alice@sender.test";
+	env.rcpts = rcpt;
+	env.nrcpts = n;
+	env.ret = ENV_RET_NONE;
+	env.arrival_ms = fx->clock;
+	r->fx = fx;
+	r->i = fx->nsubmitted++;
+	CHECK_INT(queue_txn_begin(fx->q, &env, &t), 0);
+	if (t == NULL)
+		exit(2);
+	CHECK_INT(queue_txn_write(t, body, sizeof(body) - 1), 0);
+	queue_txn_commit(t, fx_committed, r);
+}
+
 /* n messages, one recipient at domain each. */
 static void
 fx_submit_to(struct fx *fx, int n, const char *domain)
 {
-	static const char body[] = "Subject: scheduled\r\n\r\nhello\r\n";
 	struct env_rcpt rcpt;
-	struct envelope env;
 	char addr[64];
 
 	for (int k = 0; k < n && fx->nsubmitted < MAX_MSGS; k++) {
-		struct submit_res *r = xcalloc(1, sizeof(*r));
-		struct queue_txn *t = NULL;
-
 		snprintf(addr, sizeof(addr), "rcpt%d@%s", fx->nsubmitted, domain);
 		memset(&rcpt, 0, sizeof(rcpt));
 		rcpt.addr = addr;
 		rcpt.notify = ENV_NOTIFY_FAILURE | ENV_NOTIFY_DELAY;
-		memset(&env, 0, sizeof(env));
-		env.sender = "alice@sender.test";
-		env.rcpts = &rcpt;
-		env.nrcpts = 1;
-		env.ret = ENV_RET_NONE;
-		env.arrival_ms = fx->clock;
-		r->fx = fx;
-		r->i = fx->nsubmitted++;
-		CHECK_INT(queue_txn_begin(fx->q, &env, &t), 0);
-		if (t == NULL)
-			exit(2);
-		CHECK_INT(queue_txn_write(t, body, sizeof(body) - 1), 0);
-		queue_txn_commit(t, fx_committed, r);
+		fx_submit_rcpts(fx, &rcpt, 1);
 	}
 }
 
@@ -907,28 +914,12 @@ test_route_set_window(int no)
 static void
 fx_submit_two_domains(struct fx *fx)
 {
-	static const char body[] = "Subject: two\r\n\r\nhello\r\n";
 	struct env_rcpt rcpt[2];
-	struct envelope env;
-	struct submit_res *r = xcalloc(1, sizeof(*r));
-	struct queue_txn *t = NULL;
 
 	memset(rcpt, 0, sizeof(rcpt));
 	rcpt[0].addr = "x@c.test";
 	rcpt[1].addr = "y@d.test";
-	memset(&env, 0, sizeof(env));
-	env.sender = "alice@sender.test";
-	env.rcpts = rcpt;
-	env.nrcpts = 2;
-	env.ret = ENV_RET_NONE;
-	env.arrival_ms = fx->clock;
-	r->fx = fx;
-	r->i = fx->nsubmitted++;
-	CHECK_INT(queue_txn_begin(fx->q, &env, &t), 0);
-	if (t == NULL)
-		exit(2);
-	CHECK_INT(queue_txn_write(t, body, sizeof(body) - 1), 0);
-	queue_txn_commit(t, fx_committed, r);
+	fx_submit_rcpts(fx, rcpt, 2);
 }
 
 /*
@@ -1227,13 +1218,9 @@ test_route_cache_matches_resolve(int no)
 static void
 fx_submit_many(struct fx *fx, int n, int na)
 {
-	static const char body[] = "Subject: many\r\n\r\nhello\r\n";
 	static const char *const adom[] = { "a.test", "A.TEST", "a.Test." };
 	struct env_rcpt rcpt[32];
 	char addr[32][64];
-	struct envelope env;
-	struct submit_res *r = xcalloc(1, sizeof(*r));
-	struct queue_txn *t = NULL;
 
 	memset(rcpt, 0, sizeof(rcpt));
 	for (int k = 0; k < n; k++) {
@@ -1243,19 +1230,7 @@ fx_submit_many(struct fx *fx, int n, int na)
 			snprintf(addr[k], sizeof(addr[k]), "u%d@d%d.test", k, k % 4);
 		rcpt[k].addr = addr[k];
 	}
-	memset(&env, 0, sizeof(env));
-	env.sender = "alice@sender.test";
-	env.rcpts = rcpt;
-	env.nrcpts = (size_t)n;
-	env.ret = ENV_RET_NONE;
-	env.arrival_ms = fx->clock;
-	r->fx = fx;
-	r->i = fx->nsubmitted++;
-	CHECK_INT(queue_txn_begin(fx->q, &env, &t), 0);
-	if (t == NULL)
-		exit(2);
-	CHECK_INT(queue_txn_write(t, body, sizeof(body) - 1), 0);
-	queue_txn_commit(t, fx_committed, r);
+	fx_submit_rcpts(fx, rcpt, (size_t)n);
 }
 
 /* sched_msg_dispatch's arrays on the stack (8 recipients) and allocated (more):
