@@ -599,21 +599,6 @@ route_from_conf(struct route *out, const struct conf_route *r, const struct conf
 	}
 }
 
-size_t
-route_fold_domain(const char *domain, char *out, size_t cap)
-{
-	size_t i, len = strlen(domain);
-
-	if (len > 1 && domain[len - 1] == '.')
-		len--;
-	if (len >= cap)
-		return len;
-	for (i = 0; i < len; i++)
-		out[i] = (char)tolower((unsigned char)domain[i]);
-	out[len] = '\0';
-	return len;
-}
-
 void
 route_resolve(struct route_table *t, const struct conf *conf, const char *domain,
     struct route *out)

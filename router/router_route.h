@@ -18,9 +18,11 @@
 #ifndef RELAY_ROUTER_ROUTE_H
 #define RELAY_ROUTER_ROUTE_H
 
+#include <ctype.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <uv.h>
 
 #include "common/buf.h"
@@ -72,7 +74,20 @@ void route_list(const struct route_table *t, const struct conf *conf, bool json,
 /* domain as routes name it (a trailing dot dropped, ASCII lower case): the
  * length; written to out with its NUL only when it fits in cap bytes.  The
  * key of a destination without hosts, and of the scheduler's route cache. */
-size_t route_fold_domain(const char *domain, char *out, size_t cap);
+static inline size_t
+route_fold_domain(const char *domain, char *out, size_t cap)
+{
+	size_t i, len = strlen(domain);
+
+	if (len > 1 && domain[len - 1] == '.')
+		len--;
+	if (len >= cap)
+		return len;
+	for (i = 0; i < len; i++)
+		out[i] = (char)tolower((unsigned char)domain[i]);
+	out[len] = '\0';
+	return len;
+}
 /* Where mail for domain goes (see the precedence above); fills out (release it).
  * Its dest is shared with the other routes t resolved to the same destination
  * (t may be NULL: a copy of its own); treat it as read-only. */

@@ -19,7 +19,8 @@
  * queued behind it (the shutdown cancels the queries).
  * -r: once every message is dispatched, `relayctl route set` for a domain
  * no message goes to (sched_route_set): sched_reroute's inclusive count is
- * the cost of a route change per waiting job, none of which changes.
+ * the cost of a route change per waiting job, none of which changes (the
+ * route is written to the queue directory's routes file, as relayctl's is).
  * The queue directory is changed (the attempts' records): copy it first.
  * Owns: its loop, queue, resolver, deliver and scheduler.
  */

@@ -409,6 +409,48 @@ test_resolve(void)
 	buf_free(&out);
 }
 
+/* route_fold_domain: the one folding of a domain (a trailing dot dropped, ASCII
+ * lower case), written only when it fits; and the destination key route_resolve
+ * makes of it for a domain without hosts (as before the folding had a name). */
+static void
+test_fold_domain(void)
+{
+	static const struct {
+		const char *in, *out;
+	} rows[] = {
+		{ "", "" },
+		{ ".", "." },                   /* the root: its one dot stays */
+		{ "..", "." },
+		{ "a.", "a" },
+		{ "a..", "a." },                /* one dot only */
+		{ "Example.COM.", "example.com" },
+		{ "[127.0.0.1]", "[127.0.0.1]" },
+		{ "\xc3\x89t\xc3\xa9.Test", "\xc3\x89t\xc3\xa9.test" },  /* bytes over 127 kept */
+	};
+	struct conf *c = conf_new_defaults();       /* no routes: every domain by DNS */
+	char out[16];
+	struct route r;
+	size_t i;
+
+	for (i = 0; i < RELAY_ARRAY_LEN(rows); i++) {
+		memset(out, 'x', sizeof(out));
+		CHECK_INT(route_fold_domain(rows[i].in, out, sizeof(out)), strlen(rows[i].out));
+		CHECK_STR(out, rows[i].out);
+		CHECK_INT(route_fold_domain(rows[i].in, NULL, 0), strlen(rows[i].out));
+		route_resolve(NULL, c, rows[i].in, &r);
+		CHECK_STR(r.dest, rows[i].out);
+		route_release(&r);
+	}
+	/* cap: the length with its NUL must fit, or nothing is written */
+	memset(out, 'x', sizeof(out));
+	CHECK_INT(route_fold_domain("ABC.", out, 4), 3);
+	CHECK(memcmp(out, "abc", 4) == 0);
+	memset(out, 'x', sizeof(out));
+	CHECK_INT(route_fold_domain("ABCD.", out, 4), 4);
+	CHECK(out[0] == 'x' && out[4] == 'x');
+	conf_unref(c);
+}
+
 int
 main(void)
 {
@@ -419,5 +461,6 @@ main(void)
 	test_lifetime();
 	test_parse_hosts();
 	test_resolve();
+	test_fold_domain();
 	return check_done();
 }

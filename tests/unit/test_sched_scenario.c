@@ -462,6 +462,11 @@ fx_submit_rcpts(struct fx *fx, struct env_rcpt *rcpt, size_t n)
 	struct submit_res *r = xcalloc(1, sizeof(*r));
 	struct queue_txn *t = NULL;
 
+	if (fx->nsubmitted >= MAX_MSGS) {       /* fx_committed indexes qids[] by it */
+		CHECK_MSG(0, "more than %d messages submitted", MAX_MSGS);
+		free(r);
+		return;
+	}
 	memset(&env, 0, sizeof(env));
 	env.sender = "alice@sender.test";
 	env.rcpts = rcpt;
