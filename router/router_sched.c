@@ -752,7 +752,7 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 	taken = small ? taken_s : xcalloc(nc, sizeof(*taken));
 	memset(taken, 0, nc * sizeof(*taken));
 	for (i = 0; i < nc; i++)
-		routes[i] = sched_route_for(s, sched_rcpt_domain(m->env.rcpts[cand[i]].addr));
+		routes[i] = sched_route_for(s, sched_rcpt_domain(m->env.rcpts[cand[i]].addr), NULL);
 	for (i = 0; i < nc; i++) {
 		struct sched_job *job;
 		struct sched_dest *d;
@@ -1179,7 +1179,7 @@ sched_job_route_changed(struct sched *s, const struct sched_job *job)
 		if (prev != NULL && util_strcasecmp(dom, prev) == 0)
 			continue;
 		prev = dom;
-		sr = sched_route_for(s, dom);
+		sr = sched_route_for(s, dom, job->route);
 		changed = sr != job->route && !route_equal(&sr->r, &job->route->r);
 		sched_route_unref(sr);
 	}

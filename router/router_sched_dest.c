@@ -146,19 +146,27 @@ sched_route_unref(struct sched_route *sr)
 }
 
 /*
- * A reference to the shared route equal to *r for its destination: the
- * destination's route when it has one and it is the same (r released), else
+ * A reference to the shared route equal to *r: like (NULL: none) when it is
+ * the same, else its destination's route when it has one and it is the same
+ * (r released), else
  * a new one made of r's contents (sched_job_new makes it the destination's).
  * *r is left empty.  A route is compared in full (route_equal), so a job
  * never sends mail another way than its own route says, whatever changed in
  * between.
  */
 static struct sched_route *
-sched_route_share(struct sched *s, struct route *r)
+sched_route_share(struct sched *s, struct route *r, struct sched_route *like)
 {
-	struct htab_node *n = htab_find(&s->dhash, r->dest);
-	struct sched_route *sr = n != NULL ? HTAB_ENTRY(n, struct sched_dest, node)->route : NULL;
+	struct htab_node *n;
+	struct sched_route *sr;
 
+	if (like != NULL && route_equal(&like->r, r)) {
+		route_release(r);
+		like->refs++;
+		return like;
+	}
+	n = htab_find(&s->dhash, r->dest);
+	sr = n != NULL ? HTAB_ENTRY(n, struct sched_dest, node)->route : NULL;
 	if (sr != NULL && route_equal(&sr->r, r)) {
 		route_release(r);
 		sr->refs++;
@@ -179,11 +187,10 @@ sched_route_cache_flush(struct sched *s, bool free_slots)
 	size_t i;
 
 	for (i = 0; c->slot != NULL && i < SCHED_RCACHE_SLOTS; i++) {
-		if (c->slot[i].domain == NULL)
+		if (c->slot[i].sr == NULL)
 			continue;
-		free(c->slot[i].domain);
 		sched_route_unref(c->slot[i].sr);
-		memset(&c->slot[i], 0, sizeof(c->slot[i]));
+		c->slot[i].sr = NULL;
 	}
 	if (free_slots) {
 		free(c->slot);
@@ -202,7 +209,7 @@ sched_route_key(const char *domain, char key[SCHED_RCACHE_KEYMAX])
 }
 
 struct sched_route *
-sched_route_for(struct sched *s, const char *domain)
+sched_route_for(struct sched *s, const char *domain, struct sched_route *like)
 {
 	struct sched_rcache *c = &s->rcache;
 	struct sched_rcache_slot *e = NULL;
@@ -223,7 +230,7 @@ sched_route_for(struct sched *s, const char *domain)
 		first = h & (SCHED_RCACHE_SLOTS - 1);
 		for (k = 0, at = first; k < SCHED_RCACHE_PROBE; k++, at = (at + 1) & (SCHED_RCACHE_SLOTS - 1)) {
 			e = &c->slot[at];
-			if (e->domain != NULL && e->hash == h && e->len == len &&
+			if (e->sr != NULL && e->hash == h && e->len == len &&
 			    memcmp(e->domain, key, len) == 0) {
 				c->hits++;
 				e->sr->refs++;
@@ -233,18 +240,16 @@ sched_route_for(struct sched *s, const char *domain)
 	}
 	c->misses++;
 	route_resolve(s->routes, s->conf, domain, &r);
-	sr = sched_route_share(s, &r);
+	sr = sched_route_share(s, &r, like);
 	if (len == SIZE_MAX)
 		return sr;
 	for (k = 0, at = first; k < SCHED_RCACHE_PROBE; k++, at = (at + 1) & (SCHED_RCACHE_SLOTS - 1))
-		if (c->slot[at].domain == NULL)
+		if (c->slot[at].sr == NULL)
 			break;
 	e = &c->slot[k < SCHED_RCACHE_PROBE ? at : first];
-	if (e->domain != NULL) {                /* evicted */
-		free(e->domain);
+	if (e->sr != NULL)                      /* evicted */
 		sched_route_unref(e->sr);
-	}
-	e->domain = xstrndup(key, len);
+	memcpy(e->domain, key, len + 1);
 	e->hash = h;
 	e->len = (uint32_t)len;
 	e->sr = sr;

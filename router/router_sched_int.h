@@ -193,18 +193,20 @@ struct sched_route {
  * keys is: SCHED_RCACHE_SLOTS slots, a lookup looks at SCHED_RCACHE_PROBE of
  * them from the domain's hash, and a domain not found takes the first empty
  * one or evicts the first (a queue to 100,000 domains keeps at most 1,024
- * entries: about 24 KiB of slots, their keys, and the routes they hold).
+ * entries: 80 KiB of slots with their keys, and the routes they hold).
  * The slots are allocated at the first lookup; sched_free drops them all.
  */
 #define SCHED_RCACHE_SLOTS   1024            /* a power of 2 */
 #define SCHED_RCACHE_PROBE   4
-#define SCHED_RCACHE_KEYMAX  256             /* a longer domain is resolved every time */
+#define SCHED_RCACHE_KEYMAX  64              /* a domain this long or longer is resolved
+                                                every time (few are: the slots stay 80 bytes) */
 
 struct sched_rcache_slot {
-	char *domain;                   /* folded; NULL: the slot is empty */
+	struct sched_route *sr;         /* one reference; NULL: the slot is empty */
 	uint32_t hash;                  /* util_hash_bytes of domain */
 	uint32_t len;
-	struct sched_route *sr;         /* one reference */
+	char domain[SCHED_RCACHE_KEYMAX]; /* folded, NUL-terminated: in the slot, so that
+	                                   a miss that evicts allocates and frees no key */
 };
 
 struct sched_rcache {
@@ -385,9 +387,11 @@ struct sched_dest *sched_dest_get(struct sched *s, const char *name);
 void sched_dest_maybe_free(struct sched *s, struct sched_dest *d);
 void sched_dest_wake(struct sched *s, struct sched_dest *d);
 /* A reference to the shared route of a recipient at domain: the cached one,
- * else route_resolve's, shared with its destination's route when equal
+ * else route_resolve's, shared with like (NULL: none; the route a job holds,
+ * which a route change compares first) or its destination's route when equal
  * (see struct sched_rcache).  The caller drops it (sched_route_unref). */
-struct sched_route *sched_route_for(struct sched *s, const char *domain);
+struct sched_route *sched_route_for(struct sched *s, const char *domain,
+    struct sched_route *like);
 /* Drop every entry of the route cache (the configuration changed); free:
  * and its slots (sched_free). */
 void sched_route_cache_flush(struct sched *s, bool free_slots);

@@ -740,7 +740,7 @@ route_cached(struct sched *s, const struct sched_route *sr)
 	int n = 0;
 
 	for (size_t i = 0; s->rcache.slot != NULL && i < SCHED_RCACHE_SLOTS; i++)
-		n += s->rcache.slot[i].domain != NULL && s->rcache.slot[i].sr == sr;
+		n += s->rcache.slot[i].sr == sr;
 	return n;
 }
 
@@ -1129,13 +1129,13 @@ test_route_cache_bounded(int no)
 	fx_init(&fx, &route_share, no);
 	for (i = 0; i < 4 * SCHED_RCACHE_SLOTS; i++) {
 		snprintf(dom, sizeof(dom), "d%zu.test", i);
-		sched_route_unref(sched_route_for(fx.s, dom));
+		sched_route_unref(sched_route_for(fx.s, dom, NULL));
 	}
 	for (i = 0; i < SCHED_RCACHE_SLOTS; i++)
-		used += fx.s->rcache.slot[i].domain != NULL;
+		used += fx.s->rcache.slot[i].sr != NULL;
 	CHECK(fx.s->rcache.misses == 4 * SCHED_RCACHE_SLOTS && used > 0 && used <= SCHED_RCACHE_SLOTS);
 	misses = fx.s->rcache.misses;
-	sr = sched_route_for(fx.s, dom);
+	sr = sched_route_for(fx.s, dom, NULL);
 	CHECK(fx.s->rcache.misses == misses && strcmp(sr->r.dest, "route:*") == 0);
 	sched_route_unref(sr);
 	fx_fini(&fx);
@@ -1198,7 +1198,7 @@ test_route_cache_matches_resolve(int no)
 		else if (op < 6)
 			(void)sched_route_clear(fx.s, rt[(rnd >> 4) % 4]);
 		for (i = 0; i < nd; i++) {
-			struct sched_route *sr = sched_route_for(fx.s, dl[i]);
+			struct sched_route *sr = sched_route_for(fx.s, dl[i], NULL);
 			struct route r;
 
 			route_resolve(fx.s->routes, fx.s->conf, dl[i], &r);
