@@ -1115,7 +1115,8 @@ test_route_cache(int no)
  * The cache is bounded: looking up four times as many domains as it has
  * slots leaves at most one entry per slot (the others evicted, their routes
  * freed: the sanitizer build checks), the domain looked up last is still
- * there, and none of it outlives the scheduler.
+ * there, and none of it outlives the scheduler.  A domain's key is kept in
+ * its slot only up to 63 bytes.
  */
 static void
 test_route_cache_bounded(int no)
@@ -1138,6 +1139,19 @@ test_route_cache_bounded(int no)
 	sr = sched_route_for(fx.s, dom, NULL);
 	CHECK(fx.s->rcache.misses == misses && strcmp(sr->r.dest, "route:*") == 0);
 	sched_route_unref(sr);
+	/* a folded domain of 63 bytes is kept in its slot; one of 64 never is */
+	for (size_t len = 63; len <= 64; len++) {
+		char big[80];
+
+		memset(big, 'y', len);
+		memcpy(big + len - 5, ".test", 6);
+		misses = fx.s->rcache.misses;
+		sched_route_unref(sched_route_for(fx.s, big, NULL));
+		sched_route_unref(sched_route_for(fx.s, big, NULL));
+		CHECK_MSG(fx.s->rcache.misses - misses == (len == 63 ? 1 : 2),
+		    "a %zu-byte domain: %llu misses in two lookups", len,
+		    (unsigned long long)(fx.s->rcache.misses - misses));
+	}
 	fx_fini(&fx);
 }
 
@@ -1152,16 +1166,16 @@ test_route_cache_matches_resolve(int no)
 	static const char *const doms[] = {
 		"a.test", "A.Test.", "a.test..", "b.test", "B.TEST.", "c.test", "", ".", "*",
 		"[192.0.2.1]", "[IPv6:2001:DB8::1]", "[ipv6:2001:db8::1]", "\xc3\xbc.test",
-		"\xc3\x9c.TEST.", NULL, NULL, NULL, NULL,
+		"\xc3\x9c.TEST.", NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
 	};
 	static const char *const rt[] = { "*", "b.test", "A.TEST.", "c.test." };
 	struct fx fx;
 	struct conf *confs[3];
 	struct buf err = BUF_INIT, hosts = BUF_INIT;
-	char l254[300], l255[300], l256[300], l257[300];
+	char l254[300], l255[300], l256[300], l257[300], s63[80], s64[80], s64d[80], s65d[80];
 	const char *dl[RELAY_ARRAY_LEN(doms)];
 	uint32_t rnd = 12345;
-	size_t i, k, nd = RELAY_ARRAY_LEN(doms) - 4, bad = 0;
+	size_t i, k, nd = RELAY_ARRAY_LEN(doms) - 8, bad = 0;
 
 	memset(l254, 'x', sizeof(l254));
 	l254[254] = '\0';
@@ -1179,6 +1193,15 @@ test_route_cache_matches_resolve(int no)
 	dl[nd++] = l255;
 	dl[nd++] = l256;
 	dl[nd++] = l257;
+	/* around the cache's inline keys (SCHED_RCACHE_KEYMAX 64: 63 bytes fit) */
+	snprintf(s63, sizeof(s63), "%.60s.ab", l254);
+	snprintf(s64, sizeof(s64), "%.60s.abc", l254);
+	snprintf(s64d, sizeof(s64d), "%.60s.AB.", l254);
+	snprintf(s65d, sizeof(s65d), "%.60s.ABC.", l254);
+	dl[nd++] = s63;
+	dl[nd++] = s64;
+	dl[nd++] = s64d;
+	dl[nd++] = s65d;
 	fx_init(&fx, &route_share, no);
 	buf_printf(&hosts, "127.0.0.3:%d", sink_b.port);
 	confs[0] = conf_ref(fx.conf);
