@@ -1200,19 +1200,25 @@ sched_attempt_rerouted(struct sched *s, struct sched_job *job)
 	return at->rerouted;
 }
 
-/* How many of d's attempts in flight go a way their domain no longer goes. */
-static unsigned
-sched_dest_rerouted_inflight(struct sched *s, struct sched_dest *d)
+/*
+ * Count in each down destination's rerouted how many of its attempts in
+ * flight go a way their domain no longer goes: one pass over the attempts
+ * in flight, not one per destination (a route change for "*" in an outage
+ * looks at every down destination).  Other destinations' counts are not
+ * used.
+ */
+static void
+sched_count_rerouted(struct sched *s)
 {
+	struct sched_dest *d;
 	struct sched_job *job;
-	unsigned n = 0;
 
-	if (d->inflight == 0)
-		return 0;
+	TAILQ_FOREACH(d, &s->dests, entry)
+		d->rerouted = 0;
 	TAILQ_FOREACH(job, &s->active, entry)
-		if (job->dest == d && sched_job_route_changed(s, job))
-			n++;
-	return n;
+		if (job->dest != NULL && job->dest->state == SCHED_DEST_DOWN &&
+		    sched_job_route_changed(s, job))
+			job->dest->rerouted++;
 }
 
 /*
@@ -1250,6 +1256,9 @@ sched_reroute(struct sched *s)
 	uint64_t now = sched_now(s);
 	size_t n, cap = 0, i;
 
+	/* Before any job is cancelled: cancelling starts no attempt but a
+	 * probe of the destination being looked at, after its count is used. */
+	sched_count_rerouted(s);
 	for (d = TAILQ_FIRST(&s->dests); d != NULL; d = dn) {
 		dn = TAILQ_NEXT(d, entry);
 		n = 0;
@@ -1278,8 +1287,7 @@ sched_reroute(struct sched *s)
 		 * jobs try the new ones at once.  The old route's attempts still
 		 * out do not hold the first of them back (the window). */
 		if ((n > 0 || d->inflight > 0) && d->state == SCHED_DEST_DOWN &&
-		    n == d->nwaiting + d->nbacklog &&
-		    sched_dest_rerouted_inflight(s, d) == d->inflight) {
+		    n == d->nwaiting + d->nbacklog && d->rerouted == d->inflight) {
 			d->state = SCHED_DEST_NEW;
 			d->window = 1 + d->inflight;
 			d->down_since = 0;

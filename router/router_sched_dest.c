@@ -147,12 +147,11 @@ sched_route_unref(struct sched_route *sr)
 
 /*
  * A reference to the shared route equal to *r: like (NULL: none) when it is
- * the same, else its destination's route when it has one and it is the same
- * (r released), else
- * a new one made of r's contents (sched_job_new makes it the destination's).
- * *r is left empty.  A route is compared in full (route_equal), so a job
- * never sends mail another way than its own route says, whatever changed in
- * between.
+ * the same, else its destination's route when it has one and it is the
+ * same (r released), else a new one made of r's contents (sched_job_new
+ * makes it the destination's).  *r is left empty.  A route is compared in
+ * full (route_equal), so a job never sends mail another way than its own
+ * route says, whatever changed in between.
  */
 static struct sched_route *
 sched_route_share(struct sched *s, struct route *r, struct sched_route *like)

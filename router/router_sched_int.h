@@ -250,6 +250,8 @@ struct sched_dest {
 	enum sched_dest_state state;
 	unsigned window;                /* jobs allowed in flight; 0 = no limit of ours */
 	unsigned inflight;
+	unsigned rerouted;              /* sched_reroute only: of inflight, how many go a way
+	                                   their domain no longer goes */
 	struct sched_jobq backlog;      /* ready, waiting for the window */
 	struct sched_jobq waiting;      /* the destination is down */
 	size_t nbacklog, nwaiting;

@@ -286,6 +286,16 @@ sink_set_up(struct mxsink *s, char name, const char *up)
 		    "sink.drop_connections()");
 }
 
+/* Sinks a and b empty and up as up says (sink_set_up). */
+static void
+sinks_reset(const char *up)
+{
+	mxsink_exec(&sink_a, "sink.reset()");
+	mxsink_exec(&sink_b, "sink.reset()");
+	sink_set_up(&sink_a, 'a', up);
+	sink_set_up(&sink_b, 'b', up);
+}
+
 static void
 conf_route(struct conf *c, const char *domain, const char *hosts)
 {
@@ -764,10 +774,7 @@ test_route_shared(int no)
 	struct buf err = BUF_INIT, hosts = BUF_INIT;
 	struct htab_node *n;
 
-	mxsink_exec(&sink_a, "sink.reset()");
-	mxsink_exec(&sink_b, "sink.reset()");
-	sink_set_up(&sink_a, 'a', "");
-	sink_set_up(&sink_b, 'b', "");
+	sinks_reset("");
 	fx_init(&fx, &route_share, no);
 	fx_submit(&fx, 4);
 	CHECK_MSG(fx_run(&fx, pred_settled), "shared route: never settled");
@@ -834,11 +841,8 @@ test_route_set_attempt_out(int no, const char *up, int want_a)
 	struct buf err = BUF_INIT, hosts = BUF_INIT;
 	int a, b, delivered;
 
-	mxsink_exec(&sink_a, "sink.reset()");
-	mxsink_exec(&sink_b, "sink.reset()");
+	sinks_reset(up);
 	mxsink_exec(&sink_r, "sink.reset()");
-	sink_set_up(&sink_a, 'a', up);
-	sink_set_up(&sink_b, 'b', up);
 	fx_init(&fx, &route_share, no);
 	fx_submit(&fx, 2);
 	if (*up == '\0') {
@@ -890,11 +894,8 @@ test_route_set_window(int no)
 	struct htab_node *n;
 	struct buf err = BUF_INIT, hosts = BUF_INIT;
 
-	mxsink_exec(&sink_a, "sink.reset()");
-	mxsink_exec(&sink_b, "sink.reset()");
+	sinks_reset("");
 	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
-	sink_set_up(&sink_a, 'a', "");
-	sink_set_up(&sink_b, 'b', "");
 	fx_init(&fx, &route_share, no);
 	fx_submit(&fx, 4);
 	CHECK_MSG(fx_run(&fx, pred_settled), "window: never settled");
@@ -972,11 +973,8 @@ test_route_set_restart(int no)
 	char qid[QID_MAX];
 	uint64_t clock, due;
 
-	mxsink_exec(&sink_a, "sink.reset()");
-	mxsink_exec(&sink_b, "sink.reset()");
+	sinks_reset("");
 	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
-	sink_set_up(&sink_a, 'a', "");
-	sink_set_up(&sink_b, 'b', "");
 	fx_init(&fx, &route_share, no);
 	fx_submit(&fx, 1);
 	CHECK_MSG(fx_run(&fx, pred_settled), "restart: never settled");
@@ -1016,11 +1014,8 @@ test_route_set_empty_down(int no)
 	struct buf err = BUF_INIT, hosts = BUF_INIT;
 	int delivered;
 
-	mxsink_exec(&sink_a, "sink.reset()");
-	mxsink_exec(&sink_b, "sink.reset()");
+	sinks_reset("");
 	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
-	sink_set_up(&sink_a, 'a', "");
-	sink_set_up(&sink_b, 'b', "");
 	fx_init(&fx, &route_share, no);
 	fx_submit(&fx, 1);
 	CHECK_MSG(fx_run(&fx, pred_settled), "empty down: never settled");
@@ -1063,10 +1058,7 @@ test_route_cache(int no)
 	struct conf *conf2;
 	struct buf err = BUF_INIT, hosts = BUF_INIT;
 
-	mxsink_exec(&sink_a, "sink.reset()");
-	mxsink_exec(&sink_b, "sink.reset()");
-	sink_set_up(&sink_a, 'a', "ab");
-	sink_set_up(&sink_b, 'b', "ab");
+	sinks_reset("ab");
 	fx_init(&fx, &route_share, no);
 	c = &fx.s->rcache;
 
