@@ -149,8 +149,8 @@ sched_heap_swap(struct sched *s, size_t a, size_t b)
 
 	s->heap[a] = s->heap[b];
 	s->heap[b] = t;
-	s->heap[a]->pos = a;
-	s->heap[b]->pos = b;
+	s->heap[a]->pos = (uint32_t)a;
+	s->heap[b]->pos = (uint32_t)b;
 }
 
 static void
@@ -195,7 +195,7 @@ sched_heap_remove(struct sched *s, struct sched_wake *w)
 	s->nheap--;
 	if (i != s->nheap) {
 		s->heap[i] = s->heap[s->nheap];
-		s->heap[i]->pos = i;
+		s->heap[i]->pos = (uint32_t)i;
 		sched_heap_down(s, i);
 		sched_heap_up(s, i);
 	}
@@ -211,11 +211,13 @@ sched_heap_set(struct sched *s, struct sched_wake *w, uint64_t at)
 	}
 	if (w->at == SCHED_NOWAKE) {
 		if (s->nheap == s->cheap) {
+			if (s->cheap > UINT32_MAX / 2)
+				fatalx("%s: wake-up heap full", __func__);
 			s->cheap = s->cheap ? s->cheap * 2 : 64;
 			s->heap = xrealloc(s->heap, s->cheap * sizeof(*s->heap));
 		}
 		w->at = at;
-		w->pos = s->nheap;
+		w->pos = (uint32_t)s->nheap;
 		s->heap[s->nheap++] = w;
 		sched_heap_up(s, w->pos);
 		return;
@@ -241,9 +243,9 @@ sched_on_timer(uv_timer_t *t)
 		w = s->heap[0];
 		sched_heap_remove(s, w);
 		if (w->kind == SCHED_WAKE_MSG)
-			sched_msg_run(s, w->owner, now);
+			sched_msg_run(s, SCHED_WAKE_OWNER(w, struct sched_msg), now);
 		else if (w->kind == SCHED_WAKE_DEST)
-			sched_dest_wake(s, w->owner);
+			sched_dest_wake(s, SCHED_WAKE_OWNER(w, struct sched_dest));
 		else
 			sched_trim(s, now);
 	}
@@ -726,7 +728,7 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 {
 	struct queue_msg *m = sm->m;
 	size_t n = m->env.nrcpts, i, j, nc = 0;
-	unsigned max = s->conf->router.max_rcpts_per_txn ? s->conf->router.max_rcpts_per_txn : 1;
+	unsigned max = sched_job_max(s);
 	struct sched_route **routes, *routes_s[SCHED_DISPATCH_STACK];
 	int *cand, cand_s[SCHED_DISPATCH_STACK];
 	bool *taken, taken_s[SCHED_DISPATCH_STACK];
@@ -764,11 +766,11 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 		d = sched_dest_get(s, routes[i]->r.dest);
 		job = sched_job_new(s, sm, d, routes[i]);
 		job->force = force;
-		gen = sched_job_add_rcpt(job, cand[i]);
+		gen = sched_job_add_rcpt(s, job, cand[i]);
 		for (j = i + 1; j < nc && job->nrcpts < max; j++) {
 			if (!taken[j] && strcmp(routes[j]->r.dest, job->route->r.dest) == 0) {
 				taken[j] = true;
-				g = sched_job_add_rcpt(job, cand[j]);
+				g = sched_job_add_rcpt(s, job, cand[j]);
 				if (g > gen)
 					gen = g;
 			}
@@ -807,10 +809,11 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 			continue;
 		if (job != NULL) {
 			/* Out of its queued or waiting job. */
-			for (k = 0; k < job->nrcpts && job->rcpts[k] != (int)i; k++)
+			int *r = sched_job_rcpts(job);
+
+			for (k = 0; k < job->nrcpts && r[k] != (int)i; k++)
 				;
-			memmove(&job->rcpts[k], &job->rcpts[k + 1],
-			    (job->nrcpts - k - 1) * sizeof(*job->rcpts));
+			memmove(&r[k], &r[k + 1], (job->nrcpts - k - 1) * sizeof(*r));
 			job->nrcpts--;
 			if (job->state == SCHED_JOB_QUEUED)
 				s->nr_backlog--;
@@ -983,7 +986,6 @@ sched_msg_add(struct sched *s, struct queue_msg *m, bool fresh)
 	sm->m = m;
 	sm->wake.at = SCHED_NOWAKE;
 	sm->wake.kind = SCHED_WAKE_MSG;
-	sm->wake.owner = sm;
 	m->sched = sm;
 	for (i = 0; i < m->env.nrcpts; i++) {
 		uint64_t due = fresh ? 0 : sched_rcpt_due(&m->rcpt[i], s->conf->router.retry_intervals,
@@ -1033,7 +1035,6 @@ sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err)
 	s->loop = deps->loop;
 	s->trim_wake.at = SCHED_NOWAKE;
 	s->trim_wake.kind = SCHED_WAKE_TRIM;
-	s->trim_wake.owner = s;
 	htab_init(&s->tdoms, &htab_ops_nocase);
 	s->conf = conf_ref(deps->conf);
 	s->stats = deps->stats;
@@ -1175,7 +1176,7 @@ sched_job_route_changed(struct sched *s, const struct sched_job *job)
 
 	/* every domain of the job (a route with hosts for "*" groups several) */
 	for (k = 0; k < job->nrcpts && !changed; k++) {
-		dom = sched_rcpt_domain(rcpts[job->rcpts[k]].addr);
+		dom = sched_rcpt_domain(rcpts[sched_job_rcpt(job, k)].addr);
 		if (prev != NULL && util_strcasecmp(dom, prev) == 0)
 			continue;
 		prev = dom;
@@ -1397,12 +1398,12 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 	for (d = TAILQ_FIRST(&s->dests); d != NULL; d = dn) {
 		dn = TAILQ_NEXT(d, entry);
 		while ((job = TAILQ_FIRST(&d->backlog)) != NULL) {
-			sched_job_unlink(job);
-			sched_job_free(job);
+			sched_job_unlink(s, job);
+			sched_job_free(s, job);
 		}
 		while ((job = TAILQ_FIRST(&d->waiting)) != NULL) {
-			sched_job_unlink(job);
-			sched_job_free(job);
+			sched_job_unlink(s, job);
+			sched_job_free(s, job);
 		}
 		sched_heap_remove(s, &d->wake);
 	}
@@ -1419,7 +1420,7 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 			s->nactive--;
 			s->nr_active -= job->nrcpts;
 			job->dest->inflight--;
-			sched_job_free(job);
+			sched_job_free(s, job);
 		}
 	}
 	for (d = TAILQ_FIRST(&s->dests); d != NULL; d = dn) {

@@ -52,7 +52,6 @@ sched_dest_get(struct sched *s, const char *name)
 	TAILQ_INIT(&d->waiting);
 	d->wake.at = SCHED_NOWAKE;
 	d->wake.kind = SCHED_WAKE_DEST;
-	d->wake.owner = d;
 	htab_insert(&s->dhash, &d->node, d->name);
 	TAILQ_INSERT_TAIL(&s->dests, d, entry);
 	s->ndests++;
@@ -133,6 +132,13 @@ static const struct sched_last *
 sched_job_seen(const struct sched_job *job)
 {
 	return job->last != NULL ? job->last : &sched_last_none;
+}
+
+/* Whether the job's attempt, if one runs, tried to connect to an exchanger. */
+static bool
+sched_job_tried(const struct sched_job *job)
+{
+	return job->at != NULL && job->at->ntried > 0;
 }
 
 /* Drop one reference to a shared route (NULL: nothing). */
@@ -263,7 +269,6 @@ sched_job_new(struct sched *s, struct sched_msg *sm, struct sched_dest *d, struc
 	size_t max;
 
 	job->magic = SCHED_MAGIC_JOB;
-	job->s = s;
 	job->sm = sm;
 	job->route = sr;
 	sr->refs++;
@@ -272,26 +277,36 @@ sched_job_new(struct sched *s, struct sched_msg *sm, struct sched_dest *d, struc
 		sched_route_unref(d->route);
 		d->route = sr;
 	}
-	job->conf = conf_ref(s->conf);
 	/* no more than the message has: most have one, and max_rcpts_per_txn is 100 */
-	max = s->conf->router.max_rcpts_per_txn ? s->conf->router.max_rcpts_per_txn : 1;
+	max = sched_job_max(s);
 	if (max > sm->m->env.nrcpts)
 		max = sm->m->env.nrcpts;
 	/* a job of one recipient (most are) keeps its index inline */
-	job->rcpts = max <= 1 ? &job->rcpt1 : xcalloc(max, sizeof(*job->rcpts));
+	if (max > 1) {
+		job->many = true;
+		job->rc.many = xcalloc(max, sizeof(*job->rc.many));
+	}
 	sm->njobs++;
 	return job;
 }
 
+unsigned
+sched_job_max(const struct sched *s)
+{
+	unsigned max = s->conf->router.max_rcpts_per_txn;
+
+	return max == 0 ? 1 : max > SCHED_JOB_RCPTS_MAX ? SCHED_JOB_RCPTS_MAX : max;
+}
+
 uint64_t
-sched_job_add_rcpt(struct sched_job *job, int i)
+sched_job_add_rcpt(struct sched *s, struct sched_job *job, int i)
 {
 	struct sched_rcpt *rc = &job->sm->rc[i];
 	uint64_t gen = rc->flush_gen;
 
-	job->rcpts[job->nrcpts++] = i;
+	sched_job_rcpts(job)[job->nrcpts++] = i;
 	rc->job = job;
-	sched_rcpt_tally(job->s, job->sm, (size_t)i);
+	sched_rcpt_tally(s, job->sm, (size_t)i);
 	rc->flush_gen = 0;
 	return gen;
 }
@@ -311,21 +326,25 @@ sched_attempt_free(struct sched_job *job)
 	queue_image_unref(at->image);
 	tlspolicy_clear(&at->tlspol);
 	mtasts_policy_release(&at->sts);
+	conf_unref(at->conf);
 	free(at);
 	job->at = NULL;
 }
 
 /* Free a job that is in no list; its recipients become free (retry_at kept). */
 void
-sched_job_free(struct sched_job *job)
+sched_job_free(struct sched *s, struct sched_job *job)
 {
 	size_t k;
 
-	for (k = 0; k < job->nrcpts; k++)
-		if (job->sm->rc[job->rcpts[k]].job == job) {
-			job->sm->rc[job->rcpts[k]].job = NULL;
-			sched_rcpt_tally(job->s, job->sm, (size_t)job->rcpts[k]);
+	for (k = 0; k < job->nrcpts; k++) {
+		int i = sched_job_rcpt(job, k);
+
+		if (job->sm->rc[i].job == job) {
+			job->sm->rc[i].job = NULL;
+			sched_rcpt_tally(s, job->sm, (size_t)i);
 		}
+	}
 	/* The message's first round of attempts is over (delivered, deferred or
 	 * failed): later ones read its file, the image's memory goes now. */
 	if (--job->sm->njobs == 0)
@@ -333,27 +352,26 @@ sched_job_free(struct sched_job *job)
 	sched_attempt_free(job);
 	free(job->last);
 	sched_route_unref(job->route);
-	conf_unref(job->conf);
-	if (job->rcpts != &job->rcpt1)
-		free(job->rcpts);
+	if (job->many)
+		free(job->rc.many);
 	job->magic = 0;
 	free(job);
 }
 
 /* Take a queued or waiting job out of its destination's list. */
 void
-sched_job_unlink(struct sched_job *job)
+sched_job_unlink(struct sched *s, struct sched_job *job)
 {
 	struct sched_dest *d = job->dest;
 
 	if (job->state == SCHED_JOB_QUEUED) {
 		TAILQ_REMOVE(&d->backlog, job, entry);
 		d->nbacklog--;
-		job->s->nr_backlog -= job->nrcpts;
+		s->nr_backlog -= job->nrcpts;
 	} else if (job->state == SCHED_JOB_WAITING) {
 		TAILQ_REMOVE(&d->waiting, job, entry);
 		d->nwaiting--;
-		job->s->nr_waiting -= job->nrcpts;
+		s->nr_waiting -= job->nrcpts;
 	} else
 		fatalx("%s: job is in flight", __func__);
 }
@@ -365,10 +383,10 @@ sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due)
 	struct sched_dest *d = job->dest;
 	size_t k;
 
-	sched_job_unlink(job);
+	sched_job_unlink(s, job);
 	for (k = 0; k < job->nrcpts; k++)
-		job->sm->rc[job->rcpts[k]].retry_at = due;
-	sched_job_free(job);
+		job->sm->rc[sched_job_rcpt(job, k)].retry_at = due;
+	sched_job_free(s, job);
 	sched_dest_rewake(s, d);
 	sched_dest_maybe_free(s, d);
 }
@@ -389,16 +407,16 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const c
 	TAILQ_INSERT_TAIL(&d->waiting, job, entry);
 	d->nwaiting++;
 	s->nr_waiting += job->nrcpts;
-	sched_job_tally(job);
+	sched_job_tally(s, job);
 	for (k = 0; k < job->nrcpts; k++) {
-		int i = job->rcpts[k];
+		int i = sched_job_rcpt(job, k);
 
 		if (m->rcpt[i].state != RCPT_PENDING)
 			continue;
 		if (job->sm->rc[i].down_since == 0)
 			job->sm->rc[i].down_since = d->down_since != 0 ? d->down_since : now;
 		sched_rcpt_outcome(s, job->sm, i, SCHED_DEFERRED, host, ip,
-		    "4.4.1", why, job->ntried > 0, d->name, false, now);
+		    "4.4.1", why, sched_job_tried(job), d->name, false, now);
 	}
 }
 
@@ -411,7 +429,7 @@ sched_job_outcome_all(struct sched *s, struct sched_job *job, enum sched_outcome
 	size_t k;
 
 	for (k = 0; k < job->nrcpts; k++) {
-		int i = job->rcpts[k];
+		int i = sched_job_rcpt(job, k);
 
 		if (m->rcpt[i].state != RCPT_PENDING)
 			continue;
@@ -456,7 +474,7 @@ sched_dest_pump(struct sched *s, struct sched_dest *d)
 	if (s->stopping || d->state == SCHED_DEST_DOWN)
 		return;
 	while ((job = TAILQ_FIRST(&d->backlog)) != NULL && !sched_dest_full(s, d)) {
-		sched_job_unlink(job);
+		sched_job_unlink(s, job);
 		sched_job_start(s, job);
 	}
 }
@@ -479,13 +497,13 @@ sched_job_probe_at(struct sched *s, struct sched_job *job, uint64_t now)
 			if (h != NULL && h->state == HEALTH_DOWN)
 				t = h->down_until_ms;
 			else            /* its probe is out elsewhere: look again after the least backoff */
-				t = now + job->conf->router.host_backoff_min;
+				t = now + job->at->conf->router.host_backoff_min;
 			if (t < at)
 				at = t;
 		}
 	}
 	if (at == SCHED_NOWAKE)
-		at = now + job->conf->router.host_backoff_min;
+		at = now + job->at->conf->router.host_backoff_min;
 	if (at < now + SCHED_PROBE_FLOOR)
 		at = now + SCHED_PROBE_FLOOR;
 	return at;
@@ -509,7 +527,7 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 	    last->host, last->host[0] ? ": " : "", last->reply[0] ? last->reply : "no answer");
 	sched_job_wait(s, job, last->host, last->ip, buf_cstr(&why), now);
 	while ((b = TAILQ_FIRST(&d->backlog)) != NULL) {
-		sched_job_unlink(b);
+		sched_job_unlink(s, b);
 		sched_job_wait(s, b, last->host, last->ip, buf_cstr(&why), now);
 	}
 	buf_free(&why);
@@ -527,12 +545,12 @@ sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
 		d->state = SCHED_DEST_UP;
 		d->window = SCHED_RAMP_START;
 		while ((job = TAILQ_FIRST(&d->waiting)) != NULL) {
-			sched_job_unlink(job);
+			sched_job_unlink(s, job);
 			job->state = SCHED_JOB_QUEUED;
 			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
 			d->nbacklog++;
 			s->nr_backlog += job->nrcpts;
-			sched_job_tally(job);
+			sched_job_tally(s, job);
 		}
 		sched_log_dest("destination_up", d, now, LOG_NOTICE);
 		d->down_since = 0;
@@ -550,7 +568,7 @@ sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
 static void
 sched_job_end(struct sched_job *job, enum sched_news news)
 {
-	struct sched *s = job->s;
+	struct sched *s = job->at->s;
 	struct sched_msg *sm = job->sm;
 	struct sched_dest *d = job->dest;
 	uint64_t now = sched_now(s);
@@ -572,7 +590,7 @@ sched_job_end(struct sched_job *job, enum sched_news news)
 		sched_dest_down(s, d, job, now);        /* reads the attempt's exchangers */
 		sched_attempt_free(job);
 	} else
-		sched_job_free(job);
+		sched_job_free(s, job);
 	if (news == SCHED_NEWS_REACHED) {
 		bool was_down = d->state == SCHED_DEST_DOWN;
 
@@ -637,18 +655,20 @@ static void
 sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result *res)
 {
 	struct sched_job *job = arg;
-	struct sched *s = job->s;
+	struct sched *s;
 	struct queue_msg *m = job->sm->m;
 	const struct dns_target *tg;
 	struct sched_last *last;
 	struct health_host *h;
 	enum health_state was;
-	uint64_t now = sched_now(s);
+	uint64_t now;
 	struct log_line l;
 	size_t k;
 
 	if (job->magic != SCHED_MAGIC_JOB || job->state != SCHED_JOB_DELIVERING)
 		fatalx("%s: result for a job not delivering", __func__);
+	s = job->at->s;
+	now = sched_now(s);
 	job->state = SCHED_JOB_RESOLVING;       /* between attempts */
 	queue_image_unref(job->at->image);      /* deliver is done with req.body */
 	job->at->image = NULL;
@@ -682,10 +702,10 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	if (res->status == DELIVER_HOST_FAIL) {
 		bool down = health_marks_down(res->io_err, res->code);
 
-		job->ntried++;
+		job->at->ntried++;
 		if (down) {
-			health_host_fail(h, now, job->conf->router.host_backoff_min,
-			    job->conf->router.host_backoff_max, res->reply);
+			health_host_fail(h, now, job->at->conf->router.host_backoff_min,
+			    job->at->conf->router.host_backoff_max, res->reply);
 			sched_log_host(h, last->ip);
 			sched_shared_host_down(s, h);
 		} else
@@ -711,11 +731,11 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 		return;
 	}
 
-	job->ntried++;
+	job->at->ntried++;
 	sched_tlsrpt_session(s, job, tg, res, last->ip);
 	health_host_ok(h, now);
 	for (k = 0; k < job->nrcpts; k++)
-		job->sm->rc[job->rcpts[k]].down_since = 0;
+		job->sm->rc[sched_job_rcpt(job, k)].down_since = 0;
 	if (was == HEALTH_DOWN) {
 		sched_log_host(h, last->ip);
 		sched_shared_host_up(s, h);
@@ -727,7 +747,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 		s->outcome_tls_version = res->tls_version[0] != '\0' ? res->tls_version : NULL;
 		for (k = 0; k < job->nrcpts; k++) {
 			const struct deliver_rcpt *dr = &job->at->dr[k];
-			int i = job->rcpts[k];
+			int i = sched_job_rcpt(job, k);
 
 			if (m->rcpt[i].state != RCPT_PENDING)
 				continue;
@@ -756,7 +776,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 static void
 sched_job_exhausted(struct sched_job *job)
 {
-	struct sched *s = job->s;
+	struct sched *s = job->at->s;
 	const struct sched_last *last = sched_job_seen(job);
 	uint64_t now = sched_now(s);
 
@@ -765,7 +785,7 @@ sched_job_exhausted(struct sched_job *job)
 		 * the destination is up; these recipients retry on their own. */
 		sched_job_outcome_all(s, job, SCHED_DEFERRED,
 		    last->status[0] ? last->status : "4.4.1", last->reply,
-		    job->ntried > 0, now);
+		    sched_job_tried(job), now);
 		sched_job_end(job, SCHED_NEWS_REACHED);
 		return;
 	}
@@ -783,17 +803,17 @@ sched_job_exhausted(struct sched_job *job)
 static void
 sched_job_rerouted(struct sched_job *job)
 {
-	struct sched *s = job->s;
+	struct sched *s = job->at->s;
 	const struct sched_last *last = sched_job_seen(job);
 	uint64_t now = sched_now(s);
 	size_t k;
 
-	if (job->ntried > 0 || job->at->soft_fail)
+	if (sched_job_tried(job) || job->at->soft_fail)
 		sched_job_outcome_all(s, job, SCHED_DEFERRED, last->status[0] ? last->status : "4.4.1",
-		    last->reply, job->ntried > 0, now);
+		    last->reply, sched_job_tried(job), now);
 	else
 		for (k = 0; k < job->nrcpts; k++)
-			job->sm->rc[job->rcpts[k]].retry_at = now;
+			job->sm->rc[sched_job_rcpt(job, k)].retry_at = now;
 	sched_job_end(job, SCHED_NEWS_NONE);
 }
 
@@ -801,7 +821,7 @@ sched_job_rerouted(struct sched_job *job)
 static void
 sched_job_next(struct sched_job *job)
 {
-	struct sched *s = job->s;
+	struct sched *s = job->at->s;
 	struct queue_msg *m = job->sm->m;
 	struct sched_last *last;
 	struct health_host *h;
@@ -892,7 +912,7 @@ sched_job_next(struct sched_job *job)
 			free(job->at->dr);
 			job->at->dr = xcalloc(job->nrcpts, sizeof(*job->at->dr));
 			for (k = 0; k < job->nrcpts; k++) {
-				const struct env_rcpt *er = &m->env.rcpts[job->rcpts[k]];
+				const struct env_rcpt *er = &m->env.rcpts[sched_job_rcpt(job, k)];
 
 				job->at->dr[k].addr = er->addr;
 				job->at->dr[k].orcpt = er->orcpt;
@@ -909,7 +929,7 @@ sched_job_next(struct sched_job *job)
 			job->at->req.ntlsa = job->at->tlspol.ntlsa;
 			job->at->req.auth_user = job->route->r.auth_user;
 			job->at->req.auth_password = job->route->r.auth_password;
-			job->at->req.helo_name = job->conf->hostname;
+			job->at->req.helo_name = job->at->conf->hostname;
 			job->state = SCHED_JOB_DELIVERING;
 			if (deliver_start(s->d, &job->at->req, sched_on_deliver, job) == 0)
 				return;
@@ -965,10 +985,10 @@ sched_on_sts(void *arg, const struct mtasts_answer *a)
 static void
 sched_job_sts(struct sched_job *job)
 {
-	struct sched *s = job->s;
+	struct sched *s = job->at->s;
 	struct mtasts_answer a;
 
-	if (s->mtasts == NULL || !job->conf->router.mta_sts || job->route->r.nhosts > 0 ||
+	if (s->mtasts == NULL || !job->at->conf->router.mta_sts || job->route->r.nhosts > 0 ||
 	    job->route->r.tls == CONF_TLS_NONE || job->route->r.dest[0] == '[') {
 		memset(&a, 0, sizeof(a));
 		sched_job_sts_known(job, &a);
@@ -983,12 +1003,14 @@ static void
 sched_on_mx(void *arg, struct dns_result *res)
 {
 	struct sched_job *job = arg;
-	struct sched *s = job->s;
-	uint64_t now = sched_now(s);
+	struct sched *s;
+	uint64_t now;
 	size_t n;
 
 	if (job->magic != SCHED_MAGIC_JOB || job->state != SCHED_JOB_RESOLVING)
 		fatalx("%s: answer for a job not resolving", __func__);
+	s = job->at->s;
+	now = sched_now(s);
 	job->at->mxq = NULL;
 	if (job->sm->deleted) {
 		dns_result_free(res);
@@ -1019,7 +1041,7 @@ sched_on_mx(void *arg, struct dns_result *res)
 	}
 	job->at->mx = res;
 	if (job->route->r.nhosts == 0)
-		dane_seen_record(s->dane, job->route->r.dest, res, job->conf->router.dnssec, now);
+		dane_seen_record(s->dane, job->route->r.dest, res, job->at->conf->router.dnssec, now);
 	n = res->ntargets;
 	if (job->route->r.nhosts == 0 && job->route->r.mx_policy == CONF_MX_PRIMARY_ONLY) {
 		for (n = 1; n < res->ntargets && res->targets[n].pref == res->targets[0].pref; n++)
@@ -1039,16 +1061,17 @@ sched_job_start(struct sched *s, struct sched_job *job)
 	TAILQ_INSERT_TAIL(&s->active, job, entry);
 	s->nactive++;
 	s->nr_active += job->nrcpts;
-	sched_job_tally(job);
+	sched_job_tally(s, job);
 	d->inflight++;
-	job->ntried = 0;
 	sched_attempt_free(job);
 	job->at = xcalloc(1, sizeof(*job->at));
+	job->at->s = s;
+	job->at->conf = conf_ref(s->conf);     /* a reload since the job was made applies */
 	job->at->reroute_gen = s->reroute_gen;  /* its route is current (sched_reroute) */
 	if (job->route->r.nhosts > 0)
 		job->at->mxq = dns_lookup_hosts(s->mx, job->route->r.hosts, job->route->r.nhosts, sched_on_mx, job);
 	else
-		job->at->mxq = dns_lookup(s->mx, job->route->r.dest, job->conf->router.smtp_port,
+		job->at->mxq = dns_lookup(s->mx, job->route->r.dest, job->at->conf->router.smtp_port,
 		    sched_on_mx, job);
 }
 
@@ -1087,7 +1110,7 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
 			d->nbacklog++;
 			s->nr_backlog += job->nrcpts;
-			sched_job_tally(job);
+			sched_job_tally(s, job);
 			return;
 		}
 	}
@@ -1112,7 +1135,7 @@ sched_dest_rewake(struct sched *s, struct sched_dest *d)
 	}
 	sched_heap_set(s, &d->wake, SCHED_NOWAKE);
 	job = TAILQ_FIRST(&d->waiting);
-	sched_job_unlink(job);
+	sched_job_unlink(s, job);
 	job->probe = true;
 	job->force = d->probe_force;
 	d->probe_force = false;

@@ -10,6 +10,7 @@
 #ifndef RELAY_ROUTER_SCHED_INT_H
 #define RELAY_ROUTER_SCHED_INT_H
 
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
@@ -44,12 +45,17 @@ struct dkim_keys;
 
 enum sched_wake_kind { SCHED_WAKE_MSG, SCHED_WAKE_DEST, SCHED_WAKE_TRIM };
 
+/* One entry of the wake-up heap, inside what it wakes: its kind says whose
+ * it is (SCHED_WAKE_OWNER), so it keeps no pointer back (a million waiting
+ * messages have one each). */
 struct sched_wake {
 	uint64_t at;                    /* SCHED_NOWAKE when not in the heap */
-	size_t pos;                     /* index in the heap */
+	uint32_t pos;                   /* index in the heap */
 	enum sched_wake_kind kind;
-	void *owner;
 };
+
+/* The struct type (struct sched_msg, struct sched_dest) whose member wake w is. */
+#define SCHED_WAKE_OWNER(w, type) ((type *)(void *)((char *)(w) - offsetof(type, wake)))
 
 struct sched_job;
 
@@ -122,9 +128,9 @@ struct sched_msg {
 	struct sched_rcpt rc[];         /* m->env.nrcpts entries (at least one), in the same
 	                                   allocation: the count is fixed when the message comes */
 };
-/* With one recipient (most messages), 168 bytes: a 176-byte malloc chunk
+/* With one recipient (most messages), 152 bytes: a 160-byte malloc chunk
  * where the struct and a separate array took 128 + 64. */
-_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_msg) + sizeof(struct sched_rcpt) <= 168,
+_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_msg) + sizeof(struct sched_rcpt) <= 152,
     "struct sched_msg grew");
 TAILQ_HEAD(sched_msgq, sched_msg);
 
@@ -143,6 +149,9 @@ enum sched_job_state {
  * none: these ~890 bytes are paid per attempt in flight, not per message.
  */
 struct sched_attempt {
+	struct sched *s;                /* the scheduler (the callbacks' way back to it) */
+	struct conf *conf;              /* the snapshot the attempt runs under (one reference) */
+	unsigned ntried;                /* connections it attempted */
 	struct dns_query *mxq;
 	struct dns_result *mx;
 	struct mtasts_query *stsq;      /* the domain's MTA-STS policy is being looked up */
@@ -215,33 +224,51 @@ struct sched_rcache {
 	uint64_t hits, misses;          /* lookups answered from an entry; resolved */
 };
 
+/* The most recipients one job takes (nrcpts' width); a message with more for
+ * one destination gets more jobs. */
+#define SCHED_JOB_RCPTS_MAX     UINT16_MAX
+
 /*
  * One transaction of one message to one destination.  Kept small: a queued
  * message whose destination is down has one for as long as it waits, so the
- * struct stays within 104 bytes (a 112-byte malloc chunk): what only an
- * attempt needs is in its struct sched_attempt.
+ * struct stays within 72 bytes (an 80-byte malloc chunk): what only an
+ * attempt needs (the scheduler, the configuration, what it tried) is in its
+ * struct sched_attempt, and a job of one recipient keeps its index inline.
  */
 struct sched_job {
 	uint32_t magic;
-	enum sched_job_state state;
-	unsigned ntried;                /* connections attempted by the last attempt */
-	bool force;                     /* flush: ignore backoff and destination state */
-	bool probe;                     /* the destination's probe */
+	uint16_t nrcpts;
+	uint8_t state;                  /* enum sched_job_state */
+	bool force : 1;                 /* flush: ignore backoff and destination state */
+	bool probe : 1;                 /* the destination's probe */
+	bool many : 1;                  /* rc.many, not rc.one (sched_job_rcpts) */
 	TAILQ_ENTRY(sched_job) entry;   /* dest->backlog, dest->waiting or s->active */
-	struct sched *s;
 	struct sched_msg *sm;
 	struct sched_dest *dest;
 	struct sched_route *route;      /* shared, one reference held (sched_route_get) */
-	struct conf *conf;              /* the snapshot the job runs under */
-	int *rcpts;                     /* indices into the message's recipients (&rcpt1, or
-	                                   allocated when the job may take more than one) */
-	int rcpt1;
-	unsigned nrcpts;
+	union {
+		int one;                /* a job that may take one recipient: its index */
+		int *many;              /* else room for as many as it may take */
+	} rc;                           /* indices into the message's recipients */
 	struct sched_attempt *at;       /* while an attempt runs (active), else NULL */
 	struct sched_last *last;        /* how its last attempt ended, or NULL (nothing yet) */
 };
-_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_job) <= 104, "struct sched_job grew");
+_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_job) <= 72, "struct sched_job grew");
 TAILQ_HEAD(sched_jobq, sched_job);
+
+/* The job's recipient indices, nrcpts of them. */
+static inline int *
+sched_job_rcpts(struct sched_job *job)
+{
+	return job->many ? job->rc.many : &job->rc.one;
+}
+
+/* The job's k-th recipient index (k < nrcpts). */
+static inline int
+sched_job_rcpt(const struct sched_job *job, size_t k)
+{
+	return job->many ? job->rc.many[k] : job->rc.one;
+}
 
 enum sched_dest_state { SCHED_DEST_NEW, SCHED_DEST_UP, SCHED_DEST_DOWN };
 
@@ -374,7 +401,7 @@ bool sched_attempt_rerouted(struct sched *s, struct sched_job *job);
  * others for every recipient of sm, or of job. */
 void sched_rcpt_tally(struct sched *s, struct sched_msg *sm, size_t i);
 void sched_msg_tally(struct sched *s, struct sched_msg *sm);
-void sched_job_tally(struct sched_job *job);
+void sched_job_tally(struct sched *s, struct sched_job *job);
 void sched_tally_free(struct sched *s);
 
 /* router_sched_report.c: the reports a message owes (failures, expiries,
@@ -404,11 +431,13 @@ struct sched_job *sched_job_new(struct sched *s, struct sched_msg *sm, struct sc
     struct sched_route *sr);
 /* Put recipient i of job's message into job: the flush that made it due
  * (0 = none) is returned, for sched_dest_admit. */
-uint64_t sched_job_add_rcpt(struct sched_job *job, int i);
+uint64_t sched_job_add_rcpt(struct sched *s, struct sched_job *job, int i);
 /* Drop one reference to a shared route (NULL: nothing); the last frees it. */
 void sched_route_unref(struct sched_route *sr);
-void sched_job_free(struct sched_job *job);
-void sched_job_unlink(struct sched_job *job);
+void sched_job_free(struct sched *s, struct sched_job *job);
+void sched_job_unlink(struct sched *s, struct sched_job *job);
+/* The most recipients a job of s takes (router.max_rcpts_per_txn, bounded). */
+unsigned sched_job_max(const struct sched *s);
 void sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due);
 /* Start, queue or park a new job; flush_gen: the latest flush that made one of
  * its recipients due (sched_job_add_rcpt), 0 = none. */

@@ -151,12 +151,12 @@ sched_msg_tally(struct sched *s, struct sched_msg *sm)
 }
 
 void
-sched_job_tally(struct sched_job *job)
+sched_job_tally(struct sched *s, struct sched_job *job)
 {
 	size_t k;
 
 	for (k = 0; k < job->nrcpts; k++)
-		sched_rcpt_tally(job->s, job->sm, (size_t)job->rcpts[k]);
+		sched_rcpt_tally(s, job->sm, (size_t)sched_job_rcpt(job, k));
 }
 
 /*
@@ -174,13 +174,15 @@ sched_due_now(const struct sched *s, uint64_t now)
 	stack = xcalloc(s->nheap, sizeof(*stack));
 	stack[top++] = 0;
 	while (top > 0) {
-		const struct sched_wake *w = s->heap[i = stack[--top]];
-		const struct sched_msg *sm = w->owner;
+		struct sched_wake *w = s->heap[i = stack[--top]];
 
-		if (w->kind == SCHED_WAKE_MSG)
+		if (w->kind == SCHED_WAKE_MSG) {
+			const struct sched_msg *sm = SCHED_WAKE_OWNER(w, struct sched_msg);
+
 			for (k = 0; k < sm->m->env.nrcpts; k++)
 				if (sm->rc[k].tbucket == SCHED_TB_DUE && sm->rc[k].retry_at <= now)
 					n++;
+		}
 		for (c = 2 * i + 1; c <= 2 * i + 2 && c < s->nheap; c++)
 			if (s->heap[c]->at <= now)
 				stack[top++] = c;

@@ -1279,6 +1279,62 @@ test_dispatch_many(int no, int n, int na)
 	fx_fini(&fx);
 }
 
+/*
+ * A reload reaches the mail that waits: an attempt runs under the
+ * configuration current when it starts, not the one its job was made under
+ * (here the HELO name; the routes stay, so the job keeps its place).  And a
+ * job takes at most max_rcpts_per_txn recipients, bounded by its count's
+ * width.
+ */
+static void
+test_reload_waiting(int no)
+{
+	struct fx fx;
+	struct conf *conf2;
+	struct sched_dest *d;
+	struct htab_node *n;
+	struct buf hosts = BUF_INIT;
+	unsigned saved;
+
+	sinks_reset("");
+	fx_init(&fx, &route_share, no);
+	fx_submit(&fx, 1);
+	CHECK_MSG(fx_run(&fx, pred_settled), "reload waiting: never settled");
+	n = htab_find(&fx.s->dhash, "route:a.test");
+	d = n != NULL ? HTAB_ENTRY(n, struct sched_dest, node) : NULL;
+	/* the first attempt reached the sinks (refused at the greeting) */
+	CHECK(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == 1 &&
+	    mxsink_long(&sink_a, sink_attempts) + mxsink_long(&sink_b, sink_attempts) >= 1);
+
+	buf_printf(&hosts, "127.0.0.2:%d,127.0.0.3:%d", sink_a.port, sink_b.port);
+	conf2 = fx_conf(&route_share, fx.conf->queue_dir, buf_cstr(&hosts));
+	free(conf2->hostname);
+	conf2->hostname = xstrdup("relay2.test");
+	sched_reload(fx.s, conf2);
+	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 1);     /* not rerouted */
+	sinks_reset("a");
+	fx.clock = fx.base + 10 * M;
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_settled), "reload waiting: never settled after the reload");
+	CHECK_MSG(sink_got(&sink_a) == 1 &&
+	    mxsink_long(&sink_a, "sum(1 for _, c in sink.commands if c.upper() == 'EHLO RELAY2.TEST')") == 1 &&
+	    mxsink_long(&sink_a, "sum(1 for _, c in sink.commands if c.upper() == 'EHLO RELAY.TEST')") == 0,
+	    "reload waiting: a got %d (want 1), EHLO relay2.test %ld times (want 1)", sink_got(&sink_a),
+	    mxsink_long(&sink_a, "sum(1 for _, c in sink.commands if c.upper() == 'EHLO RELAY2.TEST')"));
+
+	saved = fx.s->conf->router.max_rcpts_per_txn;
+	fx.s->conf->router.max_rcpts_per_txn = 100000;
+	CHECK_INT((int)sched_job_max(fx.s), SCHED_JOB_RCPTS_MAX);
+	fx.s->conf->router.max_rcpts_per_txn = 0;
+	CHECK_INT((int)sched_job_max(fx.s), 1);
+	fx.s->conf->router.max_rcpts_per_txn = 100;
+	CHECK_INT((int)sched_job_max(fx.s), 100);
+	fx.s->conf->router.max_rcpts_per_txn = saved;
+	buf_free(&hosts);
+	fx_fini(&fx);
+	conf_unref(conf2);
+}
+
 int
 main(void)
 {
@@ -1301,6 +1357,7 @@ main(void)
 	test_route_cache_matches_resolve((int)RELAY_ARRAY_LEN(scenarios) + 9);
 	test_dispatch_many((int)RELAY_ARRAY_LEN(scenarios) + 10, 8, 5);
 	test_dispatch_many((int)RELAY_ARRAY_LEN(scenarios) + 11, 20, 11);
+	test_reload_waiting((int)RELAY_ARRAY_LEN(scenarios) + 12);
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
 	mxsink_stop(&sink_r);
