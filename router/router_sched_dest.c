@@ -656,7 +656,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 {
 	struct sched_job *job = arg;
 	struct sched *s;
-	struct queue_msg *m = job->sm->m;
+	struct queue_msg *m;
 	const struct dns_target *tg;
 	struct sched_last *last;
 	struct health_host *h;
@@ -668,6 +668,7 @@ sched_on_deliver(void *arg, struct deliver_req *req, const struct deliver_result
 	if (job->magic != SCHED_MAGIC_JOB || job->state != SCHED_JOB_DELIVERING)
 		fatalx("%s: result for a job not delivering", __func__);
 	s = job->at->s;
+	m = job->sm->m;
 	now = sched_now(s);
 	job->state = SCHED_JOB_RESOLVING;       /* between attempts */
 	queue_image_unref(job->at->image);      /* deliver is done with req.body */

@@ -146,12 +146,11 @@ enum sched_job_state {
  * exchangers with deliver/): allocated when the attempt starts
  * (sched_job_start), freed when it ends (sched_job_end) or with the job.  A
  * queued or waiting job (up to one per queued message in an outage) has
- * none: these ~890 bytes are paid per attempt in flight, not per message.
+ * none: these ~900 bytes are paid per attempt in flight, not per message.
  */
 struct sched_attempt {
 	struct sched *s;                /* the scheduler (the callbacks' way back to it) */
 	struct conf *conf;              /* the snapshot the attempt runs under (one reference) */
-	unsigned ntried;                /* connections it attempted */
 	struct dns_query *mxq;
 	struct dns_result *mx;
 	struct mtasts_query *stsq;      /* the domain's MTA-STS policy is being looked up */
@@ -159,6 +158,7 @@ struct sched_attempt {
 	bool soft_fail;                 /* an address failed without being down (TLS...) */
 	bool probing_host;              /* this attempt is the host's probe */
 	bool rerouted;                  /* its domain goes another way now (as of reroute_gen) */
+	unsigned ntried;                /* connections it attempted (in the bools' word) */
 	struct mtasts_policy sts;
 	char sts_failure[32];           /* RFC 8460 result type of a failed MTA-STS fetch with no
 	                                   policy to apply (TLSRPT counts it), or "" */

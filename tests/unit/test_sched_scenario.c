@@ -555,6 +555,15 @@ dest_cb(void *arg, const struct sched_dest_view *v)
 	}
 }
 
+/* The scheduler's destination called name, or NULL. */
+static struct sched_dest *
+fx_dest(struct fx *fx, const char *name)
+{
+	struct htab_node *n = htab_find(&fx->s->dhash, name);
+
+	return n != NULL ? HTAB_ENTRY(n, struct sched_dest, node) : NULL;
+}
+
 /*
  * Settled: every submission and report reached the scheduler, no attempt is in
  * flight, and nothing in the wake-up heap is due at the clock's time.
@@ -812,8 +821,7 @@ test_route_shared(int no)
 	 * run-time one goes (with the destination: every job left it) */
 	CHECK_INT(sched_route_clear(fx.s, "a.test"), 0);
 	CHECK_MSG(fx_run(&fx, pred_settled), "shared route: never settled after route clear");
-	n = htab_find(&fx.s->dhash, "route:a.test");
-	d = n != NULL ? HTAB_ENTRY(n, struct sched_dest, node) : NULL;
+	d = fx_dest(&fx, "route:a.test");
 	CHECK(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
 	CHECK(d != NULL && d->route != NULL && !d->route->r.runtime && d->route->refs == 6 &&
 	    route_holders(fx.s, d, d->route) == 4 && route_cached(fx.s, d->route) == 1);
@@ -891,7 +899,6 @@ test_route_set_window(int no)
 {
 	struct fx fx;
 	struct sched_dest *d;
-	struct htab_node *n;
 	struct buf err = BUF_INIT, hosts = BUF_INIT;
 
 	sinks_reset("");
@@ -905,8 +912,7 @@ test_route_set_window(int no)
 	buf_printf(&hosts, "127.0.0.4:%d", sink_r.port);
 	CHECK_INT(sched_route_set(fx.s, "a.test", buf_cstr(&hosts), &err), 0);
 	CHECK_MSG(fx_run(&fx, pred_old_gone), "window: the old probe never ended");
-	n = htab_find(&fx.s->dhash, "route:a.test");
-	d = n != NULL ? HTAB_ENTRY(n, struct sched_dest, node) : NULL;
+	d = fx_dest(&fx, "route:a.test");
 	CHECK_MSG(d != NULL && d->state == SCHED_DEST_NEW && d->inflight == 1 && d->nbacklog == 3,
 	    "window: state %d inflight %u backlog %u window %u (want new, 1 in flight, 3 queued)",
 	    d ? (int)d->state : -1, d ? d->inflight : 0, d ? (unsigned)d->nbacklog : 0, d ? d->window : 0);
@@ -1292,7 +1298,6 @@ test_reload_waiting(int no)
 	struct fx fx;
 	struct conf *conf2;
 	struct sched_dest *d;
-	struct htab_node *n;
 	struct buf hosts = BUF_INIT;
 	unsigned saved;
 
@@ -1300,8 +1305,7 @@ test_reload_waiting(int no)
 	fx_init(&fx, &route_share, no);
 	fx_submit(&fx, 1);
 	CHECK_MSG(fx_run(&fx, pred_settled), "reload waiting: never settled");
-	n = htab_find(&fx.s->dhash, "route:a.test");
-	d = n != NULL ? HTAB_ENTRY(n, struct sched_dest, node) : NULL;
+	d = fx_dest(&fx, "route:a.test");
 	/* the first attempt reached the sinks (refused at the greeting) */
 	CHECK(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == 1 &&
 	    mxsink_long(&sink_a, sink_attempts) + mxsink_long(&sink_b, sink_attempts) >= 1);
@@ -1335,6 +1339,89 @@ test_reload_waiting(int no)
 	conf_unref(conf2);
 }
 
+struct attempts_sum {
+	long attempts;                  /* recorded attempts, every recipient of ours */
+	int msgs;
+};
+
+static void
+attempts_cb(void *arg, const struct queue_msg *m)
+{
+	struct attempts_sum *a = arg;
+
+	if (m->env.sender[0] == '\0')   /* a report */
+		return;
+	a->msgs++;
+	for (size_t i = 0; i < m->env.nrcpts; i++)
+		a->attempts += m->rcpt[i].attempts;
+}
+
+/*
+ * A job that made attempts of its own (the first, then the probe: it goes
+ * to the tail of the waiting list), released to the backlog with the others
+ * when the destination is said to be up, is still queued behind the window
+ * when the attempts let out find it down again: it waits again without an
+ * attempt recorded, since it made none.  The recipients' attempts are the
+ * connections the exchangers saw.
+ */
+static void
+test_backlog_wait_attempts(int no)
+{
+	struct fx fx;
+	struct sched_dest *d;
+	struct attempts_sum sum = { 0, 0 };
+	long a, b;
+
+	sinks_reset("");
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	fx_init(&fx, &route_share, no);
+	fx_submit(&fx, 4);
+	CHECK_MSG(fx_run(&fx, pred_settled), "backlog wait: never settled");
+	fx.clock = fx.base + 10 * M;            /* the probe: the first job again */
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_settled), "backlog wait: the probe never settled");
+	d = fx_dest(&fx, "route:a.test");
+	CHECK(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
+	/* up by hand: 2 jobs go (the window), the prober stays queued at the tail */
+	CHECK(sched_dest_release(fx.s, "route:a.test"));
+	CHECK(d->nbacklog == 2 && fx.s->nactive == 2);
+	CHECK_MSG(fx_run(&fx, pred_settled), "backlog wait: never settled after the release");
+	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
+	a = mxsink_long(&sink_a, sink_attempts);
+	b = mxsink_long(&sink_b, sink_attempts);
+	sched_foreach(fx.s, attempts_cb, &sum);
+	CHECK_MSG(a == 2 && b == 2 && sum.msgs == 4 && sum.attempts == 2,
+	    "backlog wait: a %ld b %ld connections, %d messages with %ld attempts recorded "
+	    "(want 2, 2, 4, 2)", a, b, sum.msgs, sum.attempts);
+	fx_fini(&fx);
+}
+
+/*
+ * router.max_rcpts_per_txn below a message's recipients for one destination:
+ * jobs of max (the last fewer), each one transaction; max 1 gives jobs of
+ * one recipient (kept inline) for a message of several.
+ */
+static void
+test_split_max(int no, unsigned max, int n, int want_msgs)
+{
+	struct fx fx;
+	int ma, ra;
+
+	sinks_reset("ab");
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	fx_init(&fx, &route_share, no);
+	fx.conf->router.max_rcpts_per_txn = max;
+	fx_submit_many(&fx, n, n);
+	CHECK_MSG(fx_run(&fx, pred_settled), "split %u: never settled", max);
+	ma = sink_got(&sink_a);
+	ra = (int)mxsink_long(&sink_a, "sum(len(m.rcpts) for m in sink.messages)");
+	CHECK_MSG(ma == want_msgs && ra == n &&
+	    mxsink_long(&sink_a, "max(len(m.rcpts) for m in sink.messages)") == (long)max,
+	    "split %u of %d: %d transactions, %d recipients (want %d, %d)", max, n, ma, ra,
+	    want_msgs, n);
+	fx_fini(&fx);
+}
+
 int
 main(void)
 {
@@ -1358,6 +1445,10 @@ main(void)
 	test_dispatch_many((int)RELAY_ARRAY_LEN(scenarios) + 10, 8, 5);
 	test_dispatch_many((int)RELAY_ARRAY_LEN(scenarios) + 11, 20, 11);
 	test_reload_waiting((int)RELAY_ARRAY_LEN(scenarios) + 12);
+	test_backlog_wait_attempts((int)RELAY_ARRAY_LEN(scenarios) + 13);
+	test_split_max((int)RELAY_ARRAY_LEN(scenarios) + 14, 1, 3, 3);
+	test_split_max((int)RELAY_ARRAY_LEN(scenarios) + 15, 2, 5, 3);
+	test_split_max((int)RELAY_ARRAY_LEN(scenarios) + 16, 4, 9, 3);
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
 	mxsink_stop(&sink_r);
