@@ -1224,6 +1224,24 @@ test_recycle_refused(void)
 	close_loop(&loop);
 }
 
+/* In s (scanned from dir when q is set): signed has fields and ids, plain neither. */
+static void
+check_dkim(struct queue *q, struct sink *s, const char *signed_qid, const char *fields,
+    const char *ids, const char *plain_qid)
+{
+	struct queue_msg *m;
+
+	if (q != NULL) {
+		CHECK_INT(queue_scan(q, sink_add, s), 0);
+		CHECK_INT(s->n, 2);
+	}
+	m = sink_find(s, signed_qid);
+	CHECK_MSG(m != NULL && streq(m->dkim, fields) && streq(queue_msg_dkim_ids(m), ids), "%s", ids);
+	CHECK(m != NULL && m->body_len == 18);
+	m = sink_find(s, plain_qid);
+	CHECK(m != NULL && m->dkim == NULL && queue_msg_dkim_ids(m) == NULL);
+}
+
 /*
  * A message's DKIM fields and their ids (one allocation in struct
  * queue_msg) survive a restart as they were stored, a later K record
@@ -1258,21 +1276,12 @@ test_dkim_restart(void)
 	CHECK_INT(res.err, 0);
 	CHECK_INT(res2.err, 0);
 	CHECK_INT(fresh.n, 2);
-	m = sink_find(&fresh, res.qid);
-	CHECK(m != NULL && streq(m->dkim, fields) && streq(queue_msg_dkim_ids(m), ids));
-	m = sink_find(&fresh, res2.qid);
-	CHECK(m != NULL && m->dkim == NULL && queue_msg_dkim_ids(m) == NULL);
+	check_dkim(NULL, &fresh, res.qid, fields, ids, res2.qid);
 	close_queue(&loop, q);
 
 	/* the restart: both as stored */
 	q = open_queue(&loop, dir);
-	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
-	CHECK_INT(scanned.n, 2);
-	m = sink_find(&scanned, res.qid);
-	CHECK(m != NULL && streq(m->dkim, fields) && streq(queue_msg_dkim_ids(m), ids));
-	CHECK(m != NULL && m->body_len == 18);
-	m = sink_find(&scanned, res2.qid);
-	CHECK(m != NULL && m->dkim == NULL && queue_msg_dkim_ids(m) == NULL);
+	check_dkim(q, &scanned, res.qid, fields, ids, res2.qid);
 
 	/* a later K record replaces both, in memory and after the next restart */
 	memset(&rec, 0, sizeof(rec));
@@ -1283,15 +1292,10 @@ test_dkim_restart(void)
 	rec.reply = fields2;
 	m = sink_find(&scanned, res.qid);
 	CHECK_INT(queue_record(q, m, &rec, NULL, NULL), 0);
-	CHECK(streq(m->dkim, fields2) && streq(queue_msg_dkim_ids(m), ids2));
+	check_dkim(NULL, &scanned, res.qid, fields2, ids2, res2.qid);
 	close_queue(&loop, q);
 	q = open_queue(&loop, dir);
-	CHECK_INT(queue_scan(q, sink_add, &again), 0);
-	CHECK_INT(again.n, 2);
-	m = sink_find(&again, res.qid);
-	CHECK(m != NULL && streq(m->dkim, fields2) && streq(queue_msg_dkim_ids(m), ids2));
-	m = sink_find(&again, res2.qid);
-	CHECK(m != NULL && m->dkim == NULL && queue_msg_dkim_ids(m) == NULL);
+	check_dkim(q, &again, res.qid, fields2, ids2, res2.qid);
 	close_queue(&loop, q);
 	close_loop(&loop);
 	sink_free(&fresh);
