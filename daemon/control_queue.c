@@ -647,7 +647,7 @@ rctl_show_human(struct rctl *c, const struct queue_msg *m, const struct rctl_hea
 	buf_printf(b, "\n%-12s %s%s\n", "body", m->env.body_8bit ? "8bitmime" : "7bit",
 	    m->env.smtputf8 ? " smtputf8" : "");
 	buf_printf(b, "%-12s ", "dkim");
-	rctl_text(b, queue_msg_dkim_ids(m) != NULL ? queue_msg_dkim_ids(m) : "none");
+	rctl_text(b, m->dkim != NULL ? queue_msg_dkim_ids(m) : "none");
 	buf_putc(b, '\n');
 	buf_puts(b, "headers\n");
 	for (i = 0; i < RELAY_ARRAY_LEN(rctl_head_fields); i++) {
