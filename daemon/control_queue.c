@@ -536,7 +536,7 @@ rctl_show_json(struct rctl *c, const struct queue_msg *m, const struct rctl_head
 	buf_printf(b, "},\"body_8bit\":%s,\"smtputf8\":%s,\"held\":%s,\"delay_warned\":%s,\"dkim\":",
 	    m->env.body_8bit ? "true" : "false", m->env.smtputf8 ? "true" : "false",
 	    m->held ? "true" : "false", m->delay_warned ? "true" : "false");
-	json_str(b, m->dkim_ids);
+	json_str(b, queue_msg_dkim_ids(m));
 	buf_puts(b, ",\"headers\":{");
 	for (i = 0; i < RELAY_ARRAY_LEN(rctl_head_fields); i++) {
 		buf_printf(b, "%s\"%s\":", i ? "," : "", rctl_head_fields[i].key);
@@ -647,7 +647,7 @@ rctl_show_human(struct rctl *c, const struct queue_msg *m, const struct rctl_hea
 	buf_printf(b, "\n%-12s %s%s\n", "body", m->env.body_8bit ? "8bitmime" : "7bit",
 	    m->env.smtputf8 ? " smtputf8" : "");
 	buf_printf(b, "%-12s ", "dkim");
-	rctl_text(b, m->dkim_ids != NULL ? m->dkim_ids : "none");
+	rctl_text(b, m->dkim != NULL ? queue_msg_dkim_ids(m) : "none");
 	buf_putc(b, '\n');
 	buf_puts(b, "headers\n");
 	for (i = 0; i < RELAY_ARRAY_LEN(rctl_head_fields); i++) {

@@ -205,7 +205,6 @@ queue_txn_free(struct queue_txn *t)
 	envelope_free(&t->env);
 	buf_free(&t->wbuf);
 	free(t->dkim);
-	free(t->dkim_ids);
 	if (t->fd >= 0)
 		close(t->fd);
 	t->magic = 0;
@@ -912,6 +911,10 @@ queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **
 	queue_hex16(hex, t->body_offset);
 	memcpy(t->wbuf.data + QFILE_MAGIC_LEN, hex, sizeof(hex));
 	q->ntxn++;
+	if (t->body_offset - QFILE_HDR_LEN > QFILE_ENV_MAX) {
+		queue_txn_abort(t);     /* its file would not load: never written */
+		return RELAY_EINVAL;
+	}
 	*out = t;
 	return 0;
 }
@@ -967,6 +970,11 @@ queue_txn_write(struct queue_txn *t, const void *p, size_t len)
 		return t->err;
 	if (t->dkim != NULL)
 		fatalx("%s: body written after the prefix", __func__);
+	if (len > QUEUE_BODY_MAX - t->body_len) {
+		queue_log_errno(t->job.qid, "write", EFBIG);   /* more than a queue file holds */
+		t->err = RELAY_ENOSPC;
+		return t->err;
+	}
 	buf_append(&t->wbuf, p, len);
 	t->body_len += len;
 	if (t->wbuf.len >= QUEUE_WBUF_SIZE)
@@ -988,8 +996,7 @@ queue_txn_prefix(struct queue_txn *t, const char *fields, const char *ids)
 	rec.status = ids;
 	rec.reply = fields;
 	envelope_record_encode(&rec, &t->wbuf);     /* after the body: not counted in it */
-	t->dkim = xstrdup(fields);
-	t->dkim_ids = xstrdup(ids);
+	t->dkim = queue_dkim_join(fields, ids);
 	if (t->err == 0 && t->wbuf.len >= QUEUE_WBUF_SIZE)
 		(void)queue_txn_flush(t);
 }
@@ -1066,11 +1073,15 @@ queue_txn_abort(struct queue_txn *t)
  * State records (their text form is in queue_envelope.c).
  */
 
-static void
-queue_set_str(char **dst, const char *src)
+char *
+queue_dkim_join(const char *fields, const char *ids)
 {
-	free(*dst);
-	*dst = src != NULL ? xstrdup(src) : NULL;
+	size_t f = strlen(fields) + 1, i = strlen(ids) + 1;
+	char *b = xmalloc(f + i);
+
+	memcpy(b, fields, f);
+	memcpy(b + f, ids, i);
+	return b;
 }
 
 /*
@@ -1123,8 +1134,8 @@ queue_msg_apply_in(struct queue_lasts *lasts, struct queue_msg *m, const struct 
 		m->delay_warned = true;
 		break;
 	case QREC_DKIM:
-		queue_set_str(&m->dkim, rec->reply);
-		queue_set_str(&m->dkim_ids, rec->status);
+		free(m->dkim);
+		m->dkim = queue_dkim_join(rec->reply, rec->status);
 		break;
 	}
 }
@@ -1230,6 +1241,10 @@ queue_load(struct queue *q, int dirfd, const char *name, const char *qid, bool r
 	if (boff < QFILE_HDR_LEN + 2 || boff - QFILE_HDR_LEN > QFILE_ENV_MAX ||
 	    boff > (uint64_t)st.st_size || blen > (uint64_t)st.st_size - boff) {
 		buf_puts(why, "header offsets beyond the file");
+		goto out;
+	}
+	if (blen > QUEUE_BODY_MAX) {
+		buf_puts(why, "body larger than a queue file holds");
 		goto out;
 	}
 
@@ -1504,6 +1519,5 @@ queue_msg_free(struct queue_msg *m)
 	queue_msg_drop_image(m);
 	envelope_free(&m->env);
 	free(m->dkim);
-	free(m->dkim_ids);
 	free(m);
 }

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <uv.h>
 
 #include "common/buf.h"
@@ -28,7 +29,11 @@ enum rcpt_state {
 };
 
 struct queue_rcpt {
-	enum rcpt_state state;
+	uint8_t state;               /* enum rcpt_state */
+	bool reported : 1;           /* a failure/success report was queued for it */
+	bool waiting : 1;            /* last deferred waiting for its destination (QREC_WAIT_DEST) */
+	bool expired : 1;            /* failed by max_queue_age (QREC_EXPIRED) */
+	bool dsn_passed : 1;         /* relayed to a DSN server: no success notice of ours (QREC_DSN_PASSED) */
 	unsigned attempts;           /* attempts that ended for this recipient */
 	uint64_t last_attempt_ms;
 	const char *last_host;       /* exchanger name of the last attempt, or NULL
@@ -37,11 +42,17 @@ struct queue_rcpt {
 	const char *last_ip;
 	const char *last_status;     /* enhanced status "4.4.1", "5.1.1" ... */
 	const char *last_reply;      /* the remote server's reply text, or our own diagnosis */
-	bool reported;               /* a failure/success report was queued for it */
-	bool waiting;                /* last deferred waiting for its destination (QREC_WAIT_DEST) */
-	bool expired;                /* failed by max_queue_age (QREC_EXPIRED) */
-	bool dsn_passed;             /* relayed to a DSN server: no success notice of ours (QREC_DSN_PASSED) */
 };
+/* The state and the flags share the word before attempts: no hole. */
+_Static_assert(sizeof(void *) != 8 || sizeof(struct queue_rcpt) <= 48, "struct queue_rcpt grew");
+
+/*
+ * The largest body a queue file holds: body_offset and body_len are 32 bits
+ * in memory.  queue_txn_write() refuses more (RELAY_ENOSPC), and a file whose
+ * header says more is corrupt at load.  The body offset is bounded by the
+ * envelope's (QFILE_ENV_MAX, queue_int.h).
+ */
+#define QUEUE_BODY_MAX UINT32_MAX
 
 struct queue_msg {
 	char qid[QID_MAX];
@@ -49,10 +60,10 @@ struct queue_msg {
 	bool held;
 	bool delay_warned;           /* the one "delayed" report was queued */
 	bool removed;                /* queue_remove() took it (loop only; the queue's) */
-	uint64_t body_offset;        /* where the body starts in the file */
-	uint64_t body_len;
-	char *dkim;                  /* DKIM-Signature field(s) sent before the body, or NULL */
-	char *dkim_ids;              /* their "d=..;s=.." pairs, ","-separated, or NULL */
+	uint32_t body_offset;        /* where the body starts in the file */
+	uint32_t body_len;           /* at most QUEUE_BODY_MAX */
+	char *dkim;                  /* DKIM-Signature field(s) sent before the body, or NULL;
+	                                their ids follow in the same allocation (queue_msg_dkim_ids()) */
 	const char *dir;             /* queue_dir (the queue's, borrowed), or NULL: no file;
 	                                its file's name is queue_msg_path() */
 	void *sched;                 /* the scheduler's per-message state; the queue never touches it */
@@ -61,10 +72,11 @@ struct queue_msg {
 	struct queue_rcpt rcpt[];    /* env.nrcpts entries, in the same allocation: the count
 	                                is fixed when the message is made (queue_msg_new) */
 };
-/* One per queued message: the flags share one gap, so that with one
- * recipient (most messages) it stays within 232 bytes, a 240-byte malloc
- * chunk (the struct alone and a separate array took 192 + 64). */
-_Static_assert(sizeof(void *) != 8 || sizeof(struct queue_msg) + sizeof(struct queue_rcpt) <= 232,
+/* One per queued message: the flags and the 32-bit body offset share one
+ * gap, so that with one recipient (most messages) it stays within 216
+ * bytes, a 224-byte malloc chunk (208 today; the struct alone and a
+ * separate array took 192 + 64, then 232 in one 240-byte chunk). */
+_Static_assert(sizeof(void *) != 8 || sizeof(struct queue_msg) + sizeof(struct queue_rcpt) <= 216,
     "struct queue_msg grew");
 
 /* Record types appended after the body (one text line each). */
@@ -217,6 +229,14 @@ void queue_msg_apply(struct queue_msg *m, const struct queue_record *rec);
  * (never while somebody still has it open) or deleted, by the commit thread. */
 int queue_remove(struct queue *q, struct queue_msg *m);
 void queue_msg_free(struct queue_msg *m);
+/* The "d=..;s=.." pairs of m's DKIM fields, ","-separated (the K record's
+ * status), or NULL: stored right after m->dkim's NUL. */
+static inline const char *
+queue_msg_dkim_ids(const struct queue_msg *m)
+{
+	return m->dkim != NULL ? m->dkim + strlen(m->dkim) + 1 : NULL;
+}
+
 /* The name of m's file, queue_dir/msg/<qid>, written into buf (len bytes):
  * buf, or NULL when m has no file (dir NULL) or the name does not fit.
  * Derived, not stored: a million queued messages do not each keep it.  Only

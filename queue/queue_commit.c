@@ -1080,8 +1080,7 @@ queue_txn_publish(struct queue *q, struct queue_txn *t)
 	m->body_offset = t->body_offset;
 	m->body_len = t->body_len;
 	m->dkim = t->dkim;
-	m->dkim_ids = t->dkim_ids;
-	t->dkim = t->dkim_ids = NULL;
+	t->dkim = NULL;
 	/* The whole file went in one write and is durable now: its buffer
 	 * stays with the message for the first delivery attempt (no copy).
 	 * A held txn's buffer was freed (queue_hold): it has none. */

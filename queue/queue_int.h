@@ -110,7 +110,7 @@ struct queue_txn {
 	uint64_t body_offset;
 	uint64_t body_len;
 	uint64_t written;            /* bytes already write(2)n to the file */
-	char *dkim, *dkim_ids;       /* queue_txn_prefix(): for the new queue_msg */
+	char *dkim;                  /* queue_txn_prefix(): for the new queue_msg (queue_dkim_join()) */
 	struct buf wbuf;             /* header, envelope and body not yet written */
 	queue_commit_cb *cb;
 	void *arg;
@@ -271,6 +271,8 @@ queue_list_concat(struct queue_list *dst, struct queue_list *src)
 
 /* queue.c, for queue_commit.c */
 void queue_log_errno(const char *qid, const char *op, int e);
+/* A message's DKIM fields and their ids in one allocation (struct queue_msg's dkim). */
+char *queue_dkim_join(const char *fields, const char *ids);
 int queue_errno_err(int e);
 int queue_file_create(struct queue *q, const char *qid, char iname[QNAME_MAX]);
 int queue_link(struct queue *q, int fd, const char *name);

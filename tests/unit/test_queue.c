@@ -8,7 +8,9 @@
  * commits share a few group syncs (in every sync mode), removed messages'
  * files are reused for new ones (same inode, exact new length, never while
  * somebody reads them, bounded pool), and a message whose commit callback
- * fired survives the SIGKILL of its process, also on a recycled file.
+ * fired survives the SIGKILL of its process, also on a recycled file; DKIM
+ * fields and their ids survive a restart; a body beyond QUEUE_BODY_MAX is
+ * refused when written and corrupt when a file claims it.
  * Every test ends by checking that the loop closes cleanly.
  * Owns its temporary directories and removes them at the end.
  */
@@ -1222,6 +1224,162 @@ test_recycle_refused(void)
 	close_loop(&loop);
 }
 
+/* In s (scanned from dir when q is set): signed has fields and ids, plain neither. */
+static void
+check_dkim(struct queue *q, struct sink *s, const char *signed_qid, const char *fields,
+    const char *ids, const char *plain_qid)
+{
+	struct queue_msg *m;
+
+	if (q != NULL) {
+		CHECK_INT(queue_scan(q, sink_add, s), 0);
+		CHECK_INT(s->n, 2);
+	}
+	m = sink_find(s, signed_qid);
+	CHECK_MSG(m != NULL && streq(m->dkim, fields) && streq(queue_msg_dkim_ids(m), ids), "%s", ids);
+	CHECK(m != NULL && m->body_len == 18);
+	m = sink_find(s, plain_qid);
+	CHECK(m != NULL && m->dkim == NULL && queue_msg_dkim_ids(m) == NULL);
+}
+
+/*
+ * A message's DKIM fields and their ids (one allocation in struct
+ * queue_msg) survive a restart as they were stored, a later K record
+ * replaces both, and a message without them has neither.
+ */
+static void
+test_dkim_restart(void)
+{
+	static const char fields[] = "DKIM-Signature: v=1; d=a.test; s=s1; b=xyz\r\n";
+	static const char ids[] = "d=a.test;s=s1";
+	static const char fields2[] = "DKIM-Signature: v=1; d=b.test; s=s2; b=uvw\r\n";
+	static const char ids2[] = "d=b.test;s=s2,d=c.test;s=s3";
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 }, again = { .n = 0 };
+	struct commit_res res = { 0 }, res2 = { 0 };
+	struct queue_record rec;
+	struct queue_txn *t = NULL;
+	struct queue_msg *m;
+	char dir[128];
+	uv_loop_t loop;
+	struct queue *q;
+
+	new_qdir(dir, sizeof(dir));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	CHECK_INT(queue_txn_begin(q, &ndr_env, &t), 0);
+	CHECK_INT(queue_txn_write(t, "Subject: x\r\n\r\nhi\r\n", 18), 0);
+	queue_txn_prefix(t, fields, ids);
+	queue_txn_commit(t, commit_cb, &res);
+	submit(q, &ndr_env, "Subject: y\r\n\r\nho\r\n", 18, 18, &res2);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(res.err, 0);
+	CHECK_INT(res2.err, 0);
+	CHECK_INT(fresh.n, 2);
+	check_dkim(NULL, &fresh, res.qid, fields, ids, res2.qid);
+	close_queue(&loop, q);
+
+	/* the restart: both as stored */
+	q = open_queue(&loop, dir);
+	check_dkim(q, &scanned, res.qid, fields, ids, res2.qid);
+
+	/* a later K record replaces both, in memory and after the next restart */
+	memset(&rec, 0, sizeof(rec));
+	rec.type = QREC_DKIM;
+	rec.rcpt = -1;
+	rec.time_ms = 5;
+	rec.status = ids2;
+	rec.reply = fields2;
+	m = sink_find(&scanned, res.qid);
+	CHECK_INT(queue_record(q, m, &rec, NULL, NULL), 0);
+	check_dkim(NULL, &scanned, res.qid, fields2, ids2, res2.qid);
+	close_queue(&loop, q);
+	q = open_queue(&loop, dir);
+	check_dkim(q, &again, res.qid, fields2, ids2, res2.qid);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+	sink_free(&scanned);
+	sink_free(&again);
+}
+
+/*
+ * body_offset and body_len are 32 bits in memory: a body of more than
+ * QUEUE_BODY_MAX bytes is refused before a byte of the write is taken
+ * (RELAY_ENOSPC: the 452 of a full disk), an envelope larger than a file
+ * may hold is refused at queue_txn_begin(), and a file whose header says
+ * the body is larger (a sparse file of 4 GiB) is corrupt at load, not
+ * loaded with its length cut to 32 bits.
+ */
+static void
+test_body_bound(void)
+{
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct commit_res res = { 0 }, res2 = { 0 };
+	struct envelope big = ndr_env;
+	struct queue_txn *t = NULL;
+	char dir[128], path[256], hex[17], line[256];
+	char *sender;
+	uv_loop_t loop;
+	struct queue *q;
+	int fd;
+
+	new_qdir(dir, sizeof(dir));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+
+	/* the write that would pass the bound: refused, and nothing read of it */
+	CHECK_INT(queue_txn_begin(q, &ndr_env, &t), 0);
+	CHECK_INT(queue_txn_write(t, "0123456789", 10), 0);
+	CHECK_INT(queue_txn_write(t, "x", (size_t)QUEUE_BODY_MAX - 9), RELAY_ENOSPC);
+	CHECK_INT(queue_txn_error(t), RELAY_ENOSPC);
+	snprintf(line, sizeof(line), "event=queue_error qid=%s op=write error=\"File too large\"",
+	    queue_txn_qid(t));
+	CHECK_MSG(log_has(line), "%s", line);
+	queue_txn_commit(t, commit_cb, &res2);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(res2.err, RELAY_ENOSPC);
+
+	/* an envelope the load would reject (QFILE_ENV_MAX) is never written */
+	sender = xmalloc((4u << 20) + 2);
+	memset(sender, 'a', (4u << 20) + 1);
+	sender[(4u << 20) + 1] = '\0';
+	big.sender = sender;
+	t = NULL;
+	CHECK_INT(queue_txn_begin(q, &big, &t), RELAY_EINVAL);
+	CHECK(t == NULL);
+	if (t != NULL)
+		queue_txn_abort(t);
+	free(sender);
+
+	submit(q, &ndr_env, "Subject: y\r\n\r\nho\r\n", 18, 18, &res);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(res.err, 0);
+	CHECK_INT(fresh.n, 1);
+	close_queue(&loop, q);
+
+	/* its header says 2^32 body bytes, and the (sparse) file has them */
+	snprintf(path, sizeof(path), "%s/msg/%s", dir, res.qid);
+	snprintf(hex, sizeof(hex), "%016llx", 1ULL << 32);
+	fd = open(path, O_RDWR);
+	CHECK(fd >= 0 && pwrite(fd, hex, 16, (off_t)strlen("RELAYQ 1 0000000000000000 ")) == 16);
+	CHECK(ftruncate(fd, (off_t)fresh.m[0]->body_offset + (off_t)(1ULL << 32)) == 0);
+	close(fd);
+
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 0);
+	CHECK(file_exists(dir, "corrupt", res.qid));
+	snprintf(line, sizeof(line), "event=queue_corrupt qid=%s reason=\"body larger than a queue file holds\"",
+	    res.qid);
+	CHECK_MSG(log_has(line), "%s", line);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+	sink_free(&scanned);
+}
+
 static void
 test_corrupt(void)
 {
@@ -1495,6 +1653,8 @@ main(void)
 	test_spares_kept();
 	test_recycle_refused();
 	test_corrupt();
+	test_dkim_restart();
+	test_body_bound();
 	test_group_commit();
 	test_close();
 	test_scanner_turn_bounded();
