@@ -1406,6 +1406,23 @@ conf_finish_submit_slow(struct conf_ctx *x, const config_setting_t *submit)
 		    "submit.max_connections, 1 to 100");
 }
 
+/* The queue keeps a message's length in 32 bits (queue.h, QUEUE_BODY_MAX):
+ * the largest message accepted leaves room below that for the headers
+ * relayd adds (Received:, DKIM-Signature:). */
+#define CONF_MESSAGE_SIZE_MAX   (4000ULL * 1024 * 1024)
+
+static void
+conf_check_message_size(struct conf_ctx *x, const config_setting_t *submit)
+{
+	const config_setting_t *s;
+
+	if (submit == NULL || (s = config_setting_get_member(submit, "max_message_size")) == NULL)
+		return;
+	if (x->c->submit.max_message_size > CONF_MESSAGE_SIZE_MAX)
+		conf_error(x, s, "submit.max_message_size: at most 4000M (the queue holds a message "
+		    "of up to 4 GiB)");
+}
+
 /* A listener marked proxy = true takes connections only from proxy_trusted. */
 static void
 conf_check_proxy(struct conf_ctx *x, const config_setting_t *submit)
@@ -1445,6 +1462,7 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 	conf_check_proxy(x, submit);
 	conf_check_sasl(x, submit);
 	conf_finish_submit_slow(x, submit);
+	conf_check_message_size(x, submit);
 	conf_finish_senders_ldap(x, root);
 	conf_finish_cluster(x, root);
 

@@ -803,6 +803,9 @@ static const struct {
 	  "};\n",
 	  "3: submit.idle_timeout: the old name of submit.command_timeout; "
 	  "set only command_timeout\n" },
+	{ "max_message_size beyond what the queue holds",
+	  "submit = { max_message_size = \"4001M\"; };\n",
+	  "1: submit.max_message_size: at most 4000M (the queue holds a message of up to 4 GiB)\n" },
 	{ "unauthenticated_share is a percentage",
 	  "submit = { unauthenticated_share = 101; };\n",
 	  "1: submit.unauthenticated_share: a percentage of submit.max_connections, 1 to 100\n" },
