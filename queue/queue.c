@@ -28,6 +28,7 @@
 #endif
 
 #include "queue/queue_int.h"
+#include "common/intern.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -45,6 +46,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* The messages' origin blocks (sender, login, client; envelope_share()) the
+ * table keeps: one per recent session and sender is enough to share them. */
+#define QUEUE_ORIGIN_SLOTS 256
+#define QUEUE_ORIGIN_PROBE 4
 
 static void queue_refill(struct queue *q);
 static enum queue_sync_mode queue_default_mode(void);
@@ -657,6 +663,7 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 	q->loop = loop;
 	q->dir = xstrdup(dir);
 	q->lasts = queue_lasts_new();
+	q->origins = intern_table_new(QUEUE_ORIGIN_SLOTS, QUEUE_ORIGIN_PROBE, INTERN_LOCKED);
 	q->lockfd = q->msgfd = q->corruptfd = -1;
 	q->jnl.fd = -1;
 	q->mode = queue_default_mode();
@@ -689,6 +696,7 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 			close(dirfd);
 		queue_close_fds(q);
 		queue_lasts_free(q->lasts);
+		intern_table_free(q->origins);
 		free(q->dir);
 		free(q);
 		return RELAY_EIO;
@@ -698,6 +706,7 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 		close(dirfd);
 		queue_close_fds(q);
 		queue_lasts_free(q->lasts);
+		intern_table_free(q->origins);
 		free(q->dir);
 		free(q);
 		return RELAY_EIO;
@@ -815,6 +824,7 @@ queue_handle_closed(uv_handle_t *h)
 	done = q->close_done;
 	arg = q->close_arg;
 	queue_lasts_free(q->lasts);
+	intern_table_free(q->origins);
 	free(q->dir);
 	q->magic = 0;
 	free(q);
@@ -901,7 +911,7 @@ queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **
 	t->job.fd = -1;
 	queue_qid_next(q, t->job.qid);
 	queue_spare_take(q, t);
-	envelope_copy(&t->env, env);
+	envelope_share(&t->env, env, q->origins);   /* the queued message takes it over */
 	t->env.size = 0;
 
 	/* header with the body length still unknown, then the envelope lines */
@@ -1269,7 +1279,7 @@ queue_load(struct queue *q, int dirfd, const char *name, const char *qid, bool r
 
 	if (mp != NULL) {
 		m = queue_msg_new(q, qid, e.nrcpts);
-		envelope_copy(&m->env, &e);  /* packed: one allocation per queued message */
+		envelope_share(&m->env, &e, q->origins);    /* the session's strings shared */
 		envelope_free(&e);
 		m->body_offset = boff;
 		m->body_len = blen;
