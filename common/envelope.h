@@ -36,9 +36,9 @@ struct envelope {
 	bool smtputf8;               /* SMTPUTF8 */
 	bool packed;                 /* envelope_copy()'s: the rcpts array and every string are
 	                                one allocation, which starts at rcpts (but see shared) */
-	bool shared;                 /* envelope_share()'s (packed too): sender, auth_user,
-	                                client_ip and client_helo are in an interned block
-	                                (common/intern.h), not in the allocation at rcpts */
+	bool shared;                 /* envelope_share()'s (packed too): auth_user, client_ip
+	                                and client_helo are in an interned block (common/
+	                                intern.h), not in the allocation at rcpts */
 	char *auth_user;             /* authenticated login; NULL for internal mail (NDRs) */
 	char *client_ip;             /* NULL for internal mail */
 	char *client_helo;
@@ -52,10 +52,11 @@ void envelope_free(struct envelope *env);          /* frees members, not env its
 /* A deep copy in one allocation (packed).  Its strings are not to be
  * replaced; envelope_free() frees it. */
 void envelope_copy(struct envelope *dst, const struct envelope *src);
-/* envelope_copy(), but the strings that come from the session and repeat
- * across its messages (sender, auth_user, client_ip, client_helo) go into one
- * interned block, shared through t with every envelope whose four are equal
- * (NULL apart from ""; t NULL: a block of dst's own); the rest is packed.
+/* envelope_copy(), but the strings of the client's session, the same for
+ * its messages (auth_user, client_ip, client_helo), go into one interned
+ * block, shared through t with every envelope whose three are equal (NULL
+ * apart from ""; all three NULL: no block; t NULL: a block of dst's own);
+ * the rest, the sender too, is packed.
  * The queue keeps one per queued message.  Its strings are not to be
  * replaced; envelope_free() drops its reference. */
 void envelope_share(struct envelope *dst, const struct envelope *src, struct intern_table *t);
