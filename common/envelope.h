@@ -35,7 +35,10 @@ struct envelope {
 	bool body_8bit;              /* BODY=8BITMIME */
 	bool smtputf8;               /* SMTPUTF8 */
 	bool packed;                 /* envelope_copy()'s: the rcpts array and every string are
-	                                one allocation, which starts at rcpts */
+	                                one allocation, which starts at rcpts (but see shared) */
+	bool shared;                 /* envelope_share()'s (packed too): auth_user, client_ip
+	                                and client_helo are in an interned block (common/
+	                                intern.h), not in the allocation at rcpts */
 	char *auth_user;             /* authenticated login; NULL for internal mail (NDRs) */
 	char *client_ip;             /* NULL for internal mail */
 	char *client_helo;
@@ -43,9 +46,21 @@ struct envelope {
 	uint64_t size;               /* body size in bytes once known */
 };
 
+struct intern_table;
+
 void envelope_free(struct envelope *env);          /* frees members, not env itself */
-/* A deep copy in one allocation (packed): the queue keeps one per queued
- * message.  Its strings are not to be replaced; envelope_free() frees it. */
+/* A deep copy in one allocation (packed).  Its strings are not to be
+ * replaced; envelope_free() frees it. */
 void envelope_copy(struct envelope *dst, const struct envelope *src);
+/* envelope_copy(), but the strings of the client's session, the same for
+ * its messages (auth_user, client_ip, client_helo), go into one interned
+ * block, shared through t with every envelope whose three are equal (NULL
+ * apart from ""; all three NULL: no block; t NULL: a block of dst's own);
+ * the rest, the sender too, is packed.
+ * The queue keeps one per queued message.  Its strings are not to be
+ * replaced; envelope_free() drops its reference. */
+void envelope_share(struct envelope *dst, const struct envelope *src, struct intern_table *t);
+
+_Static_assert(sizeof(void *) != 8 || sizeof(struct envelope) == 80, "struct envelope grew");
 
 #endif

@@ -28,6 +28,7 @@
 #endif
 
 #include "queue/queue_int.h"
+#include "common/intern.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -45,6 +46,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* The blocks of the messages' session strings (login, client; envelope_share()) the
+ * table keeps: one per recent client is enough to share them. */
+#define QUEUE_SESSION_SLOTS 256
+#define QUEUE_SESSION_PROBE 4
 
 static void queue_refill(struct queue *q);
 static enum queue_sync_mode queue_default_mode(void);
@@ -656,6 +662,7 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 	q->loop = loop;
 	q->dir = xstrdup(dir);
 	q->lasts = queue_lasts_new();
+	q->sessions = intern_table_new(QUEUE_SESSION_SLOTS, QUEUE_SESSION_PROBE, INTERN_LOCKED);
 	q->lockfd = q->msgfd = q->corruptfd = -1;
 	q->jnl.fd = -1;
 	q->mode = queue_default_mode();
@@ -688,6 +695,7 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 			close(dirfd);
 		queue_close_fds(q);
 		queue_lasts_free(q->lasts);
+		intern_table_free(q->sessions);
 		free(q->dir);
 		free(q);
 		return RELAY_EIO;
@@ -697,6 +705,7 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 		close(dirfd);
 		queue_close_fds(q);
 		queue_lasts_free(q->lasts);
+		intern_table_free(q->sessions);
 		free(q->dir);
 		free(q);
 		return RELAY_EIO;
@@ -814,6 +823,7 @@ queue_handle_closed(uv_handle_t *h)
 	done = q->close_done;
 	arg = q->close_arg;
 	queue_lasts_free(q->lasts);
+	intern_table_free(q->sessions);
 	free(q->dir);
 	q->magic = 0;
 	free(q);
@@ -900,7 +910,7 @@ queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **
 	t->job.fd = -1;
 	queue_qid_next(q, t->job.qid);
 	queue_spare_take(q, t);
-	envelope_copy(&t->env, env);
+	envelope_share(&t->env, env, q->sessions);   /* the queued message takes it over */
 	t->env.size = 0;
 
 	/* header with the body length still unknown, then the envelope lines */
@@ -1284,7 +1294,7 @@ queue_load(struct queue *q, int dirfd, const char *name, const char *qid, bool r
 
 	if (mp != NULL) {
 		m = queue_msg_new(q, qid, e.nrcpts);
-		envelope_copy(&m->env, &e);  /* packed: one allocation per queued message */
+		envelope_share(&m->env, &e, q->sessions);    /* the session's strings shared */
 		envelope_free(&e);
 		m->body_offset = boff;
 		m->body_len = blen;

@@ -168,6 +168,8 @@ struct queue {
 	queue_new_cb *new_cb;
 	void *new_arg;
 	struct queue_lasts *lasts;   /* recipients' last_* strings, shared (queue_last.c) */
+	struct intern_table *sessions; /* messages' login and client: envelope_share()'s
+	                                  blocks, locked (the scan thread and the loop) */
 
 	/* Loop thread only. */
 	struct queue_scanner *scanner; /* the msg/ walk on its thread, while it runs */

@@ -530,6 +530,152 @@ test_roundtrip(void)
 }
 
 /*
+ * The strings of the client's session (login, client address, HELO name) are
+ * shared between the queued messages that carry the same three: submitted
+ * and loaded by the start-up scan (its thread) alike.  The sender is not.
+ */
+static struct env_rcpt share_rcpts[][1] = {
+	{ { "bob@example.com", NULL, 0 } },
+	{ { "carol@example.com", "rfc822;carol@example.com", ENV_NOTIFY_FAILURE } },
+	{ { "dave@example.com", NULL, 0 } },
+	{ { "alice@relay.test", NULL, 0 } },
+	{ { "erin@example.com", NULL, 0 } },
+	{ { "frank@example.com", NULL, 0 } },
+	{ { "grace@example.com", NULL, 0 } },
+	{ { "heidi@example.com", NULL, 0 } },
+};
+
+static const struct envelope share_env[] = {
+	/* 0, 1: one session, two messages; 7: the same session, another sender */
+	{ .sender = "alice@relay.test", .rcpts = share_rcpts[0], .nrcpts = 1, .auth_user = "alice",
+	  .client_ip = "127.0.0.1", .client_helo = "client.example", .arrival_ms = 1 },
+	{ .sender = "alice@relay.test", .rcpts = share_rcpts[1], .nrcpts = 1, .auth_user = "alice",
+	  .client_ip = "127.0.0.1", .client_helo = "client.example", .arrival_ms = 2 },
+	/* 2: another client address */
+	{ .sender = "alice@relay.test", .rcpts = share_rcpts[2], .nrcpts = 1, .auth_user = "alice",
+	  .client_ip = "127.0.0.2", .client_helo = "client.example", .arrival_ms = 3 },
+	/* 3, 5: internal mail (NULL login and client); 4 and 6: "" where 3 has NULL */
+	{ .sender = "", .rcpts = share_rcpts[3], .nrcpts = 1, .arrival_ms = 4 },
+	{ .sender = "", .rcpts = share_rcpts[4], .nrcpts = 1, .auth_user = "", .arrival_ms = 5 },
+	{ .sender = "", .rcpts = share_rcpts[5], .nrcpts = 1, .arrival_ms = 6 },
+	{ .sender = "", .rcpts = share_rcpts[6], .nrcpts = 1, .client_ip = "", .arrival_ms = 7 },
+	{ .sender = "bounce+1234@relay.test", .rcpts = share_rcpts[7], .nrcpts = 1, .auth_user = "alice",
+	  .client_ip = "127.0.0.1", .client_helo = "client.example", .arrival_ms = 8 },
+};
+
+static void
+check_shared(struct queue_msg *const m[RELAY_ARRAY_LEN(share_env)], const char *what)
+{
+	static const size_t same[] = { 1, 7 };      /* m[0]'s session */
+	size_t i, k;
+
+	for (i = 0; i < RELAY_ARRAY_LEN(share_env); i++) {
+		check_env_equal(&m[i]->env, &share_env[i], 3);
+		CHECK_MSG(m[i]->env.packed && m[i]->env.shared, "%s: %zu", what, i);
+	}
+	/* one session: one block (pointer-equal strings); sender and recipient apart */
+	for (k = 0; k < RELAY_ARRAY_LEN(same); k++) {
+		i = same[k];
+		CHECK_MSG(m[0]->env.auth_user == m[i]->env.auth_user, "%s: %zu", what, i);
+		CHECK_MSG(m[0]->env.client_ip == m[i]->env.client_ip, "%s: %zu", what, i);
+		CHECK_MSG(m[0]->env.client_helo == m[i]->env.client_helo, "%s: %zu", what, i);
+		CHECK_MSG(m[0]->env.sender != m[i]->env.sender, "%s: %zu", what, i);
+		CHECK_MSG(m[0]->env.rcpts[0].addr != m[i]->env.rcpts[0].addr, "%s: %zu", what, i);
+	}
+	/* another client address: a block of its own, though the other two are equal */
+	CHECK_MSG(m[2]->env.auth_user != m[0]->env.auth_user, "%s", what);
+	CHECK_MSG(m[2]->env.client_helo != m[0]->env.client_helo, "%s", what);
+	/* NULL and "" kept apart */
+	CHECK_MSG(m[3]->env.auth_user == NULL && m[3]->env.client_ip == NULL &&
+	    m[3]->env.client_helo == NULL, "%s", what);
+	CHECK_MSG(m[4]->env.auth_user != NULL && m[4]->env.client_ip == NULL, "%s", what);
+	CHECK_MSG(m[6]->env.auth_user == NULL && m[6]->env.client_ip != NULL, "%s", what);
+	CHECK_MSG(m[4]->env.auth_user != m[6]->env.client_ip, "%s", what);
+}
+
+struct share_scan {
+	struct sink sink;
+	bool done;
+};
+
+static void
+share_scan_take(void *arg, struct queue_msg *m)
+{
+	struct share_scan *ss = arg;
+
+	sink_add(&ss->sink, m);
+}
+
+static void
+share_scan_done(void *arg, size_t loaded, size_t corrupt, uint64_t ms)
+{
+	struct share_scan *ss = arg;
+
+	(void)ms;
+	CHECK_INT(loaded, RELAY_ARRAY_LEN(share_env));
+	CHECK_INT(corrupt, 0);
+	ss->done = true;
+}
+
+static void
+test_envelope_shared(void)
+{
+	struct commit_res res[RELAY_ARRAY_LEN(share_env)];
+	struct queue_msg *m[RELAY_ARRAY_LEN(share_env)];
+	struct sink fresh = { .n = 0 };
+	struct share_scan ss = { .done = false };
+	struct queue_scanner *sc;
+	struct envelope copy;
+	uv_loop_t loop;
+	struct queue *q;
+	char dir[128];
+	size_t i;
+
+	new_qdir(dir, sizeof(dir));
+	memset(res, 0, sizeof(res));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	for (i = 0; i < RELAY_ARRAY_LEN(share_env); i++)
+		submit(q, &share_env[i], "abc", 3, 3, &res[i]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh.n, RELAY_ARRAY_LEN(share_env));
+	for (i = 0; i < RELAY_ARRAY_LEN(share_env); i++)
+		if ((m[i] = sink_find(&fresh, res[i].qid)) == NULL)
+			exit(2);
+	check_shared(m, "submitted");
+	/* a plain copy (ndr/'s, the tests') is packed whole, apart from it */
+	envelope_copy(&copy, &m[0]->env);
+	CHECK(copy.packed && !copy.shared);
+	check_env_equal(&copy, &share_env[0], 3);
+	CHECK(copy.sender != m[0]->env.sender && copy.client_ip != m[0]->env.client_ip);
+	envelope_free(&copy);
+	close_queue(&loop, q);
+	/* the messages outlive their queue and its table: freed one by one */
+	for (i = 0; i < fresh.n && fresh.m[i] != m[0]; i++)
+		;
+	fresh.m[i] = fresh.m[--fresh.n];
+	queue_msg_free(m[0]);
+	CHECK_STR(m[1]->env.client_helo, "client.example");
+	sink_free(&fresh);
+
+	/* loaded at start-up, on the scan's thread */
+	q = open_queue(&loop, dir);
+	sc = queue_scanner_new(q, share_scan_take, share_scan_done, &ss);
+	queue_scanner_run(sc);
+	while (!ss.done)
+		uv_run(&loop, UV_RUN_ONCE);
+	for (i = 0; i < RELAY_ARRAY_LEN(share_env); i++)
+		if ((m[i] = sink_find(&ss.sink, res[i].qid)) == NULL)
+			exit(2);
+	check_shared(m, "loaded");
+	queue_scanner_stop(sc);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&ss.sink);
+}
+
+/*
  * State records.
  */
 
@@ -1646,6 +1792,7 @@ main(void)
 	test_envelope_decode_rejects();
 	test_sigkill();
 	test_roundtrip();
+	test_envelope_shared();
 	test_image_bound();
 	test_records();
 	test_leftovers();
