@@ -1423,6 +1423,23 @@ conf_check_message_size(struct conf_ctx *x, const config_setting_t *submit)
 		    "of up to 4 GiB)");
 }
 
+/* A queue file's envelope lines are at most 4 MiB (QFILE_ENV_MAX, or the
+ * queue refuses the message), a recipient's line at most about 720 bytes
+ * (from a 512-byte RCPT command, its ORCPT's control bytes escaped). */
+#define CONF_RECIPIENTS_MAX     5000
+
+static void
+conf_check_recipients(struct conf_ctx *x, const config_setting_t *submit)
+{
+	const config_setting_t *s;
+
+	if (submit == NULL || (s = config_setting_get_member(submit, "max_recipients")) == NULL)
+		return;
+	if (x->c->submit.max_recipients > CONF_RECIPIENTS_MAX)
+		conf_error(x, s, "submit.max_recipients: at most %d (a queue file's envelope holds "
+		    "that many at their longest)", CONF_RECIPIENTS_MAX);
+}
+
 /* A listener marked proxy = true takes connections only from proxy_trusted. */
 static void
 conf_check_proxy(struct conf_ctx *x, const config_setting_t *submit)
@@ -1463,6 +1480,7 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 	conf_check_sasl(x, submit);
 	conf_finish_submit_slow(x, submit);
 	conf_check_message_size(x, submit);
+	conf_check_recipients(x, submit);
 	conf_finish_senders_ldap(x, root);
 	conf_finish_cluster(x, root);
 

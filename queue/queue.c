@@ -1488,7 +1488,8 @@ queue_remove(struct queue *q, struct queue_msg *m)
 		j = xcalloc(1, sizeof(*j));
 		j->kind = QJOB_RECYCLE;
 		j->fd = -1;
-		j->keep = m->body_offset + m->body_len <= QUEUE_RECYCLE_MAX &&
+		/* the file's size: 64 bits, each is 32 (their sum may pass 4 GiB) */
+		j->keep = (uint64_t)m->body_offset + m->body_len <= QUEUE_RECYCLE_MAX &&
 		    q->nspares + q->recycling < QUEUE_POOL_MAX;
 		snprintf(j->qid, sizeof(j->qid), "%s", m->qid);
 		snprintf(j->iname, sizeof(j->iname), QNAME_SPARE "%llu",

@@ -152,7 +152,8 @@ void queue_scanner_stop(struct queue_scanner *sc);
  * Submission into the queue.
  *
  * queue_txn_begin() creates an incoming file for a message with envelope env
- * (copied) and assigns its queue id.  The body is then streamed with
+ * (copied) and assigns its queue id; an envelope whose lines would exceed
+ * QFILE_ENV_MAX is refused (RELAY_EINVAL: the start-up scan would not load it).  The body is then streamed with
  * queue_txn_write() as it arrives: CRLF line endings, already dot-unstuffed,
  * headers the relay adds included (Received: first).  queue_txn_commit()
  * makes the message and its envelope durable, sharing the disk sync with
@@ -167,7 +168,8 @@ typedef void queue_commit_cb(void *arg, int err, const char *qid);
 
 int queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **out);
 const char *queue_txn_qid(const struct queue_txn *t);
-/* The first write error of t (0, RELAY_EIO, or RELAY_ENOSPC: the disk is full). */
+/* The first write error of t (0, RELAY_EIO, or RELAY_ENOSPC: the disk is full,
+ * or the body would pass QUEUE_BODY_MAX). */
 int queue_txn_error(const struct queue_txn *t);
 int queue_txn_write(struct queue_txn *t, const void *p, size_t len);
 void queue_txn_commit(struct queue_txn *t, queue_commit_cb *cb, void *arg);

@@ -806,6 +806,10 @@ static const struct {
 	{ "max_message_size beyond what the queue holds",
 	  "submit = { max_message_size = \"4001M\"; };\n",
 	  "1: submit.max_message_size: at most 4000M (the queue holds a message of up to 4 GiB)\n" },
+	{ "max_recipients beyond what a queue file's envelope holds",
+	  "submit = { max_recipients = 5001; };\n",
+	  "1: submit.max_recipients: at most 5000 (a queue file's envelope holds that many at "
+	  "their longest)\n" },
 	{ "unauthenticated_share is a percentage",
 	  "submit = { unauthenticated_share = 101; };\n",
 	  "1: submit.unauthenticated_share: a percentage of submit.max_connections, 1 to 100\n" },
@@ -1225,6 +1229,23 @@ test_accepted_forms(void)
 	buf_free(&err);
 }
 
+/* submit.max_message_size: 4000M, the largest the queue takes, is accepted
+ * (4001M is refused: error_tests). */
+static void
+test_message_size_bound(void)
+{
+	struct buf err = BUF_INIT;
+	struct conf *c = NULL;
+	const char *path = write_conf("submit = { max_message_size = \"4000M\"; };\n");
+
+	CHECK_INT(conf_load(path, &c, &err), 0);
+	CHECK_STR(buf_cstr(&err), "");
+	if (c != NULL)
+		CHECK(c->submit.max_message_size == 4000ULL * 1024 * 1024);
+	conf_unref(c);
+	buf_free(&err);
+}
+
 /* contrib/relayd.conf parses; its only complaints are example paths that do not exist here. */
 static void
 test_contrib_example(void)
@@ -1279,6 +1300,7 @@ main(void)
 	test_queue_dir_too_long();
 	test_missing_file();
 	test_accepted_forms();
+	test_message_size_bound();
 	test_senders_ldap();
 	test_cluster();
 	test_contrib_example();

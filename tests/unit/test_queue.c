@@ -10,7 +10,8 @@
  * somebody reads them, bounded pool), and a message whose commit callback
  * fired survives the SIGKILL of its process, also on a recycled file; DKIM
  * fields and their ids survive a restart; a body beyond QUEUE_BODY_MAX is
- * refused when written and corrupt when a file claims it.
+ * refused when written and corrupt when a file claims it, and one whose
+ * offset and length add up to 4 GiB or more is deleted when removed.
  * Every test ends by checking that the loop closes cleanly.
  * Owns its temporary directories and removes them at the end.
  */
@@ -1526,6 +1527,62 @@ test_body_bound(void)
 	sink_free(&scanned);
 }
 
+/*
+ * A message loaded from a file whose body offset and length add up to 4 GiB
+ * or more (each within its 32 bits: the header says 2^32 - 1 body bytes) is
+ * a large file when removed: deleted, not kept as a spare (the sum is not
+ * cut to 32 bits, which would make it look small).  The file is sparse.
+ */
+static void
+test_body_bound_remove(void)
+{
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct commit_res res = { 0 };
+	struct queue_counters c;
+	char dir[128], path[256], hex[17];
+	uint32_t boff = 0;
+	uv_loop_t loop;
+	struct queue *q;
+	int fd;
+
+	new_qdir(dir, sizeof(dir));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	submit(q, &ndr_env, "Subject: y\r\n\r\nho\r\n", 18, 18, &res);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(res.err, 0);
+	CHECK_INT(fresh.n, 1);
+	if (fresh.n == 1)
+		boff = fresh.m[0]->body_offset;
+	close_queue(&loop, q);
+
+	snprintf(path, sizeof(path), "%s/msg/%s", dir, res.qid);
+	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)QUEUE_BODY_MAX);
+	fd = open(path, O_RDWR);
+	CHECK(fd >= 0 && pwrite(fd, hex, 16, (off_t)strlen("RELAYQ 1 0000000000000000 ")) == 16);
+	CHECK(ftruncate(fd, (off_t)boff + (off_t)QUEUE_BODY_MAX) == 0);
+	if (fd >= 0)
+		close(fd);
+
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 1);
+	if (scanned.n == 1) {
+		CHECK(scanned.m[0]->body_len == QUEUE_BODY_MAX);
+		CHECK_INT(queue_remove(q, scanned.m[0]), 0);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		queue_get_counters(q, &c);
+		CHECK_MSG(c.recycled == 0 && c.unlinked == 1, "recycled %llu unlinked %llu",
+		    (unsigned long long)c.recycled, (unsigned long long)c.unlinked);
+		CHECK_INT(count_prefixed(dir, ".spare-"), 0);
+	}
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+	sink_free(&scanned);
+}
+
 static void
 test_corrupt(void)
 {
@@ -1802,6 +1859,7 @@ main(void)
 	test_corrupt();
 	test_dkim_restart();
 	test_body_bound();
+	test_body_bound_remove();
 	test_group_commit();
 	test_close();
 	test_scanner_turn_bounded();
