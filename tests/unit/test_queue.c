@@ -677,6 +677,142 @@ test_envelope_shared(void)
 }
 
 /*
+ * The session table is used from two threads at once: the start-up scan
+ * loads messages (queue_load() on its thread) while the loop takes new ones
+ * (queue_txn_begin()), each a lookup and, for a client it has not seen, a
+ * block put in the table (another's evicted).  Every message keeps its own
+ * three strings, NULL apart from "", loaded or submitted, freed on the
+ * loop whichever thread made its block; under TSan, no race.  Message 0's
+ * HELO name is longer than the block built on the stack, and its login
+ * holds the bytes the block's first byte takes.
+ */
+#define SHARE_THREADS_N 200
+
+struct share_threads {
+	size_t scanned, fresh, bad;
+	bool done;
+};
+
+/* Message i's envelope: every other one the same session, the rest each another client. */
+static void
+share_threads_env(uint64_t i, struct envelope *env, struct env_rcpt *rc, char *ip, size_t iplen)
+{
+	static char helo[700];
+
+	memset(helo, 'h', sizeof(helo) - 1);
+	memset(env, 0, sizeof(*env));
+	memset(rc, 0, sizeof(*rc));
+	rc->addr = (char *)"bob@example.com";
+	env->sender = (char *)"alice@relay.test";
+	env->rcpts = rc;
+	env->nrcpts = 1;
+	env->arrival_ms = i + 1;
+	if (i % 4 == 2)
+		return;                 /* internal: none of the three */
+	snprintf(ip, iplen, i % 2 ? "127.0.0.1" : "10.0.%u.%u", (unsigned)(i / 256), (unsigned)(i % 256));
+	env->auth_user = (char *)(i == 0 ? "\x01\x07\x03" : i % 4 == 0 ? "" : "alice");
+	env->client_ip = ip;
+	env->client_helo = i == 0 ? helo : i % 4 == 0 ? NULL : (char *)"client.example";
+}
+
+static bool
+share_threads_ok(const struct queue_msg *m)
+{
+	struct envelope want;
+	struct env_rcpt rc;
+	char ip[32];
+
+	if (m->env.arrival_ms == 0)
+		return false;
+	share_threads_env(m->env.arrival_ms - 1, &want, &rc, ip, sizeof(ip));
+	return m->env.shared && streq(m->env.auth_user, want.auth_user) &&
+	    streq(m->env.client_ip, want.client_ip) && streq(m->env.client_helo, want.client_helo) &&
+	    streq(m->env.sender, want.sender);
+}
+
+static void
+share_threads_take(void *arg, struct queue_msg *m)
+{
+	struct share_threads *st = arg;
+
+	st->scanned++;
+	st->bad += !share_threads_ok(m);
+	queue_msg_free(m);
+}
+
+static void
+share_threads_new(void *arg, struct queue_msg *m)
+{
+	struct share_threads *st = arg;
+
+	st->fresh++;
+	st->bad += !share_threads_ok(m);
+	queue_msg_free(m);
+}
+
+static void
+share_threads_done(void *arg, size_t loaded, size_t corrupt, uint64_t ms)
+{
+	struct share_threads *st = arg;
+
+	(void)ms;
+	CHECK_INT(loaded, SHARE_THREADS_N);
+	CHECK_INT(corrupt, 0);
+	st->done = true;
+}
+
+static void
+test_envelope_shared_threads(void)
+{
+	struct commit_res res[2 * SHARE_THREADS_N];
+	struct share_threads st;
+	struct queue_scanner *sc;
+	struct envelope env;
+	struct env_rcpt rc;
+	uv_loop_t loop;
+	struct queue *q;
+	char dir[128], ip[32];
+	size_t i;
+
+	memset(&st, 0, sizeof(st));
+	memset(res, 0, sizeof(res));
+	new_qdir(dir, sizeof(dir));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, share_threads_new, &st);
+	for (i = 0; i < SHARE_THREADS_N; i++) {
+		share_threads_env(i, &env, &rc, ip, sizeof(ip));
+		submit(q, &env, "abc", 3, 3, &res[i]);
+	}
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(st.fresh, SHARE_THREADS_N);
+	close_queue(&loop, q);
+
+	/* scanned on its thread while the loop takes more */
+	st.fresh = 0;
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, share_threads_new, &st);
+	sc = queue_scanner_new(q, share_threads_take, share_threads_done, &st);
+	queue_scanner_run(sc);
+	for (i = SHARE_THREADS_N; i < 2 * SHARE_THREADS_N; i++) {
+		share_threads_env(i, &env, &rc, ip, sizeof(ip));
+		submit(q, &env, "abc", 3, 3, &res[i]);
+	}
+	while (!st.done)
+		uv_run(&loop, UV_RUN_ONCE);
+	while (st.fresh < SHARE_THREADS_N)       /* the 250 may come before the hand-over */
+		uv_run(&loop, UV_RUN_ONCE);
+	for (i = 0; i < 2 * SHARE_THREADS_N; i++)
+		CHECK_INT(res[i].err, 0);
+	CHECK_INT(st.scanned, SHARE_THREADS_N);
+	CHECK_INT(st.fresh, SHARE_THREADS_N);
+	CHECK_INT(st.bad, 0);
+	queue_scanner_stop(sc);
+	close_queue(&loop, q);
+	close_loop(&loop);
+}
+
+/*
  * State records.
  */
 
@@ -1850,6 +1986,7 @@ main(void)
 	test_sigkill();
 	test_roundtrip();
 	test_envelope_shared();
+	test_envelope_shared_threads();
 	test_image_bound();
 	test_records();
 	test_leftovers();
