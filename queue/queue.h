@@ -153,15 +153,16 @@ void queue_scanner_stop(struct queue_scanner *sc);
  *
  * queue_txn_begin() creates an incoming file for a message with envelope env
  * (copied) and assigns its queue id; an envelope whose lines would exceed
- * QFILE_ENV_MAX is refused (RELAY_EINVAL: the start-up scan would not load it).  The body is then streamed with
- * queue_txn_write() as it arrives: CRLF line endings, already dot-unstuffed,
- * headers the relay adds included (Received: first).  queue_txn_commit()
- * makes the message and its envelope durable, sharing the disk sync with
- * other commits in flight (group commit), and calls cb(arg, 0, qid) on the
- * loop thread once the message will survive a crash, or cb(arg, err, NULL) if
- * it could not be queued (RELAY_ENOSPC: the file system is full; RELAY_EIO:
- * another failure).  The callback is always called exactly once; the
- * txn is consumed by commit and by abort.
+ * QFILE_ENV_MAX is refused (RELAY_EINVAL: the start-up scan would not load
+ * it).  The body is then streamed with queue_txn_write() as it arrives:
+ * CRLF line endings, already dot-unstuffed, headers the relay adds included
+ * (Received: first).  queue_txn_commit() makes the message and its envelope
+ * durable, sharing the disk sync with other commits in flight (group
+ * commit), and calls cb(arg, 0, qid) on the loop thread once the message
+ * will survive a crash, or cb(arg, err, NULL) if it could not be queued
+ * (RELAY_ENOSPC: the file system is full; RELAY_EIO: another failure).
+ * The callback is always called exactly once; the txn is consumed by commit
+ * and by abort.
  */
 struct queue_txn;
 typedef void queue_commit_cb(void *arg, int err, const char *qid);
