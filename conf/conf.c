@@ -1406,36 +1406,28 @@ conf_finish_submit_slow(struct conf_ctx *x, const config_setting_t *submit)
 		    "submit.max_connections, 1 to 100");
 }
 
-/* The queue keeps a message's length in 32 bits (queue.h, QUEUE_BODY_MAX):
- * the largest message accepted leaves room below that for the headers
- * relayd adds (Received:, DKIM-Signature:). */
+/* What a queue file holds: a message's length is 32 bits in memory
+ * (queue.h, QUEUE_BODY_MAX), and the largest message accepted leaves room
+ * below that for the headers relayd adds (Received:, DKIM-Signature:); its
+ * envelope lines are at most 4 MiB (QFILE_ENV_MAX, or the queue refuses the
+ * message), a recipient's line at most about 720 bytes (from a 512-byte RCPT
+ * command, its ORCPT's control bytes escaped). */
 #define CONF_MESSAGE_SIZE_MAX   (4000ULL * 1024 * 1024)
-
-static void
-conf_check_message_size(struct conf_ctx *x, const config_setting_t *submit)
-{
-	const config_setting_t *s;
-
-	if (submit == NULL || (s = config_setting_get_member(submit, "max_message_size")) == NULL)
-		return;
-	if (x->c->submit.max_message_size > CONF_MESSAGE_SIZE_MAX)
-		conf_error(x, s, "submit.max_message_size: at most 4000M (the queue holds a message "
-		    "of up to 4 GiB)");
-}
-
-/* A queue file's envelope lines are at most 4 MiB (QFILE_ENV_MAX, or the
- * queue refuses the message), a recipient's line at most about 720 bytes
- * (from a 512-byte RCPT command, its ORCPT's control bytes escaped). */
 #define CONF_RECIPIENTS_MAX     5000
 
 static void
-conf_check_recipients(struct conf_ctx *x, const config_setting_t *submit)
+conf_check_queue_bounds(struct conf_ctx *x, const config_setting_t *submit)
 {
 	const config_setting_t *s;
 
-	if (submit == NULL || (s = config_setting_get_member(submit, "max_recipients")) == NULL)
+	if (submit == NULL)
 		return;
-	if (x->c->submit.max_recipients > CONF_RECIPIENTS_MAX)
+	s = config_setting_get_member(submit, "max_message_size");
+	if (s != NULL && x->c->submit.max_message_size > CONF_MESSAGE_SIZE_MAX)
+		conf_error(x, s, "submit.max_message_size: at most 4000M (the queue holds a message "
+		    "of up to 4 GiB)");
+	s = config_setting_get_member(submit, "max_recipients");
+	if (s != NULL && x->c->submit.max_recipients > CONF_RECIPIENTS_MAX)
 		conf_error(x, s, "submit.max_recipients: at most %d (a queue file's envelope holds "
 		    "that many at their longest)", CONF_RECIPIENTS_MAX);
 }
@@ -1479,8 +1471,7 @@ conf_finish(struct conf_ctx *x, const config_setting_t *root)
 	conf_check_proxy(x, submit);
 	conf_check_sasl(x, submit);
 	conf_finish_submit_slow(x, submit);
-	conf_check_message_size(x, submit);
-	conf_check_recipients(x, submit);
+	conf_check_queue_bounds(x, submit);
 	conf_finish_senders_ldap(x, root);
 	conf_finish_cluster(x, root);
 

@@ -730,24 +730,28 @@ share_threads_ok(const struct queue_msg *m)
 	    streq(m->env.sender, want.sender);
 }
 
+/* A message from the scan (scanned) or a submission (fresh): checked, freed. */
 static void
-share_threads_take(void *arg, struct queue_msg *m)
+share_threads_got(struct share_threads *st, struct queue_msg *m, bool scanned)
 {
-	struct share_threads *st = arg;
-
-	st->scanned++;
+	if (scanned)
+		st->scanned++;
+	else
+		st->fresh++;
 	st->bad += !share_threads_ok(m);
 	queue_msg_free(m);
 }
 
 static void
+share_threads_take(void *arg, struct queue_msg *m)
+{
+	share_threads_got(arg, m, true);
+}
+
+static void
 share_threads_new(void *arg, struct queue_msg *m)
 {
-	struct share_threads *st = arg;
-
-	st->fresh++;
-	st->bad += !share_threads_ok(m);
-	queue_msg_free(m);
+	share_threads_got(arg, m, false);
 }
 
 static void
