@@ -1591,6 +1591,39 @@ test_dkim_restart(void)
 }
 
 /*
+ * Queue one small message in dir, then make its file say body_len body
+ * bytes and hold them (a sparse file): the header rewritten, the file
+ * extended.  Its queue id is in res.
+ */
+static void
+queue_sparse_body(uv_loop_t *loop, const char *dir, uint64_t body_len, struct commit_res *res)
+{
+	struct sink fresh = { .n = 0 };
+	struct queue *q = open_queue(loop, dir);
+	char path[256], hex[17];
+	uint64_t boff = 0;
+	int fd;
+
+	queue_set_new_cb(q, sink_add, &fresh);
+	submit(q, &ndr_env, "Subject: y\r\n\r\nho\r\n", 18, 18, res);
+	uv_run(loop, UV_RUN_DEFAULT);
+	CHECK_INT(res->err, 0);
+	CHECK_INT(fresh.n, 1);
+	if (fresh.n == 1)
+		boff = fresh.m[0]->body_offset;
+	close_queue(loop, q);
+	sink_free(&fresh);
+
+	snprintf(path, sizeof(path), "%s/msg/%s", dir, res->qid);
+	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)body_len);
+	fd = open(path, O_RDWR);
+	CHECK(fd >= 0 && pwrite(fd, hex, 16, (off_t)strlen("RELAYQ 1 0000000000000000 ")) == 16);
+	CHECK(ftruncate(fd, (off_t)(boff + body_len)) == 0);
+	if (fd >= 0)
+		close(fd);
+}
+
+/*
  * body_offset and body_len are 32 bits in memory: a body of more than
  * QUEUE_BODY_MAX bytes is refused before a byte of the write is taken
  * (RELAY_ENOSPC: the 452 of a full disk), an envelope larger than a file
@@ -1605,11 +1638,10 @@ test_body_bound(void)
 	struct commit_res res = { 0 }, res2 = { 0 };
 	struct envelope big = ndr_env;
 	struct queue_txn *t = NULL;
-	char dir[128], path[256], hex[17], line[256];
+	char dir[128], line[256];
 	char *sender;
 	uv_loop_t loop;
 	struct queue *q;
-	int fd;
 
 	new_qdir(dir, sizeof(dir));
 	uv_loop_init(&loop);
@@ -1640,19 +1672,10 @@ test_body_bound(void)
 		queue_txn_abort(t);
 	free(sender);
 
-	submit(q, &ndr_env, "Subject: y\r\n\r\nho\r\n", 18, 18, &res);
-	uv_run(&loop, UV_RUN_DEFAULT);
-	CHECK_INT(res.err, 0);
-	CHECK_INT(fresh.n, 1);
 	close_queue(&loop, q);
 
 	/* its header says 2^32 body bytes, and the (sparse) file has them */
-	snprintf(path, sizeof(path), "%s/msg/%s", dir, res.qid);
-	snprintf(hex, sizeof(hex), "%016llx", 1ULL << 32);
-	fd = open(path, O_RDWR);
-	CHECK(fd >= 0 && pwrite(fd, hex, 16, (off_t)strlen("RELAYQ 1 0000000000000000 ")) == 16);
-	CHECK(ftruncate(fd, (off_t)fresh.m[0]->body_offset + (off_t)(1ULL << 32)) == 0);
-	close(fd);
+	queue_sparse_body(&loop, dir, 1ULL << 32, &res);
 
 	q = open_queue(&loop, dir);
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
@@ -1676,34 +1699,16 @@ test_body_bound(void)
 static void
 test_body_bound_remove(void)
 {
-	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct sink scanned = { .n = 0 };
 	struct commit_res res = { 0 };
 	struct queue_counters c;
-	char dir[128], path[256], hex[17];
-	uint32_t boff = 0;
+	char dir[128];
 	uv_loop_t loop;
 	struct queue *q;
-	int fd;
 
 	new_qdir(dir, sizeof(dir));
 	uv_loop_init(&loop);
-	q = open_queue(&loop, dir);
-	queue_set_new_cb(q, sink_add, &fresh);
-	submit(q, &ndr_env, "Subject: y\r\n\r\nho\r\n", 18, 18, &res);
-	uv_run(&loop, UV_RUN_DEFAULT);
-	CHECK_INT(res.err, 0);
-	CHECK_INT(fresh.n, 1);
-	if (fresh.n == 1)
-		boff = fresh.m[0]->body_offset;
-	close_queue(&loop, q);
-
-	snprintf(path, sizeof(path), "%s/msg/%s", dir, res.qid);
-	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)QUEUE_BODY_MAX);
-	fd = open(path, O_RDWR);
-	CHECK(fd >= 0 && pwrite(fd, hex, 16, (off_t)strlen("RELAYQ 1 0000000000000000 ")) == 16);
-	CHECK(ftruncate(fd, (off_t)boff + (off_t)QUEUE_BODY_MAX) == 0);
-	if (fd >= 0)
-		close(fd);
+	queue_sparse_body(&loop, dir, QUEUE_BODY_MAX, &res);
 
 	q = open_queue(&loop, dir);
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
@@ -1719,7 +1724,6 @@ test_body_bound_remove(void)
 	}
 	close_queue(&loop, q);
 	close_loop(&loop);
-	sink_free(&fresh);
 	sink_free(&scanned);
 }
 
