@@ -22,11 +22,21 @@ with a body (POST) is answered by its route like a GET.
 """
 
 import http.server
+import os
 import ssl
 import threading
 import time
 
 __all__ = ["HTTPSServer"]
+
+
+def fixed_port_ip():
+    """A loopback address of this process's own, for a server on a fixed port
+    (443: MTA-STS policies, RFC 8461 3.3): two test runs on one machine (a CI
+    run beside contrib/fresh-check.sh, whose root shares the network) do not
+    bind each other's address."""
+    pid = os.getpid()
+    return "127.%d.%d.%d" % (84 + ((pid >> 16) & 63), (pid >> 8) & 255, 1 + pid % 254)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -2,8 +2,9 @@
 
 Real parts: the real relayd; the loopback DNS server serving the
 "_mta-sts" TXT records and the address of mta-sts.DOMAIN; a real HTTPS
-server (tests/harness/httpsserver.py, Python's ssl) on port 443 of
-127.0.84.61, an address no other test uses (binding 443 needs root, as the
+server (tests/harness/httpsserver.py, Python's ssl) on port 443 of a
+loopback address of the test process's own (fixed_port_ip: another run on
+the machine uses another one; binding 443 needs root, as the
 harness's switch to `nobody` does; without root these tests are skipped),
 serving the policies with a certificate from the test CA; sink MXes on
 127.0.0.2-.7 with STARTTLS certificates from that CA (matching, wrong name,
@@ -26,11 +27,11 @@ import os
 import unittest
 
 from client import make_message, submit
-from httpsserver import HTTPSServer
+from httpsserver import HTTPSServer, fixed_port_ip
 from relay import Relay, TestCA, make_cert
 
 SENDER = "alice@example.org"
-STS_IP = "127.0.84.61"          # the policy host, port 443 (RFC 8461 3.3)
+STS_IP = fixed_port_ip()         # the policy host, port 443 (RFC 8461 3.3)
 POLICY_PATH = "/.well-known/mta-sts.txt"
 DOMAINS = ("example.net", "big.test", "nolen.test", "slow.test", "missing.test",
            "moved.test", "html.test")

@@ -49,7 +49,7 @@ except ImportError:                         # Debian's python3-dkim, another pyt
     import dkim
 
 from client import make_message, submit
-from httpsserver import HTTPSServer
+from httpsserver import HTTPSServer, fixed_port_ip
 from relay import Relay, TestCA
 from test_dane import sha256_cert
 from test_dkim import dnsfunc_for, make_key, txt_record
@@ -367,7 +367,7 @@ class ReportByHttps(TlsrptCase):
         self.wait_file("example.net", lambda n: n == 0)
 
 
-STS_IP = "127.0.84.62"          # the MTA-STS policy host, port 443; test_mta_sts has .61
+STS_IP = fixed_port_ip()         # the MTA-STS policy host, port 443 (this process's own)
 
 
 @unittest.skipUnless(os.geteuid() == 0, "binding port 443 needs root")
