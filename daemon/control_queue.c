@@ -848,7 +848,7 @@ rctl_queue_show(struct rctl *c)
 	s->r = c->r;
 	s->json = c->json;
 	snprintf(s->qid, sizeof(s->qid), "%s", m->qid);
-	if ((path = queue_msg_path(m, pathbuf, sizeof(pathbuf))) != NULL)
+	if ((path = queue_msg_path(c->q, m, pathbuf, sizeof(pathbuf))) != NULL)
 		s->path = xstrdup(path);
 	s->body_offset = m->body_offset;
 	s->body_len = m->body_len;

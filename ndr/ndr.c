@@ -637,15 +637,14 @@ ndr_header_end(const char *p, size_t len, size_t from)
 }
 
 static void
-ndr_original_load(const struct queue_msg *m, enum ndr_kind kind, struct ndr_original *o)
+ndr_original_load(const struct queue_msg *m, const char *path, enum ndr_kind kind,
+    struct ndr_original *o)
 {
 	const struct ndr_kind_info *ki = ndr_kind_info(kind);
 	bool want_full = ki->may_return_full && m->env.ret == ENV_RET_FULL;
 	uint64_t limit;
 	size_t end, scanned = 0;
 	ssize_t got;
-	char pathbuf[PATH_MAX];
-	const char *path;
 	int fd;
 
 	memset(o, 0, sizeof(*o));
@@ -654,7 +653,6 @@ ndr_original_load(const struct queue_msg *m, enum ndr_kind kind, struct ndr_orig
 		o->note = "Your message was too large to be returned in full; "
 		    "only its headers are attached.";
 	}
-	path = queue_msg_path(m, pathbuf, sizeof(pathbuf));
 	fd = path != NULL ? open(path, O_RDONLY | O_CLOEXEC) : -1;
 	if (fd < 0) {
 		o->note = "The original message could not be read, so it is not attached.";
@@ -820,8 +818,9 @@ ndr_build(const struct queue_msg *m, enum ndr_kind kind, const struct ndr_rcpt *
 }
 
 int
-ndr_format(const struct queue_msg *m, enum ndr_kind kind, const struct ndr_rcpt *rcpts,
-    size_t n, const struct ndr_params *p, const char *ndr_qid, struct buf *out)
+ndr_format(const struct queue_msg *m, const char *path, enum ndr_kind kind,
+    const struct ndr_rcpt *rcpts, size_t n, const struct ndr_params *p, const char *ndr_qid,
+    struct buf *out)
 {
 	struct ndr_original orig;
 	struct ndr_rcpt *sel;
@@ -833,7 +832,7 @@ ndr_format(const struct queue_msg *m, enum ndr_kind kind, const struct ndr_rcpt 
 		free(sel);
 		return RELAY_ENOENT;
 	}
-	ndr_original_load(m, kind, &orig);
+	ndr_original_load(m, path, kind, &orig);
 	rc = ndr_build(m, kind, sel, k, p, ndr_qid, &orig, out);
 	ndr_original_free(&orig);
 	free(sel);
@@ -1016,6 +1015,7 @@ ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
 	struct envelope env;
 	struct env_rcpt er;
 	struct buf out = BUF_INIT;
+	char pathbuf[PATH_MAX];
 	size_t i, k;
 	int rc;
 
@@ -1035,7 +1035,7 @@ ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
 		return 0;
 	}
 
-	ndr_original_load(m, kind, &orig);
+	ndr_original_load(m, queue_msg_path(q, m, pathbuf, sizeof(pathbuf)), kind, &orig);
 	memset(&er, 0, sizeof(er));
 	er.addr = m->env.sender;
 	er.notify = ENV_NOTIFY_NEVER;

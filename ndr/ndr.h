@@ -74,9 +74,12 @@ int ndr_send(struct queue *q, const struct queue_msg *m, enum ndr_kind kind,
 void ndr_commit_signed(struct queue_txn *t, const struct buf *text, const struct ndr_params *p,
     queue_commit_cb *cb, void *arg);
 
-/* Build the report's bytes only (for unit tests): the full RFC 5322 message. */
-int ndr_format(const struct queue_msg *m, enum ndr_kind kind, const struct ndr_rcpt *rcpts,
-    size_t n, const struct ndr_params *p, const char *ndr_qid, struct buf *out);
+/* Build the report's bytes only (for unit tests): the full RFC 5322 message,
+ * the original read from its file at path (NULL: not attached, as when the
+ * file cannot be read). */
+int ndr_format(const struct queue_msg *m, const char *path, enum ndr_kind kind,
+    const struct ndr_rcpt *rcpts, size_t n, const struct ndr_params *p, const char *ndr_qid,
+    struct buf *out);
 
 /*
  * Append one header field "name: value" CRLF to out, safe whatever value

@@ -220,13 +220,20 @@ queue_txn_free(struct queue_txn *t)
 }
 
 struct queue_msg *
-queue_msg_new(struct queue *q, const char *qid, size_t nrcpts)
+queue_msg_new(const char *qid, size_t nrcpts)
 {
 	struct queue_msg *m = xcalloc(1, sizeof(*m) + nrcpts * sizeof(m->rcpt[0]));
 
 	snprintf(m->qid, sizeof(m->qid), "%s", qid);
-	m->dir = q->dir;
 	return m;
+}
+
+const char *
+queue_msg_path(const struct queue *q, const struct queue_msg *m, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%s/msg/%s", q->dir, m->qid);
+
+	return n < 0 || (size_t)n >= len ? NULL : buf;
 }
 
 /*
@@ -1293,7 +1300,7 @@ queue_load(struct queue *q, int dirfd, const char *name, const char *qid, bool r
 	recs.len -= torn;
 
 	if (mp != NULL) {
-		m = queue_msg_new(q, qid, e.nrcpts);
+		m = queue_msg_new(qid, e.nrcpts);
 		envelope_share(&m->env, &e, q->sessions);    /* the session's strings shared */
 		envelope_free(&e);
 		m->body_offset = boff;

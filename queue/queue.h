@@ -64,8 +64,6 @@ struct queue_msg {
 	uint32_t body_len;           /* at most QUEUE_BODY_MAX */
 	char *dkim;                  /* DKIM-Signature field(s) sent before the body, or NULL;
 	                                their ids follow in the same allocation (queue_msg_dkim_ids()) */
-	const char *dir;             /* queue_dir (the queue's, borrowed), or NULL: no file;
-	                                its file's name is queue_msg_path() */
 	void *sched;                 /* the scheduler's per-message state; the queue never touches it */
 	struct queue_image *image;   /* the file image in memory since its publish, or NULL
 	                                (queue_image.c; a cache of the file, loop only) */
@@ -73,10 +71,11 @@ struct queue_msg {
 	                                is fixed when the message is made (queue_msg_new) */
 };
 /* One per queued message: the flags and the 32-bit body offset share one
- * gap, so that with one recipient (most messages) it stays within 216
- * bytes, a 224-byte malloc chunk (208 today; the struct alone and a
- * separate array took 192 + 64, then 232 in one 240-byte chunk). */
-_Static_assert(sizeof(void *) != 8 || sizeof(struct queue_msg) + sizeof(struct queue_rcpt) <= 216,
+ * gap, and the file's name is derived (queue_msg_path), so that with one
+ * recipient (most messages) it stays within 200 bytes, a 208-byte malloc
+ * chunk (the struct alone and a separate array took 192 + 64, then 232 in
+ * one 240-byte chunk, then 208 in a 224-byte one). */
+_Static_assert(sizeof(void *) != 8 || sizeof(struct queue_msg) + sizeof(struct queue_rcpt) <= 200,
     "struct queue_msg grew");
 
 /* Record types appended after the body (one text line each). */
@@ -240,21 +239,11 @@ queue_msg_dkim_ids(const struct queue_msg *m)
 	return m->dkim != NULL ? m->dkim + strlen(m->dkim) + 1 : NULL;
 }
 
-/* The name of m's file, queue_dir/msg/<qid>, written into buf (len bytes):
- * buf, or NULL when m has no file (dir NULL) or the name does not fit.
- * Derived, not stored: a million queued messages do not each keep it.  Only
- * while m's queue is open (m->dir is the queue's); relayd closes its queue
- * last, after the control socket and the scheduler. */
-static inline const char *
-queue_msg_path(const struct queue_msg *m, char *buf, size_t len)
-{
-	int n;
-
-	if (m->dir == NULL)
-		return NULL;
-	n = snprintf(buf, len, "%s/msg/%s", m->dir, m->qid);
-	return n < 0 || (size_t)n >= len ? NULL : buf;
-}
+/* The name of m's file in q, queue_dir/msg/<qid>, written into buf (len
+ * bytes): buf, or NULL when it does not fit.  Derived from the queue's
+ * directory and the qid, not stored: a million queued messages do not each
+ * keep it, nor a pointer to the directory. */
+const char *queue_msg_path(const struct queue *q, const struct queue_msg *m, char *buf, size_t len);
 
 /*
  * The image of a message's file kept in memory after its publish

@@ -1074,7 +1074,7 @@ queue_txn_publish(struct queue *q, struct queue_txn *t)
 {
 	struct queue_msg *m;
 
-	m = queue_msg_new(q, t->job.qid, t->env.nrcpts);
+	m = queue_msg_new(t->job.qid, t->env.nrcpts);
 	m->env = t->env;
 	memset(&t->env, 0, sizeof(t->env));
 	m->body_offset = t->body_offset;

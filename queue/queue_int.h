@@ -282,7 +282,7 @@ void queue_maybe_finish(struct queue *q);
 void queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size);
 void queue_txn_free(struct queue_txn *t);
 /* A message of nrcpts recipients (rcpt[] zeroed; env not set). */
-struct queue_msg *queue_msg_new(struct queue *q, const char *qid, size_t nrcpts);
+struct queue_msg *queue_msg_new(const char *qid, size_t nrcpts);
 
 /* queue_last.c: a recipient's last_* strings, one block shared by the
  * recipients whose four are equal (looked up in lasts; NULL: not shared). */

@@ -892,7 +892,7 @@ sched_job_next(struct sched_job *job)
 			if (job->at->msg_path == NULL) {
 				char path[PATH_MAX];
 
-				if (queue_msg_path(m, path, sizeof(path)) == NULL)
+				if (queue_msg_path(s->q, m, path, sizeof(path)) == NULL)
 					fatalx("%s: %s: no file name", __func__, m->qid);
 				job->at->msg_path = xstrdup(path);
 			}

@@ -1336,7 +1336,7 @@ test_queue_ack_before_publish(void)
 	CHECK_INT(scanned.n, 1);
 	if ((m = sink_find(&scanned, qid)) != NULL) {
 		char got[sizeof(body)], path[PATH_MAX];
-		int fd = open(queue_msg_path(m, path, sizeof(path)), O_RDONLY);
+		int fd = open(queue_msg_path(q, m, path, sizeof(path)), O_RDONLY);
 
 		CHECK_INT(m->body_len, sizeof(body) - 1);
 		CHECK(fd >= 0 && pread(fd, got, sizeof(body) - 1, (off_t)m->body_offset) ==

@@ -41,7 +41,28 @@ static struct {
 	int commit_err;              /* what the commit callback reports */
 	struct envelope env;         /* the last report's envelope */
 	struct buf data;             /* the last report's bytes */
+	const char *dir;             /* the queue_dir of the last msg_new() */
 } fake;
+
+/* The queue's file name, under the directory of the last msg_new(). */
+const char *
+queue_msg_path(const struct queue *q, const struct queue_msg *m, char *buf, size_t len)
+{
+	int n;
+
+	(void)q;
+	n = snprintf(buf, len, "%s/msg/%s", fake.dir, m->qid);
+	return n < 0 || (size_t)n >= len ? NULL : buf;
+}
+
+/* m's file (what ndr_send reads through queue_msg_path), for ndr_format. */
+static const char *
+msg_file(const struct queue_msg *m)
+{
+	static char path[PATH_MAX];
+
+	return queue_msg_path(NULL, m, path, sizeof(path));
+}
 
 int
 queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **out)
@@ -338,11 +359,11 @@ msg_new(const char *dir, const char *body, size_t len)
 
 	m = xcalloc(1, sizeof(*m) + RELAY_ARRAY_LEN(rcpts) * sizeof(m->rcpt[0]));
 	snprintf(m->qid, sizeof(m->qid), "Q1");
-	m->dir = dir;
+	fake.dir = dir;
 	snprintf(path, sizeof(path), "%s/msg", dir);
 	if ((mkdir(dir, 0700) == -1 && errno != EEXIST) || (mkdir(path, 0700) == -1 && errno != EEXIST))
 		fatalx("%s: cannot make %s", __func__, path);
-	f = fopen(queue_msg_path(m, path, sizeof(path)), "wb");
+	f = fopen(msg_file(m), "wb");
 	if (f == NULL || fwrite(prefix, 1, sizeof(prefix) - 1, f) != sizeof(prefix) - 1 ||
 	    fwrite(body, 1, len, f) != len || fclose(f) != 0)
 		fatalx("%s: cannot write %s", __func__, path);
@@ -583,7 +604,7 @@ test_format_case(const struct format_case *fc, const char *path)
 		rcpt_info(fc, fc->idx[n], &nr[n]);
 		n++;
 	}
-	rc = ndr_format(m, fc->kind, nr, n, &params, "NDRX", &out);
+	rc = ndr_format(m, msg_file(m), fc->kind, nr, n, &params, "NDRX", &out);
 	if (fc->want_rcpts < 0) {
 		CHECK_MSG(rc == RELAY_ENOENT, "%s: rc %d", fc->name, rc);
 		buf_free(&out);
@@ -717,12 +738,12 @@ test_format_edges(void)
 	{
 		char file[PATH_MAX];
 
-		unlink(queue_msg_path(m, file, sizeof(file)));
+		unlink(queue_msg_path(NULL, m, file, sizeof(file)));
 	}
 	memset(&nr, 0, sizeof(nr));
 	nr.index = 0;
 	nr.status = "5.1.1";
-	CHECK_INT(ndr_format(m, NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
+	CHECK_INT(ndr_format(m, msg_file(m), NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
 	report_parse(&out, &rp);
 	CHECK_INT(rp.nparts, 2);
 	CHECK(strstr(out.data, "could not be read") != NULL);
@@ -732,7 +753,7 @@ test_format_edges(void)
 	/* A message that is all headers (no empty line): all of it is returned. */
 	free(m);
 	m = msg_new(path, hdrs_only, sizeof(hdrs_only) - 1);
-	CHECK_INT(ndr_format(m, NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
+	CHECK_INT(ndr_format(m, msg_file(m), NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
 	report_parse(&out, &rp);
 	CHECK_INT(rp.nparts, 3);
 	CHECK(rp.nparts == 3 && rp.part[2].len == sizeof(hdrs_only) - 1 &&
@@ -743,7 +764,7 @@ test_format_edges(void)
 	/* A message with an empty header section. */
 	free(m);
 	m = msg_new(path, "\r\nbody only\r\n", 13);
-	CHECK_INT(ndr_format(m, NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
+	CHECK_INT(ndr_format(m, msg_file(m), NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
 	report_parse(&out, &rp);
 	CHECK(rp.nparts == 3 && rp.part[2].len == 0);
 	report_free(&rp);
@@ -756,7 +777,7 @@ test_format_edges(void)
 	nr.status = "5.1.1\r\nX-Evil: 1";
 	nr.remote_host = "mx.example\r\nX-Evil: 2";
 	nr.diagnostic = "550 5.7.1 Empf\xc3\xa4nger abgelehnt\r\nX-Evil: 3 \xff";
-	CHECK_INT(ndr_format(m, NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
+	CHECK_INT(ndr_format(m, msg_file(m), NDR_FAILED, &nr, 1, &params, "NDRX", &out), 0);
 	report_parse(&out, &rp);
 	CHECK_INT(rp.ngroups, 2);
 	CHECK(fields_get(&rp.group[1], "X-Evil") == NULL);
@@ -816,7 +837,7 @@ test_status(void)
 		nr.status = cases[i].given;
 		if (cases[i].kind == NDR_DELAYED)
 			nr.index = 0;                   /* NOTIFY absent */
-		CHECK_INT(ndr_format(m, cases[i].kind, &nr, 1, &params, "NDRX", &out), 0);
+		CHECK_INT(ndr_format(m, msg_file(m), cases[i].kind, &nr, 1, &params, "NDRX", &out), 0);
 		report_parse(&out, &rp);
 		CHECK_INT(rp.ngroups, 2);
 		if (rp.ngroups == 2)
@@ -920,7 +941,7 @@ test_send(void)
 	CHECK(fake.env.auth_user == NULL);
 	CHECK(!fake.env.body_8bit);
 	/* the bytes are exactly what ndr_format makes */
-	CHECK_INT(ndr_format(m, NDR_EXPIRED, nr, 3, &params, qid, &want), 0);
+	CHECK_INT(ndr_format(m, msg_file(m), NDR_EXPIRED, nr, 3, &params, qid, &want), 0);
 	CHECK(want.len == fake.data.len && memcmp(want.data, fake.data.data, want.len) == 0);
 	report_parse(&fake.data, &rp);
 	CHECK_INT(rp.ngroups, 3);

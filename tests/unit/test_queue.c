@@ -155,10 +155,10 @@ check_env_equal(const struct envelope *got, const struct envelope *want, uint64_
 }
 
 static void
-check_body(const struct queue_msg *m, const char *body, size_t len)
+check_body(const struct queue *q, const struct queue_msg *m, const char *body, size_t len)
 {
 	char *got = xmalloc(len + 1), path[PATH_MAX];
-	int fd = open(queue_msg_path(m, path, sizeof(path)), O_RDONLY);
+	int fd = open(queue_msg_path(q, m, path, sizeof(path)), O_RDONLY);
 
 	CHECK(fd >= 0);
 	CHECK_INT(m->body_len, len);
@@ -477,7 +477,7 @@ test_roundtrip_files(bool named)
 		if (m == NULL)
 			continue;
 		check_env_equal(&m->env, rows[i].env, rows[i].len);
-		check_body(m, bodies[i], rows[i].len);
+		check_body(q, m, bodies[i], rows[i].len);
 		/* one write: the image stays with it, the same bytes as the file */
 		CHECK_MSG((m->image != NULL) == (rows[i].len < 65536), "row %zu", i);
 		if (m->image != NULL)
@@ -500,13 +500,12 @@ test_roundtrip_files(bool named)
 		if (m == NULL)
 			continue;
 		check_env_equal(&m->env, rows[i].env, rows[i].len);
-		check_body(m, bodies[i], rows[i].len);
+		check_body(q, m, bodies[i], rows[i].len);
 		{
-			/* fresh's queue is closed: its messages' names are gone with it */
 			char path[PATH_MAX], want[PATH_MAX];
 
 			snprintf(want, sizeof(want), "%s/msg/%s", dir, res[i].qid);
-			CHECK_STR(queue_msg_path(m, path, sizeof(path)), want);
+			CHECK_STR(queue_msg_path(q, m, path, sizeof(path)), want);
 		}
 		for (k = 0; k < m->env.nrcpts; k++)
 			CHECK(m->rcpt[k].state == RCPT_PENDING && m->rcpt[k].attempts == 0);
@@ -1095,7 +1094,7 @@ test_leftovers(void)
 	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
 	CHECK_INT(scanned.n, 1);
 	if (scanned.n == 1)
-		check_body(scanned.m[0], "x\r\n", 3);
+		check_body(q, scanned.m[0], "x\r\n", 3);
 	close_queue(&loop, q);
 	close_loop(&loop);
 	sink_free(&scanned);
@@ -1169,7 +1168,7 @@ test_recycle(void)
 		CHECK_INT(res[i].err, 0);
 		snprintf(path, sizeof(path), "%s/msg/%s", dir, res[i].qid);
 		CHECK_INT(file_size(path), (off_t)(fresh.m[i]->body_offset + fresh.m[i]->body_len));
-		check_body(fresh.m[i], body + i, sizes[i]);
+		check_body(q, fresh.m[i], body + i, sizes[i]);
 		CHECK_INT(file_ino(dir, res[i].qid), old_ino[7 - i]);
 	}
 	close_queue(&loop, q);
@@ -1186,7 +1185,7 @@ test_recycle(void)
 		CHECK(m != NULL);
 		if (m != NULL) {
 			check_env_equal(&m->env, &ndr_env, sizes[i]);
-			check_body(m, body + i, sizes[i]);
+			check_body(q, m, body + i, sizes[i]);
 		}
 	}
 	close_queue(&loop, q);
@@ -1256,7 +1255,7 @@ test_spares_kept(void)
 	CHECK_INT(fresh.n, N / 2);
 	for (i = 0; i < fresh.n; i++) {
 		CHECK_INT(res2[i].err, 0);
-		check_body(fresh.m[i], "new\r\n", 5);
+		check_body(q, fresh.m[i], "new\r\n", 5);
 		for (k = 0; k < N; k++)
 			if (file_ino(dir, res2[i].qid) == inos[k]) {
 				same++;
@@ -1464,7 +1463,7 @@ test_recycle_refused(void)
 	if (fresh.n != 2)
 		exit(1);
 	m = fresh.m[0];
-	fd = open(queue_msg_path(m, path, sizeof(path)), O_RDONLY);
+	fd = open(queue_msg_path(q, m, path, sizeof(path)), O_RDONLY);
 	CHECK(fd >= 0);
 	CHECK_INT(queue_remove(q, m), 0);
 	CHECK_INT(queue_remove(q, fresh.m[1]), 0);
@@ -1976,7 +1975,7 @@ test_sigkill(void)
 	CHECK(m != NULL);
 	if (m != NULL) {
 		check_env_equal(&m->env, &rich_env, sizeof(body) - 1);
-		check_body(m, body, sizeof(body) - 1);
+		check_body(q, m, body, sizeof(body) - 1);
 	}
 	close_queue(&loop, q);
 	close_loop(&loop);
