@@ -107,8 +107,10 @@ rctl_list_json_rcpt(struct rctl *c, const struct queue_msg *m, size_t i)
 	const struct queue_rcpt *qr = &m->rcpt[i];
 	struct buf *b = c->out;
 	struct rctl_rstate st;
+	struct queue_last last;
 
 	rctl_rcpt_state(c, m, i, &st);
+	queue_rcpt_last(qr, &last);
 	buf_puts(b, "{\"addr\":");
 	json_str(b, m->env.rcpts[i].addr);
 	buf_printf(b, ",\"state\":\"%s\",\"until\":", st.name);
@@ -116,13 +118,13 @@ rctl_list_json_rcpt(struct rctl *c, const struct queue_msg *m, size_t i)
 	buf_printf(b, ",\"attempts\":%u,\"last_attempt\":", qr->attempts);
 	rctl_json_time(c, b, qr->last_attempt_ms);
 	buf_puts(b, ",\"last_host\":");
-	json_str(b, qr->last_host);
+	json_str(b, last.host);
 	buf_puts(b, ",\"last_ip\":");
-	json_str(b, qr->last_ip);
+	json_str(b, last.ip);
 	buf_puts(b, ",\"last_status\":");
-	json_str(b, qr->last_status);
+	json_str(b, last.status);
 	buf_puts(b, ",\"last_reply\":");
-	json_str(b, qr->last_reply);
+	json_str(b, last.reply);
 	buf_puts(b, ",\"destination\":");
 	json_str(b, st.dest);
 	buf_putc(b, '}');
@@ -134,8 +136,10 @@ rctl_list_human_rcpt(struct rctl *c, const struct queue_msg *m, size_t i)
 	const struct queue_rcpt *qr = &m->rcpt[i];
 	struct buf *b = c->out;
 	struct rctl_rstate st;
+	struct queue_last last;
 
 	rctl_rcpt_state(c, m, i, &st);
+	queue_rcpt_last(qr, &last);
 	buf_puts(b, "    ");
 	rctl_text_pad(b, m->env.rcpts[i].addr, 32);
 	buf_puts(b, st.name);
@@ -148,22 +152,22 @@ rctl_list_human_rcpt(struct rctl *c, const struct queue_msg *m, size_t i)
 		rctl_text(b, st.dest);
 	}
 	buf_putc(b, '\n');
-	if (qr->last_status != NULL || qr->last_reply != NULL) {
+	if (last.status != NULL || last.reply != NULL) {
 		buf_puts(b, "        last: ");
-		if (qr->last_host != NULL) {
-			rctl_text(b, qr->last_host);
+		if (last.host != NULL) {
+			rctl_text(b, last.host);
 			buf_putc(b, ' ');
 		}
-		if (qr->last_ip != NULL) {
+		if (last.ip != NULL) {
 			buf_putc(b, '[');
-			rctl_text(b, qr->last_ip);
+			rctl_text(b, last.ip);
 			buf_puts(b, "] ");
 		}
-		if (qr->last_status != NULL) {
-			rctl_text(b, qr->last_status);
+		if (last.status != NULL) {
+			rctl_text(b, last.status);
 			buf_putc(b, ' ');
 		}
-		rctl_text(b, qr->last_reply);
+		rctl_text(b, last.reply);
 		buf_putc(b, '\n');
 	}
 }
@@ -545,6 +549,7 @@ rctl_show_json(struct rctl *c, const struct queue_msg *m, const struct rctl_head
 	buf_puts(b, "},\"recipients\":[");
 	for (i = 0; i < m->env.nrcpts; i++) {
 		const struct queue_rcpt *qr = &m->rcpt[i];
+		struct queue_last last;
 
 		rctl_rcpt_state(c, m, i, &st);
 		buf_puts(b, i ? ",{\"addr\":" : "{\"addr\":");
@@ -555,10 +560,11 @@ rctl_show_json(struct rctl *c, const struct queue_msg *m, const struct rctl_head
 		rctl_notify(b, m->env.rcpts[i].notify, true);
 		buf_printf(b, ",\"state\":\"%s\",\"until\":", st.name);
 		rctl_json_time(c, b, st.until);
+		queue_rcpt_last(qr, &last);
 		buf_printf(b, ",\"attempts\":%u,\"last_status\":", qr->attempts);
-		json_str(b, qr->last_status);
+		json_str(b, last.status);
 		buf_puts(b, ",\"last_reply\":");
-		json_str(b, qr->last_reply);
+		json_str(b, last.reply);
 		buf_puts(b, ",\"destination\":");
 		json_str(b, st.dest);
 		buf_puts(b, ",\"history\":[");

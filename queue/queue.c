@@ -1102,7 +1102,7 @@ queue_dkim_join(const char *fields, const char *ids)
 }
 
 /*
- * A/D/F end an attempt: attempts counted, the last_* fields replaced (NULL
+ * A/D/F end an attempt: attempts counted, the last_* strings replaced (NULL
  * clears).  With the flag QREC_NO_ATTEMPT in value (expiry), attempts is not
  * counted and only the non-NULL fields replace what the last real attempt
  * left.  QREC_WAIT_DEST, QREC_EXPIRED and QREC_DSN_PASSED set the recipient's
@@ -1113,6 +1113,7 @@ static void
 queue_msg_apply_in(struct queue_lasts *lasts, struct queue_msg *m, const struct queue_record *rec)
 {
 	struct queue_rcpt *r = NULL;
+	struct queue_last last;
 	bool attempt;
 
 	if (envelope_record_check(rec, m->env.nrcpts) == -1)
@@ -1128,10 +1129,11 @@ queue_msg_apply_in(struct queue_lasts *lasts, struct queue_msg *m, const struct 
 			r->attempts++;
 			r->last_attempt_ms = rec->time_ms;
 		}
-		queue_rcpt_set_last(lasts, r, attempt || rec->host != NULL ? rec->host : r->last_host,
-		    attempt || rec->ip != NULL ? rec->ip : r->last_ip,
-		    attempt || rec->status != NULL ? rec->status : r->last_status,
-		    attempt || rec->reply != NULL ? rec->reply : r->last_reply);
+		queue_rcpt_last(r, &last);
+		queue_rcpt_set_last(lasts, r, attempt || rec->host != NULL ? rec->host : last.host,
+		    attempt || rec->ip != NULL ? rec->ip : last.ip,
+		    attempt || rec->status != NULL ? rec->status : last.status,
+		    attempt || rec->reply != NULL ? rec->reply : last.reply);
 		r->waiting = rec->type == QREC_ATTEMPT && (rec->value & QREC_WAIT_DEST) != 0;
 		if (rec->type == QREC_DELIVERED) {
 			r->state = RCPT_DELIVERED;

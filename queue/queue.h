@@ -36,15 +36,35 @@ struct queue_rcpt {
 	bool dsn_passed : 1;         /* relayed to a DSN server: no success notice of ours (QREC_DSN_PASSED) */
 	unsigned attempts;           /* attempts that ended for this recipient */
 	uint64_t last_attempt_ms;
-	const char *last_host;       /* exchanger name of the last attempt, or NULL
-	                                (the four last_* strings are one block, shared by the
-	                                recipients whose four are equal, never changed: queue_last.c) */
-	const char *last_ip;
-	const char *last_status;     /* enhanced status "4.4.1", "5.1.1" ... */
-	const char *last_reply;      /* the remote server's reply text, or our own diagnosis */
+	const char *last;            /* its last attempt's host, address, status and reply: one
+	                                block shared by the recipients whose four are equal, never
+	                                changed (queue_last.c), read by queue_rcpt_last(); or NULL */
 };
 /* The state and the flags share the word before attempts: no hole. */
-_Static_assert(sizeof(void *) != 8 || sizeof(struct queue_rcpt) <= 48, "struct queue_rcpt grew");
+_Static_assert(sizeof(void *) != 8 || sizeof(struct queue_rcpt) <= 24, "struct queue_rcpt grew");
+
+/* A recipient's last attempt, as its four strings (each NULL when absent). */
+struct queue_last {
+	const char *host;            /* exchanger name of the last attempt */
+	const char *ip;
+	const char *status;          /* enhanced status "4.4.1", "5.1.1" ... */
+	const char *reply;           /* the remote server's reply text, or our own diagnosis */
+};
+
+/* r's last attempt's strings into out: they point into r's block, valid
+ * until r's strings change (a record) or r is freed. */
+void queue_rcpt_last(const struct queue_rcpt *r, struct queue_last *out);
+
+/* Whether r's last attempt left a status (queue_rcpt_last()'s status != NULL),
+ * without reading the strings: the block's first byte says which of the
+ * four are there, bit i for struct queue_last's i-th field (queue_last.c). */
+#define QUEUE_LAST_HAS_STATUS 0x04
+
+static inline bool
+queue_rcpt_has_status(const struct queue_rcpt *r)
+{
+	return r->last != NULL && (*r->last & QUEUE_LAST_HAS_STATUS) != 0;
+}
 
 /*
  * The largest body a queue file holds: body_offset and body_len are 32 bits
@@ -71,11 +91,12 @@ struct queue_msg {
 	                                is fixed when the message is made (queue_msg_new) */
 };
 /* One per queued message: the flags and the 32-bit body offset share one
- * gap, and the file's name is derived (queue_msg_path), so that with one
- * recipient (most messages) it stays within 200 bytes, a 208-byte malloc
- * chunk (the struct alone and a separate array took 192 + 64, then 232 in
- * one 240-byte chunk, then 208 in a 224-byte one). */
-_Static_assert(sizeof(void *) != 8 || sizeof(struct queue_msg) + sizeof(struct queue_rcpt) <= 200,
+ * gap, the file's name is derived (queue_msg_path) and a recipient keeps one
+ * pointer to its last_* strings, so that with one recipient (most messages)
+ * it stays within 184 bytes, a 192-byte malloc chunk (the struct alone and a
+ * separate array took 192 + 64, then 232 in one 240-byte chunk, then 208 in
+ * a 224-byte one). */
+_Static_assert(sizeof(void *) != 8 || sizeof(struct queue_msg) + sizeof(struct queue_rcpt) <= 184,
     "struct queue_msg grew");
 
 /* Record types appended after the body (one text line each). */

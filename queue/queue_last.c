@@ -6,8 +6,9 @@
  * million of them, a copy each was 128 bytes of heap per recipient.
  *
  * The block is an interned string (common/intern.c): a byte saying which of
- * the four are there, then those, each NUL-terminated, in the order of the
- * queue_rcpt fields, which point into it.  Equal four (NULL apart from "")
+ * the four are there, then those, each NUL-terminated, in the order of
+ * struct queue_last's fields.  A recipient keeps only a pointer to it
+ * (queue_rcpt.last); queue_rcpt_last() reads the four out.  Equal four (NULL apart from "")
  * are equal bytes, so they share a block found in the queue's table of the
  * blocks made last (QUEUE_LAST_SLOTS).  The table is locked and the counts
  * atomic: the scan thread builds messages (queue_load) while the loop
@@ -53,13 +54,27 @@ queue_lasts_free(struct queue_lasts *l)
 void
 queue_rcpt_free_last(struct queue_rcpt *r)
 {
-	/* the first string that is there starts right after the present byte */
-	const char *p = r->last_host != NULL ? r->last_host : r->last_ip != NULL ? r->last_ip :
-	    r->last_status != NULL ? r->last_status : r->last_reply;
+	if (r->last != NULL)
+		intern_unref(r->last);
+	r->last = NULL;
+}
 
-	if (p != NULL)
-		intern_unref(p - 1);
-	r->last_host = r->last_ip = r->last_status = r->last_reply = NULL;
+void
+queue_rcpt_last(const struct queue_rcpt *r, struct queue_last *out)
+{
+	const char **dst[4] = { &out->host, &out->ip, &out->status, &out->reply };
+	const char *p = r->last;
+	unsigned bits;
+	size_t i;
+
+	bits = p != NULL ? (unsigned char)*p++ : 0;
+	for (i = 0; i < 4; i++) {
+		*dst[i] = NULL;
+		if (bits & (1u << i)) {
+			*dst[i] = p;
+			p += strlen(p) + 1;
+		}
+	}
 }
 
 /*
@@ -71,10 +86,9 @@ queue_rcpt_set_last(struct queue_lasts *l, struct queue_rcpt *r, const char *hos
     const char *ip, const char *status, const char *reply)
 {
 	const char *src[4] = { host, ip, status, reply };
-	const char **dst[4] = { &r->last_host, &r->last_ip, &r->last_status, &r->last_reply };
 	char stack[QUEUE_LAST_STACK], *blob = stack, *w;
 	size_t len[4], total = 1, i;
-	const char *b = NULL, *p;
+	const char *b = NULL;
 
 	for (i = 0; i < 4; i++) {
 		len[i] = src[i] != NULL ? strlen(src[i]) + 1 : 0;
@@ -95,11 +109,5 @@ queue_rcpt_set_last(struct queue_lasts *l, struct queue_rcpt *r, const char *hos
 			free(blob);
 	}
 	queue_rcpt_free_last(r);        /* after: src may point into it */
-	for (i = 0, p = b != NULL ? b + 1 : NULL; i < 4; i++) {
-		*dst[i] = NULL;
-		if (src[i] != NULL) {
-			*dst[i] = p;
-			p += len[i];
-		}
-	}
+	r->last = b;
 }

@@ -50,7 +50,7 @@ sched_rcpt_due(const struct queue_rcpt *qr, const uint64_t *intervals, size_t n,
 {
 	if (qr->state != RCPT_PENDING)
 		return SCHED_NOWAKE;
-	if (qr->last_status == NULL || qr->last_attempt_ms == 0)
+	if (qr->last_attempt_ms == 0 || !queue_rcpt_has_status(qr))
 		return 0;
 	if (qr->waiting)
 		return 0;               /* it waited for its destination: probe again */
@@ -792,6 +792,7 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 {
 	struct queue_msg *m = sm->m;
 	struct queue_record rec;
+	struct queue_last last;
 	struct log_line l;
 	char age[32];
 	size_t i;
@@ -824,13 +825,14 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 			if (job->nrcpts == 0)
 				sched_job_cancel(s, job, 0);
 		}
-		if (qr->last_reply != NULL)
-			snprintf(reply, sizeof(reply), "%s", qr->last_reply);
+		queue_rcpt_last(qr, &last);
+		if (last.reply != NULL)
+			snprintf(reply, sizeof(reply), "%s", last.reply);
 		else
 			snprintf(reply, sizeof(reply), "no delivery attempt succeeded within %s", age);
 		/* The record replaces qr's strings: pass copies. */
-		host = qr->last_host != NULL ? xstrdup(qr->last_host) : NULL;
-		ip = qr->last_ip != NULL ? xstrdup(qr->last_ip) : NULL;
+		host = last.host != NULL ? xstrdup(last.host) : NULL;
+		ip = last.ip != NULL ? xstrdup(last.ip) : NULL;
 		memset(&rec, 0, sizeof(rec));
 		rec.type = QREC_FAILED;
 		rec.rcpt = (int)i;

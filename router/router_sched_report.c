@@ -29,12 +29,14 @@ sched_ndr_fill(struct sched_msg *sm, int i, struct ndr_rcpt *nr)
 {
 	const struct queue_rcpt *qr = &sm->m->rcpt[i];
 	const struct sched_job *job = sm->rc[i].job;
+	struct queue_last last;
 
+	queue_rcpt_last(qr, &last);
 	memset(nr, 0, sizeof(*nr));
 	nr->index = i;
-	nr->status = qr->last_status != NULL ? qr->last_status : "4.4.1";
-	nr->remote_host = qr->last_host;
-	nr->diagnostic = qr->last_reply;
+	nr->status = last.status != NULL ? last.status : "4.4.1";
+	nr->remote_host = last.host;
+	nr->diagnostic = last.reply;
 	nr->last_attempt_ms = qr->last_attempt_ms;
 	nr->attempts = qr->attempts;
 	nr->down_since_ms = sm->rc[i].down_since;

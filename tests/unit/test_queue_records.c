@@ -18,6 +18,16 @@
 #define M (60 * 1000ULL)
 #define T0 1767225700000ULL
 
+/* r's last attempt's strings (queue_rcpt_last), by value for the checks. */
+static struct queue_last
+last_of(const struct queue_rcpt *r)
+{
+	struct queue_last l;
+
+	queue_rcpt_last(r, &l);
+	return l;
+}
+
 static const uint64_t iv[] = { 1 * M, 10 * M };
 
 static struct env_rcpt one_rcpt[] = {
@@ -235,7 +245,7 @@ test_old_records_load(void)
 		CHECK(m->rcpt[0].state == RCPT_PENDING);
 		CHECK(!m->rcpt[0].waiting);
 		CHECK_INT(m->rcpt[0].attempts, 1);
-		CHECK_STR(m->rcpt[0].last_status, "4.4.1");
+		CHECK_STR(last_of(&m->rcpt[0]).status, "4.4.1");
 		CHECK(sched_rcpt_due(&m->rcpt[0], iv, 2, 0) == 1767225700000ULL + 1 * M);
 		CHECK(m->rcpt[1].state == RCPT_FAILED);
 		CHECK(!m->rcpt[1].expired);
@@ -297,32 +307,31 @@ test_last_strings_shared(void)
 	record_last(q, m[0], QREC_WAIT_DEST, "mx.example.net", "4.4.1", down);
 	record_last(q, m[1], QREC_WAIT_DEST, "mx.example.net", "4.4.1", down);
 	record_last(q, m[2], 0, "mx.example.net", "4.4.1", "451 4.4.1 try later");
-	CHECK(m[0]->rcpt[0].last_reply == m[1]->rcpt[0].last_reply);
-	CHECK(m[0]->rcpt[0].last_host == m[1]->rcpt[0].last_host);
-	CHECK(m[0]->rcpt[0].last_reply != m[2]->rcpt[0].last_reply);
-	CHECK_STR(m[1]->rcpt[0].last_reply, down);
-	CHECK_STR(m[2]->rcpt[0].last_reply, "451 4.4.1 try later");
+	CHECK(m[0]->rcpt[0].last == m[1]->rcpt[0].last);
+	CHECK(m[0]->rcpt[0].last != m[2]->rcpt[0].last);
+	CHECK_STR(last_of(&m[1]->rcpt[0]).reply, down);
+	CHECK_STR(last_of(&m[2]->rcpt[0]).reply, "451 4.4.1 try later");
 
 	/* m[0] moves on: m[1] keeps its strings */
 	record_last(q, m[0], 0, "mx2.example.net", "4.2.0", "451 4.2.0 busy");
-	CHECK_STR(m[0]->rcpt[0].last_host, "mx2.example.net");
-	CHECK_STR(m[0]->rcpt[0].last_reply, "451 4.2.0 busy");
-	CHECK_STR(m[1]->rcpt[0].last_host, "mx.example.net");
-	CHECK_STR(m[1]->rcpt[0].last_ip, "192.0.2.1");
-	CHECK_STR(m[1]->rcpt[0].last_status, "4.4.1");
-	CHECK_STR(m[1]->rcpt[0].last_reply, down);
+	CHECK_STR(last_of(&m[0]->rcpt[0]).host, "mx2.example.net");
+	CHECK_STR(last_of(&m[0]->rcpt[0]).reply, "451 4.2.0 busy");
+	CHECK_STR(last_of(&m[1]->rcpt[0]).host, "mx.example.net");
+	CHECK_STR(last_of(&m[1]->rcpt[0]).ip, "192.0.2.1");
+	CHECK_STR(last_of(&m[1]->rcpt[0]).status, "4.4.1");
+	CHECK_STR(last_of(&m[1]->rcpt[0]).reply, down);
 	/* an expiry keeps the host of the last attempt (QREC_NO_ATTEMPT, NULL host) */
 	record_last(q, m[1], QREC_NO_ATTEMPT, NULL, "4.4.7", "expired");
-	CHECK_STR(m[1]->rcpt[0].last_host, "mx.example.net");
-	CHECK_STR(m[1]->rcpt[0].last_ip, "192.0.2.1");
-	CHECK_STR(m[1]->rcpt[0].last_reply, "expired");
+	CHECK_STR(last_of(&m[1]->rcpt[0]).host, "mx.example.net");
+	CHECK_STR(last_of(&m[1]->rcpt[0]).ip, "192.0.2.1");
+	CHECK_STR(last_of(&m[1]->rcpt[0]).reply, "expired");
 	record_last(q, m[2], 0, "mx.example.net", "4.4.1", down);
 	record_last(q, m[1], QREC_WAIT_DEST, "mx.example.net", "4.4.1", down);
 	uv_run(&loop, UV_RUN_DEFAULT);
 	close_queue(&loop, q);
 
 	/* m[1] and m[2] now end with the same record; m[0] with its own */
-	CHECK(m[1]->rcpt[0].last_reply == m[2]->rcpt[0].last_reply);
+	CHECK(m[1]->rcpt[0].last == m[2]->rcpt[0].last);
 	sink_free(&fresh);              /* after the queue is gone */
 
 	q = open_queue(&loop, dir);
@@ -332,10 +341,10 @@ test_last_strings_shared(void)
 	for (i = 0; i < 3; i++)
 		if ((m[i] = sink_find(&scanned, qid[i])) == NULL)
 			exit(2);
-	CHECK(m[1]->rcpt[0].last_reply == m[2]->rcpt[0].last_reply);
-	CHECK(m[0]->rcpt[0].last_reply != m[1]->rcpt[0].last_reply);
-	CHECK_STR(m[0]->rcpt[0].last_reply, "451 4.2.0 busy");
-	CHECK_STR(m[2]->rcpt[0].last_reply, down);
+	CHECK(m[1]->rcpt[0].last == m[2]->rcpt[0].last);
+	CHECK(m[0]->rcpt[0].last != m[1]->rcpt[0].last);
+	CHECK_STR(last_of(&m[0]->rcpt[0]).reply, "451 4.2.0 busy");
+	CHECK_STR(last_of(&m[2]->rcpt[0]).reply, down);
 	CHECK_INT(m[1]->rcpt[0].attempts, 2);
 	CHECK(m[1]->rcpt[0].waiting);
 	sink_free(&scanned);
@@ -381,7 +390,8 @@ test_last_strings_packing(void)
 		queue_rcpt_set_last(NULL, &c, w[0], w[1], w[2], w[3]);
 		for (k = 0; k < 3; k++) {
 			const struct queue_rcpt *r = k == 0 ? &a : k == 1 ? &b : &c;
-			const char *got[4] = { r->last_host, r->last_ip, r->last_status, r->last_reply };
+			struct queue_last lr = last_of(r);
+			const char *got[4] = { lr.host, lr.ip, lr.status, lr.reply };
 			size_t j;
 
 			for (j = 0; j < 4; j++) {
@@ -392,16 +402,18 @@ test_last_strings_packing(void)
 			}
 		}
 		if (w[0] != NULL || w[1] != NULL || w[2] != NULL || w[3] != NULL) {
-			CHECK_MSG(a.last_reply == b.last_reply && a.last_host == b.last_host,
-			    "row %zu: equal strings not shared", i);
-			CHECK_MSG(c.last_reply != a.last_reply || c.last_reply == NULL,
-			    "row %zu: no table, yet shared", i);
+			CHECK_MSG(a.last == b.last, "row %zu: equal strings not shared", i);
+			CHECK_MSG(c.last != a.last, "row %zu: no table, yet shared", i);
 		}
 		/* from its own strings: they stay valid through the swap */
-		queue_rcpt_set_last(l, &b, b.last_host, b.last_ip, b.last_status, b.last_reply);
+		{
+			struct queue_last lb = last_of(&b);
+
+			queue_rcpt_set_last(l, &b, lb.host, lb.ip, lb.status, lb.reply);
+		}
 		for (k = 0; k < 4; k++) {
-			const char *got = k == 0 ? b.last_host : k == 1 ? b.last_ip :
-			    k == 2 ? b.last_status : b.last_reply;
+			struct queue_last lb = last_of(&b);
+			const char *got = k == 0 ? lb.host : k == 1 ? lb.ip : k == 2 ? lb.status : lb.reply;
 
 			CHECK_MSG((got == NULL) == (w[k] == NULL) && (got == NULL || strcmp(got, w[k]) == 0),
 			    "row %zu field %zu: changed by setting it from itself", i, k);
@@ -412,7 +424,7 @@ test_last_strings_packing(void)
 			queue_rcpt_free_last(&b);
 		else {                  /* b outlives the table (freed below) */
 			queue_lasts_free(l);
-			CHECK(b.last_status == NULL || strcmp(b.last_status, w[2]) == 0);
+			CHECK(last_of(&b).status == NULL || strcmp(last_of(&b).status, w[2]) == 0);
 			queue_rcpt_free_last(&b);
 			l = queue_lasts_new();
 		}

@@ -7,6 +7,7 @@
  */
 #include "router/router_sched.h"
 #include "router/router_route.h"
+#include "queue/queue_int.h"
 #include "common/util.h"
 
 #include <stdlib.h>
@@ -91,9 +92,10 @@ test_rcpt_due(void)
 		qr.state = rows[i].state;
 		qr.attempts = rows[i].attempts;
 		qr.last_attempt_ms = rows[i].last;
-		qr.last_status = rows[i].status;
+		queue_rcpt_set_last(NULL, &qr, NULL, NULL, rows[i].status, NULL);
 		qr.waiting = rows[i].waiting;
 		CHECK_MSG(sched_rcpt_due(&qr, iv, 2, 0) == rows[i].want, "row %zu", i);
+		queue_rcpt_free_last(&qr);
 	}
 }
 
