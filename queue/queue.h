@@ -84,19 +84,18 @@ struct queue_msg {
 	uint32_t body_len;           /* at most QUEUE_BODY_MAX */
 	char *dkim;                  /* DKIM-Signature field(s) sent before the body, or NULL;
 	                                their ids follow in the same allocation (queue_msg_dkim_ids()) */
-	void *sched;                 /* the scheduler's per-message state; the queue never touches it */
 	struct queue_image *image;   /* the file image in memory since its publish, or NULL
 	                                (queue_image.c; a cache of the file, loop only) */
 	struct queue_rcpt rcpt[];    /* env.nrcpts entries, in the same allocation: the count
 	                                is fixed when the message is made (queue_msg_new) */
 };
 /* One per queued message: the flags and the 32-bit body offset share one
- * gap, the file's name is derived (queue_msg_path) and a recipient keeps one
- * pointer to its last_* strings, so that with one recipient (most messages)
- * it stays within 184 bytes, a 192-byte malloc chunk (the struct alone and a
- * separate array took 192 + 64, then 232 in one 240-byte chunk, then 208 in
- * a 224-byte one). */
-_Static_assert(sizeof(void *) != 8 || sizeof(struct queue_msg) + sizeof(struct queue_rcpt) <= 184,
+ * gap, the file's name is derived (queue_msg_path), a recipient keeps one
+ * pointer to its last_* strings and the scheduler finds its own state by
+ * qid, so that with one recipient (most messages) it stays within 168
+ * bytes, a 176-byte malloc chunk (the struct alone and a separate array took
+ * 192 + 64, then 232 in one 240-byte chunk, then 208 in a 224-byte one). */
+_Static_assert(sizeof(void *) != 8 || sizeof(struct queue_msg) + sizeof(struct queue_rcpt) <= 168,
     "struct queue_msg grew");
 
 /* Record types appended after the body (one text line each). */

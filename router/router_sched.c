@@ -7,7 +7,7 @@
  * router_sched_dest.c; the reports a message owes (and its delay warning)
  * are router_sched_report.c.  See router/SCHEDULING.md.
  *
- * Owns: every struct sched_msg (hung on queue_msg->sched) and the queue_msg
+ * Owns: every struct sched_msg (found by qid in s->mhash) and the queue_msg
  * itself once the queue handed it over; the heap and timer; the host health
  * table and the run-time route table.
  * Never: changes a message's state except through queue_record(), speaks
@@ -872,7 +872,6 @@ sched_msg_free(struct sched *s, struct sched_msg *sm)
 	sched_churn(s, 1);
 	sm->deleted = true;             /* out of relayctl stats' tallies */
 	sched_msg_tally(s, sm);
-	sm->m->sched = NULL;
 	queue_msg_free(sm->m);
 	sched_tls_notes_free(sm);
 	sm->magic = 0;
@@ -988,7 +987,6 @@ sched_msg_add(struct sched *s, struct queue_msg *m, bool fresh)
 	sm->m = m;
 	sm->wake.at = SCHED_NOWAKE;
 	sm->wake.kind = SCHED_WAKE_MSG;
-	m->sched = sm;
 	for (i = 0; i < m->env.nrcpts; i++) {
 		uint64_t due = fresh ? 0 : sched_rcpt_due(&m->rcpt[i], s->conf->router.retry_intervals,
 		    s->conf->router.nretry_intervals, sched_rnd(s));
@@ -1534,10 +1532,9 @@ sched_tally(const struct sched *s, struct sched_tally *out)
 void
 sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i, struct sched_rcpt_view *out)
 {
-	const struct sched_msg *sm = m->sched;
+	const struct sched_msg *sm = sched_msg_lookup(s, m->qid);
 	const struct sched_job *job;
 
-	(void)s;
 	memset(out, 0, sizeof(*out));
 	if (m->rcpt[i].state == RCPT_DELIVERED) {
 		out->state = SCHED_RCPT_DELIVERED;
@@ -1547,7 +1544,7 @@ sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i, struct sch
 		out->state = SCHED_RCPT_FAILED;
 		return;
 	}
-	if (sm == NULL)
+	if (sm == NULL || sm->m != m)
 		return;
 	job = sm->rc[i].job;
 	if (job != NULL) {
