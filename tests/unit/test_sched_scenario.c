@@ -55,7 +55,7 @@ struct want {
 	int a, b;               /* attempts each exchanger saw (421 greetings + MAIL) */
 	int delivered;          /* messages the exchangers accepted */
 	const char *dest;       /* the destination's state: "new", "up", "down", "-" = idle (gone) */
-	int waiting;            /* its jobs waiting for it to come back */
+	int waiting;            /* its recipients waiting for it to come back */
 	int pending;            /* messages still queued (reports apart) */
 	int reports;            /* reports queued to the sender (failure, delay, expiry) */
 	int expired;            /* recipients failed for age */
@@ -736,15 +736,17 @@ pred_delivering(struct fx *fx)
 	return job != NULL && job->state == SCHED_JOB_DELIVERING;
 }
 
-/* How many of d's jobs (waiting, queued or in flight) hold sr. */
+/* How many of d's jobs (queued or in flight) hold sr, and of its waiting
+ * recipients wait under it (d's route: they hold no reference of their own). */
 static int
 route_holders(struct sched *s, struct sched_dest *d, const struct sched_route *sr)
 {
 	struct sched_job *job;
+	struct sched_rcpt *rc;
 	int n = 0;
 
-	TAILQ_FOREACH(job, &d->waiting, entry)
-		n += job->route == sr;
+	TAILQ_FOREACH(rc, &d->waiting, wentry)
+		n += d->route == sr;
 	TAILQ_FOREACH(job, &d->backlog, entry)
 		n += job->route == sr;
 	TAILQ_FOREACH(job, &s->active, entry)
@@ -766,7 +768,8 @@ route_cached(struct sched *s, const struct sched_route *sr)
 /*
  * A destination's jobs share one route (one reference each, one the
  * destination's, and one the route cache's entry for their domain, dropped
- * with its generation); a route change while one of them is in flight gives
+ * with its generation; its waiting recipients hold none: they wait under
+ * the destination's); a route change while one of them is in flight gives
  * the others a new shared route, and the job in flight keeps its old one
  * (its last reference) until its attempt ends: then it is not put back on
  * the old route but made again on the new one, sharing it with the others.
@@ -795,7 +798,7 @@ test_route_shared(int no)
 	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
 	first = d->route;
 	CHECK(first != NULL && route_holders(fx.s, d, first) == 4 && route_cached(fx.s, first) == 1 &&
-	    first->refs == 6);
+	    first->refs == 2);
 
 	/* the probe is in flight when the route changes (to a alone) */
 	fx.clock = fx.base + 10 * M;
@@ -814,7 +817,7 @@ test_route_shared(int no)
 	CHECK_INT((int)mxsink_long(&sink_b, sink_attempts), 1);
 	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
 	second = d->route;
-	CHECK(second != NULL && second->r.runtime && second->refs == 6 &&
+	CHECK(second != NULL && second->r.runtime && second->refs == 2 &&
 	    route_holders(fx.s, d, second) == 4 && route_cached(fx.s, second) == 1);
 
 	/* back to the configured route: every job gets it again, and the
@@ -823,7 +826,7 @@ test_route_shared(int no)
 	CHECK_MSG(fx_run(&fx, pred_settled), "shared route: never settled after route clear");
 	d = fx_dest(&fx, "route:a.test");
 	CHECK(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
-	CHECK(d != NULL && d->route != NULL && !d->route->r.runtime && d->route->refs == 6 &&
+	CHECK(d != NULL && d->route != NULL && !d->route->r.runtime && d->route->refs == 2 &&
 	    route_holders(fx.s, d, d->route) == 4 && route_cached(fx.s, d->route) == 1);
 	buf_free(&hosts);
 	buf_free(&err);
