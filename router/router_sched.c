@@ -623,8 +623,8 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	/* Deferred by an attempt that went a way its domain no longer goes
 	 * (a route change while it was out): due at once, the new way, and
 	 * so at start-up too (no retry timer of its own, as a waiting one). */
-	again = o == SCHED_DEFERRED && wait_dest == NULL && sched_job_active(sm->rc[i].job) &&
-	    sched_attempt_rerouted(s, sm->rc[i].job);
+	again = o == SCHED_DEFERRED && wait_dest == NULL &&
+	    sched_job_active(sched_rcpt_job(&sm->rc[i])) && sched_attempt_rerouted(s, sm->rc[i].job);
 	if (o == SCHED_DEFERRED && (wait_dest != NULL || again))
 		rec.value |= QREC_WAIT_DEST;    /* explicit: never read back from "4.4.1" */
 	if (o == SCHED_DELIVERED && dsn_passed)
@@ -698,15 +698,17 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	}
 }
 
-/* Cancel every queued or waiting job of sm (in-flight ones finish). */
+/* Take sm's recipients out of their destinations' waiting lines and cancel
+ * its queued jobs: all due at due (in-flight jobs finish). */
 static void
 sched_msg_cancel_jobs(struct sched *s, struct sched_msg *sm, uint64_t due)
 {
 	struct sched_job *job;
 	size_t i;
 
+	sched_msg_unwait(s, sm, due);
 	for (i = 0; i < sm->m->env.nrcpts; i++) {
-		job = sm->rc[i].job;
+		job = sched_rcpt_job(&sm->rc[i]);
 		if (job != NULL && !sched_job_active(job))
 			sched_job_cancel(s, job, due);
 	}
@@ -736,7 +738,7 @@ sched_msg_dispatch(struct sched *s, struct sched_msg *sm, uint64_t now, bool for
 
 	cand = small ? cand_s : xcalloc(n, sizeof(*cand));
 	for (i = 0; i < n; i++) {
-		if (m->rcpt[i].state != RCPT_PENDING || sm->rc[i].job != NULL)
+		if (m->rcpt[i].state != RCPT_PENDING || sched_rcpt_busy(&sm->rc[i]))
 			continue;
 		if (only_domain != NULL &&
 		    util_strcasecmp(sched_rcpt_domain(m->env.rcpts[i].addr), only_domain) != 0)
@@ -800,8 +802,9 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 	if (now < sched_expire_at(m->env.arrival_ms, s->conf))
 		return;
 	util_format_duration(s->conf->router.max_queue_age, age, sizeof(age));
+	sched_msg_unwait(s, sm, 0);     /* every pending one not in an attempt expires */
 	for (i = 0; i < m->env.nrcpts; i++) {
-		struct sched_job *job = sm->rc[i].job;
+		struct sched_job *job = sched_rcpt_job(&sm->rc[i]);
 		struct queue_rcpt *qr = &m->rcpt[i];
 		char reply[600], *host, *ip;
 		size_t k;
@@ -809,17 +812,14 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 		if (qr->state != RCPT_PENDING || sched_job_active(job))
 			continue;
 		if (job != NULL) {
-			/* Out of its queued or waiting job. */
+			/* Out of its queued job. */
 			int *r = sched_job_rcpts(job);
 
 			for (k = 0; k < job->nrcpts && r[k] != (int)i; k++)
 				;
 			memmove(&r[k], &r[k + 1], (job->nrcpts - k - 1) * sizeof(*r));
 			job->nrcpts--;
-			if (job->state == SCHED_JOB_QUEUED)
-				s->nr_backlog--;
-			else
-				s->nr_waiting--;
+			s->nr_backlog--;
 			sm->rc[i].job = NULL;
 			sched_rcpt_tally(s, sm, i);
 			if (job->nrcpts == 0)
@@ -862,6 +862,11 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 void
 sched_msg_free(struct sched *s, struct sched_msg *sm)
 {
+	size_t i;
+
+	for (i = 0; i < sm->m->env.nrcpts; i++)        /* none, but never a dangling link */
+		if (sm->rc[i].waiting)
+			sched_rcpt_unwait(s, sm, i, 0);
 	sched_heap_remove(s, &sm->wake);
 	if (!sm->deleted) {
 		sched_msg_hash_del(s, sm);
@@ -918,10 +923,11 @@ sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now)
 	(void)now;
 	if (!m->held) {
 		for (i = 0; i < m->env.nrcpts; i++) {
-			if (m->rcpt[i].state != RCPT_PENDING || sched_job_active(sm->rc[i].job))
+			if (m->rcpt[i].state != RCPT_PENDING ||
+			    sched_job_active(sched_rcpt_job(&sm->rc[i])))
 				continue;
 			idle_pending = true;
-			if (sm->rc[i].job == NULL && sm->rc[i].retry_at < at)
+			if (!sched_rcpt_busy(&sm->rc[i]) && sm->rc[i].retry_at < at)
 				at = sm->rc[i].retry_at;
 		}
 		if (idle_pending) {
@@ -982,6 +988,8 @@ sched_msg_add(struct sched *s, struct queue_msg *m, bool fresh)
 		queue_msg_free(m);
 		return;
 	}
+	if (m->env.nrcpts > UINT32_MAX)
+		fatalx("%s: %s: %zu recipients", __func__, m->qid, m->env.nrcpts);
 	sm = xcalloc(1, sizeof(*sm) + (m->env.nrcpts ? m->env.nrcpts : 1) * sizeof(sm->rc[0]));
 	sm->magic = SCHED_MAGIC_MSG;
 	sm->m = m;
@@ -992,6 +1000,7 @@ sched_msg_add(struct sched *s, struct queue_msg *m, bool fresh)
 		    s->conf->router.nretry_intervals, sched_rnd(s));
 
 		sm->rc[i].retry_at = due == SCHED_NOWAKE ? 0 : due;
+		sm->rc[i].idx = (uint32_t)i;
 	}
 	sched_msg_hash_add(s, sm);
 	TAILQ_INSERT_TAIL(&s->msgs, sm, entry);
@@ -1160,17 +1169,32 @@ sched_scanning(struct sched *s, size_t *loaded, size_t *corrupt)
 }
 
 /*
- * Whether job's domain goes another way now than the job's route says.  The
- * route cache answers (a route change walks every waiting job: a million in
- * an outage): most jobs hold the very route it gives, and the others are
- * compared in full.
+ * Whether the domain of recipient i of sm goes another way now than route
+ * says.  The route cache answers (a route change looks at every waiting
+ * recipient: a million in an outage): most hold the very route it gives,
+ * and the others are compared in full.
  */
+static bool
+sched_rcpt_route_changed(struct sched *s, const struct sched_msg *sm, size_t i,
+    struct sched_route *route)
+{
+	struct sched_route *sr;
+	bool changed;
+
+	if (route == NULL)
+		return true;
+	sr = sched_route_for(s, sched_rcpt_domain(sm->m->env.rcpts[i].addr), route);
+	changed = sr != route && !route_equal(&sr->r, &route->r);
+	sched_route_unref(sr);
+	return changed;
+}
+
+/* Whether job's domain goes another way now than the job's route says. */
 static bool
 sched_job_route_changed(struct sched *s, const struct sched_job *job)
 {
 	const struct env_rcpt *rcpts = job->sm->m->env.rcpts;
 	const char *dom, *prev = NULL;
-	struct sched_route *sr;
 	bool changed = false;
 	size_t k;
 
@@ -1180,9 +1204,8 @@ sched_job_route_changed(struct sched *s, const struct sched_job *job)
 		if (prev != NULL && util_strcasecmp(dom, prev) == 0)
 			continue;
 		prev = dom;
-		sr = sched_route_for(s, dom, job->route);
-		changed = sr != job->route && !route_equal(&sr->r, &job->route->r);
-		sched_route_unref(sr);
+		changed = sched_rcpt_route_changed(s, job->sm, (size_t)sched_job_rcpt(job, k),
+		    job->route);
 	}
 	return changed;
 }
@@ -1243,55 +1266,75 @@ sched_dest_route_changed(struct sched *s, const struct sched_dest *d)
 
 /*
  * Routes or the configuration changed: every job that has not started and
- * whose route is not the same any more is dropped, and its message
- * dispatched again (jobs whose route did not change keep their place).  A
- * job in flight keeps its route until its attempt ends; then, if its domain
- * goes another way, it is not put back on the old one (sched_job_next,
- * sched_rcpt_outcome: its recipients go again at once, the new way).
+ * whose route is not the same any more is dropped, and so is every waiting
+ * recipient whose domain goes another way than its destination's route
+ * (the route its jobs took: the one route of its name until a change), and
+ * their messages are dispatched again (jobs and recipients whose route did
+ * not change keep their place).  A job in flight keeps its route until its
+ * attempt ends; then, if its domain goes another way, it is not put back on
+ * the old one (sched_job_next, sched_rcpt_outcome: its recipients go again
+ * at once, the new way).
  */
 static void
 sched_reroute(struct sched *s)
 {
 	struct sched_dest *d, *dn;
 	struct sched_job *job, **stale = NULL;
+	struct sched_rcpt *rc, *rn;
 	uint64_t now = sched_now(s);
-	size_t n, cap = 0, i;
+	size_t n, nr, cap = 0, i;
 
 	/* Before any job is cancelled: cancelling starts no attempt but a
 	 * probe of the destination being looked at, after its count is used. */
 	sched_count_rerouted(s);
 	for (d = TAILQ_FIRST(&s->dests); d != NULL; d = dn) {
 		dn = TAILQ_NEXT(d, entry);
-		n = 0;
-		for (i = 0; i < 2; i++) {
-			TAILQ_FOREACH(job, i == 0 ? &d->backlog : &d->waiting, entry) {
-				if (!sched_job_route_changed(s, job))
-					continue;
-				if (n == cap) {
-					cap = cap ? cap * 2 : 16;
-					stale = xrealloc(stale, cap * sizeof(*stale));
-				}
-				stale[n++] = job;
+		n = nr = 0;
+		TAILQ_FOREACH(job, &d->backlog, entry) {
+			if (!sched_job_route_changed(s, job))
+				continue;
+			if (n == cap) {
+				cap = cap ? cap * 2 : 16;
+				stale = xrealloc(stale, cap * sizeof(*stale));
 			}
+			stale[n++] = job;
+		}
+		for (rc = TAILQ_FIRST(&d->waiting); rc != NULL; rc = rn) {
+			struct sched_msg *sm = sched_rcpt_msg(rc);
+
+			rn = TAILQ_NEXT(rc, wentry);
+			if (!sched_rcpt_route_changed(s, sm, rc->idx, d->route))
+				continue;
+			/* due now, the new way: out of the line (d moves on below) */
+			sched_rcpt_unwait(s, sm, rc->idx, now);
+			sched_heap_set(s, &sm->wake, now);
+			nr++;
 		}
 		/* A down destination with no job left, kept to remember its
 		 * outage: if its name stands for other hosts now, the outage was
 		 * of the old ones, and it is forgotten (their health stays). */
-		if (n == 0 && d->inflight == 0 && d->nwaiting + d->nbacklog == 0 &&
+		if (n == 0 && nr == 0 && d->inflight == 0 && d->nwaiting + d->nbacklog == 0 &&
 		    d->state == SCHED_DEST_DOWN && sched_dest_route_changed(s, d)) {
 			d->state = SCHED_DEST_NEW;
 			sched_dest_maybe_free(s, d);
 			continue;
 		}
-		/* Every job of a down destination, those in flight too, has a
-		 * new route: the outage was of the old route's hosts, and the
-		 * jobs try the new ones at once.  The old route's attempts still
-		 * out do not hold the first of them back (the window). */
-		if ((n > 0 || d->inflight > 0) && d->state == SCHED_DEST_DOWN &&
-		    n == d->nwaiting + d->nbacklog && d->rerouted == d->inflight) {
+		/* Every job and recipient of a down destination, those in flight
+		 * too, has a new route: the outage was of the old route's hosts,
+		 * and they try the new ones at once.  The old route's attempts
+		 * still out do not hold the first of them back (the window). */
+		if ((n > 0 || nr > 0 || d->inflight > 0) && d->state == SCHED_DEST_DOWN &&
+		    n == d->nbacklog && d->nwaiting == 0 && d->rerouted == d->inflight) {
 			d->state = SCHED_DEST_NEW;
 			d->window = 1 + d->inflight;
 			d->down_since = 0;
+		}
+		if (n == 0) {
+			if (nr > 0) {   /* its next probe, or forget it */
+				sched_dest_rewake(s, d);
+				sched_dest_maybe_free(s, d);
+			}
+			continue;
 		}
 		/* Cancelling may free d (the last job) or start a probe: d is
 		 * not looked at again, and only jobs still queued are cancelled. */
@@ -1385,6 +1428,7 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 {
 	struct sched_dest *d, *dn;
 	struct sched_job *job, *jn;
+	struct sched_rcpt *rc;
 
 	s->stopping = true;
 	if (s->scanner != NULL) {
@@ -1393,7 +1437,8 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 	}
 	s->shutdown_done = done;
 	s->shutdown_arg = arg;
-	/* Jobs that have not started, or only wait for DNS, are simply forgotten:
+	/* Jobs that have not started, or only wait for DNS, and the recipients
+	 * waiting for their destinations are simply forgotten:
 	 * nothing about them was recorded, the next start picks them up. */
 	for (d = TAILQ_FIRST(&s->dests); d != NULL; d = dn) {
 		dn = TAILQ_NEXT(d, entry);
@@ -1401,10 +1446,8 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 			sched_job_unlink(s, job);
 			sched_job_free(s, job);
 		}
-		while ((job = TAILQ_FIRST(&d->waiting)) != NULL) {
-			sched_job_unlink(s, job);
-			sched_job_free(s, job);
-		}
+		while ((rc = TAILQ_FIRST(&d->waiting)) != NULL)
+			sched_rcpt_unwait(s, sched_rcpt_msg(rc), rc->idx, 0);
 		sched_heap_remove(s, &d->wake);
 	}
 	for (job = TAILQ_FIRST(&s->active); job != NULL; job = jn) {
@@ -1546,17 +1589,16 @@ sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i, struct sch
 	}
 	if (sm == NULL || sm->m != m)
 		return;
+	if (sm->rc[i].waiting) {
+		out->dest = sm->rc[i].wdest->name;
+		out->state = SCHED_RCPT_WAITING;
+		out->next_ms = sm->rc[i].wdest->probe_at;
+		return;
+	}
 	job = sm->rc[i].job;
 	if (job != NULL) {
 		out->dest = job->dest->name;
-		if (sched_job_active(job))
-			out->state = SCHED_RCPT_ACTIVE;
-		else if (job->state == SCHED_JOB_QUEUED)
-			out->state = SCHED_RCPT_QUEUED;
-		else {
-			out->state = SCHED_RCPT_WAITING;
-			out->next_ms = job->dest->probe_at;
-		}
+		out->state = sched_job_active(job) ? SCHED_RCPT_ACTIVE : SCHED_RCPT_QUEUED;
 		return;
 	}
 	if (m->held) {
@@ -1567,21 +1609,16 @@ sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i, struct sch
 	out->next_ms = sm->rc[i].retry_at;
 }
 
-/* Flush one message by queue id: its queued or waiting jobs are remade and start now. */
+/* Flush one message by queue id: its queued jobs and waiting recipients are
+ * made into jobs again, and they start now. */
 static void
 sched_msg_flush(struct sched *s, struct sched_msg *sm, uint64_t now)
 {
 	struct queue_msg *m = sm->m;
-	struct sched_job *job;
-	size_t i;
 
 	if (m->held)
 		return;
-	for (i = 0; i < m->env.nrcpts; i++) {
-		job = sm->rc[i].job;
-		if (job != NULL && !sched_job_active(job))
-			sched_job_cancel(s, job, 0);
-	}
+	sched_msg_cancel_jobs(s, sm, 0);
 	sched_msg_dispatch(s, sm, now, true, NULL);
 	sched_msg_rewake(s, sm, now);
 }
@@ -1589,7 +1626,7 @@ sched_msg_flush(struct sched *s, struct sched_msg *sm, uint64_t now)
 /*
  * flush --all / --domain, one message: its pending recipients (of
  * only_domain) not in a job are due now, marked with this flush; the
- * destinations its waiting jobs wait on are marked for a forced probe.  No
+ * destinations its waiting recipients wait for are marked for a forced probe.  No
  * job is made or started here.  True if the message has a pending recipient
  * of only_domain (held or not).
  */
@@ -1598,7 +1635,6 @@ sched_msg_flush_due(struct sched *s, struct sched_msg *sm, const char *only_doma
     uint64_t now)
 {
 	struct queue_msg *m = sm->m;
-	struct sched_job *job;
 	bool matched = false, due = false;
 	size_t i;
 
@@ -1611,13 +1647,13 @@ sched_msg_flush_due(struct sched *s, struct sched_msg *sm, const char *only_doma
 		matched = true;
 		if (m->held)
 			continue;
-		job = sm->rc[i].job;
-		if (job == NULL) {
+		if (sm->rc[i].waiting)
+			sm->rc[i].wdest->forced_gen = s->flush_gen;
+		else if (sm->rc[i].job == NULL) {
 			sm->rc[i].retry_at = now;
 			sm->rc[i].flush_gen = s->flush_gen;
 			due = true;
-		} else if (job->state == SCHED_JOB_WAITING)
-			job->dest->forced_gen = s->flush_gen;
+		}
 	}
 	if (due)
 		sched_heap_set(s, &sm->wake, now);
@@ -1627,8 +1663,8 @@ sched_msg_flush_due(struct sched *s, struct sched_msg *sm, const char *only_doma
 /*
  * Flushing a backlog only changes state, whatever its size: recipients
  * become due and the timer dispatches them (SCHED_MAX_PER_TICK at a time)
- * through their destinations' windows; a down destination's waiting jobs
- * stay together behind ONE probe that goes out now, ignoring host backoff.
+ * through their destinations' windows; a down destination's waiting
+ * recipients stay together behind ONE probe that goes out now, ignoring host backoff.
  */
 int
 sched_flush(struct sched *s, const char *what)
@@ -1714,7 +1750,7 @@ sched_release(struct sched *s, const char *qid)
 		rec.value = 0;
 		sched_record(s, sm, &rec);
 		for (i = 0; i < sm->m->env.nrcpts; i++)
-			if (sm->rc[i].job == NULL)
+			if (!sched_rcpt_busy(&sm->rc[i]))
 				sm->rc[i].retry_at = 0;
 		sched_admin_log("released", sm->m);
 	}
@@ -1769,7 +1805,7 @@ sched_bounce(struct sched *s, const char *qid)
 	m = sm->m;
 	sched_msg_cancel_jobs(s, sm, 0);
 	for (i = 0; i < m->env.nrcpts; i++) {
-		if (m->rcpt[i].state != RCPT_PENDING || sm->rc[i].job != NULL)
+		if (m->rcpt[i].state != RCPT_PENDING || sched_rcpt_busy(&sm->rc[i]))
 			continue;
 		sched_rcpt_outcome(s, sm, (int)i, SCHED_FAILED, NULL, NULL, "5.0.0", reason, false,
 		    NULL, false, now);

@@ -6,15 +6,17 @@
  * resolves its exchangers (routes, MX), walks their addresses in order
  * skipping hosts known to be down, hands ONE attempt at a time to deliver/,
  * and turns the result into recipient outcomes, host health and the
- * destination's state (down: every job waits for ONE probe; up again: the
- * backlog is released, paced).  See router/SCHEDULING.md.
+ * destination's state (down: every recipient waits for ONE probe, in the
+ * destination's line and in no job; up again: the backlog is released,
+ * paced).  See router/SCHEDULING.md.
  *
  * A flush (sched_flush --all / --domain) gives each destination it concerns
  * ONE attempt that ignores host backoff and the destination's state: the
  * probe of a down destination, or else the first job of flushed recipients
  * admitted; everything else it made due goes through the window as usual.
  *
- * Owns: every struct sched_dest and struct sched_job, and the route cache
+ * Owns: every struct sched_dest and struct sched_job, the destinations'
+ * waiting lines (links in the messages' struct sched_rcpt), and the route cache
  * (struct sched_rcache: recipient domain -> shared route, one reference each).
  * Never: keeps a timer of its own (probes are wake-ups in router_sched.c's
  * heap), speaks SMTP, or records a state change except through
@@ -304,6 +306,8 @@ sched_job_add_rcpt(struct sched *s, struct sched_job *job, int i)
 	struct sched_rcpt *rc = &job->sm->rc[i];
 	uint64_t gen = rc->flush_gen;
 
+	if (rc->waiting)
+		fatalx("%s: recipient is waiting", __func__);
 	sched_job_rcpts(job)[job->nrcpts++] = i;
 	rc->job = job;
 	sched_rcpt_tally(s, job->sm, (size_t)i);
@@ -340,7 +344,7 @@ sched_job_free(struct sched *s, struct sched_job *job)
 	for (k = 0; k < job->nrcpts; k++) {
 		int i = sched_job_rcpt(job, k);
 
-		if (job->sm->rc[i].job == job) {
+		if (sched_rcpt_job(&job->sm->rc[i]) == job) {
 			job->sm->rc[i].job = NULL;
 			sched_rcpt_tally(s, job->sm, (size_t)i);
 		}
@@ -358,25 +362,20 @@ sched_job_free(struct sched *s, struct sched_job *job)
 	free(job);
 }
 
-/* Take a queued or waiting job out of its destination's list. */
+/* Take a queued job out of its destination's backlog. */
 void
 sched_job_unlink(struct sched *s, struct sched_job *job)
 {
 	struct sched_dest *d = job->dest;
 
-	if (job->state == SCHED_JOB_QUEUED) {
-		TAILQ_REMOVE(&d->backlog, job, entry);
-		d->nbacklog--;
-		s->nr_backlog -= job->nrcpts;
-	} else if (job->state == SCHED_JOB_WAITING) {
-		TAILQ_REMOVE(&d->waiting, job, entry);
-		d->nwaiting--;
-		s->nr_waiting -= job->nrcpts;
-	} else
+	if (job->state != SCHED_JOB_QUEUED)
 		fatalx("%s: job is in flight", __func__);
+	TAILQ_REMOVE(&d->backlog, job, entry);
+	d->nbacklog--;
+	s->nr_backlog -= job->nrcpts;
 }
 
-/* Drop a queued or waiting job: its recipients are due again at `due`. */
+/* Drop a queued job: its recipients are due again at `due`. */
 void
 sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due)
 {
@@ -391,33 +390,138 @@ sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due)
 	sched_dest_maybe_free(s, d);
 }
 
-/* The job's recipients wait for the destination to come back (logged and recorded,
- * with the last exchanger tried: host and ip, "" for none). */
+/* Put recipient i of sm (in no job) at the end of d's waiting line. */
+static void
+sched_rcpt_wait(struct sched *s, struct sched_msg *sm, size_t i, struct sched_dest *d)
+{
+	struct sched_rcpt *rc = &sm->rc[i];
+
+	if (rc->waiting || rc->job != NULL)
+		fatalx("%s: recipient is busy", __func__);
+	rc->waiting = true;
+	rc->wdest = d;
+	TAILQ_INSERT_TAIL(&d->waiting, rc, wentry);
+	d->nwaiting++;
+	s->nr_waiting++;
+	sched_rcpt_tally(s, sm, i);
+}
+
+void
+sched_rcpt_unwait(struct sched *s, struct sched_msg *sm, size_t i, uint64_t due)
+{
+	struct sched_rcpt *rc = &sm->rc[i];
+	struct sched_dest *d = rc->wdest;
+
+	if (!rc->waiting)
+		fatalx("%s: recipient is not waiting", __func__);
+	TAILQ_REMOVE(&d->waiting, rc, wentry);
+	d->nwaiting--;
+	s->nr_waiting--;
+	rc->waiting = false;
+	rc->job = NULL;
+	rc->retry_at = due;
+	rc->flush_gen = 0;
+	sched_rcpt_tally(s, sm, i);
+}
+
+void
+sched_msg_unwait(struct sched *s, struct sched_msg *sm, uint64_t due)
+{
+	struct sched_dest *ds[8], **dests = ds, *d;
+	size_t n = sm->m->env.nrcpts, nd = 0, i, k;
+
+	for (i = 0; i < n; i++) {
+		if (!sm->rc[i].waiting)
+			continue;
+		d = sm->rc[i].wdest;
+		sched_rcpt_unwait(s, sm, i, due);
+		for (k = 0; k < nd && dests[k] != d; k++)
+			;
+		if (k < nd)
+			continue;
+		if (nd == RELAY_ARRAY_LEN(ds) && dests == ds) {
+			dests = xcalloc(n, sizeof(*dests));
+			memcpy(dests, ds, sizeof(ds));
+		}
+		dests[nd++] = d;
+	}
+	/* Only now: a destination's next probe never takes one of these */
+	for (k = 0; k < nd; k++) {
+		sched_dest_rewake(s, dests[k]);
+		sched_dest_maybe_free(s, dests[k]);
+	}
+	if (dests != ds)
+		free(dests);
+}
+
+/*
+ * The job's recipients wait for the destination to come back (logged and
+ * recorded, with the last exchanger tried: host and ip, "" for none), at the
+ * end of its line and in no job: the job, taken out of any list, is freed.
+ */
 static void
 sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const char *ip,
     const char *why, uint64_t now)
 {
 	struct sched_dest *d = job->dest;
-	struct queue_msg *m = job->sm->m;
+	struct sched_msg *sm = job->sm;
+	struct queue_msg *m = sm->m;
+	bool tried = sched_job_tried(job);
 	size_t k;
 
-	job->state = SCHED_JOB_WAITING;
-	job->force = false;             /* a later probe follows host backoff again */
 	queue_msg_drop_image(m);        /* it may wait long: it will read its file */
-	TAILQ_INSERT_TAIL(&d->waiting, job, entry);
-	d->nwaiting++;
-	s->nr_waiting += job->nrcpts;
-	sched_job_tally(s, job);
 	for (k = 0; k < job->nrcpts; k++) {
 		int i = sched_job_rcpt(job, k);
 
 		if (m->rcpt[i].state != RCPT_PENDING)
 			continue;
-		if (job->sm->rc[i].down_since == 0)
-			job->sm->rc[i].down_since = d->down_since != 0 ? d->down_since : now;
-		sched_rcpt_outcome(s, job->sm, i, SCHED_DEFERRED, host, ip,
-		    "4.4.1", why, sched_job_tried(job), d->name, false, now);
+		if (sm->rc[i].down_since == 0)
+			sm->rc[i].down_since = d->down_since != 0 ? d->down_since : now;
+		sched_rcpt_outcome(s, sm, i, SCHED_DEFERRED, host, ip,
+		    "4.4.1", why, tried, d->name, false, now);
 	}
+	for (k = 0; k < job->nrcpts; k++) {
+		int i = sched_job_rcpt(job, k);
+
+		if (sched_rcpt_job(&sm->rc[i]) != job)
+			continue;
+		sm->rc[i].job = NULL;
+		if (m->rcpt[i].state == RCPT_PENDING)
+			sched_rcpt_wait(s, sm, (size_t)i, d);
+		else
+			sched_rcpt_tally(s, sm, (size_t)i);
+	}
+	sched_job_free(s, job);
+}
+
+/*
+ * A job of recipient first, waiting for d, taken out of the line with the
+ * other recipients of its message waiting for d that sched_msg_dispatch
+ * would group with it: those waiting, in their order, cut into jobs of
+ * sched_job_max, the one first is in.  Not admitted yet.  Its route is what
+ * their domain's route is now (the route cache), shared with d's.
+ */
+static struct sched_job *
+sched_dest_take(struct sched *s, struct sched_dest *d, struct sched_rcpt *first)
+{
+	struct sched_msg *sm = sched_rcpt_msg(first);
+	const char *addr = sm->m->env.rcpts[first->idx].addr, *at = strrchr(addr, '@');
+	size_t n = sm->m->env.nrcpts, max = sched_job_max(s), pos = 0, from, i;
+	struct sched_route *sr = sched_route_for(s, at != NULL ? at + 1 : "", d->route);
+	struct sched_job *job = sched_job_new(s, sm, d, sr);
+
+	sched_route_unref(sr);
+	job->dest = d;
+	for (i = 0; i < first->idx; i++)
+		pos += sm->rc[i].waiting && sm->rc[i].wdest == d;
+	from = pos - pos % max;         /* first's job begins with the from-th */
+	for (i = 0, pos = 0; i < n && job->nrcpts < max; i++) {
+		if (!sm->rc[i].waiting || sm->rc[i].wdest != d || pos++ < from)
+			continue;
+		sched_rcpt_unwait(s, sm, i, 0);
+		(void)sched_job_add_rcpt(s, job, (int)i);
+	}
+	return job;
 }
 
 /* The message's view on one attempt of a job: every recipient of it gets o. */
@@ -509,14 +613,18 @@ sched_job_probe_at(struct sched *s, struct sched_job *job, uint64_t now)
 	return at;
 }
 
-/* Every exchanger of the job's destination is down: it and the backlog wait. */
+/* Every exchanger of the job's destination is down: its recipients and the
+ * backlog's wait (at the end of the line, the job's first); the job is freed. */
 static void
 sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now)
 {
-	const struct sched_last *last = sched_job_seen(job);
+	struct sched_last *own = job->last;     /* kept past the job, for the backlog's */
+	const struct sched_last *last = own != NULL ? own : &sched_last_none;
 	struct sched_job *b;
 	struct buf why = BUF_INIT;
 	bool was_down = d->state == SCHED_DEST_DOWN;
+
+	job->last = NULL;
 
 	if (!was_down)
 		d->down_since = now;
@@ -531,6 +639,7 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 		sched_job_wait(s, b, last->host, last->ip, buf_cstr(&why), now);
 	}
 	buf_free(&why);
+	free(own);
 	if (!was_down)
 		sched_log_dest("destination_down", d, now, LOG_NOTICE);
 }
@@ -539,13 +648,15 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 static void
 sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
 {
+	struct sched_rcpt *rc;
 	struct sched_job *job;
 
 	if (d->state == SCHED_DEST_DOWN) {
 		d->state = SCHED_DEST_UP;
 		d->window = SCHED_RAMP_START;
-		while ((job = TAILQ_FIRST(&d->waiting)) != NULL) {
-			sched_job_unlink(s, job);
+		/* in the line's order, grouped into jobs as the dispatch does */
+		while ((rc = TAILQ_FIRST(&d->waiting)) != NULL) {
+			job = sched_dest_take(s, d, rc);
 			job->state = SCHED_JOB_QUEUED;
 			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
 			d->nbacklog++;
@@ -562,8 +673,8 @@ sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
 
 /*
  * A job's attempt is over (outcomes recorded).  news says what it taught us
- * about the destination.  DOWN keeps the job (it waits); otherwise it is
- * freed.  Then the destination and the message move on.
+ * about the destination (DOWN: its recipients wait).  The job is freed; then
+ * the destination and the message move on.
  */
 static void
 sched_job_end(struct sched_job *job, enum sched_news news)
@@ -586,10 +697,9 @@ sched_job_end(struct sched_job *job, enum sched_news news)
 		d->probe_out = false;
 		job->probe = false;
 	}
-	if (news == SCHED_NEWS_DOWN && !s->stopping && !sm->deleted) {
-		sched_dest_down(s, d, job, now);        /* reads the attempt's exchangers */
-		sched_attempt_free(job);
-	} else
+	if (news == SCHED_NEWS_DOWN && !s->stopping && !sm->deleted)
+		sched_dest_down(s, d, job, now);        /* reads its attempt's exchangers, frees it */
+	else
 		sched_job_free(s, job);
 	if (news == SCHED_NEWS_REACHED) {
 		bool was_down = d->state == SCHED_DEST_DOWN;
@@ -1076,7 +1186,8 @@ sched_job_start(struct sched *s, struct sched_job *job)
 		    sched_on_mx, job);
 }
 
-/* A new job for its destination: start it, queue it, or let it wait. */
+/* A new job for its destination: start it, queue it, or let its recipients
+ * wait (the job is freed then). */
 void
 sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t flush_gen,
     uint64_t now)
@@ -1102,7 +1213,7 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 			}
 			snprintf(why, sizeof(why), "all exchangers of %s are down", d->name);
 			sched_job_wait(s, job, sched_job_seen(job)->host, sched_job_seen(job)->ip, why,
-			    now);
+			    now);               /* frees job */
 			sched_dest_rewake(s, d);
 			return;
 		}
@@ -1135,8 +1246,9 @@ sched_dest_rewake(struct sched *s, struct sched_dest *d)
 		return;
 	}
 	sched_heap_set(s, &d->wake, SCHED_NOWAKE);
-	job = TAILQ_FIRST(&d->waiting);
-	sched_job_unlink(s, job);
+	/* the first in line, with its message's others (a failed probe's
+	 * recipients went to the end of the line) */
+	job = sched_dest_take(s, d, TAILQ_FIRST(&d->waiting));
 	job->probe = true;
 	job->force = d->probe_force;
 	d->probe_force = false;

@@ -61,8 +61,8 @@ struct sched_job;
 
 /*
  * How a job's last attempt ended.  Allocated when first set: a job that
- * never made an attempt (queued behind the window, or waiting for a down
- * destination: tens of thousands in an outage) does not carry these 848 bytes.
+ * never made an attempt (queued behind the window: a whole backlog when an
+ * outage ends) does not carry these 848 bytes.
  */
 struct sched_last {
 	char host[256];
@@ -77,7 +77,7 @@ enum sched_tb {
 	SCHED_TB_DUE,                   /* pending, in no job: due at retry_at */
 	SCHED_TB_ACTIVE,                /* in an attempt */
 	SCHED_TB_QUEUED,                /* in a job behind its destination's window */
-	SCHED_TB_WAITING,               /* in a job waiting for its destination */
+	SCHED_TB_WAITING,               /* waiting for its destination */
 	SCHED_TB_HELD,                  /* its message is held */
 	SCHED_TB_N
 };
@@ -85,17 +85,48 @@ enum sched_tb {
 struct sched_tdom;
 struct sched_tdest;
 
+/*
+ * A recipient as the scheduler sees it: due at retry_at (in no job), in a
+ * job, or waiting for its destination (waiting: in wdest->waiting, its
+ * link and destination where retry_at, flush_gen and job are, which it does
+ * not use while it waits).  Use sched_rcpt_job() to read job.
+ */
 struct sched_rcpt {
-	uint64_t retry_at;              /* pending, not in a job: next attempt */
-	struct sched_job *job;          /* the job it is in, or NULL */
+	union {
+		struct {                        /* not waiting */
+			uint64_t retry_at;      /* pending, not in a job: next attempt */
+			uint64_t flush_gen;     /* made due by this flush (s->flush_gen), 0 = not */
+		};
+		TAILQ_ENTRY(sched_rcpt) wentry; /* waiting: in wdest->waiting */
+	};
+	union {
+		struct sched_job *job;          /* not waiting: the job it is in, or NULL */
+		struct sched_dest *wdest;       /* waiting: the destination it waits for */
+	};
 	uint64_t down_since;            /* its destination is down since (reports), 0 = not */
-	uint64_t flush_gen;             /* made due by this flush (s->flush_gen), 0 = not */
 	struct sched_tdom *tdom;        /* counted under its domain (tbucket != NONE), else NULL */
-	struct sched_tdest *tdest;      /* and under its job's destination, or NULL */
+	struct sched_tdest *tdest;      /* and under its (job's) destination, or NULL */
 	uint8_t tbucket;                /* enum sched_tb: where it is counted */
 	bool report_out;                /* its report's commit is in flight */
 	bool outcome_out;               /* its D or F record is not durable yet: no report */
+	bool waiting;                   /* wentry and wdest, not retry_at, flush_gen, job */
+	uint32_t idx;                   /* its index in its message's rc[] (sched_rcpt_msg) */
 };
+TAILQ_HEAD(sched_rcptq, sched_rcpt);
+
+/* The job rc is in, or NULL (due, or waiting for its destination). */
+static inline struct sched_job *
+sched_rcpt_job(const struct sched_rcpt *rc)
+{
+	return rc->waiting ? NULL : rc->job;
+}
+
+/* Whether rc is in a job or waiting (not due on its own timer). */
+static inline bool
+sched_rcpt_busy(const struct sched_rcpt *rc)
+{
+	return rc->waiting || rc->job != NULL;
+}
 
 /* How the TLS policy treated one exchanger address tried for a message
  * (router_sched_tls.c; relayctl queue show). */
@@ -129,14 +160,22 @@ struct sched_msg {
 	                                   allocation: the count is fixed when the message comes */
 };
 /* With one recipient (most messages), 152 bytes: a 160-byte malloc chunk
- * where the struct and a separate array took 128 + 64. */
+ * where the struct and a separate array took 128 + 64; a recipient waiting
+ * for its destination keeps its place in the line within those bytes. */
 _Static_assert(sizeof(void *) != 8 || sizeof(struct sched_msg) + sizeof(struct sched_rcpt) <= 152,
     "struct sched_msg grew");
+_Static_assert(sizeof(void *) != 8 || sizeof(struct sched_rcpt) <= 56, "struct sched_rcpt grew");
 TAILQ_HEAD(sched_msgq, sched_msg);
+
+/* The message whose recipient rc is. */
+static inline struct sched_msg *
+sched_rcpt_msg(struct sched_rcpt *rc)
+{
+	return (struct sched_msg *)(void *)((char *)(rc - rc->idx) - offsetof(struct sched_msg, rc));
+}
 
 enum sched_job_state {
 	SCHED_JOB_QUEUED,               /* in dest->backlog */
-	SCHED_JOB_WAITING,              /* in dest->waiting */
 	SCHED_JOB_RESOLVING,            /* in s->active: DNS query out */
 	SCHED_JOB_DELIVERING,           /* in s->active: deliver attempt out */
 };
@@ -145,7 +184,7 @@ enum sched_job_state {
  * What one attempt of a job needs while it runs (resolving, then walking the
  * exchangers with deliver/): allocated when the attempt starts
  * (sched_job_start), freed when it ends (sched_job_end) or with the job.  A
- * queued or waiting job (up to one per queued message in an outage) has
+ * queued job (one per message of a backlog released after an outage) has
  * none: these ~900 bytes are paid per attempt in flight, not per message.
  */
 struct sched_attempt {
@@ -229,11 +268,14 @@ struct sched_rcache {
 #define SCHED_JOB_RCPTS_MAX     UINT16_MAX
 
 /*
- * One transaction of one message to one destination.  Kept small: a queued
- * message whose destination is down has one for as long as it waits, so the
- * struct stays within 72 bytes (an 80-byte malloc chunk): what only an
- * attempt needs (the scheduler, the configuration, what it tried) is in its
- * struct sched_attempt, and a job of one recipient keeps its index inline.
+ * One transaction of one message to one destination.  Kept small: a
+ * destination's backlog (all of it at once when an outage ends) has one per
+ * message, so the struct stays within 72 bytes (an 80-byte malloc chunk):
+ * what only an attempt needs (the scheduler, the configuration, what it
+ * tried) is in its struct sched_attempt, and a job of one recipient keeps
+ * its index inline.  A message waiting for its down destination has none:
+ * its recipients wait in the destination's line (struct sched_rcpt), and
+ * the probe or the release makes jobs of them again (sched_dest_take).
  */
 struct sched_job {
 	uint32_t magic;
@@ -242,7 +284,7 @@ struct sched_job {
 	bool force : 1;                 /* flush: ignore backoff and destination state */
 	bool probe : 1;                 /* the destination's probe */
 	bool many : 1;                  /* rc.many, not rc.one (sched_job_rcpts) */
-	TAILQ_ENTRY(sched_job) entry;   /* dest->backlog, dest->waiting or s->active */
+	TAILQ_ENTRY(sched_job) entry;   /* dest->backlog or s->active */
 	struct sched_msg *sm;
 	struct sched_dest *dest;
 	struct sched_route *route;      /* shared, one reference held (sched_route_get) */
@@ -280,8 +322,8 @@ struct sched_dest {
 	unsigned rerouted;              /* sched_reroute only: of inflight, how many go a way
 	                                   their domain no longer goes */
 	struct sched_jobq backlog;      /* ready, waiting for the window */
-	struct sched_jobq waiting;      /* the destination is down */
-	size_t nbacklog, nwaiting;
+	struct sched_rcptq waiting;     /* the destination is down: recipients, in no job */
+	size_t nbacklog, nwaiting;      /* jobs in backlog; recipients in waiting */
 	uint64_t down_since;
 	uint64_t empty_since;           /* down with no jobs since (the sweep forgets it) */
 	uint64_t probe_at;
@@ -439,6 +481,12 @@ void sched_job_unlink(struct sched *s, struct sched_job *job);
 /* The most recipients a job of s takes (router.max_rcpts_per_txn, bounded). */
 unsigned sched_job_max(const struct sched *s);
 void sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due);
+/* Take recipient i of sm out of its destination's waiting line: due at due,
+ * in no job (the destination is left as it is: sched_dest_rewake). */
+void sched_rcpt_unwait(struct sched *s, struct sched_msg *sm, size_t i, uint64_t due);
+/* Every waiting recipient of sm: out of its line, due at due; then each
+ * destination that lost one moves on (its probe, or it is forgotten). */
+void sched_msg_unwait(struct sched *s, struct sched_msg *sm, uint64_t due);
 /* Start, queue or park a new job; flush_gen: the latest flush that made one of
  * its recipients due (sched_job_add_rcpt), 0 = none. */
 void sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job,

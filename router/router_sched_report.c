@@ -28,7 +28,6 @@ static void
 sched_ndr_fill(struct sched_msg *sm, int i, struct ndr_rcpt *nr)
 {
 	const struct queue_rcpt *qr = &sm->m->rcpt[i];
-	const struct sched_job *job = sm->rc[i].job;
 	struct queue_last last;
 
 	queue_rcpt_last(qr, &last);
@@ -40,8 +39,8 @@ sched_ndr_fill(struct sched_msg *sm, int i, struct ndr_rcpt *nr)
 	nr->last_attempt_ms = qr->last_attempt_ms;
 	nr->attempts = qr->attempts;
 	nr->down_since_ms = sm->rc[i].down_since;
-	if (nr->down_since_ms == 0 && job != NULL && job->state == SCHED_JOB_WAITING)
-		nr->down_since_ms = job->dest->down_since;
+	if (nr->down_since_ms == 0 && sm->rc[i].waiting)
+		nr->down_since_ms = sm->rc[i].wdest->down_since;
 }
 
 /* A report in flight: what its commit callback needs to find the message again. */

@@ -95,15 +95,14 @@ sched_tdest_put(struct sched_tdom *t, struct sched_tdest *d)
 static enum sched_tb
 sched_rcpt_bucket(const struct sched_msg *sm, size_t i)
 {
-	const struct sched_job *job = sm->rc[i].job;
+	const struct sched_job *job = sched_rcpt_job(&sm->rc[i]);
 
 	if (sm->deleted || sm->m->rcpt[i].state != RCPT_PENDING)
 		return SCHED_TB_NONE;
-	if (job != NULL) {
-		if (sched_job_active(job))
-			return SCHED_TB_ACTIVE;
-		return job->state == SCHED_JOB_QUEUED ? SCHED_TB_QUEUED : SCHED_TB_WAITING;
-	}
+	if (sm->rc[i].waiting)
+		return SCHED_TB_WAITING;
+	if (job != NULL)
+		return sched_job_active(job) ? SCHED_TB_ACTIVE : SCHED_TB_QUEUED;
 	return sm->m->held ? SCHED_TB_HELD : SCHED_TB_DUE;
 }
 
@@ -112,8 +111,9 @@ sched_rcpt_tally(struct sched *s, struct sched_msg *sm, size_t i)
 {
 	struct sched_rcpt *rc = &sm->rc[i];
 	enum sched_tb b = sched_rcpt_bucket(sm, i);
-	const char *dest = b != SCHED_TB_NONE && rc->job != NULL && rc->job->dest != NULL ?
-	    rc->job->dest->name : NULL;
+	const struct sched_job *job = sched_rcpt_job(rc);
+	const char *dest = b == SCHED_TB_NONE ? NULL : rc->waiting ? rc->wdest->name :
+	    job != NULL && job->dest != NULL ? job->dest->name : NULL;
 
 	if (b == rc->tbucket && (dest == NULL ? rc->tdest == NULL :
 	    rc->tdest != NULL && strcmp(rc->tdest->dest, dest) == 0))

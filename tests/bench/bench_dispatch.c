@@ -12,14 +12,14 @@
  *
  * smarthost (default): router.routes "*" goes to 127.0.0.1:1, where nothing
  * listens: the one destination's first job is refused, the destination is
- * down, and every other job waits for it (an outage with a full queue).
+ * down, and every other recipient waits for it (an outage with a full queue).
  * dns: "*" only sets the TLS of DNS delivery, each domain is a destination
  * of its own, and the resolver asks 127.0.0.1:1 (nothing answers): each
  * destination's first job is resolving when the bench stops, the others are
  * queued behind it (the shutdown cancels the queries).
  * -r: once every message is dispatched, `relayctl route set` for a domain
  * no message goes to (sched_route_set): sched_reroute's inclusive count is
- * the cost of a route change per waiting job, none of which changes (the
+ * the cost of a route change per waiting recipient, none of which changes (the
  * route is written to the queue directory's routes file, as relayctl's is).
  * The queue directory is changed (the attempts' records): copy it first.
  * Owns: its loop, queue, resolver, deliver and scheduler.
@@ -68,7 +68,7 @@ bench_dsp_poll(uv_timer_t *t)
 		if (sched_route_set(b->s, "bench-unrelated.invalid", "127.0.0.1:2", &err) != 0)
 			fatalx("route set: %s", buf_cstr(&err));
 		buf_free(&err);
-		printf("route set: every waiting job looked at\n");
+		printf("route set: every waiting recipient looked at\n");
 	}
 	sched_tally(b->s, &st);
 	printf("dispatched %zu messages: %zu recipients waiting, %zu queued, %zu active, "

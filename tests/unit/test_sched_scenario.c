@@ -55,7 +55,7 @@ struct want {
 	int a, b;               /* attempts each exchanger saw (421 greetings + MAIL) */
 	int delivered;          /* messages the exchangers accepted */
 	const char *dest;       /* the destination's state: "new", "up", "down", "-" = idle (gone) */
-	int waiting;            /* its jobs waiting for it to come back */
+	int waiting;            /* its recipients waiting for it to come back */
 	int pending;            /* messages still queued (reports apart) */
 	int reports;            /* reports queued to the sender (failure, delay, expiry) */
 	int expired;            /* recipients failed for age */
@@ -736,15 +736,17 @@ pred_delivering(struct fx *fx)
 	return job != NULL && job->state == SCHED_JOB_DELIVERING;
 }
 
-/* How many of d's jobs (waiting, queued or in flight) hold sr. */
+/* How many of d's jobs (queued or in flight) hold sr, and of its waiting
+ * recipients wait under it (d's route: they hold no reference of their own). */
 static int
 route_holders(struct sched *s, struct sched_dest *d, const struct sched_route *sr)
 {
 	struct sched_job *job;
+	struct sched_rcpt *rc;
 	int n = 0;
 
-	TAILQ_FOREACH(job, &d->waiting, entry)
-		n += job->route == sr;
+	TAILQ_FOREACH(rc, &d->waiting, wentry)
+		n += d->route == sr;
 	TAILQ_FOREACH(job, &d->backlog, entry)
 		n += job->route == sr;
 	TAILQ_FOREACH(job, &s->active, entry)
@@ -766,7 +768,8 @@ route_cached(struct sched *s, const struct sched_route *sr)
 /*
  * A destination's jobs share one route (one reference each, one the
  * destination's, and one the route cache's entry for their domain, dropped
- * with its generation); a route change while one of them is in flight gives
+ * with its generation; its waiting recipients hold none: they wait under
+ * the destination's); a route change while one of them is in flight gives
  * the others a new shared route, and the job in flight keeps its old one
  * (its last reference) until its attempt ends: then it is not put back on
  * the old route but made again on the new one, sharing it with the others.
@@ -795,7 +798,7 @@ test_route_shared(int no)
 	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
 	first = d->route;
 	CHECK(first != NULL && route_holders(fx.s, d, first) == 4 && route_cached(fx.s, first) == 1 &&
-	    first->refs == 6);
+	    first->refs == 2);
 
 	/* the probe is in flight when the route changes (to a alone) */
 	fx.clock = fx.base + 10 * M;
@@ -814,7 +817,7 @@ test_route_shared(int no)
 	CHECK_INT((int)mxsink_long(&sink_b, sink_attempts), 1);
 	CHECK(d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
 	second = d->route;
-	CHECK(second != NULL && second->r.runtime && second->refs == 6 &&
+	CHECK(second != NULL && second->r.runtime && second->refs == 2 &&
 	    route_holders(fx.s, d, second) == 4 && route_cached(fx.s, second) == 1);
 
 	/* back to the configured route: every job gets it again, and the
@@ -823,7 +826,7 @@ test_route_shared(int no)
 	CHECK_MSG(fx_run(&fx, pred_settled), "shared route: never settled after route clear");
 	d = fx_dest(&fx, "route:a.test");
 	CHECK(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == 4);
-	CHECK(d != NULL && d->route != NULL && !d->route->r.runtime && d->route->refs == 6 &&
+	CHECK(d != NULL && d->route != NULL && !d->route->r.runtime && d->route->refs == 2 &&
 	    route_holders(fx.s, d, d->route) == 4 && route_cached(fx.s, d->route) == 1);
 	buf_free(&hosts);
 	buf_free(&err);
@@ -1422,6 +1425,196 @@ test_split_max(int no, unsigned max, int n, int want_msgs)
 	fx_fini(&fx);
 }
 
+/* The messages' jobs: none while every recipient waits for its destination. */
+static unsigned
+fx_njobs(struct fx *fx)
+{
+	struct sched_msg *sm;
+	unsigned n = 0;
+
+	TAILQ_FOREACH(sm, &fx->s->msgs, entry)
+		n += sm->njobs;
+	return n;
+}
+
+/* Recipient i of the first message waits for the destination called dest. */
+static bool
+fx_rcpt_waits(struct fx *fx, size_t i, const char *dest)
+{
+	struct sched_msg *sm = sched_msg_lookup(fx->s, fx->qids[0]);
+	struct sched_rcpt_view v;
+
+	if (sm == NULL)
+		return false;
+	sched_rcpt_view(fx->s, sm->m, i, &v);
+	return v.state == SCHED_RCPT_WAITING && v.dest != NULL && strcmp(v.dest, dest) == 0;
+}
+
+/*
+ * SCHEDULING.md, Outages and Memory: a message whose recipients' two
+ * destinations (a.test's route; c.test by "*": r) are both down waits in
+ * both lines, each recipient in its own, and with no job.  One destination
+ * coming back (another node said so) sends its recipient; the other keeps
+ * waiting, and a delete takes it out of its line.  The tallies agree with
+ * a walk at each point, also right after the release (jobs in the backlog).
+ */
+static void
+test_wait_two_dests(int no)
+{
+	struct fx fx;
+	struct sched_dest *da, *dr;
+	struct env_rcpt rcpt[2];
+
+	sinks_reset("");
+	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='421 4.3.2 down for the test'); "
+	    "sink.drop_connections()");
+	fx_init(&fx, &route_share, no);
+	memset(rcpt, 0, sizeof(rcpt));
+	rcpt[0].addr = "x@a.test";
+	rcpt[1].addr = "y@c.test";
+	fx_submit_rcpts(&fx, rcpt, 2);
+	CHECK_MSG(fx_run(&fx, pred_settled), "two dests: never settled");
+	da = fx_dest(&fx, "route:a.test");
+	dr = fx_dest(&fx, "route:*");
+	CHECK(da != NULL && dr != NULL);
+	if (da == NULL || dr == NULL)
+		exit(check_done());
+	CHECK_MSG(da->state == SCHED_DEST_DOWN && dr->state == SCHED_DEST_DOWN &&
+	    da->nwaiting == 1 && dr->nwaiting == 1 && fx.s->nr_waiting == 2 && fx_njobs(&fx) == 0,
+	    "two dests: states %d %d, waiting %zu %zu (%zu in all), %u jobs (want down, down, 1, 1, "
+	    "2, no job)", (int)da->state, (int)dr->state, da->nwaiting, dr->nwaiting,
+	    fx.s->nr_waiting, fx_njobs(&fx));
+	CHECK(fx_rcpt_waits(&fx, 0, "route:a.test") && fx_rcpt_waits(&fx, 1, "route:*"));
+	check_tally(fx.s, no, 0);
+
+	/* as when another node reached a: its address is up, its destination too */
+	sink_set_up(&sink_a, 'a', "a");
+	CHECK_INT(health_reset(sched_health(fx.s), "127.0.0.2"), 0);
+	CHECK(sched_dest_release(fx.s, "route:a.test"));
+	check_tally(fx.s, no, 1);
+	CHECK_MSG(fx_run(&fx, pred_settled), "two dests: never settled after the release");
+	/* a.test's destination is up and idle: gone */
+	CHECK_MSG(sink_got(&sink_a) == 1 && fx_dest(&fx, "route:a.test") == NULL &&
+	    dr->nwaiting == 1 && fx_rcpt_waits(&fx, 1, "route:*") && fx_pending(&fx) == 1 &&
+	    fx_njobs(&fx) == 0,
+	    "two dests: %d delivered at a, waiting %zu at r, %d pending, %u jobs (want 1, 1, 1, "
+	    "none)", sink_got(&sink_a), dr->nwaiting, fx_pending(&fx), fx_njobs(&fx));
+	check_tally(fx.s, no, 2);
+
+	CHECK_INT(sched_delete(fx.s, fx.qids[0]), 0);
+	CHECK_MSG(fx_dest(&fx, "route:*") == dr && dr->state == SCHED_DEST_DOWN && dr->nwaiting == 0 &&
+	    fx.s->nr_waiting == 0 && fx_pending(&fx) == 0,
+	    "two dests: after the delete %zu waiting (%zu in all), %d pending (want 0, 0, 0)",
+	    dr->nwaiting, fx.s->nr_waiting, fx_pending(&fx));
+	check_tally(fx.s, no, 3);
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	fx_fini(&fx);
+}
+
+/*
+ * The probe of a down destination takes the first recipient in line and,
+ * of its message's others waiting there, those the dispatch put in its job
+ * (router.max_rcpts_per_txn 2: three recipients are two transactions, 2 +
+ * 1).  The failed probe's two go to the end of the line, so the next probe
+ * is the third alone; when it gets through, the release sends the other two
+ * in one transaction.
+ */
+static void
+test_probe_takes_group(int no)
+{
+	struct fx fx;
+	struct sched_dest *d;
+	long order;
+
+	sinks_reset("");
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	fx_init(&fx, &route_share, no);
+	fx.conf->router.max_rcpts_per_txn = 2;
+	fx_submit_many(&fx, 3, 3);
+	CHECK_MSG(fx_run(&fx, pred_settled), "probe group: never settled");
+	d = fx_dest(&fx, "route:a.test");
+	CHECK_MSG(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == 3 && fx_njobs(&fx) == 0,
+	    "probe group: %zu recipients waiting, %u jobs (want 3, none)", d ? d->nwaiting : 0,
+	    fx_njobs(&fx));
+	check_tally(fx.s, no, 0);
+	fx.clock = fx.base + 10 * M;            /* the probe: the first two, down again */
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_settled), "probe group: the probe never settled");
+	CHECK_MSG(mxsink_long(&sink_a, sink_attempts) == 2 && d->nwaiting == 3 && fx_njobs(&fx) == 0,
+	    "probe group: a saw %ld attempts, %zu waiting (want 2, 3)",
+	    mxsink_long(&sink_a, sink_attempts), d->nwaiting);
+	sink_set_up(&sink_a, 'a', "a");
+	fx.clock = fx.base + 30 * M;            /* the next: the third, then the release */
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_settled), "probe group: never settled after the second probe");
+	order = mxsink_long(&sink_a, "len(sink.messages[0].rcpts) * 10 + len(sink.messages[1].rcpts) "
+	    "if len(sink.messages) == 2 else -len(sink.messages)");
+	CHECK_MSG(order == 12 && fx_pending(&fx) == 0,
+	    "probe group: transactions of %ld (want 12: the probe's 1, then the released 2), "
+	    "%d pending", order, fx_pending(&fx));
+	check_tally(fx.s, no, 1);
+	fx_fini(&fx);
+}
+
+/*
+ * relayctl queue hold / release / bounce of a message whose two recipients
+ * wait for their down destination: a hold takes them out of its line
+ * (held: the probe's time passes without an attempt), a release makes them
+ * due (the message is the probe due meanwhile: down, they wait again,
+ * still in no job), and a bounce fails both (5.0.0, one report) and leaves
+ * the line empty.  The tallies agree with a walk after each.
+ */
+static void
+test_admin_waiting(int no)
+{
+	struct fx fx;
+	struct sched_dest *d;
+	struct sched_tally t;
+	long attempts;
+
+	sinks_reset("");
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	fx_init(&fx, &route_share, no);
+	fx_submit_many(&fx, 2, 2);
+	CHECK_MSG(fx_run(&fx, pred_settled), "admin waiting: never settled");
+	d = fx_dest(&fx, "route:a.test");
+	CHECK(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == 2 && fx_njobs(&fx) == 0);
+	if (d == NULL)
+		exit(check_done());
+	attempts = mxsink_long(&sink_a, sink_attempts);
+
+	CHECK_INT(sched_hold(fx.s, fx.qids[0]), 0);
+	sched_tally(fx.s, &t);
+	CHECK_MSG(d->nwaiting == 0 && t.rcpts_held == 2 && t.rcpts_waiting == 0,
+	    "admin waiting: held: %zu waiting, tally held %zu waiting %zu (want 0, 2, 0)",
+	    d->nwaiting, t.rcpts_held, t.rcpts_waiting);
+	check_tally(fx.s, no, 0);
+	fx.clock = fx.base + 10 * M;            /* the probe's time: nothing waits */
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_settled), "admin waiting: never settled while held");
+	CHECK(mxsink_long(&sink_a, sink_attempts) == attempts);
+
+	CHECK_INT(sched_release(fx.s, fx.qids[0]), 0);
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_settled), "admin waiting: never settled after the release");
+	CHECK_MSG(d->state == SCHED_DEST_DOWN && d->nwaiting == 2 && fx_njobs(&fx) == 0 &&
+	    fx_rcpt_waits(&fx, 0, "route:a.test") && fx_rcpt_waits(&fx, 1, "route:a.test"),
+	    "admin waiting: released: %zu waiting, %u jobs (want 2, none)", d->nwaiting, fx_njobs(&fx));
+	check_tally(fx.s, no, 1);
+
+	fx.want_reports = 1;
+	CHECK_INT(sched_bounce(fx.s, fx.qids[0]), 0);
+	CHECK_MSG(d->nwaiting == 0 && fx.s->nr_waiting == 0, "admin waiting: bounced: %zu waiting",
+	    d->nwaiting);
+	check_tally(fx.s, no, 2);
+	CHECK_MSG(fx_run(&fx, pred_settled), "admin waiting: never settled after the bounce");
+	CHECK_MSG(fx_pending(&fx) == 0 && (int)fx.stats.ndr_sent == 1 && fx.stats.bounced == 2,
+	    "admin waiting: %d pending, %d reports, %d bounced (want 0, 1, 2)", fx_pending(&fx),
+	    (int)fx.stats.ndr_sent, (int)fx.stats.bounced);
+	check_tally(fx.s, no, 3);
+	fx_fini(&fx);
+}
+
 int
 main(void)
 {
@@ -1449,6 +1642,9 @@ main(void)
 	test_split_max((int)RELAY_ARRAY_LEN(scenarios) + 14, 1, 3, 3);
 	test_split_max((int)RELAY_ARRAY_LEN(scenarios) + 15, 2, 5, 3);
 	test_split_max((int)RELAY_ARRAY_LEN(scenarios) + 16, 4, 9, 3);
+	test_wait_two_dests((int)RELAY_ARRAY_LEN(scenarios) + 17);
+	test_probe_takes_group((int)RELAY_ARRAY_LEN(scenarios) + 18);
+	test_admin_waiting((int)RELAY_ARRAY_LEN(scenarios) + 19);
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
 	mxsink_stop(&sink_r);
