@@ -313,7 +313,7 @@ void queue_stage_op(struct queue *q, struct queue_job *j, bool qid_op);
 void queue_post_done(struct queue *q, struct queue_job *j);
 int queue_journal_open(struct queue *q, int dirfd, struct buf *err);
 
-/* The names of a directory, sorted by inode (queue.c); any thread. */
+/* The names of a directory, sorted by name (queue_dir.c); any thread. */
 struct queue_dirent {
 	char *name;
 	ino_t ino;

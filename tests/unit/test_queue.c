@@ -12,10 +12,13 @@
  * fields and their ids survive a restart; a body beyond QUEUE_BODY_MAX is
  * refused when written and corrupt when a file claims it, and one whose
  * offset and length add up to 4 GiB or more is deleted when removed.
+ * A directory's listing (queue_read_dir()) has every name once, sorted,
+ * with its inode.
  * Every test ends by checking that the loop closes cleanly.
  * Owns its temporary directories and removes them at the end.
  */
 #include "queue/queue.h"
+#include "queue/queue_int.h"         /* queue_read_dir(), for the listing */
 #include "common/log.h"
 #include "common/util.h"
 #include "check.h"
@@ -1983,12 +1986,61 @@ test_sigkill(void)
 	sink_free(&scanned);
 }
 
+/*
+ * queue_read_dir(): every name of a directory once, sorted by name, each
+ * with its inode; enough names (of 1 to 60 bytes, made in another order)
+ * that both of its mappings grow and the sort merges many runs of uneven
+ * length; an empty directory lists nothing.
+ */
+static void
+test_read_dir(void)
+{
+	struct queue_dirent *v;
+	struct stat st;
+	char dir[128], name[96];
+	size_t i, n, len, made = 5003;
+	uint32_t x = 12345;
+	int dfd, fd;
+
+	new_qdir(dir, sizeof(dir));
+	CHECK_INT(mkdir(dir, 0700), 0);
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	CHECK(dfd >= 0);
+	v = queue_read_dir(dfd, &n);
+	CHECK(v != NULL);
+	CHECK_INT(n, 0);
+	queue_free_dir(v, n);
+	for (i = 0; i < made; i++) {
+		x = x * 1103515245u + 12345u;
+		len = 1 + (x >> 16) % 60;
+		/* the number first (distinct names), then filler of the length */
+		snprintf(name, sizeof(name), "%zx-%.*s", (i * 7919) % made, (int)len,
+		    "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA0123456789");
+		fd = openat(dfd, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+		CHECK(fd >= 0);
+		close(fd);
+	}
+	v = queue_read_dir(dfd, &n);
+	CHECK(v != NULL);
+	CHECK_INT(n, made);
+	for (i = 0; v != NULL && i < n; i++) {
+		if (i > 0)
+			CHECK_MSG(strcmp(v[i - 1].name, v[i].name) < 0, "%s before %s",
+			    v[i - 1].name, v[i].name);
+		CHECK_INT(fstatat(dfd, v[i].name, &st, AT_SYMLINK_NOFOLLOW), 0);
+		CHECK(st.st_ino == v[i].ino);
+	}
+	queue_free_dir(v, n);
+	close(dfd);
+}
+
 int
 main(void)
 {
 	if (fixture_setup("queue") != 0)
 		return 2;
 	test_qid();
+	test_read_dir();
 	test_escape();
 	test_envelope_decode_rejects();
 	test_sigkill();

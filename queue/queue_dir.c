@@ -1,0 +1,141 @@
+/*
+ * queue_dir.c - the names of a directory, sorted (msg/ at open and in the
+ * start-up scan, incoming/ at open), kept in anonymous memory of their own:
+ * one mapping for the entries, one for the names, both unmapped whole when
+ * the list is freed, and sorted without malloc.  A million names as a
+ * million malloc'd strings (and their array, and qsort's buffer) left holes
+ * in the scan thread's malloc arena below the messages it loaded, mapped
+ * until a trim, and raised malloc's mmap threshold (tests/bench/README.md
+ * "The start-up scan's holes").  Any thread; owns nothing but the list.
+ */
+#include "queue/queue_int.h"
+#include "common/util.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define QUEUE_DIR_MAP0 (64u << 10)      /* each mapping's first size; doubled as needed */
+
+/* In front of the entries, in their mapping: what queue_free_dir() unmaps. */
+struct queue_dirmap {
+	char *names;
+	size_t names_size;
+	size_t size;                    /* of this mapping */
+	size_t pad;                     /* the entries 16-byte aligned */
+};
+
+static void *
+queue_dir_map(void *p, size_t old, size_t want)
+{
+	void *n;
+
+	if (p == NULL)
+		n = mmap(NULL, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	else
+		n = mremap(p, old, want, MREMAP_MAYMOVE);
+	if (n == MAP_FAILED)
+		fatalx("%s: out of memory (%zu bytes)", __func__, want);
+	return n;
+}
+
+/* Grow a mapping of *size bytes until it holds need bytes. */
+static void *
+queue_dir_fit(void *p, size_t *size, size_t need)
+{
+	size_t want = *size;
+
+	if (need <= want)
+		return p;
+	while (want < need)
+		want *= 2;
+	p = queue_dir_map(p, *size, want);
+	*size = want;
+	return p;
+}
+
+/* Sort v[0..n) by name, merging runs through tmp (n entries): no malloc. */
+static void
+queue_dir_sort(struct queue_dirent *v, struct queue_dirent *tmp, size_t n)
+{
+	struct queue_dirent *src = v, *dst = tmp, *t;
+	size_t w, lo, mid, hi, i, j, k;
+
+	for (w = 1; w < n; w *= 2) {
+		for (lo = 0; lo < n; lo += 2 * w) {
+			mid = lo + w < n ? lo + w : n;
+			hi = lo + 2 * w < n ? lo + 2 * w : n;
+			for (i = lo, j = mid, k = lo; k < hi; k++)
+				dst[k] = i < mid && (j == hi || strcmp(src[i].name, src[j].name) <= 0) ?
+				    src[i++] : src[j++];
+		}
+		t = src;
+		src = dst;
+		dst = t;
+	}
+	if (src != v)
+		memcpy(v, src, n * sizeof(*v));
+}
+
+void
+queue_free_dir(struct queue_dirent *v, size_t n)
+{
+	struct queue_dirmap *h;
+
+	(void)n;
+	if (v == NULL)
+		return;
+	h = (struct queue_dirmap *)v - 1;
+	if (h->names != NULL)
+		munmap(h->names, h->names_size);
+	munmap(h, h->size);
+}
+
+/* Entries of dirfd other than "." and "..", sorted by name (ids sort by time). */
+struct queue_dirent *
+queue_read_dir(int dirfd, size_t *count)
+{
+	DIR *d;
+	struct dirent *de;
+	struct queue_dirmap *h;
+	struct queue_dirent *v;
+	char *names = NULL, *p;
+	size_t n = 0, i, len, used = 0, names_size = QUEUE_DIR_MAP0, size = QUEUE_DIR_MAP0;
+	int fd;
+
+	*count = 0;
+	if ((fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+		return NULL;
+	if ((d = fdopendir(fd)) == NULL) {
+		close(fd);
+		return NULL;
+	}
+	h = queue_dir_map(NULL, 0, size);
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		len = strlen(de->d_name) + 1;
+		if (names == NULL)
+			names = queue_dir_map(NULL, 0, names_size);
+		names = queue_dir_fit(names, &names_size, used + len);
+		memcpy(names + used, de->d_name, len);
+		used += len;
+		/* room for the entries twice: the second half is the sort's */
+		h = queue_dir_fit(h, &size, sizeof(*h) + 2 * (n + 1) * sizeof(*v));
+		v = (struct queue_dirent *)(h + 1);
+		v[n].name = NULL;       /* set below: the names mapping may still move */
+		v[n++].ino = de->d_ino;
+	}
+	closedir(d);
+	v = (struct queue_dirent *)(h + 1);
+	for (i = 0, p = names; i < n; i++, p += strlen(p) + 1)
+		v[i].name = p;          /* in readdir order, as the names were appended */
+	queue_dir_sort(v, v + n, n);
+	h->names = names;
+	h->names_size = names_size;
+	h->size = size;
+	*count = n;
+	return v;
+}
