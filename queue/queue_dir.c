@@ -133,6 +133,14 @@ queue_read_dir(int dirfd, size_t *count)
 	for (i = 0, p = names; i < n; i++, p += strlen(p) + 1)
 		v[i].name = p;          /* in readdir order, as the names were appended */
 	queue_dir_sort(v, v + n, n);
+	/* the sort's half back to the system now: the scan keeps the list for
+	 * as long as it walks it */
+	len = (sizeof(*h) + n * sizeof(*v) + QUEUE_DIR_MAP0 - 1) / QUEUE_DIR_MAP0 * QUEUE_DIR_MAP0;
+	if (len < size) {
+		h = queue_dir_map(h, size, len);        /* shrinks in place */
+		size = len;
+		v = (struct queue_dirent *)(h + 1);
+	}
 	h->names = names;
 	h->names_size = names_size;
 	h->size = size;
