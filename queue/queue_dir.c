@@ -2,7 +2,8 @@
  * queue_dir.c - the names of a directory, sorted (msg/ at open and in the
  * start-up scan, incoming/ at open), kept in anonymous memory of their own:
  * one mapping for the entries, one for the names, both unmapped whole when
- * the list is freed, and sorted without malloc.  A million names as a
+ * the list is freed, and sorted without malloc; a walk in order can give
+ * back the pages it has passed (queue_dir_release()).  A million names as a
  * million malloc'd strings (and their array, and qsort's buffer) left holes
  * in the scan thread's malloc arena below the messages it loaded, mapped
  * until a trim, and raised malloc's mmap threshold (tests/bench/README.md
@@ -24,6 +25,7 @@ struct queue_dirmap {
 	char *names;
 	size_t names_size;
 	size_t size;                    /* of this mapping */
+	size_t names_gone, gone;        /* queue_dir_release(): given back below these offsets */
 	size_t pad;                     /* the entries 16-byte aligned */
 };
 
@@ -79,6 +81,33 @@ queue_dir_sort(struct queue_dirent *v, struct queue_dirent *tmp, size_t n)
 		memcpy(v, src, n * sizeof(*v));
 }
 
+/* The whole pages of [*from, to) of the mapping at base given back; *from moves on. */
+static void
+queue_dir_give(char *base, size_t *from, size_t to)
+{
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+
+	to = to / pg * pg;
+	if (to > *from) {
+		(void)madvise(base + *from, to - *from, MADV_DONTNEED);
+		*from = to;
+	}
+}
+
+void
+queue_dir_release(struct queue_dirent *v, size_t n, size_t done)
+{
+	struct queue_dirmap *h = (struct queue_dirmap *)v - 1;
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+
+	if (done >= n)
+		return;                 /* the list's end: queue_free_dir() gives back all */
+	if (h->gone == 0)
+		h->gone = pg;           /* the first page holds the header */
+	queue_dir_give((char *)h, &h->gone, (size_t)((char *)(v + done) - (char *)h));
+	queue_dir_give(h->names, &h->names_gone, (size_t)(v[done].name - h->names));
+}
+
 void
 queue_free_dir(struct queue_dirent *v, size_t n)
 {
@@ -101,7 +130,7 @@ queue_read_dir(int dirfd, size_t *count)
 	struct dirent *de;
 	struct queue_dirmap *h;
 	struct queue_dirent *v;
-	char *names = NULL, *p;
+	char *names = NULL, *sorted, *p;
 	size_t n = 0, i, len, used = 0, names_size = QUEUE_DIR_MAP0, size = QUEUE_DIR_MAP0;
 	int fd;
 
@@ -141,9 +170,21 @@ queue_read_dir(int dirfd, size_t *count)
 		size = len;
 		v = (struct queue_dirent *)(h + 1);
 	}
+	/* the names again in sorted order: a walk can give back what it passed */
+	if (names != NULL) {
+		sorted = queue_dir_map(NULL, 0, names_size);
+		for (i = 0, p = sorted; i < n; i++, p += len) {
+			len = strlen(v[i].name) + 1;
+			memcpy(p, v[i].name, len);
+			v[i].name = p;
+		}
+		munmap(names, names_size);
+		names = sorted;
+	}
 	h->names = names;
 	h->names_size = names_size;
 	h->size = size;
+	h->names_gone = h->gone = 0;
 	*count = n;
 	return v;
 }

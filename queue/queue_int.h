@@ -320,6 +320,8 @@ struct queue_dirent {
 };
 struct queue_dirent *queue_read_dir(int dirfd, size_t *count);
 void queue_free_dir(struct queue_dirent *v, size_t n);
+/* Done with v[0..done) of a list of n: their memory goes back (names too). */
+void queue_dir_release(struct queue_dirent *v, size_t n, size_t done);
 /* The scan, name by name (queue.c), and its thread (queue_scan.c). */
 int queue_scan_entry(struct queue *q, const char *name, struct queue_msg **mp);
 void queue_scan_log(struct queue *q, size_t loaded, size_t corrupt);

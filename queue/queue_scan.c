@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #define QUEUE_SCAN_PENDING 4096         /* parsed, not yet taken by the loop: at most */
+#define QUEUE_SCAN_RELEASE 4096         /* names walked between give-backs of their memory */
 
 struct queue_scan_made {
 	struct htab_node node;
@@ -102,6 +103,8 @@ queue_scan_main(void *arg)
 		log_event(LOG_INFO, "queue_scan_test_stall_over", NULL);
 	}
 	for (i = 0; v != NULL && i < n; i++) {
+		if (i % QUEUE_SCAN_RELEASE == 0)
+			queue_dir_release(v, n, i);     /* what the walk passed: not kept to its end */
 		uv_mutex_lock(&sc->mtx);
 		while (!sc->stop && sc->n - sc->head >= QUEUE_SCAN_PENDING)
 			uv_cond_wait(&sc->cond, &sc->mtx);

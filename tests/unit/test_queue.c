@@ -13,7 +13,8 @@
  * refused when written and corrupt when a file claims it, and one whose
  * offset and length add up to 4 GiB or more is deleted when removed.
  * A directory's listing (queue_read_dir()) has every name once, sorted,
- * with its inode.
+ * with its inode, and keeps what a walk has not passed when it gives the
+ * rest back.
  * Every test ends by checking that the loop closes cleanly.
  * Owns its temporary directories and removes them at the end.
  */
@@ -1998,7 +1999,7 @@ test_read_dir(void)
 	struct queue_dirent *v;
 	struct stat st;
 	char dir[128], name[96];
-	size_t i, n, len, made = 5003;
+	size_t i, n, len, from, made = 5003;
 	uint32_t x = 12345;
 	int dfd, fd;
 
@@ -2029,6 +2030,17 @@ test_read_dir(void)
 			    v[i - 1].name, v[i].name);
 		CHECK_INT(fstatat(dfd, v[i].name, &st, AT_SYMLINK_NOFOLLOW), 0);
 		CHECK(st.st_ino == v[i].ino);
+	}
+	/* a walk gives back what it passed: the rest is still there, in order */
+	for (i = 0; v != NULL && i < n; i += 997) {
+		queue_dir_release(v, n, i);
+		CHECK_INT(fstatat(dfd, v[i].name, &st, AT_SYMLINK_NOFOLLOW), 0);
+	}
+	for (from = i -= 997; v != NULL && i < n; i++) {
+		CHECK_INT(fstatat(dfd, v[i].name, &st, AT_SYMLINK_NOFOLLOW), 0);
+		CHECK(st.st_ino == v[i].ino);
+		if (i > from)
+			CHECK(strcmp(v[i - 1].name, v[i].name) < 0);
 	}
 	queue_free_dir(v, n);
 	close(dfd);
