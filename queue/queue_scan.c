@@ -43,6 +43,8 @@ struct queue_scanner {
 	uint64_t t0;                    /* mono ms at the start of the walk */
 	unsigned stall_ms;              /* RELAY_TEST_HOOKS: each file waits this long first */
 	size_t handed;                  /* loop: messages given to cb */
+	bool pacing;                    /* loop: waiting (waiter) for the writer's backlog */
+	struct queue_waiter waiter;
 	struct queue_msg *carry[QUEUE_SCAN_BATCH];  /* loop: taken from v, not handed yet: */
 	size_t carry_head, carry_n;     /* carry[carry_head..carry_n) */
 
@@ -195,6 +197,42 @@ queue_scan_end(struct queue_scanner *sc)
 	queue_maybe_finish(q);
 }
 
+/* Loop: the writer's backlog is written; hand over again. */
+static void
+queue_scan_drained(void *arg)
+{
+	struct queue_scanner *sc = arg;
+
+	sc->pacing = false;
+	uv_async_send(&sc->async);
+}
+
+/*
+ * Loop: true if no message goes now: the records and removals issued (each
+ * message handed over may issue one at once: a restart with its
+ * destinations down defers them all) are QUEUE_SCAN_OPS_MAX or more not
+ * yet written; queue_scan_drained() resumes once they are.  Without it a
+ * scan faster than the writer piled up hundreds of thousands of records in
+ * memory, and their freed buffers stayed as holes between the messages'
+ * structures (tests/bench/README.md "The start-up scan's holes").
+ */
+static bool
+queue_scan_paced(struct queue_scanner *sc)
+{
+	struct queue *q = sc->q;
+
+	if (sc->pacing)
+		return true;
+	if (q->ops_total - q->ops_done < QUEUE_SCAN_OPS_MAX)
+		return false;
+	sc->waiter.cb = queue_scan_drained;
+	sc->waiter.arg = sc;
+	if (queue_wait_acked(q, &sc->waiter))
+		return false;
+	sc->pacing = true;
+	return true;
+}
+
 /* Loop, under sc->mtx: take the next batch from the thread into carry. */
 static void
 queue_scan_take(struct queue_scanner *sc)
@@ -248,6 +286,8 @@ queue_scan_async(uv_async_t *h)
 		uv_mutex_unlock(&sc->mtx);
 	}
 	while (sc->carry_head < sc->carry_n) {
+		if (queue_scan_paced(sc))
+			return;         /* the rest once the writer's backlog is written */
 		m = sc->carry[sc->carry_head++];
 		sc->handed++;
 		sc->cb(sc->arg, m);
@@ -345,6 +385,10 @@ queue_scanner_stop(struct queue_scanner *sc)
 	if (sc->stopped)
 		fatalx("%s: stopped twice", __func__);
 	sc->stopped = true;
+	if (sc->pacing) {
+		queue_wait_cancel(sc->q, &sc->waiter);
+		sc->pacing = false;
+	}
 	uv_mutex_lock(&sc->mtx);
 	sc->stop = true;
 	finished = sc->finished;

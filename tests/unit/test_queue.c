@@ -14,7 +14,7 @@
  * offset and length add up to 4 GiB or more is deleted when removed.
  * A directory's listing (queue_read_dir()) has every name once, sorted,
  * with its inode, and keeps what a walk has not passed when it gives the
- * rest back.
+ * rest back.  The scan waits for the writer's backlog of records.
  * Every test ends by checking that the loop closes cleanly.
  * Owns its temporary directories and removes them at the end.
  */
@@ -1378,6 +1378,94 @@ test_scanner_turn_bounded(void)
 	close_loop(&loop);
 }
 
+/* Each message the scan hands over issues 512 records at once. */
+struct scan_paced {
+	struct queue *q;
+	struct queue_msg *m[64];
+	size_t n;
+	uint64_t max_behind;            /* records not yet written when a message came: at most */
+	bool done;
+};
+
+static void
+scan_paced_take(void *arg, struct queue_msg *m)
+{
+	struct scan_paced *p = arg;
+	struct queue_record rec;
+	uint64_t behind = p->q->ops_total - p->q->ops_done;
+	int i;
+
+	if (behind > p->max_behind)
+		p->max_behind = behind;
+	memset(&rec, 0, sizeof(rec));
+	rec.type = QREC_ATTEMPT;
+	rec.rcpt = 0;
+	rec.status = "4.4.1";
+	rec.reply = "451 4.4.1 no answer";
+	for (i = 0; i < 512; i++) {
+		rec.time_ms = util_now_ms();
+		CHECK_INT(queue_record(p->q, m, &rec, NULL, NULL), 0);
+	}
+	if (p->n < RELAY_ARRAY_LEN(p->m))
+		p->m[p->n++] = m;
+	else
+		queue_msg_free(m);
+}
+
+static void
+scan_paced_done(void *arg, size_t loaded, size_t corrupt, uint64_t ms)
+{
+	struct scan_paced *p = arg;
+
+	(void)ms;
+	CHECK_INT(loaded, 64);
+	CHECK_INT(corrupt, 0);
+	p->done = true;
+}
+
+/*
+ * The scan hands no message over while QUEUE_SCAN_OPS_MAX records or more
+ * are not yet written (a restart with its destinations down defers every
+ * message it loads): 64 messages issuing 512 records each are 32,768
+ * records, far more than the writer appends while the loop hands over;
+ * before, they all waited in memory at once.  Every record is in its file
+ * at the end.
+ */
+static void
+test_scanner_paced(void)
+{
+	struct scan_paced p;
+	struct queue_scanner *sc;
+	struct sink again = { .n = 0 };
+	char dir[128];
+	uv_loop_t loop;
+	size_t i;
+
+	memset(&p, 0, sizeof(p));
+	uv_loop_init(&loop);
+	scan_fill(&loop, dir, sizeof(dir), 64);
+	p.q = open_queue(&loop, dir);
+	sc = queue_scanner_new(p.q, scan_paced_take, scan_paced_done, &p);
+	queue_scanner_run(sc);
+	while (!p.done)
+		uv_run(&loop, UV_RUN_ONCE);
+	CHECK_INT(p.n, 64);
+	CHECK_MSG(p.max_behind <= QUEUE_SCAN_OPS_MAX, "%llu records behind",
+	    (unsigned long long)p.max_behind);
+	queue_scanner_stop(sc);
+	close_queue(&loop, p.q);
+	for (i = 0; i < p.n; i++)
+		queue_msg_free(p.m[i]);
+	p.q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(p.q, sink_add, &again), 0);
+	CHECK_INT(again.n, 64);
+	for (i = 0; i < again.n; i++)
+		CHECK_INT(again.m[i]->rcpt[0].attempts, 512);
+	close_queue(&loop, p.q);
+	sink_free(&again);
+	close_loop(&loop);
+}
+
 #ifdef RELAY_TEST_HOOKS
 struct scan_done {
 	size_t calls;
@@ -2072,6 +2160,7 @@ main(void)
 	test_group_commit();
 	test_close();
 	test_scanner_turn_bounded();
+	test_scanner_paced();
 #ifdef RELAY_TEST_HOOKS
 	test_scanner_stop_busy();
 #endif
