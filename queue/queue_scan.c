@@ -5,7 +5,9 @@
  * corrupt files are moved and logged as by queue_scan()); the loop takes
  * the parsed messages in batches of QUEUE_SCAN_BATCH per iteration, and
  * stops handing a batch over after QUEUE_SCAN_TURN_MS (the rest waits for
- * the next iteration, after the loop's I/O).  Queue
+ * the next iteration, after the loop's I/O), and none while the writer is
+ * QUEUE_SCAN_OPS_MAX records and removals behind (a waiter resumes it).
+ * The walk gives back the listing's memory as it passes it.  Queue
  * ids made by this process while the walk runs are noted
  * (queue_scanner_made(), called when the id is made, before its file can
  * be in msg/) and skipped, so no message is loaded twice.  A stop never
