@@ -1305,11 +1305,28 @@ scan_fill(uv_loop_t *loop, char *dir, size_t dirlen, size_t n)
 	sink_free(&fresh);
 }
 
+/* The end of a scan in a test (first in its callbacks' argument): want loaded, none corrupt. */
+struct scan_end {
+	size_t want;
+	bool done;
+};
+
+static void
+scan_end_cb(void *arg, size_t loaded, size_t corrupt, uint64_t ms)
+{
+	struct scan_end *e = arg;
+
+	(void)ms;
+	CHECK_INT(loaded, e->want);
+	CHECK_INT(corrupt, 0);
+	e->done = true;
+}
+
 /* Messages the scan hands over per loop iteration, each taking 2 ms. */
 struct scan_turns {
+	struct scan_end end;
 	uv_prepare_t prep;
 	size_t now, max, total, iterations;
-	bool done;
 };
 
 static void
@@ -1331,17 +1348,6 @@ scan_turns_take(void *arg, struct queue_msg *m)
 	t->total++;
 	if (++t->now > t->max)
 		t->max = t->now;
-}
-
-static void
-scan_turns_done(void *arg, size_t loaded, size_t corrupt, uint64_t ms)
-{
-	struct scan_turns *t = arg;
-
-	(void)ms;
-	CHECK_INT(loaded, 20);
-	CHECK_INT(corrupt, 0);
-	t->done = true;
 }
 
 /*
@@ -1366,9 +1372,10 @@ test_scanner_turn_bounded(void)
 	uv_prepare_init(&loop, &t.prep);
 	t.prep.data = &t;
 	uv_prepare_start(&t.prep, scan_turns_prepare);
-	sc = queue_scanner_new(q, scan_turns_take, scan_turns_done, &t);
+	t.end.want = 20;
+	sc = queue_scanner_new(q, scan_turns_take, scan_end_cb, &t);
 	queue_scanner_run(sc);
-	while (!t.done)
+	while (!t.end.done)
 		uv_run(&loop, UV_RUN_ONCE);
 	CHECK_INT(t.total, 20);
 	CHECK(t.max >= 1 && t.max <= 1 + (QUEUE_SCAN_TURN_MS + 1) / 2);
@@ -1380,11 +1387,11 @@ test_scanner_turn_bounded(void)
 
 /* Each message the scan hands over issues 512 records at once. */
 struct scan_paced {
+	struct scan_end end;
 	struct queue *q;
 	struct queue_msg *m[64];
 	size_t n;
 	uint64_t max_behind;            /* records not yet written when a message came: at most */
-	bool done;
 };
 
 static void
@@ -1412,17 +1419,6 @@ scan_paced_take(void *arg, struct queue_msg *m)
 		queue_msg_free(m);
 }
 
-static void
-scan_paced_done(void *arg, size_t loaded, size_t corrupt, uint64_t ms)
-{
-	struct scan_paced *p = arg;
-
-	(void)ms;
-	CHECK_INT(loaded, 64);
-	CHECK_INT(corrupt, 0);
-	p->done = true;
-}
-
 /*
  * The scan hands no message over while QUEUE_SCAN_OPS_MAX records or more
  * are not yet written (a restart with its destinations down defers every
@@ -1445,9 +1441,10 @@ test_scanner_paced(void)
 	uv_loop_init(&loop);
 	scan_fill(&loop, dir, sizeof(dir), 64);
 	p.q = open_queue(&loop, dir);
-	sc = queue_scanner_new(p.q, scan_paced_take, scan_paced_done, &p);
+	p.end.want = 64;
+	sc = queue_scanner_new(p.q, scan_paced_take, scan_end_cb, &p);
 	queue_scanner_run(sc);
-	while (!p.done)
+	while (!p.end.done)
 		uv_run(&loop, UV_RUN_ONCE);
 	CHECK_INT(p.n, 64);
 	CHECK_MSG(p.max_behind <= QUEUE_SCAN_OPS_MAX, "%llu records behind",
