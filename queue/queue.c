@@ -37,7 +37,6 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/utsname.h>
-#include <dirent.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -383,56 +382,6 @@ queue_open_subdir(int dirfd, const char *name, int *fd)
 	return *fd == -1 ? -1 : 0;
 }
 
-
-static int
-queue_cmp_dirents(const void *a, const void *b)
-{
-	return strcmp(((const struct queue_dirent *)a)->name, ((const struct queue_dirent *)b)->name);
-}
-
-void
-queue_free_dir(struct queue_dirent *v, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		free(v[i].name);
-	free(v);
-}
-
-/* Entries of dirfd other than "." and "..", sorted by name (ids sort by time). */
-struct queue_dirent *
-queue_read_dir(int dirfd, size_t *count)
-{
-	DIR *d;
-	struct dirent *de;
-	struct queue_dirent *v = NULL;
-	size_t n = 0, cap = 0;
-	int fd;
-
-	*count = 0;
-	if ((fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
-		return NULL;
-	if ((d = fdopendir(fd)) == NULL) {
-		close(fd);
-		return NULL;
-	}
-	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		if (n == cap) {
-			cap = cap ? cap * 2 : 64;
-			v = xrealloc(v, cap * sizeof(*v));
-		}
-		v[n].name = xstrdup(de->d_name);
-		v[n++].ino = de->d_ino;
-	}
-	closedir(d);
-	if (n > 0)
-		qsort(v, n, sizeof(*v), queue_cmp_dirents);
-	*count = n;
-	return v != NULL ? v : xcalloc(1, sizeof(*v));
-}
 
 /* A name in msg/ that is not a message: a spare file, or a new message's before its rename. */
 static bool

@@ -313,14 +313,18 @@ void queue_stage_op(struct queue *q, struct queue_job *j, bool qid_op);
 void queue_post_done(struct queue *q, struct queue_job *j);
 int queue_journal_open(struct queue *q, int dirfd, struct buf *err);
 
-/* The names of a directory, sorted by inode (queue.c); any thread. */
+/* The names of a directory, sorted by name (queue_dir.c); any thread. */
 struct queue_dirent {
 	char *name;
 	ino_t ino;
 };
 struct queue_dirent *queue_read_dir(int dirfd, size_t *count);
 void queue_free_dir(struct queue_dirent *v, size_t n);
+/* Done with v[0..done) of a list of n: their memory goes back (names too). */
+void queue_dir_release(struct queue_dirent *v, size_t n, size_t done);
 /* The scan, name by name (queue.c), and its thread (queue_scan.c). */
+#define QUEUE_SCAN_OPS_MAX 8192      /* records and removals not yet written: beyond, the
+                                        scan hands no message over until they are */
 int queue_scan_entry(struct queue *q, const char *name, struct queue_msg **mp);
 void queue_scan_log(struct queue *q, size_t loaded, size_t corrupt);
 void queue_scanner_made(struct queue_scanner *sc, const char *qid);

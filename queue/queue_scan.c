@@ -5,7 +5,9 @@
  * corrupt files are moved and logged as by queue_scan()); the loop takes
  * the parsed messages in batches of QUEUE_SCAN_BATCH per iteration, and
  * stops handing a batch over after QUEUE_SCAN_TURN_MS (the rest waits for
- * the next iteration, after the loop's I/O).  Queue
+ * the next iteration, after the loop's I/O), and none while the writer is
+ * QUEUE_SCAN_OPS_MAX records and removals behind (a waiter resumes it).
+ * The walk gives back the listing's memory as it passes it.  Queue
  * ids made by this process while the walk runs are noted
  * (queue_scanner_made(), called when the id is made, before its file can
  * be in msg/) and skipped, so no message is loaded twice.  A stop never
@@ -23,6 +25,7 @@
 #include <unistd.h>
 
 #define QUEUE_SCAN_PENDING 4096         /* parsed, not yet taken by the loop: at most */
+#define QUEUE_SCAN_RELEASE 4096         /* names walked between give-backs of their memory */
 
 struct queue_scan_made {
 	struct htab_node node;
@@ -42,6 +45,8 @@ struct queue_scanner {
 	uint64_t t0;                    /* mono ms at the start of the walk */
 	unsigned stall_ms;              /* RELAY_TEST_HOOKS: each file waits this long first */
 	size_t handed;                  /* loop: messages given to cb */
+	bool pacing;                    /* loop: waiting (waiter) for the writer's backlog */
+	struct queue_waiter waiter;
 	struct queue_msg *carry[QUEUE_SCAN_BATCH];  /* loop: taken from v, not handed yet: */
 	size_t carry_head, carry_n;     /* carry[carry_head..carry_n) */
 
@@ -102,6 +107,8 @@ queue_scan_main(void *arg)
 		log_event(LOG_INFO, "queue_scan_test_stall_over", NULL);
 	}
 	for (i = 0; v != NULL && i < n; i++) {
+		if (i % QUEUE_SCAN_RELEASE == 0)
+			queue_dir_release(v, n, i);     /* what the walk passed: not kept to its end */
 		uv_mutex_lock(&sc->mtx);
 		while (!sc->stop && sc->n - sc->head >= QUEUE_SCAN_PENDING)
 			uv_cond_wait(&sc->cond, &sc->mtx);
@@ -192,6 +199,42 @@ queue_scan_end(struct queue_scanner *sc)
 	queue_maybe_finish(q);
 }
 
+/* Loop: the writer's backlog is written; hand over again. */
+static void
+queue_scan_drained(void *arg)
+{
+	struct queue_scanner *sc = arg;
+
+	sc->pacing = false;
+	uv_async_send(&sc->async);
+}
+
+/*
+ * Loop: true if no message goes now: the records and removals issued (each
+ * message handed over may issue one at once: a restart with its
+ * destinations down defers them all) are QUEUE_SCAN_OPS_MAX or more not
+ * yet written; queue_scan_drained() resumes once they are.  Without it a
+ * scan faster than the writer piled up hundreds of thousands of records in
+ * memory, and their freed buffers stayed as holes between the messages'
+ * structures (tests/bench/README.md "The start-up scan's holes").
+ */
+static bool
+queue_scan_paced(struct queue_scanner *sc)
+{
+	struct queue *q = sc->q;
+
+	if (sc->pacing)
+		return true;
+	if (q->ops_total - q->ops_done < QUEUE_SCAN_OPS_MAX)
+		return false;
+	sc->waiter.cb = queue_scan_drained;
+	sc->waiter.arg = sc;
+	if (queue_wait_acked(q, &sc->waiter))
+		return false;
+	sc->pacing = true;
+	return true;
+}
+
 /* Loop, under sc->mtx: take the next batch from the thread into carry. */
 static void
 queue_scan_take(struct queue_scanner *sc)
@@ -245,6 +288,8 @@ queue_scan_async(uv_async_t *h)
 		uv_mutex_unlock(&sc->mtx);
 	}
 	while (sc->carry_head < sc->carry_n) {
+		if (queue_scan_paced(sc))
+			return;         /* the rest once the writer's backlog is written */
 		m = sc->carry[sc->carry_head++];
 		sc->handed++;
 		sc->cb(sc->arg, m);
@@ -342,6 +387,10 @@ queue_scanner_stop(struct queue_scanner *sc)
 	if (sc->stopped)
 		fatalx("%s: stopped twice", __func__);
 	sc->stopped = true;
+	if (sc->pacing) {
+		queue_wait_cancel(sc->q, &sc->waiter);
+		sc->pacing = false;
+	}
 	uv_mutex_lock(&sc->mtx);
 	sc->stop = true;
 	finished = sc->finished;

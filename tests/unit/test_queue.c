@@ -12,10 +12,14 @@
  * fields and their ids survive a restart; a body beyond QUEUE_BODY_MAX is
  * refused when written and corrupt when a file claims it, and one whose
  * offset and length add up to 4 GiB or more is deleted when removed.
+ * A directory's listing (queue_read_dir()) has every name once, sorted,
+ * with its inode, and keeps what a walk has not passed when it gives the
+ * rest back.  The scan waits for the writer's backlog of records.
  * Every test ends by checking that the loop closes cleanly.
  * Owns its temporary directories and removes them at the end.
  */
 #include "queue/queue.h"
+#include "queue/queue_int.h"         /* queue_read_dir(), for the listing */
 #include "common/log.h"
 #include "common/util.h"
 #include "check.h"
@@ -1310,11 +1314,28 @@ scan_fill(uv_loop_t *loop, char *dir, size_t dirlen, size_t n)
 	sink_free(&fresh);
 }
 
+/* The end of a scan in a test (first in its callbacks' argument): want loaded, none corrupt. */
+struct scan_end {
+	size_t want;
+	bool done;
+};
+
+static void
+scan_end_cb(void *arg, size_t loaded, size_t corrupt, uint64_t ms)
+{
+	struct scan_end *e = arg;
+
+	(void)ms;
+	CHECK_INT(loaded, e->want);
+	CHECK_INT(corrupt, 0);
+	e->done = true;
+}
+
 /* Messages the scan hands over per loop iteration, each taking 2 ms. */
 struct scan_turns {
+	struct scan_end end;
 	uv_prepare_t prep;
 	size_t now, max, total, iterations;
-	bool done;
 };
 
 static void
@@ -1336,17 +1357,6 @@ scan_turns_take(void *arg, struct queue_msg *m)
 	t->total++;
 	if (++t->now > t->max)
 		t->max = t->now;
-}
-
-static void
-scan_turns_done(void *arg, size_t loaded, size_t corrupt, uint64_t ms)
-{
-	struct scan_turns *t = arg;
-
-	(void)ms;
-	CHECK_INT(loaded, 20);
-	CHECK_INT(corrupt, 0);
-	t->done = true;
 }
 
 /*
@@ -1371,15 +1381,94 @@ test_scanner_turn_bounded(void)
 	uv_prepare_init(&loop, &t.prep);
 	t.prep.data = &t;
 	uv_prepare_start(&t.prep, scan_turns_prepare);
-	sc = queue_scanner_new(q, scan_turns_take, scan_turns_done, &t);
+	t.end.want = 20;
+	sc = queue_scanner_new(q, scan_turns_take, scan_end_cb, &t);
 	queue_scanner_run(sc);
-	while (!t.done)
+	while (!t.end.done)
 		uv_run(&loop, UV_RUN_ONCE);
 	CHECK_INT(t.total, 20);
 	CHECK(t.max >= 1 && t.max <= 1 + (QUEUE_SCAN_TURN_MS + 1) / 2);
 	queue_scanner_stop(sc);
 	uv_close((uv_handle_t *)&t.prep, NULL);
 	close_queue(&loop, q);
+	close_loop(&loop);
+}
+
+/* Each message the scan hands over issues 512 records at once. */
+struct scan_paced {
+	struct scan_end end;
+	struct queue *q;
+	struct queue_msg *m[64];
+	size_t n;
+	uint64_t max_behind;            /* records not yet written when a message came: at most */
+};
+
+static void
+scan_paced_take(void *arg, struct queue_msg *m)
+{
+	struct scan_paced *p = arg;
+	struct queue_record rec;
+	uint64_t behind = p->q->ops_total - p->q->ops_done;
+	int i;
+
+	if (behind > p->max_behind)
+		p->max_behind = behind;
+	memset(&rec, 0, sizeof(rec));
+	rec.type = QREC_ATTEMPT;
+	rec.rcpt = 0;
+	rec.status = "4.4.1";
+	rec.reply = "451 4.4.1 no answer";
+	for (i = 0; i < 512; i++) {
+		rec.time_ms = util_now_ms();
+		CHECK_INT(queue_record(p->q, m, &rec, NULL, NULL), 0);
+	}
+	if (p->n < RELAY_ARRAY_LEN(p->m))
+		p->m[p->n++] = m;
+	else
+		queue_msg_free(m);
+}
+
+/*
+ * The scan hands no message over while QUEUE_SCAN_OPS_MAX records or more
+ * are not yet written (a restart with its destinations down defers every
+ * message it loads): 64 messages issuing 512 records each are 32,768
+ * records, far more than the writer appends while the loop hands over;
+ * before, they all waited in memory at once.  Every record is in its file
+ * at the end.
+ */
+static void
+test_scanner_paced(void)
+{
+	struct scan_paced p;
+	struct queue_scanner *sc;
+	struct sink again = { .n = 0 };
+	char dir[128];
+	uv_loop_t loop;
+	size_t i;
+
+	memset(&p, 0, sizeof(p));
+	uv_loop_init(&loop);
+	scan_fill(&loop, dir, sizeof(dir), 64);
+	p.q = open_queue(&loop, dir);
+	p.end.want = 64;
+	sc = queue_scanner_new(p.q, scan_paced_take, scan_end_cb, &p);
+	queue_scanner_run(sc);
+	while (!p.end.done)
+		uv_run(&loop, UV_RUN_ONCE);
+	CHECK_INT(p.n, 64);
+	CHECK_MSG(p.max_behind <= QUEUE_SCAN_OPS_MAX, "%llu records behind",
+	    (unsigned long long)p.max_behind);
+	queue_scanner_stop(sc);
+	close_queue(&loop, p.q);
+	for (i = 0; i < p.n; i++)
+		queue_msg_free(p.m[i]);
+	p.q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(p.q, sink_add, &again), 0);
+	CHECK_INT(again.n, 64);
+	for (i = 0; i < again.n; i++)
+		CHECK_INT(again.m[i]->rcpt[0].attempts, 512);
+	close_queue(&loop, p.q);
+	sink_free(&again);
 	close_loop(&loop);
 }
 
@@ -1992,12 +2081,72 @@ test_sigkill(void)
 	sink_free(&scanned);
 }
 
+/*
+ * queue_read_dir(): every name of a directory once, sorted by name, each
+ * with its inode; enough names (of 1 to 60 bytes, made in another order)
+ * that both of its mappings grow and the sort merges many runs of uneven
+ * length; an empty directory lists nothing.
+ */
+static void
+test_read_dir(void)
+{
+	struct queue_dirent *v;
+	struct stat st;
+	char dir[128], name[96];
+	size_t i, n, len, from, made = 5003;
+	uint32_t x = 12345;
+	int dfd, fd;
+
+	new_qdir(dir, sizeof(dir));
+	CHECK_INT(mkdir(dir, 0700), 0);
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	CHECK(dfd >= 0);
+	v = queue_read_dir(dfd, &n);
+	CHECK(v != NULL);
+	CHECK_INT(n, 0);
+	queue_free_dir(v, n);
+	for (i = 0; i < made; i++) {
+		x = x * 1103515245u + 12345u;
+		len = 1 + (x >> 16) % 60;
+		/* the number first (distinct names), then filler of the length */
+		snprintf(name, sizeof(name), "%zx-%.*s", (i * 7919) % made, (int)len,
+		    "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA0123456789");
+		fd = openat(dfd, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+		CHECK(fd >= 0);
+		close(fd);
+	}
+	v = queue_read_dir(dfd, &n);
+	CHECK(v != NULL);
+	CHECK_INT(n, made);
+	for (i = 0; v != NULL && i < n; i++) {
+		if (i > 0)
+			CHECK_MSG(strcmp(v[i - 1].name, v[i].name) < 0, "%s before %s",
+			    v[i - 1].name, v[i].name);
+		CHECK_INT(fstatat(dfd, v[i].name, &st, AT_SYMLINK_NOFOLLOW), 0);
+		CHECK(st.st_ino == v[i].ino);
+	}
+	/* a walk gives back what it passed: the rest is still there, in order */
+	for (i = 0; v != NULL && i < n; i += 997) {
+		queue_dir_release(v, n, i);
+		CHECK_INT(fstatat(dfd, v[i].name, &st, AT_SYMLINK_NOFOLLOW), 0);
+	}
+	for (from = i -= 997; v != NULL && i < n; i++) {
+		CHECK_INT(fstatat(dfd, v[i].name, &st, AT_SYMLINK_NOFOLLOW), 0);
+		CHECK(st.st_ino == v[i].ino);
+		if (i > from)
+			CHECK(strcmp(v[i - 1].name, v[i].name) < 0);
+	}
+	queue_free_dir(v, n);
+	close(dfd);
+}
+
 int
 main(void)
 {
 	if (fixture_setup("queue") != 0)
 		return 2;
 	test_qid();
+	test_read_dir();
 	test_escape();
 	test_envelope_decode_rejects();
 	test_sigkill();
@@ -2017,6 +2166,7 @@ main(void)
 	test_group_commit();
 	test_close();
 	test_scanner_turn_bounded();
+	test_scanner_paced();
 #ifdef RELAY_TEST_HOOKS
 	test_scanner_stop_busy();
 #endif
