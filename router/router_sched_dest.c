@@ -458,6 +458,8 @@ sched_msg_unwait(struct sched *s, struct sched_msg *sm, uint64_t due)
  * The job's recipients wait for the destination to come back (logged and
  * recorded, with the last exchanger tried: host and ip, "" for none), at the
  * end of its line and in no job: the job, taken out of any list, is freed.
+ * Those of a message held meanwhile (its attempt was out) stay out of the
+ * line, held: no probe or release may take them.
  */
 static void
 sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const char *ip,
@@ -486,10 +488,13 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const c
 		if (sched_rcpt_job(&sm->rc[i]) != job)
 			continue;
 		sm->rc[i].job = NULL;
-		if (m->rcpt[i].state == RCPT_PENDING)
+		if (m->rcpt[i].state == RCPT_PENDING && !m->held)
 			sched_rcpt_wait(s, sm, (size_t)i, d);
-		else
+		else {
+			if (m->held)
+				sm->rc[i].retry_at = now;       /* as sched_hold leaves it */
 			sched_rcpt_tally(s, sm, (size_t)i);
+		}
 	}
 	sched_job_free(s, job);
 }

@@ -1615,6 +1615,60 @@ test_admin_waiting(int no)
 	fx_fini(&fx);
 }
 
+/*
+ * SCHEDULING.md, Lifetime: "Held messages are never attempted".  A message
+ * held while its attempt is out (the first one, to a destination not known
+ * yet) finds every exchanger down: its recipient is held, not in the
+ * destination's line, so neither the probe when the backoff ends (a is up
+ * again by then) nor the release of the destination takes it; released by
+ * the administrator, it goes at once.
+ */
+static void
+test_hold_attempt_out(int no)
+{
+	struct fx fx;
+	struct sched_dest *d;
+	struct sched_tally t;
+	int got;
+
+	sinks_reset("");
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	fx_init(&fx, &route_share, no);
+	fx_submit(&fx, 1);
+	CHECK_MSG(fx_run(&fx, pred_active), "hold out: no attempt");
+	CHECK_INT(sched_hold(fx.s, fx.qids[0]), 0);
+	CHECK_MSG(fx_run(&fx, pred_settled), "hold out: never settled");
+	d = fx_dest(&fx, "route:a.test");
+	sched_tally(fx.s, &t);
+	CHECK_MSG(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == 0 &&
+	    fx.s->nr_waiting == 0 && t.rcpts_held == 1 && t.rcpts_waiting == 0,
+	    "hold out: %zu waiting (%zu in all), tally held %zu waiting %zu (want 0, 0, 1, 0)",
+	    d != NULL ? d->nwaiting : 0, fx.s->nr_waiting, t.rcpts_held, t.rcpts_waiting);
+	check_tally(fx.s, no, 0);
+
+	sink_set_up(&sink_a, 'a', "a");
+	fx.clock = fx.base + 10 * M;            /* the probe's time: nothing may go */
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_settled), "hold out: never settled at the probe's time");
+	(void)sched_dest_release(fx.s, "route:a.test");  /* as when another node reached a */
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_settled), "hold out: never settled after the release");
+	got = (int)mxsink_long(&sink_a, "len(sink.messages)");
+	CHECK_MSG(got == 0 && fx_pending(&fx) == 1,
+	    "hold out: a held message was delivered %d times (want 0), %d pending (want 1)", got,
+	    fx_pending(&fx));
+	check_tally(fx.s, no, 1);
+
+	CHECK_INT(sched_release(fx.s, fx.qids[0]), 0);
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_settled), "hold out: never settled after the message's release");
+	got = (int)mxsink_long(&sink_a, "len(sink.messages)");
+	CHECK_MSG(got == 1 && fx_pending(&fx) == 0,
+	    "hold out: released, delivered %d (want 1), %d pending (want 0)", got, fx_pending(&fx));
+	check_tally(fx.s, no, 2);
+	fx_fini(&fx);
+}
+
 int
 main(void)
 {
@@ -1645,6 +1699,7 @@ main(void)
 	test_wait_two_dests((int)RELAY_ARRAY_LEN(scenarios) + 17);
 	test_probe_takes_group((int)RELAY_ARRAY_LEN(scenarios) + 18);
 	test_admin_waiting((int)RELAY_ARRAY_LEN(scenarios) + 19);
+	test_hold_attempt_out((int)RELAY_ARRAY_LEN(scenarios) + 20);
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
 	mxsink_stop(&sink_r);
