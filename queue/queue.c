@@ -492,7 +492,7 @@ queue_clean_leftovers(struct queue *q, int dirfd)
 	int incfd;
 
 	if ((v = queue_read_dir(q->msgfd, &n)) == NULL) {
-		queue_log_errno(NULL, "opendir(msg/)", errno);
+		queue_log_errno(NULL, "readdir(msg/)", errno);
 		return;
 	}
 	inos = xcalloc(n + 1, sizeof(*inos));
@@ -1324,7 +1324,7 @@ queue_scan(struct queue *q, queue_new_cb *cb, void *arg)
 	int rc;
 
 	if ((v = queue_read_dir(q->msgfd, &n)) == NULL) {
-		queue_log_errno(NULL, "opendir(msg/)", errno);
+		queue_log_errno(NULL, "readdir(msg/)", errno);
 		return RELAY_EIO;
 	}
 	for (i = 0; i < n; i++) {

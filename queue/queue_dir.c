@@ -13,6 +13,7 @@
 #include "common/util.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -122,7 +123,11 @@ queue_free_dir(struct queue_dirent *v, size_t n)
 	munmap(h, h->size);
 }
 
-/* Entries of dirfd other than "." and "..", sorted by name (ids sort by time). */
+/*
+ * Entries of dirfd other than "." and "..", sorted by name (ids sort by
+ * time); NULL with errno if the directory cannot be opened or read to its
+ * end.
+ */
 struct queue_dirent *
 queue_read_dir(int dirfd, size_t *count)
 {
@@ -132,7 +137,7 @@ queue_read_dir(int dirfd, size_t *count)
 	struct queue_dirent *v;
 	char *names = NULL, *sorted, *p;
 	size_t n = 0, i, len, used = 0, names_size = QUEUE_DIR_MAP0, size = QUEUE_DIR_MAP0;
-	int fd;
+	int fd, e;
 
 	*count = 0;
 	if ((fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
@@ -142,7 +147,10 @@ queue_read_dir(int dirfd, size_t *count)
 		return NULL;
 	}
 	h = queue_dir_map(NULL, 0, size);
-	while ((de = readdir(d)) != NULL) {
+	for (;;) {
+		errno = 0;
+		if ((de = readdir(d)) == NULL)
+			break;
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
 		len = strlen(de->d_name) + 1;
@@ -156,6 +164,17 @@ queue_read_dir(int dirfd, size_t *count)
 		v = (struct queue_dirent *)(h + 1);
 		v[n].name = NULL;       /* set below: the names mapping may still move */
 		v[n++].ino = de->d_ino;
+	}
+	if (errno != 0) {
+		/* the listing cut short (a block the disk cannot read): no list,
+		 * never a part of it that looks whole (messages left out) */
+		e = errno;
+		closedir(d);
+		if (names != NULL)
+			munmap(names, names_size);
+		munmap(h, size);
+		errno = e;
+		return NULL;
 	}
 	closedir(d);
 	v = (struct queue_dirent *)(h + 1);

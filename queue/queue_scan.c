@@ -99,7 +99,7 @@ queue_scan_main(void *arg)
 	int rc;
 
 	if ((v = queue_read_dir(sc->q->msgfd, &n)) == NULL)
-		queue_log_errno(NULL, "opendir(msg/)", errno);
+		queue_log_errno(NULL, "readdir(msg/)", errno);
 	if (sc->dir_stall_ms > 0) {
 		/* RELAYD_TEST_SCAN_DIR_STALL_MS: a read of a huge msg/, which no
 		 * stop flag cuts short (readdir, the sort). */

@@ -14,7 +14,9 @@
  * offset and length add up to 4 GiB or more is deleted when removed.
  * A directory's listing (queue_read_dir()) has every name once, sorted,
  * with its inode, and keeps what a walk has not passed when it gives the
- * rest back.  The scan waits for the writer's backlog of records.
+ * rest back; a listing that readdir cuts short (EIO) is an error, never a
+ * shorter queue.  The scan waits for the writer's backlog of records, and
+ * a stop while it waits cancels the wait.
  * Every test ends by checking that the loop closes cleanly.
  * Owns its temporary directories and removes them at the end.
  */
@@ -29,6 +31,7 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -41,6 +44,34 @@
 /*
  * Fixtures.
  */
+
+/*
+ * readdir(3) for this program (it takes the place of libc's): the real one,
+ * but while readdir_fail is set, the call after readdir_left more entries
+ * fails with it (a directory block the disk cannot read: EIO).
+ */
+static int readdir_fail;
+static size_t readdir_left;
+
+/* named as queue_dir.c calls it (this file may see readdir as readdir64) */
+struct dirent *test_readdir(DIR *d) __asm__("readdir");
+
+struct dirent *
+test_readdir(DIR *d)
+{
+	static struct dirent *(*real)(DIR *);
+
+	if (real == NULL)
+		*(void **)&real = dlsym(RTLD_NEXT, "readdir");
+	if (readdir_fail != 0) {
+		if (readdir_left == 0) {
+			errno = readdir_fail;
+			return NULL;
+		}
+		readdir_left--;
+	}
+	return real(d);
+}
 
 /* A fresh queue directory below the test's temporary directory. */
 /* r's last attempt's strings (queue_rcpt_last), by value for the checks. */
@@ -1429,6 +1460,29 @@ scan_paced_take(void *arg, struct queue_msg *m)
 }
 
 /*
+ * After the scan of p (its queue closed): p's messages freed, and of the 64
+ * messages in dir, how many have their 512 records in the file.
+ */
+static size_t
+scan_paced_recorded(uv_loop_t *loop, struct scan_paced *p, const char *dir)
+{
+	struct sink again = { .n = 0 };
+	size_t i, with = 0;
+
+	for (i = 0; i < p->n; i++)
+		queue_msg_free(p->m[i]);
+	p->n = 0;
+	p->q = open_queue(loop, dir);
+	CHECK_INT(queue_scan(p->q, sink_add, &again), 0);
+	CHECK_INT(again.n, 64);
+	for (i = 0; i < again.n; i++)
+		with += again.m[i]->rcpt[0].attempts == 512;
+	close_queue(loop, p->q);
+	sink_free(&again);
+	return with;
+}
+
+/*
  * The scan hands no message over while QUEUE_SCAN_OPS_MAX records or more
  * are not yet written (a restart with its destinations down defers every
  * message it loads): 64 messages issuing 512 records each are 32,768
@@ -1441,10 +1495,8 @@ test_scanner_paced(void)
 {
 	struct scan_paced p;
 	struct queue_scanner *sc;
-	struct sink again = { .n = 0 };
 	char dir[128];
 	uv_loop_t loop;
-	size_t i;
 
 	memset(&p, 0, sizeof(p));
 	uv_loop_init(&loop);
@@ -1460,19 +1512,126 @@ test_scanner_paced(void)
 	    (unsigned long long)p.max_behind);
 	queue_scanner_stop(sc);
 	close_queue(&loop, p.q);
-	for (i = 0; i < p.n; i++)
-		queue_msg_free(p.m[i]);
-	p.q = open_queue(&loop, dir);
-	CHECK_INT(queue_scan(p.q, sink_add, &again), 0);
-	CHECK_INT(again.n, 64);
-	for (i = 0; i < again.n; i++)
-		CHECK_INT(again.m[i]->rcpt[0].attempts, 512);
-	close_queue(&loop, p.q);
-	sink_free(&again);
+	CHECK_INT(scan_paced_recorded(&loop, &p, dir), 64);
+	close_loop(&loop);
+}
+
+/*
+ * A listing of msg/ that readdir cuts short (EIO after two entries: "."
+ * and ".." at most, or one message) is an error, never a shorter queue:
+ * queue_read_dir() gives no list (errno EIO) and queue_scan() fails
+ * (RELAY_EIO, logged) rather than load a part of msg/ and report the scan
+ * done.  Once readdir works again every message is there.
+ */
+static void
+test_scan_readdir_fails(void)
+{
+	struct sink got = { .n = 0 };
+	struct queue_dirent *v;
+	struct queue *q;
+	char dir[128];
+	uv_loop_t loop;
+	size_t n = 99;
+	int rc;
+
+	uv_loop_init(&loop);
+	scan_fill(&loop, dir, sizeof(dir), 3);
+	q = open_queue(&loop, dir);
+	readdir_left = 2;
+	readdir_fail = EIO;
+	errno = 0;
+	v = queue_read_dir(q->msgfd, &n);
+	CHECK(v == NULL);
+	CHECK_INT(errno, EIO);
+	CHECK_INT(n, 0);
+	if (v != NULL)
+		queue_free_dir(v, n);
+	readdir_left = 2;
+	rc = queue_scan(q, sink_add, &got);
+	readdir_fail = 0;
+	CHECK_INT(rc, RELAY_EIO);
+	CHECK_INT(got.n, 0);
+	sink_free(&got);
+	CHECK_INT(queue_scan(q, sink_add, &got), 0);
+	CHECK_INT(got.n, 3);
+	close_queue(&loop, q);
+	sink_free(&got);
 	close_loop(&loop);
 }
 
 #ifdef RELAY_TEST_HOOKS
+/* The sync thread held where it takes its next group until open (tests' gate). */
+struct sync_hold {
+	uv_mutex_t mu;
+	uv_cond_t cv;
+	bool open;
+};
+
+static void
+sync_hold_fn(void *arg, int phase, unsigned commits, unsigned probes, unsigned others)
+{
+	struct sync_hold *g = arg;
+
+	(void)commits;
+	(void)probes;
+	(void)others;
+	if (phase != QUEUE_TEST_SYNC_TAKE)
+		return;
+	uv_mutex_lock(&g->mu);
+	while (!g->open)
+		uv_cond_wait(&g->cv, &g->mu);
+	uv_mutex_unlock(&g->mu);
+}
+
+/*
+ * A stop while the scan waits for the writer (no record is ever done: the
+ * sync thread is held): the scan has handed over exactly the 16 messages
+ * whose 8,192 records fill the backlog, its waiter is cancelled (never run
+ * on the freed scanner once the backlog drains), and the queue closes with
+ * every record of those 16 in its file.
+ */
+static void
+test_scanner_paced_stop(void)
+{
+	struct scan_paced p;
+	struct sync_hold g;
+	struct queue_scanner *sc;
+	char dir[128];
+	uv_loop_t loop;
+	size_t loaded, corrupt;
+	bool running;
+
+	memset(&p, 0, sizeof(p));
+	memset(&g, 0, sizeof(g));
+	if (uv_mutex_init(&g.mu) != 0 || uv_cond_init(&g.cv) != 0)
+		exit(2);
+	uv_loop_init(&loop);
+	scan_fill(&loop, dir, sizeof(dir), 64);
+	p.q = open_queue(&loop, dir);
+	queue_test_set_sync_fn(p.q, sync_hold_fn, &g);
+	sc = queue_scanner_new(p.q, scan_paced_take, scan_end_cb, &p);
+	queue_scanner_run(sc);
+	while (p.q->waiters == NULL)
+		uv_run(&loop, UV_RUN_ONCE);
+	CHECK_INT(p.n, QUEUE_SCAN_OPS_MAX / 512);
+	/* what relayctl shows meanwhile (sched_scanning()): still scanning */
+	queue_scanner_counts(sc, &loaded, &corrupt, &running);
+	CHECK(running);
+	CHECK_INT(loaded, QUEUE_SCAN_OPS_MAX / 512);
+	queue_scanner_stop(sc);
+	CHECK(p.q->waiters == NULL);
+	uv_mutex_lock(&g.mu);
+	g.open = true;
+	uv_cond_broadcast(&g.cv);
+	uv_mutex_unlock(&g.mu);
+	close_queue(&loop, p.q);
+	CHECK(!p.end.done);
+	CHECK_INT(scan_paced_recorded(&loop, &p, dir), QUEUE_SCAN_OPS_MAX / 512);
+	close_loop(&loop);
+	uv_mutex_destroy(&g.mu);
+	uv_cond_destroy(&g.cv);
+}
+
 struct scan_done {
 	size_t calls;
 };
@@ -2167,8 +2326,10 @@ main(void)
 	test_close();
 	test_scanner_turn_bounded();
 	test_scanner_paced();
+	test_scan_readdir_fails();
 #ifdef RELAY_TEST_HOOKS
 	test_scanner_stop_busy();
+	test_scanner_paced_stop();
 #endif
 	fixture_teardown();
 	return check_done();
