@@ -698,20 +698,12 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	}
 }
 
-/* Take sm's recipients out of their destinations' waiting lines and cancel
- * its queued jobs: all due at due (in-flight jobs finish). */
+/* Take sm's recipients out of their destinations' queued and waiting lines:
+ * all due at due (in-flight jobs finish). */
 static void
 sched_msg_cancel_jobs(struct sched *s, struct sched_msg *sm, uint64_t due)
 {
-	struct sched_job *job;
-	size_t i;
-
 	sched_msg_unwait(s, sm, due);
-	for (i = 0; i < sm->m->env.nrcpts; i++) {
-		job = sched_rcpt_job(&sm->rc[i]);
-		if (job != NULL && !sched_job_active(job))
-			sched_job_cancel(s, job, due);
-	}
 }
 
 /* ------------------------------------------------------------------ */
@@ -802,29 +794,15 @@ sched_msg_expire(struct sched *s, struct sched_msg *sm, uint64_t now)
 	if (now < sched_expire_at(m->env.arrival_ms, s->conf))
 		return;
 	util_format_duration(s->conf->router.max_queue_age, age, sizeof(age));
-	sched_msg_unwait(s, sm, 0);     /* every pending one not in an attempt expires */
+	sched_msg_unwait(s, sm, 0);     /* every pending one not in an attempt expires:
+	                                   out of its line (jobs are only in flight) */
 	for (i = 0; i < m->env.nrcpts; i++) {
 		struct sched_job *job = sched_rcpt_job(&sm->rc[i]);
 		struct queue_rcpt *qr = &m->rcpt[i];
 		char reply[600], *host, *ip;
-		size_t k;
 
-		if (qr->state != RCPT_PENDING || sched_job_active(job))
+		if (qr->state != RCPT_PENDING || job != NULL)
 			continue;
-		if (job != NULL) {
-			/* Out of its queued job. */
-			int *r = sched_job_rcpts(job);
-
-			for (k = 0; k < job->nrcpts && r[k] != (int)i; k++)
-				;
-			memmove(&r[k], &r[k + 1], (job->nrcpts - k - 1) * sizeof(*r));
-			job->nrcpts--;
-			s->nr_backlog--;
-			sm->rc[i].job = NULL;
-			sched_rcpt_tally(s, sm, i);
-			if (job->nrcpts == 0)
-				sched_job_cancel(s, job, 0);
-		}
 		queue_rcpt_last(qr, &last);
 		if (last.reply != NULL)
 			snprintf(reply, sizeof(reply), "%s", last.reply);
@@ -865,7 +843,7 @@ sched_msg_free(struct sched *s, struct sched_msg *sm)
 	size_t i;
 
 	for (i = 0; i < sm->m->env.nrcpts; i++)        /* none, but never a dangling link */
-		if (sm->rc[i].waiting)
+		if (sched_rcpt_lined(&sm->rc[i]))
 			sched_rcpt_unwait(s, sm, i, 0);
 	sched_heap_remove(s, &sm->wake);
 	if (!sm->deleted) {
@@ -1264,13 +1242,36 @@ sched_dest_route_changed(struct sched *s, const struct sched_dest *d)
 	return changed;
 }
 
+/* Take the recipients of line (d's queued or waiting line) whose domain goes
+ * another way now out of it: due now, the new way (d moves on in the
+ * caller).  How many left. */
+static size_t
+sched_dest_unline_rerouted(struct sched *s, struct sched_dest *d, struct sched_rcptq *line,
+    uint64_t now)
+{
+	struct sched_rcpt *rc, *rn;
+	size_t n = 0;
+
+	for (rc = TAILQ_FIRST(line); rc != NULL; rc = rn) {
+		struct sched_msg *sm = sched_rcpt_msg(rc);
+
+		rn = TAILQ_NEXT(rc, wentry);
+		if (!sched_rcpt_route_changed(s, sm, rc->idx, d->route))
+			continue;
+		sched_rcpt_unwait(s, sm, rc->idx, now);
+		sched_heap_set(s, &sm->wake, now);
+		n++;
+	}
+	return n;
+}
+
 /*
- * Routes or the configuration changed: every job that has not started and
- * whose route is not the same any more is dropped, and so is every waiting
- * recipient whose domain goes another way than its destination's route
- * (the route its jobs took: the one route of its name until a change), and
- * their messages are dispatched again (jobs and recipients whose route did
- * not change keep their place).  A job in flight keeps its route until its
+ * Routes or the configuration changed: every recipient queued behind its
+ * destination's window or waiting for it whose domain goes another way
+ * than its destination's route (the route its jobs took: the one route of
+ * its name until a change) is taken out of its line, and their messages
+ * are dispatched again (recipients whose route did not change keep their
+ * place).  A job in flight keeps its route until its
  * attempt ends; then, if its domain goes another way, it is not put back on
  * the old one (sched_job_next, sched_rcpt_outcome: its recipients go again
  * at once, the new way).
@@ -1279,37 +1280,16 @@ static void
 sched_reroute(struct sched *s)
 {
 	struct sched_dest *d, *dn;
-	struct sched_job *job, **stale = NULL;
-	struct sched_rcpt *rc, *rn;
 	uint64_t now = sched_now(s);
-	size_t n, nr, cap = 0, i;
+	size_t n, nr;
 
-	/* Before any job is cancelled: cancelling starts no attempt but a
+	/* Before any recipient leaves a line: that starts no attempt but a
 	 * probe of the destination being looked at, after its count is used. */
 	sched_count_rerouted(s);
 	for (d = TAILQ_FIRST(&s->dests); d != NULL; d = dn) {
 		dn = TAILQ_NEXT(d, entry);
-		n = nr = 0;
-		TAILQ_FOREACH(job, &d->backlog, entry) {
-			if (!sched_job_route_changed(s, job))
-				continue;
-			if (n == cap) {
-				cap = cap ? cap * 2 : 16;
-				stale = xrealloc(stale, cap * sizeof(*stale));
-			}
-			stale[n++] = job;
-		}
-		for (rc = TAILQ_FIRST(&d->waiting); rc != NULL; rc = rn) {
-			struct sched_msg *sm = sched_rcpt_msg(rc);
-
-			rn = TAILQ_NEXT(rc, wentry);
-			if (!sched_rcpt_route_changed(s, sm, rc->idx, d->route))
-				continue;
-			/* due now, the new way: out of the line (d moves on below) */
-			sched_rcpt_unwait(s, sm, rc->idx, now);
-			sched_heap_set(s, &sm->wake, now);
-			nr++;
-		}
+		n = sched_dest_unline_rerouted(s, d, &d->queued, now);
+		nr = sched_dest_unline_rerouted(s, d, &d->waiting, now);
 		/* A down destination with no job left, kept to remember its
 		 * outage: if its name stands for other hosts now, the outage was
 		 * of the old ones, and it is forgotten (their health stays). */
@@ -1324,31 +1304,18 @@ sched_reroute(struct sched *s)
 		 * and they try the new ones at once.  The old route's attempts
 		 * still out do not hold the first of them back (the window). */
 		if ((n > 0 || nr > 0 || d->inflight > 0) && d->state == SCHED_DEST_DOWN &&
-		    n == d->nbacklog && d->nwaiting == 0 && d->rerouted == d->inflight) {
+		    d->nbacklog == 0 && d->nwaiting == 0 && d->rerouted == d->inflight) {
 			d->state = SCHED_DEST_NEW;
 			d->window = 1 + d->inflight;
 			d->down_since = 0;
 		}
-		if (n == 0) {
-			if (nr > 0) {   /* its next probe, or forget it */
-				sched_dest_rewake(s, d);
-				sched_dest_maybe_free(s, d);
-			}
-			continue;
-		}
-		/* Cancelling may free d (the last job) or start a probe: d is
-		 * not looked at again, and only jobs still queued are cancelled. */
-		for (i = 0; i < n; i++) {
-			struct sched_msg *sm = stale[i]->sm;
-
-			if (sched_job_active(stale[i]))
-				continue;
-			sched_job_cancel(s, stale[i], now);
-			sched_heap_set(s, &sm->wake, now);
+		if (n > 0 || nr > 0) {  /* its next probe, or forget it (d is not
+		                           looked at again) */
+			sched_dest_rewake(s, d);
+			sched_dest_maybe_free(s, d);
 		}
 	}
-	free(stale);
-	/* Last: an attempt begun above (a probe the cancelling started) is
+	/* Last: an attempt begun above (a probe a rewake started) is
 	 * stamped with the old generation, so it looks at its route too. */
 	s->reroute_gen++;
 }
@@ -1437,15 +1404,13 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 	}
 	s->shutdown_done = done;
 	s->shutdown_arg = arg;
-	/* Jobs that have not started, or only wait for DNS, and the recipients
-	 * waiting for their destinations are simply forgotten:
+	/* Jobs that only wait for DNS, and the recipients queued behind their
+	 * destinations' windows or waiting for them, are simply forgotten:
 	 * nothing about them was recorded, the next start picks them up. */
 	for (d = TAILQ_FIRST(&s->dests); d != NULL; d = dn) {
 		dn = TAILQ_NEXT(d, entry);
-		while ((job = TAILQ_FIRST(&d->backlog)) != NULL) {
-			sched_job_unlink(s, job);
-			sched_job_free(s, job);
-		}
+		while ((rc = TAILQ_FIRST(&d->queued)) != NULL)
+			sched_rcpt_unwait(s, sched_rcpt_msg(rc), rc->idx, 0);
 		while ((rc = TAILQ_FIRST(&d->waiting)) != NULL)
 			sched_rcpt_unwait(s, sched_rcpt_msg(rc), rc->idx, 0);
 		sched_heap_remove(s, &d->wake);
@@ -1595,6 +1560,11 @@ sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i, struct sch
 		out->next_ms = sm->rc[i].wdest->probe_at;
 		return;
 	}
+	if (sm->rc[i].queued) {
+		out->dest = sm->rc[i].wdest->name;
+		out->state = SCHED_RCPT_QUEUED;
+		return;
+	}
 	job = sm->rc[i].job;
 	if (job != NULL) {
 		out->dest = job->dest->name;
@@ -1609,7 +1579,7 @@ sched_rcpt_view(struct sched *s, const struct queue_msg *m, size_t i, struct sch
 	out->next_ms = sm->rc[i].retry_at;
 }
 
-/* Flush one message by queue id: its queued jobs and waiting recipients are
+/* Flush one message by queue id: its queued and waiting recipients are
  * made into jobs again, and they start now. */
 static void
 sched_msg_flush(struct sched *s, struct sched_msg *sm, uint64_t now)
@@ -1649,7 +1619,7 @@ sched_msg_flush_due(struct sched *s, struct sched_msg *sm, const char *only_doma
 			continue;
 		if (sm->rc[i].waiting)
 			sm->rc[i].wdest->forced_gen = s->flush_gen;
-		else if (sm->rc[i].job == NULL) {
+		else if (!sched_rcpt_busy(&sm->rc[i])) {   /* queued: it keeps its place */
 			sm->rc[i].retry_at = now;
 			sm->rc[i].flush_gen = s->flush_gen;
 			due = true;

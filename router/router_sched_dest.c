@@ -1,14 +1,16 @@
 /*
  * router_sched_dest.c - the scheduler's destinations and jobs: where a job
  * (one transaction of one message to one destination) goes and what the
- * answers mean.  A job is admitted by its destination (started, queued
- * behind the ramp's window, or left waiting while the destination is down),
+ * answers mean.  A job is admitted by its destination (started, or its
+ * recipients put in the destination's queued line behind the ramp's window,
+ * or in its waiting line while the destination is down: the job is freed),
  * resolves its exchangers (routes, MX), walks their addresses in order
  * skipping hosts known to be down, hands ONE attempt at a time to deliver/,
  * and turns the result into recipient outcomes, host health and the
  * destination's state (down: every recipient waits for ONE probe, in the
- * destination's line and in no job; up again: the backlog is released,
- * paced).  See router/SCHEDULING.md.
+ * destination's line and in no job; up again: the line is released into
+ * the queued line, paced by the window: the pump makes a job of its first
+ * recipients when the window has room).  See router/SCHEDULING.md.
  *
  * A flush (sched_flush --all / --domain) gives each destination it concerns
  * ONE attempt that ignores host backoff and the destination's state: the
@@ -16,7 +18,7 @@
  * admitted; everything else it made due goes through the window as usual.
  *
  * Owns: every struct sched_dest and struct sched_job, the destinations'
- * waiting lines (links in the messages' struct sched_rcpt), and the route cache
+ * queued and waiting lines (links in the messages' struct sched_rcpt), and the route cache
  * (struct sched_rcache: recipient domain -> shared route, one reference each).
  * Never: keeps a timer of its own (probes are wake-ups in router_sched.c's
  * heap), speaks SMTP, or records a state change except through
@@ -50,7 +52,7 @@ sched_dest_get(struct sched *s, const char *name)
 	d->name = xstrdup(name);
 	d->state = SCHED_DEST_NEW;
 	d->window = 1;                  /* unknown: one job finds out first */
-	TAILQ_INIT(&d->backlog);
+	TAILQ_INIT(&d->queued);
 	TAILQ_INIT(&d->waiting);
 	d->wake.at = SCHED_NOWAKE;
 	d->wake.kind = SCHED_WAKE_DEST;
@@ -335,6 +337,14 @@ sched_attempt_free(struct sched_job *job)
 	job->at = NULL;
 }
 
+/* Another reference to sr. */
+static struct sched_route *
+sched_route_ref(struct sched_route *sr)
+{
+	sr->refs++;
+	return sr;
+}
+
 /* Free a job that is in no list; its recipients become free (retry_at kept). */
 void
 sched_job_free(struct sched *s, struct sched_job *job)
@@ -362,47 +372,28 @@ sched_job_free(struct sched *s, struct sched_job *job)
 	free(job);
 }
 
-/* Take a queued job out of its destination's backlog. */
-void
-sched_job_unlink(struct sched *s, struct sched_job *job)
-{
-	struct sched_dest *d = job->dest;
-
-	if (job->state != SCHED_JOB_QUEUED)
-		fatalx("%s: job is in flight", __func__);
-	TAILQ_REMOVE(&d->backlog, job, entry);
-	d->nbacklog--;
-	s->nr_backlog -= job->nrcpts;
-}
-
-/* Drop a queued job: its recipients are due again at `due`. */
-void
-sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due)
-{
-	struct sched_dest *d = job->dest;
-	size_t k;
-
-	sched_job_unlink(s, job);
-	for (k = 0; k < job->nrcpts; k++)
-		job->sm->rc[sched_job_rcpt(job, k)].retry_at = due;
-	sched_job_free(s, job);
-	sched_dest_rewake(s, d);
-	sched_dest_maybe_free(s, d);
-}
-
-/* Put recipient i of sm (in no job) at the end of d's waiting line. */
+/* Put recipient i of sm (in no job) at the end of d's queued line (queued)
+ * or waiting line. */
 static void
-sched_rcpt_wait(struct sched *s, struct sched_msg *sm, size_t i, struct sched_dest *d)
+sched_rcpt_line(struct sched *s, struct sched_msg *sm, size_t i, struct sched_dest *d,
+    bool queued)
 {
 	struct sched_rcpt *rc = &sm->rc[i];
 
-	if (rc->waiting || rc->job != NULL)
+	if (sched_rcpt_busy(rc))
 		fatalx("%s: recipient is busy", __func__);
-	rc->waiting = true;
 	rc->wdest = d;
-	TAILQ_INSERT_TAIL(&d->waiting, rc, wentry);
-	d->nwaiting++;
-	s->nr_waiting++;
+	if (queued) {
+		rc->queued = true;
+		TAILQ_INSERT_TAIL(&d->queued, rc, wentry);
+		d->nbacklog++;
+		s->nr_backlog++;
+	} else {
+		rc->waiting = true;
+		TAILQ_INSERT_TAIL(&d->waiting, rc, wentry);
+		d->nwaiting++;
+		s->nr_waiting++;
+	}
 	sched_rcpt_tally(s, sm, i);
 }
 
@@ -412,12 +403,17 @@ sched_rcpt_unwait(struct sched *s, struct sched_msg *sm, size_t i, uint64_t due)
 	struct sched_rcpt *rc = &sm->rc[i];
 	struct sched_dest *d = rc->wdest;
 
-	if (!rc->waiting)
-		fatalx("%s: recipient is not waiting", __func__);
-	TAILQ_REMOVE(&d->waiting, rc, wentry);
-	d->nwaiting--;
-	s->nr_waiting--;
-	rc->waiting = false;
+	if (rc->queued) {
+		TAILQ_REMOVE(&d->queued, rc, wentry);
+		d->nbacklog--;
+		s->nr_backlog--;
+	} else if (rc->waiting) {
+		TAILQ_REMOVE(&d->waiting, rc, wentry);
+		d->nwaiting--;
+		s->nr_waiting--;
+	} else
+		fatalx("%s: recipient is in no line", __func__);
+	rc->waiting = rc->queued = false;
 	rc->job = NULL;
 	rc->retry_at = due;
 	rc->flush_gen = 0;
@@ -431,7 +427,7 @@ sched_msg_unwait(struct sched *s, struct sched_msg *sm, uint64_t due)
 	size_t n = sm->m->env.nrcpts, nd = 0, i, k;
 
 	for (i = 0; i < n; i++) {
-		if (!sm->rc[i].waiting)
+		if (!sched_rcpt_lined(&sm->rc[i]))
 			continue;
 		d = sm->rc[i].wdest;
 		sched_rcpt_unwait(s, sm, i, due);
@@ -489,7 +485,7 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const c
 			continue;
 		sm->rc[i].job = NULL;
 		if (m->rcpt[i].state == RCPT_PENDING && !m->held)
-			sched_rcpt_wait(s, sm, (size_t)i, d);
+			sched_rcpt_line(s, sm, (size_t)i, d, false);
 		else {
 			if (m->held)
 				sm->rc[i].retry_at = now;       /* as sched_hold leaves it */
@@ -499,12 +495,22 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const c
 	sched_job_free(s, job);
 }
 
+/* Whether rc is in d's queued line (queued) or waiting line. */
+static bool
+sched_rcpt_in(const struct sched_rcpt *rc, const struct sched_dest *d, bool queued)
+{
+	return (queued ? rc->queued : rc->waiting) && rc->wdest == d;
+}
+
 /*
- * A job of recipient first, waiting for d, taken out of the line with the
- * other recipients of its message waiting for d that sched_msg_dispatch
- * would group with it: those waiting, in their order, cut into jobs of
+ * A job of recipient first, in one of d's lines, taken out of it with the
+ * other recipients of its message in that line that sched_msg_dispatch
+ * would group with it: those, in their order, cut into jobs of
  * sched_job_max, the one first is in.  Not admitted yet.  Its route is what
- * their domain's route is now (the route cache), shared with d's.
+ * their domain's route is now (the route cache), shared with d's; from the
+ * queued line, d's route (the line is within one route generation: each was
+ * queued under d's route, and sched_reroute takes out those whose domain
+ * goes another way since), without a lookup per job the pump makes.
  */
 static struct sched_job *
 sched_dest_take(struct sched *s, struct sched_dest *d, struct sched_rcpt *first)
@@ -512,16 +518,18 @@ sched_dest_take(struct sched *s, struct sched_dest *d, struct sched_rcpt *first)
 	struct sched_msg *sm = sched_rcpt_msg(first);
 	const char *addr = sm->m->env.rcpts[first->idx].addr, *at = strrchr(addr, '@');
 	size_t n = sm->m->env.nrcpts, max = sched_job_max(s), pos = 0, from, i;
-	struct sched_route *sr = sched_route_for(s, at != NULL ? at + 1 : "", d->route);
+	bool queued = first->queued;
+	struct sched_route *sr = queued && d->route != NULL ? sched_route_ref(d->route) :
+	    sched_route_for(s, at != NULL ? at + 1 : "", d->route);
 	struct sched_job *job = sched_job_new(s, sm, d, sr);
 
 	sched_route_unref(sr);
 	job->dest = d;
 	for (i = 0; i < first->idx; i++)
-		pos += sm->rc[i].waiting && sm->rc[i].wdest == d;
+		pos += sched_rcpt_in(&sm->rc[i], d, queued);
 	from = pos - pos % max;         /* first's job begins with the from-th */
 	for (i = 0, pos = 0; i < n && job->nrcpts < max; i++) {
-		if (!sm->rc[i].waiting || sm->rc[i].wdest != d || pos++ < from)
+		if (!sched_rcpt_in(&sm->rc[i], d, queued) || pos++ < from)
 			continue;
 		sched_rcpt_unwait(s, sm, i, 0);
 		(void)sched_job_add_rcpt(s, job, (int)i);
@@ -574,18 +582,38 @@ sched_dest_full(const struct sched *s, const struct sched_dest *d)
 	return d->inflight >= sched_dest_cap(s->conf->router.max_connections, d->window);
 }
 
-/* Start queued jobs while the destination's window allows. */
+/* While the destination's window allows, make a job of the first in its
+ * queued line (with its message's others, as the dispatch groups them) and
+ * start it. */
 static void
 sched_dest_pump(struct sched *s, struct sched_dest *d)
 {
-	struct sched_job *job;
+	struct sched_rcpt *rc;
 
 	if (s->stopping || d->state == SCHED_DEST_DOWN)
 		return;
-	while ((job = TAILQ_FIRST(&d->backlog)) != NULL && !sched_dest_full(s, d)) {
-		sched_job_unlink(s, job);
-		sched_job_start(s, job);
+	while ((rc = TAILQ_FIRST(&d->queued)) != NULL && !sched_dest_full(s, d))
+		sched_job_start(s, sched_dest_take(s, d, rc));
+}
+
+/* The job's recipients go to the end of d's queued line, in the job's
+ * order (the pump makes a job of them again): the job is freed. */
+static void
+sched_job_queue(struct sched *s, struct sched_dest *d, struct sched_job *job)
+{
+	struct sched_msg *sm = job->sm;
+	size_t k;
+
+	for (k = 0; k < job->nrcpts; k++) {
+		int i = sched_job_rcpt(job, k);
+
+		if (sched_rcpt_job(&sm->rc[i]) != job)
+			continue;
+		sm->rc[i].job = NULL;
+		sm->rc[i].flush_gen = 0;
+		sched_rcpt_line(s, sm, (size_t)i, d, true);
 	}
+	sched_job_free(s, job);
 }
 
 /* The earliest end of backoff among the exchangers the job saw. */
@@ -619,13 +647,15 @@ sched_job_probe_at(struct sched *s, struct sched_job *job, uint64_t now)
 }
 
 /* Every exchanger of the job's destination is down: its recipients and the
- * backlog's wait (at the end of the line, the job's first); the job is freed. */
+ * queued line's wait (at the end of the line, the job's first, then the
+ * queued line's in its order, each deferred as the job's); the job is freed. */
 static void
 sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now)
 {
 	struct sched_last *own = job->last;     /* kept past the job, for the backlog's */
 	const struct sched_last *last = own != NULL ? own : &sched_last_none;
-	struct sched_job *b;
+	struct sched_msg *sm;
+	struct sched_rcpt *rc;
 	struct buf why = BUF_INIT;
 	bool was_down = d->state == SCHED_DEST_DOWN;
 
@@ -639,9 +669,21 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 	buf_printf(&why, "all exchangers of %s are down (last: %s%s%s)", d->name,
 	    last->host, last->host[0] ? ": " : "", last->reply[0] ? last->reply : "no answer");
 	sched_job_wait(s, job, last->host, last->ip, buf_cstr(&why), now);
-	while ((b = TAILQ_FIRST(&d->backlog)) != NULL) {
-		sched_job_unlink(s, b);
-		sched_job_wait(s, b, last->host, last->ip, buf_cstr(&why), now);
+	while ((rc = TAILQ_FIRST(&d->queued)) != NULL) {
+		size_t i = rc->idx;
+
+		sm = sched_rcpt_msg(rc);
+		sched_rcpt_unwait(s, sm, i, 0);
+		queue_msg_drop_image(sm->m);    /* it may wait long: it will read its file */
+		if (sm->m->rcpt[i].state != RCPT_PENDING)
+			continue;
+		if (rc->down_since == 0)
+			rc->down_since = d->down_since != 0 ? d->down_since : now;
+		/* as a job that never made an attempt (not counted) */
+		sched_rcpt_outcome(s, sm, (int)i, SCHED_DEFERRED, last->host, last->ip,
+		    "4.4.1", buf_cstr(&why), false, d->name, false, now);
+		if (sm->m->rcpt[i].state == RCPT_PENDING && !sched_rcpt_busy(rc))
+			sched_rcpt_line(s, sm, i, d, false);
 	}
 	buf_free(&why);
 	free(own);
@@ -649,24 +691,27 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 		sched_log_dest("destination_down", d, now, LOG_NOTICE);
 }
 
-/* The destination answered: ramp up, and release its backlog after an outage. */
+/* The destination answered: ramp up, and after an outage release its
+ * waiting line into its queued line (no job: the pump makes them). */
 static void
 sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
 {
 	struct sched_rcpt *rc;
-	struct sched_job *job;
 
 	if (d->state == SCHED_DEST_DOWN) {
 		d->state = SCHED_DEST_UP;
 		d->window = SCHED_RAMP_START;
-		/* in the line's order, grouped into jobs as the dispatch does */
+		/* in the line's order (the pump groups them as the dispatch does) */
 		while ((rc = TAILQ_FIRST(&d->waiting)) != NULL) {
-			job = sched_dest_take(s, d, rc);
-			job->state = SCHED_JOB_QUEUED;
-			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
+			TAILQ_REMOVE(&d->waiting, rc, wentry);
+			d->nwaiting--;
+			s->nr_waiting--;
+			rc->waiting = false;
+			rc->queued = true;
+			TAILQ_INSERT_TAIL(&d->queued, rc, wentry);
 			d->nbacklog++;
-			s->nr_backlog += job->nrcpts;
-			sched_job_tally(s, job);
+			s->nr_backlog++;
+			sched_rcpt_tally(s, sched_rcpt_msg(rc), rc->idx);
 		}
 		sched_log_dest("destination_up", d, now, LOG_NOTICE);
 		d->down_since = 0;
@@ -1223,11 +1268,7 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 			return;
 		}
 		if (sched_dest_full(s, d)) {
-			job->state = SCHED_JOB_QUEUED;
-			TAILQ_INSERT_TAIL(&d->backlog, job, entry);
-			d->nbacklog++;
-			s->nr_backlog += job->nrcpts;
-			sched_job_tally(s, job);
+			sched_job_queue(s, d, job);     /* frees job */
 			return;
 		}
 	}

@@ -76,7 +76,7 @@ enum sched_tb {
 	SCHED_TB_NONE,                  /* not counted: delivered, failed, or its message deleted */
 	SCHED_TB_DUE,                   /* pending, in no job: due at retry_at */
 	SCHED_TB_ACTIVE,                /* in an attempt */
-	SCHED_TB_QUEUED,                /* in a job behind its destination's window */
+	SCHED_TB_QUEUED,                /* in its destination's queued line, behind the window */
 	SCHED_TB_WAITING,               /* waiting for its destination */
 	SCHED_TB_HELD,                  /* its message is held */
 	SCHED_TB_N
@@ -87,45 +87,55 @@ struct sched_tdest;
 
 /*
  * A recipient as the scheduler sees it: due at retry_at (in no job), in a
- * job, or waiting for its destination (waiting: in wdest->waiting, its
- * link and destination where retry_at, flush_gen and job are, which it does
- * not use while it waits).  Use sched_rcpt_job() to read job.
+ * job, or in one of its destination's lines, in no job: queued behind its
+ * window (queued: in wdest->queued) or waiting for it to come back
+ * (waiting: in wdest->waiting).  In a line, its link and destination are
+ * where retry_at, flush_gen and job are, which it does not use there.  Use
+ * sched_rcpt_job() to read job.
  */
 struct sched_rcpt {
 	union {
-		struct {                        /* not waiting */
+		struct {                        /* in no line */
 			uint64_t retry_at;      /* pending, not in a job: next attempt */
 			uint64_t flush_gen;     /* made due by this flush (s->flush_gen), 0 = not */
 		};
-		TAILQ_ENTRY(sched_rcpt) wentry; /* waiting: in wdest->waiting */
+		TAILQ_ENTRY(sched_rcpt) wentry; /* in wdest->queued or wdest->waiting */
 	};
 	union {
-		struct sched_job *job;          /* not waiting: the job it is in, or NULL */
-		struct sched_dest *wdest;       /* waiting: the destination it waits for */
+		struct sched_job *job;          /* in no line: the job it is in, or NULL */
+		struct sched_dest *wdest;       /* in a line: the destination whose it is */
 	};
 	uint64_t down_since;            /* its destination is down since (reports), 0 = not */
 	struct sched_tdom *tdom;        /* counted under its domain (tbucket != NONE), else NULL */
 	struct sched_tdest *tdest;      /* and under its (job's) destination, or NULL */
 	uint8_t tbucket;                /* enum sched_tb: where it is counted */
-	bool report_out;                /* its report's commit is in flight */
-	bool outcome_out;               /* its D or F record is not durable yet: no report */
-	bool waiting;                   /* wentry and wdest, not retry_at, flush_gen, job */
+	bool report_out : 1;            /* its report's commit is in flight */
+	bool outcome_out : 1;           /* its D or F record is not durable yet: no report */
+	bool waiting : 1;               /* in wdest->waiting (wentry, wdest: not retry_at...) */
+	bool queued : 1;                /* in wdest->queued (likewise) */
 	uint32_t idx;                   /* its index in its message's rc[] (sched_rcpt_msg) */
 };
 TAILQ_HEAD(sched_rcptq, sched_rcpt);
 
-/* The job rc is in, or NULL (due, or waiting for its destination). */
+/* Whether rc is in one of its destination's lines (queued or waiting). */
+static inline bool
+sched_rcpt_lined(const struct sched_rcpt *rc)
+{
+	return rc->waiting || rc->queued;
+}
+
+/* The job rc is in, or NULL (due, or in a line). */
 static inline struct sched_job *
 sched_rcpt_job(const struct sched_rcpt *rc)
 {
-	return rc->waiting ? NULL : rc->job;
+	return sched_rcpt_lined(rc) ? NULL : rc->job;
 }
 
-/* Whether rc is in a job or waiting (not due on its own timer). */
+/* Whether rc is in a job or a line (not due on its own timer). */
 static inline bool
 sched_rcpt_busy(const struct sched_rcpt *rc)
 {
-	return rc->waiting || rc->job != NULL;
+	return sched_rcpt_lined(rc) || rc->job != NULL;
 }
 
 /* How the TLS policy treated one exchanger address tried for a message
@@ -175,7 +185,7 @@ sched_rcpt_msg(struct sched_rcpt *rc)
 }
 
 enum sched_job_state {
-	SCHED_JOB_QUEUED,               /* in dest->backlog */
+	SCHED_JOB_QUEUED,               /* being made, not started yet (in no list) */
 	SCHED_JOB_RESOLVING,            /* in s->active: DNS query out */
 	SCHED_JOB_DELIVERING,           /* in s->active: deliver attempt out */
 };
@@ -186,6 +196,8 @@ enum sched_job_state {
  * (sched_job_start), freed when it ends (sched_job_end) or with the job.  A
  * queued job (one per message of a backlog released after an outage) has
  * none: these ~900 bytes are paid per attempt in flight, not per message.
+ * (A job is made when its attempt can start: recipients behind a
+ * destination's window wait in its queued line, in no job.)
  */
 struct sched_attempt {
 	struct sched *s;                /* the scheduler (the callbacks' way back to it) */
@@ -268,14 +280,14 @@ struct sched_rcache {
 #define SCHED_JOB_RCPTS_MAX     UINT16_MAX
 
 /*
- * One transaction of one message to one destination.  Kept small: a
- * destination's backlog (all of it at once when an outage ends) has one per
- * message, so the struct stays within 72 bytes (an 80-byte malloc chunk):
- * what only an attempt needs (the scheduler, the configuration, what it
- * tried) is in its struct sched_attempt, and a job of one recipient keeps
- * its index inline.  A message waiting for its down destination has none:
- * its recipients wait in the destination's line (struct sched_rcpt), and
- * the probe or the release makes jobs of them again (sched_dest_take).
+ * One transaction of one message to one destination, made when its attempt
+ * starts (or a moment before, in sched_msg_dispatch).  Kept within 72 bytes
+ * (an 80-byte malloc chunk): what only an attempt needs (the scheduler, the
+ * configuration, what it tried) is in its struct sched_attempt, and a job of
+ * one recipient keeps its index inline.  A message queued behind its
+ * destination's window, or waiting for its down destination, has none: its
+ * recipients are in the destination's lines (struct sched_rcpt), and the
+ * pump, the probe or the release makes jobs of them (sched_dest_take).
  */
 struct sched_job {
 	uint32_t magic;
@@ -284,7 +296,7 @@ struct sched_job {
 	bool force : 1;                 /* flush: ignore backoff and destination state */
 	bool probe : 1;                 /* the destination's probe */
 	bool many : 1;                  /* rc.many, not rc.one (sched_job_rcpts) */
-	TAILQ_ENTRY(sched_job) entry;   /* dest->backlog or s->active */
+	TAILQ_ENTRY(sched_job) entry;   /* s->active */
 	struct sched_msg *sm;
 	struct sched_dest *dest;
 	struct sched_route *route;      /* shared, one reference held (sched_route_get) */
@@ -321,9 +333,9 @@ struct sched_dest {
 	unsigned inflight;
 	unsigned rerouted;              /* sched_reroute only: of inflight, how many go a way
 	                                   their domain no longer goes */
-	struct sched_jobq backlog;      /* ready, waiting for the window */
+	struct sched_rcptq queued;      /* recipients ready, behind the window, in no job */
 	struct sched_rcptq waiting;     /* the destination is down: recipients, in no job */
-	size_t nbacklog, nwaiting;      /* jobs in backlog; recipients in waiting */
+	size_t nbacklog, nwaiting;      /* recipients in queued; in waiting */
 	uint64_t down_since;
 	uint64_t empty_since;           /* down with no jobs since (the sweep forgets it) */
 	uint64_t probe_at;
@@ -372,7 +384,7 @@ struct sched {
 	size_t npending;                /* recipients not delivered or failed */
 	size_t nheld, nheld_rcpts;      /* held messages; their pending recipients */
 	size_t nr_active, nr_backlog, nr_waiting;  /* recipients of the jobs in s->active,
-	                                   in the backlogs, waiting for their destination */
+	                                   in the queued lines, in the waiting lines */
 	unsigned nreports;              /* reports whose commit is in flight */
 	unsigned noutcomes;             /* D/F records whose sync callback is to come */
 	/* relayctl stats (sched_stats()), kept as recipients move: router_sched_tally.c. */
@@ -477,17 +489,16 @@ uint64_t sched_job_add_rcpt(struct sched *s, struct sched_job *job, int i);
 /* Drop one reference to a shared route (NULL: nothing); the last frees it. */
 void sched_route_unref(struct sched_route *sr);
 void sched_job_free(struct sched *s, struct sched_job *job);
-void sched_job_unlink(struct sched *s, struct sched_job *job);
 /* The most recipients a job of s takes (router.max_rcpts_per_txn, bounded). */
 unsigned sched_job_max(const struct sched *s);
-void sched_job_cancel(struct sched *s, struct sched_job *job, uint64_t due);
-/* Take recipient i of sm out of its destination's waiting line: due at due,
- * in no job (the destination is left as it is: sched_dest_rewake). */
+/* Take recipient i of sm out of its destination's line (queued or waiting):
+ * due at due, in no job (the destination is left as it is: sched_dest_rewake). */
 void sched_rcpt_unwait(struct sched *s, struct sched_msg *sm, size_t i, uint64_t due);
-/* Every waiting recipient of sm: out of its line, due at due; then each
- * destination that lost one moves on (its probe, or it is forgotten). */
+/* Every recipient of sm in a line (queued or waiting): out of it, due at due;
+ * then each destination that lost one moves on (its probe, or it is forgotten). */
 void sched_msg_unwait(struct sched *s, struct sched_msg *sm, uint64_t due);
-/* Start, queue or park a new job; flush_gen: the latest flush that made one of
+/* Start a new job, or put its recipients in d's queued line (the window is
+ * full) or waiting line (d is down): the job is freed then; flush_gen: the latest flush that made one of
  * its recipients due (sched_job_add_rcpt), 0 = none. */
 void sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job,
     uint64_t flush_gen, uint64_t now);

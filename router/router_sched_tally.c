@@ -101,6 +101,8 @@ sched_rcpt_bucket(const struct sched_msg *sm, size_t i)
 		return SCHED_TB_NONE;
 	if (sm->rc[i].waiting)
 		return SCHED_TB_WAITING;
+	if (sm->rc[i].queued)
+		return SCHED_TB_QUEUED;
 	if (job != NULL)
 		return sched_job_active(job) ? SCHED_TB_ACTIVE : SCHED_TB_QUEUED;
 	return sm->m->held ? SCHED_TB_HELD : SCHED_TB_DUE;
@@ -112,7 +114,7 @@ sched_rcpt_tally(struct sched *s, struct sched_msg *sm, size_t i)
 	struct sched_rcpt *rc = &sm->rc[i];
 	enum sched_tb b = sched_rcpt_bucket(sm, i);
 	const struct sched_job *job = sched_rcpt_job(rc);
-	const char *dest = b == SCHED_TB_NONE ? NULL : rc->waiting ? rc->wdest->name :
+	const char *dest = b == SCHED_TB_NONE ? NULL : sched_rcpt_lined(rc) ? rc->wdest->name :
 	    job != NULL && job->dest != NULL ? job->dest->name : NULL;
 
 	if (b == rc->tbucket && (dest == NULL ? rc->tdest == NULL :

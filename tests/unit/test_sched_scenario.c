@@ -736,8 +736,8 @@ pred_delivering(struct fx *fx)
 	return job != NULL && job->state == SCHED_JOB_DELIVERING;
 }
 
-/* How many of d's jobs (queued or in flight) hold sr, and of its waiting
- * recipients wait under it (d's route: they hold no reference of their own). */
+/* How many of d's jobs (in flight) hold sr, and of its queued and waiting
+ * recipients are under it (d's route: they hold no reference of their own). */
 static int
 route_holders(struct sched *s, struct sched_dest *d, const struct sched_route *sr)
 {
@@ -747,8 +747,8 @@ route_holders(struct sched *s, struct sched_dest *d, const struct sched_route *s
 
 	TAILQ_FOREACH(rc, &d->waiting, wentry)
 		n += d->route == sr;
-	TAILQ_FOREACH(job, &d->backlog, entry)
-		n += job->route == sr;
+	TAILQ_FOREACH(rc, &d->queued, wentry)
+		n += d->route == sr;
 	TAILQ_FOREACH(job, &s->active, entry)
 		n += job->dest == d && job->route == sr;
 	return n;
