@@ -1669,6 +1669,167 @@ test_hold_attempt_out(int no)
 	fx_fini(&fx);
 }
 
+/* ------------------------------------------------------------------ */
+/* The queued line: recipients behind a destination's window keep no job. */
+
+/* The most jobs seen at once that were not in flight (made, not started). */
+static unsigned jobs_idle_max;
+
+static void
+jobs_idle_look(struct fx *fx)
+{
+	unsigned n = fx_njobs(fx);
+
+	if (n > fx->s->nactive && n - fx->s->nactive > jobs_idle_max)
+		jobs_idle_max = n - fx->s->nactive;
+}
+
+static bool
+pred_settled_idle(struct fx *fx)
+{
+	jobs_idle_look(fx);
+	return pred_settled(fx);
+}
+
+/* One attempt delivering, the other four behind the window (test_queued_no_job). */
+static bool
+pred_four_queued(struct fx *fx)
+{
+	struct sched_dest *d = fx_dest(fx, "route:a.test");
+
+	jobs_idle_look(fx);
+	return pred_delivering(fx) && d != NULL && d->nbacklog + d->inflight == 5;
+}
+
+/* a.test's destination is up again (test_release_paced). */
+static bool
+pred_up_idle(struct fx *fx)
+{
+	struct sched_dest *d = fx_dest(fx, "route:a.test");
+
+	jobs_idle_look(fx);
+	return d != NULL && d->state == SCHED_DEST_UP;
+}
+
+/* Recipient i of the message qid is queued behind the destination called dest. */
+static bool
+fx_rcpt_queued(struct fx *fx, const char *qid, size_t i, const char *dest)
+{
+	struct sched_msg *sm = sched_msg_lookup(fx->s, qid);
+	struct sched_rcpt_view v;
+
+	if (sm == NULL)
+		return false;
+	sched_rcpt_view(fx->s, sm->m, i, &v);
+	return v.state == SCHED_RCPT_QUEUED && v.dest != NULL && strcmp(v.dest, dest) == 0;
+}
+
+/*
+ * SCHEDULING.md, Memory: five messages to a new destination (window 1)
+ * whose first attempt hangs: one job, in flight; the other four recipients
+ * wait in its queued line with no job, shown queued for it (relayctl queue
+ * show, the tallies).  A flush of one of them takes it out of the line and
+ * starts it past the window (the flush's one attempt); a delete of another
+ * takes it out of the line.
+ */
+static void
+test_queued_no_job(int no)
+{
+	struct fx fx;
+	struct sched_dest *d;
+	struct sched_tally t;
+
+	sinks_reset("a");
+	mxsink_exec(&sink_a, "sink.script(greeting='HANG')");
+	fx_init(&fx, &route_share, no);
+	jobs_idle_max = 0;
+	fx_submit(&fx, 5);
+	CHECK_MSG(fx_run(&fx, pred_four_queued), "queued: never one attempt and four behind it");
+	d = fx_dest(&fx, "route:a.test");
+	CHECK(d != NULL);
+	if (d == NULL)
+		exit(check_done());
+	sched_tally(fx.s, &t);
+	CHECK_MSG(d->state == SCHED_DEST_NEW && d->inflight == 1 && d->nbacklog == 4 &&
+	    fx_njobs(&fx) == 1 && jobs_idle_max == 0 && t.rcpts_queued == 4 && t.rcpts_active == 1,
+	    "queued: inflight %u, %zu queued, %u jobs (%u idle at most), tally queued %zu active %zu "
+	    "(want 1, 4, 1 job, none idle, 4, 1)", d->inflight, d->nbacklog, fx_njobs(&fx),
+	    jobs_idle_max, t.rcpts_queued, t.rcpts_active);
+	CHECK(fx_rcpt_queued(&fx, fx.qids[4], 0, "route:a.test"));
+	check_tally(fx.s, no, 0);
+
+	CHECK_INT(sched_flush(fx.s, fx.qids[4]), 1);
+	CHECK_MSG(d->inflight == 2 && d->nbacklog == 3 && fx_njobs(&fx) == 2,
+	    "queued: flushed: inflight %u, %zu queued, %u jobs (want 2, 3, 2)", d->inflight,
+	    d->nbacklog, fx_njobs(&fx));
+	CHECK_INT(sched_delete(fx.s, fx.qids[3]), 0);
+	CHECK_MSG(d->nbacklog == 2 && fx.s->nr_backlog == 2 && fx_njobs(&fx) == 2,
+	    "queued: deleted: %zu queued (%zu), %u jobs (want 2, 2)", d->nbacklog,
+	    fx.s->nr_backlog, fx_njobs(&fx));
+	check_tally(fx.s, no, 1);
+	mxsink_exec(&sink_a, "sink.reset_script()");
+	fx_fini(&fx);
+}
+
+/*
+ * SCHEDULING.md, Outages: the release of a long waiting line (16 messages
+ * of 32 recipients, 512, in jobs of max_rcpts_per_txn 4) makes no job per
+ * message: its recipients move to the queued line, and a job is made only
+ * when the window has room (at most the window's jobs at any time, every
+ * one in flight), grouped as the dispatch groups them, until all are
+ * delivered in 128 transactions of 4.
+ */
+static void
+test_release_paced(int no)
+{
+	enum { NM = 16, NR = 32, MAX = 4 };
+	struct fx fx;
+	struct sched_dest *d;
+	size_t queued;
+	unsigned jobs;
+	long ntx, nr, least, most;
+
+	sinks_reset("");
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	fx_init(&fx, &route_share, no);
+	fx.conf->router.max_rcpts_per_txn = MAX;
+	for (int k = 0; k < NM; k++)
+		fx_submit_many(&fx, NR, NR);
+	CHECK_MSG(fx_run(&fx, pred_settled), "release: never settled");
+	d = fx_dest(&fx, "route:a.test");
+	CHECK(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == NM * NR &&
+	    fx_njobs(&fx) == 0);
+	if (d == NULL)
+		exit(check_done());
+	/* the probe (the first 4) is delivered: the rest is released */
+	sink_set_up(&sink_a, 'a', "a");
+	fx.clock = fx.base + 30 * M;
+	sched_arm(fx.s);
+	jobs_idle_max = 0;
+	CHECK_MSG(fx_run(&fx, pred_up_idle), "release: the probe never got through");
+	queued = d->nbacklog;
+	jobs = fx_njobs(&fx);
+	CHECK_MSG(d->window == SCHED_RAMP_START && jobs == SCHED_RAMP_START &&
+	    fx.s->nactive == SCHED_RAMP_START && queued == NM * NR - (1 + SCHED_RAMP_START) * MAX &&
+	    d->nwaiting == 0,
+	    "release: window %u, %u jobs, %u active, %zu queued (want %d, %d, %d, %d)", d->window,
+	    jobs, fx.s->nactive, queued, SCHED_RAMP_START, SCHED_RAMP_START, SCHED_RAMP_START,
+	    NM * NR - (1 + SCHED_RAMP_START) * MAX);
+	check_tally(fx.s, no, 0);
+	CHECK_MSG(fx_run(&fx, pred_settled_idle), "release: never settled after the release");
+	ntx = sink_got(&sink_a);
+	nr = mxsink_long(&sink_a, "sum(len(m.rcpts) for m in sink.messages)");
+	least = mxsink_long(&sink_a, "min(len(m.rcpts) for m in sink.messages)");
+	most = mxsink_long(&sink_a, "max(len(m.rcpts) for m in sink.messages)");
+	CHECK_MSG(ntx == NM * NR / MAX && nr == NM * NR && least == MAX && most == MAX &&
+	    fx_pending(&fx) == 0 && jobs_idle_max == 0,
+	    "release: a got %ld transactions of %ld recipients (%ld to %ld each), %d pending, "
+	    "%u jobs idle at most (want %d of %d, %d each, 0, 0)", ntx, nr, least, most,
+	    fx_pending(&fx), jobs_idle_max, NM * NR / MAX, NM * NR, MAX);
+	check_tally(fx.s, no, 1);
+	fx_fini(&fx);
+}
+
 int
 main(void)
 {
@@ -1700,6 +1861,8 @@ main(void)
 	test_probe_takes_group((int)RELAY_ARRAY_LEN(scenarios) + 18);
 	test_admin_waiting((int)RELAY_ARRAY_LEN(scenarios) + 19);
 	test_hold_attempt_out((int)RELAY_ARRAY_LEN(scenarios) + 20);
+	test_queued_no_job((int)RELAY_ARRAY_LEN(scenarios) + 21);
+	test_release_paced((int)RELAY_ARRAY_LEN(scenarios) + 22);
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
 	mxsink_stop(&sink_r);
