@@ -208,8 +208,8 @@ struct sched_dest_view {
 	const char *state;              /* "new", "up", "down" */
 	unsigned window;                /* jobs allowed in flight; 0 = no limit */
 	unsigned inflight;
-	size_t queued;                  /* jobs waiting for a slot */
-	size_t waiting;                 /* jobs waiting for the destination to come back */
+	size_t queued;                  /* recipients waiting for a slot (its queued line) */
+	size_t waiting;                 /* recipients waiting for the destination to come back */
 	uint64_t down_since_ms;
 	uint64_t probe_at_ms;
 };
