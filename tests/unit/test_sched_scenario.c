@@ -1437,17 +1437,24 @@ fx_njobs(struct fx *fx)
 	return n;
 }
 
-/* Recipient i of the first message waits for the destination called dest. */
+/* Recipient i of the message qid is in state st for the destination called dest. */
 static bool
-fx_rcpt_waits(struct fx *fx, size_t i, const char *dest)
+fx_rcpt_is(struct fx *fx, const char *qid, size_t i, enum sched_rcpt_state st, const char *dest)
 {
-	struct sched_msg *sm = sched_msg_lookup(fx->s, fx->qids[0]);
+	struct sched_msg *sm = sched_msg_lookup(fx->s, qid);
 	struct sched_rcpt_view v;
 
 	if (sm == NULL)
 		return false;
 	sched_rcpt_view(fx->s, sm->m, i, &v);
-	return v.state == SCHED_RCPT_WAITING && v.dest != NULL && strcmp(v.dest, dest) == 0;
+	return v.state == st && v.dest != NULL && strcmp(v.dest, dest) == 0;
+}
+
+/* Recipient i of the first message waits for the destination called dest. */
+static bool
+fx_rcpt_waits(struct fx *fx, size_t i, const char *dest)
+{
+	return fx_rcpt_is(fx, fx->qids[0], i, SCHED_RCPT_WAITING, dest);
 }
 
 /*
@@ -1711,19 +1718,6 @@ pred_up_idle(struct fx *fx)
 	return d != NULL && d->state == SCHED_DEST_UP;
 }
 
-/* Recipient i of the message qid is queued behind the destination called dest. */
-static bool
-fx_rcpt_queued(struct fx *fx, const char *qid, size_t i, const char *dest)
-{
-	struct sched_msg *sm = sched_msg_lookup(fx->s, qid);
-	struct sched_rcpt_view v;
-
-	if (sm == NULL)
-		return false;
-	sched_rcpt_view(fx->s, sm->m, i, &v);
-	return v.state == SCHED_RCPT_QUEUED && v.dest != NULL && strcmp(v.dest, dest) == 0;
-}
-
 /*
  * SCHEDULING.md, Memory: five messages to a new destination (window 1)
  * whose first attempt hangs: one job, in flight; the other four recipients
@@ -1755,7 +1749,7 @@ test_queued_no_job(int no)
 	    "queued: inflight %u, %zu queued, %u jobs (%u idle at most), tally queued %zu active %zu "
 	    "(want 1, 4, 1 job, none idle, 4, 1)", d->inflight, d->nbacklog, fx_njobs(&fx),
 	    jobs_idle_max, t.rcpts_queued, t.rcpts_active);
-	CHECK(fx_rcpt_queued(&fx, fx.qids[4], 0, "route:a.test"));
+	CHECK(fx_rcpt_is(&fx, fx.qids[4], 0, SCHED_RCPT_QUEUED, "route:a.test"));
 	check_tally(fx.s, no, 0);
 
 	CHECK_INT(sched_flush(fx.s, fx.qids[4]), 1);
