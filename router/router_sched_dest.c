@@ -652,7 +652,7 @@ sched_job_probe_at(struct sched *s, struct sched_job *job, uint64_t now)
 static void
 sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now)
 {
-	struct sched_last *own = job->last;     /* kept past the job, for the backlog's */
+	struct sched_last *own = job->last;     /* kept past the job, for the queued line's */
 	const struct sched_last *last = own != NULL ? own : &sched_last_none;
 	struct sched_msg *sm;
 	struct sched_rcpt *rc;
