@@ -946,7 +946,7 @@ sched_msg_run(struct sched *s, struct sched_msg *sm, uint64_t now)
 		sched_msg_warn(s, sm, now);
 		sched_msg_dispatch(s, sm, now, false, NULL);
 	}
-	if (sm->njobs == 0)
+	if (!sched_msg_under_way(sm))
 		queue_msg_drop_image(sm->m);    /* no attempt under way: none to feed */
 	sched_msg_report(s, sm, sm->admin_bounced ? SCHED_BOUNCE_REASON : NULL, now);
 	if (sched_msg_maybe_done(s, sm))

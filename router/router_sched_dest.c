@@ -360,8 +360,10 @@ sched_job_free(struct sched *s, struct sched_job *job)
 		}
 	}
 	/* The message's first round of attempts is over (delivered, deferred or
-	 * failed): later ones read its file, the image's memory goes now. */
-	if (--job->sm->njobs == 0)
+	 * failed; not when its recipients were only queued behind the window):
+	 * later ones read its file, the image's memory goes now. */
+	job->sm->njobs--;
+	if (!sched_msg_under_way(job->sm))
 		queue_msg_drop_image(job->sm->m);
 	sched_attempt_free(job);
 	free(job->last);

@@ -184,6 +184,23 @@ sched_rcpt_msg(struct sched_rcpt *rc)
 	return (struct sched_msg *)(void *)((char *)(rc - rc->idx) - offsetof(struct sched_msg, rc));
 }
 
+/* Whether sm's first round of attempts is still under way: a job of it is
+ * out, or a recipient of it is queued behind its destination's window (its
+ * attempt is only postponed).  Until then its in-memory image is kept for
+ * that attempt (queue_msg_drop_image() once it is over). */
+static inline bool
+sched_msg_under_way(const struct sched_msg *sm)
+{
+	size_t i;
+
+	if (sm->njobs > 0)
+		return true;
+	for (i = 0; i < sm->m->env.nrcpts; i++)
+		if (sm->rc[i].queued)
+			return true;
+	return false;
+}
+
 enum sched_job_state {
 	SCHED_JOB_QUEUED,               /* being made, not started yet (in no list) */
 	SCHED_JOB_RESOLVING,            /* in s->active: DNS query out */

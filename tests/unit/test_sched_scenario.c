@@ -1750,6 +1750,13 @@ test_queued_no_job(int no)
 	    "(want 1, 4, 1 job, none idle, 4, 1)", d->inflight, d->nbacklog, fx_njobs(&fx),
 	    jobs_idle_max, t.rcpts_queued, t.rcpts_active);
 	CHECK(fx_rcpt_is(&fx, fx.qids[4], 0, SCHED_RCPT_QUEUED, "route:a.test"));
+	/* their first attempt is only postponed: it is still to be sent from
+	 * the in-memory image, not read back from the file */
+	for (int k = 1; k < 5; k++) {
+		struct sched_msg *sm = sched_msg_lookup(fx.s, fx.qids[k]);
+
+		CHECK_MSG(sm != NULL && sm->m->image != NULL, "queued: message %d lost its image", k);
+	}
 	check_tally(fx.s, no, 0);
 
 	CHECK_INT(sched_flush(fx.s, fx.qids[4]), 1);
