@@ -242,10 +242,11 @@ struct sched_attempt {
 };
 
 /*
- * A route shared by the jobs that resolved to it (sched_route_get: most of a
- * destination's jobs): read-only once made, freed with its last reference
- * (each job that uses it holds one, and its destination one for the next
- * job).  A job used to carry a copy of its own (64 bytes per waiting job).
+ * A route shared by the jobs that resolved to it (sched_route_for, through
+ * the route cache and sched_route_share: most of a destination's jobs):
+ * read-only once made, freed with its last reference (each job that uses it
+ * holds one, its destination one for the next job, the route cache's entry
+ * one).  A job used to carry a copy of its own (64 bytes per waiting job).
  */
 struct sched_route {
 	struct route r;
@@ -316,7 +317,7 @@ struct sched_job {
 	TAILQ_ENTRY(sched_job) entry;   /* s->active */
 	struct sched_msg *sm;
 	struct sched_dest *dest;
-	struct sched_route *route;      /* shared, one reference held (sched_route_get) */
+	struct sched_route *route;      /* shared, one reference held (sched_route_for) */
 	union {
 		int one;                /* a job that may take one recipient: its index */
 		int *many;              /* else room for as many as it may take */
