@@ -1695,6 +1695,11 @@ sched_hold(struct sched *s, const char *qid)
 		rec.value = 1;
 		sched_record(s, sm, &rec);
 		sched_msg_cancel_jobs(s, sm, now);
+		/* out of the queued lines: no first attempt is only postponed
+		 * any more (one in flight keeps it until it ends); a held
+		 * message may stay for days, its image would hold the bound */
+		if (!sched_msg_under_way(sm))
+			queue_msg_drop_image(sm->m);
 		sched_admin_log("held", sm->m);
 	}
 	sched_msg_rewake(s, sm, now);

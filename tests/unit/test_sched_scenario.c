@@ -1768,6 +1768,18 @@ test_queued_no_job(int no)
 	    "queued: deleted: %zu queued (%zu), %u jobs (want 2, 2)", d->nbacklog,
 	    fx.s->nr_backlog, fx_njobs(&fx));
 	check_tally(fx.s, no, 1);
+	/* a hold of another takes it out of the line: its first attempt is
+	 * not merely postponed any more, and a held message keeps no image
+	 * (it may stay held for days, within the images' 4 MiB for all) */
+	CHECK_INT(sched_hold(fx.s, fx.qids[2]), 0);
+	{
+		struct sched_msg *sm = sched_msg_lookup(fx.s, fx.qids[2]);
+
+		CHECK_MSG(d->nbacklog == 1 && sm != NULL && sm->m->held && sm->m->image == NULL,
+		    "queued: held: %zu queued (want 1), held %d, image %s (want none)", d->nbacklog,
+		    sm != NULL && sm->m->held, sm != NULL && sm->m->image != NULL ? "kept" : "none");
+	}
+	check_tally(fx.s, no, 2);
 	mxsink_exec(&sink_a, "sink.reset_script()");
 	fx_fini(&fx);
 }
