@@ -698,14 +698,6 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 	}
 }
 
-/* Take sm's recipients out of their destinations' queued and waiting lines:
- * all due at due (in-flight jobs finish). */
-static void
-sched_msg_cancel_jobs(struct sched *s, struct sched_msg *sm, uint64_t due)
-{
-	sched_msg_unwait(s, sm, due);
-}
-
 /* ------------------------------------------------------------------ */
 /* Messages. */
 
@@ -1588,7 +1580,7 @@ sched_msg_flush(struct sched *s, struct sched_msg *sm, uint64_t now)
 
 	if (m->held)
 		return;
-	sched_msg_cancel_jobs(s, sm, 0);
+	sched_msg_unwait(s, sm, 0);
 	sched_msg_dispatch(s, sm, now, true, NULL);
 	sched_msg_rewake(s, sm, now);
 }
@@ -1694,7 +1686,7 @@ sched_hold(struct sched *s, const char *qid)
 		rec.time_ms = now;
 		rec.value = 1;
 		sched_record(s, sm, &rec);
-		sched_msg_cancel_jobs(s, sm, now);
+		sched_msg_unwait(s, sm, now);
 		/* out of the queued lines: no first attempt is only postponed
 		 * any more (one in flight keeps it until it ends); a held
 		 * message may stay for days, its image would hold the bound */
@@ -1742,7 +1734,7 @@ sched_delete(struct sched *s, const char *qid)
 
 	if (sm == NULL)
 		return RELAY_ENOENT;
-	sched_msg_cancel_jobs(s, sm, 0);
+	sched_msg_unwait(s, sm, 0);
 	if ((rc = queue_remove(s->q, sm->m)) != 0) {
 		/* Not deleted: its cancelled recipients are due again now, and a
 		 * due recipient's message always wakes by then (the tallies'
@@ -1778,7 +1770,7 @@ sched_bounce(struct sched *s, const char *qid)
 	if (sm == NULL)
 		return RELAY_ENOENT;
 	m = sm->m;
-	sched_msg_cancel_jobs(s, sm, 0);
+	sched_msg_unwait(s, sm, 0);
 	for (i = 0; i < m->env.nrcpts; i++) {
 		if (m->rcpt[i].state != RCPT_PENDING || sched_rcpt_busy(&sm->rc[i]))
 			continue;
