@@ -1115,6 +1115,31 @@ queue_msg_apply(struct queue_msg *m, const struct queue_record *rec)
 	queue_msg_apply_in(NULL, m, rec);
 }
 
+/* Whether a record's string field leaves the recipient's own as it is:
+ * NULL keeps it (QREC_NO_ATTEMPT), else it must be equal. */
+static bool
+queue_last_keeps(const char *field, const char *own)
+{
+	return field == NULL || (own != NULL && strcmp(field, own) == 0);
+}
+
+bool
+queue_record_idle(const struct queue_msg *m, const struct queue_record *rec)
+{
+	const struct queue_rcpt *r;
+	struct queue_last last;
+
+	if (rec->type != QREC_ATTEMPT || (rec->value & QREC_NO_ATTEMPT) == 0 ||
+	    envelope_record_check(rec, m->env.nrcpts) == -1 || rec->rcpt < 0)
+		return false;
+	r = &m->rcpt[rec->rcpt];
+	if (r->state != RCPT_PENDING || r->waiting != ((rec->value & QREC_WAIT_DEST) != 0))
+		return false;
+	queue_rcpt_last(r, &last);
+	return queue_last_keeps(rec->host, last.host) && queue_last_keeps(rec->ip, last.ip) &&
+	    queue_last_keeps(rec->status, last.status) && queue_last_keeps(rec->reply, last.reply);
+}
+
 /*
  * The loop only encodes the line and applies it; the writer thread opens
  * msg/<qid> (O_APPEND) and writes it, in issue order, and the sync thread

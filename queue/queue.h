@@ -241,6 +241,15 @@ int queue_record(struct queue *q, struct queue_msg *m, const struct queue_record
     queue_sync_cb *cb, void *arg);
 /* Apply a record to the in-memory message only (used by replay and by queue_record). */
 void queue_msg_apply(struct queue_msg *m, const struct queue_record *rec);
+/*
+ * Whether rec would change nothing queue_msg_apply() keeps of m (and so
+ * nothing a later start reads back): an A record with QREC_NO_ATTEMPT (no
+ * attempt counted, no last_attempt_ms) for a pending recipient whose
+ * waiting flag it leaves as it is, each of its strings NULL or equal to the
+ * recipient's.  Its time is all it would add to the file (the history of
+ * `relayctl queue show`).  The caller may then leave it unwritten (QUEUE.md).
+ */
+bool queue_record_idle(const struct queue_msg *m, const struct queue_record *rec);
 
 /* Remove a message whose every recipient is done (or deleted by the admin):
  * 0 (also when its file was gone already, removed behind relayd's back:

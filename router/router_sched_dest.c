@@ -453,9 +453,24 @@ sched_msg_unwait(struct sched *s, struct sched_msg *sm, uint64_t due)
 }
 
 /*
+ * What a recipient that tried no exchanger records when it waits for d: that
+ * d is down, and nothing of an attempt (no host, no address: those of its
+ * own last attempt stay, QREC_NO_ATTEMPT).  The same for every such
+ * recipient of d, whichever attempt found d down, so one that waited already
+ * (a restart's, found waiting again) changes nothing and is not written
+ * again (sched_rcpt_outcome; SCHEDULING.md "Outages").
+ */
+static void
+sched_dest_down_why(const struct sched_dest *d, char *buf, size_t len)
+{
+	snprintf(buf, len, "all exchangers of %s are down", d->name);
+}
+
+/*
  * The job's recipients wait for the destination to come back (logged and
- * recorded, with the last exchanger tried: host and ip, "" for none), at the
- * end of its line and in no job: the job, taken out of any list, is freed.
+ * recorded, with the last exchanger tried: host and ip, "" for none, and
+ * why; a job that tried none records sched_dest_down_why), at the end of
+ * its line and in no job: the job, taken out of any list, is freed.
  * Those of a message held meanwhile (its attempt was out) stay out of the
  * line, held: no probe or release may take them.
  */
@@ -467,8 +482,14 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const c
 	struct sched_msg *sm = job->sm;
 	struct queue_msg *m = sm->m;
 	bool tried = sched_job_tried(job);
+	char down[512];
 	size_t k;
 
+	if (!tried) {
+		sched_dest_down_why(d, down, sizeof(down));
+		host = ip = NULL;
+		why = down;
+	}
 	queue_msg_drop_image(m);        /* it may wait long: it will read its file */
 	for (k = 0; k < job->nrcpts; k++) {
 		int i = sched_job_rcpt(job, k);
@@ -659,6 +680,7 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 	struct sched_msg *sm;
 	struct sched_rcpt *rc;
 	struct buf why = BUF_INIT;
+	char down[512];
 	bool was_down = d->state == SCHED_DEST_DOWN;
 
 	job->last = NULL;
@@ -671,6 +693,7 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 	buf_printf(&why, "all exchangers of %s are down (last: %s%s%s)", d->name,
 	    last->host, last->host[0] ? ": " : "", last->reply[0] ? last->reply : "no answer");
 	sched_job_wait(s, job, last->host, last->ip, buf_cstr(&why), now);
+	sched_dest_down_why(d, down, sizeof(down));
 	while ((rc = TAILQ_FIRST(&d->queued)) != NULL) {
 		size_t i = rc->idx;
 
@@ -682,8 +705,8 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 		if (rc->down_since == 0)
 			rc->down_since = d->down_since != 0 ? d->down_since : now;
 		/* as a job that never made an attempt (not counted) */
-		sched_rcpt_outcome(s, sm, (int)i, SCHED_DEFERRED, last->host, last->ip,
-		    "4.4.1", buf_cstr(&why), false, d->name, false, now);
+		sched_rcpt_outcome(s, sm, (int)i, SCHED_DEFERRED, NULL, NULL, "4.4.1", down, false,
+		    d->name, false, now);
 		if (sm->m->rcpt[i].state == RCPT_PENDING && !sched_rcpt_busy(rc))
 			sched_rcpt_line(s, sm, i, d, false);
 	}
@@ -1244,8 +1267,6 @@ void
 sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t flush_gen,
     uint64_t now)
 {
-	char why[512];
-
 	job->dest = d;
 	if (!job->force && flush_gen != 0 && flush_gen == s->flush_gen &&
 	    d->forced_gen != s->flush_gen) {
@@ -1263,9 +1284,8 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 				sched_job_start(s, job);
 				return;
 			}
-			snprintf(why, sizeof(why), "all exchangers of %s are down", d->name);
-			sched_job_wait(s, job, sched_job_seen(job)->host, sched_job_seen(job)->ip, why,
-			    now);               /* frees job */
+			/* tried nothing: sched_dest_down_why */
+			sched_job_wait(s, job, NULL, NULL, NULL, now);  /* frees job */
 			sched_dest_rewake(s, d);
 			return;
 		}

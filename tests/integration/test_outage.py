@@ -11,6 +11,8 @@ restart in the middle of the outage.  Lifetimes: expiry with a short
 max_queue_age, and exactly one delay warning.
 """
 
+import json
+import os
 import unittest
 
 from client import make_message, submit
@@ -136,6 +138,66 @@ class DestinationOutage(OutageCase):
         delivered = relay.wait_for_count("delivered", 6, since=mark, timeout=30)
         self.assertEqual(sorted(d["qid"] for d in delivered), sorted(qids))
         self.assertEqual(self.secondary.connections, 0)
+
+    def test_restart_does_not_rewrite_waiting_messages(self):
+        # Six messages wait for example.net (its hosts refuse; the host
+        # backoff is an hour, so only a restart or a flush tries them) and
+        # got their one delay warning.  The restart probes the destination,
+        # finds it down, and every recipient waits again: those the probe did
+        # not try would get a record that changes nothing they carry, so
+        # their files stay as they were, byte for byte, and relayctl shows
+        # them as before.  Delivery once the hosts are back, and the delay
+        # warnings (one per message, none again), are as without a restart.
+        relay = self.make(router={"host_backoff": ["1h", "1h"], "delay_warning": "1s"})
+        relay.start()
+        qids = self.send(6)
+        self.wait_all_waiting(qids)
+        for q in qids:
+            relay.wait_for_log("ndr", qid=q, reason="delayed", timeout=30)
+        self.home.wait_for_messages(6, timeout=30)
+        shown = {q: self.shown(q) for q in qids}
+        tried = {f["qid"] for f in relay.find_log("host_failed")}
+        relay.stop()                     # every record issued is in its file now
+        files = {q: self.msg_file(q) for q in qids}
+
+        mark = relay.log_mark()
+        relay.start()
+        relay.wait_for_log("destination_down", dest="example.net", since=mark, timeout=30)
+        for q in qids:
+            relay.wait_for_log("deferred", qid=q, status="4.4.1", waiting="example.net",
+                               since=mark, timeout=30)
+        again = {q: self.shown(q) for q in qids}   # waits for the records issued so far
+        probed = {f["qid"] for f in relay.find_log("host_failed", since=mark)}
+        self.assertTrue(probed, "the restart probed nothing")
+        for q in probed:                 # an attempt: recorded
+            self.assertEqual(again[q]["attempts"], shown[q]["attempts"] + 1)
+            self.assertGreater(len(self.msg_file(q)), len(files[q]))
+        idle = [q for q in qids if q not in tried | probed]
+        self.assertGreaterEqual(len(idle), 3, (tried, probed))
+        for q in idle:
+            self.assertEqual(self.msg_file(q), files[q], "message %s rewritten" % q)
+            self.assertEqual(again[q], shown[q])
+
+        self.primary.up()
+        r = relay.relayctl("queue", "flush", "--all")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        delivered = relay.wait_for_count("delivered", 6, since=mark, timeout=30)
+        self.assertEqual(sorted(d["qid"] for d in delivered), sorted(qids))
+        self.assertEqual(relay.count_log("ndr", reason="delayed"), 6)
+        self.assertEqual(relay.count_log("bounced"), 0)
+
+    def shown(self, qid):
+        """What relayctl queue show --json says of qid's recipient, without
+        the time its destination's next probe is due (state "until")."""
+        r = self.relay.relayctl("queue", "show", qid, "--json")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        [rcpt] = json.loads(r.stdout)["recipients"]
+        rcpt.pop("until")
+        return rcpt
+
+    def msg_file(self, qid):
+        with open(os.path.join(self.relay.queue_dir, "msg", qid), "rb") as f:
+            return f.read()
 
     def test_messages_arriving_during_an_outage_wait_too(self):
         relay = self.make(router={"host_backoff": ["30s", "1m"]})

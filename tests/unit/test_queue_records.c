@@ -28,6 +28,13 @@ last_of(const struct queue_rcpt *r)
 	return l;
 }
 
+/* Field k of l, in struct queue_last's order. */
+static const char *
+last_field(const struct queue_last *l, size_t k)
+{
+	return k == 0 ? l->host : k == 1 ? l->ip : k == 2 ? l->status : l->reply;
+}
+
 static const uint64_t iv[] = { 1 * M, 10 * M };
 
 static struct env_rcpt one_rcpt[] = {
@@ -432,6 +439,144 @@ test_last_strings_packing(void)
 	queue_lasts_free(l);
 }
 
+/*
+ * queue_record_idle(): a record for a pending recipient is idle exactly
+ * when applying it changes nothing queue_msg_apply() keeps (state, attempts,
+ * last attempt's time, flags, the four strings), checked row by row against
+ * the apply itself: only a no-attempt deferral that leaves the waiting flag
+ * and every string as they are.  From each row's state, as the file would
+ * give it.
+ */
+static void
+test_record_idle(void)
+{
+	static const char down[] = "all exchangers of example.net are down";
+	enum { WAITING, OWN_TIMER, NEVER_TRIED, DELIVERED };
+	static const struct {
+		int from;
+		enum queue_rec_type type;
+		int value;
+		const char *host, *status, *reply;
+		bool want;
+	} rows[] = {
+		/* a restart's recipient, found waiting again */
+		{ WAITING, QREC_ATTEMPT, QREC_NO_ATTEMPT | QREC_WAIT_DEST, NULL, "4.4.1", down, true },
+		{ WAITING, QREC_ATTEMPT, QREC_NO_ATTEMPT | QREC_WAIT_DEST, "mx.example.net", "4.4.1",
+		    down, true },
+		{ WAITING, QREC_ATTEMPT, QREC_NO_ATTEMPT | QREC_WAIT_DEST, NULL, NULL, NULL, true },
+		/* something changes: not idle */
+		{ WAITING, QREC_ATTEMPT, QREC_WAIT_DEST, "mx.example.net", "4.4.1", down, false },
+		{ WAITING, QREC_ATTEMPT, QREC_NO_ATTEMPT | QREC_WAIT_DEST, "mx2.example.net", "4.4.1",
+		    down, false },
+		{ WAITING, QREC_ATTEMPT, QREC_NO_ATTEMPT | QREC_WAIT_DEST, NULL, "4.4.2", down, false },
+		{ WAITING, QREC_ATTEMPT, QREC_NO_ATTEMPT | QREC_WAIT_DEST, NULL, "4.4.1",
+		    "all exchangers of route:smart.example are down", false },
+		{ WAITING, QREC_ATTEMPT, QREC_NO_ATTEMPT, NULL, "4.4.1", down, false },
+		{ WAITING, QREC_FAILED, QREC_NO_ATTEMPT | QREC_EXPIRED, NULL, "4.4.7", "expired", false },
+		{ WAITING, QREC_FAILED, QREC_NO_ATTEMPT, NULL, "4.4.1", down, false },
+		{ WAITING, QREC_DELIVERED, QREC_NO_ATTEMPT, NULL, "4.4.1", down, false },
+		{ WAITING, QREC_REPORTED, 0, NULL, NULL, NULL, false },
+		/* on its own timer: a no-attempt deferral that says what it said */
+		{ OWN_TIMER, QREC_ATTEMPT, QREC_NO_ATTEMPT, NULL, "4.7.5", "tls refused", true },
+		{ OWN_TIMER, QREC_ATTEMPT, QREC_NO_ATTEMPT | QREC_WAIT_DEST, NULL, "4.7.5", "tls refused",
+		    false },
+		{ OWN_TIMER, QREC_ATTEMPT, 0, "mx.example.net", "4.7.5", "tls refused", false },
+		/* the first wait of a recipient never tried */
+		{ NEVER_TRIED, QREC_ATTEMPT, QREC_NO_ATTEMPT | QREC_WAIT_DEST, NULL, "4.4.1", down, false },
+		{ NEVER_TRIED, QREC_ATTEMPT, QREC_NO_ATTEMPT, NULL, NULL, NULL, true },
+		/* not pending any more: never idle (the scheduler makes no such
+		 * record; it would change nothing either) */
+		{ DELIVERED, QREC_ATTEMPT, QREC_NO_ATTEMPT, NULL, NULL, NULL, false },
+	};
+	struct sink fresh = { .n = 0 };
+	struct queue_record rec;
+	struct queue_msg *m;
+	struct queue *q;
+	uv_loop_t loop;
+	char dir[128], qid[QID_MAX];
+	size_t i;
+
+	uv_loop_init(&loop);
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	commit_one(&loop, q, qid);
+	if ((m = sink_find(&fresh, qid)) == NULL)
+		exit(2);
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct queue_rcpt before;
+		struct queue_last lb, la;
+		char *was[4];
+		bool idle, same;
+		size_t k;
+
+		/* the row's state, in memory only (queue_msg_apply: no file) */
+		queue_rcpt_free_last(&m->rcpt[0]);
+		memset(&m->rcpt[0], 0, sizeof(m->rcpt[0]));
+		memset(&rec, 0, sizeof(rec));
+		rec.type = QREC_ATTEMPT;
+		rec.time_ms = T0;
+		rec.host = "mx.example.net";
+		rec.ip = "192.0.2.1";
+		rec.status = "4.4.1";
+		rec.reply = down;
+		rec.value = QREC_WAIT_DEST;
+		if (rows[i].from == OWN_TIMER) {
+			rec.status = "4.7.5";
+			rec.reply = "tls refused";
+			rec.value = 0;
+		} else if (rows[i].from == DELIVERED) {
+			rec.type = QREC_DELIVERED;
+			rec.status = "2.0.0";
+			rec.reply = "250 ok";
+			rec.value = 0;
+		}
+		if (rows[i].from != NEVER_TRIED)
+			queue_msg_apply(m, &rec);
+		before = m->rcpt[0];
+		queue_rcpt_last(&before, &lb);
+
+		memset(&rec, 0, sizeof(rec));
+		rec.type = rows[i].type;
+		rec.rcpt = 0;
+		rec.time_ms = T0 + M;
+		rec.host = rows[i].host;
+		rec.status = rows[i].status;
+		rec.reply = rows[i].reply;
+		rec.value = rows[i].value;
+		idle = queue_record_idle(m, &rec);
+		CHECK_MSG(idle == rows[i].want, "row %zu: idle %d, want %d", i, idle, rows[i].want);
+
+		/* the apply agrees: nothing changes exactly when it is idle (the
+		 * strings copied first: the apply may free their block) */
+		for (k = 0; k < 4; k++)
+			was[k] = last_field(&lb, k) != NULL ? xstrdup(last_field(&lb, k)) : NULL;
+		queue_msg_apply(m, &rec);
+		queue_rcpt_last(&m->rcpt[0], &la);
+		same = m->rcpt[0].state == before.state && m->rcpt[0].attempts == before.attempts &&
+		    m->rcpt[0].last_attempt_ms == before.last_attempt_ms &&
+		    m->rcpt[0].waiting == before.waiting && m->rcpt[0].expired == before.expired &&
+		    m->rcpt[0].reported == before.reported && m->rcpt[0].dsn_passed == before.dsn_passed;
+		for (k = 0; k < 4; k++) {
+			const char *now = last_field(&la, k);
+
+			if ((now == NULL) != (was[k] == NULL) || (now != NULL && strcmp(now, was[k]) != 0))
+				same = false;
+			free(was[k]);
+		}
+		CHECK_MSG(same == idle || (!idle && rows[i].from == DELIVERED),
+		    "row %zu: apply changes %s, idle says %d", i, same ? "nothing" : "something", idle);
+	}
+	/* a recipient index outside the message: never idle */
+	rec.type = QREC_ATTEMPT;
+	rec.rcpt = 1;
+	rec.value = QREC_NO_ATTEMPT | QREC_WAIT_DEST;
+	CHECK(!queue_record_idle(m, &rec));
+	close_queue(&loop, q);
+	sink_free(&fresh);
+	close_loop(&loop);
+}
+
 int
 main(void)
 {
@@ -443,6 +588,7 @@ main(void)
 	test_old_records_load();
 	test_last_strings_shared();
 	test_last_strings_packing();
+	test_record_idle();
 	fixture_teardown();
 	return check_done();
 }
