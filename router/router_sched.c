@@ -641,7 +641,7 @@ sched_rcpt_outcome(struct sched *s, struct sched_msg *sm, int i, enum sched_outc
 		later = sched_record_outcome(s, sm, &rec, lp);
 	} else if (o == SCHED_FAILED)
 		(void)sched_record_outcome(s, sm, &rec, NULL);
-	else if (queue_record_idle(m, &rec))
+	else if (wait_dest != NULL && queue_record_idle(m, &rec))
 		/* No attempt, and it waits as it did with the same strings (a
 		 * restart's recipients that waited for a destination still
 		 * down): a record would add only its time to the file. */

@@ -467,6 +467,30 @@ sched_dest_down_why(const struct sched_dest *d, char *buf, size_t len)
 }
 
 /*
+ * Why recipient r, which tried no exchanger, waits while d is down: down
+ * (sched_dest_down_why), unless r already waits with a reply that says why d
+ * is down ("... (last: host: reply)", from an attempt of its own): that cause
+ * is kept, so a wait that changes nothing (a restart's) is not recorded and
+ * the report still names it.  The reply is copied into out.
+ */
+static const char *
+sched_rcpt_down_why(const struct queue_rcpt *r, const char *down, struct buf *out)
+{
+	struct queue_last last;
+	size_t n = strlen(down);
+
+	if (!r->waiting || !queue_rcpt_has_status(r))
+		return down;
+	queue_rcpt_last(r, &last);
+	if (last.reply == NULL || strncmp(last.reply, down, n) != 0 ||
+	    (last.reply[n] != '\0' && strncmp(last.reply + n, " (last: ", 8) != 0))
+		return down;
+	buf_reset(out);
+	buf_append(out, last.reply, strlen(last.reply));
+	return buf_cstr(out);
+}
+
+/*
  * The job's recipients wait for the destination to come back (logged and
  * recorded, with the last exchanger tried: host and ip, "" for none, and
  * why; a job that tried none records sched_dest_down_why), at the end of
@@ -482,13 +506,13 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const c
 	struct sched_msg *sm = job->sm;
 	struct queue_msg *m = sm->m;
 	bool tried = sched_job_tried(job);
+	struct buf own = BUF_INIT;
 	char down[512];
 	size_t k;
 
 	if (!tried) {
 		sched_dest_down_why(d, down, sizeof(down));
 		host = ip = NULL;
-		why = down;
 	}
 	queue_msg_drop_image(m);        /* it may wait long: it will read its file */
 	for (k = 0; k < job->nrcpts; k++) {
@@ -498,9 +522,11 @@ sched_job_wait(struct sched *s, struct sched_job *job, const char *host, const c
 			continue;
 		if (sm->rc[i].down_since == 0)
 			sm->rc[i].down_since = d->down_since != 0 ? d->down_since : now;
-		sched_rcpt_outcome(s, sm, i, SCHED_DEFERRED, host, ip,
-		    "4.4.1", why, tried, d->name, false, now);
+		sched_rcpt_outcome(s, sm, i, SCHED_DEFERRED, host, ip, "4.4.1",
+		    tried ? why : sched_rcpt_down_why(&m->rcpt[i], down, &own), tried, d->name,
+		    false, now);
 	}
+	buf_free(&own);
 	for (k = 0; k < job->nrcpts; k++) {
 		int i = sched_job_rcpt(job, k);
 
@@ -679,7 +705,7 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 	const struct sched_last *last = own != NULL ? own : &sched_last_none;
 	struct sched_msg *sm;
 	struct sched_rcpt *rc;
-	struct buf why = BUF_INIT;
+	struct buf why = BUF_INIT, kept = BUF_INIT;
 	char down[512];
 	bool was_down = d->state == SCHED_DEST_DOWN;
 
@@ -705,12 +731,13 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 		if (rc->down_since == 0)
 			rc->down_since = d->down_since != 0 ? d->down_since : now;
 		/* as a job that never made an attempt (not counted) */
-		sched_rcpt_outcome(s, sm, (int)i, SCHED_DEFERRED, NULL, NULL, "4.4.1", down, false,
-		    d->name, false, now);
+		sched_rcpt_outcome(s, sm, (int)i, SCHED_DEFERRED, NULL, NULL, "4.4.1",
+		    sched_rcpt_down_why(&sm->m->rcpt[i], down, &kept), false, d->name, false, now);
 		if (sm->m->rcpt[i].state == RCPT_PENDING && !sched_rcpt_busy(rc))
 			sched_rcpt_line(s, sm, i, d, false);
 	}
 	buf_free(&why);
+	buf_free(&kept);
 	free(own);
 	if (!was_down)
 		sched_log_dest("destination_down", d, now, LOG_NOTICE);

@@ -187,6 +187,28 @@ class Enforce(MtaStsCase):
         self.assertEqual(self.relay.count_log("delivered", qid=qid), 0)
 
 
+    def test_each_refused_retry_is_recorded(self):
+        # The only exchanger does not match the policy: every retry is
+        # refused before connecting, an attempt that tried no exchanger with
+        # the same status and reply each time.  Each is still a record of
+        # its own (relayctl queue show's history has a line per deferral):
+        # only a wait for a destination still down goes unrecorded.
+        self.make(router=dict(retry_intervals=["1s"]))
+        self.mx("example.net", [(10, "mx1.elsewhere.test", "127.0.0.2")])
+        self.publish("example.net", "v1", policy("enforce", "*.example.net"))
+        mx1 = self.sink("127.0.0.2", "mx1.elsewhere.test")
+        self.relay.start()
+        qid = self.send()
+        self.relay.wait_for_count("deferred", 3, timeout=30)
+        self.relay.stop()                # every record issued is in its file
+        self.relay.start()
+        doc = self.relay.relayctl("queue", "show", qid, "--json", json=True)
+        [rc] = doc["recipients"]
+        self.assertEqual(mx1.connections, 0)
+        deferred = self.relay.find_log("deferred", qid=qid)
+        self.assertGreaterEqual(len(deferred), 3)
+        self.assertGreaterEqual(len(rc["history"]), 3, rc["history"])
+
 class Testing(MtaStsCase):
 
     def test_testing_mode_delivers_and_reports(self):

@@ -186,6 +186,42 @@ class DestinationOutage(OutageCase):
         self.assertEqual(relay.count_log("ndr", reason="delayed"), 6)
         self.assertEqual(relay.count_log("bounced"), 0)
 
+    def test_restart_keeps_the_cause_of_a_wait(self):
+        # Two recipients of one message (one per transaction) each tried the
+        # down destination themselves: each carries why it is down ("...
+        # (last: host: reply)").  The restart's probe takes one; the other
+        # waits again without an attempt and keeps its own cause (what its
+        # report would name), not the bare "all exchangers ... are down".
+        relay = Relay.for_test(self)
+        self.relay = relay
+        relay.update_config(router=dict(retry_intervals=["1h"], host_backoff=["1h", "1h"],
+                                        max_rcpts_per_txn=1))
+        relay.dns.set_mx_ips("example.net", [(10, "127.0.0.2")])
+        relay.dns.set_mx_ips("example.org", [(10, "127.0.0.3")])
+        relay.sink("127.0.0.2", start=False)
+        relay.sink("127.0.0.3")
+        relay.start()
+        rcpts = ["carol@example.net", "dave@example.net"]
+        q = submit(relay, SENDER, rcpts, make_message(SENDER, rcpts, "s", "B.\r\n"))
+        relay.wait_for_log("destination_down", dest="example.net", timeout=30)
+        mark = relay.log_mark()
+        relay.relayctl("queue", "flush", q)
+        relay.wait_for_count("deferred", 2, since=mark, timeout=30)
+        before = self.replies(q)
+        for reply in before.values():
+            self.assertIn("(last: ", reply)
+        relay.stop()
+        mark = relay.log_mark()
+        relay.start()
+        relay.wait_for_count("deferred", 2, since=mark, timeout=30)
+        self.assertEqual(relay.count_log("host_failed", since=mark), 1)
+        self.assertEqual(self.replies(q), before)
+
+    def replies(self, qid):
+        r = self.relay.relayctl("queue", "show", qid, "--json")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return {x["addr"]: x["last_reply"] for x in json.loads(r.stdout)["recipients"]}
+
     def shown(self, qid):
         """What relayctl queue show --json says of qid's recipient, without
         the time its destination's next probe is due (state "until")."""
