@@ -330,6 +330,16 @@ bool queue_wait_acked(struct queue *q, struct queue_waiter *w);
  */
 bool queue_wait_published(struct queue *q, struct queue_waiter *w);
 void queue_wait_cancel(struct queue *q, struct queue_waiter *w);
+/*
+ * Back-pressure from the writer thread: the records and removals issued
+ * and not yet done (written and synced), and a wait until at most left of
+ * those issued so far remain (the acknowledged messages do not matter):
+ * true at once (cb is never called) if they are that few already, else
+ * cb(arg) runs later on the loop, unless queue_wait_cancel(q, w) comes
+ * first.  The scheduler holds back the release of a backlog by them.
+ */
+uint64_t queue_ops_unwritten(const struct queue *q);
+bool queue_wait_written(struct queue *q, struct queue_waiter *w, uint64_t left);
 
 /* Stop accepting commits, finish those in flight, join the thread; done(arg) on the loop. */
 void queue_close(struct queue *q, void (*done)(void *arg), void *arg);

@@ -1252,6 +1252,24 @@ queue_wait_published(struct queue *q, struct queue_waiter *w)
 	return queue_wait(q, w, 0);
 }
 
+uint64_t
+queue_ops_unwritten(const struct queue *q)
+{
+	return q->ops_total - q->ops_done;
+}
+
+bool
+queue_wait_written(struct queue *q, struct queue_waiter *w, uint64_t left)
+{
+	if (q->ops_total - q->ops_done <= left)
+		return true;
+	w->need = 0;            /* below every ack_no (they count from 1): no message to wait for */
+	w->need_ops = q->ops_total - left;
+	w->next = q->waiters;
+	q->waiters = w;
+	return false;
+}
+
 void
 queue_wait_cancel(struct queue *q, struct queue_waiter *w)
 {

@@ -1019,6 +1019,7 @@ sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err)
 	s->loop = deps->loop;
 	s->trim_wake.at = SCHED_NOWAKE;
 	s->trim_wake.kind = SCHED_WAKE_TRIM;
+	s->pump_ops_max = SCHED_PUMP_OPS_MAX;
 	htab_init(&s->tdoms, &htab_ops_nocase);
 	s->conf = conf_ref(deps->conf);
 	s->stats = deps->stats;
@@ -1399,6 +1400,7 @@ sched_shutdown(struct sched *s, void (*done)(void *arg), void *arg)
 		queue_scanner_stop(s->scanner);    /* the rest stays in msg/ */
 		s->scanner = NULL;
 	}
+	sched_pump_stop(s);
 	s->shutdown_done = done;
 	s->shutdown_arg = arg;
 	/* Jobs that only wait for DNS, and the recipients queued behind their
@@ -1448,6 +1450,7 @@ sched_free(struct sched *s)
 		return;
 	if (s->scanner != NULL)
 		queue_scanner_stop(s->scanner);
+	sched_pump_stop(s);
 	if (s->nactive > 0)
 		fatalx("%s: %u attempts still in flight", __func__, s->nactive);
 	if (s->nreports > 0)

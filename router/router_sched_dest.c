@@ -35,6 +35,7 @@
 #include <string.h>
 
 static void sched_job_start(struct sched *, struct sched_job *);
+static void sched_dest_pump(struct sched *, struct sched_dest *);
 static void sched_job_next(struct sched_job *);
 
 /* ------------------------------------------------------------------ */
@@ -631,9 +632,64 @@ sched_dest_full(const struct sched *s, const struct sched_dest *d)
 	return d->inflight >= sched_dest_cap(s->conf->router.max_connections, d->window);
 }
 
-/* While the destination's window allows, make a job of the first in its
- * queued line (with its message's others, as the dispatch groups them) and
- * start it. */
+/* Loop: the queue's writer has caught up (half of pump_ops_max behind):
+ * every destination with a queued line pumps again. */
+static void
+sched_pump_drained(void *arg)
+{
+	struct sched *s = arg;
+	struct sched_dest *d, *next;
+
+	s->pump_paced = false;
+	if (s->stopping)
+		return;
+	for (d = TAILQ_FIRST(&s->dests); d != NULL && !s->pump_paced; d = next) {
+		next = TAILQ_NEXT(d, entry);    /* behind again: the next drain goes on */
+		if (!TAILQ_EMPTY(&d->queued))
+			sched_dest_pump(s, d);
+	}
+	sched_arm(s);
+}
+
+/*
+ * Whether the pumps hold back: the records and removals the queue's writer
+ * has not written yet are pump_ops_max or more.  Every job a pump starts
+ * issues a record per recipient and, once its message is done, a removal;
+ * a backlog released faster than the writer writes them piled them up in
+ * memory (tests/bench/README.md, "the release's memory").  Held back, the
+ * jobs in flight go on, the rest of each queued line waits, and
+ * sched_pump_drained() pumps again once the writer is down to half.  A job
+ * admitted with room in its destination's window starts all the same
+ * (new mail and retries are not held behind another destination's
+ * backlog); a record that fails is done too, so the wait always ends.
+ */
+static bool
+sched_pump_paced(struct sched *s)
+{
+	if (s->pump_paced)
+		return true;
+	if (queue_ops_unwritten(s->q) < s->pump_ops_max)
+		return false;
+	s->pump_wait.cb = sched_pump_drained;
+	s->pump_wait.arg = s;
+	if (queue_wait_written(s->q, &s->pump_wait, s->pump_ops_max / 2))
+		return false;
+	s->pump_paced = true;
+	return true;
+}
+
+void
+sched_pump_stop(struct sched *s)
+{
+	if (s->pump_paced) {
+		queue_wait_cancel(s->q, &s->pump_wait);
+		s->pump_paced = false;
+	}
+}
+
+/* While the destination's window allows, and the queue's writer keeps up
+ * (sched_pump_paced), make a job of the first in its queued line (with its
+ * message's others, as the dispatch groups them) and start it. */
 static void
 sched_dest_pump(struct sched *s, struct sched_dest *d)
 {
@@ -641,7 +697,8 @@ sched_dest_pump(struct sched *s, struct sched_dest *d)
 
 	if (s->stopping || d->state == SCHED_DEST_DOWN)
 		return;
-	while ((rc = TAILQ_FIRST(&d->queued)) != NULL && !sched_dest_full(s, d))
+	while ((rc = TAILQ_FIRST(&d->queued)) != NULL && !sched_dest_full(s, d) &&
+	    !sched_pump_paced(s))
 		sched_job_start(s, sched_dest_take(s, d, rc));
 }
 

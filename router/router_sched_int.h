@@ -39,6 +39,9 @@ struct dkim_keys;
 #define SCHED_TRIM_QUIET     (2 * 1000ULL)   /* ms with less churn than that, first */
 #define SCHED_TRIM_LAST      (128 * 1000ULL) /* the longest wait between trims that give back */
 #define SCHED_TRIM_WORTH     (4u << 20)      /* bytes of RSS a trim must give back for another */
+#define SCHED_PUMP_OPS_MAX   4096            /* records and removals the queue's writer may be
+                                                behind before the pumps hold back (resuming at
+                                                half: sched_pump_paced) */
 
 /* ------------------------------------------------------------------ */
 /* Types. */
@@ -411,6 +414,9 @@ struct sched {
 
 	bool loaded;
 	struct queue_scanner *scanner; /* the msg/ walk at start-up (sched_scan_begin) */
+	struct queue_waiter pump_wait;  /* the pumps wait for the queue's writer (sched_pump_paced) */
+	uint64_t pump_ops_max;          /* SCHED_PUMP_OPS_MAX (tests lower it) */
+	bool pump_paced;                /* pump_wait is out */
 	bool stopping;
 	bool timer_closed;
 	bool routes_closed;
@@ -521,6 +527,8 @@ void sched_msg_unwait(struct sched *s, struct sched_msg *sm, uint64_t due);
 void sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job,
     uint64_t flush_gen, uint64_t now);
 void sched_dest_rewake(struct sched *s, struct sched_dest *d);
+/* The scheduler stops: the pumps' wait for the queue's writer is cancelled. */
+void sched_pump_stop(struct sched *s);
 /* The numeric address of a ("192.0.2.1", "2001:db8::1") into out. */
 void sched_addr_ip(const struct dns_addr *a, char *out, size_t outlen);
 

@@ -4,6 +4,7 @@
  * removed at the end; a look into that log; a sink that collects the
  * messages the queue hands out; a commit's outcome; opening and closing a
  * queue on a real libuv loop, and checking that the loop closes cleanly;
+ * holding the queue's sync thread (test hooks);
  * a child process that reports through a pipe and dies by SIGKILL.
  * Not a test (CMake builds only test_*.c); include it once, after check.h.
  * Everything here is static: each test program gets its own copy.
@@ -228,6 +229,42 @@ close_loop(uv_loop_t *loop)
 	uv_run(loop, UV_RUN_DEFAULT);
 	CHECK_INT(uv_loop_close(loop), 0);
 }
+
+#ifdef RELAY_TEST_HOOKS
+/* The queue's sync thread held where it takes its next group until open
+ * (tests' gate): queue_test_set_sync_fn(q, sync_hold_fn, &g), with g's
+ * mutex and condition initialised; sync_hold_open(&g) lets it go. */
+struct sync_hold {
+	uv_mutex_t mu;
+	uv_cond_t cv;
+	bool open;
+};
+
+static inline void
+sync_hold_fn(void *arg, int phase, unsigned commits, unsigned probes, unsigned others)
+{
+	struct sync_hold *g = arg;
+
+	(void)commits;
+	(void)probes;
+	(void)others;
+	if (phase != QUEUE_TEST_SYNC_TAKE)
+		return;
+	uv_mutex_lock(&g->mu);
+	while (!g->open)
+		uv_cond_wait(&g->cv, &g->mu);
+	uv_mutex_unlock(&g->mu);
+}
+
+static inline void
+sync_hold_open(struct sync_hold *g)
+{
+	uv_mutex_lock(&g->mu);
+	g->open = true;
+	uv_cond_broadcast(&g->cv);
+	uv_mutex_unlock(&g->mu);
+}
+#endif
 
 
 /*

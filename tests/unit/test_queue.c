@@ -1560,29 +1560,6 @@ test_scan_readdir_fails(void)
 }
 
 #ifdef RELAY_TEST_HOOKS
-/* The sync thread held where it takes its next group until open (tests' gate). */
-struct sync_hold {
-	uv_mutex_t mu;
-	uv_cond_t cv;
-	bool open;
-};
-
-static void
-sync_hold_fn(void *arg, int phase, unsigned commits, unsigned probes, unsigned others)
-{
-	struct sync_hold *g = arg;
-
-	(void)commits;
-	(void)probes;
-	(void)others;
-	if (phase != QUEUE_TEST_SYNC_TAKE)
-		return;
-	uv_mutex_lock(&g->mu);
-	while (!g->open)
-		uv_cond_wait(&g->cv, &g->mu);
-	uv_mutex_unlock(&g->mu);
-}
-
 /*
  * A stop while the scan waits for the writer (no record is ever done: the
  * sync thread is held): the scan has handed over exactly the 16 messages
@@ -1620,10 +1597,7 @@ test_scanner_paced_stop(void)
 	CHECK_INT(loaded, QUEUE_SCAN_OPS_MAX / 512);
 	queue_scanner_stop(sc);
 	CHECK(p.q->waiters == NULL);
-	uv_mutex_lock(&g.mu);
-	g.open = true;
-	uv_cond_broadcast(&g.cv);
-	uv_mutex_unlock(&g.mu);
+	sync_hold_open(&g);
 	close_queue(&loop, p.q);
 	CHECK(!p.end.done);
 	CHECK_INT(scan_paced_recorded(&loop, &p, dir), QUEUE_SCAN_OPS_MAX / 512);

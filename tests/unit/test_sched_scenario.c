@@ -424,12 +424,12 @@ pred_dns_closed(struct fx *fx)
 	return fx->shut == 3;
 }
 
+/* The end of a test whose scheduler's shutdown has begun (sched_shutdown). */
 static void
-fx_fini(struct fx *fx)
+fx_fini_shut(struct fx *fx)
 {
 	int closed = 0;
 
-	sched_shutdown(fx->s, fx_done_cb, &fx->shut);
 	deliver_shutdown(fx->d, fx_done_cb, &fx->shut);
 	CHECK_MSG(fx_run(fx, pred_shut), "shutdown did not complete");
 	dns_close(fx->dns, fx_done_cb, &fx->shut);
@@ -442,6 +442,13 @@ fx_fini(struct fx *fx)
 	CHECK_INT(closed, 1);
 	CHECK_INT(uv_loop_close(&fx->loop), 0);
 	conf_unref(fx->conf);
+}
+
+static void
+fx_fini(struct fx *fx)
+{
+	sched_shutdown(fx->s, fx_done_cb, &fx->shut);
+	fx_fini_shut(fx);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1784,6 +1791,28 @@ test_queued_no_job(int no)
 	fx_fini(&fx);
 }
 
+/* An outage of a.test: nm messages of nr recipients there, in jobs of max,
+ * every recipient waiting for it and in no job.  Its destination. */
+static struct sched_dest *
+fx_outage(struct fx *fx, int no, int nm, int nr, int max)
+{
+	struct sched_dest *d;
+
+	sinks_reset("");
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	fx_init(fx, &route_share, no);
+	fx->conf->router.max_rcpts_per_txn = (unsigned)max;
+	for (int k = 0; k < nm; k++)
+		fx_submit_many(fx, nr, nr);
+	CHECK_MSG(fx_run(fx, pred_settled), "outage: never settled");
+	d = fx_dest(fx, "route:a.test");
+	CHECK(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == (size_t)(nm * nr) &&
+	    fx_njobs(fx) == 0);
+	if (d == NULL)
+		exit(check_done());
+	return d;
+}
+
 /*
  * SCHEDULING.md, Outages: the release of a long waiting line (16 messages
  * of 32 recipients, 512, in jobs of max_rcpts_per_txn 4) makes no job per
@@ -1802,18 +1831,7 @@ test_release_paced(int no)
 	unsigned jobs;
 	long ntx, nr, least, most;
 
-	sinks_reset("");
-	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
-	fx_init(&fx, &route_share, no);
-	fx.conf->router.max_rcpts_per_txn = MAX;
-	for (int k = 0; k < NM; k++)
-		fx_submit_many(&fx, NR, NR);
-	CHECK_MSG(fx_run(&fx, pred_settled), "release: never settled");
-	d = fx_dest(&fx, "route:a.test");
-	CHECK(d != NULL && d->state == SCHED_DEST_DOWN && d->nwaiting == NM * NR &&
-	    fx_njobs(&fx) == 0);
-	if (d == NULL)
-		exit(check_done());
+	d = fx_outage(&fx, no, NM, NR, MAX);
 	/* the probe (the first 4) is delivered: the rest is released */
 	sink_set_up(&sink_a, 'a', "a");
 	fx.clock = fx.base + 30 * M;
@@ -1842,6 +1860,95 @@ test_release_paced(int no)
 	check_tally(fx.s, no, 1);
 	fx_fini(&fx);
 }
+
+#ifdef RELAY_TEST_HOOKS
+static bool
+pred_written(struct fx *fx)
+{
+	return queue_ops_unwritten(fx->q) == 0;
+}
+
+/* Nothing in flight, and a.test's queued line empty or held back by the writer. */
+static bool
+pred_pump_stopped(struct fx *fx)
+{
+	struct sched_dest *d = fx_dest(fx, "route:a.test");
+
+	return fx->s->nactive == 0 && d != NULL && d->state == SCHED_DEST_UP &&
+	    (d->nbacklog == 0 || fx->s->pump_paced);
+}
+
+/* Every recipient delivered, nothing due or in flight. */
+static bool
+pred_all_done(struct fx *fx)
+{
+	return pred_settled(fx) && fx_pending(fx) == 0;
+}
+
+/*
+ * SCHEDULING.md, Outages: a released backlog goes no faster than the
+ * queue's writer writes its delivery records and removals.  The same
+ * release as test_release_paced (512 recipients in jobs of 4), with the
+ * queue's sync thread held, so that no record is ever written, and the
+ * pumps' bound lowered to 16: the pump stops after the jobs that fill the
+ * writer's backlog (the attempts in flight end; the rest of the line waits,
+ * in no job), and the whole line goes once the writer goes on.  Without
+ * the bound every recipient was delivered while none of their records was
+ * written.  stop: a shutdown while the pump waits cancels the wait and
+ * completes once the writer goes on.
+ */
+static void
+test_release_writer_paced(int no, bool stop)
+{
+	enum { NM = 16, NR = 32, MAX = 4, OPS = 16 };
+	struct fx fx;
+	struct sync_hold g;
+	struct sched_dest *d;
+	long ntx;
+
+	memset(&g, 0, sizeof(g));
+	if (uv_mutex_init(&g.mu) != 0 || uv_cond_init(&g.cv) != 0)
+		exit(2);
+	d = fx_outage(&fx, no, NM, NR, MAX);
+	CHECK_MSG(fx_run(&fx, pred_written), "writer paced: the deferrals never written");
+
+	fx.s->pump_ops_max = OPS;
+	queue_test_set_sync_fn(fx.q, sync_hold_fn, &g);
+	sink_set_up(&sink_a, 'a', "a");
+	fx.clock = fx.base + 30 * M;
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_pump_stopped), "writer paced: the release never stopped");
+	ntx = sink_got(&sink_a);
+	/* the probe, the ramp's first jobs, and those started before their
+	 * records reached OPS: far from the line's 128 transactions */
+	CHECK_MSG(fx.s->pump_paced && d->nbacklog >= NM * NR - 16 * MAX && ntx <= 16 &&
+	    queue_ops_unwritten(fx.q) >= OPS && fx_njobs(&fx) == 0,
+	    "writer paced: paced %d, %zu queued, a got %ld transactions, %llu records unwritten, "
+	    "%u jobs (want paced, >= %d queued, <= 16, >= %d, no job)", fx.s->pump_paced,
+	    d->nbacklog, ntx, (unsigned long long)queue_ops_unwritten(fx.q), fx_njobs(&fx),
+	    NM * NR - 16 * MAX, OPS);
+	check_tally(fx.s, no, 0);
+	if (stop) {
+		sched_shutdown(fx.s, fx_done_cb, &fx.shut);
+		CHECK_MSG(!fx.s->pump_paced, "writer paced: the shutdown left the wait out");
+		sync_hold_open(&g);
+		fx_fini_shut(&fx);
+	} else {
+		sync_hold_open(&g);
+		CHECK_MSG(fx_run(&fx, pred_all_done), "writer paced: the release never ended");
+		ntx = sink_got(&sink_a);
+		d = fx_dest(&fx, "route:a.test");      /* up and empty: forgotten */
+		CHECK_MSG(ntx == NM * NR / MAX && fx_pending(&fx) == 0 && !fx.s->pump_paced &&
+		    (d == NULL || d->nbacklog == 0),
+		    "writer paced: a got %ld transactions, %d pending, paced %d (want %d, 0, no)", ntx,
+		    fx_pending(&fx), fx.s->pump_paced, NM * NR / MAX);
+		check_tally(fx.s, no, 1);
+		fx_fini(&fx);
+	}
+	uv_mutex_destroy(&g.mu);
+	uv_cond_destroy(&g.cv);
+}
+#endif
 
 int
 main(void)
@@ -1876,6 +1983,10 @@ main(void)
 	test_hold_attempt_out((int)RELAY_ARRAY_LEN(scenarios) + 20);
 	test_queued_no_job((int)RELAY_ARRAY_LEN(scenarios) + 21);
 	test_release_paced((int)RELAY_ARRAY_LEN(scenarios) + 22);
+#ifdef RELAY_TEST_HOOKS
+	test_release_writer_paced((int)RELAY_ARRAY_LEN(scenarios) + 23, false);
+	test_release_writer_paced((int)RELAY_ARRAY_LEN(scenarios) + 24, true);
+#endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
 	mxsink_stop(&sink_r);
