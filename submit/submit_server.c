@@ -229,7 +229,7 @@ submit_server_listen(struct submit *srv, const struct conf_listen *cl, bool impl
 		l->spare_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	if (log)
 		log_event(LOG_INFO, "listening", "address", cl->text, "tls",
-	    implicit_tls ? "implicit" : "starttls", "proxy", cl->proxy ? "yes" : NULL, NULL);
+		    implicit_tls ? "implicit" : "starttls", "proxy", cl->proxy ? "yes" : NULL, NULL);
 	return 0;
 }
 

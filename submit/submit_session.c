@@ -1278,15 +1278,15 @@ submit_session_begun(struct submit_session *s, int rc, struct queue_txn *txn)
 	if (submit_session_message_started(s, rc, rc == 0 ? txn : NULL) != 0) {
 		if (s->begin_bdat && s->io != NULL)
 			submit_bdat_drop_size(s, s->chunk_size);
-		return;
-	}
-	if (!s->begin_bdat) {
+	} else if (!s->begin_bdat) {
 		submit_data_begun(s);
 		return;
+	} else {
+		submit_data_chunked(&s->data);
+		submit_bdat_chunk(s, s->chunk_size, s->chunk_last);
 	}
-	submit_data_chunked(&s->data);
-	submit_bdat_chunk(s, s->chunk_size, s->chunk_last);
-	/* the chunk's octets may all be in already (or be none: BDAT 0 LAST) */
+	/* the chunk's octets to take or drop may be none (BDAT 0 LAST): the
+	 * io's kick comes only for octets already in */
 	if (s->io != NULL && s->state == SUBMIT_S_BDAT)
 		submit_session_input(s);
 }
