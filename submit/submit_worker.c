@@ -346,6 +346,22 @@ sw_shard_reload(struct submit *shard, struct sw_msg *m)
 	m->tls_ctx = NULL;
 }
 
+/* The front's references now, for shard: a RELOAD, or its first ones. */
+static struct sw_msg *
+sw_reload_msg(struct submit *front, struct submit *shard)
+{
+	struct sw_msg *m = sw_msg_new(SW_RELOAD, shard, NULL);
+
+	m->conf = conf_ref(front->conf);
+	m->senders = submit_senders_ref(front->senders);
+	m->dkim = dkim_keys_ref(front->dkim);
+	if (front->tls_ctx != NULL && SSL_CTX_up_ref(front->tls_ctx) == 1)
+		m->tls_ctx = front->tls_ctx;
+	buf_append(&m->mechs, front->mechs.data, front->mechs.len);
+	m->directory = front->directory;
+	return m;
+}
+
 /* The shard's shutdown is over: nothing more comes in, its loop ends. */
 static void
 sw_shard_stopped(void *arg)
@@ -457,6 +473,7 @@ submit_workers_new(struct submit *front, unsigned n, struct buf *err)
 	const struct conf *c = front->conf;
 	size_t nl = c->submit.nlisten + c->submit.nlisten_tls, i, j, k;
 	struct submit_workers *ws;
+	struct sw_msg *m;
 	int *fds = xcalloc(n * nl, sizeof(*fds));
 	int rc;
 
@@ -498,7 +515,6 @@ submit_workers_new(struct submit *front, unsigned n, struct buf *err)
 			fatalx("%s: %s", __func__, uv_strerror(rc));
 		sh->magic = SUBMIT_MAGIC;
 		sh->loop = &w->loop;
-		sh->conf = conf_ref(front->conf);
 		sh->listen_conf = conf_ref(front->listen_conf);
 		sh->front = front;
 		sh->worker = w;
@@ -506,12 +522,9 @@ submit_workers_new(struct submit *front, unsigned n, struct buf *err)
 		sh->shared_lock = &ws->lock;
 		sh->limits = front->limits;
 		sh->slots = front->slots;
-		sh->senders = submit_senders_ref(front->senders);
-		sh->dkim = dkim_keys_ref(front->dkim);
-		if (front->tls_ctx != NULL && SSL_CTX_up_ref(front->tls_ctx) == 1)
-			sh->tls_ctx = front->tls_ctx;
-		buf_append(&sh->mechs, front->mechs.data, front->mechs.len);
-		sh->directory = front->directory;
+		m = sw_reload_msg(front, sh);   /* conf, senders, DKIM, TLS, mechanisms */
+		sw_shard_reload(sh, m);
+		sw_msg_free(m);
 		sh->cluster = front->cluster;
 		TAILQ_INIT(&sh->sessions);
 		TAILQ_INIT(&sh->auth_waiting);
@@ -548,40 +561,35 @@ submit_workers_start(struct submit *front)
 	}
 }
 
-void
-submit_workers_reload(struct submit *front)
+/* RELOAD or STOP to every shard, unless they are stopping. */
+static void
+sw_post_all(struct submit *front, enum sw_kind kind)
 {
 	struct submit_workers *ws = front->workers;
-	struct sw_msg *m;
+	struct submit *sh;
 	size_t i;
 
 	if (ws == NULL || ws->stopping)
 		return;
+	ws->stopping = kind == SW_STOP;
+	submit_workers_start(front);        /* never started (a failed start): they stop at once */
 	for (i = 0; i < ws->n; i++) {
-		m = sw_msg_new(SW_RELOAD, ws->w[i].shard, NULL);
-		m->conf = conf_ref(front->conf);
-		m->senders = submit_senders_ref(front->senders);
-		m->dkim = dkim_keys_ref(front->dkim);
-		if (front->tls_ctx != NULL && SSL_CTX_up_ref(front->tls_ctx) == 1)
-			m->tls_ctx = front->tls_ctx;
-		buf_append(&m->mechs, front->mechs.data, front->mechs.len);
-		m->directory = front->directory;
-		sw_to_shard(m, SW_RELOAD);
+		sh = ws->w[i].shard;
+		sw_to_shard(kind == SW_RELOAD ? sw_reload_msg(front, sh) : sw_msg_new(kind, sh, NULL),
+		    kind);
 	}
+}
+
+void
+submit_workers_reload(struct submit *front)
+{
+	sw_post_all(front, SW_RELOAD);
 }
 
 void
 submit_workers_shutdown(struct submit *front)
 {
-	struct submit_workers *ws = front->workers;
-	size_t i;
-
-	if (ws == NULL || ws->stopping)
-		return;
-	ws->stopping = true;
-	submit_workers_start(front);        /* never started (a failed start): they stop at once */
-	for (i = 0; i < ws->n; i++)
-		sw_to_shard(sw_msg_new(SW_STOP, ws->w[i].shard, NULL), SW_STOP);
+	sw_post_all(front, SW_STOP);
 }
 
 bool
