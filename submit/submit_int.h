@@ -14,12 +14,15 @@
  *   submit_deadline.c how long a client may take: TLS, each command, AUTH, DATA
  *   submit_slots.c    the sessions not yet authenticated: their share, who goes first
  *   submit_proxy.c    the PROXY protocol header on listeners behind a load balancer
+ *   submit_worker.c   submit.workers: the sessions' threads (shards) and what they post
  *
  * Ownership: struct submit owns the listeners, the sessions, the TLS context,
- * the senders map and the limits.  A session owns its io, its SASL connection
- * and its transaction (envelope + router txn); it lives until its io is gone
- * AND no queue commit or directory lookup is pending AND its timer handle is
- * closed.
+ * the senders map and the limits (a shard holds references to the front's
+ * TLS context, senders map and DKIM keys, and uses the front's limits, slots,
+ * directory and cluster: submit_worker.c).  A session owns its io, its SASL
+ * connection and its transaction (envelope + router txn); it lives until its
+ * io is gone AND no queue begin or commit, directory lookup or cluster count
+ * is pending AND its timer handle is closed.
  */
 #ifndef RELAY_SUBMIT_INT_H
 #define RELAY_SUBMIT_INT_H
@@ -438,9 +441,11 @@ struct submit_auth_ctx;
 TAILQ_HEAD(submit_auth_list, submit_auth_ctx);
 
 /*
- * At most this many SASL steps run on the libuv thread pool at once (its
- * default is 4 threads, which the queue and the router share); the rest
- * wait their turn in srv->auth_waiting.
+ * At most this many SASL steps of one loop (the main loop, or each shard)
+ * run on the libuv thread pool at once (its default is 4 threads, which the
+ * queue and the router share; relayd adds this many for each shard beyond
+ * the first, submit_threadpool_size()); the rest wait their turn in
+ * srv->auth_waiting.
  */
 #define SUBMIT_AUTH_MAX_RUNNING 2
 
