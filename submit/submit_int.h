@@ -513,6 +513,8 @@ struct submit {
 	struct submit_workers *workers; /* the front with shards, else NULL */
 	struct submit_worker *worker;   /* a shard: its thread and inbox */
 	unsigned shard_no;              /* a shard: 1..submit.workers (logs); else 0 */
+	bool stop_requested;            /* the front: submit_shutdown() was called (atomic:
+					 * the shards read it before their STOP comes) */
 	uv_mutex_t *shared_lock;        /* limits and slots when shards share them, else NULL */
 };
 

@@ -23,6 +23,14 @@
 
 #define SUBMIT_SWEEP_MS   60000
 
+/* A shard whose front has decided to stop (its STOP may still be on its way). */
+static bool
+submit_server_stopping(const struct submit *srv)
+{
+	return srv->shutting_down || (srv->front != NULL &&
+	    __atomic_load_n(&srv->front->stop_requested, __ATOMIC_ACQUIRE));
+}
+
 static void
 submit_server_check_done(struct submit *srv)
 {
@@ -52,8 +60,8 @@ submit_server_resume(uv_timer_t *t)
 	char count[24];
 	int fd, rc;
 
-	if (l->srv->shutting_down)
-		return;
+	if (submit_server_stopping(l->srv))
+		return;                 /* (listen() would revive a socket shut down) */
 	if (l->tcp_open || (fd = fcntl(l->spare_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
 		uv_timer_start(t, submit_server_resume, l->pause_ms, 0);
 		return;
@@ -107,6 +115,13 @@ submit_server_on_conn(uv_stream_t *server, int status)
 	if (l == NULL || l->magic != SUBMIT_LISTENER_MAGIC)
 		fatalx("%s: bad listener", __func__);
 	srv = l->srv;
+	if (status < 0 && srv->front != NULL && submit_server_stopping(srv)) {
+		/* the front shut the socket down (EINVAL): it listens no more, and
+		 * libuv would call back again at once */
+		if (!uv_is_closing((uv_handle_t *)&l->tcp))
+			uv_close((uv_handle_t *)&l->tcp, submit_server_listener_closed);
+		return;
+	}
 	if (status < 0) {
 		l->nfailed++;
 		snprintf(count, sizeof(count), "%lu", l->nfailed);
@@ -130,7 +145,9 @@ submit_server_on_conn(uv_stream_t *server, int status)
 	}
 	l->nfailed = 0;
 	l->pause_ms = 0;
-	if (srv->shutting_down)
+	/* a shard's STOP may still be on its way: no greeting once the stop is
+	 * decided (the connection is closed with the listener) */
+	if (submit_server_stopping(srv))
 		return;
 	submit_session_accept(srv, l);
 }
@@ -503,6 +520,7 @@ submit_shutdown(struct submit *s, void (*done)(void *arg), void *arg)
 {
 	/* the front: its sweep, the directory's waiters (their answers are
 	 * posted back), then each shard stops on its own loop */
+	__atomic_store_n(&s->stop_requested, true, __ATOMIC_RELEASE);
 	submit_shutdown_shard(s, done, arg);
 	submit_workers_shutdown(s);
 }

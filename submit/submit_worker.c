@@ -586,9 +586,24 @@ submit_workers_reload(struct submit *front)
 	sw_post_all(front, SW_RELOAD);
 }
 
+/*
+ * One loop closes its listeners in the turn that decides the stop, so that a
+ * client connecting after it is refused, not queued and then reset.  The
+ * shards' STOP is on its way: their sockets stop listening now, from here
+ * (shutdown(2) of the socket through its spare descriptor, which the shard
+ * changes only after STOP; the shard's accept then fails and it closes the
+ * listener, submit_server.c).
+ */
 void
 submit_workers_shutdown(struct submit *front)
 {
+	struct submit_workers *ws = front->workers;
+	size_t i, j;
+
+	for (i = 0; ws != NULL && !ws->stopping && i < ws->n; i++)
+		for (j = 0; j < ws->w[i].shard->nlisteners; j++)
+			if (ws->w[i].shard->listeners[j].spare_fd >= 0)
+				(void)shutdown(ws->w[i].shard->listeners[j].spare_fd, SHUT_RD);
 	sw_post_all(front, SW_STOP);
 }
 
