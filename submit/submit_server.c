@@ -12,6 +12,7 @@
  */
 #include "submit/submit_int.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,7 +63,19 @@ submit_server_resume(uv_timer_t *t)
 
 	if (submit_server_stopping(l->srv))
 		return;                 /* (listen() would revive a socket shut down) */
-	if (l->tcp_open || (fd = fcntl(l->spare_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+	if (l->tcp_open) {
+		uv_timer_start(t, submit_server_resume, l->pause_ms, 0);
+		return;
+	}
+	if ((fd = fcntl(l->spare_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+		/* still out of descriptors (the one the pause gave back went to
+		 * another listener, or another shard): as a failed accept */
+		l->nfailed++;
+		snprintf(count, sizeof(count), "%lu", l->nfailed);
+		log_event(LOG_WARNING, "accept_error", "listener", l->text,
+		    "error", uv_strerror(uv_translate_sys_error(errno)), "count", count, NULL);
+		l->pause_ms = l->pause_ms * 2 > SUBMIT_PAUSE_MAX_MS ? SUBMIT_PAUSE_MAX_MS :
+		    l->pause_ms * 2;
 		uv_timer_start(t, submit_server_resume, l->pause_ms, 0);
 		return;
 	}
