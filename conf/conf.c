@@ -153,6 +153,7 @@ static const struct conf_key conf_submit_keys[] = {
 	{ "unauthenticated_share", CONF_K_UINT, C_OFF(submit.unauthenticated_share), 0,
 	  CONF_F_POSITIVE, NULL },
 	{ "max_command_errors", CONF_K_UINT, C_OFF(submit.max_command_errors), 0, CONF_F_POSITIVE, NULL },
+	{ "workers", CONF_K_UINT, C_OFF(submit.workers), 0, 0, NULL },
 	{ "auth_fail_delay_after", CONF_K_UINT, C_OFF(submit.auth_fail_delay_after), 0, 0, NULL },
 	{ "auth_fail_limit", CONF_K_UINT, C_OFF(submit.auth_fail_limit), 0, CONF_F_POSITIVE, NULL },
 	{ "auth_fail_window", CONF_K_DURATION, C_OFF(submit.auth_fail_window), 0, CONF_F_POSITIVE, NULL },
@@ -1392,10 +1393,14 @@ conf_finish_cluster(struct conf_ctx *x, const config_setting_t *root)
 static void
 conf_finish_submit_slow(struct conf_ctx *x, const config_setting_t *submit)
 {
-	const config_setting_t *old, *share;
+	const config_setting_t *old, *share, *workers;
 
 	if (submit == NULL)
 		return;
+	workers = config_setting_get_member(submit, "workers");
+	if (workers != NULL && x->c->submit.workers > CONF_SUBMIT_WORKERS_MAX)
+		conf_error(x, workers, "submit.workers: 0 (one per CPU) or 1 to %d, not %u",
+		    CONF_SUBMIT_WORKERS_MAX, x->c->submit.workers);
 	old = config_setting_get_member(submit, "idle_timeout");
 	if (old != NULL && config_setting_get_member(submit, "command_timeout") != NULL)
 		conf_error(x, old, "submit.idle_timeout: the old name of submit.command_timeout; "

@@ -18,6 +18,9 @@
 
 #include "common/buf.h"
 
+/* submit.workers: at most this many event-loop threads for the sessions */
+#define CONF_SUBMIT_WORKERS_MAX 64
+
 struct conf_listen {
 	char *text;                     /* as written: "127.0.0.1:587", "[::1]:465" */
 	struct sockaddr_storage addr;   /* parsed */
@@ -131,6 +134,9 @@ struct conf {
 		unsigned min_data_rate;         /* default 500 bytes/s: each byte in DATA earns time */
 		unsigned unauthenticated_share; /* default 50 (%): of max_connections before AUTH */
 		unsigned max_command_errors;    /* default 20: then 421 */
+		unsigned workers;               /* default 0: one event-loop thread per online CPU
+						 * for the sessions (1: the main loop only, no
+						 * threads); 1..64; read at start-up only */
 		unsigned auth_fail_delay_after; /* default 3 failures per IP, then each reply delayed */
 		unsigned auth_fail_limit;       /* default 10 failures per IP: then refused */
 		uint64_t auth_fail_window;      /* default 15m */

@@ -201,6 +201,13 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	if (conf_load(conf_path, &r->conf, err) != 0)
 		return -1;
 	r->conf_start = conf_ref(r->conf);
+	/* before anything uses libuv's pool: room for every session loop's SASL steps */
+	if (getenv("UV_THREADPOOL_SIZE") == NULL) {
+		char n[16];
+
+		snprintf(n, sizeof(n), "%u", submit_threadpool_size(r->conf));
+		setenv("UV_THREADPOOL_SIZE", n, 0);
+	}
 	if (log_open(r->conf->log_file) != 0) {
 		buf_printf(err, "%s: cannot open log_file '%s'\n", conf_path, r->conf->log_file);
 		return -1;
@@ -238,6 +245,7 @@ relay_start(struct relay *r, uv_loop_t *loop, const char *conf_path, struct buf 
 	}
 	if (sandbox_drop(r->sandbox, err) != 0)
 		return -1;
+	submit_start(r->submit);        /* its threads inherit the sandbox */
 
 	log_event(LOG_NOTICE, "started", "config", conf_path, "hostname", r->conf->hostname,
 	    "queue_dir", r->conf->queue_dir, NULL);

@@ -105,14 +105,14 @@ directory_owned_new(void)
 {
 	struct directory_owned *o = xcalloc(1, sizeof(*o));
 
-	o->refs = 1;
+	atomic_init(&o->refs, 1);
 	return o;
 }
 
 struct directory_owned *
 directory_owned_ref(struct directory_owned *o)
 {
-	o->refs++;
+	atomic_fetch_add(&o->refs, 1);
 	return o;
 }
 
@@ -121,7 +121,7 @@ directory_owned_unref(struct directory_owned *o)
 {
 	size_t i;
 
-	if (o == NULL || --o->refs > 0)
+	if (o == NULL || atomic_fetch_sub(&o->refs, 1) > 1)
 		return;
 	for (i = 0; i < o->n; i++)
 		free(o->addrs[i]);

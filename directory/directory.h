@@ -24,6 +24,7 @@
 #ifndef RELAY_DIRECTORY_H
 #define RELAY_DIRECTORY_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <uv.h>
@@ -35,7 +36,7 @@ struct directory;
 
 /* The addresses one login owns: plain "local@domain" or "@domain" values. */
 struct directory_owned {
-	unsigned refs;
+	atomic_uint refs;               /* taken and dropped on any thread (submit.workers) */
 	char **addrs;
 	size_t n;
 };

@@ -26,6 +26,12 @@ struct submit;
 int submit_new(uv_loop_t *loop, struct conf *conf, struct router *router,
     struct relay_stats *stats, struct submit **out, struct buf *err);
 /*
+ * Start the session threads (submit.workers > 1; nothing with one loop):
+ * after the sandbox, as capabilities are each thread's own.  Connections
+ * wait in the listeners' backlog until then.
+ */
+void submit_start(struct submit *s);
+/*
  * A new configuration snapshot (SIGHUP): re-read the certificate, key and the
  * senders map; new sessions use the new snapshot, sessions in progress keep
  * theirs.  Listener addresses are not changed at run time (logged if they
@@ -52,6 +58,13 @@ void submit_auth_blocks(struct submit *s, void (*cb)(void *arg, const struct sub
  * RELAY_ENOENT when it had neither.
  */
 int submit_auth_unblock(struct submit *s, const char *name, const char **kind, struct buf *key);
+
+/*
+ * How many threads libuv's pool needs for c (UV_THREADPOOL_SIZE, set before
+ * the pool starts): its default 4, plus room for each further session
+ * loop's password checks (submit.workers).
+ */
+unsigned submit_threadpool_size(const struct conf *c);
 
 /* Sessions open now (the metrics' gauge). */
 size_t submit_nsessions(const struct submit *s);

@@ -92,6 +92,9 @@ static struct {
 	size_t nretired;
 	unsigned running;               /* steps on the thread pool, all servers */
 } submit_sasl;
+/* submit_sasl's conf, retired and running: the shards' loops and the
+ * thread pool's steps reach them (submit.workers) */
+static pthread_mutex_t submit_sasl_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *
 submit_auth_option(const struct conf *c, const char *option)
@@ -120,8 +123,15 @@ static int
 submit_auth_getopt(void *context, const char *plugin, const char *option,
     const char **result, unsigned *len)
 {
-	const struct conf *c = context != NULL ? context : submit_sasl.conf;
+	const struct conf *c = context;
 	const char *v;
+
+	if (c == NULL) {
+		/* kept until no step runs (retired): safe to read after the unlock */
+		pthread_mutex_lock(&submit_sasl_lock);
+		c = submit_sasl.conf;
+		pthread_mutex_unlock(&submit_sasl_lock);
+	}
 
 	if ((v = submit_auth_option(c, option)) == NULL)
 		return SASL_FAIL;
@@ -182,24 +192,30 @@ submit_auth_drop_retired(void)
 {
 	size_t i;
 
-	if (submit_sasl.running > 0)
+	pthread_mutex_lock(&submit_sasl_lock);
+	if (submit_sasl.running > 0) {
+		pthread_mutex_unlock(&submit_sasl_lock);
 		return;
+	}
 	for (i = 0; i < submit_sasl.nretired; i++)
 		conf_unref(submit_sasl.retired[i]);
 	free(submit_sasl.retired);
 	submit_sasl.retired = NULL;
 	submit_sasl.nretired = 0;
+	pthread_mutex_unlock(&submit_sasl_lock);
 }
 
 static void
 submit_auth_set_global(struct conf *c)
 {
+	pthread_mutex_lock(&submit_sasl_lock);
 	if (submit_sasl.conf != NULL) {
 		submit_sasl.retired = xrealloc(submit_sasl.retired,
 		    (submit_sasl.nretired + 1) * sizeof(*submit_sasl.retired));
 		submit_sasl.retired[submit_sasl.nretired++] = submit_sasl.conf;
 	}
 	submit_sasl.conf = conf_ref(c);
+	pthread_mutex_unlock(&submit_sasl_lock);
 	submit_auth_drop_retired();
 }
 
@@ -237,8 +253,12 @@ submit_auth_done(void)
 {
 	if (submit_sasl.refs <= 0 || --submit_sasl.refs > 0)
 		return;
-	if (submit_sasl.running > 0)
+	pthread_mutex_lock(&submit_sasl_lock);
+	if (submit_sasl.running > 0) {
+		pthread_mutex_unlock(&submit_sasl_lock);
 		return;         /* abandoned steps are still inside libsasl: leave it be */
+	}
+	pthread_mutex_unlock(&submit_sasl_lock);
 	sasl_server_done();
 	submit_auth_drop_retired();
 	conf_unref(submit_sasl.conf);
@@ -427,12 +447,16 @@ submit_auth_login_held(struct submit_session *s)
 	uint64_t now = util_mono_ms(), until;
 	char when[32];
 	struct log_line l;
+	bool blocked;
 
 	if (s->auth_user.len == 0)
 		return false;
 	submit_auth_login_key(s->conf->submit.sasl_realm, s->auth_user.data, s->auth_user.len,
 	    &s->tmp);
-	if (!submit_limits_login_blocked(s->srv->limits, buf_cstr(&s->tmp), s->ip, now, &until))
+	submit_lock(s->srv);
+	blocked = submit_limits_login_blocked(s->srv->limits, buf_cstr(&s->tmp), s->ip, now, &until);
+	submit_unlock(s->srv);
+	if (!blocked)
 		return false;
 	util_rfc3339(util_now_ms() + (until - now), when, sizeof(when));
 	log_begin(&l, LOG_NOTICE, "auth_login_refused");
@@ -465,7 +489,9 @@ submit_auth_success(struct submit_session *s)
 	free(s->login);
 	s->login = xstrndup(user, n);
 	submit_auth_login_key(realm, s->login, n, &s->tmp);
+	submit_lock(s->srv);
 	submit_limits_login_succeeded(s->srv->limits, buf_cstr(&s->tmp), s->ip, util_mono_ms());
+	submit_unlock(s->srv);
 	log_begin(&l, LOG_INFO, "authenticated");
 	log_kv(&l, "session", s->id);
 	log_kv(&l, "user", s->login);
@@ -511,12 +537,14 @@ submit_auth_counted(struct submit_session *s, int rc)
 	char when[32];
 
 	submit_enter_state(s, SUBMIT_S_HELO);
-	delay = submit_limits_auth_failed(srv->limits, s->ip, now, &refused);
-	if (s->auth_user.len > 0) {
+	if (s->auth_user.len > 0)
 		submit_auth_login_key(s->conf->submit.sasl_realm, s->auth_user.data,
 		    s->auth_user.len, &s->tmp);
+	submit_lock(srv);
+	delay = submit_limits_auth_failed(srv->limits, s->ip, now, &refused);
+	if (s->auth_user.len > 0)
 		block = submit_limits_login_failed(srv->limits, buf_cstr(&s->tmp), now);
-	}
+	submit_unlock(srv);
 	log_begin(&l, LOG_NOTICE, "auth_failed");
 	log_kv(&l, "user", buf_cstr(&s->auth_user));
 	log_kv(&l, "client", s->ip);
@@ -525,7 +553,10 @@ submit_auth_counted(struct submit_session *s, int rc)
 	log_kv(&l, "reason", sasl_errstring(rc, NULL, NULL));
 	log_kvu(&l, "delay_ms", delay);
 	log_end(&l);
-	srv->stats->auth_failed++;
+	if (srv->front != NULL)
+		submit_worker_stat(srv, 0, 1, NULL);
+	else
+		srv->stats->auth_failed++;
 	submit_auth_reset(s);
 	if (refused)
 		log_event(LOG_NOTICE, "auth_blocked", "client", s->ip, "session", s->id, NULL);
@@ -633,7 +664,10 @@ submit_auth_probe(struct submit_session *s)
 	s->auth->probing = true;
 	s->lookup_pending = true;
 	submit_session_timer(s, end > now ? end - now : 1);
-	directory_lookup_fresh(s->srv->directory, buf_cstr(&login), submit_auth_probed, s);
+	if (s->srv->front != NULL)
+		submit_worker_lookup(s, buf_cstr(&login), true, submit_auth_probed);
+	else
+		directory_lookup_fresh(s->srv->directory, buf_cstr(&login), submit_auth_probed, s);
 	buf_free(&login);
 }
 
@@ -787,8 +821,15 @@ submit_auth_run_next(struct submit *srv)
 	    (ctx = TAILQ_FIRST(&srv->auth_waiting)) != NULL) {
 		TAILQ_REMOVE(&srv->auth_waiting, ctx, entry);
 		ctx->waiting = false;
+		/* counted before the step can read the global conf */
+		pthread_mutex_lock(&submit_sasl_lock);
+		submit_sasl.running++;
+		pthread_mutex_unlock(&submit_sasl_lock);
 		if ((rc = uv_queue_work(srv->loop, &ctx->req, submit_auth_work,
 		    submit_auth_after_work)) != 0) {
+			pthread_mutex_lock(&submit_sasl_lock);
+			submit_sasl.running--;
+			pthread_mutex_unlock(&submit_sasl_lock);
 			ctx->rc = SASL_FAIL;    /* answered as a backend failure */
 			log_event(LOG_ERR, "auth_error", "session", ctx->s->id, "error",
 			    uv_strerror(rc), NULL);
@@ -798,7 +839,6 @@ submit_auth_run_next(struct submit *srv)
 		}
 		ctx->running = true;
 		srv->auth_running++;
-		submit_sasl.running++;
 	}
 }
 
@@ -826,7 +866,9 @@ submit_auth_after_work(uv_work_t *req, int status)
 
 	ctx->running = false;
 	srv->auth_running--;
+	pthread_mutex_lock(&submit_sasl_lock);
 	submit_sasl.running--;
+	pthread_mutex_unlock(&submit_sasl_lock);
 	if (s == NULL || ctx->timed_out) {
 		/* answered already, or nobody to answer: the exchange ends here */
 		if (s != NULL && s->auth == ctx)
@@ -899,8 +941,12 @@ submit_auth_begin(struct submit_session *s, char *args)
 	struct submit *srv = s->srv;
 	char *init, text[512];
 	size_t i, n;
+	bool allowed;
 
-	if (!submit_limits_auth_allowed(srv->limits, s->ip, util_mono_ms())) {
+	submit_lock(srv);
+	allowed = submit_limits_auth_allowed(srv->limits, s->ip, util_mono_ms());
+	submit_unlock(srv);
+	if (!allowed) {
 		log_event(LOG_NOTICE, "auth_refused", "client", s->ip, "session", s->id, NULL);
 		snprintf(text, sizeof(text), "421 4.7.0 %s Error: too many failed authentication "
 		    "attempts, try again later", s->conf->hostname);
@@ -1026,7 +1072,9 @@ submit_auth_blocks(struct submit *srv, void (*cb)(void *arg, const struct submit
 
 	if (srv->magic != SUBMIT_MAGIC)
 		fatalx("%s: bad submit", __func__);
+	submit_lock(srv);               /* cb only copies into its reply */
 	submit_limits_auth_each(srv->limits, e.mono, submit_auth_each_one, &e);
+	submit_unlock(srv);
 }
 
 int
@@ -1052,12 +1100,14 @@ submit_auth_unblock(struct submit *srv, const char *name, const char **kind, str
 		submit_auth_login_key(srv->conf->submit.sasl_realm, name, strlen(name), key);
 	else
 		buf_puts(key, canon);
+	submit_lock(srv);
 	rc = submit_limits_auth_clear(srv->limits, buf_cstr(key), login, util_mono_ms());
 	if (rc == RELAY_ENOENT && !login && strchr(canon, ':') == NULL) {
 		buf_reset(key);        /* a v4 client on a v6 listener */
 		buf_printf(key, "::ffff:%s", canon);
 		rc = submit_limits_auth_clear(srv->limits, buf_cstr(key), login, util_mono_ms());
 	}
+	submit_unlock(srv);
 	if (rc == 0)
 		log_event(LOG_NOTICE, "auth_unblocked", login ? "user" : "client", buf_cstr(key),
 		    "by", "relayctl", NULL);

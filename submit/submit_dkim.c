@@ -103,7 +103,10 @@ submit_dkim_done(uv_work_t *req, int status)
 		log_kv(&l, "domain", w->domain);
 		log_kv(&l, "error", buf_cstr(&w->err));
 		log_end(&l);
-		queue_txn_abort(w->txn);
+		if (s->srv->front != NULL)
+			submit_worker_txn_abort(s->srv, w->txn);
+		else
+			queue_txn_abort(w->txn);
 		submit_session_sign_failed(s);
 	}
 	dkim_msg_free(w->msg);

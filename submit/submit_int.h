@@ -14,12 +14,15 @@
  *   submit_deadline.c how long a client may take: TLS, each command, AUTH, DATA
  *   submit_slots.c    the sessions not yet authenticated: their share, who goes first
  *   submit_proxy.c    the PROXY protocol header on listeners behind a load balancer
+ *   submit_worker.c   submit.workers: the sessions' threads (shards) and what they post
  *
  * Ownership: struct submit owns the listeners, the sessions, the TLS context,
- * the senders map and the limits.  A session owns its io, its SASL connection
- * and its transaction (envelope + router txn); it lives until its io is gone
- * AND no queue commit or directory lookup is pending AND its timer handle is
- * closed.
+ * the senders map and the limits (a shard holds references to the front's
+ * TLS context, senders map and DKIM keys, and uses the front's limits, slots,
+ * directory and cluster: submit_worker.c).  A session owns its io, its SASL
+ * connection and its transaction (envelope + router txn); it lives until its
+ * io is gone AND no queue begin or commit, directory lookup or cluster count
+ * is pending AND its timer handle is closed.
  */
 #ifndef RELAY_SUBMIT_INT_H
 #define RELAY_SUBMIT_INT_H
@@ -33,6 +36,7 @@
 #include <sasl/sasl.h>
 
 #include "common/buf.h"
+#include "cluster/cluster.h"
 #include "common/io.h"
 #include "dkim/dkim.h"
 #include "directory/directory.h"
@@ -116,7 +120,9 @@ int submit_senders_parse(const char *name, const char *text, size_t len,
     struct submit_senders **out, struct buf *err);
 /* Read and parse a file.  path NULL gives an empty map (nobody may send). */
 int submit_senders_load(const char *path, struct submit_senders **out, struct buf *err);
+/* Drop one reference (the map is immutable once loaded; shards share it). */
 void submit_senders_free(struct submit_senders *m);
+struct submit_senders *submit_senders_ref(struct submit_senders *m);
 /* Does login own addr (canonical form)?  Domains compare case-insensitively. */
 bool submit_senders_owns(const struct submit_senders *m, const char *login, const char *addr);
 size_t submit_senders_count(const struct submit_senders *m);
@@ -376,12 +382,17 @@ size_t submit_slots_unauth_count(const struct submit_slots *sl);
  * unauthenticated sessions (ties: the oldest); NULL if none is listed. */
 struct submit_session *submit_slots_victim(const struct submit_slots *sl);
 /*
- * A connection from ip is coming: if it would find every slot taken, or the
- * unauthenticated sessions at their share, close the victim (421 4.7.0,
- * event=session_evicted) so that it finds one.  Nothing when ip is at its
- * own per-IP limit: that connection is refused anyway.
+ * A connection from ip is coming (under submit_lock()): if it would find
+ * every slot taken, or the unauthenticated sessions at their share, the
+ * victim, unlisted and uncounted already so that the newcomer finds a slot;
+ * *reason and *unauth are for submit_slots_evict(), which its own loop runs.
+ * NULL when nobody need go, or when ip is at its own per-IP limit: that
+ * connection is refused anyway.
  */
-void submit_slots_make_room(struct submit *srv, const char *ip);
+struct submit_session *submit_slots_make_room(struct submit *srv, const char *ip,
+    const char **reason, size_t *unauth);
+/* Close v, chosen by make_room (on v's loop): 421 4.7.0 and session_evicted. */
+void submit_slots_evict(struct submit_session *v, const char *reason, size_t unauth);
 
 /* ------------------------------------------------------------------------
  * submit_proxy.c - the PROXY protocol (v1, v2) on listeners marked proxy.
@@ -430,9 +441,11 @@ struct submit_auth_ctx;
 TAILQ_HEAD(submit_auth_list, submit_auth_ctx);
 
 /*
- * At most this many SASL steps run on the libuv thread pool at once (its
- * default is 4 threads, which the queue and the router share); the rest
- * wait their turn in srv->auth_waiting.
+ * At most this many SASL steps of one loop (the main loop, or each shard)
+ * run on the libuv thread pool at once (its default is 4 threads, which the
+ * queue and the router share; relayd adds this many for each shard beyond
+ * the first, submit_threadpool_size()); the rest wait their turn in
+ * srv->auth_waiting.
  */
 #define SUBMIT_AUTH_MAX_RUNNING 2
 
@@ -485,7 +498,41 @@ struct submit {
 	bool shutting_down;
 	void (*shutdown_done)(void *arg);
 	void *shutdown_arg;
+
+	/*
+	 * submit.workers > 1 (submit_worker.c): the front (the main loop's
+	 * struct submit, which submit.h hands out) owns no listener and no
+	 * session; each shard is a struct submit of its own on a thread's loop,
+	 * with front set.  A shard's router and stats are NULL (the queue, the
+	 * directory, the cluster and the counters are reached through
+	 * submit_worker.c's posted calls); its limits and slots are the
+	 * front's, under shared_lock; its directory and cluster are the front's
+	 * pointers, only compared with NULL and passed back to the front.
+	 */
+	struct submit *front;           /* a shard: its front; NULL on the front or alone */
+	struct submit_workers *workers; /* the front with shards, else NULL */
+	struct submit_worker *worker;   /* a shard: its thread and inbox */
+	unsigned shard_no;              /* a shard: 1..submit.workers (logs); else 0 */
+	bool stop_requested;            /* the front: submit_shutdown() was called (atomic:
+					 * the shards read it before their STOP comes) */
+	uv_mutex_t *shared_lock;        /* limits and slots when shards share them, else NULL */
 };
+
+/* limits and slots: shared by the shards under the front's lock (short,
+ * pure in-memory calls; never held across I/O or a callback) */
+static inline void
+submit_lock(struct submit *srv)
+{
+	if (srv->shared_lock != NULL)
+		uv_mutex_lock(srv->shared_lock);
+}
+
+static inline void
+submit_unlock(struct submit *srv)
+{
+	if (srv->shared_lock != NULL)
+		uv_mutex_unlock(srv->shared_lock);
+}
 
 /*
  * The session's states.  submit_enter_state() is the only place that changes
@@ -508,6 +555,7 @@ enum submit_state {
 	SUBMIT_S_DELAY,             /* a failed-AUTH reply is held back */
 	SUBMIT_S_SHARED,            /* waits for the cluster's counters (submit_shared.c) */
 	SUBMIT_S_PROXY,             /* reading the PROXY protocol header */
+	SUBMIT_S_BEGIN,             /* a shard: waits for the main loop's queue txn (workers) */
 	SUBMIT_S_CLOSED,            /* io gone or closing */
 };
 
@@ -525,6 +573,8 @@ struct submit_session {
 	bool counted;                   /* holds a slot in the connection limits */
 	bool esmtp;                     /* EHLO (not HELO) */
 	bool commit_pending;            /* queue_txn_commit's callback has not run */
+	bool begin_pending;             /* a shard: the posted txn begin has not been answered */
+	bool begin_bdat;                /* that begin was BDAT's (chunk_size, chunk_last kept) */
 	uint64_t eod_ms;                /* end of DATA/BDAT LAST (mono): the 250's latency */
 	bool lookup_pending;            /* directory_lookup's (or cluster_count's) callback has not run */
 	bool mail_file_owned;           /* while it runs: the senders map owns the sender */
@@ -604,6 +654,12 @@ void submit_session_commit(struct submit_session *s, struct queue_txn *txn);
 void submit_session_sign_failed(struct submit_session *s);
 
 /* submit_session.c */
+/* A shard's txn begin was answered (rc 0: txn is the session's). */
+void submit_session_begun(struct submit_session *s, int rc, struct queue_txn *txn);
+/* queue_txn_commit's callback (arg: the session). */
+void submit_session_committed(void *arg, int err, const char *qid);
+/* The directory's answer to MAIL's lookup (arg: the session). */
+void submit_mail_looked_up(void *arg, enum directory_status st, struct directory_owned *o);
 void submit_session_accept(struct submit *srv, struct submit_listener *l);
 /* The client's addresses are known (the peer's, or a PROXY header's, version
  * 1 or 2, local: its LOCAL/UNKNOWN): limits, event=connect, then the greeting
@@ -624,8 +680,26 @@ void submit_session_timer(struct submit_session *s, uint64_t ms);
 void submit_session_close(struct submit_session *s, const char *reply);
 
 /* submit_server.c */
+#define SUBMIT_BACKLOG    511
 /* A session was freed: a shutdown may be complete. */
 void submit_server_session_gone(struct submit *srv);
+/* One listener of srv on cl's address: bound here (fd -1) or on fd (a bound,
+ * listening socket it takes over); logs listening if log.  0 or -1 with err. */
+int submit_server_listen(struct submit *srv, const struct conf_listen *cl, bool implicit_tls,
+    int fd, bool log, struct buf *err);
+/* A shard's part of submit_shutdown(), on its loop: done(arg) when it is over. */
+void submit_shutdown_shard(struct submit *shard, void (*done)(void *arg), void *arg);
+/* Free a shard whose loop has ended (what it owns, not the front's). */
+void submit_server_free_shard(struct submit *shard);
+/* Sessions of srv, open now (any thread may read a shard's). */
+static inline void
+submit_server_count(struct submit *srv, int delta)
+{
+	if (delta > 0)
+		__atomic_add_fetch(&srv->nsessions, (size_t)delta, __ATOMIC_RELAXED);
+	else
+		__atomic_sub_fetch(&srv->nsessions, (size_t)-delta, __ATOMIC_RELAXED);
+}
 
 /* submit_auth.c: the SASL half of a session */
 int submit_auth_init(struct submit *srv, struct buf *err);
@@ -669,5 +743,43 @@ bool submit_shared_auth_read(struct submit_session *s, const char *args,
 /* A failed AUTH (rc kept in s->shared_rc for cont) is counted in Redis first. */
 bool submit_shared_auth_failed(struct submit_session *s, int rc,
     void (*cont)(struct submit_session *));
+
+/* ------------------------------------------------------------------------
+ * submit_worker.c - the shards (submit.workers > 1): threads, inboxes, and the
+ * calls a shard's session posts to the front's loop.  Each answer runs on the
+ * session's loop; the session keeps a pending flag until it comes.
+ */
+struct submit_workers;
+struct submit_worker;
+/* The front: n shards, each with its own loop and listeners (SO_REUSEPORT);
+ * nothing runs until submit_workers_start().  0, or -1 with err, nothing bound. */
+int submit_workers_new(struct submit *front, unsigned n, struct buf *err);
+void submit_workers_start(struct submit *front);
+/* The front's new conf, senders, DKIM keys, TLS context and mechanisms to every shard. */
+void submit_workers_reload(struct submit *front);
+/* STOP to every shard; submit_workers_busy() is false once all have stopped. */
+void submit_workers_shutdown(struct submit *front);
+bool submit_workers_busy(const struct submit *front);
+size_t submit_workers_nsessions(const struct submit *front);
+size_t submit_workers_count(const struct submit *front);
+unsigned submit_workers_abandoned(const struct submit *front);
+void submit_workers_free(struct submit *front);
+
+/* then submit_session_begun() */
+void submit_worker_txn_begin(struct submit_session *s);
+/* then submit_session_committed(); the accepted counters are the front's */
+void submit_worker_txn_commit(struct submit_session *s, struct queue_txn *txn);
+void submit_worker_txn_abort(struct submit *shard, struct queue_txn *txn);
+/* the directory (directory_cached, then _lookup; fresh: _lookup_fresh): cb(s, ...) */
+void submit_worker_lookup(struct submit_session *s, const char *login, bool fresh, directory_cb *cb);
+/* cluster_count() on the front; cb(s, counts or NULL), or cb NULL: nothing answered */
+void submit_worker_count(struct submit_session *s, const char *what, const char *name,
+    const char *const *fields, const long long *incr, size_t n, uint64_t window,
+    cluster_count_cb cb);
+/* counters of the front's struct relay_stats (reject: a refusal's reply, or NULL) */
+void submit_worker_stat(struct submit *shard, unsigned connections, unsigned auth_failed,
+    const char *reject);
+/* Under the front's lock: post v's eviction to its shard; false if that shard has stopped. */
+bool submit_worker_evict(struct submit_session *v, const char *reason, size_t unauth);
 
 #endif

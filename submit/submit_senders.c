@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -34,6 +35,7 @@ struct submit_senders_entry {
 struct submit_senders {
 	struct submit_senders_entry *e;
 	size_t n, cap;
+	atomic_int refs;            /* the front and each shard (submit_worker.c) hold one */
 };
 
 static void
@@ -173,6 +175,7 @@ submit_senders_parse(const char *name, const char *text, size_t len,
 	unsigned lineno = 0;
 	int rc = 0;
 
+	atomic_init(&m->refs, 1);
 	while (p < end) {
 		nl = memchr(p, '\n', (size_t)(end - p));
 		if (nl == NULL)
@@ -237,12 +240,20 @@ submit_senders_load(const char *path, struct submit_senders **out, struct buf *e
 	return rc;
 }
 
+struct submit_senders *
+submit_senders_ref(struct submit_senders *m)
+{
+	if (m != NULL)
+		atomic_fetch_add(&m->refs, 1);
+	return m;
+}
+
 void
 submit_senders_free(struct submit_senders *m)
 {
 	size_t i;
 
-	if (m == NULL)
+	if (m == NULL || atomic_fetch_sub(&m->refs, 1) > 1)
 		return;
 	for (i = 0; i < m->n; i++) {
 		free(m->e[i].login);

@@ -12,6 +12,7 @@
  */
 #include "submit/submit_int.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,8 +22,15 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#define SUBMIT_BACKLOG    511
 #define SUBMIT_SWEEP_MS   60000
+
+/* A shard whose front has decided to stop (its STOP may still be on its way). */
+static bool
+submit_server_stopping(const struct submit *srv)
+{
+	return srv->shutting_down || (srv->front != NULL &&
+	    __atomic_load_n(&srv->front->stop_requested, __ATOMIC_ACQUIRE));
+}
 
 static void
 submit_server_check_done(struct submit *srv)
@@ -30,7 +38,8 @@ submit_server_check_done(struct submit *srv)
 	void (*done)(void *);
 
 	if (!srv->shutting_down || srv->shutdown_done == NULL || srv->nlisteners_open > 0 ||
-	    srv->sweep_open || srv->nsessions > 0 || srv->auth_stop_open)
+	    srv->sweep_open || __atomic_load_n(&srv->nsessions, __ATOMIC_RELAXED) > 0 ||
+	    srv->auth_stop_open || submit_workers_busy(srv))
 		return;
 	done = srv->shutdown_done;
 	srv->shutdown_done = NULL;
@@ -52,9 +61,21 @@ submit_server_resume(uv_timer_t *t)
 	char count[24];
 	int fd, rc;
 
-	if (l->srv->shutting_down)
+	if (submit_server_stopping(l->srv))
+		return;                 /* (listen() would revive a socket shut down) */
+	if (l->tcp_open) {
+		uv_timer_start(t, submit_server_resume, l->pause_ms, 0);
 		return;
-	if (l->tcp_open || (fd = fcntl(l->spare_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+	}
+	if ((fd = fcntl(l->spare_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+		/* still out of descriptors (the one the pause gave back went to
+		 * another listener, or another shard): as a failed accept */
+		l->nfailed++;
+		snprintf(count, sizeof(count), "%lu", l->nfailed);
+		log_event(LOG_WARNING, "accept_error", "listener", l->text,
+		    "error", uv_strerror(uv_translate_sys_error(errno)), "count", count, NULL);
+		l->pause_ms = l->pause_ms * 2 > SUBMIT_PAUSE_MAX_MS ? SUBMIT_PAUSE_MAX_MS :
+		    l->pause_ms * 2;
 		uv_timer_start(t, submit_server_resume, l->pause_ms, 0);
 		return;
 	}
@@ -107,6 +128,13 @@ submit_server_on_conn(uv_stream_t *server, int status)
 	if (l == NULL || l->magic != SUBMIT_LISTENER_MAGIC)
 		fatalx("%s: bad listener", __func__);
 	srv = l->srv;
+	if (status < 0 && srv->front != NULL && submit_server_stopping(srv)) {
+		/* the front shut the socket down (EINVAL): it listens no more, and
+		 * libuv would call back again at once */
+		if (!uv_is_closing((uv_handle_t *)&l->tcp))
+			uv_close((uv_handle_t *)&l->tcp, submit_server_listener_closed);
+		return;
+	}
 	if (status < 0) {
 		l->nfailed++;
 		snprintf(count, sizeof(count), "%lu", l->nfailed);
@@ -130,7 +158,9 @@ submit_server_on_conn(uv_stream_t *server, int status)
 	}
 	l->nfailed = 0;
 	l->pause_ms = 0;
-	if (srv->shutting_down)
+	/* a shard's STOP may still be on its way: no greeting once the stop is
+	 * decided (the connection is closed with the listener) */
+	if (submit_server_stopping(srv))
 		return;
 	submit_session_accept(srv, l);
 }
@@ -160,7 +190,9 @@ submit_server_sweep(uv_timer_t *t)
 {
 	struct submit *srv = t->data;
 
+	submit_lock(srv);
 	submit_limits_expire(srv->limits, util_mono_ms());
+	submit_unlock(srv);
 }
 
 static void
@@ -191,9 +223,9 @@ submit_server_close_handles(struct submit *srv)
 	}
 }
 
-static int
+int
 submit_server_listen(struct submit *srv, const struct conf_listen *cl, bool implicit_tls,
-    struct buf *err)
+    int sock, bool log, struct buf *err)
 {
 	struct submit_listener *l = &srv->listeners[srv->nlisteners];
 	uv_os_fd_t fd;
@@ -210,8 +242,11 @@ submit_server_listen(struct submit *srv, const struct conf_listen *cl, bool impl
 	l->tcp_open = true;
 	srv->nlisteners++;
 	srv->nlisteners_open++;
-	rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&cl->addr,
-	    cl->addr.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
+	if (sock >= 0 && (rc = uv_tcp_open(&l->tcp, sock)) != 0)
+		close(sock);
+	else if (sock < 0)
+		rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&cl->addr,
+		    cl->addr.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
 	if (rc == 0)
 		rc = uv_listen((uv_stream_t *)&l->tcp, SUBMIT_BACKLOG, submit_server_on_conn);
 	if (rc != 0) {
@@ -222,8 +257,9 @@ submit_server_listen(struct submit *srv, const struct conf_listen *cl, bool impl
 	/* Without it (EMFILE at start), accept errors are not paused. */
 	if (uv_fileno((uv_handle_t *)&l->tcp, &fd) == 0)
 		l->spare_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-	log_event(LOG_INFO, "listening", "address", cl->text, "tls",
-	    implicit_tls ? "implicit" : "starttls", "proxy", cl->proxy ? "yes" : NULL, NULL);
+	if (log)
+		log_event(LOG_INFO, "listening", "address", cl->text, "tls",
+		    implicit_tls ? "implicit" : "starttls", "proxy", cl->proxy ? "yes" : NULL, NULL);
 	return 0;
 }
 
@@ -261,10 +297,12 @@ submit_server_free_mem(struct submit *srv)
 			close(srv->listeners[i].spare_fd);
 	}
 	free(srv->listeners);
-	submit_limits_free(srv->limits);
-	submit_slots_free(srv->slots);
+	if (srv->front == NULL) {           /* a shard's are the front's */
+		submit_limits_free(srv->limits);
+		submit_slots_free(srv->slots);
+		directory_free(srv->directory);
+	}
 	submit_senders_free(srv->senders);
-	directory_free(srv->directory);
 	dkim_keys_unref(srv->dkim);
 	if (srv->tls_ctx != NULL)
 		SSL_CTX_free(srv->tls_ctx);
@@ -273,6 +311,32 @@ submit_server_free_mem(struct submit *srv)
 	conf_unref(srv->listen_conf);
 	srv->magic = 0;
 	free(srv);
+}
+
+void
+submit_server_free_shard(struct submit *shard)
+{
+	if (shard->front == NULL || shard->nlisteners_open > 0 || shard->nsessions > 0 ||
+	    shard->auth_stop_open)
+		fatalx("%s: not a stopped shard", __func__);
+	submit_server_free_mem(shard);
+}
+
+/* How many shards submit.workers asks for (0: one per CPU). */
+static unsigned
+submit_server_nworkers(const struct conf *c)
+{
+	unsigned n = c->submit.workers != 0 ? c->submit.workers : uv_available_parallelism();
+
+	if (c->submit.nlisten + c->submit.nlisten_tls == 0)
+		return 1;               /* nothing to listen on: nothing to spread */
+	return n < 1 ? 1 : n > CONF_SUBMIT_WORKERS_MAX ? CONF_SUBMIT_WORKERS_MAX : n;
+}
+
+unsigned
+submit_threadpool_size(const struct conf *c)
+{
+	return 4 + SUBMIT_AUTH_MAX_RUNNING * (submit_server_nworkers(c) - 1);
 }
 
 /* A failed submit_new(): free once the handles it opened are closed. */
@@ -290,6 +354,7 @@ submit_new(uv_loop_t *loop, struct conf *conf, struct router *router,
 {
 	struct submit *srv = xcalloc(1, sizeof(*srv));
 	struct submit_limits_params p;
+	struct log_line l;
 	size_t i;
 	bool sasl = false;
 
@@ -322,18 +387,27 @@ submit_new(uv_loop_t *loop, struct conf *conf, struct router *router,
 	if (submit_auth_init(srv, err) != 0)
 		goto fail;
 	sasl = true;
-	for (i = 0; i < conf->submit.nlisten; i++)
-		if (submit_server_listen(srv, &conf->submit.listen[i], false, err) != 0)
+	if (submit_server_nworkers(conf) > 1) {
+		if (submit_workers_new(srv, submit_server_nworkers(conf), err) != 0)
 			goto fail;
-	for (i = 0; i < conf->submit.nlisten_tls; i++)
-		if (submit_server_listen(srv, &conf->submit.listen_tls[i], true, err) != 0)
-			goto fail;
+	} else {
+		for (i = 0; i < conf->submit.nlisten; i++)
+			if (submit_server_listen(srv, &conf->submit.listen[i], false, -1, true, err) != 0)
+				goto fail;
+		for (i = 0; i < conf->submit.nlisten_tls; i++)
+			if (submit_server_listen(srv, &conf->submit.listen_tls[i], true, -1, true,
+			    err) != 0)
+				goto fail;
+	}
 	uv_timer_init(loop, &srv->sweep);
 	srv->sweep.data = srv;
 	srv->sweep_open = true;
 	uv_timer_start(&srv->sweep, submit_server_sweep, SUBMIT_SWEEP_MS, SUBMIT_SWEEP_MS);
 	uv_unref((uv_handle_t *)&srv->sweep);
-	log_event(LOG_INFO, "submit_ready", "mechanisms", buf_cstr(&srv->mechs), NULL);
+	log_begin(&l, LOG_INFO, "submit_ready");
+	log_kv(&l, "mechanisms", buf_cstr(&srv->mechs));
+	log_kvu(&l, "workers", srv->workers != NULL ? submit_workers_count(srv) : 1);
+	log_end(&l);
 	*out = srv;
 	return 0;
 fail:
@@ -382,8 +456,8 @@ submit_reload(struct submit *s, struct conf *conf, struct buf *err)
 		return -1;
 	}
 	if (submit_server_tls(conf, &ctx, err) != 0 ||
-	    (ctx == NULL && s->nlisteners > 0)) {
-		if (ctx == NULL && s->nlisteners > 0 && err->len == 0)
+	    (ctx == NULL && (s->nlisteners > 0 || s->workers != NULL))) {
+		if (ctx == NULL && (s->nlisteners > 0 || s->workers != NULL) && err->len == 0)
 			buf_printf(err, "submit: listeners need submit.tls_cert and submit.tls_key\n");
 		submit_senders_free(senders);
 		dkim_keys_unref(dkim);
@@ -406,6 +480,13 @@ submit_reload(struct submit *s, struct conf *conf, struct buf *err)
 	    s->listen_conf->submit.nlisten_tls, conf->submit.listen_tls, conf->submit.nlisten_tls))
 		log_event(LOG_WARNING, "reload_listen_ignored", "reason",
 		    "listener addresses change only on restart", NULL);
+	if (conf->submit.workers != s->listen_conf->submit.workers) {
+		char kept[16];
+
+		snprintf(kept, sizeof(kept), "%u", s->listen_conf->submit.workers);
+		log_event(LOG_WARNING, "reload_ignored", "setting", "submit.workers", "kept", kept,
+		    NULL);
+	}
 
 	submit_senders_free(s->senders);
 	s->senders = senders;
@@ -417,14 +498,17 @@ submit_reload(struct submit *s, struct conf *conf, struct buf *err)
 	conf_unref(s->conf);
 	s->conf = conf_ref(conf);
 	submit_limits_params_from_conf(&p, conf);
+	submit_lock(s);
 	submit_limits_set_params(s->limits, &p);
+	submit_unlock(s);
 	submit_auth_reload(s);
+	submit_workers_reload(s);
 	log_event(LOG_INFO, "submit_reloaded", "mechanisms", buf_cstr(&s->mechs), NULL);
 	return 0;
 }
 
 void
-submit_shutdown(struct submit *s, void (*done)(void *arg), void *arg)
+submit_shutdown_shard(struct submit *s, void (*done)(void *arg), void *arg)
 {
 	struct submit_session *sess, *next;
 
@@ -438,16 +522,36 @@ submit_shutdown(struct submit *s, void (*done)(void *arg), void *arg)
 		next = TAILQ_NEXT(sess, entry);
 		submit_session_shutdown(sess);
 	}
-	if (s->directory != NULL)
+	if (s->directory != NULL && s->front == NULL)
 		directory_cancel_all(s->directory);     /* sessions waiting on it close */
 	submit_auth_shutdown(s);
 	submit_server_check_done(s);
 }
 
+void
+submit_shutdown(struct submit *s, void (*done)(void *arg), void *arg)
+{
+	/* the front: its sweep, the directory's waiters (their answers are
+	 * posted back), then each shard stops on its own loop */
+	__atomic_store_n(&s->stop_requested, true, __ATOMIC_RELEASE);
+	submit_shutdown_shard(s, done, arg);
+	submit_workers_shutdown(s);
+}
+
 unsigned
 submit_abandoned(const struct submit *s)
 {
+	if (s->workers != NULL)
+		return submit_workers_abandoned(s);
 	return s->auth_abandoned > 0 && s->auth_running > 0 ? s->auth_running : 0;
+}
+
+void
+submit_start(struct submit *s)
+{
+	if (s->magic != SUBMIT_MAGIC)
+		fatalx("%s: bad submit", __func__);
+	submit_workers_start(s);
 }
 
 void
@@ -457,8 +561,10 @@ submit_free(struct submit *s)
 		return;
 	if (s->magic != SUBMIT_MAGIC)
 		fatalx("%s: bad submit", __func__);
-	if (s->nlisteners_open > 0 || s->sweep_open || s->nsessions > 0 || s->auth_stop_open)
+	if (s->nlisteners_open > 0 || s->sweep_open || s->nsessions > 0 || s->auth_stop_open ||
+	    submit_workers_busy(s))
 		fatalx("%s: handles still open (call submit_shutdown first)", __func__);
+	submit_workers_free(s);
 	submit_auth_done();
 	submit_server_free_mem(s);
 }
@@ -466,5 +572,5 @@ submit_free(struct submit *s)
 size_t
 submit_nsessions(const struct submit *s)
 {
-	return s->nsessions;
+	return __atomic_load_n(&s->nsessions, __ATOMIC_RELAXED) + submit_workers_nsessions(s);
 }

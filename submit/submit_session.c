@@ -200,10 +200,22 @@ static const struct {
 	[SUBMIT_S_SHARED] = { "shared", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
 	/* the octets come through submit_proxy_input(), not as lines */
 	[SUBMIT_S_PROXY] = { "proxy", false, false, SUBMIT_LIM_CMD, SUBMIT_DL_PROXY },
+	/* a shard's DATA or first BDAT: the front's queue answers (submit_worker.c) */
+	[SUBMIT_S_BEGIN] = { "begin", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
 	[SUBMIT_S_CLOSED] = { "closed", false, true, SUBMIT_LIM_CMD, SUBMIT_DL_NONE },
 };
 
 static void submit_session_release(struct submit_session *s);
+
+/* One refused transaction in the counters (the front's, from a shard). */
+static void
+submit_session_count_reject(struct submit *srv, const char *reply)
+{
+	if (srv->front != NULL)
+		submit_worker_stat(srv, 0, 0, reply);
+	else
+		stats_reject(srv->stats, reply);
+}
 
 void
 submit_enter_state(struct submit_session *s, enum submit_state state)
@@ -221,8 +233,11 @@ submit_enter_state(struct submit_session *s, enum submit_state state)
 	s->state = state;
 	if (s->io == NULL)
 		return;
-	if (s->login != NULL && s->unauth_listed)
+	if (s->login != NULL && (s->srv->shared_lock != NULL || s->unauth_listed)) {
+		submit_lock(s->srv);
 		submit_slots_remove(s->srv->slots, s);  /* it authenticated */
+		submit_unlock(s->srv);
+	}
 	if (submit_states[state].limit == SUBMIT_LIM_TEXT)
 		/* 1000 with CRLF, plus a stuffed dot (RFC 5321 4.5.3.1.6) */
 		io_set_max_line(s->io, SUBMIT_TEXT_LINE_MAX + 1);
@@ -281,7 +296,7 @@ submit_session_reject(struct submit_session *s, const char *stage, const char *f
 	log_kv(&l, "client", s->ip);
 	log_kv(&l, "reply", buf_cstr(&s->tmp));
 	log_end(&l);
-	stats_reject(s->srv->stats, buf_cstr(&s->tmp));
+	submit_session_count_reject(s->srv, buf_cstr(&s->tmp));
 	for (i = 0; !s->env.smtputf8 && i < s->tmp.len; i++)
 		if ((unsigned char)s->tmp.data[i] >= 0x80)
 			s->tmp.data[i] = '?';
@@ -354,7 +369,10 @@ static void
 submit_session_reset_txn(struct submit_session *s)
 {
 	if (s->txn != NULL) {
-		queue_txn_abort(s->txn);
+		if (s->srv->front != NULL)
+			submit_worker_txn_abort(s->srv, s->txn);
+		else
+			queue_txn_abort(s->txn);
 		s->txn = NULL;
 	}
 	submit_dkim_reset(s);
@@ -390,7 +408,7 @@ submit_session_freed(uv_handle_t *h)
 	conf_unref(s->conf);
 	s->magic = 0;
 	free(s);
-	srv->nsessions--;
+	submit_server_count(srv, -1);
 	submit_server_session_gone(srv);
 }
 
@@ -398,15 +416,18 @@ submit_session_freed(uv_handle_t *h)
 static void
 submit_session_release(struct submit_session *s)
 {
-	if (s->released || s->commit_pending || s->lookup_pending || s->io != NULL)
+	if (s->released || s->commit_pending || s->lookup_pending || s->begin_pending ||
+	    s->io != NULL)
 		return;
 	s->released = true;
 	submit_session_reset_txn(s);
 	submit_auth_reset(s);
+	submit_lock(s->srv);            /* another shard's eviction may have uncounted it */
 	if (s->counted) {
 		submit_limits_conn_close(s->srv->limits, s->ip);
 		s->counted = false;
 	}
+	submit_unlock(s->srv);
 	TAILQ_REMOVE(&s->srv->sessions, s, entry);
 	uv_timer_stop(&s->timer);
 	uv_close((uv_handle_t *)&s->timer, submit_session_freed);
@@ -420,7 +441,9 @@ submit_session_close(struct submit_session *s, const char *reply)
 
 	if (io != NULL) {
 		s->io = NULL;           /* events from here on are not ours */
+		submit_lock(s->srv);
 		submit_slots_remove(s->srv->slots, s);
+		submit_unlock(s->srv);
 		if (reply != NULL) {
 			io_printf(io, "%s\r\n", reply);
 			io_close_after_drain(io);
@@ -442,7 +465,7 @@ submit_session_shutdown(struct submit_session *s)
 {
 	char text[512];
 
-	if (s->commit_pending || s->lookup_pending)
+	if (s->commit_pending || s->lookup_pending || s->begin_pending)
 		return;                 /* the callback answers, then closes */
 	if (s->state == SUBMIT_S_PROXY) {
 		submit_session_close(s, NULL);  /* not greeted: nobody to tell yet */
@@ -623,8 +646,12 @@ submit_mail_rate(struct submit_session *s)
 {
 	struct submit *srv = s->srv;
 	const char *addr = buf_cstr(&s->path.addr);
+	enum submit_rate_verdict v;
 
-	if (submit_limits_login_check(srv->limits, s->login, util_mono_ms(), 0) != SUBMIT_RATE_OK) {
+	submit_lock(srv);
+	v = submit_limits_login_check(srv->limits, s->login, util_mono_ms(), 0);
+	submit_unlock(srv);
+	if (v != SUBMIT_RATE_OK) {
 		submit_session_rate_limited(s, "messages");
 		submit_session_reject(s, "mail", "450 4.7.1 Error: message rate limit exceeded "
 		    "for user %s, try again later", s->login);
@@ -661,7 +688,7 @@ submit_mail_finish(struct submit_session *s, bool file_owned, bool unavailable)
 	submit_mail_rate(s);
 }
 
-static void
+void
 submit_mail_looked_up(void *arg, enum directory_status st, struct directory_owned *o)
 {
 	struct submit_session *s = arg;
@@ -700,6 +727,14 @@ submit_mail_owner(struct submit_session *s, bool file_owned)
 	if (srv->directory == NULL || srv->conf->submit.senders_ldap.uri == NULL ||
 	    (file_owned && !s->conf->submit.check_header_from)) {
 		submit_mail_finish(s, file_owned, false);
+		return;
+	}
+	if (srv->front != NULL) {
+		/* a shard: the front's directory, its cache first */
+		s->lookup_pending = true;
+		s->mail_file_owned = file_owned;
+		submit_enter_state(s, SUBMIT_S_SENDER);
+		submit_worker_lookup(s, s->login, false, submit_mail_looked_up);
 		return;
 	}
 	if ((o = directory_cached(srv->directory, s->login)) != NULL) {
@@ -781,6 +816,7 @@ static void
 submit_cmd_rcpt(struct submit_session *s, char *args)
 {
 	struct submit *srv = s->srv;
+	enum submit_rate_verdict v;
 	struct env_rcpt rcpt;
 	const char *addr;
 
@@ -803,8 +839,11 @@ submit_cmd_rcpt(struct submit_session *s, char *args)
 		submit_session_reject(s, "rcpt", "452 4.5.3 Error: too many recipients");
 		return;
 	}
-	if (submit_limits_login_check(srv->limits, s->login, util_mono_ms(),
-	    (unsigned)s->env.nrcpts + 1) != SUBMIT_RATE_OK) {
+	submit_lock(srv);
+	v = submit_limits_login_check(srv->limits, s->login, util_mono_ms(),
+	    (unsigned)s->env.nrcpts + 1);
+	submit_unlock(srv);
+	if (v != SUBMIT_RATE_OK) {
 		submit_session_rate_limited(s, "recipients");
 		if (s->env.nrcpts > 0)
 			submit_session_reject(s, "rcpt", "452 4.5.3 Error: recipient rate limit "
@@ -839,19 +878,19 @@ submit_session_write(void *arg, const void *p, size_t len)
 }
 
 /*
- * The message begins (DATA, or the first BDAT): the queue transaction, the
- * Received: field, the DKIM signer.  0, or -1 with the refusal given and
+ * The message begins (DATA, or the first BDAT), once the queue said (rc, txn):
+ * the Received: field, the DKIM signer.  0, or -1 with the refusal given and
  * the session back in HELO.
  */
 static int
-submit_session_message_begin(struct submit_session *s)
+submit_session_message_started(struct submit_session *s, int rc, struct queue_txn *txn)
 {
 	struct submit_received r;
 	char date[64], date_hdr[96], msgid[640];
 	uint64_t now = util_now_ms();
-	int rc;
 
-	if ((rc = router_txn_begin(s->srv->router, &s->env, &s->txn)) != 0) {
+	s->txn = txn;
+	if (rc != 0) {
 		log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "begin", NULL);
 		s->txn = NULL;
 		submit_session_reject(s, "data", "451 4.3.0 Error: queue file write error");
@@ -882,13 +921,40 @@ submit_session_message_begin(struct submit_session *s)
 	return 0;
 }
 
+/*
+ * The queue transaction for the message (DATA, or the first BDAT): 0 begun,
+ * -1 refused (as message_started); 1 on a shard, which waits in BEGIN for
+ * the front's queue, then submit_session_begun() goes on.
+ */
+static int
+submit_session_message_begin(struct submit_session *s, bool bdat)
+{
+	struct queue_txn *txn = NULL;
+	int rc;
+
+	if (s->srv->front != NULL) {
+		s->begin_bdat = bdat;
+		submit_enter_state(s, SUBMIT_S_BEGIN);
+		submit_worker_txn_begin(s);
+		return 1;
+	}
+	rc = router_txn_begin(s->srv->router, &s->env, &txn);
+	return submit_session_message_started(s, rc, rc == 0 ? txn : NULL);
+}
+
+static void
+submit_data_begun(struct submit_session *s)
+{
+	submit_enter_state(s, SUBMIT_S_DATA);
+	submit_session_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
 static void
 submit_cmd_data(struct submit_session *s, char *args)
 {
-	if (submit_session_message_begin(s) != 0)
+	if (submit_session_message_begin(s, false) != 0)
 		return;
-	submit_enter_state(s, SUBMIT_S_DATA);
-	submit_session_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+	submit_data_begun(s);
 }
 
 struct submit_from_check {
@@ -971,11 +1037,15 @@ submit_session_commit_end(struct submit_session *s, int err, const char *qid,
 		log_kv(&l, "session", s->id);
 		log_kv(&l, "dkim", buf_cstr(&s->dkim_ids));
 		log_end(&l);
-		srv->stats->accepted++;
-		stats_observe(&srv->stats->commit_seconds,
-		    (double)(util_mono_ms() - s->eod_ms) / 1000.0);
-		stats_observe(&srv->stats->size_bytes, (double)s->data.size);
+		if (srv->front == NULL) {   /* a shard's: on the front's loop, at the commit */
+			srv->stats->accepted++;
+			stats_observe(&srv->stats->commit_seconds,
+			    (double)(util_mono_ms() - s->eod_ms) / 1000.0);
+			stats_observe(&srv->stats->size_bytes, (double)s->data.size);
+		}
+		submit_lock(srv);
 		submit_limits_login_add(srv->limits, s->login, util_mono_ms(), (unsigned)s->env.nrcpts);
+		submit_unlock(srv);
 		submit_shared_login_add(s);
 		submit_session_reply(s, "250 2.0.0 Ok: queued as %s", qid);
 	} else {
@@ -983,7 +1053,7 @@ submit_session_commit_end(struct submit_session *s, int err, const char *qid,
 			log_event(LOG_ERR, "queue_error", "session", s->id, "stage", "commit", NULL);
 		if (fail == NULL)
 			fail = submit_session_queue_reply(err);
-		stats_reject(srv->stats, fail);
+		submit_session_count_reject(srv, fail);
 		submit_session_reply(s, "%s", fail);
 	}
 	submit_session_reset_txn(s);
@@ -998,7 +1068,7 @@ submit_session_commit_end(struct submit_session *s, int err, const char *qid,
 	submit_enter_state(s, SUBMIT_S_HELO);
 }
 
-static void
+void
 submit_session_committed(void *arg, int err, const char *qid)
 {
 	submit_session_commit_end(arg, err, qid, NULL);
@@ -1007,7 +1077,10 @@ submit_session_committed(void *arg, int err, const char *qid)
 void
 submit_session_commit(struct submit_session *s, struct queue_txn *txn)
 {
-	queue_txn_commit(txn, submit_session_committed, s);
+	if (s->srv->front != NULL)
+		submit_worker_txn_commit(s, txn);
+	else
+		queue_txn_commit(txn, submit_session_committed, s);
 }
 
 void
@@ -1096,6 +1169,8 @@ submit_bdat_close(struct submit_session *s, const char *code, const char *why)
  * relayd read any amount.  Then, and when the size cannot be read (nobody can
  * tell where the chunk ends), the connection is closed.
  */
+static void submit_bdat_drop_size(struct submit_session *s, uint64_t size);
+
 static void
 submit_bdat_drop(struct submit_session *s, const char *args)
 {
@@ -1106,6 +1181,12 @@ submit_bdat_drop(struct submit_session *s, const char *args)
 		submit_bdat_close(s, "4.5.0", "BDAT chunk size unknown");
 		return;
 	}
+	submit_bdat_drop_size(s, size);
+}
+
+static void
+submit_bdat_drop_size(struct submit_session *s, uint64_t size)
+{
 	if (s->login == NULL) {
 		submit_bdat_close(s, "4.7.0", "BDAT chunk not read before authentication");
 		return;
@@ -1129,11 +1210,15 @@ submit_bdat_fail(struct submit_session *s)
 	submit_enter_state(s, SUBMIT_S_HELO);
 }
 
+static void submit_bdat_chunk(struct submit_session *s, uint64_t size, bool last);
+static void submit_session_input(struct submit_session *s);
+
 static void
 submit_cmd_bdat(struct submit_session *s, char *args)
 {
-	uint64_t size, max = s->conf->submit.max_message_size;
+	uint64_t size;
 	bool last;
+	int rc;
 
 	if (submit_parse_bdat(args, &size, &last) != 0) {
 		submit_session_reply(s, "501 5.5.4 Syntax: BDAT chunk-size [LAST]");
@@ -1142,17 +1227,29 @@ submit_cmd_bdat(struct submit_session *s, char *args)
 	}
 	if (s->state == SUBMIT_S_RCPT) {
 		s->chunk_total = 0;
-		if (submit_session_message_begin(s) != 0) {
-			submit_bdat_drop(s, args);
+		s->chunk_size = size;               /* kept for submit_session_begun() */
+		s->chunk_last = last;
+		if ((rc = submit_session_message_begin(s, true)) != 0) {
+			if (rc < 0)
+				submit_bdat_drop_size(s, size);
 			return;
 		}
 		submit_data_chunked(&s->data);
 	}
+	submit_bdat_chunk(s, size, last);
+}
+
+/* A BDAT of the message (its txn begun): its octets are read next. */
+static void
+submit_bdat_chunk(struct submit_session *s, uint64_t size, bool last)
+{
+	uint64_t max = s->conf->submit.max_message_size;
+
 	if (size > max || s->chunk_total > max - size) {
 		/* as DATA's: the message is too big, whatever is still to come */
 		submit_session_reject(s, "data", "552 5.3.4 Error: message file too big");
 		submit_bdat_fail(s);
-		submit_bdat_drop(s, args);
+		submit_bdat_drop_size(s, size);
 		return;
 	}
 	s->chunk_total += size;
@@ -1161,6 +1258,37 @@ submit_cmd_bdat(struct submit_session *s, char *args)
 	s->chunk_last = last;
 	s->chunk_drop = false;
 	submit_enter_state(s, SUBMIT_S_BDAT);
+}
+
+void
+submit_session_begun(struct submit_session *s, int rc, struct queue_txn *txn)
+{
+	if (s->magic != SUBMIT_SESSION_MAGIC || !s->begin_pending)
+		fatalx("%s: bad session", __func__);
+	s->begin_pending = false;
+	if (s->io == NULL || s->srv->shutting_down) {
+		if (rc == 0)
+			submit_worker_txn_abort(s->srv, txn);
+		if (s->io == NULL)
+			submit_session_release(s);  /* the client left while we waited */
+		else
+			submit_session_shutdown(s);
+		return;
+	}
+	if (submit_session_message_started(s, rc, rc == 0 ? txn : NULL) != 0) {
+		if (s->begin_bdat && s->io != NULL)
+			submit_bdat_drop_size(s, s->chunk_size);
+	} else if (!s->begin_bdat) {
+		submit_data_begun(s);
+		return;
+	} else {
+		submit_data_chunked(&s->data);
+		submit_bdat_chunk(s, s->chunk_size, s->chunk_last);
+	}
+	/* the chunk's octets to take or drop may be none (BDAT 0 LAST): the
+	 * io's kick comes only for octets already in */
+	if (s->io != NULL && s->state == SUBMIT_S_BDAT)
+		submit_session_input(s);
 }
 
 /* All octets of an accepted chunk are in. */
@@ -1477,7 +1605,9 @@ submit_session_accept(struct submit *srv, struct submit_listener *lst)
 	s->conf = conf_ref(srv->conf);
 	s->listener = lst;
 	s->implicit_tls = lst->implicit_tls;
-	snprintf(s->id, sizeof(s->id), "S%" PRIx64, ++srv->next_session_id);
+	/* unique across the shards: the front's counter */
+	snprintf(s->id, sizeof(s->id), "S%" PRIx64, srv->front == NULL ? ++srv->next_session_id :
+	    __atomic_add_fetch(&srv->front->next_session_id, 1, __ATOMIC_RELAXED));
 	snprintf(s->ip, sizeof(s->ip), "%s", io_peer_ip(s->io));
 	snprintf(s->local_ip, sizeof(s->local_ip), "%s", io_local_ip(s->io));
 	s->port = io_peer_port(s->io);
@@ -1486,8 +1616,11 @@ submit_session_accept(struct submit *srv, struct submit_listener *lst)
 	uv_timer_init(srv->loop, &s->timer);
 	s->timer.data = s;
 	TAILQ_INSERT_TAIL(&srv->sessions, s, entry);
-	srv->nsessions++;
-	srv->stats->connections++;
+	submit_server_count(srv, 1);
+	if (srv->front != NULL)
+		submit_worker_stat(srv, 1, 0, NULL);
+	else
+		srv->stats->connections++;
 
 	if (lst->proxy)
 		(void)submit_proxy_start(s);    /* then submit_session_begin(), or closed */
@@ -1499,15 +1632,28 @@ void
 submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_local)
 {
 	struct submit *srv = s->srv;
+	struct submit_session *victim;
 	enum submit_conn_verdict v;
+	const char *reason = NULL;
 	struct log_line l;
+	size_t unauth = 0;
 
-	submit_slots_make_room(srv, s->ip);
+	/* one step under the shards' lock: room made, counted, listed */
+	submit_lock(srv);
+	victim = submit_slots_make_room(srv, s->ip, &reason, &unauth);
+	if (victim != NULL && victim->srv != srv && !submit_worker_evict(victim, reason, unauth))
+		victim = NULL;
+	else if (victim != NULL && victim->srv != srv)
+		victim = NULL;          /* its own loop closes it */
 	v = submit_limits_conn_open(srv->limits, s->ip);
 	if (v == SUBMIT_CONN_OK) {
 		s->counted = true;
 		submit_slots_add(srv->slots, s);
-	} else {
+	}
+	submit_unlock(srv);
+	if (victim != NULL)
+		submit_slots_evict(victim, reason, unauth);
+	if (v != SUBMIT_CONN_OK) {
 		s->refuse = v == SUBMIT_CONN_TOTAL ?
 		    "421 4.7.0 Error: too many connections, try again later" :
 		    "421 4.7.0 Error: too many connections from your address, try again later";
@@ -1522,6 +1668,8 @@ submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_loc
 	log_kv(&l, "client", s->ip);
 	log_kvi(&l, "port", s->port);
 	log_kv(&l, "listener", s->listener->text);
+	if (srv->shard_no > 0)
+		log_kvu(&l, "worker", srv->shard_no);
 	if (proxy_version > 0) {
 		log_kv(&l, "proxy", s->proxy_ip);
 		log_kvi(&l, "proxy_version", proxy_version);

@@ -56,6 +56,7 @@ submit_shared_answered(void *arg, const struct cluster_counts *c)
 		fatalx("%s: bad session", __func__);
 	s->lookup_pending = false;
 	s->shared_cont = NULL;
+	submit_lock(s->srv);
 	if (c != NULL) {
 		switch (s->shared_kind) {
 		case SUBMIT_SHARED_LOGIN:
@@ -73,6 +74,7 @@ submit_shared_answered(void *arg, const struct cluster_counts *c)
 			break;
 		}
 	}
+	submit_unlock(s->srv);
 	if (s->io == NULL) {
 		submit_session_close(s, NULL);  /* the client left: now it can be freed */
 		return;
@@ -93,7 +95,9 @@ submit_shared_ask(struct submit_session *s, int kind, const char *what, const ch
 {
 	if (s->srv->cluster == NULL || s->lookup_pending || s->io == NULL)
 		return false;
-	if (cluster_count(s->srv->cluster, what, name, fields, incr, n, window,
+	if (s->srv->front != NULL)      /* a shard: the front's link answers, degraded or not */
+		submit_worker_count(s, what, name, fields, incr, n, window, submit_shared_answered);
+	else if (cluster_count(s->srv->cluster, what, name, fields, incr, n, window,
 	    submit_shared_answered, s) != 0)
 		return false;           /* degraded: the local counters decide */
 	s->lookup_pending = true;
@@ -133,6 +137,11 @@ submit_shared_login_add(struct submit_session *s)
 
 	if (s->srv->cluster == NULL || !submit_shared_login_counted(s))
 		return;
+	if (s->srv->front != NULL) {
+		submit_worker_count(s, "login", s->login, submit_shared_login_fields, incr, 2,
+		    s->conf->submit.login_rate_window, NULL);
+		return;
+	}
 	(void)cluster_count(s->srv->cluster, "login", s->login, submit_shared_login_fields, incr, 2,
 	    s->conf->submit.login_rate_window, NULL, NULL);
 }

@@ -17,7 +17,11 @@
  * Owns the per-address entries (a common/htab table keyed by IP, each with
  * its sessions in age order); the sessions are submit_session.c's and are
  * only linked here (s->unauth_entry).  Never frees or closes a session
- * itself except through submit_session_close() in submit_slots_make_room().
+ * itself except through submit_session_close() in submit_slots_evict(), on
+ * the session's own loop.  With submit.workers the shards share one table
+ * under the front's lock (submit_lock()): make_room picks the victim and
+ * frees its slot and count there; the victim's loop closes it (posted to it
+ * when it is another shard's, submit_worker.c).
  */
 #include "submit/submit_int.h"
 
@@ -141,34 +145,49 @@ submit_slots_victim(const struct submit_slots *sl)
 	return best != NULL ? TAILQ_FIRST(&best->sessions) : NULL;
 }
 
-void
-submit_slots_make_room(struct submit *srv, const char *ip)
+struct submit_session *
+submit_slots_make_room(struct submit *srv, const char *ip, const char **reason, size_t *unauth)
 {
 	const struct conf *c = srv->conf;
 	struct submit_session *v;
-	const char *reason;
 	unsigned total = submit_limits_conn_count(srv->limits, NULL);
-	char text[512];
-	struct log_line l;
 
 	if (c->submit.max_connections_per_ip > 0 &&
 	    submit_limits_conn_count(srv->limits, ip) >= c->submit.max_connections_per_ip)
-		return;
+		return NULL;
 	if (c->submit.max_connections > 0 && total >= c->submit.max_connections)
-		reason = "max_connections";
+		*reason = "max_connections";
 	else if (srv->slots->n >= submit_slots_unauth_max(c->submit.max_connections,
 	    c->submit.unauthenticated_share))
-		reason = "unauthenticated_share";
+		*reason = "unauthenticated_share";
 	else
-		return;
+		return NULL;
 	if ((v = submit_slots_victim(srv->slots)) == NULL)
-		return;                 /* all authenticated: the newcomer is refused */
+		return NULL;            /* all authenticated: the newcomer is refused */
+	*unauth = srv->slots->n;
+	/* its slot is free at once, whichever loop closes it */
+	submit_slots_remove(srv->slots, v);
+	if (v->counted) {
+		submit_limits_conn_close(srv->limits, v->ip);
+		v->counted = false;
+	}
+	return v;
+}
+
+void
+submit_slots_evict(struct submit_session *v, const char *reason, size_t unauth)
+{
+	char text[512];
+	struct log_line l;
+
+	if (v->io == NULL)
+		return;                 /* closed meanwhile */
 	log_begin(&l, LOG_NOTICE, "session_evicted");
 	log_kv(&l, "session", v->id);
 	log_kv(&l, "client", v->ip);
 	log_kv(&l, "reason", reason);
 	log_kvu(&l, "age_ms", util_mono_ms() - v->born_ms);
-	log_kvu(&l, "unauthenticated", srv->slots->n);
+	log_kvu(&l, "unauthenticated", unauth);
 	log_end(&l);
 	snprintf(text, sizeof(text), "421 4.7.0 %s Error: too many connections, "
 	    "try again later", v->conf->hostname);

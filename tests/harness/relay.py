@@ -73,6 +73,8 @@ Environment: RELAYD_BIN, RELAYCTL_BIN (default <repo>/build/relayd and
 RELAYD_TEST_VERBOSE=1 prints the log tail after every test, not only failed ones.
 RELAYD_TEST_DELIVER_THREAD=1 runs every relayd with deliver.thread = true (the
 delivery thread under the whole suite).
+RELAYD_TEST_SUBMIT_WORKERS=N runs every relayd with submit.workers = N (the
+sessions on N event-loop threads under the whole suite).
 """
 
 import atexit
@@ -680,6 +682,8 @@ class Relay:
         }
         if os.environ.get("RELAYD_TEST_DELIVER_THREAD"):
             self.config["deliver"]["thread"] = True
+        if os.environ.get("RELAYD_TEST_SUBMIT_WORKERS"):
+            self.config["submit"]["workers"] = int(os.environ["RELAYD_TEST_SUBMIT_WORKERS"])
         merge(self.config, overrides)
         self.write_config()
 

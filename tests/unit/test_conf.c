@@ -292,6 +292,7 @@ check_defaults(const struct conf *c)
 	CHECK_INT(c->submit.min_data_rate, 500);
 	CHECK_INT(c->submit.unauthenticated_share, 50);
 	CHECK_INT(c->submit.max_command_errors, 20);
+	CHECK_INT(c->submit.workers, 0);                     /* one per CPU */
 	CHECK_INT(c->submit.auth_fail_delay_after, 3);
 	CHECK_INT(c->submit.auth_fail_limit, 10);
 	CHECK_INT(c->submit.auth_fail_window, 15 * MIN_MS);
@@ -415,6 +416,7 @@ static const char full_conf[] =
     "  min_data_rate = 0;\n"
     "  unauthenticated_share = 100;\n"
     "  max_command_errors = 7;\n"
+    "  workers = 3;\n"
     "  auth_fail_delay_after = 0;\n"
     "  auth_fail_limit = 4;\n"
     "  auth_fail_window = \"1h\";\n"
@@ -514,6 +516,7 @@ test_full(void)
 	CHECK_INT(c->submit.min_data_rate, 0);
 	CHECK_INT(c->submit.unauthenticated_share, 100);
 	CHECK_INT(c->submit.max_command_errors, 7);
+	CHECK_INT(c->submit.workers, 3);
 	CHECK_INT(c->submit.auth_fail_delay_after, 0);
 	CHECK_INT(c->submit.auth_fail_limit, 4);
 	CHECK_INT(c->submit.auth_fail_window, HOUR_MS);
@@ -810,6 +813,9 @@ static const struct {
 	  "submit = { max_recipients = 5001; };\n",
 	  "1: submit.max_recipients: at most 5000 (a queue file's envelope holds that many at "
 	  "their longest)\n" },
+	{ "workers: at most 64 threads",
+	  "submit = { workers = 65; };\n",
+	  "1: submit.workers: 0 (one per CPU) or 1 to 64, not 65\n" },
 	{ "unauthenticated_share is a percentage",
 	  "submit = { unauthenticated_share = 101; };\n",
 	  "1: submit.unauthenticated_share: a percentage of submit.max_connections, 1 to 100\n" },
