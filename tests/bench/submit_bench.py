@@ -26,6 +26,7 @@ progress) until the sink has every accepted message and adds:
     python3 tests/bench/submit_bench.py [--messages 20000] [--sessions 16] [--size 4096]
                                         [--build build] [--py-sink | --no-sink]
                                         [--dkim none|ed25519|rsa+ed25519]
+                                        [--deliver-thread] [--submit-workers N]
                                         [--attach 'CMD ... {pid} ...']
                                         [--baseline OTHER_BUILD [--runs N] [--no-syscalls]]
 
@@ -231,6 +232,8 @@ def run(a, build, figures, attach_cmd=None, syscalls_file=None):
                             "max_connections_per_ip": 1000}}
     if a.deliver_thread and build == a.build:
         overrides["deliver"] = {"thread": True}     # the new build only: a base may not know it
+    if a.submit_workers is not None and build == a.build:
+        overrides["submit"]["workers"] = a.submit_workers   # likewise
     relay = Relay(**overrides)
     if a.dkim != "none":
         from relay import share_with_user
@@ -417,6 +420,9 @@ def main():
                     help="sign alice's mail (example.org) with these keys")
     ap.add_argument("--deliver-thread", action="store_true",
                     help="deliver.thread = true for relayd of --build (not the baseline)")
+    ap.add_argument("--submit-workers", type=int, metavar="N",
+                    help="submit.workers = N for relayd of --build (not the baseline); "
+                         "default: its own default (one per CPU)")
     ap.add_argument("--attach", metavar="CMD",
                     help="run CMD ({pid} = relayd's pid) during the load; SIGINT at the end")
     ap.add_argument("--baseline", metavar="BUILD",
