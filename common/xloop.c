@@ -54,6 +54,12 @@ xloop_post(struct xloop_inbox *in, struct xloop_msg *m)
 }
 
 void
+xloop_inbox_run(struct xloop_inbox *in)
+{
+	xloop_async_cb(&in->async);
+}
+
+void
 xloop_inbox_close(struct xloop_inbox *in, uv_close_cb close_cb)
 {
 	uv_close((uv_handle_t *)&in->async, close_cb);

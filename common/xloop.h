@@ -48,6 +48,9 @@ struct xloop_inbox {
 int xloop_inbox_init(struct xloop_inbox *in, uv_loop_t *loop, xloop_cb *cb, void *data);
 /* Any thread: queue m and wake the owner's loop. */
 void xloop_post(struct xloop_inbox *in, struct xloop_msg *m);
+/* The owner's loop: run what is queued now, as a wake-up would (before a
+ * close: libuv drops a wake-up still pending when the handle closes). */
+void xloop_inbox_run(struct xloop_inbox *in);
 /* The owner's loop: close the async handle (close_cb as uv_close's). */
 void xloop_inbox_close(struct xloop_inbox *in, uv_close_cb close_cb);
 /* Nothing is waiting to be run. */

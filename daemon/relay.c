@@ -33,16 +33,18 @@
 /*
  * Descriptors a configuration may need at once: a session per
  * submit.max_connections, a delivery per router.max_connections, the
- * reserve, and per submission listener the spare descriptor it keeps for
- * the accept pause at EMFILE (submit/submit_server.c): held all the time,
- * so it must not come out of the sessions' share.  The listeners are those
- * of `listeners`: a reload keeps the ones relayd started with.
+ * reserve, and what the submission server holds all the time
+ * (submit_fd_need(): per listener the spare descriptor it keeps for the
+ * accept pause at EMFILE; with submit.workers, each shard's listeners and
+ * loop), so that it does not come out of the sessions' share.  The
+ * listeners and workers are those of `listeners`: a reload keeps the ones
+ * relayd started with.
  */
 static uint64_t
 relay_fd_need(const struct conf *c, const struct conf *listeners)
 {
 	return (uint64_t)c->submit.max_connections + c->router.max_connections +
-	    RELAY_FD_RESERVE + listeners->submit.nlisten + listeners->submit.nlisten_tls;
+	    RELAY_FD_RESERVE + submit_fd_need(listeners);
 }
 
 static int

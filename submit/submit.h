@@ -65,6 +65,13 @@ int submit_auth_unblock(struct submit *s, const char *name, const char **kind, s
  * loop's password checks (submit.workers).
  */
 unsigned submit_threadpool_size(const struct conf *c);
+/*
+ * Descriptors the server holds for c whatever its sessions: each listener's
+ * spare for the accept pause; with submit.workers above 1, each shard's
+ * listening sockets, their spares and its loop's own (daemon/relay.c adds
+ * them to what RLIMIT_NOFILE must allow).
+ */
+uint64_t submit_fd_need(const struct conf *c);
 
 /* Sessions open now (the metrics' gauge). */
 size_t submit_nsessions(const struct submit *s);

@@ -333,6 +333,24 @@ submit_server_nworkers(const struct conf *c)
 	return n < 1 ? 1 : n > CONF_SUBMIT_WORKERS_MAX ? CONF_SUBMIT_WORKERS_MAX : n;
 }
 
+/*
+ * Descriptors a shard holds whatever its sessions, beyond its listeners'
+ * two each: its loop's epoll and wake-up descriptors, its inbox, with room
+ * to spare (measured: about 5).
+ */
+#define SUBMIT_SHARD_FDS 8
+
+uint64_t
+submit_fd_need(const struct conf *c)
+{
+	uint64_t nl = c->submit.nlisten + c->submit.nlisten_tls;
+	unsigned n = submit_server_nworkers(c);
+
+	if (n == 1)
+		return nl;              /* each listener's spare (its socket: in the reserve) */
+	return n * (2 * nl + SUBMIT_SHARD_FDS);
+}
+
 unsigned
 submit_threadpool_size(const struct conf *c)
 {

@@ -375,6 +375,9 @@ sw_shard_stopped(void *arg)
 	uv_mutex_lock(shard->shared_lock);
 	w->closed = true;                   /* no eviction is posted to it from now on */
 	uv_mutex_unlock(shard->shared_lock);
+	/* one posted before that and not yet run (its wake-up would be lost
+	 * with the handle): its session is gone, it finds nothing */
+	xloop_inbox_run(&w->inbox);
 	xloop_inbox_close(&w->inbox, NULL);
 	if (abandoned > 0) {
 		/* a password check stuck in its backend keeps this loop alive:
@@ -385,6 +388,27 @@ sw_shard_stopped(void *arg)
 		m->abandoned = abandoned;
 		sw_to_front(shard, m);
 	}
+}
+
+/*
+ * An eviction another shard's accept chose: the victim's slot and count were
+ * given up at once (submit_slots_make_room).  One that authenticated since
+ * (its AUTH step ended in the same turn) is not closed — one loop never
+ * closes an authenticated session for a newcomer, and it may already have
+ * had its 235 or a message under way — and is counted again if the limits
+ * have room (else it goes on uncounted: its close then uncounts nothing).
+ */
+static void
+sw_shard_evict(struct submit *shard, struct submit_session *s, const struct sw_msg *m)
+{
+	if (s->login == NULL) {
+		submit_slots_evict(s, m->reason, m->unauth);
+		return;
+	}
+	submit_lock(shard);
+	if (!s->counted && submit_limits_conn_open(shard->limits, s->ip) == SUBMIT_CONN_OK)
+		s->counted = true;
+	submit_unlock(shard);
 }
 
 static void
@@ -412,7 +436,7 @@ sw_shard_cb(struct xloop_inbox *in, struct xloop_msg *x)
 		break;
 	case SW_EVICT:
 		if ((s = sw_find(shard, m->s, m->sid)) != NULL)
-			submit_slots_evict(s, m->reason, m->unauth);
+			sw_shard_evict(shard, s, m);
 		break;
 	case SW_RELOAD:
 		sw_shard_reload(shard, m);

@@ -14,6 +14,7 @@ relayd inherits).
 
 import os
 import resource
+import socket
 import subprocess
 import unittest
 
@@ -34,7 +35,7 @@ class FdLimitTest(unittest.TestCase):
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard == resource.RLIM_INFINITY or hard < 2048:
             self.skipTest("needs a finite hard RLIMIT_NOFILE of at least 2048 (is %s)" % hard)
-        relay = Relay.for_test(self)
+        relay = Relay.for_test(self, submit={"workers": 1})
         resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
         try:
             relay.start()
@@ -52,7 +53,7 @@ class FdLimitTest(unittest.TestCase):
         self.assertEqual(nofile_of(relay.pid), (hard, hard))
 
     def test_refuses_max_connections_over_hard_limit(self):
-        relay = Relay.for_test(self, submit={"max_connections": 2000})
+        relay = Relay.for_test(self, submit={"max_connections": 2000, "workers": 1})
         r = subprocess.run(
             [relayd_bin(), "-c", relay.config_path], capture_output=True, text=True,
             timeout=30, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
@@ -65,7 +66,7 @@ class FdLimitTest(unittest.TestCase):
         self.assertEqual(relay.count_log("started"), 0)
 
     def test_reload_refuses_what_the_limit_cannot_hold(self):
-        relay = Relay.for_test(self)
+        relay = Relay.for_test(self, submit={"workers": 1})
         # 1,358 descriptors needed now, 10,358 after the change: relayd gets
         # 2,000 (hard), through a wrapper that sets it and execs relayd.
         wrapper = os.path.join(relay.tmpdir, "relayd-2000")
@@ -101,6 +102,47 @@ class FdLimitTest(unittest.TestCase):
         relay.wait_for_log("reload_listen_ignored", since=mark)
         relay.wait_for_log("reloaded", since=mark)
         self.assertEqual(relay.count_log("reload_failed", since=mark), 0)
+
+    def test_session_threads_are_counted(self):
+        # 32 session threads, each with its own listening sockets, their
+        # spares and its loop's descriptors: what relayd says it needs must
+        # hold them and still every one of submit.max_connections sessions.
+        # Given exactly that many, relayd starts and all ten sessions are
+        # greeted (when the threads were left out of the sum, 32 of them did
+        # not fit: relayd died at start with "too many open files"; with
+        # 25 it started holding all its descriptors, and greeted nobody).
+        relay = Relay.for_test(self, submit={"workers": 32, "max_connections": 10,
+                                              "max_connections_per_ip": 10},
+                               router={"max_connections": 10})
+        relay.start()
+        ev = relay.wait_for_log("fd_limit")
+        need = int(ev["need"])
+        self.assertEqual(need, 10 + 10 + 256 + 32 * (2 * 2 + 8))
+        relay.stop()
+        wrapper = os.path.join(relay.tmpdir, "relayd-need")
+        with open(wrapper, "w") as f:
+            f.write('#!/bin/sh\nulimit -n %d && exec "%s" "$@"\n' % (need, relayd_bin()))
+        os.chmod(wrapper, 0o755)
+        saved = os.environ.get("RELAYD_BIN")
+        os.environ["RELAYD_BIN"] = wrapper
+        try:
+            relay.start()
+        finally:
+            if saved is None:
+                del os.environ["RELAYD_BIN"]
+            else:
+                os.environ["RELAYD_BIN"] = saved
+        self.assertEqual(nofile_of(relay.pid), (need, need))
+        socks = []
+        try:
+            for _ in range(10):
+                c = socket.create_connection(("127.0.0.1", relay.submit_port), timeout=10)
+                socks.append(c)
+                greeting = c.recv(512)
+                self.assertTrue(greeting.startswith(b"220 "), greeting)
+        finally:
+            for c in socks:
+                c.close()
 
 
 if __name__ == "__main__":

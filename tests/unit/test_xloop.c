@@ -4,7 +4,8 @@
  * loop (each callback on its owner's thread, answers in the order posted),
  * several threads posting at once into one inbox (nothing lost, each
  * poster's order kept), and the close protocol (the owner closes its inbox
- * after the last message; the loop ends).
+ * after the last message; the loop ends; what was posted in the closing turn
+ * is run first by xloop_inbox_run()).
  */
 #include "common/xloop.h"
 #include "common/util.h"
@@ -186,9 +187,47 @@ test_round_trip_and_posters(void)
 	xloop_inbox_destroy(&w.in);
 }
 
+/* run_cb: counts, and on the first message posts one more to its own inbox
+ * and closes it in the same turn, as a shard's stop does with an eviction
+ * another loop posted just before (submit_worker.c). */
+static int run_count;
+
+static void
+run_cb(struct xloop_inbox *in, struct xloop_msg *x)
+{
+	run_count++;
+	if (((struct msg *)x)->n == 0) {
+		xloop_post(in, &msg_new(K_MANY, 1)->x);     /* its wake-up: pending */
+		xloop_inbox_run(in);
+		xloop_inbox_close(in, NULL);
+	}
+	free(x);
+}
+
+/* A close runs nothing by itself: what was posted in the closing turn is
+ * run by xloop_inbox_run() first, or it would be left in the inbox (libuv
+ * drops a wake-up pending at the close) and destroy would find it. */
+static void
+test_run_before_close(void)
+{
+	uv_loop_t loop;
+	struct xloop_inbox in;
+
+	run_count = 0;
+	CHECK_INT(uv_loop_init(&loop), 0);
+	CHECK_INT(xloop_inbox_init(&in, &loop, run_cb, NULL), 0);
+	xloop_post(&in, &msg_new(K_MANY, 0)->x);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(uv_loop_close(&loop), 0);
+	CHECK_INT(run_count, 2);
+	CHECK(xloop_inbox_empty(&in));
+	xloop_inbox_destroy(&in);
+}
+
 int
 main(void)
 {
 	test_round_trip_and_posters();
+	test_run_before_close();
 	return check_done();
 }
