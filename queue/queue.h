@@ -384,6 +384,8 @@ struct queue_counters {
 	uint64_t batches;            /* group syncs done */
 	uint64_t commits;            /* messages made durable */
 	uint64_t records;            /* record syncs done */
+	uint64_t coalesced;          /* records not written: their message's removal, next,
+	                                made them moot (QUEUE.md) */
 	uint64_t failures;           /* jobs that failed */
 	uint64_t create_ns;          /* time spent creating files that had no spare */
 	uint64_t sync_ns;            /* time spent making data durable */

@@ -7,9 +7,11 @@
  * publishes msg/<qid>, fsyncs msg/ and moves the journal's tail before the
  * router may see the message.  The writer also appends the records and
  * renames away the removed messages the loop issued, in issue order (the
- * loop makes no system call for either).  Also the start-up replay of the journal, and
- * its restore without a restart after a disk failure switched it off (a
- * probe job, sent by a back-off timer on the loop).
+ * loop makes no system call for either); a message's records issued right
+ * before its removal are not written, and complete with the removal.
+ * Also the start-up replay of the journal, and its restore without a
+ * restart after a disk failure switched it off (a probe job, sent by a
+ * back-off timer on the loop).
  * queue/QUEUE.md tells the whole story; queue.c owns the files,
  * transactions and records this works on.
  *
@@ -267,44 +269,98 @@ queue_ops_ready(const struct queue *q)
 	return q->ops.head != NULL && q->ops_open < QUEUE_OPS_OPEN_MAX;
 }
 
-/* Under q->mtx: move the next ops, up to the records there is room for, into ops. */
+/*
+ * Under q->mtx: move the next ops, up to the records there is room for, into
+ * ops.  A removal takes with it the records of its message issued just
+ * before it (taken in the same go): they are not written, and complete when
+ * the removal is durable (QUEUE.md, "A record followed by its removal").  A
+ * delivered message's D record is one: its file is renamed away right after.
+ */
 static void
 queue_take_ops(struct queue *q, struct queue_list *ops)
 {
-	struct queue_job *j;
+	struct queue_job *j, *r, **run = NULL;   /* run: where ops' last records of one qid begin */
 
 	while ((j = q->ops.head) != NULL &&
 	    (j->kind != QJOB_SYNC || q->ops_open < QUEUE_OPS_OPEN_MAX)) {
 		if ((q->ops.head = j->next) == NULL)
 			q->ops.tail = &q->ops.head;
+		if (j->kind == QJOB_RECYCLE && !j->renamed && run != NULL &&
+		    strcmp((*run)->qid, j->qid) == 0) {
+			j->recs = *run;
+			*run = NULL;
+			ops->tail = run;
+			for (r = j->recs; r != NULL; r = r->next) {
+				r->open_counted = false;
+				q->ops_open--;
+			}
+		}
 		if (j->kind == QJOB_SYNC) {
 			j->open_counted = true;
 			q->ops_open++;
-		}
+			if (run == NULL || strcmp((*run)->qid, j->qid) != 0)
+				run = ops->tail;
+		} else
+			run = NULL;
 		queue_list_append(ops, j);
 	}
 }
 
-/* Stage one for file ops (the writer thread): records and removals, in issue order. */
-static void
+/*
+ * A removal that took records with it (queue_take_ops()) failed: they are
+ * written after all, back in their place before it (the file is as it was:
+ * the rename did not happen), and go on as any record.  One whose message's
+ * file is gone fails as it would have (ENOENT at its open).  Returns how
+ * many now hold a descriptor (for q->ops_open).
+ */
+static size_t
+queue_write_recs(struct queue *q, struct queue_job **pp, struct queue_job *rm)
+{
+	struct queue_job *r, *last = NULL;
+	size_t n = 0;
+
+	*pp = rm->recs;
+	for (r = rm->recs; r != NULL; r = r->next) {
+		queue_append_record(q, r);
+		r->open_counted = true;
+		last = r;
+		n++;
+	}
+	last->next = rm;
+	rm->recs = NULL;
+	return n;
+}
+
+/*
+ * Stage one for file ops (the writer thread): records and removals, in issue
+ * order.  Returns how many records a failed removal gave back (each now
+ * holds a descriptor).
+ */
+static size_t
 queue_write_ops(struct queue *q, struct queue_list *ops)
 {
-	struct queue_job *j;
+	struct queue_job *j, **pp;
+	size_t reopened = 0;
 
 #ifdef RELAY_TEST_HOOKS
-	/* RELAYD_TEST_RECORD_DELAY_MS: records reach the file late (not the journal) */
+	/* RELAYD_TEST_RECORD_DELAY_MS: records reach the file late (not the journal);
+	 * records a removal took with it too: the removal is as late */
 	for (j = ops->head; j != NULL && q->test_record_delay_ms > 0; j = j->next)
-		if (j->kind == QJOB_SYNC) {
+		if (j->kind == QJOB_SYNC || j->recs != NULL) {
 			usleep(q->test_record_delay_ms * 1000u);
 			break;
 		}
 #endif
-	for (j = ops->head; j != NULL; j = j->next) {
+	for (pp = &ops->head; (j = *pp) != NULL; pp = &j->next) {
 		if (j->kind == QJOB_SYNC)
 			queue_append_record(q, j);
-		else if (j->kind == QJOB_RECYCLE && !j->renamed)
+		else if (j->kind == QJOB_RECYCLE && !j->renamed) {
 			queue_remove_file(q, j);
+			if (j->recs != NULL && j->err != 0)
+				reopened += queue_write_recs(q, pp, j);
+		}
 	}
+	return reopened;
 }
 
 /* Stage one (the writer thread): every new message's file, ready to sync. */
@@ -382,7 +438,9 @@ queue_sync_batch(struct queue *q, struct queue_list *batch, enum queue_sync_mode
 
 	for (j = batch->head; j != NULL; j = j->next) {
 		if (j->kind == QJOB_RECYCLE) {
-			kept += j->keep;
+			/* with records it took: they are done only once its rename
+			 * (or unlink) is durable, kept or not */
+			kept += j->keep || (j->recs != NULL && j->err == 0);
 			continue;
 		}
 		if (j->fd >= 0)
@@ -573,6 +631,7 @@ queue_writer_main(void *arg)
 	struct queue *q = arg;
 	struct queue_list batch, ops;
 	struct queue_counters c;
+	size_t reopened;
 
 	uv_mutex_lock(&q->mtx);
 	for (;;) {
@@ -589,10 +648,11 @@ queue_writer_main(void *arg)
 		uv_mutex_unlock(&q->mtx);
 
 		memset(&c, 0, sizeof(c));
-		queue_write_ops(q, &ops);
+		reopened = queue_write_ops(q, &ops);
 		queue_write_batch(q, &batch, &c);
 
 		uv_mutex_lock(&q->mtx);
+		q->ops_open += reopened;
 		q->counters.create_ns += c.create_ns;
 		q->counters.created_late += c.created_late;
 		queue_list_concat(&q->written, &ops);
@@ -900,7 +960,7 @@ queue_thread_main(void *arg)
 {
 	struct queue *q = arg;
 	struct queue_list batch;
-	struct queue_job *j;
+	struct queue_job *j, *r;
 	enum queue_sync_mode mode;
 	struct queue_counters c;
 	bool commits_last = false;
@@ -946,8 +1006,13 @@ queue_thread_main(void *arg)
 		q->counters.recycled += c.recycled;
 		q->counters.unlinked += c.unlinked;
 		for (j = batch.head; j != NULL; j = j->next) {
-			if (!queue_job_file(j))
+			if (!queue_job_file(j) && j->kind != QJOB_RECYCLE)
 				continue;
+			if (j->kind == QJOB_RECYCLE) {
+				for (r = j->recs; r != NULL; r = r->next)
+					q->counters.coalesced++;
+				continue;
+			}
 			if (j->err != 0)
 				q->counters.failures++;
 			else if (j->kind == QJOB_COMMIT)
@@ -1131,6 +1196,7 @@ queue_held_free(struct queue *q)
 static void
 queue_complete(struct queue *q, struct queue_job *j)
 {
+	struct queue_job *r, *next;
 	struct queue_txn *t;
 	struct log_line l;
 
@@ -1146,6 +1212,14 @@ queue_complete(struct queue *q, struct queue_job *j)
 	if (j->kind == QJOB_RECYCLE) {
 		if (j->err != 0 && j->failed_call != NULL)
 			queue_log_errno(j->qid, j->failed_call, j->sys_errno);
+		/* the records it took, issued just before it: done now (its
+		 * error, if the rename was not made durable, is theirs) */
+		for (r = j->recs; r != NULL; r = next) {
+			next = r->next;
+			q->inflight--;
+			r->err = j->err;
+			queue_complete(q, r);
+		}
 		if (j->keep)
 			q->recycling--;
 		if (j->recycled)

@@ -85,6 +85,10 @@ struct queue_job {
 	uint64_t size;               /* COMMIT: the spare's old size; RECYCLE: the kept file's */
 	uint64_t len;                /* COMMIT: the file's length (cut to it if the spare was longer);
 	                                PROBE: journaled messages it wrote into msg/ */
+	struct queue_job *recs;      /* RECYCLE: the records of its qid issued just before it,
+	                                not written: the removal, once durable, says more
+	                                (coalesced by the writer: queue_take_ops()); they
+	                                complete with it */
 	struct queue_txn *txn;      /* QJOB_COMMIT: the txn this job is embedded in */
 	queue_sync_cb *cb;           /* QJOB_SYNC: may be NULL */
 	const char *line;            /* QJOB_SYNC: the record to append (allocated with the job) */

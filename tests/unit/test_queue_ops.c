@@ -3,8 +3,10 @@
  * writer thread, not the loop (queue/QUEUE.md, "Records and removals"):
  * on a real libuv loop and a real directory, records issued from the loop
  * land in the file in the order issued, each one's callback after its sync;
- * a removal issued right after records renames the file only after they
- * are in it; a record on a removed message is refused and writes nothing;
+ * a removal issued right after its message's records renames the file
+ * without writing them and calls them back once the rename is durable
+ * (other records are written as before, and a removal that fails writes
+ * them after all); a record on a removed message is refused and writes nothing;
  * relayctl's wait (queue_wait_acked) ends only once they are all in the
  * files; closing the queue with records and a removal still staged writes
  * them all; and a SIGKILL before the writer got them leaves the message as
@@ -15,6 +17,8 @@
 #include "fixture.h"
 
 #include <dirent.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 
@@ -134,19 +138,6 @@ find_prefixed(const char *qdir, const char *prefix, char *out, size_t len)
 	return n;
 }
 
-/* The records 0..n-1 as queue_record() writes them, one line each. */
-static void
-expected_lines(struct buf *b, int n)
-{
-	struct queue_record rec;
-	int i;
-
-	for (i = 0; i < n; i++) {
-		rec_make(&rec, i);
-		envelope_record_encode(&rec, b);
-	}
-}
-
 struct hist_times {
 	uint64_t t[NRECS + 8];
 	int n;
@@ -235,17 +226,19 @@ test_records_in_order(void)
 }
 
 /*
- * A removal right after records (a delivery's D record, then the remove):
- * the id still names the file when queue_remove() returns (the rename waits
- * behind the records), and the file renamed to .spare-N holds every record,
- * in order.  A record on the removed message is refused; a second removal too.
+ * A removal right after records of its message (a delivery's D record, then
+ * the remove): the id still names the file when queue_remove() returns (the
+ * rename waits behind the records), the records are not written (the file
+ * renamed to .spare-N holds the message alone: the removal says more), and
+ * their callbacks run, in order, only once the rename is durable (the sync
+ * thread held: the file is renamed, no callback yet).  A record on the
+ * removed message is refused; a second removal too.
  */
 static void
-test_remove_after_records(void)
+test_remove_coalesces_records(void)
 {
 	static struct order_arg args[NRECS];
 	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
-	struct buf want = BUF_INIT;
 	struct order o;
 	struct queue_record rec;
 	struct queue_counters c;
@@ -253,9 +246,15 @@ test_remove_after_records(void)
 	struct queue *q;
 	struct queue_msg *m;
 	char dir[128], qid[QID_MAX], spare[64], needle[128], *got;
-	size_t len = 0, tail;
+	size_t len = 0;
 	int i;
+#ifdef RELAY_TEST_HOOKS
+	struct sync_hold g;
 
+	memset(&g, 0, sizeof(g));
+	CHECK_INT(uv_mutex_init(&g.mu), 0);
+	CHECK_INT(uv_cond_init(&g.cv), 0);
+#endif
 	memset(&o, 0, sizeof(o));
 	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
 	uv_loop_init(&loop);
@@ -263,6 +262,9 @@ test_remove_after_records(void)
 	queue_set_new_cb(q, sink_add, &fresh);
 	m = commit_one(&loop, q, &fresh);
 	snprintf(qid, sizeof(qid), "%s", m->qid);
+#ifdef RELAY_TEST_HOOKS
+	queue_test_set_sync_fn(q, sync_hold_fn, &g);
+#endif
 
 	for (i = 0; i < NRECS; i++) {
 		args[i].o = &o;
@@ -278,6 +280,17 @@ test_remove_after_records(void)
 	CHECK_INT(queue_record(q, m, &rec, order_cb, &args[0]), RELAY_ENOENT);
 	snprintf(needle, sizeof(needle), "event=queue_error qid=%s op=open", qid);
 	CHECK(log_has(needle));
+#ifdef RELAY_TEST_HOOKS
+	/* the writer renames; the sync thread, held, has not made it durable */
+	for (i = 0; i < 5000 && msg_exists(dir, qid); i++) {
+		uv_run(&loop, UV_RUN_NOWAIT);
+		usleep(1000);
+	}
+	CHECK(!msg_exists(dir, qid));
+	uv_run(&loop, UV_RUN_NOWAIT);
+	CHECK_INT(o.n, 0);
+	sync_hold_open(&g);
+#endif
 	uv_run(&loop, UV_RUN_DEFAULT);
 
 	CHECK(!msg_exists(dir, qid));
@@ -287,22 +300,24 @@ test_remove_after_records(void)
 		CHECK_INT(o.err[i], 0);
 	}
 	queue_get_counters(q, &c);
-	CHECK_INT(c.records, NRECS);
+	CHECK_INT(c.records, 0);
+	CHECK_INT(c.coalesced, NRECS);
 	CHECK_INT(c.recycled, 1);
 	CHECK_INT(c.unlinked, 0);
 	CHECK_INT(c.failures, 0);
-	/* the recycled file: the message, then exactly the records, in order */
+	/* the recycled file: the message alone, no record appended */
 	CHECK_INT(find_prefixed(dir, ".spare-", spare, sizeof(spare)), 1);
-	expected_lines(&want, NRECS);
 	if ((got = slurp(dir, spare, &len)) == NULL)
 		CHECK_MSG(0, "cannot read %s", spare);
 	else {
-		tail = len >= want.len ? len - want.len : 0;
-		CHECK_INT(tail, m->body_offset + m->body_len);
-		CHECK_STR(got + tail, buf_cstr(&want));
+		CHECK_INT(len, m->body_offset + m->body_len);
 		free(got);
 	}
 	close_queue(&loop, q);
+#ifdef RELAY_TEST_HOOKS
+	uv_cond_destroy(&g.cv);
+	uv_mutex_destroy(&g.mu);
+#endif
 
 	/* a restart finds nothing queued and nothing corrupt */
 	q = open_queue(&loop, dir);
@@ -312,7 +327,167 @@ test_remove_after_records(void)
 	close_queue(&loop, q);
 	close_loop(&loop);
 	sink_free(&fresh);
+}
+
+/*
+ * Only the records of the removed message issued right before its removal
+ * are left out: one of its records with another message's after it, and
+ * that other message's record, are written as before.  Issued: 0 (m), 1
+ * (m2), 2 and 3 (m), m's removal; m's spare file ends with record 0 alone,
+ * m2's file with record 1; the callbacks run in issue order.
+ */
+static void
+test_record_then_other_written(void)
+{
+	static struct order_arg args[4];
+	struct sink fresh = { .n = 0 };
+	struct buf want = BUF_INIT;
+	struct order o;
+	struct queue_record rec;
+	struct queue_counters c;
+	uv_loop_t loop;
+	struct queue *q;
+	struct queue_msg *m, *m2, *who[4];
+	char dir[128], spare[64], *got;
+	size_t len = 0, size;
+	int i;
+
+	memset(&o, 0, sizeof(o));
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	m = commit_one(&loop, q, &fresh);
+	m2 = commit_one(&loop, q, &fresh);
+	who[0] = m;
+	who[1] = m2;
+	who[2] = who[3] = m;
+	for (i = 0; i < 4; i++) {
+		args[i].o = &o;
+		args[i].i = i;
+		rec_make(&rec, i);
+		CHECK_INT(queue_record(q, who[i], &rec, order_cb, &args[i]), 0);
+	}
+	size = m->body_offset + m->body_len;
+	CHECK_INT(queue_remove(q, m), 0);
+	uv_run(&loop, UV_RUN_DEFAULT);
+
+	CHECK_INT(o.n, 4);
+	for (i = 0; i < o.n; i++) {
+		CHECK_MSG(o.idx[i] == i, "callback %d was record %d", i, o.idx[i]);
+		CHECK_INT(o.err[i], 0);
+	}
+	queue_get_counters(q, &c);
+	CHECK_INT(c.records, 2);
+	CHECK_INT(c.coalesced, 2);
+	CHECK_INT(c.failures, 0);
+	CHECK_INT(find_prefixed(dir, ".spare-", spare, sizeof(spare)), 1);
+	rec_make(&rec, 0);
+	envelope_record_encode(&rec, &want);
+	if ((got = slurp(dir, spare, &len)) == NULL)
+		CHECK_MSG(0, "cannot read %s", spare);
+	else {
+		CHECK_INT(len, size + want.len);
+		if (len == size + want.len)
+			CHECK_STR(got + size, buf_cstr(&want));
+		free(got);
+	}
+	buf_reset(&want);
+	rec_make(&rec, 1);
+	envelope_record_encode(&rec, &want);
+	if ((got = slurp(dir, m2->qid, &len)) == NULL)
+		CHECK_MSG(0, "cannot read %s", m2->qid);
+	else {
+		CHECK(len > want.len);
+		if (len > want.len)
+			CHECK_STR(got + len - want.len, buf_cstr(&want));
+		free(got);
+	}
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
 	buf_free(&want);
+}
+
+/*
+ * A removal that fails (msg/<qid> append-only, FS_APPEND_FL: no rename, no
+ * unlink, but appends work) after a record of its message: the record is
+ * written after all, synced and called back without error; the removal's
+ * failure is logged; the message stays queued with the record (a restart
+ * finds it, its recipient delivered: not lost, not delivered again).
+ * Skipped where the attribute cannot be set (not root, tmpfs).
+ */
+static void
+test_remove_fails_record_written(void)
+{
+	struct sink fresh = { .n = 0 }, scanned = { .n = 0 };
+	struct order o;
+	struct order_arg a = { &o, 0 };
+	struct queue_record rec;
+	struct queue_counters c;
+	uv_loop_t loop;
+	struct queue *q;
+	struct queue_msg *m, *got;
+	char dir[128], qid[QID_MAX], path[256], needle[128];
+	int fd, flags = 0;
+
+	memset(&o, 0, sizeof(o));
+	snprintf(dir, sizeof(dir), "%s/q%d", tdir, ndirs++);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	m = commit_one(&loop, q, &fresh);
+	snprintf(qid, sizeof(qid), "%s", m->qid);
+	snprintf(path, sizeof(path), "%s/msg/%s", dir, qid);
+	if ((fd = open(path, O_RDONLY)) == -1 || ioctl(fd, FS_IOC_GETFLAGS, &flags) == -1 ||
+	    (flags |= FS_APPEND_FL, ioctl(fd, FS_IOC_SETFLAGS, &flags) == -1)) {
+		fprintf(stderr, "test_remove_fails_record_written: skipped (no append-only "
+		    "attribute here: %s)\n", strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		close_queue(&loop, q);
+		close_loop(&loop);
+		sink_free(&fresh);
+		return;
+	}
+
+	rec_make(&rec, 0);
+	rec.type = QREC_DELIVERED;
+	rec.rcpt = 0;
+	CHECK_INT(queue_record(q, m, &rec, order_cb, &a), 0);
+	rec.rcpt = 1;
+	CHECK_INT(queue_record(q, m, &rec, order_cb, &a), 0);
+	CHECK_INT(queue_remove(q, m), 0);
+	uv_run(&loop, UV_RUN_DEFAULT);
+
+	CHECK_INT(o.n, 2);
+	CHECK_INT(o.err[0], 0);
+	CHECK_INT(o.err[1], 0);
+	snprintf(needle, sizeof(needle), "event=queue_error qid=%s op=remove", qid);
+	CHECK(log_has(needle));
+	CHECK(msg_exists(dir, qid));
+	queue_get_counters(q, &c);
+	CHECK_INT(c.records, 2);
+	CHECK_INT(c.coalesced, 0);
+	flags &= ~FS_APPEND_FL;
+	CHECK_INT(ioctl(fd, FS_IOC_SETFLAGS, &flags), 0);
+	close(fd);
+	close_queue(&loop, q);
+
+	/* a restart finds it, both recipients delivered: nothing to send again */
+	q = open_queue(&loop, dir);
+	CHECK_INT(queue_scan(q, sink_add, &scanned), 0);
+	CHECK_INT(scanned.n, 1);
+	if ((got = sink_find(&scanned, qid)) == NULL)
+		CHECK_MSG(0, "%s not scanned", qid);
+	else {
+		CHECK_INT(got->rcpt[0].state, RCPT_DELIVERED);
+		CHECK_INT(got->rcpt[1].state, RCPT_DELIVERED);
+	}
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&scanned);
+	sink_free(&fresh);
 }
 
 /*
@@ -816,7 +991,9 @@ main(void)
 	if ((rc = fixture_setup("queue-ops")) != 0)
 		return rc;
 	test_records_in_order();
-	test_remove_after_records();
+	test_remove_coalesces_records();
+	test_record_then_other_written();
+	test_remove_fails_record_written();
 	test_delete_with_pending_record();
 	test_close_with_pending_ops();
 	test_kill_before_the_writer();
