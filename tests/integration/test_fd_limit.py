@@ -29,6 +29,25 @@ def nofile_of(pid):
     raise AssertionError("no Max open files line")
 
 
+def start_limited(relay, n):
+    """Start relay's relayd with RLIMIT_NOFILE n (soft and hard), through a
+    wrapper that sets it and execs relayd."""
+    wrapper = os.path.join(relay.tmpdir, "relayd-%d" % n)
+    with open(wrapper, "w") as f:
+        f.write('#!/bin/sh\nulimit -n %d && exec "%s" "$@"\n' % (n, relayd_bin()))
+    os.chmod(wrapper, 0o755)
+    saved = os.environ.get("RELAYD_BIN")
+    os.environ["RELAYD_BIN"] = wrapper
+    try:
+        relay.start()
+    finally:
+        if saved is None:
+            del os.environ["RELAYD_BIN"]
+        else:
+            os.environ["RELAYD_BIN"] = saved
+    assert nofile_of(relay.pid) == (n, n), nofile_of(relay.pid)
+
+
 class FdLimitTest(unittest.TestCase):
 
     def test_raises_soft_limit_to_hard(self):
@@ -69,20 +88,7 @@ class FdLimitTest(unittest.TestCase):
         relay = Relay.for_test(self, submit={"workers": 1})
         # 1,358 descriptors needed now, 10,358 after the change: relayd gets
         # 2,000 (hard), through a wrapper that sets it and execs relayd.
-        wrapper = os.path.join(relay.tmpdir, "relayd-2000")
-        with open(wrapper, "w") as f:
-            f.write('#!/bin/sh\nulimit -n 2000 && exec "%s" "$@"\n' % relayd_bin())
-        os.chmod(wrapper, 0o755)
-        saved = os.environ.get("RELAYD_BIN")
-        os.environ["RELAYD_BIN"] = wrapper
-        try:
-            relay.start()
-        finally:
-            if saved is None:
-                del os.environ["RELAYD_BIN"]
-            else:
-                os.environ["RELAYD_BIN"] = saved
-        self.assertEqual(nofile_of(relay.pid), (2000, 2000))
+        start_limited(relay, 2000)
         relay.update_config(submit={"max_connections": 10000})
         mark = relay.log_mark()
         relay.sighup()
@@ -119,20 +125,7 @@ class FdLimitTest(unittest.TestCase):
         need = int(ev["need"])
         self.assertEqual(need, 10 + 10 + 256 + 32 * (2 * 2 + 8))
         relay.stop()
-        wrapper = os.path.join(relay.tmpdir, "relayd-need")
-        with open(wrapper, "w") as f:
-            f.write('#!/bin/sh\nulimit -n %d && exec "%s" "$@"\n' % (need, relayd_bin()))
-        os.chmod(wrapper, 0o755)
-        saved = os.environ.get("RELAYD_BIN")
-        os.environ["RELAYD_BIN"] = wrapper
-        try:
-            relay.start()
-        finally:
-            if saved is None:
-                del os.environ["RELAYD_BIN"]
-            else:
-                os.environ["RELAYD_BIN"] = saved
-        self.assertEqual(nofile_of(relay.pid), (need, need))
+        start_limited(relay, need)
         socks = []
         try:
             for _ in range(10):
