@@ -95,8 +95,22 @@ stats_reject_reason(const char *reply)
 }
 
 void
-stats_reject(struct relay_stats *st, const char *reply)
+stats_reject_by(struct relay_stats *st, enum stats_reject_reason r)
 {
 	st->rejected++;
-	st->rejected_by[stats_reject_reason(reply)]++;
+	st->rejected_by[r]++;
+}
+
+void
+stats_reject(struct relay_stats *st, const char *reply)
+{
+	stats_reject_by(st, stats_reject_reason(reply));
+}
+
+void
+stats_accepted(struct relay_stats *st, double commit_seconds, double size_bytes)
+{
+	st->accepted++;
+	stats_observe(&st->commit_seconds, commit_seconds);
+	stats_observe(&st->size_bytes, size_bytes);
 }

@@ -62,6 +62,10 @@ void stats_init(struct relay_stats *st);
 void stats_observe(struct stats_hist *h, double v);
 /* One refused transaction: rejected and rejected_by[] from reply ("550 5.7.1 ..."). */
 void stats_reject(struct relay_stats *st, const char *reply);
+/* The same, by its reason (a session thread's, counted on the main loop). */
+void stats_reject_by(struct relay_stats *st, enum stats_reject_reason r);
+/* One accepted message: accepted, its end-of-DATA-to-250 time and its size. */
+void stats_accepted(struct relay_stats *st, double commit_seconds, double size_bytes);
 enum stats_reject_reason stats_reject_reason(const char *reply);
 const char *stats_reject_name(enum stats_reject_reason r);
 

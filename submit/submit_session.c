@@ -1037,12 +1037,9 @@ submit_session_commit_end(struct submit_session *s, int err, const char *qid,
 		log_kv(&l, "session", s->id);
 		log_kv(&l, "dkim", buf_cstr(&s->dkim_ids));
 		log_end(&l);
-		if (srv->front == NULL) {   /* a shard's: on the front's loop, at the commit */
-			srv->stats->accepted++;
-			stats_observe(&srv->stats->commit_seconds,
-			    (double)(util_mono_ms() - s->eod_ms) / 1000.0);
-			stats_observe(&srv->stats->size_bytes, (double)s->data.size);
-		}
+		if (srv->front == NULL)     /* a shard's: on the front's loop, at the commit */
+			stats_accepted(srv->stats, (double)(util_mono_ms() - s->eod_ms) / 1000.0,
+			    (double)s->data.size);
 		submit_lock(srv);
 		submit_limits_login_add(srv->limits, s->login, util_mono_ms(), (unsigned)s->env.nrcpts);
 		submit_unlock(srv);

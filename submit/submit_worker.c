@@ -181,10 +181,8 @@ sw_committed(void *arg, int err, const char *qid)
 	m->rc = err;
 	if (err == 0) {
 		snprintf(m->qid, sizeof(m->qid), "%s", qid);
-		front->stats->accepted++;
-		stats_observe(&front->stats->commit_seconds,
-		    (double)(util_mono_ms() - m->eod_ms) / 1000.0);
-		stats_observe(&front->stats->size_bytes, m->size);
+		stats_accepted(front->stats, (double)(util_mono_ms() - m->eod_ms) / 1000.0,
+		    m->size);
 	}
 	sw_to_shard(m, SW_COMMITTED);
 }
@@ -237,10 +235,8 @@ sw_front_stat(struct submit *front, const struct sw_msg *m)
 
 	st->connections += m->connections;
 	st->auth_failed += m->auth_failed;
-	if (m->reject >= 0 && m->reject < STATS_REJ_MAX) {
-		st->rejected++;
-		st->rejected_by[m->reject]++;
-	}
+	if (m->reject >= 0 && m->reject < STATS_REJ_MAX)
+		stats_reject_by(st, (enum stats_reject_reason)m->reject);
 }
 
 static void
