@@ -242,20 +242,19 @@ class ReservedTxnTest(WorkersCase):
     def test_stop_gives_the_reserved_txns_back(self):
         # the reserved txns hold the queue's close (and maybe a spare file
         # each) until they are aborted: the stop must give them back (else
-        # relayd never ends), and leave in msg/ nothing but the acknowledged
-        # messages' files (those not only in the journal) and spare files
+        # relayd never ends), and leave in msg/ no file of a message begun
+        # (.in-<qid>), only messages (the six, their bounces) and spare files
         relay = self.make()
-        qids = []
-        for w, v in self.per_worker(1, auth=True).items():
-            qids += self.send_three(*v[0])
+        for v in self.per_worker(1, auth=True).values():
+            self.send_three(*v[0])
         mark = relay.log_mark()
         relay.update_config(submit={"max_message_size": "20K"})
         relay.sighup()                      # gives the pools back, takes new ones
         relay.wait_for_log("submit_reloaded", since=mark)
         self.assertEqual(relay.stop(), 0, relay.diagnostics())
-        names = [n for n in os.listdir(os.path.join(relay.queue_dir, "msg"))
-                 if not n.startswith(".spare-")]
-        self.assertEqual([n for n in names if n not in qids], [])
+        left = [n for n in os.listdir(os.path.join(relay.queue_dir, "msg"))
+                if n.startswith(".") and not n.startswith(".spare-")]
+        self.assertEqual(left, [])
         stop_cleanly(relay)
 
 
