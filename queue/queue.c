@@ -842,22 +842,32 @@ queue_close(struct queue *q, void (*done)(void *arg), void *arg)
  * Transactions.
  */
 
-int
-queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **out)
+/* An envelope a queue file can hold: a sender and recipients (RELAY_EINVAL). */
+static int
+queue_env_check(const struct envelope *env)
 {
-	struct queue_txn *t;
-	char hex[16];
 	size_t i;
 
-	if (q->magic != QUEUE_MAGIC)
-		fatalx("%s: bad queue", __func__);
-	if (q->closing)
-		return RELAY_ECLOSED;
 	if (env->nrcpts == 0 || env->sender == NULL)
 		return RELAY_EINVAL;
 	for (i = 0; i < env->nrcpts; i++)
 		if (env->rcpts[i].addr == NULL)
 			return RELAY_EINVAL;
+	return 0;
+}
+
+int
+queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **out)
+{
+	struct queue_txn *t;
+	int rc;
+
+	if (q->magic != QUEUE_MAGIC)
+		fatalx("%s: bad queue", __func__);
+	if (q->closing)
+		return RELAY_ECLOSED;
+	if (env != NULL && (rc = queue_env_check(env)) != 0)
+		return rc;
 
 	t = xcalloc(1, sizeof(*t));
 	t->magic = TXN_MAGIC;
@@ -866,6 +876,30 @@ queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **
 	t->job.fd = -1;
 	queue_qid_next(q, t->job.qid);
 	queue_spare_take(q, t);
+	q->ntxn++;
+	if (env != NULL && (rc = queue_txn_envelope(t, env)) != 0) {
+		queue_txn_abort(t);     /* its file would not load: never written */
+		return rc;
+	}
+	*out = t;
+	return 0;
+}
+
+/*
+ * The envelope of a txn begun without one.  Any thread that holds t: it
+ * touches t and the queue's session strings (a locked table) only.
+ */
+int
+queue_txn_envelope(struct queue_txn *t, const struct envelope *env)
+{
+	struct queue *q = t->q;
+	char hex[16];
+	int rc;
+
+	if (t->magic != TXN_MAGIC || t->cb != NULL || t->wbuf.len != 0)
+		fatalx("%s: bad txn", __func__);
+	if ((rc = queue_env_check(env)) != 0)
+		return rc;
 	envelope_share(&t->env, env, q->sessions);   /* the queued message takes it over */
 	t->env.size = 0;
 
@@ -874,14 +908,14 @@ queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **
 	envelope_encode(&t->env, &t->wbuf);
 	buf_puts(&t->wbuf, ".\n");
 	t->body_offset = t->wbuf.len;
-	queue_hex16(hex, t->body_offset);
-	memcpy(t->wbuf.data + QFILE_MAGIC_LEN, hex, sizeof(hex));
-	q->ntxn++;
 	if (t->body_offset - QFILE_HDR_LEN > QFILE_ENV_MAX) {
-		queue_txn_abort(t);     /* its file would not load: never written */
+		envelope_free(&t->env);         /* as before the call: still blank */
+		buf_free(&t->wbuf);
+		t->body_offset = 0;
 		return RELAY_EINVAL;
 	}
-	*out = t;
+	queue_hex16(hex, t->body_offset);
+	memcpy(t->wbuf.data + QFILE_MAGIC_LEN, hex, sizeof(hex));
 	return 0;
 }
 
@@ -930,8 +964,8 @@ queue_txn_flush(struct queue_txn *t)
 int
 queue_txn_write(struct queue_txn *t, const void *p, size_t len)
 {
-	if (t->magic != TXN_MAGIC)
-		fatalx("%s: bad txn", __func__);
+	if (t->magic != TXN_MAGIC || t->body_offset == 0)
+		fatalx("%s: bad txn or no envelope", __func__);
 	if (t->err != 0)
 		return t->err;
 	if (t->dkim != NULL)
@@ -975,8 +1009,8 @@ queue_txn_commit(struct queue_txn *t, queue_commit_cb *cb, void *arg)
 	ssize_t n;
 	int e;
 
-	if (t->magic != TXN_MAGIC || t->cb != NULL || cb == NULL)
-		fatalx("%s: bad txn or no callback", __func__);
+	if (t->magic != TXN_MAGIC || t->cb != NULL || cb == NULL || t->body_offset == 0)
+		fatalx("%s: bad txn, no envelope or no callback", __func__);
 	t->cb = cb;
 	t->arg = arg;
 	t->env.size = t->body_len;

@@ -182,11 +182,19 @@ void queue_scanner_stop(struct queue_scanner *sc);
  * (RELAY_ENOSPC: the file system is full; RELAY_EIO: another failure).
  * The callback is always called exactly once; the txn is consumed by commit
  * and by abort.
+ *
+ * With env NULL, queue_txn_begin() only reserves: the queue id, a spare
+ * file, a count that holds queue_close() until the txn is committed or
+ * aborted; nothing is written.  queue_txn_envelope() then gives it its
+ * envelope, on any thread that holds the txn (submit's session threads keep
+ * a few reserved ahead of need); RELAY_EINVAL leaves it as it was.  Abort
+ * gives an unused one's spare file back.
  */
 struct queue_txn;
 typedef void queue_commit_cb(void *arg, int err, const char *qid);
 
 int queue_txn_begin(struct queue *q, const struct envelope *env, struct queue_txn **out);
+int queue_txn_envelope(struct queue_txn *t, const struct envelope *env);
 const char *queue_txn_qid(const struct queue_txn *t);
 /* The first write error of t (0, RELAY_EIO, or RELAY_ENOSPC: the disk is full,
  * or the body would pass QUEUE_BODY_MAX). */

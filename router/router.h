@@ -48,7 +48,8 @@ void router_set_cluster(struct router *r, struct cluster *cl);
 /*
  * Submission into the queue: router_txn_begin() starts a queue transaction
  * (queue/queue.h: queue_txn_write, queue_txn_commit, queue_txn_abort) for a
- * message with envelope env (copied) and assigns its queue id.
+ * message with envelope env (copied) and assigns its queue id (env NULL:
+ * reserved, queue_txn_envelope() gives it one later).
  */
 struct queue_txn;
 int router_txn_begin(struct router *r, const struct envelope *env, struct queue_txn **out);

@@ -765,6 +765,16 @@ size_t submit_workers_count(const struct submit *front);
 unsigned submit_workers_abandoned(const struct submit *front);
 void submit_workers_free(struct submit *front);
 
+/*
+ * A shard's reserved queue txns (queue_txn_begin without an envelope, made
+ * on the front ahead of need): SUBMIT_TXN_POOL at most, asked again when
+ * fewer than SUBMIT_TXN_LOW are left.  Each may hold a spare file's
+ * descriptor (counted in submit_fd_need()).
+ */
+#define SUBMIT_TXN_POOL 4
+#define SUBMIT_TXN_LOW  2
+/* A reserved txn from shard's pool (the caller's; queue_txn_envelope() next), or NULL. */
+struct queue_txn *submit_worker_txn_take(struct submit *shard);
 /* then submit_session_begun() */
 void submit_worker_txn_begin(struct submit_session *s);
 /* then submit_session_committed(); the accepted counters are the front's */

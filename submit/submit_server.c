@@ -335,8 +335,9 @@ submit_server_nworkers(const struct conf *c)
 
 /*
  * Descriptors a shard holds whatever its sessions, beyond its listeners'
- * two each: its loop's epoll and wake-up descriptors, its inbox, with room
- * to spare (measured: about 5).
+ * two each and its reserved txns' spare files (SUBMIT_TXN_POOL): its loop's
+ * epoll and wake-up descriptors, its inbox, with room to spare (measured:
+ * about 5).
  */
 #define SUBMIT_SHARD_FDS 8
 
@@ -348,7 +349,7 @@ submit_fd_need(const struct conf *c)
 
 	if (n == 1)
 		return nl;              /* each listener's spare (its socket: in the reserve) */
-	return n * (2 * nl + SUBMIT_SHARD_FDS);
+	return n * (2 * nl + SUBMIT_SHARD_FDS + SUBMIT_TXN_POOL);
 }
 
 unsigned

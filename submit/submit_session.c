@@ -923,8 +923,9 @@ submit_session_message_started(struct submit_session *s, int rc, struct queue_tx
 
 /*
  * The queue transaction for the message (DATA, or the first BDAT): 0 begun,
- * -1 refused (as message_started); 1 on a shard, which waits in BEGIN for
- * the front's queue, then submit_session_begun() goes on.
+ * -1 refused (as message_started).  On a shard, one of its reserved txns;
+ * if none is left, 1: it waits in BEGIN for the front's queue, then
+ * submit_session_begun() goes on.
  */
 static int
 submit_session_message_begin(struct submit_session *s, bool bdat)
@@ -932,6 +933,14 @@ submit_session_message_begin(struct submit_session *s, bool bdat)
 	struct queue_txn *txn = NULL;
 	int rc;
 
+	if (s->srv->front != NULL && (txn = submit_worker_txn_take(s->srv)) != NULL) {
+		/* one reserved ahead by the front: no round trip on the way */
+		if ((rc = queue_txn_envelope(txn, &s->env)) != 0) {
+			submit_worker_txn_abort(s->srv, txn);
+			txn = NULL;
+		}
+		return submit_session_message_started(s, rc, txn);
+	}
 	if (s->srv->front != NULL) {
 		s->begin_bdat = bdat;
 		submit_enter_state(s, SUBMIT_S_BEGIN);

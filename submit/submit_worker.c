@@ -18,15 +18,27 @@
  * What crosses the threads, and nothing else (common/xloop.h, one inbox per
  * loop; every answer goes back to the asking shard's inbox, so a session's
  * callbacks run on its own loop):
- *  - to the front: BEGIN (router_txn_begin on the session's envelope, which
- *    the paused session does not touch until BEGUN), COMMIT (the txn; the
- *    accepted counters are counted there), ABORT, LOOKUP (the directory),
- *    COUNT (the cluster), STAT (connections, auth failures, refusals),
- *    STOPPED (a shard's loop has ended);
- *  - to a shard: BEGUN, COMMITTED, LOOKED_UP (a directory_owned reference,
- *    dropped on the shard: its count is atomic), COUNTED, EVICT (a session
- *    of this shard chosen by another's accept, by pointer and id: gone
- *    already, it is not found), RELOAD (new references), STOP.
+ *  - to the front: RESERVE (txns begun without an envelope, for the shard's
+ *    pool), BEGIN (router_txn_begin on the session's envelope, which the
+ *    paused session does not touch until BEGUN: only when the pool is
+ *    empty), COMMIT (the txn; the accepted counters are counted there),
+ *    ABORT (one txn or a pool's), LOOKUP (the directory), COUNT (the
+ *    cluster), STAT (connections, auth failures, refusals), STOPPED (a
+ *    shard's loop has ended);
+ *  - to a shard: RESERVED, BEGUN, COMMITTED, LOOKED_UP (a directory_owned
+ *    reference, dropped on the shard: its count is atomic), COUNTED, EVICT
+ *    (a session of this shard chosen by another's accept, by pointer and
+ *    id: gone already, it is not found), RELOAD (new references), STOP.
+ * The pool: a session's DATA or first BDAT takes a reserved txn and gives
+ * it its envelope on the shard (queue_txn_envelope), so a message's path
+ * crosses to the front only for its COMMIT; fewer than SUBMIT_TXN_LOW left,
+ * the shard asks RESERVE for the rest (one at a time).  A reserved txn holds
+ * a queue id, maybe a spare file, and the queue's count of open txns (its
+ * close waits for them); nothing of it is on disk but a spare's name, and
+ * nothing is acknowledged.  STOP and RELOAD post the pool back (ABORT: the
+ * spares go back to the queue's pool); a RESERVED that finds its shard
+ * stopping is aborted there, and one for a shard whose inbox has closed is
+ * aborted on the front (checked under the front's lock, as an eviction).
  * A session with a call under way keeps a pending flag (begin_pending,
  * commit_pending, lookup_pending), so that it is not freed before the answer.
  * queue_txn_write() and queue_txn_prefix() run on the shard: they touch only
@@ -62,9 +74,9 @@
 
 enum sw_kind {
 	/* to the front */
-	SW_BEGIN, SW_COMMIT, SW_ABORT, SW_LOOKUP, SW_COUNT, SW_STAT, SW_STOPPED,
+	SW_RESERVE, SW_BEGIN, SW_COMMIT, SW_ABORT, SW_LOOKUP, SW_COUNT, SW_STAT, SW_STOPPED,
 	/* to a shard */
-	SW_BEGUN, SW_COMMITTED, SW_LOOKED_UP, SW_COUNTED, SW_EVICT, SW_RELOAD, SW_STOP,
+	SW_RESERVED, SW_BEGUN, SW_COMMITTED, SW_LOOKED_UP, SW_COUNTED, SW_EVICT, SW_RELOAD, SW_STOP,
 };
 
 struct sw_msg {
@@ -79,6 +91,9 @@ struct sw_msg {
 	char qid[QID_MAX];
 	uint64_t eod_ms;
 	double size;
+	/* RESERVE (ntxn wanted), RESERVED, ABORT */
+	struct queue_txn *txns[SUBMIT_TXN_POOL];
+	size_t ntxn;
 	/* LOOKUP */
 	char *name;                         /* LOOKUP, COUNT: the login or address */
 	bool fresh;
@@ -123,6 +138,11 @@ struct submit_worker {
 	bool joined;
 	bool stopped_posted;                /* STOPPED is on its way (the shard's thread's) */
 	unsigned abandoned;
+	/* the shard's thread's (the front's before it starts) */
+	struct queue_txn *pool[SUBMIT_TXN_POOL];   /* reserved, unused */
+	size_t npool;
+	bool reserving;                     /* a RESERVE is on its way */
+	bool pool_closed;                   /* stopping: what comes back is aborted */
 };
 
 struct submit_workers {
@@ -239,6 +259,38 @@ sw_front_stat(struct submit *front, const struct sw_msg *m)
 		stats_reject_by(st, (enum stats_reject_reason)m->reject);
 }
 
+/* Abort the txns of m (the front's loop). */
+static void
+sw_front_abort(struct sw_msg *m)
+{
+	size_t i;
+
+	for (i = 0; i < m->ntxn; i++)
+		queue_txn_abort(m->txns[i]);
+	sw_msg_free(m);
+}
+
+/* Reserve up to m->ntxn txns for the shard's pool and post them back. */
+static void
+sw_front_reserve(struct submit *front, struct sw_msg *m)
+{
+	struct submit_worker *w = m->shard->worker;
+	size_t want = m->ntxn;
+	bool closed;
+
+	for (m->ntxn = 0; m->ntxn < want && !front->workers->stopping; m->ntxn++)
+		if (router_txn_begin(front->router, NULL, &m->txns[m->ntxn]) != 0)
+			break;
+	/* as an eviction: posted under the lock, or not at all once the
+	 * shard's inbox is closing (the shard runs what it holds first) */
+	uv_mutex_lock(&front->workers->lock);
+	if (!(closed = w->closed))
+		sw_to_shard(m, SW_RESERVED);
+	uv_mutex_unlock(&front->workers->lock);
+	if (closed)
+		sw_front_abort(m);
+}
+
 static void
 sw_front_inbox_closed(uv_handle_t *h)
 {
@@ -258,6 +310,9 @@ sw_front_cb(struct xloop_inbox *in, struct xloop_msg *x)
 	if (front->magic != SUBMIT_MAGIC)
 		fatalx("%s: bad submit", __func__);
 	switch (m->kind) {
+	case SW_RESERVE:
+		sw_front_reserve(front, m);
+		break;
 	case SW_BEGIN:
 		m->rc = router_txn_begin(front->router, &m->s->env, &m->txn);
 		if (m->rc != 0)
@@ -268,8 +323,7 @@ sw_front_cb(struct xloop_inbox *in, struct xloop_msg *x)
 		queue_txn_commit(m->txn, sw_committed, m);
 		break;
 	case SW_ABORT:
-		queue_txn_abort(m->txn);
-		sw_msg_free(m);
+		sw_front_abort(m);
 		break;
 	case SW_LOOKUP:
 		sw_front_lookup(front, m);
@@ -308,6 +362,70 @@ sw_front_cb(struct xloop_inbox *in, struct xloop_msg *x)
 
 /* ------------------------------------------------------------------ */
 /* A shard's loop */
+
+/* The pool back to the front (STOP, RELOAD): its txns are aborted there. */
+static void
+sw_pool_release(struct submit *shard)
+{
+	struct submit_worker *w = shard->worker;
+	struct sw_msg *m;
+
+	if (w->npool == 0)
+		return;
+	m = sw_msg_new(SW_ABORT, shard, NULL);
+	memcpy(m->txns, w->pool, w->npool * sizeof(w->pool[0]));
+	m->ntxn = w->npool;
+	w->npool = 0;
+	sw_to_front(shard, m);
+}
+
+/* Fewer than SUBMIT_TXN_LOW reserved txns: ask for the rest (one RESERVE at a time). */
+static void
+sw_pool_refill(struct submit *shard)
+{
+	struct submit_worker *w = shard->worker;
+	struct sw_msg *m;
+
+	if (w->reserving || w->pool_closed || w->npool >= SUBMIT_TXN_LOW)
+		return;
+	m = sw_msg_new(SW_RESERVE, shard, NULL);
+	m->ntxn = SUBMIT_TXN_POOL - w->npool;
+	w->reserving = true;
+	sw_to_front(shard, m);
+}
+
+/* RESERVED: into the pool, unless the shard is stopping (then back, as ABORT). */
+static bool
+sw_pool_reserved(struct submit *shard, struct sw_msg *m)
+{
+	struct submit_worker *w = shard->worker;
+	size_t i, n = 0;
+
+	w->reserving = false;
+	for (i = 0; i < m->ntxn; i++)
+		if (!w->pool_closed && w->npool < SUBMIT_TXN_POOL)
+			w->pool[w->npool++] = m->txns[i];
+		else
+			m->txns[n++] = m->txns[i];
+	m->ntxn = n;
+	if (n == 0)
+		return false;
+	m->kind = SW_ABORT;
+	sw_to_front(shard, m);
+	return true;
+}
+
+struct queue_txn *
+submit_worker_txn_take(struct submit *shard)
+{
+	struct submit_worker *w = shard->worker;
+	struct queue_txn *t = NULL;
+
+	if (w->npool > 0)
+		t = w->pool[--w->npool];
+	sw_pool_refill(shard);
+	return t;
+}
 
 /* The session s (by pointer and id) if it is still one of shard's. */
 static struct submit_session *
@@ -417,6 +535,10 @@ sw_shard_cb(struct xloop_inbox *in, struct xloop_msg *x)
 	if (shard->magic != SUBMIT_MAGIC || shard->front == NULL)
 		fatalx("%s: bad shard", __func__);
 	switch (m->kind) {
+	case SW_RESERVED:
+		if (sw_pool_reserved(shard, m))
+			return;             /* posted back: the front's now */
+		break;
 	case SW_BEGUN:
 		submit_session_begun(m->s, m->rc, m->txn);
 		break;
@@ -436,8 +558,12 @@ sw_shard_cb(struct xloop_inbox *in, struct xloop_msg *x)
 		break;
 	case SW_RELOAD:
 		sw_shard_reload(shard, m);
+		sw_pool_release(shard);     /* no reserved txn outlives a reload */
+		sw_pool_refill(shard);
 		break;
 	case SW_STOP:
+		shard->worker->pool_closed = true;
+		sw_pool_release(shard);
 		submit_shutdown_shard(shard, sw_shard_stopped, shard);
 		break;
 	default:
@@ -574,6 +700,12 @@ submit_workers_start(struct submit *front)
 		return;
 	ws->started = true;
 	for (i = 0; i < ws->n; i++) {
+		struct submit_worker *w = &ws->w[i];
+
+		/* the first pool, before the thread runs (a failed start's stop: none) */
+		while (!ws->stopping && w->npool < SUBMIT_TXN_POOL &&
+		    router_txn_begin(front->router, NULL, &w->pool[w->npool]) == 0)
+			w->npool++;
 		ws->w[i].shard->cluster = front->cluster;   /* set after submit_new */
 		ws->w[i].started = true;
 		if ((rc = uv_thread_create(&ws->w[i].tid, sw_main, &ws->w[i])) != 0)
@@ -673,8 +805,8 @@ submit_workers_free(struct submit *front)
 	if (ws->inbox_open)
 		fatalx("%s: the shards have not stopped", __func__);
 	for (i = 0; i < ws->n; i++)
-		if (ws->w[i].started && !ws->w[i].joined)
-			fatalx("%s: a shard's thread still runs", __func__);
+		if ((ws->w[i].started && !ws->w[i].joined) || ws->w[i].npool > 0)
+			fatalx("%s: a shard's thread still runs or holds txns", __func__);
 	for (i = 0; i < ws->n; i++) {
 		xloop_inbox_destroy(&ws->w[i].inbox);
 		submit_server_free_shard(ws->w[i].shard);
@@ -714,7 +846,8 @@ submit_worker_txn_abort(struct submit *shard, struct queue_txn *txn)
 {
 	struct sw_msg *m = sw_msg_new(SW_ABORT, shard, NULL);
 
-	m->txn = txn;
+	m->txns[0] = txn;
+	m->ntxn = 1;
 	sw_to_front(shard, m);
 }
 

@@ -123,7 +123,7 @@ class FdLimitTest(unittest.TestCase):
         relay.start()
         ev = relay.wait_for_log("fd_limit")
         need = int(ev["need"])
-        self.assertEqual(need, 10 + 10 + 256 + 32 * (2 * 2 + 8))
+        self.assertEqual(need, 10 + 10 + 256 + 32 * (2 * 2 + 8 + 4))
         relay.stop()
         start_limited(relay, need)
         socks = []

@@ -212,5 +212,51 @@ class ReloadStopTest(WorkersCase):
         stop_cleanly(relay)
 
 
+class ReservedTxnTest(WorkersCase):
+    """A thread's sessions take the queue txns the main loop reserved for it
+    ahead of need (SUBMIT.md "Workers"): no BEGIN round trip on a message's
+    path, and the unused ones are given back at the stop."""
+
+    def send_three(self, r, ev):
+        """Three messages on an authenticated session: their queue ids."""
+        qids = []
+        for i in range(3):
+            qids.append(ReloadStopTest.send(self, r, "reserved %s %d" % (ev["worker"], i)))
+        return qids
+
+    def test_message_needs_no_begin_round_trip(self):
+        # each thread starts with SUBMIT_TXN_POOL (4) reserved txns: three
+        # messages per thread take them and never wait in the BEGIN state
+        # (each did, one posted BEGIN and its answer, before)
+        relay = self.make()
+        qids = []
+        for w, v in self.per_worker(1, auth=True).items():
+            r, ev = v[0]
+            qids += self.send_three(r, ev)
+            relay.wait_for_log("accepted", qid=qids[-1], session=ev["session"])
+            self.assertEqual(relay.count_log("submit_state", session=ev["session"],
+                                             to="begin"), 0, "thread %s" % w)
+        self.assertEqual(len(set(qids)), 6)
+        stop_cleanly(relay)
+
+    def test_stop_gives_the_reserved_txns_back(self):
+        # the reserved txns hold the queue's close (and maybe a spare file
+        # each) until they are aborted: the stop must give them back (else
+        # relayd never ends), and leave in msg/ no file of a message begun
+        # (.in-<qid>), only messages (the six, their bounces) and spare files
+        relay = self.make()
+        for v in self.per_worker(1, auth=True).values():
+            self.send_three(*v[0])
+        mark = relay.log_mark()
+        relay.update_config(submit={"max_message_size": "20K"})
+        relay.sighup()                      # gives the pools back, takes new ones
+        relay.wait_for_log("submit_reloaded", since=mark)
+        self.assertEqual(relay.stop(), 0, relay.diagnostics())
+        left = [n for n in os.listdir(os.path.join(relay.queue_dir, "msg"))
+                if n.startswith(".") and not n.startswith(".spare-")]
+        self.assertEqual(left, [])
+        stop_cleanly(relay)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -575,6 +575,69 @@ test_roundtrip(void)
 }
 
 /*
+ * A txn reserved without an envelope (submit's session threads keep a few):
+ * the qid and spare file are taken at once, the envelope comes later; an
+ * envelope refused (RELAY_EINVAL) leaves it blank and usable, and an unused
+ * one's abort gives its spare file back to the pool.
+ */
+static void
+test_reserved_files(bool named)
+{
+	static const struct envelope none = { .sender = "x@y", .nrcpts = 0 };
+	struct queue_counters c;
+	struct commit_res res;
+	struct sink fresh = { .n = 0 };
+	struct queue_txn *t = NULL, *u = NULL;
+	char dir[128], qid[QID_MAX];
+	uv_loop_t loop;
+	struct queue *q;
+
+	new_qdir(dir, sizeof(dir));
+	memset(&res, 0, sizeof(res));
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_named_files(q, named);
+	queue_set_new_cb(q, sink_add, &fresh);
+	uv_run(&loop, UV_RUN_DEFAULT);                  /* the spare files are made */
+	CHECK_INT(queue_txn_begin(q, NULL, &t), 0);
+	CHECK_INT(queue_txn_begin(q, NULL, &u), 0);
+	if (t == NULL || u == NULL)
+		exit(1);
+	snprintf(qid, sizeof(qid), "%s", queue_txn_qid(t));
+	CHECK(queue_qid_valid(qid));
+	CHECK_INT(queue_txn_envelope(t, &none), RELAY_EINVAL);
+	CHECK_INT(queue_txn_envelope(t, &rich_env), 0);
+	CHECK_INT(queue_txn_write(t, "reserved\r\n", 10), 0);
+	queue_txn_commit(t, commit_cb, &res);
+	queue_txn_abort(u);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(res.called, 1);
+	CHECK_INT(res.err, 0);
+	CHECK(strcmp(res.qid, qid) == 0);               /* the id reserved */
+	CHECK_INT(c.spares_used, 2);
+	CHECK_INT(c.created_late, 0);
+	CHECK_INT(fresh.n, 1);
+	if (fresh.n == 1) {
+		check_env_equal(&fresh.m[0]->env, &rich_env, 10);
+		check_body(q, fresh.m[0], "reserved\r\n", 10);
+	}
+	close_queue(&loop, q);                          /* returns: no txn left open */
+	CHECK_INT(count_prefixed(dir, ".in-"), 0);
+	if (named)      /* u's spare is back (a stop keeps named ones); t's is the message */
+		CHECK_INT(count_prefixed(dir, ".spare-"), QUEUE_SPARES - 1);
+	close_loop(&loop);
+	sink_free(&fresh);
+}
+
+static void
+test_reserved(void)
+{
+	test_reserved_files(false);
+	test_reserved_files(true);
+}
+
+/*
  * The strings of the client's session (login, client address, HELO name) are
  * shared between the queued messages that carry the same three: submitted
  * and loaded by the start-up scan (its thread) alike.  The sender is not.
@@ -2284,6 +2347,7 @@ main(void)
 	test_envelope_decode_rejects();
 	test_sigkill();
 	test_roundtrip();
+	test_reserved();
 	test_envelope_shared();
 	test_envelope_shared_threads();
 	test_image_bound();
