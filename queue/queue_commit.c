@@ -9,6 +9,8 @@
  * renames away the removed messages the loop issued, in issue order (the
  * loop makes no system call for either); a message's records issued right
  * before its removal are not written, and complete with the removal.
+ * A fourth thread, the reaper, deletes the removed files the pool does not
+ * keep, after the sync thread made their renames durable (queue_reap()).
  * Also the start-up replay of the journal, and its restore without a
  * restart after a disk failure switched it off (a probe job, sent by a
  * back-off timer on the loop).
