@@ -676,11 +676,13 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 	queue_test_hooks(q);
 
 	if (uv_mutex_init(&q->mtx) != 0 || uv_cond_init(&q->cond) != 0 ||
-	    uv_cond_init(&q->write_cond) != 0 || uv_cond_init(&q->sync_cond) != 0)
+	    uv_cond_init(&q->write_cond) != 0 || uv_cond_init(&q->sync_cond) != 0 ||
+	    uv_cond_init(&q->reap_cond) != 0)
 		fatalx("%s: mutex/cond init failed", __func__);
 	if (uv_thread_create(&q->jthread, queue_jnl_main, q) != 0 ||
 	    uv_thread_create(&q->writer, queue_writer_main, q) != 0 ||
-	    uv_thread_create(&q->thread, queue_thread_main, q) != 0)
+	    uv_thread_create(&q->thread, queue_thread_main, q) != 0 ||
+	    uv_thread_create(&q->reaper, queue_reaper_main, q) != 0)
 		fatalx("%s: cannot start the commit threads", __func__);
 	if (uv_async_init(loop, &q->async, queue_async_cb) != 0 ||
 	    uv_check_init(loop, &q->check) != 0 || uv_idle_init(loop, &q->idle) != 0 ||
@@ -774,6 +776,7 @@ queue_handle_closed(uv_handle_t *h)
 	uv_cond_destroy(&q->cond);
 	uv_cond_destroy(&q->write_cond);
 	uv_cond_destroy(&q->sync_cond);
+	uv_cond_destroy(&q->reap_cond);
 	journal_close(&q->jnl);
 	queue_close_fds(q);
 	done = q->close_done;
@@ -800,7 +803,7 @@ queue_maybe_finish(struct queue *q)
 	    q->scanner != NULL)
 		return;
 	uv_mutex_lock(&q->mtx);
-	exited = q->exited;
+	exited = q->exited && q->reaper_exited;
 	uv_mutex_unlock(&q->mtx);
 	if (!exited)
 		return;
@@ -808,6 +811,7 @@ queue_maybe_finish(struct queue *q)
 	uv_thread_join(&q->jthread);         /* all have returned or are returning */
 	uv_thread_join(&q->writer);
 	uv_thread_join(&q->thread);
+	uv_thread_join(&q->reaper);
 	queue_spares_drop(q, false);
 	uv_close((uv_handle_t *)&q->idle, queue_handle_closed);
 	uv_close((uv_handle_t *)&q->check, queue_handle_closed);

@@ -244,6 +244,9 @@ void queue_test_written(struct queue *q, size_t *commits, size_t *probes);
 /* Tests: the journal thread's next append fails, as on a disk error (its
  * batch goes to /dev/null, whose fdatasync says EINVAL): the journal goes off. */
 void queue_test_fail_journal(struct queue *q);
+/* Tests: the reaper thread deletes no removed file while hold is true (a
+ * close ends the hold: it deletes them all before it exits). */
+void queue_test_hold_reaper(struct queue *q, bool hold);
 #endif
 int queue_record(struct queue *q, struct queue_msg *m, const struct queue_record *rec,
     queue_sync_cb *cb, void *arg);

@@ -27,6 +27,8 @@
 #define QUEUE_SPARES_LOW 16                   /* refill when fewer are left */
 #define QUEUE_POOL_MAX   4096                 /* spare files kept (made or recycled) */
 #define QUEUE_RECYCLE_MAX (256u << 10)        /* larger removed files are deleted */
+#define QUEUE_REAP_MAX   4096                 /* removed files waiting for the reaper's unlink */
+#define QUEUE_REAP_TAKE  64                   /* unlinked by the reaper per turn of its lock */
 #define QUEUE_AUTO_SMALL 4                    /* batches up to this sync file by file */
 #define QUEUE_SYNC_OPS_MAX 32                 /* records and removals per group sync, */
 #define QUEUE_SYNC_FLOW_NS 1000000000ULL      /* while new messages came this recently */
@@ -76,6 +78,7 @@ struct queue_job {
 	bool qid_op;                 /* a file op that still opens or renames msg/<qid> when
 	                                staged: counted in q->nops until it completes */
 	bool recycled;               /* RECYCLE: checked by the thread: it goes into the pool */
+	bool reaping;                /* RECYCLE: not kept, given to the reaper to delete */
 	bool withheld;               /* COMMIT, acked: published, but the journal's tail could
 	                                not move past it: not for the router before a restart */
 	bool in_jnl;                 /* COMMIT: its record is in the journal batch being written */
@@ -160,6 +163,7 @@ struct queue {
 	queue_test_sync_fn *test_sync_fn; /* under mtx: queue_test_set_sync_fn() */
 	void *test_sync_arg;
 	bool test_jnl_fail;          /* under mtx: queue_test_fail_journal() */
+	bool test_reap_hold;         /* under mtx: queue_test_hold_reaper() */
 #endif
 	bool jnl_was_on;             /* the journal was in use at start (loop) */
 	bool jnl_on;                 /* the journal is in use (else: 250 after the publish);
@@ -210,6 +214,8 @@ struct queue {
 	struct queue_spare spares[QUEUE_POOL_MAX];
 	size_t nspares;
 	size_t recycling;            /* removed files on their way into the pool */
+	uint64_t reap_given;         /* removed files the loop knows went to the reaper */
+	uint64_t reap_seen;          /* of those, deleted (q->reaped when the loop last looked) */
 	uint64_t spare_seq;
 	uint64_t spares_used;
 	uint64_t spares_reused;
@@ -225,7 +231,12 @@ struct queue {
 	uv_cond_t cond;
 	uv_cond_t write_cond;        /* the journal thread says: a batch is journaled (or: exited) */
 	uv_cond_t sync_cond;         /* the writer says: a batch is written (or: exited) */
+	uv_cond_t reap_cond;         /* the sync thread says: files to delete (or: exited) */
 	uv_thread_t jthread, writer, thread;  /* journal, write + name, sync + publish */
+	uv_thread_t reaper;          /* deletes the removed files the pool does not keep */
+	uint64_t reap[QUEUE_REAP_MAX];   /* their .spare-N numbers (a ring: sync -> reaper) */
+	size_t reap_head, reap_n;
+	uint64_t reaped;             /* files the reaper deleted */
 	struct queue_list pending;   /* loop -> journal thread */
 	struct queue_list journaled; /* journal thread -> writer */
 	struct queue_list ops;       /* loop -> writer: records and removals, in issue order */
@@ -244,7 +255,8 @@ struct queue {
 	bool stop;
 	bool jnl_exited;
 	bool writer_exited;
-	bool exited;                 /* the sync thread (it exits last) */
+	bool exited;                 /* the sync thread (it exits last of the three) */
+	bool reaper_exited;          /* the reaper (after the sync thread, its ring empty) */
 	enum queue_sync_mode mode;
 	struct queue_counters counters;
 };
@@ -307,6 +319,7 @@ void queue_held_free(struct queue *q);
 void queue_jnl_main(void *arg);
 void queue_writer_main(void *arg);
 void queue_thread_main(void *arg);
+void queue_reaper_main(void *arg);
 void queue_update_ref(struct queue *q);
 void queue_handoff(struct queue *q);
 void queue_idle_cb(uv_idle_t *h);

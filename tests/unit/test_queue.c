@@ -1387,6 +1387,87 @@ test_spares_kept(void)
 	sink_free(&scanned);
 }
 
+static void
+stop_loop(void *arg)
+{
+	uv_stop(arg);
+}
+
+/*
+ * A removed file the pool does not keep (here: larger than
+ * QUEUE_RECYCLE_MAX) is deleted by the reaper thread, not by the sync
+ * thread before the removal completes: with the reaper held, the removals
+ * complete (queue_wait_written(): done; their ids name nothing, the
+ * counters say deleted) while their .spare-N files are still there.  The
+ * loop stays alive until the reaper has deleted them; a close while it is
+ * held lets it delete them all before it exits.
+ */
+enum { REAP_N = 3, REAP_BIG = (300u << 10) };
+
+/* REAP_N messages of REAP_BIG bytes committed, then removed with the reaper
+ * held; returns once the removals are done (queue_wait_written()). */
+static void
+reap_held(uv_loop_t *loop, struct queue *q, struct sink *fresh, const char *body)
+{
+	static struct commit_res res[REAP_N];
+	struct queue_waiter w = { .cb = stop_loop, .arg = loop };
+	size_t i;
+
+	sink_free(fresh);
+	for (i = 0; i < REAP_N; i++)
+		submit(q, &ndr_env, body, REAP_BIG, 65536, &res[i]);
+	uv_run(loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh->n, REAP_N);
+	if (fresh->n != REAP_N)
+		exit(1);
+	queue_test_hold_reaper(q, true);
+	for (i = 0; i < REAP_N; i++)
+		CHECK_INT(queue_remove(q, fresh->m[i]), 0);
+	CHECK(!queue_wait_written(q, &w, 0));
+	uv_run(loop, UV_RUN_DEFAULT);                   /* until the removals are done */
+	CHECK_INT(queue_ops_unwritten(q), 0);
+}
+
+static void
+test_reap_after_removal(void)
+{
+	struct sink fresh = { .n = 0 };
+	struct queue_counters c;
+	char dir[128], *body;
+	uv_loop_t loop;
+	struct queue *q;
+	size_t i;
+
+	new_qdir(dir, sizeof(dir));
+	body = xmalloc(REAP_BIG);
+	memset(body, 'x', REAP_BIG);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+
+	/* held: the removals complete, their files wait */
+	reap_held(&loop, q, &fresh, body);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.recycled, 0);
+	CHECK_INT(c.unlinked, REAP_N);
+	for (i = 0; i < fresh.n; i++)
+		CHECK(!file_exists(dir, "msg", fresh.m[i]->qid));
+	CHECK_INT(count_prefixed(dir, ".spare-"), REAP_N);   /* not deleted yet: the reaper waits */
+	/* let go: the loop runs until they are deleted */
+	queue_test_hold_reaper(q, false);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(count_dir(dir, "msg"), 0);
+
+	/* held again, then a close: the reaper deletes them before it exits */
+	reap_held(&loop, q, &fresh, body);
+	CHECK_INT(count_prefixed(dir, ".spare-"), REAP_N);
+	close_queue(&loop, q);
+	CHECK_INT(count_dir(dir, "msg"), 0);
+	close_loop(&loop);
+	sink_free(&fresh);
+	free(body);
+}
+
 /* A fresh queue directory holding n (at most 64) messages, the queue closed. */
 static void
 scan_fill(uv_loop_t *loop, char *dir, size_t dirlen, size_t n)
@@ -2355,6 +2436,7 @@ main(void)
 	test_leftovers();
 	test_recycle();
 	test_spares_kept();
+	test_reap_after_removal();
 	test_recycle_refused();
 	test_corrupt();
 	test_dkim_restart();
