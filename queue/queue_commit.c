@@ -163,7 +163,8 @@ queue_file_unshared(int fd)
 }
 
 /*
- * A removed file the pool does not keep (msg/.spare-N, its rename durable):
+ * A removed file the pool does not keep (msg/.spare-N; its rename durable
+ * when the removal carried records, QUEUE.md "Removing a message"):
  * to the reaper thread, which deletes it while this thread goes on with the
  * next batch; here, at once, when the reaper's ring is full.  The unlink is
  * no part of the removal's durability (the rename away from the message's id
