@@ -38,7 +38,7 @@
 #define H (60 * M)
 
 #define MAX_STEPS 12
-#define MAX_MSGS  16
+#define MAX_MSGS  64
 
 enum act {
 	TICK,                   /* nothing: only the clock moves */
@@ -321,6 +321,8 @@ fx_new(void *arg, struct queue_msg *m)
 	sched_queue_new(fx->s, m);
 }
 
+static int fx_many_dests;       /* routes d0.test ... to a_hosts as well (fx_conf) */
+
 /* The scenario's configuration: a.test routed to a_hosts, the rest to the
  * reports sink. */
 static struct conf *
@@ -339,6 +341,12 @@ fx_conf(const struct scenario *sc, const char *dir, const char *a_hosts)
 	c->router.delay_warning = sc->delay_warning;
 	c->deliver.tls = CONF_TLS_NONE;
 	conf_route(c, "a.test", a_hosts);
+	for (int k = 0; k < fx_many_dests; k++) {      /* d0.test ...: as many destinations */
+		char dom[32];
+
+		snprintf(dom, sizeof(dom), "d%d.test", k);
+		conf_route(c, dom, a_hosts);
+	}
 	buf_printf(&hosts, "127.0.0.4:%d", sink_r.port);
 	conf_route(c, "*", buf_cstr(&hosts));
 	buf_free(&hosts);
@@ -1948,6 +1956,101 @@ test_release_writer_paced(int no, bool stop)
 	uv_mutex_destroy(&g.mu);
 	uv_cond_destroy(&g.cv);
 }
+static unsigned many_active_max;        /* pred_many_*: the most jobs in flight seen */
+static uint64_t many_unwritten_max;     /* and the most records and removals unwritten */
+
+static void
+many_watch(struct fx *fx)
+{
+	if (fx->s->nactive > many_active_max)
+		many_active_max = fx->s->nactive;
+	if (queue_ops_unwritten(fx->q) > many_unwritten_max)
+		many_unwritten_max = queue_ops_unwritten(fx->q);
+}
+
+static bool
+pred_many_done(struct fx *fx)
+{
+	many_watch(fx);
+	return pred_all_done(fx);
+}
+
+/* Nothing in flight, every message in (held back: the writer is stopped). */
+static bool
+pred_many_stopped(struct fx *fx)
+{
+	many_watch(fx);
+	return fx->ncommitted == fx->nsubmitted && fx->s->nactive == 0 && fx->s->pump_paced &&
+	    !TAILQ_EMPTY(&fx->s->held);
+}
+
+/*
+ * SCHEDULING.md, Outages: a backlog over many destinations (DESTS of them,
+ * new, each admitting one job) starts no more jobs in all than the cap
+ * (jobs_max, lowered to CAP), in turn: every message is delivered, and
+ * never more than CAP attempts are out.  Without the cap each destination
+ * started its job at once (DESTS in flight).  writer: the queue's sync
+ * thread is held and the pumps' bound lowered to OPS: the destinations
+ * held back wait in the ring while the writer's backlog stays within OPS
+ * and the records of the CAP jobs that were out (without the cap every
+ * destination's job issued its records: 2 per message), and all of them
+ * resume and deliver once the writer goes on.
+ */
+static void
+test_release_many_dests(int no, bool writer)
+{
+	enum { DESTS = 16, PER = 4, CAP = 4, OPS = 4 };
+	struct fx fx;
+	struct sync_hold g;
+	char dom[32];
+	long ntx;
+
+	memset(&g, 0, sizeof(g));
+	if (uv_mutex_init(&g.mu) != 0 || uv_cond_init(&g.cv) != 0)
+		exit(2);
+	/* writer: every first attempt deferred (451 to RCPT), their retries due at once */
+	sinks_reset(writer ? "A" : "a");
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	fx_many_dests = DESTS;
+	fx_init(&fx, &route_share, no);
+	fx_many_dests = 0;
+	fx.s->jobs_max = CAP;
+	many_active_max = 0;
+	many_unwritten_max = 0;
+	for (int k = 0; k < DESTS; k++) {
+		snprintf(dom, sizeof(dom), "d%d.test", k);
+		fx_submit_to(&fx, PER, dom);
+	}
+	if (writer) {
+		CHECK_MSG(fx_run(&fx, pred_settled) && fx_run(&fx, pred_written),
+		    "many dests: the first attempts never settled");
+		mxsink_exec(&sink_a, "sink.reset()");
+		sink_set_up(&sink_a, 'a', "a");
+		fx.s->pump_ops_max = OPS;
+		queue_test_set_sync_fn(fx.q, sync_hold_fn, &g);
+		many_active_max = 0;
+		many_unwritten_max = 0;
+		fx.clock = fx.base + 1 * H;
+		sched_arm(fx.s);
+		CHECK_MSG(fx_run(&fx, pred_many_stopped), "many dests: the retries never held back");
+		CHECK_MSG(many_active_max <= CAP && many_unwritten_max <= OPS + 2 * CAP,
+		    "many dests, writer held: %u jobs in flight, %llu records unwritten at most "
+		    "(want <= %d, <= %d)", many_active_max, (unsigned long long)many_unwritten_max,
+		    CAP, OPS + 2 * CAP);
+		check_tally(fx.s, no, 0);
+		sync_hold_open(&g);
+	}
+	CHECK_MSG(fx_run(&fx, pred_many_done), "many dests: the backlog never delivered");
+	ntx = sink_got(&sink_a);
+	CHECK_MSG(ntx == DESTS * PER && fx_pending(&fx) == 0 && many_active_max <= CAP &&
+	    TAILQ_EMPTY(&fx.s->held),
+	    "many dests: a got %ld transactions, %d pending, %u jobs in flight at most "
+	    "(want %d, 0, <= %d)", ntx, fx_pending(&fx), many_active_max, DESTS * PER, CAP);
+	check_tally(fx.s, no, 1);
+	fx_fini(&fx);
+	uv_mutex_destroy(&g.mu);
+	uv_cond_destroy(&g.cv);
+}
 #endif
 
 int
@@ -1986,6 +2089,8 @@ main(void)
 #ifdef RELAY_TEST_HOOKS
 	test_release_writer_paced((int)RELAY_ARRAY_LEN(scenarios) + 23, false);
 	test_release_writer_paced((int)RELAY_ARRAY_LEN(scenarios) + 24, true);
+	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 25, false);
+	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 26, true);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
