@@ -647,14 +647,14 @@ sched_jobs_max(const struct sched *s)
 	return n < SCHED_JOBS_MIN ? SCHED_JOBS_MIN : n;
 }
 
-/* d's queued line waits for room in all: at the end of the ring of held
- * destinations, or at its front when fresh (new mail or a retry for a
+/* d's queued line (or, down, its due probe) waits for room in all: at the
+ * end of the ring of held destinations, or at its front when fresh (new mail or a retry for a
  * destination with no job and no line: its first job waits for the next
  * free slot, not for a turn of every backlog). */
 static void
 sched_dest_hold(struct sched *s, struct sched_dest *d, bool fresh)
 {
-	if (d->held || TAILQ_EMPTY(&d->queued))
+	if (d->held || (TAILQ_EMPTY(&d->queued) && d->state != SCHED_DEST_DOWN))
 		return;
 	d->held = true;
 	if (fresh)
@@ -768,7 +768,8 @@ sched_dest_pump(struct sched *s, struct sched_dest *d)
 /*
  * While there is room in all, the held destinations start a job each in
  * turn (round-robin: a destination with a long line goes back to the end
- * of the ring, so it does not starve the others).  One that is down, full
+ * of the ring, so it does not starve the others); a down one makes its
+ * probe (sched_dest_rewake).  One that is full
  * by its own window or has nothing queued leaves the ring: the end of one
  * of its jobs pumps it again.  O(jobs started), never a walk of every
  * destination.
@@ -780,7 +781,15 @@ sched_held_pump(struct sched *s)
 	struct sched_rcpt *rc;
 
 	while (!s->stopping && (d = TAILQ_FIRST(&s->held)) != NULL) {
-		if (d->state == SCHED_DEST_DOWN || sched_dest_full(s, d) ||
+		if (d->state == SCHED_DEST_DOWN) {
+			/* its probe, due when it was held */
+			if (s->nactive >= sched_jobs_max(s) && !d->probe_out && d->nwaiting > 0)
+				return;
+			sched_dest_unhold(s, d);
+			sched_dest_rewake(s, d);
+			continue;
+		}
+		if (sched_dest_full(s, d) ||
 		    (rc = TAILQ_FIRST(&d->queued)) == NULL) {
 			sched_dest_unhold(s, d);
 			continue;
@@ -1452,6 +1461,21 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 		job->force = true;
 		d->forced_gen = s->flush_gen;
 	}
+	if (job->force && s->nactive >= sched_jobs_max(s)) {
+		/* a flush's attempt, with no room in all: its turn among the held */
+		bool fresh = d->inflight == 0 && TAILQ_EMPTY(&d->queued);
+
+		if (d->state == SCHED_DEST_DOWN) {
+			d->probe_force = true;  /* the probe goes for it */
+			d->probe_at = now;
+			sched_job_wait(s, job, NULL, NULL, NULL, now);  /* frees job */
+			sched_dest_rewake(s, d);
+		} else {
+			sched_job_queue(s, d, job);     /* frees job */
+			sched_dest_hold(s, d, fresh);
+		}
+		return;
+	}
 	if (!job->force) {
 		if (d->state == SCHED_DEST_DOWN) {
 			if (!d->probe_out && now >= d->probe_at) {
@@ -1500,6 +1524,10 @@ sched_dest_rewake(struct sched *s, struct sched_dest *d)
 		return;
 	}
 	sched_heap_set(s, &d->wake, SCHED_NOWAKE);
+	if (s->nactive >= sched_jobs_max(s)) {
+		sched_dest_hold(s, d, true);    /* no room in all: the ring makes the probe */
+		return;
+	}
 	/* the first in line, with its message's others (a failed probe's
 	 * recipients went to the end of the line) */
 	job = sched_dest_take(s, d, TAILQ_FIRST(&d->waiting));

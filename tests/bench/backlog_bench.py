@@ -54,7 +54,14 @@ and during the release; each against its target, "met" / "not met":
 
     python3 tests/bench/backlog_bench.py [--messages 100000] [--size 1024]
         [--rate 20] [--before 10] [--trigger flush|probe] [--no-pace]
-        [--attach 'CMD ... {pid} ...'] [--build build]
+        [--attach 'CMD ... {pid} ...'] [--destinations K] [--build build]
+
+--destinations K spreads the backlog over K destinations (d0..d<K-1>.bench.test,
+bench_control -D K, every one's MX the C sink's address; the release is
+`relayctl queue flush --all`).  Both runs then also print the most
+recipients in attempts at once (`relayctl stats`, sampled with the RSS): the
+scheduler's cap on jobs in flight in all (router/SCHEDULING.md) bounds it,
+where before every destination's window admitted its jobs.
 
 --attach runs CMD against relayd (as submit_bench.py does) from the trigger
 until the backlog has arrived, then sends it SIGINT.
@@ -179,6 +186,31 @@ class RssSampler:
         return [kib for t, kib in self.samples if t0 <= t <= t1]
 
 
+class ActiveSampler:
+    """The most recipients in attempts at once (`relayctl stats --json`)."""
+
+    def __init__(self, relay):
+        self.relay = relay
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                q = json.loads(ctl(self.relay, "stats", "--json", timeout=30))["queue"]["recipients"]
+                self.peak = max(self.peak, q["active"])
+            except (SystemExit, subprocess.SubprocessError, ValueError, KeyError):
+                pass
+            self._stop.wait(RSS_PERIOD)
+
+    def stop(self):
+        self._stop.set()
+        self._t.join()
+        return self.peak
+
+
 class Trickle:
     """One smtplib session submitting to the other destinations at a steady
     rate; records each message's 250 time by its X-Backlog-Bench number."""
@@ -248,7 +280,7 @@ def settle(relay, n, timeout):
 def fill(a, relay):
     t0 = now()
     r = subprocess.run([os.path.join(a.build, "tests", "bench_control"), "-d", relay.queue_dir,
-                        "-n", str(a.messages), "-D", "1", "-s", str(a.size), "-c", "256"],
+                        "-n", str(a.messages), "-D", str(a.destinations), "-s", str(a.size), "-c", "256"],
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit("bench_control: %s" % r.stderr)
@@ -260,7 +292,8 @@ def make_relay(a, backoff):
                   submit={"login_max_messages": 0, "login_max_recipients": 0},
                   router={"retry_intervals": ["1h"], "host_backoff": [backoff, backoff],
                           "delay_warning": "0", "max_queue_age": "5d"})
-    relay.dns.set_mx_ips(BACKLOG_DOMAIN, [(10, BACKLOG_HOST)])
+    for k in range(a.destinations):
+        relay.dns.set_mx_ips("d%d.bench.test" % k, [(10, BACKLOG_HOST)])
     for d in OTHER_DOMAINS:
         relay.dns.set_mx_ips(d, [(10, OTHER_HOST)])
     return relay
@@ -350,9 +383,11 @@ def pace_run(a):
         counts = CountLog(sink)
         relay.start(timeout=600)
         rss = RssSampler(relay.pid)
+        active = ActiveSampler(relay)
         done = wait_count(sink, a.messages, "pace")
         rss.stop()
         counts.stop()
+        print("  most recipients in attempts at once: %d" % active.stop())
         first, last, rate, buckets = rate_series(counts.series, a.messages)
         if done is None or first is None:
             raise SystemExit("the pace run did not deliver everything")
@@ -388,10 +423,14 @@ def release_run(a, pace):
         sink = CSink(os.path.join(a.build, "tests", "bench_sink"), BACKLOG_HOST, relay.smtp_port)
         counts = CountLog(sink)
         attached = attach(a.attach, relay.pid) if a.attach else None
+        active = ActiveSampler(relay)
         t_trigger = now()
-        if a.trigger == "flush":
+        if a.trigger == "flush" and a.destinations > 1:
+            ctl(relay, "queue", "flush", "--all")
+        elif a.trigger == "flush":
             ctl(relay, "queue", "flush", "--domain", BACKLOG_DOMAIN)
         done = wait_count(sink, a.messages, "release")
+        print("  most recipients in attempts at once: %d" % active.stop())
         t_end = now()
         t_written = written(relay) if done is not None else None
         if attached is not None:
@@ -502,6 +541,8 @@ def main():
                     help="skip the sink's pace run")
     ap.add_argument("--attach", metavar="CMD",
                     help="run CMD ({pid} = relayd's pid) through the release; SIGINT at its end")
+    ap.add_argument("--destinations", type=int, default=1,
+                    help="spread the backlog over K destinations (flush --all)")
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     a = ap.parse_args()
     a.build = os.path.abspath(a.build)

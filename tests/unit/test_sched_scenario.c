@@ -1994,11 +1994,18 @@ pred_many_stopped(struct fx *fx)
  * held back wait in the ring while the writer's backlog stays within OPS
  * and the records of the CAP jobs that were out (without the cap every
  * destination's job issued its records: 2 per message), and all of them
- * resume and deliver once the writer goes on.
+ * resume and deliver once the writer goes on.  flush: every destination
+ * is down (its recipients wait) when `relayctl queue flush --all` forces
+ * an attempt of each: no more than CAP of them go out at once, the others
+ * make their probes in turn (without the cap every destination's forced
+ * attempt started at once).
  */
+enum many_mode { MANY_ADMIT, MANY_WRITER, MANY_FLUSH };
+
 static void
-test_release_many_dests(int no, bool writer)
+test_release_many_dests(int no, enum many_mode mode)
 {
+	bool writer = mode == MANY_WRITER;
 	enum { DESTS = 16, PER = 4, CAP = 4, OPS = 4 };
 	struct fx fx;
 	struct sync_hold g;
@@ -2009,17 +2016,30 @@ test_release_many_dests(int no, bool writer)
 	if (uv_mutex_init(&g.mu) != 0 || uv_cond_init(&g.cv) != 0)
 		exit(2);
 	/* writer: every first attempt deferred (451 to RCPT), their retries due at once */
-	sinks_reset(writer ? "A" : "a");
+	sinks_reset(writer ? "A" : mode == MANY_FLUSH ? "" : "a");
 	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
 	fx_many_dests = DESTS;
 	fx_init(&fx, &route_share, no);
 	fx_many_dests = 0;
-	fx.s->jobs_max = CAP;
+	fx.s->jobs_max = mode == MANY_FLUSH ? 0 : CAP;
 	many_active_max = 0;
 	many_unwritten_max = 0;
 	for (int k = 0; k < DESTS; k++) {
 		snprintf(dom, sizeof(dom), "d%d.test", k);
 		fx_submit_to(&fx, PER, dom);
+	}
+	if (mode == MANY_FLUSH) {
+		struct sched_dest *d;
+
+		CHECK_MSG(fx_run(&fx, pred_settled), "many dests: the outage never settled");
+		snprintf(dom, sizeof(dom), "route:d%d.test", DESTS - 1);
+		d = fx_dest(&fx, dom);
+		CHECK_MSG(d != NULL && d->state == SCHED_DEST_DOWN && fx.s->nactive == 0,
+		    "many dests: %s not down", dom);
+		sink_set_up(&sink_a, 'a', "a");
+		fx.s->jobs_max = CAP;
+		many_active_max = 0;
+		CHECK(sched_flush(fx.s, NULL) > 0);
 	}
 	if (writer) {
 		CHECK_MSG(fx_run(&fx, pred_settled) && fx_run(&fx, pred_written),
@@ -2089,8 +2109,9 @@ main(void)
 #ifdef RELAY_TEST_HOOKS
 	test_release_writer_paced((int)RELAY_ARRAY_LEN(scenarios) + 23, false);
 	test_release_writer_paced((int)RELAY_ARRAY_LEN(scenarios) + 24, true);
-	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 25, false);
-	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 26, true);
+	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 25, MANY_ADMIT);
+	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 26, MANY_WRITER);
+	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 27, MANY_FLUSH);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
