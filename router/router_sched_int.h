@@ -42,9 +42,6 @@ struct dkim_keys;
 #define SCHED_PUMP_OPS_MAX   4096            /* records and removals the queue's writer may be
                                                 behind before the pumps hold back (resuming at
                                                 half: sched_pump_paced) */
-#define SCHED_JOBS_PER_CONN  2               /* jobs in flight in all, per router.max_connections
-                                                (sched_jobs_max) */
-#define SCHED_JOBS_MIN       SCHED_RAMP_MAX  /* and never fewer than one destination's whole ramp */
 
 /* ------------------------------------------------------------------ */
 /* Types. */
@@ -422,7 +419,8 @@ struct sched {
 	struct queue_waiter pump_wait;  /* the pumps wait for the queue's writer (sched_pump_paced) */
 	uint64_t pump_ops_max;          /* SCHED_PUMP_OPS_MAX (tests lower it) */
 	bool pump_paced;                /* pump_wait is out */
-	unsigned jobs_max;              /* jobs in flight in all; 0 = sched_jobs_max() (tests set it) */
+	unsigned jobs_max;              /* jobs in flight in all; 0 = no cap (SCHEDULING.md: not on
+	                                   by default yet; tests set it) */
 	struct sched_destq held;        /* destinations whose queued line waits for room in all
 	                                   (the job cap or the writer): taken in turn (sched_held_pump) */
 	bool stopping;

@@ -390,6 +390,8 @@ def pace_run(a):
         print("  most recipients in attempts at once: %d" % active.stop())
         first, last, rate, buckets = rate_series(counts.series, a.messages)
         if done is None or first is None:
+            deferred = log_events(relay, "deferred")
+            print("  %d deferred; the first: %s" % (len(deferred), deferred[:1]))
             raise SystemExit("the pace run did not deliver everything")
         kib = [k for _, k in rss.samples]
         print("  delivered %d in %.1fs from the first arrival: %.0f msgs/s; relayd RSS %.1f..%.1f MiB"
