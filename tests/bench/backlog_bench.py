@@ -293,7 +293,7 @@ def make_relay(a, backoff):
                   router={"retry_intervals": ["1h"], "host_backoff": [backoff, backoff],
                           "delay_warning": "0", "max_queue_age": "5d"})
     for k in range(a.destinations):
-        relay.dns.set_mx_ips("d%d.bench.test" % k, [(10, BACKLOG_HOST)])
+        relay.dns.set_mx_ips("d%d.bench.test" % k, [(10, BACKLOG_HOST)], ttl=a.dns_ttl)
     for d in OTHER_DOMAINS:
         relay.dns.set_mx_ips(d, [(10, OTHER_HOST)])
     return relay
@@ -545,6 +545,8 @@ def main():
                     help="run CMD ({pid} = relayd's pid) through the release; SIGINT at its end")
     ap.add_argument("--destinations", type=int, default=1,
                     help="spread the backlog over K destinations (flush --all)")
+    ap.add_argument("--dns-ttl", type=int, default=None,
+                    help="TTL of the backlog's MX and A records (default: the harness's, 0)")
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     a = ap.parse_args()
     a.build = os.path.abspath(a.build)
