@@ -54,7 +54,7 @@ and during the release; each against its target, "met" / "not met":
 
     python3 tests/bench/backlog_bench.py [--messages 100000] [--size 1024]
         [--rate 20] [--before 10] [--trigger flush|probe] [--no-pace]
-        [--attach 'CMD ... {pid} ...'] [--destinations K] [--build build]
+        [--attach 'CMD ... {pid} ...'] [--destinations K] [--dns-ttl S] [--build build]
 
 --destinations K spreads the backlog over K destinations (d0..d<K-1>.bench.test,
 bench_control -D K, every one's MX the C sink's address; the release is
