@@ -54,7 +54,7 @@ and during the release; each against its target, "met" / "not met":
 
     python3 tests/bench/backlog_bench.py [--messages 100000] [--size 1024]
         [--rate 20] [--before 10] [--trigger flush|probe] [--no-pace]
-        [--attach 'CMD ... {pid} ...'] [--destinations K] [--dns-ttl S] [--build build]
+        [--attach 'CMD ... {pid} ...'] [--destinations K] [--dns-ttl S] [--dns-rcvbuf BYTES] [--build build]
 
 --destinations K spreads the backlog over K destinations (d0..d<K-1>.bench.test,
 bench_control -D K, every one's MX the C sink's address; the release is
@@ -71,6 +71,7 @@ import json
 import os
 import signal
 import smtplib
+import socket
 import statistics
 import subprocess
 import sys
@@ -121,6 +122,17 @@ def pct(v, p):
         return float("nan")
     k = max(0, min(len(v) - 1, int(round(p / 100.0 * len(v) + 0.5)) - 1))
     return v[k]
+
+
+def udp_rcvbuf_errors():
+    """The host's count of UDP datagrams dropped for a full receive buffer
+    (/proc/net/snmp, Udp RcvbufErrors; host-wide), or None."""
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        return int(rows[1][rows[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def verdict(ok):
@@ -292,6 +304,16 @@ def make_relay(a, backoff):
                   submit={"login_max_messages": 0, "login_max_recipients": 0},
                   router={"retry_intervals": ["1h"], "host_backoff": [backoff, backoff],
                           "delay_warning": "0", "max_queue_age": "5d"})
+    if a.dns_ttl is not None:
+        # the server's TTL is its SOA's too: the exchangers' AAAA answer is
+        # NODATA, cached per that SOA (RFC 2308), and a lookup's result is
+        # kept for the least TTL of its answers (dns/dns.h)
+        relay.dns.ttl = a.dns_ttl
+    if a.dns_rcvbuf:
+        # the harness's DNS server (Python, one thread) drops what its UDP
+        # receive buffer (net.core.rmem_default) cannot hold; relayd's
+        # resolver asks again after its timeout (2 s)
+        relay.dns._udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, a.dns_rcvbuf)
     for k in range(a.destinations):
         relay.dns.set_mx_ips("d%d.bench.test" % k, [(10, BACKLOG_HOST)], ttl=a.dns_ttl)
     for d in OTHER_DOMAINS:
@@ -427,6 +449,7 @@ def release_run(a, pace):
         attached = attach(a.attach, relay.pid) if a.attach else None
         active = ActiveSampler(relay)
         t_trigger = now()
+        nq0, drops0 = len(relay.dns.queries), udp_rcvbuf_errors()
         if a.trigger == "flush" and a.destinations > 1:
             ctl(relay, "queue", "flush", "--all")
         elif a.trigger == "flush":
@@ -439,6 +462,10 @@ def release_run(a, pace):
             attached.send_signal(signal.SIGINT)
             attached.wait()
         trickle.stop()
+        drops1 = udp_rcvbuf_errors()
+        print("  DNS queries during the release: %d; UDP datagrams dropped on a full receive buffer "
+              "(host-wide): %s" % (len(relay.dns.queries) - nq0,
+                                   "?" if drops0 is None or drops1 is None else drops1 - drops0))
         rss.stop()
         counts.stop()
         first, last, rate, buckets = rate_series(counts.series, a.messages)
@@ -545,6 +572,9 @@ def main():
                     help="run CMD ({pid} = relayd's pid) through the release; SIGINT at its end")
     ap.add_argument("--destinations", type=int, default=1,
                     help="spread the backlog over K destinations (flush --all)")
+    ap.add_argument("--dns-rcvbuf", type=int, default=4 << 20,
+                    help="SO_RCVBUF of the harness's DNS server's UDP socket, bytes "
+                         "(default 4 MiB, up to net.core.rmem_max; 0: the host's default)")
     ap.add_argument("--dns-ttl", type=int, default=None,
                     help="TTL of the backlog's MX and A records (default: the harness's, 0)")
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
