@@ -634,13 +634,19 @@ sched_dest_full(const struct sched *s, const struct sched_dest *d)
 	return d->inflight >= sched_dest_cap(s->conf->router.max_connections, d->window);
 }
 
-/* Jobs in flight in all (s->nactive) at most: s->jobs_max, 0 for no cap
- * (SCHEDULING.md, "Outages": a default cap slowed a restart's delivery in
- * backlog_bench.py, not understood yet; tests set it). */
-static unsigned
+/* Jobs in flight in all (s->nactive) at most: s->jobs_max when set
+ * (tests), else 2 per router.max_connections, at least SCHED_JOBS_MIN
+ * (SCHEDULING.md, "A cap on jobs in flight"). */
+unsigned
 sched_jobs_max(const struct sched *s)
 {
-	return s->jobs_max != 0 ? s->jobs_max : UINT_MAX;
+	unsigned mc = s->conf->router.max_connections;
+
+	if (s->jobs_max != 0)
+		return s->jobs_max;
+	if (mc > UINT_MAX / 2)
+		return UINT_MAX;
+	return 2 * mc > SCHED_JOBS_MIN ? 2 * mc : SCHED_JOBS_MIN;
 }
 
 /* d's queued line (or, down, its due probe) waits for room in all: at the

@@ -42,6 +42,9 @@ struct dkim_keys;
 #define SCHED_PUMP_OPS_MAX   4096            /* records and removals the queue's writer may be
                                                 behind before the pumps hold back (resuming at
                                                 half: sched_pump_paced) */
+#define SCHED_JOBS_MIN       256             /* the default cap on jobs in flight in all is 2 per
+                                                router.max_connections, at least this
+                                                (sched_jobs_max) */
 
 /* ------------------------------------------------------------------ */
 /* Types. */
@@ -419,8 +422,8 @@ struct sched {
 	struct queue_waiter pump_wait;  /* the pumps wait for the queue's writer (sched_pump_paced) */
 	uint64_t pump_ops_max;          /* SCHED_PUMP_OPS_MAX (tests lower it) */
 	bool pump_paced;                /* pump_wait is out */
-	unsigned jobs_max;              /* jobs in flight in all; 0 = no cap (SCHEDULING.md: not on
-	                                   by default yet; tests set it) */
+	unsigned jobs_max;              /* jobs in flight in all; 0: the default (sched_jobs_max);
+	                                   tests set it */
 	struct sched_destq held;        /* destinations whose queued line waits for room in all
 	                                   (the job cap or the writer): taken in turn (sched_held_pump) */
 	bool stopping;
@@ -535,6 +538,9 @@ void sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *j
 void sched_dest_rewake(struct sched *s, struct sched_dest *d);
 /* The scheduler stops: the pumps' wait for the queue's writer is cancelled. */
 void sched_pump_stop(struct sched *s);
+/* Jobs in flight in all at most: s->jobs_max, or by default 2 per
+ * router.max_connections, at least SCHED_JOBS_MIN. */
+unsigned sched_jobs_max(const struct sched *s);
 /* The destinations held for room in all start jobs in turn while there is room. */
 void sched_held_pump(struct sched *s);
 /* The numeric address of a ("192.0.2.1", "2001:db8::1") into out. */

@@ -38,7 +38,7 @@
 #define H (60 * M)
 
 #define MAX_STEPS 12
-#define MAX_MSGS  64
+#define MAX_MSGS  320     /* test_release_many_dests, deflt: SCHED_JOBS_MIN + 44 */
 
 enum act {
 	TICK,                   /* nothing: only the clock moves */
@@ -1998,15 +1998,20 @@ pred_many_stopped(struct fx *fx)
  * is down (its recipients wait) when `relayctl queue flush --all` forces
  * an attempt of each: no more than CAP of them go out at once, the others
  * make their probes in turn (without the cap every destination's forced
- * attempt started at once).
+ * attempt started at once).  deflt: jobs_max left unset, the default cap
+ * (2 per router.max_connections, at least SCHED_JOBS_MIN) holds: more
+ * destinations than it, one message each, never more than it out (with no
+ * cap by default all of them were).
  */
-enum many_mode { MANY_ADMIT, MANY_WRITER, MANY_FLUSH };
+enum many_mode { MANY_ADMIT, MANY_WRITER, MANY_FLUSH, MANY_DEFAULT };
 
 static void
 test_release_many_dests(int no, enum many_mode mode)
 {
-	bool writer = mode == MANY_WRITER;
-	enum { DESTS = 16, PER = 4, CAP = 4, OPS = 4 };
+	bool writer = mode == MANY_WRITER, deflt = mode == MANY_DEFAULT;
+	enum { OPS = 4 };
+	const int DESTS = deflt ? SCHED_JOBS_MIN + 44 : 16, PER = deflt ? 1 : 4;
+	unsigned CAP = 4;
 	struct fx fx;
 	struct sync_hold g;
 	char dom[32];
@@ -2021,7 +2026,14 @@ test_release_many_dests(int no, enum many_mode mode)
 	fx_many_dests = DESTS;
 	fx_init(&fx, &route_share, no);
 	fx_many_dests = 0;
-	fx.s->jobs_max = mode == MANY_FLUSH ? 0 : CAP;
+	if (deflt) {
+		CAP = 2 * fx.s->conf->router.max_connections;
+		if (CAP < SCHED_JOBS_MIN)
+			CAP = SCHED_JOBS_MIN;
+		CHECK_MSG(sched_jobs_max(fx.s) == CAP && CAP < (unsigned)DESTS,
+		    "many dests: default cap %u (want %u, below %d)", sched_jobs_max(fx.s), CAP, DESTS);
+	}
+	fx.s->jobs_max = mode == MANY_FLUSH || deflt ? 0 : CAP;
 	many_active_max = 0;
 	many_unwritten_max = 0;
 	for (int k = 0; k < DESTS; k++) {
@@ -2055,7 +2067,7 @@ test_release_many_dests(int no, enum many_mode mode)
 		CHECK_MSG(fx_run(&fx, pred_many_stopped), "many dests: the retries never held back");
 		CHECK_MSG(many_active_max <= CAP && many_unwritten_max <= OPS + 2 * CAP,
 		    "many dests, writer held: %u jobs in flight, %llu records unwritten at most "
-		    "(want <= %d, <= %d)", many_active_max, (unsigned long long)many_unwritten_max,
+		    "(want <= %u, <= %u)", many_active_max, (unsigned long long)many_unwritten_max,
 		    CAP, OPS + 2 * CAP);
 		check_tally(fx.s, no, 0);
 		sync_hold_open(&g);
@@ -2065,7 +2077,7 @@ test_release_many_dests(int no, enum many_mode mode)
 	CHECK_MSG(ntx == DESTS * PER && fx_pending(&fx) == 0 && many_active_max <= CAP &&
 	    TAILQ_EMPTY(&fx.s->held),
 	    "many dests: a got %ld transactions, %d pending, %u jobs in flight at most "
-	    "(want %d, 0, <= %d)", ntx, fx_pending(&fx), many_active_max, DESTS * PER, CAP);
+	    "(want %d, 0, <= %u)", ntx, fx_pending(&fx), many_active_max, DESTS * PER, CAP);
 	check_tally(fx.s, no, 1);
 	fx_fini(&fx);
 	uv_mutex_destroy(&g.mu);
@@ -2112,6 +2124,7 @@ main(void)
 	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 25, MANY_ADMIT);
 	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 26, MANY_WRITER);
 	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 27, MANY_FLUSH);
+	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 28, MANY_DEFAULT);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
