@@ -1020,6 +1020,7 @@ sched_new(const struct sched_deps *deps, struct sched **out, struct buf *err)
 	s->trim_wake.at = SCHED_NOWAKE;
 	s->trim_wake.kind = SCHED_WAKE_TRIM;
 	s->pump_ops_max = SCHED_PUMP_OPS_MAX;
+	TAILQ_INIT(&s->held);
 	htab_init(&s->tdoms, &htab_ops_nocase);
 	s->conf = conf_ref(deps->conf);
 	s->stats = deps->stats;

@@ -36,6 +36,7 @@
 
 static void sched_job_start(struct sched *, struct sched_job *);
 static void sched_dest_pump(struct sched *, struct sched_dest *);
+static void sched_dest_unhold(struct sched *, struct sched_dest *);
 static void sched_job_next(struct sched_job *);
 
 /* ------------------------------------------------------------------ */
@@ -90,6 +91,7 @@ sched_dest_maybe_free(struct sched *s, struct sched_dest *d)
 		}
 	}
 	sched_heap_remove(s, &d->wake);
+	sched_dest_unhold(s, d);
 	htab_remove(&s->dhash, &d->node);
 	TAILQ_REMOVE(&s->dests, d, entry);
 	s->ndests--;
@@ -632,22 +634,58 @@ sched_dest_full(const struct sched *s, const struct sched_dest *d)
 	return d->inflight >= sched_dest_cap(s->conf->router.max_connections, d->window);
 }
 
+/* Jobs in flight in all (s->nactive) at most: s->jobs_max when set
+ * (tests), else 2 per router.max_connections, at least SCHED_JOBS_MIN
+ * (SCHEDULING.md, "A cap on jobs in flight"). */
+unsigned
+sched_jobs_max(const struct sched *s)
+{
+	unsigned mc = s->conf->router.max_connections;
+
+	if (s->jobs_max != 0)
+		return s->jobs_max;
+	if (mc > UINT_MAX / 2)
+		return UINT_MAX;
+	return 2 * mc > SCHED_JOBS_MIN ? 2 * mc : SCHED_JOBS_MIN;
+}
+
+/* d's queued line (or, down, its due probe) waits for room in all: at the
+ * end of the ring of held destinations, or at its front when fresh (new mail or a retry for a
+ * destination with no job and no line: its first job waits for the next
+ * free slot, not for a turn of every backlog). */
+static void
+sched_dest_hold(struct sched *s, struct sched_dest *d, bool fresh)
+{
+	if (d->held || (TAILQ_EMPTY(&d->queued) && d->state != SCHED_DEST_DOWN))
+		return;
+	d->held = true;
+	if (fresh)
+		TAILQ_INSERT_HEAD(&s->held, d, hentry);
+	else
+		TAILQ_INSERT_TAIL(&s->held, d, hentry);
+}
+
+/* d leaves the ring of held destinations (it is freed, or relayd stops). */
+static void
+sched_dest_unhold(struct sched *s, struct sched_dest *d)
+{
+	if (!d->held)
+		return;
+	TAILQ_REMOVE(&s->held, d, hentry);
+	d->held = false;
+}
+
 /* Loop: the queue's writer has caught up (half of pump_ops_max behind):
- * every destination with a queued line pumps again. */
+ * the held destinations pump again, in turn. */
 static void
 sched_pump_drained(void *arg)
 {
 	struct sched *s = arg;
-	struct sched_dest *d, *next;
 
 	s->pump_paced = false;
 	if (s->stopping)
 		return;
-	for (d = TAILQ_FIRST(&s->dests); d != NULL && !s->pump_paced; d = next) {
-		next = TAILQ_NEXT(d, entry);    /* behind again: the next drain goes on */
-		if (!TAILQ_EMPTY(&d->queued))
-			sched_dest_pump(s, d);
-	}
+	sched_held_pump(s);
 	sched_arm(s);
 }
 
@@ -659,9 +697,10 @@ sched_pump_drained(void *arg)
  * memory (tests/bench/README.md, "the release's memory").  Held back, the
  * jobs in flight go on, the rest of each queued line waits, and
  * sched_pump_drained() pumps again once the writer is down to half.  A job
- * admitted with room in its destination's window starts all the same
- * (new mail and retries are not held behind another destination's
- * backlog); a record that fails is done too, so the wait always ends.
+ * admitted with room in its destination's window, and in all
+ * (sched_jobs_max), starts all the same (new mail and retries are not held
+ * behind another destination's backlog); a record that fails is done too,
+ * so the wait always ends.
  */
 static bool
 sched_pump_paced(struct sched *s)
@@ -678,28 +717,94 @@ sched_pump_paced(struct sched *s)
 	return true;
 }
 
+/* Whether a pump may start a job: the jobs in flight are below the cap
+ * and the queue's writer keeps up. */
+static bool
+sched_pump_room(struct sched *s)
+{
+	return s->nactive < sched_jobs_max(s) && !sched_pump_paced(s);
+}
+
 void
 sched_pump_stop(struct sched *s)
 {
+	struct sched_dest *d;
+
 	if (s->pump_paced) {
 		queue_wait_cancel(s->q, &s->pump_wait);
 		s->pump_paced = false;
 	}
+	while ((d = TAILQ_FIRST(&s->held)) != NULL)
+		sched_dest_unhold(s, d);
 }
 
-/* While the destination's window allows, and the queue's writer keeps up
- * (sched_pump_paced), make a job of the first in its queued line (with its
- * message's others, as the dispatch groups them) and start it. */
+/* While the destination's window allows, and there is room in all
+ * (sched_pump_room), make a job of the first in its queued line (with its
+ * message's others, as the dispatch groups them) and start it; without
+ * room, d is held (sched_dest_hold).  While others are held, d takes its
+ * turn among them rather than the room one of them waits for. */
 static void
 sched_dest_pump(struct sched *s, struct sched_dest *d)
 {
 	struct sched_rcpt *rc;
 
-	if (s->stopping || d->state == SCHED_DEST_DOWN)
+	if (s->stopping)
 		return;
-	while ((rc = TAILQ_FIRST(&d->queued)) != NULL && !sched_dest_full(s, d) &&
-	    !sched_pump_paced(s))
+	if (!TAILQ_EMPTY(&s->held)) {
+		if (d->state != SCHED_DEST_DOWN && !sched_dest_full(s, d))
+			sched_dest_hold(s, d, false);
+		sched_held_pump(s);
+		return;
+	}
+	if (d->state == SCHED_DEST_DOWN)
+		return;
+	while ((rc = TAILQ_FIRST(&d->queued)) != NULL && !sched_dest_full(s, d)) {
+		if (!sched_pump_room(s)) {
+			sched_dest_hold(s, d, false);
+			return;
+		}
 		sched_job_start(s, sched_dest_take(s, d, rc));
+	}
+}
+
+/*
+ * While there is room in all, the held destinations start a job each in
+ * turn (round-robin: a destination with a long line goes back to the end
+ * of the ring, so it does not starve the others); a down one makes its
+ * probe (sched_dest_rewake).  One that is full
+ * by its own window or has nothing queued leaves the ring: the end of one
+ * of its jobs pumps it again.  O(jobs started), never a walk of every
+ * destination.
+ */
+void
+sched_held_pump(struct sched *s)
+{
+	struct sched_dest *d;
+	struct sched_rcpt *rc;
+
+	while (!s->stopping && (d = TAILQ_FIRST(&s->held)) != NULL) {
+		if (d->state == SCHED_DEST_DOWN) {
+			/* its probe, due when it was held */
+			if (s->nactive >= sched_jobs_max(s) && !d->probe_out && d->nwaiting > 0)
+				return;
+			sched_dest_unhold(s, d);
+			sched_dest_rewake(s, d);
+			continue;
+		}
+		if (sched_dest_full(s, d) ||
+		    (rc = TAILQ_FIRST(&d->queued)) == NULL) {
+			sched_dest_unhold(s, d);
+			continue;
+		}
+		if (!sched_pump_room(s))
+			return;
+		sched_dest_unhold(s, d);
+		sched_job_start(s, sched_dest_take(s, d, rc));
+		if (!d->held && !sched_dest_full(s, d) && !TAILQ_EMPTY(&d->queued)) {
+			d->held = true;         /* to the end of the ring */
+			TAILQ_INSERT_TAIL(&s->held, d, hentry);
+		}
+	}
 }
 
 /* The job's recipients go to the end of d's queued line, in the job's
@@ -1358,6 +1463,21 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 		job->force = true;
 		d->forced_gen = s->flush_gen;
 	}
+	if (job->force && s->nactive >= sched_jobs_max(s)) {
+		/* a flush's attempt, with no room in all: its turn among the held */
+		bool fresh = d->inflight == 0 && TAILQ_EMPTY(&d->queued);
+
+		if (d->state == SCHED_DEST_DOWN) {
+			d->probe_force = true;  /* the probe goes for it */
+			d->probe_at = now;
+			sched_job_wait(s, job, NULL, NULL, NULL, now);  /* frees job */
+			sched_dest_rewake(s, d);
+		} else {
+			sched_job_queue(s, d, job);     /* frees job */
+			sched_dest_hold(s, d, fresh);
+		}
+		return;
+	}
 	if (!job->force) {
 		if (d->state == SCHED_DEST_DOWN) {
 			if (!d->probe_out && now >= d->probe_at) {
@@ -1375,6 +1495,14 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 		}
 		if (sched_dest_full(s, d)) {
 			sched_job_queue(s, d, job);     /* frees job */
+			return;
+		}
+		if (s->nactive >= sched_jobs_max(s) || d->held) {
+			/* no room in all: its turn among the held */
+			bool fresh = d->inflight == 0 && TAILQ_EMPTY(&d->queued);
+
+			sched_job_queue(s, d, job);     /* frees job */
+			sched_dest_hold(s, d, fresh);
 			return;
 		}
 	}
@@ -1398,6 +1526,10 @@ sched_dest_rewake(struct sched *s, struct sched_dest *d)
 		return;
 	}
 	sched_heap_set(s, &d->wake, SCHED_NOWAKE);
+	if (s->nactive >= sched_jobs_max(s)) {
+		sched_dest_hold(s, d, true);    /* no room in all: the ring makes the probe */
+		return;
+	}
 	/* the first in line, with its message's others (a failed probe's
 	 * recipients went to the end of the line) */
 	job = sched_dest_take(s, d, TAILQ_FIRST(&d->waiting));

@@ -42,6 +42,9 @@ struct dkim_keys;
 #define SCHED_PUMP_OPS_MAX   4096            /* records and removals the queue's writer may be
                                                 behind before the pumps hold back (resuming at
                                                 half: sched_pump_paced) */
+#define SCHED_JOBS_MIN       256             /* the default cap on jobs in flight in all is 2 per
+                                                router.max_connections, at least this
+                                                (sched_jobs_max) */
 
 /* ------------------------------------------------------------------ */
 /* Types. */
@@ -367,6 +370,8 @@ struct sched_dest {
 	struct sched_route *route;      /* the last job's route, for the next to share, or NULL */
 	struct htab_node node;          /* in s->dhash, by name */
 	TAILQ_ENTRY(sched_dest) entry;
+	TAILQ_ENTRY(sched_dest) hentry; /* in s->held while held */
+	bool held;                      /* its queued line waits for room in all (sched_dest_hold) */
 };
 TAILQ_HEAD(sched_destq, sched_dest);
 
@@ -417,6 +422,10 @@ struct sched {
 	struct queue_waiter pump_wait;  /* the pumps wait for the queue's writer (sched_pump_paced) */
 	uint64_t pump_ops_max;          /* SCHED_PUMP_OPS_MAX (tests lower it) */
 	bool pump_paced;                /* pump_wait is out */
+	unsigned jobs_max;              /* jobs in flight in all; 0: the default (sched_jobs_max);
+	                                   tests set it */
+	struct sched_destq held;        /* destinations whose queued line waits for room in all
+	                                   (the job cap or the writer): taken in turn (sched_held_pump) */
 	bool stopping;
 	bool timer_closed;
 	bool routes_closed;
@@ -529,6 +538,11 @@ void sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *j
 void sched_dest_rewake(struct sched *s, struct sched_dest *d);
 /* The scheduler stops: the pumps' wait for the queue's writer is cancelled. */
 void sched_pump_stop(struct sched *s);
+/* Jobs in flight in all at most: s->jobs_max, or by default 2 per
+ * router.max_connections, at least SCHED_JOBS_MIN. */
+unsigned sched_jobs_max(const struct sched *s);
+/* The destinations held for room in all start jobs in turn while there is room. */
+void sched_held_pump(struct sched *s);
 /* The numeric address of a ("192.0.2.1", "2001:db8::1") into out. */
 void sched_addr_ip(const struct dns_addr *a, char *out, size_t outlen);
 

@@ -54,7 +54,14 @@ and during the release; each against its target, "met" / "not met":
 
     python3 tests/bench/backlog_bench.py [--messages 100000] [--size 1024]
         [--rate 20] [--before 10] [--trigger flush|probe] [--no-pace]
-        [--attach 'CMD ... {pid} ...'] [--build build]
+        [--attach 'CMD ... {pid} ...'] [--destinations K] [--dns-ttl S] [--dns-rcvbuf BYTES] [--build build]
+
+--destinations K spreads the backlog over K destinations (d0..d<K-1>.bench.test,
+bench_control -D K, every one's MX the C sink's address; the release is
+`relayctl queue flush --all`).  Both runs then also print the most
+recipients in attempts at once (`relayctl stats`, sampled with the RSS): the
+scheduler's cap on jobs in flight in all (router/SCHEDULING.md) bounds it,
+where before every destination's window admitted its jobs.
 
 --attach runs CMD against relayd (as submit_bench.py does) from the trigger
 until the backlog has arrived, then sends it SIGINT.
@@ -64,6 +71,7 @@ import json
 import os
 import signal
 import smtplib
+import socket
 import statistics
 import subprocess
 import sys
@@ -114,6 +122,17 @@ def pct(v, p):
         return float("nan")
     k = max(0, min(len(v) - 1, int(round(p / 100.0 * len(v) + 0.5)) - 1))
     return v[k]
+
+
+def udp_rcvbuf_errors():
+    """The host's count of UDP datagrams dropped for a full receive buffer
+    (/proc/net/snmp, Udp RcvbufErrors; host-wide), or None."""
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        return int(rows[1][rows[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def verdict(ok):
@@ -177,6 +196,31 @@ class RssSampler:
 
     def between(self, t0, t1):
         return [kib for t, kib in self.samples if t0 <= t <= t1]
+
+
+class ActiveSampler:
+    """The most recipients in attempts at once (`relayctl stats --json`)."""
+
+    def __init__(self, relay):
+        self.relay = relay
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                q = json.loads(ctl(self.relay, "stats", "--json", timeout=30))["queue"]["recipients"]
+                self.peak = max(self.peak, q["active"])
+            except (SystemExit, subprocess.SubprocessError, ValueError, KeyError):
+                pass
+            self._stop.wait(RSS_PERIOD)
+
+    def stop(self):
+        self._stop.set()
+        self._t.join()
+        return self.peak
 
 
 class Trickle:
@@ -248,7 +292,7 @@ def settle(relay, n, timeout):
 def fill(a, relay):
     t0 = now()
     r = subprocess.run([os.path.join(a.build, "tests", "bench_control"), "-d", relay.queue_dir,
-                        "-n", str(a.messages), "-D", "1", "-s", str(a.size), "-c", "256"],
+                        "-n", str(a.messages), "-D", str(a.destinations), "-s", str(a.size), "-c", "256"],
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit("bench_control: %s" % r.stderr)
@@ -260,7 +304,18 @@ def make_relay(a, backoff):
                   submit={"login_max_messages": 0, "login_max_recipients": 0},
                   router={"retry_intervals": ["1h"], "host_backoff": [backoff, backoff],
                           "delay_warning": "0", "max_queue_age": "5d"})
-    relay.dns.set_mx_ips(BACKLOG_DOMAIN, [(10, BACKLOG_HOST)])
+    if a.dns_ttl is not None:
+        # the server's TTL is its SOA's too: the exchangers' AAAA answer is
+        # NODATA, cached per that SOA (RFC 2308), and a lookup's result is
+        # kept for the least TTL of its answers (dns/dns.h)
+        relay.dns.ttl = a.dns_ttl
+    if a.dns_rcvbuf:
+        # the harness's DNS server (Python, one thread) drops what its UDP
+        # receive buffer (net.core.rmem_default) cannot hold; relayd's
+        # resolver asks again after its timeout (2 s)
+        relay.dns._udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, a.dns_rcvbuf)
+    for k in range(a.destinations):
+        relay.dns.set_mx_ips("d%d.bench.test" % k, [(10, BACKLOG_HOST)], ttl=a.dns_ttl)
     for d in OTHER_DOMAINS:
         relay.dns.set_mx_ips(d, [(10, OTHER_HOST)])
     return relay
@@ -350,11 +405,15 @@ def pace_run(a):
         counts = CountLog(sink)
         relay.start(timeout=600)
         rss = RssSampler(relay.pid)
+        active = ActiveSampler(relay)
         done = wait_count(sink, a.messages, "pace")
         rss.stop()
         counts.stop()
+        print("  most recipients in attempts at once: %d" % active.stop())
         first, last, rate, buckets = rate_series(counts.series, a.messages)
         if done is None or first is None:
+            deferred = log_events(relay, "deferred")
+            print("  %d deferred; the first: %s" % (len(deferred), deferred[:1]))
             raise SystemExit("the pace run did not deliver everything")
         kib = [k for _, k in rss.samples]
         print("  delivered %d in %.1fs from the first arrival: %.0f msgs/s; relayd RSS %.1f..%.1f MiB"
@@ -388,16 +447,25 @@ def release_run(a, pace):
         sink = CSink(os.path.join(a.build, "tests", "bench_sink"), BACKLOG_HOST, relay.smtp_port)
         counts = CountLog(sink)
         attached = attach(a.attach, relay.pid) if a.attach else None
+        active = ActiveSampler(relay)
         t_trigger = now()
-        if a.trigger == "flush":
+        nq0, drops0 = len(relay.dns.queries), udp_rcvbuf_errors()
+        if a.trigger == "flush" and a.destinations > 1:
+            ctl(relay, "queue", "flush", "--all")
+        elif a.trigger == "flush":
             ctl(relay, "queue", "flush", "--domain", BACKLOG_DOMAIN)
         done = wait_count(sink, a.messages, "release")
+        print("  most recipients in attempts at once: %d" % active.stop())
         t_end = now()
         t_written = written(relay) if done is not None else None
         if attached is not None:
             attached.send_signal(signal.SIGINT)
             attached.wait()
         trickle.stop()
+        drops1 = udp_rcvbuf_errors()
+        print("  DNS queries during the release: %d; UDP datagrams dropped on a full receive buffer "
+              "(host-wide): %s" % (len(relay.dns.queries) - nq0,
+                                   "?" if drops0 is None or drops1 is None else drops1 - drops0))
         rss.stop()
         counts.stop()
         first, last, rate, buckets = rate_series(counts.series, a.messages)
@@ -502,6 +570,13 @@ def main():
                     help="skip the sink's pace run")
     ap.add_argument("--attach", metavar="CMD",
                     help="run CMD ({pid} = relayd's pid) through the release; SIGINT at its end")
+    ap.add_argument("--destinations", type=int, default=1,
+                    help="spread the backlog over K destinations (flush --all)")
+    ap.add_argument("--dns-rcvbuf", type=int, default=4 << 20,
+                    help="SO_RCVBUF of the harness's DNS server's UDP socket, bytes "
+                         "(default 4 MiB, up to net.core.rmem_max; 0: the host's default)")
+    ap.add_argument("--dns-ttl", type=int, default=None,
+                    help="TTL of the backlog's MX and A records (default: the harness's, 0)")
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     a = ap.parse_args()
     a.build = os.path.abspath(a.build)

@@ -38,7 +38,7 @@
 #define H (60 * M)
 
 #define MAX_STEPS 12
-#define MAX_MSGS  16
+#define MAX_MSGS  320     /* test_release_many_dests, deflt: SCHED_JOBS_MIN + 44 */
 
 enum act {
 	TICK,                   /* nothing: only the clock moves */
@@ -321,6 +321,8 @@ fx_new(void *arg, struct queue_msg *m)
 	sched_queue_new(fx->s, m);
 }
 
+static int fx_many_dests;       /* routes d0.test ... to a_hosts as well (fx_conf) */
+
 /* The scenario's configuration: a.test routed to a_hosts, the rest to the
  * reports sink. */
 static struct conf *
@@ -339,6 +341,12 @@ fx_conf(const struct scenario *sc, const char *dir, const char *a_hosts)
 	c->router.delay_warning = sc->delay_warning;
 	c->deliver.tls = CONF_TLS_NONE;
 	conf_route(c, "a.test", a_hosts);
+	for (int k = 0; k < fx_many_dests; k++) {      /* d0.test ...: as many destinations */
+		char dom[32];
+
+		snprintf(dom, sizeof(dom), "d%d.test", k);
+		conf_route(c, dom, a_hosts);
+	}
 	buf_printf(&hosts, "127.0.0.4:%d", sink_r.port);
 	conf_route(c, "*", buf_cstr(&hosts));
 	buf_free(&hosts);
@@ -1948,6 +1956,133 @@ test_release_writer_paced(int no, bool stop)
 	uv_mutex_destroy(&g.mu);
 	uv_cond_destroy(&g.cv);
 }
+static unsigned many_active_max;        /* pred_many_*: the most jobs in flight seen */
+static uint64_t many_unwritten_max;     /* and the most records and removals unwritten */
+
+static void
+many_watch(struct fx *fx)
+{
+	if (fx->s->nactive > many_active_max)
+		many_active_max = fx->s->nactive;
+	if (queue_ops_unwritten(fx->q) > many_unwritten_max)
+		many_unwritten_max = queue_ops_unwritten(fx->q);
+}
+
+static bool
+pred_many_done(struct fx *fx)
+{
+	many_watch(fx);
+	return pred_all_done(fx);
+}
+
+/* Nothing in flight, every message in (held back: the writer is stopped). */
+static bool
+pred_many_stopped(struct fx *fx)
+{
+	many_watch(fx);
+	return fx->ncommitted == fx->nsubmitted && fx->s->nactive == 0 && fx->s->pump_paced &&
+	    !TAILQ_EMPTY(&fx->s->held);
+}
+
+/*
+ * SCHEDULING.md, Outages: a backlog over many destinations (DESTS of them,
+ * new, each admitting one job) starts no more jobs in all than the cap
+ * (jobs_max, lowered to CAP), in turn: every message is delivered, and
+ * never more than CAP attempts are out.  Without the cap each destination
+ * started its job at once (DESTS in flight).  writer: the queue's sync
+ * thread is held and the pumps' bound lowered to OPS: the destinations
+ * held back wait in the ring while the writer's backlog stays within OPS
+ * and the records of the CAP jobs that were out (without the cap every
+ * destination's job issued its records: 2 per message), and all of them
+ * resume and deliver once the writer goes on.  flush: every destination
+ * is down (its recipients wait) when `relayctl queue flush --all` forces
+ * an attempt of each: no more than CAP of them go out at once, the others
+ * make their probes in turn (without the cap every destination's forced
+ * attempt started at once).  deflt: jobs_max left unset, the default cap
+ * (2 per router.max_connections, at least SCHED_JOBS_MIN) holds: more
+ * destinations than it, one message each, never more than it out (with no
+ * cap by default all of them were).
+ */
+enum many_mode { MANY_ADMIT, MANY_WRITER, MANY_FLUSH, MANY_DEFAULT };
+
+static void
+test_release_many_dests(int no, enum many_mode mode)
+{
+	bool writer = mode == MANY_WRITER, deflt = mode == MANY_DEFAULT;
+	enum { OPS = 4 };
+	const int DESTS = deflt ? SCHED_JOBS_MIN + 44 : 16, PER = deflt ? 1 : 4;
+	unsigned CAP = 4;
+	struct fx fx;
+	struct sync_hold g;
+	char dom[32];
+	long ntx;
+
+	memset(&g, 0, sizeof(g));
+	if (uv_mutex_init(&g.mu) != 0 || uv_cond_init(&g.cv) != 0)
+		exit(2);
+	/* writer: every first attempt deferred (451 to RCPT), their retries due at once */
+	sinks_reset(writer ? "A" : mode == MANY_FLUSH ? "" : "a");
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	fx_many_dests = DESTS;
+	fx_init(&fx, &route_share, no);
+	fx_many_dests = 0;
+	if (deflt) {
+		CAP = 2 * fx.s->conf->router.max_connections;
+		if (CAP < SCHED_JOBS_MIN)
+			CAP = SCHED_JOBS_MIN;
+		CHECK_MSG(sched_jobs_max(fx.s) == CAP && CAP < (unsigned)DESTS,
+		    "many dests: default cap %u (want %u, below %d)", sched_jobs_max(fx.s), CAP, DESTS);
+	}
+	fx.s->jobs_max = mode == MANY_FLUSH || deflt ? 0 : CAP;
+	many_active_max = 0;
+	many_unwritten_max = 0;
+	for (int k = 0; k < DESTS; k++) {
+		snprintf(dom, sizeof(dom), "d%d.test", k);
+		fx_submit_to(&fx, PER, dom);
+	}
+	if (mode == MANY_FLUSH) {
+		struct sched_dest *d;
+
+		CHECK_MSG(fx_run(&fx, pred_settled), "many dests: the outage never settled");
+		snprintf(dom, sizeof(dom), "route:d%d.test", DESTS - 1);
+		d = fx_dest(&fx, dom);
+		CHECK_MSG(d != NULL && d->state == SCHED_DEST_DOWN && fx.s->nactive == 0,
+		    "many dests: %s not down", dom);
+		sink_set_up(&sink_a, 'a', "a");
+		fx.s->jobs_max = CAP;
+		many_active_max = 0;
+		CHECK(sched_flush(fx.s, NULL) > 0);
+	}
+	if (writer) {
+		CHECK_MSG(fx_run(&fx, pred_settled) && fx_run(&fx, pred_written),
+		    "many dests: the first attempts never settled");
+		mxsink_exec(&sink_a, "sink.reset()");
+		sink_set_up(&sink_a, 'a', "a");
+		fx.s->pump_ops_max = OPS;
+		queue_test_set_sync_fn(fx.q, sync_hold_fn, &g);
+		many_active_max = 0;
+		many_unwritten_max = 0;
+		fx.clock = fx.base + 1 * H;
+		sched_arm(fx.s);
+		CHECK_MSG(fx_run(&fx, pred_many_stopped), "many dests: the retries never held back");
+		CHECK_MSG(many_active_max <= CAP && many_unwritten_max <= OPS + 2 * CAP,
+		    "many dests, writer held: %u jobs in flight, %llu records unwritten at most "
+		    "(want <= %u, <= %u)", many_active_max, (unsigned long long)many_unwritten_max,
+		    CAP, OPS + 2 * CAP);
+		check_tally(fx.s, no, 0);
+		sync_hold_open(&g);
+	}
+	CHECK_MSG(fx_run(&fx, pred_many_done), "many dests: the backlog never delivered");
+	ntx = sink_got(&sink_a);
+	CHECK_MSG(ntx == DESTS * PER && fx_pending(&fx) == 0 && many_active_max <= CAP &&
+	    TAILQ_EMPTY(&fx.s->held),
+	    "many dests: a got %ld transactions, %d pending, %u jobs in flight at most "
+	    "(want %d, 0, <= %u)", ntx, fx_pending(&fx), many_active_max, DESTS * PER, CAP);
+	check_tally(fx.s, no, 1);
+	fx_fini(&fx);
+	uv_mutex_destroy(&g.mu);
+	uv_cond_destroy(&g.cv);
+}
 #endif
 
 int
@@ -1986,6 +2121,10 @@ main(void)
 #ifdef RELAY_TEST_HOOKS
 	test_release_writer_paced((int)RELAY_ARRAY_LEN(scenarios) + 23, false);
 	test_release_writer_paced((int)RELAY_ARRAY_LEN(scenarios) + 24, true);
+	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 25, MANY_ADMIT);
+	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 26, MANY_WRITER);
+	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 27, MANY_FLUSH);
+	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 28, MANY_DEFAULT);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
