@@ -650,19 +650,26 @@ sched_jobs_max(const struct sched *s)
 }
 
 /* d's queued line (or, down, its due probe) waits for room in all: at the
- * end of the ring of held destinations, or at its front when fresh (new mail or a retry for a
- * destination with no job and no line: its first job waits for the next
- * free slot, not for a turn of every backlog). */
+ * end of the ring of held destinations, or, when fresh (new mail or a retry
+ * for a destination with no job and no line: its first job waits for the
+ * next free slot, not for a turn of every backlog), behind the fresh ones
+ * already at its front (s->held_fresh): the fresh go in the order they
+ * came, a later one never passes an earlier one. */
 static void
 sched_dest_hold(struct sched *s, struct sched_dest *d, bool fresh)
 {
 	if (d->held || (TAILQ_EMPTY(&d->queued) && d->state != SCHED_DEST_DOWN))
 		return;
 	d->held = true;
-	if (fresh)
-		TAILQ_INSERT_HEAD(&s->held, d, hentry);
-	else
+	if (!fresh)
 		TAILQ_INSERT_TAIL(&s->held, d, hentry);
+	else {
+		if (s->held_fresh != NULL)
+			TAILQ_INSERT_AFTER(&s->held, s->held_fresh, d, hentry);
+		else
+			TAILQ_INSERT_HEAD(&s->held, d, hentry);
+		s->held_fresh = d;
+	}
 }
 
 /* d leaves the ring of held destinations (it is freed, or relayd stops). */
@@ -671,6 +678,8 @@ sched_dest_unhold(struct sched *s, struct sched_dest *d)
 {
 	if (!d->held)
 		return;
+	if (s->held_fresh == d)         /* the one before it is fresh too, or none is */
+		s->held_fresh = TAILQ_PREV(d, sched_destq, hentry);
 	TAILQ_REMOVE(&s->held, d, hentry);
 	d->held = false;
 }

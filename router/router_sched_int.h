@@ -426,6 +426,8 @@ struct sched {
 	                                   tests set it */
 	struct sched_destq held;        /* destinations whose queued line waits for room in all
 	                                   (the job cap or the writer): taken in turn (sched_held_pump) */
+	struct sched_dest *held_fresh;  /* the last of the fresh ones at the front of held (they
+	                                   come first, in the order they came), or NULL */
 	bool stopping;
 	bool timer_closed;
 	bool routes_closed;

@@ -2083,6 +2083,70 @@ test_release_many_dests(int no, enum many_mode mode)
 	uv_mutex_destroy(&g.mu);
 	uv_cond_destroy(&g.cv);
 }
+
+static int fresh_want;          /* pred_fresh_*: the destination d<k>.test looked at */
+
+/* d<fresh_want>.test is held in the ring. */
+static bool
+pred_fresh_held(struct fx *fx)
+{
+	char name[32];
+	struct sched_dest *d;
+
+	snprintf(name, sizeof(name), "route:d%d.test", fresh_want);
+	d = fx_dest(fx, name);
+	return fx->ncommitted == fx->nsubmitted && d != NULL && d->held;
+}
+
+/* a has fresh_want transactions. */
+static bool
+pred_fresh_got(struct fx *fx)
+{
+	return fx->s->nactive == 0 && sink_got(&sink_a) >= fresh_want;
+}
+
+/*
+ * SCHEDULING.md, "A cap on jobs in flight": fresh mail waits for the next
+ * free slot, and fresh mail that came earlier is not passed by fresh mail
+ * that came later (first come, first served among the fresh).  Cap 1, the
+ * one slot held by an attempt that hangs (x.test, at r); then one message
+ * each to d1, d2, d3, one after the other, each held fresh in turn; the
+ * hanging attempt ends: d1, d2, d3 go out in the order they came.  Put at
+ * the ring's front one by one, they went out d3, d2, d1: under a steady
+ * stream of fresh mail for other destinations the first of them waited as
+ * long as the stream lasted.
+ */
+static void
+test_fresh_in_order(int no)
+{
+	enum { DESTS = 4 };
+	struct fx fx;
+	char dom[32];
+	const char *order;
+
+	sinks_reset("a");
+	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
+	fx_many_dests = DESTS;
+	fx_init(&fx, &route_share, no);
+	fx_many_dests = 0;
+	fx.s->jobs_max = 1;
+	fx_submit_to(&fx, 1, "x.test");
+	CHECK_MSG(fx_run(&fx, pred_delivering), "fresh in order: x.test's attempt never out");
+	for (int k = 1; k < DESTS; k++) {
+		snprintf(dom, sizeof(dom), "d%d.test", k);
+		fx_submit_to(&fx, 1, dom);
+		fresh_want = k;
+		CHECK_MSG(fx_run(&fx, pred_fresh_held), "fresh in order: %s never held", dom);
+	}
+	mxsink_exec(&sink_r, "sink.reset_script(); sink.drop_connections()");
+	fresh_want = DESTS - 1;
+	CHECK_MSG(fx_run(&fx, pred_fresh_got), "fresh in order: the mail never delivered");
+	order = mxsink_eval(&sink_a,
+	    "','.join(m.rcpt_addrs[0].split('@')[1] for m in sink.messages)");
+	CHECK_MSG(strcmp(order, "d1.test,d2.test,d3.test") == 0,
+	    "fresh in order: delivered %s (want d1.test,d2.test,d3.test)", order);
+	fx_fini(&fx);
+}
 #endif
 
 int
@@ -2125,6 +2189,7 @@ main(void)
 	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 26, MANY_WRITER);
 	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 27, MANY_FLUSH);
 	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 28, MANY_DEFAULT);
+	test_fresh_in_order((int)RELAY_ARRAY_LEN(scenarios) + 29);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
