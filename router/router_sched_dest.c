@@ -589,6 +589,18 @@ sched_dest_take(struct sched *s, struct sched_dest *d, struct sched_rcpt *first)
 	return job;
 }
 
+/* A job of the first in d's queued line (sched_dest_take), forced when a
+ * flush's forced attempt of d waited for room in all (d->next_force). */
+static struct sched_job *
+sched_dest_take_queued(struct sched *s, struct sched_dest *d)
+{
+	struct sched_job *job = sched_dest_take(s, d, TAILQ_FIRST(&d->queued));
+
+	job->force = d->next_force;
+	d->next_force = false;
+	return job;
+}
+
 /* The message's view on one attempt of a job: every recipient of it gets o. */
 static void
 sched_job_outcome_all(struct sched *s, struct sched_job *job, enum sched_outcome o,
@@ -772,7 +784,7 @@ sched_dest_pump(struct sched *s, struct sched_dest *d)
 			sched_dest_hold(s, d, false);
 			return;
 		}
-		sched_job_start(s, sched_dest_take(s, d, rc));
+		sched_job_start(s, sched_dest_take_queued(s, d));
 	}
 }
 
@@ -808,7 +820,7 @@ sched_held_pump(struct sched *s)
 		if (!sched_pump_room(s))
 			return;
 		sched_dest_unhold(s, d);
-		sched_job_start(s, sched_dest_take(s, d, rc));
+		sched_job_start(s, sched_dest_take_queued(s, d));
 		if (!d->held && !sched_dest_full(s, d) && !TAILQ_EMPTY(&d->queued)) {
 			d->held = true;         /* to the end of the ring */
 			TAILQ_INSERT_TAIL(&s->held, d, hentry);
@@ -1483,6 +1495,7 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 			sched_dest_rewake(s, d);
 		} else {
 			sched_job_queue(s, d, job);     /* frees job */
+			d->next_force = true;           /* its next job goes for it */
 			sched_dest_hold(s, d, fresh);
 		}
 		return;

@@ -372,6 +372,8 @@ struct sched_dest {
 	TAILQ_ENTRY(sched_dest) entry;
 	TAILQ_ENTRY(sched_dest) hentry; /* in s->held while held */
 	bool held;                      /* its queued line waits for room in all (sched_dest_hold) */
+	bool next_force;                /* the next job of its queued line is a flush's forced
+	                                   attempt that waited for room in all */
 };
 TAILQ_HEAD(sched_destq, sched_dest);
 

@@ -2147,6 +2147,66 @@ test_fresh_in_order(int no)
 	    "fresh in order: delivered %s (want d1.test,d2.test,d3.test)", order);
 	fx_fini(&fx);
 }
+
+/* Nothing in flight and d1.test held in the ring. */
+static bool
+pred_d1_held(struct fx *fx)
+{
+	struct sched_dest *d = fx_dest(fx, "route:d1.test");
+
+	return d != NULL && d->held;
+}
+
+/*
+ * SCHEDULING.md, "A cap on jobs in flight": a flush's forced attempt that
+ * waits for room in all is still forced when its turn comes (it ignores
+ * host backoff).  d1 (not down: its message deferred by a 451) and d2 share a
+ * host that d2's attempt marked down (421); d2's message is deleted, so
+ * no probe of d2 clears it.  With the one slot (cap 1) held by an attempt
+ * that hangs, `flush --all` forces an attempt of d1: it waits in the ring,
+ * and when the slot frees it reaches the host and delivers.  Taken from the
+ * ring as an ordinary job it skipped the host (down) and d1 went down
+ * until the host's backoff ended.
+ */
+static void
+test_flush_forced_held(int no)
+{
+	struct fx fx;
+	struct sched_dest *d;
+	long ntx;
+
+	sinks_reset("A");
+	mxsink_exec(&sink_r, "sink.reset(); sink.reset_script()");
+	fx_many_dests = 3;
+	fx_init(&fx, &route_share, no);
+	fx_many_dests = 0;
+	fx_submit_to(&fx, 1, "d1.test");
+	CHECK_MSG(fx_run(&fx, pred_settled), "flush held: d1 never settled");
+	sink_set_up(&sink_a, 'a', "");
+	fx_submit_to(&fx, 1, "d2.test");
+	CHECK_MSG(fx_run(&fx, pred_settled), "flush held: d2 never settled");
+	d = fx_dest(&fx, "route:d2.test");
+	CHECK_MSG(d != NULL && d->state == SCHED_DEST_DOWN, "flush held: d2 not down");
+	d = fx_dest(&fx, "route:d1.test");
+	CHECK_MSG(d == NULL || d->state != SCHED_DEST_DOWN, "flush held: d1 down");
+	CHECK_INT(sched_delete(fx.s, fx.qids[1]), 0);
+	sink_set_up(&sink_a, 'a', "a");
+	mxsink_exec(&sink_a, "sink.reset()");
+	mxsink_exec(&sink_r, "sink.script(greeting='HANG')");
+	fx.s->jobs_max = 1;
+	fx_submit_to(&fx, 1, "x.test");
+	CHECK_MSG(fx_run(&fx, pred_delivering), "flush held: x.test's attempt never out");
+	CHECK(sched_flush(fx.s, NULL) > 0);
+	CHECK_MSG(fx_run(&fx, pred_d1_held), "flush held: d1 never held");
+	mxsink_exec(&sink_r, "sink.reset_script(); sink.drop_connections()");
+	CHECK_MSG(fx_run(&fx, pred_settled), "flush held: never settled after the flush");
+	ntx = sink_got(&sink_a);
+	d = fx_dest(&fx, "route:d1.test");
+	CHECK_MSG(ntx == 1 && (d == NULL || d->state != SCHED_DEST_DOWN),
+	    "flush held: a got %ld transactions, d1 %s (want 1, not down)", ntx,
+	    d != NULL && d->state == SCHED_DEST_DOWN ? "down" : "not down");
+	fx_fini(&fx);
+}
 #endif
 
 int
@@ -2190,6 +2250,7 @@ main(void)
 	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 27, MANY_FLUSH);
 	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 28, MANY_DEFAULT);
 	test_fresh_in_order((int)RELAY_ARRAY_LEN(scenarios) + 29);
+	test_flush_forced_held((int)RELAY_ARRAY_LEN(scenarios) + 30);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
