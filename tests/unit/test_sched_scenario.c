@@ -2084,6 +2084,15 @@ test_release_many_dests(int no, enum many_mode mode)
 	uv_cond_destroy(&g.cv);
 }
 
+/* r holds a connection open (greeting='HANG'), its thread started, so
+ * that sink.drop_connections() may end it. */
+static bool
+pred_r_hanging(struct fx *fx)
+{
+	return mxsink_long(&sink_r, "int(len(sink.sessions) >= 1 and "
+	    "all(t.ident is not None for t in list(sink._conns.values())))") == 1;
+}
+
 static int fresh_want;          /* pred_fresh_*: the destination d<k>.test looked at */
 
 /* d<fresh_want>.test is held in the ring. */
@@ -2132,6 +2141,7 @@ test_fresh_in_order(int no)
 	fx.s->jobs_max = 1;
 	fx_submit_to(&fx, 1, "x.test");
 	CHECK_MSG(fx_run(&fx, pred_delivering), "fresh in order: x.test's attempt never out");
+	CHECK_MSG(fx_run(&fx, pred_r_hanging), "fresh in order: x.test's attempt never hangs");
 	for (int k = 1; k < DESTS; k++) {
 		snprintf(dom, sizeof(dom), "d%d.test", k);
 		fx_submit_to(&fx, 1, dom);
@@ -2196,6 +2206,7 @@ test_flush_forced_held(int no)
 	fx.s->jobs_max = 1;
 	fx_submit_to(&fx, 1, "x.test");
 	CHECK_MSG(fx_run(&fx, pred_delivering), "flush held: x.test's attempt never out");
+	CHECK_MSG(fx_run(&fx, pred_r_hanging), "flush held: x.test's attempt never hangs");
 	CHECK(sched_flush(fx.s, NULL) > 0);
 	CHECK_MSG(fx_run(&fx, pred_d1_held), "flush held: d1 never held");
 	mxsink_exec(&sink_r, "sink.reset_script(); sink.drop_connections()");
