@@ -2123,7 +2123,8 @@ pred_fresh_got(struct fx *fx)
  * hanging attempt ends: d1, d2, d3 go out in the order they came.  Put at
  * the ring's front one by one, they went out d3, d2, d1: under a steady
  * stream of fresh mail for other destinations the first of them waited as
- * long as the stream lasted.
+ * long as the stream lasted.  A held destination whose message is deleted
+ * leaves the ring as it is forgotten.
  */
 static void
 test_fresh_in_order(int no)
@@ -2148,6 +2149,15 @@ test_fresh_in_order(int no)
 		fresh_want = k;
 		CHECK_MSG(fx_run(&fx, pred_fresh_held), "fresh in order: %s never held", dom);
 	}
+	/* relayctl delete of a held destination's only message: it leaves the
+	 * ring as it is freed (ASan: no use after free when the ring turns) */
+	fx_submit_to(&fx, 1, "d0.test");
+	fresh_want = 0;
+	CHECK_MSG(fx_run(&fx, pred_fresh_held), "fresh in order: d0.test never held");
+	CHECK_INT(sched_delete(fx.s, fx.qids[DESTS]), 0);
+	CHECK_MSG(fx_dest(&fx, "route:d0.test") == NULL && fx.s->held_fresh != NULL &&
+	    strcmp(fx.s->held_fresh->name, "route:d3.test") == 0,
+	    "fresh in order: d0.test not forgotten when its message was deleted");
 	mxsink_exec(&sink_r, "sink.reset_script(); sink.drop_connections()");
 	fresh_want = DESTS - 1;
 	CHECK_MSG(fx_run(&fx, pred_fresh_got), "fresh in order: the mail never delivered");
