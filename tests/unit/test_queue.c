@@ -1468,6 +1468,63 @@ test_reap_after_removal(void)
 	free(body);
 }
 
+/* Each qdir/msg/ name starting with prefix made an empty directory instead
+ * of a file (which unlinkat(2) without AT_REMOVEDIR refuses: EISDIR, even
+ * to root); the count. */
+static size_t
+dirs_for_prefixed(const char *qdir, const char *prefix)
+{
+	char path[512], names[8][NAME_MAX + 1];
+	struct dirent *de;
+	size_t i, n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/msg", qdir);
+	if ((d = opendir(path)) == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL && n < 8)
+		if (strncmp(de->d_name, prefix, strlen(prefix)) == 0)
+			memcpy(names[n++], de->d_name, strlen(de->d_name) + 1);
+	closedir(d);
+	for (i = 0; i < n; i++) {
+		if ((size_t)snprintf(path, sizeof(path), "%s/msg/%s", qdir, names[i]) >= sizeof(path))
+			abort();
+		CHECK_INT(unlink(path), 0);
+		CHECK_INT(mkdir(path, 0700), 0);
+	}
+	return n;
+}
+
+/* A removed file the reaper cannot delete is logged (queue_error op=unlink),
+ * not passed over in silence; the queue goes on and closes. */
+static void
+test_reap_failure_logged(void)
+{
+	struct sink fresh = { .n = 0 };
+	char dir[128], *body;
+	uv_loop_t loop;
+	struct queue *q;
+
+	new_qdir(dir, sizeof(dir));
+	body = xmalloc(REAP_BIG);
+	memset(body, 'x', REAP_BIG);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, sink_add, &fresh);
+	reap_held(&loop, q, &fresh, body);
+	CHECK(!log_has("op=unlink error=\"Is a directory\""));
+	CHECK_INT(dirs_for_prefixed(dir, ".spare-"), REAP_N);
+	queue_test_hold_reaper(q, false);
+	uv_run(&loop, UV_RUN_DEFAULT);                  /* until the reaper has tried them */
+	CHECK(log_has("event=queue_error qid=.spare-"));
+	CHECK(log_has("op=unlink error=\"Is a directory\""));
+	CHECK_INT(count_prefixed(dir, ".spare-"), REAP_N);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	sink_free(&fresh);
+	free(body);
+}
+
 /* A fresh queue directory holding n (at most 64) messages, the queue closed. */
 static void
 scan_fill(uv_loop_t *loop, char *dir, size_t dirlen, size_t n)
@@ -2437,6 +2494,7 @@ main(void)
 	test_recycle();
 	test_spares_kept();
 	test_reap_after_removal();
+	test_reap_failure_logged();
 	test_recycle_refused();
 	test_corrupt();
 	test_dkim_restart();
