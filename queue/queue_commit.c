@@ -162,6 +162,16 @@ queue_file_unshared(int fd)
 	return true;
 }
 
+/* Delete a removed file (msg/.spare-N), on the sync thread or the reaper.
+ * ENOENT: gone already; any other failure leaves its blocks in use until
+ * the next start deletes it, and is logged (queue_error op=unlink). */
+static void
+queue_unlink_removed(struct queue *q, const char *iname)
+{
+	if (unlinkat(q->msgfd, iname, 0) == -1 && errno != ENOENT)
+		queue_log_errno(iname, "unlink", errno);
+}
+
 /*
  * A removed file the pool does not keep (msg/.spare-N; its rename durable
  * when the removal carried records, QUEUE.md "Removing a message"):
@@ -192,7 +202,7 @@ queue_reap(struct queue *q, const char *iname)
 		uv_mutex_unlock(&q->mtx);
 	}
 	if (!queued)
-		(void)unlinkat(q->msgfd, iname, 0);
+		queue_unlink_removed(q, iname);
 	return queued;
 }
 
@@ -230,7 +240,7 @@ queue_reaper_main(void *arg)
 		uv_mutex_unlock(&q->mtx);
 		for (i = 0; i < n; i++) {
 			snprintf(name, sizeof(name), QNAME_SPARE "%llu", (unsigned long long)take[i]);
-			(void)unlinkat(q->msgfd, name, 0);
+			queue_unlink_removed(q, name);
 		}
 		uv_mutex_lock(&q->mtx);
 		q->reaped += n;

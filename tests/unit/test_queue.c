@@ -1428,6 +1428,36 @@ reap_held(uv_loop_t *loop, struct queue *q, struct sink *fresh, const char *body
 	CHECK_INT(queue_ops_unwritten(q), 0);
 }
 
+/* Each qdir/msg/ name starting with prefix made an empty directory instead
+ * of a file (to_dir: which unlinkat(2) without AT_REMOVEDIR refuses with
+ * EISDIR, even to root), or such a directory removed; the count. */
+static size_t
+swap_prefixed(const char *qdir, const char *prefix, bool to_dir)
+{
+	char path[512], names[8][NAME_MAX + 1];
+	struct dirent *de;
+	size_t i, n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/msg", qdir);
+	if ((d = opendir(path)) == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL && n < 8)
+		if (strncmp(de->d_name, prefix, strlen(prefix)) == 0)
+			memcpy(names[n++], de->d_name, strlen(de->d_name) + 1);
+	closedir(d);
+	for (i = 0; i < n; i++) {
+		if ((size_t)snprintf(path, sizeof(path), "%s/msg/%s", qdir, names[i]) >= sizeof(path))
+			abort();
+		if (to_dir) {
+			CHECK_INT(unlink(path), 0);
+			CHECK_INT(mkdir(path, 0700), 0);
+		} else
+			CHECK_INT(rmdir(path), 0);
+	}
+	return n;
+}
+
 static void
 test_reap_after_removal(void)
 {
@@ -1457,6 +1487,16 @@ test_reap_after_removal(void)
 	queue_test_hold_reaper(q, false);
 	uv_run(&loop, UV_RUN_DEFAULT);
 	CHECK_INT(count_dir(dir, "msg"), 0);
+
+	/* one it cannot delete is logged (queue_error op=unlink), not passed over */
+	reap_held(&loop, q, &fresh, body);
+	CHECK(!log_has("op=unlink error=\"Is a directory\""));
+	CHECK_INT(swap_prefixed(dir, ".spare-", true), REAP_N);
+	queue_test_hold_reaper(q, false);
+	uv_run(&loop, UV_RUN_DEFAULT);                  /* until the reaper has tried them */
+	CHECK(log_has("event=queue_error qid=.spare-"));
+	CHECK(log_has("op=unlink error=\"Is a directory\""));
+	CHECK_INT(swap_prefixed(dir, ".spare-", false), REAP_N);
 
 	/* held again, then a close: the reaper deletes them before it exits */
 	reap_held(&loop, q, &fresh, body);
