@@ -3,7 +3,7 @@
 # builds relayd three times (warnings as errors; then with AddressSanitizer
 # and UndefinedBehaviorSanitizer; then with ThreadSanitizer), each with the
 # test hooks (RELAY_TEST_HOOKS), and runs the whole ctest suite on each
-# build.  In CI (CI=true, or RELAYD_FUZZ=1) it then builds the libFuzzer
+# build; it also compiles everything once without the hooks (no run).  In CI (CI=true, or RELAYD_FUZZ=1) it then builds the libFuzzer
 # targets (clang, RELAY_FUZZ) and fuzzes each for RELAYD_FUZZ_SECONDS (60)
 # seconds; a crash, leak or hang fails the run and leaves its input in
 # build-fuzz/artifacts/.
@@ -17,6 +17,13 @@ jobs=$(nproc 2>/dev/null || echo 2)
 echo "== build (Werror) =="
 cmake -S . -B build -DRELAY_WERROR=ON -DRELAY_TEST_HOOKS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
+
+echo "== build (no test hooks: what the README's build and the package compile) =="
+# Every target, tests included, must build without RELAY_TEST_HOOKS too: a
+# test calling a hook outside #ifdef RELAY_TEST_HOOKS broke the quickstart
+# on a fresh machine while every leg below passed.
+cmake -S . -B build-plain -DRELAY_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build-plain -j"$jobs"
 
 echo "== tests =="
 # RELAYD_TEST_SUBMIT_WORKERS (tests/harness/relay.py): this leg runs every

@@ -1387,6 +1387,7 @@ test_spares_kept(void)
 	sink_free(&scanned);
 }
 
+#ifdef RELAY_TEST_HOOKS
 static void
 stop_loop(void *arg)
 {
@@ -1507,6 +1508,7 @@ test_reap_after_removal(void)
 	sink_free(&fresh);
 	free(body);
 }
+#endif
 
 /* A fresh queue directory holding n (at most 64) messages, the queue closed. */
 static void
@@ -2476,7 +2478,6 @@ main(void)
 	test_leftovers();
 	test_recycle();
 	test_spares_kept();
-	test_reap_after_removal();
 	test_recycle_refused();
 	test_corrupt();
 	test_dkim_restart();
@@ -2488,6 +2489,7 @@ main(void)
 	test_scanner_paced();
 	test_scan_readdir_fails();
 #ifdef RELAY_TEST_HOOKS
+	test_reap_after_removal();
 	test_scanner_stop_busy();
 	test_scanner_paced_stop();
 #endif
