@@ -661,6 +661,13 @@ sched_jobs_max(const struct sched *s)
 	return 2 * mc > SCHED_JOBS_MIN ? 2 * mc : SCHED_JOBS_MIN;
 }
 
+/* Whether the jobs in flight in all are at the cap (sched_jobs_max). */
+static bool
+sched_jobs_full(const struct sched *s)
+{
+	return s->nactive >= sched_jobs_max(s);
+}
+
 /* d's queued line (or, down, its due probe) waits for room in all: at the
  * end of the ring of held destinations, or, when fresh (new mail or a retry
  * for a destination with no job and no line: its first job waits for the
@@ -743,7 +750,7 @@ sched_pump_paced(struct sched *s)
 static bool
 sched_pump_room(struct sched *s)
 {
-	return s->nactive < sched_jobs_max(s) && !sched_pump_paced(s);
+	return !sched_jobs_full(s) && !sched_pump_paced(s);
 }
 
 void
@@ -806,7 +813,7 @@ sched_held_pump(struct sched *s)
 	while (!s->stopping && (d = TAILQ_FIRST(&s->held)) != NULL) {
 		if (d->state == SCHED_DEST_DOWN) {
 			/* its probe, due when it was held */
-			if (s->nactive >= sched_jobs_max(s) && !d->probe_out && d->nwaiting > 0)
+			if (sched_jobs_full(s) && !d->probe_out && d->nwaiting > 0)
 				return;
 			sched_dest_unhold(s, d);
 			sched_dest_rewake(s, d);
@@ -1471,6 +1478,20 @@ sched_job_start(struct sched *s, struct sched_job *job)
 		    sched_on_mx, job);
 }
 
+/* An admitted job with no room in all: its recipients to d's queued line
+ * (the job is freed), d to the ring (fresh when it had no job and no line);
+ * a flush's forced job makes d's next job forced. */
+static void
+sched_job_hold(struct sched *s, struct sched_dest *d, struct sched_job *job)
+{
+	bool fresh = d->inflight == 0 && TAILQ_EMPTY(&d->queued);
+
+	if (job->force)
+		d->next_force = true;
+	sched_job_queue(s, d, job);
+	sched_dest_hold(s, d, fresh);
+}
+
 /* A new job for its destination: start it, queue it, or let its recipients
  * wait (the job is freed then). */
 void
@@ -1484,20 +1505,15 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 		job->force = true;
 		d->forced_gen = s->flush_gen;
 	}
-	if (job->force && s->nactive >= sched_jobs_max(s)) {
+	if (job->force && sched_jobs_full(s)) {
 		/* a flush's attempt, with no room in all: its turn among the held */
-		bool fresh = d->inflight == 0 && TAILQ_EMPTY(&d->queued);
-
 		if (d->state == SCHED_DEST_DOWN) {
 			d->probe_force = true;  /* the probe goes for it */
 			d->probe_at = now;
 			sched_job_wait(s, job, NULL, NULL, NULL, now);  /* frees job */
 			sched_dest_rewake(s, d);
-		} else {
-			sched_job_queue(s, d, job);     /* frees job */
-			d->next_force = true;           /* its next job goes for it */
-			sched_dest_hold(s, d, fresh);
-		}
+		} else
+			sched_job_hold(s, d, job);
 		return;
 	}
 	if (!job->force) {
@@ -1519,12 +1535,8 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 			sched_job_queue(s, d, job);     /* frees job */
 			return;
 		}
-		if (s->nactive >= sched_jobs_max(s) || d->held) {
-			/* no room in all: its turn among the held */
-			bool fresh = d->inflight == 0 && TAILQ_EMPTY(&d->queued);
-
-			sched_job_queue(s, d, job);     /* frees job */
-			sched_dest_hold(s, d, fresh);
+		if (sched_jobs_full(s) || d->held) {
+			sched_job_hold(s, d, job);      /* no room in all */
 			return;
 		}
 	}
@@ -1548,7 +1560,7 @@ sched_dest_rewake(struct sched *s, struct sched_dest *d)
 		return;
 	}
 	sched_heap_set(s, &d->wake, SCHED_NOWAKE);
-	if (s->nactive >= sched_jobs_max(s)) {
+	if (sched_jobs_full(s)) {
 		sched_dest_hold(s, d, true);    /* no room in all: the ring makes the probe */
 		return;
 	}
