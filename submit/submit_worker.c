@@ -580,6 +580,7 @@ sw_main(void *arg)
 	int rc;
 
 	pthread_setname_np(pthread_self(), "relayd-submit");
+	sw_pool_refill(w->shard);       /* the first pool: reserved by the front's running loop */
 	uv_run(&w->loop, UV_RUN_DEFAULT);
 	if ((rc = uv_loop_close(&w->loop)) != 0)
 		fatalx("%s: uv_loop_close: %s", __func__, uv_strerror(rc));
@@ -700,12 +701,6 @@ submit_workers_start(struct submit *front)
 		return;
 	ws->started = true;
 	for (i = 0; i < ws->n; i++) {
-		struct submit_worker *w = &ws->w[i];
-
-		/* the first pool, before the thread runs (a failed start's stop: none) */
-		while (!ws->stopping && w->npool < SUBMIT_TXN_POOL &&
-		    router_txn_begin(front->router, NULL, &w->pool[w->npool]) == 0)
-			w->npool++;
 		ws->w[i].shard->cluster = front->cluster;   /* set after submit_new */
 		ws->w[i].started = true;
 		if ((rc = uv_thread_create(&ws->w[i].tid, sw_main, &ws->w[i])) != 0)
