@@ -593,6 +593,32 @@ sw_main(void *arg)
 /* ------------------------------------------------------------------ */
 /* The front's side: make, start, reload, stop, free */
 
+/*
+ * Whether nobody listens on a's address: 0, or -EADDRINUSE (-errno).  A
+ * socket without SO_REUSEPORT cannot bind where another listens, with or
+ * without it; the shards' sockets can, beside any other process of the same
+ * user that set it (a second relayd would share the port, the kernel
+ * spreading the connections over both).  So the first shard's bind is
+ * preceded by this one, made and closed: a second relayd fails to start
+ * with "Address already in use", as with one loop.  SO_REUSEADDR: a
+ * connection of a past run in TIME_WAIT is no listener.
+ */
+static int
+sw_port_free(const struct conf_listen *a)
+{
+	int fd, on = 1, e = 0;
+
+	if ((fd = socket(a->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1)
+		return -errno;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+	    (a->addr.ss_family == AF_INET6 &&
+	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) != 0) ||
+	    bind(fd, (const struct sockaddr *)&a->addr, a->addrlen) != 0)
+		e = -errno;
+	close(fd);
+	return e;
+}
+
 /* A listening socket on a's address that shares the port (SO_REUSEPORT): the fd or -errno. */
 static int
 sw_socket(const struct conf_listen *a)
@@ -630,7 +656,9 @@ submit_workers_new(struct submit *front, unsigned n, struct buf *err)
 			const struct conf_listen *a = j < c->submit.nlisten ? &c->submit.listen[j] :
 			    &c->submit.listen_tls[j - c->submit.nlisten];
 
-			if ((fds[i * nl + j] = sw_socket(a)) < 0) {
+			if (i > 0 || (fds[i * nl + j] = sw_port_free(a)) == 0)
+				fds[i * nl + j] = sw_socket(a);
+			if (fds[i * nl + j] < 0) {
 				buf_printf(err, "%s %s: cannot listen: %s\n", j < c->submit.nlisten ?
 				    "submit.listen" : "submit.listen_tls", a->text,
 				    strerror(-fds[i * nl + j]));

@@ -13,10 +13,11 @@ overridden), and picks the thread a session lands on by the connect event.
 import base64
 import os
 import socket
+import subprocess
 import unittest
 
 from client import RawSession
-from relay import Relay
+from relay import Relay, relayd_bin
 from test_submit_smtp import qid_of, stop_cleanly
 
 PLAIN = base64.b64encode(b"\0alice\0alicepw").decode()
@@ -117,6 +118,29 @@ class SpreadTest(WorkersCase):
         r, ev = self.connect()
         self.assertNotIn("worker", ev)
         self.assertEqual(r.cmd("EHLO client.test")[0], 250)
+        stop_cleanly(relay)
+
+
+    def test_second_relayd_on_the_port_is_refused(self):
+        """The threads' listeners share their port (SO_REUSEPORT), which the
+        kernel would let a second relayd of the same user join, splitting the
+        connections between the two: a second relayd on the same address,
+        with a queue of its own, fails to start with "in use", as with one
+        loop, and the first keeps every connection."""
+        relay = self.make(workers=2)
+        relay.wait_for_log("submit_ready", workers=2)
+        other = Relay.for_test(self, submit={"workers": 2})
+        other.config["submit"]["listen"] = ["%s:%d" % (relay.host, relay.submit_port)]
+        other.config["submit"]["listen_tls"] = ["%s:%d" % (relay.host, relay.tls_port)]
+        other.write_config()
+        r = subprocess.run([relayd_bin(), "-c", other.config_path],
+                           capture_output=True, text=True, timeout=20)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("submit.listen %s:%d: cannot listen: Address already in use"
+                      % (relay.host, relay.submit_port), r.stderr)
+        for _ in range(8):
+            _, ev = self.connect()
+            self.assertIn(ev["worker"], ("1", "2"))
         stop_cleanly(relay)
 
 
