@@ -515,6 +515,8 @@ sw_shard_stopped(void *arg)
 static void
 sw_shard_evict(struct submit *shard, struct submit_session *s, const struct sw_msg *m)
 {
+	struct log_line l;
+
 	if (s->login == NULL) {
 		submit_slots_evict(s, m->reason, m->unauth);
 		return;
@@ -523,7 +525,59 @@ sw_shard_evict(struct submit *shard, struct submit_session *s, const struct sw_m
 	if (!s->counted && submit_limits_conn_open(shard->limits, s->ip) == SUBMIT_CONN_OK)
 		s->counted = true;
 	submit_unlock(shard);
+	log_begin(&l, LOG_INFO, "session_evict_skipped");
+	log_kv(&l, "session", s->id);
+	log_kv(&l, "client", s->ip);
+	log_kv(&l, "reason", m->reason);
+	log_kv(&l, "counted", s->counted ? "yes" : "no");
+	log_end(&l);
 }
+
+#ifdef RELAY_TEST_HOOKS
+/* RELAYD_TEST_EVICT_DELAY_MS=N: an EVICT waits N ms on its shard before it
+ * is carried out, so that a test can authenticate the victim meanwhile
+ * (test_submit_workers: the eviction of a session authenticated since). */
+struct sw_evict_later {
+	uv_timer_t timer;
+	struct sw_msg *m;
+};
+
+static void
+sw_evict_later_closed(uv_handle_t *h)
+{
+	free(h->data);
+}
+
+static void
+sw_evict_later_cb(uv_timer_t *t)
+{
+	struct sw_evict_later *el = t->data;
+	struct submit *shard = el->m->shard;
+	struct submit_session *s;
+
+	if ((s = sw_find(shard, el->m->s, el->m->sid)) != NULL)
+		sw_shard_evict(shard, s, el->m);
+	sw_msg_free(el->m);
+	uv_close((uv_handle_t *)t, sw_evict_later_closed);
+}
+
+static bool
+sw_evict_later(struct submit *shard, struct sw_msg *m)
+{
+	const char *v = getenv("RELAYD_TEST_EVICT_DELAY_MS");
+	struct sw_evict_later *el;
+
+	if (v == NULL || *v == '\0')
+		return false;
+	el = xcalloc(1, sizeof(*el));
+	el->m = m;
+	el->timer.data = el;
+	if (uv_timer_init(shard->loop, &el->timer) != 0 ||
+	    uv_timer_start(&el->timer, sw_evict_later_cb, strtoull(v, NULL, 10), 0) != 0)
+		fatalx("%s: timer", __func__);
+	return true;
+}
+#endif
 
 static void
 sw_shard_cb(struct xloop_inbox *in, struct xloop_msg *x)
@@ -553,6 +607,10 @@ sw_shard_cb(struct xloop_inbox *in, struct xloop_msg *x)
 		m->ccb(m->s, m->answered ? &m->counts : NULL);
 		break;
 	case SW_EVICT:
+#ifdef RELAY_TEST_HOOKS
+		if (sw_evict_later(shard, m))
+			return;             /* carried out later, by sw_evict_later_cb */
+#endif
 		if ((s = sw_find(shard, m->s, m->sid)) != NULL)
 			sw_shard_evict(shard, s, m);
 		break;

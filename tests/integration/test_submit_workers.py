@@ -17,7 +17,7 @@ import subprocess
 import unittest
 
 from client import RawSession
-from relay import Relay, relayd_bin
+from relay import Relay, needs_test_hooks, relayd_bin
 from test_submit_smtp import qid_of, stop_cleanly
 
 PLAIN = base64.b64encode(b"\0alice\0alicepw").decode()
@@ -185,6 +185,43 @@ class LimitsTest(WorkersCase):
         else:
             self.fail("no newcomer landed on the other thread")
         self.assertEqual(new.cmd("EHLO client.test")[0], 250)
+        stop_cleanly(relay)
+
+    @needs_test_hooks
+    def test_session_authenticated_before_its_eviction_is_kept(self):
+        """An eviction chosen by one thread's accept for an unauthenticated
+        session of the other reaches it by a posted message; if the session
+        authenticated meanwhile it is kept (one loop never closes an
+        authenticated session for a newcomer), not closed after its 235
+        (session_evict_skipped; counted=no: the newcomer has the only slot).
+        RELAYD_TEST_EVICT_DELAY_MS holds the message on the victim's thread
+        while the test authenticates."""
+        self.relay = relay = Relay.for_test(
+            self, submit={"workers": 2, "max_connections": 1, "unauthenticated_share": 100},
+            env={"RELAYD_TEST_EVICT_DELAY_MS": "3000"})
+        relay.start()
+        old, old_ev = self.connect("127.0.0.8")
+        for _ in range(40):
+            self.assertEqual(old.cmd("EHLO client.test")[0], 250)
+            self.assertEqual(old.starttls()[0], 220)
+            self.assertEqual(old.cmd("EHLO client.test")[0], 250)
+            new, new_ev = self.connect("127.0.0.9")
+            self.assertEqual(new.greeting[0], 220)
+            if new_ev["worker"] != old_ev["worker"]:
+                break
+            # the same thread evicts at once, with no message: try again
+            self.assertEqual(old.read_reply()[:1], (421,))
+            old, old_ev = new, new_ev
+        else:
+            self.fail("no newcomer landed on the other thread")
+        code, text = old.cmd("AUTH PLAIN " + PLAIN)
+        self.assertEqual(code, 235, text)
+        relay.wait_for_log("session_evict_skipped", session=old_ev["session"],
+                           reason="max_connections", counted="no", timeout=20)
+        self.assertEqual(old.cmd("MAIL FROM:<alice@example.org>")[0], 250)
+        self.assertEqual(old.cmd("RSET")[0], 250)
+        self.assertEqual(new.cmd("EHLO client.test")[0], 250)
+        self.assertEqual(relay.count_log("session_evicted", session=old_ev["session"]), 0)
         stop_cleanly(relay)
 
 
