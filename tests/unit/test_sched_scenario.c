@@ -2170,6 +2170,76 @@ test_fresh_in_order(int no)
 	fx_fini(&fx);
 }
 
+/*
+ * SCHEDULING.md, "A cap on jobs in flight": while fresh destinations and
+ * backlogs are both held, the slots go to them in turn: a stream of fresh
+ * mail for other destinations does not starve a backlog, and fresh mail
+ * still waits for at most one backlog job per slot ahead of it.  Cap 1,
+ * the one slot held by an attempt that hangs (x.test, at r); NB messages
+ * for d0 (its line), then one message each for d1 ... dFRESH, each held
+ * fresh as it comes: the stream as the ring sees it, each arrival before
+ * the slot frees.  The hanging attempt ends: d0's first job (fresh), then
+ * its line (a backlog at the ring's back) and the fresh ones alternate.
+ * Fresh ones always first, d0's line waited for the whole stream: d0,
+ * d1 ... dFRESH, then d0's rest (a stream as long as it lasts, none).
+ */
+static void
+test_backlog_turns(int no)
+{
+	enum { FRESH = 4, NB = 8 };
+	struct fx fx;
+	char dom[32], order[256];
+	const char *p;
+	int n = 0, nfresh = 0, nb = 0, nb_fresh = 0, late = -1;
+
+	sinks_reset("a");
+	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
+	fx_many_dests = FRESH + 1;
+	fx_init(&fx, &route_share, no);
+	fx_many_dests = 0;
+	fx.s->jobs_max = 1;
+	fx_submit_to(&fx, 1, "x.test");
+	CHECK_MSG(fx_run(&fx, pred_delivering), "backlog turns: x.test's attempt never out");
+	CHECK_MSG(fx_run(&fx, pred_r_hanging), "backlog turns: x.test's attempt never hangs");
+	fx_submit_to(&fx, NB, "d0.test");
+	fresh_want = 0;
+	CHECK_MSG(fx_run(&fx, pred_fresh_held), "backlog turns: d0.test never held");
+	for (int k = 1; k <= FRESH; k++) {
+		snprintf(dom, sizeof(dom), "d%d.test", k);
+		fx_submit_to(&fx, 1, dom);
+		fresh_want = k;
+		CHECK_MSG(fx_run(&fx, pred_fresh_held), "backlog turns: %s never held", dom);
+	}
+	mxsink_exec(&sink_r, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
+	fresh_want = NB + FRESH;
+	CHECK_MSG(fx_run(&fx, pred_fresh_got), "backlog turns: the mail never delivered");
+	/* the destinations' numbers in the order delivered: "0,1,0,2,..." */
+	snprintf(order, sizeof(order), "%s", mxsink_eval(&sink_a,
+	    "','.join(m.rcpt_addrs[0].split('@')[1][1:].split('.')[0] for m in sink.messages)"));
+	for (p = order; *p != '\0'; n++) {
+		char *end;
+		long k = strtol(p, &end, 10);
+
+		if (k == 0)
+			nb++;
+		else {
+			/* the k-th fresh after d0's first job: behind k fresh
+			 * jobs (d0's first, d1 ... d<k-1>) and at most one of
+			 * d0's line after each */
+			nfresh++;
+			if (k != nfresh || n > 2 * k)
+				late = n;
+			nb_fresh = nb;
+		}
+		p = *end == ',' ? end + 1 : end;
+	}
+	CHECK_MSG(n == NB + FRESH && nfresh == FRESH && late < 0 && nb_fresh >= FRESH,
+	    "backlog turns: delivered %s (destinations' numbers): %d, %d fresh, one late at %d, "
+	    "%d of d0's jobs before the last fresh one (want %d, %d, none late, >= %d)", order,
+	    n, nfresh, late, nb_fresh, NB + FRESH, FRESH, FRESH);
+	fx_fini(&fx);
+}
+
 /* Nothing in flight and d1.test held in the ring. */
 static bool
 pred_d1_held(struct fx *fx)
@@ -2274,6 +2344,7 @@ main(void)
 	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 28, MANY_DEFAULT);
 	test_fresh_in_order((int)RELAY_ARRAY_LEN(scenarios) + 29);
 	test_flush_forced_held((int)RELAY_ARRAY_LEN(scenarios) + 30);
+	test_backlog_turns((int)RELAY_ARRAY_LEN(scenarios) + 31);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
