@@ -412,6 +412,8 @@ sched_rcpt_unwait(struct sched *s, struct sched_msg *sm, size_t i, uint64_t due)
 		TAILQ_REMOVE(&d->queued, rc, wentry);
 		d->nbacklog--;
 		s->nr_backlog--;
+		if (TAILQ_EMPTY(&d->queued))    /* the flush's job it was for is gone */
+			d->next_force = false;
 	} else if (rc->waiting) {
 		TAILQ_REMOVE(&d->waiting, rc, wentry);
 		d->nwaiting--;
@@ -590,13 +592,16 @@ sched_dest_take(struct sched *s, struct sched_dest *d, struct sched_rcpt *first)
 }
 
 /* A job of the first in d's queued line (sched_dest_take), forced when a
- * flush's forced attempt of d waited for room in all (d->next_force). */
+ * flush's forced attempt of d waited for room in all (d->next_force; a
+ * line emptied otherwise, by a delete or a hold, clears it:
+ * sched_rcpt_unwait). */
 static struct sched_job *
 sched_dest_take_queued(struct sched *s, struct sched_dest *d)
 {
+	bool force = d->next_force;     /* read first: a take that empties the line clears it */
 	struct sched_job *job = sched_dest_take(s, d, TAILQ_FIRST(&d->queued));
 
-	job->force = d->next_force;
+	job->force = force;
 	d->next_force = false;
 	return job;
 }

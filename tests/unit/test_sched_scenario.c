@@ -2300,6 +2300,70 @@ test_flush_forced_held(int no)
 	    d != NULL && d->state == SCHED_DEST_DOWN ? "down" : "not down");
 	fx_fini(&fx);
 }
+
+/* An attempt hangs at a (after its RCPT), and one at r. */
+static bool
+pred_a_r_hanging(struct fx *fx)
+{
+	return fx->s->nactive == 2 && pred_r_hanging(fx) && mxsink_long(&sink_a,
+	    "int(any(c.upper().startswith('RCPT') for _, c in sink.commands))") == 1;
+}
+
+/* Every message in, d1.test's second in its queued line. */
+static bool
+pred_d1_queued(struct fx *fx)
+{
+	struct sched_dest *d = fx_dest(fx, "route:d1.test");
+
+	return fx->ncommitted == fx->nsubmitted && d != NULL && d->nbacklog == 1;
+}
+
+/*
+ * SCHEDULING.md, "A cap on jobs in flight": a flush's forced attempt held
+ * for room in all (d->next_force) is forgotten when the destination's
+ * queued line empties otherwise, by a delete (hold: a hold of the
+ * message): d1's next job, much later, must not ignore host backoff once
+ * for a flush that is long over.  Cap 2: d1's first message in an attempt
+ * that hangs at a (its RCPT), x.test's at r; d1's second message queued
+ * behind its window (1); `flush` of it forces an attempt, held for room;
+ * the message is deleted (held): d1 (alive: its attempt is out) has no
+ * forced job to come.  Kept, the force went to d1's next job, whenever.
+ */
+static void
+test_flush_forced_emptied(int no, bool hold)
+{
+	struct fx fx;
+	struct sched_dest *d;
+
+	sinks_reset("a");
+	mxsink_exec(&sink_a, "sink.script(rcpt={'rcpt0@d1.test': 'HANG'})");
+	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
+	fx_many_dests = 2;
+	fx_init(&fx, &route_share, no);
+	fx_many_dests = 0;
+	fx.s->jobs_max = 2;
+	fx_submit_to(&fx, 1, "d1.test");
+	fx_submit_to(&fx, 1, "x.test");
+	CHECK_MSG(fx_run(&fx, pred_a_r_hanging), "forced emptied: the attempts never hang");
+	fx_submit_to(&fx, 1, "d1.test");
+	CHECK_MSG(fx_run(&fx, pred_d1_queued), "forced emptied: d1's second never queued");
+	CHECK_INT(sched_flush(fx.s, fx.qids[2]), 1);
+	d = fx_dest(&fx, "route:d1.test");
+	CHECK_MSG(d != NULL && d->next_force && d->held && d->nbacklog == 1,
+	    "forced emptied: the flush's attempt not held for room");
+	if (hold)
+		CHECK_INT(sched_hold(fx.s, fx.qids[2]), 0);
+	else
+		CHECK_INT(sched_delete(fx.s, fx.qids[2]), 0);
+	d = fx_dest(&fx, "route:d1.test");
+	CHECK_MSG(d != NULL && d->inflight == 1 && d->nbacklog == 0 && !d->next_force,
+	    "forced emptied (%s): d1 %s, its next job %s", hold ? "hold" : "delete",
+	    d != NULL ? "alive" : "forgotten",
+	    d != NULL && d->next_force ? "forced" : "not forced");
+	mxsink_exec(&sink_a, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
+	mxsink_exec(&sink_r, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
+	fx_fini(&fx);
+}
 #endif
 
 int
@@ -2345,6 +2409,8 @@ main(void)
 	test_fresh_in_order((int)RELAY_ARRAY_LEN(scenarios) + 29);
 	test_flush_forced_held((int)RELAY_ARRAY_LEN(scenarios) + 30);
 	test_backlog_turns((int)RELAY_ARRAY_LEN(scenarios) + 31);
+	test_flush_forced_emptied((int)RELAY_ARRAY_LEN(scenarios) + 32, false);
+	test_flush_forced_emptied((int)RELAY_ARRAY_LEN(scenarios) + 33, true);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
