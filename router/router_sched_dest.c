@@ -988,6 +988,7 @@ sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
 	if (d->state == SCHED_DEST_DOWN) {
 		d->state = SCHED_DEST_UP;
 		d->window = SCHED_RAMP_START;
+		d->probe_force = false;         /* no probe to come: a flush's is done */
 		/* in the line's order (the pump groups them as the dispatch does) */
 		while ((rc = TAILQ_FIRST(&d->waiting)) != NULL) {
 			TAILQ_REMOVE(&d->waiting, rc, wentry);
@@ -1553,8 +1554,14 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 	if (job->force && sched_jobs_full(s)) {
 		/* a flush's attempt, with no room in all: its turn among the held */
 		if (d->state == SCHED_DEST_DOWN) {
-			d->probe_force = true;  /* the probe goes for it */
-			d->probe_at = now;
+			/* the probe goes for it; one out is its attempt (as for
+			 * flush --all, sched_flush): forcing the next one
+			 * instead would outlast this flush (one that succeeds
+			 * left it to the next outage's first probe) */
+			if (!d->probe_out) {
+				d->probe_force = true;
+				d->probe_at = now;
+			}
 			sched_job_wait(s, job, NULL, NULL, NULL, now);  /* frees job */
 			sched_dest_rewake(s, d);
 		} else

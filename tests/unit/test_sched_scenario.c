@@ -2364,6 +2364,70 @@ test_flush_forced_emptied(int no, bool hold)
 	mxsink_exec(&sink_r, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
 	fx_fini(&fx);
 }
+
+/* a.test's probe out, hanging at a. */
+static bool
+pred_probe_hanging(struct fx *fx)
+{
+	struct sched_dest *d = fx_dest(fx, "route:a.test");
+
+	return d != NULL && d->probe_out && fx->s->nactive == 1 &&
+	    mxsink_long(&sink_a, "int(len(sink.sessions) >= 1 and "
+	    "all(t.ident is not None for t in list(sink._conns.values())))") == 1;
+}
+
+/*
+ * SCHEDULING.md, Outages: a flush's forced attempt of a down destination
+ * (d->probe_force) lasts no longer than the flush.  probe_out: a.test down
+ * (two messages waiting), its probe out and hanging at a, no room in all
+ * (cap 1): `flush` of the other message finds the probe out, which is the
+ * destination's attempt (as flush --all has it, sched_flush): it waits for
+ * the probe's outcome, and no later probe is forced for it.  It forced the
+ * next probe: one after this probe failed, or, the probe a success, the
+ * first of the next outage, whenever.  Else: no probe out, the cap full
+ * (x.test's attempt hangs at r): `flush --all` forces a.test's probe,
+ * held for room; a.test comes up meanwhile (a cluster node reached it,
+ * sched_dest_release): no probe is to come, and the force is forgotten.
+ * It was kept for the first probe of the next outage.
+ */
+static void
+test_flush_probe_force(int no, bool probe_out)
+{
+	struct fx fx;
+	struct sched_dest *d;
+
+	d = fx_outage(&fx, no, 2, 1, 1);
+	fx.s->jobs_max = 1;
+	if (probe_out) {
+		mxsink_exec(&sink_a, "sink.reset_script(); sink.script(greeting='HANG')");
+		fx.clock = fx.base + 30 * M;
+		sched_arm(fx.s);
+		CHECK_MSG(fx_run(&fx, pred_probe_hanging), "probe force: the probe never hangs");
+		CHECK_INT(sched_flush(fx.s, fx.qids[1]), 1);
+		d = fx_dest(&fx, "route:a.test");
+		CHECK_MSG(d != NULL && d->probe_out && d->nwaiting == 1 && !d->probe_force,
+		    "probe force (probe out): probe %s, %zu waiting, the next probe %s "
+		    "(want out, 1, not forced)", d != NULL && d->probe_out ? "out" : "not out",
+		    d != NULL ? d->nwaiting : 0, d != NULL && d->probe_force ? "forced" : "not forced");
+		mxsink_exec(&sink_a, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
+	} else {
+		mxsink_exec(&sink_r, "sink.script(greeting='HANG')");
+		fx_submit_to(&fx, 1, "x.test");
+		CHECK_MSG(fx_run(&fx, pred_r_hanging), "probe force: x.test's attempt never hangs");
+		CHECK(sched_flush(fx.s, NULL) > 0);
+		d = fx_dest(&fx, "route:a.test");
+		CHECK_MSG(d != NULL && d->probe_force && d->held && !d->probe_out,
+		    "probe force: the flush's probe not held for room");
+		CHECK(sched_dest_release(fx.s, "route:a.test"));
+		d = fx_dest(&fx, "route:a.test");
+		CHECK_MSG(d != NULL && d->state != SCHED_DEST_DOWN && !d->probe_force,
+		    "probe force (up meanwhile): a.test %s, its next probe %s (want up, not forced)",
+		    d != NULL && d->state == SCHED_DEST_DOWN ? "down" : "up",
+		    d != NULL && d->probe_force ? "forced" : "not forced");
+		mxsink_exec(&sink_r, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
+	}
+	fx_fini(&fx);
+}
 #endif
 
 int
@@ -2411,6 +2475,8 @@ main(void)
 	test_backlog_turns((int)RELAY_ARRAY_LEN(scenarios) + 31);
 	test_flush_forced_emptied((int)RELAY_ARRAY_LEN(scenarios) + 32, false);
 	test_flush_forced_emptied((int)RELAY_ARRAY_LEN(scenarios) + 33, true);
+	test_flush_probe_force((int)RELAY_ARRAY_LEN(scenarios) + 34, true);
+	test_flush_probe_force((int)RELAY_ARRAY_LEN(scenarios) + 35, false);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
