@@ -836,8 +836,8 @@ sched_held_next(struct sched *s, bool *fresh)
  * of the ring, so it does not starve the others); a down one makes its
  * probe (sched_dest_rewake).  The fresh at the ring's front and the
  * backlogs behind them take the slots alternately while both are held
- * (sched_held_next): a fresh one waits for at most one backlog job per
- * slot ahead of it, and a stream of fresh mail for other destinations
+ * (sched_held_next): a fresh one with k fresh ahead of it waits for at
+ * most k + 1 backlog jobs, and a stream of fresh mail for other destinations
  * leaves the backlogs half the slots, not none.  One that is full
  * by its own window or has nothing queued leaves the ring: the end of one
  * of its jobs pumps it again.  O(jobs started), never a walk of every

@@ -2174,7 +2174,8 @@ test_fresh_in_order(int no)
  * SCHEDULING.md, "A cap on jobs in flight": while fresh destinations and
  * backlogs are both held, the slots go to them in turn: a stream of fresh
  * mail for other destinations does not starve a backlog, and fresh mail
- * still waits for at most one backlog job per slot ahead of it.  Cap 1,
+ * still waits for at most one backlog job per fresh one ahead of it (and
+ * one before them).  Cap 1,
  * the one slot held by an attempt that hangs (x.test, at r); NB messages
  * for d0 (its line), then one message each for d1 ... dFRESH, each held
  * fresh as it comes: the stream as the ring sees it, each arrival before
