@@ -412,6 +412,8 @@ sched_rcpt_unwait(struct sched *s, struct sched_msg *sm, size_t i, uint64_t due)
 		TAILQ_REMOVE(&d->queued, rc, wentry);
 		d->nbacklog--;
 		s->nr_backlog--;
+		if (TAILQ_EMPTY(&d->queued))    /* the flush's job it was for is gone */
+			d->next_force = false;
 	} else if (rc->waiting) {
 		TAILQ_REMOVE(&d->waiting, rc, wentry);
 		d->nwaiting--;
@@ -590,13 +592,16 @@ sched_dest_take(struct sched *s, struct sched_dest *d, struct sched_rcpt *first)
 }
 
 /* A job of the first in d's queued line (sched_dest_take), forced when a
- * flush's forced attempt of d waited for room in all (d->next_force). */
+ * flush's forced attempt of d waited for room in all (d->next_force; a
+ * line emptied otherwise, by a delete or a hold, clears it:
+ * sched_rcpt_unwait). */
 static struct sched_job *
 sched_dest_take_queued(struct sched *s, struct sched_dest *d)
 {
+	bool force = d->next_force;     /* read first: a take that empties the line clears it */
 	struct sched_job *job = sched_dest_take(s, d, TAILQ_FIRST(&d->queued));
 
-	job->force = d->next_force;
+	job->force = force;
 	d->next_force = false;
 	return job;
 }
@@ -701,6 +706,8 @@ sched_dest_unhold(struct sched *s, struct sched_dest *d)
 		s->held_fresh = TAILQ_PREV(d, sched_destq, hentry);
 	TAILQ_REMOVE(&s->held, d, hentry);
 	d->held = false;
+	if (TAILQ_EMPTY(&s->held))
+		s->held_backlog_turn = false;   /* a new turn begins with the fresh */
 }
 
 /* Loop: the queue's writer has caught up (half of pump_ops_max behind):
@@ -795,11 +802,43 @@ sched_dest_pump(struct sched *s, struct sched_dest *d)
 	}
 }
 
+/* The first backlog in the ring (behind the fresh ones), or NULL. */
+static struct sched_dest *
+sched_held_backlog(struct sched *s)
+{
+	return s->held_fresh != NULL ? TAILQ_NEXT(s->held_fresh, hentry) : TAILQ_FIRST(&s->held);
+}
+
+/* The held destination whose turn it is, and whether it is fresh: while
+ * both fresh and backlog destinations are held, the slots go to them in
+ * turn (s->held_backlog_turn: a fresh one took the last), else to the
+ * ring's front. */
+static struct sched_dest *
+sched_held_next(struct sched *s, bool *fresh)
+{
+	struct sched_dest *b;
+
+	if (s->held_fresh == NULL) {
+		*fresh = false;
+		return TAILQ_FIRST(&s->held);
+	}
+	if (s->held_backlog_turn && (b = sched_held_backlog(s)) != NULL) {
+		*fresh = false;
+		return b;
+	}
+	*fresh = true;
+	return TAILQ_FIRST(&s->held);
+}
+
 /*
  * While there is room in all, the held destinations start a job each in
  * turn (round-robin: a destination with a long line goes back to the end
  * of the ring, so it does not starve the others); a down one makes its
- * probe (sched_dest_rewake).  One that is full
+ * probe (sched_dest_rewake).  The fresh at the ring's front and the
+ * backlogs behind them take the slots alternately while both are held
+ * (sched_held_next): a fresh one with k fresh ahead of it waits for at
+ * most k + 1 backlog jobs, and a stream of fresh mail for other destinations
+ * leaves the backlogs half the slots, not none.  One that is full
  * by its own window or has nothing queued leaves the ring: the end of one
  * of its jobs pumps it again.  O(jobs started), never a walk of every
  * destination.
@@ -809,14 +848,19 @@ sched_held_pump(struct sched *s)
 {
 	struct sched_dest *d;
 	struct sched_rcpt *rc;
+	unsigned before;
+	bool fresh;
 
-	while (!s->stopping && (d = TAILQ_FIRST(&s->held)) != NULL) {
+	while (!s->stopping && (d = sched_held_next(s, &fresh)) != NULL) {
 		if (d->state == SCHED_DEST_DOWN) {
 			/* its probe, due when it was held */
 			if (sched_jobs_full(s) && !d->probe_out && d->nwaiting > 0)
 				return;
+			before = s->nactive;
 			sched_dest_unhold(s, d);
 			sched_dest_rewake(s, d);
+			if (s->nactive > before)        /* the probe took a slot: a turn */
+				s->held_backlog_turn = fresh && sched_held_backlog(s) != NULL;
 			continue;
 		}
 		if (sched_dest_full(s, d) ||
@@ -832,6 +876,7 @@ sched_held_pump(struct sched *s)
 			d->held = true;         /* to the end of the ring */
 			TAILQ_INSERT_TAIL(&s->held, d, hentry);
 		}
+		s->held_backlog_turn = fresh && sched_held_backlog(s) != NULL;
 	}
 }
 
@@ -943,6 +988,7 @@ sched_dest_reached(struct sched *s, struct sched_dest *d, uint64_t now)
 	if (d->state == SCHED_DEST_DOWN) {
 		d->state = SCHED_DEST_UP;
 		d->window = SCHED_RAMP_START;
+		d->probe_force = false;         /* no probe to come: a flush's is done */
 		/* in the line's order (the pump groups them as the dispatch does) */
 		while ((rc = TAILQ_FIRST(&d->waiting)) != NULL) {
 			TAILQ_REMOVE(&d->waiting, rc, wentry);
@@ -1508,8 +1554,14 @@ sched_dest_admit(struct sched *s, struct sched_dest *d, struct sched_job *job, u
 	if (job->force && sched_jobs_full(s)) {
 		/* a flush's attempt, with no room in all: its turn among the held */
 		if (d->state == SCHED_DEST_DOWN) {
-			d->probe_force = true;  /* the probe goes for it */
-			d->probe_at = now;
+			/* the probe goes for it; one out is its attempt (as for
+			 * flush --all, sched_flush): forcing the next one
+			 * instead would outlast this flush (one that succeeds
+			 * left it to the next outage's first probe) */
+			if (!d->probe_out) {
+				d->probe_force = true;
+				d->probe_at = now;
+			}
 			sched_job_wait(s, job, NULL, NULL, NULL, now);  /* frees job */
 			sched_dest_rewake(s, d);
 		} else

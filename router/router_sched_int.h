@@ -430,6 +430,8 @@ struct sched {
 	                                   (the job cap or the writer): taken in turn (sched_held_pump) */
 	struct sched_dest *held_fresh;  /* the last of the fresh ones at the front of held (they
 	                                   come first, in the order they came), or NULL */
+	bool held_backlog_turn;         /* the next slot goes to the first backlog behind the
+	                                   fresh: a fresh one took the last (sched_held_next) */
 	bool stopping;
 	bool timer_closed;
 	bool routes_closed;

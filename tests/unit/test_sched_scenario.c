@@ -2170,6 +2170,77 @@ test_fresh_in_order(int no)
 	fx_fini(&fx);
 }
 
+/*
+ * SCHEDULING.md, "A cap on jobs in flight": while fresh destinations and
+ * backlogs are both held, the slots go to them in turn: a stream of fresh
+ * mail for other destinations does not starve a backlog, and fresh mail
+ * still waits for at most one backlog job per fresh one ahead of it (and
+ * one before them).  Cap 1,
+ * the one slot held by an attempt that hangs (x.test, at r); NB messages
+ * for d0 (its line), then one message each for d1 ... dFRESH, each held
+ * fresh as it comes: the stream as the ring sees it, each arrival before
+ * the slot frees.  The hanging attempt ends: d0's first job (fresh), then
+ * its line (a backlog at the ring's back) and the fresh ones alternate.
+ * Fresh ones always first, d0's line waited for the whole stream: d0,
+ * d1 ... dFRESH, then d0's rest (a stream as long as it lasts, none).
+ */
+static void
+test_backlog_turns(int no)
+{
+	enum { FRESH = 4, NB = 8 };
+	struct fx fx;
+	char dom[32], order[256];
+	const char *p;
+	int n = 0, nfresh = 0, nb = 0, nb_fresh = 0, late = -1;
+
+	sinks_reset("a");
+	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
+	fx_many_dests = FRESH + 1;
+	fx_init(&fx, &route_share, no);
+	fx_many_dests = 0;
+	fx.s->jobs_max = 1;
+	fx_submit_to(&fx, 1, "x.test");
+	CHECK_MSG(fx_run(&fx, pred_delivering), "backlog turns: x.test's attempt never out");
+	CHECK_MSG(fx_run(&fx, pred_r_hanging), "backlog turns: x.test's attempt never hangs");
+	fx_submit_to(&fx, NB, "d0.test");
+	fresh_want = 0;
+	CHECK_MSG(fx_run(&fx, pred_fresh_held), "backlog turns: d0.test never held");
+	for (int k = 1; k <= FRESH; k++) {
+		snprintf(dom, sizeof(dom), "d%d.test", k);
+		fx_submit_to(&fx, 1, dom);
+		fresh_want = k;
+		CHECK_MSG(fx_run(&fx, pred_fresh_held), "backlog turns: %s never held", dom);
+	}
+	mxsink_exec(&sink_r, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
+	fresh_want = NB + FRESH;
+	CHECK_MSG(fx_run(&fx, pred_fresh_got), "backlog turns: the mail never delivered");
+	/* the destinations' numbers in the order delivered: "0,1,0,2,..." */
+	snprintf(order, sizeof(order), "%s", mxsink_eval(&sink_a,
+	    "','.join(m.rcpt_addrs[0].split('@')[1][1:].split('.')[0] for m in sink.messages)"));
+	for (p = order; *p != '\0'; n++) {
+		char *end;
+		long k = strtol(p, &end, 10);
+
+		if (k == 0)
+			nb++;
+		else {
+			/* the k-th fresh after d0's first job: behind k fresh
+			 * jobs (d0's first, d1 ... d<k-1>) and at most one of
+			 * d0's line after each */
+			nfresh++;
+			if (k != nfresh || n > 2 * k)
+				late = n;
+			nb_fresh = nb;
+		}
+		p = *end == ',' ? end + 1 : end;
+	}
+	CHECK_MSG(n == NB + FRESH && nfresh == FRESH && late < 0 && nb_fresh >= FRESH,
+	    "backlog turns: delivered %s (destinations' numbers): %d, %d fresh, one late at %d, "
+	    "%d of d0's jobs before the last fresh one (want %d, %d, none late, >= %d)", order,
+	    n, nfresh, late, nb_fresh, NB + FRESH, FRESH, FRESH);
+	fx_fini(&fx);
+}
+
 /* Nothing in flight and d1.test held in the ring. */
 static bool
 pred_d1_held(struct fx *fx)
@@ -2230,6 +2301,134 @@ test_flush_forced_held(int no)
 	    d != NULL && d->state == SCHED_DEST_DOWN ? "down" : "not down");
 	fx_fini(&fx);
 }
+
+/* An attempt hangs at a (after its RCPT), and one at r. */
+static bool
+pred_a_r_hanging(struct fx *fx)
+{
+	return fx->s->nactive == 2 && pred_r_hanging(fx) && mxsink_long(&sink_a,
+	    "int(any(c.upper().startswith('RCPT') for _, c in sink.commands))") == 1;
+}
+
+/* Every message in, d1.test's second in its queued line. */
+static bool
+pred_d1_queued(struct fx *fx)
+{
+	struct sched_dest *d = fx_dest(fx, "route:d1.test");
+
+	return fx->ncommitted == fx->nsubmitted && d != NULL && d->nbacklog == 1;
+}
+
+/*
+ * SCHEDULING.md, "A cap on jobs in flight": a flush's forced attempt held
+ * for room in all (d->next_force) is forgotten when the destination's
+ * queued line empties otherwise, by a delete (hold: a hold of the
+ * message): d1's next job, much later, must not ignore host backoff once
+ * for a flush that is long over.  Cap 2: d1's first message in an attempt
+ * that hangs at a (its RCPT), x.test's at r; d1's second message queued
+ * behind its window (1); `flush` of it forces an attempt, held for room;
+ * the message is deleted (held): d1 (alive: its attempt is out) has no
+ * forced job to come.  Kept, the force went to d1's next job, whenever.
+ */
+static void
+test_flush_forced_emptied(int no, bool hold)
+{
+	struct fx fx;
+	struct sched_dest *d;
+
+	sinks_reset("a");
+	mxsink_exec(&sink_a, "sink.script(rcpt={'rcpt0@d1.test': 'HANG'})");
+	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
+	fx_many_dests = 2;
+	fx_init(&fx, &route_share, no);
+	fx_many_dests = 0;
+	fx.s->jobs_max = 2;
+	fx_submit_to(&fx, 1, "d1.test");
+	fx_submit_to(&fx, 1, "x.test");
+	CHECK_MSG(fx_run(&fx, pred_a_r_hanging), "forced emptied: the attempts never hang");
+	fx_submit_to(&fx, 1, "d1.test");
+	CHECK_MSG(fx_run(&fx, pred_d1_queued), "forced emptied: d1's second never queued");
+	CHECK_INT(sched_flush(fx.s, fx.qids[2]), 1);
+	d = fx_dest(&fx, "route:d1.test");
+	CHECK_MSG(d != NULL && d->next_force && d->held && d->nbacklog == 1,
+	    "forced emptied: the flush's attempt not held for room");
+	if (hold)
+		CHECK_INT(sched_hold(fx.s, fx.qids[2]), 0);
+	else
+		CHECK_INT(sched_delete(fx.s, fx.qids[2]), 0);
+	d = fx_dest(&fx, "route:d1.test");
+	CHECK_MSG(d != NULL && d->inflight == 1 && d->nbacklog == 0 && !d->next_force,
+	    "forced emptied (%s): d1 %s, its next job %s", hold ? "hold" : "delete",
+	    d != NULL ? "alive" : "forgotten",
+	    d != NULL && d->next_force ? "forced" : "not forced");
+	mxsink_exec(&sink_a, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
+	mxsink_exec(&sink_r, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
+	fx_fini(&fx);
+}
+
+/* a.test's probe out, hanging at a. */
+static bool
+pred_probe_hanging(struct fx *fx)
+{
+	struct sched_dest *d = fx_dest(fx, "route:a.test");
+
+	return d != NULL && d->probe_out && fx->s->nactive == 1 &&
+	    mxsink_long(&sink_a, "int(len(sink.sessions) >= 1 and "
+	    "all(t.ident is not None for t in list(sink._conns.values())))") == 1;
+}
+
+/*
+ * SCHEDULING.md, Outages: a flush's forced attempt of a down destination
+ * (d->probe_force) lasts no longer than the flush.  probe_out: a.test down
+ * (two messages waiting), its probe out and hanging at a, no room in all
+ * (cap 1): `flush` of the other message finds the probe out, which is the
+ * destination's attempt (as flush --all has it, sched_flush): it waits for
+ * the probe's outcome, and no later probe is forced for it.  It forced the
+ * next probe: one after this probe failed, or, the probe a success, the
+ * first of the next outage, whenever.  Else: no probe out, the cap full
+ * (x.test's attempt hangs at r): `flush --all` forces a.test's probe,
+ * held for room; a.test comes up meanwhile (a cluster node reached it,
+ * sched_dest_release): no probe is to come, and the force is forgotten.
+ * It was kept for the first probe of the next outage.
+ */
+static void
+test_flush_probe_force(int no, bool probe_out)
+{
+	struct fx fx;
+	struct sched_dest *d;
+
+	d = fx_outage(&fx, no, 2, 1, 1);
+	fx.s->jobs_max = 1;
+	if (probe_out) {
+		mxsink_exec(&sink_a, "sink.reset_script(); sink.script(greeting='HANG')");
+		fx.clock = fx.base + 30 * M;
+		sched_arm(fx.s);
+		CHECK_MSG(fx_run(&fx, pred_probe_hanging), "probe force: the probe never hangs");
+		CHECK_INT(sched_flush(fx.s, fx.qids[1]), 1);
+		d = fx_dest(&fx, "route:a.test");
+		CHECK_MSG(d != NULL && d->probe_out && d->nwaiting == 1 && !d->probe_force,
+		    "probe force (probe out): probe %s, %zu waiting, the next probe %s "
+		    "(want out, 1, not forced)", d != NULL && d->probe_out ? "out" : "not out",
+		    d != NULL ? d->nwaiting : 0, d != NULL && d->probe_force ? "forced" : "not forced");
+		mxsink_exec(&sink_a, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
+	} else {
+		mxsink_exec(&sink_r, "sink.script(greeting='HANG')");
+		fx_submit_to(&fx, 1, "x.test");
+		CHECK_MSG(fx_run(&fx, pred_r_hanging), "probe force: x.test's attempt never hangs");
+		CHECK(sched_flush(fx.s, NULL) > 0);
+		d = fx_dest(&fx, "route:a.test");
+		CHECK_MSG(d != NULL && d->probe_force && d->held && !d->probe_out,
+		    "probe force: the flush's probe not held for room");
+		CHECK(sched_dest_release(fx.s, "route:a.test"));
+		d = fx_dest(&fx, "route:a.test");
+		CHECK_MSG(d != NULL && d->state != SCHED_DEST_DOWN && !d->probe_force,
+		    "probe force (up meanwhile): a.test %s, its next probe %s (want up, not forced)",
+		    d != NULL && d->state == SCHED_DEST_DOWN ? "down" : "up",
+		    d != NULL && d->probe_force ? "forced" : "not forced");
+		mxsink_exec(&sink_r, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
+	}
+	fx_fini(&fx);
+}
 #endif
 
 int
@@ -2274,6 +2473,11 @@ main(void)
 	test_release_many_dests((int)RELAY_ARRAY_LEN(scenarios) + 28, MANY_DEFAULT);
 	test_fresh_in_order((int)RELAY_ARRAY_LEN(scenarios) + 29);
 	test_flush_forced_held((int)RELAY_ARRAY_LEN(scenarios) + 30);
+	test_backlog_turns((int)RELAY_ARRAY_LEN(scenarios) + 31);
+	test_flush_forced_emptied((int)RELAY_ARRAY_LEN(scenarios) + 32, false);
+	test_flush_forced_emptied((int)RELAY_ARRAY_LEN(scenarios) + 33, true);
+	test_flush_probe_force((int)RELAY_ARRAY_LEN(scenarios) + 34, true);
+	test_flush_probe_force((int)RELAY_ARRAY_LEN(scenarios) + 35, false);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
