@@ -11,6 +11,9 @@
  * before its removal are not written, and complete with the removal.
  * A fourth thread, the reaper, deletes the removed files the pool does not
  * keep, after the sync thread made their renames durable (queue_reap()).
+ * The descriptor a kept file's recycling opened for its lease check waits
+ * for the writer in q->kept (the newest QUEUE_KEPT_MAX), so that the file's
+ * next message is written without another open (queue_kept_put()).
  * Also the start-up replay of the journal, and its restore without a
  * restart after a disk failure switched it off (a probe job, sent by a
  * back-off timer on the loop).
@@ -23,9 +26,10 @@
  * from their input list (and the txn buffers those point at, untouched by
  * the loop meanwhile), the directory fds, the journal's side they own (the
  * sync thread the whole journal while it restores it: the journal is off),
- * and, under q->mtx, the lists, flags and counters (the loop's op counters,
- * ops_total, ops_done and nops, are the loop's alone).  They never log or call
- * back, and allocate only to read the journal back in a restore.
+ * and, under q->mtx, the lists, flags, counters and kept descriptors (the
+ * loop's op counters, ops_total, ops_done and nops, are the loop's alone).
+ * They never log or call back, and allocate only to read the journal back
+ * in a restore.
  *
  * Must never: make the loop thread wait for a disk sync; acknowledge a
  * message before its journal batch or its msg/ file is durable; let a queue
@@ -116,28 +120,27 @@ queue_spare_nr(const char *iname, uint64_t *nr)
  * recycling (sync thread) opened the file for its lease check; instead of
  * closing it there and having the writer open it again by name when a new
  * message takes the file, it keeps the descriptor here, and the writer
- * takes it.  At most QUEUE_KEPT_MAX, the newest (the pool gives out the
- * last file put back first): a full table closes its oldest, which is then
- * opened by name as before.  Under q->mtx; neither call makes a system call
- * (the caller closes what queue_kept_put() returns).
+ * takes it.  A slot per .spare-N number modulo QUEUE_KEPT_MAX: removals
+ * number their files in turn, so the table holds the newest files (the pool
+ * gives out the last one put back first), and a file's slot is taken over
+ * by the one removed QUEUE_KEPT_MAX removals after it (its descriptor is
+ * closed: the file is opened by name as before).  Under q->mtx; neither
+ * call makes a system call (the caller closes what queue_kept_put() returns).
  */
 static int
 queue_kept_put(struct queue *q, const char *iname, int fd)
 {
-	struct queue_kept *k, *slot = NULL;
+	struct queue_kept *k;
 	uint64_t nr;
-	int old = fd;
+	int old;
 
 	if (!queue_spare_nr(iname, &nr))
 		return fd;
+	k = &q->kept[nr % QUEUE_KEPT_MAX];
 	uv_mutex_lock(&q->mtx);
-	for (k = q->kept; k < q->kept + QUEUE_KEPT_MAX; k++)
-		if (k->fd == -1 || slot == NULL || (slot->fd != -1 && k->seq < slot->seq))
-			slot = k;
-	old = slot->fd;
-	slot->nr = nr;
-	slot->fd = fd;
-	slot->seq = q->kept_seq++;
+	old = k->fd;
+	k->nr = nr;
+	k->fd = fd;
 	uv_mutex_unlock(&q->mtx);
 	return old;
 }
@@ -152,13 +155,12 @@ queue_kept_take(struct queue *q, const char *iname)
 
 	if (!queue_spare_nr(iname, &nr))
 		return -1;
+	k = &q->kept[nr % QUEUE_KEPT_MAX];
 	uv_mutex_lock(&q->mtx);
-	for (k = q->kept; k < q->kept + QUEUE_KEPT_MAX; k++)
-		if (k->fd != -1 && k->nr == nr) {
-			fd = k->fd;
-			k->fd = -1;
-			break;
-		}
+	if (k->fd != -1 && k->nr == nr) {
+		fd = k->fd;
+		k->fd = -1;
+	}
 	uv_mutex_unlock(&q->mtx);
 	return fd;
 }
@@ -342,8 +344,9 @@ queue_recycle_file(struct queue *q, struct queue_job *j, struct queue_counters *
 	    (fd = openat(q->msgfd, j->iname, O_RDWR | O_CLOEXEC)) >= 0 &&
 	    queue_file_unshared(fd) && fstat(fd, &st) == 0) {
 		/* Only the queue opens .spare-N names: nobody can open it now.
-		 * Its descriptor is kept for the writer, up to QUEUE_KEPT_MAX
-		 * (the pool holds thousands); the oldest kept one is closed. */
+		 * Its descriptor is kept for the writer (the newest
+		 * QUEUE_KEPT_MAX; the pool holds thousands): the one it takes
+		 * the slot of is closed. */
 		if ((fd = queue_kept_put(q, j->iname, fd)) >= 0)
 			close(fd);
 		j->recycled = true;

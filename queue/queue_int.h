@@ -29,7 +29,7 @@
 #define QUEUE_RECYCLE_MAX (256u << 10)        /* larger removed files are deleted */
 #define QUEUE_REAP_MAX   4096                 /* removed files waiting for the reaper's unlink */
 #define QUEUE_REAP_TAKE  64                   /* unlinked by the reaper per turn of its lock */
-#define QUEUE_KEPT_MAX   64                   /* recycled files whose descriptor is kept for
+#define QUEUE_KEPT_MAX   256                  /* recycled files whose descriptor is kept for
                                                  the writer (the newest: the pool is LIFO) */
 #define QUEUE_AUTO_SMALL 4                    /* batches up to this sync file by file */
 #define QUEUE_SYNC_OPS_MAX 32                 /* records and removals per group sync, */
@@ -138,8 +138,8 @@ struct queue_txn {
  * and renames it to msg/<qid>, in the same directory.
  */
 struct queue_spare {
-	int fd;                      /* -1 for a recycled file: opened by name when used (or
-	                                the descriptor its recycling kept: q->kept) */
+	int fd;                      /* -1 for a recycled file: opened by name when used
+	                                (by the writer: unless q->kept has its descriptor) */
 	uint64_t size;               /* bytes in it (a recycled message's), cut at commit */
 	char name[QNAME_MAX];        /* msg/.spare-<n>, or "" for an unnamed file */
 };
@@ -243,11 +243,9 @@ struct queue {
 	struct queue_kept {          /* sync thread (recycling) -> writer: the descriptor the
 	                                recycling opened, so that the writer need not open
 	                                the file again (nor the recycling close it) */
-		uint64_t nr;         /* msg/.spare-<nr> */
-		uint64_t seq;        /* when kept: the oldest goes first when full */
+		uint64_t nr;         /* msg/.spare-<nr>, in slot nr % QUEUE_KEPT_MAX */
 		int fd;              /* -1: a free slot */
 	} kept[QUEUE_KEPT_MAX];
-	uint64_t kept_seq;
 	struct queue_list pending;   /* loop -> journal thread */
 	struct queue_list journaled; /* journal thread -> writer */
 	struct queue_list ops;       /* loop -> writer: records and removals, in issue order */
