@@ -675,6 +675,8 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 
 	queue_test_hooks(q);
 
+	for (size_t k = 0; k < QUEUE_KEPT_MAX; k++)
+		q->kept[k].fd = -1;
 	if (uv_mutex_init(&q->mtx) != 0 || uv_cond_init(&q->cond) != 0 ||
 	    uv_cond_init(&q->write_cond) != 0 || uv_cond_init(&q->sync_cond) != 0 ||
 	    uv_cond_init(&q->reap_cond) != 0)

@@ -406,6 +406,8 @@ struct queue_counters {
 	uint64_t recycled;           /* removed messages kept as spare files */
 	uint64_t unlinked;           /* removed messages deleted (pool full, too big, or open) */
 	uint64_t spares_reused;      /* transactions that began on a recycled file */
+	uint64_t kept_reused;        /* of those, written through the descriptor their
+	                                recycling kept (no open of their own) */
 	uint64_t journaled;          /* messages acknowledged from the journal (before publish) */
 	uint64_t journal_full;       /* messages that found no room in the journal */
 	uint64_t journal_errors;     /* journal writes, syncs or tail updates that failed, and

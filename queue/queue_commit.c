@@ -11,6 +11,9 @@
  * before its removal are not written, and complete with the removal.
  * A fourth thread, the reaper, deletes the removed files the pool does not
  * keep, after the sync thread made their renames durable (queue_reap()).
+ * The descriptor a kept file's recycling opened for its lease check waits
+ * for the writer in q->kept (the newest QUEUE_KEPT_MAX), so that the file's
+ * next message is written without another open (queue_kept_put()).
  * Also the start-up replay of the journal, and its restore without a
  * restart after a disk failure switched it off (a probe job, sent by a
  * back-off timer on the loop).
@@ -23,9 +26,10 @@
  * from their input list (and the txn buffers those point at, untouched by
  * the loop meanwhile), the directory fds, the journal's side they own (the
  * sync thread the whole journal while it restores it: the journal is off),
- * and, under q->mtx, the lists, flags and counters (the loop's op counters,
- * ops_total, ops_done and nops, are the loop's alone).  They never log or call
- * back, and allocate only to read the journal back in a restore.
+ * and, under q->mtx, the lists, flags, counters and kept descriptors (the
+ * loop's op counters, ops_total, ops_done and nops, are the loop's alone).
+ * They never log or call back, and allocate only to read the journal back
+ * in a restore.
  *
  * Must never: make the loop thread wait for a disk sync; acknowledge a
  * message before its journal batch or its msg/ file is durable; let a queue
@@ -43,6 +47,7 @@
 #include "common/util.h"
 
 #include <sys/stat.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -96,6 +101,70 @@ queue_publish(struct queue *q, const char *iname, const char *qid)
 	return 0;
 }
 
+/* The N of a removed file's name, msg/.spare-N; false for any other name. */
+static bool
+queue_spare_nr(const char *iname, uint64_t *nr)
+{
+	char *end;
+
+	if (strncmp(iname, QNAME_SPARE, strlen(QNAME_SPARE)) != 0 ||
+	    !isdigit((unsigned char)iname[strlen(QNAME_SPARE)]))
+		return false;
+	errno = 0;
+	*nr = strtoull(iname + strlen(QNAME_SPARE), &end, 10);
+	return *end == '\0' && errno == 0;
+}
+
+/*
+ * The descriptors recycled files keep (QUEUE.md "Removing a message"): the
+ * recycling (sync thread) opened the file for its lease check; instead of
+ * closing it there and having the writer open it again by name when a new
+ * message takes the file, it keeps the descriptor here, and the writer
+ * takes it.  A slot per .spare-N number modulo QUEUE_KEPT_MAX: removals
+ * number their files in turn, so the table holds the newest files (the pool
+ * gives out the last one put back first), and a file's slot is taken over
+ * by the one removed QUEUE_KEPT_MAX removals after it (its descriptor is
+ * closed: the file is opened by name as before).  Under q->mtx; neither
+ * call makes a system call (the caller closes what queue_kept_put() returns).
+ */
+static int
+queue_kept_put(struct queue *q, const char *iname, int fd)
+{
+	struct queue_kept *k;
+	uint64_t nr;
+	int old;
+
+	if (!queue_spare_nr(iname, &nr))
+		return fd;
+	k = &q->kept[nr % QUEUE_KEPT_MAX];
+	uv_mutex_lock(&q->mtx);
+	old = k->fd;
+	k->nr = nr;
+	k->fd = fd;
+	uv_mutex_unlock(&q->mtx);
+	return old;
+}
+
+/* The descriptor kept for msg/.spare-N (out of the table), or -1. */
+static int
+queue_kept_take(struct queue *q, const char *iname)
+{
+	struct queue_kept *k;
+	uint64_t nr;
+	int fd = -1;
+
+	if (!queue_spare_nr(iname, &nr))
+		return -1;
+	k = &q->kept[nr % QUEUE_KEPT_MAX];
+	uv_mutex_lock(&q->mtx);
+	if (k->fd != -1 && k->nr == nr) {
+		fd = k->fd;
+		k->fd = -1;
+	}
+	uv_mutex_unlock(&q->mtx);
+	return fd;
+}
+
 /*
  * Get a commit's file ready for the sync: create it if it had no spare,
  * write it if the loop left that to us, cut a recycled file to the new
@@ -108,7 +177,16 @@ queue_prepare_file(struct queue *q, struct queue_job *j, struct queue_counters *
 	struct queue_txn *t = j->txn;
 	ssize_t n;
 	size_t off;
+	int kfd;
 
+	if (j->iname[0] != '\0' && (kfd = queue_kept_take(q, j->iname)) >= 0) {
+		/* a recycled spare whose recycling kept its descriptor */
+		if (j->fd == -1) {
+			j->fd = kfd;
+			c->kept_reused++;
+		} else
+			close(kfd);          /* the loop opened it (a large message) */
+	}
 	if (j->fd == -1 && j->iname[0] != '\0') {
 		/* a recycled spare, taken by name */
 		if ((j->fd = openat(q->msgfd, j->iname, O_RDWR | O_CLOEXEC)) == -1) {
@@ -186,12 +264,9 @@ static bool
 queue_reap(struct queue *q, const char *iname)
 {
 	uint64_t nr;
-	char *end;
 	bool queued = false;
 
-	errno = 0;
-	nr = strtoull(iname + strlen(QNAME_SPARE), &end, 10);
-	if (strncmp(iname, QNAME_SPARE, strlen(QNAME_SPARE)) == 0 && *end == '\0' && errno == 0) {
+	if (queue_spare_nr(iname, &nr)) {
 		uv_mutex_lock(&q->mtx);
 		if (q->reap_n < QUEUE_REAP_MAX) {
 			q->reap[(q->reap_head + q->reap_n++) % QUEUE_REAP_MAX] = nr;
@@ -269,8 +344,11 @@ queue_recycle_file(struct queue *q, struct queue_job *j, struct queue_counters *
 	    (fd = openat(q->msgfd, j->iname, O_RDWR | O_CLOEXEC)) >= 0 &&
 	    queue_file_unshared(fd) && fstat(fd, &st) == 0) {
 		/* Only the queue opens .spare-N names: nobody can open it now.
-		 * No descriptor is kept for it (the pool holds thousands). */
-		close(fd);
+		 * Its descriptor is kept for the writer (the newest
+		 * QUEUE_KEPT_MAX; the pool holds thousands): the one it takes
+		 * the slot of is closed. */
+		if ((fd = queue_kept_put(q, j->iname, fd)) >= 0)
+			close(fd);
 		j->recycled = true;
 		j->size = (uint64_t)st.st_size;
 		c->recycled++;
@@ -747,6 +825,7 @@ queue_writer_main(void *arg)
 		q->ops_open += reopened;
 		q->counters.create_ns += c.create_ns;
 		q->counters.created_late += c.created_late;
+		q->counters.kept_reused += c.kept_reused;
 		queue_list_concat(&q->written, &ops);
 		queue_list_concat(&q->written, &batch);
 		uv_cond_signal(&q->sync_cond);
@@ -1116,6 +1195,12 @@ queue_thread_main(void *arg)
 		uv_async_send(&q->async);
 	}
 	q->exited = true;
+	/* the writer is gone: nobody takes the kept descriptors any more */
+	for (struct queue_kept *k = q->kept; k < q->kept + QUEUE_KEPT_MAX; k++)
+		if (k->fd != -1) {
+			close(k->fd);
+			k->fd = -1;
+		}
 	uv_cond_signal(&q->reap_cond);
 	uv_mutex_unlock(&q->mtx);
 	uv_async_send(&q->async);

@@ -29,6 +29,8 @@
 #define QUEUE_RECYCLE_MAX (256u << 10)        /* larger removed files are deleted */
 #define QUEUE_REAP_MAX   4096                 /* removed files waiting for the reaper's unlink */
 #define QUEUE_REAP_TAKE  64                   /* unlinked by the reaper per turn of its lock */
+#define QUEUE_KEPT_MAX   256                  /* recycled files whose descriptor is kept for
+                                                 the writer (the newest: the pool is LIFO) */
 #define QUEUE_AUTO_SMALL 4                    /* batches up to this sync file by file */
 #define QUEUE_SYNC_OPS_MAX 32                 /* records and removals per group sync, */
 #define QUEUE_SYNC_FLOW_NS 1000000000ULL      /* while new messages came this recently */
@@ -136,7 +138,8 @@ struct queue_txn {
  * and renames it to msg/<qid>, in the same directory.
  */
 struct queue_spare {
-	int fd;                      /* -1 for a recycled file: opened by name when used */
+	int fd;                      /* -1 for a recycled file: opened by name when used
+	                                (by the writer: unless q->kept has its descriptor) */
 	uint64_t size;               /* bytes in it (a recycled message's), cut at commit */
 	char name[QNAME_MAX];        /* msg/.spare-<n>, or "" for an unnamed file */
 };
@@ -237,6 +240,12 @@ struct queue {
 	uint64_t reap[QUEUE_REAP_MAX];   /* their .spare-N numbers (a ring: sync -> reaper) */
 	size_t reap_head, reap_n;
 	uint64_t reaped;             /* files the reaper deleted */
+	struct queue_kept {          /* sync thread (recycling) -> writer: the descriptor the
+	                                recycling opened, so that the writer need not open
+	                                the file again (nor the recycling close it) */
+		uint64_t nr;         /* msg/.spare-<nr>, in slot nr % QUEUE_KEPT_MAX */
+		int fd;              /* -1: a free slot */
+	} kept[QUEUE_KEPT_MAX];
 	struct queue_list pending;   /* loop -> journal thread */
 	struct queue_list journaled; /* journal thread -> writer */
 	struct queue_list ops;       /* loop -> writer: records and removals, in issue order */

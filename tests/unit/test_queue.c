@@ -1212,6 +1212,118 @@ test_leftovers(void)
  * Recycling: a removed message's file becomes the next message's.
  */
 
+/*
+ * A recycled file's descriptor, opened for its lease check, is kept for the
+ * writer (up to QUEUE_KEPT_MAX, the newest): the next message written into
+ * it needs no open.  One the loop opened itself (a message past the write
+ * buffer) has its kept descriptor closed, so that nothing but the message's
+ * own readers holds it when it is removed and recycled again.
+ */
+enum { KEPT_N = QUEUE_KEPT_MAX + 36 };
+
+struct kept_sink {
+	struct queue_msg *m[2 * KEPT_N + 4];
+	size_t n;
+};
+
+static void
+kept_sink_add(void *arg, struct queue_msg *m)
+{
+	struct kept_sink *s = arg;
+
+	if (s->n == RELAY_ARRAY_LEN(s->m)) {
+		queue_msg_free(m);
+		return;
+	}
+	s->m[s->n++] = m;
+}
+
+static void
+test_recycle_kept(void)
+{
+	enum { N = KEPT_N };
+	static struct commit_res res[2 * N + 4];
+	static struct kept_sink fresh;
+	struct queue_counters c;
+	char dir[128], *body;
+	uv_loop_t loop;
+	struct queue *q;
+	size_t i;
+
+	new_qdir(dir, sizeof(dir));
+	memset(res, 0, sizeof(res));
+	memset(&fresh, 0, sizeof(fresh));
+	body = xmalloc(70000);
+	memset(body, 'k', 70000);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, kept_sink_add, &fresh);
+	uv_run(&loop, UV_RUN_DEFAULT);
+
+	/* two messages, a small one and one past the write buffer, removed */
+	submit(q, &rich_env, body, 100, 100, &res[0]);
+	submit(q, &rich_env, body, 70000, 70000, &res[1]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh.n, 2);
+	if (fresh.n != 2)
+		exit(1);
+	CHECK_INT(queue_remove(q, fresh.m[0]), 0);
+	CHECK_INT(queue_remove(q, fresh.m[1]), 0);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.recycled, 2);
+
+	/* the large one takes the file removed last (the loop opens it), the
+	 * small one the other, through the descriptor kept for it */
+	submit(q, &rich_env, body, 70000, 70000, &res[2]);
+	submit(q, &rich_env, body, 100, 100, &res[3]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.spares_reused, 2);
+	CHECK_INT(c.kept_reused, 1);
+	CHECK_INT(fresh.n, 4);
+	if (fresh.n != 4)
+		exit(1);
+	check_body(q, fresh.m[2], body, 70000);
+	check_body(q, fresh.m[3], body, 100);
+	/* removed again: both recycled (no stale descriptor of ours on either) */
+	CHECK_INT(queue_remove(q, fresh.m[2]), 0);
+	CHECK_INT(queue_remove(q, fresh.m[3]), 0);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.recycled, 4);
+	CHECK_INT(c.unlinked, 0);
+
+	/* more removed at once than descriptors are kept: the newest are, and
+	 * the pool gives those out first */
+	for (i = 0; i < N; i++)
+		submit(q, &rich_env, body, 100, 100, &res[4 + i]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh.n, 4 + N);
+	if (fresh.n != 4 + N)
+		exit(1);
+	for (i = 0; i < N; i++)
+		CHECK_INT(queue_remove(q, fresh.m[4 + i]), 0);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.recycled, 4 + N);
+	CHECK_INT(c.kept_reused, 1 + 2);                /* the two small ones of the first N */
+	for (i = 0; i < N; i++)
+		submit(q, &rich_env, body, 200, 200, &res[4 + N + i]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.failures, 0);
+	CHECK_INT(c.kept_reused, 3 + QUEUE_KEPT_MAX);
+	CHECK_INT(fresh.n, 4 + 2 * N);
+	for (i = 4 + N; i < 4 + 2 * N && i < fresh.n; i++)
+		check_body(q, fresh.m[i], body, 200);
+	close_queue(&loop, q);
+	close_loop(&loop);
+	for (i = 0; i < fresh.n; i++)
+		queue_msg_free(fresh.m[i]);
+	free(body);
+}
+
 static void
 test_recycle(void)
 {
@@ -1269,6 +1381,10 @@ test_recycle(void)
 	uv_run(&loop, UV_RUN_DEFAULT);
 	queue_get_counters(q, &c);
 	CHECK_INT(c.spares_reused, 5);                  /* with the abandoned one */
+	/* the writer took the descriptors their recycling kept, not opening them
+	 * again: all but the 70000-byte one, which the loop opened (past its
+	 * write buffer) and whose kept descriptor the writer closed */
+	CHECK_INT(c.kept_reused, 3);
 	CHECK_INT(count_prefixed(dir, ".spare-"), 0);
 	CHECK_INT(count_prefixed(dir, "."), 0);
 	CHECK_INT(fresh.n, 8);
@@ -2477,6 +2593,7 @@ main(void)
 	test_records();
 	test_leftovers();
 	test_recycle();
+	test_recycle_kept();
 	test_spares_kept();
 	test_recycle_refused();
 	test_corrupt();
