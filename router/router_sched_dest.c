@@ -412,7 +412,11 @@ sched_rcpt_unwait(struct sched *s, struct sched_msg *sm, size_t i, uint64_t due)
 		TAILQ_REMOVE(&d->queued, rc, wentry);
 		d->nbacklog--;
 		s->nr_backlog--;
-		if (TAILQ_EMPTY(&d->queued))    /* the flush's job it was for is gone */
+		/* the line emptied (a take, delete, hold, reroute, or d went
+		 * down: the line to its waiting line, whose probe a flush
+		 * forced before the outage does not force): no job is left for
+		 * a flush's forced attempt held for room */
+		if (TAILQ_EMPTY(&d->queued))
 			d->next_force = false;
 	} else if (rc->waiting) {
 		TAILQ_REMOVE(&d->waiting, rc, wentry);
@@ -593,8 +597,8 @@ sched_dest_take(struct sched *s, struct sched_dest *d, struct sched_rcpt *first)
 
 /* A job of the first in d's queued line (sched_dest_take), forced when a
  * flush's forced attempt of d waited for room in all (d->next_force; a
- * line emptied otherwise, by a delete or a hold, clears it:
- * sched_rcpt_unwait). */
+ * line emptied otherwise, by a delete, a hold, a reroute or an outage of
+ * d, clears it: sched_rcpt_unwait). */
 static struct sched_job *
 sched_dest_take_queued(struct sched *s, struct sched_dest *d)
 {
