@@ -313,8 +313,10 @@ queue_spare_put(struct queue *q, int fd, const char *name, uint64_t size)
 	if (q->closing || q->nspares == RELAY_ARRAY_LEN(q->spares)) {
 		if (fd >= 0)
 			close(fd);
-		if (name[0] != '\0' && !q->closing)
+		if (name[0] != '\0' && !q->closing) {
+			queue_kept_close(q, name);
 			(void)unlinkat(q->msgfd, name, 0);
+		}
 		return;
 	}
 	sp = &q->spares[q->nspares++];
@@ -364,8 +366,10 @@ queue_spares_drop(struct queue *q, bool unlink_named)
 		sp = &q->spares[--q->nspares];
 		if (sp->fd >= 0)
 			close(sp->fd);
-		if (unlink_named && sp->name[0] != '\0')
+		if (unlink_named && sp->name[0] != '\0') {
+			queue_kept_close(q, sp->name);
 			(void)unlinkat(q->msgfd, sp->name, 0);
+		}
 	}
 }
 
@@ -1068,8 +1072,10 @@ queue_txn_abort(struct queue_txn *t)
 	else {
 		if (t->fd >= 0)
 			close(t->fd);
-		if (t->job.iname[0] != '\0')
+		if (t->job.iname[0] != '\0') {
+			queue_kept_close(t->q, t->job.iname);
 			(void)unlinkat(t->q->msgfd, t->job.iname, 0);
+		}
 	}
 	t->fd = -1;
 	queue_txn_free(t);

@@ -166,6 +166,21 @@ queue_kept_take(struct queue *q, const char *iname)
 }
 
 /*
+ * A recycled file about to be deleted by name (an aborted or failed
+ * transaction's, the pool's overflow, a switch to named files): its kept
+ * descriptor, if any, is closed now, so that the deleted file's blocks are
+ * not held until its slot is taken over.  Any thread, without q->mtx.
+ */
+void
+queue_kept_close(struct queue *q, const char *iname)
+{
+	int fd = queue_kept_take(q, iname);
+
+	if (fd >= 0)
+		close(fd);
+}
+
+/*
  * Get a commit's file ready for the sync: create it if it had no spare,
  * write it if the loop left that to us, cut a recycled file to the new
  * length, and give an unnamed file its .in-<qid> name now, so that the sync
@@ -921,8 +936,10 @@ queue_advance_tail(struct queue *q, struct queue_list *batch, struct queue_count
 			call = j->failed_call;
 			e = j->sys_errno;
 		}
-		if (j->iname[0] != '\0')
+		if (j->iname[0] != '\0') {
+			queue_kept_close(q, j->iname);
 			(void)unlinkat(q->msgfd, j->iname, 0);
+		}
 		j->iname[0] = '\0';
 	}
 	if (!q->jstuck) {
@@ -1438,8 +1455,10 @@ queue_complete(struct queue *q, struct queue_job *j)
 		return;
 	}
 	if (j->err != 0) {
-		if (j->iname[0] != '\0')
+		if (j->iname[0] != '\0') {
+			queue_kept_close(q, j->iname);   /* failed before the writer took it */
 			(void)unlinkat(q->msgfd, j->iname, 0);
+		}
 		t->cb(t->arg, j->err, NULL);
 	} else {
 		queue_txn_publish(q, t);

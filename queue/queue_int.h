@@ -337,6 +337,7 @@ void queue_async_cb(uv_async_t *h);
 void queue_stage(struct queue *q, struct queue_job *j);
 void queue_stage_op(struct queue *q, struct queue_job *j, bool qid_op);
 void queue_post_done(struct queue *q, struct queue_job *j);
+void queue_kept_close(struct queue *q, const char *iname);
 int queue_journal_open(struct queue *q, int dirfd, struct buf *err);
 
 /* The names of a directory, sorted by name (queue_dir.c); any thread. */

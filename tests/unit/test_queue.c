@@ -1324,6 +1324,101 @@ test_recycle_kept(void)
 	free(body);
 }
 
+/* Descriptors of this process open on deleted msg/.spare-N files of qdir
+ * (not the unnamed spares: O_TMPFILE files read "(deleted)" too). */
+static int
+count_deleted_fds(const char *qdir)
+{
+	char path[300], target[PATH_MAX];
+	struct dirent *de;
+	DIR *d = opendir("/proc/self/fd");
+	ssize_t n;
+	int count = 0;
+
+	if (d == NULL)
+		return -1;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", de->d_name);
+		if ((n = readlink(path, target, sizeof(target) - 1)) <= 0)
+			continue;
+		target[n] = '\0';
+		count += strncmp(target, qdir, strlen(qdir)) == 0 &&
+		    strncmp(target + strlen(qdir), "/msg/.spare-", 12) == 0 &&
+		    strstr(target, " (deleted)") != NULL;
+	}
+	closedir(d);
+	return count;
+}
+
+/*
+ * A recycled file deleted while its recycling's descriptor is still kept
+ * for the writer (a transaction that took it and was aborted after writing,
+ * a switch to named files that empties the pool): the kept descriptor is
+ * closed with it, and holds no deleted file's blocks (it did until its slot
+ * was taken over).
+ */
+static void
+test_recycle_kept_deleted(void)
+{
+	static struct kept_sink fresh;
+	struct commit_res res[2];
+	struct queue_counters c;
+	struct queue_txn *t = NULL;
+	uv_loop_t loop;
+	struct queue *q;
+	char dir[128], *big;
+
+	new_qdir(dir, sizeof(dir));
+	memset(res, 0, sizeof(res));
+	memset(&fresh, 0, sizeof(fresh));
+	big = xcalloc(1, 70000);
+	uv_loop_init(&loop);
+	q = open_queue(&loop, dir);
+	queue_set_new_cb(q, kept_sink_add, &fresh);
+	uv_run(&loop, UV_RUN_DEFAULT);
+
+	submit(q, &rich_env, "hello\r\n", 7, 7, &res[0]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh.n, 1);
+	if (fresh.n != 1)
+		exit(1);
+	CHECK_INT(queue_remove(q, fresh.m[0]), 0);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.recycled, 1);
+	CHECK_INT(count_deleted_fds(dir), 0);
+
+	/* a transaction takes the recycled file, writes past its buffer (the
+	 * loop opens the file) and is aborted: the file is deleted */
+	CHECK_INT(queue_txn_begin(q, &rich_env, &t), 0);
+	CHECK_INT(queue_txn_write(t, big, 70000), 0);
+	queue_txn_abort(t);
+	CHECK_INT(count_prefixed(dir, ".spare-"), 0);
+	CHECK_INT(count_deleted_fds(dir), 0);
+
+	/* a recycled file in the pool when the queue turns to named files */
+	submit(q, &rich_env, "hello\r\n", 7, 7, &res[1]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh.n, 2);
+	if (fresh.n != 2)
+		exit(1);
+	CHECK_INT(queue_remove(q, fresh.m[1]), 0);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.recycled, 2);
+	queue_set_named_files(q, true);
+	CHECK_INT(count_deleted_fds(dir), 0);
+
+	close_queue(&loop, q);
+	close_loop(&loop);
+	CHECK_INT(count_deleted_fds(dir), 0);
+	queue_msg_free(fresh.m[0]);
+	queue_msg_free(fresh.m[1]);
+	free(big);
+}
+
 static void
 test_recycle(void)
 {
@@ -2594,6 +2689,7 @@ main(void)
 	test_leftovers();
 	test_recycle();
 	test_recycle_kept();
+	test_recycle_kept_deleted();
 	test_spares_kept();
 	test_recycle_refused();
 	test_corrupt();
