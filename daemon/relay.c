@@ -18,6 +18,7 @@
 #include "common/util.h"
 #include "metrics/metrics.h"
 #include "notify/notify.h"
+#include "queue/queue.h"
 #include "router/router.h"
 #include "sandbox/sandbox.h"
 #include "submit/submit.h"
@@ -33,7 +34,8 @@
 /*
  * Descriptors a configuration may need at once: a session per
  * submit.max_connections, a delivery per router.max_connections, the
- * reserve, and what the submission server holds all the time
+ * reserve, the queue's recycled files' descriptors kept for its writer
+ * (queue_fd_need()), and what the submission server holds all the time
  * (submit_fd_need(): per listener the spare descriptor it keeps for the
  * accept pause at EMFILE; with submit.workers, each shard's listeners and
  * loop), so that it does not come out of the sessions' share.  The
@@ -44,7 +46,7 @@ static uint64_t
 relay_fd_need(const struct conf *c, const struct conf *listeners)
 {
 	return (uint64_t)c->submit.max_connections + c->router.max_connections +
-	    RELAY_FD_RESERVE + submit_fd_need(listeners);
+	    RELAY_FD_RESERVE + queue_fd_need() + submit_fd_need(listeners);
 }
 
 static int

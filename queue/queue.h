@@ -133,6 +133,13 @@ typedef void queue_sync_cb(void *arg, int err);
  * transactions that never committed, start the commit thread.
  */
 int queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err);
+
+/*
+ * Descriptors the queue may hold beyond the daemon's fixed reserve: the
+ * recycled files' descriptors kept for the writer (QUEUE_KEPT_MAX; QUEUE.md
+ * "Removing a message").  relayd counts them in the descriptors it needs.
+ */
+uint64_t queue_fd_need(void);
 /* Where committed messages go (the scheduler); set before the first commit. */
 void queue_set_new_cb(struct queue *q, queue_new_cb *cb, void *arg);
 /* Load every queued message (start-up); cb(arg, m) takes ownership of each.

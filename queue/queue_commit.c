@@ -165,6 +165,12 @@ queue_kept_take(struct queue *q, const char *iname)
 	return fd;
 }
 
+uint64_t
+queue_fd_need(void)
+{
+	return QUEUE_KEPT_MAX;
+}
+
 /*
  * A recycled file about to be deleted by name (an aborted or failed
  * transaction's, the pool's overflow, a switch to named files): its kept
