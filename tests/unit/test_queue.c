@@ -1212,6 +1212,35 @@ test_leftovers(void)
  * Recycling: a removed message's file becomes the next message's.
  */
 
+/* Descriptors of this process open on msg/.spare-N files of qdir, deleted
+ * ones only if deleted (not the unnamed spares: O_TMPFILE files read
+ * "(deleted)" too). */
+static int
+count_spare_fds(const char *qdir, bool deleted)
+{
+	char path[300], target[PATH_MAX];
+	struct dirent *de;
+	DIR *d = opendir("/proc/self/fd");
+	ssize_t n;
+	int count = 0;
+
+	if (d == NULL)
+		return -1;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", de->d_name);
+		if ((n = readlink(path, target, sizeof(target) - 1)) <= 0)
+			continue;
+		target[n] = '\0';
+		count += strncmp(target, qdir, strlen(qdir)) == 0 &&
+		    strncmp(target + strlen(qdir), "/msg/.spare-", 12) == 0 &&
+		    (!deleted || strstr(target, " (deleted)") != NULL);
+	}
+	closedir(d);
+	return count;
+}
+
 /*
  * A recycled file's descriptor, opened for its lease check, is kept for the
  * writer (up to QUEUE_KEPT_MAX, the newest): the next message written into
@@ -1317,39 +1346,18 @@ test_recycle_kept(void)
 	CHECK_INT(fresh.n, 4 + 2 * N);
 	for (i = 4 + N; i < 4 + 2 * N && i < fresh.n; i++)
 		check_body(q, fresh.m[i], body, 200);
+	/* removed again and stopped with their descriptors kept: the close
+	 * closes them (their files stay, for the next start's pool) */
+	for (i = 4 + N; i < fresh.n; i++)
+		CHECK_INT(queue_remove(q, fresh.m[i]), 0);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_INT(count_spare_fds(dir, false), QUEUE_KEPT_MAX);
 	close_queue(&loop, q);
 	close_loop(&loop);
+	CHECK_INT(count_spare_fds(dir, false), 0);      /* none left open by the close */
 	for (i = 0; i < fresh.n; i++)
 		queue_msg_free(fresh.m[i]);
 	free(body);
-}
-
-/* Descriptors of this process open on deleted msg/.spare-N files of qdir
- * (not the unnamed spares: O_TMPFILE files read "(deleted)" too). */
-static int
-count_deleted_fds(const char *qdir)
-{
-	char path[300], target[PATH_MAX];
-	struct dirent *de;
-	DIR *d = opendir("/proc/self/fd");
-	ssize_t n;
-	int count = 0;
-
-	if (d == NULL)
-		return -1;
-	while ((de = readdir(d)) != NULL) {
-		if (de->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/fd/%s", de->d_name);
-		if ((n = readlink(path, target, sizeof(target) - 1)) <= 0)
-			continue;
-		target[n] = '\0';
-		count += strncmp(target, qdir, strlen(qdir)) == 0 &&
-		    strncmp(target + strlen(qdir), "/msg/.spare-", 12) == 0 &&
-		    strstr(target, " (deleted)") != NULL;
-	}
-	closedir(d);
-	return count;
 }
 
 /*
@@ -1388,7 +1396,7 @@ test_recycle_kept_deleted(void)
 	uv_run(&loop, UV_RUN_DEFAULT);
 	queue_get_counters(q, &c);
 	CHECK_INT(c.recycled, 1);
-	CHECK_INT(count_deleted_fds(dir), 0);
+	CHECK_INT(count_spare_fds(dir, true), 0);
 
 	/* a transaction takes the recycled file, writes past its buffer (the
 	 * loop opens the file) and is aborted: the file is deleted */
@@ -1396,7 +1404,7 @@ test_recycle_kept_deleted(void)
 	CHECK_INT(queue_txn_write(t, big, 70000), 0);
 	queue_txn_abort(t);
 	CHECK_INT(count_prefixed(dir, ".spare-"), 0);
-	CHECK_INT(count_deleted_fds(dir), 0);
+	CHECK_INT(count_spare_fds(dir, true), 0);
 
 	/* a recycled file in the pool when the queue turns to named files */
 	submit(q, &rich_env, "hello\r\n", 7, 7, &res[1]);
@@ -1409,11 +1417,11 @@ test_recycle_kept_deleted(void)
 	queue_get_counters(q, &c);
 	CHECK_INT(c.recycled, 2);
 	queue_set_named_files(q, true);
-	CHECK_INT(count_deleted_fds(dir), 0);
+	CHECK_INT(count_spare_fds(dir, true), 0);
 
 	close_queue(&loop, q);
 	close_loop(&loop);
-	CHECK_INT(count_deleted_fds(dir), 0);
+	CHECK_INT(count_spare_fds(dir, true), 0);
 	queue_msg_free(fresh.m[0]);
 	queue_msg_free(fresh.m[1]);
 	free(big);
