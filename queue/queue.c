@@ -625,6 +625,8 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 	q->sessions = intern_table_new(QUEUE_SESSION_SLOTS, QUEUE_SESSION_PROBE, INTERN_LOCKED);
 	q->lockfd = q->msgfd = q->corruptfd = -1;
 	q->jnl.fd = -1;
+	for (size_t k = 0; k < QUEUE_KEPT_MAX; k++)
+		q->kept[k].fd = -1;     /* before anything may delete a spare (queue_kept_close) */
 	q->mode = queue_default_mode();
 	queue_list_init(&q->staged);
 	queue_list_init(&q->pending);
@@ -679,8 +681,6 @@ queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf *err
 
 	queue_test_hooks(q);
 
-	for (size_t k = 0; k < QUEUE_KEPT_MAX; k++)
-		q->kept[k].fd = -1;
 	if (uv_mutex_init(&q->mtx) != 0 || uv_cond_init(&q->cond) != 0 ||
 	    uv_cond_init(&q->write_cond) != 0 || uv_cond_init(&q->sync_cond) != 0 ||
 	    uv_cond_init(&q->reap_cond) != 0)
