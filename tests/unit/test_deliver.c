@@ -428,7 +428,12 @@ test_greeting_failures(void)
 		struct attempt a;
 
 		fx_init(&fx);
-		fx.conf->deliver.greeting_timeout = 300;
+		/* Only the row whose greeting never comes waits for the timeout:
+		 * 300 ms there, the fixture's 10 s for the others, whose greeting a
+		 * sink on a loaded machine may be slow to send (a 421 read as a
+		 * timeout, 4.4.2, otherwise). */
+		if (rows[i].code == 0 && strcmp(rows[i].reply_has, "timeout") == 0)
+			fx.conf->deliver.greeting_timeout = 300;
 		mxsink_start(&s, "127.0.0.22", rows[i].json);
 		mxsink_exec(&s, "sink.script(%s)", rows[i].script);
 		attempt_init(&a, &s, BODY("x\r\n"), "bob@example.net", NULL);
