@@ -1367,12 +1367,31 @@ test_recycle_kept(void)
  * closed with it, and holds no deleted file's blocks (it did until its slot
  * was taken over).
  */
+/* One small message committed, then removed: its file recycled (the
+ * queue's nth of each, fresh holding it). */
+static void
+kept_submit_recycle(uv_loop_t *loop, struct queue *q, struct kept_sink *fresh,
+    struct commit_res *res)
+{
+	struct queue_counters c;
+	size_t n = fresh->n + 1;
+
+	submit(q, &rich_env, "hello\r\n", 7, 7, res);
+	uv_run(loop, UV_RUN_DEFAULT);
+	CHECK_INT(fresh->n, n);
+	if (fresh->n != n)
+		exit(1);
+	CHECK_INT(queue_remove(q, fresh->m[n - 1]), 0);
+	uv_run(loop, UV_RUN_DEFAULT);
+	queue_get_counters(q, &c);
+	CHECK_INT(c.recycled, n);
+}
+
 static void
 test_recycle_kept_deleted(void)
 {
 	static struct kept_sink fresh;
 	struct commit_res res[2];
-	struct queue_counters c;
 	struct queue_txn *t = NULL;
 	uv_loop_t loop;
 	struct queue *q;
@@ -1387,15 +1406,7 @@ test_recycle_kept_deleted(void)
 	queue_set_new_cb(q, kept_sink_add, &fresh);
 	uv_run(&loop, UV_RUN_DEFAULT);
 
-	submit(q, &rich_env, "hello\r\n", 7, 7, &res[0]);
-	uv_run(&loop, UV_RUN_DEFAULT);
-	CHECK_INT(fresh.n, 1);
-	if (fresh.n != 1)
-		exit(1);
-	CHECK_INT(queue_remove(q, fresh.m[0]), 0);
-	uv_run(&loop, UV_RUN_DEFAULT);
-	queue_get_counters(q, &c);
-	CHECK_INT(c.recycled, 1);
+	kept_submit_recycle(&loop, q, &fresh, &res[0]);
 	CHECK_INT(count_spare_fds(dir, true), 0);
 
 	/* a transaction takes the recycled file, writes past its buffer (the
@@ -1407,15 +1418,7 @@ test_recycle_kept_deleted(void)
 	CHECK_INT(count_spare_fds(dir, true), 0);
 
 	/* a recycled file in the pool when the queue turns to named files */
-	submit(q, &rich_env, "hello\r\n", 7, 7, &res[1]);
-	uv_run(&loop, UV_RUN_DEFAULT);
-	CHECK_INT(fresh.n, 2);
-	if (fresh.n != 2)
-		exit(1);
-	CHECK_INT(queue_remove(q, fresh.m[1]), 0);
-	uv_run(&loop, UV_RUN_DEFAULT);
-	queue_get_counters(q, &c);
-	CHECK_INT(c.recycled, 2);
+	kept_submit_recycle(&loop, q, &fresh, &res[1]);
 	queue_set_named_files(q, true);
 	CHECK_INT(count_spare_fds(dir, true), 0);
 

@@ -2116,6 +2116,23 @@ pred_fresh_got(struct fx *fx)
 	return fx->s->nactive == 0 && sink_got(&sink_a) >= fresh_want;
 }
 
+/* A fixture of ndests extra destinations whose cap on jobs in flight is 1,
+ * that one slot held by an attempt to x.test hanging at the greeting (the
+ * rest wait in the held ring until the test lets it go). */
+static void
+fx_one_slot_hanging(struct fx *fx, int no, int ndests, const char *what)
+{
+	sinks_reset("a");
+	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
+	fx_many_dests = ndests;
+	fx_init(fx, &route_share, no);
+	fx_many_dests = 0;
+	fx->s->jobs_max = 1;
+	fx_submit_to(fx, 1, "x.test");
+	CHECK_MSG(fx_run(fx, pred_delivering), "%s: x.test's attempt never out", what);
+	CHECK_MSG(fx_run(fx, pred_r_hanging), "%s: x.test's attempt never hangs", what);
+}
+
 /*
  * SCHEDULING.md, "A cap on jobs in flight": fresh mail waits for the next
  * free slot, and fresh mail that came earlier is not passed by fresh mail
@@ -2136,15 +2153,7 @@ test_fresh_in_order(int no)
 	char dom[32];
 	const char *order;
 
-	sinks_reset("a");
-	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
-	fx_many_dests = DESTS;
-	fx_init(&fx, &route_share, no);
-	fx_many_dests = 0;
-	fx.s->jobs_max = 1;
-	fx_submit_to(&fx, 1, "x.test");
-	CHECK_MSG(fx_run(&fx, pred_delivering), "fresh in order: x.test's attempt never out");
-	CHECK_MSG(fx_run(&fx, pred_r_hanging), "fresh in order: x.test's attempt never hangs");
+	fx_one_slot_hanging(&fx, no, DESTS, "fresh in order");
 	for (int k = 1; k < DESTS; k++) {
 		snprintf(dom, sizeof(dom), "d%d.test", k);
 		fx_submit_to(&fx, 1, dom);
@@ -2193,15 +2202,7 @@ test_backlog_turns(int no)
 	const char *p;
 	int n = 0, nfresh = 0, nb = 0, nb_fresh = 0, late = -1;
 
-	sinks_reset("a");
-	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
-	fx_many_dests = FRESH + 1;
-	fx_init(&fx, &route_share, no);
-	fx_many_dests = 0;
-	fx.s->jobs_max = 1;
-	fx_submit_to(&fx, 1, "x.test");
-	CHECK_MSG(fx_run(&fx, pred_delivering), "backlog turns: x.test's attempt never out");
-	CHECK_MSG(fx_run(&fx, pred_r_hanging), "backlog turns: x.test's attempt never hangs");
+	fx_one_slot_hanging(&fx, no, FRESH + 1, "backlog turns");
 	fx_submit_to(&fx, NB, "d0.test");
 	fresh_want = 0;
 	CHECK_MSG(fx_run(&fx, pred_fresh_held), "backlog turns: d0.test never held");
