@@ -137,7 +137,9 @@ int queue_open(uv_loop_t *loop, const char *dir, struct queue **out, struct buf 
 /*
  * Descriptors the queue may hold beyond the daemon's fixed reserve: the
  * recycled files' descriptors kept for the writer (QUEUE_KEPT_MAX; QUEUE.md
- * "Removing a message").  relayd counts them in the descriptors it needs.
+ * "Removing a message") and the files of the records the writer has
+ * appended and the sync thread not yet synced (QUEUE_OPS_OPEN_MAX).  relayd
+ * counts them in the descriptors it needs.
  */
 uint64_t queue_fd_need(void);
 /* Where committed messages go (the scheduler); set before the first commit. */

@@ -168,7 +168,7 @@ queue_kept_take(struct queue *q, const char *iname)
 uint64_t
 queue_fd_need(void)
 {
-	return QUEUE_KEPT_MAX;
+	return QUEUE_KEPT_MAX + QUEUE_OPS_OPEN_MAX;
 }
 
 /*

@@ -1,8 +1,9 @@
 """test_fd_limit.py - relayd and RLIMIT_NOFILE: at start it raises its soft
 limit to the hard limit and logs it (event=fd_limit), so that
 submit.max_connections sessions can each have a descriptor; a configuration
-whose submit.max_connections + router.max_connections + 256 + 256 (the
-queue's recycled files' descriptors kept for its writer) + one spare
+whose submit.max_connections + router.max_connections + 256 + 512 (the
+queue's: recycled files' descriptors kept for its writer, record files not
+yet synced) + one spare
 descriptor per submission listener (the accept pause's) does not fit
 under the hard limit is refused with a message saying what to raise, at
 start (exit 1, start_failed) and at a reload (reload_failed, the old
@@ -69,7 +70,7 @@ class FdLimitTest(unittest.TestCase):
         # listeners (listen, listen_tls); relayd once left them out
         self.assertEqual(len(relay.config["submit"]["listen"]) +
                          len(relay.config["submit"]["listen_tls"]), 2)
-        self.assertEqual(ev["need"], str(1000 + 100 + 256 + 256 + 2))
+        self.assertEqual(ev["need"], str(1000 + 100 + 256 + 512 + 2))
         self.assertEqual(nofile_of(relay.pid), (hard, hard))
 
     def test_refuses_max_connections_over_hard_limit(self):
@@ -80,21 +81,21 @@ class FdLimitTest(unittest.TestCase):
                                                               (1024, 1024)))
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("submit.max_connections 2000 and router.max_connections 100 need "
-                      "2614 file descriptors, but the hard RLIMIT_NOFILE is 1024", r.stderr)
+                      "2870 file descriptors, but the hard RLIMIT_NOFILE is 1024", r.stderr)
         ev = relay.wait_for_log("start_failed")
         self.assertIn("lower submit.max_connections", ev["error"])
         self.assertEqual(relay.count_log("started"), 0)
 
     def test_reload_refuses_what_the_limit_cannot_hold(self):
         relay = Relay.for_test(self, submit={"workers": 1})
-        # 1,614 descriptors needed now, 10,614 after the change: relayd gets
+        # 1,870 descriptors needed now, 10,870 after the change: relayd gets
         # 2,000 (hard), through a wrapper that sets it and execs relayd.
         start_limited(relay, 2000)
         relay.update_config(submit={"max_connections": 10000})
         mark = relay.log_mark()
         relay.sighup()
         ev = relay.wait_for_log("reload_failed", since=mark)
-        self.assertIn("need 10614 file descriptors, but the current RLIMIT_NOFILE is 2000",
+        self.assertIn("need 10870 file descriptors, but the current RLIMIT_NOFILE is 2000",
                       ev["error"])
         relay.update_config(submit={"max_connections": 1000})
         mark = relay.log_mark()
@@ -102,7 +103,7 @@ class FdLimitTest(unittest.TestCase):
         relay.wait_for_log("reloaded", since=mark)
         # exactly 2,000 with the two listeners relayd has: a reload that adds a
         # third (ignored until a restart) needs no spare descriptor for it
-        relay.update_config(submit={"max_connections": 1386, "listen": [
+        relay.update_config(submit={"max_connections": 1130, "listen": [
             "127.0.0.1:%d" % relay.submit_port, "127.0.0.1:1"]})
         mark = relay.log_mark()
         relay.sighup()
@@ -124,7 +125,7 @@ class FdLimitTest(unittest.TestCase):
         relay.start()
         ev = relay.wait_for_log("fd_limit")
         need = int(ev["need"])
-        self.assertEqual(need, 10 + 10 + 256 + 256 + 32 * (2 * 2 + 8 + 4))
+        self.assertEqual(need, 10 + 10 + 256 + 512 + 32 * (2 * 2 + 8 + 4))
         relay.stop()
         start_limited(relay, need)
         socks = []
