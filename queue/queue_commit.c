@@ -12,8 +12,9 @@
  * A fourth thread, the reaper, deletes the removed files the pool does not
  * keep, after the sync thread made their renames durable (queue_reap()).
  * The descriptor a kept file's recycling opened for its lease check waits
- * for the writer in q->kept (the newest QUEUE_KEPT_MAX), so that the file's
- * next message is written without another open (queue_kept_put()).
+ * for the writer in q->kept (a slot per spare number modulo
+ * QUEUE_KEPT_MAX), so that the file's next message is written without
+ * another open (queue_kept_put()).
  * Also the start-up replay of the journal, and its restore without a
  * restart after a disk failure switched it off (a probe job, sent by a
  * back-off timer on the loop).
@@ -365,9 +366,9 @@ queue_recycle_file(struct queue *q, struct queue_job *j, struct queue_counters *
 	    (fd = openat(q->msgfd, j->iname, O_RDWR | O_CLOEXEC)) >= 0 &&
 	    queue_file_unshared(fd) && fstat(fd, &st) == 0) {
 		/* Only the queue opens .spare-N names: nobody can open it now.
-		 * Its descriptor is kept for the writer (the newest
-		 * QUEUE_KEPT_MAX; the pool holds thousands): the one it takes
-		 * the slot of is closed. */
+		 * Its descriptor is kept for the writer (in its number's slot
+		 * of QUEUE_KEPT_MAX; the pool holds thousands): the one it
+		 * takes the slot of is closed. */
 		if ((fd = queue_kept_put(q, j->iname, fd)) >= 0)
 			close(fd);
 		j->recycled = true;

@@ -30,7 +30,7 @@
 #define QUEUE_REAP_MAX   4096                 /* removed files waiting for the reaper's unlink */
 #define QUEUE_REAP_TAKE  64                   /* unlinked by the reaper per turn of its lock */
 #define QUEUE_KEPT_MAX   256                  /* recycled files whose descriptor is kept for
-                                                 the writer (the newest: the pool is LIFO) */
+                                                 the writer (a slot per spare number modulo this) */
 #define QUEUE_AUTO_SMALL 4                    /* batches up to this sync file by file */
 #define QUEUE_SYNC_OPS_MAX 32                 /* records and removals per group sync, */
 #define QUEUE_SYNC_FLOW_NS 1000000000ULL      /* while new messages came this recently */
