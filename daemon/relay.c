@@ -35,8 +35,8 @@
  * Descriptors a configuration may need at once: a session per
  * submit.max_connections, a delivery per router.max_connections, the
  * reserve, the queue's recycled files' descriptors kept for its writer and
- * its open record files (queue_fd_need()), and what the submission server holds all the time
- * (submit_fd_need(): per listener the spare descriptor it keeps for the
+ * its open record files (queue_fd_need()), and what the submission server
+ * holds all the time (submit_fd_need(): per listener the spare descriptor it keeps for the
  * accept pause at EMFILE; with submit.workers, each shard's listeners and
  * loop), so that it does not come out of the sessions' share.  The
  * listeners and workers are those of `listeners`: a reload keeps the ones

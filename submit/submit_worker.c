@@ -505,18 +505,22 @@ sw_shard_stopped(void *arg)
 }
 
 /*
- * An eviction another shard's accept chose: the victim's slot and count were
- * given up at once (submit_slots_make_room).  One that authenticated since
+ * An eviction another shard's accept chose, for the session m names by
+ * pointer and id (one gone meanwhile is not found): the victim's slot and
+ * count were given up at once (submit_slots_make_room).  One that authenticated since
  * (its AUTH step ended in the same turn) is not closed — one loop never
  * closes an authenticated session for a newcomer, and it may already have
  * had its 235 or a message under way — and is counted again if the limits
  * have room (else it goes on uncounted: its close then uncounts nothing).
  */
 static void
-sw_shard_evict(struct submit *shard, struct submit_session *s, const struct sw_msg *m)
+sw_shard_evict(struct submit *shard, const struct sw_msg *m)
 {
+	struct submit_session *s;
 	struct log_line l;
 
+	if ((s = sw_find(shard, m->s, m->sid)) == NULL)
+		return;                 /* gone meanwhile */
 	if (s->login == NULL) {
 		submit_slots_evict(s, m->reason, m->unauth);
 		return;
@@ -552,11 +556,7 @@ static void
 sw_evict_later_cb(uv_timer_t *t)
 {
 	struct sw_evict_later *el = t->data;
-	struct submit *shard = el->m->shard;
-	struct submit_session *s;
-
-	if ((s = sw_find(shard, el->m->s, el->m->sid)) != NULL)
-		sw_shard_evict(shard, s, el->m);
+	sw_shard_evict(el->m->shard, el->m);
 	sw_msg_free(el->m);
 	uv_close((uv_handle_t *)t, sw_evict_later_closed);
 }
@@ -584,7 +584,6 @@ sw_shard_cb(struct xloop_inbox *in, struct xloop_msg *x)
 {
 	struct submit *shard = in->data;
 	struct sw_msg *m = (struct sw_msg *)x;
-	struct submit_session *s;
 
 	if (shard->magic != SUBMIT_MAGIC || shard->front == NULL)
 		fatalx("%s: bad shard", __func__);
@@ -611,8 +610,7 @@ sw_shard_cb(struct xloop_inbox *in, struct xloop_msg *x)
 		if (sw_evict_later(shard, m))
 			return;             /* carried out later, by sw_evict_later_cb */
 #endif
-		if ((s = sw_find(shard, m->s, m->sid)) != NULL)
-			sw_shard_evict(shard, s, m);
+		sw_shard_evict(shard, m);
 		break;
 	case SW_RELOAD:
 		sw_shard_reload(shard, m);
@@ -661,36 +659,47 @@ sw_main(void *arg)
  * with "Address already in use", as with one loop.  SO_REUSEADDR: a
  * connection of a past run in TIME_WAIT is no listener.
  */
+static int sw_bound(const struct conf_listen *a, bool share);
+
 static int
 sw_port_free(const struct conf_listen *a)
 {
-	int fd, on = 1, e = 0;
+	int fd = sw_bound(a, false);
 
-	if ((fd = socket(a->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1)
-		return -errno;
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
-	    (a->addr.ss_family == AF_INET6 &&
-	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) != 0) ||
-	    bind(fd, (const struct sockaddr *)&a->addr, a->addrlen) != 0)
-		e = -errno;
+	if (fd < 0)
+		return fd;
 	close(fd);
-	return e;
+	return 0;
 }
 
-/* A listening socket on a's address that shares the port (SO_REUSEPORT): the fd or -errno. */
+/* A socket bound to a's address (SO_REUSEADDR; SO_REUSEPORT if share): the
+ * fd or -errno. */
 static int
-sw_socket(const struct conf_listen *a)
+sw_bound(const struct conf_listen *a, bool share)
 {
 	int fd, on = 1, e;
 
 	if ((fd = socket(a->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) == -1)
 		return -errno;
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 ||
+	    (share && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0) ||
 	    (a->addr.ss_family == AF_INET6 &&
 	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) != 0) ||
-	    bind(fd, (const struct sockaddr *)&a->addr, a->addrlen) != 0 ||
-	    listen(fd, SUBMIT_BACKLOG) != 0) {
+	    bind(fd, (const struct sockaddr *)&a->addr, a->addrlen) != 0) {
+		e = errno;
+		close(fd);
+		return -e;
+	}
+	return fd;
+}
+
+/* A listening socket on a's address that shares the port (SO_REUSEPORT): the fd or -errno. */
+static int
+sw_socket(const struct conf_listen *a)
+{
+	int fd = sw_bound(a, true), e;
+
+	if (fd >= 0 && listen(fd, SUBMIT_BACKLOG) != 0) {
 		e = errno;
 		close(fd);
 		return -e;
