@@ -190,6 +190,34 @@ def _pick_range():
 
 _port_random = random.SystemRandom()
 
+# Ports this process has handed out, each held by an flock on a file of
+# PORT_CLAIMS: until this test process exits, no other test process picks
+# it.  A test that stops relayd and starts it again on the same ports leaves
+# them unbound in between, when another process's free_port() could take
+# one (its bind check passes) and bind it first: the restart failed with
+# "address already in use", or, with submit.workers above 1, one relayd
+# was refused at start (the session threads' port check).  The kernel
+# drops the locks when the process ends, whatever way it ends.
+PORT_CLAIMS = os.path.join(tempfile.gettempdir(), "relayd-test-ports")
+_port_claims = []
+
+
+def _claim_port(port):
+    """True if this process now holds port's claim (nobody else does)."""
+    import fcntl
+    try:
+        os.makedirs(PORT_CLAIMS, mode=0o1777, exist_ok=True)
+        fd = os.open(os.path.join(PORT_CLAIMS, str(port)), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        return True             # no claims here: the bind check alone, as before
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _port_claims.append(fd)
+    return True
+
 
 def free_port(hosts=("127.0.0.1",), exclude=()):
     """A TCP port that is free on every address in hosts, below the ephemeral
@@ -213,7 +241,7 @@ def free_port(hosts=("127.0.0.1",), exclude=()):
                 s.close()
         if port in exclude:
             continue
-        if all(_can_bind(h, port) for h in hosts):
+        if all(_can_bind(h, port) for h in hosts) and _claim_port(port):
             return port
     raise RelayError("no port free on all of %r" % (hosts,))
 
