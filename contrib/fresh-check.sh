@@ -96,6 +96,14 @@ for m in /proc /sys /dev /dev/pts; do
 	mounted="$m $mounted"
 done
 mkdir -p "$root/dev/shm"
+# The test harness claims each port it hands out by an flock on a file in
+# /tmp/relayd-test-ports (tests/harness/relay.py); the root shares this
+# machine's loopback, so it shares that directory too: a suite running here
+# at the same time (CI) and the suite inside the root see each other's claims.
+mkdir -p /tmp/relayd-test-ports "$root/tmp/relayd-test-ports"
+chmod 1777 /tmp/relayd-test-ports
+mount --bind /tmp/relayd-test-ports "$root/tmp/relayd-test-ports"
+mounted="/tmp/relayd-test-ports $mounted"
 
 # Ports free on this machine (the chroot shares its network).
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
