@@ -413,8 +413,8 @@ sched_rcpt_unwait(struct sched *s, struct sched_msg *sm, size_t i, uint64_t due)
 		d->nbacklog--;
 		s->nr_backlog--;
 		/* the line emptied (a take, delete, hold, reroute, or d went
-		 * down: the line to its waiting line, whose probe a flush
-		 * forced before the outage does not force): no job is left for
+		 * down: the line to its waiting line, whose next probe the
+		 * flush's attempt becomes, sched_dest_down): no job is left for
 		 * a flush's forced attempt held for room */
 		if (TAILQ_EMPTY(&d->queued))
 			d->next_force = false;
@@ -936,7 +936,11 @@ sched_job_probe_at(struct sched *s, struct sched_job *job, uint64_t now)
 
 /* Every exchanger of the job's destination is down: its recipients and the
  * queued line's wait (at the end of the line, the job's first, then the
- * queued line's in its order, each deferred as the job's); the job is freed. */
+ * queued line's in its order, each deferred as the job's); the job is freed.
+ * A flush's forced attempt that was held for room (d->next_force) has not
+ * been made: the job that found d down started before it.  It becomes the
+ * next probe, forced and due now, as `queue flush` promises an attempt that
+ * ignores a down destination. */
 static void
 sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, uint64_t now)
 {
@@ -947,6 +951,7 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 	struct buf why = BUF_INIT, kept = BUF_INIT;
 	char down[512];
 	bool was_down = d->state == SCHED_DEST_DOWN;
+	bool forced = d->next_force;    /* read first: emptying the line clears it */
 
 	job->last = NULL;
 
@@ -974,6 +979,10 @@ sched_dest_down(struct sched *s, struct sched_dest *d, struct sched_job *job, ui
 		    sched_rcpt_down_why(&sm->m->rcpt[i], down, &kept), false, d->name, false, now);
 		if (sm->m->rcpt[i].state == RCPT_PENDING && !sched_rcpt_busy(rc))
 			sched_rcpt_line(s, sm, i, d, false);
+	}
+	if (forced && d->nwaiting > 0 && !d->probe_out) {
+		d->probe_force = true;
+		d->probe_at = now;
 	}
 	buf_free(&why);
 	buf_free(&kept);

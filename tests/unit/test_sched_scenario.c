@@ -2367,6 +2367,75 @@ test_flush_forced_emptied(int no, bool hold)
 	fx_fini(&fx);
 }
 
+/* d1.test down (its attempt at a dropped), its next probe held for room. */
+static bool
+pred_d1_down_held(struct fx *fx)
+{
+	struct sched_dest *d = fx_dest(fx, "route:d1.test");
+
+	return d != NULL && d->state == SCHED_DEST_DOWN && d->held && !d->probe_out &&
+	    fx->s->nactive == 1;
+}
+
+/*
+ * README, `queue flush`: an attempt now, ignoring a down destination.  A
+ * flush's forced attempt held for room (d->next_force) whose destination
+ * is found down meanwhile, by an attempt that started before the flush,
+ * is still to be made: it becomes d's next probe, forced and due at once
+ * (sched_dest_down).  Cap 2: d1's first message in an attempt hanging at a,
+ * x.test's at r; d1's second queued; `flush` of it is held for room; the
+ * cap drops to 1 and a goes down (greets 421, drops the hanging
+ * connection): d1 is down and its probe, forced and due now, waits for the
+ * room x.test's attempt holds; x.test's attempt ends: the probe goes to a
+ * with the clock where it was.  Before, the line waited for the probe at
+ * the end of host backoff, unforced: no connection to a came.
+ */
+static void
+test_flush_forced_down(int no)
+{
+	struct fx fx;
+	struct sched_dest *d;
+	long conns;
+
+	sinks_reset("a");
+	mxsink_exec(&sink_a, "sink.script(rcpt={'rcpt0@d1.test': 'HANG'})");
+	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
+	fx_many_dests = 2;
+	fx_init(&fx, &route_share, no);
+	fx_many_dests = 0;
+	fx.s->jobs_max = 2;
+	fx_submit_to(&fx, 1, "d1.test");
+	fx_submit_to(&fx, 1, "x.test");
+	CHECK_MSG(fx_run(&fx, pred_a_r_hanging), "forced down: the attempts never hang");
+	fx_submit_to(&fx, 1, "d1.test");
+	CHECK_MSG(fx_run(&fx, pred_d1_queued), "forced down: d1's second never queued");
+	CHECK_INT(sched_flush(fx.s, fx.qids[2]), 1);
+	d = fx_dest(&fx, "route:d1.test");
+	CHECK_MSG(d != NULL && d->next_force && d->held && d->nbacklog == 1,
+	    "forced down: the flush's attempt not held for room");
+	fx.s->jobs_max = 1;
+	conns = mxsink_long(&sink_a, "sink.connections");
+	sink_set_up(&sink_a, 'a', "");         /* greets 421, drops d1's attempt */
+	CHECK_MSG(fx_run(&fx, pred_d1_down_held), "forced down: d1 never down with its probe held");
+	d = fx_dest(&fx, "route:d1.test");
+	CHECK_MSG(d != NULL && d->probe_force && d->probe_at <= fx.clock,
+	    "forced down: d1's next probe %s, due in %lld ms (want forced, due now)",
+	    d != NULL && d->probe_force ? "forced" : "not forced",
+	    d != NULL ? (long long)d->probe_at - (long long)fx.clock : 0LL);
+	mxsink_exec(&sink_r, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
+	CHECK_MSG(fx_run(&fx, pred_settled), "forced down: never settled");
+	CHECK_MSG(mxsink_long(&sink_a, "sink.connections") == conns + 1,
+	    "forced down: %ld connections to a after the drop (want 1: the flush's probe)",
+	    mxsink_long(&sink_a, "sink.connections") - conns);
+	d = fx_dest(&fx, "route:d1.test");
+	CHECK_MSG(d != NULL && d->state == SCHED_DEST_DOWN && !d->probe_force,
+	    "forced down: after the probe d1 %s, its next probe %s (want down, not forced)",
+	    d != NULL && d->state == SCHED_DEST_DOWN ? "down" : "not down",
+	    d != NULL && d->probe_force ? "forced" : "not forced");
+	mxsink_exec(&sink_a, "sink.reset_script(); [c.abort() for c in sink._conns.copy()]");
+	fx_fini(&fx);
+}
+
 /* a.test's probe out, hanging at a. */
 static bool
 pred_probe_hanging(struct fx *fx)
@@ -2479,6 +2548,7 @@ main(void)
 	test_flush_forced_emptied((int)RELAY_ARRAY_LEN(scenarios) + 33, true);
 	test_flush_probe_force((int)RELAY_ARRAY_LEN(scenarios) + 34, true);
 	test_flush_probe_force((int)RELAY_ARRAY_LEN(scenarios) + 35, false);
+	test_flush_forced_down((int)RELAY_ARRAY_LEN(scenarios) + 36);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
