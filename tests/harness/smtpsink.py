@@ -461,8 +461,11 @@ class SinkMX:
                                      name="sink-%s-%d" % (self.host, sess.conn_no))
                 self._conns[c] = t
                 self.max_concurrent = max(self.max_concurrent, len(self._conns))
+                # started before the lock is let go: drop_connections() and
+                # down() join every thread of _conns, and joining one not
+                # started yet raises RuntimeError (a failure seen under TSan)
+                t.start()
                 self._cond.notify_all()
-            t.start()
 
     def _serve(self, c):
         try:
