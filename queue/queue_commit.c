@@ -58,6 +58,8 @@
 #include <string.h>
 #include <unistd.h>
 
+static void queue_list_take(struct queue_list *from, struct queue_list *to, unsigned n);
+
 /*
  * The commit threads, a two-stage pipeline.  The writer takes everything
  * pending as one batch, writes and names the new files, and passes it on;
@@ -759,8 +761,15 @@ queue_jnl_main(void *arg)
 			uv_cond_wait(&q->cond, &q->mtx);
 		if (q->pending.head == NULL)
 			break;
-		batch = q->pending;
-		queue_list_init(&q->pending);
+		/*
+		 * No more than the backlog has room for: each acknowledged
+		 * job holds its file's descriptor until its publish, and
+		 * relayd counts QUEUE_JNL_BACKLOG of them (daemon/DESCRIPTORS.md).
+		 * Taking the whole list once let 511 + every commit pending
+		 * be acknowledged.  At a stop, all that is left.
+		 */
+		queue_list_take(&q->pending, &batch,
+		    q->stop ? UINT_MAX : (unsigned)(QUEUE_JNL_BACKLOG - q->jbacklog));
 		tail = q->jtail;
 		tail_seq = q->jtail_seq;
 		jnl_on = q->jnl_on;
