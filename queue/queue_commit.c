@@ -168,10 +168,26 @@ queue_kept_take(struct queue *q, const char *iname)
 	return fd;
 }
 
+/*
+ * The queue's own descriptors, held whatever its transactions: queue.lock,
+ * msg/, corrupt/, the journal twice (its superblock writes have their own),
+ * the scan's directory walk and the file it reads, the sync thread's open
+ * of a removed file before its kept slot takes it.
+ */
+#define QUEUE_FD_FIXED 8
+
+/*
+ * Besides QUEUE_FD_FIXED: the kept descriptors, the records open until
+ * their sync, the acknowledged messages waiting for their publish (each
+ * holds its file), and the unnamed spare files of the pool (a refill of
+ * QUEUE_SPARES starts only under QUEUE_SPARES_LOW).  A transaction's own
+ * file is its owner's to count (a session's, a report's).
+ */
 uint64_t
 queue_fd_need(void)
 {
-	return QUEUE_KEPT_MAX + QUEUE_OPS_OPEN_MAX;
+	return QUEUE_FD_FIXED + QUEUE_KEPT_MAX + QUEUE_OPS_OPEN_MAX + QUEUE_JNL_BACKLOG +
+	    (QUEUE_SPARES_LOW - 1) + QUEUE_SPARES;
 }
 
 /*
