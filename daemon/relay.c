@@ -18,6 +18,7 @@
 #include "common/util.h"
 #include "directory/directory.h"
 #include "dns/dns.h"
+#include "http/http.h"
 #include "metrics/metrics.h"
 #include "notify/notify.h"
 #include "queue/queue.h"
@@ -34,7 +35,8 @@
 #define RELAY_FD_PER_DELIVERY 2 /* its socket, and the message file it sends */
 #define RELAY_FD_STDIO        3 /* 0, 1, 2 */
 #define RELAY_FD_LOG          2 /* log_file, and the new one while SIGUSR1 reopens it */
-#define RELAY_FD_LOOP         4 /* libuv's per loop: epoll, its signal pipe (2), the async eventfd */
+#define RELAY_FD_LOOP         5 /* libuv's per loop: epoll, its signal pipe (2), the async
+				   eventfd, the /dev/null it keeps for EMFILE once it listens */
 #define RELAY_FD_PROCESS      2 /* libuv's per process: the signal lock pipe */
 #define RELAY_FD_NOTIFY       1 /* sd_notify's datagram socket, while it sends */
 #define RELAY_FD_RELOAD       3 /* a reload reading: the config, a key or map, its include */
@@ -42,6 +44,7 @@
 #define RELAY_FD_PER_WORK     2 /* a thread-pool work: its file or socket (saslauthd, sasldb,
 				   a state file, queue show's read, /proc/self/statm), and
 				   one a library opens meanwhile (a SASL plugin, ldap.conf) */
+#define RELAY_HTTP_CLIENTS    2 /* HTTPS clients: the router's (MTA-STS), TLS-RPT's */
 #define RELAY_THREADPOOL_MAX  1024 /* libuv's own cap on UV_THREADPOOL_SIZE */
 
 /* The thread pool's size: UV_THREADPOOL_SIZE, which relay_start() sets
@@ -61,8 +64,8 @@ relay_threadpool_size(const struct conf *c)
  * router.max_connections; the rest are the queue's (queue_fd_need()), the
  * submission server's listeners, their spares and session threads
  * (submit_fd_need()), the control socket's, the metrics endpoint's, the
- * resolver's, LDAP's and Redis's, the thread pool's works', and the
- * process's own.  The listeners, the session threads and the pool are
+ * resolver's, the HTTPS clients', LDAP's and Redis's, the thread pool's
+ * works', and the process's own.  The listeners, the session threads and the pool are
  * those of `listeners`: a reload keeps the ones relayd started with.
  */
 static uint64_t
@@ -72,7 +75,7 @@ relay_fd_need(const struct conf *c, const struct conf *listeners)
 	    RELAY_FD_PER_DELIVERY * (uint64_t)c->router.max_connections;
 
 	n += queue_fd_need() + submit_fd_need(listeners) + control_fd_need() +
-	    metrics_fd_need(listeners) + dns_fd_need(c);
+	    metrics_fd_need(listeners) + dns_fd_need(c) + RELAY_HTTP_CLIENTS * HTTP_FD_NEED;
 	if (c->submit.senders_ldap.uri != NULL)
 		n += DIRECTORY_FD_NEED;
 	if (listeners->cluster.enabled)
