@@ -1604,6 +1604,7 @@ test_acked_bounded_by_backlog(void)
 {
 	static struct sync_gate g;
 	static struct commit_res res[600];
+	static const char body[] = "Subject: b\r\n\r\nbody\r\n";
 	struct sink fresh = { .n = 0 };
 	struct queue *q;
 	uv_loop_t loop;
@@ -1615,7 +1616,7 @@ test_acked_bounded_by_backlog(void)
 	fresh.qdir = dir;               /* counts the published ones (the sink keeps 64) */
 	q = gated_open(&g, 0, 0, &loop, dir, &fresh);
 	for (i = 0; i < n; i++)
-		commit_body(q, "Subject: b\r\n\r\nbody\r\n", 22, commit_cb, &res[i]);
+		commit_body(q, body, strlen(body), commit_cb, &res[i]);
 	/* handed over together at the end of this turn; the answers come back */
 	until = uv_hrtime() + 20000000000ull;
 	do {
