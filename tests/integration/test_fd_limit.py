@@ -23,7 +23,7 @@ import subprocess
 import unittest
 
 from client import client_context, make_message
-from relay import Relay, relayd_bin
+from relay import SLOW, Relay, relayd_bin
 
 
 def nofile_of(pid):
@@ -197,8 +197,8 @@ class FdLimitTest(unittest.TestCase):
         self.assertGreater(len(msg), 64 * 1024)
         codes = asyncio.run(self.sessions_in_data(relay, n, msg))
         self.assertEqual(codes, [250] * n)
-        sink.wait_for_messages(n, timeout=120)
-        relay.wait_for_count("delivered", n, timeout=120)
+        sink.wait_for_messages(n, timeout=120 * SLOW)
+        relay.wait_for_count("delivered", n, timeout=120)   # scaled by SLOW itself
 
     @staticmethod
     async def sessions_in_data(relay, n, msg):
@@ -209,7 +209,7 @@ class FdLimitTest(unittest.TestCase):
 
         async def reply(r):
             while True:
-                line = await asyncio.wait_for(r.readline(), 60)
+                line = await asyncio.wait_for(r.readline(), 60 * SLOW)
                 if not line:
                     raise ConnectionError("relayd closed the session")
                 if line[3:4] != b"-":
