@@ -174,7 +174,7 @@ class FdLimitTest(unittest.TestCase):
         # its socket and its message's file.  Given exactly what relayd says
         # it needs, all of them are accepted (250), and delivered.  When a
         # session counted one descriptor and a fixed 256 stood for the rest,
-        # 1,100 such sessions did not fit the 1,871 relayd asked for.
+        # 1,100 such sessions did not fit the 1,874 relayd asked for.
         n = 1100
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard == resource.RLIM_INFINITY or hard < 2 * n + 512:
