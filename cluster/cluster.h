@@ -34,6 +34,7 @@
 #define CLUSTER_RETRY_MIN_MS    250     /* reconnect back-off: doubles ... */
 #define CLUSTER_RETRY_MAX_MS    4000    /* ... up to this */
 #define CLUSTER_COUNT_MAX       2       /* counters per key */
+#define CLUSTER_FD_NEED         2       /* descriptors: the two connections */
 
 struct cluster;
 

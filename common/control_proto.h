@@ -20,5 +20,6 @@
 #define CONTROL_ERR_USAGE     "usage"       /* request the daemon does not understand */
 #define CONTROL_ERR_PERM      "permission"  /* peer not allowed */
 #define CONTROL_ERR_FAILED    "failed"      /* the operation failed */
+#define CONTROL_ERR_BUSY      "busy"        /* too many control connections open */
 
 #endif

@@ -12,7 +12,9 @@
  * pool), so no request blocks the loop.  A client's EOF closes its
  * connection and drops a request still to be answered (a client that shuts
  * its writing side before the answer looks like one that has gone; relayctl
- * does not).  Never unlinks anything at control_socket but a socket.
+ * does not).  At most CONTROL_MAX_CONN connections are open at once; one
+ * more is answered "busy" and closed at once (event=control_busy).  Never
+ * unlinks anything at control_socket but a socket.
  */
 #include "daemon/relay.h"
 
@@ -35,6 +37,16 @@
 #define CONTROL_MAGIC 0xc0de0001U
 #define CONTROL_CONN_MAGIC 0xc0de0002U
 
+/*
+ * Client connections open at once.  Each holds a descriptor until it is
+ * answered, and a client may connect and send nothing for as long as it
+ * likes; so they are capped (as Postfix caps a service's clients), and
+ * relayd counts them in the descriptors it needs (control_fd_need(),
+ * daemon/DESCRIPTORS.md).  relayctl opens one per command and closes it
+ * with the answer: 16 leaves room for scripts running a few side by side.
+ */
+#define CONTROL_MAX_CONN 16
+
 struct control_conn;
 
 struct control {
@@ -46,6 +58,7 @@ struct control {
 	gid_t group;                /* control_group's gid, if has_group */
 	bool has_group;
 	TAILQ_HEAD(, control_conn) conns;   /* open client connections */
+	unsigned nconns;                    /* how many: at most CONTROL_MAX_CONN */
 };
 
 struct control_conn {
@@ -93,6 +106,7 @@ conn_close(struct control_conn *cc)
 	control_later_cancel(&cc->later);
 	if (cc->ctl != NULL) {
 		TAILQ_REMOVE(&cc->ctl->conns, cc, entry);
+		cc->ctl->nconns--;
 		cc->ctl = NULL;
 	}
 	if (!uv_is_closing((uv_handle_t *)&cc->pipe))
@@ -411,6 +425,45 @@ control_peer_allowed(struct control *c, uv_pipe_t *p, struct ucred *cred)
 }
 
 static void
+control_busy_closed(uv_handle_t *h)
+{
+	free(h);
+}
+
+/*
+ * One connection over CONTROL_MAX_CONN: accepted only to be told so.  The
+ * answer is written without waiting (a few bytes into an empty socket
+ * buffer; a client that cannot take them gets nothing) and the descriptor
+ * closed before the next connection is accepted, so a flood of clients
+ * holds at most one more.
+ */
+static void
+control_refuse_busy(struct control *c, uv_stream_t *server)
+{
+	static const char msg[] = "ERR " CONTROL_ERR_BUSY " too many control connections "
+	    "open: try again\n";
+	uv_pipe_t *p = xcalloc(1, sizeof(*p));
+	struct ucred cred = { .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
+	socklen_t len = sizeof(cred);
+	struct log_line l;
+	uv_os_fd_t fd;
+	uv_buf_t b = uv_buf_init((char *)msg, sizeof(msg) - 1);
+
+	uv_pipe_init(server->loop, p, 0);
+	if (uv_accept(server, (uv_stream_t *)p) == 0) {
+		if (uv_fileno((uv_handle_t *)p, &fd) == 0)
+			(void)getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+		(void)uv_try_write((uv_stream_t *)p, &b, 1);
+		log_begin(&l, LOG_WARNING, "control_busy");
+		log_kvu(&l, "uid", (uint64_t)cred.uid);
+		log_kvi(&l, "pid", (int64_t)cred.pid);
+		log_kvu(&l, "connections", c->nconns);
+		log_end(&l);
+	}
+	uv_close((uv_handle_t *)p, control_busy_closed);
+}
+
+static void
 on_control_connection(uv_stream_t *server, int status)
 {
 	struct control *c = server->data;
@@ -421,10 +474,15 @@ on_control_connection(uv_stream_t *server, int status)
 		return;
 	if (c->magic != CONTROL_MAGIC)
 		fatalx("%s: bad control", __func__);
+	if (c->nconns >= CONTROL_MAX_CONN) {
+		control_refuse_busy(c, server);
+		return;
+	}
 	cc = xcalloc(1, sizeof(*cc));
 	cc->magic = CONTROL_CONN_MAGIC;
 	cc->ctl = c;
 	TAILQ_INSERT_TAIL(&c->conns, cc, entry);
+	c->nconns++;
 	uv_pipe_init(server->loop, &cc->pipe, 0);
 	cc->pipe.data = cc;
 	if (uv_accept(server, (uv_stream_t *)&cc->pipe) != 0) {
@@ -560,6 +618,12 @@ control_new(struct relay *r, const char *path, struct control **out, struct buf 
 	}
 	*out = c;
 	return 0;
+}
+
+uint64_t
+control_fd_need(void)
+{
+	return 1 + CONTROL_MAX_CONN + 1;        /* the socket, its clients, one refused */
 }
 
 void

@@ -16,6 +16,9 @@
 #include "common/log.h"
 #include "cluster/cluster.h"
 #include "common/util.h"
+#include "directory/directory.h"
+#include "dns/dns.h"
+#include "http/http.h"
 #include "metrics/metrics.h"
 #include "notify/notify.h"
 #include "queue/queue.h"
@@ -24,29 +27,64 @@
 #include "submit/submit.h"
 
 /*
- * Descriptors beyond the sessions, the deliveries and the listeners' spare
- * descriptors: listeners, the log, the queue (journal, directory, files the
- * commit threads hold), the control and metrics connections, DNS, LDAP and
- * Redis sockets, libuv's own.
+ * What each holder of descriptors may hold at once; daemon/DESCRIPTORS.md
+ * has the table (holder, bound, where it is enforced) and the holders
+ * left out.
  */
-#define RELAY_FD_RESERVE 256
+#define RELAY_FD_PER_SESSION  2 /* its socket, and its transaction's queue file */
+#define RELAY_FD_PER_DELIVERY 2 /* its socket, and the message file it sends */
+#define RELAY_FD_STDIO        3 /* 0, 1, 2 */
+#define RELAY_FD_LOG          2 /* log_file, and the new one while SIGUSR1 reopens it */
+#define RELAY_FD_LOOP         5 /* libuv's per loop: epoll, its signal pipe (2), the async
+				   eventfd, the /dev/null it keeps for EMFILE once it listens */
+#define RELAY_FD_PROCESS      2 /* libuv's per process: the signal lock pipe */
+#define RELAY_FD_NOTIFY       1 /* sd_notify's datagram socket, while it sends */
+#define RELAY_FD_RELOAD       3 /* a reload reading: the config, a key or map, its include */
+#define RELAY_FD_LOOP_READ    1 /* the loop's short read: an NDR's original, opened and closed in one call */
+#define RELAY_FD_PER_WORK     2 /* a thread-pool work: its file or socket (saslauthd, sasldb,
+				   a state file, queue show's read, /proc/self/statm), and
+				   one a library opens meanwhile (a SASL plugin, ldap.conf) */
+#define RELAY_HTTP_CLIENTS    2 /* HTTPS clients: the router's (MTA-STS), TLS-RPT's */
+#define RELAY_THREADPOOL_MAX  1024 /* libuv's own cap on UV_THREADPOOL_SIZE */
+
+/* The thread pool's size: UV_THREADPOOL_SIZE, which relay_start() sets
+ * before the pool starts unless the environment did. */
+static uint64_t
+relay_threadpool_size(const struct conf *c)
+{
+	const char *env = getenv("UV_THREADPOOL_SIZE");
+	unsigned long n = env != NULL ? strtoul(env, NULL, 10) : submit_threadpool_size(c);
+
+	return n < 1 ? 1 : n > RELAY_THREADPOOL_MAX ? RELAY_THREADPOOL_MAX : n;
+}
 
 /*
- * Descriptors a configuration may need at once: a session per
- * submit.max_connections, a delivery per router.max_connections, the
- * reserve, the queue's recycled files' descriptors kept for its writer and
- * its open record files (queue_fd_need()), and what the submission server
- * holds all the time (submit_fd_need(): per listener the spare descriptor it keeps for the
- * accept pause at EMFILE; with submit.workers, each shard's listeners and
- * loop), so that it does not come out of the sessions' share.  The
- * listeners and workers are those of `listeners`: a reload keeps the ones
- * relayd started with.
+ * Descriptors a configuration may need at once: the sum of the holders'
+ * bounds.  The sessions and deliveries are submit.max_connections and
+ * router.max_connections; the rest are the queue's (queue_fd_need()), the
+ * submission server's listeners, their spares and session threads
+ * (submit_fd_need()), the control socket's, the metrics endpoint's, the
+ * resolver's, the HTTPS clients', LDAP's and Redis's, the thread pool's
+ * works', and the process's own.  The listeners, the session threads and the pool are
+ * those of `listeners`: a reload keeps the ones relayd started with.
  */
 static uint64_t
 relay_fd_need(const struct conf *c, const struct conf *listeners)
 {
-	return (uint64_t)c->submit.max_connections + c->router.max_connections +
-	    RELAY_FD_RESERVE + queue_fd_need() + submit_fd_need(listeners);
+	uint64_t n = RELAY_FD_PER_SESSION * (uint64_t)c->submit.max_connections +
+	    RELAY_FD_PER_DELIVERY * (uint64_t)c->router.max_connections;
+
+	n += queue_fd_need() + submit_fd_need(listeners) + control_fd_need() +
+	    metrics_fd_need(listeners) + dns_fd_need(c) + RELAY_HTTP_CLIENTS * HTTP_FD_NEED;
+	if (c->submit.senders_ldap.uri != NULL)
+		n += DIRECTORY_FD_NEED;
+	if (listeners->cluster.enabled)
+		n += CLUSTER_FD_NEED;
+	n += RELAY_FD_PER_WORK * relay_threadpool_size(listeners);
+	n += RELAY_FD_STDIO + RELAY_FD_LOG + RELAY_FD_PROCESS + RELAY_FD_NOTIFY +
+	    RELAY_FD_RELOAD + RELAY_FD_LOOP_READ;
+	n += RELAY_FD_LOOP * (1 + (listeners->deliver.thread ? 1 : 0));
+	return n;
 }
 
 static int

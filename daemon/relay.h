@@ -65,6 +65,8 @@ void relay_status(void *arg, struct buf *out);
 /* control.c */
 int control_new(struct relay *r, const char *path, struct control **out, struct buf *err);
 void control_close(struct control *c);
+/* Descriptors the control socket may hold at once: itself and its clients. */
+uint64_t control_fd_need(void);
 
 /*
  * A request that answers later (relayctl dkim --check waits for DNS, queue

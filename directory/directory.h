@@ -32,6 +32,12 @@
 #include "common/buf.h"
 #include "conf/conf.h"
 
+/* Descriptors with senders_ldap: the one handle's connection (one lookup at
+ * a time; a failed one is dropped before the next connects), and the C
+ * library's resolver socket or hosts file while libldap connects (it looks
+ * the URI's host up with getaddrinfo). */
+#define DIRECTORY_FD_NEED 2
+
 struct directory;
 
 /* The addresses one login owns: plain "local@domain" or "@domain" values. */

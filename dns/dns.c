@@ -300,6 +300,24 @@ dns_take_conf(struct dns_resolver *r, const struct conf *conf, struct buf *err)
 	return 0;
 }
 
+/*
+ * Servers when none are configured: glibc's MAXNS, the nameserver lines of
+ * /etc/resolv.conf the C library uses.  c-ares would use more lines too: a
+ * resolv.conf with more is outside this count (daemon/DESCRIPTORS.md).
+ */
+#define DNS_SYSTEM_SERVERS_MAX 3
+/* Channels at once: the current one and one retired by a reload. */
+#define DNS_CHANS_MAX 2
+
+uint64_t
+dns_fd_need(const struct conf *conf)
+{
+	uint64_t n = conf->router.ndns_servers > 0 ? conf->router.ndns_servers :
+	    DNS_SYSTEM_SERVERS_MAX;
+
+	return DNS_CHANS_MAX * 2 * n;
+}
+
 struct dns_resolver *
 dns_new(uv_loop_t *loop, const struct conf *conf, struct buf *err)
 {

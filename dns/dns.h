@@ -124,6 +124,12 @@ struct dns_query;
  */
 struct dns_resolver *dns_new(uv_loop_t *loop, const struct conf *conf, struct buf *err);
 /*
+ * Descriptors the resolver of conf may hold at once: c-ares (1.18) keeps
+ * one UDP and one TCP socket per server and channel; the channels are the
+ * current one and one a reload retired while its queries drain.
+ */
+uint64_t dns_fd_need(const struct conf *conf);
+/*
  * A new configuration (SIGHUP): servers, hostname and listen addresses.
  * Queries in flight finish on the old servers.  0, or RELAY_EINVAL with a
  * message in err (the resolver is then unchanged).

@@ -40,6 +40,15 @@ struct http_req;
 
 #define HTTP_DEFAULT_MAX_SIZE   (1024 * 1024)   /* bytes of response body */
 #define HTTP_DEFAULT_TIMEOUT_MS 60000
+/*
+ * Connections a client has open at once, transfers and curl's cache of
+ * finished ones together: one more waits in curl until one is free (an
+ * idle one is closed for it).  MTA-STS fetches one policy per domain, so
+ * without a cap a burst of new domains had as many connections.
+ */
+#define HTTP_MAX_CONNS          8
+/* Descriptors a client may hold: its connections, curl's wake-up socketpair. */
+#define HTTP_FD_NEED            (HTTP_MAX_CONNS + 2)
 
 enum http_method { HTTP_GET = 0, HTTP_POST };
 

@@ -34,6 +34,8 @@ struct metrics_source {
  */
 int metrics_new(uv_loop_t *loop, const char *listen, const struct metrics_source *src,
     struct metrics **out, struct buf *err);
+/* Descriptors the endpoint of c (metrics_listen) may hold at once; 0 when off. */
+uint64_t metrics_fd_need(const struct conf *c);
 /* Close the listener and every connection; m is freed once its handles are
  * closed (the loop runs them).  NULL is a no-op. */
 void metrics_close(struct metrics *m);

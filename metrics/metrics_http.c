@@ -39,6 +39,14 @@ struct metrics {
 
 static void metrics_run(struct metrics *m);
 
+/* Its socket, MHD's epoll, the connections, and one over the limit that MHD
+ * accepts only to close it. */
+uint64_t
+metrics_fd_need(const struct conf *c)
+{
+	return c->metrics_listen == NULL ? 0 : 2 + METRICS_MAX_CONN + 1;
+}
+
 static void
 metrics_mhd_log(void *cls, const char *fmt, va_list ap)
 {

@@ -58,6 +58,8 @@
 #include <string.h>
 #include <unistd.h>
 
+static void queue_list_take(struct queue_list *from, struct queue_list *to, unsigned n);
+
 /*
  * The commit threads, a two-stage pipeline.  The writer takes everything
  * pending as one batch, writes and names the new files, and passes it on;
@@ -166,10 +168,26 @@ queue_kept_take(struct queue *q, const char *iname)
 	return fd;
 }
 
+/*
+ * The queue's own descriptors, held whatever its transactions: queue.lock,
+ * msg/, corrupt/, the journal twice (its superblock writes have their own),
+ * the scan's directory walk and the file it reads, the sync thread's open
+ * of a removed file before its kept slot takes it.
+ */
+#define QUEUE_FD_FIXED 8
+
+/*
+ * Besides QUEUE_FD_FIXED: the kept descriptors, the records open until
+ * their sync, the acknowledged messages waiting for their publish (each
+ * holds its file), and the unnamed spare files of the pool (a refill of
+ * QUEUE_SPARES starts only under QUEUE_SPARES_LOW).  A transaction's own
+ * file is its owner's to count (a session's, a report's).
+ */
 uint64_t
 queue_fd_need(void)
 {
-	return QUEUE_KEPT_MAX + QUEUE_OPS_OPEN_MAX;
+	return QUEUE_FD_FIXED + QUEUE_KEPT_MAX + QUEUE_OPS_OPEN_MAX + QUEUE_JNL_BACKLOG +
+	    (QUEUE_SPARES_LOW - 1) + QUEUE_SPARES;
 }
 
 /*
@@ -759,8 +777,15 @@ queue_jnl_main(void *arg)
 			uv_cond_wait(&q->cond, &q->mtx);
 		if (q->pending.head == NULL)
 			break;
-		batch = q->pending;
-		queue_list_init(&q->pending);
+		/*
+		 * No more than the backlog has room for: each acknowledged
+		 * job holds its file's descriptor until its publish, and
+		 * relayd counts QUEUE_JNL_BACKLOG of them (daemon/DESCRIPTORS.md).
+		 * Taking the whole list once let 511 + every commit pending
+		 * be acknowledged.  At a stop, all that is left.
+		 */
+		queue_list_take(&q->pending, &batch,
+		    q->stop ? UINT_MAX : (unsigned)(QUEUE_JNL_BACKLOG - q->jbacklog));
 		tail = q->jtail;
 		tail_seq = q->jtail_seq;
 		jnl_on = q->jnl_on;

@@ -67,9 +67,9 @@ int submit_auth_unblock(struct submit *s, const char *name, const char **kind, s
 unsigned submit_threadpool_size(const struct conf *c);
 /*
  * Descriptors the server holds for c whatever its sessions: each listener's
- * spare for the accept pause; with submit.workers above 1, each shard's
- * listening sockets, their spares and its loop's own (daemon/relay.c adds
- * them to what RLIMIT_NOFILE must allow).
+ * socket and its spare for the accept pause; with submit.workers above 1,
+ * each shard's listening sockets, their spares and its loop's own
+ * (daemon/relay.c adds them to what RLIMIT_NOFILE must allow).
  */
 uint64_t submit_fd_need(const struct conf *c);
 

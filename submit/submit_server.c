@@ -348,7 +348,7 @@ submit_fd_need(const struct conf *c)
 	unsigned n = submit_server_nworkers(c);
 
 	if (n == 1)
-		return nl;              /* each listener's spare (its socket: in the reserve) */
+		return 2 * nl;          /* each listener's socket and its spare */
 	return n * (2 * nl + SUBMIT_SHARD_FDS + SUBMIT_TXN_POOL);
 }
 

@@ -260,8 +260,13 @@ def bench(a):
     workers = []
     status = 0
     # relayd inherits this soft limit (a service manager's default) and must
-    # raise it itself; the workers raise theirs.
+    # raise it itself; the workers raise theirs.  Its hard limit must hold
+    # two descriptors per session (daemon/DESCRIPTORS.md): systemd gives a
+    # service 524288, a shell often less; as root the bench gives that room.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = 2 * (a.sessions + 100) + 8192
+    if os.geteuid() == 0 and hard != resource.RLIM_INFINITY and hard < room:
+        hard = room
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(a.nofile, hard), hard))
     try:
         relay.start(timeout=60)     # a loaded machine (or --attach-like wrappers) starts slowly

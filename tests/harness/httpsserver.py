@@ -11,6 +11,7 @@ its HTTPS POSTs.
     ... relayd fetches https://mta-sts.example.test/... ...
     srv.count("mta-sts.example.test", "/.well-known/mta-sts.txt")
     srv.requests        # [(method, host, path, headers dict, body bytes), ...]
+    srv.max_inflight    # the most requests being answered at once (delay included)
     srv.stop()
 
 A route answers with status (200), the Content-Type ctype, the body, after
@@ -47,6 +48,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve(self):
         srv = self.server.owner
+        with srv.lock:
+            srv.inflight += 1
+            srv.max_inflight = max(srv.max_inflight, srv.inflight)
+        try:
+            self._answer(srv)
+        finally:
+            with srv.lock:
+                srv.inflight -= 1
+
+    def _answer(self, srv):
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n > 0 else b""
@@ -108,6 +119,7 @@ class HTTPSServer:
         self.lock = threading.Lock()
         self.routes = {}
         self.requests = []
+        self.inflight = self.max_inflight = 0
         self.stopping = threading.Event()
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert_file, key_file)

@@ -1591,6 +1591,58 @@ test_probe_follows_acked_messages(void)
 }
 
 /*
+ * At most QUEUE_JNL_BACKLOG (512, queue_int.h) acknowledged messages wait
+ * for their publish, each holding its file's descriptor, which relayd
+ * counts (daemon/DESCRIPTORS.md).  With the sync thread held, nothing is
+ * published: 600 commits handed over in one loop turn get 512 answers from
+ * the journal, and the other 88 wait.  Once the gate opens every one is
+ * answered and published.  Before, the journal thread took every pending
+ * commit as one batch whatever the backlog's room: all 600 were answered.
+ */
+static void
+test_acked_bounded_by_backlog(void)
+{
+	static struct sync_gate g;
+	static struct commit_res res[600];
+	static const char body[] = "Subject: b\r\n\r\nbody\r\n";
+	struct sink fresh = { .n = 0 };
+	struct queue *q;
+	uv_loop_t loop;
+	char dir[128];
+	int dirfd = new_dir(dir, sizeof(dir)), i, n = 600, acked;
+	uint64_t until;
+
+	memset(res, 0, sizeof(res));
+	fresh.qdir = dir;               /* counts the published ones (the sink keeps 64) */
+	q = gated_open(&g, 0, 0, &loop, dir, &fresh);
+	for (i = 0; i < n; i++)
+		commit_body(q, body, strlen(body), commit_cb, &res[i]);
+	/* handed over together at the end of this turn; the answers come back */
+	until = uv_hrtime() + 20000000000ull;
+	do {
+		uv_run(&loop, UV_RUN_NOWAIT);
+		for (i = acked = 0; i < n; i++)
+			acked += res[i].called;
+		if (acked < 512)
+			uv_sleep(1);
+	} while (acked < 512 && uv_hrtime() < until);
+	CHECK_INT(acked, 512);
+	for (i = 0; i < n; i++)
+		CHECK_INT(res[i].err, 0);
+	CHECK_INT(fresh.n, 0);
+
+	sync_gate_set(&g, -1, -1);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	for (i = acked = 0; i < n; i++)
+		acked += res[i].called == 1 && res[i].err == 0;
+	CHECK_INT(acked, n);
+	CHECK_INT(fresh.present, n);
+
+	gated_close(&g, &loop, q, &fresh);
+	drop_dir(dirfd, dir);
+}
+
+/*
  * A failed journal append turns the journal off on the journal thread, in
  * a batch where no message got a 250 from it: the loop must learn at once
  * (QUEUE.md, "When the disk fails"), log queue_journal_failed and start the
@@ -1694,6 +1746,7 @@ main(void)
 	test_queue_ack_before_publish();
 	test_probe_follows_acked_messages();
 	test_append_failure_wakes_loop();
+	test_acked_bounded_by_backlog();
 #endif
 	fixture_teardown();
 	return check_done();
