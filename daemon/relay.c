@@ -74,7 +74,7 @@ relay_fd_need(const struct conf *c, const struct conf *listeners)
 	uint64_t n = RELAY_FD_PER_SESSION * (uint64_t)c->submit.max_connections +
 	    RELAY_FD_PER_DELIVERY * (uint64_t)c->router.max_connections;
 
-	n += queue_fd_need() + submit_fd_need(listeners) + control_fd_need() +
+	n += queue_fd_need() + ROUTER_REPORTS_MAX + submit_fd_need(listeners) + control_fd_need() +
 	    metrics_fd_need(listeners) + dns_fd_need(c) + RELAY_HTTP_CLIENTS * HTTP_FD_NEED;
 	if (c->submit.senders_ldap.uri != NULL)
 		n += DIRECTORY_FD_NEED;

@@ -26,6 +26,16 @@
 struct router;
 
 /*
+ * Reports relayd queues at once (non-delivery, delay and success notices,
+ * ndr/): each is a queue transaction that holds a file until its commit, so
+ * a mass expiry (a restart after days, a `queue bounce --all`) must not
+ * open one per message at once; the others wait their turn, oldest first
+ * (router/SCHEDULING.md, "Lifetime").  daemon/relay.c counts them in the
+ * descriptors relayd needs.
+ */
+#define ROUTER_REPORTS_MAX 64
+
+/*
  * Create the router: open (create) queue_dir, recover the queue from disk,
  * start the commit thread and the scheduler.  stats must outlive the router.
  * 0, or -1 with a message in err.

@@ -859,7 +859,7 @@ sched_msg_free(struct sched *s, struct sched_msg *sm)
 }
 
 /* Every recipient done: the message leaves the queue.  True if sm is gone. */
-static bool
+bool
 sched_msg_maybe_done(struct sched *s, struct sched_msg *sm)
 {
 	struct queue_msg *m = sm->m;
@@ -1479,6 +1479,7 @@ sched_free(struct sched *s)
 	htab_free(&s->mhash);
 	htab_free(&s->dhash);
 	sched_tally_free(s);
+	sched_report_wait_free(s);
 	s->magic = 0;
 	free(s);
 }

@@ -164,11 +164,13 @@ struct sched_msg {
 	struct queue_msg *m;
 	struct sched_wake wake;
 	uint64_t report_retry_at;       /* a report failed: not before this */
-	unsigned report_failures;       /* reports in a row that could not be queued */
+	uint16_t report_failures;       /* reports in a row that could not be queued (at most
+	                                   UINT16_MAX: the back-off's last interval long before) */
 	bool deleted;                   /* gone for the admin; freed when njobs == 0 */
 	bool warn_out;                  /* the delay warning's commit is in flight */
 	uint8_t ntls;                   /* entries in tls, at most SCHED_TLS_NOTES */
 	bool admin_bounced;             /* relayctl queue bounce: its reports say so */
+	bool report_wait;               /* in s->report_wait: a report waits for room */
 	struct sched_tls_note *tls;     /* at most SCHED_TLS_NOTES; NULL before any attempt */
 	struct htab_node node;          /* in s->mhash, by qid */
 	TAILQ_ENTRY(sched_msg) entry;   /* s->msgs, oldest first */
@@ -414,6 +416,12 @@ struct sched {
 	size_t nr_active, nr_backlog, nr_waiting;  /* recipients of the jobs in s->active,
 	                                   in the queued lines, in the waiting lines */
 	unsigned nreports;              /* reports whose commit is in flight */
+	unsigned reports_max;           /* at most; 0: SCHED_REPORTS_MAX (tests set it) */
+	unsigned nreports_peak;         /* the most nreports has been (tests read it) */
+	/* Messages whose report waits for room under reports_max, by queue id
+	 * (a message deleted meanwhile is not found): a ring, oldest first. */
+	char (*report_wait)[QID_MAX];
+	size_t report_wait_head, report_wait_n, report_wait_cap;
 	unsigned noutcomes;             /* D/F records whose sync callback is to come */
 	/* relayctl stats (sched_stats()), kept as recipients move: router_sched_tally.c. */
 	size_t tb[SCHED_TB_N];          /* recipients by enum sched_tb */
@@ -501,6 +509,8 @@ void sched_tally_free(struct sched *s);
  * successes: reason is an extra sentence or NULL; the delay warning), recorded
  * once they are durable, retried when they could not be queued. */
 void sched_msg_report(struct sched *s, struct sched_msg *sm, const char *reason, uint64_t now);
+void sched_report_wait_free(struct sched *s);
+bool sched_msg_maybe_done(struct sched *s, struct sched_msg *sm);
 void sched_msg_warn(struct sched *s, struct sched_msg *sm, uint64_t now);
 
 /* router_sched_dest.c: destinations (by name, created on demand, freed when

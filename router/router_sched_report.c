@@ -10,7 +10,12 @@
  * tried again after a back-off on the retry intervals.  See
  * router/SCHEDULING.md, "Lifetime".
  *
- * Owns: the small struct sched_report each report in flight carries.
+ * At most ROUTER_REPORTS_MAX (s->reports_max in tests) are in flight: a
+ * message whose report finds no room waits in s->report_wait, by queue id,
+ * and is run again (sched_report_pump) as reports end, oldest first.
+ *
+ * Owns: the small struct sched_report each report in flight carries, and
+ * the ring of messages waiting for room.
  * Never: builds a report from an outcome not yet durable, records a report
  * before it is safely queued, lets the original leave the queue before its
  * reports are (sched_rcpt_done in router_sched.c), or builds the same
@@ -84,7 +89,8 @@ sched_report_record(struct sched *s, struct sched_msg *sm, enum ndr_kind kind, c
 static void
 sched_report_backoff(struct sched *s, struct sched_msg *sm, uint64_t now)
 {
-	sm->report_failures++;
+	if (sm->report_failures < UINT16_MAX)
+		sm->report_failures++;
 	sm->report_retry_at = now + sched_retry_delay(s->conf->router.retry_intervals,
 	    s->conf->router.nretry_intervals, sm->report_failures, sched_rnd(s));
 }
@@ -99,6 +105,72 @@ sched_report_mark(struct sched_msg *sm, const struct sched_report *r, bool out)
 	else
 		for (k = 0; k < r->n; k++)
 			sm->rc[r->idx[k]].report_out = out;
+}
+
+static unsigned
+sched_reports_max(const struct sched *s)
+{
+	return s->reports_max != 0 ? s->reports_max : ROUTER_REPORTS_MAX;
+}
+
+/* sm's report finds no room: it waits, once, at the end of the ring. */
+static void
+sched_report_wait(struct sched *s, struct sched_msg *sm)
+{
+	size_t k;
+
+	if (sm->report_wait)
+		return;
+	if (s->report_wait_n == s->report_wait_cap) {
+		size_t cap = s->report_wait_cap ? 2 * s->report_wait_cap : 64;
+		char (*ring)[QID_MAX] = xcalloc(cap, sizeof(*ring));
+
+		for (k = 0; k < s->report_wait_n; k++)
+			memcpy(ring[k], s->report_wait[(s->report_wait_head + k) % s->report_wait_cap],
+			    QID_MAX);
+		free(s->report_wait);
+		s->report_wait = ring;
+		s->report_wait_cap = cap;
+		s->report_wait_head = 0;
+	}
+	k = (s->report_wait_head + s->report_wait_n++) % s->report_wait_cap;
+	snprintf(s->report_wait[k], QID_MAX, "%s", sm->m->qid);
+	sm->report_wait = true;
+}
+
+/*
+ * Room for reports: the messages waiting for it run their reports again,
+ * oldest first, until the room is taken or none waits.  Each either takes
+ * room or has nothing to report any more (deleted, reported meanwhile), so
+ * the ring never waits while there is room.
+ */
+static void
+sched_report_pump(struct sched *s, uint64_t now)
+{
+	while (s->report_wait_n > 0 && s->nreports < sched_reports_max(s) && !s->stopping) {
+		struct sched_msg *sm = sched_msg_lookup(s, s->report_wait[s->report_wait_head]);
+
+		s->report_wait_head = (s->report_wait_head + 1) % s->report_wait_cap;
+		s->report_wait_n--;
+		if (sm == NULL || !sm->report_wait)
+			continue;
+		sm->report_wait = false;
+		if (sm->deleted)
+			continue;
+		if (!sm->m->held)
+			sched_msg_warn(s, sm, now);
+		sched_msg_report(s, sm, sm->admin_bounced ? SCHED_BOUNCE_REASON : NULL, now);
+		if (!sched_msg_maybe_done(s, sm))
+			sched_msg_rewake(s, sm, now);
+	}
+}
+
+void
+sched_report_wait_free(struct sched *s)
+{
+	free(s->report_wait);
+	s->report_wait = NULL;
+	s->report_wait_head = s->report_wait_n = s->report_wait_cap = 0;
 }
 
 /*
@@ -131,6 +203,7 @@ sched_report_done(void *arg, int err, const char *ndr_qid)
 		sched_arm(s);
 	}
 	free(r);
+	sched_report_pump(s, now);
 	sched_shutdown_check(s);
 }
 
@@ -144,13 +217,18 @@ sched_report(struct sched *s, struct sched_msg *sm, enum ndr_kind kind, const in
     const char *reason, uint64_t now)
 {
 	struct queue_msg *m = sm->m;
-	struct ndr_rcpt *nr = xcalloc(n, sizeof(*nr));
+	struct ndr_rcpt *nr;
 	struct sched_report *r;
 	struct ndr_params p;
 	char ndr_qid[QID_MAX] = "";
 	size_t k;
 	int rc;
 
+	if (s->nreports >= sched_reports_max(s)) {
+		sched_report_wait(s, sm);       /* sched_report_pump runs it again */
+		return 0;
+	}
+	nr = xcalloc(n, sizeof(*nr));
 	for (k = 0; k < n; k++) {
 		sched_ndr_fill(sm, idx[k], &nr[k]);
 		if (kind == NDR_DELAYED && nr[k].status[0] != '4')
@@ -188,7 +266,8 @@ sched_report(struct sched *s, struct sched_msg *sm, enum ndr_kind kind, const in
 		return 0;
 	}
 	sched_report_mark(sm, r, true);
-	s->nreports++;
+	if (++s->nreports > s->nreports_peak)
+		s->nreports_peak = s->nreports;
 	return 0;
 }
 

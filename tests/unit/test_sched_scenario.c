@@ -2367,6 +2367,35 @@ test_flush_forced_emptied(int no, bool hold)
 	fx_fini(&fx);
 }
 
+/*
+ * SCHEDULING.md, Lifetime: at most ROUTER_REPORTS_MAX reports are being
+ * queued at once (s->reports_max: 2 here), each a queue transaction that
+ * holds a file until its commit; the others wait their turn.  Ten messages
+ * waiting for a down a.test are bounced by the administrator one after the
+ * other: their F records become durable together, and their reports would
+ * all start in that turn.  Every one is sent, never more than two at once,
+ * and the queue is empty after.  Without the cap the peak was ten.
+ */
+static void
+test_reports_capped(int no)
+{
+	enum { N = 10 };
+	struct fx fx;
+
+	(void)fx_outage(&fx, no, N, 1, 1);
+	fx.s->reports_max = 2;
+	fx.want_reports = N;
+	for (int k = 0; k < N; k++)
+		CHECK_INT(sched_bounce(fx.s, fx.qids[k]), 0);
+	CHECK_MSG(fx_run(&fx, pred_settled), "reports capped: never settled");
+	CHECK_MSG((int)fx.stats.ndr_sent == N && fx_pending(&fx) == 0 &&
+	    fx.s->nreports_peak == 2 && fx.s->report_wait_n == 0,
+	    "reports capped: %d reports, %d pending, at most %u at once, %zu waiting "
+	    "(want %d, 0, 2, 0)", (int)fx.stats.ndr_sent, fx_pending(&fx), fx.s->nreports_peak,
+	    fx.s->report_wait_n, N);
+	fx_fini(&fx);
+}
+
 /* d1.test down (its attempt at a dropped), its next probe held for room. */
 static bool
 pred_d1_down_held(struct fx *fx)
@@ -2549,6 +2578,7 @@ main(void)
 	test_flush_probe_force((int)RELAY_ARRAY_LEN(scenarios) + 34, true);
 	test_flush_probe_force((int)RELAY_ARRAY_LEN(scenarios) + 35, false);
 	test_flush_forced_down((int)RELAY_ARRAY_LEN(scenarios) + 36);
+	test_reports_capped((int)RELAY_ARRAY_LEN(scenarios) + 37);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
