@@ -2321,6 +2321,34 @@ pred_d1_queued(struct fx *fx)
 }
 
 /*
+ * Cap 2: d1's first message in an attempt that hangs at a (its RCPT),
+ * x.test's at r; d1's second message queued behind its window (1); `flush`
+ * of it forces an attempt, held for room in all (d->next_force).
+ */
+static void
+fx_flush_held(struct fx *fx, int no, const char *what)
+{
+	struct sched_dest *d;
+
+	sinks_reset("a");
+	mxsink_exec(&sink_a, "sink.script(rcpt={'rcpt0@d1.test': 'HANG'})");
+	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
+	fx_many_dests = 2;
+	fx_init(fx, &route_share, no);
+	fx_many_dests = 0;
+	fx->s->jobs_max = 2;
+	fx_submit_to(fx, 1, "d1.test");
+	fx_submit_to(fx, 1, "x.test");
+	CHECK_MSG(fx_run(fx, pred_a_r_hanging), "%s: the attempts never hang", what);
+	fx_submit_to(fx, 1, "d1.test");
+	CHECK_MSG(fx_run(fx, pred_d1_queued), "%s: d1's second never queued", what);
+	CHECK_INT(sched_flush(fx->s, fx->qids[2]), 1);
+	d = fx_dest(fx, "route:d1.test");
+	CHECK_MSG(d != NULL && d->next_force && d->held && d->nbacklog == 1,
+	    "%s: the flush's attempt not held for room", what);
+}
+
+/*
  * SCHEDULING.md, "A cap on jobs in flight": a flush's forced attempt held
  * for room in all (d->next_force) is forgotten when the destination's
  * queued line empties otherwise, by a delete (hold: a hold of the
@@ -2337,22 +2365,7 @@ test_flush_forced_emptied(int no, bool hold)
 	struct fx fx;
 	struct sched_dest *d;
 
-	sinks_reset("a");
-	mxsink_exec(&sink_a, "sink.script(rcpt={'rcpt0@d1.test': 'HANG'})");
-	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
-	fx_many_dests = 2;
-	fx_init(&fx, &route_share, no);
-	fx_many_dests = 0;
-	fx.s->jobs_max = 2;
-	fx_submit_to(&fx, 1, "d1.test");
-	fx_submit_to(&fx, 1, "x.test");
-	CHECK_MSG(fx_run(&fx, pred_a_r_hanging), "forced emptied: the attempts never hang");
-	fx_submit_to(&fx, 1, "d1.test");
-	CHECK_MSG(fx_run(&fx, pred_d1_queued), "forced emptied: d1's second never queued");
-	CHECK_INT(sched_flush(fx.s, fx.qids[2]), 1);
-	d = fx_dest(&fx, "route:d1.test");
-	CHECK_MSG(d != NULL && d->next_force && d->held && d->nbacklog == 1,
-	    "forced emptied: the flush's attempt not held for room");
+	fx_flush_held(&fx, no, "forced emptied");
 	if (hold)
 		CHECK_INT(sched_hold(fx.s, fx.qids[2]), 0);
 	else
@@ -2426,22 +2439,7 @@ test_flush_forced_down(int no)
 	struct sched_dest *d;
 	long conns;
 
-	sinks_reset("a");
-	mxsink_exec(&sink_a, "sink.script(rcpt={'rcpt0@d1.test': 'HANG'})");
-	mxsink_exec(&sink_r, "sink.reset(); sink.script(greeting='HANG')");
-	fx_many_dests = 2;
-	fx_init(&fx, &route_share, no);
-	fx_many_dests = 0;
-	fx.s->jobs_max = 2;
-	fx_submit_to(&fx, 1, "d1.test");
-	fx_submit_to(&fx, 1, "x.test");
-	CHECK_MSG(fx_run(&fx, pred_a_r_hanging), "forced down: the attempts never hang");
-	fx_submit_to(&fx, 1, "d1.test");
-	CHECK_MSG(fx_run(&fx, pred_d1_queued), "forced down: d1's second never queued");
-	CHECK_INT(sched_flush(fx.s, fx.qids[2]), 1);
-	d = fx_dest(&fx, "route:d1.test");
-	CHECK_MSG(d != NULL && d->next_force && d->held && d->nbacklog == 1,
-	    "forced down: the flush's attempt not held for room");
+	fx_flush_held(&fx, no, "forced down");
 	fx.s->jobs_max = 1;
 	conns = mxsink_long(&sink_a, "sink.connections");
 	sink_set_up(&sink_a, 'a', "");         /* greets 421, drops d1's attempt */
