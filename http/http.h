@@ -47,8 +47,14 @@ struct http_req;
  * without a cap a burst of new domains had as many connections.
  */
 #define HTTP_MAX_CONNS          8
-/* Descriptors a client may hold: its connections, curl's wake-up socketpair. */
-#define HTTP_FD_NEED            (HTTP_MAX_CONNS + 2)
+/*
+ * Descriptors a client may hold: two per connection, since a connection
+ * being made to a name with IPv6 and IPv4 addresses (CURLOPT_RESOLVE lists
+ * both) has a socket of each family open at once (curl's happy eyeballs
+ * starts the second family's after 200 ms without closing the first); and
+ * curl's wake-up socketpair.
+ */
+#define HTTP_FD_NEED            (2 * HTTP_MAX_CONNS + 2)
 
 enum http_method { HTTP_GET = 0, HTTP_POST };
 
