@@ -67,8 +67,10 @@ int submit_auth_unblock(struct submit *s, const char *name, const char **kind, s
 unsigned submit_threadpool_size(const struct conf *c);
 /*
  * Descriptors the server holds for c whatever its sessions: each listener's
- * socket and its spare for the accept pause; with submit.workers above 1,
- * each shard's listening sockets, their spares and its loop's own
+ * socket and its spare for the accept pause, and with listen_tls the
+ * connections refused by the limits whose 421 waits for the handshake
+ * (SUBMIT_REFUSING_MAX); with submit.workers above 1, each shard's
+ * listening sockets, their spares, its refused ones and its loop's own
  * (daemon/relay.c adds them to what RLIMIT_NOFILE must allow).
  */
 uint64_t submit_fd_need(const struct conf *c);

@@ -492,6 +492,7 @@ struct submit {
 	size_t nlisteners_open;         /* not yet closed (shutdown) */
 	struct submit_session_list sessions;
 	size_t nsessions;
+	unsigned nrefusing;             /* refused, their 421 waiting for the handshake */
 	uint64_t next_session_id;
 	uv_timer_t sweep;               /* expires old limit entries */
 	bool sweep_open;
@@ -582,6 +583,7 @@ struct submit_session {
 	bool barrier;                   /* a non-pipelinable command ended the batch */
 	bool resumed;                   /* the next IO_EV_IN continues an old batch */
 	const char *refuse;             /* instead of the greeting (limits): 421 text */
+	bool refusing;                  /* refuse, on implicit TLS: counted in srv->nrefusing */
 	struct submit_listener *listener;   /* accepted on (lives as long as srv) */
 	char ip[64];                    /* the client: the PROXY header's source, else the peer */
 	int port;
@@ -681,6 +683,17 @@ void submit_session_close(struct submit_session *s, const char *reply);
 
 /* submit_server.c */
 #define SUBMIT_BACKLOG    511
+/*
+ * Connections refused by the limits (connection_refused) on an implicit-TLS
+ * listener whose 421 waits for the TLS handshake, up to submit.tls_timeout:
+ * at most this many at once per session thread; one more is closed at once,
+ * without a word, as an eviction mid-handshake is.  They are no session's
+ * slot, so they are counted apart in the descriptors relayd needs
+ * (submit_fd_need(), daemon/DESCRIPTORS.md): uncapped, a client over
+ * max_connections_per_ip held one descriptor per connection it opened and
+ * never finished a handshake on.
+ */
+#define SUBMIT_REFUSING_MAX 16
 /* A session was freed: a shutdown may be complete. */
 void submit_server_session_gone(struct submit *srv);
 /* One listener of srv on cl's address: bound here (fd -1) or on fd (a bound,

@@ -345,11 +345,12 @@ uint64_t
 submit_fd_need(const struct conf *c)
 {
 	uint64_t nl = c->submit.nlisten + c->submit.nlisten_tls;
+	uint64_t refusing = c->submit.nlisten_tls > 0 ? SUBMIT_REFUSING_MAX : 0;
 	unsigned n = submit_server_nworkers(c);
 
 	if (n == 1)
-		return 2 * nl;          /* each listener's socket and its spare */
-	return n * (2 * nl + SUBMIT_SHARD_FDS + SUBMIT_TXN_POOL);
+		return 2 * nl + refusing;       /* each listener's socket and its spare */
+	return n * (2 * nl + SUBMIT_SHARD_FDS + SUBMIT_TXN_POOL + refusing);
 }
 
 unsigned

@@ -441,6 +441,10 @@ submit_session_close(struct submit_session *s, const char *reply)
 
 	if (io != NULL) {
 		s->io = NULL;           /* events from here on are not ours */
+		if (s->refusing) {
+			s->refusing = false;
+			s->srv->nrefusing--;
+		}
 		submit_lock(s->srv);
 		submit_slots_remove(s->srv->slots, s);
 		submit_unlock(s->srv);
@@ -1687,7 +1691,11 @@ submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_loc
 	submit_enter_state(s, SUBMIT_S_TLS_WAIT);
 	if (!s->implicit_tls) {
 		submit_session_greet(s);
-	} else if (srv->tls_ctx == NULL || io_start_tls_server(s->io, srv->tls_ctx) != 0) {
+	} else if ((s->refuse != NULL && srv->nrefusing >= SUBMIT_REFUSING_MAX) ||
+	    srv->tls_ctx == NULL || io_start_tls_server(s->io, srv->tls_ctx) != 0) {
 		submit_session_close(s, NULL);
+	} else if (s->refuse != NULL) {
+		s->refusing = true;
+		srv->nrefusing++;
 	}
 }

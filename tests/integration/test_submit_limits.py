@@ -8,6 +8,7 @@ idle timeout (421 4.4.2), and the per-login message and recipient rates
 """
 
 import base64
+import os
 import socket
 import ssl
 import unittest
@@ -184,6 +185,57 @@ class SubmitConnectionLimitTest(unittest.TestCase):
         a4 = session_from(relay, "127.0.0.1")
         self.addCleanup(a4.close)
         self.assertEqual(a4.greeting[0], 220)
+
+    def test_refusals_waiting_for_a_handshake_are_capped(self):
+        # A connection refused by the limits on the implicit-TLS port gets
+        # its 421 over TLS, so relayd keeps it until the handshake (up to
+        # submit.tls_timeout) although it holds no slot.  At most 16 such
+        # (SUBMIT_REFUSING_MAX, counted in fd_limit's need) wait at once;
+        # one more is closed at once.  Without the cap each of the 40
+        # connections below held a descriptor.
+        relay = Relay.for_test(self, submit={"workers": 1, "max_connections": 10,
+                                              "max_connections_per_ip": 1})
+        relay.start()
+        a1 = session_from(relay, "127.0.0.1")
+        self.addCleanup(a1.close)
+        self.assertEqual(a1.greeting[0], 220)
+        before = nfds(relay.pid)
+        mark = relay.log_mark()
+        refused = []
+        for _ in range(40):
+            s = socket.create_connection((relay.host, relay.tls_port), timeout=10)
+            self.addCleanup(s.close)
+            refused.append(s)
+        relay.wait_for_count("connection_refused", 40, since=mark,
+                             reason="max_connections_per_ip")
+        # the first 16 wait for their handshake; the 24 others are gone
+        relay.wait_for_count("disconnect", 24, since=mark, client="127.0.0.1")
+        self.assertEqual(nfds(relay.pid), before + 16)
+        for s in refused[16:]:
+            self.assertEqual(s.recv(64), b"")
+        # one that waits is told why over TLS; its place is free again
+        r = RawSession.__new__(RawSession)
+        r.host, r.port, r.timeout = relay.host, relay.tls_port, 10
+        r.sock, r.buf, r.tls, r.transcript = refused[0], b"", False, []
+        r._wrap()
+        self.addCleanup(r.close)
+        self.assertEqual(r.read_reply(), (421, "4.7.0 Error: too many connections from your "
+                                               "address, try again later"))
+        self.assertTrue(r.wait_closed())
+        mark = relay.log_mark()
+        late = socket.create_connection((relay.host, relay.tls_port), timeout=10)
+        self.addCleanup(late.close)
+        relay.wait_for_log("connection_refused", since=mark)
+        r = RawSession.__new__(RawSession)
+        r.host, r.port, r.timeout = relay.host, relay.tls_port, 10
+        r.sock, r.buf, r.tls, r.transcript = late, b"", False, []
+        r._wrap()
+        self.addCleanup(r.close)
+        self.assertEqual(r.read_reply()[0], 421)
+
+
+def nfds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
 
 
 class SubmitIdleTimeoutTest(unittest.TestCase):
