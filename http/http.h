@@ -42,8 +42,9 @@ struct http_req;
 #define HTTP_DEFAULT_TIMEOUT_MS 60000
 /*
  * Connections a client has open at once, transfers and curl's cache of
- * finished ones together: one more waits in curl until one is free (an
- * idle one is closed for it).  MTA-STS fetches one policy per domain, so
+ * finished ones together (curl closes an idle one for a new transfer): at
+ * most this many transfers run; one more waits in the client (http.c) for
+ * one to end, and its timeout (rq->timeout_ms) starts only then.  MTA-STS fetches one policy per domain, so
  * without a cap a burst of new domains had as many connections.
  */
 #define HTTP_MAX_CONNS          8

@@ -20,7 +20,7 @@ import unittest
 
 from client import make_message, submit
 from httpsserver import HTTPSServer, fixed_port_ip
-from relay import Relay, TestCA
+from relay import SLOW, Relay, TestCA
 
 SENDER = "alice@example.org"
 STS_IP = fixed_port_ip()
@@ -68,6 +68,40 @@ class HttpsLimitTest(unittest.TestCase):
         self.assertEqual(https.count(path=POLICY_PATH), len(DOMAINS))
         self.assertLessEqual(https.max_inflight, CAP)
         self.assertGreater(https.max_inflight, 1)
+        sink.wait_for_messages(1, timeout=60)
+
+    def test_waiting_fetches_get_their_whole_timeout(self):
+        # 20 policies, each answered after HOLD, within a timeout of 2 x
+        # HOLD: three rounds of at most 8 fetches.  A fetch waiting for a
+        # connection has its whole timeout once it has one: every policy is
+        # fetched.  When the waiting ones waited in curl, their timeout ran
+        # meanwhile and those of the later rounds failed untried
+        # ("Failed to resolve host ... with timeout after 0 ms").
+        hold = 2.0 * SLOW
+        relay = Relay.for_test(self, router={"mta_sts_timeout": "%dms" % int(2000 * hold)})
+        certs = os.path.join(relay.tmpdir, "sts-certs")
+        os.makedirs(certs, exist_ok=True)
+        ca = TestCA(directory=os.path.join(certs, "ca"))
+        relay.update_config(deliver={"ca_file": ca.cert})
+        cert, key = ca.issue("mta-sts.d0.test", dns=["mta-sts.%s" % d for d in DOMAINS])
+        https = HTTPSServer(STS_IP, 443, cert, key).start()
+        self.addCleanup(https.stop)
+        for d in DOMAINS:
+            relay.dns.set_mx_ips(d, [(10, "127.0.0.2")])
+            relay.dns.set_txt("_mta-sts.%s" % d, ["v=STSv1; id=1;"])
+            relay.dns.set_a("mta-sts.%s" % d, [STS_IP])
+            https.route("mta-sts.%s" % d, POLICY_PATH, delay=hold,
+                        body="version: STSv1\r\nmode: none\r\nmax_age: 86400\r\n")
+        sink = relay.sink("127.0.0.2")
+        relay.start()
+
+        rcpts = ["bob@%s" % d for d in DOMAINS]
+        submit(relay, SENDER, rcpts, make_message(SENDER, rcpts, "many", "To each domain.\r\n"))
+        for d in DOMAINS:
+            relay.wait_for_log("mtasts_policy_fetched", domain=d, timeout=60 * SLOW)
+        self.assertEqual(relay.count_log("mtasts_fetch_failed"), 0)
+        self.assertEqual(https.count(path=POLICY_PATH), len(DOMAINS))
+        self.assertLessEqual(https.max_inflight, CAP)
         sink.wait_for_messages(1, timeout=60)
 
 
