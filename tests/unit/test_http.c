@@ -8,8 +8,10 @@
  * Table rows: method, URL, limits, trust anchors, and what the callback
  * must see (error kind, status, body).  Then: a request cancelled before
  * it finished never calls back, and neither does one pending at
- * http_close(); a callback may start another request; the loop closes
- * cleanly (uv_loop_close() == 0) at the end.
+ * http_close(); a callback may start another request; requests beyond
+ * HTTP_MAX_CONNS transfers wait and run when one ends, and one cancelled
+ * or closed while waiting never calls back; the loop closes cleanly
+ * (uv_loop_close() == 0) at the end.
  */
 #include <errno.h>
 #include <signal.h>
@@ -341,6 +343,73 @@ test_lifetime(uv_loop_t *loop, struct http_client *hc)
 	buf_free(&err);
 }
 
+/*
+ * More requests than HTTP_MAX_CONNS transfers: the ones beyond wait in the
+ * client and run when a transfer ends, whole; a waiting one cancelled never
+ * calls back, nor does one still waiting at http_close() (main).
+ */
+static void
+test_waiting(uv_loop_t *loop, struct http_client *hc)
+{
+	struct http_request rq;
+	struct http_req *slow[HTTP_MAX_CONNS], *cancelled;
+	struct buf err = BUF_INIT;
+	struct got gs[HTTP_MAX_CONNS], g[2];
+	char slow_url[256], ok_url[256];
+	size_t i, before = http_pending(hc);   /* test_lifetime's, left for the close */
+
+	url(slow_url, sizeof(slow_url), "www.example.test", https_port, "/slow");
+	url(ok_url, sizeof(ok_url), "www.example.test", https_port, "/ok");
+	memset(&rq, 0, sizeof(rq));
+	rq.ca_file = ca_file;
+	rq.url = slow_url;
+	memset(gs, 0, sizeof(gs));
+	for (i = 0; i < HTTP_MAX_CONNS; i++) {
+		slow[i] = http_start(hc, &rq, on_done, &gs[i], &err);
+		CHECK(slow[i] != NULL);
+	}
+	memset(g, 0, sizeof(g));
+	rq.url = ok_url;
+	CHECK(http_start(hc, &rq, on_done, &g[0], &err) != NULL);
+	cancelled = http_start(hc, &rq, on_never, &never, &err);
+	CHECK(cancelled != NULL);
+	CHECK(http_start(hc, &rq, on_done, &g[1], &err) != NULL);
+	/* the names resolve meanwhile: 8 transfers run, the others wait (which
+	 * ones depends on the answers' order; the outcome below does not) */
+	for (i = 0; i < 50; i++) {
+		uv_run(loop, UV_RUN_NOWAIT);
+		uv_sleep(2);
+	}
+	http_cancel(cancelled);
+	/* the slow ones end (cancelled here, running or waiting): the waiting
+	 * fast ones get their transfers */
+	for (i = 0; i < HTTP_MAX_CONNS; i++)
+		if (gs[i].calls == 0)
+			http_cancel(slow[i]);
+	while ((g[0].calls == 0 || g[1].calls == 0) && uv_run(loop, UV_RUN_ONCE) != 0)
+		;
+	CHECK_INT(g[0].calls, 1);
+	CHECK_INT(g[0].status, 200);
+	CHECK_INT(g[1].calls, 1);
+	CHECK_INT(g[1].status, 200);
+	for (i = 0; i < HTTP_MAX_CONNS; i++)
+		free(gs[i].body);
+	free(g[0].body);
+	free(g[1].body);
+	CHECK_INT(http_pending(hc), before);
+
+	/* still waiting at close (main): never called back */
+	rq.url = slow_url;
+	for (i = 0; i < HTTP_MAX_CONNS + 2; i++)
+		CHECK(http_start(hc, &rq, on_never, &never, &err) != NULL);
+	for (i = 0; i < 50; i++) {
+		uv_run(loop, UV_RUN_NOWAIT);
+		uv_sleep(2);
+	}
+	CHECK_INT(never, 0);
+	buf_free(&err);
+}
+
 static void
 on_closed(void *arg)
 {
@@ -370,6 +439,7 @@ main(void)
 	test_table(&loop, hc);
 	test_refused(hc);
 	test_lifetime(&loop, hc);
+	test_waiting(&loop, hc);
 
 	http_close(hc, on_closed, &closed);
 	CHECK_INT(closed, 0);           /* done fires from the loop */
