@@ -32,8 +32,9 @@ DOMAINS = ["d%d.test" % i for i in range(20)]
 @unittest.skipUnless(os.geteuid() == 0, "binding port 443 needs root")
 class HttpsLimitTest(unittest.TestCase):
 
-    def test_policy_fetches_share_eight_connections(self):
-        relay = Relay.for_test(self)
+    def policy_server(self, relay, delay):
+        """The HTTPS server of DOMAINS' policies, each answered after delay;
+        the DNS records pointing at it, and the domains' MX 127.0.0.2."""
         certs = os.path.join(relay.tmpdir, "sts-certs")
         os.makedirs(certs, exist_ok=True)
         ca = TestCA(directory=os.path.join(certs, "ca"))
@@ -41,14 +42,18 @@ class HttpsLimitTest(unittest.TestCase):
         cert, key = ca.issue("mta-sts.d0.test", dns=["mta-sts.%s" % d for d in DOMAINS])
         https = HTTPSServer(STS_IP, 443, cert, key).start()
         self.addCleanup(https.stop)
-        dns = relay.dns
         for d in DOMAINS:
-            dns.set_mx_ips(d, [(10, "127.0.0.2")])
-            dns.set_txt("_mta-sts.%s" % d, ["v=STSv1; id=1;"])
-            dns.set_a("mta-sts.%s" % d, [STS_IP])
-            https.route("mta-sts.%s" % d, POLICY_PATH, delay=1.5,
+            relay.dns.set_mx_ips(d, [(10, "127.0.0.2")])
+            relay.dns.set_txt("_mta-sts.%s" % d, ["v=STSv1; id=1;"])
+            relay.dns.set_a("mta-sts.%s" % d, [STS_IP])
+            https.route("mta-sts.%s" % d, POLICY_PATH, delay=delay,
                         body="version: STSv1\r\nmode: none\r\nmax_age: 86400\r\n")
-        dns.set_mx_ips("example.net", [(10, "127.0.0.3")])
+        return https
+
+    def test_policy_fetches_share_eight_connections(self):
+        relay = Relay.for_test(self)
+        https = self.policy_server(relay, 1.5)
+        relay.dns.set_mx_ips("example.net", [(10, "127.0.0.3")])
         sink = relay.sink("127.0.0.2")
         plain = relay.sink("127.0.0.3")
         relay.start()
@@ -79,19 +84,7 @@ class HttpsLimitTest(unittest.TestCase):
         # ("Failed to resolve host ... with timeout after 0 ms").
         hold = 2.0 * SLOW
         relay = Relay.for_test(self, router={"mta_sts_timeout": "%dms" % int(2000 * hold)})
-        certs = os.path.join(relay.tmpdir, "sts-certs")
-        os.makedirs(certs, exist_ok=True)
-        ca = TestCA(directory=os.path.join(certs, "ca"))
-        relay.update_config(deliver={"ca_file": ca.cert})
-        cert, key = ca.issue("mta-sts.d0.test", dns=["mta-sts.%s" % d for d in DOMAINS])
-        https = HTTPSServer(STS_IP, 443, cert, key).start()
-        self.addCleanup(https.stop)
-        for d in DOMAINS:
-            relay.dns.set_mx_ips(d, [(10, "127.0.0.2")])
-            relay.dns.set_txt("_mta-sts.%s" % d, ["v=STSv1; id=1;"])
-            relay.dns.set_a("mta-sts.%s" % d, [STS_IP])
-            https.route("mta-sts.%s" % d, POLICY_PATH, delay=hold,
-                        body="version: STSv1\r\nmode: none\r\nmax_age: 86400\r\n")
+        https = self.policy_server(relay, hold)
         sink = relay.sink("127.0.0.2")
         relay.start()
 
