@@ -13,8 +13,10 @@
  * connection and drops a request still to be answered (a client that shuts
  * its writing side before the answer looks like one that has gone; relayctl
  * does not).  At most CONTROL_MAX_CONN connections are open at once; one
- * more is answered "busy" and closed at once (event=control_busy).  Never
- * unlinks anything at control_socket but a socket.
+ * more is answered "busy" and closed at once (event=control_busy); one whose
+ * request has not come within CONTROL_REQUEST_MS is closed
+ * (event=control_timeout).  Never unlinks anything at control_socket but a
+ * socket.
  */
 #include "daemon/relay.h"
 
@@ -47,6 +49,18 @@
  */
 #define CONTROL_MAX_CONN 16
 
+/*
+ * A client has this long from its connection to send its whole request
+ * (relayctl sends it at once), or it is closed (event=control_timeout): one
+ * that connects and says nothing would otherwise hold its slot for ever,
+ * and sixteen of them would shut out every relayctl.  The answer has no
+ * deadline: an administrator may page through `queue list` for as long as
+ * it takes.  A sweep (control_sweep) looks once a second while a
+ * connection waits for its request.
+ */
+#define CONTROL_REQUEST_MS 10000
+#define CONTROL_SWEEP_MS   1000
+
 struct control_conn;
 
 struct control {
@@ -59,6 +73,9 @@ struct control {
 	bool has_group;
 	TAILQ_HEAD(, control_conn) conns;   /* open client connections */
 	unsigned nconns;                    /* how many: at most CONTROL_MAX_CONN */
+	uv_timer_t sweep;                   /* closes clients past CONTROL_REQUEST_MS */
+	uint64_t request_ms;                /* CONTROL_REQUEST_MS (a test hook sets it) */
+	int nhandles;                       /* pipe and sweep: freed when both are closed */
 };
 
 struct control_conn {
@@ -74,6 +91,9 @@ struct control_conn {
 	bool waited;                /* the wait is over: answer now */
 	struct queue_waiter waiter;
 	struct control_later later;  /* a request answering later (dkim --check, queue show) */
+	uint64_t since;             /* uv_now() at its accept */
+	bool requested;             /* its whole request came: no deadline any more */
+	struct ucred cred;          /* the peer, as at its accept */
 };
 
 static void
@@ -286,6 +306,7 @@ conn_try_request(struct control_conn *cc)
 		return;
 	if (!(cc->req.len == 1 || cc->req.data[cc->req.len - 2] == '\0'))
 		return;
+	cc->requested = true;
 	while (i < cc->req.len && cc->req.data[i] != '\0') {
 		if (argc == CONTROL_MAX_ARGS) {
 			struct buf m = BUF_INIT;
@@ -463,12 +484,41 @@ control_refuse_busy(struct control *c, uv_stream_t *server)
 	uv_close((uv_handle_t *)p, control_busy_closed);
 }
 
+/* Clients whose request has not come within c->request_ms are closed. */
+static void
+control_sweep(uv_timer_t *t)
+{
+	struct control *c = t->data;
+	struct control_conn *cc, *next;
+	uint64_t now = uv_now(t->loop);
+	bool waiting = false;
+
+	for (cc = TAILQ_FIRST(&c->conns); cc != NULL; cc = next) {
+		struct log_line l;
+
+		next = TAILQ_NEXT(cc, entry);
+		if (cc->requested)
+			continue;
+		if (now - cc->since < c->request_ms) {
+			waiting = true;
+			continue;
+		}
+		log_begin(&l, LOG_WARNING, "control_timeout");
+		log_kvu(&l, "uid", (uint64_t)cc->cred.uid);
+		log_kvi(&l, "pid", (int64_t)cc->cred.pid);
+		log_kvu(&l, "after_ms", now - cc->since);
+		log_end(&l);
+		conn_close(cc);
+	}
+	if (!waiting)
+		uv_timer_stop(t);
+}
+
 static void
 on_control_connection(uv_stream_t *server, int status)
 {
 	struct control *c = server->data;
 	struct control_conn *cc;
-	struct ucred cred = { .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
 
 	if (status != 0)
 		return;
@@ -481,6 +531,8 @@ on_control_connection(uv_stream_t *server, int status)
 	cc = xcalloc(1, sizeof(*cc));
 	cc->magic = CONTROL_CONN_MAGIC;
 	cc->ctl = c;
+	cc->since = uv_now(server->loop);
+	cc->cred = (struct ucred){ .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
 	TAILQ_INSERT_TAIL(&c->conns, cc, entry);
 	c->nconns++;
 	uv_pipe_init(server->loop, &cc->pipe, 0);
@@ -489,13 +541,13 @@ on_control_connection(uv_stream_t *server, int status)
 		conn_close(cc);
 		return;
 	}
-	if (!control_peer_allowed(c, &cc->pipe, &cred)) {
+	if (!control_peer_allowed(c, &cc->pipe, &cc->cred)) {
 		struct buf m = BUF_INIT;
 		struct log_line l;
 
 		log_begin(&l, LOG_WARNING, "control_denied");
-		log_kvu(&l, "uid", (uint64_t)cred.uid);
-		log_kvi(&l, "pid", (int64_t)cred.pid);
+		log_kvu(&l, "uid", (uint64_t)cc->cred.uid);
+		log_kvi(&l, "pid", (int64_t)cc->cred.pid);
 		log_end(&l);
 		buf_puts(&m, "permission denied: only root, relayd's user and members of "
 		    "control_group may use the control socket");
@@ -503,8 +555,12 @@ on_control_connection(uv_stream_t *server, int status)
 		buf_free(&m);
 		return;
 	}
-	if (uv_read_start((uv_stream_t *)&cc->pipe, conn_alloc, conn_read) != 0)
+	if (uv_read_start((uv_stream_t *)&cc->pipe, conn_alloc, conn_read) != 0) {
 		conn_close(cc);
+		return;
+	}
+	if (!uv_is_active((uv_handle_t *)&c->sweep))
+		(void)uv_timer_start(&c->sweep, control_sweep, CONTROL_SWEEP_MS, CONTROL_SWEEP_MS);
 }
 
 static void
@@ -512,6 +568,8 @@ control_closed(uv_handle_t *h)
 {
 	struct control *c = h->data;
 
+	if (--c->nhandles > 0)
+		return;
 	free(c->path);
 	c->magic = 0;
 	free(c);
@@ -602,6 +660,21 @@ control_new(struct relay *r, const char *path, struct control **out, struct buf 
 	TAILQ_INIT(&c->conns);
 	uv_pipe_init(r->loop, &c->pipe, 0);
 	c->pipe.data = c;
+	uv_timer_init(r->loop, &c->sweep);
+	c->sweep.data = c;
+	uv_unref((uv_handle_t *)&c->sweep);     /* never keeps a stopping loop alive */
+	c->nhandles = 2;
+	c->request_ms = CONTROL_REQUEST_MS;
+#ifdef RELAY_TEST_HOOKS
+	/* RELAYD_TEST_CONTROL_REQUEST_MS=N: the request's deadline is N ms
+	 * (test_control_limit: clients that say nothing are closed). */
+	{
+		const char *v = getenv("RELAYD_TEST_CONTROL_REQUEST_MS");
+
+		if (v != NULL && *v != '\0')
+			c->request_ms = strtoull(v, NULL, 10);
+	}
+#endif
 	old = umask(0077);              /* the socket is born 0600 */
 	rc = uv_pipe_bind(&c->pipe, path);
 	umask(old);
@@ -612,8 +685,9 @@ control_new(struct relay *r, const char *path, struct control **out, struct buf 
 	if (rc != 0 || control_set_owner(c, r->conf, r->sandbox, err) != 0) {
 		if (rc == 0)
 			unlink(path);
-		/* c is freed in the close callback if the loop runs again. */
+		/* c is freed in the close callbacks if the loop runs again. */
 		uv_close((uv_handle_t *)&c->pipe, control_closed);
+		uv_close((uv_handle_t *)&c->sweep, control_closed);
 		return -1;
 	}
 	*out = c;
@@ -635,4 +709,5 @@ control_close(struct control *c)
 		conn_close(TAILQ_FIRST(&c->conns));
 	unlink(c->path);
 	uv_close((uv_handle_t *)&c->pipe, control_closed);
+	uv_close((uv_handle_t *)&c->sweep, control_closed);
 }

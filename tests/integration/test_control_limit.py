@@ -12,6 +12,13 @@ EOF (relayd closes the connection after the answer, and counts it gone
 before that), relayctl is answered again.
 
 Before the cap every connection was kept, with no limit and no deadline.
+
+test_silent_clients_are_closed: a client has CONTROL_REQUEST_MS (10 s; 700
+ms here, RELAYD_TEST_CONTROL_REQUEST_MS) from its connection to send its
+request.  Sixteen clients that say nothing fill the socket (relayctl is told
+"busy"); each is then closed (EOF) and logged (event=control_timeout with
+its pid), and relayctl, which sends its request at once, is answered and
+not closed.  Without the deadline they were held for ever.
 """
 
 import os
@@ -19,7 +26,7 @@ import socket
 import unittest
 
 from client import make_message, submit
-from relay import Relay
+from relay import Relay, needs_test_hooks
 
 CAP = 16
 
@@ -84,6 +91,31 @@ class ControlLimitTest(unittest.TestCase):
             r = relay.relayctl("stats")
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
             self.assertEqual(relay.count_log("control_busy", since=mark), 21)
+        finally:
+            for s in held:
+                s.close()
+
+    @needs_test_hooks
+    def test_silent_clients_are_closed(self):
+        relay = Relay.for_test(self, env={"RELAYD_TEST_CONTROL_REQUEST_MS": "700"})
+        relay.start()
+        mark = relay.log_mark()
+        held = [hold(relay.control_socket) for _ in range(CAP)]
+        try:
+            r = relay.relayctl("stats")
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("too many control connections", r.stderr)
+            relay.wait_for_log("control_busy", since=mark)
+            # the busy answer proves they were all held; now the deadline
+            relay.wait_for_count("control_timeout", CAP, since=mark, timeout=30)
+            for s in held:
+                self.assertEqual(read_all(s), b"")     # closed, nothing said
+            ev = relay.wait_for_log("control_timeout", since=mark)
+            self.assertEqual(ev["pid"], str(os.getpid()))
+            self.assertGreaterEqual(int(ev["after_ms"]), 700)
+            r = relay.relayctl("stats")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertEqual(relay.count_log("control_timeout", since=mark), CAP)
         finally:
             for s in held:
                 s.close()
