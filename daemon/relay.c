@@ -66,16 +66,18 @@ relay_threadpool_size(const struct conf *c)
  * (submit_fd_need()), the control socket's, the metrics endpoint's, the
  * resolver's, the HTTPS clients', LDAP's and Redis's, the thread pool's
  * works', and the process's own.  The listeners, the session threads and the pool are
- * those of `listeners`: a reload keeps the ones relayd started with.
+ * those of `listeners`: a reload keeps the ones relayd started with.  running
+ * is the configuration in force (c itself at start): a reload's resolver
+ * channel drains its queries on the running one's servers.
  */
 static uint64_t
-relay_fd_need(const struct conf *c, const struct conf *listeners)
+relay_fd_need(const struct conf *c, const struct conf *listeners, const struct conf *running)
 {
 	uint64_t n = RELAY_FD_PER_SESSION * (uint64_t)c->submit.max_connections +
 	    RELAY_FD_PER_DELIVERY * (uint64_t)c->router.max_connections;
 
 	n += queue_fd_need() + ROUTER_REPORTS_MAX + submit_fd_need(listeners) + control_fd_need() +
-	    metrics_fd_need(listeners) + dns_fd_need(c) + RELAY_HTTP_CLIENTS * HTTP_FD_NEED;
+	    metrics_fd_need(listeners) + dns_fd_need(c, running) + RELAY_HTTP_CLIENTS * HTTP_FD_NEED;
 	if (c->submit.senders_ldap.uri != NULL)
 		n += DIRECTORY_FD_NEED;
 	if (listeners->cluster.enabled)
@@ -119,7 +121,7 @@ relay_fd_limit(const struct conf *c, struct buf *err)
 {
 	struct rlimit rl;
 	rlim_t was;
-	uint64_t need = relay_fd_need(c, c);
+	uint64_t need = relay_fd_need(c, c, c);
 	struct log_line l;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
@@ -151,10 +153,11 @@ relay_fd_limit(const struct conf *c, struct buf *err)
 
 /* At a reload: the limit stays what start-up made it, and so do the listeners. */
 static int
-relay_fd_check(const struct conf *c, const struct conf *listeners, struct buf *err)
+relay_fd_check(const struct conf *c, const struct conf *listeners, const struct conf *running,
+    struct buf *err)
 {
 	struct rlimit rl;
-	uint64_t need = relay_fd_need(c, listeners);
+	uint64_t need = relay_fd_need(c, listeners, running);
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
 	    rl.rlim_cur >= need)
@@ -337,7 +340,7 @@ relay_reload(struct relay *r, struct buf *err)
 	}
 	notify_reloading(r->notify);
 	if (conf_load(r->conf_path, &c, err) != 0 ||
-	    relay_fd_check(c, r->conf_start, err) != 0 ||
+	    relay_fd_check(c, r->conf_start, r->conf, err) != 0 ||
 	    sandbox_reload_check(r->sandbox, c, err) != 0 ||
 	    submit_reload(r->submit, c, err) != 0) {
 		/* Strip the trailing newline for the log line. */

@@ -306,16 +306,18 @@ dns_take_conf(struct dns_resolver *r, const struct conf *conf, struct buf *err)
  * resolv.conf with more is outside this count (daemon/DESCRIPTORS.md).
  */
 #define DNS_SYSTEM_SERVERS_MAX 3
-/* Channels at once: the current one and one retired by a reload. */
-#define DNS_CHANS_MAX 2
 
-uint64_t
-dns_fd_need(const struct conf *conf)
+static uint64_t
+dns_servers_of(const struct conf *conf)
 {
-	uint64_t n = conf->router.ndns_servers > 0 ? conf->router.ndns_servers :
-	    DNS_SYSTEM_SERVERS_MAX;
+	return conf->router.ndns_servers > 0 ? conf->router.ndns_servers : DNS_SYSTEM_SERVERS_MAX;
+}
 
-	return DNS_CHANS_MAX * 2 * n;
+/* UDP + TCP per server, for conf's channel and the one it retires. */
+uint64_t
+dns_fd_need(const struct conf *conf, const struct conf *running)
+{
+	return 2 * dns_servers_of(conf) + 2 * dns_servers_of(running);
 }
 
 struct dns_resolver *

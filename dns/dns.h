@@ -124,11 +124,12 @@ struct dns_query;
  */
 struct dns_resolver *dns_new(uv_loop_t *loop, const struct conf *conf, struct buf *err);
 /*
- * Descriptors the resolver of conf may hold at once: c-ares (1.18) keeps
- * one UDP and one TCP socket per server and channel; the channels are the
- * current one and one a reload retired while its queries drain.
+ * Descriptors the resolver may hold at once with conf: c-ares (1.18) keeps
+ * one UDP and one TCP socket per server and channel; the channels are
+ * conf's and, at a reload, the running one's (running), retired while its
+ * queries drain.  At start running is conf.
  */
-uint64_t dns_fd_need(const struct conf *conf);
+uint64_t dns_fd_need(const struct conf *conf, const struct conf *running);
 /*
  * A new configuration (SIGHUP): servers, hostname and listen addresses.
  * Queries in flight finish on the old servers.  0, or RELAY_EINVAL with a

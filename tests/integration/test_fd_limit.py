@@ -140,6 +140,34 @@ class FdLimitTest(unittest.TestCase):
         relay.wait_for_log("reloaded", since=mark)
         self.assertEqual(relay.count_log("reload_failed", since=mark), 0)
 
+    def test_reload_counts_the_retired_resolver(self):
+        # A reload from three DNS servers to one: the retired channel keeps
+        # its three servers' sockets while its queries drain, so the reload
+        # needs 2 x 1 + 2 x 3 for DNS, not 4 x 1.  Given exactly what start
+        # needs (3 servers: 12), a reload to one server that adds three
+        # sessions (6 descriptors) is refused, and one that adds two (4)
+        # fits.  When only the new server count was counted twice, the
+        # first one was accepted with 2 descriptors it did not have.
+        relay = Relay.for_test(self, submit={"workers": 1})
+        one = relay.config["router"]["dns_servers"]
+        three = one + ["127.0.0.1:1", "127.0.0.1:2"]
+        relay.update_config(router={"dns_servers": three})
+        fixed3 = FIXED - DNS + 2 * 3 + 2 * 3
+        limit = need(1000, 100, fixed3)
+        start_limited(relay, limit)
+        self.assertEqual(relay.wait_for_log("fd_limit")["need"], str(limit))
+        relay.update_config(router={"dns_servers": one}, submit={"max_connections": 1003})
+        mark = relay.log_mark()
+        relay.sighup()
+        ev = relay.wait_for_log("reload_failed", since=mark)
+        self.assertIn("need %d file descriptors" % need(1003, 100, FIXED - DNS + 2 * 1 + 2 * 3),
+                      ev["error"])
+        relay.update_config(submit={"max_connections": 1002})
+        mark = relay.log_mark()
+        relay.sighup()
+        relay.wait_for_log("reloaded", since=mark)
+        self.assertEqual(relay.count_log("reload_failed", since=mark), 0)
+
     def test_session_threads_are_counted(self):
         # 32 session threads, each with its own listening sockets, their
         # spares and its loop's descriptors: what relayd says it needs must
