@@ -886,7 +886,13 @@ sched_msg_maybe_done(struct sched *s, struct sched_msg *sm)
 	return true;
 }
 
-/* When the message next needs the scheduler's attention. */
+/*
+ * When the message next needs the scheduler's attention.  A message whose
+ * report waits for room (sm->report_wait) is not woken for its reports or
+ * its warning: sched_report_pump runs it when room comes, and a wake at a
+ * time already past would run it again at once, turn after turn (the timer
+ * re-armed at 0 ms from its own callback: the loop never polls again).
+ */
 void
 sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now)
 {
@@ -909,7 +915,8 @@ sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now)
 			t = sched_expire_at(m->env.arrival_ms, s->conf);
 			if (t < at)
 				at = t;
-			if (!m->delay_warned && !sm->warn_out && m->env.sender[0] != '\0') {
+			if (!m->delay_warned && !sm->warn_out && !sm->report_wait &&
+			    m->env.sender[0] != '\0') {
 				t = sched_warn_at(m->env.arrival_ms, s->conf);
 				if (t != SCHED_NOWAKE && t < sm->report_retry_at)
 					t = sm->report_retry_at;
@@ -918,7 +925,7 @@ sched_msg_rewake(struct sched *s, struct sched_msg *sm, uint64_t now)
 			}
 		}
 	}
-	if (sm->report_retry_at != 0) {
+	if (sm->report_retry_at != 0 && !sm->report_wait) {
 		for (i = 0; i < m->env.nrcpts; i++) {
 			if (!sched_rcpt_done(m, i) && m->rcpt[i].state != RCPT_PENDING &&
 			    !sm->rc[i].report_out && !sm->rc[i].outcome_out) {

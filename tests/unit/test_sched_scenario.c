@@ -2409,6 +2409,55 @@ test_reports_capped(int no)
 	fx_fini(&fx);
 }
 
+/* The first delay warning in flight, the others waiting for room. */
+static bool
+pred_warn_waits(struct fx *fx)
+{
+	return fx->s->nreports == 1 && fx->s->report_wait_n > 0;
+}
+
+/*
+ * SCHEDULING.md, Lifetime: a message whose report waits for room sleeps
+ * until sched_report_pump runs it.  Four messages waiting for a down
+ * a.test pass their delay warning together with room for one report: the
+ * three waiting are not due (without it their wake stayed at the warning
+ * time, in the past, and the timer ran them again and again, up to 4,096
+ * a turn, until room came), and every warning is sent in the end.
+ */
+static void
+test_reports_wait_asleep(int no)
+{
+	enum { N = 4 };
+	struct fx fx;
+	struct sched_msg *sm;
+	int waiting = 0, due = 0;
+
+	(void)fx_outage(&fx, no, N, 1, 1);
+	fx.s->reports_max = 1;
+	fx.conf->router.delay_warning = 20 * M;
+	fx.clock = fx.base + 21 * M;
+	TAILQ_FOREACH(sm, &fx.s->msgs, entry)  /* their wake with the warning's time */
+		sched_msg_rewake(fx.s, sm, fx.clock);
+	sched_arm(fx.s);
+	CHECK_MSG(fx_run(&fx, pred_warn_waits), "reports wait: no warning waited");
+	TAILQ_FOREACH(sm, &fx.s->msgs, entry) {
+		if (!sm->report_wait)
+			continue;
+		waiting++;
+		if (sm->wake.at <= fx.clock)
+			due++;
+	}
+	CHECK_MSG(waiting == N - 1 && due == 0,
+	    "reports wait: %d waiting, %d of them due now (want %d, 0)", waiting, due, N - 1);
+	fx.want_reports = N;
+	CHECK_MSG(fx_run(&fx, pred_settled), "reports wait: never settled");
+	CHECK_MSG((int)fx.stats.ndr_sent == N && fx.s->report_wait_n == 0 &&
+	    fx.s->nreports_peak == 1,
+	    "reports wait: %d warnings, %zu waiting, at most %u at once (want %d, 0, 1)",
+	    (int)fx.stats.ndr_sent, fx.s->report_wait_n, fx.s->nreports_peak, N);
+	fx_fini(&fx);
+}
+
 /* d1.test down (its attempt at a dropped), its next probe held for room. */
 static bool
 pred_d1_down_held(struct fx *fx)
@@ -2577,6 +2626,7 @@ main(void)
 	test_flush_probe_force((int)RELAY_ARRAY_LEN(scenarios) + 35, false);
 	test_flush_forced_down((int)RELAY_ARRAY_LEN(scenarios) + 36);
 	test_reports_capped((int)RELAY_ARRAY_LEN(scenarios) + 37);
+	test_reports_wait_asleep((int)RELAY_ARRAY_LEN(scenarios) + 38);
 #endif
 	mxsink_stop(&sink_a);
 	mxsink_stop(&sink_b);
