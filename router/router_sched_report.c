@@ -203,7 +203,10 @@ sched_report_done(void *arg, int err, const char *ndr_qid)
 		sched_arm(s);
 	}
 	free(r);
-	sched_report_pump(s, now);
+	if (s->report_wait_n > 0) {
+		sched_report_pump(s, now);
+		sched_arm(s);           /* the messages it ran may be due sooner */
+	}
 	sched_shutdown_check(s);
 }
 
