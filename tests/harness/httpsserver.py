@@ -11,7 +11,9 @@ its HTTPS POSTs.
     ... relayd fetches https://mta-sts.example.test/... ...
     srv.count("mta-sts.example.test", "/.well-known/mta-sts.txt")
     srv.requests        # [(method, host, path, headers dict, body bytes), ...]
-    srv.max_inflight    # the most requests being answered at once (delay included)
+    srv.max_inflight    # the most requests received and not yet answered at once
+                        # (delay included; a request leaves the count as its
+                        # answer starts)
     srv.stop()
 
 A route answers with status (200), the Content-Type ctype, the body, after
@@ -51,9 +53,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with srv.lock:
             srv.inflight += 1
             srv.max_inflight = max(srv.max_inflight, srv.inflight)
+        self._counted = True
         try:
             self._answer(srv)
         finally:
+            self._answered(srv)
+
+    def _answered(self, srv):
+        """The request leaves max_inflight's count: before its answer goes
+        out, so that a client's next request, sent once it has the answer,
+        never finds it still counted (a 9th seen with 8 at most in flight)."""
+        if self._counted:
+            self._counted = False
             with srv.lock:
                 srv.inflight -= 1
 
@@ -70,6 +81,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if r["delay"]:
             if srv.stopping.wait(r["delay"]):
                 return
+        self._answered(srv)
         try:
             self.send_response(r["status"])
             if r["ctype"] is not None:
