@@ -859,7 +859,7 @@ sched_msg_free(struct sched *s, struct sched_msg *sm)
 }
 
 /* Every recipient done: the message leaves the queue.  True if sm is gone. */
-bool
+static bool
 sched_msg_maybe_done(struct sched *s, struct sched_msg *sm)
 {
 	struct queue_msg *m = sm->m;

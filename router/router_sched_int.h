@@ -510,7 +510,6 @@ void sched_tally_free(struct sched *s);
  * once they are durable, retried when they could not be queued. */
 void sched_msg_report(struct sched *s, struct sched_msg *sm, const char *reason, uint64_t now);
 void sched_report_wait_free(struct sched *s);
-bool sched_msg_maybe_done(struct sched *s, struct sched_msg *sm);
 void sched_msg_warn(struct sched *s, struct sched_msg *sm, uint64_t now);
 
 /* router_sched_dest.c: destinations (by name, created on demand, freed when

@@ -139,7 +139,7 @@ sched_report_wait(struct sched *s, struct sched_msg *sm)
 }
 
 /*
- * Room for reports: the messages waiting for it run their reports again,
+ * Room for reports: the messages waiting for it run again (sched_msg_run),
  * oldest first, until the room is taken or none waits.  Each either takes
  * room or has nothing to report any more (deleted, reported meanwhile), so
  * the ring never waits while there is room.
@@ -155,13 +155,7 @@ sched_report_pump(struct sched *s, uint64_t now)
 		if (sm == NULL || !sm->report_wait)
 			continue;
 		sm->report_wait = false;
-		if (sm->deleted)
-			continue;
-		if (!sm->m->held)
-			sched_msg_warn(s, sm, now);
-		sched_msg_report(s, sm, sm->admin_bounced ? SCHED_BOUNCE_REASON : NULL, now);
-		if (!sched_msg_maybe_done(s, sm))
-			sched_msg_rewake(s, sm, now);
+		sched_msg_run(s, sm, now);      /* as its timer would: warning, reports, rewake */
 	}
 }
 
