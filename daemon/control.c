@@ -429,16 +429,37 @@ control_peer_in_group(uv_os_fd_t fd, const struct ucred *cred, gid_t gid)
 	return found;
 }
 
-/* Root, relayd's own uid (and the socket's owner), or a control_group member. */
-static bool
-control_peer_allowed(struct control *c, uv_pipe_t *p, struct ucred *cred)
+/* The peer's credentials into cred (left as they were when they cannot be
+ * had); its descriptor, or -1. */
+static int
+control_peer_cred(uv_pipe_t *p, struct ucred *cred)
 {
 	socklen_t len = sizeof(*cred);
 	uv_os_fd_t fd;
 
-	if (uv_fileno((uv_handle_t *)p, &fd) != 0)
-		return false;
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, &len) != 0)
+	if (uv_fileno((uv_handle_t *)p, &fd) != 0 ||
+	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, &len) != 0)
+		return -1;
+	return fd;
+}
+
+/* An event about a client (control_denied, _busy, _timeout): begun with
+ * its uid and pid; the caller adds what else it says and ends it. */
+static void
+control_log_peer(struct log_line *l, const char *event, const struct ucred *cred)
+{
+	log_begin(l, LOG_WARNING, event);
+	log_kvu(l, "uid", (uint64_t)cred->uid);
+	log_kvi(l, "pid", (int64_t)cred->pid);
+}
+
+/* Root, relayd's own uid (and the socket's owner), or a control_group member. */
+static bool
+control_peer_allowed(struct control *c, uv_pipe_t *p, struct ucred *cred)
+{
+	int fd = control_peer_cred(p, cred);
+
+	if (fd < 0)
 		return false;
 	if (cred->uid == 0 || cred->uid == geteuid() || cred->uid == c->owner)
 		return true;
@@ -465,19 +486,14 @@ control_refuse_busy(struct control *c, uv_stream_t *server)
 	    "open: try again\n";
 	uv_pipe_t *p = xcalloc(1, sizeof(*p));
 	struct ucred cred = { .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
-	socklen_t len = sizeof(cred);
 	struct log_line l;
-	uv_os_fd_t fd;
 	uv_buf_t b = uv_buf_init((char *)msg, sizeof(msg) - 1);
 
 	uv_pipe_init(server->loop, p, 0);
 	if (uv_accept(server, (uv_stream_t *)p) == 0) {
-		if (uv_fileno((uv_handle_t *)p, &fd) == 0)
-			(void)getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+		(void)control_peer_cred(p, &cred);
 		(void)uv_try_write((uv_stream_t *)p, &b, 1);
-		log_begin(&l, LOG_WARNING, "control_busy");
-		log_kvu(&l, "uid", (uint64_t)cred.uid);
-		log_kvi(&l, "pid", (int64_t)cred.pid);
+		control_log_peer(&l, "control_busy", &cred);
 		log_kvu(&l, "connections", c->nconns);
 		log_end(&l);
 	}
@@ -503,9 +519,7 @@ control_sweep(uv_timer_t *t)
 			waiting = true;
 			continue;
 		}
-		log_begin(&l, LOG_WARNING, "control_timeout");
-		log_kvu(&l, "uid", (uint64_t)cc->cred.uid);
-		log_kvi(&l, "pid", (int64_t)cc->cred.pid);
+		control_log_peer(&l, "control_timeout", &cc->cred);
 		log_kvu(&l, "after_ms", now - cc->since);
 		log_end(&l);
 		conn_close(cc);
@@ -545,9 +559,7 @@ on_control_connection(uv_stream_t *server, int status)
 		struct buf m = BUF_INIT;
 		struct log_line l;
 
-		log_begin(&l, LOG_WARNING, "control_denied");
-		log_kvu(&l, "uid", (uint64_t)cc->cred.uid);
-		log_kvi(&l, "pid", (int64_t)cc->cred.pid);
+		control_log_peer(&l, "control_denied", &cc->cred);
 		log_end(&l);
 		buf_puts(&m, "permission denied: only root, relayd's user and members of "
 		    "control_group may use the control socket");
