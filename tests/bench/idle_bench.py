@@ -267,7 +267,16 @@ def bench(a):
     room = 2 * (a.sessions + 100) + 8192
     if os.geteuid() == 0 and hard != resource.RLIM_INFINITY and hard < room:
         hard = room
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(a.nofile, hard), hard))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(a.nofile, hard), hard))
+    except (ValueError, OSError) as e:
+        # a container without CAP_SYS_RESOURCE cannot raise its hard limit
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        print("idle_bench: cannot raise RLIMIT_NOFILE's hard limit to %d (%s); it stays %d, and "
+              "relayd needs two descriptors per session slot (daemon/DESCRIPTORS.md): "
+              "fewer --sessions, or a larger hard limit (ulimit -Hn, LimitNOFILE=)"
+              % (room, e, hard), file=sys.stderr)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(a.nofile, hard), hard))
     try:
         relay.start(timeout=60)     # a loaded machine (or --attach-like wrappers) starts slowly
         pid = relay.pid
