@@ -58,7 +58,24 @@
 #include <string.h>
 #include <unistd.h>
 
-static void queue_list_take(struct queue_list *from, struct queue_list *to, unsigned n);
+/* Move the first n jobs (or all, if fewer) of from to the fresh list to. */
+static void
+queue_list_take(struct queue_list *from, struct queue_list *to, unsigned n)
+{
+	struct queue_job **pp = &from->head;
+
+	queue_list_init(to);
+	while (*pp != NULL && n-- > 0)
+		pp = &(*pp)->next;
+	if (pp == &from->head)
+		return;
+	to->head = from->head;
+	to->tail = pp;
+	from->head = *pp;
+	*pp = NULL;
+	if (from->head == NULL)
+		queue_list_init(from);
+}
 
 /*
  * The commit threads, a two-stage pipeline.  The writer takes everything
@@ -1662,25 +1679,6 @@ queue_test_written(struct queue *q, size_t *commits, size_t *probes)
 	uv_mutex_unlock(&q->mtx);
 }
 #endif
-
-/* Move the first n jobs (or all, if fewer) of from to the fresh list to. */
-static void
-queue_list_take(struct queue_list *from, struct queue_list *to, unsigned n)
-{
-	struct queue_job **pp = &from->head;
-
-	queue_list_init(to);
-	while (*pp != NULL && n-- > 0)
-		pp = &(*pp)->next;
-	if (pp == &from->head)
-		return;
-	to->head = from->head;
-	to->tail = pp;
-	from->head = *pp;
-	*pp = NULL;
-	if (from->head == NULL)
-		queue_list_init(from);
-}
 
 void
 queue_async_cb(uv_async_t *h)
