@@ -78,6 +78,7 @@ struct http_client {
 	struct http_reqq reqs;
 	size_t nreqs;
 	struct http_reqq ready;         /* resolved, waiting for one of the transfers to end */
+	size_t nready;                  /* how many */
 	unsigned ntransfers;            /* easy handles in the multi: at most HTTP_MAX_CONNS */
 	uv_timer_t kick;                /* starts waiting ones from the loop, after a slot frees */
 	LIST_HEAD(, http_sock) socks;
@@ -135,8 +136,10 @@ http_req_free(struct http_req *q)
 {
 	if (q->dq != NULL)
 		dns_cancel(q->dq);
-	if (q->ready)
+	if (q->ready) {
 		TAILQ_REMOVE(&q->c->ready, q, ready_entry);
+		q->c->nready--;
+	}
 	if (q->easy != NULL)
 		http_transfer_gone(q);
 	curl_slist_free_all(q->resolve);
@@ -225,10 +228,12 @@ http_resolve_list(const struct http_req *q, const struct dns_target *tg)
  * waiting in curl (CURLMOPT_MAX_TOTAL_CONNECTIONS alone) was failed
  * untried once its timeout had passed in the wait ("Failed to resolve
  * host ... with timeout after 0 ms": 12 of 20 MTA-STS fetches held 6 s
- * each).
+ * each).  First come, first served: a request resolved while others wait
+ * queues behind them even if a slot is free at that instant (one freed,
+ * its 0 ms kick not run yet); only the kick (waited) takes the oldest.
  */
 static void
-http_transfer(struct http_req *q)
+http_transfer(struct http_req *q, bool waited)
 {
 	struct http_client *c = q->c;
 	uint64_t spent = uv_now(c->loop) - q->started;
@@ -239,10 +244,13 @@ http_transfer(struct http_req *q)
 		http_fail(q, HTTP_E_TIMEOUT, "timed out while resolving the host name");
 		return;
 	}
-	if (c->ntransfers >= HTTP_MAX_CONNS) {
+	if (c->ntransfers >= HTTP_MAX_CONNS || (!waited && !TAILQ_EMPTY(&c->ready))) {
 		q->ready = true;
 		q->ready_since = uv_now(c->loop);
 		TAILQ_INSERT_TAIL(&c->ready, q, ready_entry);
+		c->nready++;
+		if (c->ntransfers < HTTP_MAX_CONNS)
+			uv_timer_start(&c->kick, http_on_kick, 0, 0);   /* pending already; harmless */
 		return;
 	}
 	left = (long)(q->timeout_ms - spent);
@@ -301,9 +309,10 @@ http_on_kick(uv_timer_t *t)
 	while (!c->closing && c->ntransfers < HTTP_MAX_CONNS &&
 	    (q = TAILQ_FIRST(&c->ready)) != NULL) {
 		TAILQ_REMOVE(&c->ready, q, ready_entry);
+		c->nready--;
 		q->ready = false;
 		q->started += uv_now(c->loop) - q->ready_since;
-		http_transfer(q);
+		http_transfer(q, true);
 	}
 }
 
@@ -328,7 +337,7 @@ http_on_resolved(void *arg, struct dns_result *res)
 	if (!q->literal)     /* curl takes an address literal as it is */
 		q->resolve = http_resolve_list(q, &res->targets[0]);
 	dns_result_free(res);
-	http_transfer(q);
+	http_transfer(q, false);
 }
 
 /* Check the URL and fill q's host, port and literal flag; 0 or -1 with err. */
@@ -449,6 +458,12 @@ size_t
 http_pending(const struct http_client *c)
 {
 	return c->nreqs;
+}
+
+size_t
+http_waiting(const struct http_client *c)
+{
+	return c->nready;
 }
 
 /* ------------------------------------------------------------------ */

@@ -112,6 +112,8 @@ struct http_req *http_start(struct http_client *c, const struct http_request *rq
 void http_cancel(struct http_req *q);
 /* Requests whose callback is still due (tests, relayctl). */
 size_t http_pending(const struct http_client *c);
+/* Of those, resolved and waiting for one of the HTTP_MAX_CONNS transfers (tests). */
+size_t http_waiting(const struct http_client *c);
 /* A name for logs: "resolve", "connect", "tls", "timeout", "too-big", "other", "ok". */
 const char *http_error_name(enum http_error e);
 /*

@@ -9,7 +9,7 @@
  * must see (error kind, status, body).  Then: a request cancelled before
  * it finished never calls back, and neither does one pending at
  * http_close(); a callback may start another request; requests beyond
- * HTTP_MAX_CONNS transfers wait and run when one ends, and one cancelled
+ * HTTP_MAX_CONNS transfers wait and run when one ends, oldest first, and one cancelled
  * or closed while waiting never calls back; the loop closes cleanly
  * (uv_loop_close() == 0) at the end.
  */
@@ -410,6 +410,64 @@ test_waiting(uv_loop_t *loop, struct http_client *hc)
 	buf_free(&err);
 }
 
+/*
+ * First come, first served: a request whose name resolves in the instant
+ * after a transfer ended, before the 0 ms kick that starts the oldest
+ * waiting one, does not take that slot: it queues behind.  An address
+ * literal's answer comes from the resolver's own 0 ms timer, started
+ * here before the transfer ends, so it runs first in that instant.
+ */
+static void
+test_waiting_order(uv_loop_t *loop, struct http_client *hc)
+{
+	struct http_request rq;
+	struct http_req *slow[HTTP_MAX_CONNS];
+	struct buf err = BUF_INIT;
+	struct got gs[HTTP_MAX_CONNS], first, late;
+	char slow_url[256], ok_url[256], literal_url[256];
+	size_t i, before = http_pending(hc);
+
+	url(slow_url, sizeof(slow_url), "www.example.test", https_port, "/slow");
+	url(ok_url, sizeof(ok_url), "www.example.test", https_port, "/ok");
+	url(literal_url, sizeof(literal_url), "127.0.0.1", https_port, "/ok");
+	memset(&rq, 0, sizeof(rq));
+	rq.ca_file = ca_file;
+	memset(gs, 0, sizeof(gs));
+	memset(&first, 0, sizeof(first));
+	memset(&late, 0, sizeof(late));
+	rq.url = slow_url;
+	for (i = 0; i < HTTP_MAX_CONNS; i++)
+		CHECK((slow[i] = http_start(hc, &rq, on_done, &gs[i], &err)) != NULL);
+	rq.url = ok_url;
+	CHECK(http_start(hc, &rq, on_done, &first, &err) != NULL);
+	/* the slow ones hold every transfer; the first waits */
+	while (http_waiting(hc) == 0 && uv_run(loop, UV_RUN_ONCE) != 0)
+		;
+	CHECK_INT(http_waiting(hc), 1);
+	rq.url = literal_url;
+	CHECK(http_start(hc, &rq, on_done, &late, &err) != NULL);
+	http_cancel(slow[0]);           /* a slot frees; the late one resolves first */
+	while (first.calls == 0 && late.calls == 0 && uv_run(loop, UV_RUN_ONCE) != 0)
+		;
+	CHECK_INT(first.calls, 1);
+	CHECK_INT(first.status, 200);
+	CHECK_INT(late.calls, 0);
+	/* the late one runs once a transfer ends (the first's did) */
+	while (late.calls == 0 && uv_run(loop, UV_RUN_ONCE) != 0)
+		;
+	CHECK_INT(late.calls, 1);
+	for (i = 1; i < HTTP_MAX_CONNS; i++)
+		if (gs[i].calls == 0)
+			http_cancel(slow[i]);
+	for (i = 0; i < HTTP_MAX_CONNS; i++)
+		free(gs[i].body);
+	free(first.body);
+	free(late.body);
+	CHECK_INT(http_pending(hc), before);
+	CHECK_INT(http_waiting(hc), 0);
+	buf_free(&err);
+}
+
 static void
 on_closed(void *arg)
 {
@@ -438,6 +496,7 @@ main(void)
 
 	test_table(&loop, hc);
 	test_refused(hc);
+	test_waiting_order(&loop, hc);
 	test_lifetime(&loop, hc);
 	test_waiting(&loop, hc);
 
