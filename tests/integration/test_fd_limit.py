@@ -67,7 +67,9 @@ PROCESS = 3 + 2 + 5 + 2 + 1 + 3 + 1           # stdio, log, loop, signal lock, n
 LISTENERS = 2 * 2                             # two listeners: socket and spare each
 REFUSING = 16                                 # refused on listen_tls, waiting for the handshake
 REPORTS = 64                                  # reports in flight (ROUTER_REPORTS_MAX)
-FIXED = QUEUE + CONTROL + DNS + HTTP + POOL + PROCESS + LISTENERS + REFUSING + REPORTS
+QUITTING = 64                                 # deliveries' QUITs (DELIVER_QUITTING_MAX)
+FIXED = (QUEUE + CONTROL + DNS + HTTP + POOL + PROCESS + LISTENERS + REFUSING + REPORTS +
+         QUITTING)
 
 
 def need(sessions, deliveries, fixed=FIXED):
@@ -97,7 +99,7 @@ class FdLimitTest(unittest.TestCase):
                          len(relay.config["submit"]["listen_tls"]), 2)
         self.assertEqual(len(relay.config["router"]["dns_servers"]), 1)
         self.assertEqual(ev["need"], str(need(1000, 100)))
-        self.assertEqual(ev["need"], "3446")
+        self.assertEqual(ev["need"], "3510")
         self.assertEqual(nofile_of(relay.pid), (hard, hard))
 
     def test_refuses_max_connections_over_hard_limit(self):
@@ -116,22 +118,23 @@ class FdLimitTest(unittest.TestCase):
 
     def test_reload_refuses_what_the_limit_cannot_hold(self):
         relay = Relay.for_test(self, submit={"workers": 1})
-        # 3,446 descriptors needed now, 21,446 after the change: relayd gets
-        # 3,486 (hard), through a wrapper that sets it and execs relayd.
-        start_limited(relay, 3486)
+        # need(1000, 100) descriptors needed now, need(10000, 100) after the
+        # change: relayd gets need(1020, 100) (hard), through a wrapper that
+        # sets it and execs relayd.
+        limit = need(1020, 100)
+        start_limited(relay, limit)
         relay.update_config(submit={"max_connections": 10000})
         mark = relay.log_mark()
         relay.sighup()
         ev = relay.wait_for_log("reload_failed", since=mark)
-        self.assertIn("need %d file descriptors, but the current RLIMIT_NOFILE is 3486"
-                      % need(10000, 100), ev["error"])
+        self.assertIn("need %d file descriptors, but the current RLIMIT_NOFILE is %d"
+                      % (need(10000, 100), limit), ev["error"])
         relay.update_config(submit={"max_connections": 1000})
         mark = relay.log_mark()
         relay.sighup()
         relay.wait_for_log("reloaded", since=mark)
-        # exactly 3,486 with the two listeners relayd has: a reload that adds
-        # a third (ignored until a restart) needs no descriptors for it
-        self.assertEqual(need(1020, 100), 3486)
+        # exactly the limit with the two listeners relayd has: a reload that
+        # adds a third (ignored until a restart) needs no descriptors for it
         relay.update_config(submit={"max_connections": 1020, "listen": [
             "127.0.0.1:%d" % relay.submit_port, "127.0.0.1:1"]})
         mark = relay.log_mark()
