@@ -26,6 +26,7 @@
 #include "router/router.h"
 #include "sandbox/sandbox.h"
 #include "submit/submit.h"
+#include "tlsrpt/tlsrpt.h"
 
 /*
  * What each holder of descriptors may hold at once; daemon/DESCRIPTORS.md
@@ -63,7 +64,8 @@ relay_threadpool_size(const struct conf *c)
  * Descriptors a configuration may need at once: the sum of the holders'
  * bounds.  The sessions and deliveries are submit.max_connections and
  * router.max_connections, and the deliveries' connections waiting for their
- * QUIT to be written DELIVER_QUITTING_MAX; the rest are the queue's (queue_fd_need()), the
+ * QUIT to be written DELIVER_QUITTING_MAX, TLS-RPT's mail reports being
+ * queued TLSRPT_MAILS_MAX; the rest are the queue's (queue_fd_need()), the
  * submission server's listeners, their spares and session threads
  * (submit_fd_need()), the control socket's, the metrics endpoint's, the
  * resolver's, the HTTPS clients', LDAP's and Redis's, the thread pool's
@@ -78,7 +80,7 @@ relay_fd_need(const struct conf *c, const struct conf *listeners, const struct c
 	uint64_t n = RELAY_FD_PER_SESSION * (uint64_t)c->submit.max_connections +
 	    RELAY_FD_PER_DELIVERY * (uint64_t)c->router.max_connections;
 
-	n += DELIVER_QUITTING_MAX;
+	n += DELIVER_QUITTING_MAX + TLSRPT_MAILS_MAX;
 	n += queue_fd_need() + ROUTER_REPORTS_MAX + submit_fd_need(listeners) + control_fd_need() +
 	    metrics_fd_need(listeners) + dns_fd_need(c, running) + RELAY_HTTP_CLIENTS * HTTP_FD_NEED;
 	if (c->submit.senders_ldap.uri != NULL)

@@ -68,8 +68,9 @@ LISTENERS = 2 * 2                             # two listeners: socket and spare 
 REFUSING = 16                                 # refused on listen_tls, waiting for the handshake
 REPORTS = 64                                  # reports in flight (ROUTER_REPORTS_MAX)
 QUITTING = 64                                 # deliveries' QUITs (DELIVER_QUITTING_MAX)
+TLSRPT = 16                                   # TLS reports being queued (TLSRPT_MAILS_MAX)
 FIXED = (QUEUE + CONTROL + DNS + HTTP + POOL + PROCESS + LISTENERS + REFUSING + REPORTS +
-         QUITTING)
+         QUITTING + TLSRPT)
 
 
 def need(sessions, deliveries, fixed=FIXED):
@@ -99,7 +100,7 @@ class FdLimitTest(unittest.TestCase):
                          len(relay.config["submit"]["listen_tls"]), 2)
         self.assertEqual(len(relay.config["router"]["dns_servers"]), 1)
         self.assertEqual(ev["need"], str(need(1000, 100)))
-        self.assertEqual(ev["need"], "3510")
+        self.assertEqual(ev["need"], "3526")
         self.assertEqual(nofile_of(relay.pid), (hard, hard))
 
     def test_refuses_max_connections_over_hard_limit(self):
