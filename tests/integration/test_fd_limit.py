@@ -23,7 +23,7 @@ import subprocess
 import unittest
 
 from client import client_context, make_message
-from relay import SLOW, Relay, relayd_bin
+from relay import SLOW, Relay, needs_test_hooks, relayd_bin
 
 
 def nofile_of(pid):
@@ -167,6 +167,44 @@ class FdLimitTest(unittest.TestCase):
         self.assertIn("need %d file descriptors" % need(1003, 100, FIXED - DNS + 2 * 1 + 2 * 3),
                       ev["error"])
         relay.update_config(submit={"max_connections": 1002})
+        mark = relay.log_mark()
+        relay.sighup()
+        relay.wait_for_log("reloaded", since=mark)
+        self.assertEqual(relay.count_log("reload_failed", since=mark), 0)
+
+    @needs_test_hooks
+    def test_every_resolv_conf_nameserver_is_counted(self):
+        # Without router.dns_servers c-ares resolves with every nameserver
+        # line of /etc/resolv.conf, not only the three the C library uses.
+        # A resolv.conf of five (RELAYD_TEST_RESOLV_CONF, beside the
+        # configuration: the sandbox lets relayd read there) needs 2 x 5 per
+        # channel, for the running one and a reload's: 20 for DNS (when
+        # three were assumed, 12).  Given exactly that, a reload to six
+        # (2 x 6 for the new channel, 2 x 5 for the running one's) that
+        # also drops one session fits, and one that keeps the sessions is
+        # refused.
+        relay = Relay.for_test(self, submit={"workers": 1})
+        del relay.config["router"]["dns_servers"]
+        relay.write_config()
+        resolv = os.path.join(os.path.dirname(relay.config_path), "resolv.conf")
+
+        def nameservers(n):
+            with open(resolv, "w") as f:
+                f.write("".join("nameserver 127.0.0.%d\n" % (20 + i) for i in range(n)))
+            os.chmod(resolv, 0o644)
+        nameservers(5)
+        relay.env["RELAYD_TEST_RESOLV_CONF"] = resolv
+        limit = need(1000, 100, FIXED - DNS + 2 * 5 + 2 * 5)
+        start_limited(relay, limit)
+        self.assertEqual(relay.wait_for_log("fd_limit")["need"], str(limit))
+        nameservers(6)
+        relay.update_config(submit={"max_connections": 1000})
+        mark = relay.log_mark()
+        relay.sighup()
+        ev = relay.wait_for_log("reload_failed", since=mark)
+        self.assertIn("need %d file descriptors" % need(1000, 100, FIXED - DNS + 2 * 6 + 2 * 5),
+                      ev["error"])
+        relay.update_config(submit={"max_connections": 999})
         mark = relay.log_mark()
         relay.sighup()
         relay.wait_for_log("reloaded", since=mark)
