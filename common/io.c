@@ -22,7 +22,9 @@
  * (OpenSSL's own record buffers go with SSL_MODE_RELEASE_BUFFERS).
  *
  * After io_close_after_drain() the owner has let go: no event reaches it any
- * more, and a failure or the drain timer frees the io by itself.
+ * more, and a failure or the drain timer frees the io by itself; an owner
+ * that must know when the socket is gone asks for io_set_closed_cb()'s call,
+ * made once, from the last handle's close callback.
  *
  * Never: call the owner's callback after io_free() or io_close_after_drain(),
  * or after EOF/ERROR; free memory before every libuv handle's close callback
@@ -91,6 +93,8 @@ struct io {
 	bool closing;
 	bool close_after_drain;     /* the owner let go: no events, free when drained */
 	bool connecting;
+	void (*closed_cb)(void *);  /* io_set_closed_cb(): told when the handles are closed */
+	void *closed_arg;
 	size_t peek_max;            /* peek mode (io_set_peek): show this much, read nothing */
 
 	enum io_error err;
@@ -1149,8 +1153,18 @@ on_handle_closed(uv_handle_t *h)
 	buf_free(&io->out);
 	buf_free(&io->wire);
 	buf_free(&io->sending);
+	if (io->closed_cb != NULL)
+		io->closed_cb(io->closed_arg);
 	io->magic = 0;
 	free(io);
+}
+
+void
+io_set_closed_cb(struct io *io, void (*closed)(void *arg), void *arg)
+{
+	io_check(io, __func__);
+	io->closed_cb = closed;
+	io->closed_arg = arg;
 }
 
 void

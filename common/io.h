@@ -170,6 +170,13 @@ void io_flush(struct io *io);
 void io_close_after_drain(struct io *io);
 /* Close now and free; the callback is never called again. */
 void io_free(struct io *io);
+/*
+ * Have closed(arg) called once, when the io has closed its socket and is
+ * about to free itself, whoever closed it (io_free(), or the end of a
+ * close_after_drain): from a libuv close callback, never from inside an io
+ * call.  For an owner that counts the sockets it let go (deliver/'s QUITs).
+ */
+void io_set_closed_cb(struct io *io, void (*closed)(void *arg), void *arg);
 
 enum io_error io_error(const struct io *io);
 const char *io_error_text(const struct io *io);    /* "connection refused", ... */

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "cluster/cluster.h"
 #include "common/util.h"
+#include "deliver/deliver.h"
 #include "directory/directory.h"
 #include "dns/dns.h"
 #include "http/http.h"
@@ -25,6 +26,7 @@
 #include "router/router.h"
 #include "sandbox/sandbox.h"
 #include "submit/submit.h"
+#include "tlsrpt/tlsrpt.h"
 
 /*
  * What each holder of descriptors may hold at once; daemon/DESCRIPTORS.md
@@ -61,23 +63,28 @@ relay_threadpool_size(const struct conf *c)
 /*
  * Descriptors a configuration may need at once: the sum of the holders'
  * bounds.  The sessions and deliveries are submit.max_connections and
- * router.max_connections; the rest are the queue's (queue_fd_need()), the
+ * router.max_connections, and the deliveries' connections waiting for their
+ * QUIT to be written DELIVER_QUITTING_MAX, TLS-RPT's mail reports being
+ * queued TLSRPT_MAILS_MAX; the rest are the queue's (queue_fd_need()), the
  * submission server's listeners, their spares and session threads
  * (submit_fd_need()), the control socket's, the metrics endpoint's, the
  * resolver's, the HTTPS clients', LDAP's and Redis's, the thread pool's
  * works', and the process's own.  The listeners, the session threads and the pool are
  * those of `listeners`: a reload keeps the ones relayd started with.  running
- * is the configuration in force (c itself at start): a reload's resolver
- * channel drains its queries on the running one's servers.
+ * is the configuration in force (c itself at start) and dns its resolver
+ * (NULL at start): a reload's resolver channel drains its queries on the
+ * running channel's servers, as many as c-ares has there.
  */
 static uint64_t
-relay_fd_need(const struct conf *c, const struct conf *listeners, const struct conf *running)
+relay_fd_need(const struct conf *c, const struct conf *listeners, const struct conf *running,
+    const struct dns_resolver *dns)
 {
 	uint64_t n = RELAY_FD_PER_SESSION * (uint64_t)c->submit.max_connections +
 	    RELAY_FD_PER_DELIVERY * (uint64_t)c->router.max_connections;
 
+	n += DELIVER_QUITTING_MAX + TLSRPT_MAILS_MAX;
 	n += queue_fd_need() + ROUTER_REPORTS_MAX + submit_fd_need(listeners) + control_fd_need() +
-	    metrics_fd_need(listeners) + dns_fd_need(c, running) + RELAY_HTTP_CLIENTS * HTTP_FD_NEED;
+	    metrics_fd_need(listeners) + dns_fd_need(c, running, dns) + RELAY_HTTP_CLIENTS * HTTP_FD_NEED;
 	if (c->submit.senders_ldap.uri != NULL)
 		n += DIRECTORY_FD_NEED;
 	if (listeners->cluster.enabled)
@@ -121,7 +128,7 @@ relay_fd_limit(const struct conf *c, struct buf *err)
 {
 	struct rlimit rl;
 	rlim_t was;
-	uint64_t need = relay_fd_need(c, c, c);
+	uint64_t need = relay_fd_need(c, c, c, NULL);
 	struct log_line l;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
@@ -154,10 +161,10 @@ relay_fd_limit(const struct conf *c, struct buf *err)
 /* At a reload: the limit stays what start-up made it, and so do the listeners. */
 static int
 relay_fd_check(const struct conf *c, const struct conf *listeners, const struct conf *running,
-    struct buf *err)
+    const struct dns_resolver *dns, struct buf *err)
 {
 	struct rlimit rl;
-	uint64_t need = relay_fd_need(c, listeners, running);
+	uint64_t need = relay_fd_need(c, listeners, running, dns);
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
 	    rl.rlim_cur >= need)
@@ -340,7 +347,7 @@ relay_reload(struct relay *r, struct buf *err)
 	}
 	notify_reloading(r->notify);
 	if (conf_load(r->conf_path, &c, err) != 0 ||
-	    relay_fd_check(c, r->conf_start, r->conf, err) != 0 ||
+	    relay_fd_check(c, r->conf_start, r->conf, router_dns(r->router), err) != 0 ||
 	    sandbox_reload_check(r->sandbox, c, err) != 0 ||
 	    submit_reload(r->submit, c, err) != 0) {
 		/* Strip the trailing newline for the log line. */

@@ -28,10 +28,17 @@
  * could not either, and other keys are not held up.  A pass costs O(keys +
  * connections + requests started), never a walk of every waiting request.
  *
+ * Connections that left the pool and wait for their QUIT to be written keep
+ * their socket meanwhile: d->nquitting counts them, and past
+ * DELIVER_QUITTING_MAX a connection closes without QUIT (a burst of idle
+ * connections closed to make room, or servers that stop reading, cannot
+ * hold more descriptors than that).
+ *
  * Shutdown: waiting requests fail with HOST_FAIL "4.3.2 shutting down", idle
  * connections QUIT, busy ones are aborted the same way unless the final
  * reply to the body is awaited (aborting then could duplicate the message):
- * those finish (bounded by data_done_timeout) and then close.
+ * those finish (bounded by data_done_timeout) and then close.  It is done
+ * once the last QUIT is out (or given up) as well.
  *
  * A front made by deliver_new_thread() (d->thread set) holds no pool: its
  * deliver_start/reload/shutdown/free pass on to deliver_thread.c, whose
@@ -213,7 +220,8 @@ deliver_check_done(struct deliver *d)
 {
 	void (*done)(void *) = d->shutdown_done;
 
-	if (!d->shutting_down || !d->kick_closed || d->nconns > 0 || done == NULL)
+	if (!d->shutting_down || !d->kick_closed || d->nconns > 0 || d->nquitting > 0 ||
+	    done == NULL)
 		return;
 	d->shutdown_done = NULL;
 	done(d->shutdown_arg);
@@ -238,7 +246,7 @@ deliver_free(struct deliver *d)
 		free(d);
 		return;
 	}
-	if (!d->kick_closed || d->nconns > 0 || d->nwaiting > 0)
+	if (!d->kick_closed || d->nconns > 0 || d->nwaiting > 0 || d->nquitting > 0)
 		fatalx("%s: deliver_shutdown() has not finished", __func__);
 	if (htab_count(&d->keys) > 0 || htab_count(&d->hosts) > 0)
 		fatalx("%s: %zu keys, %zu hosts left", __func__, htab_count(&d->keys),
@@ -475,6 +483,28 @@ deliver_pool_gone(struct deliver *d, struct deliver_conn *c)
 		deliver_check_done(d);
 	else
 		deliver_kick(d);
+}
+
+/* A quitting connection's socket is closed (io_set_closed_cb). */
+static void
+deliver_quit_closed(void *arg)
+{
+	struct deliver *d = arg;
+
+	if (d->nquitting == 0)
+		fatalx("%s: no connection quitting", __func__);
+	d->nquitting--;
+	deliver_check_done(d);
+}
+
+bool
+deliver_pool_quit_begin(struct deliver *d, struct io *io)
+{
+	if (d->nquitting >= DELIVER_QUITTING_MAX)
+		return false;
+	d->nquitting++;
+	io_set_closed_cb(io, deliver_quit_closed, d);
+	return true;
 }
 
 /* Close the idle connection c (it leaves the pool at once). */

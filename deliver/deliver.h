@@ -20,6 +20,16 @@
 struct deliver;
 
 /*
+ * Connections that have left the pool and keep their socket until their
+ * QUIT is written (closed to make room, idle too long, at shutdown...):
+ * usually one loop turn, up to 5 s for a server that does not read.  Past
+ * this many at once a connection is closed at once without QUIT (RFC 5321
+ * servers take that as the end of the session), so the pool's sockets stay
+ * within router.max_connections plus this (daemon/DESCRIPTORS.md).
+ */
+#define DELIVER_QUITTING_MAX 64
+
+/*
  * What sets a session's TLS requirement besides req->tls (tlspolicy/ decides
  * it per exchanger: DANE, MTA-STS).  DANE, DANE_UNAUTH and MTA_STS make TLS
  * mandatory: no STARTTLS, a refused one, a failed handshake or a peer that

@@ -214,6 +214,8 @@ struct deliver {
 	bool sasl_by_caller;        /* the delivery thread's pool: the caller's thread takes that
 	                            reference (deliver_auth_caller_init), the pool never does */
 	unsigned nconns;
+	unsigned nquitting;         /* connections gone from the pool, their QUIT not yet out:
+	                               at most DELIVER_QUITTING_MAX (deliver_pool_quit_begin) */
 	uv_timer_t kick;            /* runs the dispatcher outside of callbacks */
 	bool kick_closed;
 	bool shutting_down;
@@ -243,6 +245,13 @@ void deliver_pool_finish(struct deliver *d, struct deliver_txn *t, const struct 
 void deliver_pool_retry(struct deliver *d, struct deliver_txn *t);
 void deliver_pool_idle(struct deliver *d, struct deliver_conn *c);
 void deliver_pool_gone(struct deliver *d, struct deliver_conn *c);
+/*
+ * A session about to QUIT on io, which outlives its connection until the
+ * QUIT is out: true, counting io until its socket is closed, while fewer
+ * than DELIVER_QUITTING_MAX are; false (the caller closes io at once) when
+ * that many already wait.
+ */
+bool deliver_pool_quit_begin(struct deliver *d, struct io *io);
 
 /* deliver_session.c: called by the pool. */
 /* Open a connection for t: fills c->s; t's result comes via deliver_pool_finish(). */

@@ -303,6 +303,9 @@ ds_close(struct deliver_session *s, bool quit)
 	deliver_auth_free(s->auth);     /* credentials wiped now, not later */
 	s->auth = NULL;
 	if (s->io != NULL) {
+		/* Past DELIVER_QUITTING_MAX waiting for theirs: no QUIT, the socket goes now. */
+		if (quit && !deliver_pool_quit_begin(s->d, s->io))
+			quit = false;
 		if (quit) {
 			/* The io lives on until QUIT is out; it must not call us meanwhile. */
 			io_set_callback(s->io, ds_closing_cb, NULL);

@@ -301,23 +301,32 @@ dns_take_conf(struct dns_resolver *r, const struct conf *conf, struct buf *err)
 }
 
 /*
- * Servers when none are configured: glibc's MAXNS, the nameserver lines of
- * /etc/resolv.conf the C library uses.  c-ares would use more lines too: a
- * resolv.conf with more is outside this count (daemon/DESCRIPTORS.md).
+ * Servers counted when none are configured and c-ares cannot say how many
+ * it reads from the system (it could not start: then no channel starts
+ * either): glibc's MAXNS.
  */
-#define DNS_SYSTEM_SERVERS_MAX 3
+#define DNS_SYSTEM_SERVERS_GUESS 3
 
+/* The servers a channel made now for conf would have: router.dns_servers, else
+ * as many as c-ares reads from /etc/resolv.conf (all its nameserver lines). */
 static uint64_t
 dns_servers_of(const struct conf *conf)
 {
-	return conf->router.ndns_servers > 0 ? conf->router.ndns_servers : DNS_SYSTEM_SERVERS_MAX;
+	size_t n;
+
+	if (conf->router.ndns_servers > 0)
+		return conf->router.ndns_servers;
+	n = dns_ares_system_servers();
+	return n > 0 ? n : DNS_SYSTEM_SERVERS_GUESS;
 }
 
 /* UDP + TCP per server, for conf's channel and the one it retires. */
 uint64_t
-dns_fd_need(const struct conf *conf, const struct conf *running)
+dns_fd_need(const struct conf *conf, const struct conf *running, const struct dns_resolver *r)
 {
-	return 2 * dns_servers_of(conf) + 2 * dns_servers_of(running);
+	uint64_t now = r != NULL && r->chan != NULL ? r->chan->nservers : dns_servers_of(running);
+
+	return 2 * dns_servers_of(conf) + 2 * now;
 }
 
 struct dns_resolver *

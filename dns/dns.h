@@ -126,10 +126,15 @@ struct dns_resolver *dns_new(uv_loop_t *loop, const struct conf *conf, struct bu
 /*
  * Descriptors the resolver may hold at once with conf: c-ares (1.18) keeps
  * one UDP and one TCP socket per server and channel; the channels are
- * conf's and, at a reload, the running one's (running), retired while its
- * queries drain.  At start running is conf.
+ * conf's and, at a reload, the running one's, retired while its queries
+ * drain.  The servers are router.dns_servers, else as many as c-ares reads
+ * from /etc/resolv.conf (every nameserver line, not only glibc's three: a
+ * probe channel counts them, ares_get_servers_ports).  The running channel's
+ * are r's current channel's, counted when it was made (r NULL, at start:
+ * running's, as conf's; at start running is conf).
  */
-uint64_t dns_fd_need(const struct conf *conf, const struct conf *running);
+uint64_t dns_fd_need(const struct conf *conf, const struct conf *running,
+    const struct dns_resolver *r);
 /*
  * A new configuration (SIGHUP): servers, hostname and listen addresses.
  * Queries in flight finish on the old servers.  0, or RELAY_EINVAL with a

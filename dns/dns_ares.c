@@ -187,6 +187,62 @@ dns_sock_state(void *data, ares_socket_t fd, int readable, int writable)
 	}
 }
 
+/* The servers c-ares has on ch (a channel it would leave without any: 0). */
+static size_t
+dns_ares_count(ares_channel ch)
+{
+	struct ares_addr_port_node *list = NULL, *s;
+	size_t n = 0;
+
+	if (ares_get_servers_ports(ch, &list) != ARES_SUCCESS)
+		return 0;
+	for (s = list; s != NULL; s = s->next)
+		n++;
+	ares_free_data(list);
+	return n;
+}
+
+/* ares_init_options()'s resolv.conf: the system's, or in a test-hooks
+ * build RELAYD_TEST_RESOLV_CONF (a file of the test's own). */
+static void
+dns_ares_resolvconf(struct ares_options *o, int *mask)
+{
+#ifdef RELAY_TEST_HOOKS
+	char *path = getenv("RELAYD_TEST_RESOLV_CONF");
+
+	if (path != NULL && *path != '\0') {
+		o->resolvconf_path = path;
+		*mask |= ARES_OPT_RESOLVCONF;
+	}
+#else
+	(void)o;
+	(void)mask;
+#endif
+}
+
+size_t
+dns_ares_system_servers(void)
+{
+	struct ares_options o;
+	ares_channel ch;
+	size_t n;
+	int mask = ARES_OPT_FLAGS;
+
+	if (ares_library_init(ARES_LIB_INIT_ALL) != ARES_SUCCESS)
+		return 0;
+	memset(&o, 0, sizeof(o));
+	o.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES;
+	dns_ares_resolvconf(&o, &mask);
+	if (ares_init_options(&ch, &o, mask) != ARES_SUCCESS) {
+		ares_library_cleanup();
+		return 0;
+	}
+	n = dns_ares_count(ch);
+	ares_destroy(ch);
+	ares_library_cleanup();
+	return n;
+}
+
 static struct dns_chan *
 dns_chan_new(struct dns_resolver *r, struct buf *err)
 {
@@ -207,6 +263,7 @@ dns_chan_new(struct dns_resolver *r, struct buf *err)
 	o.tries = (int)r->tries;
 	o.sock_state_cb = dns_sock_state;
 	o.sock_state_cb_data = c;
+	dns_ares_resolvconf(&o, &mask);
 	if ((rc = ares_init_options(&c->ch, &o, mask)) != ARES_SUCCESS) {
 		buf_printf(err, "DNS resolver: %s", ares_strerror(rc));
 		free(c);
@@ -222,6 +279,7 @@ dns_chan_new(struct dns_resolver *r, struct buf *err)
 			return NULL;
 		}
 	}
+	c->nservers = dns_ares_count(c->ch);
 	uv_timer_init(r->loop, &c->timer);
 	c->timer.data = c;
 	c->nhandles = 1;

@@ -59,6 +59,7 @@ struct dns_chan {
 	bool retired;           /* a newer channel took over */
 	bool destroyed;         /* ares_destroy() done, handles closing */
 	bool rearm;             /* requests changed: rearm the timer before the loop blocks */
+	size_t nservers;        /* the servers c-ares has (ares_get_servers_ports), at creation */
 	TAILQ_ENTRY(dns_chan) entry;
 };
 
@@ -237,6 +238,15 @@ int dns_chan_replace(struct dns_resolver *r, struct buf *err);
 void dns_chan_touch(struct dns_chan *c);
 /* Destroy a channel: outstanding requests call back with ARES_EDESTRUCTION. */
 void dns_chan_destroy(struct dns_chan *c);
+/*
+ * The servers a channel without router.dns_servers would have now: a probe
+ * channel reads the system's configuration as dns_chan_new() does (every
+ * nameserver line of /etc/resolv.conf, 127.0.0.1 when there is none), is
+ * counted and destroyed; it opens no socket, and reads the files on the
+ * calling thread as a channel made at a reload does.  0 when c-ares cannot
+ * start.
+ */
+size_t dns_ares_system_servers(void);
 
 /* ---- dns_answer.c: DNS names and answers ---- */
 

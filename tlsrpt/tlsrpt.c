@@ -14,12 +14,22 @@
  * crash between a destination taking the report and the file saying so
  * sends that report again: at least once, never lost.
  *
+ * At most TLSRPT_MAILS_MAX mailto: reports are being queued at once (each a
+ * queue transaction holding its file until its commit): a slot's end can
+ * make every domain's report due together.  A mailto: destination that
+ * finds no room waits in t->mail_wait, in the order the reports were
+ * built, and is queued (tlsrpt_mail_pump) as one in flight commits; its
+ * send keeps the gzipped report meanwhile, and its bucket stays "sending".
+ * At a stop the waiting ones fail ("relayd is stopping"): not marked sent,
+ * the next start sends them.
+ *
  * The file: rewritten whole (write, fsync, rename, fsync of the directory)
  * on the thread pool, one write at a time, TLSRPT_SAVE_DELAY_MS after the
  * first change since the last write, so that a burst of sessions costs one
  * write.
  *
- * Owns: the table, the known-record cache, the timers, the sends in flight.
+ * Owns: the table, the known-record cache, the timers, the sends in flight
+ * and the mailto: reports waiting for room.
  * Must never: block the loop (the file is read synchronously once, in
  * tlsrpt_new, before the loop runs); lose counts because a report failed.
  */
@@ -80,6 +90,8 @@ struct tlsrpt_dest {
 	char kind;                      /* 'm' or 'h' */
 	struct http_req *hq;            /* 'h': the POST in flight */
 	LIST_ENTRY(tlsrpt_dest) entry;  /* 'h': in t->posts */
+	TAILQ_ENTRY(tlsrpt_dest) wait_entry; /* 'm': in t->mail_wait while it waits for room */
+	bool waited;                    /* 'm': it had to wait */
 };
 
 /* One bucket's report: its lookup, then its destinations. */
@@ -93,6 +105,7 @@ struct tlsrpt_send {
 	unsigned pending;               /* destinations in flight */
 	unsigned failed;                /* destinations that did not take it */
 	uint64_t ok, bad;               /* the totals, for the logs */
+	struct buf gz;                  /* the gzipped report, once built (its mails may wait) */
 	LIST_ENTRY(tlsrpt_send) entry;
 };
 
@@ -108,6 +121,8 @@ struct tlsrpt {
 	LIST_HEAD(, tlsrpt_send) sends;
 	struct http_client *http;       /* https: reports */
 	LIST_HEAD(, tlsrpt_dest) posts; /* POSTs in flight */
+	unsigned nmails;                /* mailto: reports being queued: at most TLSRPT_MAILS_MAX */
+	TAILQ_HEAD(, tlsrpt_dest) mail_wait; /* mailto: reports waiting for room, FIFO */
 
 	char *path, *tmp_path;
 	uv_timer_t report_timer;
@@ -427,6 +442,7 @@ tlsrpt_send_finish(struct tlsrpt_send *s, bool drop)
 	}
 	LIST_REMOVE(s, entry);
 	s->magic = 0;
+	buf_free(&s->gz);
 	free(s->key);
 	free(s->domain);
 	free(s);
@@ -469,15 +485,26 @@ tlsrpt_dest_done(struct tlsrpt_dest *d, int err, const char *qid, const char *er
 		tlsrpt_send_finish(s, false);
 }
 
+static void tlsrpt_mail_pump(struct tlsrpt *t);
+
 static void
 tlsrpt_on_committed(void *arg, int err, const char *qid)
 {
 	struct tlsrpt_dest *d = arg;
+	struct tlsrpt *t = d->s->t;
+	bool closing = t->closing;
 	char why[64];
 
+	if (t->nmails == 0)
+		fatalx("%s: no report being queued", __func__);
+	t->nmails--;
 	if (err != 0)
 		snprintf(why, sizeof(why), "could not be queued (%d)", err);
 	tlsrpt_dest_done(d, err, qid, err != 0 ? why : NULL);
+	/* Closing, d's end may have finished the close: t is no longer ours
+	 * (and nothing waits: tlsrpt_close failed the waiting ones). */
+	if (!closing)
+		tlsrpt_mail_pump(t);
 }
 
 /* Queue the report for d->to; 0, or -1 (d is then still the caller's). */
@@ -523,6 +550,53 @@ tlsrpt_send_mail(struct tlsrpt_send *s, struct tlsrpt_dest *d, const struct tlsr
 	buf_free(&from);
 	buf_free(&text);
 	return rc;
+}
+
+/* Queue d's report now, taking a room (given back by tlsrpt_on_committed). */
+static void
+tlsrpt_mail_run(struct tlsrpt_dest *d)
+{
+	struct tlsrpt_send *s = d->s;
+	struct tlsrpt *t = s->t;
+	struct tlsrpt_bucket *b = tlsrpt_send_bucket(s);
+
+	if (b == NULL)
+		fatalx("%s: the bucket of a send went away", __func__);
+	t->nmails++;
+	log_event(LOG_DEBUG, "tlsrpt_queueing", "domain", s->domain, "rua", d->rua,
+	    "report_id", b->report_id, "waited", d->waited ? "yes" : "no", NULL);
+	if (tlsrpt_send_mail(s, d, b, &s->gz, util_now_ms()) != 0) {
+		t->nmails--;
+		tlsrpt_dest_done(d, RELAY_EIO, NULL, "could not be queued");
+	}
+}
+
+/* d's report to a mailto: rua: queued now if there is room and nobody waits
+ * for it, else it waits its turn. */
+static void
+tlsrpt_mail_start(struct tlsrpt_dest *d)
+{
+	struct tlsrpt *t = d->s->t;
+
+	if (t->nmails < TLSRPT_MAILS_MAX && TAILQ_EMPTY(&t->mail_wait)) {
+		tlsrpt_mail_run(d);
+		return;
+	}
+	d->waited = true;
+	TAILQ_INSERT_TAIL(&t->mail_wait, d, wait_entry);
+}
+
+/* Room for mailto: reports: the waiting ones are queued, oldest first. */
+static void
+tlsrpt_mail_pump(struct tlsrpt *t)
+{
+	struct tlsrpt_dest *d;
+
+	while (!t->closing && t->nmails < TLSRPT_MAILS_MAX &&
+	    (d = TAILQ_FIRST(&t->mail_wait)) != NULL) {
+		TAILQ_REMOVE(&t->mail_wait, d, wait_entry);
+		tlsrpt_mail_run(d);
+	}
 }
 
 static void
@@ -579,7 +653,7 @@ tlsrpt_on_record(void *arg, struct dns_result *res)
 	struct tlsrpt *t = s->t;
 	struct tlsrpt_bucket *b;
 	struct tlsrpt_org org;
-	struct buf contact = BUF_INIT, json = BUF_INIT, gz = BUF_INIT, id = BUF_INIT;
+	struct buf contact = BUF_INIT, json = BUF_INIT, id = BUF_INIT;
 	struct buf herr = BUF_INIT;
 	char *rua[TLSRPT_MAX_RUA], kind[TLSRPT_MAX_RUA];
 	const char *why = NULL;
@@ -622,7 +696,7 @@ tlsrpt_on_record(void *arg, struct dns_result *res)
 	}
 	tlsrpt_org(t, &org, &contact);
 	tlsrpt_report_json(b, &org, s->end_ms, &json);
-	if (tlsrpt_gzip(json.data, json.len, &gz) != 0)
+	if (tlsrpt_gzip(json.data, json.len, &s->gz) != 0)
 		fatalx("%s: zlib failed", __func__);
 	s->pending = 1;         /* held until every destination has started */
 	for (k = 0; k < n; k++) {
@@ -644,17 +718,16 @@ tlsrpt_on_record(void *arg, struct dns_result *res)
 		d->kind = kind[k];
 		s->pending++;
 		buf_reset(&herr);
-		if (kind[k] == 'm' ? tlsrpt_send_mail(s, d, b, &gz, now) != 0 :
-		    tlsrpt_send_https(s, d, &gz, &herr) != 0)
-			tlsrpt_dest_done(d, RELAY_EIO, NULL, kind[k] == 'm' ?
-			    "could not be queued" : buf_cstr(&herr));
+		if (kind[k] == 'm')
+			tlsrpt_mail_start(d);
+		else if (tlsrpt_send_https(s, d, &s->gz, &herr) != 0)
+			tlsrpt_dest_done(d, RELAY_EIO, NULL, buf_cstr(&herr));
 	}
 	buf_free(&herr);
 	for (k = 0; k < n; k++)
 		free(rua[k]);
 	buf_free(&contact);
 	buf_free(&json);
-	buf_free(&gz);
 	if (--s->pending == 0)
 		tlsrpt_send_finish(s, false);
 }
@@ -744,6 +817,7 @@ tlsrpt_new(const struct tlsrpt_deps *deps, struct buf *err)
 	buf_printf(&p, "%s/%s", t->conf->queue_dir, TLSRPT_FILE_TMP);
 	t->tmp_path = buf_steal(&p);
 	LIST_INIT(&t->posts);
+	TAILQ_INIT(&t->mail_wait);
 	if (tlsrpt_load(t, err) != 0 || (t->http = http_new(t->loop, t->dns, err)) == NULL) {
 		tlsrpt_free(t);
 		return NULL;
@@ -854,6 +928,11 @@ tlsrpt_close(struct tlsrpt *t, void (*done)(void *arg), void *arg)
 		LIST_REMOVE(d, entry);
 		http_cancel(d->hq);
 		d->hq = NULL;
+		tlsrpt_dest_done(d, RELAY_ECLOSED, NULL, "relayd is stopping");
+	}
+	/* mailto: reports waiting for room likewise; those being queued finish on their own */
+	while ((d = TAILQ_FIRST(&t->mail_wait)) != NULL) {
+		TAILQ_REMOVE(&t->mail_wait, d, wait_entry);
 		tlsrpt_dest_done(d, RELAY_ECLOSED, NULL, "relayd is stopping");
 	}
 	t->open_handles++;

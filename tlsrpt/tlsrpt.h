@@ -113,6 +113,14 @@ void tlsrpt_view(struct tlsrpt *t, const char *domain, uint64_t now_ms, struct t
 void tlsrpt_slot(uint64_t now_ms, uint64_t interval_ms, uint64_t *start, uint64_t *end);
 
 #define TLSRPT_MAX_RUA 8
+
+/*
+ * Reports to a mailto: rua being queued at once: each is a queue
+ * transaction that holds its file until its commit.  The others wait, in
+ * the order their reports were built, and start as these end
+ * (daemon/DESCRIPTORS.md counts them).
+ */
+#define TLSRPT_MAILS_MAX 16
 /*
  * Parse the TXT records of _smtp._tls.DOMAIN (RFC 8460 3): the records that
  * begin with "v=TLSRPTv1" count; exactly one must; its rua= is a comma-

@@ -23,7 +23,7 @@ import subprocess
 import unittest
 
 from client import client_context, make_message
-from relay import SLOW, Relay, relayd_bin
+from relay import SLOW, Relay, needs_test_hooks, relayd_bin
 
 
 def nofile_of(pid):
@@ -67,7 +67,10 @@ PROCESS = 3 + 2 + 5 + 2 + 1 + 3 + 1           # stdio, log, loop, signal lock, n
 LISTENERS = 2 * 2                             # two listeners: socket and spare each
 REFUSING = 16                                 # refused on listen_tls, waiting for the handshake
 REPORTS = 64                                  # reports in flight (ROUTER_REPORTS_MAX)
-FIXED = QUEUE + CONTROL + DNS + HTTP + POOL + PROCESS + LISTENERS + REFUSING + REPORTS
+QUITTING = 64                                 # deliveries' QUITs (DELIVER_QUITTING_MAX)
+TLSRPT = 16                                   # TLS reports being queued (TLSRPT_MAILS_MAX)
+FIXED = (QUEUE + CONTROL + DNS + HTTP + POOL + PROCESS + LISTENERS + REFUSING + REPORTS +
+         QUITTING + TLSRPT)
 
 
 def need(sessions, deliveries, fixed=FIXED):
@@ -97,7 +100,7 @@ class FdLimitTest(unittest.TestCase):
                          len(relay.config["submit"]["listen_tls"]), 2)
         self.assertEqual(len(relay.config["router"]["dns_servers"]), 1)
         self.assertEqual(ev["need"], str(need(1000, 100)))
-        self.assertEqual(ev["need"], "3446")
+        self.assertEqual(ev["need"], "3526")
         self.assertEqual(nofile_of(relay.pid), (hard, hard))
 
     def test_refuses_max_connections_over_hard_limit(self):
@@ -116,22 +119,23 @@ class FdLimitTest(unittest.TestCase):
 
     def test_reload_refuses_what_the_limit_cannot_hold(self):
         relay = Relay.for_test(self, submit={"workers": 1})
-        # 3,446 descriptors needed now, 21,446 after the change: relayd gets
-        # 3,486 (hard), through a wrapper that sets it and execs relayd.
-        start_limited(relay, 3486)
+        # need(1000, 100) descriptors needed now, need(10000, 100) after the
+        # change: relayd gets need(1020, 100) (hard), through a wrapper that
+        # sets it and execs relayd.
+        limit = need(1020, 100)
+        start_limited(relay, limit)
         relay.update_config(submit={"max_connections": 10000})
         mark = relay.log_mark()
         relay.sighup()
         ev = relay.wait_for_log("reload_failed", since=mark)
-        self.assertIn("need %d file descriptors, but the current RLIMIT_NOFILE is 3486"
-                      % need(10000, 100), ev["error"])
+        self.assertIn("need %d file descriptors, but the current RLIMIT_NOFILE is %d"
+                      % (need(10000, 100), limit), ev["error"])
         relay.update_config(submit={"max_connections": 1000})
         mark = relay.log_mark()
         relay.sighup()
         relay.wait_for_log("reloaded", since=mark)
-        # exactly 3,486 with the two listeners relayd has: a reload that adds
-        # a third (ignored until a restart) needs no descriptors for it
-        self.assertEqual(need(1020, 100), 3486)
+        # exactly the limit with the two listeners relayd has: a reload that
+        # adds a third (ignored until a restart) needs no descriptors for it
         relay.update_config(submit={"max_connections": 1020, "listen": [
             "127.0.0.1:%d" % relay.submit_port, "127.0.0.1:1"]})
         mark = relay.log_mark()
@@ -163,6 +167,44 @@ class FdLimitTest(unittest.TestCase):
         self.assertIn("need %d file descriptors" % need(1003, 100, FIXED - DNS + 2 * 1 + 2 * 3),
                       ev["error"])
         relay.update_config(submit={"max_connections": 1002})
+        mark = relay.log_mark()
+        relay.sighup()
+        relay.wait_for_log("reloaded", since=mark)
+        self.assertEqual(relay.count_log("reload_failed", since=mark), 0)
+
+    @needs_test_hooks
+    def test_every_resolv_conf_nameserver_is_counted(self):
+        # Without router.dns_servers c-ares resolves with every nameserver
+        # line of /etc/resolv.conf, not only the three the C library uses.
+        # A resolv.conf of five (RELAYD_TEST_RESOLV_CONF, beside the
+        # configuration: the sandbox lets relayd read there) needs 2 x 5 per
+        # channel, for the running one and a reload's: 20 for DNS (when
+        # three were assumed, 12).  Given exactly that, a reload to six
+        # (2 x 6 for the new channel, 2 x 5 for the running one's) that
+        # also drops one session fits, and one that keeps the sessions is
+        # refused.
+        relay = Relay.for_test(self, submit={"workers": 1})
+        del relay.config["router"]["dns_servers"]
+        relay.write_config()
+        resolv = os.path.join(os.path.dirname(relay.config_path), "resolv.conf")
+
+        def nameservers(n):
+            with open(resolv, "w") as f:
+                f.write("".join("nameserver 127.0.0.%d\n" % (20 + i) for i in range(n)))
+            os.chmod(resolv, 0o644)
+        nameservers(5)
+        relay.env["RELAYD_TEST_RESOLV_CONF"] = resolv
+        limit = need(1000, 100, FIXED - DNS + 2 * 5 + 2 * 5)
+        start_limited(relay, limit)
+        self.assertEqual(relay.wait_for_log("fd_limit")["need"], str(limit))
+        nameservers(6)
+        relay.update_config(submit={"max_connections": 1000})
+        mark = relay.log_mark()
+        relay.sighup()
+        ev = relay.wait_for_log("reload_failed", since=mark)
+        self.assertIn("need %d file descriptors" % need(1000, 100, FIXED - DNS + 2 * 6 + 2 * 5),
+                      ev["error"])
+        relay.update_config(submit={"max_connections": 999})
         mark = relay.log_mark()
         relay.sighup()
         relay.wait_for_log("reloaded", since=mark)

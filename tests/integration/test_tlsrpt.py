@@ -29,6 +29,10 @@ domain's reports go and today's counts; a TLSA answer that is bogus counts as
 dnssec-invalid; a domain that publishes no _smtp._tls record gets no report
 (event=tlsrpt_skipped) and a no-policy domain without a record is not even
 counted, while one with a record gets "no-policy-found" counts.
+
+Many domains due at once (ManyDomains, test hooks): at most 16 mail reports
+(TLSRPT_MAILS_MAX) are being queued at once, the others wait their turn,
+and a stop while some wait loses none of them.
 """
 
 import email
@@ -50,7 +54,7 @@ except ImportError:                         # Debian's python3-dkim, another pyt
 
 from client import make_message, submit
 from httpsserver import HTTPSServer, fixed_port_ip
-from relay import Relay, TestCA
+from relay import Relay, TestCA, needs_test_hooks
 from test_dane import sha256_cert
 from test_dkim import dnsfunc_for, make_key, txt_record
 
@@ -441,6 +445,97 @@ class NoPolicy(TlsrptCase):
         self.relay.wait_for_log("tlsrpt_sent", domain="plain.test")
         self.assertEqual(self.relay.count_log("tlsrpt_skipped", domain="quiet.test"), 0)
         self.assertEqual(self.counts_in_file("quiet.test"), 0)
+
+
+MAILS_MAX = 16                  # TLSRPT_MAILS_MAX (tlsrpt.h)
+
+
+@needs_test_hooks
+class ManyDomains(TlsrptCase):
+
+    N = MAILS_MAX + 4
+
+    def start_with_all_due(self):
+        """N domains publish a record and have a counted session each; relayd
+        restarts with every report due, its commits slowed
+        (RELAYD_TEST_SYNC_DELAY_MS) so that every report is built before the
+        first commit ends.  The domains, and the log mark of the restart."""
+        from relay import test_cert
+        self.make(interval="1h")
+        dns = self.relay.dns
+        cert, key = test_cert()
+        sink = self.relay.sink("127.0.0.6", starttls=(cert, key))
+        domains = ["d%02d.test" % i for i in range(self.N)]
+        for d in domains:
+            dns.set_mx_ips(d, [(10, "127.0.0.6")])
+            dns.set_txt("_smtp._tls." + d, ["v=TLSRPTv1;rua=mailto:tlsrpt-%s@reports.test" % d])
+        self.relay.start()
+        qids = [self.send("bob@" + d, d) for d in domains]
+        sink.wait_for_messages(self.N, timeout=60)
+        for q in qids:
+            self.relay.wait_for_log("delivered", qid=q, timeout=30)
+        for d in domains:
+            self.wait_file(d, lambda c: c == 1)
+        self.relay.stop()
+        self.relay.env["RELAYD_TEST_SYNC_DELAY_MS"] = "1000"
+        self.relay.update_config(router={"tlsrpt_interval": "2s"})
+        mark = self.relay.log_mark()
+        self.relay.start()
+        return domains, mark
+
+    def test_mail_reports_being_queued_are_capped(self):
+        """When a slot ends every due domain's report is queued, each a queue
+        transaction holding its file until its commit: at most MAILS_MAX of
+        them at once (tlsrpt_queueing to tlsrpt_sent), the others wait their
+        turn (waited=yes), and every one is sent.  Before the cap all N were
+        being queued at once."""
+        domains, mark = self.start_with_all_due()
+        sent = self.relay.wait_for_count("tlsrpt_sent", self.N, timeout=60, since=mark)
+        self.assertEqual(sorted(e["domain"] for e in sent), domains)
+        self.assertEqual(self.relay.count_log("tlsrpt_failed", since=mark), 0)
+        # the reports being queued, in the log's order
+        inflight = peak = 0
+        for e in self.relay.find_log(since=mark):
+            if e.get("event") == "tlsrpt_queueing":
+                inflight += 1
+                peak = max(peak, inflight)
+            elif e.get("event") in ("tlsrpt_sent", "tlsrpt_failed") and \
+                    e.get("rua", "").startswith("mailto:"):
+                inflight -= 1
+        self.assertLessEqual(peak, MAILS_MAX)
+        self.assertEqual(peak, MAILS_MAX)       # the cap was reached: the test shows it
+        waited = self.relay.find_log("tlsrpt_queueing", since=mark, waited="yes")
+        self.assertEqual(len(waited), self.N - MAILS_MAX)
+        msgs = self.reports.wait_for_messages(self.N, timeout=30)
+        self.assertEqual(sorted(r for m in msgs for r, _ in m.rcpts),
+                         sorted("tlsrpt-%s@reports.test" % d for d in domains))
+
+    def test_reports_waiting_at_a_stop_are_sent_after(self):
+        """A stop while reports wait for room: those being queued finish,
+        the waiting ones fail ("relayd is stopping") and stay in
+        queue_dir/tlsrpt; the next start sends them.  Every domain gets its
+        report once."""
+        domains, mark = self.start_with_all_due()
+        self.relay.wait_for_count("tlsrpt_queueing", MAILS_MAX, timeout=30, since=mark)
+        self.assertEqual(self.relay.stop(), 0)
+        before = [e["domain"] for e in self.relay.find_log("tlsrpt_sent", since=mark)]
+        self.assertGreaterEqual(len(before), MAILS_MAX)
+        # the rest were waiting (or, not built yet, their lookup was cancelled)
+        stopping = self.relay.find_log("tlsrpt_failed", since=mark, error="relayd is stopping")
+        self.assertGreater(len(stopping), 0)
+        rest = sorted(set(domains) - set(before))
+        self.assertEqual(len(rest), self.N - len(before))
+        self.assertLessEqual(set(e["domain"] for e in stopping), set(rest))
+        for d in rest:
+            self.assertEqual(self.counts_in_file(d), 1)
+        del self.relay.env["RELAYD_TEST_SYNC_DELAY_MS"]
+        mark = self.relay.log_mark()
+        self.relay.start()
+        sent = self.relay.wait_for_count("tlsrpt_sent", len(rest), timeout=60, since=mark)
+        self.assertEqual(sorted(e["domain"] for e in sent), rest)
+        msgs = self.reports.wait_for_messages(self.N, timeout=30)
+        self.assertEqual(sorted(r for m in msgs for r, _ in m.rcpts),
+                         sorted("tlsrpt-%s@reports.test" % d for d in domains))
 
 
 class Durable(TlsrptCase):

@@ -239,6 +239,72 @@ test_global_limit(void)
 	mxsink_stop(&s2);
 }
 
+static bool
+pred_all_done(void *arg)
+{
+	const struct attempt *a = arg;
+
+	for (size_t i = 0; i < DELIVER_QUITTING_MAX + 8; i++)
+		if (!a[i].done)
+			return false;
+	return true;
+}
+
+/*
+ * Connections closed to make room keep their socket until their QUIT is
+ * written, outside the pool's count: at most DELIVER_QUITTING_MAX at once,
+ * the rest close without QUIT.  A full pool of idle connections to one host
+ * (router.max_connections of them) all make room, in one dispatch pass, for
+ * as many requests to another host: the first sink sees every connection
+ * end, and QUIT on DELIVER_QUITTING_MAX of them only; every message to the
+ * second host is delivered.  (Without the cap all of them QUIT, and the
+ * sockets held at once were twice router.max_connections.)
+ */
+static void
+test_quitting_capped(void)
+{
+	enum { N = DELIVER_QUITTING_MAX + 8 };
+	struct fx fx;
+	struct mxsink s1, s2;
+	struct attempt *a = xcalloc(N, sizeof(*a)), *b = xcalloc(N, sizeof(*b));
+
+	fx_init(&fx);
+	fx.conf->router.max_connections = N;
+	fx.conf->router.max_connections_per_host = 0;
+	mxsink_start(&s1, "127.0.0.38", NULL);
+	mxsink_start(&s2, "127.0.0.39", NULL);
+	/* N requests at once, none idle: N connections to the first sink */
+	for (int i = 0; i < N; i++) {
+		attempt_init(&a[i], &s1, BODY("x\r\n"), "bob@example.net", NULL);
+		CHECK_INT(deliver_start(fx_deliver(&fx), &a[i].req, attempt_cb, &a[i]), 0);
+	}
+	fx_run(&fx, pred_all_done, a);
+	CHECK_INT(fx.d->nconns, N);
+	CHECK_INT(mxsink_long(&s1, "sink.connections"), N);
+	/* N requests for the second sink: each closes an idle one of the first */
+	for (int i = 0; i < N; i++) {
+		attempt_init(&b[i], &s2, BODY("y\r\n"), "carol@example.net", NULL);
+		CHECK_INT(deliver_start(fx.d, &b[i].req, attempt_cb, &b[i]), 0);
+	}
+	fx_run(&fx, pred_all_done, b);
+	for (int i = 0; i < N; i++)
+		CHECK_INT(b[i].res.status, DELIVER_DONE);
+	CHECK_INT(fx.d->nconns, N);
+	mxsink_exec(&s1, "sink._wait(lambda: len(sink.sessions) == %d and "
+	    "all(c.closed for c in sink.sessions), 10, 'every connection closed')", N);
+	CHECK_INT(mxsink_long(&s1, "sum(any(x.startswith('QUIT') for x in c.commands) "
+	    "for c in sink.sessions)"), DELIVER_QUITTING_MAX);
+	for (int i = 0; i < N; i++) {
+		attempt_fini(&a[i]);
+		attempt_fini(&b[i]);
+	}
+	free(a);
+	free(b);
+	fx_fini(&fx);
+	mxsink_stop(&s1);
+	mxsink_stop(&s2);
+}
+
 /* The backlog test: many requests for one host, then a few for another. */
 struct backlog {
 	struct fx *fx;
@@ -484,6 +550,7 @@ main(void)
 	test_reuse_dies();
 	test_per_host_limit();
 	test_global_limit();
+	test_quitting_capped();
 	test_backlog_fairness();
 	test_shutdown();
 	test_thread_sasl_on_caller();
