@@ -171,6 +171,14 @@ void submit_limits_params_from_conf(struct submit_limits_params *p, const struct
 /* A connection from ip: counted if OK; every OK needs one conn_close(). */
 enum submit_conn_verdict submit_limits_conn_open(struct submit_limits *l, const char *ip);
 void submit_limits_conn_close(struct submit_limits *l, const char *ip);
+/*
+ * A connection whose client address is not known yet (a PROXY listener's,
+ * from its accept until its header): counted in max_connections only, if OK;
+ * every OK needs one conn_unreserve() (before its conn_open(), once the
+ * address is known, or at its close).
+ */
+enum submit_conn_verdict submit_limits_conn_reserve(struct submit_limits *l);
+void submit_limits_conn_unreserve(struct submit_limits *l);
 unsigned submit_limits_conn_count(const struct submit_limits *l, const char *ip);
 
 /* May ip try AUTH now?  false once auth_fail_limit failures fell in the window. */
@@ -387,7 +395,8 @@ struct submit_session *submit_slots_victim(const struct submit_slots *sl);
  * victim, unlisted and uncounted already so that the newcomer finds a slot;
  * *reason and *unauth are for submit_slots_evict(), which its own loop runs.
  * NULL when nobody need go, or when ip is at its own per-IP limit: that
- * connection is refused anyway.
+ * connection is refused anyway.  ip NULL: a connection whose address is not
+ * known yet (a PROXY listener's), which needs room in max_connections only.
  */
 struct submit_session *submit_slots_make_room(struct submit *srv, const char *ip,
     const char **reason, size_t *unauth);
@@ -572,6 +581,7 @@ struct submit_session {
 	bool implicit_tls;
 	bool greeted;                   /* the 220 greeting was sent */
 	bool counted;                   /* holds a slot in the connection limits */
+	bool reserved;                  /* SUBMIT_S_PROXY: holds one in max_connections only */
 	bool esmtp;                     /* EHLO (not HELO) */
 	bool commit_pending;            /* queue_txn_commit's callback has not run */
 	bool begin_pending;             /* a shard: the posted txn begin has not been answered */
@@ -667,6 +677,15 @@ void submit_session_accept(struct submit *srv, struct submit_listener *l);
  * 1 or 2, local: its LOCAL/UNKNOWN): limits, event=connect, then the greeting
  * or the TLS handshake. */
 void submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_local);
+/*
+ * A connection on a PROXY listener, from a trusted peer: its place in
+ * max_connections from the accept, before its header names the client
+ * (an unauthenticated session may be evicted for it, as for any newcomer);
+ * 0, or -1 when there is none (max_connections taken by authenticated
+ * sessions and other such connections).  submit_session_begin() turns it
+ * into the client's slot; the close gives it up.
+ */
+int submit_session_reserve(struct submit_session *s);
 /* 421 to the session and close it (shutdown). */
 void submit_session_shutdown(struct submit_session *s);
 void submit_enter_state(struct submit_session *s, enum submit_state state);

@@ -427,6 +427,10 @@ submit_session_release(struct submit_session *s)
 		submit_limits_conn_close(s->srv->limits, s->ip);
 		s->counted = false;
 	}
+	if (s->reserved) {
+		submit_limits_conn_unreserve(s->srv->limits);
+		s->reserved = false;
+	}
 	submit_unlock(s->srv);
 	TAILQ_REMOVE(&s->srv->sessions, s, entry);
 	uv_timer_stop(&s->timer);
@@ -1638,6 +1642,41 @@ submit_session_accept(struct submit *srv, struct submit_listener *lst)
 		submit_session_begin(s, 0, false);
 }
 
+/*
+ * Under the shards' lock: room made for a connection from ip (NULL: its
+ * address is not known yet); the victim to close on this loop once the lock
+ * is let go, or NULL (none, or another shard's, posted to it).
+ */
+static struct submit_session *
+submit_session_make_room(struct submit *srv, const char *ip, const char **reason,
+    size_t *unauth)
+{
+	struct submit_session *victim = submit_slots_make_room(srv, ip, reason, unauth);
+
+	if (victim != NULL && victim->srv != srv && !submit_worker_evict(victim, *reason, *unauth))
+		return NULL;
+	if (victim != NULL && victim->srv != srv)
+		return NULL;            /* its own loop closes it */
+	return victim;
+}
+
+int
+submit_session_reserve(struct submit_session *s)
+{
+	struct submit *srv = s->srv;
+	struct submit_session *victim;
+	const char *reason = NULL;
+	size_t unauth = 0;
+
+	submit_lock(srv);
+	victim = submit_session_make_room(srv, NULL, &reason, &unauth);
+	s->reserved = submit_limits_conn_reserve(srv->limits) == SUBMIT_CONN_OK;
+	submit_unlock(srv);
+	if (victim != NULL)
+		submit_slots_evict(victim, reason, unauth);
+	return s->reserved ? 0 : -1;
+}
+
 void
 submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_local)
 {
@@ -1648,13 +1687,14 @@ submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_loc
 	struct log_line l;
 	size_t unauth = 0;
 
-	/* one step under the shards' lock: room made, counted, listed */
+	/* one step under the shards' lock: room made, counted, listed (a PROXY
+	 * connection's place in max_connections becomes its slot, or is given up) */
 	submit_lock(srv);
-	victim = submit_slots_make_room(srv, s->ip, &reason, &unauth);
-	if (victim != NULL && victim->srv != srv && !submit_worker_evict(victim, reason, unauth))
-		victim = NULL;
-	else if (victim != NULL && victim->srv != srv)
-		victim = NULL;          /* its own loop closes it */
+	if (s->reserved) {
+		submit_limits_conn_unreserve(srv->limits);
+		s->reserved = false;
+	}
+	victim = submit_session_make_room(srv, s->ip, &reason, &unauth);
 	v = submit_limits_conn_open(srv->limits, s->ip);
 	if (v == SUBMIT_CONN_OK) {
 		s->counted = true;

@@ -1,0 +1,108 @@
+"""test_submit_fds.py - submission connections that hold no session slot
+hold no descriptor beyond the bounds relayd counts (daemon/DESCRIPTORS.md,
+`fd_limit need`):
+
+* on a PROXY listener, a connection counts in submit.max_connections from
+  its accept, before its header names the client (as Postfix counts a
+  connection against its process limit): with every place taken, one more
+  is closed at once (event=proxy_refused reason=max_connections), where it
+  once waited for its header up to submit.proxy_timeout, holding a
+  descriptor each;
+
+Real sockets on loopback; each step waits for relayd's log lines or for
+the client's own socket, and the descriptors are counted in
+/proc/PID/fd.
+"""
+
+import os
+import re
+import socket
+import subprocess
+import time
+import unittest
+
+from relay import free_port
+from test_submit_limits import session_from
+from test_submit_smtp import QueueOnlyRelay as Relay
+
+
+def nfds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def tcp_state(local_port, remote_port):
+    """The state (hex, /proc/net/tcp) of the IPv4 socket local_port ->
+    remote_port, or None."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if (int(fields[1].split(":")[1], 16) == local_port and
+                    int(fields[2].split(":")[1], 16) == remote_port):
+                return fields[3]
+    return None
+
+
+def send_buffer_full(local_port, remote_port):
+    """Is the send buffer of the socket local_port -> remote_port full
+    (ss: wmem_queued at least sndbuf) with input left unread?"""
+    out = subprocess.run(["ss", "-tmnH", "sport = :%d and dport = :%d"
+                          % (local_port, remote_port)],
+                         capture_output=True, text=True, check=True).stdout
+    m = re.search(r"skmem:\(([^)]*)\)", out)
+    if m is None:
+        return False
+    mem = dict((k, int(v)) for k, v in re.findall(r"([a-z]+)(\d+)", m.group(1)))
+    return mem["w"] >= mem["tb"] and mem["r"] > 0
+
+
+class SubmitProxyPlacesTest(unittest.TestCase):
+
+    def test_connections_waiting_for_their_header_count_from_the_accept(self):
+        port = free_port()
+        relay = Relay.for_test(self, submit={
+            "workers": 1, "max_connections": 3, "proxy_trusted": ["127.0.0.1/32"],
+            "proxy_timeout": "60s"})
+        sub = relay.config["submit"]
+        sub["listen"] = (sub["listen"][0], {"address": "127.0.0.1:%d" % port, "proxy": True})
+        relay.write_config()
+        relay.start()
+        relay.wait_for_log("listening", address="127.0.0.1:%d" % port, proxy="yes")
+        before = nfds(relay.pid)
+        mark = relay.log_mark()
+        waiting = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            self.addCleanup(s.close)
+            waiting.append(s)
+        # the fourth finds the three places taken: closed at once, without a word
+        late = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(late.close)
+        ev = relay.wait_for_log("proxy_refused", since=mark, reason="max_connections")
+        self.assertEqual(ev["client"], "127.0.0.1")
+        self.assertEqual(late.recv(64), b"")
+        self.assertEqual(relay.count_log("proxy_refused", since=mark), 1)
+        self.assertEqual(nfds(relay.pid), before + 3)
+        # nor is there room on a plain listener: 421, as over max_connections
+        mark = relay.log_mark()
+        plain = session_from(relay, "127.0.0.2")
+        self.addCleanup(plain.close)
+        self.assertEqual(plain.greeting, (421, "4.7.0 Error: too many connections, "
+                                               "try again later"))
+        relay.wait_for_log("connection_refused", since=mark, reason="max_connections")
+        # a header: its place becomes the client's slot, greeted
+        waiting[0].sendall(b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 587\r\n")
+        self.assertTrue(waiting[0].recv(512).startswith(b"220 "))
+        relay.wait_for_log("connect", since=mark, client="203.0.113.9", proxy="127.0.0.1")
+        # one that leaves gives its place back: the next is taken in
+        mark = relay.log_mark()
+        waiting[1].close()
+        relay.wait_for_log("proxy_refused", since=mark, reason="missing")
+        again = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(again.close)
+        again.sendall(b"PROXY TCP4 203.0.113.10 127.0.0.1 5556 587\r\n")
+        self.assertTrue(again.recv(512).startswith(b"220 "))
+        self.assertEqual(relay.count_log("proxy_refused", since=mark, reason="max_connections"), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
