@@ -502,6 +502,8 @@ struct submit {
 	struct submit_session_list sessions;
 	size_t nsessions;
 	unsigned nrefusing;             /* refused, their 421 waiting for the handshake */
+	unsigned nevicting;             /* the front: evictions posted to a shard, not yet run
+					 * there (under shared_lock; SUBMIT_EVICTING_MAX) */
 	uint64_t next_session_id;
 	uv_timer_t sweep;               /* expires old limit entries */
 	bool sweep_open;
@@ -699,6 +701,15 @@ void submit_session_reply_later(struct submit_session *s, uint64_t delay_ms, boo
 void submit_session_timer(struct submit_session *s, uint64_t ms);
 /* Send reply (NULL: none) and close; the session is freed once nothing is pending. */
 void submit_session_close(struct submit_session *s, const char *reply);
+/*
+ * The same for a session that holds no slot (refused by the limits, or
+ * evicted, its slot already another's): the reply goes as far as the
+ * kernel takes it at once (io_close_now(): all of it, unless the client
+ * left earlier replies unread) and the socket is closed before this
+ * returns, so that refusals and evictions hold no descriptor past the call
+ * (SUBMIT_ACCEPTING in submit_fd_need()).
+ */
+void submit_session_close_now(struct submit_session *s, const char *reply);
 
 /* submit_server.c */
 #define SUBMIT_BACKLOG    511
@@ -713,6 +724,26 @@ void submit_session_close(struct submit_session *s, const char *reply);
  * never finished a handshake on.
  */
 #define SUBMIT_REFUSING_MAX 16
+/*
+ * A connection a session thread is accepting, until the limits decide: one
+ * descriptor more than the slots, per session thread, for the length of
+ * the accept's callback.  Refused, it is answered and closed in that call
+ * (submit_session_close_now()); taking an evicted session's slot, that
+ * session is closed in it too when it is the same thread's.  Until these
+ * closed at once, each waited for its 421 to be written (the next loop
+ * turn; an evicted client that left its replies unread, up to the drain
+ * timeout), and an accept burst could take up to the listen backlog of
+ * them per listener.
+ */
+#define SUBMIT_ACCEPTING 1
+/*
+ * Evictions that another session thread's accept chose (submit.workers
+ * above 1): the victim keeps its socket, with no slot, until its own loop
+ * runs the eviction (submit_worker.c).  At most this many are on their way
+ * at once, across the threads; beyond it no session of another thread is
+ * evicted, and a newcomer that finds no slot is refused.
+ */
+#define SUBMIT_EVICTING_MAX 16
 /* A session was freed: a shutdown may be complete. */
 void submit_server_session_gone(struct submit *srv);
 /* One listener of srv on cl's address: bound here (fd -1) or on fd (a bound,

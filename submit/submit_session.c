@@ -437,8 +437,9 @@ submit_session_release(struct submit_session *s)
 	uv_close((uv_handle_t *)&s->timer, submit_session_freed);
 }
 
-void
-submit_session_close(struct submit_session *s, const char *reply)
+/* submit_session_close(), and with now the socket closed before it returns. */
+static void
+submit_session_end(struct submit_session *s, const char *reply, bool now)
 {
 	struct io *io = s->io;
 	struct log_line l;
@@ -452,12 +453,14 @@ submit_session_close(struct submit_session *s, const char *reply)
 		submit_lock(s->srv);
 		submit_slots_remove(s->srv->slots, s);
 		submit_unlock(s->srv);
-		if (reply != NULL) {
+		if (reply != NULL)
 			io_printf(io, "%s\r\n", reply);
+		if (reply != NULL && now)
+			io_close_now(io);
+		else if (reply != NULL)
 			io_close_after_drain(io);
-		} else {
+		else
 			io_free(io);
-		}
 		log_begin(&l, LOG_DEBUG, "disconnect");
 		log_kv(&l, "session", s->id);
 		log_kv(&l, "client", s->ip);
@@ -466,6 +469,18 @@ submit_session_close(struct submit_session *s, const char *reply)
 	if (s->state != SUBMIT_S_CLOSED)
 		submit_enter_state(s, SUBMIT_S_CLOSED);
 	submit_session_release(s);
+}
+
+void
+submit_session_close(struct submit_session *s, const char *reply)
+{
+	submit_session_end(s, reply, false);
+}
+
+void
+submit_session_close_now(struct submit_session *s, const char *reply)
+{
+	submit_session_end(s, reply, true);
 }
 
 void
@@ -1532,7 +1547,7 @@ static void
 submit_session_greet(struct submit_session *s)
 {
 	if (s->refuse != NULL) {
-		submit_session_close(s, s->refuse);
+		submit_session_close_now(s, s->refuse);     /* it holds no slot */
 		return;
 	}
 	s->greeted = true;

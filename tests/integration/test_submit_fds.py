@@ -8,6 +8,10 @@ hold no descriptor beyond the bounds relayd counts (daemon/DESCRIPTORS.md,
   is closed at once (event=proxy_refused reason=max_connections), where it
   once waited for its header up to submit.proxy_timeout, holding a
   descriptor each;
+* a session evicted to make room has its socket closed in the call that
+  evicts it (SUBMIT_ACCEPTING), even when its client left its replies
+  unread: its 421 goes as far as the kernel takes it, where the socket once
+  waited for the output to drain (up to the drain timeout).
 
 Real sockets on loopback; each step waits for relayd's log lines or for
 the client's own socket, and the descriptors are counted in
@@ -102,6 +106,45 @@ class SubmitProxyPlacesTest(unittest.TestCase):
         again.sendall(b"PROXY TCP4 203.0.113.10 127.0.0.1 5556 587\r\n")
         self.assertTrue(again.recv(512).startswith(b"220 "))
         self.assertEqual(relay.count_log("proxy_refused", since=mark, reason="max_connections"), 0)
+
+
+class SubmitEvictedSocketTest(unittest.TestCase):
+
+    def test_an_evicted_client_that_reads_nothing_loses_its_socket_at_once(self):
+        # max 2, half of it for unauthenticated sessions: a second one evicts the first
+        relay = Relay.for_test(self, submit={"workers": 1, "max_connections": 2,
+                                              "unauthenticated_share": 50})
+        relay.start()
+        a = socket.socket()
+        self.addCleanup(a.close)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        a.bind(("127.0.0.7", 0))
+        a.connect((relay.host, relay.submit_port))
+        a.setblocking(False)
+        aport = a.getsockname()[1]
+        # NOOPs, their replies never read: relayd's send buffer fills, and
+        # what it cannot send waits in its own (it reads on up to 1 MiB)
+        blob = b"NOOP\r\n" * 10000
+        deadline = time.monotonic() + 60
+        while not send_buffer_full(relay.submit_port, aport):
+            self.assertLess(time.monotonic(), deadline, "relayd's send buffer never filled")
+            try:
+                while True:
+                    a.send(blob)
+            except BlockingIOError:
+                pass
+        self.assertEqual(tcp_state(relay.submit_port, aport), "01")     # established
+        before = nfds(relay.pid)
+        mark = relay.log_mark()
+        b = session_from(relay, "127.0.0.8")
+        self.addCleanup(b.close)
+        self.assertEqual(b.greeting[0], 220)
+        ev = relay.wait_for_log("session_evicted", since=mark)
+        self.assertEqual(ev["client"], "127.0.0.7")
+        # the eviction ran before b's greeting: a's socket is gone (reset:
+        # its input was unread), b's is there
+        self.assertEqual(nfds(relay.pid), before)
+        self.assertIsNone(tcp_state(relay.submit_port, aport))
 
 
 if __name__ == "__main__":
