@@ -11,7 +11,11 @@ hold no descriptor beyond the bounds relayd counts (daemon/DESCRIPTORS.md,
 * a session evicted to make room has its socket closed in the call that
   evicts it (SUBMIT_ACCEPTING), even when its client left its replies
   unread: its 421 goes as far as the kernel takes it, where the socket once
-  waited for the output to drain (up to the drain timeout).
+  waited for the output to drain (up to the drain timeout);
+* with submit.workers, an eviction posted to another session thread keeps
+  its victim's socket until that thread runs it: at most 16 are on their
+  way at once (SUBMIT_EVICTING_MAX); beyond them a newcomer that finds no
+  slot is refused, where each once evicted one more.
 
 Real sockets on loopback; each step waits for relayd's log lines or for
 the client's own socket, and the descriptors are counted in
@@ -25,9 +29,10 @@ import subprocess
 import time
 import unittest
 
-from relay import free_port
+from relay import free_port, needs_test_hooks
 from test_submit_limits import session_from
 from test_submit_smtp import QueueOnlyRelay as Relay
+from test_submit_workers import WorkersCase
 
 
 def nfds(pid):
@@ -146,6 +151,37 @@ class SubmitEvictedSocketTest(unittest.TestCase):
         self.assertEqual(nfds(relay.pid), before)
         self.assertIsNone(tcp_state(relay.submit_port, aport))
 
+
+
+class SubmitEvictionsOnTheirWayTest(WorkersCase):
+
+    @needs_test_hooks
+    def test_evictions_posted_to_another_thread_are_capped(self):
+        """RELAYD_TEST_EVICT_DELAY_MS holds each eviction on the victim's
+        thread, so that they pile up: the one that would be the 17th is not
+        made, and its newcomer is refused."""
+        self.relay = relay = Relay.for_test(
+            self, submit={"workers": 2, "max_connections": 40, "unauthenticated_share": 100,
+                          "max_connections_per_ip": 100},
+            env={"RELAYD_TEST_EVICT_DELAY_MS": "5000"})
+        relay.start()
+        held = self.per_worker(20)      # every slot taken, none authenticated
+        self.assertEqual(sum(len(v) for v in held.values()), 40)
+        mark = relay.log_mark()
+        greeted = 0
+        for _ in range(200):
+            r = session_from(relay, "127.0.0.9")
+            self.addCleanup(r.close)
+            if r.greeting[0] != 220:
+                break
+            greeted += 1
+        else:
+            self.fail("no newcomer was refused")
+        self.assertEqual(r.greeting, (421, "4.7.0 Error: too many connections, try again later"))
+        relay.wait_for_log("connection_refused", since=mark, reason="max_connections")
+        # each newcomer evicted one session: its own thread's at once
+        # (logged), the other's by a message still held there (not yet)
+        self.assertEqual(greeted - relay.count_log("session_evicted", since=mark), 16)
 
 if __name__ == "__main__":
     unittest.main()
