@@ -25,6 +25,8 @@
  * more, and a failure or the drain timer frees the io by itself; an owner
  * that must know when the socket is gone asks for io_set_closed_cb()'s call,
  * made once, from the last handle's close callback.
+ * io_close_now() gives the kernel what it takes at once and closes the
+ * socket before it returns: a last word that holds no descriptor.
  *
  * Never: call the owner's callback after io_free() or io_close_after_drain(),
  * or after EOF/ERROR; free memory before every libuv handle's close callback
@@ -1201,6 +1203,40 @@ io_close_after_drain(struct io *io)
 	}
 	/* io_write_done (or on_connect) frees when the last byte is out. */
 	io_restart_timer(io);
+}
+
+void
+io_close_now(struct io *io)
+{
+	uv_buf_t b;
+
+	io_check(io, __func__);
+	if (io->closing)
+		return;
+	/* Nothing can go out after a failure, nor plaintext mid-handshake. */
+	if (!io->failed && !io->connecting && io->tls != TLS_HANDSHAKE) {
+		/* the owner is gone: a failure from here frees the io (io_emit) */
+		io->close_after_drain = true;
+		io->paused = true;
+		uv_timer_stop(&io->kick);
+		io_flush(io);
+		if (!io->closing && io->tls == TLS_ON) {
+			ERR_clear_error();
+			SSL_shutdown(io->ssl);      /* our close_notify */
+			ERR_clear_error();
+			io_tls_drain_wbio(io);
+		}
+		if (io->closing)
+			return;
+		/* Behind a write the kernel took whole (its completion not run
+		 * yet), the rest can go at once; behind a uv_write still under
+		 * way libuv says EAGAIN, and it is dropped. */
+		if (io->wire.len > 0) {
+			b = uv_buf_init(io->wire.data, (unsigned)io->wire.len);
+			(void)uv_try_write((uv_stream_t *)&io->tcp, &b, 1);
+		}
+	}
+	io_free(io);
 }
 
 void

@@ -168,6 +168,16 @@ void io_flush(struct io *io);
  * lets go here: the callback is never called again, and a write error or
  * the idle timeout (60 s if none is set) frees the io before it drains. */
 void io_close_after_drain(struct io *io);
+/*
+ * A last word that holds no descriptor: the output written so far (and a
+ * TLS close_notify) goes to the kernel as far as it takes it at once, what
+ * it does not take is dropped, and the socket is closed before this
+ * returns; the io is freed as by io_free().  For a connection whose slot
+ * is already gone (a refusal, an eviction): io_close_after_drain() would
+ * keep its socket until the output is written (one loop turn; up to the
+ * drain timeout when the peer does not read).
+ */
+void io_close_now(struct io *io);
 /* Close now and free; the callback is never called again. */
 void io_free(struct io *io);
 /*

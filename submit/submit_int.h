@@ -171,6 +171,14 @@ void submit_limits_params_from_conf(struct submit_limits_params *p, const struct
 /* A connection from ip: counted if OK; every OK needs one conn_close(). */
 enum submit_conn_verdict submit_limits_conn_open(struct submit_limits *l, const char *ip);
 void submit_limits_conn_close(struct submit_limits *l, const char *ip);
+/*
+ * A connection whose client address is not known yet (a PROXY listener's,
+ * from its accept until its header): counted in max_connections only, if OK;
+ * every OK needs one conn_unreserve() (before its conn_open(), once the
+ * address is known, or at its close).
+ */
+enum submit_conn_verdict submit_limits_conn_reserve(struct submit_limits *l);
+void submit_limits_conn_unreserve(struct submit_limits *l);
 unsigned submit_limits_conn_count(const struct submit_limits *l, const char *ip);
 
 /* May ip try AUTH now?  false once auth_fail_limit failures fell in the window. */
@@ -387,7 +395,8 @@ struct submit_session *submit_slots_victim(const struct submit_slots *sl);
  * victim, unlisted and uncounted already so that the newcomer finds a slot;
  * *reason and *unauth are for submit_slots_evict(), which its own loop runs.
  * NULL when nobody need go, or when ip is at its own per-IP limit: that
- * connection is refused anyway.
+ * connection is refused anyway.  ip NULL: a connection whose address is not
+ * known yet (a PROXY listener's), which needs room in max_connections only.
  */
 struct submit_session *submit_slots_make_room(struct submit *srv, const char *ip,
     const char **reason, size_t *unauth);
@@ -493,6 +502,8 @@ struct submit {
 	struct submit_session_list sessions;
 	size_t nsessions;
 	unsigned nrefusing;             /* refused, their 421 waiting for the handshake */
+	unsigned nevicting;             /* the front: evictions posted to a shard, not yet run
+					 * there (under shared_lock; SUBMIT_EVICTING_MAX) */
 	uint64_t next_session_id;
 	uv_timer_t sweep;               /* expires old limit entries */
 	bool sweep_open;
@@ -572,6 +583,7 @@ struct submit_session {
 	bool implicit_tls;
 	bool greeted;                   /* the 220 greeting was sent */
 	bool counted;                   /* holds a slot in the connection limits */
+	bool reserved;                  /* SUBMIT_S_PROXY: holds one in max_connections only */
 	bool esmtp;                     /* EHLO (not HELO) */
 	bool commit_pending;            /* queue_txn_commit's callback has not run */
 	bool begin_pending;             /* a shard: the posted txn begin has not been answered */
@@ -667,6 +679,15 @@ void submit_session_accept(struct submit *srv, struct submit_listener *l);
  * 1 or 2, local: its LOCAL/UNKNOWN): limits, event=connect, then the greeting
  * or the TLS handshake. */
 void submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_local);
+/*
+ * A connection on a PROXY listener, from a trusted peer: its place in
+ * max_connections from the accept, before its header names the client
+ * (an unauthenticated session may be evicted for it, as for any newcomer);
+ * 0, or -1 when there is none (max_connections taken by authenticated
+ * sessions and other such connections).  submit_session_begin() turns it
+ * into the client's slot; the close gives it up.
+ */
+int submit_session_reserve(struct submit_session *s);
 /* 421 to the session and close it (shutdown). */
 void submit_session_shutdown(struct submit_session *s);
 void submit_enter_state(struct submit_session *s, enum submit_state state);
@@ -680,6 +701,15 @@ void submit_session_reply_later(struct submit_session *s, uint64_t delay_ms, boo
 void submit_session_timer(struct submit_session *s, uint64_t ms);
 /* Send reply (NULL: none) and close; the session is freed once nothing is pending. */
 void submit_session_close(struct submit_session *s, const char *reply);
+/*
+ * The same for a session that holds no slot (refused by the limits, or
+ * evicted, its slot already another's): the reply goes as far as the
+ * kernel takes it at once (io_close_now(): all of it, unless the client
+ * left earlier replies unread) and the socket is closed before this
+ * returns, so that refusals and evictions hold no descriptor past the call
+ * (SUBMIT_ACCEPTING in submit_fd_need()).
+ */
+void submit_session_close_now(struct submit_session *s, const char *reply);
 
 /* submit_server.c */
 #define SUBMIT_BACKLOG    511
@@ -694,6 +724,26 @@ void submit_session_close(struct submit_session *s, const char *reply);
  * never finished a handshake on.
  */
 #define SUBMIT_REFUSING_MAX 16
+/*
+ * A connection a session thread is accepting, until the limits decide: one
+ * descriptor more than the slots, per session thread, for the length of
+ * the accept's callback.  Refused, it is answered and closed in that call
+ * (submit_session_close_now()); taking an evicted session's slot, that
+ * session is closed in it too when it is the same thread's.  Until these
+ * closed at once, each waited for its 421 to be written (the next loop
+ * turn; an evicted client that left its replies unread, up to the drain
+ * timeout), and an accept burst could take up to the listen backlog of
+ * them per listener.
+ */
+#define SUBMIT_ACCEPTING 1
+/*
+ * Evictions that another session thread's accept chose (submit.workers
+ * above 1): the victim keeps its socket, with no slot, until its own loop
+ * runs the eviction (submit_worker.c).  At most this many are on their way
+ * at once, across the threads; beyond it no session of another thread is
+ * evicted, and a newcomer that finds no slot is refused.
+ */
+#define SUBMIT_EVICTING_MAX 16
 /* A session was freed: a shutdown may be complete. */
 void submit_server_session_gone(struct submit *srv);
 /* One listener of srv on cl's address: bound here (fd -1) or on fd (a bound,

@@ -14,7 +14,9 @@
  * too: a block says nothing about whether the login is real.  With a
  * cluster (cluster/), what the other nodes counted is merged in (the
  * *_merge calls raise a count to the shared one), and the same pure
- * functions decide.
+ * functions decide.  A connection whose address is not known yet (a PROXY
+ * listener's, until its header) is counted in the total only
+ * (submit_limits_conn_reserve).
  */
 #include "submit/submit_int.h"
 
@@ -165,6 +167,23 @@ submit_limits_conn_open(struct submit_limits *l, const char *ip)
 	e->conns++;
 	l->total_conns++;
 	return SUBMIT_CONN_OK;
+}
+
+enum submit_conn_verdict
+submit_limits_conn_reserve(struct submit_limits *l)
+{
+	if (l->p.max_connections > 0 && l->total_conns >= l->p.max_connections)
+		return SUBMIT_CONN_TOTAL;
+	l->total_conns++;
+	return SUBMIT_CONN_OK;
+}
+
+void
+submit_limits_conn_unreserve(struct submit_limits *l)
+{
+	if (l->total_conns == 0)
+		fatalx("%s: no connection reserved", __func__);
+	l->total_conns--;
 }
 
 void

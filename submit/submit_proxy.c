@@ -23,6 +23,15 @@
  * whose header is missing, garbled, oversized, unsupported or slow, is closed
  * without a word and logged (event=proxy_refused reason=...).
  *
+ * From its accept, a trusted connection holds a place in max_connections
+ * (submit_session_reserve()), as a process limit counts a connection from
+ * its accept (Postfix's smtpd reads the header in the process the
+ * connection occupies), and the header's client then takes its slot; the
+ * per-IP limit and the unauthenticated share wait for the header, which
+ * names whom to count.  Without a place, the connection is closed at once
+ * (reason=max_connections): uncounted, each connection a trusted proxy
+ * opened held a descriptor for up to proxy_timeout (daemon/DESCRIPTORS.md).
+ *
  * Owns nothing but s->proxy_hdr (the header's octets so far).  The parser,
  * submit_proxy_parse(), is pure (tested from tables and fuzzed).
  */
@@ -292,6 +301,11 @@ submit_proxy_start(struct submit_session *s)
 	if (!conf_cidr_match(c->submit.proxy_trusted, c->submit.nproxy_trusted,
 	    io_peer_addr(s->io))) {
 		submit_proxy_refuse(s, "untrusted");
+		return -1;
+	}
+	/* counted from the accept, as a process limit counts (Postfix's smtpd) */
+	if (submit_session_reserve(s) != 0) {
+		submit_proxy_refuse(s, "max_connections");
 		return -1;
 	}
 	io_set_peek(s->io, SUBMIT_PROXY_MAX);

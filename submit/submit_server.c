@@ -346,11 +346,13 @@ submit_fd_need(const struct conf *c)
 {
 	uint64_t nl = c->submit.nlisten + c->submit.nlisten_tls;
 	uint64_t refusing = c->submit.nlisten_tls > 0 ? SUBMIT_REFUSING_MAX : 0;
+	uint64_t accepting = nl > 0 ? SUBMIT_ACCEPTING : 0;
 	unsigned n = submit_server_nworkers(c);
 
-	if (n == 1)
-		return 2 * nl + refusing;       /* each listener's socket and its spare */
-	return n * (2 * nl + SUBMIT_SHARD_FDS + SUBMIT_TXN_POOL + refusing);
+	if (n == 1)     /* each listener's socket and its spare */
+		return 2 * nl + refusing + accepting;
+	return n * (2 * nl + SUBMIT_SHARD_FDS + SUBMIT_TXN_POOL + refusing + accepting) +
+	    SUBMIT_EVICTING_MAX;
 }
 
 unsigned

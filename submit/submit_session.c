@@ -427,14 +427,19 @@ submit_session_release(struct submit_session *s)
 		submit_limits_conn_close(s->srv->limits, s->ip);
 		s->counted = false;
 	}
+	if (s->reserved) {
+		submit_limits_conn_unreserve(s->srv->limits);
+		s->reserved = false;
+	}
 	submit_unlock(s->srv);
 	TAILQ_REMOVE(&s->srv->sessions, s, entry);
 	uv_timer_stop(&s->timer);
 	uv_close((uv_handle_t *)&s->timer, submit_session_freed);
 }
 
-void
-submit_session_close(struct submit_session *s, const char *reply)
+/* submit_session_close(), and with now the socket closed before it returns. */
+static void
+submit_session_end(struct submit_session *s, const char *reply, bool now)
 {
 	struct io *io = s->io;
 	struct log_line l;
@@ -448,12 +453,14 @@ submit_session_close(struct submit_session *s, const char *reply)
 		submit_lock(s->srv);
 		submit_slots_remove(s->srv->slots, s);
 		submit_unlock(s->srv);
-		if (reply != NULL) {
+		if (reply != NULL)
 			io_printf(io, "%s\r\n", reply);
+		if (reply != NULL && now)
+			io_close_now(io);
+		else if (reply != NULL)
 			io_close_after_drain(io);
-		} else {
+		else
 			io_free(io);
-		}
 		log_begin(&l, LOG_DEBUG, "disconnect");
 		log_kv(&l, "session", s->id);
 		log_kv(&l, "client", s->ip);
@@ -462,6 +469,18 @@ submit_session_close(struct submit_session *s, const char *reply)
 	if (s->state != SUBMIT_S_CLOSED)
 		submit_enter_state(s, SUBMIT_S_CLOSED);
 	submit_session_release(s);
+}
+
+void
+submit_session_close(struct submit_session *s, const char *reply)
+{
+	submit_session_end(s, reply, false);
+}
+
+void
+submit_session_close_now(struct submit_session *s, const char *reply)
+{
+	submit_session_end(s, reply, true);
 }
 
 void
@@ -1528,7 +1547,7 @@ static void
 submit_session_greet(struct submit_session *s)
 {
 	if (s->refuse != NULL) {
-		submit_session_close(s, s->refuse);
+		submit_session_close_now(s, s->refuse);     /* it holds no slot */
 		return;
 	}
 	s->greeted = true;
@@ -1638,6 +1657,41 @@ submit_session_accept(struct submit *srv, struct submit_listener *lst)
 		submit_session_begin(s, 0, false);
 }
 
+/*
+ * Under the shards' lock: room made for a connection from ip (NULL: its
+ * address is not known yet); the victim to close on this loop once the lock
+ * is let go, or NULL (none, or another shard's, posted to it).
+ */
+static struct submit_session *
+submit_session_make_room(struct submit *srv, const char *ip, const char **reason,
+    size_t *unauth)
+{
+	struct submit_session *victim = submit_slots_make_room(srv, ip, reason, unauth);
+
+	if (victim != NULL && victim->srv != srv && !submit_worker_evict(victim, *reason, *unauth))
+		return NULL;
+	if (victim != NULL && victim->srv != srv)
+		return NULL;            /* its own loop closes it */
+	return victim;
+}
+
+int
+submit_session_reserve(struct submit_session *s)
+{
+	struct submit *srv = s->srv;
+	struct submit_session *victim;
+	const char *reason = NULL;
+	size_t unauth = 0;
+
+	submit_lock(srv);
+	victim = submit_session_make_room(srv, NULL, &reason, &unauth);
+	s->reserved = submit_limits_conn_reserve(srv->limits) == SUBMIT_CONN_OK;
+	submit_unlock(srv);
+	if (victim != NULL)
+		submit_slots_evict(victim, reason, unauth);
+	return s->reserved ? 0 : -1;
+}
+
 void
 submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_local)
 {
@@ -1648,13 +1702,14 @@ submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_loc
 	struct log_line l;
 	size_t unauth = 0;
 
-	/* one step under the shards' lock: room made, counted, listed */
+	/* one step under the shards' lock: room made, counted, listed (a PROXY
+	 * connection's place in max_connections becomes its slot, or is given up) */
 	submit_lock(srv);
-	victim = submit_slots_make_room(srv, s->ip, &reason, &unauth);
-	if (victim != NULL && victim->srv != srv && !submit_worker_evict(victim, reason, unauth))
-		victim = NULL;
-	else if (victim != NULL && victim->srv != srv)
-		victim = NULL;          /* its own loop closes it */
+	if (s->reserved) {
+		submit_limits_conn_unreserve(srv->limits);
+		s->reserved = false;
+	}
+	victim = submit_session_make_room(srv, s->ip, &reason, &unauth);
 	v = submit_limits_conn_open(srv->limits, s->ip);
 	if (v == SUBMIT_CONN_OK) {
 		s->counted = true;

@@ -152,18 +152,22 @@ submit_slots_make_room(struct submit *srv, const char *ip, const char **reason, 
 	struct submit_session *v;
 	unsigned total = submit_limits_conn_count(srv->limits, NULL);
 
-	if (c->submit.max_connections_per_ip > 0 &&
+	if (ip != NULL && c->submit.max_connections_per_ip > 0 &&
 	    submit_limits_conn_count(srv->limits, ip) >= c->submit.max_connections_per_ip)
 		return NULL;
 	if (c->submit.max_connections > 0 && total >= c->submit.max_connections)
 		*reason = "max_connections";
-	else if (srv->slots->n >= submit_slots_unauth_max(c->submit.max_connections,
+	else if (ip != NULL && srv->slots->n >= submit_slots_unauth_max(c->submit.max_connections,
 	    c->submit.unauthenticated_share))
 		*reason = "unauthenticated_share";
 	else
 		return NULL;
 	if ((v = submit_slots_victim(srv->slots)) == NULL)
 		return NULL;            /* all authenticated: the newcomer is refused */
+	/* another shard's victim keeps its socket until its loop runs the
+	 * eviction: at most SUBMIT_EVICTING_MAX of them on their way */
+	if (v->srv != srv && srv->front != NULL && srv->front->nevicting >= SUBMIT_EVICTING_MAX)
+		return NULL;
 	*unauth = srv->slots->n;
 	/* its slot is free at once, whichever loop closes it */
 	submit_slots_remove(srv->slots, v);
@@ -191,6 +195,7 @@ submit_slots_evict(struct submit_session *v, const char *reason, size_t unauth)
 	log_end(&l);
 	snprintf(text, sizeof(text), "421 4.7.0 %s Error: too many connections, "
 	    "try again later", v->conf->hostname);
-	/* mid-handshake nothing can be said in plaintext */
-	submit_session_close(v, v->deadline == SUBMIT_DL_TLS ? NULL : text);
+	/* mid-handshake nothing can be said in plaintext; its slot is gone,
+	 * so its socket goes before this returns */
+	submit_session_close_now(v, v->deadline == SUBMIT_DL_TLS ? NULL : text);
 }

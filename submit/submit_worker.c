@@ -519,6 +519,9 @@ sw_shard_evict(struct submit *shard, const struct sw_msg *m)
 	struct submit_session *s;
 	struct log_line l;
 
+	submit_lock(shard);
+	shard->front->nevicting--;      /* on its way no more (SUBMIT_EVICTING_MAX) */
+	submit_unlock(shard);
 	if ((s = sw_find(shard, m->s, m->sid)) == NULL)
 		return;                 /* gone meanwhile */
 	if (s->login == NULL) {
@@ -995,6 +998,7 @@ submit_worker_evict(struct submit_session *v, const char *reason, size_t unauth)
 	snprintf(m->sid, sizeof(m->sid), "%s", v->id);
 	m->reason = reason;
 	m->unauth = unauth;
+	v->srv->front->nevicting++;     /* under the lock, as make_room's check */
 	sw_to_shard(m, SW_EVICT);
 	return true;
 }

@@ -1,10 +1,10 @@
 /*
  * test_submit_limits.c - the submission server's limits as pure functions of
  * `now`, driven from tables of timed events: connection counts (total, per
- * IP), AUTH failures per IP (delay after N, refuse at the limit, window
- * end), AUTH failures per tried login (a block that doubles up to a cap,
- * addresses it succeeded from exempt, unblock), messages and recipients per
- * login per window, what another node counted merged in (cluster/), and
+ * IP, a PROXY connection's place before its header), AUTH failures per IP
+ * (delay after N, refuse at the limit, window end), AUTH failures per tried
+ * login (a block that doubles up to a cap, addresses it succeeded from
+ * exempt, unblock), messages and recipients per login per window, what another node counted merged in (cluster/), and
  * expiry.
  */
 #include <stdlib.h>
@@ -28,11 +28,11 @@ static const struct submit_limits_params params = {
 static void
 test_connections(void)
 {
-	enum { OPEN, CLOSE };
+	enum { OPEN, CLOSE, RESERVE, UNRESERVE };
 	static const struct {
 		int op;
 		const char *ip;
-		int want;               /* verdict for OPEN */
+		int want;               /* verdict for OPEN and RESERVE */
 		unsigned count_ip, total;
 	} t[] = {
 		{ OPEN, "192.0.2.1", SUBMIT_CONN_OK, 1, 1 },
@@ -45,6 +45,13 @@ test_connections(void)
 		{ OPEN, "192.0.2.10", SUBMIT_CONN_TOTAL, 0, 4 },
 		{ CLOSE, "2001:db8::1", 0, 0, 3 },
 		{ OPEN, "192.0.2.10", SUBMIT_CONN_OK, 1, 4 },
+		/* a PROXY connection before its header: the total only */
+		{ CLOSE, "192.0.2.10", 0, 0, 3 },
+		{ RESERVE, "192.0.2.10", SUBMIT_CONN_OK, 0, 4 },
+		{ RESERVE, "192.0.2.10", SUBMIT_CONN_TOTAL, 0, 4 },
+		{ OPEN, "192.0.2.11", SUBMIT_CONN_TOTAL, 0, 4 },
+		{ UNRESERVE, "192.0.2.10", 0, 0, 3 },    /* its header: the place becomes a slot */
+		{ OPEN, "192.0.2.10", SUBMIT_CONN_OK, 1, 4 },
 	};
 	struct submit_limits *l = submit_limits_new();
 	size_t i;
@@ -53,6 +60,10 @@ test_connections(void)
 	for (i = 0; i < RELAY_ARRAY_LEN(t); i++) {
 		if (t[i].op == OPEN)
 			CHECK_MSG((int)submit_limits_conn_open(l, t[i].ip) == t[i].want, "row %zu", i);
+		else if (t[i].op == RESERVE)
+			CHECK_MSG((int)submit_limits_conn_reserve(l) == t[i].want, "row %zu", i);
+		else if (t[i].op == UNRESERVE)
+			submit_limits_conn_unreserve(l);
 		else
 			submit_limits_conn_close(l, t[i].ip);
 		CHECK_INT(submit_limits_conn_count(l, t[i].ip), t[i].count_ip);
