@@ -699,17 +699,18 @@ void submit_session_reply_later(struct submit_session *s, uint64_t delay_ms, boo
     const char *text);
 /* Start the session timer: in SUBMIT_S_AUTH_WAIT it calls submit_auth_timeout(). */
 void submit_session_timer(struct submit_session *s, uint64_t ms);
-/* Send reply (NULL: none) and close; the session is freed once nothing is pending. */
-void submit_session_close(struct submit_session *s, const char *reply);
 /*
- * The same for a session that holds no slot (refused by the limits, or
- * evicted, its slot already another's): the reply goes as far as the
- * kernel takes it at once (io_close_now(): all of it, unless the client
- * left earlier replies unread) and the socket is closed before this
- * returns, so that refusals and evictions hold no descriptor past the call
- * (SUBMIT_ACCEPTING in submit_fd_need()).
+ * Send reply (NULL: none) and close; the session is freed once nothing is
+ * pending.  The session gives its slot up here, so its socket goes too:
+ * the reply goes as far as the kernel takes it at once (io_close_now():
+ * all of it, unless the client left earlier replies unread) and the
+ * socket is closed before this returns.  So refusals and evictions hold no
+ * descriptor past the call (SUBMIT_ACCEPTING in submit_fd_need()), and a
+ * session ended with a last word (221, a 421 at a timeout) holds none
+ * past its slot: each once waited for its reply to drain, up to the drain
+ * timeout for a client that read nothing.
  */
-void submit_session_close_now(struct submit_session *s, const char *reply);
+void submit_session_close(struct submit_session *s, const char *reply);
 
 /* submit_server.c */
 #define SUBMIT_BACKLOG    511
@@ -728,7 +729,7 @@ void submit_session_close_now(struct submit_session *s, const char *reply);
  * A connection a session thread is accepting, until the limits decide: one
  * descriptor more than the slots, per session thread, for the length of
  * the accept's callback.  Refused, it is answered and closed in that call
- * (submit_session_close_now()); taking an evicted session's slot, that
+ * (submit_session_close()); taking an evicted session's slot, that
  * session is closed in it too when it is the same thread's.  Until these
  * closed at once, each waited for its 421 to be written (the next loop
  * turn; an evicted client that left its replies unread, up to the drain

@@ -437,9 +437,8 @@ submit_session_release(struct submit_session *s)
 	uv_close((uv_handle_t *)&s->timer, submit_session_freed);
 }
 
-/* submit_session_close(), and with now the socket closed before it returns. */
-static void
-submit_session_end(struct submit_session *s, const char *reply, bool now)
+void
+submit_session_close(struct submit_session *s, const char *reply)
 {
 	struct io *io = s->io;
 	struct log_line l;
@@ -453,13 +452,14 @@ submit_session_end(struct submit_session *s, const char *reply, bool now)
 		submit_lock(s->srv);
 		submit_slots_remove(s->srv->slots, s);
 		submit_unlock(s->srv);
-		if (reply != NULL)
+		/* a last word that holds no descriptor past this call: the slot
+		 * is gone already (a client that reads its replies gets all of
+		 * it; one that left them unread held its socket, uncounted, up
+		 * to the drain timeout) */
+		if (reply != NULL) {
 			io_printf(io, "%s\r\n", reply);
-		if (reply != NULL && now)
 			io_close_now(io);
-		else if (reply != NULL)
-			io_close_after_drain(io);
-		else
+		} else
 			io_free(io);
 		log_begin(&l, LOG_DEBUG, "disconnect");
 		log_kv(&l, "session", s->id);
@@ -471,17 +471,6 @@ submit_session_end(struct submit_session *s, const char *reply, bool now)
 	submit_session_release(s);
 }
 
-void
-submit_session_close(struct submit_session *s, const char *reply)
-{
-	submit_session_end(s, reply, false);
-}
-
-void
-submit_session_close_now(struct submit_session *s, const char *reply)
-{
-	submit_session_end(s, reply, true);
-}
 
 void
 submit_session_shutdown(struct submit_session *s)
@@ -1547,7 +1536,7 @@ static void
 submit_session_greet(struct submit_session *s)
 {
 	if (s->refuse != NULL) {
-		submit_session_close_now(s, s->refuse);     /* it holds no slot */
+		submit_session_close(s, s->refuse);     /* it holds no slot */
 		return;
 	}
 	s->greeted = true;

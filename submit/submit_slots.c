@@ -197,5 +197,5 @@ submit_slots_evict(struct submit_session *v, const char *reason, size_t unauth)
 	    "try again later", v->conf->hostname);
 	/* mid-handshake nothing can be said in plaintext; its slot is gone,
 	 * so its socket goes before this returns */
-	submit_session_close_now(v, v->deadline == SUBMIT_DL_TLS ? NULL : text);
+	submit_session_close(v, v->deadline == SUBMIT_DL_TLS ? NULL : text);
 }

@@ -12,6 +12,9 @@ hold no descriptor beyond the bounds relayd counts (daemon/DESCRIPTORS.md,
   evicts it (SUBMIT_ACCEPTING), even when its client left its replies
   unread: its 421 goes as far as the kernel takes it, where the socket once
   waited for the output to drain (up to the drain timeout);
+* a session that ends with a last word (221, a 421 at a timeout) closes
+  its socket in the call that gives its slot up, as refusals and evictions
+  do: it once waited for the reply to drain;
 * with submit.workers, an eviction posted to another session thread keeps
   its victim's socket until that thread runs it: at most 16 are on their
   way at once (SUBMIT_EVICTING_MAX); beyond them a newcomer that finds no
@@ -151,6 +154,42 @@ class SubmitEvictedSocketTest(unittest.TestCase):
         self.assertEqual(nfds(relay.pid), before)
         self.assertIsNone(tcp_state(relay.submit_port, aport))
 
+
+
+class SubmitLastWordTest(unittest.TestCase):
+
+    def test_a_session_ended_with_its_replies_unread_loses_its_socket_at_once(self):
+        """A session's last word (here the 421 of a command timeout) goes as
+        far as the kernel takes it, and the socket is closed in the same call
+        that gives the slot up: it once waited for the reply to drain, up to
+        the drain timeout for a client that read nothing, a socket no slot
+        counted."""
+        relay = Relay.for_test(self, submit={"workers": 1, "command_timeout": "5s"})
+        relay.start()
+        a = socket.socket()
+        self.addCleanup(a.close)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        a.bind(("127.0.0.7", 0))
+        a.connect((relay.host, relay.submit_port))
+        a.setblocking(False)
+        aport = a.getsockname()[1]
+        mark = relay.log_mark()
+        blob = b"NOOP\r\n" * 10000
+        deadline = time.monotonic() + 60
+        while not send_buffer_full(relay.submit_port, aport):
+            self.assertLess(time.monotonic(), deadline, "relayd's send buffer never filled")
+            try:
+                while True:
+                    a.send(blob)
+            except BlockingIOError:
+                pass
+        self.assertEqual(tcp_state(relay.submit_port, aport), "01")     # established
+        before = nfds(relay.pid)
+        # relayd reads no more while its replies wait: the command timer runs out
+        ev = relay.wait_for_log("session_timeout", since=mark, client="127.0.0.7")
+        relay.wait_for_log("disconnect", since=mark, session=ev["session"])
+        self.assertEqual(nfds(relay.pid), before - 1)
+        self.assertIsNone(tcp_state(relay.submit_port, aport))
 
 
 class SubmitEvictionsOnTheirWayTest(WorkersCase):
