@@ -79,6 +79,22 @@ def need(sessions, deliveries, fixed=FIXED):
     return 2 * sessions + 2 * deliveries + fixed
 
 
+def reload_refused_then_fits(test, relay, sessions, needed):
+    """A reload to submit.max_connections sessions (with whatever else the
+    configuration changed) is refused for needing needed descriptors; the
+    same with one session less is taken."""
+    relay.update_config(submit={"max_connections": sessions})
+    mark = relay.log_mark()
+    relay.sighup()
+    ev = relay.wait_for_log("reload_failed", since=mark)
+    test.assertIn("need %d file descriptors" % needed, ev["error"])
+    relay.update_config(submit={"max_connections": sessions - 1})
+    mark = relay.log_mark()
+    relay.sighup()
+    relay.wait_for_log("reloaded", since=mark)
+    test.assertEqual(relay.count_log("reload_failed", since=mark), 0)
+
+
 class FdLimitTest(unittest.TestCase):
 
     def test_raises_soft_limit_to_hard(self):
@@ -162,17 +178,9 @@ class FdLimitTest(unittest.TestCase):
         limit = need(1000, 100, fixed3)
         start_limited(relay, limit)
         self.assertEqual(relay.wait_for_log("fd_limit")["need"], str(limit))
-        relay.update_config(router={"dns_servers": one}, submit={"max_connections": 1003})
-        mark = relay.log_mark()
-        relay.sighup()
-        ev = relay.wait_for_log("reload_failed", since=mark)
-        self.assertIn("need %d file descriptors" % need(1003, 100, FIXED - DNS + 2 * 1 + 2 * 3),
-                      ev["error"])
-        relay.update_config(submit={"max_connections": 1002})
-        mark = relay.log_mark()
-        relay.sighup()
-        relay.wait_for_log("reloaded", since=mark)
-        self.assertEqual(relay.count_log("reload_failed", since=mark), 0)
+        relay.update_config(router={"dns_servers": one})
+        reload_refused_then_fits(self, relay, 1003,
+                                 need(1003, 100, FIXED - DNS + 2 * 1 + 2 * 3))
 
     @needs_test_hooks
     def test_every_resolv_conf_nameserver_is_counted(self):
@@ -200,17 +208,8 @@ class FdLimitTest(unittest.TestCase):
         start_limited(relay, limit)
         self.assertEqual(relay.wait_for_log("fd_limit")["need"], str(limit))
         nameservers(6)
-        relay.update_config(submit={"max_connections": 1000})
-        mark = relay.log_mark()
-        relay.sighup()
-        ev = relay.wait_for_log("reload_failed", since=mark)
-        self.assertIn("need %d file descriptors" % need(1000, 100, FIXED - DNS + 2 * 6 + 2 * 5),
-                      ev["error"])
-        relay.update_config(submit={"max_connections": 999})
-        mark = relay.log_mark()
-        relay.sighup()
-        relay.wait_for_log("reloaded", since=mark)
-        self.assertEqual(relay.count_log("reload_failed", since=mark), 0)
+        reload_refused_then_fits(self, relay, 1000,
+                                 need(1000, 100, FIXED - DNS + 2 * 6 + 2 * 5))
 
     def test_session_threads_are_counted(self):
         # 32 session threads, each with its own listening sockets, their

@@ -67,6 +67,30 @@ def send_buffer_full(local_port, remote_port):
     return mem["w"] >= mem["tb"] and mem["r"] > 0
 
 
+def client_reading_nothing(test, relay, address):
+    """A connection from address to relayd's submission port that pipelines
+    NOOPs and reads none of their replies, until relayd's send buffer is
+    full and what it cannot send waits in its own (it reads on up to 1 MiB);
+    closed at the test's end.  Returns its local port."""
+    a = socket.socket()
+    test.addCleanup(a.close)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    a.bind((address, 0))
+    a.connect((relay.host, relay.submit_port))
+    a.setblocking(False)
+    aport = a.getsockname()[1]
+    blob = b"NOOP\r\n" * 10000
+    deadline = time.monotonic() + 60
+    while not send_buffer_full(relay.submit_port, aport):
+        test.assertLess(time.monotonic(), deadline, "relayd's send buffer never filled")
+        try:
+            while True:
+                a.send(blob)
+        except BlockingIOError:
+            pass
+    return aport
+
+
 class SubmitProxyPlacesTest(unittest.TestCase):
 
     def test_connections_waiting_for_their_header_count_from_the_accept(self):
@@ -123,24 +147,7 @@ class SubmitEvictedSocketTest(unittest.TestCase):
         relay = Relay.for_test(self, submit={"workers": 1, "max_connections": 2,
                                               "unauthenticated_share": 50})
         relay.start()
-        a = socket.socket()
-        self.addCleanup(a.close)
-        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        a.bind(("127.0.0.7", 0))
-        a.connect((relay.host, relay.submit_port))
-        a.setblocking(False)
-        aport = a.getsockname()[1]
-        # NOOPs, their replies never read: relayd's send buffer fills, and
-        # what it cannot send waits in its own (it reads on up to 1 MiB)
-        blob = b"NOOP\r\n" * 10000
-        deadline = time.monotonic() + 60
-        while not send_buffer_full(relay.submit_port, aport):
-            self.assertLess(time.monotonic(), deadline, "relayd's send buffer never filled")
-            try:
-                while True:
-                    a.send(blob)
-            except BlockingIOError:
-                pass
+        aport = client_reading_nothing(self, relay, "127.0.0.7")
         self.assertEqual(tcp_state(relay.submit_port, aport), "01")     # established
         before = nfds(relay.pid)
         mark = relay.log_mark()
@@ -166,23 +173,8 @@ class SubmitLastWordTest(unittest.TestCase):
         counted."""
         relay = Relay.for_test(self, submit={"workers": 1, "command_timeout": "5s"})
         relay.start()
-        a = socket.socket()
-        self.addCleanup(a.close)
-        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        a.bind(("127.0.0.7", 0))
-        a.connect((relay.host, relay.submit_port))
-        a.setblocking(False)
-        aport = a.getsockname()[1]
         mark = relay.log_mark()
-        blob = b"NOOP\r\n" * 10000
-        deadline = time.monotonic() + 60
-        while not send_buffer_full(relay.submit_port, aport):
-            self.assertLess(time.monotonic(), deadline, "relayd's send buffer never filled")
-            try:
-                while True:
-                    a.send(blob)
-            except BlockingIOError:
-                pass
+        aport = client_reading_nothing(self, relay, "127.0.0.7")
         self.assertEqual(tcp_state(relay.submit_port, aport), "01")     # established
         before = nfds(relay.pid)
         # relayd reads no more while its replies wait: the command timer runs out
