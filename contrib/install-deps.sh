@@ -42,6 +42,8 @@ PKGS="$PKGS testssl.sh bsdextrautils dnsutils"
 PKGS="$PKGS libmicrohttpd-dev prometheus"
 # HAProxy in front of relayd, sending the PROXY protocol (tests/integration/test_proxy.py)
 PKGS="$PKGS haproxy"
+# ss (iproute2): test_submit_fds.py reads relayd's socket's send queue
+PKGS="$PKGS iproute2"
 
 # cluster/ (shared state in Redis): hiredis to build; redis-server for the
 # two-node test (tests/integration/test_cluster.py runs its own, and HAProxy).
