@@ -278,7 +278,9 @@ ds_unwind(struct deliver_session *s)
 		ds_free(s);
 }
 
-/* Events of an io that is only flushing its QUIT: a failure frees it at once. */
+/* Events of an io that is only flushing its QUIT, between io_write() and
+ * io_close_after_drain() (after which the io emits none and frees itself on
+ * a failure): a failure frees it at once. */
 static void
 ds_closing_cb(struct io *io, enum io_event ev, void *arg)
 {

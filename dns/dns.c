@@ -324,9 +324,13 @@ dns_servers_of(const struct conf *conf)
 uint64_t
 dns_fd_need(const struct conf *conf, const struct conf *running, const struct dns_resolver *r)
 {
-	uint64_t now = r != NULL && r->chan != NULL ? r->chan->nservers : dns_servers_of(running);
+	uint64_t next = dns_servers_of(conf), now;
 
-	return 2 * dns_servers_of(conf) + 2 * now;
+	if (r != NULL && r->chan != NULL)
+		now = r->chan->nservers;
+	else
+		now = running == conf ? next : dns_servers_of(running);   /* at start: one probe */
+	return 2 * next + 2 * now;
 }
 
 struct dns_resolver *
