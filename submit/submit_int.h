@@ -502,6 +502,8 @@ struct submit {
 	struct submit_session_list sessions;
 	size_t nsessions;
 	unsigned nrefusing;             /* refused, their 421 waiting for the handshake */
+	unsigned nunplaced;             /* PROXY connections waiting for their header with no
+					 * place (SUBMIT_UNPLACED_MAX; this loop's only) */
 	unsigned nevicting;             /* the front: evictions posted to a shard, not yet run
 					 * there (under shared_lock; SUBMIT_EVICTING_MAX) */
 	uint64_t next_session_id;
@@ -596,6 +598,7 @@ struct submit_session {
 	bool resumed;                   /* the next IO_EV_IN continues an old batch */
 	const char *refuse;             /* instead of the greeting (limits): 421 text */
 	bool refusing;                  /* refuse, on implicit TLS: counted in srv->nrefusing */
+	bool unplaced;                  /* SUBMIT_S_PROXY with no place: counted in srv->nunplaced */
 	struct submit_listener *listener;   /* accepted on (lives as long as srv) */
 	char ip[64];                    /* the client: the PROXY header's source, else the peer */
 	int port;
@@ -681,11 +684,12 @@ void submit_session_accept(struct submit *srv, struct submit_listener *l);
 void submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_local);
 /*
  * A connection on a PROXY listener, from a trusted peer: its place in
- * max_connections from the accept, before its header names the client
- * (an unauthenticated session may be evicted for it, as for any newcomer);
- * 0, or -1 when there is none (max_connections taken by authenticated
- * sessions and other such connections).  submit_session_begin() turns it
- * into the client's slot; the close gives it up.
+ * max_connections from the accept, before its header names the client.
+ * With none left but an unauthenticated session that could be evicted, it
+ * waits for its header without one (SUBMIT_UNPLACED_MAX), and
+ * submit_session_begin() evicts for the header's client, as for any
+ * newcomer; 0, or -1 when it is refused.  submit_session_begin() turns a
+ * place into the client's slot; the close gives it up.
  */
 int submit_session_reserve(struct submit_session *s);
 /* 421 to the session and close it (shutdown). */
@@ -725,6 +729,15 @@ void submit_session_close(struct submit_session *s, const char *reply);
  * never finished a handshake on.
  */
 #define SUBMIT_REFUSING_MAX 16
+/*
+ * Connections on a PROXY listener that found every place in max_connections
+ * taken while an unauthenticated session could still be evicted: they wait
+ * for their header without a place, so that the eviction is decided by the
+ * header's client as for any newcomer (a client at its per-IP limit, or a
+ * connection that never sends a header, evicts nobody), at most this many
+ * per session thread; one more is closed at once.
+ */
+#define SUBMIT_UNPLACED_MAX 16
 /*
  * A connection a session thread is accepting, until the limits decide: one
  * descriptor more than the slots, per session thread, for the length of

@@ -348,6 +348,15 @@ submit_fd_need(const struct conf *c)
 	uint64_t refusing = c->submit.nlisten_tls > 0 ? SUBMIT_REFUSING_MAX : 0;
 	uint64_t accepting = nl > 0 ? SUBMIT_ACCEPTING : 0;
 	unsigned n = submit_server_nworkers(c);
+	size_t i;
+
+	/* PROXY connections waiting for their header with no place */
+	for (i = 0; i < c->submit.nlisten; i++)
+		if (c->submit.listen[i].proxy)
+			accepting = SUBMIT_ACCEPTING + SUBMIT_UNPLACED_MAX;
+	for (i = 0; i < c->submit.nlisten_tls; i++)
+		if (c->submit.listen_tls[i].proxy)
+			accepting = SUBMIT_ACCEPTING + SUBMIT_UNPLACED_MAX;
 
 	if (n == 1)     /* each listener's socket and its spare */
 		return 2 * nl + refusing + accepting;

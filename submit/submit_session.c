@@ -449,6 +449,10 @@ submit_session_close(struct submit_session *s, const char *reply)
 			s->refusing = false;
 			s->srv->nrefusing--;
 		}
+		if (s->unplaced) {
+			s->unplaced = false;
+			s->srv->nunplaced--;
+		}
 		submit_lock(s->srv);
 		submit_slots_remove(s->srv->slots, s);
 		submit_unlock(s->srv);
@@ -1668,17 +1672,21 @@ int
 submit_session_reserve(struct submit_session *s)
 {
 	struct submit *srv = s->srv;
-	struct submit_session *victim;
-	const char *reason = NULL;
-	size_t unauth = 0;
+	bool evictable;
 
+	/* no eviction here: the header's client may be at its per-IP limit,
+	 * or none may come (a load balancer's check) */
 	submit_lock(srv);
-	victim = submit_session_make_room(srv, NULL, &reason, &unauth);
 	s->reserved = submit_limits_conn_reserve(srv->limits) == SUBMIT_CONN_OK;
+	evictable = !s->reserved && submit_slots_victim(srv->slots) != NULL;
 	submit_unlock(srv);
-	if (victim != NULL)
-		submit_slots_evict(victim, reason, unauth);
-	return s->reserved ? 0 : -1;
+	if (s->reserved)
+		return 0;
+	if (!evictable || srv->nunplaced >= SUBMIT_UNPLACED_MAX)
+		return -1;
+	s->unplaced = true;
+	srv->nunplaced++;
+	return 0;
 }
 
 void
@@ -1693,6 +1701,10 @@ submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_loc
 
 	/* one step under the shards' lock: room made, counted, listed (a PROXY
 	 * connection's place in max_connections becomes its slot, or is given up) */
+	if (s->unplaced) {
+		s->unplaced = false;
+		srv->nunplaced--;
+	}
 	submit_lock(srv);
 	if (s->reserved) {
 		submit_limits_conn_unreserve(srv->limits);

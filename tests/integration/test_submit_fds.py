@@ -140,6 +140,56 @@ class SubmitProxyPlacesTest(unittest.TestCase):
         self.assertEqual(relay.count_log("proxy_refused", since=mark, reason="max_connections"), 0)
 
 
+    def test_an_eviction_waits_for_the_header_that_names_the_client(self):
+        """A PROXY connection that finds every place taken by unauthenticated
+        sessions evicts one only once its header names a client that may
+        come in: one that never sends a header (a load balancer's TCP check)
+        and one whose client is at its per-IP limit evict nobody, as on a
+        plain listener (submit_slots_make_room: refused anyway)."""
+        port = free_port()
+        relay = Relay.for_test(self, submit={
+            "workers": 1, "max_connections": 3, "max_connections_per_ip": 1,
+            "unauthenticated_share": 100, "proxy_trusted": ["127.0.0.1/32"],
+            "proxy_timeout": "60s"})
+        sub = relay.config["submit"]
+        sub["listen"] = (sub["listen"][0], {"address": "127.0.0.1:%d" % port, "proxy": True})
+        relay.write_config()
+        relay.start()
+        relay.wait_for_log("listening", address="127.0.0.1:%d" % port, proxy="yes")
+
+        def via_proxy(client):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            self.addCleanup(s.close)
+            s.sendall(b"PROXY TCP4 %s 127.0.0.1 5555 587\r\n" % client.encode())
+            return s, s.recv(512)
+
+        # three unauthenticated sessions, 203.0.113.2 the oldest
+        held = {}
+        for client in ("203.0.113.2", "203.0.113.1", "203.0.113.3"):
+            s, greeting = via_proxy(client)
+            self.assertTrue(greeting.startswith(b"220 "), greeting)
+            held[client] = s
+        mark = relay.log_mark()
+        # a client at its per-IP limit: refused, as on a plain listener
+        s, reply = via_proxy("203.0.113.1")
+        self.assertTrue(reply.startswith(b"421 "), reply)
+        relay.wait_for_log("connection_refused", since=mark, client="203.0.113.1")
+        self.assertEqual(relay.count_log("session_evicted", since=mark), 0)
+        # a connection that closes without a header
+        check = socket.create_connection(("127.0.0.1", port), timeout=10)
+        time.sleep(0.5)                 # accepted, and its header not come
+        check.close()
+        relay.wait_for_log("proxy_refused", since=mark, reason="missing")
+        self.assertEqual(relay.count_log("session_evicted", since=mark), 0)
+        held["203.0.113.2"].sendall(b"NOOP\r\n")
+        self.assertTrue(held["203.0.113.2"].recv(512).startswith(b"250"))
+        # a client that may come in evicts the oldest, as any newcomer
+        s, greeting = via_proxy("203.0.113.4")
+        self.assertTrue(greeting.startswith(b"220 "), greeting)
+        ev = relay.wait_for_log("session_evicted", since=mark)
+        self.assertEqual(ev["client"], "203.0.113.2")
+
+
 class SubmitEvictedSocketTest(unittest.TestCase):
 
     def test_an_evicted_client_that_reads_nothing_loses_its_socket_at_once(self):
