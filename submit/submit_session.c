@@ -475,7 +475,6 @@ submit_session_close(struct submit_session *s, const char *reply)
 	submit_session_release(s);
 }
 
-
 void
 submit_session_shutdown(struct submit_session *s)
 {
@@ -1650,24 +1649,6 @@ submit_session_accept(struct submit *srv, struct submit_listener *lst)
 		submit_session_begin(s, 0, false);
 }
 
-/*
- * Under the shards' lock: room made for a connection from ip (NULL: its
- * address is not known yet); the victim to close on this loop once the lock
- * is let go, or NULL (none, or another shard's, posted to it).
- */
-static struct submit_session *
-submit_session_make_room(struct submit *srv, const char *ip, const char **reason,
-    size_t *unauth)
-{
-	struct submit_session *victim = submit_slots_make_room(srv, ip, reason, unauth);
-
-	if (victim != NULL && victim->srv != srv && !submit_worker_evict(victim, *reason, *unauth))
-		return NULL;
-	if (victim != NULL && victim->srv != srv)
-		return NULL;            /* its own loop closes it */
-	return victim;
-}
-
 int
 submit_session_reserve(struct submit_session *s)
 {
@@ -1710,7 +1691,11 @@ submit_session_begin(struct submit_session *s, int proxy_version, bool proxy_loc
 		submit_limits_conn_unreserve(srv->limits);
 		s->reserved = false;
 	}
-	victim = submit_session_make_room(srv, s->ip, &reason, &unauth);
+	victim = submit_slots_make_room(srv, s->ip, &reason, &unauth);
+	if (victim != NULL && victim->srv != srv) {
+		(void)submit_worker_evict(victim, reason, unauth);  /* its own loop closes it */
+		victim = NULL;
+	}
 	v = submit_limits_conn_open(srv->limits, s->ip);
 	if (v == SUBMIT_CONN_OK) {
 		s->counted = true;
