@@ -395,8 +395,8 @@ struct submit_session *submit_slots_victim(const struct submit_slots *sl);
  * victim, unlisted and uncounted already so that the newcomer finds a slot;
  * *reason and *unauth are for submit_slots_evict(), which its own loop runs.
  * NULL when nobody need go, or when ip is at its own per-IP limit: that
- * connection is refused anyway.  ip NULL: a connection whose address is not
- * known yet (a PROXY listener's), which needs room in max_connections only.
+ * connection is refused anyway.  (A PROXY listener's connection makes room
+ * only once its header names the client: submit_session_reserve().)
  */
 struct submit_session *submit_slots_make_room(struct submit *srv, const char *ip,
     const char **reason, size_t *unauth);

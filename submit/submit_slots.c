@@ -152,12 +152,12 @@ submit_slots_make_room(struct submit *srv, const char *ip, const char **reason, 
 	struct submit_session *v;
 	unsigned total = submit_limits_conn_count(srv->limits, NULL);
 
-	if (ip != NULL && c->submit.max_connections_per_ip > 0 &&
+	if (c->submit.max_connections_per_ip > 0 &&
 	    submit_limits_conn_count(srv->limits, ip) >= c->submit.max_connections_per_ip)
 		return NULL;
 	if (c->submit.max_connections > 0 && total >= c->submit.max_connections)
 		*reason = "max_connections";
-	else if (ip != NULL && srv->slots->n >= submit_slots_unauth_max(c->submit.max_connections,
+	else if (srv->slots->n >= submit_slots_unauth_max(c->submit.max_connections,
 	    c->submit.unauthenticated_share))
 		*reason = "unauthenticated_share";
 	else
