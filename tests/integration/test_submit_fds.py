@@ -93,16 +93,23 @@ def client_reading_nothing(test, relay, address):
 
 class SubmitProxyPlacesTest(unittest.TestCase):
 
-    def test_connections_waiting_for_their_header_count_from_the_accept(self):
+    def proxy_relay(self, **submit):
+        """relayd with three places (max_connections) and its second listener
+        a PROXY one for 127.0.0.1 on a port of its own; started.  Returns it
+        and that port."""
         port = free_port()
-        relay = Relay.for_test(self, submit={
+        relay = Relay.for_test(self, submit=dict({
             "workers": 1, "max_connections": 3, "proxy_trusted": ["127.0.0.1/32"],
-            "proxy_timeout": "60s"})
+            "proxy_timeout": "60s"}, **submit))
         sub = relay.config["submit"]
         sub["listen"] = (sub["listen"][0], {"address": "127.0.0.1:%d" % port, "proxy": True})
         relay.write_config()
         relay.start()
         relay.wait_for_log("listening", address="127.0.0.1:%d" % port, proxy="yes")
+        return relay, port
+
+    def test_connections_waiting_for_their_header_count_from_the_accept(self):
+        relay, port = self.proxy_relay()
         before = nfds(relay.pid)
         mark = relay.log_mark()
         waiting = []
@@ -139,23 +146,13 @@ class SubmitProxyPlacesTest(unittest.TestCase):
         self.assertTrue(again.recv(512).startswith(b"220 "))
         self.assertEqual(relay.count_log("proxy_refused", since=mark, reason="max_connections"), 0)
 
-
     def test_an_eviction_waits_for_the_header_that_names_the_client(self):
         """A PROXY connection that finds every place taken by unauthenticated
         sessions evicts one only once its header names a client that may
         come in: one that never sends a header (a load balancer's TCP check)
         and one whose client is at its per-IP limit evict nobody, as on a
         plain listener (submit_slots_make_room: refused anyway)."""
-        port = free_port()
-        relay = Relay.for_test(self, submit={
-            "workers": 1, "max_connections": 3, "max_connections_per_ip": 1,
-            "unauthenticated_share": 100, "proxy_trusted": ["127.0.0.1/32"],
-            "proxy_timeout": "60s"})
-        sub = relay.config["submit"]
-        sub["listen"] = (sub["listen"][0], {"address": "127.0.0.1:%d" % port, "proxy": True})
-        relay.write_config()
-        relay.start()
-        relay.wait_for_log("listening", address="127.0.0.1:%d" % port, proxy="yes")
+        relay, port = self.proxy_relay(max_connections_per_ip=1, unauthenticated_share=100)
 
         def via_proxy(client):
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
